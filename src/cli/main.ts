@@ -1,0 +1,56 @@
+// The `ambit` command: dispatches to one module per subcommand and maps errors to exit codes
+// (0 ok, 1 a negative result such as an invalid SVID, 2 bad usage or input).
+import { AmbitError } from '../errors.ts';
+import type { Command } from './args.ts';
+
+const commands: Record<string, () => Promise<Command>> = {
+};
+
+async function mainHelp(): Promise<string> {
+  const lines = ['usage: ambit <command> [options]', '', 'commands:'];
+  for (const [name, load] of Object.entries(commands)) lines.push(`  ${name.padEnd(8)} ${(await load()).summary}`);
+  lines.push('', 'Run `ambit <command> --help` for its options.');
+  return lines.join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write((await mainHelp()) + '\n');
+    return name === undefined ? 2 : 0;
+  }
+  const load = commands[name];
+  if (!load) {
+    process.stderr.write(`ambit: unknown command "${name}" (commands: ${Object.keys(commands).join(', ')})\n`);
+    return 2;
+  }
+  const command = await load();
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(command.help.trimEnd() + '\n');
+    return 0;
+  }
+  try {
+    return await command.run(rest);
+  } catch (error) {
+    if (error instanceof AmbitError) {
+      process.stderr.write(`ambit ${name}: ${error.message} [${error.code}]\n`);
+      return 2;
+    }
+    throw error;
+  }
+}
+
+/** Runs the CLI on this process's arguments and sets its exit code. */
+export function runCli(): void {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (error: unknown) => {
+      process.stderr.write(`ambit: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+      process.exitCode = 70;
+    },
+  );
+}
+
+if (import.meta.main) runCli();

@@ -1,0 +1,93 @@
+// Coded errors: one class, one stable code per cause. Codes are the contract with logs, tests and the
+// README's error table (test/unit/errors.test.ts keeps the two in step); messages are for people.
+
+/** Every code ambit can report, with the likely cause shown as a hint to operators. */
+export const ERROR_CODES = {
+  USAGE: 'the command line is malformed: see --help',
+  FILE_READ: 'a file named on the command line or in configuration cannot be read',
+  FILE_WRITE: 'a file cannot be written: check the directory exists and is writable',
+
+  SPIFFE_ID_EMPTY: 'an empty string was given where a SPIFFE ID belongs',
+  SPIFFE_ID_SCHEME: 'a SPIFFE ID must start with exactly "spiffe://" (lowercase)',
+  SPIFFE_ID_TRUST_DOMAIN_MISSING: 'nothing between "spiffe://" and the first "/"',
+  SPIFFE_ID_TRUST_DOMAIN_CHARS: 'trust domains use only lowercase a-z, 0-9, ".", "-" and "_" (no port, userinfo or percent-encoding)',
+  SPIFFE_ID_TRUST_DOMAIN_TOO_LONG: 'a trust domain name is at most 255 bytes',
+  SPIFFE_ID_TOO_LONG: 'a SPIFFE ID is at most 2048 bytes',
+  SPIFFE_ID_EMPTY_SEGMENT: 'the path has an empty segment ("//")',
+  SPIFFE_ID_DOT_SEGMENT: 'the path has a "." or ".." segment',
+  SPIFFE_ID_PATH_CHARS: 'path segments use only letters, digits, ".", "-" and "_" (no query, fragment or percent-encoding)',
+  SPIFFE_ID_TRAILING_SLASH: 'the path ends with "/"',
+  SPIFFE_ID_NOT_WORKLOAD: 'a workload identity has the form spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT',
+
+  SVID_PARSE: 'the input is not a PEM or DER X.509 certificate (or key)',
+  SVID_NO_URI_SAN: 'an X.509-SVID carries its SPIFFE ID as a URI SAN and this certificate has none',
+  SVID_MULTIPLE_URI_SANS: 'an X.509-SVID must carry exactly one URI SAN',
+  SVID_NO_PATH: 'a leaf SVID names a workload: its SPIFFE ID needs a path',
+  SVID_LEAF_IS_CA: 'a CA certificate was presented as an identity',
+  SVID_KEY_USAGE: 'a leaf SVID needs a critical keyUsage with digitalSignature and without keyCertSign/cRLSign',
+  SVID_EXT_KEY_USAGE: 'when extKeyUsage is present it must allow both serverAuth and clientAuth',
+  SVID_EXPIRED: 'a certificate in the chain is past its notAfter: check rotation and the CA',
+  SVID_NOT_YET_VALID: 'a certificate in the chain is before its notBefore: check clocks',
+  SVID_CHAIN_INVALID: 'no valid signature path from the leaf to a root of its trust domain\'s bundle',
+  SVID_CA_INVALID: 'a signing certificate in the chain is not a valid SPIFFE CA (cA, keyCertSign, ID without path)',
+  SVID_KEY_MISMATCH: 'the private key does not belong to the certificate',
+  TRUST_DOMAIN_UNKNOWN: 'there is no bundle for the trust domain named in the SPIFFE ID (federate with it first)',
+  TRUST_DOMAIN_MISMATCH: 'the certificate is signed by another trust domain\'s CA than the one its SPIFFE ID names',
+  IDENTITY_MISMATCH: 'the peer presented a valid SVID, but not the identity expected for this destination',
+
+  BUNDLE_INVALID: 'the trust bundle is not a SPIFFE bundle (JWKS) or PEM list of CA certificates',
+  BUNDLE_DUPLICATE_TRUST_DOMAIN: 'a bundle map names the same trust domain twice',
+
+  CA_STATE: 'the CA directory is missing, incomplete or already initialised',
+  CA_CSR_INVALID: 'the certificate signing request is malformed or its signature does not verify',
+  CA_NOT_AUTHORIZED: 'the caller may not obtain this identity: the registry does not place the workload on its node',
+  CA_UNAUTHENTICATED: 'the caller presented no valid node SVID',
+  JOIN_TOKEN_INVALID: 'the join token is unknown or was already used: create a new one with `ambit ca token create`',
+  JOIN_TOKEN_EXPIRED: 'the join token expired before it was used: create a new one',
+  JOIN_TOKEN_WRONG_NODE: 'the join token was created for another node name',
+  CA_UNREACHABLE: 'the CA could not be reached: the agent keeps serving its valid certificates and retries',
+  CA_REJECTED: 'the CA refused the request: see the CA\'s audit log for the reason',
+  FEDERATION_FETCH: 'a federated trust domain\'s bundle endpoint could not be fetched or returned an invalid bundle',
+
+  CONFIG_YAML: 'a configuration file is not valid YAML',
+  CONFIG_UNKNOWN_KIND: 'an object\'s apiVersion/kind is not one ambit reads',
+  CONFIG_FIELD: 'an object has a missing, mistyped or invalid field',
+  CONFIG_DUPLICATE: 'two objects share kind, namespace and name',
+  CONFIG_CONFLICT: 'two objects claim the same thing (for example one IP for two workloads)',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface AmbitErrorOptions {
+  /** Overrides the code's default hint when the likely cause is known more precisely. */
+  hint?: string;
+  cause?: unknown;
+}
+
+export class AmbitError extends Error {
+  override readonly name = 'AmbitError';
+  readonly code: ErrorCode;
+  readonly hint: string;
+
+  constructor(code: ErrorCode, message: string, options: AmbitErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.hint = options.hint ?? ERROR_CODES[code];
+  }
+
+  /** The shape logs and JSON outputs carry. */
+  toJSON(): { code: ErrorCode; message: string; hint: string } {
+    return { code: this.code, message: this.message, hint: this.hint };
+  }
+}
+
+export function isAmbitError(value: unknown, code?: ErrorCode): value is AmbitError {
+  return value instanceof AmbitError && (code === undefined || value.code === code);
+}
+
+/** Wraps anything thrown into an AmbitError so callers deal with one shape. */
+export function toAmbitError(value: unknown, fallback: ErrorCode): AmbitError {
+  if (value instanceof AmbitError) return value;
+  const message = value instanceof Error ? value.message : String(value);
+  return new AmbitError(fallback, message, { cause: value });
+}

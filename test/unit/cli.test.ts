@@ -1,0 +1,23 @@
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+
+const cli = new URL('../../src/cli/main.ts', import.meta.url).pathname;
+
+function ambit(...args: string[]) {
+  return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 20_000 });
+}
+
+describe('ambit command line', () => {
+  it('lists its commands with --help and exits 0', () => {
+    const result = ambit('--help');
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain('usage: ambit <command>');
+  });
+
+  it('refuses an unknown command with one line and exit 2', () => {
+    const result = ambit('frobnicate');
+    expect(result.status).toBe(2);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toContain('unknown command "frobnicate"');
+  });
+});
