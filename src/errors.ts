@@ -54,6 +54,7 @@ export const ERROR_CODES = {
   CONFIG_FIELD: 'an object has a missing, mistyped or invalid field',
   CONFIG_DUPLICATE: 'two objects share kind, namespace and name',
   CONFIG_CONFLICT: 'two objects claim the same thing (for example one IP for two workloads)',
+  CONFIG_MESH_MISSING: 'the configuration has no ambit.dev/v1alpha1 MeshConfig, which the CA and the proxy need for the trust domain',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -4,6 +4,7 @@ import { AmbitError } from '../errors.ts';
 import type { Command } from './args.ts';
 
 const commands: Record<string, () => Promise<Command>> = {
+  svid: async () => (await import('./svid.ts')).command,
 };
 
 async function mainHelp(): Promise<string> {

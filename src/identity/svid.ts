@@ -1,0 +1,469 @@
+// X.509-SVIDs: key generation, CSRs, issuing leaf and CA certificates, and strict verification
+// against the bundle of the trust domain the leaf names (SPIFFE X509-SVID §4–§5).
+//
+// Verification is synchronous: extensions are read with @peculiar/x509 (exact DER, never Node's
+// rendered subjectAltName string), signatures are checked with node:crypto, so a TLS callback can call
+// it without awaiting. Parsed node:crypto views are cached per certificate object.
+import * as crypto from 'node:crypto';
+import * as x509 from './x509.ts';
+import { AmbitError } from '../errors.ts';
+import type { ErrorCode } from '../errors.ts';
+import { tryParseSpiffeId, parseSpiffeId, trustDomainId } from './spiffe-id.ts';
+import type { SpiffeId } from './spiffe-id.ts';
+import type { TrustBundle } from './bundle.ts';
+
+
+export type Certificate = x509.X509Certificate;
+
+/** SPIRE's NotBeforeCushion: backdate so peers with a slightly slow clock accept a fresh certificate. */
+export const NOT_BEFORE_CUSHION_MS = 10_000;
+/** A chain longer than this is refused outright: real meshes use root → intermediate → leaf. */
+const MAX_CHAIN_DEPTH = 8;
+const SIGNING_ALGORITHM: EcdsaParams = { name: 'ECDSA', hash: 'SHA-256' };
+const KEY_ALGORITHM: EcKeyGenParams = { name: 'ECDSA', namedCurve: 'P-256' };
+
+// ---------------------------------------------------------------------------------------------
+// Keys and encodings
+
+export async function generateKeyPair(): Promise<CryptoKeyPair> {
+  return (await globalThis.crypto.subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify'])) as CryptoKeyPair;
+}
+
+export async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
+  const der = await globalThis.crypto.subtle.exportKey('pkcs8', key);
+  return x509.PemConverter.encode(der, 'PRIVATE KEY');
+}
+
+/** Imports a PKCS#8 P-256 private key (PEM) for signing, and derives its public key. */
+export async function importPrivateKeyPem(pem: string, what = 'private key'): Promise<CryptoKeyPair> {
+  let keyObject: crypto.KeyObject;
+  try {
+    keyObject = crypto.createPrivateKey(pem);
+  } catch (error) {
+    throw new AmbitError('SVID_PARSE', `${what}: not a PEM private key (${(error as Error).message})`, { cause: error });
+  }
+  if (keyObject.asymmetricKeyType !== 'ec' || keyObject.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
+    throw new AmbitError('SVID_PARSE', `${what}: ambit keys are ECDSA P-256, got ${keyObject.asymmetricKeyType ?? 'unknown'}`);
+  }
+  const pkcs8 = keyObject.export({ format: 'der', type: 'pkcs8' });
+  const spki = crypto.createPublicKey(keyObject).export({ format: 'der', type: 'spki' });
+  const subtle = globalThis.crypto.subtle;
+  const privateKey = await subtle.importKey('pkcs8', pkcs8, KEY_ALGORITHM, true, ['sign']);
+  const publicKey = await subtle.importKey('spki', spki, KEY_ALGORITHM, true, ['verify']);
+  return { privateKey, publicKey };
+}
+
+/** Parses one or more certificates from PEM (any number of CERTIFICATE blocks) or a single DER. */
+export function parseCertificates(input: string | Uint8Array, what = 'certificate'): Certificate[] {
+  try {
+    if (typeof input === 'string') {
+      const blocks = x509.PemConverter.decodeWithHeaders(input).filter((block) => block.type === 'CERTIFICATE');
+      if (blocks.length === 0) throw new Error('no CERTIFICATE PEM block found');
+      return blocks.map((block) => new x509.X509Certificate(block.rawData));
+    }
+    return [new x509.X509Certificate(input)];
+  } catch (error) {
+    if (error instanceof AmbitError) throw error;
+    throw new AmbitError('SVID_PARSE', `${what}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+export function certificatesToPem(certs: readonly Certificate[]): string {
+  return certs.map((cert) => cert.toString('pem')).join('\n') + '\n';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading certificates
+
+/** The SPIFFE ID in a certificate's URI SAN, or the reason there is none usable. */
+export function spiffeIdOf(cert: Certificate): SpiffeId | AmbitError {
+  const uris = uriSans(cert);
+  if (uris instanceof AmbitError) return uris;
+  if (uris.length === 0) return new AmbitError('SVID_NO_URI_SAN', `certificate ${describe(cert)} has no URI SAN`);
+  if (uris.length > 1) {
+    return new AmbitError('SVID_MULTIPLE_URI_SANS', `certificate ${describe(cert)} has ${uris.length} URI SANs (${uris.map((u) => JSON.stringify(u)).join(', ')}); an SVID has exactly one`);
+  }
+  return tryParseSpiffeId(uris[0] as string);
+}
+
+function uriSans(cert: Certificate): string[] | AmbitError {
+  let extensions: x509.SubjectAlternativeNameExtension[];
+  try {
+    extensions = cert.getExtensions(x509.SubjectAlternativeNameExtension);
+  } catch (error) {
+    return new AmbitError('SVID_PARSE', `certificate ${describe(cert)}: unreadable subjectAltName (${(error as Error).message})`);
+  }
+  const uris: string[] = [];
+  for (const extension of extensions) {
+    for (const name of extension.names.items) if (name.type === 'url') uris.push(name.value);
+  }
+  return uris;
+}
+
+function describe(cert: Certificate): string {
+  return `serial ${cert.serialNumber} (subject "${cert.subject}")`;
+}
+
+interface CertFacts {
+  readonly node: crypto.X509Certificate;
+  readonly isCa: boolean;
+  readonly pathLength: number | undefined;
+  /** undefined = no keyUsage extension. */
+  readonly keyUsage: { usages: number; critical: boolean } | undefined;
+  readonly extKeyUsage: readonly string[] | undefined;
+  readonly fingerprint: string;
+}
+
+// Certificates are immutable, so what we derive from one is computed once per object.
+const factsCache = new WeakMap<Certificate, CertFacts>();
+
+function facts(cert: Certificate): CertFacts {
+  let found = factsCache.get(cert);
+  if (found) return found;
+  const basic = cert.getExtension(x509.BasicConstraintsExtension);
+  const keyUsage = cert.getExtension(x509.KeyUsagesExtension);
+  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
+  const node = new crypto.X509Certificate(Buffer.from(cert.rawData));
+  found = {
+    node,
+    isCa: basic?.ca === true,
+    pathLength: basic?.pathLength,
+    keyUsage: keyUsage ? { usages: keyUsage.usages, critical: keyUsage.critical } : undefined,
+    extKeyUsage: eku ? eku.usages.map(String) : undefined,
+    fingerprint: node.fingerprint256,
+  };
+  factsCache.set(cert, found);
+  return found;
+}
+
+export function fingerprintOf(cert: Certificate): string {
+  return facts(cert).fingerprint;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification
+
+/** Where verification finds the bundle for a trust domain; BundleSet satisfies it. */
+export interface BundleSource {
+  get(trustDomain: string): TrustBundle | undefined;
+  [Symbol.iterator]?(): Iterator<TrustBundle>;
+}
+
+export interface VerifyOptions {
+  /** Judge validity periods as of this time (default now). */
+  at?: Date;
+}
+
+export type VerifyResult =
+  | { readonly valid: true; readonly id: SpiffeId; readonly error: null }
+  | { readonly valid: false; readonly id: SpiffeId | null; readonly error: AmbitError };
+
+function fail(code: ErrorCode, message: string, id: SpiffeId | null): VerifyResult {
+  return { valid: false, id, error: new AmbitError(code, message) };
+}
+
+/**
+ * Verifies a peer's X.509-SVID chain (leaf first, then intermediates) per X509-SVID §5: the leaf's
+ * rules, then a signature path to a root of the bundle of the leaf's own trust domain, and only that
+ * bundle (a CA of trust domain A can never vouch for an ID in trust domain B). Never throws.
+ */
+export function verifySvid(chain: readonly Certificate[], bundles: BundleSource, options: VerifyOptions = {}): VerifyResult {
+  const leaf = chain[0];
+  if (leaf === undefined) return fail('SVID_PARSE', 'empty certificate chain', null);
+  try {
+    const parsedId = spiffeIdOf(leaf);
+    if (parsedId instanceof AmbitError) return { valid: false, id: null, error: parsedId };
+    const id = parsedId;
+    const leafError = checkLeafRules(leaf, id);
+    if (leafError) return { valid: false, id, error: leafError };
+    const bundle = bundles.get(id.trustDomain);
+    if (bundle === undefined) {
+      return fail('TRUST_DOMAIN_UNKNOWN', `${id.id}: no trust bundle for trust domain "${id.trustDomain}"`, id);
+    }
+    const at = options.at ?? new Date();
+    const pathError = validatePath(chain, bundle, at, id);
+    if (pathError === null) return { valid: true, id, error: null };
+    if (pathError.code === 'SVID_CHAIN_INVALID') {
+      const signer = findForeignSigner(chain, bundles, id.trustDomain, at);
+      if (signer !== null) {
+        return fail('TRUST_DOMAIN_MISMATCH', `${id.id} claims trust domain "${id.trustDomain}" but is signed by a CA of trust domain "${signer}"`, id);
+      }
+    }
+    return { valid: false, id, error: pathError };
+  } catch (error) {
+    // Malformed extensions surface as parse errors from deep inside the ASN.1 reader: a deny, never a crash.
+    return fail('SVID_PARSE', `certificate chain unreadable: ${(error as Error).message}`, null);
+  }
+}
+
+/** The leaf rules of X509-SVID §4 and §5.2, stricter than go-spiffe's Verify (which skips the path and digitalSignature checks). */
+export function checkLeafRules(leaf: Certificate, id: SpiffeId): AmbitError | null {
+  if (id.path === '') return new AmbitError('SVID_NO_PATH', `${id.id} is a trust-domain ID; a leaf SVID names a workload`);
+  const leafFacts = facts(leaf);
+  if (leafFacts.isCa) return new AmbitError('SVID_LEAF_IS_CA', `${id.id}: the leaf is a CA certificate (basicConstraints cA=true)`);
+  const keyUsage = leafFacts.keyUsage;
+  if (keyUsage === undefined) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf has no keyUsage extension`);
+  if (!keyUsage.critical) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf keyUsage is not critical`);
+  if ((keyUsage.usages & x509.KeyUsageFlags.digitalSignature) === 0) {
+    return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf keyUsage lacks digitalSignature`);
+  }
+  if ((keyUsage.usages & x509.KeyUsageFlags.keyCertSign) !== 0) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf keyUsage has keyCertSign`);
+  if ((keyUsage.usages & x509.KeyUsageFlags.cRLSign) !== 0) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf keyUsage has cRLSign`);
+  const eku = leafFacts.extKeyUsage;
+  if (eku !== undefined && !(eku.includes(x509.ExtendedKeyUsage.serverAuth) && eku.includes(x509.ExtendedKeyUsage.clientAuth))) {
+    return new AmbitError('SVID_EXT_KEY_USAGE', `${id.id}: leaf extKeyUsage must include serverAuth and clientAuth (has ${eku.join(', ') || 'none'})`);
+  }
+  return null;
+}
+
+function checkValidity(cert: Certificate, at: Date, role: string, id: SpiffeId): AmbitError | null {
+  if (at.getTime() > cert.notAfter.getTime()) {
+    return new AmbitError('SVID_EXPIRED', `${id.id}: ${role} expired at ${cert.notAfter.toISOString()} (checked at ${at.toISOString()})`);
+  }
+  if (at.getTime() < cert.notBefore.getTime()) {
+    return new AmbitError('SVID_NOT_YET_VALID', `${id.id}: ${role} is not valid before ${cert.notBefore.toISOString()} (checked at ${at.toISOString()})`);
+  }
+  return null;
+}
+
+function issued(issuer: Certificate, subject: Certificate): boolean {
+  const issuerNode = facts(issuer).node;
+  const subjectNode = facts(subject).node;
+  return subjectNode.checkIssued(issuerNode) && subjectNode.verify(issuerNode.publicKey);
+}
+
+function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCount: number): AmbitError | null {
+  const caFacts = facts(ca);
+  if (!caFacts.isCa) return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} is not a CA (basicConstraints cA=false)`);
+  if (caFacts.keyUsage !== undefined && (caFacts.keyUsage.usages & x509.KeyUsageFlags.keyCertSign) === 0) {
+    return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} lacks keyCertSign`);
+  }
+  if (caFacts.pathLength !== undefined && belowCount > caFacts.pathLength) {
+    return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} allows ${caFacts.pathLength} CAs below it, chain has ${belowCount}`);
+  }
+  const uris = uriSans(ca);
+  if (uris instanceof AmbitError) return uris;
+  for (const uri of uris) {
+    const caId = tryParseSpiffeId(uri);
+    // X509-SVID §3.2: a signing certificate's SPIFFE ID, if it carries one, has no path.
+    if (!(caId instanceof AmbitError) && caId.path !== '') {
+      return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} carries ${caId.id}; a CA's SPIFFE ID has no path`);
+    }
+  }
+  return null;
+}
+
+/** RFC 5280 path building restricted to one bundle's roots; intermediates come from the presented chain. */
+function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId): AmbitError | null {
+  let current = chain[0] as Certificate;
+  const leafValidity = checkValidity(current, at, 'leaf', id);
+  if (leafValidity) return leafValidity;
+  const used = new Set<Certificate>([current]);
+  for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
+    for (const root of bundle.roots) {
+      if (!issued(root, current)) continue;
+      const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id);
+      if (rootError) return rootError;
+      return null;
+    }
+    let next: Certificate | undefined;
+    for (let i = 1; i < chain.length; i++) {
+      const candidate = chain[i] as Certificate;
+      if (!used.has(candidate) && issued(candidate, current)) {
+        next = candidate;
+        break;
+      }
+    }
+    if (next === undefined) {
+      return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: ${depth === 0 ? 'leaf' : `intermediate ${describe(current)}`} is not signed by a root of trust domain "${id.trustDomain}" nor by a presented intermediate`);
+    }
+    const nextError = checkSigningCert(next, 'intermediate', id, depth) ?? checkValidity(next, at, 'intermediate CA', id);
+    if (nextError) return nextError;
+    used.add(next);
+    current = next;
+  }
+  return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: chain longer than ${MAX_CHAIN_DEPTH} certificates`);
+}
+
+/** Only for the error message: which other trust domain's CA did sign this chain, if any. */
+function findForeignSigner(chain: readonly Certificate[], bundles: BundleSource, claimed: string, at: Date): string | null {
+  if (bundles[Symbol.iterator] === undefined) return null;
+  for (const bundle of bundles as Iterable<TrustBundle>) {
+    if (bundle.trustDomain === claimed) continue;
+    const probeId = { id: '', trustDomain: bundle.trustDomain, path: '/' };
+    if (validatePath(chain, bundle, at, probeId) === null) return bundle.trustDomain;
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Own SVIDs (certificate + key the proxy presents)
+
+export interface Svid {
+  readonly id: SpiffeId;
+  /** Leaf first, then intermediates (never the root). */
+  readonly chain: readonly Certificate[];
+  readonly privateKeyPem: string;
+  readonly certPem: string;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+}
+
+/** Loads an SVID one holds: checks the leaf rules and that the key belongs to the leaf (go-spiffe's Parse, plus signatures of our own chain). */
+export function loadSvid(certPem: string, keyPem: string): Svid {
+  const chain = parseCertificates(certPem, 'SVID certificate');
+  const leaf = chain[0] as Certificate;
+  const id = spiffeIdOf(leaf);
+  if (id instanceof AmbitError) throw id;
+  const leafError = checkLeafRules(leaf, id);
+  if (leafError) throw leafError;
+  for (let i = 1; i < chain.length; i++) {
+    const caError = checkSigningCert(chain[i] as Certificate, 'intermediate', id, i - 1);
+    if (caError) throw caError;
+  }
+  let privateKey: crypto.KeyObject;
+  try {
+    privateKey = crypto.createPrivateKey(keyPem);
+  } catch (error) {
+    throw new AmbitError('SVID_PARSE', `SVID private key for ${id.id}: ${(error as Error).message}`, { cause: error });
+  }
+  const derivedPublic = crypto.createPublicKey(privateKey).export({ format: 'der', type: 'spki' });
+  const leafPublic = facts(leaf).node.publicKey.export({ format: 'der', type: 'spki' });
+  if (!derivedPublic.equals(leafPublic)) throw new AmbitError('SVID_KEY_MISMATCH', `private key does not belong to the certificate for ${id.id}`);
+  return { id, chain, privateKeyPem: keyPem, certPem: certificatesToPem(chain), notBefore: leaf.notBefore, notAfter: leaf.notAfter };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issuing
+
+/** A CA that signs: its certificate, its signing key, and the chain above it (intermediates, not the root). */
+export interface SigningAuthority {
+  readonly cert: Certificate;
+  readonly privateKey: CryptoKey;
+  /** Certificates between this CA and its root, to append to issued chains (empty for a root). */
+  readonly chainAbove: readonly Certificate[];
+}
+
+function randomSerial(): string {
+  const bytes = crypto.randomBytes(16);
+  bytes[0] = (bytes[0] as number) & 0x7f; // positive INTEGER
+  if (bytes[0] === 0) bytes[0] = 1;
+  return bytes.toString('hex');
+}
+
+function lifetime(now: Date, ttlMs: number, issuer: Certificate | undefined): { notBefore: Date; notAfter: Date } {
+  const notBefore = new Date(now.getTime() - NOT_BEFORE_CUSHION_MS);
+  let notAfter = new Date(now.getTime() + ttlMs);
+  // A certificate never outlives its issuer (SPIRE caps notAfter the same way).
+  if (issuer && notAfter.getTime() > issuer.notAfter.getTime()) notAfter = issuer.notAfter;
+  return { notBefore, notAfter };
+}
+
+export interface IssueLeafParams {
+  spiffeId: string;
+  publicKey: CryptoKey;
+  authority: SigningAuthority;
+  ttlMs: number;
+  now?: Date;
+  dnsNames?: readonly string[];
+}
+
+/** Issues a workload or node leaf: one URI SAN, CA:false, critical digitalSignature (+keyEncipherment, keyAgreement), EKU serverAuth+clientAuth. */
+export async function issueLeaf(params: IssueLeafParams): Promise<Certificate> {
+  const id = parseSpiffeId(params.spiffeId);
+  if (id.path === '') throw new AmbitError('SVID_NO_PATH', `cannot issue a leaf for trust-domain ID ${id.id}`);
+  const { notBefore, notAfter } = lifetime(params.now ?? new Date(), params.ttlMs, params.authority.cert);
+  const sans: x509.JsonGeneralName[] = [{ type: 'url', value: id.id }];
+  for (const dns of params.dnsNames ?? []) sans.push({ type: 'dns', value: dns });
+  return x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: 'O=ambit',
+    issuer: params.authority.cert.subjectName,
+    notBefore,
+    notAfter,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    publicKey: params.publicKey,
+    signingKey: params.authority.privateKey,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment | x509.KeyUsageFlags.keyAgreement, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth], false),
+      new x509.SubjectAlternativeNameExtension(sans, true),
+      await x509.SubjectKeyIdentifierExtension.create(params.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(params.authority.cert),
+    ],
+  });
+}
+
+export interface IssueCaParams {
+  trustDomain: string;
+  keys: CryptoKeyPair;
+  ttlMs: number;
+  /** Absent: a self-signed root. Present: an intermediate signed by this authority. */
+  authority?: SigningAuthority;
+  commonName?: string;
+  now?: Date;
+}
+
+/** Issues a signing certificate: CA:true, keyCertSign|cRLSign, URI SAN = the trust domain's ID (no path). */
+export async function issueCa(params: IssueCaParams): Promise<Certificate> {
+  const tdId = trustDomainId(params.trustDomain);
+  const { notBefore, notAfter } = lifetime(params.now ?? new Date(), params.ttlMs, params.authority?.cert);
+  // A random suffix keeps subjects of successive roots distinct, which keeps issuer matching and humans unconfused.
+  const subject = `O=ambit, OU=${params.trustDomain}, CN=${params.commonName ?? 'ambit CA'} ${randomSerial().slice(0, 8)}`;
+  const extensions: x509.Extension[] = [
+    new x509.BasicConstraintsExtension(true, undefined, true),
+    new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+    new x509.SubjectAlternativeNameExtension([{ type: 'url', value: tdId }], false),
+    await x509.SubjectKeyIdentifierExtension.create(params.keys.publicKey),
+  ];
+  if (params.authority) extensions.push(await x509.AuthorityKeyIdentifierExtension.create(params.authority.cert));
+  return x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject,
+    issuer: params.authority ? params.authority.cert.subjectName : subject,
+    notBefore,
+    notAfter,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    publicKey: params.keys.publicKey,
+    signingKey: params.authority ? params.authority.privateKey : params.keys.privateKey,
+    extensions,
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSRs
+
+/** A CSR proves possession of the key; the CA decides the identity, so the CSR carries the requested ID only as a hint. */
+export async function createCsr(keys: CryptoKeyPair, spiffeId: string): Promise<string> {
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    keys,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: spiffeId }], true)],
+  });
+  return csr.toString('pem');
+}
+
+/** Parses a CSR and checks its self-signature; returns the public key to certify. */
+export async function readCsr(pem: string): Promise<CryptoKey> {
+  let csr: x509.Pkcs10CertificateRequest;
+  try {
+    csr = new x509.Pkcs10CertificateRequest(pem);
+  } catch (error) {
+    throw new AmbitError('CA_CSR_INVALID', `CSR is not a PKCS#10 request: ${(error as Error).message}`, { cause: error });
+  }
+  let signatureOk: boolean;
+  let publicKey: CryptoKey;
+  try {
+    signatureOk = await csr.verify();
+    publicKey = await csr.publicKey.export();
+  } catch (error) {
+    throw new AmbitError('CA_CSR_INVALID', `CSR cannot be verified: ${(error as Error).message}`, { cause: error });
+  }
+  if (!signatureOk) throw new AmbitError('CA_CSR_INVALID', 'CSR signature does not verify (no proof of key possession)');
+  const algorithm = publicKey.algorithm as EcKeyAlgorithm;
+  if (algorithm.name !== 'ECDSA' || algorithm.namedCurve !== 'P-256') {
+    throw new AmbitError('CA_CSR_INVALID', `CSR key must be ECDSA P-256, got ${algorithm.name} ${algorithm.namedCurve ?? ''}`.trim());
+  }
+  return publicKey;
+}

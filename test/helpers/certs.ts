@@ -1,0 +1,90 @@
+// Test CA and certificate crafting: cheap identities for tests, including deliberately broken ones.
+import * as x509 from '../../src/identity/x509.ts';
+import { createBundle } from '../../src/identity/bundle.ts';
+import type { TrustBundle } from '../../src/identity/bundle.ts';
+import { exportPrivateKeyPem, generateKeyPair, issueCa, issueLeaf, certificatesToPem } from '../../src/identity/svid.ts';
+import type { Certificate, SigningAuthority } from '../../src/identity/svid.ts';
+
+
+export const HOUR_MS = 3_600_000;
+
+export interface TestCa {
+  trustDomain: string;
+  root: SigningAuthority;
+  /** The authority that signs leaves: the root itself, or an intermediate when asked for. */
+  signer: SigningAuthority;
+  bundle: TrustBundle;
+}
+
+export async function createTestCa(trustDomain: string, options: { intermediate?: boolean; ttlMs?: number; now?: Date } = {}): Promise<TestCa> {
+  const rootKeys = await generateKeyPair();
+  const now = options.now ?? new Date();
+  const rootCert = await issueCa({ trustDomain, keys: rootKeys, ttlMs: options.ttlMs ?? 24 * HOUR_MS, commonName: `${trustDomain} root`, now });
+  const root: SigningAuthority = { cert: rootCert, privateKey: rootKeys.privateKey, chainAbove: [] };
+  let signer = root;
+  if (options.intermediate) {
+    const keys = await generateKeyPair();
+    const cert = await issueCa({ trustDomain, keys, ttlMs: options.ttlMs ?? 24 * HOUR_MS, authority: root, commonName: `${trustDomain} intermediate`, now });
+    signer = { cert, privateKey: keys.privateKey, chainAbove: [] };
+  }
+  return { trustDomain, root, signer, bundle: createBundle(trustDomain, [rootCert]) };
+}
+
+export interface TestSvid {
+  chain: Certificate[];
+  certPem: string;
+  keyPem: string;
+  keys: CryptoKeyPair;
+}
+
+/** A well-formed SVID for `spiffeId`, signed by the CA's signer (intermediate included in the chain). */
+export async function issueTestSvid(ca: TestCa, spiffeId: string, options: { ttlMs?: number; now?: Date } = {}): Promise<TestSvid> {
+  const keys = await generateKeyPair();
+  const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority: ca.signer, ttlMs: options.ttlMs ?? HOUR_MS, now: options.now });
+  const chain = ca.signer === ca.root ? [leaf] : [leaf, ca.signer.cert];
+  return { chain, certPem: certificatesToPem(chain), keyPem: await exportPrivateKeyPem(keys.privateKey), keys };
+}
+
+export interface CraftParams {
+  /** URI SANs to put in the certificate; [] = a SAN extension without URIs; null = no SAN extension. */
+  uris?: string[] | null;
+  dnsNames?: string[];
+  ca?: boolean;
+  /** null = no keyUsage extension. */
+  keyUsage?: number | null;
+  keyUsageCritical?: boolean;
+  extKeyUsage?: string[] | null;
+  notBefore?: Date;
+  notAfter?: Date;
+  pathLength?: number;
+}
+
+/** A certificate with exactly the extensions asked for, signed by `issuer` (or self-signed), for hostile-input tests. */
+export async function craftCertificate(issuer: SigningAuthority | null, params: CraftParams = {}): Promise<{ cert: Certificate; keys: CryptoKeyPair }> {
+  const keys = await generateKeyPair();
+  const extensions: x509.Extension[] = [new x509.BasicConstraintsExtension(params.ca ?? false, params.pathLength, true)];
+  const keyUsage = params.keyUsage === undefined ? x509.KeyUsageFlags.digitalSignature : params.keyUsage;
+  if (keyUsage !== null) extensions.push(new x509.KeyUsagesExtension(keyUsage, params.keyUsageCritical ?? true));
+  if (params.extKeyUsage !== null) {
+    extensions.push(new x509.ExtendedKeyUsageExtension(params.extKeyUsage ?? [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]));
+  }
+  if (params.uris !== null) {
+    const names: x509.JsonGeneralName[] = (params.uris ?? []).map((value) => ({ type: 'url', value }));
+    for (const dns of params.dnsNames ?? []) names.push({ type: 'dns', value: dns });
+    extensions.push(new x509.SubjectAlternativeNameExtension(names, true));
+  }
+  extensions.push(await x509.SubjectKeyIdentifierExtension.create(keys.publicKey));
+  const subject = `O=ambit-test, CN=crafted ${Math.random().toString(36).slice(2)}`;
+  const now = Date.now();
+  const cert = await x509.X509CertificateGenerator.create({
+    subject,
+    issuer: issuer ? issuer.cert.subjectName : subject,
+    notBefore: params.notBefore ?? new Date(now - 60_000),
+    notAfter: params.notAfter ?? new Date(now + HOUR_MS),
+    signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+    publicKey: keys.publicKey,
+    signingKey: issuer ? issuer.privateKey : keys.privateKey,
+    extensions,
+  });
+  return { cert, keys };
+}

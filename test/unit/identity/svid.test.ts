@@ -1,0 +1,249 @@
+import * as x509 from '../../../src/identity/x509.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { BundleSet, createBundle } from '../../../src/identity/bundle.ts';
+import {
+  createCsr,
+  generateKeyPair,
+  issueLeaf,
+  loadSvid,
+  readCsr,
+  spiffeIdOf,
+  verifySvid,
+} from '../../../src/identity/svid.ts';
+import { AmbitError } from '../../../src/errors.ts';
+import { craftCertificate, createTestCa, HOUR_MS, issueTestSvid } from '../../helpers/certs.ts';
+import type { TestCa } from '../../helpers/certs.ts';
+
+const WEB = 'spiffe://cluster.local/ns/default/sa/web';
+
+let caA: TestCa; // cluster.local, root signs leaves
+let caB: TestCa; // other.test, with an intermediate
+let bundles: BundleSet;
+
+beforeAll(async () => {
+  caA = await createTestCa('cluster.local');
+  caB = await createTestCa('other.test', { intermediate: true });
+  bundles = new BundleSet([caA.bundle, caB.bundle]);
+});
+
+describe('issued SVIDs', () => {
+  it('have exactly one URI SAN, CA:false, critical digitalSignature and no keyCertSign/cRLSign', async () => {
+    const svid = await issueTestSvid(caA, WEB);
+    const leaf = svid.chain[0] as x509.X509Certificate;
+    const san = leaf.getExtension(x509.SubjectAlternativeNameExtension);
+    expect(san?.names.items.filter((n) => n.type === 'url').map((n) => n.value)).toEqual([WEB]);
+    expect(leaf.getExtension(x509.BasicConstraintsExtension)?.ca).toBe(false);
+    const keyUsage = leaf.getExtension(x509.KeyUsagesExtension);
+    expect(keyUsage?.critical).toBe(true);
+    expect((keyUsage?.usages ?? 0) & x509.KeyUsageFlags.digitalSignature).not.toBe(0);
+    expect((keyUsage?.usages ?? 0) & (x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign)).toBe(0);
+  });
+
+  it('signing certificates are CA:true with keyCertSign and a trust-domain ID without path', () => {
+    const root = caA.root.cert;
+    expect(root.getExtension(x509.BasicConstraintsExtension)?.ca).toBe(true);
+    expect((root.getExtension(x509.KeyUsagesExtension)?.usages ?? 0) & x509.KeyUsageFlags.keyCertSign).not.toBe(0);
+    const id = spiffeIdOf(root);
+    expect(id instanceof AmbitError ? id.code : id.id).toBe('spiffe://cluster.local');
+  });
+
+  it('never outlive the certificate that signed them', async () => {
+    const shortCa = await createTestCa('short.test', { ttlMs: 60_000 });
+    const svid = await issueTestSvid(shortCa, 'spiffe://short.test/ns/a/sa/b', { ttlMs: HOUR_MS });
+    expect((svid.chain[0] as x509.X509Certificate).notAfter.getTime()).toBe(shortCa.root.cert.notAfter.getTime());
+  });
+
+  it('are backdated 10 s for clock skew', async () => {
+    const now = new Date('2026-11-23T12:00:00Z');
+    const keys = await generateKeyPair();
+    const ca = await createTestCa('cluster.local', { now: new Date('2026-11-23T00:00:00Z'), ttlMs: 48 * HOUR_MS });
+    const leaf = await issueLeaf({ spiffeId: WEB, publicKey: keys.publicKey, authority: ca.signer, ttlMs: HOUR_MS, now });
+    expect(leaf.notBefore.toISOString()).toBe('2026-11-23T11:59:50.000Z');
+  });
+
+  it('refuse to issue a leaf for a trust-domain ID', async () => {
+    const keys = await generateKeyPair();
+    await expect(issueLeaf({ spiffeId: 'spiffe://cluster.local', publicKey: keys.publicKey, authority: caA.signer, ttlMs: HOUR_MS })).rejects.toMatchObject({ code: 'SVID_NO_PATH' });
+  });
+});
+
+describe('verifying a peer SVID', () => {
+  it('accepts a leaf signed by its trust domain root', async () => {
+    const svid = await issueTestSvid(caA, WEB);
+    const result = verifySvid(svid.chain, bundles);
+    expect(result.error).toBeNull();
+    expect(result.valid).toBe(true);
+    expect(result.id?.id).toBe(WEB);
+  });
+
+  it('accepts a leaf whose chain carries an intermediate up to its root', async () => {
+    const svid = await issueTestSvid(caB, 'spiffe://other.test/ns/db/sa/postgres');
+    expect(svid.chain).toHaveLength(2);
+    expect(verifySvid(svid.chain, bundles).valid).toBe(true);
+  });
+
+  it('rejects a leaf whose intermediate is missing from the chain', async () => {
+    const svid = await issueTestSvid(caB, 'spiffe://other.test/ns/db/sa/postgres');
+    expect(verifySvid(svid.chain.slice(0, 1), bundles).error?.code).toBe('SVID_CHAIN_INVALID');
+  });
+
+  it('rejects a certificate signed by trust domain A that claims an ID in trust domain B', async () => {
+    const forged = await issueTestSvid(caA, 'spiffe://other.test/ns/db/sa/postgres');
+    const result = verifySvid(forged.chain, bundles);
+    expect(result.valid).toBe(false);
+    expect(result.error?.code).toBe('TRUST_DOMAIN_MISMATCH');
+  });
+
+  it('rejects a cross-domain forgery as untrusted even when the signer is not known at all', async () => {
+    const rogue = await createTestCa('rogue.test');
+    const forged = await issueTestSvid(rogue, WEB);
+    expect(verifySvid(forged.chain, bundles).error?.code).toBe('SVID_CHAIN_INVALID');
+  });
+
+  it('rejects an ID whose trust domain has no bundle', async () => {
+    const stranger = await createTestCa('stranger.test');
+    const svid = await issueTestSvid(stranger, 'spiffe://stranger.test/ns/a/sa/b');
+    expect(verifySvid(svid.chain, bundles).error?.code).toBe('TRUST_DOMAIN_UNKNOWN');
+  });
+
+  it('rejects an expired leaf and accepts it when judged at a time inside its validity', async () => {
+    const svid = await issueTestSvid(caA, WEB, { ttlMs: 60_000 });
+    const later = new Date(Date.now() + 5 * 60_000);
+    expect(verifySvid(svid.chain, bundles, { at: later }).error?.code).toBe('SVID_EXPIRED');
+    expect(verifySvid(svid.chain, bundles, { at: new Date(Date.now() + 30_000) }).valid).toBe(true);
+  });
+
+  it('rejects a leaf that is not yet valid', async () => {
+    const svid = await issueTestSvid(caA, WEB);
+    const before = new Date(Date.now() - 60_000);
+    expect(verifySvid(svid.chain, bundles, { at: before }).error?.code).toBe('SVID_NOT_YET_VALID');
+  });
+
+  it('rejects a chain whose root has expired', async () => {
+    const oldCa = await createTestCa('cluster.local', { now: new Date(Date.now() - 3 * HOUR_MS), ttlMs: HOUR_MS });
+    const svid = await issueTestSvid(oldCa, WEB, { now: new Date(Date.now() - 3 * HOUR_MS + 60_000), ttlMs: 30 * 60_000 });
+    const oldBundles = new BundleSet([oldCa.bundle]);
+    expect(verifySvid(svid.chain, oldBundles, { at: new Date(Date.now() - 3 * HOUR_MS + 2 * 60_000) }).valid).toBe(true);
+    expect(verifySvid(svid.chain, oldBundles).error?.code).toBe('SVID_EXPIRED');
+  });
+
+  it('rejects an empty chain', () => {
+    expect(verifySvid([], bundles).error?.code).toBe('SVID_PARSE');
+  });
+
+  const hostile: Array<[string, Parameters<typeof craftCertificate>[1], string]> = [
+    ['a leaf without any URI SAN', { uris: null }, 'SVID_NO_URI_SAN'],
+    ['a leaf whose SAN has only DNS names', { uris: [], dnsNames: ['web.default.svc'] }, 'SVID_NO_URI_SAN'],
+    ['a leaf with two URI SANs', { uris: [WEB, 'spiffe://cluster.local/ns/admin/sa/root'] }, 'SVID_MULTIPLE_URI_SANS'],
+    ['a leaf with a SPIFFE URI SAN and an https URI SAN', { uris: [WEB, 'https://example.com/'] }, 'SVID_MULTIPLE_URI_SANS'],
+    ['a URI SAN smuggling a second ID after a comma', { uris: [`${WEB}, URI:spiffe://cluster.local/ns/admin/sa/root`] }, 'SPIFFE_ID_PATH_CHARS'],
+    ['a URI SAN with a dot segment', { uris: ['spiffe://cluster.local/ns/../sa/web'] }, 'SPIFFE_ID_DOT_SEGMENT'],
+    ['a URI SAN with an uppercase trust domain', { uris: ['spiffe://Cluster.local/ns/default/sa/web'] }, 'SPIFFE_ID_TRUST_DOMAIN_CHARS'],
+    ['a URI SAN that is not spiffe', { uris: ['https://cluster.local/ns/default/sa/web'] }, 'SPIFFE_ID_SCHEME'],
+    ['a leaf naming only the trust domain', { uris: ['spiffe://cluster.local'] }, 'SVID_NO_PATH'],
+    ['a CA certificate presented as a leaf', { uris: [WEB], ca: true, keyUsage: x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyCertSign }, 'SVID_LEAF_IS_CA'],
+    ['a leaf without keyUsage', { uris: [WEB], keyUsage: null }, 'SVID_KEY_USAGE'],
+    ['a leaf whose keyUsage is not critical', { uris: [WEB], keyUsageCritical: false }, 'SVID_KEY_USAGE'],
+    ['a leaf without digitalSignature', { uris: [WEB], keyUsage: x509.KeyUsageFlags.keyEncipherment }, 'SVID_KEY_USAGE'],
+    ['a leaf with keyCertSign', { uris: [WEB], keyUsage: x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyCertSign }, 'SVID_KEY_USAGE'],
+    ['a leaf with cRLSign', { uris: [WEB], keyUsage: x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.cRLSign }, 'SVID_KEY_USAGE'],
+    ['a leaf whose extKeyUsage lacks clientAuth', { uris: [WEB], extKeyUsage: [x509.ExtendedKeyUsage.serverAuth] }, 'SVID_EXT_KEY_USAGE'],
+  ];
+  for (const [name, params, code] of hostile) {
+    it(`rejects ${name} (${code})`, async () => {
+      const { cert } = await craftCertificate(caA.root, params);
+      const result = verifySvid([cert], bundles);
+      expect(result.valid).toBe(false);
+      expect(result.error?.code).toBe(code);
+    });
+  }
+
+  it('accepts a crafted leaf that follows every rule, so the table above fails for its reason only', async () => {
+    const { cert } = await craftCertificate(caA.root, { uris: [WEB] });
+    expect(verifySvid([cert], bundles).valid).toBe(true);
+  });
+
+  it('accepts a leaf without extKeyUsage (it is optional)', async () => {
+    const { cert } = await craftCertificate(caA.root, { uris: [WEB], extKeyUsage: null });
+    expect(verifySvid([cert], bundles).valid).toBe(true);
+  });
+
+  it('rejects an intermediate that is not a CA', async () => {
+    const { cert: fakeIntermediate, keys } = await craftCertificate(caA.root, { uris: [], keyUsage: x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyCertSign });
+    const { cert: leaf } = await craftCertificate({ cert: fakeIntermediate, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([leaf, fakeIntermediate], bundles).error?.code).toBe('SVID_CA_INVALID');
+  });
+
+  it('rejects an intermediate whose SPIFFE ID has a path', async () => {
+    const { cert: badCa, keys } = await craftCertificate(caA.root, { uris: ['spiffe://cluster.local/ns/x/sa/y'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: leaf } = await craftCertificate({ cert: badCa, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([leaf, badCa], bundles).error?.code).toBe('SVID_CA_INVALID');
+  });
+
+  it('rejects a chain that exceeds an intermediate path length constraint', async () => {
+    const { cert: ca1, keys: k1 } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, pathLength: 0 });
+    const { cert: ca2, keys: k2 } = await craftCertificate({ cert: ca1, privateKey: k1.privateKey, chainAbove: [] }, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: leaf } = await craftCertificate({ cert: ca2, privateKey: k2.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([leaf, ca2, ca1], bundles).error?.code).toBe('SVID_CA_INVALID');
+  });
+
+  it('trusts a root only through the bundle: a self-signed leaf naming a trusted ID is rejected', async () => {
+    const { cert } = await craftCertificate(null, { uris: [WEB] });
+    expect(verifySvid([cert], bundles).error?.code).toBe('SVID_CHAIN_INVALID');
+  });
+
+  it('trusts both roots during a root rotation overlap and only the new one after withdrawal', async () => {
+    const next = await createTestCa('cluster.local');
+    const oldSvid = await issueTestSvid(caA, WEB);
+    const newSvid = await issueTestSvid(next, WEB);
+    const overlap = new BundleSet([createBundle('cluster.local', [caA.root.cert, next.root.cert])]);
+    expect(verifySvid(oldSvid.chain, overlap).valid).toBe(true);
+    expect(verifySvid(newSvid.chain, overlap).valid).toBe(true);
+    const withdrawn = new BundleSet([createBundle('cluster.local', [next.root.cert])]);
+    expect(verifySvid(oldSvid.chain, withdrawn).error?.code).toBe('SVID_CHAIN_INVALID');
+    expect(verifySvid(newSvid.chain, withdrawn).valid).toBe(true);
+  });
+});
+
+describe('loading an SVID one holds', () => {
+  it('accepts a certificate with its own key', async () => {
+    const svid = await issueTestSvid(caB, 'spiffe://other.test/ns/a/sa/b');
+    const loaded = loadSvid(svid.certPem, svid.keyPem);
+    expect(loaded.id.id).toBe('spiffe://other.test/ns/a/sa/b');
+    expect(loaded.chain).toHaveLength(2);
+  });
+
+  it('rejects a key that belongs to another certificate', async () => {
+    const one = await issueTestSvid(caA, WEB);
+    const two = await issueTestSvid(caA, WEB);
+    expect(() => loadSvid(one.certPem, two.keyPem)).toThrow(expect.objectContaining({ code: 'SVID_KEY_MISMATCH' }));
+  });
+
+  it('rejects text that is not a certificate', () => {
+    expect(() => loadSvid('hello', 'world')).toThrow(expect.objectContaining({ code: 'SVID_PARSE' }));
+  });
+});
+
+describe('certificate signing requests', () => {
+  it('yield the requester public key when the signature verifies', async () => {
+    const keys = await generateKeyPair();
+    const csr = await createCsr(keys, WEB);
+    const publicKey = await readCsr(csr);
+    const spki = new Uint8Array(await crypto.subtle.exportKey('spki', publicKey));
+    expect(spki).toEqual(new Uint8Array(await crypto.subtle.exportKey('spki', keys.publicKey)));
+  });
+
+  it('are refused when tampered with (no proof of possession)', async () => {
+    const keys = await generateKeyPair();
+    const other = await generateKeyPair();
+    const csr = new x509.Pkcs10CertificateRequest(await createCsr(keys, WEB));
+    // Re-sign the same request body with another key: the embedded public key no longer matches the signature.
+    const forged = await x509.Pkcs10CertificateRequestGenerator.create({ keys: { publicKey: keys.publicKey, privateKey: other.privateKey }, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' } });
+    expect(csr.subject).toBeDefined();
+    await expect(readCsr(forged.toString('pem'))).rejects.toMatchObject({ code: 'CA_CSR_INVALID' });
+  });
+
+  it('are refused when they are not PKCS#10 at all', async () => {
+    await expect(readCsr('-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----')).rejects.toMatchObject({ code: 'CA_CSR_INVALID' });
+  });
+});
