@@ -4,6 +4,8 @@ import { AmbitError } from '../errors.ts';
 import type { Command } from './args.ts';
 
 const commands: Record<string, () => Promise<Command>> = {
+  ca: async () => (await import('./ca.ts')).command,
+  agent: async () => (await import('./agent.ts')).command,
   svid: async () => (await import('./svid.ts')).command,
 };
 

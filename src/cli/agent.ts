@@ -1,0 +1,135 @@
+// `ambit agent`: the rotation agent as a standalone program that writes certificate, key and bundle files
+// atomically for software that reads files (as spiffe-helper does), and keeps them fresh.
+import { createServer } from 'node:http';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Registry } from 'prom-client';
+import { AmbitError, toAmbitError } from '../errors.ts';
+import { parse, parseDurationMs, requireString } from './args.ts';
+import type { Command } from './args.ts';
+import { readText } from './ca.ts';
+import { parseListen } from './listen.ts';
+import { IdentityAgent, writeFileAtomic } from '../identity/agent.ts';
+import { decodeBundleText, encodePemBundle } from '../identity/bundle.ts';
+import type { BundleSet } from '../identity/bundle.ts';
+import { parseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
+import type { Svid } from '../identity/svid.ts';
+import { createLogger } from '../observe/log.ts';
+
+const help = `usage: ambit agent --ca URL --trust-domain TD --bundle FILE --node NAME --state-dir DIR
+                   --out DIR [--identity SPIFFE_ID ...] [--join-token TOKEN] [--ttl 1h]
+                   [--metrics HOST:PORT] [--once]
+
+Obtains this node's SVID (join token the first time, then renewal over mTLS), then one SVID per
+--identity, renewing each at half its lifetime; while the CA is unreachable it backs off (1 s doubling
+to 150 s) and the current files keep serving. Files in --out, each written atomically:
+  <name>.pem, <name>-key.pem (0600)   certificate chain and key per identity; <name> is the ID's path
+                                      with "/" as "_" (ns_default_sa_web, ambit_node_vm-1)
+  bundle.pem                          the roots of our own trust domain
+  bundles.json                        SPIFFE bundle map of every trust domain the CA federates with
+--bundle is the bootstrap trust bundle (PEM or SPIFFE JSON) used to authenticate the CA the first time.
+--once writes the files once and exits. --metrics serves Prometheus /metrics (certificate expiry,
+rotations, failures).
+`;
+
+export function fileStem(spiffeId: string): string {
+  return parseSpiffeId(spiffeId).path.slice(1).replaceAll('/', '_');
+}
+
+async function writeSvid(out: string, svid: Svid): Promise<void> {
+  const stem = fileStem(svid.id.id);
+  // Key first: a reader that sees the new certificate must find its key already there.
+  await writeFileAtomic(join(out, `${stem}-key.pem`), svid.privateKeyPem, 0o600);
+  await writeFileAtomic(join(out, `${stem}.pem`), svid.certPem, 0o644);
+}
+
+async function writeBundles(out: string, trustDomain: string, bundles: BundleSet): Promise<void> {
+  const own = bundles.get(trustDomain);
+  if (own) await writeFileAtomic(join(out, 'bundle.pem'), encodePemBundle(own), 0o644);
+  await writeFileAtomic(join(out, 'bundles.json'), bundles.toMapJson() + '\n', 0o644);
+}
+
+export const command: Command = {
+  summary: 'rotation agent: keeps SVID and bundle files fresh for programs that read files',
+  help,
+  async run(argv) {
+    const { values } = parse(argv, {
+      ca: { type: 'string' },
+      'trust-domain': { type: 'string' },
+      bundle: { type: 'string' },
+      node: { type: 'string' },
+      'state-dir': { type: 'string' },
+      out: { type: 'string' },
+      identity: { type: 'string', multiple: true },
+      'join-token': { type: 'string' },
+      ttl: { type: 'string' },
+      metrics: { type: 'string' },
+      once: { type: 'boolean' },
+    }, false);
+    const caUrl = requireString(values.ca, 'ca').replace(/\/+$/, '');
+    if (!caUrl.startsWith('https://')) throw new AmbitError('USAGE', `--ca must be an https:// URL, got "${caUrl}"`);
+    const trustDomain = validateTrustDomain(requireString(values['trust-domain'], 'trust-domain'));
+    const bundleFile = requireString(values.bundle, 'bundle');
+    const out = requireString(values.out, 'out');
+    const identities = values.identity ?? [];
+    for (const id of identities) {
+      const parsed = parseSpiffeId(id);
+      if (parsed.trustDomain !== trustDomain || parsed.path === '') throw new AmbitError('USAGE', `--identity ${id} is not a workload identity in ${trustDomain}`);
+    }
+    const bootstrapBundle = decodeBundleText(trustDomain, await readText(bundleFile));
+    const logger = createLogger({ name: 'ambit-agent' });
+    const metrics = new Registry();
+    const agent = new IdentityAgent({
+      caUrl,
+      trustDomain,
+      nodeName: requireString(values.node, 'node'),
+      bootstrapBundle,
+      stateDir: requireString(values['state-dir'], 'state-dir'),
+      joinToken: values['join-token'],
+      ttlSeconds: values.ttl ? Math.round(parseDurationMs(values.ttl, 'ttl') / 1000) : undefined,
+      logger,
+      metrics,
+    });
+    await mkdir(out, { recursive: true });
+    // Serialise writes so an older rotation never lands after a newer one.
+    let writing = Promise.resolve();
+    const enqueue = (job: () => Promise<void>) => {
+      writing = writing.then(job).catch((error: unknown) => logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), out }, 'cannot write SVID files'));
+    };
+    agent.on('rotated', (svid) => enqueue(() => writeSvid(out, svid)));
+    agent.on('bundles', (bundles) => enqueue(() => writeBundles(out, trustDomain, bundles)));
+    try {
+      await agent.start();
+      enqueue(() => writeBundles(out, trustDomain, agent.bundles()));
+      const node = agent.nodeSvid();
+      if (node) enqueue(() => writeSvid(out, node));
+      await Promise.all(identities.map((id) => agent.ensure(id, { failFast: values.once === true })));
+      await writing;
+    } catch (error) {
+      await agent.stop();
+      throw error;
+    }
+    if (values.once) {
+      await agent.stop();
+      return 0;
+    }
+    if (values.metrics) {
+      const listen = parseListen(values.metrics, 'metrics');
+      createServer((req, res) => {
+        if (req.url !== '/metrics') {
+          res.writeHead(404).end();
+          return;
+        }
+        void metrics.metrics().then((text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text));
+      }).listen(listen.port, listen.host);
+    }
+    logger.info({ identities: agent.identities(), out }, 'agent running');
+    await new Promise<void>((resolve) => {
+      process.once('SIGTERM', resolve);
+      process.once('SIGINT', resolve);
+    });
+    await agent.stop();
+    await writing;
+    return 0;
+  },
+};

@@ -1,0 +1,230 @@
+// `ambit ca`: create a CA directory, run the CA server, mint join tokens, rotate roots, print the bundle.
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { AmbitError } from '../errors.ts';
+import { parse, parseDurationMs, requireString } from './args.ts';
+import type { Command } from './args.ts';
+import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
+import { createJoinToken } from '../identity/ca/tokens.ts';
+import { CaServer } from '../identity/ca/server.ts';
+import type { NodeRegistry } from '../identity/ca/server.ts';
+import { nodeId } from '../identity/spiffe-id.ts';
+import { decodeBundleText, encodeBundle, encodePemBundle } from '../identity/bundle.ts';
+import type { FederationPeer } from '../identity/federation.ts';
+import { createLogger } from '../observe/log.ts';
+import { watchConfigDir } from '../config/watch.ts';
+import type { ConfigSnapshot } from '../config/snapshot.ts';
+import { parseListen } from './listen.ts';
+
+const help = `usage: ambit ca <subcommand> [options]
+
+Runs ambit's certificate authority and manages its state directory.
+
+subcommands:
+  init   --dir DIR --trust-domain TD [--root-cert FILE --root-key FILE] [--ttl 8760h] [--refresh-hint 5m]
+         Create a CA: a self-signed root, or an intermediate signed by the root you give (several
+         clusters' CAs under one shared root). Private keys are written 0600.
+  serve  --dir DIR --config CONFIG_DIR [--listen 127.0.0.1:15012] [--svid-ttl 1h] [--audit-log FILE]
+         Serve the CA over HTTPS (TLS 1.3): join-token attestation (POST /v1/attest), CSR signing for
+         the workloads the registry places on the caller's node (POST /v1/sign), the SPIFFE bundle
+         endpoint (GET /bundle) and the bundle set with federated trust domains (GET /v1/bundles).
+         Federation peers come from the MeshConfig object in CONFIG_DIR. Audit log: DIR/audit.log.
+  token create --dir DIR --node NAME [--ttl 1h]
+         Print a single-use join token for NAME. Presenting it once with a CSR yields the node SVID
+         spiffe://TD/ambit/node/NAME.
+  root prepare  --dir DIR [--root-cert FILE --root-key FILE] [--ttl 8760h]
+         Publish a new authority in the trust bundle without signing with it yet.
+  root activate --dir DIR   Sign with the prepared authority; the old root stays trusted.
+  root withdraw --dir DIR [--grace 1h]
+         Remove roots that no longer sign from the bundle. Refused until the active authority has
+         signed for --grace (default 1h, the default SVID lifetime), so that every SVID, node SVIDs
+         included, has been renewed under the new root.
+  bundle --dir DIR [--format spiffe|pem]
+         Print this trust domain's bundle (a bootstrap file for agents and federation peers).
+
+A running CA notices root changes within a second; agents pick them up at their next bundle refresh.
+`;
+
+const DEFAULT_LISTEN = '127.0.0.1:15012';
+/** The default SVID lifetime: after it, no certificate from a root that stopped signing is still valid. */
+const DEFAULT_WITHDRAW_GRACE_MS = 3_600_000;
+
+function parseDurationMsAllowZero(text: string, flag: string): number {
+  return /^0+(ms|s|m|h)?$/.test(text) ? 0 : parseDurationMs(text, flag);
+}
+
+async function readParent(options: { 'root-cert'?: string | boolean; 'root-key'?: string | boolean }) {
+  const certFile = options['root-cert'];
+  const keyFile = options['root-key'];
+  if (certFile === undefined && keyFile === undefined) return undefined;
+  if (typeof certFile !== 'string' || typeof keyFile !== 'string') throw new AmbitError('USAGE', '--root-cert and --root-key go together');
+  return { certPem: await readText(certFile), keyPem: await readText(keyFile) };
+}
+
+export async function readText(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (error) {
+    throw new AmbitError('FILE_READ', `${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+  }
+}
+
+async function init(argv: string[]): Promise<number> {
+  const { values } = parse(argv, {
+    dir: { type: 'string' },
+    'trust-domain': { type: 'string' },
+    'root-cert': { type: 'string' },
+    'root-key': { type: 'string' },
+    ttl: { type: 'string' },
+    'refresh-hint': { type: 'string' },
+  }, false);
+  const dir = requireString(values.dir, 'dir');
+  const trustDomain = requireString(values['trust-domain'], 'trust-domain');
+  const state = await initCa(dir, trustDomain, {
+    parent: await readParent(values),
+    ttlMs: values.ttl ? parseDurationMs(values.ttl, 'ttl') : undefined,
+    refreshHintSeconds: values['refresh-hint'] ? Math.max(1, Math.round(parseDurationMs(values['refresh-hint'], 'refresh-hint') / 1000)) : undefined,
+  });
+  const kind = state.active.cert === state.active.root || state.active.cert.serialNumber === state.active.root.serialNumber ? 'self-signed root' : 'intermediate';
+  process.stdout.write(`created CA for trust domain ${state.trustDomain} in ${dir} (${kind}, valid until ${state.active.cert.notAfter.toISOString()})\n`);
+  return 0;
+}
+
+/** The CA's view of the registry: identities by node, from the current configuration snapshot. */
+function registryOf(snapshot: ConfigSnapshot): NodeRegistry {
+  return { identitiesOnNode: (node) => snapshot.identitiesOnNode(node) };
+}
+
+async function federationPeers(snapshot: ConfigSnapshot, configDir: string): Promise<FederationPeer[]> {
+  const peers: FederationPeer[] = [];
+  for (const peer of snapshot.mesh.federation) {
+    let bootstrapBundle;
+    if (peer.bundleFile) {
+      const file = resolve(configDir, peer.bundleFile);
+      bootstrapBundle = decodeBundleText(peer.trustDomain, await readText(file));
+    }
+    peers.push({ trustDomain: peer.trustDomain, bundleEndpoint: peer.bundleEndpoint, profile: peer.profile, endpointSpiffeId: peer.endpointSpiffeId, bootstrapBundle });
+  }
+  return peers;
+}
+
+async function serve(argv: string[]): Promise<number> {
+  const { values } = parse(argv, {
+    dir: { type: 'string' },
+    config: { type: 'string' },
+    listen: { type: 'string' },
+    'svid-ttl': { type: 'string' },
+    'audit-log': { type: 'string' },
+    'federation-min-refresh': { type: 'string' },
+    'state-poll': { type: 'string' },
+  }, false);
+  const dir = requireString(values.dir, 'dir');
+  const configDir = requireString(values.config, 'config');
+  const listen = parseListen(values.listen ?? DEFAULT_LISTEN, 'listen');
+  const logger = createLogger({ name: 'ambit-ca' });
+  const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
+  const auditLogger = createLogger({ name: 'ambit-ca-audit', file: auditFile });
+  const state = await loadCa(dir);
+  const config = await watchConfigDir(configDir, {
+    onChange: (next, _previous, diff) => {
+      logger.info({ version: next.version, diff }, 'configuration reloaded');
+      auditLogger.info({ event: 'config_changed', version: next.version, diff }, 'audit');
+    },
+    onError: (error) => logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force'),
+  });
+  const snapshot = config.current();
+  if (snapshot.mesh.trustDomain !== state.trustDomain) {
+    throw new AmbitError('CONFIG_FIELD', `${configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but the CA in ${dir} serves "${state.trustDomain}"`);
+  }
+  const svidTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : snapshot.mesh.certificateTtlMs;
+  const server = await CaServer.start({
+    dir,
+    host: listen.host,
+    port: listen.port,
+    registry: () => registryOf(config.current()),
+    svidTtlMs,
+    federation: await federationPeers(snapshot, configDir),
+    federationMinRefreshMs: values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined,
+    statePollMs: values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined,
+    logger,
+    audit: (record) => auditLogger.info(record, 'audit'),
+  });
+  const stop = async () => {
+    logger.info('CA shutting down');
+    await server.close();
+    await config.close();
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void stop());
+  process.once('SIGINT', () => void stop());
+  await new Promise<never>(() => {});
+  return 0;
+}
+
+async function token(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  if (action !== 'create') throw new AmbitError('USAGE', `unknown token subcommand "${action ?? ''}" (expected: create)`);
+  const { values } = parse(rest, { dir: { type: 'string' }, node: { type: 'string' }, ttl: { type: 'string' } }, false);
+  const dir = requireString(values.dir, 'dir');
+  const node = requireString(values.node, 'node');
+  const state = await loadCa(dir);
+  // Validate the node name now: a token for a name that cannot be a SPIFFE ID could never be used.
+  nodeId(state.trustDomain, node);
+  const created = await createJoinToken(dir, node, parseDurationMs(values.ttl ?? '1h', 'ttl'));
+  process.stdout.write(`${created.token}\n`);
+  process.stderr.write(`join token for node ${node} (spiffe://${state.trustDomain}/ambit/node/${node}), single use, expires ${created.expiresAt.toISOString()}\n`);
+  return 0;
+}
+
+async function root(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  const { values } = parse(rest, { dir: { type: 'string' }, 'root-cert': { type: 'string' }, 'root-key': { type: 'string' }, ttl: { type: 'string' }, grace: { type: 'string' } }, false);
+  const dir = requireString(values.dir, 'dir');
+  switch (action) {
+    case 'prepare': {
+      const name = await prepareAuthority(dir, { parent: await readParent(values), ttlMs: values.ttl ? parseDurationMs(values.ttl, 'ttl') : undefined });
+      process.stdout.write(`prepared authority ${name}: published in the bundle, not yet signing\n`);
+      return 0;
+    }
+    case 'activate':
+      process.stdout.write(`authority ${await activateAuthority(dir)} now signs; previous roots stay in the bundle until withdrawn\n`);
+      return 0;
+    case 'withdraw':
+      process.stdout.write(`withdrew ${(await withdrawAuthorities(dir, values.grace === undefined ? DEFAULT_WITHDRAW_GRACE_MS : parseDurationMsAllowZero(values.grace, 'grace'))).join(', ')} from the bundle\n`);
+      return 0;
+    default:
+      throw new AmbitError('USAGE', `unknown root subcommand "${action ?? ''}" (expected: prepare, activate, withdraw)`);
+  }
+}
+
+async function bundle(argv: string[]): Promise<number> {
+  const { values } = parse(argv, { dir: { type: 'string' }, format: { type: 'string' } }, false);
+  const state = await loadCa(requireString(values.dir, 'dir'));
+  const format = values.format ?? 'spiffe';
+  if (format === 'spiffe') process.stdout.write(encodeBundle(state.bundle) + '\n');
+  else if (format === 'pem') process.stdout.write(encodePemBundle(state.bundle));
+  else throw new AmbitError('USAGE', `--format must be spiffe or pem, got "${format}"`);
+  return 0;
+}
+
+export const command: Command = {
+  summary: 'certificate authority: init, serve, join tokens, root rotation, bundle',
+  help,
+  async run(argv) {
+    const [sub, ...rest] = argv;
+    switch (sub) {
+      case 'init':
+        return init(rest);
+      case 'serve':
+        return serve(rest);
+      case 'token':
+        return token(rest);
+      case 'root':
+        return root(rest);
+      case 'bundle':
+        return bundle(rest);
+      default:
+        throw new AmbitError('USAGE', sub === undefined ? 'missing subcommand (init, serve, token, root, bundle)' : `unknown subcommand "${sub}" (init, serve, token, root, bundle)`);
+    }
+  },
+};

@@ -1,0 +1,17 @@
+// Parses listen addresses given on the command line: HOST:PORT, [V6]:PORT, or :PORT (loopback).
+import { isIP } from 'node:net';
+import { AmbitError } from '../errors.ts';
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export function parseListen(text: string, flag: string): ListenAddress {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65_535) throw new AmbitError('USAGE', `--${flag}: "${text}" is not HOST:PORT (port 0-65535)`);
+  const host = match[1] ?? (match[2] || '127.0.0.1');
+  if (match[1] !== undefined && isIP(host) !== 6) throw new AmbitError('USAGE', `--${flag}: "${host}" is not an IPv6 address`);
+  return { host, port };
+}

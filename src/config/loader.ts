@@ -1,0 +1,223 @@
+// Reads a configuration directory of Kubernetes-shaped YAML files into a ConfigSnapshot. All files are read and
+// every object validated before anything is accepted: one load either yields a whole snapshot or throws one
+// ConfigError listing every problem (file, line, object, field), never a partial configuration.
+import { open, readdir, realpath, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { LineCounter, isAlias, isMap, isNode, isScalar, isSeq, parseAllDocuments } from 'yaml';
+import type { Document } from 'yaml';
+import { formatPath, isMapping } from './fields.ts';
+import type { FieldPath } from './fields.ts';
+import { ConfigError } from './issues.ts';
+import type { ConfigIssue } from './issues.ts';
+import type { ConfigObject } from './objects.ts';
+import { buildSnapshot } from './snapshot.ts';
+import type { ConfigSnapshot } from './snapshot.ts';
+import { validateObject } from './validate.ts';
+
+export interface LoadOptions {
+  /** Refuse a configuration without a MeshConfig; the CA and the proxy ask for this. */
+  requireMesh?: boolean;
+}
+
+/** Larger than any sane configuration file, small enough that a mistaken path cannot exhaust memory. */
+export const MAX_CONFIG_FILE_BYTES = 32 * 1024 * 1024;
+/** yaml's default; bounds the expansion of aliases ("billion laughs"). */
+const MAX_ALIAS_COUNT = 100;
+const CONFIG_FILE = /\.ya?ml$/i;
+
+export async function loadConfigDir(dir: string, options: LoadOptions = {}): Promise<ConfigSnapshot> {
+  const root = resolve(dir);
+  const { files, issues } = await listConfigFiles(root);
+  const objects: ConfigObject[] = [];
+  // One file at a time: configuration directories are small, and this keeps open descriptors at one.
+  for (const file of files) {
+    const text = await readConfigFile(root, file, issues);
+    if (text === undefined) continue;
+    const parsed = parseDocuments(text, file);
+    objects.push(...parsed.objects);
+    issues.push(...parsed.issues);
+  }
+  return buildSnapshot(objects, { dir: root, requireMesh: options.requireMesh ?? false, issues, where: root });
+}
+
+/**
+ * Parses and validates one file's objects (no checks across objects). `file` names the file in errors and in
+ * each object's source. Throws a ConfigError listing every problem in the text.
+ */
+export function parseConfigText(text: string, file: string): ConfigObject[] {
+  const { objects, issues } = parseDocuments(text, file);
+  if (issues.length > 0) throw new ConfigError(issues, file);
+  return objects;
+}
+
+export interface ConfigFileList {
+  /** Relative to the directory, with "/" separators, sorted. */
+  readonly files: string[];
+  /** Unreadable subdirectories and broken links: reported, not skipped silently. */
+  readonly issues: ConfigIssue[];
+}
+
+/**
+ * The `.yaml`/`.yml` files under dir, at any depth, following symbolic links. Names starting with "." are skipped,
+ * which also skips the `..data` and `..2024_...` directories of a Kubernetes ConfigMap volume (their files are
+ * reached through the top-level links, once). Throws ConfigError (FILE_READ) when dir itself cannot be read.
+ */
+export async function listConfigFiles(dir: string): Promise<ConfigFileList> {
+  const root = resolve(dir);
+  const result: ConfigFileList = { files: [], issues: [] };
+  try {
+    const info = await stat(root);
+    if (!info.isDirectory()) throw new Error('not a directory');
+  } catch (error) {
+    const issue = fileIssue(undefined, `cannot read configuration directory: ${reason(error)}`);
+    throw new ConfigError([issue], root);
+  }
+  await walk(root, '', new Set([await realpath(root)]), result);
+  result.files.sort();
+  return result;
+}
+
+async function walk(root: string, relativeDir: string, visited: Set<string>, result: ConfigFileList): Promise<void> {
+  let entries;
+  try {
+    entries = await readdir(join(root, relativeDir), { withFileTypes: true });
+  } catch (error) {
+    result.issues.push(fileIssue(relativeDir, `cannot read directory: ${reason(error)}`));
+    return;
+  }
+  for (const entry of entries) {
+    if (entry.name.startsWith('.')) continue;
+    const relative = relativeDir === '' ? entry.name : `${relativeDir}/${entry.name}`;
+    const full = join(root, relative);
+    let isDirectory = entry.isDirectory();
+    let isFile = entry.isFile();
+    if (entry.isSymbolicLink()) {
+      try {
+        const target = await stat(full);
+        isDirectory = target.isDirectory();
+        isFile = target.isFile();
+      } catch (error) {
+        if (CONFIG_FILE.test(entry.name)) result.issues.push(fileIssue(relative, `cannot read: ${reason(error)}`));
+        continue;
+      }
+    }
+    if (isDirectory) {
+      // Links can make cycles; each real directory is read once.
+      const real = await realpath(full).catch(() => full);
+      if (visited.has(real)) continue;
+      visited.add(real);
+      await walk(root, relative, visited, result);
+    } else if (isFile && CONFIG_FILE.test(entry.name)) {
+      result.files.push(relative);
+    }
+  }
+}
+
+async function readConfigFile(root: string, file: string, issues: ConfigIssue[]): Promise<string | undefined> {
+  let handle;
+  try {
+    handle = await open(join(root, file), 'r');
+    const { size } = await handle.stat();
+    if (size > MAX_CONFIG_FILE_BYTES) {
+      issues.push(fileIssue(file, `file is ${size} bytes, more than the ${MAX_CONFIG_FILE_BYTES} a configuration file may have`));
+      return undefined;
+    }
+    return await handle.readFile('utf8');
+  } catch (error) {
+    issues.push(fileIssue(file, `cannot read: ${reason(error)}`));
+    return undefined;
+  } finally {
+    await handle?.close();
+  }
+}
+
+function fileIssue(file: string | undefined, message: string): ConfigIssue {
+  return { code: 'FILE_READ', file, line: undefined, object: undefined, field: undefined, message };
+}
+
+function reason(error: unknown): string {
+  if (error instanceof Error) return 'code' in error && typeof error.code === 'string' ? `${error.code}: ${error.message}` : error.message;
+  return String(error);
+}
+
+interface ParsedText {
+  readonly objects: ConfigObject[];
+  readonly issues: ConfigIssue[];
+}
+
+function parseDocuments(text: string, file: string): ParsedText {
+  const result: ParsedText = { objects: [], issues: [] };
+  const lineCounter = new LineCounter();
+  const lineAt = (offset: number): number => lineCounter.linePos(offset).line;
+  // YAML 1.2 with unique keys: a repeated key (two `nodeName:` lines) is an error, not "the last one wins".
+  const documents = parseAllDocuments(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  for (const document of documents) {
+    if (document.errors.length > 0) {
+      for (const error of document.errors) {
+        result.issues.push({ code: 'CONFIG_YAML', file, line: lineAt(error.pos[0]), object: undefined, field: undefined, message: error.message });
+      }
+      continue;
+    }
+    if (document.contents === null) continue;
+    let value: unknown;
+    try {
+      value = document.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+    } catch (error) {
+      result.issues.push({ code: 'CONFIG_YAML', file, line: nodeLine(document.contents, lineAt), object: undefined, field: undefined, message: reason(error) });
+      continue;
+    }
+    if (value === null || value === undefined) continue;
+    // `kubectl get pods -o yaml` writes a v1 List; its items are objects like any other.
+    if (isMapping(value) && value['kind'] === 'List' && value['apiVersion'] === 'v1' && Array.isArray(value['items'])) {
+      value['items'].forEach((item, index) => addObject(result, item, ['items', index], document, file, lineAt));
+    } else {
+      addObject(result, value, [], document, file, lineAt);
+    }
+  }
+  return result;
+}
+
+function addObject(result: ParsedText, value: unknown, prefix: FieldPath, document: Document, file: string, lineAt: (offset: number) => number): void {
+  const line = lineOfPath(document, prefix, lineAt);
+  const { object, label, issues } = validateObject(value, { file, line });
+  for (const issue of issues) {
+    result.issues.push({
+      code: issue.code,
+      file,
+      line: lineOfPath(document, [...prefix, ...issue.path], lineAt) ?? line,
+      object: label,
+      field: issue.path.length === 0 ? undefined : formatPath(issue.path),
+      message: issue.message,
+    });
+  }
+  if (object !== undefined) result.objects.push(object);
+}
+
+function nodeLine(node: unknown, lineAt: (offset: number) => number): number | undefined {
+  return isNode(node) && node.range ? lineAt(node.range[0]) : undefined;
+}
+
+/**
+ * The line of the deepest part of `path` that exists in the document: the key's line for a mapping entry, the
+ * item's line for a list entry. For a missing field that is the line of its parent, where it belongs.
+ */
+function lineOfPath(document: Document, path: FieldPath, lineAt: (offset: number) => number): number | undefined {
+  let node: unknown = document.contents;
+  let line = nodeLine(node, lineAt);
+  for (const segment of path) {
+    if (isAlias(node)) node = node.resolve(document);
+    if (isMap(node)) {
+      const pair = node.items.find((item) => isScalar(item.key) && String(item.key.value) === String(segment));
+      if (pair === undefined) break;
+      line = nodeLine(pair.key, lineAt) ?? line;
+      node = pair.value;
+    } else if (isSeq(node) && typeof segment === 'number') {
+      node = node.items[segment];
+      if (node === undefined) break;
+      line = nodeLine(node, lineAt) ?? line;
+    } else {
+      break;
+    }
+  }
+  return line;
+}

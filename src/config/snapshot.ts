@@ -1,0 +1,366 @@
+// The validated, indexed, frozen view of one configuration load. Checks across objects happen here (duplicates,
+// one IP per workload, at most one MeshConfig); after construction nothing changes: a new load builds a new
+// snapshot and the watcher swaps it in whole, so the data path may keep reading the one it holds.
+import { createHash } from 'node:crypto';
+import { canonicalIp, parseDurationMs } from './fields.ts';
+import { ConfigError } from './issues.ts';
+import type { ConfigIssue } from './issues.ts';
+import {
+  DEFAULT_CERTIFICATE_TTL,
+  DEFAULT_PORTS,
+  DEFAULT_ROOT_NAMESPACE,
+  DEFAULT_TRUST_DOMAIN,
+  NODE_ANNOTATION,
+  labelOf,
+  workloadSpiffeId,
+} from './objects.ts';
+import type {
+  ConfigKind,
+  ConfigObject,
+  Labels,
+  MeshConfigObject,
+  MeshSettings,
+  ObjectOfKind,
+  ObjectSource,
+  PodObject,
+  ServiceObject,
+  WorkloadEntryObject,
+} from './objects.ts';
+
+/** A Pod or WorkloadEntry the registry places on a node: what the CA authorizes and the proxy serves. */
+export interface Workload {
+  readonly kind: 'Pod' | 'WorkloadEntry';
+  readonly name: string;
+  readonly namespace: string;
+  readonly node: string;
+  readonly serviceAccount: string;
+  /** Canonical spellings, primary IP first. */
+  readonly ips: readonly string[];
+  /** A Pod's metadata.labels; a WorkloadEntry's metadata.labels overlaid with its spec.labels. */
+  readonly labels: Labels;
+  /** spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT */
+  readonly identity: string;
+  readonly source: ObjectSource;
+  readonly object: PodObject | WorkloadEntryObject;
+}
+
+export interface SnapshotOptions {
+  /** Absolute configuration directory, kept so relative paths in objects (bundleFile) can be resolved. */
+  dir?: string;
+  /** Refuse a configuration without a MeshConfig (the CA and the proxy need its trust domain). */
+  requireMesh?: boolean;
+  /** Problems already found while reading and parsing; reported together with the cross-object ones. */
+  issues?: readonly ConfigIssue[];
+  /** Names the configuration in the error heading (the directory, usually). */
+  where?: string;
+}
+
+const EMPTY_WORKLOADS: readonly Workload[] = Object.freeze([]);
+
+/** A Set the holder cannot add to: ReadonlySet is only a type, and Object.freeze does not stop Set#add. */
+class FrozenSet<T> implements ReadonlySet<T> {
+  readonly #set: Set<T>;
+
+  constructor(values: Iterable<T>) {
+    this.#set = new Set(values);
+    Object.freeze(this);
+  }
+
+  get size(): number {
+    return this.#set.size;
+  }
+
+  has(value: T): boolean {
+    return this.#set.has(value);
+  }
+
+  forEach(callback: (value: T, key: T, set: ReadonlySet<T>) => void, thisArg?: unknown): void {
+    for (const value of this.#set) callback.call(thisArg, value, value, this);
+  }
+
+  entries(): SetIterator<[T, T]> {
+    return this.#set.entries();
+  }
+
+  keys(): SetIterator<T> {
+    return this.#set.keys();
+  }
+
+  values(): SetIterator<T> {
+    return this.#set.values();
+  }
+
+  [Symbol.iterator](): SetIterator<T> {
+    return this.#set.values();
+  }
+}
+
+const EMPTY_IDENTITIES: ReadonlySet<string> = new FrozenSet<string>([]);
+
+/** Validates the objects as a set and indexes them; throws ConfigError listing every problem, never half a snapshot. */
+export function buildSnapshot(objects: readonly ConfigObject[], options: SnapshotOptions = {}): ConfigSnapshot {
+  const issues: ConfigIssue[] = [...(options.issues ?? [])];
+  const unique = withoutDuplicates(objects, issues);
+  const meshObject = singleMeshConfig(unique, issues, options.requireMesh ?? false);
+  const mesh = meshSettings(meshObject);
+  const workloads = buildWorkloads(unique, mesh.trustDomain, issues);
+  checkClusterIps(unique, issues);
+  if (issues.length > 0) throw new ConfigError(issues, options.where ?? options.dir ?? 'configuration');
+  return new ConfigSnapshot(unique, meshObject, mesh, workloads, options.dir);
+}
+
+function issueAt(object: ConfigObject, code: ConfigIssue['code'], field: string | undefined, message: string): ConfigIssue {
+  return { code, file: object.source.file, line: object.source.line, object: labelOf(object), field, message };
+}
+
+function where(source: ObjectSource): string {
+  return source.line === undefined ? source.file : `${source.file}:${source.line}`;
+}
+
+function withoutDuplicates(objects: readonly ConfigObject[], issues: ConfigIssue[]): ConfigObject[] {
+  const first = new Map<string, ConfigObject>();
+  const unique: ConfigObject[] = [];
+  for (const object of objects) {
+    // Kind, not apiVersion: networking.istio.io/v1 and v1beta1 are two spellings of one resource.
+    const key = labelOf(object);
+    const earlier = first.get(key);
+    if (earlier !== undefined) {
+      issues.push(issueAt(object, 'CONFIG_DUPLICATE', undefined, `defined twice: also in ${where(earlier.source)}`));
+      continue;
+    }
+    first.set(key, object);
+    unique.push(object);
+  }
+  return unique;
+}
+
+function singleMeshConfig(objects: readonly ConfigObject[], issues: ConfigIssue[], required: boolean): MeshConfigObject | undefined {
+  let found: MeshConfigObject | undefined;
+  for (const object of objects) {
+    if (object.kind !== 'MeshConfig') continue;
+    if (found === undefined) found = object;
+    else issues.push(issueAt(object, 'CONFIG_CONFLICT', undefined, `a second MeshConfig: ${labelOf(found)} in ${where(found.source)} already sets the mesh (at most one)`));
+  }
+  if (found === undefined && required) {
+    issues.push({
+      code: 'CONFIG_MESH_MISSING',
+      file: undefined,
+      line: undefined,
+      object: undefined,
+      field: undefined,
+      message: 'no MeshConfig: add one object of apiVersion ambit.dev/v1alpha1, kind MeshConfig, with spec.trustDomain',
+    });
+  }
+  return found;
+}
+
+function meshSettings(meshObject: MeshConfigObject | undefined): MeshSettings {
+  const spec = meshObject?.spec ?? {
+    trustDomain: DEFAULT_TRUST_DOMAIN,
+    rootNamespace: DEFAULT_ROOT_NAMESPACE,
+    ports: DEFAULT_PORTS,
+    egress: { mode: 'ALLOW_ANY' },
+    federation: [],
+    certificateTtl: DEFAULT_CERTIFICATE_TTL,
+  };
+  // The validator already refused unparseable durations.
+  return { ...spec, certificateTtlMs: parseDurationMs(spec.certificateTtl) as number };
+}
+
+// Pods whose containers have all terminated give their IP back to the node's pool, so the IP may be reused.
+const TERMINAL_PHASES = new Set(['Succeeded', 'Failed']);
+
+function buildWorkloads(objects: readonly ConfigObject[], trustDomain: string, issues: ConfigIssue[]): Workload[] {
+  const workloads: Workload[] = [];
+  const ipOwner = new Map<string, Workload>();
+  for (const object of objects) {
+    const workload = toWorkload(object, trustDomain);
+    if (workload === undefined) continue;
+    let conflict = false;
+    for (const ip of workload.ips) {
+      const owner = ipOwner.get(ip);
+      if (owner === undefined) continue;
+      const field = object.kind === 'Pod' ? 'status.podIP' : 'spec.address';
+      issues.push(issueAt(object, 'CONFIG_CONFLICT', field, `${ip} is also the IP of ${owner.kind} ${owner.namespace}/${owner.name} in ${where(owner.source)}`));
+      conflict = true;
+    }
+    if (conflict) continue;
+    for (const ip of workload.ips) ipOwner.set(ip, workload);
+    workloads.push(workload);
+  }
+  return workloads;
+}
+
+function toWorkload(object: ConfigObject, trustDomain: string): Workload | undefined {
+  const { name, namespace } = object.metadata;
+  if (object.kind === 'Pod') {
+    const { nodeName, serviceAccountName, hostNetwork } = object.spec;
+    const { podIP, podIPs, phase } = object.status;
+    // Not (yet, or any more) a mesh workload: unscheduled, no sandbox IP, host-network, or finished.
+    if (nodeName === undefined || podIP === undefined || hostNetwork || (phase !== undefined && TERMINAL_PHASES.has(phase))) return undefined;
+    const ips = [podIP];
+    for (const { ip } of podIPs) if (!ips.includes(ip)) ips.push(ip);
+    return {
+      kind: 'Pod',
+      name,
+      namespace,
+      node: nodeName,
+      serviceAccount: serviceAccountName,
+      ips,
+      labels: object.metadata.labels,
+      identity: workloadSpiffeId(trustDomain, namespace, serviceAccountName),
+      source: object.source,
+      object,
+    };
+  }
+  if (object.kind === 'WorkloadEntry') {
+    const node = object.metadata.annotations[NODE_ANNOTATION] as string;
+    return {
+      kind: 'WorkloadEntry',
+      name,
+      namespace,
+      node,
+      serviceAccount: object.spec.serviceAccount,
+      ips: [object.spec.address],
+      labels: { ...object.metadata.labels, ...object.spec.labels },
+      identity: workloadSpiffeId(trustDomain, namespace, object.spec.serviceAccount),
+      source: object.source,
+      object,
+    };
+  }
+  return undefined;
+}
+
+function checkClusterIps(objects: readonly ConfigObject[], issues: ConfigIssue[]): void {
+  const owner = new Map<string, ServiceObject>();
+  for (const object of objects) {
+    if (object.kind !== 'Service') continue;
+    const ips = object.spec.clusterIPs.length > 0 ? object.spec.clusterIPs : object.spec.clusterIP === undefined ? [] : [object.spec.clusterIP];
+    for (const ip of ips) {
+      if (ip === 'None') continue;
+      const earlier = owner.get(ip);
+      if (earlier !== undefined) {
+        issues.push(issueAt(object, 'CONFIG_CONFLICT', 'spec.clusterIP', `${ip} is also the cluster IP of ${labelOf(earlier)} in ${where(earlier.source)}`));
+      } else {
+        owner.set(ip, object);
+      }
+    }
+  }
+}
+
+export class ConfigSnapshot {
+  /** Content hash of the objects (not of their file layout): equal configurations have equal versions. */
+  readonly version: string;
+  readonly dir: string | undefined;
+  /** The MeshConfig's settings, or the defaults (trust domain cluster.local) when there is none and none was required. */
+  readonly mesh: MeshSettings;
+  readonly meshObject: MeshConfigObject | undefined;
+  /** Every object, in file order then position in file. */
+  readonly objects: readonly ConfigObject[];
+  readonly workloads: readonly Workload[];
+  readonly services: readonly ServiceObject[];
+  readonly #workloadsByNode: ReadonlyMap<string, readonly Workload[]>;
+  readonly #identitiesByNode: ReadonlyMap<string, ReadonlySet<string>>;
+  readonly #workloadByIp: ReadonlyMap<string, Workload>;
+  readonly #serviceByHost: ReadonlyMap<string, ServiceObject>;
+  readonly #byKind: ReadonlyMap<ConfigKind, readonly ConfigObject[]>;
+
+  /** Use buildSnapshot (or loadConfigDir): this constructor trusts that the set was already checked. */
+  constructor(objects: readonly ConfigObject[], meshObject: MeshConfigObject | undefined, mesh: MeshSettings, workloads: readonly Workload[], dir: string | undefined) {
+    this.objects = deepFreeze([...objects]);
+    this.meshObject = meshObject;
+    this.mesh = deepFreeze(mesh);
+    this.workloads = deepFreeze([...workloads]);
+    this.dir = dir;
+    this.version = contentVersion(this.objects);
+
+    const byKind = new Map<ConfigKind, ConfigObject[]>();
+    for (const object of this.objects) {
+      const list = byKind.get(object.kind);
+      if (list === undefined) byKind.set(object.kind, [object]);
+      else list.push(object);
+    }
+    for (const list of byKind.values()) Object.freeze(list);
+    this.#byKind = byKind;
+    this.services = (byKind.get('Service') ?? []) as readonly ServiceObject[];
+
+    const byNode = new Map<string, Workload[]>();
+    const byIp = new Map<string, Workload>();
+    for (const workload of this.workloads) {
+      const list = byNode.get(workload.node);
+      if (list === undefined) byNode.set(workload.node, [workload]);
+      else list.push(workload);
+      for (const ip of workload.ips) byIp.set(ip, workload);
+    }
+    const identities = new Map<string, ReadonlySet<string>>();
+    for (const [node, list] of byNode) {
+      Object.freeze(list);
+      identities.set(node, new FrozenSet(list.map((workload) => workload.identity)));
+    }
+    this.#workloadsByNode = byNode;
+    this.#identitiesByNode = identities;
+    this.#workloadByIp = byIp;
+
+    const byHost = new Map<string, ServiceObject>();
+    for (const service of this.services) byHost.set(service.hostname, service);
+    this.#serviceByHost = byHost;
+    Object.freeze(this);
+  }
+
+  workloadsOnNode(node: string): readonly Workload[] {
+    return this.#workloadsByNode.get(node) ?? EMPTY_WORKLOADS;
+  }
+
+  /**
+   * The CA's question, "may node N obtain identity X?", is `identitiesOnNode(N).has(X)`: yes iff the registry
+   * places a workload with identity X on N (as Istio's NodeAuthorizer requires).
+   */
+  identitiesOnNode(node: string): ReadonlySet<string> {
+    return this.#identitiesByNode.get(node) ?? EMPTY_IDENTITIES;
+  }
+
+  /** Accepts any spelling of the address, including `::ffff:10.0.0.1` as a dual-stack socket reports IPv4 peers. */
+  workloadByIp(ip: string): Workload | undefined {
+    const found = this.#workloadByIp.get(ip);
+    if (found !== undefined) return found;
+    const canonical = canonicalIp(ip);
+    return canonical === undefined || canonical === ip ? undefined : this.#workloadByIp.get(canonical);
+  }
+
+  /** A Kubernetes Service by its cluster hostname, NAME.NAMESPACE.svc.cluster.local. */
+  serviceByHost(host: string): ServiceObject | undefined {
+    return this.#serviceByHost.get(host) ?? this.#serviceByHost.get(host.toLowerCase().replace(/\.$/, ''));
+  }
+
+  objectsOfKind<K extends ConfigKind>(kind: K): readonly ObjectOfKind<K>[] {
+    return (this.#byKind.get(kind) ?? []) as readonly ObjectOfKind<K>[];
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value !== 'object' || value === null || Object.isFrozen(value)) return value;
+  Object.freeze(value);
+  for (const child of Object.values(value)) deepFreeze(child);
+  return value;
+}
+
+function contentVersion(objects: readonly ConfigObject[]): string {
+  const entries = objects.map((object) => {
+    const { source: _source, ...content } = object;
+    return [labelOf(object), canonicalJson(content)] as const;
+  });
+  entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const hash = createHash('sha256');
+  for (const [, json] of entries) hash.update(json).update('\n');
+  return hash.digest('hex').slice(0, 16);
+}
+
+/** JSON with sorted keys and undefined members dropped, so equal content always hashes the same. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map((item) => canonicalJson(item ?? null)).join(',')}]`;
+  if (typeof value === 'object' && value !== null) {
+    const keys = Object.keys(value).filter((key) => (value as Record<string, unknown>)[key] !== undefined).sort();
+    return `{${keys.map((key) => `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}

@@ -1,0 +1,539 @@
+// Per-object validation: turns one parsed YAML value into a typed, defaulted ConfigObject or a list of field
+// issues. Objects are checked one at a time here; checks across objects (duplicates, IP conflicts, one
+// MeshConfig) belong to the snapshot.
+import {
+  FieldIssues,
+  anyValue,
+  booleanField,
+  canonicalIp,
+  checkDns1035Label,
+  checkDns1123Label,
+  checkDns1123Subdomain,
+  checkFields,
+  checkHost,
+  checkHttpsUrl,
+  checkIp,
+  checkIpOrCidr,
+  checkLabelValue,
+  checkPortName,
+  checkQualifiedName,
+  checkTrustDomain,
+  checkWorkloadSpiffeId,
+  enumField,
+  hasValue,
+  integerField,
+  isMapping,
+  listField,
+  mappingAt,
+  mappingField,
+  parseDurationMs,
+  portAt,
+  portField,
+  stringAt,
+  stringField,
+  stringListField,
+  stringMapField,
+} from './fields.ts';
+import type { FieldIssue, FieldPath, Mapping } from './fields.ts';
+import {
+  CLUSTER_DOMAIN,
+  DEFAULT_CERTIFICATE_TTL,
+  DEFAULT_PORTS,
+  DEFAULT_ROOT_NAMESPACE,
+  KINDS,
+  NODE_ANNOTATION,
+  isConfigKind,
+  objectLabel,
+} from './objects.ts';
+import type {
+  ConfigKind,
+  ConfigObject,
+  Container,
+  ContainerPort,
+  FederationPeer,
+  Labels,
+  MeshConfigSpec,
+  MeshPorts,
+  ObjectMeta,
+  ObjectSource,
+  OpaqueSpec,
+  PodPhase,
+  PodSpec,
+  PodStatus,
+  PortProtocol,
+  ServiceEntryEndpoint,
+  ServiceEntryPort,
+  ServiceEntrySpec,
+  ServicePort,
+  ServiceSpec,
+  ServiceType,
+  WorkloadEntrySpec,
+} from './objects.ts';
+
+export interface ValidationResult {
+  /** Set only when the object had no issues. */
+  readonly object: ConfigObject | undefined;
+  /** `Pod default/web`, as far as the raw value tells. */
+  readonly label: string | undefined;
+  readonly issues: readonly FieldIssue[];
+}
+
+const TOP_LEVEL = ['apiVersion', 'kind', 'metadata', 'spec', 'status'];
+
+// ObjectMeta fields a server writes; tolerated so `kubectl get -o yaml` output loads, but never read.
+const SERVER_METADATA = [
+  'generateName', 'uid', 'resourceVersion', 'generation', 'creationTimestamp', 'deletionTimestamp',
+  'deletionGracePeriodSeconds', 'ownerReferences', 'finalizers', 'managedFields', 'selfLink',
+];
+
+export function validateObject(raw: unknown, source: ObjectSource): ValidationResult {
+  const issues = new FieldIssues();
+  if (!isMapping(raw)) {
+    issues.add([], 'a configuration object must be a mapping with apiVersion, kind and metadata');
+    return { object: undefined, label: undefined, issues: issues.list };
+  }
+  const label = rawLabel(raw);
+  checkFields(issues, raw, [], TOP_LEVEL);
+  const apiVersion = stringField(issues, raw, 'apiVersion', [], { required: true });
+  const kind = stringField(issues, raw, 'kind', [], { required: true });
+  if (apiVersion === undefined || kind === undefined) return { object: undefined, label, issues: issues.list };
+  if (!isConfigKind(kind)) {
+    issues.add(['kind'], `${apiVersion} ${kind} is not a kind ambit reads (${Object.keys(KINDS).join(', ')})`, 'CONFIG_UNKNOWN_KIND');
+    return { object: undefined, label, issues: issues.list };
+  }
+  if (!KINDS[kind].apiVersions.includes(apiVersion)) {
+    issues.add(['apiVersion'], `${apiVersion} ${kind} is not read by ambit; use apiVersion ${KINDS[kind].apiVersions.join(' or ')}`, 'CONFIG_UNKNOWN_KIND');
+    return { object: undefined, label, issues: issues.list };
+  }
+
+  const metadata = validateMetadata(issues, raw, kind);
+  const object = metadata === undefined ? undefined : validateKind(issues, raw, kind, apiVersion, metadata, source);
+  return { object: issues.list.length === 0 ? object : undefined, label, issues: issues.list };
+}
+
+function rawLabel(raw: Mapping): string | undefined {
+  const kind = typeof raw['kind'] === 'string' ? raw['kind'] : undefined;
+  if (kind === undefined) return undefined;
+  const metadata = isMapping(raw['metadata']) ? raw['metadata'] : {};
+  const name = typeof metadata['name'] === 'string' && metadata['name'] !== '' ? metadata['name'] : '?';
+  const namespaced = !isConfigKind(kind) || KINDS[kind].namespaced;
+  const namespace = !namespaced ? '' : typeof metadata['namespace'] === 'string' && metadata['namespace'] !== '' ? metadata['namespace'] : 'default';
+  return objectLabel(kind, namespace, name);
+}
+
+function labelsField(issues: FieldIssues, object: Mapping, key: string, path: FieldPath): Labels {
+  return stringMapField(issues, object, key, path, checkQualifiedName, checkLabelValue);
+}
+
+function validateMetadata(issues: FieldIssues, raw: Mapping, kind: ConfigKind): ObjectMeta | undefined {
+  const metadata = mappingField(issues, raw, 'metadata', [], true);
+  if (metadata === undefined) return undefined;
+  const path = ['metadata'];
+  checkFields(issues, metadata, path, ['name', 'namespace', 'labels', 'annotations'], SERVER_METADATA);
+  // Kubernetes requires Service names to be DNS-1035 labels: the name becomes a DNS label of its hostname.
+  const nameCheck = kind === 'Service' ? checkDns1035Label : checkDns1123Subdomain;
+  const name = stringField(issues, metadata, 'name', path, { required: true, check: nameCheck });
+  let namespace = '';
+  if (KINDS[kind].namespaced) {
+    namespace = stringField(issues, metadata, 'namespace', path, { check: checkDns1123Label }) ?? 'default';
+  } else if (hasValue(metadata, 'namespace')) {
+    issues.add([...path, 'namespace'], `${kind} is cluster-scoped: remove metadata.namespace`);
+  }
+  const labels = labelsField(issues, metadata, 'labels', path);
+  const annotations = stringMapField(issues, metadata, 'annotations', path, checkQualifiedName, anyValue);
+  if (name === undefined) return undefined;
+  return { name, namespace, labels, annotations };
+}
+
+function validateKind(
+  issues: FieldIssues,
+  raw: Mapping,
+  kind: ConfigKind,
+  apiVersion: string,
+  metadata: ObjectMeta,
+  source: ObjectSource,
+): ConfigObject | undefined {
+  const base = { apiVersion, metadata, source };
+  // Only a Pod's status carries registry facts (its IPs); other kinds' status is written by controllers and not read.
+  if (kind !== 'Pod') mappingField(issues, raw, 'status', []);
+  switch (kind) {
+    case 'Pod': {
+      const spec = validatePodSpec(issues, mappingField(issues, raw, 'spec', [], true));
+      const status = validatePodStatus(issues, mappingField(issues, raw, 'status', []) ?? {});
+      return spec && status && { ...base, kind, spec, status };
+    }
+    case 'Service': {
+      const spec = validateServiceSpec(issues, mappingField(issues, raw, 'spec', []) ?? {});
+      const hostname = `${metadata.name}.${metadata.namespace}.svc.${CLUSTER_DOMAIN}`;
+      return spec && { ...base, kind, spec, hostname };
+    }
+    case 'WorkloadEntry': {
+      const spec = validateWorkloadEntrySpec(issues, mappingField(issues, raw, 'spec', [], true));
+      const node = metadata.annotations[NODE_ANNOTATION];
+      if (node === undefined) {
+        issues.add(['metadata', 'annotations', NODE_ANNOTATION], 'required: the node (VM or bare-metal host) this workload runs on');
+      } else {
+        const problem = checkDns1123Subdomain(node);
+        if (problem !== undefined) issues.add(['metadata', 'annotations', NODE_ANNOTATION], `not a node name: ${problem}`);
+      }
+      return spec && { ...base, kind, spec };
+    }
+    case 'ServiceEntry': {
+      const spec = validateServiceEntrySpec(issues, mappingField(issues, raw, 'spec', [], true));
+      return spec && { ...base, kind, spec };
+    }
+    case 'DestinationRule':
+    case 'VirtualService': {
+      const spec = opaqueSpec(issues, raw, true);
+      return spec && { ...base, kind, spec };
+    }
+    case 'AuthorizationPolicy':
+    case 'PeerAuthentication': {
+      // An empty spec means something for both (an ALLOW policy matching nothing; the mesh default mode), so absent = {}.
+      const spec = opaqueSpec(issues, raw, false);
+      return spec && { ...base, kind, spec };
+    }
+    case 'MeshConfig': {
+      const spec = validateMeshConfigSpec(issues, mappingField(issues, raw, 'spec', [], true));
+      return spec && { ...base, kind, spec };
+    }
+  }
+}
+
+function opaqueSpec(issues: FieldIssues, raw: Mapping, required: boolean): OpaqueSpec | undefined {
+  const spec = mappingField(issues, raw, 'spec', [], required);
+  if (spec === undefined) return required ? undefined : {};
+  return spec;
+}
+
+// ---- Pod ----
+
+const POD_SPEC_FIELDS = ['nodeName', 'serviceAccountName', 'serviceAccount', 'hostNetwork', 'containers'];
+// Every other PodSpec field of Kubernetes 1.33: accepted so real manifests load, not read by ambit.
+const POD_SPEC_TOLERATED = [
+  'activeDeadlineSeconds', 'affinity', 'automountServiceAccountToken', 'dnsConfig', 'dnsPolicy', 'enableServiceLinks',
+  'ephemeralContainers', 'hostAliases', 'hostIPC', 'hostPID', 'hostUsers', 'hostname', 'imagePullSecrets',
+  'initContainers', 'nodeSelector', 'os', 'overhead', 'preemptionPolicy', 'priority', 'priorityClassName',
+  'readinessGates', 'resourceClaims', 'resources', 'restartPolicy', 'runtimeClassName', 'schedulerName',
+  'schedulingGates', 'securityContext', 'setHostnameAsFQDN', 'shareProcessNamespace', 'subdomain',
+  'terminationGracePeriodSeconds', 'tolerations', 'topologySpreadConstraints', 'volumes',
+];
+const POD_STATUS_FIELDS = ['phase', 'podIP', 'podIPs'];
+const POD_STATUS_TOLERATED = [
+  'conditions', 'containerStatuses', 'ephemeralContainerStatuses', 'extendedResourceClaimStatus', 'hostIP', 'hostIPs',
+  'initContainerStatuses', 'message', 'nominatedNodeName', 'observedGeneration', 'qosClass', 'reason', 'resize',
+  'resourceClaimStatuses', 'startTime',
+];
+const PROTOCOLS: readonly PortProtocol[] = ['TCP', 'UDP', 'SCTP'];
+const POD_PHASES: readonly PodPhase[] = ['Pending', 'Running', 'Succeeded', 'Failed', 'Unknown'];
+
+function validatePodSpec(issues: FieldIssues, spec: Mapping | undefined): PodSpec | undefined {
+  if (spec === undefined) return undefined;
+  const path = ['spec'];
+  checkFields(issues, spec, path, POD_SPEC_FIELDS, POD_SPEC_TOLERATED);
+  const nodeName = stringField(issues, spec, 'nodeName', path, { check: checkDns1123Subdomain });
+  // serviceAccount is the deprecated alias Kubernetes still honours when serviceAccountName is unset.
+  const deprecatedAccount = stringField(issues, spec, 'serviceAccount', path, { check: checkDns1123Subdomain });
+  const serviceAccountName = stringField(issues, spec, 'serviceAccountName', path, { check: checkDns1123Subdomain }) ?? deprecatedAccount ?? 'default';
+  const hostNetwork = booleanField(issues, spec, 'hostNetwork', path) ?? false;
+  const containers: Container[] = [];
+  const items = listField(issues, spec, 'containers', path) ?? [];
+  items.forEach((item, index) => {
+    const containerPath = [...path, 'containers', index];
+    const container = mappingAt(issues, item, containerPath);
+    if (container === undefined) return;
+    // Only ports are modelled inside a container; its other fields (image, env, probes, ...) are not ambit's business.
+    const name = stringField(issues, container, 'name', containerPath, { check: checkDns1123Label });
+    const ports: ContainerPort[] = [];
+    (listField(issues, container, 'ports', containerPath) ?? []).forEach((portItem, portIndex) => {
+      const portPath = [...containerPath, 'ports', portIndex];
+      const port = mappingAt(issues, portItem, portPath);
+      if (port === undefined) return;
+      checkFields(issues, port, portPath, ['containerPort', 'name', 'protocol'], ['hostPort', 'hostIP']);
+      const containerPort = portField(issues, port, 'containerPort', portPath, true);
+      const portName = stringField(issues, port, 'name', portPath, { check: checkPortName });
+      const protocol = enumField(issues, port, 'protocol', portPath, PROTOCOLS) ?? 'TCP';
+      if (containerPort !== undefined) ports.push({ containerPort, name: portName, protocol });
+    });
+    containers.push({ name, ports });
+  });
+  return { nodeName, serviceAccountName, hostNetwork, containers };
+}
+
+function validatePodStatus(issues: FieldIssues, status: Mapping): PodStatus | undefined {
+  const path = ['status'];
+  checkFields(issues, status, path, POD_STATUS_FIELDS, POD_STATUS_TOLERATED);
+  const phase = enumField(issues, status, 'phase', path, POD_PHASES);
+  const podIPText = stringField(issues, status, 'podIP', path, { check: checkIp });
+  const podIP = podIPText === undefined ? undefined : canonicalIp(podIPText);
+  const podIPs: { ip: string }[] = [];
+  (listField(issues, status, 'podIPs', path) ?? []).forEach((item, index) => {
+    const entryPath = [...path, 'podIPs', index];
+    const entry = mappingAt(issues, item, entryPath);
+    if (entry === undefined) return;
+    checkFields(issues, entry, entryPath, ['ip']);
+    const ip = stringField(issues, entry, 'ip', entryPath, { required: true, check: checkIp });
+    if (ip !== undefined) podIPs.push({ ip: canonicalIp(ip) as string });
+  });
+  if (podIPs.length > 0) {
+    if (!hasValue(status, 'podIP')) {
+      issues.add([...path, 'podIP'], 'required when status.podIPs is set (it is podIPs[0])');
+    } else if (podIP !== undefined && podIPs[0]?.ip !== podIP) {
+      issues.add([...path, 'podIPs', 0, 'ip'], `must equal status.podIP (${podIP})`);
+    }
+  }
+  return { phase, podIP, podIPs };
+}
+
+// ---- Service ----
+
+const SERVICE_SPEC_FIELDS = ['type', 'selector', 'ports', 'clusterIP', 'clusterIPs', 'externalName'];
+const SERVICE_SPEC_TOLERATED = [
+  'allocateLoadBalancerNodePorts', 'externalIPs', 'externalTrafficPolicy', 'healthCheckNodePort', 'internalTrafficPolicy',
+  'ipFamilies', 'ipFamilyPolicy', 'loadBalancerClass', 'loadBalancerIP', 'loadBalancerSourceRanges',
+  'publishNotReadyAddresses', 'sessionAffinity', 'sessionAffinityConfig', 'trafficDistribution',
+];
+const SERVICE_TYPES: readonly ServiceType[] = ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'];
+
+function validateServiceSpec(issues: FieldIssues, spec: Mapping): ServiceSpec | undefined {
+  const path = ['spec'];
+  checkFields(issues, spec, path, SERVICE_SPEC_FIELDS, SERVICE_SPEC_TOLERATED);
+  const type = enumField(issues, spec, 'type', path, SERVICE_TYPES) ?? 'ClusterIP';
+  const selector = labelsField(issues, spec, 'selector', path);
+  const clusterIPText = stringField(issues, spec, 'clusterIP', path, {
+    check: (value) => (value === 'None' || value === '' ? undefined : checkIp(value)),
+  });
+  const clusterIP = clusterIPText === undefined || clusterIPText === '' ? undefined : clusterIPText === 'None' ? 'None' : canonicalIp(clusterIPText);
+  const clusterIPs = stringListField(issues, spec, 'clusterIPs', path, {
+    check: (value) => (value === 'None' ? undefined : checkIp(value)),
+  }).map((ip) => (ip === 'None' ? ip : (canonicalIp(ip) as string)));
+  if (clusterIPs.length > 0 && clusterIP !== undefined && clusterIPs[0] !== clusterIP) {
+    issues.add([...path, 'clusterIPs', 0], `must equal spec.clusterIP (${clusterIP})`);
+  }
+  const externalName = stringField(issues, spec, 'externalName', path, { check: checkHost });
+  if (type === 'ExternalName' && !hasValue(spec, 'externalName')) {
+    issues.add([...path, 'externalName'], 'required for type ExternalName');
+  }
+
+  const ports: ServicePort[] = [];
+  const items = listField(issues, spec, 'ports', path) ?? [];
+  const seenNames = new Map<string, number>();
+  items.forEach((item, index) => {
+    const portPath = [...path, 'ports', index];
+    const entry = mappingAt(issues, item, portPath);
+    if (entry === undefined) return;
+    checkFields(issues, entry, portPath, ['name', 'port', 'targetPort', 'protocol', 'appProtocol'], ['nodePort']);
+    const name = stringField(issues, entry, 'name', portPath, { check: checkDns1123Label });
+    // Kubernetes: with more than one port every port needs a name, and names are unique within the service.
+    if (items.length > 1 && !hasValue(entry, 'name')) issues.add([...portPath, 'name'], 'required when the service has more than one port');
+    if (name !== undefined) {
+      const first = seenNames.get(name);
+      if (first !== undefined) issues.add([...portPath, 'name'], `${JSON.stringify(name)} is already the name of spec.ports[${first}]`);
+      else seenNames.set(name, index);
+    }
+    const port = portField(issues, entry, 'port', portPath, true);
+    const targetPort = targetPortField(issues, entry, portPath) ?? port;
+    const protocol = enumField(issues, entry, 'protocol', portPath, PROTOCOLS) ?? 'TCP';
+    const appProtocol = stringField(issues, entry, 'appProtocol', portPath);
+    if (port !== undefined && targetPort !== undefined) ports.push({ name, port, targetPort, protocol, appProtocol });
+  });
+  return {
+    type,
+    selector: Object.keys(selector).length === 0 ? undefined : selector,
+    ports,
+    clusterIP,
+    clusterIPs,
+    externalName,
+  };
+}
+
+function targetPortField(issues: FieldIssues, entry: Mapping, path: FieldPath): number | string | undefined {
+  const value = entry['targetPort'];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string') return stringAt(issues, value, [...path, 'targetPort'], { check: checkPortName });
+  return portAt(issues, value, [...path, 'targetPort']);
+}
+
+// ---- WorkloadEntry / ServiceEntry ----
+
+const WORKLOAD_ENTRY_FIELDS = ['address', 'ports', 'labels', 'network', 'locality', 'weight', 'serviceAccount'];
+
+interface EndpointFields {
+  ports: Record<string, number>;
+  labels: Labels;
+  network: string | undefined;
+  locality: string | undefined;
+  weight: number | undefined;
+  serviceAccount: string | undefined;
+}
+
+/** The fields WorkloadEntry.spec and ServiceEntry.spec.endpoints[] share (Istio's WorkloadEntry message). */
+function endpointFields(issues: FieldIssues, entry: Mapping, path: FieldPath): EndpointFields {
+  checkFields(issues, entry, path, WORKLOAD_ENTRY_FIELDS);
+  const ports: Record<string, number> = {};
+  const portMap = mappingField(issues, entry, 'ports', path);
+  for (const [name, value] of Object.entries(portMap ?? {})) {
+    const portPath = [...path, 'ports', name];
+    const problem = checkPortName(name);
+    if (problem !== undefined) issues.add(portPath, problem);
+    const port = portAt(issues, value, portPath);
+    if (problem === undefined && port !== undefined) ports[name] = port;
+  }
+  return {
+    ports,
+    labels: labelsField(issues, entry, 'labels', path),
+    network: stringField(issues, entry, 'network', path),
+    locality: stringField(issues, entry, 'locality', path),
+    weight: integerField(issues, entry, 'weight', path, 0, 4_294_967_295),
+    serviceAccount: stringField(issues, entry, 'serviceAccount', path, { check: checkDns1123Subdomain }),
+  };
+}
+
+function validateWorkloadEntrySpec(issues: FieldIssues, spec: Mapping | undefined): WorkloadEntrySpec | undefined {
+  if (spec === undefined) return undefined;
+  const path = ['spec'];
+  const fields = endpointFields(issues, spec, path);
+  // Istio also allows a DNS name or a unix socket here; a mesh workload needs an IP that traffic is captured for.
+  const address = stringField(issues, spec, 'address', path, { required: true, check: checkIp });
+  if (address === undefined) return undefined;
+  return { ...fields, address: canonicalIp(address) as string, serviceAccount: fields.serviceAccount ?? 'default' };
+}
+
+const SERVICE_ENTRY_FIELDS = ['hosts', 'addresses', 'ports', 'location', 'resolution', 'endpoints', 'workloadSelector', 'exportTo', 'subjectAltNames'];
+// Istio's protocol names (istio.io/istio pkg/config/protocol), matched case-insensitively as Istio does.
+const ISTIO_PROTOCOLS = ['HTTP', 'HTTPS', 'GRPC', 'GRPC-WEB', 'HTTP2', 'HTTP_PROXY', 'MONGO', 'MYSQL', 'REDIS', 'TCP', 'TLS', 'UDP'];
+
+function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined): ServiceEntrySpec | undefined {
+  if (spec === undefined) return undefined;
+  const path = ['spec'];
+  checkFields(issues, spec, path, SERVICE_ENTRY_FIELDS);
+  const hostsGiven = Array.isArray(spec['hosts']) && spec['hosts'].length > 0;
+  if (!hostsGiven && !hasValue(spec, 'hosts')) issues.add([...path, 'hosts'], 'required: at least one host');
+  if (!hostsGiven && Array.isArray(spec['hosts'])) issues.add([...path, 'hosts'], 'must list at least one host');
+  const hosts = stringListField(issues, spec, 'hosts', path, { check: checkHost });
+  const addresses = stringListField(issues, spec, 'addresses', path, { check: checkIpOrCidr });
+  const location = enumField(issues, spec, 'location', path, ['MESH_EXTERNAL', 'MESH_INTERNAL'] as const) ?? 'MESH_EXTERNAL';
+  const resolution = enumField(issues, spec, 'resolution', path, ['NONE', 'STATIC', 'DNS', 'DNS_ROUND_ROBIN'] as const) ?? 'NONE';
+
+  const ports: ServiceEntryPort[] = [];
+  const seenNumbers = new Map<number, number>();
+  (listField(issues, spec, 'ports', path) ?? []).forEach((item, index) => {
+    const portPath = [...path, 'ports', index];
+    const entry = mappingAt(issues, item, portPath);
+    if (entry === undefined) return;
+    checkFields(issues, entry, portPath, ['number', 'protocol', 'name', 'targetPort']);
+    const number = portField(issues, entry, 'number', portPath, true);
+    const protocolText = stringField(issues, entry, 'protocol', portPath, {
+      check: (value) => (ISTIO_PROTOCOLS.includes(value.toUpperCase()) ? undefined : `${JSON.stringify(value)} is not one of ${ISTIO_PROTOCOLS.join(', ')}`),
+    });
+    const name = stringField(issues, entry, 'name', portPath, { check: checkDns1123Label });
+    const targetPort = portField(issues, entry, 'targetPort', portPath);
+    if (number === undefined) return;
+    const first = seenNumbers.get(number);
+    if (first !== undefined) issues.add([...portPath, 'number'], `port ${number} is already declared by spec.ports[${first}]`);
+    seenNumbers.set(number, index);
+    ports.push({ number, protocol: protocolText?.toUpperCase(), name, targetPort });
+  });
+
+  const endpoints: ServiceEntryEndpoint[] = [];
+  (listField(issues, spec, 'endpoints', path) ?? []).forEach((item, index) => {
+    const endpointPath = [...path, 'endpoints', index];
+    const entry = mappingAt(issues, item, endpointPath);
+    if (entry === undefined) return;
+    const fields = endpointFields(issues, entry, endpointPath);
+    // DNS resolution resolves endpoint names; every other mode needs IPs (unix sockets are not supported).
+    const dns = resolution === 'DNS' || resolution === 'DNS_ROUND_ROBIN';
+    const address = stringField(issues, entry, 'address', endpointPath, {
+      required: true,
+      check: (value) => (canonicalIp(value) !== undefined ? undefined : dns ? checkHost(value) : `${JSON.stringify(value)} is not an IP address (resolution ${resolution})`),
+    });
+    if (address !== undefined) endpoints.push({ ...fields, address: canonicalIp(address) ?? address });
+  });
+
+  let workloadSelector: ServiceEntrySpec['workloadSelector'];
+  const selector = mappingField(issues, spec, 'workloadSelector', path);
+  if (selector !== undefined) {
+    checkFields(issues, selector, [...path, 'workloadSelector'], ['labels']);
+    workloadSelector = { labels: labelsField(issues, selector, 'labels', [...path, 'workloadSelector']) };
+    if (endpoints.length > 0) issues.add([...path, 'workloadSelector'], 'cannot be combined with spec.endpoints');
+  }
+  if (resolution === 'STATIC' && endpoints.length === 0 && workloadSelector === undefined) {
+    issues.add([...path, 'endpoints'], 'required for resolution STATIC (or a workloadSelector)');
+  }
+  const exportTo = stringListField(issues, spec, 'exportTo', path, {
+    check: (value) => (value === '.' || value === '*' ? undefined : checkDns1123Label(value)),
+  });
+  const subjectAltNames = stringListField(issues, spec, 'subjectAltNames', path);
+  return { hosts, addresses, ports, location, resolution, endpoints, workloadSelector, exportTo, subjectAltNames };
+}
+
+// ---- MeshConfig ----
+
+const MESH_FIELDS = ['trustDomain', 'rootNamespace', 'ports', 'egress', 'federation', 'certificateTtl'];
+const FEDERATION_FIELDS = ['trustDomain', 'bundleEndpoint', 'profile', 'endpointSpiffeId', 'bundleFile'];
+
+function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined): MeshConfigSpec | undefined {
+  if (spec === undefined) return undefined;
+  const path = ['spec'];
+  checkFields(issues, spec, path, MESH_FIELDS);
+  const trustDomain = stringField(issues, spec, 'trustDomain', path, { required: true, check: checkTrustDomain });
+  const rootNamespace = stringField(issues, spec, 'rootNamespace', path, { check: checkDns1123Label }) ?? DEFAULT_ROOT_NAMESPACE;
+  const ports = meshPorts(issues, mappingField(issues, spec, 'ports', path) ?? {});
+
+  const egressMap = mappingField(issues, spec, 'egress', path) ?? {};
+  checkFields(issues, egressMap, [...path, 'egress'], ['mode']);
+  const mode = enumField(issues, egressMap, 'mode', [...path, 'egress'], ['ALLOW_ANY', 'REGISTRY_ONLY'] as const) ?? 'ALLOW_ANY';
+
+  const certificateTtl = stringField(issues, spec, 'certificateTtl', path, {
+    check: (value) => (parseDurationMs(value) === undefined ? `${JSON.stringify(value)} is not a duration (examples: 1h, 30m, 2h30m)` : undefined),
+  }) ?? DEFAULT_CERTIFICATE_TTL;
+
+  const federation: FederationPeer[] = [];
+  const seenDomains = new Map<string, number>();
+  (listField(issues, spec, 'federation', path) ?? []).forEach((item, index) => {
+    const peerPath = [...path, 'federation', index];
+    const entry = mappingAt(issues, item, peerPath);
+    if (entry === undefined) return;
+    checkFields(issues, entry, peerPath, FEDERATION_FIELDS);
+    const peerDomain = stringField(issues, entry, 'trustDomain', peerPath, { required: true, check: checkTrustDomain });
+    if (peerDomain !== undefined && peerDomain === trustDomain) {
+      issues.add([...peerPath, 'trustDomain'], `${peerDomain} is this mesh's own trust domain`);
+    } else if (peerDomain !== undefined) {
+      const first = seenDomains.get(peerDomain);
+      if (first !== undefined) issues.add([...peerPath, 'trustDomain'], `${peerDomain} is already federated by spec.federation[${first}]`);
+      seenDomains.set(peerDomain, index);
+    }
+    const bundleEndpoint = stringField(issues, entry, 'bundleEndpoint', peerPath, { required: true, check: checkHttpsUrl });
+    // SPIFFE Federation §5.1: the profile is always configured explicitly, never inferred.
+    const profile = enumField(issues, entry, 'profile', peerPath, ['https_spiffe', 'https_web'] as const, true);
+    const endpointSpiffeId = stringField(issues, entry, 'endpointSpiffeId', peerPath, { check: checkWorkloadSpiffeId });
+    if (profile === 'https_spiffe' && !hasValue(entry, 'endpointSpiffeId')) {
+      issues.add([...peerPath, 'endpointSpiffeId'], 'required for profile https_spiffe');
+    }
+    if (profile === 'https_web' && endpointSpiffeId !== undefined) {
+      issues.add([...peerPath, 'endpointSpiffeId'], 'only for profile https_spiffe (https_web authenticates the endpoint with Web PKI)');
+    }
+    const bundleFile = stringField(issues, entry, 'bundleFile', peerPath, { check: (value) => (value === '' ? 'must not be empty' : undefined) });
+    if (peerDomain !== undefined && bundleEndpoint !== undefined && profile !== undefined) {
+      federation.push({ trustDomain: peerDomain, bundleEndpoint, profile, endpointSpiffeId, bundleFile });
+    }
+  });
+  if (trustDomain === undefined) return undefined;
+  return { trustDomain, rootNamespace, ports, egress: { mode }, federation, certificateTtl };
+}
+
+function meshPorts(issues: FieldIssues, map: Mapping): MeshPorts {
+  const path = ['spec', 'ports'];
+  const names = Object.keys(DEFAULT_PORTS) as (keyof MeshPorts)[];
+  checkFields(issues, map, path, names);
+  const ports = { ...DEFAULT_PORTS };
+  const owner = new Map<number, string>();
+  for (const name of names) {
+    ports[name] = portField(issues, map, name, path) ?? DEFAULT_PORTS[name];
+    const other = owner.get(ports[name]);
+    // Each port is a listener on the node; two on one port cannot both bind.
+    if (other !== undefined) issues.add([...path, name], `${ports[name]} is already the ${other} port`);
+    owner.set(ports[name], name);
+  }
+  return ports;
+}

@@ -1,0 +1,210 @@
+// Hot reload of a configuration directory: load once, then on every change reload the whole directory, validate
+// it as a whole and swap the new snapshot in; an invalid change is reported and the last good snapshot stays in
+// force (never fail open).
+import { watch } from 'node:fs';
+import type { FSWatcher } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { AmbitError, toAmbitError } from '../errors.ts';
+import type { AuditLog } from './audit.ts';
+import { diffSnapshots, isEmptyDiff } from './diff.ts';
+import type { ConfigDiff } from './diff.ts';
+import { listConfigFiles, loadConfigDir } from './loader.ts';
+import type { ConfigSnapshot } from './snapshot.ts';
+
+export interface WatchOptions {
+  /**
+   * Called after a valid change has been swapped in (not for the initial load, nor for edits that change nothing,
+   * such as comments). It must not throw: the watcher does not catch what it throws.
+   */
+  onChange(next: ConfigSnapshot, prev: ConfigSnapshot, diff: ConfigDiff): void;
+  /** A change was refused (its ConfigError lists every problem), or the audit log could not be written. */
+  onError(error: AmbitError): void;
+  /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
+  debounceMs?: number;
+  /** Interval of the mtime poll used where fs.watch is unavailable. */
+  pollIntervalMs?: number;
+  /** Poll even where fs.watch works (file systems without inotify: NFS, some bind mounts). */
+  poll?: boolean;
+  requireMesh?: boolean;
+  /** When set, the initial load and every accepted change are written to it. */
+  auditLog?: AuditLog;
+}
+
+export interface ConfigWatcher {
+  /** The snapshot in force: a field read, cheap enough to call per connection. */
+  current(): ConfigSnapshot;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_DEBOUNCE_MS = 200;
+export const DEFAULT_POLL_INTERVAL_MS = 1000;
+
+/** Loads dir (rejecting with its ConfigError if invalid) and keeps the returned watcher's snapshot current. */
+export async function watchConfigDir(dir: string, options: WatchOptions): Promise<ConfigWatcher> {
+  const watcher = new DirectoryWatcher(resolve(dir), options);
+  try {
+    await watcher.start();
+  } catch (error) {
+    await watcher.close();
+    throw error;
+  }
+  return watcher;
+}
+
+class DirectoryWatcher implements ConfigWatcher {
+  readonly #dir: string;
+  readonly #options: WatchOptions;
+  readonly #debounceMs: number;
+  readonly #pollIntervalMs: number;
+  #snapshot: ConfigSnapshot | undefined;
+  #fsWatcher: FSWatcher | undefined;
+  #debounceTimer: NodeJS.Timeout | undefined;
+  #pollTimer: NodeJS.Timeout | undefined;
+  #pollSignature: string | undefined;
+  #reloading: Promise<void> | undefined;
+  #reloadAgain = false;
+  #changedDuringStart = false;
+  #closed = false;
+
+  constructor(dir: string, options: WatchOptions) {
+    this.#dir = dir;
+    this.#options = options;
+    this.#debounceMs = options.debounceMs ?? DEFAULT_DEBOUNCE_MS;
+    this.#pollIntervalMs = options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS;
+  }
+
+  current(): ConfigSnapshot {
+    return this.#snapshot as ConfigSnapshot;
+  }
+
+  /** Watching starts before the first load, so a change made while it runs is not missed. */
+  async start(): Promise<void> {
+    // The poll baseline is taken before the load, so a change made in between is seen by the first poll.
+    if (this.#options.poll === true || !this.#startWatching()) await this.#startPolling();
+    const snapshot = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false });
+    this.#snapshot = snapshot;
+    this.#audit(snapshot, undefined, diffSnapshots(undefined, snapshot));
+    if (this.#changedDuringStart) this.#schedule();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#debounceTimer);
+    clearTimeout(this.#pollTimer);
+    this.#fsWatcher?.close();
+    this.#fsWatcher = undefined;
+    await this.#reloading;
+  }
+
+  /** False when fs.watch is unavailable here (it throws rather than emitting). */
+  #startWatching(): boolean {
+    try {
+      this.#fsWatcher = watch(this.#dir, { recursive: true }, this.#schedule);
+    } catch {
+      return false;
+    }
+    this.#fsWatcher.on('error', (error) => {
+      this.#fsWatcher?.close();
+      this.#fsWatcher = undefined;
+      if (this.#closed) return;
+      this.#options.onError(new AmbitError('FILE_READ', `watching ${this.#dir} failed (${error.message}); polling every ${this.#pollIntervalMs} ms instead`, { cause: error }));
+      // Reload once after the poll baseline exists: whatever changed before it is picked up by that reload.
+      void this.#startPolling().then(this.#schedule);
+    });
+    return true;
+  }
+
+  // Any event, including ones for hidden names, can matter: a ConfigMap update is an atomic swap of `..data`.
+  readonly #schedule = (): void => {
+    if (this.#closed) return;
+    clearTimeout(this.#debounceTimer);
+    this.#debounceTimer = setTimeout(this.#onQuiet, this.#debounceMs);
+  };
+
+  readonly #onQuiet = (): void => {
+    this.#debounceTimer = undefined;
+    void this.#reload();
+  };
+
+  /** One reload at a time; changes arriving during one cause exactly one more. */
+  #reload(): Promise<void> {
+    if (this.#reloading !== undefined) {
+      this.#reloadAgain = true;
+      return this.#reloading;
+    }
+    this.#reloading = this.#reloadUntilSettled().finally(() => {
+      this.#reloading = undefined;
+    });
+    return this.#reloading;
+  }
+
+  async #reloadUntilSettled(): Promise<void> {
+    do {
+      this.#reloadAgain = false;
+      await this.#reloadOnce();
+    } while (this.#reloadAgain && !this.#closed);
+  }
+
+  async #reloadOnce(): Promise<void> {
+    // Until the first load succeeds there is nothing to compare with; start() reloads once it has.
+    if (this.#snapshot === undefined) {
+      this.#changedDuringStart = true;
+      return;
+    }
+    let next: ConfigSnapshot;
+    try {
+      next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false });
+    } catch (error) {
+      if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_READ'));
+      return;
+    }
+    const prev = this.#snapshot;
+    if (this.#closed || prev === undefined) return;
+    const diff = diffSnapshots(prev, next);
+    if (isEmptyDiff(diff)) return;
+    this.#snapshot = next;
+    this.#audit(next, prev, diff);
+    this.#options.onChange(next, prev, diff);
+  }
+
+  #audit(next: ConfigSnapshot, prev: ConfigSnapshot | undefined, diff: ConfigDiff): void {
+    const log = this.#options.auditLog;
+    if (log === undefined) return;
+    // The change is already in force: an audit failure is reported, not a reason to keep the old configuration.
+    log.writeConfigChange(next, prev, diff).catch((error: unknown) => {
+      if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_WRITE'));
+    });
+  }
+
+  async #startPolling(): Promise<void> {
+    if (this.#closed || this.#pollTimer !== undefined) return;
+    this.#pollSignature = await treeSignature(this.#dir);
+    this.#pollTimer = setTimeout(this.#pollOnce, this.#pollIntervalMs);
+  }
+
+  readonly #pollOnce = async (): Promise<void> => {
+    const signature = await treeSignature(this.#dir);
+    if (this.#closed) return;
+    if (signature !== this.#pollSignature) {
+      this.#pollSignature = signature;
+      this.#schedule();
+    }
+    this.#pollTimer = setTimeout(this.#pollOnce, this.#pollIntervalMs);
+  };
+}
+
+/** Name, size, mtime and inode of every configuration file (links followed): any edit or swap changes it. */
+async function treeSignature(dir: string): Promise<string> {
+  try {
+    const { files } = await listConfigFiles(dir);
+    const parts: string[] = [];
+    for (const file of files) {
+      const info = await stat(join(dir, file)).catch(() => undefined);
+      parts.push(info === undefined ? `${file}:gone` : `${file}:${info.size}:${info.mtimeMs}:${info.ino}`);
+    }
+    return parts.join('\n');
+  } catch (error) {
+    return `unreadable:${(error as Error).message}`;
+  }
+}

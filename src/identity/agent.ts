@@ -1,0 +1,452 @@
+// The rotation agent: holds this node's SVID and one SVID per workload identity it serves, renews each
+// at half its lifetime (with jitter), backs off while the CA is unreachable, keeps serving a still-valid
+// certificate through a CA outage, and refreshes the trust bundles. It emits 'rotated' on every new
+// certificate so TLS contexts are swapped in place.
+//
+// Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
+import { EventEmitter } from 'node:events';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Agent, request } from 'undici';
+import { Counter, Gauge, Registry } from 'prom-client';
+import { AmbitError, toAmbitError } from '../errors.ts';
+import { nodeId, parseSpiffeId } from './spiffe-id.ts';
+import { BundleSet, bundlesEqual } from './bundle.ts';
+import type { TrustBundle } from './bundle.ts';
+import { createCsr, exportPrivateKeyPem, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
+import type { Svid } from './svid.ts';
+import { spiffeConnector } from './spiffe-tls.ts';
+import type { Logger } from '../observe/log.ts';
+
+/** SPIRE's rotationutil: renew when between 45 % and 55 % of the lifetime is left, drawn per certificate. */
+const RENEW_FRACTION_MIN = 0.45;
+const RENEW_FRACTION_MAX = 0.55;
+/** ztunnel's identity manager: first retry after about 1 s, doubling, capped at 150 s, ±20 % jitter. */
+export const DEFAULT_BACKOFF_INITIAL_MS = 1000;
+export const DEFAULT_BACKOFF_MAX_MS = 150_000;
+const BACKOFF_JITTER = 0.2;
+/** Retries never come closer together than this, whatever the clamps below compute. */
+const MIN_RETRY_MS = 100;
+const LAST_CHANCE_BEFORE_EXPIRY_MS = 1000;
+/**
+ * A new bundle sequence of our own trust domain can mean a new signing root: re-issue every SVID
+ * within this window (spread at random, so a node's identities do not hit the CA at once) so that
+ * none still depends on a root about to be withdrawn.
+ */
+const REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS = 5_000;
+/** When the CA gives no max-age, poll bundles as SPIFFE's default refresh hint says. */
+const DEFAULT_BUNDLE_REFRESH_MS = 300_000;
+const REQUEST_TIMEOUT_MS = 10_000;
+
+export interface IdentityAgentOptions {
+  caUrl: string;
+  trustDomain: string;
+  nodeName: string;
+  /** Trusted roots of our own trust domain for the first contact with the CA. */
+  bootstrapBundle: TrustBundle;
+  /** Where the node SVID is kept (0600), so a restart does not need a new join token. */
+  stateDir?: string;
+  /** Single-use token for the first attestation when no valid node SVID is stored. */
+  joinToken?: string;
+  logger: Logger;
+  metrics?: Registry;
+  /** Ask the CA for this lifetime (it caps it at its own maximum). */
+  ttlSeconds?: number;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  /** Floor for bundle polling, whatever the CA advertises. */
+  minBundleRefreshMs?: number;
+  random?: () => number;
+}
+
+export interface AgentEvents {
+  rotated: [Svid];
+  bundles: [BundleSet];
+  failed: [{ spiffeId: string; error: AmbitError }];
+}
+
+interface Entry {
+  readonly spiffeId: string;
+  svid: Svid | undefined;
+  failures: number;
+  timer: NodeJS.Timeout | undefined;
+  inFlight: Promise<void> | undefined;
+  waiters: Array<{ resolve: (svid: Svid) => void; reject: ((error: AmbitError) => void) | null }>;
+}
+
+interface AgentMetrics {
+  expiry: Gauge;
+  rotations: Counter;
+  failures: Counter;
+  bundleSequence: Gauge;
+}
+
+function createMetrics(registry: Registry): AgentMetrics {
+  return {
+    expiry: new Gauge({ name: 'ambit_certificate_expiry_timestamp_seconds', help: 'notAfter of the current certificate, per identity', labelNames: ['identity'], registers: [registry] }),
+    rotations: new Counter({ name: 'ambit_certificate_rotations_total', help: 'Certificates obtained from the CA, per identity', labelNames: ['identity'], registers: [registry] }),
+    failures: new Counter({ name: 'ambit_certificate_rotation_failures_total', help: 'Failed attempts to obtain a certificate, per identity and error code', labelNames: ['identity', 'code'], registers: [registry] }),
+    bundleSequence: new Gauge({ name: 'ambit_trust_bundle_sequence', help: 'spiffe_sequence of the trust bundle in force, per trust domain', labelNames: ['trust_domain'], registers: [registry] }),
+  };
+}
+
+export class IdentityAgent extends EventEmitter<AgentEvents> {
+  readonly #options: IdentityAgentOptions;
+  readonly #logger: Logger;
+  readonly #metrics: AgentMetrics;
+  readonly #random: () => number;
+  readonly #nodeId: string;
+  readonly #caServerId: string;
+  readonly #entries = new Map<string, Entry>();
+  #bundles: BundleSet;
+  #dispatcher: Agent;
+  #bundleTimer: NodeJS.Timeout | undefined;
+  #ownSequenceFromCa: bigint | undefined;
+  #stopped = false;
+
+  constructor(options: IdentityAgentOptions) {
+    super();
+    if (options.bootstrapBundle.trustDomain !== options.trustDomain) {
+      throw new AmbitError('BUNDLE_INVALID', `bootstrap bundle is for ${options.bootstrapBundle.trustDomain}, agent is in ${options.trustDomain}`);
+    }
+    this.#options = options;
+    this.#nodeId = nodeId(options.trustDomain, options.nodeName);
+    this.#caServerId = `spiffe://${options.trustDomain}/ambit/ca`;
+    this.#logger = options.logger.child({ component: 'identity-agent', node: options.nodeName });
+    this.#metrics = createMetrics(options.metrics ?? new Registry());
+    this.#random = options.random ?? Math.random;
+    this.#bundles = new BundleSet([options.bootstrapBundle]);
+    this.#dispatcher = this.#newDispatcher();
+  }
+
+  get nodeId(): string {
+    return this.#nodeId;
+  }
+
+  /** The current SVID for an identity, if one has been obtained (a plain map read: callers may use it per connection). */
+  current(spiffeId: string): Svid | undefined {
+    return this.#entries.get(spiffeId)?.svid;
+  }
+
+  nodeSvid(): Svid | undefined {
+    return this.current(this.#nodeId);
+  }
+
+  bundles(): BundleSet {
+    return this.#bundles;
+  }
+
+  identities(): string[] {
+    return [...this.#entries.keys()];
+  }
+
+  /** Obtains the node SVID (stored one, else join-token attestation) and the bundles; then keeps both fresh. */
+  async start(): Promise<void> {
+    const entry = this.#entry(this.#nodeId);
+    const stored = await this.#loadStoredNodeSvid();
+    if (stored) {
+      this.#accept(entry, stored, false);
+      this.#logger.info({ spiffeId: this.#nodeId, expiresAt: stored.notAfter.toISOString() }, 'using stored node SVID');
+      this.#schedule(entry);
+    } else {
+      if (!this.#options.joinToken) {
+        throw new AmbitError('JOIN_TOKEN_INVALID', `no valid node SVID in ${this.#options.stateDir ?? '(no state dir)'} and no join token given`, { hint: 'create one with `ambit ca token create --node NAME` and pass it with --join-token' });
+      }
+      await this.#attest(entry, this.#options.joinToken);
+    }
+    await this.refreshBundles().catch((error: unknown) => {
+      this.#logger.warn({ err: toAmbitError(error, 'CA_UNREACHABLE').toJSON() }, 'bundle refresh failed; using the bundle we have');
+    });
+  }
+
+  /**
+   * Starts managing an identity (idempotent); resolves with its first SVID. With failFast the promise
+   * rejects on the first failed attempt; renewal goes on in the background either way.
+   */
+  ensure(spiffeId: string, options: { failFast?: boolean } = {}): Promise<Svid> {
+    parseSpiffeId(spiffeId);
+    const entry = this.#entry(spiffeId);
+    if (entry.svid) return Promise.resolve(entry.svid);
+    const ready = new Promise<Svid>((resolve, reject) => entry.waiters.push({ resolve, reject: options.failFast ? reject : null }));
+    if (!entry.inFlight && !entry.timer) this.#renewSoon(entry, 0);
+    return ready;
+  }
+
+  /** Stops renewing an identity that is no longer on this node. */
+  forget(spiffeId: string): void {
+    if (spiffeId === this.#nodeId) return;
+    const entry = this.#entries.get(spiffeId);
+    if (!entry) return;
+    clearTimeout(entry.timer);
+    this.#entries.delete(spiffeId);
+    this.#metrics.expiry.remove({ identity: spiffeId });
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#bundleTimer);
+    for (const entry of this.#entries.values()) clearTimeout(entry.timer);
+    await Promise.allSettled([...this.#entries.values()].map((entry) => entry.inFlight));
+    await this.#dispatcher.close();
+  }
+
+  /** Fetches the bundle set (own and federated trust domains) now. */
+  async refreshBundles(): Promise<void> {
+    clearTimeout(this.#bundleTimer);
+    let nextMs = DEFAULT_BUNDLE_REFRESH_MS;
+    try {
+      const response = await request(`${this.#options.caUrl}/v1/bundles`, { dispatcher: this.#dispatcher, headersTimeout: REQUEST_TIMEOUT_MS, bodyTimeout: REQUEST_TIMEOUT_MS });
+      const text = await response.body.text();
+      if (response.statusCode !== 200) throw new AmbitError('CA_REJECTED', `GET /v1/bundles answered ${response.statusCode}: ${text.slice(0, 200)}`);
+      const maxAge = /max-age=(\d+)/.exec(String(response.headers['cache-control'] ?? ''));
+      if (maxAge) nextMs = Number(maxAge[1]) * 1000;
+      this.#applyBundles(BundleSet.fromMapJson(text));
+    } finally {
+      if (!this.#stopped) {
+        this.#bundleTimer = setTimeout(() => void this.refreshBundles().catch((error: unknown) => {
+          this.#logger.warn({ err: toAmbitError(error, 'CA_UNREACHABLE').toJSON() }, 'bundle refresh failed; keeping the bundles we have');
+        }), Math.max(this.#options.minBundleRefreshMs ?? 1000, nextMs));
+        this.#bundleTimer.unref();
+      }
+    }
+  }
+
+  #applyBundles(next: BundleSet): void {
+    const own = next.get(this.#options.trustDomain);
+    // A bundle set without our own trust domain would lock us out of our own mesh: refuse it.
+    if (!own || own.roots.length === 0) {
+      throw new AmbitError('BUNDLE_INVALID', `CA served no roots for our own trust domain ${this.#options.trustDomain}`);
+    }
+    const previous = this.#bundles;
+    let changed = previous.trustDomains().length !== next.trustDomains().length;
+    for (const bundle of next) {
+      const before = previous.get(bundle.trustDomain);
+      this.#metrics.bundleSequence.set({ trust_domain: bundle.trustDomain }, Number(bundle.sequence));
+      if (!before || before.sequence !== bundle.sequence || !bundlesEqual(before, bundle)) changed = true;
+    }
+    // The bootstrap bundle's sequence means nothing (a PEM file has none); only a change between two
+    // bundles served by the CA can signal a new signing root.
+    if (this.#ownSequenceFromCa !== undefined && this.#ownSequenceFromCa !== own.sequence) this.#reissueAll();
+    this.#ownSequenceFromCa = own.sequence;
+    if (!changed) return;
+    this.#bundles = next;
+    this.#logger.info({ trustDomains: next.trustDomains(), ownSequence: own.sequence.toString(), ownRoots: own.roots.length }, 'trust bundles updated');
+    this.emit('bundles', next);
+  }
+
+  #reissueAll(): void {
+    for (const entry of this.#entries.values()) {
+      if (entry.svid && !entry.inFlight) this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
+    }
+  }
+
+  #entry(spiffeId: string): Entry {
+    let entry = this.#entries.get(spiffeId);
+    if (!entry) {
+      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, inFlight: undefined, waiters: [] };
+      this.#entries.set(spiffeId, entry);
+    }
+    return entry;
+  }
+
+  #newDispatcher(): Agent {
+    return new Agent({
+      connect: spiffeConnector({
+        clientSvid: () => this.nodeSvid(),
+        bundles: () => this.#bundles,
+        expectedServer: this.#caServerId,
+        connectTimeoutMs: REQUEST_TIMEOUT_MS,
+      }),
+      // Connections carry the node SVID they were opened with; keep them short-lived so a renewed SVID is used soon.
+      keepAliveTimeout: 5_000,
+    });
+  }
+
+  async #attest(entry: Entry, token: string): Promise<void> {
+    const keys = await generateKeyPair();
+    const csr = await createCsr(keys, this.#nodeId);
+    const svid = await this.#post('/v1/attest', { node: this.#options.nodeName, token, csr }, keys);
+    this.#accept(entry, svid, true);
+    this.#logger.info({ spiffeId: svid.id.id, expiresAt: svid.notAfter.toISOString() }, 'node attested with join token');
+    this.#schedule(entry);
+  }
+
+  async #renew(entry: Entry): Promise<void> {
+    const keys = await generateKeyPair();
+    const csr = await createCsr(keys, entry.spiffeId);
+    const body: Record<string, unknown> = { spiffeId: entry.spiffeId, csr };
+    if (this.#options.ttlSeconds !== undefined) body.ttlSeconds = this.#options.ttlSeconds;
+    const svid = await this.#post('/v1/sign', body, keys);
+    if (svid.id.id !== entry.spiffeId) throw new AmbitError('CA_REJECTED', `CA returned ${svid.id.id} for a request for ${entry.spiffeId}`);
+    this.#accept(entry, svid, true);
+  }
+
+  async #post(path: string, body: Record<string, unknown>, keys: CryptoKeyPair): Promise<Svid> {
+    let response;
+    try {
+      response = await request(`${this.#options.caUrl}${path}`, {
+        dispatcher: this.#dispatcher,
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        headersTimeout: REQUEST_TIMEOUT_MS,
+        bodyTimeout: REQUEST_TIMEOUT_MS,
+      });
+    } catch (error) {
+      const wrapped = toAmbitError(error, 'CA_UNREACHABLE');
+      throw wrapped.code === 'IDENTITY_MISMATCH' || wrapped.code.startsWith('SVID_') || wrapped.code.startsWith('TRUST_DOMAIN')
+        ? new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl} failed authentication: [${wrapped.code}] ${wrapped.message}`, { cause: wrapped })
+        : new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl}: ${wrapped.message}`, { cause: wrapped });
+    }
+    const text = await response.body.text();
+    let parsed: { certChain?: unknown; bundles?: unknown; error?: { code?: string; message?: string } };
+    try {
+      parsed = JSON.parse(text) as typeof parsed;
+    } catch {
+      throw new AmbitError('CA_REJECTED', `CA answered ${response.statusCode} with a non-JSON body`);
+    }
+    if (response.statusCode !== 200 || typeof parsed.certChain !== 'string') {
+      const code = parsed.error?.code ?? 'unknown';
+      throw new AmbitError('CA_REJECTED', `CA refused ${path} (${response.statusCode} ${code}): ${parsed.error?.message ?? text.slice(0, 200)}`);
+    }
+    const svid = loadSvid(parsed.certChain, await exportPrivateKeyPem(keys.privateKey));
+    if (typeof parsed.bundles === 'string') {
+      try {
+        this.#applyBundles(BundleSet.fromMapJson(parsed.bundles));
+      } catch (error) {
+        this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').toJSON() }, 'ignoring bundles in CA response');
+      }
+    }
+    // Never install a certificate our own trust bundle does not accept: peers would refuse it anyway.
+    const check = verifySvid(svid.chain, this.#bundles);
+    if (!check.valid) throw new AmbitError('CA_REJECTED', `CA issued a certificate that does not verify: [${check.error.code}] ${check.error.message}`);
+    return svid;
+  }
+
+  #accept(entry: Entry, svid: Svid, fresh: boolean): void {
+    entry.svid = svid;
+    entry.failures = 0;
+    this.#metrics.expiry.set({ identity: entry.spiffeId }, svid.notAfter.getTime() / 1000);
+    if (fresh) {
+      this.#metrics.rotations.inc({ identity: entry.spiffeId });
+      this.#logger.info({ spiffeId: entry.spiffeId, serial: svid.chain[0]?.serialNumber, expiresAt: svid.notAfter.toISOString() }, 'certificate rotated');
+    }
+    if (entry.spiffeId === this.#nodeId && fresh) {
+      void this.#persistNodeSvid(svid);
+      // New connections to the CA must present the new node SVID.
+      const old = this.#dispatcher;
+      this.#dispatcher = this.#newDispatcher();
+      void old.close();
+    }
+    const waiters = entry.waiters;
+    entry.waiters = [];
+    for (const waiter of waiters) waiter.resolve(svid);
+    this.emit('rotated', svid);
+  }
+
+  /**
+   * Next renewal of a healthy entry: when 45–55 % of its lifetime is left, per SPIRE. The lifetime is
+   * counted from issuance, not from notBefore: notBefore is backdated for clock skew, and counting the
+   * backdating would make short-lived certificates renew at once, in a loop.
+   */
+  #schedule(entry: Entry): void {
+    const svid = entry.svid;
+    if (!svid) return;
+    const now = Date.now();
+    const validity = svid.notAfter.getTime() - svid.notBefore.getTime();
+    const lifetime = validity > NOT_BEFORE_CUSHION_MS ? validity - NOT_BEFORE_CUSHION_MS : validity;
+    const fraction = RENEW_FRACTION_MIN + (RENEW_FRACTION_MAX - RENEW_FRACTION_MIN) * this.#random();
+    const renewAt = svid.notAfter.getTime() - lifetime * fraction;
+    this.#renewSoon(entry, Math.max(0, renewAt - now));
+  }
+
+  #renewSoon(entry: Entry, delayMs: number): void {
+    if (this.#stopped) return;
+    clearTimeout(entry.timer);
+    entry.timer = setTimeout(() => this.#runRenewal(entry), delayMs);
+    entry.timer.unref();
+  }
+
+  #runRenewal(entry: Entry): void {
+    entry.timer = undefined;
+    if (this.#stopped || this.#entries.get(entry.spiffeId) !== entry || entry.inFlight) return;
+    entry.inFlight = this.#renew(entry).then(
+      () => {
+        entry.inFlight = undefined;
+        this.#schedule(entry);
+      },
+      (error: unknown) => {
+        entry.inFlight = undefined;
+        this.#onFailure(entry, toAmbitError(error, 'CA_UNREACHABLE'));
+      },
+    );
+  }
+
+  #onFailure(entry: Entry, error: AmbitError): void {
+    entry.failures++;
+    const base = Math.min(this.#options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, (this.#options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS) * 2 ** (entry.failures - 1));
+    let delayMs = base * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * this.#random());
+    const svid = entry.svid;
+    const stillValid = svid !== undefined && svid.notAfter.getTime() > Date.now();
+    // A still-valid certificate keeps serving; make sure one attempt lands shortly before it expires.
+    const lastChanceMs = stillValid ? svid.notAfter.getTime() - Date.now() - LAST_CHANCE_BEFORE_EXPIRY_MS : 0;
+    if (lastChanceMs > 0) delayMs = Math.min(delayMs, lastChanceMs);
+    delayMs = Math.max(MIN_RETRY_MS, delayMs);
+    this.#metrics.failures.inc({ identity: entry.spiffeId, code: error.code });
+    this.#logger.warn(
+      { spiffeId: entry.spiffeId, err: error.toJSON(), attempt: entry.failures, retryInMs: Math.round(delayMs), serving: stillValid ? svid?.notAfter.toISOString() : null },
+      stillValid ? 'certificate renewal failed; the current certificate keeps serving' : 'certificate request failed; no valid certificate for this identity',
+    );
+    if (this.listenerCount('failed') > 0) this.emit('failed', { spiffeId: entry.spiffeId, error });
+    if (!stillValid && entry.waiters.some((waiter) => waiter.reject !== null)) {
+      const waiters = entry.waiters;
+      entry.waiters = waiters.filter((waiter) => waiter.reject === null);
+      for (const waiter of waiters) waiter.reject?.(error);
+    }
+    this.#renewSoon(entry, delayMs);
+  }
+
+  async #loadStoredNodeSvid(): Promise<Svid | undefined> {
+    const dir = this.#options.stateDir;
+    if (!dir) return undefined;
+    let certPem: string;
+    let keyPem: string;
+    try {
+      [certPem, keyPem] = await Promise.all([readFile(join(dir, 'node.pem'), 'utf8'), readFile(join(dir, 'node-key.pem'), 'utf8')]);
+    } catch {
+      return undefined;
+    }
+    try {
+      const svid = loadSvid(certPem, keyPem);
+      const check = verifySvid(svid.chain, this.#bundles);
+      if (svid.id.id !== this.#nodeId || !check.valid) {
+        this.#logger.warn({ stored: svid.id.id, reason: check.error?.code ?? 'IDENTITY_MISMATCH' }, 'stored node SVID is not usable; attesting again');
+        return undefined;
+      }
+      return svid;
+    } catch (error) {
+      this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON() }, 'stored node SVID is unreadable; attesting again');
+      return undefined;
+    }
+  }
+
+  async #persistNodeSvid(svid: Svid): Promise<void> {
+    const dir = this.#options.stateDir;
+    if (!dir) return;
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await writeFileAtomic(join(dir, 'node-key.pem'), svid.privateKeyPem, 0o600);
+      await writeFileAtomic(join(dir, 'node.pem'), svid.certPem, 0o644);
+    } catch (error) {
+      this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store node SVID');
+    }
+  }
+}
+
+/** Write-then-rename, so a reader never sees half a file. */
+export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
+  const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  await writeFile(temp, data, { mode });
+  await rename(temp, path);
+}

@@ -1,0 +1,363 @@
+// The CA's HTTPS API (TLS 1.3): join-token attestation, node-authorized CSR signing, the SPIFFE bundle
+// endpoint and the bundle set (own plus federated) that proxies trust.
+//
+//   POST /v1/attest   {node, token, csr}             → node SVID (no client certificate needed)
+//   POST /v1/sign     {spiffeId, csr, ttlSeconds?}   → SVID; caller authenticates with its node SVID
+//   GET  /bundle                                     → this trust domain's SPIFFE bundle (federation endpoint)
+//   GET  /v1/bundles                                 → {"trust_domains": {...}} own and federated bundles
+//
+// A node may obtain only its own node identity and the identities of workloads the registry places on
+// it (Istio's NodeAuthorizer rule); every decision is written to the audit log with who asked for what.
+import * as https from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { watchFile, unwatchFile } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { AmbitError, toAmbitError } from '../../errors.ts';
+import type { ErrorCode } from '../../errors.ts';
+import { nodeId, parseNodeId, parseSpiffeId } from '../spiffe-id.ts';
+import { BundleSet, encodeBundle } from '../bundle.ts';
+import type { TrustBundle } from '../bundle.ts';
+import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, readCsr } from '../svid.ts';
+import type { Certificate, Svid } from '../svid.ts';
+import { serverTlsOptions, verifyPeer } from '../spiffe-tls.ts';
+import { FederationClient } from '../federation.ts';
+import type { FederationPeer } from '../federation.ts';
+import { caStateFile, loadCa } from './store.ts';
+import type { CaState, LoadedAuthority } from './store.ts';
+import { consumeJoinToken } from './tokens.ts';
+import type { Logger } from '../../observe/log.ts';
+
+/** Requests are a CSR and a few fields; refuse anything larger before reading it. */
+const MAX_BODY_BYTES = 64 * 1024;
+const CA_SERVER_PATH = '/ambit/ca';
+/** The CA's own serving certificate: short enough to roll with authority rotation, long enough to be quiet. */
+const SERVER_CERT_TTL_MS = 24 * 3_600_000;
+
+/** What the CA needs from the registry: which workload identities are placed on a node. */
+export interface NodeRegistry {
+  identitiesOnNode(node: string): ReadonlySet<string>;
+}
+
+export interface CaServerOptions {
+  dir: string;
+  host?: string;
+  port?: number;
+  /** Read on every request, so a configuration reload applies at once. */
+  registry: () => NodeRegistry;
+  /** Lifetime of issued SVIDs when the caller asks for none; also the maximum a caller may ask for. */
+  svidTtlMs: number;
+  federation?: readonly FederationPeer[];
+  logger: Logger;
+  /** Audit records (issued, refused): one JSON object per decision. */
+  audit: (record: Record<string, unknown>) => void;
+  /** How often the state file is checked for root-rotation changes made by `ambit ca root`. */
+  statePollMs?: number;
+  federationMinRefreshMs?: number;
+}
+
+class HttpError extends Error {
+  readonly status: number;
+  readonly code: ErrorCode;
+  constructor(status: number, code: ErrorCode, message: string) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Which HTTP status each refusal carries. */
+function statusFor(code: ErrorCode): number {
+  switch (code) {
+    case 'CA_UNAUTHENTICATED':
+      return 401;
+    case 'CA_NOT_AUTHORIZED':
+    case 'JOIN_TOKEN_INVALID':
+    case 'JOIN_TOKEN_EXPIRED':
+    case 'JOIN_TOKEN_WRONG_NODE':
+      return 403;
+    default:
+      return 400;
+  }
+}
+
+export class CaServer {
+  readonly #options: CaServerOptions;
+  readonly #logger: Logger;
+  #state: CaState;
+  #serverSvid: Svid;
+  #federated = new Map<string, FederationClient>();
+  #server: https.Server;
+  #stateListener: (() => void) | undefined;
+  #reloading: Promise<void> = Promise.resolve();
+
+  private constructor(options: CaServerOptions, state: CaState, serverSvid: Svid) {
+    this.#options = options;
+    this.#logger = options.logger.child({ component: 'ca', trustDomain: state.trustDomain });
+    this.#state = state;
+    this.#serverSvid = serverSvid;
+    this.#server = https.createServer(serverTlsOptions(serverSvid, ['http/1.1']), (req, res) => void this.#handle(req, res));
+    this.#server.keepAliveTimeout = 30_000;
+    this.#server.headersTimeout = 10_000;
+    this.#server.requestTimeout = 30_000;
+  }
+
+  static async start(options: CaServerOptions): Promise<CaServer> {
+    const state = await loadCa(options.dir);
+    const server = new CaServer(options, state, await issueServerSvid(state.active, state.trustDomain));
+    for (const peer of options.federation ?? []) {
+      if (peer.trustDomain === state.trustDomain) throw new AmbitError('FEDERATION_FETCH', `cannot federate with our own trust domain ${peer.trustDomain}`);
+      const client = new FederationClient({ peer, logger: options.logger, minRefreshMs: options.federationMinRefreshMs });
+      server.#federated.set(peer.trustDomain, client);
+    }
+    await new Promise<void>((resolve, reject) => {
+      server.#server.once('error', reject);
+      server.#server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
+        server.#server.off('error', reject);
+        resolve();
+      });
+    });
+    // Federation starts after we listen: two CAs federating with each other must both be up to succeed.
+    for (const client of server.#federated.values()) void client.start();
+    const pollMs = options.statePollMs ?? 1000;
+    server.#stateListener = () => {
+      server.#reloading = server.#reloading.then(() => server.#reloadState());
+    };
+    watchFile(caStateFile(options.dir), { interval: pollMs, persistent: false }, server.#stateListener);
+    server.#logger.info({ url: server.url, sequence: state.sequence.toString(), authority: state.active.name }, 'CA listening');
+    return server;
+  }
+
+  get port(): number {
+    return (this.#server.address() as AddressInfo).port;
+  }
+
+  get url(): string {
+    const address = this.#server.address() as AddressInfo;
+    const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+    return `https://${host}:${address.port}`;
+  }
+
+  get trustDomain(): string {
+    return this.#state.trustDomain;
+  }
+
+  /** The SPIFFE ID this CA's server certificate carries (for https_spiffe federation peers). */
+  get serverId(): string {
+    return this.#serverSvid.id.id;
+  }
+
+  ownBundle(): TrustBundle {
+    return this.#state.bundle;
+  }
+
+  /** Own bundle plus every federated bundle fetched so far. */
+  bundleSet(): BundleSet {
+    let set = new BundleSet([this.#state.bundle]);
+    for (const client of this.#federated.values()) {
+      const bundle = client.current();
+      if (bundle) set = set.with(bundle);
+    }
+    return set;
+  }
+
+  federationClients(): ReadonlyMap<string, FederationClient> {
+    return this.#federated;
+  }
+
+  async close(): Promise<void> {
+    if (this.#stateListener) unwatchFile(caStateFile(this.#options.dir), this.#stateListener);
+    await Promise.all([...this.#federated.values()].map((client) => client.stop()));
+    await new Promise<void>((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+
+  /** Picks up root-rotation changes written by `ambit ca root prepare|activate|withdraw`. */
+  async #reloadState(): Promise<void> {
+    let next: CaState;
+    try {
+      next = await loadCa(this.#options.dir);
+    } catch (error) {
+      this.#logger.error({ err: toAmbitError(error, 'CA_STATE').toJSON() }, 'CA state reload failed; keeping the current authorities');
+      return;
+    }
+    const previous = this.#state;
+    this.#state = next;
+    if (next.active.name !== previous.active.name) {
+      this.#serverSvid = await issueServerSvid(next.active, next.trustDomain);
+      this.#server.setSecureContext(serverTlsOptions(this.#serverSvid, ['http/1.1']));
+    }
+    if (next.sequence !== previous.sequence) {
+      this.#logger.info({ sequence: next.sequence.toString(), authority: next.active.name, roots: next.bundle.roots.length }, 'trust bundle changed');
+      this.#options.audit({ event: 'bundle_changed', sequence: next.sequence.toString(), activeAuthority: next.active.name, roots: next.bundle.roots.length });
+    }
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = req.url ?? '/';
+    try {
+      if (req.method === 'GET' && (url === '/bundle' || url === '/')) {
+        return send(res, 200, encodeBundle(this.#state.bundle), this.#state.refreshHintSeconds);
+      }
+      if (req.method === 'GET' && url === '/v1/bundles') {
+        return send(res, 200, this.bundleSet().toMapJson(), this.#state.refreshHintSeconds);
+      }
+      if (req.method === 'POST' && url === '/v1/attest') return send(res, 200, JSON.stringify(await this.#attest(req)));
+      if (req.method === 'POST' && url === '/v1/sign') return send(res, 200, JSON.stringify(await this.#sign(req)));
+      throw new HttpError(url === '/v1/attest' || url === '/v1/sign' || url === '/bundle' || url === '/v1/bundles' ? 405 : 404, 'USAGE', `${req.method} ${url} is not served here`);
+    } catch (error) {
+      if (error instanceof HttpError) return sendError(res, error.status, error.code, error.message);
+      const wrapped = toAmbitError(error, 'CA_CSR_INVALID');
+      if (!(error instanceof AmbitError)) this.#logger.error({ err: error }, 'unexpected error handling CA request');
+      return sendError(res, statusFor(wrapped.code), wrapped.code, wrapped.message);
+    }
+  }
+
+  /** Join-token attestation: a new node proves itself once and receives its node SVID. */
+  async #attest(req: IncomingMessage): Promise<IssueResponse> {
+    const body = await readJson(req);
+    const node = stringField(body, 'node');
+    const token = stringField(body, 'token');
+    const csr = stringField(body, 'csr');
+    const remote = req.socket.remoteAddress;
+    let spiffeId: string;
+    try {
+      spiffeId = nodeId(this.#state.trustDomain, node);
+    } catch (error) {
+      throw new HttpError(400, 'CONFIG_FIELD', `node name "${node}" is not usable in a SPIFFE ID: ${(error as Error).message}`);
+    }
+    // Check the CSR before spending the token, so a client bug does not burn a single-use secret.
+    const publicKey = await readCsr(csr);
+    try {
+      await consumeJoinToken(this.#options.dir, token, node);
+    } catch (error) {
+      const wrapped = toAmbitError(error, 'JOIN_TOKEN_INVALID');
+      this.#options.audit({ event: 'attest_refused', node, remote, code: wrapped.code, reason: wrapped.message });
+      this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
+      throw wrapped;
+    }
+    const response = await this.#issue(spiffeId, publicKey, this.#options.svidTtlMs);
+    this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt });
+    this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
+    return response;
+  }
+
+  /** CSR signing for a node: its own identity (renewal) or a workload the registry places on it. */
+  async #sign(req: IncomingMessage): Promise<IssueResponse> {
+    const socket = req.socket as TLSSocket;
+    const ownBundles = new BundleSet([this.#state.bundle]);
+    const caller = verifyPeer(socket, ownBundles, (id) => parseNodeId(id.id)?.trustDomain === this.#state.trustDomain);
+    const remote = socket.remoteAddress;
+    if (!caller.valid) {
+      this.#options.audit({ event: 'sign_refused', caller: caller.id?.id ?? null, remote, code: caller.error.code, reason: caller.error.message });
+      throw new HttpError(401, 'CA_UNAUTHENTICATED', `caller must present a valid node SVID of ${this.#state.trustDomain}: [${caller.error.code}] ${caller.error.message}`);
+    }
+    const callerNode = parseNodeId(caller.id.id)?.nodeName as string;
+    const body = await readJson(req);
+    const requested = stringField(body, 'spiffeId');
+    const csr = stringField(body, 'csr');
+    const ttlMs = optionalTtl(body, this.#options.svidTtlMs);
+    const requestedId = parseSpiffeId(requested);
+    let allowed = false;
+    if (requestedId.trustDomain === this.#state.trustDomain) {
+      allowed = requestedId.id === caller.id.id || this.#options.registry().identitiesOnNode(callerNode).has(requestedId.id);
+    }
+    if (!allowed) {
+      const reason = requestedId.trustDomain !== this.#state.trustDomain
+        ? `${requestedId.id} is not in trust domain ${this.#state.trustDomain}`
+        : `the registry places no workload with identity ${requestedId.id} on node ${callerNode}`;
+      this.#options.audit({ event: 'sign_refused', caller: caller.id.id, node: callerNode, requested: requestedId.id, remote, code: 'CA_NOT_AUTHORIZED', reason });
+      this.#logger.warn({ caller: caller.id.id, requested: requestedId.id, remote }, 'CSR refused: identity not placed on the caller\'s node');
+      throw new HttpError(403, 'CA_NOT_AUTHORIZED', `node ${callerNode} may not obtain ${requestedId.id}: ${reason}`);
+    }
+    const publicKey = await readCsr(csr);
+    const response = await this.#issue(requestedId.id, publicKey, ttlMs);
+    this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt });
+    this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
+    return response;
+  }
+
+  async #issue(spiffeId: string, publicKey: CryptoKey, ttlMs: number): Promise<IssueResponse> {
+    const authority = this.#state.active;
+    const leaf = await issueLeaf({ spiffeId, publicKey, authority, ttlMs });
+    return {
+      spiffeId,
+      certChain: certificatesToPem(chainFor(leaf, authority)),
+      bundles: this.bundleSet().toMapJson(),
+      serial: leaf.serialNumber,
+      expiresAt: leaf.notAfter.toISOString(),
+    };
+  }
+}
+
+export interface IssueResponse {
+  spiffeId: string;
+  /** PEM: leaf, then the intermediates up to (not including) the root. */
+  certChain: string;
+  /** SPIFFE bundle map document of every trust domain the CA knows, as text (spiffe_sequence is 64-bit; JSON numbers are not). */
+  bundles: string;
+  serial: string;
+  expiresAt: string;
+}
+
+function chainFor(leaf: Certificate, authority: LoadedAuthority): Certificate[] {
+  // A root-signed leaf travels alone; an intermediate travels with the leaf so peers can build the path.
+  return authority.cert === authority.root || authority.cert.serialNumber === authority.root.serialNumber ? [leaf] : [leaf, authority.cert];
+}
+
+async function issueServerSvid(authority: LoadedAuthority, trustDomain: string): Promise<Svid> {
+  const keys = await generateKeyPair();
+  const spiffeId = `spiffe://${trustDomain}${CA_SERVER_PATH}`;
+  const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority, ttlMs: SERVER_CERT_TTL_MS, dnsNames: ['localhost'] });
+  return loadSvid(certificatesToPem(chainFor(leaf, authority)), await exportPrivateKeyPem(keys.privateKey));
+}
+
+function send(res: ServerResponse, status: number, body: string, maxAgeSeconds?: number): void {
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+  if (maxAgeSeconds !== undefined) headers['cache-control'] = `max-age=${maxAgeSeconds}`;
+  res.writeHead(status, headers);
+  res.end(body);
+}
+
+function sendError(res: ServerResponse, status: number, code: ErrorCode, message: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  send(res, status, JSON.stringify({ error: { code, message } }));
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_BODY_BYTES) throw new HttpError(413, 'USAGE', `request body of ${declared} bytes exceeds ${MAX_BODY_BYTES}`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new HttpError(413, 'USAGE', `request body exceeds ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new HttpError(400, 'USAGE', 'request body is not JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HttpError(400, 'USAGE', 'request body must be a JSON object');
+  return parsed as Record<string, unknown>;
+}
+
+function stringField(body: Record<string, unknown>, name: string): string {
+  const value = body[name];
+  if (typeof value !== 'string' || value.length === 0) throw new HttpError(400, 'USAGE', `field "${name}" must be a non-empty string`);
+  return value;
+}
+
+function optionalTtl(body: Record<string, unknown>, maxMs: number): number {
+  const value = body.ttlSeconds;
+  if (value === undefined) return maxMs;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) throw new HttpError(400, 'USAGE', 'field "ttlSeconds" must be a positive integer');
+  return Math.min(value * 1000, maxMs);
+}

@@ -1,0 +1,274 @@
+// The CA's state directory: signing authorities (root or intermediate), root rotation with overlap,
+// and the published trust bundle derived from them. Private keys are written 0600 and never leave it.
+//
+// Layout:   DIR/ca.json                      trust domain, bundle sequence, authorities and their states
+//           DIR/authorities/NAME/cert.pem    the signing certificate
+//           DIR/authorities/NAME/key.pem     its private key (0600)
+//           DIR/authorities/NAME/root.pem    the root it chains to (itself for a self-signed root)
+//
+// Root rotation (SPIRE's prepare/activate, Federation §6.2): `prepare` publishes a new root in the
+// bundle without signing with it, so every peer trusts it before it is used; `activate` signs with it
+// while the old root stays published for the certificates it still backs; `withdraw` removes roots
+// that no longer sign. Each bundle change bumps spiffe_sequence.
+import { mkdir, readFile, rename, writeFile, chmod, readdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AmbitError } from '../../errors.ts';
+import { validateTrustDomain } from '../spiffe-id.ts';
+import { createBundle } from '../bundle.ts';
+import type { TrustBundle } from '../bundle.ts';
+import {
+  certificatesToPem,
+  exportPrivateKeyPem,
+  fingerprintOf,
+  generateKeyPair,
+  importPrivateKeyPem,
+  issueCa,
+  parseCertificates,
+  spiffeIdOf,
+} from '../svid.ts';
+import type { Certificate, SigningAuthority } from '../svid.ts';
+
+export const DEFAULT_CA_TTL_MS = 365 * 24 * 3_600_000;
+export const DEFAULT_REFRESH_HINT_SECONDS = 300;
+
+export type AuthorityState = 'prepared' | 'active' | 'published' | 'retired';
+
+interface AuthorityRecord {
+  name: string;
+  state: AuthorityState;
+  createdAt: string;
+  /** When it started signing (absent for the first authority: it signed from creation). */
+  activatedAt?: string;
+}
+
+interface StateFile {
+  version: 1;
+  trustDomain: string;
+  /** Decimal string: spiffe_sequence is 64-bit and JSON numbers are not. */
+  sequence: string;
+  refreshHintSeconds: number;
+  authorities: AuthorityRecord[];
+}
+
+export interface LoadedAuthority extends SigningAuthority {
+  readonly name: string;
+  readonly state: AuthorityState;
+  readonly root: Certificate;
+}
+
+export interface CaState {
+  readonly dir: string;
+  readonly trustDomain: string;
+  readonly sequence: bigint;
+  readonly refreshHintSeconds: number;
+  readonly active: LoadedAuthority;
+  readonly authorities: readonly LoadedAuthority[];
+  /** The roots peers must trust: every authority not retired. */
+  readonly bundle: TrustBundle;
+}
+
+function statePath(dir: string): string {
+  return join(dir, 'ca.json');
+}
+
+async function writeAtomic(path: string, data: string, mode = 0o644): Promise<void> {
+  const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  await writeFile(temp, data, { mode });
+  await chmod(temp, mode);
+  await rename(temp, path);
+}
+
+async function readState(dir: string): Promise<StateFile> {
+  let text: string;
+  try {
+    text = await readFile(statePath(dir), 'utf8');
+  } catch (error) {
+    throw new AmbitError('CA_STATE', `${statePath(dir)}: cannot read CA state (run \`ambit ca init\` first)`, { cause: error });
+  }
+  try {
+    const state = JSON.parse(text) as StateFile;
+    if (state.version !== 1 || typeof state.trustDomain !== 'string' || !Array.isArray(state.authorities)) throw new Error('unexpected shape');
+    return state;
+  } catch (error) {
+    throw new AmbitError('CA_STATE', `${statePath(dir)}: corrupt CA state (${(error as Error).message})`, { cause: error });
+  }
+}
+
+async function writeState(dir: string, state: StateFile): Promise<void> {
+  await writeAtomic(statePath(dir), JSON.stringify(state, null, 2) + '\n');
+}
+
+export interface NewAuthorityOptions {
+  ttlMs?: number;
+  /** Sign the new authority with this root (an intermediate under a shared root) instead of self-signing. */
+  parent?: { certPem: string; keyPem: string };
+  now?: Date;
+}
+
+async function createAuthority(dir: string, trustDomain: string, name: string, options: NewAuthorityOptions): Promise<void> {
+  const keys = await generateKeyPair();
+  const ttlMs = options.ttlMs ?? DEFAULT_CA_TTL_MS;
+  let cert: Certificate;
+  let root: Certificate;
+  if (options.parent) {
+    const parentCerts = parseCertificates(options.parent.certPem, 'parent root certificate');
+    const parentCert = parentCerts[0] as Certificate;
+    const parentKeys = await importPrivateKeyPem(options.parent.keyPem, 'parent root key');
+    const parentId = spiffeIdOf(parentCert);
+    if (!(parentId instanceof AmbitError) && parentId.path !== '') {
+      throw new AmbitError('SVID_CA_INVALID', `parent root carries ${parentId.id}; a CA's SPIFFE ID has no path`);
+    }
+    cert = await issueCa({
+      trustDomain,
+      keys,
+      ttlMs,
+      commonName: `${trustDomain} intermediate ${name}`,
+      authority: { cert: parentCert, privateKey: parentKeys.privateKey, chainAbove: [] },
+      now: options.now,
+    });
+    root = parentCert;
+  } else {
+    cert = await issueCa({ trustDomain, keys, ttlMs, commonName: `${trustDomain} root ${name}`, now: options.now });
+    root = cert;
+  }
+  const authorityDir = join(dir, 'authorities', name);
+  await mkdir(authorityDir, { recursive: true, mode: 0o700 });
+  await writeAtomic(join(authorityDir, 'key.pem'), await exportPrivateKeyPem(keys.privateKey), 0o600);
+  await writeAtomic(join(authorityDir, 'cert.pem'), certificatesToPem([cert]));
+  await writeAtomic(join(authorityDir, 'root.pem'), certificatesToPem([root]));
+}
+
+async function nextAuthorityName(dir: string): Promise<string> {
+  let entries: string[] = [];
+  try {
+    entries = await readdir(join(dir, 'authorities'));
+  } catch {
+    // none yet
+  }
+  return `a${entries.length + 1}`;
+}
+
+export interface InitOptions extends NewAuthorityOptions {
+  refreshHintSeconds?: number;
+}
+
+/** `ambit ca init`: a new CA directory with one active authority. Refuses to overwrite an existing CA. */
+export async function initCa(dir: string, trustDomain: string, options: InitOptions = {}): Promise<CaState> {
+  validateTrustDomain(trustDomain);
+  if (existsSync(statePath(dir))) throw new AmbitError('CA_STATE', `${dir} already holds a CA (ca.json exists); refusing to overwrite it`);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const name = await nextAuthorityName(dir);
+  await createAuthority(dir, trustDomain, name, options);
+  await writeState(dir, {
+    version: 1,
+    trustDomain,
+    sequence: '1',
+    refreshHintSeconds: options.refreshHintSeconds ?? DEFAULT_REFRESH_HINT_SECONDS,
+    authorities: [{ name, state: 'active', createdAt: (options.now ?? new Date()).toISOString() }],
+  });
+  return loadCa(dir);
+}
+
+/** Reads the CA directory and checks each authority's key against its certificate. */
+export async function loadCa(dir: string): Promise<CaState> {
+  const state = await readState(dir);
+  const authorities: LoadedAuthority[] = [];
+  for (const record of state.authorities) {
+    const base = join(dir, 'authorities', record.name);
+    let certPem: string;
+    let keyPem: string;
+    let rootPem: string;
+    try {
+      [certPem, keyPem, rootPem] = await Promise.all([readFile(join(base, 'cert.pem'), 'utf8'), readFile(join(base, 'key.pem'), 'utf8'), readFile(join(base, 'root.pem'), 'utf8')]);
+    } catch (error) {
+      throw new AmbitError('CA_STATE', `${base}: authority ${record.name} is incomplete (${(error as Error).message})`, { cause: error });
+    }
+    const cert = parseCertificates(certPem, `${base}/cert.pem`)[0] as Certificate;
+    const root = parseCertificates(rootPem, `${base}/root.pem`)[0] as Certificate;
+    const keys = await importPrivateKeyPem(keyPem, `${base}/key.pem`);
+    const certSpki = Buffer.from(cert.publicKey.rawData);
+    const keySpki = Buffer.from(await globalThis.crypto.subtle.exportKey('spki', keys.publicKey));
+    if (!certSpki.equals(keySpki)) throw new AmbitError('SVID_KEY_MISMATCH', `${base}: key.pem does not belong to cert.pem`);
+    authorities.push({ name: record.name, state: record.state, cert, privateKey: keys.privateKey, root, chainAbove: [] });
+  }
+  const active = authorities.find((authority) => authority.state === 'active');
+  if (!active) throw new AmbitError('CA_STATE', `${statePath(dir)}: no active authority`);
+  const roots = new Map<string, Certificate>();
+  for (const authority of authorities) {
+    if (authority.state !== 'retired') roots.set(fingerprintOf(authority.root), authority.root);
+  }
+  const sequence = BigInt(state.sequence);
+  return {
+    dir,
+    trustDomain: state.trustDomain,
+    sequence,
+    refreshHintSeconds: state.refreshHintSeconds,
+    active,
+    authorities,
+    bundle: createBundle(state.trustDomain, [...roots.values()], { sequence, refreshHintSeconds: state.refreshHintSeconds }),
+  };
+}
+
+function bump(state: StateFile): void {
+  state.sequence = (BigInt(state.sequence) + 1n).toString();
+}
+
+/** Publishes a new authority in the bundle without signing with it yet. */
+export async function prepareAuthority(dir: string, options: NewAuthorityOptions = {}): Promise<string> {
+  const state = await readState(dir);
+  if (state.authorities.some((authority) => authority.state === 'prepared')) {
+    throw new AmbitError('CA_STATE', `${dir}: an authority is already prepared; activate or withdraw it first`);
+  }
+  const name = await nextAuthorityName(dir);
+  await createAuthority(dir, state.trustDomain, name, options);
+  state.authorities.push({ name, state: 'prepared', createdAt: (options.now ?? new Date()).toISOString() });
+  bump(state);
+  await writeState(dir, state);
+  return name;
+}
+
+/** Signs with the prepared authority from now on; the previous one stays in the bundle. */
+export async function activateAuthority(dir: string, now = new Date()): Promise<string> {
+  const state = await readState(dir);
+  const prepared = state.authorities.find((authority) => authority.state === 'prepared');
+  if (!prepared) throw new AmbitError('CA_STATE', `${dir}: no prepared authority to activate (run \`ambit ca root prepare\` first)`);
+  for (const authority of state.authorities) if (authority.state === 'active') authority.state = 'published';
+  prepared.state = 'active';
+  prepared.activatedAt = now.toISOString();
+  bump(state);
+  await writeState(dir, state);
+  return prepared.name;
+}
+
+/**
+ * Removes roots that no longer sign from the bundle: certificates they issued stop being trusted. Refused
+ * until the active authority has signed for `graceMs` (the longest SVID lifetime the CA issues), so no
+ * certificate of the old root can still be in use — node SVIDs included, which renew only with a trusted one.
+ */
+export async function withdrawAuthorities(dir: string, graceMs: number, now = new Date()): Promise<string[]> {
+  const state = await readState(dir);
+  const active = state.authorities.find((authority) => authority.state === 'active');
+  const activeSinceMs = active?.activatedAt ? now.getTime() - Date.parse(active.activatedAt) : Infinity;
+  if (activeSinceMs < graceMs) {
+    const waitSeconds = Math.ceil((graceMs - activeSinceMs) / 1000);
+    throw new AmbitError('CA_STATE', `${dir}: authority ${active?.name ?? '?'} has signed for only ${Math.floor(activeSinceMs / 1000)}s; certificates from the old root may still be in use. Withdraw in ${waitSeconds}s, or lower --grace if no SVID lives that long`);
+  }
+  const withdrawn: string[] = [];
+  for (const authority of state.authorities) {
+    if (authority.state === 'published') {
+      authority.state = 'retired';
+      withdrawn.push(authority.name);
+    }
+  }
+  if (withdrawn.length === 0) throw new AmbitError('CA_STATE', `${dir}: no published-but-inactive authority to withdraw`);
+  bump(state);
+  await writeState(dir, state);
+  return withdrawn;
+}
+
+/** For `ambit ca` status output and tests: the file whose changes the server watches. */
+export function caStateFile(dir: string): string {
+  return statePath(dir);
+}

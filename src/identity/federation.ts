@@ -1,0 +1,173 @@
+// SPIFFE federation client: fetches another trust domain's bundle from its bundle endpoint and keeps
+// it fresh per its refresh hint (SPIFFE Federation §4–§6).
+//
+// The three parameters are configured, never inferred (§5.1): the trust domain, the endpoint URL and
+// the profile. With https_spiffe the endpoint must present the configured SPIFFE ID; a self-serving
+// endpoint is checked first against the operator's bootstrap bundle and then against the latest bundle
+// fetched from it, so the foreign domain can rotate its roots without breaking the relationship.
+import { EventEmitter } from 'node:events';
+import { Agent, request } from 'undici';
+import { AmbitError, toAmbitError } from '../errors.ts';
+import { parseSpiffeId, validateTrustDomain } from './spiffe-id.ts';
+import { BundleSet, bundlesEqual, decodeBundle } from './bundle.ts';
+import type { TrustBundle } from './bundle.ts';
+import { spiffeConnector } from './spiffe-tls.ts';
+import type { Logger } from '../observe/log.ts';
+
+/** Federation §6.1: poll every 5 minutes when the bundle gives no hint. */
+export const DEFAULT_FEDERATION_REFRESH_MS = 300_000;
+/** Bundles are small; anything larger is not a bundle. */
+const MAX_BUNDLE_BYTES = 1 << 20;
+
+export interface FederationPeer {
+  trustDomain: string;
+  bundleEndpoint: string;
+  profile: 'https_spiffe' | 'https_web';
+  /** https_spiffe: the ID the endpoint presents. */
+  endpointSpiffeId?: string;
+  /** https_spiffe: the operator-supplied bundle for the endpoint's first fetch. */
+  bootstrapBundle?: TrustBundle;
+}
+
+export interface FederationClientOptions {
+  peer: FederationPeer;
+  logger: Logger;
+  /** Floor for polling, so a hostile tiny hint cannot turn us into a load generator. */
+  minRefreshMs?: number;
+  /** When a fetch fails, retry after this long (the next interval, not aggressively). */
+  retryMs?: number;
+  /** Bundles of other trust domains, for a non-self-serving https_spiffe endpoint. */
+  otherBundles?: () => BundleSet;
+}
+
+export interface FederationClientEvents {
+  update: [TrustBundle];
+  error: [AmbitError];
+}
+
+/** Keeps one foreign trust domain's bundle; emits 'update' when it changes. */
+export class FederationClient extends EventEmitter<FederationClientEvents> {
+  readonly peer: FederationPeer;
+  #bundle: TrustBundle | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  #failures = 0;
+  #dispatcher: Agent;
+  readonly #logger: Logger;
+  readonly #minRefreshMs: number;
+  readonly #retryMs: number;
+
+  constructor(options: FederationClientOptions) {
+    super();
+    const peer = options.peer;
+    validateTrustDomain(peer.trustDomain);
+    const url = new URL(peer.bundleEndpoint);
+    if (url.protocol !== 'https:' || url.username || url.password) {
+      throw new AmbitError('FEDERATION_FETCH', `${peer.trustDomain}: bundle endpoint must be an https URL without userinfo, got ${peer.bundleEndpoint}`);
+    }
+    this.peer = peer;
+    this.#logger = options.logger.child({ component: 'federation', trustDomain: peer.trustDomain });
+    this.#minRefreshMs = options.minRefreshMs ?? 1000;
+    this.#retryMs = options.retryMs ?? 60_000;
+    if (peer.profile === 'https_spiffe') {
+      if (!peer.endpointSpiffeId) throw new AmbitError('FEDERATION_FETCH', `${peer.trustDomain}: https_spiffe needs the endpoint's SPIFFE ID`);
+      const endpointId = parseSpiffeId(peer.endpointSpiffeId);
+      const selfServing = endpointId.trustDomain === peer.trustDomain;
+      if (selfServing && !peer.bootstrapBundle) {
+        throw new AmbitError('FEDERATION_FETCH', `${peer.trustDomain}: a self-serving https_spiffe endpoint needs a bootstrap bundle for its first fetch`);
+      }
+      this.#dispatcher = new Agent({
+        connect: spiffeConnector({
+          clientSvid: () => undefined,
+          bundles: () => {
+            if (!selfServing) return options.otherBundles?.() ?? new BundleSet();
+            const current = this.#bundle ?? peer.bootstrapBundle;
+            return new BundleSet(current ? [current] : []);
+          },
+          expectedServer: endpointId.id,
+        }),
+      });
+    } else {
+      this.#dispatcher = new Agent();
+    }
+  }
+
+  current(): TrustBundle | undefined {
+    return this.#bundle;
+  }
+
+  /** Fetches now, then keeps refreshing until stop(). Resolves after the first attempt. */
+  async start(): Promise<void> {
+    await this.#tick();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    await this.#dispatcher.close();
+  }
+
+  /** One fetch; resolves to the bundle or throws FEDERATION_FETCH. */
+  async fetchOnce(): Promise<TrustBundle> {
+    const endpoint = this.peer.bundleEndpoint;
+    let text: string;
+    try {
+      const response = await request(endpoint, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000 });
+      // go-spiffe parses whatever comes back; a 404 page is not a bundle, so demand 200.
+      if (response.statusCode !== 200) {
+        await response.body.dump();
+        throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint} answered ${response.statusCode}`);
+      }
+      const length = Number(response.headers['content-length'] ?? 0);
+      if (length > MAX_BUNDLE_BYTES) {
+        await response.body.dump();
+        throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: bundle of ${length} bytes exceeds ${MAX_BUNDLE_BYTES}`);
+      }
+      text = await response.body.text();
+    } catch (error) {
+      const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
+      throw wrapped.code === 'FEDERATION_FETCH' ? wrapped : new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint}: [${wrapped.code}] ${wrapped.message}`, { cause: wrapped });
+    }
+    try {
+      return decodeBundle(this.peer.trustDomain, text);
+    } catch (error) {
+      const wrapped = toAmbitError(error, 'BUNDLE_INVALID');
+      throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint} served an invalid bundle: ${wrapped.message}`, { cause: wrapped });
+    }
+  }
+
+  async #tick(): Promise<void> {
+    if (this.#stopped) return;
+    let nextMs: number;
+    try {
+      const fetched = await this.fetchOnce();
+      const previous = this.#bundle;
+      // spiffe_sequence orders bundles: never go back to an older one (a replayed or stale response).
+      if (previous && fetched.sequence < previous.sequence) {
+        this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString() }, 'ignoring an older bundle');
+      } else {
+        this.#bundle = fetched;
+        if (!previous || !bundlesEqual(previous, fetched) || previous.sequence !== fetched.sequence) {
+          this.#logger.info({ sequence: fetched.sequence.toString(), roots: fetched.roots.length, endpoint: this.peer.bundleEndpoint }, 'federated bundle updated');
+          this.emit('update', fetched);
+        }
+      }
+      this.#failures = 0;
+      const hintMs = (fetched.refreshHintSeconds ?? DEFAULT_FEDERATION_REFRESH_MS / 1000) * 1000;
+      nextMs = Math.max(this.#minRefreshMs, hintMs);
+    } catch (error) {
+      const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
+      this.#logger.warn({ err: wrapped.toJSON() }, 'federated bundle fetch failed; keeping the last good bundle');
+      if (this.listenerCount('error') > 0) this.emit('error', wrapped);
+      // Retry with a doubling delay from 1 s, never more often than the floor nor later than the hint
+      // (or retryMs): peers often start together, and a refused first fetch should not cost a minute.
+      this.#failures++;
+      const ceilingMs = Math.min(this.#retryMs, (this.#bundle?.refreshHintSeconds ?? this.#retryMs / 1000) * 1000);
+      nextMs = Math.max(this.#minRefreshMs, Math.min(ceilingMs, 1000 * 2 ** (this.#failures - 1)));
+    }
+    if (!this.#stopped) {
+      this.#timer = setTimeout(() => void this.#tick(), nextMs);
+      this.#timer.unref();
+    }
+  }
+}

@@ -1,0 +1,356 @@
+// The real `ambit ca` process on loopback: attestation, node-authorized signing, restarts, outages,
+// root rotation and federation between two trust domains.
+import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { AmbitProcess, freePort, runAmbit } from '../helpers/process.ts';
+import type { LogLine } from '../helpers/process.ts';
+import { IdentityAgent } from '../../src/identity/agent.ts';
+import { BundleSet, createBundle, decodeBundle, decodePemBundle } from '../../src/identity/bundle.ts';
+import { loadSvid, verifySvid } from '../../src/identity/svid.ts';
+import type { Svid } from '../../src/identity/svid.ts';
+import { createLogger, silentLogger } from '../../src/observe/log.ts';
+
+const dirs: string[] = [];
+const processes: AmbitProcess[] = [];
+const agents: IdentityAgent[] = [];
+
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((agent) => agent.stop()));
+  await Promise.all(processes.splice(0).map((proc) => proc.stop()));
+});
+
+afterAll(async () => {
+  await Promise.all(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
+});
+
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-ca-it-'));
+  dirs.push(dir);
+  return dir;
+}
+
+interface MeshOptions {
+  trustDomain: string;
+  federation?: Array<{ trustDomain: string; bundleEndpoint: string; endpointSpiffeId: string; bundleFile: string }>;
+}
+
+/** A configuration directory: the mesh settings and pods web (node-a) and db (node-b). */
+async function writeConfig(dir: string, options: MeshOptions): Promise<string> {
+  const config = join(dir, 'config');
+  await mkdir(config, { recursive: true });
+  const federation = (options.federation ?? [])
+    .map((peer) => `    - trustDomain: ${peer.trustDomain}\n      bundleEndpoint: ${peer.bundleEndpoint}\n      profile: https_spiffe\n      endpointSpiffeId: ${peer.endpointSpiffeId}\n      bundleFile: ${peer.bundleFile}\n`)
+    .join('');
+  await writeFile(join(config, 'mesh.yaml'), `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata:
+  name: mesh
+spec:
+  trustDomain: ${options.trustDomain}
+${federation ? `  federation:\n${federation}` : ''}`);
+  await writeFile(join(config, 'pods.yaml'), `apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: default }
+spec:
+  nodeName: node-a
+  serviceAccountName: web
+status:
+  podIP: 10.0.0.10
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: db-1, namespace: data }
+spec:
+  nodeName: node-b
+  serviceAccountName: db
+status:
+  podIP: 10.0.0.20
+`);
+  return config;
+}
+
+interface RunningCa {
+  proc: AmbitProcess;
+  url: string;
+  caDir: string;
+  configDir: string;
+  port: number;
+}
+
+async function initCa(dir: string, trustDomain: string, extra: string[] = []): Promise<string> {
+  const caDir = join(dir, 'ca');
+  const result = await runAmbit(['ca', 'init', '--dir', caDir, '--trust-domain', trustDomain, ...extra]);
+  expect(result.stderr).toBe('');
+  expect(result.status).toBe(0);
+  return caDir;
+}
+
+async function startCa(caDir: string, configDir: string, port = 0, extra: string[] = []): Promise<RunningCa> {
+  const proc = AmbitProcess.start(['ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', `127.0.0.1:${port}`, '--state-poll', '200ms', ...extra]);
+  processes.push(proc);
+  const line = await proc.waitForMessage('CA listening');
+  const url = String(line.url);
+  return { proc, url, caDir, configDir, port: Number(new URL(url).port) };
+}
+
+async function createToken(caDir: string, node: string, ttl = '10m'): Promise<string> {
+  const result = await runAmbit(['ca', 'token', 'create', '--dir', caDir, '--node', node, '--ttl', ttl]);
+  expect(result.status).toBe(0);
+  return result.stdout.trim();
+}
+
+async function auditLines(caDir: string): Promise<LogLine[]> {
+  const text = await readFile(join(caDir, 'audit.log'), 'utf8').catch(() => '');
+  return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as LogLine);
+}
+
+async function waitForAudit(caDir: string, predicate: (line: LogLine) => boolean): Promise<LogLine> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const found = (await auditLines(caDir)).find(predicate);
+    if (found) return found;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`no audit line matched; have: ${JSON.stringify(await auditLines(caDir))}`);
+}
+
+async function bundleOf(caDir: string, trustDomain: string) {
+  const result = await runAmbit(['ca', 'bundle', '--dir', caDir]);
+  expect(result.status).toBe(0);
+  return decodeBundle(trustDomain, result.stdout);
+}
+
+function agentArgs(ca: RunningCa, trustDomain: string, node: string, stateDir: string, out: string, bundleFile: string): string[] {
+  return ['agent', '--ca', ca.url, '--trust-domain', trustDomain, '--bundle', bundleFile, '--node', node, '--state-dir', stateDir, '--out', out, '--once'];
+}
+
+function inProcessAgent(ca: RunningCa, trustDomain: string, node: string, bundle: Awaited<ReturnType<typeof bundleOf>>, options: Partial<ConstructorParameters<typeof IdentityAgent>[0]> = {}): IdentityAgent {
+  const agent = new IdentityAgent({ caUrl: ca.url, trustDomain, nodeName: node, bootstrapBundle: bundle, logger: process.env.DBG ? createLogger({ name: 'agent', level: 'debug' }) : silentLogger(), ...options });
+  agents.push(agent);
+  return agent;
+}
+
+function waitForEvent<T>(agent: IdentityAgent, event: 'rotated' | 'bundles' | 'failed', predicate: (value: T) => boolean, timeoutMs = 15_000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for agent event ${event}`)), timeoutMs);
+    const listener = (value: T) => {
+      if (!predicate(value)) return;
+      clearTimeout(timer);
+      (agent as unknown as { off(e: string, l: (v: T) => void): void }).off(event, listener);
+      resolve(value);
+    };
+    (agent as unknown as { on(e: string, l: (v: T) => void): void }).on(event, listener);
+  });
+}
+
+const TD = 'cluster.local';
+const WEB = `spiffe://${TD}/ns/default/sa/web`;
+const DB = `spiffe://${TD}/ns/data/sa/db`;
+
+describe('ambit ca on loopback', () => {
+  it('attests a node with a join token and signs SVIDs for the workloads placed on it', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const token = await createToken(caDir, 'node-a');
+    const out = join(dir, 'out');
+    const result = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state-a'), out, join(dir, 'bundle.pem')), '--join-token', token, '--identity', WEB]);
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+
+    const bundles = new BundleSet([decodePemBundle(TD, await readFile(join(out, 'bundle.pem'), 'utf8'))]);
+    const node = loadSvid(await readFile(join(out, 'ambit_node_node-a.pem'), 'utf8'), await readFile(join(out, 'ambit_node_node-a-key.pem'), 'utf8'));
+    expect(node.id.id).toBe(`spiffe://${TD}/ambit/node/node-a`);
+    expect(verifySvid(node.chain, bundles).valid).toBe(true);
+    const web = loadSvid(await readFile(join(out, 'ns_default_sa_web.pem'), 'utf8'), await readFile(join(out, 'ns_default_sa_web-key.pem'), 'utf8'));
+    expect(web.id.id).toBe(WEB);
+    expect(verifySvid(web.chain, bundles).valid).toBe(true);
+    await waitForAudit(caDir, (line) => line.event === 'node_attested' && line.node === 'node-a');
+    await waitForAudit(caDir, (line) => line.event === 'svid_issued' && line.spiffeId === WEB && line.caller === `spiffe://${TD}/ambit/node/node-a`);
+  });
+
+  it('refuses a node that asks for a workload identity placed on another node, and audits who asked for what', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const token = await createToken(caDir, 'node-b');
+    const result = await runAmbit([...agentArgs(ca, TD, 'node-b', join(dir, 'state-b'), join(dir, 'out'), join(dir, 'bundle.pem')), '--join-token', token, '--identity', WEB]);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('[CA_REJECTED]');
+    expect(result.stderr).toContain('403');
+    const refused = await waitForAudit(caDir, (line) => line.event === 'sign_refused');
+    expect(refused).toMatchObject({ code: 'CA_NOT_AUTHORIZED', node: 'node-b', requested: WEB, caller: `spiffe://${TD}/ambit/node/node-b` });
+
+    // The same node may have its own workload's identity.
+    const own = await runAmbit([...agentArgs(ca, TD, 'node-b', join(dir, 'state-b'), join(dir, 'out'), join(dir, 'bundle.pem')), '--identity', DB]);
+    expect(own.stderr).toBe('');
+    expect(own.status).toBe(0);
+  });
+
+  it('refuses to sign for a caller without a node SVID', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+    const bundle = await bundleOf(caDir, TD);
+    const agent = inProcessAgent(ca, TD, 'node-a', bundle);
+    // Not started: no node SVID, so the request goes out without a client certificate.
+    const failure = waitForEvent<{ spiffeId: string; error: { code: string; message: string } }>(agent, 'failed', () => true);
+    void agent.ensure(WEB);
+    const { error } = await failure;
+    expect(error.code).toBe('CA_REJECTED');
+    expect(error.message).toContain('CA_UNAUTHENTICATED');
+  });
+
+  it('spends a join token once, also across a CA restart, and refuses expired tokens and tokens for other nodes', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    let ca = await startCa(caDir, configDir);
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const token = await createToken(caDir, 'node-a');
+    const first = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state-1'), join(dir, 'out-1'), join(dir, 'bundle.pem')), '--join-token', token]);
+    expect(first.status).toBe(0);
+
+    await ca.proc.stop();
+    processes.splice(processes.indexOf(ca.proc), 1);
+    ca = await startCa(caDir, configDir, ca.port);
+    const reuse = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state-2'), join(dir, 'out-2'), join(dir, 'bundle.pem')), '--join-token', token]);
+    expect(reuse.status).toBe(2);
+    expect(reuse.stderr).toContain('JOIN_TOKEN_INVALID');
+    await waitForAudit(caDir, (line) => line.event === 'attest_refused' && line.code === 'JOIN_TOKEN_INVALID');
+
+    const wrongNode = await createToken(caDir, 'node-a');
+    const stolen = await runAmbit([...agentArgs(ca, TD, 'node-b', join(dir, 'state-3'), join(dir, 'out-3'), join(dir, 'bundle.pem')), '--join-token', wrongNode]);
+    expect(stolen.status).toBe(2);
+    expect(stolen.stderr).toContain('JOIN_TOKEN_WRONG_NODE');
+
+    const shortLived = await createToken(caDir, 'node-a', '1s');
+    await new Promise((resolve) => setTimeout(resolve, 1_200));
+    const late = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state-4'), join(dir, 'out-4'), join(dir, 'bundle.pem')), '--join-token', shortLived]);
+    expect(late.status).toBe(2);
+    expect(late.stderr).toContain('JOIN_TOKEN_EXPIRED');
+
+    // The node that joined keeps its stored node SVID across the restart: no token needed to renew.
+    const again = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state-1'), join(dir, 'out-1'), join(dir, 'bundle.pem')), '--identity', WEB]);
+    expect(again.stderr).toBe('');
+    expect(again.status).toBe(0);
+  });
+
+  it('keeps serving a valid certificate while the CA is down, backs off, and recovers when it returns', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    const ca = await startCa(caDir, configDir);
+    const token = await createToken(caDir, 'node-a');
+    const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 4, backoffInitialMs: 200, stateDir: join(dir, 'state') });
+    await agent.start();
+    const before = await agent.ensure(WEB);
+
+    const failures: Array<{ at: number }> = [];
+    agent.on('failed', ({ spiffeId }) => {
+      if (spiffeId === WEB) failures.push({ at: Date.now() });
+    });
+    await ca.proc.stop();
+    processes.splice(processes.indexOf(ca.proc), 1);
+    // Renewal is due at about 2 s; let a few attempts fail.
+    const deadline = Date.now() + 10_000;
+    while (failures.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(failures.length).toBeGreaterThanOrEqual(3);
+    // Backoff: the gaps between attempts grow.
+    const gaps = failures.slice(1).map((failure, i) => failure.at - (failures[i] as { at: number }).at);
+    expect(gaps[gaps.length - 1]).toBeGreaterThan((gaps[0] as number) * 1.2);
+    // The old certificate keeps serving while it is valid.
+    const serving = agent.current(WEB) as Svid;
+    expect(serving.chain[0]?.serialNumber).toBe(before.chain[0]?.serialNumber);
+    expect(serving.notAfter.getTime()).toBeGreaterThan(Date.now());
+
+    const recovered = waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === WEB);
+    await startCa(caDir, configDir, ca.port);
+    const fresh = await recovered;
+    expect(fresh.chain[0]?.serialNumber).not.toBe(before.chain[0]?.serialNumber);
+    expect(verifySvid(fresh.chain, agent.bundles()).valid).toBe(true);
+  });
+
+  it('rotates the root with overlap: both roots trusted until the old one is withdrawn', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD, ['--refresh-hint', '1s']);
+    const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+    const token = await createToken(caDir, 'node-a');
+    const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 6, minBundleRefreshMs: 200 });
+    await agent.start();
+    const oldSvid = await agent.ensure(WEB);
+    const oldRoot = agent.bundles().get(TD)?.roots[0];
+    expect(agent.bundles().get(TD)?.roots).toHaveLength(1);
+    // Judge the old certificate inside its own validity, so only trust decides.
+    const whileOldValid = { at: new Date(oldSvid.notAfter.getTime() - 1000) };
+
+    const overlap = waitForEvent<BundleSet>(agent, 'bundles', (set) => set.get(TD)?.roots.length === 2);
+    expect((await runAmbit(['ca', 'root', 'prepare', '--dir', caDir])).status).toBe(0);
+    const newRoot = (await overlap).get(TD)?.roots.find((root) => root.serialNumber !== oldRoot?.serialNumber);
+    const newRootOnly = new BundleSet([createBundle(TD, [newRoot!])]);
+    // Prepared, not active: renewals still come from the old root.
+    expect(verifySvid(oldSvid.chain, newRootOnly, whileOldValid).valid).toBe(false);
+
+    expect((await runAmbit(['ca', 'root', 'activate', '--dir', caDir])).status).toBe(0);
+    const newSvid = await waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === WEB && verifySvid(svid.chain, newRootOnly).valid);
+    // During the overlap both the old and the new certificates verify.
+    expect(verifySvid(oldSvid.chain, agent.bundles(), whileOldValid).valid).toBe(true);
+    expect(verifySvid(newSvid.chain, agent.bundles()).valid).toBe(true);
+
+    // Withdrawing right after activation is refused: the node SVID may still come from the old root.
+    const early = await runAmbit(['ca', 'root', 'withdraw', '--dir', caDir]);
+    expect(early.status).toBe(2);
+    expect(early.stderr).toContain('[CA_STATE]');
+    // The agent re-issues everything after the activation's bundle change, the node SVID included.
+    await waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === agent.nodeId && verifySvid(svid.chain, newRootOnly).valid);
+    const withdrawn = waitForEvent<BundleSet>(agent, 'bundles', (set) => set.get(TD)?.roots.length === 1);
+    expect((await runAmbit(['ca', 'root', 'withdraw', '--dir', caDir, '--grace', '0s'])).status).toBe(0);
+    const after = await withdrawn;
+    expect(verifySvid(oldSvid.chain, after, whileOldValid).error?.code).toBe('SVID_CHAIN_INVALID');
+    expect(verifySvid(newSvid.chain, after).valid).toBe(true);
+    // And the agent keeps renewing against the new root alone.
+    const later = await waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === WEB);
+    expect(verifySvid(later.chain, after).valid).toBe(true);
+  });
+
+  it('federates two trust domains: each CA fetches the other bundle from its endpoint and serves both', async () => {
+    const dir = await tempDir();
+    const [portOne, portTwo] = [await freePort(), await freePort()];
+    const caOne = await initCa(join(dir, 'one'), 'one.test', ['--refresh-hint', '1s']);
+    const caTwo = await initCa(join(dir, 'two'), 'two.test', ['--refresh-hint', '1s']);
+    // Each side bootstraps trust in the other's endpoint with a bundle file exchanged out of band.
+    const configOne = await writeConfig(join(dir, 'one'), { trustDomain: 'one.test', federation: [{ trustDomain: 'two.test', bundleEndpoint: `https://127.0.0.1:${portTwo}/bundle`, endpointSpiffeId: 'spiffe://two.test/ambit/ca', bundleFile: 'two.json' }] });
+    const configTwo = await writeConfig(join(dir, 'two'), { trustDomain: 'two.test', federation: [{ trustDomain: 'one.test', bundleEndpoint: `https://127.0.0.1:${portOne}/bundle`, endpointSpiffeId: 'spiffe://one.test/ambit/ca', bundleFile: 'one.json' }] });
+    await writeFile(join(configOne, 'two.json'), (await runAmbit(['ca', 'bundle', '--dir', caTwo])).stdout);
+    await writeFile(join(configTwo, 'one.json'), (await runAmbit(['ca', 'bundle', '--dir', caOne])).stdout);
+    const one = await startCa(caOne, configOne, portOne, ['--federation-min-refresh', '200ms']);
+    const two = await startCa(caTwo, configTwo, portTwo, ['--federation-min-refresh', '200ms']);
+    await one.proc.waitFor((line) => line.msg === 'federated bundle updated' && line.trustDomain === 'two.test');
+    await two.proc.waitFor((line) => line.msg === 'federated bundle updated' && line.trustDomain === 'one.test');
+
+    // A workload of two.test is trusted by one.test's agents through the federated bundle.
+    const tokenOne = await createToken(caOne, 'node-a');
+    const agentOne = inProcessAgent(one, 'one.test', 'node-a', await bundleOf(caOne, 'one.test'), { joinToken: tokenOne });
+    await agentOne.start();
+    await agentOne.refreshBundles();
+    expect(agentOne.bundles().trustDomains().sort()).toEqual(['one.test', 'two.test']);
+    const tokenTwo = await createToken(caTwo, 'node-b');
+    const agentTwo = inProcessAgent(two, 'two.test', 'node-b', await bundleOf(caTwo, 'two.test'), { joinToken: tokenTwo });
+    await agentTwo.start();
+    const db = await agentTwo.ensure('spiffe://two.test/ns/data/sa/db');
+    expect(verifySvid(db.chain, agentOne.bundles()).valid).toBe(true);
+    const web = await agentOne.ensure('spiffe://one.test/ns/default/sa/web');
+    await agentTwo.refreshBundles();
+    expect(verifySvid(web.chain, agentTwo.bundles()).valid).toBe(true);
+    // A two.test CA can still never vouch for a one.test identity.
+    expect(verifySvid(db.chain, new BundleSet([agentOne.bundles().get('one.test')!])).error?.code).toBe('TRUST_DOMAIN_UNKNOWN');
+
+    // A root rotation in two.test reaches one.test through the endpoint, with the new root trusted before use.
+    expect((await runAmbit(['ca', 'root', 'prepare', '--dir', caTwo])).status).toBe(0);
+    await one.proc.waitFor((line) => line.msg === 'federated bundle updated' && line.trustDomain === 'two.test' && line.roots === 2);
+  });
+});

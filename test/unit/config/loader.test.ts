@@ -1,0 +1,573 @@
+import { mkdir, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loadConfigDir, parseConfigText } from '../../../src/config/loader.ts';
+import type { ErrorCode } from '../../../src/errors.ts';
+import { FIXTURES, configDir, configError, meshYaml, podYaml, removeConfigDirs, workloadEntryYaml } from './temp-config.ts';
+
+afterEach(removeConfigDirs);
+
+describe('loadConfigDir accepts', () => {
+  it('a realistic multi-file directory with nested folders, .yml files and multi-document files', async () => {
+    const snapshot = await loadConfigDir(join(FIXTURES, 'basic'), { requireMesh: true });
+    const kinds = snapshot.objects.map((object) => `${object.kind} ${object.metadata.namespace}/${object.metadata.name} ${object.source.file}`);
+    expect(kinds).toEqual([
+      'MeshConfig /mesh mesh.yaml',
+      'AuthorizationPolicy shop/cart-allow-web policies/allow-web.yaml',
+      'Service shop/web services.yaml',
+      'Pod shop/web-7d4b9c workloads/pods.yaml',
+      'Pod shop/cart-5f6d8 workloads/pods.yaml',
+      'Pod shop/web-2a8c1e workloads/pods.yaml',
+      'WorkloadEntry data/orders-db workloads/vm.yml',
+    ]);
+    expect(snapshot.objects[4]?.source.line).toBe(25);
+    expect(snapshot.mesh).toMatchObject({ trustDomain: 'cluster.local', egress: { mode: 'REGISTRY_ONLY' }, certificateTtlMs: 30 * 60_000 });
+    expect(snapshot.mesh.federation).toEqual([
+      {
+        trustDomain: 'partner.example',
+        bundleEndpoint: 'https://bundle.partner.example/',
+        profile: 'https_spiffe',
+        endpointSpiffeId: 'spiffe://partner.example/spire/server',
+        bundleFile: 'bundles/partner.example.json',
+      },
+    ]);
+  });
+
+  it('ignores hidden files and files that are not YAML', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml(), '.draft.yaml': 'not: [valid', 'notes.txt': 'kind: Nonsense', '.git/x.yaml': 'kind: Nonsense' });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.objects.map((object) => object.kind)).toEqual(['MeshConfig']);
+  });
+
+  it('fills in the defaults: namespace, service account, mesh ports, egress and certificate lifetime', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml('example.org'), 'pod.yaml': podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1' }) });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.mesh).toMatchObject({
+      trustDomain: 'example.org',
+      rootNamespace: 'istio-system',
+      ports: { outbound: 15001, inboundPlaintext: 15006, hbone: 15008, metrics: 15020, readiness: 15021, admin: 15000 },
+      egress: { mode: 'ALLOW_ANY' },
+      federation: [],
+      certificateTtl: '1h',
+      certificateTtlMs: 3_600_000,
+    });
+    expect(snapshot.workloads[0]).toMatchObject({ namespace: 'default', serviceAccount: 'default', identity: 'spiffe://example.org/ns/default/sa/default' });
+  });
+
+  it('uses the default trust domain when no MeshConfig exists and none was required', async () => {
+    const dir = await configDir({ 'pod.yaml': podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1', serviceAccount: 'web' }) });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.meshObject).toBeUndefined();
+    expect(snapshot.workloads[0]?.identity).toBe('spiffe://cluster.local/ns/default/sa/web');
+  });
+
+  it('keeps pods that are not mesh workloads (unscheduled, no IP yet, host network, finished) but leaves them out of workloads', async () => {
+    const dir = await configDir({
+      'mesh.yaml': meshYaml(),
+      'pending.yaml': podYaml({ name: 'pending', ip: '10.0.0.1' }),
+      'no-ip.yaml': podYaml({ name: 'no-ip', node: 'node-a' }),
+      'host.yaml': `${podYaml({ name: 'host', node: 'node-a', ip: '192.168.0.5' }).replace('spec:\n', 'spec:\n  hostNetwork: true\n')}`,
+      'done.yaml': `${podYaml({ name: 'done', node: 'node-a', ip: '10.0.0.9' })}  phase: Succeeded\n`,
+    });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.objectsOfKind('Pod').map((pod) => pod.metadata.name).sort()).toEqual(['done', 'host', 'no-ip', 'pending']);
+    expect(snapshot.workloads).toEqual([]);
+  });
+
+  it('reads the items of a v1 List, as `kubectl get -o yaml` writes them', async () => {
+    const dir = await configDir({
+      'mesh.yaml': meshYaml(),
+      'pods.yaml': `apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Pod
+    metadata: { name: a, resourceVersion: "12", uid: 0d7c }
+    spec: { nodeName: node-a, containers: [{ name: a, image: a }] }
+    status: { podIP: 10.0.0.1, hostIP: 192.168.0.1, phase: Running }
+  - apiVersion: v1
+    kind: Pod
+    metadata: { name: b }
+    spec: { nodeName: node-b, containers: [{ name: b, image: b }] }
+    status: { podIP: 10.0.0.2 }
+`,
+    });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.workloads.map((workload) => [workload.name, workload.source.line])).toEqual([
+      ['a', 4],
+      ['b', 9],
+    ]);
+  });
+
+  it('reads a ConfigMap volume layout once: top-level links into the hidden ..data directory', async () => {
+    const dir = await configDir({ '..2026_01_01/mesh.yaml': meshYaml(), '..2026_01_01/pod.yaml': podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1' }) });
+    await symlink('..2026_01_01', join(dir, '..data'));
+    await symlink('..data/mesh.yaml', join(dir, 'mesh.yaml'));
+    await symlink('..data/pod.yaml', join(dir, 'pod.yaml'));
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.objects.map((object) => object.source.file)).toEqual(['mesh.yaml', 'pod.yaml']);
+  });
+
+  it('skips a link that leads back to a directory already read', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml(), 'sub/pod.yaml': podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1' }) });
+    await symlink('..', join(dir, 'sub', 'loop'));
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.objects).toHaveLength(2);
+  });
+
+  it('accepts every supported apiVersion of the Istio kinds and keeps the not-yet-modelled specs as data', async () => {
+    const opaque = (apiVersion: string, kind: string, name: string, spec: string) =>
+      `apiVersion: ${apiVersion}\nkind: ${kind}\nmetadata: { name: ${name}, namespace: shop }\nspec: ${spec}\n---\n`;
+    const dir = await configDir({
+      'istio.yaml':
+        opaque('networking.istio.io/v1beta1', 'DestinationRule', 'web', '{ host: web, subsets: [{ name: v1, labels: { version: v1 } }] }') +
+        opaque('networking.istio.io/v1alpha3', 'VirtualService', 'web', '{ hosts: [web], http: [{ route: [{ destination: { host: web } }] }] }') +
+        opaque('security.istio.io/v1beta1', 'PeerAuthentication', 'strict', '{ mtls: { mode: STRICT } }') +
+        opaque('networking.istio.io/v1', 'ServiceEntry', 'payments', '{ hosts: [api.payments.example], ports: [{ number: 443, name: https, protocol: TLS }], resolution: DNS, location: MESH_EXTERNAL }'),
+    });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.objectsOfKind('DestinationRule')[0]?.spec).toEqual({ host: 'web', subsets: [{ name: 'v1', labels: { version: 'v1' } }] });
+    expect(snapshot.objectsOfKind('PeerAuthentication')[0]?.spec).toEqual({ mtls: { mode: 'STRICT' } });
+    expect(snapshot.objectsOfKind('ServiceEntry')[0]?.spec).toMatchObject({ hosts: ['api.payments.example'], resolution: 'DNS', ports: [{ number: 443, protocol: 'TLS' }] });
+  });
+});
+
+interface RejectCase {
+  name: string;
+  files: Record<string, string>;
+  code: ErrorCode;
+  /** What the first problem's message must name: file (with line when given), object and field. */
+  file: string;
+  line?: number;
+  object?: string;
+  field?: string;
+  requireMesh?: boolean;
+}
+
+const pod = (fields: Parameters<typeof podYaml>[0]) => podYaml({ node: 'node-a', ip: '10.0.0.1', ...fields });
+
+const rejectCases: RejectCase[] = [
+  {
+    name: 'a file that is not valid YAML, with the line of the problem',
+    files: { 'bad.yaml': 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: [web\n' },
+    code: 'CONFIG_YAML',
+    file: 'bad.yaml',
+    line: 5,
+  },
+  {
+    name: 'a key written twice in one mapping',
+    files: { 'pod.yaml': pod({ name: 'web' }).replace('spec:\n', 'spec:\n  nodeName: node-b\n') },
+    code: 'CONFIG_YAML',
+    file: 'pod.yaml',
+    line: 7,
+  },
+  {
+    name: 'a kind ambit does not read',
+    files: { 'deploy.yaml': 'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec: {}\n' },
+    code: 'CONFIG_UNKNOWN_KIND',
+    file: 'deploy.yaml',
+    line: 2,
+    object: 'Deployment default/web',
+    field: 'kind',
+  },
+  {
+    name: 'a known kind under an apiVersion ambit does not read',
+    files: { 'policy.yaml': 'apiVersion: security.istio.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny\nspec: {}\n' },
+    code: 'CONFIG_UNKNOWN_KIND',
+    file: 'policy.yaml',
+    object: 'AuthorizationPolicy default/deny',
+    field: 'apiVersion',
+  },
+  {
+    name: 'a misspelt field in a Pod spec',
+    files: { 'pod.yaml': pod({ name: 'web', namespace: 'shop' }).replace('spec:\n', 'spec:\n  serviceAcountName: web\n') },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    line: 7,
+    object: 'Pod shop/web',
+    field: 'spec.serviceAcountName',
+  },
+  {
+    name: 'a misspelt top-level field',
+    files: { 'pod.yaml': pod({ name: 'web' }).replace('spec:', 'sepc:') },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    object: 'Pod default/web',
+    field: 'sepc',
+  },
+  {
+    name: 'a misspelt metadata field (the object would silently land in another namespace)',
+    files: { 'pod.yaml': pod({ name: 'web' }).replace('  name: web\n', '  name: web\n  namepsace: shop\n') },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    object: 'Pod default/web',
+    field: 'metadata.namepsace',
+  },
+  {
+    name: 'a Service port out of range',
+    files: {
+      'svc.yaml': `apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  ports:
+    - name: http
+      port: 80
+    - name: admin
+      port: 70000
+`,
+    },
+    code: 'CONFIG_FIELD',
+    file: 'svc.yaml',
+    line: 10,
+    object: 'Service default/web',
+    field: 'spec.ports[1].port',
+  },
+  {
+    name: 'a container port out of range',
+    files: { 'pod.yaml': pod({ name: 'web' }).replace('      image: app:1\n', '      image: app:1\n      ports:\n        - containerPort: 0\n') },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    object: 'Pod default/web',
+    field: 'spec.containers[0].ports[0].containerPort',
+  },
+  {
+    name: 'a pod IP that is not an IP address',
+    files: { 'pod.yaml': pod({ name: 'web', ip: '10.0.0.256' }) },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    object: 'Pod default/web',
+    field: 'status.podIP',
+  },
+  {
+    name: 'an IPv6 pod IP with a zone',
+    files: { 'pod.yaml': pod({ name: 'web', ip: 'fe80::1%eth0' }) },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    field: 'status.podIP',
+  },
+  {
+    name: 'podIPs that do not start with podIP',
+    files: { 'pod.yaml': `${pod({ name: 'web' })}  podIPs:\n    - ip: 10.0.0.2\n` },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    field: 'status.podIPs[0].ip',
+  },
+  {
+    name: 'a WorkloadEntry address that is not an IP address',
+    files: { 'vm.yaml': workloadEntryYaml('db', 'db.internal', 'vm-1') },
+    code: 'CONFIG_FIELD',
+    file: 'vm.yaml',
+    object: 'WorkloadEntry default/db',
+    field: 'spec.address',
+  },
+  {
+    name: 'a WorkloadEntry without the node annotation',
+    files: { 'vm.yaml': workloadEntryYaml('db', '192.168.1.5', 'vm-1').replace('  annotations:\n    ambit.dev/node: vm-1\n', '') },
+    code: 'CONFIG_FIELD',
+    file: 'vm.yaml',
+    object: 'WorkloadEntry default/db',
+    field: 'metadata.annotations["ambit.dev/node"]',
+  },
+  {
+    name: 'an object without a name',
+    files: { 'pod.yaml': pod({ name: 'web' }).replace('  name: web\n', '  labels: {}\n') },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    object: 'Pod default/?',
+    field: 'metadata.name',
+  },
+  {
+    name: 'a name that is not a DNS-1123 name',
+    files: { 'pod.yaml': pod({ name: 'Web_1' }) },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    object: 'Pod default/Web_1',
+    field: 'metadata.name',
+  },
+  {
+    name: 'a service account that is not a DNS-1123 name (it becomes a SPIFFE ID path segment)',
+    files: { 'pod.yaml': pod({ name: 'web', serviceAccount: 'a/b' }) },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    field: 'spec.serviceAccountName',
+  },
+  {
+    name: 'a label value that is not a string',
+    files: { 'pod.yaml': pod({ name: 'web' }).replace('  name: web\n', '  name: web\n  labels:\n    version: 2\n') },
+    code: 'CONFIG_FIELD',
+    file: 'pod.yaml',
+    field: 'metadata.labels.version',
+  },
+  {
+    name: 'the same object in two files',
+    files: { 'a.yaml': pod({ name: 'web', ip: '10.0.0.1' }), 'b.yaml': pod({ name: 'web', ip: '10.0.0.2' }) },
+    code: 'CONFIG_DUPLICATE',
+    file: 'b.yaml',
+    line: 1,
+    object: 'Pod default/web',
+  },
+  {
+    name: 'one IP for two workloads',
+    files: { 'pods.yaml': pod({ name: 'web', ip: '10.0.0.7' }), 'vm.yaml': workloadEntryYaml('db', '10.0.0.7', 'vm-1') },
+    code: 'CONFIG_CONFLICT',
+    file: 'vm.yaml',
+    object: 'WorkloadEntry default/db',
+    field: 'spec.address',
+  },
+  {
+    name: 'one IP for two workloads spelt differently',
+    files: { 'a.yaml': pod({ name: 'a', ip: 'fd00::7' }), 'b.yaml': pod({ name: 'b', ip: 'FD00:0:0::7' }) },
+    code: 'CONFIG_CONFLICT',
+    file: 'b.yaml',
+    object: 'Pod default/b',
+    field: 'status.podIP',
+  },
+  {
+    name: 'one cluster IP for two Services',
+    files: {
+      'svc.yaml': 'apiVersion: v1\nkind: Service\nmetadata: { name: a }\nspec: { clusterIP: 10.96.0.1 }\n---\napiVersion: v1\nkind: Service\nmetadata: { name: b }\nspec: { clusterIP: 10.96.0.1 }\n',
+    },
+    code: 'CONFIG_CONFLICT',
+    file: 'svc.yaml',
+    line: 6,
+    object: 'Service default/b',
+    field: 'spec.clusterIP',
+  },
+  {
+    name: 'two MeshConfigs',
+    files: { 'mesh.yaml': meshYaml('one.example'), 'z-mesh.yaml': meshYaml('two.example', 'other') },
+    code: 'CONFIG_CONFLICT',
+    file: 'z-mesh.yaml',
+    object: 'MeshConfig other',
+  },
+  {
+    name: 'no MeshConfig when one is required',
+    files: { 'pod.yaml': pod({ name: 'web' }) },
+    code: 'CONFIG_MESH_MISSING',
+    file: '',
+    requireMesh: true,
+  },
+  {
+    name: 'a trust domain with uppercase letters',
+    files: { 'mesh.yaml': meshYaml('Cluster.Local') },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    line: 6,
+    object: 'MeshConfig mesh',
+    field: 'spec.trustDomain',
+  },
+  {
+    name: 'a trust domain longer than 255 bytes',
+    files: { 'mesh.yaml': meshYaml(`${'a'.repeat(250)}.example`) },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.trustDomain',
+  },
+  {
+    name: 'a MeshConfig without a trust domain',
+    files: { 'mesh.yaml': meshYaml().replace('  trustDomain: cluster.local\n', '  rootNamespace: mesh\n') },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.trustDomain',
+  },
+  {
+    name: 'a namespace on the cluster-scoped MeshConfig',
+    files: { 'mesh.yaml': meshYaml().replace('  name: mesh\n', '  name: mesh\n  namespace: istio-system\n') },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'metadata.namespace',
+  },
+  {
+    name: 'a certificate lifetime that is not a duration',
+    files: { 'mesh.yaml': `${meshYaml()}  certificateTtl: 1 hour\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.certificateTtl',
+  },
+  {
+    name: 'two mesh listeners on one port',
+    files: { 'mesh.yaml': `${meshYaml()}  ports:\n    metrics: 15008\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.ports.metrics',
+  },
+  {
+    name: 'an unknown egress mode',
+    files: { 'mesh.yaml': `${meshYaml()}  egress:\n    mode: DENY_ALL\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.egress.mode',
+  },
+  {
+    name: 'an https_spiffe federation peer without the endpoint SPIFFE ID',
+    files: { 'mesh.yaml': `${meshYaml()}  federation:\n    - trustDomain: partner.example\n      bundleEndpoint: https://partner.example/bundle\n      profile: https_spiffe\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    line: 8,
+    field: 'spec.federation[0].endpointSpiffeId',
+  },
+  {
+    name: 'a federation bundle endpoint that is not https',
+    files: { 'mesh.yaml': `${meshYaml()}  federation:\n    - trustDomain: partner.example\n      bundleEndpoint: http://partner.example/bundle\n      profile: https_web\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.federation[0].bundleEndpoint',
+  },
+  {
+    name: 'a federation peer without a profile (SPIFFE never infers it)',
+    files: { 'mesh.yaml': `${meshYaml()}  federation:\n    - trustDomain: partner.example\n      bundleEndpoint: https://partner.example/bundle\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.federation[0].profile',
+  },
+  {
+    name: 'federating with the mesh\'s own trust domain',
+    files: { 'mesh.yaml': `${meshYaml()}  federation:\n    - trustDomain: cluster.local\n      bundleEndpoint: https://x.example/\n      profile: https_web\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.federation[0].trustDomain',
+  },
+  {
+    name: 'an AuthorizationPolicy whose spec is not a mapping',
+    files: { 'policy.yaml': 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow\n  namespace: shop\nspec:\n  - action: ALLOW\n' },
+    code: 'CONFIG_FIELD',
+    file: 'policy.yaml',
+    line: 6,
+    object: 'AuthorizationPolicy shop/allow',
+    field: 'spec',
+  },
+  {
+    name: 'a ServiceEntry without hosts',
+    files: { 'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: ext }\nspec: { ports: [{ number: 443, name: tls }] }\n' },
+    code: 'CONFIG_FIELD',
+    file: 'se.yaml',
+    object: 'ServiceEntry default/ext',
+    field: 'spec.hosts',
+  },
+  {
+    name: 'a document that is not a mapping',
+    files: { 'list.yaml': '- apiVersion: v1\n  kind: Pod\n' },
+    code: 'CONFIG_FIELD',
+    file: 'list.yaml',
+    line: 1,
+  },
+];
+
+describe('loadConfigDir rejects', () => {
+  it.each(rejectCases)('$name', async (testCase) => {
+    const dir = await configDir(testCase.files);
+    const error = await configError(loadConfigDir(dir, { requireMesh: testCase.requireMesh ?? false }));
+    expect(error.code).toBe(testCase.code);
+    const first = error.details[0];
+    expect(first?.code).toBe(testCase.code);
+    // The contract: the message names file (and line), object and field path.
+    const place = testCase.line === undefined ? testCase.file : `${testCase.file}:${testCase.line}:`;
+    expect(error.message).toContain(place);
+    if (testCase.line !== undefined) expect(first?.line).toBe(testCase.line);
+    if (testCase.object !== undefined) expect(error.message).toContain(testCase.object);
+    if (testCase.field !== undefined) expect(error.message).toContain(`: ${testCase.field}: `);
+  });
+
+  it('names both files of a duplicate', async () => {
+    const dir = await configDir({ 'a.yaml': pod({ name: 'web', ip: '10.0.0.1' }), 'sub/b.yaml': pod({ name: 'web', ip: '10.0.0.2' }) });
+    const error = await configError(loadConfigDir(dir));
+    expect(error.code).toBe('CONFIG_DUPLICATE');
+    expect(error.message).toContain('sub/b.yaml:1');
+    expect(error.message).toContain('a.yaml:1');
+  });
+
+  it('names both workloads and both files of an IP conflict', async () => {
+    const dir = await configDir({ 'pods.yaml': pod({ name: 'web', ip: '10.0.0.7' }), 'vm.yaml': workloadEntryYaml('db', '10.0.0.7', 'vm-1') });
+    const error = await configError(loadConfigDir(dir));
+    expect(error.code).toBe('CONFIG_CONFLICT');
+    expect(error.message).toContain('vm.yaml');
+    expect(error.message).toContain('WorkloadEntry default/db');
+    expect(error.message).toContain('pods.yaml');
+    expect(error.message).toContain('Pod default/web');
+  });
+
+  it('reports every problem in the directory at once, coded by the first', async () => {
+    const dir = await configDir({
+      'a.yaml': pod({ name: 'web', ip: 'nope' }),
+      'b.yaml': 'apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: x }\n',
+      'c.yaml': 'key: [unclosed\n',
+      'd.yaml': pod({ name: 'web', ip: '10.0.0.1' }),
+    });
+    const error = await configError(loadConfigDir(dir));
+    expect(error.code).toBe('CONFIG_FIELD');
+    expect(error.details.map((issue) => [issue.file, issue.code])).toEqual([
+      ['a.yaml', 'CONFIG_FIELD'],
+      ['b.yaml', 'CONFIG_UNKNOWN_KIND'],
+      ['c.yaml', 'CONFIG_YAML'],
+    ]);
+  });
+
+  it('reports several problems of one object, each with its own field path', async () => {
+    const dir = await configDir({ 'pod.yaml': pod({ name: 'web', ip: '300.0.0.1' }).replace('spec:\n', 'spec:\n  nodName: x\n') });
+    const error = await configError(loadConfigDir(dir));
+    expect(error.details.map((issue) => issue.field)).toEqual(['spec.nodName', 'status.podIP']);
+  });
+
+  it('refuses a directory that does not exist', async () => {
+    const dir = await configDir({});
+    const error = await configError(loadConfigDir(join(dir, 'missing')));
+    expect(error.code).toBe('FILE_READ');
+    expect(error.message).toContain('missing');
+  });
+
+  it('refuses a broken link to a YAML file rather than skipping it', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml() });
+    await symlink('gone.yaml', join(dir, 'pods.yaml'));
+    const error = await configError(loadConfigDir(dir));
+    expect(error.code).toBe('FILE_READ');
+    expect(error.message).toContain('pods.yaml');
+  });
+
+  // Root reads everything, so this cannot be arranged when the tests run as root.
+  it.skipIf(process.getuid?.() === 0)('refuses a subdirectory it cannot read', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml() });
+    await mkdir(join(dir, 'locked'), { mode: 0o000 });
+    const error = await configError(loadConfigDir(dir));
+    expect(error.code).toBe('FILE_READ');
+    expect(error.message).toContain('locked');
+  });
+});
+
+describe('parseConfigText', () => {
+  it('returns the objects of one text, with the given file as their source', () => {
+    const objects = parseConfigText(`${meshYaml()}---\n${podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1' })}`, 'inline.yaml');
+    expect(objects.map((object) => [object.kind, object.source.file, object.source.line])).toEqual([
+      ['MeshConfig', 'inline.yaml', 1],
+      ['Pod', 'inline.yaml', 8],
+    ]);
+  });
+
+  it('throws a coded error naming the file, line, object and field', () => {
+    let caught: unknown;
+    try {
+      parseConfigText(podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1' }).replace('spec:\n', 'spec:\n  hostNetwork: "yes"\n'), 'inline.yaml');
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toMatchObject({ code: 'CONFIG_FIELD' });
+    expect((caught as Error).message).toContain('inline.yaml:6: Pod default/web: spec.hostNetwork: ');
+  });
+
+  it('ignores empty documents and comments', () => {
+    expect(parseConfigText('# nothing here\n---\n---\n', 'empty.yaml')).toEqual([]);
+  });
+
+  it('bounds alias expansion', () => {
+    const bomb = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]'];
+    for (let level = 1; level < 8; level++) bomb.push(`${String.fromCharCode(97 + level)}: &${String.fromCharCode(97 + level)} [${Array(10).fill(`*${String.fromCharCode(96 + level)}`).join(',')}]`);
+    let caught: unknown;
+    try {
+      parseConfigText(`${bomb.join('\n')}\n`, 'bomb.yaml');
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toMatchObject({ code: 'CONFIG_YAML' });
+  });
+});

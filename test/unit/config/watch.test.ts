@@ -1,0 +1,194 @@
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AuditLog } from '../../../src/config/audit.ts';
+import type { ConfigDiff } from '../../../src/config/diff.ts';
+import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
+import { watchConfigDir } from '../../../src/config/watch.ts';
+import type { ConfigWatcher, WatchOptions } from '../../../src/config/watch.ts';
+import type { AmbitError } from '../../../src/errors.ts';
+import { configDir, configError, meshYaml, podYaml, removeConfigDirs, writeFiles } from './temp-config.ts';
+
+type WatchEvent = { type: 'change'; next: ConfigSnapshot; prev: ConfigSnapshot; diff: ConfigDiff } | { type: 'error'; error: AmbitError };
+
+/** Records the watcher's callbacks and lets a test await the next one. */
+class Recorder {
+  readonly events: WatchEvent[] = [];
+  #waiters: ((event: WatchEvent) => void)[] = [];
+  #read = 0;
+
+  readonly callbacks: Pick<WatchOptions, 'onChange' | 'onError'> = {
+    onChange: (next, prev, diff) => this.#push({ type: 'change', next, prev, diff }),
+    onError: (error) => this.#push({ type: 'error', error }),
+  };
+
+  #push(event: WatchEvent): void {
+    this.events.push(event);
+    const waiter = this.#waiters.shift();
+    if (waiter !== undefined) {
+      this.#read++;
+      waiter(event);
+    }
+  }
+
+  next(timeoutMs = 5000): Promise<WatchEvent> {
+    const queued = this.events[this.#read];
+    if (queued !== undefined) {
+      this.#read++;
+      return Promise.resolve(queued);
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no watcher event within ${timeoutMs} ms`)), timeoutMs);
+      this.#waiters.push((event) => {
+        clearTimeout(timer);
+        resolve(event);
+      });
+    });
+  }
+}
+
+const watchers: ConfigWatcher[] = [];
+afterEach(async () => {
+  await Promise.all(watchers.splice(0).map((watcher) => watcher.close()));
+  await removeConfigDirs();
+});
+
+async function startWatching(dir: string, recorder: Recorder, options: Partial<WatchOptions> = {}): Promise<ConfigWatcher> {
+  const watcher = await watchConfigDir(dir, { ...recorder.callbacks, debounceMs: 30, requireMesh: true, ...options });
+  watchers.push(watcher);
+  return watcher;
+}
+
+const validPod = (ip: string, node = 'node-a') => podYaml({ name: 'web', serviceAccount: 'web', node, ip });
+
+for (const mode of ['fs.watch', 'polling'] as const) {
+  describe(`watchConfigDir (${mode})`, () => {
+    const options: Partial<WatchOptions> = mode === 'polling' ? { poll: true, pollIntervalMs: 40 } : {};
+
+    it('swaps in a valid change and reports it with its diff', async () => {
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, options);
+      const initial = watcher.current();
+      expect(initial.workloadByIp('10.0.0.1')?.name).toBe('web');
+
+      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2', 'node-b') });
+      const event = await recorder.next();
+      expect(event.type).toBe('change');
+      if (event.type !== 'change') return;
+      expect(event.prev).toBe(initial);
+      expect(event.next).toBe(watcher.current());
+      expect(event.diff.changed).toEqual([{ object: 'Pod default/web', file: 'pod.yaml', fields: ['spec.nodeName', 'status.podIP'] }]);
+      expect(watcher.current().workloadByIp('10.0.0.1')).toBeUndefined();
+      expect(watcher.current().identitiesOnNode('node-b').has('spiffe://cluster.local/ns/default/sa/web')).toBe(true);
+    });
+
+    it('keeps the last good snapshot when a change is invalid, reports the coded error, and recovers once it is fixed', async () => {
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, options);
+      const good = watcher.current();
+
+      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.1').replace('spec:\n', 'spec:\n  nodeName: node-b\n') });
+      const rejected = await recorder.next();
+      expect(rejected.type).toBe('error');
+      if (rejected.type !== 'error') return;
+      expect(rejected.error.code).toBe('CONFIG_YAML');
+      expect(rejected.error.message).toContain('pod.yaml:');
+      expect(watcher.current()).toBe(good);
+      expect(watcher.current().identitiesOnNode('node-a').has('spiffe://cluster.local/ns/default/sa/web')).toBe(true);
+
+      await writeFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
+      const stillBroken = await recorder.next();
+      expect(stillBroken.type).toBe('error');
+      expect(watcher.current()).toBe(good);
+
+      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.1', 'node-b') });
+      const recovered = await recorder.next();
+      expect(recovered.type).toBe('change');
+      if (recovered.type !== 'change') return;
+      expect(recovered.prev).toBe(good);
+      expect(recovered.diff.added).toEqual([{ object: 'Pod default/other', file: 'other.yaml' }]);
+      expect(watcher.current().workloadsOnNode('node-b').map((workload) => workload.name)).toEqual(['web']);
+    });
+
+    it('keeps the last good snapshot when the MeshConfig is deleted or the directory vanishes', async () => {
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, options);
+      const good = watcher.current();
+
+      await rm(join(dir, 'mesh.yaml'));
+      const event = await recorder.next();
+      expect(event.type === 'error' && event.error.code).toBe('CONFIG_MESH_MISSING');
+      expect(watcher.current()).toBe(good);
+    });
+  });
+}
+
+describe('watchConfigDir', () => {
+  it('refuses to start on an invalid directory', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml('Not_Valid') });
+    const error = await configError(watchConfigDir(dir, { ...new Recorder().callbacks }));
+    expect(error.code).toBe('CONFIG_FIELD');
+  });
+
+  it('does not report edits that change nothing, such as comments', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+    const recorder = new Recorder();
+    const watcher = await startWatching(dir, recorder);
+    const initial = watcher.current();
+    await writeFiles(dir, { 'pod.yaml': `# reviewed\n${validPod('10.0.0.1')}` });
+    await writeFiles(dir, { 'mesh.yaml': `${meshYaml()}  # a trailing comment\n` });
+    await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.3') });
+    const event = await recorder.next();
+    expect(event.type === 'change' && event.diff.changed.map((change) => change.fields)).toEqual([['status.podIP']]);
+    expect(event.type === 'change' && event.prev).toBe(initial);
+    expect(recorder.events).toHaveLength(1);
+  });
+
+  it('coalesces a burst of writes into one reload', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+    const recorder = new Recorder();
+    await startWatching(dir, recorder, { debounceMs: 150 });
+    for (let index = 2; index <= 6; index++) await writeFiles(dir, { 'pod.yaml': validPod(`10.0.0.${index}`) });
+    const event = await recorder.next();
+    expect(event.type === 'change' && event.next.workloadByIp('10.0.0.6')?.name).toBe('web');
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(recorder.events).toHaveLength(1);
+  });
+
+  it('writes the initial load and every accepted change to the audit log, and nothing for a rejected one', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+    const logDir = await configDir({});
+    const auditLog = new AuditLog(join(logDir, 'audit.log'));
+    const recorder = new Recorder();
+    const watcher = await startWatching(dir, recorder, { auditLog });
+    const initial = watcher.current();
+
+    await writeFiles(dir, { 'pod.yaml': 'kind: [' });
+    expect((await recorder.next()).type).toBe('error');
+    await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.1', 'node-b') });
+    expect((await recorder.next()).type).toBe('change');
+    await auditLog.flush();
+
+    const lines = (await readFile(auditLog.path, 'utf8')).trimEnd().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines.map((line) => [line['previousVersion'], line['version']])).toEqual([
+      [null, initial.version],
+      [initial.version, watcher.current().version],
+    ]);
+    expect(lines[1]?.['changed']).toEqual([{ object: 'Pod default/web', file: 'pod.yaml', fields: ['spec.nodeName'] }]);
+  });
+
+  it('stops reporting once closed', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+    const recorder = new Recorder();
+    const watcher = await watchConfigDir(dir, { ...recorder.callbacks, debounceMs: 20 });
+    const last = watcher.current();
+    await watcher.close();
+    await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2') });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(recorder.events).toEqual([]);
+    expect(watcher.current()).toBe(last);
+  });
+});
