@@ -49,6 +49,12 @@ export const ERROR_CODES = {
   CA_REJECTED: 'the CA refused the request: see the CA\'s audit log for the reason',
   FEDERATION_FETCH: 'a federated trust domain\'s bundle endpoint could not be fetched or returned an invalid bundle',
 
+  UPSTREAM_CONNECT: 'the destination (a workload, or a peer node proxy on 15008) could not be reached in time',
+  HBONE_REFUSED: 'the destination node proxy answered the CONNECT with an error status (400 bad request, 401 policy, 503 unreachable)',
+  EGRESS_BLOCKED: 'the destination is not in the mesh registry and the mesh locks egress down (REGISTRY_ONLY)',
+  NO_HEALTHY_UPSTREAM: 'the Service has no ready endpoint for this port',
+  PROXY_BIND: 'a listener address could not be bound: in use, or not an address of this host',
+
   CONFIG_YAML: 'a configuration file is not valid YAML',
   CONFIG_UNKNOWN_KIND: 'an object\'s apiVersion/kind is not one ambit reads',
   CONFIG_FIELD: 'an object has a missing, mistyped or invalid field',

@@ -126,29 +126,37 @@ async function serve(argv: string[]): Promise<number> {
   const auditLogger = createLogger({ name: 'ambit-ca-audit', file: auditFile });
   const state = await loadCa(dir);
   const config = await watchConfigDir(configDir, {
+    requireMesh: true,
     onChange: (next, _previous, diff) => {
       logger.info({ version: next.version, diff }, 'configuration reloaded');
       auditLogger.info({ event: 'config_changed', version: next.version, diff }, 'audit');
     },
     onError: (error) => logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force'),
   });
-  const snapshot = config.current();
-  if (snapshot.mesh.trustDomain !== state.trustDomain) {
-    throw new AmbitError('CONFIG_FIELD', `${configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but the CA in ${dir} serves "${state.trustDomain}"`);
+  let server: CaServer;
+  try {
+    const snapshot = config.current();
+    if (snapshot.mesh.trustDomain !== state.trustDomain) {
+      throw new AmbitError('CONFIG_FIELD', `${configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but the CA in ${dir} serves "${state.trustDomain}"`);
+    }
+    const svidTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : snapshot.mesh.certificateTtlMs;
+    server = await CaServer.start({
+      dir,
+      host: listen.host,
+      port: listen.port,
+      registry: () => registryOf(config.current()),
+      svidTtlMs,
+      federation: await federationPeers(snapshot, configDir),
+      federationMinRefreshMs: values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined,
+      statePollMs: values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined,
+      logger,
+      audit: (record) => auditLogger.info(record, 'audit'),
+    });
+  } catch (error) {
+    // The configuration watcher keeps the event loop alive: without closing it a refused start never exits.
+    await config.close();
+    throw error;
   }
-  const svidTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : snapshot.mesh.certificateTtlMs;
-  const server = await CaServer.start({
-    dir,
-    host: listen.host,
-    port: listen.port,
-    registry: () => registryOf(config.current()),
-    svidTtlMs,
-    federation: await federationPeers(snapshot, configDir),
-    federationMinRefreshMs: values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined,
-    statePollMs: values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined,
-    logger,
-    audit: (record) => auditLogger.info(record, 'audit'),
-  });
   const stop = async () => {
     logger.info('CA shutting down');
     await server.close();

@@ -7,6 +7,8 @@ const commands: Record<string, () => Promise<Command>> = {
   ca: async () => (await import('./ca.ts')).command,
   agent: async () => (await import('./agent.ts')).command,
   svid: async () => (await import('./svid.ts')).command,
+  proxy: async () => (await import('./proxy.ts')).command,
+  mesh: async () => (await import('./mesh.ts')).command,
 };
 
 async function mainHelp(): Promise<string> {

@@ -15,10 +15,22 @@ import type { BundleSource, Certificate, Svid, VerifyResult } from './svid.ts';
 /** TLS 1.3 only, as ztunnel: no downgrade surface, and every peer in the mesh speaks it. */
 export const MIN_TLS_VERSION = 'TLSv1.3';
 
-/** The peer's chain as presented, leaf first. Node links the chain through issuerCertificate. */
+/**
+ * The peer's chain as presented, leaf first. Node links the chain through issuerCertificate.
+ *
+ * Read the peer certificate only through getPeerCertificate(true), never getPeerX509Certificate():
+ * in Node 24.21, calling getPeerX509Certificate() on a client socket first makes a later
+ * getPeerCertificate(true) return {} and the X509 object vanish (checked here), so a verifier that
+ * mixed the two would see "no certificate".
+ */
 export function peerChain(socket: tls.TLSSocket): Certificate[] {
   const leaf = socket.getPeerCertificate(true);
-  if (!leaf || !leaf.raw) return [];
+  return leaf ? chainOf(leaf) : [];
+}
+
+/** The chain of an already-read DetailedPeerCertificate. */
+export function chainOf(leaf: tls.DetailedPeerCertificate): Certificate[] {
+  if (!leaf.raw) return [];
   const chain: Certificate[] = [];
   const seen = new Set<string>();
   let current: tls.DetailedPeerCertificate | undefined = leaf;
@@ -35,15 +47,26 @@ export type ExpectedPeer = string | ((id: SpiffeId) => boolean) | null;
 
 /** Verifies the peer of an established TLS socket; never throws. */
 export function verifyPeer(socket: tls.TLSSocket, bundles: BundleSource, expected: ExpectedPeer): VerifyResult {
+  const leaf = socket.getPeerCertificate(true);
+  return verifyPeerCertificate(leaf ?? null, bundles, expected);
+}
+
+/** Verifies a peer certificate already read from a socket (getPeerCertificate(true)); never throws. */
+export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, bundles: BundleSource, expected: ExpectedPeer): VerifyResult {
   let chain: Certificate[];
   try {
-    chain = peerChain(socket);
+    chain = leaf ? chainOf(leaf) : [];
   } catch (error) {
     return { valid: false, id: null, error: new AmbitError('SVID_PARSE', `peer certificate unreadable: ${(error as Error).message}`) };
   }
   if (chain.length === 0) return { valid: false, id: null, error: new AmbitError('CA_UNAUTHENTICATED', 'peer presented no certificate') };
   const result = verifySvid(chain, bundles);
   if (!result.valid || expected === null) return result;
+  return matchExpected(result, expected);
+}
+
+/** Applies an identity expectation to a valid verification result. */
+export function matchExpected(result: VerifyResult & { valid: true }, expected: string | ((id: SpiffeId) => boolean)): VerifyResult {
   const allowed = typeof expected === 'string' ? result.id.id === expected : expected(result.id);
   if (allowed) return result;
   const wanted = typeof expected === 'string' ? expected : 'an allowed identity';

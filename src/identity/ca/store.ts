@@ -116,6 +116,9 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
     const parentCerts = parseCertificates(options.parent.certPem, 'parent root certificate');
     const parentCert = parentCerts[0] as Certificate;
     const parentKeys = await importPrivateKeyPem(options.parent.keyPem, 'parent root key');
+    // A key of another root would sign an intermediate that chains to nothing: every leaf it issues would be refused.
+    const parentKeySpki = Buffer.from(await globalThis.crypto.subtle.exportKey('spki', parentKeys.publicKey));
+    if (!Buffer.from(parentCert.publicKey.rawData).equals(parentKeySpki)) throw new AmbitError('SVID_KEY_MISMATCH', 'parent root key does not belong to the parent root certificate');
     const parentId = spiffeIdOf(parentCert);
     if (!(parentId instanceof AmbitError) && parentId.path !== '') {
       throw new AmbitError('SVID_CA_INVALID', `parent root carries ${parentId.id}; a CA's SPIFFE ID has no path`);

@@ -1,0 +1,86 @@
+// `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
+import { AmbitError } from '../errors.ts';
+import { parse, requireString, parseDurationMs } from './args.ts';
+import type { Command } from './args.ts';
+import { readText } from './ca.ts';
+import { parseListen } from './listen.ts';
+import { decodeBundleText } from '../identity/bundle.ts';
+import { validateTrustDomain } from '../identity/spiffe-id.ts';
+import { createLogger } from '../observe/log.ts';
+import { NodeProxy } from '../proxy/proxy.ts';
+import { parseOutboundFlag } from '../proxy/outbound.ts';
+
+const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle FILE --trust-domain TD
+                   --state-dir DIR [--join-token TOKEN] [--outbound LISTEN=HOST:PORT@NS/WORKLOAD ...]
+                   [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
+                   [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h]
+
+Runs the node proxy for the workloads the configuration places on node NAME:
+  inbound   HBONE (HTTP/2 CONNECT over mutual TLS 1.3) on each local workload's IP, port 15008
+            (the MeshConfig's ports.hbone), presenting that workload's SVID; --hbone-listen adds a
+            shared listener for hosts that cannot bind workload IPs (a VM's node address)
+  outbound  explicit listeners, from --outbound or the Pod annotation
+            ambit.dev/outbound: "[ADDRESS:]PORT=HOST:PORT,..." (ADDRESS defaults to the pod IP);
+            the listener's owner is the source workload whose SVID the tunnel presents
+  metrics   Prometheus /metrics with Istio's names and labels (--metrics)
+  readiness /healthz/ready: 200 once certificates are loaded and listeners bound (--readiness)
+  admin     /config_dump and /logging on a loopback address only (--admin)
+Identities: the node SVID comes from --join-token the first time, then from --state-dir; every local
+workload's SVID is obtained from the CA and rotated at half-life. The configuration directory is
+watched: a valid change applies at once, an invalid one is logged and the last good one stays.
+`;
+
+export const command: Command = {
+  summary: 'node proxy: HBONE inbound/outbound with SPIFFE mTLS, metrics, admin',
+  help,
+  async run(argv) {
+    const { values } = parse(argv, {
+      node: { type: 'string' },
+      config: { type: 'string' },
+      ca: { type: 'string' },
+      'ca-bundle': { type: 'string' },
+      'trust-domain': { type: 'string' },
+      'state-dir': { type: 'string' },
+      'join-token': { type: 'string' },
+      outbound: { type: 'string', multiple: true },
+      metrics: { type: 'string' },
+      readiness: { type: 'string' },
+      admin: { type: 'string' },
+      'hbone-listen': { type: 'string' },
+      'hbone-port': { type: 'string' },
+      'svid-ttl': { type: 'string' },
+    }, false);
+    const caUrl = requireString(values.ca, 'ca').replace(/\/+$/, '');
+    if (!caUrl.startsWith('https://')) throw new AmbitError('USAGE', `--ca must be an https:// URL, got "${caUrl}"`);
+    const trustDomain = validateTrustDomain(requireString(values['trust-domain'], 'trust-domain'));
+    const bundleFile = requireString(values['ca-bundle'], 'ca-bundle');
+    const outbound = (values.outbound ?? []).map(parseOutboundFlag);
+    const hbonePort = values['hbone-port'] === undefined ? undefined : parseListen(`127.0.0.1:${values['hbone-port']}`, 'hbone-port').port;
+    const logger = createLogger({ name: 'ambit-proxy' });
+    const proxy = await NodeProxy.start({
+      nodeName: requireString(values.node, 'node'),
+      configDir: requireString(values.config, 'config'),
+      caUrl,
+      caBundle: decodeBundleText(trustDomain, await readText(bundleFile)),
+      stateDir: requireString(values['state-dir'], 'state-dir'),
+      joinToken: values['join-token'],
+      outbound,
+      metricsListen: values.metrics ? parseListen(values.metrics, 'metrics') : undefined,
+      readinessListen: values.readiness ? parseListen(values.readiness, 'readiness') : undefined,
+      adminListen: values.admin ? parseListen(values.admin, 'admin') : undefined,
+      sharedHboneListen: values['hbone-listen'] ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined,
+      hbonePort,
+      certificateTtlSeconds: values['svid-ttl'] ? Math.round(parseDurationMs(values['svid-ttl'], 'svid-ttl') / 1000) : undefined,
+      logger,
+    });
+    const observability = proxy.observability;
+    logger.info({ metrics: observability?.metricsUrl, readiness: observability?.readinessUrl, admin: observability?.adminUrl, ready: proxy.readiness() }, 'proxy started');
+    await new Promise<void>((resolve) => {
+      process.once('SIGTERM', resolve);
+      process.once('SIGINT', resolve);
+    });
+    logger.info('proxy shutting down');
+    await proxy.close();
+    return 0;
+  },
+};

@@ -1,0 +1,287 @@
+// The three small HTTP servers beside the data plane, as ztunnel has them (15020 metrics, 15021 readiness,
+// 15000 admin): Prometheus metrics, the readiness probe, and a loopback-only admin API (config dump and the
+// log level). Each binds exactly where the caller says; nothing here defaults to a wildcard address.
+import { once } from 'node:events';
+import { BlockList, isIP } from 'node:net';
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import { AmbitError } from '../errors.ts';
+import type { Logger } from './log.ts';
+
+export interface AdminSources {
+  /** A JSON-able object (ztunnel's /config_dump shape). */
+  configDump(): unknown;
+  readiness(): { ready: boolean; pending: string[] };
+  /** The root pino logger whose level /logging reads and changes; children created without their own level follow it. */
+  logger: Logger;
+}
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface ObservabilityOptions {
+  metrics?: ListenAddress;
+  readiness?: ListenAddress;
+  /** Loopback only: /logging changes the process's behaviour, so it is never offered to the network. */
+  admin?: ListenAddress;
+  registry: Registry;
+  sources: AdminSources;
+}
+
+export interface Observability {
+  metricsUrl?: string;
+  readinessUrl?: string;
+  adminUrl?: string;
+  /** Stops all servers and destroys their connections, idle keep-alive ones and in-flight ones alike. */
+  close(): Promise<void>;
+}
+
+/** The whole request (headers and body) must arrive within this; a scrape or probe request is a few hundred bytes. */
+const REQUEST_TIMEOUT_MS = 10_000;
+/** Headers alone; below REQUEST_TIMEOUT_MS so slow-header clients are cut first. */
+const HEADERS_TIMEOUT_MS = 5_000;
+/** Idle keep-alive connections are dropped after this: Prometheus scrapes every 15 s or so and reconnects cheaply. */
+const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+/** How often Node enforces the two timeouts above; its 30 s default would let a stalled client stay that long past them. */
+const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
+/** A socket with no activity at all (e.g. a reader that stopped reading a large /metrics answer) is destroyed. */
+const SOCKET_IDLE_TIMEOUT_MS = 30_000;
+/** A scraper, the kubelet's probes and an operator need a handful; more is a misbehaving client. */
+const MAX_CONNECTIONS = 64;
+/** Admin answers are small and requests carry nothing useful in headers beyond the path. */
+const MAX_HEADER_BYTES = 8 * 1024;
+
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/** True for an IP literal in 127.0.0.0/8 or ::1 (including its IPv4-mapped and long forms); host names are not resolved. */
+export function isLoopbackAddress(host: string): boolean {
+  const family = isIP(host);
+  if (family === 0) return false;
+  return LOOPBACK.check(host, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+type Handler = (req: IncomingMessage, res: ServerResponse, path: string, query: string) => void | Promise<void>;
+
+interface Started {
+  server: Server;
+  url: string;
+}
+
+function validateAddress(what: string, address: ListenAddress): void {
+  if (typeof address.host !== 'string' || address.host === '') {
+    throw new AmbitError('USAGE', `the ${what} server needs an explicit host to listen on`);
+  }
+  if (!Number.isInteger(address.port) || address.port < 0 || address.port > 65535) {
+    throw new AmbitError('USAGE', `the ${what} server port must be an integer from 0 to 65535, got ${address.port}`);
+  }
+}
+
+function send(res: ServerResponse, status: number, contentType: string, body: string): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+  res.end(body);
+}
+
+function sendText(res: ServerResponse, status: number, body: string): void {
+  send(res, status, 'text/plain; charset=utf-8', body);
+}
+
+function sendJson(res: ServerResponse, status: number, value: unknown): void {
+  send(res, status, 'application/json; charset=utf-8', `${JSON.stringify(value, null, 2)}\n`);
+}
+
+function methodNotAllowed(res: ServerResponse, allowed: string): void {
+  res.setHeader('allow', allowed);
+  sendText(res, 405, `method not allowed; use ${allowed}\n`);
+}
+
+function notFound(res: ServerResponse, path: string): void {
+  sendText(res, 404, `no endpoint at ${path}\n`);
+}
+
+function isRead(method: string | undefined): boolean {
+  return method === 'GET' || method === 'HEAD';
+}
+
+function dispatch(handler: Handler, req: IncomingMessage, res: ServerResponse): void {
+  const target = req.url ?? '/';
+  const queryAt = target.indexOf('?');
+  const path = queryAt === -1 ? target : target.slice(0, queryAt);
+  const query = queryAt === -1 ? '' : target.slice(queryAt + 1);
+  let result: void | Promise<void>;
+  try {
+    result = handler(req, res, path, query);
+  } catch (error) {
+    failed(res, error);
+    return;
+  }
+  if (result instanceof Promise) result.catch((error: unknown) => failed(res, error));
+}
+
+function failed(res: ServerResponse, error: unknown): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  sendText(res, 500, `internal error: ${error instanceof Error ? error.message : String(error)}\n`);
+}
+
+async function listen(what: string, address: ListenAddress, handler: Handler): Promise<Started> {
+  const server = createServer(
+    {
+      requestTimeout: REQUEST_TIMEOUT_MS,
+      headersTimeout: HEADERS_TIMEOUT_MS,
+      keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+      maxHeaderSize: MAX_HEADER_BYTES,
+      connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS,
+    },
+    (req, res) => dispatch(handler, req, res),
+  );
+  server.timeout = SOCKET_IDLE_TIMEOUT_MS;
+  server.maxConnections = MAX_CONNECTIONS;
+  server.listen({ host: address.host, port: address.port, exclusive: true });
+  try {
+    await once(server, 'listening');
+  } catch (error) {
+    throw new AmbitError('USAGE', `cannot listen on ${address.host}:${address.port} for ${what}: ${error instanceof Error ? error.message : String(error)}`, {
+      cause: error,
+      hint: 'another process holds the port, or the address is not one of this host\'s',
+    });
+  }
+  const bound = server.address() as AddressInfo;
+  const host = bound.family === 'IPv6' ? `[${bound.address}]` : bound.address;
+  return { server, url: `http://${host}:${bound.port}` };
+}
+
+async function closeServer(server: Server): Promise<void> {
+  if (!server.listening) return;
+  const closed = once(server, 'close');
+  server.close();
+  // close() only stops accepting; keep-alive and half-sent requests would hold it open until their timeouts.
+  server.closeAllConnections();
+  await closed;
+}
+
+function metricsHandler(registry: Registry): Handler {
+  return async (req, res, path) => {
+    if (path !== '/metrics' && path !== '/stats/prometheus') return notFound(res, path);
+    if (!isRead(req.method)) return methodNotAllowed(res, 'GET, HEAD');
+    const text = await registry.metrics();
+    send(res, 200, registry.contentType, text);
+  };
+}
+
+function readinessHandler(sources: AdminSources): Handler {
+  return (req, res, path) => {
+    if (path !== '/healthz/ready') return notFound(res, path);
+    if (!isRead(req.method)) return methodNotAllowed(res, 'GET, HEAD');
+    let state: { ready: boolean; pending: string[] };
+    try {
+      state = sources.readiness();
+    } catch (error) {
+      // Not knowing whether we are ready is not being ready.
+      return sendText(res, 503, `not ready: ${error instanceof Error ? error.message : String(error)}\n`);
+    }
+    if (state.ready) return sendText(res, 200, 'ready\n');
+    // ztunnel answers 500 here; 503 is the status Kubernetes probes, load balancers and humans read as
+    // "not ready yet, try later" rather than "broken", and any non-2xx fails the probe either way.
+    sendText(res, 503, `not ready, pending: ${[...state.pending].sort().join(', ')}\n`);
+  };
+}
+
+const ADMIN_INDEX = `ambit admin
+  GET  /                       this list
+  GET  /config_dump            workloads, services, policies, certificates and settings in force (JSON)
+  GET  /logging                the current log level (JSON)
+  POST /logging?level=LEVEL    change the log level
+  POST /logging?reset          back to the level the process started with
+`;
+
+function allowedLevels(logger: Logger): string[] {
+  const values = logger.levels.values;
+  return [...Object.keys(values).sort((a, b) => (values[b] ?? 0) - (values[a] ?? 0)), 'silent'];
+}
+
+function adminHandler(sources: AdminSources): Handler {
+  const { logger } = sources;
+  const startLevel = logger.level;
+  return (req, res, path, query) => {
+    switch (path) {
+      case '/':
+        if (!isRead(req.method)) return methodNotAllowed(res, 'GET, HEAD');
+        return sendText(res, 200, ADMIN_INDEX);
+      case '/config_dump':
+        if (!isRead(req.method)) return methodNotAllowed(res, 'GET, HEAD');
+        return sendJson(res, 200, sources.configDump());
+      case '/logging': {
+        if (isRead(req.method)) return sendJson(res, 200, { level: logger.level });
+        if (req.method !== 'POST') return methodNotAllowed(res, 'GET, HEAD, POST');
+        const params = new URLSearchParams(query);
+        const requested = params.get('level') ?? (params.has('reset') ? startLevel : null);
+        if (requested === null) return sendJson(res, 200, { level: logger.level });
+        const allowed = allowedLevels(logger);
+        if (!allowed.includes(requested)) {
+          return sendJson(res, 400, { error: `invalid log level "${requested}"; allowed levels: ${allowed.join(', ')}`, allowed });
+        }
+        const previous = logger.level;
+        // Logged before the change, at the level operators had chosen, so the change itself is on record.
+        logger.info({ from: previous, to: requested }, 'log level changed through the admin API');
+        logger.level = requested;
+        return sendJson(res, 200, { level: logger.level, previous });
+      }
+      default:
+        return notFound(res, path);
+    }
+  };
+}
+
+/**
+ * Starts the servers that have an address. Throws AmbitError('USAGE') for an admin address that is not
+ * loopback, a missing host or bad port, or a port that cannot be bound; servers already started are closed
+ * first.
+ */
+export async function startObservability(options: ObservabilityOptions): Promise<Observability> {
+  const { metrics, readiness, admin, registry, sources } = options;
+  if (metrics) validateAddress('metrics', metrics);
+  if (readiness) validateAddress('readiness', readiness);
+  if (admin) {
+    validateAddress('admin', admin);
+    if (!isLoopbackAddress(admin.host)) {
+      throw new AmbitError('USAGE', `the admin server may only listen on a loopback address (127.0.0.0/8 or ::1), not "${admin.host}": its /logging endpoint changes the proxy's behaviour`, {
+        hint: 'use 127.0.0.1 or ::1; reach it remotely through kubectl port-forward or ssh',
+      });
+    }
+  }
+
+  const started: Server[] = [];
+  const closeAll = async (): Promise<void> => {
+    await Promise.all(started.map(closeServer));
+  };
+  const result: Observability = { close: closeAll };
+  try {
+    if (metrics) {
+      const { server, url } = await listen('metrics', metrics, metricsHandler(registry));
+      started.push(server);
+      result.metricsUrl = url;
+    }
+    if (readiness) {
+      const { server, url } = await listen('readiness', readiness, readinessHandler(sources));
+      started.push(server);
+      result.readinessUrl = url;
+    }
+    if (admin) {
+      const { server, url } = await listen('admin', admin, adminHandler(sources));
+      started.push(server);
+      result.adminUrl = url;
+    }
+  } catch (error) {
+    await closeAll();
+    throw error;
+  }
+  return result;
+}

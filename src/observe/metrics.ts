@@ -1,0 +1,374 @@
+// Data-plane metrics: Istio's standard TCP series (istio_tcp_*) with ztunnel's label set, plus ambit's pool,
+// listener and reload gauges, registered into a Registry the caller owns (never prom-client's global one).
+//
+// Counting is decoupled from prom-client: prom-client's `labels(...).inc()` re-hashes the whole label object
+// on every call, which would put a string build on every byte update. Instead each label set gets one plain
+// TrafficSeries of numbers, found once per connection through a Map-of-Maps keyed by label value; meters
+// add to its fields, and the counters copy those numbers out only when scraped (`collect`).
+//
+// Series semantics follow ztunnel's `ConnectionResult` (src/proxy/metrics.rs): every counter carries the
+// whole traffic label set including `response_flags`; opened/sent/received are counted with
+// response_flags="-", the close is counted with the connection's final flag, and a final flag other than "-"
+// also counts istio_tcp_connections_failed_total. So opened - closed is always the number of open
+// connections, and every failure is also a close. Series are never removed (as in ztunnel): Prometheus
+// counters must not vanish; the label sets follow workload pairs, not connections, and are capped (maxSeries).
+import { Counter, Gauge } from 'prom-client';
+import type { Registry } from 'prom-client';
+
+export type Reporter = 'source' | 'destination';
+export type SecurityPolicy = 'mutual_tls' | 'unknown' | 'none';
+
+/** Istio's standard label values; 'unknown' for what is not known (an empty string is reported as 'unknown'). */
+export interface TunnelLabels {
+  /** 'source' on the client side (outbound), 'destination' on the server side (inbound). */
+  reporter: Reporter;
+  sourceWorkload: string;
+  sourceWorkloadNamespace: string;
+  /** The peer's SPIFFE ID as presented in the TLS handshake (`spiffe://td/ns/x/sa/y`), never from configuration. */
+  sourcePrincipal: string;
+  destinationWorkload: string;
+  destinationWorkloadNamespace: string;
+  destinationPrincipal: string;
+  /** The service hostname (`name.ns.svc.cluster.local`), as Istio writes it. */
+  destinationService: string;
+  connectionSecurityPolicy: SecurityPolicy;
+}
+
+/** The clean-close value of `response_flags`. */
+export const NO_RESPONSE_FLAGS = '-';
+
+/** ztunnel's `ResponseFlags` values, for callers choosing one; the metrics accept any string. */
+export const RESPONSE_FLAGS = ['-', 'DENY', 'CONNECT', 'TLS_FAILURE', 'H2_HANDSHAKE_FAILURE', 'NETWORK_POLICY', 'IDENTITY_ERROR', 'CERT_REVOKED'] as const;
+
+/** The traffic label names, in ztunnel's order (a subset of its `CommonTrafficLabels`). */
+export const TRAFFIC_LABEL_NAMES = [
+  'reporter',
+  'source_workload',
+  'source_workload_namespace',
+  'source_principal',
+  'destination_service',
+  'destination_workload',
+  'destination_workload_namespace',
+  'destination_principal',
+  'request_protocol',
+  'response_flags',
+  'connection_security_policy',
+] as const;
+
+type TrafficLabelName = (typeof TRAFFIC_LABEL_NAMES)[number];
+type TrafficLabelValues = Record<TrafficLabelName, string>;
+
+export interface TunnelMeter {
+  /**
+   * Cumulative byte counts as read from the sockets; the meter adds only the delta since the last call (a
+   * smaller value than before is ignored). Istio's direction, whatever the reporter: `sentBytes` is
+   * server→client (what was written to the client-facing socket, its `bytesWritten`), `receivedBytes` is
+   * client→server (what was read from it, its `bytesRead`).
+   */
+  update(sentBytes: number, receivedBytes: number): void;
+  /** Final update plus istio_tcp_connections_closed_total{response_flags}; response_flags '-' for a clean close. Idempotent. */
+  close(sentBytes: number, receivedBytes: number, responseFlags: string): void;
+}
+
+/** A count under one value of `response_flags`; its label object is built once, when the flag is first seen. */
+class FlaggedCount {
+  readonly labels: TrafficLabelValues;
+  count = 0;
+
+  constructor(labels: TrafficLabelValues) {
+    this.labels = labels;
+  }
+}
+
+/** The numbers behind one traffic label set. */
+class TrafficSeries {
+  /** The label set with response_flags '-', as opened/sent/received report it. */
+  readonly labels: TrafficLabelValues;
+  opened = 0;
+  sentBytes = 0;
+  receivedBytes = 0;
+  readonly closed = new Map<string, FlaggedCount>();
+  readonly failed = new Map<string, FlaggedCount>();
+
+  constructor(labels: TrafficLabelValues) {
+    this.labels = labels;
+  }
+
+  countClosed(responseFlags: string): void {
+    const cell = this.closed.get(responseFlags) ?? this.#newCell(this.closed, responseFlags);
+    cell.count++;
+    if (responseFlags !== NO_RESPONSE_FLAGS) {
+      const failedCell = this.failed.get(responseFlags) ?? this.#newCell(this.failed, responseFlags);
+      failedCell.count++;
+    }
+  }
+
+  #newCell(cells: Map<string, FlaggedCount>, responseFlags: string): FlaggedCount {
+    const cell = new FlaggedCount({ ...this.labels, response_flags: responseFlags });
+    cells.set(responseFlags, cell);
+    return cell;
+  }
+}
+
+class ConnectionMeter implements TunnelMeter {
+  readonly #series: TrafficSeries;
+  #sentBytes = 0;
+  #receivedBytes = 0;
+  #closed = false;
+
+  constructor(series: TrafficSeries) {
+    this.#series = series;
+  }
+
+  update(sentBytes: number, receivedBytes: number): void {
+    if (this.#closed) return;
+    this.#add(sentBytes, receivedBytes);
+  }
+
+  close(sentBytes: number, receivedBytes: number, responseFlags: string): void {
+    if (this.#closed) return;
+    this.#add(sentBytes, receivedBytes);
+    this.#closed = true;
+    this.#series.countClosed(responseFlags);
+  }
+
+  // `>` is false for NaN and for a count that went backwards, so neither can make a counter decrease.
+  #add(sentBytes: number, receivedBytes: number): void {
+    if (sentBytes > this.#sentBytes) {
+      this.#series.sentBytes += sentBytes - this.#sentBytes;
+      this.#sentBytes = sentBytes;
+    }
+    if (receivedBytes > this.#receivedBytes) {
+      this.#series.receivedBytes += receivedBytes - this.#receivedBytes;
+      this.#receivedBytes = receivedBytes;
+    }
+  }
+}
+
+/** One level of the label-value index: a Map per label, so finding a series builds no key string. */
+class LabelIndex {
+  readonly next = new Map<string, LabelIndex>();
+  series: TrafficSeries | null = null;
+}
+
+function descend(node: LabelIndex, value: string): LabelIndex {
+  let child = node.next.get(value);
+  if (child === undefined) {
+    child = new LabelIndex();
+    node.next.set(value, child);
+  }
+  return child;
+}
+
+function peek(node: LabelIndex, value: string): LabelIndex | null {
+  return node.next.get(value) ?? null;
+}
+
+function known(value: string): string {
+  return value === '' ? 'unknown' : value;
+}
+
+function labelValues(labels: TunnelLabels): TrafficLabelValues {
+  return {
+    reporter: labels.reporter,
+    source_workload: known(labels.sourceWorkload),
+    source_workload_namespace: known(labels.sourceWorkloadNamespace),
+    source_principal: known(labels.sourcePrincipal),
+    destination_service: known(labels.destinationService),
+    destination_workload: known(labels.destinationWorkload),
+    destination_workload_namespace: known(labels.destinationWorkloadNamespace),
+    destination_principal: known(labels.destinationPrincipal),
+    // ztunnel reports every L4 connection as tcp; kept so Istio's queries that group by it still match.
+    request_protocol: 'tcp',
+    response_flags: NO_RESPONSE_FLAGS,
+    connection_security_policy: labels.connectionSecurityPolicy,
+  };
+}
+
+type SeriesReader = (series: TrafficSeries, counter: Counter<TrafficLabelName>) => void;
+
+/** A counter whose values are copied from the series at scrape time. */
+function trafficCounter(registry: Registry, name: string, help: string, all: TrafficSeries[], read: SeriesReader): Counter<TrafficLabelName> {
+  return new Counter({
+    name,
+    help,
+    labelNames: TRAFFIC_LABEL_NAMES,
+    registers: [registry],
+    collect(this: Counter<TrafficLabelName>) {
+      this.reset();
+      for (const series of all) read(series, this);
+    },
+  });
+}
+
+function readFlagged(cells: Map<string, FlaggedCount>, counter: Counter<TrafficLabelName>): void {
+  for (const cell of cells.values()) counter.inc(cell.labels, cell.count);
+}
+
+/** Enough for every pair among ~70 workloads in both directions; up to ~2 KiB each (measured), so at most ~20 MiB. */
+export const DEFAULT_MAX_SERIES = 10_000;
+
+export interface ProxyMetricsOptions {
+  /** Distinct traffic label sets kept; DEFAULT_MAX_SERIES unless given. */
+  maxSeries?: number;
+}
+
+export class ProxyMetrics {
+  readonly registry: Registry;
+  readonly #index = new LabelIndex();
+  /** Every series ever created, in creation order, for scraping. */
+  readonly #series: TrafficSeries[] = [];
+  readonly #poolSessions: Gauge;
+  readonly #poolStreams: Gauge;
+  readonly #localWorkloads: Gauge;
+  readonly #listeners: Gauge;
+  readonly #configReloads: Counter<'result'>;
+  readonly #maxSeries: number;
+  /** Where connections go once #maxSeries label sets exist: one all-'unknown' series per reporter. */
+  readonly #overflow = new Map<Reporter, TrafficSeries>();
+
+  /**
+   * Registers the metrics into `registry`; a second ProxyMetrics on the same registry throws (duplicate
+   * names). Series are never dropped, so their number is bounded: past `maxSeries` label sets, new ones are
+   * counted under labels that are all 'unknown' but the reporter (a growing `source_workload="unknown"`
+   * series is the sign). A workload dialling many distinct destinations must not grow the proxy without end.
+   */
+  constructor(registry: Registry, options: ProxyMetricsOptions = {}) {
+    this.registry = registry;
+    this.#maxSeries = options.maxSeries ?? DEFAULT_MAX_SERIES;
+    const all = this.#series;
+    trafficCounter(registry, 'istio_tcp_connections_opened_total', 'The total number of TCP connections opened', all, (series, counter) => {
+      counter.inc(series.labels, series.opened);
+    });
+    trafficCounter(registry, 'istio_tcp_connections_closed_total', 'The total number of TCP connections closed', all, (series, counter) => {
+      readFlagged(series.closed, counter);
+    });
+    trafficCounter(registry, 'istio_tcp_connections_failed_total', 'The total number of TCP connections that failed to establish or ended with a failure flag', all, (series, counter) => {
+      readFlagged(series.failed, counter);
+    });
+    trafficCounter(registry, 'istio_tcp_received_bytes_total', 'The size of total bytes received during request in case of a TCP connection (client to server)', all, (series, counter) => {
+      counter.inc(series.labels, series.receivedBytes);
+    });
+    trafficCounter(registry, 'istio_tcp_sent_bytes_total', 'The size of total bytes sent during response in case of a TCP connection (server to client)', all, (series, counter) => {
+      counter.inc(series.labels, series.sentBytes);
+    });
+    this.#poolSessions = new Gauge({ name: 'ambit_hbone_pool_sessions', help: 'HTTP/2 sessions held by the outbound HBONE pool', registers: [registry] });
+    this.#poolStreams = new Gauge({ name: 'ambit_hbone_pool_streams', help: 'CONNECT streams open on the outbound HBONE pool sessions', registers: [registry] });
+    this.#localWorkloads = new Gauge({ name: 'ambit_local_workloads', help: 'Workloads on this node that the proxy serves', registers: [registry] });
+    this.#listeners = new Gauge({ name: 'ambit_hbone_listeners', help: 'Inbound HBONE listeners open on this node', registers: [registry] });
+    this.#configReloads = new Counter({ name: 'ambit_config_reloads_total', help: 'Configuration changes seen, by whether the new snapshot was accepted or the last good one kept', labelNames: ['result'], registers: [registry] });
+    // Both results exist from the start so `increase(...{result="rejected"}[5m]) > 0` alerts work before the first rejection.
+    this.#configReloads.inc({ result: 'accepted' }, 0);
+    this.#configReloads.inc({ result: 'rejected' }, 0);
+  }
+
+  /** One call per connection: counts istio_tcp_connections_opened_total and returns a meter holding the series (no label lookup afterwards). */
+  open(labels: TunnelLabels): TunnelMeter {
+    const series = this.#find(labels);
+    series.opened++;
+    return new ConnectionMeter(series);
+  }
+
+  /**
+   * A connection that failed before it was established: counted as ztunnel counts it, opened and closed with
+   * `responseFlags` and failed with `responseFlags` (so opened - closed stays the open count). Call it
+   * instead of open/close, never as well; a connection already opened ends with `meter.close(..., flag)`,
+   * which counts the failure itself.
+   */
+  failed(labels: TunnelLabels, responseFlags: string): void {
+    const series = this.#find(labels);
+    series.opened++;
+    series.countClosed(responseFlags);
+  }
+
+  setPool(sessions: number, streams: number): void {
+    this.#poolSessions.set(sessions);
+    this.#poolStreams.set(streams);
+  }
+
+  setWorkloads(local: number, listeners: number): void {
+    this.#localWorkloads.set(local);
+    this.#listeners.set(listeners);
+  }
+
+  configReload(result: 'accepted' | 'rejected'): void {
+    this.#configReloads.inc({ result });
+  }
+
+  #find(labels: TunnelLabels): TrafficSeries {
+    const existing = walk(this.#index, labels, false);
+    if (existing !== null && existing.series !== null) return existing.series;
+    if (this.#series.length >= this.#maxSeries) return this.#overflowSeries(labels.reporter);
+    const node = walk(this.#index, labels, true)!;
+    node.series = new TrafficSeries(labelValues(labels));
+    this.#series.push(node.series);
+    return node.series;
+  }
+
+  #overflowSeries(reporter: Reporter): TrafficSeries {
+    let series = this.#overflow.get(reporter);
+    if (series === undefined) {
+      series = new TrafficSeries(labelValues(overflowLabels(reporter)));
+      this.#overflow.set(reporter, series);
+      this.#series.push(series);
+    }
+    return series;
+  }
+}
+
+function overflowLabels(reporter: Reporter): TunnelLabels {
+  return {
+    reporter,
+    sourceWorkload: 'unknown',
+    sourceWorkloadNamespace: 'unknown',
+    sourcePrincipal: 'unknown',
+    destinationWorkload: 'unknown',
+    destinationWorkloadNamespace: 'unknown',
+    destinationPrincipal: 'unknown',
+    destinationService: 'unknown',
+    connectionSecurityPolicy: 'unknown',
+  };
+}
+
+/** Finds the index node of a label set; with `create`, adds the missing levels, otherwise stops at the first miss. */
+function walk(root: LabelIndex, labels: TunnelLabels, create: boolean): LabelIndex | null {
+  const step = create ? descend : peek;
+  let node: LabelIndex | null = step(root, labels.reporter);
+  if (node !== null) node = step(node, labels.sourceWorkload);
+  if (node !== null) node = step(node, labels.sourceWorkloadNamespace);
+  if (node !== null) node = step(node, labels.sourcePrincipal);
+  if (node !== null) node = step(node, labels.destinationWorkload);
+  if (node !== null) node = step(node, labels.destinationWorkloadNamespace);
+  if (node !== null) node = step(node, labels.destinationPrincipal);
+  if (node !== null) node = step(node, labels.destinationService);
+  if (node !== null) node = step(node, labels.connectionSecurityPolicy);
+  return node;
+}
+
+/** Something holding a meter that can report its sockets' current byte counts (it calls `meter.update`). */
+export interface Flushable {
+  flush(): void;
+}
+
+function flushAll(live: Set<Flushable>, onError: ((error: unknown) => void) | undefined): void {
+  for (const tunnel of live) {
+    try {
+      tunnel.flush();
+    } catch (error) {
+      // One broken tunnel must not stop the others' bytes from being reported, nor crash the node proxy.
+      onError?.(error);
+    }
+  }
+}
+
+/**
+ * Calls `flush()` on every live tunnel every `intervalMs`, so long-lived tunnels report bytes while they
+ * run rather than only at close (ztunnel counts per read/write). The timer is unref'd: it never keeps the
+ * process alive. Returns the function that stops it.
+ */
+export function startByteFlush(intervalMs: number, live: Set<Flushable>, onError?: (error: unknown) => void): () => void {
+  if (!Number.isFinite(intervalMs) || intervalMs <= 0) throw new RangeError(`byte flush interval must be a positive number of milliseconds, got ${intervalMs}`);
+  const timer = setInterval(flushAll, intervalMs, live, onError);
+  timer.unref();
+  return () => clearInterval(timer);
+}

@@ -1,0 +1,46 @@
+// Parses a CONNECT :authority or a listener target: IPv4:port, [IPv6]:port, or hostname:port.
+import { isIP } from 'node:net';
+
+export interface Authority {
+  readonly host: string;
+  readonly port: number;
+  /** 4 or 6 for an IP literal, 0 for a hostname. */
+  readonly family: 0 | 4 | 6;
+}
+
+const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+/** Returns null for anything that is not exactly host:port with a port in 1-65535. */
+export function parseAuthority(text: string): Authority | null {
+  if (text.length === 0 || text.length > 300) return null;
+  let host: string;
+  let portText: string;
+  if (text.charCodeAt(0) === 91 /* [ */) {
+    const close = text.indexOf(']');
+    if (close < 0 || text.charCodeAt(close + 1) !== 58 /* : */) return null;
+    host = text.slice(1, close);
+    portText = text.slice(close + 2);
+    if (isIP(host) !== 6) return null;
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon <= 0) return null;
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(':')) return null; // an unbracketed IPv6 literal is ambiguous
+  }
+  if (portText.length === 0 || portText.length > 5) return null;
+  let port = 0;
+  for (let i = 0; i < portText.length; i++) {
+    const digit = portText.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) return null;
+    port = port * 10 + digit;
+  }
+  if (port < 1 || port > 65_535) return null;
+  const family = isIP(host);
+  if (family === 0 && !HOSTNAME.test(host)) return null;
+  return { host, port, family: family as 0 | 4 | 6 };
+}
+
+export function formatAuthority(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}

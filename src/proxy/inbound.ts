@@ -1,0 +1,388 @@
+// Inbound HBONE (15008): TLS 1.3 + HTTP/2 CONNECT, presenting the destination workload's SVID, verifying
+// the peer's SVID against the bundle of the peer's own trust domain, and forwarding only to workloads on
+// this node: never an open relay.
+//
+// Certificate choice without SNI (ztunnel sends none): one HTTP/2 server per local workload, listening
+// on that workload's IP where this host has it; a shared listener (a VM's node address) hands each
+// connection to the server of the workload whose IP it arrived on, or of the node's only workload.
+// Either way the CONNECT authority must name the workload whose certificate the connection saw.
+//
+// Per stream, in phases (ztunnel's serve_connect): validate the request (400), find the local workload
+// and port (503), authorize (401), connect upstream (503), and only then answer 200 and copy bytes.
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import type * as tls from 'node:tls';
+import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
+import type { BundleSource } from '../identity/svid.ts';
+import type { SpiffeId } from '../identity/spiffe-id.ts';
+import type { Logger } from '../observe/log.ts';
+import { AmbitError } from '../errors.ts';
+import type { ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
+import { accessLog } from '../observe/access-log.ts';
+import { parseAuthority } from './authority.ts';
+import { Bridge } from './copy.ts';
+import type { IdentityContexts, PeerVerifier } from './tls.ts';
+import { parseBaggage } from './baggage.ts';
+import {
+  CONNECT_TIMEOUT_MS,
+  H2_CONNECTION_WINDOW_BYTES,
+  H2_MAX_FRAME_BYTES,
+  H2_MAX_SESSION_MEMORY_MB,
+  H2_SERVER_MAX_HEADER_LIST_BYTES,
+  H2_SERVER_MAX_STREAMS,
+  H2_STREAM_WINDOW_BYTES,
+  HBONE_ALPN,
+  TLS_CIPHERS,
+  TLS_GROUPS,
+  TLS_MIN_VERSION,
+  illegalUpstreamPorts,
+} from './settings.ts';
+
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants;
+
+/** What an authorization layer sees when a stream opens (filled in by the authorization issue). */
+export interface InboundConnection {
+  readonly peer: SpiffeId;
+  readonly peerAddress: string;
+  readonly destination: Workload;
+  readonly destinationIp: string;
+  readonly destinationPort: number;
+}
+
+export interface InboundDecision {
+  readonly allow: boolean;
+  readonly policy: string | null;
+  readonly reason: string;
+}
+
+export interface InboundOptions {
+  nodeName: string;
+  hbonePort: number;
+  snapshot: () => ConfigSnapshot;
+  contexts: IdentityContexts;
+  bundles: () => BundleSource;
+  verifier: PeerVerifier;
+  logger: Logger;
+  metrics: ProxyMetrics;
+  /** null: no authorization configured (everything a verified peer asks for is allowed). */
+  authorize: ((connection: InboundConnection) => InboundDecision) | null;
+  /** Optional shared listener, for hosts where workload IPs cannot be bound (a VM's node address). */
+  sharedListen?: { host: string; port: number };
+}
+
+interface PeerInfo {
+  readonly id: SpiffeId;
+  readonly address: string;
+}
+
+/** One local workload's HBONE server and the listeners bound to its IPs. */
+interface WorkloadServer {
+  workload: Workload;
+  readonly server: http2.Http2SecureServer;
+  readonly listeners: Map<string, net.Server>;
+  identityVersion: unknown;
+}
+
+export interface SyncReport {
+  readonly bound: string[];
+  readonly failed: Array<{ address: string; error: string }>;
+  readonly waitingForCertificate: string[];
+}
+
+const peers = new WeakMap<http2.Http2Session, PeerInfo>();
+
+export class HboneInbound {
+  readonly #options: InboundOptions;
+  readonly #logger: Logger;
+  readonly #servers = new Map<string, WorkloadServer>(); // by workload identity key (namespace/name)
+  readonly #byIp = new Map<string, WorkloadServer>();
+  readonly #live = new Set<Bridge>();
+  #illegalPorts: ReadonlySet<number>;
+  #shared: net.Server | undefined;
+
+  constructor(options: InboundOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ component: 'hbone-inbound' });
+    this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports);
+  }
+
+  /** Open inbound tunnels, for readiness and shutdown. */
+  get liveTunnels(): number {
+    return this.#live.size;
+  }
+
+  listenerCount(): number {
+    let count = this.#shared ? 1 : 0;
+    for (const entry of this.#servers.values()) count += entry.listeners.size;
+    return count;
+  }
+
+  /** Brings servers and listeners in line with the local workloads of a snapshot and their certificates. */
+  async sync(snapshot: ConfigSnapshot): Promise<SyncReport> {
+    this.#illegalPorts = illegalUpstreamPorts(snapshot.mesh.ports);
+    const report: SyncReport = { bound: [], failed: [], waitingForCertificate: [] };
+    const wanted = new Map<string, Workload>();
+    for (const workload of snapshot.workloadsOnNode(this.#options.nodeName)) wanted.set(`${workload.namespace}/${workload.name}`, workload);
+    for (const [key, entry] of this.#servers) {
+      const next = wanted.get(key);
+      if (!next || next.identity !== entry.workload.identity || next.ips.join() !== entry.workload.ips.join()) await this.#remove(key, entry);
+    }
+    for (const [key, workload] of wanted) {
+      let entry = this.#servers.get(key);
+      const identity = this.#options.contexts.get(workload.identity);
+      if (!identity) {
+        report.waitingForCertificate.push(workload.identity);
+        continue;
+      }
+      if (!entry) {
+        entry = this.#create(workload, identity.options);
+        this.#servers.set(key, entry);
+        for (const ip of workload.ips) this.#byIp.set(ip, entry);
+      } else {
+        entry.workload = workload;
+        this.refreshCertificate(workload.identity);
+      }
+      for (const ip of workload.ips) {
+        if (entry.listeners.has(ip)) continue;
+        try {
+          entry.listeners.set(ip, await this.#listen(entry, ip));
+          report.bound.push(`${ip}:${this.#options.hbonePort}`);
+        } catch (error) {
+          report.failed.push({ address: `${ip}:${this.#options.hbonePort}`, error: (error as Error).message });
+        }
+      }
+    }
+    if (this.#options.sharedListen && !this.#shared) {
+      const { host, port } = this.#options.sharedListen;
+      this.#shared = net.createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket) => this.#dispatchShared(socket));
+      await listenOn(this.#shared, host, port);
+      report.bound.push(`${host}:${port} (shared)`);
+    }
+    return report;
+  }
+
+  /** Swaps a workload's server certificate in place after rotation: open connections keep theirs. */
+  refreshCertificate(identity: string): void {
+    const context = this.#options.contexts.get(identity);
+    if (!context) return;
+    for (const entry of this.#servers.values()) {
+      if (entry.workload.identity !== identity || entry.identityVersion === context) continue;
+      entry.identityVersion = context;
+      entry.server.setSecureContext(serverTlsOptions(context.options));
+    }
+  }
+
+  /** Closes every tunnel whose connection `keep` no longer accepts (policy change). Returns how many closed. */
+  revoke(keep: (connection: InboundConnection) => boolean): number {
+    let closed = 0;
+    for (const bridge of this.#live) {
+      const connection = connections.get(bridge);
+      if (connection && !keep(connection)) {
+        bridge.abort();
+        closed++;
+      }
+    }
+    return closed;
+  }
+
+  async close(): Promise<void> {
+    for (const bridge of this.#live) bridge.abort();
+    if (this.#shared) await closeServer(this.#shared);
+    for (const [key, entry] of this.#servers) await this.#remove(key, entry);
+  }
+
+  #create(workload: Workload, options: tls.SecureContextOptions): WorkloadServer {
+    const server = http2.createSecureServer({
+      ...serverTlsOptions(options),
+      requestCert: true,
+      rejectUnauthorized: false,
+      ALPNProtocols: HBONE_ALPN,
+      allowHTTP1: false,
+      maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
+      settings: {
+        initialWindowSize: H2_STREAM_WINDOW_BYTES,
+        maxFrameSize: H2_MAX_FRAME_BYTES,
+        maxConcurrentStreams: H2_SERVER_MAX_STREAMS,
+        maxHeaderListSize: H2_SERVER_MAX_HEADER_LIST_BYTES,
+        enablePush: false,
+      },
+    });
+    const entry: WorkloadServer = { workload, server, listeners: new Map(), identityVersion: this.#options.contexts.get(workload.identity) };
+    server.on('session', (session) => this.#onSession(session));
+    server.on('stream', (stream, headers) => this.#onStream(entry, stream, headers));
+    // Plaintext or garbage on 15008, an unsupported TLS version, no client certificate: dropped here.
+    server.on('tlsClientError', (error, socket) => {
+      this.#logger.debug({ peer: socket.remoteAddress, err: error.message }, 'TLS handshake failed on 15008');
+      socket.destroy();
+    });
+    server.on('sessionError', (error) => this.#logger.debug({ err: error.message }, 'HBONE session error'));
+    return entry;
+  }
+
+  #onSession(session: http2.ServerHttp2Session): void {
+    const socket = session.socket as tls.TLSSocket;
+    const result = this.#options.verifier.verify(socket, this.#options.bundles(), null);
+    if (!result.valid) {
+      // Early deny: no HTTP at all for a peer we cannot authenticate (ztunnel drops the connection).
+      this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
+      session.destroy();
+      return;
+    }
+    peers.set(session, { id: result.id, address: socket.remoteAddress ?? 'unknown' });
+    session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
+  }
+
+  #onStream(entry: WorkloadServer, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    const peer = peers.get(stream.session as http2.ServerHttp2Session);
+    if (peer === undefined) {
+      stream.close(NGHTTP2_CANCEL);
+      return;
+    }
+    // Phase 1: the request itself.
+    if (headers[HTTP2_HEADER_METHOD] !== 'CONNECT') return this.#refuse(stream, 400, peer, entry.workload, 'not a CONNECT request');
+    const authorityText = headers[HTTP2_HEADER_AUTHORITY];
+    const authority = typeof authorityText === 'string' ? parseAuthority(authorityText) : null;
+    if (authority === null || authority.family === 0) return this.#refuse(stream, 400, peer, entry.workload, `malformed authority ${JSON.stringify(authorityText ?? null)}`);
+    if (!entry.workload.ips.includes(authority.host)) {
+      return this.#refuse(stream, 400, peer, entry.workload, `authority ${authorityText as string} is not the workload this connection reached (${entry.workload.namespace}/${entry.workload.name})`);
+    }
+    // Phase 2: the local workload, as the configuration has it now.
+    const snapshot = this.#options.snapshot();
+    const destination = snapshot.workloadByIp(authority.host);
+    if (destination === undefined || destination.node !== this.#options.nodeName) return this.#refuse(stream, 503, peer, entry.workload, `no workload ${authority.host} on node ${this.#options.nodeName}`);
+    if (this.#illegalPorts.has(authority.port)) return this.#refuse(stream, 503, peer, destination, `port ${authority.port} belongs to the proxy itself`);
+    const connection: InboundConnection = { peer: peer.id, peerAddress: peer.address, destination, destinationIp: authority.host, destinationPort: authority.port };
+    // Phase 3: authorization.
+    const authorize = this.#options.authorize;
+    if (authorize !== null) {
+      let decision: InboundDecision;
+      try {
+        decision = authorize(connection);
+      } catch (error) {
+        decision = { allow: false, policy: null, reason: `authorization failed: ${(error as Error).message}` }; // fail closed
+      }
+      if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers);
+    }
+    // Phase 4: upstream, and only then 200.
+    const labels = this.#labels(peer, destination, headers);
+    const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true });
+    upstream.setNoDelay(true);
+    upstream.setTimeout(CONNECT_TIMEOUT_MS);
+    const startedMs = Date.now();
+    const onConnectError = (error: Error) => {
+      upstream.destroy();
+      this.#options.metrics.failed(labels, 'CONNECT');
+      this.#refuse(stream, 503, peer, destination, `upstream ${authority.host}:${authority.port}: ${error.message}`, 'CONNECT');
+    };
+    upstream.once('timeout', () => onConnectError(new AmbitError('UPSTREAM_CONNECT', `connect timed out after ${CONNECT_TIMEOUT_MS} ms`)));
+    upstream.once('error', onConnectError);
+    upstream.once('connect', () => {
+      upstream.off('error', onConnectError);
+      upstream.setTimeout(0);
+      if (stream.destroyed || stream.closed) {
+        upstream.destroy();
+        return;
+      }
+      stream.respond({ [HTTP2_HEADER_STATUS]: 200 });
+      const meter = this.#options.metrics.open(labels);
+      const bridge = new Bridge(upstream, stream, (result) => {
+        this.#live.delete(bridge);
+        const flags = result.error ? 'CONNECT' : '-';
+        // Reporter is the destination: "sent" is what went back to the peer, "received" what came from it.
+        meter.close(upstream.bytesRead, upstream.bytesWritten, flags);
+        accessLog(this.#logger, {
+          direction: 'inbound',
+          src: { addr: peer.address, identity: peer.id.id, workload: labels.sourceWorkload, namespace: labels.sourceWorkloadNamespace },
+          dst: { addr: `${authority.host}:${authority.port}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
+          bytesSent: upstream.bytesRead,
+          bytesRecv: upstream.bytesWritten,
+          durationMs: Date.now() - startedMs,
+          error: result.error ? { code: 'UPSTREAM_CONNECT', message: result.error.message } : undefined,
+          responseFlags: flags,
+        });
+      });
+      connections.set(bridge, connection);
+      this.#live.add(bridge);
+    });
+  }
+
+  #labels(peer: PeerInfo, destination: Workload, headers: http2.IncomingHttpHeaders): TunnelLabels {
+    const baggage = parseBaggage(headers.baggage);
+    return {
+      reporter: 'destination',
+      sourceWorkload: baggage?.workload ?? 'unknown',
+      sourceWorkloadNamespace: baggage?.namespace ?? namespaceOf(peer.id),
+      sourcePrincipal: peer.id.id,
+      destinationWorkload: destination.name,
+      destinationWorkloadNamespace: destination.namespace,
+      destinationPrincipal: destination.identity,
+      destinationService: 'unknown',
+      connectionSecurityPolicy: 'mutual_tls',
+    };
+  }
+
+  #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string, flag?: string, headers?: http2.IncomingHttpHeaders): void {
+    const log = status === 401 ? this.#logger.info.bind(this.#logger) : this.#logger.warn.bind(this.#logger);
+    log({ status, peer: peer.id.id, peerAddress: peer.address, workload: `${workload.namespace}/${workload.name}`, reason }, 'HBONE CONNECT refused');
+    if (flag === 'DENY' && headers) this.#options.metrics.failed(this.#labels(peer, workload, headers), 'DENY');
+    if (stream.destroyed || stream.closed || stream.headersSent) return;
+    stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
+  }
+
+  #listen(entry: WorkloadServer, ip: string): Promise<net.Server> {
+    // The secure server does the TLS; a plain listener per IP hands it the sockets, so one server can
+    // take connections from several addresses (its IPs, and the shared listener).
+    const listener = net.createServer({ pauseOnConnect: false }, (socket) => entry.server.emit('connection', socket));
+    return listenOn(listener, ip, this.#options.hbonePort).then(() => listener);
+  }
+
+  #dispatchShared(socket: net.Socket): void {
+    const local = socket.localAddress ? normalizeIp(socket.localAddress) : undefined;
+    let entry = local ? this.#byIp.get(local) : undefined;
+    if (!entry && this.#servers.size === 1) entry = this.#servers.values().next().value;
+    if (!entry) {
+      this.#logger.warn({ peer: socket.remoteAddress, local }, 'shared HBONE listener: cannot tell which workload the connection is for; closing it');
+      socket.destroy();
+      return;
+    }
+    socket.resume();
+    entry.server.emit('connection', socket);
+  }
+
+  async #remove(key: string, entry: WorkloadServer): Promise<void> {
+    this.#servers.delete(key);
+    for (const ip of entry.workload.ips) if (this.#byIp.get(ip) === entry) this.#byIp.delete(ip);
+    await Promise.all([...entry.listeners.values()].map((listener) => closeServer(listener)));
+    entry.server.close();
+  }
+}
+
+const connections = new WeakMap<Bridge, InboundConnection>();
+
+function serverTlsOptions(options: tls.SecureContextOptions): tls.SecureContextOptions {
+  return { ...options, minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS };
+}
+
+function namespaceOf(id: SpiffeId): string {
+  const match = /^\/ns\/([^/]+)\//.exec(id.path);
+  return match ? (match[1] as string) : 'unknown';
+}
+
+function normalizeIp(address: string): string {
+  return address.startsWith('::ffff:') && net.isIPv4(address.slice(7)) ? address.slice(7) : address;
+}
+
+export function listenOn(server: net.Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException) => reject(new AmbitError('PROXY_BIND', `cannot listen on ${host}:${port}: ${error.code ?? error.message}`, { cause: error }));
+    server.once('error', onError);
+    server.listen({ host, port, exclusive: true }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+export function closeServer(server: net.Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}

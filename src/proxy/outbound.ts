@@ -1,0 +1,303 @@
+// Outbound through explicit listeners: `LISTEN → host:port`, owned by a local workload whose identity
+// the tunnel carries. Each accepted connection is routed by the snapshot's routing table: HBONE to the
+// endpoint's node (checking the server presents the identity the registry expects), plain passthrough
+// for destinations outside the mesh, or refusal when egress is locked down. Transparent capture (15001
+// with SO_ORIGINAL_DST) will feed the same `forward` with the original destination.
+import * as net from 'node:net';
+import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
+import { labelOf } from '../config/objects.ts';
+import { AmbitError } from '../errors.ts';
+import type { Logger } from '../observe/log.ts';
+import type { ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
+import { accessLog } from '../observe/access-log.ts';
+import { formatAuthority, parseAuthority } from './authority.ts';
+import { buildBaggage } from './baggage.ts';
+import { Bridge } from './copy.ts';
+import type { HbonePool } from './pool.ts';
+import { TunnelError } from './pool.ts';
+import { decideRoute, routingTableOf } from './routes.ts';
+import { CONNECT_TIMEOUT_MS } from './settings.ts';
+import { closeServer, listenOn } from './inbound.ts';
+
+/** Pod annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the pod's IP. */
+export const OUTBOUND_ANNOTATION = 'ambit.dev/outbound';
+
+export interface OutboundListenerSpec {
+  readonly listenHost: string;
+  readonly listenPort: number;
+  readonly targetHost: string;
+  readonly targetPort: number;
+  /** namespace/name of the workload that owns the listener (its identity is the tunnel's source). */
+  readonly owner: string;
+  /** Where the spec came from, for errors: `file: Pod ns/name: metadata.annotations[...]` or `--outbound`. */
+  readonly origin: string;
+}
+
+export interface SpecIssue {
+  readonly origin: string;
+  readonly message: string;
+}
+
+function key(spec: OutboundListenerSpec): string {
+  return `${formatAuthority(spec.listenHost, spec.listenPort)}=${formatAuthority(spec.targetHost, spec.targetPort)}@${spec.owner}`;
+}
+
+/** Parses one `[ADDRESS:]PORT=HOST:PORT` entry. */
+export function parseListenerEntry(entry: string, defaultHost: string | undefined): { listenHost: string; listenPort: number; targetHost: string; targetPort: number } | string {
+  const equals = entry.indexOf('=');
+  if (equals <= 0) return `"${entry}" is not [ADDRESS:]PORT=HOST:PORT`;
+  const left = entry.slice(0, equals).trim();
+  const target = parseAuthority(entry.slice(equals + 1).trim());
+  if (target === null) return `target "${entry.slice(equals + 1)}" is not HOST:PORT`;
+  let listenHost: string | undefined;
+  let listenPort: number;
+  if (/^\d+$/.test(left)) {
+    listenHost = defaultHost;
+    listenPort = Number(left);
+    if (listenPort < 1 || listenPort > 65_535) return `listen port ${left} is out of range`;
+  } else {
+    const listen = parseAuthority(left);
+    if (listen === null || listen.family === 0) return `listen address "${left}" is not IP:PORT`;
+    listenHost = listen.host;
+    listenPort = listen.port;
+  }
+  if (listenHost === undefined) return `"${entry}" gives no listen address and the workload has no IP`;
+  return { listenHost, listenPort, targetHost: target.host, targetPort: target.port };
+}
+
+/** Listener specs declared by the annotations of this node's workloads. */
+export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): { specs: OutboundListenerSpec[]; issues: SpecIssue[] } {
+  const specs: OutboundListenerSpec[] = [];
+  const issues: SpecIssue[] = [];
+  for (const workload of snapshot.workloadsOnNode(nodeName)) {
+    const value = workload.object.metadata.annotations[OUTBOUND_ANNOTATION];
+    if (value === undefined) continue;
+    const origin = `${workload.source.file}: ${labelOf(workload.object)}: metadata.annotations["${OUTBOUND_ANNOTATION}"]`;
+    for (const entry of value.split(',')) {
+      if (entry.trim() === '') continue;
+      const parsed = parseListenerEntry(entry.trim(), workload.ips[0]);
+      if (typeof parsed === 'string') issues.push({ origin, message: parsed });
+      else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, origin });
+    }
+  }
+  return { specs, issues };
+}
+
+/** `--outbound LISTEN=HOST:PORT@NAMESPACE/NAME`. */
+export function parseOutboundFlag(text: string): OutboundListenerSpec {
+  const at = text.lastIndexOf('@');
+  if (at < 0) throw new AmbitError('USAGE', `--outbound "${text}": expected LISTEN_IP:PORT=HOST:PORT@NAMESPACE/WORKLOAD`);
+  const owner = text.slice(at + 1);
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/.test(owner)) throw new AmbitError('USAGE', `--outbound "${text}": owner "${owner}" is not NAMESPACE/WORKLOAD`);
+  const parsed = parseListenerEntry(text.slice(0, at), undefined);
+  if (typeof parsed === 'string') throw new AmbitError('USAGE', `--outbound "${text}": ${parsed}`);
+  return { ...parsed, owner, origin: '--outbound' };
+}
+
+interface Listener {
+  readonly spec: OutboundListenerSpec;
+  readonly server: net.Server;
+}
+
+export interface OutboundOptions {
+  nodeName: string;
+  snapshot: () => ConfigSnapshot;
+  pool: HbonePool;
+  metrics: ProxyMetrics;
+  logger: Logger;
+  random?: () => number;
+}
+
+export class OutboundListeners {
+  readonly #options: OutboundOptions;
+  readonly #logger: Logger;
+  readonly #listeners = new Map<string, Listener>();
+  readonly #live = new Set<net.Socket>();
+  readonly #baggage = new WeakMap<Workload, string>();
+
+  constructor(options: OutboundOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ component: 'outbound' });
+  }
+
+  get size(): number {
+    return this.#listeners.size;
+  }
+
+  /** Binds listeners that are new, closes those that are gone; returns what failed. */
+  async sync(specs: readonly OutboundListenerSpec[]): Promise<{ bound: string[]; failed: SpecIssue[] }> {
+    const wanted = new Map<string, OutboundListenerSpec>();
+    for (const spec of specs) wanted.set(key(spec), spec);
+    for (const [name, listener] of this.#listeners) {
+      if (!wanted.has(name)) {
+        this.#listeners.delete(name);
+        await closeServer(listener.server);
+      }
+    }
+    const bound: string[] = [];
+    const failed: SpecIssue[] = [];
+    for (const [name, spec] of wanted) {
+      if (this.#listeners.has(name)) continue;
+      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => this.#accept(spec, socket));
+      try {
+        await listenOn(server, spec.listenHost, spec.listenPort);
+        this.#listeners.set(name, { spec, server });
+        bound.push(name);
+      } catch (error) {
+        failed.push({ origin: spec.origin, message: (error as Error).message });
+      }
+    }
+    return { bound, failed };
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.#live) socket.destroy();
+    await Promise.all([...this.#listeners.values()].map((listener) => closeServer(listener.server)));
+    this.#listeners.clear();
+  }
+
+  #accept(spec: OutboundListenerSpec, socket: net.Socket): void {
+    const snapshot = this.#options.snapshot();
+    const [namespace, name] = spec.owner.split('/') as [string, string];
+    const source = snapshot.workloadsOnNode(this.#options.nodeName).find((w) => w.namespace === namespace && w.name === name);
+    if (source === undefined) {
+      this.#logger.warn({ listener: key(spec), owner: spec.owner }, 'outbound listener owner is not a workload on this node; closing the connection');
+      socket.destroy();
+      return;
+    }
+    void this.forward(socket, source, spec.targetHost, spec.targetPort);
+  }
+
+  /** Carries one application connection from `source` to host:port (also the entry point for capture). */
+  async forward(socket: net.Socket, source: Workload, host: string, port: number): Promise<void> {
+    const startedMs = Date.now();
+    this.#live.add(socket);
+    socket.once('close', () => this.#live.delete(socket));
+    socket.on('error', noop); // reported through the bridge or the refusal below
+    const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random);
+    if (route.kind === 'deny') {
+      this.#options.metrics.failed(sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
+      this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: route.reason, reason: route.message }, 'outbound connection refused');
+      socket.destroy();
+      return;
+    }
+    if (route.kind === 'passthrough') {
+      this.#passthrough(socket, source, host, port, startedMs);
+      return;
+    }
+    const endpoint = route.endpoint;
+    const service = route.service?.hostname ?? 'unknown';
+    const labels = sourceLabels(source, endpoint.workload.name, endpoint.workload.namespace, endpoint.identity, service, 'mutual_tls');
+    let baggage = this.#baggage.get(source);
+    if (baggage === undefined) this.#baggage.set(source, (baggage = buildBaggage(source)));
+    let stream;
+    try {
+      stream = await this.#options.pool.open(source.identity, endpoint, baggage);
+    } catch (error) {
+      const flag = error instanceof TunnelError ? error.flag : 'CONNECT';
+      this.#options.metrics.failed(labels, flag);
+      const coded = error instanceof AmbitError ? error : new AmbitError('UPSTREAM_CONNECT', (error as Error).message);
+      accessLog(this.#logger, {
+        direction: 'outbound',
+        src: { addr: `${socket.remoteAddress}:${socket.remotePort}`, workload: source.name, namespace: source.namespace, identity: source.identity },
+        dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
+        bytesSent: 0,
+        bytesRecv: 0,
+        durationMs: Date.now() - startedMs,
+        error: { code: coded.code, message: coded.message },
+        responseFlags: flag,
+      });
+      socket.destroy();
+      return;
+    }
+    if (socket.destroyed) {
+      stream.close();
+      return;
+    }
+    const meter = this.#options.metrics.open(labels);
+    socket.resume();
+    new Bridge(socket, stream, (result) => {
+      const flags = result.error ? 'CONNECT' : '-';
+      meter.close(socket.bytesWritten, socket.bytesRead, flags);
+      accessLog(this.#logger, {
+        direction: 'outbound',
+        src: { addr: `${socket.remoteAddress}:${socket.remotePort}`, workload: source.name, namespace: source.namespace, identity: source.identity },
+        dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
+        bytesSent: socket.bytesRead,
+        bytesRecv: socket.bytesWritten,
+        durationMs: Date.now() - startedMs,
+        error: result.error ? { code: 'UPSTREAM_CONNECT', message: result.error.message } : undefined,
+        responseFlags: flags,
+      });
+    });
+  }
+
+  /** Plain TCP to a destination outside the mesh. */
+  #passthrough(socket: net.Socket, source: Workload, host: string, port: number, startedMs: number): void {
+    const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'none');
+    const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+    upstream.setTimeout(CONNECT_TIMEOUT_MS);
+    const fail = (error: Error) => {
+      upstream.destroy();
+      socket.destroy();
+      this.#options.metrics.failed(labels, 'CONNECT');
+      this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), err: error.message }, 'passthrough connect failed');
+    };
+    upstream.once('timeout', () => fail(new Error(`connect timed out after ${CONNECT_TIMEOUT_MS} ms`)));
+    upstream.once('error', fail);
+    upstream.once('connect', () => {
+      upstream.off('error', fail);
+      upstream.setTimeout(0);
+      const meter = this.#options.metrics.open(labels);
+      let error: Error | undefined;
+      const onError = (e: Error) => {
+        error ??= e;
+        socket.destroy();
+        upstream.destroy();
+      };
+      socket.on('error', onError);
+      upstream.on('error', onError);
+      let closed = 0;
+      const onClose = () => {
+        if (++closed < 2) {
+          // One side closed abruptly: the other must not wait forever.
+          if (socket.destroyed && !socket.readableEnded) upstream.destroy();
+          if (upstream.destroyed && !upstream.readableEnded) socket.destroy();
+          return;
+        }
+        meter.close(socket.bytesWritten, socket.bytesRead, error ? 'CONNECT' : '-');
+        accessLog(this.#logger, {
+          direction: 'outbound',
+          src: { addr: `${socket.remoteAddress}:${socket.remotePort}`, workload: source.name, namespace: source.namespace, identity: source.identity },
+          dst: { addr: formatAuthority(host, port) },
+          bytesSent: socket.bytesRead,
+          bytesRecv: socket.bytesWritten,
+          durationMs: Date.now() - startedMs,
+          error: error ? { code: 'UPSTREAM_CONNECT', message: error.message } : undefined,
+          responseFlags: error ? 'CONNECT' : '-',
+        });
+      };
+      socket.once('close', onClose);
+      upstream.once('close', onClose);
+      socket.pipe(upstream);
+      upstream.pipe(socket);
+      socket.resume();
+    });
+  }
+}
+
+function noop(): void {}
+
+function sourceLabels(source: Workload, destinationWorkload: string, destinationNamespace: string, destinationPrincipal: string, destinationService: string, policy: TunnelLabels['connectionSecurityPolicy']): TunnelLabels {
+  return {
+    reporter: 'source',
+    sourceWorkload: source.name,
+    sourceWorkloadNamespace: source.namespace,
+    sourcePrincipal: source.identity,
+    destinationWorkload,
+    destinationWorkloadNamespace: destinationNamespace,
+    destinationPrincipal,
+    destinationService,
+    connectionSecurityPolicy: policy,
+  };
+}

@@ -1,0 +1,308 @@
+// The outbound HBONE pool: HTTP/2 sessions over mTLS, keyed by (source identity, destination proxy
+// address, expected destination identity), so a new application connection costs one stream, not a
+// handshake. One dial per key at a time (concurrent callers wait for it), at most 100 streams per
+// session, PING keepalive, idle sessions dropped after 5 minutes, GOAWAY honoured (ztunnel's pool.rs).
+import * as http2 from 'node:http2';
+import * as tls from 'node:tls';
+import { AmbitError } from '../errors.ts';
+import type { BundleSource } from '../identity/svid.ts';
+import type { Logger } from '../observe/log.ts';
+import type { IdentityContexts } from './tls.ts';
+import type { PeerVerifier } from './tls.ts';
+import type { Endpoint } from './routes.ts';
+import {
+  CONNECT_TIMEOUT_MS,
+  H2_CLIENT_MAX_HEADER_LIST_BYTES,
+  H2_CONNECTION_WINDOW_BYTES,
+  H2_MAX_FRAME_BYTES,
+  H2_MAX_SESSION_MEMORY_MB,
+  H2_STREAM_WINDOW_BYTES,
+  HBONE_ALPN,
+  KEEPALIVE_INTERVAL_MS,
+  KEEPALIVE_TIMEOUT_MS,
+  POOL_IDLE_TIMEOUT_MS,
+  POOL_MAX_STREAMS_PER_SESSION,
+} from './settings.ts';
+
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants;
+
+/** Why opening a tunnel failed: the response flag for metrics and access logs, plus the coded error. */
+export class TunnelError extends AmbitError {
+  /** ztunnel's response flag: CONNECT (peer or upstream unreachable, or refused), IDENTITY_ERROR (wrong or bad peer SVID), DENY (401). */
+  readonly flag: string;
+  readonly status: number | undefined;
+  constructor(code: 'UPSTREAM_CONNECT' | 'IDENTITY_MISMATCH' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown) {
+    super(code, message, { cause });
+    this.flag = flag;
+    this.status = status;
+  }
+}
+
+interface PooledSession {
+  readonly session: http2.ClientHttp2Session;
+  readonly bucket: Bucket;
+  streams: number;
+  maxStreams: number;
+  idleSinceMs: number;
+  pingSentMs: number;
+  usable: boolean;
+}
+
+interface Bucket {
+  readonly sessions: PooledSession[];
+  dialing: Promise<PooledSession> | null;
+}
+
+export interface PoolOptions {
+  contexts: IdentityContexts;
+  bundles: () => BundleSource;
+  verifier: PeerVerifier;
+  logger: Logger;
+  maxStreamsPerSession?: number;
+  idleTimeoutMs?: number;
+  keepaliveIntervalMs?: number;
+  keepaliveTimeoutMs?: number;
+}
+
+const CONNECT_SETTINGS: http2.Settings = {
+  initialWindowSize: H2_STREAM_WINDOW_BYTES,
+  maxFrameSize: H2_MAX_FRAME_BYTES,
+  maxHeaderListSize: H2_CLIENT_MAX_HEADER_LIST_BYTES,
+  enablePush: false,
+};
+
+export class HbonePool {
+  // source identity → "host:port" of the peer proxy → expected server identity → sessions
+  readonly #buckets = new Map<string, Map<string, Map<string, Bucket>>>();
+  readonly #options: PoolOptions;
+  readonly #logger: Logger;
+  readonly #maxStreams: number;
+  readonly #idleTimeoutMs: number;
+  readonly #keepaliveTimeoutMs: number;
+  readonly #sweep: NodeJS.Timeout;
+  #closed = false;
+
+  constructor(options: PoolOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ component: 'hbone-pool' });
+    this.#maxStreams = options.maxStreamsPerSession ?? POOL_MAX_STREAMS_PER_SESSION;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? POOL_IDLE_TIMEOUT_MS;
+    this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
+    // One low-precision timer for keepalive and idle checks of every session, not timers per session.
+    this.#sweep = setInterval(() => this.#sweepSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
+    this.#sweep.unref();
+  }
+
+  /** Pool gauges: open sessions and streams in flight. */
+  stats(): { sessions: number; streams: number } {
+    let sessions = 0;
+    let streams = 0;
+    for (const byPeer of this.#buckets.values()) {
+      for (const byIdentity of byPeer.values()) {
+        for (const bucket of byIdentity.values()) {
+          for (const entry of bucket.sessions) {
+            sessions++;
+            streams += entry.streams;
+          }
+        }
+      }
+    }
+    return { sessions, streams };
+  }
+
+  /**
+   * Opens a tunnel for `sourceIdentity` to `endpoint`: a CONNECT stream that has answered 200.
+   * Rejects with a TunnelError carrying the response flag.
+   */
+  async open(sourceIdentity: string, endpoint: Endpoint, baggage: string): Promise<http2.ClientHttp2Stream> {
+    if (this.#closed) throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', 'pool is closed');
+    const bucket = this.#bucket(sourceIdentity, endpoint.hboneAuthority, endpoint.identity);
+    const entry = await this.#acquire(bucket, sourceIdentity, endpoint);
+    return this.#request(entry, endpoint, baggage);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#sweep);
+    const closing: Array<Promise<void>> = [];
+    for (const byPeer of this.#buckets.values()) {
+      for (const byIdentity of byPeer.values()) {
+        for (const bucket of byIdentity.values()) {
+          for (const entry of bucket.sessions) closing.push(new Promise((resolve) => entry.session.close(() => resolve())));
+        }
+      }
+    }
+    this.#buckets.clear();
+    // Give open tunnels a moment, then cut what is left.
+    const timer = setTimeout(() => {
+      for (const byPeer of this.#buckets.values()) for (const byIdentity of byPeer.values()) for (const bucket of byIdentity.values()) for (const entry of bucket.sessions) entry.session.destroy();
+    }, 1000);
+    await Promise.race([Promise.all(closing), new Promise((resolve) => setTimeout(resolve, 1000))]);
+    clearTimeout(timer);
+  }
+
+  #bucket(source: string, peer: string, expected: string): Bucket {
+    let byPeer = this.#buckets.get(source);
+    if (!byPeer) this.#buckets.set(source, (byPeer = new Map()));
+    let byIdentity = byPeer.get(peer);
+    if (!byIdentity) byPeer.set(peer, (byIdentity = new Map()));
+    let bucket = byIdentity.get(expected);
+    if (!bucket) byIdentity.set(expected, (bucket = { sessions: [], dialing: null }));
+    return bucket;
+  }
+
+  async #acquire(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
+    for (;;) {
+      for (const entry of bucket.sessions) {
+        if (entry.usable && entry.streams < entry.maxStreams) {
+          entry.streams++;
+          return entry;
+        }
+      }
+      if (bucket.dialing === null) {
+        bucket.dialing = this.#dial(bucket, sourceIdentity, endpoint).finally(() => {
+          bucket.dialing = null;
+        });
+      }
+      // Everyone waits for the one dial, then competes for its streams; a failed dial fails all waiters.
+      await bucket.dialing;
+    }
+  }
+
+  async #dial(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
+    const identity = this.#options.contexts.get(sourceIdentity);
+    if (!identity) throw new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}`);
+    const socket = await this.#connectTls(identity.context, endpoint, sourceIdentity);
+    const session = http2.connect(`https://${endpoint.hboneHost}:${endpoint.hbonePort}`, {
+      createConnection: () => socket,
+      settings: CONNECT_SETTINGS,
+      maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
+      peerMaxConcurrentStreams: this.#maxStreams,
+    });
+    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true };
+    session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
+    session.on('remoteSettings', (settings) => {
+      // Respect the server's stream limit when it is below ours.
+      if (settings.maxConcurrentStreams !== undefined) entry.maxStreams = Math.min(this.#maxStreams, settings.maxConcurrentStreams);
+    });
+    const retire = () => this.#retire(entry);
+    session.on('goaway', retire);
+    session.on('close', retire);
+    session.on('error', (error) => {
+      this.#logger.debug({ peer: `${endpoint.hboneHost}:${endpoint.hbonePort}`, err: error.message }, 'HBONE session error');
+      retire();
+    });
+    bucket.sessions.push(entry);
+    return entry;
+  }
+
+  #connectTls(context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<tls.TLSSocket> {
+    return new Promise((resolve, reject) => {
+      const socket = tls.connect({
+        host: endpoint.hboneHost,
+        port: endpoint.hbonePort,
+        secureContext: context,
+        ALPNProtocols: HBONE_ALPN,
+        rejectUnauthorized: false,
+        // No SNI, as ztunnel: the server picks its certificate by the address we dialled.
+        servername: '',
+      });
+      const timer = setTimeout(() => socket.destroy(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort} timed out after ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
+      socket.once('secureConnect', () => {
+        clearTimeout(timer);
+        const result = this.#options.verifier.verify(socket, this.#options.bundles(), endpoint.identity);
+        if (!result.valid) {
+          socket.destroy();
+          this.#logger.warn({ source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, 'refusing HBONE peer: server identity is not the one expected');
+          reject(new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `server at ${endpoint.hboneHost}:${endpoint.hbonePort}: [${result.error.code}] ${result.error.message}`, undefined, result.error));
+          return;
+        }
+        if (socket.alpnProtocol !== 'h2') {
+          socket.destroy();
+          reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `server at ${endpoint.hboneHost}:${endpoint.hbonePort} did not negotiate h2 (ALPN ${String(socket.alpnProtocol)})`));
+          return;
+        }
+        resolve(socket);
+      });
+      socket.once('error', (error) => {
+        clearTimeout(timer);
+        reject(error instanceof TunnelError ? error : new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort}: ${error.message}`, undefined, error));
+      });
+    });
+  }
+
+  #request(entry: PooledSession, endpoint: Endpoint, baggage: string): Promise<http2.ClientHttp2Stream> {
+    return new Promise((resolve, reject) => {
+      let stream: http2.ClientHttp2Stream;
+      try {
+        stream = entry.session.request({ [HTTP2_HEADER_METHOD]: 'CONNECT', [HTTP2_HEADER_AUTHORITY]: endpoint.authority, baggage }, { endStream: false });
+      } catch (error) {
+        this.#release(entry);
+        reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `cannot open a stream to ${endpoint.authority}: ${(error as Error).message}`, undefined, error));
+        return;
+      }
+      let answered = false;
+      stream.once('close', () => this.#release(entry));
+      stream.once('response', (headers) => {
+        answered = true;
+        const status = Number(headers[HTTP2_HEADER_STATUS]);
+        if (status === 200) {
+          resolve(stream);
+          return;
+        }
+        stream.close(NGHTTP2_CANCEL);
+        const flag = status === 401 ? 'DENY' : 'CONNECT';
+        reject(new TunnelError('HBONE_REFUSED', flag, `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${status}`, status));
+      });
+      stream.once('error', (error) => {
+        if (answered) return;
+        reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: ${error.message}`, undefined, error));
+      });
+    });
+  }
+
+  #release(entry: PooledSession): void {
+    entry.streams--;
+    if (entry.streams === 0) entry.idleSinceMs = Date.now();
+  }
+
+  /** A session that said GOAWAY, closed or failed takes no new streams; its open streams finish. */
+  #retire(entry: PooledSession): void {
+    if (!entry.usable) return;
+    entry.usable = false;
+    const index = entry.bucket.sessions.indexOf(entry);
+    if (index >= 0) entry.bucket.sessions.splice(index, 1);
+    if (!entry.session.closed) entry.session.close();
+  }
+
+  #sweepSessions(): void {
+    const now = Date.now();
+    for (const byPeer of this.#buckets.values()) {
+      for (const byIdentity of byPeer.values()) {
+        for (const bucket of byIdentity.values()) {
+          for (const entry of [...bucket.sessions]) this.#check(entry, now);
+        }
+      }
+    }
+  }
+
+  #check(entry: PooledSession, now: number): void {
+    if (entry.streams === 0 && now - entry.idleSinceMs >= this.#idleTimeoutMs) {
+      this.#retire(entry);
+      return;
+    }
+    if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs) {
+      this.#logger.warn({ idleMs: now - entry.pingSentMs }, 'HBONE session missed its keepalive PONG; closing it');
+      this.#retire(entry);
+      entry.session.destroy();
+      return;
+    }
+    if (entry.pingSentMs === 0) {
+      entry.pingSentMs = now;
+      const sent = entry.session.ping((error) => {
+        if (!error) entry.pingSentMs = 0;
+      });
+      if (!sent) entry.pingSentMs = 0;
+    }
+  }
+}

@@ -1,0 +1,248 @@
+// The node proxy: wires configuration, identities, the HBONE inbound and outbound paths, and the
+// observability servers, and keeps them in line with each new configuration snapshot.
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { AmbitError, toAmbitError } from '../errors.ts';
+import { watchConfigDir } from '../config/watch.ts';
+import type { ConfigWatcher } from '../config/watch.ts';
+import type { ConfigSnapshot } from '../config/snapshot.ts';
+import { IdentityAgent } from '../identity/agent.ts';
+import type { TrustBundle } from '../identity/bundle.ts';
+import type { Svid } from '../identity/svid.ts';
+import type { Logger } from '../observe/log.ts';
+import { ProxyMetrics } from '../observe/metrics.ts';
+import { startObservability } from '../observe/admin.ts';
+import type { Observability } from '../observe/admin.ts';
+import { HboneInbound } from './inbound.ts';
+import type { InboundConnection, InboundDecision } from './inbound.ts';
+import { HbonePool } from './pool.ts';
+import { IdentityContexts, PeerVerifier } from './tls.ts';
+import { OutboundListeners, annotatedListeners } from './outbound.ts';
+import type { OutboundListenerSpec } from './outbound.ts';
+import { routingTableOf } from './routes.ts';
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+export interface NodeProxyOptions {
+  nodeName: string;
+  configDir: string;
+  caUrl: string;
+  /** Our trust domain's roots, to authenticate the CA the first time. */
+  caBundle: TrustBundle;
+  stateDir: string;
+  joinToken?: string;
+  /** Explicit listeners from the command line, in addition to those the configuration declares. */
+  outbound?: readonly OutboundListenerSpec[];
+  metricsListen?: Address;
+  readinessListen?: Address;
+  adminListen?: Address;
+  sharedHboneListen?: Address;
+  /** Override the mesh's HBONE port (tests run several meshes on one host). */
+  hbonePort?: number;
+  certificateTtlSeconds?: number;
+  logger: Logger;
+  /** Authorization hook for inbound connections (the authorization layer plugs in here). */
+  authorize?: ((connection: InboundConnection) => InboundDecision) | null;
+}
+
+export class NodeProxy {
+  readonly #options: NodeProxyOptions;
+  readonly #logger: Logger;
+  readonly registry = new Registry();
+  readonly metrics: ProxyMetrics;
+  readonly contexts = new IdentityContexts();
+  readonly verifier = new PeerVerifier();
+  #config!: ConfigWatcher;
+  #agent!: IdentityAgent;
+  #inbound!: HboneInbound;
+  #outbound!: OutboundListeners;
+  #pool!: HbonePool;
+  #observability: Observability | undefined;
+  #reconciling: Promise<void> = Promise.resolve();
+  #pending = new Set<string>(['configuration', 'certificates', 'listeners']);
+  #lastProblems: string[] = [];
+  #closed = false;
+
+  private constructor(options: NodeProxyOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ node: options.nodeName });
+    this.metrics = new ProxyMetrics(this.registry);
+  }
+
+  static async start(options: NodeProxyOptions): Promise<NodeProxy> {
+    const proxy = new NodeProxy(options);
+    try {
+      await proxy.#start();
+    } catch (error) {
+      await proxy.close().catch(() => {});
+      throw error;
+    }
+    return proxy;
+  }
+
+  get snapshot(): ConfigSnapshot {
+    return this.#config.current();
+  }
+
+  get agent(): IdentityAgent {
+    return this.#agent;
+  }
+
+  get observability(): Observability | undefined {
+    return this.#observability;
+  }
+
+  readiness(): { ready: boolean; pending: string[] } {
+    return { ready: this.#pending.size === 0, pending: [...this.#pending] };
+  }
+
+  async #start(): Promise<void> {
+    const options = this.#options;
+    collectDefaultMetrics({ register: this.registry });
+    this.#config = await watchConfigDir(options.configDir, {
+      requireMesh: true,
+      onChange: (next) => {
+        this.metrics.configReload('accepted');
+        this.#logger.info({ version: next.version }, 'configuration accepted');
+        this.#scheduleReconcile();
+      },
+      onError: (error) => {
+        this.metrics.configReload('rejected');
+        this.#logger.error({ err: error.toJSON() }, 'configuration change rejected; the last good configuration stays in force');
+      },
+    });
+    this.#pending.delete('configuration');
+    const snapshot = this.#config.current();
+    if (snapshot.mesh.trustDomain !== options.caBundle.trustDomain) {
+      throw new AmbitError('CONFIG_FIELD', `${options.configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but the CA bundle is for "${options.caBundle.trustDomain}"`);
+    }
+    this.#agent = new IdentityAgent({
+      caUrl: options.caUrl,
+      trustDomain: snapshot.mesh.trustDomain,
+      nodeName: options.nodeName,
+      bootstrapBundle: options.caBundle,
+      stateDir: options.stateDir,
+      joinToken: options.joinToken,
+      ttlSeconds: options.certificateTtlSeconds,
+      logger: this.#logger,
+      metrics: this.registry,
+    });
+    this.#agent.on('rotated', (svid) => this.#onRotated(svid));
+    await this.#agent.start();
+    this.#pool = new HbonePool({ contexts: this.contexts, bundles: () => this.#agent.bundles(), verifier: this.verifier, logger: this.#logger });
+    const hbonePort = options.hbonePort ?? snapshot.mesh.ports.hbone;
+    this.#inbound = new HboneInbound({
+      nodeName: options.nodeName,
+      hbonePort,
+      snapshot: () => this.#config.current(),
+      contexts: this.contexts,
+      bundles: () => this.#agent.bundles(),
+      verifier: this.verifier,
+      logger: this.#logger,
+      metrics: this.metrics,
+      authorize: options.authorize ?? null,
+      sharedListen: options.sharedHboneListen,
+    });
+    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger });
+    this.#observability = await startObservability({
+      metrics: options.metricsListen,
+      readiness: options.readinessListen,
+      admin: options.adminListen,
+      registry: this.registry,
+      sources: { configDump: () => this.configDump(), readiness: () => this.readiness(), logger: options.logger },
+    });
+    this.#scheduleReconcile();
+    await this.#reconciling;
+  }
+
+  #onRotated(svid: Svid): void {
+    if (svid.id.id === this.#agent.nodeId) return;
+    const first = this.contexts.get(svid.id.id) === undefined;
+    this.contexts.set(svid);
+    // A new identity may unblock a listener; a rotation only swaps the server certificate in place.
+    if (first) this.#scheduleReconcile();
+    else this.#inbound?.refreshCertificate(svid.id.id);
+  }
+
+  #scheduleReconcile(): void {
+    if (this.#closed) return;
+    this.#reconciling = this.#reconciling.then(() => this.#reconcile()).catch((error: unknown) => {
+      this.#logger.error({ err: toAmbitError(error, 'PROXY_BIND').toJSON() }, 'applying configuration failed');
+    });
+  }
+
+  /** Brings identities, inbound servers and outbound listeners in line with the current snapshot. */
+  async #reconcile(): Promise<void> {
+    if (this.#closed) return;
+    const snapshot = this.#config.current();
+    routingTableOf(snapshot); // compile once, before the first connection needs it
+    const local = snapshot.workloadsOnNode(this.#options.nodeName);
+    const wanted = new Set(local.map((workload) => workload.identity));
+    for (const identity of this.#agent.identities()) {
+      if (identity !== this.#agent.nodeId && !wanted.has(identity)) {
+        this.#agent.forget(identity);
+        this.contexts.delete(identity);
+      }
+    }
+    for (const identity of wanted) {
+      if (this.contexts.get(identity)) continue;
+      const current = this.#agent.current(identity);
+      if (current) this.contexts.set(current);
+      else void this.#agent.ensure(identity); // 'rotated' schedules the next reconcile
+    }
+    const inbound = await this.#inbound.sync(snapshot);
+    const annotated = annotatedListeners(snapshot, this.#options.nodeName);
+    const outbound = await this.#outbound.sync([...annotated.specs, ...(this.#options.outbound ?? [])]);
+    const problems = [
+      ...annotated.issues.map((issue) => `${issue.origin}: ${issue.message} [CONFIG_FIELD]`),
+      ...inbound.failed.map((failure) => `HBONE listener ${failure.address}: ${failure.error}`),
+      ...outbound.failed.map((failure) => `${failure.origin}: ${failure.message}`),
+    ];
+    for (const problem of problems) if (!this.#lastProblems.includes(problem)) this.#logger.error({ problem }, 'listener not applied');
+    this.#lastProblems = problems;
+    // Ready once every local workload has its certificate and its listeners are bound.
+    if (inbound.waitingForCertificate.length === 0) this.#pending.delete('certificates');
+    else this.#pending.add('certificates');
+    if (inbound.failed.length === 0 && outbound.failed.length === 0) this.#pending.delete('listeners');
+    else this.#pending.add('listeners');
+    if (inbound.bound.length > 0 || outbound.bound.length > 0) this.#logger.info({ inbound: inbound.bound, outbound: outbound.bound }, 'listeners bound');
+    this.metrics.setWorkloads(local.length, this.#inbound.listenerCount() + this.#outbound.size);
+    const stats = this.#pool.stats();
+    this.metrics.setPool(stats.sessions, stats.streams);
+  }
+
+  configDump(): unknown {
+    const snapshot = this.#config.current();
+    const stats = this.#pool?.stats();
+    return {
+      node: this.#options.nodeName,
+      version: snapshot.version,
+      mesh: snapshot.mesh,
+      workloads: snapshot.workloads.map((w) => ({ name: w.name, namespace: w.namespace, node: w.node, serviceAccount: w.serviceAccount, workloadIps: w.ips, identity: w.identity, labels: w.labels, source: w.source.file, local: w.node === this.#options.nodeName })),
+      services: snapshot.services.map((s) => ({ name: s.metadata.name, namespace: s.metadata.namespace, hostname: s.hostname, vips: s.spec.clusterIPs, ports: s.spec.ports, selector: s.spec.selector })),
+      policies: snapshot.objects.filter((o) => o.kind === 'AuthorizationPolicy' || o.kind === 'PeerAuthentication').map((o) => ({ kind: o.kind, name: o.metadata.name, namespace: o.metadata.namespace, spec: (o as { spec?: unknown }).spec, source: o.source.file })),
+      certificates: (this.#agent?.identities() ?? []).map((identity) => {
+        const svid = this.#agent.current(identity);
+        return svid
+          ? { identity, state: 'Available', serialNumber: svid.chain[0]?.serialNumber, validFrom: svid.notBefore.toISOString(), expirationTime: svid.notAfter.toISOString(), certChain: svid.chain.map((cert) => cert.toString('pem')) }
+          : { identity, state: 'Initializing' };
+      }),
+      trustBundles: (this.#agent ? [...this.#agent.bundles()] : []).map((bundle) => ({ trustDomain: bundle.trustDomain, sequence: bundle.sequence.toString(), roots: bundle.roots.length })),
+      pool: stats,
+      problems: this.#lastProblems,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#reconciling.catch(() => {});
+    await this.#outbound?.close();
+    await this.#inbound?.close();
+    await this.#pool?.close();
+    await this.#agent?.stop();
+    await this.#observability?.close();
+    await this.#config?.close();
+  }
+}

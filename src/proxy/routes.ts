@@ -1,0 +1,169 @@
+// Routing: compiled once per configuration snapshot into lookup tables, then a pure decision per new
+// connection, (table, source, target) → Route, with no parsing and no allocation on the common path
+// (ztunnel's build_request, made a table lookup).
+import { isIP } from 'node:net';
+import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
+import type { ServiceObject, ServicePort } from '../config/objects.ts';
+import { formatAuthority } from './authority.ts';
+
+/** One destination workload on one port, with everything the tunnel needs, computed at load. */
+export interface Endpoint {
+  readonly workload: Workload;
+  readonly ip: string;
+  readonly port: number;
+  /** The CONNECT :authority, `ip:port`. */
+  readonly authority: string;
+  /** Where the destination node's proxy listens for this workload: `ip:15008`. */
+  readonly hboneHost: string;
+  readonly hbonePort: number;
+  /** `hboneHost:hbonePort`, the pool's key for the peer proxy. */
+  readonly hboneAuthority: string;
+  /** The SPIFFE ID the server must present. */
+  readonly identity: string;
+}
+
+export interface HboneRoute {
+  readonly kind: 'hbone';
+  readonly endpoint: Endpoint;
+  /** The Service the connection addressed, when it addressed one. */
+  readonly service: ServiceObject | undefined;
+}
+
+export interface PassthroughRoute {
+  readonly kind: 'passthrough';
+  readonly host: string;
+  readonly port: number;
+}
+
+export type DenyReason = 'EGRESS_BLOCKED' | 'NO_HEALTHY_UPSTREAM';
+
+export interface DenyRoute {
+  readonly kind: 'deny';
+  readonly reason: DenyReason;
+  readonly message: string;
+}
+
+export type Route = HboneRoute | PassthroughRoute | DenyRoute;
+
+/** A Service port with its ready endpoints, each already wrapped as the route to return. */
+interface ServicePortRoutes {
+  readonly service: ServiceObject;
+  readonly port: ServicePort;
+  readonly routes: readonly HboneRoute[];
+  readonly none: DenyRoute;
+}
+
+export interface RoutingTable {
+  readonly snapshot: ConfigSnapshot;
+  /** hostname (full and short forms) → service port → routes. */
+  readonly byHost: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
+  /** cluster IP → service port → routes. */
+  readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
+  readonly hbonePort: number;
+  readonly egressLocked: boolean;
+}
+
+function isReady(workload: Workload): boolean {
+  if (workload.object.kind !== 'Pod') return true;
+  const phase = workload.object.status.phase;
+  return phase === undefined || phase === 'Running';
+}
+
+function selects(selector: Readonly<Record<string, string>> | undefined, labels: Readonly<Record<string, string>>): boolean {
+  if (selector === undefined) return false;
+  for (const key in selector) if (labels[key] !== selector[key]) return false;
+  return true;
+}
+
+/** A Service port's targetPort on one workload: a number, or a named container/WorkloadEntry port. */
+function targetPortOn(workload: Workload, port: ServicePort): number | undefined {
+  if (typeof port.targetPort === 'number') return port.targetPort;
+  const object = workload.object;
+  if (object.kind === 'WorkloadEntry') return object.spec.ports[port.targetPort];
+  for (const container of object.spec.containers) {
+    for (const containerPort of container.ports) if (containerPort.name === port.targetPort) return containerPort.containerPort;
+  }
+  return undefined;
+}
+
+export function makeEndpoint(workload: Workload, ip: string, port: number, hbonePort: number): Endpoint {
+  return { workload, ip, port, authority: formatAuthority(ip, port), hboneHost: ip, hbonePort, hboneAuthority: formatAuthority(ip, hbonePort), identity: workload.identity };
+}
+
+function addTo(index: Map<string, Map<number, ServicePortRoutes>>, key: string, entry: ServicePortRoutes): void {
+  let ports = index.get(key);
+  if (!ports) index.set(key, (ports = new Map()));
+  ports.set(entry.port.port, entry);
+}
+
+export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
+  const hbonePort = snapshot.mesh.ports.hbone;
+  const byHost = new Map<string, Map<number, ServicePortRoutes>>();
+  const byVip = new Map<string, Map<number, ServicePortRoutes>>();
+  for (const service of snapshot.services) {
+    const namespace = service.metadata.namespace;
+    const members = snapshot.workloads.filter((w) => w.namespace === namespace && isReady(w) && selects(service.spec.selector, w.labels));
+    for (const port of service.spec.ports) {
+      if (port.protocol !== 'TCP') continue;
+      const routes: HboneRoute[] = [];
+      for (const workload of members) {
+        const target = targetPortOn(workload, port);
+        const ip = workload.ips[0];
+        if (target === undefined || ip === undefined) continue;
+        routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service }));
+      }
+      const entry: ServicePortRoutes = Object.freeze({
+        service,
+        port,
+        routes: Object.freeze(routes),
+        none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `service ${service.hostname}:${port.port} has no ready endpoint` }),
+      });
+      const name = service.metadata.name;
+      // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
+      for (const host of [service.hostname, `${name}.${namespace}`, `${name}.${namespace}.svc`]) addTo(byHost, host, entry);
+      for (const vip of service.spec.clusterIPs.length > 0 ? service.spec.clusterIPs : service.spec.clusterIP && service.spec.clusterIP !== 'None' ? [service.spec.clusterIP] : []) {
+        addTo(byVip, vip, entry);
+      }
+    }
+  }
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY' };
+}
+
+const tables = new WeakMap<ConfigSnapshot, RoutingTable>();
+
+/** The routing table of a snapshot, built on first use and kept as long as the snapshot lives. */
+export function routingTableOf(snapshot: ConfigSnapshot): RoutingTable {
+  let table = tables.get(snapshot);
+  if (!table) tables.set(snapshot, (table = buildRoutingTable(snapshot)));
+  return table;
+}
+
+function pick(entry: ServicePortRoutes, random: () => number): Route {
+  const routes = entry.routes;
+  if (routes.length === 0) return entry.none;
+  if (routes.length === 1) return routes[0] as HboneRoute;
+  return routes[Math.floor(random() * routes.length)] as HboneRoute;
+}
+
+/**
+ * Where a connection from `source` to host:port goes. A Service (by hostname or cluster IP) → a random
+ * ready endpoint; a workload IP → that workload; anything else is outside the mesh → passthrough, or
+ * refused when egress is locked down.
+ */
+export function decideRoute(table: RoutingTable, host: string, port: number, random: () => number = Math.random): Route {
+  const family = isIP(host);
+  if (family === 0) {
+    const service = table.byHost.get(host)?.get(port);
+    if (service) return pick(service, random);
+  } else {
+    const service = table.byVip.get(host)?.get(port);
+    if (service) return pick(service, random);
+    const workload = table.snapshot.workloadByIp(host);
+    if (workload) {
+      if (!isReady(workload)) return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `workload ${workload.namespace}/${workload.name} is not ready` };
+      return { kind: 'hbone', endpoint: makeEndpoint(workload, host, port, table.hbonePort), service: undefined };
+    }
+  }
+  if (table.egressLocked) return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry and egress is REGISTRY_ONLY` };
+  return { kind: 'passthrough', host, port };
+}

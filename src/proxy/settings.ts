@@ -1,0 +1,37 @@
+// Tunables of the HBONE data path, each with the reason for its value (ztunnel's config.rs defaults
+// unless said otherwise; see shared/reference/ztunnel.md §1.5–§1.6).
+
+/** HTTP/2 stream window: 4 MiB lets one tunnel fill a fast link without waiting for WINDOW_UPDATEs. */
+export const H2_STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
+/** Connection window = 4 × stream window, chosen by ztunnel to avoid cross-stream starvation. */
+export const H2_CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
+/** Largest DATA frame we accept: 1 MiB, so bulk transfers move in few frames. */
+export const H2_MAX_FRAME_BYTES = 1024 * 1024;
+/** Server: streams a peer may open on one session (ztunnel advertises 200). */
+export const H2_SERVER_MAX_STREAMS = 200;
+/** Client: streams we put on one pooled session before opening another (Go and ztunnel use 100). */
+export const POOL_MAX_STREAMS_PER_SESSION = 100;
+/** Header block limits: CONNECT carries a handful of headers; anything near these is hostile. */
+export const H2_CLIENT_MAX_HEADER_LIST_BYTES = 16 * 1024;
+export const H2_SERVER_MAX_HEADER_LIST_BYTES = 64 * 1024;
+/**
+ * Node's per-session memory cap (MB) defaults to 10, which 4 MiB windows and many streams exceed,
+ * making nghttp2 refuse new streams under load; this bound still stops a peer from growing us forever.
+ */
+export const H2_MAX_SESSION_MEMORY_MB = 256;
+/** PING every 10 s; a session whose PONG does not come within 20 s is dead. */
+export const KEEPALIVE_INTERVAL_MS = 10_000;
+export const KEEPALIVE_TIMEOUT_MS = 20_000;
+/** The pool drops a session that carried no stream for 5 minutes. */
+export const POOL_IDLE_TIMEOUT_MS = 5 * 60_000;
+/** TCP and TLS connect timeout, to an upstream or a peer's 15008. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+/** TLS 1.3 only; AES-GCM suites as ztunnel; post-quantum hybrid key exchange first, X25519 as fallback. */
+export const TLS_MIN_VERSION = 'TLSv1.3';
+export const TLS_CIPHERS = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
+export const TLS_GROUPS = 'X25519MLKEM768:X25519:P-256';
+export const HBONE_ALPN = ['h2'];
+/** Ports of our own listeners: a CONNECT to one of them would loop through the proxy. */
+export function illegalUpstreamPorts(ports: { outbound: number; inboundPlaintext: number; hbone: number }): ReadonlySet<number> {
+  return new Set([ports.outbound, ports.inboundPlaintext, ports.hbone]);
+}

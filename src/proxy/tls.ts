@@ -1,0 +1,84 @@
+// TLS for HBONE: secure contexts per workload identity, built once per certificate rotation and reused by
+// every dial and accept, and peer verification against the bundle of the peer's own trust domain.
+import * as tls from 'node:tls';
+import type { Svid, BundleSource } from '../identity/svid.ts';
+import { matchExpected, verifyPeerCertificate } from '../identity/spiffe-tls.ts';
+import type { ExpectedPeer } from '../identity/spiffe-tls.ts';
+import type { VerifyResult } from '../identity/svid.ts';
+import { TLS_CIPHERS, TLS_GROUPS, TLS_MIN_VERSION } from './settings.ts';
+
+export interface IdentityContext {
+  readonly svid: Svid;
+  readonly context: tls.SecureContext;
+  /** The same material as plain options, for servers that take options (setSecureContext). */
+  readonly options: tls.SecureContextOptions;
+}
+
+export function contextOptions(svid: Svid): tls.SecureContextOptions {
+  return {
+    cert: svid.certPem,
+    key: svid.privateKeyPem,
+    minVersion: TLS_MIN_VERSION,
+    ciphers: TLS_CIPHERS,
+    ecdhCurve: TLS_GROUPS,
+  };
+}
+
+/** The current certificate of every identity this proxy serves; replaced whole on rotation. */
+export class IdentityContexts {
+  readonly #byIdentity = new Map<string, IdentityContext>();
+
+  set(svid: Svid): IdentityContext {
+    const options = contextOptions(svid);
+    const entry: IdentityContext = { svid, context: tls.createSecureContext(options), options };
+    this.#byIdentity.set(svid.id.id, entry);
+    return entry;
+  }
+
+  get(identity: string): IdentityContext | undefined {
+    return this.#byIdentity.get(identity);
+  }
+
+  delete(identity: string): void {
+    this.#byIdentity.delete(identity);
+  }
+}
+
+interface CachedVerdict {
+  readonly result: VerifyResult;
+  readonly bundles: BundleSource;
+  readonly validUntilMs: number;
+}
+
+/**
+ * Verifies peers with a small cache keyed by the leaf's DER fingerprint: pooled sessions make full
+ * handshakes rare, but a churn of new sessions from the same peer should not re-parse its chain each
+ * time. A verdict is reused only with the same bundle set and only until the leaf expires.
+ */
+export class PeerVerifier {
+  readonly #cache = new Map<string, CachedVerdict>();
+  readonly #maxEntries: number;
+
+  constructor(maxEntries = 4096) {
+    this.#maxEntries = maxEntries;
+  }
+
+  verify(socket: tls.TLSSocket, bundles: BundleSource, expected: ExpectedPeer): VerifyResult {
+    // One read of the peer certificate (see peerChain in spiffe-tls.ts for why never getPeerX509Certificate).
+    const leaf = socket.getPeerCertificate(true);
+    if (!leaf || !leaf.raw) return verifyPeerCertificate(null, bundles, expected);
+    const key = leaf.fingerprint256;
+    const now = Date.now();
+    const cached = this.#cache.get(key);
+    let result: VerifyResult;
+    if (cached && cached.bundles === bundles && now < cached.validUntilMs) {
+      result = cached.result;
+    } else {
+      result = verifyPeerCertificate(leaf, bundles, null);
+      if (this.#cache.size >= this.#maxEntries) this.#cache.clear();
+      this.#cache.set(key, { result, bundles, validUntilMs: Math.min(Date.parse(leaf.valid_to), now + 60_000) });
+    }
+    if (!result.valid || expected === null) return result;
+    return matchExpected(result, expected);
+  }
+}

@@ -1,0 +1,157 @@
+// `ambit ca` and `ambit agent` refusing bad command lines: the real CLI process, exit 2 and one stderr
+// line ending in the code, before anything is created, served or contacted.
+import { mkdtemp, readdir, readFile, rm, stat, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, it } from 'vitest';
+import type { ExpectStatic } from 'vitest';
+import { runAmbit } from '../../helpers/process.ts';
+import type { RunResult } from '../../helpers/process.ts';
+import { caStateFile, initCa } from '../../../src/identity/ca/store.ts';
+import { encodePemBundle } from '../../../src/identity/bundle.ts';
+
+const TD = 'cluster.local';
+const WEB = `spiffe://${TD}/ns/default/sa/web`;
+
+let dir: string;
+let caDir: string;
+let caState: string;
+let bundleFile: string;
+let otherDomainConfig: string;
+let noMeshConfig: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ambit-ca-cli-'));
+  caDir = join(dir, 'ca');
+  const state = await initCa(caDir, TD);
+  caState = await readFile(caStateFile(caDir), 'utf8');
+  bundleFile = join(dir, 'bundle.pem');
+  await writeFile(bundleFile, encodePemBundle(state.bundle));
+  otherDomainConfig = join(dir, 'config-other');
+  await mkdir(otherDomainConfig);
+  await writeFile(join(otherDomainConfig, 'mesh.yaml'), 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: mesh\nspec:\n  trustDomain: other.test\n');
+  noMeshConfig = join(dir, 'config-no-mesh');
+  await mkdir(noMeshConfig);
+  await writeFile(join(noMeshConfig, 'pods.yaml'), 'apiVersion: v1\nkind: Pod\nmetadata: { name: web-1, namespace: default }\nspec:\n  nodeName: node-a\n  serviceAccountName: web\nstatus:\n  podIP: 10.0.0.10\n');
+});
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Checks the bad-usage contract (exit 2, no stdout, exactly one stderr line) and returns the code in brackets. */
+function failureCode(expect: ExpectStatic, result: RunResult): string | undefined {
+  expect(result.status, result.stderr).toBe(2);
+  expect(result.stdout).toBe('');
+  expect(result.stderr.trimEnd().split('\n')).toHaveLength(1);
+  return /\[([A-Z_]+)\]$/.exec(result.stderr.trimEnd())?.[1];
+}
+
+function agentArgs(overrides: Record<string, string | undefined>, extra: string[] = []): string[] {
+  const options: Record<string, string | undefined> = {
+    ca: 'https://127.0.0.1:1',
+    'trust-domain': TD,
+    bundle: bundleFile,
+    node: 'node-a',
+    'state-dir': join(dir, 'agent-state'),
+    out: join(dir, 'agent-out'),
+    ...overrides,
+  };
+  const args = ['agent'];
+  for (const [name, value] of Object.entries(options)) if (value !== undefined) args.push(`--${name}`, value);
+  return [...args, ...extra, '--once'];
+}
+
+async function exists(path: string): Promise<boolean> {
+  return (await stat(path).catch(() => null)) !== null;
+}
+
+// Each case is its own process; running them side by side keeps the file at a few seconds.
+describe.concurrent('ambit ca command line', () => {
+  it('prints its help and exits 0', async ({ expect }) => {
+    const result = await runAmbit(['ca', '--help']);
+    expect(result.status).toBe(0);
+    expect(result.stderr).toBe('');
+    expect(result.stdout).toContain('usage: ambit ca <subcommand>');
+  });
+
+  it('refuses no subcommand', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca']))).toBe('USAGE');
+  });
+
+  it('refuses an unknown subcommand', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca', 'frobnicate', '--dir', caDir]))).toBe('USAGE');
+  });
+
+  it('refuses init without --trust-domain, creating nothing', async ({ expect }) => {
+    const target = join(dir, 'init-no-td');
+    expect(failureCode(expect, await runAmbit(['ca', 'init', '--dir', target]))).toBe('USAGE');
+    expect(await exists(target)).toBe(false);
+  });
+
+  it('refuses init with --root-cert but no --root-key, creating nothing', async ({ expect }) => {
+    const target = join(dir, 'init-half-parent');
+    expect(failureCode(expect, await runAmbit(['ca', 'init', '--dir', target, '--trust-domain', TD, '--root-cert', bundleFile]))).toBe('USAGE');
+    expect(await exists(target)).toBe(false);
+  });
+
+  it('refuses token create without --node', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca', 'token', 'create', '--dir', caDir]))).toBe('USAGE');
+  });
+
+  it('refuses a join token for a node name that cannot be a SPIFFE path segment, writing no token', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca', 'token', 'create', '--dir', caDir, '--node', 'bad/name']))).toMatch(/^SPIFFE_ID_/);
+    expect(await readdir(join(caDir, 'tokens')).catch(() => [])).toEqual([]);
+  });
+
+  it('refuses a join token that lives less than a second', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca', 'token', 'create', '--dir', caDir, '--node', 'node-a', '--ttl', '500ms']))).toBe('USAGE');
+  });
+
+  it('refuses root with an unknown action, leaving the CA as it was', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca', 'root', 'rotate', '--dir', caDir]))).toBe('USAGE');
+    expect(await readFile(caStateFile(caDir), 'utf8')).toBe(caState);
+  });
+
+  it('refuses bundle --format xml', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'xml']))).toBe('USAGE');
+  });
+
+  it.for([
+    ['no port', 'localhost'],
+    ['a port above 65535', '127.0.0.1:65536'],
+  ])('refuses serve with a --listen that has %s', async ([, listen], { expect }) => {
+    expect(failureCode(expect, await runAmbit(['ca', 'serve', '--dir', caDir, '--config', otherDomainConfig, '--listen', listen as string]))).toBe('USAGE');
+  });
+
+  it('refuses to serve a configuration whose MeshConfig names another trust domain, and exits', async ({ expect }) => {
+    const result = await runAmbit(['ca', 'serve', '--dir', caDir, '--config', otherDomainConfig, '--listen', '127.0.0.1:0'], { timeoutMs: 10_000 });
+    expect(failureCode(expect, result)).toBe('CONFIG_FIELD');
+  });
+
+  it('refuses to serve a configuration without a MeshConfig, and exits', async ({ expect }) => {
+    const result = await runAmbit(['ca', 'serve', '--dir', caDir, '--config', noMeshConfig, '--listen', '127.0.0.1:0'], { timeoutMs: 10_000 });
+    // A configuration error lists every problem on its own line, so only the exit and the code are checked here.
+    expect(result.status, result.stderr).toBe(2);
+    expect(result.stdout).toBe('');
+    expect(/\[([A-Z_]+)\]$/.exec(result.stderr.trimEnd())?.[1]).toBe('CONFIG_MESH_MISSING');
+  });
+});
+
+describe.concurrent('ambit agent command line', () => {
+  it('refuses a missing --ca', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(agentArgs({ ca: undefined })))).toBe('USAGE');
+  });
+
+  it('refuses a CA URL that is not https', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(agentArgs({ ca: 'http://127.0.0.1:15012' })))).toBe('USAGE');
+  });
+
+  it('refuses an --identity of another trust domain', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(agentArgs({}, ['--identity', WEB, '--identity', 'spiffe://other.test/ns/default/sa/web'])))).toBe('USAGE');
+  });
+
+  it('refuses an --identity that is not a SPIFFE ID', async ({ expect }) => {
+    expect(failureCode(expect, await runAmbit(agentArgs({}, ['--identity', 'web'])))).toBe('SPIFFE_ID_SCHEME');
+  });
+});

@@ -1,0 +1,312 @@
+// The CA state directory (src/identity/ca/store.ts): init, intermediates under a shared root, the
+// prepare/activate/withdraw root rotation, and refusal of a damaged directory.
+import { copyFile, mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as x509 from '../../../src/identity/x509.ts';
+import { activateAuthority, caStateFile, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../../../src/identity/ca/store.ts';
+import type { CaState } from '../../../src/identity/ca/store.ts';
+import { BundleSet, createBundle } from '../../../src/identity/bundle.ts';
+import { certificatesToPem, exportPrivateKeyPem, fingerprintOf, generateKeyPair, issueLeaf, spiffeIdOf, verifySvid } from '../../../src/identity/svid.ts';
+import type { Certificate } from '../../../src/identity/svid.ts';
+import { AmbitError } from '../../../src/errors.ts';
+import { createTestCa } from '../../helpers/certs.ts';
+
+const TD = 'cluster.local';
+const WEB = `spiffe://${TD}/ns/default/sa/web`;
+const HOUR_MS = 3_600_000;
+
+let base: string;
+let counter = 0;
+
+beforeAll(async () => {
+  base = await mkdtemp(join(tmpdir(), 'ambit-ca-store-'));
+});
+
+afterAll(async () => {
+  await rm(base, { recursive: true, force: true });
+});
+
+/** A fresh, not yet existing CA directory path. */
+function caDir(): string {
+  counter++;
+  return join(base, `ca-${counter}`);
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof AmbitError) return error.code;
+    throw error;
+  }
+  throw new Error('expected the call to be refused');
+}
+
+async function modeOf(path: string): Promise<number> {
+  return (await stat(path)).mode & 0o777;
+}
+
+/** A leaf for WEB from the CA's active authority, with the chain a peer would receive. */
+async function issueWeb(state: CaState): Promise<Certificate[]> {
+  const keys = await generateKeyPair();
+  const leaf = await issueLeaf({ spiffeId: WEB, publicKey: keys.publicKey, authority: state.active, ttlMs: HOUR_MS });
+  const intermediate = fingerprintOf(state.active.cert) !== fingerprintOf(state.active.root);
+  return intermediate ? [leaf, state.active.cert] : [leaf];
+}
+
+/** PEM cert and key of a self-signed root held outside any CA directory (an offline shared root). */
+async function sharedRoot(trustDomain = TD): Promise<{ certPem: string; keyPem: string; cert: Certificate }> {
+  const ca = await createTestCa(trustDomain, { ttlMs: 48 * HOUR_MS });
+  return { certPem: certificatesToPem([ca.root.cert]), keyPem: await exportPrivateKeyPem(ca.root.privateKey), cert: ca.root.cert };
+}
+
+describe('ambit ca init', () => {
+  it('creates a self-signed root that is CA:true with keyCertSign and the trust domain ID as URI SAN', async () => {
+    const state = await initCa(caDir(), TD);
+    const cert = state.active.cert;
+    expect(cert.getExtension(x509.BasicConstraintsExtension)?.ca).toBe(true);
+    expect((cert.getExtension(x509.KeyUsagesExtension)?.usages ?? 0) & x509.KeyUsageFlags.keyCertSign).not.toBe(0);
+    const id = spiffeIdOf(cert);
+    expect(id instanceof AmbitError ? id.code : id.id).toBe(`spiffe://${TD}`);
+    expect(fingerprintOf(state.active.root)).toBe(fingerprintOf(cert));
+    expect(await cert.verify({ publicKey: cert.publicKey, signatureOnly: true })).toBe(true);
+    expect(state.trustDomain).toBe(TD);
+    expect(state.sequence).toBe(1n);
+    expect(state.bundle.roots.map(fingerprintOf)).toEqual([fingerprintOf(cert)]);
+  });
+
+  it('issues leaves that verify against its own bundle', async () => {
+    const state = await initCa(caDir(), TD);
+    expect(verifySvid(await issueWeb(state), new BundleSet([state.bundle])).valid).toBe(true);
+  });
+
+  it('writes private keys 0600 and the CA directory 0700', async () => {
+    const dir = caDir();
+    const state = await initCa(dir, TD);
+    const authority = join(dir, 'authorities', state.active.name);
+    expect(await modeOf(dir)).toBe(0o700);
+    expect(await modeOf(authority)).toBe(0o700);
+    expect(await modeOf(join(authority, 'key.pem'))).toBe(0o600);
+    expect(await modeOf(join(authority, 'cert.pem'))).toBe(0o644);
+  });
+
+  it('refuses a directory that already holds a CA, and leaves it as it was', async () => {
+    const dir = caDir();
+    const first = await initCa(dir, TD);
+    const stateBefore = await readFile(caStateFile(dir), 'utf8');
+    expect(await codeOf(initCa(dir, TD))).toBe('CA_STATE');
+    expect(await readFile(caStateFile(dir), 'utf8')).toBe(stateBefore);
+    expect(fingerprintOf((await loadCa(dir)).active.cert)).toBe(fingerprintOf(first.active.cert));
+  });
+
+  it.each([
+    ['uppercase letters', 'Cluster.Local', 'SPIFFE_ID_TRUST_DOMAIN_CHARS'],
+    ['a port', 'cluster.local:8443', 'SPIFFE_ID_TRUST_DOMAIN_CHARS'],
+    ['a scheme', 'spiffe://cluster.local', 'SPIFFE_ID_TRUST_DOMAIN_CHARS'],
+    ['nothing at all', '', 'SPIFFE_ID_EMPTY'],
+    ['more than 255 bytes', 'a'.repeat(256), 'SPIFFE_ID_TRUST_DOMAIN_TOO_LONG'],
+  ])('refuses a trust domain with %s, creating nothing', async (_case, trustDomain, code) => {
+    const dir = caDir();
+    expect(await codeOf(initCa(dir, trustDomain))).toBe(code);
+    expect(await stat(dir).catch(() => null)).toBeNull();
+  });
+});
+
+describe('intermediate CAs under a shared root', () => {
+  it('creates an intermediate whose leaves verify, with the intermediate in the chain, against the shared root alone', async () => {
+    const root = await sharedRoot();
+    const state = await initCa(caDir(), TD, { parent: { certPem: root.certPem, keyPem: root.keyPem } });
+    expect(fingerprintOf(state.active.root)).toBe(fingerprintOf(root.cert));
+    expect(fingerprintOf(state.active.cert)).not.toBe(fingerprintOf(root.cert));
+    expect(state.active.cert.issuer).toBe(root.cert.subject);
+    // The published bundle holds the shared root, never the intermediate.
+    expect(state.bundle.roots.map(fingerprintOf)).toEqual([fingerprintOf(root.cert)]);
+
+    const chain = await issueWeb(state);
+    expect(chain).toHaveLength(2);
+    const rootOnly = new BundleSet([createBundle(TD, [root.cert])]);
+    expect(verifySvid(chain, rootOnly).valid).toBe(true);
+  });
+
+  it('refuses a leaf that travels without its intermediate', async () => {
+    const root = await sharedRoot();
+    const state = await initCa(caDir(), TD, { parent: { certPem: root.certPem, keyPem: root.keyPem } });
+    const [leaf] = await issueWeb(state);
+    expect(verifySvid([leaf as Certificate], new BundleSet([state.bundle])).error?.code).toBe('SVID_CHAIN_INVALID');
+  });
+
+  it('lets a leaf of cluster 1 verify with the bundle cluster 2 publishes (one trust domain, two CAs, one root)', async () => {
+    const root = await sharedRoot();
+    const clusterOne = await initCa(caDir(), TD, { parent: { certPem: root.certPem, keyPem: root.keyPem } });
+    const clusterTwo = await initCa(caDir(), TD, { parent: { certPem: root.certPem, keyPem: root.keyPem } });
+    expect(fingerprintOf(clusterOne.active.cert)).not.toBe(fingerprintOf(clusterTwo.active.cert));
+    const clusterTwoBundles = new BundleSet([clusterTwo.bundle]);
+    expect(verifySvid(await issueWeb(clusterOne), clusterTwoBundles).valid).toBe(true);
+    expect(verifySvid(await issueWeb(clusterTwo), new BundleSet([clusterOne.bundle])).valid).toBe(true);
+    // A CA with a root of its own is not part of that relationship.
+    const standalone = await initCa(caDir(), TD);
+    expect(verifySvid(await issueWeb(standalone), clusterTwoBundles).error?.code).toBe('SVID_CHAIN_INVALID');
+  });
+
+  it('refuses a parent key that does not belong to the parent certificate', async () => {
+    const root = await sharedRoot();
+    const other = await sharedRoot();
+    const dir = caDir();
+    expect(await codeOf(initCa(dir, TD, { parent: { certPem: root.certPem, keyPem: other.keyPem } }))).toBe('SVID_KEY_MISMATCH');
+    expect(await stat(caStateFile(dir)).catch(() => null)).toBeNull();
+  });
+
+  it('refuses a parent that is not a PEM certificate and key', async () => {
+    const root = await sharedRoot();
+    expect(await codeOf(initCa(caDir(), TD, { parent: { certPem: 'not a certificate', keyPem: root.keyPem } }))).toBe('SVID_PARSE');
+    expect(await codeOf(initCa(caDir(), TD, { parent: { certPem: root.certPem, keyPem: root.certPem } }))).toBe('SVID_PARSE');
+  });
+});
+
+describe('root rotation: prepare, activate, withdraw', () => {
+  it('prepare publishes a new root without signing with it', async () => {
+    const dir = caDir();
+    const before = await initCa(dir, TD);
+    await prepareAuthority(dir);
+    const after = await loadCa(dir);
+    expect(after.bundle.roots).toHaveLength(2);
+    expect(after.sequence).toBe(before.sequence + 1n);
+    expect(after.bundle.sequence).toBe(after.sequence);
+    expect(after.active.name).toBe(before.active.name);
+    expect(fingerprintOf(after.active.cert)).toBe(fingerprintOf(before.active.cert));
+    expect(after.authorities.map((authority) => authority.state)).toEqual(['active', 'prepared']);
+  });
+
+  it('refuses a second prepare while one is pending', async () => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    await prepareAuthority(dir);
+    const sequence = (await loadCa(dir)).sequence;
+    expect(await codeOf(prepareAuthority(dir))).toBe('CA_STATE');
+    expect((await loadCa(dir)).sequence).toBe(sequence);
+  });
+
+  it('activate signs with the prepared authority and keeps both roots in the bundle', async () => {
+    const dir = caDir();
+    const first = await initCa(dir, TD);
+    const oldChain = await issueWeb(first);
+    const prepared = await prepareAuthority(dir);
+    const beforeActivate = await loadCa(dir);
+    expect(await activateAuthority(dir)).toBe(prepared);
+    const after = await loadCa(dir);
+    expect(after.active.name).toBe(prepared);
+    expect(after.sequence).toBe(beforeActivate.sequence + 1n);
+    expect(after.bundle.roots).toHaveLength(2);
+    expect(after.authorities.map((authority) => authority.state)).toEqual(['published', 'active']);
+    const bundles = new BundleSet([after.bundle]);
+    expect(verifySvid(oldChain, bundles).valid).toBe(true);
+    expect(verifySvid(await issueWeb(after), bundles).valid).toBe(true);
+    // The new leaf is signed by the new root, which the old bundle alone does not hold.
+    expect(verifySvid(await issueWeb(after), new BundleSet([first.bundle])).error?.code).toBe('SVID_CHAIN_INVALID');
+  });
+
+  it('refuses activate with nothing prepared', async () => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    expect(await codeOf(activateAuthority(dir))).toBe('CA_STATE');
+    expect((await loadCa(dir)).sequence).toBe(1n);
+  });
+
+  it('refuses withdraw until the new authority has signed for the grace period', async () => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    await prepareAuthority(dir);
+    const activatedAt = new Date('2026-11-23T12:00:00Z');
+    await activateAuthority(dir, activatedAt);
+    const sequence = (await loadCa(dir)).sequence;
+    expect(await codeOf(withdrawAuthorities(dir, HOUR_MS, new Date(activatedAt.getTime() + HOUR_MS - 1000)))).toBe('CA_STATE');
+    expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
+    expect((await loadCa(dir)).sequence).toBe(sequence);
+    expect(await withdrawAuthorities(dir, HOUR_MS, new Date(activatedAt.getTime() + HOUR_MS))).toEqual(['a1']);
+    expect((await loadCa(dir)).bundle.roots).toHaveLength(1);
+  });
+
+  it('withdraw with no grace removes the old root and bumps the sequence', async () => {
+    const dir = caDir();
+    const first = await initCa(dir, TD);
+    const oldChain = await issueWeb(first);
+    await prepareAuthority(dir);
+    await activateAuthority(dir);
+    const beforeWithdraw = await loadCa(dir);
+    expect(await withdrawAuthorities(dir, 0)).toEqual([first.active.name]);
+    const after = await loadCa(dir);
+    expect(after.bundle.roots).toHaveLength(1);
+    expect(after.sequence).toBe(beforeWithdraw.sequence + 1n);
+    expect(fingerprintOf(after.bundle.roots[0] as Certificate)).toBe(fingerprintOf(after.active.root));
+    expect(after.authorities.map((authority) => authority.state)).toEqual(['retired', 'active']);
+    // Certificates of the withdrawn root are no longer trusted; the new root's still are.
+    const bundles = new BundleSet([after.bundle]);
+    expect(verifySvid(oldChain, bundles).error?.code).toBe('SVID_CHAIN_INVALID');
+    expect(verifySvid(await issueWeb(after), bundles).valid).toBe(true);
+  });
+
+  it('refuses withdraw with nothing to withdraw', async () => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    expect(await codeOf(withdrawAuthorities(dir, 0))).toBe('CA_STATE');
+    // A prepared authority is not withdrawn: it has not yet become the one that signs.
+    await prepareAuthority(dir);
+    expect(await codeOf(withdrawAuthorities(dir, 0))).toBe('CA_STATE');
+    expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
+    await activateAuthority(dir);
+    await withdrawAuthorities(dir, 0);
+    expect(await codeOf(withdrawAuthorities(dir, 0))).toBe('CA_STATE');
+  });
+
+  it('rotates more than once, each activation keeping exactly one signing authority', async () => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    for (let round = 0; round < 2; round++) {
+      await prepareAuthority(dir);
+      await activateAuthority(dir);
+      await withdrawAuthorities(dir, 0);
+    }
+    const state = await loadCa(dir);
+    expect(state.active.name).toBe('a3');
+    expect(state.authorities.filter((authority) => authority.state === 'active')).toHaveLength(1);
+    expect(state.bundle.roots).toHaveLength(1);
+    expect(state.sequence).toBe(7n);
+  });
+});
+
+describe('loading a damaged CA directory', () => {
+  it('refuses a directory without a CA', async () => {
+    expect(await codeOf(loadCa(caDir()))).toBe('CA_STATE');
+  });
+
+  it.each([
+    ['truncated JSON', '{"version": 1, "trustDo'],
+    ['an empty file', ''],
+    ['another version', JSON.stringify({ version: 2, trustDomain: TD, sequence: '1', authorities: [] })],
+    ['no authorities list', JSON.stringify({ version: 1, trustDomain: TD, sequence: '1' })],
+    ['no active authority', JSON.stringify({ version: 1, trustDomain: TD, sequence: '1', refreshHintSeconds: 300, authorities: [] })],
+  ])('refuses a ca.json with %s as CA_STATE', async (_case, text) => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    await writeFile(caStateFile(dir), text);
+    expect(await codeOf(loadCa(dir))).toBe('CA_STATE');
+  });
+
+  it.each(['key.pem', 'cert.pem', 'root.pem'])('refuses an authority whose %s is missing as CA_STATE', async (file) => {
+    const dir = caDir();
+    const state = await initCa(dir, TD);
+    await unlink(join(dir, 'authorities', state.active.name, file));
+    expect(await codeOf(loadCa(dir))).toBe('CA_STATE');
+  });
+
+  it('refuses a key.pem swapped with another authority\'s as SVID_KEY_MISMATCH', async () => {
+    const dir = caDir();
+    const other = caDir();
+    const state = await initCa(dir, TD);
+    const otherState = await initCa(other, TD);
+    await copyFile(join(other, 'authorities', otherState.active.name, 'key.pem'), join(dir, 'authorities', state.active.name, 'key.pem'));
+    expect(await codeOf(loadCa(dir))).toBe('SVID_KEY_MISMATCH');
+  });
+});

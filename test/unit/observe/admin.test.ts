@@ -1,0 +1,290 @@
+// Metrics, readiness and admin servers (src/observe/admin.ts) over real HTTP on loopback: routes, status
+// codes, the log level switch, the loopback-only admin bind, and clean shutdown without leaked handles.
+import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { Registry } from 'prom-client';
+import { request } from 'undici';
+import { AmbitError } from '../../../src/errors.ts';
+import { isLoopbackAddress, startObservability } from '../../../src/observe/admin.ts';
+import type { AdminSources, Observability } from '../../../src/observe/admin.ts';
+import { ProxyMetrics } from '../../../src/observe/metrics.ts';
+
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
+const LOCAL = { host: '127.0.0.1', port: 0 };
+
+let running: Observability | undefined;
+
+afterEach(async () => {
+  await running?.close();
+  running = undefined;
+});
+
+interface Harness {
+  urls: Observability;
+  registry: Registry;
+  sources: AdminSources & { ready: boolean; pending: string[] };
+}
+
+async function start(): Promise<Harness> {
+  const registry = new Registry();
+  const sources = {
+    ready: false,
+    pending: ['workload certificates', 'configuration'],
+    configDump: () => ({ workloads: [{ name: 'web', namespace: 'shop', workloadIps: ['10.0.0.5'] }], policies: [] }),
+    readiness(this: { ready: boolean; pending: string[] }) {
+      return { ready: this.ready, pending: this.pending };
+    },
+    logger: pino({ level: 'info' }, { write: () => undefined }),
+  };
+  running = await startObservability({ metrics: LOCAL, readiness: LOCAL, admin: LOCAL, registry, sources });
+  return { urls: running, registry, sources };
+}
+
+async function get(url: string, method: 'GET' | 'POST' | 'PUT' | 'DELETE' = 'GET'): Promise<{ status: number; type: string; body: string; allow: string | undefined }> {
+  const response = await request(url, { method });
+  const body = await response.body.text();
+  return { status: response.statusCode, type: String(response.headers['content-type']), body, allow: response.headers.allow as string | undefined };
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof AmbitError) return error.code;
+    throw error;
+  }
+  throw new Error('expected the call to be refused');
+}
+
+describe('metrics server', () => {
+  it('serves the registry in Prometheus text format on /metrics and /stats/prometheus', async () => {
+    const { urls, registry } = await start();
+    new ProxyMetrics(registry).open({
+      reporter: 'destination',
+      sourceWorkload: 'web',
+      sourceWorkloadNamespace: 'shop',
+      sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
+      destinationWorkload: 'api',
+      destinationWorkloadNamespace: 'shop',
+      destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
+      destinationService: 'api.shop.svc.cluster.local',
+      connectionSecurityPolicy: 'mutual_tls',
+    });
+    for (const path of ['/metrics', '/stats/prometheus']) {
+      const response = await get(`${urls.metricsUrl}${path}`);
+      expect(response.status).toBe(200);
+      expect(response.type).toBe(registry.contentType);
+      expect(response.body).toMatch(/^istio_tcp_connections_opened_total\{reporter="destination",.*source_principal="spiffe:\/\/cluster.local\/ns\/shop\/sa\/web".*\} 1$/m);
+    }
+  });
+
+  it('answers 404 elsewhere and 405 to methods other than GET', async () => {
+    const { urls } = await start();
+    expect((await get(`${urls.metricsUrl}/config_dump`)).status).toBe(404);
+    const wrong = await get(`${urls.metricsUrl}/metrics`, 'POST');
+    expect(wrong.status).toBe(405);
+    expect(wrong.allow).toBe('GET, HEAD');
+  });
+});
+
+describe('readiness server', () => {
+  it('answers 503 listing pending tasks until ready, then 200 "ready"', async () => {
+    const { urls, sources } = await start();
+    const before = await get(`${urls.readinessUrl}/healthz/ready`);
+    expect(before.status).toBe(503);
+    expect(before.body).toBe('not ready, pending: configuration, workload certificates\n');
+    sources.ready = true;
+    sources.pending = [];
+    const after = await get(`${urls.readinessUrl}/healthz/ready`);
+    expect(after.status).toBe(200);
+    expect(after.body).toBe('ready\n');
+  });
+
+  it('answers 503 when readiness cannot be determined', async () => {
+    const { urls, sources } = await start();
+    sources.readiness = () => {
+      throw new Error('state not loaded');
+    };
+    const response = await get(`${urls.readinessUrl}/healthz/ready`);
+    expect(response.status).toBe(503);
+    expect(response.body).toContain('state not loaded');
+  });
+
+  it('answers 404 elsewhere and 405 to POST', async () => {
+    const { urls } = await start();
+    expect((await get(`${urls.readinessUrl}/metrics`)).status).toBe(404);
+    expect((await get(`${urls.readinessUrl}/healthz/ready`, 'POST')).status).toBe(405);
+  });
+});
+
+describe('admin server', () => {
+  it('lists its endpoints on /', async () => {
+    const { urls } = await start();
+    const response = await get(`${urls.adminUrl}/`);
+    expect(response.status).toBe(200);
+    expect(response.body).toContain('/config_dump');
+    expect(response.body).toContain('/logging');
+  });
+
+  it('serves the config dump as JSON', async () => {
+    const { urls } = await start();
+    const response = await get(`${urls.adminUrl}/config_dump`);
+    expect(response.status).toBe(200);
+    expect(response.type).toMatch(/^application\/json/);
+    expect(JSON.parse(response.body)).toEqual({ workloads: [{ name: 'web', namespace: 'shop', workloadIps: ['10.0.0.5'] }], policies: [] });
+  });
+
+  it('answers 500 when the config dump cannot be serialised', async () => {
+    const { urls, sources } = await start();
+    sources.configDump = () => ({ sequence: 1n });
+    expect((await get(`${urls.adminUrl}/config_dump`)).status).toBe(500);
+  });
+
+  it('reports the log level and changes it on the root logger and its children', async () => {
+    const { urls, sources } = await start();
+    const child = sources.logger.child({ component: 'proxy' });
+    expect(JSON.parse((await get(`${urls.adminUrl}/logging`)).body)).toEqual({ level: 'info' });
+    const changed = await get(`${urls.adminUrl}/logging?level=debug`, 'POST');
+    expect(changed.status).toBe(200);
+    expect(JSON.parse(changed.body)).toEqual({ level: 'debug', previous: 'info' });
+    expect(sources.logger.level).toBe('debug');
+    expect(child.isLevelEnabled('debug')).toBe(true);
+    expect(JSON.parse((await get(`${urls.adminUrl}/logging`)).body)).toEqual({ level: 'debug' });
+  });
+
+  it('resets the log level to the one the process started with', async () => {
+    const { urls, sources } = await start();
+    await get(`${urls.adminUrl}/logging?level=trace`, 'POST');
+    const reset = await get(`${urls.adminUrl}/logging?reset`, 'POST');
+    expect(JSON.parse(reset.body)).toEqual({ level: 'info', previous: 'trace' });
+    expect(sources.logger.level).toBe('info');
+  });
+
+  it('refuses an unknown log level with 400 naming the allowed levels, and keeps the level', async () => {
+    const { urls, sources } = await start();
+    const response = await get(`${urls.adminUrl}/logging?level=verbose`, 'POST');
+    expect(response.status).toBe(400);
+    const body = JSON.parse(response.body);
+    expect(body.allowed).toEqual(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+    expect(body.error).toContain('verbose');
+    expect(sources.logger.level).toBe('info');
+  });
+
+  it('answers 404 to unknown paths and 405 to wrong methods', async () => {
+    const { urls } = await start();
+    expect((await get(`${urls.adminUrl}/quitquitquit`, 'POST')).status).toBe(404);
+    expect((await get(`${urls.adminUrl}/config_dump`, 'POST')).status).toBe(405);
+    const wrong = await get(`${urls.adminUrl}/logging`, 'PUT');
+    expect(wrong.status).toBe(405);
+    expect(wrong.allow).toBe('GET, HEAD, POST');
+  });
+
+  it.each(['0.0.0.0', '::', '10.0.0.5', 'localhost', '', 'fe80::1'])('refuses to bind the admin server to %j', async (host) => {
+    const sources: AdminSources = { configDump: () => ({}), readiness: () => ({ ready: true, pending: [] }), logger: pino({ level: 'silent' }) };
+    expect(await codeOf(startObservability({ admin: { host, port: 0 }, registry: new Registry(), sources }))).toBe('USAGE');
+  });
+
+  it.each(['127.0.0.1', '127.0.0.53', '::1', '::ffff:127.0.0.1'])('accepts the loopback address %s for the admin server', (host) => {
+    expect(isLoopbackAddress(host)).toBe(true);
+  });
+
+  it('binds the admin server on ::1', async () => {
+    const sources: AdminSources = { configDump: () => ({}), readiness: () => ({ ready: true, pending: [] }), logger: pino({ level: 'silent' }) };
+    running = await startObservability({ admin: { host: '::1', port: 0 }, registry: new Registry(), sources });
+    expect(running.adminUrl).toMatch(/^http:\/\/\[::1\]:\d+$/);
+    expect((await get(`${running.adminUrl}/`)).status).toBe(200);
+  });
+});
+
+describe('lifecycle', () => {
+  it('starts only the servers given an address', async () => {
+    const sources: AdminSources = { configDump: () => ({}), readiness: () => ({ ready: true, pending: [] }), logger: pino({ level: 'silent' }) };
+    running = await startObservability({ readiness: LOCAL, registry: new Registry(), sources });
+    expect(running.readinessUrl).toBeDefined();
+    expect(running.metricsUrl).toBeUndefined();
+    expect(running.adminUrl).toBeUndefined();
+  });
+
+  it('reports a port already in use as USAGE and closes the servers it had started', async () => {
+    const { urls } = await start();
+    const port = Number(new URL(urls.metricsUrl!).port);
+    const sources: AdminSources = { configDump: () => ({}), readiness: () => ({ ready: true, pending: [] }), logger: pino({ level: 'silent' }) };
+    expect(await codeOf(startObservability({ readiness: LOCAL, admin: { host: '127.0.0.1', port }, registry: new Registry(), sources }))).toBe('USAGE');
+  });
+
+  it('closes promptly with keep-alive and half-sent requests open, and refuses connections afterwards', async () => {
+    const { urls } = await start();
+    // A keep-alive connection left idle by undici's pool, and a client that stops mid-headers.
+    await get(`${urls.metricsUrl}/metrics`);
+    const { hostname, port } = new URL(urls.adminUrl!);
+    const stalled = connect(Number(port), hostname);
+    // The server destroys it, which may arrive as a reset.
+    stalled.on('error', () => undefined);
+    await new Promise<void>((resolve) => stalled.once('connect', resolve));
+    stalled.write('GET /config_dump HTTP/1.1\r\nHost: x\r\n');
+    const stalledClosed = new Promise<void>((resolve) => stalled.once('close', () => resolve()));
+
+    const startedAt = Date.now();
+    await running!.close();
+    running = undefined;
+    expect(Date.now() - startedAt).toBeLessThan(1_000);
+    await stalledClosed;
+    await expect(request(`${urls.metricsUrl}/metrics`)).rejects.toThrow();
+  });
+
+  it('cuts off a client that never finishes its request headers', async () => {
+    const { urls } = await start();
+    const { hostname, port } = new URL(urls.readinessUrl!);
+    const stalled = connect(Number(port), hostname);
+    stalled.on('error', () => undefined);
+    let answer = '';
+    stalled.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    await new Promise<void>((resolve) => stalled.once('connect', resolve));
+    stalled.write('GET /healthz/ready HTTP/1.1\r\nHost: x\r\n');
+    const startedAt = Date.now();
+    await new Promise<void>((resolve) => stalled.once('close', () => resolve()));
+    // Headers timeout 5 s, checked every second.
+    expect(Date.now() - startedAt).toBeLessThan(7_500);
+    expect(answer).toMatch(/^HTTP\/1\.1 408/);
+  }, 15_000);
+
+  it('leaves no handle behind: a process that starts, uses and closes the servers exits on its own', async () => {
+    const script = `
+      import { Registry } from 'prom-client';
+      import { request } from 'undici';
+      import { pino } from 'pino';
+      import { startObservability } from './src/observe/admin.ts';
+      const local = { host: '127.0.0.1', port: 0 };
+      const sources = { configDump: () => ({}), readiness: () => ({ ready: true, pending: [] }), logger: pino({ level: 'silent' }) };
+      const o = await startObservability({ metrics: local, readiness: local, admin: local, registry: new Registry(), sources });
+      for (const url of [o.metricsUrl + '/metrics', o.readinessUrl + '/healthz/ready', o.adminUrl + '/config_dump']) {
+        const response = await request(url);
+        await response.body.text();
+      }
+      const closing = Date.now();
+      await o.close();
+      console.log('closed in ' + (Date.now() - closing) + ' ms');
+    `;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exitCode = await new Promise<number | null>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`the process did not exit after close(): ${output}`));
+      }, 10_000);
+      child.once('close', (code) => {
+        clearTimeout(timer);
+        resolve(code);
+      });
+    });
+    const closeMs = Number(/closed in (\d+) ms/.exec(output)?.[1]);
+    // Waiting out the keep-alive timeout (5 s) instead of destroying connections would show here.
+    expect(closeMs).toBeLessThan(1_000);
+    expect(exitCode).toBe(0);
+  });
+});

@@ -1,0 +1,262 @@
+// Istio TCP metrics (src/observe/metrics.ts): names and labels as Istio's, byte deltas, idempotent close,
+// failure counting as ztunnel does it, the ambit gauges, and the periodic byte flush.
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { Registry } from 'prom-client';
+import { ProxyMetrics, startByteFlush } from '../../../src/observe/metrics.ts';
+import type { TunnelLabels } from '../../../src/observe/metrics.ts';
+
+const OUTBOUND: TunnelLabels = {
+  reporter: 'source',
+  sourceWorkload: 'web',
+  sourceWorkloadNamespace: 'shop',
+  sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
+  destinationWorkload: 'api',
+  destinationWorkloadNamespace: 'shop',
+  destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
+  destinationService: 'api.shop.svc.cluster.local',
+  connectionSecurityPolicy: 'mutual_tls',
+};
+
+const INBOUND: TunnelLabels = { ...OUTBOUND, reporter: 'destination' };
+
+type Labels = Record<string, string | number>;
+
+/** The values of one metric whose labels include `match`, summed. */
+async function valueOf(registry: Registry, name: string, match: Labels = {}): Promise<number> {
+  const metric = registry.getSingleMetric(name);
+  if (!metric) throw new Error(`${name} is not registered`);
+  const { values } = await metric.get();
+  let sum = 0;
+  for (const value of values) {
+    const labels = value.labels as Labels;
+    if (Object.entries(match).every(([key, expected]) => labels[key] === expected)) sum += value.value;
+  }
+  return sum;
+}
+
+async function seriesCount(registry: Registry, name: string): Promise<number> {
+  const metric = registry.getSingleMetric(name);
+  if (!metric) throw new Error(`${name} is not registered`);
+  return (await metric.get()).values.length;
+}
+
+describe('ProxyMetrics', () => {
+  it('exposes Istio metric names and label names with SPIFFE principals after open, update and close', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry);
+    const meter = metrics.open(OUTBOUND);
+    meter.update(100, 40);
+    meter.close(120, 50, '-');
+    const text = await registry.metrics();
+
+    for (const name of ['istio_tcp_connections_opened_total', 'istio_tcp_connections_closed_total', 'istio_tcp_sent_bytes_total', 'istio_tcp_received_bytes_total', 'istio_tcp_connections_failed_total']) {
+      expect(text).toContain(`# TYPE ${name} counter`);
+    }
+    const labelText = [
+      'reporter="source"',
+      'source_workload="web"',
+      'source_workload_namespace="shop"',
+      'source_principal="spiffe://cluster.local/ns/shop/sa/web"',
+      'destination_service="api.shop.svc.cluster.local"',
+      'destination_workload="api"',
+      'destination_workload_namespace="shop"',
+      'destination_principal="spiffe://cluster.local/ns/shop/sa/api"',
+      'request_protocol="tcp"',
+      'response_flags="-"',
+      'connection_security_policy="mutual_tls"',
+    ].join(',');
+    expect(text).toContain(`istio_tcp_connections_opened_total{${labelText}} 1`);
+    expect(text).toContain(`istio_tcp_connections_closed_total{${labelText}} 1`);
+    expect(text).toContain(`istio_tcp_sent_bytes_total{${labelText}} 120`);
+    expect(text).toContain(`istio_tcp_received_bytes_total{${labelText}} 50`);
+    // A clean close is not a failure.
+    expect(text).not.toMatch(/^istio_tcp_connections_failed_total\{/m);
+  });
+
+  it('adds only the delta of cumulative byte counts, never counting bytes twice', async () => {
+    const registry = new Registry();
+    const meter = new ProxyMetrics(registry).open(OUTBOUND);
+    meter.update(10, 5);
+    meter.update(30, 5);
+    meter.close(30, 7, '-');
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(30);
+    expect(await valueOf(registry, 'istio_tcp_received_bytes_total')).toBe(7);
+  });
+
+  it('shows bytes while the connection is still open, so long tunnels are visible before they close', async () => {
+    const registry = new Registry();
+    const meter = new ProxyMetrics(registry).open(OUTBOUND);
+    meter.update(2048, 512);
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(2048);
+    expect(await valueOf(registry, 'istio_tcp_received_bytes_total')).toBe(512);
+    expect(await valueOf(registry, 'istio_tcp_connections_closed_total')).toBe(0);
+  });
+
+  it('ignores byte counts that go backwards or are not numbers', async () => {
+    const registry = new Registry();
+    const meter = new ProxyMetrics(registry).open(OUTBOUND);
+    meter.update(50, 50);
+    meter.update(20, Number.NaN);
+    meter.close(60, 50, '-');
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(60);
+    expect(await valueOf(registry, 'istio_tcp_received_bytes_total')).toBe(50);
+  });
+
+  it('counts a close once however often it is called, and ignores updates after it', async () => {
+    const registry = new Registry();
+    const meter = new ProxyMetrics(registry).open(OUTBOUND);
+    meter.close(10, 10, '-');
+    meter.close(99, 99, 'CONNECT');
+    meter.update(500, 500);
+    expect(await valueOf(registry, 'istio_tcp_connections_closed_total')).toBe(1);
+    expect(await valueOf(registry, 'istio_tcp_connections_closed_total', { response_flags: 'CONNECT' })).toBe(0);
+    expect(await valueOf(registry, 'istio_tcp_connections_failed_total')).toBe(0);
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(10);
+  });
+
+  it('shares one series among connections with the same labels and keeps reporters apart', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry);
+    for (let i = 0; i < 3; i++) metrics.open(OUTBOUND).close(1, 1, '-');
+    metrics.open(INBOUND).close(1, 1, '-');
+    expect(await seriesCount(registry, 'istio_tcp_connections_opened_total')).toBe(2);
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { reporter: 'source' })).toBe(3);
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { reporter: 'destination' })).toBe(1);
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total', { reporter: 'source' })).toBe(3);
+  });
+
+  it('reports an empty label value as unknown', async () => {
+    const registry = new Registry();
+    new ProxyMetrics(registry).open({ ...OUTBOUND, sourceWorkload: '', sourcePrincipal: '' });
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { source_workload: 'unknown', source_principal: 'unknown' })).toBe(1);
+  });
+
+  it('counts a close with a response flag as closed and failed under that flag', async () => {
+    const registry = new Registry();
+    const meter = new ProxyMetrics(registry).open(INBOUND);
+    meter.close(0, 12, 'DENY');
+    expect(await valueOf(registry, 'istio_tcp_connections_closed_total', { response_flags: 'DENY' })).toBe(1);
+    expect(await valueOf(registry, 'istio_tcp_connections_failed_total', { response_flags: 'DENY' })).toBe(1);
+    // Opened and bytes carry response_flags "-", as ztunnel records them at open.
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { response_flags: '-' })).toBe(1);
+    expect(await valueOf(registry, 'istio_tcp_received_bytes_total', { response_flags: '-' })).toBe(12);
+  });
+
+  it('counts a connection that failed before it was established as opened, closed and failed with its flag', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry);
+    metrics.failed(OUTBOUND, 'CONNECT');
+    metrics.failed(OUTBOUND, 'CONNECT');
+    metrics.failed(OUTBOUND, 'TLS_FAILURE');
+    expect(await valueOf(registry, 'istio_tcp_connections_failed_total', { response_flags: 'CONNECT' })).toBe(2);
+    expect(await valueOf(registry, 'istio_tcp_connections_failed_total', { response_flags: 'TLS_FAILURE' })).toBe(1);
+    expect(await valueOf(registry, 'istio_tcp_connections_closed_total', { response_flags: 'CONNECT' })).toBe(2);
+    // opened - closed stays the number of open connections.
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total')).toBe(3);
+    expect(await valueOf(registry, 'istio_tcp_connections_closed_total')).toBe(3);
+  });
+
+  it('counts label sets beyond the series limit under unknown labels instead of growing without bound', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry, { maxSeries: 2 });
+    metrics.open(OUTBOUND).close(1, 1, '-');
+    metrics.open(INBOUND).close(1, 1, '-');
+    for (let port = 1; port <= 100; port++) metrics.failed({ ...OUTBOUND, destinationService: `203.0.113.7:${port}` }, 'CONNECT');
+    // Label sets already known keep their own series after the limit is reached.
+    metrics.open(OUTBOUND).close(1, 1, '-');
+    expect(await seriesCount(registry, 'istio_tcp_connections_opened_total')).toBe(3);
+    expect(await valueOf(registry, 'istio_tcp_connections_failed_total', { reporter: 'source', source_workload: 'unknown', destination_service: 'unknown' })).toBe(100);
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { source_workload: 'web', reporter: 'source' })).toBe(2);
+  });
+
+  it('keeps counters monotonic across scrapes', async () => {
+    const registry = new Registry();
+    const meter = new ProxyMetrics(registry).open(OUTBOUND);
+    meter.update(10, 0);
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(10);
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(10);
+    meter.update(15, 0);
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(15);
+  });
+
+  it('sets the pool and workload gauges and counts config reloads by result', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry);
+    metrics.setPool(3, 17);
+    metrics.setWorkloads(5, 2);
+    metrics.configReload('accepted');
+    metrics.configReload('accepted');
+    expect(await valueOf(registry, 'ambit_hbone_pool_sessions')).toBe(3);
+    expect(await valueOf(registry, 'ambit_hbone_pool_streams')).toBe(17);
+    expect(await valueOf(registry, 'ambit_local_workloads')).toBe(5);
+    expect(await valueOf(registry, 'ambit_hbone_listeners')).toBe(2);
+    expect(await valueOf(registry, 'ambit_config_reloads_total', { result: 'accepted' })).toBe(2);
+    // Present at zero before any rejection, so alerts on it work from the start.
+    expect(await registry.metrics()).toContain('ambit_config_reloads_total{result="rejected"} 0');
+  });
+
+  it('registers only into the registry it is given', async () => {
+    const { register: globalRegistry } = await import('prom-client');
+    new ProxyMetrics(new Registry());
+    expect(globalRegistry.getSingleMetric('istio_tcp_connections_opened_total')).toBeUndefined();
+  });
+});
+
+describe('startByteFlush', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('flushes every live tunnel each interval until stopped, and keeps going past a tunnel that throws', () => {
+    vi.useFakeTimers();
+    const flushed: string[] = [];
+    const errors: unknown[] = [];
+    const live = new Set([
+      { flush: () => void flushed.push('a') },
+      {
+        flush: () => {
+          throw new Error('socket gone');
+        },
+      },
+      { flush: () => void flushed.push('c') },
+    ]);
+    const stop = startByteFlush(5_000, live, (error) => errors.push(error));
+    vi.advanceTimersByTime(4_999);
+    expect(flushed).toEqual([]);
+    vi.advanceTimersByTime(1);
+    expect(flushed).toEqual(['a', 'c']);
+    expect(errors).toHaveLength(1);
+    vi.advanceTimersByTime(5_000);
+    expect(flushed).toEqual(['a', 'c', 'a', 'c']);
+    stop();
+    vi.advanceTimersByTime(20_000);
+    expect(flushed).toHaveLength(4);
+  });
+
+  it('reports bytes of a long-lived tunnel through its meter while it runs', async () => {
+    vi.useFakeTimers();
+    const registry = new Registry();
+    const meter = new ProxyMetrics(registry).open(OUTBOUND);
+    const socket = { bytesWritten: 0, bytesRead: 0 };
+    const live = new Set([{ flush: () => meter.update(socket.bytesWritten, socket.bytesRead) }]);
+    const stop = startByteFlush(1_000, live);
+    socket.bytesWritten = 4096;
+    socket.bytesRead = 1024;
+    vi.advanceTimersByTime(1_000);
+    stop();
+    expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(4096);
+    expect(await valueOf(registry, 'istio_tcp_received_bytes_total')).toBe(1024);
+  });
+
+  it('does not keep the process alive', () => {
+    const stop = startByteFlush(60_000, new Set());
+    // The timer is unref'd; stop() must still be safe to call.
+    stop();
+    stop();
+  });
+
+  it('rejects an interval that is not a positive number', () => {
+    expect(() => startByteFlush(0, new Set())).toThrow(RangeError);
+    expect(() => startByteFlush(Number.NaN, new Set())).toThrow(RangeError);
+  });
+});
