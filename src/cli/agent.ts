@@ -5,7 +5,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { parse, parseDurationMs, requireString } from './args.ts';
+import { parse, parseTtlSeconds, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { readText } from './ca.ts';
 import { parseListen } from './listen.ts';
@@ -86,7 +86,7 @@ export const command: Command = {
       bootstrapBundle,
       stateDir: requireString(values['state-dir'], 'state-dir'),
       joinToken: values['join-token'],
-      ttlSeconds: values.ttl ? Math.round(parseDurationMs(values.ttl, 'ttl') / 1000) : undefined,
+      ttlSeconds: values.ttl ? parseTtlSeconds(values.ttl, 'ttl') : undefined,
       logger,
       metrics,
     });

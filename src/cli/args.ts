@@ -45,3 +45,10 @@ export function parseDurationMs(text: string, flag: string): number {
   if (total <= 0) throw new AmbitError('USAGE', `--${flag}: duration must be positive`);
   return total;
 }
+
+/** A certificate lifetime flag: whole seconds, at least one. */
+export function parseTtlSeconds(text: string, flag: string): number {
+  const ms = parseDurationMs(text, flag);
+  if (ms < 1000) throw new AmbitError('USAGE', `--${flag} ${text}: certificates are issued in whole seconds; use at least 1s`);
+  return Math.round(ms / 1000);
+}

@@ -1,6 +1,6 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
 import { AmbitError } from '../errors.ts';
-import { parse, requireString, parseDurationMs } from './args.ts';
+import { parse, parseTtlSeconds, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { readText } from './ca.ts';
 import { parseListen } from './listen.ts';
@@ -70,7 +70,7 @@ export const command: Command = {
       adminListen: values.admin ? parseListen(values.admin, 'admin') : undefined,
       sharedHboneListen: values['hbone-listen'] ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined,
       hbonePort,
-      certificateTtlSeconds: values['svid-ttl'] ? Math.round(parseDurationMs(values['svid-ttl'], 'svid-ttl') / 1000) : undefined,
+      certificateTtlSeconds: values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') : undefined,
       logger,
     });
     const observability = proxy.observability;

@@ -38,6 +38,7 @@ const REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS = 5_000;
 /** When the CA gives no max-age, poll bundles as SPIFFE's default refresh hint says. */
 const DEFAULT_BUNDLE_REFRESH_MS = 300_000;
 const REQUEST_TIMEOUT_MS = 10_000;
+const BUNDLE_RETRY_MS = 60_000;
 
 export interface IdentityAgentOptions {
   caUrl: string;
@@ -103,6 +104,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #dispatcher: Agent;
   #bundleTimer: NodeJS.Timeout | undefined;
   #ownSequenceFromCa: bigint | undefined;
+  #lastRefreshMs: number | undefined;
   #stopped = false;
 
   constructor(options: IdentityAgentOptions) {
@@ -194,14 +196,16 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   /** Fetches the bundle set (own and federated trust domains) now. */
   async refreshBundles(): Promise<void> {
     clearTimeout(this.#bundleTimer);
-    let nextMs = DEFAULT_BUNDLE_REFRESH_MS;
+    // After a failure, try again within a minute (or the last hint, if shorter), not after the default 5 minutes.
+    let nextMs = Math.min(BUNDLE_RETRY_MS, this.#lastRefreshMs ?? BUNDLE_RETRY_MS);
     try {
       const response = await request(`${this.#options.caUrl}/v1/bundles`, { dispatcher: this.#dispatcher, headersTimeout: REQUEST_TIMEOUT_MS, bodyTimeout: REQUEST_TIMEOUT_MS });
       const text = await response.body.text();
       if (response.statusCode !== 200) throw new AmbitError('CA_REJECTED', `GET /v1/bundles answered ${response.statusCode}: ${text.slice(0, 200)}`);
       const maxAge = /max-age=(\d+)/.exec(String(response.headers['cache-control'] ?? ''));
-      if (maxAge) nextMs = Number(maxAge[1]) * 1000;
       this.#applyBundles(BundleSet.fromMapJson(text));
+      nextMs = maxAge ? Number(maxAge[1]) * 1000 : DEFAULT_BUNDLE_REFRESH_MS;
+      this.#lastRefreshMs = nextMs;
     } finally {
       if (!this.#stopped) {
         this.#bundleTimer = setTimeout(() => void this.refreshBundles().catch((error: unknown) => {

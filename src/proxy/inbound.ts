@@ -17,7 +17,7 @@ import type { BundleSource } from '../identity/svid.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
-import type { ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
+import type { Flushable, ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
 import { accessLog } from '../observe/access-log.ts';
 import { parseAuthority } from './authority.ts';
 import { Bridge } from './copy.ts';
@@ -68,6 +68,8 @@ export interface InboundOptions {
   authorize: ((connection: InboundConnection) => InboundDecision) | null;
   /** Optional shared listener, for hosts where workload IPs cannot be bound (a VM's node address). */
   sharedListen?: { host: string; port: number };
+  /** Open tunnels whose byte counts are flushed to metrics periodically (long-lived tunnels report while open). */
+  liveMeters: Set<Flushable>;
 }
 
 interface PeerInfo {
@@ -285,10 +287,13 @@ export class HboneInbound {
       }
       stream.respond({ [HTTP2_HEADER_STATUS]: 200 });
       const meter = this.#options.metrics.open(labels);
+      // Reporter is the destination: "sent" is what went back to the peer, "received" what came from it.
+      const flushable: Flushable = { flush: () => meter.update(upstream.bytesRead, upstream.bytesWritten) };
+      this.#options.liveMeters.add(flushable);
       const bridge = new Bridge(upstream, stream, (result) => {
         this.#live.delete(bridge);
+        this.#options.liveMeters.delete(flushable);
         const flags = result.error ? 'CONNECT' : '-';
-        // Reporter is the destination: "sent" is what went back to the peer, "received" what came from it.
         meter.close(upstream.bytesRead, upstream.bytesWritten, flags);
         accessLog(this.#logger, {
           direction: 'inbound',

@@ -8,7 +8,7 @@ import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
-import type { ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
+import type { Flushable, ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
 import { accessLog } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import { buildBaggage } from './baggage.ts';
@@ -106,6 +106,8 @@ export interface OutboundOptions {
   metrics: ProxyMetrics;
   logger: Logger;
   random?: () => number;
+  /** Open tunnels whose byte counts are flushed to metrics periodically. */
+  liveMeters: Set<Flushable>;
 }
 
 export class OutboundListeners {
@@ -171,6 +173,7 @@ export class OutboundListeners {
   /** Carries one application connection from `source` to host:port (also the entry point for capture). */
   async forward(socket: net.Socket, source: Workload, host: string, port: number): Promise<void> {
     const startedMs = Date.now();
+    const srcAddr = `${socket.remoteAddress}:${socket.remotePort}`;
     this.#live.add(socket);
     socket.once('close', () => this.#live.delete(socket));
     socket.on('error', noop); // reported through the bridge or the refusal below
@@ -182,7 +185,7 @@ export class OutboundListeners {
       return;
     }
     if (route.kind === 'passthrough') {
-      this.#passthrough(socket, source, host, port, startedMs);
+      this.#passthrough(socket, source, host, port, startedMs, srcAddr);
       return;
     }
     const endpoint = route.endpoint;
@@ -199,7 +202,7 @@ export class OutboundListeners {
       const coded = error instanceof AmbitError ? error : new AmbitError('UPSTREAM_CONNECT', (error as Error).message);
       accessLog(this.#logger, {
         direction: 'outbound',
-        src: { addr: `${socket.remoteAddress}:${socket.remotePort}`, workload: source.name, namespace: source.namespace, identity: source.identity },
+        src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
         dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
         bytesSent: 0,
         bytesRecv: 0,
@@ -215,13 +218,17 @@ export class OutboundListeners {
       return;
     }
     const meter = this.#options.metrics.open(labels);
+    // Reporter is the source: "sent" went to the app (server → client), "received" came from it.
+    const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
+    this.#options.liveMeters.add(flushable);
     socket.resume();
     new Bridge(socket, stream, (result) => {
+      this.#options.liveMeters.delete(flushable);
       const flags = result.error ? 'CONNECT' : '-';
       meter.close(socket.bytesWritten, socket.bytesRead, flags);
       accessLog(this.#logger, {
         direction: 'outbound',
-        src: { addr: `${socket.remoteAddress}:${socket.remotePort}`, workload: source.name, namespace: source.namespace, identity: source.identity },
+        src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
         dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
         bytesSent: socket.bytesRead,
         bytesRecv: socket.bytesWritten,
@@ -233,7 +240,7 @@ export class OutboundListeners {
   }
 
   /** Plain TCP to a destination outside the mesh. */
-  #passthrough(socket: net.Socket, source: Workload, host: string, port: number, startedMs: number): void {
+  #passthrough(socket: net.Socket, source: Workload, host: string, port: number, startedMs: number, srcAddr: string): void {
     const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'none');
     const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
     upstream.setTimeout(CONNECT_TIMEOUT_MS);
@@ -249,6 +256,8 @@ export class OutboundListeners {
       upstream.off('error', fail);
       upstream.setTimeout(0);
       const meter = this.#options.metrics.open(labels);
+      const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
+      this.#options.liveMeters.add(flushable);
       let error: Error | undefined;
       const onError = (e: Error) => {
         error ??= e;
@@ -265,10 +274,11 @@ export class OutboundListeners {
           if (upstream.destroyed && !upstream.readableEnded) socket.destroy();
           return;
         }
+        this.#options.liveMeters.delete(flushable);
         meter.close(socket.bytesWritten, socket.bytesRead, error ? 'CONNECT' : '-');
         accessLog(this.#logger, {
           direction: 'outbound',
-          src: { addr: `${socket.remoteAddress}:${socket.remotePort}`, workload: source.name, namespace: source.namespace, identity: source.identity },
+          src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
           dst: { addr: formatAuthority(host, port) },
           bytesSent: socket.bytesRead,
           bytesRecv: socket.bytesWritten,

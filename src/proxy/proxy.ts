@@ -9,7 +9,8 @@ import { IdentityAgent } from '../identity/agent.ts';
 import type { TrustBundle } from '../identity/bundle.ts';
 import type { Svid } from '../identity/svid.ts';
 import type { Logger } from '../observe/log.ts';
-import { ProxyMetrics } from '../observe/metrics.ts';
+import { ProxyMetrics, startByteFlush } from '../observe/metrics.ts';
+import type { Flushable } from '../observe/metrics.ts';
 import { startObservability } from '../observe/admin.ts';
 import type { Observability } from '../observe/admin.ts';
 import { HboneInbound } from './inbound.ts';
@@ -19,6 +20,9 @@ import { IdentityContexts, PeerVerifier } from './tls.ts';
 import { OutboundListeners, annotatedListeners } from './outbound.ts';
 import type { OutboundListenerSpec } from './outbound.ts';
 import { routingTableOf } from './routes.ts';
+
+/** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
+const BYTE_FLUSH_INTERVAL_MS = 5_000;
 
 export interface Address {
   host: string;
@@ -64,6 +68,8 @@ export class NodeProxy {
   #pending = new Set<string>(['configuration', 'certificates', 'listeners']);
   #lastProblems: string[] = [];
   #closed = false;
+  readonly #liveMeters = new Set<Flushable>();
+  #stopFlush: (() => void) | undefined;
 
   private constructor(options: NodeProxyOptions) {
     this.#options = options;
@@ -144,8 +150,15 @@ export class NodeProxy {
       metrics: this.metrics,
       authorize: options.authorize ?? null,
       sharedListen: options.sharedHboneListen,
+      liveMeters: this.#liveMeters,
     });
-    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger });
+    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters });
+    // The pool gauges ride on the same timer as the byte flush.
+    this.#liveMeters.add({ flush: () => {
+      const stats = this.#pool.stats();
+      this.metrics.setPool(stats.sessions, stats.streams);
+    } });
+    this.#stopFlush = startByteFlush(BYTE_FLUSH_INTERVAL_MS, this.#liveMeters);
     this.#observability = await startObservability({
       metrics: options.metricsListen,
       readiness: options.readinessListen,
@@ -237,6 +250,7 @@ export class NodeProxy {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#stopFlush?.();
     await this.#reconciling.catch(() => {});
     await this.#outbound?.close();
     await this.#inbound?.close();

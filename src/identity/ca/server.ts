@@ -66,6 +66,9 @@ class HttpError extends Error {
   }
 }
 
+/** Path → the one method it serves. */
+const ROUTES: Readonly<Record<string, string>> = { '/': 'GET', '/bundle': 'GET', '/v1/bundles': 'GET', '/v1/attest': 'POST', '/v1/sign': 'POST' };
+
 /** Which HTTP status each refusal carries. */
 function statusFor(code: ErrorCode): number {
   switch (code) {
@@ -89,6 +92,7 @@ export class CaServer {
   #federated = new Map<string, FederationClient>();
   #server: https.Server;
   #stateListener: (() => void) | undefined;
+  #renewTimer: NodeJS.Timeout | undefined;
   #reloading: Promise<void> = Promise.resolve();
 
   private constructor(options: CaServerOptions, state: CaState, serverSvid: Svid) {
@@ -107,7 +111,8 @@ export class CaServer {
     const server = new CaServer(options, state, await issueServerSvid(state.active, state.trustDomain));
     for (const peer of options.federation ?? []) {
       if (peer.trustDomain === state.trustDomain) throw new AmbitError('FEDERATION_FETCH', `cannot federate with our own trust domain ${peer.trustDomain}`);
-      const client = new FederationClient({ peer, logger: options.logger, minRefreshMs: options.federationMinRefreshMs });
+      // A non-self-serving https_spiffe endpoint is authenticated with bundles we already hold (ours, or another federated one).
+      const client = new FederationClient({ peer, logger: options.logger, minRefreshMs: options.federationMinRefreshMs, otherBundles: () => server.bundleSet() });
       server.#federated.set(peer.trustDomain, client);
     }
     await new Promise<void>((resolve, reject) => {
@@ -124,6 +129,7 @@ export class CaServer {
       server.#reloading = server.#reloading.then(() => server.#reloadState());
     };
     watchFile(caStateFile(options.dir), { interval: pollMs, persistent: false }, server.#stateListener);
+    server.#scheduleServerRenewal();
     server.#logger.info({ url: server.url, sequence: state.sequence.toString(), authority: state.active.name }, 'CA listening');
     return server;
   }
@@ -166,12 +172,35 @@ export class CaServer {
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.#renewTimer);
     if (this.#stateListener) unwatchFile(caStateFile(this.#options.dir), this.#stateListener);
     await Promise.all([...this.#federated.values()].map((client) => client.stop()));
     await new Promise<void>((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
     });
+  }
+
+  /** The CA's own serving certificate is short-lived too: renew it at half its lifetime, swapping it in place. */
+  #scheduleServerRenewal(): void {
+    clearTimeout(this.#renewTimer);
+    const svid = this.#serverSvid;
+    const delayMs = Math.max(1000, (svid.notAfter.getTime() - Date.now()) / 2);
+    this.#renewTimer = setTimeout(() => {
+      this.#reloading = this.#reloading.then(() => this.#renewServerSvid()).catch((error: unknown) => {
+        this.#logger.error({ err: toAmbitError(error, 'CA_STATE').toJSON() }, 'renewing the CA serving certificate failed; retrying in a minute');
+        clearTimeout(this.#renewTimer);
+        this.#renewTimer = setTimeout(() => this.#scheduleServerRenewal(), 60_000);
+        this.#renewTimer.unref();
+      });
+    }, delayMs);
+    this.#renewTimer.unref();
+  }
+
+  async #renewServerSvid(): Promise<void> {
+    this.#serverSvid = await issueServerSvid(this.#state.active, this.#state.trustDomain);
+    this.#server.setSecureContext(serverTlsOptions(this.#serverSvid, ['http/1.1']));
+    this.#scheduleServerRenewal();
   }
 
   /** Picks up root-rotation changes written by `ambit ca root prepare|activate|withdraw`. */
@@ -185,10 +214,7 @@ export class CaServer {
     }
     const previous = this.#state;
     this.#state = next;
-    if (next.active.name !== previous.active.name) {
-      this.#serverSvid = await issueServerSvid(next.active, next.trustDomain);
-      this.#server.setSecureContext(serverTlsOptions(this.#serverSvid, ['http/1.1']));
-    }
+    if (next.active.name !== previous.active.name) await this.#renewServerSvid();
     if (next.sequence !== previous.sequence) {
       this.#logger.info({ sequence: next.sequence.toString(), authority: next.active.name, roots: next.bundle.roots.length }, 'trust bundle changed');
       this.#options.audit({ event: 'bundle_changed', sequence: next.sequence.toString(), activeAuthority: next.active.name, roots: next.bundle.roots.length });
@@ -196,17 +222,20 @@ export class CaServer {
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = req.url ?? '/';
+    const rawUrl = req.url ?? '/';
+    const query = rawUrl.indexOf('?');
+    const path = query < 0 ? rawUrl : rawUrl.slice(0, query);
     try {
-      if (req.method === 'GET' && (url === '/bundle' || url === '/')) {
-        return send(res, 200, encodeBundle(this.#state.bundle), this.#state.refreshHintSeconds);
+      const allowed = ROUTES[path];
+      if (allowed === undefined) throw new HttpError(404, 'USAGE', `${path} is not served here`);
+      if (req.method !== allowed) {
+        res.setHeader('allow', allowed);
+        throw new HttpError(405, 'USAGE', `${req.method} ${path}: only ${allowed} is allowed`);
       }
-      if (req.method === 'GET' && url === '/v1/bundles') {
-        return send(res, 200, this.bundleSet().toMapJson(), this.#state.refreshHintSeconds);
-      }
-      if (req.method === 'POST' && url === '/v1/attest') return send(res, 200, JSON.stringify(await this.#attest(req)));
-      if (req.method === 'POST' && url === '/v1/sign') return send(res, 200, JSON.stringify(await this.#sign(req)));
-      throw new HttpError(url === '/v1/attest' || url === '/v1/sign' || url === '/bundle' || url === '/v1/bundles' ? 405 : 404, 'USAGE', `${req.method} ${url} is not served here`);
+      if (path === '/bundle' || path === '/') return send(res, 200, encodeBundle(this.#state.bundle), this.#state.refreshHintSeconds);
+      if (path === '/v1/bundles') return send(res, 200, this.bundleSet().toMapJson(), this.#state.refreshHintSeconds);
+      if (path === '/v1/attest') return send(res, 200, JSON.stringify(await this.#attest(req)));
+      return send(res, 200, JSON.stringify(await this.#sign(req)));
     } catch (error) {
       if (error instanceof HttpError) return sendError(res, error.status, error.code, error.message);
       const wrapped = toAmbitError(error, 'CA_CSR_INVALID');

@@ -15,6 +15,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AmbitError } from '../../errors.ts';
+import { BasicConstraintsExtension, KeyUsageFlags, KeyUsagesExtension } from '../x509.ts';
 import { validateTrustDomain } from '../spiffe-id.ts';
 import { createBundle } from '../bundle.ts';
 import type { TrustBundle } from '../bundle.ts';
@@ -119,6 +120,12 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
     // A key of another root would sign an intermediate that chains to nothing: every leaf it issues would be refused.
     const parentKeySpki = Buffer.from(await globalThis.crypto.subtle.exportKey('spki', parentKeys.publicKey));
     if (!Buffer.from(parentCert.publicKey.rawData).equals(parentKeySpki)) throw new AmbitError('SVID_KEY_MISMATCH', 'parent root key does not belong to the parent root certificate');
+    // The parent must be able to sign CAs; check before anything is written, so a failed init leaves no half-made directory.
+    const parentBasic = parentCert.getExtension(BasicConstraintsExtension);
+    const parentUsage = parentCert.getExtension(KeyUsagesExtension);
+    if (parentBasic?.ca !== true || (parentUsage !== null && (parentUsage.usages & KeyUsageFlags.keyCertSign) === 0)) {
+      throw new AmbitError('SVID_CA_INVALID', 'parent root certificate is not a CA (needs basicConstraints cA=true and keyCertSign)');
+    }
     const parentId = spiffeIdOf(parentCert);
     if (!(parentId instanceof AmbitError) && parentId.path !== '') {
       throw new AmbitError('SVID_CA_INVALID', `parent root carries ${parentId.id}; a CA's SPIFFE ID has no path`);
