@@ -9,6 +9,7 @@ const commands: Record<string, () => Promise<Command>> = {
   svid: async () => (await import('./svid.ts')).command,
   proxy: async () => (await import('./proxy.ts')).command,
   mesh: async () => (await import('./mesh.ts')).command,
+  authz: async () => (await import('./authz.ts')).command,
 };
 
 async function mainHelp(): Promise<string> {

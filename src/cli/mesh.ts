@@ -254,7 +254,7 @@ export const command: Command = {
         const token = await createJoinToken(caDir, node.name, 600_000);
         children.push(startChild(node.name, [
           'proxy', '--node', node.name, '--config', configDir, '--ca', caUrl, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', layout.trustDomain,
-          '--state-dir', join(dir, node.name), '--join-token', token.token,
+          '--state-dir', join(dir, node.name), `--join-token=${token.token}`,
           '--metrics', `${node.address}:15020`, '--readiness', `${node.address}:15021`, '--admin', `${node.address}:15000`,
         ], logDir));
       }

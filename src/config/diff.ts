@@ -68,6 +68,11 @@ function comparable(object: ConfigObject): Record<string, unknown> {
 
 function collectChanges(before: unknown, after: unknown, path: (string | number)[], out: string[]): void {
   if (Object.is(before, after)) return;
+  // A Map (portLevelMtls) compares by its entries, keyed as written in YAML: spec.portLevelMtls["8080"].
+  if (before instanceof Map || after instanceof Map) {
+    collectChanges(before instanceof Map ? Object.fromEntries(before) : before, after instanceof Map ? Object.fromEntries(after) : after, path, out);
+    return;
+  }
   if (Array.isArray(before) && Array.isArray(after)) {
     const length = Math.max(before.length, after.length);
     for (let index = 0; index < length; index++) {

@@ -1,5 +1,6 @@
 // The typed configuration model: the Kubernetes-shaped objects ambit reads, after validation and defaulting.
 // Field names follow the Kubernetes/Istio schemas so a field path in an error or a diff is the path in the YAML.
+import type { AuthorizationPolicySpec, PeerAuthenticationSpec } from '../authz/types.ts';
 
 /** Where an object came from: its file relative to the configuration directory, and its first line (1-based). */
 export interface ObjectSource {
@@ -158,9 +159,8 @@ export interface ServiceEntryObject extends ObjectBase {
 // ---- Kinds whose spec is not modelled yet ----
 
 /**
- * The spec of DestinationRule, VirtualService, AuthorizationPolicy and PeerAuthentication, checked only to be a
- * mapping. Later issues validate these fully (routing for the networking kinds, the policy compiler for the
- * security kinds); until then nothing may act on a field it has not validated itself.
+ * The spec of DestinationRule and VirtualService, checked only to be a mapping. A later issue validates these fully
+ * (routing); until then nothing may act on a field it has not validated itself.
  */
 export type OpaqueSpec = Readonly<Record<string, unknown>>;
 
@@ -174,14 +174,16 @@ export interface VirtualServiceObject extends ObjectBase {
   readonly spec: OpaqueSpec;
 }
 
+// ---- security.istio.io AuthorizationPolicy / PeerAuthentication (validated by src/authz/validate.ts) ----
+
 export interface AuthorizationPolicyObject extends ObjectBase {
   readonly kind: 'AuthorizationPolicy';
-  readonly spec: OpaqueSpec;
+  readonly spec: AuthorizationPolicySpec;
 }
 
 export interface PeerAuthenticationObject extends ObjectBase {
   readonly kind: 'PeerAuthentication';
-  readonly spec: OpaqueSpec;
+  readonly spec: PeerAuthenticationSpec;
 }
 
 // ---- ambit.dev/v1alpha1 MeshConfig ----

@@ -2,7 +2,9 @@
 // one IP per workload, at most one MeshConfig); after construction nothing changes: a new load builds a new
 // snapshot and the watcher swaps it in whole, so the data path may keep reading the one it holds.
 import { createHash } from 'node:crypto';
-import { canonicalIp, parseDurationMs } from './fields.ts';
+import { ENFORCE_ANNOTATION } from '../authz/types.ts';
+import { enforceAnnotationProblem } from '../authz/validate.ts';
+import { canonicalIp, formatPath, parseDurationMs } from './fields.ts';
 import { ConfigError } from './issues.ts';
 import type { ConfigIssue } from './issues.ts';
 import {
@@ -105,6 +107,7 @@ export function buildSnapshot(objects: readonly ConfigObject[], options: Snapsho
   const mesh = meshSettings(meshObject);
   const workloads = buildWorkloads(unique, mesh.trustDomain, issues);
   checkClusterIps(unique, issues);
+  checkEnforceAnnotations(unique, mesh.rootNamespace, issues);
   if (issues.length > 0) throw new ConfigError(issues, options.where ?? options.dir ?? 'configuration');
   return new ConfigSnapshot(unique, meshObject, mesh, workloads, options.dir);
 }
@@ -248,6 +251,15 @@ function checkClusterIps(objects: readonly ConfigObject[], issues: ConfigIssue[]
   }
 }
 
+/** `ambit.dev/enforce` needs the root namespace, which only the whole set knows (the MeshConfig's, or the default). */
+function checkEnforceAnnotations(objects: readonly ConfigObject[], rootNamespace: string, issues: ConfigIssue[]): void {
+  for (const object of objects) {
+    if (object.kind !== 'PeerAuthentication' || object.metadata.annotations[ENFORCE_ANNOTATION] === undefined) continue;
+    const problem = enforceAnnotationProblem(object.metadata.namespace, object.spec, rootNamespace);
+    if (problem !== undefined) issues.push(issueAt(object, 'CONFIG_FIELD', formatPath(['metadata', 'annotations', ENFORCE_ANNOTATION]), problem));
+  }
+}
+
 export class ConfigSnapshot {
   /** Content hash of the objects (not of their file layout): equal configurations have equal versions. */
   readonly version: string;
@@ -339,9 +351,23 @@ export class ConfigSnapshot {
 
 function deepFreeze<T>(value: T): T {
   if (typeof value !== 'object' || value === null || Object.isFrozen(value)) return value;
+  if (value instanceof Map) lockMap(value);
   Object.freeze(value);
   for (const child of Object.values(value)) deepFreeze(child);
   return value;
+}
+
+function refuseMapChange(): never {
+  throw new TypeError('a configuration snapshot is immutable');
+}
+
+/**
+ * Object.freeze does not stop Map#set (a PeerAuthentication's portLevelMtls is a Map). Shadowing the mutators on
+ * the instance, not enumerable, keeps it a plain Map to its readers and to equality checks.
+ */
+function lockMap(map: Map<unknown, unknown>): void {
+  for (const method of ['set', 'delete', 'clear']) Object.defineProperty(map, method, { value: refuseMapChange, enumerable: false });
+  for (const child of map.values()) deepFreeze(child);
 }
 
 function contentVersion(objects: readonly ConfigObject[]): string {
@@ -357,6 +383,7 @@ function contentVersion(objects: readonly ConfigObject[]): string {
 
 /** JSON with sorted keys and undefined members dropped, so equal content always hashes the same. */
 function canonicalJson(value: unknown): string {
+  if (value instanceof Map) return canonicalJson(Object.fromEntries(value));
   if (Array.isArray(value)) return `[${value.map((item) => canonicalJson(item ?? null)).join(',')}]`;
   if (typeof value === 'object' && value !== null) {
     const keys = Object.keys(value).filter((key) => (value as Record<string, unknown>)[key] !== undefined).sort();

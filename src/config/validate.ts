@@ -35,6 +35,7 @@ import {
   stringMapField,
 } from './fields.ts';
 import type { FieldIssue, FieldPath, Mapping } from './fields.ts';
+import { checkPolicyAnnotations, validateAuthorizationPolicySpec, validatePeerAuthenticationSpec } from '../authz/validate.ts';
 import {
   CLUSTER_DOMAIN,
   DEFAULT_CERTIFICATE_TTL,
@@ -187,10 +188,15 @@ function validateKind(
       const spec = opaqueSpec(issues, raw, true);
       return spec && { ...base, kind, spec };
     }
-    case 'AuthorizationPolicy':
+    // An empty spec means something for both (an ALLOW policy matching nothing; mode UNSET), so absent = {}.
+    case 'AuthorizationPolicy': {
+      checkPolicyAnnotations(issues, kind, metadata.annotations);
+      const spec = securitySpec(issues, raw, validateAuthorizationPolicySpec);
+      return spec && { ...base, kind, spec };
+    }
     case 'PeerAuthentication': {
-      // An empty spec means something for both (an ALLOW policy matching nothing; the mesh default mode), so absent = {}.
-      const spec = opaqueSpec(issues, raw, false);
+      checkPolicyAnnotations(issues, kind, metadata.annotations);
+      const spec = securitySpec(issues, raw, validatePeerAuthenticationSpec);
       return spec && { ...base, kind, spec };
     }
     case 'MeshConfig': {
@@ -204,6 +210,13 @@ function opaqueSpec(issues: FieldIssues, raw: Mapping, required: boolean): Opaqu
   const spec = mappingField(issues, raw, 'spec', [], required);
   if (spec === undefined) return required ? undefined : {};
   return spec;
+}
+
+/** A security kind's spec: absent (or null) reads as {}, which means something for both kinds. */
+function securitySpec<T>(issues: FieldIssues, raw: Mapping, validate: (issues: FieldIssues, spec: Mapping, path: FieldPath) => T | undefined): T | undefined {
+  if (!hasValue(raw, 'spec')) return validate(issues, {}, ['spec']);
+  const spec = mappingField(issues, raw, 'spec', []);
+  return spec === undefined ? undefined : validate(issues, spec, ['spec']);
 }
 
 // ---- Pod ----

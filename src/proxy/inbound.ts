@@ -23,6 +23,12 @@ import { parseAuthority } from './authority.ts';
 import { Bridge } from './copy.ts';
 import type { IdentityContexts, PeerVerifier } from './tls.ts';
 import { parseBaggage } from './baggage.ts';
+import { DENY_ON_ERROR } from '../authz/compile.ts';
+import type { Decision } from '../authz/compile.ts';
+import { parseIp } from '../authz/match.ts';
+import type { HttpRequestFacts } from '../authz/decide.ts';
+import type { HttpInspector, RequestDecider } from './l7.ts';
+import type { IpAddress } from '../authz/match.ts';
 import {
   CONNECT_TIMEOUT_MS,
   H2_CONNECTION_WINDOW_BYTES,
@@ -40,20 +46,21 @@ import {
 
 const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants;
 
-/** What an authorization layer sees when a stream opens (filled in by the authorization issue). */
+/** What authorization sees when a stream opens; the peer facts are computed once per session. */
 export interface InboundConnection {
   readonly peer: SpiffeId;
+  /** Istio's principal form: the SPIFFE ID without `spiffe://`. */
+  readonly principal: string;
+  /** The peer's namespace when its ID has the /ns/NS/sa/SA shape. */
+  readonly peerNamespace: string | null;
   readonly peerAddress: string;
+  readonly peerIp: IpAddress | null;
   readonly destination: Workload;
   readonly destinationIp: string;
   readonly destinationPort: number;
 }
 
-export interface InboundDecision {
-  readonly allow: boolean;
-  readonly policy: string | null;
-  readonly reason: string;
-}
+export type InboundDecision = Decision;
 
 export interface InboundOptions {
   nodeName: string;
@@ -70,11 +77,22 @@ export interface InboundOptions {
   sharedListen?: { host: string; port: number };
   /** Open tunnels whose byte counts are flushed to metrics periodically (long-lived tunnels report while open). */
   liveMeters: Set<Flushable>;
+  /** For a connection to a port declared HTTP with HTTP rules: how to decide each request; null = plain bytes. */
+  inspectRequests: ((connection: InboundConnection) => RequestInspection | null) | null;
+  inspector: HttpInspector | null;
+}
+
+export interface RequestInspection {
+  readonly decide: RequestDecider;
+  readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
 }
 
 interface PeerInfo {
   readonly id: SpiffeId;
   readonly address: string;
+  readonly principal: string;
+  readonly namespace: string | null;
+  readonly ip: IpAddress | null;
 }
 
 /** One local workload's HBONE server and the listeners bound to its IPs. */
@@ -98,7 +116,7 @@ export class HboneInbound {
   readonly #logger: Logger;
   readonly #servers = new Map<string, WorkloadServer>(); // by workload identity key (namespace/name)
   readonly #byIp = new Map<string, WorkloadServer>();
-  readonly #live = new Set<Bridge>();
+  readonly #live = new Set<LiveTunnel>();
   #illegalPorts: ReadonlySet<number>;
   #shared: net.Server | undefined;
 
@@ -175,12 +193,12 @@ export class HboneInbound {
   }
 
   /** Closes every tunnel whose connection `keep` no longer accepts (policy change). Returns how many closed. */
-  revoke(keep: (connection: InboundConnection) => boolean): number {
+  revoke(keep: (connection: InboundConnection, inspected: boolean) => boolean): number {
     let closed = 0;
-    for (const bridge of this.#live) {
-      const connection = connections.get(bridge);
-      if (connection && !keep(connection)) {
-        bridge.abort();
+    for (const tunnel of this.#live) {
+      const entry = connections.get(tunnel);
+      if (entry && !keep(entry.connection, entry.inspected)) {
+        tunnel.abort();
         closed++;
       }
     }
@@ -230,11 +248,16 @@ export class HboneInbound {
       session.destroy();
       return;
     }
-    peers.set(session, { id: result.id, address: socket.remoteAddress ?? 'unknown' });
+    const address = socket.remoteAddress ?? 'unknown';
+    const namespace = namespaceOf(result.id);
+    peers.set(session, { id: result.id, address, principal: result.id.id.slice('spiffe://'.length), namespace: namespace === 'unknown' ? null : namespace, ip: parseIp(address) });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
   }
 
   #onStream(entry: WorkloadServer, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    // Before any phase: the peer may reset the stream (or its session may fail) while we still decide or
+    // connect upstream, and an 'error' with no listener would throw and take the whole proxy down.
+    stream.on('error', ignoreStreamError);
     const peer = peers.get(stream.session as http2.ServerHttp2Session);
     if (peer === undefined) {
       stream.close(NGHTTP2_CANCEL);
@@ -253,15 +276,24 @@ export class HboneInbound {
     const destination = snapshot.workloadByIp(authority.host);
     if (destination === undefined || destination.node !== this.#options.nodeName) return this.#refuse(stream, 503, peer, entry.workload, `no workload ${authority.host} on node ${this.#options.nodeName}`);
     if (this.#illegalPorts.has(authority.port)) return this.#refuse(stream, 503, peer, destination, `port ${authority.port} belongs to the proxy itself`);
-    const connection: InboundConnection = { peer: peer.id, peerAddress: peer.address, destination, destinationIp: authority.host, destinationPort: authority.port };
+    const connection: InboundConnection = {
+      peer: peer.id,
+      principal: peer.principal,
+      peerNamespace: peer.namespace,
+      peerAddress: peer.address,
+      peerIp: peer.ip,
+      destination,
+      destinationIp: authority.host,
+      destinationPort: authority.port,
+    };
     // Phase 3: authorization.
     const authorize = this.#options.authorize;
     if (authorize !== null) {
       let decision: InboundDecision;
       try {
         decision = authorize(connection);
-      } catch (error) {
-        decision = { allow: false, policy: null, reason: `authorization failed: ${(error as Error).message}` }; // fail closed
+      } catch {
+        decision = DENY_ON_ERROR; // fail closed
       }
       if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers);
     }
@@ -278,8 +310,12 @@ export class HboneInbound {
     };
     upstream.once('timeout', () => onConnectError(new AmbitError('UPSTREAM_CONNECT', `connect timed out after ${CONNECT_TIMEOUT_MS} ms`)));
     upstream.once('error', onConnectError);
+    // A peer that resets its stream while we are still connecting must not leave the connect pending.
+    const abandon = () => upstream.destroy();
+    stream.once('close', abandon);
     upstream.once('connect', () => {
       upstream.off('error', onConnectError);
+      stream.off('close', abandon);
       upstream.setTimeout(0);
       if (stream.destroyed || stream.closed) {
         upstream.destroy();
@@ -290,10 +326,11 @@ export class HboneInbound {
       // Reporter is the destination: "sent" is what went back to the peer, "received" what came from it.
       const flushable: Flushable = { flush: () => meter.update(upstream.bytesRead, upstream.bytesWritten) };
       this.#options.liveMeters.add(flushable);
-      const bridge = new Bridge(upstream, stream, (result) => {
-        this.#live.delete(bridge);
+      const finish = (tunnel: LiveTunnel, error: Error | undefined, side: 'socket' | 'stream' | undefined) => {
+        this.#live.delete(tunnel);
         this.#options.liveMeters.delete(flushable);
-        const flags = result.error ? 'CONNECT' : '-';
+        // An upstream failure mid-transfer is the workload's; a reset from the peer is an ordinary (abrupt) close.
+        const flags = error && side === 'socket' ? 'CONNECT' : '-';
         meter.close(upstream.bytesRead, upstream.bytesWritten, flags);
         accessLog(this.#logger, {
           direction: 'inbound',
@@ -302,11 +339,26 @@ export class HboneInbound {
           bytesSent: upstream.bytesRead,
           bytesRecv: upstream.bytesWritten,
           durationMs: Date.now() - startedMs,
-          error: result.error ? { code: 'UPSTREAM_CONNECT', message: result.error.message } : undefined,
+          error: error ? { code: side === 'socket' ? 'UPSTREAM_CONNECT' : 'TUNNEL_RESET', message: error.message } : undefined,
           responseFlags: flags,
         });
-      });
-      connections.set(bridge, connection);
+      };
+      // Ports declared HTTP whose workload has HTTP rules: every request is decided; other tunnels are bytes.
+      const decider = this.#options.inspectRequests?.(connection) ?? null;
+      if (decider !== null && this.#options.inspector !== null) {
+        const tunnel: LiveTunnel = {
+          abort: () => {
+            if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+            upstream.destroy();
+          },
+        };
+        connections.set(tunnel, { connection, inspected: true });
+        this.#live.add(tunnel);
+        void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied).then(() => finish(tunnel, undefined, undefined));
+        return;
+      }
+      const bridge = new Bridge(upstream, stream, (result) => finish(bridge, result.error, result.failedSide));
+      connections.set(bridge, { connection, inspected: false });
       this.#live.add(bridge);
     });
   }
@@ -362,7 +414,15 @@ export class HboneInbound {
   }
 }
 
-const connections = new WeakMap<Bridge, InboundConnection>();
+/** An open tunnel: a byte bridge, or an HTTP-inspected one. */
+interface LiveTunnel {
+  abort(): void;
+}
+
+const connections = new WeakMap<LiveTunnel, { connection: InboundConnection; inspected: boolean }>();
+
+/** Errors of a stream not yet bridged end it, and nothing else: its refusal or its Bridge reports the outcome. */
+function ignoreStreamError(): void {}
 
 function serverTlsOptions(options: tls.SecureContextOptions): tls.SecureContextOptions {
   return { ...options, minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS };

@@ -233,7 +233,7 @@ export class OutboundListeners {
         bytesSent: socket.bytesRead,
         bytesRecv: socket.bytesWritten,
         durationMs: Date.now() - startedMs,
-        error: result.error ? { code: 'UPSTREAM_CONNECT', message: result.error.message } : undefined,
+        error: result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'UPSTREAM_CONNECT', message: result.error.message } : undefined,
         responseFlags: flags,
       });
     });

@@ -1,6 +1,6 @@
 // The node proxy: wires configuration, identities, the HBONE inbound and outbound paths, and the
 // observability servers, and keeps them in line with each new configuration snapshot.
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { watchConfigDir } from '../config/watch.ts';
 import type { ConfigWatcher } from '../config/watch.ts';
@@ -20,6 +20,9 @@ import { IdentityContexts, PeerVerifier } from './tls.ts';
 import { OutboundListeners, annotatedListeners } from './outbound.ts';
 import type { OutboundListenerSpec } from './outbound.ts';
 import { routingTableOf } from './routes.ts';
+import { InboundAuthorizer } from './authorize.ts';
+import { HttpInspector } from './l7.ts';
+import { authorizationOf } from '../authz/compile.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
 const BYTE_FLUSH_INTERVAL_MS = 5_000;
@@ -67,6 +70,10 @@ export class NodeProxy {
   #reconciling: Promise<void> = Promise.resolve();
   #pending = new Set<string>(['configuration', 'certificates', 'listeners']);
   #lastProblems: string[] = [];
+  #authorizer!: InboundAuthorizer;
+  #inspector: HttpInspector | null = null;
+  #appliedVersion: string | undefined;
+  readonly #violationsGauge = new Gauge({ name: 'ambit_peer_authentication_violations', help: 'PeerAuthentications not applied because they would weaken an enforced mesh-wide mode', registers: [this.registry] });
   #closed = false;
   readonly #liveMeters = new Set<Flushable>();
   #stopFlush: (() => void) | undefined;
@@ -137,6 +144,8 @@ export class NodeProxy {
     });
     this.#agent.on('rotated', (svid) => this.#onRotated(svid));
     await this.#agent.start();
+    this.#authorizer = new InboundAuthorizer(() => this.#config.current(), this.registry, this.#logger);
+    this.#inspector = new HttpInspector(this.#logger);
     this.#pool = new HbonePool({ contexts: this.contexts, bundles: () => this.#agent.bundles(), verifier: this.verifier, logger: this.#logger });
     const hbonePort = options.hbonePort ?? snapshot.mesh.ports.hbone;
     this.#inbound = new HboneInbound({
@@ -148,9 +157,11 @@ export class NodeProxy {
       verifier: this.verifier,
       logger: this.#logger,
       metrics: this.metrics,
-      authorize: options.authorize ?? null,
+      authorize: options.authorize === undefined ? (connection) => this.#authorizer.authorize(connection) : options.authorize,
       sharedListen: options.sharedHboneListen,
       liveMeters: this.#liveMeters,
+      inspectRequests: options.authorize === undefined ? (connection) => this.#authorizer.requestInspection(connection) : null,
+      inspector: this.#inspector,
     });
     this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters });
     // The pool gauges ride on the same timer as the byte flush.
@@ -190,7 +201,19 @@ export class NodeProxy {
   async #reconcile(): Promise<void> {
     if (this.#closed) return;
     const snapshot = this.#config.current();
-    routingTableOf(snapshot); // compile once, before the first connection needs it
+    // Compile once, before the first connection needs it.
+    routingTableOf(snapshot);
+    const authorization = authorizationOf(snapshot);
+    this.#violationsGauge.set(authorization.violations.length);
+    for (const violation of authorization.violations) {
+      this.#logger.warn({ policy: violation.policy, port: violation.port, attempted: violation.attempted, enforced: violation.enforced, floor: violation.floor }, 'PeerAuthentication would weaken the enforced mesh-wide mode; not applied');
+    }
+    // A policy change applies to open connections too: those no longer allowed are closed.
+    if (this.#appliedVersion !== undefined && this.#appliedVersion !== snapshot.version && this.#options.authorize === undefined) {
+      const closed = this.#inbound.revoke((connection, inspected) => this.#authorizer.stillAllowed(connection, inspected, snapshot, this.#options.nodeName));
+      if (closed > 0) this.#logger.warn({ closed, version: snapshot.version }, 'closed open connections the new configuration no longer allows');
+    }
+    this.#appliedVersion = snapshot.version;
     const local = snapshot.workloadsOnNode(this.#options.nodeName);
     const wanted = new Set(local.map((workload) => workload.identity));
     for (const identity of this.#agent.identities()) {
@@ -235,7 +258,7 @@ export class NodeProxy {
       mesh: snapshot.mesh,
       workloads: snapshot.workloads.map((w) => ({ name: w.name, namespace: w.namespace, node: w.node, serviceAccount: w.serviceAccount, workloadIps: w.ips, identity: w.identity, labels: w.labels, source: w.source.file, local: w.node === this.#options.nodeName })),
       services: snapshot.services.map((s) => ({ name: s.metadata.name, namespace: s.metadata.namespace, hostname: s.hostname, vips: s.spec.clusterIPs, ports: s.spec.ports, selector: s.spec.selector })),
-      policies: snapshot.objects.filter((o) => o.kind === 'AuthorizationPolicy' || o.kind === 'PeerAuthentication').map((o) => ({ kind: o.kind, name: o.metadata.name, namespace: o.metadata.namespace, spec: (o as { spec?: unknown }).spec, source: o.source.file })),
+      policies: snapshot.objects.filter((o) => o.kind === 'AuthorizationPolicy' || o.kind === 'PeerAuthentication').map((o) => ({ kind: o.kind, name: o.metadata.name, namespace: o.metadata.namespace, spec: o.kind === 'PeerAuthentication' ? { ...o.spec, portLevelMtls: Object.fromEntries(o.spec.portLevelMtls) } : (o as { spec?: unknown }).spec, source: o.source.file })),
       certificates: (this.#agent?.identities() ?? []).map((identity) => {
         const svid = this.#agent.current(identity);
         return svid
@@ -245,6 +268,13 @@ export class NodeProxy {
       trustBundles: (this.#agent ? [...this.#agent.bundles()] : []).map((bundle) => ({ trustDomain: bundle.trustDomain, sequence: bundle.sequence.toString(), roots: bundle.roots.length })),
       pool: stats,
       problems: this.#lastProblems,
+      peerAuthentication: {
+        violations: authorizationOf(snapshot).violations,
+        workloads: snapshot.workloadsOnNode(this.#options.nodeName).map((w) => {
+          const mtls = authorizationOf(snapshot).forWorkload(w).mtls;
+          return { workload: `${w.namespace}/${w.name}`, mode: mtls.mode, ports: Object.fromEntries(mtls.ports), from: mtls.from };
+        }),
+      },
     };
   }
 
@@ -254,6 +284,7 @@ export class NodeProxy {
     await this.#reconciling.catch(() => {});
     await this.#outbound?.close();
     await this.#inbound?.close();
+    await this.#inspector?.close();
     await this.#pool?.close();
     await this.#agent?.stop();
     await this.#observability?.close();

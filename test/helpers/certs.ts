@@ -3,6 +3,7 @@ import * as x509 from '../../src/identity/x509.ts';
 import { createBundle } from '../../src/identity/bundle.ts';
 import type { TrustBundle } from '../../src/identity/bundle.ts';
 import { exportPrivateKeyPem, generateKeyPair, issueCa, issueLeaf, certificatesToPem } from '../../src/identity/svid.ts';
+import { loadCa } from '../../src/identity/ca/store.ts';
 import type { Certificate, SigningAuthority } from '../../src/identity/svid.ts';
 
 
@@ -87,4 +88,17 @@ export async function craftCertificate(issuer: SigningAuthority | null, params: 
     extensions,
   });
   return { cert, keys };
+}
+
+/**
+ * An SVID signed by the active authority of a real CA directory (`ambit ca init`), bypassing the
+ * registry check of `ambit ca serve`: a genuine mesh certificate for any identity, or an expired one
+ * (`now` in the past with a short ttlMs).
+ */
+export async function issueMeshSvid(caDir: string, spiffeId: string, options: { ttlMs?: number; now?: Date } = {}): Promise<TestSvid> {
+  const authority = (await loadCa(caDir)).active;
+  const keys = await generateKeyPair();
+  const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority, ttlMs: options.ttlMs ?? HOUR_MS, now: options.now });
+  const chain = [leaf, ...authority.chainAbove];
+  return { chain, certPem: certificatesToPem(chain), keyPem: await exportPrivateKeyPem(keys.privateKey), keys };
 }

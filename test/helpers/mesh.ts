@@ -105,7 +105,8 @@ export async function startTestMesh(options: TestMeshOptions): Promise<TestMesh>
       const token = await createJoinToken(caDir, name, 600_000);
       const proc = AmbitProcess.start([
         'proxy', '--node', name, '--config', configDir, '--ca', caUrl, '--ca-bundle', bundleFile, '--trust-domain', trustDomain,
-        '--state-dir', join(dir, name), '--join-token', token.token,
+        // `=`: a base64url token may begin with '-', which parseArgs would take for an option.
+        '--state-dir', join(dir, name), `--join-token=${token.token}`,
         '--metrics', `${address}:15020`, '--readiness', `${address}:15021`, '--admin', `${address}:15000`,
         ...(options.extraProxyArgs?.(name) ?? []),
         ...extraArgs,

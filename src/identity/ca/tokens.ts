@@ -37,7 +37,9 @@ export interface CreatedToken {
 export async function createJoinToken(caDir: string, node: string, ttlMs: number, now = new Date()): Promise<CreatedToken> {
   if (!(ttlMs >= 1000)) throw new AmbitError('USAGE', 'join token TTL must be at least 1s');
   await mkdir(usedDir(caDir), { recursive: true, mode: 0o700 });
-  const token = randomBytes(TOKEN_BYTES).toString('base64url');
+  let token = randomBytes(TOKEN_BYTES).toString('base64url');
+  // A token starting with "-" reads as an option on command lines (`--join-token -x...`): draw again.
+  while (token.startsWith('-')) token = randomBytes(TOKEN_BYTES).toString('base64url');
   const expiresAt = new Date(now.getTime() + ttlMs);
   const record: TokenRecord = { node, createdAt: now.toISOString(), expiresAt: expiresAt.toISOString() };
   await writeFile(join(pendingDir(caDir), `${tokenHash(token)}.json`), JSON.stringify(record) + '\n', { mode: 0o600, flag: 'wx' });

@@ -127,7 +127,7 @@ items:
     });
     const snapshot = await loadConfigDir(dir);
     expect(snapshot.objectsOfKind('DestinationRule')[0]?.spec).toEqual({ host: 'web', subsets: [{ name: 'v1', labels: { version: 'v1' } }] });
-    expect(snapshot.objectsOfKind('PeerAuthentication')[0]?.spec).toEqual({ mtls: { mode: 'STRICT' } });
+    expect(snapshot.objectsOfKind('PeerAuthentication')[0]?.spec).toEqual({ mtls: 'STRICT', portLevelMtls: new Map() });
     expect(snapshot.objectsOfKind('ServiceEntry')[0]?.spec).toMatchObject({ hosts: ['api.payments.example'], resolution: 'DNS', ports: [{ number: 443, protocol: 'TLS' }] });
   });
 });

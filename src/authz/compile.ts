@@ -1,0 +1,444 @@
+// The policy compiler: on each configuration change, AuthorizationPolicies and PeerAuthentications become a
+// matcher per workload (the policies that apply to it, by scope, split by action, every value matcher
+// prebuilt, every possible decision preallocated), so a decision parses nothing and allocates nothing.
+import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
+import type { ConfigObject } from '../config/objects.ts';
+import { CidrSet, MethodMatcher, StringMatcher } from './match.ts';
+import type {
+  AuthorizationPolicySpec,
+  ConditionKey,
+  MtlsMode,
+  PeerAuthenticationSpec,
+  PolicyAction,
+  PolicyCondition,
+  PolicyOperation,
+  PolicyRule,
+  PolicySource,
+} from './types.ts';
+import { ENFORCE_ANNOTATION } from './types.ts';
+
+/** What a decision says, preallocated per rule: returning one is free. */
+export interface Decision {
+  readonly allow: boolean;
+  /** `namespace/name` of the deciding policy, or null when no policy decided (defaults). */
+  readonly policy: string | null;
+  /** Index of the deciding rule within its policy. */
+  readonly rule: number | null;
+  readonly reason: string;
+  /** Allowed at connection time only because HTTP rules will decide each request. */
+  readonly deferred: boolean;
+}
+
+export interface CompiledSource {
+  readonly principals: StringMatcher | null;
+  readonly notPrincipals: StringMatcher | null;
+  readonly namespaces: StringMatcher | null;
+  readonly notNamespaces: StringMatcher | null;
+  readonly ipBlocks: CidrSet | null;
+  readonly notIpBlocks: CidrSet | null;
+  readonly remoteIpBlocks: CidrSet | null;
+  readonly notRemoteIpBlocks: CidrSet | null;
+}
+
+export interface CompiledOperation {
+  readonly hosts: StringMatcher | null;
+  readonly notHosts: StringMatcher | null;
+  readonly ports: ReadonlySet<number> | null;
+  readonly notPorts: ReadonlySet<number> | null;
+  readonly methods: MethodMatcher | null;
+  readonly notMethods: MethodMatcher | null;
+  readonly paths: StringMatcher | null;
+  readonly notPaths: StringMatcher | null;
+  /** Has hosts, methods or paths (known only per HTTP request). */
+  readonly l7: boolean;
+}
+
+export type CompiledValues =
+  | { readonly type: 'strings'; readonly matcher: StringMatcher }
+  | { readonly type: 'cidrs'; readonly set: CidrSet }
+  | { readonly type: 'ports'; readonly set: ReadonlySet<number> };
+
+export interface CompiledCondition {
+  readonly key: ConditionKey;
+  /** Header names are compared lower-case, as HTTP/2 sends them. */
+  readonly header: string | null;
+  readonly values: CompiledValues | null;
+  readonly notValues: CompiledValues | null;
+  readonly l7: boolean;
+}
+
+export interface CompiledRule {
+  readonly policy: CompiledPolicy;
+  readonly index: number;
+  /** null = absent: the rule does not constrain sources / operations / conditions. */
+  readonly from: readonly CompiledSource[] | null;
+  readonly to: readonly CompiledOperation[] | null;
+  readonly when: readonly CompiledCondition[] | null;
+  /** Any L7 field anywhere in the rule. */
+  readonly l7: boolean;
+  /** The decision when this rule decides (deny for DENY, allow for ALLOW). */
+  readonly decision: Decision;
+  /** For an ALLOW rule with L7 fields whose L4 part matched at connection time. */
+  readonly deferredDecision: Decision;
+}
+
+export interface CompiledPolicy {
+  /** `namespace/name` */
+  readonly name: string;
+  readonly namespace: string;
+  readonly action: PolicyAction;
+  readonly selector: Readonly<Record<string, string>> | undefined;
+  readonly rules: readonly CompiledRule[];
+  readonly source: string;
+}
+
+export interface EffectiveMtls {
+  readonly mode: Exclude<MtlsMode, 'UNSET'>;
+  /** Port-level overrides after the enforce floor. */
+  readonly ports: ReadonlyMap<number, Exclude<MtlsMode, 'UNSET'>>;
+  /** The PeerAuthentications that set the workload's mode, most specific first, for explanations. */
+  readonly from: readonly string[];
+  /** The PeerAuthentication whose mode is in force (the floor when it overrode a weaker one); null for the default. */
+  readonly setBy: string | null;
+  /** Per port of `ports`: the PeerAuthentication whose mode is in force there. */
+  readonly portSetBy: ReadonlyMap<number, string>;
+}
+
+/** The policies that apply to one workload, split by action, with the default decisions preallocated. */
+export interface WorkloadPolicies {
+  readonly policies: readonly CompiledPolicy[];
+  readonly deny: readonly CompiledRule[];
+  readonly allow: readonly CompiledRule[];
+  readonly audit: readonly CompiledRule[];
+  /** ALLOW policies that apply (an ALLOW policy with no rules still counts: it allows nothing). */
+  readonly allowPolicyCount: number;
+  readonly hasL7Rules: boolean;
+  /** Target ports of this workload declared HTTP by a Service (appProtocol or port name): evaluated per request. */
+  readonly httpPorts: ReadonlySet<number>;
+  readonly mtls: EffectiveMtls;
+  readonly noMatch: Decision;
+  /** The refusal of a connection without peer identity under STRICT, naming the PeerAuthentication that set it. */
+  readonly strictPlaintext: Decision;
+  /** The same for ports whose STRICT comes from a port-level mode (or the floor over one). */
+  readonly strictPlaintextPorts: ReadonlyMap<number, Decision>;
+}
+
+export interface EnforcementViolation {
+  /** The PeerAuthentication that tried to weaken the floor. */
+  readonly policy: string;
+  readonly port: number | null;
+  readonly attempted: MtlsMode;
+  readonly enforced: MtlsMode;
+  readonly floor: string;
+}
+
+export interface CompiledAuthorization {
+  readonly rootNamespace: string;
+  readonly policies: readonly CompiledPolicy[];
+  /** Workloads of the snapshot → their matcher (all workloads, so the CLI and any node can ask). */
+  forWorkload(workload: Workload): WorkloadPolicies;
+  /** A matcher for a destination given by namespace and labels (dry runs of workloads not in the registry). */
+  forLabels(namespace: string, labels: Readonly<Record<string, string>>, httpPorts?: ReadonlySet<number>): WorkloadPolicies;
+  /** Weaker PeerAuthentications refused because of an enforced mesh-wide floor. */
+  readonly violations: readonly EnforcementViolation[];
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const ALLOW_NO_POLICY: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'no ALLOW policy applies to the workload', deferred: false });
+export const DENY_ON_ERROR: Decision = Object.freeze({ allow: false, policy: null, rule: null, reason: 'authorization failed while deciding: denied (fail closed)', deferred: false });
+
+function strings(list: readonly string[] | undefined, caseInsensitive = false): StringMatcher | null {
+  return list === undefined || list.length === 0 ? null : new StringMatcher(list, caseInsensitive);
+}
+
+function cidrs(list: readonly string[] | undefined): CidrSet | null {
+  return list === undefined || list.length === 0 ? null : new CidrSet(list);
+}
+
+function ports(list: readonly number[] | undefined): ReadonlySet<number> | null {
+  return list === undefined || list.length === 0 ? null : new Set(list);
+}
+
+function methods(list: readonly string[] | undefined): MethodMatcher | null {
+  return list === undefined || list.length === 0 ? null : new MethodMatcher(list);
+}
+
+function compileSource(source: PolicySource): CompiledSource {
+  return {
+    principals: strings(source.principals),
+    notPrincipals: strings(source.notPrincipals),
+    namespaces: strings(source.namespaces),
+    notNamespaces: strings(source.notNamespaces),
+    ipBlocks: cidrs(source.ipBlocks),
+    notIpBlocks: cidrs(source.notIpBlocks),
+    remoteIpBlocks: cidrs(source.remoteIpBlocks),
+    notRemoteIpBlocks: cidrs(source.notRemoteIpBlocks),
+  };
+}
+
+function compileOperation(operation: PolicyOperation): CompiledOperation {
+  const hosts = strings(operation.hosts, true);
+  const notHosts = strings(operation.notHosts, true);
+  const methodMatcher = methods(operation.methods);
+  const notMethodMatcher = methods(operation.notMethods);
+  const paths = strings(operation.paths);
+  const notPaths = strings(operation.notPaths);
+  return {
+    hosts,
+    notHosts,
+    ports: ports(operation.ports),
+    notPorts: ports(operation.notPorts),
+    methods: methodMatcher,
+    notMethods: notMethodMatcher,
+    paths,
+    notPaths,
+    l7: hosts !== null || notHosts !== null || methodMatcher !== null || notMethodMatcher !== null || paths !== null || notPaths !== null,
+  };
+}
+
+function compileValues(key: ConditionKey, list: readonly string[] | undefined): CompiledValues | null {
+  if (list === undefined || list.length === 0) return null;
+  switch (key.kind) {
+    case 'source.ip':
+    case 'remote.ip':
+    case 'destination.ip':
+      return { type: 'cidrs', set: new CidrSet(list) };
+    case 'destination.port':
+      return { type: 'ports', set: new Set(list.map(Number)) };
+    case 'request.headers':
+      return { type: 'strings', matcher: new StringMatcher(list, false, true) };
+    default:
+      return { type: 'strings', matcher: new StringMatcher(list) };
+  }
+}
+
+function compileCondition(condition: PolicyCondition): CompiledCondition {
+  const key = condition.parsedKey;
+  return {
+    key,
+    header: key.kind === 'request.headers' ? key.header.toLowerCase() : null,
+    values: compileValues(key, condition.values),
+    notValues: compileValues(key, condition.notValues),
+    l7: key.kind === 'request.headers',
+  };
+}
+
+function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number): CompiledRule {
+  const from = rule.from && rule.from.length > 0 ? rule.from.map(compileSource) : null;
+  const to = rule.to && rule.to.length > 0 ? rule.to.map(compileOperation) : null;
+  const when = rule.when && rule.when.length > 0 ? rule.when.map(compileCondition) : null;
+  const l7 = (to?.some((operation) => operation.l7) ?? false) || (when?.some((condition) => condition.l7) ?? false);
+  const verb = policy.action === 'DENY' ? 'denied' : policy.action === 'ALLOW' ? 'allowed' : 'audited';
+  return {
+    policy,
+    index,
+    from,
+    to,
+    when,
+    l7,
+    decision: Object.freeze({ allow: policy.action !== 'DENY', policy: policy.name, rule: index, reason: `${verb} by ${policy.action} policy ${policy.name}, rule ${index}`, deferred: false }),
+    deferredDecision: Object.freeze({ allow: true, policy: policy.name, rule: index, reason: `connection allowed: HTTP rule ${index} of ${policy.action} policy ${policy.name} decides each request`, deferred: true }),
+  };
+}
+
+function compilePolicy(object: ConfigObject & { kind: 'AuthorizationPolicy' }): CompiledPolicy {
+  const spec: AuthorizationPolicySpec = object.spec;
+  const rules: CompiledRule[] = [];
+  const policy: CompiledPolicy = {
+    name: `${object.metadata.namespace}/${object.metadata.name}`,
+    namespace: object.metadata.namespace,
+    action: spec.action,
+    selector: spec.selector,
+    rules,
+    source: object.source.file,
+  };
+  (spec.rules ?? []).forEach((rule, index) => rules.push(compileRule(policy, rule, index)));
+  Object.freeze(rules);
+  return policy;
+}
+
+function strictRefusal(policy: string | null): Decision {
+  return Object.freeze({ allow: false, policy, rule: null, reason: `mTLS is STRICT for this workload${policy === null ? '' : ` (${policy})`}: a connection without a peer identity is refused`, deferred: false });
+}
+
+function selects(selector: Readonly<Record<string, string>> | undefined, labels: Readonly<Record<string, string>>): boolean {
+  if (selector === undefined) return true;
+  for (const key in selector) if (labels[key] !== selector[key]) return false;
+  return true;
+}
+
+/** Istio's protocol selection: appProtocol, else the port name's `<protocol>[-suffix]`. */
+export function isHttpProtocol(appProtocol: string | undefined, name: string | undefined): boolean {
+  const declared = (appProtocol ?? (name ?? '').split('-')[0] ?? '').toLowerCase();
+  return declared === 'http' || declared === 'http2' || declared === 'grpc' || declared === 'grpc-web' || declared === 'h2c' || declared === 'kubernetes.io/h2c';
+}
+
+function httpPortsOf(snapshot: ConfigSnapshot, workload: Workload): Set<number> {
+  const result = new Set<number>();
+  for (const service of snapshot.services) {
+    if (service.metadata.namespace !== workload.namespace || service.spec.selector === undefined || !selects(service.spec.selector, workload.labels)) continue;
+    for (const port of service.spec.ports) {
+      if (!isHttpProtocol(port.appProtocol, port.name)) continue;
+      if (typeof port.targetPort === 'number') result.add(port.targetPort);
+      else {
+        const object = workload.object;
+        if (object.kind === 'WorkloadEntry') {
+          const number = object.spec.ports[port.targetPort];
+          if (number !== undefined) result.add(number);
+        } else {
+          for (const container of object.spec.containers) for (const containerPort of container.ports) if (containerPort.name === port.targetPort) result.add(containerPort.containerPort);
+        }
+      }
+    }
+  }
+  return result;
+}
+
+const STRENGTH: Record<Exclude<MtlsMode, 'UNSET'>, number> = { DISABLE: 0, PERMISSIVE: 1, STRICT: 2 };
+
+interface PeerAuthEntry {
+  readonly name: string;
+  readonly namespace: string;
+  readonly spec: PeerAuthenticationSpec;
+  readonly enforce: boolean;
+}
+
+/** Builds the matchers of a snapshot. Pure: same snapshot, same result. */
+export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthorization {
+  const rootNamespace = snapshot.mesh.rootNamespace;
+  const policies: CompiledPolicy[] = [];
+  const byNamespace = new Map<string, CompiledPolicy[]>();
+  const peerAuths: PeerAuthEntry[] = [];
+  for (const object of snapshot.objects) {
+    if (object.kind === 'AuthorizationPolicy') {
+      const policy = compilePolicy(object);
+      policies.push(policy);
+      let list = byNamespace.get(policy.namespace);
+      if (!list) byNamespace.set(policy.namespace, (list = []));
+      list.push(policy);
+    } else if (object.kind === 'PeerAuthentication') {
+      peerAuths.push({
+        name: `${object.metadata.namespace}/${object.metadata.name}`,
+        namespace: object.metadata.namespace,
+        spec: object.spec,
+        enforce: object.metadata.annotations[ENFORCE_ANNOTATION] === 'true',
+      });
+    }
+  }
+  peerAuths.sort((a, b) => a.name.localeCompare(b.name));
+  const meshWide = peerAuths.find((entry) => entry.namespace === rootNamespace && entry.spec.selector === undefined);
+  const floor = meshWide?.enforce && meshWide.spec.mtls !== 'UNSET' ? { mode: meshWide.spec.mtls as Exclude<MtlsMode, 'UNSET'>, policy: meshWide.name } : null;
+  const violations: EnforcementViolation[] = [];
+  // Reported from the PeerAuthentications themselves, at compile time: whether or not a workload is selected yet,
+  // and never growing later (forLabels used to append to this list after the fact).
+  if (floor !== null) {
+    for (const entry of peerAuths) {
+      if (entry.name === floor.policy) continue;
+      if (entry.spec.mtls !== 'UNSET' && STRENGTH[entry.spec.mtls] < STRENGTH[floor.mode]) {
+        violations.push({ policy: entry.name, port: null, attempted: entry.spec.mtls, enforced: floor.mode, floor: floor.policy });
+      }
+      for (const [port, portMode] of entry.spec.portLevelMtls) {
+        if (portMode !== 'UNSET' && STRENGTH[portMode] < STRENGTH[floor.mode]) violations.push({ policy: entry.name, port, attempted: portMode, enforced: floor.mode, floor: floor.policy });
+      }
+    }
+  }
+
+  /** The mode after the enforce floor, and who set it. */
+  const applyFloor = (mode: Exclude<MtlsMode, 'UNSET'>, setter: string | null): [Exclude<MtlsMode, 'UNSET'>, string | null] => {
+    if (floor === null || STRENGTH[mode] >= STRENGTH[floor.mode]) return [mode, setter];
+    return [floor.mode, floor.policy];
+  };
+
+  const mtlsFor = (namespace: string, labels: Readonly<Record<string, string>>): EffectiveMtls => {
+    // Istio's ComposePeerAuthentication: a PeerAuthentication with a selector in the root namespace is neither
+    // mesh-wide nor workload-level ("the one with selector and not in root namespace"), so it applies to nothing.
+    const workloadPa = namespace === rootNamespace ? undefined : peerAuths.find((entry) => entry.namespace === namespace && entry.spec.selector !== undefined && selects(entry.spec.selector, labels));
+    const namespacePa = namespace === rootNamespace ? undefined : peerAuths.find((entry) => entry.namespace === namespace && entry.spec.selector === undefined);
+    const chain = [workloadPa, namespacePa, meshWide].filter((entry): entry is PeerAuthEntry => entry !== undefined);
+    let written: Exclude<MtlsMode, 'UNSET'> = 'PERMISSIVE';
+    let writer: string | null = null;
+    for (const entry of chain) {
+      if (entry.spec.mtls !== 'UNSET') {
+        written = entry.spec.mtls;
+        writer = entry.name;
+        break;
+      }
+    }
+    const [mode, setBy] = applyFloor(written, writer);
+    const portModes = new Map<number, Exclude<MtlsMode, 'UNSET'>>();
+    const portSetBy = new Map<number, string>();
+    if (workloadPa) {
+      for (const [port, portMode] of workloadPa.spec.portLevelMtls) {
+        if (portMode === 'UNSET') continue;
+        const [enforced, by] = applyFloor(portMode, workloadPa.name);
+        portModes.set(port, enforced);
+        portSetBy.set(port, by ?? workloadPa.name);
+      }
+    }
+    return { mode, ports: portModes, from: chain.map((entry) => entry.name), setBy, portSetBy };
+  };
+
+  const build = (namespace: string, labels: Readonly<Record<string, string>>, httpPorts: ReadonlySet<number>): WorkloadPolicies => {
+    const applicable: CompiledPolicy[] = [];
+    // Mesh-wide policies live in the root namespace; a selector there selects workloads in every namespace.
+    for (const policy of byNamespace.get(rootNamespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
+    if (namespace !== rootNamespace) for (const policy of byNamespace.get(namespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
+    const deny: CompiledRule[] = [];
+    const allow: CompiledRule[] = [];
+    const audit: CompiledRule[] = [];
+    let allowPolicyCount = 0;
+    for (const policy of applicable) {
+      if (policy.action === 'DENY') deny.push(...policy.rules);
+      else if (policy.action === 'AUDIT') audit.push(...policy.rules);
+      else {
+        allowPolicyCount++;
+        allow.push(...policy.rules);
+      }
+    }
+    const mtls = mtlsFor(namespace, labels);
+    const strictPlaintextPorts = new Map<number, Decision>();
+    for (const [port, portMode] of mtls.ports) if (portMode === 'STRICT') strictPlaintextPorts.set(port, strictRefusal(mtls.portSetBy.get(port) ?? null));
+    return {
+      policies: applicable,
+      deny,
+      allow,
+      audit,
+      allowPolicyCount,
+      hasL7Rules: [...deny, ...allow, ...audit].some((rule) => rule.l7),
+      httpPorts,
+      mtls,
+      noMatch: Object.freeze({ allow: false, policy: null, rule: null, reason: `${allowPolicyCount} ALLOW ${allowPolicyCount === 1 ? 'policy applies' : 'policies apply'} and none matched`, deferred: false }),
+      strictPlaintext: strictRefusal(mtls.setBy),
+      strictPlaintextPorts,
+    };
+  };
+
+  const byWorkload = new Map<Workload, WorkloadPolicies>();
+  for (const workload of snapshot.workloads) byWorkload.set(workload, build(workload.namespace, workload.labels, httpPortsOf(snapshot, workload)));
+
+  return {
+    rootNamespace,
+    policies,
+    violations,
+    forWorkload(workload) {
+      let found = byWorkload.get(workload);
+      if (!found) byWorkload.set(workload, (found = build(workload.namespace, workload.labels, httpPortsOf(snapshot, workload))));
+      return found;
+    },
+    forLabels(namespace, labels, httpPorts = new Set()) {
+      return build(namespace, labels, httpPorts);
+    },
+  };
+}
+
+const compiled = new WeakMap<ConfigSnapshot, CompiledAuthorization>();
+
+/** The compiled policies of a snapshot, built once. */
+export function authorizationOf(snapshot: ConfigSnapshot): CompiledAuthorization {
+  let result = compiled.get(snapshot);
+  if (!result) compiled.set(snapshot, (result = compileAuthorization(snapshot)));
+  return result;
+}
+
+export { ALLOW_NO_POLICY };

@@ -1,0 +1,176 @@
+// `ambit authz check`: evaluates one request against the configuration's policies, offline, exactly as
+// the proxy would, so operators can try a policy before they apply it.
+import { readFile } from 'node:fs/promises';
+import { AmbitError } from '../errors.ts';
+import { parse, requireString } from './args.ts';
+import type { Command } from './args.ts';
+import { loadConfigDir } from '../config/loader.ts';
+import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
+import { authorizationOf, DENY_ON_ERROR, isHttpProtocol } from '../authz/compile.ts';
+import type { WorkloadPolicies } from '../authz/compile.ts';
+import { decideSafely, mtlsModeFor } from '../authz/decide.ts';
+import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
+import { explain } from '../authz/explain.ts';
+import { parseIp } from '../authz/match.ts';
+
+const help = `usage: ambit authz check --config DIR --request FILE|- [--explain]
+
+Evaluates one request against the AuthorizationPolicies and PeerAuthentications in DIR, as the node
+proxy would, and prints {"decision": "ALLOW"|"DENY", "policy": "ns/name"|null, "rule": N|null,
+"reason": "..."}. Exit 0 for any decision, 2 for bad input. The request (JSON, from FILE or stdin):
+
+  {"destination": {"namespace": "demo", "workload": "web-1" | "labels": {"app": "web"},
+                   "port": 8080, "ip": "10.0.0.5"},
+   "source": {"principal": "cluster.local/ns/demo/sa/client", "namespace": "demo", "ip": "10.0.0.9"},
+   "request": {"method": "GET", "path": "/api", "host": "web.demo", "headers": {"x-user": "alice"}}}
+
+"request" absent: an L4 connection (on a port declared HTTP, the connection-time decision). A source
+without "principal" is a connection without peer identity (plaintext). --explain adds, for every
+policy that applies, why each rule matched or did not.
+`;
+
+type Json = Record<string, unknown>;
+
+function object(value: unknown, field: string): Json {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new AmbitError('USAGE', `request: "${field}" must be an object`);
+  return value as Json;
+}
+
+function optionalString(parent: Json, key: string, field: string): string | undefined {
+  const value = parent[key];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'string') throw new AmbitError('USAGE', `request: "${field}" must be a string`);
+  return value;
+}
+
+function checkKeys(parent: Json, allowed: string[], field: string): void {
+  for (const key of Object.keys(parent)) if (!allowed.includes(key)) throw new AmbitError('USAGE', `request: unknown field "${field}.${key}" (allowed: ${allowed.join(', ')})`);
+}
+
+function ipField(parent: Json, key: string, field: string) {
+  const text = optionalString(parent, key, field);
+  if (text === undefined) return null;
+  const ip = parseIp(text);
+  if (ip === null) throw new AmbitError('USAGE', `request: "${field}" is not an IP address: ${JSON.stringify(text)}`);
+  return ip;
+}
+
+interface Target {
+  policies: WorkloadPolicies;
+  description: string;
+}
+
+function target(snapshot: ConfigSnapshot, destination: Json): Target {
+  const namespace = optionalString(destination, 'namespace', 'destination.namespace') ?? 'default';
+  const name = optionalString(destination, 'workload', 'destination.workload');
+  const authorization = authorizationOf(snapshot);
+  if (name !== undefined) {
+    const workload = snapshot.workloads.find((w: Workload) => w.namespace === namespace && w.name === name);
+    if (!workload) throw new AmbitError('USAGE', `request: destination.workload ${namespace}/${name} is not a workload in the configuration`);
+    return { policies: authorization.forWorkload(workload), description: `${namespace}/${name}` };
+  }
+  const labelsValue = destination.labels === undefined ? {} : object(destination.labels, 'destination.labels');
+  const labels: Record<string, string> = {};
+  for (const [key, value] of Object.entries(labelsValue)) {
+    if (typeof value !== 'string') throw new AmbitError('USAGE', `request: destination.labels.${key} must be a string`);
+    labels[key] = value;
+  }
+  // HTTP ports of a workload that is not in the registry: those of the Services that would select it.
+  const httpPorts = new Set<number>();
+  for (const service of snapshot.services) {
+    const selector = service.spec.selector;
+    if (service.metadata.namespace !== namespace || selector === undefined) continue;
+    if (!Object.entries(selector).every(([key, value]) => labels[key] === value)) continue;
+    for (const port of service.spec.ports) if (isHttpProtocol(port.appProtocol, port.name) && typeof port.targetPort === 'number') httpPorts.add(port.targetPort);
+  }
+  return { policies: authorization.forLabels(namespace, labels, httpPorts), description: `${namespace} ${JSON.stringify(labels)}` };
+}
+
+export const command: Command = {
+  summary: 'authorization dry run: evaluate one request against the configuration\'s policies',
+  help,
+  async run(argv) {
+    const [sub, ...rest] = argv;
+    if (sub !== 'check') throw new AmbitError('USAGE', sub === undefined ? 'missing subcommand (check)' : `unknown subcommand "${sub}" (check)`);
+    const { values } = parse(rest, { config: { type: 'string' }, request: { type: 'string' }, explain: { type: 'boolean' } }, false);
+    const configDir = requireString(values.config, 'config');
+    const requestFile = requireString(values.request, 'request');
+    let text: string;
+    try {
+      text = requestFile === '-' ? await readStdin() : await readFile(requestFile, 'utf8');
+    } catch (error) {
+      throw new AmbitError('FILE_READ', `${requestFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    }
+    let input: Json;
+    try {
+      input = object(JSON.parse(text), '(top level)');
+    } catch (error) {
+      if (error instanceof AmbitError) throw error;
+      throw new AmbitError('USAGE', `${requestFile}: not JSON (${(error as Error).message})`);
+    }
+    checkKeys(input, ['destination', 'source', 'request'], 'request');
+    const destination = object(input.destination, 'destination');
+    checkKeys(destination, ['namespace', 'workload', 'labels', 'port', 'ip'], 'destination');
+    const port = destination.port;
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65_535) throw new AmbitError('USAGE', 'request: "destination.port" must be an integer 1-65535');
+    const source = input.source === undefined ? {} : object(input.source, 'source');
+    checkKeys(source, ['principal', 'namespace', 'ip'], 'source');
+    let principal = optionalString(source, 'principal', 'source.principal') ?? null;
+    if (principal?.startsWith('spiffe://')) principal = principal.slice('spiffe://'.length);
+    let sourceNamespace = optionalString(source, 'namespace', 'source.namespace') ?? null;
+    if (sourceNamespace === null && principal !== null) sourceNamespace = /\/ns\/([^/]+)\//.exec(principal)?.[1] ?? null;
+
+    let request: AuthzContext['request'] = null;
+    if (input.request !== undefined) {
+      const r = object(input.request, 'request');
+      checkKeys(r, ['method', 'path', 'host', 'headers'], 'request');
+      const headers = new Map<string, string>();
+      if (r.headers !== undefined) {
+        for (const [key, value] of Object.entries(object(r.headers, 'request.headers'))) {
+          if (typeof value !== 'string') throw new AmbitError('USAGE', `request: request.headers.${key} must be a string`);
+          headers.set(key.toLowerCase(), value);
+        }
+      }
+      const rawPath = optionalString(r, 'path', 'request.path') ?? '/';
+      const query = rawPath.indexOf('?');
+      const host = (optionalString(r, 'host', 'request.host') ?? headers.get('host') ?? '').toLowerCase();
+      request = {
+        method: optionalString(r, 'method', 'request.method') ?? 'GET',
+        path: query < 0 ? rawPath : rawPath.slice(0, query),
+        host: host.replace(/:\d+$/, ''),
+        header: (name) => headers.get(name),
+      };
+    }
+
+    const snapshot = await loadConfigDir(configDir, { requireMesh: false });
+    const { policies, description } = target(snapshot, destination);
+    const ctx: AuthzContext = {
+      sourcePrincipal: principal,
+      sourceNamespace,
+      sourceIp: ipField(source, 'ip', 'source.ip'),
+      destinationIp: ipField(destination, 'ip', 'destination.ip'),
+      destinationPort: port,
+      sni: null,
+      request,
+    };
+    const moment: DecisionMoment = request !== null ? 'request' : policies.httpPorts.has(port) ? 'connect' : 'tcp';
+    const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
+    const output: Record<string, unknown> = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason };
+    if (values.explain) {
+      output.explain = {
+        destination: description,
+        moment,
+        mtls: mtlsModeFor(policies, port),
+        policies: explain(policies, ctx, moment),
+      };
+    }
+    process.stdout.write(JSON.stringify(output, null, values.explain ? 2 : undefined) + '\n');
+    return 0;
+  },
+};
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}

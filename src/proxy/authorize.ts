@@ -1,0 +1,118 @@
+// Authorization in the inbound path: builds the decision context of an HBONE stream, decides with the
+// current snapshot's compiled policies, logs denials (allows at debug) with the deciding policy, counts
+// decisions by action and policy, and re-checks open connections after a policy change.
+import { Counter } from 'prom-client';
+import type { Registry } from 'prom-client';
+import type { ConfigSnapshot } from '../config/snapshot.ts';
+import type { Logger } from '../observe/log.ts';
+import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
+import type { Decision } from '../authz/compile.ts';
+import { auditMatch, decideSafely } from '../authz/decide.ts';
+import type { AuthzContext } from '../authz/decide.ts';
+import { parseIp } from '../authz/match.ts';
+import type { InboundConnection, RequestInspection } from './inbound.ts';
+
+export class InboundAuthorizer {
+  readonly #snapshot: () => ConfigSnapshot;
+  readonly #logger: Logger;
+  readonly #decisions: Counter;
+  // Decisions are preallocated per rule, so the counter child can hang off the decision itself.
+  readonly #children = new WeakMap<Decision, { inc(): void }>();
+
+  constructor(snapshot: () => ConfigSnapshot, registry: Registry, logger: Logger) {
+    this.#snapshot = snapshot;
+    this.#logger = logger.child({ component: 'authz' });
+    this.#decisions = new Counter({
+      name: 'ambit_authz_decisions_total',
+      help: 'Authorization decisions by result and deciding policy ("none" for defaults)',
+      labelNames: ['decision', 'policy'],
+      registers: [registry],
+    });
+  }
+
+  /** The L4 decision when a stream opens ('tcp' on plain ports, 'connect' on ports declared HTTP). */
+  authorize(connection: InboundConnection): Decision {
+    const snapshot = this.#snapshot();
+    const policies = authorizationOf(snapshot).forWorkload(connection.destination);
+    const moment = policies.httpPorts.has(connection.destinationPort) ? 'connect' : 'tcp';
+    const ctx: AuthzContext = {
+      sourcePrincipal: connection.principal,
+      sourceNamespace: connection.peerNamespace,
+      sourceIp: connection.peerIp,
+      destinationIp: parseIp(connection.destinationIp),
+      destinationPort: connection.destinationPort,
+      sni: null,
+      request: null,
+    };
+    const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
+    this.#count(decision);
+    if (!decision.allow) {
+      this.#logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection denied by policy');
+    } else if (this.#logger.isLevelEnabled('debug')) {
+      this.#logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection allowed');
+    }
+    if (policies.audit.length > 0) {
+      const audited = auditMatch(policies, ctx, moment);
+      if (audited) this.#logger.info({ audit: audited.policy.name, rule: audited.index, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'audited connection');
+    }
+    return decision;
+  }
+
+  /**
+   * For a connection to a port declared HTTP whose workload has HTTP rules: the per-request decision.
+   * null otherwise: a workload without HTTP rules never has its HTTP parsed.
+   */
+  requestInspection(connection: InboundConnection): RequestInspection | null {
+    const policies = authorizationOf(this.#snapshot()).forWorkload(connection.destination);
+    if (!policies.hasL7Rules || !policies.httpPorts.has(connection.destinationPort)) return null;
+    // One context per tunnel; each request only swaps in its facts.
+    const ctx: AuthzContext = {
+      sourcePrincipal: connection.principal,
+      sourceNamespace: connection.peerNamespace,
+      sourceIp: connection.peerIp,
+      destinationIp: parseIp(connection.destinationIp),
+      destinationPort: connection.destinationPort,
+      sni: null,
+      request: null,
+    };
+    const logger = this.#logger;
+    return {
+      decide: (facts) => {
+        // The policies in force now (a change applies to the next request), for the workload at that IP.
+        const snapshot = this.#snapshot();
+        const destination = snapshot.workloadByIp(connection.destinationIp);
+        if (destination === undefined) return DENY_ON_ERROR;
+        ctx.request = facts;
+        const decision = decideSafely(authorizationOf(snapshot).forWorkload(destination), ctx, 'request', DENY_ON_ERROR);
+        ctx.request = null;
+        this.#count(decision);
+        if (decision.allow && logger.isLevelEnabled('debug')) {
+          logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity }, 'request allowed');
+        }
+        return decision;
+      },
+      onDenied: (decision, facts) => {
+        logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'request denied by policy');
+      },
+    };
+  }
+
+  /** After a configuration change: is this open connection still allowed under the new snapshot? */
+  stillAllowed(connection: InboundConnection, inspected: boolean, snapshot: ConfigSnapshot, nodeName: string): boolean {
+    const destination = snapshot.workloadByIp(connection.destinationIp);
+    if (destination === undefined || destination.node !== nodeName || destination.identity !== connection.destination.identity) return false;
+    // A byte tunnel to a port that now has HTTP rules would escape them: close it, the client reconnects into inspection.
+    const policies = authorizationOf(snapshot).forWorkload(destination);
+    if (!inspected && policies.hasL7Rules && policies.httpPorts.has(connection.destinationPort)) return false;
+    return this.authorize({ ...connection, destination }).allow;
+  }
+
+  #count(decision: Decision): void {
+    let child = this.#children.get(decision);
+    if (!child) {
+      child = this.#decisions.labels(decision.allow ? 'ALLOW' : 'DENY', decision.policy ?? 'none');
+      this.#children.set(decision, child);
+    }
+    child.inc();
+  }
+}

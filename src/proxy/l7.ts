@@ -1,0 +1,276 @@
+// L7 authorization in the node proxy: on ports declared HTTP whose workload has HTTP rules, the tunnel
+// is terminated as HTTP/1.1 or cleartext HTTP/2 (gRPC), every request is decided with its method, path,
+// host and headers, a denied request gets `403 RBAC: access denied` (gRPC: PERMISSION_DENIED) and the
+// connection goes on, and an allowed request is forwarded to the workload over the tunnel's own upstream
+// connection, unchanged but for hop-by-hop headers. ztunnel needs a separate Envoy for this.
+import * as http from 'node:http';
+import * as http2 from 'node:http2';
+import type { Socket } from 'node:net';
+import { Client } from 'undici';
+import type { Dispatcher, buildConnector } from 'undici';
+import type { Decision } from '../authz/compile.ts';
+import type { HttpRequestFacts } from '../authz/decide.ts';
+import type { Logger } from '../observe/log.ts';
+
+const DENIED_BODY = 'RBAC: access denied';
+/** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+/** Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings']);
+const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL } = http2.constants;
+
+export type RequestDecider = (facts: HttpRequestFacts) => Decision;
+
+interface TunnelState {
+  readonly upstream: Socket;
+  readonly decide: RequestDecider;
+  readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
+  /** One reusable facts object per tunnel: a request fills it, the decision reads it. */
+  readonly facts: MutableFacts;
+  h1Client: Client | null;
+  h2Upstream: http2.ClientHttp2Session | null;
+  requests: number;
+  denied: number;
+}
+
+class MutableFacts implements HttpRequestFacts {
+  method = '';
+  path = '';
+  host = '';
+  #headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders = {};
+
+  fill(method: string, rawPath: string, host: string, headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders): void {
+    this.method = method;
+    const query = rawPath.indexOf('?');
+    this.path = query < 0 ? rawPath : rawPath.slice(0, query);
+    const colon = host.lastIndexOf(':');
+    const bare = colon > 0 && host.indexOf(']') < colon ? host.slice(0, colon) : host;
+    this.host = hasUpper(bare) ? bare.toLowerCase() : bare;
+    this.#headers = headers;
+  }
+
+  header(name: string): string | undefined {
+    const value = this.#headers[name];
+    if (value === undefined) return undefined;
+    return typeof value === 'string' ? value : Array.isArray(value) ? value.join(',') : String(value);
+  }
+}
+
+function hasUpper(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code >= 65 && code <= 90) return true;
+  }
+  return false;
+}
+
+export interface HttpTunnelResult {
+  readonly requests: number;
+  readonly denied: number;
+}
+
+/** Terminates HTTP on HBONE streams for one proxy: shared HTTP/1.1 and h2c servers, state per tunnel. */
+export class HttpInspector {
+  readonly #logger: Logger;
+  readonly #h1 = http.createServer({ keepAliveTimeout: 60_000, requestTimeout: 0, headersTimeout: 60_000 });
+  readonly #h2 = http2.createServer({ settings: { enablePush: false } });
+  readonly #tunnels = new WeakMap<object, TunnelState>();
+  #pending: TunnelState | null = null;
+
+  constructor(logger: Logger) {
+    this.#logger = logger.child({ component: 'l7' });
+    this.#h1.on('request', (req, res) => this.#onH1Request(req, res));
+    this.#h1.on('clientError', (error, socket) => {
+      this.#logger.debug({ err: error.message }, 'malformed HTTP/1.1 on an inspected tunnel');
+      if (!socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    });
+    this.#h2.on('session', (session) => {
+      if (this.#pending) this.#tunnels.set(session, this.#pending);
+    });
+    this.#h2.on('stream', (stream, headers) => this.#onH2Stream(stream, headers));
+    this.#h2.on('sessionError', (error) => this.#logger.debug({ err: error.message }, 'h2c session error on an inspected tunnel'));
+  }
+
+  /**
+   * Takes over an accepted tunnel: `stream` carries the client's HTTP, `upstream` is the connected
+   * workload socket. Resolves when the tunnel is finished.
+   */
+  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, decide: RequestDecider, onDenied: TunnelState['onDenied']): Promise<HttpTunnelResult> {
+    const state: TunnelState = { upstream, decide, onDenied, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0 };
+    return new Promise((resolve) => {
+      let finished = false;
+      const finish = () => {
+        if (finished) return;
+        finished = true;
+        void state.h1Client?.destroy();
+        state.h2Upstream?.destroy();
+        upstream.destroy();
+        resolve({ requests: state.requests, denied: state.denied });
+      };
+      stream.once('close', finish);
+      upstream.once('close', () => {
+        // The workload closed: nothing more can be forwarded on this tunnel.
+        if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+      });
+      const onFirst = () => {
+        const first = stream.read() as Buffer | null;
+        if (first === null) {
+          stream.once('readable', onFirst);
+          return;
+        }
+        stream.unshift(first);
+        if (first.length >= 3 && first.subarray(0, Math.min(first.length, H2_PREFACE.length)).equals(H2_PREFACE.subarray(0, Math.min(first.length, H2_PREFACE.length)))) {
+          this.#pending = state;
+          this.#h2.emit('connection', stream);
+          this.#pending = null;
+        } else {
+          this.#tunnels.set(stream, state);
+          this.#h1.emit('connection', stream);
+        }
+      };
+      stream.once('readable', onFirst);
+      stream.once('end', () => {
+        if (stream.readableLength === 0) finish();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#h1.closeAllConnections();
+    this.#h1.close();
+    this.#h2.close();
+  }
+
+  #onH1Request(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const state = this.#tunnels.get(req.socket);
+    if (!state) {
+      res.writeHead(500).end();
+      return;
+    }
+    state.requests++;
+    const facts = state.facts;
+    facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.headers);
+    const decision = state.decide(facts);
+    if (!decision.allow) {
+      state.denied++;
+      state.onDenied(decision, facts);
+      req.resume();
+      res.writeHead(403, { 'content-type': 'text/plain', 'content-length': DENIED_BODY.length });
+      res.end(DENIED_BODY);
+      return;
+    }
+    state.h1Client ??= new Client('http://upstream.invalid', { connect: reuseSocket(state.upstream), pipelining: 1, keepAliveTimeout: 60_000 });
+    const headers: Record<string, string | string[]> = {};
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value !== undefined && !HOP_BY_HOP.has(name)) headers[name] = value;
+    }
+    const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
+    state.h1Client.dispatch(
+      { method: req.method as Dispatcher.HttpMethod, path: req.url ?? '/', headers, body: hasBody ? req : null },
+      forwardResponse(res, this.#logger),
+    );
+  }
+
+  #onH2Stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    const state = this.#tunnels.get(stream.session as http2.Http2Session);
+    if (!state) {
+      stream.close(NGHTTP2_CANCEL);
+      return;
+    }
+    state.requests++;
+    const facts = state.facts;
+    const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
+    facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), headers);
+    const decision = state.decide(facts);
+    if (!decision.allow) {
+      state.denied++;
+      state.onDenied(decision, facts);
+      const contentType = String(headers[HTTP2_HEADER_CONTENT_TYPE] ?? '');
+      stream.resume();
+      if (contentType.startsWith('application/grpc')) {
+        // gRPC reads status from grpc-status: a trailers-only response with PERMISSION_DENIED (7).
+        stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc', 'grpc-status': '7', 'grpc-message': DENIED_BODY }, { endStream: true });
+      } else {
+        stream.respond({ [HTTP2_HEADER_STATUS]: 403, [HTTP2_HEADER_CONTENT_TYPE]: 'text/plain', 'content-length': String(DENIED_BODY.length) });
+        stream.end(DENIED_BODY);
+      }
+      return;
+    }
+    if (!state.h2Upstream || state.h2Upstream.destroyed) {
+      const socket = state.upstream;
+      state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
+      state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
+    }
+    const forwarded: http2.OutgoingHttpHeaders = {};
+    for (const [name, value] of Object.entries(headers)) {
+      if (value !== undefined && !HOP_BY_HOP.has(name)) forwarded[name] = value;
+    }
+    const upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });
+    let trailers: http2.OutgoingHttpHeaders | null = null;
+    upstreamStream.on('response', (responseHeaders) => {
+      if (stream.destroyed) return;
+      stream.respond(stripHopByHop(responseHeaders), { waitForTrailers: true });
+      upstreamStream.pipe(stream);
+    });
+    upstreamStream.on('trailers', (received) => (trailers = stripHopByHop(received)));
+    stream.on('wantTrailers', () => {
+      if (trailers) stream.sendTrailers(trailers);
+      else stream.close();
+    });
+    upstreamStream.on('error', () => {
+      if (!stream.headersSent && !stream.destroyed) stream.respond({ [HTTP2_HEADER_STATUS]: 502 }, { endStream: true });
+      else stream.close(NGHTTP2_CANCEL);
+    });
+    stream.on('close', () => {
+      if (!upstreamStream.closed) upstreamStream.close(NGHTTP2_CANCEL);
+    });
+    stream.pipe(upstreamStream);
+  }
+}
+
+function stripHopByHop(headers: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
+  const result: http2.OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) if (value !== undefined && !HOP_BY_HOP.has(name)) result[name] = value;
+  return result;
+}
+
+/** An undici connector that hands out the tunnel's already-connected upstream socket once. */
+function reuseSocket(socket: Socket): buildConnector.connector {
+  let used = false;
+  return (_options, callback) => {
+    if (used || socket.destroyed) {
+      callback(new Error('the upstream connection of this tunnel is closed'), null);
+      return;
+    }
+    used = true;
+    // undici expects the connection to complete later, as a real connect does.
+    process.nextTick(callback, null, socket);
+  };
+}
+
+/** Streams an undici response back on an http.ServerResponse. */
+function forwardResponse(res: http.ServerResponse, logger: Logger): Dispatcher.DispatchHandler {
+  return {
+    onRequestStart() {},
+    onResponseStart(controller, statusCode, headers, statusMessage) {
+      const out: Record<string, string | string[]> = {};
+      for (const [name, value] of Object.entries(headers)) if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value as string | string[];
+      res.writeHead(statusCode, statusMessage, out);
+      // Send the head on its own: in Node 24.21 a corked write of the latin1 head string together with a
+      // Buffer body chunk onto an Http2Stream corrupts the head's first bytes (seen here); alone it is fine.
+      res.flushHeaders();
+      res.on('drain', () => controller.resume());
+    },
+    onResponseData(controller, chunk) {
+      if (!res.write(chunk)) controller.pause();
+    },
+    onResponseEnd() {
+      res.end();
+    },
+    onResponseError(_controller, error) {
+      logger.debug({ err: error.message }, 'forwarding an inspected request failed');
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end('upstream connect error\n');
+      else res.destroy(error);
+    },
+  };
+}

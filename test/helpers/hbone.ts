@@ -1,0 +1,85 @@
+// Peers for HBONE interop tests that are not ambit's own code: a counting TCP echo workload, and a CONNECT
+// tunnel over a plain node:tls + node:http2 session with TLS options of the test's choosing.
+import { once } from 'node:events';
+import * as http2 from 'node:http2';
+import { createServer } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import * as tls from 'node:tls';
+
+export interface EchoServer {
+  readonly server: Server;
+  /** Connections accepted so far. */
+  connections: number;
+  close(): Promise<void>;
+}
+
+/** A workload that echoes every byte and half-closes after its peer does. */
+export async function startEchoServer(host: string, port: number): Promise<EchoServer> {
+  const sockets = new Set<Socket>();
+  const echo: EchoServer = {
+    server: createServer({ allowHalfOpen: true }, (socket) => {
+      echo.connections++;
+      sockets.add(socket);
+      socket.on('error', () => {});
+      socket.once('close', () => sockets.delete(socket));
+      socket.pipe(socket);
+    }),
+    connections: 0,
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((resolve) => echo.server.close(() => resolve()));
+    },
+  };
+  echo.server.listen(port, host);
+  await once(echo.server, 'listening');
+  return echo;
+}
+
+/**
+ * A TLS 1.3 + h2 session to an HBONE server at host:port with our own options: the client SVID, the mesh's
+ * roots, no SNI (as ztunnel), and the server's SPIFFE ID checked against `expectedServerId`.
+ */
+export async function connectHbone(host: string, port: number, svid: { certPem: string; keyPem: string }, rootsPem: string, expectedServerId: string): Promise<http2.ClientHttp2Session> {
+  const socket = tls.connect({
+    host,
+    port,
+    cert: svid.certPem,
+    key: svid.keyPem,
+    ca: rootsPem,
+    minVersion: 'TLSv1.3',
+    ALPNProtocols: ['h2'],
+    servername: '',
+    checkServerIdentity: (_host, cert) => (cert.subjectaltname === `URI:${expectedServerId}` ? undefined : new Error(`server presented ${cert.subjectaltname}, expected URI:${expectedServerId}`)),
+  });
+  await once(socket, 'secureConnect');
+  if (socket.alpnProtocol !== 'h2') throw new Error(`ALPN negotiated ${String(socket.alpnProtocol)}, not h2`);
+  const session = http2.connect(`https://${host}:${port}`, { createConnection: () => socket });
+  session.on('error', () => {}); // surfaced through the streams
+  return session;
+}
+
+export interface Tunnel {
+  readonly stream: http2.ClientHttp2Stream;
+  readonly status: number;
+}
+
+/** Sends CONNECT authority and resolves once the response headers arrive; rejects if the stream ends first. */
+export function openTunnel(session: http2.ClientHttp2Session, authority: string, headers: Record<string, string> = {}): Promise<Tunnel> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': authority, ...headers }, { endStream: false });
+    stream.once('response', (response) => resolve({ stream, status: Number(response[':status']) }));
+    stream.once('error', reject);
+    stream.once('close', () => reject(new Error(`CONNECT ${authority}: stream closed (code ${stream.rstCode}) before a response`)));
+  });
+}
+
+/** Writes `payload`, half-closes, and collects everything the other side sends until it half-closes too. */
+export async function echoThrough(stream: http2.ClientHttp2Stream, payload: Buffer): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+  const ended = once(stream, 'end');
+  stream.write(payload);
+  stream.end();
+  await ended;
+  return Buffer.concat(chunks);
+}

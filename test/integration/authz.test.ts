@@ -1,0 +1,207 @@
+// Authorization through two real node proxies: L4 deny (401 on CONNECT), L7 deny (403) and allow on one
+// connection, a gRPC deny, and a policy change that closes an open connection.
+import { createServer as createHttpServer } from 'node:http';
+import * as http2 from 'node:http2';
+import { connect, createServer } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Client } from 'undici';
+import { metricSum, nodeIp, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import type { TestMesh } from '../helpers/mesh.ts';
+
+const P = 65;
+const CLIENT_IP = nodeIp(P, 0, 20);
+const OTHER_IP = nodeIp(P, 0, 21);
+const WEB_IP = nodeIp(P, 1, 10);
+const ECHO_IP = nodeIp(P, 1, 11);
+const GRPC_IP = nodeIp(P, 1, 12);
+
+const workloads = `apiVersion: v1
+kind: Pod
+metadata:
+  name: client-1
+  namespace: demo
+  annotations: { ambit.dev/outbound: "9080=web.demo:80,9007=echo.demo:7,9051=grpc.demo:50051" }
+spec: { nodeName: node-a, serviceAccountName: client }
+status: { phase: Running, podIP: ${CLIENT_IP} }
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: other-1
+  namespace: demo
+  annotations: { ambit.dev/outbound: "9007=echo.demo:7" }
+spec: { nodeName: node-a, serviceAccountName: other }
+status: { phase: Running, podIP: ${OTHER_IP} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: demo, labels: { app: web } }
+spec: { nodeName: node-b, serviceAccountName: web }
+status: { phase: Running, podIP: ${WEB_IP} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: echo-1, namespace: demo, labels: { app: echo } }
+spec: { nodeName: node-b, serviceAccountName: echo }
+status: { phase: Running, podIP: ${ECHO_IP} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: grpc-1, namespace: demo, labels: { app: grpc } }
+spec: { nodeName: node-b, serviceAccountName: grpc }
+status: { phase: Running, podIP: ${GRPC_IP} }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: demo }
+spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: echo, namespace: demo }
+spec: { selector: { app: echo }, ports: [{ name: tcp, port: 7, targetPort: 7000 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: grpc, namespace: demo }
+spec: { selector: { app: grpc }, ports: [{ name: grpc, port: 50051, targetPort: 50051 }] }
+`;
+
+const policies = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: echo-only-client, namespace: demo }
+spec:
+  selector: { matchLabels: { app: echo } }
+  action: ALLOW
+  rules:
+    - from: [{ source: { principals: ["cluster.local/ns/demo/sa/client"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-public, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: ALLOW
+  rules:
+    - to: [{ operation: { methods: ["GET"], paths: ["/public/*"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: grpc-no-admin, namespace: demo }
+spec:
+  selector: { matchLabels: { app: grpc } }
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: ["/pkg.Admin/*"] } }]
+`;
+
+let mesh: TestMesh;
+const servers: Array<Server | http2.Http2Server> = [];
+const webRequests: string[] = [];
+
+beforeAll(async () => {
+  const web = createHttpServer((req, res) => {
+    webRequests.push(`${req.method} ${req.url}`);
+    res.end(`web ${req.url}`);
+  });
+  const echo = createServer({ allowHalfOpen: true }, (socket) => socket.pipe(socket));
+  const grpc = http2.createServer();
+  grpc.on('stream', (stream, headers) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end(Buffer.from(`called ${String(headers[':path'])}`));
+  });
+  servers.push(web, echo, grpc);
+  await new Promise<void>((resolve) => web.listen(8080, WEB_IP, resolve));
+  await new Promise<void>((resolve) => echo.listen(7000, ECHO_IP, resolve));
+  await new Promise<void>((resolve) => grpc.listen(50051, GRPC_IP, resolve));
+  mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': workloads, 'policies.yaml': policies } });
+}, 90_000);
+
+afterAll(async () => {
+  await mesh?.stop();
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(() => resolve(undefined)))));
+});
+
+function echoOnce(ip: string, text: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: ip, port: 9007 });
+    let received = '';
+    socket.on('data', (data: Buffer) => (received += data.toString()));
+    socket.on('error', () => {});
+    socket.on('close', () => resolve(received));
+    socket.on('connect', () => socket.end(text));
+  });
+}
+
+describe('authorization in the node proxy', () => {
+  it('denies a connection at L4 (401 on CONNECT) for a principal the ALLOW policy does not name, and allows the one it names', async () => {
+    expect(await echoOnce(CLIENT_IP, 'from client')).toBe('from client');
+    expect(await echoOnce(OTHER_IP, 'from other')).toBe('');
+    const nodeA = mesh.nodes.get('node-a')!;
+    const nodeB = mesh.nodes.get('node-b')!;
+    await waitUntil('the 401 counted at the source', async () => (await metricSum(nodeA, 'istio_tcp_connections_failed_total', { response_flags: 'DENY', source_principal: 'spiffe://cluster.local/ns/demo/sa/other' })) >= 1);
+    await nodeB.proc.waitFor((line) => line.msg === 'connection denied by policy' && line.source === 'spiffe://cluster.local/ns/demo/sa/other' && line.policy === null);
+  });
+
+  it('denies one HTTP request with 403 RBAC: access denied and allows the next on the same connection', async () => {
+    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
+    try {
+      const first = await client.request({ path: '/public/a', method: 'GET' });
+      expect(first.statusCode).toBe(200);
+      expect(await first.body.text()).toBe('web /public/a');
+      const denied = await client.request({ path: '/admin', method: 'GET' });
+      expect(denied.statusCode).toBe(403);
+      expect(await denied.body.text()).toBe('RBAC: access denied');
+      const post = await client.request({ path: '/public/a', method: 'POST', body: 'x' });
+      expect(post.statusCode).toBe(403);
+      await post.body.dump();
+      const again = await client.request({ path: '/public/b?q=1', method: 'GET' });
+      expect(again.statusCode).toBe(200);
+      expect(await again.body.text()).toBe('web /public/b?q=1');
+    } finally {
+      await client.close();
+    }
+    // The denied requests never reached the application.
+    expect(webRequests).toEqual(['GET /public/a', 'GET /public/b?q=1']);
+  });
+
+  it('denies a gRPC call with PERMISSION_DENIED and lets the other method through', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    try {
+      const call = (path: string) =>
+        new Promise<{ status: string | undefined; body: string }>((resolve, reject) => {
+          const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' });
+          let body = '';
+          let status: string | undefined;
+          stream.on('response', (headers) => {
+            if (headers['grpc-status'] !== undefined) status = String(headers['grpc-status']);
+          });
+          stream.on('trailers', (trailers) => (status = String(trailers['grpc-status'])));
+          stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          stream.on('end', () => resolve({ status, body }));
+          stream.on('error', reject);
+          stream.end();
+        });
+      expect(await call('/pkg.Admin/Delete')).toEqual({ status: '7', body: '' });
+      expect(await call('/pkg.Svc/Call')).toEqual({ status: '0', body: 'called /pkg.Svc/Call' });
+    } finally {
+      session.close();
+    }
+  });
+
+  it('closes an open connection when a policy change no longer allows it', async () => {
+    const socket: Socket = connect({ host: CLIENT_IP, port: 9007 });
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    socket.on('error', () => {});
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    const echoed = new Promise<string>((resolve) => socket.once('data', (data: Buffer) => resolve(data.toString())));
+    socket.write('still allowed');
+    expect(await echoed).toBe('still allowed');
+    await mesh.writeConfig('policies.yaml', policies.replace('cluster.local/ns/demo/sa/client', 'cluster.local/ns/demo/sa/nobody'));
+    await closed;
+    const nodeB = mesh.nodes.get('node-b')!;
+    await nodeB.proc.waitFor((line) => line.msg === 'closed open connections the new configuration no longer allows');
+  });
+});

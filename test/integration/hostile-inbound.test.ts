@@ -1,0 +1,774 @@
+// Hostile and misbehaving peers against a real node proxy's inbound HBONE port, driven with node:http2,
+// node:tls and raw HTTP/2 frames (a peer that is not ambit's code): every hostile input gets its refusal
+// (a status, a reset stream, or a dropped connection with a coded log line), and after each case a
+// well-behaved peer still gets 200 and its bytes back (checked after every test).
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
+import type { TestSvid } from '../helpers/certs.ts';
+import { nodeIp, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import type { TestMesh, TestNode } from '../helpers/mesh.ts';
+import type { AmbitProcess, LogLine } from '../helpers/process.ts';
+
+const P = 62;
+const CLIENT_IP = nodeIp(P, 0, 20); // client-1, on node-a
+const ECHO_IP = nodeIp(P, 1, 10); // echo-1, on node-b: the workload every direct test dials
+const CACHE_IP = nodeIp(P, 1, 11); // cache-1, also on node-b, with its own identity
+const IMPOSTOR_IP = nodeIp(P, 1, 50); // payments-1 of node-c (no proxy runs there): our fake HBONE server
+const HBONE_PORT = 15008;
+const ECHO_PORT = 7000;
+const FIREHOSE_PORT = 7002;
+const CLOSED_PORT = 7999; // nothing listens here
+const IMPOSTOR_LISTENER_PORT = 9050; // node-a's outbound listener for client-1 towards payments-1
+
+const TD = 'cluster.local';
+const TESTER_ID = `spiffe://${TD}/ns/demo/sa/tester`;
+const ECHO_ID = `spiffe://${TD}/ns/demo/sa/echo`;
+const CLIENT_ID = `spiffe://${TD}/ns/demo/sa/client`;
+const PAYMENTS_ID = `spiffe://${TD}/ns/demo/sa/payments`;
+const IMPOSTOR_ID = `spiffe://${TD}/ns/demo/sa/impostor`;
+const MiB = 1024 * 1024;
+
+const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR, NGHTTP2_PROTOCOL_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
+
+const config = `apiVersion: v1
+kind: Pod
+metadata:
+  name: client-1
+  namespace: demo
+  annotations: { ambit.dev/outbound: "${IMPOSTOR_LISTENER_PORT}=${IMPOSTOR_IP}:7" }
+spec: { nodeName: node-a, serviceAccountName: client }
+status: { phase: Running, podIP: ${CLIENT_IP} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: echo-1, namespace: demo }
+spec: { nodeName: node-b, serviceAccountName: echo }
+status: { phase: Running, podIP: ${ECHO_IP} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: cache-1, namespace: demo }
+spec: { nodeName: node-b, serviceAccountName: cache }
+status: { phase: Running, podIP: ${CACHE_IP} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: payments-1, namespace: demo }
+spec: { nodeName: node-c, serviceAccountName: payments }
+status: { phase: Running, podIP: ${IMPOSTOR_IP} }
+`;
+
+/** An echo server that counts its open connections (the proxy's upstream sockets) and their peak. */
+class TrackedEcho {
+  readonly server: net.Server;
+  readonly open = new Set<net.Socket>();
+  peakOpen = 0;
+  accepted = 0;
+  #waiters: Array<(socket: net.Socket) => void> = [];
+
+  constructor() {
+    this.server = net.createServer({ allowHalfOpen: true }, (socket) => {
+      this.open.add(socket);
+      this.accepted++;
+      this.peakOpen = Math.max(this.peakOpen, this.open.size);
+      socket.on('error', () => {}); // the proxy resets upstreams of aborted tunnels: expected here
+      socket.once('close', () => this.open.delete(socket));
+      socket.pipe(socket);
+      for (const waiter of this.#waiters.splice(0)) waiter(socket);
+    });
+  }
+
+  /** The next upstream connection the proxy opens. */
+  nextConnection(): Promise<net.Socket> {
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+}
+
+/** Writes `totalBytes` to each connection as fast as the connection takes them, honouring backpressure. */
+class Firehose {
+  readonly server: net.Server;
+  readonly sockets: net.Socket[] = [];
+
+  constructor(totalBytes: number) {
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    this.server = net.createServer((socket) => {
+      this.sockets.push(socket);
+      socket.on('error', () => {});
+      let sent = 0;
+      const pump = () => {
+        while (sent < totalBytes && !socket.destroyed) {
+          sent += chunk.length;
+          if (!socket.write(chunk)) {
+            socket.once('drain', pump);
+            return;
+          }
+        }
+        socket.end();
+      };
+      pump();
+    });
+  }
+}
+
+let mesh: TestMesh;
+let echo: TrackedEcho;
+let firehose: Firehose;
+let impostor: http2.Http2SecureServer;
+const impostorStreams: Array<{ authority: string | undefined; clientSan: string | undefined }> = [];
+let validClient: TestSvid;
+
+function listen(server: net.Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+}
+
+function closeServer(server: net.Server | undefined): Promise<void> {
+  return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
+}
+
+function nodeB(): TestNode {
+  return mesh.nodes.get('node-b') as TestNode;
+}
+
+function nodeA(): TestNode {
+  return mesh.nodes.get('node-a') as TestNode;
+}
+
+beforeAll(async () => {
+  echo = new TrackedEcho();
+  firehose = new Firehose(200 * MiB);
+  await listen(echo.server, ECHO_IP, ECHO_PORT);
+  await listen(firehose.server, ECHO_IP, FIREHOSE_PORT);
+  mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config } });
+  validClient = await issueMeshSvid(mesh.caDir, TESTER_ID);
+  // The fake server presents a genuine mesh certificate, but of the wrong workload.
+  const impostorSvid = await issueMeshSvid(mesh.caDir, IMPOSTOR_ID);
+  impostor = http2.createSecureServer({ cert: impostorSvid.certPem, key: impostorSvid.keyPem, minVersion: 'TLSv1.3', requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+  impostor.on('stream', (stream, headers) => {
+    const socket = stream.session?.socket as tls.TLSSocket | undefined;
+    impostorStreams.push({ authority: headers[':authority'], clientSan: socket?.getPeerCertificate().subjectaltname });
+    stream.respond({ ':status': 200 });
+    stream.pipe(stream);
+  });
+  await listen(impostor, IMPOSTOR_IP, HBONE_PORT);
+}, 60_000);
+
+afterAll(async () => {
+  await mesh?.stop();
+  await Promise.all([closeServer(echo?.server), closeServer(firehose?.server), closeServer(impostor)]);
+  for (const socket of firehose?.sockets ?? []) socket.destroy();
+});
+
+// After every hostile case: the proxy is still running and a well-behaved peer is served.
+afterEach(async () => {
+  for (const node of [nodeA(), nodeB()]) expect(node.proc.child.exitCode, `${node.name} exited: ${node.proc.stderr}`).toBeNull();
+  const session = dialHbone(validClient);
+  try {
+    const payload = randomBytes(256 * 1024);
+    const echoed = await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload);
+    expect(echoed.equals(payload), 'a valid peer gets its bytes back').toBe(true);
+  } finally {
+    session.destroy();
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Peers driven with node:http2 and node:tls
+
+interface DialOptions {
+  tls?: Partial<tls.ConnectionOptions>;
+  session?: http2.ClientSessionOptions;
+}
+
+function dialHbone(svid: TestSvid | null, options: DialOptions = {}): http2.ClientHttp2Session {
+  const socket = tls.connect({
+    host: ECHO_IP,
+    port: HBONE_PORT,
+    ALPNProtocols: ['h2'],
+    rejectUnauthorized: false, // the server's SVID is checked by the tests that care, not by hostname
+    minVersion: 'TLSv1.3',
+    ...(svid ? { cert: svid.certPem, key: svid.keyPem } : {}),
+    ...options.tls,
+  });
+  socket.on('error', () => {});
+  const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket, ...options.session });
+  session.on('error', () => {}); // outcomes are read from 'close' and from the streams
+  return session;
+}
+
+interface ConnectOutcome {
+  /** The response status, or null when the stream ended without a response. */
+  status: number | null;
+  /** The RST_STREAM code when the stream was reset before a response. */
+  rstCode: number | null;
+  stream: http2.ClientHttp2Stream;
+}
+
+function request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders): Promise<ConnectOutcome> {
+  return new Promise((resolve) => {
+    const stream = session.request(headers, { endStream: false });
+    stream.on('error', () => {});
+    let settled = false;
+    stream.once('response', (response) => {
+      settled = true;
+      resolve({ status: Number(response[':status']), rstCode: null, stream });
+    });
+    stream.once('close', () => {
+      if (!settled) resolve({ status: null, rstCode: stream.rstCode ?? null, stream });
+    });
+  });
+}
+
+function connectRequest(session: http2.ClientHttp2Session, authority: string): Promise<ConnectOutcome> {
+  return request(session, { ':method': 'CONNECT', ':authority': authority });
+}
+
+/** Sends `payload` through a CONNECT tunnel to an echo server, half-closes, and returns what came back. */
+async function echoThrough(session: http2.ClientHttp2Session, authority: string, payload: Buffer): Promise<Buffer> {
+  const { status, stream } = await connectRequest(session, authority);
+  expect(status).toBe(200);
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+    stream.once('end', () => resolve(Buffer.concat(chunks)));
+    stream.once('error', reject);
+    stream.end(payload);
+  });
+}
+
+interface DropOutcome {
+  /** Whether the TLS handshake completed from the client's point of view (TLS 1.3 sends the client certificate after). */
+  handshakeCompleted: boolean;
+  status: number | null;
+  closedByServer: boolean;
+}
+
+/** Tries one tunnel and reports how it ended: a refused peer sees its connection closed, never a status. */
+function attemptTunnel(svid: TestSvid | null, tlsOptions: Partial<tls.ConnectionOptions> = {}): Promise<DropOutcome> {
+  return new Promise((resolve) => {
+    const session = dialHbone(svid, { tls: tlsOptions });
+    let handshakeCompleted = false;
+    session.once('connect', () => (handshakeCompleted = true));
+    let status: number | null = null;
+    const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
+    stream.on('error', () => {});
+    stream.once('response', (headers) => (status = Number(headers[':status'])));
+    const finish = (closedByServer: boolean) => {
+      clearTimeout(timer);
+      session.destroy();
+      resolve({ handshakeCompleted, status, closedByServer });
+    };
+    const timer = setTimeout(() => finish(false), 5_000);
+    session.once('close', () => finish(true));
+  });
+}
+
+/** The first log line of `proc` after index `since` that matches. */
+function logLineSince(proc: AmbitProcess, since: number, predicate: (line: LogLine) => boolean, what: string): Promise<LogLine> {
+  return proc.waitFor((line) => proc.lines.indexOf(line) >= since && predicate(line), 5_000, what);
+}
+
+async function rssBytes(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(status);
+  if (!match) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return Number(match[1]) * 1024;
+}
+
+function closedWithin(socket: net.Socket): Promise<number> {
+  const startedMs = performance.now();
+  return new Promise((resolve) => {
+    if (socket.closed) resolve(0);
+    else socket.once('close', () => resolve(performance.now() - startedMs));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/2 frames (RFC 9113 §4.1), for a peer that does what node:http2 would not let it do
+
+const FRAME_HEADERS = 0x1;
+const FRAME_RST_STREAM = 0x3;
+const FRAME_SETTINGS = 0x4;
+const FRAME_GOAWAY = 0x7;
+const FLAG_ACK = 0x1;
+const FLAG_END_HEADERS = 0x4;
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+
+function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const header = Buffer.alloc(9);
+  header.writeUIntBE(payload.length, 0, 3);
+  header[3] = type;
+  header[4] = flags;
+  header.writeUInt32BE(streamId, 5);
+  return Buffer.concat([header, payload]);
+}
+
+/** HPACK "literal header field without indexing, new name" (RFC 7541 §6.2.2), for short strings. */
+function literalHeader(name: string, value: string): Buffer {
+  return Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
+}
+
+function connectHeadersFrame(streamId: number, authority: string): Buffer {
+  return frame(FRAME_HEADERS, FLAG_END_HEADERS, streamId, Buffer.concat([literalHeader(':method', 'CONNECT'), literalHeader(':authority', authority)]));
+}
+
+function rstStreamFrame(streamId: number, code: number): Buffer {
+  const payload = Buffer.alloc(4);
+  payload.writeUInt32BE(code);
+  return frame(FRAME_RST_STREAM, 0, streamId, payload);
+}
+
+/** A raw HTTP/2 client over mutual TLS that tallies the frames the server sends back. */
+class RawPeer {
+  readonly socket: tls.TLSSocket;
+  responses = 0;
+  readonly resets = new Map<number, number>(); // RST_STREAM error code → count
+  goaway: { lastStreamId: number; code: number } | null = null;
+  closed = false;
+  #buffer = Buffer.alloc(0);
+  #serverSettings: Promise<void>;
+
+  private constructor(svid: TestSvid) {
+    this.socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3', cert: svid.certPem, key: svid.keyPem });
+    this.socket.on('error', () => {});
+    this.socket.once('close', () => (this.closed = true));
+    this.#serverSettings = new Promise((resolve) => {
+      this.socket.on('data', (data: Buffer) => {
+        this.#buffer = Buffer.concat([this.#buffer, data]);
+        while (this.#buffer.length >= 9) {
+          const length = this.#buffer.readUIntBE(0, 3);
+          if (this.#buffer.length < 9 + length) break;
+          const type = this.#buffer[3];
+          const flags = this.#buffer[4] as number;
+          const payload = this.#buffer.subarray(9, 9 + length);
+          this.#buffer = this.#buffer.subarray(9 + length);
+          if (type === FRAME_SETTINGS && (flags & FLAG_ACK) === 0) {
+            this.socket.write(frame(FRAME_SETTINGS, FLAG_ACK, 0));
+            resolve();
+          } else if (type === FRAME_HEADERS) {
+            this.responses++;
+          } else if (type === FRAME_RST_STREAM) {
+            const code = payload.readUInt32BE(0);
+            this.resets.set(code, (this.resets.get(code) ?? 0) + 1);
+          } else if (type === FRAME_GOAWAY) {
+            this.goaway = { lastStreamId: payload.readUInt32BE(0) & 0x7fffffff, code: payload.readUInt32BE(4) };
+          }
+        }
+      });
+    });
+  }
+
+  /** Connects, exchanges prefaces and acknowledges the server's SETTINGS (so its limits are in force). */
+  static async open(svid: TestSvid): Promise<RawPeer> {
+    const peer = new RawPeer(svid);
+    await new Promise<void>((resolve, reject) => {
+      peer.socket.once('secureConnect', () => resolve());
+      peer.socket.once('error', reject);
+    });
+    peer.socket.write(Buffer.concat([PREFACE, frame(FRAME_SETTINGS, 0, 0)]));
+    await peer.#serverSettings;
+    return peer;
+  }
+
+  write(data: Buffer): void {
+    this.socket.write(data);
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('HBONE inbound: CONNECT statuses on a workload listener', () => {
+  it('answers 200 to a valid CONNECT, presents the destination workload identity, and carries bytes both ways identically', async () => {
+    const session = dialHbone(validClient);
+    try {
+      await new Promise<void>((resolve) => session.once('connect', () => resolve()));
+      expect((session.socket as tls.TLSSocket).getPeerCertificate().subjectaltname).toBe(`URI:${ECHO_ID}`);
+      const payload = Buffer.alloc(3 * MiB);
+      for (let i = 0; i < payload.length; i++) payload[i] = (i * 31 + 7) & 0xff;
+      const echoed = await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload);
+      expect(echoed.length).toBe(payload.length);
+      expect(echoed.equals(payload)).toBe(true);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  const refusals: Array<{ what: string; authority: string; status: number }> = [
+    { what: 'a CONNECT for a workload on another node', authority: `${CLIENT_IP}:${ECHO_PORT}`, status: 400 },
+    { what: 'a CONNECT for another workload of the same node than the one this listener serves', authority: `${CACHE_IP}:${ECHO_PORT}`, status: 400 },
+    { what: 'a CONNECT for an address outside the mesh', authority: '10.1.2.3:80', status: 400 },
+    { what: 'a CONNECT whose authority is a bare name', authority: 'foo', status: 400 },
+    { what: 'a CONNECT whose authority is a hostname', authority: 'foo:80', status: 400 },
+    { what: 'a CONNECT whose authority has no port', authority: '1.2.3.4', status: 400 },
+    { what: 'a CONNECT whose authority is an unterminated IPv6 literal', authority: '[::1', status: 400 },
+    { what: 'a CONNECT whose authority port is out of range', authority: '1.2.3.4:99999', status: 400 },
+    { what: 'a CONNECT whose authority port is zero', authority: `${ECHO_IP}:0`, status: 400 },
+    { what: 'a CONNECT to a port of the local workload where nothing listens', authority: `${ECHO_IP}:${CLOSED_PORT}`, status: 503 },
+    { what: 'a CONNECT to the HBONE port itself', authority: `${ECHO_IP}:${HBONE_PORT}`, status: 503 },
+    { what: 'a CONNECT to the outbound capture port', authority: `${ECHO_IP}:15001`, status: 503 },
+    { what: 'a CONNECT to the inbound plaintext port', authority: `${ECHO_IP}:15006`, status: 503 },
+  ];
+
+  it.each(refusals)('answers $status to $what', async ({ authority, status }) => {
+    const session = dialHbone(validClient);
+    try {
+      const outcome = await connectRequest(session, authority);
+      expect(outcome.status).toBe(status);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('resets a CONNECT with an empty authority as a malformed request, before any answer', async () => {
+    // RFC 9113 §8.5: a CONNECT carries :authority; nghttp2 resets it (PROTOCOL_ERROR, §8.1.1) before the proxy sees it.
+    const session = dialHbone(validClient);
+    try {
+      const outcome = await connectRequest(session, '');
+      expect(outcome.status).toBeNull();
+      expect(outcome.rstCode).toBe(NGHTTP2_PROTOCOL_ERROR);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('answers 400 to a request that is not a CONNECT', async () => {
+    const session = dialHbone(validClient);
+    try {
+      const outcome = await request(session, { ':method': 'GET', ':path': '/', ':scheme': 'https', ':authority': `${ECHO_IP}:${ECHO_PORT}` });
+      expect(outcome.status).toBe(400);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('keeps serving the other streams of a session after refusing one of them', async () => {
+    const session = dialHbone(validClient);
+    try {
+      const refused = await connectRequest(session, `${ECHO_IP}:${CLOSED_PORT}`);
+      expect(refused.status).toBe(503);
+      const payload = randomBytes(64 * 1024);
+      expect((await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
+    } finally {
+      session.destroy();
+    }
+  });
+});
+
+describe('HBONE inbound: peers refused at the TLS layer', () => {
+  const certificateCases: Array<{ what: string; code: string; svid: () => Promise<TestSvid>; presented: string }> = [
+    {
+      what: 'a certificate from a CA the mesh does not trust',
+      code: 'SVID_CHAIN_INVALID',
+      presented: `spiffe://${TD}/ns/demo/sa/untrusted`,
+      svid: async () => issueTestSvid(await createTestCa(TD), `spiffe://${TD}/ns/demo/sa/untrusted`),
+    },
+    {
+      what: 'a certificate of another trust domain with no federation',
+      code: 'TRUST_DOMAIN_UNKNOWN',
+      presented: 'spiffe://other.test/ns/demo/sa/foreign',
+      svid: async () => issueTestSvid(await createTestCa('other.test'), 'spiffe://other.test/ns/demo/sa/foreign'),
+    },
+    {
+      what: 'an expired certificate of the mesh CA',
+      code: 'SVID_EXPIRED',
+      presented: `spiffe://${TD}/ns/demo/sa/expired`,
+      svid: () => issueMeshSvid(mesh.caDir, `spiffe://${TD}/ns/demo/sa/expired`, { now: new Date(Date.now() - 2 * 3_600_000), ttlMs: 60_000 }),
+    },
+  ];
+
+  it.each(certificateCases)('drops a peer presenting $what and logs $code', async ({ code, svid, presented }) => {
+    const since = nodeB().proc.lines.length;
+    const outcome = await attemptTunnel(await svid());
+    expect(outcome.status).toBeNull();
+    expect(outcome.closedByServer).toBe(true);
+    const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.presented === presented, `refusal of ${presented}`);
+    expect(line.code).toBe(code);
+  });
+
+  it('drops a peer presenting no client certificate and logs CA_UNAUTHENTICATED', async () => {
+    const since = nodeB().proc.lines.length;
+    const outcome = await attemptTunnel(null);
+    expect(outcome.status).toBeNull();
+    expect(outcome.closedByServer).toBe(true);
+    const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.presented === null, 'refusal of a peer without certificate');
+    expect(line.code).toBe('CA_UNAUTHENTICATED');
+  });
+
+  it('fails the handshake of a peer that offers only TLS 1.2', async () => {
+    const outcome = await attemptTunnel(validClient, { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' });
+    expect(outcome.handshakeCompleted).toBe(false);
+    expect(outcome.status).toBeNull();
+    expect(outcome.closedByServer).toBe(true);
+  });
+
+  const plaintexts: Array<{ what: string; bytes: Buffer }> = [
+    { what: 'an HTTP/2 preface', bytes: Buffer.concat([PREFACE, frame(FRAME_SETTINGS, 0, 0), connectHeadersFrame(1, `${ECHO_IP}:${ECHO_PORT}`)]) },
+    { what: 'an HTTP/1.1 request', bytes: Buffer.from(`GET / HTTP/1.1\r\nHost: ${ECHO_IP}\r\n\r\n`) },
+  ];
+
+  it.each(plaintexts)('closes a connection that sends $what in plaintext, without any HTTP answer', async ({ bytes }) => {
+    const received = await new Promise<Buffer>((resolve, reject) => {
+      const socket = net.connect({ host: ECHO_IP, port: HBONE_PORT });
+      const chunks: Buffer[] = [];
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error('the server kept a plaintext connection open'));
+      }, 5_000);
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      socket.on('error', () => {});
+      socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(Buffer.concat(chunks));
+      });
+      socket.once('connect', () => socket.write(bytes));
+    });
+    // Nothing, or a TLS alert record (content type 21): never an HTTP/1.1 or HTTP/2 answer.
+    if (received.length > 0) expect(received[0]).toBe(21);
+    expect(received.includes('HTTP/')).toBe(false);
+  });
+});
+
+describe('HBONE outbound: a server presenting the wrong identity', () => {
+  function throughNodeA(payload: Buffer): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: CLIENT_IP, port: IMPOSTOR_LISTENER_PORT });
+      const chunks: Buffer[] = [];
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error('node-a kept the connection open'));
+      }, 5_000);
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      socket.on('error', () => {});
+      socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(Buffer.concat(chunks));
+      });
+      socket.once('connect', () => socket.end(payload));
+    });
+  }
+
+  it('closes the client connection and logs IDENTITY_MISMATCH with both identities when the server is not the expected workload', async () => {
+    const since = nodeA().proc.lines.length;
+    const received = await throughNodeA(Buffer.from('secret for payments'));
+    expect(received.length).toBe(0);
+    const line = await logLineSince(nodeA().proc, since, (l) => l.msg === 'refusing HBONE peer: server identity is not the one expected', 'identity refusal');
+    expect(line.code).toBe('IDENTITY_MISMATCH');
+    expect(line.expected).toBe(PAYMENTS_ID);
+    expect(line.presented).toBe(IMPOSTOR_ID);
+    expect(line.source).toBe(CLIENT_ID);
+    expect(impostorStreams).toHaveLength(0); // not even a CONNECT was sent to it
+  });
+
+  it('carries the connection once the same server presents the expected identity', async () => {
+    const payments = await issueMeshSvid(mesh.caDir, PAYMENTS_ID);
+    impostor.setSecureContext({ cert: payments.certPem, key: payments.keyPem, minVersion: 'TLSv1.3' });
+    const payload = randomBytes(128 * 1024);
+    const received = await throughNodeA(payload);
+    expect(received.equals(payload)).toBe(true);
+    expect(impostorStreams).toEqual([{ authority: `${IMPOSTOR_IP}:7`, clientSan: `URI:${CLIENT_ID}` }]);
+  });
+});
+
+describe('HBONE inbound: stream floods', () => {
+  it('refuses streams beyond its 200-stream limit on one session and keeps serving other peers', async () => {
+    const pid = nodeB().proc.child.pid as number;
+    const baselineRss = await rssBytes(pid);
+    echo.peakOpen = echo.open.size;
+    // Claims the server allows 1,000 streams, so node:http2 sends them all before the server's SETTINGS
+    // arrive instead of queueing them itself.
+    const flood = dialHbone(validClient, { session: { peerMaxConcurrentStreams: 1000 } });
+    try {
+      const outcomes = await Promise.all(Array.from({ length: 1000 }, () => connectRequest(flood, `${ECHO_IP}:${ECHO_PORT}`)));
+      const accepted = outcomes.filter((outcome) => outcome.status === 200).length;
+      const refused = outcomes.filter((outcome) => outcome.status === null && outcome.rstCode === NGHTTP2_REFUSED_STREAM).length;
+      expect(accepted).toBeLessThanOrEqual(200);
+      expect(accepted).toBeGreaterThan(0);
+      expect(accepted + refused).toBe(1000);
+      expect(echo.peakOpen).toBeLessThanOrEqual(200);
+      // With the session's tunnels all open, another peer is served and the proxy's memory is bounded.
+      const other = dialHbone(validClient);
+      const payload = randomBytes(64 * 1024);
+      expect((await echoThrough(other, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
+      other.destroy();
+      expect((await rssBytes(pid)) - baselineRss).toBeLessThan(64 * MiB);
+    } finally {
+      flood.destroy();
+    }
+    // The flooding session's upstream connections go with it.
+    await waitUntil('upstreams of the flood closed', () => echo.open.size === 0, 5_000);
+  });
+
+  it('ends the session of a raw peer that exceeds the stream limit it acknowledged, and closes its upstreams', async () => {
+    echo.peakOpen = echo.open.size;
+    const peer = await RawPeer.open(validClient);
+    try {
+      const frames: Buffer[] = [];
+      for (let i = 0; i < 1000; i++) frames.push(connectHeadersFrame(2 * i + 1, `${ECHO_IP}:${ECHO_PORT}`));
+      peer.write(Buffer.concat(frames));
+      await waitUntil('the flood answered', () => peer.goaway !== null, 5_000);
+      // Past an acknowledged SETTINGS_MAX_CONCURRENT_STREAMS the peer is in breach (RFC 9113 §5.1.2):
+      // nghttp2 ends the whole session with PROTOCOL_ERROR, having taken at most the first 200 streams.
+      expect(peer.goaway?.code).toBe(NGHTTP2_PROTOCOL_ERROR);
+      expect(peer.goaway?.lastStreamId).toBeLessThanOrEqual(2 * 200 - 1);
+      expect(peer.responses).toBeLessThanOrEqual(200);
+      expect(echo.peakOpen).toBeLessThanOrEqual(200);
+    } finally {
+      peer.destroy();
+    }
+    await waitUntil('upstreams of the raw peer closed', () => echo.open.size === 0, 5_000);
+  });
+
+  it('survives a peer that resets a stream with an error code while its upstream connect is pending', async () => {
+    const peer = await RawPeer.open(validClient);
+    try {
+      // One write: nghttp2 reads the reset in the same pass as the HEADERS, before the upstream connects.
+      peer.write(Buffer.concat([connectHeadersFrame(1, `${ECHO_IP}:${ECHO_PORT}`), rstStreamFrame(1, NGHTTP2_INTERNAL_ERROR)]));
+      await sleep(200);
+      expect(peer.closed).toBe(false); // the session itself stays up
+    } finally {
+      peer.destroy();
+    }
+    await waitUntil('upstream of the reset stream closed', () => echo.open.size === 0, 5_000);
+  });
+
+  it('cuts off a rapid-reset flood (HEADERS then RST_STREAM, 5,000 times) without leaking upstream connections or memory', async () => {
+    const pid = nodeB().proc.child.pid as number;
+    const baselineRss = await rssBytes(pid);
+    const acceptedBefore = echo.accepted;
+    const peer = await RawPeer.open(validClient);
+    try {
+      const frames: Buffer[] = [];
+      for (let i = 0; i < 5000; i++) {
+        const streamId = 2 * i + 1;
+        frames.push(connectHeadersFrame(streamId, `${ECHO_IP}:${ECHO_PORT}`), rstStreamFrame(streamId, NGHTTP2_CANCEL));
+      }
+      peer.write(Buffer.concat(frames));
+      // CVE-2023-44487: nghttp2's reset-rate limit ends the session long before the 5,000th stream.
+      await waitUntil('the flooding session ended', () => peer.closed || peer.goaway !== null, 5_000);
+    } finally {
+      peer.destroy();
+    }
+    expect(echo.accepted - acceptedBefore).toBeLessThan(1000);
+    await waitUntil('upstreams of the reset streams closed', () => echo.open.size === 0, 5_000);
+    expect((await rssBytes(pid)) - baselineRss).toBeLessThan(64 * MiB);
+  });
+});
+
+describe('HBONE inbound: flow control and teardown', () => {
+  it('keeps memory bounded while a tunnel reader stops reading from a fast upstream, then resumes', async () => {
+    const pid = nodeB().proc.child.pid as number;
+    const baselineRss = await rssBytes(pid);
+    const session = dialHbone(validClient, { session: { settings: { initialWindowSize: 4 * MiB } } });
+    try {
+      const { status, stream } = await connectRequest(session, `${ECHO_IP}:${FIREHOSE_PORT}`);
+      expect(status).toBe(200);
+      stream.pause();
+      let peakRss = baselineRss;
+      for (let i = 0; i < 12; i++) {
+        await sleep(250);
+        peakRss = Math.max(peakRss, await rssBytes(pid));
+      }
+      expect(peakRss - baselineRss).toBeLessThan(64 * MiB);
+      // The sender is held back, not buffered for: it got rid of a small part of its 200 MiB.
+      const upstream = firehose.sockets.at(-1) as net.Socket;
+      expect(upstream.bytesWritten).toBeLessThan(64 * MiB);
+      // The tunnel is stalled, not broken: reading again moves the bytes.
+      let received = 0;
+      await new Promise<void>((resolve, reject) => {
+        stream.on('data', (chunk: Buffer) => {
+          received += chunk.length;
+          if (received >= 32 * MiB) resolve();
+        });
+        stream.once('error', reject);
+        stream.resume();
+      });
+      expect(upstream.bytesWritten).toBeGreaterThan(32 * MiB);
+      const closeMs = closedWithin(upstream);
+      stream.close(NGHTTP2_CANCEL);
+      expect(await closeMs).toBeLessThan(1_000);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  async function openTunnelMidTransfer(session: http2.ClientHttp2Session): Promise<{ stream: http2.ClientHttp2Stream; upstream: net.Socket }> {
+    const nextUpstream = echo.nextConnection();
+    const { status, stream } = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);
+    expect(status).toBe(200);
+    const upstream = await nextUpstream;
+    stream.resume(); // the echo flows back while we keep writing
+    stream.write(randomBytes(MiB));
+    await waitUntil('bytes flowing through the tunnel', () => upstream.bytesRead >= MiB, 5_000);
+    stream.write(randomBytes(MiB)); // still in flight when the peer goes away
+    return { stream, upstream };
+  }
+
+  it('closes the upstream connection within a second when the peer resets the stream mid-transfer', async () => {
+    const session = dialHbone(validClient);
+    try {
+      const { stream, upstream } = await openTunnelMidTransfer(session);
+      const closeMs = closedWithin(upstream);
+      stream.close(NGHTTP2_CANCEL);
+      expect(await closeMs).toBeLessThan(1_000);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('closes the upstream connection within a second when the peer sends GOAWAY with an error mid-transfer', async () => {
+    const session = dialHbone(validClient);
+    try {
+      const { upstream } = await openTunnelMidTransfer(session);
+      const closeMs = closedWithin(upstream);
+      session.goaway(NGHTTP2_INTERNAL_ERROR);
+      expect(await closeMs).toBeLessThan(1_000);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('closes the upstream connection within a second when the peer connection vanishes mid-transfer', async () => {
+    const session = dialHbone(validClient);
+    try {
+      const { upstream } = await openTunnelMidTransfer(session);
+      const closeMs = closedWithin(upstream);
+      session.socket.destroy();
+      expect(await closeMs).toBeLessThan(1_000);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('lets an open tunnel finish after the peer sends GOAWAY NO_ERROR (graceful shutdown, RFC 9113 §6.8)', async () => {
+    const session = dialHbone(validClient);
+    try {
+      const { status, stream } = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);
+      expect(status).toBe(200);
+      session.goaway(NGHTTP2_NO_ERROR);
+      await sleep(100);
+      const payload = randomBytes(MiB);
+      const echoed = await new Promise<Buffer>((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+        stream.once('end', () => resolve(Buffer.concat(chunks)));
+        stream.once('error', reject);
+        stream.end(payload);
+      });
+      expect(echoed.equals(payload)).toBe(true);
+    } finally {
+      session.destroy();
+    }
+  });
+});

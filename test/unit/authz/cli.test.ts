@@ -1,0 +1,258 @@
+// `ambit authz check` spawned for real against test/fixtures/authz/shop: decisions with their policy and rule,
+// the --explain shape, a request from stdin, and exit 2 with the offending field named for bad input.
+import { spawn } from 'node:child_process';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, it } from 'vitest';
+
+const CLI = fileURLToPath(new URL('../../../src/cli/main.ts', import.meta.url));
+const FIXTURES = fileURLToPath(new URL('../../fixtures/authz/', import.meta.url));
+const CONFIG = join(FIXTURES, 'shop');
+const FRONT = 'cluster.local/ns/front/sa/client';
+const ADMIN = 'cluster.local/ns/ops/sa/admin';
+
+interface Result {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function ambit(args: string[], stdin?: string): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.once('error', reject);
+    child.once('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+    child.stdin.end(stdin ?? '');
+  });
+}
+
+/** `ambit authz check --config DIR --request -` with the request as JSON on stdin. */
+function check(request: unknown, options: { config?: string; explain?: boolean } = {}): Promise<Result> {
+  const args = ['authz', 'check', '--config', options.config ?? CONFIG, '--request', '-'];
+  if (options.explain) args.push('--explain');
+  return ambit(args, typeof request === 'string' ? request : JSON.stringify(request));
+}
+
+interface Output {
+  decision: 'ALLOW' | 'DENY';
+  policy: string | null;
+  rule: number | null;
+  reason: string;
+  explain?: {
+    destination: string;
+    moment: string;
+    mtls: string;
+    policies: { policy: string; action: string; source: string; rules: { rule: number; matched: boolean; why: string }[]; note?: string }[];
+  };
+}
+
+function decided(result: Result): Output {
+  if (result.status !== 0) throw new Error(`exit ${result.status}: ${result.stderr}`);
+  return JSON.parse(result.stdout) as Output;
+}
+
+const web = (port = 8080) => ({ namespace: 'shop', workload: 'web-1', port, ip: '10.0.1.10' });
+
+const temporary: string[] = [];
+afterAll(async () => {
+  await Promise.all(temporary.map((dir) => rm(dir, { recursive: true, force: true })));
+});
+
+/** A copy of the fixture configuration with one more file in it. */
+async function configWith(file: string, text: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-authz-cli-'));
+  temporary.push(dir);
+  await cp(CONFIG, dir, { recursive: true });
+  await writeFile(join(dir, file), text);
+  return dir;
+}
+
+describe.concurrent('ambit authz check', () => {
+  it('prints ALLOW with the deciding policy and rule for a request read from a file, and exits 0', async ({ expect }) => {
+    // The file's principal has the spiffe:// scheme, its path a query string and its host a port and capitals.
+    const result = await ambit(['authz', 'check', '--config', CONFIG, '--request', join(FIXTURES, 'requests', 'front-get-api.json')]);
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    const output = decided(result);
+    expect(output).toEqual({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 0, reason: expect.any(String) });
+    expect(result.stdout.trim().split('\n')).toHaveLength(1);
+  });
+
+  it('prints DENY with the deciding DENY policy and rule, and still exits 0', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'DELETE', path: '/api/items' } }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: 'shop/deny-delete', rule: 0 });
+  });
+
+  it('prints DENY with no policy and no rule when ALLOW policies apply and none matches', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/admin' } }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+  });
+
+  it('allows by a later rule of the same policy and names that rule', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin' } }));
+    expect(output).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 1 });
+  });
+
+  it('decides a connection without "request" on an HTTP port at connection time: the HTTP rule defers', async ({ expect }) => {
+    const output = decided(await check({ destination: web(8080), source: { principal: FRONT } }, { explain: true }));
+    expect(output).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 0 });
+    expect(output.explain?.moment).toBe('connect');
+  });
+
+  it('decides a connection on a plain TCP port as L4: a DENY rule with HTTP fields applies with them ignored', async ({ expect }) => {
+    // shop/deny-delete denies DELETE; on port 9000, which no Service declares HTTP, methods are never known, so
+    // the rule denies every connection there (fail closed for DENY), even one rule 1 of shop/web-allow would allow.
+    const output = decided(await check({ destination: web(9000), source: { principal: ADMIN } }, { explain: true }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: 'shop/deny-delete', rule: 0 });
+    expect(output.explain?.moment).toBe('tcp');
+  });
+
+  it('refuses a source without principal under STRICT, naming the PeerAuthentication', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { ip: '10.0.2.7' }, request: { method: 'GET', path: '/api/x' } }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: 'shop/strict', rule: null });
+  });
+
+  it('evaluates a destination given by labels instead of a workload name', async ({ expect }) => {
+    const allowed = decided(await check({ destination: { namespace: 'shop', labels: { app: 'db' }, port: 5432 }, source: { principal: 'cluster.local/ns/shop/sa/web' } }));
+    expect(allowed).toMatchObject({ decision: 'ALLOW', policy: 'shop/db-allow', rule: 0 });
+    const denied = decided(await check({ destination: { namespace: 'shop', labels: { app: 'db' }, port: 5432 }, source: { principal: FRONT } }));
+    expect(denied).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+  });
+
+  it('--explain lists every policy that applies, each rule with whether it matched and why', async ({ expect }) => {
+    const result = await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/items' } }, { explain: true });
+    const output = decided(result);
+    expect(output).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 0, reason: expect.any(String) });
+    expect(output.explain).toEqual({
+      destination: 'shop/web-1',
+      moment: 'request',
+      mtls: 'STRICT',
+      policies: [
+        { policy: 'shop/deny-delete', action: 'DENY', source: 'policies/web.yaml', rules: [{ rule: 0, matched: false, why: expect.any(String) }] },
+        {
+          policy: 'shop/web-allow',
+          action: 'ALLOW',
+          source: 'policies/web.yaml',
+          rules: [{ rule: 0, matched: true, why: expect.any(String) }, { rule: 1, matched: false, why: expect.any(String) }],
+        },
+      ],
+    });
+  });
+
+  it('--explain notes an ALLOW policy without rules', async ({ expect }) => {
+    const config = await configWith('policies/nothing.yaml', 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-nothing\n  namespace: shop\nspec: {}\n');
+    const output = decided(await check({ destination: { namespace: 'shop', labels: { app: 'cache' }, port: 6379 }, source: { principal: FRONT } }, { config, explain: true }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(output.explain?.policies).toEqual([{ policy: 'shop/allow-nothing', action: 'ALLOW', source: 'policies/nothing.yaml', rules: [], note: expect.any(String) }]);
+  });
+
+  it('reads the request from stdin with --request -', async ({ expect }) => {
+    const result = await ambit(['authz', 'check', '--config', CONFIG, '--request', '-'], JSON.stringify({ destination: web(), source: { principal: FRONT }, request: { path: '/api/x' } }));
+    expect(decided(result)).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 0 });
+  });
+
+  // ---- bad input: exit 2, one line on stderr with the error code, nothing on stdout ----
+
+  const badRequests: { name: string; input: string; names: string }[] = [
+    { name: 'input that is not JSON', input: '{"destination": ', names: 'JSON' },
+    { name: 'a top-level JSON value that is not an object', input: '[1, 2]', names: '(top level)' },
+    { name: 'an unknown field', input: JSON.stringify({ destination: { ...web(), prot: 8080 } }), names: 'destination.prot' },
+    { name: 'an unknown field in the HTTP request', input: JSON.stringify({ destination: web(), request: { verb: 'GET' } }), names: 'request.verb' },
+    { name: 'a port out of range', input: JSON.stringify({ destination: web(70_000) }), names: 'destination.port' },
+    { name: 'a port written as a string', input: JSON.stringify({ destination: { ...web(), port: '8080' } }), names: 'destination.port' },
+    { name: 'a missing port', input: JSON.stringify({ destination: { namespace: 'shop', workload: 'web-1' } }), names: 'destination.port' },
+    { name: 'a source IP that is not an IP', input: JSON.stringify({ destination: web(), source: { ip: '10.0.0.300' } }), names: 'source.ip' },
+    { name: 'a destination IP that is not an IP', input: JSON.stringify({ destination: { ...web(), ip: 'web-1' } }), names: 'destination.ip' },
+    { name: 'a header value that is not a string', input: JSON.stringify({ destination: web(), request: { headers: { 'x-user': 7 } } }), names: 'x-user' },
+    { name: 'a workload that is not in the configuration', input: JSON.stringify({ destination: { ...web(), workload: 'ghost' } }), names: 'ghost' },
+  ];
+
+  for (const bad of badRequests) {
+    it(`refuses ${bad.name} with exit 2 and one line naming it`, async ({ expect }) => {
+      const result = await check(bad.input);
+      expect(result.status).toBe(2);
+      expect(result.stdout).toBe('');
+      const lines = result.stderr.trim().split('\n');
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toContain('[USAGE]');
+      expect(lines[0]).toContain(bad.names);
+    });
+  }
+
+  it('refuses a missing --config with exit 2 and one line', async ({ expect }) => {
+    const result = await ambit(['authz', 'check', '--request', '-'], JSON.stringify({ destination: web() }));
+    expect(result.status).toBe(2);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toContain('--config');
+    expect(result.stderr).toContain('[USAGE]');
+  });
+
+  it('refuses a missing --request with exit 2 and one line', async ({ expect }) => {
+    const result = await ambit(['authz', 'check', '--config', CONFIG]);
+    expect(result.status).toBe(2);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toContain('--request');
+  });
+
+  it('refuses a request file that cannot be read with exit 2 and one line', async ({ expect }) => {
+    const result = await ambit(['authz', 'check', '--config', CONFIG, '--request', join(FIXTURES, 'requests', 'absent.json')]);
+    expect(result.status).toBe(2);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toContain('[FILE_READ]');
+  });
+
+  // An invalid policy refuses the whole configuration. ConfigError's message is a heading plus one line per problem,
+  // so with one problem stderr has the heading and exactly one line naming file, object and field.
+  const badPolicies: { name: string; yaml: string; object: string; field: string; code: string }[] = [
+    {
+      name: 'a CIDR with a prefix longer than the address',
+      yaml: 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad-cidr\n  namespace: shop\nspec:\n  rules:\n    - from:\n        - source:\n            ipBlocks: ["10.0.0.0/33"]\n',
+      object: 'AuthorizationPolicy shop/bad-cidr', field: 'spec.rules[0].from[0].source.ipBlocks[0]', code: '[CONFIG_FIELD]',
+    },
+    {
+      name: 'an unknown field in a source',
+      yaml: 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: typo\n  namespace: shop\nspec:\n  rules:\n    - from:\n        - source:\n            principal: ["cluster.local/ns/front/sa/client"]\n',
+      object: 'AuthorizationPolicy shop/typo', field: 'spec.rules[0].from[0].source.principal', code: '[CONFIG_',
+    },
+    {
+      name: 'action CUSTOM',
+      yaml: 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ext\n  namespace: shop\nspec:\n  action: CUSTOM\n  provider:\n    name: opa\n  rules:\n    - {}\n',
+      object: 'AuthorizationPolicy shop/ext', field: 'spec.action', code: '[CONFIG_',
+    },
+    {
+      name: 'a port out of range',
+      yaml: 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad-port\n  namespace: shop\nspec:\n  rules:\n    - to:\n        - operation:\n            ports: ["70000"]\n',
+      object: 'AuthorizationPolicy shop/bad-port', field: 'spec.rules[0].to[0].operation.ports[0]', code: '[CONFIG_',
+    },
+    {
+      name: 'a principal that is not TD/ns/NS/sa/SA',
+      yaml: 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad-principal\n  namespace: shop\nspec:\n  rules:\n    - from:\n        - source:\n            principals: ["front/client"]\n',
+      object: 'AuthorizationPolicy shop/bad-principal', field: 'spec.rules[0].from[0].source.principals[0]', code: '[CONFIG_',
+    },
+  ];
+
+  for (const bad of badPolicies) {
+    it(`refuses a configuration with ${bad.name}, naming file, object and field, with exit 2`, async ({ expect }) => {
+      const config = await configWith('policies/bad.yaml', bad.yaml);
+      const result = await ambit(['authz', 'check', '--config', config, '--request', join(FIXTURES, 'requests', 'front-get-api.json')]);
+      expect(result.status).toBe(2);
+      expect(result.stdout).toBe('');
+      const problems = result.stderr.trim().split('\n').filter((line) => line.includes('policies/bad.yaml'));
+      expect(problems).toHaveLength(1);
+      expect(problems[0]).toContain(bad.object);
+      expect(problems[0]).toContain(`${bad.field}:`);
+      expect(result.stderr).toContain(bad.code);
+      expect(result.stderr.trim().split('\n').length).toBeLessThanOrEqual(2);
+    });
+  }
+});

@@ -1,0 +1,85 @@
+// Test plumbing shared by the corpus and the property tests: policies from YAML (through the real loader and
+// validator) or from ready-made objects, compiled by src/authz and mirrored as a world for the reference evaluator,
+// and one request turned into both the compiled matcher's AuthzContext and the reference's plain request.
+import { compileAuthorization } from '../../../src/authz/compile.ts';
+import type { CompiledAuthorization, Decision, WorkloadPolicies } from '../../../src/authz/compile.ts';
+import { decide } from '../../../src/authz/decide.ts';
+import type { AuthzContext } from '../../../src/authz/decide.ts';
+import { parseIp } from '../../../src/authz/match.ts';
+import { ENFORCE_ANNOTATION } from '../../../src/authz/types.ts';
+import { parseConfigText } from '../../../src/config/loader.ts';
+import type { ConfigObject } from '../../../src/config/objects.ts';
+import { buildSnapshot } from '../../../src/config/snapshot.ts';
+import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
+import type { Moment, ReferenceDestination, ReferenceRequest, ReferenceWorld } from './reference.ts';
+
+export interface Loaded {
+  readonly snapshot: ConfigSnapshot;
+  readonly compiled: CompiledAuthorization;
+  readonly world: ReferenceWorld;
+}
+
+export function meshConfigYaml(rootNamespace: string): string {
+  return `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata:
+  name: mesh
+spec:
+  trustDomain: cluster.local
+  rootNamespace: ${rootNamespace}
+`;
+}
+
+/** The reference's view of a snapshot's security objects, in configuration order. */
+export function worldOf(snapshot: ConfigSnapshot): ReferenceWorld {
+  const policies = [];
+  const peerAuthentications = [];
+  for (const object of snapshot.objects) {
+    if (object.kind === 'AuthorizationPolicy') {
+      policies.push({ namespace: object.metadata.namespace, name: object.metadata.name, spec: object.spec });
+    } else if (object.kind === 'PeerAuthentication') {
+      peerAuthentications.push({ namespace: object.metadata.namespace, name: object.metadata.name, enforce: object.metadata.annotations[ENFORCE_ANNOTATION] === 'true', spec: object.spec });
+    }
+  }
+  return { rootNamespace: snapshot.mesh.rootNamespace, policies, peerAuthentications };
+}
+
+export function loadObjects(objects: readonly ConfigObject[]): Loaded {
+  const snapshot = buildSnapshot(objects);
+  return { snapshot, compiled: compileAuthorization(snapshot), world: worldOf(snapshot) };
+}
+
+/** YAML documents (policies, PeerAuthentications, optionally a MeshConfig) → snapshot, compiled matchers, reference world. */
+export function loadYaml(yaml: string, rootNamespace?: string): Loaded {
+  const text = rootNamespace === undefined ? yaml : `${meshConfigYaml(rootNamespace)}---\n${yaml}`;
+  return loadObjects(parseConfigText(text, 'policies.yaml'));
+}
+
+/** The context the proxy would fill for this request (IPs parsed once, headers by lower-case name). */
+export function contextOf(request: ReferenceRequest): AuthzContext {
+  const http = request.http;
+  const headers = new Map<string, string>(http === null ? [] : Object.entries(http.headers));
+  const ip = (text: string | null) => {
+    if (text === null) return null;
+    const parsed = parseIp(text);
+    if (parsed === null) throw new Error(`test request has a bad IP: ${text}`);
+    return parsed;
+  };
+  return {
+    sourcePrincipal: request.principal,
+    sourceNamespace: request.namespace,
+    sourceIp: ip(request.sourceIp),
+    destinationIp: ip(request.destinationIp),
+    destinationPort: request.port,
+    sni: request.sni,
+    request: http === null ? null : { method: http.method, path: http.path, host: http.host, header: (name) => headers.get(name) },
+  };
+}
+
+export function matcherFor(loaded: Loaded, destination: ReferenceDestination): WorkloadPolicies {
+  return loaded.compiled.forLabels(destination.namespace, destination.labels);
+}
+
+export function compiledDecision(loaded: Loaded, destination: ReferenceDestination, request: ReferenceRequest, moment: Moment): Decision {
+  return decide(matcherFor(loaded, destination), contextOf(request), moment);
+}

@@ -1,0 +1,157 @@
+// Outbound listener specs: the `[ADDRESS:]PORT=HOST:PORT` entry, the --outbound flag, and the Pod annotation,
+// from the accept and the reject side. Pure parsing; nothing is bound.
+import { describe, expect, it } from 'vitest';
+import { isAmbitError } from '../../../src/errors.ts';
+import { parseConfigText } from '../../../src/config/loader.ts';
+import { buildSnapshot } from '../../../src/config/snapshot.ts';
+import { OUTBOUND_ANNOTATION, annotatedListeners, parseListenerEntry, parseOutboundFlag } from '../../../src/proxy/outbound.ts';
+
+describe('parseListenerEntry accepts', () => {
+  const accepted: Array<[string, string, string | undefined, { listenHost: string; listenPort: number; targetHost: string; targetPort: number }]> = [
+    ['a port, listening on the workload\'s IP', '9007=echo.demo:7', '10.0.0.5', { listenHost: '10.0.0.5', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7 }],
+    ['an explicit IPv4 listen address', '127.0.0.1:9007=echo.demo:7', '10.0.0.5', { listenHost: '127.0.0.1', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7 }],
+    ['an explicit IPv4 listen address with no default', '127.0.0.1:9007=echo.demo:7', undefined, { listenHost: '127.0.0.1', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7 }],
+    ['a bracketed IPv6 listen address', '[::1]:9007=10.0.0.9:80', undefined, { listenHost: '::1', listenPort: 9007, targetHost: '10.0.0.9', targetPort: 80 }],
+    ['an IPv6 workload IP as the default', '9007=[fd00::9]:80', 'fd00::5', { listenHost: 'fd00::5', listenPort: 9007, targetHost: 'fd00::9', targetPort: 80 }],
+    ['spaces around the sides', ' 9007 = echo.demo:7 ', '10.0.0.5', { listenHost: '10.0.0.5', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7 }],
+    ['the highest listen port', '65535=echo.demo:7', '10.0.0.5', { listenHost: '10.0.0.5', listenPort: 65_535, targetHost: 'echo.demo', targetPort: 7 }],
+  ];
+  it.each(accepted)('%s', (_, entry, defaultHost, expected) => {
+    expect(parseListenerEntry(entry, defaultHost)).toEqual(expected);
+  });
+});
+
+describe('parseListenerEntry rejects, saying why', () => {
+  const rejected: Array<[string, string, string | undefined]> = [
+    ['an entry without "="', '9007', '10.0.0.5'],
+    ['an entry with nothing before "="', '=echo.demo:7', '10.0.0.5'],
+    ['an empty target', '9007=', '10.0.0.5'],
+    ['a target without a port', '9007=echo.demo', '10.0.0.5'],
+    ['a target with port 0', '9007=echo.demo:0', '10.0.0.5'],
+    ['a target with an unbracketed IPv6 address', '9007=fd00::9:80', '10.0.0.5'],
+    ['a second "=" in the target', '9007=a=b:7', '10.0.0.5'],
+    ['listen port 0', '0=echo.demo:7', '10.0.0.5'],
+    ['listen port 65536', '65536=echo.demo:7', '10.0.0.5'],
+    ['a very long listen port', '99999999999999999999=echo.demo:7', '10.0.0.5'],
+    ['a hostname as the listen address', 'localhost:9007=echo.demo:7', '10.0.0.5'],
+    ['a listen address without a port', '127.0.0.1=echo.demo:7', '10.0.0.5'],
+    ['a negative listen port', '-1=echo.demo:7', '10.0.0.5'],
+    ['a bare port when there is no default address', '9007=echo.demo:7', undefined],
+  ];
+  it.each(rejected)('%s', (_, entry, defaultHost) => {
+    const result = parseListenerEntry(entry, defaultHost);
+    expect(typeof result).toBe('string');
+    expect((result as string).length).toBeGreaterThan(0);
+  });
+});
+
+describe('parseOutboundFlag', () => {
+  it('reads LISTEN_IP:PORT=HOST:PORT@NAMESPACE/WORKLOAD', () => {
+    expect(parseOutboundFlag('127.0.0.1:9007=echo.demo:7@demo/client-1')).toEqual({
+      listenHost: '127.0.0.1',
+      listenPort: 9007,
+      targetHost: 'echo.demo',
+      targetPort: 7,
+      owner: 'demo/client-1',
+      origin: '--outbound',
+    });
+  });
+
+  it('takes the last "@" as the owner separator', () => {
+    expect(parseOutboundFlag('[::1]:9007=[fd00::9]:80@demo/vm.web').owner).toBe('demo/vm.web');
+  });
+
+  const rejected: Array<[string, string]> = [
+    ['no owner', '127.0.0.1:9007=echo.demo:7'],
+    ['an owner without a namespace', '127.0.0.1:9007=echo.demo:7@client-1'],
+    ['an empty owner', '127.0.0.1:9007=echo.demo:7@'],
+    ['an upper-case owner', '127.0.0.1:9007=echo.demo:7@Demo/client'],
+    ['an owner with a third segment', '127.0.0.1:9007=echo.demo:7@demo/client/x'],
+    ['no listen address (a flag has no workload IP to default to)', '9007=echo.demo:7@demo/client'],
+    ['a malformed target', '127.0.0.1:9007=echo.demo@demo/client'],
+    ['an empty flag', ''],
+  ];
+  it.each(rejected)('rejects %s with USAGE', (_, text) => {
+    let thrown: unknown;
+    try {
+      parseOutboundFlag(text);
+    } catch (error) {
+      thrown = error;
+    }
+    expect(isAmbitError(thrown, 'USAGE')).toBe(true);
+  });
+});
+
+const MESH = `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata: { name: mesh }
+spec: { trustDomain: cluster.local }
+`;
+
+function pod(name: string, node: string, ip: string, annotation: string | undefined): string {
+  const annotations = annotation === undefined ? '' : `\n  annotations: { ${OUTBOUND_ANNOTATION}: ${JSON.stringify(annotation)} }`;
+  return `apiVersion: v1
+kind: Pod
+metadata:
+  name: ${name}
+  namespace: demo${annotations}
+spec: { nodeName: ${node}, serviceAccountName: ${name} }
+status: { phase: Running, podIP: "${ip}" }
+`;
+}
+
+function snapshotOf(workloads: string) {
+  return buildSnapshot([...parseConfigText(MESH, 'mesh.yaml'), ...parseConfigText(workloads, 'apps/pods.yaml')], { requireMesh: true });
+}
+
+describe('annotatedListeners', () => {
+  it('declares one listener per entry on the Pod\'s IP, owned by the Pod, with where it came from', () => {
+    const snapshot = snapshotOf(pod('client', 'node-a', '10.0.0.5', '9007=echo.demo:7, 127.0.0.1:9008=10.0.0.9:80'));
+    const { specs, issues } = annotatedListeners(snapshot, 'node-a');
+    expect(issues).toEqual([]);
+    const origin = `apps/pods.yaml: Pod demo/client: metadata.annotations["${OUTBOUND_ANNOTATION}"]`;
+    expect(specs).toEqual([
+      { listenHost: '10.0.0.5', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7, owner: 'demo/client', origin },
+      { listenHost: '127.0.0.1', listenPort: 9008, targetHost: '10.0.0.9', targetPort: 80, owner: 'demo/client', origin },
+    ]);
+  });
+
+  it('reads only the workloads of the node asked about', () => {
+    const snapshot = snapshotOf(`${pod('client', 'node-a', '10.0.0.5', '9007=echo.demo:7')}---\n${pod('other', 'node-b', '10.0.1.5', '9007=echo.demo:7')}`);
+    expect(annotatedListeners(snapshot, 'node-a').specs.map((spec) => spec.owner)).toEqual(['demo/client']);
+    expect(annotatedListeners(snapshot, 'node-b').specs.map((spec) => spec.listenHost)).toEqual(['10.0.1.5']);
+    expect(annotatedListeners(snapshot, 'node-z')).toEqual({ specs: [], issues: [] });
+  });
+
+  it('ignores Pods without the annotation and empty entries', () => {
+    const snapshot = snapshotOf(`${pod('plain', 'node-a', '10.0.0.4', undefined)}---\n${pod('client', 'node-a', '10.0.0.5', ',9007=echo.demo:7,, ')}`);
+    const { specs, issues } = annotatedListeners(snapshot, 'node-a');
+    expect(issues).toEqual([]);
+    expect(specs.map((spec) => `${spec.owner} ${spec.listenPort}`)).toEqual(['demo/client 9007']);
+  });
+
+  it('reports each bad entry naming the file, the object and the annotation field, and keeps the good ones', () => {
+    const snapshot = snapshotOf(pod('client', 'node-a', '10.0.0.5', '9007=echo.demo:7,nonsense,70000=echo.demo:7,9009=Echo.demo:7'));
+    const { specs, issues } = annotatedListeners(snapshot, 'node-a');
+    expect(specs.map((spec) => spec.listenPort)).toEqual([9007]);
+    expect(issues).toHaveLength(3);
+    for (const issue of issues) {
+      expect(issue.origin).toBe(`apps/pods.yaml: Pod demo/client: metadata.annotations["${OUTBOUND_ANNOTATION}"]`);
+      expect(issue.message.length).toBeGreaterThan(0);
+    }
+  });
+
+  it('listens on a WorkloadEntry\'s address by default', () => {
+    const snapshot = snapshotOf(`apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: vm
+  namespace: demo
+  annotations: { ambit.dev/node: vm-1, ${OUTBOUND_ANNOTATION}: "9007=echo.demo:7" }
+spec: { address: 192.168.50.7, serviceAccount: vm }
+`);
+    expect(annotatedListeners(snapshot, 'vm-1').specs).toEqual([
+      expect.objectContaining({ listenHost: '192.168.50.7', listenPort: 9007, owner: 'demo/vm', origin: expect.stringContaining('WorkloadEntry demo/vm') }),
+    ]);
+  });
+});
