@@ -13,7 +13,7 @@ import { parseOutboundFlag } from '../proxy/outbound.ts';
 const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle FILE --trust-domain TD
                    --state-dir DIR [--join-token TOKEN] [--outbound LISTEN=HOST:PORT@NS/WORKLOAD ...]
                    [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
-                   [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h]
+                   [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h] [--audit-log FILE]
 
 Runs the node proxy for the workloads the configuration places on node NAME:
   inbound   HBONE (HTTP/2 CONNECT over mutual TLS 1.3) on each local workload's IP, port 15008
@@ -27,7 +27,8 @@ Runs the node proxy for the workloads the configuration places on node NAME:
   admin     /config_dump and /logging on a loopback address only (--admin)
 Identities: the node SVID comes from --join-token the first time, then from --state-dir; every local
 workload's SVID is obtained from the CA and rotated at half-life. The configuration directory is
-watched: a valid change applies at once, an invalid one is logged and the last good one stays.
+watched: a valid change applies at once (and is recorded with its diff in --audit-log, default
+STATE_DIR/audit.log), an invalid one is logged and the last good one stays.
 `;
 
 export const command: Command = {
@@ -49,6 +50,7 @@ export const command: Command = {
       'hbone-listen': { type: 'string' },
       'hbone-port': { type: 'string' },
       'svid-ttl': { type: 'string' },
+      'audit-log': { type: 'string' },
     }, false);
     const caUrl = requireString(values.ca, 'ca').replace(/\/+$/, '');
     if (!caUrl.startsWith('https://')) throw new AmbitError('USAGE', `--ca must be an https:// URL, got "${caUrl}"`);
@@ -71,6 +73,7 @@ export const command: Command = {
       sharedHboneListen: values['hbone-listen'] ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined,
       hbonePort,
       certificateTtlSeconds: values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') : undefined,
+      auditLogFile: values['audit-log'],
       logger,
     });
     const observability = proxy.observability;

@@ -2,7 +2,10 @@
 // observability servers, and keeps them in line with each new configuration snapshot.
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import { watchConfigDir } from '../config/watch.ts';
+import { AuditLog } from '../config/audit.ts';
 import type { ConfigWatcher } from '../config/watch.ts';
 import type { ConfigSnapshot } from '../config/snapshot.ts';
 import { IdentityAgent } from '../identity/agent.ts';
@@ -49,6 +52,8 @@ export interface NodeProxyOptions {
   /** Override the mesh's HBONE port (tests run several meshes on one host). */
   hbonePort?: number;
   certificateTtlSeconds?: number;
+  /** Where accepted configuration changes are recorded; default STATE_DIR/audit.log. */
+  auditLogFile?: string;
   logger: Logger;
   /** Authorization hook for inbound connections (the authorization layer plugs in here). */
   authorize?: ((connection: InboundConnection) => InboundDecision) | null;
@@ -114,8 +119,11 @@ export class NodeProxy {
   async #start(): Promise<void> {
     const options = this.#options;
     collectDefaultMetrics({ register: this.registry });
+    mkdirSync(options.stateDir, { recursive: true, mode: 0o700 });
     this.#config = await watchConfigDir(options.configDir, {
       requireMesh: true,
+      // Every accepted change, with its diff and files, goes to the audit log (one JSON line each).
+      auditLog: new AuditLog(options.auditLogFile ?? join(options.stateDir, 'audit.log')),
       onChange: (next) => {
         this.metrics.configReload('accepted');
         this.#logger.info({ version: next.version }, 'configuration accepted');
