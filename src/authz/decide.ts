@@ -12,7 +12,7 @@
 //   'request'  one HTTP request: every field is known.
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
-import type { IpAddress } from './match.ts';
+import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
 
@@ -30,9 +30,9 @@ export interface AuthzContext {
 
 export interface HttpRequestFacts {
   method: string;
-  /** The path without its query string. */
+  /** The path without its query string, normalised (see normalizePath in src/proxy/l7-path.ts). */
   path: string;
-  /** Lower-case, without port. */
+  /** The Host (or :authority) as sent, lower-case, with its port if it had one. */
   host: string;
   /** A header value by lower-case name; undefined when absent. */
   header(name: string): string | undefined;
@@ -58,6 +58,22 @@ function sourceMatches(source: CompiledSource, ctx: AuthzContext): boolean {
   return true;
 }
 
+/**
+ * Istio matches a host pattern against the Host as sent and, when it carries a port, also without it
+ * (`web.shop` matches `web.shop:80`; `api:8080` matches only with that port). The port-less form is cut
+ * only when the first comparison failed.
+ */
+function hostMatches(matcher: StringMatcher, host: string): boolean {
+  if (matcher.matches(host)) return true;
+  const colon = host.lastIndexOf(':');
+  if (colon <= 0 || host.charCodeAt(host.length - 1) === 93 /* ] */) return false;
+  for (let i = colon + 1; i < host.length; i++) {
+    const code = host.charCodeAt(i);
+    if (code < 48 || code > 57) return false;
+  }
+  return colon + 1 < host.length && matcher.matches(host.slice(0, colon));
+}
+
 /** `ignoreL7`: treat HTTP fields as matching (DENY at 'tcp', ALLOW's L4 part at 'connect'). */
 function operationMatches(operation: CompiledOperation, ctx: AuthzContext, ignoreL7: boolean): boolean {
   const port = ctx.destinationPort;
@@ -66,8 +82,8 @@ function operationMatches(operation: CompiledOperation, ctx: AuthzContext, ignor
   if (!operation.l7 || ignoreL7) return true;
   const request = ctx.request;
   if (request === null) return false;
-  if (operation.hosts !== null && !operation.hosts.matches(request.host)) return false;
-  if (operation.notHosts !== null && operation.notHosts.matches(request.host)) return false;
+  if (operation.hosts !== null && !hostMatches(operation.hosts, request.host)) return false;
+  if (operation.notHosts !== null && hostMatches(operation.notHosts, request.host)) return false;
   if (operation.methods !== null && !operation.methods.matches(request.method)) return false;
   if (operation.notMethods !== null && operation.notMethods.matches(request.method)) return false;
   if (operation.paths !== null && !operation.paths.matches(request.path)) return false;

@@ -12,6 +12,7 @@ import { decideSafely, mtlsModeFor } from '../authz/decide.ts';
 import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
+import { normalizePath } from '../authz/path.ts';
 
 const help = `usage: ambit authz check --config DIR --request FILE|- [--explain]
 
@@ -136,8 +137,8 @@ export const command: Command = {
       const host = (optionalString(r, 'host', 'request.host') ?? headers.get('host') ?? '').toLowerCase();
       request = {
         method: optionalString(r, 'method', 'request.method') ?? 'GET',
-        path: query < 0 ? rawPath : rawPath.slice(0, query),
-        host: host.replace(/:\d+$/, ''),
+        path: normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) ?? rawPath,
+        host,
         header: (name) => headers.get(name),
       };
     }

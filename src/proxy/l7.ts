@@ -11,6 +11,7 @@ import type { Dispatcher, buildConnector } from 'undici';
 import type { Decision } from '../authz/compile.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';
 import type { Logger } from '../observe/log.ts';
+import { normalizePath } from '../authz/path.ts';
 
 const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
@@ -37,16 +38,22 @@ class MutableFacts implements HttpRequestFacts {
   method = '';
   path = '';
   host = '';
+  /** What the application receives: the normalised path and the original query. */
+  forwardPath = '';
   #headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders = {};
 
-  fill(method: string, rawPath: string, host: string, headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders): void {
+  /** Returns false when the path is malformed (a bad percent-escape): the request is refused with 400. */
+  fill(method: string, rawPath: string, host: string, headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders): boolean {
     this.method = method;
     const query = rawPath.indexOf('?');
-    this.path = query < 0 ? rawPath : rawPath.slice(0, query);
-    const colon = host.lastIndexOf(':');
-    const bare = colon > 0 && host.indexOf(']') < colon ? host.slice(0, colon) : host;
-    this.host = hasUpper(bare) ? bare.toLowerCase() : bare;
+    const path = query < 0 ? rawPath : rawPath.slice(0, query);
+    const normalized = normalizePath(path);
+    if (normalized === null) return false;
+    this.path = normalized;
+    this.forwardPath = normalized === path ? rawPath : query < 0 ? normalized : normalized + rawPath.slice(query);
+    this.host = hasUpper(host) ? host.toLowerCase() : host;
     this.#headers = headers;
+    return true;
   }
 
   header(name: string): string | undefined {
@@ -149,7 +156,11 @@ export class HttpInspector {
     }
     state.requests++;
     const facts = state.facts;
-    facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.headers);
+    if (!facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.headers)) {
+      req.resume();
+      res.writeHead(400, { 'content-type': 'text/plain', 'content-length': 22 }).end('malformed request path');
+      return;
+    }
     const decision = state.decide(facts);
     if (!decision.allow) {
       state.denied++;
@@ -166,7 +177,7 @@ export class HttpInspector {
     }
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     state.h1Client.dispatch(
-      { method: req.method as Dispatcher.HttpMethod, path: req.url ?? '/', headers, body: hasBody ? req : null },
+      { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null },
       forwardResponse(res, this.#logger),
     );
   }
@@ -180,7 +191,10 @@ export class HttpInspector {
     state.requests++;
     const facts = state.facts;
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
-    facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), headers);
+    if (!facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), headers)) {
+      stream.respond({ [HTTP2_HEADER_STATUS]: 400 }, { endStream: true });
+      return;
+    }
     const decision = state.decide(facts);
     if (!decision.allow) {
       state.denied++;
@@ -205,6 +219,7 @@ export class HttpInspector {
     for (const [name, value] of Object.entries(headers)) {
       if (value !== undefined && !HOP_BY_HOP.has(name)) forwarded[name] = value;
     }
+    forwarded[HTTP2_HEADER_PATH] = facts.forwardPath;
     const upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });
     let trailers: http2.OutgoingHttpHeaders | null = null;
     upstreamStream.on('response', (responseHeaders) => {

@@ -35,6 +35,12 @@ export function runAmbit(args: string[], options: { timeoutMs?: number; env?: No
 
 export type LogLine = Record<string, unknown> & { msg?: string };
 
+// Children die with the test worker, even when a test times out before its cleanup runs.
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 /** A long-running `ambit` process whose stdout is pino JSON. */
 export class AmbitProcess {
   readonly child: ChildProcess;
@@ -67,7 +73,11 @@ export class AmbitProcess {
       }
     });
     this.child.stderr?.on('data', (chunk: Buffer) => (this.stderr += chunk.toString()));
-    this.#exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+    running.add(this.child);
+    this.#exited = new Promise((resolve) => this.child.once('exit', (code) => {
+      running.delete(this.child);
+      resolve(code);
+    }));
   }
 
   static start(args: string[], env: NodeJS.ProcessEnv = {}): AmbitProcess {

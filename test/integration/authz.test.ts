@@ -167,6 +167,27 @@ describe('authorization in the node proxy', () => {
     expect(webRequests).toEqual(['GET /public/a', 'GET /public/b?q=1']);
   });
 
+  it('matches path rules on the normalised path, so encodings and dot segments cannot dodge them', async () => {
+    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
+    const status = async (path: string) => {
+      const response = await client.request({ path, method: 'GET' });
+      await response.body.dump();
+      return response.statusCode;
+    };
+    try {
+      webRequests.length = 0;
+      expect(await status('/public/../admin')).toBe(403);
+      expect(await status('/public/%2e%2e/admin')).toBe(403);
+      expect(await status('//admin')).toBe(403);
+      expect(await status('/%70ublic/./x')).toBe(200);
+      expect(await status('/public/%zz')).toBe(400);
+    } finally {
+      await client.close();
+    }
+    // The application receives the normalised path, as behind Envoy.
+    expect(webRequests).toEqual(['GET /public/x']);
+  });
+
   it('denies a gRPC call with PERMISSION_DENIED and lets the other method through', async () => {
     const session = http2.connect(`http://${CLIENT_IP}:9051`);
     try {

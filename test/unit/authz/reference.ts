@@ -183,14 +183,21 @@ export function operationHasHttp(operation: PolicyOperation): boolean {
     || operation.notMethods !== undefined || operation.paths !== undefined || operation.notPaths !== undefined;
 }
 
+/** Istio matches a host pattern against the Host as sent and, when it carries a port, without it. */
+function hostMatches(patterns: readonly string[], host: string): boolean {
+  if (anyPatternIgnoringCase(patterns, host)) return true;
+  const match = /^(.*):\d+$/.exec(host);
+  return match !== null && !host.endsWith(']') && anyPatternIgnoringCase(patterns, match[1] as string);
+}
+
 function operationMatches(operation: PolicyOperation, request: ReferenceRequest, mode: Mode): boolean {
   if (operation.ports !== undefined && !operation.ports.includes(request.port)) return false;
   if (operation.notPorts !== undefined && operation.notPorts.includes(request.port)) return false;
   if (!operationHasHttp(operation) || mode === 'ignoreHttp') return true;
   const http = request.http;
   if (http === null) return false;
-  if (operation.hosts !== undefined && !anyPatternIgnoringCase(operation.hosts, http.host)) return false;
-  if (operation.notHosts !== undefined && anyPatternIgnoringCase(operation.notHosts, http.host)) return false;
+  if (operation.hosts !== undefined && !hostMatches(operation.hosts, http.host)) return false;
+  if (operation.notHosts !== undefined && hostMatches(operation.notHosts, http.host)) return false;
   if (operation.methods !== undefined && !anyPattern(operation.methods, http.method)) return false;
   if (operation.notMethods !== undefined && anyPattern(operation.notMethods, http.method)) return false;
   if (operation.paths !== undefined && !anyPattern(operation.paths, http.path)) return false;

@@ -1,0 +1,77 @@
+// Request-path normalisation before path rules are matched, so `/admin` cannot be reached as `//admin`,
+// `/./admin`, `/api/../admin` or `/%61dmin`: Istio's default (BASE: Envoy's normalize_path, RFC 3986
+// §6.2.2 and §5.2.4) plus merged slashes (Istio's MERGE_SLASHES), which denies more, never less.
+// The normalised path is also what the application receives, as with Envoy.
+
+function isHex(code: number): boolean {
+  return (code >= 48 && code <= 57) || (code >= 65 && code <= 70) || (code >= 97 && code <= 102);
+}
+
+function hexValue(code: number): number {
+  return code <= 57 ? code - 48 : (code | 0x20) - 87;
+}
+
+/** RFC 3986 unreserved: ALPHA / DIGIT / "-" / "." / "_" / "~" — the only escapes decoded. */
+function isUnreserved(code: number): boolean {
+  return (code >= 65 && code <= 90) || (code >= 97 && code <= 122) || (code >= 48 && code <= 57) || code === 45 || code === 46 || code === 95 || code === 126;
+}
+
+/** Whether the path can need any change; most real paths do not, and then nothing is allocated. */
+function needsWork(path: string): boolean {
+  for (let i = 0; i < path.length; i++) {
+    const code = path.charCodeAt(i);
+    if (code === 37 /* % */) return true;
+    if (code === 47 /* / */) {
+      const next = path.charCodeAt(i + 1);
+      if (next === 47 || next === 46 /* . */) return true;
+    }
+  }
+  return false;
+}
+
+function removeDotSegments(path: string): string {
+  const output: string[] = [];
+  const segments = path.split('/');
+  // segments[0] is '' for an absolute path.
+  for (let i = 1; i < segments.length; i++) {
+    const segment = segments[i] as string;
+    if (segment === '.') {
+      if (i === segments.length - 1) output.push('');
+    } else if (segment === '..') {
+      output.pop();
+      if (i === segments.length - 1) output.push('');
+    } else {
+      output.push(segment);
+    }
+  }
+  return '/' + output.join('/');
+}
+
+/**
+ * The normalised form of an origin-form path (without query), or null when it is malformed (a bad
+ * percent-escape): the request is then refused rather than matched on a guess.
+ */
+export function normalizePath(path: string): string | null {
+  if (path.charCodeAt(0) !== 47 /* / */) return path; // "*" (OPTIONS) and the like are matched as sent
+  if (!needsWork(path)) return path;
+  let decoded = '';
+  for (let i = 0; i < path.length; i++) {
+    const code = path.charCodeAt(i);
+    if (code !== 37) {
+      decoded += path[i];
+      continue;
+    }
+    const high = path.charCodeAt(i + 1);
+    const low = path.charCodeAt(i + 2);
+    if (!isHex(high) || !isHex(low)) return null;
+    const value = hexValue(high) * 16 + hexValue(low);
+    decoded += isUnreserved(value) ? String.fromCharCode(value) : '%' + path.slice(i + 1, i + 3).toUpperCase();
+    i += 2;
+  }
+  let merged = '';
+  for (let i = 0; i < decoded.length; i++) {
+    if (decoded.charCodeAt(i) === 47 && merged.charCodeAt(merged.length - 1) === 47) continue;
+    merged += decoded[i];
+  }
+  return removeDotSegments(merged);
+}
