@@ -81,7 +81,11 @@ class DirectoryWatcher implements ConfigWatcher {
   /** Watching starts before the first load, so a change made while it runs is not missed. */
   async start(): Promise<void> {
     // The poll baseline is taken before the load, so a change made in between is seen by the first poll.
-    if (this.#options.poll === true || !this.#startWatching()) await this.#startPolling();
+    // fs.watch gives prompt reloads; the poll always runs too, because recursive fs.watch on Linux
+    // (Node 24.21) watches file inodes and misses a file replaced by rename after the first time — how
+    // mv, editors and ConfigMap swaps write. A change seen twice is loaded once (no diff, no swap).
+    if (this.#options.poll !== true) this.#startWatching();
+    await this.#startPolling();
     const snapshot = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false });
     this.#snapshot = snapshot;
     this.#audit(snapshot, undefined, diffSnapshots(undefined, snapshot));
@@ -109,8 +113,7 @@ class DirectoryWatcher implements ConfigWatcher {
       this.#fsWatcher = undefined;
       if (this.#closed) return;
       this.#options.onError(new AmbitError('FILE_READ', `watching ${this.#dir} failed (${error.message}); polling every ${this.#pollIntervalMs} ms instead`, { cause: error }));
-      // Reload once after the poll baseline exists: whatever changed before it is picked up by that reload.
-      void this.#startPolling().then(this.#schedule);
+      this.#schedule();
     });
     return true;
   }

@@ -8,6 +8,7 @@ export interface Authority {
   readonly family: 0 | 4 | 6;
 }
 
+const NUMERIC_LAST_LABEL = /(^|\.)(\d+|0x[0-9a-f]*)$/;
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 /** Returns null for anything that is not exactly host:port with a port in 1-65535. */
@@ -20,7 +21,7 @@ export function parseAuthority(text: string): Authority | null {
     if (close < 0 || text.charCodeAt(close + 1) !== 58 /* : */) return null;
     host = text.slice(1, close);
     portText = text.slice(close + 2);
-    if (isIP(host) !== 6) return null;
+    if (isIP(host) !== 6 || host.includes('%')) return null; // no zone IDs: they name an interface, not a peer
   } else {
     const colon = text.lastIndexOf(':');
     if (colon <= 0) return null;
@@ -37,7 +38,9 @@ export function parseAuthority(text: string): Authority | null {
   }
   if (port < 1 || port > 65_535) return null;
   const family = isIP(host);
-  if (family === 0 && !HOSTNAME.test(host)) return null;
+  // RFC 1123 §2.1: a host name is never all-numeric; `127.1`, `10.0.1.010` or `0x7f.0.0.1` would be read by
+  // the resolver as inet_aton does and reach an address the registry was never asked about.
+  if (family === 0 && (!HOSTNAME.test(host) || NUMERIC_LAST_LABEL.test(host))) return null;
   return { host, port, family: family as 0 | 4 | 6 };
 }
 

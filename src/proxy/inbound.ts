@@ -207,7 +207,7 @@ export class HboneInbound {
 
   async close(): Promise<void> {
     for (const bridge of this.#live) bridge.abort();
-    if (this.#shared) await closeServer(this.#shared);
+    if (this.#shared) stopListening(this.#shared);
     for (const [key, entry] of this.#servers) await this.#remove(key, entry);
   }
 
@@ -409,7 +409,7 @@ export class HboneInbound {
   async #remove(key: string, entry: WorkloadServer): Promise<void> {
     this.#servers.delete(key);
     for (const ip of entry.workload.ips) if (this.#byIp.get(ip) === entry) this.#byIp.delete(ip);
-    await Promise.all([...entry.listeners.values()].map((listener) => closeServer(listener)));
+    for (const listener of entry.listeners.values()) stopListening(listener);
     entry.server.close();
   }
 }
@@ -448,6 +448,10 @@ export function listenOn(server: net.Server, host: string, port: number): Promis
   });
 }
 
-export function closeServer(server: net.Server): Promise<void> {
-  return new Promise((resolve) => server.close(() => resolve()));
+/**
+ * Stops accepting at once and frees the address; connections already accepted are left to their owners
+ * (Node's close callback waits for them, which would stall a reconfiguration behind one open tunnel).
+ */
+export function stopListening(server: net.Server): void {
+  if (server.listening) server.close();
 }

@@ -17,7 +17,7 @@ import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
 import { decideRoute, routingTableOf } from './routes.ts';
 import { CONNECT_TIMEOUT_MS } from './settings.ts';
-import { closeServer, listenOn } from './inbound.ts';
+import { listenOn, stopListening } from './inbound.ts';
 
 /** Pod annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the pod's IP. */
 export const OUTBOUND_ANNOTATION = 'ambit.dev/outbound';
@@ -133,7 +133,7 @@ export class OutboundListeners {
     for (const [name, listener] of this.#listeners) {
       if (!wanted.has(name)) {
         this.#listeners.delete(name);
-        await closeServer(listener.server);
+        stopListening(listener.server);
       }
     }
     const bound: string[] = [];
@@ -154,7 +154,7 @@ export class OutboundListeners {
 
   async close(): Promise<void> {
     for (const socket of this.#live) socket.destroy();
-    await Promise.all([...this.#listeners.values()].map((listener) => closeServer(listener.server)));
+    for (const listener of this.#listeners.values()) stopListening(listener.server);
     this.#listeners.clear();
   }
 

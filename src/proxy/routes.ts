@@ -5,6 +5,7 @@ import { isIP } from 'node:net';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { ServiceObject, ServicePort } from '../config/objects.ts';
 import { formatAuthority } from './authority.ts';
+import { canonicalIp } from '../config/fields.ts';
 
 /** One destination workload on one port, with everything the tunnel needs, computed at load. */
 export interface Endpoint {
@@ -156,12 +157,16 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     const service = table.byHost.get(host)?.get(port);
     if (service) return pick(service, random);
   } else {
-    const service = table.byVip.get(host)?.get(port);
+    // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)
+    // are canonicalised only when that misses, so the CONNECT names the address the peer knows.
+    let service = table.byVip.get(host)?.get(port);
+    const canonical = service === undefined ? (canonicalIp(host) ?? host) : host;
+    if (service === undefined && canonical !== host) service = table.byVip.get(canonical)?.get(port);
     if (service) return pick(service, random);
-    const workload = table.snapshot.workloadByIp(host);
+    const workload = table.snapshot.workloadByIp(canonical);
     if (workload) {
       if (!isReady(workload)) return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `workload ${workload.namespace}/${workload.name} is not ready` };
-      return { kind: 'hbone', endpoint: makeEndpoint(workload, host, port, table.hbonePort), service: undefined };
+      return { kind: 'hbone', endpoint: makeEndpoint(workload, canonical, port, table.hbonePort), service: undefined };
     }
   }
   if (table.egressLocked) return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry and egress is REGISTRY_ONLY` };

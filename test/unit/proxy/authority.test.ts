@@ -71,11 +71,10 @@ describe('parseAuthority rejects', () => {
     expect(parseAuthority(text)).toBeNull();
   });
 
-  // Known bug (reported): these are not IPv4 literals to net.isIP, so they pass as hostnames; getaddrinfo
-  // then reads them as inet_aton does (127.1 → 127.0.0.1, 010 → 8), so an outbound listener target such as
-  // `10.0.1.010:80` bypasses the registry (passthrough in plain TCP) to what may be a mesh workload.
+  // Not IPv4 literals to net.isIP, yet getaddrinfo reads them as inet_aton does (127.1 → 127.0.0.1,
+  // 010 → 8): accepted as hostnames, an outbound target such as `10.0.1.010:80` would bypass the registry.
   // RFC 1123 §2.1: a host name is never all-numeric dotted form.
-  it.fails.each([
+  it.each([
     ['a short-form IPv4 address', '127.1:80'],
     ['an IPv4 address with a leading-zero octet', '10.0.1.010:80'],
     ['a hexadecimal IPv4 octet', '0x7f.0.0.1:80'],

@@ -291,16 +291,14 @@ describe('a workload addressed by IP', () => {
     expect(decideRoute(table, '10.0.1.11', 8080)).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
   });
 
-  // Known bug (reported): the route keeps the caller's spelling of the IP, so the CONNECT :authority
-  // names `[::ffff:10.0.2.10]:7000`, which the destination's inbound refuses with 400 (it compares
-  // against the canonical workload IPs). Transparent capture on a dual-stack socket reports exactly this.
-  it.fails('uses the workload\'s canonical IP when the caller spells it differently (IPv4-mapped, upper-case IPv6)', () => {
+  // The CONNECT :authority must use the canonical IP: the destination's inbound compares against it, and
+  // transparent capture on a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+  it('uses the workload\'s canonical IP when the caller spells it differently (IPv4-mapped, upper-case IPv6)', () => {
     expect(expectHbone(decideRoute(table, '::ffff:10.0.2.10', 7000)).endpoint.authority).toBe('10.0.2.10:7000');
     expect(expectHbone(decideRoute(table, 'FD00:10::6', 5432)).endpoint.authority).toBe('[fd00:10::6]:5432');
   });
 
-  // Known bug (reported): cluster IPs are looked up by exact string, unlike workload IPs.
-  it.fails('finds a Service by a non-canonical spelling of its cluster IP', () => {
+  it('finds a Service by a non-canonical spelling of its cluster IP', () => {
     expect(decideRoute(table, '::ffff:10.96.0.10', 80, () => 0).kind).toBe('hbone');
   });
 });
