@@ -12,6 +12,19 @@ import type { AuthzContext } from '../authz/decide.ts';
 import { parseIp } from '../authz/match.ts';
 import type { InboundConnection, RequestInspection } from './inbound.ts';
 
+/** The decision context of an inbound connection (its L4 facts; `request` is filled per HTTP request). */
+function contextOf(connection: InboundConnection): AuthzContext {
+  return {
+    sourcePrincipal: connection.principal,
+    sourceNamespace: connection.peerNamespace,
+    sourceIp: connection.peerIp,
+    destinationIp: parseIp(connection.destinationIp),
+    destinationPort: connection.destinationPort,
+    sni: null,
+    request: null,
+  };
+}
+
 export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
@@ -35,15 +48,7 @@ export class InboundAuthorizer {
     const snapshot = this.#snapshot();
     const policies = authorizationOf(snapshot).forWorkload(connection.destination);
     const moment = policies.httpPorts.has(connection.destinationPort) ? 'connect' : 'tcp';
-    const ctx: AuthzContext = {
-      sourcePrincipal: connection.principal,
-      sourceNamespace: connection.peerNamespace,
-      sourceIp: connection.peerIp,
-      destinationIp: parseIp(connection.destinationIp),
-      destinationPort: connection.destinationPort,
-      sni: null,
-      request: null,
-    };
+    const ctx = contextOf(connection);
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
     this.#count(decision);
     if (!decision.allow) {
@@ -66,15 +71,7 @@ export class InboundAuthorizer {
     const policies = authorizationOf(this.#snapshot()).forWorkload(connection.destination);
     if (!policies.hasL7Rules || !policies.httpPorts.has(connection.destinationPort)) return null;
     // One context per tunnel; each request only swaps in its facts.
-    const ctx: AuthzContext = {
-      sourcePrincipal: connection.principal,
-      sourceNamespace: connection.peerNamespace,
-      sourceIp: connection.peerIp,
-      destinationIp: parseIp(connection.destinationIp),
-      destinationPort: connection.destinationPort,
-      sni: null,
-      request: null,
-    };
+    const ctx = contextOf(connection);
     const logger = this.#logger;
     return {
       decide: (facts) => {
