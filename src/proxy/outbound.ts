@@ -224,7 +224,8 @@ export class OutboundListeners {
     socket.resume();
     new Bridge(socket, stream, (result) => {
       this.#options.liveMeters.delete(flushable);
-      const flags = result.error ? 'CONNECT' : '-';
+      // The app resetting its own connection is not a failure of the path; a broken tunnel is.
+      const flags = result.error && result.failedSide === 'stream' ? 'CONNECT' : '-';
       meter.close(socket.bytesWritten, socket.bytesRead, flags);
       accessLog(this.#logger, {
         direction: 'outbound',
@@ -233,7 +234,7 @@ export class OutboundListeners {
         bytesSent: socket.bytesRead,
         bytesRecv: socket.bytesWritten,
         durationMs: Date.now() - startedMs,
-        error: result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'UPSTREAM_CONNECT', message: result.error.message } : undefined,
+        error: result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined,
         responseFlags: flags,
       });
     });

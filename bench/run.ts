@@ -1,0 +1,804 @@
+// `npm run bench`: the system benchmark. Brings up on loopback an upstream (nginx, or a Node stand-in),
+// ambit (CA + two node proxies), and two HAProxy pairs, runs every scenario against every configuration
+// side by side in one run, prints one Markdown table per scenario with ratios against direct and against
+// HAProxy, writes every figure to bench/results/, and tears everything down, on failure and Ctrl-C too.
+// What each scenario measures: bench/README.md.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { Socket } from 'node:net';
+import { initCa } from '../src/identity/ca/store.ts';
+import { benchConfig, footprintConfig, httpText, metricTotal, startAmbit } from './system/ambit.ts';
+import type { AmbitMesh } from './system/ambit.ts';
+import { haproxyOpenssl, haproxyVersion, issueCertificates, startHaproxyPair } from './system/haproxy.ts';
+import type { HaproxyCertificates, HaproxyPair } from './system/haproxy.ts';
+import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, TRUST_DOMAIN, UPSTREAM } from './system/layout.ts';
+import type { HostPort } from './system/layout.ts';
+import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
+import { machineInfo } from './system/machine.ts';
+import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, sleep, treeCpuMicros } from './system/processes.ts';
+import { Progress } from './system/progress.ts';
+import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, checkTargets, renderMarkdown } from './system/report.ts';
+import type { FiguresByScenario, Outcome, RowId, RunResults, ScenarioId } from './system/report.ts';
+import { nginxVersion, startUpstream } from './system/upstream.ts';
+import type { Upstream } from './system/upstream.ts';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+
+const HELP = `usage: npm run bench -- [options]
+
+Runs every configuration side by side on loopback (127.70.x.y): direct, ambit L4, ambit L7 (1,000
+AuthorizationPolicies), HAProxy L4 pair, HAProxy L7 pair; prints Markdown tables with ratios against
+direct and HAProxy, and writes every figure to bench/results/DATE-MODE.json.
+
+  --quick                every scenario briefly (1,000 idle connections, 64 MiB bulk): under 2 minutes
+  --scenario LIST        a,b,c,d,e,f,g or throughput,latency,churn,bulk,idle,rotation,footprint (default all)
+  --rows LIST            direct,ambit-l4,ambit-l7,haproxy-l4,haproxy-l7 (default all)
+  --duration S           seconds of load per row for (a), (b), (c) and (f)
+  --connections N        keep-alive connections for (a) and (b), concurrent clients for (c) (default 32)
+  --rate N               requests per second for (b) and (f) (default 2000)
+  --idle N               idle connections for (e) (default 10000, --quick 1000)
+  --bulk-mib N           MiB each way for (d) (default 1024, --quick 64)
+  --without LIST         leave peers out: haproxy, nginx (their rows are reported skipped)
+  --results-dir DIR      where the JSON goes (default bench/results)
+  --access-log           run ambit at log level info (one access-log line per connection) and give
+                         HAProxy the same (a log line per connection); default: neither logs
+  --cpu-prof             profile the ambit proxies (node --cpu-prof) into DIR/profiles-DATE
+  --no-pin               do not pin (default: load generator and upstream on CPU 0, the proxy pair on CPU 1)
+  --no-setup             do not run bench/setup.sh when haproxy or nginx is missing
+  --keep                 keep the working directory (configurations, certificates, every process's log)
+`;
+
+interface Plan {
+  mode: 'quick' | 'full';
+  scenarios: ScenarioId[];
+  rows: RowId[];
+  seconds: { throughput: number; latency: number; churn: number; rotation: number; warmup: number };
+  connections: number;
+  churnConcurrency: number;
+  ratePerSecond: number;
+  newConnectionsPerSecond: number;
+  svidTtl: string;
+  bulkBytes: number;
+  idleRequested: number;
+  idleConnections: number;
+  without: Set<string>;
+  resultsDir: string;
+  accessLog: boolean;
+  cpuProf: boolean;
+  pin: boolean;
+  setup: boolean;
+  keep: boolean;
+}
+
+function fail(message: string): never {
+  process.stderr.write(`bench: ${message}\n`);
+  process.exit(2);
+}
+
+function parsePlan(argv: string[]): Plan {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean' }, scenario: { type: 'string' }, rows: { type: 'string' }, duration: { type: 'string' },
+      connections: { type: 'string' }, rate: { type: 'string' }, idle: { type: 'string' }, 'bulk-mib': { type: 'string' },
+      without: { type: 'string' }, 'results-dir': { type: 'string' }, 'access-log': { type: 'boolean' }, 'cpu-prof': { type: 'boolean' },
+      'no-pin': { type: 'boolean' }, 'no-setup': { type: 'boolean' }, keep: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    process.exit(0);
+  }
+  const quick = values.quick === true;
+  const number = (text: string | undefined, name: string, fallback: number) => {
+    if (text === undefined) return fallback;
+    const value = Number(text);
+    if (!Number.isFinite(value) || value <= 0) fail(`--${name} must be a positive number, got "${text}"`);
+    return value;
+  };
+  const scenarios: ScenarioId[] = values.scenario === undefined ? [...SCENARIOS] : values.scenario.split(',').map((name) => {
+    const found = SCENARIOS.find((id) => id === name.trim() || SCENARIO_LETTERS[id] === name.trim());
+    return found ?? fail(`unknown scenario "${name}" (${SCENARIOS.map((id) => `${SCENARIO_LETTERS[id]}|${id}`).join(', ')})`);
+  });
+  const rows: RowId[] = values.rows === undefined ? [...ROWS] : values.rows.split(',').map((name) => (ROWS as readonly string[]).includes(name.trim()) ? (name.trim() as RowId) : fail(`unknown row "${name}" (${ROWS.join(', ')})`));
+  const duration = values.duration === undefined ? undefined : number(values.duration, 'duration', 10);
+  const connections = Math.round(number(values.connections, 'connections', 32));
+  const idleRequested = Math.round(number(values.idle, 'idle', quick ? 1000 : 10_000));
+  return {
+    mode: quick ? 'quick' : 'full',
+    scenarios: SCENARIOS.filter((id) => scenarios.includes(id)),
+    rows: ROWS.filter((id) => rows.includes(id)),
+    seconds: {
+      throughput: duration ?? (quick ? 2 : 10),
+      latency: duration ?? (quick ? 2 : 10),
+      churn: duration ?? (quick ? 2 : 10),
+      // Long enough for certificates of --svid-ttl 4s to be renewed (at half-life) a few times.
+      rotation: Math.max(duration ?? (quick ? 4 : 20), 4),
+      warmup: quick ? 0.5 : 2,
+    },
+    connections,
+    churnConcurrency: connections,
+    ratePerSecond: number(values.rate, 'rate', 2000),
+    newConnectionsPerSecond: 50,
+    svidTtl: '4s',
+    bulkBytes: Math.round(number(values['bulk-mib'], 'bulk-mib', quick ? 64 : 1024) * 1024 * 1024),
+    idleRequested,
+    idleConnections: idleRequested,
+    without: new Set((values.without ?? '').split(',').map((s) => s.trim()).filter(Boolean)),
+    resultsDir: values['results-dir'] ?? join(HERE, 'results'),
+    accessLog: values['access-log'] === true,
+    cpuProf: values['cpu-prof'] === true,
+    pin: values['no-pin'] !== true,
+    setup: values['no-setup'] !== true,
+    keep: values.keep === true,
+  };
+}
+
+/**
+ * Open files: the harness, the hold server and each proxy hold one descriptor per idle connection, and
+ * HAProxy's client side two. Raise the limit by re-executing under `ulimit -n` when the hard limit allows;
+ * otherwise scale the idle scenario down and say so.
+ */
+function descriptorsNeeded(plan: Plan): number {
+  return plan.idleRequested * 2 + 512;
+}
+
+function reexecWithMoreFiles(needed: number): boolean {
+  if (process.env.AMBIT_BENCH_NOFILE === '1') return false;
+  if (spawnSync('sh', ['-c', `ulimit -n ${needed}`], { stdio: 'ignore' }).status !== 0) return false;
+  const child = spawn('sh', ['-c', `ulimit -n ${needed} && exec "$0" "$@"`, process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env: { ...process.env, AMBIT_BENCH_NOFILE: '1' },
+  });
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => child.kill(signal));
+  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 : 1)));
+  return true;
+}
+
+interface RowTarget {
+  http: HostPort;
+  bulk: HostPort | null;
+  hold: HostPort | null;
+  /** The processes under test; ambit's carry a /metrics URL (Node heap figures for the idle scenario). */
+  proxies: Array<{ name: string; pid: number; metricsUrl?: string }>;
+}
+
+interface Context {
+  plan: Plan;
+  processes: Processes;
+  progress: Progress;
+  upstream: Upstream;
+  targets: Map<RowId, RowTarget>;
+  results: RunResults;
+  /** Foreign CPU (other processes, steal) during each measurement, % of one core. */
+  noise: number[];
+  /** The first ambit CA's directory: its root signs the HAProxy certificates too. */
+  caDir?: string;
+}
+
+const NOT_A_BYTE_STREAM = 'an HTTP-inspected port carries HTTP requests, not a raw byte stream';
+
+/** Rows each scenario applies to, and why not the others. */
+function notApplicable(scenario: ScenarioId, row: RowId): string | null {
+  const l7 = row === 'ambit-l7' || row === 'haproxy-l7';
+  switch (scenario) {
+    case 'bulk': return l7 ? NOT_A_BYTE_STREAM : null;
+    case 'idle': return l7 ? NOT_A_BYTE_STREAM : row === 'direct' ? 'no proxy to measure' : null;
+    case 'rotation': return row === 'direct' ? 'no certificates' : row.startsWith('haproxy') ? "HAProxy's certificates are files loaded at start; not rotated here" : null;
+    case 'footprint': return row === 'ambit-l4' ? null : 'ambit only';
+    default: return null;
+  }
+}
+
+function proxyCpu(target: RowTarget): number {
+  let total = 0;
+  for (const proxy of target.proxies) total += cpuMicros(proxy.pid);
+  return total;
+}
+
+/** V8 heap in use and external (Buffer) memory of each ambit proxy, from prom-client's process metrics. */
+async function heapOf(target: RowTarget): Promise<Record<string, { heapUsed: number; external: number }>> {
+  const result: Record<string, { heapUsed: number; external: number }> = {};
+  for (const proxy of target.proxies) {
+    if (!proxy.metricsUrl) continue;
+    const text = await httpText(proxy.metricsUrl);
+    result[proxy.name] = { heapUsed: metricTotal(text, 'nodejs_heap_size_used_bytes'), external: metricTotal(text, 'nodejs_external_memory_bytes') };
+  }
+  return result;
+}
+
+function rssOf(target: RowTarget): Record<string, number> {
+  const result: Record<string, number> = {};
+  for (const proxy of target.proxies) result[proxy.name] = rssBytes(proxy.pid);
+  return result;
+}
+
+interface CpuMark {
+  proxy: number;
+  harness: number;
+  upstream: number;
+  machine: number;
+  steal: number;
+  atMs: number;
+}
+
+function markCpu(ctx: Context, target: RowTarget): CpuMark {
+  const own = process.cpuUsage();
+  const machine = machineCpuMicros();
+  const upstream = treeCpuMicros(ctx.upstream.httpPid) + (ctx.upstream.tcpPid === ctx.upstream.httpPid ? 0 : cpuMicros(ctx.upstream.tcpPid));
+  return { proxy: proxyCpu(target), harness: own.user + own.system, upstream, machine: machine.busy, steal: machine.steal, atMs: performance.now() };
+}
+
+interface CpuUse {
+  /** CPU the row's proxies used, µs. */
+  proxy: number;
+  /** Each in % of one core over the measurement. */
+  harnessPercent: number;
+  upstreamPercent: number;
+  proxyPercent: number;
+  /** CPU used by processes that are not part of the benchmark (and stolen by the hypervisor): noise. */
+  otherPercent: number;
+  stealPercent: number;
+}
+
+function cpuSince(ctx: Context, target: RowTarget, mark: CpuMark): CpuUse {
+  const now = markCpu(ctx, target);
+  const wallMicros = (now.atMs - mark.atMs) * 1000;
+  const percent = (micros: number) => round((micros / wallMicros) * 100, 0);
+  const ours = now.proxy - mark.proxy + (now.harness - mark.harness) + (now.upstream - mark.upstream);
+  const use: CpuUse = {
+    proxy: now.proxy - mark.proxy,
+    harnessPercent: percent(now.harness - mark.harness),
+    upstreamPercent: percent(now.upstream - mark.upstream),
+    proxyPercent: percent(now.proxy - mark.proxy),
+    otherPercent: Math.max(0, percent(now.machine - mark.machine - ours)),
+    stealPercent: percent(now.steal - mark.steal),
+  };
+  ctx.noise.push(use.otherPercent + use.stealPercent);
+  return use;
+}
+
+type Runner<S extends ScenarioId> = (ctx: Context, row: RowId, target: RowTarget) => Promise<Outcome<FiguresByScenario[S]>>;
+
+const round = (value: number, digits = 2) => Math.round(value * 10 ** digits) / 10 ** digits;
+
+const runThroughput: Runner<'throughput'> = async (ctx, row, target) => {
+  const { plan } = ctx;
+  const warm = await throughput(target.http, plan.connections, plan.seconds.warmup);
+  if (warm.ok === 0) return { status: 'failed', reason: `no successful response while warming up (${warm.failed} failed)` };
+  const mark = markCpu(ctx, target);
+  const result = await throughput(target.http, plan.connections, plan.seconds.throughput);
+  const cpu = cpuSince(ctx, target, mark);
+  if (result.ok === 0) return { status: 'failed', reason: `no successful response (${result.failed} failed)` };
+  return {
+    status: 'ok',
+    figures: {
+      requestsPerSecond: round(result.requestsPerSecond, 0),
+      ok: result.ok,
+      failed: result.failed,
+      seconds: result.seconds,
+      latencyMs: result.latencyMs,
+      proxyCpuMicrosPerRequest: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
+      loadgenCpuPercent: cpu.harnessPercent,
+      upstreamCpuPercent: cpu.upstreamPercent,
+      proxyCpuPercent: target.proxies.length ? cpu.proxyPercent : null,
+      otherCpuPercent: cpu.otherPercent + cpu.stealPercent,
+    },
+  };
+};
+
+const runLatency: Runner<'latency'> = async (ctx, _row, target) => {
+  const { plan } = ctx;
+  await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, plan.connections);
+  const mark = markCpu(ctx, target);
+  const result = await paced(target.http, plan.ratePerSecond, plan.seconds.latency, plan.connections);
+  const cpu = cpuSince(ctx, target, mark);
+  if (result.ok === 0) return { status: 'failed', reason: `no successful response (${result.failed} failed)` };
+  return {
+    status: 'ok',
+    figures: {
+      ratePerSecond: plan.ratePerSecond,
+      seconds: round(result.seconds),
+      ok: result.ok,
+      failed: result.failed,
+      achievedPerSecond: round(result.achievedPerSecond, 0),
+      latencyMs: result.latencyMs,
+      proxyCpuMicrosPerRequest: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
+      proxyRssBytes: rssOf(target),
+      otherCpuPercent: cpu.otherPercent + cpu.stealPercent,
+    },
+  };
+};
+
+const runChurn: Runner<'churn'> = async (ctx, _row, target) => {
+  const { plan } = ctx;
+  const mark = markCpu(ctx, target);
+  const result = await churn(target.http, plan.churnConcurrency, plan.seconds.churn, CHURN_SOURCES);
+  const cpu = cpuSince(ctx, target, mark);
+  if (result.ok === 0) return { status: 'failed', reason: `no connection completed a request (${result.failed} failed)` };
+  return {
+    status: 'ok',
+    figures: {
+      connectionsPerSecond: round(result.connectionsPerSecond, 0),
+      ok: result.ok,
+      failed: result.failed,
+      seconds: round(result.seconds),
+      latencyMs: result.latencyMs,
+      proxyCpuMicrosPerConnection: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
+      otherCpuPercent: cpu.otherPercent + cpu.stealPercent,
+    },
+  };
+};
+
+const runBulk: Runner<'bulk'> = async (ctx, _row, target) => {
+  if (!target.bulk) return { status: 'n/a', reason: NOT_A_BYTE_STREAM };
+  const bytes = ctx.plan.bulkBytes;
+  // At least 10 MiB/s, or the row is broken rather than slow.
+  const timeoutMs = 30_000 + (bytes / (10 * 1024 * 1024)) * 1000;
+  const mib = bytes / (1024 * 1024);
+  let mark = markCpu(ctx, target);
+  const down = await bulk(target.bulk, 'down', bytes, timeoutMs);
+  const downCpu = cpuSince(ctx, target, mark);
+  mark = markCpu(ctx, target);
+  const up = await bulk(target.bulk, 'up', bytes, timeoutMs);
+  const upCpu = cpuSince(ctx, target, mark);
+  const perMiB = (cpu: CpuUse) => (target.proxies.length ? round(cpu.proxy / mib, 0) : null);
+  return {
+    status: 'ok',
+    figures: {
+      bytes,
+      downMiBPerSecond: round(down.mibPerSecond, 1),
+      upMiBPerSecond: round(up.mibPerSecond, 1),
+      proxyCpuMicrosPerMiB: { down: perMiB(downCpu), up: perMiB(upCpu) },
+      proxyCpuPercent: { down: target.proxies.length ? downCpu.proxyPercent : null, up: target.proxies.length ? upCpu.proxyPercent : null },
+      loadgenCpuPercent: { down: downCpu.harnessPercent, up: upCpu.harnessPercent },
+      upstreamCpuPercent: { down: downCpu.upstreamPercent, up: upCpu.upstreamPercent },
+      otherCpuPercent: Math.max(downCpu.otherPercent + downCpu.stealPercent, upCpu.otherPercent + upCpu.stealPercent),
+    },
+  };
+};
+
+async function waitForHold(ctx: Context, predicate: (count: number) => boolean, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let count = await ctx.upstream.holdCount();
+  while (!predicate(count) && Date.now() < deadline) {
+    await sleep(100);
+    count = await ctx.upstream.holdCount();
+  }
+  return count;
+}
+
+const runIdle: Runner<'idle'> = async (ctx, _row, target) => {
+  if (!target.hold) return { status: 'n/a', reason: NOT_A_BYTE_STREAM };
+  const count = ctx.plan.idleConnections;
+  await waitForHold(ctx, (n) => n === 0, 10_000);
+  await sleep(1000);
+  const before = rssOf(target);
+  const heapBefore = await heapOf(target);
+  const sockets: Socket[] = [];
+  try {
+    const openFailed = await openIdle(target.hold, count, 200, sockets);
+    const reached = await waitForHold(ctx, (n) => n >= count - openFailed, 30_000 + count * 5);
+    if (reached < count - openFailed) return { status: 'failed', reason: `only ${reached} of ${count} connections reached the upstream` };
+    if (openFailed > count / 100) return { status: 'failed', reason: `${openFailed} of ${count} connections failed to open` };
+    // Let allocation settle (and the proxies' byte-flush timers run once) before reading RSS.
+    await sleep(ctx.plan.mode === 'quick' ? 2000 : 6000);
+    const after = rssOf(target);
+    const heapAfter = await heapOf(target);
+    const perConnection: Record<string, number> = {};
+    for (const [name, bytes] of Object.entries(after)) perConnection[name] = round((bytes - (before[name] ?? 0)) / count, 0);
+    // For ambit: how much of it is V8 heap (JS objects) and off-heap buffers, from the proxies' own /metrics.
+    const heapPerConnection: Record<string, { heapUsed: number; external: number }> = {};
+    for (const [name, heap] of Object.entries(heapAfter)) {
+      const start = heapBefore[name];
+      if (start) heapPerConnection[name] = { heapUsed: round((heap.heapUsed - start.heapUsed) / count, 0), external: round((heap.external - start.external) / count, 0) };
+    }
+    return {
+      status: 'ok',
+      figures: { connections: count, openFailed, rssBeforeBytes: before, rssAfterBytes: after, bytesPerConnection: perConnection, maxBytesPerConnection: Math.max(...Object.values(perConnection)), heapBytesPerConnection: heapPerConnection },
+    };
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    await waitForHold(ctx, (n) => n === 0, 30_000);
+  }
+};
+
+const RUNNERS: { [S in Exclude<ScenarioId, 'rotation' | 'footprint'>]: Runner<S> } = {
+  throughput: runThroughput,
+  latency: runLatency,
+  churn: runChurn,
+  bulk: runBulk,
+  idle: runIdle,
+};
+
+const SCENARIO_TITLES: Record<ScenarioId, string> = {
+  throughput: '(a) max throughput',
+  latency: '(b) fixed rate',
+  churn: '(c) connection churn',
+  bulk: '(d) bulk',
+  idle: '(e) idle connections',
+  rotation: '(f) rotation under load',
+  footprint: '(g) idle footprint',
+};
+
+function expectedSeconds(plan: Plan, scenario: ScenarioId): number | undefined {
+  switch (scenario) {
+    case 'throughput': return plan.seconds.throughput + plan.seconds.warmup;
+    case 'latency': return plan.seconds.latency + plan.seconds.warmup;
+    case 'churn': return plan.seconds.churn;
+    case 'rotation': return plan.seconds.rotation;
+    default: return undefined;
+  }
+}
+
+function setOutcome<S extends ScenarioId>(results: RunResults, scenario: S, row: RowId, outcome: Outcome<FiguresByScenario[S]>): void {
+  const entry = results.scenarios[scenario];
+  if (entry) (entry.rows as Partial<Record<RowId, Outcome<FiguresByScenario[S]>>>)[row] = outcome;
+}
+
+/** Rows present in the plan get an outcome for every scenario: figures, skipped, n/a or failed. */
+function prefill(ctx: Context, scenario: ScenarioId): RowId[] {
+  const runnable: RowId[] = [];
+  for (const row of ctx.plan.rows) {
+    const reason = notApplicable(scenario, row);
+    if (reason !== null) {
+      if (scenario !== 'footprint') setOutcome(ctx.results, scenario, row, { status: 'n/a', reason });
+      continue;
+    }
+    const skipped = ctx.results.skipped[row];
+    if (skipped !== undefined) setOutcome(ctx.results, scenario, row, { status: 'skipped', reason: skipped });
+    else runnable.push(row);
+  }
+  return runnable;
+}
+
+function ambitTarget(mesh: AmbitMesh, layer: 'l4' | 'l7'): RowTarget {
+  const port = layer === 'l4' ? AMBIT.listen.webL4 : AMBIT.listen.webL7;
+  return {
+    http: { host: AMBIT.clientIp, port },
+    bulk: layer === 'l4' ? { host: AMBIT.clientIp, port: AMBIT.listen.bulk } : null,
+    hold: layer === 'l4' ? { host: AMBIT.clientIp, port: AMBIT.listen.hold } : null,
+    proxies: mesh.nodes.map((node) => ({ name: node.name, pid: node.process.pid, metricsUrl: node.metricsUrl })),
+  };
+}
+
+function haproxyTarget(pair: HaproxyPair, layer: 'l4' | 'l7'): RowTarget {
+  const client = HAPROXY[layer].client;
+  return {
+    http: { host: client, port: HAPROXY.listen.web },
+    bulk: layer === 'l4' ? { host: client, port: HAPROXY.listen.bulk } : null,
+    hold: layer === 'l4' ? { host: client, port: HAPROXY.listen.hold } : null,
+    proxies: [{ name: 'client-side', pid: pair.client.pid }, { name: 'server-side', pid: pair.server.pid }],
+  };
+}
+
+async function rotationsOf(mesh: AmbitMesh): Promise<number> {
+  let total = 0;
+  for (const node of mesh.nodes) total += metricTotal(await httpText(node.metricsUrl), 'ambit_certificate_rotations_total');
+  return total;
+}
+
+async function runScenario(ctx: Context, scenario: Exclude<ScenarioId, 'rotation' | 'footprint'>): Promise<void> {
+  const { plan, progress, results } = ctx;
+  results.scenarios[scenario] = { settings: scenarioSettings(plan, scenario), rows: {} };
+  for (const row of prefill(ctx, scenario)) {
+    const target = ctx.targets.get(row);
+    if (!target) {
+      setOutcome(results, scenario, row, { status: 'skipped', reason: 'not started' });
+      continue;
+    }
+    progress.step(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}`, expectedSeconds(plan, scenario));
+    const runner = RUNNERS[scenario] as Runner<typeof scenario>;
+    let outcome: Outcome<FiguresByScenario[typeof scenario]>;
+    try {
+      outcome = await runner(ctx, row, target);
+    } catch (error) {
+      outcome = { status: 'failed', reason: (error as Error).message };
+    }
+    if (outcome.status === 'failed') progress.note(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}: ${outcome.reason}`);
+    setOutcome(results, scenario, row, outcome);
+    for (const proxy of target.proxies) if (rssBytes(proxy.pid) === 0) throw new Error(`${ROW_LABELS[row]}: proxy ${proxy.name} (pid ${proxy.pid}) is gone`);
+  }
+}
+
+async function run(ctx: Context, workDir: string): Promise<void> {
+  const { plan, processes, progress, results } = ctx;
+  const wantsAmbit = plan.rows.some((row) => row.startsWith('ambit'));
+  const wantsHaproxy = plan.rows.some((row) => row.startsWith('haproxy')) && results.skipped['haproxy-l4'] === undefined;
+  const nodeFlags = plan.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', join(plan.resultsDir, `profiles-${results.date.replace(/[:.]/g, '-')}`)] : [];
+  const envFlags = (process.env.AMBIT_BENCH_PROXY_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const ambitOptions = (label: string, svidTtl?: string) => ({
+    dir: join(workDir, label), label, configYaml: benchConfig(), nodes: [AMBIT.nodeA, AMBIT.nodeB], ca: AMBIT.ca, svidTtl,
+    nodeFlags: [...nodeFlags, ...envFlags], logLevel: plan.accessLog ? 'info' : 'warn', readyTimeoutMs: 60_000,
+  });
+
+  const binary = hasCommand('haproxy');
+  let certs: HaproxyCertificates | null = null;
+
+  /** Starts the proxies the scenarios need, runs them row by row, stops the proxies. */
+  type MainScenario = Exclude<ScenarioId, 'rotation' | 'footprint'>;
+  const isMain = (s: ScenarioId): s is MainScenario => s !== 'rotation' && s !== 'footprint';
+  const phase = async (scenarios: MainScenario[], label: string, layers: ReadonlyArray<'l4' | 'l7'>) => {
+    if (scenarios.length === 0) return;
+    const stoppers: Array<() => Promise<void>> = [];
+    try {
+      if (wantsAmbit) {
+        progress.step(`starting ambit: CA, node-a, node-b (1,000 AuthorizationPolicies)${label}`);
+        const mesh = await startAmbit(processes, ambitOptions(`ambit-${scenarios.join('-')}`));
+        stoppers.push(() => mesh.stop());
+        ctx.caDir ??= mesh.caDir;
+        ctx.targets.set('ambit-l4', ambitTarget(mesh, 'l4'));
+        ctx.targets.set('ambit-l7', ambitTarget(mesh, 'l7'));
+      }
+      if (wantsHaproxy && binary) {
+        progress.step(`starting the HAProxy pairs (certificates from the ambit CA root)${label}`);
+        if (certs === null) {
+          const caDir = ctx.caDir ?? join(workDir, 'haproxy-ca');
+          if (ctx.caDir === undefined) await initCa(caDir, TRUST_DOMAIN);
+          certs = await issueCertificates(join(workDir, 'haproxy', 'certs'), caDir);
+        }
+        for (const layer of layers) {
+          const row: RowId = `haproxy-${layer}`;
+          if (!plan.rows.includes(row) || results.skipped[row] !== undefined) continue;
+          try {
+            // Two descriptors per connection on each side: stay inside the open-files limit or haproxy refuses to start.
+            const maxConnections = Math.min(plan.idleConnections + 64, Math.floor((openFilesLimit().hard - 256) / 2));
+            const pair = await startHaproxyPair(processes, binary, layer, join(workDir, 'haproxy'), certs, maxConnections);
+            stoppers.push(() => pair.stop());
+            ctx.targets.set(row, haproxyTarget(pair, layer));
+          } catch (error) {
+            const message = (error as Error).message;
+            results.skipped[row] = `haproxy did not start: ${/\[ALERT\][^\n]*/.exec(message)?.[0] ?? message.split('\n')[0]}`;
+            progress.note(`${ROW_LABELS[row]}: ${results.skipped[row]}`);
+          }
+        }
+      }
+      ctx.targets.set('direct', { http: UPSTREAM.webL4, bulk: UPSTREAM.bulk, hold: null, proxies: [] });
+      for (const scenario of scenarios) await runScenario(ctx, scenario);
+    } finally {
+      progress.step(`stopping the proxies${label}`);
+      await Promise.all(stoppers.map((stop) => stop()));
+      ctx.targets.clear();
+    }
+  };
+  await phase(plan.scenarios.filter(isMain).filter((s) => s !== 'idle'), '', ['l4', 'l7']);
+  // Idle memory is measured on proxies started for it: after load, a heap has room to spare that would
+  // hide what each connection costs.
+  await phase(plan.scenarios.filter(isMain).filter((s) => s === 'idle'), ' (fresh, for idle connections)', ['l4']);
+
+  if (plan.scenarios.includes('rotation')) {
+    results.scenarios.rotation = { settings: scenarioSettings(plan, 'rotation'), rows: {} };
+    const rows = prefill(ctx, 'rotation');
+    if (rows.length > 0) {
+      progress.step(`starting ambit with --svid-ttl ${plan.svidTtl}`);
+      const rotating = await startAmbit(processes, ambitOptions('ambit-rotation', plan.svidTtl));
+      try {
+        for (const row of rows) {
+          const target = ambitTarget(rotating, row === 'ambit-l4' ? 'l4' : 'l7');
+          progress.step(`${SCENARIO_TITLES.rotation} · ${ROW_LABELS[row]}`, plan.seconds.rotation);
+          try {
+            await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, plan.connections);
+            const rotationsBefore = await rotationsOf(rotating);
+            const [load, fresh] = await Promise.all([
+              paced(target.http, plan.ratePerSecond, plan.seconds.rotation, plan.connections),
+              trickle(target.http, plan.newConnectionsPerSecond, plan.seconds.rotation),
+            ]);
+            const rotations = (await rotationsOf(rotating)) - rotationsBefore;
+            setOutcome(results, 'rotation', row, {
+              status: 'ok',
+              figures: { ratePerSecond: plan.ratePerSecond, seconds: round(load.seconds), ok: load.ok, failed: load.failed, latencyMs: load.latencyMs, newConnectionsOk: fresh.ok, newConnectionsFailed: fresh.failed, rotations, svidTtl: plan.svidTtl },
+            });
+          } catch (error) {
+            setOutcome(results, 'rotation', row, { status: 'failed', reason: (error as Error).message });
+          }
+        }
+      } finally {
+        await rotating.stop();
+      }
+    }
+  }
+
+  if (plan.scenarios.includes('footprint')) {
+    results.scenarios.footprint = { settings: { workloads: FOOTPRINT.workloads, localWorkloads: FOOTPRINT.local }, rows: {} };
+    if (prefill(ctx, 'footprint').length > 0) {
+      progress.step(`${SCENARIO_TITLES.footprint} · starting a proxy with ${FOOTPRINT.workloads} workloads, ${FOOTPRINT.local} local`);
+      const started = performance.now();
+      try {
+        const footprint = await startAmbit(processes, {
+          ...ambitOptions('ambit-footprint'), configYaml: footprintConfig(), nodes: [FOOTPRINT.node], ca: FOOTPRINT.ca, readyTimeoutMs: 120_000,
+        });
+        try {
+          const readySeconds = (performance.now() - started) / 1000;
+          progress.step(`${SCENARIO_TITLES.footprint} · settling`);
+          await sleep(plan.mode === 'quick' ? 2000 : 10_000);
+          const node = footprint.nodes[0] as AmbitMesh['nodes'][number];
+          const metrics = await httpText(node.metricsUrl);
+          setOutcome(results, 'footprint', 'ambit-l4', {
+            status: 'ok',
+            figures: {
+              workloads: FOOTPRINT.workloads,
+              localWorkloads: FOOTPRINT.local,
+              readySeconds: round(readySeconds, 1),
+              rssBytes: rssBytes(node.process.pid),
+              heapUsedBytes: metricTotal(metrics, 'nodejs_heap_size_used_bytes'),
+              heapTotalBytes: metricTotal(metrics, 'nodejs_heap_size_total_bytes'),
+            },
+          });
+        } finally {
+          await footprint.stop();
+        }
+      } catch (error) {
+        setOutcome(results, 'footprint', 'ambit-l4', { status: 'failed', reason: (error as Error).message });
+      }
+    }
+  }
+}
+
+function scenarioSettings(plan: Plan, scenario: ScenarioId): Record<string, unknown> {
+  switch (scenario) {
+    case 'throughput': return { connections: plan.connections, seconds: plan.seconds.throughput, warmupSeconds: plan.seconds.warmup, bodyBytes: 1024 };
+    case 'latency': return { ratePerSecond: plan.ratePerSecond, seconds: plan.seconds.latency, connections: plan.connections, bodyBytes: 1024 };
+    case 'churn': return { concurrency: plan.churnConcurrency, seconds: plan.seconds.churn, sourceAddresses: CHURN_SOURCES.length };
+    case 'bulk': return { bytes: plan.bulkBytes };
+    case 'idle': return { connections: plan.idleConnections, requested: plan.idleRequested };
+    case 'rotation': return { ratePerSecond: plan.ratePerSecond, seconds: plan.seconds.rotation, newConnectionsPerSecond: plan.newConnectionsPerSecond, svidTtl: plan.svidTtl };
+    case 'footprint': return {};
+  }
+}
+
+/** Every address the run listens on must be free: a leftover process from an earlier run would answer for ours. */
+async function assertAddressesFree(): Promise<void> {
+  const addresses: HostPort[] = [
+    ...Object.values(UPSTREAM), AMBIT.ca, FOOTPRINT.ca,
+    ...[AMBIT.nodeA.address, AMBIT.nodeB.address, FOOTPRINT.node.address].flatMap((host) => [{ host, port: 15020 }, { host, port: 15021 }]),
+    ...Object.values(AMBIT.listen).map((port) => ({ host: AMBIT.clientIp, port })),
+    ...(['l4', 'l7'] as const).flatMap((layer) => [
+      ...Object.values(HAPROXY.listen).map((port) => ({ host: HAPROXY[layer].client, port })),
+      ...Object.values(HAPROXY.tls).map((port) => ({ host: HAPROXY[layer].server, port })),
+    ]),
+  ];
+  const busy: string[] = [];
+  await Promise.all(addresses.map(async (address) => {
+    if (await isListening(address.host, address.port)) busy.push(`${address.host}:${address.port}`);
+  }));
+  if (busy.length > 0) throw new Error(`already in use: ${busy.sort().join(', ')} (a leftover from an earlier run? the benchmark owns 127.70.0.0/16)`);
+}
+
+function ensurePeers(plan: Plan, progress: Progress): { haproxy: string | null; nginx: string | null; setupLog: string } {
+  let haproxy = plan.without.has('haproxy') ? null : hasCommand('haproxy');
+  let nginx = plan.without.has('nginx') ? null : hasCommand('nginx');
+  let setupLog = '';
+  const missing = (!haproxy && !plan.without.has('haproxy')) || (!nginx && !plan.without.has('nginx'));
+  if (missing && plan.setup) {
+    progress.step('installing missing peers with bench/setup.sh (apt-get)');
+    const result = spawnSync('sh', [join(HERE, 'setup.sh')], { encoding: 'utf8', timeout: 300_000 });
+    setupLog = `${result.stdout ?? ''}${result.stderr ?? ''}`.trim();
+    if (!plan.without.has('haproxy')) haproxy = hasCommand('haproxy');
+    if (!plan.without.has('nginx')) nginx = hasCommand('nginx');
+  }
+  return { haproxy, nginx, setupLog };
+}
+
+async function main(): Promise<number> {
+  const plan = parsePlan(process.argv.slice(2));
+  const notes: string[] = [];
+  const wantsIdle = plan.scenarios.includes('idle');
+  const limits = openFilesLimit();
+  const needed = descriptorsNeeded(plan);
+  if (wantsIdle && limits.hard < needed && reexecWithMoreFiles(needed)) return -1;
+  if (wantsIdle && openFilesLimit().hard < needed) {
+    const hard = openFilesLimit().hard;
+    plan.idleConnections = Math.max(100, Math.floor((hard - 512) / 2 / 50) * 50);
+    notes.push(`open-files limit is ${hard} and cannot be raised here (ulimit -n ${needed} refused): idle connections scaled from ${plan.idleRequested} to ${plan.idleConnections} (HAProxy's client side holds two descriptors per connection)`);
+  }
+
+  const progress = new Progress();
+  const started = Date.now();
+  const date = new Date().toISOString();
+  const workDir = await mkdtemp(join(tmpdir(), 'ambit-bench-'));
+  const logDir = join(workDir, 'logs');
+  await mkdir(logDir, { recursive: true });
+  const cores = cpus().length;
+  let pinning: { load: number; proxy: number } | null = null;
+  if (plan.pin && cores >= 2 && hasCommand('taskset') && pinSelf(0)) pinning = { load: 0, proxy: 1 };
+  notes.push(pinning
+    ? `pinned: load generator (this process), upstream and CA on CPU ${pinning.load}; the proxy pair under test on CPU ${pinning.proxy} (${cores} cores)`
+    : `not pinned (${plan.pin ? (cores < 2 ? 'one core' : 'taskset unavailable') : '--no-pin'}): load generator, upstream and proxies share the cores`);
+  const processes = new Processes(logDir, pinning);
+
+  let cleaning: Promise<void> | null = null;
+  const cleanup = () => (cleaning ??= (async () => {
+    progress.stop();
+    await processes.stopAll();
+    if (!plan.keep) await rm(workDir, { recursive: true, force: true });
+    else process.stderr.write(`bench: working directory kept: ${workDir}\n`);
+  })());
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      process.stderr.write(`\nbench: ${signal}, stopping every process\n`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+  process.on('exit', () => processes.killAllSync());
+
+  const peers = ensurePeers(plan, progress);
+  const skipped: RunResults['skipped'] = {};
+  if (!peers.haproxy) {
+    const reason = plan.without.has('haproxy') ? 'left out with --without haproxy' : `haproxy not installed${plan.setup ? ` and bench/setup.sh could not install it${peers.setupLog ? `: ${peers.setupLog.split('\n').slice(-1)[0]}` : ''}` : ' (--no-setup)'}`;
+    for (const row of ['haproxy-l4', 'haproxy-l7'] as const) if (plan.rows.includes(row)) skipped[row] = reason;
+  }
+  if (!peers.nginx) notes.push(`nginx ${plan.without.has('nginx') ? 'left out with --without nginx' : 'not installed'}: the upstream is the Node fallback (bench/system/upstream-server.ts)`);
+  if (pinning === null && cores <= 2) notes.push('on 2 cores without pinning the load generator competes with the proxies: figures are lower bounds');
+
+  const results: RunResults = {
+    date,
+    command: process.argv.length > 2 ? `npm run bench -- ${process.argv.slice(2).join(' ')}` : 'npm run bench',
+    mode: plan.mode,
+    durationSeconds: 0,
+    machine: {},
+    notes,
+    skipped,
+    scenarios: {},
+  };
+  let exitCode = 0;
+  const noise: number[] = [];
+  try {
+    await assertAddressesFree();
+    progress.step(`starting the upstream (${peers.nginx ? 'nginx' : 'Node fallback'}, 1 KiB responses)`);
+    const upstream = await startUpstream(processes, join(workDir, 'upstream'), peers.nginx, Math.max(plan.idleConnections, 4096));
+    results.machine = machineInfo({
+      haproxy: peers.haproxy ? haproxyVersion(peers.haproxy) : 'not installed',
+      haproxyOpenssl: peers.haproxy ? haproxyOpenssl(peers.haproxy) : 'not installed',
+      nginx: peers.nginx ? nginxVersion(peers.nginx) : 'not installed',
+      upstream: upstream.kind,
+      pinning,
+      openFiles: openFilesLimit(),
+    });
+    const ctx: Context = { plan, processes, progress, upstream, targets: new Map(), results, noise };
+    await run(ctx, workDir);
+  } catch (error) {
+    exitCode = 1;
+    const message = (error as Error).stack ?? String(error);
+    notes.push(`run aborted: ${(error as Error).message}`);
+    progress.note(`failed: ${message}`);
+  } finally {
+    await cleanup();
+  }
+  results.durationSeconds = Math.round((Date.now() - started) / 100) / 10;
+  const worstNoise = Math.max(0, ...noise);
+  if (worstNoise >= 10) notes.push(`other processes on this machine (or the hypervisor) used up to ${worstNoise} % of a core during a measurement (median ${noise.sort((a, b) => a - b)[Math.floor(noise.length / 2)]} %): figures are noisy, compare rows of one run only`);
+  if (results.machine.cores === undefined) results.machine = machineInfo({ pinning });
+
+  await mkdir(plan.resultsDir, { recursive: true });
+  const file = join(plan.resultsDir, `${date.replace(/[:.]/g, '-')}-${plan.mode}.json`);
+  await writeFile(file, JSON.stringify({ ...results, targets: checkTargets(results) }, null, 2) + '\n');
+
+  const m = results.machine;
+  const header = [
+    `## ambit system benchmark — ${date.slice(0, 10)} (${plan.mode}, ${results.durationSeconds} s)`,
+    '',
+    `\`${results.command}\` on ${m.cores} × ${m.cpuModel}, ${m.memoryGiB} GiB, Linux ${m.kernel}; Node ${m.node} (OpenSSL ${m.nodeOpenssl}); ${m.haproxy === 'not installed' ? 'HAProxy not installed' : `${String(m.haproxy).replace(/ - https?:\/\/\S+/, '')} (${m.haproxyOpenssl})`}; upstream ${m.upstream === 'nginx' ? m.nginx : 'Node fallback'}.`,
+    '',
+    ...notes.map((note) => `- ${note}`),
+    ...Object.entries(skipped).map(([row, reason]) => `- ${ROW_LABELS[row as RowId]} skipped: ${reason}`),
+    '',
+  ];
+  process.stdout.write(header.join('\n') + '\n' + renderMarkdown(results) + '\n');
+  process.stderr.write(`bench: ${results.durationSeconds} s; figures in ${file}\n`);
+  return exitCode;
+}
+
+main().then(
+  (code) => {
+    if (code >= 0) process.exit(code);
+  },
+  (error: unknown) => {
+    process.stderr.write(`bench: ${(error as Error).stack ?? String(error)}\n`);
+    process.exit(1);
+  },
+);

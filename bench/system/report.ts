@@ -1,0 +1,304 @@
+// What a run produced and how it is shown: every figure by scenario and row (the JSON file), one Markdown
+// table per scenario with ratios against direct and against the HAProxy pair of the same layer, and the
+// issue's targets checked against this run's figures.
+
+export const ROWS = ['direct', 'ambit-l4', 'ambit-l7', 'haproxy-l4', 'haproxy-l7'] as const;
+export type RowId = (typeof ROWS)[number];
+
+export const ROW_LABELS: Record<RowId, string> = {
+  'direct': 'direct',
+  'ambit-l4': 'ambit L4',
+  'ambit-l7': 'ambit L7 (1,000 policies)',
+  'haproxy-l4': 'HAProxy L4 pair',
+  'haproxy-l7': 'HAProxy L7 pair (1,000 ACL rules)',
+};
+
+/** The HAProxy row each row is compared with. */
+const PEER: Partial<Record<RowId, RowId>> = { 'ambit-l4': 'haproxy-l4', 'ambit-l7': 'haproxy-l7' };
+
+export const SCENARIOS = ['throughput', 'latency', 'churn', 'bulk', 'idle', 'rotation', 'footprint'] as const;
+export type ScenarioId = (typeof SCENARIOS)[number];
+export const SCENARIO_LETTERS: Record<ScenarioId, string> = { throughput: 'a', latency: 'b', churn: 'c', bulk: 'd', idle: 'e', rotation: 'f', footprint: 'g' };
+
+export interface Percentiles {
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+export interface ThroughputFigures {
+  requestsPerSecond: number;
+  ok: number;
+  failed: number;
+  seconds: number;
+  latencyMs: Percentiles | null;
+  /** CPU of the row's proxy processes (both of the pair) per request, µs; null for direct. */
+  proxyCpuMicrosPerRequest: number | null;
+  /** How busy the harness (load generator) and the upstream were, in % of one core: is the row the limit? */
+  loadgenCpuPercent: number;
+  upstreamCpuPercent: number;
+  proxyCpuPercent: number | null;
+  /** CPU used meanwhile by processes outside the benchmark, and stolen by the hypervisor, % of one core: noise. */
+  otherCpuPercent: number;
+}
+
+export interface LatencyFigures {
+  ratePerSecond: number;
+  seconds: number;
+  ok: number;
+  failed: number;
+  achievedPerSecond: number;
+  latencyMs: Percentiles | null;
+  proxyCpuMicrosPerRequest: number | null;
+  /** VmRSS of each proxy process at the end of the run, bytes. */
+  proxyRssBytes: Record<string, number>;
+  otherCpuPercent: number;
+}
+
+export interface ChurnFigures {
+  connectionsPerSecond: number;
+  ok: number;
+  failed: number;
+  seconds: number;
+  latencyMs: Percentiles | null;
+  proxyCpuMicrosPerConnection: number | null;
+  otherCpuPercent: number;
+}
+
+export interface BulkFigures {
+  bytes: number;
+  downMiBPerSecond: number;
+  upMiBPerSecond: number;
+  /** CPU of the pair per MiB carried, µs, and how busy each side was, % of one core. */
+  proxyCpuMicrosPerMiB: { down: number | null; up: number | null };
+  proxyCpuPercent: { down: number | null; up: number | null };
+  loadgenCpuPercent: { down: number; up: number };
+  upstreamCpuPercent: { down: number; up: number };
+  otherCpuPercent: number;
+}
+
+export interface IdleFigures {
+  connections: number;
+  openFailed: number;
+  rssBeforeBytes: Record<string, number>;
+  rssAfterBytes: Record<string, number>;
+  bytesPerConnection: Record<string, number>;
+  /** The larger of the pair's per-connection costs (the target is per proxy). */
+  maxBytesPerConnection: number;
+  /** ambit only: of that, V8 heap in use and external (Buffer) memory per connection, by proxy. */
+  heapBytesPerConnection: Record<string, { heapUsed: number; external: number }>;
+}
+
+export interface RotationFigures {
+  ratePerSecond: number;
+  seconds: number;
+  ok: number;
+  failed: number;
+  latencyMs: Percentiles | null;
+  newConnectionsOk: number;
+  newConnectionsFailed: number;
+  /** Certificates obtained by the two proxies during the run (ambit_certificate_rotations_total). */
+  rotations: number;
+  svidTtl: string;
+}
+
+export interface FootprintFigures {
+  workloads: number;
+  localWorkloads: number;
+  readySeconds: number;
+  rssBytes: number;
+  /** V8 heap in use and reserved (the rest of RSS is the node binary, native state and malloc). */
+  heapUsedBytes: number;
+  heapTotalBytes: number;
+}
+
+export interface FiguresByScenario {
+  throughput: ThroughputFigures;
+  latency: LatencyFigures;
+  churn: ChurnFigures;
+  bulk: BulkFigures;
+  idle: IdleFigures;
+  rotation: RotationFigures;
+  footprint: FootprintFigures;
+}
+
+/** A cell of the result: figures, or why there are none. */
+export type Outcome<F> = { status: 'ok'; figures: F } | { status: 'skipped'; reason: string } | { status: 'n/a'; reason: string } | { status: 'failed'; reason: string };
+
+export type ScenarioResults = { [S in ScenarioId]?: { settings: Record<string, unknown>; rows: Partial<Record<RowId, Outcome<FiguresByScenario[S]>>> } };
+
+export interface RunResults {
+  date: string;
+  command: string;
+  mode: 'quick' | 'full';
+  durationSeconds: number;
+  machine: Record<string, unknown>;
+  notes: string[];
+  skipped: Partial<Record<RowId, string>>;
+  scenarios: ScenarioResults;
+}
+
+const fmt = (value: number, digits = 0) => value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const ms = (value: number | undefined) => (value === undefined ? '—' : value < 10 ? fmt(value, 3) : fmt(value, 1));
+const mib = (bytes: number) => fmt(bytes / (1024 * 1024), 1);
+const kib = (bytes: number) => fmt(bytes / 1024, 1);
+const ratio = (value: number | null | undefined, reference: number | null | undefined) => (value == null || reference == null || reference === 0 || !Number.isFinite(value / reference) ? '—' : `${fmt(value / reference, 2)}×`);
+
+function figuresOf<S extends ScenarioId>(results: RunResults, scenario: S, row: RowId): FiguresByScenario[S] | undefined {
+  const outcome = results.scenarios[scenario]?.rows[row];
+  return outcome?.status === 'ok' ? (outcome.figures as FiguresByScenario[S]) : undefined;
+}
+
+function outcomeText(outcome: Outcome<unknown> | undefined): string {
+  if (outcome === undefined) return 'not run';
+  if (outcome.status === 'ok') return '';
+  return `${outcome.status}: ${outcome.reason}`;
+}
+
+function table(header: string[], rows: string[][]): string {
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`];
+  for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
+  return lines.join('\n');
+}
+
+/** One row of a scenario's table: figures, or the reason spanning the figure columns. */
+function rowCells<S extends ScenarioId>(results: RunResults, scenario: S, row: RowId, columns: number, cells: (figures: FiguresByScenario[S]) => string[]): string[] {
+  const outcome = results.scenarios[scenario]?.rows[row];
+  if (outcome?.status === 'ok') return [ROW_LABELS[row], ...cells(outcome.figures as FiguresByScenario[S])];
+  return [ROW_LABELS[row], outcomeText(outcome), ...Array.from({ length: columns - 1 }, () => '')];
+}
+
+function peerOf(row: RowId): RowId | undefined {
+  return PEER[row];
+}
+
+export function renderMarkdown(results: RunResults): string {
+  const out: string[] = [];
+  const rowsOf = (scenario: ScenarioId) => ROWS.filter((row) => results.scenarios[scenario]?.rows[row] !== undefined);
+  const settings = (scenario: ScenarioId) => results.scenarios[scenario]?.settings ?? {};
+
+  if (results.scenarios.throughput) {
+    const s = settings('throughput');
+    const direct = figuresOf(results, 'throughput', 'direct');
+    out.push(`### (a) max throughput — ${s.connections} keep-alive connections, 1 KiB responses, ${s.seconds} s`, '');
+    out.push(table(['configuration', 'req/s', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'CPU % proxies / load / upstream', 'vs direct', 'vs HAProxy'], rowsOf('throughput').map((row) => rowCells(results, 'throughput', row, 7, (f) => {
+      const peer = peerOf(row);
+      const busy = `${f.proxyCpuPercent ?? '—'} / ${f.loadgenCpuPercent} / ${f.upstreamCpuPercent}`;
+      return [fmt(f.requestsPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), f.proxyCpuMicrosPerRequest === null ? '—' : fmt(f.proxyCpuMicrosPerRequest, 1), busy, row === 'direct' ? '' : ratio(f.requestsPerSecond, direct?.requestsPerSecond), peer ? ratio(f.requestsPerSecond, figuresOf(results, 'throughput', peer)?.requestsPerSecond) : ''];
+    }))), '');
+  }
+  if (results.scenarios.latency) {
+    const s = settings('latency');
+    const direct = figuresOf(results, 'latency', 'direct');
+    out.push(`### (b) fixed rate — ${fmt(Number(s.ratePerSecond))} req/s for ${s.seconds} s over ${s.connections} keep-alive connections`, '');
+    out.push(table(['configuration', 'achieved req/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/req', 'proxy RSS MiB', 'p50 vs direct', 'CPU/req vs HAProxy'], rowsOf('latency').map((row) => rowCells(results, 'latency', row, 8, (f) => {
+      const peer = peerOf(row);
+      const rss = Object.entries(f.proxyRssBytes).map(([, bytes]) => mib(bytes)).join(' + ');
+      return [fmt(f.achievedPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), fmt(f.failed), f.proxyCpuMicrosPerRequest === null ? '—' : fmt(f.proxyCpuMicrosPerRequest, 1), rss || '—', row === 'direct' ? '' : ratio(f.latencyMs?.p50, direct?.latencyMs?.p50), peer ? ratio(f.proxyCpuMicrosPerRequest, figuresOf(results, 'latency', peer)?.proxyCpuMicrosPerRequest) : ''];
+    }))), '');
+  }
+  if (results.scenarios.churn) {
+    const s = settings('churn');
+    const direct = figuresOf(results, 'churn', 'direct');
+    out.push(`### (c) connection churn — a new TCP connection per request, ${s.concurrency} at a time, ${s.seconds} s`, '');
+    out.push(table(['configuration', 'connections/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/conn', 'vs direct', 'vs HAProxy'], rowsOf('churn').map((row) => rowCells(results, 'churn', row, 7, (f) => {
+      const peer = peerOf(row);
+      return [fmt(f.connectionsPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), fmt(f.failed), f.proxyCpuMicrosPerConnection === null ? '—' : fmt(f.proxyCpuMicrosPerConnection, 1), row === 'direct' ? '' : ratio(f.connectionsPerSecond, direct?.connectionsPerSecond), peer ? ratio(f.connectionsPerSecond, figuresOf(results, 'churn', peer)?.connectionsPerSecond) : ''];
+    }))), '');
+  }
+  if (results.scenarios.bulk) {
+    const s = settings('bulk');
+    const direct = figuresOf(results, 'bulk', 'direct');
+    out.push(`### (d) bulk — ${mib(Number(s.bytes))} MiB through one connection, each way`, '');
+    out.push(table(['configuration', 'down MiB/s', 'up MiB/s', 'down vs direct', 'up vs direct', 'down vs HAProxy', 'up vs HAProxy'], rowsOf('bulk').map((row) => rowCells(results, 'bulk', row, 6, (f) => {
+      const peer = peerOf(row);
+      const p = peer ? figuresOf(results, 'bulk', peer) : undefined;
+      return [fmt(f.downMiBPerSecond), fmt(f.upMiBPerSecond), row === 'direct' ? '' : ratio(f.downMiBPerSecond, direct?.downMiBPerSecond), row === 'direct' ? '' : ratio(f.upMiBPerSecond, direct?.upMiBPerSecond), peer ? ratio(f.downMiBPerSecond, p?.downMiBPerSecond) : '', peer ? ratio(f.upMiBPerSecond, p?.upMiBPerSecond) : ''];
+    }))), '');
+  }
+  if (results.scenarios.idle) {
+    const s = settings('idle');
+    out.push(`### (e) idle connections — ${fmt(Number(s.connections))} concurrent idle connections through the pair`, '');
+    out.push(table(['configuration', 'client-side proxy KiB/conn', 'server-side proxy KiB/conn', 'of which V8 heap (client / server)', 'RSS idle → loaded, MiB (client + server)', 'open failures', 'vs HAProxy (worse side)'], rowsOf('idle').map((row) => rowCells(results, 'idle', row, 6, (f) => {
+      const peer = peerOf(row);
+      const [client, server] = Object.values(f.bytesPerConnection);
+      const heap = Object.values(f.heapBytesPerConnection ?? {});
+      const rss = `${Object.values(f.rssBeforeBytes).map(mib).join(' + ')} → ${Object.values(f.rssAfterBytes).map(mib).join(' + ')}`;
+      return [client === undefined ? '—' : kib(client), server === undefined ? '—' : kib(server), heap.length ? heap.map((h) => kib(h.heapUsed)).join(' / ') : '—', rss, fmt(f.openFailed), peer ? ratio(f.maxBytesPerConnection, figuresOf(results, 'idle', peer)?.maxBytesPerConnection) : ''];
+    }))), '');
+  }
+  if (results.scenarios.rotation) {
+    const s = settings('rotation');
+    out.push(`### (f) rotation under load — ${fmt(Number(s.ratePerSecond))} req/s for ${s.seconds} s plus ${s.newConnectionsPerSecond} new connections/s, proxies with --svid-ttl ${s.svidTtl}`, '');
+    out.push(table(['configuration', 'certificates rotated', 'failed requests', 'failed new connections', 'ok requests', 'p50 ms', 'p99 ms'], rowsOf('rotation').map((row) => rowCells(results, 'rotation', row, 6, (f) => [fmt(f.rotations), fmt(f.failed), fmt(f.newConnectionsFailed), fmt(f.ok), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99)]))), '');
+  }
+  if (results.scenarios.footprint) {
+    out.push('### (g) idle footprint — one proxy, 1,000 workloads configured, 100 on its node with their certificates', '');
+    out.push(table(['configuration', 'RSS MiB', 'V8 heap used / reserved MiB', 'ready after s'], rowsOf('footprint').map((row) => {
+      const cells = rowCells(results, 'footprint', row, 3, (f) => [mib(f.rssBytes), `${mib(f.heapUsedBytes)} / ${mib(f.heapTotalBytes)}`, fmt(f.readySeconds, 1)]);
+      cells[0] = 'ambit proxy (node-c), idle';
+      return cells;
+    })), '');
+  }
+  const targets = checkTargets(results);
+  if (targets.length > 0) {
+    out.push('### targets (issue 6)', '');
+    out.push(table(['target', 'measured', 'met'], targets.map((t) => [t.target, t.measured, t.met === null ? '—' : t.met ? 'yes' : `**no** (${t.shortfall})`])), '');
+  }
+  return out.join('\n');
+}
+
+export interface TargetCheck {
+  target: string;
+  measured: string;
+  met: boolean | null;
+  shortfall: string;
+}
+
+/** The issue's targets against this run; `met: null` when a figure it needs is missing. */
+export function checkTargets(results: RunResults): TargetCheck[] {
+  const checks: TargetCheck[] = [];
+  const atLeast = (target: string, value: number | undefined, reference: number | undefined, factor: number) => {
+    if (value === undefined || reference === undefined || reference === 0) {
+      checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
+      return;
+    }
+    const r = value / reference;
+    checks.push({ target, measured: `${fmt(r, 2)}× (${fmt(value, 1)} vs ${fmt(reference, 1)})`, met: r >= factor, shortfall: `${fmt((1 - r / factor) * 100, 0)} % short` });
+  };
+  const atMost = (target: string, value: number | undefined, limit: number | undefined, unit: (v: number) => string) => {
+    if (value === undefined || limit === undefined) {
+      checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
+      return;
+    }
+    checks.push({ target, measured: `${unit(value)} (limit ${unit(limit)})`, met: value <= limit, shortfall: `${fmt((value / limit - 1) * 100, 0)} % over` });
+  };
+  if (results.scenarios.throughput) {
+    atLeast('ambit L4 max throughput ≥ 1.3× HAProxy L4 pair', figuresOf(results, 'throughput', 'ambit-l4')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l4')?.requestsPerSecond, 1.3);
+    atLeast('ambit L7 (1,000 policies) throughput ≥ 1.0× HAProxy L7 pair', figuresOf(results, 'throughput', 'ambit-l7')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l7')?.requestsPerSecond, 1.0);
+  }
+  if (results.scenarios.latency) {
+    atMost('ambit L4 CPU per request ≤ HAProxy L4 pair (at 2,000 req/s)', figuresOf(results, 'latency', 'ambit-l4')?.proxyCpuMicrosPerRequest ?? undefined, figuresOf(results, 'latency', 'haproxy-l4')?.proxyCpuMicrosPerRequest ?? undefined, (v) => `${fmt(v, 1)} µs`);
+  }
+  if (results.scenarios.churn) atLeast('churn ≥ 4× HAProxy L4 pair', figuresOf(results, 'churn', 'ambit-l4')?.connectionsPerSecond, figuresOf(results, 'churn', 'haproxy-l4')?.connectionsPerSecond, 4);
+  if (results.scenarios.bulk) {
+    const a = figuresOf(results, 'bulk', 'ambit-l4');
+    const h = figuresOf(results, 'bulk', 'haproxy-l4');
+    atLeast('bulk ≥ 0.9× HAProxy L4 pair (down)', a?.downMiBPerSecond, h?.downMiBPerSecond, 0.9);
+    atLeast('bulk ≥ 0.9× HAProxy L4 pair (up)', a?.upMiBPerSecond, h?.upMiBPerSecond, 0.9);
+  }
+  if (results.scenarios.idle) atMost('idle: ≤ 10 KiB RSS per proxied connection per proxy', figuresOf(results, 'idle', 'ambit-l4')?.maxBytesPerConnection, 10 * 1024, (v) => `${kib(v)} KiB`);
+  if (results.scenarios.footprint) atMost('idle proxy, 1,000 workloads (100 local) ≤ 64 MiB RSS', figuresOf(results, 'footprint', 'ambit-l4')?.rssBytes, 64 * 1024 * 1024, (v) => `${mib(v)} MiB`);
+  if (results.scenarios.rotation) {
+    for (const row of ['ambit-l4', 'ambit-l7'] as const) {
+      const f = figuresOf(results, 'rotation', row);
+      if (!f) {
+        checks.push({ target: `rotation under load, ${ROW_LABELS[row]}: zero failed requests`, measured: 'not measured', met: null, shortfall: '' });
+        continue;
+      }
+      const failed = f.failed + f.newConnectionsFailed;
+      checks.push({ target: `rotation under load, ${ROW_LABELS[row]}: zero failed requests`, measured: `${fmt(failed)} failed of ${fmt(f.ok + f.failed + f.newConnectionsOk + f.newConnectionsFailed)}, ${fmt(f.rotations)} certificates rotated`, met: failed === 0 && f.rotations > 0, shortfall: f.rotations === 0 ? 'no rotation happened' : `${fmt(failed)} failed` });
+    }
+  }
+  return checks;
+}

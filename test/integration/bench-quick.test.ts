@@ -1,0 +1,161 @@
+// The system benchmark end to end: `npm run bench -- --quick` brings everything up, measures every row of
+// every scenario, writes a valid JSON file and a Markdown table, and leaves nothing listening behind.
+// The figures themselves are not judged here (the machine running the tests is busy with other tests):
+// only that every row is present with positive figures, or marked skipped with a reason.
+import { spawn } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AMBIT, HAPROXY, UPSTREAM } from '../../bench/system/layout.ts';
+import { ROWS, ROW_LABELS, SCENARIOS } from '../../bench/system/report.ts';
+import type { Outcome, RowId, RunResults, ScenarioId } from '../../bench/system/report.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+/** The issue's budget for --quick is 2 minutes; this leaves room for npm and a busy machine. */
+const RUN_TIMEOUT_MS = 150_000;
+
+/** Which rows each scenario measures (the others are reported n/a). */
+const MEASURED: Record<ScenarioId, readonly RowId[]> = {
+  throughput: ROWS,
+  latency: ROWS,
+  churn: ROWS,
+  bulk: ['direct', 'ambit-l4', 'haproxy-l4'],
+  idle: ['ambit-l4', 'haproxy-l4'],
+  rotation: ['ambit-l4', 'ambit-l7'],
+  footprint: ['ambit-l4'],
+};
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  results: RunResults & { targets: unknown[] };
+  elapsedMs: number;
+}
+
+let run: Run;
+let resultsDir: string;
+
+function runQuick(dir: string): Promise<Omit<Run, 'results'>> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    // Its own process group, so a timeout can stop npm, the harness and everything it started.
+    const child = spawn('npm', ['run', 'bench', '--', '--quick', '--results-dir', dir], { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => {
+      // SIGTERM first: the harness stops its children on it.
+      process.kill(-(child.pid as number), 'SIGTERM');
+      setTimeout(() => {
+        try {
+          process.kill(-(child.pid as number), 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }, 10_000).unref();
+      reject(new Error(`npm run bench -- --quick did not finish in ${RUN_TIMEOUT_MS} ms\n${stderr.slice(-3000)}`));
+    }, RUN_TIMEOUT_MS);
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, elapsedMs: Date.now() - started });
+    });
+  });
+}
+
+function isListening(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+beforeAll(async () => {
+  resultsDir = await mkdtemp(join(tmpdir(), 'ambit-bench-test-'));
+  const finished = await runQuick(resultsDir);
+  const files = (await readdir(resultsDir)).filter((name) => name.endsWith('-quick.json'));
+  if (files.length !== 1) throw new Error(`expected one JSON result, found ${files.join(', ') || 'none'}\nexit ${finished.code}\n${finished.stderr.slice(-3000)}`);
+  const results = JSON.parse(await readFile(join(resultsDir, files[0] as string), 'utf8')) as Run['results'];
+  run = { ...finished, results };
+}, RUN_TIMEOUT_MS + 20_000);
+
+afterAll(async () => {
+  if (resultsDir) await rm(resultsDir, { recursive: true, force: true });
+});
+
+function positive(value: unknown): boolean {
+  return typeof value === 'number' && Number.isFinite(value) && value > 0;
+}
+
+/** The headline figures of each scenario, which must all be positive numbers. */
+function headlineFigures(scenario: ScenarioId, figures: Record<string, unknown>): Record<string, unknown> {
+  const latency = figures.latencyMs as { p50: number; p99: number } | null;
+  switch (scenario) {
+    case 'throughput': return { requestsPerSecond: figures.requestsPerSecond, ok: figures.ok, p50: latency?.p50 };
+    case 'latency': return { achievedPerSecond: figures.achievedPerSecond, ok: figures.ok, p50: latency?.p50, p99: latency?.p99 };
+    case 'churn': return { connectionsPerSecond: figures.connectionsPerSecond, ok: figures.ok };
+    case 'bulk': return { downMiBPerSecond: figures.downMiBPerSecond, upMiBPerSecond: figures.upMiBPerSecond };
+    case 'idle': return { connections: figures.connections, ...Object.fromEntries(Object.entries(figures.rssAfterBytes as Record<string, number>).map(([name, bytes]) => [`rss ${name}`, bytes])) };
+    case 'rotation': return { ok: figures.ok, rotations: figures.rotations };
+    case 'footprint': return { rssBytes: figures.rssBytes, readySeconds: figures.readySeconds };
+  }
+}
+
+describe('npm run bench -- --quick', () => {
+  it('exits 0 within the two-minute budget and says where the figures are', () => {
+    expect(run.code, run.stderr.slice(-3000)).toBe(0);
+    expect(run.elapsedMs).toBeLessThan(RUN_TIMEOUT_MS);
+    expect(run.stderr).toContain(resultsDir);
+  });
+
+  it('writes valid JSON with the machine, the date and the command', () => {
+    const { results } = run;
+    expect(results.mode).toBe('quick');
+    expect(Number.isNaN(Date.parse(results.date))).toBe(false);
+    expect(results.command).toContain('--quick');
+    expect(results.machine).toMatchObject({ cores: expect.any(Number), memoryBytes: expect.any(Number), node: expect.stringMatching(/^v\d+/), nodeOpenssl: expect.any(String), haproxy: expect.any(String), nginx: expect.any(String) });
+    expect(Array.isArray(results.targets)).toBe(true);
+  });
+
+  it.each(SCENARIOS)('reports every row of scenario %s: positive figures, or skipped with a reason', (scenario) => {
+    const entry = run.results.scenarios[scenario];
+    expect(entry, `scenario ${scenario} missing`).toBeDefined();
+    for (const row of MEASURED[scenario]) {
+      const outcome = entry?.rows[row] as Outcome<Record<string, unknown>> | undefined;
+      expect(outcome, `${scenario} / ${row} missing`).toBeDefined();
+      if (outcome?.status === 'skipped') {
+        // Only a peer that could not be installed (or started) may be skipped, and it must say why.
+        expect(row.startsWith('haproxy'), `${scenario} / ${row} skipped: ${outcome.reason}`).toBe(true);
+        expect(outcome.reason.length).toBeGreaterThan(0);
+        continue;
+      }
+      expect(outcome?.status, `${scenario} / ${row}: ${JSON.stringify(outcome)}`).toBe('ok');
+      if (outcome?.status !== 'ok') continue;
+      for (const [name, value] of Object.entries(headlineFigures(scenario, outcome.figures))) {
+        expect(positive(value), `${scenario} / ${row}: ${name} = ${String(value)}`).toBe(true);
+      }
+    }
+  });
+
+  it('prints a Markdown table per scenario naming every row, skipped ones with their reason', () => {
+    for (const title of ['(a) max throughput', '(b) fixed rate', '(c) connection churn', '(d) bulk', '(e) idle connections', '(f) rotation under load', '(g) idle footprint', 'targets']) {
+      expect(run.stdout).toContain(title);
+    }
+    for (const row of ROWS) expect(run.stdout).toContain(`| ${ROW_LABELS[row]} |`);
+    for (const [row, reason] of Object.entries(run.results.skipped)) expect(run.stdout).toContain(`${ROW_LABELS[row as RowId]} skipped: ${reason}`);
+  });
+
+  it('leaves nothing listening on the addresses it used', async () => {
+    const addresses = [UPSTREAM.webL4, UPSTREAM.bulk, AMBIT.ca, { host: AMBIT.clientIp, port: AMBIT.listen.webL4 }, { host: AMBIT.nodeB.address, port: 15021 }, { host: HAPROXY.l4.client, port: HAPROXY.listen.web }, { host: HAPROXY.l7.server, port: HAPROXY.tls.web }];
+    for (const address of addresses) expect(await isListening(address.host, address.port), `${address.host}:${address.port}`).toBe(false);
+  });
+});

@@ -1,0 +1,12 @@
+// The benchmark harness's end-to-end check (`npm run bench -- --quick`), run alone after the main suite.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/integration/bench-quick.test.ts'],
+    testTimeout: 200_000,
+    hookTimeout: 60_000,
+    fileParallelism: false,
+    reporters: ['default'],
+  },
+});
