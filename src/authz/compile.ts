@@ -104,6 +104,13 @@ export interface EffectiveMtls {
   readonly portSetBy: ReadonlyMap<number, string>;
 }
 
+/** Rules in policy order, split by action. */
+export interface RuleLists {
+  readonly deny: readonly CompiledRule[];
+  readonly allow: readonly CompiledRule[];
+  readonly audit: readonly CompiledRule[];
+}
+
 /** The policies that apply to one workload, split by action, with the default decisions preallocated. */
 export interface WorkloadPolicies {
   readonly policies: readonly CompiledPolicy[];
@@ -112,6 +119,12 @@ export interface WorkloadPolicies {
   readonly audit: readonly CompiledRule[];
   /** ALLOW policies that apply (an ALLOW policy with no rules still counts: it allows nothing). */
   readonly allowPolicyCount: number;
+  /**
+   * The same rules narrowed to those that can match a destination port (order kept, so the deciding
+   * rule is the same): a decision reads only these. Ports no rule names share `otherPorts`.
+   */
+  readonly byPort: ReadonlyMap<number, RuleLists>;
+  readonly otherPorts: RuleLists;
   readonly hasL7Rules: boolean;
   /** Target ports of this workload declared HTTP by a Service (appProtocol or port name): evaluated per request. */
   readonly httpPorts: ReadonlySet<number>;
@@ -295,6 +308,44 @@ function httpPortsOf(snapshot: ConfigSnapshot, workload: Workload): Set<number> 
   return result;
 }
 
+/** Beyond this many distinct ports in one workload's rules the lists would cost more than they save. */
+const MAX_INDEXED_PORTS = 256;
+
+/** Whether a rule can match some destination port at all (its `to`, if any, allows the port). */
+function ruleCanMatchPort(rule: CompiledRule, port: number | null): boolean {
+  if (rule.to === null) return true;
+  for (const operation of rule.to) {
+    if (port === null) {
+      // A port no rule names: only an operation without a `ports` list can match it.
+      if (operation.ports === null) return true;
+    } else if ((operation.ports === null || operation.ports.has(port)) && (operation.notPorts === null || !operation.notPorts.has(port))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+function indexByPort(all: RuleLists): { byPort: Map<number, RuleLists>; otherPorts: RuleLists } {
+  const named = new Set<number>();
+  for (const list of [all.deny, all.allow, all.audit]) {
+    for (const rule of list) {
+      for (const operation of rule.to ?? []) {
+        for (const port of operation.ports ?? []) named.add(port);
+        for (const port of operation.notPorts ?? []) named.add(port);
+      }
+    }
+  }
+  const byPort = new Map<number, RuleLists>();
+  if (named.size === 0 || named.size > MAX_INDEXED_PORTS) return { byPort, otherPorts: all };
+  const narrow = (port: number | null): RuleLists => ({
+    deny: all.deny.filter((rule) => ruleCanMatchPort(rule, port)),
+    allow: all.allow.filter((rule) => ruleCanMatchPort(rule, port)),
+    audit: all.audit.filter((rule) => ruleCanMatchPort(rule, port)),
+  });
+  for (const port of named) byPort.set(port, narrow(port));
+  return { byPort, otherPorts: narrow(null) };
+}
+
 const STRENGTH: Record<Exclude<MtlsMode, 'UNSET'>, number> = { DISABLE: 0, PERMISSIVE: 1, STRICT: 2 };
 
 interface PeerAuthEntry {
@@ -396,6 +447,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
         allow.push(...policy.rules);
       }
     }
+    const { byPort, otherPorts } = indexByPort({ deny, allow, audit });
     const mtls = mtlsFor(namespace, labels);
     const strictPlaintextPorts = new Map<number, Decision>();
     for (const [port, portMode] of mtls.ports) if (portMode === 'STRICT') strictPlaintextPorts.set(port, strictRefusal(mtls.portSetBy.get(port) ?? null));
@@ -405,6 +457,8 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       allow,
       audit,
       allowPolicyCount,
+      byPort,
+      otherPorts,
       hasL7Rules: [...deny, ...allow, ...audit].some((rule) => rule.l7),
       httpPorts,
       mtls,

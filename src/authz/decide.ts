@@ -167,7 +167,9 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   // PeerAuthentication STRICT: a connection without a peer identity never gets as far as the policies; a request
   // on such a connection (a dry run can ask) is refused the same way.
   if (ctx.sourcePrincipal === null && mtlsModeFor(policies, ctx.destinationPort) === 'STRICT') return policies.strictPlaintextPorts.get(ctx.destinationPort) ?? policies.strictPlaintext;
-  const deny = policies.deny;
+  // Only the rules that can match this destination port, in policy order.
+  const lists = policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts;
+  const deny = lists.deny;
   for (let i = 0; i < deny.length; i++) {
     const rule = deny[i] as CompiledRule;
     if (rule.l7) {
@@ -178,7 +180,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
     }
   }
   if (policies.allowPolicyCount === 0) return ALLOW_NO_POLICY;
-  const allow = policies.allow;
+  const allow = lists.allow;
   let deferred: Decision | null = null;
   for (let i = 0; i < allow.length; i++) {
     const rule = allow[i] as CompiledRule;
@@ -194,7 +196,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
 
 /** The first AUDIT rule that matches, for logging; null when none (or none apply). */
 export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): CompiledRule | null {
-  const audit = policies.audit;
+  const audit = (policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts).audit;
   for (let i = 0; i < audit.length; i++) {
     const rule = audit[i] as CompiledRule;
     if (rule.l7 && moment !== 'request') continue;
