@@ -7,6 +7,6 @@ export default defineConfig({
     testTimeout: 200_000,
     hookTimeout: 60_000,
     fileParallelism: false,
-    reporters: ['default'],
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

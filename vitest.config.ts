@@ -11,6 +11,6 @@ export default defineConfig({
     // Integration tests spawn CA and proxy processes; two cores do not like many at once.
     fileParallelism: true,
     maxWorkers: 2,
-    reporters: ['default'],
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });
