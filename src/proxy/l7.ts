@@ -191,8 +191,10 @@ export class HttpInspector {
     state.requests++;
     const facts = state.facts;
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
+    // A client may reset its stream at any moment: answering a closed stream would throw.
+    stream.on('error', ignore);
     if (!facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), headers)) {
-      stream.respond({ [HTTP2_HEADER_STATUS]: 400 }, { endStream: true });
+      if (!stream.destroyed && !stream.closed) stream.respond({ [HTTP2_HEADER_STATUS]: 400 }, { endStream: true });
       return;
     }
     const decision = state.decide(facts);
@@ -201,6 +203,7 @@ export class HttpInspector {
       state.onDenied(decision, facts);
       const contentType = String(headers[HTTP2_HEADER_CONTENT_TYPE] ?? '');
       stream.resume();
+      if (stream.destroyed || stream.closed) return;
       if (contentType.startsWith('application/grpc')) {
         // gRPC reads status from grpc-status: a trailers-only response with PERMISSION_DENIED (7).
         stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc', 'grpc-status': '7', 'grpc-message': DENIED_BODY }, { endStream: true });
@@ -242,6 +245,8 @@ export class HttpInspector {
     stream.pipe(upstreamStream);
   }
 }
+
+function ignore(): void {}
 
 function stripHopByHop(headers: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
   const result: http2.OutgoingHttpHeaders = {};
