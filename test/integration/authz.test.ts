@@ -212,6 +212,30 @@ describe('authorization in the node proxy', () => {
     }
   });
 
+  it('keeps serving when a gRPC client resets its calls mid-flight on an inspected tunnel', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    try {
+      for (let i = 0; i < 200; i++) {
+        const stream = session.request({ ':method': 'POST', ':path': i % 2 === 0 ? '/pkg.Admin/Delete' : '/pkg.Svc/Call', 'content-type': 'application/grpc' });
+        stream.on('error', () => {});
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }
+      const ok = await new Promise<string>((resolve, reject) => {
+        const stream = session.request({ ':method': 'POST', ':path': '/pkg.Svc/Call', 'content-type': 'application/grpc' });
+        let body = '';
+        stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        stream.on('end', () => resolve(body));
+        stream.on('error', reject);
+        stream.end();
+      });
+      expect(ok).toBe('called /pkg.Svc/Call');
+    } finally {
+      session.close();
+    }
+    expect(mesh.nodes.get('node-b')!.proc.child.exitCode).toBeNull();
+  });
+
   it('closes an open connection when a policy change no longer allows it', async () => {
     const socket: Socket = connect({ host: CLIENT_IP, port: 9007 });
     const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
