@@ -147,3 +147,37 @@ export async function metricSum(node: TestNode, name: string, match: Record<stri
   }
   return total;
 }
+
+export interface PodInput {
+  name: string;
+  namespace?: string;
+  node: string;
+  serviceAccount: string;
+  ip: string;
+  labels?: Record<string, string>;
+  /** The `ambit.dev/outbound` annotation: explicit outbound listeners of this pod. */
+  outbound?: string;
+  /** Named container ports, for Services whose targetPort is a name. */
+  ports?: Array<{ name: string; containerPort: number }>;
+}
+
+/** One running Pod as YAML (JSON flow mappings are valid YAML). */
+export function podYaml(pod: PodInput): string {
+  const metadata: Record<string, unknown> = { name: pod.name, namespace: pod.namespace ?? 'demo' };
+  if (pod.labels) metadata.labels = pod.labels;
+  if (pod.outbound !== undefined) metadata.annotations = { 'ambit.dev/outbound': pod.outbound };
+  const spec: Record<string, unknown> = { nodeName: pod.node, serviceAccountName: pod.serviceAccount };
+  if (pod.ports) spec.containers = [{ name: 'app', ports: pod.ports }];
+  return `apiVersion: v1\nkind: Pod\nmetadata: ${JSON.stringify(metadata)}\nspec: ${JSON.stringify(spec)}\nstatus: ${JSON.stringify({ phase: 'Running', podIP: pod.ip })}\n`;
+}
+
+/** A Service selecting `selector` with TCP ports `{ name, port, targetPort }`. */
+export function serviceYaml(service: { name: string; namespace?: string; selector: Record<string, string>; ports: Array<{ name: string; port: number; targetPort: number | string }> }): string {
+  const metadata = { name: service.name, namespace: service.namespace ?? 'demo' };
+  return `apiVersion: v1\nkind: Service\nmetadata: ${JSON.stringify(metadata)}\nspec: ${JSON.stringify({ selector: service.selector, ports: service.ports })}\n`;
+}
+
+/** Several YAML documents in one file. */
+export function yamlDocuments(...documents: string[]): string {
+  return documents.join('---\n');
+}

@@ -6,7 +6,7 @@ import { connect, createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client } from 'undici';
-import { metricSum, nodeIp, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, serviceYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 65;
@@ -16,57 +16,16 @@ const WEB_IP = nodeIp(P, 1, 10);
 const ECHO_IP = nodeIp(P, 1, 11);
 const GRPC_IP = nodeIp(P, 1, 12);
 
-const workloads = `apiVersion: v1
-kind: Pod
-metadata:
-  name: client-1
-  namespace: demo
-  annotations: { ambit.dev/outbound: "9080=web.demo:80,9007=echo.demo:7,9051=grpc.demo:50051" }
-spec: { nodeName: node-a, serviceAccountName: client }
-status: { phase: Running, podIP: ${CLIENT_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: other-1
-  namespace: demo
-  annotations: { ambit.dev/outbound: "9007=echo.demo:7" }
-spec: { nodeName: node-a, serviceAccountName: other }
-status: { phase: Running, podIP: ${OTHER_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: web-1, namespace: demo, labels: { app: web } }
-spec: { nodeName: node-b, serviceAccountName: web }
-status: { phase: Running, podIP: ${WEB_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: echo-1, namespace: demo, labels: { app: echo } }
-spec: { nodeName: node-b, serviceAccountName: echo }
-status: { phase: Running, podIP: ${ECHO_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: grpc-1, namespace: demo, labels: { app: grpc } }
-spec: { nodeName: node-b, serviceAccountName: grpc }
-status: { phase: Running, podIP: ${GRPC_IP} }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: demo }
-spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
----
-apiVersion: v1
-kind: Service
-metadata: { name: echo, namespace: demo }
-spec: { selector: { app: echo }, ports: [{ name: tcp, port: 7, targetPort: 7000 }] }
----
-apiVersion: v1
-kind: Service
-metadata: { name: grpc, namespace: demo }
-spec: { selector: { app: grpc }, ports: [{ name: grpc, port: 50051, targetPort: 50051 }] }
-`;
+const workloads = yamlDocuments(
+  podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: '9080=web.demo:80,9007=echo.demo:7,9051=grpc.demo:50051' }),
+  podYaml({ name: 'other-1', node: 'node-a', serviceAccount: 'other', ip: OTHER_IP, outbound: '9007=echo.demo:7' }),
+  podYaml({ name: 'web-1', node: 'node-b', serviceAccount: 'web', ip: WEB_IP, labels: { app: 'web' } }),
+  podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP, labels: { app: 'echo' } }),
+  podYaml({ name: 'grpc-1', node: 'node-b', serviceAccount: 'grpc', ip: GRPC_IP, labels: { app: 'grpc' } }),
+  serviceYaml({ name: 'web', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] }),
+  serviceYaml({ name: 'echo', selector: { app: 'echo' }, ports: [{ name: 'tcp', port: 7, targetPort: 7000 }] }),
+  serviceYaml({ name: 'grpc', selector: { app: 'grpc' }, ports: [{ name: 'grpc', port: 50051, targetPort: 50051 }] }),
+);
 
 const policies = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEchoServer } from '../helpers/hbone.ts';
 import type { EchoServer } from '../helpers/hbone.ts';
-import { metricSum, nodeIp, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, serviceYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
 import type { LogLine } from '../helpers/process.ts';
 
@@ -28,35 +28,13 @@ const ECHO_PORT = 7000;
 const REJECTED = 'configuration change rejected; the last good configuration stays in force';
 
 function workloads(options: { clientListeners: string; secondEcho: boolean }): string {
-  const second = `---
-apiVersion: v1
-kind: Pod
-metadata: { name: echo-2, namespace: demo, labels: { app: echo } }
-spec: { nodeName: node-b, serviceAccountName: echo-v2 }
-status: { phase: Running, podIP: ${ECHO_2_IP} }
-`;
-  return `apiVersion: v1
-kind: Pod
-metadata:
-  name: client-1
-  namespace: demo
-  annotations: { ambit.dev/outbound: "${options.clientListeners}" }
-spec: { nodeName: node-a, serviceAccountName: client }
-status: { phase: Running, podIP: ${CLIENT_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: echo-1, namespace: demo, labels: { app: echo } }
-spec: { nodeName: node-b, serviceAccountName: echo }
-status: { phase: Running, podIP: ${ECHO_1_IP} }
----
-apiVersion: v1
-kind: Service
-metadata: { name: echo, namespace: demo }
-spec:
-  selector: { app: echo }
-  ports: [{ name: tcp, port: 7, targetPort: ${ECHO_PORT} }]
-${options.secondEcho ? second : ''}`;
+  const documents = [
+    podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: options.clientListeners }),
+    podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_1_IP, labels: { app: 'echo' } }),
+    serviceYaml({ name: 'echo', selector: { app: 'echo' }, ports: [{ name: 'tcp', port: 7, targetPort: ECHO_PORT }] }),
+  ];
+  if (options.secondEcho) documents.push(podYaml({ name: 'echo-2', node: 'node-b', serviceAccount: 'echo-v2', ip: ECHO_2_IP, labels: { app: 'echo' } }));
+  return yamlDocuments(...documents);
 }
 
 /** An application connection kept open across configuration changes, echoing line by line. */
@@ -105,9 +83,7 @@ function logLinesAfter(node: TestNode, mark: number, predicate: (line: LogLine) 
 }
 
 function podFile(name: string, node: string, ip: string, outbound?: string): string {
-  const annotations = outbound === undefined ? '' : `\n  annotations: { ambit.dev/outbound: "${outbound}" }`;
-  const serviceAccount = node === 'node-a' ? 'client' : 'echo';
-  return `apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${name}\n  namespace: demo${annotations}\nspec: { nodeName: ${node}, serviceAccountName: ${serviceAccount} }\nstatus: { phase: Running, podIP: ${ip} }\n`;
+  return podYaml({ name, node, serviceAccount: node === 'node-a' ? 'client' : 'echo', ip, outbound });
 }
 
 /** Resolves once `node` has logged `count` more 'configuration accepted' lines than at `mark`. */
@@ -311,7 +287,7 @@ describe('a file replaced by a rename from outside the directory', () => {
     const mark = nodeA.proc.lines.length;
     for (let generation = 1; generation <= 3; generation++) {
       const outside = join(mesh.dir, `client-8.${generation}.yaml`);
-      await writeFile(outside, podFile('client-8', 'node-a', nodeIp(P, 0, 28)).replace('namespace: demo', `namespace: demo\n  labels: { generation: "g${generation}" }`));
+      await writeFile(outside, podYaml({ name: 'client-8', node: 'node-a', serviceAccount: 'client', ip: nodeIp(P, 0, 28), labels: { generation: `g${generation}` } }));
       await rename(outside, join(mesh.configDir, 'client-8.yaml'));
       await accepted(nodeA, mark, generation, 3_000);
     }

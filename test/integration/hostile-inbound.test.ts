@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
-import { nodeIp, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import { nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
 import type { AmbitProcess, LogLine } from '../helpers/process.ts';
 
@@ -36,33 +36,12 @@ const MiB = 1024 * 1024;
 
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR, NGHTTP2_PROTOCOL_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
-const config = `apiVersion: v1
-kind: Pod
-metadata:
-  name: client-1
-  namespace: demo
-  annotations: { ambit.dev/outbound: "${IMPOSTOR_LISTENER_PORT}=${IMPOSTOR_IP}:7" }
-spec: { nodeName: node-a, serviceAccountName: client }
-status: { phase: Running, podIP: ${CLIENT_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: echo-1, namespace: demo }
-spec: { nodeName: node-b, serviceAccountName: echo }
-status: { phase: Running, podIP: ${ECHO_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: cache-1, namespace: demo }
-spec: { nodeName: node-b, serviceAccountName: cache }
-status: { phase: Running, podIP: ${CACHE_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: payments-1, namespace: demo }
-spec: { nodeName: node-c, serviceAccountName: payments }
-status: { phase: Running, podIP: ${IMPOSTOR_IP} }
-`;
+const config = yamlDocuments(
+  podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: `${IMPOSTOR_LISTENER_PORT}=${IMPOSTOR_IP}:7` }),
+  podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP }),
+  podYaml({ name: 'cache-1', node: 'node-b', serviceAccount: 'cache', ip: CACHE_IP }),
+  podYaml({ name: 'payments-1', node: 'node-c', serviceAccount: 'payments', ip: IMPOSTOR_IP }),
+);
 
 /** An echo server that counts its open connections (the proxy's upstream sockets) and their peak. */
 class TrackedEcho {

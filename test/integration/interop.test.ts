@@ -16,7 +16,7 @@ import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts'
 import type { TestSvid } from '../helpers/certs.ts';
 import { connectHbone, echoThrough, openTunnel, startEchoServer } from '../helpers/hbone.ts';
 import type { EchoServer } from '../helpers/hbone.ts';
-import { metricSum, nodeIp, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, serviceYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 63;
@@ -35,40 +35,13 @@ const FOREIGN_ID = 'spiffe://cluster.local/ns/demo/sa/foreign-echo';
 // What ztunnel sends: W3C baggage naming the source workload for the destination's metric labels.
 const ZTUNNEL_BAGGAGE = 'k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,k8s.deployment.name=interop-client,service.name=interop-client,service.version=v1';
 
-const config = `apiVersion: v1
-kind: Pod
-metadata:
-  name: client-1
-  namespace: demo
-  annotations: { ambit.dev/outbound: "9010=foreign-echo.demo:7,9011=${IMPOSTOR_IP}:${ECHO_PORT}" }
-spec: { nodeName: node-a, serviceAccountName: client }
-status: { phase: Running, podIP: ${CLIENT_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: echo-1, namespace: demo, labels: { app: echo } }
-spec: { nodeName: node-b, serviceAccountName: echo }
-status: { phase: Running, podIP: ${ECHO_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: foreign-echo-1, namespace: demo, labels: { app: foreign-echo } }
-spec: { nodeName: node-c, serviceAccountName: foreign-echo }
-status: { phase: Running, podIP: ${FOREIGN_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: payments-1, namespace: demo }
-spec: { nodeName: node-c, serviceAccountName: payments }
-status: { phase: Running, podIP: ${IMPOSTOR_IP} }
----
-apiVersion: v1
-kind: Service
-metadata: { name: foreign-echo, namespace: demo }
-spec:
-  selector: { app: foreign-echo }
-  ports: [{ port: 7, targetPort: ${ECHO_PORT} }]
-`;
+const config = yamlDocuments(
+  podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: `9010=foreign-echo.demo:7,9011=${IMPOSTOR_IP}:${ECHO_PORT}` }),
+  podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP, labels: { app: 'echo' } }),
+  podYaml({ name: 'foreign-echo-1', node: 'node-c', serviceAccount: 'foreign-echo', ip: FOREIGN_IP, labels: { app: 'foreign-echo' } }),
+  podYaml({ name: 'payments-1', node: 'node-c', serviceAccount: 'payments', ip: IMPOSTOR_IP }),
+  serviceYaml({ name: 'foreign-echo', selector: { app: 'foreign-echo' }, ports: [{ name: 'tcp', port: 7, targetPort: ECHO_PORT }] }),
+);
 
 interface ForeignServer {
   readonly server: http2.Http2SecureServer;

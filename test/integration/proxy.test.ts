@@ -3,35 +3,18 @@ import { createServer, connect } from 'node:net';
 import type { Server } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { metricSum, nodeIp, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, serviceYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 61;
 const CLIENT_IP = nodeIp(P, 0, 20);
 const ECHO_IP = nodeIp(P, 1, 10);
 
-const config = `apiVersion: v1
-kind: Pod
-metadata:
-  name: client-1
-  namespace: demo
-  annotations: { ambit.dev/outbound: "9007=echo.demo:7" }
-spec: { nodeName: node-a, serviceAccountName: client }
-status: { phase: Running, podIP: ${CLIENT_IP} }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: echo-1, namespace: demo, labels: { app: echo } }
-spec: { nodeName: node-b, serviceAccountName: echo }
-status: { phase: Running, podIP: ${ECHO_IP} }
----
-apiVersion: v1
-kind: Service
-metadata: { name: echo, namespace: demo }
-spec:
-  selector: { app: echo }
-  ports: [{ name: tcp, port: 7, targetPort: 7000 }]
-`;
+const config = yamlDocuments(
+  podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: '9007=echo.demo:7' }),
+  podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP, labels: { app: 'echo' } }),
+  serviceYaml({ name: 'echo', selector: { app: 'echo' }, ports: [{ name: 'tcp', port: 7, targetPort: 7000 }] }),
+);
 
 let mesh: TestMesh;
 let echo: Server;
