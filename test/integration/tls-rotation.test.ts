@@ -1,12 +1,8 @@
 // A TLS server's certificate rotated by the identity agent, five times, while a client keeps connecting.
 import * as tls from 'node:tls';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { initCa } from '../../src/identity/ca/store.ts';
-import { createJoinToken } from '../../src/identity/ca/tokens.ts';
-import { CaServer } from '../../src/identity/ca/server.ts';
+import { startInProcessCa } from '../helpers/ca.ts';
+import type { InProcessCa } from '../helpers/ca.ts';
 import { IdentityAgent } from '../../src/identity/agent.ts';
 import { followRotation, serverTlsOptions, verifyPeer } from '../../src/identity/spiffe-tls.ts';
 import { silentLogger } from '../../src/observe/log.ts';
@@ -15,30 +11,19 @@ import type { Svid } from '../../src/identity/svid.ts';
 const TD = 'rotation.test';
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
 
-let dir: string;
-let ca: CaServer;
+let ca: InProcessCa;
 let agent: IdentityAgent;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'ambit-rotation-'));
-  await initCa(join(dir, 'ca'), TD);
-  ca = await CaServer.start({
-    dir: join(dir, 'ca'),
-    registry: () => ({ identitiesOnNode: (node) => new Set(node === 'node-a' ? [WEB] : []) }),
-    svidTtlMs: 60_000,
-    logger: silentLogger(),
-    audit: () => {},
-  });
-  const { token } = await createJoinToken(join(dir, 'ca'), 'node-a', 60_000);
+  ca = await startInProcessCa(TD, { 'node-a': [WEB] });
   // Two-second certificates: renewed about every second.
-  agent = new IdentityAgent({ caUrl: ca.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.ownBundle(), joinToken: token, ttlSeconds: 2, logger: silentLogger() });
+  agent = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.server.ownBundle(), joinToken: await ca.joinToken('node-a'), ttlSeconds: 2, logger: silentLogger() });
   await agent.start();
 });
 
 afterAll(async () => {
   await agent?.stop();
   await ca?.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 function connectOnce(port: number): Promise<string> {

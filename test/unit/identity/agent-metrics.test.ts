@@ -1,13 +1,9 @@
 // The identity agent's Prometheus metrics against an in-process CA: rotations, expiry and bundle sequence
 // while the CA answers, then failures by code while it is gone and the old certificate keeps serving.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { initCa } from '../../../src/identity/ca/store.ts';
-import { createJoinToken } from '../../../src/identity/ca/tokens.ts';
-import { CaServer } from '../../../src/identity/ca/server.ts';
+import { startInProcessCa } from '../../helpers/ca.ts';
+import type { InProcessCa } from '../../helpers/ca.ts';
 import { IdentityAgent } from '../../../src/identity/agent.ts';
 import { verifySvid } from '../../../src/identity/svid.ts';
 import type { Svid } from '../../../src/identity/svid.ts';
@@ -25,30 +21,19 @@ async function snapshot(): Promise<MetricsJson> {
   return metrics.map((metric) => ({ name: metric.name, values: metric.values.map((value) => ({ value: value.value, labels: { ...value.labels } as Record<string, string | number> })) }));
 }
 
-let dir: string;
-let ca: CaServer;
-let caClosed = false;
+let ca: InProcessCa;
 let agent: IdentityAgent;
 const registry = new Registry();
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'ambit-agent-metrics-'));
-  await initCa(join(dir, 'ca'), TD);
-  ca = await CaServer.start({
-    dir: join(dir, 'ca'),
-    registry: () => ({ identitiesOnNode: (node) => new Set(node === 'node-a' ? [WEB] : []) }),
-    svidTtlMs: 60_000,
-    logger: silentLogger(),
-    audit: () => {},
-  });
-  const { token } = await createJoinToken(join(dir, 'ca'), 'node-a', 60_000);
+  ca = await startInProcessCa(TD, { 'node-a': [WEB] });
   // Two-second certificates renew about every second; retries start at 100 ms.
   agent = new IdentityAgent({
-    caUrl: ca.url,
+    caUrl: ca.server.url,
     trustDomain: TD,
     nodeName: 'node-a',
-    bootstrapBundle: ca.ownBundle(),
-    joinToken: token,
+    bootstrapBundle: ca.server.ownBundle(),
+    joinToken: await ca.joinToken('node-a'),
     ttlSeconds: 2,
     backoffInitialMs: 100,
     metrics: registry,
@@ -59,8 +44,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await agent?.stop();
-  if (!caClosed) await ca?.close();
-  await rm(dir, { recursive: true, force: true });
+  await ca?.close();
 });
 
 /** The value of one series, or undefined when the series does not exist. */
@@ -108,7 +92,7 @@ describe('identity agent metrics', () => {
 
     const last = seen[2] as (typeof seen)[number];
     expect(valueOf(last.metrics, 'ambit_certificate_rotations_total', { identity: WEB })).toBeGreaterThanOrEqual(2);
-    expect(valueOf(last.metrics, 'ambit_trust_bundle_sequence', { trust_domain: TD })).toBe(Number(ca.ownBundle().sequence));
+    expect(valueOf(last.metrics, 'ambit_trust_bundle_sequence', { trust_domain: TD })).toBe(Number(ca.server.ownBundle().sequence));
     expect(valueOf(last.metrics, 'ambit_trust_bundle_sequence', { trust_domain: TD })).toBeGreaterThanOrEqual(1);
     // The node identity is counted on its own series, and nothing has failed yet.
     const node = agent.nodeSvid() as Svid;
@@ -126,7 +110,6 @@ describe('identity agent metrics', () => {
       return { metrics: snapshot(), extra: { serving: agent.current(WEB), at: Date.now() } };
     });
     await ca.close();
-    caClosed = true;
     const seen = await failures;
 
     const first = seen[0] as (typeof seen)[number];
