@@ -367,8 +367,10 @@ export class HboneInbound {
     const baggage = parseBaggage(headers.baggage);
     return {
       reporter: 'destination',
-      sourceWorkload: baggage?.workload ?? 'unknown',
-      sourceWorkloadNamespace: baggage?.namespace ?? namespaceOf(peer.id),
+      // Baggage is the peer's claim: its workload name is used only when it names the peer's own
+      // (verified) namespace, so no SVID holder can book its traffic under another namespace.
+      sourceWorkload: baggage?.workload !== undefined && (baggage.namespace === undefined || baggage.namespace === peer.namespace) ? baggage.workload : 'unknown',
+      sourceWorkloadNamespace: peer.namespace ?? 'unknown',
       sourcePrincipal: peer.id.id,
       destinationWorkload: destination.name,
       destinationWorkloadNamespace: destination.namespace,
@@ -424,6 +426,9 @@ const connections = new WeakMap<LiveTunnel, { connection: InboundConnection; ins
 /** Errors of a stream not yet bridged end it, and nothing else: its refusal or its Bridge reports the outcome. */
 function ignoreStreamError(): void {}
 
+/** Node retries accepting on its own; the failure shows in the connection counts, not as a crash. */
+function ignoreListenerError(): void {}
+
 function serverTlsOptions(options: tls.SecureContextOptions): tls.SecureContextOptions {
   return { ...options, minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS };
 }
@@ -443,6 +448,8 @@ export function listenOn(server: net.Server, host: string, port: number): Promis
     server.once('error', onError);
     server.listen({ host, port, exclusive: true }, () => {
       server.off('error', onError);
+      // A bound listener can still fail to accept (EMFILE under a connection flood): never an unhandled 'error'.
+      server.on('error', ignoreListenerError);
       resolve();
     });
   });

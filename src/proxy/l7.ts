@@ -193,8 +193,13 @@ export class HttpInspector {
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
     // A client may reset its stream at any moment: answering a closed stream would throw.
     stream.on('error', ignore);
+    // CONNECT has no :path and cannot be forwarded as a request: refuse it rather than guess one.
+    if (method === 'CONNECT') {
+      answer(stream, 405);
+      return;
+    }
     if (!facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), headers)) {
-      if (!stream.destroyed && !stream.closed) stream.respond({ [HTTP2_HEADER_STATUS]: 400 }, { endStream: true });
+      answer(stream, 400);
       return;
     }
     const decision = state.decide(facts);
@@ -203,7 +208,7 @@ export class HttpInspector {
       state.onDenied(decision, facts);
       const contentType = String(headers[HTTP2_HEADER_CONTENT_TYPE] ?? '');
       stream.resume();
-      if (stream.destroyed || stream.closed) return;
+      if (stream.destroyed || stream.closed || stream.headersSent) return;
       if (contentType.startsWith('application/grpc')) {
         // gRPC reads status from grpc-status: a trailers-only response with PERMISSION_DENIED (7).
         stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc', 'grpc-status': '7', 'grpc-message': DENIED_BODY }, { endStream: true });
@@ -213,7 +218,14 @@ export class HttpInspector {
       }
       return;
     }
-    if (!state.h2Upstream || state.h2Upstream.destroyed) {
+    if (state.h2Upstream?.closed) {
+      // The workload ended its session (GOAWAY): the tunnel's one socket cannot carry a second one, so the
+      // client must reconnect.
+      answer(stream, 503);
+      stream.session?.close();
+      return;
+    }
+    if (!state.h2Upstream) {
       const socket = state.upstream;
       state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
       state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
@@ -223,10 +235,17 @@ export class HttpInspector {
       if (value !== undefined && !HOP_BY_HOP.has(name)) forwarded[name] = value;
     }
     forwarded[HTTP2_HEADER_PATH] = facts.forwardPath;
-    const upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });
+    let upstreamStream: http2.ClientHttp2Stream;
+    try {
+      upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });
+    } catch (error) {
+      this.#logger.debug({ err: (error as Error).message }, 'forwarding an inspected h2c request failed');
+      answer(stream, 502);
+      return;
+    }
     let trailers: http2.OutgoingHttpHeaders | null = null;
     upstreamStream.on('response', (responseHeaders) => {
-      if (stream.destroyed) return;
+      if (stream.destroyed || stream.closed || stream.headersSent) return;
       stream.respond(stripHopByHop(responseHeaders), { waitForTrailers: true });
       upstreamStream.pipe(stream);
     });
@@ -236,7 +255,7 @@ export class HttpInspector {
       else stream.close();
     });
     upstreamStream.on('error', () => {
-      if (!stream.headersSent && !stream.destroyed) stream.respond({ [HTTP2_HEADER_STATUS]: 502 }, { endStream: true });
+      if (!stream.headersSent) answer(stream, 502);
       else stream.close(NGHTTP2_CANCEL);
     });
     stream.on('close', () => {
@@ -247,6 +266,12 @@ export class HttpInspector {
 }
 
 function ignore(): void {}
+
+/** A bodiless answer, only if the stream can still take one. */
+function answer(stream: http2.ServerHttp2Stream, status: number): void {
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
+  stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
+}
 
 function stripHopByHop(headers: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
   const result: http2.OutgoingHttpHeaders = {};

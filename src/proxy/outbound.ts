@@ -245,6 +245,9 @@ export class OutboundListeners {
     const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'none');
     const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
     upstream.setTimeout(CONNECT_TIMEOUT_MS);
+    // The application may leave while we connect: then the upstream connection must not outlive it.
+    const abandon = () => upstream.destroy();
+    socket.once('close', abandon);
     const fail = (error: Error) => {
       upstream.destroy();
       socket.destroy();
@@ -256,6 +259,11 @@ export class OutboundListeners {
     upstream.once('connect', () => {
       upstream.off('error', fail);
       upstream.setTimeout(0);
+      socket.off('close', abandon);
+      if (socket.destroyed) {
+        upstream.destroy();
+        return;
+      }
       const meter = this.#options.metrics.open(labels);
       const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
       this.#options.liveMeters.add(flushable);

@@ -49,6 +49,9 @@ interface PooledSession {
 }
 
 interface Bucket {
+  readonly source: string;
+  readonly peer: string;
+  readonly expected: string;
   readonly sessions: PooledSession[];
   dialing: Promise<PooledSession> | null;
 }
@@ -97,15 +100,9 @@ export class HbonePool {
   stats(): { sessions: number; streams: number } {
     let sessions = 0;
     let streams = 0;
-    for (const byPeer of this.#buckets.values()) {
-      for (const byIdentity of byPeer.values()) {
-        for (const bucket of byIdentity.values()) {
-          for (const entry of bucket.sessions) {
-            sessions++;
-            streams += entry.streams;
-          }
-        }
-      }
+    for (const entry of this.#entries()) {
+      sessions++;
+      streams += entry.streams;
     }
     return { sessions, streams };
   }
@@ -124,21 +121,18 @@ export class HbonePool {
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#sweep);
-    const closing: Array<Promise<void>> = [];
-    for (const byPeer of this.#buckets.values()) {
-      for (const byIdentity of byPeer.values()) {
-        for (const bucket of byIdentity.values()) {
-          for (const entry of bucket.sessions) closing.push(new Promise((resolve) => entry.session.close(() => resolve())));
-        }
-      }
-    }
+    const entries = [...this.#entries()];
     this.#buckets.clear();
     // Give open tunnels a moment, then cut what is left.
-    const timer = setTimeout(() => {
-      for (const byPeer of this.#buckets.values()) for (const byIdentity of byPeer.values()) for (const bucket of byIdentity.values()) for (const entry of bucket.sessions) entry.session.destroy();
-    }, 1000);
-    await Promise.race([Promise.all(closing), new Promise((resolve) => setTimeout(resolve, 1000))]);
+    const closing = Promise.all(entries.map((entry) => new Promise<void>((resolve) => entry.session.close(() => resolve()))));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closing, new Promise<void>((resolve) => (timer = setTimeout(resolve, 1000)))]);
     clearTimeout(timer);
+    for (const entry of entries) if (!entry.session.destroyed) entry.session.destroy();
+  }
+
+  *#entries(): Generator<PooledSession> {
+    for (const byPeer of this.#buckets.values()) for (const byIdentity of byPeer.values()) for (const bucket of byIdentity.values()) yield* bucket.sessions;
   }
 
   #bucket(source: string, peer: string, expected: string): Bucket {
@@ -147,7 +141,7 @@ export class HbonePool {
     let byIdentity = byPeer.get(peer);
     if (!byIdentity) byPeer.set(peer, (byIdentity = new Map()));
     let bucket = byIdentity.get(expected);
-    if (!bucket) byIdentity.set(expected, (bucket = { sessions: [], dialing: null }));
+    if (!bucket) byIdentity.set(expected, (bucket = { source, peer, expected, sessions: [], dialing: null }));
     return bucket;
   }
 
@@ -162,6 +156,7 @@ export class HbonePool {
       if (bucket.dialing === null) {
         bucket.dialing = this.#dial(bucket, sourceIdentity, endpoint).finally(() => {
           bucket.dialing = null;
+          if (bucket.sessions.length === 0) this.#forget(bucket);
         });
       }
       // Everyone waits for the one dial, then competes for its streams; a failed dial fails all waiters.
@@ -242,9 +237,20 @@ export class HbonePool {
         return;
       }
       let answered = false;
-      stream.once('close', () => this.#release(entry));
+      // No answer within the connect timeout, or a close without one (RST CANCEL/NO_ERROR, a session the
+      // keepalive killed), must fail the tunnel rather than leave the application connection hanging.
+      stream.setTimeout(CONNECT_TIMEOUT_MS, () => stream.close(NGHTTP2_CANCEL));
+      stream.once('close', () => {
+        this.#release(entry);
+        if (!answered) {
+          answered = true;
+          reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: stream closed before an answer (RST ${stream.rstCode})`));
+        }
+      });
       stream.once('response', (headers) => {
+        if (answered) return;
         answered = true;
+        stream.setTimeout(0);
         const status = Number(headers[HTTP2_HEADER_STATUS]);
         if (status === 200) {
           resolve(stream);
@@ -256,6 +262,7 @@ export class HbonePool {
       });
       stream.once('error', (error) => {
         if (answered) return;
+        answered = true;
         reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: ${error.message}`, undefined, error));
       });
     });
@@ -270,20 +277,26 @@ export class HbonePool {
   #retire(entry: PooledSession): void {
     if (!entry.usable) return;
     entry.usable = false;
-    const index = entry.bucket.sessions.indexOf(entry);
-    if (index >= 0) entry.bucket.sessions.splice(index, 1);
+    const bucket = entry.bucket;
+    const index = bucket.sessions.indexOf(entry);
+    if (index >= 0) bucket.sessions.splice(index, 1);
     if (!entry.session.closed) entry.session.close();
+    // Forget keys with nothing left, so pod churn does not grow the pool's maps forever.
+    if (bucket.sessions.length === 0 && bucket.dialing === null) this.#forget(bucket);
+  }
+
+  #forget(bucket: Bucket): void {
+    const byPeer = this.#buckets.get(bucket.source);
+    const byIdentity = byPeer?.get(bucket.peer);
+    if (byIdentity?.get(bucket.expected) !== bucket) return;
+    byIdentity.delete(bucket.expected);
+    if (byIdentity.size === 0) byPeer?.delete(bucket.peer);
+    if (byPeer?.size === 0) this.#buckets.delete(bucket.source);
   }
 
   #sweepSessions(): void {
     const now = Date.now();
-    for (const byPeer of this.#buckets.values()) {
-      for (const byIdentity of byPeer.values()) {
-        for (const bucket of byIdentity.values()) {
-          for (const entry of [...bucket.sessions]) this.#check(entry, now);
-        }
-      }
-    }
+    for (const entry of [...this.#entries()]) this.#check(entry, now);
   }
 
   #check(entry: PooledSession, now: number): void {

@@ -195,6 +195,22 @@ describe('authorization in the node proxy', () => {
     expect(mesh.nodes.get('node-b')!.proc.child.exitCode).toBeNull();
   });
 
+  it('answers a CONNECT inside an inspected h2c tunnel with 405 and keeps serving', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    try {
+      const status = await new Promise<number>((resolve, reject) => {
+        const stream = session.request({ ':method': 'CONNECT', ':authority': '10.9.9.9:22' });
+        stream.on('response', (headers) => resolve(Number(headers[':status'])));
+        stream.on('error', reject);
+      });
+      expect(status).toBe(405);
+    } finally {
+      session.close();
+    }
+    expect(mesh.nodes.get('node-b')!.proc.child.exitCode).toBeNull();
+  });
+
   it('closes an open connection when a policy change no longer allows it', async () => {
     const socket: Socket = connect({ host: CLIENT_IP, port: 9007 });
     const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
