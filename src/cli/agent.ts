@@ -9,7 +9,8 @@ import { parse, parseTtlSeconds, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { readText } from './ca.ts';
 import { parseListen } from './listen.ts';
-import { IdentityAgent, writeFileAtomic } from '../identity/agent.ts';
+import { IdentityAgent } from '../identity/agent.ts';
+import { writeFileAtomic } from '../identity/files.ts';
 import { decodeBundleText, encodePemBundle } from '../identity/bundle.ts';
 import type { BundleSet } from '../identity/bundle.ts';
 import { parseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
@@ -72,9 +73,14 @@ export const command: Command = {
     const bundleFile = requireString(values.bundle, 'bundle');
     const out = requireString(values.out, 'out');
     const identities = values.identity ?? [];
+    const stems = new Map<string, string>();
     for (const id of identities) {
       const parsed = parseSpiffeId(id);
       if (parsed.trustDomain !== trustDomain || parsed.path === '') throw new AmbitError('USAGE', `--identity ${id} is not a workload identity in ${trustDomain}`);
+      // Two identities must never share file names: one would overwrite the other's key.
+      const other = stems.get(fileStem(id));
+      if (other !== undefined && other !== id) throw new AmbitError('USAGE', `--identity ${id} and ${other} would both be written as ${fileStem(id)}.pem`);
+      stems.set(fileStem(id), id);
     }
     const bootstrapBundle = decodeBundleText(trustDomain, await readText(bundleFile));
     const logger = createLogger({ name: 'ambit-agent' });
@@ -120,8 +126,13 @@ export const command: Command = {
           res.writeHead(404).end();
           return;
         }
-        void metrics.metrics().then((text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text));
-      }).listen(listen.port, listen.host);
+        metrics.metrics().then(
+          (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
+          () => res.writeHead(500).end(),
+        );
+      })
+        .on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed; the agent goes on without it'))
+        .listen(listen.port, listen.host);
     }
     logger.info({ identities: agent.identities(), out }, 'agent running');
     await new Promise<void>((resolve) => {

@@ -30,7 +30,10 @@ export function requireString(value: string | boolean | undefined, flag: string)
 /** Parses durations such as 90s, 10m, 1h, 2h30m, 1d; plain numbers are seconds. */
 export function parseDurationMs(text: string, flag: string): number {
   const plain = /^\d+$/.exec(text);
-  if (plain) return Number(text) * 1000;
+  if (plain) {
+    if (Number(text) <= 0) throw new AmbitError('USAGE', `--${flag}: duration must be positive`);
+    return Number(text) * 1000;
+  }
   const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
   let total = 0;
   let rest = text;

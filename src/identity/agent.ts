@@ -5,9 +5,8 @@
 //
 // Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
 import { EventEmitter } from 'node:events';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { Agent, request } from 'undici';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
@@ -17,6 +16,8 @@ import type { TrustBundle } from './bundle.ts';
 import { createCsr, exportPrivateKeyPem, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
 import type { Svid } from './svid.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
+import { timerDelayMs } from './timers.ts';
+import { writeFileAtomic } from './files.ts';
 import type { Logger } from '../observe/log.ts';
 
 /** SPIRE's rotationutil: renew when between 45 % and 55 % of the lifetime is left, drawn per certificate. */
@@ -39,6 +40,8 @@ const REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS = 5_000;
 const DEFAULT_BUNDLE_REFRESH_MS = 300_000;
 const REQUEST_TIMEOUT_MS = 10_000;
 const BUNDLE_RETRY_MS = 60_000;
+/** In --state-dir: the node SVID's key and chain, 0600. */
+const NODE_SVID_FILE = 'node-svid.pem';
 
 export interface IdentityAgentOptions {
   caUrl: string;
@@ -105,6 +108,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #bundleTimer: NodeJS.Timeout | undefined;
   #ownSequenceFromCa: bigint | undefined;
   #lastRefreshMs: number | undefined;
+  #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
 
   constructor(options: IdentityAgentOptions) {
@@ -190,6 +194,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     clearTimeout(this.#bundleTimer);
     for (const entry of this.#entries.values()) clearTimeout(entry.timer);
     await Promise.allSettled([...this.#entries.values()].map((entry) => entry.inFlight));
+    await this.#persisting;
     await this.#dispatcher.close();
   }
 
@@ -210,7 +215,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       if (!this.#stopped) {
         this.#bundleTimer = setTimeout(() => void this.refreshBundles().catch((error: unknown) => {
           this.#logger.warn({ err: toAmbitError(error, 'CA_UNREACHABLE').toJSON() }, 'bundle refresh failed; keeping the bundles we have');
-        }), Math.max(this.#options.minBundleRefreshMs ?? 1000, nextMs));
+        }), timerDelayMs(Math.max(this.#options.minBundleRefreshMs ?? 1000, nextMs)));
         this.#bundleTimer.unref();
       }
     }
@@ -337,7 +342,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#logger.info({ spiffeId: entry.spiffeId, serial: svid.chain[0]?.serialNumber, expiresAt: svid.notAfter.toISOString() }, 'certificate rotated');
     }
     if (entry.spiffeId === this.#nodeId && fresh) {
-      void this.#persistNodeSvid(svid);
+      this.#persistNodeSvid(svid);
       // New connections to the CA must present the new node SVID.
       const old = this.#dispatcher;
       this.#dispatcher = this.#newDispatcher();
@@ -368,7 +373,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #renewSoon(entry: Entry, delayMs: number): void {
     if (this.#stopped) return;
     clearTimeout(entry.timer);
-    entry.timer = setTimeout(() => this.#runRenewal(entry), delayMs);
+    entry.timer = setTimeout(() => this.#runRenewal(entry), timerDelayMs(delayMs));
     entry.timer.unref();
   }
 
@@ -414,15 +419,16 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   async #loadStoredNodeSvid(): Promise<Svid | undefined> {
     const dir = this.#options.stateDir;
     if (!dir) return undefined;
-    let certPem: string;
-    let keyPem: string;
+    let pem: string;
     try {
-      [certPem, keyPem] = await Promise.all([readFile(join(dir, 'node.pem'), 'utf8'), readFile(join(dir, 'node-key.pem'), 'utf8')]);
+      pem = await readFile(join(dir, NODE_SVID_FILE), 'utf8');
     } catch {
       return undefined;
     }
     try {
-      const svid = loadSvid(certPem, keyPem);
+      // One file holds the key block, then the chain; parseCertificates skips the key block.
+      const keyBlock = /-----BEGIN PRIVATE KEY-----[\s\S]+?-----END PRIVATE KEY-----\n?/.exec(pem)?.[0] ?? '';
+      const svid = loadSvid(pem, keyBlock);
       const check = verifySvid(svid.chain, this.#bundles);
       if (svid.id.id !== this.#nodeId || !check.valid) {
         this.#logger.warn({ stored: svid.id.id, reason: check.error?.code ?? 'IDENTITY_MISMATCH' }, 'stored node SVID is not usable; attesting again');
@@ -435,22 +441,17 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
   }
 
-  async #persistNodeSvid(svid: Svid): Promise<void> {
+  /** Key and chain in one file with one rename: a crash can never leave a key that does not match its certificate. */
+  #persistNodeSvid(svid: Svid): void {
     const dir = this.#options.stateDir;
     if (!dir) return;
-    try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      await writeFileAtomic(join(dir, 'node-key.pem'), svid.privateKeyPem, 0o600);
-      await writeFileAtomic(join(dir, 'node.pem'), svid.certPem, 0o644);
-    } catch (error) {
-      this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store node SVID');
-    }
+    this.#persisting = this.#persisting.then(async () => {
+      try {
+        await mkdir(dir, { recursive: true, mode: 0o700 });
+        await writeFileAtomic(join(dir, NODE_SVID_FILE), svid.privateKeyPem + svid.certPem, 0o600);
+      } catch (error) {
+        this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store node SVID');
+      }
+    });
   }
-}
-
-/** Write-then-rename, so a reader never sees half a file. */
-export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
-  const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  await writeFile(temp, data, { mode });
-  await rename(temp, path);
 }

@@ -12,10 +12,12 @@ import { parseSpiffeId, validateTrustDomain } from './spiffe-id.ts';
 import { BundleSet, bundlesEqual, decodeBundle } from './bundle.ts';
 import type { TrustBundle } from './bundle.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
+import { timerDelayMs } from './timers.ts';
 import type { Logger } from '../observe/log.ts';
 
 /** Federation §6.1: poll every 5 minutes when the bundle gives no hint. */
 export const DEFAULT_FEDERATION_REFRESH_MS = 300_000;
+const MAX_FEDERATION_REFRESH_MS = 24 * 3_600_000;
 /** Bundles are small; anything larger is not a bundle. */
 const MAX_BUNDLE_BYTES = 1 << 20;
 
@@ -77,6 +79,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         throw new AmbitError('FEDERATION_FETCH', `${peer.trustDomain}: a self-serving https_spiffe endpoint needs a bootstrap bundle for its first fetch`);
       }
       this.#dispatcher = new Agent({
+        maxResponseSize: MAX_BUNDLE_BYTES,
         connect: spiffeConnector({
           clientSvid: () => undefined,
           bundles: () => {
@@ -88,7 +91,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         }),
       });
     } else {
-      this.#dispatcher = new Agent();
+      // Limits the body whatever the server claims (a chunked response has no Content-Length).
+      this.#dispatcher = new Agent({ maxResponseSize: MAX_BUNDLE_BYTES });
     }
   }
 
@@ -154,7 +158,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       }
       this.#failures = 0;
       const hintMs = (fetched.refreshHintSeconds ?? DEFAULT_FEDERATION_REFRESH_MS / 1000) * 1000;
-      nextMs = Math.max(this.#minRefreshMs, hintMs);
+      // A peer's hint is capped at a day (SPIRE warns at 24 h): a relationship is re-checked at least daily.
+      nextMs = Math.max(this.#minRefreshMs, Math.min(hintMs, MAX_FEDERATION_REFRESH_MS));
     } catch (error) {
       const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
       this.#logger.warn({ err: wrapped.toJSON() }, 'federated bundle fetch failed; keeping the last good bundle');
@@ -166,7 +171,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       nextMs = Math.max(this.#minRefreshMs, Math.min(ceilingMs, 1000 * 2 ** (this.#failures - 1)));
     }
     if (!this.#stopped) {
-      this.#timer = setTimeout(() => void this.#tick(), nextMs);
+      this.#timer = setTimeout(() => void this.#tick(), timerDelayMs(nextMs));
       this.#timer.unref();
     }
   }

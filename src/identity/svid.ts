@@ -112,6 +112,8 @@ interface CertFacts {
   readonly keyUsage: { usages: number; critical: boolean } | undefined;
   readonly extKeyUsage: readonly string[] | undefined;
   readonly fingerprint: string;
+  /** The trust domain of the certificate's single SPIFFE URI SAN, or null when it carries none. */
+  readonly spiffeTrustDomain: string | null;
 }
 
 // Certificates are immutable, so what we derive from one is computed once per object.
@@ -131,9 +133,17 @@ function facts(cert: Certificate): CertFacts {
     keyUsage: keyUsage ? { usages: keyUsage.usages, critical: keyUsage.critical } : undefined,
     extKeyUsage: eku ? eku.usages.map(String) : undefined,
     fingerprint: node.fingerprint256,
+    spiffeTrustDomain: trustDomainOfSan(cert),
   };
   factsCache.set(cert, found);
   return found;
+}
+
+function trustDomainOfSan(cert: Certificate): string | null {
+  const uris = uriSans(cert);
+  if (uris instanceof AmbitError || uris.length !== 1) return null;
+  const id = tryParseSpiffeId(uris[0] as string);
+  return id instanceof AmbitError ? null : id.trustDomain;
 }
 
 export function fingerprintOf(cert: Certificate): string {
@@ -261,6 +271,10 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
   const used = new Set<Certificate>([current]);
   for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
     for (const root of bundle.roots) {
+      // A root naming another trust domain vouches only for that one (Federation §4.2), even when
+      // someone put it in this domain's bundle.
+      const rootDomain = facts(root).spiffeTrustDomain;
+      if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
       if (!issued(root, current)) continue;
       const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id);
       if (rootError) return rootError;

@@ -22,6 +22,7 @@ import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loa
 import type { Certificate, Svid } from '../svid.ts';
 import { serverTlsOptions, verifyPeer } from '../spiffe-tls.ts';
 import { FederationClient } from '../federation.ts';
+import { timerDelayMs } from '../timers.ts';
 import type { FederationPeer } from '../federation.ts';
 import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
@@ -126,7 +127,9 @@ export class CaServer {
     for (const client of server.#federated.values()) void client.start();
     const pollMs = options.statePollMs ?? 1000;
     server.#stateListener = () => {
-      server.#reloading = server.#reloading.then(() => server.#reloadState());
+      server.#reloading = server.#reloading.then(() => server.#reloadState()).catch((error: unknown) => {
+        server.#logger.error({ err: toAmbitError(error, 'CA_STATE').toJSON() }, 'applying a CA state change failed');
+      });
     };
     watchFile(caStateFile(options.dir), { interval: pollMs, persistent: false }, server.#stateListener);
     server.#scheduleServerRenewal();
@@ -185,7 +188,7 @@ export class CaServer {
   #scheduleServerRenewal(): void {
     clearTimeout(this.#renewTimer);
     const svid = this.#serverSvid;
-    const delayMs = Math.max(1000, (svid.notAfter.getTime() - Date.now()) / 2);
+    const delayMs = timerDelayMs(Math.max(1000, (svid.notAfter.getTime() - Date.now()) / 2));
     this.#renewTimer = setTimeout(() => {
       this.#reloading = this.#reloading.then(() => this.#renewServerSvid()).catch((error: unknown) => {
         this.#logger.error({ err: toAmbitError(error, 'CA_STATE').toJSON() }, 'renewing the CA serving certificate failed; retrying in a minute');

@@ -10,11 +10,11 @@
 // bundle without signing with it, so every peer trusts it before it is used; `activate` signs with it
 // while the old root stays published for the certificates it still backs; `withdraw` removes roots
 // that no longer sign. Each bundle change bumps spiffe_sequence.
-import { mkdir, readFile, rename, writeFile, chmod, readdir } from 'node:fs/promises';
+import { mkdir, readFile, readdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { AmbitError } from '../../errors.ts';
+import { writeFileAtomic } from '../files.ts';
 import { BasicConstraintsExtension, KeyUsageFlags, KeyUsagesExtension } from '../x509.ts';
 import { validateTrustDomain } from '../spiffe-id.ts';
 import { createBundle } from '../bundle.ts';
@@ -74,12 +74,6 @@ function statePath(dir: string): string {
   return join(dir, 'ca.json');
 }
 
-async function writeAtomic(path: string, data: string, mode = 0o644): Promise<void> {
-  const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  await writeFile(temp, data, { mode });
-  await chmod(temp, mode);
-  await rename(temp, path);
-}
 
 async function readState(dir: string): Promise<StateFile> {
   let text: string;
@@ -98,7 +92,7 @@ async function readState(dir: string): Promise<StateFile> {
 }
 
 async function writeState(dir: string, state: StateFile): Promise<void> {
-  await writeAtomic(statePath(dir), JSON.stringify(state, null, 2) + '\n');
+  await writeFileAtomic(statePath(dir), JSON.stringify(state, null, 2) + '\n', 0o644);
 }
 
 export interface NewAuthorityOptions {
@@ -130,6 +124,9 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
     if (!(parentId instanceof AmbitError) && parentId.path !== '') {
       throw new AmbitError('SVID_CA_INVALID', `parent root carries ${parentId.id}; a CA's SPIFFE ID has no path`);
     }
+    if (!(parentId instanceof AmbitError) && parentId.trustDomain !== trustDomain) {
+      throw new AmbitError('TRUST_DOMAIN_MISMATCH', `parent root belongs to trust domain ${parentId.trustDomain}, not ${trustDomain}`);
+    }
     cert = await issueCa({
       trustDomain,
       keys,
@@ -145,9 +142,9 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
   }
   const authorityDir = join(dir, 'authorities', name);
   await mkdir(authorityDir, { recursive: true, mode: 0o700 });
-  await writeAtomic(join(authorityDir, 'key.pem'), await exportPrivateKeyPem(keys.privateKey), 0o600);
-  await writeAtomic(join(authorityDir, 'cert.pem'), certificatesToPem([cert]));
-  await writeAtomic(join(authorityDir, 'root.pem'), certificatesToPem([root]));
+  await writeFileAtomic(join(authorityDir, 'key.pem'), await exportPrivateKeyPem(keys.privateKey), 0o600);
+  await writeFileAtomic(join(authorityDir, 'cert.pem'), certificatesToPem([cert]), 0o644);
+  await writeFileAtomic(join(authorityDir, 'root.pem'), certificatesToPem([root]), 0o644);
 }
 
 async function nextAuthorityName(dir: string): Promise<string> {

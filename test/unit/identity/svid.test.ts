@@ -187,6 +187,16 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid([leaf, ca2, ca1], bundles).error?.code).toBe('SVID_CA_INVALID');
   });
 
+  it('does not let a root that names another trust domain vouch for this one, even inside its bundle', async () => {
+    const { cert: foreignRoot, keys } = await craftCertificate(null, { uris: ['spiffe://other.test'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: leaf } = await craftCertificate({ cert: foreignRoot, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    const mixed = new BundleSet([createBundle('cluster.local', [caA.root.cert, foreignRoot])]);
+    expect(verifySvid([leaf], mixed).valid).toBe(false);
+    // The accept side: the same root vouches for its own trust domain.
+    const { cert: ownLeaf } = await craftCertificate({ cert: foreignRoot, privateKey: keys.privateKey, chainAbove: [] }, { uris: ['spiffe://other.test/ns/a/sa/b'] });
+    expect(verifySvid([ownLeaf], new BundleSet([createBundle('other.test', [foreignRoot])])).valid).toBe(true);
+  });
+
   it('trusts a root only through the bundle: a self-signed leaf naming a trusted ID is rejected', async () => {
     const { cert } = await craftCertificate(null, { uris: [WEB] });
     expect(verifySvid([cert], bundles).error?.code).toBe('SVID_CHAIN_INVALID');
