@@ -34,7 +34,7 @@ export function principalOf(workload: Workload): string {
 }
 
 function sourceRequest(source: Workload, port: number, http: ReferenceHttp | null): ReferenceRequest {
-  return { principal: principalOf(source), namespace: source.namespace, sourceIp: source.ips[0] as string, destinationIp: null, port, sni: null, http };
+  return { principal: principalOf(source), namespace: source.namespace, sourceIp: source.ips[0] as string, destinationIp: null, port, http };
 }
 
 /** A concrete value for an Istio pattern: `x*` gets a tail, `*x` a head, `*` anything. */

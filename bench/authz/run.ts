@@ -119,7 +119,6 @@ function contextOf(request: ReferenceRequest): AuthzContext {
     sourceIp: ip(request.sourceIp),
     destinationIp: ip(request.destinationIp),
     destinationPort: request.port,
-    sni: request.sni,
     request: http === null ? null : new RequestFacts(http.method, http.path, http.host, http.headers),
   };
 }

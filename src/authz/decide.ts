@@ -24,7 +24,6 @@ export interface AuthzContext {
   sourceIp: IpAddress | null;
   destinationIp: IpAddress | null;
   destinationPort: number;
-  sni: string | null;
   request: HttpRequestFacts | null;
 }
 
@@ -125,9 +124,6 @@ function conditionMatches(condition: CompiledCondition, ctx: AuthzContext, ignor
       break;
     case 'source.principal':
       text = ctx.sourcePrincipal;
-      break;
-    case 'connection.sni':
-      text = ctx.sni;
       break;
     case 'destination.port':
       break;

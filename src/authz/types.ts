@@ -37,8 +37,7 @@ export type ConditionKey =
   | { readonly kind: 'source.namespace' }
   | { readonly kind: 'source.principal' }
   | { readonly kind: 'destination.ip' }
-  | { readonly kind: 'destination.port' }
-  | { readonly kind: 'connection.sni' };
+  | { readonly kind: 'destination.port' };
 
 export interface PolicyCondition {
   /** As written, e.g. `request.headers[x-user]`. */

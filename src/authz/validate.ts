@@ -236,7 +236,7 @@ function describeValue(value: unknown): string {
 
 // ---- when ----
 
-const EVALUATED_KEYS = 'request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port, connection.sni';
+const EVALUATED_KEYS = 'request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port';
 const SIMPLE_KEYS: Readonly<Record<string, ConditionKey>> = {
   'source.ip': { kind: 'source.ip' },
   'remote.ip': { kind: 'remote.ip' },
@@ -244,10 +244,12 @@ const SIMPLE_KEYS: Readonly<Record<string, ConditionKey>> = {
   'source.principal': { kind: 'source.principal' },
   'destination.ip': { kind: 'destination.ip' },
   'destination.port': { kind: 'destination.port' },
-  'connection.sni': { kind: 'connection.sni' },
 };
 // Keys Istio knows that ambit does not evaluate, with what to write instead where there is something.
 const UNSUPPORTED_KEYS: Readonly<Record<string, string>> = {
+  // HBONE carries the application's bytes inside ambit's own TLS: the node proxy never sees the SNI the
+  // application sent, so a DENY on it would never fire (fail open) and an ALLOW never match.
+  'connection.sni': 'is not visible to the node proxy (the application\'s TLS is inside the tunnel): not supported',
   'source.serviceAccount': 'is not supported by ambit yet: use source.principal',
   'source.trustDomain': 'is not supported by ambit yet: use source.principal with a prefix (TRUST_DOMAIN/*)',
   'destination.namespace': 'is replaced by the policy\'s metadata.namespace (as in Istio)',
@@ -313,8 +315,6 @@ function conditionValueCheck(key: ConditionKey): (value: string) => string | und
       return checkNamespace;
     case 'source.principal':
       return checkPrincipal;
-    case 'connection.sni':
-      return checkSniMatch;
     case 'request.headers':
       return (value) => matchProblem(value);
   }
@@ -444,14 +444,6 @@ export function checkHostMatch(value: string): string | undefined {
   if (form === 'presence') return undefined;
   if (form === 'exact' ? HOST_EXACT.test(text) : HOST_CHARS.test(text)) return undefined;
   return `${JSON.stringify(value)} is not a host (a DNS name or IP address, optionally with :PORT)`;
-}
-
-function checkSniMatch(value: string): string | undefined {
-  const problem = matchProblem(value);
-  if (problem !== undefined) return problem;
-  const { form, text } = parseMatch(value) as Match;
-  if (form === 'presence' || /^[A-Za-z0-9_.-]+$/.test(text)) return undefined;
-  return `${JSON.stringify(value)} is not a server name (SNI is a DNS name, without a port)`;
 }
 
 export function checkMethod(value: string): string | undefined {

@@ -151,7 +151,6 @@ export const command: Command = {
       sourceIp: ipField(source, 'ip', 'source.ip'),
       destinationIp: ipField(destination, 'ip', 'destination.ip'),
       destinationPort: port,
-      sni: null,
       request,
     };
     const moment: DecisionMoment = request !== null ? 'request' : policies.httpPorts.has(port) ? 'connect' : 'tcp';

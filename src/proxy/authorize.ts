@@ -20,7 +20,6 @@ function contextOf(connection: InboundConnection): AuthzContext {
     sourceIp: connection.peerIp,
     destinationIp: parseIp(connection.destinationIp),
     destinationPort: connection.destinationPort,
-    sni: null,
     request: null,
   };
 }

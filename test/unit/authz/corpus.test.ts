@@ -43,7 +43,6 @@ interface RequestSpec {
   sourceIp?: string | null;
   destinationIp?: string | null;
   port?: number;
-  sni?: string | null;
   http?: Partial<ReferenceHttp>;
 }
 
@@ -268,8 +267,6 @@ const cases: Case[] = [
   { name: 'when destination.port: does not match another port', policies: [ap('shop/allow', '{rules: [{when: [{key: destination.port, values: ["8080"]}]}]}')], request: { port: 9090 }, expect: 'DENY' },
   { name: 'when destination.port notValues: a DENY of all but 9090 denies 8080', policies: [ap('shop/deny', '{action: DENY, rules: [{when: [{key: destination.port, notValues: ["9090"]}]}]}')], expect: 'DENY', by: 'shop/deny', rule: 0 },
   { name: 'when destination.port notValues: a DENY of all but 9090 lets 9090 through', policies: [ap('shop/deny', '{action: DENY, rules: [{when: [{key: destination.port, notValues: ["9090"]}]}]}')], request: { port: 9090 }, expect: 'ALLOW' },
-  { name: 'when connection.sni: matches the server name', policies: [ap('shop/allow', '{rules: [{when: [{key: connection.sni, values: [web.shop]}]}]}')], request: { sni: 'web.shop' }, expect: 'ALLOW', by: 'shop/allow', rule: 0 },
-  { name: 'when connection.sni: never matches a connection without SNI', policies: [ap('shop/allow', '{rules: [{when: [{key: connection.sni, values: ["*"]}]}]}')], request: { sni: null }, expect: 'DENY' },
   { name: 'when: conditions are ANDed, one failing and the rule does not match', policies: [ap('shop/allow', '{rules: [{when: [{key: source.namespace, values: [front]}, {key: destination.port, values: ["9090"]}]}]}')], expect: 'DENY' },
   { name: 'when: conditions are ANDed, all holding and the rule matches', policies: [ap('shop/allow', '{rules: [{when: [{key: source.namespace, values: [front]}, {key: destination.port, values: ["8080"]}]}]}')], expect: 'ALLOW', by: 'shop/allow', rule: 0 },
   { name: 'when: a condition holds when any of its values matches', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[x-user]", values: [alice, bob]}]}]}')], request: GET('/', { headers: { 'x-user': 'bob' } }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
@@ -401,7 +398,6 @@ function requestOf(spec: RequestSpec = {}): ReferenceRequest {
     sourceIp: spec.sourceIp === undefined ? '10.0.0.5' : spec.sourceIp,
     destinationIp: spec.destinationIp === undefined ? '10.1.0.7' : spec.destinationIp,
     port: spec.port ?? 8080,
-    sni: spec.sni === undefined ? null : spec.sni,
     http: spec.http === undefined ? null : { method: 'GET', path: '/', host: 'web.shop', headers: {}, ...spec.http },
   };
 }

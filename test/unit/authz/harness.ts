@@ -71,7 +71,6 @@ export function contextOf(request: ReferenceRequest): AuthzContext {
     sourceIp: ip(request.sourceIp),
     destinationIp: ip(request.destinationIp),
     destinationPort: request.port,
-    sni: request.sni,
     request: http === null ? null : { method: http.method, path: http.path, host: http.host, header: (name) => headers.get(name) },
   };
 }

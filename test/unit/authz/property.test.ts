@@ -36,8 +36,6 @@ const METHOD_PATTERNS = ['GET', 'POST', 'DELETE', 'P*', '*ETE', '*', 'PURGE', 'g
 const PATHS = ['/', '/api/v1', '/admin', '/img/a.png', '/api'];
 const PATH_PATTERNS = ['/', '/api/*', '*.png', '/admin', '*', '/api'];
 const HEADER_PATTERNS = ['alice', 'bob', 'al*', '*ob', '*', 'prod', 'dev'];
-const SNIS = ['web.shop', 'api.example.com'];
-const SNI_PATTERNS = ['web.shop', '*.example.com', '*', 'api.*'];
 const SELECTORS: Readonly<Record<string, string>>[] = [{ app: 'web' }, { app: 'db' }, { app: 'web', version: 'v1' }];
 const LABELS: Readonly<Record<string, string>>[] = [{ app: 'web' }, { app: 'db' }, { app: 'web', version: 'v1' }, { app: 'web', version: 'v2' }, {}];
 const MODES: MtlsMode[] = ['STRICT', 'PERMISSIVE', 'DISABLE', 'UNSET'];
@@ -93,7 +91,6 @@ const whenArb: fc.Arbitrary<PolicyCondition> = fc.oneof(
   conditionArb('source.principal', { kind: 'source.principal' }, PRINCIPAL_PATTERNS),
   conditionArb('destination.ip', { kind: 'destination.ip' }, DESTINATION_BLOCKS),
   conditionArb('destination.port', { kind: 'destination.port' }, PORTS.map(String)),
-  conditionArb('connection.sni', { kind: 'connection.sni' }, SNI_PATTERNS),
 );
 
 const ruleArb: fc.Arbitrary<PolicyRule> = fc.record({
@@ -186,7 +183,6 @@ const probeArb: fc.Arbitrary<Probe> = fc.record({
   sourceIp: fc.option(fc.constantFrom(...SOURCE_IPS), { nil: null, freq: 8 }),
   destinationIp: fc.option(fc.constantFrom(...DESTINATION_IPS), { nil: null, freq: 8 }),
   port: fc.constantFrom(...PORTS),
-  sni: fc.option(fc.constantFrom(...SNIS), { nil: null }),
   moment: fc.constantFrom<Moment>('tcp', 'connect', 'request'),
   http: httpArb,
 }).map((p) => ({
@@ -199,7 +195,6 @@ const probeArb: fc.Arbitrary<Probe> = fc.record({
     sourceIp: p.sourceIp,
     destinationIp: p.destinationIp,
     port: p.port,
-    sni: p.sni,
     http: p.moment === 'request' ? p.http : null,
   },
 }));

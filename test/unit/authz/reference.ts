@@ -64,7 +64,6 @@ export interface ReferenceRequest {
   readonly sourceIp: string | null;
   readonly destinationIp: string | null;
   readonly port: number;
-  readonly sni: string | null;
   readonly http: ReferenceHttp | null;
 }
 
@@ -232,10 +231,8 @@ function conditionMatches(condition: PolicyCondition, request: ReferenceRequest,
     return true;
   } else if (key.kind === 'source.namespace') {
     text = request.namespace;
-  } else if (key.kind === 'source.principal') {
-    text = request.principal;
   } else {
-    text = request.sni;
+    text = request.principal;
   }
   if (values !== undefined && (text === null || !anyPattern(values, text))) return false;
   if (notValues !== undefined && text !== null && anyPattern(notValues, text)) return false;

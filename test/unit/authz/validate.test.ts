@@ -198,8 +198,6 @@ rules:
   values: ["FD00::1"]
 - key: destination.port
   values: ["0443"]
-- key: connection.sni
-  values: ["*.shop.example.com"]
 `),
     spec: {
       action: 'ALLOW',
@@ -213,7 +211,6 @@ rules:
             { key: 'source.principal', parsedKey: { kind: 'source.principal' }, values: ['cluster.local/ns/shop/sa/web'] },
             { key: 'destination.ip', parsedKey: { kind: 'destination.ip' }, values: ['fd00::1'] },
             { key: 'destination.port', parsedKey: { kind: 'destination.port' }, values: ['443'] },
-            { key: 'connection.sni', parsedKey: { kind: 'connection.sni' }, values: ['*.shop.example.com'] },
           ],
         },
       ],
@@ -381,7 +378,7 @@ const rejects: RejectCase[] = [
   { name: 'a value that is not a string', yaml: when('- key: destination.port\n  values: [8080]'), field: 'spec.rules[0].when[0].values[0]' },
   { name: 'a source.principal value that is not a principal', yaml: when('- key: source.principal\n  values: ["spiffe://cluster.local/ns/a/sa/b"]'), field: 'spec.rules[0].when[0].values[0]' },
   { name: 'a header value with a wildcard in the middle', yaml: when('- key: request.headers[x-user]\n  values: ["a*b"]'), field: 'spec.rules[0].when[0].values[0]' },
-  { name: 'a connection.sni value with a port', yaml: when('- key: connection.sni\n  values: ["example.com:443"]'), field: 'spec.rules[0].when[0].values[0]' },
+  { name: 'a connection.sni key (the proxy never sees the application\'s SNI)', yaml: when('- key: connection.sni\n  values: ["example.com"]'), field: 'spec.rules[0].when[0].key' },
   // empty structures Istio refuses
   { name: 'an empty source', yaml: policy('rules:\n- from:\n  - source: {}'), field: 'spec.rules[0].from[0].source' },
   { name: 'a source whose lists are all empty', yaml: fromSource('principals: []\nnotNamespaces: []'), field: 'spec.rules[0].from[0].source' },
