@@ -476,9 +476,9 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     policies,
     violations,
     forWorkload(workload) {
-      let found = byWorkload.get(workload);
-      if (!found) byWorkload.set(workload, (found = build(workload.namespace, workload.labels, httpPortsOf(snapshot, workload))));
-      return found;
+      // A workload of another snapshot is built for this one call and not kept: keeping it would pin old
+      // objects and grow without bound. Callers on the data path look workloads up in this snapshot.
+      return byWorkload.get(workload) ?? build(workload.namespace, workload.labels, httpPortsOf(snapshot, workload));
     },
     forLabels(namespace, labels, httpPorts = new Set()) {
       return build(namespace, labels, httpPorts);

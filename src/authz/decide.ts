@@ -29,7 +29,7 @@ export interface AuthzContext {
 
 export interface HttpRequestFacts {
   method: string;
-  /** The path without its query string, normalised (see normalizePath in src/proxy/l7-path.ts). */
+  /** The path without its query string, normalised (see normalizePath in src/authz/path.ts). */
   path: string;
   /** The Host (or :authority) as sent, lower-case, with its port if it had one. */
   host: string;

@@ -134,10 +134,15 @@ export const command: Command = {
       }
       const rawPath = optionalString(r, 'path', 'request.path') ?? '/';
       const query = rawPath.indexOf('?');
+      if (normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) === null) {
+        // The proxy refuses such a request with 400 before any policy: say so rather than match the raw path.
+        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'malformed request path (bad percent-escape): the proxy answers 400' }) + '\n');
+        return 0;
+      }
       const host = (optionalString(r, 'host', 'request.host') ?? headers.get('host') ?? '').toLowerCase();
       request = {
         method: optionalString(r, 'method', 'request.method') ?? 'GET',
-        path: normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) ?? rawPath,
+        path: normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) as string,
         host,
         header: (name) => headers.get(name),
       };

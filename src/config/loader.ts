@@ -145,6 +145,15 @@ interface ParsedText {
   readonly issues: ConfigIssue[];
 }
 
+function isCyclic(value: unknown, ancestors = new Set<object>()): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  if (ancestors.has(value)) return true;
+  ancestors.add(value);
+  for (const child of Object.values(value)) if (isCyclic(child, ancestors)) return true;
+  ancestors.delete(value);
+  return false;
+}
+
 function parseDocuments(text: string, file: string): ParsedText {
   const result: ParsedText = { objects: [], issues: [] };
   const lineCounter = new LineCounter();
@@ -167,6 +176,12 @@ function parseDocuments(text: string, file: string): ParsedText {
       continue;
     }
     if (value === null || value === undefined) continue;
+    // An alias to a node that contains it (`spec: &a {self: *a}`) makes a cyclic value: every later walk
+    // (hashing, diffing) would recurse forever.
+    if (isCyclic(value)) {
+      result.issues.push({ code: 'CONFIG_YAML', file, line: nodeLine(document.contents, lineAt), object: undefined, field: undefined, message: 'an alias refers to a node that contains it (a cycle)' });
+      continue;
+    }
     // `kubectl get pods -o yaml` writes a v1 List; its items are objects like any other.
     if (isMapping(value) && value['kind'] === 'List' && value['apiVersion'] === 'v1' && Array.isArray(value['items'])) {
       value['items'].forEach((item, index) => addObject(result, item, ['items', index], document, file, lineAt));

@@ -67,7 +67,11 @@ export class InboundAuthorizer {
    * null otherwise: a workload without HTTP rules never has its HTTP parsed.
    */
   requestInspection(connection: InboundConnection): RequestInspection | null {
-    const policies = authorizationOf(this.#snapshot()).forWorkload(connection.destination);
+    // Asked after the upstream connect: the configuration may have changed since the stream opened.
+    const snapshot = this.#snapshot();
+    const current = snapshot.workloadByIp(connection.destinationIp);
+    if (current === undefined) return null;
+    const policies = authorizationOf(snapshot).forWorkload(current);
     if (!policies.hasL7Rules || !policies.httpPorts.has(connection.destinationPort)) return null;
     // One context per tunnel; each request only swaps in its facts.
     const ctx = contextOf(connection);

@@ -98,6 +98,11 @@ describe.concurrent('ambit authz check', () => {
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
   });
 
+  it('denies a request whose path has a malformed escape, as the proxy refuses it before any policy', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin%zz' } }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+  });
+
   it('allows by a later rule of the same policy and names that rule', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin' } }));
     expect(output).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 1 });

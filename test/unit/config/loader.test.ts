@@ -559,6 +559,17 @@ describe('parseConfigText', () => {
     expect(parseConfigText('# nothing here\n---\n---\n', 'empty.yaml')).toEqual([]);
   });
 
+  it('refuses an alias that refers to a node containing it, naming the file', () => {
+    let caught: unknown;
+    try {
+      parseConfigText('apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: loop }\nspec: &a { host: x, self: *a }\n', 'loop.yaml');
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toMatchObject({ code: 'CONFIG_YAML' });
+    expect((caught as Error).message).toContain('loop.yaml');
+  });
+
   it('bounds alias expansion', () => {
     const bomb = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]'];
     for (let level = 1; level < 8; level++) bomb.push(`${String.fromCharCode(97 + level)}: &${String.fromCharCode(97 + level)} [${Array(10).fill(`*${String.fromCharCode(96 + level)}`).join(',')}]`);
