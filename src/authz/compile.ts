@@ -3,6 +3,8 @@
 // prebuilt, every possible decision preallocated), so a decision parses nothing and allocates nothing.
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { ConfigObject } from '../config/objects.ts';
+import { buildVocabularies, buildWorkloadIndex } from './index.ts';
+import type { ListRules, Vocabularies, WorkloadIndex } from './index.ts';
 import { CidrSet, MethodMatcher, StringMatcher } from './match.ts';
 import type {
   AuthorizationPolicySpec,
@@ -125,6 +127,8 @@ export interface WorkloadPolicies {
    */
   readonly byPort: ReadonlyMap<number, RuleLists>;
   readonly otherPorts: RuleLists;
+  /** The same DENY and ALLOW rules as bitsets by port, source and method: what a decision reads. */
+  readonly index: WorkloadIndex;
   readonly hasL7Rules: boolean;
   /** Target ports of this workload declared HTTP by a Service (appProtocol or port name): evaluated per request. */
   readonly httpPorts: ReadonlySet<number>;
@@ -325,7 +329,7 @@ function ruleCanMatchPort(rule: CompiledRule, port: number | null): boolean {
   return false;
 }
 
-function indexByPort(all: RuleLists): { byPort: Map<number, RuleLists>; otherPorts: RuleLists } {
+function indexByPort(all: RuleLists, vocabularies: Vocabularies): { byPort: Map<number, RuleLists>; otherPorts: RuleLists; index: WorkloadIndex } {
   const named = new Set<number>();
   for (const list of [all.deny, all.allow, all.audit]) {
     for (const rule of list) {
@@ -336,14 +340,20 @@ function indexByPort(all: RuleLists): { byPort: Map<number, RuleLists>; otherPor
     }
   }
   const byPort = new Map<number, RuleLists>();
-  if (named.size === 0 || named.size > MAX_INDEXED_PORTS) return { byPort, otherPorts: all };
+  // No rule names a port: every operation admits every port, as the port-less narrowing says. Too many: not narrowed.
+  if (named.size === 0 || named.size > MAX_INDEXED_PORTS) {
+    return { byPort, otherPorts: all, index: buildWorkloadIndex([{ port: null, deny: all.deny, allow: all.allow, portsResolved: named.size === 0 }], vocabularies) };
+  }
   const narrow = (port: number | null): RuleLists => ({
     deny: all.deny.filter((rule) => ruleCanMatchPort(rule, port)),
     allow: all.allow.filter((rule) => ruleCanMatchPort(rule, port)),
     audit: all.audit.filter((rule) => ruleCanMatchPort(rule, port)),
   });
   for (const port of named) byPort.set(port, narrow(port));
-  return { byPort, otherPorts: narrow(null) };
+  const otherPorts = narrow(null);
+  const lists: ListRules[] = [...byPort].map(([port, rules]) => ({ port, deny: rules.deny, allow: rules.allow, portsResolved: true }));
+  lists.push({ port: null, deny: otherPorts.deny, allow: otherPorts.allow, portsResolved: true });
+  return { byPort, otherPorts, index: buildWorkloadIndex(lists, vocabularies) };
 }
 
 const STRENGTH: Record<Exclude<MtlsMode, 'UNSET'>, number> = { DISABLE: 0, PERMISSIVE: 1, STRICT: 2 };
@@ -378,6 +388,8 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     }
   }
   peerAuths.sort((a, b) => a.name.localeCompare(b.name));
+  // Every value and wildcard the policies write, with integer ids, shared by the indexes of all workloads.
+  const vocabularies = buildVocabularies(policies.flatMap((policy) => policy.rules));
   const meshWide = peerAuths.find((entry) => entry.namespace === rootNamespace && entry.spec.selector === undefined);
   const floor = meshWide?.enforce && meshWide.spec.mtls !== 'UNSET' ? { mode: meshWide.spec.mtls as Exclude<MtlsMode, 'UNSET'>, policy: meshWide.name } : null;
   const violations: EnforcementViolation[] = [];
@@ -447,7 +459,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
         allow.push(...policy.rules);
       }
     }
-    const { byPort, otherPorts } = indexByPort({ deny, allow, audit });
+    const { byPort, otherPorts, index } = indexByPort({ deny, allow, audit }, vocabularies);
     const mtls = mtlsFor(namespace, labels);
     const strictPlaintextPorts = new Map<number, Decision>();
     for (const [port, portMode] of mtls.ports) if (portMode === 'STRICT') strictPlaintextPorts.set(port, strictRefusal(mtls.portSetBy.get(port) ?? null));
@@ -459,6 +471,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       allowPolicyCount,
       byPort,
       otherPorts,
+      index,
       hasL7Rules: [...deny, ...allow, ...audit].some((rule) => rule.l7),
       httpPorts,
       mtls,

@@ -12,6 +12,8 @@
 //   'request'  one HTTP request: every field is known.
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
+import type { Term } from './index.ts';
+import { L_ALL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PRINCIPAL_ROW, ipMask, listFor, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
@@ -41,13 +43,21 @@ export interface HttpRequestFacts {
 const YES = 1;
 const NO = 0;
 
-function sourceMatches(source: CompiledSource, ctx: AuthzContext): boolean {
-  const principal = ctx.sourcePrincipal;
+function sourcePrincipalMatches(source: CompiledSource, principal: string | null): boolean {
   if (source.principals !== null && (principal === null || !source.principals.matches(principal))) return false;
-  if (source.notPrincipals !== null && principal !== null && source.notPrincipals.matches(principal)) return false;
-  const namespace = ctx.sourceNamespace;
+  return source.notPrincipals === null || principal === null || !source.notPrincipals.matches(principal);
+}
+
+function sourceNamespaceMatches(source: CompiledSource, namespace: string | null): boolean {
   if (source.namespaces !== null && (namespace === null || !source.namespaces.matches(namespace))) return false;
-  if (source.notNamespaces !== null && namespace !== null && source.notNamespaces.matches(namespace)) return false;
+  return source.notNamespaces === null || namespace === null || !source.notNamespaces.matches(namespace);
+}
+
+function sourceMatches(source: CompiledSource, ctx: AuthzContext): boolean {
+  return sourcePrincipalMatches(source, ctx.sourcePrincipal) && sourceNamespaceMatches(source, ctx.sourceNamespace) && sourceIpMatches(source, ctx);
+}
+
+function sourceIpMatches(source: CompiledSource, ctx: AuthzContext): boolean {
   const ip = ctx.sourceIp;
   if (source.ipBlocks !== null && (ip === null || !source.ipBlocks.contains(ip))) return false;
   if (source.notIpBlocks !== null && ip !== null && source.notIpBlocks.contains(ip)) return false;
@@ -73,21 +83,31 @@ function hostMatches(matcher: StringMatcher, host: string): boolean {
   return colon + 1 < host.length && matcher.matches(host.slice(0, colon));
 }
 
-/** `ignoreL7`: treat HTTP fields as matching (DENY at 'tcp', ALLOW's L4 part at 'connect'). */
-function operationMatches(operation: CompiledOperation, ctx: AuthzContext, ignoreL7: boolean): boolean {
-  const port = ctx.destinationPort;
-  if (operation.ports !== null && !operation.ports.has(port)) return false;
-  if (operation.notPorts !== null && operation.notPorts.has(port)) return false;
-  if (!operation.l7 || ignoreL7) return true;
-  const request = ctx.request;
+function portMatches(operation: CompiledOperation, port: number): boolean {
+  return (operation.ports === null || operation.ports.has(port)) && (operation.notPorts === null || !operation.notPorts.has(port));
+}
+
+/** The HTTP fields of an operation but its methods (the index settles those); false without a request. */
+function operationHostPathMatches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
   if (request === null) return false;
   if (operation.hosts !== null && !hostMatches(operation.hosts, request.host)) return false;
   if (operation.notHosts !== null && hostMatches(operation.notHosts, request.host)) return false;
+  if (operation.paths !== null && !operation.paths.matches(request.path)) return false;
+  return operation.notPaths === null || !operation.notPaths.matches(request.path);
+}
+
+/** The HTTP fields of an operation (hosts, methods, paths); false without a request. */
+function operationL7Matches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
+  if (request === null) return false;
   if (operation.methods !== null && !operation.methods.matches(request.method)) return false;
   if (operation.notMethods !== null && operation.notMethods.matches(request.method)) return false;
-  if (operation.paths !== null && !operation.paths.matches(request.path)) return false;
-  if (operation.notPaths !== null && operation.notPaths.matches(request.path)) return false;
-  return true;
+  return operationHostPathMatches(operation, request);
+}
+
+/** `ignoreL7`: treat HTTP fields as matching (DENY at 'tcp', ALLOW's L4 part at 'connect'). */
+function operationMatches(operation: CompiledOperation, ctx: AuthzContext, ignoreL7: boolean): boolean {
+  if (!portMatches(operation, ctx.destinationPort)) return false;
+  return !operation.l7 || ignoreL7 || operationL7Matches(operation, ctx.request);
 }
 
 function valuesContain(values: CompiledValues, text: string | null, ip: IpAddress | null, port: number): boolean {
@@ -159,33 +179,99 @@ export function mtlsModeFor(policies: WorkloadPolicies, port: number): 'STRICT' 
   return policies.mtls.ports.get(port) ?? policies.mtls.mode;
 }
 
+/**
+ * Whether a term picked by the masks matches: the masks settled its source (principal, namespace, IP) and, per
+ * request, its methods; what is left is the port when the list was not narrowed to one, the hosts and paths, and
+ * the rule's conditions.
+ */
+function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsResolved: boolean): boolean {
+  const operation = term.operation;
+  if (operation !== null) {
+    if (!portsResolved && !portMatches(operation, ctx.destinationPort)) return false;
+    if (operation.l7 && !ignoreL7 && !operationHostPathMatches(operation, ctx.request)) return false;
+  }
+  const when = term.rule.when;
+  if (when !== null) {
+    for (let i = 0; i < when.length; i++) if (!conditionMatches(when[i] as CompiledCondition, ctx, ignoreL7)) return false;
+  }
+  return true;
+}
+
 export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): Decision {
   // PeerAuthentication STRICT: a connection without a peer identity never gets as far as the policies; a request
   // on such a connection (a dry run can ask) is refused the same way.
   if (ctx.sourcePrincipal === null && mtlsModeFor(policies, ctx.destinationPort) === 'STRICT') return policies.strictPlaintextPorts.get(ctx.destinationPort) ?? policies.strictPlaintext;
-  // Only the rules that can match this destination port, in policy order.
-  const lists = policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts;
-  const deny = lists.deny;
-  for (let i = 0; i < deny.length; i++) {
-    const rule = deny[i] as CompiledRule;
-    if (rule.l7) {
-      if (moment === 'connect') continue; // decided per request
-      if (moment === 'tcp' ? ruleMatches(rule, ctx, true) : ruleMatches(rule, ctx, false)) return rule.decision;
-    } else if (ruleMatches(rule, ctx, false)) {
-      return rule.decision;
+  // Only the rules that can match this destination port, and of those only the terms the source and the method
+  // admit (src/authz/index.ts), tried in policy order.
+  const index = policies.index;
+  const bits = index.data;
+  const list = listFor(bits, ctx.destinationPort);
+  const words = bits[list + L_WORDS] as number;
+  const work = scratchFor(words);
+  const vocabularies = index.vocabularies;
+  const allAt = bits[list + L_ALL] as number;
+  const principalHeader = bits[list + L_PRINCIPAL] as number;
+  const namespaceHeader = bits[list + L_NAMESPACE] as number;
+  const methodHeader = bits[list + L_METHOD] as number;
+  const ipHeader = bits[list + L_IP] as number;
+  // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
+  const principalAt = principalHeader < 0 ? allAt : stringMask(bits, words, principalHeader, vocabularies.principals, ctx.sourcePrincipal, work, PRINCIPAL_ROW);
+  const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, work, NAMESPACE_ROW);
+  const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work);
+  const request = ctx.request;
+  const methodAt = methodHeader < 0 || moment !== 'request' || request === null ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, work, METHOD_ROW);
+  const principalBits = principalAt >= 0 ? bits : work;
+  const principalOffset = principalAt >= 0 ? principalAt : ~principalAt;
+  const namespaceBits = namespaceAt >= 0 ? bits : work;
+  const namespaceOffset = namespaceAt >= 0 ? namespaceAt : ~namespaceAt;
+  const ipBits = ipAt >= 0 ? bits : work;
+  const ipOffset = ipAt >= 0 ? ipAt : ~ipAt;
+  const methodBits = methodAt >= 0 ? bits : work;
+  const methodOffset = methodAt >= 0 ? methodAt : ~methodAt;
+  const l4RulesAt = bits[list + L_L4_RULES] as number;
+  // A candidate outside the check mask matches by its bit alone.
+  const checkAt = bits[list + (moment === 'request' ? L_CHECK_REQUEST : L_CHECK_L4)] as number;
+  const slotBase = bits[list + L_SLOT_BASE] as number;
+  const portsResolved = bits[list + L_PORTS_RESOLVED] === 1;
+  const terms = index.terms;
+  const decisions = index.decisions;
+
+  // DENY: at 'connect' rules with HTTP fields wait for the request; at 'tcp' they apply with those fields ignored.
+  const denyWords = bits[list + L_DENY_WORDS] as number;
+  const denyIgnoresL7 = moment !== 'request';
+  for (let w = 0; w < denyWords; w++) {
+    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number);
+    if (moment === 'connect') word &= bits[l4RulesAt + w] as number;
+    while (word !== 0) {
+      const low = word & -word;
+      word ^= low;
+      const slot = slotBase + w * 32 + 31 - Math.clz32(low);
+      if ((low & (bits[checkAt + w] as number)) === 0) return decisions[slot] as Decision;
+      const term = terms[slot] as Term;
+      if (termMatches(term, ctx, denyIgnoresL7, portsResolved)) return term.rule.decision;
     }
   }
   if (policies.allowPolicyCount === 0) return ALLOW_NO_POLICY;
-  const allow = lists.allow;
+
+  // ALLOW: at 'tcp' a rule with HTTP fields never matches; at 'connect' its L4 part lets the connection open, deferred.
   let deferred: Decision | null = null;
-  for (let i = 0; i < allow.length; i++) {
-    const rule = allow[i] as CompiledRule;
-    if (!rule.l7 || moment === 'request') {
-      if (ruleMatches(rule, ctx, false)) return rule.decision;
-    } else if (moment === 'connect' && deferred === null && ruleMatches(rule, ctx, true)) {
-      deferred = rule.deferredDecision;
+  for (let w = denyWords; w < words; w++) {
+    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number);
+    if (moment === 'tcp') word &= bits[l4RulesAt + w] as number;
+    while (word !== 0) {
+      const low = word & -word;
+      word ^= low;
+      const slot = slotBase + w * 32 + 31 - Math.clz32(low);
+      if (moment !== 'connect' || (low & (bits[l4RulesAt + w] as number)) !== 0) {
+        // The rule decides now.
+        if ((low & (bits[checkAt + w] as number)) === 0) return decisions[slot] as Decision;
+        const term = terms[slot] as Term;
+        if (termMatches(term, ctx, false, portsResolved)) return term.rule.decision;
+      } else if (deferred === null) {
+        const term = terms[slot] as Term;
+        if (termMatches(term, ctx, true, portsResolved)) deferred = term.rule.deferredDecision;
+      }
     }
-    // moment 'tcp' and an HTTP rule: it can never match here.
   }
   return deferred ?? policies.noMatch;
 }

@@ -119,10 +119,13 @@ function maskWords(prefix: number, words: number): Uint32Array {
 
 /** A set of CIDRs (single IPs are /32 or /128), matched by masking: host bits in a block are ignored, as Istio does. */
 export class CidrSet {
+  /** As written (canonical after validation), for the rule index. */
+  readonly blocks: readonly string[];
   readonly #v4: Cidr4[] = [];
   readonly #v6: Cidr6[] = [];
 
   constructor(blocks: readonly string[]) {
+    this.blocks = blocks;
     for (const block of blocks) {
       const slash = block.indexOf('/');
       const ip = parseIp(slash < 0 ? block : block.slice(0, slash));
@@ -169,6 +172,8 @@ const METHOD_BITS = new Map<string, number>(STANDARD_METHODS.map((method, i) => 
  * (`*`, `GE*`, `*CH`) through a StringMatcher only when a policy uses them.
  */
 export class MethodMatcher {
+  /** The same methods as plain string patterns (the same semantics, without the bitmask), for the rule index. */
+  readonly patterns: StringMatcher;
   readonly #bits: number;
   readonly #others: ReadonlySet<string>;
   readonly #wildcards: StringMatcher | null;
@@ -189,6 +194,7 @@ export class MethodMatcher {
     this.#bits = bits;
     this.#others = others;
     this.#wildcards = wildcards.length > 0 ? new StringMatcher(wildcards) : null;
+    this.patterns = new StringMatcher(methods);
   }
 
   matches(method: string): boolean {

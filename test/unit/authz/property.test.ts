@@ -22,6 +22,8 @@ import type { Moment, ReferenceDestination, ReferenceHttp, ReferenceRequest } fr
 const ROOT = 'istio-system';
 const NAMESPACES = [ROOT, 'shop', 'front'];
 const PRINCIPALS = ['cluster.local/ns/front/sa/client', 'cluster.local/ns/shop/sa/web', 'cluster.local/ns/ops/sa/admin', 'other.example/ns/front/sa/client'];
+/** Principals no pattern names exactly: only wildcards and `not` lists can say anything about them. */
+const UNNAMED_PRINCIPALS = ['cluster.local/ns/front/sa/other', 'far.example/ns/zz/sa/admin'];
 const PRINCIPAL_PATTERNS = [...PRINCIPALS, '*', 'cluster.local/*', '*/sa/client', 'cluster.local/ns/front/*', '*/ns/ops/sa/admin'];
 const NAMESPACE_PATTERNS = ['front', 'shop', 'ops', '*', 'fr*', '*op', 'o*'];
 const SOURCE_IPS = ['10.0.0.5', '10.0.1.7', '192.168.1.1', '2001:db8::7', '2001:db9::1'];
@@ -205,6 +207,22 @@ const worldArb = fc.record({
   probes: fc.array(probeArb, { minLength: 1, maxLength: 8 }),
 });
 
+/**
+ * Probes the rule index's harder paths: principals no policy names, a namespace that does not follow from the
+ * principal (a dry run may say anything), and enough policies that a workload's terms fill several 32-bit words.
+ */
+const unnamedProbeArb: fc.Arbitrary<Probe> = fc.record({
+  probe: probeArb,
+  principal: fc.option(fc.constantFrom(...UNNAMED_PRINCIPALS, ...PRINCIPALS), { nil: null, freq: 6 }),
+  namespace: fc.option(fc.constantFrom('front', 'shop', 'ops', 'zz', ''), { nil: null, freq: 6 }),
+}).map(({ probe, principal, namespace }) => ({ ...probe, request: { ...probe.request, principal, namespace } }));
+
+const crowdedWorldArb = fc.record({
+  policies: fc.array(policyArb, { minLength: 30, maxLength: 60 }),
+  peerAuthentications: fc.array(peerAuthenticationArb, { maxLength: 2 }),
+  probes: fc.array(unnamedProbeArb, { minLength: 4, maxLength: 12 }),
+});
+
 // ---- the properties ----
 
 type Outcome = 'allow-default' | 'allow-rule' | 'allow-deferred' | 'deny-rule' | 'deny-no-match' | 'deny-strict';
@@ -240,6 +258,32 @@ describe('the compiled matcher and the reference evaluator', () => {
     for (const outcome of ['allow-default', 'allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match', 'deny-strict'] as const) {
       expect(outcomes.get(outcome) ?? 0, `${outcome} of ${probes} probes`).toBeGreaterThan(probes / 200);
     }
+  });
+
+  it('agree with many policies per workload, and for principals and namespaces no policy names', () => {
+    const outcomes = new Map<Outcome, number>();
+    let probes = 0;
+    let wide = 0;
+    fc.assert(
+      fc.property(crowdedWorldArb, ({ policies, peerAuthentications, probes: generated }) => {
+        const loaded = loadObjects(objectsOf(policies, peerAuthentications));
+        for (const { destination, request, moment } of generated) {
+          const compiled = compiledDecision(loaded, destination, request, moment);
+          const reference = referenceDecide(loaded.world, destination, request, moment);
+          expect({ allow: compiled.allow, policy: compiled.policy, rule: compiled.rule, deferred: compiled.deferred }, JSON.stringify({ destination, request, moment })).toEqual(reference);
+          outcomes.set(outcomeOf(reference), (outcomes.get(outcomeOf(reference)) ?? 0) + 1);
+          probes++;
+          const matcher = matcherFor(loaded, destination);
+          if (matcher.deny.length + matcher.allow.length > 32) wide++;
+        }
+      }),
+      { numRuns: 400 },
+    );
+    for (const outcome of ['allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match'] as const) {
+      expect(outcomes.get(outcome) ?? 0, `${outcome} of ${probes} probes`).toBeGreaterThan(probes / 200);
+    }
+    // Lists longer than one mask word were exercised.
+    expect(wide, `of ${probes} probes`).toBeGreaterThan(probes / 40);
   });
 
   it('agree on which policies apply to a workload (scope), and explain names the deciding rule as matched', () => {

@@ -1,0 +1,568 @@
+// The candidate index of a workload's rules for one destination port, built when the configuration compiles: for
+// the peer's principal, namespace and IP and the request's method, which rules can match, as bitsets. A decision
+// ANDs four masks and checks only the rules left (their hosts, paths and conditions), in policy order, instead of
+// scanning every rule.
+//
+// A rule is the OR of its (source × operation) pairs, its `when` conditions holding for each; each pair is a
+// "term" with one bit, terms ordered by rule so the lowest set bit is the first rule in policy order. DENY terms
+// take the first `denyWords` 32-bit words, ALLOW terms the words after them.
+//
+// Masks are exact. A string field (principal, namespace, method) has a Vocabulary per configuration: every value
+// and every wildcard the policies write, each with an integer id, and for each value the wildcards it matches. A
+// list keeps the ids of the values its rules name, sorted, each with its precomputed mask (every pattern of the
+// list, `not` lists included, evaluated against it). Any other value starts from the terms that do not constrain
+// the field and adds or removes the terms of each wildcard it matches: found by merging id lists when the value
+// is in the vocabulary, by startsWith/endsWith only for a value no policy names. An IP is tested against each
+// distinct block of the list once. Everything a decision reads of a list is in one Int32Array.
+import type { CompiledOperation, CompiledRule, CompiledSource, Decision } from './compile.ts';
+import type { IpAddress, StringMatcher } from './match.ts';
+import { CidrSet, parseIp } from './match.ts';
+
+/** One (source, operation) pair of a rule; null stands for an absent `from` or `to`. */
+export interface Term {
+  readonly rule: CompiledRule;
+  readonly source: CompiledSource | null;
+  readonly operation: CompiledOperation | null;
+}
+
+// Wildcard kinds, as Istio writes them: `*` (any non-empty value), `x*`, `*x`.
+const PRESENCE = 0;
+const PREFIX = 1;
+const SUFFIX = 2;
+
+function wildcardMatches(kind: number, text: string, value: string): boolean {
+  return kind === PRESENCE ? value.length > 0 : kind === PREFIX ? value.startsWith(text) : value.endsWith(text);
+}
+
+/** Beyond this many (value, wildcard) pairs the vocabulary does not precompute matches; decisions test strings. */
+const MAX_PRECOMPUTED_PAIRS = 4_000_000;
+
+/** The values and wildcards one field's policies write, with integer ids; built once per configuration. */
+export class Vocabulary {
+  readonly ids = new Map<string, number>();
+  readonly #wildIds = new Map<string, number>();
+  readonly wildKinds: number[] = [];
+  readonly wildTexts: string[] = [];
+  /** Per value id, the ids of the wildcards it matches, ascending; null when too many pairs to precompute. */
+  matched: Int32Array[] | null = null;
+  #values: string[] = [];
+
+  add(matcher: StringMatcher | null): void {
+    if (matcher === null) return;
+    for (const value of matcher.exact) this.valueId(value);
+    for (const [kind, text] of wildcardsOf(matcher)) this.wildcardId(kind, text);
+  }
+
+  valueId(value: string): number {
+    let id = this.ids.get(value);
+    if (id === undefined) {
+      this.ids.set(value, (id = this.ids.size));
+      this.#values.push(value);
+      // Seen only after sealing: the precomputed matches no longer cover every value; decisions test strings.
+      this.matched = null;
+    }
+    return id;
+  }
+
+  wildcardId(kind: number, text: string): number {
+    const key = `${kind}:${text}`;
+    let id = this.#wildIds.get(key);
+    if (id === undefined) {
+      this.#wildIds.set(key, (id = this.wildKinds.length));
+      this.wildKinds.push(kind);
+      this.wildTexts.push(text);
+      this.matched = null;
+    }
+    return id;
+  }
+
+  /** Precomputes each value's wildcards; call once every policy was added. */
+  seal(): void {
+    const values = this.#values;
+    if (values.length * this.wildKinds.length > MAX_PRECOMPUTED_PAIRS) return;
+    this.matched = values.map((value) => {
+      const hits: number[] = [];
+      for (let id = 0; id < this.wildKinds.length; id++) if (wildcardMatches(this.wildKinds[id] as number, this.wildTexts[id] as string, value)) hits.push(id);
+      return Int32Array.from(hits);
+    });
+  }
+}
+
+export interface Vocabularies {
+  readonly principals: Vocabulary;
+  readonly namespaces: Vocabulary;
+  readonly methods: Vocabulary;
+}
+
+export function buildVocabularies(rules: Iterable<CompiledRule>): Vocabularies {
+  const principals = new Vocabulary();
+  const namespaces = new Vocabulary();
+  const methods = new Vocabulary();
+  for (const rule of rules) {
+    for (const source of rule.from ?? []) {
+      principals.add(source.principals);
+      principals.add(source.notPrincipals);
+      namespaces.add(source.namespaces);
+      namespaces.add(source.notNamespaces);
+    }
+    for (const operation of rule.to ?? []) {
+      methods.add(operation.methods?.patterns ?? null);
+      methods.add(operation.notMethods?.patterns ?? null);
+    }
+  }
+  principals.seal();
+  namespaces.seal();
+  methods.seal();
+  return { principals, namespaces, methods };
+}
+
+// Layout of a string dimension's header in the index data (all offsets into data).
+const KEY_IDS = 0; // sorted value ids this list names
+const KEY_COUNT = 1;
+const KEY_MASKS = 2; // the k-th key's mask at KEY_MASKS + k * words
+const NULL_MASK = 3;
+const BASE_MASK = 4; // a value no rule of the list names, before wildcards
+const WILD_IDS = 5; // sorted wildcard ids of the list
+const WILD_COUNT = 6;
+const WILD_POS = 7; // per wildcard: offset of the mask of terms it admits, or -1
+const WILD_NEG = 8; // per wildcard: offset of the mask of terms it excludes, or -1
+const STRING_HEADER = 9;
+
+// Layout of the IP dimension's header.
+const IP_NULL_MASK = 0;
+const IP_NO_BLOCKS = 1; // terms without ipBlocks
+const IP_NO_REMOTE = 2; // terms without remoteIpBlocks
+const IP_V4 = 3; // v4 blocks, 5 ints each: network, mask, blocks mask, remote mask, not mask (offsets or -1)
+const IP_V4_COUNT = 4;
+const IP_V6 = 5; // v6 blocks, 4 ints each: index in WorkloadIndex.v6, then the three masks
+const IP_V6_COUNT = 6;
+const IP_HEADER = 7;
+
+// Layout of one list's header (one destination port, or every port no rule names).
+export const L_WORDS = 0; // words per mask
+export const L_DENY_WORDS = 1; // DENY terms fill the first words, ALLOW terms the rest
+export const L_SLOT_BASE = 2; // bit b of word w is slot L_SLOT_BASE + w * 32 + b of terms and decisions
+export const L_L4_RULES = 3; // terms of rules without HTTP fields (DENY at 'connect' and ALLOW at 'tcp' read only these)
+// Terms the masks do not settle with HTTP fields ignored (conditions, or ports when not narrowed to one), and per
+// request (those, plus hosts and paths); the others match as soon as their bit is set.
+export const L_CHECK_L4 = 4;
+export const L_CHECK_REQUEST = 5;
+export const L_ALL = 6; // every term: the mask of a field no term constrains
+export const L_PRINCIPAL = 7; // dimension headers, or -1 when no term constrains the field
+export const L_NAMESPACE = 8;
+export const L_METHOD = 9;
+export const L_IP = 10;
+export const L_PORTS_RESOLVED = 11; // 1: narrowed to one port, so every term admits it and ports need no check
+const LIST_HEADER = 12;
+
+/**
+ * A workload's rules for every destination port, for decisions. `data` starts with the port table (count, the
+ * ports, their lists' header offsets, then the header of the list for any other port), then each list's header,
+ * masks and key tables.
+ */
+export interface WorkloadIndex {
+  readonly data: Int32Array;
+  /** Per slot, the term; null in padding slots. */
+  readonly terms: readonly (Term | null)[];
+  /** Per slot, the decision of the term's rule: returned without reading the term when it needs no check. */
+  readonly decisions: readonly (Decision | null)[];
+  readonly v6: readonly CidrSet[];
+  readonly vocabularies: Vocabularies;
+}
+
+/** The header offset of the list for a destination port: a scan of the few ports rules name. */
+export function listFor(data: Int32Array, port: number): number {
+  const count = data[0] as number;
+  let i = 1;
+  const end = 1 + count;
+  while (i < end && data[i] !== port) i++;
+  return data[i + count] as number;
+}
+
+const BITS = 32;
+
+/** The index data being laid out: masks (`words` each, for the list being built) and plain ints. */
+class Layout {
+  words = 1;
+  readonly data: number[] = [];
+
+  mask(): number {
+    return this.ints(this.words);
+  }
+
+  ints(count: number): number {
+    const at = this.data.length;
+    for (let i = 0; i < count; i++) this.data.push(0);
+    return at;
+  }
+
+  setBit(at: number, slot: number): void {
+    const index = at + (slot >>> 5);
+    this.data[index] = ((this.data[index] as number) | (1 << (slot & 31))) | 0;
+  }
+
+  write(at: number, values: readonly number[]): void {
+    values.forEach((value, i) => (this.data[at + i] = value));
+  }
+}
+
+/** Terms of one rule, keeping only operations that admit `port` (null: a port no rule names) when ports resolve. */
+function termsOf(rule: CompiledRule, port: number | null, portsResolved: boolean): Term[] {
+  const operations: (CompiledOperation | null)[] = [];
+  for (const operation of rule.to ?? [null]) {
+    if (operation !== null && portsResolved) {
+      if (port === null ? operation.ports !== null : (operation.ports !== null && !operation.ports.has(port)) || (operation.notPorts !== null && operation.notPorts.has(port))) continue;
+    }
+    operations.push(operation);
+  }
+  const terms: Term[] = [];
+  for (const source of rule.from ?? [null]) for (const operation of operations) terms.push({ rule, source, operation });
+  return terms;
+}
+
+type Patterns = (term: Term) => readonly [StringMatcher | null, StringMatcher | null];
+
+function hasWildcard(matcher: StringMatcher): boolean {
+  return matcher.presence || matcher.prefixes.length > 0 || matcher.suffixes.length > 0;
+}
+
+function wildcardsOf(matcher: StringMatcher): [number, string][] {
+  return [
+    ...(matcher.presence ? [[PRESENCE, ''] as [number, string]] : []),
+    ...matcher.prefixes.map((text): [number, string] => [PREFIX, text]),
+    ...matcher.suffixes.map((text): [number, string] => [SUFFIX, text]),
+  ];
+}
+
+/** The header offset, or -1 when no term constrains the field (its mask would be every term, for every value). */
+function buildStringDimension(terms: readonly (Term | null)[], patterns: Patterns, vocabulary: Vocabulary, layout: Layout): number {
+  const keyMasks = new Map<number, number>();
+  const wild = new Map<number, { posAt: number; negAt: number }>();
+  let constrained = false;
+  for (const term of terms) {
+    if (term === null) continue;
+    for (const matcher of patterns(term)) {
+      if (matcher === null) continue;
+      constrained = true;
+      for (const value of matcher.exact) keyMasks.set(vocabulary.valueId(value), -1);
+      for (const [kind, text] of wildcardsOf(matcher)) wild.set(vocabulary.wildcardId(kind, text), { posAt: -1, negAt: -1 });
+    }
+  }
+  if (!constrained) return -1;
+  const keyIds = [...keyMasks.keys()].sort((a, b) => a - b);
+  const wildIds = [...wild.keys()].sort((a, b) => a - b);
+  const header = layout.ints(STRING_HEADER);
+  const keyIdsAt = layout.ints(keyIds.length);
+  const keyMasksAt = layout.ints(keyIds.length * layout.words);
+  keyIds.forEach((id, k) => {
+    layout.data[keyIdsAt + k] = id;
+    keyMasks.set(id, keyMasksAt + k * layout.words);
+  });
+  // The values this list names, with their masks' offsets, to evaluate each term's lists against.
+  const named = new Map<string, number>();
+  for (const term of terms) {
+    if (term === null) continue;
+    for (const matcher of patterns(term)) if (matcher !== null) for (const value of matcher.exact) named.set(value, keyMasks.get(vocabulary.valueId(value)) as number);
+  }
+  const nullAt = layout.mask();
+  const baseAt = layout.mask();
+  const entry = (kind: number, text: string) => wild.get(vocabulary.wildcardId(kind, text)) as { posAt: number; negAt: number };
+  for (let slot = 0; slot < terms.length; slot++) {
+    const term = terms[slot];
+    if (term === null || term === undefined) continue;
+    const [positive, negative] = patterns(term);
+    // An absent value passes only an absent positive list: a `not` list never excludes an absent value.
+    if (positive === null) {
+      layout.setBit(nullAt, slot);
+      layout.setBit(baseAt, slot);
+    } else {
+      for (const [kind, text] of wildcardsOf(positive)) {
+        const found = entry(kind, text);
+        if (found.posAt < 0) found.posAt = layout.mask();
+        layout.setBit(found.posAt, slot);
+      }
+    }
+    if (negative !== null) {
+      for (const [kind, text] of wildcardsOf(negative)) {
+        const found = entry(kind, text);
+        if (found.negAt < 0) found.negAt = layout.mask();
+        layout.setBit(found.negAt, slot);
+      }
+    }
+    if (positive !== null && negative === null && !hasWildcard(positive)) {
+      // A plain exact list touches only its own keys.
+      for (const value of positive.exact) layout.setBit(named.get(value) as number, slot);
+    } else {
+      for (const [value, at] of named) {
+        if ((positive === null || positive.matches(value)) && (negative === null || !negative.matches(value))) layout.setBit(at, slot);
+      }
+    }
+  }
+  const wildIdsAt = layout.ints(wildIds.length);
+  const wildPosAt = layout.ints(wildIds.length);
+  const wildNegAt = layout.ints(wildIds.length);
+  wildIds.forEach((id, i) => {
+    const found = wild.get(id) as { posAt: number; negAt: number };
+    layout.data[wildIdsAt + i] = id;
+    layout.data[wildPosAt + i] = found.posAt;
+    layout.data[wildNegAt + i] = found.negAt;
+  });
+  layout.write(header, [keyIdsAt, keyIds.length, keyMasksAt, nullAt, baseAt, wildIdsAt, wildIds.length, wildPosAt, wildNegAt]);
+  return header;
+}
+
+function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Sets: CidrSet[]): number {
+  interface Entry { readonly block: string; blocksAt: number; remoteAt: number; negAt: number }
+  let constrained = false;
+  for (const term of terms) {
+    const source = term?.source;
+    if (source && (source.ipBlocks !== null || source.notIpBlocks !== null || source.remoteIpBlocks !== null || source.notRemoteIpBlocks !== null)) constrained = true;
+  }
+  if (!constrained) return -1;
+  const entries = new Map<string, Entry>();
+  const note = (set: CidrSet | null, slot: number, field: 'blocksAt' | 'remoteAt' | 'negAt') => {
+    if (set === null) return;
+    for (const block of set.blocks) {
+      let found = entries.get(block);
+      if (found === undefined) entries.set(block, (found = { block, blocksAt: -1, remoteAt: -1, negAt: -1 }));
+      if (found[field] < 0) found[field] = layout.mask();
+      layout.setBit(found[field], slot);
+    }
+  };
+  const header = layout.ints(IP_HEADER);
+  const nullAt = layout.mask();
+  const noBlocksAt = layout.mask();
+  const noRemoteAt = layout.mask();
+  for (let slot = 0; slot < terms.length; slot++) {
+    const term = terms[slot];
+    if (term === null || term === undefined) continue;
+    const source = term.source;
+    if (source === null || source.ipBlocks === null) layout.setBit(noBlocksAt, slot);
+    if (source === null || source.remoteIpBlocks === null) layout.setBit(noRemoteAt, slot);
+    // Without a source IP, positive lists fail and `not` lists are skipped.
+    if (source === null || (source.ipBlocks === null && source.remoteIpBlocks === null)) layout.setBit(nullAt, slot);
+    if (source === null) continue;
+    note(source.ipBlocks, slot, 'blocksAt');
+    note(source.remoteIpBlocks, slot, 'remoteAt');
+    note(source.notIpBlocks, slot, 'negAt');
+    note(source.notRemoteIpBlocks, slot, 'negAt');
+  }
+  const v4: number[] = [];
+  const v6: number[] = [];
+  for (const found of entries.values()) {
+    const slash = found.block.indexOf('/');
+    const address = parseIp(slash < 0 ? found.block : found.block.slice(0, slash)) as IpAddress;
+    if (address.family === 4) {
+      const prefix = slash < 0 ? 32 : Number(found.block.slice(slash + 1));
+      const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) | 0;
+      v4.push(address.v4 & mask, mask, found.blocksAt, found.remoteAt, found.negAt);
+    } else {
+      v6.push(v6Sets.length, found.blocksAt, found.remoteAt, found.negAt);
+      v6Sets.push(new CidrSet([found.block]));
+    }
+  }
+  const v4At = layout.ints(v4.length);
+  layout.write(v4At, v4);
+  const v6At = layout.ints(v6.length);
+  layout.write(v6At, v6);
+  layout.write(header, [nullAt, noBlocksAt, noRemoteAt, v4At, v4.length / 5, v6At, v6.length / 4]);
+  return header;
+}
+
+const principalsOf: Patterns = (term) => (term.source === null ? [null, null] : [term.source.principals, term.source.notPrincipals]);
+const namespacesOf: Patterns = (term) => (term.source === null ? [null, null] : [term.source.namespaces, term.source.notNamespaces]);
+const methodsOf: Patterns = (term) => (term.operation === null ? [null, null] : [term.operation.methods?.patterns ?? null, term.operation.notMethods?.patterns ?? null]);
+
+/** One list to index: the rules that can match a destination port (null: any port no rule names). */
+export interface ListRules {
+  readonly port: number | null;
+  readonly deny: readonly CompiledRule[];
+  readonly allow: readonly CompiledRule[];
+  /** false when the lists were not narrowed by port (too many ports): decisions then check ports. */
+  readonly portsResolved: boolean;
+}
+
+function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Sets: CidrSet[], vocabularies: Vocabularies): number {
+  const denyTerms = list.deny.flatMap((rule) => termsOf(rule, list.port, list.portsResolved));
+  const allowTerms = list.allow.flatMap((rule) => termsOf(rule, list.port, list.portsResolved));
+  const denyWords = Math.ceil(denyTerms.length / BITS);
+  const words = Math.max(1, denyWords + Math.ceil(allowTerms.length / BITS));
+  const terms = new Array<Term | null>(words * BITS).fill(null);
+  denyTerms.forEach((term, i) => (terms[i] = term));
+  allowTerms.forEach((term, i) => (terms[denyWords * BITS + i] = term));
+  const slotBase = slots.length;
+  slots.push(...terms);
+
+  layout.words = words;
+  const header = layout.ints(LIST_HEADER);
+  const allAt = layout.mask();
+  const l4RulesAt = layout.mask();
+  const checkL4At = layout.mask();
+  const checkRequestAt = layout.mask();
+  for (let slot = 0; slot < terms.length; slot++) {
+    const term = terms[slot];
+    if (term === null || term === undefined) continue;
+    layout.setBit(allAt, slot);
+    if (!term.rule.l7) layout.setBit(l4RulesAt, slot);
+    const operation = term.operation;
+    const checkL4 = term.rule.when !== null || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null));
+    if (checkL4) layout.setBit(checkL4At, slot);
+    if (checkL4 || (operation !== null && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null))) layout.setBit(checkRequestAt, slot);
+  }
+  const principal = buildStringDimension(terms, principalsOf, vocabularies.principals, layout);
+  const namespace = buildStringDimension(terms, namespacesOf, vocabularies.namespaces, layout);
+  const method = buildStringDimension(terms, methodsOf, vocabularies.methods, layout);
+  const ip = buildIpDimension(terms, layout, v6Sets);
+  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0]);
+  return header;
+}
+
+/** `lists`: one per port rules name, and last the list for any other port. `vocabularies` must have seen every rule. */
+export function buildWorkloadIndex(lists: readonly ListRules[], vocabularies: Vocabularies): WorkloadIndex {
+  const layout = new Layout();
+  const named = lists.slice(0, -1);
+  const table = layout.ints(2 + 2 * named.length);
+  const slots: (Term | null)[] = [];
+  const v6: CidrSet[] = [];
+  const headers = lists.map((list) => buildList(list, layout, slots, v6, vocabularies));
+  layout.write(table, [named.length, ...named.map((list) => list.port as number), ...headers]);
+  return { data: Int32Array.from(layout.data), terms: slots, decisions: slots.map((term) => term?.rule.decision ?? null), v6, vocabularies };
+}
+
+// ---- per decision ----
+
+/**
+ * Work space for the masks computed per decision (values no rule of the list names, IPs): grown when a
+ * configuration needs more, never per decision. Decisions are synchronous, so one is enough.
+ */
+let scratch = new Int32Array(8 * 6);
+
+// Rows of the scratch space.
+export const PRINCIPAL_ROW = 0;
+export const NAMESPACE_ROW = 1;
+export const METHOD_ROW = 2;
+const IP_ROW = 3;
+const IP_REMOTE_ROW = 4;
+const IP_NEG_ROW = 5;
+const ROWS = 6;
+
+export function scratchFor(words: number): Int32Array {
+  if (scratch.length < words * ROWS) scratch = new Int32Array(words * ROWS);
+  return scratch;
+}
+
+function orInto(work: Int32Array, at: number, data: Int32Array, from: number, words: number): void {
+  for (let w = 0; w < words; w++) work[at + w] = (work[at + w] as number) | (data[from + w] as number);
+}
+
+function andNotInto(work: Int32Array, at: number, data: Int32Array, from: number, words: number): void {
+  for (let w = 0; w < words; w++) work[at + w] = (work[at + w] as number) & ~(data[from + w] as number);
+}
+
+/** Index of `id` among `count` ascending ints at `at`, or -1. */
+function search(data: Int32Array, at: number, count: number, id: number): number {
+  let low = 0;
+  let high = count - 1;
+  while (low <= high) {
+    const middle = (low + high) >>> 1;
+    const found = data[at + middle] as number;
+    if (found === id) return middle;
+    if (found < id) low = middle + 1;
+    else high = middle - 1;
+  }
+  return -1;
+}
+
+/**
+ * The mask of a string value: its offset in `data` when precomputed (a value the list names, or none), else
+ * computed into scratch row `row` and returned as `~(offset in scratch)` (negative).
+ */
+export function stringMask(data: Int32Array, words: number, header: number, vocabulary: Vocabulary, value: string | null, work: Int32Array, row: number): number {
+  if (value === null) return data[header + NULL_MASK] as number;
+  const id = vocabulary.ids.get(value);
+  if (id !== undefined) {
+    const k = search(data, data[header + KEY_IDS] as number, data[header + KEY_COUNT] as number, id);
+    if (k >= 0) return (data[header + KEY_MASKS] as number) + k * words;
+  }
+  const at = row * words;
+  const base = data[header + BASE_MASK] as number;
+  for (let w = 0; w < words; w++) work[at + w] = data[base + w] as number;
+  const wildIds = data[header + WILD_IDS] as number;
+  const wildCount = data[header + WILD_COUNT] as number;
+  if (wildCount === 0) return ~at;
+  const posAt = data[header + WILD_POS] as number;
+  const negAt = data[header + WILD_NEG] as number;
+  const matched = id === undefined ? null : vocabulary.matched;
+  // Positive wildcards first (a term is admitted by any of its patterns), then `not` wildcards (any one excludes).
+  for (let pass = 0; pass < 2; pass++) {
+    const masks = pass === 0 ? posAt : negAt;
+    if (matched !== null) {
+      // Merge the value's wildcards with the list's: both ascending ids.
+      const hits = matched[id as number] as Int32Array;
+      let i = 0;
+      let j = 0;
+      while (i < hits.length && j < wildCount) {
+        const hit = hits[i] as number;
+        const mine = data[wildIds + j] as number;
+        if (hit < mine) i++;
+        else if (hit > mine) j++;
+        else {
+          const from = data[masks + j] as number;
+          if (from >= 0) (pass === 0 ? orInto : andNotInto)(work, at, data, from, words);
+          i++;
+          j++;
+        }
+      }
+    } else {
+      // A value no policy names (or a vocabulary too large to precompute): test the list's wildcards on it.
+      const kinds = vocabulary.wildKinds;
+      const texts = vocabulary.wildTexts;
+      for (let j = 0; j < wildCount; j++) {
+        const from = data[masks + j] as number;
+        if (from < 0) continue;
+        const wid = data[wildIds + j] as number;
+        if (wildcardMatches(kinds[wid] as number, texts[wid] as string, value)) (pass === 0 ? orInto : andNotInto)(work, at, data, from, words);
+      }
+    }
+  }
+  return ~at;
+}
+
+export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array): number {
+  if (ip === null) return data[header + IP_NULL_MASK] as number;
+  const blocksAt = IP_ROW * words;
+  const remoteAt = IP_REMOTE_ROW * words;
+  const negAt = IP_NEG_ROW * words;
+  const noBlocks = data[header + IP_NO_BLOCKS] as number;
+  const noRemote = data[header + IP_NO_REMOTE] as number;
+  for (let w = 0; w < words; w++) {
+    work[blocksAt + w] = data[noBlocks + w] as number;
+    work[remoteAt + w] = data[noRemote + w] as number;
+    work[negAt + w] = 0;
+  }
+  if (ip.family === 4) {
+    const address = ip.v4 | 0;
+    const v4 = data[header + IP_V4] as number;
+    const end = v4 + 5 * (data[header + IP_V4_COUNT] as number);
+    for (let at = v4; at < end; at += 5) {
+      if ((address & (data[at + 1] as number)) !== data[at]) continue;
+      markHit(work, data, words, data[at + 2] as number, data[at + 3] as number, data[at + 4] as number);
+    }
+  } else {
+    const v6 = data[header + IP_V6] as number;
+    const end = v6 + 4 * (data[header + IP_V6_COUNT] as number);
+    for (let at = v6; at < end; at += 4) {
+      if (!(v6Sets[data[at] as number] as CidrSet).contains(ip)) continue;
+      markHit(work, data, words, data[at + 1] as number, data[at + 2] as number, data[at + 3] as number);
+    }
+  }
+  // Admitted by ipBlocks (or none), by remoteIpBlocks (or none), and by no `not` block.
+  for (let w = 0; w < words; w++) work[blocksAt + w] = (work[blocksAt + w] as number) & (work[remoteAt + w] as number) & ~(work[negAt + w] as number);
+  return ~blocksAt;
+}
+
+function markHit(work: Int32Array, data: Int32Array, words: number, blocksFrom: number, remoteFrom: number, negFrom: number): void {
+  if (blocksFrom >= 0) orInto(work, IP_ROW * words, data, blocksFrom, words);
+  if (remoteFrom >= 0) orInto(work, IP_REMOTE_ROW * words, data, remoteFrom, words);
+  if (negFrom >= 0) orInto(work, IP_NEG_ROW * words, data, negFrom, words);
+}
