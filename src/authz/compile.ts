@@ -291,10 +291,22 @@ export function isHttpProtocol(appProtocol: string | undefined, name: string | u
   return declared === 'http' || declared === 'http2' || declared === 'grpc' || declared === 'grpc-web' || declared === 'h2c' || declared === 'kubernetes.io/h2c';
 }
 
-function httpPortsOf(snapshot: ConfigSnapshot, workload: Workload): Set<number> {
-  const result = new Set<number>();
+type Service = ConfigSnapshot['services'][number];
+
+function servicesByNamespace(snapshot: ConfigSnapshot): Map<string, Service[]> {
+  const result = new Map<string, Service[]>();
   for (const service of snapshot.services) {
-    if (service.metadata.namespace !== workload.namespace || service.spec.selector === undefined || !selects(service.spec.selector, workload.labels)) continue;
+    let list = result.get(service.metadata.namespace);
+    if (list === undefined) result.set(service.metadata.namespace, (list = []));
+    list.push(service);
+  }
+  return result;
+}
+
+function httpPortsOf(services: ReadonlyMap<string, readonly Service[]>, workload: Workload): Set<number> {
+  const result = new Set<number>();
+  for (const service of services.get(workload.namespace) ?? []) {
+    if (service.spec.selector === undefined || !selects(service.spec.selector, workload.labels)) continue;
     for (const port of service.spec.ports) {
       if (!isHttpProtocol(port.appProtocol, port.name)) continue;
       if (typeof port.targetPort === 'number') result.add(port.targetPort);
@@ -482,7 +494,8 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
   };
 
   const byWorkload = new Map<Workload, WorkloadPolicies>();
-  for (const workload of snapshot.workloads) byWorkload.set(workload, build(workload.namespace, workload.labels, httpPortsOf(snapshot, workload)));
+  const services = servicesByNamespace(snapshot);
+  for (const workload of snapshot.workloads) byWorkload.set(workload, build(workload.namespace, workload.labels, httpPortsOf(services, workload)));
 
   return {
     rootNamespace,
@@ -491,7 +504,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     forWorkload(workload) {
       // A workload of another snapshot is built for this one call and not kept: keeping it would pin old
       // objects and grow without bound. Callers on the data path look workloads up in this snapshot.
-      return byWorkload.get(workload) ?? build(workload.namespace, workload.labels, httpPortsOf(snapshot, workload));
+      return byWorkload.get(workload) ?? build(workload.namespace, workload.labels, httpPortsOf(services, workload));
     },
     forLabels(namespace, labels, httpPorts = new Set()) {
       return build(namespace, labels, httpPorts);
