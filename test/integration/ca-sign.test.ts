@@ -1,0 +1,194 @@
+// The CA's signing endpoint decides who may obtain which identity: only a node SVID of its own trust domain may
+// call it, and only for the node's own identity or a workload the registry places on that node, with a P-256
+// key it proves it holds. Both sides of each rule, over real TLS to a real CaServer on loopback.
+import { request } from 'node:https';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initCa } from '../../src/identity/ca/store.ts';
+import { CaServer } from '../../src/identity/ca/server.ts';
+import { createCsr, generateKeyPair, parseCertificates, spiffeIdOf } from '../../src/identity/svid.ts';
+import * as x509 from '../../src/identity/x509.ts';
+import { silentLogger } from '../../src/observe/log.ts';
+import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
+import type { TestSvid } from '../helpers/certs.ts';
+
+const TD = 'sign.test';
+const NODE_A = `spiffe://${TD}/ambit/node/node-a`;
+const WEB = `spiffe://${TD}/ns/shop/sa/web`;
+const DB = `spiffe://${TD}/ns/shop/sa/db`;
+
+interface Answer {
+  readonly status: number;
+  readonly body: { error?: { code: string; message: string }; certChain?: string; spiffeId?: string };
+  /** The refusal's code, if any. */
+  readonly code: string | undefined;
+}
+
+let dir: string;
+let caDir: string;
+let server: CaServer;
+const audit: Record<string, unknown>[] = [];
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ambit-ca-sign-'));
+  caDir = join(dir, 'ca');
+  await initCa(caDir, TD);
+  server = await CaServer.start({
+    dir: caDir,
+    registry: () => ({ identitiesOnNode: (node) => new Set(node === 'node-a' ? [WEB] : node === 'node-b' ? [DB] : []) }),
+    svidTtlMs: 60_000,
+    logger: silentLogger(),
+    audit: (record) => audit.push(record as Record<string, unknown>),
+  });
+});
+
+afterAll(async () => {
+  await server.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** POST /v1/sign as `caller` (null: no client certificate) with a raw body. */
+async function sign(caller: TestSvid | null, body: string): Promise<Answer> {
+  const url = new URL(server.url);
+  return await new Promise<Answer>((resolve, reject) => {
+    const req = request({
+      host: url.hostname,
+      port: Number(url.port),
+      path: '/v1/sign',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      minVersion: 'TLSv1.3',
+      // The CA's own certificate is not what this test is about.
+      rejectUnauthorized: false,
+      ...(caller === null ? {} : { cert: caller.certPem, key: caller.keyPem }),
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let body: Answer['body'] = {};
+        try {
+          body = JSON.parse(text) as Answer['body'];
+        } catch {
+          // not JSON: the status says enough
+        }
+        resolve({ status: res.statusCode ?? 0, body, code: body.error?.code });
+      });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+async function csrFor(spiffeId: string): Promise<string> {
+  return await createCsr(await generateKeyPair(), spiffeId);
+}
+
+async function signFor(caller: TestSvid | null, spiffeId: string, csr?: string): Promise<Answer> {
+  return await sign(caller, JSON.stringify({ spiffeId, csr: csr ?? (await csrFor(spiffeId)) }));
+}
+
+function issuedId(answer: Answer): string | undefined {
+  const leaf = parseCertificates(answer.body.certChain ?? '')[0];
+  const id = leaf === undefined ? undefined : spiffeIdOf(leaf);
+  return id === undefined || id instanceof Error ? undefined : id.id;
+}
+
+describe('the CA signing endpoint', () => {
+  it('signs a workload the registry places on the calling node, and the node\'s own renewal', async () => {
+    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const workload = await signFor(nodeA, WEB);
+    expect(workload.status).toBe(200);
+    expect(issuedId(workload)).toBe(WEB);
+    const renewal = await signFor(nodeA, NODE_A);
+    expect(renewal.status).toBe(200);
+    expect(issuedId(renewal)).toBe(NODE_A);
+  });
+
+  it('refuses a workload placed on another node, and audits who asked for what', async () => {
+    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const answer = await signFor(nodeA, DB);
+    expect(answer.status).toBe(403);
+    expect(answer.code).toBe('CA_NOT_AUTHORIZED');
+    expect(audit).toContainEqual(expect.objectContaining({ event: 'sign_refused', caller: NODE_A, requested: DB, code: 'CA_NOT_AUTHORIZED' }));
+  });
+
+  it('refuses an identity of another trust domain, even with the same path', async () => {
+    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const answer = await signFor(nodeA, 'spiffe://other.test/ns/shop/sa/web');
+    expect(answer.status).toBe(403);
+    expect(answer.code).toBe('CA_NOT_AUTHORIZED');
+  });
+
+  it('refuses a caller presenting a workload SVID instead of a node SVID', async () => {
+    const web = await issueMeshSvid(caDir, WEB);
+    const answer = await signFor(web, WEB);
+    expect(answer.status).toBe(401);
+    expect(answer.code).toBe('CA_UNAUTHENTICATED');
+    expect(audit).toContainEqual(expect.objectContaining({ event: 'sign_refused', caller: WEB }));
+  });
+
+  it('refuses a caller without a certificate', async () => {
+    const answer = await signFor(null, WEB);
+    expect(answer.status).toBe(401);
+    expect(answer.code).toBe('CA_UNAUTHENTICATED');
+  });
+
+  it('refuses a node SVID signed by another CA, whether it names this trust domain or its own', async () => {
+    const forger = await createTestCa(TD);
+    const forged = await issueTestSvid(forger, NODE_A);
+    expect((await signFor(forged, WEB)).status).toBe(401);
+    const foreign = await createTestCa('other.test');
+    const foreignNode = await issueTestSvid(foreign, 'spiffe://other.test/ambit/node/node-a');
+    const answer = await signFor(foreignNode, WEB);
+    expect(answer.status).toBe(401);
+    expect(answer.code).toBe('CA_UNAUTHENTICATED');
+  });
+
+  it('refuses an expired node SVID', async () => {
+    const expired = await issueMeshSvid(caDir, NODE_A, { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) });
+    const answer = await signFor(expired, WEB);
+    expect(answer.status).toBe(401);
+  });
+
+  it('refuses a CSR with a key other than P-256, one whose signature does not verify, and one that is not a CSR', async () => {
+    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const p384 = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-384' }, true, ['sign', 'verify']);
+    const wrongCurve = (await x509.Pkcs10CertificateRequestGenerator.create({
+      keys: p384,
+      signingAlgorithm: { name: 'ECDSA', hash: 'SHA-384' },
+      extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: WEB }], true)],
+    })).toString('pem');
+    const curve = await signFor(nodeA, WEB, wrongCurve);
+    expect(curve.status).toBe(400);
+    expect(curve.code).toBe('CA_CSR_INVALID');
+
+    // Another key's CSR with its public key swapped in: no proof of possession.
+    const honest = new x509.Pkcs10CertificateRequest(await csrFor(WEB));
+    const other = await generateKeyPair();
+    const otherCsr = new x509.Pkcs10CertificateRequest(await createCsr(other, WEB));
+    const tampered = new Uint8Array(honest.rawData);
+    const honestKey = new Uint8Array(honest.publicKey.rawData);
+    const otherKey = new Uint8Array(otherCsr.publicKey.rawData);
+    const at = Buffer.from(tampered).indexOf(Buffer.from(honestKey));
+    expect(at).toBeGreaterThan(0);
+    tampered.set(otherKey, at);
+    const swapped = await signFor(nodeA, WEB, x509.PemConverter.encode(tampered.buffer, 'CERTIFICATE REQUEST'));
+    expect(swapped.status).toBe(400);
+    expect(swapped.code).toBe('CA_CSR_INVALID');
+
+    const garbage = await signFor(nodeA, WEB, '-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n');
+    expect(garbage.status).toBe(400);
+    expect(garbage.code).toBe('CA_CSR_INVALID');
+  });
+
+  it('refuses a body that is not a JSON object with the fields it needs', async () => {
+    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    for (const body of ['not json', '[]', '{}', JSON.stringify({ spiffeId: WEB }), JSON.stringify({ spiffeId: WEB, csr: 'x', ttlSeconds: -1 })]) {
+      const answer = await sign(nodeA, body);
+      expect(answer.status, body).toBe(400);
+    }
+  });
+});

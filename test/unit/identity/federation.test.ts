@@ -1,0 +1,175 @@
+// Federation client against real HTTPS bundle endpoints on loopback (https_spiffe profile): the bundle is taken
+// only from the configured endpoint identity, proven by the bootstrap bundle or the last bundle fetched, and
+// only when it is a 200 with a bounded, valid SPIFFE bundle; an older sequence never replaces a newer one.
+import { createServer } from 'node:https';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createBundle, encodeBundle } from '../../../src/identity/bundle.ts';
+import type { TrustBundle } from '../../../src/identity/bundle.ts';
+import { FederationClient } from '../../../src/identity/federation.ts';
+import type { FederationPeer } from '../../../src/identity/federation.ts';
+import { silentLogger } from '../../../src/observe/log.ts';
+import { AmbitError } from '../../../src/errors.ts';
+import { createTestCa, issueTestSvid } from '../../helpers/certs.ts';
+import type { TestCa } from '../../helpers/certs.ts';
+
+const TD = 'remote.example';
+const ENDPOINT_ID = `spiffe://${TD}/ambit/ca`;
+const logger = silentLogger();
+
+type Handler = (request: IncomingMessage, response: ServerResponse) => void;
+
+const servers: Server[] = [];
+const clients: FederationClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((client) => client.stop()));
+  await Promise.all(servers.splice(0).map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+});
+
+/** A bundle endpoint presenting an SVID for `presentedId` from `issuer`, answering with `handler`. */
+async function endpoint(issuer: TestCa, presentedId: string, handler: Handler): Promise<string> {
+  const svid = await issueTestSvid(issuer, presentedId);
+  const server = createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, handler);
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return `https://127.0.0.1:${(server.address() as AddressInfo).port}/bundle`;
+}
+
+function serve(bundle: () => TrustBundle): Handler {
+  return (_request, response) => {
+    response.writeHead(200, { 'content-type': 'application/json' });
+    response.end(encodeBundle(bundle()));
+  };
+}
+
+function client(peer: Partial<FederationPeer> & { bundleEndpoint: string }, bootstrap: TrustBundle, extra: { minRefreshMs?: number } = {}): FederationClient {
+  const created = new FederationClient({ peer: { trustDomain: TD, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: bootstrap, ...peer }, logger, ...extra });
+  clients.push(created);
+  return created;
+}
+
+async function refusal(promise: Promise<unknown>): Promise<AmbitError> {
+  const error = await promise.then(() => null, (caught: unknown) => caught);
+  expect(error).toBeInstanceOf(AmbitError);
+  return error as AmbitError;
+}
+
+describe('the federation client', () => {
+  it('takes the bundle from an endpoint presenting the configured ID, proven by the bootstrap bundle', async () => {
+    const remote = await createTestCa(TD);
+    const served = createBundle(TD, [remote.root.cert], { sequence: 7n, refreshHintSeconds: 60 });
+    const url = await endpoint(remote, ENDPOINT_ID, serve(() => served));
+    const fetched = await client({ bundleEndpoint: url }, remote.bundle).fetchOnce();
+    expect(fetched.trustDomain).toBe(TD);
+    expect(fetched.sequence).toBe(7n);
+    expect(fetched.roots.map((root) => root.serialNumber)).toEqual([remote.root.cert.serialNumber]);
+  });
+
+  it('refuses an endpoint presenting another SPIFFE ID of the same trust domain', async () => {
+    const remote = await createTestCa(TD);
+    const url = await endpoint(remote, `spiffe://${TD}/not/the/ca`, serve(() => remote.bundle));
+    const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
+    expect(error.code).toBe('FEDERATION_FETCH');
+  });
+
+  it('refuses an endpoint whose certificate the bootstrap bundle does not vouch for', async () => {
+    const remote = await createTestCa(TD);
+    const impostor = await createTestCa(TD);
+    const url = await endpoint(impostor, ENDPOINT_ID, serve(() => impostor.bundle));
+    const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
+    expect(error.code).toBe('FEDERATION_FETCH');
+  });
+
+  it('refuses an answer other than 200, naming the status', async () => {
+    const remote = await createTestCa(TD);
+    const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+      response.writeHead(404, { 'content-type': 'text/html' });
+      response.end('<html>not here</html>');
+    });
+    const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
+    expect(error.code).toBe('FEDERATION_FETCH');
+    expect(error.message).toContain('404');
+  });
+
+  it('refuses a body larger than a bundle can be, also when it is chunked without a length', async () => {
+    const remote = await createTestCa(TD);
+    // A valid bundle after 4 MiB of JSON whitespace: only the size limit can refuse it.
+    const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      const chunk = Buffer.alloc(64 * 1024, 0x20);
+      let sent = 0;
+      const more = (): void => {
+        while (sent < 4 * 1024 * 1024) {
+          sent += chunk.length;
+          if (!response.write(chunk)) {
+            response.once('drain', more);
+            return;
+          }
+        }
+        response.end(encodeBundle(remote.bundle));
+      };
+      more();
+    });
+    const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
+    expect(error.code).toBe('FEDERATION_FETCH');
+  });
+
+  it('refuses a 200 whose body is not a bundle of the peer trust domain', async () => {
+    const remote = await createTestCa(TD);
+    const other = await createTestCa('other.example');
+    for (const body of ['{"keys": "nope"}', 'not json', encodeBundle(other.bundle).replace('"keys"', '"keyz"')]) {
+      const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(body);
+      });
+      const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
+      expect(error.code, body).toBe('FEDERATION_FETCH');
+    }
+  });
+
+  it('keeps the newer bundle when the endpoint later serves an older sequence, and follows a newer one', async () => {
+    const remote = await createTestCa(TD);
+    const rotated = await createTestCa(TD);
+    const sequence = [
+      createBundle(TD, [remote.root.cert], { sequence: 5n, refreshHintSeconds: 1 }),
+      createBundle(TD, [remote.root.cert, rotated.root.cert], { sequence: 3n, refreshHintSeconds: 1 }),
+      createBundle(TD, [remote.root.cert, rotated.root.cert], { sequence: 9n, refreshHintSeconds: 1 }),
+    ];
+    let served = 0;
+    const url = await endpoint(remote, ENDPOINT_ID, serve(() => sequence[Math.min(served++, sequence.length - 1)] as TrustBundle));
+    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 50 });
+    const updates: bigint[] = [];
+    federation.on('update', (bundle) => updates.push(bundle.sequence));
+    await federation.start();
+    expect(federation.current()?.sequence).toBe(5n);
+    const deadline = Date.now() + 10_000;
+    while (served < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    // The older one (3) was fetched and ignored; the newer one (9) replaced 5.
+    while (federation.current()?.sequence !== 9n && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(federation.current()?.sequence).toBe(9n);
+    expect(updates).toEqual([5n, 9n]);
+  });
+
+  it('refuses at construction what it could never fetch safely', async () => {
+    const remote = await createTestCa(TD);
+    const build = (peer: Partial<FederationPeer>) => () => new FederationClient({ peer: { trustDomain: TD, bundleEndpoint: 'https://127.0.0.1:1/bundle', profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, ...peer }, logger });
+    const code = (make: () => unknown) => {
+      try {
+        make();
+        return null;
+      } catch (error) {
+        return (error as AmbitError).code;
+      }
+    };
+    expect(code(build({ bundleEndpoint: 'http://127.0.0.1:1/bundle' }))).toBe('FEDERATION_FETCH');
+    expect(code(build({ bundleEndpoint: 'https://user:secret@127.0.0.1:1/bundle' }))).toBe('FEDERATION_FETCH');
+    expect(code(build({ bootstrapBundle: undefined }))).toBe('FEDERATION_FETCH');
+    expect(code(build({ endpointSpiffeId: undefined }))).toBe('FEDERATION_FETCH');
+    expect(code(build({ endpointSpiffeId: 'not-a-spiffe-id' }))).not.toBeNull();
+    // A bootstrap is optional when the endpoint belongs to another trust domain: its bundle comes from there.
+    const other = new FederationClient({ peer: { trustDomain: TD, bundleEndpoint: 'https://127.0.0.1:1/bundle', profile: 'https_spiffe', endpointSpiffeId: 'spiffe://broker.example/bundles' }, logger });
+    await other.stop();
+  });
+});
