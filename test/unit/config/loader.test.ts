@@ -162,6 +162,13 @@ const rejectCases: RejectCase[] = [
     line: 7,
   },
   {
+    name: 'a key written twice as different YAML scalars that become the same object key (1 and "1")',
+    files: { 'pod.yaml': pod({ name: 'web' }).replace('metadata:\n', 'metadata:\n  labels:\n    1: one\n    "1": also-one\n') },
+    code: 'CONFIG_YAML',
+    file: 'pod.yaml',
+    line: 6,
+  },
+  {
     name: 'a kind ambit does not read',
     files: { 'deploy.yaml': 'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec: {}\n' },
     code: 'CONFIG_UNKNOWN_KIND',
