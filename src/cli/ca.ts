@@ -1,7 +1,7 @@
 // `ambit ca`: create a CA directory, run the CA server, mint join tokens, rotate roots, print the bundle.
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { AmbitError } from '../errors.ts';
+import { AmbitError, toAmbitError } from '../errors.ts';
 import { parse, parseDurationMs, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
@@ -125,21 +125,34 @@ async function serve(argv: string[]): Promise<number> {
   const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
   const auditLogger = createLogger({ name: 'ambit-ca-audit', file: auditFile });
   const state = await loadCa(dir);
+  const fixedTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : undefined;
+  let server: CaServer | undefined;
+  // Reloads apply in order; a federation list that cannot be applied keeps the one in force.
+  let applying = Promise.resolve();
+  const apply = (next: ConfigSnapshot) => {
+    applying = applying.then(async () => {
+      if (server === undefined) return;
+      if (fixedTtlMs === undefined) server.setSvidTtl(next.mesh.certificateTtlMs);
+      await server.setFederation(await federationPeers(next, configDir));
+    }).catch((error: unknown) => {
+      logger.error({ err: toAmbitError(error, 'FEDERATION_FETCH').toJSON() }, 'federation change not applied; the previous federation stays in force');
+    });
+  };
   const config = await watchConfigDir(configDir, {
     requireMesh: true,
     onChange: (next, _previous, diff) => {
       logger.info({ version: next.version, diff }, 'configuration reloaded');
       auditLogger.info({ event: 'config_changed', version: next.version, diff }, 'audit');
+      apply(next);
     },
     onError: (error) => logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force'),
   });
-  let server: CaServer;
   try {
     const snapshot = config.current();
     if (snapshot.mesh.trustDomain !== state.trustDomain) {
       throw new AmbitError('CONFIG_FIELD', `${configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but the CA in ${dir} serves "${state.trustDomain}"`);
     }
-    const svidTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : snapshot.mesh.certificateTtlMs;
+    const svidTtlMs = fixedTtlMs ?? snapshot.mesh.certificateTtlMs;
     server = await CaServer.start({
       dir,
       host: listen.host,
@@ -157,9 +170,10 @@ async function serve(argv: string[]): Promise<number> {
     await config.close();
     throw error;
   }
+  const running = server;
   const stop = async () => {
     logger.info('CA shutting down');
-    await server.close();
+    await running.close();
     await config.close();
     process.exit(0);
   };

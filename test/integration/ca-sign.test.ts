@@ -107,6 +107,20 @@ describe('the CA signing endpoint', () => {
     expect(issuedId(renewal)).toBe(NODE_A);
   });
 
+  it('issues with the lifetime in force when asked (certificateTtl reloads apply to the next SVID)', async () => {
+    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const lifetime = (answer: Answer) => {
+      const leaf = parseCertificates(answer.body.certChain ?? '')[0];
+      return leaf === undefined ? 0 : leaf.notAfter.getTime() - Date.now();
+    };
+    server.setSvidTtl(600_000);
+    const longer = await signFor(nodeA, WEB);
+    expect(lifetime(longer)).toBeGreaterThan(500_000);
+    server.setSvidTtl(60_000);
+    const shorter = await signFor(nodeA, WEB);
+    expect(lifetime(shorter)).toBeLessThan(70_000);
+  });
+
   it('refuses a workload placed on another node, and audits who asked for what', async () => {
     const nodeA = await issueMeshSvid(caDir, NODE_A);
     const answer = await signFor(nodeA, DB);

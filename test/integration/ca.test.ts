@@ -1,6 +1,7 @@
 // The real `ambit ca` process on loopback: attestation, node-authorized signing, restarts, outages,
 // root rotation and federation between two trust domains.
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -93,6 +94,19 @@ async function startCa(caDir: string, configDir: string, port = 0, extra: string
   const line = await proc.waitForMessage('CA listening');
   const url = String(line.url);
   return { proc, url, caDir, configDir, port: Number(new URL(url).port) };
+}
+
+/** A GET over TLS; the CA's serving certificate is not what these checks are about. */
+async function httpsGet(url: string): Promise<string> {
+  return await new Promise<string>((resolve, reject) => {
+    const req = httpsRequest(url, { rejectUnauthorized: false, minVersion: 'TLSv1.3' }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks).toString('utf8')) : reject(new Error(`${url}: ${res.statusCode}`))));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 async function createToken(caDir: string, node: string, ttl = '10m'): Promise<string> {
@@ -352,5 +366,26 @@ describe('ambit ca on loopback', () => {
     // A root rotation in two.test reaches one.test through the endpoint, with the new root trusted before use.
     expect((await runAmbit(['ca', 'root', 'prepare', '--dir', caTwo])).status).toBe(0);
     await one.proc.waitFor((line) => line.msg === 'federated bundle updated' && line.trustDomain === 'two.test' && line.roots === 2);
+  });
+
+  it('takes up and drops a federation peer when the MeshConfig changes, without a restart', async () => {
+    const dir = await tempDir();
+    const caOne = await initCa(join(dir, 'one'), 'one.test', ['--refresh-hint', '1s']);
+    const caTwo = await initCa(join(dir, 'two'), 'two.test', ['--refresh-hint', '1s']);
+    const configOne = await writeConfig(join(dir, 'one'), { trustDomain: 'one.test' });
+    const configTwo = await writeConfig(join(dir, 'two'), { trustDomain: 'two.test' });
+    const one = await startCa(caOne, configOne, 0, ['--federation-min-refresh', '200ms']);
+    const two = await startCa(caTwo, configTwo);
+    const trustDomainsServedByOne = async () => Object.keys((JSON.parse(await httpsGet(`${one.url}/v1/bundles`)) as { trust_domains: Record<string, unknown> }).trust_domains).sort();
+    expect(await trustDomainsServedByOne()).toEqual(['one.test']);
+
+    await writeFile(join(configOne, 'two.json'), (await runAmbit(['ca', 'bundle', '--dir', caTwo])).stdout);
+    await writeConfig(join(dir, 'one'), { trustDomain: 'one.test', federation: [{ trustDomain: 'two.test', bundleEndpoint: `${two.url}/bundle`, endpointSpiffeId: 'spiffe://two.test/ambit/ca', bundleFile: 'two.json' }] });
+    await one.proc.waitFor((line) => line.msg === 'federated bundle updated' && line.trustDomain === 'two.test');
+    expect(await trustDomainsServedByOne()).toEqual(['one.test', 'two.test']);
+
+    await writeConfig(join(dir, 'one'), { trustDomain: 'one.test' });
+    await one.proc.waitFor((line) => line.msg === 'federation peer removed; its bundle is no longer trusted' && line.trustDomain === 'two.test');
+    expect(await trustDomainsServedByOne()).toEqual(['one.test']);
   });
 });

@@ -16,7 +16,7 @@ import type { AddressInfo } from 'node:net';
 import { AmbitError, toAmbitError } from '../../errors.ts';
 import type { ErrorCode } from '../../errors.ts';
 import { nodeId, parseNodeId, parseSpiffeId } from '../spiffe-id.ts';
-import { BundleSet, encodeBundle } from '../bundle.ts';
+import { BundleSet, bundlesEqual, encodeBundle } from '../bundle.ts';
 import type { TrustBundle } from '../bundle.ts';
 import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, readCsr } from '../svid.ts';
 import type { Certificate, Svid } from '../svid.ts';
@@ -46,7 +46,7 @@ export interface CaServerOptions {
   port?: number;
   /** Read on every request, so a configuration reload applies at once. */
   registry: () => NodeRegistry;
-  /** Lifetime of issued SVIDs when the caller asks for none; also the maximum a caller may ask for. */
+  /** Lifetime of issued SVIDs when the caller asks for none; also the maximum a caller may ask for (see setSvidTtl). */
   svidTtlMs: number;
   federation?: readonly FederationPeer[];
   logger: Logger;
@@ -91,6 +91,7 @@ export class CaServer {
   #state: CaState;
   #serverSvid: Svid;
   #federated = new Map<string, FederationClient>();
+  #svidTtlMs = 0;
   #server: https.Server;
   #stateListener: (() => void) | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
@@ -110,12 +111,8 @@ export class CaServer {
   static async start(options: CaServerOptions): Promise<CaServer> {
     const state = await loadCa(options.dir);
     const server = new CaServer(options, state, await issueServerSvid(state.active, state.trustDomain));
-    for (const peer of options.federation ?? []) {
-      if (peer.trustDomain === state.trustDomain) throw new AmbitError('FEDERATION_FETCH', `cannot federate with our own trust domain ${peer.trustDomain}`);
-      // A non-self-serving https_spiffe endpoint is authenticated with bundles we already hold (ours, or another federated one).
-      const client = new FederationClient({ peer, logger: options.logger, minRefreshMs: options.federationMinRefreshMs, otherBundles: () => server.bundleSet() });
-      server.#federated.set(peer.trustDomain, client);
-    }
+    server.#svidTtlMs = options.svidTtlMs;
+    for (const peer of options.federation ?? []) server.#federated.set(peer.trustDomain, server.#federationClient(peer));
     await new Promise<void>((resolve, reject) => {
       server.#server.once('error', reject);
       server.#server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
@@ -172,6 +169,39 @@ export class CaServer {
 
   federationClients(): ReadonlyMap<string, FederationClient> {
     return this.#federated;
+  }
+
+  /**
+   * Applies a changed federation list (a configuration reload): new peers start fetching, removed ones stop and
+   * their bundle is no longer served or trusted, and a peer whose endpoint, profile, endpoint ID or bootstrap
+   * bundle changed starts over with the new settings. Throws, changing nothing, if a peer is refused.
+   */
+  async setFederation(peers: readonly FederationPeer[]): Promise<void> {
+    const next = new Map<string, FederationPeer>(peers.map((peer) => [peer.trustDomain, peer]));
+    const added: FederationClient[] = [];
+    for (const peer of next.values()) {
+      const current = this.#federated.get(peer.trustDomain);
+      if (current === undefined || !samePeer(current.peer, peer)) added.push(this.#federationClient(peer));
+    }
+    const removed = [...this.#federated.values()].filter((client) => !next.has(client.peer.trustDomain) || added.some((fresh) => fresh.peer.trustDomain === client.peer.trustDomain));
+    for (const client of removed) {
+      this.#federated.delete(client.peer.trustDomain);
+      this.#logger.info({ trustDomain: client.peer.trustDomain }, next.has(client.peer.trustDomain) ? 'federation peer changed; fetching with the new settings' : 'federation peer removed; its bundle is no longer trusted');
+    }
+    for (const client of added) this.#federated.set(client.peer.trustDomain, client);
+    await Promise.all(removed.map((client) => client.stop()));
+    for (const client of added) void client.start();
+  }
+
+  /** The lifetime of SVIDs issued from now on (a configuration reload of certificateTtl). */
+  setSvidTtl(ttlMs: number): void {
+    this.#svidTtlMs = ttlMs;
+  }
+
+  #federationClient(peer: FederationPeer): FederationClient {
+    if (peer.trustDomain === this.#state.trustDomain) throw new AmbitError('FEDERATION_FETCH', `cannot federate with our own trust domain ${peer.trustDomain}`);
+    // A non-self-serving https_spiffe endpoint is authenticated with bundles we already hold (ours, or another federated one).
+    return new FederationClient({ peer, logger: this.#options.logger, minRefreshMs: this.#options.federationMinRefreshMs, otherBundles: () => this.bundleSet() });
   }
 
   async close(): Promise<void> {
@@ -270,7 +300,7 @@ export class CaServer {
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
     }
-    const response = await this.#issue(spiffeId, publicKey, this.#options.svidTtlMs);
+    const response = await this.#issue(spiffeId, publicKey, this.#svidTtlMs);
     this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt });
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
     return response;
@@ -290,7 +320,7 @@ export class CaServer {
     const body = await readJson(req);
     const requested = stringField(body, 'spiffeId');
     const csr = stringField(body, 'csr');
-    const ttlMs = optionalTtl(body, this.#options.svidTtlMs);
+    const ttlMs = optionalTtl(body, this.#svidTtlMs);
     const requestedId = parseSpiffeId(requested);
     let allowed = false;
     if (requestedId.trustDomain === this.#state.trustDomain) {
@@ -332,6 +362,11 @@ export interface IssueResponse {
   bundles: string;
   serial: string;
   expiresAt: string;
+}
+
+function samePeer(a: FederationPeer, b: FederationPeer): boolean {
+  const bundles = a.bootstrapBundle === undefined || b.bootstrapBundle === undefined ? a.bootstrapBundle === b.bootstrapBundle : bundlesEqual(a.bootstrapBundle, b.bootstrapBundle);
+  return a.bundleEndpoint === b.bundleEndpoint && a.profile === b.profile && a.endpointSpiffeId === b.endpointSpiffeId && bundles;
 }
 
 function chainFor(leaf: Certificate, authority: LoadedAuthority): Certificate[] {
