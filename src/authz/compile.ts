@@ -341,7 +341,7 @@ function ruleCanMatchPort(rule: CompiledRule, port: number | null): boolean {
   return false;
 }
 
-function indexByPort(all: RuleLists, vocabularies: Vocabularies): { byPort: Map<number, RuleLists>; otherPorts: RuleLists; index: WorkloadIndex } {
+function indexByPort(all: RuleLists, vocabularies: Vocabularies, httpPorts: ReadonlySet<number>): { byPort: Map<number, RuleLists>; otherPorts: RuleLists; index: WorkloadIndex } {
   const named = new Set<number>();
   for (const list of [all.deny, all.allow, all.audit]) {
     for (const rule of list) {
@@ -354,7 +354,7 @@ function indexByPort(all: RuleLists, vocabularies: Vocabularies): { byPort: Map<
   const byPort = new Map<number, RuleLists>();
   // No rule names a port: every operation admits every port, as the port-less narrowing says. Too many: not narrowed.
   if (named.size === 0 || named.size > MAX_INDEXED_PORTS) {
-    return { byPort, otherPorts: all, index: buildWorkloadIndex([{ port: null, deny: all.deny, allow: all.allow, portsResolved: named.size === 0 }], vocabularies) };
+    return { byPort, otherPorts: all, index: buildWorkloadIndex([{ port: null, deny: all.deny, allow: all.allow, portsResolved: named.size === 0, http: httpPorts.size > 0 }], vocabularies) };
   }
   const narrow = (port: number | null): RuleLists => ({
     deny: all.deny.filter((rule) => ruleCanMatchPort(rule, port)),
@@ -363,8 +363,8 @@ function indexByPort(all: RuleLists, vocabularies: Vocabularies): { byPort: Map<
   });
   for (const port of named) byPort.set(port, narrow(port));
   const otherPorts = narrow(null);
-  const lists: ListRules[] = [...byPort].map(([port, rules]) => ({ port, deny: rules.deny, allow: rules.allow, portsResolved: true }));
-  lists.push({ port: null, deny: otherPorts.deny, allow: otherPorts.allow, portsResolved: true });
+  const lists: ListRules[] = [...byPort].map(([port, rules]) => ({ port, deny: rules.deny, allow: rules.allow, portsResolved: true, http: httpPorts.has(port) }));
+  lists.push({ port: null, deny: otherPorts.deny, allow: otherPorts.allow, portsResolved: true, http: [...httpPorts].some((port) => !named.has(port)) });
   return { byPort, otherPorts, index: buildWorkloadIndex(lists, vocabularies) };
 }
 
@@ -471,7 +471,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
         allow.push(...policy.rules);
       }
     }
-    const { byPort, otherPorts, index } = indexByPort({ deny, allow, audit }, vocabularies);
+    const { byPort, otherPorts, index } = indexByPort({ deny, allow, audit }, vocabularies, httpPorts);
     const mtls = mtlsFor(namespace, labels);
     const strictPlaintextPorts = new Map<number, Decision>();
     for (const [port, portMode] of mtls.ports) if (portMode === 'STRICT') strictPlaintextPorts.set(port, strictRefusal(mtls.portSetBy.get(port) ?? null));

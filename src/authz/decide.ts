@@ -13,7 +13,7 @@
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
 import type { Term } from './index.ts';
-import { L_ALL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PRINCIPAL_ROW, ipMask, listFor, scratchFor, stringMask } from './index.ts';
+import { HOST_ROW, L_ALL, L_HTTP, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
@@ -65,6 +65,17 @@ function sourceIpMatches(source: CompiledSource, ctx: AuthzContext): boolean {
   if (source.remoteIpBlocks !== null && (ip === null || !source.remoteIpBlocks.contains(ip))) return false;
   if (source.notRemoteIpBlocks !== null && ip !== null && source.notRemoteIpBlocks.contains(ip)) return false;
   return true;
+}
+
+/** The length of the Host without its `:port` (digits after the last colon, not an IPv6 literal's), or 0. */
+function hostWithoutPort(host: string): number {
+  const colon = host.lastIndexOf(':');
+  if (colon <= 0 || colon + 1 >= host.length || host.charCodeAt(host.length - 1) === 93 /* ] */) return 0;
+  for (let i = colon + 1; i < host.length; i++) {
+    const code = host.charCodeAt(i);
+    if (code < 48 || code > 57) return 0;
+  }
+  return colon;
 }
 
 /**
@@ -184,11 +195,11 @@ export function mtlsModeFor(policies: WorkloadPolicies, port: number): 'STRICT' 
  * request, its methods; what is left is the port when the list was not narrowed to one, the hosts and paths, and
  * the rule's conditions.
  */
-function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsResolved: boolean): boolean {
+function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsResolved: boolean, hostsAndPathsSettled: boolean): boolean {
   const operation = term.operation;
   if (operation !== null) {
     if (!portsResolved && !portMatches(operation, ctx.destinationPort)) return false;
-    if (operation.l7 && !ignoreL7 && !operationHostPathMatches(operation, ctx.request)) return false;
+    if (operation.l7 && !ignoreL7 && !hostsAndPathsSettled && !operationHostPathMatches(operation, ctx.request)) return false;
   }
   const when = term.rule.when;
   if (when !== null) {
@@ -219,7 +230,12 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, work, NAMESPACE_ROW);
   const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work);
   const request = ctx.request;
-  const methodAt = methodHeader < 0 || moment !== 'request' || request === null ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, work, METHOD_ROW);
+  const perRequest = moment === 'request' && request !== null;
+  const methodAt = methodHeader < 0 || !perRequest ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, work, METHOD_ROW);
+  const pathHeader = bits[list + L_PATH] as number;
+  const hostHeader = bits[list + L_HOST] as number;
+  const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, words, pathHeader, request.path, 0, work, PATH_ROW);
+  const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
   const principalBits = principalAt >= 0 ? bits : work;
   const principalOffset = principalAt >= 0 ? principalAt : ~principalAt;
   const namespaceBits = namespaceAt >= 0 ? bits : work;
@@ -228,11 +244,16 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const ipOffset = ipAt >= 0 ? ipAt : ~ipAt;
   const methodBits = methodAt >= 0 ? bits : work;
   const methodOffset = methodAt >= 0 ? methodAt : ~methodAt;
+  const pathBits = pathAt >= 0 ? bits : work;
+  const pathOffset = pathAt >= 0 ? pathAt : ~pathAt;
+  const hostBits = hostAt >= 0 ? bits : work;
+  const hostOffset = hostAt >= 0 ? hostAt : ~hostAt;
   const l4RulesAt = bits[list + L_L4_RULES] as number;
   // A candidate outside the check mask matches by its bit alone.
   const checkAt = bits[list + (moment === 'request' ? L_CHECK_REQUEST : L_CHECK_L4)] as number;
   const slotBase = bits[list + L_SLOT_BASE] as number;
   const portsResolved = bits[list + L_PORTS_RESOLVED] === 1;
+  const settled = perRequest && bits[list + L_HTTP] === 1;
   const terms = index.terms;
   const decisions = index.decisions;
 
@@ -240,7 +261,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const denyWords = bits[list + L_DENY_WORDS] as number;
   const denyIgnoresL7 = moment !== 'request';
   for (let w = 0; w < denyWords; w++) {
-    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number);
+    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
     if (moment === 'connect') word &= bits[l4RulesAt + w] as number;
     while (word !== 0) {
       const low = word & -word;
@@ -248,7 +269,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
       const slot = slotBase + w * 32 + 31 - Math.clz32(low);
       if ((low & (bits[checkAt + w] as number)) === 0) return decisions[slot] as Decision;
       const term = terms[slot] as Term;
-      if (termMatches(term, ctx, denyIgnoresL7, portsResolved)) return term.rule.decision;
+      if (termMatches(term, ctx, denyIgnoresL7, portsResolved, settled)) return term.rule.decision;
     }
   }
   if (policies.allowPolicyCount === 0) return ALLOW_NO_POLICY;
@@ -256,7 +277,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   // ALLOW: at 'tcp' a rule with HTTP fields never matches; at 'connect' its L4 part lets the connection open, deferred.
   let deferred: Decision | null = null;
   for (let w = denyWords; w < words; w++) {
-    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number);
+    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
     if (moment === 'tcp') word &= bits[l4RulesAt + w] as number;
     while (word !== 0) {
       const low = word & -word;
@@ -266,10 +287,10 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
         // The rule decides now.
         if ((low & (bits[checkAt + w] as number)) === 0) return decisions[slot] as Decision;
         const term = terms[slot] as Term;
-        if (termMatches(term, ctx, false, portsResolved)) return term.rule.decision;
+        if (termMatches(term, ctx, false, portsResolved, settled)) return term.rule.decision;
       } else if (deferred === null) {
         const term = terms[slot] as Term;
-        if (termMatches(term, ctx, true, portsResolved)) deferred = term.rule.deferredDecision;
+        if (termMatches(term, ctx, true, portsResolved, settled)) deferred = term.rule.deferredDecision;
       }
     }
   }

@@ -1,7 +1,7 @@
-// The candidate index of a workload's rules for one destination port, built when the configuration compiles: for
-// the peer's principal, namespace and IP and the request's method, which rules can match, as bitsets. A decision
-// ANDs four masks and checks only the rules left (their hosts, paths and conditions), in policy order, instead of
-// scanning every rule.
+// The candidate index of a workload's rules for each destination port, built when the configuration compiles: for
+// the peer's principal, namespace and IP and the request's method, path and host, which rules can match, as
+// bitsets. A decision ANDs those masks and checks only the rules left (their `when` conditions), in policy order,
+// instead of scanning every rule.
 //
 // A rule is the OR of its (source × operation) pairs, its `when` conditions holding for each; each pair is a
 // "term" with one bit, terms ordered by rule so the lowest set bit is the first rule in policy order. DENY terms
@@ -13,7 +13,9 @@
 // list, `not` lists included, evaluated against it). Any other value starts from the terms that do not constrain
 // the field and adds or removes the terms of each wildcard it matches: found by merging id lists when the value
 // is in the vocabulary, by startsWith/endsWith only for a value no policy names. An IP is tested against each
-// distinct block of the list once. Everything a decision reads of a list is in one Int32Array.
+// distinct block of the list once. Paths and hosts (on HTTP ports) are tries of the list's exact and prefix
+// patterns, and of its suffix patterns reversed, walked once per value. Everything a decision reads of a
+// workload's lists is in one Int32Array.
 import type { CompiledOperation, CompiledRule, CompiledSource, Decision } from './compile.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 import { CidrSet, parseIp } from './match.ts';
@@ -138,6 +140,25 @@ const IP_V6 = 5; // v6 blocks, 4 ints each: index in WorkloadIndex.v6, then the 
 const IP_V6_COUNT = 6;
 const IP_HEADER = 7;
 
+// Layout of a pattern dimension's header (paths, hosts): tries of the list's patterns, walked once per value.
+const P_BASE = 0; // terms without a positive list
+const P_PRESENCE_POS = 1; // terms whose positive / `not` list has `*`, or -1
+const P_PRESENCE_NEG = 2;
+const P_TRIE = 3; // root of the trie of exact and prefix patterns
+const P_SUFFIX_TRIE = 4; // root of the trie of suffix patterns, reversed
+const PATTERN_HEADER = 5;
+// A trie node: first child, next sibling, the char leading to it, and its masks record (or -1): the terms whose
+// positive / `not` lists hold the text up to here as an exact pattern, then as a prefix (a suffix in the suffix trie).
+const T_CHILD = 0;
+const T_SIBLING = 1;
+const T_CHAR = 2;
+const T_MASKS = 3;
+const TRIE_NODE = 4;
+const M_EXACT_POS = 0;
+const M_EXACT_NEG = 1;
+const M_PREFIX_POS = 2;
+const M_PREFIX_NEG = 3;
+
 // Layout of one list's header (one destination port, or every port no rule names).
 export const L_WORDS = 0; // words per mask
 export const L_DENY_WORDS = 1; // DENY terms fill the first words, ALLOW terms the rest
@@ -153,7 +174,10 @@ export const L_NAMESPACE = 8;
 export const L_METHOD = 9;
 export const L_IP = 10;
 export const L_PORTS_RESOLVED = 11; // 1: narrowed to one port, so every term admits it and ports need no check
-const LIST_HEADER = 12;
+export const L_PATH = 12; // pattern dimension headers, built for HTTP ports only; -1 = none (checked per term)
+export const L_HOST = 13;
+export const L_HTTP = 14; // 1: paths and hosts are settled by the masks (the two above), not checked per term
+const LIST_HEADER = 15;
 
 /**
  * A workload's rules for every destination port, for decisions. `data` starts with the port table (count, the
@@ -369,6 +393,96 @@ function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Set
   return header;
 }
 
+interface TrieBuild {
+  readonly children: Map<number, TrieBuild>;
+  masks: [number, number, number, number] | null;
+}
+
+function trieNode(): TrieBuild {
+  return { children: new Map(), masks: null };
+}
+
+/** The masks record of the node for `text` (reversed for the suffix trie), created on the way. */
+function trieMasks(root: TrieBuild, text: string, reversed: boolean): [number, number, number, number] {
+  let node = root;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(reversed ? text.length - 1 - i : i);
+    let child = node.children.get(code);
+    if (child === undefined) node.children.set(code, (child = trieNode()));
+    node = child;
+  }
+  node.masks ??= [-1, -1, -1, -1];
+  return node.masks;
+}
+
+function writeTrie(root: TrieBuild, layout: Layout): number {
+  const at = layout.ints(TRIE_NODE);
+  const write = (node: TrieBuild, offset: number, code: number) => {
+    let masks = -1;
+    if (node.masks !== null) {
+      masks = layout.ints(4);
+      layout.write(masks, node.masks);
+    }
+    layout.write(offset, [-1, -1, code, masks]);
+    let previous = -1;
+    for (const [childCode, child] of node.children) {
+      const childAt = layout.ints(TRIE_NODE);
+      if (previous < 0) layout.data[offset + T_CHILD] = childAt;
+      else layout.data[previous + T_SIBLING] = childAt;
+      previous = childAt;
+      write(child, childAt, childCode);
+    }
+  };
+  write(root, at, -1);
+  return at;
+}
+
+/**
+ * Paths or hosts: every pattern of the list in a trie (exact and prefix) or a reversed trie (suffix), so one walk
+ * over the value finds every pattern it matches. -1 when no term constrains the field.
+ */
+function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patterns, layout: Layout): number {
+  if (!terms.some((term) => term !== null && patterns(term).some((matcher) => matcher !== null))) return -1;
+  const header = layout.ints(PATTERN_HEADER);
+  const baseAt = layout.mask();
+  let presencePos = -1;
+  let presenceNeg = -1;
+  const trie = trieNode();
+  const suffixTrie = trieNode();
+  const mark = (masks: [number, number, number, number], field: number, slot: number) => {
+    if (masks[field] === -1) masks[field] = layout.mask();
+    layout.setBit(masks[field] as number, slot);
+  };
+  for (let slot = 0; slot < terms.length; slot++) {
+    const term = terms[slot];
+    if (term === null || term === undefined) continue;
+    const [positive, negative] = patterns(term);
+    if (positive === null) layout.setBit(baseAt, slot);
+    for (const [matcher, negated] of [[positive, false], [negative, true]] as const) {
+      if (matcher === null) continue;
+      if (matcher.presence) {
+        if (negated) {
+          if (presenceNeg < 0) presenceNeg = layout.mask();
+          layout.setBit(presenceNeg, slot);
+        } else {
+          if (presencePos < 0) presencePos = layout.mask();
+          layout.setBit(presencePos, slot);
+        }
+      }
+      for (const value of matcher.exact) mark(trieMasks(trie, value, false), negated ? M_EXACT_NEG : M_EXACT_POS, slot);
+      for (const prefix of matcher.prefixes) mark(trieMasks(trie, prefix, false), negated ? M_PREFIX_NEG : M_PREFIX_POS, slot);
+      for (const suffix of matcher.suffixes) mark(trieMasks(suffixTrie, suffix, true), negated ? M_PREFIX_NEG : M_PREFIX_POS, slot);
+    }
+  }
+  const trieAt = writeTrie(trie, layout);
+  const suffixAt = writeTrie(suffixTrie, layout);
+  layout.write(header, [baseAt, presencePos, presenceNeg, trieAt, suffixAt]);
+  return header;
+}
+
+const pathsOf: Patterns = (term) => (term.operation === null ? [null, null] : [term.operation.paths, term.operation.notPaths]);
+const hostsOf: Patterns = (term) => (term.operation === null ? [null, null] : [term.operation.hosts, term.operation.notHosts]);
+
 const principalsOf: Patterns = (term) => (term.source === null ? [null, null] : [term.source.principals, term.source.notPrincipals]);
 const namespacesOf: Patterns = (term) => (term.source === null ? [null, null] : [term.source.namespaces, term.source.notNamespaces]);
 const methodsOf: Patterns = (term) => (term.operation === null ? [null, null] : [term.operation.methods?.patterns ?? null, term.operation.notMethods?.patterns ?? null]);
@@ -380,6 +494,8 @@ export interface ListRules {
   readonly allow: readonly CompiledRule[];
   /** false when the lists were not narrowed by port (too many ports): decisions then check ports. */
   readonly portsResolved: boolean;
+  /** HTTP requests are decided on this list: index paths and hosts too (otherwise checked per term). */
+  readonly http: boolean;
 }
 
 function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Sets: CidrSet[], vocabularies: Vocabularies): number {
@@ -407,13 +523,15 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
     const operation = term.operation;
     const checkL4 = term.rule.when !== null || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null));
     if (checkL4) layout.setBit(checkL4At, slot);
-    if (checkL4 || (operation !== null && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null))) layout.setBit(checkRequestAt, slot);
+    if (checkL4 || (!list.http && operation !== null && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null))) layout.setBit(checkRequestAt, slot);
   }
   const principal = buildStringDimension(terms, principalsOf, vocabularies.principals, layout);
   const namespace = buildStringDimension(terms, namespacesOf, vocabularies.namespaces, layout);
   const method = buildStringDimension(terms, methodsOf, vocabularies.methods, layout);
   const ip = buildIpDimension(terms, layout, v6Sets);
-  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0]);
+  const path = list.http ? buildPatternDimension(terms, pathsOf, layout) : -1;
+  const host = list.http ? buildPatternDimension(terms, hostsOf, layout) : -1;
+  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0, path, host, list.http ? 1 : 0]);
   return header;
 }
 
@@ -435,7 +553,7 @@ export function buildWorkloadIndex(lists: readonly ListRules[], vocabularies: Vo
  * Work space for the masks computed per decision (values no rule of the list names, IPs): grown when a
  * configuration needs more, never per decision. Decisions are synchronous, so one is enough.
  */
-let scratch = new Int32Array(8 * 6);
+let scratch = new Int32Array(8 * 9);
 
 // Rows of the scratch space.
 export const PRINCIPAL_ROW = 0;
@@ -444,7 +562,10 @@ export const METHOD_ROW = 2;
 const IP_ROW = 3;
 const IP_REMOTE_ROW = 4;
 const IP_NEG_ROW = 5;
-const ROWS = 6;
+export const PATH_ROW = 6;
+export const HOST_ROW = 7;
+const PATTERN_NEG_ROW = 8;
+const ROWS = 9;
 
 export function scratchFor(words: number): Int32Array {
   if (scratch.length < words * ROWS) scratch = new Int32Array(words * ROWS);
@@ -565,4 +686,68 @@ function markHit(work: Int32Array, data: Int32Array, words: number, blocksFrom: 
   if (blocksFrom >= 0) orInto(work, IP_ROW * words, data, blocksFrom, words);
   if (remoteFrom >= 0) orInto(work, IP_REMOTE_ROW * words, data, remoteFrom, words);
   if (negFrom >= 0) orInto(work, IP_NEG_ROW * words, data, negFrom, words);
+}
+
+function applyMasks(work: Int32Array, posAt: number, negAt: number, data: Int32Array, record: number, exact: boolean, words: number): void {
+  const pos = data[record + (exact ? M_EXACT_POS : M_PREFIX_POS)] as number;
+  const neg = data[record + (exact ? M_EXACT_NEG : M_PREFIX_NEG)] as number;
+  if (pos >= 0) orInto(work, posAt, data, pos, words);
+  if (neg >= 0) orInto(work, negAt, data, neg, words);
+}
+
+/** Adds the terms value[0, length) admits (into `posAt`) and excludes (into `negAt`) by one walk of each trie. */
+function walkPatterns(data: Int32Array, words: number, header: number, value: string, length: number, work: Int32Array, posAt: number, negAt: number): void {
+  if (length > 0) {
+    const presencePos = data[header + P_PRESENCE_POS] as number;
+    const presenceNeg = data[header + P_PRESENCE_NEG] as number;
+    if (presencePos >= 0) orInto(work, posAt, data, presencePos, words);
+    if (presenceNeg >= 0) orInto(work, negAt, data, presenceNeg, words);
+  }
+  // Exact and prefix patterns: every node on the way is a prefix of the value; the last one, if reached, the value.
+  let node = data[header + P_TRIE] as number;
+  let i = 0;
+  for (; i < length; i++) {
+    const code = value.charCodeAt(i);
+    let child = data[node + T_CHILD] as number;
+    while (child >= 0 && data[child + T_CHAR] !== code) child = data[child + T_SIBLING] as number;
+    if (child < 0) break;
+    node = child;
+    const record = data[node + T_MASKS] as number;
+    if (record >= 0) applyMasks(work, posAt, negAt, data, record, false, words);
+  }
+  if (i === length) {
+    const record = data[node + T_MASKS] as number;
+    if (record >= 0) applyMasks(work, posAt, negAt, data, record, true, words);
+  }
+  // Suffix patterns, from the end.
+  node = data[header + P_SUFFIX_TRIE] as number;
+  for (let j = length - 1; j >= 0; j--) {
+    const code = value.charCodeAt(j);
+    let child = data[node + T_CHILD] as number;
+    while (child >= 0 && data[child + T_CHAR] !== code) child = data[child + T_SIBLING] as number;
+    if (child < 0) break;
+    node = child;
+    const record = data[node + T_MASKS] as number;
+    if (record >= 0) applyMasks(work, posAt, negAt, data, record, false, words);
+  }
+}
+
+/**
+ * The mask of a path or host, computed into scratch row `row` and returned as `~offset`. `alternative` > 0: the
+ * value's first `alternative` chars are a second form that also counts (a Host without its port, as Istio matches
+ * `web.shop` against `web.shop:80`): a term is admitted if either form passes its list, excluded if either form
+ * is in its `not` list.
+ */
+export function patternMask(data: Int32Array, words: number, header: number, value: string, alternative: number, work: Int32Array, row: number): number {
+  const at = row * words;
+  const negAt = PATTERN_NEG_ROW * words;
+  const base = data[header + P_BASE] as number;
+  for (let w = 0; w < words; w++) {
+    work[at + w] = data[base + w] as number;
+    work[negAt + w] = 0;
+  }
+  walkPatterns(data, words, header, value, value.length, work, at, negAt);
+  if (alternative > 0) walkPatterns(data, words, header, value, alternative, work, at, negAt);
+  andNotInto(work, at, work, negAt, words);
+  return ~at;
 }

@@ -75,8 +75,14 @@ export function contextOf(request: ReferenceRequest): AuthzContext {
   };
 }
 
+/**
+ * Ports the tests' destinations declare HTTP: their rule lists also index paths and hosts. A request on another
+ * port (9090 in the property tests; a dry run can ask) is decided by checking paths and hosts per rule instead.
+ */
+export const HTTP_PORTS: ReadonlySet<number> = new Set([80, 8080]);
+
 export function matcherFor(loaded: Loaded, destination: ReferenceDestination): WorkloadPolicies {
-  return loaded.compiled.forLabels(destination.namespace, destination.labels);
+  return loaded.compiled.forLabels(destination.namespace, destination.labels, HTTP_PORTS);
 }
 
 export function compiledDecision(loaded: Loaded, destination: ReferenceDestination, request: ReferenceRequest, moment: Moment): Decision {
