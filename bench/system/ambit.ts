@@ -13,6 +13,7 @@ import { AMBIT, ALLOWING_POLICY, FOOTPRINT, NAMESPACE, POLICY_COUNT, TRUST_DOMAI
 import type { HostPort } from './layout.ts';
 import { sleep, waitForPort } from './processes.ts';
 import type { Processes, Spawned } from './processes.ts';
+import { LONG_RUNNING_NODE_FLAGS } from '../../src/cli/node-flags.ts';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
@@ -86,7 +87,7 @@ export async function startAmbit(processes: Processes, options: AmbitOptions): P
   const bundleFile = join(options.dir, 'bundle.pem');
   await writeFile(bundleFile, encodePemBundle(state.bundle));
   const caListen = `${options.ca.host}:${options.ca.port}`;
-  const ca = processes.spawn(`${options.label}-ca`, process.execPath, [CLI, 'ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', caListen], { cpu: 'load', env: { AMBIT_LOG_LEVEL: 'warn' } });
+  const ca = processes.spawn(`${options.label}-ca`, process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI, 'ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', caListen], { cpu: 'load', env: { AMBIT_LOG_LEVEL: 'warn' } });
   const started: Spawned[] = [ca];
   const stop = async () => {
     await Promise.all(started.map((spawned) => processes.stop(spawned)));
@@ -96,8 +97,9 @@ export async function startAmbit(processes: Processes, options: AmbitOptions): P
     const nodes: AmbitNode[] = [];
     for (const node of options.nodes) {
       const token = await createJoinToken(caDir, node.name, 600_000);
+      // As ambit recommends running it (src/cli/node-flags.ts); --cpu-prof and AMBIT_BENCH_PROXY_NODE_FLAGS come after, so they can override.
       const args = [
-        ...options.nodeFlags, CLI,
+        ...LONG_RUNNING_NODE_FLAGS, ...options.nodeFlags, CLI,
         'proxy', '--node', node.name, '--config', configDir, '--ca', `https://${caListen}`, '--ca-bundle', bundleFile, '--trust-domain', TRUST_DOMAIN,
         '--state-dir', join(options.dir, node.name), `--join-token=${token.token}`,
         '--metrics', `${node.address}:15020`, '--readiness', `${node.address}:15021`,
