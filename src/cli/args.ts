@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
 import { AmbitError } from '../errors.ts';
+import { parseDurationMs as parseConfigDuration } from '../config/fields.ts';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
@@ -27,26 +28,12 @@ export function requireString(value: string | boolean | undefined, flag: string)
   return value;
 }
 
-/** Parses durations such as 90s, 10m, 1h, 2h30m, 1d; plain numbers are seconds. */
+/** Parses durations such as 90s, 10m, 1h, 2h30m, 1d (the configuration's syntax); on the command line a plain number is seconds. */
 export function parseDurationMs(text: string, flag: string): number {
-  const plain = /^\d+$/.exec(text);
-  if (plain) {
-    if (Number(text) <= 0) throw new AmbitError('USAGE', `--${flag}: duration must be positive`);
-    return Number(text) * 1000;
-  }
-  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-  let total = 0;
-  let rest = text;
-  const part = /^(\d+)(ms|s|m|h|d)/;
-  if (rest.length === 0) throw new AmbitError('USAGE', `--${flag}: empty duration`);
-  while (rest.length > 0) {
-    const match = part.exec(rest);
-    if (!match) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a duration (examples: 30s, 10m, 1h, 2h30m)`);
-    total += Number(match[1]) * (units[match[2] as string] as number);
-    rest = rest.slice(match[0].length);
-  }
-  if (total <= 0) throw new AmbitError('USAGE', `--${flag}: duration must be positive`);
-  return total;
+  if (text.length === 0) throw new AmbitError('USAGE', `--${flag}: empty duration`);
+  const ms = /^\d+$/.test(text) ? Number(text) * 1000 : parseConfigDuration(text);
+  if (ms === undefined || ms <= 0 || !Number.isSafeInteger(ms)) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a positive duration (examples: 30s, 10m, 1h, 2h30m)`);
+  return ms;
 }
 
 /** A certificate lifetime flag: whole seconds, at least one. */

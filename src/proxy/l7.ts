@@ -16,8 +16,30 @@ import { normalizePath } from '../authz/path.ts';
 const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-/** Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded. */
+/** Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; nor is any header the Connection header names. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings']);
+
+/**
+ * The headers a proxy passes on: without hop-by-hop headers, without those the Connection header lists
+ * (RFC 9110 §7.6.1: `Connection: close, x-secret` makes x-secret hop-by-hop), and with `te: trailers` kept,
+ * the one TE value HTTP/2 allows and gRPC servers require (RFC 9113 §8.2.2).
+ */
+export function forwardableHeaders<T extends string | string[] | number>(headers: Readonly<Record<string, T | undefined>>): Record<string, T> {
+  const result: Record<string, T> = {};
+  const listed = headers['connection'];
+  const named = listed === undefined ? null : new Set(String(listed).toLowerCase().split(',').map((token) => token.trim()).filter(Boolean));
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (HOP_BY_HOP.has(name)) {
+      if (name === 'te' && String(value).trim().toLowerCase() === 'trailers') result[name] = value;
+      continue;
+    }
+    if (named !== null && named.has(name)) continue;
+    result[name] = value;
+  }
+  return result;
+}
 const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL } = http2.constants;
 
 export type RequestDecider = (facts: HttpRequestFacts) => Decision;
@@ -171,10 +193,7 @@ export class HttpInspector {
       return;
     }
     state.h1Client ??= new Client('http://upstream.invalid', { connect: reuseSocket(state.upstream), pipelining: 1, keepAliveTimeout: 60_000 });
-    const headers: Record<string, string | string[]> = {};
-    for (const [name, value] of Object.entries(req.headers)) {
-      if (value !== undefined && !HOP_BY_HOP.has(name)) headers[name] = value;
-    }
+    const headers = forwardableHeaders(req.headers);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     state.h1Client.dispatch(
       { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null },
@@ -230,10 +249,7 @@ export class HttpInspector {
       state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
       state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
     }
-    const forwarded: http2.OutgoingHttpHeaders = {};
-    for (const [name, value] of Object.entries(headers)) {
-      if (value !== undefined && !HOP_BY_HOP.has(name)) forwarded[name] = value;
-    }
+    const forwarded: http2.OutgoingHttpHeaders = forwardableHeaders(headers);
     forwarded[HTTP2_HEADER_PATH] = facts.forwardPath;
     let upstreamStream: http2.ClientHttp2Stream;
     try {
@@ -246,10 +262,10 @@ export class HttpInspector {
     let trailers: http2.OutgoingHttpHeaders | null = null;
     upstreamStream.on('response', (responseHeaders) => {
       if (stream.destroyed || stream.closed || stream.headersSent) return;
-      stream.respond(stripHopByHop(responseHeaders), { waitForTrailers: true });
+      stream.respond(forwardableHeaders(responseHeaders), { waitForTrailers: true });
       upstreamStream.pipe(stream);
     });
-    upstreamStream.on('trailers', (received) => (trailers = stripHopByHop(received)));
+    upstreamStream.on('trailers', (received) => (trailers = forwardableHeaders(received)));
     stream.on('wantTrailers', () => {
       if (trailers) stream.sendTrailers(trailers);
       else stream.close();
@@ -273,11 +289,6 @@ function answer(stream: http2.ServerHttp2Stream, status: number): void {
   stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
 }
 
-function stripHopByHop(headers: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
-  const result: http2.OutgoingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) if (value !== undefined && !HOP_BY_HOP.has(name)) result[name] = value;
-  return result;
-}
 
 /** An undici connector that hands out the tunnel's already-connected upstream socket once. */
 function reuseSocket(socket: Socket): buildConnector.connector {
@@ -298,9 +309,7 @@ function forwardResponse(res: http.ServerResponse, logger: Logger): Dispatcher.D
   return {
     onRequestStart() {},
     onResponseStart(controller, statusCode, headers, statusMessage) {
-      const out: Record<string, string | string[]> = {};
-      for (const [name, value] of Object.entries(headers)) if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value as string | string[];
-      res.writeHead(statusCode, statusMessage, out);
+      res.writeHead(statusCode, statusMessage, forwardableHeaders(headers as Record<string, string | string[] | undefined>));
       // Send the head on its own: in Node 24.21 a corked write of the latin1 head string together with a
       // Buffer body chunk onto an Http2Stream corrupts the head's first bytes (seen here); alone it is fine.
       res.flushHeaders();

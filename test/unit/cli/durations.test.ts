@@ -1,0 +1,28 @@
+// Durations on the command line: the configuration's syntax (1h, 30m, 2h30m, 1d, 500ms), plus a plain number of seconds.
+import { describe, expect, it } from 'vitest';
+import { parseDurationMs } from '../../../src/cli/args.ts';
+import { AmbitError } from '../../../src/errors.ts';
+
+describe('command-line durations', () => {
+  it.each([
+    ['90', 90_000],
+    ['90s', 90_000],
+    ['2h30m', 9_000_000],
+    ['1d', 86_400_000],
+    ['500ms', 500],
+  ])('reads %s', (text, ms) => {
+    expect(parseDurationMs(text, 'ttl')).toBe(ms);
+  });
+
+  it.each(['', '0', '0s', '1x', '-5', '1.5h', 'h', '10 m', '99999999999999999999d'])('refuses %j naming the flag', (text) => {
+    let caught: unknown;
+    try {
+      parseDurationMs(text, 'svid-ttl');
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(AmbitError);
+    expect((caught as AmbitError).code).toBe('USAGE');
+    expect((caught as AmbitError).message).toContain('--svid-ttl');
+  });
+});
