@@ -16,7 +16,8 @@
 // Anything ambit does not evaluate (CUSTOM, targetRefs, JWT fields, path templates, unknown keys) is refused at
 // load rather than ignored: an ignored field would widen a DENY or an ALLOW (STYLE rule 8).
 import {
-  canonicalIp,
+  canonicalIpBlock,
+  checkIpBlock,
   checkDns1123Label,
   checkDns1123Subdomain,
   checkFields,
@@ -470,77 +471,6 @@ export function checkPath(value: string): string | undefined {
   }
   if (form !== 'suffix' && !text.startsWith('/')) return `${JSON.stringify(value)} must start with "/" (or "*" for a suffix match)`;
   return undefined;
-}
-
-// ---- IP blocks ----
-
-interface ParsedBlock {
-  readonly family: 4 | 6;
-  readonly address: string;
-  /** undefined for a single address */
-  readonly bits: number | undefined;
-}
-
-/** Undefined for anything but an IP address or a CIDR block (Go's netip.ParsePrefix rules: no leading zeros in the length). */
-function parseIpBlock(value: string): ParsedBlock | string {
-  const invalid = `${JSON.stringify(value)} is not an IP address or CIDR block`;
-  const slash = value.indexOf('/');
-  const address = canonicalIp(slash === -1 ? value : value.slice(0, slash));
-  if (address === undefined) return invalid;
-  const family = address.includes(':') ? 6 : 4;
-  if (slash === -1) return { family, address, bits: undefined };
-  const bitsText = value.slice(slash + 1);
-  if (!/^(?:0|[1-9]\d{0,2})$/.test(bitsText)) return invalid;
-  let bits = Number(bitsText);
-  // canonicalIp writes an IPv4-mapped IPv6 address as IPv4 (how a dual-stack socket's peer is looked up), so its
-  // block is the IPv4 block of the low 32 bits; shorter than /96 it would also cover plain IPv6 addresses.
-  if (family === 4 && value.slice(0, slash).includes(':')) {
-    if (bits < 96 || bits > 128) return `${JSON.stringify(value)}: an IPv4-mapped block needs a length of /96 to /128; write the IPv4 block instead`;
-    bits -= 96;
-  }
-  if (bits > (family === 4 ? 32 : 128)) return `${JSON.stringify(value)}: /${bitsText} is longer than an IPv${family} address`;
-  return { family, address, bits };
-}
-
-function checkIpBlock(value: string): string | undefined {
-  const parsed = parseIpBlock(value);
-  return typeof parsed === 'string' ? parsed : undefined;
-}
-
-/**
- * The canonical spelling of a validated block. Istio (netip.ParsePrefix) accepts a block with host bits set, such as
- * 10.0.0.1/24, and Envoy matches it as its network; so ambit accepts it too and writes it as the network, 10.0.0.0/24.
- */
-export function canonicalIpBlock(value: string): string {
-  const parsed = parseIpBlock(value);
-  if (typeof parsed === 'string') throw new TypeError(parsed);
-  if (parsed.bits === undefined) return parsed.address;
-  const bytes = ipBytes(parsed.address, parsed.family);
-  for (let index = 0; index < bytes.length; index++) {
-    const keep = Math.min(8, Math.max(0, parsed.bits - index * 8));
-    bytes[index] = (bytes[index] as number) & ((0xff << (8 - keep)) & 0xff);
-  }
-  return `${ipText(bytes, parsed.family)}/${parsed.bits}`;
-}
-
-function ipBytes(address: string, family: 4 | 6): number[] {
-  if (family === 4) return address.split('.').map(Number);
-  const [head = '', tail] = address.split('::') as [string, string | undefined];
-  const headGroups = head === '' ? [] : head.split(':');
-  const tailGroups = tail === undefined || tail === '' ? [] : tail.split(':');
-  const groups = [...headGroups, ...Array<string>(8 - headGroups.length - tailGroups.length).fill('0'), ...tailGroups];
-  return groups.flatMap((group) => {
-    const number = Number.parseInt(group, 16);
-    return [number >> 8, number & 0xff];
-  });
-}
-
-function ipText(bytes: readonly number[], family: 4 | 6): string {
-  if (family === 4) return bytes.join('.');
-  const groups: string[] = [];
-  for (let index = 0; index < 16; index += 2) groups.push((((bytes[index] as number) << 8) | (bytes[index + 1] as number)).toString(16));
-  // The WHATWG URL parser writes the RFC 5952 compressed form; a masked non-mapped address never becomes mapped.
-  return new URL(`http://[${groups.join(':')}]`).hostname.slice(1, -1);
 }
 
 // ---- selector ----

@@ -2,6 +2,7 @@
 // issue list they report into. Pure functions over plain values parsed from YAML; no I/O.
 import { isIPv4, isIPv6 } from 'node:net';
 import type { ErrorCode } from '../errors.ts';
+import { tryParseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
 
 /** Where a value sits inside an object: keys and list indexes from the object's root. */
 export type FieldPath = readonly (string | number)[];
@@ -322,14 +323,74 @@ export function checkIp(value: string): string | undefined {
   return canonicalIp(value) === undefined ? `${JSON.stringify(value)} is not an IPv4 or IPv6 address` : undefined;
 }
 
-export function checkIpOrCidr(value: string): string | undefined {
+// IP blocks as Istio reads them (netip.ParsePrefix): ipBlocks, the IP `when` keys, WorkloadEntry and ServiceEntry addresses.
+interface ParsedBlock {
+  readonly family: 4 | 6;
+  readonly address: string;
+  /** undefined for a single address */
+  readonly bits: number | undefined;
+}
+
+/** Undefined for anything but an IP address or a CIDR block (Go's netip.ParsePrefix rules: no leading zeros in the length). */
+function parseIpBlock(value: string): ParsedBlock | string {
+  const invalid = `${JSON.stringify(value)} is not an IP address or CIDR block`;
   const slash = value.indexOf('/');
-  if (slash === -1) return checkIp(value);
-  const address = canonicalIp(value.slice(0, slash));
-  const prefixText = value.slice(slash + 1);
-  const maxPrefix = address !== undefined && address.includes(':') ? 128 : 32;
-  if (address !== undefined && /^\d{1,3}$/.test(prefixText) && Number(prefixText) <= maxPrefix) return undefined;
-  return `${JSON.stringify(value)} is not an IP address or CIDR block`;
+  const address = canonicalIp(slash === -1 ? value : value.slice(0, slash));
+  if (address === undefined) return invalid;
+  const family = address.includes(':') ? 6 : 4;
+  if (slash === -1) return { family, address, bits: undefined };
+  const bitsText = value.slice(slash + 1);
+  if (!/^(?:0|[1-9]\d{0,2})$/.test(bitsText)) return invalid;
+  let bits = Number(bitsText);
+  // canonicalIp writes an IPv4-mapped IPv6 address as IPv4 (how a dual-stack socket's peer is looked up), so its
+  // block is the IPv4 block of the low 32 bits; shorter than /96 it would also cover plain IPv6 addresses.
+  if (family === 4 && value.slice(0, slash).includes(':')) {
+    if (bits < 96 || bits > 128) return `${JSON.stringify(value)}: an IPv4-mapped block needs a length of /96 to /128; write the IPv4 block instead`;
+    bits -= 96;
+  }
+  if (bits > (family === 4 ? 32 : 128)) return `${JSON.stringify(value)}: /${bitsText} is longer than an IPv${family} address`;
+  return { family, address, bits };
+}
+
+export function checkIpBlock(value: string): string | undefined {
+  const parsed = parseIpBlock(value);
+  return typeof parsed === 'string' ? parsed : undefined;
+}
+
+/**
+ * The canonical spelling of a validated block. Istio (netip.ParsePrefix) accepts a block with host bits set, such as
+ * 10.0.0.1/24, and Envoy matches it as its network; so ambit accepts it too and writes it as the network, 10.0.0.0/24.
+ */
+export function canonicalIpBlock(value: string): string {
+  const parsed = parseIpBlock(value);
+  if (typeof parsed === 'string') throw new TypeError(parsed);
+  if (parsed.bits === undefined) return parsed.address;
+  const bytes = ipBytes(parsed.address, parsed.family);
+  for (let index = 0; index < bytes.length; index++) {
+    const keep = Math.min(8, Math.max(0, parsed.bits - index * 8));
+    bytes[index] = (bytes[index] as number) & ((0xff << (8 - keep)) & 0xff);
+  }
+  return `${ipText(bytes, parsed.family)}/${parsed.bits}`;
+}
+
+function ipBytes(address: string, family: 4 | 6): number[] {
+  if (family === 4) return address.split('.').map(Number);
+  const [head = '', tail] = address.split('::') as [string, string | undefined];
+  const headGroups = head === '' ? [] : head.split(':');
+  const tailGroups = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = [...headGroups, ...Array<string>(8 - headGroups.length - tailGroups.length).fill('0'), ...tailGroups];
+  return groups.flatMap((group) => {
+    const number = Number.parseInt(group, 16);
+    return [number >> 8, number & 0xff];
+  });
+}
+
+function ipText(bytes: readonly number[], family: 4 | 6): string {
+  if (family === 4) return bytes.join('.');
+  const groups: string[] = [];
+  for (let index = 0; index < 16; index += 2) groups.push((((bytes[index] as number) << 8) | (bytes[index + 1] as number)).toString(16));
+  // The WHATWG URL parser writes the RFC 5952 compressed form; a masked non-mapped address never becomes mapped.
+  return new URL(`http://[${groups.join(':')}]`).hostname.slice(1, -1);
 }
 
 const HOSTNAME = /^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?$/;
@@ -342,33 +403,21 @@ export function checkHost(value: string): string | undefined {
   return `${JSON.stringify(value)} is not a host name (DNS name, optionally with a leading "*.")`;
 }
 
-const TRUST_DOMAIN = /^[a-z0-9._-]+$/;
-/** SPIFFE-ID §2.1: lowercase a-z, 0-9, ".", "-", "_"; §2.3: at most 255 bytes. */
-export const MAX_TRUST_DOMAIN_BYTES = 255;
-
+/** SPIFFE-ID §2.1 and §2.3, by the identity layer's own parser. */
 export function checkTrustDomain(value: string): string | undefined {
-  if (!TRUST_DOMAIN.test(value)) {
-    return `${JSON.stringify(value)} is not a SPIFFE trust domain (only lowercase a-z, 0-9, ".", "-" and "_")`;
+  try {
+    validateTrustDomain(value);
+    return undefined;
+  } catch (error) {
+    return `${JSON.stringify(value)} is not a SPIFFE trust domain: ${(error as Error).message}`;
   }
-  if (value.length > MAX_TRUST_DOMAIN_BYTES) return `trust domain is ${value.length} bytes, more than ${MAX_TRUST_DOMAIN_BYTES}`;
-  return undefined;
 }
 
-const PATH_SEGMENT = /^[A-Za-z0-9._-]+$/;
-
-/**
- * A SPIFFE ID with a path (an endpoint's workload ID). Kept here rather than imported because
- * src/identity/spiffe-id.ts is written concurrently; once it lands this should call its parser.
- */
+/** A SPIFFE ID with a path (an endpoint's workload ID), by the identity layer's own parser. */
 export function checkWorkloadSpiffeId(value: string): string | undefined {
-  const invalid = `${JSON.stringify(value)} is not a SPIFFE ID with a path (spiffe://TRUST_DOMAIN/PATH)`;
-  if (!value.startsWith('spiffe://') || value.length > 2048) return invalid;
-  const rest = value.slice('spiffe://'.length);
-  const slash = rest.indexOf('/');
-  if (slash <= 0 || checkTrustDomain(rest.slice(0, slash)) !== undefined) return invalid;
-  for (const segment of rest.slice(slash + 1).split('/')) {
-    if (!PATH_SEGMENT.test(segment) || segment === '.' || segment === '..') return invalid;
-  }
+  const id = tryParseSpiffeId(value);
+  if (id instanceof Error) return `${JSON.stringify(value)} is not a SPIFFE ID: ${id.message}`;
+  if (id.path === '') return `${JSON.stringify(value)} is a trust domain's ID; a workload ID has a path (spiffe://TRUST_DOMAIN/PATH)`;
   return undefined;
 }
 

@@ -13,7 +13,7 @@ import {
   checkHost,
   checkHttpsUrl,
   checkIp,
-  checkIpOrCidr,
+  checkIpBlock,
   checkLabelValue,
   checkPortName,
   checkQualifiedName,
@@ -424,7 +424,7 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
   if (!hostsGiven && !hasValue(spec, 'hosts')) issues.add([...path, 'hosts'], 'required: at least one host');
   if (!hostsGiven && Array.isArray(spec['hosts'])) issues.add([...path, 'hosts'], 'must list at least one host');
   const hosts = stringListField(issues, spec, 'hosts', path, { check: checkHost });
-  const addresses = stringListField(issues, spec, 'addresses', path, { check: checkIpOrCidr });
+  const addresses = stringListField(issues, spec, 'addresses', path, { check: checkIpBlock });
   const location = enumField(issues, spec, 'location', path, ['MESH_EXTERNAL', 'MESH_INTERNAL'] as const) ?? 'MESH_EXTERNAL';
   const resolution = enumField(issues, spec, 'resolution', path, ['NONE', 'STATIC', 'DNS', 'DNS_ROUND_ROBIN'] as const) ?? 'NONE';
 

@@ -10,7 +10,7 @@ import { explain } from '../../../src/authz/explain.ts';
 import { CidrSet, MethodMatcher, StringMatcher, parseIp } from '../../../src/authz/match.ts';
 import type { IpAddress } from '../../../src/authz/match.ts';
 import type { AuthorizationPolicySpec, ConditionKey, MtlsMode, PeerAuthenticationSpec, PolicyAction, PolicyCondition, PolicyOperation, PolicyRule, PolicySource } from '../../../src/authz/types.ts';
-import { canonicalIpBlock } from '../../../src/authz/validate.ts';
+import { canonicalIpBlock } from '../../../src/config/fields.ts';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import type { ConfigObject } from '../../../src/config/objects.ts';
 import { compiledDecision, contextOf, loadObjects, matcherFor } from './harness.ts';
