@@ -19,35 +19,11 @@ export interface AccessLogRecord {
   responseFlags: string;
 }
 
-/**
- * Marks a logger made by tunnelLogger. Pino does not de-duplicate a field that is both bound and logged
- * (it writes the key twice), so accessLog leaves the identities out when the logger already carries them.
- * A symbol, because the state hangs on an object we do not own; pino children inherit it (Object.create).
- */
-const CARRIES_IDENTITIES = Symbol('ambit.accessLog.carriesIdentities');
-
-type MarkedLogger = Logger & { [CARRIES_IDENTITIES]?: true };
-
-/**
- * The logger for one tunnel: a pino child carrying both identities as `src.identity` / `dst.identity`,
- * serialised once here rather than on every line (STYLE rule 10). An identity that is not known (no mTLS)
- * is left out, as ztunnel does.
- */
-export function tunnelLogger(base: Logger, srcIdentity: string | undefined, dstIdentity: string | undefined): Logger {
-  const bindings: Record<string, string> = {};
-  if (srcIdentity !== undefined) bindings['src.identity'] = srcIdentity;
-  if (dstIdentity !== undefined) bindings['dst.identity'] = dstIdentity;
-  const child = base.child(bindings) as MarkedLogger;
-  child[CARRIES_IDENTITIES] = true;
-  return child;
-}
-
 /** Writes the connection's access line: warn when it ended with an error, info otherwise; msg 'access'. */
 export function accessLog(logger: Logger, record: AccessLogRecord): void {
   const level = record.error === undefined ? 'info' : 'warn';
   // Disabled levels cost one comparison: the line's object is not even built (STYLE rule 11).
   if (!logger.isLevelEnabled(level)) return;
-  const carriesIdentities = (logger as MarkedLogger)[CARRIES_IDENTITIES] === true;
   const { src, dst, error } = record;
   // Undefined fields are dropped by pino's serialiser, so optional fields need no branches here.
   logger[level](
@@ -55,13 +31,13 @@ export function accessLog(logger: Logger, record: AccessLogRecord): void {
       'src.addr': src.addr,
       'src.workload': src.workload,
       'src.namespace': src.namespace,
-      'src.identity': carriesIdentities ? undefined : src.identity,
+      'src.identity': src.identity,
       'dst.addr': dst.addr,
       'dst.hbone_addr': dst.hbone_addr,
       'dst.service': dst.service,
       'dst.workload': dst.workload,
       'dst.namespace': dst.namespace,
-      'dst.identity': carriesIdentities ? undefined : dst.identity,
+      'dst.identity': dst.identity,
       direction: record.direction,
       bytes_sent: record.bytesSent,
       bytes_recv: record.bytesRecv,

@@ -44,8 +44,7 @@ export class InboundAuthorizer {
 
   /** The L4 decision when a stream opens ('tcp' on plain ports, 'connect' on ports declared HTTP). */
   authorize(connection: InboundConnection): Decision {
-    const snapshot = this.#snapshot();
-    const policies = authorizationOf(snapshot).forWorkload(connection.destination);
+    const policies = authorizationOf(this.#snapshot()).forWorkload(connection.destination);
     const moment = policies.httpPorts.has(connection.destinationPort) ? 'connect' : 'tcp';
     const ctx = contextOf(connection);
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
@@ -104,7 +103,14 @@ export class InboundAuthorizer {
     // A byte tunnel to a port that now has HTTP rules would escape them: close it, the client reconnects into inspection.
     const policies = authorizationOf(snapshot).forWorkload(destination);
     if (!inspected && policies.hasL7Rules && policies.httpPorts.has(connection.destinationPort)) return false;
-    return this.authorize({ ...connection, destination }).allow;
+    // A re-check, not a new connection: neither counted as a decision nor logged as a denied connection (the
+    // caller logs how many it closed); the reason is kept at debug.
+    const moment = policies.httpPorts.has(connection.destinationPort) ? 'connect' : 'tcp';
+    const decision = decideSafely(policies, contextOf(connection), moment, DENY_ON_ERROR);
+    if (!decision.allow && this.#logger.isLevelEnabled('debug')) {
+      this.#logger.debug({ policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: destination.identity, port: connection.destinationPort }, 'open connection no longer allowed');
+    }
+    return decision.allow;
   }
 
   #count(decision: Decision): void {

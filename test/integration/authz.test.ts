@@ -219,9 +219,12 @@ describe('authorization in the node proxy', () => {
     const echoed = new Promise<string>((resolve) => socket.once('data', (data: Buffer) => resolve(data.toString())));
     socket.write('still allowed');
     expect(await echoed).toBe('still allowed');
+    const nodeB = mesh.nodes.get('node-b')!;
+    const deniesBefore = await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' });
     await mesh.writeConfig('policies.yaml', policies.replace('cluster.local/ns/demo/sa/client', 'cluster.local/ns/demo/sa/nobody'));
     await closed;
-    const nodeB = mesh.nodes.get('node-b')!;
     await nodeB.proc.waitFor((line) => line.msg === 'closed open connections the new configuration no longer allows');
+    // The re-check of an open connection is not a new decision: the counter counts connections and requests decided.
+    expect(await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' })).toBe(deniesBefore);
   });
 });

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import { accessLog, tunnelLogger } from '../../../src/observe/access-log.ts';
+import { accessLog } from '../../../src/observe/access-log.ts';
 import type { AccessLogRecord } from '../../../src/observe/access-log.ts';
 
 /** A logger writing into an array of raw JSON lines. */
@@ -76,32 +76,5 @@ describe('accessLog', () => {
     expect(lines).toHaveLength(0);
     accessLog(logger, { ...RECORD, error: { code: 'UPSTREAM_CONNECT', message: 'refused' } });
     expect(lines).toHaveLength(1);
-  });
-});
-
-describe('tunnelLogger', () => {
-  it('carries both identities on every line of the tunnel', () => {
-    const { logger, lines } = capture();
-    tunnelLogger(logger, WEB, API).info('stream opened');
-    const line = JSON.parse(lines[0]!);
-    expect(line['src.identity']).toBe(WEB);
-    expect(line['dst.identity']).toBe(API);
-  });
-
-  it('makes the access line carry each identity exactly once', () => {
-    const { logger, lines } = capture();
-    accessLog(tunnelLogger(logger, WEB, API), RECORD);
-    const raw = lines[0]!;
-    expect(raw.split('"src.identity"')).toHaveLength(2);
-    expect(raw.split('"dst.identity"')).toHaveLength(2);
-    expect(JSON.parse(raw)['src.identity']).toBe(WEB);
-  });
-
-  it('leaves out an identity that is not known', () => {
-    const { logger, lines } = capture();
-    tunnelLogger(logger, undefined, API).info('x');
-    const line = JSON.parse(lines[0]!);
-    expect('src.identity' in line).toBe(false);
-    expect(line['dst.identity']).toBe(API);
   });
 });
