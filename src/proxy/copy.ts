@@ -1,8 +1,13 @@
 // Carries bytes between an application TCP socket and an HBONE stream, both ways, with half-close:
 // FIN becomes END_STREAM and END_STREAM becomes FIN; a reset or an error on either side closes the
-// other abruptly. pipe() honours write()'s return value and 'drain' in both directions, so a slow
-// reader stalls its writer (through TCP and HTTP/2 flow control) instead of growing a buffer.
-// No per-chunk work is done here: bytes are counted by the sockets themselves (bytesRead/bytesWritten).
+// other abruptly. A write() that returns false pauses the side that produced the chunk until the other
+// drains, in both directions, so a slow reader stalls its writer (through TCP and HTTP/2 flow control)
+// instead of growing a buffer. No per-chunk work is done here: bytes are counted by the sockets
+// themselves (bytesRead/bytesWritten).
+//
+// The listeners are the class's static functions, shared by every tunnel, finding their Bridge through a
+// symbol on the emitter (undici's module-level handlers reading `this`): pipe() in both directions would
+// make about fifteen closures per tunnel, and ten thousand idle tunnels keep all of them.
 import type { Socket } from 'node:net';
 import type { Http2Stream } from 'node:http2';
 import { constants as h2constants } from 'node:http2';
@@ -12,6 +17,14 @@ export interface BridgeResult {
   readonly error: Error | undefined;
   /** Which side failed first. */
   readonly failedSide: 'socket' | 'stream' | undefined;
+}
+
+const kBridge = Symbol('ambit.bridge');
+
+type Carrier = { [kBridge]?: Bridge };
+
+function bridgeOf(emitter: unknown): Bridge {
+  return (emitter as Carrier)[kBridge] as Bridge;
 }
 
 /** Runs until both sides have closed; the callback runs exactly once. */
@@ -28,23 +41,80 @@ export class Bridge {
     this.socket = socket;
     this.stream = stream;
     this.#done = done;
-    socket.on('error', (error) => this.#fail('socket', error));
-    socket.on('close', () => {
-      this.#socketClosed = true;
-      // The app side is gone (both directions done, or aborted): nothing more will flow into the stream.
-      if (!this.#streamClosed && (socket.destroyed && !socket.readableEnded)) this.#resetStream();
-      this.#finish();
-    });
-    stream.on('error', (error) => this.#fail('stream', error));
-    stream.on('aborted', () => this.#fail('stream', new Error('stream aborted by peer')));
-    stream.on('close', () => {
-      this.#streamClosed = true;
-      // A reset from the peer (any code but a clean end) closes the app connection abruptly.
-      if (!this.#socketClosed && (stream.rstCode !== h2constants.NGHTTP2_NO_ERROR || !stream.readableEnded)) socket.destroy();
-      this.#finish();
-    });
-    socket.pipe(stream);
-    stream.pipe(socket);
+    (socket as unknown as Carrier)[kBridge] = this;
+    (stream as unknown as Carrier)[kBridge] = this;
+    socket.on('error', Bridge.#onSocketError);
+    socket.on('close', Bridge.#onSocketClose);
+    stream.on('error', Bridge.#onStreamError);
+    stream.on('aborted', Bridge.#onStreamAborted);
+    stream.on('close', Bridge.#onStreamClose);
+    socket.on('data', Bridge.#onSocketData);
+    socket.on('drain', Bridge.#onSocketDrain);
+    socket.on('end', Bridge.#onSocketEnd);
+    stream.on('data', Bridge.#onStreamData);
+    stream.on('drain', Bridge.#onStreamDrain);
+    stream.on('end', Bridge.#onStreamEnd);
+  }
+
+  static #onSocketData(this: Socket, chunk: Buffer): void {
+    const stream = bridgeOf(this).stream;
+    // After a reset the tunnel is being torn down: the bytes have nowhere to go.
+    if (stream.destroyed) return;
+    if (!stream.write(chunk)) this.pause();
+  }
+
+  static #onStreamDrain(this: Http2Stream): void {
+    bridgeOf(this).socket.resume();
+  }
+
+  static #onStreamData(this: Http2Stream, chunk: Buffer): void {
+    const socket = bridgeOf(this).socket;
+    if (socket.destroyed) return;
+    if (!socket.write(chunk)) this.pause();
+  }
+
+  static #onSocketDrain(this: Socket): void {
+    bridgeOf(this).stream.resume();
+  }
+
+  /** FIN from the application: END_STREAM. */
+  static #onSocketEnd(this: Socket): void {
+    const stream = bridgeOf(this).stream;
+    if (!stream.destroyed) stream.end();
+  }
+
+  /** END_STREAM from the peer: FIN to the application. */
+  static #onStreamEnd(this: Http2Stream): void {
+    const socket = bridgeOf(this).socket;
+    if (!socket.destroyed) socket.end();
+  }
+
+  static #onSocketError(this: Socket, error: Error): void {
+    bridgeOf(this).#fail('socket', error);
+  }
+
+  static #onStreamError(this: Http2Stream, error: Error): void {
+    bridgeOf(this).#fail('stream', error);
+  }
+
+  static #onStreamAborted(this: Http2Stream): void {
+    bridgeOf(this).#fail('stream', new Error('stream aborted by peer'));
+  }
+
+  static #onSocketClose(this: Socket): void {
+    const bridge = bridgeOf(this);
+    bridge.#socketClosed = true;
+    // The app side is gone (both directions done, or aborted): nothing more will flow into the stream.
+    if (!bridge.#streamClosed && this.destroyed && !this.readableEnded) bridge.#resetStream();
+    bridge.#finish();
+  }
+
+  static #onStreamClose(this: Http2Stream): void {
+    const bridge = bridgeOf(this);
+    bridge.#streamClosed = true;
+    // A reset from the peer (any code but a clean end) closes the app connection abruptly.
+    if (!bridge.#socketClosed && (this.rstCode !== h2constants.NGHTTP2_NO_ERROR || !this.readableEnded)) bridge.socket.destroy();
+    bridge.#finish();
   }
 
   #resetStream(): void {
