@@ -325,7 +325,8 @@ describe('ambit ca on loopback', () => {
     expect((await runAmbit(['ca', 'root', 'withdraw', '--dir', caDir, '--grace', '0s'])).status).toBe(0);
     const after = await withdrawn;
     expect(verifySvid(oldSvid.chain, after, whileOldValid).error?.code).toBe('SVID_CHAIN_INVALID');
-    expect(verifySvid(newSvid.chain, after).valid).toBe(true);
+    // Judged inside its own 6 s validity too: on a slow machine the withdrawal can come after it expired.
+    expect(verifySvid(newSvid.chain, after, { at: new Date(newSvid.notAfter.getTime() - 1000) }).valid).toBe(true);
     // And the agent keeps renewing against the new root alone.
     const later = await waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === WEB);
     expect(verifySvid(later.chain, after).valid).toBe(true);
