@@ -1,0 +1,84 @@
+// The proxy's peer verification caches verdicts by leaf fingerprint; a cached accept must never outlive the trust
+// that made it (a bundle set without the root, an expired leaf) nor stand in for the identity check.
+// Real TLS handshakes on loopback: the verifier reads the peer certificate from the server-side socket.
+import * as tls from 'node:tls';
+import type { AddressInfo } from 'node:net';
+import { once } from 'node:events';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BundleSet } from '../../../src/identity/bundle.ts';
+import { PeerVerifier } from '../../../src/proxy/tls.ts';
+import { createTestCa, issueTestSvid } from '../../helpers/certs.ts';
+import type { TestSvid } from '../../helpers/certs.ts';
+
+const TD = 'verify.test';
+const CLIENT_ID = `spiffe://${TD}/ns/demo/sa/client`;
+const sockets: tls.TLSSocket[] = [];
+
+afterAll(() => {
+  for (const socket of sockets) socket.destroy();
+});
+
+/** The server side of a TLS 1.3 connection from a client presenting `client`. */
+async function acceptedFrom(server: TestSvid, client: TestSvid): Promise<tls.TLSSocket> {
+  const listener = tls.createServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', requestCert: true, rejectUnauthorized: false });
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+  const accepted = once(listener, 'secureConnection') as Promise<[tls.TLSSocket]>;
+  const socket = tls.connect({ host: '127.0.0.1', port: (listener.address() as AddressInfo).port, cert: client.certPem, key: client.keyPem, minVersion: 'TLSv1.3', rejectUnauthorized: false });
+  socket.on('error', () => {});
+  const [serverSide] = await accepted;
+  sockets.push(socket, serverSide);
+  listener.close();
+  return serverSide;
+}
+
+describe('peer verification with a verdict cache', () => {
+  it('accepts a peer the bundle vouches for, and refuses it once the bundle set no longer holds its root', async () => {
+    const ca = await createTestCa(TD);
+    const other = await createTestCa('other.test');
+    const verifier = new PeerVerifier();
+    const socket = await acceptedFrom(await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`), await issueTestSvid(ca, CLIENT_ID));
+    expect(verifier.verify(socket, new BundleSet([ca.bundle]), CLIENT_ID).valid).toBe(true);
+    // A withdrawn root arrives as a new bundle set: the cached accept is not reused with it.
+    const rotated = new BundleSet([(await createTestCa(TD)).bundle, other.bundle]);
+    const refused = verifier.verify(socket, rotated, CLIENT_ID);
+    expect(refused.valid).toBe(false);
+  });
+
+  it('checks the expected identity on every call, cached verdict or not', async () => {
+    const ca = await createTestCa(TD);
+    const verifier = new PeerVerifier();
+    const bundles = new BundleSet([ca.bundle]);
+    const socket = await acceptedFrom(await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`), await issueTestSvid(ca, CLIENT_ID));
+    expect(verifier.verify(socket, bundles, CLIENT_ID).valid).toBe(true);
+    const wrong = verifier.verify(socket, bundles, `spiffe://${TD}/ns/demo/sa/admin`);
+    expect(wrong.valid).toBe(false);
+    expect(verifier.verify(socket, bundles, (id) => id.path.startsWith('/ns/demo/')).valid).toBe(true);
+  });
+
+  it('does not keep accepting a leaf after it expires', async () => {
+    const ca = await createTestCa(TD);
+    const verifier = new PeerVerifier();
+    const bundles = new BundleSet([ca.bundle]);
+    // X.509 times have one-second granularity: a 2 s leaf is valid for 1–2 s.
+    const socket = await acceptedFrom(await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`), await issueTestSvid(ca, CLIENT_ID, { ttlMs: 2000 }));
+    expect(verifier.verify(socket, bundles, CLIENT_ID).valid).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 2600));
+    const expired = verifier.verify(socket, bundles, CLIENT_ID);
+    expect(expired.valid).toBe(false);
+    expect(expired.error?.code).toBe('SVID_EXPIRED');
+  });
+
+  it('refuses a peer without a certificate', async () => {
+    const ca = await createTestCa(TD);
+    const server = await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`);
+    const listener = tls.createServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', requestCert: true, rejectUnauthorized: false });
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    const accepted = once(listener, 'secureConnection') as Promise<[tls.TLSSocket]>;
+    const client = tls.connect({ host: '127.0.0.1', port: (listener.address() as AddressInfo).port, minVersion: 'TLSv1.3', rejectUnauthorized: false });
+    client.on('error', () => {});
+    const [serverSide] = await accepted;
+    sockets.push(client, serverSide);
+    listener.close();
+    expect(new PeerVerifier().verify(serverSide, new BundleSet([ca.bundle]), CLIENT_ID).valid).toBe(false);
+  });
+});
