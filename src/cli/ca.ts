@@ -13,6 +13,7 @@ import { decodeBundleText, encodeBundle, encodePemBundle } from '../identity/bun
 import type { FederationPeer } from '../identity/federation.ts';
 import { createLogger } from '../observe/log.ts';
 import { watchConfigDir } from '../config/watch.ts';
+import { AuditLog } from '../config/audit.ts';
 import type { ConfigSnapshot } from '../config/snapshot.ts';
 import { parseListen } from './listen.ts';
 
@@ -123,7 +124,11 @@ async function serve(argv: string[]): Promise<number> {
   const listen = parseListen(values.listen ?? DEFAULT_LISTEN, 'listen');
   const logger = createLogger({ name: 'ambit-ca' });
   const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
-  const auditLogger = createLogger({ name: 'ambit-ca-audit', file: auditFile });
+  // The same audit log format as the proxy's: one JSON line per configuration change and per issuance decision.
+  const auditLog = new AuditLog(auditFile);
+  const audit = (record: Record<string, unknown>) => {
+    auditLog.write(record).catch((error: unknown) => logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON() }, 'audit record not written'));
+  };
   const state = await loadCa(dir);
   const fixedTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : undefined;
   let server: CaServer | undefined;
@@ -140,9 +145,9 @@ async function serve(argv: string[]): Promise<number> {
   };
   const config = await watchConfigDir(configDir, {
     requireMesh: true,
+    auditLog,
     onChange: (next, _previous, diff) => {
       logger.info({ version: next.version, diff }, 'configuration reloaded');
-      auditLogger.info({ event: 'config_changed', version: next.version, diff }, 'audit');
       apply(next);
     },
     onError: (error) => logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force'),
@@ -163,7 +168,7 @@ async function serve(argv: string[]): Promise<number> {
       federationMinRefreshMs: values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined,
       statePollMs: values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined,
       logger,
-      audit: (record) => auditLogger.info(record, 'audit'),
+      audit,
     });
   } catch (error) {
     // The configuration watcher keeps the event loop alive: without closing it a refused start never exits.

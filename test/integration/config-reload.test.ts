@@ -215,19 +215,20 @@ describe('a valid configuration change', () => {
     expect(bound(nodeA, marks.a, 'outbound', `${CLIENT_IP}:9007=`)).toBe(false);
     await tunnel.echo('and still here after new traffic');
 
-    // The CA's audit log: one config_changed record since the mesh started, naming what was added and
+    // The CA's audit log: one config_change record since the mesh started, naming what was added and
     // changed; none for the rejected changes (removing their files left the content as it was).
     let records: Array<Record<string, unknown>> = [];
     await waitUntil('the CA audits the change', async () => {
-      records = (await auditLines()).slice(auditLinesAtStart).map((line) => JSON.parse(line) as Record<string, unknown>).filter((record) => record.event === 'config_changed');
+      records = (await auditLines()).slice(auditLinesAtStart).map((line) => JSON.parse(line) as Record<string, unknown>).filter((record) => record.event === 'config_change');
       return records.length > 0;
     }, 10_000);
     expect(records).toHaveLength(1);
-    expect(records[0]).toMatchObject({ name: 'ambit-ca-audit', msg: 'audit', event: 'config_changed', version: expect.stringMatching(/^[0-9a-f]{16}$/) });
-    const record = records[0] as { version: string; diff: { added: unknown[]; removed: unknown[]; changed: Array<{ object: string; file: string; fields: string[] }> } };
-    expect(record.diff.added).toEqual([{ object: 'Pod demo/echo-2', file: 'workloads.yaml' }]);
-    expect(record.diff.removed).toEqual([]);
-    expect(record.diff.changed).toEqual([{ object: 'Pod demo/client-1', file: 'workloads.yaml', fields: ['metadata.annotations["ambit.dev/outbound"]'] }]);
+    // The same format as the proxy's audit log.
+    expect(records[0]).toMatchObject({ event: 'config_change', version: expect.stringMatching(/^[0-9a-f]{16}$/), previousVersion: expect.stringMatching(/^[0-9a-f]{16}$/), time: expect.any(String) });
+    const record = records[0] as { version: string; added: unknown[]; removed: unknown[]; changed: Array<{ object: string; file: string; fields: string[] }> };
+    expect(record.added).toEqual([{ object: 'Pod demo/echo-2', file: 'workloads.yaml' }]);
+    expect(record.removed).toEqual([]);
+    expect(record.changed).toEqual([{ object: 'Pod demo/client-1', file: 'workloads.yaml', fields: ['metadata.annotations["ambit.dev/outbound"]'] }]);
     // The proxies and the CA agree on the version of the configuration in force.
     const acceptedLine = logLinesAfter(nodeA, marks.a, (line) => line.msg === 'configuration accepted')[0];
     expect(acceptedLine?.version).toBe(record.version);
