@@ -45,8 +45,12 @@ export class Vocabulary {
   readonly #wildIds = new Map<string, number>();
   readonly wildKinds: number[] = [];
   readonly wildTexts: string[] = [];
-  /** Per value id, the ids of the wildcards it matches, ascending; null when too many pairs to precompute. */
-  matched: Int32Array[] | null = null;
+  /**
+   * The ids of the wildcards each value matches, ascending: value id v's are matchedIds[matchedStart[v] ..
+   * matchedStart[v + 1]), all in one array so a decision reads one place. null when too many pairs to precompute.
+   */
+  matchedStart: Int32Array | null = null;
+  matchedIds: Int32Array = new Int32Array(0);
   #values: string[] = [];
 
   add(matcher: StringMatcher | null): void {
@@ -61,7 +65,7 @@ export class Vocabulary {
       this.ids.set(value, (id = this.ids.size));
       this.#values.push(value);
       // Seen only after sealing: the precomputed matches no longer cover every value; decisions test strings.
-      this.matched = null;
+      this.matchedStart = null;
     }
     return id;
   }
@@ -73,7 +77,7 @@ export class Vocabulary {
       this.#wildIds.set(key, (id = this.wildKinds.length));
       this.wildKinds.push(kind);
       this.wildTexts.push(text);
-      this.matched = null;
+      this.matchedStart = null;
     }
     return id;
   }
@@ -82,11 +86,15 @@ export class Vocabulary {
   seal(): void {
     const values = this.#values;
     if (values.length * this.wildKinds.length > MAX_PRECOMPUTED_PAIRS) return;
-    this.matched = values.map((value) => {
-      const hits: number[] = [];
+    const start = new Int32Array(values.length + 1);
+    const hits: number[] = [];
+    values.forEach((value, v) => {
+      start[v] = hits.length;
       for (let id = 0; id < this.wildKinds.length; id++) if (wildcardMatches(this.wildKinds[id] as number, this.wildTexts[id] as string, value)) hits.push(id);
-      return Int32Array.from(hits);
     });
+    start[values.length] = hits.length;
+    this.matchedIds = Int32Array.from(hits);
+    this.matchedStart = start;
   }
 }
 
@@ -553,7 +561,7 @@ export function buildWorkloadIndex(lists: readonly ListRules[], vocabularies: Vo
  * Work space for the masks computed per decision (values no rule of the list names, IPs): grown when a
  * configuration needs more, never per decision. Decisions are synchronous, so one is enough.
  */
-let scratch = new Int32Array(8 * 9);
+let scratch = new Int32Array(8 * 10);
 
 // Rows of the scratch space.
 export const PRINCIPAL_ROW = 0;
@@ -565,7 +573,8 @@ const IP_NEG_ROW = 5;
 export const PATH_ROW = 6;
 export const HOST_ROW = 7;
 const PATTERN_NEG_ROW = 8;
-const ROWS = 9;
+const STRING_NEG_ROW = 9;
+const ROWS = 10;
 
 export function scratchFor(words: number): Int32Array {
   if (scratch.length < words * ROWS) scratch = new Int32Array(words * ROWS);
@@ -613,40 +622,48 @@ export function stringMask(data: Int32Array, words: number, header: number, voca
   if (wildCount === 0) return ~at;
   const posAt = data[header + WILD_POS] as number;
   const negAt = data[header + WILD_NEG] as number;
-  const matched = id === undefined ? null : vocabulary.matched;
-  // Positive wildcards first (a term is admitted by any of its patterns), then `not` wildcards (any one excludes).
-  for (let pass = 0; pass < 2; pass++) {
-    const masks = pass === 0 ? posAt : negAt;
-    if (matched !== null) {
-      // Merge the value's wildcards with the list's: both ascending ids.
-      const hits = matched[id as number] as Int32Array;
-      let i = 0;
-      let j = 0;
-      while (i < hits.length && j < wildCount) {
-        const hit = hits[i] as number;
-        const mine = data[wildIds + j] as number;
-        if (hit < mine) i++;
-        else if (hit > mine) j++;
-        else {
-          const from = data[masks + j] as number;
-          if (from >= 0) (pass === 0 ? orInto : andNotInto)(work, at, data, from, words);
-          i++;
-          j++;
-        }
-      }
-    } else {
-      // A value no policy names (or a vocabulary too large to precompute): test the list's wildcards on it.
-      const kinds = vocabulary.wildKinds;
-      const texts = vocabulary.wildTexts;
-      for (let j = 0; j < wildCount; j++) {
-        const from = data[masks + j] as number;
-        if (from < 0) continue;
-        const wid = data[wildIds + j] as number;
-        if (wildcardMatches(kinds[wid] as number, texts[wid] as string, value)) (pass === 0 ? orInto : andNotInto)(work, at, data, from, words);
+  // A term is admitted by any of its positive patterns and excluded by any of its `not` ones: the positives are
+  // OR'd into the row, the negatives into a second row taken away at the end.
+  const negRow = STRING_NEG_ROW * words;
+  let negated = false;
+  const start = id === undefined ? null : vocabulary.matchedStart;
+  if (start !== null) {
+    // Merge the value's wildcards with the list's: both ascending ids.
+    const hits = vocabulary.matchedIds;
+    let i = start[id as number] as number;
+    const end = start[(id as number) + 1] as number;
+    let j = 0;
+    while (i < end && j < wildCount) {
+      const hit = hits[i] as number;
+      const mine = data[wildIds + j] as number;
+      if (hit < mine) i++;
+      else if (hit > mine) j++;
+      else {
+        negated = addWildcard(work, at, negRow, data, data[posAt + j] as number, data[negAt + j] as number, words, negated);
+        i++;
+        j++;
       }
     }
+  } else {
+    // A value no policy names (or a vocabulary too large to precompute): test the list's wildcards on it.
+    const kinds = vocabulary.wildKinds;
+    const texts = vocabulary.wildTexts;
+    for (let j = 0; j < wildCount; j++) {
+      const wid = data[wildIds + j] as number;
+      if (wildcardMatches(kinds[wid] as number, texts[wid] as string, value)) negated = addWildcard(work, at, negRow, data, data[posAt + j] as number, data[negAt + j] as number, words, negated);
+    }
   }
+  if (negated) andNotInto(work, at, work, negRow, words);
   return ~at;
+}
+
+/** One matching wildcard: its admitted terms into the row, its excluded ones into the `not` row. */
+function addWildcard(work: Int32Array, at: number, negRow: number, data: Int32Array, pos: number, neg: number, words: number, negated: boolean): boolean {
+  if (pos >= 0) orInto(work, at, data, pos, words);
+  if (neg < 0) return negated;
+  if (!negated) for (let w = 0; w < words; w++) work[negRow + w] = 0;
+  orInto(work, negRow, data, neg, words);
+  return true;
 }
 
 export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array): number {
