@@ -712,6 +712,13 @@ function applyMasks(work: Int32Array, posAt: number, negAt: number, data: Int32A
   if (neg >= 0) orInto(work, negAt, data, neg, words);
 }
 
+/** The trie node's child for a char, or -1. */
+function childOf(data: Int32Array, node: number, code: number): number {
+  let child = data[node + T_CHILD] as number;
+  while (child >= 0 && data[child + T_CHAR] !== code) child = data[child + T_SIBLING] as number;
+  return child;
+}
+
 /** Adds the terms value[0, length) admits (into `posAt`) and excludes (into `negAt`) by one walk of each trie. */
 function walkPatterns(data: Int32Array, words: number, header: number, value: string, length: number, work: Int32Array, posAt: number, negAt: number): void {
   if (length > 0) {
@@ -724,9 +731,7 @@ function walkPatterns(data: Int32Array, words: number, header: number, value: st
   let node = data[header + P_TRIE] as number;
   let i = 0;
   for (; i < length; i++) {
-    const code = value.charCodeAt(i);
-    let child = data[node + T_CHILD] as number;
-    while (child >= 0 && data[child + T_CHAR] !== code) child = data[child + T_SIBLING] as number;
+    const child = childOf(data, node, value.charCodeAt(i));
     if (child < 0) break;
     node = child;
     const record = data[node + T_MASKS] as number;
@@ -739,9 +744,7 @@ function walkPatterns(data: Int32Array, words: number, header: number, value: st
   // Suffix patterns, from the end.
   node = data[header + P_SUFFIX_TRIE] as number;
   for (let j = length - 1; j >= 0; j--) {
-    const code = value.charCodeAt(j);
-    let child = data[node + T_CHILD] as number;
-    while (child >= 0 && data[child + T_CHAR] !== code) child = data[child + T_SIBLING] as number;
+    const child = childOf(data, node, value.charCodeAt(j));
     if (child < 0) break;
     node = child;
     const record = data[node + T_MASKS] as number;

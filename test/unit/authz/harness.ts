@@ -4,8 +4,9 @@
 import { compileAuthorization } from '../../../src/authz/compile.ts';
 import type { CompiledAuthorization, Decision, WorkloadPolicies } from '../../../src/authz/compile.ts';
 import { decide } from '../../../src/authz/decide.ts';
-import type { AuthzContext } from '../../../src/authz/decide.ts';
+import type { AuthzContext, HttpRequestFacts } from '../../../src/authz/decide.ts';
 import { parseIp } from '../../../src/authz/match.ts';
+import type { IpAddress } from '../../../src/authz/match.ts';
 import { ENFORCE_ANNOTATION } from '../../../src/authz/types.ts';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import type { ConfigObject } from '../../../src/config/objects.ts';
@@ -55,23 +56,42 @@ export function loadYaml(yaml: string, rootNamespace?: string): Loaded {
   return loadObjects(parseConfigText(text, 'policies.yaml'));
 }
 
+/** One request's HTTP facts, as the proxy's inspector gives them: one class, so decide() sees one shape. */
+class RequestFacts implements HttpRequestFacts {
+  readonly method: string;
+  readonly path: string;
+  readonly host: string;
+  readonly #headers: ReadonlyMap<string, string>;
+
+  constructor(method: string, path: string, host: string, headers: Readonly<Record<string, string>>) {
+    this.method = method;
+    this.path = path;
+    this.host = host;
+    this.#headers = new Map(Object.entries(headers));
+  }
+
+  header(name: string): string | undefined {
+    return this.#headers.get(name);
+  }
+}
+
+function ipOf(text: string | null): IpAddress | null {
+  if (text === null) return null;
+  const parsed = parseIp(text);
+  if (parsed === null) throw new Error(`test request has a bad IP: ${text}`);
+  return parsed;
+}
+
 /** The context the proxy would fill for this request (IPs parsed once, headers by lower-case name). */
 export function contextOf(request: ReferenceRequest): AuthzContext {
   const http = request.http;
-  const headers = new Map<string, string>(http === null ? [] : Object.entries(http.headers));
-  const ip = (text: string | null) => {
-    if (text === null) return null;
-    const parsed = parseIp(text);
-    if (parsed === null) throw new Error(`test request has a bad IP: ${text}`);
-    return parsed;
-  };
   return {
     sourcePrincipal: request.principal,
     sourceNamespace: request.namespace,
-    sourceIp: ip(request.sourceIp),
-    destinationIp: ip(request.destinationIp),
+    sourceIp: ipOf(request.sourceIp),
+    destinationIp: ipOf(request.destinationIp),
     destinationPort: request.port,
-    request: http === null ? null : { method: http.method, path: http.path, host: http.host, header: (name) => headers.get(name) },
+    request: http === null ? null : new RequestFacts(http.method, http.path, http.host, http.headers),
   };
 }
 

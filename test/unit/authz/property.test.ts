@@ -237,6 +237,14 @@ function sortViolations<T extends { policy: string; port: number | null }>(list:
   return [...list].sort((a, b) => (a.policy === b.policy ? (a.port ?? 0) - (b.port ?? 0) : a.policy < b.policy ? -1 : 1));
 }
 
+/** Decides one probe both ways, expects the same answer, and counts the reference's outcome. */
+function expectAgreement(loaded: ReturnType<typeof loadObjects>, { destination, request, moment }: Probe, outcomes: Map<Outcome, number>): void {
+  const compiled = compiledDecision(loaded, destination, request, moment);
+  const reference = referenceDecide(loaded.world, destination, request, moment);
+  expect({ allow: compiled.allow, policy: compiled.policy, rule: compiled.rule, deferred: compiled.deferred }, JSON.stringify({ destination, request, moment })).toEqual(reference);
+  outcomes.set(outcomeOf(reference), (outcomes.get(outcomeOf(reference)) ?? 0) + 1);
+}
+
 describe('the compiled matcher and the reference evaluator', () => {
   it('agree on the decision, the deciding policy and rule, and deferral, for random policies and requests', () => {
     const outcomes = new Map<Outcome, number>();
@@ -244,11 +252,8 @@ describe('the compiled matcher and the reference evaluator', () => {
     fc.assert(
       fc.property(worldArb, ({ policies, peerAuthentications, probes: generated }) => {
         const loaded = loadObjects(objectsOf(policies, peerAuthentications));
-        for (const { destination, request, moment } of generated) {
-          const compiled = compiledDecision(loaded, destination, request, moment);
-          const reference = referenceDecide(loaded.world, destination, request, moment);
-          expect({ allow: compiled.allow, policy: compiled.policy, rule: compiled.rule, deferred: compiled.deferred }, JSON.stringify({ destination, request, moment })).toEqual(reference);
-          outcomes.set(outcomeOf(reference), (outcomes.get(outcomeOf(reference)) ?? 0) + 1);
+        for (const probe of generated) {
+          expectAgreement(loaded, probe, outcomes);
           probes++;
         }
       }),
@@ -267,13 +272,10 @@ describe('the compiled matcher and the reference evaluator', () => {
     fc.assert(
       fc.property(crowdedWorldArb, ({ policies, peerAuthentications, probes: generated }) => {
         const loaded = loadObjects(objectsOf(policies, peerAuthentications));
-        for (const { destination, request, moment } of generated) {
-          const compiled = compiledDecision(loaded, destination, request, moment);
-          const reference = referenceDecide(loaded.world, destination, request, moment);
-          expect({ allow: compiled.allow, policy: compiled.policy, rule: compiled.rule, deferred: compiled.deferred }, JSON.stringify({ destination, request, moment })).toEqual(reference);
-          outcomes.set(outcomeOf(reference), (outcomes.get(outcomeOf(reference)) ?? 0) + 1);
+        for (const probe of generated) {
+          expectAgreement(loaded, probe, outcomes);
           probes++;
-          const matcher = matcherFor(loaded, destination);
+          const matcher = matcherFor(loaded, probe.destination);
           if (matcher.deny.length + matcher.allow.length > 32) wide++;
         }
       }),
