@@ -19,6 +19,13 @@ const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; nor is any header the Connection header names. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings']);
 
+/** The header names a Connection header lists; null for the usual `keep-alive` or `close` alone (no allocation per request). */
+function connectionTokens(value: string): ReadonlySet<string> | null {
+  const lower = value.trim().toLowerCase();
+  if (lower === 'keep-alive' || lower === 'close') return null;
+  return new Set(lower.split(',').map((token) => token.trim()).filter(Boolean));
+}
+
 /**
  * The headers a proxy passes on: without hop-by-hop headers, without those the Connection header lists
  * (RFC 9110 §7.6.1: `Connection: close, x-secret` makes x-secret hop-by-hop), and with `te: trailers` kept,
@@ -27,7 +34,7 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 export function forwardableHeaders<T extends string | string[] | number>(headers: Readonly<Record<string, T | undefined>>): Record<string, T> {
   const result: Record<string, T> = {};
   const listed = headers['connection'];
-  const named = listed === undefined ? null : new Set(String(listed).toLowerCase().split(',').map((token) => token.trim()).filter(Boolean));
+  const named = listed === undefined ? null : connectionTokens(String(listed));
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined) continue;
@@ -40,6 +47,7 @@ export function forwardableHeaders<T extends string | string[] | number>(headers
   }
   return result;
 }
+
 const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL } = http2.constants;
 
 export type RequestDecider = (facts: HttpRequestFacts) => Decision;

@@ -179,9 +179,14 @@ export class CaServer {
   async setFederation(peers: readonly FederationPeer[]): Promise<void> {
     const next = new Map<string, FederationPeer>(peers.map((peer) => [peer.trustDomain, peer]));
     const added: FederationClient[] = [];
-    for (const peer of next.values()) {
-      const current = this.#federated.get(peer.trustDomain);
-      if (current === undefined || !samePeer(current.peer, peer)) added.push(this.#federationClient(peer));
+    try {
+      for (const peer of next.values()) {
+        const current = this.#federated.get(peer.trustDomain);
+        if (current === undefined || !samePeer(current.peer, peer)) added.push(this.#federationClient(peer));
+      }
+    } catch (error) {
+      await Promise.all(added.map((client) => client.stop()));
+      throw error;
     }
     const removed = [...this.#federated.values()].filter((client) => !next.has(client.peer.trustDomain) || added.some((fresh) => fresh.peer.trustDomain === client.peer.trustDomain));
     for (const client of removed) {
