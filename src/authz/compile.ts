@@ -368,6 +368,18 @@ function indexByPort(all: RuleLists, vocabularies: Vocabularies, httpPorts: Read
   return { byPort, otherPorts, index: buildWorkloadIndex(lists, vocabularies) };
 }
 
+/** What workloads selected by the same policies (and with the same HTTP ports) share. */
+interface SharedRules {
+  readonly deny: readonly CompiledRule[];
+  readonly allow: readonly CompiledRule[];
+  readonly audit: readonly CompiledRule[];
+  readonly allowPolicyCount: number;
+  readonly byPort: ReadonlyMap<number, RuleLists>;
+  readonly otherPorts: RuleLists;
+  readonly index: WorkloadIndex;
+  readonly hasL7Rules: boolean;
+}
+
 const STRENGTH: Record<Exclude<MtlsMode, 'UNSET'>, number> = { DISABLE: 0, PERMISSIVE: 1, STRICT: 2 };
 
 interface PeerAuthEntry {
@@ -454,11 +466,14 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     return { mode, ports: portModes, from: chain.map((entry) => entry.name), setBy, portSetBy };
   };
 
-  const build = (namespace: string, labels: Readonly<Record<string, string>>, httpPorts: ReadonlySet<number>): WorkloadPolicies => {
-    const applicable: CompiledPolicy[] = [];
-    // Mesh-wide policies live in the root namespace; a selector there selects workloads in every namespace.
-    for (const policy of byNamespace.get(rootNamespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
-    if (namespace !== rootNamespace) for (const policy of byNamespace.get(namespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
+  // Workloads selected by the same policies, with the same HTTP ports (a Deployment's replicas, most often), share
+  // one set of rule lists and one index: built once, kept once. Only the snapshot's own workloads add entries.
+  const shared = new Map<string, SharedRules>();
+  let sharing = true;
+  const rulesFor = (applicable: readonly CompiledPolicy[], httpPorts: ReadonlySet<number>): SharedRules => {
+    const key = `${applicable.map((policy) => policy.name).join('\n')}\n|${[...httpPorts].sort((a, b) => a - b).join(',')}`;
+    const found = shared.get(key);
+    if (found !== undefined) return found;
     const deny: CompiledRule[] = [];
     const allow: CompiledRule[] = [];
     const audit: CompiledRule[] = [];
@@ -472,6 +487,18 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       }
     }
     const { byPort, otherPorts, index } = indexByPort({ deny, allow, audit }, vocabularies, httpPorts);
+    const rules: SharedRules = { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasL7Rules: [...deny, ...allow, ...audit].some((rule) => rule.l7) };
+    if (sharing) shared.set(key, rules);
+    return rules;
+  };
+
+  const build = (namespace: string, labels: Readonly<Record<string, string>>, httpPorts: ReadonlySet<number>): WorkloadPolicies => {
+    const applicable: CompiledPolicy[] = [];
+    // Mesh-wide policies live in the root namespace; a selector there selects workloads in every namespace.
+    for (const policy of byNamespace.get(rootNamespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
+    if (namespace !== rootNamespace) for (const policy of byNamespace.get(namespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
+    const rules = rulesFor(applicable, httpPorts);
+    const { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasL7Rules } = rules;
     const mtls = mtlsFor(namespace, labels);
     const strictPlaintextPorts = new Map<number, Decision>();
     for (const [port, portMode] of mtls.ports) if (portMode === 'STRICT') strictPlaintextPorts.set(port, strictRefusal(mtls.portSetBy.get(port) ?? null));
@@ -484,7 +511,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       byPort,
       otherPorts,
       index,
-      hasL7Rules: [...deny, ...allow, ...audit].some((rule) => rule.l7),
+      hasL7Rules,
       httpPorts,
       mtls,
       noMatch: Object.freeze({ allow: false, policy: null, rule: null, reason: `${allowPolicyCount} ALLOW ${allowPolicyCount === 1 ? 'policy applies' : 'policies apply'} and none matched`, deferred: false }),
@@ -496,6 +523,8 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
   const byWorkload = new Map<Workload, WorkloadPolicies>();
   const services = servicesByNamespace(snapshot);
   for (const workload of snapshot.workloads) byWorkload.set(workload, build(workload.namespace, workload.labels, httpPortsOf(services, workload)));
+  // Later builds (dry runs, workloads of other snapshots) may reuse these but add none: the cache must not grow.
+  sharing = false;
 
   return {
     rootNamespace,
