@@ -122,8 +122,8 @@ export interface WorkloadPolicies {
   /** ALLOW policies that apply (an ALLOW policy with no rules still counts: it allows nothing). */
   readonly allowPolicyCount: number;
   /**
-   * The same rules narrowed to those that can match a destination port (order kept, so the deciding
-   * rule is the same): a decision reads only these. Ports no rule names share `otherPorts`.
+   * The same rules narrowed to those that can match a destination port (order kept), for explanations and
+   * AUDIT matching; decisions read `index`. Ports no rule names share `otherPorts`.
    */
   readonly byPort: ReadonlyMap<number, RuleLists>;
   readonly otherPorts: RuleLists;
@@ -369,16 +369,7 @@ function indexByPort(all: RuleLists, vocabularies: Vocabularies, httpPorts: Read
 }
 
 /** What workloads selected by the same policies (and with the same HTTP ports) share. */
-interface SharedRules {
-  readonly deny: readonly CompiledRule[];
-  readonly allow: readonly CompiledRule[];
-  readonly audit: readonly CompiledRule[];
-  readonly allowPolicyCount: number;
-  readonly byPort: ReadonlyMap<number, RuleLists>;
-  readonly otherPorts: RuleLists;
-  readonly index: WorkloadIndex;
-  readonly hasL7Rules: boolean;
-}
+type SharedRules = Pick<WorkloadPolicies, 'deny' | 'allow' | 'audit' | 'allowPolicyCount' | 'byPort' | 'otherPorts' | 'index' | 'hasL7Rules'>;
 
 const STRENGTH: Record<Exclude<MtlsMode, 'UNSET'>, number> = { DISABLE: 0, PERMISSIVE: 1, STRICT: 2 };
 

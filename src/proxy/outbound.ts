@@ -10,12 +10,14 @@ import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import type { Flushable, ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
 import { accessLog } from '../observe/access-log.ts';
+import type { AccessLogRecord } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import { buildBaggage } from './baggage.ts';
 import { Bridge } from './copy.ts';
 import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
 import { decideRoute, routingTableOf } from './routes.ts';
+import type { Endpoint } from './routes.ts';
 import { CONNECT_TIMEOUT_MS } from './settings.ts';
 import { listenOn, stopListening } from './inbound.ts';
 
@@ -202,8 +204,7 @@ export class OutboundListeners {
       const coded = error instanceof AmbitError ? error : new AmbitError('UPSTREAM_CONNECT', (error as Error).message);
       accessLog(this.#logger, {
         direction: 'outbound',
-        src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
-        dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
+        ...hboneEnds(source, srcAddr, endpoint, service),
         bytesSent: 0,
         bytesRecv: 0,
         durationMs: Date.now() - startedMs,
@@ -229,8 +230,7 @@ export class OutboundListeners {
       meter.close(socket.bytesWritten, socket.bytesRead, flags);
       accessLog(this.#logger, {
         direction: 'outbound',
-        src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
-        dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
+        ...hboneEnds(source, srcAddr, endpoint, service),
         bytesSent: socket.bytesRead,
         bytesRecv: socket.bytesWritten,
         durationMs: Date.now() - startedMs,
@@ -306,6 +306,14 @@ export class OutboundListeners {
 }
 
 function noop(): void {}
+
+/** The two ends of an HBONE connection's access line: built when the line is written, not held per connection. */
+function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, service: string): Pick<AccessLogRecord, 'src' | 'dst'> {
+  return {
+    src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
+    dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
+  };
+}
 
 function sourceLabels(source: Workload, destinationWorkload: string, destinationNamespace: string, destinationPrincipal: string, destinationService: string, policy: TunnelLabels['connectionSecurityPolicy']): TunnelLabels {
   return {
