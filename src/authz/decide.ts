@@ -13,7 +13,7 @@
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
 import type { Term } from './index.ts';
-import { HOST_ROW, L_ALL, L_HTTP, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
+import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
@@ -107,12 +107,15 @@ function operationHostPathMatches(operation: CompiledOperation, request: HttpReq
   return operation.notPaths === null || !operation.notPaths.matches(request.path);
 }
 
-/** The HTTP fields of an operation (hosts, methods, paths); false without a request. */
-function operationL7Matches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
+function operationMethodMatches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
   if (request === null) return false;
   if (operation.methods !== null && !operation.methods.matches(request.method)) return false;
-  if (operation.notMethods !== null && operation.notMethods.matches(request.method)) return false;
-  return operationHostPathMatches(operation, request);
+  return operation.notMethods === null || !operation.notMethods.matches(request.method);
+}
+
+/** The HTTP fields of an operation (hosts, methods, paths); false without a request. */
+function operationL7Matches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
+  return operationMethodMatches(operation, request) && operationHostPathMatches(operation, request);
 }
 
 /** `ignoreL7`: treat HTTP fields as matching (DENY at 'tcp', ALLOW's L4 part at 'connect'). */
@@ -195,10 +198,16 @@ export function mtlsModeFor(policies: WorkloadPolicies, port: number): 'STRICT' 
  * request, its methods; what is left is the port when the list was not narrowed to one, the hosts and paths, and
  * the rule's conditions.
  */
-function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsResolved: boolean, hostsAndPathsSettled: boolean): boolean {
+function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsResolved: boolean, hostsAndPathsSettled: boolean, recheck: number): boolean {
+  const source = term.source;
+  if (recheck !== 0 && source !== null) {
+    if ((recheck & RECHECK_PRINCIPAL) !== 0 && !sourcePrincipalMatches(source, ctx.sourcePrincipal)) return false;
+    if ((recheck & RECHECK_NAMESPACE) !== 0 && !sourceNamespaceMatches(source, ctx.sourceNamespace)) return false;
+  }
   const operation = term.operation;
   if (operation !== null) {
     if (!portsResolved && !portMatches(operation, ctx.destinationPort)) return false;
+    if ((recheck & RECHECK_METHOD) !== 0 && operation.l7 && !ignoreL7 && !operationMethodMatches(operation, ctx.request)) return false;
     if (operation.l7 && !ignoreL7 && !hostsAndPathsSettled && !operationHostPathMatches(operation, ctx.request)) return false;
   }
   const when = term.rule.when;
@@ -254,6 +263,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const slotBase = bits[list + L_SLOT_BASE] as number;
   const portsResolved = bits[list + L_PORTS_RESOLVED] === 1;
   const settled = perRequest && bits[list + L_HTTP] === 1;
+  const recheck = bits[list + L_RECHECK] as number;
   const terms = index.terms;
   const decisions = index.decisions;
 
@@ -269,7 +279,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
       const slot = slotBase + w * 32 + 31 - Math.clz32(low);
       if ((low & (bits[checkAt + w] as number)) === 0) return decisions[slot] as Decision;
       const term = terms[slot] as Term;
-      if (termMatches(term, ctx, denyIgnoresL7, portsResolved, settled)) return term.rule.decision;
+      if (termMatches(term, ctx, denyIgnoresL7, portsResolved, settled, recheck)) return term.rule.decision;
     }
   }
   if (policies.allowPolicyCount === 0) return ALLOW_NO_POLICY;
@@ -287,10 +297,10 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
         // The rule decides now.
         if ((low & (bits[checkAt + w] as number)) === 0) return decisions[slot] as Decision;
         const term = terms[slot] as Term;
-        if (termMatches(term, ctx, false, portsResolved, settled)) return term.rule.decision;
+        if (termMatches(term, ctx, false, portsResolved, settled, recheck)) return term.rule.decision;
       } else if (deferred === null) {
         const term = terms[slot] as Term;
-        if (termMatches(term, ctx, true, portsResolved, settled)) deferred = term.rule.deferredDecision;
+        if (termMatches(term, ctx, true, portsResolved, settled, recheck)) deferred = term.rule.deferredDecision;
       }
     }
   }

@@ -185,7 +185,11 @@ export const L_PORTS_RESOLVED = 11; // 1: narrowed to one port, so every term ad
 export const L_PATH = 12; // pattern dimension headers, built for HTTP ports only; -1 = none (checked per term)
 export const L_HOST = 13;
 export const L_HTTP = 14; // 1: paths and hosts are settled by the masks (the two above), not checked per term
-const LIST_HEADER = 15;
+export const L_RECHECK = 15; // RECHECK_* bits: fields too large to index, checked per term instead
+const LIST_HEADER = 16;
+export const RECHECK_PRINCIPAL = 1;
+export const RECHECK_NAMESPACE = 2;
+export const RECHECK_METHOD = 4;
 
 /**
  * A workload's rules for every destination port, for decisions. `data` starts with the port table (count, the
@@ -266,7 +270,18 @@ function wildcardsOf(matcher: StringMatcher): [number, string][] {
   ];
 }
 
-/** The header offset, or -1 when no term constrains the field (its mask would be every term, for every value). */
+/**
+ * Ints of key masks one string dimension of one list may take (4 MiB). An object so the tests can lower it and
+ * drive every decision through the per-term fallback.
+ */
+export const indexLimits = { maxKeyMaskInts: 1 << 20 };
+/** buildStringDimension's answer for a field too large to index: its terms are checked one by one. */
+const TOO_LARGE = -2;
+
+/**
+ * The header offset, -1 when no term constrains the field (its mask would be every term, for every value), or
+ * TOO_LARGE.
+ */
 function buildStringDimension(terms: readonly (Term | null)[], patterns: Patterns, vocabulary: Vocabulary, layout: Layout): number {
   const keyMasks = new Map<number, number>();
   const wild = new Map<number, { posAt: number; negAt: number }>();
@@ -281,6 +296,9 @@ function buildStringDimension(terms: readonly (Term | null)[], patterns: Pattern
     }
   }
   if (!constrained) return -1;
+  // Masks cost keys × words ints: past the bound (a list with thousands of rules naming thousands of values),
+  // the field is left to a per-term check instead, so memory and compile time stay linear in the policies.
+  if (keyMasks.size * layout.words > indexLimits.maxKeyMaskInts) return TOO_LARGE;
   const keyIds = [...keyMasks.keys()].sort((a, b) => a - b);
   const wildIds = [...wild.keys()].sort((a, b) => a - b);
   const header = layout.ints(STRING_HEADER);
@@ -533,13 +551,27 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
     if (checkL4) layout.setBit(checkL4At, slot);
     if (checkL4 || (!list.http && operation !== null && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null))) layout.setBit(checkRequestAt, slot);
   }
-  const principal = buildStringDimension(terms, principalsOf, vocabularies.principals, layout);
-  const namespace = buildStringDimension(terms, namespacesOf, vocabularies.namespaces, layout);
-  const method = buildStringDimension(terms, methodsOf, vocabularies.methods, layout);
+  let recheck = 0;
+  const dimension = (patterns: Patterns, vocabulary: Vocabulary, flag: number, perRequest: boolean): number => {
+    const built = buildStringDimension(terms, patterns, vocabulary, layout);
+    if (built !== TOO_LARGE) return built;
+    recheck |= flag;
+    for (let slot = 0; slot < terms.length; slot++) {
+      const term = terms[slot];
+      if (term === null || term === undefined || patterns(term).every((matcher) => matcher === null)) continue;
+      if (!perRequest) layout.setBit(checkL4At, slot);
+      layout.setBit(checkRequestAt, slot);
+    }
+    return -1;
+  };
+  const principal = dimension(principalsOf, vocabularies.principals, RECHECK_PRINCIPAL, false);
+  const namespace = dimension(namespacesOf, vocabularies.namespaces, RECHECK_NAMESPACE, false);
+  // Methods count only per request: with HTTP fields ignored, a term's methods never decide.
+  const method = dimension(methodsOf, vocabularies.methods, RECHECK_METHOD, true);
   const ip = buildIpDimension(terms, layout, v6Sets);
   const path = list.http ? buildPatternDimension(terms, pathsOf, layout) : -1;
   const host = list.http ? buildPatternDimension(terms, hostsOf, layout) : -1;
-  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0, path, host, list.http ? 1 : 0]);
+  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0, path, host, list.http ? 1 : 0, recheck]);
   return header;
 }
 

@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { stringify } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { explain } from '../../../src/authz/explain.ts';
+import { indexLimits } from '../../../src/authz/index.ts';
 import { CidrSet, MethodMatcher, StringMatcher, parseIp } from '../../../src/authz/match.ts';
 import type { IpAddress } from '../../../src/authz/match.ts';
 import type { AuthorizationPolicySpec, ConditionKey, MtlsMode, PeerAuthenticationSpec, PolicyAction, PolicyCondition, PolicyOperation, PolicyRule, PolicySource } from '../../../src/authz/types.ts';
@@ -286,6 +287,24 @@ describe('the compiled matcher and the reference evaluator', () => {
     }
     // Lists longer than one mask word were exercised.
     expect(wide, `of ${probes} probes`).toBeGreaterThan(probes / 40);
+  });
+
+  it('agree when principals, namespaces and methods are too many to index and are checked rule by rule', () => {
+    const outcomes = new Map<Outcome, number>();
+    const saved = indexLimits.maxKeyMaskInts;
+    indexLimits.maxKeyMaskInts = 0;
+    try {
+      fc.assert(
+        fc.property(crowdedWorldArb, ({ policies, peerAuthentications, probes: generated }) => {
+          const loaded = loadObjects(objectsOf(policies, peerAuthentications));
+          for (const probe of generated) expectAgreement(loaded, probe, outcomes);
+        }),
+        { numRuns: 300 },
+      );
+    } finally {
+      indexLimits.maxKeyMaskInts = saved;
+    }
+    for (const outcome of ['allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match'] as const) expect(outcomes.get(outcome) ?? 0, outcome).toBeGreaterThan(0);
   });
 
   it('agree on which policies apply to a workload (scope), and explain names the deciding rule as matched', () => {
