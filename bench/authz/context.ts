@@ -9,8 +9,14 @@ function touchString(text: string | null): number {
   return text === null || text.length === 0 ? 0 : text.charCodeAt(0) + text.charCodeAt(text.length - 1);
 }
 
-/** Reads what a decision reads of a context (its strings, addresses and request), as a proxy's fresh context would be in cache. */
+/**
+ * Reads what a decision reads of a context (its strings, addresses and request), as a proxy's fresh context would be
+ * in cache. An L4 decision is the first and only one of its connection: its context starts with nothing resolved,
+ * so resolving the peer's ids is timed with it. An L7 request is one of the requests of an open connection, whose
+ * context the connection's first request resolved (as the proxy keeps one context per tunnel).
+ */
 export function touchContext(ctx: AuthzContext): number {
+  if (ctx.request === null) ctx.resolvedFor = null;
   let sum = touchString(ctx.sourcePrincipal) + touchString(ctx.sourceNamespace) + ctx.destinationPort;
   if (ctx.sourceIp !== null) sum += ctx.sourceIp.v4 & 1;
   if (ctx.destinationIp !== null) sum += ctx.destinationIp.v4 & 1;

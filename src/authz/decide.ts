@@ -12,21 +12,40 @@
 //   'request'  one HTTP request: every field is known.
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
-import type { Term } from './index.ts';
+import type { Term, Vocabularies } from './index.ts';
 import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
 
-/** What a decision reads. Filled once per connection (and its `request` once per HTTP request) by the caller. */
+/**
+ * What a decision reads. Made once per connection by `authzContext` (its `request` filled once per HTTP request
+ * by the caller).
+ */
 export interface AuthzContext {
   /** Istio's principal form `trust-domain/ns/NS/sa/SA`; null for a connection without peer identity. */
-  sourcePrincipal: string | null;
-  sourceNamespace: string | null;
-  sourceIp: IpAddress | null;
-  destinationIp: IpAddress | null;
-  destinationPort: number;
+  readonly sourcePrincipal: string | null;
+  readonly sourceNamespace: string | null;
+  readonly sourceIp: IpAddress | null;
+  readonly destinationIp: IpAddress | null;
+  readonly destinationPort: number;
   request: HttpRequestFacts | null;
+  /**
+   * Kept by decide, never set by callers: the vocabulary ids of the source's principal and namespace (-1: no
+   * policy names it), resolved by the connection's first decision for one configuration and reused by the next
+   * ones (every request of an HTTP connection). Another configuration's vocabularies resolve them again.
+   */
+  resolvedFor: Vocabularies | null;
+  principalId: number;
+  namespaceId: number;
+}
+
+/** The facts of a connection a decision reads; see AuthzContext. */
+export type ConnectionFacts = Pick<AuthzContext, 'sourcePrincipal' | 'sourceNamespace' | 'sourceIp' | 'destinationIp' | 'destinationPort' | 'request'>;
+
+/** A connection's decision context, with nothing resolved yet. */
+export function authzContext(facts: ConnectionFacts): AuthzContext {
+  return { ...facts, resolvedFor: null, principalId: -1, namespaceId: -1 };
 }
 
 export interface HttpRequestFacts {
@@ -217,6 +236,12 @@ function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsReso
   return true;
 }
 
+function resolveSource(ctx: AuthzContext, vocabularies: Vocabularies): void {
+  ctx.principalId = ctx.sourcePrincipal === null ? -1 : vocabularies.principals.idOf(ctx.sourcePrincipal);
+  ctx.namespaceId = ctx.sourceNamespace === null ? -1 : vocabularies.namespaces.idOf(ctx.sourceNamespace);
+  ctx.resolvedFor = vocabularies;
+}
+
 export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): Decision {
   // PeerAuthentication STRICT: a connection without a peer identity never gets as far as the policies; a request
   // on such a connection (a dry run can ask) is refused the same way.
@@ -235,16 +260,17 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const methodHeader = bits[list + L_METHOD] as number;
   const ipHeader = bits[list + L_IP] as number;
   // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
-  const principalAt = principalHeader < 0 ? allAt : stringMask(bits, words, principalHeader, vocabularies.principals, ctx.sourcePrincipal, work, PRINCIPAL_ROW);
-  const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, work, NAMESPACE_ROW);
+  if (ctx.resolvedFor !== vocabularies) resolveSource(ctx, vocabularies);
+  const principalAt = principalHeader < 0 ? allAt : stringMask(bits, words, principalHeader, vocabularies.principals, ctx.sourcePrincipal, ctx.principalId, work, PRINCIPAL_ROW);
+  const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, ctx.namespaceId, work, NAMESPACE_ROW);
   const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work);
   const request = ctx.request;
   const perRequest = moment === 'request' && request !== null;
-  const methodAt = methodHeader < 0 || !perRequest ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, work, METHOD_ROW);
+  const methodAt = methodHeader < 0 || !perRequest ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, vocabularies.methods.idOf(request.method), work, METHOD_ROW);
   const pathHeader = bits[list + L_PATH] as number;
   const hostHeader = bits[list + L_HOST] as number;
-  const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, words, pathHeader, request.path, 0, work, PATH_ROW);
-  const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
+  const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, index.labels, words, pathHeader, request.path, 0, work, PATH_ROW);
+  const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, index.labels, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
   const principalBits = principalAt >= 0 ? bits : work;
   const principalOffset = principalAt >= 0 ? principalAt : ~principalAt;
   const namespaceBits = namespaceAt >= 0 ? bits : work;

@@ -52,6 +52,7 @@ export class Vocabulary {
   matchedStart: Int32Array | null = null;
   matchedIds: Int32Array = new Int32Array(0);
   #values: string[] = [];
+  #sealed = false;
 
   add(matcher: StringMatcher | null): void {
     if (matcher === null) return;
@@ -62,10 +63,10 @@ export class Vocabulary {
   valueId(value: string): number {
     let id = this.ids.get(value);
     if (id === undefined) {
+      // Contexts keep the ids (and misses) they resolved for a sealed vocabulary: it must never change after.
+      if (this.#sealed) throw new Error(`internal: value ${JSON.stringify(value)} added to a sealed vocabulary`);
       this.ids.set(value, (id = this.ids.size));
       this.#values.push(value);
-      // Seen only after sealing: the precomputed matches no longer cover every value; decisions test strings.
-      this.matchedStart = null;
     }
     return id;
   }
@@ -74,16 +75,22 @@ export class Vocabulary {
     const key = `${kind}:${text}`;
     let id = this.#wildIds.get(key);
     if (id === undefined) {
+      if (this.#sealed) throw new Error(`internal: wildcard ${JSON.stringify(key)} added to a sealed vocabulary`);
       this.#wildIds.set(key, (id = this.wildKinds.length));
       this.wildKinds.push(kind);
       this.wildTexts.push(text);
-      this.matchedStart = null;
     }
     return id;
   }
 
-  /** Precomputes each value's wildcards; call once every policy was added. */
+  /** The id of a value, -1 when no policy names it. */
+  idOf(value: string): number {
+    return this.ids.get(value) ?? -1;
+  }
+
+  /** Precomputes each value's wildcards; call once every policy was added. Nothing can be added after. */
   seal(): void {
+    this.#sealed = true;
     const values = this.#values;
     if (values.length * this.wildKinds.length > MAX_PRECOMPUTED_PAIRS) return;
     const start = new Int32Array(values.length + 1);
@@ -155,13 +162,18 @@ const P_PRESENCE_NEG = 2;
 const P_TRIE = 3; // root of the trie of exact and prefix patterns
 const P_SUFFIX_TRIE = 4; // root of the trie of suffix patterns, reversed
 const PATTERN_HEADER = 5;
-// A trie node: first child, next sibling, the char leading to it, and its masks record (or -1): the terms whose
-// positive / `not` lists hold the text up to here as an exact pattern, then as a prefix (a suffix in the suffix trie).
-const T_CHILD = 0;
-const T_SIBLING = 1;
-const T_CHAR = 2;
-const T_MASKS = 3;
-const TRIE_NODE = 4;
+// A radix trie: a node stands for the text from the root to it; the edge into it is its key char (in its parent's
+// table) and then its label, the chars of a chain of single children merged into one node, compared with one
+// startsWith (endsWith in the suffix trie) rather than char by char. A node: its number of children, the offset of
+// their table (the children's key chars, ascending, then their node offsets: one scan of adjacent ints finds a
+// child), its masks record (or -1: the terms whose positive / `not` lists hold the text up to here as an exact
+// pattern, then as a prefix, a suffix in the suffix trie), its label's length and its index in WorkloadIndex.labels.
+const T_COUNT = 0;
+const T_TABLE = 1;
+const T_MASKS = 2;
+const T_LABEL_LENGTH = 3;
+const T_LABEL = 4;
+const TRIE_NODE = 5;
 const M_EXACT_POS = 0;
 const M_EXACT_NEG = 1;
 const M_PREFIX_POS = 2;
@@ -203,6 +215,8 @@ export interface WorkloadIndex {
   /** Per slot, the decision of the term's rule: returned without reading the term when it needs no check. */
   readonly decisions: readonly (Decision | null)[];
   readonly v6: readonly CidrSet[];
+  /** The path and host tries' labels. */
+  readonly labels: readonly string[];
   readonly vocabularies: Vocabularies;
 }
 
@@ -221,6 +235,8 @@ const BITS = 32;
 class Layout {
   words = 1;
   readonly data: number[] = [];
+  /** The tries' labels, by index. */
+  readonly labels: string[] = [];
 
   mask(): number {
     return this.ints(this.words);
@@ -441,26 +457,35 @@ function trieMasks(root: TrieBuild, text: string, reversed: boolean): [number, n
   return node.masks;
 }
 
-function writeTrie(root: TrieBuild, layout: Layout): number {
-  const at = layout.ints(TRIE_NODE);
-  const write = (node: TrieBuild, offset: number, code: number) => {
+/**
+ * Depth first: a node, its label, its children's table, then each child's subtree. Returns the root's offset.
+ * A node's label is the chars merged into it (a chain of nodes with one child and no masks), kept in text order
+ * (`reversed`: the suffix trie's chars are the text's from the end).
+ */
+function writeTrie(root: TrieBuild, layout: Layout, reversed: boolean): number {
+  const write = (start: TrieBuild): number => {
+    const label: number[] = [];
+    let node = start;
+    while (node.masks === null && node.children.size === 1 && node !== root) {
+      const [code, child] = node.children.entries().next().value as [number, TrieBuild];
+      label.push(code);
+      node = child;
+    }
+    const at = layout.ints(TRIE_NODE);
     let masks = -1;
     if (node.masks !== null) {
       masks = layout.ints(4);
       layout.write(masks, node.masks);
     }
-    layout.write(offset, [-1, -1, code, masks]);
-    let previous = -1;
-    for (const [childCode, child] of node.children) {
-      const childAt = layout.ints(TRIE_NODE);
-      if (previous < 0) layout.data[offset + T_CHILD] = childAt;
-      else layout.data[previous + T_SIBLING] = childAt;
-      previous = childAt;
-      write(child, childAt, childCode);
-    }
+    const codes = [...node.children.keys()].sort((a, b) => a - b);
+    const table = layout.ints(2 * codes.length);
+    layout.write(table, codes);
+    const text = String.fromCharCode(...(reversed ? label.reverse() : label));
+    layout.write(at, [codes.length, table, masks, label.length, label.length === 0 ? -1 : layout.labels.push(text) - 1]);
+    codes.forEach((code, i) => (layout.data[table + codes.length + i] = write(node.children.get(code) as TrieBuild)));
+    return at;
   };
-  write(root, at, -1);
-  return at;
+  return write(root);
 }
 
 /**
@@ -500,8 +525,8 @@ function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patter
       for (const suffix of matcher.suffixes) mark(trieMasks(suffixTrie, suffix, true), negated ? M_PREFIX_NEG : M_PREFIX_POS, slot);
     }
   }
-  const trieAt = writeTrie(trie, layout);
-  const suffixAt = writeTrie(suffixTrie, layout);
+  const trieAt = writeTrie(trie, layout, false);
+  const suffixAt = writeTrie(suffixTrie, layout, true);
   layout.write(header, [baseAt, presencePos, presenceNeg, trieAt, suffixAt]);
   return header;
 }
@@ -584,7 +609,7 @@ export function buildWorkloadIndex(lists: readonly ListRules[], vocabularies: Vo
   const v6: CidrSet[] = [];
   const headers = lists.map((list) => buildList(list, layout, slots, v6, vocabularies));
   layout.write(table, [named.length, ...named.map((list) => list.port as number), ...headers]);
-  return { data: Int32Array.from(layout.data), terms: slots, decisions: slots.map((term) => term?.rule.decision ?? null), v6, vocabularies };
+  return { data: Int32Array.from(layout.data), terms: slots, decisions: slots.map((term) => term?.rule.decision ?? null), v6, labels: layout.labels, vocabularies };
 }
 
 // ---- per decision ----
@@ -637,12 +662,12 @@ function search(data: Int32Array, at: number, count: number, id: number): number
 
 /**
  * The mask of a string value: its offset in `data` when precomputed (a value the list names, or none), else
- * computed into scratch row `row` and returned as `~(offset in scratch)` (negative).
+ * computed into scratch row `row` and returned as `~(offset in scratch)` (negative). `id` is the value's id in
+ * `vocabulary`, -1 when it has none (resolved by the caller, once per connection for the source's fields).
  */
-export function stringMask(data: Int32Array, words: number, header: number, vocabulary: Vocabulary, value: string | null, work: Int32Array, row: number): number {
+export function stringMask(data: Int32Array, words: number, header: number, vocabulary: Vocabulary, value: string | null, id: number, work: Int32Array, row: number): number {
   if (value === null) return data[header + NULL_MASK] as number;
-  const id = vocabulary.ids.get(value);
-  if (id !== undefined) {
+  if (id >= 0) {
     const k = search(data, data[header + KEY_IDS] as number, data[header + KEY_COUNT] as number, id);
     if (k >= 0) return (data[header + KEY_MASKS] as number) + k * words;
   }
@@ -658,12 +683,12 @@ export function stringMask(data: Int32Array, words: number, header: number, voca
   // OR'd into the row, the negatives into a second row taken away at the end.
   const negRow = STRING_NEG_ROW * words;
   let negated = false;
-  const start = id === undefined ? null : vocabulary.matchedStart;
+  const start = id < 0 ? null : vocabulary.matchedStart;
   if (start !== null) {
     // Merge the value's wildcards with the list's: both ascending ids.
     const hits = vocabulary.matchedIds;
-    let i = start[id as number] as number;
-    const end = start[(id as number) + 1] as number;
+    let i = start[id] as number;
+    const end = start[id + 1] as number;
     let j = 0;
     while (i < end && j < wildCount) {
       const hit = hits[i] as number;
@@ -746,13 +771,18 @@ function applyMasks(work: Int32Array, posAt: number, negAt: number, data: Int32A
 
 /** The trie node's child for a char, or -1. */
 function childOf(data: Int32Array, node: number, code: number): number {
-  let child = data[node + T_CHILD] as number;
-  while (child >= 0 && data[child + T_CHAR] !== code) child = data[child + T_SIBLING] as number;
-  return child;
+  const count = data[node + T_COUNT] as number;
+  const table = data[node + T_TABLE] as number;
+  for (let i = 0; i < count; i++) {
+    const found = data[table + i] as number;
+    if (found === code) return data[table + count + i] as number;
+    if (found > code) return -1;
+  }
+  return -1;
 }
 
 /** Adds the terms value[0, length) admits (into `posAt`) and excludes (into `negAt`) by one walk of each trie. */
-function walkPatterns(data: Int32Array, words: number, header: number, value: string, length: number, work: Int32Array, posAt: number, negAt: number): void {
+function walkPatterns(data: Int32Array, labels: readonly string[], words: number, header: number, value: string, length: number, work: Int32Array, posAt: number, negAt: number): void {
   if (length > 0) {
     const presencePos = data[header + P_PRESENCE_POS] as number;
     const presenceNeg = data[header + P_PRESENCE_NEG] as number;
@@ -760,11 +790,15 @@ function walkPatterns(data: Int32Array, words: number, header: number, value: st
     if (presenceNeg >= 0) orInto(work, negAt, data, presenceNeg, words);
   }
   // Exact and prefix patterns: every node on the way is a prefix of the value; the last one, if reached, the value.
+  // The walk stops where the value leaves the trie or ends inside a label: no pattern ends there.
   let node = data[header + P_TRIE] as number;
   let i = 0;
-  for (; i < length; i++) {
+  while (i < length) {
     const child = childOf(data, node, value.charCodeAt(i));
     if (child < 0) break;
+    const labelLength = data[child + T_LABEL_LENGTH] as number;
+    if (labelLength > 0 && (i + 1 + labelLength > length || !value.startsWith(labels[data[child + T_LABEL] as number] as string, i + 1))) break;
+    i += 1 + labelLength;
     node = child;
     const record = data[node + T_MASKS] as number;
     if (record >= 0) applyMasks(work, posAt, negAt, data, record, false, words);
@@ -773,11 +807,15 @@ function walkPatterns(data: Int32Array, words: number, header: number, value: st
     const record = data[node + T_MASKS] as number;
     if (record >= 0) applyMasks(work, posAt, negAt, data, record, true, words);
   }
-  // Suffix patterns, from the end.
+  // Suffix patterns, from the end (the suffix trie holds them reversed, labels too).
   node = data[header + P_SUFFIX_TRIE] as number;
-  for (let j = length - 1; j >= 0; j--) {
+  let j = length - 1;
+  while (j >= 0) {
     const child = childOf(data, node, value.charCodeAt(j));
     if (child < 0) break;
+    const labelLength = data[child + T_LABEL_LENGTH] as number;
+    if (labelLength > 0 && (j - labelLength < 0 || !value.endsWith(labels[data[child + T_LABEL] as number] as string, j))) break;
+    j -= 1 + labelLength;
     node = child;
     const record = data[node + T_MASKS] as number;
     if (record >= 0) applyMasks(work, posAt, negAt, data, record, false, words);
@@ -790,7 +828,7 @@ function walkPatterns(data: Int32Array, words: number, header: number, value: st
  * `web.shop` against `web.shop:80`): a term is admitted if either form passes its list, excluded if either form
  * is in its `not` list.
  */
-export function patternMask(data: Int32Array, words: number, header: number, value: string, alternative: number, work: Int32Array, row: number): number {
+export function patternMask(data: Int32Array, labels: readonly string[], words: number, header: number, value: string, alternative: number, work: Int32Array, row: number): number {
   const at = row * words;
   const negAt = PATTERN_NEG_ROW * words;
   const base = data[header + P_BASE] as number;
@@ -798,8 +836,8 @@ export function patternMask(data: Int32Array, words: number, header: number, val
     work[at + w] = data[base + w] as number;
     work[negAt + w] = 0;
   }
-  walkPatterns(data, words, header, value, value.length, work, at, negAt);
-  if (alternative > 0) walkPatterns(data, words, header, value, alternative, work, at, negAt);
+  walkPatterns(data, labels, words, header, value, value.length, work, at, negAt);
+  if (alternative > 0) walkPatterns(data, labels, words, header, value, alternative, work, at, negAt);
   andNotInto(work, at, work, negAt, words);
   return ~at;
 }

@@ -8,7 +8,7 @@ import { loadConfigDir } from '../config/loader.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { authorizationOf, DENY_ON_ERROR, isHttpProtocol } from '../authz/compile.ts';
 import type { WorkloadPolicies } from '../authz/compile.ts';
-import { decideSafely, mtlsModeFor } from '../authz/decide.ts';
+import { authzContext, decideSafely, mtlsModeFor } from '../authz/decide.ts';
 import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
@@ -150,14 +150,14 @@ export const command: Command = {
 
     const snapshot = await loadConfigDir(configDir, { requireMesh: false });
     const { policies, description } = target(snapshot, destination);
-    const ctx: AuthzContext = {
+    const ctx: AuthzContext = authzContext({
       sourcePrincipal: principal,
       sourceNamespace,
       sourceIp: ipField(source, 'ip', 'source.ip'),
       destinationIp: ipField(destination, 'ip', 'destination.ip'),
       destinationPort: port,
       request,
-    };
+    });
     const moment: DecisionMoment = request !== null ? 'request' : policies.httpPorts.has(port) ? 'connect' : 'tcp';
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
     const output: Record<string, unknown> = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason };

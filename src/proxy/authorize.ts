@@ -7,21 +7,21 @@ import type { ConfigSnapshot } from '../config/snapshot.ts';
 import type { Logger } from '../observe/log.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
 import type { Decision } from '../authz/compile.ts';
-import { auditMatch, decideSafely } from '../authz/decide.ts';
+import { auditMatch, authzContext, decideSafely } from '../authz/decide.ts';
 import type { AuthzContext } from '../authz/decide.ts';
 import { parseIp } from '../authz/match.ts';
 import type { InboundConnection, RequestInspection } from './inbound.ts';
 
 /** The decision context of an inbound connection (its L4 facts; `request` is filled per HTTP request). */
 function contextOf(connection: InboundConnection): AuthzContext {
-  return {
+  return authzContext({
     sourcePrincipal: connection.principal,
     sourceNamespace: connection.peerNamespace,
     sourceIp: connection.peerIp,
     destinationIp: parseIp(connection.destinationIp),
     destinationPort: connection.destinationPort,
     request: null,
-  };
+  });
 }
 
 export class InboundAuthorizer {

@@ -3,7 +3,7 @@
 // and one request turned into both the compiled matcher's AuthzContext and the reference's plain request.
 import { compileAuthorization } from '../../../src/authz/compile.ts';
 import type { CompiledAuthorization, Decision, WorkloadPolicies } from '../../../src/authz/compile.ts';
-import { decide } from '../../../src/authz/decide.ts';
+import { authzContext, decide } from '../../../src/authz/decide.ts';
 import type { AuthzContext, HttpRequestFacts } from '../../../src/authz/decide.ts';
 import { parseIp } from '../../../src/authz/match.ts';
 import type { IpAddress } from '../../../src/authz/match.ts';
@@ -85,14 +85,14 @@ function ipOf(text: string | null): IpAddress | null {
 /** The context the proxy would fill for this request (IPs parsed once, headers by lower-case name). */
 export function contextOf(request: ReferenceRequest): AuthzContext {
   const http = request.http;
-  return {
+  return authzContext({
     sourcePrincipal: request.principal,
     sourceNamespace: request.namespace,
     sourceIp: ipOf(request.sourceIp),
     destinationIp: ipOf(request.destinationIp),
     destinationPort: request.port,
     request: http === null ? null : new RequestFacts(http.method, http.path, http.host, http.headers),
-  };
+  });
 }
 
 /**
