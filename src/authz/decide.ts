@@ -12,8 +12,8 @@
 //   'request'  one HTTP request: every field is known.
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
-import type { Term, Vocabularies } from './index.ts';
-import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
+import type { Term, Vocabularies, WorkloadIndex } from './index.ts';
+import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
@@ -38,6 +38,13 @@ export interface AuthzContext {
   resolvedFor: Vocabularies | null;
   principalId: number;
   namespaceId: number;
+  /**
+   * Kept by decide for the requests of an HTTP connection: the terms its source (principal, namespace, IP) admits,
+   * for the rule list at `sourceList` of the index `sourceFor`; each request then computes only its own fields.
+   */
+  sourceFor: Int32Array | null;
+  sourceList: number;
+  sourceMask: Int32Array | null;
 }
 
 /** The facts of a connection a decision reads; see AuthzContext. */
@@ -45,7 +52,7 @@ export type ConnectionFacts = Pick<AuthzContext, 'sourcePrincipal' | 'sourceName
 
 /** A connection's decision context, with nothing resolved yet. */
 export function authzContext(facts: ConnectionFacts): AuthzContext {
-  return { ...facts, resolvedFor: null, principalId: -1, namespaceId: -1 };
+  return { ...facts, resolvedFor: null, principalId: -1, namespaceId: -1, sourceFor: null, sourceList: -1, sourceMask: null };
 }
 
 export interface HttpRequestFacts {
@@ -242,6 +249,28 @@ function resolveSource(ctx: AuthzContext, vocabularies: Vocabularies): void {
   ctx.resolvedFor = vocabularies;
 }
 
+/** Writes into `into` at `at` the terms of the list at `list` that the context's source admits. */
+function sourceMask(ctx: AuthzContext, index: WorkloadIndex, list: number, words: number, work: Int32Array, into: Int32Array, at: number): void {
+  const bits = index.data;
+  const vocabularies = index.vocabularies;
+  if (ctx.resolvedFor !== vocabularies) resolveSource(ctx, vocabularies);
+  const allAt = bits[list + L_ALL] as number;
+  const principalHeader = bits[list + L_PRINCIPAL] as number;
+  const namespaceHeader = bits[list + L_NAMESPACE] as number;
+  const ipHeader = bits[list + L_IP] as number;
+  // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
+  const principalAt = principalHeader < 0 ? allAt : stringMask(bits, words, principalHeader, vocabularies.principals, ctx.sourcePrincipal, ctx.principalId, work, PRINCIPAL_ROW);
+  const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, ctx.namespaceId, work, NAMESPACE_ROW);
+  const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work);
+  const principalBits = principalAt >= 0 ? bits : work;
+  const principalOffset = principalAt >= 0 ? principalAt : ~principalAt;
+  const namespaceBits = namespaceAt >= 0 ? bits : work;
+  const namespaceOffset = namespaceAt >= 0 ? namespaceAt : ~namespaceAt;
+  const ipBits = ipAt >= 0 ? bits : work;
+  const ipOffset = ipAt >= 0 ? ipAt : ~ipAt;
+  for (let w = 0; w < words; w++) into[at + w] = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number);
+}
+
 export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): Decision {
   // PeerAuthentication STRICT: a connection without a peer identity never gets as far as the policies; a request
   // on such a connection (a dry run can ask) is refused the same way.
@@ -255,28 +284,30 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const work = scratchFor(words);
   const vocabularies = index.vocabularies;
   const allAt = bits[list + L_ALL] as number;
-  const principalHeader = bits[list + L_PRINCIPAL] as number;
-  const namespaceHeader = bits[list + L_NAMESPACE] as number;
   const methodHeader = bits[list + L_METHOD] as number;
-  const ipHeader = bits[list + L_IP] as number;
-  // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
-  if (ctx.resolvedFor !== vocabularies) resolveSource(ctx, vocabularies);
-  const principalAt = principalHeader < 0 ? allAt : stringMask(bits, words, principalHeader, vocabularies.principals, ctx.sourcePrincipal, ctx.principalId, work, PRINCIPAL_ROW);
-  const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, ctx.namespaceId, work, NAMESPACE_ROW);
-  const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work);
   const request = ctx.request;
   const perRequest = moment === 'request' && request !== null;
+  // The terms the source admits: the same for every request of a connection, so kept on its context then.
+  let sourceBits = work;
+  let sourceAt = SOURCE_ROW * words;
+  if (perRequest) {
+    if (ctx.sourceFor !== bits || ctx.sourceList !== list) {
+      if (ctx.sourceMask === null || ctx.sourceMask.length < words) ctx.sourceMask = new Int32Array(words);
+      sourceMask(ctx, index, list, words, work, ctx.sourceMask, 0);
+      ctx.sourceFor = bits;
+      ctx.sourceList = list;
+    }
+    sourceBits = ctx.sourceMask as Int32Array;
+    sourceAt = 0;
+  } else {
+    sourceMask(ctx, index, list, words, work, work, sourceAt);
+  }
+  // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
   const methodAt = methodHeader < 0 || !perRequest ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, vocabularies.methods.idOf(request.method), work, METHOD_ROW);
   const pathHeader = bits[list + L_PATH] as number;
   const hostHeader = bits[list + L_HOST] as number;
   const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, index.labels, words, pathHeader, request.path, 0, work, PATH_ROW);
   const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, index.labels, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
-  const principalBits = principalAt >= 0 ? bits : work;
-  const principalOffset = principalAt >= 0 ? principalAt : ~principalAt;
-  const namespaceBits = namespaceAt >= 0 ? bits : work;
-  const namespaceOffset = namespaceAt >= 0 ? namespaceAt : ~namespaceAt;
-  const ipBits = ipAt >= 0 ? bits : work;
-  const ipOffset = ipAt >= 0 ? ipAt : ~ipAt;
   const methodBits = methodAt >= 0 ? bits : work;
   const methodOffset = methodAt >= 0 ? methodAt : ~methodAt;
   const pathBits = pathAt >= 0 ? bits : work;
@@ -297,7 +328,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const denyWords = bits[list + L_DENY_WORDS] as number;
   const denyIgnoresL7 = moment !== 'request';
   for (let w = 0; w < denyWords; w++) {
-    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
+    let word = (sourceBits[sourceAt + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
     if (moment === 'connect') word &= bits[l4RulesAt + w] as number;
     while (word !== 0) {
       const low = word & -word;
@@ -313,7 +344,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   // ALLOW: at 'tcp' a rule with HTTP fields never matches; at 'connect' its L4 part lets the connection open, deferred.
   let deferred: Decision | null = null;
   for (let w = denyWords; w < words; w++) {
-    let word = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
+    let word = (sourceBits[sourceAt + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
     if (moment === 'tcp') word &= bits[l4RulesAt + w] as number;
     while (word !== 0) {
       const low = word & -word;

@@ -614,12 +614,6 @@ export function buildWorkloadIndex(lists: readonly ListRules[], vocabularies: Vo
 
 // ---- per decision ----
 
-/**
- * Work space for the masks computed per decision (values no rule of the list names, IPs): grown when a
- * configuration needs more, never per decision. Decisions are synchronous, so one is enough.
- */
-let scratch = new Int32Array(8 * 10);
-
 // Rows of the scratch space.
 export const PRINCIPAL_ROW = 0;
 export const NAMESPACE_ROW = 1;
@@ -631,7 +625,14 @@ export const PATH_ROW = 6;
 export const HOST_ROW = 7;
 const PATTERN_NEG_ROW = 8;
 const STRING_NEG_ROW = 9;
-const ROWS = 10;
+export const SOURCE_ROW = 10; // principal & namespace & IP
+const ROWS = 11;
+
+/**
+ * Work space for the masks computed per decision (values no rule of the list names, IPs): grown when a
+ * configuration needs more, never per decision. Decisions are synchronous, so one is enough.
+ */
+let scratch = new Int32Array(8 * ROWS);
 
 export function scratchFor(words: number): Int32Array {
   if (scratch.length < words * ROWS) scratch = new Int32Array(words * ROWS);

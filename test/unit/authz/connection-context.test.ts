@@ -35,6 +35,21 @@ describe('a connection decision context', () => {
     expect(decide(before, ctx, 'tcp').allow).toBe(true);
   });
 
+  it('decides the requests of a connection again, in full, after a configuration change', () => {
+    const route = (name: string, path: string) =>
+      `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: ${name}, namespace: shop }\nspec:\n  rules:\n    - from: [{ source: { principals: ["${OTHER}"] } }]\n      to: [{ operation: { paths: ["/other"] } }]\n    - from: [{ source: { principals: ["${CLIENT}"] } }]\n      to: [{ operation: { paths: ["${path}"] } }]\n`;
+    const before = load(route('client-api', '/api'));
+    // The same shape of rules, but the client is no longer named: its requests must be denied.
+    const after = load(route('client-api', '/api').replace(CLIENT, 'cluster.local/ns/front/sa/former'));
+    const base = { principal: CLIENT, namespace: 'front', sourceIp: null, destinationIp: null, port: 80 };
+    const connection = contextOf({ ...base, http: null });
+    connection.request = contextOf({ ...base, http: { method: 'GET', path: '/api', host: 'web.shop', headers: {} } }).request;
+    expect(decide(before, connection, 'request').allow).toBe(true);
+    expect(decide(after, connection, 'request').allow).toBe(false);
+    connection.request = contextOf({ ...base, http: { method: 'GET', path: '/other', host: 'web.shop', headers: {} } }).request;
+    expect(decide(before, connection, 'request').allow).toBe(false);
+  });
+
   it('gives every request of a connection the decision a fresh context gives it', () => {
     const compiled = load(
       policy('deny-other', 'DENY', [OTHER]),
