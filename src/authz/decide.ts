@@ -95,13 +95,14 @@ function sourceIpMatches(source: CompiledSource, ctx: AuthzContext): boolean {
 
 /** The length of the Host without its `:port` (digits after the last colon, not an IPv6 literal's), or 0. */
 function hostWithoutPort(host: string): number {
-  const colon = host.lastIndexOf(':');
-  if (colon <= 0 || colon + 1 >= host.length || host.charCodeAt(host.length - 1) === 93 /* ] */) return 0;
-  for (let i = colon + 1; i < host.length; i++) {
+  // From the end: most Hosts end in a letter and are settled by their last char.
+  let i = host.length - 1;
+  while (i > 0) {
     const code = host.charCodeAt(i);
-    if (code < 48 || code > 57) return 0;
+    if (code < 48 || code > 57) break;
+    i--;
   }
-  return colon;
+  return i > 0 && i < host.length - 1 && host.charCodeAt(i) === 58 /* : */ ? i : 0;
 }
 
 /**
@@ -306,8 +307,8 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const methodAt = methodHeader < 0 || !perRequest ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, vocabularies.methods.idOf(request.method), work, METHOD_ROW);
   const pathHeader = bits[list + L_PATH] as number;
   const hostHeader = bits[list + L_HOST] as number;
-  const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, index.labels, words, pathHeader, request.path, 0, work, PATH_ROW);
-  const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, index.labels, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
+  const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, words, pathHeader, request.path, 0, work, PATH_ROW);
+  const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
   const methodBits = methodAt >= 0 ? bits : work;
   const methodOffset = methodAt >= 0 ? methodAt : ~methodAt;
   const pathBits = pathAt >= 0 ? bits : work;

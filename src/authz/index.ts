@@ -163,17 +163,16 @@ const P_TRIE = 3; // root of the trie of exact and prefix patterns
 const P_SUFFIX_TRIE = 4; // root of the trie of suffix patterns, reversed
 const PATTERN_HEADER = 5;
 // A radix trie: a node stands for the text from the root to it; the edge into it is its key char (in its parent's
-// table) and then its label, the chars of a chain of single children merged into one node, compared with one
-// startsWith (endsWith in the suffix trie) rather than char by char. A node: its number of children, the offset of
-// their table (the children's key chars, ascending, then their node offsets: one scan of adjacent ints finds a
-// child), its masks record (or -1: the terms whose positive / `not` lists hold the text up to here as an exact
-// pattern, then as a prefix, a suffix in the suffix trie), its label's length and its index in WorkloadIndex.labels.
+// table) and then its label, the chars of a chain of single children merged into one node and kept right after it.
+// A node: its number of children, the offset of their table (the children's key chars, ascending, then their node
+// offsets: one scan of adjacent ints finds a child), its masks record (or -1: the terms whose positive / `not` lists
+// hold the text up to here as an exact pattern, then as a prefix, a suffix in the suffix trie), its label's length,
+// then the label's chars (in walk order: from the end of the text in the suffix trie).
 const T_COUNT = 0;
 const T_TABLE = 1;
 const T_MASKS = 2;
 const T_LABEL_LENGTH = 3;
 const T_LABEL = 4;
-const TRIE_NODE = 5;
 const M_EXACT_POS = 0;
 const M_EXACT_NEG = 1;
 const M_PREFIX_POS = 2;
@@ -215,8 +214,6 @@ export interface WorkloadIndex {
   /** Per slot, the decision of the term's rule: returned without reading the term when it needs no check. */
   readonly decisions: readonly (Decision | null)[];
   readonly v6: readonly CidrSet[];
-  /** The path and host tries' labels. */
-  readonly labels: readonly string[];
   readonly vocabularies: Vocabularies;
 }
 
@@ -235,8 +232,6 @@ const BITS = 32;
 class Layout {
   words = 1;
   readonly data: number[] = [];
-  /** The tries' labels, by index. */
-  readonly labels: string[] = [];
 
   mask(): number {
     return this.ints(this.words);
@@ -459,10 +454,9 @@ function trieMasks(root: TrieBuild, text: string, reversed: boolean): [number, n
 
 /**
  * Depth first: a node, its label, its children's table, then each child's subtree. Returns the root's offset.
- * A node's label is the chars merged into it (a chain of nodes with one child and no masks), kept in text order
- * (`reversed`: the suffix trie's chars are the text's from the end).
+ * A node's label is the chars merged into it (a chain of nodes with one child and no masks).
  */
-function writeTrie(root: TrieBuild, layout: Layout, reversed: boolean): number {
+function writeTrie(root: TrieBuild, layout: Layout): number {
   const write = (start: TrieBuild): number => {
     const label: number[] = [];
     let node = start;
@@ -471,7 +465,7 @@ function writeTrie(root: TrieBuild, layout: Layout, reversed: boolean): number {
       label.push(code);
       node = child;
     }
-    const at = layout.ints(TRIE_NODE);
+    const at = layout.ints(T_LABEL + label.length);
     let masks = -1;
     if (node.masks !== null) {
       masks = layout.ints(4);
@@ -480,8 +474,7 @@ function writeTrie(root: TrieBuild, layout: Layout, reversed: boolean): number {
     const codes = [...node.children.keys()].sort((a, b) => a - b);
     const table = layout.ints(2 * codes.length);
     layout.write(table, codes);
-    const text = String.fromCharCode(...(reversed ? label.reverse() : label));
-    layout.write(at, [codes.length, table, masks, label.length, label.length === 0 ? -1 : layout.labels.push(text) - 1]);
+    layout.write(at, [codes.length, table, masks, label.length, ...label]);
     codes.forEach((code, i) => (layout.data[table + codes.length + i] = write(node.children.get(code) as TrieBuild)));
     return at;
   };
@@ -525,8 +518,8 @@ function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patter
       for (const suffix of matcher.suffixes) mark(trieMasks(suffixTrie, suffix, true), negated ? M_PREFIX_NEG : M_PREFIX_POS, slot);
     }
   }
-  const trieAt = writeTrie(trie, layout, false);
-  const suffixAt = writeTrie(suffixTrie, layout, true);
+  const trieAt = writeTrie(trie, layout);
+  const suffixAt = writeTrie(suffixTrie, layout);
   layout.write(header, [baseAt, presencePos, presenceNeg, trieAt, suffixAt]);
   return header;
 }
@@ -609,7 +602,7 @@ export function buildWorkloadIndex(lists: readonly ListRules[], vocabularies: Vo
   const v6: CidrSet[] = [];
   const headers = lists.map((list) => buildList(list, layout, slots, v6, vocabularies));
   layout.write(table, [named.length, ...named.map((list) => list.port as number), ...headers]);
-  return { data: Int32Array.from(layout.data), terms: slots, decisions: slots.map((term) => term?.rule.decision ?? null), v6, labels: layout.labels, vocabularies };
+  return { data: Int32Array.from(layout.data), terms: slots, decisions: slots.map((term) => term?.rule.decision ?? null), v6, vocabularies };
 }
 
 // ---- per decision ----
@@ -783,7 +776,7 @@ function childOf(data: Int32Array, node: number, code: number): number {
 }
 
 /** Adds the terms value[0, length) admits (into `posAt`) and excludes (into `negAt`) by one walk of each trie. */
-function walkPatterns(data: Int32Array, labels: readonly string[], words: number, header: number, value: string, length: number, work: Int32Array, posAt: number, negAt: number): void {
+function walkPatterns(data: Int32Array, words: number, header: number, value: string, length: number, work: Int32Array, posAt: number, negAt: number): void {
   if (length > 0) {
     const presencePos = data[header + P_PRESENCE_POS] as number;
     const presenceNeg = data[header + P_PRESENCE_NEG] as number;
@@ -798,7 +791,10 @@ function walkPatterns(data: Int32Array, labels: readonly string[], words: number
     const child = childOf(data, node, value.charCodeAt(i));
     if (child < 0) break;
     const labelLength = data[child + T_LABEL_LENGTH] as number;
-    if (labelLength > 0 && (i + 1 + labelLength > length || !value.startsWith(labels[data[child + T_LABEL] as number] as string, i + 1))) break;
+    if (i + 1 + labelLength > length) break;
+    let k = 0;
+    while (k < labelLength && data[child + T_LABEL + k] === value.charCodeAt(i + 1 + k)) k++;
+    if (k < labelLength) break;
     i += 1 + labelLength;
     node = child;
     const record = data[node + T_MASKS] as number;
@@ -815,7 +811,10 @@ function walkPatterns(data: Int32Array, labels: readonly string[], words: number
     const child = childOf(data, node, value.charCodeAt(j));
     if (child < 0) break;
     const labelLength = data[child + T_LABEL_LENGTH] as number;
-    if (labelLength > 0 && (j - labelLength < 0 || !value.endsWith(labels[data[child + T_LABEL] as number] as string, j))) break;
+    if (j - labelLength < 0) break;
+    let k = 0;
+    while (k < labelLength && data[child + T_LABEL + k] === value.charCodeAt(j - 1 - k)) k++;
+    if (k < labelLength) break;
     j -= 1 + labelLength;
     node = child;
     const record = data[node + T_MASKS] as number;
@@ -829,7 +828,7 @@ function walkPatterns(data: Int32Array, labels: readonly string[], words: number
  * `web.shop` against `web.shop:80`): a term is admitted if either form passes its list, excluded if either form
  * is in its `not` list.
  */
-export function patternMask(data: Int32Array, labels: readonly string[], words: number, header: number, value: string, alternative: number, work: Int32Array, row: number): number {
+export function patternMask(data: Int32Array, words: number, header: number, value: string, alternative: number, work: Int32Array, row: number): number {
   const at = row * words;
   const negAt = PATTERN_NEG_ROW * words;
   const base = data[header + P_BASE] as number;
@@ -837,8 +836,8 @@ export function patternMask(data: Int32Array, labels: readonly string[], words: 
     work[at + w] = data[base + w] as number;
     work[negAt + w] = 0;
   }
-  walkPatterns(data, labels, words, header, value, value.length, work, at, negAt);
-  if (alternative > 0) walkPatterns(data, labels, words, header, value, alternative, work, at, negAt);
+  walkPatterns(data, words, header, value, value.length, work, at, negAt);
+  if (alternative > 0) walkPatterns(data, words, header, value, alternative, work, at, negAt);
   andNotInto(work, at, work, negAt, words);
   return ~at;
 }

@@ -202,6 +202,11 @@ const cases: Case[] = [
 
   // ---- to.operation.hosts / notHosts ----
   { name: 'hosts: matches the request host exactly', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: [web.shop]}}]}]}')], request: GET('/', { host: 'web.shop' }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
+  { name: 'hosts: matches a Host that carries a port (web.shop, web.shop:8080)', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: [web.shop]}}]}]}')], request: GET('/', { host: 'web.shop:8080' }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
+  { name: 'hosts: a colon without digits is not a port (web.shop, web.shop:)', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: [web.shop]}}]}]}')], request: GET('/', { host: 'web.shop:' }), expect: 'DENY' },
+  { name: 'hosts: a port must be digits (web.shop, web.shop:80x)', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: [web.shop]}}]}]}')], request: GET('/', { host: 'web.shop:80x' }), expect: 'DENY' },
+  { name: 'hosts: an IPv6 literal with a port matches the literal ([::1], [::1]:8080)', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: ["[::1]"]}}]}]}')], request: GET('/', { host: '[::1]:8080' }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
+  { name: 'hosts: a pattern with a port matches only that port (web.shop:8080, web.shop:9090)', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: ["web.shop:8080"]}}]}]}')], request: GET('/', { host: 'web.shop:9090' }), expect: 'DENY' },
   { name: 'hosts: matches case-insensitively', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: [WEB.Shop]}}]}]}')], request: GET('/', { host: 'web.shop' }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
   { name: 'hosts: does not match another host', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: [api.shop]}}]}]}')], request: GET('/', { host: 'web.shop' }), expect: 'DENY' },
   { name: 'hosts: matches by suffix (*.example.com)', policies: [ap('shop/allow', '{rules: [{to: [{operation: {hosts: ["*.example.com"]}}]}]}')], request: GET('/', { host: 'api.example.com' }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
