@@ -95,8 +95,11 @@ function ambitEngine(compiled: CompiledAuthorization, compileMs: number, mix: re
   const workloads = mix.map((item) => item.destination);
   const contexts = mix.map((item) => contextOf(item.request));
   const moments = mix.map((item) => item.moment);
-  // Timed: the per-workload matcher lookup (a Map get, once per connection in the proxy) plus the decision.
-  const run = (index: number) => decide(compiled.forWorkload(workloads[index]!), contexts[index]!, moments[index]!);
+  // Timed, for an L4 connection: the per-workload matcher lookup (a Map get, once per connection in the proxy) plus
+  // the decision. For an L7 request, one of an open connection's: the decision; the connection holds its matcher
+  // for the configuration in force (src/proxy/authorize.ts), as its context holds the peer's resolved ids.
+  const held = mix.map((item) => (item.layer === 'L7' ? compiled.forWorkload(item.destination) : null));
+  const run = (index: number) => decide(held[index] ?? compiled.forWorkload(workloads[index]!), contexts[index]!, moments[index]!);
   return {
     name: 'ambit (compiled)',
     loadNote: 'compileAuthorization',

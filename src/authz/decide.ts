@@ -12,8 +12,8 @@
 //   'request'  one HTTP request: every field is known.
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
-import type { Term, Vocabularies, WorkloadIndex } from './index.ts';
-import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
+import type { Term, Vocabularies, Vocabulary, WorkloadIndex } from './index.ts';
+import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, HEADERS_ROW, HEADER_ROW, L_HEADERS, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
@@ -272,6 +272,24 @@ function sourceMask(ctx: AuthzContext, index: WorkloadIndex, list: number, words
   for (let w = 0; w < words; w++) into[at + w] = (principalBits[principalOffset + w] as number) & (namespaceBits[namespaceOffset + w] as number) & (ipBits[ipOffset + w] as number);
 }
 
+/** The terms whose header conditions the request's headers pass: every header dimension of the list ANDed, as `~offset` in `work`. */
+function headersMask(index: WorkloadIndex, table: number, words: number, request: HttpRequestFacts, work: Int32Array, allAt: number): number {
+  const bits = index.data;
+  const at = HEADERS_ROW * words;
+  for (let w = 0; w < words; w++) work[at + w] = bits[allAt + w] as number;
+  const count = bits[table] as number;
+  for (let i = 0; i < count; i++) {
+    const name = bits[table + 1 + 2 * i] as number;
+    const vocabulary = index.headerVocabularies[name] as Vocabulary;
+    const value = request.header(index.headerNames[name] as string) ?? null;
+    const mask = stringMask(bits, words, bits[table + 2 + 2 * i] as number, vocabulary, value, value === null ? -1 : vocabulary.idOf(value), work, HEADER_ROW);
+    const from = mask >= 0 ? bits : work;
+    const offset = mask >= 0 ? mask : ~mask;
+    for (let w = 0; w < words; w++) work[at + w] = (work[at + w] as number) & (from[offset + w] as number);
+  }
+  return ~at;
+}
+
 export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): Decision {
   // PeerAuthentication STRICT: a connection without a peer identity never gets as far as the policies; a request
   // on such a connection (a dry run can ask) is refused the same way.
@@ -309,12 +327,16 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const hostHeader = bits[list + L_HOST] as number;
   const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, words, pathHeader, request.path, 0, work, PATH_ROW);
   const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
+  const headersTable = bits[list + L_HEADERS] as number;
+  const headersAt = headersTable < 0 || !perRequest ? allAt : headersMask(index, headersTable, words, request, work, allAt);
   const methodBits = methodAt >= 0 ? bits : work;
   const methodOffset = methodAt >= 0 ? methodAt : ~methodAt;
   const pathBits = pathAt >= 0 ? bits : work;
   const pathOffset = pathAt >= 0 ? pathAt : ~pathAt;
   const hostBits = hostAt >= 0 ? bits : work;
   const hostOffset = hostAt >= 0 ? hostAt : ~hostAt;
+  const headersBits = headersAt >= 0 ? bits : work;
+  const headersOffset = headersAt >= 0 ? headersAt : ~headersAt;
   const l4RulesAt = bits[list + L_L4_RULES] as number;
   // A candidate outside the check mask matches by its bit alone.
   const checkAt = bits[list + (moment === 'request' ? L_CHECK_REQUEST : L_CHECK_L4)] as number;
@@ -329,7 +351,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   const denyWords = bits[list + L_DENY_WORDS] as number;
   const denyIgnoresL7 = moment !== 'request';
   for (let w = 0; w < denyWords; w++) {
-    let word = (sourceBits[sourceAt + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
+    let word = (sourceBits[sourceAt + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number) & (headersBits[headersOffset + w] as number);
     if (moment === 'connect') word &= bits[l4RulesAt + w] as number;
     while (word !== 0) {
       const low = word & -word;
@@ -345,7 +367,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   // ALLOW: at 'tcp' a rule with HTTP fields never matches; at 'connect' its L4 part lets the connection open, deferred.
   let deferred: Decision | null = null;
   for (let w = denyWords; w < words; w++) {
-    let word = (sourceBits[sourceAt + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number);
+    let word = (sourceBits[sourceAt + w] as number) & (methodBits[methodOffset + w] as number) & (pathBits[pathOffset + w] as number) & (hostBits[hostOffset + w] as number) & (headersBits[headersOffset + w] as number);
     if (moment === 'tcp') word &= bits[l4RulesAt + w] as number;
     while (word !== 0) {
       const low = word & -word;

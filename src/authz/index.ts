@@ -16,7 +16,7 @@
 // distinct block of the list once. Paths and hosts (on HTTP ports) are tries of the list's exact and prefix
 // patterns, and of its suffix patterns reversed, walked once per value. Everything a decision reads of a
 // workload's lists is in one Int32Array.
-import type { CompiledOperation, CompiledRule, CompiledSource, Decision } from './compile.ts';
+import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, Decision } from './compile.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 import { CidrSet, parseIp } from './match.ts';
 
@@ -27,13 +27,14 @@ export interface Term {
   readonly operation: CompiledOperation | null;
 }
 
-// Wildcard kinds, as Istio writes them: `*` (any non-empty value), `x*`, `*x`.
+// Wildcard kinds, as Istio writes them: `*` (any non-empty value; any value at all for a header), `x*`, `*x`.
 const PRESENCE = 0;
 const PREFIX = 1;
 const SUFFIX = 2;
+const ANY = 3;
 
 function wildcardMatches(kind: number, text: string, value: string): boolean {
-  return kind === PRESENCE ? value.length > 0 : kind === PREFIX ? value.startsWith(text) : value.endsWith(text);
+  return kind === PRESENCE ? value.length > 0 : kind === PREFIX ? value.startsWith(text) : kind === SUFFIX ? value.endsWith(text) : true;
 }
 
 /** Beyond this many (value, wildcard) pairs the vocabulary does not precompute matches; decisions test strings. */
@@ -109,13 +110,51 @@ export interface Vocabularies {
   readonly principals: Vocabulary;
   readonly namespaces: Vocabulary;
   readonly methods: Vocabulary;
+  /** By lower-case header name: the values `when` conditions on request.headers[name] write. */
+  readonly headers: ReadonlyMap<string, Vocabulary>;
+}
+
+/**
+ * The header conditions of a rule, by lower-case name, when every condition of the rule is one on a request header
+ * with string values and no header is named twice: then the index settles them (a dimension per header). null
+ * otherwise: the rule's conditions are checked per term.
+ */
+export function indexedHeaderConditions(rule: CompiledRule): ReadonlyMap<string, CompiledCondition> | null {
+  const when = rule.when;
+  if (when === null) return null;
+  const byName = new Map<string, CompiledCondition>();
+  for (const condition of when) {
+    if (condition.key.kind !== 'request.headers' || condition.header === null || byName.has(condition.header)) return null;
+    if ((condition.values !== null && condition.values.type !== 'strings') || (condition.notValues !== null && condition.notValues.type !== 'strings')) return null;
+    byName.set(condition.header, condition);
+  }
+  return byName;
+}
+
+const headerConditions = new WeakMap<CompiledRule, ReadonlyMap<string, CompiledCondition> | null>();
+
+function headerConditionsOf(rule: CompiledRule): ReadonlyMap<string, CompiledCondition> | null {
+  let found = headerConditions.get(rule);
+  if (found === undefined) headerConditions.set(rule, (found = indexedHeaderConditions(rule)));
+  return found;
+}
+
+function conditionMatchers(condition: CompiledCondition | undefined): readonly [StringMatcher | null, StringMatcher | null] {
+  if (condition === undefined) return [null, null];
+  return [condition.values?.type === 'strings' ? condition.values.matcher : null, condition.notValues?.type === 'strings' ? condition.notValues.matcher : null];
 }
 
 export function buildVocabularies(rules: Iterable<CompiledRule>): Vocabularies {
   const principals = new Vocabulary();
   const namespaces = new Vocabulary();
   const methods = new Vocabulary();
+  const headers = new Map<string, Vocabulary>();
   for (const rule of rules) {
+    for (const [name, condition] of headerConditionsOf(rule) ?? []) {
+      let vocabulary = headers.get(name);
+      if (vocabulary === undefined) headers.set(name, (vocabulary = new Vocabulary()));
+      for (const matcher of conditionMatchers(condition)) vocabulary.add(matcher);
+    }
     for (const source of rule.from ?? []) {
       principals.add(source.principals);
       principals.add(source.notPrincipals);
@@ -130,7 +169,8 @@ export function buildVocabularies(rules: Iterable<CompiledRule>): Vocabularies {
   principals.seal();
   namespaces.seal();
   methods.seal();
-  return { principals, namespaces, methods };
+  for (const vocabulary of headers.values()) vocabulary.seal();
+  return { principals, namespaces, methods, headers };
 }
 
 // Layout of a string dimension's header in the index data (all offsets into data).
@@ -197,7 +237,10 @@ export const L_PATH = 12; // pattern dimension headers, built for HTTP ports onl
 export const L_HOST = 13;
 export const L_HTTP = 14; // 1: paths and hosts are settled by the masks (the two above), not checked per term
 export const L_RECHECK = 15; // RECHECK_* bits: fields too large to index, checked per term instead
-const LIST_HEADER = 16;
+// Request-header dimensions: offset of [count, then per header its index in WorkloadIndex.headerNames and its
+// string dimension header], or -1 when no rule of the list has indexed header conditions.
+export const L_HEADERS = 16;
+const LIST_HEADER = 17;
 export const RECHECK_PRINCIPAL = 1;
 export const RECHECK_NAMESPACE = 2;
 export const RECHECK_METHOD = 4;
@@ -215,6 +258,9 @@ export interface WorkloadIndex {
   readonly decisions: readonly (Decision | null)[];
   readonly v6: readonly CidrSet[];
   readonly vocabularies: Vocabularies;
+  /** Header names the lists' header dimensions read (L_HEADERS tables index these), with their vocabularies. */
+  readonly headerNames: readonly string[];
+  readonly headerVocabularies: readonly Vocabulary[];
 }
 
 /** The header offset of the list for a destination port: a scan of the few ports rules name. */
@@ -232,6 +278,9 @@ const BITS = 32;
 class Layout {
   words = 1;
   readonly data: number[] = [];
+  /** Header names the lists' header dimensions read, with their vocabularies. */
+  readonly headerNames: string[] = [];
+  readonly headerVocabularies: Vocabulary[] = [];
 
   mask(): number {
     return this.ints(this.words);
@@ -275,7 +324,7 @@ function hasWildcard(matcher: StringMatcher): boolean {
 
 function wildcardsOf(matcher: StringMatcher): [number, string][] {
   return [
-    ...(matcher.presence ? [[PRESENCE, ''] as [number, string]] : []),
+    ...(matcher.presence ? [[matcher.presenceIncludesEmpty ? ANY : PRESENCE, ''] as [number, string]] : []),
     ...matcher.prefixes.map((text): [number, string] => [PREFIX, text]),
     ...matcher.suffixes.map((text): [number, string] => [SUFFIX, text]),
   ];
@@ -565,7 +614,8 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
     layout.setBit(allAt, slot);
     if (!term.rule.l7) layout.setBit(l4RulesAt, slot);
     const operation = term.operation;
-    const checkL4 = term.rule.when !== null || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null));
+    // Conditions on request headers only are settled by the header dimensions (and pass when HTTP fields are ignored).
+    const checkL4 = (term.rule.when !== null && headerConditionsOf(term.rule) === null) || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null));
     if (checkL4) layout.setBit(checkL4At, slot);
     if (checkL4 || (!list.http && operation !== null && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null))) layout.setBit(checkRequestAt, slot);
   }
@@ -587,10 +637,40 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
   // Methods count only per request: with HTTP fields ignored, a term's methods never decide.
   const method = dimension(methodsOf, vocabularies.methods, RECHECK_METHOD, true);
   const ip = buildIpDimension(terms, layout, v6Sets);
+  const headers = buildHeaderDimensions(terms, layout, vocabularies, checkRequestAt);
   const path = list.http ? buildPatternDimension(terms, pathsOf, layout) : -1;
   const host = list.http ? buildPatternDimension(terms, hostsOf, layout) : -1;
-  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0, path, host, list.http ? 1 : 0, recheck]);
+  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0, path, host, list.http ? 1 : 0, recheck, headers]);
   return header;
+}
+
+/**
+ * One string dimension per request header the list's indexed conditions name; the table's offset, or -1. A header
+ * too large to index leaves its terms to the per-term check, per request.
+ */
+function buildHeaderDimensions(terms: readonly (Term | null)[], layout: Layout, vocabularies: Vocabularies, checkRequestAt: number): number {
+  const names = new Set<string>();
+  for (const term of terms) if (term !== null) for (const name of headerConditionsOf(term.rule)?.keys() ?? []) names.add(name);
+  const entries: number[] = [];
+  for (const name of names) {
+    const vocabulary = vocabularies.headers.get(name) as Vocabulary;
+    const patterns: Patterns = (term) => conditionMatchers(headerConditionsOf(term.rule)?.get(name));
+    const built = buildStringDimension(terms, patterns, vocabulary, layout);
+    if (built === TOO_LARGE) {
+      terms.forEach((term, slot) => {
+        if (term !== null && headerConditionsOf(term.rule)?.has(name) === true) layout.setBit(checkRequestAt, slot);
+      });
+      continue;
+    }
+    if (built < 0) continue;
+    layout.headerNames.push(name);
+    layout.headerVocabularies.push(vocabulary);
+    entries.push(layout.headerNames.length - 1, built);
+  }
+  if (entries.length === 0) return -1;
+  const table = layout.ints(1 + entries.length);
+  layout.write(table, [entries.length / 2, ...entries]);
+  return table;
 }
 
 /** `lists`: one per port rules name, and last the list for any other port. `vocabularies` must have seen every rule. */
@@ -602,7 +682,7 @@ export function buildWorkloadIndex(lists: readonly ListRules[], vocabularies: Vo
   const v6: CidrSet[] = [];
   const headers = lists.map((list) => buildList(list, layout, slots, v6, vocabularies));
   layout.write(table, [named.length, ...named.map((list) => list.port as number), ...headers]);
-  return { data: Int32Array.from(layout.data), terms: slots, decisions: slots.map((term) => term?.rule.decision ?? null), v6, vocabularies };
+  return { data: Int32Array.from(layout.data), terms: slots, decisions: slots.map((term) => term?.rule.decision ?? null), v6, vocabularies, headerNames: layout.headerNames, headerVocabularies: layout.headerVocabularies };
 }
 
 // ---- per decision ----
@@ -619,7 +699,9 @@ export const HOST_ROW = 7;
 const PATTERN_NEG_ROW = 8;
 const STRING_NEG_ROW = 9;
 export const SOURCE_ROW = 10; // principal & namespace & IP
-const ROWS = 11;
+export const HEADERS_ROW = 11; // every header dimension ANDed
+export const HEADER_ROW = 12; // one header's mask
+const ROWS = 13;
 
 /**
  * Work space for the masks computed per decision (values no rule of the list names, IPs): grown when a

@@ -6,7 +6,7 @@ import type { Registry } from 'prom-client';
 import type { ConfigSnapshot } from '../config/snapshot.ts';
 import type { Logger } from '../observe/log.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
-import type { Decision } from '../authz/compile.ts';
+import type { Decision, WorkloadPolicies } from '../authz/compile.ts';
 import { auditMatch, authzContext, decideSafely } from '../authz/decide.ts';
 import type { AuthzContext } from '../authz/decide.ts';
 import { parseIp } from '../authz/match.ts';
@@ -75,14 +75,21 @@ export class InboundAuthorizer {
     // One context per tunnel; each request only swaps in its facts.
     const ctx = contextOf(connection);
     const logger = this.#logger;
+    // The policies in force (a change applies to the next request) for the workload at that IP: looked up again
+    // only when the snapshot changed.
+    let seen = snapshot;
+    let inForce: WorkloadPolicies | null = policies;
     return {
       decide: (facts) => {
-        // The policies in force now (a change applies to the next request), for the workload at that IP.
-        const snapshot = this.#snapshot();
-        const destination = snapshot.workloadByIp(connection.destinationIp);
-        if (destination === undefined) return DENY_ON_ERROR;
+        const now = this.#snapshot();
+        if (now !== seen) {
+          const destination = now.workloadByIp(connection.destinationIp);
+          inForce = destination === undefined ? null : authorizationOf(now).forWorkload(destination);
+          seen = now;
+        }
+        if (inForce === null) return DENY_ON_ERROR;
         ctx.request = facts;
-        const decision = decideSafely(authorizationOf(snapshot).forWorkload(destination), ctx, 'request', DENY_ON_ERROR);
+        const decision = decideSafely(inForce, ctx, 'request', DENY_ON_ERROR);
         ctx.request = null;
         this.#count(decision);
         if (decision.allow && logger.isLevelEnabled('debug')) {

@@ -211,6 +211,31 @@ describe('authorization in the node proxy', () => {
     expect(mesh.nodes.get('node-b')!.proc.child.exitCode).toBeNull();
   });
 
+  it('decides the next request of an open HTTP connection with the policies a change put in force', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
+    try {
+      const before = await client.request({ path: '/public/a', method: 'GET' });
+      expect(before.statusCode).toBe(200);
+      await before.body.dump();
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', policies.replace('paths: ["/public/*"]', 'paths: ["/public/b"]'));
+      await waitUntil('node-b accepts the narrower policy', async () => accepted() > seen);
+      const denied = await client.request({ path: '/public/a', method: 'GET' });
+      expect(denied.statusCode).toBe(403);
+      await denied.body.dump();
+      const allowed = await client.request({ path: '/public/b', method: 'GET' });
+      expect(allowed.statusCode).toBe(200);
+      await allowed.body.dump();
+    } finally {
+      await client.close();
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', policies);
+      await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
+    }
+  });
+
   it('closes an open connection when a policy change no longer allows it', async () => {
     const socket: Socket = connect({ host: CLIENT_IP, port: 9007 });
     const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
