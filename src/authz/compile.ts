@@ -129,6 +129,8 @@ export interface WorkloadPolicies {
   readonly otherPorts: RuleLists;
   /** The same DENY and ALLOW rules as bitsets by port, source and method: what a decision reads. */
   readonly index: WorkloadIndex;
+  /** `index.data`, one object nearer: a decision's first read of a workload (src/authz/decide.ts). */
+  readonly indexData: Int32Array;
   readonly hasL7Rules: boolean;
   /** Target ports of this workload declared HTTP by a Service (appProtocol or port name): evaluated per request. */
   readonly httpPorts: ReadonlySet<number>;
@@ -502,6 +504,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       byPort,
       otherPorts,
       index,
+      indexData: index.data,
       hasL7Rules,
       httpPorts,
       mtls,

@@ -296,8 +296,8 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   if (ctx.sourcePrincipal === null && mtlsModeFor(policies, ctx.destinationPort) === 'STRICT') return policies.strictPlaintextPorts.get(ctx.destinationPort) ?? policies.strictPlaintext;
   // Only the rules that can match this destination port, and of those only the terms the source and the method
   // admit (src/authz/index.ts), tried in policy order.
+  const bits = policies.indexData;
   const index = policies.index;
-  const bits = index.data;
   const list = listFor(bits, ctx.destinationPort);
   const words = bits[list + L_WORDS] as number;
   const work = scratchFor(words);
