@@ -1,5 +1,5 @@
 // Per-decision latency from batches. A decision of the compiled matcher can take less than the resolution and
-// the cost of reading the clock (process.hrtime.bigint() itself costs tens of nanoseconds), so each sample times
+// the cost of reading the clock (performance.now() itself costs tens of nanoseconds), so each sample times
 // a batch of B decisions between two clock readings and divides by B; B is chosen per engine and mode so a batch
 // lasts ~targetBatchNs, and is 1 for engines whose decision already takes longer than that (then every sample is
 // one decision). Two ways to fill a batch:
@@ -59,9 +59,10 @@ export function quantile(sorted: readonly number[], q: number): number {
 /** What one clock reading costs here: the floor under any single-decision timing. */
 export function clockCostNs(): number {
   const rounds = 100_000;
-  const started = process.hrtime.bigint();
-  for (let i = 0; i < rounds; i++) process.hrtime.bigint();
-  return Number(process.hrtime.bigint() - started) / rounds;
+  let last = 0;
+  const started = performance.now();
+  for (let i = 0; i < rounds; i++) last = performance.now();
+  return ((last - started) * 1e6) / rounds;
 }
 
 /** A calibration of the machine: one iteration of a dependent integer add loop (about 0.3–1 ns on an unshared modern core). */
@@ -120,27 +121,30 @@ export function measure(decide: (index: number) => boolean, indices: readonly nu
       passes++;
     }
     let answer = false;
-    let before: bigint;
-    let after: bigint;
+    // performance.now(), not process.hrtime.bigint(): a BigInt is allocated after the clock was read, so the
+    // collector's work it triggers (scavenges, incremental marking steps, more of both in a big heap) landed
+    // inside the timed batch.
+    let before: number;
+    let after: number;
     if (options.mode === 'interleaved') {
       for (let k = 0; k < batch; k++) sink += touch(order[position + k] as number);
-      before = process.hrtime.bigint();
+      before = performance.now();
       for (let k = 0; k < batch; k++) {
         answer = decide(order[position + k] as number);
         sink += answer ? 1 : 0;
       }
-      after = process.hrtime.bigint();
+      after = performance.now();
     } else {
       const index = order[position] as number;
-      before = process.hrtime.bigint();
+      before = performance.now();
       for (let k = 0; k < batch; k++) {
         answer = decide(index);
         sink += answer ? 1 : 0;
       }
-      after = process.hrtime.bigint();
+      after = performance.now();
     }
     position += take;
-    samples.push(Number(after - before) / batch);
+    samples.push(((after - before) * 1e6) / batch);
     answers.set(order[position - 1] as number, answer);
   }
   const slices: { p50: number; p99: number }[] = [];
