@@ -290,7 +290,10 @@ function headersMask(index: WorkloadIndex, table: number, words: number, request
   return ~at;
 }
 
-export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): Decision {
+export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: DecisionMoment): Decision {
+  // A request decision without the request's facts cannot know its HTTP fields: decided as a connection to a plain
+  // port, where ALLOW rules with HTTP fields match nothing and DENY rules apply with them ignored (fail closed).
+  const moment = asked === 'request' && ctx.request === null ? 'tcp' : asked;
   // PeerAuthentication STRICT: a connection without a peer identity never gets as far as the policies; a request
   // on such a connection (a dry run can ask) is refused the same way.
   if (ctx.sourcePrincipal === null && mtlsModeFor(policies, ctx.destinationPort) === 'STRICT') return policies.strictPlaintextPorts.get(ctx.destinationPort) ?? policies.strictPlaintext;
@@ -311,6 +314,8 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, moment: De
   let sourceAt = SOURCE_ROW * words;
   if (perRequest) {
     if (ctx.sourceFor !== bits || ctx.sourceList !== list) {
+      // Forgotten first: a mask half-computed when something throws must never be reused.
+      ctx.sourceFor = null;
       if (ctx.sourceMask === null || ctx.sourceMask.length < words) ctx.sourceMask = new Int32Array(words);
       sourceMask(ctx, index, list, words, work, ctx.sourceMask, 0);
       ctx.sourceFor = bits;

@@ -64,16 +64,31 @@ interface TunnelState {
   denied: number;
 }
 
-class MutableFacts implements HttpRequestFacts {
+/** Whether a raw header name equals a lower-case one, ignoring ASCII case (HTTP/1 keeps the sender's case). */
+function sameHeaderName(raw: string, lower: string): boolean {
+  if (raw.length !== lower.length) return false;
+  for (let i = 0; i < raw.length; i++) {
+    const code = raw.charCodeAt(i);
+    if ((code >= 65 && code <= 90 ? code + 32 : code) !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+export class MutableFacts implements HttpRequestFacts {
   method = '';
   path = '';
   host = '';
   /** What the application receives: the normalised path and the original query. */
   forwardPath = '';
-  #headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders = {};
+  /**
+   * The header fields as received, name then value: not Node's header object, which inherits from
+   * Object.prototype (`constructor` would read as present) and keeps only the first of a repeated `user-agent`,
+   * `authorization` and the like (a harmless first one would hide the one a DENY rule looks for).
+   */
+  #raw: readonly string[] = [];
 
   /** Returns false when the path is malformed (a bad percent-escape): the request is refused with 400. */
-  fill(method: string, rawPath: string, host: string, headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders): boolean {
+  fill(method: string, rawPath: string, host: string, rawHeaders: readonly string[]): boolean {
     this.method = method;
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
@@ -82,14 +97,18 @@ class MutableFacts implements HttpRequestFacts {
     this.path = normalized;
     this.forwardPath = normalized === path ? rawPath : query < 0 ? normalized : normalized + rawPath.slice(query);
     this.host = hasUpper(host) ? host.toLowerCase() : host;
-    this.#headers = headers;
+    this.#raw = rawHeaders;
     return true;
   }
 
+  /** Every value of a header, joined with `,` as Envoy does; undefined when the request has none. */
   header(name: string): string | undefined {
-    const value = this.#headers[name];
-    if (value === undefined) return undefined;
-    return typeof value === 'string' ? value : Array.isArray(value) ? value.join(',') : String(value);
+    const raw = this.#raw;
+    let found: string | undefined;
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      if (sameHeaderName(raw[i] as string, name)) found = found === undefined ? (raw[i + 1] as string) : `${found},${raw[i + 1] as string}`;
+    }
+    return found;
   }
 }
 
@@ -124,7 +143,7 @@ export class HttpInspector {
     this.#h2.on('session', (session) => {
       if (this.#pending) this.#tunnels.set(session, this.#pending);
     });
-    this.#h2.on('stream', (stream, headers) => this.#onH2Stream(stream, headers));
+    this.#h2.on('stream', (stream, headers, _flags, rawHeaders: string[]) => this.#onH2Stream(stream, headers, rawHeaders));
     this.#h2.on('sessionError', (error) => this.#logger.debug({ err: error.message }, 'h2c session error on an inspected tunnel'));
   }
 
@@ -186,7 +205,7 @@ export class HttpInspector {
     }
     state.requests++;
     const facts = state.facts;
-    if (!facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.headers)) {
+    if (!facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders)) {
       req.resume();
       res.writeHead(400, { 'content-type': 'text/plain', 'content-length': 22 }).end('malformed request path');
       return;
@@ -209,7 +228,7 @@ export class HttpInspector {
     );
   }
 
-  #onH2Stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  #onH2Stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[]): void {
     const state = this.#tunnels.get(stream.session as http2.Http2Session);
     if (!state) {
       stream.close(NGHTTP2_CANCEL);
@@ -225,7 +244,7 @@ export class HttpInspector {
       answer(stream, 405);
       return;
     }
-    if (!facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), headers)) {
+    if (!facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), rawHeaders)) {
       answer(stream, 400);
       return;
     }

@@ -76,4 +76,15 @@ describe('a connection decision context', () => {
       expect(answers).toEqual(principal === CLIENT ? [true, false, false, true] : [false, false, false, false]);
     }
   });
+
+  it('fails closed when asked to decide a request without the request: HTTP-only ALLOW rules match nothing', () => {
+    const allow = (name: string, rule: string) => `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: ${name}, namespace: shop }\nspec:\n  rules:\n    - ${rule}\n`;
+    const noFacts = contextOf({ principal: CLIENT, namespace: 'front', sourceIp: null, destinationIp: null, port: 80, http: null });
+    const byHeader = load(allow('by-header', 'when: [{ key: "request.headers[x-a]", values: ["a"] }]'));
+    expect(decide(byHeader, noFacts, 'request').allow).toBe(false);
+    const byPath = load(allow('by-path', 'to: [{ operation: { paths: ["/a"] } }]'));
+    expect(decide(byPath, noFacts, 'request').allow).toBe(false);
+    const byPrincipal = load(allow('by-principal', `from: [{ source: { principals: ["${CLIENT}"] } }]`));
+    expect(decide(byPrincipal, noFacts, 'request').allow).toBe(true);
+  });
 });

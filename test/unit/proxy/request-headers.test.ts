@@ -1,0 +1,98 @@
+// What a `when: request.headers[...]` condition reads of a request the proxy parsed: every value of a repeated
+// header, joined with "," as Envoy does, and nothing for a header that was not sent, whatever its name. Real
+// HTTP/1.1 and HTTP/2 parsers on loopback: Node's header objects inherit from Object.prototype and keep only the
+// first of some repeated headers (user-agent, authorization), which would let a harmless first value hide the one
+// a DENY rule looks for.
+import http from 'node:http';
+import http2 from 'node:http2';
+import { connect } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MutableFacts } from '../../../src/proxy/l7.ts';
+
+const closers: Array<() => void> = [];
+afterEach(() => {
+  for (const close of closers.splice(0)) close();
+});
+
+const NAMES = ['user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent'];
+
+type Seen = Record<string, string | undefined>;
+
+function read(facts: MutableFacts): Seen {
+  return Object.fromEntries(NAMES.map((name) => [name, facts.header(name)]));
+}
+
+/** Sends raw HTTP/1.1 bytes and returns what the facts of that request read. */
+async function h1(request: string): Promise<Seen> {
+  let seen: Seen = {};
+  const server = http.createServer((req, res) => {
+    const facts = new MutableFacts();
+    expect(facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders)).toBe(true);
+    seen = read(facts);
+    res.end('ok');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => server.close());
+  const socket = connect((server.address() as AddressInfo).port, '127.0.0.1');
+  await new Promise<void>((resolve) => {
+    socket.on('data', () => {
+      socket.destroy();
+      resolve();
+    });
+    socket.write(request);
+  });
+  return seen;
+}
+
+async function h2(headers: http2.OutgoingHttpHeaders): Promise<Seen> {
+  let seen: Seen = {};
+  const server = http2.createServer();
+  server.on('stream', (stream, received, _flags, rawHeaders: string[]) => {
+    const facts = new MutableFacts();
+    expect(facts.fill(String(received[':method']), String(received[':path']), String(received[':authority']), rawHeaders)).toBe(true);
+    seen = read(facts);
+    stream.respond({ ':status': 200 });
+    stream.end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => server.close());
+  const client = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  closers.push(() => client.close());
+  const request = client.request({ ':path': '/', ...headers });
+  request.resume();
+  await new Promise<void>((resolve) => request.on('close', () => resolve()));
+  return seen;
+}
+
+describe('request headers as authorization conditions read them', () => {
+  it('HTTP/1.1: every value of a repeated header, even one Node keeps only the first of', async () => {
+    const seen = await h1(
+      'GET / HTTP/1.1\r\nHost: web\r\nUser-Agent: harmless\r\nuser-agent: evil-bot\r\nAuthorization: a\r\nAUTHORIZATION: b\r\n' +
+        'X-Tenant: one\r\nx-tenant: two\r\nX-Single: only\r\nConnection: close\r\n\r\n',
+    );
+    expect(seen['user-agent']).toBe('harmless,evil-bot');
+    expect(seen.authorization).toBe('a,b');
+    expect(seen['x-tenant']).toBe('one,two');
+    expect(seen['x-single']).toBe('only');
+  });
+
+  it('HTTP/1.1: a header named like an Object property is absent unless sent', async () => {
+    const seen = await h1('GET / HTTP/1.1\r\nHost: web\r\nToString: sent\r\nConnection: close\r\n\r\n');
+    expect(seen.constructor).toBeUndefined();
+    expect(seen.__proto__).toBeUndefined();
+    expect(seen['x-absent']).toBeUndefined();
+    expect(seen.tostring).toBe('sent');
+  });
+
+  it('HTTP/2: every value of a repeated header, and nothing for names that were not sent', async () => {
+    // Node's client refuses to send a repeated user-agent; the server side reads every field the same way.
+    const seen = await h2({ 'user-agent': 'client', 'x-tenant': ['one', 'two'], 'x-single': 'only' });
+    expect(seen['user-agent']).toBe('client');
+    expect(seen['x-tenant']).toBe('one,two');
+    expect(seen['x-single']).toBe('only');
+    expect(seen.constructor).toBeUndefined();
+    expect(seen.__proto__).toBeUndefined();
+    expect(seen.authorization).toBeUndefined();
+  });
+});
