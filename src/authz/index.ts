@@ -119,7 +119,7 @@ export interface Vocabularies {
  * with string values and no header is named twice: then the index settles them (a dimension per header). null
  * otherwise: the rule's conditions are checked per term.
  */
-export function indexedHeaderConditions(rule: CompiledRule): ReadonlyMap<string, CompiledCondition> | null {
+function indexedHeaderConditions(rule: CompiledRule): ReadonlyMap<string, CompiledCondition> | null {
   const when = rule.when;
   if (when === null) return null;
   const byName = new Map<string, CompiledCondition>();
