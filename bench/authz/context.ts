@@ -1,8 +1,11 @@
 // The context the proxy fills once per connection (and its request part once per HTTP request), built from a
 // request of the mix outside any timed region by the tests' harness; and what the measurement reads of it
 // before a batch's clock starts.
+import { authzContext } from '../../src/authz/decide.ts';
 import type { AuthzContext } from '../../src/authz/decide.ts';
-import { contextOf as harnessContextOf } from '../../test/unit/authz/harness.ts';
+import { parseIp } from '../../src/authz/match.ts';
+import type { IpAddress } from '../../src/authz/match.ts';
+import { MutableFacts } from '../../src/proxy/l7.ts';
 import type { ReferenceRequest } from '../../test/unit/authz/reference.ts';
 
 /**
@@ -17,14 +20,35 @@ function flatOrNull(text: string | null): string | null {
   return text === null ? null : flat(text);
 }
 
+function ipOf(text: string | null): IpAddress | null {
+  if (text === null) return null;
+  const parsed = parseIp(text);
+  if (parsed === null) throw new Error(`the mix has a bad IP: ${text}`);
+  return parsed;
+}
+
+/**
+ * The request facts of the proxy's HTTP inspector (src/proxy/l7.ts), filled as it fills them from a parsed request:
+ * header conditions scan the raw header fields, the Host first as an HTTP/1.1 client sends it, names as clients
+ * spell them.
+ */
+function factsOf(http: NonNullable<ReferenceRequest['http']>): MutableFacts {
+  const raw = ['Host', flat(http.host)];
+  for (const [name, value] of Object.entries(http.headers)) raw.push(flat(name.replace(/(^|-)[a-z]/g, (start) => start.toUpperCase())), flat(value));
+  const facts = new MutableFacts();
+  if (!facts.fill(flat(http.method), flat(http.path), flat(http.host), raw)) throw new Error(`the mix has a malformed path: ${http.path}`);
+  return facts;
+}
+
 /** The context the proxy would fill for a request of the mix. */
 export function contextOf(request: ReferenceRequest): AuthzContext {
-  const http = request.http;
-  return harnessContextOf({
-    ...request,
-    principal: flatOrNull(request.principal),
-    namespace: flatOrNull(request.namespace),
-    http: http === null ? null : { method: flat(http.method), path: flat(http.path), host: flat(http.host), headers: Object.fromEntries(Object.entries(http.headers).map(([name, value]) => [flat(name), flat(value)])) },
+  return authzContext({
+    sourcePrincipal: flatOrNull(request.principal),
+    sourceNamespace: flatOrNull(request.namespace),
+    sourceIp: ipOf(request.sourceIp),
+    destinationIp: ipOf(request.destinationIp),
+    destinationPort: request.port,
+    request: request.http === null ? null : factsOf(request.http),
   });
 }
 

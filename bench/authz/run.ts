@@ -72,7 +72,7 @@ function parseArgs(argv: readonly string[]): Settings {
   if (!Number.isInteger(seed)) throw new Error('--seed takes an integer');
   return quick
     ? { quick, ambitOnly, seed, out, scale: QUICK_SCALE, mixPerLayer: 100, compileRepeats: 3, measure: { budgetMs: 300, maxPasses: 20, targetBatchNs: BATCH_NS, warmupMs: 150 } }
-    : { quick, ambitOnly, seed, out, scale: FULL_SCALE, mixPerLayer: 300, compileRepeats: 5, measure: { budgetMs: 4000, maxPasses: 100, targetBatchNs: BATCH_NS, warmupMs: 1000 } };
+    : { quick, ambitOnly, seed, out, scale: FULL_SCALE, mixPerLayer: 300, compileRepeats: 5, measure: { budgetMs: 4000, maxPasses: 5000, targetBatchNs: BATCH_NS, warmupMs: 1000 } };
 }
 
 interface Engine {
