@@ -404,7 +404,9 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       });
     }
   }
-  peerAuths.sort((a, b) => a.name.localeCompare(b.name));
+  // Code-point order: localeCompare follows ICU's collation (which weighs '-' last) and loads its data into every
+  // proxy.
+  peerAuths.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   // Every value and wildcard the policies write, with integer ids, shared by the indexes of all workloads.
   const vocabularies = buildVocabularies(policies.flatMap((policy) => policy.rules));
   const meshWide = peerAuths.find((entry) => entry.namespace === rootNamespace && entry.spec.selector === undefined);
