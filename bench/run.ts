@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Socket } from 'node:net';
 import { initCa } from '../src/identity/ca/store.ts';
+import { buildIsStale, ensureBuilt } from './system/build.ts';
 import { benchConfig, footprintConfig, httpText, metricTotal, startAmbit } from './system/ambit.ts';
 import type { AmbitMesh } from './system/ambit.ts';
 import { haproxyOpenssl, haproxyVersion, issueCertificates, startHaproxyPair } from './system/haproxy.ts';
@@ -727,6 +728,10 @@ async function main(): Promise<number> {
   process.on('exit', () => processes.killAllSync());
 
   const peers = ensurePeers(plan, progress);
+  if (plan.rows.some((row) => row.startsWith('ambit')) && buildIsStale()) {
+    progress.step('building dist/ (npm run build): the proxies run the compiled JavaScript');
+    ensureBuilt();
+  }
   const skipped: RunResults['skipped'] = {};
   if (!peers.haproxy) {
     const reason = plan.without.has('haproxy') ? 'left out with --without haproxy' : `haproxy not installed${plan.setup ? ` and bench/setup.sh could not install it${peers.setupLog ? `: ${peers.setupLog.split('\n').slice(-1)[0]}` : ''}` : ' (--no-setup)'}`;

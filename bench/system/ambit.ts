@@ -5,7 +5,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { initCa } from '../../src/identity/ca/store.ts';
 import { createJoinToken } from '../../src/identity/ca/tokens.ts';
 import { encodePemBundle } from '../../src/identity/bundle.ts';
@@ -14,8 +13,8 @@ import type { HostPort } from './layout.ts';
 import { sleep, waitForPort } from './processes.ts';
 import type { Processes, Spawned } from './processes.ts';
 import { LONG_RUNNING_NODE_FLAGS } from '../../src/cli/node-flags.ts';
+import { BUILT_CLI as CLI } from './build.ts';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
 export interface AmbitNodeSpec {
   readonly name: string;

@@ -8,4 +8,12 @@
 // and bound each scavenge: measured with `npm run bench` on 2026-11-23, ambit L4 at 2,000 req/s had a p99 of
 // 6.4 ms instead of 16–36 ms (scavenges of up to 14 ms), ~50 MiB less RSS per proxy, and the same or higher
 // max throughput (20.0k against 18.4k req/s).
+import { fileURLToPath } from 'node:url';
+
 export const LONG_RUNNING_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1'];
+
+/**
+ * The CLI a child process (the CA, a proxy) runs: the compiled main.js beside this module when this process runs
+ * the build (dist/, `npm run build`), else the TypeScript source with type stripping.
+ */
+export const CLI_ENTRY: string = fileURLToPath(new URL(import.meta.url.endsWith('.js') ? './main.js' : './main.ts', import.meta.url));
