@@ -1,0 +1,60 @@
+// `npm start`: the whole mesh on loopback (`ambit mesh`), run as npm start runs it, from the compiled build, whose
+// CA and node proxies are started from that same build.
+import { spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BUILT_CLI, ensureBuilt } from '../../bench/system/build.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+function run(args: readonly string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('npm start (ambit mesh from the build)', () => {
+  const cleanup: string[] = [];
+  beforeAll(() => {
+    ensureBuilt();
+  }, 120_000);
+  afterAll(async () => {
+    for (const dir of cleanup) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('starts its CA and proxies from the build it runs, not from the TypeScript source', async () => {
+    const built = (await import(join(ROOT, 'dist', 'cli', 'node-flags.js'))) as { CLI_ENTRY: string };
+    expect(built.CLI_ENTRY).toBe(BUILT_CLI);
+    const source = await import('../../src/cli/node-flags.ts');
+    expect(source.CLI_ENTRY).toBe(join(ROOT, 'src', 'cli', 'main.ts'));
+  });
+
+  it('carries the client calls over mTLS across both node proxies and stops cleanly when its time is up', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
+    cleanup.push(dir);
+    const result = await run([BUILT_CLI, 'mesh', '--duration', '6s', '--dir', dir], 90_000);
+    expect(result.stderr).not.toMatch(/unexpected error/);
+    expect(result.code).toBe(0);
+    const summaries = [...result.stdout.matchAll(/client calls ok (\d+), failed (\d+)/g)];
+    expect(summaries.length).toBeGreaterThan(0);
+    const last = summaries[summaries.length - 1] as RegExpMatchArray;
+    expect(Number(last[1])).toBeGreaterThan(5);
+    expect(Number(last[2])).toBe(0);
+    expect(result.stdout).toContain('mTLS spiffe://cluster.local/ns/demo/sa/client → spiffe://cluster.local/ns/demo/sa/web');
+    // Its CA and both proxies ran as child processes of their own, each logging to the directory.
+    expect(readdirSync(join(dir, 'logs')).sort()).toEqual(['ca.log', 'node-a.log', 'node-b.log']);
+  }, 120_000);
+});
