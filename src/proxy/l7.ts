@@ -48,6 +48,42 @@ export function forwardableHeaders<T extends string | string[] | number>(headers
   return result;
 }
 
+/**
+ * The same rules over an HTTP/1.1 request's raw header fields (name, value, name, value, ...), for forwarding it as
+ * the client wrote it: every field of a repeated header, in order, names in their case. Node's header object keeps
+ * only the first of a repeated `user-agent` or `authorization`, so the application would not see what
+ * authorization judged.
+ */
+export function forwardableRawHeaders(raw: readonly string[]): string[] {
+  let named: ReadonlySet<string> | null = null;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (!sameHeaderName(raw[i] as string, 'connection')) continue;
+    const tokens = connectionTokens(raw[i + 1] as string);
+    if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
+  }
+  const result: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const value = raw[i + 1] as string;
+    const hop = hopByHopName(name);
+    if (hop !== null) {
+      if (hop === 'te' && value.trim().toLowerCase() === 'trailers') result.push(name, value);
+      continue;
+    }
+    if (named !== null && named.has(name.toLowerCase())) continue;
+    result.push(name, value);
+  }
+  return result;
+}
+
+const HOP_BY_HOP_NAMES: readonly string[] = [...HOP_BY_HOP];
+
+/** The hop-by-hop header a raw field name spells, in any case; null for an end-to-end one (no allocation). */
+function hopByHopName(name: string): string | null {
+  for (const candidate of HOP_BY_HOP_NAMES) if (sameHeaderName(name, candidate)) return candidate;
+  return null;
+}
+
 const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL } = http2.constants;
 
 export type RequestDecider = (facts: HttpRequestFacts) => Decision;
@@ -220,7 +256,7 @@ export class HttpInspector {
       return;
     }
     state.h1Client ??= new Client('http://upstream.invalid', { connect: reuseSocket(state.upstream), pipelining: 1, keepAliveTimeout: 60_000 });
-    const headers = forwardableHeaders(req.headers);
+    const headers = forwardableRawHeaders(req.rawHeaders);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     state.h1Client.dispatch(
       { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null },

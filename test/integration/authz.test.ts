@@ -58,10 +58,13 @@ spec:
 let mesh: TestMesh;
 const servers: Array<Server | http2.Http2Server> = [];
 const webRequests: string[] = [];
+/** The raw header fields of each request the web workload received, by path. */
+const webHeaders = new Map<string, string[]>();
 
 beforeAll(async () => {
   const web = createHttpServer((req, res) => {
     webRequests.push(`${req.method} ${req.url}`);
+    webHeaders.set(req.url ?? '', req.rawHeaders);
     res.end(`web ${req.url}`);
   });
   const echo = createServer({ allowHalfOpen: true }, (socket) => socket.pipe(socket));
@@ -124,6 +127,31 @@ describe('authorization in the node proxy', () => {
     }
     // The denied requests never reached the application.
     expect(webRequests).toEqual(['GET /public/a', 'GET /public/b?q=1']);
+  });
+
+  it('passes an allowed HTTP/1.1 request on with every header field as the client wrote it, repeated ones included', async () => {
+    // Written by hand: HTTP clients refuse to send a repeated User-Agent or their own Connection tokens.
+    const request = [
+      'GET /public/fields HTTP/1.1', 'Host: web.demo', 'User-Agent: first/1', 'User-Agent: second/2', 'X-Trace: a', 'x-trace: b',
+      'Authorization: Bearer one', 'Authorization: Bearer two', 'Connection: close, X-Hop', 'X-Hop: dropped', 'Keep-Alive: timeout=5', '', '',
+    ].join('\r\n');
+    const response = await new Promise<string>((resolve, reject) => {
+      const socket = connect({ host: CLIENT_IP, port: 9080 });
+      let received = '';
+      socket.on('data', (data: Buffer) => (received += data.toString()));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(received));
+      socket.on('connect', () => socket.write(request));
+    });
+    expect(response).toMatch(/^HTTP\/1\.1 200 /);
+    const received = webHeaders.get('/public/fields') ?? [];
+    const fields = (name: string) => received.flatMap((value, i) => (i % 2 === 1 && (received[i - 1] as string).toLowerCase() === name ? [value] : []));
+    expect(fields('user-agent')).toEqual(['first/1', 'second/2']);
+    expect(fields('x-trace')).toEqual(['a', 'b']);
+    expect(fields('authorization')).toEqual(['Bearer one', 'Bearer two']);
+    // Hop-by-hop: Keep-Alive, and what the Connection header names, stop at the proxy.
+    expect(fields('x-hop')).toEqual([]);
+    expect(fields('keep-alive')).toEqual([]);
   });
 
   it('matches path rules on the normalised path, so encodings and dot segments cannot dodge them', async () => {
