@@ -312,14 +312,18 @@ export class HttpInspector {
       state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
       state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
     }
-    const forwarded: http2.OutgoingHttpHeaders = forwardableHeaders(headers);
-    forwarded[HTTP2_HEADER_PATH] = facts.forwardPath;
+    // The fields as received (Node's header object keeps only the first of a repeated user-agent), the path normalised.
+    const forwarded = forwardableRawHeaders(rawHeaders);
+    for (let i = 0; i < forwarded.length; i += 2) if (forwarded[i] === HTTP2_HEADER_PATH) forwarded[i + 1] = facts.forwardPath;
     let upstreamStream: http2.ClientHttp2Stream;
     try {
       upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });
     } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      // Node cannot send a second user-agent, authorization, content-type... (RFC 9110 §5.3 allows one): the
+      // client's message is malformed, not the upstream's fault.
       this.#logger.debug({ err: (error as Error).message }, 'forwarding an inspected h2c request failed');
-      answer(stream, 502);
+      answer(stream, code === 'ERR_HTTP2_HEADER_SINGLE_VALUE' ? 400 : 502);
       return;
     }
     let trailers: http2.OutgoingHttpHeaders | null = null;
