@@ -36,10 +36,11 @@ subcommands:
   root prepare  --dir DIR [--root-cert FILE --root-key FILE] [--ttl 8760h]
          Publish a new authority in the trust bundle without signing with it yet.
   root activate --dir DIR   Sign with the prepared authority; the old root stays trusted.
-  root withdraw --dir DIR [--grace 1h]
-         Remove roots that no longer sign from the bundle. Refused until the active authority has
-         signed for --grace (default 1h, the default SVID lifetime), so that every SVID, node SVIDs
-         included, has been renewed under the new root.
+  root withdraw --dir DIR [--audit-log FILE | --grace DURATION]
+         Remove roots that no longer sign from the bundle. Refused while a certificate they signed
+         can still be in use, node SVIDs included: while the CA's audit log (DIR/audit.log, or the
+         --audit-log ca serve was given) shows a holder whose newest certificate is an old root's and
+         has not expired; with --grace, until the active authority has signed for that long.
   bundle --dir DIR [--format spiffe|pem]
          Print this trust domain's bundle (a bootstrap file for agents and federation peers).
 
@@ -47,8 +48,6 @@ A running CA notices root changes within a second; agents pick them up at their 
 `;
 
 const DEFAULT_LISTEN = '127.0.0.1:15012';
-/** The default SVID lifetime: after it, no certificate from a root that stopped signing is still valid. */
-const DEFAULT_WITHDRAW_GRACE_MS = 3_600_000;
 
 function parseDurationMsAllowZero(text: string, flag: string): number {
   return /^0+(ms|s|m|h)?$/.test(text) ? 0 : parseDurationMs(text, flag);
@@ -205,7 +204,7 @@ async function token(argv: string[]): Promise<number> {
 
 async function root(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
-  const { values } = parse(rest, { dir: { type: 'string' }, 'root-cert': { type: 'string' }, 'root-key': { type: 'string' }, ttl: { type: 'string' }, grace: { type: 'string' } }, false);
+  const { values } = parse(rest, { dir: { type: 'string' }, 'root-cert': { type: 'string' }, 'root-key': { type: 'string' }, ttl: { type: 'string' }, grace: { type: 'string' }, 'audit-log': { type: 'string' } }, false);
   const dir = requireString(values.dir, 'dir');
   switch (action) {
     case 'prepare': {
@@ -216,9 +215,12 @@ async function root(argv: string[]): Promise<number> {
     case 'activate':
       process.stdout.write(`authority ${await activateAuthority(dir)} now signs; previous roots stay in the bundle until withdrawn\n`);
       return 0;
-    case 'withdraw':
-      process.stdout.write(`withdrew ${(await withdrawAuthorities(dir, values.grace === undefined ? DEFAULT_WITHDRAW_GRACE_MS : parseDurationMsAllowZero(values.grace, 'grace'))).join(', ')} from the bundle\n`);
+    case 'withdraw': {
+      if (values.grace !== undefined && values['audit-log'] !== undefined) throw new AmbitError('USAGE', 'root withdraw takes --audit-log or --grace, not both');
+      const when = values.grace !== undefined ? { graceMs: parseDurationMsAllowZero(values.grace, 'grace') } : { auditLog: values['audit-log'] ?? join(dir, 'audit.log') };
+      process.stdout.write(`withdrew ${(await withdrawAuthorities(dir, when)).join(', ')} from the bundle\n`);
       return 0;
+    }
     default:
       throw new AmbitError('USAGE', `unknown root subcommand "${action ?? ''}" (expected: prepare, activate, withdraw)`);
   }

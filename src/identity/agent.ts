@@ -110,6 +110,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #lastRefreshMs: number | undefined;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
+  #stopping: Promise<void> | null = null;
 
   constructor(options: IdentityAgentOptions) {
     super();
@@ -189,7 +190,13 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#metrics.expiry.remove({ identity: spiffeId });
   }
 
-  async stop(): Promise<void> {
+  /** Stops renewing and closes the connections to the CA; a second call waits for the first. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#bundleTimer);
     for (const entry of this.#entries.values()) clearTimeout(entry.timer);

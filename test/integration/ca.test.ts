@@ -297,6 +297,11 @@ describe('ambit ca on loopback', () => {
     const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 6, minBundleRefreshMs: 200 });
     await agent.start();
     const oldSvid = await agent.ensure(WEB);
+    // node-b attests under the old root, then goes offline: its node SVID (the CA's default lifetime, 1 h) is never
+    // renewed under the new one.
+    const offline = inProcessAgent(ca, TD, 'node-b', await bundleOf(caDir, TD), { joinToken: await createToken(caDir, 'node-b') });
+    await offline.start();
+    await offline.stop();
     const oldRoot = agent.bundles().get(TD)?.roots[0];
     expect(agent.bundles().get(TD)?.roots).toHaveLength(1);
     // Judge the old certificate inside its own validity, so only trust decides.
@@ -309,18 +314,24 @@ describe('ambit ca on loopback', () => {
     // Prepared, not active: renewals still come from the old root.
     expect(verifySvid(oldSvid.chain, newRootOnly, whileOldValid).valid).toBe(false);
 
+    // The agent re-issues everything after the activation's bundle change, the node SVID included (listening for both
+    // before activating: either may come first).
+    const webRenewed = waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === WEB && verifySvid(svid.chain, newRootOnly).valid, 30_000);
+    const nodeRenewed = waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === agent.nodeId && verifySvid(svid.chain, newRootOnly).valid, 30_000);
     expect((await runAmbit(['ca', 'root', 'activate', '--dir', caDir])).status).toBe(0);
-    const newSvid = await waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === WEB && verifySvid(svid.chain, newRootOnly).valid);
+    const newSvid = await webRenewed;
     // During the overlap both the old and the new certificates verify.
     expect(verifySvid(oldSvid.chain, agent.bundles(), whileOldValid).valid).toBe(true);
     expect(verifySvid(newSvid.chain, agent.bundles()).valid).toBe(true);
 
-    // Withdrawing right after activation is refused: the node SVID may still come from the old root.
+    await nodeRenewed;
+    // Every holder on node-a now presents the new root's certificates, but the offline node-b still holds a valid
+    // one of the old root (the CA's audit log says so): withdrawing would cut it off, so it is refused, naming it.
     const early = await runAmbit(['ca', 'root', 'withdraw', '--dir', caDir]);
     expect(early.status).toBe(2);
     expect(early.stderr).toContain('[CA_STATE]');
-    // The agent re-issues everything after the activation's bundle change, the node SVID included.
-    await waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === agent.nodeId && verifySvid(svid.chain, newRootOnly).valid);
+    expect(early.stderr).toContain(`spiffe://${TD}/ambit/node/node-b still holds a certificate from`);
+    // The operator decides: --grace 0s withdraws at once.
     const withdrawn = waitForEvent<BundleSet>(agent, 'bundles', (set) => set.get(TD)?.roots.length === 1);
     expect((await runAmbit(['ca', 'root', 'withdraw', '--dir', caDir, '--grace', '0s'])).status).toBe(0);
     const after = await withdrawn;

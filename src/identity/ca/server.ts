@@ -305,8 +305,8 @@ export class CaServer {
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
     }
-    const response = await this.#issue(spiffeId, publicKey, this.#svidTtlMs);
-    this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt });
+    const { response, authority } = await this.#issue(spiffeId, publicKey, this.#svidTtlMs);
+    this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
     return response;
   }
@@ -340,22 +340,24 @@ export class CaServer {
       throw new HttpError(403, 'CA_NOT_AUTHORIZED', `node ${callerNode} may not obtain ${requestedId.id}: ${reason}`);
     }
     const publicKey = await readCsr(csr);
-    const response = await this.#issue(requestedId.id, publicKey, ttlMs);
-    this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt });
+    const { response, authority } = await this.#issue(requestedId.id, publicKey, ttlMs);
+    this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;
   }
 
-  async #issue(spiffeId: string, publicKey: CryptoKey, ttlMs: number): Promise<IssueResponse> {
+  /** Signs with the active authority, and names it: the audit log keeps which root each certificate chains to. */
+  async #issue(spiffeId: string, publicKey: CryptoKey, ttlMs: number): Promise<{ response: IssueResponse; authority: string }> {
     const authority = this.#state.active;
     const leaf = await issueLeaf({ spiffeId, publicKey, authority, ttlMs });
-    return {
+    const response: IssueResponse = {
       spiffeId,
       certChain: certificatesToPem(chainFor(leaf, authority)),
       bundles: this.bundleSet().toMapJson(),
       serial: leaf.serialNumber,
       expiresAt: leaf.notAfter.toISOString(),
     };
+    return { response, authority: authority.name };
   }
 }
 

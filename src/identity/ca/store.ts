@@ -11,7 +11,8 @@
 // while the old root stays published for the certificates it still backs; `withdraw` removes roots
 // that no longer sign. Each bundle change bumps spiffe_sequence.
 import { mkdir, readFile, readdir } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
 import { writeFileAtomic } from '../files.ts';
@@ -249,18 +250,35 @@ export async function activateAuthority(dir: string, now = new Date()): Promise<
   return prepared.name;
 }
 
+/** When `withdrawAuthorities` may remove the old roots. */
+export type WithdrawWhen =
+  /** Once the active authority has signed for this long (the longest SVID lifetime the CA issues). */
+  | { readonly graceMs: number }
+  /** Once every certificate the old roots signed has expired, as the CA's audit log records them. */
+  | { readonly auditLog: string };
+
 /**
- * Removes roots that no longer sign from the bundle: certificates they issued stop being trusted. Refused
- * until the active authority has signed for `graceMs` (the longest SVID lifetime the CA issues), so no
- * certificate of the old root can still be in use — node SVIDs included, which renew only with a trusted one.
+ * Removes roots that no longer sign from the bundle: certificates they issued stop being trusted. Refused while a
+ * certificate of an old root can still be in use (node SVIDs included, which renew only with a trusted one): by
+ * default while the audit log shows a holder whose newest certificate is an old root's and has not expired, or
+ * until the active authority has signed for a given grace period.
  */
-export async function withdrawAuthorities(dir: string, graceMs: number, now = new Date()): Promise<string[]> {
+export async function withdrawAuthorities(dir: string, when: WithdrawWhen, now = new Date()): Promise<string[]> {
   const state = await readState(dir);
-  const active = state.authorities.find((authority) => authority.state === 'active');
-  const activeSinceMs = active?.activatedAt ? now.getTime() - Date.parse(active.activatedAt) : Infinity;
-  if (activeSinceMs < graceMs) {
-    const waitSeconds = Math.ceil((graceMs - activeSinceMs) / 1000);
-    throw new AmbitError('CA_STATE', `${dir}: authority ${active?.name ?? '?'} has signed for only ${Math.floor(activeSinceMs / 1000)}s; certificates from the old root may still be in use. Withdraw in ${waitSeconds}s, or lower --grace if no SVID lives that long`);
+  const retiring = state.authorities.filter((authority) => authority.state === 'published').map((authority) => authority.name);
+  if (retiring.length === 0) throw new AmbitError('CA_STATE', `${dir}: no published-but-inactive authority to withdraw`);
+  if ('graceMs' in when) {
+    const active = state.authorities.find((authority) => authority.state === 'active');
+    const activeSinceMs = active?.activatedAt ? now.getTime() - Date.parse(active.activatedAt) : Infinity;
+    if (activeSinceMs < when.graceMs) {
+      const waitSeconds = Math.ceil((when.graceMs - activeSinceMs) / 1000);
+      throw new AmbitError('CA_STATE', `${dir}: authority ${active?.name ?? '?'} has signed for only ${Math.floor(activeSinceMs / 1000)}s; certificates from the old root may still be in use. Withdraw in ${waitSeconds}s, or lower --grace if no SVID lives that long`);
+    }
+  } else {
+    const last = await lastExpiry(when.auditLog, new Set(retiring));
+    if (last !== null && last.expiresAtMs > now.getTime()) {
+      throw new AmbitError('CA_STATE', `${dir}: ${last.spiffeId} still holds a certificate from ${last.authority ?? 'an old root'} (serial ${last.serial}, its newest per ${when.auditLog}) valid until ${new Date(last.expiresAtMs).toISOString()}; withdraw ${retiring.join(', ')} once it has been renewed under the new root or has expired, or pass --grace to decide yourself`);
+    }
   }
   const withdrawn: string[] = [];
   for (const authority of state.authorities) {
@@ -269,10 +287,52 @@ export async function withdrawAuthorities(dir: string, graceMs: number, now = ne
       withdrawn.push(authority.name);
     }
   }
-  if (withdrawn.length === 0) throw new AmbitError('CA_STATE', `${dir}: no published-but-inactive authority to withdraw`);
   bump(state);
   await writeState(dir, state);
   return withdrawn;
+}
+
+interface Issued {
+  readonly expiresAtMs: number;
+  readonly spiffeId: string;
+  readonly serial: string;
+  /** null: a record written before the audit log named the signer, so it may be one of the old roots. */
+  readonly authority: string | null;
+}
+
+/**
+ * The latest-expiring certificate of `authorities` still in use per the audit log, null when none: for each holder
+ * (the node that asked, and the identity), only its newest certificate counts; one it has replaced with a
+ * certificate of another authority is no longer presented (agents switch at once).
+ */
+async function lastExpiry(auditLog: string, authorities: ReadonlySet<string>): Promise<Issued | null> {
+  if (!existsSync(auditLog)) {
+    throw new AmbitError('CA_STATE', `${auditLog}: no audit log, so nothing tells when the certificates of the old roots expire; pass --audit-log FILE (what \`ca serve\` was given) or --grace DURATION (at least the longest SVID lifetime)`);
+  }
+  const newest = new Map<string, Issued>();
+  const lines = createInterface({ input: createReadStream(auditLog, { encoding: 'utf8' }), crlfDelay: Infinity });
+  for await (const line of lines) {
+    // Issuance lines only; others (configuration changes, refusals, a line cut short by a crash) carry no certificate.
+    if (!line.includes('"expiresAt"')) continue;
+    let record: unknown;
+    try {
+      record = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    if (typeof record !== 'object' || record === null) continue;
+    const { event, expiresAt, authority, spiffeId, serial, node } = record as Record<string, unknown>;
+    if (event !== 'svid_issued' && event !== 'node_attested') continue;
+    const expiresAtMs = typeof expiresAt === 'string' ? Date.parse(expiresAt) : Number.NaN;
+    if (Number.isNaN(expiresAtMs) || typeof spiffeId !== 'string') continue;
+    newest.set(`${String(node)} ${spiffeId}`, { expiresAtMs, spiffeId, serial: String(serial), authority: typeof authority === 'string' ? authority : null });
+  }
+  let last: Issued | null = null;
+  for (const issued of newest.values()) {
+    if (issued.authority !== null && !authorities.has(issued.authority)) continue;
+    if (last === null || issued.expiresAtMs > last.expiresAtMs) last = issued;
+  }
+  return last;
 }
 
 /** For `ambit ca` status output and tests: the file whose changes the server watches. */

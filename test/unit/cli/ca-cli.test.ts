@@ -108,6 +108,12 @@ describe.concurrent('ambit ca command line', () => {
     expect(failureCode(expect, await runAmbit(['ca', 'token', 'create', '--dir', caDir, '--node', 'node-a', '--ttl', '500ms']))).toBe('USAGE');
   });
 
+  it('refuses root withdraw given both --audit-log and --grace, leaving the CA as it was', async ({ expect }) => {
+    const before = await readFile(caStateFile(caDir), 'utf8');
+    expect(failureCode(expect, await runAmbit(['ca', 'root', 'withdraw', '--dir', caDir, '--grace', '0s', '--audit-log', join(caDir, 'audit.log')]))).toBe('USAGE');
+    expect(await readFile(caStateFile(caDir), 'utf8')).toBe(before);
+  });
+
   it('refuses root with an unknown action, leaving the CA as it was', async ({ expect }) => {
     expect(failureCode(expect, await runAmbit(['ca', 'root', 'rotate', '--dir', caDir]))).toBe('USAGE');
     expect(await readFile(caStateFile(caDir), 'utf8')).toBe(caState);

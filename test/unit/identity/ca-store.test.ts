@@ -221,10 +221,10 @@ describe('root rotation: prepare, activate, withdraw', () => {
     const activatedAt = new Date('2026-11-23T12:00:00Z');
     await activateAuthority(dir, activatedAt);
     const sequence = (await loadCa(dir)).sequence;
-    expect(await codeOf(withdrawAuthorities(dir, HOUR_MS, new Date(activatedAt.getTime() + HOUR_MS - 1000)))).toBe('CA_STATE');
+    expect(await codeOf(withdrawAuthorities(dir, { graceMs: HOUR_MS }, new Date(activatedAt.getTime() + HOUR_MS - 1000)))).toBe('CA_STATE');
     expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
     expect((await loadCa(dir)).sequence).toBe(sequence);
-    expect(await withdrawAuthorities(dir, HOUR_MS, new Date(activatedAt.getTime() + HOUR_MS))).toEqual(['a1']);
+    expect(await withdrawAuthorities(dir, { graceMs: HOUR_MS }, new Date(activatedAt.getTime() + HOUR_MS))).toEqual(['a1']);
     expect((await loadCa(dir)).bundle.roots).toHaveLength(1);
   });
 
@@ -235,7 +235,7 @@ describe('root rotation: prepare, activate, withdraw', () => {
     await prepareAuthority(dir);
     await activateAuthority(dir);
     const beforeWithdraw = await loadCa(dir);
-    expect(await withdrawAuthorities(dir, 0)).toEqual([first.active.name]);
+    expect(await withdrawAuthorities(dir, { graceMs: 0 })).toEqual([first.active.name]);
     const after = await loadCa(dir);
     expect(after.bundle.roots).toHaveLength(1);
     expect(after.sequence).toBe(beforeWithdraw.sequence + 1n);
@@ -250,14 +250,14 @@ describe('root rotation: prepare, activate, withdraw', () => {
   it('refuses withdraw with nothing to withdraw', async () => {
     const dir = caDir();
     await initCa(dir, TD);
-    expect(await codeOf(withdrawAuthorities(dir, 0))).toBe('CA_STATE');
+    expect(await codeOf(withdrawAuthorities(dir, { graceMs: 0 }))).toBe('CA_STATE');
     // A prepared authority is not withdrawn: it has not yet become the one that signs.
     await prepareAuthority(dir);
-    expect(await codeOf(withdrawAuthorities(dir, 0))).toBe('CA_STATE');
+    expect(await codeOf(withdrawAuthorities(dir, { graceMs: 0 }))).toBe('CA_STATE');
     expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
     await activateAuthority(dir);
-    await withdrawAuthorities(dir, 0);
-    expect(await codeOf(withdrawAuthorities(dir, 0))).toBe('CA_STATE');
+    await withdrawAuthorities(dir, { graceMs: 0 });
+    expect(await codeOf(withdrawAuthorities(dir, { graceMs: 0 }))).toBe('CA_STATE');
   });
 
   it('rotates more than once, each activation keeping exactly one signing authority', async () => {
@@ -266,7 +266,7 @@ describe('root rotation: prepare, activate, withdraw', () => {
     for (let round = 0; round < 2; round++) {
       await prepareAuthority(dir);
       await activateAuthority(dir);
-      await withdrawAuthorities(dir, 0);
+      await withdrawAuthorities(dir, { graceMs: 0 });
     }
     const state = await loadCa(dir);
     expect(state.active.name).toBe('a3');
@@ -310,3 +310,86 @@ describe('loading a damaged CA directory', () => {
     expect(await codeOf(loadCa(dir))).toBe('SVID_KEY_MISMATCH');
   });
 });
+
+describe('root withdraw by the audit log: once every certificate of the old roots has expired', () => {
+  const issued = (authority: string | undefined, expiresAt: string, spiffeId = WEB, serial = '0a', node = 'n1') =>
+    JSON.stringify({ time: '2026-11-23T12:00:00.000Z', event: 'svid_issued', caller: `spiffe://cluster.local/ambit/node/${node}`, node, spiffeId, serial, expiresAt, ...(authority === undefined ? {} : { authority }) });
+
+  async function rotated(): Promise<{ dir: string; log: string; oldName: string; newName: string }> {
+    const dir = caDir();
+    const first = await initCa(dir, TD);
+    await prepareAuthority(dir);
+    const newName = await activateAuthority(dir);
+    return { dir, log: join(dir, 'audit.log'), oldName: first.active.name, newName };
+  }
+
+  it('refuses while a certificate the old root signed is still valid, naming it, and withdraws once it expired', async () => {
+    const { dir, log, oldName, newName } = await rotated();
+    await writeFile(log, [
+      issued(oldName, '2026-11-23T13:00:00.000Z', WEB, '01'),
+      issued(oldName, '2026-11-23T14:00:00.000Z', 'spiffe://cluster.local/ambit/node/n1', '02'),
+      // The new root's certificates never hold the old one back, however long they live.
+      issued(newName, '2026-11-30T00:00:00.000Z', WEB, '03'),
+    ].join('\n') + '\n');
+    const sequence = (await loadCa(dir)).sequence;
+    const refused = await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T13:59:59Z')).catch((error: unknown) => error as AmbitError);
+    expect(refused).toBeInstanceOf(AmbitError);
+    expect((refused as AmbitError).code).toBe('CA_STATE');
+    expect((refused as AmbitError).message).toContain('spiffe://cluster.local/ambit/node/n1');
+    expect((refused as AmbitError).message).toContain('serial 02');
+    expect((refused as AmbitError).message).toContain('2026-11-23T14:00:00.000Z');
+    expect((await loadCa(dir)).sequence).toBe(sequence);
+    expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
+    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T14:00:01Z'))).toEqual([oldName]);
+    expect((await loadCa(dir)).bundle.roots).toHaveLength(1);
+  });
+
+  it('lets a renewal under the new root release the old certificate of that holder only, not of another holder of the identity', async () => {
+    const { dir, log, oldName, newName } = await rotated();
+    const lines = [
+      issued(oldName, '2026-11-23T14:00:00.000Z', WEB, '01', 'n1'),
+      issued(oldName, '2026-11-23T13:30:00.000Z', WEB, '02', 'n2'),
+      issued(newName, '2026-11-23T15:00:00.000Z', WEB, '03', 'n1'),
+    ];
+    await writeFile(log, lines.join('\n') + '\n');
+    const refused = await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T13:00:00Z')).catch((error: unknown) => error as AmbitError);
+    expect((refused as AmbitError).code).toBe('CA_STATE');
+    expect((refused as AmbitError).message).toContain('serial 02');
+    // n2 renews too: nothing of the old root is in use any more, an hour before its certificates expire.
+    await writeFile(log, [...lines, issued(newName, '2026-11-23T15:00:00.000Z', WEB, '04', 'n2')].join('\n') + '\n');
+    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T13:00:00Z'))).toEqual([oldName]);
+  });
+
+  it('counts a record that does not name its signer (written by an older CA) as the old root\'s', async () => {
+    const { dir, log } = await rotated();
+    await writeFile(log, issued(undefined, '2026-11-23T14:00:00.000Z') + '\n');
+    expect(await codeOf(withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T13:00:00Z')))).toBe('CA_STATE');
+    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T15:00:00Z'))).toHaveLength(1);
+  });
+
+  it('refuses without an audit log, saying what to pass instead', async () => {
+    const { dir, log } = await rotated();
+    const refused = await withdrawAuthorities(dir, { auditLog: log }).catch((error: unknown) => error as AmbitError);
+    expect((refused as AmbitError).code).toBe('CA_STATE');
+    expect((refused as AmbitError).message).toContain(log);
+    expect((refused as AmbitError).message).toContain('--grace');
+    expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
+  });
+
+  it('reads past damaged and foreign lines without failing', async () => {
+    const { dir, log, oldName } = await rotated();
+    await writeFile(log, [
+      'not json at all "expiresAt"',
+      '{"event":"svid_issued","expiresAt":"2026-11-23T14:00:00.000Z","authority":"' + oldName, // cut short by a crash
+      '["expiresAt"]',
+      JSON.stringify({ event: 'svid_issued', expiresAt: 'tomorrow', authority: oldName }),
+      JSON.stringify({ event: 'sign_refused', expiresAt: '2099-01-01T00:00:00.000Z', authority: oldName }),
+      JSON.stringify({ event: 'svid_issued', expiresAt: 12345, authority: oldName }),
+      JSON.stringify({ event: 'config_change', version: 'v1' }),
+      issued(oldName, '2026-11-23T12:30:00.000Z'),
+    ].join('\n'));
+    expect(await codeOf(withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T12:29:00Z')))).toBe('CA_STATE');
+    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T12:31:00Z'))).toEqual([oldName]);
+  });
+});
+
