@@ -125,9 +125,9 @@ async function serve(argv: string[]): Promise<number> {
   const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
   // The same audit log format as the proxy's: one JSON line per configuration change and per issuance decision.
   const auditLog = new AuditLog(auditFile);
-  const audit = (record: Record<string, unknown>) => {
+  // Resolves once the line is written (or its failure logged): the CA answers an issuance only after its record.
+  const audit = (record: Record<string, unknown>): Promise<void> =>
     auditLog.write(record).catch((error: unknown) => logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON() }, 'audit record not written'));
-  };
   const state = await loadCa(dir);
   const fixedTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : undefined;
   let server: CaServer | undefined;

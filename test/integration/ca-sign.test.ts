@@ -30,6 +30,8 @@ let dir: string;
 let caDir: string;
 let server: CaServer;
 const audit: Record<string, unknown>[] = [];
+/** While set, the CA's issuance records are not yet written: its answers must wait for it. */
+let auditGate: Promise<void> | null = null;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'ambit-ca-sign-'));
@@ -40,7 +42,10 @@ beforeAll(async () => {
     registry: () => ({ identitiesOnNode: (node) => new Set(node === 'node-a' ? [WEB] : node === 'node-b' ? [DB] : []) }),
     svidTtlMs: 60_000,
     logger: silentLogger(),
-    audit: (record) => audit.push(record as Record<string, unknown>),
+    audit: (record) => {
+      audit.push(record as Record<string, unknown>);
+      return record.event === 'svid_issued' ? (auditGate ?? undefined) : undefined;
+    },
   });
 });
 
@@ -105,6 +110,29 @@ describe('the CA signing endpoint', () => {
     const renewal = await signFor(nodeA, NODE_A);
     expect(renewal.status).toBe(200);
     expect(issuedId(renewal)).toBe(NODE_A);
+  });
+
+  it('answers an issuance only once its audit record, naming the signing authority, is written', async () => {
+    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    let release = () => {};
+    auditGate = new Promise<void>((resolve) => (release = resolve));
+    let answered = false;
+    const pending = signFor(nodeA, WEB).then((answer) => {
+      answered = true;
+      return answer;
+    });
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(answered).toBe(false);
+    } finally {
+      auditGate = null;
+      release();
+    }
+    const answer = await pending;
+    expect(answer.status).toBe(200);
+    const record = audit.filter((entry) => entry.event === 'svid_issued').at(-1);
+    expect(record?.authority).toBe('a1');
+    expect(record?.spiffeId).toBe(WEB);
   });
 
   it('issues with the lifetime in force when asked (certificateTtl reloads apply to the next SVID)', async () => {

@@ -50,8 +50,11 @@ export interface CaServerOptions {
   svidTtlMs: number;
   federation?: readonly FederationPeer[];
   logger: Logger;
-  /** Audit records (issued, refused): one JSON object per decision. */
-  audit: (record: Record<string, unknown>) => void;
+  /**
+   * Audit records (issued, refused): one JSON object per decision. An issuance is answered only once its record's
+   * promise settles, so `ca root withdraw` never misses a certificate its holder already has.
+   */
+  audit: (record: Record<string, unknown>) => void | Promise<void>;
   /** How often the state file is checked for root-rotation changes made by `ambit ca root`. */
   statePollMs?: number;
   federationMinRefreshMs?: number;
@@ -306,7 +309,7 @@ export class CaServer {
       throw wrapped;
     }
     const { response, authority } = await this.#issue(spiffeId, publicKey, this.#svidTtlMs);
-    this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
+    await this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
     return response;
   }
@@ -341,7 +344,7 @@ export class CaServer {
     }
     const publicKey = await readCsr(csr);
     const { response, authority } = await this.#issue(requestedId.id, publicKey, ttlMs);
-    this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
+    await this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;
   }
