@@ -13,7 +13,7 @@
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
 import type { Term, Vocabularies, Vocabulary, WorkloadIndex } from './index.ts';
-import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, HEADERS_ROW, HEADER_ROW, L_HEADERS, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
+import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, HEADERS_ROW, HEADER_ROW, L_HEADERS, P_FREE, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
@@ -279,15 +279,23 @@ function headersMask(index: WorkloadIndex, table: number, words: number, request
   for (let w = 0; w < words; w++) work[at + w] = bits[allAt + w] as number;
   const count = bits[table] as number;
   for (let i = 0; i < count; i++) {
-    const name = bits[table + 1 + 2 * i] as number;
+    const name = bits[table + 2 + 2 * i] as number;
     const vocabulary = index.headerVocabularies[name] as Vocabulary;
     const value = request.header(index.headerNames[name] as string) ?? null;
-    const mask = stringMask(bits, words, bits[table + 2 + 2 * i] as number, vocabulary, value, value === null ? -1 : vocabulary.idOf(value), work, HEADER_ROW);
+    const mask = stringMask(bits, words, bits[table + 3 + 2 * i] as number, vocabulary, value, value === null ? -1 : vocabulary.idOf(value), work, HEADER_ROW);
     const from = mask >= 0 ? bits : work;
     const offset = mask >= 0 ? mask : ~mask;
     for (let w = 0; w < words; w++) work[at + w] = (work[at + w] as number) & (from[offset + w] as number);
   }
   return ~at;
+}
+
+/** Whether a term admitted by the three masks is outside `free` (constrained by the dimension `free` belongs to). */
+function constrains(a: Int32Array, aAt: number, b: Int32Array, bAt: number, c: Int32Array, cAt: number, bits: Int32Array, freeAt: number, words: number): boolean {
+  for (let w = 0; w < words; w++) {
+    if (((a[aAt + w] as number) & (b[bAt + w] as number) & (c[cAt + w] as number) & ~(bits[freeAt + w] as number)) !== 0) return true;
+  }
+  return false;
 }
 
 export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: DecisionMoment): Decision {
@@ -331,13 +339,19 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
   const pathHeader = bits[list + L_PATH] as number;
   const hostHeader = bits[list + L_HOST] as number;
   const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, words, pathHeader, request.path, 0, work, PATH_ROW);
-  const hostAt = hostHeader < 0 || !perRequest ? allAt : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
-  const headersTable = bits[list + L_HEADERS] as number;
-  const headersAt = headersTable < 0 || !perRequest ? allAt : headersMask(index, headersTable, words, request, work, allAt);
   const methodBits = methodAt >= 0 ? bits : work;
   const methodOffset = methodAt >= 0 ? methodAt : ~methodAt;
   const pathBits = pathAt >= 0 ? bits : work;
   const pathOffset = pathAt >= 0 ? pathAt : ~pathAt;
+  // The host and the headers cost the most (a walk of the Host, a scan of the header fields each). When no term left
+  // after source, method and path is constrained by one of them, it cannot remove any: skipped (exact).
+  const hostAt = hostHeader < 0 || !perRequest || !constrains(sourceBits, sourceAt, methodBits, methodOffset, pathBits, pathOffset, bits, bits[hostHeader + P_FREE] as number, words)
+    ? allAt
+    : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
+  const headersTable = bits[list + L_HEADERS] as number;
+  const headersAt = headersTable < 0 || !perRequest || !constrains(sourceBits, sourceAt, methodBits, methodOffset, pathBits, pathOffset, bits, bits[headersTable + 1] as number, words)
+    ? allAt
+    : headersMask(index, headersTable, words, request, work, allAt);
   const hostBits = hostAt >= 0 ? bits : work;
   const hostOffset = hostAt >= 0 ? hostAt : ~hostAt;
   const headersBits = headersAt >= 0 ? bits : work;

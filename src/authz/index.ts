@@ -201,7 +201,8 @@ const P_PRESENCE_POS = 1; // terms whose positive / `not` list has `*`, or -1
 const P_PRESENCE_NEG = 2;
 const P_TRIE = 3; // root of the trie of exact and prefix patterns
 const P_SUFFIX_TRIE = 4; // root of the trie of suffix patterns, reversed
-const PATTERN_HEADER = 5;
+export const P_FREE = 5; // terms the dimension does not constrain (no list, no `not` list): a decision may skip it
+const PATTERN_HEADER = 6;
 // A radix trie: a node stands for the text from the root to it; the edge into it is its key char (in its parent's
 // table) and then its label, the chars of a chain of single children merged into one node and kept right after it.
 // A node: its number of children, the offset of their table (the children's key chars, ascending, then their node
@@ -237,8 +238,9 @@ export const L_PATH = 12; // pattern dimension headers, built for HTTP ports onl
 export const L_HOST = 13;
 export const L_HTTP = 14; // 1: paths and hosts are settled by the masks (the two above), not checked per term
 export const L_RECHECK = 15; // RECHECK_* bits: fields too large to index, checked per term instead
-// Request-header dimensions: offset of [count, then per header its index in WorkloadIndex.headerNames and its
-// string dimension header], or -1 when no rule of the list has indexed header conditions.
+// Request-header dimensions: offset of [count, the mask of terms none of them constrains, then per header its index
+// in WorkloadIndex.headerNames and its string dimension header], or -1 when no rule of the list has indexed header
+// conditions.
 export const L_HEADERS = 16;
 const LIST_HEADER = 17;
 export const RECHECK_PRINCIPAL = 1;
@@ -538,6 +540,7 @@ function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patter
   if (!terms.some((term) => term !== null && patterns(term).some((matcher) => matcher !== null))) return -1;
   const header = layout.ints(PATTERN_HEADER);
   const baseAt = layout.mask();
+  const freeAt = layout.mask();
   let presencePos = -1;
   let presenceNeg = -1;
   const trie = trieNode();
@@ -551,6 +554,7 @@ function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patter
     if (term === null || term === undefined) continue;
     const [positive, negative] = patterns(term);
     if (positive === null) layout.setBit(baseAt, slot);
+    if (positive === null && negative === null) layout.setBit(freeAt, slot);
     for (const [matcher, negated] of [[positive, false], [negative, true]] as const) {
       if (matcher === null) continue;
       if (matcher.presence) {
@@ -569,7 +573,7 @@ function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patter
   }
   const trieAt = writeTrie(trie, layout);
   const suffixAt = writeTrie(suffixTrie, layout);
-  layout.write(header, [baseAt, presencePos, presenceNeg, trieAt, suffixAt]);
+  layout.write(header, [baseAt, presencePos, presenceNeg, trieAt, suffixAt, freeAt]);
   return header;
 }
 
@@ -668,8 +672,16 @@ function buildHeaderDimensions(terms: readonly (Term | null)[], layout: Layout, 
     entries.push(layout.headerNames.length - 1, built);
   }
   if (entries.length === 0) return -1;
-  const table = layout.ints(1 + entries.length);
-  layout.write(table, [entries.length / 2, ...entries]);
+  // The terms no header dimension constrains: when every candidate left is one of them, a decision skips the scans.
+  const indexed = new Set(layout.headerNames.filter((_, i) => entries.some((entry, k) => k % 2 === 0 && entry === i)));
+  const freeAt = layout.mask();
+  terms.forEach((term, slot) => {
+    if (term === null) return;
+    const conditions = headerConditionsOf(term.rule);
+    if (conditions === null || ![...conditions.keys()].some((name) => indexed.has(name))) layout.setBit(freeAt, slot);
+  });
+  const table = layout.ints(2 + entries.length);
+  layout.write(table, [entries.length / 2, freeAt, ...entries]);
   return table;
 }
 
