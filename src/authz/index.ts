@@ -656,6 +656,7 @@ function buildHeaderDimensions(terms: readonly (Term | null)[], layout: Layout, 
   const names = new Set<string>();
   for (const term of terms) if (term !== null) for (const name of headerConditionsOf(term.rule)?.keys() ?? []) names.add(name);
   const entries: number[] = [];
+  const indexed = new Set<string>();
   for (const name of names) {
     const vocabulary = vocabularies.headers.get(name) as Vocabulary;
     const patterns: Patterns = (term) => conditionMatchers(headerConditionsOf(term.rule)?.get(name));
@@ -670,10 +671,10 @@ function buildHeaderDimensions(terms: readonly (Term | null)[], layout: Layout, 
     layout.headerNames.push(name);
     layout.headerVocabularies.push(vocabulary);
     entries.push(layout.headerNames.length - 1, built);
+    indexed.add(name);
   }
   if (entries.length === 0) return -1;
   // The terms no header dimension constrains: when every candidate left is one of them, a decision skips the scans.
-  const indexed = new Set(layout.headerNames.filter((_, i) => entries.some((entry, k) => k % 2 === 0 && entry === i)));
   const freeAt = layout.mask();
   terms.forEach((term, slot) => {
     if (term === null) return;

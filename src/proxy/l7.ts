@@ -49,10 +49,10 @@ export function forwardableHeaders<T extends string | string[] | number>(headers
 }
 
 /**
- * The same rules over an HTTP/1.1 request's raw header fields (name, value, name, value, ...), for forwarding it as
- * the client wrote it: every field of a repeated header, in order, names in their case. Node's header object keeps
- * only the first of a repeated `user-agent` or `authorization`, so the application would not see what
- * authorization judged.
+ * The same rules over a request's raw header fields (name, value, name, value, ...; HTTP/1.1 or h2, pseudo-headers
+ * included), for forwarding it as the client wrote it: every field of a repeated header, in order, names in their
+ * case. Node's header object keeps only the first of a repeated `user-agent` or `authorization`, so the application
+ * would not see what authorization judged.
  */
 export function forwardableRawHeaders(raw: readonly string[]): string[] {
   let named: ReadonlySet<string> | null = null;

@@ -254,7 +254,7 @@ export async function activateAuthority(dir: string, now = new Date()): Promise<
 export type WithdrawWhen =
   /** Once the active authority has signed for this long (the longest SVID lifetime the CA issues). */
   | { readonly graceMs: number }
-  /** Once every certificate the old roots signed has expired, as the CA's audit log records them. */
+  /** Once no holder's newest certificate, as the CA's audit log records them, is an unexpired one of an old root. */
   | { readonly auditLog: string };
 
 /**
