@@ -25,6 +25,7 @@ import type { OutboundListenerSpec } from './outbound.ts';
 import { routingTableOf } from './routes.ts';
 import { InboundAuthorizer } from './authorize.ts';
 import { HttpInspector } from './l7.ts';
+import { HeapRelease } from './heap.ts';
 import { authorizationOf } from '../authz/compile.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
@@ -80,6 +81,7 @@ export class NodeProxy {
   #appliedVersion: string | undefined;
   readonly #violationsGauge = new Gauge({ name: 'ambit_peer_authentication_violations', help: 'PeerAuthentications not applied because they would weaken an enforced mesh-wide mode', registers: [this.registry] });
   #closed = false;
+  readonly #heapRelease = new HeapRelease();
   readonly #liveMeters = new Set<Flushable>();
   #stopFlush: (() => void) | undefined;
 
@@ -255,6 +257,8 @@ export class NodeProxy {
     this.metrics.setWorkloads(local.length, this.#inbound.listenerCount() + this.#outbound.size);
     const stats = this.#pool.stats();
     this.metrics.setPool(stats.sessions, stats.streams);
+    // What loading and compiling left behind, given back once the steps of a start or a change are done.
+    this.#heapRelease.schedule();
   }
 
   configDump(): unknown {
@@ -288,6 +292,7 @@ export class NodeProxy {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#heapRelease.stop();
     this.#stopFlush?.();
     await this.#reconciling.catch(() => {});
     await this.#outbound?.close();
