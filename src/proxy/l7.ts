@@ -123,18 +123,30 @@ export class MutableFacts implements HttpRequestFacts {
    */
   #raw: readonly string[] = [];
 
-  /** Returns false when the path is malformed (a bad percent-escape): the request is refused with 400. */
-  fill(method: string, rawPath: string, host: string, rawHeaders: readonly string[]): boolean {
+  /**
+   * Fills the facts of one request; returns null, or what makes it malformed (it is refused with 400): a bad
+   * percent-escape in the path, or Host fields that could name another host than the one decided on (`host`: the
+   * HTTP/1.1 Host, or h2's :authority). The request is forwarded with all its fields, so a second Host (RFC 9112
+   * §3.2 refuses it too) or an h2 Host other than :authority could send the application elsewhere.
+   */
+  fill(method: string, rawPath: string, host: string, rawHeaders: readonly string[]): string | null {
     this.method = method;
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
     const normalized = normalizePath(path);
-    if (normalized === null) return false;
+    if (normalized === null) return 'malformed request path';
     this.path = normalized;
     this.forwardPath = normalized === path ? rawPath : query < 0 ? normalized : normalized + rawPath.slice(query);
     this.host = hasUpper(host) ? host.toLowerCase() : host;
     this.#raw = rawHeaders;
-    return true;
+    let hosts = 0;
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+      if (!sameHeaderName(rawHeaders[i] as string, 'host')) continue;
+      if (++hosts > 1) return 'more than one Host field';
+      const value = rawHeaders[i + 1] as string;
+      if ((hasUpper(value) ? value.toLowerCase() : value) !== this.host) return 'a Host field other than the authority';
+    }
+    return null;
   }
 
   /** Every value of a header, joined with `,` as Envoy does; undefined when the request has none. */
@@ -241,9 +253,10 @@ export class HttpInspector {
     }
     state.requests++;
     const facts = state.facts;
-    if (!facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders)) {
+    const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders);
+    if (malformed !== null) {
       req.resume();
-      res.writeHead(400, { 'content-type': 'text/plain', 'content-length': 22 }).end('malformed request path');
+      res.writeHead(400, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(malformed) }).end(malformed);
       return;
     }
     const decision = state.decide(facts);
@@ -280,7 +293,9 @@ export class HttpInspector {
       answer(stream, 405);
       return;
     }
-    if (!facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), rawHeaders)) {
+    const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), rawHeaders);
+    if (malformed !== null) {
+      this.#logger.debug({ reason: malformed }, 'malformed h2c request on an inspected tunnel');
       answer(stream, 400);
       return;
     }

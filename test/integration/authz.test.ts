@@ -207,6 +207,21 @@ describe('authorization in the node proxy', () => {
     }
   });
 
+  it('refuses with 400 an HTTP/1.1 request with two Host fields (decided on one, the application could read the other)', async () => {
+    const request = 'GET /public/two-hosts HTTP/1.1\r\nHost: web.demo\r\nHost: admin.demo\r\nConnection: close\r\n\r\n';
+    const response = await new Promise<string>((resolve, reject) => {
+      const socket = connect({ host: CLIENT_IP, port: 9080 });
+      let received = '';
+      socket.on('data', (data: Buffer) => (received += data.toString()));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(received));
+      socket.on('connect', () => socket.write(request));
+    });
+    expect(response).toMatch(/^HTTP\/1\.1 400 /);
+    expect(response).toContain('more than one Host field');
+    expect(webHeaders.has('/public/two-hosts')).toBe(false);
+  });
+
   it('passes an allowed h2c request on with every field of a repeated header, in order, and its path normalised', async () => {
     const session = http2.connect(`http://${CLIENT_IP}:9051`);
     try {

@@ -15,6 +15,9 @@ afterEach(() => {
   for (const close of closers.splice(0)) close();
 });
 
+/** What fill() said of the last request the helpers below parsed: null, or why it is malformed. */
+let malformed: string | null = null;
+
 const NAMES = ['user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent'];
 
 type Seen = Record<string, string | undefined>;
@@ -28,7 +31,7 @@ async function h1(request: string): Promise<Seen> {
   let seen: Seen = {};
   const server = http.createServer((req, res) => {
     const facts = new MutableFacts();
-    expect(facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders)).toBe(true);
+    malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders);
     seen = read(facts);
     res.end('ok');
   });
@@ -50,7 +53,7 @@ async function h2(headers: http2.OutgoingHttpHeaders): Promise<Seen> {
   const server = http2.createServer();
   server.on('stream', (stream, received, _flags, rawHeaders: string[]) => {
     const facts = new MutableFacts();
-    expect(facts.fill(String(received[':method']), String(received[':path']), String(received[':authority']), rawHeaders)).toBe(true);
+    malformed = facts.fill(String(received[':method']), String(received[':path']), String(received[':authority']), rawHeaders);
     seen = read(facts);
     stream.respond({ ':status': 200 });
     stream.end();
@@ -71,6 +74,7 @@ describe('request headers as authorization conditions read them', () => {
       'GET / HTTP/1.1\r\nHost: web\r\nUser-Agent: harmless\r\nuser-agent: evil-bot\r\nAuthorization: a\r\nAUTHORIZATION: b\r\n' +
         'X-Tenant: one\r\nx-tenant: two\r\nX-Single: only\r\nConnection: close\r\n\r\n',
     );
+    expect(malformed).toBeNull();
     expect(seen['user-agent']).toBe('harmless,evil-bot');
     expect(seen.authorization).toBe('a,b');
     expect(seen['x-tenant']).toBe('one,two');
@@ -79,6 +83,7 @@ describe('request headers as authorization conditions read them', () => {
 
   it('HTTP/1.1: a header named like an Object property is absent unless sent', async () => {
     const seen = await h1('GET / HTTP/1.1\r\nHost: web\r\nToString: sent\r\nConnection: close\r\n\r\n');
+    expect(malformed).toBeNull();
     expect(seen.constructor).toBeUndefined();
     expect(seen.__proto__).toBeUndefined();
     expect(seen['x-absent']).toBeUndefined();
@@ -88,11 +93,28 @@ describe('request headers as authorization conditions read them', () => {
   it('HTTP/2: every value of a repeated header, and nothing for names that were not sent', async () => {
     // Node's client refuses to send a repeated user-agent; the server side reads every field the same way.
     const seen = await h2({ 'user-agent': 'client', 'x-tenant': ['one', 'two'], 'x-single': 'only' });
+    expect(malformed).toBeNull();
     expect(seen['user-agent']).toBe('client');
     expect(seen['x-tenant']).toBe('one,two');
     expect(seen['x-single']).toBe('only');
     expect(seen.constructor).toBeUndefined();
     expect(seen.__proto__).toBeUndefined();
     expect(seen.authorization).toBeUndefined();
+  });
+});
+
+describe('Host fields that could name another host than the one authorization decided on', () => {
+  it('HTTP/1.1: refuses a second Host field, whatever its case, and takes one', async () => {
+    await h1('GET / HTTP/1.1\r\nHost: web.shop\r\nhost: admin.shop\r\nConnection: close\r\n\r\n');
+    expect(malformed).toBe('more than one Host field');
+    await h1('GET / HTTP/1.1\r\nHost: Web.Shop\r\nConnection: close\r\n\r\n');
+    expect(malformed).toBeNull();
+  });
+
+  it('HTTP/2: refuses a Host field other than :authority, and takes one that names it in another case', async () => {
+    await h2({ ':authority': 'web.shop', host: 'admin.shop' });
+    expect(malformed).toBe('a Host field other than the authority');
+    await h2({ ':authority': 'web.shop', host: 'WEB.shop' });
+    expect(malformed).toBeNull();
   });
 });
