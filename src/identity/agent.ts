@@ -76,6 +76,8 @@ interface Entry {
   failures: number;
   timer: NodeJS.Timeout | undefined;
   inFlight: Promise<void> | undefined;
+  /** Our trust domain's bundle changed while a renewal was in flight: what it brings back may be the old root's. */
+  reissue: boolean;
   waiters: Array<{ resolve: (svid: Svid) => void; reject: ((error: AmbitError) => void) | null }>;
 }
 
@@ -253,14 +255,16 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
 
   #reissueAll(): void {
     for (const entry of this.#entries.values()) {
-      if (entry.svid && !entry.inFlight) this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
+      // A renewal in flight may have been signed before the CA switched roots: re-issue once more when it lands.
+      if (entry.inFlight) entry.reissue = true;
+      else if (entry.svid) this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
     }
   }
 
   #entry(spiffeId: string): Entry {
     let entry = this.#entries.get(spiffeId);
     if (!entry) {
-      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, inFlight: undefined, waiters: [] };
+      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, inFlight: undefined, reissue: false, waiters: [] };
       this.#entries.set(spiffeId, entry);
     }
     return entry;
@@ -390,10 +394,17 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     entry.inFlight = this.#renew(entry).then(
       () => {
         entry.inFlight = undefined;
-        this.#schedule(entry);
+        if (entry.reissue) {
+          entry.reissue = false;
+          this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
+        } else {
+          this.#schedule(entry);
+        }
       },
       (error: unknown) => {
         entry.inFlight = undefined;
+        // The retry asks the CA again, which signs with whatever root is active then.
+        entry.reissue = false;
         this.#onFailure(entry, toAmbitError(error, 'CA_UNREACHABLE'));
       },
     );

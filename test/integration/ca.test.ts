@@ -148,7 +148,7 @@ function inProcessAgent(ca: RunningCa, trustDomain: string, node: string, bundle
 
 function waitForEvent<T>(agent: IdentityAgent, event: 'rotated' | 'bundles' | 'failed', predicate: (value: T) => boolean, timeoutMs = 15_000): Promise<T> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for agent event ${event}`)), timeoutMs);
+    const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for agent event ${event} where ${predicate.toString()}`)), timeoutMs);
     const listener = (value: T) => {
       if (!predicate(value)) return;
       clearTimeout(timer);
