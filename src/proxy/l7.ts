@@ -17,7 +17,7 @@ const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; nor is any header the Connection header names. */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings']);
+const HOP_BY_HOP: readonly string[] = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings'];
 
 /** The header names a Connection header lists; null for the usual `keep-alive` or `close` alone (no allocation per request). */
 function connectionTokens(value: string): ReadonlySet<string> | null {
@@ -37,15 +37,16 @@ export function forwardableHeaders<T extends string | string[] | number>(headers
   const named = listed === undefined ? null : connectionTokens(String(listed));
   for (const name in headers) {
     const value = headers[name];
-    if (value === undefined) continue;
-    if (HOP_BY_HOP.has(name)) {
-      if (name === 'te' && String(value).trim().toLowerCase() === 'trailers') result[name] = value;
-      continue;
-    }
-    if (named !== null && named.has(name)) continue;
-    result[name] = value;
+    if (value !== undefined && passesOn(name, value, named)) result[name] = value;
   }
   return result;
+}
+
+/** Whether a field goes on: not hop-by-hop in any case (but `te: trailers`), nor named by a Connection field. */
+function passesOn(name: string, value: unknown, named: ReadonlySet<string> | null): boolean {
+  const hop = hopByHopName(name);
+  if (hop !== null) return hop === 'te' && String(value).trim().toLowerCase() === 'trailers';
+  return named === null || !named.has(name.toLowerCase());
 }
 
 /**
@@ -65,22 +66,14 @@ export function forwardableRawHeaders(raw: readonly string[]): string[] {
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as string;
     const value = raw[i + 1] as string;
-    const hop = hopByHopName(name);
-    if (hop !== null) {
-      if (hop === 'te' && value.trim().toLowerCase() === 'trailers') result.push(name, value);
-      continue;
-    }
-    if (named !== null && named.has(name.toLowerCase())) continue;
-    result.push(name, value);
+    if (passesOn(name, value, named)) result.push(name, value);
   }
   return result;
 }
 
-const HOP_BY_HOP_NAMES: readonly string[] = [...HOP_BY_HOP];
-
 /** The hop-by-hop header a raw field name spells, in any case; null for an end-to-end one (no allocation). */
 function hopByHopName(name: string): string | null {
-  for (const candidate of HOP_BY_HOP_NAMES) if (sameHeaderName(name, candidate)) return candidate;
+  for (const candidate of HOP_BY_HOP) if (sameHeaderName(name, candidate)) return candidate;
   return null;
 }
 
