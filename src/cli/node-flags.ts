@@ -1,5 +1,5 @@
 // The Node flags ambit's long-running processes (proxy, CA) are started with: `ambit mesh` and the benchmark
-// start them so, and a deployment should too (`node --max-semi-space-size=1 --expose-gc bin/ambit.js proxy ...`).
+// start them so, and a deployment should too (`node --max-semi-space-size=1 --initial-old-space-size=64 --expose-gc bin/ambit.js proxy ...`).
 // V8 reads them only at startup (v8.setFlagsFromString is too late for the heap's layout), so they cannot be
 // set from inside the process.
 //
@@ -10,9 +10,17 @@
 // max throughput (20.0k against 18.4k req/s).
 import { fileURLToPath } from 'node:url';
 
+// --initial-old-space-size=64 (MiB): the old generation's collection limit never falls below 64 MiB. Otherwise V8
+// sets it ~9 MiB above the ~20 MiB a proxy keeps live, and under a byte stream (every chunk a new Buffer, some
+// promoted while in flight) incremental marking restarted within ~100 ms of each full collection: 53–64 full
+// collections per proxy for 512 MiB each way, a third of the proxy core (`--trace-gc`, `perf`). With 64 MiB: 2–3.
+// Bulk went from 105–135 to 222–224 MiB/s down and 101–131 to 241–277 MiB/s up (alternated `npm run bench --
+// --scenario throughput,latency,bulk` runs, 2026-11-24), throughput and RSS at 2,000 req/s the same; 10,000 idle
+// connections cost the same per connection (8.3 / 5.7 KiB), where 128 MiB made it 10.5 KiB (garbage from opening
+// them left uncollected). The limit is not committed memory: the idle proxy is the same size.
 // --expose-gc: the proxy collects once after loading or reloading its configuration, returning the pages parsing and
 // compiling grew the heap to (src/proxy/heap.ts); nothing else calls it.
-export const LONG_RUNNING_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--expose-gc'];
+export const LONG_RUNNING_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--initial-old-space-size=64', '--expose-gc'];
 
 /**
  * The CLI a child process (the CA, a proxy) runs: the compiled main.js beside this module when this process runs
