@@ -12,7 +12,7 @@ import { AMBIT, ALLOWING_POLICY, FOOTPRINT, NAMESPACE, POLICY_COUNT, TRUST_DOMAI
 import type { HostPort } from './layout.ts';
 import { sleep, waitForPort } from './processes.ts';
 import type { Processes, Spawned } from './processes.ts';
-import { LONG_RUNNING_NODE_FLAGS } from '../../src/cli/node-flags.ts';
+import { LONG_RUNNING_NODE_FLAGS, longRunningEnv } from '../../src/cli/node-flags.ts';
 import { BUILT_CLI as CLI } from './build.ts';
 
 
@@ -86,7 +86,7 @@ export async function startAmbit(processes: Processes, options: AmbitOptions): P
   const bundleFile = join(options.dir, 'bundle.pem');
   await writeFile(bundleFile, encodePemBundle(state.bundle));
   const caListen = `${options.ca.host}:${options.ca.port}`;
-  const ca = processes.spawn(`${options.label}-ca`, process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI, 'ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', caListen], { cpu: 'load', env: { AMBIT_LOG_LEVEL: 'warn' } });
+  const ca = processes.spawn(`${options.label}-ca`, process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI, 'ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', caListen], { cpu: 'load', env: { ...longRunningEnv(process.env), AMBIT_LOG_LEVEL: 'warn' } });
   const started: Spawned[] = [ca];
   const stop = async () => {
     await Promise.all(started.map((spawned) => processes.stop(spawned)));
@@ -104,7 +104,7 @@ export async function startAmbit(processes: Processes, options: AmbitOptions): P
         '--metrics', `${node.address}:15020`, '--readiness', `${node.address}:15021`,
         ...(options.svidTtl ? ['--svid-ttl', options.svidTtl] : []),
       ];
-      const spawned = processes.spawn(`${options.label}-${node.name}`, process.execPath, args, { cpu: 'proxy', env: { AMBIT_LOG_LEVEL: options.logLevel } });
+      const spawned = processes.spawn(`${options.label}-${node.name}`, process.execPath, args, { cpu: 'proxy', env: { ...longRunningEnv(process.env), AMBIT_LOG_LEVEL: options.logLevel } });
       started.push(spawned);
       nodes.push({ name: node.name, address: node.address, process: spawned, metricsUrl: `http://${node.address}:15020/metrics` });
     }

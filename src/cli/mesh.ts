@@ -17,7 +17,7 @@ import type { Command } from './args.ts';
 import { initCa } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
 import { encodePemBundle } from '../identity/bundle.ts';
-import { CLI_ENTRY, LONG_RUNNING_NODE_FLAGS } from './node-flags.ts';
+import { CLI_ENTRY, LONG_RUNNING_NODE_FLAGS, longRunningEnv } from './node-flags.ts';
 
 const TRUST_DOMAIN = 'cluster.local';
 
@@ -124,7 +124,7 @@ interface Child {
 }
 
 function startChild(name: string, args: string[], logDir: string): Child {
-  const child = spawn(process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' } });
+  const child = spawn(process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...longRunningEnv(process.env), AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' } });
   const lines: string[] = [];
   // Every child's log also goes to DIR/logs/NAME.log, for a look after the fact (with --dir).
   const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });

@@ -1,5 +1,6 @@
 // The Node flags ambit's long-running processes (proxy, CA) are started with: `ambit mesh` and the benchmark
-// start them so, and a deployment should too (`node --max-semi-space-size=1 --initial-old-space-size=64 --expose-gc bin/ambit.js proxy ...`).
+// start them so, and a deployment should too (`MALLOC_ARENA_MAX=2 node --max-semi-space-size=1 --initial-old-space-size=64 --expose-gc
+// bin/ambit.js proxy ...`).
 // V8 reads them only at startup (v8.setFlagsFromString is too late for the heap's layout), so they cannot be
 // set from inside the process.
 //
@@ -21,6 +22,18 @@ import { fileURLToPath } from 'node:url';
 // --expose-gc: the proxy collects once after loading or reloading its configuration, returning the pages parsing and
 // compiling grew the heap to (src/proxy/heap.ts); nothing else calls it.
 export const LONG_RUNNING_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--initial-old-space-size=64', '--expose-gc'];
+
+// MALLOC_ARENA_MAX=2: glibc gives every thread that mallocs an arena of its own, and keeps what it frees there.
+// V8's compiler and GC threads and libuv's pool made five of them in an idle proxy with 1,000 workloads,
+// holding 24 MiB that startup had used once (/proc/PID/smaps: the 64 MiB-aligned rw-p maps). Two arenas:
+// the idle proxy 129.5 -> 117.2 MiB (one: 114.6–116.2), RSS at 2,000 req/s 107 + 105 against 109 + 110 MiB,
+// throughput, bulk and idle connections the same within the run-to-run spread (alternated `npm run bench --
+// --scenario throughput,latency,bulk,idle --rows ambit-l4` and `--scenario footprint`, 2026-11-24). The data path
+// mallocs on the main thread, so two arenas leave it one of its own in practice.
+/** Environment for the same processes: these defaults under whatever the caller's environment already sets. */
+export function longRunningEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return { MALLOC_ARENA_MAX: '2', ...env };
+}
 
 /**
  * The CLI a child process (the CA, a proxy) runs: the compiled main.js beside this module when this process runs
