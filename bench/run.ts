@@ -378,7 +378,10 @@ const runIdle: Runner<'idle'> = async (ctx, _row, target) => {
   if (!target.hold) return { status: 'n/a', reason: NOT_A_BYTE_STREAM };
   const count = ctx.plan.idleConnections;
   await waitForHold(ctx, (n) => n === 0, 10_000);
-  await sleep(1000);
+  // The idle baseline is read after ambit's one collection a second after it loaded its configuration
+  // (src/proxy/heap.ts): read before it, the baseline held startup garbage that opening the connections then
+  // replaced, and the figure per connection moved by 2–3 KiB with the timing.
+  await sleep(3000);
   const before = rssOf(target);
   const heapBefore = await heapOf(target);
   const sockets: Socket[] = [];

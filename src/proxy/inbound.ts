@@ -299,16 +299,18 @@ export class HboneInbound {
     }
     // Phase 4: upstream, and only then 200.
     const labels = this.#labels(peer, destination, headers);
-    const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true });
-    upstream.setNoDelay(true);
-    upstream.setTimeout(CONNECT_TIMEOUT_MS);
+    const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true, noDelay: true });
     const startedMs = Date.now();
+    // A plain timer, cleared (and let go) on connect: upstream.setTimeout() would keep its Timeout and 'timeout'
+    // listener on the socket for the tunnel's whole life, and ten thousand idle tunnels keep all of them.
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => onConnectError(new AmbitError('UPSTREAM_CONNECT', `connect timed out after ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
     const onConnectError = (error: Error) => {
+      clearTimeout(timer);
+      timer = undefined;
       upstream.destroy();
       this.#options.metrics.failed(labels, 'CONNECT');
       this.#refuse(stream, 503, peer, destination, `upstream ${authority.host}:${authority.port}: ${error.message}`, 'CONNECT');
     };
-    upstream.once('timeout', () => onConnectError(new AmbitError('UPSTREAM_CONNECT', `connect timed out after ${CONNECT_TIMEOUT_MS} ms`)));
     upstream.once('error', onConnectError);
     // A peer that resets its stream while we are still connecting must not leave the connect pending.
     const abandon = () => upstream.destroy();
@@ -316,7 +318,8 @@ export class HboneInbound {
     upstream.once('connect', () => {
       upstream.off('error', onConnectError);
       stream.off('close', abandon);
-      upstream.setTimeout(0);
+      clearTimeout(timer);
+      timer = undefined;
       if (stream.destroyed || stream.closed) {
         upstream.destroy();
         return;

@@ -117,10 +117,17 @@ export class OutboundListeners {
   readonly #logger: Logger;
   readonly #listeners = new Map<string, Listener>();
   readonly #live = new Set<net.Socket>();
+  // One 'close' listener shared by every connection, finding its socket as `this`: a closure per connection would
+  // stay for the connection's whole life.
+  readonly #forgetLive: (this: net.Socket) => void;
   readonly #baggage = new WeakMap<Workload, string>();
 
   constructor(options: OutboundOptions) {
     this.#options = options;
+    const live = this.#live;
+    this.#forgetLive = function (this: net.Socket) {
+      live.delete(this);
+    };
     this.#logger = options.logger.child({ component: 'outbound' });
   }
 
@@ -177,7 +184,7 @@ export class OutboundListeners {
     const startedMs = Date.now();
     const srcAddr = `${socket.remoteAddress}:${socket.remotePort}`;
     this.#live.add(socket);
-    socket.once('close', () => this.#live.delete(socket));
+    socket.on('close', this.#forgetLive);
     socket.on('error', noop); // reported through the bridge or the refusal below
     const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random);
     if (route.kind === 'deny') {

@@ -65,6 +65,8 @@ export interface PoolOptions {
   idleTimeoutMs?: number;
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
+  /** TLS connect to a peer, and the wait for a CONNECT's answer (default CONNECT_TIMEOUT_MS). */
+  connectTimeoutMs?: number;
 }
 
 const CONNECT_SETTINGS: http2.Settings = {
@@ -82,6 +84,7 @@ export class HbonePool {
   readonly #maxStreams: number;
   readonly #idleTimeoutMs: number;
   readonly #keepaliveTimeoutMs: number;
+  readonly #connectTimeoutMs: number;
   readonly #sweep: NodeJS.Timeout;
   #closed = false;
 
@@ -91,6 +94,7 @@ export class HbonePool {
     this.#maxStreams = options.maxStreamsPerSession ?? POOL_MAX_STREAMS_PER_SESSION;
     this.#idleTimeoutMs = options.idleTimeoutMs ?? POOL_IDLE_TIMEOUT_MS;
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
     // One low-precision timer for keepalive and idle checks of every session, not timers per session.
     this.#sweep = setInterval(() => this.#sweepSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
     this.#sweep.unref();
@@ -202,7 +206,8 @@ export class HbonePool {
         // No SNI, as ztunnel: the server picks its certificate by the address we dialled.
         servername: '',
       });
-      const timer = setTimeout(() => socket.destroy(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort} timed out after ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
+      const timeoutMs = this.#connectTimeoutMs;
+      const timer = setTimeout(() => socket.destroy(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort} timed out after ${timeoutMs} ms`)), timeoutMs);
       socket.once('secureConnect', () => {
         clearTimeout(timer);
         const result = this.#options.verifier.verify(socket, this.#options.bundles(), endpoint.identity);
@@ -236,21 +241,29 @@ export class HbonePool {
         reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `cannot open a stream to ${endpoint.authority}: ${(error as Error).message}`, undefined, error));
         return;
       }
-      let answered = false;
       // No answer within the connect timeout, or a close without one (RST CANCEL/NO_ERROR, a session the
-      // keepalive killed), must fail the tunnel rather than leave the application connection hanging.
-      stream.setTimeout(CONNECT_TIMEOUT_MS, () => stream.close(NGHTTP2_CANCEL));
-      stream.once('close', () => {
+      // keepalive killed), must fail the tunnel rather than leave the application connection hanging. A plain
+      // timer, cleared and let go on the answer (`settle`), rather than stream.setTimeout(), which keeps its
+      // Timeout and listener on the stream; and `on`, not `once`, since each once() is two more objects. A tunnel
+      // keeps its 'close' and 'error' listeners until it ends, and ten thousand idle tunnels keep all of them.
+      const timeoutMs = this.#connectTimeoutMs;
+      let timer: NodeJS.Timeout | undefined = setTimeout(() => {
+        if (settle()) reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort}: no answer within ${timeoutMs} ms`));
+        stream.close(NGHTTP2_CANCEL);
+      }, timeoutMs);
+      /** True the first time only: the one answer (200, a refusal, an error or a close) settles the promise. */
+      const settle = (): boolean => {
+        if (timer === undefined) return false;
+        clearTimeout(timer);
+        timer = undefined;
+        return true;
+      };
+      stream.on('close', () => {
         this.#release(entry);
-        if (!answered) {
-          answered = true;
-          reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: stream closed before an answer (RST ${stream.rstCode})`));
-        }
+        if (settle()) reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: stream closed before an answer (RST ${stream.rstCode})`));
       });
       stream.once('response', (headers) => {
-        if (answered) return;
-        answered = true;
-        stream.setTimeout(0);
+        if (!settle()) return;
         const status = Number(headers[HTTP2_HEADER_STATUS]);
         if (status === 200) {
           resolve(stream);
@@ -260,10 +273,9 @@ export class HbonePool {
         const flag = status === 401 ? 'DENY' : 'CONNECT';
         reject(new TunnelError('HBONE_REFUSED', flag, `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${status}`, status));
       });
-      stream.once('error', (error) => {
-        if (answered) return;
-        answered = true;
-        reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: ${error.message}`, undefined, error));
+      // Stays after the answer too: an error between the answer and the Bridge's own listener must not throw.
+      stream.on('error', (error) => {
+        if (settle()) reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: ${error.message}`, undefined, error));
       });
     });
   }

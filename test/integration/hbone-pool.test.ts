@@ -1,0 +1,120 @@
+// The HBONE client pool (src/proxy/pool.ts) against a peer that is not ambit: a plain node:http2 server with a
+// SPIFFE certificate that answers CONNECT only when the test says so. What must hold: a CONNECT nobody answers
+// fails with a clear error after the connect timeout and gives its stream and slot back; one that was answered
+// lives on however long it lasts.
+import { once } from 'node:events';
+import * as http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadSvid } from '../../src/identity/svid.ts';
+import { silentLogger } from '../../src/observe/log.ts';
+import { HbonePool, TunnelError } from '../../src/proxy/pool.ts';
+import type { Endpoint } from '../../src/proxy/routes.ts';
+import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
+import type { Workload } from '../../src/config/snapshot.ts';
+import type { BundleSource } from '../../src/identity/svid.ts';
+import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
+
+const CLIENT_ID = 'spiffe://cluster.local/ns/a/sa/client';
+const SERVER_ID = 'spiffe://cluster.local/ns/b/sa/server';
+
+interface Peer {
+  readonly server: http2.Http2SecureServer;
+  readonly port: number;
+  /** How the peer treats a CONNECT: never answer, or answer 200 and echo. */
+  mode: 'silent' | 'echo';
+  /** RST codes of the streams the peer saw closed. */
+  readonly closedWith: number[];
+}
+
+describe('HBONE pool: waiting for a CONNECT answer', () => {
+  let peer: Peer;
+  let contexts: IdentityContexts;
+  let bundles: BundleSource;
+
+  beforeAll(async () => {
+    const ca = await createTestCa('cluster.local');
+    const client = await issueTestSvid(ca, CLIENT_ID);
+    const server = await issueTestSvid(ca, SERVER_ID);
+    contexts = new IdentityContexts();
+    contexts.set(loadSvid(client.certPem, client.keyPem));
+    bundles = { get: (trustDomain) => (trustDomain === ca.trustDomain ? ca.bundle : undefined) };
+    const h2 = http2.createSecureServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] });
+    peer = { server: h2, port: 0, mode: 'silent', closedWith: [] };
+    h2.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.once('close', () => peer.closedWith.push(stream.rstCode));
+      if (peer.mode === 'echo') {
+        stream.respond({ ':status': 200 });
+        stream.pipe(stream);
+      }
+    });
+    h2.listen(0, '127.0.0.1');
+    await once(h2, 'listening');
+    (peer as { port: number }).port = (h2.address() as AddressInfo).port;
+  });
+
+  afterAll(async () => {
+    peer.server.close();
+  });
+
+  function endpoint(): Endpoint {
+    return {
+      workload: { name: 'server', namespace: 'b' } as Workload,
+      ip: '127.0.0.1',
+      port: 8080,
+      authority: '127.0.0.1:8080',
+      hboneHost: '127.0.0.1',
+      hbonePort: peer.port,
+      hboneAuthority: `127.0.0.1:${peer.port}`,
+      identity: SERVER_ID,
+    };
+  }
+
+  function pool(connectTimeoutMs: number): HbonePool {
+    return new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), connectTimeoutMs });
+  }
+
+  it('fails a CONNECT nobody answers after the connect timeout, resets its stream and frees its slot', async () => {
+    peer.mode = 'silent';
+    peer.closedWith.length = 0;
+    const hbone = pool(300);
+    try {
+      const started = Date.now();
+      const error = await hbone.open(CLIENT_ID, endpoint(), '').then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).code).toBe('UPSTREAM_CONNECT');
+      expect((error as TunnelError).flag).toBe('CONNECT');
+      expect((error as TunnelError).message).toContain(`CONNECT 127.0.0.1:8080 via 127.0.0.1:${peer.port}: no answer within 300 ms`);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+      // The peer saw the stream cancelled, and the pool counts no stream in flight.
+      await expect.poll(() => peer.closedWith).toEqual([http2.constants.NGHTTP2_CANCEL]);
+      expect(hbone.stats().streams).toBe(0);
+    } finally {
+      await hbone.close();
+    }
+  });
+
+  it('keeps an answered tunnel open past the connect timeout, carrying bytes both ways', async () => {
+    peer.mode = 'echo';
+    peer.closedWith.length = 0;
+    const hbone = pool(200);
+    try {
+      const stream = await hbone.open(CLIENT_ID, endpoint(), '');
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(stream.destroyed).toBe(false);
+      expect(peer.closedWith).toEqual([]);
+      stream.end('still here');
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream) chunks.push(chunk as Buffer);
+      expect(Buffer.concat(chunks).toString()).toBe('still here');
+      await expect.poll(() => hbone.stats().streams).toBe(0);
+      expect(peer.closedWith).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
+    } finally {
+      await hbone.close();
+    }
+  });
+});
