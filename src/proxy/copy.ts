@@ -85,12 +85,16 @@ export class Bridge {
       socket.cork();
       setImmediate(Bridge.#uncork, bridge);
     }
-    if (!socket.write(chunk)) this.pause();
+    // While corked, a full buffer is judged after the flush: most of it leaves in the writev.
+    if (!socket.write(chunk) && !bridge.#corked) this.pause();
   }
 
   static #uncork(bridge: Bridge): void {
     bridge.#corked = false;
-    bridge.socket.uncork();
+    const socket = bridge.socket;
+    socket.uncork();
+    // Only what the kernel did not take holds the stream back; 'drain' follows, as needDrain is set.
+    if (socket.writableNeedDrain && socket.writableLength > 0) bridge.stream.pause();
   }
 
   static #onSocketDrain(this: Socket): void {

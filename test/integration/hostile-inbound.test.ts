@@ -23,6 +23,7 @@ const IMPOSTOR_IP = nodeIp(P, 1, 50); // payments-1 of node-c (no proxy runs the
 const HBONE_PORT = 15008;
 const ECHO_PORT = 7000;
 const FIREHOSE_PORT = 7002;
+const SINK_PORT = 7003;
 const CLOSED_PORT = 7999; // nothing listens here
 const IMPOSTOR_LISTENER_PORT = 9050; // node-a's outbound listener for client-1 towards payments-1
 
@@ -95,9 +96,49 @@ class Firehose {
   }
 }
 
+/**
+ * Accepts connections without reading from them until told to, then checks every byte as it arrives
+ * against `patternByte` (a chunk number in each 64 KiB block, so a lost, repeated or reordered block shows).
+ */
+class Sink {
+  readonly server: net.Server;
+  readonly sockets: net.Socket[] = [];
+  received = 0;
+  mismatchAt = -1;
+
+  constructor() {
+    this.server = net.createServer({ pauseOnConnect: true }, (socket) => {
+      this.sockets.push(socket);
+      socket.on('error', () => {});
+      socket.on('data', (chunk: Buffer) => {
+        for (let i = 0; i < chunk.length; i++) {
+          if (this.mismatchAt < 0 && chunk[i] !== patternByte(this.received + i)) this.mismatchAt = this.received + i;
+        }
+        this.received += chunk.length;
+      });
+    });
+  }
+}
+
+const BLOCK = 64 * 1024;
+const TEMPLATE = Buffer.from(Array.from({ length: BLOCK }, (_, i) => (i * 31 + 7) & 0xff));
+
+/** Byte `position` of the stream: each 64 KiB block starts with its number (little-endian), then TEMPLATE. */
+function patternByte(position: number): number {
+  const offset = position % BLOCK;
+  return offset < 4 ? (Math.floor(position / BLOCK) >>> (8 * offset)) & 0xff : (TEMPLATE[offset] as number);
+}
+
+function patternBlock(index: number): Buffer {
+  const block = Buffer.from(TEMPLATE);
+  block.writeUInt32LE(index, 0);
+  return block;
+}
+
 let mesh: TestMesh;
 let echo: TrackedEcho;
 let firehose: Firehose;
+let sink: Sink;
 let impostor: http2.Http2SecureServer;
 const impostorStreams: Array<{ authority: string | undefined; clientSan: string | undefined }> = [];
 let validClient: TestSvid;
@@ -124,8 +165,10 @@ function nodeA(): TestNode {
 beforeAll(async () => {
   echo = new TrackedEcho();
   firehose = new Firehose(200 * MiB);
+  sink = new Sink();
   await listen(echo.server, ECHO_IP, ECHO_PORT);
   await listen(firehose.server, ECHO_IP, FIREHOSE_PORT);
+  await listen(sink.server, ECHO_IP, SINK_PORT);
   mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config } });
   validClient = await issueMeshSvid(mesh.caDir, TESTER_ID);
   // The fake server presents a genuine mesh certificate, but of the wrong workload.
@@ -142,8 +185,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await mesh?.stop();
-  await Promise.all([closeServer(echo?.server), closeServer(firehose?.server), closeServer(impostor)]);
-  for (const socket of firehose?.sockets ?? []) socket.destroy();
+  for (const socket of [...(firehose?.sockets ?? []), ...(sink?.sockets ?? [])]) socket.destroy();
+  await Promise.all([closeServer(echo?.server), closeServer(firehose?.server), closeServer(sink?.server), closeServer(impostor)]);
 });
 
 // After every hostile case: the proxy is still running and a well-behaved peer is served.
@@ -677,6 +720,50 @@ describe('HBONE inbound: flow control and teardown', () => {
       const closeMs = closedWithin(upstream);
       stream.close(NGHTTP2_CANCEL);
       expect(await closeMs).toBeLessThan(1_000);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('keeps memory bounded while an upstream stops reading from a fast tunnel writer, then delivers every byte in order', async () => {
+    const pid = nodeB().proc.child.pid as number;
+    const baselineRss = await rssBytes(pid);
+    const total = 128 * MiB;
+    const session = dialHbone(validClient);
+    try {
+      const { status, stream } = await connectRequest(session, `${ECHO_IP}:${SINK_PORT}`);
+      expect(status).toBe(200);
+      let written = 0;
+      let finished = false;
+      const pump = () => {
+        while (written < total && !stream.destroyed) {
+          const ok = stream.write(patternBlock(written / BLOCK));
+          written += BLOCK;
+          if (!ok) {
+            stream.once('drain', pump);
+            return;
+          }
+        }
+        if (written >= total && !finished) {
+          finished = true;
+          stream.end();
+        }
+      };
+      pump();
+      let peakRss = baselineRss;
+      for (let i = 0; i < 12; i++) {
+        await sleep(250);
+        peakRss = Math.max(peakRss, await rssBytes(pid));
+      }
+      expect(sink.sockets.length).toBe(1);
+      expect(sink.received).toBe(0);
+      expect(peakRss - baselineRss).toBeLessThan(64 * MiB);
+      // Held back by TCP and HTTP/2 flow control, not buffered by the proxy: a small part of the 128 MiB left.
+      expect(written).toBeLessThan(48 * MiB);
+      sink.sockets[0]!.resume();
+      await waitUntil('every byte delivered', () => sink.received >= total, 20_000);
+      expect(sink.mismatchAt).toBe(-1);
+      expect(sink.received).toBe(total);
     } finally {
       session.destroy();
     }
