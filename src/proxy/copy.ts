@@ -63,6 +63,12 @@ export class Bridge {
     stream.on('data', Bridge.#onStreamData);
     stream.on('drain', Bridge.#onStreamDrain);
     stream.on('end', Bridge.#onStreamEnd);
+    // A reset read together with the CONNECT's answer can destroy the stream, and emit its 'error' and
+    // 'close', before the code awaiting the answer builds this Bridge: nothing would ever close the app side.
+    if (stream.destroyed) {
+      this.#streamClosed = true;
+      this.#fail('stream', new Error(`stream closed before the tunnel started (RST ${stream.rstCode ?? 'none'})`));
+    }
   }
 
   static #onSocketData(this: Socket, chunk: Buffer): void {

@@ -312,8 +312,14 @@ export class HboneInbound {
       this.#refuse(stream, 503, peer, destination, `upstream ${authority.host}:${authority.port}: ${error.message}`, 'CONNECT');
     };
     upstream.once('error', onConnectError);
-    // A peer that resets its stream while we are still connecting must not leave the connect pending.
-    const abandon = () => upstream.destroy();
+    // A peer that resets its stream while we are still connecting must not leave the connect pending, nor its
+    // timer: destroy() without an error emits neither 'error' nor 'connect', and the timer would later count
+    // and log a refusal for a tunnel that no longer exists.
+    const abandon = () => {
+      clearTimeout(timer);
+      timer = undefined;
+      upstream.destroy();
+    };
     stream.once('close', abandon);
     upstream.once('connect', () => {
       upstream.off('error', onConnectError);

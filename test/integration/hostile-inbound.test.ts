@@ -141,6 +141,7 @@ let firehose: Firehose;
 let sink: Sink;
 let impostor: http2.Http2SecureServer;
 const impostorStreams: Array<{ authority: string | undefined; clientSan: string | undefined }> = [];
+let impostorResets = false;
 let validClient: TestSvid;
 
 function listen(server: net.Server, host: string, port: number): Promise<void> {
@@ -178,7 +179,10 @@ beforeAll(async () => {
     const socket = stream.session?.socket as tls.TLSSocket | undefined;
     impostorStreams.push({ authority: headers[':authority'], clientSan: socket?.getPeerCertificate().subjectaltname });
     stream.respond({ ':status': 200 });
-    stream.pipe(stream);
+    // HEADERS 200 and RST_STREAM leave in one write, so node-a reads them together.
+    stream.on('error', () => {}); // its own reset, below
+    if (impostorResets) stream.close(NGHTTP2_INTERNAL_ERROR);
+    else stream.pipe(stream);
   });
   await listen(impostor, IMPOSTOR_IP, HBONE_PORT);
 }, 60_000);
@@ -600,6 +604,22 @@ describe('HBONE outbound: a server presenting the wrong identity', () => {
     const received = await throughNodeA(payload);
     expect(received.equals(payload)).toBe(true);
     expect(impostorStreams).toEqual([{ authority: `${IMPOSTOR_IP}:7`, clientSan: `URI:${CLIENT_ID}` }]);
+  });
+
+  it('closes the client connection when the server answers 200 and resets the stream in the same read', async () => {
+    impostorResets = true;
+    try {
+      const since = nodeA().proc.lines.length;
+      // throughNodeA fails if node-a keeps the connection open: the tunnel must not be bridged to a dead stream.
+      const received = await throughNodeA(Buffer.from('to a stream already gone'));
+      expect(received.length).toBe(0);
+      // (The line of the test before may land after `since`: it carried 128 KiB, this one 24 bytes.)
+      const line = await logLineSince(nodeA().proc, since, (l) => l.msg === 'access' && l['dst.addr'] === `${IMPOSTOR_IP}:7` && l.bytes_recv === 0, 'access line');
+      expect(line.response_flags).toBe('CONNECT');
+      expect(line.error_code).toBe('TUNNEL_RESET');
+    } finally {
+      impostorResets = false;
+    }
   });
 });
 

@@ -1,0 +1,58 @@
+// The Bridge between an application socket and an HBONE stream, on real sockets and a real HTTP/2 session.
+import { once } from 'node:events';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Bridge } from '../../src/proxy/copy.ts';
+import type { BridgeResult } from '../../src/proxy/copy.ts';
+
+let h2server: http2.Http2Server;
+let session: http2.ClientHttp2Session;
+let apps: net.Server;
+
+beforeAll(async () => {
+  h2server = http2.createServer();
+  h2server.on('stream', (stream) => {
+    stream.on('error', () => {});
+    stream.respond({ ':status': 200 });
+    stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+  });
+  h2server.listen(0, '127.0.0.1');
+  await once(h2server, 'listening');
+  session = http2.connect(`http://127.0.0.1:${(h2server.address() as AddressInfo).port}`);
+  apps = net.createServer();
+  apps.listen(0, '127.0.0.1');
+  await once(apps, 'listening');
+});
+
+afterAll(() => {
+  session?.destroy();
+  h2server?.close();
+  apps?.close();
+});
+
+describe('Bridge', () => {
+  it('closes the application connection at once when its stream was reset before the Bridge was built', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'upstream:80' });
+    stream.on('error', () => {}); // the reset; events.once would reject on it
+    await new Promise((resolve) => stream.on('close', resolve));
+    expect(stream.destroyed).toBe(true);
+
+    const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
+    const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
+    client.on('error', () => {});
+    const [socket] = await accepted;
+    const clientClosed = once(client, 'close');
+    const result = await new Promise<BridgeResult>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the Bridge never finished')), 2_000);
+      new Bridge(socket, stream, (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      });
+    });
+    expect(result.failedSide).toBe('stream');
+    expect(result.error?.message).toMatch(/closed before the tunnel started/);
+    await clientClosed;
+  });
+});
