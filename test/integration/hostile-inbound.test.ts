@@ -6,12 +6,14 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
-import { nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
 import type { AmbitProcess, LogLine } from '../helpers/process.ts';
 
@@ -24,6 +26,7 @@ const HBONE_PORT = 15008;
 const ECHO_PORT = 7000;
 const FIREHOSE_PORT = 7002;
 const SINK_PORT = 7003;
+const BLACKHOLE_PORT = 7004; // a listener that never accepts: connects beyond its backlog wait for SYN retries
 const CLOSED_PORT = 7999; // nothing listens here
 const IMPOSTOR_LISTENER_PORT = 9050; // node-a's outbound listener for client-1 towards payments-1
 
@@ -800,6 +803,37 @@ describe('HBONE inbound: flow control and teardown', () => {
     stream.write(randomBytes(MiB)); // still in flight when the peer goes away
     return { stream, upstream };
   }
+
+  it('forgets an upstream connect the peer gave up on: no refusal counted or logged when its timeout would have run', async () => {
+    // A process that listens with a backlog of one and never accepts (its event loop is blocked): once two
+    // connections fill the queue, the kernel drops further SYNs, so node-b's connect stays pending.
+    const blocker = spawn(process.execPath, ['-e', `const s = require('net').createServer(); s.listen({ host: '${ECHO_IP}', port: ${BLACKHOLE_PORT}, backlog: 1 }, () => { process.stdout.write('ready'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const fillers: net.Socket[] = [];
+    const session = dialHbone(validClient);
+    try {
+      await once(blocker.stdout, 'data');
+      for (let i = 0; i < 4; i++) fillers.push(net.connect(BLACKHOLE_PORT, ECHO_IP).on('error', () => {}));
+      await sleep(200);
+      const failedBefore = await metricSum(nodeB(), 'istio_tcp_connections_failed_total');
+      const since = nodeB().proc.lines.length;
+      const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${BLACKHOLE_PORT}` }, { endStream: false });
+      stream.on('error', () => {});
+      let answered = false;
+      stream.once('response', () => (answered = true));
+      await sleep(500);
+      expect(answered, 'node-b cannot have reached the upstream').toBe(false);
+      stream.close(NGHTTP2_CANCEL);
+      // node-b's upstream connect timeout is 10 s: wait past it.
+      await sleep(10_800);
+      const refusals = nodeB().proc.lines.slice(since).filter((l) => l.msg === 'HBONE CONNECT refused' && String(l.reason).includes(`:${BLACKHOLE_PORT}`));
+      expect(refusals).toEqual([]);
+      expect(await metricSum(nodeB(), 'istio_tcp_connections_failed_total')).toBe(failedBefore);
+    } finally {
+      session.destroy();
+      for (const filler of fillers) filler.destroy();
+      blocker.kill('SIGKILL');
+    }
+  }, 20_000);
 
   it('closes the upstream connection within a second when the peer resets the stream mid-transfer', async () => {
     const session = dialHbone(validClient);
