@@ -92,7 +92,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       expect(Date.now() - started).toBeGreaterThanOrEqual(290);
       // The peer saw the stream cancelled, and the pool counts no stream in flight.
       await expect.poll(() => peer.closedWith).toEqual([http2.constants.NGHTTP2_CANCEL]);
-      expect(hbone.stats().streams).toBe(0);
+      await expect.poll(() => hbone.stats().streams).toBe(0);
     } finally {
       await hbone.close();
     }
