@@ -2,8 +2,8 @@
 // FIN becomes END_STREAM and END_STREAM becomes FIN; a reset or an error on either side closes the
 // other abruptly. A write() that returns false pauses the side that produced the chunk until the other
 // drains, in both directions, so a slow reader stalls its writer (through TCP and HTTP/2 flow control)
-// instead of growing a buffer. No per-chunk work is done here: bytes are counted by the sockets
-// themselves (bytesRead/bytesWritten).
+// instead of growing a buffer. Bytes are counted by the sockets themselves (bytesRead/bytesWritten); the only
+// per-chunk work is corking the app socket for large HBONE chunks (CORK_MIN_CHUNK_BYTES).
 //
 // The listeners are the class's static functions, shared by every tunnel, finding their Bridge through a
 // symbol on the emitter (undici's module-level handlers reading `this`): pipe() in both directions would
@@ -22,12 +22,12 @@ export interface BridgeResult {
 const kBridge = Symbol('ambit.bridge');
 
 /**
- * An HBONE chunk this large is most of a TLS record's plaintext (16 KiB less frame headers): more usually
- * follow from the same socket read, so the app socket is corked until the loop's check phase and they
- * leave in one writev instead of a write each (a bulk download made 4x fewer syscalls and skbs).
- * Smaller chunks, requests and responses, are written at once as before.
+ * HBONE chunks arrive one TLS record's plaintext at a time (at most 16 KiB, less frame headers). One this
+ * large means more usually follow from the same socket read, so the app socket is corked until the loop's
+ * check phase and they leave in one writev instead of a write each (a bulk download made 4x fewer syscalls
+ * and skbs). Smaller chunks, requests and responses, are written at once as before.
  */
-const FULL_RECORD = 8 * 1024;
+const CORK_MIN_CHUNK_BYTES = 8 * 1024;
 
 type Carrier = { [kBridge]?: Bridge };
 
@@ -44,7 +44,6 @@ export class Bridge {
   #error: Error | undefined;
   #failedSide: 'socket' | 'stream' | undefined;
   #done: ((result: BridgeResult) => void) | null;
-  #corked = false;
 
   constructor(socket: Socket, stream: Http2Stream, done: (result: BridgeResult) => void) {
     this.socket = socket;
@@ -86,18 +85,18 @@ export class Bridge {
     const bridge = bridgeOf(this);
     const socket = bridge.socket;
     if (socket.destroyed) return;
-    if (chunk.length >= FULL_RECORD && !bridge.#corked) {
-      bridge.#corked = true;
+    // Nothing else corks these sockets: writableCorked says whether an uncork is already scheduled.
+    if (chunk.length >= CORK_MIN_CHUNK_BYTES && socket.writableCorked === 0) {
       socket.cork();
       setImmediate(Bridge.#uncork, bridge);
     }
     // While corked, a full buffer is judged after the flush: most of it leaves in the writev.
-    if (!socket.write(chunk) && !bridge.#corked) this.pause();
+    if (!socket.write(chunk) && socket.writableCorked === 0) this.pause();
   }
 
   static #uncork(bridge: Bridge): void {
-    bridge.#corked = false;
     const socket = bridge.socket;
+    // A no-op when end() has already flushed (it uncorks fully).
     socket.uncork();
     // Only what the kernel did not take holds the stream back; 'drain' follows, as needDrain is set.
     if (socket.writableNeedDrain && socket.writableLength > 0) bridge.stream.pause();

@@ -303,10 +303,14 @@ export class HboneInbound {
     const startedMs = Date.now();
     // A plain timer, cleared (and let go) on connect: upstream.setTimeout() would keep its Timeout and 'timeout'
     // listener on the socket for the tunnel's whole life, and ten thousand idle tunnels keep all of them.
+    // The connect phase ends in one of three ways (connected, failed, abandoned by the peer); each stops it.
     let timer: NodeJS.Timeout | undefined = setTimeout(() => onConnectError(new AmbitError('UPSTREAM_CONNECT', `connect timed out after ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
-    const onConnectError = (error: Error) => {
+    const stopTimer = () => {
       clearTimeout(timer);
       timer = undefined;
+    };
+    const onConnectError = (error: Error) => {
+      stopTimer();
       upstream.destroy();
       this.#options.metrics.failed(labels, 'CONNECT');
       this.#refuse(stream, 503, peer, destination, `upstream ${authority.host}:${authority.port}: ${error.message}`, 'CONNECT');
@@ -316,16 +320,14 @@ export class HboneInbound {
     // timer: destroy() without an error emits neither 'error' nor 'connect', and the timer would later count
     // and log a refusal for a tunnel that no longer exists.
     const abandon = () => {
-      clearTimeout(timer);
-      timer = undefined;
+      stopTimer();
       upstream.destroy();
     };
     stream.once('close', abandon);
     upstream.once('connect', () => {
       upstream.off('error', onConnectError);
       stream.off('close', abandon);
-      clearTimeout(timer);
-      timer = undefined;
+      stopTimer();
       if (stream.destroyed || stream.closed) {
         upstream.destroy();
         return;
