@@ -8,8 +8,9 @@
 // proxy's young objects are short-lived (chunks, streams, requests), so small semi-spaces cost no throughput
 // and bound each scavenge: measured with `npm run bench` on 2026-11-23, ambit L4 at 2,000 req/s had a p99 of
 // 6.4 ms instead of 16–36 ms (scavenges of up to 14 ms), ~50 MiB less RSS per proxy, and the same or higher
-// max throughput (20.0k against 18.4k req/s). 2 rather than 1: under connection churn a tunnel's objects live
-// ~20 ms, and scavenges twice as often promoted many of them to the old generation; churn went from
+// max throughput (20.0k against 18.4k req/s). 2 rather than 1: under connection churn the collector took 13–15 % of
+// each proxy's run (`--cpu-prof`), and a tunnel's objects live ~20 ms, so with scavenges twice as often more of
+// them are likely promoted to the old generation (not traced); churn went from
 // 1,338–1,849 to 1,603–1,977 connections/s in five alternated pairs of runs (each pair better with 2), CPU per
 // connection 532–743 -> 497–615 µs, with the idle proxy, RSS at 2,000 req/s and p99 the same (2026-12-04).
 import { fileURLToPath } from 'node:url';

@@ -13,10 +13,18 @@ let apps: net.Server;
 
 beforeAll(async () => {
   h2server = http2.createServer();
-  h2server.on('stream', (stream) => {
+  h2server.on('stream', (stream, headers) => {
     stream.on('error', () => {});
     stream.respond({ ':status': 200 });
-    stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    // 'now': reset at once; 'clean': echo and end; otherwise read the client's bytes to END_STREAM, then reset.
+    if (headers[':authority'] === 'now:80') stream.destroy(new Error('reset at once'));
+    else if (headers[':authority'] === 'clean:80') stream.pipe(stream); // echoes, and ends when the client does
+    else {
+      stream.resume();
+      // destroy() sends RST_STREAM at once; close(code) would first end our side (END_STREAM) and the client
+      // would see a clean close.
+      stream.on('end', () => stream.destroy(new Error('reset after the client ended')));
+    }
   });
   h2server.listen(0, '127.0.0.1');
   await once(h2server, 'listening');
@@ -34,7 +42,7 @@ afterAll(() => {
 
 describe('Bridge', () => {
   it('closes the application connection at once when its stream was reset before the Bridge was built', async () => {
-    const stream = session.request({ ':method': 'CONNECT', ':authority': 'upstream:80' });
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'now:80' });
     stream.on('error', () => {}); // the reset; events.once would reject on it
     await new Promise((resolve) => stream.on('close', resolve));
     expect(stream.destroyed).toBe(true);
@@ -54,5 +62,47 @@ describe('Bridge', () => {
     expect(result.failedSide).toBe('stream');
     expect(result.error?.message).toMatch(/closed before the tunnel started/);
     await clientClosed;
+  });
+
+  it('reports a tunnel the peer reset after the app half-closed as failed on the stream side, not as a clean close', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'after-end:80' });
+    await once(stream, 'response');
+    const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
+    const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
+    client.on('error', () => {});
+    const [socket] = await accepted;
+    const clientClosed = once(client, 'close');
+    const result = await new Promise<BridgeResult>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the Bridge never finished')), 2_000);
+      new Bridge(socket, stream, (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      });
+      client.end('bytes the peer never acknowledged');
+    });
+    expect(stream.rstCode).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    expect(result.failedSide).toBe('stream');
+    expect(result.error).toBeDefined();
+    await clientClosed;
+  });
+
+  it('reports a tunnel both ends closed cleanly as a clean close', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'clean:80' });
+    await once(stream, 'response');
+    const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
+    const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
+    client.on('error', () => {});
+    const [socket] = await accepted;
+    const result = await new Promise<BridgeResult>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the Bridge never finished')), 2_000);
+      new Bridge(socket, stream, (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      });
+      client.end('hello');
+      client.resume();
+    });
+    expect(result.error).toBeUndefined();
+    expect(result.failedSide).toBeUndefined();
   });
 });

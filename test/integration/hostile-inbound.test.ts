@@ -182,9 +182,10 @@ beforeAll(async () => {
     const socket = stream.session?.socket as tls.TLSSocket | undefined;
     impostorStreams.push({ authority: headers[':authority'], clientSan: socket?.getPeerCertificate().subjectaltname });
     stream.respond({ ':status': 200 });
-    // HEADERS 200 and RST_STREAM leave in one write, so node-a reads them together.
+    // Answered and reset in the same tick: node-a gets the 200 and the RST_STREAM back to back. destroy() sends
+    // the RST at once; close(code) would first send END_STREAM, which node-a may rightly read as a clean end.
     stream.on('error', () => {}); // its own reset, below
-    if (impostorResets) stream.close(NGHTTP2_INTERNAL_ERROR);
+    if (impostorResets) stream.destroy(new Error('reset right after the answer'));
     else stream.pipe(stream);
   });
   await listen(impostor, IMPOSTOR_IP, HBONE_PORT);
@@ -609,11 +610,14 @@ describe('HBONE outbound: a server presenting the wrong identity', () => {
     expect(impostorStreams).toEqual([{ authority: `${IMPOSTOR_IP}:7`, clientSan: `URI:${CLIENT_ID}` }]);
   });
 
-  it('closes the client connection when the server answers 200 and resets the stream in the same read', async () => {
+  it('closes the client connection when the server answers 200 and resets the stream at once', async () => {
+    // The expected identity (as the test before leaves it), so that this test also runs alone.
+    const payments = await issueMeshSvid(mesh.caDir, PAYMENTS_ID);
+    impostor.setSecureContext({ cert: payments.certPem, key: payments.keyPem, minVersion: 'TLSv1.3' });
     impostorResets = true;
     try {
       const since = nodeA().proc.lines.length;
-      // throughNodeA fails if node-a keeps the connection open: the tunnel must not be bridged to a dead stream.
+      // throughNodeA fails if node-a keeps the app connection open after the tunnel's reset.
       const received = await throughNodeA(Buffer.from('to a stream already gone'));
       expect(received.length).toBe(0);
       // (The line of the test before may land after `since`: it carried 128 KiB, this one 24 bytes.)
@@ -811,7 +815,11 @@ describe('HBONE inbound: flow control and teardown', () => {
     const fillers: net.Socket[] = [];
     const session = dialHbone(validClient);
     try {
-      await once(blocker.stdout, 'data');
+      const exited = once(blocker, 'exit').then(([code]) => {
+        throw new Error(`the never-accepting listener on ${ECHO_IP}:${BLACKHOLE_PORT} exited (${String(code)}) before it was ready`);
+      });
+      await Promise.race([once(blocker.stdout, 'data'), exited]);
+      exited.catch(() => {}); // it is killed below, on purpose
       for (let i = 0; i < 4; i++) fillers.push(net.connect(BLACKHOLE_PORT, ECHO_IP).on('error', () => {}));
       await sleep(200);
       const failedBefore = await metricSum(nodeB(), 'istio_tcp_connections_failed_total');
