@@ -1,18 +1,20 @@
 // The Node flags ambit's long-running processes (proxy, CA) are started with: `ambit mesh` and the benchmark
-// start them so, and a deployment should too (`MALLOC_ARENA_MAX=2 node --max-semi-space-size=2 --initial-old-space-size=64 --expose-gc
+// start them so, and a deployment should too (`MALLOC_ARENA_MAX=2 node --max-semi-space-size=1 --initial-old-space-size=64 --expose-gc
 // bin/ambit.js proxy ...`).
 // V8 reads them only at startup (v8.setFlagsFromString is too late for the heap's layout), so they cannot be
 // set from inside the process.
 //
-// --max-semi-space-size=2 (MiB): V8 otherwise grows the young generation to 16 MiB semi-spaces under load. A
+// --max-semi-space-size=1 (MiB): V8 otherwise grows the young generation to 16 MiB semi-spaces under load. A
 // proxy's young objects are short-lived (chunks, streams, requests), so small semi-spaces cost no throughput
 // and bound each scavenge: measured with `npm run bench` on 2026-11-23, ambit L4 at 2,000 req/s had a p99 of
 // 6.4 ms instead of 16–36 ms (scavenges of up to 14 ms), ~50 MiB less RSS per proxy, and the same or higher
-// max throughput (20.0k against 18.4k req/s). 2 rather than 1: under connection churn the collector took 13–15 % of
-// each proxy's run (`--cpu-prof`), and a tunnel's objects live ~20 ms, so with scavenges twice as often more of
-// them are likely promoted to the old generation (not traced); churn went from
-// 1,338–1,849 to 1,603–1,977 connections/s in five alternated pairs of runs (each pair better with 2), CPU per
-// connection 532–743 -> 497–615 µs, with the idle proxy, RSS at 2,000 req/s and p99 the same (2026-12-04).
+// max throughput (20.0k against 18.4k req/s). Not 2, nor 4: every chunk of a byte stream is a new Buffer whose
+// backing store lives until the scavenge that finds it dead, and with 2 MiB semi-spaces a bulk transfer made
+// 17–19 full collections per proxy per GiB (`--trace-gc`: "external memory pressure" and "allocation limit"
+// with 21 of 64 MiB used) against 0–1 with 1 MiB, and moved 226–230 / 235–269 MiB/s against 288–300 / 333–370
+// (down / up, alternated 1 GiB `--scenario bulk --rows ambit-l4` runs, 2026-12-04). Under churn, 2 MiB had
+// looked better in five pairs of runs the same morning; three more pairs that afternoon put the two within the
+// VM's spread (1,046–1,605 against 1,141–1,514 connections/s).
 import { fileURLToPath } from 'node:url';
 
 // --initial-old-space-size=64 (MiB): the old generation's collection limit never falls below 64 MiB. Otherwise V8
@@ -25,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 // them left uncollected). The limit is not committed memory: the idle proxy is the same size.
 // --expose-gc: the proxy collects once after loading or reloading its configuration, returning the pages parsing and
 // compiling grew the heap to (src/proxy/heap.ts); nothing else calls it.
-export const LONG_RUNNING_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2', '--initial-old-space-size=64', '--expose-gc'];
+export const LONG_RUNNING_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--initial-old-space-size=64', '--expose-gc'];
 
 // MALLOC_ARENA_MAX=2: glibc gives every thread that mallocs an arena of its own, and keeps what it frees there.
 // V8's compiler and GC threads and libuv's pool made five of them in an idle proxy with 1,000 workloads,
