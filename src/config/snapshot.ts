@@ -274,6 +274,7 @@ export class ConfigSnapshot {
   readonly #workloadsByNode: ReadonlyMap<string, readonly Workload[]>;
   readonly #identitiesByNode: ReadonlyMap<string, ReadonlySet<string>>;
   readonly #workloadByIp: ReadonlyMap<string, Workload>;
+  readonly #workloadByName: ReadonlyMap<string, Workload>;
   readonly #serviceByHost: ReadonlyMap<string, ServiceObject>;
   readonly #byKind: ReadonlyMap<ConfigKind, readonly ConfigObject[]>;
 
@@ -298,7 +299,9 @@ export class ConfigSnapshot {
 
     const byNode = new Map<string, Workload[]>();
     const byIp = new Map<string, Workload>();
+    const byName = new Map<string, Workload>();
     for (const workload of this.workloads) {
+      byName.set(`${workload.namespace}/${workload.name}`, workload);
       const list = byNode.get(workload.node);
       if (list === undefined) byNode.set(workload.node, [workload]);
       else list.push(workload);
@@ -312,6 +315,7 @@ export class ConfigSnapshot {
     this.#workloadsByNode = byNode;
     this.#identitiesByNode = identities;
     this.#workloadByIp = byIp;
+    this.#workloadByName = byName;
 
     const byHost = new Map<string, ServiceObject>();
     for (const service of this.services) byHost.set(service.hostname, service);
@@ -329,6 +333,11 @@ export class ConfigSnapshot {
    */
   identitiesOnNode(node: string): ReadonlySet<string> {
     return this.#identitiesByNode.get(node) ?? EMPTY_IDENTITIES;
+  }
+
+  /** A workload by `namespace/name` (an outbound listener's owner, looked up per connection). */
+  workloadByName(key: string): Workload | undefined {
+    return this.#workloadByName.get(key);
   }
 
   /** Accepts any spelling of the address, including `::ffff:10.0.0.1` as a dual-stack socket reports IPv4 peers. */

@@ -168,10 +168,9 @@ export class OutboundListeners {
   }
 
   #accept(spec: OutboundListenerSpec, socket: net.Socket): void {
-    const snapshot = this.#options.snapshot();
-    const [namespace, name] = spec.owner.split('/') as [string, string];
-    const source = snapshot.workloadsOnNode(this.#options.nodeName).find((w) => w.namespace === namespace && w.name === name);
-    if (source === undefined) {
+    // The owner's identity is the tunnel's source: only a workload this node runs may lend it.
+    const source = this.#options.snapshot().workloadByName(spec.owner);
+    if (source === undefined || source.node !== this.#options.nodeName) {
       this.#logger.warn({ listener: key(spec), owner: spec.owner }, 'outbound listener owner is not a workload on this node; closing the connection');
       socket.destroy();
       return;

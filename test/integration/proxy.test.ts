@@ -18,9 +18,13 @@ const config = yamlDocuments(
 
 let mesh: TestMesh;
 let echo: Server;
+let echoConnections = 0;
 
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (socket) => socket.pipe(socket));
+  echo = createServer({ allowHalfOpen: true }, (socket) => {
+    echoConnections++;
+    socket.pipe(socket);
+  });
   await new Promise<void>((resolve) => echo.listen(7000, ECHO_IP, resolve));
   mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config } });
 }, 60_000);
@@ -30,12 +34,14 @@ afterAll(async () => {
   await new Promise((resolve) => echo?.close(resolve));
 });
 
-function roundTrip(payload: Buffer): Promise<Buffer> {
+function roundTrip(payload: Buffer, port = 9007, tolerateReset = false): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: CLIENT_IP, port: 9007 });
+    const socket = connect({ host: CLIENT_IP, port });
     const chunks: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('error', reject);
+    socket.on('error', (error) => {
+      if (!tolerateReset) reject(error);
+    });
     socket.on('close', () => resolve(Buffer.concat(chunks)));
     socket.on('connect', () => socket.end(payload));
   });
@@ -66,4 +72,24 @@ describe('HBONE between two node proxies', () => {
     const dump = (await (await request(`${a.adminUrl}/config_dump`)).body.json()) as { pool: { sessions: number } };
     expect(dump.pool.sessions).toBe(1);
   });
+
+  // Last: it restarts node-a with listeners from --outbound, whose owners nothing checks until a connection comes.
+  it('carries a listener\'s connections only under an owner that is a workload on this node', async () => {
+    const nodeA = await mesh.startNode('node-a', [
+      '--outbound', `${CLIENT_IP}:9101=echo.demo:7@demo/ghost`,
+      '--outbound', `${CLIENT_IP}:9102=echo.demo:7@demo/echo-1`,
+      '--outbound', `${CLIENT_IP}:9103=echo.demo:7@demo/client-1`,
+    ]);
+    const before = echoConnections;
+    // No such workload; a workload of another node (whose identity node-a must never borrow).
+    expect((await roundTrip(Buffer.from('nobody'), 9101, true)).length).toBe(0);
+    expect((await roundTrip(Buffer.from('not mine'), 9102, true)).length).toBe(0);
+    const refusals = () => nodeA.proc.lines.filter((line) => line.msg === 'outbound listener owner is not a workload on this node; closing the connection');
+    await waitUntil('both refusals logged', () => refusals().length === 2);
+    expect(refusals().map((line) => line.owner).sort()).toEqual(['demo/echo-1', 'demo/ghost']);
+    expect(echoConnections).toBe(before);
+    // The accept side: this node's own workload.
+    expect((await roundTrip(Buffer.from('mine'), 9103)).toString()).toBe('mine');
+    expect(echoConnections).toBe(before + 1);
+  }, 60_000);
 });
