@@ -22,7 +22,7 @@ import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
-import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, checkTargets, renderMarkdown } from './system/report.ts';
+import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, checkTargets, recordRounds, renderMarkdown } from './system/report.ts';
 import type { FiguresByScenario, Outcome, RowId, RunResults, ScenarioId } from './system/report.ts';
 import { nginxVersion, startUpstream } from './system/upstream.ts';
 import type { Upstream } from './system/upstream.ts';
@@ -43,6 +43,8 @@ direct and HAProxy, and writes every figure to bench/results/DATE-MODE.json.
   --rate N               requests per second for (b) and (f) (default 2000)
   --idle N               idle connections for (e) (default 10000, --quick 1000)
   --bulk-mib N           MiB each way for (d) (default 1024, --quick 64)
+  --rounds N             run (a)-(d) N times, the rows taking turns each round, and report each row's median
+                         round and each target's median ratio of rows measured side by side (default 3, --quick 1)
   --without LIST         leave peers out: haproxy, nginx (their rows are reported skipped)
   --results-dir DIR      where the JSON goes (default bench/results)
   --access-log           run ambit at log level info (one access-log line per connection) and give
@@ -64,6 +66,8 @@ interface Plan {
   newConnectionsPerSecond: number;
   svidTtl: string;
   bulkBytes: number;
+  /** Rounds of (a)-(d): the VM's speed drifts over minutes, so rows take turns and each round pairs them in time. */
+  rounds: number;
   idleRequested: number;
   idleConnections: number;
   without: Set<string>;
@@ -85,7 +89,7 @@ function parsePlan(argv: string[]): Plan {
     args: argv,
     options: {
       quick: { type: 'boolean' }, scenario: { type: 'string' }, rows: { type: 'string' }, duration: { type: 'string' },
-      connections: { type: 'string' }, rate: { type: 'string' }, idle: { type: 'string' }, 'bulk-mib': { type: 'string' },
+      connections: { type: 'string' }, rate: { type: 'string' }, idle: { type: 'string' }, 'bulk-mib': { type: 'string' }, rounds: { type: 'string' },
       without: { type: 'string' }, 'results-dir': { type: 'string' }, 'access-log': { type: 'boolean' }, 'cpu-prof': { type: 'boolean' },
       'no-pin': { type: 'boolean' }, 'no-setup': { type: 'boolean' }, keep: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
     },
@@ -110,6 +114,8 @@ function parsePlan(argv: string[]): Plan {
   const duration = values.duration === undefined ? undefined : number(values.duration, 'duration', 10);
   const connections = Math.round(number(values.connections, 'connections', 32));
   const idleRequested = Math.round(number(values.idle, 'idle', quick ? 1000 : 10_000));
+  const rounds = number(values.rounds, 'rounds', quick ? 1 : 3);
+  if (!Number.isInteger(rounds)) fail(`--rounds must be a whole number, got "${values.rounds}"`);
   return {
     mode: quick ? 'quick' : 'full',
     scenarios: SCENARIOS.filter((id) => scenarios.includes(id)),
@@ -128,6 +134,7 @@ function parsePlan(argv: string[]): Plan {
     newConnectionsPerSecond: 50,
     svidTtl: '4s',
     bulkBytes: Math.round(number(values['bulk-mib'], 'bulk-mib', quick ? 64 : 1024) * 1024 * 1024),
+    rounds,
     idleRequested,
     idleConnections: idleRequested,
     without: new Set((values.without ?? '').split(',').map((s) => s.trim()).filter(Boolean)),
@@ -489,25 +496,33 @@ async function rotationsOf(mesh: AmbitMesh): Promise<number> {
 
 async function runScenario(ctx: Context, scenario: Exclude<ScenarioId, 'rotation' | 'footprint'>): Promise<void> {
   const { plan, progress, results } = ctx;
-  results.scenarios[scenario] = { settings: scenarioSettings(plan, scenario), rows: {} };
+  // Idle connections are measured once, on proxies started for them (see run()).
+  const rounds = scenario === 'idle' ? 1 : plan.rounds;
+  results.scenarios[scenario] = { settings: { ...scenarioSettings(plan, scenario), rounds }, rows: {} };
+  const rows: RowId[] = [];
   for (const row of prefill(ctx, scenario)) {
-    const target = ctx.targets.get(row);
-    if (!target) {
-      setOutcome(results, scenario, row, { status: 'skipped', reason: 'not started' });
-      continue;
-    }
-    progress.step(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}`, expectedSeconds(plan, scenario));
-    const runner = RUNNERS[scenario] as Runner<typeof scenario>;
-    let outcome: Outcome<FiguresByScenario[typeof scenario]>;
-    try {
-      outcome = await runner(ctx, row, target);
-    } catch (error) {
-      outcome = { status: 'failed', reason: (error as Error).message };
-    }
-    if (outcome.status === 'failed') progress.note(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}: ${outcome.reason}`);
-    setOutcome(results, scenario, row, outcome);
-    for (const proxy of target.proxies) if (rssBytes(proxy.pid) === 0) throw new Error(`${ROW_LABELS[row]}: proxy ${proxy.name} (pid ${proxy.pid}) is gone`);
+    if (ctx.targets.has(row)) rows.push(row);
+    else setOutcome(results, scenario, row, { status: 'skipped', reason: 'not started' });
   }
+  const byRow = new Map<RowId, Array<Outcome<FiguresByScenario[typeof scenario]>>>(rows.map((row) => [row, []]));
+  for (let round = 0; round < rounds; round++) {
+    // Every other round in reverse order: no row always runs right after the same neighbour.
+    for (const row of round % 2 === 0 ? rows : [...rows].reverse()) {
+      const target = ctx.targets.get(row) as RowTarget;
+      progress.step(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}${rounds > 1 ? ` · round ${round + 1}/${rounds}` : ''}`, expectedSeconds(plan, scenario));
+      const runner = RUNNERS[scenario] as Runner<typeof scenario>;
+      let outcome: Outcome<FiguresByScenario[typeof scenario]>;
+      try {
+        outcome = await runner(ctx, row, target);
+      } catch (error) {
+        outcome = { status: 'failed', reason: (error as Error).message };
+      }
+      if (outcome.status === 'failed') progress.note(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}: ${outcome.reason}`);
+      byRow.get(row)?.push(outcome);
+      for (const proxy of target.proxies) if (rssBytes(proxy.pid) === 0) throw new Error(`${ROW_LABELS[row]}: proxy ${proxy.name} (pid ${proxy.pid}) is gone`);
+    }
+  }
+  for (const [row, outcomes] of byRow) recordRounds(results, scenario, row, outcomes);
 }
 
 async function run(ctx: Context, workDir: string): Promise<void> {

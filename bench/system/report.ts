@@ -125,7 +125,55 @@ export interface FiguresByScenario {
 /** A cell of the result: figures, or why there are none. */
 export type Outcome<F> = { status: 'ok'; figures: F } | { status: 'skipped'; reason: string } | { status: 'n/a'; reason: string } | { status: 'failed'; reason: string };
 
-export type ScenarioResults = { [S in ScenarioId]?: { settings: Record<string, unknown>; rows: Partial<Record<RowId, Outcome<FiguresByScenario[S]>>> } };
+export type ScenarioResults = {
+  [S in ScenarioId]?: {
+    settings: Record<string, unknown>;
+    /** Each row's median round (or its one run, or what went wrong in any round). */
+    rows: Partial<Record<RowId, Outcome<FiguresByScenario[S]>>>;
+    /** With more than one round: every round's figures, in order; round k of each row ran side by side. */
+    rounds?: Partial<Record<RowId, Array<FiguresByScenario[S]>>>;
+  };
+};
+
+/** What orders a scenario's rounds to find the median one (the figure its target reads). */
+const ROUND_KEYS: { [S in ScenarioId]: (figures: FiguresByScenario[S]) => number } = {
+  throughput: (f) => f.requestsPerSecond,
+  latency: (f) => f.proxyCpuMicrosPerRequest ?? f.latencyMs?.p50 ?? 0,
+  churn: (f) => f.connectionsPerSecond,
+  bulk: (f) => f.downMiBPerSecond + f.upMiBPerSecond,
+  idle: (f) => f.maxBytesPerConnection,
+  rotation: (f) => f.failed + f.newConnectionsFailed,
+  footprint: (f) => f.rssBytes,
+};
+
+/** The middle value's index once sorted (the lower one of two middles). */
+function medianIndex(values: readonly number[]): number {
+  const order = values.map((_, i) => i).sort((a, b) => (values[a] as number) - (values[b] as number));
+  return order[Math.floor((order.length - 1) / 2)] as number;
+}
+
+function median(values: readonly number[]): number {
+  return values[medianIndex(values)] as number;
+}
+
+/**
+ * Records a row's rounds: a failure in any round is the row's outcome (never hidden behind good rounds);
+ * otherwise its median round, by the figure the scenario's target reads, with every round kept beside it.
+ */
+export function recordRounds<S extends ScenarioId>(results: RunResults, scenario: S, row: RowId, outcomes: ReadonlyArray<Outcome<FiguresByScenario[S]>>): void {
+  const entry = results.scenarios[scenario] as { rows: Partial<Record<RowId, Outcome<FiguresByScenario[S]>>>; rounds?: Partial<Record<RowId, Array<FiguresByScenario[S]>>> } | undefined;
+  if (entry === undefined || outcomes.length === 0) return;
+  const bad = outcomes.findIndex((outcome) => outcome.status !== 'ok');
+  if (bad >= 0) {
+    const outcome = outcomes[bad] as Exclude<Outcome<FiguresByScenario[S]>, { status: 'ok' }>;
+    entry.rows[row] = outcomes.length > 1 ? { ...outcome, reason: `round ${bad + 1} of ${outcomes.length}: ${outcome.reason}` } : outcome;
+    return;
+  }
+  const figures = outcomes.map((outcome) => (outcome as { figures: FiguresByScenario[S] }).figures);
+  const key = ROUND_KEYS[scenario] as (f: FiguresByScenario[S]) => number;
+  entry.rows[row] = { status: 'ok', figures: figures[medianIndex(figures.map(key))] as FiguresByScenario[S] };
+  if (figures.length > 1) (entry.rounds ??= {})[row] = figures;
+}
 
 export interface RunResults {
   date: string;
@@ -174,13 +222,17 @@ function peerOf(row: RowId): RowId | undefined {
 
 export function renderMarkdown(results: RunResults): string {
   const out: string[] = [];
+  const roundsOf = (scenario: ScenarioId) => {
+    const rounds = Number(results.scenarios[scenario]?.settings.rounds ?? 1);
+    return rounds > 1 ? `, each row's median of ${rounds} rounds` : '';
+  };
   const rowsOf = (scenario: ScenarioId) => ROWS.filter((row) => results.scenarios[scenario]?.rows[row] !== undefined);
   const settings = (scenario: ScenarioId) => results.scenarios[scenario]?.settings ?? {};
 
   if (results.scenarios.throughput) {
     const s = settings('throughput');
     const direct = figuresOf(results, 'throughput', 'direct');
-    out.push(`### (a) max throughput — ${s.connections} keep-alive connections, 1 KiB responses, ${s.seconds} s`, '');
+    out.push(`### (a) max throughput — ${s.connections} keep-alive connections, 1 KiB responses, ${s.seconds} s${roundsOf('throughput')}`, '');
     out.push(table(['configuration', 'req/s', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'CPU % proxies / load / upstream', 'vs direct', 'vs HAProxy'], rowsOf('throughput').map((row) => rowCells(results, 'throughput', row, 7, (f) => {
       const peer = peerOf(row);
       const busy = `${f.proxyCpuPercent ?? '—'} / ${f.loadgenCpuPercent} / ${f.upstreamCpuPercent}`;
@@ -190,7 +242,7 @@ export function renderMarkdown(results: RunResults): string {
   if (results.scenarios.latency) {
     const s = settings('latency');
     const direct = figuresOf(results, 'latency', 'direct');
-    out.push(`### (b) fixed rate — ${fmt(Number(s.ratePerSecond))} req/s for ${s.seconds} s over ${s.connections} keep-alive connections`, '');
+    out.push(`### (b) fixed rate — ${fmt(Number(s.ratePerSecond))} req/s for ${s.seconds} s over ${s.connections} keep-alive connections${roundsOf('latency')}`, '');
     out.push(table(['configuration', 'achieved req/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/req', 'proxy RSS MiB', 'p50 vs direct', 'CPU/req vs HAProxy'], rowsOf('latency').map((row) => rowCells(results, 'latency', row, 8, (f) => {
       const peer = peerOf(row);
       const rss = Object.entries(f.proxyRssBytes).map(([, bytes]) => mib(bytes)).join(' + ');
@@ -200,7 +252,7 @@ export function renderMarkdown(results: RunResults): string {
   if (results.scenarios.churn) {
     const s = settings('churn');
     const direct = figuresOf(results, 'churn', 'direct');
-    out.push(`### (c) connection churn — a new TCP connection per request, ${s.concurrency} at a time, ${s.seconds} s`, '');
+    out.push(`### (c) connection churn — a new TCP connection per request, ${s.concurrency} at a time, ${s.seconds} s${roundsOf('churn')}`, '');
     out.push(table(['configuration', 'connections/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/conn', 'vs direct', 'vs HAProxy'], rowsOf('churn').map((row) => rowCells(results, 'churn', row, 7, (f) => {
       const peer = peerOf(row);
       return [fmt(f.connectionsPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), fmt(f.failed), f.proxyCpuMicrosPerConnection === null ? '—' : fmt(f.proxyCpuMicrosPerConnection, 1), row === 'direct' ? '' : ratio(f.connectionsPerSecond, direct?.connectionsPerSecond), peer ? ratio(f.connectionsPerSecond, figuresOf(results, 'churn', peer)?.connectionsPerSecond) : ''];
@@ -209,7 +261,7 @@ export function renderMarkdown(results: RunResults): string {
   if (results.scenarios.bulk) {
     const s = settings('bulk');
     const direct = figuresOf(results, 'bulk', 'direct');
-    out.push(`### (d) bulk — ${mib(Number(s.bytes))} MiB through one connection, each way`, '');
+    out.push(`### (d) bulk — ${mib(Number(s.bytes))} MiB through one connection, each way${roundsOf('bulk')}`, '');
     out.push(table(['configuration', 'down MiB/s', 'up MiB/s', 'down vs direct', 'up vs direct', 'down vs HAProxy', 'up vs HAProxy'], rowsOf('bulk').map((row) => rowCells(results, 'bulk', row, 6, (f) => {
       const peer = peerOf(row);
       const p = peer ? figuresOf(results, 'bulk', peer) : undefined;
@@ -255,16 +307,46 @@ export interface TargetCheck {
   shortfall: string;
 }
 
+/**
+ * A row's figure against its peer's, round by round: rounds ran the rows side by side, so each round's ratio
+ * compares the two under the same machine speed. undefined without rounds (or when a round lacks the figure).
+ */
+function pairedRatios<S extends ScenarioId>(results: RunResults, scenario: S, row: RowId, peer: RowId, pick: (figures: FiguresByScenario[S]) => number | null | undefined): number[] | undefined {
+  const rounds = results.scenarios[scenario]?.rounds as Partial<Record<RowId, Array<FiguresByScenario[S]>>> | undefined;
+  const mine = rounds?.[row];
+  const theirs = rounds?.[peer];
+  if (mine === undefined || theirs === undefined || mine.length !== theirs.length) return undefined;
+  const ratios: number[] = [];
+  for (let i = 0; i < mine.length; i++) {
+    const value = pick(mine[i] as FiguresByScenario[S]);
+    const reference = pick(theirs[i] as FiguresByScenario[S]);
+    if (value == null || reference == null || reference === 0) return undefined;
+    ratios.push(value / reference);
+  }
+  return ratios;
+}
+
 /** The issue's targets against this run; `met: null` when a figure it needs is missing. */
 export function checkTargets(results: RunResults): TargetCheck[] {
   const checks: TargetCheck[] = [];
-  const atLeast = (target: string, value: number | undefined, reference: number | undefined, factor: number) => {
+  /** With rounds, the median of the paired ratios decides; the figures shown are each row's median round. */
+  const ratioText = (r: number, ratios: number[] | undefined) => (ratios === undefined ? `${fmt(r, 2)}×` : `${fmt(r, 2)}× (median of ${ratios.length} rounds side by side: ${ratios.map((x) => `${fmt(x, 2)}×`).join(', ')})`);
+  const atLeast = (target: string, value: number | undefined, reference: number | undefined, factor: number, ratios?: number[]) => {
     if (value === undefined || reference === undefined || reference === 0) {
       checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
       return;
     }
-    const r = value / reference;
-    checks.push({ target, measured: `${fmt(r, 2)}× (${fmt(value, 1)} vs ${fmt(reference, 1)})`, met: r >= factor, shortfall: `${fmt((1 - r / factor) * 100, 0)} % short` });
+    const r = ratios === undefined ? value / reference : median(ratios);
+    checks.push({ target, measured: `${ratioText(r, ratios)}; ${ratios === undefined ? '' : 'median rounds '}${fmt(value, 1)} vs ${fmt(reference, 1)}`, met: r >= factor, shortfall: `${fmt((1 - r / factor) * 100, 0)} % short` });
+  };
+  /** A figure no larger than the peer's: met when the (median) ratio is at most 1. */
+  const notAbove = (target: string, value: number | undefined, reference: number | undefined, unit: (v: number) => string, ratios?: number[]) => {
+    if (value === undefined || reference === undefined || reference === 0) {
+      checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
+      return;
+    }
+    const r = ratios === undefined ? value / reference : median(ratios);
+    checks.push({ target, measured: `${ratioText(r, ratios)}; ${ratios === undefined ? '' : 'median rounds '}${unit(value)} vs ${unit(reference)}`, met: r <= 1, shortfall: `${fmt((r - 1) * 100, 0)} % over` });
   };
   const atMost = (target: string, value: number | undefined, limit: number | undefined, unit: (v: number) => string) => {
     if (value === undefined || limit === undefined) {
@@ -274,18 +356,19 @@ export function checkTargets(results: RunResults): TargetCheck[] {
     checks.push({ target, measured: `${unit(value)} (limit ${unit(limit)})`, met: value <= limit, shortfall: `${fmt((value / limit - 1) * 100, 0)} % over` });
   };
   if (results.scenarios.throughput) {
-    atLeast('ambit L4 max throughput ≥ 1.3× HAProxy L4 pair', figuresOf(results, 'throughput', 'ambit-l4')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l4')?.requestsPerSecond, 1.3);
-    atLeast('ambit L7 (1,000 policies) throughput ≥ 1.0× HAProxy L7 pair', figuresOf(results, 'throughput', 'ambit-l7')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l7')?.requestsPerSecond, 1.0);
+    const rps = (f: ThroughputFigures) => f.requestsPerSecond;
+    atLeast('ambit L4 max throughput ≥ 1.3× HAProxy L4 pair', figuresOf(results, 'throughput', 'ambit-l4')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l4')?.requestsPerSecond, 1.3, pairedRatios(results, 'throughput', 'ambit-l4', 'haproxy-l4', rps));
+    atLeast('ambit L7 (1,000 policies) throughput ≥ 1.0× HAProxy L7 pair', figuresOf(results, 'throughput', 'ambit-l7')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l7')?.requestsPerSecond, 1.0, pairedRatios(results, 'throughput', 'ambit-l7', 'haproxy-l7', rps));
   }
   if (results.scenarios.latency) {
-    atMost('ambit L4 CPU per request ≤ HAProxy L4 pair (at 2,000 req/s)', figuresOf(results, 'latency', 'ambit-l4')?.proxyCpuMicrosPerRequest ?? undefined, figuresOf(results, 'latency', 'haproxy-l4')?.proxyCpuMicrosPerRequest ?? undefined, (v) => `${fmt(v, 1)} µs`);
+    notAbove('ambit L4 CPU per request ≤ HAProxy L4 pair (at 2,000 req/s)', figuresOf(results, 'latency', 'ambit-l4')?.proxyCpuMicrosPerRequest ?? undefined, figuresOf(results, 'latency', 'haproxy-l4')?.proxyCpuMicrosPerRequest ?? undefined, (v) => `${fmt(v, 1)} µs`, pairedRatios(results, 'latency', 'ambit-l4', 'haproxy-l4', (f) => f.proxyCpuMicrosPerRequest));
   }
-  if (results.scenarios.churn) atLeast('churn ≥ 4× HAProxy L4 pair', figuresOf(results, 'churn', 'ambit-l4')?.connectionsPerSecond, figuresOf(results, 'churn', 'haproxy-l4')?.connectionsPerSecond, 4);
+  if (results.scenarios.churn) atLeast('churn ≥ 4× HAProxy L4 pair', figuresOf(results, 'churn', 'ambit-l4')?.connectionsPerSecond, figuresOf(results, 'churn', 'haproxy-l4')?.connectionsPerSecond, 4, pairedRatios(results, 'churn', 'ambit-l4', 'haproxy-l4', (f) => f.connectionsPerSecond));
   if (results.scenarios.bulk) {
     const a = figuresOf(results, 'bulk', 'ambit-l4');
     const h = figuresOf(results, 'bulk', 'haproxy-l4');
-    atLeast('bulk ≥ 0.9× HAProxy L4 pair (down)', a?.downMiBPerSecond, h?.downMiBPerSecond, 0.9);
-    atLeast('bulk ≥ 0.9× HAProxy L4 pair (up)', a?.upMiBPerSecond, h?.upMiBPerSecond, 0.9);
+    atLeast('bulk ≥ 0.9× HAProxy L4 pair (down)', a?.downMiBPerSecond, h?.downMiBPerSecond, 0.9, pairedRatios(results, 'bulk', 'ambit-l4', 'haproxy-l4', (f) => f.downMiBPerSecond));
+    atLeast('bulk ≥ 0.9× HAProxy L4 pair (up)', a?.upMiBPerSecond, h?.upMiBPerSecond, 0.9, pairedRatios(results, 'bulk', 'ambit-l4', 'haproxy-l4', (f) => f.upMiBPerSecond));
   }
   if (results.scenarios.idle) atMost('idle: ≤ 10 KiB RSS per proxied connection per proxy', figuresOf(results, 'idle', 'ambit-l4')?.maxBytesPerConnection, 10 * 1024, (v) => `${kib(v)} KiB`);
   if (results.scenarios.footprint) atMost('idle proxy, 1,000 workloads (100 local) ≤ 64 MiB RSS', figuresOf(results, 'footprint', 'ambit-l4')?.rssBytes, 64 * 1024 * 1024, (v) => `${mib(v)} MiB`);

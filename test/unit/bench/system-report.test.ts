@@ -1,0 +1,84 @@
+// The system benchmark's rounds: rows take turns, each row shows its median round, a failed round is never
+// hidden, and a target is decided by the median of the ratios of rows measured side by side.
+import { describe, expect, it } from 'vitest';
+import { checkTargets, recordRounds } from '../../../bench/system/report.ts';
+import type { LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
+
+function throughput(requestsPerSecond: number): ThroughputFigures {
+  return { requestsPerSecond, ok: requestsPerSecond * 10, failed: 0, seconds: 10, latencyMs: { p50: 1, p99: 2, max: 3 }, proxyCpuMicrosPerRequest: 50, loadgenCpuPercent: 30, upstreamCpuPercent: 20, proxyCpuPercent: 90, otherCpuPercent: 0 };
+}
+
+function latency(proxyCpuMicrosPerRequest: number): LatencyFigures {
+  return { ratePerSecond: 2000, seconds: 10, ok: 20_000, failed: 0, achievedPerSecond: 2000, latencyMs: { p50: 1, p99: 5, max: 9 }, proxyCpuMicrosPerRequest, proxyRssBytes: { a: 1 }, otherCpuPercent: 0 };
+}
+
+function emptyRun(): RunResults {
+  return { date: '2026-12-04T00:00:00.000Z', command: 'test', mode: 'full', durationSeconds: 1, machine: {}, notes: [], skipped: {}, scenarios: {} };
+}
+
+const ok = <F>(figures: F): Outcome<F> => ({ status: 'ok', figures });
+
+function throughputRun(rounds: Partial<Record<RowId, number[]>>): RunResults {
+  const results = emptyRun();
+  results.scenarios.throughput = { settings: { rounds: 3 }, rows: {} };
+  for (const [row, values] of Object.entries(rounds)) recordRounds(results, 'throughput', row as RowId, values.map((v) => ok(throughput(v))));
+  return results;
+}
+
+describe('benchmark rounds', () => {
+  it("shows each row's median round by the figure its target reads, and keeps every round in the JSON", () => {
+    const results = throughputRun({ 'ambit-l4': [100, 300, 200] });
+    const outcome = results.scenarios.throughput?.rows['ambit-l4'];
+    expect(outcome?.status === 'ok' && outcome.figures.requestsPerSecond).toBe(200);
+    expect(results.scenarios.throughput?.rounds?.['ambit-l4']?.map((f) => f.requestsPerSecond)).toEqual([100, 300, 200]);
+  });
+
+  it('reports a failure in any round as the row\'s outcome, never the good rounds around it', () => {
+    const results = emptyRun();
+    results.scenarios.throughput = { settings: { rounds: 3 }, rows: {} };
+    recordRounds(results, 'throughput', 'ambit-l4', [ok(throughput(100)), { status: 'failed', reason: 'proxy node-b exited' }, ok(throughput(120))]);
+    expect(results.scenarios.throughput.rows['ambit-l4']).toEqual({ status: 'failed', reason: 'round 2 of 3: proxy node-b exited' });
+    expect(results.scenarios.throughput.rounds).toBeUndefined();
+    expect(checkTargets(results).find((t) => t.target.startsWith('ambit L4 max throughput'))?.met).toBeNull();
+  });
+
+  it('decides a target by the median of the paired ratios, not by the ratio of the two medians', () => {
+    // Round by round 2.0×, 0.8× and 1.5×: the median 1.5× meets 1.3×, where 200 against 200 would not.
+    const results = throughputRun({ 'ambit-l4': [100, 200, 300], 'haproxy-l4': [50, 250, 200] });
+    const check = checkTargets(results).find((t) => t.target.startsWith('ambit L4 max throughput'));
+    expect(check?.met).toBe(true);
+    expect(check?.measured).toContain('1.50× (median of 3 rounds side by side: 2.00×, 0.80×, 1.50×)');
+    expect(check?.measured).toContain('median rounds 200.0 vs 200.0');
+  });
+
+  it('misses a target whose median paired ratio falls short, however good one round was', () => {
+    const results = throughputRun({ 'ambit-l4': [400, 100, 110], 'haproxy-l4': [100, 100, 100] });
+    const check = checkTargets(results).find((t) => t.target.startsWith('ambit L4 max throughput'));
+    expect(check?.met).toBe(false);
+    expect(check?.shortfall).toBe('15 % short');
+  });
+
+  it('holds CPU per request to at most the peer\'s by the median paired ratio, on both sides of the limit', () => {
+    const run = (mine: number[], theirs: number[]) => {
+      const results = emptyRun();
+      results.scenarios.latency = { settings: { rounds: 3 }, rows: {} };
+      recordRounds(results, 'latency', 'ambit-l4', mine.map((v) => ok(latency(v))));
+      recordRounds(results, 'latency', 'haproxy-l4', theirs.map((v) => ok(latency(v))));
+      return checkTargets(results).find((t) => t.target.startsWith('ambit L4 CPU per request'));
+    };
+    const over = run([120, 100, 90], [100, 110, 80]); // 1.20×, 0.91×, 1.13×
+    expect(over?.met).toBe(false);
+    expect(over?.shortfall).toBe('13 % over');
+    expect(run([90, 100, 120], [100, 110, 110])?.met).toBe(true); // 0.90×, 0.91×, 1.09×
+  });
+
+  it('uses the one run\'s ratio when the scenario ran once', () => {
+    const results = emptyRun();
+    results.scenarios.throughput = { settings: { rounds: 1 }, rows: {} };
+    recordRounds(results, 'throughput', 'ambit-l4', [ok(throughput(130))]);
+    recordRounds(results, 'throughput', 'haproxy-l4', [ok(throughput(100))]);
+    expect(results.scenarios.throughput.rounds).toBeUndefined();
+    const check = checkTargets(results).find((t) => t.target.startsWith('ambit L4 max throughput'));
+    expect(check).toMatchObject({ met: true, measured: '1.30×; 130.0 vs 100.0' });
+  });
+});
