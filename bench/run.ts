@@ -505,24 +505,31 @@ async function runScenario(ctx: Context, scenario: Exclude<ScenarioId, 'rotation
     else setOutcome(results, scenario, row, { status: 'skipped', reason: 'not started' });
   }
   const byRow = new Map<RowId, Array<Outcome<FiguresByScenario[typeof scenario]>>>(rows.map((row) => [row, []]));
-  for (let round = 0; round < rounds; round++) {
-    // Every other round in reverse order: no row always runs right after the same neighbour.
-    for (const row of round % 2 === 0 ? rows : [...rows].reverse()) {
-      const target = ctx.targets.get(row) as RowTarget;
-      progress.step(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}${rounds > 1 ? ` · round ${round + 1}/${rounds}` : ''}`, expectedSeconds(plan, scenario));
-      const runner = RUNNERS[scenario] as Runner<typeof scenario>;
-      let outcome: Outcome<FiguresByScenario[typeof scenario]>;
-      try {
-        outcome = await runner(ctx, row, target);
-      } catch (error) {
-        outcome = { status: 'failed', reason: (error as Error).message };
+  try {
+    for (let round = 0; round < rounds; round++) {
+      // Every other round in reverse order: no row always runs right after the same neighbour.
+      for (const row of round % 2 === 0 ? rows : [...rows].reverse()) {
+        const target = ctx.targets.get(row) as RowTarget;
+        progress.step(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}${rounds > 1 ? ` · round ${round + 1}/${rounds}` : ''}`, expectedSeconds(plan, scenario));
+        const runner = RUNNERS[scenario] as Runner<typeof scenario>;
+        let outcome: Outcome<FiguresByScenario[typeof scenario]>;
+        try {
+          outcome = await runner(ctx, row, target);
+        } catch (error) {
+          outcome = { status: 'failed', reason: (error as Error).message };
+        }
+        if (outcome.status === 'failed') progress.note(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}: ${outcome.reason}`);
+        byRow.get(row)?.push(outcome);
+        for (const proxy of target.proxies) if (rssBytes(proxy.pid) === 0) throw new Error(`${ROW_LABELS[row]}: proxy ${proxy.name} (pid ${proxy.pid}) is gone`);
       }
-      if (outcome.status === 'failed') progress.note(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}: ${outcome.reason}`);
-      byRow.get(row)?.push(outcome);
-      for (const proxy of target.proxies) if (rssBytes(proxy.pid) === 0) throw new Error(`${ROW_LABELS[row]}: proxy ${proxy.name} (pid ${proxy.pid}) is gone`);
+    }
+  } finally {
+    // A run stopped by a vanished proxy still reports what it measured; rows it did not reach say so.
+    for (const [row, outcomes] of byRow) {
+      if (outcomes.length < rounds) outcomes.push({ status: 'failed', reason: 'the run stopped (a proxy is gone) before this row finished its rounds' });
+      recordRounds(results, scenario, row, outcomes);
     }
   }
-  for (const [row, outcomes] of byRow) recordRounds(results, scenario, row, outcomes);
 }
 
 async function run(ctx: Context, workDir: string): Promise<void> {

@@ -146,14 +146,17 @@ const ROUND_KEYS: { [S in ScenarioId]: (figures: FiguresByScenario[S]) => number
   footprint: (f) => f.rssBytes,
 };
 
-/** The middle value's index once sorted (the lower one of two middles). */
+/** The index of the round to show: the middle one once sorted (of two middles, the lower). */
 function medianIndex(values: readonly number[]): number {
   const order = values.map((_, i) => i).sort((a, b) => (values[a] as number) - (values[b] as number));
   return order[Math.floor((order.length - 1) / 2)] as number;
 }
 
+/** The median proper: of an even count, the mean of the two middles (favouring neither side of a limit). */
 function median(values: readonly number[]): number {
-  return values[medianIndex(values)] as number;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[middle] as number) : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
 }
 
 /**
@@ -171,8 +174,14 @@ export function recordRounds<S extends ScenarioId>(results: RunResults, scenario
   }
   const figures = outcomes.map((outcome) => (outcome as { figures: FiguresByScenario[S] }).figures);
   const key = ROUND_KEYS[scenario] as (f: FiguresByScenario[S]) => number;
-  entry.rows[row] = { status: 'ok', figures: figures[medianIndex(figures.map(key))] as FiguresByScenario[S] };
+  const shown = medianIndex(figures.map(key));
+  entry.rows[row] = { status: 'ok', figures: figures[shown] as FiguresByScenario[S] };
   if (figures.length > 1) (entry.rounds ??= {})[row] = figures;
+  // Failed requests of a round not shown must not vanish from the report.
+  figures.forEach((f, i) => {
+    const failed = (f as { failed?: unknown }).failed;
+    if (i !== shown && typeof failed === 'number' && failed > 0) results.notes.push(`(${SCENARIO_LETTERS[scenario]}) ${ROW_LABELS[row]}: ${failed.toLocaleString('en-US')} failed in round ${i + 1} of ${figures.length} (not the round shown)`);
+  });
 }
 
 export interface RunResults {

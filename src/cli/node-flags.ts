@@ -5,7 +5,7 @@
 // set from inside the process.
 //
 // --max-semi-space-size=1 (MiB): V8 otherwise grows the young generation to 16 MiB semi-spaces under load. A
-// proxy's young objects are short-lived (chunks, streams, requests), so small semi-spaces cost no throughput
+// proxy's young objects are short-lived (chunks, streams, requests), so small semi-spaces cost L4 no throughput
 // and bound each scavenge: measured with `npm run bench` on 2026-11-23, ambit L4 at 2,000 req/s had a p99 of
 // 6.4 ms instead of 16–36 ms (scavenges of up to 14 ms), ~50 MiB less RSS per proxy, and the same or higher
 // max throughput (20.0k against 18.4k req/s). Not 2, nor 4: every chunk of a byte stream is a new Buffer whose
@@ -13,10 +13,10 @@
 // 17–19 full collections per proxy per GiB (`--trace-gc`: "external memory pressure" and "allocation limit"
 // with 21 of 64 MiB used) against 0–1 with 1 MiB, and moved 226–230 / 235–269 MiB/s against 288–300 / 333–370
 // (down / up, alternated 1 GiB `--scenario bulk --rows ambit-l4` runs, 2026-12-04). Under churn, 2 MiB had
-// looked better in five pairs of runs the same morning; six more pairs that afternoon put the two within the
+// looked better in five pairs of runs the same morning; three more pairs that afternoon put the two within the
 // VM's spread (3.16–3.32× against 3.02–3.46× HAProxy's pair). What 1 MiB costs is L7's: its per-request objects
 // (Node's HTTP parser, undici) are scavenged twice as often: 6,301–6,935 against 6,507–8,344 req/s at full load
-// in four alternated pairs (each pair better with 2), and L7 stays 1.35–2.2× HAProxy's L7 pair (its target is 1×).
+// in four alternated pairs (each pair better with 2), and L7 stays 1.21–2.17× HAProxy's L7 pair (its target is 1×).
 import { fileURLToPath } from 'node:url';
 
 // --initial-old-space-size=64 (MiB): the old generation's collection limit never falls below 64 MiB. Otherwise V8

@@ -274,7 +274,7 @@ export class ConfigSnapshot {
   readonly #workloadsByNode: ReadonlyMap<string, readonly Workload[]>;
   readonly #identitiesByNode: ReadonlyMap<string, ReadonlySet<string>>;
   readonly #workloadByIp: ReadonlyMap<string, Workload>;
-  readonly #workloadByName: ReadonlyMap<string, Workload>;
+  readonly #workloadByNodeAndName: ReadonlyMap<string, ReadonlyMap<string, Workload>>;
   readonly #serviceByHost: ReadonlyMap<string, ServiceObject>;
   readonly #byKind: ReadonlyMap<ConfigKind, readonly ConfigObject[]>;
 
@@ -299,9 +299,13 @@ export class ConfigSnapshot {
 
     const byNode = new Map<string, Workload[]>();
     const byIp = new Map<string, Workload>();
-    const byName = new Map<string, Workload>();
+    const byNodeAndName = new Map<string, Map<string, Workload>>();
     for (const workload of this.workloads) {
-      byName.set(`${workload.namespace}/${workload.name}`, workload);
+      let named = byNodeAndName.get(workload.node);
+      if (named === undefined) byNodeAndName.set(workload.node, (named = new Map()));
+      // A Pod and a WorkloadEntry may share namespace/name: the first in file order, as the node's list has them.
+      const key = `${workload.namespace}/${workload.name}`;
+      if (!named.has(key)) named.set(key, workload);
       const list = byNode.get(workload.node);
       if (list === undefined) byNode.set(workload.node, [workload]);
       else list.push(workload);
@@ -315,7 +319,7 @@ export class ConfigSnapshot {
     this.#workloadsByNode = byNode;
     this.#identitiesByNode = identities;
     this.#workloadByIp = byIp;
-    this.#workloadByName = byName;
+    this.#workloadByNodeAndName = byNodeAndName;
 
     const byHost = new Map<string, ServiceObject>();
     for (const service of this.services) byHost.set(service.hostname, service);
@@ -335,9 +339,9 @@ export class ConfigSnapshot {
     return this.#identitiesByNode.get(node) ?? EMPTY_IDENTITIES;
   }
 
-  /** A workload by `namespace/name` (an outbound listener's owner, looked up per connection). */
-  workloadByName(key: string): Workload | undefined {
-    return this.#workloadByName.get(key);
+  /** A workload of node N by `namespace/name` (an outbound listener's owner, looked up per connection). */
+  workloadOnNodeByName(node: string, key: string): Workload | undefined {
+    return this.#workloadByNodeAndName.get(node)?.get(key);
   }
 
   /** Accepts any spelling of the address, including `::ffff:10.0.0.1` as a dual-stack socket reports IPv4 peers. */

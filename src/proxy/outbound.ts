@@ -169,8 +169,8 @@ export class OutboundListeners {
 
   #accept(spec: OutboundListenerSpec, socket: net.Socket): void {
     // The owner's identity is the tunnel's source: only a workload this node runs may lend it.
-    const source = this.#options.snapshot().workloadByName(spec.owner);
-    if (source === undefined || source.node !== this.#options.nodeName) {
+    const source = this.#options.snapshot().workloadOnNodeByName(this.#options.nodeName, spec.owner);
+    if (source === undefined) {
       this.#logger.warn({ listener: key(spec), owner: spec.owner }, 'outbound listener owner is not a workload on this node; closing the connection');
       socket.destroy();
       return;

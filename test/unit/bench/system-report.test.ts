@@ -72,6 +72,23 @@ describe('benchmark rounds', () => {
     expect(run([90, 100, 120], [100, 110, 110])?.met).toBe(true); // 0.90×, 0.91×, 1.09×
   });
 
+  it('judges an even number of rounds on the mean of the two middle ratios, favouring neither side of a limit', () => {
+    const results = emptyRun();
+    results.scenarios.latency = { settings: { rounds: 2 }, rows: {} };
+    recordRounds(results, 'latency', 'ambit-l4', [ok(latency(90)), ok(latency(120))]);
+    recordRounds(results, 'latency', 'haproxy-l4', [ok(latency(100)), ok(latency(100))]);
+    const check = checkTargets(results).find((t) => t.target.startsWith('ambit L4 CPU per request'));
+    expect(check).toMatchObject({ met: false, shortfall: '5 % over' }); // 0.90× and 1.20×: 1.05×
+  });
+
+  it('names the failed requests of a round that is not the one shown', () => {
+    const results = emptyRun();
+    results.scenarios.throughput = { settings: { rounds: 3 }, rows: {} };
+    const failing = { ...throughput(90), failed: 12 };
+    recordRounds(results, 'throughput', 'ambit-l4', [ok(throughput(100)), ok(failing), ok(throughput(110))]);
+    expect(results.notes).toEqual(['(a) ambit L4: 12 failed in round 2 of 3 (not the round shown)']);
+  });
+
   it('uses the one run\'s ratio when the scenario ran once', () => {
     const results = emptyRun();
     results.scenarios.throughput = { settings: { rounds: 1 }, rows: {} };

@@ -88,6 +88,18 @@ describe('identitiesOnNode (may node N obtain identity X?)', () => {
   });
 });
 
+describe('workloadOnNodeByName', () => {
+  it("finds a node's own workload by namespace/name", () => {
+    expect(basic.workloadOnNodeByName('node-a', 'shop/web-7d4b9c')?.ips).toEqual(['10.0.1.10', 'fd00:10::a']);
+  });
+
+  it("finds nothing for another node's workload, an unknown node, or a name spelled otherwise", () => {
+    expect(basic.workloadOnNodeByName('node-b', 'shop/web-7d4b9c')).toBeUndefined();
+    expect(basic.workloadOnNodeByName('intruder', 'shop/web-7d4b9c')).toBeUndefined();
+    for (const key of ['shop/web', 'web-7d4b9c', 'SHOP/web-7d4b9c', ' shop/web-7d4b9c', 'shop/web-7d4b9c/', '']) expect(basic.workloadOnNodeByName('node-a', key)).toBeUndefined();
+  });
+});
+
 describe('workloadByIp', () => {
   it('finds a workload by its primary IP and by its secondary IPs', () => {
     expect(basic.workloadByIp('10.0.1.11')?.name).toBe('cart-5f6d8');
