@@ -340,23 +340,20 @@ export function checkTargets(results: RunResults): TargetCheck[] {
   const checks: TargetCheck[] = [];
   /** With rounds, the median of the paired ratios decides; the figures shown are each row's median round. */
   const ratioText = (r: number, ratios: number[] | undefined) => (ratios === undefined ? `${fmt(r, 2)}×` : `${fmt(r, 2)}× (median of ${ratios.length} rounds side by side: ${ratios.map((x) => `${fmt(x, 2)}×`).join(', ')})`);
-  const atLeast = (target: string, value: number | undefined, reference: number | undefined, factor: number, ratios?: number[]) => {
+  /** A row's figure against its peer's: by the median paired ratio when the rows ran in rounds, else by the one ratio. */
+  const versus = (target: string, value: number | undefined, reference: number | undefined, ratios: number[] | undefined, unit: (v: number) => string, meets: (r: number) => boolean, shortfall: (r: number) => string) => {
     if (value === undefined || reference === undefined || reference === 0) {
       checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
       return;
     }
     const r = ratios === undefined ? value / reference : median(ratios);
-    checks.push({ target, measured: `${ratioText(r, ratios)}; ${ratios === undefined ? '' : 'median rounds '}${fmt(value, 1)} vs ${fmt(reference, 1)}`, met: r >= factor, shortfall: `${fmt((1 - r / factor) * 100, 0)} % short` });
+    checks.push({ target, measured: `${ratioText(r, ratios)}; ${ratios === undefined ? '' : 'median rounds '}${unit(value)} vs ${unit(reference)}`, met: meets(r), shortfall: shortfall(r) });
   };
+  const atLeast = (target: string, value: number | undefined, reference: number | undefined, factor: number, ratios?: number[]) =>
+    versus(target, value, reference, ratios, (v) => fmt(v, 1), (r) => r >= factor, (r) => `${fmt((1 - r / factor) * 100, 0)} % short`);
   /** A figure no larger than the peer's: met when the (median) ratio is at most 1. */
-  const notAbove = (target: string, value: number | undefined, reference: number | undefined, unit: (v: number) => string, ratios?: number[]) => {
-    if (value === undefined || reference === undefined || reference === 0) {
-      checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
-      return;
-    }
-    const r = ratios === undefined ? value / reference : median(ratios);
-    checks.push({ target, measured: `${ratioText(r, ratios)}; ${ratios === undefined ? '' : 'median rounds '}${unit(value)} vs ${unit(reference)}`, met: r <= 1, shortfall: `${fmt((r - 1) * 100, 0)} % over` });
-  };
+  const notAbove = (target: string, value: number | undefined, reference: number | undefined, unit: (v: number) => string, ratios?: number[]) =>
+    versus(target, value, reference, ratios, unit, (r) => r <= 1, (r) => `${fmt((r - 1) * 100, 0)} % over`);
   const atMost = (target: string, value: number | undefined, limit: number | undefined, unit: (v: number) => string) => {
     if (value === undefined || limit === undefined) {
       checks.push({ target, measured: 'not measured', met: null, shortfall: '' });

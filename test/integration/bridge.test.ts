@@ -40,6 +40,27 @@ afterAll(() => {
   apps?.close();
 });
 
+/** An application connection: the client end, and the accepted socket a Bridge carries. */
+async function appConnection(): Promise<{ client: net.Socket; socket: net.Socket }> {
+  const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
+  const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
+  client.on('error', () => {});
+  const [socket] = await accepted;
+  return { client, socket };
+}
+
+/** Bridges socket and stream, runs `then` once it is built, and resolves with its result (or fails after 2 s). */
+function bridged(socket: net.Socket, stream: http2.ClientHttp2Stream, then: () => void = () => {}): Promise<BridgeResult> {
+  return new Promise<BridgeResult>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the Bridge never finished')), 2_000);
+    new Bridge(socket, stream, (r) => {
+      clearTimeout(timer);
+      resolve(r);
+    });
+    then();
+  });
+}
+
 describe('Bridge', () => {
   it('closes the application connection at once when its stream was reset before the Bridge was built', async () => {
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'now:80' });
@@ -47,18 +68,9 @@ describe('Bridge', () => {
     await new Promise((resolve) => stream.on('close', resolve));
     expect(stream.destroyed).toBe(true);
 
-    const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
-    const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
-    client.on('error', () => {});
-    const [socket] = await accepted;
+    const { client, socket } = await appConnection();
     const clientClosed = once(client, 'close');
-    const result = await new Promise<BridgeResult>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('the Bridge never finished')), 2_000);
-      new Bridge(socket, stream, (r) => {
-        clearTimeout(timer);
-        resolve(r);
-      });
-    });
+    const result = await bridged(socket, stream);
     expect(result.failedSide).toBe('stream');
     expect(result.error?.message).toMatch(/closed before the tunnel started/);
     await clientClosed;
@@ -67,19 +79,9 @@ describe('Bridge', () => {
   it('reports a tunnel the peer reset after the app half-closed as failed on the stream side, not as a clean close', async () => {
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'after-end:80' });
     await once(stream, 'response');
-    const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
-    const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
-    client.on('error', () => {});
-    const [socket] = await accepted;
+    const { client, socket } = await appConnection();
     const clientClosed = once(client, 'close');
-    const result = await new Promise<BridgeResult>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('the Bridge never finished')), 2_000);
-      new Bridge(socket, stream, (r) => {
-        clearTimeout(timer);
-        resolve(r);
-      });
-      client.end('bytes the peer never acknowledged');
-    });
+    const result = await bridged(socket, stream, () => client.end('bytes the peer never acknowledged'));
     expect(stream.rstCode).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
     expect(result.failedSide).toBe('stream');
     expect(result.error).toBeDefined();
@@ -89,16 +91,8 @@ describe('Bridge', () => {
   it('reports a tunnel both ends closed cleanly as a clean close', async () => {
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'clean:80' });
     await once(stream, 'response');
-    const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
-    const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
-    client.on('error', () => {});
-    const [socket] = await accepted;
-    const result = await new Promise<BridgeResult>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('the Bridge never finished')), 2_000);
-      new Bridge(socket, stream, (r) => {
-        clearTimeout(timer);
-        resolve(r);
-      });
+    const { client, socket } = await appConnection();
+    const result = await bridged(socket, stream, () => {
       client.end('hello');
       client.resume();
     });
