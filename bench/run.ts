@@ -23,7 +23,7 @@ import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
 import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, checkTargets, recordRounds, renderMarkdown } from './system/report.ts';
-import type { FiguresByScenario, Outcome, RowId, RunResults, ScenarioId } from './system/report.ts';
+import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId } from './system/report.ts';
 import { nginxVersion, startUpstream } from './system/upstream.ts';
 import type { Upstream } from './system/upstream.ts';
 
@@ -419,7 +419,7 @@ const runIdle: Runner<'idle'> = async (ctx, _row, target) => {
   }
 };
 
-const RUNNERS: { [S in Exclude<ScenarioId, 'rotation' | 'footprint'>]: Runner<S> } = {
+const RUNNERS: { [S in LoadScenario]: Runner<S> } = {
   throughput: runThroughput,
   latency: runLatency,
   churn: runChurn,
@@ -494,7 +494,7 @@ async function rotationsOf(mesh: AmbitMesh): Promise<number> {
   return total;
 }
 
-async function runScenario(ctx: Context, scenario: Exclude<ScenarioId, 'rotation' | 'footprint'>): Promise<void> {
+async function runScenario(ctx: Context, scenario: LoadScenario): Promise<void> {
   const { plan, progress, results } = ctx;
   // Idle connections are measured once, on proxies started for them (see run()).
   const rounds = scenario === 'idle' ? 1 : plan.rounds;
@@ -546,10 +546,9 @@ async function run(ctx: Context, workDir: string): Promise<void> {
   const binary = hasCommand('haproxy');
   let certs: HaproxyCertificates | null = null;
 
-  /** Starts the proxies the scenarios need, runs them row by row, stops the proxies. */
-  type MainScenario = Exclude<ScenarioId, 'rotation' | 'footprint'>;
-  const isMain = (s: ScenarioId): s is MainScenario => s !== 'rotation' && s !== 'footprint';
-  const phase = async (scenarios: MainScenario[], label: string, layers: ReadonlyArray<'l4' | 'l7'>) => {
+  const isMain = (s: ScenarioId): s is LoadScenario => s !== 'rotation' && s !== 'footprint';
+  /** Starts the proxies the scenarios need, runs them row by row (in rounds), stops the proxies. */
+  const phase = async (scenarios: LoadScenario[], label: string, layers: ReadonlyArray<'l4' | 'l7'>) => {
     if (scenarios.length === 0) return;
     const stoppers: Array<() => Promise<void>> = [];
     try {

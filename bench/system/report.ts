@@ -135,15 +135,16 @@ export type ScenarioResults = {
   };
 };
 
+/** The scenarios a row runs by the harness's load (rotation and footprint have runs of their own). */
+export type LoadScenario = Exclude<ScenarioId, 'rotation' | 'footprint'>;
+
 /** What orders a scenario's rounds to find the median one (the figure its target reads). */
-const ROUND_KEYS: { [S in ScenarioId]: (figures: FiguresByScenario[S]) => number } = {
+const ROUND_KEYS: { [S in LoadScenario]: (figures: FiguresByScenario[S]) => number } = {
   throughput: (f) => f.requestsPerSecond,
   latency: (f) => f.proxyCpuMicrosPerRequest ?? f.latencyMs?.p50 ?? 0,
   churn: (f) => f.connectionsPerSecond,
   bulk: (f) => f.downMiBPerSecond + f.upMiBPerSecond,
   idle: (f) => f.maxBytesPerConnection,
-  rotation: (f) => f.failed + f.newConnectionsFailed,
-  footprint: (f) => f.rssBytes,
 };
 
 /** The index of the round to show: the middle one once sorted (of two middles, the lower). */
@@ -163,7 +164,7 @@ function median(values: readonly number[]): number {
  * Records a row's rounds: a failure in any round is the row's outcome (never hidden behind good rounds);
  * otherwise its median round, by the figure the scenario's target reads, with every round kept beside it.
  */
-export function recordRounds<S extends ScenarioId>(results: RunResults, scenario: S, row: RowId, outcomes: ReadonlyArray<Outcome<FiguresByScenario[S]>>): void {
+export function recordRounds<S extends LoadScenario>(results: RunResults, scenario: S, row: RowId, outcomes: ReadonlyArray<Outcome<FiguresByScenario[S]>>): void {
   const entry = results.scenarios[scenario] as { rows: Partial<Record<RowId, Outcome<FiguresByScenario[S]>>>; rounds?: Partial<Record<RowId, Array<FiguresByScenario[S]>>> } | undefined;
   if (entry === undefined || outcomes.length === 0) return;
   const bad = outcomes.findIndex((outcome) => outcome.status !== 'ok');
