@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfigDir } from '../../../src/config/loader.ts';
 import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
-import { FIXTURES, configDir, meshYaml, podYaml, removeConfigDirs } from './temp-config.ts';
+import { FIXTURES, configDir, meshYaml, podYaml, removeConfigDirs, workloadEntryYaml } from './temp-config.ts';
 
 afterEach(removeConfigDirs);
 
@@ -97,6 +97,17 @@ describe('workloadOnNodeByName', () => {
     expect(basic.workloadOnNodeByName('node-b', 'shop/web-7d4b9c')).toBeUndefined();
     expect(basic.workloadOnNodeByName('intruder', 'shop/web-7d4b9c')).toBeUndefined();
     for (const key of ['shop/web', 'web-7d4b9c', 'SHOP/web-7d4b9c', ' shop/web-7d4b9c', 'shop/web-7d4b9c/', '']) expect(basic.workloadOnNodeByName('node-a', key)).toBeUndefined();
+  });
+
+  it('lends a Pod and a WorkloadEntry of one name on one node as the first in file order, as the node lists them', async () => {
+    const dir = await configDir({
+      'mesh.yaml': meshYaml(),
+      'a.yaml': podYaml({ name: 'twin', namespace: 'default', node: 'node-a', serviceAccount: 'pod-sa', ip: '10.0.0.5' }),
+      'b.yaml': workloadEntryYaml('twin', '10.0.0.6', 'node-a'),
+    });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.workloadsOnNode('node-a').map((w) => w.kind)).toEqual(['Pod', 'WorkloadEntry']);
+    expect(snapshot.workloadOnNodeByName('node-a', 'default/twin')?.identity).toBe('spiffe://cluster.local/ns/default/sa/pod-sa');
   });
 });
 
