@@ -163,7 +163,9 @@ const TD = 'cluster.local';
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
 const DB = `spiffe://${TD}/ns/data/sa/db`;
 
-describe('ambit ca on loopback', () => {
+// Each test runs the CLI several times (a Node start each, ~1.5 s on a loaded 2-core machine) and waits through
+// renewals: the root rotation and federation tests took 17-24 s with both cores busy, too close to the default 30 s.
+describe('ambit ca on loopback', { timeout: 60_000 }, () => {
   it('attests a node with a join token and signs SVIDs for the workloads placed on it', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD);
@@ -294,7 +296,8 @@ describe('ambit ca on loopback', () => {
     const caDir = await initCa(dir, TD, ['--refresh-hint', '1s']);
     const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
     const token = await createToken(caDir, 'node-a');
-    const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 6, minBundleRefreshMs: 200 });
+    // A fixed draw re-issues within 1 s of a bundle change instead of anywhere in 5 s.
+    const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 6, minBundleRefreshMs: 200, random: () => 0.2 });
     await agent.start();
     const oldSvid = await agent.ensure(WEB);
     // node-b attests under the old root, then goes offline: its node SVID (the CA's default lifetime, 1 h) is never
