@@ -27,18 +27,25 @@ function contextOf(connection: InboundConnection): AuthzContext {
 export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
-  readonly #decisions: Counter;
-  // Decisions are preallocated per rule, so the counter child can hang off the decision itself.
-  readonly #children = new WeakMap<Decision, { inc(): void }>();
+  // Decisions are preallocated per rule, so a decision's count can hang off the decision itself: counting is one
+  // WeakMap lookup and an increment, where prom-client's child inc() hashes its label object on every call. The
+  // counts are copied into the counter when it is scraped; a cell outlives the snapshot whose decision made it.
+  readonly #cellOf = new WeakMap<Decision, DecisionCount>();
+  readonly #cells = new Map<string, DecisionCount>();
 
   constructor(snapshot: () => ConfigSnapshot, registry: Registry, logger: Logger) {
     this.#snapshot = snapshot;
     this.#logger = logger.child({ component: 'authz' });
-    this.#decisions = new Counter({
+    const cells = this.#cells;
+    new Counter({
       name: 'ambit_authz_decisions_total',
       help: 'Authorization decisions by result and deciding policy ("none" for defaults)',
       labelNames: ['decision', 'policy'],
       registers: [registry],
+      collect(this: Counter<'decision' | 'policy'>) {
+        this.reset();
+        for (const cell of cells.values()) this.inc(cell.labels, cell.count);
+      },
     });
   }
 
@@ -121,11 +128,19 @@ export class InboundAuthorizer {
   }
 
   #count(decision: Decision): void {
-    let child = this.#children.get(decision);
-    if (!child) {
-      child = this.#decisions.labels(decision.allow ? 'ALLOW' : 'DENY', decision.policy ?? 'none');
-      this.#children.set(decision, child);
+    let cell = this.#cellOf.get(decision);
+    if (cell === undefined) {
+      const labels = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy ?? 'none' };
+      const key = `${labels.decision} ${labels.policy}`;
+      cell = this.#cells.get(key);
+      if (cell === undefined) this.#cells.set(key, (cell = { labels, count: 0 }));
+      this.#cellOf.set(decision, cell);
     }
-    child.inc();
+    cell.count++;
   }
+}
+
+interface DecisionCount {
+  readonly labels: { decision: string; policy: string };
+  count: number;
 }

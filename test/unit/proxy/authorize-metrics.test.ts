@@ -1,0 +1,88 @@
+// ambit_authz_decisions_total as a scrape reads it: decisions counted by result and deciding policy, the
+// counts kept across a configuration change, and re-checks of open connections not counted.
+import { Registry } from 'prom-client';
+import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../../src/config/loader.ts';
+import { buildSnapshot } from '../../../src/config/snapshot.ts';
+import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
+import { parseIp } from '../../../src/authz/match.ts';
+import { parseSpiffeId } from '../../../src/identity/spiffe-id.ts';
+import { silentLogger } from '../../../src/observe/log.ts';
+import { InboundAuthorizer } from '../../../src/proxy/authorize.ts';
+import type { InboundConnection } from '../../../src/proxy/inbound.ts';
+
+const WORLD = `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata: { name: mesh }
+spec: { trustDomain: cluster.local }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: db-1, namespace: data, labels: { app: db } }
+spec: { nodeName: node-b, serviceAccountName: db }
+status: { phase: Running, podIP: 10.0.2.20 }
+`;
+
+function policy(name: string, action: 'ALLOW' | 'DENY', namespace: string): string {
+  return `---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ${name}, namespace: data }
+spec:
+  selector: { matchLabels: { app: db } }
+  action: ${action}
+  rules: [{ from: [{ source: { namespaces: [${namespace}] } }] }]
+`;
+}
+
+function snapshotOf(yaml: string): ConfigSnapshot {
+  return buildSnapshot(parseConfigText(yaml, 'test.yaml'));
+}
+
+function connectionFrom(snapshot: ConfigSnapshot, namespace: string): InboundConnection {
+  const peer = parseSpiffeId(`spiffe://cluster.local/ns/${namespace}/sa/app`);
+  return {
+    peer,
+    principal: peer.id.slice('spiffe://'.length),
+    peerNamespace: namespace,
+    peerAddress: '10.0.1.10',
+    peerIp: parseIp('10.0.1.10'),
+    destination: snapshot.workloadByIp('10.0.2.20')!,
+    destinationIp: '10.0.2.20',
+    destinationPort: 5432,
+  };
+}
+
+async function decisionCounts(registry: Registry): Promise<Record<string, number>> {
+  const metric = registry.getSingleMetric('ambit_authz_decisions_total');
+  const counts: Record<string, number> = {};
+  for (const value of (await metric!.get()).values) counts[`${String(value.labels.decision)} ${String(value.labels.policy)}`] = value.value;
+  return counts;
+}
+
+describe('authorization decision counts', () => {
+  it('counts each decision under its result and deciding policy, and keeps the counts across a configuration change', async () => {
+    let snapshot = snapshotOf(WORLD + policy('allow-web', 'ALLOW', 'web') + policy('deny-bad', 'DENY', 'bad'));
+    const registry = new Registry();
+    const authorizer = new InboundAuthorizer(() => snapshot, registry, silentLogger());
+    expect(await decisionCounts(registry)).toEqual({});
+
+    expect(authorizer.authorize(connectionFrom(snapshot, 'web')).allow).toBe(true);
+    expect(authorizer.authorize(connectionFrom(snapshot, 'web')).allow).toBe(true);
+    expect(authorizer.authorize(connectionFrom(snapshot, 'bad')).allow).toBe(false);
+    // No ALLOW policy matches: denied by default, with no deciding policy.
+    expect(authorizer.authorize(connectionFrom(snapshot, 'other')).allow).toBe(false);
+    expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/allow-web': 2, 'DENY data/deny-bad': 1, 'DENY none': 1 });
+
+    // A new snapshot compiles new decisions; the same policy's decisions go on counting in the same series.
+    snapshot = snapshotOf(WORLD + policy('allow-web', 'ALLOW', 'web'));
+    expect(authorizer.authorize(connectionFrom(snapshot, 'web')).allow).toBe(true);
+    expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/allow-web': 3, 'DENY data/deny-bad': 1, 'DENY none': 1 });
+    // A scrape reads the counts, it does not add them up again.
+    expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/allow-web': 3, 'DENY data/deny-bad': 1, 'DENY none': 1 });
+
+    // Re-checking an open connection after a change is not a new decision.
+    expect(authorizer.stillAllowed(connectionFrom(snapshot, 'bad'), false, snapshot, 'node-b')).toBe(false);
+    expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/allow-web': 3, 'DENY data/deny-bad': 1, 'DENY none': 1 });
+  });
+});
