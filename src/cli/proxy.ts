@@ -21,7 +21,8 @@ Runs the node proxy for the workloads the configuration places on node NAME:
             shared listener for hosts that cannot bind workload IPs (a VM's node address)
   outbound  explicit listeners, from --outbound or the Pod annotation
             ambit.dev/outbound: "[ADDRESS:]PORT=HOST:PORT,..." (ADDRESS defaults to the pod IP);
-            the listener's owner is the source workload whose SVID the tunnel presents
+            the listener's owner is the source workload whose SVID the tunnel presents (an
+            --outbound owner that names both a Pod and a WorkloadEntry on the node is refused)
   metrics   Prometheus /metrics with Istio's names and labels (--metrics)
   readiness /healthz/ready: 200 once certificates are loaded and listeners bound (--readiness)
   admin     /config_dump and /logging on a loopback address only (--admin)

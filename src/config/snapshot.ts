@@ -274,7 +274,7 @@ export class ConfigSnapshot {
   readonly #workloadsByNode: ReadonlyMap<string, readonly Workload[]>;
   readonly #identitiesByNode: ReadonlyMap<string, ReadonlySet<string>>;
   readonly #workloadByIp: ReadonlyMap<string, Workload>;
-  readonly #workloadByNodeAndName: ReadonlyMap<string, ReadonlyMap<string, Workload>>;
+  readonly #workloadsByNodeAndName: ReadonlyMap<string, ReadonlyMap<string, readonly Workload[]>>;
   readonly #serviceByHost: ReadonlyMap<string, ServiceObject>;
   readonly #byKind: ReadonlyMap<ConfigKind, readonly ConfigObject[]>;
 
@@ -299,13 +299,15 @@ export class ConfigSnapshot {
 
     const byNode = new Map<string, Workload[]>();
     const byIp = new Map<string, Workload>();
-    const byNodeAndName = new Map<string, Map<string, Workload>>();
+    const byNodeAndName = new Map<string, Map<string, Workload[]>>();
     for (const workload of this.workloads) {
       let named = byNodeAndName.get(workload.node);
       if (named === undefined) byNodeAndName.set(workload.node, (named = new Map()));
-      // A Pod and a WorkloadEntry may share namespace/name: the first in file order, as the node's list has them.
+      // A Pod and a WorkloadEntry may share namespace/name (two kinds, as in Kubernetes): both are kept.
       const key = `${workload.namespace}/${workload.name}`;
-      if (!named.has(key)) named.set(key, workload);
+      const same = named.get(key);
+      if (same === undefined) named.set(key, [workload]);
+      else same.push(workload);
       const list = byNode.get(workload.node);
       if (list === undefined) byNode.set(workload.node, [workload]);
       else list.push(workload);
@@ -319,7 +321,8 @@ export class ConfigSnapshot {
     this.#workloadsByNode = byNode;
     this.#identitiesByNode = identities;
     this.#workloadByIp = byIp;
-    this.#workloadByNodeAndName = byNodeAndName;
+    for (const named of byNodeAndName.values()) for (const list of named.values()) Object.freeze(list);
+    this.#workloadsByNodeAndName = byNodeAndName;
 
     const byHost = new Map<string, ServiceObject>();
     for (const service of this.services) byHost.set(service.hostname, service);
@@ -339,9 +342,12 @@ export class ConfigSnapshot {
     return this.#identitiesByNode.get(node) ?? EMPTY_IDENTITIES;
   }
 
-  /** A workload of node N by `namespace/name` (an outbound listener's owner, looked up per connection). */
-  workloadOnNodeByName(node: string, key: string): Workload | undefined {
-    return this.#workloadByNodeAndName.get(node)?.get(key);
+  /**
+   * The workloads of node N named `namespace/name`, in file order: one, or a Pod and a WorkloadEntry that share
+   * the name (an outbound listener's owner, looked up per connection).
+   */
+  workloadsOnNodeByName(node: string, key: string): readonly Workload[] {
+    return this.#workloadsByNodeAndName.get(node)?.get(key) ?? EMPTY_WORKLOADS;
   }
 
   /** Accepts any spelling of the address, including `::ffff:10.0.0.1` as a dual-stack socket reports IPv4 peers. */

@@ -31,6 +31,11 @@ export interface OutboundListenerSpec {
   readonly targetPort: number;
   /** namespace/name of the workload that owns the listener (its identity is the tunnel's source). */
   readonly owner: string;
+  /**
+   * The owner's kind when the spec knows it (a workload's own annotation). A `--outbound` owner names only
+   * namespace/name, so a Pod and a WorkloadEntry of that name on the node leave it ambiguous, and it is refused.
+   */
+  readonly ownerKind?: Workload['kind'];
   /** Where the spec came from, for errors: `file: Pod ns/name: metadata.annotations[...]` or `--outbound`. */
   readonly origin: string;
 }
@@ -41,7 +46,8 @@ export interface SpecIssue {
 }
 
 function key(spec: OutboundListenerSpec): string {
-  return `${formatAuthority(spec.listenHost, spec.listenPort)}=${formatAuthority(spec.targetHost, spec.targetPort)}@${spec.owner}`;
+  // The kind too: a Pod and a WorkloadEntry of one name may each declare the same listener.
+  return `${formatAuthority(spec.listenHost, spec.listenPort)}=${formatAuthority(spec.targetHost, spec.targetPort)}@${spec.ownerKind === undefined ? '' : `${spec.ownerKind} `}${spec.owner}`;
 }
 
 /** Parses one `[ADDRESS:]PORT=HOST:PORT` entry. */
@@ -79,7 +85,7 @@ export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): 
       if (entry.trim() === '') continue;
       const parsed = parseListenerEntry(entry.trim(), workload.ips[0]);
       if (typeof parsed === 'string') issues.push({ origin, message: parsed });
-      else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, origin });
+      else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, ownerKind: workload.kind, origin });
     }
   }
   return { specs, issues };
@@ -168,10 +174,15 @@ export class OutboundListeners {
   }
 
   #accept(spec: OutboundListenerSpec, socket: net.Socket): void {
-    // The owner's identity is the tunnel's source: only a workload this node runs may lend it.
-    const source = this.#options.snapshot().workloadOnNodeByName(this.#options.nodeName, spec.owner);
+    // The owner's identity is the tunnel's source: only a workload this node runs may lend it, and never a guess.
+    const named = this.#options.snapshot().workloadsOnNodeByName(this.#options.nodeName, spec.owner);
+    const source = ownerOf(named, spec.ownerKind);
     if (source === undefined) {
-      this.#logger.warn({ listener: key(spec), owner: spec.owner }, 'outbound listener owner is not a workload on this node; closing the connection');
+      if (named.length > 1) {
+        this.#logger.warn({ listener: key(spec), owner: spec.owner, kinds: named.map((workload) => workload.kind) }, 'outbound listener owner names more than one workload on this node (a Pod and a WorkloadEntry); closing the connection rather than pick an identity');
+      } else {
+        this.#logger.warn({ listener: key(spec), owner: spec.owner, kind: spec.ownerKind }, 'outbound listener owner is not a workload on this node; closing the connection');
+      }
       socket.destroy();
       return;
     }
@@ -312,6 +323,13 @@ export class OutboundListeners {
 }
 
 function noop(): void {}
+
+/** The listener's owner among the node's workloads of its name: the one of its kind, or the only one. */
+function ownerOf(named: readonly Workload[], kind: Workload['kind'] | undefined): Workload | undefined {
+  if (kind === undefined) return named.length === 1 ? named[0] : undefined;
+  for (const workload of named) if (workload.kind === kind) return workload;
+  return undefined;
+}
 
 /** The two ends of an HBONE connection's access line: built when the line is written, not held per connection. */
 function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, service: string): Pick<AccessLogRecord, 'src' | 'dst'> {

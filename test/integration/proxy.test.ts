@@ -8,10 +8,22 @@ import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 61;
 const CLIENT_IP = nodeIp(P, 0, 20);
+const OTHER_CLIENT_IP = nodeIp(P, 0, 21);
+const TWIN_VM_IP = nodeIp(P, 0, 22);
 const ECHO_IP = nodeIp(P, 1, 10);
 
+// A WorkloadEntry with the client Pod's namespace/name, on the same node and listed first, under another identity:
+// the Pod's own listener must present the Pod's identity, and a --outbound owner naming demo/client-1 is ambiguous.
+const twinVm = `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: client-1, namespace: demo, annotations: { ambit.dev/node: node-a } }
+spec: { address: "${TWIN_VM_IP}", serviceAccount: vm }
+`;
+
 const config = yamlDocuments(
+  twinVm,
   podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: '9007=echo.demo:7' }),
+  podYaml({ name: 'client-2', node: 'node-a', serviceAccount: 'client', ip: OTHER_CLIENT_IP }),
   podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP, labels: { app: 'echo' } }),
   serviceYaml({ name: 'echo', selector: { app: 'echo' }, ports: [{ name: 'tcp', port: 7, targetPort: 7000 }] }),
 );
@@ -75,11 +87,12 @@ describe('HBONE between two node proxies', () => {
   });
 
   // Last: it restarts node-a with listeners from --outbound, whose owners nothing checks until a connection comes.
-  it('carries a listener\'s connections only under an owner that is a workload on this node', async () => {
+  it('carries a listener\'s connections only under an owner that is one workload on this node', async () => {
     const nodeA = await mesh.startNode('node-a', [
       '--outbound', `${CLIENT_IP}:9101=echo.demo:7@demo/ghost`,
       '--outbound', `${CLIENT_IP}:9102=echo.demo:7@demo/echo-1`,
-      '--outbound', `${CLIENT_IP}:9103=echo.demo:7@demo/client-1`,
+      '--outbound', `${CLIENT_IP}:9103=echo.demo:7@demo/client-2`,
+      '--outbound', `${CLIENT_IP}:9104=echo.demo:7@demo/client-1`,
     ]);
     const before = echoConnections;
     // No such workload; a workload of another node (whose identity node-a must never borrow).
@@ -88,6 +101,10 @@ describe('HBONE between two node proxies', () => {
     const refusals = () => nodeA.proc.lines.filter((line) => line.msg === 'outbound listener owner is not a workload on this node; closing the connection');
     await waitUntil('both refusals logged', () => refusals().length === 2);
     expect(refusals().map((line) => line.owner).sort()).toEqual(['demo/echo-1', 'demo/ghost']);
+    // A Pod and a WorkloadEntry of that name: the proxy does not pick one of their identities.
+    expect((await roundTrip(Buffer.from('which one?'), 9104, true)).length).toBe(0);
+    const ambiguous = await nodeA.proc.waitFor((line) => line.msg === 'outbound listener owner names more than one workload on this node (a Pod and a WorkloadEntry); closing the connection rather than pick an identity');
+    expect(ambiguous.kinds).toEqual(['WorkloadEntry', 'Pod']);
     expect(echoConnections).toBe(before);
     // The accept side: this node's own workload.
     expect((await roundTrip(Buffer.from('mine'), 9103)).toString()).toBe('mine');

@@ -88,26 +88,30 @@ describe('identitiesOnNode (may node N obtain identity X?)', () => {
   });
 });
 
-describe('workloadOnNodeByName', () => {
+describe('workloadsOnNodeByName', () => {
   it("finds a node's own workload by namespace/name", () => {
-    expect(basic.workloadOnNodeByName('node-a', 'shop/web-7d4b9c')?.ips).toEqual(['10.0.1.10', 'fd00:10::a']);
+    expect(basic.workloadsOnNodeByName('node-a', 'shop/web-7d4b9c').map((w) => w.ips)).toEqual([['10.0.1.10', 'fd00:10::a']]);
   });
 
   it("finds nothing for another node's workload, an unknown node, or a name spelled otherwise", () => {
-    expect(basic.workloadOnNodeByName('node-b', 'shop/web-7d4b9c')).toBeUndefined();
-    expect(basic.workloadOnNodeByName('intruder', 'shop/web-7d4b9c')).toBeUndefined();
-    for (const key of ['shop/web', 'web-7d4b9c', 'SHOP/web-7d4b9c', ' shop/web-7d4b9c', 'shop/web-7d4b9c/', '']) expect(basic.workloadOnNodeByName('node-a', key)).toBeUndefined();
+    expect(basic.workloadsOnNodeByName('node-b', 'shop/web-7d4b9c')).toEqual([]);
+    expect(basic.workloadsOnNodeByName('intruder', 'shop/web-7d4b9c')).toEqual([]);
+    for (const key of ['shop/web', 'web-7d4b9c', 'SHOP/web-7d4b9c', ' shop/web-7d4b9c', 'shop/web-7d4b9c/', '']) expect(basic.workloadsOnNodeByName('node-a', key)).toEqual([]);
   });
 
-  it('lends a Pod and a WorkloadEntry of one name on one node as the first in file order, as the node lists them', async () => {
+  it('keeps both a Pod and a WorkloadEntry of one name on one node, in file order, and only for that node', async () => {
     const dir = await configDir({
       'mesh.yaml': meshYaml(),
       'a.yaml': podYaml({ name: 'twin', namespace: 'default', node: 'node-a', serviceAccount: 'pod-sa', ip: '10.0.0.5' }),
       'b.yaml': workloadEntryYaml('twin', '10.0.0.6', 'node-a'),
+      'c.yaml': podYaml({ name: 'twin', namespace: 'other', node: 'node-b', serviceAccount: 'pod-sa', ip: '10.0.0.7' }),
     });
     const snapshot = await loadConfigDir(dir);
-    expect(snapshot.workloadsOnNode('node-a').map((w) => w.kind)).toEqual(['Pod', 'WorkloadEntry']);
-    expect(snapshot.workloadOnNodeByName('node-a', 'default/twin')?.identity).toBe('spiffe://cluster.local/ns/default/sa/pod-sa');
+    const twins = snapshot.workloadsOnNodeByName('node-a', 'default/twin');
+    expect(twins.map((w) => [w.kind, w.identity])).toEqual([['Pod', 'spiffe://cluster.local/ns/default/sa/pod-sa'], ['WorkloadEntry', 'spiffe://cluster.local/ns/default/sa/twin']]);
+    expect(Object.isFrozen(twins)).toBe(true);
+    expect(snapshot.workloadsOnNodeByName('node-b', 'default/twin')).toEqual([]);
+    expect(snapshot.workloadsOnNodeByName('node-b', 'other/twin').map((w) => w.ips)).toEqual([['10.0.0.7']]);
   });
 });
 

@@ -111,8 +111,8 @@ describe('annotatedListeners', () => {
     expect(issues).toEqual([]);
     const origin = `apps/pods.yaml: Pod demo/client: metadata.annotations["${OUTBOUND_ANNOTATION}"]`;
     expect(specs).toEqual([
-      { listenHost: '10.0.0.5', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7, owner: 'demo/client', origin },
-      { listenHost: '127.0.0.1', listenPort: 9008, targetHost: '10.0.0.9', targetPort: 80, owner: 'demo/client', origin },
+      { listenHost: '10.0.0.5', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7, owner: 'demo/client', ownerKind: 'Pod', origin },
+      { listenHost: '127.0.0.1', listenPort: 9008, targetHost: '10.0.0.9', targetPort: 80, owner: 'demo/client', ownerKind: 'Pod', origin },
     ]);
   });
 
