@@ -69,6 +69,8 @@ export interface PoolOptions {
   connectTimeoutMs?: number;
 }
 
+const REQUEST_OPTIONS: http2.ClientSessionRequestOptions = Object.freeze({ endStream: false });
+
 const CONNECT_SETTINGS: http2.Settings = {
   initialWindowSize: H2_STREAM_WINDOW_BYTES,
   maxFrameSize: H2_MAX_FRAME_BYTES,
@@ -235,7 +237,8 @@ export class HbonePool {
     return new Promise((resolve, reject) => {
       let stream: http2.ClientHttp2Stream;
       try {
-        stream = entry.session.request({ [HTTP2_HEADER_METHOD]: 'CONNECT', [HTTP2_HEADER_AUTHORITY]: endpoint.authority, baggage }, { endStream: false });
+        // Raw headers (a flat array): an object would be copied into a dictionary-mode null-prototype object first.
+        stream = entry.session.request([HTTP2_HEADER_METHOD, 'CONNECT', HTTP2_HEADER_AUTHORITY, endpoint.authority, 'baggage', baggage], REQUEST_OPTIONS);
       } catch (error) {
         this.#release(entry);
         reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `cannot open a stream to ${endpoint.authority}: ${(error as Error).message}`, undefined, error));
