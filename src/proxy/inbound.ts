@@ -332,7 +332,8 @@ export class HboneInbound {
         upstream.destroy();
         return;
       }
-      stream.respond({ [HTTP2_HEADER_STATUS]: 200 });
+      // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
+      stream.respond([HTTP2_HEADER_STATUS, '200']);
       const meter = this.#options.metrics.open(labels);
       // Reporter is the destination: "sent" is what went back to the peer, "received" what came from it.
       const flushable: Flushable = { flush: () => meter.update(upstream.bytesRead, upstream.bytesWritten) };
