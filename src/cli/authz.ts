@@ -26,7 +26,8 @@ proxy would, and prints {"decision": "ALLOW"|"DENY", "policy": "ns/name"|null, "
    "request": {"method": "GET", "path": "/api", "host": "web.demo", "headers": {"x-user": "alice"}}}
 
 "request" absent: an L4 connection (on a port declared HTTP, the connection-time decision). A source
-without "principal" is a connection without peer identity (plaintext). --explain adds, for every
+without "principal" is a connection without peer identity (plaintext). "destination.kind" ("Pod" or
+"WorkloadEntry") says which of two workloads sharing the name is meant. --explain adds, for every
 policy that applies, why each rule matched or did not.
 `;
 
@@ -65,11 +66,17 @@ function target(snapshot: ConfigSnapshot, destination: Json): Target {
   const namespace = optionalString(destination, 'namespace', 'destination.namespace') ?? 'default';
   const name = optionalString(destination, 'workload', 'destination.workload');
   const authorization = authorizationOf(snapshot);
+  const kind = optionalString(destination, 'kind', 'destination.kind');
+  if (kind !== undefined && kind !== 'Pod' && kind !== 'WorkloadEntry') throw new AmbitError('USAGE', `request: "destination.kind" must be "Pod" or "WorkloadEntry", not ${JSON.stringify(kind)}`);
   if (name !== undefined) {
-    const workload = snapshot.workloads.find((w: Workload) => w.namespace === namespace && w.name === name);
-    if (!workload) throw new AmbitError('USAGE', `request: destination.workload ${namespace}/${name} is not a workload in the configuration`);
+    // A Pod and a WorkloadEntry may share namespace/name, with different labels and so different policies: never a guess.
+    const named = snapshot.workloads.filter((w: Workload) => w.namespace === namespace && w.name === name && (kind === undefined || w.kind === kind));
+    const workload = named[0];
+    if (workload === undefined) throw new AmbitError('USAGE', `request: destination.workload ${kind === undefined ? '' : `${kind} `}${namespace}/${name} is not a workload in the configuration`);
+    if (named.length > 1) throw new AmbitError('USAGE', `request: destination.workload ${namespace}/${name} is both a Pod and a WorkloadEntry; say which with "destination.kind"`);
     return { policies: authorization.forWorkload(workload), description: `${namespace}/${name}` };
   }
+  if (kind !== undefined) throw new AmbitError('USAGE', 'request: "destination.kind" needs "destination.workload"');
   const labelsValue = destination.labels === undefined ? {} : object(destination.labels, 'destination.labels');
   const labels: Record<string, string> = {};
   for (const [key, value] of Object.entries(labelsValue)) {
@@ -111,7 +118,7 @@ export const command: Command = {
     }
     checkKeys(input, ['destination', 'source', 'request'], 'request');
     const destination = object(input.destination, 'destination');
-    checkKeys(destination, ['namespace', 'workload', 'labels', 'port', 'ip'], 'destination');
+    checkKeys(destination, ['namespace', 'workload', 'kind', 'labels', 'port', 'ip'], 'destination');
     const port = destination.port;
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65_535) throw new AmbitError('USAGE', 'request: "destination.port" must be an integer 1-65535');
     const source = input.source === undefined ? {} : object(input.source, 'source');

@@ -19,8 +19,8 @@ Runs the node proxy for the workloads the configuration places on node NAME:
   inbound   HBONE (HTTP/2 CONNECT over mutual TLS 1.3) on each local workload's IP, port 15008
             (the MeshConfig's ports.hbone), presenting that workload's SVID; --hbone-listen adds a
             shared listener for hosts that cannot bind workload IPs (a VM's node address)
-  outbound  explicit listeners, from --outbound or the Pod annotation
-            ambit.dev/outbound: "[ADDRESS:]PORT=HOST:PORT,..." (ADDRESS defaults to the pod IP);
+  outbound  explicit listeners, from --outbound or the Pod or WorkloadEntry annotation
+            ambit.dev/outbound: "[ADDRESS:]PORT=HOST:PORT,..." (ADDRESS defaults to the workload IP);
             the listener's owner is the source workload whose SVID the tunnel presents (an
             --outbound owner that names both a Pod and a WorkloadEntry on the node is refused)
   metrics   Prometheus /metrics with Istio's names and labels (--metrics)

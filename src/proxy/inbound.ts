@@ -114,7 +114,8 @@ const peers = new WeakMap<http2.Http2Session, PeerInfo>();
 export class HboneInbound {
   readonly #options: InboundOptions;
   readonly #logger: Logger;
-  readonly #servers = new Map<string, WorkloadServer>(); // by workload identity key (namespace/name)
+  // By kind/namespace/name: a Pod and a WorkloadEntry may share namespace/name, and each needs its server.
+  readonly #servers = new Map<string, WorkloadServer>();
   readonly #byIp = new Map<string, WorkloadServer>();
   readonly #live = new Set<LiveTunnel>();
   #illegalPorts: ReadonlySet<number>;
@@ -142,7 +143,7 @@ export class HboneInbound {
     this.#illegalPorts = illegalUpstreamPorts(snapshot.mesh.ports);
     const report: SyncReport = { bound: [], failed: [], waitingForCertificate: [] };
     const wanted = new Map<string, Workload>();
-    for (const workload of snapshot.workloadsOnNode(this.#options.nodeName)) wanted.set(`${workload.namespace}/${workload.name}`, workload);
+    for (const workload of snapshot.workloadsOnNode(this.#options.nodeName)) wanted.set(`${workload.kind}/${workload.namespace}/${workload.name}`, workload);
     for (const [key, entry] of this.#servers) {
       const next = wanted.get(key);
       if (!next || next.identity !== entry.workload.identity || next.ips.join() !== entry.workload.ips.join()) await this.#remove(key, entry);

@@ -21,7 +21,7 @@ import type { Endpoint } from './routes.ts';
 import { CONNECT_TIMEOUT_MS } from './settings.ts';
 import { listenOn, stopListening } from './inbound.ts';
 
-/** Pod annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the pod's IP. */
+/** Pod or WorkloadEntry annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the workload's IP. */
 export const OUTBOUND_ANNOTATION = 'ambit.dev/outbound';
 
 export interface OutboundListenerSpec {
@@ -91,6 +91,32 @@ export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): 
   return { specs, issues };
 }
 
+/**
+ * One listener per listen address. The same listener declared twice (a workload's annotation and a --outbound
+ * flag, say) is bound once, the first declaration kept (an annotation names its owner's kind); two different
+ * declarations of one address are a conflict, reported for the later one, naming the earlier.
+ */
+export function planListeners(specs: readonly OutboundListenerSpec[]): { listeners: OutboundListenerSpec[]; conflicts: SpecIssue[] } {
+  const byAddress = new Map<string, OutboundListenerSpec>();
+  const listeners: OutboundListenerSpec[] = [];
+  const conflicts: SpecIssue[] = [];
+  for (const spec of specs) {
+    const address = formatAuthority(spec.listenHost, spec.listenPort);
+    const earlier = byAddress.get(address);
+    if (earlier === undefined) {
+      byAddress.set(address, spec);
+      listeners.push(spec);
+    } else if (!sameListener(earlier, spec)) {
+      conflicts.push({ origin: spec.origin, message: `listen address ${address} is already declared by ${earlier.origin} (to ${formatAuthority(earlier.targetHost, earlier.targetPort)} for ${earlier.ownerKind === undefined ? '' : `${earlier.ownerKind} `}${earlier.owner})` });
+    }
+  }
+  return { listeners, conflicts };
+}
+
+function sameListener(a: OutboundListenerSpec, b: OutboundListenerSpec): boolean {
+  return a.targetHost === b.targetHost && a.targetPort === b.targetPort && a.owner === b.owner && (a.ownerKind === b.ownerKind || a.ownerKind === undefined || b.ownerKind === undefined);
+}
+
 /** `--outbound LISTEN=HOST:PORT@NAMESPACE/NAME`. */
 export function parseOutboundFlag(text: string): OutboundListenerSpec {
   const at = text.lastIndexOf('@');
@@ -143,8 +169,9 @@ export class OutboundListeners {
 
   /** Binds listeners that are new, closes those that are gone; returns what failed. */
   async sync(specs: readonly OutboundListenerSpec[]): Promise<{ bound: string[]; failed: SpecIssue[] }> {
+    const plan = planListeners(specs);
     const wanted = new Map<string, OutboundListenerSpec>();
-    for (const spec of specs) wanted.set(key(spec), spec);
+    for (const spec of plan.listeners) wanted.set(key(spec), spec);
     for (const [name, listener] of this.#listeners) {
       if (!wanted.has(name)) {
         this.#listeners.delete(name);
@@ -152,7 +179,7 @@ export class OutboundListeners {
       }
     }
     const bound: string[] = [];
-    const failed: SpecIssue[] = [];
+    const failed: SpecIssue[] = [...plan.conflicts];
     for (const [name, spec] of wanted) {
       if (this.#listeners.has(name)) continue;
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => this.#accept(spec, socket));
@@ -325,7 +352,7 @@ export class OutboundListeners {
 function noop(): void {}
 
 /** The listener's owner among the node's workloads of its name: the one of its kind, or the only one. */
-function ownerOf(named: readonly Workload[], kind: Workload['kind'] | undefined): Workload | undefined {
+export function ownerOf(named: readonly Workload[], kind: Workload['kind'] | undefined): Workload | undefined {
   if (kind === undefined) return named.length === 1 ? named[0] : undefined;
   for (const workload of named) if (workload.kind === kind) return workload;
   return undefined;

@@ -268,7 +268,7 @@ export class NodeProxy {
       node: this.#options.nodeName,
       version: snapshot.version,
       mesh: snapshot.mesh,
-      workloads: snapshot.workloads.map((w) => ({ name: w.name, namespace: w.namespace, node: w.node, serviceAccount: w.serviceAccount, workloadIps: w.ips, identity: w.identity, labels: w.labels, source: w.source.file, local: w.node === this.#options.nodeName })),
+      workloads: snapshot.workloads.map((w) => ({ kind: w.kind, name: w.name, namespace: w.namespace, node: w.node, serviceAccount: w.serviceAccount, workloadIps: w.ips, identity: w.identity, labels: w.labels, source: w.source.file, local: w.node === this.#options.nodeName })),
       services: snapshot.services.map((s) => ({ name: s.metadata.name, namespace: s.metadata.namespace, hostname: s.hostname, vips: s.spec.clusterIPs, ports: s.spec.ports, selector: s.spec.selector })),
       policies: snapshot.objects.filter((o) => o.kind === 'AuthorizationPolicy' || o.kind === 'PeerAuthentication').map((o) => ({ kind: o.kind, name: o.metadata.name, namespace: o.metadata.namespace, spec: o.kind === 'PeerAuthentication' ? { ...o.spec, portLevelMtls: Object.fromEntries(o.spec.portLevelMtls) } : (o as { spec?: unknown }).spec, source: o.source.file })),
       certificates: (this.#agent?.identities() ?? []).map((identity) => {

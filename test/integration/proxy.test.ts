@@ -86,6 +86,19 @@ describe('HBONE between two node proxies', () => {
     expect(dump.pool.sessions).toBe(1);
   });
 
+  it('listens for HBONE on every local workload\'s IP, a Pod\'s and a WorkloadEntry\'s of one name alike', async () => {
+    for (const ip of [CLIENT_IP, OTHER_CLIENT_IP, TWIN_VM_IP]) {
+      await new Promise<void>((resolve, reject) => {
+        const socket = connect({ host: ip, port: 15008 });
+        socket.once('connect', () => {
+          socket.destroy();
+          resolve();
+        });
+        socket.once('error', (error) => reject(new Error(`${ip}:15008: ${error.message}`)));
+      });
+    }
+  });
+
   // Last: it restarts node-a with listeners from --outbound, whose owners nothing checks until a connection comes.
   it('carries a listener\'s connections only under an owner that is one workload on this node', async () => {
     const nodeA = await mesh.startNode('node-a', [

@@ -161,6 +161,18 @@ describe.concurrent('ambit authz check', () => {
     expect(output.explain?.policies).toEqual([{ policy: 'shop/allow-nothing', action: 'ALLOW', source: 'policies/nothing.yaml', rules: [], note: expect.any(String) }]);
   });
 
+  it('decides for the workload of the kind asked when a Pod and a WorkloadEntry share the name, and refuses to guess', async ({ expect }) => {
+    // A VM named like the web Pod, without its labels: no policy selects it.
+    const config = await configWith('vm.yaml', 'apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: { app: legacy }\n  annotations: { ambit.dev/node: vm-1 }\nspec: { address: 10.0.9.9, serviceAccount: legacy }\n');
+    const request = (kind?: string) => ({ destination: { ...web(), ...(kind === undefined ? {} : { kind }) }, source: { principal: FRONT }, request: { method: 'GET', path: '/admin' } });
+    expect(decided(await check(request('Pod'), { config }))).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(decided(await check(request('WorkloadEntry'), { config }))).toMatchObject({ decision: 'ALLOW', policy: null, rule: null });
+    const ambiguous = await check(request(), { config });
+    expect(ambiguous.status).toBe(2);
+    expect(ambiguous.stdout).toBe('');
+    expect(ambiguous.stderr.trim()).toContain('shop/web-1 is both a Pod and a WorkloadEntry; say which with "destination.kind"');
+  });
+
   it('reads the request from stdin with --request -', async ({ expect }) => {
     const result = await ambit(['authz', 'check', '--config', CONFIG, '--request', '-'], JSON.stringify({ destination: web(), source: { principal: FRONT }, request: { path: '/api/x' } }));
     expect(decided(result)).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 0 });
@@ -180,6 +192,9 @@ describe.concurrent('ambit authz check', () => {
     { name: 'a destination IP that is not an IP', input: JSON.stringify({ destination: { ...web(), ip: 'web-1' } }), names: 'destination.ip' },
     { name: 'a header value that is not a string', input: JSON.stringify({ destination: web(), request: { headers: { 'x-user': 7 } } }), names: 'x-user' },
     { name: 'a workload that is not in the configuration', input: JSON.stringify({ destination: { ...web(), workload: 'ghost' } }), names: 'ghost' },
+    { name: 'a workload of another kind than the one asked', input: JSON.stringify({ destination: { ...web(), kind: 'WorkloadEntry' } }), names: 'WorkloadEntry shop/web-1 is not a workload' },
+    { name: 'a kind that is neither Pod nor WorkloadEntry', input: JSON.stringify({ destination: { ...web(), kind: 'Deployment' } }), names: 'destination.kind' },
+    { name: 'a kind without a workload', input: JSON.stringify({ destination: { namespace: 'shop', labels: { app: 'web' }, port: 8080, kind: 'Pod' } }), names: 'destination.kind' },
   ];
 
   for (const bad of badRequests) {

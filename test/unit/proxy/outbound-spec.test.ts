@@ -1,10 +1,12 @@
-// Outbound listener specs: the `[ADDRESS:]PORT=HOST:PORT` entry, the --outbound flag, and the Pod annotation,
-// from the accept and the reject side. Pure parsing; nothing is bound.
+// Outbound listener specs: the `[ADDRESS:]PORT=HOST:PORT` entry, the --outbound flag, and the workload annotation,
+// from the accept and the reject side; which declarations become listeners, and which workload owns one. Pure
+// decisions; nothing is bound.
 import { describe, expect, it } from 'vitest';
 import { isAmbitError } from '../../../src/errors.ts';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import { buildSnapshot } from '../../../src/config/snapshot.ts';
-import { OUTBOUND_ANNOTATION, annotatedListeners, parseListenerEntry, parseOutboundFlag } from '../../../src/proxy/outbound.ts';
+import { OUTBOUND_ANNOTATION, annotatedListeners, ownerOf, parseListenerEntry, parseOutboundFlag, planListeners } from '../../../src/proxy/outbound.ts';
+import type { OutboundListenerSpec } from '../../../src/proxy/outbound.ts';
 
 describe('parseListenerEntry accepts', () => {
   const accepted: Array<[string, string, string | undefined, { listenHost: string; listenPort: number; targetHost: string; targetPort: number }]> = [
@@ -153,5 +155,72 @@ spec: { address: 192.168.50.7, serviceAccount: vm }
     expect(annotatedListeners(snapshot, 'vm-1').specs).toEqual([
       expect.objectContaining({ listenHost: '192.168.50.7', listenPort: 9007, owner: 'demo/vm', origin: expect.stringContaining('WorkloadEntry demo/vm') }),
     ]);
+  });
+});
+
+const TWINS = `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: twin
+  namespace: demo
+  annotations: { ambit.dev/node: node-a, ${OUTBOUND_ANNOTATION}: "127.0.0.1:9009=echo.demo:7" }
+spec: { address: 10.0.0.6, serviceAccount: vm }
+---
+${pod('twin', 'node-a', '10.0.0.5', '127.0.0.1:9009=echo.demo:7')}---
+${pod('solo', 'node-a', '10.0.0.7', undefined)}`;
+
+describe('ownerOf', () => {
+  const snapshot = snapshotOf(TWINS);
+  const twins = snapshot.workloadsOnNodeByName('node-a', 'demo/twin');
+  const solo = snapshot.workloadsOnNodeByName('node-a', 'demo/solo');
+
+  it('gives a listener the workload of its own kind, whichever comes first in the files', () => {
+    expect(twins.map((w) => w.kind)).toEqual(['WorkloadEntry', 'Pod']);
+    expect(ownerOf(twins, 'Pod')?.identity).toBe('spiffe://cluster.local/ns/demo/sa/twin');
+    expect(ownerOf(twins, 'WorkloadEntry')?.identity).toBe('spiffe://cluster.local/ns/demo/sa/vm');
+    expect(ownerOf([...twins].reverse(), 'WorkloadEntry')?.identity).toBe('spiffe://cluster.local/ns/demo/sa/vm');
+  });
+
+  it('gives a listener without a kind the only workload of its name', () => {
+    expect(ownerOf(solo, undefined)?.name).toBe('solo');
+    expect(ownerOf(solo, 'Pod')?.name).toBe('solo');
+  });
+
+  it('gives no owner when the name is missing, the kind does not match, or two workloads share the name and no kind decides', () => {
+    expect(ownerOf([], undefined)).toBeUndefined();
+    expect(ownerOf([], 'Pod')).toBeUndefined();
+    expect(ownerOf(solo, 'WorkloadEntry')).toBeUndefined();
+    expect(ownerOf(twins, undefined)).toBeUndefined();
+  });
+});
+
+describe('planListeners', () => {
+  const flag = (text: string): OutboundListenerSpec => parseOutboundFlag(text);
+
+  it('binds a listener declared by an annotation and again by a flag once, keeping the annotation\'s (it names the kind)', () => {
+    const annotated = annotatedListeners(snapshotOf(pod('client', 'node-a', '10.0.0.5', '127.0.0.1:9008=echo.demo:7')), 'node-a').specs;
+    const plan = planListeners([...annotated, flag('127.0.0.1:9008=echo.demo:7@demo/client')]);
+    expect(plan.conflicts).toEqual([]);
+    expect(plan.listeners).toEqual(annotated);
+  });
+
+  it('keeps listeners on different addresses, also of one owner', () => {
+    const plan = planListeners([flag('127.0.0.1:9001=echo.demo:7@demo/client'), flag('127.0.0.1:9002=echo.demo:7@demo/client'), flag('[::1]:9001=echo.demo:7@demo/client')]);
+    expect(plan.listeners.map((spec) => `${spec.listenHost}:${spec.listenPort}`)).toEqual(['127.0.0.1:9001', '127.0.0.1:9002', '::1:9001']);
+    expect(plan.conflicts).toEqual([]);
+  });
+
+  it('refuses a second, different declaration of an address, naming the first: another target, another owner, another kind', () => {
+    const first = flag('127.0.0.1:9001=echo.demo:7@demo/client');
+    const plan = planListeners([first, flag('127.0.0.1:9001=echo.demo:8@demo/client'), flag('127.0.0.1:9001=echo.demo:7@demo/other')]);
+    expect(plan.listeners).toEqual([first]);
+    expect(plan.conflicts).toEqual([
+      { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)' },
+      { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)' },
+    ]);
+    // A Pod and a WorkloadEntry of one name declaring the same address and target: two owners, one address.
+    const twins = planListeners(annotatedListeners(snapshotOf(TWINS), 'node-a').specs);
+    expect(twins.listeners.map((spec) => spec.ownerKind)).toEqual(['WorkloadEntry']);
+    expect(twins.conflicts).toEqual([{ origin: expect.stringContaining('Pod demo/twin'), message: expect.stringContaining('already declared by apps/pods.yaml: WorkloadEntry demo/twin') }]);
   });
 });
