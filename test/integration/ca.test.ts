@@ -296,7 +296,9 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const caDir = await initCa(dir, TD, ['--refresh-hint', '1s']);
     const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
     const token = await createToken(caDir, 'node-a');
-    // A fixed draw re-issues within 1 s of a bundle change instead of anywhere in 5 s.
+    // A fixed draw re-issues within 1 s of a bundle change instead of anywhere in 5 s (it also fixes the renewal
+    // point, 47 % of the lifetime left, and the backoff's jitter). The node SVID (1 h) is renewed under the new root
+    // only by that re-issue; the 6 s workload SVID also renews on its own every ~3 s.
     const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 6, minBundleRefreshMs: 200, random: () => 0.2 });
     await agent.start();
     const oldSvid = await agent.ensure(WEB);
