@@ -46,8 +46,12 @@ export interface SpecIssue {
 }
 
 function key(spec: OutboundListenerSpec): string {
-  // The kind too: a Pod and a WorkloadEntry of one name may each declare the same listener.
-  return `${formatAuthority(spec.listenHost, spec.listenPort)}=${formatAuthority(spec.targetHost, spec.targetPort)}@${spec.ownerKind === undefined ? '' : `${spec.ownerKind} `}${spec.owner}`;
+  return `${formatAuthority(spec.listenHost, spec.listenPort)}=${formatAuthority(spec.targetHost, spec.targetPort)}@${ownerLabel(spec)}`;
+}
+
+/** `Pod demo/web` when the spec knows the owner's kind (a Pod and a WorkloadEntry may share the name), else `demo/web`. */
+function ownerLabel(spec: OutboundListenerSpec): string {
+  return spec.ownerKind === undefined ? spec.owner : `${spec.ownerKind} ${spec.owner}`;
 }
 
 /** Parses one `[ADDRESS:]PORT=HOST:PORT` entry. */
@@ -107,7 +111,7 @@ export function planListeners(specs: readonly OutboundListenerSpec[]): { listene
       byAddress.set(address, spec);
       listeners.push(spec);
     } else if (!sameListener(earlier, spec)) {
-      conflicts.push({ origin: spec.origin, message: `listen address ${address} is already declared by ${earlier.origin} (to ${formatAuthority(earlier.targetHost, earlier.targetPort)} for ${earlier.ownerKind === undefined ? '' : `${earlier.ownerKind} `}${earlier.owner})` });
+      conflicts.push({ origin: spec.origin, message: `listen address ${address} is already declared by ${earlier.origin} (to ${formatAuthority(earlier.targetHost, earlier.targetPort)} for ${ownerLabel(earlier)})` });
     }
   }
   return { listeners, conflicts };
