@@ -240,52 +240,18 @@ export class HbonePool {
         // Raw headers (a flat array): an object would be copied into a dictionary-mode null-prototype object first.
         stream = entry.session.request([HTTP2_HEADER_METHOD, 'CONNECT', HTTP2_HEADER_AUTHORITY, endpoint.authority, 'baggage', baggage], REQUEST_OPTIONS);
       } catch (error) {
-        this.#release(entry);
+        releaseStream(entry);
         reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `cannot open a stream to ${endpoint.authority}: ${(error as Error).message}`, undefined, error));
         return;
       }
-      // No answer within the connect timeout, or a close without one (RST CANCEL/NO_ERROR, a session the
-      // keepalive killed), must fail the tunnel rather than leave the application connection hanging. A plain
-      // timer, cleared and let go on the answer (`settle`), rather than stream.setTimeout(), which keeps its
-      // Timeout and listener on the stream; and `on`, not `once`, since each once() is two more objects. A tunnel
-      // keeps its 'close' and 'error' listeners until it ends, and ten thousand idle tunnels keep all of them.
-      const timeoutMs = this.#connectTimeoutMs;
-      let timer: NodeJS.Timeout | undefined = setTimeout(() => {
-        if (settle()) reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort}: no answer within ${timeoutMs} ms`));
-        stream.close(NGHTTP2_CANCEL);
-      }, timeoutMs);
-      /** True the first time only: the one answer (200, a refusal, an error or a close) settles the promise. */
-      const settle = (): boolean => {
-        if (timer === undefined) return false;
-        clearTimeout(timer);
-        timer = undefined;
-        return true;
-      };
-      stream.on('close', () => {
-        this.#release(entry);
-        if (settle()) reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: stream closed before an answer (RST ${stream.rstCode})`));
-      });
-      stream.once('response', (headers) => {
-        if (!settle()) return;
-        const status = Number(headers[HTTP2_HEADER_STATUS]);
-        if (status === 200) {
-          resolve(stream);
-          return;
-        }
-        stream.close(NGHTTP2_CANCEL);
-        const flag = status === 401 ? 'DENY' : 'CONNECT';
-        reject(new TunnelError('HBONE_REFUSED', flag, `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${status}`, status));
-      });
+      (stream as ConnectCarrier)[kConnect] = new PendingConnect(entry, endpoint, this.#connectTimeoutMs, stream, resolve, reject);
+      // Shared listeners, finding their PendingConnect on the stream (as the Bridge does): a tunnel keeps its 'close'
+      // and 'error' listeners until it ends, and closures would keep this call's whole scope for as long.
+      stream.on('close', onConnectClose);
+      stream.on('response', onConnectResponse);
       // Stays after the answer too: an error between the answer and the Bridge's own listener must not throw.
-      stream.on('error', (error) => {
-        if (settle()) reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: ${error.message}`, undefined, error));
-      });
+      stream.on('error', onConnectError);
     });
-  }
-
-  #release(entry: PooledSession): void {
-    entry.streams--;
-    if (entry.streams === 0) entry.idleSinceMs = Date.now();
   }
 
   /** A session that said GOAWAY, closed or failed takes no new streams; its open streams finish. */
@@ -333,4 +299,96 @@ export class HbonePool {
       if (!sent) entry.pingSentMs = 0;
     }
   }
+}
+
+function releaseStream(entry: PooledSession): void {
+  entry.streams--;
+  if (entry.streams === 0) entry.idleSinceMs = Date.now();
+}
+
+const kConnect = Symbol('ambit.connect');
+type ConnectCarrier = http2.ClientHttp2Stream & { [kConnect]?: PendingConnect };
+
+function connectOf(stream: http2.ClientHttp2Stream): PendingConnect {
+  return (stream as ConnectCarrier)[kConnect] as PendingConnect;
+}
+
+/**
+ * A CONNECT until its answer, then the tunnel's hold on its session's stream count until the stream closes. No
+ * answer within the connect timeout, or a close without one (RST CANCEL/NO_ERROR, a session the keepalive killed),
+ * fails the tunnel rather than leave the application connection hanging. The timer is a plain one, cleared and let
+ * go on the answer, rather than stream.setTimeout(), which keeps its Timeout and listener on the stream.
+ */
+class PendingConnect {
+  readonly entry: PooledSession;
+  readonly endpoint: Endpoint;
+  readonly timeoutMs: number;
+  #timer: NodeJS.Timeout | undefined;
+  #resolve: ((stream: http2.ClientHttp2Stream) => void) | null;
+  #reject: ((error: TunnelError) => void) | null;
+
+  constructor(entry: PooledSession, endpoint: Endpoint, timeoutMs: number, stream: http2.ClientHttp2Stream, resolve: (stream: http2.ClientHttp2Stream) => void, reject: (error: TunnelError) => void) {
+    this.entry = entry;
+    this.endpoint = endpoint;
+    this.timeoutMs = timeoutMs;
+    this.#resolve = resolve;
+    this.#reject = reject;
+    this.#timer = setTimeout(onConnectTimeout, timeoutMs, stream);
+  }
+
+  /** Whether the answer is still awaited. */
+  get pending(): boolean {
+    return this.#timer !== undefined;
+  }
+
+  succeed(stream: http2.ClientHttp2Stream): void {
+    const resolve = this.#resolve;
+    if (this.#settle() && resolve !== null) resolve(stream);
+  }
+
+  /** The first outcome wins: later failures (the close after a refusal, say) are ignored. */
+  fail(error: TunnelError): void {
+    const reject = this.#reject;
+    if (this.#settle() && reject !== null) reject(error);
+  }
+
+  #settle(): boolean {
+    if (this.#timer === undefined) return false;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#resolve = null;
+    this.#reject = null;
+    return true;
+  }
+}
+
+function onConnectTimeout(stream: http2.ClientHttp2Stream): void {
+  const connect = connectOf(stream);
+  const { endpoint } = connect;
+  connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort}: no answer within ${connect.timeoutMs} ms`));
+  stream.close(NGHTTP2_CANCEL);
+}
+
+function onConnectClose(this: http2.ClientHttp2Stream): void {
+  const connect = connectOf(this);
+  releaseStream(connect.entry);
+  if (connect.pending) connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: stream closed before an answer (RST ${this.rstCode})`));
+}
+
+function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  const connect = connectOf(this);
+  if (!connect.pending) return;
+  const status = Number(headers[HTTP2_HEADER_STATUS]);
+  if (status === 200) {
+    connect.succeed(this);
+    return;
+  }
+  const { endpoint } = connect;
+  connect.fail(new TunnelError('HBONE_REFUSED', status === 401 ? 'DENY' : 'CONNECT', `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${status}`, status));
+  this.close(NGHTTP2_CANCEL);
+}
+
+function onConnectError(this: http2.ClientHttp2Stream, error: Error): void {
+  const connect = connectOf(this);
+  if (connect.pending) connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error));
 }

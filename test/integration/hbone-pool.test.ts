@@ -1,7 +1,7 @@
 // The HBONE client pool (src/proxy/pool.ts) against a peer that is not ambit: a plain node:http2 server with a
 // SPIFFE certificate that answers CONNECT only when the test says so. What must hold: a CONNECT nobody answers
-// fails with a clear error after the connect timeout and gives its stream and slot back; one that was answered
-// lives on however long it lasts.
+// fails with a clear error after the connect timeout and gives its stream and slot back, as one refused or reset
+// does at once; one that was answered lives on however long it lasts.
 import { once } from 'node:events';
 import * as http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
@@ -21,8 +21,10 @@ const SERVER_ID = 'spiffe://cluster.local/ns/b/sa/server';
 interface Peer {
   readonly server: http2.Http2SecureServer;
   readonly port: number;
-  /** How the peer treats a CONNECT: never answer, or answer 200 and echo. */
-  mode: 'silent' | 'echo';
+  /** How the peer treats a CONNECT: never answer, answer 200 and echo, answer `status` and end, or reset it unanswered. */
+  mode: 'silent' | 'echo' | 'refuse' | 'reset';
+  status: number;
+  resetCode: number;
   /** RST codes of the streams the peer saw closed. */
   readonly closedWith: number[];
 }
@@ -40,13 +42,17 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     contexts.set(loadSvid(client.certPem, client.keyPem));
     bundles = { get: (trustDomain) => (trustDomain === ca.trustDomain ? ca.bundle : undefined) };
     const h2 = http2.createSecureServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] });
-    peer = { server: h2, port: 0, mode: 'silent', closedWith: [] };
+    peer = { server: h2, port: 0, mode: 'silent', status: 200, resetCode: 0, closedWith: [] };
     h2.on('stream', (stream) => {
       stream.on('error', () => {});
       stream.once('close', () => peer.closedWith.push(stream.rstCode));
       if (peer.mode === 'echo') {
         stream.respond({ ':status': 200 });
         stream.pipe(stream);
+      } else if (peer.mode === 'refuse') {
+        stream.respond({ ':status': peer.status }, { endStream: true });
+      } else if (peer.mode === 'reset') {
+        stream.close(peer.resetCode);
       }
     });
     h2.listen(0, '127.0.0.1');
@@ -92,6 +98,52 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       expect(Date.now() - started).toBeGreaterThanOrEqual(290);
       // The peer saw the stream cancelled, and the pool counts no stream in flight.
       await expect.poll(() => peer.closedWith).toEqual([http2.constants.NGHTTP2_CANCEL]);
+      await expect.poll(() => hbone.stats().streams).toBe(0);
+    } finally {
+      await hbone.close();
+    }
+  });
+
+  it('fails a CONNECT the peer resets or closes before answering, saying so, and frees its slot', async () => {
+    peer.mode = 'reset';
+    const hbone = pool(5000);
+    try {
+      // A reset with an error code comes as the stream's 'error' before its 'close'; a plain close only as 'close'.
+      for (const [code, message] of [
+        [http2.constants.NGHTTP2_REFUSED_STREAM, 'CONNECT 127.0.0.1:8080: Stream closed with error code NGHTTP2_REFUSED_STREAM'],
+        [http2.constants.NGHTTP2_NO_ERROR, 'CONNECT 127.0.0.1:8080: stream closed before an answer (RST 0)'],
+      ] as const) {
+        peer.resetCode = code;
+        const error = await hbone.open(CLIENT_ID, endpoint(), '').then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(error).toBeInstanceOf(TunnelError);
+        expect((error as TunnelError).flag).toBe('CONNECT');
+        expect((error as TunnelError).message).toBe(message);
+      }
+      await expect.poll(() => hbone.stats().streams).toBe(0);
+    } finally {
+      await hbone.close();
+    }
+  });
+
+  it('fails a CONNECT the peer refuses, with its status: 401 is a policy denial, anything else a failed connect', async () => {
+    peer.mode = 'refuse';
+    const hbone = pool(5000);
+    try {
+      for (const [status, flag] of [[401, 'DENY'], [503, 'CONNECT'], [400, 'CONNECT']] as const) {
+        peer.status = status;
+        const error = await hbone.open(CLIENT_ID, endpoint(), '').then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(error).toBeInstanceOf(TunnelError);
+        expect((error as TunnelError).code).toBe('HBONE_REFUSED');
+        expect((error as TunnelError).flag).toBe(flag);
+        expect((error as TunnelError).status).toBe(status);
+        expect((error as TunnelError).message).toBe(`127.0.0.1:8080 via 127.0.0.1:${peer.port} answered ${status}`);
+      }
       await expect.poll(() => hbone.stats().streams).toBe(0);
     } finally {
       await hbone.close();
