@@ -17,9 +17,10 @@ import type { BundleSource } from '../identity/svid.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
-import type { Flushable, ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
+import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter } from '../observe/metrics.ts';
 import { accessLog } from '../observe/access-log.ts';
 import { parseAuthority } from './authority.ts';
+import type { Authority } from './authority.ts';
 import { Bridge } from './copy.ts';
 import type { IdentityContexts, PeerVerifier } from './tls.ts';
 import { parseBaggage } from './baggage.ts';
@@ -298,81 +299,101 @@ export class HboneInbound {
       }
       if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers);
     }
-    // Phase 4: upstream, and only then 200.
-    const labels = this.#labels(peer, destination, headers);
+    // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners through a symbol on
+    // the stream and the socket (as the Bridge does): closures here would keep this whole scope, the request's
+    // headers among it, for the tunnel's life.
     const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true, noDelay: true });
-    const startedMs = Date.now();
-    // A plain timer, cleared (and let go) on connect: upstream.setTimeout() would keep its Timeout and 'timeout'
-    // listener on the socket for the tunnel's whole life, and ten thousand idle tunnels keep all of them.
-    // The connect phase ends in one of three ways (connected, failed, abandoned by the peer); each stops it.
-    let timer: NodeJS.Timeout | undefined = setTimeout(() => onConnectError(new AmbitError('UPSTREAM_CONNECT', `connect timed out after ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
-    const stopTimer = () => {
-      clearTimeout(timer);
-      timer = undefined;
-    };
-    const onConnectError = (error: Error) => {
-      stopTimer();
-      upstream.destroy();
-      this.#options.metrics.failed(labels, 'CONNECT');
-      this.#refuse(stream, 503, peer, destination, `upstream ${authority.host}:${authority.port}: ${error.message}`, 'CONNECT');
-    };
-    upstream.once('error', onConnectError);
+    const dial = new UpstreamDial(this, stream, upstream, peer, destination, authority, connection, this.#labels(peer, destination, headers));
+    (upstream as DialCarrier)[kDial] = dial;
+    (stream as DialCarrier)[kDial] = dial;
+    dial.timer = setTimeout(HboneInbound.#onDialTimeout, CONNECT_TIMEOUT_MS, dial);
+    // The connect phase ends in one of three ways (connected, failed, abandoned by the peer); each stops the others.
+    upstream.on('error', HboneInbound.#onDialError);
+    upstream.on('connect', HboneInbound.#onDialConnect);
     // A peer that resets its stream while we are still connecting must not leave the connect pending, nor its
-    // timer: destroy() without an error emits neither 'error' nor 'connect', and the timer would later count
-    // and log a refusal for a tunnel that no longer exists.
-    const abandon = () => {
-      stopTimer();
+    // timer: destroy() without an error emits neither 'error' nor 'connect', and the timer would later count and
+    // log a refusal for a tunnel that no longer exists.
+    stream.on('close', HboneInbound.#onDialAbandoned);
+  }
+
+  /** Ends the connect phase: its timer and its three listeners go. */
+  static #stopDial(dial: UpstreamDial): void {
+    clearTimeout(dial.timer);
+    dial.timer = undefined;
+    dial.upstream.off('error', HboneInbound.#onDialError);
+    dial.upstream.off('connect', HboneInbound.#onDialConnect);
+    dial.stream.off('close', HboneInbound.#onDialAbandoned);
+  }
+
+  static #onDialError(this: net.Socket, error: Error): void {
+    const dial = dialOf(this);
+    dial.inbound.#dialFailed(dial, error);
+  }
+
+  static #onDialTimeout(dial: UpstreamDial): void {
+    dial.inbound.#dialFailed(dial, new AmbitError('UPSTREAM_CONNECT', `connect timed out after ${CONNECT_TIMEOUT_MS} ms`));
+  }
+
+  static #onDialAbandoned(this: http2.ServerHttp2Stream): void {
+    const dial = dialOf(this);
+    HboneInbound.#stopDial(dial);
+    dial.upstream.destroy();
+  }
+
+  static #onDialConnect(this: net.Socket): void {
+    const dial = dialOf(this);
+    HboneInbound.#stopDial(dial);
+    const { stream, upstream } = dial;
+    if (stream.destroyed || stream.closed) {
       upstream.destroy();
-    };
-    stream.once('close', abandon);
-    upstream.once('connect', () => {
-      upstream.off('error', onConnectError);
-      stream.off('close', abandon);
-      stopTimer();
-      if (stream.destroyed || stream.closed) {
-        upstream.destroy();
-        return;
-      }
-      // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
-      stream.respond([HTTP2_HEADER_STATUS, '200']);
-      const meter = this.#options.metrics.open(labels);
-      // Reporter is the destination: "sent" is what went back to the peer, "received" what came from it.
-      const flushable: Flushable = { flush: () => meter.update(upstream.bytesRead, upstream.bytesWritten) };
-      this.#options.liveMeters.add(flushable);
-      const finish = (tunnel: LiveTunnel, error: Error | undefined, side: 'socket' | 'stream' | undefined) => {
-        this.#live.delete(tunnel);
-        this.#options.liveMeters.delete(flushable);
-        // An upstream failure mid-transfer is the workload's; a reset from the peer is an ordinary (abrupt) close.
-        const flags = error && side === 'socket' ? 'CONNECT' : '-';
-        meter.close(upstream.bytesRead, upstream.bytesWritten, flags);
-        accessLog(this.#logger, {
-          direction: 'inbound',
-          src: { addr: peer.address, identity: peer.id.id, workload: labels.sourceWorkload, namespace: labels.sourceWorkloadNamespace },
-          dst: { addr: `${authority.host}:${authority.port}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
-          bytesSent: upstream.bytesRead,
-          bytesRecv: upstream.bytesWritten,
-          durationMs: Date.now() - startedMs,
-          error: error ? { code: side === 'socket' ? 'UPSTREAM_CONNECT' : 'TUNNEL_RESET', message: error.message } : undefined,
-          responseFlags: flags,
-        });
-      };
-      // Ports declared HTTP whose workload has HTTP rules: every request is decided; other tunnels are bytes.
-      const decider = this.#options.inspectRequests?.(connection) ?? null;
-      if (decider !== null && this.#options.inspector !== null) {
-        const tunnel: LiveTunnel = {
-          abort: () => {
-            if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
-            upstream.destroy();
-          },
-        };
-        connections.set(tunnel, { connection, inspected: true });
-        this.#live.add(tunnel);
-        void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied).then(() => finish(tunnel, undefined, undefined));
-        return;
-      }
-      const bridge = new Bridge(upstream, stream, (result) => finish(bridge, result.error, result.failedSide));
-      connections.set(bridge, { connection, inspected: false });
-      this.#live.add(bridge);
+      return;
+    }
+    // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
+    stream.respond([HTTP2_HEADER_STATUS, '200']);
+    dial.inbound.#open(dial);
+  }
+
+  #dialFailed(dial: UpstreamDial, error: Error): void {
+    HboneInbound.#stopDial(dial);
+    dial.upstream.destroy();
+    this.#options.metrics.failed(dial.labels, 'CONNECT');
+    this.#refuse(dial.stream, 503, dial.peer, dial.destination, `upstream ${dial.authority.host}:${dial.authority.port}: ${error.message}`, 'CONNECT');
+  }
+
+  /** The upstream answered and the peer has its 200: count the tunnel, then carry bytes (or inspect requests). */
+  #open(dial: UpstreamDial): void {
+    dial.meter = this.#options.metrics.open(dial.labels);
+    this.#options.liveMeters.add(dial);
+    const { stream, upstream } = dial;
+    // Ports declared HTTP whose workload has HTTP rules: every request is decided; other tunnels are bytes.
+    const decider = this.#options.inspectRequests?.(dial.connection) ?? null;
+    if (decider !== null && this.#options.inspector !== null) {
+      connections.set(dial, { connection: dial.connection, inspected: true });
+      this.#live.add(dial);
+      void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied).then(() => this.#finish(dial, dial, undefined, undefined));
+      return;
+    }
+    const bridge = new Bridge(upstream, stream, (result) => this.#finish(dial, bridge, result.error, result.failedSide));
+    connections.set(bridge, { connection: dial.connection, inspected: false });
+    this.#live.add(bridge);
+  }
+
+  #finish(dial: UpstreamDial, tunnel: LiveTunnel, error: Error | undefined, side: 'socket' | 'stream' | undefined): void {
+    this.#live.delete(tunnel);
+    this.#options.liveMeters.delete(dial);
+    const { upstream, peer, labels, authority, destination } = dial;
+    // An upstream failure mid-transfer is the workload's; a reset from the peer is an ordinary (abrupt) close.
+    const flags = error && side === 'socket' ? 'CONNECT' : '-';
+    dial.meter?.close(upstream.bytesRead, upstream.bytesWritten, flags);
+    accessLog(this.#logger, {
+      direction: 'inbound',
+      src: { addr: peer.address, identity: peer.id.id, workload: labels.sourceWorkload, namespace: labels.sourceWorkloadNamespace },
+      dst: { addr: `${authority.host}:${authority.port}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
+      bytesSent: upstream.bytesRead,
+      bytesRecv: upstream.bytesWritten,
+      durationMs: Date.now() - dial.startedMs,
+      error: error ? { code: side === 'socket' ? 'UPSTREAM_CONNECT' : 'TUNNEL_RESET', message: error.message } : undefined,
+      responseFlags: flags,
     });
   }
 
@@ -432,6 +453,55 @@ export class HboneInbound {
 /** An open tunnel: a byte bridge, or an HTTP-inspected one. */
 interface LiveTunnel {
   abort(): void;
+}
+
+const kDial = Symbol('ambit.upstream-dial');
+type DialCarrier = { [kDial]?: UpstreamDial };
+
+function dialOf(emitter: unknown): UpstreamDial {
+  return (emitter as DialCarrier)[kDial] as UpstreamDial;
+}
+
+/**
+ * An authorized CONNECT from its upstream connect to its close: what the connect phase's listeners, the byte flush
+ * (Flushable), a policy revocation of an inspected tunnel (LiveTunnel) and the access line need. The connect timer
+ * is a plain one, cleared and let go on the answer: upstream.setTimeout() would keep its Timeout and 'timeout'
+ * listener on the socket for the tunnel's whole life, and ten thousand idle tunnels keep all of them.
+ */
+class UpstreamDial implements Flushable, LiveTunnel {
+  readonly inbound: HboneInbound;
+  readonly stream: http2.ServerHttp2Stream;
+  readonly upstream: net.Socket;
+  readonly peer: PeerInfo;
+  readonly destination: Workload;
+  readonly authority: Authority;
+  readonly connection: InboundConnection;
+  readonly labels: TunnelLabels;
+  readonly startedMs = Date.now();
+  meter: TunnelMeter | null = null;
+  /** The connect timer, set and stopped by HboneInbound's dial handlers. */
+  timer: NodeJS.Timeout | undefined = undefined;
+
+  constructor(inbound: HboneInbound, stream: http2.ServerHttp2Stream, upstream: net.Socket, peer: PeerInfo, destination: Workload, authority: Authority, connection: InboundConnection, labels: TunnelLabels) {
+    this.inbound = inbound;
+    this.stream = stream;
+    this.upstream = upstream;
+    this.peer = peer;
+    this.destination = destination;
+    this.authority = authority;
+    this.connection = connection;
+    this.labels = labels;
+  }
+
+  /** Reporter is the destination: "sent" is what went back to the peer, "received" what came from it. */
+  flush(): void {
+    this.meter?.update(this.upstream.bytesRead, this.upstream.bytesWritten);
+  }
+
+  abort(): void {
+    if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
+    this.upstream.destroy();
+  }
 }
 
 const connections = new WeakMap<LiveTunnel, { connection: InboundConnection; inspected: boolean }>();
