@@ -3,17 +3,19 @@
 // endpoint's node (checking the server presents the identity the registry expects), plain passthrough
 // for destinations outside the mesh, or refusal when egress is locked down. Transparent capture (15001
 // with SO_ORIGINAL_DST) will feed the same `forward` with the original destination.
+import type * as http2 from 'node:http2';
 import * as net from 'node:net';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
-import type { Flushable, ProxyMetrics, TunnelLabels } from '../observe/metrics.ts';
+import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter } from '../observe/metrics.ts';
 import { accessLog } from '../observe/access-log.ts';
 import type { AccessLogRecord } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import { buildBaggage } from './baggage.ts';
 import { Bridge } from './copy.ts';
+import type { BridgeResult } from './copy.ts';
 import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
 import { decideRoute, routingTableOf } from './routes.ts';
@@ -266,25 +268,31 @@ export class OutboundListeners {
       stream.close();
       return;
     }
-    const meter = this.#options.metrics.open(labels);
-    // Reporter is the source: "sent" went to the app (server → client), "received" came from it.
-    const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
-    this.#options.liveMeters.add(flushable);
-    socket.resume();
-    new Bridge(socket, stream, (result) => {
-      this.#options.liveMeters.delete(flushable);
-      // The app resetting its own connection is not a failure of the path; a broken tunnel is.
-      const flags = result.error && result.failedSide === 'stream' ? 'CONNECT' : '-';
-      meter.close(socket.bytesWritten, socket.bytesRead, flags);
-      accessLog(this.#logger, {
-        direction: 'outbound',
-        ...hboneEnds(source, srcAddr, endpoint, service),
-        bytesSent: socket.bytesRead,
-        bytesRecv: socket.bytesWritten,
-        durationMs: Date.now() - startedMs,
-        error: result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined,
-        responseFlags: flags,
-      });
+    // One object per tunnel, and a sync method for the rest: closures here would keep this async call's whole scope
+    // for the tunnel's life.
+    this.#carry(new OutboundTunnel(socket, this.#options.metrics.open(labels), source, srcAddr, endpoint, service, startedMs), stream);
+  }
+
+  #carry(tunnel: OutboundTunnel, stream: http2.ClientHttp2Stream): void {
+    this.#options.liveMeters.add(tunnel);
+    tunnel.socket.resume();
+    new Bridge(tunnel.socket, stream, (result) => this.#finish(tunnel, result));
+  }
+
+  #finish(tunnel: OutboundTunnel, result: BridgeResult): void {
+    this.#options.liveMeters.delete(tunnel);
+    const { socket } = tunnel;
+    // The app resetting its own connection is not a failure of the path; a broken tunnel is.
+    const flags = result.error && result.failedSide === 'stream' ? 'CONNECT' : '-';
+    tunnel.meter.close(socket.bytesWritten, socket.bytesRead, flags);
+    accessLog(this.#logger, {
+      direction: 'outbound',
+      ...hboneEnds(tunnel.source, tunnel.srcAddr, tunnel.endpoint, tunnel.service),
+      bytesSent: socket.bytesRead,
+      bytesRecv: socket.bytesWritten,
+      durationMs: Date.now() - tunnel.startedMs,
+      error: result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined,
+      responseFlags: flags,
     });
   }
 
@@ -354,6 +362,32 @@ export class OutboundListeners {
 }
 
 function noop(): void {}
+
+/** An HBONE tunnel from an application connection: what its byte flush and its access line need. */
+class OutboundTunnel implements Flushable {
+  readonly socket: net.Socket;
+  readonly meter: TunnelMeter;
+  readonly source: Workload;
+  readonly srcAddr: string;
+  readonly endpoint: Endpoint;
+  readonly service: string;
+  readonly startedMs: number;
+
+  constructor(socket: net.Socket, meter: TunnelMeter, source: Workload, srcAddr: string, endpoint: Endpoint, service: string, startedMs: number) {
+    this.socket = socket;
+    this.meter = meter;
+    this.source = source;
+    this.srcAddr = srcAddr;
+    this.endpoint = endpoint;
+    this.service = service;
+    this.startedMs = startedMs;
+  }
+
+  /** Reporter is the source: "sent" went to the app (server → client), "received" came from it. */
+  flush(): void {
+    this.meter.update(this.socket.bytesWritten, this.socket.bytesRead);
+  }
+}
 
 /** The listener's owner among the node's workloads of its name: the one of its kind, or the only one. */
 export function ownerOf(named: readonly Workload[], kind: Workload['kind'] | undefined): Workload | undefined {
