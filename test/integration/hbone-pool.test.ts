@@ -77,6 +77,14 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     };
   }
 
+  /** What opening a tunnel failed with (null if it opened). */
+  function openError(hbone: HbonePool): Promise<unknown> {
+    return hbone.open(CLIENT_ID, endpoint(), '').then(
+      () => null,
+      (e: unknown) => e,
+    );
+  }
+
   function pool(connectTimeoutMs: number): HbonePool {
     return new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), connectTimeoutMs });
   }
@@ -87,10 +95,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     const hbone = pool(300);
     try {
       const started = Date.now();
-      const error = await hbone.open(CLIENT_ID, endpoint(), '').then(
-        () => null,
-        (e: unknown) => e,
-      );
+      const error = await openError(hbone);
       expect(error).toBeInstanceOf(TunnelError);
       expect((error as TunnelError).code).toBe('UPSTREAM_CONNECT');
       expect((error as TunnelError).flag).toBe('CONNECT');
@@ -114,10 +119,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
         [http2.constants.NGHTTP2_NO_ERROR, 'CONNECT 127.0.0.1:8080: stream closed before an answer (RST 0)'],
       ] as const) {
         peer.resetCode = code;
-        const error = await hbone.open(CLIENT_ID, endpoint(), '').then(
-          () => null,
-          (e: unknown) => e,
-        );
+        const error = await openError(hbone);
         expect(error).toBeInstanceOf(TunnelError);
         expect((error as TunnelError).flag).toBe('CONNECT');
         expect((error as TunnelError).message).toBe(message);
@@ -134,10 +136,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     try {
       for (const [status, flag] of [[401, 'DENY'], [503, 'CONNECT'], [400, 'CONNECT']] as const) {
         peer.status = status;
-        const error = await hbone.open(CLIENT_ID, endpoint(), '').then(
-          () => null,
-          (e: unknown) => e,
-        );
+        const error = await openError(hbone);
         expect(error).toBeInstanceOf(TunnelError);
         expect((error as TunnelError).code).toBe('HBONE_REFUSED');
         expect((error as TunnelError).flag).toBe(flag);
