@@ -5,12 +5,12 @@
 // instead of growing a buffer. Bytes are counted by the sockets themselves (bytesRead/bytesWritten); the only
 // per-chunk work is corking the app socket for large HBONE chunks (CORK_MIN_CHUNK_BYTES).
 //
-// The listeners are the class's static functions, shared by every tunnel, finding their Bridge through a
-// symbol on the emitter (undici's module-level handlers reading `this`): pipe() in both directions would
-// make about fifteen closures per tunnel, and ten thousand idle tunnels keep all of them.
+// The listeners are the class's static functions, shared by every tunnel, finding their Bridge in an
+// EmitterSlot: pipe() in both directions would make about fifteen closures per tunnel.
 import type { Socket } from 'node:net';
 import type { Http2Stream } from 'node:http2';
 import { constants as h2constants } from 'node:http2';
+import { EmitterSlot } from './emitter-slot.ts';
 
 export interface BridgeResult {
   /** The first error on either side, if any; undefined for a clean close. */
@@ -19,7 +19,7 @@ export interface BridgeResult {
   readonly failedSide: 'socket' | 'stream' | undefined;
 }
 
-const kBridge = Symbol('ambit.bridge');
+const bridges = new EmitterSlot<Bridge>('ambit.bridge');
 
 /**
  * HBONE chunks arrive one TLS record's plaintext at a time (at most 16 KiB, less frame headers). One this
@@ -29,11 +29,6 @@ const kBridge = Symbol('ambit.bridge');
  */
 const CORK_MIN_CHUNK_BYTES = 8 * 1024;
 
-type Carrier = { [kBridge]?: Bridge };
-
-function bridgeOf(emitter: unknown): Bridge {
-  return (emitter as Carrier)[kBridge] as Bridge;
-}
 
 /** Runs until both sides have closed; the callback runs exactly once. */
 export class Bridge {
@@ -49,8 +44,8 @@ export class Bridge {
     this.socket = socket;
     this.stream = stream;
     this.#done = done;
-    (socket as unknown as Carrier)[kBridge] = this;
-    (stream as unknown as Carrier)[kBridge] = this;
+    bridges.set(socket, this);
+    bridges.set(stream, this);
     socket.on('error', Bridge.#onSocketError);
     socket.on('close', Bridge.#onSocketClose);
     stream.on('error', Bridge.#onStreamError);
@@ -71,18 +66,18 @@ export class Bridge {
   }
 
   static #onSocketData(this: Socket, chunk: Buffer): void {
-    const stream = bridgeOf(this).stream;
+    const stream = bridges.of(this).stream;
     // After a reset the tunnel is being torn down: the bytes have nowhere to go.
     if (stream.destroyed) return;
     if (!stream.write(chunk)) this.pause();
   }
 
   static #onStreamDrain(this: Http2Stream): void {
-    bridgeOf(this).socket.resume();
+    bridges.of(this).socket.resume();
   }
 
   static #onStreamData(this: Http2Stream, chunk: Buffer): void {
-    const bridge = bridgeOf(this);
+    const bridge = bridges.of(this);
     const socket = bridge.socket;
     if (socket.destroyed) return;
     // Nothing else corks these sockets: writableCorked says whether an uncork is already scheduled.
@@ -103,35 +98,35 @@ export class Bridge {
   }
 
   static #onSocketDrain(this: Socket): void {
-    bridgeOf(this).stream.resume();
+    bridges.of(this).stream.resume();
   }
 
   /** FIN from the application: END_STREAM. */
   static #onSocketEnd(this: Socket): void {
-    const stream = bridgeOf(this).stream;
+    const stream = bridges.of(this).stream;
     if (!stream.destroyed) stream.end();
   }
 
   /** END_STREAM from the peer: FIN to the application. */
   static #onStreamEnd(this: Http2Stream): void {
-    const socket = bridgeOf(this).socket;
+    const socket = bridges.of(this).socket;
     if (!socket.destroyed) socket.end();
   }
 
   static #onSocketError(this: Socket, error: Error): void {
-    bridgeOf(this).#fail('socket', error);
+    bridges.of(this).#fail('socket', error);
   }
 
   static #onStreamError(this: Http2Stream, error: Error): void {
-    bridgeOf(this).#fail('stream', error);
+    bridges.of(this).#fail('stream', error);
   }
 
   static #onStreamAborted(this: Http2Stream): void {
-    bridgeOf(this).#fail('stream', new Error('stream aborted by peer'));
+    bridges.of(this).#fail('stream', new Error('stream aborted by peer'));
   }
 
   static #onSocketClose(this: Socket): void {
-    const bridge = bridgeOf(this);
+    const bridge = bridges.of(this);
     bridge.#socketClosed = true;
     // The app side is gone (both directions done, or aborted): nothing more will flow into the stream.
     if (!bridge.#streamClosed && this.destroyed && !this.readableEnded) bridge.#resetStream();
@@ -139,7 +134,7 @@ export class Bridge {
   }
 
   static #onStreamClose(this: Http2Stream): void {
-    const bridge = bridgeOf(this);
+    const bridge = bridges.of(this);
     bridge.#streamClosed = true;
     // A reset from the peer (any code but a clean end) closes the app connection abruptly.
     if (!bridge.#socketClosed && (this.rstCode !== h2constants.NGHTTP2_NO_ERROR || !this.readableEnded)) bridge.socket.destroy();

@@ -10,6 +10,7 @@ import type { Logger } from '../observe/log.ts';
 import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
+import { EmitterSlot } from './emitter-slot.ts';
 import {
   CONNECT_TIMEOUT_MS,
   H2_CLIENT_MAX_HEADER_LIST_BYTES,
@@ -244,9 +245,9 @@ export class HbonePool {
         reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `cannot open a stream to ${endpoint.authority}: ${(error as Error).message}`, undefined, error));
         return;
       }
-      (stream as ConnectCarrier)[kConnect] = new PendingConnect(entry, endpoint, this.#connectTimeoutMs, stream, resolve, reject);
-      // Shared listeners, finding their PendingConnect on the stream (as the Bridge does): a tunnel keeps its 'close'
-      // and 'error' listeners until it ends, and closures would keep this call's whole scope for as long.
+      connects.set(stream, new PendingConnect(entry, endpoint, this.#connectTimeoutMs, stream, resolve, reject));
+      // Shared listeners, finding their PendingConnect in an EmitterSlot: a tunnel keeps its 'close' and 'error'
+      // listeners until it ends, and closures would keep this call's whole scope for as long.
       stream.on('close', onConnectClose);
       stream.on('response', onConnectResponse);
       // Stays after the answer too: an error between the answer and the Bridge's own listener must not throw.
@@ -306,12 +307,7 @@ function releaseStream(entry: PooledSession): void {
   if (entry.streams === 0) entry.idleSinceMs = Date.now();
 }
 
-const kConnect = Symbol('ambit.connect');
-type ConnectCarrier = http2.ClientHttp2Stream & { [kConnect]?: PendingConnect };
-
-function connectOf(stream: http2.ClientHttp2Stream): PendingConnect {
-  return (stream as ConnectCarrier)[kConnect] as PendingConnect;
-}
+const connects = new EmitterSlot<PendingConnect>('ambit.connect');
 
 /**
  * A CONNECT until its answer, then the tunnel's hold on its session's stream count until the stream closes. No
@@ -363,20 +359,20 @@ class PendingConnect {
 }
 
 function onConnectTimeout(stream: http2.ClientHttp2Stream): void {
-  const connect = connectOf(stream);
+  const connect = connects.of(stream);
   const { endpoint } = connect;
   connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort}: no answer within ${connect.timeoutMs} ms`));
   stream.close(NGHTTP2_CANCEL);
 }
 
 function onConnectClose(this: http2.ClientHttp2Stream): void {
-  const connect = connectOf(this);
+  const connect = connects.of(this);
   releaseStream(connect.entry);
   if (connect.pending) connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: stream closed before an answer (RST ${this.rstCode})`));
 }
 
 function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-  const connect = connectOf(this);
+  const connect = connects.of(this);
   if (!connect.pending) return;
   const status = Number(headers[HTTP2_HEADER_STATUS]);
   if (status === 200) {
@@ -389,6 +385,6 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
 }
 
 function onConnectError(this: http2.ClientHttp2Stream, error: Error): void {
-  const connect = connectOf(this);
+  const connect = connects.of(this);
   if (connect.pending) connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error));
 }
