@@ -20,8 +20,8 @@ import { AmbitError } from '../errors.ts';
 import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter } from '../observe/metrics.ts';
 import { accessLog } from '../observe/access-log.ts';
 import { parseAuthority } from './authority.ts';
-import type { Authority } from './authority.ts';
 import { Bridge } from './copy.ts';
+import { EmitterSlot } from './emitter-slot.ts';
 import type { IdentityContexts, PeerVerifier } from './tls.ts';
 import { parseBaggage } from './baggage.ts';
 import { DENY_ON_ERROR } from '../authz/compile.ts';
@@ -299,13 +299,13 @@ export class HboneInbound {
       }
       if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers);
     }
-    // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners through a symbol on
-    // the stream and the socket (as the Bridge does): closures here would keep this whole scope, the request's
-    // headers among it, for the tunnel's life.
+    // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners in an EmitterSlot
+    // on the stream and the socket: closures here would keep this whole scope, the request's headers among it, for
+    // the tunnel's life.
     const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true, noDelay: true });
-    const dial = new UpstreamDial(this, stream, upstream, peer, destination, authority, connection, this.#labels(peer, destination, headers));
-    (upstream as DialCarrier)[kDial] = dial;
-    (stream as DialCarrier)[kDial] = dial;
+    const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers));
+    dials.set(upstream, dial);
+    dials.set(stream, dial);
     dial.timer = setTimeout(HboneInbound.#onDialTimeout, CONNECT_TIMEOUT_MS, dial);
     // The connect phase ends in one of three ways (connected, failed, abandoned by the peer); each stops the others.
     upstream.on('error', HboneInbound.#onDialError);
@@ -326,7 +326,7 @@ export class HboneInbound {
   }
 
   static #onDialError(this: net.Socket, error: Error): void {
-    const dial = dialOf(this);
+    const dial = dials.of(this);
     dial.inbound.#dialFailed(dial, error);
   }
 
@@ -335,13 +335,13 @@ export class HboneInbound {
   }
 
   static #onDialAbandoned(this: http2.ServerHttp2Stream): void {
-    const dial = dialOf(this);
+    const dial = dials.of(this);
     HboneInbound.#stopDial(dial);
     dial.upstream.destroy();
   }
 
   static #onDialConnect(this: net.Socket): void {
-    const dial = dialOf(this);
+    const dial = dials.of(this);
     HboneInbound.#stopDial(dial);
     const { stream, upstream } = dial;
     if (stream.destroyed || stream.closed) {
@@ -357,7 +357,8 @@ export class HboneInbound {
     HboneInbound.#stopDial(dial);
     dial.upstream.destroy();
     this.#options.metrics.failed(dial.labels, 'CONNECT');
-    this.#refuse(dial.stream, 503, dial.peer, dial.destination, `upstream ${dial.authority.host}:${dial.authority.port}: ${error.message}`, 'CONNECT');
+    const { destination, destinationIp, destinationPort } = dial.connection;
+    this.#refuse(dial.stream, 503, dial.peer, destination, `upstream ${destinationIp}:${destinationPort}: ${error.message}`, 'CONNECT');
   }
 
   /** The upstream answered and the peer has its 200: count the tunnel, then carry bytes (or inspect requests). */
@@ -381,14 +382,15 @@ export class HboneInbound {
   #finish(dial: UpstreamDial, tunnel: LiveTunnel, error: Error | undefined, side: 'socket' | 'stream' | undefined): void {
     this.#live.delete(tunnel);
     this.#options.liveMeters.delete(dial);
-    const { upstream, peer, labels, authority, destination } = dial;
+    const { upstream, peer, labels } = dial;
+    const { destination, destinationIp, destinationPort } = dial.connection;
     // An upstream failure mid-transfer is the workload's; a reset from the peer is an ordinary (abrupt) close.
     const flags = error && side === 'socket' ? 'CONNECT' : '-';
     dial.meter?.close(upstream.bytesRead, upstream.bytesWritten, flags);
     accessLog(this.#logger, {
       direction: 'inbound',
       src: { addr: peer.address, identity: peer.id.id, workload: labels.sourceWorkload, namespace: labels.sourceWorkloadNamespace },
-      dst: { addr: `${authority.host}:${authority.port}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
+      dst: { addr: `${destinationIp}:${destinationPort}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
       bytesSent: upstream.bytesRead,
       bytesRecv: upstream.bytesWritten,
       durationMs: Date.now() - dial.startedMs,
@@ -455,12 +457,7 @@ interface LiveTunnel {
   abort(): void;
 }
 
-const kDial = Symbol('ambit.upstream-dial');
-type DialCarrier = { [kDial]?: UpstreamDial };
-
-function dialOf(emitter: unknown): UpstreamDial {
-  return (emitter as DialCarrier)[kDial] as UpstreamDial;
-}
+const dials = new EmitterSlot<UpstreamDial>('ambit.upstream-dial');
 
 /**
  * An authorized CONNECT from its upstream connect to its close: what the connect phase's listeners, the byte flush
@@ -473,8 +470,7 @@ class UpstreamDial implements Flushable, LiveTunnel {
   readonly stream: http2.ServerHttp2Stream;
   readonly upstream: net.Socket;
   readonly peer: PeerInfo;
-  readonly destination: Workload;
-  readonly authority: Authority;
+  /** The destination workload, its IP and port: what the peer asked for and was authorized to reach. */
   readonly connection: InboundConnection;
   readonly labels: TunnelLabels;
   readonly startedMs = Date.now();
@@ -482,13 +478,11 @@ class UpstreamDial implements Flushable, LiveTunnel {
   /** The connect timer, set and stopped by HboneInbound's dial handlers. */
   timer: NodeJS.Timeout | undefined = undefined;
 
-  constructor(inbound: HboneInbound, stream: http2.ServerHttp2Stream, upstream: net.Socket, peer: PeerInfo, destination: Workload, authority: Authority, connection: InboundConnection, labels: TunnelLabels) {
+  constructor(inbound: HboneInbound, stream: http2.ServerHttp2Stream, upstream: net.Socket, peer: PeerInfo, connection: InboundConnection, labels: TunnelLabels) {
     this.inbound = inbound;
     this.stream = stream;
     this.upstream = upstream;
     this.peer = peer;
-    this.destination = destination;
-    this.authority = authority;
     this.connection = connection;
     this.labels = labels;
   }
