@@ -16,7 +16,8 @@ import { benchConfig, footprintConfig, httpText, metricTotal, startAmbit } from 
 import type { AmbitMesh } from './system/ambit.ts';
 import { haproxyOpenssl, haproxyVersion, issueCertificates, startHaproxyPair } from './system/haproxy.ts';
 import type { HaproxyCertificates, HaproxyPair } from './system/haproxy.ts';
-import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, TRUST_DOMAIN, UPSTREAM } from './system/layout.ts';
+import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, NODE_FLOOR, TRUST_DOMAIN, UPSTREAM } from './system/layout.ts';
+import { startNodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
 import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
@@ -37,7 +38,8 @@ direct and HAProxy, and writes every figure to bench/results/DATE-MODE.json.
 
   --quick                every scenario briefly (1,000 idle connections, 64 MiB bulk): under 2 minutes
   --scenario LIST        a,b,c,d,e,f,g or throughput,latency,churn,bulk,idle,rotation,footprint (default all)
-  --rows LIST            direct,ambit-l4,ambit-l7,haproxy-l4,haproxy-l7 (default all)
+  --rows LIST            direct,ambit-l4,ambit-l7,node-l4,haproxy-l4,haproxy-l7 (default all; node-l4 is the
+                         Node floor pair: a minimal Node HBONE proxy pair, for reference)
   --duration S           seconds of load per row for (a), (b), (c) and (f)
   --connections N        keep-alive connections for (a) and (b), concurrent clients for (c) (default 32)
   --rate N               requests per second for (b) and (f) (default 2000)
@@ -197,7 +199,7 @@ function notApplicable(scenario: ScenarioId, row: RowId): string | null {
   switch (scenario) {
     case 'bulk': return l7 ? NOT_A_BYTE_STREAM : null;
     case 'idle': return l7 ? NOT_A_BYTE_STREAM : row === 'direct' ? 'no proxy to measure' : null;
-    case 'rotation': return row === 'direct' ? 'no certificates' : row.startsWith('haproxy') ? "HAProxy's certificates are files loaded at start; not rotated here" : null;
+    case 'rotation': return row === 'direct' ? 'no certificates' : row.startsWith('haproxy') ? "HAProxy's certificates are files loaded at start; not rotated here" : row === 'node-l4' ? 'a reference pair with fixed certificates' : null;
     case 'footprint': return row === 'ambit-l4' ? null : 'ambit only';
     default: return null;
   }
@@ -545,6 +547,15 @@ async function run(ctx: Context, workDir: string): Promise<void> {
 
   const binary = hasCommand('haproxy');
   let certs: HaproxyCertificates | null = null;
+  // The HAProxy pairs and the Node floor pair present the same certificates, from the ambit CA's root.
+  const pairCertificates = async (): Promise<HaproxyCertificates> => {
+    if (certs === null) {
+      const caDir = ctx.caDir ?? join(workDir, 'haproxy-ca');
+      if (ctx.caDir === undefined) await initCa(caDir, TRUST_DOMAIN);
+      certs = await issueCertificates(join(workDir, 'haproxy', 'certs'), caDir);
+    }
+    return certs;
+  };
 
   const isMain = (s: ScenarioId): s is LoadScenario => s !== 'rotation' && s !== 'footprint';
   /** Starts the proxies the scenarios need, runs them row by row (in rounds), stops the proxies. */
@@ -562,18 +573,14 @@ async function run(ctx: Context, workDir: string): Promise<void> {
       }
       if (wantsHaproxy && binary) {
         progress.step(`starting the HAProxy pairs (certificates from the ambit CA root)${label}`);
-        if (certs === null) {
-          const caDir = ctx.caDir ?? join(workDir, 'haproxy-ca');
-          if (ctx.caDir === undefined) await initCa(caDir, TRUST_DOMAIN);
-          certs = await issueCertificates(join(workDir, 'haproxy', 'certs'), caDir);
-        }
+        const pem = await pairCertificates();
         for (const layer of layers) {
           const row: RowId = `haproxy-${layer}`;
           if (!plan.rows.includes(row) || results.skipped[row] !== undefined) continue;
           try {
             // Two descriptors per connection on each side: stay inside the open-files limit or haproxy refuses to start.
             const maxConnections = Math.min(plan.idleConnections + 64, Math.floor((openFilesLimit().hard - 256) / 2));
-            const pair = await startHaproxyPair(processes, binary, layer, join(workDir, 'haproxy'), certs, maxConnections);
+            const pair = await startHaproxyPair(processes, binary, layer, join(workDir, 'haproxy'), pem, maxConnections);
             stoppers.push(() => pair.stop());
             ctx.targets.set(row, haproxyTarget(pair, layer));
           } catch (error) {
@@ -581,6 +588,22 @@ async function run(ctx: Context, workDir: string): Promise<void> {
             results.skipped[row] = `haproxy did not start: ${/\[ALERT\][^\n]*/.exec(message)?.[0] ?? message.split('\n')[0]}`;
             progress.note(`${ROW_LABELS[row]}: ${results.skipped[row]}`);
           }
+        }
+      }
+      if (plan.rows.includes('node-l4') && results.skipped['node-l4'] === undefined) {
+        progress.step(`starting the Node floor pair${label}`);
+        try {
+          const pair = await startNodeFloorPair(processes, await pairCertificates(), nodeFlags);
+          stoppers.push(() => pair.stop());
+          ctx.targets.set('node-l4', {
+            http: { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.web },
+            bulk: { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.bulk },
+            hold: { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.hold },
+            proxies: [{ name: 'floor-client', pid: pair.client.pid }, { name: 'floor-server', pid: pair.server.pid }],
+          });
+        } catch (error) {
+          results.skipped['node-l4'] = `the Node floor pair did not start: ${(error as Error).message.split('\n')[0]}`;
+          progress.note(`${ROW_LABELS['node-l4']}: ${results.skipped['node-l4']}`);
         }
       }
       ctx.targets.set('direct', { http: UPSTREAM.webL4, bulk: UPSTREAM.bulk, hold: null, proxies: [] });
@@ -682,6 +705,7 @@ async function assertAddressesFree(): Promise<void> {
     ...Object.values(UPSTREAM), AMBIT.ca, FOOTPRINT.ca,
     ...[AMBIT.nodeA.address, AMBIT.nodeB.address, FOOTPRINT.node.address].flatMap((host) => [{ host, port: 15020 }, { host, port: 15021 }]),
     ...Object.values(AMBIT.listen).map((port) => ({ host: AMBIT.clientIp, port })),
+    ...Object.values(NODE_FLOOR.listen).map((port) => ({ host: NODE_FLOOR.client, port })), { host: NODE_FLOOR.server, port: NODE_FLOOR.hbonePort },
     ...(['l4', 'l7'] as const).flatMap((layer) => [
       ...Object.values(HAPROXY.listen).map((port) => ({ host: HAPROXY[layer].client, port })),
       ...Object.values(HAPROXY.tls).map((port) => ({ host: HAPROXY[layer].server, port })),

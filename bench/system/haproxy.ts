@@ -15,7 +15,7 @@ import type { Processes, Spawned } from './processes.ts';
 /** ambit's TLS 1.3 suites, in ambit's order (src/proxy/settings.ts TLS_CIPHERS). */
 const CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
 /** The server name the client side checks, standing in for ambit's expected-identity check. */
-const SERVER_NAME = `web.${NAMESPACE}.svc`;
+export const SERVER_NAME = `web.${NAMESPACE}.svc`;
 
 export interface HaproxyPair {
   readonly client: Spawned;

@@ -44,6 +44,14 @@ export const HAPROXY = {
   tls: { web: 8443, bulk: 8444, hold: 8445 },
 } as const;
 
+/** The Node floor pair (bench/system/node-floor.ts): plain TCP in on the client side, HBONE to the server side. */
+export const NODE_FLOOR = {
+  client: '127.70.8.20',
+  server: '127.70.8.1',
+  hbonePort: 15008,
+  listen: { web: 9080, bulk: 9090, hold: 9091 },
+} as const;
+
 /** The idle-footprint proxy (its own CA and registry): 1,000 workloads, 100 of them on node-c. */
 export const FOOTPRINT = {
   ca: { host: '127.70.0.2', port: 15012 },

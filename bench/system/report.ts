@@ -2,19 +2,20 @@
 // table per scenario with ratios against direct and against the HAProxy pair of the same layer, and the
 // issue's targets checked against this run's figures.
 
-export const ROWS = ['direct', 'ambit-l4', 'ambit-l7', 'haproxy-l4', 'haproxy-l7'] as const;
+export const ROWS = ['direct', 'ambit-l4', 'ambit-l7', 'node-l4', 'haproxy-l4', 'haproxy-l7'] as const;
 export type RowId = (typeof ROWS)[number];
 
 export const ROW_LABELS: Record<RowId, string> = {
   'direct': 'direct',
   'ambit-l4': 'ambit L4',
   'ambit-l7': 'ambit L7 (1,000 policies)',
+  'node-l4': 'Node floor L4 pair (reference)',
   'haproxy-l4': 'HAProxy L4 pair',
   'haproxy-l7': 'HAProxy L7 pair (1,000 ACL rules)',
 };
 
 /** The HAProxy row each row is compared with. */
-const PEER: Partial<Record<RowId, RowId>> = { 'ambit-l4': 'haproxy-l4', 'ambit-l7': 'haproxy-l7' };
+const PEER: Partial<Record<RowId, RowId>> = { 'ambit-l4': 'haproxy-l4', 'ambit-l7': 'haproxy-l7', 'node-l4': 'haproxy-l4' };
 
 export const SCENARIOS = ['throughput', 'latency', 'churn', 'bulk', 'idle', 'rotation', 'footprint'] as const;
 export type ScenarioId = (typeof SCENARIOS)[number];

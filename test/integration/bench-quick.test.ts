@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AMBIT, HAPROXY, UPSTREAM } from '../../bench/system/layout.ts';
+import { AMBIT, HAPROXY, NODE_FLOOR, UPSTREAM } from '../../bench/system/layout.ts';
 import { ROWS, ROW_LABELS, SCENARIOS } from '../../bench/system/report.ts';
 import type { Outcome, RowId, RunResults, ScenarioId } from '../../bench/system/report.ts';
 
@@ -22,8 +22,8 @@ const MEASURED: Record<ScenarioId, readonly RowId[]> = {
   throughput: ROWS,
   latency: ROWS,
   churn: ROWS,
-  bulk: ['direct', 'ambit-l4', 'haproxy-l4'],
-  idle: ['ambit-l4', 'haproxy-l4'],
+  bulk: ['direct', 'ambit-l4', 'node-l4', 'haproxy-l4'],
+  idle: ['ambit-l4', 'node-l4', 'haproxy-l4'],
   rotation: ['ambit-l4', 'ambit-l7'],
   footprint: ['ambit-l4'],
 };
@@ -155,7 +155,7 @@ describe('npm run bench -- --quick', () => {
   });
 
   it('leaves nothing listening on the addresses it used', async () => {
-    const addresses = [UPSTREAM.webL4, UPSTREAM.bulk, AMBIT.ca, { host: AMBIT.clientIp, port: AMBIT.listen.webL4 }, { host: AMBIT.nodeB.address, port: 15021 }, { host: HAPROXY.l4.client, port: HAPROXY.listen.web }, { host: HAPROXY.l7.server, port: HAPROXY.tls.web }];
+    const addresses = [UPSTREAM.webL4, UPSTREAM.bulk, AMBIT.ca, { host: AMBIT.clientIp, port: AMBIT.listen.webL4 }, { host: AMBIT.nodeB.address, port: 15021 }, { host: HAPROXY.l4.client, port: HAPROXY.listen.web }, { host: HAPROXY.l7.server, port: HAPROXY.tls.web }, { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.web }, { host: NODE_FLOOR.server, port: NODE_FLOOR.hbonePort }];
     for (const address of addresses) expect(await isListening(address.host, address.port), `${address.host}:${address.port}`).toBe(false);
   });
 });
