@@ -11,7 +11,7 @@ import { NodeProxy } from '../proxy/proxy.ts';
 import { parseOutboundFlag } from '../proxy/outbound.ts';
 
 const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle FILE --trust-domain TD
-                   --state-dir DIR [--join-token TOKEN] [--outbound LISTEN=HOST:PORT@NS/WORKLOAD ...]
+                   --state-dir DIR [--join-token TOKEN] [--outbound LISTEN=HOST:PORT@[KIND:]NS/WORKLOAD ...]
                    [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
                    [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h] [--audit-log FILE]
 
@@ -22,7 +22,8 @@ Runs the node proxy for the workloads the configuration places on node NAME:
   outbound  explicit listeners, from --outbound or the Pod or WorkloadEntry annotation
             ambit.dev/outbound: "[ADDRESS:]PORT=HOST:PORT,..." (ADDRESS defaults to the workload IP);
             the listener's owner is the source workload whose SVID the tunnel presents (an
-            --outbound owner that names both a Pod and a WorkloadEntry on the node is refused)
+            --outbound owner that names both a Pod and a WorkloadEntry on the node is refused unless
+            the flag says which: @Pod:NS/NAME or @WorkloadEntry:NS/NAME)
   metrics   Prometheus /metrics with Istio's names and labels (--metrics)
   readiness /healthz/ready: 200 once certificates are loaded and listeners bound (--readiness)
   admin     /config_dump and /logging on a loopback address only (--admin)

@@ -126,12 +126,21 @@ function sameListener(a: OutboundListenerSpec, b: OutboundListenerSpec): boolean
 /** `--outbound LISTEN=HOST:PORT@NAMESPACE/NAME`. */
 export function parseOutboundFlag(text: string): OutboundListenerSpec {
   const at = text.lastIndexOf('@');
-  if (at < 0) throw new AmbitError('USAGE', `--outbound "${text}": expected LISTEN_IP:PORT=HOST:PORT@NAMESPACE/WORKLOAD`);
-  const owner = text.slice(at + 1);
+  if (at < 0) throw new AmbitError('USAGE', `--outbound "${text}": expected LISTEN_IP:PORT=HOST:PORT@[KIND:]NAMESPACE/WORKLOAD`);
+  let owner = text.slice(at + 1);
+  // A kind names one of a Pod and a WorkloadEntry that share a namespace/name; without one, such a name is refused.
+  let ownerKind: Workload['kind'] | undefined;
+  const colon = owner.indexOf(':');
+  if (colon >= 0) {
+    const kind = owner.slice(0, colon);
+    if (kind !== 'Pod' && kind !== 'WorkloadEntry') throw new AmbitError('USAGE', `--outbound "${text}": owner kind "${kind}" is neither Pod nor WorkloadEntry`);
+    ownerKind = kind;
+    owner = owner.slice(colon + 1);
+  }
   if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/.test(owner)) throw new AmbitError('USAGE', `--outbound "${text}": owner "${owner}" is not NAMESPACE/WORKLOAD`);
   const parsed = parseListenerEntry(text.slice(0, at), undefined);
   if (typeof parsed === 'string') throw new AmbitError('USAGE', `--outbound "${text}": ${parsed}`);
-  return { ...parsed, owner, origin: '--outbound' };
+  return ownerKind === undefined ? { ...parsed, owner, origin: '--outbound' } : { ...parsed, owner, ownerKind, origin: '--outbound' };
 }
 
 interface Listener {

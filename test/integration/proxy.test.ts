@@ -100,12 +100,14 @@ describe('HBONE between two node proxies', () => {
   });
 
   // Last: it restarts node-a with listeners from --outbound, whose owners nothing checks until a connection comes.
-  it('carries a listener\'s connections only under an owner that is one workload on this node', async () => {
+  it('carries a listener\'s connections only under an owner that is one workload on this node, or names its kind', async () => {
     const nodeA = await mesh.startNode('node-a', [
       '--outbound', `${CLIENT_IP}:9101=echo.demo:7@demo/ghost`,
       '--outbound', `${CLIENT_IP}:9102=echo.demo:7@demo/echo-1`,
       '--outbound', `${CLIENT_IP}:9103=echo.demo:7@demo/client-2`,
       '--outbound', `${CLIENT_IP}:9104=echo.demo:7@demo/client-1`,
+      '--outbound', `${CLIENT_IP}:9105=echo.demo:7@WorkloadEntry:demo/client-1`,
+      '--outbound', `${CLIENT_IP}:9106=echo.demo:7@Pod:demo/client-1`,
     ]);
     const before = echoConnections;
     // No such workload; a workload of another node (whose identity node-a must never borrow).
@@ -122,5 +124,14 @@ describe('HBONE between two node proxies', () => {
     // The accept side: this node's own workload.
     expect((await roundTrip(Buffer.from('mine'), 9103)).toString()).toBe('mine');
     expect(echoConnections).toBe(before + 1);
+    // The same name with its kind: each listener presents the identity of the one it names.
+    const b = mesh.nodes.get('node-b')!;
+    const closedFrom = (sa: string) => metricSum(b, 'istio_tcp_connections_closed_total', { reporter: 'destination', source_principal: `spiffe://cluster.local/ns/demo/sa/${sa}` });
+    const [vmBefore, clientBefore] = [await closedFrom('vm'), await closedFrom('client')];
+    expect((await roundTrip(Buffer.from('as the VM'), 9105)).toString()).toBe('as the VM');
+    await waitUntil('the WorkloadEntry\'s tunnel counted under its identity', async () => (await closedFrom('vm')) === vmBefore + 1);
+    expect((await roundTrip(Buffer.from('as the Pod'), 9106)).toString()).toBe('as the Pod');
+    await waitUntil('the Pod\'s tunnel counted under its identity', async () => (await closedFrom('client')) === clientBefore + 1);
+    expect(await closedFrom('vm')).toBe(vmBefore + 1);
   }, 60_000);
 });

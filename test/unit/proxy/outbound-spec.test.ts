@@ -59,6 +59,12 @@ describe('parseOutboundFlag', () => {
     });
   });
 
+  it('reads an owner kind, Pod or WorkloadEntry, before the namespace', () => {
+    expect(parseOutboundFlag('127.0.0.1:9007=echo.demo:7@Pod:demo/client-1')).toMatchObject({ owner: 'demo/client-1', ownerKind: 'Pod' });
+    expect(parseOutboundFlag('127.0.0.1:9007=echo.demo:7@WorkloadEntry:demo/vm-1')).toMatchObject({ owner: 'demo/vm-1', ownerKind: 'WorkloadEntry' });
+    expect(parseOutboundFlag('127.0.0.1:9007=echo.demo:7@demo/client-1')).not.toHaveProperty('ownerKind');
+  });
+
   it('takes the last "@" as the owner separator', () => {
     expect(parseOutboundFlag('[::1]:9007=[fd00::9]:80@demo/vm.web').owner).toBe('demo/vm.web');
   });
@@ -72,6 +78,10 @@ describe('parseOutboundFlag', () => {
     ['no listen address (a flag has no workload IP to default to)', '9007=echo.demo:7@demo/client'],
     ['a malformed target', '127.0.0.1:9007=echo.demo@demo/client'],
     ['an empty flag', ''],
+    ['an owner kind that is not Pod or WorkloadEntry', '127.0.0.1:9007=echo.demo:7@Service:demo/client'],
+    ['a lower-case owner kind', '127.0.0.1:9007=echo.demo:7@pod:demo/client'],
+    ['an empty owner kind', '127.0.0.1:9007=echo.demo:7@:demo/client'],
+    ['an owner kind without a name', '127.0.0.1:9007=echo.demo:7@Pod:'],
   ];
   it.each(rejected)('rejects %s with USAGE', (_, text) => {
     let thrown: unknown;
