@@ -130,8 +130,10 @@ export function parseOutboundFlag(text: string): OutboundListenerSpec {
   let owner = text.slice(at + 1);
   // A kind names one of a Pod and a WorkloadEntry that share a namespace/name; without one, such a name is refused.
   let ownerKind: Workload['kind'] | undefined;
+  // A kind comes before the namespace: a ':' after the '/' is the name's, and the name check refuses it.
   const colon = owner.indexOf(':');
-  if (colon >= 0) {
+  const slash = owner.indexOf('/');
+  if (colon >= 0 && (slash < 0 || colon < slash)) {
     const kind = owner.slice(0, colon);
     if (kind !== 'Pod' && kind !== 'WorkloadEntry') throw new AmbitError('USAGE', `--outbound "${text}": owner kind "${kind}" is neither Pod nor WorkloadEntry`);
     ownerKind = kind;

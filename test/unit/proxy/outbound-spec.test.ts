@@ -63,6 +63,11 @@ describe('parseOutboundFlag', () => {
     expect(parseOutboundFlag('127.0.0.1:9007=echo.demo:7@Pod:demo/client-1')).toMatchObject({ owner: 'demo/client-1', ownerKind: 'Pod' });
     expect(parseOutboundFlag('127.0.0.1:9007=echo.demo:7@WorkloadEntry:demo/vm-1')).toMatchObject({ owner: 'demo/vm-1', ownerKind: 'WorkloadEntry' });
     expect(parseOutboundFlag('127.0.0.1:9007=echo.demo:7@demo/client-1')).not.toHaveProperty('ownerKind');
+    expect(parseOutboundFlag('[::1]:9007=[fd00::9]:80@Pod:demo/client-1')).toMatchObject({ listenHost: '::1', targetHost: 'fd00::9', owner: 'demo/client-1', ownerKind: 'Pod' });
+  });
+
+  it('names the name, not a kind, when a ":" follows the namespace', () => {
+    expect(() => parseOutboundFlag('127.0.0.1:9007=echo.demo:7@demo/client:1')).toThrow('owner "demo/client:1" is not NAMESPACE/WORKLOAD');
   });
 
   it('takes the last "@" as the owner separator', () => {
@@ -82,6 +87,7 @@ describe('parseOutboundFlag', () => {
     ['a lower-case owner kind', '127.0.0.1:9007=echo.demo:7@pod:demo/client'],
     ['an empty owner kind', '127.0.0.1:9007=echo.demo:7@:demo/client'],
     ['an owner kind without a name', '127.0.0.1:9007=echo.demo:7@Pod:'],
+    ['a ":" in the name', '127.0.0.1:9007=echo.demo:7@demo/client:1'],
   ];
   it.each(rejected)('rejects %s with USAGE', (_, text) => {
     let thrown: unknown;
