@@ -18,6 +18,7 @@ import { haproxyOpenssl, haproxyVersion, issueCertificates, startHaproxyPair } f
 import type { HaproxyCertificates, HaproxyPair } from './system/haproxy.ts';
 import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, NODE_FLOOR, TRUST_DOMAIN, UPSTREAM } from './system/layout.ts';
 import { startNodeFloorPair } from './system/node-floor.ts';
+import type { NodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
 import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
@@ -51,7 +52,8 @@ direct and HAProxy, and writes every figure to bench/results/DATE-MODE.json.
   --results-dir DIR      where the JSON goes (default bench/results)
   --access-log           run ambit at log level info (one access-log line per connection) and give
                          HAProxy the same (a log line per connection); default: neither logs
-  --cpu-prof             profile the ambit proxies (node --cpu-prof) into DIR/profiles-DATE
+  --cpu-prof             profile the ambit proxies (node --cpu-prof) into DIR/profiles-DATE, the Node floor
+                         pair's into DIR/profiles-DATE/node-floor
   --no-pin               do not pin (default: load generator and upstream on CPU 0, the proxy pair on CPU 1)
   --no-setup             do not run bench/setup.sh when haproxy or nginx is missing
   --keep                 keep the working directory (configurations, certificates, every process's log)
@@ -480,6 +482,16 @@ function ambitTarget(mesh: AmbitMesh, layer: 'l4' | 'l7'): RowTarget {
   };
 }
 
+function nodeFloorTarget(pair: NodeFloorPair): RowTarget {
+  const at = (port: number): HostPort => ({ host: NODE_FLOOR.client, port });
+  return {
+    http: at(NODE_FLOOR.listen.web),
+    bulk: at(NODE_FLOOR.listen.bulk),
+    hold: at(NODE_FLOOR.listen.hold),
+    proxies: [{ name: 'floor-client', pid: pair.client.pid }, { name: 'floor-server', pid: pair.server.pid }],
+  };
+}
+
 function haproxyTarget(pair: HaproxyPair, layer: 'l4' | 'l7'): RowTarget {
   const client = HAPROXY[layer].client;
   return {
@@ -538,7 +550,8 @@ async function run(ctx: Context, workDir: string): Promise<void> {
   const { plan, processes, progress, results } = ctx;
   const wantsAmbit = plan.rows.some((row) => row.startsWith('ambit'));
   const wantsHaproxy = plan.rows.some((row) => row.startsWith('haproxy')) && results.skipped['haproxy-l4'] === undefined;
-  const nodeFlags = plan.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', join(plan.resultsDir, `profiles-${results.date.replace(/[:.]/g, '-')}`)] : [];
+  const profileDir = join(plan.resultsDir, `profiles-${results.date.replace(/[:.]/g, '-')}`);
+  const nodeFlags = plan.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : [];
   const envFlags = (process.env.AMBIT_BENCH_PROXY_NODE_FLAGS ?? '').split(' ').filter(Boolean);
   const ambitOptions = (label: string, svidTtl?: string) => ({
     dir: join(workDir, label), label, configYaml: benchConfig(), nodes: [AMBIT.nodeA, AMBIT.nodeB], ca: AMBIT.ca, svidTtl,
@@ -593,14 +606,11 @@ async function run(ctx: Context, workDir: string): Promise<void> {
       if (plan.rows.includes('node-l4') && results.skipped['node-l4'] === undefined) {
         progress.step(`starting the Node floor pair${label}`);
         try {
-          const pair = await startNodeFloorPair(processes, await pairCertificates(), nodeFlags);
+          // The same flags as ambit's proxies; its profiles in a directory of their own.
+          const floorFlags = [...(plan.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', join(profileDir, 'node-floor')] : []), ...envFlags];
+          const pair = await startNodeFloorPair(processes, await pairCertificates(), floorFlags);
           stoppers.push(() => pair.stop());
-          ctx.targets.set('node-l4', {
-            http: { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.web },
-            bulk: { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.bulk },
-            hold: { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.hold },
-            proxies: [{ name: 'floor-client', pid: pair.client.pid }, { name: 'floor-server', pid: pair.server.pid }],
-          });
+          ctx.targets.set('node-l4', nodeFloorTarget(pair));
         } catch (error) {
           results.skipped['node-l4'] = `the Node floor pair did not start: ${(error as Error).message.split('\n')[0]}`;
           progress.note(`${ROW_LABELS['node-l4']}: ${results.skipped['node-l4']}`);

@@ -1,15 +1,16 @@
 // One side of the Node floor pair (bench/system/node-floor.ts): the least a Node process does to carry a TCP
 // connection over HBONE, with nothing of ambit's. The client side accepts plain TCP and opens one CONNECT stream
-// per connection on one pooled HTTP/2 session over mTLS, waits for the 200, and pipes (half-close kept: FIN is
-// END_STREAM and back, as every proxy here must, or bulk up could not read its answer); the server side verifies
-// the client certificate, connects to the CONNECT authority and answers 200 once connected. TLS and HTTP/2 are
-// set as ambit sets them (src/proxy/settings.ts). No identity checks beyond the chain and name, no policy, no
-// metrics, no logs, no timeouts: the gap between this pair and ambit's is what ambit's own work costs.
+// per connection on pooled HTTP/2 sessions over mTLS (at most ambit's streams per session), waits for the 200,
+// and pipes both ways (half-close kept: FIN is END_STREAM and back, or bulk up could not read its answer); the
+// server side verifies the client certificate, connects to the CONNECT authority and answers 200 once connected.
+// TLS and HTTP/2 are set as ambit sets them (src/proxy/settings.ts). No identity checks beyond the chain and the
+// name, no policy, no metrics, no logs, no timeouts: the gap between this pair and ambit's is ambit's own work.
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { readFileSync } from 'node:fs';
 import {
-  H2_CONNECTION_WINDOW_BYTES, H2_MAX_FRAME_BYTES, H2_STREAM_WINDOW_BYTES, HBONE_ALPN, TLS_CIPHERS, TLS_GROUPS, TLS_MIN_VERSION,
+  H2_CLIENT_MAX_HEADER_LIST_BYTES, H2_CONNECTION_WINDOW_BYTES, H2_MAX_FRAME_BYTES, H2_MAX_SESSION_MEMORY_MB, H2_SERVER_MAX_HEADER_LIST_BYTES,
+  H2_SERVER_MAX_STREAMS, H2_STREAM_WINDOW_BYTES, HBONE_ALPN, POOL_MAX_STREAMS_PER_SESSION, TLS_CIPHERS, TLS_GROUPS, TLS_MIN_VERSION,
 } from '../../src/proxy/settings.ts';
 
 export interface FloorClientConfig {
@@ -18,7 +19,7 @@ export interface FloorClientConfig {
   readonly listeners: ReadonlyArray<{ host: string; port: number; authority: string }>;
   readonly server: { host: string; port: number; name: string };
   readonly caFile: string;
-  /** Certificate and key in one PEM file (the HAProxy pair's files). */
+  /** Certificate and key in one PEM file (the HAProxy pairs' files). */
   readonly pemFile: string;
 }
 
@@ -29,45 +30,71 @@ export interface FloorServerConfig {
   readonly pemFile: string;
 }
 
-const SETTINGS: http2.Settings = { initialWindowSize: H2_STREAM_WINDOW_BYTES, maxFrameSize: H2_MAX_FRAME_BYTES, enablePush: false };
+const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
+const TLS = { minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS, ALPNProtocols: HBONE_ALPN } as const;
+const noop = (): void => {};
+
+/** Pipes a socket and a stream both ways, half-close kept; a reset, an error or an abrupt close of either ends both. */
+function splice(socket: net.Socket, stream: http2.Http2Stream): void {
+  socket.on('close', () => {
+    if (!stream.destroyed && !(stream.readableEnded && stream.writableEnded)) stream.close(NGHTTP2_CANCEL);
+  });
+  stream.on('close', () => {
+    if (stream.rstCode !== NGHTTP2_NO_ERROR || !stream.readableEnded) socket.destroy();
+  });
+  socket.pipe(stream);
+  stream.pipe(socket);
+}
 
 function runClient(config: FloorClientConfig): void {
   const pem = readFileSync(config.pemFile);
   const ca = readFileSync(config.caFile);
-  let session: http2.ClientHttp2Session | null = null;
-  const sessionNow = (): http2.ClientHttp2Session => {
-    if (session !== null && !session.closed && !session.destroyed) return session;
-    const fresh = http2.connect(`https://${config.server.host}:${config.server.port}`, {
-      ca, cert: pem, key: pem, servername: config.server.name, minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS,
-      ALPNProtocols: HBONE_ALPN, settings: SETTINGS,
+  const sessions: Array<{ session: http2.ClientHttp2Session; streams: number }> = [];
+  const sessionWithRoom = () => {
+    for (const entry of sessions) if (entry.streams < POOL_MAX_STREAMS_PER_SESSION && !entry.session.closed && !entry.session.destroyed) return entry;
+    const session = http2.connect(`https://${config.server.host}:${config.server.port}`, {
+      ...TLS, ca, cert: pem, key: pem, servername: config.server.name, maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
+      settings: { initialWindowSize: H2_STREAM_WINDOW_BYTES, maxFrameSize: H2_MAX_FRAME_BYTES, maxHeaderListSize: H2_CLIENT_MAX_HEADER_LIST_BYTES, enablePush: false },
     });
-    fresh.on('connect', () => fresh.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES));
-    fresh.on('error', (error) => console.error(`floor client: session error: ${error.message}`));
-    fresh.on('close', () => {
-      if (session === fresh) session = null;
+    const entry = { session, streams: 0 };
+    session.on('connect', () => session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES));
+    session.on('error', (error) => console.error(`floor client: session error: ${error.message}`));
+    session.on('close', () => {
+      const index = sessions.indexOf(entry);
+      if (index >= 0) sessions.splice(index, 1);
     });
-    session = fresh;
-    return fresh;
+    session.on('goaway', () => session.close());
+    sessions.push(entry);
+    return entry;
   };
   for (const listener of config.listeners) {
     net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => {
-      const stream = sessionNow().request({ ':method': 'CONNECT', ':authority': listener.authority }, { endStream: false });
-      const fail = (): void => {
+      socket.on('error', noop);
+      const entry = sessionWithRoom();
+      let stream: http2.ClientHttp2Stream;
+      try {
+        stream = entry.session.request({ ':method': 'CONNECT', ':authority': listener.authority }, { endStream: false });
+      } catch {
         socket.destroy();
-        stream.destroy();
-      };
-      socket.on('error', fail);
-      stream.on('error', fail);
+        return;
+      }
+      entry.streams++;
+      stream.on('error', noop);
+      let answered = false;
       stream.on('close', () => {
-        if (!stream.readableEnded) socket.destroy();
+        entry.streams--;
+        if (!answered) socket.destroy();
+      });
+      socket.on('close', () => {
+        if (!answered) stream.close(NGHTTP2_CANCEL);
       });
       stream.once('response', (headers) => {
         if (headers[':status'] !== 200) {
-          fail();
+          stream.close(NGHTTP2_CANCEL);
           return;
         }
-        socket.pipe(stream);
-        stream.pipe(socket);
+        answered = true;
+        splice(socket, stream);
         socket.resume();
       });
     }).listen(listener.port, listener.host);
@@ -77,35 +104,33 @@ function runClient(config: FloorClientConfig): void {
 function runServer(config: FloorServerConfig): void {
   const pem = readFileSync(config.pemFile);
   const server = http2.createSecureServer({
-    ca: readFileSync(config.caFile), cert: pem, key: pem, requestCert: true, rejectUnauthorized: true,
-    minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS, ALPNProtocols: HBONE_ALPN, allowHTTP1: false, settings: SETTINGS,
+    ...TLS, ca: readFileSync(config.caFile), cert: pem, key: pem, requestCert: true, rejectUnauthorized: true, allowHTTP1: false,
+    maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
+    settings: { initialWindowSize: H2_STREAM_WINDOW_BYTES, maxFrameSize: H2_MAX_FRAME_BYTES, maxConcurrentStreams: H2_SERVER_MAX_STREAMS, maxHeaderListSize: H2_SERVER_MAX_HEADER_LIST_BYTES, enablePush: false },
   });
   server.on('session', (session) => session.on('connect', () => session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES)));
   server.on('stream', (stream, headers) => {
-    stream.on('error', () => stream.destroy());
-    const authority = headers[':authority'];
-    const colon = typeof authority === 'string' ? authority.lastIndexOf(':') : -1;
-    if (headers[':method'] !== 'CONNECT' || colon <= 0) {
+    stream.on('error', noop);
+    const target = /^(.+):(\d{1,5})$/.exec(String(headers[':authority'] ?? ''));
+    const port = Number(target?.[2]);
+    if (headers[':method'] !== 'CONNECT' || target === null || port < 1 || port > 65535) {
       stream.respond({ ':status': 400 }, { endStream: true });
       return;
     }
-    const upstream = net.connect({ host: (authority as string).slice(0, colon), port: Number((authority as string).slice(colon + 1)), allowHalfOpen: true, noDelay: true });
-    const fail = (): void => {
-      upstream.destroy();
-      stream.destroy();
-    };
-    upstream.on('error', fail);
+    const upstream = net.connect({ host: (target[1] as string).replace(/^\[(.*)\]$/, '$1'), port, allowHalfOpen: true, noDelay: true });
+    upstream.on('error', noop);
+    let connected = false;
+    upstream.once('close', () => {
+      if (!connected && !stream.destroyed) stream.respond({ ':status': 503 }, { endStream: true });
+    });
     stream.on('close', () => {
-      if (!stream.readableEnded) upstream.destroy();
+      if (!connected) upstream.destroy();
     });
     upstream.once('connect', () => {
-      if (stream.destroyed) {
-        upstream.destroy();
-        return;
-      }
+      if (stream.destroyed) return;
+      connected = true;
       stream.respond({ ':status': 200 });
-      upstream.pipe(stream);
-      stream.pipe(upstream);
+      splice(upstream, stream);
     });
   });
   server.on('sessionError', (error) => console.error(`floor server: session error: ${error.message}`));

@@ -10,6 +10,7 @@ import { waitForPort } from './processes.ts';
 import type { Processes, Spawned } from './processes.ts';
 import type { FloorClientConfig, FloorServerConfig } from './node-floor-proxy.ts';
 import { LONG_RUNNING_NODE_FLAGS, longRunningEnv } from '../../src/cli/node-flags.ts';
+import { formatAuthority } from '../../src/proxy/authority.ts';
 
 const SCRIPT = fileURLToPath(new URL('./node-floor-proxy.ts', import.meta.url));
 
@@ -20,14 +21,13 @@ export interface NodeFloorPair {
 }
 
 export async function startNodeFloorPair(processes: Processes, certs: HaproxyCertificates, nodeFlags: readonly string[]): Promise<NodeFloorPair> {
-  const authority = (target: { host: string; port: number }) => `${target.host}:${target.port}`;
   const server: FloorServerConfig = { role: 'server', listen: { host: NODE_FLOOR.server, port: NODE_FLOOR.hbonePort }, caFile: certs.caFile, pemFile: certs.serverPem };
   const client: FloorClientConfig = {
     role: 'client',
     listeners: [
-      { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.web, authority: authority(UPSTREAM.webL4) },
-      { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.bulk, authority: authority(UPSTREAM.bulk) },
-      { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.hold, authority: authority(UPSTREAM.hold) },
+      { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.web, authority: formatAuthority(UPSTREAM.webL4.host, UPSTREAM.webL4.port) },
+      { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.bulk, authority: formatAuthority(UPSTREAM.bulk.host, UPSTREAM.bulk.port) },
+      { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.hold, authority: formatAuthority(UPSTREAM.hold.host, UPSTREAM.hold.port) },
     ],
     server: { host: NODE_FLOOR.server, port: NODE_FLOOR.hbonePort, name: SERVER_NAME },
     caFile: certs.caFile,
