@@ -10,10 +10,11 @@ import { mkdir, writeFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HAPROXY, POLICY_COUNT, TRUST_DOMAIN, NAMESPACE, UPSTREAM, policyName } from './layout.ts';
 import { waitForPort } from './processes.ts';
+import { TLS_CIPHERS } from '../../src/proxy/settings.ts';
 import type { Processes, Spawned } from './processes.ts';
 
-/** ambit's TLS 1.3 suites, in ambit's order (src/proxy/settings.ts TLS_CIPHERS). */
-const CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
+/** ambit's TLS 1.3 suites, in ambit's order. */
+const CIPHERSUITES = TLS_CIPHERS;
 /** The server name the client side checks, standing in for ambit's expected-identity check. */
 export const SERVER_NAME = `web.${NAMESPACE}.svc`;
 
