@@ -24,7 +24,7 @@ import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
-import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, checkTargets, recordRounds, renderMarkdown } from './system/report.ts';
+import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, checkTargets, compareToFloor, recordRounds, renderMarkdown } from './system/report.ts';
 import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId } from './system/report.ts';
 import { nginxVersion, startUpstream } from './system/upstream.ts';
 import type { Upstream } from './system/upstream.ts';
@@ -839,7 +839,7 @@ async function main(): Promise<number> {
 
   await mkdir(plan.resultsDir, { recursive: true });
   const file = join(plan.resultsDir, `${date.replace(/[:.]/g, '-')}-${plan.mode}.json`);
-  await writeFile(file, JSON.stringify({ ...results, targets: checkTargets(results) }, null, 2) + '\n');
+  await writeFile(file, JSON.stringify({ ...results, targets: checkTargets(results), floor: compareToFloor(results) }, null, 2) + '\n');
 
   const m = results.machine;
   const header = [

@@ -308,7 +308,49 @@ export function renderMarkdown(results: RunResults): string {
     out.push('### targets (issue 6)', '');
     out.push(table(['target', 'measured', 'met'], targets.map((t) => [t.target, t.measured, t.met === null ? '—' : t.met ? 'yes' : `**no** (${t.shortfall})`])), '');
   }
+  const floor = compareToFloor(results);
+  if (floor.length > 0) {
+    out.push('### the Node floor pair (a reference, not a target)', '');
+    out.push(table(['figure', `${ROW_LABELS['node-l4']} vs ${ROW_LABELS['haproxy-l4']}`, `${ROW_LABELS['ambit-l4']} vs the Node floor pair`], floor.map((c) => [c.figure, c.floorVsHaproxy, c.ambitVsFloor])), '');
+  }
   return out.join('\n');
+}
+
+export interface FloorComparison {
+  figure: string;
+  /** The Node floor pair's figure over HAProxy's L4 pair's, and ambit L4's over the floor's: "—" when not measured. */
+  floorVsHaproxy: string;
+  ambitVsFloor: string;
+}
+
+/**
+ * Where ambit trails HAProxy, how much of the gap a minimal Node pair has too: the floor against HAProxy and ambit
+ * against the floor, each by the median of the rounds' paired ratios (or the one ratio without rounds). Empty when
+ * the floor pair did not run.
+ */
+export function compareToFloor(results: RunResults): FloorComparison[] {
+  const comparisons: FloorComparison[] = [];
+  const ratio = <S extends ScenarioId>(scenario: S, row: RowId, peer: RowId, pick: (figures: FiguresByScenario[S]) => number | null | undefined): string => {
+    const mine = figuresOf(results, scenario, row);
+    const theirs = figuresOf(results, scenario, peer);
+    const value = mine === undefined ? undefined : pick(mine);
+    const reference = theirs === undefined ? undefined : pick(theirs);
+    if (value == null || reference == null || reference === 0) return '—';
+    const ratios = pairedRatios(results, scenario, row, peer, pick);
+    return ratios === undefined ? `${fmt(value / reference, 2)}×` : `${fmt(median(ratios), 2)}× (rounds ${ratios.map((x) => `${fmt(x, 2)}×`).join(', ')})`;
+  };
+  const add = <S extends ScenarioId>(figure: string, scenario: S, pick: (figures: FiguresByScenario[S]) => number | null | undefined) => {
+    if (results.scenarios[scenario]?.rows['node-l4'] === undefined) return;
+    comparisons.push({ figure, floorVsHaproxy: ratio(scenario, 'node-l4', 'haproxy-l4', pick), ambitVsFloor: ratio(scenario, 'ambit-l4', 'node-l4', pick) });
+  };
+  add('(a) max throughput, req/s', 'throughput', (f) => f.requestsPerSecond);
+  add('(b) proxy CPU per request at the fixed rate', 'latency', (f) => f.proxyCpuMicrosPerRequest);
+  add('(c) churn, connections/s', 'churn', (f) => f.connectionsPerSecond);
+  add('(c) proxy CPU per churned connection', 'churn', (f) => f.proxyCpuMicrosPerConnection);
+  add('(d) bulk down, MiB/s', 'bulk', (f) => f.downMiBPerSecond);
+  add('(d) bulk up, MiB/s', 'bulk', (f) => f.upMiBPerSecond);
+  add('(e) RSS per idle connection, worse side', 'idle', (f) => f.maxBytesPerConnection);
+  return comparisons;
 }
 
 export interface TargetCheck {

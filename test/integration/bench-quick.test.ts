@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AMBIT, HAPROXY, NODE_FLOOR, UPSTREAM } from '../../bench/system/layout.ts';
 import { ROWS, ROW_LABELS, SCENARIOS } from '../../bench/system/report.ts';
-import type { Outcome, RowId, RunResults, ScenarioId } from '../../bench/system/report.ts';
+import type { FloorComparison, Outcome, RowId, RunResults, ScenarioId } from '../../bench/system/report.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** The issue's budget for --quick is 2 minutes; this leaves room for npm and a busy machine. */
@@ -32,7 +32,7 @@ interface Run {
   code: number | null;
   stdout: string;
   stderr: string;
-  results: RunResults & { targets: unknown[] };
+  results: RunResults & { targets: unknown[]; floor: FloorComparison[] };
   elapsedMs: number;
 }
 
@@ -124,6 +124,14 @@ describe('npm run bench -- --quick', () => {
     expect(results.command).toContain('--quick');
     expect(results.machine).toMatchObject({ cores: expect.any(Number), memoryBytes: expect.any(Number), node: expect.stringMatching(/^v\d+/), nodeOpenssl: expect.any(String), haproxy: expect.any(String), nginx: expect.any(String) });
     expect(Array.isArray(results.targets)).toBe(true);
+    // Every figure the floor is compared on was measured on both sides ("—" only against a skipped HAProxy).
+    expect(results.floor.map((c) => c.figure)).toHaveLength(7);
+    const ratio = /^\d[\d.,]*×$/;
+    for (const c of results.floor) {
+      expect(c.ambitVsFloor, c.figure).toMatch(ratio);
+      if (results.skipped['haproxy-l4'] === undefined) expect(c.floorVsHaproxy, c.figure).toMatch(ratio);
+      else expect(c.floorVsHaproxy, c.figure).toBe('—');
+    }
   });
 
   it.each(SCENARIOS)('reports every row of scenario %s: positive figures, or skipped with a reason', (scenario) => {
@@ -147,7 +155,7 @@ describe('npm run bench -- --quick', () => {
   });
 
   it('prints a Markdown table per scenario naming every row, skipped ones with their reason', () => {
-    for (const title of ['(a) max throughput', '(b) fixed rate', '(c) connection churn', '(d) bulk', '(e) idle connections', '(f) rotation under load', '(g) idle footprint', 'targets']) {
+    for (const title of ['(a) max throughput', '(b) fixed rate', '(c) connection churn', '(d) bulk', '(e) idle connections', '(f) rotation under load', '(g) idle footprint', 'targets', 'the Node floor pair (a reference, not a target)']) {
       expect(run.stdout).toContain(title);
     }
     for (const row of ROWS) expect(run.stdout).toContain(`| ${ROW_LABELS[row]} |`);

@@ -1,7 +1,7 @@
 // The system benchmark's rounds: rows take turns, each row shows its median round, a failed round is never
 // hidden, and a target is decided by the median of the ratios of rows measured side by side.
 import { describe, expect, it } from 'vitest';
-import { checkTargets, recordRounds } from '../../../bench/system/report.ts';
+import { checkTargets, compareToFloor, recordRounds, renderMarkdown } from '../../../bench/system/report.ts';
 import type { LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
 
 function throughput(requestsPerSecond: number): ThroughputFigures {
@@ -97,5 +97,24 @@ describe('benchmark rounds', () => {
     expect(results.scenarios.throughput.rounds).toBeUndefined();
     const check = checkTargets(results).find((t) => t.target.startsWith('ambit L4 max throughput'));
     expect(check).toMatchObject({ met: true, measured: '1.30×; 130.0 vs 100.0' });
+  });
+});
+
+describe('the Node floor pair in the report', () => {
+  it('compares the floor with HAProxy and ambit with the floor by the median of the paired ratios', () => {
+    // Floor against HAProxy 1.2×, 1.0×, 1.1×; ambit against the floor 0.5×, 1.0×, 0.8×.
+    const results = throughputRun({ 'ambit-l4': [60, 100, 88], 'node-l4': [120, 100, 110], 'haproxy-l4': [100, 100, 100] });
+    const [row] = compareToFloor(results);
+    expect(row?.figure).toBe('(a) max throughput, req/s');
+    expect(row?.floorVsHaproxy).toBe('1.10× (rounds 1.20×, 1.00×, 1.10×)');
+    expect(row?.ambitVsFloor).toBe('0.80× (rounds 0.50×, 1.00×, 0.80×)');
+    expect(renderMarkdown(results)).toContain('| (a) max throughput, req/s | 1.10× (rounds 1.20×, 1.00×, 1.10×) | 0.80× (rounds 0.50×, 1.00×, 0.80×) |');
+  });
+
+  it('says "—" for a side that was not measured, and leaves the section out when the floor did not run', () => {
+    expect(compareToFloor(throughputRun({ 'ambit-l4': [100, 100, 100], 'node-l4': [120, 120, 120] }))[0]?.floorVsHaproxy).toBe('—');
+    const withoutFloor = throughputRun({ 'ambit-l4': [100, 100, 100], 'haproxy-l4': [100, 100, 100] });
+    expect(compareToFloor(withoutFloor)).toEqual([]);
+    expect(renderMarkdown(withoutFloor)).not.toContain('Node floor');
   });
 });
