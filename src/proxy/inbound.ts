@@ -118,7 +118,8 @@ export class HboneInbound {
   // By kind/namespace/name: a Pod and a WorkloadEntry may share namespace/name, and each needs its server.
   readonly #servers = new Map<string, WorkloadServer>();
   readonly #byIp = new Map<string, WorkloadServer>();
-  readonly #live = new Set<LiveTunnel>();
+  // Open tunnels, bridged or inspected: each dial knows its connection, so a policy change can judge it.
+  readonly #live = new Set<UpstreamDial>();
   #illegalPorts: ReadonlySet<number>;
   #shared: net.Server | undefined;
 
@@ -197,10 +198,9 @@ export class HboneInbound {
   /** Closes every tunnel whose connection `keep` no longer accepts (policy change). Returns how many closed. */
   revoke(keep: (connection: InboundConnection, inspected: boolean) => boolean): number {
     let closed = 0;
-    for (const tunnel of this.#live) {
-      const entry = connections.get(tunnel);
-      if (entry && !keep(entry.connection, entry.inspected)) {
-        tunnel.abort();
+    for (const dial of this.#live) {
+      if (!keep(dial.connection, dial.inspected)) {
+        dial.abort();
         closed++;
       }
     }
@@ -208,7 +208,7 @@ export class HboneInbound {
   }
 
   async close(): Promise<void> {
-    for (const bridge of this.#live) bridge.abort();
+    for (const dial of this.#live) dial.abort();
     if (this.#shared) stopListening(this.#shared);
     for (const [key, entry] of this.#servers) await this.#remove(key, entry);
   }
@@ -368,19 +368,17 @@ export class HboneInbound {
     const { stream, upstream } = dial;
     // Ports declared HTTP whose workload has HTTP rules: every request is decided; other tunnels are bytes.
     const decider = this.#options.inspectRequests?.(dial.connection) ?? null;
+    this.#live.add(dial);
     if (decider !== null && this.#options.inspector !== null) {
-      connections.set(dial, { connection: dial.connection, inspected: true });
-      this.#live.add(dial);
-      void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied).then(() => this.#finish(dial, dial, undefined, undefined));
+      dial.inspected = true;
+      void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied).then(() => this.#finish(dial, undefined, undefined));
       return;
     }
-    const bridge = new Bridge(upstream, stream, (result) => this.#finish(dial, bridge, result.error, result.failedSide));
-    connections.set(bridge, { connection: dial.connection, inspected: false });
-    this.#live.add(bridge);
+    new Bridge(upstream, stream, (result) => this.#finish(dial, result.error, result.failedSide));
   }
 
-  #finish(dial: UpstreamDial, tunnel: LiveTunnel, error: Error | undefined, side: 'socket' | 'stream' | undefined): void {
-    this.#live.delete(tunnel);
+  #finish(dial: UpstreamDial, error: Error | undefined, side: 'socket' | 'stream' | undefined): void {
+    this.#live.delete(dial);
     this.#options.liveMeters.delete(dial);
     const { upstream, peer, labels } = dial;
     const { destination, destinationIp, destinationPort } = dial.connection;
@@ -452,20 +450,15 @@ export class HboneInbound {
   }
 }
 
-/** An open tunnel: a byte bridge, or an HTTP-inspected one. */
-interface LiveTunnel {
-  abort(): void;
-}
-
 const dials = new EmitterSlot<UpstreamDial>('ambit.upstream-dial');
 
 /**
  * An authorized CONNECT from its upstream connect to its close: what the connect phase's listeners, the byte flush
- * (Flushable), a policy revocation of an inspected tunnel (LiveTunnel) and the access line need. The connect timer
+ * (Flushable), a policy revocation (its connection, and whether its requests are inspected) and the access line need. The connect timer
  * is a plain one, cleared and let go on the answer: upstream.setTimeout() would keep its Timeout and 'timeout'
  * listener on the socket for the tunnel's whole life, and ten thousand idle tunnels keep all of them.
  */
-class UpstreamDial implements Flushable, LiveTunnel {
+class UpstreamDial implements Flushable {
   readonly inbound: HboneInbound;
   readonly stream: http2.ServerHttp2Stream;
   readonly upstream: net.Socket;
@@ -475,6 +468,8 @@ class UpstreamDial implements Flushable, LiveTunnel {
   readonly labels: TunnelLabels;
   readonly startedMs = Date.now();
   meter: TunnelMeter | null = null;
+  /** Its requests are decided one by one (an HTTP port with HTTP rules) rather than its bytes bridged. */
+  inspected = false;
   /** The connect timer, set and stopped by HboneInbound's dial handlers. */
   timer: NodeJS.Timeout | undefined = undefined;
 
@@ -492,13 +487,12 @@ class UpstreamDial implements Flushable, LiveTunnel {
     this.meter?.update(this.upstream.bytesRead, this.upstream.bytesWritten);
   }
 
+  /** Closes both sides now (a policy change revoked the tunnel, or shutdown), bridged or inspected alike. */
   abort(): void {
     if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
     this.upstream.destroy();
   }
 }
-
-const connections = new WeakMap<LiveTunnel, { connection: InboundConnection; inspected: boolean }>();
 
 /** Errors of a stream not yet bridged end it, and nothing else: its refusal or its Bridge reports the outcome. */
 function ignoreStreamError(): void {}
