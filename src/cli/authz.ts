@@ -5,6 +5,7 @@ import { AmbitError } from '../errors.ts';
 import { parse, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { loadConfigDir } from '../config/loader.ts';
+import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { authorizationOf, DENY_ON_ERROR, isHttpProtocol } from '../authz/compile.ts';
 import type { WorkloadPolicies } from '../authz/compile.ts';
@@ -67,7 +68,7 @@ function target(snapshot: ConfigSnapshot, destination: Json): Target {
   const name = optionalString(destination, 'workload', 'destination.workload');
   const authorization = authorizationOf(snapshot);
   const kind = optionalString(destination, 'kind', 'destination.kind');
-  if (kind !== undefined && kind !== 'Pod' && kind !== 'WorkloadEntry') throw new AmbitError('USAGE', `request: "destination.kind" must be "Pod" or "WorkloadEntry", not ${JSON.stringify(kind)}`);
+  if (kind !== undefined && !isWorkloadKind(kind)) throw new AmbitError('USAGE', `request: "destination.kind" must be "Pod" or "WorkloadEntry", not ${JSON.stringify(kind)}`);
   if (name !== undefined) {
     // A Pod and a WorkloadEntry may share namespace/name, with different labels and so different policies: never a guess.
     const named = snapshot.workloads.filter((w: Workload) => w.namespace === namespace && w.name === name && (kind === undefined || w.kind === kind));

@@ -29,6 +29,11 @@ import type {
   WorkloadEntryObject,
 } from './objects.ts';
 
+/** Whether a name given by an operator (a flag, a CLI request) is a workload kind: exactly `Pod` or `WorkloadEntry`. */
+export function isWorkloadKind(text: string): text is Workload['kind'] {
+  return text === 'Pod' || text === 'WorkloadEntry';
+}
+
 /** A Pod or WorkloadEntry the registry places on a node: what the CA authorizes and the proxy serves. */
 export interface Workload {
   readonly kind: 'Pod' | 'WorkloadEntry';

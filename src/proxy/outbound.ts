@@ -5,6 +5,7 @@
 // with SO_ORIGINAL_DST) will feed the same `forward` with the original destination.
 import type * as http2 from 'node:http2';
 import * as net from 'node:net';
+import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
@@ -135,7 +136,7 @@ export function parseOutboundFlag(text: string): OutboundListenerSpec {
   const slash = owner.indexOf('/');
   if (colon >= 0 && (slash < 0 || colon < slash)) {
     const kind = owner.slice(0, colon);
-    if (kind !== 'Pod' && kind !== 'WorkloadEntry') throw new AmbitError('USAGE', `--outbound "${text}": owner kind "${kind}" is neither Pod nor WorkloadEntry`);
+    if (!isWorkloadKind(kind)) throw new AmbitError('USAGE', `--outbound "${text}": owner kind "${kind}" is neither Pod nor WorkloadEntry`);
     ownerKind = kind;
     owner = owner.slice(colon + 1);
   }
