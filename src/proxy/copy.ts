@@ -29,7 +29,6 @@ const bridges = new EmitterSlot<Bridge>('ambit.bridge');
  */
 const CORK_MIN_CHUNK_BYTES = 8 * 1024;
 
-
 /** Runs until both sides have closed; the callback runs exactly once. */
 export class Bridge {
   readonly socket: Socket;
