@@ -24,8 +24,8 @@ import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
-import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, checkTargets, compareToFloor, recordRounds, renderMarkdown } from './system/report.ts';
-import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId } from './system/report.ts';
+import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, SIDE_BY_SIDE_SCENARIOS, checkTargets, compareSideBySide, compareToFloor, recordRounds, renderMarkdown } from './system/report.ts';
+import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId, SideBySideRound, SideBySideScenario } from './system/report.ts';
 import { nginxVersion, startUpstream } from './system/upstream.ts';
 import type { Upstream } from './system/upstream.ts';
 
@@ -52,6 +52,9 @@ direct and HAProxy, and writes every figure to bench/results/DATE-MODE.json.
   --results-dir DIR      where the JSON goes (default bench/results)
   --access-log           run ambit at log level info (one access-log line per connection) and give
                          HAProxy the same (a log line per connection); default: neither logs
+  --side-by-side         after each of (a), (b) and (c), run it again with ambit L4 and the Node floor pair
+                         loaded at the same time (--rounds times): their CPU per request or connection
+                         compared under the same machine speed (needs both rows)
   --cpu-prof             profile the ambit proxies (node --cpu-prof) into DIR/profiles-DATE, the Node floor
                          pair's into DIR/profiles-DATE/node-floor
   --no-pin               do not pin (default: load generator and upstream on CPU 0, the proxy pair on CPU 1)
@@ -72,6 +75,8 @@ interface Plan {
   bulkBytes: number;
   /** Rounds of (a)-(d): the VM's speed drifts over minutes, so rows take turns and each round pairs them in time. */
   rounds: number;
+  /** (a)-(c) again with ambit L4 and the Node floor pair loaded at once: a ratio the VM's drift cannot move. */
+  sideBySide: boolean;
   idleRequested: number;
   idleConnections: number;
   without: Set<string>;
@@ -95,7 +100,7 @@ function parsePlan(argv: string[]): Plan {
       quick: { type: 'boolean' }, scenario: { type: 'string' }, rows: { type: 'string' }, duration: { type: 'string' },
       connections: { type: 'string' }, rate: { type: 'string' }, idle: { type: 'string' }, 'bulk-mib': { type: 'string' }, rounds: { type: 'string' },
       without: { type: 'string' }, 'results-dir': { type: 'string' }, 'access-log': { type: 'boolean' }, 'cpu-prof': { type: 'boolean' },
-      'no-pin': { type: 'boolean' }, 'no-setup': { type: 'boolean' }, keep: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+      'side-by-side': { type: 'boolean' }, 'no-pin': { type: 'boolean' }, 'no-setup': { type: 'boolean' }, keep: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
     },
     strict: true,
   });
@@ -120,6 +125,9 @@ function parsePlan(argv: string[]): Plan {
   const idleRequested = Math.round(number(values.idle, 'idle', quick ? 1000 : 10_000));
   const rounds = number(values.rounds, 'rounds', quick ? 1 : 3);
   if (!Number.isInteger(rounds)) fail(`--rounds must be a whole number, got "${values.rounds}"`);
+  const sideBySide = values['side-by-side'] === true;
+  if (sideBySide && !(rows.includes('ambit-l4') && rows.includes('node-l4'))) fail(`--side-by-side loads ambit-l4 and node-l4 at once: --rows must include both (got ${rows.join(',')})`);
+  if (sideBySide && !scenarios.some((id) => (SIDE_BY_SIDE_SCENARIOS as readonly string[]).includes(id))) fail('--side-by-side applies to (a) throughput, (b) latency and (c) churn: --scenario includes none of them');
   return {
     mode: quick ? 'quick' : 'full',
     scenarios: SCENARIOS.filter((id) => scenarios.includes(id)),
@@ -139,6 +147,7 @@ function parsePlan(argv: string[]): Plan {
     svidTtl: '4s',
     bulkBytes: Math.round(number(values['bulk-mib'], 'bulk-mib', quick ? 64 : 1024) * 1024 * 1024),
     rounds,
+    sideBySide,
     idleRequested,
     idleConnections: idleRequested,
     without: new Set((values.without ?? '').split(',').map((s) => s.trim()).filter(Boolean)),
@@ -546,6 +555,38 @@ async function runScenario(ctx: Context, scenario: LoadScenario): Promise<void> 
   }
 }
 
+/**
+ * --side-by-side: the scenario again with ambit L4 and the Node floor pair each under its own load at the same
+ * time, on the one proxy core, in rounds. Rows measured in turn are half a minute apart and the VM's speed moves
+ * in between; measured at once, both see the same speed, so their CPU per request or connection compares.
+ */
+async function runSideBySide(ctx: Context, scenario: SideBySideScenario): Promise<void> {
+  const { plan, progress, results } = ctx;
+  const ambit = ctx.targets.get('ambit-l4');
+  const floor = ctx.targets.get('node-l4');
+  const entry: { rounds: Array<SideBySideRound<typeof scenario>>; failed?: string } = { rounds: [] };
+  (results.sideBySide ??= {})[scenario] = entry as never;
+  if (ambit === undefined || floor === undefined) {
+    entry.failed = `${ambit === undefined ? ROW_LABELS['ambit-l4'] : ROW_LABELS['node-l4']} did not start`;
+    return;
+  }
+  const runner = RUNNERS[scenario] as Runner<typeof scenario>;
+  for (let round = 0; round < plan.rounds; round++) {
+    progress.step(`${SCENARIO_TITLES[scenario]} · ambit L4 and the Node floor pair at once${plan.rounds > 1 ? ` · round ${round + 1}/${plan.rounds}` : ''}`, expectedSeconds(plan, scenario));
+    const [a, f] = await Promise.all([
+      runner(ctx, 'ambit-l4', ambit).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message })),
+      runner(ctx, 'node-l4', floor).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message })),
+    ]);
+    if (a.status !== 'ok' || f.status !== 'ok') {
+      // A failed round ends the comparison: a ratio over the rounds that happened to pass would hide it.
+      entry.failed = `round ${round + 1}: ${a.status !== 'ok' ? `${ROW_LABELS['ambit-l4']}: ${a.reason}` : ''}${a.status !== 'ok' && f.status !== 'ok' ? '; ' : ''}${f.status !== 'ok' ? `${ROW_LABELS['node-l4']}: ${f.reason}` : ''}`;
+      progress.note(`${SCENARIO_TITLES[scenario]} side by side: ${entry.failed}`);
+      return;
+    }
+    entry.rounds.push({ ambit: a.figures, floor: f.figures });
+  }
+}
+
 async function run(ctx: Context, workDir: string): Promise<void> {
   const { plan, processes, progress, results } = ctx;
   const wantsAmbit = plan.rows.some((row) => row.startsWith('ambit'));
@@ -617,7 +658,10 @@ async function run(ctx: Context, workDir: string): Promise<void> {
         }
       }
       ctx.targets.set('direct', { http: UPSTREAM.webL4, bulk: UPSTREAM.bulk, hold: null, proxies: [] });
-      for (const scenario of scenarios) await runScenario(ctx, scenario);
+      for (const scenario of scenarios) {
+        await runScenario(ctx, scenario);
+        if (plan.sideBySide && (SIDE_BY_SIDE_SCENARIOS as readonly string[]).includes(scenario)) await runSideBySide(ctx, scenario as SideBySideScenario);
+      }
     } finally {
       progress.step(`stopping the proxies${label}`);
       await Promise.all(stoppers.map((stop) => stop()));
@@ -839,7 +883,7 @@ async function main(): Promise<number> {
 
   await mkdir(plan.resultsDir, { recursive: true });
   const file = join(plan.resultsDir, `${date.replace(/[:.]/g, '-')}-${plan.mode}.json`);
-  await writeFile(file, JSON.stringify({ ...results, targets: checkTargets(results), floor: compareToFloor(results) }, null, 2) + '\n');
+  await writeFile(file, JSON.stringify({ ...results, targets: checkTargets(results), floor: compareToFloor(results), sideBySideComparison: compareSideBySide(results) }, null, 2) + '\n');
 
   const m = results.machine;
   const header = [

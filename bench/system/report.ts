@@ -195,7 +195,23 @@ export interface RunResults {
   notes: string[];
   skipped: Partial<Record<RowId, string>>;
   scenarios: ScenarioResults;
+  /** With --side-by-side: (a)-(c) again with ambit L4 and the Node floor pair loaded at the same time. */
+  sideBySide?: SideBySideResults;
 }
+
+/** The scenarios --side-by-side runs with both pairs loaded at once (each CPU figure is per request or connection). */
+export const SIDE_BY_SIDE_SCENARIOS = ['throughput', 'latency', 'churn'] as const;
+export type SideBySideScenario = (typeof SIDE_BY_SIDE_SCENARIOS)[number];
+
+/** One round of a side-by-side scenario: both pairs' figures over the same seconds. */
+export interface SideBySideRound<S extends SideBySideScenario> {
+  ambit: FiguresByScenario[S];
+  floor: FiguresByScenario[S];
+}
+
+export type SideBySideResults = {
+  [S in SideBySideScenario]?: { rounds: Array<SideBySideRound<S>>; failed?: string };
+};
 
 const fmt = (value: number, digits = 0) => value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const ms = (value: number | undefined) => (value === undefined ? '—' : value < 10 ? fmt(value, 3) : fmt(value, 1));
@@ -313,7 +329,59 @@ export function renderMarkdown(results: RunResults): string {
     out.push('### the Node floor pair (a reference, not a target)', '');
     out.push(table(['figure', `${ROW_LABELS['node-l4']} vs ${ROW_LABELS['haproxy-l4']}`, `${ROW_LABELS['ambit-l4']} vs the Node floor pair`], floor.map((c) => [c.figure, c.floorVsHaproxy, c.ambitVsFloor])), '');
   }
+  const sideBySide = compareSideBySide(results);
+  if (sideBySide.length > 0) {
+    out.push('### ambit L4 and the Node floor pair loaded at the same time (--side-by-side)', '');
+    out.push('Both pairs on the proxy core at once, each under its own load from the one load generator: the machine\'s speed moves both alike, so their ratio holds where rows measured in turn drift apart. Throughput is shared, so only the CPU per request or connection compares the two.', '');
+    out.push(table(['figure', 'ambit L4 (median)', 'Node floor (median)', 'ambit / floor'], sideBySide.map((c) => [c.figure, c.ambit, c.floor, c.ratio])), '');
+  }
   return out.join('\n');
+}
+
+export interface SideBySideComparison {
+  figure: string;
+  /** Each side's median over the rounds, and the median of the rounds' ratios (with every round's): "—" or why not when missing. */
+  ambit: string;
+  floor: string;
+  ratio: string;
+}
+
+/** ambit L4 against the Node floor pair, figure by figure, from --side-by-side's rounds; empty when it did not run. */
+export function compareSideBySide(results: RunResults): SideBySideComparison[] {
+  const comparisons: SideBySideComparison[] = [];
+  const add = <S extends SideBySideScenario>(figure: string, scenario: S, pick: (figures: FiguresByScenario[S]) => number | null | undefined, unit: (value: number) => string) => {
+    const entry = results.sideBySide?.[scenario] as { rounds: Array<SideBySideRound<S>>; failed?: string } | undefined;
+    if (entry === undefined) return;
+    if (entry.failed !== undefined) {
+      comparisons.push({ figure, ambit: `failed: ${entry.failed}`, floor: '', ratio: '' });
+      return;
+    }
+    const ambit: number[] = [];
+    const floor: number[] = [];
+    const ratios: number[] = [];
+    for (const round of entry.rounds) {
+      const a = pick(round.ambit);
+      const f = pick(round.floor);
+      if (a == null || f == null || f === 0) continue;
+      ambit.push(a);
+      floor.push(f);
+      ratios.push(a / f);
+    }
+    if (ratios.length === 0) {
+      comparisons.push({ figure, ambit: '—', floor: '—', ratio: '—' });
+      return;
+    }
+    const each = ratios.length > 1 ? ` (rounds ${ratios.map((r) => `${fmt(r, 2)}×`).join(', ')})` : '';
+    comparisons.push({ figure, ambit: unit(median(ambit)), floor: unit(median(floor)), ratio: `${fmt(median(ratios), 2)}×${each}` });
+  };
+  const micros = (value: number) => `${fmt(value, 1)} µs`;
+  add('(a) proxy CPU per request, both at full load', 'throughput', (f) => f.proxyCpuMicrosPerRequest, micros);
+  add('(a) requests/s, sharing the proxy core', 'throughput', (f) => f.requestsPerSecond, (v) => fmt(v));
+  add('(b) proxy CPU per request, both at the fixed rate', 'latency', (f) => f.proxyCpuMicrosPerRequest, micros);
+  add('(b) p50 latency, ms', 'latency', (f) => f.latencyMs?.p50, ms);
+  add('(c) proxy CPU per churned connection', 'churn', (f) => f.proxyCpuMicrosPerConnection, micros);
+  add('(c) connections/s, sharing the proxy core', 'churn', (f) => f.connectionsPerSecond, (v) => fmt(v));
+  return comparisons;
 }
 
 export interface FloorComparison {

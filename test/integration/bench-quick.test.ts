@@ -39,11 +39,11 @@ interface Run {
 let run: Run;
 let resultsDir: string;
 
-function runQuick(dir: string): Promise<Omit<Run, 'results'>> {
+function runBench(args: readonly string[], timeoutMs: number): Promise<Omit<Run, 'results'>> {
   return new Promise((resolve, reject) => {
     const started = Date.now();
     // Its own process group, so a timeout can stop npm, the harness and everything it started.
-    const child = spawn('npm', ['run', 'bench', '--', '--quick', '--results-dir', dir], { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('npm', ['run', 'bench', '--', ...args], { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -58,8 +58,8 @@ function runQuick(dir: string): Promise<Omit<Run, 'results'>> {
           // gone
         }
       }, 10_000).unref();
-      reject(new Error(`npm run bench -- --quick did not finish in ${RUN_TIMEOUT_MS} ms\n${stderr.slice(-3000)}`));
-    }, RUN_TIMEOUT_MS);
+      reject(new Error(`npm run bench -- ${args.join(' ')} did not finish in ${timeoutMs} ms\n${stderr.slice(-3000)}`));
+    }, timeoutMs);
     child.once('error', reject);
     child.once('close', (code) => {
       clearTimeout(timer);
@@ -81,7 +81,7 @@ function isListening(host: string, port: number): Promise<boolean> {
 
 beforeAll(async () => {
   resultsDir = await mkdtemp(join(tmpdir(), 'ambit-bench-test-'));
-  const finished = await runQuick(resultsDir);
+  const finished = await runBench(['--quick', '--results-dir', resultsDir], RUN_TIMEOUT_MS);
   const files = (await readdir(resultsDir)).filter((name) => name.endsWith('-quick.json'));
   if (files.length !== 1) throw new Error(`expected one JSON result, found ${files.join(', ') || 'none'}\nexit ${finished.code}\n${finished.stderr.slice(-3000)}`);
   const results = JSON.parse(await readFile(join(resultsDir, files[0] as string), 'utf8')) as Run['results'];
@@ -165,5 +165,46 @@ describe('npm run bench -- --quick', () => {
   it('leaves nothing listening on the addresses it used', async () => {
     const addresses = [UPSTREAM.webL4, UPSTREAM.bulk, AMBIT.ca, { host: AMBIT.clientIp, port: AMBIT.listen.webL4 }, { host: AMBIT.nodeB.address, port: 15021 }, { host: HAPROXY.l4.client, port: HAPROXY.listen.web }, { host: HAPROXY.l7.server, port: HAPROXY.tls.web }, { host: NODE_FLOOR.client, port: NODE_FLOOR.listen.web }, { host: NODE_FLOOR.server, port: NODE_FLOOR.hbonePort }];
     for (const address of addresses) expect(await isListening(address.host, address.port), `${address.host}:${address.port}`).toBe(false);
+  });
+});
+
+describe('npm run bench -- --side-by-side', () => {
+  let sideBySide: Run;
+  let dir: string;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ambit-bench-sbs-'));
+    const finished = await runBench(['--scenario', 'churn', '--rows', 'ambit-l4,node-l4', '--side-by-side', '--duration', '2', '--rounds', '2', '--results-dir', dir], 90_000);
+    const files = (await readdir(dir)).filter((name) => name.endsWith('.json'));
+    if (files.length !== 1) throw new Error(`expected one JSON result, found ${files.join(', ') || 'none'}\nexit ${finished.code}\n${finished.stderr.slice(-3000)}`);
+    sideBySide = { ...finished, results: JSON.parse(await readFile(join(dir, files[0] as string), 'utf8')) as Run['results'] };
+  }, 110_000);
+
+  afterAll(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('loads ambit L4 and the Node floor pair at once, round by round, and compares their CPU per connection', () => {
+    expect(sideBySide.code, sideBySide.stderr.slice(-3000)).toBe(0);
+    const churn = sideBySide.results.sideBySide?.churn;
+    expect(churn?.failed, churn?.failed).toBeUndefined();
+    expect(churn?.rounds).toHaveLength(2);
+    for (const round of churn?.rounds ?? []) {
+      expect(positive(round.ambit.proxyCpuMicrosPerConnection), JSON.stringify(round.ambit)).toBe(true);
+      expect(positive(round.floor.proxyCpuMicrosPerConnection), JSON.stringify(round.floor)).toBe(true);
+      expect(round.ambit.failed + round.floor.failed).toBe(0);
+    }
+    const cpu = (sideBySide.results as Run['results'] & { sideBySideComparison: Array<{ figure: string; ratio: string }> }).sideBySideComparison.find((c) => c.figure === '(c) proxy CPU per churned connection');
+    expect(cpu?.ratio).toMatch(/^\d[\d.,]*× \(rounds \d[\d.,]*×, \d[\d.,]*×\)$/);
+    expect(sideBySide.stdout).toContain('loaded at the same time (--side-by-side)');
+    // Scenarios it does not apply to, and the rows' own turns, are unchanged: the churn rows ran in turn too.
+    expect(sideBySide.results.scenarios.churn?.rows['ambit-l4']?.status).toBe('ok');
+    expect(sideBySide.results.sideBySide?.throughput).toBeUndefined();
+  });
+
+  it('refuses to run without both pairs, naming the rows it needs', async () => {
+    const refused = await runBench(['--scenario', 'churn', '--rows', 'ambit-l4', '--side-by-side'], 30_000);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('--side-by-side loads ambit-l4 and node-l4 at once: --rows must include both (got ambit-l4)');
   });
 });

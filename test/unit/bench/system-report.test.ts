@@ -1,7 +1,7 @@
 // The system benchmark's rounds: rows take turns, each row shows its median round, a failed round is never
 // hidden, and a target is decided by the median of the ratios of rows measured side by side.
 import { describe, expect, it } from 'vitest';
-import { checkTargets, compareToFloor, recordRounds, renderMarkdown } from '../../../bench/system/report.ts';
+import { checkTargets, compareSideBySide, compareToFloor, recordRounds, renderMarkdown } from '../../../bench/system/report.ts';
 import type { LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
 
 function throughput(requestsPerSecond: number): ThroughputFigures {
@@ -116,5 +116,36 @@ describe('the Node floor pair in the report', () => {
     const withoutFloor = throughputRun({ 'ambit-l4': [100, 100, 100], 'haproxy-l4': [100, 100, 100] });
     expect(compareToFloor(withoutFloor)).toEqual([]);
     expect(renderMarkdown(withoutFloor)).not.toContain('Node floor');
+  });
+});
+
+describe('ambit and the Node floor pair loaded at the same time (--side-by-side)', () => {
+  const cpu = (micros: number): ThroughputFigures => ({ ...throughput(1000), proxyCpuMicrosPerRequest: micros });
+
+  it("compares ambit with the floor by the median of each round's ratio, and each side by its own median", () => {
+    const results = emptyRun();
+    // Ratios 1.2×, 1.5×, 1.1×: the median ratio (1.2×) is not the ratio of the medians (66 / 50 = 1.32×).
+    results.sideBySide = { throughput: { rounds: [{ ambit: cpu(60), floor: cpu(50) }, { ambit: cpu(66), floor: cpu(44) }, { ambit: cpu(88), floor: cpu(80) }] } };
+    const row = compareSideBySide(results).find((c) => c.figure.startsWith('(a) proxy CPU'));
+    expect(row).toEqual({ figure: '(a) proxy CPU per request, both at full load', ambit: '66.0 µs', floor: '50.0 µs', ratio: '1.20× (rounds 1.20×, 1.50×, 1.10×)' });
+    const markdown = renderMarkdown(results);
+    expect(markdown).toContain('--side-by-side');
+    expect(markdown).toContain('| (a) proxy CPU per request, both at full load | 66.0 µs | 50.0 µs | 1.20× (rounds 1.20×, 1.50×, 1.10×) |');
+  });
+
+  it('reports a failed round instead of a ratio over the rounds that passed, and leaves the section out when it did not run', () => {
+    const results = emptyRun();
+    results.sideBySide = { churn: { rounds: [], failed: 'round 2: ambit L4: no connection completed a request (32 failed)' } };
+    const rows = compareSideBySide(results);
+    expect(rows.map((r) => r.ambit)).toEqual(['failed: round 2: ambit L4: no connection completed a request (32 failed)', 'failed: round 2: ambit L4: no connection completed a request (32 failed)']);
+    expect(rows.every((r) => r.ratio === '')).toBe(true);
+    expect(compareSideBySide(emptyRun())).toEqual([]);
+    expect(renderMarkdown(emptyRun())).not.toContain('side-by-side');
+  });
+
+  it('says "—" where a figure is missing on either side (the floor\'s CPU unknown)', () => {
+    const results = emptyRun();
+    results.sideBySide = { latency: { rounds: [{ ambit: latency(150), floor: { ...latency(120), proxyCpuMicrosPerRequest: null } }] } };
+    expect(compareSideBySide(results).find((c) => c.figure.startsWith('(b) proxy CPU'))).toEqual({ figure: '(b) proxy CPU per request, both at the fixed rate', ambit: '—', floor: '—', ratio: '—' });
   });
 });
