@@ -1,7 +1,9 @@
 // Request-path normalisation before path rules are matched, so `/admin` cannot be reached as `//admin`,
-// `/./admin`, `/api/../admin` or `/%61dmin`: Istio's default (BASE: Envoy's normalize_path, RFC 3986
-// §6.2.2 and §5.2.4) plus merged slashes (Istio's MERGE_SLASHES), which denies more, never less.
-// The normalised path is also what the application receives, as with Envoy.
+// `/./admin`, `/api/../admin`, `/%61dmin` or `/public\..\admin`: Istio's default (BASE: Envoy's normalize_path,
+// RFC 3986 §6.2.2 and §5.2.4, with Chromium's URL canonicaliser reading `\` as `/`) plus merged slashes (Istio's
+// MERGE_SLASHES), which denies more, never less. The normalised path is also what the application receives, as
+// with Envoy. A fragment (`#`) has no place in a request (RFC 9112 §3.2): it is refused, since an application
+// that cuts it off would serve `/admin` for a `/admin#x` no rule matched.
 
 function isHex(code: number): boolean {
   return (code >= 48 && code <= 57) || (code >= 65 && code <= 70) || (code >= 97 && code <= 102);
@@ -20,7 +22,7 @@ function isUnreserved(code: number): boolean {
 function needsWork(path: string): boolean {
   for (let i = 0; i < path.length; i++) {
     const code = path.charCodeAt(i);
-    if (code === 37 /* % */) return true;
+    if (code === 37 /* % */ || code === 92 /* \ */) return true;
     if (code === 47 /* / */) {
       const next = path.charCodeAt(i + 1);
       if (next === 47 || next === 46 /* . */) return true;
@@ -49,14 +51,19 @@ function removeDotSegments(path: string): string {
 
 /**
  * The normalised form of an origin-form path (without query), or null when it is malformed (a bad
- * percent-escape): the request is then refused rather than matched on a guess.
+ * percent-escape, a fragment): the request is then refused rather than matched on a guess.
  */
 export function normalizePath(path: string): string | null {
-  if (path.charCodeAt(0) !== 47 /* / */) return path; // "*" (OPTIONS) and the like are matched as sent
+  if (path.indexOf('#') >= 0) return null;
+  if (path.charCodeAt(0) !== 47 /* / */) return path; // "*" (OPTIONS) is matched as sent; callers refuse other forms
   if (!needsWork(path)) return path;
   let decoded = '';
   for (let i = 0; i < path.length; i++) {
     const code = path.charCodeAt(i);
+    if (code === 92 /* \ */) {
+      decoded += '/';
+      continue;
+    }
     if (code !== 37) {
       decoded += path[i];
       continue;

@@ -141,10 +141,11 @@ export const command: Command = {
         }
       }
       const rawPath = optionalString(r, 'path', 'request.path') ?? '/';
+      if (rawPath.charCodeAt(0) !== 47 && rawPath !== '*') throw new AmbitError('USAGE', `request: request.path must be a path starting with "/" (got "${rawPath}"); give an absolute URI's authority as request.host`);
       const query = rawPath.indexOf('?');
       if (normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) === null) {
         // The proxy refuses such a request with 400 before any policy: say so rather than match the raw path.
-        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'malformed request path (bad percent-escape): the proxy answers 400' }) + '\n');
+        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'malformed request path (a bad percent-escape or a fragment): the proxy answers 400' }) + '\n');
         return 0;
       }
       const host = (optionalString(r, 'host', 'request.host') ?? headers.get('host') ?? '').toLowerCase();

@@ -118,16 +118,31 @@ export class MutableFacts implements HttpRequestFacts {
 
   /**
    * Fills the facts of one request; returns null, or what makes it malformed (it is refused with 400): a bad
-   * percent-escape in the path, or Host fields that could name another host than the one decided on (`host`: the
-   * HTTP/1.1 Host, or h2's :authority). The request is forwarded with all its fields, so a second Host (RFC 9112
-   * §3.2 refuses it too) or an h2 Host other than :authority could send the application elsewhere.
+   * percent-escape or a fragment in the path, a target that is not a path, or Host fields that could name another
+   * host than the one decided on (`host`: the HTTP/1.1 Host, or h2's :authority). The request is forwarded with all
+   * its fields, so a second Host (RFC 9112 §3.2 refuses it too) or an h2 Host other than :authority could send the
+   * application elsewhere. `http1`: an HTTP/1.x request, which must carry one Host field and may use an absolute
+   * URI as its target (decided, as Envoy does, on its path and authority, and forwarded as a path).
    */
-  fill(method: string, rawPath: string, host: string, rawHeaders: readonly string[]): string | null {
+  fill(method: string, rawTarget: string, host: string, rawHeaders: readonly string[], http1: boolean): string | null {
     this.method = method;
+    let rawPath = rawTarget;
+    if (rawTarget.charCodeAt(0) !== 47 /* / */) {
+      if (rawTarget === '*') {
+        if (method !== 'OPTIONS') return 'an asterisk-form target (*) is for OPTIONS only';
+      } else {
+        // Absolute-form (`GET http://web/admin`): an application reads the path out of it, so rules must too.
+        const absolute = http1 ? splitAbsoluteForm(rawTarget) : null;
+        if (absolute === null) return 'a request target that is not a path';
+        host = absolute.authority;
+        rawPath = absolute.path;
+      }
+    }
+    if (host === '') return http1 ? 'no Host field' : 'no :authority';
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
     const normalized = normalizePath(path);
-    if (normalized === null) return 'malformed request path';
+    if (normalized === null) return path.indexOf('#') >= 0 ? 'a fragment (#) in the request target' : 'malformed request path';
     this.path = normalized;
     this.forwardPath = normalized === path ? rawPath : query < 0 ? normalized : normalized + rawPath.slice(query);
     this.host = hasUpper(host) ? host.toLowerCase() : host;
@@ -139,6 +154,8 @@ export class MutableFacts implements HttpRequestFacts {
       const value = rawHeaders[i + 1] as string;
       if ((hasUpper(value) ? value.toLowerCase() : value) !== this.host) return 'a Host field other than the authority';
     }
+    // Forwarded without one, the upstream client would make up a Host the decision never saw.
+    if (http1 && hosts === 0) return 'no Host field';
     return null;
   }
 
@@ -151,6 +168,26 @@ export class MutableFacts implements HttpRequestFacts {
     }
     return found;
   }
+}
+
+/**
+ * The authority and path (with query) of an absolute-form target, `http[s]://authority[/path][?query]`; null when
+ * it is not one, or names userinfo (RFC 9110 §4.2.4) or no authority.
+ */
+function splitAbsoluteForm(target: string): { authority: string; path: string } | null {
+  const scheme = /^https?:\/\//i.exec(target);
+  if (scheme === null) return null;
+  const start = scheme[0].length;
+  let end = start;
+  while (end < target.length) {
+    const code = target.charCodeAt(end);
+    if (code === 47 /* / */ || code === 63 /* ? */ || code === 35 /* # */) break;
+    end++;
+  }
+  const authority = target.slice(start, end);
+  if (authority === '' || authority.indexOf('@') >= 0) return null;
+  const rest = target.slice(end);
+  return { authority: hasUpper(authority) ? authority.toLowerCase() : authority, path: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
 }
 
 function hasUpper(text: string): boolean {
@@ -246,7 +283,7 @@ export class HttpInspector {
     }
     state.requests++;
     const facts = state.facts;
-    const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders);
+    const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders, true);
     if (malformed !== null) {
       req.resume();
       res.writeHead(400, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(malformed) }).end(malformed);
@@ -286,7 +323,7 @@ export class HttpInspector {
       answer(stream, 405);
       return;
     }
-    const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), rawHeaders);
+    const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), rawHeaders, false);
     if (malformed !== null) {
       this.#logger.debug({ reason: malformed }, 'malformed h2c request on an inspected tunnel');
       answer(stream, 400);

@@ -103,6 +103,12 @@ describe.concurrent('ambit authz check', () => {
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
   });
 
+  it('denies a request whose path carries a fragment, as the proxy refuses it before any policy', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x#frag' } }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(String(output.reason)).toContain('fragment');
+  });
+
   it('allows by a later rule of the same policy and names that rule', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin' } }));
     expect(output).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 1 });
@@ -194,6 +200,7 @@ describe.concurrent('ambit authz check', () => {
     { name: 'a workload that is not in the configuration', input: JSON.stringify({ destination: { ...web(), workload: 'ghost' } }), names: 'ghost' },
     { name: 'a workload of another kind than the one asked', input: JSON.stringify({ destination: { ...web(), kind: 'WorkloadEntry' } }), names: 'WorkloadEntry shop/web-1 is not a workload' },
     { name: 'a kind that is neither Pod nor WorkloadEntry', input: JSON.stringify({ destination: { ...web(), kind: 'Deployment' } }), names: 'destination.kind' },
+    { name: 'a request path that is an absolute URI', input: JSON.stringify({ destination: web(), request: { path: 'http://web/api/x' } }), names: 'request.path must be a path' },
     { name: 'a kind without a workload', input: JSON.stringify({ destination: { namespace: 'shop', labels: { app: 'web' }, port: 8080, kind: 'Pod' } }), names: 'destination.kind' },
   ];
 

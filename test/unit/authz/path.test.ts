@@ -16,6 +16,11 @@ describe('request path normalisation before path rules', () => {
     ['refuses a truncated escape', '/admin%2', null],
     ['refuses a non-hex escape', '/%zzadmin', null],
     ['matches an asterisk-form target as sent', '*', '*'],
+    ['reads a backslash as a slash, as Envoy does', '/public\\..\\admin', '/admin'],
+    ['leaves a target that does not start with "/" to its caller, which refuses it', '\\admin', '\\admin'],
+    ['keeps an encoded backslash encoded', '/a%5cb', '/a%5Cb'],
+    ['refuses a fragment', '/admin#x', null],
+    ['refuses a fragment on a path that needs no other change', '/.env#', null],
   ];
   for (const [name, input, expected] of cases) {
     it(`${name}: ${input}`, () => {

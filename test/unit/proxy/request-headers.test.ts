@@ -31,7 +31,7 @@ async function h1(request: string): Promise<Seen> {
   let seen: Seen = {};
   const server = http.createServer((req, res) => {
     const facts = new MutableFacts();
-    malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders);
+    malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders, true);
     seen = read(facts);
     res.end('ok');
   });
@@ -53,7 +53,7 @@ async function h2(headers: http2.OutgoingHttpHeaders): Promise<Seen> {
   const server = http2.createServer();
   server.on('stream', (stream, received, _flags, rawHeaders: string[]) => {
     const facts = new MutableFacts();
-    malformed = facts.fill(String(received[':method']), String(received[':path']), String(received[':authority']), rawHeaders);
+    malformed = facts.fill(String(received[':method']), String(received[':path']), String(received[':authority']), rawHeaders, false);
     seen = read(facts);
     stream.respond({ ':status': 200 });
     stream.end();

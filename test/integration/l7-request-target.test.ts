@@ -1,0 +1,174 @@
+// What an HTTP-inspected tunnel decides on is what the application will serve: the request target is read as an
+// application reads it. An absolute URI (`GET http://web/admin`) is decided on its path and authority and forwarded
+// as a path; a fragment, a target that is not a path and a missing Host are refused with 400; `\` counts as `/` (as
+// in Envoy's canonicaliser). Real sockets: an HBONE-like CONNECT stream on loopback carries raw HTTP/1.1 or h2c to
+// the proxy's inspector, which forwards what it allows to a real upstream; the decisions come from a compiled DENY
+// policy, the shape that failed open before.
+import http from 'node:http';
+import http2 from 'node:http2';
+import { connect } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { authzContext, decide } from '../../src/authz/decide.ts';
+import { compileAuthorization } from '../../src/authz/compile.ts';
+import { parseConfigText } from '../../src/config/loader.ts';
+import { buildSnapshot } from '../../src/config/snapshot.ts';
+import { silentLogger } from '../../src/observe/log.ts';
+import { HttpInspector } from '../../src/proxy/l7.ts';
+
+const POLICY = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-admin, namespace: shop }
+spec:
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: ["/admin*", "*.env"] } }]
+    - to: [{ operation: { hosts: ["admin.shop"] } }]
+`;
+
+const policies = compileAuthorization(buildSnapshot(parseConfigText(POLICY, 'policy.yaml'))).forLabels('shop', {}, new Set([80]));
+
+/** Every request that reached the application: method, target and Host as it received them. */
+const served: string[] = [];
+const upstream = http.createServer((req, res) => {
+  served.push(`${req.method} ${req.url} host=${req.headers.host ?? ''}`);
+  res.end('served');
+});
+const h2Upstream = http2.createServer();
+h2Upstream.on('stream', (stream, headers) => {
+  served.push(`h2 ${String(headers[':method'])} ${String(headers[':path'])} host=${String(headers[':authority'])}`);
+  stream.respond({ ':status': 200 });
+  stream.end('served');
+});
+const inspector = new HttpInspector(silentLogger());
+const front = http2.createServer();
+let frontPort = 0;
+
+beforeAll(async () => {
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => h2Upstream.listen(0, '127.0.0.1', resolve));
+  front.on('stream', (stream, headers) => {
+    const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
+    const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
+      stream.respond({ ':status': 200 });
+      void inspector.inspect(stream, socket, (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), () => {});
+    });
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  frontPort = (front.address() as AddressInfo).port;
+});
+
+afterAll(async () => {
+  front.close();
+  upstream.close();
+  h2Upstream.close();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+});
+
+/** A tunnel to the inspector: a CONNECT stream whose bytes it inspects. */
+async function tunnel(to: 'h1' | 'h2'): Promise<{ stream: Duplex; close: () => void }> {
+  const session = http2.connect(`http://127.0.0.1:${frontPort}`);
+  const stream = session.request({ ':method': 'CONNECT', ':authority': to });
+  await new Promise((resolve, reject) => {
+    stream.once('response', resolve);
+    stream.once('error', reject);
+  });
+  return { stream, close: () => session.destroy() };
+}
+
+/** Sends one raw HTTP/1.x request through a tunnel; the status line and body of the answer. */
+async function h1(request: string): Promise<{ status: number; body: string }> {
+  const { stream, close } = await tunnel('h1');
+  try {
+    let received = '';
+    stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+    stream.write(request);
+    const deadline = Date.now() + 3000;
+    while (!/\r\n\r\n/.test(received) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    const length = /content-length: (\d+)/i.exec(received);
+    while (length && received.length < received.indexOf('\r\n\r\n') + 4 + Number(length[1]) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    const status = /^HTTP\/1\.1 (\d{3})/.exec(received);
+    return { status: status ? Number(status[1]) : 0, body: received.slice(received.indexOf('\r\n\r\n') + 4) };
+  } finally {
+    close();
+  }
+}
+
+/** Sends one h2c request with this :path through a tunnel; its :status, or the code of the stream's reset. */
+async function h2(path: string): Promise<number | string> {
+  const { stream, close } = await tunnel('h2');
+  const session = http2.connect('http://web.shop', { createConnection: () => stream as Socket });
+  try {
+    const request = session.request({ ':path': path, ':authority': 'web.shop' });
+    request.resume();
+    return await new Promise<number | string>((resolve) => {
+      request.once('response', (headers) => resolve(Number(headers[':status'])));
+      request.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+    });
+  } finally {
+    session.destroy();
+    close();
+  }
+}
+
+describe('the request target an inspected tunnel decides on', () => {
+  it('serves an allowed origin-form request and denies a denied path (both sides of the policy)', async () => {
+    served.length = 0;
+    expect((await h1('GET /public HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
+    expect((await h1('GET /admin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(403);
+    expect(served).toEqual(['GET /public host=web.shop']);
+  });
+
+  it('decides an absolute URI on its path and forwards it as a path, so `GET http://web/admin` is denied', async () => {
+    served.length = 0;
+    expect((await h1('GET http://web.shop/admin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(403);
+    expect((await h1('GET HTTP://WEB.shop/%61dmin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(403);
+    expect((await h1('GET http://web.shop/public?q=1 HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
+    expect((await h1('GET http://web.shop?q=2 HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
+    expect(served).toEqual(['GET /public?q=1 host=web.shop', 'GET /?q=2 host=web.shop']);
+  });
+
+  it("decides an absolute URI's host on its authority, and refuses one whose Host names another", async () => {
+    served.length = 0;
+    expect((await h1('GET http://admin.shop/ HTTP/1.1\r\nHost: admin.shop\r\n\r\n')).status).toBe(403);
+    const mismatch = await h1('GET http://admin.shop/ HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+    expect(mismatch).toEqual({ status: 400, body: 'a Host field other than the authority' });
+    expect((await h1('GET http://user@web.shop/public HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(400);
+    expect((await h1('GET http:///public HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(400);
+    expect(served).toEqual([]);
+  });
+
+  it('refuses a fragment rather than decide on a path the application would read shorter', async () => {
+    served.length = 0;
+    expect(await h1('GET /admin#x HTTP/1.1\r\nHost: web.shop\r\n\r\n')).toEqual({ status: 400, body: 'a fragment (#) in the request target' });
+    expect((await h1('GET /.env#x HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(400);
+    expect((await h1('GET /public?a#b HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
+    expect(served).toEqual(['GET /public?a#b host=web.shop']);
+  });
+
+  it('reads a backslash as a slash, as Envoy does, and forwards the normalised path', async () => {
+    served.length = 0;
+    expect((await h1('GET /public\\..\\admin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(403);
+    expect((await h1('GET \\admin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(400);
+    expect((await h1('GET /public\\x HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
+    expect(served).toEqual(['GET /public/x host=web.shop']);
+  });
+
+  it('refuses a request without a Host, and a target that is neither a path nor an absolute URI', async () => {
+    served.length = 0;
+    expect(await h1('GET /public HTTP/1.0\r\n\r\n')).toEqual({ status: 400, body: 'no Host field' });
+    expect((await h1('GET * HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(400);
+    expect(served).toEqual([]);
+  });
+
+  it('h2c: refuses a :path that is not a path or carries a fragment, and reads a backslash as a slash', async () => {
+    served.length = 0;
+    expect(await h2('/public')).toBe(200);
+    // nghttp2 itself resets a :path that does not start with "/" (RFC 9113 §8.3.1) before the inspector sees it.
+    expect(await h2('admin')).toBe('ERR_HTTP2_STREAM_ERROR');
+    expect(await h2('/admin#x')).toBe(400);
+    expect(await h2('/x\\..\\admin')).toBe(403);
+    expect(served).toEqual(['h2 GET /public host=web.shop']);
+  });
+});
