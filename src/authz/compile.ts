@@ -183,10 +183,26 @@ function methods(list: readonly string[] | undefined): MethodMatcher | null {
   return list === undefined || list.length === 0 ? null : new MethodMatcher(list);
 }
 
-function compileSource(source: PolicySource): CompiledSource {
+/** The trust domain Istio's policies use for "the local one", whatever the mesh's trust domain (constants.DefaultClusterLocalDomain). */
+const DEFAULT_POLICY_TRUST_DOMAIN = 'cluster.local';
+
+/**
+ * Istio reads the trust domain `cluster.local` in a policy's principal as "this mesh's trust domain"
+ * (trustdomain.Bundle.ReplaceTrustDomainAliases): `cluster.local/ns/a/sa/b` names `TD/ns/a/sa/b` when the mesh's
+ * trust domain is TD. Only a five-segment principal that does not start with `*` is rewritten, as there.
+ */
+function localPrincipals(list: readonly string[] | undefined, trustDomain: string): readonly string[] | undefined {
+  if (list === undefined || trustDomain === DEFAULT_POLICY_TRUST_DOMAIN) return list;
+  return list.map((principal) => {
+    if (principal.startsWith('*') || !principal.startsWith(`${DEFAULT_POLICY_TRUST_DOMAIN}/`) || principal.split('/').length !== 5) return principal;
+    return trustDomain + principal.slice(DEFAULT_POLICY_TRUST_DOMAIN.length);
+  });
+}
+
+function compileSource(source: PolicySource, trustDomain: string): CompiledSource {
   return {
-    principals: strings(source.principals),
-    notPrincipals: strings(source.notPrincipals),
+    principals: strings(localPrincipals(source.principals, trustDomain)),
+    notPrincipals: strings(localPrincipals(source.notPrincipals, trustDomain)),
     namespaces: strings(source.namespaces),
     notNamespaces: strings(source.notNamespaces),
     ipBlocks: cidrs(source.ipBlocks),
@@ -232,21 +248,22 @@ function compileValues(key: ConditionKey, list: readonly string[] | undefined): 
   }
 }
 
-function compileCondition(condition: PolicyCondition): CompiledCondition {
+function compileCondition(condition: PolicyCondition, trustDomain: string): CompiledCondition {
   const key = condition.parsedKey;
+  const principal = key.kind === 'source.principal';
   return {
     key,
     header: key.kind === 'request.headers' ? key.header.toLowerCase() : null,
-    values: compileValues(key, condition.values),
-    notValues: compileValues(key, condition.notValues),
+    values: compileValues(key, principal ? localPrincipals(condition.values, trustDomain) : condition.values),
+    notValues: compileValues(key, principal ? localPrincipals(condition.notValues, trustDomain) : condition.notValues),
     l7: key.kind === 'request.headers',
   };
 }
 
-function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number): CompiledRule {
-  const from = rule.from && rule.from.length > 0 ? rule.from.map(compileSource) : null;
+function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number, trustDomain: string): CompiledRule {
+  const from = rule.from && rule.from.length > 0 ? rule.from.map((source) => compileSource(source, trustDomain)) : null;
   const to = rule.to && rule.to.length > 0 ? rule.to.map(compileOperation) : null;
-  const when = rule.when && rule.when.length > 0 ? rule.when.map(compileCondition) : null;
+  const when = rule.when && rule.when.length > 0 ? rule.when.map((condition) => compileCondition(condition, trustDomain)) : null;
   const l7 = (to?.some((operation) => operation.l7) ?? false) || (when?.some((condition) => condition.l7) ?? false);
   const verb = policy.action === 'DENY' ? 'denied' : policy.action === 'ALLOW' ? 'allowed' : 'audited';
   return {
@@ -261,7 +278,7 @@ function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number): C
   };
 }
 
-function compilePolicy(object: ConfigObject & { kind: 'AuthorizationPolicy' }): CompiledPolicy {
+function compilePolicy(object: ConfigObject & { kind: 'AuthorizationPolicy' }, trustDomain: string): CompiledPolicy {
   const spec: AuthorizationPolicySpec = object.spec;
   const rules: CompiledRule[] = [];
   const policy: CompiledPolicy = {
@@ -272,7 +289,7 @@ function compilePolicy(object: ConfigObject & { kind: 'AuthorizationPolicy' }): 
     rules,
     source: object.source.file,
   };
-  (spec.rules ?? []).forEach((rule, index) => rules.push(compileRule(policy, rule, index)));
+  (spec.rules ?? []).forEach((rule, index) => rules.push(compileRule(policy, rule, index, trustDomain)));
   Object.freeze(rules);
   return policy;
 }
@@ -390,7 +407,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
   const peerAuths: PeerAuthEntry[] = [];
   for (const object of snapshot.objects) {
     if (object.kind === 'AuthorizationPolicy') {
-      const policy = compilePolicy(object);
+      const policy = compilePolicy(object, snapshot.mesh.trustDomain);
       policies.push(policy);
       let list = byNamespace.get(policy.namespace);
       if (!list) byNamespace.set(policy.namespace, (list = []));
