@@ -199,7 +199,9 @@ export class HboneInbound {
   revoke(keep: (connection: InboundConnection, inspected: boolean) => boolean): number {
     let closed = 0;
     for (const dial of this.#live) {
-      if (!keep(dial.connection, dial.inspected)) {
+      // A tunnel still connecting is judged on its connection alone: it is inspected or bridged by the
+      // configuration in force when it opens.
+      if (!keep(dial.connection, dial.inspected || dial.connecting)) {
         dial.abort();
         closed++;
       }
@@ -306,6 +308,9 @@ export class HboneInbound {
     const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers));
     dials.set(upstream, dial);
     dials.set(stream, dial);
+    // Live from now: a policy change while the upstream connects must reach this tunnel too (revoke), or it would
+    // open on a decision the new configuration no longer makes.
+    this.#live.add(dial);
     dial.timer = setTimeout(HboneInbound.#onDialTimeout, CONNECT_TIMEOUT_MS, dial);
     // The connect phase ends in one of three ways (connected, failed, abandoned by the peer); each stops the others.
     upstream.on('error', HboneInbound.#onDialError);
@@ -337,6 +342,7 @@ export class HboneInbound {
   static #onDialAbandoned(this: http2.ServerHttp2Stream): void {
     const dial = dials.of(this);
     HboneInbound.#stopDial(dial);
+    dial.inbound.#live.delete(dial);
     dial.upstream.destroy();
   }
 
@@ -345,6 +351,7 @@ export class HboneInbound {
     HboneInbound.#stopDial(dial);
     const { stream, upstream } = dial;
     if (stream.destroyed || stream.closed) {
+      dial.inbound.#live.delete(dial);
       upstream.destroy();
       return;
     }
@@ -355,6 +362,7 @@ export class HboneInbound {
 
   #dialFailed(dial: UpstreamDial, error: Error): void {
     HboneInbound.#stopDial(dial);
+    this.#live.delete(dial);
     dial.upstream.destroy();
     this.#options.metrics.failed(dial.labels, 'CONNECT');
     const { destination, destinationIp, destinationPort } = dial.connection;
@@ -365,10 +373,11 @@ export class HboneInbound {
   #open(dial: UpstreamDial): void {
     dial.meter = this.#options.metrics.open(dial.labels);
     this.#options.liveMeters.add(dial);
+    dial.connecting = false;
     const { stream, upstream } = dial;
-    // Ports declared HTTP whose workload has HTTP rules: every request is decided; other tunnels are bytes.
+    // Ports declared HTTP whose workload has HTTP rules: every request is decided; other tunnels are bytes. Asked
+    // now, of the configuration in force now: a change while the upstream connected was judged by revoke().
     const decider = this.#options.inspectRequests?.(dial.connection) ?? null;
-    this.#live.add(dial);
     if (decider !== null && this.#options.inspector !== null) {
       dial.inspected = true;
       void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied).then(() => this.#finish(dial, undefined, undefined));
@@ -470,6 +479,8 @@ class UpstreamDial implements Flushable {
   meter: TunnelMeter | null = null;
   /** Its requests are decided one by one (an HTTP port with HTTP rules) rather than its bytes bridged. */
   inspected = false;
+  /** Still connecting upstream: whether it will be inspected or bridged is decided when it opens. */
+  connecting = true;
   /** The connect timer, set and stopped by HboneInbound's dial handlers. */
   timer: NodeJS.Timeout | undefined = undefined;
 

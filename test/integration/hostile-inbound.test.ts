@@ -843,6 +843,47 @@ describe('HBONE inbound: flow control and teardown', () => {
     }
   }, 20_000);
 
+  it('judges a tunnel still connecting upstream by a policy change: it never opens on the decision the change withdrew', async () => {
+    // As above, a listener that does not accept, but only for 5 s: node-b's connect waits for a SYN retry, then
+    // succeeds. Meanwhile a DENY for that port arrives; the tunnel must not open on the decision made before it.
+    const blocker = spawn(process.execPath, ['-e', `const s = require('net').createServer((c) => c.on('error', () => {})); s.listen({ host: '${ECHO_IP}', port: ${BLACKHOLE_PORT}, backlog: 1 }, () => { process.stdout.write('ready'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5000); });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const fillers: net.Socket[] = [];
+    const session = dialHbone(validClient);
+    const accepted = () => nodeB().proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    try {
+      await once(blocker.stdout, 'data');
+      for (let i = 0; i < 4; i++) fillers.push(net.connect(BLACKHOLE_PORT, ECHO_IP).on('error', () => {}));
+      await sleep(200);
+      const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${BLACKHOLE_PORT}` }, { endStream: false });
+      stream.on('error', () => {});
+      let status: number | undefined;
+      stream.once('response', (headers) => (status = Number(headers[':status'])));
+      const ended = once(stream, 'close');
+      await sleep(300);
+      expect(status, 'node-b cannot have reached the upstream yet').toBeUndefined();
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-blackhole, namespace: demo }
+spec:
+  action: DENY
+  rules: [{ to: [{ operation: { ports: ["${BLACKHOLE_PORT}"] } }] }]
+`);
+      await waitUntil('node-b accepts the DENY', async () => accepted() > seen, 5_000);
+      await nodeB().proc.waitFor((line) => line.msg === 'closed open connections the new configuration no longer allows');
+      await ended;
+      expect(status, 'the tunnel opened on the withdrawn decision').toBeUndefined();
+      expect(stream.rstCode).toBe(NGHTTP2_CANCEL);
+    } finally {
+      session.destroy();
+      for (const filler of fillers) filler.destroy();
+      blocker.kill('SIGKILL');
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', '# no policies\n');
+      await waitUntil('node-b accepts the configuration without the DENY', async () => accepted() > seen, 5_000);
+    }
+  }, 20_000);
+
   it('closes the upstream connection within a second when the peer resets the stream mid-transfer', async () => {
     const session = dialHbone(validClient);
     try {
