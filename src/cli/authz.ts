@@ -14,6 +14,7 @@ import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
 import { normalizePath } from '../authz/path.ts';
+import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
 
 const help = `usage: ambit authz check --config DIR --request FILE|- [--explain]
 
@@ -127,7 +128,15 @@ export const command: Command = {
     let principal = optionalString(source, 'principal', 'source.principal') ?? null;
     if (principal?.startsWith('spiffe://')) principal = principal.slice('spiffe://'.length);
     let sourceNamespace = optionalString(source, 'namespace', 'source.namespace') ?? null;
-    if (sourceNamespace === null && principal !== null) sourceNamespace = /\/ns\/([^/]+)\//.exec(principal)?.[1] ?? null;
+    if (sourceNamespace === null && principal !== null) {
+      const slash = principal.indexOf('/');
+      const found = slash < 0 ? null : namespaceOfPath(principal.slice(slash));
+      if (found === AMBIGUOUS_NAMESPACE) {
+        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'the principal names more than one namespace (/ns/NAME/ twice): the proxy refuses such a peer' }) + '\n');
+        return 0;
+      }
+      sourceNamespace = found;
+    }
 
     let request: AuthzContext['request'] = null;
     if (input.request !== undefined) {

@@ -240,3 +240,26 @@ export function parseNodeId(text: string): { trustDomain: string; nodeName: stri
   // parseSpiffeId already refused an empty final segment ('/ambit/node/' is a trailing slash).
   return { trustDomain, nodeName: path.slice(NODE_PATH_PREFIX.length) };
 }
+
+/** What namespaceOfPath returns for an ID with two different `/ns/NAME/`. */
+export const AMBIGUOUS_NAMESPACE = Symbol('more than one namespace');
+
+/**
+ * The namespace Istio's `source.namespaces` would find in a SPIFFE ID's path (`.*\/ns/NS/.*` on the principal): the name
+ * after a `/ns/` segment anywhere in the path, not only first (a federated `/tenant/ns/prod/sa/x` is in `prod`);
+ * null when there is none, AMBIGUOUS_NAMESPACE when there are two.
+ */
+export function namespaceOfPath(path: string): string | null | typeof AMBIGUOUS_NAMESPACE {
+  let found: string | null = null;
+  // Every `/ns/NAME/`, overlapping ones too (`/ns/ns/sa/x` is in `ns` and in `sa` for that regex).
+  for (let at = path.indexOf('/ns/'); at >= 0; at = path.indexOf('/ns/', at + 1)) {
+    const start = at + 4;
+    const end = path.indexOf('/', start);
+    // The regex needs a "/" after the name: a trailing `/ns/NAME` names no namespace.
+    if (end <= start) continue;
+    const name = path.slice(start, end);
+    if (found !== null && found !== name) return AMBIGUOUS_NAMESPACE;
+    found = name;
+  }
+  return found;
+}

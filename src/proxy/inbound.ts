@@ -14,6 +14,7 @@ import * as net from 'node:net';
 import type * as tls from 'node:tls';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { BundleSource } from '../identity/svid.ts';
+import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
@@ -253,8 +254,15 @@ export class HboneInbound {
       return;
     }
     const address = socket.remoteAddress ?? 'unknown';
-    const namespace = namespaceOf(result.id);
-    peers.set(session, { id: result.id, address, principal: result.id.id.slice('spiffe://'.length), namespace: namespace === 'unknown' ? null : namespace, ip: parseIp(address) });
+    const namespace = namespaceOfPath(result.id.path);
+    if (namespace === AMBIGUOUS_NAMESPACE) {
+      // Istio matches `namespaces` as `.*/ns/NS/.*` on the principal, so such an ID is in two namespaces at once;
+      // one namespace per peer cannot hold that, and a DENY on the other would not fire.
+      this.#logger.warn({ peer: socket.remoteAddress, presented: result.id.id }, 'refusing HBONE peer: its SPIFFE ID names more than one namespace (/ns/NAME/ twice)');
+      session.destroy();
+      return;
+    }
+    peers.set(session, { id: result.id, address, principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address) });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
   }
 
@@ -515,10 +523,6 @@ function serverTlsOptions(options: tls.SecureContextOptions): tls.SecureContextO
   return { ...options, minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS };
 }
 
-function namespaceOf(id: SpiffeId): string {
-  const match = /^\/ns\/([^/]+)\//.exec(id.path);
-  return match ? (match[1] as string) : 'unknown';
-}
 
 function normalizeIp(address: string): string {
   return address.startsWith('::ffff:') && net.isIPv4(address.slice(7)) ? address.slice(7) : address;

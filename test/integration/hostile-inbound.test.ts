@@ -527,6 +527,39 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
     expect(line.code).toBe(code);
   });
 
+  it('drops a peer whose SPIFFE ID names two namespaces (/ns/NAME/ twice), which no one namespace can stand for', async () => {
+    const presented = `spiffe://${TD}/ns/demo/sa/x/ns/prod/y`;
+    const since = nodeB().proc.lines.length;
+    const outcome = await attemptTunnel(await issueMeshSvid(mesh.caDir, presented));
+    expect(outcome.status).toBeNull();
+    expect(outcome.closedByServer).toBe(true);
+    await logLineSince(nodeB().proc, since, (l) => String(l.msg).startsWith('refusing HBONE peer: its SPIFFE ID names more than one namespace') && l.presented === presented, `refusal of ${presented}`);
+  });
+
+  it('places a peer in the namespace of a /ns/NAME/ deeper in its ID, as Istio matches namespaces: a DENY on it fires, on another does not', async () => {
+    const peer = await issueMeshSvid(mesh.caDir, `spiffe://${TD}/tenant/ns/prod/sa/x`);
+    const accepted = () => nodeB().proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const deny = (namespace: string) => `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-${namespace}, namespace: demo }
+spec:
+  action: DENY
+  rules: [{ from: [{ source: { namespaces: ["${namespace}"] } }] }]
+`;
+    try {
+      for (const [namespace, status] of [['prod', 401], ['staging', 200]] as const) {
+        const seen = accepted();
+        await mesh.writeConfig('policies.yaml', deny(namespace));
+        await waitUntil(`node-b accepts the DENY of namespace ${namespace}`, async () => accepted() > seen, 5_000);
+        expect((await attemptTunnel(peer)).status, `DENY namespaces ["${namespace}"]`).toBe(status);
+      }
+    } finally {
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', '# no policies\n');
+      await waitUntil('node-b accepts the configuration without the DENY', async () => accepted() > seen, 5_000);
+    }
+  });
+
   it('drops a peer presenting no client certificate and logs CA_UNAUTHENTICATED', async () => {
     const since = nodeB().proc.lines.length;
     const outcome = await attemptTunnel(null);

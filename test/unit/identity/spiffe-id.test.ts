@@ -3,8 +3,10 @@ import { describe, expect, it } from 'vitest';
 import { AmbitError } from '../../../src/errors.ts';
 import type { ErrorCode } from '../../../src/errors.ts';
 import {
+  AMBIGUOUS_NAMESPACE,
   MAX_SPIFFE_ID_BYTES,
   MAX_TRUST_DOMAIN_BYTES,
+  namespaceOfPath,
   nodeId,
   parseNodeId,
   parseSpiffeId,
@@ -174,6 +176,26 @@ describe('workload IDs', () => {
     ['an invalid SPIFFE ID', 'spiffe://td/ns/a/sa/b/', 'SPIFFE_ID_TRAILING_SLASH'],
   ])('parseWorkloadId rejects %s', (_name, input, code) => {
     expect(codeOf(() => parseWorkloadId(input))).toBe(code);
+  });
+});
+
+describe('the namespace a policy sees in an ID (Istio: `.*/ns/NAME/.*` on the principal)', () => {
+  it.each([
+    ['a workload ID', '/ns/shop/sa/web', 'shop'],
+    ['a /ns/ deeper in a federated ID', '/tenant/ns/prod/sa/x', 'prod'],
+    ['the same namespace twice', '/ns/a/x/ns/a/y', 'a'],
+    ['a node ID', '/ambit/node/n1', null],
+    ['a trailing /ns/NAME, which the pattern needs a "/" after', '/sa/x/ns/prod', null],
+    ['an empty name', '/ns//sa/x', null],
+  ])('%s: %s → %s', (_what, path, expected) => {
+    expect(namespaceOfPath(path)).toBe(expected);
+  });
+
+  it.each([
+    ['two namespaces', '/ns/demo/sa/x/ns/prod/y'],
+    ['overlapping ones: /ns/ns/sa/ is in ns and in sa', '/ns/ns/sa/x'],
+  ])('is ambiguous for %s: %s', (_what, path) => {
+    expect(namespaceOfPath(path)).toBe(AMBIGUOUS_NAMESPACE);
   });
 });
 
