@@ -259,7 +259,7 @@ export class OutboundListeners {
     if (baggage === undefined) this.#baggage.set(source, (baggage = buildBaggage(source)));
     let stream;
     try {
-      stream = await this.#options.pool.open(source.identity, endpoint, baggage);
+      stream = await this.#options.pool.open(source.identity, sourceIpFor(source, endpoint.hboneHost), endpoint, baggage);
     } catch (error) {
       const flag = error instanceof TunnelError ? error.flag : 'CONNECT';
       this.#options.metrics.failed(labels, flag);
@@ -409,6 +409,13 @@ export function ownerOf(named: readonly Workload[], kind: Workload['kind'] | und
 }
 
 /** The two ends of an HBONE connection's access line: built when the line is written, not held per connection. */
+/** The source workload's IP of the HBONE peer's address family (IPv6 addresses have a ":"), or null. */
+function sourceIpFor(source: Workload, hboneHost: string): string | null {
+  const v6 = hboneHost.indexOf(':') >= 0;
+  for (const ip of source.ips) if ((ip.indexOf(':') >= 0) === v6) return ip;
+  return null;
+}
+
 function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, service: string): Pick<AccessLogRecord, 'src' | 'dst'> {
   return {
     src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },

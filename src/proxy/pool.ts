@@ -1,8 +1,11 @@
-// The outbound HBONE pool: HTTP/2 sessions over mTLS, keyed by (source identity, destination proxy
-// address, expected destination identity), so a new application connection costs one stream, not a
-// handshake. One dial per key at a time (concurrent callers wait for it), at most 100 streams per
+// The outbound HBONE pool: HTTP/2 sessions over mTLS, keyed by (source identity, source workload IP,
+// destination proxy address, expected destination identity), so a new application connection costs one
+// stream, not a handshake. Sessions are dialled from the source workload's IP where this host has it, so
+// the destination sees the workload's address (policies' ipBlocks, source.ip), as a ztunnel session dialled
+// from inside the pod does. One dial per key at a time (concurrent callers wait for it), at most 100 streams per
 // session, PING keepalive, idle sessions dropped after 5 minutes, GOAWAY honoured (ztunnel's pool.rs).
 import * as http2 from 'node:http2';
+import type * as net from 'node:net';
 import * as tls from 'node:tls';
 import { AmbitError } from '../errors.ts';
 import type { BundleSource } from '../identity/svid.ts';
@@ -51,6 +54,8 @@ interface PooledSession {
 
 interface Bucket {
   readonly source: string;
+  /** The source workload's IP the sessions are dialled from, or '' for the host's own choice. */
+  readonly sourceIp: string;
   readonly peer: string;
   readonly expected: string;
   readonly sessions: PooledSession[];
@@ -80,8 +85,10 @@ const CONNECT_SETTINGS: http2.Settings = {
 };
 
 export class HbonePool {
-  // source identity → "host:port" of the peer proxy → expected server identity → sessions
-  readonly #buckets = new Map<string, Map<string, Map<string, Bucket>>>();
+  // source identity → source IP ('' for none) → "host:port" of the peer proxy → expected server identity → sessions
+  readonly #buckets = new Map<string, Map<string, Map<string, Map<string, Bucket>>>>();
+  /** Source IPs this host turned out not to have (EADDRNOTAVAIL): dialled from the host's own address, said once. */
+  readonly #notLocal = new Set<string>();
   readonly #options: PoolOptions;
   readonly #logger: Logger;
   readonly #maxStreams: number;
@@ -115,12 +122,12 @@ export class HbonePool {
   }
 
   /**
-   * Opens a tunnel for `sourceIdentity` to `endpoint`: a CONNECT stream that has answered 200.
-   * Rejects with a TunnelError carrying the response flag.
+   * Opens a tunnel for `sourceIdentity` (the workload at `sourceIp`, of the endpoint's address family, or null) to
+   * `endpoint`: a CONNECT stream that has answered 200. Rejects with a TunnelError carrying the response flag.
    */
-  async open(sourceIdentity: string, endpoint: Endpoint, baggage: string): Promise<http2.ClientHttp2Stream> {
+  async open(sourceIdentity: string, sourceIp: string | null, endpoint: Endpoint, baggage: string): Promise<http2.ClientHttp2Stream> {
     if (this.#closed) throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', 'pool is closed');
-    const bucket = this.#bucket(sourceIdentity, endpoint.hboneAuthority, endpoint.identity);
+    const bucket = this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity);
     const entry = await this.#acquire(bucket, sourceIdentity, endpoint);
     return this.#request(entry, endpoint, baggage);
   }
@@ -139,16 +146,18 @@ export class HbonePool {
   }
 
   *#entries(): Generator<PooledSession> {
-    for (const byPeer of this.#buckets.values()) for (const byIdentity of byPeer.values()) for (const bucket of byIdentity.values()) yield* bucket.sessions;
+    for (const byIp of this.#buckets.values()) for (const byPeer of byIp.values()) for (const byIdentity of byPeer.values()) for (const bucket of byIdentity.values()) yield* bucket.sessions;
   }
 
-  #bucket(source: string, peer: string, expected: string): Bucket {
-    let byPeer = this.#buckets.get(source);
-    if (!byPeer) this.#buckets.set(source, (byPeer = new Map()));
+  #bucket(source: string, sourceIp: string, peer: string, expected: string): Bucket {
+    let byIp = this.#buckets.get(source);
+    if (!byIp) this.#buckets.set(source, (byIp = new Map()));
+    let byPeer = byIp.get(sourceIp);
+    if (!byPeer) byIp.set(sourceIp, (byPeer = new Map()));
     let byIdentity = byPeer.get(peer);
     if (!byIdentity) byPeer.set(peer, (byIdentity = new Map()));
     let bucket = byIdentity.get(expected);
-    if (!bucket) byIdentity.set(expected, (bucket = { source, peer, expected, sessions: [], dialing: null }));
+    if (!bucket) byIdentity.set(expected, (bucket = { source, sourceIp, peer, expected, sessions: [], dialing: null }));
     return bucket;
   }
 
@@ -174,7 +183,7 @@ export class HbonePool {
   async #dial(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
     const identity = this.#options.contexts.get(sourceIdentity);
     if (!identity) throw new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}`);
-    const socket = await this.#connectTls(identity.context, endpoint, sourceIdentity);
+    const socket = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
     const session = http2.connect(`https://${endpoint.hboneHost}:${endpoint.hbonePort}`, {
       createConnection: () => socket,
       settings: CONNECT_SETTINGS,
@@ -198,17 +207,36 @@ export class HbonePool {
     return entry;
   }
 
-  #connectTls(context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<tls.TLSSocket> {
+  /**
+   * Dials from the source workload's IP. A host without that address (a pod IP seen from the host's network
+   * namespace) dials from its own, and says so once: the destination's ipBlocks then see the host's address.
+   */
+  async #connectFrom(sourceIp: string, context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<tls.TLSSocket> {
+    if (sourceIp === '' || this.#notLocal.has(sourceIp)) return this.#connectTls(undefined, context, endpoint, sourceIdentity);
+    try {
+      return await this.#connectTls(sourceIp, context, endpoint, sourceIdentity);
+    } catch (error) {
+      if ((error as { cause?: NodeJS.ErrnoException }).cause?.code !== 'EADDRNOTAVAIL') throw error;
+      this.#notLocal.add(sourceIp);
+      this.#logger.warn({ source: sourceIdentity, sourceIp }, 'this host has no address of the source workload: HBONE sessions are dialled from the host address, which policies at the destination see as source.ip');
+      return this.#connectTls(undefined, context, endpoint, sourceIdentity);
+    }
+  }
+
+  #connectTls(localAddress: string | undefined, context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<tls.TLSSocket> {
     return new Promise((resolve, reject) => {
-      const socket = tls.connect({
+      // tls.connect takes socket.connect()'s options too (its documentation), which @types/node leaves out.
+      const options: tls.ConnectionOptions & Pick<net.TcpSocketConnectOpts, 'localAddress'> = {
         host: endpoint.hboneHost,
         port: endpoint.hbonePort,
+        localAddress,
         secureContext: context,
         ALPNProtocols: HBONE_ALPN,
         rejectUnauthorized: false,
         // No SNI, as ztunnel: the server picks its certificate by the address we dialled.
         servername: '',
-      });
+      };
+      const socket = tls.connect(options);
       const timeoutMs = this.#connectTimeoutMs;
       const timer = setTimeout(() => socket.destroy(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort} timed out after ${timeoutMs} ms`)), timeoutMs);
       socket.once('secureConnect', () => {
@@ -268,12 +296,14 @@ export class HbonePool {
   }
 
   #forget(bucket: Bucket): void {
-    const byPeer = this.#buckets.get(bucket.source);
+    const byIp = this.#buckets.get(bucket.source);
+    const byPeer = byIp?.get(bucket.sourceIp);
     const byIdentity = byPeer?.get(bucket.peer);
     if (byIdentity?.get(bucket.expected) !== bucket) return;
     byIdentity.delete(bucket.expected);
     if (byIdentity.size === 0) byPeer?.delete(bucket.peer);
-    if (byPeer?.size === 0) this.#buckets.delete(bucket.source);
+    if (byPeer?.size === 0) byIp?.delete(bucket.sourceIp);
+    if (byIp?.size === 0) this.#buckets.delete(bucket.source);
   }
 
   #sweepSessions(): void {

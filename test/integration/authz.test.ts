@@ -115,6 +115,36 @@ describe('authorization in the node proxy', () => {
     await nodeB.proc.waitFor((line) => line.msg === 'connection denied by policy' && line.source === 'spiffe://cluster.local/ns/demo/sa/other' && line.policy === null);
   });
 
+  it("sees the source workload's own address (ipBlocks): a DENY of its IP denies it, a DENY of another workload's IP on the same node does not", async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const denyFrom = (ip: string) => `${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: echo-not-from, namespace: demo }
+spec:
+  selector: { matchLabels: { app: echo } }
+  action: DENY
+  rules:
+    - from: [{ source: { ipBlocks: ["${ip}/32"] } }]
+`;
+    try {
+      let seen = accepted();
+      await mesh.writeConfig('policies.yaml', denyFrom(CLIENT_IP));
+      await waitUntil('node-b accepts the DENY of the client IP', async () => accepted() > seen);
+      expect(await echoOnce(CLIENT_IP, 'from client')).toBe('');
+      await nodeB.proc.waitFor((line) => line.msg === 'connection denied by policy' && line.policy === 'demo/echo-not-from');
+      seen = accepted();
+      await mesh.writeConfig('policies.yaml', denyFrom(OTHER_IP));
+      await waitUntil('node-b accepts the DENY of the other IP', async () => accepted() > seen);
+      expect(await echoOnce(CLIENT_IP, 'from client')).toBe('from client');
+    } finally {
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', policies);
+      await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
+    }
+  });
+
   it('denies one HTTP request with 403 RBAC: access denied and allows the next on the same connection', async () => {
     const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
     try {

@@ -79,7 +79,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
 
   /** What opening a tunnel failed with (null if it opened). */
   function openError(hbone: HbonePool): Promise<unknown> {
-    return hbone.open(CLIENT_ID, endpoint(), '').then(
+    return hbone.open(CLIENT_ID, null, endpoint(), '').then(
       () => null,
       (e: unknown) => e,
     );
@@ -154,7 +154,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     peer.closedWith.length = 0;
     const hbone = pool(200);
     try {
-      const stream = await hbone.open(CLIENT_ID, endpoint(), '');
+      const stream = await hbone.open(CLIENT_ID, null, endpoint(), '');
       await new Promise((resolve) => setTimeout(resolve, 500));
       expect(stream.destroyed).toBe(false);
       expect(peer.closedWith).toEqual([]);
@@ -166,6 +166,39 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       expect(peer.closedWith).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
     } finally {
       await hbone.close();
+    }
+  });
+
+  it("dials from the source workload's IP, so the destination sees the workload's address, with a session per source IP", async () => {
+    peer.mode = 'echo';
+    const seen: string[] = [];
+    const onSession = (session: http2.ServerHttp2Session) => seen.push(session.socket.remoteAddress ?? '');
+    peer.server.on('session', onSession);
+    const logged: string[] = [];
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger() });
+    try {
+      (await hbone.open(CLIENT_ID, '127.0.0.21', endpoint(), '')).close();
+      (await hbone.open(CLIENT_ID, '127.0.0.21', endpoint(), '')).close();
+      (await hbone.open(CLIENT_ID, '127.0.0.22', endpoint(), '')).close();
+      expect(seen).toEqual(['127.0.0.21', '127.0.0.22']);
+      expect(hbone.stats().sessions).toBe(2);
+    } finally {
+      await hbone.close();
+    }
+    // An address this host does not have (TEST-NET-1): dialled from the host's own, and said once, however many
+    // sessions follow (one stream per session here, so the two tunnels are two dials).
+    const single = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), maxStreamsPerSession: 1, logger: Object.assign(silentLogger(), { child: () => Object.assign(silentLogger(), { warn: (_o: unknown, msg: string) => logged.push(msg) }) }) });
+    try {
+      seen.length = 0;
+      const first = await single.open(CLIENT_ID, '192.0.2.7', endpoint(), '');
+      const second = await single.open(CLIENT_ID, '192.0.2.7', endpoint(), '');
+      expect(seen).toEqual(['127.0.0.1', '127.0.0.1']);
+      expect(logged.filter((msg) => msg.startsWith('this host has no address of the source workload'))).toHaveLength(1);
+      first.close();
+      second.close();
+    } finally {
+      peer.server.off('session', onSession);
+      await single.close();
     }
   });
 });
