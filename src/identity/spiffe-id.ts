@@ -245,13 +245,18 @@ export function parseNodeId(text: string): { trustDomain: string; nodeName: stri
 export const AMBIGUOUS_NAMESPACE = Symbol('more than one namespace');
 
 /**
- * The namespace Istio's `source.namespaces` would find in a SPIFFE ID's path (`.*\/ns/NS/.*` on the principal): the name
- * after a `/ns/` segment anywhere in the path, not only first (a federated `/tenant/ns/prod/sa/x` is in `prod`);
- * null when there is none, AMBIGUOUS_NAMESPACE when there are two.
+ * The namespace of a SPIFFE ID's path, as policies see it. A workload ID (`/ns/NS/sa/SA`) is in NS, as ztunnel
+ * parses it (Istio's `.*\/ns/NS/.*` would also put `/ns/ns/sa/x` in `sa`, an accident of the regex). Any other
+ * path is read as that regex reads it: the name after a `/ns/` anywhere, not only first (a federated
+ * `/tenant/ns/prod/sa/x` is in `prod`); null when there is none, AMBIGUOUS_NAMESPACE when there are two.
  */
 export function namespaceOfPath(path: string): string | null | typeof AMBIGUOUS_NAMESPACE {
+  if (path.startsWith('/ns/')) {
+    const sa = path.indexOf('/', 4);
+    if (sa > 4 && path.startsWith('/sa/', sa) && path.length > sa + 4 && path.indexOf('/', sa + 4) < 0) return path.slice(4, sa);
+  }
   let found: string | null = null;
-  // Every `/ns/NAME/`, overlapping ones too (`/ns/ns/sa/x` is in `ns` and in `sa` for that regex).
+  // Every `/ns/NAME/`, overlapping ones too (`/x/ns/ns/y/` is in `ns` and in `y` for that regex).
   for (let at = path.indexOf('/ns/'); at >= 0; at = path.indexOf('/ns/', at + 1)) {
     const start = at + 4;
     const end = path.indexOf('/', start);

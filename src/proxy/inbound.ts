@@ -203,6 +203,10 @@ export class HboneInbound {
       // A tunnel still connecting is judged on its connection alone: it is inspected or bridged by the
       // configuration in force when it opens.
       if (!keep(dial.connection, dial.inspected || dial.connecting)) {
+        // Its connect phase ends here (no timer left to report a refusal later), and it leaves the live set at
+        // once, so a second change in quick succession neither judges nor counts it again.
+        if (dial.connecting) HboneInbound.#stopDial(dial);
+        this.#live.delete(dial);
         dial.abort();
         closed++;
       }

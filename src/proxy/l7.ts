@@ -128,17 +128,18 @@ export class MutableFacts implements HttpRequestFacts {
     this.method = method;
     let rawPath = rawTarget;
     if (rawTarget.charCodeAt(0) !== 47 /* / */) {
-      if (rawTarget === '*') {
-        if (method !== 'OPTIONS') return 'an asterisk-form target (*) is for OPTIONS only';
-      } else {
-        // Absolute-form (`GET http://web/admin`): an application reads the path out of it, so rules must too.
-        const absolute = http1 ? splitAbsoluteForm(rawTarget) : null;
-        if (absolute === null) return 'a request target that is not a path';
-        host = absolute.authority;
-        rawPath = absolute.path;
-      }
+      // The upstream clients cannot send `OPTIONS *` on (undici refuses the path): refused plainly, not answered 502.
+      if (rawTarget === '*') return method === 'OPTIONS' ? 'OPTIONS * is not forwarded on an inspected port' : 'an asterisk-form target (*) is for OPTIONS only';
+      // Absolute-form (`GET http://web/admin`): an application reads the path out of it, so rules must too.
+      const absolute = http1 ? splitAbsoluteForm(rawTarget) : null;
+      if (absolute === null) return 'a request target that is not a path';
+      host = absolute.authority;
+      rawPath = absolute.path;
     }
     if (host === '') return http1 ? 'no Host field' : 'no :authority';
+    // nghttp2 checks an h2 :authority; Node's HTTP/1 parser lets any visible character through, and a host a
+    // rule never matched (`admin.shop\x`) can still be read by the application as the one it names.
+    if (http1 && !isValidAuthority(host)) return 'a Host that is not a valid authority';
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
     const normalized = normalizePath(path);
@@ -188,6 +189,18 @@ function splitAbsoluteForm(target: string): { authority: string; path: string } 
   if (authority === '' || authority.indexOf('@') >= 0) return null;
   const rest = target.slice(end);
   return { authority: hasUpper(authority) ? authority.toLowerCase() : authority, path: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
+}
+
+/** The characters nghttp2 allows in :authority (nghttp2_check_authority), the same check for HTTP/1.1's Host. */
+const AUTHORITY_CHARS = new Uint8Array(128);
+for (const c of "!$&'()*+,-.0123456789:;=ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~%") AUTHORITY_CHARS[c.charCodeAt(0)] = 1;
+
+function isValidAuthority(host: string): boolean {
+  for (let i = 0; i < host.length; i++) {
+    const code = host.charCodeAt(i);
+    if (code >= 128 || AUTHORITY_CHARS[code] === 0) return false;
+  }
+  return true;
 }
 
 function hasUpper(text: string): boolean {

@@ -23,6 +23,7 @@ import { decideRoute, routingTableOf } from './routes.ts';
 import type { Endpoint } from './routes.ts';
 import { CONNECT_TIMEOUT_MS } from './settings.ts';
 import { listenOn, stopListening } from './inbound.ts';
+import { LocalAddresses } from './local-addresses.ts';
 
 /** Pod or WorkloadEntry annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the workload's IP. */
 export const OUTBOUND_ANNOTATION = 'ambit.dev/outbound';
@@ -160,6 +161,8 @@ export interface OutboundOptions {
   random?: () => number;
   /** Open tunnels whose byte counts are flushed to metrics periodically. */
   liveMeters: Set<Flushable>;
+  /** The addresses this host can dial from (default: its interfaces); tests give their own. */
+  localAddresses?: LocalAddresses;
 }
 
 export class OutboundListeners {
@@ -171,9 +174,11 @@ export class OutboundListeners {
   // stay for the connection's whole life.
   readonly #forgetLive: (this: net.Socket) => void;
   readonly #baggage = new WeakMap<Workload, string>();
+  readonly #localAddresses: LocalAddresses;
 
   constructor(options: OutboundOptions) {
     this.#options = options;
+    this.#localAddresses = options.localAddresses ?? new LocalAddresses();
     const live = this.#live;
     this.#forgetLive = function (this: net.Socket) {
       live.delete(this);
@@ -237,7 +242,8 @@ export class OutboundListeners {
   /** Carries one application connection from `source` to host:port (also the entry point for capture). */
   async forward(socket: net.Socket, source: Workload, host: string, port: number): Promise<void> {
     const startedMs = Date.now();
-    const srcAddr = `${socket.remoteAddress}:${socket.remotePort}`;
+    const remoteAddress = socket.remoteAddress;
+    const srcAddr = `${remoteAddress}:${socket.remotePort}`;
     this.#live.add(socket);
     socket.on('close', this.#forgetLive);
     socket.on('error', noop); // reported through the bridge or the refusal below
@@ -259,7 +265,7 @@ export class OutboundListeners {
     if (baggage === undefined) this.#baggage.set(source, (baggage = buildBaggage(source)));
     let stream;
     try {
-      stream = await this.#options.pool.open(source.identity, sourceIpFor(source, endpoint.hboneHost), endpoint, baggage);
+      stream = await this.#options.pool.open(source.identity, this.#sourceIp(source, remoteAddress, endpoint.hboneHost, startedMs), endpoint, baggage);
     } catch (error) {
       const flag = error instanceof TunnelError ? error.flag : 'CONNECT';
       this.#options.metrics.failed(labels, flag);
@@ -306,6 +312,29 @@ export class OutboundListeners {
       error: result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined,
       responseFlags: flags,
     });
+  }
+
+  /**
+   * The address the HBONE session leaves from, as the destination's policies will see it: the workload IP the
+   * application connected from when it is one of the source's, else the source's first of the peer's address family
+   * (IPv6 addresses have a ":"); null (the host's own choice) when this host does not have that address.
+   */
+  #sourceIp(source: Workload, remoteAddress: string | undefined, hboneHost: string, nowMs: number): string | null {
+    const v6 = hboneHost.indexOf(':') >= 0;
+    let chosen: string | null = null;
+    if (remoteAddress !== undefined) {
+      const plain = remoteAddress.startsWith('::ffff:') ? remoteAddress.slice(7) : remoteAddress;
+      if ((plain.indexOf(':') >= 0) === v6 && source.ips.includes(plain)) chosen = plain;
+    }
+    if (chosen === null) {
+      for (const ip of source.ips) {
+        if ((ip.indexOf(':') >= 0) === v6) {
+          chosen = ip;
+          break;
+        }
+      }
+    }
+    return chosen !== null && this.#localAddresses.has(chosen, nowMs) ? chosen : null;
   }
 
   /** Plain TCP to a destination outside the mesh. */
@@ -409,13 +438,6 @@ export function ownerOf(named: readonly Workload[], kind: Workload['kind'] | und
 }
 
 /** The two ends of an HBONE connection's access line: built when the line is written, not held per connection. */
-/** The source workload's IP of the HBONE peer's address family (IPv6 addresses have a ":"), or null. */
-function sourceIpFor(source: Workload, hboneHost: string): string | null {
-  const v6 = hboneHost.indexOf(':') >= 0;
-  for (const ip of source.ips) if ((ip.indexOf(':') >= 0) === v6) return ip;
-  return null;
-}
-
 function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, service: string): Pick<AccessLogRecord, 'src' | 'dst'> {
   return {
     src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },

@@ -87,8 +87,6 @@ const CONNECT_SETTINGS: http2.Settings = {
 export class HbonePool {
   // source identity → source IP ('' for none) → "host:port" of the peer proxy → expected server identity → sessions
   readonly #buckets = new Map<string, Map<string, Map<string, Map<string, Bucket>>>>();
-  /** Source IPs this host turned out not to have (EADDRNOTAVAIL): dialled from the host's own address, said once. */
-  readonly #notLocal = new Set<string>();
   readonly #options: PoolOptions;
   readonly #logger: Logger;
   readonly #maxStreams: number;
@@ -208,17 +206,16 @@ export class HbonePool {
   }
 
   /**
-   * Dials from the source workload's IP. A host without that address (a pod IP seen from the host's network
-   * namespace) dials from its own, and says so once: the destination's ipBlocks then see the host's address.
+   * Dials from the source workload's IP (the caller passes only addresses this host has). One that went away since
+   * (EADDRNOTAVAIL) is dialled from the host's own address, and said: the destination's ipBlocks see that one.
    */
   async #connectFrom(sourceIp: string, context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<tls.TLSSocket> {
-    if (sourceIp === '' || this.#notLocal.has(sourceIp)) return this.#connectTls(undefined, context, endpoint, sourceIdentity);
+    if (sourceIp === '') return this.#connectTls(undefined, context, endpoint, sourceIdentity);
     try {
       return await this.#connectTls(sourceIp, context, endpoint, sourceIdentity);
     } catch (error) {
       if ((error as { cause?: NodeJS.ErrnoException }).cause?.code !== 'EADDRNOTAVAIL') throw error;
-      this.#notLocal.add(sourceIp);
-      this.#logger.warn({ source: sourceIdentity, sourceIp }, 'this host has no address of the source workload: HBONE sessions are dialled from the host address, which policies at the destination see as source.ip');
+      this.#logger.warn({ source: sourceIdentity, sourceIp }, 'the source workload\'s address is gone from this host: HBONE session dialled from the host address, which policies at the destination see as source.ip');
       return this.#connectTls(undefined, context, endpoint, sourceIdentity);
     }
   }

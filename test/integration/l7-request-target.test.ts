@@ -159,7 +159,18 @@ describe('the request target an inspected tunnel decides on', () => {
     served.length = 0;
     expect(await h1('GET /public HTTP/1.0\r\n\r\n')).toEqual({ status: 400, body: 'no Host field' });
     expect((await h1('GET * HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(400);
+    // OPTIONS * is valid HTTP, but the upstream client cannot send it on: a plain 400 that says so, not a 502.
+    expect(await h1('OPTIONS * HTTP/1.1\r\nHost: web.shop\r\n\r\n')).toEqual({ status: 400, body: 'OPTIONS * is not forwarded on an inspected port' });
     expect(served).toEqual([]);
+  });
+
+  it('refuses a Host an authority cannot be (as nghttp2 does for h2), so a DENY on hosts cannot be dodged with one', async () => {
+    served.length = 0;
+    expect(await h1('GET / HTTP/1.1\r\nHost: admin.shop\\x\r\n\r\n')).toEqual({ status: 400, body: 'a Host that is not a valid authority' });
+    expect((await h1('GET http://admin.shop\\x/ HTTP/1.1\r\nHost: admin.shop\\x\r\n\r\n')).status).toBe(400);
+    expect((await h1('GET / HTTP/1.1\r\nHost: admin.shop\r\n\r\n')).status).toBe(403);
+    expect((await h1('GET /public HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n')).status).toBe(200);
+    expect(served).toEqual(['GET /public host=[::1]:8080']);
   });
 
   it('h2c: refuses a :path that is not a path or carries a fragment, and reads a backslash as a slash', async () => {
@@ -169,6 +180,7 @@ describe('the request target an inspected tunnel decides on', () => {
     expect(await h2('admin')).toBe('ERR_HTTP2_STREAM_ERROR');
     expect(await h2('/admin#x')).toBe(400);
     expect(await h2('/x\\..\\admin')).toBe(403);
-    expect(served).toEqual(['h2 GET /public host=web.shop']);
+    expect(await h2('/public\\x')).toBe(200);
+    expect(served).toEqual(['h2 GET /public host=web.shop', 'h2 GET /public/x host=web.shop']);
   });
 });

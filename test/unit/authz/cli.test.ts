@@ -109,6 +109,12 @@ describe.concurrent('ambit authz check', () => {
     expect(String(output.reason)).toContain('fragment');
   });
 
+  it('denies a principal that names two namespaces, as the proxy refuses such a peer', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: 'cluster.local/tenant/ns/shop/x/ns/front/y' }, request: { method: 'GET', path: '/api/x' } }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(String(output.reason)).toContain('more than one namespace');
+  });
+
   it('allows by a later rule of the same policy and names that rule', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin' } }));
     expect(output).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 1 });

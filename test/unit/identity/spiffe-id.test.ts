@@ -182,6 +182,8 @@ describe('workload IDs', () => {
 describe('the namespace a policy sees in an ID (Istio: `.*/ns/NAME/.*` on the principal)', () => {
   it.each([
     ['a workload ID', '/ns/shop/sa/web', 'shop'],
+    ['a workload ID in a namespace named ns', '/ns/ns/sa/default', 'ns'],
+    ['a workload ID whose service account is ns', '/ns/shop/sa/ns', 'shop'],
     ['a /ns/ deeper in a federated ID', '/tenant/ns/prod/sa/x', 'prod'],
     ['the same namespace twice', '/ns/a/x/ns/a/y', 'a'],
     ['a node ID', '/ambit/node/n1', null],
@@ -193,7 +195,7 @@ describe('the namespace a policy sees in an ID (Istio: `.*/ns/NAME/.*` on the pr
 
   it.each([
     ['two namespaces', '/ns/demo/sa/x/ns/prod/y'],
-    ['overlapping ones: /ns/ns/sa/ is in ns and in sa', '/ns/ns/sa/x'],
+    ['overlapping ones outside the workload shape: /x/ns/ns/y/ is in ns and in y', '/x/ns/ns/y/z'],
   ])('is ambiguous for %s: %s', (_what, path) => {
     expect(namespaceOfPath(path)).toBe(AMBIGUOUS_NAMESPACE);
   });
