@@ -24,8 +24,8 @@ import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
-import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, SIDE_BY_SIDE_SCENARIOS, checkTargets, compareSideBySide, compareToFloor, recordRounds, renderMarkdown } from './system/report.ts';
-import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId, SideBySideRound, SideBySideScenario } from './system/report.ts';
+import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, SIDE_BY_SIDE_PEERS, SIDE_BY_SIDE_SCENARIOS, checkTargets, compareSideBySide, compareToFloor, recordRounds, renderMarkdown } from './system/report.ts';
+import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId, SideBySidePeer, SideBySideRound, SideBySideScenario } from './system/report.ts';
 import { nginxVersion, startUpstream } from './system/upstream.ts';
 import type { Upstream } from './system/upstream.ts';
 
@@ -52,9 +52,9 @@ direct and HAProxy, and writes every figure to bench/results/DATE-MODE.json.
   --results-dir DIR      where the JSON goes (default bench/results)
   --access-log           run ambit at log level info (one access-log line per connection) and give
                          HAProxy the same (a log line per connection); default: neither logs
-  --side-by-side         after each of (a), (b) and (c), run it again with ambit L4 and the Node floor pair
-                         loaded at the same time (--rounds times): their CPU per request or connection
-                         compared under the same machine speed (needs both rows)
+  --side-by-side         after each of (a), (b) and (c), run it again with ambit L4, the Node floor pair and
+                         the HAProxy L4 pair (those of --rows) loaded at the same time (--rounds times):
+                         their CPU per request or connection compared under the same machine speed
   --cpu-prof             profile the ambit proxies (node --cpu-prof) into DIR/profiles-DATE, the Node floor
                          pair's into DIR/profiles-DATE/node-floor
   --no-pin               do not pin (default: load generator and upstream on CPU 0, the proxy pair on CPU 1)
@@ -126,7 +126,7 @@ function parsePlan(argv: string[]): Plan {
   const rounds = number(values.rounds, 'rounds', quick ? 1 : 3);
   if (!Number.isInteger(rounds)) fail(`--rounds must be a whole number, got "${values.rounds}"`);
   const sideBySide = values['side-by-side'] === true;
-  if (sideBySide && !(rows.includes('ambit-l4') && rows.includes('node-l4'))) fail(`--side-by-side loads ambit-l4 and node-l4 at once: --rows must include both (got ${rows.join(',')})`);
+  if (sideBySide && !(rows.includes('ambit-l4') && rows.some((row) => (SIDE_BY_SIDE_PEERS as readonly string[]).includes(row)))) fail(`--side-by-side loads ambit-l4 at once with node-l4 and/or haproxy-l4: --rows must include ambit-l4 and one of them (got ${rows.join(',')})`);
   if (sideBySide && !scenarios.some((id) => (SIDE_BY_SIDE_SCENARIOS as readonly string[]).includes(id))) fail('--side-by-side applies to (a) throughput, (b) latency and (c) churn: --scenario includes none of them');
   return {
     mode: quick ? 'quick' : 'full',
@@ -556,34 +556,39 @@ async function runScenario(ctx: Context, scenario: LoadScenario): Promise<void> 
 }
 
 /**
- * --side-by-side: the scenario again with ambit L4 and the Node floor pair each under its own load at the same
- * time, on the one proxy core, in rounds. Rows measured in turn are half a minute apart and the VM's speed moves
- * in between; measured at once, both see the same speed, so their CPU per request or connection compares.
+ * --side-by-side: the scenario again with ambit L4 and each reference pair that started (the Node floor, HAProxy's
+ * L4 pair) under their own loads at the same time, on the one proxy core, in rounds. Rows measured in turn are half
+ * a minute apart and the VM's speed moves in between; measured at once, all see the same speed, so their CPU per
+ * request or connection compares.
  */
 async function runSideBySide(ctx: Context, scenario: SideBySideScenario): Promise<void> {
   const { plan, progress, results } = ctx;
   const ambit = ctx.targets.get('ambit-l4');
-  const floor = ctx.targets.get('node-l4');
+  const peers = SIDE_BY_SIDE_PEERS.filter((peer) => plan.rows.includes(peer) && ctx.targets.has(peer));
   const entry: { rounds: Array<SideBySideRound<typeof scenario>>; failed?: string } = { rounds: [] };
   (results.sideBySide ??= {})[scenario] = entry as never;
-  if (ambit === undefined || floor === undefined) {
-    entry.failed = `${ambit === undefined ? ROW_LABELS['ambit-l4'] : ROW_LABELS['node-l4']} did not start`;
+  if (ambit === undefined || peers.length === 0) {
+    entry.failed = ambit === undefined ? `${ROW_LABELS['ambit-l4']} did not start` : 'no reference pair started';
     return;
   }
   const runner = RUNNERS[scenario] as Runner<typeof scenario>;
+  const measure = (row: RowId, target: RowTarget) => runner(ctx, row, target).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message }));
+  const names = ['ambit L4', ...peers.map((peer) => ROW_LABELS[peer])].join(', ');
   for (let round = 0; round < plan.rounds; round++) {
-    progress.step(`${SCENARIO_TITLES[scenario]} · ambit L4 and the Node floor pair at once${plan.rounds > 1 ? ` · round ${round + 1}/${plan.rounds}` : ''}`, expectedSeconds(plan, scenario));
-    const [a, f] = await Promise.all([
-      runner(ctx, 'ambit-l4', ambit).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message })),
-      runner(ctx, 'node-l4', floor).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message })),
-    ]);
-    if (a.status !== 'ok' || f.status !== 'ok') {
-      // A failed round ends the comparison: a ratio over the rounds that happened to pass would hide it.
-      entry.failed = `round ${round + 1}: ${a.status !== 'ok' ? `${ROW_LABELS['ambit-l4']}: ${a.reason}` : ''}${a.status !== 'ok' && f.status !== 'ok' ? '; ' : ''}${f.status !== 'ok' ? `${ROW_LABELS['node-l4']}: ${f.reason}` : ''}`;
+    progress.step(`${SCENARIO_TITLES[scenario]} · at once: ${names}${plan.rounds > 1 ? ` · round ${round + 1}/${plan.rounds}` : ''}`, expectedSeconds(plan, scenario));
+    const outcomes = await Promise.all([measure('ambit-l4', ambit), ...peers.map((peer) => measure(peer, ctx.targets.get(peer) as RowTarget))]);
+    const rows: RowId[] = ['ambit-l4', ...peers];
+    const failures = outcomes.flatMap((outcome, i) => (outcome.status === 'ok' ? [] : [`${ROW_LABELS[rows[i] as RowId]}: ${outcome.reason}`]));
+    if (failures.length > 0) {
+      // A failed round ends the comparison: ratios over the rounds that happened to pass would hide it.
+      entry.failed = `round ${round + 1}: ${failures.join('; ')}`;
       progress.note(`${SCENARIO_TITLES[scenario]} side by side: ${entry.failed}`);
       return;
     }
-    entry.rounds.push({ ambit: a.figures, floor: f.figures });
+    const figures = outcomes.map((outcome) => (outcome as { figures: FiguresByScenario[typeof scenario] }).figures);
+    const byPeer: Partial<Record<SideBySidePeer, FiguresByScenario[typeof scenario]>> = {};
+    peers.forEach((peer, i) => (byPeer[peer] = figures[i + 1]));
+    entry.rounds.push({ ambit: figures[0] as FiguresByScenario[typeof scenario], peers: byPeer });
   }
 }
 

@@ -195,18 +195,22 @@ export interface RunResults {
   notes: string[];
   skipped: Partial<Record<RowId, string>>;
   scenarios: ScenarioResults;
-  /** With --side-by-side: (a)-(c) again with ambit L4 and the Node floor pair loaded at the same time. */
+  /** With --side-by-side: (a)-(c) again with ambit L4 and its reference pairs loaded at the same time. */
   sideBySide?: SideBySideResults;
 }
 
-/** The scenarios --side-by-side runs with both pairs loaded at once (each CPU figure is per request or connection). */
+/** The scenarios --side-by-side runs with the pairs loaded at once (each CPU figure is per request or connection). */
 export const SIDE_BY_SIDE_SCENARIOS = ['throughput', 'latency', 'churn'] as const;
 export type SideBySideScenario = (typeof SIDE_BY_SIDE_SCENARIOS)[number];
 
-/** One round of a side-by-side scenario: both pairs' figures over the same seconds. */
+/** The pairs --side-by-side loads beside ambit L4, those of the run's rows that started. */
+export const SIDE_BY_SIDE_PEERS = ['node-l4', 'haproxy-l4'] as const;
+export type SideBySidePeer = (typeof SIDE_BY_SIDE_PEERS)[number];
+
+/** One round of a side-by-side scenario: every pair's figures over the same seconds. */
 export interface SideBySideRound<S extends SideBySideScenario> {
   ambit: FiguresByScenario[S];
-  floor: FiguresByScenario[S];
+  peers: Partial<Record<SideBySidePeer, FiguresByScenario[S]>>;
 }
 
 export type SideBySideResults = {
@@ -331,48 +335,54 @@ export function renderMarkdown(results: RunResults): string {
   }
   const sideBySide = compareSideBySide(results);
   if (sideBySide.length > 0) {
-    out.push('### ambit L4 and the Node floor pair loaded at the same time (--side-by-side)', '');
-    out.push('Both pairs on the proxy core at once, each under its own load from the one load generator: the machine\'s speed moves both alike, so their ratio holds where rows measured in turn drift apart. Throughput is shared, so only the CPU per request or connection compares the two.', '');
-    out.push(table(['figure', 'ambit L4 (median)', 'Node floor (median)', 'ambit / floor'], sideBySide.map((c) => [c.figure, c.ambit, c.floor, c.ratio])), '');
+    out.push('### ambit L4 and its reference pairs loaded at the same time (--side-by-side)', '');
+    out.push('The pairs on the proxy core at once, each under its own load from the one load generator: the machine\'s speed moves them alike, so their ratios hold where rows measured in turn drift apart. Throughput is shared, so only the CPU per request or connection compares them.', '');
+    out.push(table(['figure', 'ambit L4 (median)', 'Node floor (median)', 'ambit / floor', 'HAProxy L4 (median)', 'ambit / HAProxy'], sideBySide.map((c) => [c.figure, c.ambit, c.floor.value, c.floor.ratio, c.haproxy.value, c.haproxy.ratio])), '');
   }
   return out.join('\n');
 }
 
 export interface SideBySideComparison {
   figure: string;
-  /** Each side's median over the rounds, and the median of the rounds' ratios (with every round's): "—" or why not when missing. */
+  /** ambit's median over the rounds, or why there is none ("—", or the failure). */
   ambit: string;
-  floor: string;
-  ratio: string;
+  /** Each reference pair's median, and the median of the rounds' ratios ambit / pair (with every round's); "—" when not loaded. */
+  floor: { value: string; ratio: string };
+  haproxy: { value: string; ratio: string };
 }
 
-/** ambit L4 against the Node floor pair, figure by figure, from --side-by-side's rounds; empty when it did not run. */
+/** ambit L4 against each reference pair loaded with it, figure by figure, from --side-by-side's rounds; empty when it did not run. */
 export function compareSideBySide(results: RunResults): SideBySideComparison[] {
   const comparisons: SideBySideComparison[] = [];
+  const none = { value: '—', ratio: '—' };
   const add = <S extends SideBySideScenario>(figure: string, scenario: S, pick: (figures: FiguresByScenario[S]) => number | null | undefined, unit: (value: number) => string) => {
     const entry = results.sideBySide?.[scenario] as { rounds: Array<SideBySideRound<S>>; failed?: string } | undefined;
     if (entry === undefined) return;
     if (entry.failed !== undefined) {
-      comparisons.push({ figure, ambit: `failed: ${entry.failed}`, floor: '', ratio: '' });
+      comparisons.push({ figure, ambit: `failed: ${entry.failed}`, floor: { value: '', ratio: '' }, haproxy: { value: '', ratio: '' } });
       return;
     }
     const ambit: number[] = [];
-    const floor: number[] = [];
-    const ratios: number[] = [];
     for (const round of entry.rounds) {
       const a = pick(round.ambit);
-      const f = pick(round.floor);
-      if (a == null || f == null || f === 0) continue;
-      ambit.push(a);
-      floor.push(f);
-      ratios.push(a / f);
+      if (a != null) ambit.push(a);
     }
-    if (ratios.length === 0) {
-      comparisons.push({ figure, ambit: '—', floor: '—', ratio: '—' });
-      return;
-    }
-    const each = ratios.length > 1 ? ` (rounds ${ratios.map((r) => `${fmt(r, 2)}×`).join(', ')})` : '';
-    comparisons.push({ figure, ambit: unit(median(ambit)), floor: unit(median(floor)), ratio: `${fmt(median(ratios), 2)}×${each}` });
+    const against = (peer: SideBySidePeer): { value: string; ratio: string } => {
+      const values: number[] = [];
+      const ratios: number[] = [];
+      for (const round of entry.rounds) {
+        const a = pick(round.ambit);
+        const figures = round.peers[peer];
+        const p = figures === undefined ? undefined : pick(figures);
+        if (a == null || p == null || p === 0) continue;
+        values.push(p);
+        ratios.push(a / p);
+      }
+      if (ratios.length === 0) return none;
+      const each = ratios.length > 1 ? ` (rounds ${ratios.map((r) => `${fmt(r, 2)}×`).join(', ')})` : '';
+      return { value: unit(median(values)), ratio: `${fmt(median(ratios), 2)}×${each}` };
+    };
+    comparisons.push({ figure, ambit: ambit.length === 0 ? '—' : unit(median(ambit)), floor: against('node-l4'), haproxy: against('haproxy-l4') });
   };
   const micros = (value: number) => `${fmt(value, 1)} µs`;
   add('(a) proxy CPU per request, both at full load', 'throughput', (f) => f.proxyCpuMicrosPerRequest, micros);

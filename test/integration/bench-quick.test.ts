@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AMBIT, HAPROXY, NODE_FLOOR, UPSTREAM } from '../../bench/system/layout.ts';
 import { ROWS, ROW_LABELS, SCENARIOS } from '../../bench/system/report.ts';
-import type { FloorComparison, Outcome, RowId, RunResults, ScenarioId } from '../../bench/system/report.ts';
+import type { FloorComparison, Outcome, RowId, RunResults, ScenarioId, SideBySideComparison } from '../../bench/system/report.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** The issue's budget for --quick is 2 minutes; this leaves room for npm and a busy machine. */
@@ -174,7 +174,7 @@ describe('npm run bench -- --side-by-side', () => {
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'ambit-bench-sbs-'));
-    const finished = await runBench(['--scenario', 'churn', '--rows', 'ambit-l4,node-l4', '--side-by-side', '--duration', '2', '--rounds', '2', '--results-dir', dir], 90_000);
+    const finished = await runBench(['--scenario', 'churn', '--rows', 'ambit-l4,node-l4,haproxy-l4', '--side-by-side', '--duration', '2', '--rounds', '2', '--results-dir', dir], 90_000);
     const files = (await readdir(dir)).filter((name) => name.endsWith('.json'));
     if (files.length !== 1) throw new Error(`expected one JSON result, found ${files.join(', ') || 'none'}\nexit ${finished.code}\n${finished.stderr.slice(-3000)}`);
     sideBySide = { ...finished, results: JSON.parse(await readFile(join(dir, files[0] as string), 'utf8')) as Run['results'] };
@@ -184,27 +184,35 @@ describe('npm run bench -- --side-by-side', () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  it('loads ambit L4 and the Node floor pair at once, round by round, and compares their CPU per connection', () => {
+  it('loads ambit L4, the Node floor pair and HAProxy L4 at once, round by round, and compares their CPU per connection', () => {
     expect(sideBySide.code, sideBySide.stderr.slice(-3000)).toBe(0);
     const churn = sideBySide.results.sideBySide?.churn;
     expect(churn?.failed, churn?.failed).toBeUndefined();
     expect(churn?.rounds).toHaveLength(2);
+    // HAProxy is loaded beside the others unless it could not be installed (then its row says why).
+    const haproxy = sideBySide.results.skipped['haproxy-l4'] === undefined;
+    const peers = haproxy ? (['node-l4', 'haproxy-l4'] as const) : (['node-l4'] as const);
     for (const round of churn?.rounds ?? []) {
       expect(positive(round.ambit.proxyCpuMicrosPerConnection), JSON.stringify(round.ambit)).toBe(true);
-      expect(positive(round.floor.proxyCpuMicrosPerConnection), JSON.stringify(round.floor)).toBe(true);
-      expect(round.ambit.failed + round.floor.failed).toBe(0);
+      expect(round.ambit.failed).toBe(0);
+      for (const peer of peers) {
+        expect(positive(round.peers[peer]?.proxyCpuMicrosPerConnection), `${peer}: ${JSON.stringify(round.peers[peer])}`).toBe(true);
+        expect(round.peers[peer]?.failed).toBe(0);
+      }
     }
-    const cpu = (sideBySide.results as Run['results'] & { sideBySideComparison: Array<{ figure: string; ratio: string }> }).sideBySideComparison.find((c) => c.figure === '(c) proxy CPU per churned connection');
-    expect(cpu?.ratio).toMatch(/^\d[\d.,]*× \(rounds \d[\d.,]*×, \d[\d.,]*×\)$/);
+    const cpu = (sideBySide.results as Run['results'] & { sideBySideComparison: SideBySideComparison[] }).sideBySideComparison.find((c) => c.figure === '(c) proxy CPU per churned connection');
+    const twoRounds = /^\d[\d.,]*× \(rounds \d[\d.,]*×, \d[\d.,]*×\)$/;
+    expect(cpu?.floor.ratio).toMatch(twoRounds);
+    if (haproxy) expect(cpu?.haproxy.ratio).toMatch(twoRounds);
     expect(sideBySide.stdout).toContain('loaded at the same time (--side-by-side)');
     // Scenarios it does not apply to, and the rows' own turns, are unchanged: the churn rows ran in turn too.
     expect(sideBySide.results.scenarios.churn?.rows['ambit-l4']?.status).toBe('ok');
     expect(sideBySide.results.sideBySide?.throughput).toBeUndefined();
   });
 
-  it('refuses to run without both pairs, naming the rows it needs', async () => {
-    const refused = await runBench(['--scenario', 'churn', '--rows', 'ambit-l4', '--side-by-side'], 30_000);
+  it('refuses to run without a pair to compare ambit with, naming the rows it needs', async () => {
+    const refused = await runBench(['--scenario', 'churn', '--rows', 'ambit-l4,direct', '--side-by-side'], 30_000);
     expect(refused.code).toBe(2);
-    expect(refused.stderr).toContain('--side-by-side loads ambit-l4 and node-l4 at once: --rows must include both (got ambit-l4)');
+    expect(refused.stderr).toContain('--side-by-side loads ambit-l4 at once with node-l4 and/or haproxy-l4: --rows must include ambit-l4 and one of them (got ambit-l4,direct)');
   });
 });

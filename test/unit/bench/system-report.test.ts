@@ -119,33 +119,43 @@ describe('the Node floor pair in the report', () => {
   });
 });
 
-describe('ambit and the Node floor pair loaded at the same time (--side-by-side)', () => {
+describe('ambit and its reference pairs loaded at the same time (--side-by-side)', () => {
   const cpu = (micros: number): ThroughputFigures => ({ ...throughput(1000), proxyCpuMicrosPerRequest: micros });
 
-  it("compares ambit with the floor by the median of each round's ratio, and each side by its own median", () => {
+  it("compares ambit with each pair by the median of each round's ratio, and each pair by its own median", () => {
     const results = emptyRun();
-    // Ratios 1.2×, 1.5×, 1.1×: the median ratio (1.2×) is not the ratio of the medians (66 / 50 = 1.32×).
-    results.sideBySide = { throughput: { rounds: [{ ambit: cpu(60), floor: cpu(50) }, { ambit: cpu(66), floor: cpu(44) }, { ambit: cpu(88), floor: cpu(80) }] } };
+    // Against the floor 1.2×, 1.5×, 1.1×: the median ratio (1.2×) is not the ratio of the medians (66 / 50 = 1.32×).
+    // Against HAProxy 0.6×, 1.1×, 0.8×.
+    results.sideBySide = { throughput: { rounds: [
+      { ambit: cpu(60), peers: { 'node-l4': cpu(50), 'haproxy-l4': cpu(100) } },
+      { ambit: cpu(66), peers: { 'node-l4': cpu(44), 'haproxy-l4': cpu(60) } },
+      { ambit: cpu(88), peers: { 'node-l4': cpu(80), 'haproxy-l4': cpu(110) } },
+    ] } };
     const row = compareSideBySide(results).find((c) => c.figure.startsWith('(a) proxy CPU'));
-    expect(row).toEqual({ figure: '(a) proxy CPU per request, both at full load', ambit: '66.0 µs', floor: '50.0 µs', ratio: '1.20× (rounds 1.20×, 1.50×, 1.10×)' });
+    expect(row).toEqual({
+      figure: '(a) proxy CPU per request, both at full load',
+      ambit: '66.0 µs',
+      floor: { value: '50.0 µs', ratio: '1.20× (rounds 1.20×, 1.50×, 1.10×)' },
+      haproxy: { value: '100.0 µs', ratio: '0.80× (rounds 0.60×, 1.10×, 0.80×)' },
+    });
     const markdown = renderMarkdown(results);
     expect(markdown).toContain('--side-by-side');
-    expect(markdown).toContain('| (a) proxy CPU per request, both at full load | 66.0 µs | 50.0 µs | 1.20× (rounds 1.20×, 1.50×, 1.10×) |');
+    expect(markdown).toContain('| (a) proxy CPU per request, both at full load | 66.0 µs | 50.0 µs | 1.20× (rounds 1.20×, 1.50×, 1.10×) | 100.0 µs | 0.80× (rounds 0.60×, 1.10×, 0.80×) |');
   });
 
-  it('reports a failed round instead of a ratio over the rounds that passed, and leaves the section out when it did not run', () => {
+  it('says "—" for a pair that was not loaded, or whose figure is missing', () => {
+    const results = emptyRun();
+    results.sideBySide = { latency: { rounds: [{ ambit: latency(150), peers: { 'node-l4': { ...latency(120), proxyCpuMicrosPerRequest: null } } }] } };
+    expect(compareSideBySide(results).find((c) => c.figure.startsWith('(b) proxy CPU'))).toEqual({ figure: '(b) proxy CPU per request, both at the fixed rate', ambit: '150.0 µs', floor: { value: '—', ratio: '—' }, haproxy: { value: '—', ratio: '—' } });
+  });
+
+  it('reports a failed round instead of ratios over the rounds that passed, and leaves the section out when it did not run', () => {
     const results = emptyRun();
     results.sideBySide = { churn: { rounds: [], failed: 'round 2: ambit L4: no connection completed a request (32 failed)' } };
     const rows = compareSideBySide(results);
     expect(rows.map((r) => r.ambit)).toEqual(['failed: round 2: ambit L4: no connection completed a request (32 failed)', 'failed: round 2: ambit L4: no connection completed a request (32 failed)']);
-    expect(rows.every((r) => r.ratio === '')).toBe(true);
+    expect(rows.every((r) => r.floor.ratio === '' && r.haproxy.ratio === '')).toBe(true);
     expect(compareSideBySide(emptyRun())).toEqual([]);
     expect(renderMarkdown(emptyRun())).not.toContain('side-by-side');
-  });
-
-  it('says "—" where a figure is missing on either side (the floor\'s CPU unknown)', () => {
-    const results = emptyRun();
-    results.sideBySide = { latency: { rounds: [{ ambit: latency(150), floor: { ...latency(120), proxyCpuMicrosPerRequest: null } }] } };
-    expect(compareSideBySide(results).find((c) => c.figure.startsWith('(b) proxy CPU'))).toEqual({ figure: '(b) proxy CPU per request, both at the fixed rate', ambit: '—', floor: '—', ratio: '—' });
   });
 });
