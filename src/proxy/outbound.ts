@@ -42,6 +42,8 @@ export interface OutboundListenerSpec {
   readonly ownerKind?: Workload['kind'];
   /** Where the spec came from, for errors: `file: Pod ns/name: metadata.annotations[...]` or `--outbound`. */
   readonly origin: string;
+  /** Declared by a workload's annotation, not by the operator's --outbound (which takes precedence). */
+  readonly annotation?: boolean;
 }
 
 export interface SpecIssue {
@@ -93,32 +95,50 @@ export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): 
       if (entry.trim() === '') continue;
       const parsed = parseListenerEntry(entry.trim(), workload.ips[0]);
       if (typeof parsed === 'string') issues.push({ origin, message: parsed });
-      else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, ownerKind: workload.kind, origin });
+      // A workload's own configuration may not take another's address (nor a wildcard one): its listener would
+      // catch that workload's connections and send them with this one's identity, wherever it points them.
+      else if (!workload.ips.includes(parsed.listenHost) && !isLoopback(parsed.listenHost)) issues.push({ origin, message: `listen address ${parsed.listenHost} is not one of the workload's IPs (${workload.ips.join(', ') || 'none'}) nor a loopback address; only an operator's --outbound may use another` });
+      else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, ownerKind: workload.kind, origin, annotation: true });
     }
   }
   return { specs, issues };
 }
 
 /**
- * One listener per listen address. The same listener declared twice (a workload's annotation and a --outbound
- * flag, say) is bound once, the first declaration kept (an annotation names its owner's kind); two different
- * declarations of one address are a conflict, reported for the later one, naming the earlier.
+ * One listener per listen address. The operator's --outbound flags come first and win over workloads'
+ * annotations. The same listener declared twice is bound once (taking the owner's kind from an annotation that
+ * names it). Two different declarations of one address are a conflict: against a flag the annotation is reported;
+ * between two workloads' annotations neither is bound (one workload could otherwise take a loopback address
+ * another's application uses) and both are reported.
  */
 export function planListeners(specs: readonly OutboundListenerSpec[]): { listeners: OutboundListenerSpec[]; conflicts: SpecIssue[] } {
   const byAddress = new Map<string, OutboundListenerSpec>();
-  const listeners: OutboundListenerSpec[] = [];
+  const contested = new Set<string>();
   const conflicts: SpecIssue[] = [];
-  for (const spec of specs) {
+  const ordered = [...specs.filter((spec) => !spec.annotation), ...specs.filter((spec) => spec.annotation)];
+  for (const spec of ordered) {
     const address = formatAuthority(spec.listenHost, spec.listenPort);
     const earlier = byAddress.get(address);
     if (earlier === undefined) {
-      byAddress.set(address, spec);
-      listeners.push(spec);
-    } else if (!sameListener(earlier, spec)) {
+      if (!contested.has(address)) byAddress.set(address, spec);
+      else conflicts.push({ origin: spec.origin, message: `listen address ${address} is declared by more than one workload's annotation: not bound` });
+    } else if (sameListener(earlier, spec)) {
+      if (earlier.ownerKind === undefined && spec.ownerKind !== undefined) byAddress.set(address, { ...earlier, ownerKind: spec.ownerKind });
+    } else {
       conflicts.push({ origin: spec.origin, message: `listen address ${address} is already declared by ${earlier.origin} (to ${formatAuthority(earlier.targetHost, earlier.targetPort)} for ${ownerLabel(earlier)})` });
+      if (earlier.annotation && spec.annotation) {
+        byAddress.delete(address);
+        contested.add(address);
+        conflicts.push({ origin: earlier.origin, message: `listen address ${address} is also declared by ${spec.origin} (for ${ownerLabel(spec)}): not bound` });
+      }
     }
   }
-  return { listeners, conflicts };
+  return { listeners: [...byAddress.values()], conflicts };
+}
+
+/** 127.0.0.0/8 and ::1: a listener there serves the processes of this host only. */
+function isLoopback(host: string): boolean {
+  return host.startsWith('127.') || host === '::1';
 }
 
 function sameListener(a: OutboundListenerSpec, b: OutboundListenerSpec): boolean {
@@ -233,6 +253,15 @@ export class OutboundListeners {
       } else {
         this.#logger.warn({ listener: key(spec), owner: spec.owner, kind: spec.ownerKind }, 'outbound listener owner is not a workload on this node; closing the connection');
       }
+      socket.destroy();
+      return;
+    }
+    // The owner's identity is lent only to the owner's own connections: a listener on an address other hosts can
+    // reach (a VM's IP, a wildcard) must not send their connections with it.
+    const from = socket.remoteAddress ?? '';
+    const peer = from.startsWith('::ffff:') ? from.slice(7) : from;
+    if (!isLoopback(peer) && !source.ips.includes(peer)) {
+      this.#logger.warn({ listener: key(spec), owner: spec.owner, peer: from }, "outbound connection refused: it comes from neither the listener owner's IPs nor this host's loopback");
       socket.destroy();
       return;
     }

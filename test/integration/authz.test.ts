@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
 import * as http2 from 'node:http2';
 import { connect, createServer } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import type { Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client } from 'undici';
@@ -143,6 +144,29 @@ spec:
       await mesh.writeConfig('policies.yaml', policies);
       await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
     }
+  });
+
+  it("lends a listener owner's identity only to the owner's own connections: one from another address of the network is closed", async () => {
+    // A non-loopback address of this host stands for another machine on the network (the kernel lets it reach the
+    // listener's loopback address); without one the test says so and checks only the accepted side.
+    const foreign = Object.values(networkInterfaces()).flat().find((address) => address !== undefined && !address.internal && address.family === 'IPv4')?.address;
+    expect(await echoOnce(CLIENT_IP, 'from the owner')).toBe('from the owner');
+    if (foreign === undefined) {
+      process.stderr.write('authz.test.ts: no non-loopback IPv4 address here, skipping the foreign-source half of the listener test\n');
+      return;
+    }
+    const nodeA = mesh.nodes.get('node-a')!;
+    const since = nodeA.proc.lines.length;
+    const received = await new Promise<string>((resolve) => {
+      const socket = connect({ host: CLIENT_IP, port: 9007, localAddress: foreign });
+      let data = '';
+      socket.on('data', (chunk: Buffer) => (data += chunk.toString()));
+      socket.on('error', () => {});
+      socket.on('close', () => resolve(data));
+      socket.on('connect', () => socket.end('from elsewhere'));
+    });
+    expect(received).toBe('');
+    await nodeA.proc.waitFor((line) => nodeA.proc.lines.indexOf(line) >= since && String(line.msg).startsWith('outbound connection refused: it comes from neither') && line.peer === foreign);
   });
 
   it('denies one HTTP request with 403 RBAC: access denied and allows the next on the same connection', async () => {

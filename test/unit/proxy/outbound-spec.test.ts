@@ -129,8 +129,18 @@ describe('annotatedListeners', () => {
     expect(issues).toEqual([]);
     const origin = `apps/pods.yaml: Pod demo/client: metadata.annotations["${OUTBOUND_ANNOTATION}"]`;
     expect(specs).toEqual([
-      { listenHost: '10.0.0.5', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7, owner: 'demo/client', ownerKind: 'Pod', origin },
-      { listenHost: '127.0.0.1', listenPort: 9008, targetHost: '10.0.0.9', targetPort: 80, owner: 'demo/client', ownerKind: 'Pod', origin },
+      { listenHost: '10.0.0.5', listenPort: 9007, targetHost: 'echo.demo', targetPort: 7, owner: 'demo/client', ownerKind: 'Pod', origin, annotation: true },
+      { listenHost: '127.0.0.1', listenPort: 9008, targetHost: '10.0.0.9', targetPort: 80, owner: 'demo/client', ownerKind: 'Pod', origin, annotation: true },
+    ]);
+  });
+
+  it("refuses an annotation's listener on another workload's address or a wildcard one, naming the workload's own", () => {
+    const snapshot = snapshotOf(`${pod('client', 'node-a', '10.0.0.5', '10.0.0.6:9007=evil.example:5432, 0.0.0.0:9008=echo.demo:7, [::1]:9009=echo.demo:7')}---\n${pod('api', 'node-a', '10.0.0.6', undefined)}`);
+    const { specs, issues } = annotatedListeners(snapshot, 'node-a');
+    expect(specs.map((spec) => `${spec.listenHost}:${spec.listenPort}`)).toEqual(['::1:9009']);
+    expect(issues.map((issue) => issue.message)).toEqual([
+      "listen address 10.0.0.6 is not one of the workload's IPs (10.0.0.5) nor a loopback address; only an operator's --outbound may use another",
+      "listen address 0.0.0.0 is not one of the workload's IPs (10.0.0.5) nor a loopback address; only an operator's --outbound may use another",
     ]);
   });
 
@@ -213,11 +223,31 @@ describe('ownerOf', () => {
 describe('planListeners', () => {
   const flag = (text: string): OutboundListenerSpec => parseOutboundFlag(text);
 
-  it('binds a listener declared by an annotation and again by a flag once, keeping the annotation\'s (it names the kind)', () => {
+  it("binds a listener declared by an annotation and again by a flag once, the flag's with the kind the annotation names", () => {
     const annotated = annotatedListeners(snapshotOf(pod('client', 'node-a', '10.0.0.5', '127.0.0.1:9008=echo.demo:7')), 'node-a').specs;
     const plan = planListeners([...annotated, flag('127.0.0.1:9008=echo.demo:7@demo/client')]);
     expect(plan.conflicts).toEqual([]);
-    expect(plan.listeners).toEqual(annotated);
+    expect(plan.listeners).toEqual([{ ...flag('127.0.0.1:9008=echo.demo:7@demo/client'), ownerKind: 'Pod' }]);
+  });
+
+  it("lets the operator's flag win over a workload's annotation for the same address, whichever comes first", () => {
+    const annotated = annotatedListeners(snapshotOf(pod('x', 'node-a', '10.0.0.5', '127.0.0.1:9007=evil.example:5432')), 'node-a').specs;
+    const operator = flag('127.0.0.1:9007=db.prod:5432@prod/api');
+    const plan = planListeners([...annotated, operator]);
+    expect(plan.listeners).toEqual([operator]);
+    expect(plan.conflicts).toEqual([{ origin: expect.stringContaining('Pod demo/x'), message: 'listen address 127.0.0.1:9007 is already declared by --outbound (to db.prod:5432 for prod/api)' }]);
+  });
+
+  it('binds neither of two workloads\' annotations on one address (one could take a loopback address the other\'s application uses), reporting both', () => {
+    const annotated = annotatedListeners(snapshotOf(`${pod('x', 'node-a', '10.0.0.5', '127.0.0.1:9007=evil.example:5432')}---\n${pod('api', 'node-a', '10.0.0.6', '127.0.0.1:9007=db.prod:5432')}---\n${pod('late', 'node-a', '10.0.0.7', '127.0.0.1:9007=db.prod:5432')}`), 'node-a').specs;
+    const plan = planListeners(annotated);
+    expect(plan.listeners).toEqual([]);
+    const origin = (name: string) => expect.stringContaining(`Pod demo/${name}:`);
+    expect(plan.conflicts).toEqual([
+      { origin: origin('api'), message: expect.stringMatching(/^listen address 127\.0\.0\.1:9007 is already declared by .*Pod demo\/x.* \(to evil\.example:5432 for Pod demo\/x\)$/) },
+      { origin: origin('x'), message: expect.stringMatching(/^listen address 127\.0\.0\.1:9007 is also declared by .*Pod demo\/api.*: not bound$/) },
+      { origin: origin('late'), message: "listen address 127.0.0.1:9007 is declared by more than one workload's annotation: not bound" },
+    ]);
   });
 
   it('keeps listeners on different addresses, also of one owner', () => {
@@ -234,9 +264,12 @@ describe('planListeners', () => {
       { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)' },
       { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)' },
     ]);
-    // A Pod and a WorkloadEntry of one name declaring the same address and target: two owners, one address.
+    // A Pod and a WorkloadEntry of one name declaring the same address and target: two owners, one address, neither bound.
     const twins = planListeners(annotatedListeners(snapshotOf(TWINS), 'node-a').specs);
-    expect(twins.listeners.map((spec) => spec.ownerKind)).toEqual(['WorkloadEntry']);
-    expect(twins.conflicts).toEqual([{ origin: expect.stringContaining('Pod demo/twin'), message: expect.stringContaining('already declared by apps/pods.yaml: WorkloadEntry demo/twin') }]);
+    expect(twins.listeners).toEqual([]);
+    expect(twins.conflicts).toEqual([
+      { origin: expect.stringContaining('Pod demo/twin'), message: expect.stringContaining('already declared by apps/pods.yaml: WorkloadEntry demo/twin') },
+      { origin: expect.stringContaining('WorkloadEntry demo/twin'), message: expect.stringContaining('also declared by apps/pods.yaml: Pod demo/twin') },
+    ]);
   });
 });
