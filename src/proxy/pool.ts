@@ -50,6 +50,15 @@ interface PooledSession {
   idleSinceMs: number;
   pingSentMs: number;
   usable: boolean;
+  /** The trust bundles the server was verified against, and when its certificate expires: past either, no new streams. */
+  readonly bundles: BundleSource;
+  readonly validUntilMs: number;
+}
+
+/** A TLS connection to a peer proxy and the trust bundles its certificate was verified against. */
+interface Verified {
+  readonly socket: tls.TLSSocket;
+  readonly bundles: BundleSource;
 }
 
 interface Bucket {
@@ -125,7 +134,9 @@ export class HbonePool {
    */
   async open(sourceIdentity: string, sourceIp: string | null, endpoint: Endpoint, baggage: string): Promise<http2.ClientHttp2Stream> {
     if (this.#closed) throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', 'pool is closed');
-    const bucket = this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity);
+    let bucket = this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity);
+    // Retiring its last session may have forgotten the bucket: take the one the map holds now.
+    if (this.#retireStale(bucket)) bucket = this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity);
     const entry = await this.#acquire(bucket, sourceIdentity, endpoint);
     return this.#request(entry, endpoint, baggage);
   }
@@ -181,14 +192,15 @@ export class HbonePool {
   async #dial(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
     const identity = this.#options.contexts.get(sourceIdentity);
     if (!identity) throw new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}`);
-    const socket = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
+    const { socket, bundles } = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
+    const validUntilMs = Date.parse(socket.getPeerCertificate().valid_to);
     const session = http2.connect(`https://${endpoint.hboneHost}:${endpoint.hbonePort}`, {
       createConnection: () => socket,
       settings: CONNECT_SETTINGS,
       maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
       peerMaxConcurrentStreams: this.#maxStreams,
     });
-    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true };
+    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs: Number.isNaN(validUntilMs) ? 0 : validUntilMs };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     session.on('remoteSettings', (settings) => {
       // Respect the server's stream limit when it is below ours.
@@ -209,7 +221,7 @@ export class HbonePool {
    * Dials from the source workload's IP (the caller passes only addresses this host has). One that went away since
    * (EADDRNOTAVAIL) is dialled from the host's own address, and said: the destination's ipBlocks see that one.
    */
-  async #connectFrom(sourceIp: string, context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<tls.TLSSocket> {
+  async #connectFrom(sourceIp: string, context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<Verified> {
     if (sourceIp === '') return this.#connectTls(undefined, context, endpoint, sourceIdentity);
     try {
       return await this.#connectTls(sourceIp, context, endpoint, sourceIdentity);
@@ -220,7 +232,7 @@ export class HbonePool {
     }
   }
 
-  #connectTls(localAddress: string | undefined, context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<tls.TLSSocket> {
+  #connectTls(localAddress: string | undefined, context: tls.SecureContext, endpoint: Endpoint, sourceIdentity: string): Promise<Verified> {
     return new Promise((resolve, reject) => {
       // tls.connect takes socket.connect()'s options too (its documentation), which @types/node leaves out.
       const options: tls.ConnectionOptions & Pick<net.TcpSocketConnectOpts, 'localAddress'> = {
@@ -238,7 +250,8 @@ export class HbonePool {
       const timer = setTimeout(() => socket.destroy(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort} timed out after ${timeoutMs} ms`)), timeoutMs);
       socket.once('secureConnect', () => {
         clearTimeout(timer);
-        const result = this.#options.verifier.verify(socket, this.#options.bundles(), endpoint.identity);
+        const bundles = this.#options.bundles();
+        const result = this.#options.verifier.verify(socket, bundles, endpoint.identity);
         if (!result.valid) {
           socket.destroy();
           this.#logger.warn({ source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, 'refusing HBONE peer: server identity is not the one expected');
@@ -250,7 +263,7 @@ export class HbonePool {
           reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `server at ${endpoint.hboneHost}:${endpoint.hbonePort} did not negotiate h2 (ALPN ${String(socket.alpnProtocol)})`));
           return;
         }
-        resolve(socket);
+        resolve({ socket, bundles });
       });
       socket.once('error', (error) => {
         clearTimeout(timer);
@@ -278,6 +291,25 @@ export class HbonePool {
       // Stays after the answer too: an error between the answer and the Bridge's own listener must not throw.
       stream.on('error', onConnectError);
     });
+  }
+
+  /**
+   * A session stays verified only as long as what verified it: new trust bundles (a root withdrawn, a federation
+   * ended) or the server's certificate expiring retire it, its open streams finishing, and the next stream dials and
+   * verifies again. Returns whether any was retired.
+   */
+  #retireStale(bucket: Bucket): boolean {
+    if (bucket.sessions.length === 0) return false;
+    const bundles = this.#options.bundles();
+    const now = Date.now();
+    let retired = false;
+    for (let i = bucket.sessions.length - 1; i >= 0; i--) {
+      const entry = bucket.sessions[i] as PooledSession;
+      if (entry.bundles === bundles && now < entry.validUntilMs) continue;
+      this.#retire(entry);
+      retired = true;
+    }
+    return retired;
   }
 
   /** A session that said GOAWAY, closed or failed takes no new streams; its open streams finish. */

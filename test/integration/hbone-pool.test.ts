@@ -2,6 +2,7 @@
 // SPIFFE certificate that answers CONNECT only when the test says so. What must hold: a CONNECT nobody answers
 // fails with a clear error after the connect timeout and gives its stream and slot back, as one refused or reset
 // does at once; one that was answered lives on however long it lasts.
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import * as http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
@@ -198,4 +199,63 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       await single.close();
     }
   });
+
+  it('takes no new stream on a session verified against trust bundles since replaced: the next tunnel dials and verifies again', async () => {
+    peer.mode = 'echo';
+    let sessions = 0;
+    const onSession = () => sessions++;
+    peer.server.on('session', onSession);
+    const original = bundles;
+    const hbone = pool(2_000);
+    try {
+      const first = await hbone.open(CLIENT_ID, null, endpoint(), '');
+      (await hbone.open(CLIENT_ID, null, endpoint(), '')).close();
+      expect(sessions).toBe(1);
+      // The same roots in a new set, as the agent installs after the CA serves a changed bundle.
+      bundles = { get: (trustDomain) => original.get(trustDomain) };
+      const second = await hbone.open(CLIENT_ID, null, endpoint(), '');
+      expect(sessions).toBe(2);
+      // The stream opened before carries on: the old session only stopped taking new ones.
+      first.write('still here');
+      const [echoed] = (await once(first, 'data')) as [Buffer];
+      expect(echoed.toString()).toBe('still here');
+      first.close();
+      second.close();
+    } finally {
+      bundles = original;
+      peer.server.off('session', onSession);
+      await hbone.close();
+    }
+  });
+
+  it("takes no new stream on a session whose server certificate has expired: the next tunnel's handshake refuses it", async () => {
+    const ca = await createTestCa('cluster.local');
+    // Valid for about two more seconds.
+    const shortLived = await issueTestSvid(ca, SERVER_ID, { now: new Date(Date.now() - 58_000), ttlMs: 60_000 });
+    const client = await issueTestSvid(ca, CLIENT_ID);
+    const own = new IdentityContexts();
+    own.set(loadSvid(client.certPem, client.keyPem));
+    const server = http2.createSecureServer({ cert: shortLived.certPem, key: shortLived.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] });
+    server.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    const target: Endpoint = { ...endpoint(), hbonePort: port, hboneAuthority: `127.0.0.1:${port}` };
+    const hbone = new HbonePool({ contexts: own, bundles: () => ({ get: (trustDomain) => (trustDomain === ca.trustDomain ? ca.bundle : undefined) }), verifier: new PeerVerifier(), logger: silentLogger() });
+    try {
+      (await hbone.open(CLIENT_ID, null, target, '')).close();
+      const expiresMs = Date.parse(new X509Certificate(shortLived.certPem).validTo);
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, expiresMs - Date.now()) + 1_100));
+      const error = await hbone.open(CLIENT_ID, null, target, '').then(() => null, (e: unknown) => e);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).code).toBe('IDENTITY_MISMATCH');
+    } finally {
+      await hbone.close();
+      server.close();
+    }
+  }, 10_000);
 });
