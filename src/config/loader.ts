@@ -208,9 +208,12 @@ function duplicateKeys(document: Document): { offset: number; key: string }[] {
     Map(_key, map) {
       const seen = new Set<string>();
       for (const pair of map.items) {
-        if (!isScalar(pair.key)) continue;
-        const key = String(pair.key.value);
-        if (seen.has(key)) found.push({ offset: pair.key.range?.[0] ?? 0, key });
+        // A key written through an alias (`*k :`) is the scalar it names: `&k nodeName: a, *k : b` repeats nodeName.
+        const node = isAlias(pair.key) ? pair.key.resolve(document) : pair.key;
+        if (!isScalar(node)) continue;
+        const key = String(node.value);
+        const offset = (isNode(pair.key) ? pair.key.range?.[0] : undefined) ?? 0;
+        if (seen.has(key)) found.push({ offset, key });
         else seen.add(key);
       }
     },

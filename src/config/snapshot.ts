@@ -111,7 +111,7 @@ export function buildSnapshot(objects: readonly ConfigObject[], options: Snapsho
   const meshObject = singleMeshConfig(unique, issues, options.requireMesh ?? false);
   const mesh = meshSettings(meshObject);
   const workloads = buildWorkloads(unique, mesh.trustDomain, issues);
-  checkClusterIps(unique, issues);
+  checkClusterIps(unique, workloads, issues);
   checkEnforceAnnotations(unique, mesh.rootNamespace, issues);
   if (issues.length > 0) throw new ConfigError(issues, options.where ?? options.dir ?? 'configuration');
   return new ConfigSnapshot(unique, meshObject, mesh, workloads, options.dir);
@@ -239,13 +239,21 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
   return undefined;
 }
 
-function checkClusterIps(objects: readonly ConfigObject[], issues: ConfigIssue[]): void {
+/**
+ * A cluster IP is one Service's: not another's, and not a workload's either (routing looks cluster IPs up first, so
+ * connections to that workload would silently go to the Service's pods instead).
+ */
+function checkClusterIps(objects: readonly ConfigObject[], workloads: readonly Workload[], issues: ConfigIssue[]): void {
   const owner = new Map<string, ServiceObject>();
+  const workloadByIp = new Map<string, Workload>();
+  for (const workload of workloads) for (const ip of workload.ips) workloadByIp.set(ip, workload);
   for (const object of objects) {
     if (object.kind !== 'Service') continue;
     const ips = object.spec.clusterIPs.length > 0 ? object.spec.clusterIPs : object.spec.clusterIP === undefined ? [] : [object.spec.clusterIP];
     for (const ip of ips) {
       if (ip === 'None') continue;
+      const workload = workloadByIp.get(ip);
+      if (workload !== undefined) issues.push(issueAt(object, 'CONFIG_CONFLICT', 'spec.clusterIP', `${ip} is also the IP of ${labelOf(workload.object)} in ${where(workload.object.source)}`));
       const earlier = owner.get(ip);
       if (earlier !== undefined) {
         issues.push(issueAt(object, 'CONFIG_CONFLICT', 'spec.clusterIP', `${ip} is also the cluster IP of ${labelOf(earlier)} in ${where(earlier.source)}`));

@@ -80,7 +80,8 @@ function selects(selector: Readonly<Record<string, string>> | undefined, labels:
 function targetPortOn(workload: Workload, port: ServicePort): number | undefined {
   if (typeof port.targetPort === 'number') return port.targetPort;
   const object = workload.object;
-  if (object.kind === 'WorkloadEntry') return object.spec.ports[port.targetPort];
+  // Own keys only: a port named `constructor` must not read Object.prototype's.
+  if (object.kind === 'WorkloadEntry') return Object.hasOwn(object.spec.ports, port.targetPort) ? object.spec.ports[port.targetPort] : undefined;
   for (const container of object.spec.containers) {
     for (const containerPort of container.ports) if (containerPort.name === port.targetPort) return containerPort.containerPort;
   }

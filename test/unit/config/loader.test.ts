@@ -162,6 +162,12 @@ const rejectCases: RejectCase[] = [
     line: 7,
   },
   {
+    name: 'a key written again through an alias (&k nodeName, then *k), which would override the first silently',
+    files: { 'pod.yaml': 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  &k nodeName: node-a\n  *k : node-b\n  containers:\n    - name: app\n      image: app:1\nstatus:\n  podIP: "10.0.0.1"\n' },
+    code: 'CONFIG_YAML',
+    file: 'pod.yaml',
+  },
+  {
     name: 'a key written twice as different YAML scalars that become the same object key (1 and "1")',
     files: { 'pod.yaml': pod({ name: 'web' }).replace('metadata:\n', 'metadata:\n  labels:\n    1: one\n    "1": also-one\n') },
     code: 'CONFIG_YAML',
@@ -340,6 +346,14 @@ spec:
     file: 'svc.yaml',
     line: 6,
     object: 'Service default/b',
+    field: 'spec.clusterIP',
+  },
+  {
+    name: "a Service's cluster IP that is a workload's IP (connections to the workload would go to the Service)",
+    files: { 'pods.yaml': pod({ name: 'web', ip: '10.0.0.7' }), 'svc.yaml': 'apiVersion: v1\nkind: Service\nmetadata: { name: a }\nspec: { clusterIP: 10.0.0.7 }\n' },
+    code: 'CONFIG_CONFLICT',
+    file: 'svc.yaml',
+    object: 'Service default/a',
     field: 'spec.clusterIP',
   },
   {

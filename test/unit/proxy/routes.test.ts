@@ -91,6 +91,7 @@ spec:
   ports:
     - { name: http, port: 80, targetPort: http }
     - { name: grpc, port: 90, targetPort: grpc }
+    - { name: proto, port: 91, targetPort: constructor }
     - { name: metrics, port: 9100 }
     - { name: dns, port: 53, protocol: UDP }
 ---
@@ -175,6 +176,11 @@ describe('Service endpoints', () => {
     // web-unnamed is Running and selected, but its port 8080 has no name.
     expect(reachable(table, 'web.shop', 80)).not.toContain('10.0.1.12:8080');
     expect(reachable(table, 'web.shop', 90)).toEqual(['10.0.2.10:9000']);
+  });
+
+  it('reads a named targetPort from a WorkloadEntry\'s own ports only: a name like "constructor" is no port there', () => {
+    // No workload has a port of that name, so the Service port has no endpoint at all (not one at port "[Function]").
+    expect(decideRoute(table, 'web.shop', 91, () => 0).kind).toBe('deny');
   });
 
   it('uses a numeric targetPort (defaulting to the port) on every ready selected workload', () => {
