@@ -527,8 +527,8 @@ function serverTlsOptions(options: tls.SecureContextOptions): tls.SecureContextO
   return { ...options, minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS };
 }
 
-
-function normalizeIp(address: string): string {
+/** An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack socket's view) as the IPv4 address it is. */
+export function normalizeIp(address: string): string {
   return address.startsWith('::ffff:') && net.isIPv4(address.slice(7)) ? address.slice(7) : address;
 }
 

@@ -22,7 +22,8 @@ import { TunnelError } from './pool.ts';
 import { decideRoute, routingTableOf } from './routes.ts';
 import type { Endpoint } from './routes.ts';
 import { CONNECT_TIMEOUT_MS } from './settings.ts';
-import { listenOn, stopListening } from './inbound.ts';
+import { listenOn, normalizeIp, stopListening } from './inbound.ts';
+import { isLoopbackAddress } from '../observe/admin.ts';
 import { LocalAddresses } from './local-addresses.ts';
 
 /** Pod or WorkloadEntry annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the workload's IP. */
@@ -97,7 +98,7 @@ export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): 
       if (typeof parsed === 'string') issues.push({ origin, message: parsed });
       // A workload's own configuration may not take another's address (nor a wildcard one): its listener would
       // catch that workload's connections and send them with this one's identity, wherever it points them.
-      else if (!workload.ips.includes(parsed.listenHost) && !isLoopback(parsed.listenHost)) issues.push({ origin, message: `listen address ${parsed.listenHost} is not one of the workload's IPs (${workload.ips.join(', ') || 'none'}) nor a loopback address; only an operator's --outbound may use another` });
+      else if (!workload.ips.includes(parsed.listenHost) && !isLoopbackAddress(parsed.listenHost)) issues.push({ origin, message: `listen address ${parsed.listenHost} is not one of the workload's IPs (${workload.ips.join(', ') || 'none'}) nor a loopback address; only an operator's --outbound may use another` });
       else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, ownerKind: workload.kind, origin, annotation: true });
     }
   }
@@ -134,11 +135,6 @@ export function planListeners(specs: readonly OutboundListenerSpec[]): { listene
     }
   }
   return { listeners: [...byAddress.values()], conflicts };
-}
-
-/** 127.0.0.0/8 and ::1: a listener there serves the processes of this host only. */
-function isLoopback(host: string): boolean {
-  return host.startsWith('127.') || host === '::1';
 }
 
 function sameListener(a: OutboundListenerSpec, b: OutboundListenerSpec): boolean {
@@ -259,8 +255,7 @@ export class OutboundListeners {
     // The owner's identity is lent only to the owner's own connections: a listener on an address other hosts can
     // reach (a VM's IP, a wildcard) must not send their connections with it.
     const from = socket.remoteAddress ?? '';
-    const peer = from.startsWith('::ffff:') ? from.slice(7) : from;
-    if (!isLoopback(peer) && !source.ips.includes(peer)) {
+    if (!isLoopbackAddress(from) && !source.ips.includes(normalizeIp(from))) {
       this.#logger.warn({ listener: key(spec), owner: spec.owner, peer: from }, "outbound connection refused: it comes from neither the listener owner's IPs nor this host's loopback");
       socket.destroy();
       return;
@@ -352,7 +347,7 @@ export class OutboundListeners {
     const v6 = hboneHost.indexOf(':') >= 0;
     let chosen: string | null = null;
     if (remoteAddress !== undefined) {
-      const plain = remoteAddress.startsWith('::ffff:') ? remoteAddress.slice(7) : remoteAddress;
+      const plain = normalizeIp(remoteAddress);
       if ((plain.indexOf(':') >= 0) === v6 && source.ips.includes(plain)) chosen = plain;
     }
     if (chosen === null) {
