@@ -217,16 +217,18 @@ export function nodeId(trustDomain: string, nodeName: string): string {
 }
 
 
+/** Where `/sa/` starts in a workload path, exactly `/ns/X/sa/Y` with X and Y non-empty and without `/`; else -1. */
+function workloadSaMarker(path: string): number {
+  if (!path.startsWith('/ns/')) return -1;
+  const saMarker = path.indexOf('/', 4);
+  return saMarker > 4 && path.startsWith('/sa/', saMarker) && path.length > saMarker + 4 && path.indexOf('/', saMarker + 4) === -1 ? saMarker : -1;
+}
+
 /** Splits a workload ID; SPIFFE_ID_NOT_WORKLOAD unless the path is exactly /ns/X/sa/Y. */
 export function parseWorkloadId(text: string): { trustDomain: string; namespace: string; serviceAccount: string } {
   const { trustDomain, path } = parseSpiffeId(text);
-  // A valid path has no empty segments, so '/ns/' + X + '/sa/' + Y with no further '/' in X or Y.
-  if (path.startsWith('/ns/')) {
-    const saMarker = path.indexOf('/', 4);
-    if (saMarker > 4 && path.startsWith('/sa/', saMarker) && path.indexOf('/', saMarker + 4) === -1) {
-      return { trustDomain, namespace: path.slice(4, saMarker), serviceAccount: path.slice(saMarker + 4) };
-    }
-  }
+  const saMarker = workloadSaMarker(path);
+  if (saMarker >= 0) return { trustDomain, namespace: path.slice(4, saMarker), serviceAccount: path.slice(saMarker + 4) };
   throw new AmbitError('SPIFFE_ID_NOT_WORKLOAD', describe('workload ID', text, 'SPIFFE_ID_NOT_WORKLOAD', 0));
 }
 
@@ -251,10 +253,8 @@ export const AMBIGUOUS_NAMESPACE = Symbol('more than one namespace');
  * `/tenant/ns/prod/sa/x` is in `prod`); null when there is none, AMBIGUOUS_NAMESPACE when there are two.
  */
 export function namespaceOfPath(path: string): string | null | typeof AMBIGUOUS_NAMESPACE {
-  if (path.startsWith('/ns/')) {
-    const sa = path.indexOf('/', 4);
-    if (sa > 4 && path.startsWith('/sa/', sa) && path.length > sa + 4 && path.indexOf('/', sa + 4) < 0) return path.slice(4, sa);
-  }
+  const saMarker = workloadSaMarker(path);
+  if (saMarker >= 0) return path.slice(4, saMarker);
   let found: string | null = null;
   // Every `/ns/NAME/`, overlapping ones too (`/x/ns/ns/y/` is in `ns` and in `y` for that regex).
   for (let at = path.indexOf('/ns/'); at >= 0; at = path.indexOf('/ns/', at + 1)) {
