@@ -188,7 +188,7 @@ function splitAbsoluteForm(target: string): { authority: string; path: string } 
   const authority = target.slice(start, end);
   if (authority === '' || authority.indexOf('@') >= 0) return null;
   const rest = target.slice(end);
-  return { authority: hasUpper(authority) ? authority.toLowerCase() : authority, path: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
+  return { authority, path: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
 }
 
 /** The characters nghttp2 allows in :authority (nghttp2_check_authority), the same check for HTTP/1.1's Host. */
