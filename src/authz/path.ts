@@ -55,7 +55,7 @@ function removeDotSegments(path: string): string {
  */
 export function normalizePath(path: string): string | null {
   if (path.indexOf('#') >= 0) return null;
-  if (path.charCodeAt(0) !== 47 /* / */) return path; // "*" (OPTIONS) is matched as sent; callers refuse other forms
+  if (path.charCodeAt(0) !== 47 /* / */) return path; // not a path: its callers refuse it before any rule
   if (!needsWork(path)) return path;
   let decoded = '';
   for (let i = 0; i < path.length; i++) {

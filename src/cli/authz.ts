@@ -151,6 +151,11 @@ export const command: Command = {
       }
       const rawPath = optionalString(r, 'path', 'request.path') ?? '/';
       if (rawPath.charCodeAt(0) !== 47 && rawPath !== '*') throw new AmbitError('USAGE', `request: request.path must be a path starting with "/" (got "${rawPath}"); give an absolute URI's authority as request.host`);
+      if (rawPath === '*') {
+        // As the proxy: its upstream clients cannot send `OPTIONS *` on, so it answers 400 before any policy.
+        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'an asterisk-form target (*) is not forwarded: the proxy answers 400' }) + '\n');
+        return 0;
+      }
       const query = rawPath.indexOf('?');
       if (normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) === null) {
         // The proxy refuses such a request with 400 before any policy: say so rather than match the raw path.

@@ -109,6 +109,12 @@ describe.concurrent('ambit authz check', () => {
     expect(String(output.reason)).toContain('fragment');
   });
 
+  it('denies OPTIONS *, as the proxy answers it 400 before any policy', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'OPTIONS', path: '*' } }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(String(output.reason)).toContain('asterisk-form');
+  });
+
   it('denies a principal that names two namespaces, as the proxy refuses such a peer', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: 'cluster.local/tenant/ns/shop/x/ns/front/y' }, request: { method: 'GET', path: '/api/x' } }));
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });

@@ -15,7 +15,7 @@ describe('request path normalisation before path rules', () => {
     ['keeps reserved escapes encoded, normalising their case', '/a%2fb', '/a%2Fb'],
     ['refuses a truncated escape', '/admin%2', null],
     ['refuses a non-hex escape', '/%zzadmin', null],
-    ['matches an asterisk-form target as sent', '*', '*'],
+    ['leaves an asterisk-form target to its caller, which refuses it', '*', '*'],
     ['reads a backslash as a slash, as Envoy does', '/public\\..\\admin', '/admin'],
     ['leaves a target that does not start with "/" to its caller, which refuses it', '\\admin', '\\admin'],
     ['keeps an encoded backslash encoded', '/a%5cb', '/a%5Cb'],
