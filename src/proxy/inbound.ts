@@ -82,6 +82,8 @@ export interface InboundOptions {
   /** For a connection to a port declared HTTP with HTTP rules: how to decide each request; null = plain bytes. */
   inspectRequests: ((connection: InboundConnection) => RequestInspection | null) | null;
   inspector: HttpInspector | null;
+  /** True when ip:port is one of the proxy's own listeners besides the configured ports (an outbound listener). */
+  ownListener?: (ip: string, port: number) => boolean;
 }
 
 export interface RequestInspection {
@@ -291,7 +293,9 @@ export class HboneInbound {
     const snapshot = this.#options.snapshot();
     const destination = snapshot.workloadByIp(authority.host);
     if (destination === undefined || destination.node !== this.#options.nodeName) return this.#refuse(stream, 503, peer, entry.workload, `no workload ${authority.host} on node ${this.#options.nodeName}`);
-    if (this.#illegalPorts.has(authority.port)) return this.#refuse(stream, 503, peer, destination, `port ${authority.port} belongs to the proxy itself`);
+    // One of the proxy's own listeners on that address (an outbound listener, the admin or metrics server): the
+    // CONNECT would loop, or lend the workload's outbound identity to the peer.
+    if (this.#illegalPorts.has(authority.port) || this.#options.ownListener?.(authority.host, authority.port) === true) return this.#refuse(stream, 503, peer, destination, `port ${authority.port} belongs to the proxy itself`);
     const connection: InboundConnection = {
       peer: peer.id,
       principal: peer.principal,

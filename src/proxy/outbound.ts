@@ -25,6 +25,8 @@ import { CONNECT_TIMEOUT_MS } from './settings.ts';
 import { listenOn, normalizeIp, stopListening } from './inbound.ts';
 import { isLoopbackAddress } from '../observe/admin.ts';
 import { LocalAddresses } from './local-addresses.ts';
+import { guardedLookup, isIpLiteral, passthroughRefusal } from './destinations.ts';
+import type { DestinationGuard } from './destinations.ts';
 
 /** Pod or WorkloadEntry annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the workload's IP. */
 export const OUTBOUND_ANNOTATION = 'ambit.dev/outbound';
@@ -179,6 +181,8 @@ export interface OutboundOptions {
   liveMeters: Set<Flushable>;
   /** The addresses this host can dial from (default: its interfaces); tests give their own. */
   localAddresses?: LocalAddresses;
+  /** Ports the proxy's HTTP servers (admin, metrics, readiness) are bound to, besides the configured ones. */
+  servicePorts?: () => readonly number[];
 }
 
 export class OutboundListeners {
@@ -191,10 +195,15 @@ export class OutboundListeners {
   readonly #forgetLive: (this: net.Socket) => void;
   readonly #baggage = new WeakMap<Workload, string>();
   readonly #localAddresses: LocalAddresses;
+  /** Where passthrough may not go: this host's addresses, and the proxy's own ports on them. */
+  readonly #guard: DestinationGuard;
+  /** Bound listeners' addresses by port: the inbound side and passthrough ask per connection. */
+  readonly #hostsByPort = new Map<number, string[]>();
 
   constructor(options: OutboundOptions) {
     this.#options = options;
     this.#localAddresses = options.localAddresses ?? new LocalAddresses();
+    this.#guard = { local: this.#localAddresses, ownPort: (port) => this.#isOwnPort(port) };
     const live = this.#live;
     this.#forgetLive = function (this: net.Socket) {
       live.delete(this);
@@ -204,6 +213,29 @@ export class OutboundListeners {
 
   get size(): number {
     return this.#listeners.size;
+  }
+
+  /** True when one of these listeners is bound to ip:port (its own address, or a wildcard one). */
+  isListening(ip: string, port: number): boolean {
+    const hosts = this.#hostsByPort.get(port);
+    if (hosts === undefined) return false;
+    for (const host of hosts) if (host === ip || host === '0.0.0.0' || host === '::') return true;
+    return false;
+  }
+
+  #isOwnPort(port: number): boolean {
+    const ports = this.#options.snapshot().mesh.ports;
+    if (port === ports.outbound || port === ports.inboundPlaintext || port === ports.hbone || port === ports.admin || port === ports.metrics || port === ports.readiness) return true;
+    return this.#hostsByPort.has(port) || this.#options.servicePorts?.().includes(port) === true;
+  }
+
+  #indexPorts(): void {
+    this.#hostsByPort.clear();
+    for (const { spec } of this.#listeners.values()) {
+      const hosts = this.#hostsByPort.get(spec.listenPort);
+      if (hosts === undefined) this.#hostsByPort.set(spec.listenPort, [spec.listenHost]);
+      else hosts.push(spec.listenHost);
+    }
   }
 
   /** Binds listeners that are new, closes those that are gone; returns what failed. */
@@ -230,6 +262,7 @@ export class OutboundListeners {
         failed.push({ origin: spec.origin, message: (error as Error).message });
       }
     }
+    this.#indexPorts();
     return { bound, failed };
   }
 
@@ -237,6 +270,7 @@ export class OutboundListeners {
     for (const socket of this.#live) socket.destroy();
     for (const listener of this.#listeners.values()) stopListening(listener.server);
     this.#listeners.clear();
+    this.#hostsByPort.clear();
   }
 
   #accept(spec: OutboundListenerSpec, socket: net.Socket): void {
@@ -260,11 +294,15 @@ export class OutboundListeners {
       socket.destroy();
       return;
     }
-    void this.forward(socket, source, spec.targetHost, spec.targetPort);
+    void this.forward(socket, source, spec.targetHost, spec.targetPort, spec.annotation === true);
   }
 
-  /** Carries one application connection from `source` to host:port (also the entry point for capture). */
-  async forward(socket: net.Socket, source: Workload, host: string, port: number): Promise<void> {
+  /**
+   * Carries one application connection from `source` to host:port (also the entry point for capture).
+   * `byWorkload`: a workload chose the destination (its annotation, or its own connection once captured), so a
+   * passthrough may not reach this host or link-local addresses; the operator's --outbound may.
+   */
+  async forward(socket: net.Socket, source: Workload, host: string, port: number, byWorkload: boolean): Promise<void> {
     const startedMs = Date.now();
     const remoteAddress = socket.remoteAddress;
     const srcAddr = `${remoteAddress}:${socket.remotePort}`;
@@ -279,7 +317,7 @@ export class OutboundListeners {
       return;
     }
     if (route.kind === 'passthrough') {
-      this.#passthrough(socket, source, host, port, startedMs, srcAddr);
+      this.#passthrough(socket, source, host, port, byWorkload, startedMs, srcAddr);
       return;
     }
     const endpoint = route.endpoint;
@@ -362,9 +400,21 @@ export class OutboundListeners {
   }
 
   /** Plain TCP to a destination outside the mesh. */
-  #passthrough(socket: net.Socket, source: Workload, host: string, port: number, startedMs: number, srcAddr: string): void {
+  #passthrough(socket: net.Socket, source: Workload, host: string, port: number, byWorkload: boolean, startedMs: number, srcAddr: string): void {
     const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'none');
-    const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+    // An address is judged before connecting; a name as it resolves (guardedLookup), so no connection is ever made
+    // to a refused address.
+    const literal = isIpLiteral(host);
+    if (literal) {
+      const refusal = passthroughRefusal(host, port, byWorkload, this.#guard);
+      if (refusal !== null) {
+        this.#options.metrics.failed(labels, 'DENY');
+        this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: 'DESTINATION_REFUSED', reason: refusal }, 'outbound connection refused');
+        socket.destroy();
+        return;
+      }
+    }
+    const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true, lookup: literal ? undefined : guardedLookup(port, byWorkload, this.#guard) });
     upstream.setTimeout(CONNECT_TIMEOUT_MS);
     // The application may leave while we connect: then the upstream connection must not outlive it.
     const abandon = () => upstream.destroy();
@@ -372,6 +422,11 @@ export class OutboundListeners {
     const fail = (error: Error) => {
       upstream.destroy();
       socket.destroy();
+      if (error instanceof AmbitError && error.code === 'DESTINATION_REFUSED') {
+        this.#options.metrics.failed(labels, 'DENY');
+        this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: error.code, reason: error.message }, 'outbound connection refused');
+        return;
+      }
       this.#options.metrics.failed(labels, 'CONNECT');
       this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), err: error.message }, 'passthrough connect failed');
     };

@@ -73,6 +73,8 @@ export class NodeProxy {
   #outbound!: OutboundListeners;
   #pool!: HbonePool;
   #observability: Observability | undefined;
+  /** Ports the admin, metrics and readiness servers are bound to: passthrough never loops into them. */
+  #servicePorts: readonly number[] = [];
   #reconciling: Promise<void> = Promise.resolve();
   #pending = new Set<string>(['configuration', 'certificates', 'listeners']);
   #lastProblems: string[] = [];
@@ -171,9 +173,10 @@ export class NodeProxy {
       sharedListen: options.sharedHboneListen,
       liveMeters: this.#liveMeters,
       inspectRequests: options.authorize === undefined ? (connection) => this.#authorizer.requestInspection(connection) : null,
+      ownListener: (ip, port) => this.#servicePorts.includes(port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,
     });
-    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters });
+    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, servicePorts: () => this.#servicePorts });
     // The pool gauges ride on the same timer as the byte flush.
     this.#liveMeters.add({ flush: () => {
       const stats = this.#pool.stats();
@@ -187,6 +190,7 @@ export class NodeProxy {
       registry: this.registry,
       sources: { configDump: () => this.configDump(), readiness: () => this.readiness(), logger: options.logger },
     });
+    this.#servicePorts = [this.#observability.metricsUrl, this.#observability.readinessUrl, this.#observability.adminUrl].flatMap((url) => (url === undefined ? [] : [Number(new URL(url).port)]));
     this.#scheduleReconcile();
     await this.#reconciling;
   }

@@ -1,0 +1,162 @@
+// Passthrough (a destination outside the mesh) through a real node proxy: an operator's --outbound may reach any
+// address but the proxy's own ports on this host; a workload's own annotation may reach neither this host nor a
+// link-local address, whether it names an address or a name that resolves to one. A refused destination is never
+// connected to.
+import { connect, createServer } from 'node:net';
+import type { Server } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+import type { TestMesh, TestNode } from '../helpers/mesh.ts';
+
+const P = 67;
+const NODE_ADDRESS = nodeIp(P, 0, 1); // node-a's own address: its admin, metrics and readiness bind here
+const CLIENT_IP = nodeIp(P, 0, 20);
+const OTHER_IP = nodeIp(P, 0, 21);
+/** A server outside the mesh (no workload has its address). */
+const EXTERNAL_IP = nodeIp(P, 5, 9);
+
+let mesh: TestMesh;
+let node: TestNode;
+let external: Server;
+let named: Server;
+let externalConnections = 0;
+let namedConnections = 0;
+let externalPort = 0;
+let namedPort = 0;
+
+function echoServer(count: () => void): Server {
+  return createServer({ allowHalfOpen: true }, (socket) => {
+    count();
+    socket.pipe(socket);
+  });
+}
+
+async function listen(server: Server, host: string): Promise<number> {
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  return (server.address() as { port: number }).port;
+}
+
+beforeAll(async () => {
+  external = echoServer(() => externalConnections++);
+  externalPort = await listen(external, EXTERNAL_IP);
+  // `localhost` names this one (127.0.0.1); a name is judged by what it resolves to.
+  named = echoServer(() => namedConnections++);
+  namedPort = await listen(named, '127.0.0.1');
+  const annotation = [
+    `9201=${NODE_ADDRESS}:15000`, // the proxy's admin
+    `9202=${EXTERNAL_IP}:${externalPort}`, // another service on this host's loopback
+    `9203=localhost:${namedPort}`,
+    '9204=169.254.169.254:80', // a cloud's metadata service
+    `9205=[::ffff:${EXTERNAL_IP}]:${externalPort}`, // the same host address, IPv4-mapped
+  ].join(',');
+  mesh = await startTestMesh({
+    prefix: P,
+    nodes: ['node-a'],
+    config: {
+      'workloads.yaml': yamlDocuments(
+        podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: annotation }),
+        // Another workload whose listener points at client-1's: through HBONE it would leave with client-1's identity.
+        podYaml({ name: 'other-1', node: 'node-a', serviceAccount: 'other', ip: OTHER_IP, outbound: `9401=${CLIENT_IP}:9301` }),
+      ),
+    },
+    extraProxyArgs: () => [
+      '--outbound', `${CLIENT_IP}:9301=${EXTERNAL_IP}:${externalPort}@demo/client-1`,
+      '--outbound', `${CLIENT_IP}:9302=${NODE_ADDRESS}:15000@demo/client-1`,
+      '--outbound', `${CLIENT_IP}:9303=localhost:${namedPort}@demo/client-1`,
+      '--outbound', `${CLIENT_IP}:9304=${NODE_ADDRESS}:15008@demo/client-1`,
+      '--outbound', `${CLIENT_IP}:9305=${CLIENT_IP}:9305@demo/client-1`, // the listener itself, through HBONE
+    ],
+  });
+  node = mesh.nodes.get('node-a') as TestNode;
+}, 60_000);
+
+afterAll(async () => {
+  await mesh?.stop();
+  await new Promise((resolve) => external?.close(resolve));
+  await new Promise((resolve) => named?.close(resolve));
+});
+
+/** Sends `payload` through the listener on `port`, half-closes, and returns what came back before the close. */
+function exchange(port: number, payload: string, host = CLIENT_IP): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port });
+    let received = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (received += chunk));
+    socket.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ECONNRESET' && error.code !== 'EPIPE') reject(error);
+    });
+    socket.on('close', () => resolve(received));
+    socket.on('connect', () => socket.end(payload));
+  });
+}
+
+async function refusedWith(port: number, reason: RegExp): Promise<void> {
+  const before = node.proc.lines.length;
+  expect(await exchange(port, 'GET /config_dump HTTP/1.1\r\nHost: admin\r\n\r\n')).toBe('');
+  await waitUntil(`the refusal of listener ${port}`, () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && reason.test(String(line.reason))));
+}
+
+describe("an operator's --outbound passthrough", () => {
+  it('reaches a server outside the mesh on this host, bytes intact', async () => {
+    const before = externalConnections;
+    expect(await exchange(9301, 'hello outside')).toBe('hello outside');
+    expect(externalConnections).toBe(before + 1);
+  });
+
+  it('reaches a name that resolves to this host', async () => {
+    const before = namedConnections;
+    expect(await exchange(9303, 'by name')).toBe('by name');
+    expect(namedConnections).toBe(before + 1);
+  });
+
+  it("is refused into the proxy's own admin port (a loop)", async () => {
+    await refusedWith(9302, /proxy's own port/);
+  });
+
+  it("is refused into the proxy's HBONE port on this host (a loop)", async () => {
+    await refusedWith(9304, /proxy's own port/);
+  });
+
+});
+
+describe("a workload annotation's passthrough", () => {
+  it("is refused into the proxy's admin", async () => {
+    await refusedWith(9201, /proxy's own port/);
+  });
+
+  it("is refused into another service on this host, however the address is spelled, without connecting to it", async () => {
+    const before = externalConnections;
+    await refusedWith(9202, /is this host/);
+    await refusedWith(9205, /is this host/);
+    expect(externalConnections).toBe(before);
+  });
+
+  it('is refused into a name that resolves to this host, without connecting to it', async () => {
+    const before = namedConnections;
+    await refusedWith(9203, /localhost resolves only to refused addresses/);
+    expect(namedConnections).toBe(before);
+  });
+
+  it('is refused into a link-local address (a cloud metadata service)', async () => {
+    await refusedWith(9204, /link-local/);
+  });
+});
+
+describe("a CONNECT to one of the proxy's own outbound listeners", () => {
+  async function refusedInbound(port: number, host: string): Promise<void> {
+    const before = node.proc.lines.length;
+    expect(await exchange(port, 'anything', host)).toBe('');
+    await waitUntil(`the inbound refusal behind listener ${port}`, () => node.proc.lines.slice(before).some((line) => line.msg === 'HBONE CONNECT refused' && /belongs to the proxy itself/.test(String(line.reason))));
+  }
+
+  it('is refused: a listener pointing at itself does not loop', async () => {
+    await refusedInbound(9305, CLIENT_IP);
+  });
+
+  it("is refused: another workload cannot leave through it with the listener owner's identity", async () => {
+    const before = externalConnections;
+    await refusedInbound(9401, OTHER_IP);
+    expect(externalConnections).toBe(before);
+  });
+});

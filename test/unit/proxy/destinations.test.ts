@@ -1,0 +1,124 @@
+// Where passthrough may go: an operator's destination anywhere but into the proxy's own ports on this host; a
+// workload's nowhere on this host and nowhere link-local, however the address is spelled or a name resolves.
+import type { NetworkInterfaceInfo } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { guardedLookup, passthroughRefusal } from '../../../src/proxy/destinations.ts';
+import type { DestinationGuard } from '../../../src/proxy/destinations.ts';
+import { LocalAddresses } from '../../../src/proxy/local-addresses.ts';
+
+function iface(address: string, cidr: string, internal: boolean): NetworkInterfaceInfo {
+  const family = address.includes(':') ? 'IPv6' : 'IPv4';
+  return { address, cidr, internal, netmask: '', mac: '00:00:00:00:00:00', family, ...(family === 'IPv6' ? { scopeid: 0 } : {}) } as NetworkInterfaceInfo;
+}
+
+const guard: DestinationGuard = {
+  local: new LocalAddresses(() => ({
+    lo: [iface('127.0.0.1', '127.0.0.1/8', true), iface('::1', '::1/128', true)],
+    eth0: [iface('10.0.0.5', '10.0.0.5/24', false), iface('fd00::5', 'fd00::5/64', false)],
+  })),
+  ownPort: (port) => port === 15000 || port === 15008 || port === 9080,
+};
+
+describe("an operator's passthrough destination", () => {
+  it.each([
+    ['a loopback service', '127.0.0.1', 5432],
+    ['another loopback address', '127.70.1.9', 8443],
+    ["this host's address on a port not the proxy's", '10.0.0.5', 5432],
+    ['a link-local address', '169.254.169.254', 80],
+    ["another host on the proxy's port numbers", '10.0.0.6', 15008],
+    ['an IPv6 host elsewhere', '2001:db8::7', 443],
+  ])('may be %s (%s:%i)', (_what, ip, port) => {
+    expect(passthroughRefusal(ip, port, false, guard)).toBeNull();
+  });
+
+  it.each([
+    ['the admin on loopback', '127.0.0.1', 15000],
+    ['HBONE on the host address', '10.0.0.5', 15008],
+    ['an outbound listener, IPv4-mapped', '::ffff:127.0.0.1', 9080],
+    ['the unspecified address (it connects to this host)', '0.0.0.0', 15000],
+    ['IPv6 loopback', '::1', 15008],
+    ['the unspecified IPv6 address', '::', 9080],
+    ["the host's IPv6 address in another spelling", 'FD00:0:0::5', 15008],
+  ])("may not be the proxy's own port: %s (%s:%i)", (_what, ip, port) => {
+    expect(passthroughRefusal(ip, port, false, guard)).toMatch(/proxy's own port on this host/);
+  });
+});
+
+describe("a workload's passthrough destination", () => {
+  it.each([
+    ['a host elsewhere', '10.0.0.6', 5432],
+    ['a public address', '192.0.2.7', 443],
+    ['an IPv6 host elsewhere', '2001:db8::7', 443],
+    ['a host on the proxy port numbers elsewhere', '10.0.0.6', 15000],
+  ])('may be %s (%s:%i)', (_what, ip, port) => {
+    expect(passthroughRefusal(ip, port, true, guard)).toBeNull();
+  });
+
+  it.each([
+    ['a loopback service', '127.0.0.1', 5432],
+    ['anywhere in the loopback prefix', '127.255.0.3', 22],
+    ['loopback, IPv4-mapped', '::ffff:127.0.0.1', 22],
+    ['loopback, IPv4-mapped in hex', '::ffff:7f00:1', 22],
+    ['IPv6 loopback', '::1', 22],
+    ["the host's own address", '10.0.0.5', 10250],
+    ["the host's own IPv6 address", 'fd00::5', 10250],
+    ['the unspecified address', '0.0.0.0', 22],
+    ['"this network"', '0.1.2.3', 22],
+  ])('may not be this host: %s (%s:%i)', (_what, ip, port) => {
+    expect(passthroughRefusal(ip, port, true, guard)).toMatch(/is this host/);
+  });
+
+  it.each([
+    ['the metadata service', '169.254.169.254', 80],
+    ['IPv4 link-local, mapped', '::ffff:169.254.1.1', 80],
+    ['IPv6 link-local', 'fe80::1', 80],
+  ])('may not be link-local: %s (%s:%i)', (_what, ip, port) => {
+    expect(passthroughRefusal(ip, port, true, guard)).toMatch(/link-local/);
+  });
+
+  it("is refused first as the proxy's own port when it is both", () => {
+    expect(passthroughRefusal('127.0.0.1', 15000, true, guard)).toMatch(/proxy's own port/);
+  });
+
+  it('is refused when it is not an address at all (names are judged as they resolve)', () => {
+    expect(passthroughRefusal('localhost', 80, true, guard)).toMatch(/not an IP address/);
+    expect(passthroughRefusal('127.0.0.1%lo', 80, false, guard)).toMatch(/not an IP address/);
+  });
+});
+
+function resolve(lookup: ReturnType<typeof guardedLookup>, name: string, all: boolean): Promise<{ error: NodeJS.ErrnoException | null; address: unknown }> {
+  return new Promise((done) => lookup(name, { all }, (error, address) => done({ error, address })));
+}
+
+describe('a name given as a passthrough destination', () => {
+  it("resolves for an operator to this host's addresses", async () => {
+    const { error, address } = await resolve(guardedLookup(5432, false, guard), 'localhost', false);
+    expect(error).toBeNull();
+    expect(['127.0.0.1', '::1']).toContain(address);
+  });
+
+  it('resolves to every allowed address when all are asked for (happy eyeballs)', async () => {
+    const { error, address } = await resolve(guardedLookup(5432, false, guard), 'localhost', true);
+    expect(error).toBeNull();
+    expect((address as Array<{ address: string }>).length).toBeGreaterThan(0);
+  });
+
+  it("is refused for an operator when it resolves only to the proxy's own port on this host", async () => {
+    const { error } = await resolve(guardedLookup(15000, false, guard), 'localhost', false);
+    expect(error?.code).toBe('DESTINATION_REFUSED');
+    expect(error?.message).toMatch(/localhost resolves only to refused addresses: .*proxy's own port/);
+  });
+
+  it('is refused for a workload when it resolves only to this host', async () => {
+    for (const all of [false, true]) {
+      const { error } = await resolve(guardedLookup(5432, true, guard), 'localhost', all);
+      expect(error?.code).toBe('DESTINATION_REFUSED');
+      expect(error?.message).toMatch(/is this host/);
+    }
+  });
+
+  it('passes on a resolution failure as it is', async () => {
+    const { error } = await resolve(guardedLookup(80, true, guard), 'no-such-host.invalid', false);
+    expect(error?.code).toMatch(/ENOTFOUND|EAI_AGAIN/);
+  });
+});
