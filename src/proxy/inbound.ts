@@ -19,7 +19,7 @@ import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
 import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter } from '../observe/metrics.ts';
-import { accessLog } from '../observe/access-log.ts';
+import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import { parseAuthority } from './authority.ts';
 import { Bridge } from './copy.ts';
 import { EmitterSlot } from './emitter-slot.ts';
@@ -410,6 +410,7 @@ export class HboneInbound {
     // An upstream failure mid-transfer is the workload's; a reset from the peer is an ordinary (abrupt) close.
     const flags = error && side === 'socket' ? 'CONNECT' : '-';
     dial.meter?.close(upstream.bytesRead, upstream.bytesWritten, flags);
+    if (!accessLogEnabled(this.#logger, error !== undefined)) return;
     accessLog(this.#logger, {
       direction: 'inbound',
       src: { addr: peer.address, identity: peer.id.id, workload: labels.sourceWorkload, namespace: labels.sourceWorkloadNamespace },

@@ -11,7 +11,7 @@ import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter } from '../observe/metrics.ts';
-import { accessLog } from '../observe/access-log.ts';
+import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import type { AccessLogRecord } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import { buildBaggage } from './baggage.ts';
@@ -365,6 +365,7 @@ export class OutboundListeners {
     // The app resetting its own connection is not a failure of the path; a broken tunnel is.
     const flags = result.error && result.failedSide === 'stream' ? 'CONNECT' : '-';
     tunnel.meter.close(socket.bytesWritten, socket.bytesRead, flags);
+    if (!accessLogEnabled(this.#logger, result.error !== undefined)) return;
     accessLog(this.#logger, {
       direction: 'outbound',
       ...hboneEnds(tunnel.source, tunnel.srcAddr, tunnel.endpoint, tunnel.service),

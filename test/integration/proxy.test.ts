@@ -69,6 +69,17 @@ describe('HBONE between two node proxies', () => {
     expect(echoed.equals(payload)).toBe(true);
   });
 
+  it('writes one access line per tunnel on each side, with both identities and the bytes', async () => {
+    const a = mesh.nodes.get('node-a')!;
+    const b = mesh.nodes.get('node-b')!;
+    const [sinceA, sinceB] = [a.proc.lines.length, b.proc.lines.length];
+    expect((await roundTrip(Buffer.from('access please'))).toString()).toBe('access please');
+    const line = (node: typeof a, since: number, direction: string) => node.proc.lines.slice(since).find((l) => l.msg === 'access' && l.direction === direction);
+    await waitUntil('both access lines', () => line(a, sinceA, 'outbound') !== undefined && line(b, sinceB, 'inbound') !== undefined);
+    expect(line(a, sinceA, 'outbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13, response_flags: '-' });
+    expect(line(b, sinceB, 'inbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13 });
+  });
+
   it('records the tunnel with both SPIFFE identities in Istio metrics on both sides', async () => {
     await roundTrip(Buffer.from('metrics please'));
     const a = mesh.nodes.get('node-a')!;
