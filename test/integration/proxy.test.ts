@@ -74,7 +74,8 @@ describe('HBONE between two node proxies', () => {
     const b = mesh.nodes.get('node-b')!;
     const [sinceA, sinceB] = [a.proc.lines.length, b.proc.lines.length];
     expect((await roundTrip(Buffer.from('access please'))).toString()).toBe('access please');
-    const line = (node: typeof a, since: number, direction: string) => node.proc.lines.slice(since).find((l) => l.msg === 'access' && l.direction === direction);
+    // The earlier test's tunnel may close (and log) after `since`: this tunnel's line is the one with its 13 bytes.
+    const line = (node: typeof a, since: number, direction: string) => node.proc.lines.slice(since).find((l) => l.msg === 'access' && l.direction === direction && l.bytes_sent === 13);
     await waitUntil('both access lines', () => line(a, sinceA, 'outbound') !== undefined && line(b, sinceB, 'inbound') !== undefined);
     expect(line(a, sinceA, 'outbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13, response_flags: '-' });
     expect(line(b, sinceB, 'inbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13 });
