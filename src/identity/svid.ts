@@ -259,6 +259,11 @@ function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCoun
     if (!(caId instanceof AmbitError) && caId.path !== '') {
       return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} carries ${caId.id}; a CA's SPIFFE ID has no path`);
     }
+    // A CA that names a trust domain signs for that one only: under a root shared by several trust domains (one
+    // corporate root, each cluster's CA an intermediate), B's intermediate must not mint A's identities.
+    if (!(caId instanceof AmbitError) && caId.trustDomain !== id.trustDomain) {
+      return new AmbitError('TRUST_DOMAIN_MISMATCH', `${id.id}: ${role} ${describe(ca)} is the CA of trust domain "${caId.trustDomain}", not of "${id.trustDomain}"`);
+    }
   }
   return null;
 }

@@ -180,6 +180,25 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid([leaf, badCa], bundles).error?.code).toBe('SVID_CA_INVALID');
   });
 
+  it("does not let another trust domain's intermediate under a shared root sign this one's identities", async () => {
+    // One corporate root (no SPIFFE ID) in both bundles; each trust domain's CA an intermediate under it.
+    const { cert: sharedRoot, keys: rootKeys } = await craftCertificate(null, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const shared = new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [sharedRoot])]);
+    const rootAuthority = { cert: sharedRoot, privateKey: rootKeys.privateKey, chainAbove: [] };
+    const { cert: otherCa, keys: otherKeys } = await craftCertificate(rootAuthority, { uris: ['spiffe://other.test'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: ownCa, keys: ownKeys } = await craftCertificate(rootAuthority, { uris: ['spiffe://cluster.local'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: minted } = await craftCertificate({ cert: otherCa, privateKey: otherKeys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    const refused = verifySvid([minted, otherCa], shared);
+    expect(refused.valid).toBe(false);
+    expect(refused.error?.code).toBe('TRUST_DOMAIN_MISMATCH');
+    expect(refused.error?.message).toMatch(/intermediate .* is the CA of trust domain "other.test", not of "cluster.local"/);
+    // The accept side: each intermediate signs its own trust domain's identities.
+    const { cert: ownLeaf } = await craftCertificate({ cert: ownCa, privateKey: ownKeys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([ownLeaf, ownCa], shared).valid).toBe(true);
+    const { cert: otherLeaf } = await craftCertificate({ cert: otherCa, privateKey: otherKeys.privateKey, chainAbove: [] }, { uris: ['spiffe://other.test/ns/a/sa/b'] });
+    expect(verifySvid([otherLeaf, otherCa], shared).valid).toBe(true);
+  });
+
   it('rejects a chain that exceeds an intermediate path length constraint', async () => {
     const { cert: ca1, keys: k1 } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, pathLength: 0 });
     const { cert: ca2, keys: k2 } = await craftCertificate({ cert: ca1, privateKey: k1.privateKey, chainAbove: [] }, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
