@@ -46,7 +46,13 @@ import {
   illegalUpstreamPorts,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+
+/** When the peer's certificate expires (0, i.e. at once, if it cannot be read). */
+function leafExpiryMs(socket: tls.TLSSocket): number {
+  const expiry = Date.parse(socket.getPeerCertificate().valid_to);
+  return Number.isNaN(expiry) ? 0 : expiry;
+}
 
 /** What authorization sees when a stream opens; the peer facts are computed once per session. */
 export interface InboundConnection {
@@ -93,6 +99,9 @@ export interface RequestInspection {
 
 interface PeerInfo {
   readonly id: SpiffeId;
+  /** What the peer was verified against, and until when: a stream past either verifies the session again. */
+  readonly bundles: BundleSource;
+  readonly validUntilMs: number;
   readonly address: string;
   readonly principal: string;
   readonly namespace: string | null;
@@ -252,7 +261,8 @@ export class HboneInbound {
 
   #onSession(session: http2.ServerHttp2Session): void {
     const socket = session.socket as tls.TLSSocket;
-    const result = this.#options.verifier.verify(socket, this.#options.bundles(), null);
+    const bundles = this.#options.bundles();
+    const result = this.#options.verifier.verify(socket, bundles, null);
     if (!result.valid) {
       // Early deny: no HTTP at all for a peer we cannot authenticate (ztunnel drops the connection).
       this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
@@ -268,17 +278,41 @@ export class HboneInbound {
       session.destroy();
       return;
     }
-    peers.set(session, { id: result.id, address, principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address) });
+    peers.set(session, { id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address) });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
+  }
+
+  /**
+   * The peer of a session whose verification still holds: a session kept busy never ends by itself, so one whose
+   * client certificate has expired, or that was verified against trust bundles since replaced (a root withdrawn,
+   * a federation ended), is verified again before it opens another tunnel; one that no longer verifies is told
+   * GOAWAY (its open tunnels finish) and gets undefined.
+   */
+  #currentPeer(session: http2.ServerHttp2Session, peer: PeerInfo): PeerInfo | undefined {
+    const bundles = this.#options.bundles();
+    if (peer.bundles === bundles && Date.now() < peer.validUntilMs) return peer;
+    const socket = session.socket as tls.TLSSocket;
+    const result = this.#options.verifier.verify(socket, bundles, null);
+    if (!result.valid || result.id.id !== peer.id.id) {
+      this.#logger.warn({ peer: peer.address, presented: peer.id.id, code: result.valid ? 'IDENTITY_MISMATCH' : result.error.code, reason: result.valid ? 'identity changed' : result.error.message }, 'HBONE session no longer verifies: refusing its new streams (GOAWAY)');
+      peers.delete(session);
+      if (!session.closed) session.close();
+      return undefined;
+    }
+    const current: PeerInfo = { ...peer, bundles, validUntilMs: leafExpiryMs(socket) };
+    peers.set(session, current);
+    return current;
   }
 
   #onStream(entry: WorkloadServer, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
     // Before any phase: the peer may reset the stream (or its session may fail) while we still decide or
     // connect upstream, and an 'error' with no listener would throw and take the whole proxy down.
     stream.on('error', ignoreStreamError);
-    const peer = peers.get(stream.session as http2.ServerHttp2Session);
+    const session = stream.session as http2.ServerHttp2Session;
+    const known = peers.get(session);
+    const peer = known === undefined ? undefined : this.#currentPeer(session, known);
     if (peer === undefined) {
-      stream.close(NGHTTP2_CANCEL);
+      stream.close(known === undefined ? NGHTTP2_CANCEL : NGHTTP2_REFUSED_STREAM);
       return;
     }
     // Phase 1: the request itself.

@@ -50,7 +50,7 @@ interface PooledSession {
   idleSinceMs: number;
   pingSentMs: number;
   usable: boolean;
-  /** The trust bundles the server was verified against, and when its certificate expires: past either, no new streams. */
+  /** The trust bundles the server was verified against, and when its or our certificate expires: past either, no new streams. */
   readonly bundles: BundleSource;
   readonly validUntilMs: number;
 }
@@ -83,6 +83,9 @@ export interface PoolOptions {
   /** TLS connect to a peer, and the wait for a CONNECT's answer (default CONNECT_TIMEOUT_MS). */
   connectTimeoutMs?: number;
 }
+
+/** A session stops taking streams this long (at most a tenth of the certificate's life) before our certificate expires. */
+const OWN_EXPIRY_MARGIN_MS = 5_000;
 
 const REQUEST_OPTIONS: http2.ClientSessionRequestOptions = Object.freeze({ endStream: false });
 
@@ -193,14 +196,19 @@ export class HbonePool {
     const identity = this.#options.contexts.get(sourceIdentity);
     if (!identity) throw new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}`);
     const { socket, bundles } = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
-    const validUntilMs = Date.parse(socket.getPeerCertificate().valid_to);
+    // The session is good until either end's certificate expires: the server's, and ours (the peer refuses new
+    // streams from a session whose client certificate has expired; rotation dials the next session with the new one).
+    const serverUntilMs = Date.parse(socket.getPeerCertificate().valid_to);
+    // Ours a little early, so that no stream is sent in the last moments and refused on arrival.
+    const ownUntilMs = identity.svid.notAfter.getTime() - Math.min(OWN_EXPIRY_MARGIN_MS, (identity.svid.notAfter.getTime() - identity.svid.notBefore.getTime()) / 10);
+    const validUntilMs = Math.min(Number.isNaN(serverUntilMs) ? 0 : serverUntilMs, ownUntilMs);
     const session = http2.connect(`https://${endpoint.hboneHost}:${endpoint.hbonePort}`, {
       createConnection: () => socket,
       settings: CONNECT_SETTINGS,
       maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
       peerMaxConcurrentStreams: this.#maxStreams,
     });
-    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs: Number.isNaN(validUntilMs) ? 0 : validUntilMs };
+    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     session.on('remoteSettings', (settings) => {
       // Respect the server's stream limit when it is below ours.

@@ -496,6 +496,30 @@ describe('HBONE inbound: CONNECT statuses on a workload listener', () => {
   });
 });
 
+describe('HBONE inbound: a session outliving its client certificate', () => {
+  it('serves the session while the certificate is valid, then refuses its new streams and says GOAWAY once it expires', async () => {
+    // X.509 times are whole seconds: a 3 s certificate expires 2-3 s from now.
+    const shortLived = await issueMeshSvid(mesh.caDir, TESTER_ID, { ttlMs: 3_000 });
+    const expiresAtMs = (shortLived.chain[0] as { notAfter: Date }).notAfter.getTime();
+    const session = dialHbone(shortLived);
+    const goaway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
+    try {
+      const payload = randomBytes(1024);
+      expect((await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, expiresAtMs - Date.now()) + 1_100));
+      const since = nodeB().proc.lines.length;
+      const late = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);
+      expect(late.status).toBeNull();
+      expect(late.rstCode).toBe(http2.constants.NGHTTP2_REFUSED_STREAM);
+      await goaway;
+      const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'HBONE session no longer verifies: refusing its new streams (GOAWAY)', 'the refusal');
+      expect(line).toMatchObject({ presented: TESTER_ID, code: 'SVID_EXPIRED' });
+    } finally {
+      session.destroy();
+    }
+  });
+});
+
 describe('HBONE inbound: peers refused at the TLS layer', () => {
   const certificateCases: Array<{ what: string; code: string; svid: () => Promise<TestSvid>; presented: string }> = [
     {
