@@ -282,7 +282,8 @@ function conditionAt(issues: FieldIssues, value: unknown, path: FieldPath): Poli
 }
 
 function conditionKey(issues: FieldIssues, key: string, path: FieldPath): ConditionKey | undefined {
-  const simple = SIMPLE_KEYS[key];
+  // Own keys only: `constructor` or `__proto__` would otherwise read Object.prototype and load as a condition.
+  const simple = Object.hasOwn(SIMPLE_KEYS, key) ? SIMPLE_KEYS[key] : undefined;
   if (simple !== undefined) return simple;
   const header = HEADER_KEY.exec(key);
   if (header !== null) {
@@ -295,7 +296,7 @@ function conditionKey(issues: FieldIssues, key: string, path: FieldPath): Condit
     issues.add(path, `${key}: JWT request authentication is not supported yet`);
     return undefined;
   }
-  const unsupported = UNSUPPORTED_KEYS[key] ?? (key.startsWith('destination.labels[') ? 'is replaced by the selector (as in Istio)' : undefined);
+  const unsupported = (Object.hasOwn(UNSUPPORTED_KEYS, key) ? UNSUPPORTED_KEYS[key] : undefined) ?? (key.startsWith('destination.labels[') ? 'is replaced by the selector (as in Istio)' : undefined);
   if (unsupported !== undefined) {
     issues.add(path, `${key} ${unsupported}`);
     return undefined;

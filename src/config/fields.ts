@@ -35,14 +35,22 @@ export function formatPath(path: FieldPath): string {
 
 export type Mapping = Record<string, unknown>;
 
+/**
+ * A plain YAML mapping. Not a Map, Set, Date or Uint8Array, which YAML tags (`!!omap`, `!!set`, `!!timestamp`,
+ * `!!binary`) make: read as mappings they had no keys, so `labels: !!omap [...]` silently emptied the labels that
+ * policies select by.
+ */
 export function isMapping(value: unknown): value is Mapping {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const prototype: unknown = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
 }
 
 function describe(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'a list';
   if (isMapping(value)) return 'a mapping';
+  if (typeof value === 'object') return `a YAML-tagged ${(value as object).constructor.name} (tags such as !!omap, !!set, !!binary, !!timestamp are not Kubernetes YAML)`;
   if (typeof value === 'string') return `the string ${JSON.stringify(value)}`;
   return `${typeof value} ${String(value)}`;
 }

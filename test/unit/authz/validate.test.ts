@@ -366,6 +366,13 @@ const rejects: RejectCase[] = [
   { name: 'a URL where a host belongs', yaml: toOperation('hosts: ["https://example.com"]'), field: 'spec.rules[0].to[0].operation.hosts[0]' },
   // when
   { name: 'a when key ambit does not evaluate', yaml: when('- key: source.user\n  values: ["web"]'), field: 'spec.rules[0].when[0].key' },
+  // Names on Object.prototype: read as a table entry they loaded as conditions that never match (an ALLOW with
+  // notValues then let everyone in).
+  { name: 'a when key named constructor', yaml: when('- key: constructor\n  notValues: ["x"]'), field: 'spec.rules[0].when[0].key' },
+  { name: 'a when key named __proto__', yaml: when('- key: __proto__\n  values: ["x"]'), field: 'spec.rules[0].when[0].key' },
+  { name: 'a when key named toString', yaml: when('- key: toString\n  values: ["x"]'), field: 'spec.rules[0].when[0].key' },
+  // YAML tags make a Map, Set, Date or bytes: not a mapping, and an ordered map of selector labels read as none.
+  { name: 'selector labels given as a YAML !!omap', yaml: policy('selector:\n  matchLabels: !!omap\n  - app: web\nrules:\n- {}'), field: 'spec.selector.matchLabels' },
   { name: 'a when key Istio replaced by the selector', yaml: when('- key: destination.labels[app]\n  values: ["web"]'), field: 'spec.rules[0].when[0].key' },
   { name: 'an experimental Envoy filter key', yaml: when('- key: experimental.envoy.filters.network.mysql_proxy[db.table]\n  values: ["[update]"]'), field: 'spec.rules[0].when[0].key' },
   { name: 'a header key without a name', yaml: when('- key: request.headers[]\n  values: ["x"]'), field: 'spec.rules[0].when[0].key' },

@@ -491,6 +491,20 @@ describe('loadConfigDir rejects', () => {
     if (testCase.field !== undefined) expect(error.message).toContain(`: ${testCase.field}: `);
   });
 
+  it("refuses a Pod's labels given as a YAML-tagged ordered map (!!omap), which read as no labels at all", () => {
+    const text = `apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  labels: !!omap
+  - app: web
+spec: { nodeName: node-a }
+status: { podIP: 10.0.0.9, phase: Running }
+`;
+    expect(() => parseConfigText(text, 'pods.yaml')).toThrow(/pods\.yaml:6: Pod shop\/web-1: metadata\.labels: .*YAML-tagged Map/);
+  });
+
   it('names both files of a duplicate', async () => {
     const dir = await configDir({ 'a.yaml': pod({ name: 'web', ip: '10.0.0.1' }), 'sub/b.yaml': pod({ name: 'web', ip: '10.0.0.2' }) });
     const error = await configError(loadConfigDir(dir));
