@@ -91,7 +91,20 @@ interface TunnelState {
   h2Upstream: http2.ClientHttp2Session | null;
   requests: number;
   denied: number;
+  /** HTTP/1.1 requests forwarded whose responses have not finished (pipelining). */
+  inFlight: number;
+  /** One listener per tunnel for its responses' 'close', not a closure per request. */
+  readonly onResponseClose: () => void;
 }
+
+/**
+ * Pipelined HTTP/1.1 requests a tunnel may have forwarded and not yet answered. Node's parser reads every request
+ * of a chunk (DATA frames are up to 1 MiB: some 36,000 short requests) and undici queues them all, so a peer could
+ * fill the node proxy's memory from one tunnel; past this the tunnel is reset. Clients rarely pipeline at all.
+ */
+const MAX_PIPELINED_REQUESTS = 64;
+/** Concurrent streams of an h2c connection inside one tunnel, as on HBONE sessions (Node's default is unbounded). */
+const MAX_INNER_H2_STREAMS = 100;
 
 /** Whether a raw header name equals a lower-case one, ignoring ASCII case (HTTP/1 keeps the sender's case). */
 function sameHeaderName(raw: string, lower: string): boolean {
@@ -220,7 +233,7 @@ export interface HttpTunnelResult {
 export class HttpInspector {
   readonly #logger: Logger;
   readonly #h1 = http.createServer({ keepAliveTimeout: 60_000, requestTimeout: 0, headersTimeout: 60_000 });
-  readonly #h2 = http2.createServer({ settings: { enablePush: false } });
+  readonly #h2 = http2.createServer({ settings: { enablePush: false, maxConcurrentStreams: MAX_INNER_H2_STREAMS } });
   readonly #tunnels = new WeakMap<object, TunnelState>();
   #pending: TunnelState | null = null;
 
@@ -243,7 +256,12 @@ export class HttpInspector {
    * workload socket. Resolves when the tunnel is finished.
    */
   inspect(stream: http2.ServerHttp2Stream, upstream: Socket, decide: RequestDecider, onDenied: TunnelState['onDenied']): Promise<HttpTunnelResult> {
-    const state: TunnelState = { upstream, decide, onDenied, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0 };
+    const state: TunnelState = {
+      upstream, decide, onDenied, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
+      onResponseClose: () => {
+        state.inFlight--;
+      },
+    };
     return new Promise((resolve) => {
       let finished = false;
       const finish = () => {
@@ -289,11 +307,20 @@ export class HttpInspector {
   }
 
   #onH1Request(req: http.IncomingMessage, res: http.ServerResponse): void {
+    // The rest of a chunk after the tunnel was reset: nothing to answer.
+    if (req.socket.destroyed) return;
     const state = this.#tunnels.get(req.socket);
     if (!state) {
       res.writeHead(500).end();
       return;
     }
+    if (state.inFlight >= MAX_PIPELINED_REQUESTS) {
+      this.#logger.warn({ inFlight: state.inFlight, limit: MAX_PIPELINED_REQUESTS }, 'inspected tunnel pipelined more HTTP/1.1 requests than it may have unanswered: resetting it');
+      req.socket.destroy();
+      return;
+    }
+    state.inFlight++;
+    res.on('close', state.onResponseClose);
     state.requests++;
     const facts = state.facts;
     const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders, true);

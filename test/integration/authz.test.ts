@@ -276,6 +276,27 @@ spec:
     expect(webHeaders.has('/public/two-hosts')).toBe(false);
   });
 
+  it('answers pipelined HTTP/1.1 requests in order, and resets a tunnel that pipelines more than 64 unanswered', async () => {
+    const pipelined = (count: number, tag: string) => new Promise<{ text: string; error: string | null }>((resolve) => {
+      const socket = connect({ host: CLIENT_IP, port: 9080 });
+      let text = '';
+      let error: string | null = null;
+      socket.on('data', (data: Buffer) => (text += data.toString()));
+      socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+      socket.on('close', () => resolve({ text, error }));
+      const requests = Array.from({ length: count }, (_, i) => `GET /public/${tag}-${i} HTTP/1.1\r\nHost: web.demo\r\n${i === count - 1 ? 'Connection: close\r\n' : ''}\r\n`);
+      // One write: the requests arrive together, as a flood would.
+      socket.on('connect', () => socket.write(requests.join('')));
+    });
+    const few = await pipelined(10, 'few');
+    // Bodies end without a newline: a status line follows the last body byte.
+    expect(few.text.match(/HTTP\/1\.1 200 /g)).toHaveLength(10);
+    expect([...few.text.matchAll(/web \/public\/few-(\d+)/g)].map((m) => Number(m[1]))).toEqual(Array.from({ length: 10 }, (_, i) => i));
+    const flood = await pipelined(2_000, 'flood');
+    expect(flood.text.match(/HTTP\/1\.1 200 /g)?.length ?? 0).toBeLessThanOrEqual(64);
+    expect(webRequests.filter((r) => r.startsWith('GET /public/flood-')).length).toBeLessThanOrEqual(64);
+  });
+
   it('passes an allowed h2c request on with every field of a repeated header, in order, and its path normalised', async () => {
     const session = http2.connect(`http://${CLIENT_IP}:9051`);
     try {
