@@ -90,6 +90,8 @@ export interface InboundOptions {
   inspector: HttpInspector | null;
   /** True when ip:port is one of the proxy's own listeners besides the configured ports (an outbound listener). */
   ownListener?: (ip: string, port: number) => boolean;
+  /** Whether a connection authorized under an earlier configuration is allowed under `snapshot`. */
+  recheck?: (connection: InboundConnection, inspected: boolean, snapshot: ConfigSnapshot) => boolean;
 }
 
 export interface RequestInspection {
@@ -355,7 +357,7 @@ export class HboneInbound {
     // on the stream and the socket: closures here would keep this whole scope, the request's headers among it, for
     // the tunnel's life.
     const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true, noDelay: true });
-    const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers));
+    const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers), snapshot);
     dials.set(upstream, dial);
     dials.set(stream, dial);
     // Live from now: a policy change while the upstream connects must reach this tunnel too (revoke), or it would
@@ -405,9 +407,20 @@ export class HboneInbound {
       upstream.destroy();
       return;
     }
+    // Another configuration came into force while the upstream connected, before a policy change's revoke() ran
+    // (it waits for the previous reconcile): decide again under it, before the 200. The tunnel will be inspected
+    // if that configuration has HTTP rules for the port (#open asks it), so that side is taken as covered here.
+    const inbound = dial.inbound;
+    const now = inbound.#options.snapshot();
+    if (now !== dial.decidedWith && inbound.#options.recheck !== undefined && !inbound.#options.recheck(dial.connection, true, now)) {
+      inbound.#live.delete(dial);
+      upstream.destroy();
+      inbound.#refuse(stream, 401, dial.peer, dial.connection.destination, 'the configuration that came into force while the upstream connected does not allow it', 'DENY');
+      return;
+    }
     // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
     stream.respond([HTTP2_HEADER_STATUS, '200']);
-    dial.inbound.#open(dial);
+    inbound.#open(dial);
   }
 
   #dialFailed(dial: UpstreamDial, error: Error): void {
@@ -426,7 +439,7 @@ export class HboneInbound {
     dial.connecting = false;
     const { stream, upstream } = dial;
     // Ports declared HTTP whose workload has HTTP rules: every request is decided; other tunnels are bytes. Asked
-    // now, of the configuration in force now: a change while the upstream connected was judged by revoke().
+    // now, of the configuration in force now: a change while the upstream connected was judged before the 200.
     const decider = this.#options.inspectRequests?.(dial.connection) ?? null;
     if (decider !== null && this.#options.inspector !== null) {
       dial.inspected = true;
@@ -534,9 +547,12 @@ class UpstreamDial implements Flushable {
   connecting = true;
   /** The connect timer, set and stopped by HboneInbound's dial handlers. */
   timer: NodeJS.Timeout | undefined = undefined;
+  /** The configuration the stream was authorized by: another in force when it opens decides it again. */
+  readonly decidedWith: ConfigSnapshot;
 
-  constructor(inbound: HboneInbound, stream: http2.ServerHttp2Stream, upstream: net.Socket, peer: PeerInfo, connection: InboundConnection, labels: TunnelLabels) {
+  constructor(inbound: HboneInbound, stream: http2.ServerHttp2Stream, upstream: net.Socket, peer: PeerInfo, connection: InboundConnection, labels: TunnelLabels, decidedWith: ConfigSnapshot) {
     this.inbound = inbound;
+    this.decidedWith = decidedWith;
     this.stream = stream;
     this.upstream = upstream;
     this.peer = peer;

@@ -173,6 +173,7 @@ export class NodeProxy {
       sharedListen: options.sharedHboneListen,
       liveMeters: this.#liveMeters,
       inspectRequests: options.authorize === undefined ? (connection) => this.#authorizer.requestInspection(connection) : null,
+      recheck: options.authorize === undefined ? (connection, inspected, snapshot) => this.#authorizer.stillAllowed(connection, inspected, snapshot, options.nodeName) : undefined,
       ownListener: (ip, port) => this.#servicePorts.includes(port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,
     });
