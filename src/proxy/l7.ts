@@ -106,6 +106,36 @@ const MAX_PIPELINED_REQUESTS = 64;
 /** Concurrent streams of an h2c connection inside one tunnel, as on HBONE sessions (Node's default is unbounded). */
 const MAX_INNER_H2_STREAMS = 100;
 
+/**
+ * Request headers a message carries at most once (RFC 9110 gives them one value; Node's header object keeps the
+ * first and refuses to send two on h2). Repeated, a rule would see the values joined (`Bearer revoked,x`) while
+ * the application reads the first: refused with 400, on both protocols.
+ */
+const SINGLE_VALUE_REQUEST_HEADERS: readonly string[] = [
+  'authorization', 'proxy-authorization', 'content-type', 'content-encoding', 'content-language', 'content-location', 'content-md5', 'content-range',
+  'user-agent', 'referer', 'from', 'max-forwards', 'if-modified-since', 'if-unmodified-since', 'if-match', 'if-none-match', 'if-range', 'range',
+  'date', 'dnt', 'upgrade-insecure-requests', 'age', 'etag', 'expires', 'last-modified', 'location', 'retry-after', 'tk', 'x-content-type-options',
+  'access-control-request-method', 'access-control-max-age', 'access-control-allow-credentials',
+];
+/** By length, so most names are settled by one comparison of lengths. */
+const SINGLE_VALUE_BY_LENGTH: ReadonlyMap<number, readonly string[]> = (() => {
+  const byLength = new Map<number, string[]>();
+  for (const name of SINGLE_VALUE_REQUEST_HEADERS) {
+    const list = byLength.get(name.length);
+    if (list === undefined) byLength.set(name.length, [name]);
+    else list.push(name);
+  }
+  return byLength;
+})();
+
+/** The single-value header a raw name spells (in any case), or null. */
+function singleValueName(raw: string): string | null {
+  const candidates = SINGLE_VALUE_BY_LENGTH.get(raw.length);
+  if (candidates === undefined) return null;
+  for (const candidate of candidates) if (sameHeaderName(raw, candidate)) return candidate;
+  return null;
+}
+
 /** Whether a raw header name equals a lower-case one, ignoring ASCII case (HTTP/1 keeps the sender's case). */
 function sameHeaderName(raw: string, lower: string): boolean {
   if (raw.length !== lower.length) return false;
@@ -162,8 +192,18 @@ export class MutableFacts implements HttpRequestFacts {
     this.host = hasUpper(host) ? host.toLowerCase() : host;
     this.#raw = rawHeaders;
     let hosts = 0;
+    let singles: string[] | null = null;
     for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
-      if (!sameHeaderName(rawHeaders[i] as string, 'host')) continue;
+      const name = rawHeaders[i] as string;
+      if (!sameHeaderName(name, 'host')) {
+        const single = singleValueName(name);
+        if (single === null) continue;
+        // Rarely more than one or two per request: a short list, allocated only when one occurs.
+        if (singles === null) singles = [single];
+        else if (singles.includes(single)) return `more than one ${single} field`;
+        else singles.push(single);
+        continue;
+      }
       if (++hosts > 1) return 'more than one Host field';
       const value = rawHeaders[i + 1] as string;
       if ((hasUpper(value) ? value.toLowerCase() : value) !== this.host) return 'a Host field other than the authority';
@@ -175,6 +215,8 @@ export class MutableFacts implements HttpRequestFacts {
 
   /** Every value of a header, joined with `,` as Envoy does; undefined when the request has none. */
   header(name: string): string | undefined {
+    // The authority decided on, whichever protocol carried it (an h2 request has :authority and usually no host).
+    if (name === 'host') return this.host === '' ? undefined : this.host;
     const raw = this.#raw;
     let found: string | undefined;
     for (let i = 0; i + 1 < raw.length; i += 2) {
@@ -323,7 +365,10 @@ export class HttpInspector {
     res.on('close', state.onResponseClose);
     state.requests++;
     const facts = state.facts;
-    const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders, true);
+    // Decided on what the application will receive: a field the Connection header names is not forwarded, so
+    // neither a rule nor the Host check may see it (`Connection: host` would have sent the upstream no Host).
+    const headers = forwardableRawHeaders(req.rawHeaders);
+    const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', headers, true);
     if (malformed !== null) {
       req.resume();
       res.writeHead(400, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(malformed) }).end(malformed);
@@ -339,7 +384,6 @@ export class HttpInspector {
       return;
     }
     state.h1Client ??= new Client('http://upstream.invalid', { connect: reuseSocket(state.upstream), pipelining: 1, keepAliveTimeout: 60_000 });
-    const headers = forwardableRawHeaders(req.rawHeaders);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     state.h1Client.dispatch(
       { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null },
@@ -363,7 +407,10 @@ export class HttpInspector {
       answer(stream, 405);
       return;
     }
-    const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), rawHeaders, false);
+    // The fields as received (Node's header object keeps only the first of a repeated user-agent), decided on as
+    // they will be forwarded.
+    const forwarded = forwardableRawHeaders(rawHeaders);
+    const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), forwarded, false);
     if (malformed !== null) {
       this.#logger.debug({ reason: malformed }, 'malformed h2c request on an inspected tunnel');
       answer(stream, 400);
@@ -397,9 +444,13 @@ export class HttpInspector {
       state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
       state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
     }
-    // The fields as received (Node's header object keeps only the first of a repeated user-agent), the path normalised.
-    const forwarded = forwardableRawHeaders(rawHeaders);
-    for (let i = 0; i < forwarded.length; i += 2) if (forwarded[i] === HTTP2_HEADER_PATH) forwarded[i + 1] = facts.forwardPath;
+    // The path normalised; the authority decided on when the client sent only Host (Node would make one up).
+    let authority = false;
+    for (let i = 0; i < forwarded.length; i += 2) {
+      if (forwarded[i] === HTTP2_HEADER_PATH) forwarded[i + 1] = facts.forwardPath;
+      else if (forwarded[i] === HTTP2_HEADER_AUTHORITY) authority = true;
+    }
+    if (!authority) forwarded.unshift(HTTP2_HEADER_AUTHORITY, facts.host);
     let upstreamStream: http2.ClientHttp2Stream;
     try {
       upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });

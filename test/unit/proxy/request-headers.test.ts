@@ -18,7 +18,7 @@ afterEach(() => {
 /** What fill() said of the last request the helpers below parsed: null, or why it is malformed. */
 let malformed: string | null = null;
 
-const NAMES = ['user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent'];
+const NAMES = ['host', 'user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent'];
 
 type Seen = Record<string, string | undefined>;
 
@@ -69,16 +69,27 @@ async function h2(headers: http2.OutgoingHttpHeaders): Promise<Seen> {
 }
 
 describe('request headers as authorization conditions read them', () => {
-  it('HTTP/1.1: every value of a repeated header, even one Node keeps only the first of', async () => {
-    const seen = await h1(
-      'GET / HTTP/1.1\r\nHost: web\r\nUser-Agent: harmless\r\nuser-agent: evil-bot\r\nAuthorization: a\r\nAUTHORIZATION: b\r\n' +
-        'X-Tenant: one\r\nx-tenant: two\r\nX-Single: only\r\nConnection: close\r\n\r\n',
-    );
+  it('request.headers[host] reads the authority decided on, whichever protocol carried it (h2 sends :authority, not host)', async () => {
+    expect((await h1('GET / HTTP/1.1\r\nHost: Admin.Shop\r\nConnection: close\r\n\r\n')).host).toBe('admin.shop');
+    const seen = await h2({ ':authority': 'admin.shop' });
     expect(malformed).toBeNull();
-    expect(seen['user-agent']).toBe('harmless,evil-bot');
-    expect(seen.authorization).toBe('a,b');
+    expect(seen.host).toBe('admin.shop');
+  });
+
+  it('HTTP/1.1: every value of a repeated header, joined as Envoy joins them', async () => {
+    const seen = await h1('GET / HTTP/1.1\r\nHost: web\r\nX-Tenant: one\r\nx-tenant: two\r\nX-Single: only\r\nConnection: close\r\n\r\n');
+    expect(malformed).toBeNull();
     expect(seen['x-tenant']).toBe('one,two');
     expect(seen['x-single']).toBe('only');
+  });
+
+  it.each([
+    ['User-Agent: harmless\r\nuser-agent: evil-bot', 'user-agent'],
+    ['Authorization: Bearer revoked\r\nAUTHORIZATION: x', 'authorization'],
+    ['Content-Type: text/plain\r\ncontent-type: application/json', 'content-type'],
+  ])('HTTP/1.1: a repeated single-value header is malformed (a rule would see both joined, the application the first): %s', async (fields, name) => {
+    await h1(`GET / HTTP/1.1\r\nHost: web\r\n${fields}\r\nConnection: close\r\n\r\n`);
+    expect(malformed).toBe(`more than one ${name} field`);
   });
 
   it('HTTP/1.1: a header named like an Object property is absent unless sent', async () => {
