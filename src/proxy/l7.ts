@@ -281,7 +281,10 @@ export class HttpInspector {
 
   constructor(logger: Logger) {
     this.#logger = logger.child({ component: 'l7' });
-    this.#h1.on('request', (req, res) => this.#onH1Request(req, res));
+    this.#h1.on('request', (req, res) => this.#onH1Request(req, res, false));
+    // `Expect: 100-continue`: decided before the client sends its body, which it then sends only when allowed
+    // (Node would otherwise answer 100 itself, and undici refuses to forward the header: every such upload got 502).
+    this.#h1.on('checkContinue', (req, res) => this.#onH1Request(req, res, true));
     this.#h1.on('clientError', (error, socket) => {
       this.#logger.debug({ err: error.message }, 'malformed HTTP/1.1 on an inspected tunnel');
       if (!socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
@@ -348,7 +351,7 @@ export class HttpInspector {
     this.#h2.close();
   }
 
-  #onH1Request(req: http.IncomingMessage, res: http.ServerResponse): void {
+  #onH1Request(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     // The rest of a chunk after the tunnel was reset: nothing to answer.
     if (req.socket.destroyed) return;
     const state = this.#tunnels.get(req.socket);
@@ -371,6 +374,8 @@ export class HttpInspector {
     const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', headers, true);
     if (malformed !== null) {
       req.resume();
+      // A client waiting for 100 sends no body after a final answer: the connection cannot be reused.
+      if (expectsContinue) res.shouldKeepAlive = false;
       res.writeHead(400, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(malformed) }).end(malformed);
       return;
     }
@@ -379,9 +384,15 @@ export class HttpInspector {
       state.denied++;
       state.onDenied(decision, facts);
       req.resume();
+      if (expectsContinue) res.shouldKeepAlive = false;
       res.writeHead(403, { 'content-type': 'text/plain', 'content-length': DENIED_BODY.length });
       res.end(DENIED_BODY);
       return;
+    }
+    if (expectsContinue) {
+      res.writeContinue();
+      // Answered at this hop; the upstream client would refuse to send it on.
+      for (let i = headers.length - 2; i >= 0; i -= 2) if (sameHeaderName(headers[i] as string, 'expect')) headers.splice(i, 2);
     }
     state.h1Client ??= new Client('http://upstream.invalid', { connect: reuseSocket(state.upstream), pipelining: 1, keepAliveTimeout: 60_000 });
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;

@@ -236,6 +236,36 @@ spec:
     expect(webHeaders.has('/public/host-stripped')).toBe(false);
   });
 
+  it('decides an Expect: 100-continue upload before its body: 100 then the upstream answer when allowed, 403 and no 100 when denied', async () => {
+    const upload = (path: string) => new Promise<{ before: string; after: string }>((resolve, reject) => {
+      const socket = connect({ host: CLIENT_IP, port: 9080 });
+      let received = '';
+      let before: string | null = null;
+      socket.on('data', (data: Buffer) => {
+        received += data.toString();
+        // The body goes only after an interim 100, as a client that asked to wait sends it.
+        if (before === null && /^HTTP\/1\.1 100 /.test(received) && received.includes('\r\n\r\n')) {
+          before = received;
+          received = '';
+          socket.write('0123456789');
+        }
+      });
+      socket.on('error', reject);
+      socket.on('close', () => resolve({ before: before ?? '', after: received }));
+      // GET: the only method the web workload's policy allows (a body on it is unusual, not invalid).
+      socket.on('connect', () => socket.write(`GET ${path} HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 10\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`));
+    });
+    const allowed = await upload('/public/upload');
+    expect(allowed.before).toMatch(/^HTTP\/1\.1 100 Continue\r\n/);
+    expect(allowed.after).toMatch(/^HTTP\/1\.1 200 /);
+    const forwarded = webHeaders.get('/public/upload') ?? [];
+    expect(forwarded.filter((_, i) => i % 2 === 0).map((name) => name.toLowerCase())).not.toContain('expect');
+    const denied = await upload('/private/upload');
+    expect(denied.before).toBe('');
+    expect(denied.after).toMatch(/^HTTP\/1\.1 403 /);
+    expect(webHeaders.has('/private/upload')).toBe(false);
+  });
+
   it('matches path rules on the normalised path, so encodings and dot segments cannot dodge them', async () => {
     const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
     const status = async (path: string) => {
