@@ -221,10 +221,21 @@ function duplicateKeys(document: Document): { offset: number; key: string }[] {
   return found;
 }
 
+/**
+ * Problems reported per object, the rest summed up: finding each one's line walks the object's mappings, so a
+ * document of 200,000 unknown keys would otherwise keep the proxy's event loop (every tunnel on the node) busy for
+ * minutes on each reload.
+ */
+const MAX_ISSUES_PER_OBJECT = 100;
+
 function addObject(result: ParsedText, value: unknown, prefix: FieldPath, document: Document, file: string, lineAt: (offset: number) => number): void {
   const line = lineOfPath(document, prefix, lineAt);
   const { object, label, issues } = validateObject(value, { file, line });
-  for (const issue of issues) {
+  if (issues.length > MAX_ISSUES_PER_OBJECT) {
+    const first = issues[0] as (typeof issues)[number];
+    result.issues.push({ code: first.code, file, line, object: label, field: undefined, message: `${issues.length - MAX_ISSUES_PER_OBJECT} more problems in this object (only the first ${MAX_ISSUES_PER_OBJECT} are listed)` });
+  }
+  for (const issue of issues.slice(0, MAX_ISSUES_PER_OBJECT)) {
     result.issues.push({
       code: issue.code,
       file,

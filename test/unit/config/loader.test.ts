@@ -505,6 +505,20 @@ status: { podIP: 10.0.0.9, phase: Running }
     expect(() => parseConfigText(text, 'pods.yaml')).toThrow(/pods\.yaml:6: Pod shop\/web-1: metadata\.labels: .*YAML-tagged Map/);
   });
 
+  it('lists the first 100 problems of an object and sums up the rest (a flood of unknown keys is not reported one by one)', () => {
+    const keys = Array.from({ length: 5_000 }, (_, i) => `  unknown${i}: x`).join('\n');
+    const text = `apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n${keys}\nspec: { nodeName: node-a }\n`;
+    let details: readonly { message: string; field?: string }[] = [];
+    try {
+      parseConfigText(text, 'pods.yaml');
+    } catch (error) {
+      details = (error as { details: readonly { message: string; field?: string }[] }).details;
+    }
+    expect(details).toHaveLength(101);
+    expect(details.filter((issue) => issue.message.includes('4900 more problems in this object'))).toHaveLength(1);
+    expect(details.filter((issue) => issue.field?.startsWith('metadata.unknown'))).toHaveLength(100);
+  });
+
   it('names both files of a duplicate', async () => {
     const dir = await configDir({ 'a.yaml': pod({ name: 'web', ip: '10.0.0.1' }), 'sub/b.yaml': pod({ name: 'web', ip: '10.0.0.2' }) });
     const error = await configError(loadConfigDir(dir));
