@@ -319,8 +319,10 @@ export class HttpInspector {
       };
       stream.once('close', finish);
       upstream.once('close', () => {
-        // The workload closed: nothing more can be forwarded on this tunnel.
-        if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+        // The workload closed: nothing more can be forwarded on this tunnel. Ended, not reset: a response it
+        // finished with the close (a close-delimited body) may still be queued on the stream, and RST_STREAM
+        // would drop it.
+        if (!stream.destroyed) stream.end();
       });
       const onFirst = () => {
         const first = stream.read() as Buffer | null;

@@ -61,6 +61,8 @@ spec:
 const hasCurl = spawnSync('curl', ['--version']).status === 0;
 if (!hasCurl) process.stderr.write('authz.test.ts: curl not installed, skipping the repeated-header h2c test\n');
 
+const CLOSE_DELIMITED_BODY = Buffer.alloc(8 * 1024 * 1024, 'x');
+
 let mesh: TestMesh;
 const servers: Array<Server | http2.Http2Server> = [];
 const webRequests: string[] = [];
@@ -73,6 +75,11 @@ beforeAll(async () => {
   const web = createHttpServer((req, res) => {
     webRequests.push(`${req.method} ${req.url}`);
     webHeaders.set(req.url ?? '', req.rawHeaders);
+    if (req.url === '/public/close-delimited') {
+      // As an HTTP/1.0-style server answers: no length, the body ends where the connection does.
+      req.socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), CLOSE_DELIMITED_BODY]));
+      return;
+    }
     res.end(`web ${req.url}`);
   });
   const echo = createServer({ allowHalfOpen: true }, (socket) => socket.pipe(socket));
@@ -264,6 +271,25 @@ spec:
     expect(denied.before).toBe('');
     expect(denied.after).toMatch(/^HTTP\/1\.1 403 /);
     expect(webHeaders.has('/private/upload')).toBe(false);
+  });
+
+  it('delivers a close-delimited response whole: the workload closing after it does not cut off its last bytes', async () => {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const received = await new Promise<Buffer>((resolve, reject) => {
+        const socket = connect({ host: CLIENT_IP, port: 9080 });
+        const chunks: Buffer[] = [];
+        socket.on('data', (data: Buffer) => chunks.push(data));
+        socket.on('error', reject);
+        socket.on('close', () => resolve(Buffer.concat(chunks)));
+        socket.on('connect', () => socket.write('GET /public/close-delimited HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n'));
+      });
+      const text = received.toString('latin1');
+      expect(text).toMatch(/^HTTP\/1\.1 200 /);
+      const head = text.indexOf('\r\n\r\n');
+      // Forwarded chunked (the proxy frames what had no length): count the x's, not the framing.
+      const body = text.slice(head + 4);
+      expect(body.split('x').length - 1).toBe(CLOSE_DELIMITED_BODY.length);
+    }
   });
 
   it('matches path rules on the normalised path, so encodings and dot segments cannot dodge them', async () => {
