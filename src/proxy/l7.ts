@@ -287,7 +287,10 @@ export class HttpInspector {
     this.#h1.on('checkContinue', (req, res) => this.#onH1Request(req, res, true));
     this.#h1.on('clientError', (error, socket) => {
       this.#logger.debug({ err: error.message }, 'malformed HTTP/1.1 on an inspected tunnel');
-      if (!socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      if (socket.destroyed) return;
+      // Behind a pipelined request still being answered, a 400 written now would land inside that response.
+      if ((this.#tunnels.get(socket)?.inFlight ?? 0) > 0) socket.destroy();
+      else socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.#h2.on('session', (session) => {
       if (this.#pending) this.#tunnels.set(session, this.#pending);

@@ -75,6 +75,10 @@ beforeAll(async () => {
   const web = createHttpServer((req, res) => {
     webRequests.push(`${req.method} ${req.url}`);
     webHeaders.set(req.url ?? '', req.rawHeaders);
+    if (req.url === '/public/slow') {
+      setTimeout(() => res.end('slow answer'), 300);
+      return;
+    }
     if (req.url === '/public/close-delimited') {
       // As an HTTP/1.0-style server answers: no length, the body ends where the connection does.
       req.socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), CLOSE_DELIMITED_BODY]));
@@ -271,6 +275,18 @@ spec:
     expect(denied.before).toBe('');
     expect(denied.after).toMatch(/^HTTP\/1\.1 403 /);
     expect(webHeaders.has('/private/upload')).toBe(false);
+  });
+
+  it('resets, rather than answer 400 inside it, a tunnel whose garbage follows a pipelined request still being answered', async () => {
+    const received = await new Promise<string>((resolve) => {
+      const socket = connect({ host: CLIENT_IP, port: 9080 });
+      let text = '';
+      socket.on('data', (data: Buffer) => (text += data.toString()));
+      socket.on('error', () => {});
+      socket.on('close', () => resolve(text));
+      socket.on('connect', () => socket.write('GET /public/slow HTTP/1.1\r\nHost: web.demo\r\n\r\nNOT HTTP AT ALL\r\n\r\n'));
+    });
+    expect(received).not.toContain('400 Bad Request');
   });
 
   it('delivers a close-delimited response whole: the workload closing after it does not cut off its last bytes', async () => {
