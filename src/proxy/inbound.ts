@@ -11,6 +11,8 @@
 // and port (503), authorize (401), connect upstream (503), and only then answer 200 and copy bytes.
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
+import { isIP } from 'node:net';
+import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { BundleSource } from '../identity/svid.ts';
@@ -47,6 +49,40 @@ import {
 } from './settings.ts';
 
 const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+
+/** The address in a `forwarded` header's first `for=` (`for="10.0.0.5:4711"`, `for="[fd00::5]"`, `for=10.0.0.5`), or null. */
+export function forwardedForAddress(value: string): string | null {
+  const match = /(?:^|[;,\s])for=(?:"([^"]*)"|([^;,\s]*))/i.exec(value);
+  if (match === null) return null;
+  const node = match[1] ?? match[2] ?? '';
+  if (node.charCodeAt(0) === 91 /* [ */) {
+    const close = node.indexOf(']');
+    return close > 1 ? node.slice(1, close) : null;
+  }
+  if (isIP(node) !== 0) return node;
+  // IPv4 with a port.
+  const colon = node.lastIndexOf(':');
+  return colon > 0 && isIP(node.slice(0, colon)) === 4 ? node.slice(0, colon) : null;
+}
+
+/**
+ * The source IP policies see for a stream: the address its CONNECT names in `forwarded: for=` when that is a
+ * workload with the identity the session proved (a host-network proxy dials from the node's address, not the
+ * pod's), else the session's own address. A claim naming anyone else's address is not believed. Memoised per
+ * session and configuration: a session's streams name the same address.
+ */
+function sourceIpOf(peer: PeerInfo, forwarded: string | string[] | undefined, snapshot: ConfigSnapshot): IpAddress | null {
+  if (typeof forwarded !== 'string') return peer.ip;
+  if (peer.claimText === forwarded && peer.claimSnapshot === snapshot) return peer.claimIp ?? peer.ip;
+  let believed: IpAddress | null = null;
+  const claimed = forwardedForAddress(forwarded);
+  const canonical = claimed === null ? undefined : canonicalIp(claimed);
+  if (canonical !== undefined && snapshot.workloadByIp(canonical)?.identity === peer.id.id) believed = parseIp(canonical);
+  peer.claimText = forwarded;
+  peer.claimSnapshot = snapshot;
+  peer.claimIp = believed;
+  return believed ?? peer.ip;
+}
 
 /** When the peer's certificate expires (0, i.e. at once, if it cannot be read). */
 function leafExpiryMs(socket: tls.TLSSocket): number {
@@ -101,6 +137,10 @@ export interface RequestInspection {
 
 interface PeerInfo {
   readonly id: SpiffeId;
+  /** The last `forwarded` value seen on this session, under which configuration, and the source IP it gave. */
+  claimText?: string;
+  claimSnapshot?: ConfigSnapshot;
+  claimIp?: IpAddress | null;
   /** What the peer was verified against, and until when: a stream past either verifies the session again. */
   readonly bundles: BundleSource;
   readonly validUntilMs: number;
@@ -337,7 +377,7 @@ export class HboneInbound {
       principal: peer.principal,
       peerNamespace: peer.namespace,
       peerAddress: peer.address,
-      peerIp: peer.ip,
+      peerIp: sourceIpOf(peer, headers.forwarded, snapshot),
       destination,
       destinationIp: authority.host,
       destinationPort: authority.port,

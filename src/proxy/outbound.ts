@@ -327,7 +327,9 @@ export class OutboundListeners {
     if (baggage === undefined) this.#baggage.set(source, (baggage = buildBaggage(source)));
     let stream;
     try {
-      stream = await this.#options.pool.open(source.identity, this.#sourceIp(source, remoteAddress, endpoint.hboneHost, startedMs), endpoint, baggage);
+      const workloadIp = this.#workloadIp(source, remoteAddress, endpoint.hboneHost);
+      const dialIp = workloadIp !== null && this.#localAddresses.has(workloadIp, startedMs) ? workloadIp : null;
+      stream = await this.#options.pool.open(source.identity, dialIp, endpoint, baggage, workloadIp === null ? null : forwardedFor(workloadIp));
     } catch (error) {
       const flag = error instanceof TunnelError ? error.flag : 'CONNECT';
       this.#options.metrics.failed(labels, flag);
@@ -378,11 +380,13 @@ export class OutboundListeners {
   }
 
   /**
-   * The address the HBONE session leaves from, as the destination's policies will see it: the workload IP the
-   * application connected from when it is one of the source's, else the source's first of the peer's address family
-   * (IPv6 addresses have a ":"); null (the host's own choice) when this host does not have that address.
+   * The source workload's address, as the destination's policies should see it: the workload IP the application
+   * connected from when it is one of the source's, else the source's first of the peer's address family (IPv6
+   * addresses have a ":"), or null. The session leaves from it when this host has it (a loopback mesh, a VM);
+   * either way each CONNECT names it (`forwarded: for=`), which the destination believes only of a workload with
+   * the identity the session proved (a pod IP the host-network proxy cannot dial from).
    */
-  #sourceIp(source: Workload, remoteAddress: string | undefined, hboneHost: string, nowMs: number): string | null {
+  #workloadIp(source: Workload, remoteAddress: string | undefined, hboneHost: string): string | null {
     const v6 = hboneHost.indexOf(':') >= 0;
     let chosen: string | null = null;
     if (remoteAddress !== undefined) {
@@ -397,7 +401,7 @@ export class OutboundListeners {
         }
       }
     }
-    return chosen !== null && this.#localAddresses.has(chosen, nowMs) ? chosen : null;
+    return chosen;
   }
 
   /** Plain TCP to a destination outside the mesh. */
@@ -523,6 +527,19 @@ function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, servic
     src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
     dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
   };
+}
+
+/** `forwarded: for="IP"` (RFC 7239, IPv6 bracketed) naming the source workload, built once per address. */
+const FORWARDED_FOR = new Map<string, string>();
+function forwardedFor(ip: string): string {
+  let value = FORWARDED_FOR.get(ip);
+  if (value === undefined) {
+    value = ip.indexOf(':') >= 0 ? `for="[${ip}]"` : `for="${ip}"`;
+    // Workload addresses come and go with the registry: a bounded memo, not a leak.
+    if (FORWARDED_FOR.size >= 4096) FORWARDED_FOR.clear();
+    FORWARDED_FOR.set(ip, value);
+  }
+  return value;
 }
 
 function sourceLabels(source: Workload, destinationWorkload: string, destinationNamespace: string, destinationPrincipal: string, destinationService: string, policy: TunnelLabels['connectionSecurityPolicy']): TunnelLabels {

@@ -134,14 +134,15 @@ export class HbonePool {
   /**
    * Opens a tunnel for `sourceIdentity` (the workload at `sourceIp`, of the endpoint's address family, or null) to
    * `endpoint`: a CONNECT stream that has answered 200. Rejects with a TunnelError carrying the response flag.
+   * `forwarded`: the CONNECT's `forwarded` header value (the source workload's address), or null for none.
    */
-  async open(sourceIdentity: string, sourceIp: string | null, endpoint: Endpoint, baggage: string): Promise<http2.ClientHttp2Stream> {
+  async open(sourceIdentity: string, sourceIp: string | null, endpoint: Endpoint, baggage: string, forwarded: string | null = null): Promise<http2.ClientHttp2Stream> {
     if (this.#closed) throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', 'pool is closed');
     let bucket = this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity);
     // Retiring its last session may have forgotten the bucket: take the one the map holds now.
     if (this.#retireStale(bucket)) bucket = this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity);
     const entry = await this.#acquire(bucket, sourceIdentity, endpoint);
-    return this.#request(entry, endpoint, baggage);
+    return this.#request(entry, endpoint, baggage, forwarded);
   }
 
   async close(): Promise<void> {
@@ -280,12 +281,14 @@ export class HbonePool {
     });
   }
 
-  #request(entry: PooledSession, endpoint: Endpoint, baggage: string): Promise<http2.ClientHttp2Stream> {
+  #request(entry: PooledSession, endpoint: Endpoint, baggage: string, forwarded: string | null): Promise<http2.ClientHttp2Stream> {
     return new Promise((resolve, reject) => {
       let stream: http2.ClientHttp2Stream;
       try {
         // Raw headers (a flat array): an object would be copied into a dictionary-mode null-prototype object first.
-        stream = entry.session.request([HTTP2_HEADER_METHOD, 'CONNECT', HTTP2_HEADER_AUTHORITY, endpoint.authority, 'baggage', baggage], REQUEST_OPTIONS);
+        const headers = [HTTP2_HEADER_METHOD, 'CONNECT', HTTP2_HEADER_AUTHORITY, endpoint.authority, 'baggage', baggage];
+        if (forwarded !== null) headers.push('forwarded', forwarded);
+        stream = entry.session.request(headers, REQUEST_OPTIONS);
       } catch (error) {
         releaseStream(entry);
         reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `cannot open a stream to ${endpoint.authority}: ${(error as Error).message}`, undefined, error));

@@ -22,6 +22,7 @@ const CLIENT_IP = nodeIp(P, 0, 20); // client-1, on node-a
 const ECHO_IP = nodeIp(P, 1, 10); // echo-1, on node-b: the workload every direct test dials
 const CACHE_IP = nodeIp(P, 1, 11); // cache-1, also on node-b, with its own identity
 const IMPOSTOR_IP = nodeIp(P, 1, 50); // payments-1 of node-c (no proxy runs there): our fake HBONE server
+const TESTER_IP = nodeIp(P, 2, 30); // tester-1 of node-c: the registry's workload with the test client's identity
 const HBONE_PORT = 15008;
 const ECHO_PORT = 7000;
 const FIREHOSE_PORT = 7002;
@@ -45,6 +46,7 @@ const config = yamlDocuments(
   podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP }),
   podYaml({ name: 'cache-1', node: 'node-b', serviceAccount: 'cache', ip: CACHE_IP }),
   podYaml({ name: 'payments-1', node: 'node-c', serviceAccount: 'payments', ip: IMPOSTOR_IP }),
+  podYaml({ name: 'tester-1', node: 'node-c', serviceAccount: 'tester', ip: TESTER_IP }),
 );
 
 /** An echo server that counts its open connections (the proxy's upstream sockets) and their peak. */
@@ -492,6 +494,43 @@ describe('HBONE inbound: CONNECT statuses on a workload listener', () => {
       expect((await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
     } finally {
       session.destroy();
+    }
+  });
+});
+
+describe("HBONE inbound: the source workload's address a CONNECT names", () => {
+  it('is what policies see when it is a workload with the identity the session proved, and is not believed otherwise', async () => {
+    const accepted = () => nodeB().proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const session = dialHbone(validClient);
+    const tunnel = async (forwarded: string | undefined) => {
+      const outcome = await request(session, { ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}`, ...(forwarded === undefined ? {} : { forwarded }) });
+      outcome.stream.close();
+      return outcome.status;
+    };
+    try {
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-tester-pod, namespace: demo }
+spec:
+  action: DENY
+  rules: [{ from: [{ source: { ipBlocks: ["${TESTER_IP}/32"] } }] }]
+`);
+      await waitUntil('node-b accepts the DENY of the tester pod address', async () => accepted() > seen, 5_000);
+      // The session comes from this test's own address; the CONNECT names tester-1's, and the session is tester's.
+      expect(await tunnel(`for="${TESTER_IP}:40123"`), 'a true claim, ztunnel form').toBe(401);
+      expect(await tunnel(`for=${TESTER_IP}`), 'a true claim, bare').toBe(401);
+      // Not believed: cache-1 has another identity, and an address no workload has names no one.
+      expect(await tunnel(`for="${TESTER_IP}:1";by=x, for="${CACHE_IP}"`), 'only the first element counts').toBe(401);
+      expect(await tunnel(`for="${CACHE_IP}:40123"`), "another identity's address").toBe(200);
+      expect(await tunnel('for="192.0.2.7"'), 'an address outside the registry').toBe(200);
+      expect(await tunnel('for=unknown'), 'an obfuscated node').toBe(200);
+      expect(await tunnel(undefined), 'no claim').toBe(200);
+    } finally {
+      session.destroy();
+      const seen = accepted();
+      await mesh.writeConfig('policies.yaml', '# no policies\n');
+      await waitUntil('node-b accepts the configuration without the DENY', async () => accepted() > seen, 5_000);
     }
   });
 });
