@@ -191,11 +191,17 @@ describe('ambit svid verify', () => {
     expect(verdict.spiffeId).toBe(WEB);
   });
 
-  it('rejects a leaf signed by another trust domain\'s CA as SVID_CHAIN_INVALID when the bundle holds only its own domain\'s roots', () => {
+  it('rejects a leaf signed by another trust domain\'s CA as TRUST_DOMAIN_MISMATCH when the chain presents that CA, even with only its own domain\'s roots in the bundle', () => {
     const { status, verdict } = verify('--bundle', file('bundle-a.pem'), file('forged.pem'));
     expect(status).toBe(1);
     expect(verdict.valid).toBe(false);
     expect(verdict.spiffeId).toBe(WEB);
+    expect(verdict.error?.code).toBe('TRUST_DOMAIN_MISMATCH');
+  });
+
+  it('rejects a leaf signed by a CA whose roots the bundle does not hold as SVID_CHAIN_INVALID', () => {
+    const { status, verdict } = verify('--bundle', file('bundle-a.pem'), file('other.pem'));
+    expect(status).toBe(1);
     expect(verdict.error?.code).toBe('SVID_CHAIN_INVALID');
   });
 
