@@ -373,6 +373,10 @@ function randomSerial(): string {
 function lifetime(now: Date, ttlMs: number, issuer: Certificate | undefined): { notBefore: Date; notAfter: Date } {
   const notBefore = new Date(now.getTime() - NOT_BEFORE_CUSHION_MS);
   let notAfter = new Date(now.getTime() + ttlMs);
+  // An expired authority would sign certificates already expired, which every peer then refuses: say so here.
+  if (issuer && issuer.notAfter.getTime() <= now.getTime()) {
+    throw new AmbitError('SVID_EXPIRED', `the signing authority ${issuer.subject} expired at ${issuer.notAfter.toISOString()}: it cannot issue (rotate the CA: ambit ca root prepare / activate)`);
+  }
   // A certificate never outlives its issuer (SPIRE caps notAfter the same way).
   if (issuer && notAfter.getTime() > issuer.notAfter.getTime()) notAfter = issuer.notAfter;
   return { notBefore, notAfter };

@@ -163,6 +163,14 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid([cert], bundles).valid).toBe(true);
   });
 
+  it('are refused by an authority that has expired (they would be born expired), and capped at its expiry while it lasts', async () => {
+    const old = await createTestCa('cluster.local', { ttlMs: HOUR_MS, now: new Date(Date.now() - 2 * HOUR_MS) });
+    const keys = await generateKeyPair();
+    await expect(issueLeaf({ spiffeId: WEB, publicKey: keys.publicKey, authority: old.signer, ttlMs: HOUR_MS })).rejects.toMatchObject({ code: 'SVID_EXPIRED' });
+    const leaf = await issueLeaf({ spiffeId: WEB, publicKey: keys.publicKey, authority: old.signer, ttlMs: 4 * HOUR_MS, now: new Date(Date.now() - 90 * 60_000) });
+    expect(leaf.notAfter.getTime()).toBe(old.signer.cert.notAfter.getTime());
+  });
+
   it('accepts a leaf without extKeyUsage (it is optional)', async () => {
     const { cert } = await craftCertificate(caA.root, { uris: [WEB], extKeyUsage: null });
     expect(verifySvid([cert], bundles).valid).toBe(true);
