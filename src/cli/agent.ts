@@ -5,9 +5,8 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { parse, parseTtlSeconds, requireString } from './args.ts';
+import { joinTokenOption, parse, parseTtlSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
-import { readText } from './ca.ts';
 import { parseListen } from './listen.ts';
 import { IdentityAgent } from '../identity/agent.ts';
 import { writeFileAtomic } from '../identity/files.ts';
@@ -18,7 +17,7 @@ import type { Svid } from '../identity/svid.ts';
 import { createLogger } from '../observe/log.ts';
 
 const help = `usage: ambit agent --ca URL --trust-domain TD --bundle FILE --node NAME --state-dir DIR
-                   --out DIR [--identity SPIFFE_ID ...] [--join-token TOKEN] [--ttl 1h]
+                   --out DIR [--identity SPIFFE_ID ...] [--join-token TOKEN | --join-token-file FILE] [--ttl 1h]
                    [--metrics HOST:PORT] [--once]
 
 Obtains this node's SVID (join token the first time, then renewal over mTLS), then one SVID per
@@ -63,6 +62,7 @@ export const command: Command = {
       out: { type: 'string' },
       identity: { type: 'string', multiple: true },
       'join-token': { type: 'string' },
+      'join-token-file': { type: 'string' },
       ttl: { type: 'string' },
       metrics: { type: 'string' },
       once: { type: 'boolean' },
@@ -91,7 +91,7 @@ export const command: Command = {
       nodeName: requireString(values.node, 'node'),
       bootstrapBundle,
       stateDir: requireString(values['state-dir'], 'state-dir'),
-      joinToken: values['join-token'],
+      joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
       ttlSeconds: values.ttl ? parseTtlSeconds(values.ttl, 'ttl') : undefined,
       logger,
       metrics,

@@ -1,4 +1,5 @@
 // Shared command-line parsing: node:util parseArgs with errors turned into USAGE, and --help handling.
+import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
 import { AmbitError } from '../errors.ts';
@@ -41,4 +42,25 @@ export function parseTtlSeconds(text: string, flag: string): number {
   const ms = parseDurationMs(text, flag);
   if (ms < 1000) throw new AmbitError('USAGE', `--${flag} ${text}: certificates are issued in whole seconds; use at least 1s`);
   return Math.round(ms / 1000);
+}
+
+export async function readText(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (error) {
+    throw new AmbitError('FILE_READ', `${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+  }
+}
+
+/**
+ * The join token from `--join-token TOKEN` or `--join-token-file FILE` (one of them, or neither). A file keeps the
+ * secret out of the process list: any local user can read /proc/PID/cmdline, and redeem a token the first
+ * attestation did not spend (the CA was unreachable).
+ */
+export async function joinTokenOption(token: string | undefined, file: string | undefined): Promise<string | undefined> {
+  if (token !== undefined && file !== undefined) throw new AmbitError('USAGE', '--join-token and --join-token-file: give one of them');
+  if (file === undefined) return token;
+  const text = (await readText(file)).trim();
+  if (text === '' || /\s/.test(text)) throw new AmbitError('USAGE', `--join-token-file ${file}: expected one token on one line`);
+  return text;
 }

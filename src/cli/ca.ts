@@ -1,8 +1,7 @@
 // `ambit ca`: create a CA directory, run the CA server, mint join tokens, rotate roots, print the bundle.
-import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { parse, parseDurationMs, requireString } from './args.ts';
+import { parse, parseDurationMs, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
@@ -61,13 +60,6 @@ async function readParent(options: { 'root-cert'?: string | boolean; 'root-key'?
   return { certPem: await readText(certFile), keyPem: await readText(keyFile) };
 }
 
-export async function readText(file: string): Promise<string> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (error) {
-    throw new AmbitError('FILE_READ', `${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
-  }
-}
 
 async function init(argv: string[]): Promise<number> {
   const { values } = parse(argv, {

@@ -251,9 +251,12 @@ export const command: Command = {
 
       for (const node of layout.nodes) {
         const token = await createJoinToken(caDir, node.name, 600_000);
+        // In a file (0600), not on the command line, where every local user could read it.
+        const tokenFile = join(dir, `${node.name}.join-token`);
+        await writeFile(tokenFile, `${token.token}\n`, { mode: 0o600 });
         children.push(startChild(node.name, [
           'proxy', '--node', node.name, '--config', configDir, '--ca', caUrl, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', layout.trustDomain,
-          '--state-dir', join(dir, node.name), `--join-token=${token.token}`,
+          '--state-dir', join(dir, node.name), '--join-token-file', tokenFile,
           '--metrics', `${node.address}:15020`, '--readiness', `${node.address}:15021`, '--admin', `${node.address}:15000`,
         ], logDir));
       }

@@ -1,8 +1,7 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
 import { AmbitError } from '../errors.ts';
-import { parse, parseTtlSeconds, requireString } from './args.ts';
+import { joinTokenOption, parse, parseTtlSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
-import { readText } from './ca.ts';
 import { parseListen } from './listen.ts';
 import { decodeBundleText } from '../identity/bundle.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
@@ -11,7 +10,7 @@ import { NodeProxy } from '../proxy/proxy.ts';
 import { parseOutboundFlag } from '../proxy/outbound.ts';
 
 const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle FILE --trust-domain TD
-                   --state-dir DIR [--join-token TOKEN] [--outbound LISTEN=HOST:PORT@[KIND:]NS/WORKLOAD ...]
+                   --state-dir DIR [--join-token TOKEN | --join-token-file FILE] [--outbound LISTEN=HOST:PORT@[KIND:]NS/WORKLOAD ...]
                    [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
                    [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h] [--audit-log FILE]
 
@@ -27,7 +26,8 @@ Runs the node proxy for the workloads the configuration places on node NAME:
   metrics   Prometheus /metrics with Istio's names and labels (--metrics)
   readiness /healthz/ready: 200 once certificates are loaded and listeners bound (--readiness)
   admin     /config_dump and /logging on a loopback address only (--admin)
-Identities: the node SVID comes from --join-token the first time, then from --state-dir; every local
+Identities: the node SVID comes from --join-token (or --join-token-file, which keeps the secret out of
+the process list) the first time, then from --state-dir; every local
 workload's SVID is obtained from the CA and rotated at half-life. The configuration directory is
 watched: a valid change applies at once (and is recorded with its diff in --audit-log, default
 STATE_DIR/audit.log), an invalid one is logged and the last good one stays.
@@ -45,6 +45,7 @@ export const command: Command = {
       'trust-domain': { type: 'string' },
       'state-dir': { type: 'string' },
       'join-token': { type: 'string' },
+      'join-token-file': { type: 'string' },
       outbound: { type: 'string', multiple: true },
       metrics: { type: 'string' },
       readiness: { type: 'string' },
@@ -67,7 +68,7 @@ export const command: Command = {
       caUrl,
       caBundle: decodeBundleText(trustDomain, await readText(bundleFile)),
       stateDir: requireString(values['state-dir'], 'state-dir'),
-      joinToken: values['join-token'],
+      joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
       outbound,
       metricsListen: values.metrics ? parseListen(values.metrics, 'metrics') : undefined,
       readinessListen: values.readiness ? parseListen(values.readiness, 'readiness') : undefined,

@@ -103,10 +103,11 @@ export async function startTestMesh(options: TestMeshOptions): Promise<TestMesh>
       if (existing) await existing.proc.stop();
       const address = nodeIp(options.prefix, index, 1);
       const token = await createJoinToken(caDir, name, 600_000);
+      const tokenFile = join(dir, `${name}.join-token`);
+      await writeFile(tokenFile, `${token.token}\n`, { mode: 0o600 });
       const proc = AmbitProcess.start([
         'proxy', '--node', name, '--config', configDir, '--ca', caUrl, '--ca-bundle', bundleFile, '--trust-domain', trustDomain,
-        // `=`: a base64url token may begin with '-', which parseArgs would take for an option.
-        '--state-dir', join(dir, name), `--join-token=${token.token}`,
+        '--state-dir', join(dir, name), '--join-token-file', tokenFile,
         '--metrics', `${address}:15020`, '--readiness', `${address}:15021`, '--admin', `${address}:15000`,
         ...(options.extraProxyArgs?.(name) ?? []),
         ...extraArgs,
