@@ -146,10 +146,16 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     try {
       const fetched = await this.fetchOnce();
       const previous = this.#bundle;
-      // spiffe_sequence orders bundles: never go back to an older one (a replayed or stale response).
-      if (previous && fetched.sequence < previous.sequence) {
-        this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString() }, 'ignoring an older bundle');
+      // An older spiffe_sequence with the roots we hold is a stale response: nothing changes. With other roots it is
+      // what the authenticated endpoint serves now, as when the peer re-initialised its CA after a compromise
+      // (sequence back to 1): holding on to the old roots would keep trusting the compromised ones (SPIRE, too,
+      // follows the endpoint's content). Said loudly either way.
+      if (previous && fetched.sequence < previous.sequence && bundlesEqual(previous, fetched)) {
+        this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString() }, 'federated bundle endpoint served an older sequence of the same roots; keeping ours');
       } else {
+        if (previous && fetched.sequence < previous.sequence) {
+          this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString(), roots: fetched.roots.length }, 'federated bundle sequence went back with other roots (the peer CA re-initialised?): taking the roots its endpoint serves now');
+        }
         this.#bundle = fetched;
         if (!previous || !bundlesEqual(previous, fetched) || previous.sequence !== fetched.sequence) {
           this.#logger.info({ sequence: fetched.sequence.toString(), roots: fetched.roots.length, endpoint: this.peer.bundleEndpoint }, 'federated bundle updated');

@@ -1,6 +1,6 @@
 // Federation client against real HTTPS bundle endpoints on loopback (https_spiffe profile): the bundle is taken
 // only from the configured endpoint identity, proven by the bootstrap bundle or the last bundle fetched, and
-// only when it is a 200 with a bounded, valid SPIFFE bundle; an older sequence never replaces a newer one.
+// only when it is a 200 with a bounded, valid SPIFFE bundle; an older sequence replaces a newer one only with other roots.
 import { createServer } from 'node:https';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -129,12 +129,12 @@ describe('the federation client', () => {
     }
   });
 
-  it('keeps the newer bundle when the endpoint later serves an older sequence, and follows a newer one', async () => {
+  it('keeps its bundle when the endpoint later serves an older sequence of the same roots, and follows a newer one', async () => {
     const remote = await createTestCa(TD);
     const rotated = await createTestCa(TD);
     const sequence = [
       createBundle(TD, [remote.root.cert], { sequence: 5n, refreshHintSeconds: 1 }),
-      createBundle(TD, [remote.root.cert, rotated.root.cert], { sequence: 3n, refreshHintSeconds: 1 }),
+      createBundle(TD, [remote.root.cert], { sequence: 3n, refreshHintSeconds: 1 }),
       createBundle(TD, [remote.root.cert, rotated.root.cert], { sequence: 9n, refreshHintSeconds: 1 }),
     ];
     let served = 0;
@@ -150,6 +150,26 @@ describe('the federation client', () => {
     while (federation.current()?.sequence !== 9n && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
     expect(federation.current()?.sequence).toBe(9n);
     expect(updates).toEqual([5n, 9n]);
+  });
+
+  it("takes other roots served under an older sequence (the peer's CA re-initialised), rather than keep trusting the old ones", async () => {
+    const remote = await createTestCa(TD);
+    const reinitialised = await createTestCa(TD);
+    const sequence = [
+      createBundle(TD, [remote.root.cert], { sequence: 5n, refreshHintSeconds: 1 }),
+      createBundle(TD, [reinitialised.root.cert], { sequence: 1n, refreshHintSeconds: 1 }),
+    ];
+    let served = 0;
+    const url = await endpoint(remote, ENDPOINT_ID, serve(() => sequence[Math.min(served++, sequence.length - 1)] as TrustBundle));
+    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 50 });
+    const updates: bigint[] = [];
+    federation.on('update', (bundle) => updates.push(bundle.sequence));
+    await federation.start();
+    const deadline = Date.now() + 10_000;
+    while (federation.current()?.sequence !== 1n && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    await federation.stop();
+    expect(updates).toEqual([5n, 1n]);
+    expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([reinitialised.root.cert.serialNumber]);
   });
 
   it('refuses at construction what it could never fetch safely', async () => {
