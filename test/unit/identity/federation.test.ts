@@ -167,7 +167,6 @@ describe('the federation client', () => {
     await federation.start();
     const deadline = Date.now() + 10_000;
     while (federation.current()?.sequence !== 1n && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
-    await federation.stop();
     expect(updates).toEqual([5n, 1n]);
     expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([reinitialised.root.cert.serialNumber]);
   });
