@@ -5,6 +5,7 @@ import { parse, parseDurationMs, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
+import { evictNode } from '../identity/ca/nodes.ts';
 import { CaServer } from '../identity/ca/server.ts';
 import type { NodeRegistry } from '../identity/ca/server.ts';
 import { nodeId } from '../identity/spiffe-id.ts';
@@ -32,6 +33,11 @@ subcommands:
   token create --dir DIR --node NAME [--ttl 1h]
          Print a single-use join token for NAME. Presenting it once with a CSR yields the node SVID
          spiffe://TD/ambit/node/NAME.
+  node evict --dir DIR --node NAME
+         Refuse NAME's node SVID from now on (a lost or decommissioned host, a leaked certificate): the
+         CA signs nothing more for it until it attests again with a new join token. The CA accepts
+         only the node certificate it issued last (and a renewal's new one until first used), so a
+         copy of an older node SVID is refused without this.
   root prepare  --dir DIR [--root-cert FILE --root-key FILE] [--ttl 8760h]
          Publish a new authority in the trust bundle without signing with it yet.
   root activate --dir DIR   Sign with the prepared authority; the old root stays trusted.
@@ -194,6 +200,19 @@ async function token(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function node(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  if (action !== 'evict') throw new AmbitError('USAGE', `unknown node subcommand "${action ?? ''}" (expected: evict)`);
+  const { values } = parse(rest, { dir: { type: 'string' }, node: { type: 'string' } }, false);
+  const dir = requireString(values.dir, 'dir');
+  const name = requireString(values.node, 'node');
+  const state = await loadCa(dir);
+  nodeId(state.trustDomain, name);
+  const known = await evictNode(dir, name);
+  process.stdout.write(`node ${name} evicted: its node SVID is refused until it attests again with a new join token${known ? '' : ' (the CA had no record of it)'}\n`);
+  return 0;
+}
+
 async function root(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
   const { values } = parse(rest, { dir: { type: 'string' }, 'root-cert': { type: 'string' }, 'root-key': { type: 'string' }, ttl: { type: 'string' }, grace: { type: 'string' }, 'audit-log': { type: 'string' } }, false);
@@ -229,7 +248,7 @@ async function bundle(argv: string[]): Promise<number> {
 }
 
 export const command: Command = {
-  summary: 'certificate authority: init, serve, join tokens, root rotation, bundle',
+  summary: 'certificate authority: init, serve, join tokens, node eviction, root rotation, bundle',
   help,
   async run(argv) {
     const [sub, ...rest] = argv;
@@ -240,12 +259,14 @@ export const command: Command = {
         return serve(rest);
       case 'token':
         return token(rest);
+      case 'node':
+        return node(rest);
       case 'root':
         return root(rest);
       case 'bundle':
         return bundle(rest);
       default:
-        throw new AmbitError('USAGE', sub === undefined ? 'missing subcommand (init, serve, token, root, bundle)' : `unknown subcommand "${sub}" (init, serve, token, root, bundle)`);
+        throw new AmbitError('USAGE', sub === undefined ? 'missing subcommand (init, serve, token, node, root, bundle)' : `unknown subcommand "${sub}" (init, serve, token, node, root, bundle)`);
     }
   },
 };

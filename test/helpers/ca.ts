@@ -9,6 +9,8 @@ import { silentLogger } from '../../src/observe/log.ts';
 
 export interface InProcessCa {
   readonly server: CaServer;
+  /** The CA's state directory. */
+  readonly dir: string;
   /** A single-use join token for `node`. */
   joinToken(node: string): Promise<string>;
   close(): Promise<void>;
@@ -29,6 +31,7 @@ export async function startInProcessCa(trustDomain: string, identitiesByNode: Re
   let closed = false;
   return {
     server,
+    dir: caDir,
     joinToken: async (node) => (await createJoinToken(caDir, node, 60_000)).token,
     async close() {
       if (closed) return;

@@ -27,6 +27,7 @@ import type { FederationPeer } from '../federation.ts';
 import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
 import { consumeJoinToken } from './tokens.ts';
+import { admitNodeCertificate, recordAttested, recordRenewal } from './nodes.ts';
 import type { Logger } from '../../observe/log.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
@@ -99,6 +100,8 @@ export class CaServer {
   #stateListener: (() => void) | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
   #reloading: Promise<void> = Promise.resolve();
+  /** Per node, the last of its record updates: they run one after another. */
+  readonly #nodeQueue = new Map<string, Promise<void>>();
 
   private constructor(options: CaServerOptions, state: CaState, serverSvid: Svid) {
     this.#options = options;
@@ -309,6 +312,7 @@ export class CaServer {
       throw wrapped;
     }
     const { response, authority } = await this.#issue(spiffeId, publicKey, this.#svidTtlMs);
+    await this.#forNode(node, () => recordAttested(this.#options.dir, node, response.serial));
     await this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
     return response;
@@ -325,6 +329,15 @@ export class CaServer {
       throw new HttpError(401, 'CA_UNAUTHENTICATED', `caller must present a valid node SVID of ${this.#state.trustDomain}: [${caller.error.code}] ${caller.error.message}`);
     }
     const callerNode = parseNodeId(caller.id.id)?.nodeName as string;
+    // Only the node certificate the CA issued last (or, after a renewal, the new one until first used): a copied
+    // older one is refused, and an evicted node is refused outright.
+    const callerSerial = socket.getPeerCertificate().serialNumber;
+    const refusal = await this.#forNode(callerNode, () => admitNodeCertificate(this.#options.dir, callerNode, callerSerial));
+    if (refusal !== null) {
+      this.#options.audit({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code: 'CA_UNAUTHENTICATED', reason: refusal });
+      this.#logger.warn({ caller: caller.id.id, serial: callerSerial, remote, reason: refusal }, 'CSR refused: node certificate not current');
+      throw new HttpError(401, 'CA_UNAUTHENTICATED', refusal);
+    }
     const body = await readJson(req);
     const requested = stringField(body, 'spiffeId');
     const csr = stringField(body, 'csr');
@@ -344,9 +357,22 @@ export class CaServer {
     }
     const publicKey = await readCsr(csr);
     const { response, authority } = await this.#issue(requestedId.id, publicKey, ttlMs);
+    if (requestedId.id === caller.id.id) await this.#forNode(callerNode, () => recordRenewal(this.#options.dir, callerNode, callerSerial, response.serial));
     await this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;
+  }
+
+  /** Runs a node record's read-modify-write after the node's previous one: its agent may send requests at once. */
+  #forNode<T>(node: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.#nodeQueue.get(node) ?? Promise.resolve();
+    const next = previous.then(work, work);
+    const settled = next.then(() => undefined, () => undefined);
+    this.#nodeQueue.set(node, settled);
+    void settled.then(() => {
+      if (this.#nodeQueue.get(node) === settled) this.#nodeQueue.delete(node);
+    });
+    return next;
   }
 
   /** Signs with the active authority, and names it: the audit log keeps which root each certificate chains to. */

@@ -1,0 +1,97 @@
+// Which node SVID each node may use at the CA. A valid node certificate alone would renew itself forever: a copy
+// (a VM image taken after onboarding, a backup, a decommissioned disk) would be a permanent node identity, and
+// onboarding the name again would not end it. So the CA keeps, per node, the serial of the certificate it issued
+// last and, after a renewal, the new one until the node first uses it (SPIRE's CertSerialNumber and
+// NewCertSerialNumber): the node's first request with the new certificate retires the old one, and a copy of
+// an older certificate is refused. `ambit ca node evict` ends a node until it attests again with a join token.
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AmbitError } from '../../errors.ts';
+import { writeFileAtomic } from '../files.ts';
+
+interface NodeRecord {
+  /** The serial of the certificate the node uses now. */
+  current: string;
+  /** A renewal's new certificate, until the node first presents it. */
+  pending?: string;
+  /** Set by `ambit ca node evict`: nothing is accepted until a join token attests the node again. */
+  evicted?: boolean;
+  updatedAt: string;
+}
+
+function nodesDir(caDir: string): string {
+  return join(caDir, 'nodes');
+}
+
+function recordFile(caDir: string, node: string): string {
+  return join(nodesDir(caDir), `${node}.json`);
+}
+
+/** Serials as hex without leading zeros, in lower case: Node's TLS and @peculiar/x509 spell them differently. */
+export function normalizeSerial(serial: string): string {
+  const lower = serial.toLowerCase();
+  let start = 0;
+  while (start < lower.length - 1 && lower.charCodeAt(start) === 48 /* 0 */) start++;
+  return lower.slice(start);
+}
+
+async function read(caDir: string, node: string): Promise<NodeRecord | undefined> {
+  let text: string;
+  try {
+    text = await readFile(recordFile(caDir, node), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new AmbitError('CA_STATE', `${recordFile(caDir, node)}: ${(error as Error).message}`, { cause: error });
+  }
+  try {
+    const parsed = JSON.parse(text) as Partial<NodeRecord>;
+    if (typeof parsed.current !== 'string') throw new Error('no current serial');
+    return { current: parsed.current, pending: typeof parsed.pending === 'string' ? parsed.pending : undefined, evicted: parsed.evicted === true, updatedAt: String(parsed.updatedAt ?? '') };
+  } catch (error) {
+    throw new AmbitError('CA_STATE', `${recordFile(caDir, node)}: not a node record: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+async function write(caDir: string, node: string, record: Omit<NodeRecord, 'updatedAt'>): Promise<void> {
+  await mkdir(nodesDir(caDir), { recursive: true, mode: 0o700 });
+  const body: NodeRecord = { ...record, updatedAt: new Date().toISOString() };
+  await writeFileAtomic(recordFile(caDir, node), `${JSON.stringify(body, null, 2)}\n`, 0o600);
+}
+
+/** A join token attested the node: its new certificate is the one it uses, whatever came before (eviction too). */
+export async function recordAttested(caDir: string, node: string, serial: string): Promise<void> {
+  await write(caDir, node, { current: normalizeSerial(serial) });
+}
+
+/** The node renewed its own certificate: the new one is accepted alongside the current until first used. */
+export async function recordRenewal(caDir: string, node: string, callerSerial: string, newSerial: string): Promise<void> {
+  const record = await read(caDir, node);
+  await write(caDir, node, { current: record?.current ?? normalizeSerial(callerSerial), pending: normalizeSerial(newSerial) });
+}
+
+/**
+ * Whether the node may use the certificate with this serial: null when it may (a pending one becomes current and
+ * the old one is retired; a node without a record, from before the CA kept them, has this one recorded), else why not.
+ */
+export async function admitNodeCertificate(caDir: string, node: string, serial: string): Promise<string | null> {
+  const presented = normalizeSerial(serial);
+  const record = await read(caDir, node);
+  if (record === undefined) {
+    await write(caDir, node, { current: presented });
+    return null;
+  }
+  if (record.evicted) return `node ${node} was evicted (ambit ca node evict): it must attest again with a new join token`;
+  if (presented === record.current) return null;
+  if (presented === record.pending) {
+    await write(caDir, node, { current: presented });
+    return null;
+  }
+  return `node ${node}'s certificate (serial ${presented}) was replaced by a later renewal or attestation: a copy of an old node SVID, or a node that must attest again with a new join token`;
+}
+
+/** Ends a node's access until it attests again; false when the CA had no record of the node (it is evicted all the same). */
+export async function evictNode(caDir: string, node: string): Promise<boolean> {
+  const record = await read(caDir, node);
+  await write(caDir, node, { current: record?.current ?? '', evicted: true });
+  return record !== undefined;
+}

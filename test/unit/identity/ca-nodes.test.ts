@@ -1,0 +1,44 @@
+// The CA's per-node record of the node certificate in use: serial spellings, and a CA directory from before the
+// records (each node's next certificate is recorded, not refused).
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { admitNodeCertificate, evictNode, normalizeSerial, recordAttested, recordRenewal } from '../../../src/identity/ca/nodes.ts';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ambit-ca-nodes-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('node certificate records', () => {
+  it('compare serials however TLS and X.509 libraries spell them', () => {
+    expect(normalizeSerial('00A1B2')).toBe('a1b2');
+    expect(normalizeSerial('a1b2')).toBe('a1b2');
+    expect(normalizeSerial('0')).toBe('0');
+  });
+
+  it('record the first certificate a node without a record presents (a CA from before the records), and refuse another after it', async () => {
+    expect(await admitNodeCertificate(dir, 'old-node', 'AA01')).toBeNull();
+    expect(await admitNodeCertificate(dir, 'old-node', 'aa01')).toBeNull();
+    expect(await admitNodeCertificate(dir, 'old-node', 'BB02')).toMatch(/replaced/);
+  });
+
+  it('keep a renewal pending alongside the current certificate until its first use', async () => {
+    await recordAttested(dir, 'n1', '01');
+    await recordRenewal(dir, 'n1', '01', '02');
+    expect(await admitNodeCertificate(dir, 'n1', '01')).toBeNull();
+    expect(await admitNodeCertificate(dir, 'n1', '02')).toBeNull();
+    expect(await admitNodeCertificate(dir, 'n1', '01')).toMatch(/replaced/);
+  });
+
+  it('evict a node, known or not, until it attests again', async () => {
+    expect(await evictNode(dir, 'never-seen')).toBe(false);
+    expect(await admitNodeCertificate(dir, 'never-seen', '05')).toMatch(/evicted/);
+    await recordAttested(dir, 'never-seen', '06');
+    expect(await admitNodeCertificate(dir, 'never-seen', '06')).toBeNull();
+  });
+});
