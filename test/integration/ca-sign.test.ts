@@ -13,6 +13,7 @@ import * as x509 from '../../src/identity/x509.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
+import { recordAttested } from '../../src/identity/ca/nodes.ts';
 
 const TD = 'sign.test';
 const NODE_A = `spiffe://${TD}/ambit/node/node-a`;
@@ -32,6 +33,16 @@ let server: CaServer;
 const audit: Record<string, unknown>[] = [];
 /** While set, the CA's issuance records are not yet written: its answers must wait for it. */
 let auditGate: Promise<void> | null = null;
+
+/**
+ * A node SVID for node-a that the CA takes as the one it uses now, as if the node had just attested: the CA
+ * accepts only the node certificate it issued last (ca-node-serials.test.ts), and each test here mints its own.
+ */
+async function currentNode(): Promise<TestSvid> {
+  const svid = await issueMeshSvid(caDir, NODE_A);
+  await recordAttested(caDir, 'node-a', (svid.chain[0] as { serialNumber: string }).serialNumber);
+  return svid;
+}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'ambit-ca-sign-'));
@@ -103,7 +114,7 @@ function issuedId(answer: Answer): string | undefined {
 
 describe('the CA signing endpoint', () => {
   it('signs a workload the registry places on the calling node, and the node\'s own renewal', async () => {
-    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const nodeA = await currentNode();
     const workload = await signFor(nodeA, WEB);
     expect(workload.status).toBe(200);
     expect(issuedId(workload)).toBe(WEB);
@@ -113,7 +124,7 @@ describe('the CA signing endpoint', () => {
   });
 
   it('answers an issuance only once its audit record, naming the signing authority, is written', async () => {
-    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const nodeA = await currentNode();
     let release = () => {};
     auditGate = new Promise<void>((resolve) => (release = resolve));
     let answered = false;
@@ -136,7 +147,7 @@ describe('the CA signing endpoint', () => {
   });
 
   it('issues with the lifetime in force when asked (certificateTtl reloads apply to the next SVID)', async () => {
-    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const nodeA = await currentNode();
     const lifetime = (answer: Answer) => {
       const leaf = parseCertificates(answer.body.certChain ?? '')[0];
       return leaf === undefined ? 0 : leaf.notAfter.getTime() - Date.now();
@@ -150,7 +161,7 @@ describe('the CA signing endpoint', () => {
   });
 
   it('refuses a workload placed on another node, and audits who asked for what', async () => {
-    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const nodeA = await currentNode();
     const answer = await signFor(nodeA, DB);
     expect(answer.status).toBe(403);
     expect(answer.code).toBe('CA_NOT_AUTHORIZED');
@@ -158,7 +169,7 @@ describe('the CA signing endpoint', () => {
   });
 
   it('refuses an identity of another trust domain, even with the same path', async () => {
-    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const nodeA = await currentNode();
     const answer = await signFor(nodeA, 'spiffe://other.test/ns/shop/sa/web');
     expect(answer.status).toBe(403);
     expect(answer.code).toBe('CA_NOT_AUTHORIZED');
@@ -196,7 +207,7 @@ describe('the CA signing endpoint', () => {
   });
 
   it('refuses a CSR with a key other than P-256, one whose signature does not verify, and one that is not a CSR', async () => {
-    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const nodeA = await currentNode();
     const p384 = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-384' }, true, ['sign', 'verify']);
     const wrongCurve = (await x509.Pkcs10CertificateRequestGenerator.create({
       keys: p384,
@@ -227,7 +238,7 @@ describe('the CA signing endpoint', () => {
   });
 
   it('refuses a body that is not a JSON object with the fields it needs', async () => {
-    const nodeA = await issueMeshSvid(caDir, NODE_A);
+    const nodeA = await currentNode();
     for (const body of ['not json', '[]', '{}', JSON.stringify({ spiffeId: WEB }), JSON.stringify({ spiffeId: WEB, csr: 'x', ttlSeconds: -1 })]) {
       const answer = await sign(nodeA, body);
       expect(answer.status, body).toBe(400);
