@@ -11,7 +11,7 @@ import { Agent, request } from 'undici';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { nodeId, parseSpiffeId } from './spiffe-id.ts';
-import { BundleSet, bundlesEqual } from './bundle.ts';
+import { BundleSet, bundlesEqual, createBundle, decodeBundle, encodeBundle } from './bundle.ts';
 import type { TrustBundle } from './bundle.ts';
 import { createCsr, exportPrivateKeyPem, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
 import type { Svid } from './svid.ts';
@@ -42,6 +42,12 @@ const REQUEST_TIMEOUT_MS = 10_000;
 const BUNDLE_RETRY_MS = 60_000;
 /** In --state-dir: the node SVID's key and chain, 0600. */
 const NODE_SVID_FILE = 'node-svid.pem';
+/**
+ * Our own trust domain's bundle as the CA last served it. After a root rotation the CA's serving certificate and a
+ * renewed node SVID chain to the new root, which the bootstrap bundle given at install time does not hold: without
+ * this file a restarted node could neither reach the CA nor load its own stored SVID.
+ */
+const OWN_BUNDLE_FILE = 'bundle.json';
 
 export interface IdentityAgentOptions {
   caUrl: string;
@@ -152,6 +158,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
 
   /** Obtains the node SVID (stored one, else join-token attestation) and the bundles; then keeps both fresh. */
   async start(): Promise<void> {
+    await this.#loadStoredBundle();
     const entry = this.#entry(this.#nodeId);
     const stored = await this.#loadStoredNodeSvid();
     if (stored) {
@@ -249,6 +256,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#ownSequenceFromCa = own.sequence;
     if (!changed) return;
     this.#bundles = next;
+    this.#persistOwnBundle(own);
     this.#logger.info({ trustDomains: next.trustDomains(), ownSequence: own.sequence.toString(), ownRoots: own.roots.length }, 'trust bundles updated');
     this.emit('bundles', next);
   }
@@ -457,6 +465,43 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON() }, 'stored node SVID is unreadable; attesting again');
       return undefined;
     }
+  }
+
+  /**
+   * The bundle the CA last served for our trust domain, trusted together with the bootstrap bundle: it came over
+   * the CA's authenticated connection, so it carries that trust across a restart (a root rotated since install).
+   */
+  async #loadStoredBundle(): Promise<void> {
+    const dir = this.#options.stateDir;
+    if (!dir) return;
+    let text: string;
+    try {
+      text = await readFile(join(dir, OWN_BUNDLE_FILE), 'utf8');
+    } catch {
+      return;
+    }
+    try {
+      const stored = decodeBundle(this.#options.trustDomain, text);
+      const bootstrap = this.#options.bootstrapBundle;
+      const roots = [...bootstrap.roots];
+      for (const root of stored.roots) if (!roots.some((known) => known.equal(root))) roots.push(root);
+      this.#bundles = new BundleSet([createBundle(this.#options.trustDomain, roots)]);
+    } catch (error) {
+      this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').toJSON(), file: join(dir, OWN_BUNDLE_FILE) }, 'stored trust bundle is unreadable; using the bootstrap bundle');
+    }
+  }
+
+  #persistOwnBundle(own: TrustBundle): void {
+    const dir = this.#options.stateDir;
+    if (!dir) return;
+    this.#persisting = this.#persisting.then(async () => {
+      try {
+        await mkdir(dir, { recursive: true, mode: 0o700 });
+        await writeFileAtomic(join(dir, OWN_BUNDLE_FILE), encodeBundle(own), 0o644);
+      } catch (error) {
+        this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store the trust bundle');
+      }
+    });
   }
 
   /** Key and chain in one file with one rename: a crash can never leave a key that does not match its certificate. */

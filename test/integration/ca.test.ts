@@ -299,7 +299,8 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     // A fixed draw re-issues within 1 s of a bundle change instead of anywhere in 5 s (it also fixes the renewal
     // point, 47 % of the lifetime left, and the backoff's jitter). The node SVID (1 h) is renewed under the new root
     // only by that re-issue; the 6 s workload SVID also renews on its own every ~3 s.
-    const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 6, minBundleRefreshMs: 200, random: () => 0.2 });
+    const installBundle = await bundleOf(caDir, TD);
+    const agent = inProcessAgent(ca, TD, 'node-a', installBundle, { joinToken: token, stateDir: join(dir, 'state-a'), ttlSeconds: 6, minBundleRefreshMs: 200, random: () => 0.2 });
     await agent.start();
     const oldSvid = await agent.ensure(WEB);
     // node-b attests under the old root, then goes offline: its node SVID (the CA's default lifetime, 1 h) is never
@@ -346,6 +347,14 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     // And the agent keeps renewing against the new root alone.
     const later = await waitForEvent<Svid>(agent, 'rotated', (svid) => svid.id.id === WEB);
     expect(verifySvid(later.chain, after).valid).toBe(true);
+
+    // node-a restarts with the bundle it was installed with (the old root only): the bundle the CA served last,
+    // kept in its state directory, still lets it reach the CA (serving under the new root) and load its node SVID.
+    await agent.stop();
+    const restarted = inProcessAgent(ca, TD, 'node-a', installBundle, { stateDir: join(dir, 'state-a'), ttlSeconds: 6 });
+    await restarted.start();
+    expect(verifySvid(restarted.nodeSvid()!.chain, after).valid).toBe(true);
+    expect(verifySvid((await restarted.ensure(WEB)).chain, after).valid).toBe(true);
   });
 
   it('federates two trust domains: each CA fetches the other bundle from its endpoint and serves both', async () => {
