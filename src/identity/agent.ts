@@ -353,6 +353,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   }
 
   #accept(entry: Entry, svid: Svid, fresh: boolean): void {
+    const renewal = entry.svid !== undefined;
     entry.svid = svid;
     entry.failures = 0;
     this.#metrics.expiry.set({ identity: entry.spiffeId }, svid.notAfter.getTime() / 1000);
@@ -361,11 +362,18 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#logger.info({ spiffeId: entry.spiffeId, serial: svid.chain[0]?.serialNumber, expiresAt: svid.notAfter.toISOString() }, 'certificate rotated');
     }
     if (entry.spiffeId === this.#nodeId && fresh) {
-      this.#persistNodeSvid(svid);
-      // New connections to the CA must present the new node SVID.
-      const old = this.#dispatcher;
-      this.#dispatcher = this.#newDispatcher();
-      void old.close();
+      // New connections to the CA present the new node SVID. A renewed one only once it is stored: its first use
+      // retires the old one at the CA, and a restart that found only the old one on disk would be refused. The first
+      // one (attestation) at once: the connection that attested presented none.
+      const stored = this.#persistNodeSvid(svid);
+      const switchDispatcher = () => {
+        if (this.#stopped) return;
+        const old = this.#dispatcher;
+        this.#dispatcher = this.#newDispatcher();
+        void old.close();
+      };
+      if (!renewal) switchDispatcher();
+      else void stored.then((ok) => ok && switchDispatcher());
     }
     const waiters = entry.waiters;
     entry.waiters = [];
@@ -505,16 +513,21 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   }
 
   /** Key and chain in one file with one rename: a crash can never leave a key that does not match its certificate. */
-  #persistNodeSvid(svid: Svid): void {
+  /** Resolves true once stored (or when there is no state directory), false when the write failed. */
+  #persistNodeSvid(svid: Svid): Promise<boolean> {
     const dir = this.#options.stateDir;
-    if (!dir) return;
-    this.#persisting = this.#persisting.then(async () => {
+    if (!dir) return Promise.resolve(true);
+    const stored = this.#persisting.then(async () => {
       try {
         await mkdir(dir, { recursive: true, mode: 0o700 });
         await writeFileAtomic(join(dir, NODE_SVID_FILE), svid.privateKeyPem + svid.certPem, 0o600);
+        return true;
       } catch (error) {
-        this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store node SVID');
+        this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store node SVID: the CA keeps being asked with the previous one');
+        return false;
       }
     });
+    this.#persisting = stored.then(() => undefined);
+    return stored;
   }
 }

@@ -12,8 +12,11 @@ import { writeFileAtomic } from '../files.ts';
 interface NodeRecord {
   /** The serial of the certificate the node uses now. */
   current: string;
-  /** A renewal's new certificate, until the node first presents it. */
-  pending?: string;
+  /**
+   * Renewals' new certificates, oldest first, until the node first presents one of them: a renewal the node gave up
+   * on may finish after its retry, so the one the node holds need not be the last issued.
+   */
+  pending?: string[];
   /** Set by `ambit ca node evict`: nothing is accepted until a join token attests the node again. */
   evicted?: boolean;
   updatedAt: string;
@@ -46,7 +49,8 @@ async function read(caDir: string, node: string): Promise<NodeRecord | undefined
   try {
     const parsed = JSON.parse(text) as Partial<NodeRecord>;
     if (typeof parsed.current !== 'string') throw new Error('no current serial');
-    return { current: parsed.current, pending: typeof parsed.pending === 'string' ? parsed.pending : undefined, evicted: parsed.evicted === true, updatedAt: String(parsed.updatedAt ?? '') };
+    const pending = Array.isArray(parsed.pending) ? parsed.pending.filter((serial): serial is string => typeof serial === 'string') : undefined;
+    return { current: parsed.current, pending, evicted: parsed.evicted === true, updatedAt: String(parsed.updatedAt ?? '') };
   } catch (error) {
     throw new AmbitError('CA_STATE', `${recordFile(caDir, node)}: not a node record: ${(error as Error).message}`, { cause: error });
   }
@@ -63,10 +67,17 @@ export async function recordAttested(caDir: string, node: string, serial: string
   await write(caDir, node, { current: normalizeSerial(serial) });
 }
 
-/** The node renewed its own certificate: the new one is accepted alongside the current until first used. */
+/** Renewals kept pending at once: more means a node retrying far more than its agent does. */
+const MAX_PENDING = 4;
+
+/**
+ * The node renewed its own certificate: the new one is accepted alongside the current until first used. An
+ * eviction that came meanwhile stays (a renewal under way when the operator evicted must not undo it).
+ */
 export async function recordRenewal(caDir: string, node: string, callerSerial: string, newSerial: string): Promise<void> {
   const record = await read(caDir, node);
-  await write(caDir, node, { current: record?.current ?? normalizeSerial(callerSerial), pending: normalizeSerial(newSerial) });
+  const pending = [...(record?.pending ?? []), normalizeSerial(newSerial)].slice(-MAX_PENDING);
+  await write(caDir, node, { current: record?.current ?? normalizeSerial(callerSerial), pending, evicted: record?.evicted === true ? true : undefined });
 }
 
 /**
@@ -82,7 +93,7 @@ export async function admitNodeCertificate(caDir: string, node: string, serial: 
   }
   if (record.evicted) return `node ${node} was evicted (ambit ca node evict): it must attest again with a new join token`;
   if (presented === record.current) return null;
-  if (presented === record.pending) {
+  if (record.pending?.includes(presented) === true) {
     await write(caDir, node, { current: presented });
     return null;
   }

@@ -329,15 +329,7 @@ export class CaServer {
       throw new HttpError(401, 'CA_UNAUTHENTICATED', `caller must present a valid node SVID of ${this.#state.trustDomain}: [${caller.error.code}] ${caller.error.message}`);
     }
     const callerNode = parseNodeId(caller.id.id)?.nodeName as string;
-    // Only the node certificate the CA issued last (or, after a renewal, the new one until first used): a copied
-    // older one is refused, and an evicted node is refused outright.
     const callerSerial = socket.getPeerCertificate().serialNumber;
-    const refusal = await this.#forNode(callerNode, () => admitNodeCertificate(this.#options.dir, callerNode, callerSerial));
-    if (refusal !== null) {
-      this.#options.audit({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code: 'CA_UNAUTHENTICATED', reason: refusal });
-      this.#logger.warn({ caller: caller.id.id, serial: callerSerial, remote, reason: refusal }, 'CSR refused: node certificate not current');
-      throw new HttpError(401, 'CA_UNAUTHENTICATED', refusal);
-    }
     const body = await readJson(req);
     const requested = stringField(body, 'spiffeId');
     const csr = stringField(body, 'csr');
@@ -356,8 +348,20 @@ export class CaServer {
       throw new HttpError(403, 'CA_NOT_AUTHORIZED', `node ${callerNode} may not obtain ${requestedId.id}: ${reason}`);
     }
     const publicKey = await readCsr(csr);
-    const { response, authority } = await this.#issue(requestedId.id, publicKey, ttlMs);
-    if (requestedId.id === caller.id.id) await this.#forNode(callerNode, () => recordRenewal(this.#options.dir, callerNode, callerSerial, response.serial));
+    // Only the node certificate the CA issued last (or a renewal's new one, until first used): a copied older one is
+    // refused, an evicted node outright. Judged, issued and recorded in one step of the node's queue, after the body
+    // has arrived: a renewal kept open across an eviction must not come back with a certificate.
+    const { response, authority } = await this.#forNode(callerNode, async () => {
+      const refusal = await admitNodeCertificate(this.#options.dir, callerNode, callerSerial);
+      if (refusal !== null) {
+        this.#options.audit({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code: 'CA_UNAUTHENTICATED', reason: refusal });
+        this.#logger.warn({ caller: caller.id.id, serial: callerSerial, remote, reason: refusal }, 'CSR refused: node certificate not current');
+        throw new HttpError(401, 'CA_UNAUTHENTICATED', refusal);
+      }
+      const issued = await this.#issue(requestedId.id, publicKey, ttlMs);
+      if (requestedId.id === caller.id.id) await recordRenewal(this.#options.dir, callerNode, callerSerial, issued.response.serial);
+      return issued;
+    });
     await this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;

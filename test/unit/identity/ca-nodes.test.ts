@@ -35,6 +35,23 @@ describe('node certificate records', () => {
     expect(await admitNodeCertificate(dir, 'n1', '01')).toMatch(/replaced/);
   });
 
+  it('keep every renewal of an overlap pending (a request the node gave up on may finish after its retry)', async () => {
+    await recordAttested(dir, 'n2', '01');
+    await recordRenewal(dir, 'n2', '01', '0c'); // the retry, finished first
+    await recordRenewal(dir, 'n2', '01', '0b'); // the abandoned request, finished last
+    expect(await admitNodeCertificate(dir, 'n2', '0c')).toBeNull();
+    expect(await admitNodeCertificate(dir, 'n2', '0b')).toMatch(/replaced/);
+    expect(await admitNodeCertificate(dir, 'n2', '01')).toMatch(/replaced/);
+  });
+
+  it('keep an eviction that a renewal under way finishes after', async () => {
+    await recordAttested(dir, 'n3', '01');
+    await evictNode(dir, 'n3');
+    await recordRenewal(dir, 'n3', '01', '02');
+    expect(await admitNodeCertificate(dir, 'n3', '02')).toMatch(/evicted/);
+    expect(await admitNodeCertificate(dir, 'n3', '01')).toMatch(/evicted/);
+  });
+
   it('evict a node, known or not, until it attests again', async () => {
     expect(await evictNode(dir, 'never-seen')).toBe(false);
     expect(await admitNodeCertificate(dir, 'never-seen', '05')).toMatch(/evicted/);
