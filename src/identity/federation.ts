@@ -48,9 +48,16 @@ export interface FederationClientEvents {
 }
 
 /** Keeps one foreign trust domain's bundle; emits 'update' when it changes. */
+/** A root's identity for the withdrawn set: its DER, as hex. */
+function rootKey(root: TrustBundle['roots'][number]): string {
+  return Buffer.from(root.rawData).toString('hex');
+}
+
 export class FederationClient extends EventEmitter<FederationClientEvents> {
   readonly peer: FederationPeer;
   #bundle: TrustBundle | undefined;
+  /** Roots a newer bundle dropped (withdrawn): an older sequence that brings one back is a stale one, never taken. */
+  readonly #withdrawn = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #failures = 0;
@@ -146,13 +153,15 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     try {
       const fetched = await this.fetchOnce();
       const previous = this.#bundle;
-      // An older spiffe_sequence with the roots we hold is a stale response: nothing changes. With other roots it is
-      // what the authenticated endpoint serves now, as when the peer re-initialised its CA after a compromise
-      // (sequence back to 1): holding on to the old roots would keep trusting the compromised ones (SPIRE, too,
-      // follows the endpoint's content). Said loudly either way.
-      if (previous && fetched.sequence < previous.sequence && bundlesEqual(previous, fetched)) {
-        this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString() }, 'federated bundle endpoint served an older sequence of the same roots; keeping ours');
+      // An older spiffe_sequence is a stale response (a lagging replica, a cache) when it has the roots we hold or
+      // brings back one a newer bundle withdrew: nothing changes. With only other roots it is what the authenticated
+      // endpoint serves now, as when the peer re-initialised its CA after a compromise (sequence back to 1): holding
+      // on would keep trusting the compromised roots (SPIRE, too, follows the endpoint's content). Said loudly.
+      const older = previous !== undefined && fetched.sequence < previous.sequence;
+      if (older && (bundlesEqual(previous, fetched) || fetched.roots.some((root) => this.#withdrawn.has(rootKey(root))))) {
+        this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString() }, 'federated bundle endpoint served an older sequence with roots we hold or withdrew; keeping ours');
       } else {
+        if (previous) for (const root of previous.roots) if (!fetched.roots.some((kept) => kept.equal(root))) this.#withdrawn.add(rootKey(root));
         if (previous && fetched.sequence < previous.sequence) {
           this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString(), roots: fetched.roots.length }, 'federated bundle sequence went back with other roots (the peer CA re-initialised?): taking the roots its endpoint serves now');
         }

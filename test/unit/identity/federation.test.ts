@@ -171,6 +171,27 @@ describe('the federation client', () => {
     expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([reinitialised.root.cert.serialNumber]);
   });
 
+  it('never takes back a root a newer bundle withdrew, when a stale replica serves the older sequence', async () => {
+    const remote = await createTestCa(TD);
+    const compromised = await createTestCa(TD);
+    const sequence = [
+      createBundle(TD, [compromised.root.cert, remote.root.cert], { sequence: 7n, refreshHintSeconds: 1 }),
+      createBundle(TD, [remote.root.cert], { sequence: 8n, refreshHintSeconds: 1 }),
+      createBundle(TD, [compromised.root.cert, remote.root.cert], { sequence: 7n, refreshHintSeconds: 1 }),
+    ];
+    let served = 0;
+    const url = await endpoint(remote, ENDPOINT_ID, serve(() => sequence[Math.min(served++, sequence.length - 1)] as TrustBundle));
+    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 50 });
+    const updates: bigint[] = [];
+    federation.on('update', (bundle) => updates.push(bundle.sequence));
+    await federation.start();
+    const deadline = Date.now() + 10_000;
+    while (served < 5 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(updates).toEqual([7n, 8n]);
+    expect(federation.current()?.sequence).toBe(8n);
+    expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([remote.root.cert.serialNumber]);
+  });
+
   it('refuses at construction what it could never fetch safely', async () => {
     const remote = await createTestCa(TD);
     const build = (peer: Partial<FederationPeer>) => () => new FederationClient({ peer: { trustDomain: TD, bundleEndpoint: 'https://127.0.0.1:1/bundle', profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, ...peer }, logger });
