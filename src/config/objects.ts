@@ -56,6 +56,8 @@ export interface PodStatus {
   readonly podIP: string | undefined;
   /** Always starts with podIP when both are set (a Kubernetes invariant ambit checks). */
   readonly podIPs: readonly { readonly ip: string }[];
+  /** status.hostIP and status.hostIPs, canonical, without repeats: the addresses of the pod's node. */
+  readonly hostIPs: readonly string[];
 }
 
 export interface PodObject extends ObjectBase {

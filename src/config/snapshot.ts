@@ -43,6 +43,8 @@ export interface Workload {
   readonly serviceAccount: string;
   /** Canonical spellings, primary IP first. */
   readonly ips: readonly string[];
+  /** A Pod's node addresses (status.hostIP/hostIPs); a WorkloadEntry's own address, the host it runs on. */
+  readonly hostIps: readonly string[];
   /** A Pod's metadata.labels; a WorkloadEntry's metadata.labels overlaid with its spec.labels. */
   readonly labels: Labels;
   /** spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT */
@@ -203,7 +205,7 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
   const { name, namespace } = object.metadata;
   if (object.kind === 'Pod') {
     const { nodeName, serviceAccountName, hostNetwork } = object.spec;
-    const { podIP, podIPs, phase } = object.status;
+    const { podIP, podIPs, phase, hostIPs } = object.status;
     // Not (yet, or any more) a mesh workload: unscheduled, no sandbox IP, host-network, or finished.
     if (nodeName === undefined || podIP === undefined || hostNetwork || (phase !== undefined && TERMINAL_PHASES.has(phase))) return undefined;
     const ips = [podIP];
@@ -215,6 +217,7 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
       node: nodeName,
       serviceAccount: serviceAccountName,
       ips,
+      hostIps: hostIPs,
       labels: object.metadata.labels,
       identity: workloadSpiffeId(trustDomain, namespace, serviceAccountName),
       source: object.source,
@@ -230,6 +233,7 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
       node,
       serviceAccount: object.spec.serviceAccount,
       ips: [object.spec.address],
+      hostIps: [object.spec.address],
       labels: { ...object.metadata.labels, ...object.spec.labels },
       identity: workloadSpiffeId(trustDomain, namespace, object.spec.serviceAccount),
       source: object.source,

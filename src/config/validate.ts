@@ -231,9 +231,9 @@ const POD_SPEC_TOLERATED = [
   'schedulingGates', 'securityContext', 'setHostnameAsFQDN', 'shareProcessNamespace', 'subdomain',
   'terminationGracePeriodSeconds', 'tolerations', 'topologySpreadConstraints', 'volumes',
 ];
-const POD_STATUS_FIELDS = ['phase', 'podIP', 'podIPs'];
+const POD_STATUS_FIELDS = ['phase', 'podIP', 'podIPs', 'hostIP', 'hostIPs'];
 const POD_STATUS_TOLERATED = [
-  'conditions', 'containerStatuses', 'ephemeralContainerStatuses', 'extendedResourceClaimStatus', 'hostIP', 'hostIPs',
+  'conditions', 'containerStatuses', 'ephemeralContainerStatuses', 'extendedResourceClaimStatus',
   'initContainerStatuses', 'message', 'nominatedNodeName', 'observedGeneration', 'qosClass', 'reason', 'resize',
   'resourceClaimStatuses', 'startTime',
 ];
@@ -295,7 +295,20 @@ function validatePodStatus(issues: FieldIssues, status: Mapping): PodStatus | un
       issues.add([...path, 'podIPs', 0, 'ip'], `must equal status.podIP (${podIP})`);
     }
   }
-  return { phase, podIP, podIPs };
+  // The node's addresses as Kubernetes reports them: a host-network proxy's HBONE sessions come from one of them.
+  const hostIPs: string[] = [];
+  const hostIPText = stringField(issues, status, 'hostIP', path, { check: checkIp });
+  if (hostIPText !== undefined) hostIPs.push(canonicalIp(hostIPText) as string);
+  (listField(issues, status, 'hostIPs', path) ?? []).forEach((item, index) => {
+    const entryPath = [...path, 'hostIPs', index];
+    const entry = mappingAt(issues, item, entryPath);
+    if (entry === undefined) return;
+    checkFields(issues, entry, entryPath, ['ip']);
+    const ip = stringField(issues, entry, 'ip', entryPath, { required: true, check: checkIp });
+    const canonical = ip === undefined ? undefined : canonicalIp(ip);
+    if (canonical !== undefined && !hostIPs.includes(canonical)) hostIPs.push(canonical);
+  });
+  return { phase, podIP, podIPs, hostIPs };
 }
 
 // ---- Service ----

@@ -160,6 +160,8 @@ export interface PodInput {
   outbound?: string;
   /** Named container ports, for Services whose targetPort is a name. */
   ports?: Array<{ name: string; containerPort: number }>;
+  /** status.hostIP: the address of the pod's node. */
+  hostIp?: string;
 }
 
 /** One running Pod as YAML (JSON flow mappings are valid YAML). */
@@ -169,7 +171,8 @@ export function podYaml(pod: PodInput): string {
   if (pod.outbound !== undefined) metadata.annotations = { 'ambit.dev/outbound': pod.outbound };
   const spec: Record<string, unknown> = { nodeName: pod.node, serviceAccountName: pod.serviceAccount };
   if (pod.ports) spec.containers = [{ name: 'app', ports: pod.ports }];
-  return `apiVersion: v1\nkind: Pod\nmetadata: ${JSON.stringify(metadata)}\nspec: ${JSON.stringify(spec)}\nstatus: ${JSON.stringify({ phase: 'Running', podIP: pod.ip })}\n`;
+  const status = pod.hostIp === undefined ? { phase: 'Running', podIP: pod.ip } : { phase: 'Running', podIP: pod.ip, hostIP: pod.hostIp };
+  return `apiVersion: v1\nkind: Pod\nmetadata: ${JSON.stringify(metadata)}\nspec: ${JSON.stringify(spec)}\nstatus: ${JSON.stringify(status)}\n`;
 }
 
 /** A Service selecting `selector` with TCP ports `{ name, port, targetPort }`. */

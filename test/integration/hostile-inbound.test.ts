@@ -22,7 +22,10 @@ const CLIENT_IP = nodeIp(P, 0, 20); // client-1, on node-a
 const ECHO_IP = nodeIp(P, 1, 10); // echo-1, on node-b: the workload every direct test dials
 const CACHE_IP = nodeIp(P, 1, 11); // cache-1, also on node-b, with its own identity
 const IMPOSTOR_IP = nodeIp(P, 1, 50); // payments-1 of node-c (no proxy runs there): our fake HBONE server
-const TESTER_IP = nodeIp(P, 2, 30); // tester-1 of node-c: the registry's workload with the test client's identity
+// tester-1 and tester-2: the registry's workloads with the test client's identity. tester-1's node is the host this
+// test's sessions come from (127.0.0.1); tester-2's another host.
+const TESTER_IP = nodeIp(P, 2, 30);
+const OTHER_TESTER_IP = nodeIp(P, 2, 31);
 const HBONE_PORT = 15008;
 const ECHO_PORT = 7000;
 const FIREHOSE_PORT = 7002;
@@ -46,7 +49,8 @@ const config = yamlDocuments(
   podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP }),
   podYaml({ name: 'cache-1', node: 'node-b', serviceAccount: 'cache', ip: CACHE_IP }),
   podYaml({ name: 'payments-1', node: 'node-c', serviceAccount: 'payments', ip: IMPOSTOR_IP }),
-  podYaml({ name: 'tester-1', node: 'node-c', serviceAccount: 'tester', ip: TESTER_IP }),
+  podYaml({ name: 'tester-1', node: 'node-c', serviceAccount: 'tester', ip: TESTER_IP, hostIp: '127.0.0.1' }),
+  podYaml({ name: 'tester-2', node: 'node-d', serviceAccount: 'tester', ip: OTHER_TESTER_IP, hostIp: '192.0.2.50' }),
 );
 
 /** An echo server that counts its open connections (the proxy's upstream sockets) and their peak. */
@@ -499,7 +503,7 @@ describe('HBONE inbound: CONNECT statuses on a workload listener', () => {
 });
 
 describe("HBONE inbound: the source workload's address a CONNECT names", () => {
-  it('is what policies see when it is a workload with the identity the session proved, and is not believed otherwise', async () => {
+  it('is what policies see when it is a workload with the identity the session proved on the host the session comes from, and is not believed otherwise', async () => {
     const accepted = () => nodeB().proc.lines.filter((line) => line.msg === 'configuration accepted').length;
     const session = dialHbone(validClient);
     const tunnel = async (forwarded: string | undefined) => {
@@ -514,7 +518,7 @@ kind: AuthorizationPolicy
 metadata: { name: no-tester-pod, namespace: demo }
 spec:
   action: DENY
-  rules: [{ from: [{ source: { ipBlocks: ["${TESTER_IP}/32"] } }] }]
+  rules: [{ from: [{ source: { ipBlocks: ["${TESTER_IP}/32", "${OTHER_TESTER_IP}/32"] } }] }]
 `);
       await waitUntil('node-b accepts the DENY of the tester pod address', async () => accepted() > seen, 5_000);
       // The session comes from this test's own address; the CONNECT names tester-1's, and the session is tester's.
@@ -523,6 +527,7 @@ spec:
       // Not believed: cache-1 has another identity, and an address no workload has names no one.
       expect(await tunnel(`for="${TESTER_IP}:1";by=x, for="${CACHE_IP}"`), 'only the first element counts').toBe(401);
       expect(await tunnel(`for="${CACHE_IP}:40123"`), "another identity's address").toBe(200);
+      expect(await tunnel(`for="${OTHER_TESTER_IP}:40123"`), 'a workload of the same identity on another host').toBe(200);
       expect(await tunnel('for="192.0.2.7"'), 'an address outside the registry').toBe(200);
       expect(await tunnel('for=unknown'), 'an obfuscated node').toBe(200);
       expect(await tunnel(undefined), 'no claim').toBe(200);
