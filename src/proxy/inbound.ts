@@ -67,19 +67,24 @@ export function forwardedForAddress(value: string): string | null {
 
 /**
  * The source IP policies see for a stream: the address its CONNECT names in `forwarded: for=` when that is a
- * workload with the identity the session proved (a host-network proxy dials from the node's address, not the
- * pod's), else the session's own address. A claim naming anyone else's address is not believed. Memoised per
- * session and configuration: a session's streams name the same address.
+ * workload with the identity the session proved, running on the host the session comes from (a Pod whose
+ * status.hostIP(s) is the session's address: a host-network proxy dials from the node's address, not the pod's),
+ * else the session's own address. Any other claim (another identity's address, a pod of this identity on another
+ * node, an address outside the registry) is not believed. Memoised per session and configuration version: a
+ * session's streams name the same address.
  */
 function sourceIpOf(peer: PeerInfo, forwarded: string | string[] | undefined, snapshot: ConfigSnapshot): IpAddress | null {
   if (typeof forwarded !== 'string') return peer.ip;
-  if (peer.claimText === forwarded && peer.claimSnapshot === snapshot) return peer.claimIp ?? peer.ip;
+  if (peer.claimText === forwarded && peer.claimVersion === snapshot.version) return peer.claimIp ?? peer.ip;
   let believed: IpAddress | null = null;
   const claimed = forwardedForAddress(forwarded);
   const canonical = claimed === null ? undefined : canonicalIp(claimed);
-  if (canonical !== undefined && snapshot.workloadByIp(canonical)?.identity === peer.id.id) believed = parseIp(canonical);
+  const workload = canonical === undefined ? undefined : snapshot.workloadByIp(canonical);
+  if (canonical !== undefined && workload !== undefined && workload.identity === peer.id.id && (canonical === peer.canonicalAddress || workload.hostIps.includes(peer.canonicalAddress))) {
+    believed = parseIp(canonical);
+  }
   peer.claimText = forwarded;
-  peer.claimSnapshot = snapshot;
+  peer.claimVersion = snapshot.version;
   peer.claimIp = believed;
   return believed ?? peer.ip;
 }
@@ -138,9 +143,11 @@ export interface RequestInspection {
 interface PeerInfo {
   readonly id: SpiffeId;
   /** The last `forwarded` value seen on this session, under which configuration, and the source IP it gave. */
-  claimText?: string;
-  claimSnapshot?: ConfigSnapshot;
-  claimIp?: IpAddress | null;
+  claimText: string | undefined;
+  claimVersion: string | undefined;
+  claimIp: IpAddress | null;
+  /** The session's remote address, canonical (IPv4-mapped read as IPv4), to compare with workload and host IPs. */
+  readonly canonicalAddress: string;
   /** What the peer was verified against, and until when: a stream past either verifies the session again. */
   readonly bundles: BundleSource;
   readonly validUntilMs: number;
@@ -320,7 +327,10 @@ export class HboneInbound {
       session.destroy();
       return;
     }
-    peers.set(session, { id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address) });
+    peers.set(session, {
+      id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
+      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimVersion: undefined, claimIp: null,
+    });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
   }
 
@@ -369,8 +379,9 @@ export class HboneInbound {
     const snapshot = this.#options.snapshot();
     const destination = snapshot.workloadByIp(authority.host);
     if (destination === undefined || destination.node !== this.#options.nodeName) return this.#refuse(stream, 503, peer, entry.workload, `no workload ${authority.host} on node ${this.#options.nodeName}`);
-    // One of the proxy's own listeners on that address (an outbound listener, the admin or metrics server): the
-    // CONNECT would loop, or lend the workload's outbound identity to the peer.
+    // One of the proxy's own listeners: 15001/15006/15008 on any address (ztunnel's set), or one bound to that
+    // address (an outbound listener, the admin or metrics server): the CONNECT would loop, or lend the workload's
+    // outbound identity to the peer.
     if (this.#illegalPorts.has(authority.port) || this.#options.ownListener?.(authority.host, authority.port) === true) return this.#refuse(stream, 503, peer, destination, `port ${authority.port} belongs to the proxy itself`);
     const connection: InboundConnection = {
       peer: peer.id,
@@ -452,10 +463,13 @@ export class HboneInbound {
     // if that configuration has HTTP rules for the port (#open asks it), so that side is taken as covered here.
     const inbound = dial.inbound;
     const now = inbound.#options.snapshot();
-    if (now !== dial.decidedWith && inbound.#options.recheck !== undefined && !inbound.#options.recheck(dial.connection, true, now)) {
+    const decidedWith = dial.decidedWith;
+    dial.decidedWith = null;
+    if (now !== decidedWith && inbound.#options.recheck !== undefined && !inbound.#options.recheck(dial.connection, true, now)) {
       inbound.#live.delete(dial);
       upstream.destroy();
-      inbound.#refuse(stream, 401, dial.peer, dial.connection.destination, 'the configuration that came into force while the upstream connected does not allow it', 'DENY');
+      inbound.#options.metrics.failed(dial.labels, 'DENY');
+      inbound.#refuse(stream, 401, dial.peer, dial.connection.destination, 'the configuration that came into force while the upstream connected does not allow it');
       return;
     }
     // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
@@ -587,8 +601,8 @@ class UpstreamDial implements Flushable {
   connecting = true;
   /** The connect timer, set and stopped by HboneInbound's dial handlers. */
   timer: NodeJS.Timeout | undefined = undefined;
-  /** The configuration the stream was authorized by: another in force when it opens decides it again. */
-  readonly decidedWith: ConfigSnapshot;
+  /** The configuration the stream was authorized by, until it opens (then let go: a tunnel may outlive many). */
+  decidedWith: ConfigSnapshot | null;
 
   constructor(inbound: HboneInbound, stream: http2.ServerHttp2Stream, upstream: net.Socket, peer: PeerInfo, connection: InboundConnection, labels: TunnelLabels, decidedWith: ConfigSnapshot) {
     this.inbound = inbound;

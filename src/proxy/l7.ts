@@ -103,6 +103,13 @@ interface TunnelState {
  * fill the node proxy's memory from one tunnel; past this the tunnel is reset. Clients rarely pipeline at all.
  */
 const MAX_PIPELINED_REQUESTS = 64;
+/** How long a tunnel whose workload closed waits for the client to close its side before it is reset. */
+const UPSTREAM_CLOSED_GRACE_MS = 5_000;
+
+function cancelStream(stream: http2.ServerHttp2Stream): void {
+  if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+}
+
 /** Concurrent streams of an h2c connection inside one tunnel, as on HBONE sessions (Node's default is unbounded). */
 const MAX_INNER_H2_STREAMS = 100;
 
@@ -324,8 +331,10 @@ export class HttpInspector {
       upstream.once('close', () => {
         // The workload closed: nothing more can be forwarded on this tunnel. Ended, not reset: a response it
         // finished with the close (a close-delimited body) may still be queued on the stream, and RST_STREAM
-        // would drop it.
-        if (!stream.destroyed) stream.end();
+        // would drop it. A client that keeps its side open after that is cut off shortly after.
+        if (stream.destroyed) return;
+        stream.end();
+        setTimeout(cancelStream, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
       });
       const onFirst = () => {
         const first = stream.read() as Buffer | null;

@@ -21,7 +21,7 @@ import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
 import { decideRoute, routingTableOf } from './routes.ts';
 import type { Endpoint } from './routes.ts';
-import { CONNECT_TIMEOUT_MS } from './settings.ts';
+import { CONNECT_TIMEOUT_MS, proxyPorts } from './settings.ts';
 import { listenOn, normalizeIp, stopListening } from './inbound.ts';
 import { isLoopbackAddress } from '../observe/admin.ts';
 import { LocalAddresses } from './local-addresses.ts';
@@ -224,8 +224,7 @@ export class OutboundListeners {
   }
 
   #isOwnPort(port: number): boolean {
-    const ports = this.#options.snapshot().mesh.ports;
-    if (port === ports.outbound || port === ports.inboundPlaintext || port === ports.hbone || port === ports.admin || port === ports.metrics || port === ports.readiness) return true;
+    if (proxyPorts(this.#options.snapshot().mesh.ports).has(port)) return true;
     return this.#hostsByPort.has(port) || this.#options.servicePorts?.().includes(port) === true;
   }
 
@@ -466,6 +465,7 @@ export class OutboundListeners {
         }
         this.#options.liveMeters.delete(flushable);
         meter.close(socket.bytesWritten, socket.bytesRead, error ? 'CONNECT' : '-');
+        if (!accessLogEnabled(this.#logger, error !== undefined)) return;
         accessLog(this.#logger, {
           direction: 'outbound',
           src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },

@@ -73,7 +73,8 @@ export class NodeProxy {
   #outbound!: OutboundListeners;
   #pool!: HbonePool;
   #observability: Observability | undefined;
-  /** Ports the admin, metrics and readiness servers are bound to: passthrough never loops into them. */
+  /** Where the admin, metrics and readiness servers are bound: neither passthrough nor a CONNECT reaches them. */
+  #serviceEndpoints: ReadonlyArray<{ readonly host: string; readonly port: number }> = [];
   #servicePorts: readonly number[] = [];
   #reconciling: Promise<void> = Promise.resolve();
   #pending = new Set<string>(['configuration', 'certificates', 'listeners']);
@@ -174,7 +175,7 @@ export class NodeProxy {
       liveMeters: this.#liveMeters,
       inspectRequests: options.authorize === undefined ? (connection) => this.#authorizer.requestInspection(connection) : null,
       recheck: options.authorize === undefined ? (connection, inspected, snapshot) => this.#authorizer.stillAllowed(connection, inspected, snapshot, options.nodeName) : undefined,
-      ownListener: (ip, port) => this.#servicePorts.includes(port) || this.#outbound.isListening(ip, port),
+      ownListener: (ip, port) => this.#isServiceEndpoint(ip, port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,
     });
     this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, servicePorts: () => this.#servicePorts });
@@ -191,9 +192,22 @@ export class NodeProxy {
       registry: this.registry,
       sources: { configDump: () => this.configDump(), readiness: () => this.readiness(), logger: options.logger },
     });
-    this.#servicePorts = [this.#observability.metricsUrl, this.#observability.readinessUrl, this.#observability.adminUrl].flatMap((url) => (url === undefined ? [] : [Number(new URL(url).port)]));
+    this.#serviceEndpoints = [this.#observability.metricsUrl, this.#observability.readinessUrl, this.#observability.adminUrl].flatMap((url) => {
+      if (url === undefined) return [];
+      const parsed = new URL(url);
+      return [{ host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(parsed.port) }];
+    });
+    this.#servicePorts = this.#serviceEndpoints.map((endpoint) => endpoint.port);
     this.#scheduleReconcile();
     await this.#reconciling;
+  }
+
+  /** Whether the admin, metrics or readiness server is bound to ip:port (its own address, or a wildcard one). */
+  #isServiceEndpoint(ip: string, port: number): boolean {
+    for (const endpoint of this.#serviceEndpoints) {
+      if (endpoint.port === port && (endpoint.host === ip || endpoint.host === '0.0.0.0' || endpoint.host === '::')) return true;
+    }
+    return false;
   }
 
   #onRotated(svid: Svid): void {

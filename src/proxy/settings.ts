@@ -31,10 +31,12 @@ export const TLS_MIN_VERSION = 'TLSv1.3';
 export const TLS_CIPHERS = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
 export const TLS_GROUPS = 'X25519MLKEM768:X25519:P-256';
 export const HBONE_ALPN = ['h2'];
-/**
- * Ports of our own listeners: a CONNECT to one of them would loop through the proxy (ztunnel's set), or reach its
- * admin, metrics or readiness server from the network.
- */
-export function illegalUpstreamPorts(ports: { outbound: number; inboundPlaintext: number; hbone: number; admin: number; metrics: number; readiness: number }): ReadonlySet<number> {
+/** Ports of our own listeners that a CONNECT to any workload address would loop into (ztunnel's set). */
+export function illegalUpstreamPorts(ports: { outbound: number; inboundPlaintext: number; hbone: number }): ReadonlySet<number> {
+  return new Set([ports.outbound, ports.inboundPlaintext, ports.hbone]);
+}
+
+/** Every port the configuration gives the proxy: a passthrough to this host on one of them reaches the proxy itself. */
+export function proxyPorts(ports: { outbound: number; inboundPlaintext: number; hbone: number; admin: number; metrics: number; readiness: number }): ReadonlySet<number> {
   return new Set([ports.outbound, ports.inboundPlaintext, ports.hbone, ports.admin, ports.metrics, ports.readiness]);
 }
