@@ -63,6 +63,37 @@ if (!hasCurl) process.stderr.write('authz.test.ts: curl not installed, skipping 
 
 const CLOSE_DELIMITED_BODY = Buffer.alloc(8 * 1024 * 1024, 'x');
 
+/**
+ * Writes raw HTTP/1.1 bytes to client-1's listener for web.demo and returns everything that came back before the
+ * connection closed (latin1, byte for byte). `tolerateReset`: a reset ends the exchange instead of failing it.
+ */
+function rawHttp(request: string, tolerateReset = false): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: CLIENT_IP, port: 9080 });
+    const chunks: Buffer[] = [];
+    socket.on('data', (data: Buffer) => chunks.push(data));
+    socket.on('error', (error) => (tolerateReset ? undefined : reject(error)));
+    socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    socket.on('connect', () => socket.write(request));
+  });
+}
+
+/** One h2c call to client-1's listener for grpc.demo, its response read to the end. */
+async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>[0]): Promise<void> {
+  const session = http2.connect(`http://${CLIENT_IP}:9051`);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const stream = session.request(headers);
+      stream.on('error', reject);
+      stream.on('end', () => resolve());
+      stream.resume();
+      stream.end();
+    });
+  } finally {
+    session.close();
+  }
+}
+
 let mesh: TestMesh;
 const servers: Array<Server | http2.Http2Server> = [];
 const webRequests: string[] = [];
@@ -208,14 +239,7 @@ spec:
       'GET /public/fields HTTP/1.1', 'Host: web.demo', 'User-Agent: first/1', 'X-Trace: a', 'x-trace: b', 'Accept: text/plain', 'accept: */*',
       'Authorization: Bearer one', 'Connection: close, X-Hop', 'X-Hop: dropped', 'Keep-Alive: timeout=5', '', '',
     ].join('\r\n');
-    const response = await new Promise<string>((resolve, reject) => {
-      const socket = connect({ host: CLIENT_IP, port: 9080 });
-      let received = '';
-      socket.on('data', (data: Buffer) => (received += data.toString()));
-      socket.on('error', reject);
-      socket.on('close', () => resolve(received));
-      socket.on('connect', () => socket.write(request));
-    });
+    const response = await rawHttp(request);
     expect(response).toMatch(/^HTTP\/1\.1 200 /);
     const received = webHeaders.get('/public/fields') ?? [];
     const fields = (name: string) => received.flatMap((value, i) => (i % 2 === 1 && (received[i - 1] as string).toLowerCase() === name ? [value] : []));
@@ -229,19 +253,11 @@ spec:
   });
 
   it('refuses with 400 a repeated Authorization, and decides on no field the Connection header strips (Connection: host)', async () => {
-    const send = (request: string) => new Promise<string>((resolve, reject) => {
-      const socket = connect({ host: CLIENT_IP, port: 9080 });
-      let received = '';
-      socket.on('data', (data: Buffer) => (received += data.toString()));
-      socket.on('error', reject);
-      socket.on('close', () => resolve(received));
-      socket.on('connect', () => socket.write(request));
-    });
-    const twice = await send('GET /public/auth-twice HTTP/1.1\r\nHost: web.demo\r\nAuthorization: Bearer revoked\r\nAuthorization: x\r\nConnection: close\r\n\r\n');
+    const twice = await rawHttp('GET /public/auth-twice HTTP/1.1\r\nHost: web.demo\r\nAuthorization: Bearer revoked\r\nAuthorization: x\r\nConnection: close\r\n\r\n');
     expect(twice).toMatch(/^HTTP\/1\.1 400 /);
     expect(twice).toContain('more than one authorization field');
     expect(webHeaders.has('/public/auth-twice')).toBe(false);
-    const stripped = await send('GET /public/host-stripped HTTP/1.1\r\nHost: web.demo\r\nConnection: close, host\r\n\r\n');
+    const stripped = await rawHttp('GET /public/host-stripped HTTP/1.1\r\nHost: web.demo\r\nConnection: close, host\r\n\r\n');
     expect(stripped).toMatch(/^HTTP\/1\.1 400 /);
     expect(stripped).toContain('no Host field');
     expect(webHeaders.has('/public/host-stripped')).toBe(false);
@@ -278,28 +294,13 @@ spec:
   });
 
   it('resets, rather than answer 400 inside it, a tunnel whose garbage follows a pipelined request still being answered', async () => {
-    const received = await new Promise<string>((resolve) => {
-      const socket = connect({ host: CLIENT_IP, port: 9080 });
-      let text = '';
-      socket.on('data', (data: Buffer) => (text += data.toString()));
-      socket.on('error', () => {});
-      socket.on('close', () => resolve(text));
-      socket.on('connect', () => socket.write('GET /public/slow HTTP/1.1\r\nHost: web.demo\r\n\r\nNOT HTTP AT ALL\r\n\r\n'));
-    });
+    const received = await rawHttp('GET /public/slow HTTP/1.1\r\nHost: web.demo\r\n\r\nNOT HTTP AT ALL\r\n\r\n', true);
     expect(received).not.toContain('400 Bad Request');
   });
 
   it('delivers a close-delimited response whole: the workload closing after it does not cut off its last bytes', async () => {
     for (let attempt = 0; attempt < 3; attempt++) {
-      const received = await new Promise<Buffer>((resolve, reject) => {
-        const socket = connect({ host: CLIENT_IP, port: 9080 });
-        const chunks: Buffer[] = [];
-        socket.on('data', (data: Buffer) => chunks.push(data));
-        socket.on('error', reject);
-        socket.on('close', () => resolve(Buffer.concat(chunks)));
-        socket.on('connect', () => socket.write('GET /public/close-delimited HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n'));
-      });
-      const text = received.toString('latin1');
+      const text = await rawHttp('GET /public/close-delimited HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n');
       expect(text).toMatch(/^HTTP\/1\.1 200 /);
       const head = text.indexOf('\r\n\r\n');
       // Forwarded chunked (the proxy frames what had no length): count the x's, not the framing.
@@ -355,14 +356,7 @@ spec:
 
   it('refuses with 400 an HTTP/1.1 request with two Host fields (decided on one, the application could read the other)', async () => {
     const request = 'GET /public/two-hosts HTTP/1.1\r\nHost: web.demo\r\nHost: admin.demo\r\nConnection: close\r\n\r\n';
-    const response = await new Promise<string>((resolve, reject) => {
-      const socket = connect({ host: CLIENT_IP, port: 9080 });
-      let received = '';
-      socket.on('data', (data: Buffer) => (received += data.toString()));
-      socket.on('error', reject);
-      socket.on('close', () => resolve(received));
-      socket.on('connect', () => socket.write(request));
-    });
+    const response = await rawHttp(request);
     expect(response).toMatch(/^HTTP\/1\.1 400 /);
     expect(response).toContain('more than one Host field');
     expect(webHeaders.has('/public/two-hosts')).toBe(false);
@@ -390,18 +384,7 @@ spec:
   });
 
   it('passes an allowed h2c request on with every field of a repeated header, in order, and its path normalised', async () => {
-    const session = http2.connect(`http://${CLIENT_IP}:9051`);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        const stream = session.request([':method', 'POST', ':path', '/pkg.Svc/%43all', ':authority', 'grpc.demo', ':scheme', 'http', 'content-type', 'application/grpc', 'te', 'trailers', 'x-trace', 'a', 'x-trace', 'b', 'grpc-timeout', '5S']);
-        stream.on('error', reject);
-        stream.on('end', () => resolve());
-        stream.resume();
-        stream.end();
-      });
-    } finally {
-      session.close();
-    }
+    await grpcCall([':method', 'POST', ':path', '/pkg.Svc/%43all', ':authority', 'grpc.demo', ':scheme', 'http', 'content-type', 'application/grpc', 'te', 'trailers', 'x-trace', 'a', 'x-trace', 'b', 'grpc-timeout', '5S']);
     const received = grpcHeaders.get('/pkg.Svc/Call') ?? [];
     const fields = (name: string) => received.flatMap((value, i) => (i % 2 === 1 && received[i - 1] === name ? [value] : []));
     expect(fields('x-trace')).toEqual(['a', 'b']);
@@ -411,19 +394,8 @@ spec:
   });
 
   it('forwards an h2c request that names its authority only in Host with that authority, not one Node makes up', async () => {
-    const session = http2.connect(`http://${CLIENT_IP}:9051`);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        // An object with `host` and no :authority: Node's client then sends host alone.
-        const stream = session.request({ ':method': 'POST', ':path': '/pkg.Svc/HostOnly', host: 'grpc.demo', 'content-type': 'application/grpc', te: 'trailers' });
-        stream.on('error', reject);
-        stream.on('end', () => resolve());
-        stream.resume();
-        stream.end();
-      });
-    } finally {
-      session.close();
-    }
+    // An object with `host` and no :authority: Node's client then sends host alone.
+    await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/HostOnly', host: 'grpc.demo', 'content-type': 'application/grpc', te: 'trailers' });
     const received = grpcHeaders.get('/pkg.Svc/HostOnly') ?? [];
     expect(received.flatMap((value, i) => (i % 2 === 1 && received[i - 1] === ':authority' ? [value] : []))).toEqual(['grpc.demo']);
   });

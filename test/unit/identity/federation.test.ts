@@ -129,6 +129,22 @@ describe('the federation client', () => {
     }
   });
 
+  /**
+   * A client of an endpoint serving `sequence` one bundle per fetch (then the last one again), started and watched
+   * (every 50 ms, 10 s at most) until `done`; with the sequences of its 'update' events.
+   */
+  async function following(remote: Awaited<ReturnType<typeof createTestCa>>, sequence: TrustBundle[], done: (served: number, federation: FederationClient) => boolean) {
+    let served = 0;
+    const url = await endpoint(remote, ENDPOINT_ID, serve(() => sequence[Math.min(served++, sequence.length - 1)] as TrustBundle));
+    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 50 });
+    const updates: bigint[] = [];
+    federation.on('update', (bundle) => updates.push(bundle.sequence));
+    await federation.start();
+    const deadline = Date.now() + 10_000;
+    while (!done(served, federation) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    return { federation, updates };
+  }
+
   it('keeps its bundle when the endpoint later serves an older sequence of the same roots, and follows a newer one', async () => {
     const remote = await createTestCa(TD);
     const rotated = await createTestCa(TD);
@@ -137,17 +153,8 @@ describe('the federation client', () => {
       createBundle(TD, [remote.root.cert], { sequence: 3n, refreshHintSeconds: 1 }),
       createBundle(TD, [remote.root.cert, rotated.root.cert], { sequence: 9n, refreshHintSeconds: 1 }),
     ];
-    let served = 0;
-    const url = await endpoint(remote, ENDPOINT_ID, serve(() => sequence[Math.min(served++, sequence.length - 1)] as TrustBundle));
-    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 50 });
-    const updates: bigint[] = [];
-    federation.on('update', (bundle) => updates.push(bundle.sequence));
-    await federation.start();
-    expect(federation.current()?.sequence).toBe(5n);
-    const deadline = Date.now() + 10_000;
-    while (served < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
-    // The older one (3) was fetched and ignored; the newer one (9) replaced 5.
-    while (federation.current()?.sequence !== 9n && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    // The older one (3) is fetched and ignored; the newer one (9) replaces 5.
+    const { federation, updates } = await following(remote, sequence, (served, federation) => served >= 3 && federation.current()?.sequence === 9n);
     expect(federation.current()?.sequence).toBe(9n);
     expect(updates).toEqual([5n, 9n]);
   });
@@ -159,14 +166,7 @@ describe('the federation client', () => {
       createBundle(TD, [remote.root.cert], { sequence: 5n, refreshHintSeconds: 1 }),
       createBundle(TD, [reinitialised.root.cert], { sequence: 1n, refreshHintSeconds: 1 }),
     ];
-    let served = 0;
-    const url = await endpoint(remote, ENDPOINT_ID, serve(() => sequence[Math.min(served++, sequence.length - 1)] as TrustBundle));
-    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 50 });
-    const updates: bigint[] = [];
-    federation.on('update', (bundle) => updates.push(bundle.sequence));
-    await federation.start();
-    const deadline = Date.now() + 10_000;
-    while (federation.current()?.sequence !== 1n && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    const { federation, updates } = await following(remote, sequence, (_served, federation) => federation.current()?.sequence === 1n);
     expect(updates).toEqual([5n, 1n]);
     expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([reinitialised.root.cert.serialNumber]);
   });
@@ -179,14 +179,7 @@ describe('the federation client', () => {
       createBundle(TD, [remote.root.cert], { sequence: 8n, refreshHintSeconds: 1 }),
       createBundle(TD, [compromised.root.cert, remote.root.cert], { sequence: 7n, refreshHintSeconds: 1 }),
     ];
-    let served = 0;
-    const url = await endpoint(remote, ENDPOINT_ID, serve(() => sequence[Math.min(served++, sequence.length - 1)] as TrustBundle));
-    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 50 });
-    const updates: bigint[] = [];
-    federation.on('update', (bundle) => updates.push(bundle.sequence));
-    await federation.start();
-    const deadline = Date.now() + 10_000;
-    while (served < 5 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    const { federation, updates } = await following(remote, sequence, (served) => served >= 5);
     expect(updates).toEqual([7n, 8n]);
     expect(federation.current()?.sequence).toBe(8n);
     expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([remote.root.cert.serialNumber]);
