@@ -279,15 +279,7 @@ function validatePodStatus(issues: FieldIssues, status: Mapping): PodStatus | un
   const phase = enumField(issues, status, 'phase', path, POD_PHASES);
   const podIPText = stringField(issues, status, 'podIP', path, { check: checkIp });
   const podIP = podIPText === undefined ? undefined : canonicalIp(podIPText);
-  const podIPs: { ip: string }[] = [];
-  (listField(issues, status, 'podIPs', path) ?? []).forEach((item, index) => {
-    const entryPath = [...path, 'podIPs', index];
-    const entry = mappingAt(issues, item, entryPath);
-    if (entry === undefined) return;
-    checkFields(issues, entry, entryPath, ['ip']);
-    const ip = stringField(issues, entry, 'ip', entryPath, { required: true, check: checkIp });
-    if (ip !== undefined) podIPs.push({ ip: canonicalIp(ip) as string });
-  });
+  const podIPs = ipList(issues, status, 'podIPs', path).map((ip) => ({ ip }));
   if (podIPs.length > 0) {
     if (!hasValue(status, 'podIP')) {
       issues.add([...path, 'podIP'], 'required when status.podIPs is set (it is podIPs[0])');
@@ -299,16 +291,22 @@ function validatePodStatus(issues: FieldIssues, status: Mapping): PodStatus | un
   const hostIPs: string[] = [];
   const hostIPText = stringField(issues, status, 'hostIP', path, { check: checkIp });
   if (hostIPText !== undefined) hostIPs.push(canonicalIp(hostIPText) as string);
-  (listField(issues, status, 'hostIPs', path) ?? []).forEach((item, index) => {
-    const entryPath = [...path, 'hostIPs', index];
+  for (const ip of ipList(issues, status, 'hostIPs', path)) if (!hostIPs.includes(ip)) hostIPs.push(ip);
+  return { phase, podIP, podIPs, hostIPs };
+}
+
+/** A Kubernetes list of `{ip: ADDRESS}` (status.podIPs, status.hostIPs): the addresses, canonical, in order. */
+function ipList(issues: FieldIssues, status: Mapping, field: string, path: FieldPath): string[] {
+  const ips: string[] = [];
+  (listField(issues, status, field, path) ?? []).forEach((item, index) => {
+    const entryPath = [...path, field, index];
     const entry = mappingAt(issues, item, entryPath);
     if (entry === undefined) return;
     checkFields(issues, entry, entryPath, ['ip']);
     const ip = stringField(issues, entry, 'ip', entryPath, { required: true, check: checkIp });
-    const canonical = ip === undefined ? undefined : canonicalIp(ip);
-    if (canonical !== undefined && !hostIPs.includes(canonical)) hostIPs.push(canonical);
+    if (ip !== undefined) ips.push(canonicalIp(ip) as string);
   });
-  return { phase, podIP, podIPs, hostIPs };
+  return ips;
 }
 
 // ---- Service ----
