@@ -522,7 +522,7 @@ status: { podIP: 10.0.0.9, phase: Running }
   it("reads a Pod's node addresses (status.hostIP and hostIPs, canonical, once each) and refuses one that is not an address", () => {
     const pod = (status: string) => `apiVersion: v1\nkind: Pod\nmetadata: { name: web-1, namespace: shop }\nspec: { nodeName: node-a }\nstatus: ${status}\n`;
     const [object] = parseConfigText(pod('{ podIP: 10.0.0.9, hostIP: 192.0.2.1, hostIPs: [{ ip: 192.0.2.1 }, { ip: "2001:DB8::1" }] }'), 'pods.yaml');
-    expect((object as { status: { hostIPs: string[] } }).status.hostIPs).toEqual(['192.0.2.1', '2001:db8::1']);
+    expect(object?.kind === 'Pod' ? object.status.hostIPs : undefined).toEqual(['192.0.2.1', '2001:db8::1']);
     expect(() => parseConfigText(pod('{ podIP: 10.0.0.9, hostIPs: [{ ip: node-a }] }'), 'pods.yaml')).toThrow(/status\.hostIPs\[0\]\.ip/);
   });
 
