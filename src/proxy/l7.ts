@@ -124,23 +124,25 @@ const SINGLE_VALUE_REQUEST_HEADERS: readonly string[] = [
   'date', 'dnt', 'upgrade-insecure-requests', 'age', 'etag', 'expires', 'last-modified', 'location', 'retry-after', 'tk', 'x-content-type-options',
   'access-control-request-method', 'access-control-max-age', 'access-control-allow-credentials',
 ];
-/** By length, so most names are settled by one comparison of lengths. */
-const SINGLE_VALUE_BY_LENGTH: ReadonlyMap<number, readonly string[]> = (() => {
-  const byLength = new Map<number, string[]>();
-  for (const name of SINGLE_VALUE_REQUEST_HEADERS) {
+/** Their indexes by name length, so most names are settled by one comparison of lengths. */
+const SINGLE_VALUE_BY_LENGTH: ReadonlyMap<number, readonly number[]> = (() => {
+  // One bit each in a request's 32-bit set of those seen (fill): no allocation per request.
+  if (SINGLE_VALUE_REQUEST_HEADERS.length > 32) throw new Error('more single-value headers than bits in an int32');
+  const byLength = new Map<number, number[]>();
+  SINGLE_VALUE_REQUEST_HEADERS.forEach((name, index) => {
     const list = byLength.get(name.length);
-    if (list === undefined) byLength.set(name.length, [name]);
-    else list.push(name);
-  }
+    if (list === undefined) byLength.set(name.length, [index]);
+    else list.push(index);
+  });
   return byLength;
 })();
 
-/** The single-value header a raw name spells (in any case), or null. */
-function singleValueName(raw: string): string | null {
+/** The index in SINGLE_VALUE_REQUEST_HEADERS of the header a raw name spells (in any case), or -1. */
+function singleValueIndex(raw: string): number {
   const candidates = SINGLE_VALUE_BY_LENGTH.get(raw.length);
-  if (candidates === undefined) return null;
-  for (const candidate of candidates) if (sameHeaderName(raw, candidate)) return candidate;
-  return null;
+  if (candidates === undefined) return -1;
+  for (const index of candidates) if (sameHeaderName(raw, SINGLE_VALUE_REQUEST_HEADERS[index] as string)) return index;
+  return -1;
 }
 
 /** Whether a raw header name equals a lower-case one, ignoring ASCII case (HTTP/1 keeps the sender's case). */
@@ -199,16 +201,15 @@ export class MutableFacts implements HttpRequestFacts {
     this.host = hasUpper(host) ? host.toLowerCase() : host;
     this.#raw = rawHeaders;
     let hosts = 0;
-    let singles: string[] | null = null;
+    let singles = 0;
     for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
       const name = rawHeaders[i] as string;
       if (!sameHeaderName(name, 'host')) {
-        const single = singleValueName(name);
-        if (single === null) continue;
-        // Rarely more than one or two per request: a short list, allocated only when one occurs.
-        if (singles === null) singles = [single];
-        else if (singles.includes(single)) return `more than one ${single} field`;
-        else singles.push(single);
+        const index = singleValueIndex(name);
+        if (index < 0) continue;
+        const bit = 1 << index;
+        if ((singles & bit) !== 0) return `more than one ${SINGLE_VALUE_REQUEST_HEADERS[index] as string} field`;
+        singles |= bit;
         continue;
       }
       if (++hosts > 1) return 'more than one Host field';
