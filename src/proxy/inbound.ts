@@ -11,7 +11,6 @@
 // and port (503), authorize (401), connect upstream (503), and only then answer 200 and copy bytes.
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
-import { isIP } from 'node:net';
 import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
@@ -55,14 +54,27 @@ export function forwardedForAddress(value: string): string | null {
   const match = /(?:^|[;,\s])for=(?:"([^"]*)"|([^;,\s]*))/i.exec(value);
   if (match === null) return null;
   const node = match[1] ?? match[2] ?? '';
+  // RFC 7239's node: an IPv4 address or a bracketed IPv6 one, then an optional `:port`.
   if (node.charCodeAt(0) === 91 /* [ */) {
     const close = node.indexOf(']');
-    return close > 1 ? node.slice(1, close) : null;
+    if (close <= 1 || !isPortSuffix(node, close + 1)) return null;
+    const address = node.slice(1, close);
+    return net.isIP(address) === 6 ? address : null;
   }
-  if (isIP(node) !== 0) return node;
-  // IPv4 with a port.
+  if (net.isIP(node) !== 0) return node;
   const colon = node.lastIndexOf(':');
-  return colon > 0 && isIP(node.slice(0, colon)) === 4 ? node.slice(0, colon) : null;
+  return colon > 0 && isPortSuffix(node, colon) && net.isIP(node.slice(0, colon)) === 4 ? node.slice(0, colon) : null;
+}
+
+/** Whether `text` from `at` is nothing, or `:` and one to five digits. */
+function isPortSuffix(text: string, at: number): boolean {
+  if (at === text.length) return true;
+  if (text.charCodeAt(at) !== 58 /* : */ || text.length - at - 1 < 1 || text.length - at - 1 > 5) return false;
+  for (let i = at + 1; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 48 || code > 57) return false;
+  }
+  return true;
 }
 
 /**

@@ -181,8 +181,8 @@ export interface OutboundOptions {
   liveMeters: Set<Flushable>;
   /** The addresses this host can dial from (default: its interfaces); tests give their own. */
   localAddresses?: LocalAddresses;
-  /** Ports the proxy's HTTP servers (admin, metrics, readiness) are bound to, besides the configured ones. */
-  servicePorts?: () => readonly number[];
+  /** Whether the proxy's admin, metrics or readiness server is bound to this port (on some address of this host). */
+  isServicePort?: (port: number) => boolean;
 }
 
 export class OutboundListeners {
@@ -225,7 +225,7 @@ export class OutboundListeners {
 
   #isOwnPort(port: number): boolean {
     if (proxyPorts(this.#options.snapshot().mesh.ports).has(port)) return true;
-    return this.#hostsByPort.has(port) || this.#options.servicePorts?.().includes(port) === true;
+    return this.#hostsByPort.has(port) || this.#options.isServicePort?.(port) === true;
   }
 
   #indexPorts(): void {

@@ -75,7 +75,6 @@ export class NodeProxy {
   #observability: Observability | undefined;
   /** Where the admin, metrics and readiness servers are bound: neither passthrough nor a CONNECT reaches them. */
   #serviceEndpoints: ReadonlyArray<{ readonly host: string; readonly port: number }> = [];
-  #servicePorts: readonly number[] = [];
   #reconciling: Promise<void> = Promise.resolve();
   #pending = new Set<string>(['configuration', 'certificates', 'listeners']);
   #lastProblems: string[] = [];
@@ -178,7 +177,7 @@ export class NodeProxy {
       ownListener: (ip, port) => this.#isServiceEndpoint(ip, port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,
     });
-    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, servicePorts: () => this.#servicePorts });
+    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, isServicePort: (port) => this.#serviceEndpoints.some((endpoint) => endpoint.port === port) });
     // The pool gauges ride on the same timer as the byte flush.
     this.#liveMeters.add({ flush: () => {
       const stats = this.#pool.stats();
@@ -197,7 +196,6 @@ export class NodeProxy {
       const parsed = new URL(url);
       return [{ host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(parsed.port) }];
     });
-    this.#servicePorts = this.#serviceEndpoints.map((endpoint) => endpoint.port);
     this.#scheduleReconcile();
     await this.#reconciling;
   }
