@@ -5,7 +5,6 @@
 // on this host, where the connection would come back to the proxy and loop (ztunnel's "self call").
 import { lookup as dnsLookup } from 'node:dns';
 import type { LookupAddress, LookupOptions } from 'node:dns';
-import { isIP } from 'node:net';
 import { canonicalIp } from '../config/fields.ts';
 import { AmbitError } from '../errors.ts';
 import { CidrSet, parseIp } from '../authz/match.ts';
@@ -66,9 +65,4 @@ export function guardedLookup(port: number, byWorkload: boolean, guard: Destinat
       callback(null, first.address, first.family);
     });
   };
-}
-
-/** True when `host` is an IP literal (checked before connecting) rather than a name (checked as it resolves). */
-export function isIpLiteral(host: string): boolean {
-  return isIP(host) !== 0;
 }

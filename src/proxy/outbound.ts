@@ -25,7 +25,7 @@ import { CONNECT_TIMEOUT_MS, proxyPorts } from './settings.ts';
 import { listenOn, normalizeIp, stopListening } from './inbound.ts';
 import { isLoopbackAddress } from '../observe/admin.ts';
 import { LocalAddresses } from './local-addresses.ts';
-import { guardedLookup, isIpLiteral, passthroughRefusal } from './destinations.ts';
+import { guardedLookup, passthroughRefusal } from './destinations.ts';
 import type { DestinationGuard } from './destinations.ts';
 
 /** Pod or WorkloadEntry annotation: comma-separated `[ADDRESS:]PORT=HOST:PORT`; ADDRESS defaults to the workload's IP. */
@@ -408,7 +408,7 @@ export class OutboundListeners {
     const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'none');
     // An address is judged before connecting; a name as it resolves (guardedLookup), so no connection is ever made
     // to a refused address.
-    const literal = isIpLiteral(host);
+    const literal = net.isIP(host) !== 0;
     if (literal) {
       const refusal = passthroughRefusal(host, port, byWorkload, this.#guard);
       if (refusal !== null) {
