@@ -40,6 +40,11 @@ export interface CompiledSource {
   readonly notIpBlocks: CidrSet | null;
   readonly remoteIpBlocks: CidrSet | null;
   readonly notRemoteIpBlocks: CidrSet | null;
+  /**
+   * Has remoteIpBlocks or notRemoteIpBlocks. Istio takes the remote IP from the HTTP request (X-Forwarded-For) and
+   * istiod hands ztunnel these fields as L7: an HTTP field like the others (see CompiledRule.l7).
+   */
+  readonly l7: boolean;
 }
 
 export interface CompiledOperation {
@@ -76,7 +81,7 @@ export interface CompiledRule {
   readonly from: readonly CompiledSource[] | null;
   readonly to: readonly CompiledOperation[] | null;
   readonly when: readonly CompiledCondition[] | null;
-  /** Any L7 field anywhere in the rule. */
+  /** Any L7 field anywhere in the rule: hosts, methods, paths, request headers, the remote IP. */
   readonly l7: boolean;
   /** The decision when this rule decides (deny for DENY, allow for ALLOW). */
   readonly decision: Decision;
@@ -200,6 +205,8 @@ function localPrincipals(list: readonly string[] | undefined, trustDomain: strin
 }
 
 function compileSource(source: PolicySource, trustDomain: string): CompiledSource {
+  const remoteIpBlocks = cidrs(source.remoteIpBlocks);
+  const notRemoteIpBlocks = cidrs(source.notRemoteIpBlocks);
   return {
     principals: strings(localPrincipals(source.principals, trustDomain)),
     notPrincipals: strings(localPrincipals(source.notPrincipals, trustDomain)),
@@ -207,8 +214,9 @@ function compileSource(source: PolicySource, trustDomain: string): CompiledSourc
     notNamespaces: strings(source.notNamespaces),
     ipBlocks: cidrs(source.ipBlocks),
     notIpBlocks: cidrs(source.notIpBlocks),
-    remoteIpBlocks: cidrs(source.remoteIpBlocks),
-    notRemoteIpBlocks: cidrs(source.notRemoteIpBlocks),
+    remoteIpBlocks,
+    notRemoteIpBlocks,
+    l7: remoteIpBlocks !== null || notRemoteIpBlocks !== null,
   };
 }
 
@@ -256,7 +264,8 @@ function compileCondition(condition: PolicyCondition, trustDomain: string): Comp
     header: key.kind === 'request.headers' ? key.header.toLowerCase() : null,
     values: compileValues(key, principal ? localPrincipals(condition.values, trustDomain) : condition.values),
     notValues: compileValues(key, principal ? localPrincipals(condition.notValues, trustDomain) : condition.notValues),
-    l7: key.kind === 'request.headers',
+    // remote.ip is L7 for the reason CompiledSource.l7 gives.
+    l7: key.kind === 'request.headers' || key.kind === 'remote.ip',
   };
 }
 
@@ -264,7 +273,7 @@ function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number, tr
   const from = rule.from && rule.from.length > 0 ? rule.from.map((source) => compileSource(source, trustDomain)) : null;
   const to = rule.to && rule.to.length > 0 ? rule.to.map(compileOperation) : null;
   const when = rule.when && rule.when.length > 0 ? rule.when.map((condition) => compileCondition(condition, trustDomain)) : null;
-  const l7 = (to?.some((operation) => operation.l7) ?? false) || (when?.some((condition) => condition.l7) ?? false);
+  const l7 = (from?.some((source) => source.l7) ?? false) || (to?.some((operation) => operation.l7) ?? false) || (when?.some((condition) => condition.l7) ?? false);
   const verb = policy.action === 'DENY' ? 'denied' : policy.action === 'ALLOW' ? 'allowed' : 'audited';
   return {
     policy,

@@ -2,7 +2,8 @@
 // none matching → deny; AUDIT marks and never decides. Pure over (compiled matcher, request context), no
 // allocation: every Decision returned was preallocated by the compiler.
 //
-// Three moments, because HTTP fields exist only per request:
+// Three moments, because HTTP fields exist only per request (hosts, methods, paths, request headers, and the remote
+// IP, which Istio reads from the request's X-Forwarded-For and istiod hands ztunnel as L7):
 //   'tcp'      a connection on a port that is not HTTP. A rule's HTTP fields can never be known, so, as
 //              ztunnel does, an ALLOW rule with HTTP fields matches nothing and a DENY rule is applied
 //              with its HTTP fields ignored (it denies more, never less: fail closed for each action).
@@ -79,15 +80,18 @@ function sourceNamespaceMatches(source: CompiledSource, namespace: string | null
   return source.notNamespaces === null || namespace === null || !source.notNamespaces.matches(namespace);
 }
 
-function sourceMatches(source: CompiledSource, ctx: AuthzContext): boolean {
-  return sourcePrincipalMatches(source, ctx.sourcePrincipal) && sourceNamespaceMatches(source, ctx.sourceNamespace) && sourceIpMatches(source, ctx);
+function sourceMatches(source: CompiledSource, ctx: AuthzContext, ignoreL7: boolean): boolean {
+  return sourcePrincipalMatches(source, ctx.sourcePrincipal) && sourceNamespaceMatches(source, ctx.sourceNamespace) && sourceIpMatches(source, ctx, ignoreL7);
 }
 
-function sourceIpMatches(source: CompiledSource, ctx: AuthzContext): boolean {
+/** `ignoreL7`: the remote IP blocks, an L7 field, count as matching. */
+function sourceIpMatches(source: CompiledSource, ctx: AuthzContext, ignoreL7: boolean): boolean {
   const ip = ctx.sourceIp;
   if (source.ipBlocks !== null && (ip === null || !source.ipBlocks.contains(ip))) return false;
   if (source.notIpBlocks !== null && ip !== null && source.notIpBlocks.contains(ip)) return false;
-  // No proxy in front of the mesh rewrites the client address here, so the remote IP is the source IP.
+  if (ignoreL7) return true;
+  // Per request: no proxy in front of the mesh rewrites the client address here, so the remote IP is the source IP
+  // (Envoy's remote address with no trusted X-Forwarded-For hops).
   if (source.remoteIpBlocks !== null && (ip === null || !source.remoteIpBlocks.contains(ip))) return false;
   if (source.notRemoteIpBlocks !== null && ip !== null && source.notRemoteIpBlocks.contains(ip)) return false;
   return true;
@@ -173,8 +177,11 @@ function conditionMatches(condition: CompiledCondition, ctx: AuthzContext, ignor
       text = request.header(condition.header as string) ?? null;
       break;
     }
-    case 'source.ip':
     case 'remote.ip':
+      if (ignoreL7) return true;
+      ip = ctx.sourceIp;
+      break;
+    case 'source.ip':
       ip = ctx.sourceIp;
       break;
     case 'destination.ip':
@@ -199,7 +206,7 @@ export function ruleMatches(rule: CompiledRule, ctx: AuthzContext, ignoreL7: boo
   const from = rule.from;
   if (from !== null) {
     let any = NO;
-    for (let i = 0; i < from.length; i++) if (sourceMatches(from[i] as CompiledSource, ctx)) { any = YES; break; }
+    for (let i = 0; i < from.length; i++) if (sourceMatches(from[i] as CompiledSource, ctx, ignoreL7)) { any = YES; break; }
     if (any === NO) return false;
   }
   const to = rule.to;
@@ -250,8 +257,11 @@ function resolveSource(ctx: AuthzContext, vocabularies: Vocabularies): void {
   ctx.resolvedFor = vocabularies;
 }
 
-/** Writes into `into` at `at` the terms of the list at `list` that the context's source admits. */
-function sourceMask(ctx: AuthzContext, index: WorkloadIndex, list: number, words: number, work: Int32Array, into: Int32Array, at: number): void {
+/**
+ * Writes into `into` at `at` the terms of the list at `list` that the context's source admits; `remote` false: with
+ * the remote IP blocks (L7) counted as matching.
+ */
+function sourceMask(ctx: AuthzContext, index: WorkloadIndex, list: number, words: number, work: Int32Array, into: Int32Array, at: number, remote: boolean): void {
   const bits = index.data;
   const vocabularies = index.vocabularies;
   if (ctx.resolvedFor !== vocabularies) resolveSource(ctx, vocabularies);
@@ -262,7 +272,7 @@ function sourceMask(ctx: AuthzContext, index: WorkloadIndex, list: number, words
   // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
   const principalAt = principalHeader < 0 ? allAt : stringMask(bits, words, principalHeader, vocabularies.principals, ctx.sourcePrincipal, ctx.principalId, work, PRINCIPAL_ROW);
   const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, ctx.namespaceId, work, NAMESPACE_ROW);
-  const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work);
+  const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work, remote);
   const principalBits = principalAt >= 0 ? bits : work;
   const principalOffset = principalAt >= 0 ? principalAt : ~principalAt;
   const namespaceBits = namespaceAt >= 0 ? bits : work;
@@ -325,14 +335,16 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
       // Forgotten first: a mask half-computed when something throws must never be reused.
       ctx.sourceFor = null;
       if (ctx.sourceMask === null || ctx.sourceMask.length < words) ctx.sourceMask = new Int32Array(words);
-      sourceMask(ctx, index, list, words, work, ctx.sourceMask, 0);
+      sourceMask(ctx, index, list, words, work, ctx.sourceMask, 0, true);
       ctx.sourceFor = bits;
       ctx.sourceList = list;
     }
     sourceBits = ctx.sourceMask as Int32Array;
     sourceAt = 0;
   } else {
-    sourceMask(ctx, index, list, words, work, work, sourceAt);
+    // Before any request the remote IP is an L7 field: ignored, as the other HTTP fields are (DENY at 'tcp', the L4
+    // part of an ALLOW at 'connect'); the rules that must not match on it are left out by the L4 rules mask.
+    sourceMask(ctx, index, list, words, work, work, sourceAt, false);
   }
   // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
   const methodAt = methodHeader < 0 || !perRequest ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, vocabularies.methods.idOf(request.method), work, METHOD_ROW);

@@ -21,7 +21,7 @@ export interface PolicyExplanation {
 function explainRule(rule: CompiledRule, ctx: AuthzContext, moment: DecisionMoment): RuleExplanation {
   const action = rule.policy.action;
   if (rule.l7 && moment === 'tcp' && action !== 'DENY') {
-    return { rule: rule.index, matched: false, why: 'has HTTP fields and the port is not HTTP: an ALLOW/AUDIT rule with HTTP fields never matches a plain TCP connection' };
+    return { rule: rule.index, matched: false, why: 'has HTTP fields (hosts, methods, paths, request headers or the remote IP) and the port is not HTTP: an ALLOW/AUDIT rule with HTTP fields never matches a plain TCP connection' };
   }
   if (rule.l7 && moment === 'connect') {
     const l4 = ruleMatches(rule, ctx, true);

@@ -185,15 +185,17 @@ const WILD_POS = 7; // per wildcard: offset of the mask of terms it admits, or -
 const WILD_NEG = 8; // per wildcard: offset of the mask of terms it excludes, or -1
 const STRING_HEADER = 9;
 
-// Layout of the IP dimension's header.
+// Layout of the IP dimension's header. The remote IP blocks are an L7 field: before any request they count as
+// matching, so the remote and `not` remote masks are kept apart from the source ones.
 const IP_NULL_MASK = 0;
-const IP_NO_BLOCKS = 1; // terms without ipBlocks
-const IP_NO_REMOTE = 2; // terms without remoteIpBlocks
-const IP_V4 = 3; // v4 blocks, 5 ints each: network, mask, blocks mask, remote mask, not mask (offsets or -1)
-const IP_V4_COUNT = 4;
-const IP_V6 = 5; // v6 blocks, 4 ints each: index in WorkloadIndex.v6, then the three masks
-const IP_V6_COUNT = 6;
-const IP_HEADER = 7;
+const IP_NULL_NO_REMOTE = 1; // IP_NULL_MASK with the remote IP blocks counted as matching
+const IP_NO_BLOCKS = 2; // terms without ipBlocks
+const IP_NO_REMOTE = 3; // terms without remoteIpBlocks
+const IP_V4 = 4; // v4 blocks, 6 ints each: network, mask, then the masks (offsets or -1): blocks, remote, not, not remote
+const IP_V4_COUNT = 5;
+const IP_V6 = 6; // v6 blocks, 5 ints each: index in WorkloadIndex.v6, then the four masks
+const IP_V6_COUNT = 7;
+const IP_HEADER = 8;
 
 // Layout of a pattern dimension's header (paths, hosts): tries of the list's patterns, walked once per value.
 const P_BASE = 0; // terms without a positive list
@@ -424,7 +426,7 @@ function buildStringDimension(terms: readonly (Term | null)[], patterns: Pattern
 }
 
 function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Sets: CidrSet[]): number {
-  interface Entry { readonly block: string; blocksAt: number; remoteAt: number; negAt: number }
+  interface Entry { readonly block: string; blocksAt: number; remoteAt: number; negAt: number; negRemoteAt: number }
   let constrained = false;
   for (const term of terms) {
     const source = term?.source;
@@ -432,17 +434,18 @@ function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Set
   }
   if (!constrained) return -1;
   const entries = new Map<string, Entry>();
-  const note = (set: CidrSet | null, slot: number, field: 'blocksAt' | 'remoteAt' | 'negAt') => {
+  const note = (set: CidrSet | null, slot: number, field: 'blocksAt' | 'remoteAt' | 'negAt' | 'negRemoteAt') => {
     if (set === null) return;
     for (const block of set.blocks) {
       let found = entries.get(block);
-      if (found === undefined) entries.set(block, (found = { block, blocksAt: -1, remoteAt: -1, negAt: -1 }));
+      if (found === undefined) entries.set(block, (found = { block, blocksAt: -1, remoteAt: -1, negAt: -1, negRemoteAt: -1 }));
       if (found[field] < 0) found[field] = layout.mask();
       layout.setBit(found[field], slot);
     }
   };
   const header = layout.ints(IP_HEADER);
   const nullAt = layout.mask();
+  const nullNoRemoteAt = layout.mask();
   const noBlocksAt = layout.mask();
   const noRemoteAt = layout.mask();
   for (let slot = 0; slot < terms.length; slot++) {
@@ -453,11 +456,12 @@ function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Set
     if (source === null || source.remoteIpBlocks === null) layout.setBit(noRemoteAt, slot);
     // Without a source IP, positive lists fail and `not` lists are skipped.
     if (source === null || (source.ipBlocks === null && source.remoteIpBlocks === null)) layout.setBit(nullAt, slot);
+    if (source === null || source.ipBlocks === null) layout.setBit(nullNoRemoteAt, slot);
     if (source === null) continue;
     note(source.ipBlocks, slot, 'blocksAt');
     note(source.remoteIpBlocks, slot, 'remoteAt');
     note(source.notIpBlocks, slot, 'negAt');
-    note(source.notRemoteIpBlocks, slot, 'negAt');
+    note(source.notRemoteIpBlocks, slot, 'negRemoteAt');
   }
   const v4: number[] = [];
   const v6: number[] = [];
@@ -467,9 +471,9 @@ function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Set
     if (address.family === 4) {
       const prefix = slash < 0 ? 32 : Number(found.block.slice(slash + 1));
       const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) | 0;
-      v4.push(address.v4 & mask, mask, found.blocksAt, found.remoteAt, found.negAt);
+      v4.push(address.v4 & mask, mask, found.blocksAt, found.remoteAt, found.negAt, found.negRemoteAt);
     } else {
-      v6.push(v6Sets.length, found.blocksAt, found.remoteAt, found.negAt);
+      v6.push(v6Sets.length, found.blocksAt, found.remoteAt, found.negAt, found.negRemoteAt);
       v6Sets.push(new CidrSet([found.block]));
     }
   }
@@ -477,7 +481,7 @@ function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Set
   layout.write(v4At, v4);
   const v6At = layout.ints(v6.length);
   layout.write(v6At, v6);
-  layout.write(header, [nullAt, noBlocksAt, noRemoteAt, v4At, v4.length / 5, v6At, v6.length / 4]);
+  layout.write(header, [nullAt, nullNoRemoteAt, noBlocksAt, noRemoteAt, v4At, v4.length / 6, v6At, v6.length / 5]);
   return header;
 }
 
@@ -812,8 +816,12 @@ function addWildcard(work: Int32Array, at: number, negRow: number, data: Int32Ar
   return true;
 }
 
-export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array): number {
-  if (ip === null) return data[header + IP_NULL_MASK] as number;
+/**
+ * The terms a source IP admits, as `~offset` in `work` (or an offset in `data` for no IP). `remote` false: the
+ * remote IP blocks and their `not` lists count as matching (before any request, where they are unknown).
+ */
+export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array, remote: boolean): number {
+  if (ip === null) return data[header + (remote ? IP_NULL_MASK : IP_NULL_NO_REMOTE)] as number;
   const blocksAt = IP_ROW * words;
   const remoteAt = IP_REMOTE_ROW * words;
   const negAt = IP_NEG_ROW * words;
@@ -821,23 +829,23 @@ export function ipMask(data: Int32Array, words: number, header: number, v6Sets: 
   const noRemote = data[header + IP_NO_REMOTE] as number;
   for (let w = 0; w < words; w++) {
     work[blocksAt + w] = data[noBlocks + w] as number;
-    work[remoteAt + w] = data[noRemote + w] as number;
+    work[remoteAt + w] = remote ? (data[noRemote + w] as number) : -1;
     work[negAt + w] = 0;
   }
   if (ip.family === 4) {
     const address = ip.v4 | 0;
     const v4 = data[header + IP_V4] as number;
-    const end = v4 + 5 * (data[header + IP_V4_COUNT] as number);
-    for (let at = v4; at < end; at += 5) {
+    const end = v4 + 6 * (data[header + IP_V4_COUNT] as number);
+    for (let at = v4; at < end; at += 6) {
       if ((address & (data[at + 1] as number)) !== data[at]) continue;
-      markHit(work, data, words, data[at + 2] as number, data[at + 3] as number, data[at + 4] as number);
+      markHit(work, data, words, at + 2, remote);
     }
   } else {
     const v6 = data[header + IP_V6] as number;
-    const end = v6 + 4 * (data[header + IP_V6_COUNT] as number);
-    for (let at = v6; at < end; at += 4) {
+    const end = v6 + 5 * (data[header + IP_V6_COUNT] as number);
+    for (let at = v6; at < end; at += 5) {
       if (!(v6Sets[data[at] as number] as CidrSet).contains(ip)) continue;
-      markHit(work, data, words, data[at + 1] as number, data[at + 2] as number, data[at + 3] as number);
+      markHit(work, data, words, at + 1, remote);
     }
   }
   // Admitted by ipBlocks (or none), by remoteIpBlocks (or none), and by no `not` block.
@@ -845,10 +853,17 @@ export function ipMask(data: Int32Array, words: number, header: number, v6Sets: 
   return ~blocksAt;
 }
 
-function markHit(work: Int32Array, data: Int32Array, words: number, blocksFrom: number, remoteFrom: number, negFrom: number): void {
+/** A block the IP is in: the terms its four masks (at `masks`: blocks, remote, not, not remote) admit or exclude. */
+function markHit(work: Int32Array, data: Int32Array, words: number, masks: number, remote: boolean): void {
+  const blocksFrom = data[masks] as number;
+  const negFrom = data[masks + 2] as number;
   if (blocksFrom >= 0) orInto(work, IP_ROW * words, data, blocksFrom, words);
-  if (remoteFrom >= 0) orInto(work, IP_REMOTE_ROW * words, data, remoteFrom, words);
   if (negFrom >= 0) orInto(work, IP_NEG_ROW * words, data, negFrom, words);
+  if (!remote) return;
+  const remoteFrom = data[masks + 1] as number;
+  const negRemoteFrom = data[masks + 3] as number;
+  if (remoteFrom >= 0) orInto(work, IP_REMOTE_ROW * words, data, remoteFrom, words);
+  if (negRemoteFrom >= 0) orInto(work, IP_NEG_ROW * words, data, negRemoteFrom, words);
 }
 
 function applyMasks(work: Int32Array, posAt: number, negAt: number, data: Int32Array, record: number, exact: boolean, words: number): void {

@@ -12,6 +12,8 @@
 // - A rule matches when any from[].source matches, any to[].operation matches and every when[] holds (absent = any).
 //   Within a source or operation every field must hold; a list matches when any value does; a not-list when none does.
 // - Match kinds: `*` (presence: any non-empty value), `prefix*`, `*suffix`, exact. Hosts are case-insensitive.
+// - HTTP fields: hosts, methods, paths, request headers, and the remote IP (remoteIpBlocks, notRemoteIpBlocks,
+//   remote.ip: Istio reads it from X-Forwarded-For, and istiod hands it to ztunnel as L7).
 // - Moments (ambit's enforcement points): 'tcp' (not an HTTP port: an ALLOW rule with HTTP fields matches nothing,
 //   a DENY rule is applied with its HTTP fields ignored), 'connect' (HTTP port, before any request: DENY rules with
 //   HTTP fields wait; an ALLOW rule with HTTP fields whose other fields match lets the connection open, deferred),
@@ -161,7 +163,7 @@ function anyBlock(blocks: readonly string[], address: string): boolean {
 /** 'full': every field is evaluated; 'ignoreHttp': HTTP fields count as matching. */
 type Mode = 'full' | 'ignoreHttp';
 
-function sourceMatches(source: PolicySource, request: ReferenceRequest): boolean {
+function sourceMatches(source: PolicySource, request: ReferenceRequest, mode: Mode): boolean {
   const principal = request.principal;
   const namespace = request.namespace;
   const ip = request.sourceIp;
@@ -171,6 +173,8 @@ function sourceMatches(source: PolicySource, request: ReferenceRequest): boolean
   if (source.notNamespaces !== undefined && namespace !== null && anyPattern(source.notNamespaces, namespace)) return false;
   if (source.ipBlocks !== undefined && (ip === null || !anyBlock(source.ipBlocks, ip))) return false;
   if (source.notIpBlocks !== undefined && ip !== null && anyBlock(source.notIpBlocks, ip)) return false;
+  // The remote IP is an HTTP field (Istio reads it from X-Forwarded-For; istiod hands it to ztunnel as L7).
+  if (mode === 'ignoreHttp') return true;
   // No proxy in front of the mesh: the remote (original client) IP is the source IP.
   if (source.remoteIpBlocks !== undefined && (ip === null || !anyBlock(source.remoteIpBlocks, ip))) return false;
   if (source.notRemoteIpBlocks !== undefined && ip !== null && anyBlock(source.notRemoteIpBlocks, ip)) return false;
@@ -214,6 +218,7 @@ function conditionMatches(condition: PolicyCondition, request: ReferenceRequest,
     if (notValues !== undefined && notValues.includes(port)) return false;
     return true;
   }
+  if (key.kind === 'remote.ip' && mode === 'ignoreHttp') return true;
   if (key.kind === 'source.ip' || key.kind === 'remote.ip' || key.kind === 'destination.ip') {
     const ip = key.kind === 'destination.ip' ? request.destinationIp : request.sourceIp;
     if (values !== undefined && (ip === null || !anyBlock(values, ip))) return false;
@@ -240,15 +245,16 @@ function conditionMatches(condition: PolicyCondition, request: ReferenceRequest,
 }
 
 export function ruleHasHttp(rule: PolicyRule): boolean {
+  for (const source of rule.from ?? []) if (source.remoteIpBlocks !== undefined || source.notRemoteIpBlocks !== undefined) return true;
   for (const operation of rule.to ?? []) if (operationHasHttp(operation)) return true;
-  for (const condition of rule.when ?? []) if (condition.parsedKey.kind === 'request.headers') return true;
+  for (const condition of rule.when ?? []) if (condition.parsedKey.kind === 'request.headers' || condition.parsedKey.kind === 'remote.ip') return true;
   return false;
 }
 
 export function ruleMatches(rule: PolicyRule, request: ReferenceRequest, mode: Mode): boolean {
   if (rule.from !== undefined && rule.from.length > 0) {
     let any = false;
-    for (const source of rule.from) if (sourceMatches(source, request)) any = true;
+    for (const source of rule.from) if (sourceMatches(source, request, mode)) any = true;
     if (!any) return false;
   }
   if (rule.to !== undefined && rule.to.length > 0) {
