@@ -61,8 +61,8 @@ function usableOperation(rule: PolicyRule, layer: Layer, pick: Picker): PolicyOp
   return usable.length === 0 ? undefined : pick.one(usable);
 }
 
-/** A request built to match `rule` on `destination`, or null when the rule cannot admit this layer. */
-function requestMatching(rule: PolicyRule, destination: Workload, layer: Layer, sources: readonly Workload[], pick: Picker, ignoreHttp: boolean): ReferenceRequest | null {
+/** A request built to match `rule` (a DENY policy's when `deny`) on `destination`, or null when the rule cannot admit this layer. */
+function requestMatching(rule: PolicyRule, deny: boolean, destination: Workload, layer: Layer, sources: readonly Workload[], pick: Picker, ignoreHttp: boolean): ReferenceRequest | null {
   const operation = usableOperation(rule, layer, pick);
   if (operation === undefined) return null;
   let http: ReferenceHttp | null = null;
@@ -83,11 +83,11 @@ function requestMatching(rule: PolicyRule, destination: Workload, layer: Layer, 
   // Sources: a sample first, then every workload, so a rule naming one caller still finds it.
   for (let attempt = 0; attempt < 40; attempt++) {
     const candidate = sourceRequest(pick.one(sources), port, http);
-    if (ruleMatches(rule, candidate, mode)) return candidate;
+    if (ruleMatches(rule, candidate, mode, deny)) return candidate;
   }
   for (const source of sources) {
     const candidate = sourceRequest(source, port, http);
-    if (ruleMatches(rule, candidate, mode)) return candidate;
+    if (ruleMatches(rule, candidate, mode, deny)) return candidate;
   }
   return null;
 }
@@ -151,7 +151,7 @@ export function buildMix(world: ReferenceWorld, workloads: readonly Workload[], 
           const ref = allowRules[i] as RuleRef;
           if (layer === 'L4' && ref.http) continue;
           tries++;
-          done = accept(requestMatching(ref.rule, destination, layer, workloads, pick, false), 'last-allow-rule', true);
+          done = accept(requestMatching(ref.rule, false, destination, layer, workloads, pick, false), 'last-allow-rule', true);
         }
         if (!done && !hasAllowPolicy) done = accept(arbitraryRequest(destination, layer, workloads, pick), 'no-allow-policy', true);
         if (done) {
@@ -164,7 +164,7 @@ export function buildMix(world: ReferenceWorld, workloads: readonly Workload[], 
         for (let i = denyRules.length - 1, tries = 0; i >= 0 && tries < 4 && !done; i--) {
           tries++;
           const ref = denyRules[i] as RuleRef;
-          const request = requestMatching(ref.rule, destination, layer, workloads, pick, layer === 'L4');
+          const request = requestMatching(ref.rule, true, destination, layer, workloads, pick, layer === 'L4');
           // Only the rule we aimed at: an earlier DENY deciding would not scan to the end.
           if (request !== null && referenceDecide(world, target, request, moment).rule === null) continue;
           done = accept(request, 'last-deny-rule', false);

@@ -110,19 +110,16 @@ function hostWithoutPort(host: string): number {
 }
 
 /**
- * Istio matches a host pattern against the Host as sent and, when it carries a port, also without it
- * (`web.shop` matches `web.shop:80`; `api:8080` matches only with that port). The port-less form is cut
- * only when the first comparison failed.
+ * Istio matches a host pattern against the Host exactly as sent: `web.shop` does not match `web.shop:8080`, which
+ * is why its docs tell you to write `web.shop:*` too. A DENY rule written without the port would then miss a request
+ * that adds one, so each action reads the Host the way that lets fewer requests through: `withoutPort` (a DENY's
+ * `hosts`, an ALLOW's `notHosts`) also matches the Host with its port cut, only when the first comparison failed.
  */
-function hostMatches(matcher: StringMatcher, host: string): boolean {
+function hostMatches(matcher: StringMatcher, host: string, withoutPort: boolean): boolean {
   if (matcher.matches(host)) return true;
-  const colon = host.lastIndexOf(':');
-  if (colon <= 0 || host.charCodeAt(host.length - 1) === 93 /* ] */) return false;
-  for (let i = colon + 1; i < host.length; i++) {
-    const code = host.charCodeAt(i);
-    if (code < 48 || code > 57) return false;
-  }
-  return colon + 1 < host.length && matcher.matches(host.slice(0, colon));
+  if (!withoutPort) return false;
+  const length = hostWithoutPort(host);
+  return length > 0 && matcher.matches(host.slice(0, length));
 }
 
 function portMatches(operation: CompiledOperation, port: number): boolean {
@@ -130,10 +127,10 @@ function portMatches(operation: CompiledOperation, port: number): boolean {
 }
 
 /** The HTTP fields of an operation but its methods (the index settles those); false without a request. */
-function operationHostPathMatches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
+function operationHostPathMatches(operation: CompiledOperation, request: HttpRequestFacts | null, deny: boolean): boolean {
   if (request === null) return false;
-  if (operation.hosts !== null && !hostMatches(operation.hosts, request.host)) return false;
-  if (operation.notHosts !== null && hostMatches(operation.notHosts, request.host)) return false;
+  if (operation.hosts !== null && !hostMatches(operation.hosts, request.host, deny)) return false;
+  if (operation.notHosts !== null && hostMatches(operation.notHosts, request.host, !deny)) return false;
   if (operation.paths !== null && !operation.paths.matches(request.path)) return false;
   return operation.notPaths === null || !operation.notPaths.matches(request.path);
 }
@@ -145,14 +142,14 @@ function operationMethodMatches(operation: CompiledOperation, request: HttpReque
 }
 
 /** The HTTP fields of an operation (hosts, methods, paths); false without a request. */
-function operationL7Matches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
-  return operationMethodMatches(operation, request) && operationHostPathMatches(operation, request);
+function operationL7Matches(operation: CompiledOperation, request: HttpRequestFacts | null, deny: boolean): boolean {
+  return operationMethodMatches(operation, request) && operationHostPathMatches(operation, request, deny);
 }
 
 /** `ignoreL7`: treat HTTP fields as matching (DENY at 'tcp', ALLOW's L4 part at 'connect'). */
-function operationMatches(operation: CompiledOperation, ctx: AuthzContext, ignoreL7: boolean): boolean {
+function operationMatches(operation: CompiledOperation, ctx: AuthzContext, ignoreL7: boolean, deny: boolean): boolean {
   if (!portMatches(operation, ctx.destinationPort)) return false;
-  return !operation.l7 || ignoreL7 || operationL7Matches(operation, ctx.request);
+  return !operation.l7 || ignoreL7 || operationL7Matches(operation, ctx.request, deny);
 }
 
 function valuesContain(values: CompiledValues, text: string | null, ip: IpAddress | null, port: number): boolean {
@@ -212,7 +209,8 @@ export function ruleMatches(rule: CompiledRule, ctx: AuthzContext, ignoreL7: boo
   const to = rule.to;
   if (to !== null) {
     let any = NO;
-    for (let i = 0; i < to.length; i++) if (operationMatches(to[i] as CompiledOperation, ctx, ignoreL7)) { any = YES; break; }
+    const deny = rule.policy.action === 'DENY';
+    for (let i = 0; i < to.length; i++) if (operationMatches(to[i] as CompiledOperation, ctx, ignoreL7, deny)) { any = YES; break; }
     if (any === NO) return false;
   }
   const when = rule.when;
@@ -242,7 +240,7 @@ function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsReso
   if (operation !== null) {
     if (!portsResolved && !portMatches(operation, ctx.destinationPort)) return false;
     if ((recheck & RECHECK_METHOD) !== 0 && operation.l7 && !ignoreL7 && !operationMethodMatches(operation, ctx.request)) return false;
-    if (operation.l7 && !ignoreL7 && !hostsAndPathsSettled && !operationHostPathMatches(operation, ctx.request)) return false;
+    if (operation.l7 && !ignoreL7 && !hostsAndPathsSettled && !operationHostPathMatches(operation, ctx.request, term.rule.policy.action === 'DENY')) return false;
   }
   const when = term.rule.when;
   if (when !== null) {
@@ -350,7 +348,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
   const methodAt = methodHeader < 0 || !perRequest ? allAt : stringMask(bits, words, methodHeader, vocabularies.methods, request.method, vocabularies.methods.idOf(request.method), work, METHOD_ROW);
   const pathHeader = bits[list + L_PATH] as number;
   const hostHeader = bits[list + L_HOST] as number;
-  const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, words, pathHeader, request.path, 0, work, PATH_ROW);
+  const pathAt = pathHeader < 0 || !perRequest ? allAt : patternMask(bits, words, pathHeader, request.path, 0, 0, work, PATH_ROW);
   const methodBits = methodAt >= 0 ? bits : work;
   const methodOffset = methodAt >= 0 ? methodAt : ~methodAt;
   const pathBits = pathAt >= 0 ? bits : work;
@@ -359,7 +357,7 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
   // after source, method and path is constrained by one of them, it cannot remove any: skipped (exact).
   const hostAt = hostHeader < 0 || !perRequest || !constrains(sourceBits, sourceAt, methodBits, methodOffset, pathBits, pathOffset, bits, bits[hostHeader + P_FREE] as number, words)
     ? allAt
-    : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), work, HOST_ROW);
+    : patternMask(bits, words, hostHeader, request.host, hostWithoutPort(request.host), bits[list + L_DENY_WORDS] as number, work, HOST_ROW);
   const headersTable = bits[list + L_HEADERS] as number;
   const headersAt = headersTable < 0 || !perRequest || !constrains(sourceBits, sourceAt, methodBits, methodOffset, pathBits, pathOffset, bits, bits[headersTable + 1] as number, words)
     ? allAt

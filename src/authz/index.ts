@@ -718,7 +718,9 @@ const STRING_NEG_ROW = 9;
 export const SOURCE_ROW = 10; // principal & namespace & IP
 export const HEADERS_ROW = 11; // every header dimension ANDed
 export const HEADER_ROW = 12; // one header's mask
-const ROWS = 13;
+const PATTERN_ALT_ROW = 13; // a Host without its port: the terms it admits
+const PATTERN_ALT_NEG_ROW = 14; // and those it excludes
+const ROWS = 15;
 
 /**
  * Work space for the masks computed per decision (values no rule of the list names, IPs): grown when a
@@ -934,11 +936,11 @@ function walkPatterns(data: Int32Array, words: number, header: number, value: st
 
 /**
  * The mask of a path or host, computed into scratch row `row` and returned as `~offset`. `alternative` > 0: the
- * value's first `alternative` chars are a second form that also counts (a Host without its port, as Istio matches
- * `web.shop` against `web.shop:80`): a term is admitted if either form passes its list, excluded if either form
- * is in its `not` list.
+ * value's first `alternative` chars are a second form (a Host without its port) that counts where it lets fewer
+ * requests through (see hostMatches in src/authz/decide.ts): for the DENY terms (the first `denyWords` words) it is
+ * admitted by a positive list, for the ALLOW terms it is excluded by a `not` list.
  */
-export function patternMask(data: Int32Array, words: number, header: number, value: string, alternative: number, work: Int32Array, row: number): number {
+export function patternMask(data: Int32Array, words: number, header: number, value: string, alternative: number, denyWords: number, work: Int32Array, row: number): number {
   const at = row * words;
   const negAt = PATTERN_NEG_ROW * words;
   const base = data[header + P_BASE] as number;
@@ -947,7 +949,17 @@ export function patternMask(data: Int32Array, words: number, header: number, val
     work[negAt + w] = 0;
   }
   walkPatterns(data, words, header, value, value.length, work, at, negAt);
-  if (alternative > 0) walkPatterns(data, words, header, value, alternative, work, at, negAt);
+  if (alternative > 0) {
+    const altAt = PATTERN_ALT_ROW * words;
+    const altNegAt = PATTERN_ALT_NEG_ROW * words;
+    for (let w = 0; w < words; w++) {
+      work[altAt + w] = 0;
+      work[altNegAt + w] = 0;
+    }
+    walkPatterns(data, words, header, value, alternative, work, altAt, altNegAt);
+    for (let w = 0; w < denyWords; w++) work[at + w] = (work[at + w] as number) | (work[altAt + w] as number);
+    for (let w = denyWords; w < words; w++) work[negAt + w] = (work[negAt + w] as number) | (work[altNegAt + w] as number);
+  }
   andNotInto(work, at, work, negAt, words);
   return ~at;
 }
