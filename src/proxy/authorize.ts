@@ -10,6 +10,8 @@ import type { Decision, WorkloadPolicies } from '../authz/compile.ts';
 import { auditMatch, authzContext, decideSafely } from '../authz/decide.ts';
 import type { AuthzContext } from '../authz/decide.ts';
 import { parseIp } from '../authz/match.ts';
+import { canonicalIp } from '../config/fields.ts';
+import { forwardedClaimHolds } from './inbound.ts';
 import type { InboundConnection, RequestInspection } from './inbound.ts';
 
 /** The decision context of an inbound connection (its L4 facts; `request` is filled per HTTP request). */
@@ -114,6 +116,11 @@ export class InboundAuthorizer {
   stillAllowed(connection: InboundConnection, inspected: boolean, snapshot: ConfigSnapshot, nodeName: string): boolean {
     const destination = snapshot.workloadByIp(connection.destinationIp);
     if (destination === undefined || destination.node !== nodeName || destination.identity !== connection.destination.identity) return false;
+    // A source address taken from the CONNECT's `forwarded` claim must still be believed: the claimed workload may
+    // have left, moved to another node or changed identity. Closed rather than re-judged with the session's address,
+    // so every later request of an inspected tunnel is not decided on a source that no longer holds.
+    const claimed = connection.claimedSource;
+    if (claimed !== null && !forwardedClaimHolds(snapshot, claimed, connection.peer.id, canonicalIp(connection.peerAddress) ?? connection.peerAddress)) return false;
     // A byte tunnel to a port that now has HTTP rules would escape them: close it, the client reconnects into inspection.
     const policies = authorizationOf(snapshot).forWorkload(destination);
     if (!inspected && policies.hasL7Rules && policies.httpPorts.has(connection.destinationPort)) return false;

@@ -78,27 +78,33 @@ function isPortSuffix(text: string, at: number): boolean {
 }
 
 /**
- * The source IP policies see for a stream: the address its CONNECT names in `forwarded: for=` when that is a
+ * The `forwarded: for=` address of a stream's CONNECT (canonical) when it is believed as the source IP policies see,
+ * else null (the session's own address is): believed when it is a
  * workload with the identity the session proved, running on the host the session comes from (a Pod whose
  * status.hostIP(s) is the session's address: a host-network proxy dials from the node's address, not the pod's),
  * else the session's own address. Any other claim (another identity's address, a pod of this identity on another
- * node, an address outside the registry) is not believed. Memoised per session and configuration version: a
- * session's streams name the same address.
+ * node, an address outside the registry) is not believed. Memoised per session and configuration version (with
+ * the parsed IP in `claimIp`): a session's streams name the same address.
  */
-function sourceIpOf(peer: PeerInfo, forwarded: string | string[] | undefined, snapshot: ConfigSnapshot): IpAddress | null {
-  if (typeof forwarded !== 'string') return peer.ip;
-  if (peer.claimText === forwarded && peer.claimVersion === snapshot.version) return peer.claimIp ?? peer.ip;
-  let believed: IpAddress | null = null;
+function believedClaim(peer: PeerInfo, forwarded: string, snapshot: ConfigSnapshot): string | null {
+  if (peer.claimText === forwarded && peer.claimVersion === snapshot.version) return peer.claimAddress;
   const claimed = forwardedForAddress(forwarded);
   const canonical = claimed === null ? undefined : canonicalIp(claimed);
-  const workload = canonical === undefined ? undefined : snapshot.workloadByIp(canonical);
-  if (canonical !== undefined && workload !== undefined && workload.identity === peer.id.id && (canonical === peer.canonicalAddress || workload.hostIps.includes(peer.canonicalAddress))) {
-    believed = parseIp(canonical);
-  }
+  const believed = canonical !== undefined && forwardedClaimHolds(snapshot, canonical, peer.id.id, peer.canonicalAddress);
   peer.claimText = forwarded;
   peer.claimVersion = snapshot.version;
-  peer.claimIp = believed;
-  return believed ?? peer.ip;
+  peer.claimAddress = believed ? canonical : null;
+  peer.claimIp = believed ? parseIp(canonical) : null;
+  return peer.claimAddress;
+}
+
+/**
+ * Whether a `forwarded: for=` address (canonical) is believed from a session of `identity` coming from
+ * `sessionAddress` (canonical): a workload of that identity at that address, running on the session's host.
+ */
+export function forwardedClaimHolds(snapshot: ConfigSnapshot, claimed: string, identity: string, sessionAddress: string): boolean {
+  const workload = snapshot.workloadByIp(claimed);
+  return workload !== undefined && workload.identity === identity && (claimed === sessionAddress || workload.hostIps.includes(sessionAddress));
 }
 
 /** When the peer's certificate expires (0, i.e. at once, if it cannot be read). */
@@ -115,7 +121,13 @@ export interface InboundConnection {
   /** The peer's namespace when its ID has the /ns/NS/sa/SA shape. */
   readonly peerNamespace: string | null;
   readonly peerAddress: string;
+  /** The source IP policies see: the session's address, or the `forwarded` claim below. */
   readonly peerIp: IpAddress | null;
+  /**
+   * The `forwarded: for=` address believed as the source (canonical), null when it is the session's own: a later
+   * configuration must still believe it (forwardedClaimHolds) for the tunnel to stay open.
+   */
+  readonly claimedSource: string | null;
   readonly destination: Workload;
   readonly destinationIp: string;
   readonly destinationPort: number;
@@ -154,9 +166,13 @@ export interface RequestInspection {
 
 interface PeerInfo {
   readonly id: SpiffeId;
-  /** The last `forwarded` value seen on this session, under which configuration, and the source IP it gave. */
+  /**
+   * The last `forwarded` value seen on this session, under which configuration, and the address it gave when it
+   * was believed (else null: the session's own address is the source).
+   */
   claimText: string | undefined;
   claimVersion: string | undefined;
+  claimAddress: string | null;
   claimIp: IpAddress | null;
   /** The session's remote address, canonical (IPv4-mapped read as IPv4), to compare with workload and host IPs. */
   readonly canonicalAddress: string;
@@ -341,7 +357,7 @@ export class HboneInbound {
     }
     peers.set(session, {
       id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
-      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimVersion: undefined, claimIp: null,
+      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimVersion: undefined, claimAddress: null, claimIp: null,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
   }
@@ -395,12 +411,15 @@ export class HboneInbound {
     // address (an outbound listener, the admin or metrics server): the CONNECT would loop, or lend the workload's
     // outbound identity to the peer.
     if (this.#illegalPorts.has(authority.port) || this.#options.ownListener?.(authority.host, authority.port) === true) return this.#refuse(stream, 503, peer, destination, `port ${authority.port} belongs to the proxy itself`);
+    const forwarded = headers.forwarded;
+    const claimed = typeof forwarded === 'string' ? believedClaim(peer, forwarded, snapshot) : null;
     const connection: InboundConnection = {
       peer: peer.id,
       principal: peer.principal,
       peerNamespace: peer.namespace,
       peerAddress: peer.address,
-      peerIp: sourceIpOf(peer, headers.forwarded, snapshot),
+      peerIp: claimed === null ? peer.ip : peer.claimIp,
+      claimedSource: claimed,
       destination,
       destinationIp: authority.host,
       destinationPort: authority.port,

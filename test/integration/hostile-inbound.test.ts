@@ -540,6 +540,72 @@ spec:
   });
 });
 
+describe('HBONE inbound: an open tunnel whose source address came from a forwarded claim', () => {
+  it('stays open while a new configuration still believes the claim, and is closed once the claimed workload runs on another host', async () => {
+    const accepted = () => nodeB().proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const apply = async (file: string, yaml: string, what: string) => {
+      const seen = accepted();
+      await mesh.writeConfig(file, yaml);
+      await waitUntil(`node-b accepts ${what}`, async () => accepted() > seen, 5_000);
+    };
+    const allowTester = (extra: string) => `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: tester-pod-only, namespace: demo }
+spec:
+  rules: [{ from: [{ source: { ipBlocks: ["${TESTER_IP}/32"${extra}] } }] }]
+`;
+    const session = dialHbone(validClient);
+    try {
+      await apply('policies.yaml', allowTester(''), "the ALLOW of tester-1's address");
+      // Only a believed claim opens a tunnel under this policy.
+      const refused = await request(session, { ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` });
+      refused.stream.close();
+      expect(refused.status, 'no claim: the session address is not allowed').toBe(401);
+      const open = await request(session, { ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}`, forwarded: `for="${TESTER_IP}:40123"` });
+      expect(open.status).toBe(200);
+      const closed = new Promise<void>((resolve) => open.stream.once('close', () => resolve()));
+      const echoed = (payload: Buffer) => new Promise<Buffer>((resolve) => {
+        const chunks: Buffer[] = [];
+        const onData = (chunk: Buffer) => {
+          chunks.push(chunk);
+          if (Buffer.concat(chunks).length >= payload.length) {
+            open.stream.off('data', onData);
+            resolve(Buffer.concat(chunks));
+          }
+        };
+        open.stream.on('data', onData);
+        open.stream.write(payload);
+      });
+      const first = randomBytes(256);
+      expect((await echoed(first)).equals(first)).toBe(true);
+
+      // A new configuration that still believes the claim (the policy gains a block) keeps the tunnel.
+      await apply('policies.yaml', allowTester(', "192.0.2.99/32"'), 'the widened ALLOW');
+      const second = randomBytes(256);
+      expect((await echoed(second)).equals(second), 'the tunnel still carries bytes').toBe(true);
+
+      // tester-1 now runs on another host: the session's address no longer vouches for it.
+      const movedYaml = yamlDocuments(
+        podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: `${IMPOSTOR_LISTENER_PORT}=${IMPOSTOR_IP}:7` }),
+        podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP }),
+        podYaml({ name: 'cache-1', node: 'node-b', serviceAccount: 'cache', ip: CACHE_IP }),
+        podYaml({ name: 'payments-1', node: 'node-c', serviceAccount: 'payments', ip: IMPOSTOR_IP }),
+        podYaml({ name: 'tester-1', node: 'node-c', serviceAccount: 'tester', ip: TESTER_IP, hostIp: '192.0.2.60' }),
+        podYaml({ name: 'tester-2', node: 'node-d', serviceAccount: 'tester', ip: OTHER_TESTER_IP, hostIp: '192.0.2.50' }),
+      );
+      const since = nodeB().proc.lines.length;
+      await apply('workloads.yaml', movedYaml, 'tester-1 on another host');
+      await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the tunnel is still open 5 s after the claim stopped holding')), 5_000).unref())]);
+      const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'closed open connections the new configuration no longer allows', 'the revocation');
+      expect(line.closed).toBe(1);
+    } finally {
+      session.destroy();
+      await apply('workloads.yaml', config, 'the original workloads');
+      await apply('policies.yaml', '# no policies\n', 'the configuration without the ALLOW');
+    }
+  });
+});
+
 describe('HBONE inbound: a session outliving its client certificate', () => {
   it('serves the session while the certificate is valid, then refuses its new streams and says GOAWAY once it expires', async () => {
     // X.509 times are whole seconds: a 3 s certificate expires 2-3 s from now.

@@ -47,6 +47,7 @@ function connectionFrom(snapshot: ConfigSnapshot, namespace: string): InboundCon
     peerNamespace: namespace,
     peerAddress: '10.0.1.10',
     peerIp: parseIp('10.0.1.10'),
+    claimedSource: null,
     destination: snapshot.workloadByIp('10.0.2.20')!,
     destinationIp: '10.0.2.20',
     destinationPort: 5432,
