@@ -190,6 +190,9 @@ export class HbonePool {
       }
       // Everyone waits for the one dial, then competes for its streams; a failed dial fails all waiters.
       await bucket.dialing;
+      // The bucket may have been forgotten meanwhile (its last session retired): a session dialled into it next would
+      // live outside the map, out of the sweep's and every other caller's reach. Take the one the map holds now.
+      bucket = this.#bucket(bucket.source, bucket.sourceIp, bucket.peer, bucket.expected);
     }
   }
 
