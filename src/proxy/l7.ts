@@ -289,6 +289,11 @@ export class HttpInspector {
 
   constructor(logger: Logger) {
     this.#logger = logger.child({ component: 'l7' });
+    // A client may half-close after its last request (an HTTP/1.0 client, a script, an application's
+    // shutdown(SHUT_WR) carried as END_STREAM). Node's HTTP server would abort the requests in flight and end the
+    // tunnel; half-open, it answers them and ends the tunnel after the last answer. (A Server property since Node's
+    // first HTTP server, not in its options.)
+    (this.#h1 as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     this.#h1.on('request', (req, res) => this.#onH1Request(req, res, false));
     // `Expect: 100-continue`: decided before the client sends its body, which it then sends only when allowed
     // (Node would otherwise answer 100 itself, and undici refuses to forward the header: every such upload got 502).
@@ -355,6 +360,8 @@ export class HttpInspector {
       };
       stream.once('readable', onFirst);
       stream.once('end', () => {
+        // An HTTP/1.1 tunnel is ended by the HTTP server once it has answered what it read (httpAllowHalfOpen).
+        if (this.#tunnels.has(stream)) return;
         if (stream.readableLength === 0) finish();
       });
     });

@@ -33,7 +33,9 @@ const policies = compileAuthorization(buildSnapshot(parseConfigText(POLICY, 'pol
 const served: string[] = [];
 const upstream = http.createServer((req, res) => {
   served.push(`${req.method} ${req.url} host=${req.headers.host ?? ''}`);
-  res.end('served');
+  // A slow answer: the client's half-close arrives long before it.
+  if (req.url === '/slow') setTimeout(() => res.end('served late'), 100);
+  else res.end('served');
 });
 const h2Upstream = http2.createServer();
 h2Upstream.on('stream', (stream, headers) => {
@@ -111,6 +113,42 @@ async function h2(path: string): Promise<number | string> {
     close();
   }
 }
+
+describe('a client that half-closes its side of an inspected tunnel', () => {
+  /** Sends `request` and FIN at once; what came back before the tunnel ended (or null if it never did). */
+  async function sendAndHalfClose(request: string): Promise<string | null> {
+    const { stream, close } = await tunnel('h1');
+    try {
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      const ended = new Promise<boolean>((resolve) => {
+        stream.once('end', () => resolve(true));
+        stream.once('close', () => resolve(true));
+      });
+      stream.end(request);
+      const done = await Promise.race([ended, new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 3000))]);
+      return done ? received : null;
+    } finally {
+      close();
+    }
+  }
+
+  it('still gets the answer to the request it sent before its FIN, then the tunnel ends (HTTP/1.1 and HTTP/1.0)', async () => {
+    for (const version of ['1.1', '1.0']) {
+      const received = await sendAndHalfClose(`GET /slow HTTP/${version}\r\nHost: web.shop\r\n\r\n`);
+      expect(received, `HTTP/${version}: the tunnel ended`).not.toBeNull();
+      expect(received, `HTTP/${version}`).toMatch(/^HTTP\/1\.1 200 /);
+      expect(received?.endsWith('served late'), `HTTP/${version}`).toBe(true);
+    }
+  });
+
+  it('gets every pipelined answer, the denied one included, in order', async () => {
+    const received = await sendAndHalfClose('GET /slow HTTP/1.1\r\nHost: web.shop\r\n\r\nGET /admin HTTP/1.1\r\nHost: web.shop\r\n\r\nGET /public HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+    expect(received).not.toBeNull();
+    expect([...(received ?? '').matchAll(/HTTP\/1\.1 (\d{3})/g)].map((match) => match[1])).toEqual(['200', '403', '200']);
+    expect(received).toContain('served late');
+  });
+});
 
 describe('the request target an inspected tunnel decides on', () => {
   it('serves an allowed origin-form request and denies a denied path (both sides of the policy)', async () => {
