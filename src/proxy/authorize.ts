@@ -6,9 +6,9 @@ import type { Registry } from 'prom-client';
 import type { ConfigSnapshot } from '../config/snapshot.ts';
 import type { Logger } from '../observe/log.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
-import type { Decision, WorkloadPolicies } from '../authz/compile.ts';
+import type { CompiledRule, Decision, WorkloadPolicies } from '../authz/compile.ts';
 import { auditMatch, authzContext, decideSafely } from '../authz/decide.ts';
-import type { AuthzContext } from '../authz/decide.ts';
+import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { parseIp } from '../authz/match.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { forwardedClaimHolds } from './inbound.ts';
@@ -24,6 +24,15 @@ function contextOf(connection: InboundConnection): AuthzContext {
     destinationPort: connection.destinationPort,
     request: null,
   });
+}
+
+/** The AUDIT rule that matches, for the log; a failure to tell is no match (AUDIT never decides). */
+function auditSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): CompiledRule | null {
+  try {
+    return auditMatch(policies, ctx, moment);
+  } catch {
+    return null;
+  }
 }
 
 export class InboundAuthorizer {
@@ -63,8 +72,9 @@ export class InboundAuthorizer {
     } else if (this.#logger.isLevelEnabled('debug')) {
       this.#logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection allowed');
     }
-    if (policies.audit.length > 0) {
-      const audited = auditMatch(policies, ctx, moment);
+    // A connection whose requests are inspected is audited per request (requestInspection), as Envoy's HTTP RBAC does.
+    if (policies.audit.length > 0 && !(moment === 'connect' && policies.hasL7Rules)) {
+      const audited = auditSafely(policies, ctx, moment);
       if (audited) this.#logger.info({ audit: audited.policy.name, rule: audited.index, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'audited connection');
     }
     return decision;
@@ -99,8 +109,12 @@ export class InboundAuthorizer {
         if (inForce === null) return DENY_ON_ERROR;
         ctx.request = facts;
         const decision = decideSafely(inForce, ctx, 'request', DENY_ON_ERROR);
+        const audited = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request') : null;
         ctx.request = null;
         this.#count(decision);
+        if (audited !== null) {
+          logger.info({ audit: audited.policy.name, rule: audited.index, decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'audited request');
+        }
         if (decision.allow && logger.isLevelEnabled('debug')) {
           logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity }, 'request allowed');
         }

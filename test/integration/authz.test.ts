@@ -233,6 +233,41 @@ spec:
     expect(webRequests).toEqual(['GET /public/a', 'GET /public/b?q=1']);
   });
 
+  it('logs the requests an AUDIT policy on HTTP fields matches, each one, and not the others', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    let seen = accepted();
+    await mesh.writeConfig('policies.yaml', `${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-audit, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: AUDIT
+  rules:
+    - from: [{ source: { remoteIpBlocks: ["${CLIENT_IP}/32"] } }]
+      to: [{ operation: { paths: ["/public/a"] } }]
+`);
+    await waitUntil('node-b accepts the AUDIT policy', async () => accepted() > seen);
+    const since = nodeB.proc.lines.length;
+    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
+    try {
+      for (const path of ['/public/b', '/public/a', '/admin']) {
+        const response = await client.request({ path, method: 'GET' });
+        await response.body.dump();
+      }
+      const audited = await nodeB.proc.waitFor((line) => nodeB.proc.lines.indexOf(line) >= since && line.msg === 'audited request' && line.path === '/public/a');
+      expect(audited).toMatchObject({ audit: 'demo/web-audit', rule: 0, decision: 'ALLOW', method: 'GET', source: 'spiffe://cluster.local/ns/demo/sa/client' });
+      // Lines come in order: the unmatched request before it was not logged.
+      expect(nodeB.proc.lines.slice(since).filter((line) => line.msg === 'audited request' && line.path !== '/public/a')).toEqual([]);
+    } finally {
+      await client.close();
+      seen = accepted();
+      await mesh.writeConfig('policies.yaml', policies);
+      await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
+    }
+  });
+
   it('passes an allowed HTTP/1.1 request on with every header field as the client wrote it, repeated ones included', async () => {
     // Written by hand: HTTP clients refuse to send a repeated User-Agent or their own Connection tokens.
     const request = [
