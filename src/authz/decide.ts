@@ -97,7 +97,10 @@ function sourceIpMatches(source: CompiledSource, ctx: AuthzContext, ignoreL7: bo
   return true;
 }
 
-/** The length of the Host without its `:port` (digits after the last colon, not an IPv6 literal's), or 0. */
+/**
+ * The length of the Host without its `:port` (digits after the last colon, not an IPv6 literal's, none at all for
+ * an empty port: RFC 3986 reads `web.shop:` as the default port), or 0 when it has none.
+ */
 function hostWithoutPort(host: string): number {
   // From the end: most Hosts end in a letter and are settled by their last char.
   let i = host.length - 1;
@@ -106,7 +109,7 @@ function hostWithoutPort(host: string): number {
     if (code < 48 || code > 57) break;
     i--;
   }
-  return i > 0 && i < host.length - 1 && host.charCodeAt(i) === 58 /* : */ ? i : 0;
+  return i > 0 && host.charCodeAt(i) === 58 /* : */ ? i : 0;
 }
 
 /**

@@ -29,7 +29,7 @@ export interface PolicyOperation {
   readonly notPaths?: readonly string[];
 }
 
-/** `when` keys ambit evaluates. request.headers[NAME] is L7; the others are L4. */
+/** `when` keys ambit evaluates. request.headers[NAME] and remote.ip are L7 (HTTP fields); the others are L4. */
 export type ConditionKey =
   | { readonly kind: 'request.headers'; readonly header: string }
   | { readonly kind: 'source.ip' }

@@ -194,7 +194,8 @@ export function operationHasHttp(operation: PolicyOperation): boolean {
 function hostMatches(patterns: readonly string[], host: string, withoutPort: boolean): boolean {
   if (anyPatternIgnoringCase(patterns, host)) return true;
   if (!withoutPort) return false;
-  const match = /^(.*):\d+$/.exec(host);
+  // An empty port (`web.shop:`) is the default port (RFC 3986 §3.2.3): cut too.
+  const match = /^(.*):\d*$/.exec(host);
   return match !== null && !host.endsWith(']') && anyPatternIgnoringCase(patterns, match[1] as string);
 }
 
