@@ -201,6 +201,10 @@ export interface SyncReport {
 
 const peers = new WeakMap<http2.Http2Session, PeerInfo>();
 
+/** Source workload names a peer's baggage may add to the metric labels, per peer identity, and peers tracked. */
+const MAX_BAGGAGE_NAMES_PER_PEER = 8;
+const MAX_BAGGAGE_PEERS = 4096;
+
 export class HboneInbound {
   readonly #options: InboundOptions;
   readonly #logger: Logger;
@@ -211,6 +215,8 @@ export class HboneInbound {
   readonly #live = new Set<UpstreamDial>();
   #illegalPorts: ReadonlySet<number>;
   #shared: net.Server | undefined;
+  /** Source workload names taken from baggage, by peer identity (see #sourceWorkload). */
+  readonly #baggageNames = new Map<string, Set<string>>();
 
   constructor(options: InboundOptions) {
     this.#options = options;
@@ -433,13 +439,13 @@ export class HboneInbound {
       } catch {
         decision = DENY_ON_ERROR; // fail closed
       }
-      if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers);
+      if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers, snapshot, claimed);
     }
     // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners in an EmitterSlot
     // on the stream and the socket: closures here would keep this whole scope, the request's headers among it, for
     // the tunnel's life.
     const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true, noDelay: true });
-    const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers), snapshot);
+    const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers, snapshot, claimed), snapshot);
     dials.set(upstream, dial);
     dials.set(stream, dial);
     // Live from now: a policy change while the upstream connects must reach this tunnel too (revoke), or it would
@@ -555,13 +561,10 @@ export class HboneInbound {
     });
   }
 
-  #labels(peer: PeerInfo, destination: Workload, headers: http2.IncomingHttpHeaders): TunnelLabels {
-    const baggage = parseBaggage(headers.baggage);
+  #labels(peer: PeerInfo, destination: Workload, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null): TunnelLabels {
     return {
       reporter: 'destination',
-      // Baggage is the peer's claim: its workload name is used only when it names the peer's own
-      // (verified) namespace, so no SVID holder can book its traffic under another namespace.
-      sourceWorkload: baggage?.workload !== undefined && (baggage.namespace === undefined || baggage.namespace === peer.namespace) ? baggage.workload : 'unknown',
+      sourceWorkload: this.#sourceWorkload(peer, headers, snapshot, claimed),
       sourceWorkloadNamespace: peer.namespace ?? 'unknown',
       sourcePrincipal: peer.id.id,
       destinationWorkload: destination.name,
@@ -572,10 +575,34 @@ export class HboneInbound {
     };
   }
 
-  #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string, flag?: string, headers?: http2.IncomingHttpHeaders): void {
+  /**
+   * The source workload's name for metric labels: the registry's, for the workload at the believed source address
+   * with the session's identity (as ztunnel's registry-derived source). Otherwise the one the peer's baggage names
+   * (a ztunnel peer from a cluster this registry does not list), only in the peer's own namespace and at most
+   * MAX_BAGGAGE_NAMES_PER_PEER names per peer identity: each name is a series kept for the proxy's life, and a peer
+   * writing a new one on every CONNECT would fill the series store for the whole node.
+   */
+  #sourceWorkload(peer: PeerInfo, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null): string {
+    const known = snapshot.workloadByIp(claimed ?? peer.canonicalAddress);
+    if (known !== undefined && known.identity === peer.id.id) return known.name;
+    const baggage = parseBaggage(headers.baggage);
+    const name = baggage?.workload;
+    if (name === undefined || (baggage?.namespace !== undefined && baggage.namespace !== peer.namespace)) return 'unknown';
+    let names = this.#baggageNames.get(peer.id.id);
+    if (names === undefined) {
+      if (this.#baggageNames.size >= MAX_BAGGAGE_PEERS) return 'unknown';
+      this.#baggageNames.set(peer.id.id, (names = new Set()));
+    }
+    if (names.has(name)) return name;
+    if (names.size >= MAX_BAGGAGE_NAMES_PER_PEER) return 'unknown';
+    names.add(name);
+    return name;
+  }
+
+  #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string, flag?: string, headers?: http2.IncomingHttpHeaders, snapshot?: ConfigSnapshot, claimed: string | null = null): void {
     const log = status === 401 ? this.#logger.info.bind(this.#logger) : this.#logger.warn.bind(this.#logger);
     log({ status, peer: peer.id.id, peerAddress: peer.address, workload: `${workload.namespace}/${workload.name}`, reason }, 'HBONE CONNECT refused');
-    if (flag === 'DENY' && headers) this.#options.metrics.failed(this.#labels(peer, workload, headers), 'DENY');
+    if (flag === 'DENY' && headers && snapshot) this.#options.metrics.failed(this.#labels(peer, workload, headers, snapshot, claimed), 'DENY');
     if (stream.destroyed || stream.closed || stream.headersSent) return;
     stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
   }

@@ -540,6 +540,36 @@ spec:
   });
 });
 
+describe("HBONE inbound: the source workload a destination's metrics name", () => {
+  it("is the registry's for a believed source address, whatever the baggage says, and a peer's baggage adds at most 8 names", async () => {
+    const session = dialHbone(validClient);
+    const tunnel = async (extra: Record<string, string>) => {
+      const outcome = await request(session, { ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}`, ...extra });
+      outcome.stream.close();
+      expect(outcome.status).toBe(200);
+    };
+    const opened = (workload: string) => metricSum(nodeB(), 'istio_tcp_connections_opened_total', { reporter: 'destination', source_principal: TESTER_ID, source_workload: workload });
+    try {
+      // tester-1's address, believed: the registry names the source, not the baggage.
+      await tunnel({ forwarded: `for="${TESTER_IP}"`, baggage: 'k8s.namespace.name=demo,k8s.deployment.name=liar' });
+      expect(await opened('tester-1')).toBeGreaterThanOrEqual(1);
+      expect(await opened('liar')).toBe(0);
+      // From an address the registry does not know: baggage names the source, up to 8 names for this identity.
+      const unknownBefore = await opened('unknown');
+      for (let i = 0; i < 12; i++) await tunnel({ baggage: `k8s.namespace.name=demo,k8s.deployment.name=invented-${i}` });
+      const counts = await Promise.all(Array.from({ length: 12 }, (_, i) => opened(`invented-${i}`)));
+      expect(counts.filter((count) => count > 0)).toHaveLength(8);
+      expect((await opened('unknown')) - unknownBefore).toBe(4);
+      // A name already taken keeps counting under itself.
+      const first = counts.findIndex((count) => count > 0);
+      await tunnel({ baggage: `k8s.namespace.name=demo,k8s.deployment.name=invented-${first}` });
+      expect(await opened(`invented-${first}`)).toBe((counts[first] as number) + 1);
+    } finally {
+      session.destroy();
+    }
+  });
+});
+
 describe('HBONE inbound: an open tunnel whose source address came from a forwarded claim', () => {
   it('stays open while a new configuration still believes the claim, and is closed once the claimed workload runs on another host', async () => {
     const accepted = () => nodeB().proc.lines.filter((line) => line.msg === 'configuration accepted').length;
