@@ -132,7 +132,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#metrics = createMetrics(options.metrics ?? new Registry());
     this.#random = options.random ?? Math.random;
     this.#bundles = new BundleSet([options.bootstrapBundle]);
-    this.#dispatcher = this.#newDispatcher();
+    this.#dispatcher = this.#newDispatcher(undefined);
   }
 
   get nodeId(): string {
@@ -278,10 +278,14 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     return entry;
   }
 
-  #newDispatcher(): Agent {
+  /**
+   * Connections to the CA presenting `svid` (none before attestation). Fixed per dispatcher, never read from the
+   * entry: a renewed node SVID must not reach the CA on any connection before it is stored (see #accept).
+   */
+  #newDispatcher(svid: Svid | undefined): Agent {
     return new Agent({
       connect: spiffeConnector({
-        clientSvid: () => this.nodeSvid(),
+        clientSvid: () => svid,
         bundles: () => this.#bundles,
         expectedServer: this.#caServerId,
         connectTimeoutMs: REQUEST_TIMEOUT_MS,
@@ -353,6 +357,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   }
 
   #accept(entry: Entry, svid: Svid, fresh: boolean): void {
+    // Forgotten while its renewal was in flight (the workload left the node): installing it would bring back its
+    // expiry gauge and have the proxy hold a key for an identity it no longer serves.
+    if (this.#entries.get(entry.spiffeId) !== entry) return;
     const renewal = entry.svid !== undefined;
     entry.svid = svid;
     entry.failures = 0;
@@ -361,19 +368,19 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#metrics.rotations.inc({ identity: entry.spiffeId });
       this.#logger.info({ spiffeId: entry.spiffeId, serial: svid.chain[0]?.serialNumber, expiresAt: svid.notAfter.toISOString() }, 'certificate rotated');
     }
-    if (entry.spiffeId === this.#nodeId && fresh) {
+    if (entry.spiffeId === this.#nodeId) {
       // New connections to the CA present the new node SVID. A renewed one only once it is stored: its first use
       // retires the old one at the CA, and a restart that found only the old one on disk would be refused. The first
-      // one (attestation) at once: the connection that attested presented none.
-      const stored = this.#persistNodeSvid(svid);
+      // one (attestation) at once: the connection that attested presented none. One loaded from disk at once.
       const switchDispatcher = () => {
         if (this.#stopped) return;
         const old = this.#dispatcher;
-        this.#dispatcher = this.#newDispatcher();
+        this.#dispatcher = this.#newDispatcher(svid);
         void old.close();
       };
-      if (!renewal) switchDispatcher();
-      else void stored.then((ok) => ok && switchDispatcher());
+      if (!fresh || !renewal) switchDispatcher();
+      const stored = fresh ? this.#persistNodeSvid(svid) : null;
+      if (stored !== null && renewal) void stored.then((ok) => ok && switchDispatcher());
     }
     const waiters = entry.waiters;
     entry.waiters = [];
