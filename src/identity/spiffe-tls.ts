@@ -9,7 +9,7 @@ import * as tls from 'node:tls';
 import type { buildConnector } from 'undici';
 import { AmbitError } from '../errors.ts';
 import type { SpiffeId } from './spiffe-id.ts';
-import { parseCertificates, verifySvid } from './svid.ts';
+import { MAX_CHAIN_DEPTH, parseCertificates, verifySvid } from './svid.ts';
 import type { BundleSource, Certificate, Svid, VerifyResult } from './svid.ts';
 
 /** TLS 1.3 only, as ztunnel: no downgrade surface, and every peer in the mesh speaks it. */
@@ -35,6 +35,8 @@ export function chainOf(leaf: tls.DetailedPeerCertificate): Certificate[] {
   const seen = new Set<string>();
   let current: tls.DetailedPeerCertificate | undefined = leaf;
   while (current && current.raw && !seen.has(current.fingerprint256)) {
+    // Refused before parsing: a peer may link hundreds of certificates, and each costs a parse and signature checks.
+    if (seen.size > MAX_CHAIN_DEPTH) throw new AmbitError('SVID_CHAIN_INVALID', `peer presented a chain of more than ${MAX_CHAIN_DEPTH + 1} certificates`);
     seen.add(current.fingerprint256);
     chain.push(...parseCertificates(current.raw));
     current = current.issuerCertificate;
@@ -57,7 +59,7 @@ export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, 
   try {
     chain = leaf ? chainOf(leaf) : [];
   } catch (error) {
-    return { valid: false, id: null, error: new AmbitError('SVID_PARSE', `peer certificate unreadable: ${(error as Error).message}`) };
+    return { valid: false, id: null, error: error instanceof AmbitError ? error : new AmbitError('SVID_PARSE', `peer certificate unreadable: ${(error as Error).message}`) };
   }
   if (chain.length === 0) return { valid: false, id: null, error: new AmbitError('CA_UNAUTHENTICATED', 'peer presented no certificate') };
   const result = verifySvid(chain, bundles);

@@ -18,7 +18,13 @@ export type Certificate = x509.X509Certificate;
 /** SPIRE's NotBeforeCushion: backdate so peers with a slightly slow clock accept a fresh certificate. */
 export const NOT_BEFORE_CUSHION_MS = 10_000;
 /** A chain longer than this is refused outright: real meshes use root → intermediate → leaf. */
-const MAX_CHAIN_DEPTH = 8;
+export const MAX_CHAIN_DEPTH = 8;
+/**
+ * The largest RSA modulus a presented intermediate may have. Path building checks a presented CA's signature
+ * against each candidate before anything is trusted: an unauthenticated peer must not make each check cost
+ * milliseconds with RSA-16384 keys.
+ */
+const MAX_CA_RSA_BITS = 4096;
 const SIGNING_ALGORITHM: EcdsaParams = { name: 'ECDSA', hash: 'SHA-256' };
 const KEY_ALGORITHM: EcKeyGenParams = { name: 'ECDSA', namedCurve: 'P-256' };
 
@@ -273,6 +279,11 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
   let current = chain[0] as Certificate;
   const leafValidity = checkValidity(current, at, 'leaf', id);
   if (leafValidity) return leafValidity;
+  if (chain.length > MAX_CHAIN_DEPTH + 1) return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: chain of ${chain.length} certificates, more than ${MAX_CHAIN_DEPTH + 1}`);
+  for (let i = 1; i < chain.length; i++) {
+    const bits = facts(chain[i] as Certificate).node.publicKey.asymmetricKeyDetails?.modulusLength ?? 0;
+    if (bits > MAX_CA_RSA_BITS) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(chain[i] as Certificate)} has a ${bits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused`);
+  }
   const used = new Set<Certificate>([current]);
   for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
     for (const root of bundle.roots) {

@@ -13,6 +13,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
+import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueCa, issueLeaf } from '../../src/identity/svid.ts';
+import type { Certificate } from '../../src/identity/svid.ts';
 import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
 import type { AmbitProcess, LogLine } from '../helpers/process.ts';
@@ -689,6 +691,27 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
     expect(outcome.closedByServer).toBe(true);
     const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.presented === presented, `refusal of ${presented}`);
     expect(line.code).toBe(code);
+  });
+
+  it('drops a peer presenting a chain of ten certificates before parsing them, with SVID_CHAIN_INVALID', async () => {
+    const ca = await createTestCa(TD);
+    let authority = ca.root;
+    const intermediates: Certificate[] = [];
+    for (let i = 0; i < 9; i++) {
+      const keys = await generateKeyPair();
+      const cert = await issueCa({ trustDomain: TD, keys, ttlMs: 3_600_000, authority, commonName: `long ${i}` });
+      intermediates.unshift(cert);
+      authority = { cert, privateKey: keys.privateKey, chainAbove: [] };
+    }
+    const keys = await generateKeyPair();
+    const leaf = await issueLeaf({ spiffeId: `spiffe://${TD}/ns/demo/sa/long`, publicKey: keys.publicKey, authority, ttlMs: 3_600_000 });
+    const chain = [leaf, ...intermediates];
+    const since = nodeB().proc.lines.length;
+    const outcome = await attemptTunnel({ chain, certPem: certificatesToPem(chain), keyPem: await exportPrivateKeyPem(keys.privateKey), keys });
+    expect(outcome.status).toBeNull();
+    expect(outcome.closedByServer).toBe(true);
+    const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.code === 'SVID_CHAIN_INVALID', 'the refusal');
+    expect(line.reason).toMatch(/more than 9 certificates/);
   });
 
   it('drops a peer whose SPIFFE ID names two namespaces (/ns/NAME/ twice), which no one namespace can stand for', async () => {

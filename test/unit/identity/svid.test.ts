@@ -214,6 +214,61 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid([leaf, ca2, ca1], bundles).error?.code).toBe('SVID_CA_INVALID');
   });
 
+  it('accepts seven presented intermediates and refuses a chain of ten certificates before checking any signature', async () => {
+    const chainOf = async (intermediates: number) => {
+      let issuer = caA.root;
+      const above: x509.X509Certificate[] = [];
+      for (let i = 0; i < intermediates; i++) {
+        const { cert, keys } = await craftCertificate(issuer, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+        above.unshift(cert);
+        issuer = { cert, privateKey: keys.privateKey, chainAbove: [] };
+      }
+      const { cert: leaf } = await craftCertificate(issuer, { uris: [WEB] });
+      return [leaf, ...above];
+    };
+    expect(verifySvid(await chainOf(7), bundles).valid).toBe(true);
+    const long = verifySvid(await chainOf(9), bundles);
+    expect(long.error?.code).toBe('SVID_CHAIN_INVALID');
+    expect(long.error?.message).toMatch(/chain of 10 certificates, more than 9/);
+  });
+
+  it('checks signatures of presented intermediates with RSA keys up to 4096 bits, and refuses a larger one', async () => {
+    const rsa = { name: 'RSASSA-PKCS1-v1_5', publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' };
+    const intermediateWith = async (modulusLength: number) => {
+      const keys = (await crypto.subtle.generateKey({ ...rsa, modulusLength }, true, ['sign', 'verify'])) as CryptoKeyPair;
+      const cert = await x509.X509CertificateGenerator.create({
+        subject: `CN=rsa-${modulusLength}`,
+        issuer: caA.root.cert.subjectName,
+        notBefore: new Date(Date.now() - 60_000),
+        notAfter: new Date(Date.now() + HOUR_MS),
+        signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+        publicKey: keys.publicKey,
+        signingKey: caA.root.privateKey,
+        extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
+      });
+      const leafKeys = await generateKeyPair();
+      const leaf = await x509.X509CertificateGenerator.create({
+        subject: 'CN=leaf',
+        issuer: cert.subjectName,
+        notBefore: new Date(Date.now() - 60_000),
+        notAfter: new Date(Date.now() + HOUR_MS),
+        signingAlgorithm: rsa,
+        publicKey: leafKeys.publicKey,
+        signingKey: keys.privateKey,
+        extensions: [
+          new x509.BasicConstraintsExtension(false, undefined, true),
+          new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+          new x509.SubjectAlternativeNameExtension([{ type: 'url', value: WEB }], true),
+        ],
+      });
+      return [leaf, cert];
+    };
+    expect(verifySvid(await intermediateWith(4096), bundles).valid).toBe(true);
+    const large = verifySvid(await intermediateWith(4160), bundles);
+    expect(large.error?.code).toBe('SVID_CA_INVALID');
+    expect(large.error?.message).toMatch(/4160-bit RSA key; more than 4096 bits is refused/);
+  });
+
   it('does not let a root that names another trust domain vouch for this one, even inside its bundle', async () => {
     const { cert: foreignRoot, keys } = await craftCertificate(null, { uris: ['spiffe://other.test'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
     const { cert: leaf } = await craftCertificate({ cert: foreignRoot, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
