@@ -142,20 +142,36 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
     root = cert;
   }
   const authorityDir = join(dir, 'authorities', name);
-  await mkdir(authorityDir, { recursive: true, mode: 0o700 });
+  await mkdir(join(dir, 'authorities'), { recursive: true, mode: 0o700 });
+  // Never into an existing authority: its key may be the one signing now.
+  try {
+    await mkdir(authorityDir, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new AmbitError('CA_STATE', `${authorityDir} already exists; refusing to overwrite an authority's key`);
+    throw error;
+  }
   await writeFileAtomic(join(authorityDir, 'key.pem'), await exportPrivateKeyPem(keys.privateKey), 0o600);
   await writeFileAtomic(join(authorityDir, 'cert.pem'), certificatesToPem([cert]), 0o644);
   await writeFileAtomic(join(authorityDir, 'root.pem'), certificatesToPem([root]), 0o644);
 }
 
-async function nextAuthorityName(dir: string): Promise<string> {
+/**
+ * `a` and one more than the highest number any authority has, on disk or in ca.json: an operator may have removed a
+ * retired one, and a count-based name would then be an active authority's.
+ */
+async function nextAuthorityName(dir: string, recorded: readonly string[] = []): Promise<string> {
   let entries: string[] = [];
   try {
     entries = await readdir(join(dir, 'authorities'));
   } catch {
     // none yet
   }
-  return `a${entries.length + 1}`;
+  let highest = 0;
+  for (const name of [...entries, ...recorded]) {
+    const match = /^a(\d+)$/.exec(name);
+    if (match) highest = Math.max(highest, Number(match[1]));
+  }
+  return `a${highest + 1}`;
 }
 
 export interface InitOptions extends NewAuthorityOptions {
@@ -229,7 +245,7 @@ export async function prepareAuthority(dir: string, options: NewAuthorityOptions
   if (state.authorities.some((authority) => authority.state === 'prepared')) {
     throw new AmbitError('CA_STATE', `${dir}: an authority is already prepared; activate or withdraw it first`);
   }
-  const name = await nextAuthorityName(dir);
+  const name = await nextAuthorityName(dir, state.authorities.map((authority) => authority.name));
   await createAuthority(dir, state.trustDomain, name, options);
   state.authorities.push({ name, state: 'prepared', createdAt: (options.now ?? new Date()).toISOString() });
   bump(state);

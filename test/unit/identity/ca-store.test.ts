@@ -276,6 +276,25 @@ describe('root rotation: prepare, activate, withdraw', () => {
   });
 });
 
+describe('naming a new authority', () => {
+  it('never reuses the name of an authority still in use after an older one was removed by hand', async () => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    await prepareAuthority(dir);
+    await activateAuthority(dir);
+    await withdrawAuthorities(dir, { graceMs: 0 });
+    // The operator deletes the retired a1 from disk and from ca.json.
+    await rm(join(dir, 'authorities', 'a1'), { recursive: true });
+    const state = JSON.parse(await readFile(caStateFile(dir), 'utf8')) as { authorities: Array<{ name: string }> };
+    state.authorities = state.authorities.filter((authority) => authority.name !== 'a1');
+    await writeFile(caStateFile(dir), JSON.stringify(state));
+    const activeKey = await readFile(join(dir, 'authorities', 'a2', 'key.pem'), 'utf8');
+    expect(await prepareAuthority(dir)).toBe('a3');
+    expect(await readFile(join(dir, 'authorities', 'a2', 'key.pem'), 'utf8')).toBe(activeKey);
+    expect((await loadCa(dir)).active.name).toBe('a2');
+  });
+});
+
 describe('loading a damaged CA directory', () => {
   it('refuses a directory without a CA', async () => {
     expect(await codeOf(loadCa(caDir()))).toBe('CA_STATE');
