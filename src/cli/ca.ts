@@ -123,9 +123,12 @@ async function serve(argv: string[]): Promise<number> {
   const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
   // The same audit log format as the proxy's: one JSON line per configuration change and per issuance decision.
   const auditLog = new AuditLog(auditFile);
-  // Resolves once the line is written (or its failure logged): the CA answers an issuance only after its record.
+  // Resolves once the line is written; rejects (logged) when it cannot be: the CA then refuses the issuance.
   const audit = (record: Record<string, unknown>): Promise<void> =>
-    auditLog.write(record).catch((error: unknown) => logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON() }, 'audit record not written'));
+    auditLog.write(record).catch((error: unknown) => {
+      logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), event: record.event }, 'audit record not written');
+      throw error;
+    });
   const state = await loadCa(dir);
   const fixedTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : undefined;
   let server: CaServer | undefined;

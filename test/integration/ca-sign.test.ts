@@ -146,6 +146,23 @@ describe('the CA signing endpoint', () => {
     expect(record?.spiffeId).toBe(WEB);
   });
 
+  it('refuses to hand out a certificate whose issuance cannot be written to the audit log (500 FILE_WRITE)', async () => {
+    const nodeA = await currentNode();
+    auditGate = Promise.reject(new Error('ENOSPC: no space left on device'));
+    auditGate.catch(() => {});
+    try {
+      const answer = await signFor(nodeA, WEB);
+      expect(answer.status).toBe(500);
+      expect(answer.code).toBe('FILE_WRITE');
+      expect(answer.body.error?.message).toMatch(/not handed out: ENOSPC/);
+      expect(answer.body.certChain).toBeUndefined();
+    } finally {
+      auditGate = null;
+    }
+    // The accept side: with the log writable again, the same request is answered.
+    expect((await signFor(nodeA, WEB)).status).toBe(200);
+  });
+
   it('issues with the lifetime in force when asked (certificateTtl reloads apply to the next SVID)', async () => {
     const nodeA = await currentNode();
     const lifetime = (answer: Answer) => {

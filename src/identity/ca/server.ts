@@ -53,7 +53,8 @@ export interface CaServerOptions {
   logger: Logger;
   /**
    * Audit records (issued, refused): one JSON object per decision. An issuance is answered only once its record's
-   * promise settles, so `ca root withdraw` never misses a certificate its holder already has.
+   * promise resolves, and refused (500) when it rejects, so `ca root withdraw` never misses a certificate its holder
+   * already has.
    */
   audit: (record: Record<string, unknown>) => void | Promise<void>;
   /** How often the state file is checked for root-rotation changes made by `ambit ca root`. */
@@ -261,7 +262,7 @@ export class CaServer {
     if (next.active.name !== previous.active.name) await this.#renewServerSvid();
     if (next.sequence !== previous.sequence) {
       this.#logger.info({ sequence: next.sequence.toString(), authority: next.active.name, roots: next.bundle.roots.length }, 'trust bundle changed');
-      this.#options.audit({ event: 'bundle_changed', sequence: next.sequence.toString(), activeAuthority: next.active.name, roots: next.bundle.roots.length });
+      this.#note({ event: 'bundle_changed', sequence: next.sequence.toString(), activeAuthority: next.active.name, roots: next.bundle.roots.length });
     }
   }
 
@@ -307,13 +308,13 @@ export class CaServer {
       await consumeJoinToken(this.#options.dir, token, node);
     } catch (error) {
       const wrapped = toAmbitError(error, 'JOIN_TOKEN_INVALID');
-      this.#options.audit({ event: 'attest_refused', node, remote, code: wrapped.code, reason: wrapped.message });
+      this.#note({ event: 'attest_refused', node, remote, code: wrapped.code, reason: wrapped.message });
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
     }
     const { response, authority } = await this.#issue(spiffeId, publicKey, this.#svidTtlMs);
     await this.#forNode(node, () => recordAttested(this.#options.dir, node, response.serial));
-    await this.#options.audit({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
+    await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
     return response;
   }
@@ -325,7 +326,7 @@ export class CaServer {
     const caller = verifyPeer(socket, ownBundles, (id) => parseNodeId(id.id)?.trustDomain === this.#state.trustDomain);
     const remote = socket.remoteAddress;
     if (!caller.valid) {
-      this.#options.audit({ event: 'sign_refused', caller: caller.id?.id ?? null, remote, code: caller.error.code, reason: caller.error.message });
+      this.#note({ event: 'sign_refused', caller: caller.id?.id ?? null, remote, code: caller.error.code, reason: caller.error.message });
       throw new HttpError(401, 'CA_UNAUTHENTICATED', `caller must present a valid node SVID of ${this.#state.trustDomain}: [${caller.error.code}] ${caller.error.message}`);
     }
     const callerNode = parseNodeId(caller.id.id)?.nodeName as string;
@@ -343,7 +344,7 @@ export class CaServer {
       const reason = requestedId.trustDomain !== this.#state.trustDomain
         ? `${requestedId.id} is not in trust domain ${this.#state.trustDomain}`
         : `the registry places no workload with identity ${requestedId.id} on node ${callerNode}`;
-      this.#options.audit({ event: 'sign_refused', caller: caller.id.id, node: callerNode, requested: requestedId.id, remote, code: 'CA_NOT_AUTHORIZED', reason });
+      this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, requested: requestedId.id, remote, code: 'CA_NOT_AUTHORIZED', reason });
       this.#logger.warn({ caller: caller.id.id, requested: requestedId.id, remote }, 'CSR refused: identity not placed on the caller\'s node');
       throw new HttpError(403, 'CA_NOT_AUTHORIZED', `node ${callerNode} may not obtain ${requestedId.id}: ${reason}`);
     }
@@ -354,7 +355,7 @@ export class CaServer {
     const { response, authority } = await this.#forNode(callerNode, async () => {
       const refusal = await admitNodeCertificate(this.#options.dir, callerNode, callerSerial);
       if (refusal !== null) {
-        this.#options.audit({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code: 'CA_UNAUTHENTICATED', reason: refusal });
+        this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code: 'CA_UNAUTHENTICATED', reason: refusal });
         this.#logger.warn({ caller: caller.id.id, serial: callerSerial, remote, reason: refusal }, 'CSR refused: node certificate not current');
         throw new HttpError(401, 'CA_UNAUTHENTICATED', refusal);
       }
@@ -362,9 +363,26 @@ export class CaServer {
       if (requestedId.id === caller.id.id) await recordRenewal(this.#options.dir, callerNode, callerSerial, issued.response.serial);
       return issued;
     });
-    await this.#options.audit({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
+    await this.#recordIssuance({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;
+  }
+
+  /**
+   * An issuance's audit record, written before the certificate is handed out: one that cannot be written fails the
+   * request (500), or `ca root withdraw --audit-log` could withdraw a root while a certificate it signed is in use.
+   */
+  async #recordIssuance(record: Record<string, unknown>): Promise<void> {
+    try {
+      await this.#options.audit(record);
+    } catch (error) {
+      throw new HttpError(500, 'FILE_WRITE', `the issuance could not be written to the audit log, so the certificate is not handed out: ${(error as Error).message}`);
+    }
+  }
+
+  /** A refusal's or a change's audit record: its failure is logged by the writer and never fails the request. */
+  #note(record: Record<string, unknown>): void {
+    void (async () => this.#options.audit(record))().catch(() => {});
   }
 
   /** Runs a node record's read-modify-write after the node's previous one: its agent may send requests at once. */
