@@ -16,7 +16,8 @@ import { Counter, Gauge } from 'prom-client';
 import type { Registry } from 'prom-client';
 
 export type Reporter = 'source' | 'destination';
-export type SecurityPolicy = 'mutual_tls' | 'unknown' | 'none';
+/** ztunnel's values: `unknown` for a connection without mTLS (passthrough). */
+export type SecurityPolicy = 'mutual_tls' | 'unknown';
 
 /** Istio's standard label values; 'unknown' for what is not known (an empty string is reported as 'unknown'). */
 export interface TunnelLabels {

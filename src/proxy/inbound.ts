@@ -545,8 +545,9 @@ export class HboneInbound {
     this.#options.liveMeters.delete(dial);
     const { upstream, peer, labels } = dial;
     const { destination, destinationIp, destinationPort } = dial.connection;
-    // An upstream failure mid-transfer is the workload's; a reset from the peer is an ordinary (abrupt) close.
-    const flags = error && side === 'socket' ? 'CONNECT' : '-';
+    // Established, so whatever ends it is not a connection failure: `-`, as ztunnel records a tunnel that ends in an
+    // error (its response flags name why a connection could not be made). The access line says what broke.
+    const flags = '-';
     dial.meter?.close(upstream.bytesRead, upstream.bytesWritten, flags);
     if (!accessLogEnabled(this.#logger, error !== undefined)) return;
     accessLog(this.#logger, {
@@ -556,7 +557,7 @@ export class HboneInbound {
       bytesSent: upstream.bytesRead,
       bytesRecv: upstream.bytesWritten,
       durationMs: Date.now() - dial.startedMs,
-      error: error ? { code: side === 'socket' ? 'UPSTREAM_CONNECT' : 'TUNNEL_RESET', message: error.message } : undefined,
+      error: error ? { code: side === 'socket' ? 'UPSTREAM_RESET' : 'TUNNEL_RESET', message: error.message } : undefined,
       responseFlags: flags,
     });
   }

@@ -363,8 +363,8 @@ export class OutboundListeners {
   #finish(tunnel: OutboundTunnel, result: BridgeResult): void {
     this.#options.liveMeters.delete(tunnel);
     const { socket } = tunnel;
-    // The app resetting its own connection is not a failure of the path; a broken tunnel is.
-    const flags = result.error && result.failedSide === 'stream' ? 'CONNECT' : '-';
+    // Established, so whatever ends it is not a connection failure (see inbound's #finish): the access line says what.
+    const flags = '-';
     tunnel.meter.close(socket.bytesWritten, socket.bytesRead, flags);
     if (!accessLogEnabled(this.#logger, result.error !== undefined)) return;
     accessLog(this.#logger, {
@@ -405,7 +405,7 @@ export class OutboundListeners {
 
   /** Plain TCP to a destination outside the mesh. */
   #passthrough(socket: net.Socket, source: Workload, host: string, port: number, byWorkload: boolean, startedMs: number, srcAddr: string): void {
-    const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'none');
+    const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'unknown');
     // An address is judged before connecting; a name as it resolves (guardedLookup), so no connection is ever made
     // to a refused address.
     const literal = net.isIP(host) !== 0;
@@ -447,14 +447,19 @@ export class OutboundListeners {
       const meter = this.#options.metrics.open(labels);
       const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
       this.#options.liveMeters.add(flushable);
-      let error: Error | undefined;
-      const onError = (e: Error) => {
-        error ??= e;
+      let error: { code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET'; message: string } | undefined;
+      const onSocketError = (e: Error) => {
+        error ??= { code: 'DOWNSTREAM_RESET', message: e.message };
         socket.destroy();
         upstream.destroy();
       };
-      socket.on('error', onError);
-      upstream.on('error', onError);
+      const onUpstreamError = (e: Error) => {
+        error ??= { code: 'UPSTREAM_RESET', message: e.message };
+        socket.destroy();
+        upstream.destroy();
+      };
+      socket.on('error', onSocketError);
+      upstream.on('error', onUpstreamError);
       let closed = 0;
       const onClose = () => {
         if (++closed < 2) {
@@ -464,7 +469,8 @@ export class OutboundListeners {
           return;
         }
         this.#options.liveMeters.delete(flushable);
-        meter.close(socket.bytesWritten, socket.bytesRead, error ? 'CONNECT' : '-');
+        // Established: `-` whatever ended it (see inbound's #finish).
+        meter.close(socket.bytesWritten, socket.bytesRead, '-');
         if (!accessLogEnabled(this.#logger, error !== undefined)) return;
         accessLog(this.#logger, {
           direction: 'outbound',
@@ -473,8 +479,8 @@ export class OutboundListeners {
           bytesSent: socket.bytesRead,
           bytesRecv: socket.bytesWritten,
           durationMs: Date.now() - startedMs,
-          error: error ? { code: 'UPSTREAM_CONNECT', message: error.message } : undefined,
-          responseFlags: error ? 'CONNECT' : '-',
+          error,
+          responseFlags: '-',
         });
       };
       socket.once('close', onClose);
@@ -525,7 +531,7 @@ export function ownerOf(named: readonly Workload[], kind: Workload['kind'] | und
 function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, service: string): Pick<AccessLogRecord, 'src' | 'dst'> {
   return {
     src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
-    dst: { addr: endpoint.authority, hbone_addr: endpoint.hboneAuthority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
+    dst: { addr: endpoint.hboneAuthority, hbone_addr: endpoint.authority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
   };
 }
 
