@@ -5,7 +5,7 @@
 //
 // Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
 import { EventEmitter } from 'node:events';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { Counter, Gauge, Registry } from 'prom-client';
@@ -55,6 +55,11 @@ export interface IdentityAgentOptions {
   nodeName: string;
   /** Trusted roots of our own trust domain for the first contact with the CA. */
   bootstrapBundle: TrustBundle;
+  /**
+   * When the bootstrap bundle's file last changed (ms since the epoch). A bundle stored since (the CA's, as last
+   * served) supersedes it; one the operator changed later adds its roots. Unknown: the stored bundle supersedes.
+   */
+  bootstrapChangedMs?: number;
   /** Where the node SVID is kept (0600), so a restart does not need a new join token. */
   stateDir?: string;
   /** Single-use token for the first attestation when no valid node SVID is stored. */
@@ -489,17 +494,25 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   async #loadStoredBundle(): Promise<void> {
     const dir = this.#options.stateDir;
     if (!dir) return;
+    const file = join(dir, OWN_BUNDLE_FILE);
     let text: string;
+    let storedMs: number;
     try {
-      text = await readFile(join(dir, OWN_BUNDLE_FILE), 'utf8');
+      text = await readFile(file, 'utf8');
+      storedMs = (await stat(file)).mtimeMs;
     } catch {
       return;
     }
     try {
       const stored = decodeBundle(this.#options.trustDomain, text);
-      const bootstrap = this.#options.bootstrapBundle;
-      const roots = [...bootstrap.roots];
-      for (const root of stored.roots) if (!roots.some((known) => known.equal(root))) roots.push(root);
+      // The stored bundle is what the CA served last: it drops the roots withdrawn since the bootstrap file was
+      // written (a compromised one among them), so it replaces that file's roots. A bootstrap file changed after it
+      // (the operator's new root, a re-initialised CA) is newer knowledge: its roots are added.
+      const changed = this.#options.bootstrapChangedMs;
+      const roots = [...stored.roots];
+      if (changed !== undefined && changed > storedMs) {
+        for (const root of this.#options.bootstrapBundle.roots) if (!roots.some((known) => known.equal(root))) roots.push(root);
+      }
       this.#bundles = new BundleSet([createBundle(this.#options.trustDomain, roots)]);
     } catch (error) {
       this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').toJSON(), file: join(dir, OWN_BUNDLE_FILE) }, 'stored trust bundle is unreadable; using the bootstrap bundle');

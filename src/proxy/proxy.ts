@@ -42,6 +42,8 @@ export interface NodeProxyOptions {
   caUrl: string;
   /** Our trust domain's roots, to authenticate the CA the first time. */
   caBundle: TrustBundle;
+  /** When the CA bundle's file last changed (see IdentityAgentOptions.bootstrapChangedMs). */
+  caBundleChangedMs?: number;
   stateDir: string;
   joinToken?: string;
   /** Explicit listeners from the command line, in addition to those the configuration declares. */
@@ -148,6 +150,7 @@ export class NodeProxy {
       trustDomain: snapshot.mesh.trustDomain,
       nodeName: options.nodeName,
       bootstrapBundle: options.caBundle,
+      bootstrapChangedMs: options.caBundleChangedMs,
       stateDir: options.stateDir,
       joinToken: options.joinToken,
       ttlSeconds: options.certificateTtlSeconds,

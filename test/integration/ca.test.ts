@@ -355,6 +355,19 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     await restarted.start();
     expect(verifySvid(restarted.nodeSvid()!.chain, after).valid).toBe(true);
     expect(verifySvid((await restarted.ensure(WEB)).chain, after).valid).toBe(true);
+    await restarted.stop();
+    // What a restart trusts before the CA answers (it is down now): an install bundle file older than the stored
+    // bundle does not bring back the root withdrawn since...
+    await ca.proc.stop();
+    const stale = inProcessAgent(ca, TD, 'node-a', installBundle, { stateDir: join(dir, 'state-a'), bootstrapChangedMs: Date.now() - 3_600_000 });
+    await stale.start();
+    expect(stale.bundles().get(TD)?.roots.map((root) => root.serialNumber)).toEqual([newRoot!.serialNumber]);
+    expect(verifySvid(oldSvid.chain, stale.bundles(), whileOldValid).error?.code).toBe('SVID_CHAIN_INVALID');
+    await stale.stop();
+    // ...while one the operator changed after it is newer knowledge: its roots are added.
+    const reinstalled = inProcessAgent(ca, TD, 'node-a', installBundle, { stateDir: join(dir, 'state-a'), bootstrapChangedMs: Date.now() + 1_000 });
+    await reinstalled.start();
+    expect(reinstalled.bundles().get(TD)?.roots).toHaveLength(2);
   });
 
   it('federates two trust domains: each CA fetches the other bundle from its endpoint and serves both', async () => {
