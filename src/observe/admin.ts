@@ -207,10 +207,26 @@ function allowedLevels(logger: Logger): string[] {
   return [...Object.keys(values).sort((a, b) => (values[b] ?? 0) - (values[a] ?? 0)), 'silent'];
 }
 
+/**
+ * Why a request must not reach the admin API, or null. It is bound to loopback, which every local process reaches,
+ * a browser on the host included: a cross-site page can POST a level change (it sends Origin), and DNS rebinding can
+ * read the config dump through a name that resolves to 127.0.0.1 (its Host is that name). curl and scripts send
+ * neither.
+ */
+function browserOrRebound(req: IncomingMessage): string | null {
+  if (req.headers.origin !== undefined) return 'requests carrying an Origin header (a web page) are refused';
+  const host = req.headers.host ?? '';
+  const name = host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.replace(/:\d*$/, '');
+  if (name !== 'localhost' && isIP(name) === 0) return `Host "${host}" is neither an IP address nor localhost (DNS rebinding is refused)`;
+  return null;
+}
+
 function adminHandler(sources: AdminSources): Handler {
   const { logger } = sources;
   const startLevel = logger.level;
   return (req, res, path, query) => {
+    const refused = browserOrRebound(req);
+    if (refused !== null) return sendJson(res, 403, { error: refused });
     switch (path) {
       case '/':
         if (!isRead(req.method)) return methodNotAllowed(res, 'GET, HEAD');
@@ -229,8 +245,8 @@ function adminHandler(sources: AdminSources): Handler {
           return sendJson(res, 400, { error: `invalid log level "${requested}"; allowed levels: ${allowed.join(', ')}`, allowed });
         }
         const previous = logger.level;
-        // Logged before the change, at the level operators had chosen, so the change itself is on record.
-        logger.info({ from: previous, to: requested }, 'log level changed through the admin API');
+        // Logged before the change, at warn, so the change itself is on record at any level but error and silent.
+        logger.warn({ from: previous, to: requested }, 'log level changed through the admin API');
         logger.level = requested;
         return sendJson(res, 200, { level: logger.level, previous });
       }

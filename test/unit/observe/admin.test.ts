@@ -155,6 +155,22 @@ describe('admin server', () => {
     expect(JSON.parse((await get(`${urls.adminUrl}/logging`)).body)).toEqual({ level: 'debug' });
   });
 
+  it('refuses a web page (Origin) and a DNS-rebound name (Host), and serves curl-like clients by IP or localhost', async () => {
+    const { urls } = await start();
+    const port = new URL(urls.adminUrl as string).port;
+    const level = JSON.parse((await get(`${urls.adminUrl}/logging`)).body) as { level: string };
+    const cross = await request(`${urls.adminUrl}/logging?level=silent`, { method: 'POST', headers: { origin: 'https://evil.example' } });
+    expect(cross.statusCode).toBe(403);
+    expect(await cross.body.text()).toMatch(/Origin header/);
+    const rebound = await request(`${urls.adminUrl}/config_dump`, { headers: { host: `evil.example:${port}` } });
+    expect(rebound.statusCode).toBe(403);
+    expect(await rebound.body.text()).toMatch(/neither an IP address nor localhost/);
+    expect(JSON.parse((await get(`${urls.adminUrl}/logging`)).body)).toEqual(level);
+    // The accept side: an IP Host (what get() sends), and localhost.
+    expect((await request(`${urls.adminUrl}/config_dump`, { headers: { host: `localhost:${port}` } })).statusCode).toBe(200);
+    expect((await get(`${urls.adminUrl}/config_dump`)).status).toBe(200);
+  });
+
   it('resets the log level to the one the process started with', async () => {
     const { urls, sources } = await start();
     await get(`${urls.adminUrl}/logging?level=trace`, 'POST');
