@@ -11,9 +11,23 @@ export interface LoggerOptions {
   file?: string;
 }
 
+/**
+ * Log lines buffered for a stdout nobody reads (a stalled pipe, a full log collector) before they are dropped: the
+ * data plane writes an access line per connection and must not grow without bound, nor wait, for its logs.
+ */
+const MAX_BUFFERED_LOG_BYTES = 16 * 1024 * 1024;
+
 export function createLogger(options: LoggerOptions): Logger {
   const level = options.level ?? (process.env.AMBIT_LOG_LEVEL as LevelWithSilent | undefined) ?? 'info';
-  const destination = options.file ? pino.destination({ dest: options.file, mkdir: true, sync: true }) : pino.destination({ dest: 1, sync: false });
+  const destination = options.file ? pino.destination({ dest: options.file, mkdir: true, sync: true }) : pino.destination({ dest: 1, sync: false, maxLength: MAX_BUFFERED_LOG_BYTES });
+  let dropping = false;
+  destination.on('drop', () => {
+    // Said once per stall, on stderr (stdout is the stalled one), and again after output flows once more.
+    if (dropping) return;
+    dropping = true;
+    process.stderr.write(`${options.name}: stdout is not being read; dropping log lines beyond ${MAX_BUFFERED_LOG_BYTES} buffered bytes\n`);
+    destination.once('drain', () => (dropping = false));
+  });
   return pino({ name: options.name, level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }
 
