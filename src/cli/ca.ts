@@ -137,7 +137,10 @@ async function serve(argv: string[]): Promise<number> {
   const apply = (next: ConfigSnapshot) => {
     applying = applying.then(async () => {
       if (server === undefined) return;
-      if (fixedTtlMs === undefined) server.setSvidTtl(next.mesh.certificateTtlMs);
+      if (fixedTtlMs === undefined) {
+        server.setSvidTtl(next.mesh.certificateTtlMs);
+        server.setNodeSvidTtl(next.mesh.nodeCertificateTtlMs);
+      }
       await server.setFederation(await federationPeers(next, configDir));
     }).catch((error: unknown) => {
       logger.error({ err: toAmbitError(error, 'FEDERATION_FETCH').toJSON() }, 'federation change not applied; the previous federation stays in force');
@@ -164,6 +167,8 @@ async function serve(argv: string[]): Promise<number> {
       port: listen.port,
       registry: () => registryOf(config.current()),
       svidTtlMs,
+      // --svid-ttl fixes both (tests and benchmarks rotate everything fast); otherwise the MeshConfig's.
+      nodeSvidTtlMs: fixedTtlMs ?? snapshot.mesh.nodeCertificateTtlMs,
       federation: await federationPeers(snapshot, configDir),
       federationMinRefreshMs: values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined,
       statePollMs: values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined,

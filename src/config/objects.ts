@@ -220,6 +220,11 @@ export interface MeshConfigSpec {
   readonly federation: readonly FederationPeer[];
   /** As written (for example `1h`); certificateTtlMs in MeshSettings is the parsed value. */
   readonly certificateTtl: string;
+  /**
+   * The node SVIDs' lifetime, as written. Longer than workloads': a node whose SVID expired during a CA outage can
+   * only come back with a new join token, so it must outlive the outages the mesh should ride out.
+   */
+  readonly nodeCertificateTtl: string;
 }
 
 export interface MeshConfigObject extends ObjectBase {
@@ -230,6 +235,7 @@ export interface MeshConfigObject extends ObjectBase {
 /** The mesh settings in force: the MeshConfig's spec plus derived values, or the defaults when there is none. */
 export interface MeshSettings extends MeshConfigSpec {
   readonly certificateTtlMs: number;
+  readonly nodeCertificateTtlMs: number;
 }
 
 export const DEFAULT_PORTS: MeshPorts = Object.freeze({
@@ -243,6 +249,7 @@ export const DEFAULT_PORTS: MeshPorts = Object.freeze({
 
 export const DEFAULT_ROOT_NAMESPACE = 'istio-system';
 export const DEFAULT_CERTIFICATE_TTL = '1h';
+export const DEFAULT_NODE_CERTIFICATE_TTL = '24h';
 /** Istio's default trust domain, used only when no MeshConfig exists and none was required. */
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 /** Kubernetes' cluster DNS suffix: Service hostnames are NAME.NAMESPACE.svc.cluster.local. */

@@ -8,7 +8,7 @@ import { canonicalIp, formatPath, parseDurationMs } from './fields.ts';
 import { ConfigError } from './issues.ts';
 import type { ConfigIssue } from './issues.ts';
 import {
-  DEFAULT_CERTIFICATE_TTL,
+  DEFAULT_CERTIFICATE_TTL, DEFAULT_NODE_CERTIFICATE_TTL,
   DEFAULT_PORTS,
   DEFAULT_ROOT_NAMESPACE,
   DEFAULT_TRUST_DOMAIN,
@@ -172,9 +172,10 @@ function meshSettings(meshObject: MeshConfigObject | undefined): MeshSettings {
     egress: { mode: 'ALLOW_ANY' },
     federation: [],
     certificateTtl: DEFAULT_CERTIFICATE_TTL,
+    nodeCertificateTtl: DEFAULT_NODE_CERTIFICATE_TTL,
   };
   // The validator already refused unparseable durations.
-  return { ...spec, certificateTtlMs: parseDurationMs(spec.certificateTtl) as number };
+  return { ...spec, certificateTtlMs: parseDurationMs(spec.certificateTtl) as number, nodeCertificateTtlMs: parseDurationMs(spec.nodeCertificateTtl) as number };
 }
 
 // Pods whose containers have all terminated give their IP back to the node's pool, so the IP may be reused.

@@ -38,7 +38,7 @@ import type { FieldIssue, FieldPath, Mapping } from './fields.ts';
 import { checkPolicyAnnotations, validateAuthorizationPolicySpec, validatePeerAuthenticationSpec } from '../authz/validate.ts';
 import {
   CLUSTER_DOMAIN,
-  DEFAULT_CERTIFICATE_TTL,
+  DEFAULT_CERTIFICATE_TTL, DEFAULT_NODE_CERTIFICATE_TTL,
   DEFAULT_PORTS,
   DEFAULT_ROOT_NAMESPACE,
   KINDS,
@@ -493,7 +493,7 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
 
 // ---- MeshConfig ----
 
-const MESH_FIELDS = ['trustDomain', 'rootNamespace', 'ports', 'egress', 'federation', 'certificateTtl'];
+const MESH_FIELDS = ['trustDomain', 'rootNamespace', 'ports', 'egress', 'federation', 'certificateTtl', 'nodeCertificateTtl'];
 const FEDERATION_FIELDS = ['trustDomain', 'bundleEndpoint', 'profile', 'endpointSpiffeId', 'bundleFile'];
 
 function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined): MeshConfigSpec | undefined {
@@ -508,9 +508,9 @@ function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined):
   checkFields(issues, egressMap, [...path, 'egress'], ['mode']);
   const mode = enumField(issues, egressMap, 'mode', [...path, 'egress'], ['ALLOW_ANY', 'REGISTRY_ONLY'] as const) ?? 'ALLOW_ANY';
 
-  const certificateTtl = stringField(issues, spec, 'certificateTtl', path, {
-    check: (value) => (parseDurationMs(value) === undefined ? `${JSON.stringify(value)} is not a duration (examples: 1h, 30m, 2h30m)` : undefined),
-  }) ?? DEFAULT_CERTIFICATE_TTL;
+  const duration = (value: string) => (parseDurationMs(value) === undefined ? `${JSON.stringify(value)} is not a duration (examples: 1h, 30m, 2h30m)` : undefined);
+  const certificateTtl = stringField(issues, spec, 'certificateTtl', path, { check: duration }) ?? DEFAULT_CERTIFICATE_TTL;
+  const nodeCertificateTtl = stringField(issues, spec, 'nodeCertificateTtl', path, { check: duration }) ?? DEFAULT_NODE_CERTIFICATE_TTL;
 
   const federation: FederationPeer[] = [];
   const seenDomains = new Map<string, number>();
@@ -543,7 +543,7 @@ function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined):
     }
   });
   if (trustDomain === undefined) return undefined;
-  return { trustDomain, rootNamespace, ports, egress: { mode }, federation, certificateTtl };
+  return { trustDomain, rootNamespace, ports, egress: { mode }, federation, certificateTtl, nodeCertificateTtl };
 }
 
 function meshPorts(issues: FieldIssues, map: Mapping): MeshPorts {

@@ -313,7 +313,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     const keys = await generateKeyPair();
     const csr = await createCsr(keys, entry.spiffeId);
     const body: Record<string, unknown> = { spiffeId: entry.spiffeId, csr };
-    if (this.#options.ttlSeconds !== undefined) body.ttlSeconds = this.#options.ttlSeconds;
+    // The node SVID's lifetime is the CA's node one (longer than workloads', to ride out CA outages).
+    if (this.#options.ttlSeconds !== undefined && entry.spiffeId !== this.#nodeId) body.ttlSeconds = this.#options.ttlSeconds;
     const svid = await this.#post('/v1/sign', body, keys);
     if (svid.id.id !== entry.spiffeId) throw new AmbitError('CA_REJECTED', `CA returned ${svid.id.id} for a request for ${entry.spiffeId}`);
     this.#accept(entry, svid, true);

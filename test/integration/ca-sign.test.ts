@@ -177,6 +177,23 @@ describe('the CA signing endpoint', () => {
     expect(lifetime(shorter)).toBeLessThan(70_000);
   });
 
+  it("renews a node's own SVID with the node lifetime, and its workloads' with theirs", async () => {
+    const nodeA = await currentNode();
+    const lifetime = (answer: Answer) => {
+      const leaf = parseCertificates(answer.body.certChain ?? '')[0];
+      return leaf === undefined ? 0 : leaf.notAfter.getTime() - Date.now();
+    };
+    server.setNodeSvidTtl(24 * 3_600_000);
+    try {
+      const workload = await signFor(nodeA, WEB);
+      expect(lifetime(workload)).toBeLessThan(70_000);
+      const node = await signFor(nodeA, NODE_A);
+      expect(lifetime(node)).toBeGreaterThan(23 * 3_600_000);
+    } finally {
+      server.setNodeSvidTtl(60_000);
+    }
+  });
+
   it('refuses a workload placed on another node, and audits who asked for what', async () => {
     const nodeA = await currentNode();
     const answer = await signFor(nodeA, DB);

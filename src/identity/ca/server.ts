@@ -49,6 +49,8 @@ export interface CaServerOptions {
   registry: () => NodeRegistry;
   /** Lifetime of issued SVIDs when the caller asks for none; also the maximum a caller may ask for (see setSvidTtl). */
   svidTtlMs: number;
+  /** The same for node SVIDs (attestation, a node's renewal of its own); svidTtlMs when absent (see setNodeSvidTtl). */
+  nodeSvidTtlMs?: number;
   federation?: readonly FederationPeer[];
   logger: Logger;
   /**
@@ -97,6 +99,7 @@ export class CaServer {
   #serverSvid: Svid;
   #federated = new Map<string, FederationClient>();
   #svidTtlMs = 0;
+  #nodeSvidTtlMs: number | undefined;
   #server: https.Server;
   #stateListener: (() => void) | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
@@ -119,6 +122,7 @@ export class CaServer {
     const state = await loadCa(options.dir);
     const server = new CaServer(options, state, await issueServerSvid(state.active, state.trustDomain));
     server.#svidTtlMs = options.svidTtlMs;
+    server.#nodeSvidTtlMs = options.nodeSvidTtlMs;
     for (const peer of options.federation ?? []) server.#federated.set(peer.trustDomain, server.#federationClient(peer));
     await new Promise<void>((resolve, reject) => {
       server.#server.once('error', reject);
@@ -208,6 +212,15 @@ export class CaServer {
   /** The lifetime of SVIDs issued from now on (a configuration reload of certificateTtl). */
   setSvidTtl(ttlMs: number): void {
     this.#svidTtlMs = ttlMs;
+  }
+
+  /** The lifetime of node SVIDs issued from now on (a configuration reload of nodeCertificateTtl). */
+  setNodeSvidTtl(ttlMs: number): void {
+    this.#nodeSvidTtlMs = ttlMs;
+  }
+
+  get #nodeTtlMs(): number {
+    return this.#nodeSvidTtlMs ?? this.#svidTtlMs;
   }
 
   #federationClient(peer: FederationPeer): FederationClient {
@@ -312,7 +325,7 @@ export class CaServer {
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
     }
-    const { response, authority } = await this.#issue(spiffeId, publicKey, this.#svidTtlMs);
+    const { response, authority } = await this.#issue(spiffeId, publicKey, this.#nodeTtlMs);
     await this.#forNode(node, () => recordAttested(this.#options.dir, node, response.serial));
     await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
@@ -334,8 +347,8 @@ export class CaServer {
     const body = await readJson(req);
     const requested = stringField(body, 'spiffeId');
     const csr = stringField(body, 'csr');
-    const ttlMs = optionalTtl(body, this.#svidTtlMs);
     const requestedId = parseSpiffeId(requested);
+    const ttlMs = optionalTtl(body, requestedId.id === caller.id.id ? this.#nodeTtlMs : this.#svidTtlMs);
     let allowed = false;
     if (requestedId.trustDomain === this.#state.trustDomain) {
       allowed = requestedId.id === caller.id.id || this.#options.registry().identitiesOnNode(callerNode).has(requestedId.id);

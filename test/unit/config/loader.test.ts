@@ -50,8 +50,15 @@ describe('loadConfigDir accepts', () => {
       federation: [],
       certificateTtl: '1h',
       certificateTtlMs: 3_600_000,
+      nodeCertificateTtl: '24h',
+      nodeCertificateTtlMs: 86_400_000,
     });
     expect(snapshot.workloads[0]).toMatchObject({ namespace: 'default', serviceAccount: 'default', identity: 'spiffe://example.org/ns/default/sa/default' });
+  });
+
+  it('reads the node certificate lifetime when given', async () => {
+    const dir = await configDir({ 'mesh.yaml': `${meshYaml('example.org')}  nodeCertificateTtl: 12h\n` });
+    expect((await loadConfigDir(dir)).mesh).toMatchObject({ nodeCertificateTtl: '12h', nodeCertificateTtlMs: 43_200_000 });
   });
 
   it('uses the default trust domain when no MeshConfig exists and none was required', async () => {
@@ -406,6 +413,13 @@ spec:
     code: 'CONFIG_FIELD',
     file: 'mesh.yaml',
     field: 'spec.certificateTtl',
+  },
+  {
+    name: 'a node certificate lifetime that is not a duration',
+    files: { 'mesh.yaml': `${meshYaml()}  nodeCertificateTtl: a day\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.nodeCertificateTtl',
   },
   {
     name: 'two mesh listeners on one port',
