@@ -16,6 +16,12 @@ export interface ObjectMeta {
   readonly namespace: string;
   readonly labels: Labels;
   readonly annotations: Labels;
+  /**
+   * Server metadata of a controller-made object, when present: its controlling ownerReference (controller: true) and
+   * whether its name was generated (metadata.generateName). Read only to name the workload, as Istio does.
+   */
+  readonly controller?: { readonly kind: string; readonly name: string };
+  readonly generated?: boolean;
 }
 
 interface ObjectBase {

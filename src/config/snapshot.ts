@@ -22,6 +22,7 @@ import type {
   Labels,
   MeshConfigObject,
   MeshSettings,
+  ObjectMeta,
   ObjectOfKind,
   ObjectSource,
   PodObject,
@@ -41,6 +42,13 @@ export interface Workload {
   readonly namespace: string;
   readonly node: string;
   readonly serviceAccount: string;
+  /**
+   * The workload's name as Istio's metrics and ztunnel's baggage give it: a Deployment's for its ReplicaSet's pods,
+   * a CronJob's for its Jobs', the controller's for other controller-made pods, else the object's own name.
+   */
+  readonly workloadName: string;
+  /** The kind that name belongs to, lower-case (`deployment`, `cronjob`, `daemonset`, `pod`, `workloadentry`, ...). */
+  readonly workloadType: string;
   /** Canonical spellings, primary IP first. */
   readonly ips: readonly string[];
   /** A Pod's node addresses (status.hostIP/hostIPs); a WorkloadEntry's own address, the host it runs on. */
@@ -202,6 +210,24 @@ function buildWorkloads(objects: readonly ConfigObject[], trustDomain: string, i
   return workloads;
 }
 
+/** A Job a CronJob made is named after it with a timestamp suffix (Istio's heuristic). */
+const CRON_JOB_NAME = /^(.+)-\d{8,10}$/;
+
+/** Istio's GetDeployMetaFromPod: the workload name and kind of a pod, from its generated name's controller. */
+function podWorkloadName(metadata: ObjectMeta): [string, string] {
+  const controller = metadata.controller;
+  if (controller === undefined || metadata.generated !== true) return [metadata.name, 'pod'];
+  const hash = metadata.labels['pod-template-hash'];
+  if (controller.kind === 'ReplicaSet' && hash !== undefined && hash !== '' && controller.name.endsWith(`-${hash}`)) {
+    return [controller.name.slice(0, controller.name.length - hash.length - 1), 'deployment'];
+  }
+  if (controller.kind === 'Job') {
+    const cron = CRON_JOB_NAME.exec(controller.name);
+    if (cron !== null) return [cron[1] as string, 'cronjob'];
+  }
+  return [controller.name, controller.kind.toLowerCase()];
+}
+
 function toWorkload(object: ConfigObject, trustDomain: string): Workload | undefined {
   const { name, namespace } = object.metadata;
   if (object.kind === 'Pod') {
@@ -211,12 +237,15 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
     if (nodeName === undefined || podIP === undefined || hostNetwork || (phase !== undefined && TERMINAL_PHASES.has(phase))) return undefined;
     const ips = [podIP];
     for (const { ip } of podIPs) if (!ips.includes(ip)) ips.push(ip);
+    const [workloadName, workloadType] = podWorkloadName(object.metadata);
     return {
       kind: 'Pod',
       name,
       namespace,
       node: nodeName,
       serviceAccount: serviceAccountName,
+      workloadName,
+      workloadType,
       ips,
       hostIps: hostIPs,
       labels: object.metadata.labels,
@@ -233,6 +262,8 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
       namespace,
       node,
       serviceAccount: object.spec.serviceAccount,
+      workloadName: name,
+      workloadType: 'workloadentry',
       ips: [object.spec.address],
       hostIps: [object.spec.address],
       labels: { ...object.metadata.labels, ...object.spec.labels },

@@ -143,7 +143,20 @@ function validateMetadata(issues: FieldIssues, raw: Mapping, kind: ConfigKind): 
   const labels = labelsField(issues, metadata, 'labels', path);
   const annotations = stringMapField(issues, metadata, 'annotations', path, checkQualifiedName, anyValue);
   if (name === undefined) return undefined;
-  return { name, namespace, labels, annotations };
+  const controller = controllerOf(metadata.ownerReferences);
+  const generated = typeof metadata.generateName === 'string' && metadata.generateName !== '';
+  return { name, namespace, labels, annotations, ...(controller === undefined ? {} : { controller }), ...(generated ? { generated } : {}) };
+}
+
+/** The controlling owner reference (controller: true) of server metadata, read leniently: anything else is none. */
+function controllerOf(references: unknown): { kind: string; name: string } | undefined {
+  if (!Array.isArray(references)) return undefined;
+  for (const reference of references) {
+    if (!isMapping(reference) || reference.controller !== true) continue;
+    const { kind, name } = reference;
+    if (typeof kind === 'string' && kind !== '' && typeof name === 'string' && name !== '') return { kind, name };
+  }
+  return undefined;
 }
 
 function validateKind(

@@ -14,9 +14,15 @@ const MAX_HEADER_BYTES = 1024;
 const MAX_CACHED = 1024;
 const cache = new Map<string, BaggageInfo | null>();
 
+/**
+ * ztunnel's baggage: the workload's name under its kind (`k8s.deployment.name=web`), and its canonical service and
+ * revision from Istio's labels (service.istio.io/canonical-*, then app.kubernetes.io/*, then app/version).
+ */
 export function buildBaggage(workload: Workload): string {
-  const type = workload.kind === 'Pod' ? 'pod' : 'workloadentry';
-  return `k8s.namespace.name=${workload.namespace},k8s.${type}.name=${workload.name},service.name=${workload.name}`;
+  const labels = workload.labels;
+  const service = labels['service.istio.io/canonical-name'] ?? labels['app.kubernetes.io/name'] ?? labels.app ?? workload.workloadName;
+  const version = labels['service.istio.io/canonical-revision'] ?? labels['app.kubernetes.io/version'] ?? labels.version ?? 'latest';
+  return `k8s.namespace.name=${workload.namespace},k8s.${workload.workloadType}.name=${workload.workloadName},service.name=${service},service.version=${version}`;
 }
 
 export function parseBaggage(header: string | string[] | undefined): BaggageInfo | null {

@@ -568,7 +568,7 @@ export class HboneInbound {
       sourceWorkload: this.#sourceWorkload(peer, headers, snapshot, claimed),
       sourceWorkloadNamespace: peer.namespace ?? 'unknown',
       sourcePrincipal: peer.id.id,
-      destinationWorkload: destination.name,
+      destinationWorkload: destination.workloadName,
       destinationWorkloadNamespace: destination.namespace,
       destinationPrincipal: destination.identity,
       destinationService: 'unknown',
@@ -585,7 +585,7 @@ export class HboneInbound {
    */
   #sourceWorkload(peer: PeerInfo, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null): string {
     const known = snapshot.workloadByIp(claimed ?? peer.canonicalAddress);
-    if (known !== undefined && known.identity === peer.id.id) return known.name;
+    if (known !== undefined && known.identity === peer.id.id) return known.workloadName;
     const baggage = parseBaggage(headers.baggage);
     const name = baggage?.workload;
     if (name === undefined || (baggage?.namespace !== undefined && baggage.namespace !== peer.namespace)) return 'unknown';

@@ -321,7 +321,7 @@ export class OutboundListeners {
     }
     const endpoint = route.endpoint;
     const service = route.service?.hostname ?? 'unknown';
-    const labels = sourceLabels(source, endpoint.workload.name, endpoint.workload.namespace, endpoint.identity, service, 'mutual_tls');
+    const labels = sourceLabels(source, endpoint.workload.workloadName, endpoint.workload.namespace, endpoint.identity, service, 'mutual_tls');
     let baggage = this.#baggage.get(source);
     if (baggage === undefined) this.#baggage.set(source, (baggage = buildBaggage(source)));
     let stream;
@@ -551,7 +551,8 @@ function forwardedFor(ip: string): string {
 function sourceLabels(source: Workload, destinationWorkload: string, destinationNamespace: string, destinationPrincipal: string, destinationService: string, policy: TunnelLabels['connectionSecurityPolicy']): TunnelLabels {
   return {
     reporter: 'source',
-    sourceWorkload: source.name,
+    // The workload's name (a Deployment's), as Istio's labels have it: a pod's would add series at every rollout.
+    sourceWorkload: source.workloadName,
     sourceWorkloadNamespace: source.namespace,
     sourcePrincipal: source.identity,
     destinationWorkload,

@@ -1,0 +1,76 @@
+// A workload's name in metric labels and baggage, as Istio derives it from a pod's controller (GetDeployMetaFromPod):
+// a Deployment's for its ReplicaSet's pods, a CronJob's for its Jobs', else the controller's or the pod's own.
+import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../../src/config/loader.ts';
+import { buildSnapshot } from '../../../src/config/snapshot.ts';
+import { buildBaggage } from '../../../src/proxy/baggage.ts';
+
+function pod(name: string, metadata: string, labels: Record<string, string> = {}): string {
+  const labelLines = Object.entries(labels).map(([key, value]) => `    ${key}: "${value}"`);
+  return [
+    'apiVersion: v1',
+    'kind: Pod',
+    'metadata:',
+    `  name: ${name}`,
+    '  namespace: shop',
+    ...(labelLines.length > 0 ? ['  labels:', ...labelLines] : []),
+    ...metadata.split('\n').filter(Boolean).map((line) => `  ${line}`),
+    'spec:',
+    '  nodeName: node-a',
+    '  serviceAccountName: web',
+    '  containers: [{ name: app }]',
+    'status:',
+    '  phase: Running',
+    `  podIP: 10.0.0.${name.length}`,
+  ].join('\n');
+}
+
+function workloadOf(yaml: string) {
+  const snapshot = buildSnapshot(parseConfigText(yaml, 'pods.yaml'));
+  const workload = snapshot.workloads[0];
+  if (workload === undefined) throw new Error('no workload');
+  return workload;
+}
+
+const owned = (kind: string, name: string, generateName = 'x-') => `generateName: ${generateName}\nownerReferences:\n  - { apiVersion: apps/v1, kind: ${kind}, name: ${name}, uid: u1, controller: true }`;
+
+describe("a pod's workload name", () => {
+  it("is its Deployment's for a ReplicaSet pod whose pod-template-hash ends the ReplicaSet's name", () => {
+    const workload = workloadOf(pod('web-7d4b9c-abcde', owned('ReplicaSet', 'web-7d4b9c'), { 'pod-template-hash': '7d4b9c' }));
+    expect([workload.workloadName, workload.workloadType, workload.name]).toEqual(['web', 'deployment', 'web-7d4b9c-abcde']);
+  });
+
+  it("is the ReplicaSet's own when the hash does not end its name, or there is none", () => {
+    expect(workloadOf(pod('rs-1-abcde', owned('ReplicaSet', 'rs-1'), { 'pod-template-hash': 'zzz' })).workloadName).toBe('rs-1');
+    expect(workloadOf(pod('rs-2-abcde', owned('ReplicaSet', 'rs-2'))).workloadType).toBe('replicaset');
+  });
+
+  it("is its CronJob's for a Job named with a timestamp, else the Job's", () => {
+    const cron = workloadOf(pod('backup-28912345-x1', owned('Job', 'backup-28912345')));
+    expect([cron.workloadName, cron.workloadType]).toEqual(['backup', 'cronjob']);
+    const job = workloadOf(pod('migrate-x1', owned('Job', 'migrate')));
+    expect([job.workloadName, job.workloadType]).toEqual(['migrate', 'job']);
+  });
+
+  it("is its DaemonSet's or StatefulSet's", () => {
+    expect(workloadOf(pod('agent-x1', owned('DaemonSet', 'agent'))).workloadName).toBe('agent');
+    expect(workloadOf(pod('db-0', owned('StatefulSet', 'db'))).workloadType).toBe('statefulset');
+  });
+
+  it("is the pod's own without a generated name, without a controller, or with owner references it cannot read", () => {
+    expect(workloadOf(pod('solo', '')).workloadName).toBe('solo');
+    expect(workloadOf(pod('named-by-hand', owned('ReplicaSet', 'web-1', ''), { 'pod-template-hash': '1' })).workloadName).toBe('named-by-hand');
+    expect(workloadOf(pod('not-controller', 'generateName: x-\nownerReferences:\n  - { kind: ReplicaSet, name: rs, controller: false }')).workloadName).toBe('not-controller');
+    expect(workloadOf(pod('odd', 'generateName: x-\nownerReferences: 5')).workloadName).toBe('odd');
+  });
+});
+
+describe("a source workload's baggage", () => {
+  it("names the workload under its kind, and its canonical service and revision from Istio's labels", () => {
+    const workload = workloadOf(pod('web-7d4b9c-abcde', owned('ReplicaSet', 'web-7d4b9c'), { 'pod-template-hash': '7d4b9c', app: 'web-app', version: 'v2' }));
+    expect(buildBaggage(workload)).toBe('k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web-app,service.version=v2');
+    const canonical = workloadOf(pod('api-1', '', { 'service.istio.io/canonical-name': 'api', 'service.istio.io/canonical-revision': 'r7', app: 'ignored' }));
+    expect(buildBaggage(canonical)).toBe('k8s.namespace.name=shop,k8s.pod.name=api-1,service.name=api,service.version=r7');
+    expect(buildBaggage(workloadOf(pod('plain', '')))).toBe('k8s.namespace.name=shop,k8s.pod.name=plain,service.name=plain,service.version=latest');
+  });
+});
