@@ -52,6 +52,7 @@ export const ERROR_CODES = {
   UPSTREAM_CONNECT: 'the destination (a workload, or a peer node proxy on 15008) could not be reached in time',
   DOWNSTREAM_RESET: 'the application closed its own connection abruptly (RST, EPIPE) mid-transfer',
   UPSTREAM_RESET: 'the destination closed its connection abruptly (RST, EPIPE) mid-transfer',
+  POLICY_REVOKED: 'an open connection was closed because a configuration change no longer allows it',
   TUNNEL_RESET: 'the peer reset the tunnel (RST_STREAM, GOAWAY or a dropped connection) before it finished',
   HBONE_REFUSED: 'the destination node proxy answered the CONNECT with an error status (400 bad request, 401 policy, 503 unreachable)',
   EGRESS_BLOCKED: 'the destination is not in the mesh registry and the mesh locks egress down (REGISTRY_ONLY)',

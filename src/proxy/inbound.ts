@@ -301,6 +301,7 @@ export class HboneInbound {
         // once, so a second change in quick succession neither judges nor counts it again.
         if (dial.connecting) HboneInbound.#stopDial(dial);
         this.#live.delete(dial);
+        dial.revoked = true;
         dial.abort();
         closed++;
       }
@@ -546,10 +547,14 @@ export class HboneInbound {
     const { upstream, peer, labels } = dial;
     const { destination, destinationIp, destinationPort } = dial.connection;
     // Established, so whatever ends it is not a connection failure: `-`, as ztunnel records a tunnel that ends in an
-    // error (its response flags name why a connection could not be made). The access line says what broke.
-    const flags = '-';
+    // error (its response flags name why a connection could not be made). The access line says what broke. A tunnel
+    // a policy change closed is a denial, late (ztunnel's AuthorizationPolicyLateRejection): DENY.
+    const flags = dial.revoked ? 'DENY' : '-';
     dial.meter?.close(upstream.bytesRead, upstream.bytesWritten, flags);
-    if (!accessLogEnabled(this.#logger, error !== undefined)) return;
+    const failure = dial.revoked
+      ? { code: 'POLICY_REVOKED', message: 'closed: the configuration that came into force no longer allows this connection' }
+      : error ? { code: side === 'socket' ? 'UPSTREAM_RESET' : 'TUNNEL_RESET', message: error.message } : undefined;
+    if (!accessLogEnabled(this.#logger, failure !== undefined)) return;
     accessLog(this.#logger, {
       direction: 'inbound',
       src: { addr: peer.address, identity: peer.id.id, workload: labels.sourceWorkload, namespace: labels.sourceWorkloadNamespace },
@@ -557,7 +562,7 @@ export class HboneInbound {
       bytesSent: upstream.bytesRead,
       bytesRecv: upstream.bytesWritten,
       durationMs: Date.now() - dial.startedMs,
-      error: error ? { code: side === 'socket' ? 'UPSTREAM_RESET' : 'TUNNEL_RESET', message: error.message } : undefined,
+      error: failure,
       responseFlags: flags,
     });
   }
@@ -658,6 +663,8 @@ class UpstreamDial implements Flushable {
   inspected = false;
   /** Still connecting upstream: whether it will be inspected or bridged is decided when it opens. */
   connecting = true;
+  /** Closed by a policy change (revoke): its access line and close are a late DENY. */
+  revoked = false;
   /** The connect timer, set and stopped by HboneInbound's dial handlers. */
   timer: NodeJS.Timeout | undefined = undefined;
   /** The configuration the stream was authorized by, until it opens (then let go: a tunnel may outlive many). */

@@ -522,6 +522,10 @@ spec:
     await mesh.writeConfig('policies.yaml', policies.replace('cluster.local/ns/demo/sa/client', 'cluster.local/ns/demo/sa/nobody'));
     await closed;
     await nodeB.proc.waitFor((line) => line.msg === 'closed open connections the new configuration no longer allows');
+    // Its access line and its close say why: a late denial.
+    const access = await nodeB.proc.waitFor((line) => line.msg === 'access' && line.error_code === 'POLICY_REVOKED');
+    expect(access).toMatchObject({ response_flags: 'DENY', direction: 'inbound', 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client' });
+    expect(await metricSum(nodeB, 'istio_tcp_connections_closed_total', { reporter: 'destination', response_flags: 'DENY', source_principal: 'spiffe://cluster.local/ns/demo/sa/client' })).toBeGreaterThanOrEqual(1);
     // The re-check of an open connection is not a new decision: the counter counts connections and requests decided.
     expect(await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' })).toBe(deniesBefore);
   });
