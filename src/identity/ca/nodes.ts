@@ -4,7 +4,8 @@
 // last and, after a renewal, the new one until the node first uses it (SPIRE's CertSerialNumber and
 // NewCertSerialNumber): the node's first request with the new certificate retires the old one, and a copy of
 // an older certificate is refused. `ambit ca node evict` ends a node until it attests again with a join token.
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat, unlink } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
 import { writeFileAtomic } from '../files.ts';
@@ -62,9 +63,44 @@ async function write(caDir: string, node: string, record: Omit<NodeRecord, 'upda
   await writeFileAtomic(recordFile(caDir, node), `${JSON.stringify(body, null, 2)}\n`, 0o600);
 }
 
+/** How long a record's lock may be waited for, and after how long a lock is a crashed holder's and is broken. */
+const LOCK_WAIT_MS = 5_000;
+const LOCK_STALE_MS = 30_000;
+
+/**
+ * Runs a record's read-modify-write holding its lock file (created exclusively): the CA serialises its own updates
+ * per node, but `ambit ca node evict` is another process, and an eviction written between the CA's read and write
+ * would be lost (the node keeps renewing).
+ */
+async function withRecord<T>(caDir: string, node: string, work: () => Promise<T>): Promise<T> {
+  await mkdir(nodesDir(caDir), { recursive: true, mode: 0o700 });
+  const lock = `${recordFile(caDir, node)}.lock`;
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      await (await open(lock, 'wx', 0o600)).close();
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new AmbitError('CA_STATE', `${lock}: ${(error as Error).message}`, { cause: error });
+      const since = await stat(lock).then((found) => Date.now() - found.mtimeMs, () => 0);
+      if (since > LOCK_STALE_MS) {
+        await unlink(lock).catch(() => {});
+        continue;
+      }
+      if (Date.now() > deadline) throw new AmbitError('CA_STATE', `${lock}: held by another process for more than ${LOCK_WAIT_MS / 1000} s (a running ambit ca node evict?)`);
+      await sleep(10);
+    }
+  }
+  try {
+    return await work();
+  } finally {
+    await unlink(lock).catch(() => {});
+  }
+}
+
 /** A join token attested the node: its new certificate is the one it uses, whatever came before (eviction too). */
 export async function recordAttested(caDir: string, node: string, serial: string): Promise<void> {
-  await write(caDir, node, { current: normalizeSerial(serial) });
+  await withRecord(caDir, node, () => write(caDir, node, { current: normalizeSerial(serial) }));
 }
 
 /** Renewals kept pending at once: more means a node retrying far more than its agent does. */
@@ -75,9 +111,11 @@ const MAX_PENDING = 4;
  * eviction that came meanwhile stays (a renewal under way when the operator evicted must not undo it).
  */
 export async function recordRenewal(caDir: string, node: string, callerSerial: string, newSerial: string): Promise<void> {
-  const record = await read(caDir, node);
-  const pending = [...(record?.pending ?? []), normalizeSerial(newSerial)].slice(-MAX_PENDING);
-  await write(caDir, node, { current: record?.current ?? normalizeSerial(callerSerial), pending, evicted: record?.evicted === true ? true : undefined });
+  await withRecord(caDir, node, async () => {
+    const record = await read(caDir, node);
+    const pending = [...(record?.pending ?? []), normalizeSerial(newSerial)].slice(-MAX_PENDING);
+    await write(caDir, node, { current: record?.current ?? normalizeSerial(callerSerial), pending, evicted: record?.evicted === true ? true : undefined });
+  });
 }
 
 /**
@@ -85,7 +123,10 @@ export async function recordRenewal(caDir: string, node: string, callerSerial: s
  * the old one is retired; a node without a record, from before the CA kept them, has this one recorded), else why not.
  */
 export async function admitNodeCertificate(caDir: string, node: string, serial: string): Promise<string | null> {
-  const presented = normalizeSerial(serial);
+  return withRecord(caDir, node, () => admit(caDir, node, normalizeSerial(serial)));
+}
+
+async function admit(caDir: string, node: string, presented: string): Promise<string | null> {
   const record = await read(caDir, node);
   if (record === undefined) {
     await write(caDir, node, { current: presented });
@@ -102,7 +143,9 @@ export async function admitNodeCertificate(caDir: string, node: string, serial: 
 
 /** Ends a node's access until it attests again; false when the CA had no record of the node (it is evicted all the same). */
 export async function evictNode(caDir: string, node: string): Promise<boolean> {
-  const record = await read(caDir, node);
-  await write(caDir, node, { current: record?.current ?? '', evicted: true });
-  return record !== undefined;
+  return withRecord(caDir, node, async () => {
+    const record = await read(caDir, node);
+    await write(caDir, node, { current: record?.current ?? '', evicted: true });
+    return record !== undefined;
+  });
 }

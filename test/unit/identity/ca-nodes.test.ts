@@ -1,6 +1,6 @@
 // The CA's per-node record of the node certificate in use: serial spellings, and a CA directory from before the
 // records (each node's next certificate is recorded, not refused).
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -50,6 +50,26 @@ describe('node certificate records', () => {
     await recordRenewal(dir, 'n3', '01', '02');
     expect(await admitNodeCertificate(dir, 'n3', '02')).toMatch(/evicted/);
     expect(await admitNodeCertificate(dir, 'n3', '01')).toMatch(/evicted/);
+  });
+
+  it('never lose an eviction that runs at the same time as the first use of a renewal (another process, the CLI)', async () => {
+    for (let round = 0; round < 20; round++) {
+      const node = `race-${round}`;
+      await recordAttested(dir, node, '01');
+      await recordRenewal(dir, node, '01', '02');
+      // The first use of 02 rewrites the record; the eviction must survive whichever goes first.
+      await Promise.all([admitNodeCertificate(dir, node, '02'), evictNode(dir, node)]);
+      expect(await admitNodeCertificate(dir, node, '02'), `round ${round}`).toMatch(/evicted/);
+    }
+  });
+
+  it('break a lock its holder left behind when it crashed', async () => {
+    await recordAttested(dir, 'crashed', '01');
+    const lock = join(dir, 'nodes', 'crashed.json.lock');
+    await writeFile(lock, '');
+    const old = new Date(Date.now() - 60_000);
+    await utimes(lock, old, old);
+    expect(await admitNodeCertificate(dir, 'crashed', '01')).toBeNull();
   });
 
   it('evict a node, known or not, until it attests again', async () => {
