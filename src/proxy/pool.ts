@@ -99,6 +99,8 @@ const CONNECT_SETTINGS: http2.Settings = {
 export class HbonePool {
   // source identity → source IP ('' for none) → "host:port" of the peer proxy → expected server identity → sessions
   readonly #buckets = new Map<string, Map<string, Map<string, Map<string, Bucket>>>>();
+  /** Retired sessions (GOAWAY, rotation, a bundle change) whose open streams have not finished yet. */
+  readonly #draining = new Set<PooledSession>();
   readonly #options: PoolOptions;
   readonly #logger: Logger;
   readonly #maxStreams: number;
@@ -150,6 +152,7 @@ export class HbonePool {
     clearInterval(this.#sweep);
     const entries = [...this.#entries()];
     this.#buckets.clear();
+    this.#draining.clear();
     // Give open tunnels a moment, then cut what is left.
     const closing = Promise.all(entries.map((entry) => new Promise<void>((resolve) => entry.session.close(() => resolve()))));
     let timer: NodeJS.Timeout | undefined;
@@ -158,8 +161,10 @@ export class HbonePool {
     for (const entry of entries) if (!entry.session.destroyed) entry.session.destroy();
   }
 
+  /** Sessions in use, then those retired whose streams are still open. */
   *#entries(): Generator<PooledSession> {
     for (const byIp of this.#buckets.values()) for (const byPeer of byIp.values()) for (const byIdentity of byPeer.values()) for (const bucket of byIdentity.values()) yield* bucket.sessions;
+    yield* this.#draining;
   }
 
   #bucket(source: string, sourceIp: string, peer: string, expected: string): Bucket {
@@ -220,7 +225,10 @@ export class HbonePool {
     });
     const retire = () => this.#retire(entry);
     session.on('goaway', retire);
-    session.on('close', retire);
+    session.on('close', () => {
+      this.#draining.delete(entry);
+      retire();
+    });
     session.on('error', (error) => {
       this.#logger.debug({ peer: `${endpoint.hboneHost}:${endpoint.hbonePort}`, err: error.message }, 'HBONE session error');
       retire();
@@ -334,6 +342,9 @@ export class HbonePool {
     const index = bucket.sessions.indexOf(entry);
     if (index >= 0) bucket.sessions.splice(index, 1);
     if (!entry.session.closed) entry.session.close();
+    // Its open tunnels go on: it stays in the gauges and the keepalive sweep (a dead peer is found by its missed PONG,
+    // not left hanging its tunnels) until it closes.
+    if (!entry.session.destroyed) this.#draining.add(entry);
     // Forget keys with nothing left, so pod churn does not grow the pool's maps forever.
     if (bucket.sessions.length === 0 && bucket.dialing === null) this.#forget(bucket);
   }
@@ -355,6 +366,11 @@ export class HbonePool {
   }
 
   #check(entry: PooledSession, now: number): void {
+    // Destroyed, its 'close' not emitted yet: nothing to check, and ping() would throw.
+    if (entry.session.destroyed) {
+      this.#draining.delete(entry);
+      return;
+    }
     if (entry.streams === 0 && now - entry.idleSinceMs >= this.#idleTimeoutMs) {
       this.#retire(entry);
       return;

@@ -215,12 +215,19 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       bundles = { get: (trustDomain) => original.get(trustDomain) };
       const second = await hbone.open(CLIENT_ID, null, endpoint(), '');
       expect(sessions).toBe(2);
+      // The retired session still carries a tunnel: it is still counted (and kept alive by PINGs).
+      expect(hbone.stats()).toEqual({ sessions: 2, streams: 2 });
       // The stream opened before carries on: the old session only stopped taking new ones.
       first.write('still here');
       const [echoed] = (await once(first, 'data')) as [Buffer];
       expect(echoed.toString()).toBe('still here');
       first.close();
+      await once(first, 'close');
       second.close();
+      await once(second, 'close');
+      // Its last stream gone, the retired session closes and leaves the gauges.
+      for (let tries = 0; hbone.stats().sessions > 1 && tries < 100; tries++) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(hbone.stats()).toEqual({ sessions: 1, streams: 0 });
     } finally {
       bundles = original;
       peer.server.off('session', onSession);
