@@ -50,7 +50,7 @@ export class InboundAuthorizer {
     const cells = this.#cells;
     new Counter({
       name: 'ambit_authz_decisions_total',
-      help: 'Authorization decisions by result and deciding policy ("none" for defaults)',
+      help: 'Authorization decisions by result and deciding policy ("none" for defaults, "error" for a failure to decide, denied)',
       labelNames: ['decision', 'policy'],
       registers: [registry],
       collect(this: Counter<'decision' | 'policy'>) {
@@ -106,7 +106,10 @@ export class InboundAuthorizer {
           inForce = destination === undefined ? null : authorizationOf(now).forWorkload(destination);
           seen = now;
         }
-        if (inForce === null) return DENY_ON_ERROR;
+        if (inForce === null) {
+          this.#count(DENY_ON_ERROR);
+          return DENY_ON_ERROR;
+        }
         ctx.request = facts;
         const decision = decideSafely(inForce, ctx, 'request', DENY_ON_ERROR);
         const audited = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request') : null;
@@ -151,7 +154,8 @@ export class InboundAuthorizer {
   #count(decision: Decision): void {
     let cell = this.#cellOf.get(decision);
     if (cell === undefined) {
-      const labels = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy ?? 'none' };
+      // A failure while deciding (fail closed) has a policy label of its own: an operator alerts on it.
+      const labels = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision === DENY_ON_ERROR ? 'error' : decision.policy ?? 'none' };
       const key = `${labels.decision} ${labels.policy}`;
       cell = this.#cells.get(key);
       if (cell === undefined) this.#cells.set(key, (cell = { labels, count: 0 }));

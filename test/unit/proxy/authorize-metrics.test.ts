@@ -86,4 +86,31 @@ describe('authorization decision counts', () => {
     expect(authorizer.stillAllowed(connectionFrom(snapshot, 'bad'), false, snapshot, 'node-b')).toBe(false);
     expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/allow-web': 3, 'DENY data/deny-bad': 1, 'DENY none': 1 });
   });
+
+  it('counts a request it cannot decide (its workload is gone) as a denial under policy "error"', async () => {
+    const http = `---
+apiVersion: v1
+kind: Service
+metadata: { name: db, namespace: data }
+spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 80 }] }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: get-only, namespace: data }
+spec:
+  selector: { matchLabels: { app: db } }
+  rules: [{ to: [{ operation: { methods: [GET] } }] }]
+`;
+    let snapshot = snapshotOf(WORLD + http);
+    const registry = new Registry();
+    const authorizer = new InboundAuthorizer(() => snapshot, registry, silentLogger());
+    const inspection = authorizer.requestInspection({ ...connectionFrom(snapshot, 'web'), destinationPort: 80 });
+    expect(inspection).not.toBeNull();
+    const facts = { method: 'GET', path: '/', host: 'db', header: () => undefined };
+    expect(inspection?.decide(facts).allow).toBe(true);
+    // The workload leaves that address; the tunnel's next request cannot be decided for it.
+    snapshot = snapshotOf(WORLD.replace('10.0.2.20', '10.0.2.99') + http);
+    expect(inspection?.decide(facts).allow).toBe(false);
+    expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/get-only': 1, 'DENY error': 1 });
+  });
 });
