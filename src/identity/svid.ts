@@ -286,6 +286,9 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
   }
   const used = new Set<Certificate>([current]);
   for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
+    // Every root that signed it is tried: a root re-issued with the same key and name may sit in the bundle beside
+    // its expired copy. The first one's error is reported when none will do.
+    let signerError: AmbitError | null = null;
     for (const root of bundle.roots) {
       // A root naming another trust domain vouches only for that one (Federation §4.2), even when
       // someone put it in this domain's bundle.
@@ -293,22 +296,23 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
       if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
       if (!issued(root, current)) continue;
       const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id);
-      if (rootError) return rootError;
-      return null;
+      if (rootError === null) return null;
+      signerError ??= rootError;
     }
     let next: Certificate | undefined;
     for (let i = 1; i < chain.length; i++) {
       const candidate = chain[i] as Certificate;
-      if (!used.has(candidate) && issued(candidate, current)) {
+      if (used.has(candidate) || !issued(candidate, current)) continue;
+      const candidateError = checkSigningCert(candidate, 'intermediate', id, depth) ?? checkValidity(candidate, at, 'intermediate CA', id);
+      if (candidateError === null) {
         next = candidate;
         break;
       }
+      signerError ??= candidateError;
     }
     if (next === undefined) {
-      return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: ${depth === 0 ? 'leaf' : `intermediate ${describe(current)}`} is not signed by a root of trust domain "${id.trustDomain}" nor by a presented intermediate`);
+      return signerError ?? new AmbitError('SVID_CHAIN_INVALID', `${id.id}: ${depth === 0 ? 'leaf' : `intermediate ${describe(current)}`} is not signed by a root of trust domain "${id.trustDomain}" nor by a presented intermediate`);
     }
-    const nextError = checkSigningCert(next, 'intermediate', id, depth) ?? checkValidity(next, at, 'intermediate CA', id);
-    if (nextError) return nextError;
     used.add(next);
     current = next;
   }

@@ -232,6 +232,26 @@ describe('verifying a peer SVID', () => {
     expect(long.error?.message).toMatch(/chain of 10 certificates, more than 9/);
   });
 
+  it('tries every root that signed the chain: an expired copy of a re-issued root first in the bundle does not hide the valid one', async () => {
+    const keys = await generateKeyPair();
+    const root = (notBefore: Date, notAfter: Date) =>
+      x509.X509CertificateGenerator.createSelfSigned({
+        name: 'O=ambit-test, CN=reissued root',
+        notBefore,
+        notAfter,
+        keys,
+        signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+        extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
+      });
+    const expired = await root(new Date(Date.now() - 3 * HOUR_MS), new Date(Date.now() - 2 * HOUR_MS));
+    const current = await root(new Date(Date.now() - 60_000), new Date(Date.now() + 24 * HOUR_MS));
+    const leafKeys = await generateKeyPair();
+    const leaf = await issueLeaf({ spiffeId: WEB, publicKey: leafKeys.publicKey, authority: { cert: current, privateKey: keys.privateKey, chainAbove: [] }, ttlMs: HOUR_MS });
+    expect(verifySvid([leaf], new BundleSet([createBundle('cluster.local', [expired, current])])).valid).toBe(true);
+    // The reject side: with only the expired copy, its error is the one reported.
+    expect(verifySvid([leaf], new BundleSet([createBundle('cluster.local', [expired])])).error?.code).toBe('SVID_EXPIRED');
+  });
+
   it('checks signatures of presented intermediates with RSA keys up to 4096 bits, and refuses a larger one', async () => {
     const rsa = { name: 'RSASSA-PKCS1-v1_5', publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' };
     const intermediateWith = async (modulusLength: number) => {
