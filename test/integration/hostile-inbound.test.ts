@@ -46,14 +46,16 @@ const MiB = 1024 * 1024;
 
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR, NGHTTP2_PROTOCOL_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
-const config = yamlDocuments(
+/** The workloads, with tester-1 on the host `testerHost` (this test's own, 127.0.0.1, unless a test moves it). */
+const workloadsWith = (testerHost: string) => yamlDocuments(
   podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: `${IMPOSTOR_LISTENER_PORT}=${IMPOSTOR_IP}:7` }),
   podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP }),
   podYaml({ name: 'cache-1', node: 'node-b', serviceAccount: 'cache', ip: CACHE_IP }),
   podYaml({ name: 'payments-1', node: 'node-c', serviceAccount: 'payments', ip: IMPOSTOR_IP }),
-  podYaml({ name: 'tester-1', node: 'node-c', serviceAccount: 'tester', ip: TESTER_IP, hostIp: '127.0.0.1' }),
+  podYaml({ name: 'tester-1', node: 'node-c', serviceAccount: 'tester', ip: TESTER_IP, hostIp: testerHost }),
   podYaml({ name: 'tester-2', node: 'node-d', serviceAccount: 'tester', ip: OTHER_TESTER_IP, hostIp: '192.0.2.50' }),
 );
+const config = workloadsWith('127.0.0.1');
 
 /** An echo server that counts its open connections (the proxy's upstream sockets) and their peak. */
 class TrackedEcho {
@@ -617,16 +619,8 @@ spec:
       expect((await echoed(second)).equals(second), 'the tunnel still carries bytes').toBe(true);
 
       // tester-1 now runs on another host: the session's address no longer vouches for it.
-      const movedYaml = yamlDocuments(
-        podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: `${IMPOSTOR_LISTENER_PORT}=${IMPOSTOR_IP}:7` }),
-        podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP }),
-        podYaml({ name: 'cache-1', node: 'node-b', serviceAccount: 'cache', ip: CACHE_IP }),
-        podYaml({ name: 'payments-1', node: 'node-c', serviceAccount: 'payments', ip: IMPOSTOR_IP }),
-        podYaml({ name: 'tester-1', node: 'node-c', serviceAccount: 'tester', ip: TESTER_IP, hostIp: '192.0.2.60' }),
-        podYaml({ name: 'tester-2', node: 'node-d', serviceAccount: 'tester', ip: OTHER_TESTER_IP, hostIp: '192.0.2.50' }),
-      );
       const since = nodeB().proc.lines.length;
-      await apply('workloads.yaml', movedYaml, 'tester-1 on another host');
+      await apply('workloads.yaml', workloadsWith('192.0.2.60'), 'tester-1 on another host');
       await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the tunnel is still open 5 s after the claim stopped holding')), 5_000).unref())]);
       const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'closed open connections the new configuration no longer allows', 'the revocation');
       expect(line.closed).toBe(1);
