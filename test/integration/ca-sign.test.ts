@@ -14,6 +14,7 @@ import { silentLogger } from '../../src/observe/log.ts';
 import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 import { recordAttested } from '../../src/identity/ca/nodes.ts';
+import { createJoinToken } from '../../src/identity/ca/tokens.ts';
 
 const TD = 'sign.test';
 const NODE_A = `spiffe://${TD}/ambit/node/node-a`;
@@ -55,7 +56,7 @@ beforeAll(async () => {
     logger: silentLogger(),
     audit: (record) => {
       audit.push(record as Record<string, unknown>);
-      return record.event === 'svid_issued' ? (auditGate ?? undefined) : undefined;
+      return record.event === 'svid_issued' || record.event === 'node_attested' ? (auditGate ?? undefined) : undefined;
     },
   });
 });
@@ -65,14 +66,14 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** POST /v1/sign as `caller` (null: no client certificate) with a raw body. */
-async function sign(caller: TestSvid | null, body: string): Promise<Answer> {
+/** POST /v1/sign (or another path) as `caller` (null: no client certificate) with a raw body. */
+async function sign(caller: TestSvid | null, body: string, path = '/v1/sign'): Promise<Answer> {
   const url = new URL(server.url);
   return await new Promise<Answer>((resolve, reject) => {
     const req = request({
       host: url.hostname,
       port: Number(url.port),
-      path: '/v1/sign',
+      path,
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       minVersion: 'TLSv1.3',
@@ -161,6 +162,25 @@ describe('the CA signing endpoint', () => {
     }
     // The accept side: with the log writable again, the same request is answered.
     expect((await signFor(nodeA, WEB)).status).toBe(200);
+  });
+
+  it('gives a join token back when the attestation it was spent on cannot be audited, so the node can retry with it', async () => {
+    const token = (await createJoinToken(caDir, 'node-c', 60_000)).token;
+    const attest = async () => sign(null, JSON.stringify({ node: 'node-c', token, csr: await csrFor(`spiffe://${TD}/ambit/node/node-c`) }), '/v1/attest');
+    auditGate = Promise.reject(new Error('EIO: i/o error'));
+    auditGate.catch(() => {});
+    try {
+      const failed = await attest();
+      expect(failed.status).toBe(500);
+      expect(failed.code).toBe('FILE_WRITE');
+    } finally {
+      auditGate = null;
+    }
+    const retried = await attest();
+    expect(retried.status).toBe(200);
+    expect(issuedId(retried)).toBe(`spiffe://${TD}/ambit/node/node-c`);
+    // Spent now: a third attempt is refused.
+    expect((await attest()).code).toBe('JOIN_TOKEN_INVALID');
   });
 
   it('issues with the lifetime in force when asked (certificateTtl reloads apply to the next SVID)', async () => {

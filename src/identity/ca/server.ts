@@ -26,7 +26,7 @@ import { timerDelayMs } from '../timers.ts';
 import type { FederationPeer } from '../federation.ts';
 import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
-import { consumeJoinToken } from './tokens.ts';
+import { consumeJoinToken, restoreJoinToken } from './tokens.ts';
 import { admitNodeCertificate, recordAttested, recordRenewal } from './nodes.ts';
 import type { Logger } from '../../observe/log.ts';
 
@@ -325,9 +325,19 @@ export class CaServer {
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
     }
-    const { response, authority } = await this.#issue(spiffeId, publicKey, this.#nodeTtlMs);
-    await this.#forNode(node, () => recordAttested(this.#options.dir, node, response.serial));
-    await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
+    let response: IssueResponse;
+    try {
+      const issued = await this.#issue(spiffeId, publicKey, this.#nodeTtlMs);
+      response = issued.response;
+      // Audited before the record makes it the node's certificate: a certificate never handed out must not be current.
+      await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority: issued.authority });
+      await this.#forNode(node, () => recordAttested(this.#options.dir, node, response.serial));
+    } catch (error) {
+      // Nothing was handed out (the audit log or the node record could not be written): the token is the node's to
+      // present again, not spent on the CA's failure.
+      await restoreJoinToken(this.#options.dir, token).catch(() => {});
+      throw error;
+    }
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
     return response;
   }

@@ -50,6 +50,16 @@ export async function createJoinToken(caDir: string, node: string, ttlMs: number
  * Consumes a token for `node`. As SPIRE does, the token is spent before its expiry is checked, and a
  * token presented for the wrong node is spent too: whoever holds it has shown it to the wrong party.
  */
+/**
+ * Gives back a token consumeJoinToken accepted, when the CA then failed to hand out the certificate (its audit log or
+ * the node record could not be written): the node's retry with the same token must not be refused for the CA's fault.
+ */
+export async function restoreJoinToken(caDir: string, token: string): Promise<void> {
+  if (!TOKEN_SHAPE.test(token)) return;
+  const name = `${tokenHash(token)}.json`;
+  await rename(join(usedDir(caDir), name), join(pendingDir(caDir), name));
+}
+
 export async function consumeJoinToken(caDir: string, token: string, node: string, now = new Date()): Promise<void> {
   if (!TOKEN_SHAPE.test(token)) throw new AmbitError('JOIN_TOKEN_INVALID', 'join token is malformed');
   const name = `${tokenHash(token)}.json`;
