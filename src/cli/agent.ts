@@ -1,7 +1,7 @@
 // `ambit agent`: the rotation agent as a standalone program that writes certificate, key and bundle files
 // atomically for software that reads files (as spiffe-helper does), and keeps them fresh.
 import { createServer } from 'node:http';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
@@ -90,7 +90,6 @@ export const command: Command = {
       trustDomain,
       nodeName: requireString(values.node, 'node'),
       bootstrapBundle,
-      bootstrapChangedMs: (await stat(bundleFile)).mtimeMs,
       stateDir: requireString(values['state-dir'], 'state-dir'),
       joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
       ttlSeconds: values.ttl ? parseTtlSeconds(values.ttl, 'ttl') : undefined,

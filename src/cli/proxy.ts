@@ -1,5 +1,4 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
-import { stat } from 'node:fs/promises';
 import { AmbitError } from '../errors.ts';
 import { joinTokenOption, parse, parseTtlSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
@@ -68,7 +67,6 @@ export const command: Command = {
       configDir: requireString(values.config, 'config'),
       caUrl,
       caBundle: decodeBundleText(trustDomain, await readText(bundleFile)),
-      caBundleChangedMs: (await stat(bundleFile)).mtimeMs,
       stateDir: requireString(values['state-dir'], 'state-dir'),
       joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
       outbound,

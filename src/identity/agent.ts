@@ -5,7 +5,7 @@
 //
 // Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
 import { EventEmitter } from 'node:events';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { Counter, Gauge, Registry } from 'prom-client';
@@ -13,7 +13,7 @@ import { AmbitError, toAmbitError } from '../errors.ts';
 import { nodeId, parseSpiffeId } from './spiffe-id.ts';
 import { BundleSet, bundlesEqual, createBundle, decodeBundle, encodeBundle } from './bundle.ts';
 import type { TrustBundle } from './bundle.ts';
-import { createCsr, exportPrivateKeyPem, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
+import { createCsr, exportPrivateKeyPem, fingerprintOf, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
 import type { Svid } from './svid.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
 import { timerDelayMs } from './timers.ts';
@@ -48,6 +48,8 @@ const NODE_SVID_FILE = 'node-svid.pem';
  * this file a restarted node could neither reach the CA nor load its own stored SVID.
  */
 const OWN_BUNDLE_FILE = 'bundle.json';
+/** The bootstrap bundle's roots (SHA-256 fingerprints) when bundle.json was written: what the stored bundle supersedes. */
+const BOOTSTRAP_SEEN_FILE = 'bootstrap-roots.json';
 
 export interface IdentityAgentOptions {
   caUrl: string;
@@ -55,11 +57,6 @@ export interface IdentityAgentOptions {
   nodeName: string;
   /** Trusted roots of our own trust domain for the first contact with the CA. */
   bootstrapBundle: TrustBundle;
-  /**
-   * When the bootstrap bundle's file last changed (ms since the epoch). A bundle stored since (the CA's, as last
-   * served) supersedes it; one the operator changed later adds its roots. Unknown: the stored bundle supersedes.
-   */
-  bootstrapChangedMs?: number;
   /** Where the node SVID is kept (0600), so a restart does not need a new join token. */
   stateDir?: string;
   /** Single-use token for the first attestation when no valid node SVID is stored. */
@@ -497,22 +494,28 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     if (!dir) return;
     const file = join(dir, OWN_BUNDLE_FILE);
     let text: string;
-    let storedMs: number;
     try {
       text = await readFile(file, 'utf8');
-      storedMs = (await stat(file)).mtimeMs;
     } catch {
       return;
     }
+    // The bootstrap roots known when it was stored; none recorded (a state directory from before): all are new.
+    const seen = new Set<string>();
+    try {
+      const recorded: unknown = JSON.parse(await readFile(join(dir, BOOTSTRAP_SEEN_FILE), 'utf8'));
+      if (Array.isArray(recorded)) for (const fingerprint of recorded) if (typeof fingerprint === 'string') seen.add(fingerprint);
+    } catch {
+      // absent or unreadable: nothing seen
+    }
     try {
       const stored = decodeBundle(this.#options.trustDomain, text);
-      // The stored bundle is what the CA served last: it drops the roots withdrawn since the bootstrap file was
-      // written (a compromised one among them), so it replaces that file's roots. A bootstrap file changed after it
-      // (the operator's new root, a re-initialised CA) is newer knowledge: its roots are added.
-      const changed = this.#options.bootstrapChangedMs;
+      // The stored bundle is what the CA served last: it drops the roots withdrawn since (a compromised one among
+      // them), so it supersedes the bootstrap roots it was stored with, which a DaemonSet's mounted file keeps
+      // offering. A bootstrap root it was not stored with (the operator's new root, a re-initialised CA) is newer
+      // knowledge: added. Judged by content: a mounted file's time changes with every pod.
       const roots = [...stored.roots];
-      if (changed !== undefined && changed > storedMs) {
-        for (const root of this.#options.bootstrapBundle.roots) if (!roots.some((known) => known.equal(root))) roots.push(root);
+      for (const root of this.#options.bootstrapBundle.roots) {
+        if (!seen.has(fingerprintOf(root)) && !roots.some((known) => known.equal(root))) roots.push(root);
       }
       this.#bundles = new BundleSet([createBundle(this.#options.trustDomain, roots)]);
     } catch (error) {
@@ -526,6 +529,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#persisting = this.#persisting.then(async () => {
       try {
         await mkdir(dir, { recursive: true, mode: 0o700 });
+        await writeFileAtomic(join(dir, BOOTSTRAP_SEEN_FILE), `${JSON.stringify(this.#options.bootstrapBundle.roots.map(fingerprintOf))}\n`, 0o644);
         await writeFileAtomic(join(dir, OWN_BUNDLE_FILE), encodeBundle(own), 0o644);
       } catch (error) {
         this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store the trust bundle');

@@ -42,8 +42,6 @@ export interface NodeProxyOptions {
   caUrl: string;
   /** Our trust domain's roots, to authenticate the CA the first time. */
   caBundle: TrustBundle;
-  /** When the CA bundle's file last changed (see IdentityAgentOptions.bootstrapChangedMs). */
-  caBundleChangedMs?: number;
   stateDir: string;
   joinToken?: string;
   /** Explicit listeners from the command line, in addition to those the configuration declares. */
@@ -150,7 +148,6 @@ export class NodeProxy {
       trustDomain: snapshot.mesh.trustDomain,
       nodeName: options.nodeName,
       bootstrapBundle: options.caBundle,
-      bootstrapChangedMs: options.caBundleChangedMs,
       stateDir: options.stateDir,
       joinToken: options.joinToken,
       ttlSeconds: options.certificateTtlSeconds,

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { AmbitProcess, freePort, runAmbit } from '../helpers/process.ts';
 import type { LogLine } from '../helpers/process.ts';
+import { createTestCa } from '../helpers/certs.ts';
 import { IdentityAgent } from '../../src/identity/agent.ts';
 import { BundleSet, createBundle, decodeBundle, decodePemBundle } from '../../src/identity/bundle.ts';
 import { loadSvid, verifySvid } from '../../src/identity/svid.ts';
@@ -356,18 +357,19 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(verifySvid(restarted.nodeSvid()!.chain, after).valid).toBe(true);
     expect(verifySvid((await restarted.ensure(WEB)).chain, after).valid).toBe(true);
     await restarted.stop();
-    // What a restart trusts before the CA answers (it is down now): an install bundle file older than the stored
-    // bundle does not bring back the root withdrawn since...
+    // What a restart trusts before the CA answers (it is down now): the install bundle it was stored with (a
+    // DaemonSet's mounted file, rewritten for every pod) does not bring back the root withdrawn since...
     await ca.proc.stop();
-    const stale = inProcessAgent(ca, TD, 'node-a', installBundle, { stateDir: join(dir, 'state-a'), bootstrapChangedMs: Date.now() - 3_600_000 });
+    const stale = inProcessAgent(ca, TD, 'node-a', installBundle, { stateDir: join(dir, 'state-a') });
     await stale.start();
     expect(stale.bundles().get(TD)?.roots.map((root) => root.serialNumber)).toEqual([newRoot!.serialNumber]);
     expect(verifySvid(oldSvid.chain, stale.bundles(), whileOldValid).error?.code).toBe('SVID_CHAIN_INVALID');
     await stale.stop();
-    // ...while one the operator changed after it is newer knowledge: its roots are added.
-    const reinstalled = inProcessAgent(ca, TD, 'node-a', installBundle, { stateDir: join(dir, 'state-a'), bootstrapChangedMs: Date.now() + 1_000 });
+    // ...while a root the operator adds to it since is newer knowledge: added.
+    const operatorRoot = (await createTestCa(TD)).root.cert;
+    const reinstalled = inProcessAgent(ca, TD, 'node-a', createBundle(TD, [...installBundle.roots, operatorRoot]), { stateDir: join(dir, 'state-a') });
     await reinstalled.start();
-    expect(reinstalled.bundles().get(TD)?.roots).toHaveLength(2);
+    expect(reinstalled.bundles().get(TD)?.roots.map((root) => root.serialNumber).sort()).toEqual([newRoot!.serialNumber, operatorRoot.serialNumber].sort());
   });
 
   it('federates two trust domains: each CA fetches the other bundle from its endpoint and serves both', async () => {
