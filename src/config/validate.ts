@@ -154,7 +154,8 @@ function controllerOf(references: unknown): { kind: string; name: string } | und
   for (const reference of references) {
     if (!isMapping(reference) || reference.controller !== true) continue;
     const { kind, name } = reference;
-    if (typeof kind === 'string' && kind !== '' && typeof name === 'string' && name !== '') return { kind, name };
+    // Names only as Kubernetes writes them: the name goes into metric labels and the baggage header.
+    if (typeof kind === 'string' && /^[A-Za-z][A-Za-z0-9]{0,62}$/.test(kind) && typeof name === 'string' && checkDns1123Subdomain(name) === undefined) return { kind, name };
   }
   return undefined;
 }

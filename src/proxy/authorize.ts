@@ -62,7 +62,15 @@ export class InboundAuthorizer {
 
   /** The L4 decision when a stream opens ('tcp' on plain ports, 'connect' on ports declared HTTP). */
   authorize(connection: InboundConnection): Decision {
-    const policies = authorizationOf(this.#snapshot()).forWorkload(connection.destination);
+    let policies: WorkloadPolicies;
+    try {
+      policies = authorizationOf(this.#snapshot()).forWorkload(connection.destination);
+    } catch (error) {
+      // Failing to compile the workload's policies is a failure to decide: denied, and counted as one.
+      this.#count(DENY_ON_ERROR);
+      this.#logger.error({ err: (error as Error).message, destination: connection.destination.identity }, 'authorization failed while compiling policies: denied (fail closed)');
+      return DENY_ON_ERROR;
+    }
     const moment = policies.httpPorts.has(connection.destinationPort) ? 'connect' : 'tcp';
     const ctx = contextOf(connection);
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);

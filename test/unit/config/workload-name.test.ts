@@ -62,6 +62,9 @@ describe("a pod's workload name", () => {
     expect(workloadOf(pod('named-by-hand', owned('ReplicaSet', 'web-1', ''), { 'pod-template-hash': '1' })).workloadName).toBe('named-by-hand');
     expect(workloadOf(pod('not-controller', 'generateName: x-\nownerReferences:\n  - { kind: ReplicaSet, name: rs, controller: false }')).workloadName).toBe('not-controller');
     expect(workloadOf(pod('odd', 'generateName: x-\nownerReferences: 5')).workloadName).toBe('odd');
+    // A name that is not one Kubernetes writes never reaches a label or the baggage header.
+    expect(workloadOf(pod('hostile', owned('DaemonSet', '"evil,k8s.namespace.name=kube-system"'))).workloadName).toBe('hostile');
+    expect(workloadOf(pod('hostile-kind', owned('"Set; x"', 'agent'))).workloadName).toBe('hostile-kind');
   });
 });
 
