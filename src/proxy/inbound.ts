@@ -78,13 +78,12 @@ function isPortSuffix(text: string, at: number): boolean {
 }
 
 /**
- * The `forwarded: for=` address of a stream's CONNECT (canonical) when it is believed as the source IP policies see,
- * else null (the session's own address is): believed when it is a
- * workload with the identity the session proved, running on the host the session comes from (a Pod whose
- * status.hostIP(s) is the session's address: a host-network proxy dials from the node's address, not the pod's),
- * else the session's own address. Any other claim (another identity's address, a pod of this identity on another
- * node, an address outside the registry) is not believed. Memoised per session and configuration version (with
- * the parsed IP in `claimIp`): a session's streams name the same address.
+ * The `forwarded: for=` address of a stream's CONNECT (canonical) when policies are to see it as the source IP, else
+ * null (they see the session's own address). Believed only of a workload with the identity the session proved,
+ * running on the host the session comes from (forwardedClaimHolds): a host-network proxy dials from the node's
+ * address, not the pod's. Any other claim (another identity's address, a pod of this identity on another node, an
+ * address outside the registry) is not. Memoised per session and configuration version, with the parsed IP in
+ * `claimIp`: a session's streams name the same address.
  */
 function believedClaim(peer: PeerInfo, forwarded: string, snapshot: ConfigSnapshot): string | null {
   if (peer.claimText === forwarded && peer.claimVersion === snapshot.version) return peer.claimAddress;

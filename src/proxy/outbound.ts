@@ -448,18 +448,14 @@ export class OutboundListeners {
       const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
       this.#options.liveMeters.add(flushable);
       let error: { code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET'; message: string } | undefined;
-      const onSocketError = (e: Error) => {
-        error ??= { code: 'DOWNSTREAM_RESET', message: e.message };
+      // The first error names the side that broke; either ends both.
+      const failedOn = (code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET') => (e: Error) => {
+        error ??= { code, message: e.message };
         socket.destroy();
         upstream.destroy();
       };
-      const onUpstreamError = (e: Error) => {
-        error ??= { code: 'UPSTREAM_RESET', message: e.message };
-        socket.destroy();
-        upstream.destroy();
-      };
-      socket.on('error', onSocketError);
-      upstream.on('error', onUpstreamError);
+      socket.on('error', failedOn('DOWNSTREAM_RESET'));
+      upstream.on('error', failedOn('UPSTREAM_RESET'));
       let closed = 0;
       const onClose = () => {
         if (++closed < 2) {
