@@ -2,23 +2,25 @@
 // byte flush, and at close, with the series already created (the steady state of a busy node).
 import { bench, describe } from 'vitest';
 import { Registry } from 'prom-client';
-import { ProxyMetrics } from '../../src/observe/metrics.ts';
+import { ProxyMetrics, workloadLabels } from '../../src/observe/metrics.ts';
 import type { TunnelLabels } from '../../src/observe/metrics.ts';
 
 const LABELS: TunnelLabels = {
   reporter: 'source',
-  sourceWorkload: 'web',
-  sourceWorkloadNamespace: 'shop',
+  source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes' }),
   sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
-  destinationWorkload: 'api',
-  destinationWorkloadNamespace: 'shop',
+  destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes' }),
   destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
-  destinationService: 'api.shop.svc.cluster.local',
+  service: { hostname: 'api.shop.svc.cluster.local', name: 'api', namespace: 'shop' },
   connectionSecurityPolicy: 'mutual_tls',
 };
 
 /** 50 destinations, so the label index holds more than one path, as on a real node. */
-const DESTINATIONS: TunnelLabels[] = Array.from({ length: 50 }, (_, i) => ({ ...LABELS, destinationWorkload: `api-${i}`, destinationService: `api-${i}.shop.svc.cluster.local` }));
+const DESTINATIONS: TunnelLabels[] = Array.from({ length: 50 }, (_, i) => ({
+  ...LABELS,
+  destination: workloadLabels({ workload: `api-${i}`, namespace: 'shop', canonicalService: `api-${i}`, canonicalRevision: 'latest', app: `api-${i}`, version: 'latest', cluster: 'Kubernetes' }),
+  service: { hostname: `api-${i}.shop.svc.cluster.local`, name: `api-${i}`, namespace: 'shop' },
+}));
 
 const metrics = new ProxyMetrics(new Registry());
 for (const labels of DESTINATIONS) metrics.open(labels).close(0, 0, '-');

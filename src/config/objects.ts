@@ -231,6 +231,11 @@ export interface MeshConfigSpec {
    * only come back with a new join token, so it must outlive the outages the mesh should ride out.
    */
   readonly nodeCertificateTtl: string;
+  /**
+   * The cluster this configuration describes, as Istio's CLUSTER_ID: the `source_cluster` / `destination_cluster`
+   * metric labels and the `k8s.cluster.name` baggage of its workloads. Istio's default, `Kubernetes`, when omitted.
+   */
+  readonly clusterId: string;
 }
 
 export interface MeshConfigObject extends ObjectBase {
@@ -256,6 +261,8 @@ export const DEFAULT_PORTS: MeshPorts = Object.freeze({
 export const DEFAULT_ROOT_NAMESPACE = 'istio-system';
 export const DEFAULT_CERTIFICATE_TTL = '1h';
 export const DEFAULT_NODE_CERTIFICATE_TTL = '24h';
+/** Istio's default CLUSTER_ID. */
+export const DEFAULT_CLUSTER_ID = 'Kubernetes';
 /** Istio's default trust domain, used only when no MeshConfig exists and none was required. */
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 /** Kubernetes' cluster DNS suffix: Service hostnames are NAME.NAMESPACE.svc.cluster.local. */

@@ -8,7 +8,7 @@ import { canonicalIp, formatPath, parseDurationMs } from './fields.ts';
 import { ConfigError } from './issues.ts';
 import type { ConfigIssue } from './issues.ts';
 import {
-  DEFAULT_CERTIFICATE_TTL, DEFAULT_NODE_CERTIFICATE_TTL,
+  DEFAULT_CERTIFICATE_TTL, DEFAULT_NODE_CERTIFICATE_TTL, DEFAULT_CLUSTER_ID,
   DEFAULT_PORTS,
   DEFAULT_ROOT_NAMESPACE,
   DEFAULT_TRUST_DOMAIN,
@@ -49,6 +49,15 @@ export interface Workload {
   readonly workloadName: string;
   /** The kind that name belongs to, lower-case (`deployment`, `cronjob`, `daemonset`, `pod`, `workloadentry`, ...). */
   readonly workloadType: string;
+  /**
+   * Istio's canonical service and revision (`service.istio.io/canonical-name`, then `app.kubernetes.io/name`, then
+   * `app`, else the workload name; `service.istio.io/canonical-revision`, `app.kubernetes.io/version`, `version`,
+   * else `latest`): the `*_canonical_*`, `*_app` and `*_version` metric labels and the baggage's service.*.
+   */
+  readonly canonicalService: string;
+  readonly canonicalRevision: string;
+  /** The MeshConfig's clusterId: every workload of a configuration is in its cluster. */
+  readonly cluster: string;
   /** Canonical spellings, primary IP first. */
   readonly ips: readonly string[];
   /** A Pod's node addresses (status.hostIP/hostIPs); a WorkloadEntry's own address, the host it runs on. */
@@ -120,7 +129,7 @@ export function buildSnapshot(objects: readonly ConfigObject[], options: Snapsho
   const unique = withoutDuplicates(objects, issues);
   const meshObject = singleMeshConfig(unique, issues, options.requireMesh ?? false);
   const mesh = meshSettings(meshObject);
-  const workloads = buildWorkloads(unique, mesh.trustDomain, issues);
+  const workloads = buildWorkloads(unique, mesh, issues);
   checkClusterIps(unique, workloads, issues);
   checkEnforceAnnotations(unique, mesh.rootNamespace, issues);
   if (issues.length > 0) throw new ConfigError(issues, options.where ?? options.dir ?? 'configuration');
@@ -181,6 +190,7 @@ function meshSettings(meshObject: MeshConfigObject | undefined): MeshSettings {
     federation: [],
     certificateTtl: DEFAULT_CERTIFICATE_TTL,
     nodeCertificateTtl: DEFAULT_NODE_CERTIFICATE_TTL,
+    clusterId: DEFAULT_CLUSTER_ID,
   };
   // The validator already refused unparseable durations.
   return { ...spec, certificateTtlMs: parseDurationMs(spec.certificateTtl) as number, nodeCertificateTtlMs: parseDurationMs(spec.nodeCertificateTtl) as number };
@@ -189,11 +199,11 @@ function meshSettings(meshObject: MeshConfigObject | undefined): MeshSettings {
 // Pods whose containers have all terminated give their IP back to the node's pool, so the IP may be reused.
 const TERMINAL_PHASES = new Set(['Succeeded', 'Failed']);
 
-function buildWorkloads(objects: readonly ConfigObject[], trustDomain: string, issues: ConfigIssue[]): Workload[] {
+function buildWorkloads(objects: readonly ConfigObject[], mesh: MeshSettings, issues: ConfigIssue[]): Workload[] {
   const workloads: Workload[] = [];
   const ipOwner = new Map<string, Workload>();
   for (const object of objects) {
-    const workload = toWorkload(object, trustDomain);
+    const workload = toWorkload(object, mesh);
     if (workload === undefined) continue;
     let conflict = false;
     for (const ip of workload.ips) {
@@ -228,8 +238,26 @@ function podWorkloadName(metadata: ObjectMeta): [string, string] {
   return [controller.name, controller.kind.toLowerCase()];
 }
 
-function toWorkload(object: ConfigObject, trustDomain: string): Workload | undefined {
+/** Istio's CanonicalService / CanonicalRevision (pkg/model/labels). */
+function canonical(labels: Labels, workloadName: string): { canonicalService: string; canonicalRevision: string } {
+  return {
+    canonicalService: firstSet(labels, 'service.istio.io/canonical-name', 'app.kubernetes.io/name', 'app') ?? workloadName,
+    canonicalRevision: firstSet(labels, 'service.istio.io/canonical-revision', 'app.kubernetes.io/version', 'version') ?? 'latest',
+  };
+}
+
+/** The first of `keys` with a value; an empty one counts as unset (it would be an empty baggage value). */
+function firstSet(labels: Labels, ...keys: string[]): string | undefined {
+  for (const key of keys) {
+    const value = Object.hasOwn(labels, key) ? labels[key] : undefined;
+    if (value !== undefined && value !== '') return value;
+  }
+  return undefined;
+}
+
+function toWorkload(object: ConfigObject, mesh: MeshSettings): Workload | undefined {
   const { name, namespace } = object.metadata;
+  const trustDomain = mesh.trustDomain;
   if (object.kind === 'Pod') {
     const { nodeName, serviceAccountName, hostNetwork } = object.spec;
     const { podIP, podIPs, phase, hostIPs } = object.status;
@@ -246,6 +274,8 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
       serviceAccount: serviceAccountName,
       workloadName,
       workloadType,
+      ...canonical(object.metadata.labels, workloadName),
+      cluster: mesh.clusterId,
       ips,
       hostIps: hostIPs,
       labels: object.metadata.labels,
@@ -256,6 +286,7 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
   }
   if (object.kind === 'WorkloadEntry') {
     const node = object.metadata.annotations[NODE_ANNOTATION] as string;
+    const labels = { ...object.metadata.labels, ...object.spec.labels };
     return {
       kind: 'WorkloadEntry',
       name,
@@ -264,9 +295,11 @@ function toWorkload(object: ConfigObject, trustDomain: string): Workload | undef
       serviceAccount: object.spec.serviceAccount,
       workloadName: name,
       workloadType: 'workloadentry',
+      ...canonical(labels, name),
+      cluster: mesh.clusterId,
       ips: [object.spec.address],
       hostIps: [object.spec.address],
-      labels: { ...object.metadata.labels, ...object.spec.labels },
+      labels,
       identity: workloadSpiffeId(trustDomain, namespace, object.spec.serviceAccount),
       source: object.source,
       object,

@@ -38,7 +38,7 @@ import type { FieldIssue, FieldPath, Mapping } from './fields.ts';
 import { checkPolicyAnnotations, validateAuthorizationPolicySpec, validatePeerAuthenticationSpec } from '../authz/validate.ts';
 import {
   CLUSTER_DOMAIN,
-  DEFAULT_CERTIFICATE_TTL, DEFAULT_NODE_CERTIFICATE_TTL,
+  DEFAULT_CERTIFICATE_TTL, DEFAULT_NODE_CERTIFICATE_TTL, DEFAULT_CLUSTER_ID,
   DEFAULT_PORTS,
   DEFAULT_ROOT_NAMESPACE,
   KINDS,
@@ -507,7 +507,9 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
 
 // ---- MeshConfig ----
 
-const MESH_FIELDS = ['trustDomain', 'rootNamespace', 'ports', 'egress', 'federation', 'certificateTtl', 'nodeCertificateTtl'];
+const MESH_FIELDS = ['trustDomain', 'rootNamespace', 'ports', 'egress', 'federation', 'certificateTtl', 'nodeCertificateTtl', 'clusterId'];
+// Goes into metric label values and the baggage header as it is: a token, as Kubernetes names and Istio's cluster IDs are.
+const CLUSTER_ID = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
 const FEDERATION_FIELDS = ['trustDomain', 'bundleEndpoint', 'profile', 'endpointSpiffeId', 'bundleFile'];
 
 function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined): MeshConfigSpec | undefined {
@@ -525,6 +527,10 @@ function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined):
   const duration = (value: string) => (parseDurationMs(value) === undefined ? `${JSON.stringify(value)} is not a duration (examples: 1h, 30m, 2h30m)` : undefined);
   const certificateTtl = stringField(issues, spec, 'certificateTtl', path, { check: duration }) ?? DEFAULT_CERTIFICATE_TTL;
   const nodeCertificateTtl = stringField(issues, spec, 'nodeCertificateTtl', path, { check: duration }) ?? DEFAULT_NODE_CERTIFICATE_TTL;
+  const clusterId =
+    stringField(issues, spec, 'clusterId', path, {
+      check: (value) => (CLUSTER_ID.test(value) ? undefined : `${JSON.stringify(value)} is not a cluster ID: 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit`),
+    }) ?? DEFAULT_CLUSTER_ID;
 
   const federation: FederationPeer[] = [];
   const seenDomains = new Map<string, number>();
@@ -557,7 +563,7 @@ function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined):
     }
   });
   if (trustDomain === undefined) return undefined;
-  return { trustDomain, rootNamespace, ports, egress: { mode }, federation, certificateTtl, nodeCertificateTtl };
+  return { trustDomain, rootNamespace, ports, egress: { mode }, federation, certificateTtl, nodeCertificateTtl, clusterId };
 }
 
 function meshPorts(issues: FieldIssues, map: Mapping): MeshPorts {

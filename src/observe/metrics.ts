@@ -19,19 +19,60 @@ export type Reporter = 'source' | 'destination';
 /** ztunnel's values: `unknown` for a connection without mTLS (passthrough). */
 export type SecurityPolicy = 'mutual_tls' | 'unknown';
 
-/** Istio's standard label values; 'unknown' for what is not known (an empty string is reported as 'unknown'). */
+/**
+ * One side's workload labels (ztunnel's with_source / with_destination), built once per workload or derived source
+ * and shared by every connection's labels: finding a series steps over `key`, not over seven values.
+ */
+export interface WorkloadLabels {
+  /** The values below joined: equal keys, equal values. */
+  readonly key: string;
+  /** Istio's workload name (a Deployment's for its pods). */
+  readonly workload: string;
+  readonly namespace: string;
+  readonly canonicalService: string;
+  readonly canonicalRevision: string;
+  /** As ztunnel: the canonical service and revision again, under Istio's older label names. */
+  readonly app: string;
+  readonly version: string;
+  readonly cluster: string;
+}
+
+/** The Service a connection addressed: `destination_service` (the hostname), `_name` and `_namespace`. */
+export interface ServiceLabels {
+  readonly hostname: string;
+  readonly name: string;
+  readonly namespace: string;
+}
+
+/** Builds a WorkloadLabels; '' reads as 'unknown', as everywhere in Istio's labels. */
+export function workloadLabels(values: Omit<WorkloadLabels, 'key'>): WorkloadLabels {
+  const labels = {
+    workload: known(values.workload),
+    namespace: known(values.namespace),
+    canonicalService: known(values.canonicalService),
+    canonicalRevision: known(values.canonicalRevision),
+    app: known(values.app),
+    version: known(values.version),
+    cluster: known(values.cluster),
+  };
+  // NUL appears in no label value that reaches here (Kubernetes names and label values, SPIFFE path segments, baggage tokens).
+  const key = [labels.workload, labels.namespace, labels.canonicalService, labels.canonicalRevision, labels.app, labels.version, labels.cluster].join('\0');
+  return Object.freeze({ key, ...labels });
+}
+
+export const UNKNOWN_WORKLOAD: WorkloadLabels = workloadLabels({ workload: '', namespace: '', canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '' });
+export const UNKNOWN_SERVICE: ServiceLabels = Object.freeze({ hostname: 'unknown', name: 'unknown', namespace: 'unknown' });
+
+/** Istio's standard label values; 'unknown' for what is not known (an empty principal is reported as 'unknown'). */
 export interface TunnelLabels {
   /** 'source' on the client side (outbound), 'destination' on the server side (inbound). */
   reporter: Reporter;
-  sourceWorkload: string;
-  sourceWorkloadNamespace: string;
+  source: WorkloadLabels;
   /** The peer's SPIFFE ID as presented in the TLS handshake (`spiffe://td/ns/x/sa/y`), never from configuration. */
   sourcePrincipal: string;
-  destinationWorkload: string;
-  destinationWorkloadNamespace: string;
+  destination: WorkloadLabels;
   destinationPrincipal: string;
-  /** The service hostname (`name.ns.svc.cluster.local`), as Istio writes it. */
-  destinationService: string;
+  service: ServiceLabels;
   connectionSecurityPolicy: SecurityPolicy;
 }
 
@@ -41,16 +82,28 @@ export const NO_RESPONSE_FLAGS = '-';
 /** ztunnel's `ResponseFlags` values, for callers choosing one; the metrics accept any string. */
 export const RESPONSE_FLAGS = ['-', 'DENY', 'CONNECT', 'TLS_FAILURE', 'H2_HANDSHAKE_FAILURE', 'NETWORK_POLICY', 'IDENTITY_ERROR', 'CERT_REVOKED'] as const;
 
-/** The traffic label names, in ztunnel's order (a subset of its `CommonTrafficLabels`). */
+/** The traffic label names, in ztunnel's order (its `CommonTrafficLabels` but the locality ones). */
 export const TRAFFIC_LABEL_NAMES = [
   'reporter',
   'source_workload',
+  'source_canonical_service',
+  'source_canonical_revision',
   'source_workload_namespace',
   'source_principal',
+  'source_app',
+  'source_version',
+  'source_cluster',
   'destination_service',
+  'destination_service_namespace',
+  'destination_service_name',
   'destination_workload',
+  'destination_canonical_service',
+  'destination_canonical_revision',
   'destination_workload_namespace',
   'destination_principal',
+  'destination_app',
+  'destination_version',
+  'destination_cluster',
   'request_protocol',
   'response_flags',
   'connection_security_policy',
@@ -170,15 +223,28 @@ function known(value: string): string {
 }
 
 function labelValues(labels: TunnelLabels): TrafficLabelValues {
+  const { source, destination, service } = labels;
   return {
     reporter: labels.reporter,
-    source_workload: known(labels.sourceWorkload),
-    source_workload_namespace: known(labels.sourceWorkloadNamespace),
+    source_workload: source.workload,
+    source_canonical_service: source.canonicalService,
+    source_canonical_revision: source.canonicalRevision,
+    source_workload_namespace: source.namespace,
     source_principal: known(labels.sourcePrincipal),
-    destination_service: known(labels.destinationService),
-    destination_workload: known(labels.destinationWorkload),
-    destination_workload_namespace: known(labels.destinationWorkloadNamespace),
+    source_app: source.app,
+    source_version: source.version,
+    source_cluster: source.cluster,
+    destination_service: known(service.hostname),
+    destination_service_namespace: known(service.namespace),
+    destination_service_name: known(service.name),
+    destination_workload: destination.workload,
+    destination_canonical_service: destination.canonicalService,
+    destination_canonical_revision: destination.canonicalRevision,
+    destination_workload_namespace: destination.namespace,
     destination_principal: known(labels.destinationPrincipal),
+    destination_app: destination.app,
+    destination_version: destination.version,
+    destination_cluster: destination.cluster,
     // ztunnel reports every L4 connection as tcp; kept so Istio's queries that group by it still match.
     request_protocol: 'tcp',
     response_flags: NO_RESPONSE_FLAGS,
@@ -320,13 +386,11 @@ export class ProxyMetrics {
 function overflowLabels(reporter: Reporter): TunnelLabels {
   return {
     reporter,
-    sourceWorkload: 'unknown',
-    sourceWorkloadNamespace: 'unknown',
+    source: UNKNOWN_WORKLOAD,
     sourcePrincipal: 'unknown',
-    destinationWorkload: 'unknown',
-    destinationWorkloadNamespace: 'unknown',
+    destination: UNKNOWN_WORKLOAD,
     destinationPrincipal: 'unknown',
-    destinationService: 'unknown',
+    service: UNKNOWN_SERVICE,
     connectionSecurityPolicy: 'unknown',
   };
 }
@@ -335,13 +399,12 @@ function overflowLabels(reporter: Reporter): TunnelLabels {
 function walk(root: LabelIndex, labels: TunnelLabels, create: boolean): LabelIndex | null {
   const step = create ? descend : peek;
   let node: LabelIndex | null = step(root, labels.reporter);
-  if (node !== null) node = step(node, labels.sourceWorkload);
-  if (node !== null) node = step(node, labels.sourceWorkloadNamespace);
+  if (node !== null) node = step(node, labels.source.key);
   if (node !== null) node = step(node, labels.sourcePrincipal);
-  if (node !== null) node = step(node, labels.destinationWorkload);
-  if (node !== null) node = step(node, labels.destinationWorkloadNamespace);
+  if (node !== null) node = step(node, labels.destination.key);
   if (node !== null) node = step(node, labels.destinationPrincipal);
-  if (node !== null) node = step(node, labels.destinationService);
+  // A Service's hostname names it (NAME.NAMESPACE.svc...), so its name and namespace need no step of their own.
+  if (node !== null) node = step(node, labels.service.hostname);
   if (node !== null) node = step(node, labels.connectionSecurityPolicy);
   return node;
 }

@@ -6,6 +6,10 @@ import type { Workload } from '../config/snapshot.ts';
 export interface BaggageInfo {
   readonly namespace: string | undefined;
   readonly workload: string | undefined;
+  /** service.name and service.version: the canonical service and revision. */
+  readonly service: string | undefined;
+  readonly revision: string | undefined;
+  readonly cluster: string | undefined;
 }
 
 /** Only these keys matter to us; values are token-ish, so anything odd is dropped rather than escaped. */
@@ -15,14 +19,11 @@ const MAX_CACHED = 1024;
 const cache = new Map<string, BaggageInfo | null>();
 
 /**
- * ztunnel's baggage: the workload's name under its kind (`k8s.deployment.name=web`), and its canonical service and
- * revision from Istio's labels (service.istio.io/canonical-*, then app.kubernetes.io/*, then app/version).
+ * ztunnel's baggage: the cluster, the workload's name under its kind (`k8s.deployment.name=web`), and its canonical
+ * service and revision.
  */
 export function buildBaggage(workload: Workload): string {
-  const labels = workload.labels;
-  const service = labels['service.istio.io/canonical-name'] ?? labels['app.kubernetes.io/name'] ?? labels.app ?? workload.workloadName;
-  const version = labels['service.istio.io/canonical-revision'] ?? labels['app.kubernetes.io/version'] ?? labels.version ?? 'latest';
-  return `k8s.namespace.name=${workload.namespace},k8s.${workload.workloadType}.name=${workload.workloadName},service.name=${service},service.version=${version}`;
+  return `k8s.cluster.name=${workload.cluster},k8s.namespace.name=${workload.namespace},k8s.${workload.workloadType}.name=${workload.workloadName},service.name=${workload.canonicalService},service.version=${workload.canonicalRevision}`;
 }
 
 export function parseBaggage(header: string | string[] | undefined): BaggageInfo | null {
@@ -31,6 +32,9 @@ export function parseBaggage(header: string | string[] | undefined): BaggageInfo
   if (cached !== undefined) return cached;
   let namespace: string | undefined;
   let workload: string | undefined;
+  let service: string | undefined;
+  let revision: string | undefined;
+  let cluster: string | undefined;
   for (const member of header.split(',')) {
     const equals = member.indexOf('=');
     if (equals <= 0) continue;
@@ -38,9 +42,12 @@ export function parseBaggage(header: string | string[] | undefined): BaggageInfo
     const value = member.slice(equals + 1).split(';')[0]?.trim() ?? '';
     if (!VALUE.test(value)) continue;
     if (key === 'k8s.namespace.name') namespace = value;
-    else if (key.startsWith('k8s.') && key.endsWith('.name') && key !== 'k8s.cluster.name') workload ??= value;
+    else if (key === 'k8s.cluster.name') cluster = value;
+    else if (key === 'service.name') service = value;
+    else if (key === 'service.version') revision = value;
+    else if (key.startsWith('k8s.') && key.endsWith('.name')) workload ??= value;
   }
-  const info = namespace === undefined && workload === undefined ? null : { namespace, workload };
+  const info = namespace === undefined && workload === undefined ? null : { namespace, workload, service, revision, cluster };
   if (cache.size >= MAX_CACHED) cache.clear();
   cache.set(header, info);
   return info;

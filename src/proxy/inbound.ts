@@ -19,7 +19,9 @@ import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
-import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter } from '../observe/metrics.ts';
+import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter, WorkloadLabels } from '../observe/metrics.ts';
+import { labelsOfBaggage, labelsOfNamespace, labelsOfWorkload } from './labels.ts';
+import { inboundService, routingTableOf } from './routes.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import { parseAuthority } from './authority.ts';
 import { Bridge } from './copy.ts';
@@ -66,6 +68,16 @@ export function forwardedForAddress(value: string): string | null {
   return colon > 0 && isPortSuffix(node, colon) && net.isIP(node.slice(0, colon)) === 4 ? node.slice(0, colon) : null;
 }
 
+/**
+ * The `host=` of a `forwarded` header (ztunnel's parse_forwarded_host): the Service the client addressed, or null.
+ * Only ever looked up among the Services selecting the destination (inboundService), never reported as sent.
+ */
+export function forwardedHost(value: string): string | null {
+  const match = /(?:^|[;\s])host=(?:"([^"]*)"|([^;,\s]*))/i.exec(value);
+  const host = match === null ? '' : (match[1] ?? match[2] ?? '');
+  return host === '' ? null : host;
+}
+
 /** Whether `text` from `at` is nothing, or `:` and one to five digits. */
 function isPortSuffix(text: string, at: number): boolean {
   if (at === text.length) return true;
@@ -91,6 +103,7 @@ function believedClaim(peer: PeerInfo, forwarded: string, snapshot: ConfigSnapsh
   const canonical = claimed === null ? undefined : canonicalIp(claimed);
   const believed = canonical !== undefined && forwardedClaimHolds(snapshot, canonical, peer.id.id, peer.canonicalAddress);
   peer.claimText = forwarded;
+  peer.claimHost = forwardedHost(forwarded);
   peer.claimVersion = snapshot.version;
   peer.claimAddress = believed ? canonical : null;
   peer.claimIp = believed ? parseIp(canonical) : null;
@@ -170,6 +183,8 @@ interface PeerInfo {
    * was believed (else null: the session's own address is the source).
    */
   claimText: string | undefined;
+  /** The `host=` of claimText (forwardedHost). */
+  claimHost: string | null;
   claimVersion: string | undefined;
   claimAddress: string | null;
   claimIp: IpAddress | null;
@@ -200,9 +215,16 @@ export interface SyncReport {
 
 const peers = new WeakMap<http2.Http2Session, PeerInfo>();
 
-/** Source workload names a peer's baggage may add to the metric labels, per peer identity, and peers tracked. */
-const MAX_BAGGAGE_NAMES_PER_PEER = 8;
+/** Source label sets a peer's baggage may add to the metrics, per peer identity; baggage values remembered per peer; peers tracked. */
+const MAX_BAGGAGE_LABELS_PER_PEER = 8;
+const MAX_BAGGAGE_TEXTS_PER_PEER = 32;
 const MAX_BAGGAGE_PEERS = 4096;
+
+/** What one peer identity's baggage has added to the labels: by label key, and by baggage value (a memo). */
+interface BaggageLabels {
+  readonly byKey: Map<string, WorkloadLabels>;
+  readonly byText: Map<string, WorkloadLabels>;
+}
 
 export class HboneInbound {
   readonly #options: InboundOptions;
@@ -214,8 +236,8 @@ export class HboneInbound {
   readonly #live = new Set<UpstreamDial>();
   #illegalPorts: ReadonlySet<number>;
   #shared: net.Server | undefined;
-  /** Source workload names taken from baggage, by peer identity (see #sourceWorkload). */
-  readonly #baggageNames = new Map<string, Set<string>>();
+  /** Source labels taken from baggage, by peer identity (see #sourceLabels). */
+  readonly #baggageLabels = new Map<string, BaggageLabels>();
 
   constructor(options: InboundOptions) {
     this.#options = options;
@@ -363,7 +385,7 @@ export class HboneInbound {
     }
     peers.set(session, {
       id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
-      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimVersion: undefined, claimAddress: null, claimIp: null,
+      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimVersion: undefined, claimAddress: null, claimIp: null,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
   }
@@ -439,13 +461,13 @@ export class HboneInbound {
       } catch {
         decision = DENY_ON_ERROR; // fail closed
       }
-      if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers, snapshot, claimed);
+      if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers, snapshot, claimed, authority.port);
     }
     // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners in an EmitterSlot
     // on the stream and the socket: closures here would keep this whole scope, the request's headers among it, for
     // the tunnel's life.
     const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true, noDelay: true });
-    const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers, snapshot, claimed), snapshot);
+    const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers, snapshot, claimed, authority.port), snapshot);
     dials.set(upstream, dial);
     dials.set(stream, dial);
     // Live from now: a policy change while the upstream connects must reach this tunnel too (revoke), or it would
@@ -556,8 +578,8 @@ export class HboneInbound {
     if (!accessLogEnabled(this.#logger, failure !== undefined)) return;
     accessLog(this.#logger, {
       direction: 'inbound',
-      src: { addr: peer.address, identity: peer.id.id, workload: labels.sourceWorkload, namespace: labels.sourceWorkloadNamespace },
-      dst: { addr: `${destinationIp}:${destinationPort}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
+      src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace },
+      dst: { addr: `${destinationIp}:${destinationPort}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
       bytesSent: upstream.bytesRead,
       bytesRecv: upstream.bytesWritten,
       durationMs: Date.now() - dial.startedMs,
@@ -566,48 +588,57 @@ export class HboneInbound {
     });
   }
 
-  #labels(peer: PeerInfo, destination: Workload, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null): TunnelLabels {
+  #labels(peer: PeerInfo, destination: Workload, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null, port: number): TunnelLabels {
+    // believedClaim has read this stream's `forwarded` into the session's memo, its `host=` with it.
+    const host = typeof headers.forwarded === 'string' ? peer.claimHost : null;
     return {
       reporter: 'destination',
-      sourceWorkload: this.#sourceWorkload(peer, headers, snapshot, claimed),
-      sourceWorkloadNamespace: peer.namespace ?? 'unknown',
+      source: this.#sourceLabels(peer, headers, snapshot, claimed),
       sourcePrincipal: peer.id.id,
-      destinationWorkload: destination.workloadName,
-      destinationWorkloadNamespace: destination.namespace,
+      destination: labelsOfWorkload(destination),
       destinationPrincipal: destination.identity,
-      destinationService: 'unknown',
+      service: inboundService(routingTableOf(snapshot), destination, host, port),
       connectionSecurityPolicy: 'mutual_tls',
     };
   }
 
   /**
-   * The source workload's name for metric labels: the registry's, for the workload at the believed source address
-   * with the session's identity (as ztunnel's registry-derived source). Otherwise the one the peer's baggage names
-   * (a ztunnel peer from a cluster this registry does not list), only in the peer's own namespace and at most
-   * MAX_BAGGAGE_NAMES_PER_PEER names per peer identity: each name is a series kept for the proxy's life, and a peer
-   * writing a new one on every CONNECT would fill the series store for the whole node.
+   * The source's metric labels: the registry's, for the workload at the believed source address with the session's
+   * identity (as ztunnel's registry-derived source). Otherwise what the peer's baggage says (a ztunnel peer from a
+   * cluster this registry does not list: ztunnel's derived source), only in the peer's own namespace and at most
+   * MAX_BAGGAGE_LABELS_PER_PEER label sets per peer identity: each is a series kept for the proxy's life, and a peer
+   * writing a new one on every CONNECT would fill the series store for the whole node. Else only the namespace of
+   * the peer's identity.
    */
-  #sourceWorkload(peer: PeerInfo, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null): string {
+  #sourceLabels(peer: PeerInfo, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null): WorkloadLabels {
     const known = snapshot.workloadByIp(claimed ?? peer.canonicalAddress);
-    if (known !== undefined && known.identity === peer.id.id) return known.workloadName;
-    const baggage = parseBaggage(headers.baggage);
-    const name = baggage?.workload;
-    if (name === undefined || (baggage?.namespace !== undefined && baggage.namespace !== peer.namespace)) return 'unknown';
-    let names = this.#baggageNames.get(peer.id.id);
-    if (names === undefined) {
-      if (this.#baggageNames.size >= MAX_BAGGAGE_PEERS) return 'unknown';
-      this.#baggageNames.set(peer.id.id, (names = new Set()));
+    if (known !== undefined && known.identity === peer.id.id) return labelsOfWorkload(known);
+    const fallback = labelsOfNamespace(peer.namespace);
+    const text = headers.baggage;
+    if (typeof text !== 'string' || peer.namespace === null) return fallback;
+    let seen = this.#baggageLabels.get(peer.id.id);
+    const memo = seen?.byText.get(text);
+    if (memo !== undefined) return memo;
+    const baggage = parseBaggage(text);
+    if (baggage === null || baggage.workload === undefined || (baggage.namespace !== undefined && baggage.namespace !== peer.namespace)) return fallback;
+    if (seen === undefined) {
+      if (this.#baggageLabels.size >= MAX_BAGGAGE_PEERS) return fallback;
+      this.#baggageLabels.set(peer.id.id, (seen = { byKey: new Map(), byText: new Map() }));
     }
-    if (names.has(name)) return name;
-    if (names.size >= MAX_BAGGAGE_NAMES_PER_PEER) return 'unknown';
-    names.add(name);
-    return name;
+    const derived = labelsOfBaggage(baggage, peer.namespace);
+    let labels = seen.byKey.get(derived.key);
+    if (labels === undefined) {
+      if (seen.byKey.size >= MAX_BAGGAGE_LABELS_PER_PEER) return fallback;
+      seen.byKey.set(derived.key, (labels = derived));
+    }
+    if (seen.byText.size < MAX_BAGGAGE_TEXTS_PER_PEER) seen.byText.set(text, labels);
+    return labels;
   }
 
-  #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string, flag?: string, headers?: http2.IncomingHttpHeaders, snapshot?: ConfigSnapshot, claimed: string | null = null): void {
+  #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string, flag?: string, headers?: http2.IncomingHttpHeaders, snapshot?: ConfigSnapshot, claimed: string | null = null, port = 0): void {
     const log = status === 401 ? this.#logger.info.bind(this.#logger) : this.#logger.warn.bind(this.#logger);
     log({ status, peer: peer.id.id, peerAddress: peer.address, workload: `${workload.namespace}/${workload.name}`, reason }, 'HBONE CONNECT refused');
-    if (flag === 'DENY' && headers && snapshot) this.#options.metrics.failed(this.#labels(peer, workload, headers, snapshot, claimed), 'DENY');
+    if (flag === 'DENY' && headers && snapshot) this.#options.metrics.failed(this.#labels(peer, workload, headers, snapshot, claimed, port), 'DENY');
     if (stream.destroyed || stream.closed || stream.headersSent) return;
     stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
   }

@@ -10,7 +10,9 @@ import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
-import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter } from '../observe/metrics.ts';
+import { UNKNOWN_SERVICE, UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
+import type { Flushable, ProxyMetrics, ServiceLabels, TunnelLabels, TunnelMeter, WorkloadLabels } from '../observe/metrics.ts';
+import { labelsOfWorkload } from './labels.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import type { AccessLogRecord } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
@@ -310,7 +312,7 @@ export class OutboundListeners {
     socket.on('error', noop); // reported through the bridge or the refusal below
     const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random);
     if (route.kind === 'deny') {
-      this.#options.metrics.failed(sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
+      this.#options.metrics.failed(sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
       this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: route.reason, reason: route.message }, 'outbound connection refused');
       socket.destroy();
       return;
@@ -320,15 +322,15 @@ export class OutboundListeners {
       return;
     }
     const endpoint = route.endpoint;
-    const service = route.service?.hostname ?? 'unknown';
-    const labels = sourceLabels(source, endpoint.workload.workloadName, endpoint.workload.namespace, endpoint.identity, service, 'mutual_tls');
+    const service = route.serviceLabels.hostname;
+    const labels = sourceLabels(source, labelsOfWorkload(endpoint.workload), endpoint.identity, route.serviceLabels, 'mutual_tls');
     let baggage = this.#baggage.get(source);
     if (baggage === undefined) this.#baggage.set(source, (baggage = buildBaggage(source)));
     let stream;
     try {
       const workloadIp = this.#workloadIp(source, remoteAddress, endpoint.hboneHost);
       const dialIp = workloadIp !== null && this.#localAddresses.has(workloadIp, startedMs) ? workloadIp : null;
-      stream = await this.#options.pool.open(source.identity, dialIp, endpoint, baggage, workloadIp === null ? null : forwardedFor(workloadIp));
+      stream = await this.#options.pool.open(source.identity, dialIp, endpoint, baggage, workloadIp === null ? null : forwardedFor(workloadIp, route.service?.hostname));
     } catch (error) {
       const flag = error instanceof TunnelError ? error.flag : 'CONNECT';
       this.#options.metrics.failed(labels, flag);
@@ -405,7 +407,7 @@ export class OutboundListeners {
 
   /** Plain TCP to a destination outside the mesh. */
   #passthrough(socket: net.Socket, source: Workload, host: string, port: number, byWorkload: boolean, startedMs: number, srcAddr: string): void {
-    const labels = sourceLabels(source, 'unknown', 'unknown', 'unknown', 'unknown', 'unknown');
+    const labels = sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown');
     // An address is judged before connecting; a name as it resolves (guardedLookup), so no connection is ever made
     // to a refused address.
     const literal = net.isIP(host) !== 0;
@@ -531,30 +533,38 @@ function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, servic
   };
 }
 
-/** `forwarded: for="IP"` (RFC 7239, IPv6 bracketed) naming the source workload, built once per address. */
-const FORWARDED_FOR = new Map<string, string>();
-function forwardedFor(ip: string): string {
-  let value = FORWARDED_FOR.get(ip);
+/**
+ * `forwarded: for="IP"` (RFC 7239, IPv6 bracketed) naming the source workload, and `;host=` the Service it addressed
+ * (as ztunnel: the destination reports that Service), built once per address and Service.
+ */
+const FORWARDED_FOR = new Map<string, Map<string, string>>();
+function forwardedFor(ip: string, serviceHost: string | undefined): string {
+  const host = serviceHost ?? '';
+  let byIp = FORWARDED_FOR.get(host);
+  if (byIp === undefined) {
+    // Workload addresses and Services come and go with the registry: a bounded memo, not a leak.
+    if (FORWARDED_FOR.size >= 1024) FORWARDED_FOR.clear();
+    FORWARDED_FOR.set(host, (byIp = new Map()));
+  }
+  let value = byIp.get(ip);
   if (value === undefined) {
     value = ip.indexOf(':') >= 0 ? `for="[${ip}]"` : `for="${ip}"`;
-    // Workload addresses come and go with the registry: a bounded memo, not a leak.
-    if (FORWARDED_FOR.size >= 4096) FORWARDED_FOR.clear();
-    FORWARDED_FOR.set(ip, value);
+    if (host !== '') value += `;host=${host}`;
+    if (byIp.size >= 4096) byIp.clear();
+    byIp.set(ip, value);
   }
   return value;
 }
 
-function sourceLabels(source: Workload, destinationWorkload: string, destinationNamespace: string, destinationPrincipal: string, destinationService: string, policy: TunnelLabels['connectionSecurityPolicy']): TunnelLabels {
+function sourceLabels(source: Workload, destination: WorkloadLabels, destinationPrincipal: string, service: ServiceLabels, policy: TunnelLabels['connectionSecurityPolicy']): TunnelLabels {
   return {
     reporter: 'source',
     // The workload's name (a Deployment's), as Istio's labels have it: a pod's would add series at every rollout.
-    sourceWorkload: source.workloadName,
-    sourceWorkloadNamespace: source.namespace,
+    source: labelsOfWorkload(source),
     sourcePrincipal: source.identity,
-    destinationWorkload,
-    destinationWorkloadNamespace: destinationNamespace,
+    destination,
     destinationPrincipal,
-    destinationService,
+    service,
     connectionSecurityPolicy: policy,
   };
 }

@@ -6,6 +6,9 @@ import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { ServiceObject, ServicePort } from '../config/objects.ts';
 import { formatAuthority } from './authority.ts';
 import { canonicalIp } from '../config/fields.ts';
+import { UNKNOWN_SERVICE } from '../observe/metrics.ts';
+import type { ServiceLabels } from '../observe/metrics.ts';
+import { labelsOfService } from './labels.ts';
 
 /** One destination workload on one port, with everything the tunnel needs, computed at load. */
 export interface Endpoint {
@@ -28,6 +31,8 @@ export interface HboneRoute {
   readonly endpoint: Endpoint;
   /** The Service the connection addressed, when it addressed one. */
   readonly service: ServiceObject | undefined;
+  /** Its metric labels (UNKNOWN_SERVICE without one). */
+  readonly serviceLabels: ServiceLabels;
 }
 
 export interface PassthroughRoute {
@@ -62,6 +67,14 @@ export interface RoutingTable {
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   readonly hbonePort: number;
   readonly egressLocked: boolean;
+  /** The Services selecting each workload, for the destination's `destination_service` labels (inboundService). */
+  readonly servicesOf: ReadonlyMap<Workload, WorkloadServices>;
+}
+
+/** The Services that select one workload: by hostname, and by the target port they reach on it (the first wins). */
+export interface WorkloadServices {
+  readonly byHost: ReadonlyMap<string, ServiceLabels>;
+  readonly byPort: ReadonlyMap<number, ServiceLabels>;
 }
 
 function isReady(workload: Workload): boolean {
@@ -102,9 +115,21 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const hbonePort = snapshot.mesh.ports.hbone;
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
   const byVip = new Map<string, Map<number, ServicePortRoutes>>();
+  const servicesOf = new Map<Workload, { byHost: Map<string, ServiceLabels>; byPort: Map<number, ServiceLabels> }>();
   for (const service of snapshot.services) {
     const namespace = service.metadata.namespace;
-    const members = snapshot.workloads.filter((w) => w.namespace === namespace && isReady(w) && selects(service.spec.selector, w.labels));
+    const serviceLabels = labelsOfService(service);
+    const selected = snapshot.workloads.filter((w) => w.namespace === namespace && selects(service.spec.selector, w.labels));
+    for (const workload of selected) {
+      let services = servicesOf.get(workload);
+      if (services === undefined) servicesOf.set(workload, (services = { byHost: new Map(), byPort: new Map() }));
+      services.byHost.set(service.hostname, serviceLabels);
+      for (const port of service.spec.ports) {
+        const target = port.protocol === 'TCP' ? targetPortOn(workload, port) : undefined;
+        if (target !== undefined && !services.byPort.has(target)) services.byPort.set(target, serviceLabels);
+      }
+    }
+    const members = selected.filter(isReady);
     for (const port of service.spec.ports) {
       if (port.protocol !== 'TCP') continue;
       const routes: HboneRoute[] = [];
@@ -112,7 +137,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
         const target = targetPortOn(workload, port);
         const ip = workload.ips[0];
         if (target === undefined || ip === undefined) continue;
-        routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service }));
+        routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service, serviceLabels }));
       }
       const entry: ServicePortRoutes = Object.freeze({
         service,
@@ -128,7 +153,18 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       }
     }
   }
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY' };
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', servicesOf };
+}
+
+/**
+ * ztunnel's guess_inbound_service: among the Services selecting the destination workload, the one the client's
+ * `forwarded: host=` names, else the first whose target port is the one dialled. Only a Service of the registry
+ * that selects the workload is ever reported, so a peer cannot add label values of its own.
+ */
+export function inboundService(table: RoutingTable, destination: Workload, forwardedHost: string | null, port: number): ServiceLabels {
+  const services = table.servicesOf.get(destination);
+  if (services === undefined) return UNKNOWN_SERVICE;
+  return (forwardedHost === null ? undefined : services.byHost.get(forwardedHost)) ?? services.byPort.get(port) ?? UNKNOWN_SERVICE;
 }
 
 const tables = new WeakMap<ConfigSnapshot, RoutingTable>();
@@ -167,7 +203,7 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     const workload = table.snapshot.workloadByIp(canonical);
     if (workload) {
       if (!isReady(workload)) return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `workload ${workload.namespace}/${workload.name} is not ready` };
-      return { kind: 'hbone', endpoint: makeEndpoint(workload, canonical, port, table.hbonePort), service: undefined };
+      return { kind: 'hbone', endpoint: makeEndpoint(workload, canonical, port, table.hbonePort), service: undefined, serviceLabels: UNKNOWN_SERVICE };
     }
   }
   if (table.egressLocked) return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry and egress is REGISTRY_ONLY` };

@@ -145,9 +145,10 @@ describe('a plain node:http2 client against ambit\'s inbound', () => {
     }
   });
 
-  it('labels the destination\'s metrics with the source workload named in ztunnel\'s baggage', async () => {
+  it('labels the destination\'s metrics with the source workload, canonical service, revision and cluster named in ztunnel\'s baggage', async () => {
     const b = mesh.nodes.get('node-b')!;
-    await waitUntil('inbound tunnel from the interop client counted', async () => (await metricSum(b, 'istio_tcp_connections_closed_total', { reporter: 'destination', source_principal: CLIENT_ID, source_workload: 'interop-client', source_workload_namespace: 'demo' })) >= 1, 10_000);
+    const derived = { source_workload: 'interop-client', source_workload_namespace: 'demo', source_canonical_service: 'interop-client', source_canonical_revision: 'v1', source_version: 'v1', source_cluster: 'Kubernetes' };
+    await waitUntil('inbound tunnel from the interop client counted', async () => (await metricSum(b, 'istio_tcp_connections_closed_total', { reporter: 'destination', source_principal: CLIENT_ID, ...derived })) >= 1, 10_000);
   });
 
   it('refuses a client whose certificate is from another CA of the same trust domain, before any CONNECT', async () => {

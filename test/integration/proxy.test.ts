@@ -91,6 +91,32 @@ describe('HBONE between two node proxies', () => {
     expect(await metricSum(b, 'istio_tcp_sent_bytes_total', { ...labels, reporter: 'destination', connection_security_policy: 'mutual_tls' })).toBeGreaterThanOrEqual(3 * 1024 * 1024);
   });
 
+  it("labels both sides' series with ztunnel's whole label set: canonical service, app, version, cluster and the Service addressed", async () => {
+    await roundTrip(Buffer.from('labels please'));
+    const a = mesh.nodes.get('node-a')!;
+    const b = mesh.nodes.get('node-b')!;
+    // client-1 has no app label (its canonical service is its name); echo-1 has app=echo and no version.
+    const labels = {
+      source_workload: 'client-1',
+      source_canonical_service: 'client-1',
+      source_canonical_revision: 'latest',
+      source_app: 'client-1',
+      source_version: 'latest',
+      source_cluster: 'Kubernetes',
+      destination_workload: 'echo-1',
+      destination_canonical_service: 'echo',
+      destination_canonical_revision: 'latest',
+      destination_app: 'echo',
+      destination_version: 'latest',
+      destination_cluster: 'Kubernetes',
+      // The destination knows the Service from the CONNECT's `forwarded: ...;host=`, as ztunnel.
+      destination_service: 'echo.demo.svc.cluster.local',
+      destination_service_name: 'echo',
+      destination_service_namespace: 'demo',
+    };
+    await waitUntil('tunnels counted under the whole label set on both sides', async () => (await metricSum(a, 'istio_tcp_connections_closed_total', { ...labels, reporter: 'source' })) >= 1 && (await metricSum(b, 'istio_tcp_connections_closed_total', { ...labels, reporter: 'destination' })) >= 1);
+  });
+
   it('reuses one pooled session for many connections (a new connection is a stream, not a handshake)', async () => {
     await Promise.all(Array.from({ length: 20 }, (_, i) => roundTrip(Buffer.from(`hello ${i}`))));
     const a = mesh.nodes.get('node-a')!;

@@ -52,6 +52,7 @@ describe('loadConfigDir accepts', () => {
       certificateTtlMs: 3_600_000,
       nodeCertificateTtl: '24h',
       nodeCertificateTtlMs: 86_400_000,
+      clusterId: 'Kubernetes',
     });
     expect(snapshot.workloads[0]).toMatchObject({ namespace: 'default', serviceAccount: 'default', identity: 'spiffe://example.org/ns/default/sa/default' });
   });
@@ -420,6 +421,13 @@ spec:
     code: 'CONFIG_FIELD',
     file: 'mesh.yaml',
     field: 'spec.nodeCertificateTtl',
+  },
+  {
+    name: 'a cluster ID that would not be one token in a label value or the baggage header',
+    files: { 'mesh.yaml': `${meshYaml()}  clusterId: "east,k8s.namespace.name=kube-system"\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.clusterId',
   },
   {
     name: 'two mesh listeners on one port',

@@ -71,9 +71,26 @@ describe("a pod's workload name", () => {
 describe("a source workload's baggage", () => {
   it("names the workload under its kind, and its canonical service and revision from Istio's labels", () => {
     const workload = workloadOf(pod('web-7d4b9c-abcde', owned('ReplicaSet', 'web-7d4b9c'), { 'pod-template-hash': '7d4b9c', app: 'web-app', version: 'v2' }));
-    expect(buildBaggage(workload)).toBe('k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web-app,service.version=v2');
+    expect(buildBaggage(workload)).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web-app,service.version=v2');
     const canonical = workloadOf(pod('api-1', '', { 'service.istio.io/canonical-name': 'api', 'service.istio.io/canonical-revision': 'r7', app: 'ignored' }));
-    expect(buildBaggage(canonical)).toBe('k8s.namespace.name=shop,k8s.pod.name=api-1,service.name=api,service.version=r7');
-    expect(buildBaggage(workloadOf(pod('plain', '')))).toBe('k8s.namespace.name=shop,k8s.pod.name=plain,service.name=plain,service.version=latest');
+    expect(buildBaggage(canonical)).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.pod.name=api-1,service.name=api,service.version=r7');
+    expect(buildBaggage(workloadOf(pod('plain', '')))).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.pod.name=plain,service.name=plain,service.version=latest');
+  });
+});
+
+describe("a workload's canonical service, revision and cluster", () => {
+  it("follow Istio's label precedence, an empty label value counting as unset", () => {
+    const byAppKubernetes = workloadOf(pod('web-1', '', { 'app.kubernetes.io/name': 'shopfront', 'app.kubernetes.io/version': '3.1', app: 'ignored', version: 'ignored' }));
+    expect([byAppKubernetes.canonicalService, byAppKubernetes.canonicalRevision]).toEqual(['shopfront', '3.1']);
+    const empty = workloadOf(pod('web-2', '', { 'service.istio.io/canonical-name': '', app: 'web', version: '' }));
+    expect([empty.canonicalService, empty.canonicalRevision]).toEqual(['web', 'latest']);
+  });
+
+  it("take the cluster from the MeshConfig's clusterId, Istio's default Kubernetes without one", () => {
+    expect(workloadOf(pod('web-3', '')).cluster).toBe('Kubernetes');
+    const mesh = 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { trustDomain: cluster.local, clusterId: east-1 }\n---\n';
+    const workload = workloadOf(mesh + pod('web-4', ''));
+    expect(workload.cluster).toBe('east-1');
+    expect(buildBaggage(workload)).toMatch(/^k8s\.cluster\.name=east-1,/);
   });
 });

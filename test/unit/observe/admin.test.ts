@@ -10,7 +10,7 @@ import { request } from 'undici';
 import { AmbitError } from '../../../src/errors.ts';
 import { isLoopbackAddress, startObservability } from '../../../src/observe/admin.ts';
 import type { AdminSources, Observability } from '../../../src/observe/admin.ts';
-import { ProxyMetrics } from '../../../src/observe/metrics.ts';
+import { ProxyMetrics, workloadLabels } from '../../../src/observe/metrics.ts';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const LOCAL = { host: '127.0.0.1', port: 0 };
@@ -64,13 +64,11 @@ describe('metrics server', () => {
     const { urls, registry } = await start();
     new ProxyMetrics(registry).open({
       reporter: 'destination',
-      sourceWorkload: 'web',
-      sourceWorkloadNamespace: 'shop',
+      source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes' }),
       sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
-      destinationWorkload: 'api',
-      destinationWorkloadNamespace: 'shop',
+      destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes' }),
       destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
-      destinationService: 'api.shop.svc.cluster.local',
+      service: { hostname: 'api.shop.svc.cluster.local', name: 'api', namespace: 'shop' },
       connectionSecurityPolicy: 'mutual_tls',
     });
     for (const path of ['/metrics', '/stats/prometheus']) {

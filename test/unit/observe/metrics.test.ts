@@ -2,18 +2,16 @@
 // failure counting as ztunnel does it, the ambit gauges, and the periodic byte flush.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Registry } from 'prom-client';
-import { ProxyMetrics, startByteFlush } from '../../../src/observe/metrics.ts';
+import { ProxyMetrics, UNKNOWN_WORKLOAD, startByteFlush, workloadLabels } from '../../../src/observe/metrics.ts';
 import type { TunnelLabels } from '../../../src/observe/metrics.ts';
 
 const OUTBOUND: TunnelLabels = {
   reporter: 'source',
-  sourceWorkload: 'web',
-  sourceWorkloadNamespace: 'shop',
+  source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes' }),
   sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
-  destinationWorkload: 'api',
-  destinationWorkloadNamespace: 'shop',
+  destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes' }),
   destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
-  destinationService: 'api.shop.svc.cluster.local',
+  service: { hostname: 'api.shop.svc.cluster.local', name: 'api', namespace: 'shop' },
   connectionSecurityPolicy: 'mutual_tls',
 };
 
@@ -55,12 +53,24 @@ describe('ProxyMetrics', () => {
     const labelText = [
       'reporter="source"',
       'source_workload="web"',
+      'source_canonical_service="web"',
+      'source_canonical_revision="v1"',
       'source_workload_namespace="shop"',
       'source_principal="spiffe://cluster.local/ns/shop/sa/web"',
+      'source_app="web"',
+      'source_version="v1"',
+      'source_cluster="Kubernetes"',
       'destination_service="api.shop.svc.cluster.local"',
+      'destination_service_namespace="shop"',
+      'destination_service_name="api"',
       'destination_workload="api"',
+      'destination_canonical_service="api"',
+      'destination_canonical_revision="latest"',
       'destination_workload_namespace="shop"',
       'destination_principal="spiffe://cluster.local/ns/shop/sa/api"',
+      'destination_app="api"',
+      'destination_version="latest"',
+      'destination_cluster="Kubernetes"',
       'request_protocol="tcp"',
       'response_flags="-"',
       'connection_security_policy="mutual_tls"',
@@ -127,8 +137,20 @@ describe('ProxyMetrics', () => {
 
   it('reports an empty label value as unknown', async () => {
     const registry = new Registry();
-    new ProxyMetrics(registry).open({ ...OUTBOUND, sourceWorkload: '', sourcePrincipal: '' });
-    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { source_workload: 'unknown', source_principal: 'unknown' })).toBe(1);
+    const source = workloadLabels({ workload: '', namespace: 'shop', canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '' });
+    new ProxyMetrics(registry).open({ ...OUTBOUND, source, sourcePrincipal: '', service: { hostname: '', name: '', namespace: '' } });
+    expect(
+      await valueOf(registry, 'istio_tcp_connections_opened_total', {
+        source_workload: 'unknown',
+        source_workload_namespace: 'shop',
+        source_canonical_service: 'unknown',
+        source_app: 'unknown',
+        source_cluster: 'unknown',
+        source_principal: 'unknown',
+        destination_service: 'unknown',
+        destination_service_name: 'unknown',
+      }),
+    ).toBe(1);
   });
 
   it('counts a close with a response flag as closed and failed under that flag', async () => {
@@ -161,7 +183,7 @@ describe('ProxyMetrics', () => {
     const metrics = new ProxyMetrics(registry, { maxSeries: 2 });
     metrics.open(OUTBOUND).close(1, 1, '-');
     metrics.open(INBOUND).close(1, 1, '-');
-    for (let port = 1; port <= 100; port++) metrics.failed({ ...OUTBOUND, destinationService: `203.0.113.7:${port}` }, 'CONNECT');
+    for (let port = 1; port <= 100; port++) metrics.failed({ ...OUTBOUND, destination: UNKNOWN_WORKLOAD, service: { hostname: `203.0.113.7:${port}`, name: 'x', namespace: 'y' } }, 'CONNECT');
     // Label sets already known keep their own series after the limit is reached.
     metrics.open(OUTBOUND).close(1, 1, '-');
     expect(await seriesCount(registry, 'istio_tcp_connections_opened_total')).toBe(3);

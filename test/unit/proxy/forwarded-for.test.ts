@@ -1,7 +1,7 @@
 // The address a CONNECT's `forwarded` header names (RFC 7239 `for=`): only the first element's, only an IP
 // literal, with or without a port; anything else names none (and the session's own address stands).
 import { describe, expect, it } from 'vitest';
-import { forwardedForAddress } from '../../../src/proxy/inbound.ts';
+import { forwardedForAddress, forwardedHost } from '../../../src/proxy/inbound.ts';
 
 describe("a forwarded header's for= address", () => {
   it.each([
@@ -23,5 +23,19 @@ describe("a forwarded header's for= address", () => {
     'xfor="10.0.0.5"', 'by="10.0.0.5"', '', 'for="[fd00::5]x"', 'for="[fd00::5]:"', 'for="[10.0.0.5]"', 'for="10.0.0.5:http"',
   ])('names no address in %j', (value) => {
     expect(forwardedForAddress(value)).toBeNull();
+  });
+});
+
+describe("a forwarded header's host= (the Service the client addressed)", () => {
+  it.each([
+    ['for="10.0.0.5:4711";host=web.shop.svc.cluster.local', 'web.shop.svc.cluster.local'],
+    ['for="10.0.0.5";host="web.shop.svc.cluster.local"', 'web.shop.svc.cluster.local'],
+    ['host=web;for="10.0.0.5"', 'web'],
+  ])('reads %s as %s', (value, host) => {
+    expect(forwardedHost(value)).toBe(host);
+  });
+
+  it.each(['for="10.0.0.5"', 'for="10.0.0.5";host=', 'for="10.0.0.5";xhost=web', 'for="10.0.0.5";host=""', ''])('names no host in %j', (value) => {
+    expect(forwardedHost(value)).toBeNull();
   });
 });

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import { buildSnapshot } from '../../../src/config/snapshot.ts';
 import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
-import { buildRoutingTable, decideRoute, routingTableOf } from '../../../src/proxy/routes.ts';
+import { buildRoutingTable, decideRoute, inboundService, routingTableOf } from '../../../src/proxy/routes.ts';
 import type { HboneRoute, Route, RoutingTable } from '../../../src/proxy/routes.ts';
 
 function meshConfig(spec: string): string {
@@ -354,5 +354,52 @@ describe('routingTableOf', () => {
     for (const [host, port] of [['web.shop', 80], ['10.96.0.10', 9100], ['10.0.2.10', 1], ['empty.shop', 80], ['example.com', 1]] as const) {
       expect(decideRoute(routingTableOf(snapshot), host, port, () => 0.5)).toEqual(decideRoute(fresh, host, port, () => 0.5));
     }
+  });
+});
+
+describe("the Service a destination reports for an inbound connection (ztunnel's guess_inbound_service)", () => {
+  const other = `apiVersion: v1
+kind: Service
+metadata: { name: admin, namespace: shop }
+spec:
+  selector: { app: web }
+  ports: [{ port: 8443, targetPort: 8080 }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: billing, namespace: billing }
+spec:
+  selector: { app: web }
+  ports: [{ port: 80, targetPort: 8080 }]
+`;
+  const both = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, other));
+  const workload = (ip: string) => both.snapshot.workloadByIp(ip)!;
+
+  it("is the Service the client's forwarded host= names, among those selecting the workload", () => {
+    expect(inboundService(both, workload('10.0.1.10'), 'admin.shop.svc.cluster.local', 8080)).toEqual({ hostname: 'admin.shop.svc.cluster.local', name: 'admin', namespace: 'shop' });
+    expect(inboundService(both, workload('10.0.1.10'), 'web.shop.svc.cluster.local', 8080)).toEqual({ hostname: 'web.shop.svc.cluster.local', name: 'web', namespace: 'shop' });
+  });
+
+  it('is otherwise the first Service whose target port, named or numbered, is the port dialled', () => {
+    expect(inboundService(both, workload('10.0.1.10'), null, 8080).name).toBe('web');
+    expect(inboundService(both, workload('10.0.2.10'), null, 9000).name).toBe('web');
+    expect(inboundService(both, workload('10.0.9.9'), null, 9090).name).toBe('web');
+    // A Service selecting the workload by a port only another pod's container names still counts for that pod alone.
+    expect(inboundService(both, workload('10.0.1.12'), null, 8080).name).toBe('admin');
+  });
+
+  it('never reports a Service that does not select the workload, whatever the client names', () => {
+    // billing's Service lives in another namespace: it selects web-elsewhere, not web-1.
+    expect(inboundService(both, workload('10.0.1.10'), 'billing.billing.svc.cluster.local', 1234)).toEqual({ hostname: 'unknown', name: 'unknown', namespace: 'unknown' });
+    expect(inboundService(both, workload('10.0.1.10'), 'evil.example.com', 1234).hostname).toBe('unknown');
+    expect(inboundService(both, workload('10.0.3.10'), null, 8080).name).toBe('billing');
+    // A port no Service selecting the workload targets.
+    expect(inboundService(both, workload('fd00:10::6'), null, 1).hostname).toBe('unknown');
+    expect(inboundService(both, workload('fd00:10::6'), null, 5432).hostname).toBe('db.data.svc.cluster.local');
+  });
+
+  it('carries the Service labels on every route to it, and none on a route to a workload IP', () => {
+    expect(expectHbone(decideRoute(table, 'web.shop.svc.cluster.local', 80, () => 0)).serviceLabels).toEqual({ hostname: 'web.shop.svc.cluster.local', name: 'web', namespace: 'shop' });
+    expect(expectHbone(decideRoute(table, '10.0.1.10', 8080)).serviceLabels.hostname).toBe('unknown');
   });
 });
