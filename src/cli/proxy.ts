@@ -24,10 +24,11 @@ Runs the node proxy for the workloads the configuration places on node NAME:
             --outbound owner that names both a Pod and a WorkloadEntry on the node is refused unless
             the flag says which: @Pod:NS/NAME or @WorkloadEntry:NS/NAME)
   metrics   Prometheus /metrics with Istio's names and labels (--metrics)
-  readiness /healthz/ready: 200 once certificates are loaded and listeners bound (--readiness)
+  readiness /healthz/ready: 200 once certificates are loaded and listeners bound, 503 naming what is
+            pending or which certificate expired (--readiness); up before the first attestation
   admin     /config_dump and /logging on a loopback address only (--admin)
 Identities: the node SVID comes from --join-token (or --join-token-file, which keeps the secret out of
-the process list) the first time, then from --state-dir; every local
+the process list) the first time (retried while the CA is unreachable), then from --state-dir; every local
 workload's SVID is obtained from the CA and rotated at half-life. The configuration directory is
 watched: a valid change applies at once (and is recorded with its diff in --audit-log, default
 STATE_DIR/audit.log), an invalid one is logged and the last good one stays.

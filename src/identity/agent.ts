@@ -51,6 +51,16 @@ const OWN_BUNDLE_FILE = 'bundle.json';
 /** The bootstrap bundle's roots (SHA-256 fingerprints) when bundle.json was written: what the stored bundle supersedes. */
 const BOOTSTRAP_SEEN_FILE = 'bootstrap-roots.json';
 
+/** The CA answered, with something other than a certificate: its status says whether trying again can help. */
+class CaRefusal extends AmbitError {
+  readonly status: number;
+
+  constructor(status: number, message: string) {
+    super('CA_REJECTED', message);
+    this.status = status;
+  }
+}
+
 export interface IdentityAgentOptions {
   caUrl: string;
   trustDomain: string;
@@ -120,6 +130,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #lastRefreshMs: number | undefined;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
+  /** The wait between attestation attempts, cut short by stop(). */
+  #attestWait: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
   #stopping: Promise<void> | null = null;
 
   constructor(options: IdentityAgentOptions) {
@@ -171,7 +183,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       if (!this.#options.joinToken) {
         throw new AmbitError('JOIN_TOKEN_INVALID', `no valid node SVID in ${this.#options.stateDir ?? '(no state dir)'} and no join token given`, { hint: 'create one with `ambit ca token create --node NAME` and pass it with --join-token' });
       }
-      await this.#attest(entry, this.#options.joinToken);
+      await this.#attestPatiently(entry, this.#options.joinToken);
     }
     await this.refreshBundles().catch((error: unknown) => {
       this.#logger.warn({ err: toAmbitError(error, 'CA_UNREACHABLE').toJSON() }, 'bundle refresh failed; using the bundle we have');
@@ -209,6 +221,10 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
 
   async #stop(): Promise<void> {
     this.#stopped = true;
+    if (this.#attestWait !== undefined) {
+      clearTimeout(this.#attestWait.timer);
+      this.#attestWait.resolve();
+    }
     clearTimeout(this.#bundleTimer);
     for (const entry of this.#entries.values()) clearTimeout(entry.timer);
     await Promise.allSettled([...this.#entries.values()].map((entry) => entry.inFlight));
@@ -297,6 +313,33 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     });
   }
 
+  /**
+   * Attestation, retried with the renewals' backoff while the CA cannot be reached or fails (5xx: the CA gives the
+   * token back then): a node starting while its CA restarts must not exit and wait out a crash loop. A refusal
+   * (an unknown, spent or expired token, another node's) is final and ends the start at once.
+   */
+  async #attestPatiently(entry: Entry, token: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#attest(entry, token);
+        return;
+      } catch (error) {
+        const failure = toAmbitError(error, 'CA_UNREACHABLE');
+        const transient = failure.code === 'CA_UNREACHABLE' || (failure instanceof CaRefusal && failure.status >= 500);
+        if (!transient || this.#stopped) throw failure;
+        const base = Math.min(this.#options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, (this.#options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS) * 2 ** (attempt - 1));
+        const delayMs = Math.max(MIN_RETRY_MS, base * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * this.#random()));
+        this.#metrics.failures.inc({ identity: this.#nodeId, code: failure.code });
+        this.#logger.warn({ spiffeId: this.#nodeId, err: failure.toJSON(), attempt, retryInMs: Math.round(delayMs) }, 'node attestation failed; retrying with the same join token');
+        await new Promise<void>((resolve) => {
+          this.#attestWait = { timer: setTimeout(resolve, delayMs), resolve };
+        });
+        this.#attestWait = undefined;
+        if (this.#stopped) throw new AmbitError('CA_UNREACHABLE', `stopped while waiting to attest to the CA at ${this.#options.caUrl}: ${failure.message}`, { cause: failure });
+      }
+    }
+  }
+
   async #attest(entry: Entry, token: string): Promise<void> {
     const keys = await generateKeyPair();
     const csr = await createCsr(keys, this.#nodeId);
@@ -343,7 +386,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
     if (response.statusCode !== 200 || typeof parsed.certChain !== 'string') {
       const code = parsed.error?.code ?? 'unknown';
-      throw new AmbitError('CA_REJECTED', `CA refused ${path} (${response.statusCode} ${code}): ${parsed.error?.message ?? text.slice(0, 200)}`);
+      throw new CaRefusal(response.statusCode, `CA refused ${path} (${response.statusCode} ${code}): ${parsed.error?.message ?? text.slice(0, 200)}`);
     }
     const svid = loadSvid(parsed.certChain, await exportPrivateKeyPem(keys.privateKey));
     if (typeof parsed.bundles === 'string') {

@@ -32,10 +32,10 @@ const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP
 
 /** Why opening a tunnel failed: the response flag for metrics and access logs, plus the coded error. */
 export class TunnelError extends AmbitError {
-  /** ztunnel's response flag: CONNECT (peer or upstream unreachable, or refused), IDENTITY_ERROR (wrong or bad peer SVID), DENY (401). */
+  /** ztunnel's response flag: CONNECT (peer or upstream unreachable, or refused), IDENTITY_ERROR (wrong or bad peer SVID, or none of our own), DENY (401). */
   readonly flag: string;
   readonly status: number | undefined;
-  constructor(code: 'UPSTREAM_CONNECT' | 'IDENTITY_MISMATCH' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown) {
+  constructor(code: 'UPSTREAM_CONNECT' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown) {
     super(code, message, { cause });
     this.flag = flag;
     this.status = status;
@@ -204,6 +204,10 @@ export class HbonePool {
   async #dial(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
     const identity = this.#options.contexts.get(sourceIdentity);
     if (!identity) throw new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}`);
+    // Every peer would refuse it in its handshake with a bare TLS alert; say here what is wrong, and whose.
+    if (identity.svid.notAfter.getTime() <= Date.now()) {
+      throw new TunnelError('SVID_EXPIRED', 'IDENTITY_ERROR', `the certificate of source identity ${sourceIdentity} expired at ${identity.svid.notAfter.toISOString()} and has not been renewed (is the CA reachable? see ambit_certificate_rotation_failures_total)`);
+    }
     const { socket, bundles } = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
     // The session is good until either end's certificate expires: the server's, and ours (the peer refuses new
     // streams from a session whose client certificate has expired; rotation dials the next session with the new one).

@@ -76,7 +76,7 @@ export class NodeProxy {
   /** Where the admin, metrics and readiness servers are bound: neither passthrough nor a CONNECT reaches them. */
   #serviceEndpoints: ReadonlyArray<{ readonly host: string; readonly port: number }> = [];
   #reconciling: Promise<void> = Promise.resolve();
-  #pending = new Set<string>(['configuration', 'certificates', 'listeners']);
+  #pending = new Set<string>(['configuration', 'node identity', 'certificates', 'listeners']);
   #lastProblems: string[] = [];
   #authorizer!: InboundAuthorizer;
   #inspector: HttpInspector | null = null;
@@ -116,8 +116,20 @@ export class NodeProxy {
     return this.#observability;
   }
 
+  /**
+   * Ready once the configuration is loaded, every local workload has its certificate and every listener is bound,
+   * and while no certificate the proxy holds has expired: an expired one (the CA unreachable for half its life and
+   * more) fails every handshake that presents it, which the probe must say, with whose it is.
+   */
   readiness(): { ready: boolean; pending: string[] } {
-    return { ready: this.#pending.size === 0, pending: [...this.#pending] };
+    const pending = [...this.#pending];
+    const agent = this.#agent as IdentityAgent | undefined;
+    const now = Date.now();
+    for (const identity of agent?.identities() ?? []) {
+      const svid = agent?.current(identity);
+      if (svid !== undefined && svid.notAfter.getTime() <= now) pending.push(`expired certificate ${identity} (since ${svid.notAfter.toISOString()})`);
+    }
+    return { ready: pending.length === 0, pending };
   }
 
   async #start(): Promise<void> {
@@ -143,6 +155,20 @@ export class NodeProxy {
     if (snapshot.mesh.trustDomain !== options.caBundle.trustDomain) {
       throw new AmbitError('CONFIG_FIELD', `${options.configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but the CA bundle is for "${options.caBundle.trustDomain}"`);
     }
+    // Up before attestation, which waits for the CA: the probe says what is pending and the metrics show the agent's
+    // attempts, instead of a refused connection.
+    this.#observability = await startObservability({
+      metrics: options.metricsListen,
+      readiness: options.readinessListen,
+      admin: options.adminListen,
+      registry: this.registry,
+      sources: { configDump: () => this.configDump(), readiness: () => this.readiness(), logger: options.logger },
+    });
+    this.#serviceEndpoints = [this.#observability.metricsUrl, this.#observability.readinessUrl, this.#observability.adminUrl].flatMap((url) => {
+      if (url === undefined) return [];
+      const parsed = new URL(url);
+      return [{ host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(parsed.port) }];
+    });
     this.#agent = new IdentityAgent({
       caUrl: options.caUrl,
       trustDomain: snapshot.mesh.trustDomain,
@@ -156,6 +182,7 @@ export class NodeProxy {
     });
     this.#agent.on('rotated', (svid) => this.#onRotated(svid));
     await this.#agent.start();
+    this.#pending.delete('node identity');
     this.#authorizer = new InboundAuthorizer(() => this.#config.current(), this.registry, this.#logger);
     this.#inspector = new HttpInspector(this.#logger);
     this.#pool = new HbonePool({ contexts: this.contexts, bundles: () => this.#agent.bundles(), verifier: this.verifier, logger: this.#logger });
@@ -184,18 +211,6 @@ export class NodeProxy {
       this.metrics.setPool(stats.sessions, stats.streams);
     } });
     this.#stopFlush = startByteFlush(BYTE_FLUSH_INTERVAL_MS, this.#liveMeters);
-    this.#observability = await startObservability({
-      metrics: options.metricsListen,
-      readiness: options.readinessListen,
-      admin: options.adminListen,
-      registry: this.registry,
-      sources: { configDump: () => this.configDump(), readiness: () => this.readiness(), logger: options.logger },
-    });
-    this.#serviceEndpoints = [this.#observability.metricsUrl, this.#observability.readinessUrl, this.#observability.adminUrl].flatMap((url) => {
-      if (url === undefined) return [];
-      const parsed = new URL(url);
-      return [{ host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(parsed.port) }];
-    });
     this.#scheduleReconcile();
     await this.#reconciling;
   }

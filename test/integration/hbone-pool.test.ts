@@ -265,4 +265,33 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       server.close();
     }
   }, 10_000);
+
+  it('opens no session with a source certificate that has expired, and says whose and since when instead of a TLS alert', async () => {
+    const ca = await createTestCa('cluster.local');
+    const expired = await issueTestSvid(ca, CLIENT_ID, { now: new Date(Date.now() - 2 * 3_600_000), ttlMs: 3_600_000 });
+    const own = new IdentityContexts();
+    own.set(loadSvid(expired.certPem, expired.keyPem));
+    let handshakes = 0;
+    const counting = () => handshakes++;
+    peer.server.on('secureConnection', counting);
+    const hbone = new HbonePool({ contexts: own, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger() });
+    try {
+      const error = await openError(hbone);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).code).toBe('SVID_EXPIRED');
+      expect((error as TunnelError).flag).toBe('IDENTITY_ERROR');
+      expect((error as TunnelError).message).toContain(`the certificate of source identity ${CLIENT_ID} expired at ${new Date(Date.parse(new X509Certificate(expired.certPem).validTo)).toISOString()}`);
+      expect(handshakes).toBe(0);
+      // The same pool with a valid certificate opens as usual: the refusal is about the certificate, not the peer.
+      peer.mode = 'echo';
+      await expect(hbone.open(CLIENT_ID, null, endpoint(), '')).rejects.toThrow(/expired at/);
+      const valid = await issueTestSvid(ca, CLIENT_ID);
+      own.set(loadSvid(valid.certPem, valid.keyPem));
+      (await hbone.open(CLIENT_ID, null, endpoint(), '')).close();
+      expect(handshakes).toBe(1);
+    } finally {
+      peer.server.off('secureConnection', counting);
+      await hbone.close();
+    }
+  });
 });

@@ -1,0 +1,108 @@
+// A node's first attestation waits for its CA: a node started while the CA is down, or while it fails (5xx, the
+// token given back), keeps its join token and attests once the CA answers, instead of exiting into a crash loop. A
+// refusal of the token itself ends the start at once. Real CA over HTTPS, real agent.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AmbitError } from '../../src/errors.ts';
+import { IdentityAgent } from '../../src/identity/agent.ts';
+import { CaServer } from '../../src/identity/ca/server.ts';
+import { silentLogger } from '../../src/observe/log.ts';
+import { startInProcessCa } from '../helpers/ca.ts';
+import type { InProcessCa } from '../helpers/ca.ts';
+
+const TD = 'cluster.local';
+const NODE_ID = `spiffe://${TD}/ambit/node/node-a`;
+
+const cleanup: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const step of cleanup.splice(0).reverse()) await step().catch(() => {});
+});
+
+async function downCa(): Promise<{ ca: InProcessCa; url: string; port: number; token: string }> {
+  const ca = await startInProcessCa(TD, {});
+  cleanup.push(() => ca.close());
+  const url = ca.server.url;
+  const token = await ca.joinToken('node-a');
+  await ca.server.close();
+  return { ca, url, port: Number(new URL(url).port), token };
+}
+
+async function agentFor(url: string, ca: InProcessCa, token: string): Promise<IdentityAgent> {
+  const stateDir = await mkdtemp(join(tmpdir(), 'ambit-attest-'));
+  const agent = new IdentityAgent({
+    caUrl: url,
+    trustDomain: TD,
+    nodeName: 'node-a',
+    bootstrapBundle: ca.server.ownBundle(),
+    joinToken: token,
+    stateDir,
+    logger: silentLogger(),
+    backoffInitialMs: 100,
+    backoffMaxMs: 300,
+  });
+  cleanup.push(async () => {
+    await agent.stop();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+  return agent;
+}
+
+function restart(ca: InProcessCa, port: number, audit: () => void | Promise<void> = () => {}): Promise<CaServer> {
+  return CaServer.start({ dir: ca.dir, port, registry: () => ({ identitiesOnNode: () => new Set() }), svidTtlMs: 60_000, logger: silentLogger(), audit });
+}
+
+describe("a node's first attestation", () => {
+  it('waits for a CA that is down when the node starts, and attests with the same join token once it is up', async () => {
+    const { ca, url, port, token } = await downCa();
+    const agent = await agentFor(url, ca, token);
+    let settled = false;
+    const started = agent.start().finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    expect(settled, 'the start gave up while the CA was down').toBe(false);
+    const server = await restart(ca, port);
+    cleanup.push(() => server.close());
+    await started;
+    expect(agent.nodeSvid()?.id.id).toBe(NODE_ID);
+  });
+
+  it('tries again after the CA failed the attestation (500: the token is given back), and succeeds', async () => {
+    const { ca, url, port, token } = await downCa();
+    let audits = 0;
+    const server = await restart(ca, port, () => {
+      audits++;
+      if (audits === 1) throw new Error('disk full');
+    });
+    cleanup.push(() => server.close());
+    const agent = await agentFor(url, ca, token);
+    await agent.start();
+    expect(audits).toBe(2);
+    expect(agent.nodeSvid()?.id.id).toBe(NODE_ID);
+  });
+
+  it('gives up at once on a join token the CA refuses', async () => {
+    const { ca, url, port } = await downCa();
+    const server = await restart(ca, port);
+    cleanup.push(() => server.close());
+    const agent = await agentFor(url, ca, 'not-a-token');
+    const started = Date.now();
+    const error = await agent.start().then(() => null, (e: unknown) => e);
+    expect(error).toBeInstanceOf(AmbitError);
+    expect((error as AmbitError).code).toBe('CA_REJECTED');
+    expect((error as AmbitError).message).toMatch(/\(40\d JOIN_TOKEN_INVALID\)/);
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
+  it('ends the wait when the agent is stopped, saying it stopped while the CA was unreachable', async () => {
+    const { ca, url, token } = await downCa();
+    const agent = await agentFor(url, ca, token);
+    const outcome = agent.start().then(() => null, (e: unknown) => e);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await agent.stop();
+    const error = await outcome;
+    expect(error).toBeInstanceOf(AmbitError);
+    expect((error as AmbitError).code).toBe('CA_UNREACHABLE');
+    expect((error as AmbitError).message).toContain('stopped while waiting to attest');
+  });
+});
