@@ -290,6 +290,7 @@ export class ProxyMetrics {
   readonly #localWorkloads: Gauge;
   readonly #listeners: Gauge;
   readonly #configReloads: Counter<'result'>;
+  readonly #peersRefused: Counter<'reason'>;
   readonly #maxSeries: number;
   /** Where connections go once #maxSeries label sets exist: one all-'unknown' series per reporter. */
   readonly #overflow = new Map<Reporter, TrafficSeries>();
@@ -327,6 +328,13 @@ export class ProxyMetrics {
     // Both results exist from the start so `increase(...{result="rejected"}[5m]) > 0` alerts work before the first rejection.
     this.#configReloads.inc({ result: 'accepted' }, 0);
     this.#configReloads.inc({ result: 'rejected' }, 0);
+    this.#peersRefused = new Counter({
+      name: 'ambit_hbone_peers_refused_total',
+      help: 'Connections to the HBONE port refused before any CONNECT: a failed TLS handshake (TLS_HANDSHAKE), or a client SVID that does not verify (its error code)',
+      labelNames: ['reason'],
+      registers: [registry],
+    });
+    this.#peersRefused.inc({ reason: 'TLS_HANDSHAKE' }, 0);
   }
 
   /** One call per connection: counts istio_tcp_connections_opened_total and returns a meter holding the series (no label lookup afterwards). */
@@ -360,6 +368,11 @@ export class ProxyMetrics {
 
   configReload(result: 'accepted' | 'rejected'): void {
     this.#configReloads.inc({ result });
+  }
+
+  /** A peer refused before any stream; `reason` is an error code (a fixed set), so the series stay few. */
+  peerRefused(reason: string): void {
+    this.#peersRefused.inc({ reason });
   }
 
   #find(labels: TunnelLabels): TrafficSeries {

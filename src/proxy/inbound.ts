@@ -49,7 +49,7 @@ import {
   illegalUpstreamPorts,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
 /** The address in a `forwarded` header's first `for=` (`for="10.0.0.5:4711"`, `for="[fd00::5]"`, `for=10.0.0.5`), or null. */
 export function forwardedForAddress(value: string): string | null {
@@ -117,6 +117,17 @@ function believedClaim(peer: PeerInfo, forwarded: string, snapshot: ConfigSnapsh
 export function forwardedClaimHolds(snapshot: ConfigSnapshot, claimed: string, identity: string, sessionAddress: string): boolean {
   const workload = snapshot.workloadByIp(claimed);
   return workload !== undefined && workload.identity === identity && (claimed === sessionAddress || workload.hostIps.includes(sessionAddress));
+}
+
+/**
+ * Ends a session whose peer did not authenticate, telling it why: GOAWAY INADEQUATE_SECURITY with the error code as
+ * debug data, so its proxy can say "refused our certificate: SVID_CHAIN_INVALID" instead of "connection closed".
+ * The peer learns only what is wrong with the certificate it presented itself. Destroyed in the same turn: no
+ * stream of it is ever served.
+ */
+function refuseSession(session: http2.ServerHttp2Session, reason: string): void {
+  session.goaway(NGHTTP2_INADEQUATE_SECURITY, 0, Buffer.from(reason, 'latin1'));
+  session.destroy();
 }
 
 /** When the peer's certificate expires (0, i.e. at once, if it cannot be read). */
@@ -357,6 +368,8 @@ export class HboneInbound {
     server.on('stream', (stream, headers) => this.#onStream(entry, stream, headers));
     // Plaintext or garbage on 15008, an unsupported TLS version, no client certificate: dropped here.
     server.on('tlsClientError', (error, socket) => {
+      // Counted, logged at debug: port scanners would flood a warn log, and the counter says when to look.
+      this.#options.metrics.peerRefused('TLS_HANDSHAKE');
       this.#logger.debug({ peer: socket.remoteAddress, err: error.message }, 'TLS handshake failed on 15008');
       socket.destroy();
     });
@@ -370,8 +383,9 @@ export class HboneInbound {
     const result = this.#options.verifier.verify(socket, bundles, null);
     if (!result.valid) {
       // Early deny: no HTTP at all for a peer we cannot authenticate (ztunnel drops the connection).
+      this.#options.metrics.peerRefused(result.error.code);
       this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
-      session.destroy();
+      refuseSession(session, result.error.code);
       return;
     }
     const address = socket.remoteAddress ?? 'unknown';
@@ -379,8 +393,9 @@ export class HboneInbound {
     if (namespace === AMBIGUOUS_NAMESPACE) {
       // Istio matches `namespaces` as `.*/ns/NS/.*` on the principal, so such an ID is in two namespaces at once;
       // one namespace per peer cannot hold that, and a DENY on the other would not fire.
+      this.#options.metrics.peerRefused('AMBIGUOUS_NAMESPACE');
       this.#logger.warn({ peer: socket.remoteAddress, presented: result.id.id }, 'refusing HBONE peer: its SPIFFE ID names more than one namespace (/ns/NAME/ twice)');
-      session.destroy();
+      refuseSession(session, 'SPIFFE ID names more than one namespace');
       return;
     }
     peers.set(session, {
@@ -402,6 +417,7 @@ export class HboneInbound {
     const socket = session.socket as tls.TLSSocket;
     const result = this.#options.verifier.verify(socket, bundles, null);
     if (!result.valid || result.id.id !== peer.id.id) {
+      this.#options.metrics.peerRefused(result.valid ? 'IDENTITY_MISMATCH' : result.error.code);
       this.#logger.warn({ peer: peer.address, presented: peer.id.id, code: result.valid ? 'IDENTITY_MISMATCH' : result.error.code, reason: result.valid ? 'identity changed' : result.error.message }, 'HBONE session no longer verifies: refusing its new streams (GOAWAY)');
       peers.delete(session);
       if (!session.closed) session.close();

@@ -28,14 +28,17 @@ import {
   POOL_MAX_STREAMS_PER_SESSION,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY } = http2.constants;
 
 /** Why opening a tunnel failed: the response flag for metrics and access logs, plus the coded error. */
 export class TunnelError extends AmbitError {
-  /** ztunnel's response flag: CONNECT (peer or upstream unreachable, or refused), IDENTITY_ERROR (wrong or bad peer SVID, or none of our own), DENY (401). */
+  /**
+   * ztunnel's response flag: CONNECT (peer or upstream unreachable, or refused), TLS_FAILURE (the handshake failed),
+   * H2_HANDSHAKE_FAILURE (no HTTP/2), IDENTITY_ERROR (wrong or bad peer SVID, or none of our own), DENY (401).
+   */
   readonly flag: string;
   readonly status: number | undefined;
-  constructor(code: 'UPSTREAM_CONNECT' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown) {
+  constructor(code: 'UPSTREAM_CONNECT' | 'TLS_HANDSHAKE' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown) {
     super(code, message, { cause });
     this.flag = flag;
     this.status = status;
@@ -53,6 +56,10 @@ interface PooledSession {
   /** The trust bundles the server was verified against, and when its or our certificate expires: past either, no new streams. */
   readonly bundles: BundleSource;
   readonly validUntilMs: number;
+  /** Whether the server's SETTINGS arrived: a TLS 1.3 server that refuses our certificate hangs up before them. */
+  settled: boolean;
+  /** Why the server refused the session, from its GOAWAY (INADEQUATE_SECURITY and a reason): a CONNECT waiting on it fails with that. */
+  refusal: string | undefined;
 }
 
 /** A TLS connection to a peer proxy and the trust bundles its certificate was verified against. */
@@ -221,14 +228,18 @@ export class HbonePool {
       maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
       peerMaxConcurrentStreams: this.#maxStreams,
     });
-    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs };
+    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     session.on('remoteSettings', (settings) => {
+      entry.settled = true;
       // Respect the server's stream limit when it is below ours.
       if (settings.maxConcurrentStreams !== undefined) entry.maxStreams = Math.min(this.#maxStreams, settings.maxConcurrentStreams);
     });
     const retire = () => this.#retire(entry);
-    session.on('goaway', retire);
+    session.on('goaway', (errorCode: number, _lastStreamId: number, data?: Buffer) => {
+      if (errorCode === NGHTTP2_INADEQUATE_SECURITY) entry.refusal = refusalText(data);
+      retire();
+    });
     session.on('close', () => {
       this.#draining.delete(entry);
       retire();
@@ -270,6 +281,9 @@ export class HbonePool {
         servername: '',
       };
       const socket = tls.connect(options);
+      // An error once TCP is up is the handshake's (an alert, or a peer that is no TLS server): ztunnel's TLS_FAILURE.
+      let connected = false;
+      socket.once('connect', () => (connected = true));
       const timeoutMs = this.#connectTimeoutMs;
       const timer = setTimeout(() => socket.destroy(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort} timed out after ${timeoutMs} ms`)), timeoutMs);
       socket.once('secureConnect', () => {
@@ -284,14 +298,16 @@ export class HbonePool {
         }
         if (socket.alpnProtocol !== 'h2') {
           socket.destroy();
-          reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `server at ${endpoint.hboneHost}:${endpoint.hbonePort} did not negotiate h2 (ALPN ${String(socket.alpnProtocol)})`));
+          reject(new TunnelError('UPSTREAM_CONNECT', 'H2_HANDSHAKE_FAILURE', `server at ${endpoint.hboneHost}:${endpoint.hbonePort} did not negotiate h2 (ALPN ${String(socket.alpnProtocol)})`));
           return;
         }
         resolve({ socket, bundles });
       });
       socket.once('error', (error) => {
         clearTimeout(timer);
-        reject(error instanceof TunnelError ? error : new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort}: ${error.message}`, undefined, error));
+        if (error instanceof TunnelError) reject(error);
+        else if (connected) reject(new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `TLS handshake with ${endpoint.hboneHost}:${endpoint.hbonePort} failed: ${error.message}`, undefined, error));
+        else reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort}: ${error.message}`, undefined, error));
       });
     });
   }
@@ -461,7 +477,30 @@ function onConnectTimeout(stream: http2.ClientHttp2Stream): void {
 function onConnectClose(this: http2.ClientHttp2Stream): void {
   const connect = connects.of(this);
   releaseStream(connect.entry);
-  if (connect.pending) connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: stream closed before an answer (RST ${this.rstCode})`));
+  if (connect.pending) connect.fail(sessionRefusal(connect) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: stream closed before an answer (RST ${this.rstCode})`));
+}
+
+/**
+ * A CONNECT that died with its session because the server refused this node's certificate after the handshake (TLS
+ * 1.3 verifies the client's certificate after the client is done): an ambit peer says why in its GOAWAY; a server
+ * that hangs up before even its HTTP/2 settings most likely refused it too. ztunnel's TLS_FAILURE either way.
+ */
+function sessionRefusal(connect: PendingConnect): TunnelError | undefined {
+  const { entry, endpoint } = connect;
+  const server = `${endpoint.hboneHost}:${endpoint.hbonePort}`;
+  if (entry.refusal !== undefined) {
+    return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}`);
+  }
+  if (!entry.settled && entry.session.destroyed) {
+    return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} closed the connection before its HTTP/2 settings: it most likely refused the certificate of source identity ${entry.bucket.source} (its trust bundle, or its rules for client certificates)`);
+  }
+  return undefined;
+}
+
+/** A GOAWAY's debug data as text for an error message: printable ASCII only, and short (a hostile server writes it). */
+function refusalText(data: Buffer | undefined): string {
+  if (data === undefined || data.length === 0) return 'no reason given';
+  return data.subarray(0, 200).toString('latin1').replace(/[^\x20-\x7e]/g, '?');
 }
 
 function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders): void {
@@ -479,5 +518,5 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
 
 function onConnectError(this: http2.ClientHttp2Stream, error: Error): void {
   const connect = connects.of(this);
-  if (connect.pending) connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error));
+  if (connect.pending) connect.fail(sessionRefusal(connect) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error));
 }

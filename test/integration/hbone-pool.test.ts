@@ -5,6 +5,8 @@
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSvid } from '../../src/identity/svid.ts';
@@ -292,6 +294,55 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     } finally {
       peer.server.off('secureConnection', counting);
       await hbone.close();
+    }
+  });
+
+  it('fails with TLS_FAILURE, saying so, when the handshake fails or the server refuses our certificate after it', async () => {
+    const ca = await createTestCa('cluster.local');
+    const server = await issueTestSvid(ca, SERVER_ID);
+    // A Node TLS server verifying client certificates against another CA: under TLS 1.3 our handshake completes, then it hangs up.
+    const strict = tls.createServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], requestCert: true, rejectUnauthorized: true, ca: (await createTestCa('cluster.local')).bundle.roots.map((root) => root.toString()) });
+    strict.on('tlsClientError', () => {});
+    // An ambit-like server that says why in its GOAWAY.
+    const telling = http2.createSecureServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], requestCert: true, rejectUnauthorized: false });
+    telling.on('session', (session) => {
+      session.goaway(http2.constants.NGHTTP2_INADEQUATE_SECURITY, 0, Buffer.from('SVID_CHAIN_INVALID\n\u0007'));
+      session.destroy();
+    });
+    const plain = net.createServer((socket) => socket.end('HTTP/1.1 400 Bad Request\r\n\r\n'));
+    const closed = net.createServer();
+    for (const listener of [strict, telling, plain, closed]) {
+      listener.listen(0, '127.0.0.1');
+      await once(listener, 'listening');
+    }
+    const portOf = (listener: net.Server) => (listener.address() as AddressInfo).port;
+    const closedPort = portOf(closed);
+    closed.close();
+    const at = (port: number): Endpoint => ({ ...endpoint(), hbonePort: port, hboneAuthority: `127.0.0.1:${port}` });
+    const hbone = new HbonePool({ contexts, bundles: () => ({ get: (trustDomain) => (trustDomain === ca.trustDomain ? ca.bundle : undefined) }), verifier: new PeerVerifier(), logger: silentLogger() });
+    const failure = async (port: number) => {
+      const error = await hbone.open(CLIENT_ID, null, at(port), '').then(() => null, (e: unknown) => e);
+      expect(error, `port ${port}`).toBeInstanceOf(TunnelError);
+      return error as TunnelError;
+    };
+    try {
+      for (const [port, message] of [
+        [portOf(strict), `server at 127.0.0.1:${portOf(strict)} closed the connection before its HTTP/2 settings: it most likely refused the certificate of source identity ${CLIENT_ID}`],
+        [portOf(telling), `server at 127.0.0.1:${portOf(telling)} refused the certificate of source identity ${CLIENT_ID}: SVID_CHAIN_INVALID??`],
+        [portOf(plain), `TLS handshake with 127.0.0.1:${portOf(plain)} failed`],
+      ] as const) {
+        const error = await failure(port);
+        expect([error.code, error.flag], error.message).toEqual(['TLS_HANDSHAKE', 'TLS_FAILURE']);
+        expect(error.message).toContain(message);
+      }
+      // Nothing listening: the connection itself failed, not TLS.
+      const refused = await failure(closedPort);
+      expect([refused.code, refused.flag]).toEqual(['UPSTREAM_CONNECT', 'CONNECT']);
+    } finally {
+      await hbone.close();
+      strict.close();
+      telling.close();
+      plain.close();
     }
   });
 });

@@ -18,6 +18,12 @@ import type { Certificate } from '../../src/identity/svid.ts';
 import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
 import type { AmbitProcess, LogLine } from '../helpers/process.ts';
+import type { Workload } from '../../src/config/snapshot.ts';
+import { loadSvid } from '../../src/identity/svid.ts';
+import { silentLogger } from '../../src/observe/log.ts';
+import { HbonePool, TunnelError } from '../../src/proxy/pool.ts';
+import type { Endpoint } from '../../src/proxy/routes.ts';
+import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 
 const P = 62;
 const CLIENT_IP = nodeIp(P, 0, 20); // client-1, on node-a
@@ -678,13 +684,42 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
     },
   ];
 
-  it.each(certificateCases)('drops a peer presenting $what and logs $code', async ({ code, svid, presented }) => {
+  const refused = (reason: string) => metricSum(nodeB(), 'ambit_hbone_peers_refused_total', { reason });
+
+  it.each(certificateCases)('drops a peer presenting $what, logs $code and counts it', async ({ code, svid, presented }) => {
     const since = nodeB().proc.lines.length;
+    const before = await refused(code);
     const outcome = await attemptTunnel(await svid());
     expect(outcome.status).toBeNull();
     expect(outcome.closedByServer).toBe(true);
     const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.presented === presented, `refusal of ${presented}`);
     expect(line.code).toBe(code);
+    expect(await refused(code)).toBe(before + 1);
+  });
+
+  it("tells a refused ambit peer why in its GOAWAY, so the peer's pool fails with TLS_FAILURE naming the code, not a closed connection", async () => {
+    const untrusted = await issueTestSvid(await createTestCa(TD), `spiffe://${TD}/ns/demo/sa/untrusted`);
+    const contexts = new IdentityContexts();
+    contexts.set(loadSvid(untrusted.certPem, untrusted.keyPem));
+    const hbone = new HbonePool({ contexts, bundles: () => ({ get: (trustDomain) => (trustDomain === TD ? mesh.bundle : undefined) }), verifier: new PeerVerifier(), logger: silentLogger() });
+    const target: Endpoint = {
+      workload: { name: 'echo-1', namespace: 'demo' } as Workload,
+      ip: ECHO_IP,
+      port: ECHO_PORT,
+      authority: `${ECHO_IP}:${ECHO_PORT}`,
+      hboneHost: ECHO_IP,
+      hbonePort: HBONE_PORT,
+      hboneAuthority: `${ECHO_IP}:${HBONE_PORT}`,
+      identity: ECHO_ID,
+    };
+    try {
+      const error = await hbone.open(`spiffe://${TD}/ns/demo/sa/untrusted`, null, target, '').then(() => null, (e: unknown) => e);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect([(error as TunnelError).code, (error as TunnelError).flag]).toEqual(['TLS_HANDSHAKE', 'TLS_FAILURE']);
+      expect((error as TunnelError).message).toBe(`server at ${ECHO_IP}:${HBONE_PORT} refused the certificate of source identity spiffe://${TD}/ns/demo/sa/untrusted: SVID_CHAIN_INVALID`);
+    } finally {
+      await hbone.close();
+    }
   });
 
   it('drops a peer presenting a chain of ten certificates before parsing them, with SVID_CHAIN_INVALID', async () => {
@@ -750,11 +785,13 @@ spec:
     expect(line.code).toBe('CA_UNAUTHENTICATED');
   });
 
-  it('fails the handshake of a peer that offers only TLS 1.2', async () => {
+  it('fails the handshake of a peer that offers only TLS 1.2, and counts it as TLS_HANDSHAKE', async () => {
+    const before = await refused('TLS_HANDSHAKE');
     const outcome = await attemptTunnel(validClient, { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' });
     expect(outcome.handshakeCompleted).toBe(false);
     expect(outcome.status).toBeNull();
     expect(outcome.closedByServer).toBe(true);
+    await waitUntil('the failed handshake counted', async () => (await refused('TLS_HANDSHAKE')) === before + 1, 5_000);
   });
 
   const plaintexts: Array<{ what: string; bytes: Buffer }> = [
