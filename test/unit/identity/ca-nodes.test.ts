@@ -1,10 +1,10 @@
 // The CA's per-node record of the node certificate in use: serial spellings, and a CA directory from before the
 // records (each node's next certificate is recorded, not refused).
-import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { admitNodeCertificate, evictNode, normalizeSerial, recordAttested, recordRenewal } from '../../../src/identity/ca/nodes.ts';
+import { admitNodeCertificate, evictNode, normalizeSerial, recordAttested, recordRenewal, withRecord } from '../../../src/identity/ca/nodes.ts';
 
 let dir: string;
 beforeAll(async () => {
@@ -70,6 +70,48 @@ describe('node certificate records', () => {
     const old = new Date(Date.now() - 60_000);
     await utimes(lock, old, old);
     expect(await admitNodeCertificate(dir, 'crashed', '01')).toBeNull();
+  });
+
+  it('let one waiter at a time hold a lock that several found stale at once', async () => {
+    for (let round = 0; round < 10; round++) {
+      const node = `stale-${round}`;
+      await recordAttested(dir, node, '01');
+      const lock = join(dir, 'nodes', `${node}.json.lock`);
+      await writeFile(lock, 'crashed');
+      const old = new Date(Date.now() - 60_000);
+      await utimes(lock, old, old);
+      let inside = 0;
+      let most = 0;
+      await Promise.all(Array.from({ length: 24 }, () => withRecord(dir, node, async () => {
+        most = Math.max(most, ++inside);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        inside--;
+      })));
+      expect(most, `round ${round}`).toBe(1);
+      await expect(readFile(lock)).rejects.toThrow(/ENOENT/);
+    }
+  });
+
+  it("leave the next holder's lock alone when their own was broken as stale while they worked", async () => {
+    const lock = join(dir, 'nodes', 'slow.json.lock');
+    let releaseNext!: () => void;
+    let nextHolds = false;
+    let next: Promise<void> | undefined;
+    await withRecord(dir, 'slow', async () => {
+      // This holder is taking longer than the stale limit: another process breaks its lock and takes it.
+      const old = new Date(Date.now() - 60_000);
+      await utimes(lock, old, old);
+      next = withRecord(dir, 'slow', async () => {
+        nextHolds = true;
+        await new Promise<void>((resolve) => (releaseNext = resolve));
+      });
+      while (!nextHolds) await new Promise((resolve) => setTimeout(resolve, 5));
+    });
+    // The slow holder is done: the next holder's lock is still there.
+    expect((await readFile(lock, 'utf8')).length).toBeGreaterThan(0);
+    releaseNext();
+    await next;
+    await expect(readFile(lock)).rejects.toThrow(/ENOENT/);
   });
 
   it('evict a node, known or not, until it attests again', async () => {
