@@ -11,9 +11,9 @@ import { Agent, request } from 'undici';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { nodeId, parseSpiffeId } from './spiffe-id.ts';
-import { BundleSet, bundlesEqual, createBundle, decodeBundle, encodeBundle } from './bundle.ts';
+import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, createBundle, decodeBundle, encodeBundle } from './bundle.ts';
 import type { TrustBundle } from './bundle.ts';
-import { createCsr, exportPrivateKeyPem, fingerprintOf, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
+import { authorityKeyIdOf, createCsr, exportPrivateKeyPem, fingerprintOf, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
 import type { Svid } from './svid.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
 import { timerDelayMs } from './timers.ts';
@@ -94,8 +94,10 @@ interface Entry {
   failures: number;
   timer: NodeJS.Timeout | undefined;
   inFlight: Promise<void> | undefined;
-  /** Our trust domain's bundle changed while a renewal was in flight: what it brings back may be the old root's. */
+  /** The signing authority changed while a renewal was in flight: what it brings back may be the old one's. */
   reissue: boolean;
+  /** The key identifier of the authority that signed `svid` (its leaf's authorityKeyIdentifier). */
+  issuerKeyId: string | undefined;
   waiters: Array<{ resolve: (svid: Svid) => void; reject: ((error: AmbitError) => void) | null }>;
 }
 
@@ -130,6 +132,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #lastRefreshMs: number | undefined;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
+  /** The key identifier of the authority the CA signs with now, as it last said (SIGNING_AUTHORITY_HEADER). */
+  #signingAuthority: string | undefined;
   /** The wait between attestation attempts, cut short by stop(). */
   #attestWait: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
   #stopping: Promise<void> | null = null;
@@ -242,7 +246,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       const text = await response.body.text();
       if (response.statusCode !== 200) throw new AmbitError('CA_REJECTED', `GET /v1/bundles answered ${response.statusCode}: ${text.slice(0, 200)}`);
       const maxAge = /max-age=(\d+)/.exec(String(response.headers['cache-control'] ?? ''));
-      this.#applyBundles(BundleSet.fromMapJson(text));
+      this.#applyBundles(BundleSet.fromMapJson(text), true);
+      const signing = response.headers[SIGNING_AUTHORITY_HEADER];
+      if (typeof signing === 'string' && /^[0-9a-f]{2,128}$/i.test(signing)) this.#onSigningAuthority(signing.toLowerCase());
       nextMs = maxAge ? Number(maxAge[1]) * 1000 : DEFAULT_BUNDLE_REFRESH_MS;
       this.#lastRefreshMs = nextMs;
     } finally {
@@ -255,7 +261,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
   }
 
-  #applyBundles(next: BundleSet): void {
+  #applyBundles(next: BundleSet, fromRefresh = false): void {
     const own = next.get(this.#options.trustDomain);
     // A bundle set without our own trust domain would lock us out of our own mesh: refuse it.
     if (!own || own.roots.length === 0) {
@@ -270,7 +276,15 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
     // The bootstrap bundle's sequence means nothing (a PEM file has none); only a change between two
     // bundles served by the CA can signal a new signing root.
-    if (this.#ownSequenceFromCa !== undefined && this.#ownSequenceFromCa !== own.sequence) this.#reissueAll();
+    if (this.#ownSequenceFromCa !== undefined && this.#ownSequenceFromCa !== own.sequence) {
+      // A CA that names its signing authority says which certificates a change concerns: ask it now (a signing
+      // response carries bundles but not that). One that does not: any change may be a new signing root.
+      if (this.#signingAuthority !== undefined) {
+        if (!fromRefresh) void this.refreshBundles().catch(() => {});
+      } else {
+        this.#reissue(() => true);
+      }
+    }
     this.#ownSequenceFromCa = own.sequence;
     if (!changed) return;
     this.#bundles = next;
@@ -279,18 +293,27 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.emit('bundles', next);
   }
 
-  #reissueAll(): void {
+  /** Re-issues, spread over a few seconds, the certificates `stale` picks. */
+  #reissue(stale: (entry: Entry) => boolean): void {
     for (const entry of this.#entries.values()) {
-      // A renewal in flight may have been signed before the CA switched roots: re-issue once more when it lands.
+      if (entry.svid === undefined || !stale(entry)) continue;
+      // A renewal in flight may have been signed before the CA switched authorities: judged again when it lands.
       if (entry.inFlight) entry.reissue = true;
-      else if (entry.svid) this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
+      else this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
     }
+  }
+
+  /** The CA named the authority that signs now: what another one signed is re-issued, the rest renews as usual. */
+  #onSigningAuthority(keyId: string): void {
+    if (keyId === this.#signingAuthority) return;
+    this.#signingAuthority = keyId;
+    this.#reissue((entry) => entry.issuerKeyId !== keyId);
   }
 
   #entry(spiffeId: string): Entry {
     let entry = this.#entries.get(spiffeId);
     if (!entry) {
-      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, inFlight: undefined, reissue: false, waiters: [] };
+      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, inFlight: undefined, reissue: false, issuerKeyId: undefined, waiters: [] };
       this.#entries.set(spiffeId, entry);
     }
     return entry;
@@ -408,6 +431,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     if (this.#entries.get(entry.spiffeId) !== entry) return;
     const renewal = entry.svid !== undefined;
     entry.svid = svid;
+    entry.issuerKeyId = svid.chain[0] === undefined ? undefined : authorityKeyIdOf(svid.chain[0]);
     entry.failures = 0;
     this.#metrics.expiry.set({ identity: entry.spiffeId }, svid.notAfter.getTime() / 1000);
     if (fresh) {
@@ -463,8 +487,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     entry.inFlight = this.#renew(entry).then(
       () => {
         entry.inFlight = undefined;
-        if (entry.reissue) {
-          entry.reissue = false;
+        const stale = entry.reissue && (this.#signingAuthority === undefined || entry.issuerKeyId !== this.#signingAuthority);
+        entry.reissue = false;
+        if (stale) {
           this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
         } else {
           this.#schedule(entry);

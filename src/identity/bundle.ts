@@ -16,6 +16,12 @@ import { BasicConstraintsExtension, X509Certificate } from './x509.ts';
 import { AmbitError } from '../errors.ts';
 import { validateTrustDomain } from './spiffe-id.ts';
 
+/**
+ * The header of the CA's GET /v1/bundles naming the key identifier (subjectKeyIdentifier, hex) of the authority that
+ * signs now: agents re-issue only what another authority signed.
+ */
+export const SIGNING_AUTHORITY_HEADER = 'ambit-signing-authority';
+
 export interface TrustBundle {
   readonly trustDomain: string;
   /** The trust domain's X.509-SVID authorities, without duplicates. */

@@ -156,6 +156,16 @@ export function fingerprintOf(cert: Certificate): string {
   return facts(cert).fingerprint;
 }
 
+/** The key identifier a CA certificate names itself by (subjectKeyIdentifier, hex), or undefined. */
+export function subjectKeyIdOf(cert: Certificate): string | undefined {
+  return cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId.toLowerCase();
+}
+
+/** The key identifier of the CA that signed a certificate (authorityKeyIdentifier, hex), or undefined. */
+export function authorityKeyIdOf(cert: Certificate): string | undefined {
+  return cert.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId?.toLowerCase();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Verification
 

@@ -320,6 +320,12 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const newRootOnly = new BundleSet([createBundle(TD, [newRoot!])]);
     // Prepared, not active: renewals still come from the old root.
     expect(verifySvid(oldSvid.chain, newRootOnly, whileOldValid).valid).toBe(false);
+    // Nor is anything re-issued for it: the CA still signs with the old root (its ambit-signing-authority header says
+    // so), and re-issuing every certificate of every node at each bundle change would be a CSR storm. The node SVID
+    // renews only when re-issued (a re-issue would come within 1 s with this draw).
+    const nodeSerial = agent.nodeSvid()?.chain[0]?.serialNumber;
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    expect(agent.nodeSvid()?.chain[0]?.serialNumber, 'the node SVID was re-issued after a prepare').toBe(nodeSerial);
 
     // The agent re-issues everything after the activation's bundle change, the node SVID included (listening for both
     // before activating: either may come first).

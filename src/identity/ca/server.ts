@@ -16,9 +16,9 @@ import type { AddressInfo } from 'node:net';
 import { AmbitError, toAmbitError } from '../../errors.ts';
 import type { ErrorCode } from '../../errors.ts';
 import { nodeId, parseNodeId, parseSpiffeId } from '../spiffe-id.ts';
-import { BundleSet, bundlesEqual, encodeBundle } from '../bundle.ts';
+import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, encodeBundle } from '../bundle.ts';
 import type { TrustBundle } from '../bundle.ts';
-import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, readCsr } from '../svid.ts';
+import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, readCsr, subjectKeyIdOf } from '../svid.ts';
 import type { Certificate, Svid } from '../svid.ts';
 import { serverTlsOptions, verifyPeer } from '../spiffe-tls.ts';
 import { FederationClient } from '../federation.ts';
@@ -168,6 +168,16 @@ export class CaServer {
     return this.#state.bundle;
   }
 
+  /**
+   * `ambit-signing-authority`: the key identifier of the authority that signs now. An agent re-issues only the
+   * certificates another authority signed: a root being prepared or withdrawn changes the bundle (and its sequence)
+   * but not whose signature a renewal gets, and re-issuing every certificate of every node then is a CSR storm.
+   */
+  #signingHeader(): Record<string, string> | undefined {
+    const keyId = subjectKeyIdOf(this.#state.active.cert);
+    return keyId === undefined ? undefined : { [SIGNING_AUTHORITY_HEADER]: keyId };
+  }
+
   /** Own bundle plus every federated bundle fetched so far. */
   bundleSet(): BundleSet {
     let set = new BundleSet([this.#state.bundle]);
@@ -291,7 +301,7 @@ export class CaServer {
         throw new HttpError(405, 'USAGE', `${req.method} ${path}: only ${allowed} is allowed`);
       }
       if (path === '/bundle' || path === '/') return send(res, 200, encodeBundle(this.#state.bundle), this.#state.refreshHintSeconds);
-      if (path === '/v1/bundles') return send(res, 200, this.bundleSet().toMapJson(), this.#state.refreshHintSeconds);
+      if (path === '/v1/bundles') return send(res, 200, this.bundleSet().toMapJson(), this.#state.refreshHintSeconds, this.#signingHeader());
       if (path === '/v1/attest') return send(res, 200, JSON.stringify(await this.#attest(req)));
       return send(res, 200, JSON.stringify(await this.#sign(req)));
     } catch (error) {
@@ -462,8 +472,8 @@ async function issueServerSvid(authority: LoadedAuthority, trustDomain: string):
   return loadSvid(certificatesToPem(chainFor(leaf, authority)), await exportPrivateKeyPem(keys.privateKey));
 }
 
-function send(res: ServerResponse, status: number, body: string, maxAgeSeconds?: number): void {
-  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+function send(res: ServerResponse, status: number, body: string, maxAgeSeconds?: number, extra?: Record<string, string>): void {
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extra };
   if (maxAgeSeconds !== undefined) headers['cache-control'] = `max-age=${maxAgeSeconds}`;
   res.writeHead(status, headers);
   res.end(body);
