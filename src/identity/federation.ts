@@ -6,10 +6,13 @@
 // endpoint is checked first against the operator's bootstrap bundle and then against the latest bundle
 // fetched from it, so the foreign domain can rotate its roots without breaking the relationship.
 import { EventEmitter } from 'node:events';
+import { readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { parseSpiffeId, validateTrustDomain } from './spiffe-id.ts';
-import { BundleSet, bundlesEqual, decodeBundle } from './bundle.ts';
+import { BundleSet, bundlesEqual, decodeBundle, encodeBundle } from './bundle.ts';
+import { writeFileAtomic } from './files.ts';
+import { fingerprintOf } from './svid.ts';
 import type { TrustBundle } from './bundle.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
 import { timerDelayMs } from './timers.ts';
@@ -40,11 +43,35 @@ export interface FederationClientOptions {
   retryMs?: number;
   /** Bundles of other trust domains, for a non-self-serving https_spiffe endpoint. */
   otherBundles?: () => BundleSet;
+  /**
+   * Where the last bundle taken and the roots withdrawn since are kept (0600), read back at construction: a restarted
+   * CA serves the federated bundle at once instead of dropping the trust domain until its endpoint answers, still
+   * refuses a withdrawn root a stale replica serves, and authenticates a self-serving endpoint that rotated its roots
+   * since the operator's bootstrap bundle.
+   */
+  stateFile?: string;
+}
+
+/** What stateFile holds. */
+interface StoredFederation {
+  readonly trustDomain: string;
+  /** The peer's settings it was fetched under (peerSettings): other settings start afresh, from the bootstrap bundle. */
+  readonly settings: string;
+  readonly bundleEndpoint: string;
+  /** The SPIFFE bundle as fetched (encodeBundle). */
+  readonly bundle: string;
+  /** DER of withdrawn roots, hex. */
+  readonly withdrawn: readonly string[];
 }
 
 export interface FederationClientEvents {
   update: [TrustBundle];
   error: [AmbitError];
+}
+
+/** A peer's settings as one string: the endpoint, profile, endpoint ID and the bootstrap bundle's roots. */
+function peerSettings(peer: FederationPeer): string {
+  return JSON.stringify([peer.bundleEndpoint, peer.profile, peer.endpointSpiffeId ?? '', (peer.bootstrapBundle?.roots ?? []).map((root) => fingerprintOf(root))]);
 }
 
 /** Keeps one foreign trust domain's bundle; emits 'update' when it changes. */
@@ -65,6 +92,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
   readonly #logger: Logger;
   readonly #minRefreshMs: number;
   readonly #retryMs: number;
+  readonly #stateFile: string | undefined;
+  #saving: Promise<void> = Promise.resolve();
 
   constructor(options: FederationClientOptions) {
     super();
@@ -78,6 +107,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     this.#logger = options.logger.child({ component: 'federation', trustDomain: peer.trustDomain });
     this.#minRefreshMs = options.minRefreshMs ?? 1000;
     this.#retryMs = options.retryMs ?? 60_000;
+    this.#stateFile = options.stateFile;
+    this.#load();
     if (peer.profile === 'https_spiffe') {
       if (!peer.endpointSpiffeId) throw new AmbitError('FEDERATION_FETCH', `${peer.trustDomain}: https_spiffe needs the endpoint's SPIFFE ID`);
       const endpointId = parseSpiffeId(peer.endpointSpiffeId);
@@ -107,15 +138,62 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     return this.#bundle;
   }
 
+  /** Takes back what stateFile holds for this trust domain and endpoint; anything else there is ignored, and said. */
+  #load(): void {
+    const file = this.#stateFile;
+    if (file === undefined) return;
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      return; // never fetched, or removed with the peer
+    }
+    try {
+      const stored = JSON.parse(text) as Partial<StoredFederation>;
+      if (stored.trustDomain !== this.peer.trustDomain || stored.settings !== peerSettings(this.peer)) {
+        this.#logger.warn({ file, storedEndpoint: stored.bundleEndpoint }, 'stored federated bundle was fetched under other settings (endpoint, profile, endpoint ID or bootstrap bundle); fetching afresh');
+        return;
+      }
+      if (typeof stored.bundle !== 'string' || !Array.isArray(stored.withdrawn) || !stored.withdrawn.every((key) => typeof key === 'string' && /^[0-9a-f]+$/.test(key))) {
+        throw new AmbitError('BUNDLE_INVALID', 'missing or malformed fields');
+      }
+      this.#bundle = decodeBundle(this.peer.trustDomain, stored.bundle);
+      for (const key of stored.withdrawn) this.#withdrawn.add(key);
+      this.#logger.info({ sequence: this.#bundle.sequence.toString(), roots: this.#bundle.roots.length, withdrawn: this.#withdrawn.size }, 'federated bundle taken back from the state directory');
+    } catch (error) {
+      this.#logger.warn({ file, err: toAmbitError(error, 'BUNDLE_INVALID').toJSON() }, 'stored federated bundle is unreadable; fetching afresh');
+    }
+  }
+
+  #save(): void {
+    const file = this.#stateFile;
+    const bundle = this.#bundle;
+    if (file === undefined || bundle === undefined) return;
+    const stored: StoredFederation = { trustDomain: this.peer.trustDomain, settings: peerSettings(this.peer), bundleEndpoint: this.peer.bundleEndpoint, bundle: encodeBundle(bundle), withdrawn: [...this.#withdrawn] };
+    this.#saving = this.#saving
+      .then(() => writeFileAtomic(file, `${JSON.stringify(stored)}\n`, 0o600))
+      .catch((error: unknown) => this.#logger.warn({ file, err: toAmbitError(error, 'FILE_WRITE').toJSON() }, 'cannot keep the federated bundle; a restart will wait for the endpoint'));
+  }
+
+  /** The peer is no longer federated: what was kept of it goes too, so adding it again starts from its bootstrap. */
+  async forget(): Promise<void> {
+    await this.stop();
+    await this.#saving;
+    if (this.#stateFile !== undefined) rmSync(this.#stateFile, { force: true });
+  }
+
   /** Fetches now, then keeps refreshing until stop(). Resolves after the first attempt. */
   async start(): Promise<void> {
     await this.#tick();
   }
 
   async stop(): Promise<void> {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    await this.#dispatcher.close();
+    if (!this.#stopped) {
+      this.#stopped = true;
+      clearTimeout(this.#timer);
+      await this.#dispatcher.close();
+    }
+    await this.#saving;
   }
 
   /** One fetch; resolves to the bundle or throws FEDERATION_FETCH. */
@@ -167,6 +245,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         }
         this.#bundle = fetched;
         if (!previous || !bundlesEqual(previous, fetched) || previous.sequence !== fetched.sequence) {
+          this.#save();
           this.#logger.info({ sequence: fetched.sequence.toString(), roots: fetched.roots.length, endpoint: this.peer.bundleEndpoint }, 'federated bundle updated');
           this.emit('update', fetched);
         }

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { AmbitProcess, freePort, runAmbit } from '../helpers/process.ts';
+import { waitUntil } from '../helpers/mesh.ts';
 import type { LogLine } from '../helpers/process.ts';
 import { createTestCa } from '../helpers/certs.ts';
 import { IdentityAgent } from '../../src/identity/agent.ts';
@@ -431,8 +432,19 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     await one.proc.waitFor((line) => line.msg === 'federated bundle updated' && line.trustDomain === 'two.test');
     expect(await trustDomainsServedByOne()).toEqual(['one.test', 'two.test']);
 
+    // A restart with two.test's endpoint down still serves its last bundle, kept in DIR/federation/.
+    const kept = join(caOne, 'federation', 'two.test.json');
+    await waitUntil('the federated bundle kept', async () => (await readFile(kept, 'utf8').catch(() => '')).includes('two.test'));
+    await two.proc.stop();
+    await one.proc.stop();
+    const restarted = await startCa(caOne, configOne, 0, ['--federation-min-refresh', '200ms']);
+    const servedAfterRestart = Object.keys((JSON.parse(await httpsGet(`${restarted.url}/v1/bundles`)) as { trust_domains: Record<string, unknown> }).trust_domains).sort();
+    expect(servedAfterRestart).toEqual(['one.test', 'two.test']);
+
     await writeConfig(join(dir, 'one'), { trustDomain: 'one.test' });
-    await one.proc.waitFor((line) => line.msg === 'federation peer removed; its bundle is no longer trusted' && line.trustDomain === 'two.test');
-    expect(await trustDomainsServedByOne()).toEqual(['one.test']);
+    await restarted.proc.waitFor((line) => line.msg === 'federation peer removed; its bundle is no longer trusted' && line.trustDomain === 'two.test');
+    expect(Object.keys((JSON.parse(await httpsGet(`${restarted.url}/v1/bundles`)) as { trust_domains: Record<string, unknown> }).trust_domains)).toEqual(['one.test']);
+    // Removed, its kept bundle goes too: adding it back starts from its bootstrap bundle.
+    await waitUntil('the kept bundle removed', async () => (await readFile(kept, 'utf8').catch(() => null)) === null);
   });
 });

@@ -11,7 +11,8 @@
 import * as https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import { watchFile, unwatchFile } from 'node:fs';
+import { mkdirSync, watchFile, unwatchFile } from 'node:fs';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { AmbitError, toAmbitError } from '../../errors.ts';
 import type { ErrorCode } from '../../errors.ts';
@@ -33,6 +34,9 @@ import type { Logger } from '../../observe/log.ts';
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
 const MAX_BODY_BYTES = 64 * 1024;
 const CA_SERVER_PATH = '/ambit/ca';
+/** DIR/federation/TD.json: each federated trust domain's last bundle and withdrawn roots (FederationClient stateFile). */
+const FEDERATION_DIR = 'federation';
+
 /** The CA's own serving certificate: short enough to roll with authority rotation, long enough to be quiet. */
 const SERVER_CERT_TTL_MS = 24 * 3_600_000;
 
@@ -215,7 +219,8 @@ export class CaServer {
       this.#logger.info({ trustDomain: client.peer.trustDomain }, next.has(client.peer.trustDomain) ? 'federation peer changed; fetching with the new settings' : 'federation peer removed; its bundle is no longer trusted');
     }
     for (const client of added) this.#federated.set(client.peer.trustDomain, client);
-    await Promise.all(removed.map((client) => client.stop()));
+    // A changed peer's successor keeps the state file; a removed one's goes with it.
+    await Promise.all(removed.map((client) => (next.has(client.peer.trustDomain) ? client.stop() : client.forget())));
     for (const client of added) void client.start();
   }
 
@@ -235,8 +240,15 @@ export class CaServer {
 
   #federationClient(peer: FederationPeer): FederationClient {
     if (peer.trustDomain === this.#state.trustDomain) throw new AmbitError('FEDERATION_FETCH', `cannot federate with our own trust domain ${peer.trustDomain}`);
+    mkdirSync(join(this.#options.dir, FEDERATION_DIR), { recursive: true, mode: 0o700 });
     // A non-self-serving https_spiffe endpoint is authenticated with bundles we already hold (ours, or another federated one).
-    return new FederationClient({ peer, logger: this.#options.logger, minRefreshMs: this.#options.federationMinRefreshMs, otherBundles: () => this.bundleSet() });
+    return new FederationClient({
+      peer,
+      logger: this.#options.logger,
+      minRefreshMs: this.#options.federationMinRefreshMs,
+      otherBundles: () => this.bundleSet(),
+      stateFile: join(this.#options.dir, FEDERATION_DIR, `${peer.trustDomain}.json`),
+    });
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,10 @@
 // Federation client against real HTTPS bundle endpoints on loopback (https_spiffe profile): the bundle is taken
 // only from the configured endpoint identity, proven by the bootstrap bundle or the last bundle fetched, and
 // only when it is a 200 with a bounded, valid SPIFFE bundle; an older sequence replaces a newer one only with other roots.
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -204,5 +207,92 @@ describe('the federation client', () => {
     // A bootstrap is optional when the endpoint belongs to another trust domain: its bundle comes from there.
     const other = new FederationClient({ peer: { trustDomain: TD, bundleEndpoint: 'https://127.0.0.1:1/bundle', profile: 'https_spiffe', endpointSpiffeId: 'spiffe://broker.example/bundles' }, logger });
     await other.stop();
+  });
+});
+
+describe("the federation client's state file", () => {
+  it('serves the last bundle after a restart before any fetch, and authenticates an endpoint that rotated past its bootstrap bundle', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-federation-'));
+    try {
+      const stateFile = join(dir, `${TD}.json`);
+      const original = await createTestCa(TD);
+      const rotated = await createTestCa(TD);
+      // The endpoint first serves both roots (a rotation in progress), presenting a certificate of the original root.
+      let served = createBundle(TD, [original.root.cert, rotated.root.cert], { sequence: 4n, refreshHintSeconds: 1 });
+      let presenter = original;
+      const handler: Handler = (_request, response) => {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(encodeBundle(served));
+      };
+      const firstUrl = await endpoint(presenter, ENDPOINT_ID, handler);
+      const first = new FederationClient({ peer: { trustDomain: TD, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: original.bundle, bundleEndpoint: firstUrl }, logger, stateFile });
+      clients.push(first);
+      await first.start();
+      expect(first.current()?.sequence).toBe(4n);
+      await first.stop();
+
+      // Taken back at construction, before the endpoint is asked.
+      const again = new FederationClient({ peer: { trustDomain: TD, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: original.bundle, bundleEndpoint: firstUrl }, logger, stateFile });
+      clients.push(again);
+      expect(again.current()?.sequence).toBe(4n);
+      await again.stop();
+
+      // The same settings, but now the peer has withdrawn the original root and its endpoint presents the rotated one:
+      // the bootstrap bundle alone could not authenticate it; the kept bundle does.
+      served = createBundle(TD, [rotated.root.cert], { sequence: 5n, refreshHintSeconds: 1 });
+      presenter = rotated;
+      const server = servers[0]!;
+      const port = (server.address() as AddressInfo).port;
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      servers.splice(0, 1);
+      const svid = await issueTestSvid(presenter, ENDPOINT_ID);
+      const moved = createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, handler);
+      servers.push(moved);
+      await new Promise<void>((resolve) => moved.listen(port, '127.0.0.1', resolve));
+      const third = new FederationClient({ peer: { trustDomain: TD, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: original.bundle, bundleEndpoint: firstUrl }, logger, stateFile });
+      clients.push(third);
+      await third.start();
+      expect(third.current()?.sequence).toBe(5n);
+      const fresh = new FederationClient({ peer: { trustDomain: TD, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: original.bundle, bundleEndpoint: firstUrl }, logger });
+      clients.push(fresh);
+      await expect(fresh.fetchOnce()).rejects.toMatchObject({ code: 'FEDERATION_FETCH' });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps refusing a root withdrawn before the restart when a stale replica serves it again', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-federation-'));
+    try {
+      const stateFile = join(dir, `${TD}.json`);
+      const remote = await createTestCa(TD);
+      const compromised = await createTestCa(TD);
+      let served = createBundle(TD, [compromised.root.cert, remote.root.cert], { sequence: 7n, refreshHintSeconds: 1 });
+      const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(encodeBundle(served));
+      });
+      const peer = { trustDomain: TD, profile: 'https_spiffe' as const, endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, bundleEndpoint: url };
+      const before = new FederationClient({ peer, logger, stateFile });
+      clients.push(before);
+      await before.start();
+      served = createBundle(TD, [remote.root.cert], { sequence: 8n, refreshHintSeconds: 1 });
+      await before.start();
+      expect(before.current()?.sequence).toBe(8n);
+      await before.stop();
+      // After the restart a stale replica serves 7 again, with the withdrawn root: not taken.
+      served = createBundle(TD, [compromised.root.cert, remote.root.cert], { sequence: 7n, refreshHintSeconds: 1 });
+      const after = new FederationClient({ peer, logger, stateFile });
+      clients.push(after);
+      await after.start();
+      expect(after.current()?.sequence).toBe(8n);
+      expect(after.current()?.roots.map((root) => root.serialNumber)).toEqual([remote.root.cert.serialNumber]);
+      // Another bootstrap bundle is another relationship: nothing is taken back.
+      const other = new FederationClient({ peer: { ...peer, bootstrapBundle: compromised.bundle }, logger, stateFile });
+      clients.push(other);
+      expect(other.current()).toBeUndefined();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
