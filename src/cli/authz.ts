@@ -27,7 +27,9 @@ proxy would, and prints {"decision": "ALLOW"|"DENY", "policy": "ns/name"|null, "
    "source": {"principal": "cluster.local/ns/demo/sa/client", "namespace": "demo", "ip": "10.0.0.9"},
    "request": {"method": "GET", "path": "/api", "host": "web.demo", "headers": {"x-user": "alice"}}}
 
-"request" absent: an L4 connection (on a port declared HTTP, the connection-time decision). A source
+"request" absent: an L4 connection (on a port declared HTTP, the connection-time decision). A
+"request" to a port not declared HTTP is decided as the proxy decides it there, as a TCP connection
+(the output's "note" says so). A source
 without "principal" is a connection without peer identity (plaintext). "destination.kind" ("Pod" or
 "WorkloadEntry") says which of two workloads sharing the name is meant. --explain adds, for every
 policy that applies, why each rule matched or did not.
@@ -181,9 +183,15 @@ export const command: Command = {
       destinationPort: port,
       request,
     });
-    const moment: DecisionMoment = request !== null ? 'request' : policies.httpPorts.has(port) ? 'connect' : 'tcp';
+    // As the proxy: requests are read only on ports declared HTTP; on any other port a request is bytes of a TCP
+    // connection, decided once with HTTP fields unknown.
+    const http = policies.httpPorts.has(port);
+    const moment: DecisionMoment = http ? (request !== null ? 'request' : 'connect') : 'tcp';
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
     const output: Record<string, unknown> = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason };
+    if (request !== null && !http) {
+      output.note = `port ${port} is not declared HTTP (no Service port with appProtocol http, http2 or grpc, or a name like http-web, targets it): the proxy does not read requests there, so this was decided as a TCP connection`;
+    }
     if (values.explain) {
       output.explain = {
         destination: description,

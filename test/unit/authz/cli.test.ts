@@ -140,6 +140,16 @@ describe.concurrent('ambit authz check', () => {
     expect(output.explain?.moment).toBe('tcp');
   });
 
+  it('decides a request to a port not declared HTTP as the proxy does, as a TCP connection, and says so', async ({ expect }) => {
+    // GET is no DELETE, but on port 9000 the proxy never sees the method: deny-delete applies to the connection.
+    const output = decided(await check({ destination: web(9000), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin' } }, { explain: true })) as Output & { note?: string };
+    expect(output).toMatchObject({ decision: 'DENY', policy: 'shop/deny-delete', rule: 0 });
+    expect(output.explain?.moment).toBe('tcp');
+    expect(output.note).toMatch(/^port 9000 is not declared HTTP/);
+    // On the HTTP port the same request is decided per request, and GET is allowed.
+    expect(decided(await check({ destination: web(8080), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin' } }))).toMatchObject({ decision: 'ALLOW' });
+  });
+
   it('refuses a source without principal under STRICT, naming the PeerAuthentication', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { ip: '10.0.2.7' }, request: { method: 'GET', path: '/api/x' } }));
     expect(output).toMatchObject({ decision: 'DENY', policy: 'shop/strict', rule: null });
