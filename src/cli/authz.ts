@@ -64,6 +64,8 @@ function ipField(parent: Json, key: string, field: string) {
 interface Target {
   policies: WorkloadPolicies;
   description: string;
+  /** For a destination given by labels: HTTP Service ports whose targetPort is a name, which only a workload resolves. */
+  unresolved: string[];
 }
 
 function target(snapshot: ConfigSnapshot, destination: Json): Target {
@@ -78,7 +80,7 @@ function target(snapshot: ConfigSnapshot, destination: Json): Target {
     const workload = named[0];
     if (workload === undefined) throw new AmbitError('USAGE', `request: destination.workload ${kind === undefined ? '' : `${kind} `}${namespace}/${name} is not a workload in the configuration`);
     if (named.length > 1) throw new AmbitError('USAGE', `request: destination.workload ${namespace}/${name} is both a Pod and a WorkloadEntry; say which with "destination.kind"`);
-    return { policies: authorization.forWorkload(workload), description: `${namespace}/${name}` };
+    return { policies: authorization.forWorkload(workload), description: `${namespace}/${name}`, unresolved: [] };
   }
   if (kind !== undefined) throw new AmbitError('USAGE', 'request: "destination.kind" needs "destination.workload"');
   const labelsValue = destination.labels === undefined ? {} : object(destination.labels, 'destination.labels');
@@ -89,13 +91,18 @@ function target(snapshot: ConfigSnapshot, destination: Json): Target {
   }
   // HTTP ports of a workload that is not in the registry: those of the Services that would select it.
   const httpPorts = new Set<number>();
+  const unresolved: string[] = [];
   for (const service of snapshot.services) {
     const selector = service.spec.selector;
     if (service.metadata.namespace !== namespace || selector === undefined) continue;
     if (!Object.entries(selector).every(([key, value]) => labels[key] === value)) continue;
-    for (const port of service.spec.ports) if (isHttpProtocol(port.appProtocol, port.name) && typeof port.targetPort === 'number') httpPorts.add(port.targetPort);
+    for (const port of service.spec.ports) {
+      if (!isHttpProtocol(port.appProtocol, port.name)) continue;
+      if (typeof port.targetPort === 'number') httpPorts.add(port.targetPort);
+      else unresolved.push(`Service ${namespace}/${service.metadata.name} port ${port.port} (targetPort "${port.targetPort}")`);
+    }
   }
-  return { policies: authorization.forLabels(namespace, labels, httpPorts), description: `${namespace} ${JSON.stringify(labels)}` };
+  return { policies: authorization.forLabels(namespace, labels, httpPorts), description: `${namespace} ${JSON.stringify(labels)}`, unresolved };
 }
 
 export const command: Command = {
@@ -174,7 +181,7 @@ export const command: Command = {
     }
 
     const snapshot = await loadConfigDir(configDir, { requireMesh: false });
-    const { policies, description } = target(snapshot, destination);
+    const { policies, description, unresolved } = target(snapshot, destination);
     const ctx: AuthzContext = authzContext({
       sourcePrincipal: principal,
       sourceNamespace,
@@ -191,6 +198,8 @@ export const command: Command = {
     const output: Record<string, unknown> = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason };
     if (request !== null && !http) {
       output.note = `port ${port} is not declared HTTP (no Service port with appProtocol http, http2 or grpc, or a name like http-web, targets it): the proxy does not read requests there, so this was decided as a TCP connection`;
+      // A named targetPort is resolved by a workload's container ports, which a destination given by labels has not.
+      if (unresolved.length > 0) output.note += `; ${unresolved.join(', ')} may target it: give destination.workload to resolve the name`;
     }
     if (values.explain) {
       output.explain = {

@@ -134,6 +134,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #stopped = false;
   /** The key identifier of the authority the CA signs with now, as it last said (SIGNING_AUTHORITY_HEADER). */
   #signingAuthority: string | undefined;
+  #refreshing: Promise<void> | undefined;
   /** The wait between attestation attempts, cut short by stop(). */
   #attestWait: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
   #stopping: Promise<void> | null = null;
@@ -236,8 +237,15 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     await this.#dispatcher.close();
   }
 
-  /** Fetches the bundle set (own and federated trust domains) now. */
-  async refreshBundles(): Promise<void> {
+  /** Fetches the bundle set (own and federated trust domains) now; a fetch already under way is joined, not doubled. */
+  refreshBundles(): Promise<void> {
+    this.#refreshing ??= this.#refreshBundles().finally(() => {
+      this.#refreshing = undefined;
+    });
+    return this.#refreshing;
+  }
+
+  async #refreshBundles(): Promise<void> {
     clearTimeout(this.#bundleTimer);
     // After a failure, try again within a minute (or the last hint, if shorter), not after the default 5 minutes.
     let nextMs = Math.min(BUNDLE_RETRY_MS, this.#lastRefreshMs ?? BUNDLE_RETRY_MS);
@@ -246,9 +254,12 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       const text = await response.body.text();
       if (response.statusCode !== 200) throw new AmbitError('CA_REJECTED', `GET /v1/bundles answered ${response.statusCode}: ${text.slice(0, 200)}`);
       const maxAge = /max-age=(\d+)/.exec(String(response.headers['cache-control'] ?? ''));
-      this.#applyBundles(BundleSet.fromMapJson(text), true);
-      const signing = response.headers[SIGNING_AUTHORITY_HEADER];
-      if (typeof signing === 'string' && /^[0-9a-f]{2,128}$/i.test(signing)) this.#onSigningAuthority(signing.toLowerCase());
+      const header = response.headers[SIGNING_AUTHORITY_HEADER];
+      const signing = typeof header === 'string' && /^[0-9a-f]{2,128}$/i.test(header) ? header.toLowerCase() : undefined;
+      // A CA that stopped naming it (rolled back to a version without the header): back to the sequence rule.
+      if (signing === undefined) this.#signingAuthority = undefined;
+      this.#applyBundles(BundleSet.fromMapJson(text), signing !== undefined);
+      if (signing !== undefined) this.#onSigningAuthority(signing);
       nextMs = maxAge ? Number(maxAge[1]) * 1000 : DEFAULT_BUNDLE_REFRESH_MS;
       this.#lastRefreshMs = nextMs;
     } finally {
@@ -261,7 +272,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
   }
 
-  #applyBundles(next: BundleSet, fromRefresh = false): void {
+  /** `namesSigning`: the answer named the signing authority, which decides what to re-issue (#onSigningAuthority). */
+  #applyBundles(next: BundleSet, namesSigning = false): void {
     const own = next.get(this.#options.trustDomain);
     // A bundle set without our own trust domain would lock us out of our own mesh: refuse it.
     if (!own || own.roots.length === 0) {
@@ -279,8 +291,10 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     if (this.#ownSequenceFromCa !== undefined && this.#ownSequenceFromCa !== own.sequence) {
       // A CA that names its signing authority says which certificates a change concerns: ask it now (a signing
       // response carries bundles but not that). One that does not: any change may be a new signing root.
-      if (this.#signingAuthority !== undefined) {
-        if (!fromRefresh) void this.refreshBundles().catch(() => {});
+      if (namesSigning) {
+        // #onSigningAuthority follows.
+      } else if (this.#signingAuthority !== undefined) {
+        void this.refreshBundles().catch(() => {});
       } else {
         this.#reissue(() => true);
       }
@@ -296,10 +310,10 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   /** Re-issues, spread over a few seconds, the certificates `stale` picks. */
   #reissue(stale: (entry: Entry) => boolean): void {
     for (const entry of this.#entries.values()) {
-      if (entry.svid === undefined || !stale(entry)) continue;
-      // A renewal in flight may have been signed before the CA switched authorities: judged again when it lands.
+      // A request in flight (a first certificate too) may be signed by the authority before the switch: judged
+      // again when it lands, once.
       if (entry.inFlight) entry.reissue = true;
-      else this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
+      else if (entry.svid !== undefined && stale(entry)) this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
     }
   }
 

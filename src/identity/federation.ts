@@ -168,7 +168,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
   #save(): void {
     const file = this.#stateFile;
     const bundle = this.#bundle;
-    if (file === undefined || bundle === undefined) return;
+    // Stopped: a fetch that lands after stop() or forget() must not write (forget() removed the file for good).
+    if (file === undefined || bundle === undefined || this.#stopped) return;
     const stored: StoredFederation = { trustDomain: this.peer.trustDomain, settings: peerSettings(this.peer), bundleEndpoint: this.peer.bundleEndpoint, bundle: encodeBundle(bundle), withdrawn: [...this.#withdrawn] };
     this.#saving = this.#saving
       .then(() => writeFileAtomic(file, `${JSON.stringify(stored)}\n`, 0o600))
@@ -230,6 +231,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     let nextMs: number;
     try {
       const fetched = await this.fetchOnce();
+      if (this.#stopped) return;
       const previous = this.#bundle;
       // An older spiffe_sequence is a stale response (a lagging replica, a cache) when it has the roots we hold or
       // brings back one a newer bundle withdrew: nothing changes. With only other roots it is what the authenticated

@@ -99,11 +99,21 @@ function isPortSuffix(text: string, at: number): boolean {
  */
 function believedClaim(peer: PeerInfo, forwarded: string, snapshot: ConfigSnapshot): string | null {
   if (peer.claimText === forwarded && peer.claimVersion === snapshot.version) return peer.claimAddress;
+  // The same `for=` with another `;host=` (one session carries connections to several Services): only the host is new.
+  const lastFor = peer.claimFor;
+  if (peer.claimVersion === snapshot.version && lastFor !== '' && forwarded.length > lastFor.length && forwarded.charCodeAt(lastFor.length) === 59 /* ; */ && forwarded.startsWith(lastFor)) {
+    peer.claimText = forwarded;
+    peer.claimHost = forwardedHost(forwarded);
+    return peer.claimAddress;
+  }
   const claimed = forwardedForAddress(forwarded);
   const canonical = claimed === null ? undefined : canonicalIp(claimed);
   const believed = canonical !== undefined && forwardedClaimHolds(snapshot, canonical, peer.id.id, peer.canonicalAddress);
   peer.claimText = forwarded;
   peer.claimHost = forwardedHost(forwarded);
+  // ztunnel and ambit write `for=` first, then `;host=`: the part before the first `;` names the address.
+  const semicolon = forwarded.indexOf(';');
+  peer.claimFor = semicolon > 0 && forwarded.startsWith('for=') ? forwarded.slice(0, semicolon) : '';
   peer.claimVersion = snapshot.version;
   peer.claimAddress = believed ? canonical : null;
   peer.claimIp = believed ? parseIp(canonical) : null;
@@ -196,6 +206,8 @@ interface PeerInfo {
   claimText: string | undefined;
   /** The `host=` of claimText (forwardedHost). */
   claimHost: string | null;
+  /** claimText's leading `for=...` element parameter, when a `;` follows it ('' otherwise): see believedClaim. */
+  claimFor: string;
   claimVersion: string | undefined;
   claimAddress: string | null;
   claimIp: IpAddress | null;
@@ -226,16 +238,9 @@ export interface SyncReport {
 
 const peers = new WeakMap<http2.Http2Session, PeerInfo>();
 
-/** Source label sets a peer's baggage may add to the metrics, per peer identity; baggage values remembered per peer; peers tracked. */
+/** Source label sets a peer's baggage may add to the metrics, per peer identity, and peers tracked. */
 const MAX_BAGGAGE_LABELS_PER_PEER = 8;
-const MAX_BAGGAGE_TEXTS_PER_PEER = 32;
 const MAX_BAGGAGE_PEERS = 4096;
-
-/** What one peer identity's baggage has added to the labels: by label key, and by baggage value (a memo). */
-interface BaggageLabels {
-  readonly byKey: Map<string, WorkloadLabels>;
-  readonly byText: Map<string, WorkloadLabels>;
-}
 
 export class HboneInbound {
   readonly #options: InboundOptions;
@@ -248,7 +253,7 @@ export class HboneInbound {
   #illegalPorts: ReadonlySet<number>;
   #shared: net.Server | undefined;
   /** Source labels taken from baggage, by peer identity (see #sourceLabels). */
-  readonly #baggageLabels = new Map<string, BaggageLabels>();
+  readonly #baggageLabels = new Map<string, Map<string, WorkloadLabels>>();
 
   constructor(options: InboundOptions) {
     this.#options = options;
@@ -400,7 +405,7 @@ export class HboneInbound {
     }
     peers.set(session, {
       id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
-      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimVersion: undefined, claimAddress: null, claimIp: null,
+      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
   }
@@ -630,25 +635,22 @@ export class HboneInbound {
     const known = snapshot.workloadByIp(claimed ?? peer.canonicalAddress);
     if (known !== undefined && known.identity === peer.id.id) return labelsOfWorkload(known);
     const fallback = labelsOfNamespace(peer.namespace);
-    const text = headers.baggage;
-    if (typeof text !== 'string' || peer.namespace === null) return fallback;
-    let seen = this.#baggageLabels.get(peer.id.id);
-    const memo = seen?.byText.get(text);
-    if (memo !== undefined) return memo;
-    const baggage = parseBaggage(text);
+    if (peer.namespace === null) return fallback;
+    const baggage = parseBaggage(headers.baggage);
     if (baggage === null || baggage.workload === undefined || (baggage.namespace !== undefined && baggage.namespace !== peer.namespace)) return fallback;
-    if (seen === undefined) {
-      if (this.#baggageLabels.size >= MAX_BAGGAGE_PEERS) return fallback;
-      this.#baggageLabels.set(peer.id.id, (seen = { byKey: new Map(), byText: new Map() }));
-    }
     const derived = labelsOfBaggage(baggage, peer.namespace);
-    let labels = seen.byKey.get(derived.key);
-    if (labels === undefined) {
-      if (seen.byKey.size >= MAX_BAGGAGE_LABELS_PER_PEER) return fallback;
-      seen.byKey.set(derived.key, (labels = derived));
+    let seen = this.#baggageLabels.get(peer.id.id);
+    if (seen === undefined) {
+      // Full: start over rather than freeze out the peers that come later (the label sets stay bounded per peer,
+      // and the series store has its own bound).
+      if (this.#baggageLabels.size >= MAX_BAGGAGE_PEERS) this.#baggageLabels.clear();
+      this.#baggageLabels.set(peer.id.id, (seen = new Map()));
     }
-    if (seen.byText.size < MAX_BAGGAGE_TEXTS_PER_PEER) seen.byText.set(text, labels);
-    return labels;
+    const taken = seen.get(derived.key);
+    if (taken !== undefined) return taken;
+    if (seen.size >= MAX_BAGGAGE_LABELS_PER_PEER) return fallback;
+    seen.set(derived.key, derived);
+    return derived;
   }
 
   #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string, flag?: string, headers?: http2.IncomingHttpHeaders, snapshot?: ConfigSnapshot, claimed: string | null = null, port = 0): void {

@@ -56,13 +56,21 @@ export function labelsOfNamespace(namespace: string | null): WorkloadLabels {
  * cluster), in the namespace of the peer's own identity. Never used for policy.
  */
 export function labelsOfBaggage(info: BaggageInfo, namespace: string): WorkloadLabels {
-  return workloadLabels({
+  const memo = byBaggage.get(info);
+  if (memo !== undefined && memo.namespace === namespace) return memo.labels;
+  const labels = workloadLabels({
     workload: info.workload ?? '',
     namespace,
     canonicalService: info.service ?? '',
     canonicalRevision: info.revision ?? '',
-    app: info.service ?? '',
+    // As ztunnel's with_derived_source: the workload's name and the revision.
+    app: info.workload ?? '',
     version: info.revision ?? '',
     cluster: info.cluster ?? '',
   });
+  byBaggage.set(info, { namespace, labels });
+  return labels;
 }
+
+/** Derived labels per parsed baggage (parseBaggage keeps a bounded cache of those; this goes with it). */
+const byBaggage = new WeakMap<BaggageInfo, { readonly namespace: string; readonly labels: WorkloadLabels }>();

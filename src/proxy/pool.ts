@@ -158,6 +158,8 @@ export class HbonePool {
     this.#closed = true;
     clearInterval(this.#sweep);
     const entries = [...this.#entries()];
+    // Ours to end: a CONNECT they fail is not a server's refusal (sessionRefusal).
+    for (const entry of entries) entry.usable = false;
     this.#buckets.clear();
     this.#draining.clear();
     // Give open tunnels a moment, then cut what is left.
@@ -485,14 +487,16 @@ function onConnectClose(this: http2.ClientHttp2Stream): void {
  * 1.3 verifies the client's certificate after the client is done): an ambit peer says why in its GOAWAY; a server
  * that hangs up before even its HTTP/2 settings most likely refused it too. ztunnel's TLS_FAILURE either way.
  */
-function sessionRefusal(connect: PendingConnect): TunnelError | undefined {
+function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | undefined {
   const { entry, endpoint } = connect;
   const server = `${endpoint.hboneHost}:${endpoint.hbonePort}`;
   if (entry.refusal !== undefined) {
     return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}`);
   }
-  if (!entry.settled && entry.session.destroyed) {
-    return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} closed the connection before its HTTP/2 settings: it most likely refused the certificate of source identity ${entry.bucket.source} (its trust bundle, or its rules for client certificates)`);
+  // Still usable: the server ended it, not our pool (a close, the sweep).
+  if (!entry.settled && entry.usable && entry.session.destroyed) {
+    const said = error === undefined ? '' : ` (${error.message})`;
+    return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} closed the connection before its HTTP/2 settings${said}: it most likely refused the certificate of source identity ${entry.bucket.source} (its trust bundle, or its rules for client certificates)`);
   }
   return undefined;
 }
@@ -518,5 +522,5 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
 
 function onConnectError(this: http2.ClientHttp2Stream, error: Error): void {
   const connect = connects.of(this);
-  if (connect.pending) connect.fail(sessionRefusal(connect) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error));
+  if (connect.pending) connect.fail(sessionRefusal(connect, error) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error));
 }

@@ -67,8 +67,11 @@ export interface RoutingTable {
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   readonly hbonePort: number;
   readonly egressLocked: boolean;
-  /** The Services selecting each workload, for the destination's `destination_service` labels (inboundService). */
-  readonly servicesOf: ReadonlyMap<Workload, WorkloadServices>;
+  /**
+   * The Services selecting a destination workload, for its `destination_service` labels (inboundService): found on
+   * the first connection to it under this table, as only the node's own workloads are ever asked for.
+   */
+  readonly servicesOf: Map<Workload, WorkloadServices>;
 }
 
 /** The Services that select one workload: by hostname, and by the target port they reach on it (the first wins). */
@@ -115,21 +118,10 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const hbonePort = snapshot.mesh.ports.hbone;
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
   const byVip = new Map<string, Map<number, ServicePortRoutes>>();
-  const servicesOf = new Map<Workload, { byHost: Map<string, ServiceLabels>; byPort: Map<number, ServiceLabels> }>();
   for (const service of snapshot.services) {
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
-    const selected = snapshot.workloads.filter((w) => w.namespace === namespace && selects(service.spec.selector, w.labels));
-    for (const workload of selected) {
-      let services = servicesOf.get(workload);
-      if (services === undefined) servicesOf.set(workload, (services = { byHost: new Map(), byPort: new Map() }));
-      services.byHost.set(service.hostname, serviceLabels);
-      for (const port of service.spec.ports) {
-        const target = port.protocol === 'TCP' ? targetPortOn(workload, port) : undefined;
-        if (target !== undefined && !services.byPort.has(target)) services.byPort.set(target, serviceLabels);
-      }
-    }
-    const members = selected.filter(isReady);
+    const members = snapshot.workloads.filter((w) => w.namespace === namespace && isReady(w) && selects(service.spec.selector, w.labels));
     for (const port of service.spec.ports) {
       if (port.protocol !== 'TCP') continue;
       const routes: HboneRoute[] = [];
@@ -153,7 +145,23 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       }
     }
   }
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', servicesOf };
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', servicesOf: new Map() };
+}
+
+/** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
+function servicesSelecting(snapshot: ConfigSnapshot, workload: Workload): WorkloadServices {
+  const byHost = new Map<string, ServiceLabels>();
+  const byPort = new Map<number, ServiceLabels>();
+  for (const service of snapshot.services) {
+    if (service.metadata.namespace !== workload.namespace || !selects(service.spec.selector, workload.labels)) continue;
+    const labels = labelsOfService(service);
+    byHost.set(service.hostname, labels);
+    for (const port of service.spec.ports) {
+      const target = port.protocol === 'TCP' ? targetPortOn(workload, port) : undefined;
+      if (target !== undefined && !byPort.has(target)) byPort.set(target, labels);
+    }
+  }
+  return { byHost, byPort };
 }
 
 /**
@@ -162,8 +170,8 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
  * that selects the workload is ever reported, so a peer cannot add label values of its own.
  */
 export function inboundService(table: RoutingTable, destination: Workload, forwardedHost: string | null, port: number): ServiceLabels {
-  const services = table.servicesOf.get(destination);
-  if (services === undefined) return UNKNOWN_SERVICE;
+  let services = table.servicesOf.get(destination);
+  if (services === undefined) table.servicesOf.set(destination, (services = servicesSelecting(table.snapshot, destination)));
   return (forwardedHost === null ? undefined : services.byHost.get(forwardedHost)) ?? services.byPort.get(port) ?? UNKNOWN_SERVICE;
 }
 

@@ -86,7 +86,7 @@ export async function withRecord<T>(caDir: string, node: string, work: () => Pro
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new AmbitError('CA_STATE', `${lock}: ${(error as Error).message}`, { cause: error });
       const since = await stat(lock).then((found) => Date.now() - found.mtimeMs, () => 0);
       if (since > LOCK_STALE_MS) await breakStaleLock(lock);
-      else if (Date.now() > deadline) throw new AmbitError('CA_STATE', `${lock}: held by another process for more than ${LOCK_WAIT_MS / 1000} s (a running ambit ca node evict?)`);
+      if (Date.now() > deadline) throw new AmbitError('CA_STATE', `${lock}: held by another process for more than ${LOCK_WAIT_MS / 1000} s (a running ambit ca node evict, or a stale ${lock}.break left by a crash)`);
       await sleep(10);
     }
   }
@@ -108,7 +108,7 @@ async function breakStaleLock(lock: string): Promise<void> {
   try {
     await writeFile(breaking, '', { flag: 'wx', mode: 0o600 });
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') return;
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new AmbitError('CA_STATE', `${breaking}: ${(error as Error).message}`, { cause: error });
     const since = await stat(breaking).then((found) => Date.now() - found.mtimeMs, () => 0);
     if (since > LOCK_STALE_MS) await unlink(breaking).catch(() => {});
     return;

@@ -91,6 +91,11 @@ function statusFor(code: ErrorCode): number {
     case 'JOIN_TOKEN_EXPIRED':
     case 'JOIN_TOKEN_WRONG_NODE':
       return 403;
+    // The CA's own state or files failed it, not the request: a 5xx, which a node's first attestation retries.
+    case 'CA_STATE':
+    case 'FILE_READ':
+    case 'FILE_WRITE':
+      return 500;
     default:
       return 400;
   }
@@ -319,7 +324,10 @@ export class CaServer {
     } catch (error) {
       if (error instanceof HttpError) return sendError(res, error.status, error.code, error.message);
       const wrapped = toAmbitError(error, 'CA_CSR_INVALID');
-      if (!(error instanceof AmbitError)) this.#logger.error({ err: error }, 'unexpected error handling CA request');
+      if (!(error instanceof AmbitError)) {
+        this.#logger.error({ err: error }, 'unexpected error handling CA request');
+        return sendError(res, 500, wrapped.code, wrapped.message);
+      }
       return sendError(res, statusFor(wrapped.code), wrapped.code, wrapped.message);
     }
   }

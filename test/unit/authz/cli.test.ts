@@ -150,6 +150,12 @@ describe.concurrent('ambit authz check', () => {
     expect(decided(await check({ destination: web(8080), source: { principal: ADMIN }, request: { method: 'GET', path: '/admin' } }))).toMatchObject({ decision: 'ALLOW' });
   });
 
+  it('says which HTTP Service ports a destination given by labels cannot resolve, when a request meets a port not known as HTTP', async ({ expect }) => {
+    const config = await configWith('named.yaml', 'apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: shop\nspec:\n  selector: { app: api }\n  ports: [{ name: http, port: 80, targetPort: web }]\n');
+    const output = decided(await check({ destination: { namespace: 'shop', labels: { app: 'api' }, port: 8080 }, source: { principal: FRONT }, request: { path: '/api' } }, { config })) as Output & { note?: string };
+    expect(output.note).toContain('Service shop/api port 80 (targetPort "web") may target it: give destination.workload to resolve the name');
+  });
+
   it('refuses a source without principal under STRICT, naming the PeerAuthentication', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { ip: '10.0.2.7' }, request: { method: 'GET', path: '/api/x' } }));
     expect(output).toMatchObject({ decision: 'DENY', policy: 'shop/strict', rule: null });
