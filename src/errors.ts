@@ -56,7 +56,7 @@ export const ERROR_CODES = {
   POLICY_REVOKED: 'an open connection was closed because a configuration change no longer allows it',
   TUNNEL_RESET: 'the peer reset the tunnel (RST_STREAM, GOAWAY or a dropped connection) before it finished',
   HBONE_REFUSED: 'the destination node proxy answered the CONNECT with an error status (400 bad request, 401 policy, 503 unreachable)',
-  EGRESS_BLOCKED: 'the destination is not in the mesh registry and the mesh locks egress down (REGISTRY_ONLY)',
+  EGRESS_BLOCKED: 'the destination is not in the mesh registry (no Service, workload, or ServiceEntry exported to the source\'s namespace names it on that port) and the mesh locks egress down (REGISTRY_ONLY)',
   DESTINATION_REFUSED: "a passthrough destination is the proxy's own port on this host (a loop), or this host or a link-local address named by a workload's listener",
   NO_HEALTHY_UPSTREAM: 'the Service has no ready endpoint for this port',
   PROXY_BIND: 'a listener address could not be bound: in use, or not an address of this host',

@@ -310,7 +310,7 @@ export class OutboundListeners {
     this.#live.add(socket);
     socket.on('close', this.#forgetLive);
     socket.on('error', noop); // reported through the bridge or the refusal below
-    const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random);
+    const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random, source.namespace);
     if (route.kind === 'deny') {
       this.#options.metrics.failed(sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
       this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: route.reason, reason: route.message }, 'outbound connection refused');

@@ -9,6 +9,7 @@ import { canonicalIp } from '../config/fields.ts';
 import { UNKNOWN_SERVICE } from '../observe/metrics.ts';
 import type { ServiceLabels } from '../observe/metrics.ts';
 import { labelsOfService } from './labels.ts';
+import { CidrSet, parseIp } from '../authz/match.ts';
 
 /** One destination workload on one port, with everything the tunnel needs, computed at load. */
 export interface Endpoint {
@@ -67,6 +68,8 @@ export interface RoutingTable {
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   readonly hbonePort: number;
   readonly egressLocked: boolean;
+  /** Destinations outside the mesh that ServiceEntries name: what REGISTRY_ONLY lets through (externalEntry). */
+  readonly external: ExternalRegistry;
   /**
    * The Services selecting a destination workload, for its `destination_service` labels (inboundService): found on
    * the first connection to it under this table, as only the node's own workloads are ever asked for.
@@ -114,6 +117,82 @@ function addTo(index: Map<string, Map<number, ServicePortRoutes>>, key: string, 
   ports.set(entry.port.port, entry);
 }
 
+/** One ServiceEntry as the egress check reads it. */
+interface ExternalEntry {
+  /** namespace/name, for logs. */
+  readonly name: string;
+  readonly ports: ReadonlySet<number>;
+  /** Namespaces whose workloads see it; null: every namespace (exportTo "*", or none given). */
+  readonly visibleTo: ReadonlySet<string> | null;
+}
+
+interface ExternalRegistry {
+  /** Lower-case host without a trailing dot → entries naming it. */
+  readonly byHost: ReadonlyMap<string, readonly ExternalEntry[]>;
+  /** `*.example.com` as `.example.com` (any subdomain, not the apex); `*` as ''. */
+  readonly wildcards: readonly { readonly suffix: string; readonly entry: ExternalEntry }[];
+  /** spec.addresses (IPs and CIDR blocks). */
+  readonly blocks: readonly { readonly cidrs: CidrSet; readonly entry: ExternalEntry }[];
+}
+
+function normalHost(host: string): string {
+  const lower = host.toLowerCase();
+  return lower.endsWith('.') ? lower.slice(0, -1) : lower;
+}
+
+/**
+ * The ServiceEntries' hosts and addresses, with their ports and visibility (exportTo: "." is the entry's own
+ * namespace, "*" or none every namespace). Entries of either location count: Istio's registry holds both.
+ */
+function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
+  const byHost = new Map<string, ExternalEntry[]>();
+  const wildcards: { suffix: string; entry: ExternalEntry }[] = [];
+  const blocks: { cidrs: CidrSet; entry: ExternalEntry }[] = [];
+  for (const object of snapshot.objectsOfKind('ServiceEntry')) {
+    const namespace = object.metadata.namespace;
+    const exportTo = object.spec.exportTo;
+    const visibleTo = exportTo.length === 0 || exportTo.includes('*') ? null : new Set(exportTo.map((value) => (value === '.' ? namespace : value)));
+    const entry: ExternalEntry = { name: `${namespace}/${object.metadata.name}`, ports: new Set(object.spec.ports.map((port) => port.number)), visibleTo };
+    for (const host of object.spec.hosts) {
+      if (host === '*') wildcards.push({ suffix: '', entry });
+      else if (host.startsWith('*.')) wildcards.push({ suffix: normalHost(host.slice(1)), entry });
+      else {
+        const key = normalHost(host);
+        const list = byHost.get(key);
+        if (list === undefined) byHost.set(key, [entry]);
+        else list.push(entry);
+      }
+    }
+    if (object.spec.addresses.length > 0) blocks.push({ cidrs: new CidrSet(object.spec.addresses), entry });
+  }
+  return { byHost, wildcards, blocks };
+}
+
+function admits(entry: ExternalEntry, port: number, sourceNamespace: string): boolean {
+  return entry.ports.has(port) && (entry.visibleTo === null || entry.visibleTo.has(sourceNamespace));
+}
+
+/**
+ * The ServiceEntry that puts host:port in the registry for a workload of `sourceNamespace`, or undefined: under
+ * REGISTRY_ONLY only these destinations outside the mesh are reached. A name matches a host exactly or a `*.`
+ * wildcard (any subdomain, not the apex), an address one of spec.addresses; the port must be one of spec.ports
+ * (an entry without ports admits none), and the entry must be exported to the source's namespace.
+ */
+export function externalEntry(table: RoutingTable, host: string, port: number, sourceNamespace: string): string | undefined {
+  const external = table.external;
+  const ip = isIP(host) === 0 ? null : parseIp(host);
+  if (ip !== null) {
+    for (const { cidrs, entry } of external.blocks) if (admits(entry, port, sourceNamespace) && cidrs.contains(ip)) return entry.name;
+    return undefined;
+  }
+  const name = normalHost(host);
+  for (const entry of external.byHost.get(name) ?? []) if (admits(entry, port, sourceNamespace)) return entry.name;
+  for (const { suffix, entry } of external.wildcards) {
+    if ((suffix === '' || (name.endsWith(suffix) && name.length > suffix.length)) && admits(entry, port, sourceNamespace)) return entry.name;
+  }
+  return undefined;
+}
+
 export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const hbonePort = snapshot.mesh.ports.hbone;
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
@@ -145,7 +224,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       }
     }
   }
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', servicesOf: new Map() };
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot), servicesOf: new Map() };
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -196,7 +275,7 @@ function pick(entry: ServicePortRoutes, random: () => number): Route {
  * ready endpoint; a workload IP → that workload; anything else is outside the mesh → passthrough, or
  * refused when egress is locked down.
  */
-export function decideRoute(table: RoutingTable, host: string, port: number, random: () => number = Math.random): Route {
+export function decideRoute(table: RoutingTable, host: string, port: number, random: () => number = Math.random, sourceNamespace?: string): Route {
   const family = isIP(host);
   if (family === 0) {
     const service = table.byHost.get(host)?.get(port);
@@ -214,6 +293,8 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
       return { kind: 'hbone', endpoint: makeEndpoint(workload, canonical, port, table.hbonePort), service: undefined, serviceLabels: UNKNOWN_SERVICE };
     }
   }
-  if (table.egressLocked) return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry and egress is REGISTRY_ONLY` };
+  if (table.egressLocked && (sourceNamespace === undefined || externalEntry(table, host, port, sourceNamespace) === undefined)) {
+    return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry (no Service, workload, or ServiceEntry with that host or address and port${sourceNamespace === undefined ? '' : ` exported to namespace ${sourceNamespace}`}) and egress is REGISTRY_ONLY` };
+  }
   return { kind: 'passthrough', host, port };
 }

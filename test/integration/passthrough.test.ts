@@ -160,3 +160,40 @@ describe("a CONNECT to one of the proxy's own outbound listeners", () => {
     expect(externalConnections).toBe(before);
   });
 });
+
+describe('passthrough under egress REGISTRY_ONLY', () => {
+  const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+  async function apply(file: string, yaml: string): Promise<void> {
+    const seen = accepted();
+    await mesh.writeConfig(file, yaml);
+    await waitUntil(`node-a accepts ${file}`, () => accepted() > seen, 10_000);
+  }
+  const entry = (exportTo: string) => `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: outside, namespace: demo }
+spec:
+  hosts: [outside.example]
+  addresses: ["${EXTERNAL_IP}"]
+  ports: [{ number: ${externalPort}, name: tcp, protocol: TCP }]
+  exportTo: [${exportTo}]
+`;
+
+  it('reaches a destination outside the mesh only while a ServiceEntry exported to the workload names it', async () => {
+    try {
+      await apply('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n  egress: { mode: REGISTRY_ONLY }\n');
+      const before = node.proc.lines.length;
+      expect(await exchange(9301, 'locked')).toBe('');
+      await waitUntil('the EGRESS_BLOCKED refusal', () => node.proc.lines.slice(before).some((line) => line.code === 'EGRESS_BLOCKED'));
+      // Exported only to another namespace: still refused.
+      await apply('entry.yaml', entry('"billing"'));
+      expect(await exchange(9301, 'still locked')).toBe('');
+      const connections = externalConnections;
+      await apply('entry.yaml', entry('"."'));
+      expect(await exchange(9301, 'registered')).toBe('registered');
+      expect(externalConnections).toBe(connections + 1);
+    } finally {
+      await apply('entry.yaml', '# none\n');
+      await apply('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n');
+    }
+  });
+});

@@ -332,6 +332,59 @@ describe('destinations outside the mesh', () => {
   });
 });
 
+describe('destinations outside the mesh that a ServiceEntry names, under REGISTRY_ONLY', () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: payments-api, namespace: shop }
+spec:
+  hosts: [api.payments.example, "*.cdn.example"]
+  ports: [{ number: 443, name: https, protocol: HTTPS }]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: database, namespace: shop }
+spec:
+  hosts: [db.shop.internal]
+  addresses: [192.0.2.0/28, "fd00:db::5"]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: no-ports, namespace: shop }
+spec:
+  hosts: [portless.example]
+`;
+  const locked = routingTableOf(snapshotOf(meshConfig('  egress: { mode: REGISTRY_ONLY }\n'), WORKLOADS, entries));
+
+  it('pass through when a host, a wildcard subdomain or an address matches on a declared port', () => {
+    for (const [host, port] of [['api.payments.example', 443], ['API.Payments.Example.', 443], ['img.cdn.example', 443], ['a.b.cdn.example', 443], ['192.0.2.9', 5432], ['fd00:db::5', 5432], ['db.shop.internal', 5432]] as const) {
+      expect(decideRoute(locked, host, port, Math.random, 'shop'), `${host}:${port}`).toEqual({ kind: 'passthrough', host, port });
+    }
+  });
+
+  it('stay refused on another port, the apex of a wildcard, an address outside the blocks, or a namespace the entry is not exported to', () => {
+    for (const [host, port, namespace] of [
+      ['api.payments.example', 80, 'shop'],
+      ['cdn.example', 443, 'shop'],
+      ['evilcdn.example', 443, 'shop'],
+      ['api.payments.example.evil.test', 443, 'shop'],
+      ['192.0.2.16', 5432, 'shop'],
+      ['db.shop.internal', 5432, 'billing'],
+      ['192.0.2.9', 5432, 'billing'],
+      ['portless.example', 443, 'shop'],
+    ] as const) {
+      expect(decideRoute(locked, host, port, Math.random, namespace), `${host}:${port} from ${namespace}`).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+    }
+    // The payments entry is exported everywhere (no exportTo).
+    expect(decideRoute(locked, 'api.payments.example', 443, Math.random, 'billing').kind).toBe('passthrough');
+    // A caller that does not say whose connection it is gets no ServiceEntry's leave.
+    expect(decideRoute(locked, 'api.payments.example', 443)).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+  });
+});
+
 describe('routingTableOf', () => {
   it('builds a snapshot\'s table once and hands back the same one after', () => {
     const snapshot = snapshotOf(meshConfig(''), WORKLOADS);
