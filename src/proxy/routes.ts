@@ -52,12 +52,13 @@ export interface DenyRoute {
 
 export type Route = HboneRoute | PassthroughRoute | DenyRoute;
 
-/** A Service port with its ready endpoints, each already wrapped as the route to return. */
+/** A Service (or ServiceEntry) port with its ready endpoints, each already wrapped as the route to return. */
 interface ServicePortRoutes {
-  readonly service: ServiceObject;
-  readonly port: ServicePort;
+  readonly port: number;
   readonly routes: readonly HboneRoute[];
   readonly none: DenyRoute;
+  /** A ServiceEntry's exportTo: the namespaces whose workloads it routes; null (a Service, or exported to all) every one. */
+  readonly visibleTo: ReadonlySet<string> | null;
 }
 
 export interface RoutingTable {
@@ -114,7 +115,63 @@ export function makeEndpoint(workload: Workload, ip: string, port: number, hbone
 function addTo(index: Map<string, Map<number, ServicePortRoutes>>, key: string, entry: ServicePortRoutes): void {
   let ports = index.get(key);
   if (!ports) index.set(key, (ports = new Map()));
-  ports.set(entry.port.port, entry);
+  ports.set(entry.port, entry);
+}
+
+/** Adds what a ServiceEntry routes where a Service does not already (Kubernetes' own name or VIP wins). */
+function addIfFree(index: Map<string, Map<number, ServicePortRoutes>>, key: string, entry: ServicePortRoutes): void {
+  if (index.get(key)?.has(entry.port) !== true) addTo(index, key, entry);
+}
+
+function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet<string> | null {
+  return exportTo.length === 0 || exportTo.includes('*') ? null : new Set(exportTo.map((value) => (value === '.' ? namespace : value)));
+}
+
+/**
+ * A ServiceEntry that names mesh workloads (Istio's VM pattern: WorkloadEntries behind a ServiceEntry's
+ * workloadSelector, or endpoints at workload IPs) routes its hosts and addresses over HBONE as a Service does. A
+ * selected WorkloadEntry takes the port its `ports` map gives under the entry port's name; otherwise the entry port's
+ * targetPort, else its number. Endpoints outside the mesh are left to the egress rules (externalEntry).
+ */
+function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>): void {
+  for (const object of snapshot.objectsOfKind('ServiceEntry')) {
+    const { namespace, name } = object.metadata;
+    const spec = object.spec;
+    let members: { workload: Workload; ports: Readonly<Record<string, number>> }[];
+    if (spec.workloadSelector !== undefined) {
+      const selector = spec.workloadSelector.labels;
+      members = snapshot.workloads.filter((w) => w.namespace === namespace && isReady(w) && selects(selector, w.labels)).map((workload) => ({ workload, ports: workload.object.kind === 'WorkloadEntry' ? workload.object.spec.ports : {} }));
+    } else {
+      members = [];
+      for (const endpoint of spec.endpoints) {
+        const workload = snapshot.workloadByIp(endpoint.address);
+        if (workload !== undefined && isReady(workload)) members.push({ workload, ports: endpoint.ports });
+      }
+    }
+    if (members.length === 0) continue;
+    const host = spec.hosts.find((candidate) => !candidate.startsWith('*')) ?? spec.hosts[0] ?? name;
+    const serviceLabels: ServiceLabels = Object.freeze({ hostname: host, name, namespace });
+    const visibleTo = exportedTo(namespace, spec.exportTo);
+    for (const port of spec.ports) {
+      if (port.protocol === 'UDP') continue;
+      const routes: HboneRoute[] = [];
+      for (const { workload, ports } of members) {
+        const named = port.name !== undefined && Object.hasOwn(ports, port.name) ? ports[port.name] : undefined;
+        const target = named ?? port.targetPort ?? port.number;
+        const ip = workload.ips[0];
+        if (ip === undefined) continue;
+        routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service: undefined, serviceLabels }));
+      }
+      const entry: ServicePortRoutes = Object.freeze({
+        port: port.number,
+        routes: Object.freeze(routes),
+        none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `ServiceEntry ${namespace}/${name} port ${port.number} has no ready endpoint` }),
+        visibleTo,
+      });
+      for (const candidate of spec.hosts) if (!candidate.startsWith('*')) addIfFree(byHost, normalHost(candidate), entry);
+      for (const address of spec.addresses) if (!address.includes('/')) addIfFree(byVip, address, entry);
+    }
+  }
 }
 
 /** One ServiceEntry as the egress check reads it. */
@@ -151,7 +208,7 @@ function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
     const namespace = object.metadata.namespace;
     const exportTo = object.spec.exportTo;
-    const visibleTo = exportTo.length === 0 || exportTo.includes('*') ? null : new Set(exportTo.map((value) => (value === '.' ? namespace : value)));
+    const visibleTo = exportedTo(namespace, exportTo);
     const entry: ExternalEntry = { name: `${namespace}/${object.metadata.name}`, ports: new Set(object.spec.ports.map((port) => port.number)), visibleTo };
     for (const host of object.spec.hosts) {
       if (host === '*') wildcards.push({ suffix: '', entry });
@@ -211,10 +268,10 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
         routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service, serviceLabels }));
       }
       const entry: ServicePortRoutes = Object.freeze({
-        service,
-        port,
+        port: port.port,
         routes: Object.freeze(routes),
         none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `service ${service.hostname}:${port.port} has no ready endpoint` }),
+        visibleTo: null,
       });
       const name = service.metadata.name;
       // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
@@ -224,6 +281,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       }
     }
   }
+  addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
   return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot), servicesOf: new Map() };
 }
 
@@ -263,6 +321,11 @@ export function routingTableOf(snapshot: ConfigSnapshot): RoutingTable {
   return table;
 }
 
+/** A ServiceEntry exported to some namespaces routes only their workloads' connections (and none of an unknown source). */
+function visible(entry: ServicePortRoutes, sourceNamespace: string | undefined): boolean {
+  return entry.visibleTo === null || (sourceNamespace !== undefined && entry.visibleTo.has(sourceNamespace));
+}
+
 function pick(entry: ServicePortRoutes, random: () => number): Route {
   const routes = entry.routes;
   if (routes.length === 0) return entry.none;
@@ -278,15 +341,20 @@ function pick(entry: ServicePortRoutes, random: () => number): Route {
 export function decideRoute(table: RoutingTable, host: string, port: number, random: () => number = Math.random, sourceNamespace?: string): Route {
   const family = isIP(host);
   if (family === 0) {
-    const service = table.byHost.get(host)?.get(port);
-    if (service) return pick(service, random);
+    let service = table.byHost.get(host)?.get(port);
+    // Names are keyed lower-case without a trailing dot; another spelling is normalised only on a miss.
+    if (service === undefined) {
+      const normal = normalHost(host);
+      if (normal !== host) service = table.byHost.get(normal)?.get(port);
+    }
+    if (service !== undefined && visible(service, sourceNamespace)) return pick(service, random);
   } else {
     // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)
     // are canonicalised only when that misses, so the CONNECT names the address the peer knows.
     let service = table.byVip.get(host)?.get(port);
     const canonical = service === undefined ? (canonicalIp(host) ?? host) : host;
     if (service === undefined && canonical !== host) service = table.byVip.get(canonical)?.get(port);
-    if (service) return pick(service, random);
+    if (service !== undefined && visible(service, sourceNamespace)) return pick(service, random);
     const workload = table.snapshot.workloadByIp(canonical);
     if (workload) {
       if (!isReady(workload)) return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `workload ${workload.namespace}/${workload.name} is not ready` };

@@ -22,10 +22,21 @@ spec: { address: "${TWIN_VM_IP}", serviceAccount: vm }
 
 const config = yamlDocuments(
   twinVm,
-  podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: '9007=echo.demo:7' }),
+  podYaml({ name: 'client-1', node: 'node-a', serviceAccount: 'client', ip: CLIENT_IP, outbound: '9007=echo.demo:7,9009=echo.vm.internal:7' }),
   podYaml({ name: 'client-2', node: 'node-a', serviceAccount: 'client', ip: OTHER_CLIENT_IP }),
   podYaml({ name: 'echo-1', node: 'node-b', serviceAccount: 'echo', ip: ECHO_IP, labels: { app: 'echo' } }),
   serviceYaml({ name: 'echo', selector: { app: 'echo' }, ports: [{ name: 'tcp', port: 7, targetPort: 7000 }] }),
+  // Istio's VM pattern: a ServiceEntry selecting the workloads behind a name of its own.
+  `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: echo-vm, namespace: demo }
+spec:
+  hosts: [echo.vm.internal]
+  ports: [{ number: 7, name: tcp-echo, protocol: TCP, targetPort: 7000 }]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: { labels: { app: echo } }
+`,
 );
 
 let mesh: TestMesh;
@@ -115,6 +126,13 @@ describe('HBONE between two node proxies', () => {
       destination_service_namespace: 'demo',
     };
     await waitUntil('tunnels counted under the whole label set on both sides', async () => (await metricSum(a, 'istio_tcp_connections_closed_total', { ...labels, reporter: 'source' })) >= 1 && (await metricSum(b, 'istio_tcp_connections_closed_total', { ...labels, reporter: 'destination' })) >= 1);
+  });
+
+  it('carries a connection to a ServiceEntry host over HBONE to the workloads it selects, labelled with the entry', async () => {
+    const payload = Buffer.from('through a ServiceEntry');
+    expect((await roundTrip(payload, 9009)).equals(payload)).toBe(true);
+    const a = mesh.nodes.get('node-a')!;
+    await waitUntil('the tunnel counted under the entry', async () => (await metricSum(a, 'istio_tcp_connections_closed_total', { reporter: 'source', destination_service: 'echo.vm.internal', destination_service_name: 'echo-vm', destination_workload: 'echo-1', destination_principal: 'spiffe://cluster.local/ns/demo/sa/echo' })) >= 1);
   });
 
   it('reuses one pooled session for many connections (a new connection is a stream, not a handshake)', async () => {

@@ -385,6 +385,66 @@ spec:
   });
 });
 
+describe("a ServiceEntry naming mesh workloads (Istio's VM pattern)", () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: legacy, namespace: shop }
+spec:
+  hosts: [legacy.shop.internal]
+  addresses: [10.97.0.5]
+  ports: [{ number: 80, name: http, protocol: HTTP }, { number: 81, name: other, protocol: TCP, targetPort: 8081 }]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: { labels: { app: web } }
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: pinned, namespace: data }
+spec:
+  hosts: [db.pinned.internal]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: "fd00:10::6" }, { address: 203.0.113.50 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: shadow, namespace: shop }
+spec:
+  hosts: [web.shop.svc.cluster.local]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: STATIC
+  endpoints: [{ address: 10.0.9.9 }]
+`;
+  const withEntries = routingTableOf(snapshotOf(meshConfig('  egress: { mode: REGISTRY_ONLY }\n'), WORKLOADS, entries));
+  const reach = (host: string, port: number, namespace: string) => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 100; i++) seen.add(expectHbone(decideRoute(withEntries, host, port, () => i / 100, namespace)).endpoint.authority);
+    return [...seen].sort();
+  };
+
+  it('routes its hosts and addresses over HBONE to the selected ready workloads, a WorkloadEntry on its port of the same name', () => {
+    // web-1, web-2 and web-unnamed on the entry port (80), the VM on its `http` port (9090); not the Pending pod.
+    expect(reach('legacy.shop.internal', 80, 'shop')).toEqual(['10.0.1.10:80', '10.0.1.12:80', '10.0.2.10:80', '10.0.9.9:9090']);
+    expect(reach('10.97.0.5', 80, 'shop')).toEqual(['10.0.1.10:80', '10.0.1.12:80', '10.0.2.10:80', '10.0.9.9:9090']);
+    expect(reach('Legacy.Shop.Internal.', 81, 'shop')).toEqual(['10.0.1.10:8081', '10.0.1.12:8081', '10.0.2.10:8081', '10.0.9.9:8081']);
+    const route = expectHbone(decideRoute(withEntries, 'legacy.shop.internal', 80, () => 0, 'shop'));
+    expect(route.endpoint.identity).toBe('spiffe://cluster.local/ns/shop/sa/web');
+    expect(route.serviceLabels).toEqual({ hostname: 'legacy.shop.internal', name: 'legacy', namespace: 'shop' });
+  });
+
+  it('routes endpoints that are mesh workloads, and leaves the others to the egress rules', () => {
+    expect(reach('db.pinned.internal', 5432, 'billing')).toEqual(['[fd00:10::6]:5432']);
+  });
+
+  it('is not routed for a namespace it is not exported to, nor over a Service of the same name', () => {
+    expect(decideRoute(withEntries, 'legacy.shop.internal', 80, Math.random, 'billing')).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+    expect(decideRoute(withEntries, 'legacy.shop.internal', 80)).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+    // The Kubernetes Service keeps its own name: the shadowing entry adds nothing there.
+    expect(reach('web.shop.svc.cluster.local', 80, 'shop')).toEqual(['10.0.1.10:8080', '10.0.2.10:8081', '10.0.9.9:9090']);
+  });
+});
+
 describe('routingTableOf', () => {
   it('builds a snapshot\'s table once and hands back the same one after', () => {
     const snapshot = snapshotOf(meshConfig(''), WORKLOADS);
