@@ -14,6 +14,7 @@ import {
   checkHttpsUrl,
   checkIp,
   checkIpBlock,
+  canonicalIpBlock,
   checkLabelValue,
   checkPortName,
   checkQualifiedName,
@@ -448,8 +449,10 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
   const hostsGiven = Array.isArray(spec['hosts']) && spec['hosts'].length > 0;
   if (!hostsGiven && !hasValue(spec, 'hosts')) issues.add([...path, 'hosts'], 'required: at least one host');
   if (!hostsGiven && Array.isArray(spec['hosts'])) issues.add([...path, 'hosts'], 'must list at least one host');
-  const hosts = stringListField(issues, spec, 'hosts', path, { check: checkHost });
-  const addresses = stringListField(issues, spec, 'addresses', path, { check: checkIpBlock });
+  // Istio refuses `*` alone here: under REGISTRY_ONLY it would open egress to every name on the entry's ports.
+  const hosts = stringListField(issues, spec, 'hosts', path, { check: (value) => (value === '*' ? '"*" alone is not a ServiceEntry host (Istio refuses it too): name the hosts, or a "*." domain' : checkHost(value)) });
+  // Canonical, so a lookup by a connection's (canonical) destination address finds them.
+  const addresses = stringListField(issues, spec, 'addresses', path, { check: checkIpBlock }).map((block) => (checkIpBlock(block) === undefined ? canonicalIpBlock(block) : block));
   const location = enumField(issues, spec, 'location', path, ['MESH_EXTERNAL', 'MESH_INTERNAL'] as const) ?? 'MESH_EXTERNAL';
   const resolution = enumField(issues, spec, 'resolution', path, ['NONE', 'STATIC', 'DNS', 'DNS_ROUND_ROBIN'] as const) ?? 'NONE';
 

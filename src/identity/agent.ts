@@ -363,7 +363,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       } catch (error) {
         const failure = toAmbitError(error, 'CA_UNREACHABLE');
         const transient = failure.code === 'CA_UNREACHABLE' || (failure instanceof CaRefusal && failure.status >= 500);
-        if (!transient || this.#stopped) throw failure;
+        if (this.#stopped) throw new AmbitError('CA_UNREACHABLE', `stopped while waiting to attest to the CA at ${this.#options.caUrl}: ${failure.message}`, { cause: failure });
+        if (!transient) throw failure;
         const base = Math.min(this.#options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, (this.#options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS) * 2 ** (attempt - 1));
         const delayMs = Math.max(MIN_RETRY_MS, base * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * this.#random()));
         this.#metrics.failures.inc({ identity: this.#nodeId, code: failure.code });

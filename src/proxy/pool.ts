@@ -60,6 +60,8 @@ interface PooledSession {
   settled: boolean;
   /** Why the server refused the session, from its GOAWAY (INADEQUATE_SECURITY and a reason): a CONNECT waiting on it fails with that. */
   refusal: string | undefined;
+  /** Our pool ended it (close, a missed PONG): a CONNECT it fails is no refusal by the server (sessionRefusal). */
+  endedByPool: boolean;
 }
 
 /** A TLS connection to a peer proxy and the trust bundles its certificate was verified against. */
@@ -159,7 +161,7 @@ export class HbonePool {
     clearInterval(this.#sweep);
     const entries = [...this.#entries()];
     // Ours to end: a CONNECT they fail is not a server's refusal (sessionRefusal).
-    for (const entry of entries) entry.usable = false;
+    for (const entry of entries) entry.endedByPool = true;
     this.#buckets.clear();
     this.#draining.clear();
     // Give open tunnels a moment, then cut what is left.
@@ -230,7 +232,7 @@ export class HbonePool {
       maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
       peerMaxConcurrentStreams: this.#maxStreams,
     });
-    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined };
+    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     session.on('remoteSettings', (settings) => {
       entry.settled = true;
@@ -400,6 +402,7 @@ export class HbonePool {
     if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs) {
       this.#logger.warn({ idleMs: now - entry.pingSentMs }, 'HBONE session missed its keepalive PONG; closing it');
       this.#retire(entry);
+      entry.endedByPool = true;
       entry.session.destroy();
       return;
     }
@@ -493,8 +496,8 @@ function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | u
   if (entry.refusal !== undefined) {
     return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}`);
   }
-  // Still usable: the server ended it, not our pool (a close, the sweep).
-  if (!entry.settled && entry.usable && entry.session.destroyed) {
+  // The server ended it, not our pool (a close, the sweep).
+  if (!entry.settled && !entry.endedByPool && entry.session.destroyed) {
     const said = error === undefined ? '' : ` (${error.message})`;
     return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} closed the connection before its HTTP/2 settings${said}: it most likely refused the certificate of source identity ${entry.bucket.source} (its trust bundle, or its rules for client certificates)`);
   }

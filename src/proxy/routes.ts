@@ -3,7 +3,7 @@
 // (ztunnel's build_request, made a table lookup).
 import { isIP } from 'node:net';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
-import type { ServiceObject, ServicePort } from '../config/objects.ts';
+import type { ServiceEntryObject, ServiceObject, ServicePort } from '../config/objects.ts';
 import { formatAuthority } from './authority.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { UNKNOWN_SERVICE } from '../observe/metrics.ts';
@@ -59,6 +59,10 @@ interface ServicePortRoutes {
   readonly none: DenyRoute;
   /** A ServiceEntry's exportTo: the namespaces whose workloads it routes; null (a Service, or exported to all) every one. */
   readonly visibleTo: ReadonlySet<string> | null;
+  /** A ServiceEntry's namespace (its own workloads prefer it, as Istio's); null for a Service. */
+  readonly namespace: string | null;
+  /** Other ServiceEntries naming the same host or address and port, in configuration order (see chooseVisible). */
+  next: ServicePortRoutes | null;
 }
 
 export interface RoutingTable {
@@ -118,9 +122,39 @@ function addTo(index: Map<string, Map<number, ServicePortRoutes>>, key: string, 
   ports.set(entry.port, entry);
 }
 
-/** Adds what a ServiceEntry routes where a Service does not already (Kubernetes' own name or VIP wins). */
-function addIfFree(index: Map<string, Map<number, ServicePortRoutes>>, key: string, entry: ServicePortRoutes): void {
-  if (index.get(key)?.has(entry.port) !== true) addTo(index, key, entry);
+/**
+ * Adds what a ServiceEntry routes. A Service's own name or VIP stays the Service's (visible to all, it is always
+ * chosen); entries naming the same key are all kept, in configuration order, and the choice is made per source
+ * namespace (chooseVisible), so an entry exported to one namespace cannot hide another's from the rest.
+ */
+function addEntryCandidate(index: Map<string, Map<number, ServicePortRoutes>>, key: string, entry: ServicePortRoutes): void {
+  const existing = index.get(key)?.get(entry.port);
+  if (existing === undefined) {
+    addTo(index, key, { ...entry, next: null });
+    return;
+  }
+  if (existing.namespace === null) return; // a Service's
+  let last = existing;
+  while (last.next !== null) last = last.next;
+  last.next = { ...entry, next: null };
+}
+
+/** An address, or a /32 or /128 block, as a single canonical IP; undefined for a wider block. */
+function singleAddress(block: string): string | undefined {
+  const slash = block.indexOf('/');
+  if (slash < 0) return canonicalIp(block);
+  const bits = block.slice(slash + 1);
+  const address = canonicalIp(block.slice(0, slash));
+  if (address === undefined) return undefined;
+  return bits === (address.includes(':') ? '128' : '32') ? address : undefined;
+}
+
+/**
+ * Whether a ServiceEntry names mesh workloads (a workloadSelector, or an endpoint at a workload IP): it is routed
+ * over HBONE, with NO_HEALTHY_UPSTREAM when none is ready, and never passed through to plain TCP by the egress rules.
+ */
+function isMeshEntry(snapshot: ConfigSnapshot, object: ServiceEntryObject): boolean {
+  return object.spec.workloadSelector !== undefined || object.spec.endpoints.some((endpoint) => snapshot.workloadByIp(endpoint.address) !== undefined);
 }
 
 function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet<string> | null {
@@ -148,7 +182,7 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
         if (workload !== undefined && isReady(workload)) members.push({ workload, ports: endpoint.ports });
       }
     }
-    if (members.length === 0) continue;
+    if (!isMeshEntry(snapshot, object)) continue;
     const host = spec.hosts.find((candidate) => !candidate.startsWith('*')) ?? spec.hosts[0] ?? name;
     const serviceLabels: ServiceLabels = Object.freeze({ hostname: host, name, namespace });
     const visibleTo = exportedTo(namespace, spec.exportTo);
@@ -162,14 +196,20 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
         if (ip === undefined) continue;
         routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service: undefined, serviceLabels }));
       }
-      const entry: ServicePortRoutes = Object.freeze({
+      const entry: ServicePortRoutes = {
         port: port.number,
         routes: Object.freeze(routes),
         none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `ServiceEntry ${namespace}/${name} port ${port.number} has no ready endpoint` }),
         visibleTo,
-      });
-      for (const candidate of spec.hosts) if (!candidate.startsWith('*')) addIfFree(byHost, normalHost(candidate), entry);
-      for (const address of spec.addresses) if (!address.includes('/')) addIfFree(byVip, address, entry);
+        namespace,
+        next: null,
+      };
+      for (const candidate of spec.hosts) if (!candidate.startsWith('*')) addEntryCandidate(byHost, normalHost(candidate), entry);
+      for (const address of spec.addresses) {
+        const single = singleAddress(address);
+        // A workload's own IP is that workload's (ztunnel looks workloads up first): an entry cannot take it over.
+        if (single !== undefined && snapshot.workloadByIp(single) === undefined) addEntryCandidate(byVip, single, entry);
+      }
     }
   }
 }
@@ -186,7 +226,7 @@ interface ExternalEntry {
 interface ExternalRegistry {
   /** Lower-case host without a trailing dot → entries naming it. */
   readonly byHost: ReadonlyMap<string, readonly ExternalEntry[]>;
-  /** `*.example.com` as `.example.com` (any subdomain, not the apex); `*` as ''. */
+  /** `*.example.com` as `.example.com` (any subdomain, not the apex). */
   readonly wildcards: readonly { readonly suffix: string; readonly entry: ExternalEntry }[];
   /** spec.addresses (IPs and CIDR blocks). */
   readonly blocks: readonly { readonly cidrs: CidrSet; readonly entry: ExternalEntry }[];
@@ -206,13 +246,14 @@ function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
   const wildcards: { suffix: string; entry: ExternalEntry }[] = [];
   const blocks: { cidrs: CidrSet; entry: ExternalEntry }[] = [];
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
+    // Mesh workloads are reached over HBONE only (addServiceEntryRoutes), never as plain TCP to what a name resolves to.
+    if (isMeshEntry(snapshot, object)) continue;
     const namespace = object.metadata.namespace;
     const exportTo = object.spec.exportTo;
     const visibleTo = exportedTo(namespace, exportTo);
-    const entry: ExternalEntry = { name: `${namespace}/${object.metadata.name}`, ports: new Set(object.spec.ports.map((port) => port.number)), visibleTo };
+    const entry: ExternalEntry = { name: `${namespace}/${object.metadata.name}`, ports: new Set(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number)), visibleTo };
     for (const host of object.spec.hosts) {
-      if (host === '*') wildcards.push({ suffix: '', entry });
-      else if (host.startsWith('*.')) wildcards.push({ suffix: normalHost(host.slice(1)), entry });
+      if (host.startsWith('*.')) wildcards.push({ suffix: normalHost(host.slice(1)), entry });
       else {
         const key = normalHost(host);
         const list = byHost.get(key);
@@ -245,7 +286,7 @@ export function externalEntry(table: RoutingTable, host: string, port: number, s
   const name = normalHost(host);
   for (const entry of external.byHost.get(name) ?? []) if (admits(entry, port, sourceNamespace)) return entry.name;
   for (const { suffix, entry } of external.wildcards) {
-    if ((suffix === '' || (name.endsWith(suffix) && name.length > suffix.length)) && admits(entry, port, sourceNamespace)) return entry.name;
+    if (name.endsWith(suffix) && name.length > suffix.length && admits(entry, port, sourceNamespace)) return entry.name;
   }
   return undefined;
 }
@@ -272,6 +313,8 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
         routes: Object.freeze(routes),
         none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `service ${service.hostname}:${port.port} has no ready endpoint` }),
         visibleTo: null,
+        namespace: null,
+        next: null,
       });
       const name = service.metadata.name;
       // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
@@ -326,6 +369,22 @@ function visible(entry: ServicePortRoutes, sourceNamespace: string | undefined):
   return entry.visibleTo === null || (sourceNamespace !== undefined && entry.visibleTo.has(sourceNamespace));
 }
 
+/**
+ * Of the Service or ServiceEntries naming one host or address and port, the one a source namespace uses: a Service
+ * (always visible, always first); else, as Istio, an entry of the source's own namespace, else the first visible.
+ */
+function chooseVisible(first: ServicePortRoutes, sourceNamespace: string | undefined): ServicePortRoutes | undefined {
+  if (first.next === null) return visible(first, sourceNamespace) ? first : undefined;
+  if (first.namespace === null) return first;
+  let fallback: ServicePortRoutes | undefined;
+  for (let entry: ServicePortRoutes | null = first; entry !== null; entry = entry.next) {
+    if (!visible(entry, sourceNamespace)) continue;
+    if (entry.namespace === sourceNamespace) return entry;
+    fallback ??= entry;
+  }
+  return fallback;
+}
+
 function pick(entry: ServicePortRoutes, random: () => number): Route {
   const routes = entry.routes;
   if (routes.length === 0) return entry.none;
@@ -347,14 +406,16 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
       const normal = normalHost(host);
       if (normal !== host) service = table.byHost.get(normal)?.get(port);
     }
-    if (service !== undefined && visible(service, sourceNamespace)) return pick(service, random);
+    const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
+    if (chosen !== undefined) return pick(chosen, random);
   } else {
     // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)
     // are canonicalised only when that misses, so the CONNECT names the address the peer knows.
     let service = table.byVip.get(host)?.get(port);
     const canonical = service === undefined ? (canonicalIp(host) ?? host) : host;
     if (service === undefined && canonical !== host) service = table.byVip.get(canonical)?.get(port);
-    if (service !== undefined && visible(service, sourceNamespace)) return pick(service, random);
+    const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
+    if (chosen !== undefined) return pick(chosen, random);
     const workload = table.snapshot.workloadByIp(canonical);
     if (workload) {
       if (!isReady(workload)) return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `workload ${workload.namespace}/${workload.name} is not ready` };

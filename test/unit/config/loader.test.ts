@@ -430,6 +430,13 @@ spec:
     field: 'spec.clusterId',
   },
   {
+    name: 'a ServiceEntry host of "*" alone, which would open egress to every name',
+    files: { 'mesh.yaml': meshYaml(), 'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: all, namespace: default }\nspec:\n  hosts: ["*"]\n  ports: [{ number: 443, name: https }]\n' },
+    code: 'CONFIG_FIELD',
+    file: 'se.yaml',
+    field: 'spec.hosts[0]',
+  },
+  {
     name: 'two mesh listeners on one port',
     files: { 'mesh.yaml': `${meshYaml()}  ports:\n    metrics: 15008\n` },
     code: 'CONFIG_FIELD',

@@ -445,6 +445,61 @@ spec:
   });
 });
 
+describe('ServiceEntries that conflict with workloads or each other', () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: grab, namespace: billing }
+spec:
+  hosts: [shared.internal]
+  addresses: [10.0.1.10, 10.97.0.9/32]
+  ports: [{ number: 8080, name: http, protocol: HTTP }]
+  resolution: STATIC
+  workloadSelector: { labels: { app: web } }
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: shared, namespace: data }
+spec:
+  hosts: [shared.internal]
+  addresses: [10.97.0.9]
+  ports: [{ number: 8080, name: http, protocol: HTTP }]
+  resolution: STATIC
+  workloadSelector: { labels: { app: db } }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: idle, namespace: data }
+spec:
+  hosts: [idle.internal]
+  addresses: ["FD00:DB::7"]
+  ports: [{ number: 5432, name: tcp, protocol: TCP }]
+  resolution: STATIC
+  workloadSelector: { labels: { app: nothing-here } }
+`;
+  const conflicts = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
+
+  it("never takes over a workload's own IP: the workload is reached, not the entry's selection", () => {
+    for (let i = 0; i < 10; i++) {
+      // From billing, where the entry is visible and selects web-elsewhere.
+      expect(expectHbone(decideRoute(conflicts, '10.0.1.10', 8080, () => i / 10, 'billing')).endpoint.workload.name).toBe('web-1');
+    }
+  });
+
+  it("gives each namespace the entry it may see, its own first, so one exported to itself hides nothing from the rest", () => {
+    const target = (host: string, namespace: string) => expectHbone(decideRoute(conflicts, host, 8080, () => 0, namespace)).endpoint.workload.namespace;
+    expect(target('shared.internal', 'shop')).toBe('data');
+    expect(target('shared.internal', 'billing')).toBe('billing');
+    expect(target('10.97.0.9', 'shop')).toBe('data');
+    expect(target('10.97.0.9', 'billing')).toBe('billing');
+  });
+
+  it('answers NO_HEALTHY_UPSTREAM for an entry of mesh workloads with none ready, never plain passthrough', () => {
+    expect(decideRoute(conflicts, 'idle.internal', 5432, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
+    expect(decideRoute(conflicts, 'fd00:db::7', 5432, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
+  });
+});
+
 describe('routingTableOf', () => {
   it('builds a snapshot\'s table once and hands back the same one after', () => {
     const snapshot = snapshotOf(meshConfig(''), WORKLOADS);
