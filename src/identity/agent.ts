@@ -288,16 +288,12 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
     // The bootstrap bundle's sequence means nothing (a PEM file has none); only a change between two
     // bundles served by the CA can signal a new signing root.
-    if (this.#ownSequenceFromCa !== undefined && this.#ownSequenceFromCa !== own.sequence) {
-      // A CA that names its signing authority says which certificates a change concerns: ask it now (a signing
-      // response carries bundles but not that). One that does not: any change may be a new signing root.
-      if (namesSigning) {
-        // #onSigningAuthority follows.
-      } else if (this.#signingAuthority !== undefined) {
-        void this.refreshBundles().catch(() => {});
-      } else {
-        this.#reissue(() => true);
-      }
+    // A new sequence of our own bundle may mean a new signing authority. An answer that names it lets
+    // #onSigningAuthority decide; a signing answer carries bundles but not the name, so a CA known to give it is asked
+    // now; a CA that never gives it: any change may be a new signing root.
+    if (!namesSigning && this.#ownSequenceFromCa !== undefined && this.#ownSequenceFromCa !== own.sequence) {
+      if (this.#signingAuthority !== undefined) void this.refreshBundles().catch(() => {});
+      else this.#reissue(() => true);
     }
     this.#ownSequenceFromCa = own.sequence;
     if (!changed) return;
@@ -363,19 +359,22 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       } catch (error) {
         const failure = toAmbitError(error, 'CA_UNREACHABLE');
         const transient = failure.code === 'CA_UNREACHABLE' || (failure instanceof CaRefusal && failure.status >= 500);
-        if (this.#stopped) throw new AmbitError('CA_UNREACHABLE', `stopped while waiting to attest to the CA at ${this.#options.caUrl}: ${failure.message}`, { cause: failure });
+        if (this.#stopped) throw this.#stoppedAttesting(failure);
         if (!transient) throw failure;
-        const base = Math.min(this.#options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, (this.#options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS) * 2 ** (attempt - 1));
-        const delayMs = Math.max(MIN_RETRY_MS, base * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * this.#random()));
+        const delayMs = Math.max(MIN_RETRY_MS, this.#backoffMs(attempt));
         this.#metrics.failures.inc({ identity: this.#nodeId, code: failure.code });
         this.#logger.warn({ spiffeId: this.#nodeId, err: failure.toJSON(), attempt, retryInMs: Math.round(delayMs) }, 'node attestation failed; retrying with the same join token');
         await new Promise<void>((resolve) => {
           this.#attestWait = { timer: setTimeout(resolve, delayMs), resolve };
         });
         this.#attestWait = undefined;
-        if (this.#stopped) throw new AmbitError('CA_UNREACHABLE', `stopped while waiting to attest to the CA at ${this.#options.caUrl}: ${failure.message}`, { cause: failure });
+        if (this.#stopped) throw this.#stoppedAttesting(failure);
       }
     }
+  }
+
+  #stoppedAttesting(failure: AmbitError): AmbitError {
+    return new AmbitError('CA_UNREACHABLE', `stopped while waiting to attest to the CA at ${this.#options.caUrl}: ${failure.message}`, { cause: failure });
   }
 
   async #attest(entry: Entry, token: string): Promise<void> {
@@ -519,10 +518,15 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     );
   }
 
+  /** ztunnel's backoff for the n-th failure in a row (from 1): initial × 2^(n-1), capped, ±20 % jitter. */
+  #backoffMs(failures: number): number {
+    const base = Math.min(this.#options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, (this.#options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS) * 2 ** (failures - 1));
+    return base * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * this.#random());
+  }
+
   #onFailure(entry: Entry, error: AmbitError): void {
     entry.failures++;
-    const base = Math.min(this.#options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, (this.#options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS) * 2 ** (entry.failures - 1));
-    let delayMs = base * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * this.#random());
+    let delayMs = this.#backoffMs(entry.failures);
     const svid = entry.svid;
     const stillValid = svid !== undefined && svid.notAfter.getTime() > Date.now();
     // A still-valid certificate keeps serving; make sure one attempt lands shortly before it expires.
