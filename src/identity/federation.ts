@@ -6,7 +6,8 @@
 // endpoint is checked first against the operator's bootstrap bundle and then against the latest bundle
 // fetched from it, so the foreign domain can rotate its roots without breaking the relationship.
 import { EventEmitter } from 'node:events';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { Agent, request } from 'undici';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { parseSpiffeId, validateTrustDomain } from './spiffe-id.ts';
@@ -178,9 +179,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
 
   /** The peer is no longer federated: what was kept of it goes too, so adding it again starts from its bootstrap. */
   async forget(): Promise<void> {
-    await this.stop();
-    await this.#saving;
-    if (this.#stateFile !== undefined) rmSync(this.#stateFile, { force: true });
+    await this.stop(); // waits for a save under way
+    if (this.#stateFile !== undefined) await rm(this.#stateFile, { force: true });
   }
 
   /** Fetches now, then keeps refreshing until stop(). Resolves after the first attempt. */

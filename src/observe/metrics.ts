@@ -31,7 +31,7 @@ export interface WorkloadLabels {
   readonly namespace: string;
   readonly canonicalService: string;
   readonly canonicalRevision: string;
-  /** As ztunnel: the canonical service and revision again, under Istio's older label names. */
+  /** Istio's older label names: as ztunnel, the canonical service and revision (for a source known only by its baggage, its workload name and revision). */
   readonly app: string;
   readonly version: string;
   readonly cluster: string;

@@ -169,6 +169,7 @@ function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet
  */
 function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>): void {
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
+    if (!isMeshEntry(snapshot, object)) continue;
     const { namespace, name } = object.metadata;
     const spec = object.spec;
     let members: { workload: Workload; ports: Readonly<Record<string, number>> }[];
@@ -182,7 +183,6 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
         if (workload !== undefined && isReady(workload)) members.push({ workload, ports: endpoint.ports });
       }
     }
-    if (!isMeshEntry(snapshot, object)) continue;
     const host = spec.hosts.find((candidate) => !candidate.startsWith('*')) ?? spec.hosts[0] ?? name;
     const serviceLabels: ServiceLabels = Object.freeze({ hostname: host, name, namespace });
     const visibleTo = exportedTo(namespace, spec.exportTo);

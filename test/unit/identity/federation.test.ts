@@ -1,7 +1,7 @@
 // Federation client against real HTTPS bundle endpoints on loopback (https_spiffe profile): the bundle is taken
 // only from the configured endpoint identity, proven by the bootstrap bundle or the last bundle fetched, and
 // only when it is a 200 with a bounded, valid SPIFFE bundle; an older sequence replaces a newer one only with other roots.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createBundle, encodeBundle } from '../../../src/identity/bundle.ts';
+import { fingerprintOf } from '../../../src/identity/svid.ts';
 import type { TrustBundle } from '../../../src/identity/bundle.ts';
 import { FederationClient } from '../../../src/identity/federation.ts';
 import type { FederationPeer } from '../../../src/identity/federation.ts';
@@ -291,6 +292,36 @@ describe("the federation client's state file", () => {
       const other = new FederationClient({ peer: { ...peer, bootstrapBundle: compromised.bundle }, logger, stateFile });
       clients.push(other);
       expect(other.current()).toBeUndefined();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('takes nothing back from a state file that is not what it writes, and fetches afresh', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-federation-'));
+    try {
+      const stateFile = join(dir, `${TD}.json`);
+      const remote = await createTestCa(TD);
+      const peer = { trustDomain: TD, profile: 'https_spiffe' as const, endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, bundleEndpoint: 'https://127.0.0.1:1/bundle' };
+      const settings = JSON.stringify([peer.bundleEndpoint, peer.profile, peer.endpointSpiffeId, remote.bundle.roots.map((root) => fingerprintOf(root))]);
+      const bundle = encodeBundle(remote.bundle);
+      for (const text of [
+        'not json',
+        JSON.stringify({ trustDomain: TD, settings, bundle: '{"keys": 7}', withdrawn: [] }),
+        JSON.stringify({ trustDomain: TD, settings, bundle, withdrawn: ['zz'] }),
+        JSON.stringify({ trustDomain: TD, settings, bundle }),
+        JSON.stringify({ trustDomain: 'other.example', settings, bundle, withdrawn: [] }),
+      ]) {
+        await writeFile(stateFile, text);
+        const client = new FederationClient({ peer, logger, stateFile });
+        clients.push(client);
+        expect(client.current(), text).toBeUndefined();
+      }
+      // The same settings and well-formed fields: taken back (the check above is about the content, not the file).
+      await writeFile(stateFile, JSON.stringify({ trustDomain: TD, settings, bundle, withdrawn: [] }));
+      const taken = new FederationClient({ peer, logger, stateFile });
+      clients.push(taken);
+      expect(taken.current()?.trustDomain).toBe(TD);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
