@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
+import { Agent, request } from '../undici.ts';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { nodeId, parseSpiffeId } from './spiffe-id.ts';

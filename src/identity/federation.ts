@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { Agent, request } from 'undici';
+import { Agent, request } from '../undici.ts';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { parseSpiffeId, validateTrustDomain } from './spiffe-id.ts';
 import { BundleSet, bundlesEqual, decodeBundle, encodeBundle } from './bundle.ts';

@@ -6,7 +6,7 @@
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import type { Socket } from 'node:net';
-import { Client } from 'undici';
+import { Client } from '../undici.ts';
 import type { Dispatcher, buildConnector } from 'undici';
 import type { Decision } from '../authz/compile.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';

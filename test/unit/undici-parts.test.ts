@@ -1,0 +1,25 @@
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+describe("the proxy's HTTP client modules", () => {
+  it("load undici's dispatchers and request API without undici's index (fetch, WebSocket, caches)", () => {
+    // A fresh process: what the proxy's own modules pull in, not what the test runner already loaded.
+    const script = `
+      import { createRequire } from 'node:module';
+      await import('./src/identity/agent.ts');
+      await import('./src/identity/federation.ts');
+      await import('./src/proxy/l7.ts');
+      const { Agent, Client } = await import('./src/undici.ts');
+      const loaded = Object.keys(createRequire(import.meta.url).cache).filter((path) => path.includes('/undici/'));
+      console.log(JSON.stringify({ loaded, request: typeof new Agent().request, clientRequest: typeof Client.prototype.request }));
+    `;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8' });
+    const { loaded, request, clientRequest } = JSON.parse(out) as { loaded: string[]; request: string; clientRequest: string };
+    expect(loaded.some((path) => path.endsWith('/undici/lib/dispatcher/agent.js'))).toBe(true);
+    expect(loaded.filter((path) => path.endsWith('/undici/index.js') || path.includes('/undici/lib/web/'))).toEqual([]);
+    expect([request, clientRequest]).toEqual(['function', 'function']);
+  });
+});
