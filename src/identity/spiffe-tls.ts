@@ -59,9 +59,10 @@ export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, 
   try {
     chain = leaf ? chainOf(leaf) : [];
   } catch (error) {
-    return { valid: false, id: null, error: error instanceof AmbitError ? error : new AmbitError('SVID_PARSE', `peer certificate unreadable: ${(error as Error).message}`) };
+    const failure = error instanceof AmbitError ? error : new AmbitError('SVID_PARSE', `peer certificate unreadable: ${(error as Error).message}`);
+    return { valid: false, id: null, error: failure, presentedOnly: true };
   }
-  if (chain.length === 0) return { valid: false, id: null, error: new AmbitError('CA_UNAUTHENTICATED', 'peer presented no certificate') };
+  if (chain.length === 0) return { valid: false, id: null, error: new AmbitError('CA_UNAUTHENTICATED', 'peer presented no certificate'), presentedOnly: true };
   const result = verifySvid(chain, bundles);
   if (!result.valid || expected === null) return result;
   return matchExpected(result, expected);

@@ -182,10 +182,23 @@ export interface VerifyOptions {
 
 export type VerifyResult =
   | { readonly valid: true; readonly id: SpiffeId; readonly error: null }
-  | { readonly valid: false; readonly id: SpiffeId | null; readonly error: AmbitError };
+  | {
+      readonly valid: false;
+      readonly id: SpiffeId | null;
+      readonly error: AmbitError;
+      /**
+       * Decided from the presented certificates alone, before any trust bundle was read (unreadable, no single
+       * SPIFFE ID, a leaf's usages or validity): telling the peer reveals nothing of what this node trusts.
+       */
+      readonly presentedOnly?: true;
+    };
 
 function fail(code: ErrorCode, message: string, id: SpiffeId | null): VerifyResult {
   return { valid: false, id, error: new AmbitError(code, message) };
+}
+
+function failPresented(error: AmbitError, id: SpiffeId | null): VerifyResult {
+  return { valid: false, id, error, presentedOnly: true };
 }
 
 /**
@@ -195,18 +208,20 @@ function fail(code: ErrorCode, message: string, id: SpiffeId | null): VerifyResu
  */
 export function verifySvid(chain: readonly Certificate[], bundles: BundleSource, options: VerifyOptions = {}): VerifyResult {
   const leaf = chain[0];
-  if (leaf === undefined) return fail('SVID_PARSE', 'empty certificate chain', null);
+  if (leaf === undefined) return failPresented(new AmbitError('SVID_PARSE', 'empty certificate chain'), null);
   try {
     const parsedId = spiffeIdOf(leaf);
-    if (parsedId instanceof AmbitError) return { valid: false, id: null, error: parsedId };
+    if (parsedId instanceof AmbitError) return failPresented(parsedId, null);
     const id = parsedId;
-    const leafError = checkLeafRules(leaf, id);
-    if (leafError) return { valid: false, id, error: leafError };
+    const at = options.at ?? new Date();
+    // The leaf's validity before its trust domain's bundle: an expired leaf of any trust domain says so, and
+    // what it says never depends on which trust domains this node knows.
+    const leafError = checkLeafRules(leaf, id) ?? checkValidity(leaf, at, 'leaf', id);
+    if (leafError) return failPresented(leafError, id);
     const bundle = bundles.get(id.trustDomain);
     if (bundle === undefined) {
       return fail('TRUST_DOMAIN_UNKNOWN', `${id.id}: no trust bundle for trust domain "${id.trustDomain}"`, id);
     }
-    const at = options.at ?? new Date();
     const pathError = validatePath(chain, bundle, at, id);
     if (pathError === null) return { valid: true, id, error: null };
     if (pathError.code === 'SVID_CHAIN_INVALID') {

@@ -14,7 +14,7 @@ import * as net from 'node:net';
 import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
-import type { BundleSource } from '../identity/svid.ts';
+import type { BundleSource, VerifyResult } from '../identity/svid.ts';
 import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
@@ -46,6 +46,7 @@ import {
   TLS_CIPHERS,
   TLS_GROUPS,
   TLS_MIN_VERSION,
+  UNTRUSTED_REASON,
   illegalUpstreamPorts,
 } from './settings.ts';
 
@@ -130,10 +131,19 @@ export function forwardedClaimHolds(snapshot: ConfigSnapshot, claimed: string, i
 }
 
 /**
- * Ends a session whose peer did not authenticate, telling it why: GOAWAY INADEQUATE_SECURITY with the error code as
- * debug data, so its proxy can say "refused our certificate: SVID_CHAIN_INVALID" instead of "connection closed".
- * The peer learns only what is wrong with the certificate it presented itself. Destroyed in the same turn: no
- * stream of it is ever served.
+ * What a refused peer is told: the code of a fault in the certificates it presented (SVID_EXPIRED, SVID_KEY_USAGE,
+ * ...), else SVID_UNTRUSTED. TRUST_DOMAIN_UNKNOWN against SVID_CHAIN_INVALID would tell an unauthenticated prober
+ * which trust domains this node trusts, one self-signed certificate at a time; the log and the refusal counter
+ * keep the exact code for the operator.
+ */
+function refusalReason(result: VerifyResult & { valid: false }): string {
+  return result.presentedOnly === true ? result.error.code : UNTRUSTED_REASON;
+}
+
+/**
+ * Ends a session whose peer did not authenticate, telling it why: GOAWAY INADEQUATE_SECURITY with a reason as
+ * debug data (refusalReason), so its proxy can say "refused our certificate: SVID_EXPIRED" instead of "connection
+ * closed". Destroyed in the same turn: no stream of it is ever served.
  */
 function refuseSession(session: http2.ServerHttp2Session, reason: string): void {
   session.goaway(NGHTTP2_INADEQUATE_SECURITY, 0, Buffer.from(reason, 'latin1'));
@@ -390,7 +400,7 @@ export class HboneInbound {
       // Early deny: no HTTP at all for a peer we cannot authenticate (ztunnel drops the connection).
       this.#options.metrics.peerRefused(result.error.code);
       this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
-      refuseSession(session, result.error.code);
+      refuseSession(session, refusalReason(result));
       return;
     }
     const address = socket.remoteAddress ?? 'unknown';

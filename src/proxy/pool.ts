@@ -26,6 +26,7 @@ import {
   KEEPALIVE_TIMEOUT_MS,
   POOL_IDLE_TIMEOUT_MS,
   POOL_MAX_STREAMS_PER_SESSION,
+  UNTRUSTED_REASON,
 } from './settings.ts';
 
 const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY } = http2.constants;
@@ -494,7 +495,8 @@ function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | u
   const { entry, endpoint } = connect;
   const server = `${endpoint.hboneHost}:${endpoint.hbonePort}`;
   if (entry.refusal !== undefined) {
-    return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}`);
+    const why = entry.refusal === UNTRUSTED_REASON ? ' (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, or an expired CA; its log names which)' : '';
+    return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}${why}`);
   }
   // The server ended it, not our pool (a close, the sweep).
   if (!entry.settled && !entry.endedByPool && entry.session.destroyed) {

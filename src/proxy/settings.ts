@@ -31,6 +31,11 @@ export const TLS_MIN_VERSION = 'TLSv1.3';
 export const TLS_CIPHERS = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
 export const TLS_GROUPS = 'X25519MLKEM768:X25519:P-256';
 export const HBONE_ALPN = ['h2'];
+/**
+ * The GOAWAY reason of a peer whose certificate the trust bundles refused (inbound.ts refusalReason): one word for
+ * an unknown trust domain, an unknown CA or an expired CA, so an unauthenticated prober learns nothing of them.
+ */
+export const UNTRUSTED_REASON = 'SVID_UNTRUSTED';
 /** Ports of our own listeners that a CONNECT to any workload address would loop into (ztunnel's set). */
 export function illegalUpstreamPorts(ports: { outbound: number; inboundPlaintext: number; hbone: number }): ReadonlySet<number> {
   return new Set([ports.outbound, ports.inboundPlaintext, ports.hbone]);

@@ -295,6 +295,8 @@ interface DropOutcome {
   handshakeCompleted: boolean;
   status: number | null;
   closedByServer: boolean;
+  /** The GOAWAY's error code and debug data, when the server sent one. */
+  goaway: { code: number; reason: string } | null;
 }
 
 /** Tries one tunnel and reports how it ended: a refused peer sees its connection closed, never a status. */
@@ -303,6 +305,8 @@ function attemptTunnel(svid: TestSvid | null, tlsOptions: Partial<tls.Connection
     const session = dialHbone(svid, { tls: tlsOptions });
     let handshakeCompleted = false;
     session.once('connect', () => (handshakeCompleted = true));
+    let goaway: DropOutcome['goaway'] = null;
+    session.once('goaway', (code: number, _last: number, data?: Buffer) => (goaway = { code, reason: data?.toString('latin1') ?? '' }));
     let status: number | null = null;
     const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
     stream.on('error', () => {});
@@ -310,7 +314,7 @@ function attemptTunnel(svid: TestSvid | null, tlsOptions: Partial<tls.Connection
     const finish = (closedByServer: boolean) => {
       clearTimeout(timer);
       session.destroy();
-      resolve({ handshakeCompleted, status, closedByServer });
+      resolve({ handshakeCompleted, status, closedByServer, goaway });
     };
     const timer = setTimeout(() => finish(false), 5_000);
     session.once('close', () => finish(true));
@@ -663,41 +667,54 @@ describe('HBONE inbound: a session outliving its client certificate', () => {
 });
 
 describe('HBONE inbound: peers refused at the TLS layer', () => {
-  const certificateCases: Array<{ what: string; code: string; svid: () => Promise<TestSvid>; presented: string }> = [
+  // `told` is the GOAWAY reason the peer gets: what is wrong with the certificate it presented, or SVID_UNTRUSTED
+  // whatever the trust bundles found, so that a prober cannot tell a trust domain this node knows from one it does not.
+  const certificateCases: Array<{ what: string; code: string; told: string; svid: () => Promise<TestSvid>; presented: string }> = [
     {
       what: 'a certificate from a CA the mesh does not trust',
       code: 'SVID_CHAIN_INVALID',
+      told: 'SVID_UNTRUSTED',
       presented: `spiffe://${TD}/ns/demo/sa/untrusted`,
       svid: async () => issueTestSvid(await createTestCa(TD), `spiffe://${TD}/ns/demo/sa/untrusted`),
     },
     {
       what: 'a certificate of another trust domain with no federation',
       code: 'TRUST_DOMAIN_UNKNOWN',
+      told: 'SVID_UNTRUSTED',
       presented: 'spiffe://other.test/ns/demo/sa/foreign',
       svid: async () => issueTestSvid(await createTestCa('other.test'), 'spiffe://other.test/ns/demo/sa/foreign'),
     },
     {
       what: 'an expired certificate of the mesh CA',
       code: 'SVID_EXPIRED',
+      told: 'SVID_EXPIRED',
       presented: `spiffe://${TD}/ns/demo/sa/expired`,
       svid: () => issueMeshSvid(mesh.caDir, `spiffe://${TD}/ns/demo/sa/expired`, { now: new Date(Date.now() - 2 * 3_600_000), ttlMs: 60_000 }),
+    },
+    {
+      what: 'an expired certificate of a trust domain the node does not know',
+      code: 'SVID_EXPIRED',
+      told: 'SVID_EXPIRED',
+      presented: 'spiffe://other.test/ns/demo/sa/expired',
+      svid: async () => issueTestSvid(await createTestCa('other.test'), 'spiffe://other.test/ns/demo/sa/expired', { now: new Date(Date.now() - 2 * 3_600_000), ttlMs: 60_000 }),
     },
   ];
 
   const refused = (reason: string) => metricSum(nodeB(), 'ambit_hbone_peers_refused_total', { reason });
 
-  it.each(certificateCases)('drops a peer presenting $what, logs $code and counts it', async ({ code, svid, presented }) => {
+  it.each(certificateCases)('drops a peer presenting $what, tells it $told, logs $code and counts it', async ({ code, told, svid, presented }) => {
     const since = nodeB().proc.lines.length;
     const before = await refused(code);
     const outcome = await attemptTunnel(await svid());
     expect(outcome.status).toBeNull();
     expect(outcome.closedByServer).toBe(true);
+    expect(outcome.goaway).toEqual({ code: http2.constants.NGHTTP2_INADEQUATE_SECURITY, reason: told });
     const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.presented === presented, `refusal of ${presented}`);
     expect(line.code).toBe(code);
     expect(await refused(code)).toBe(before + 1);
   });
 
-  it("tells a refused ambit peer why in its GOAWAY, so the peer's pool fails with TLS_FAILURE naming the code, not a closed connection", async () => {
+  it("tells a refused ambit peer in its GOAWAY that its certificate is untrusted, so the peer's pool fails with TLS_FAILURE saying so, not a closed connection", async () => {
     const untrusted = await issueTestSvid(await createTestCa(TD), `spiffe://${TD}/ns/demo/sa/untrusted`);
     const contexts = new IdentityContexts();
     contexts.set(loadSvid(untrusted.certPem, untrusted.keyPem));
@@ -716,7 +733,7 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
       const error = await hbone.open(`spiffe://${TD}/ns/demo/sa/untrusted`, null, target, '').then(() => null, (e: unknown) => e);
       expect(error).toBeInstanceOf(TunnelError);
       expect([(error as TunnelError).code, (error as TunnelError).flag]).toEqual(['TLS_HANDSHAKE', 'TLS_FAILURE']);
-      expect((error as TunnelError).message).toBe(`server at ${ECHO_IP}:${HBONE_PORT} refused the certificate of source identity spiffe://${TD}/ns/demo/sa/untrusted: SVID_CHAIN_INVALID`);
+      expect((error as TunnelError).message).toBe(`server at ${ECHO_IP}:${HBONE_PORT} refused the certificate of source identity spiffe://${TD}/ns/demo/sa/untrusted: SVID_UNTRUSTED (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, or an expired CA; its log names which)`);
     } finally {
       await hbone.close();
     }

@@ -127,6 +127,20 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid(svid.chain, oldBundles).error?.code).toBe('SVID_EXPIRED');
   });
 
+  // A refused HBONE peer is told the code only when it says nothing of this node's trust bundles (inbound.ts).
+  it('marks faults of the presented leaf as such, and never a verdict that read the trust bundles', async () => {
+    const stranger = await createTestCa('stranger.test');
+    const expiredStranger = await issueTestSvid(stranger, 'spiffe://stranger.test/ns/a/sa/b', { now: new Date(Date.now() - 2 * HOUR_MS), ttlMs: 60_000 });
+    const expired = verifySvid(expiredStranger.chain, bundles);
+    expect([expired.error?.code, expired.valid === false && expired.presentedOnly]).toEqual(['SVID_EXPIRED', true]);
+    const unknown = verifySvid((await issueTestSvid(stranger, 'spiffe://stranger.test/ns/a/sa/b')).chain, bundles);
+    expect([unknown.error?.code, unknown.valid === false && unknown.presentedOnly]).toEqual(['TRUST_DOMAIN_UNKNOWN', undefined]);
+    const untrusted = verifySvid((await issueTestSvid(await createTestCa('cluster.local'), WEB)).chain, bundles);
+    expect([untrusted.error?.code, untrusted.valid === false && untrusted.presentedOnly]).toEqual(['SVID_CHAIN_INVALID', undefined]);
+    const forged = verifySvid((await issueTestSvid(caA, 'spiffe://other.test/ns/db/sa/postgres')).chain, bundles);
+    expect([forged.error?.code, forged.valid === false && forged.presentedOnly]).toEqual(['TRUST_DOMAIN_MISMATCH', undefined]);
+  });
+
   it('rejects an empty chain', () => {
     expect(verifySvid([], bundles).error?.code).toBe('SVID_PARSE');
   });
