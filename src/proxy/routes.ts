@@ -226,9 +226,11 @@ interface ExternalEntry {
 interface ExternalRegistry {
   /** Lower-case host without a trailing dot → entries naming it. */
   readonly byHost: ReadonlyMap<string, readonly ExternalEntry[]>;
-  /** `*.example.com` as `.example.com` (any subdomain, not the apex). */
-  readonly wildcards: readonly { readonly suffix: string; readonly entry: ExternalEntry }[];
-  /** spec.addresses (IPs and CIDR blocks). */
+  /** `*.example.com` keyed `.example.com` (any subdomain, not the apex): a name looks up each of its suffixes. */
+  readonly wildcards: ReadonlyMap<string, readonly ExternalEntry[]>;
+  /** spec.addresses that are one address (canonical) → entries naming it. */
+  readonly byAddress: ReadonlyMap<string, readonly ExternalEntry[]>;
+  /** spec.addresses wider than one address, per entry. */
   readonly blocks: readonly { readonly cidrs: CidrSet; readonly entry: ExternalEntry }[];
 }
 
@@ -237,13 +239,21 @@ function normalHost(host: string): string {
   return lower.endsWith('.') ? lower.slice(0, -1) : lower;
 }
 
+function appendTo<T>(map: Map<string, T[]>, key: string, value: T): void {
+  const list = map.get(key);
+  if (list === undefined) map.set(key, [value]);
+  else list.push(value);
+}
+
 /**
  * The ServiceEntries' hosts and addresses, with their ports and visibility (exportTo: "." is the entry's own
  * namespace, "*" or none every namespace). Entries of either location count: Istio's registry holds both.
+ * Indexed here so that a connection looks up its name's suffixes and its address, not every entry.
  */
 function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
   const byHost = new Map<string, ExternalEntry[]>();
-  const wildcards: { suffix: string; entry: ExternalEntry }[] = [];
+  const wildcards = new Map<string, ExternalEntry[]>();
+  const byAddress = new Map<string, ExternalEntry[]>();
   const blocks: { cidrs: CidrSet; entry: ExternalEntry }[] = [];
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
     // Mesh workloads are reached over HBONE only (addServiceEntryRoutes), never as plain TCP to what a name resolves to.
@@ -253,40 +263,54 @@ function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
     const visibleTo = exportedTo(namespace, exportTo);
     const entry: ExternalEntry = { name: `${namespace}/${object.metadata.name}`, ports: new Set(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number)), visibleTo };
     for (const host of object.spec.hosts) {
-      if (host.startsWith('*.')) wildcards.push({ suffix: normalHost(host.slice(1)), entry });
-      else {
-        const key = normalHost(host);
-        const list = byHost.get(key);
-        if (list === undefined) byHost.set(key, [entry]);
-        else list.push(entry);
-      }
+      if (host.startsWith('*.')) appendTo(wildcards, normalHost(host.slice(1)), entry);
+      else appendTo(byHost, normalHost(host), entry);
     }
-    if (object.spec.addresses.length > 0) blocks.push({ cidrs: new CidrSet(object.spec.addresses), entry });
+    const ranges: string[] = [];
+    for (const address of object.spec.addresses) {
+      const single = singleAddress(address);
+      if (single !== undefined) appendTo(byAddress, single, entry);
+      else ranges.push(address);
+    }
+    if (ranges.length > 0) blocks.push({ cidrs: new CidrSet(ranges), entry });
   }
-  return { byHost, wildcards, blocks };
+  return { byHost, wildcards, byAddress, blocks };
 }
 
 function admits(entry: ExternalEntry, port: number, sourceNamespace: string): boolean {
   return entry.ports.has(port) && (entry.visibleTo === null || entry.visibleTo.has(sourceNamespace));
 }
 
+function firstAdmitting(entries: readonly ExternalEntry[] | undefined, port: number, sourceNamespace: string): string | undefined {
+  if (entries === undefined) return undefined;
+  for (const entry of entries) if (admits(entry, port, sourceNamespace)) return entry.name;
+  return undefined;
+}
+
 /**
  * The ServiceEntry that puts host:port in the registry for a workload of `sourceNamespace`, or undefined: under
- * REGISTRY_ONLY only these destinations outside the mesh are reached. A name matches a host exactly or a `*.`
- * wildcard (any subdomain, not the apex), an address one of spec.addresses; the port must be one of spec.ports
- * (an entry without ports admits none), and the entry must be exported to the source's namespace.
+ * REGISTRY_ONLY only these destinations outside the mesh are reached. A name matches a host exactly, else the most
+ * specific `*.` wildcard (any subdomain, not the apex); an address one of spec.addresses, else a block among them;
+ * the port must be one of spec.ports (an entry without ports admits none), and the entry must be exported to the
+ * source's namespace.
  */
 export function externalEntry(table: RoutingTable, host: string, port: number, sourceNamespace: string): string | undefined {
   const external = table.external;
-  const ip = isIP(host) === 0 ? null : parseIp(host);
-  if (ip !== null) {
+  if (isIP(host) !== 0) {
+    const exact = firstAdmitting(external.byAddress.get(host) ?? external.byAddress.get(canonicalIp(host) ?? host), port, sourceNamespace);
+    if (exact !== undefined || external.blocks.length === 0) return exact;
+    const ip = parseIp(host);
+    if (ip === null) return undefined;
     for (const { cidrs, entry } of external.blocks) if (admits(entry, port, sourceNamespace) && cidrs.contains(ip)) return entry.name;
     return undefined;
   }
   const name = normalHost(host);
-  for (const entry of external.byHost.get(name) ?? []) if (admits(entry, port, sourceNamespace)) return entry.name;
-  for (const { suffix, entry } of external.wildcards) {
-    if (name.endsWith(suffix) && name.length > suffix.length && admits(entry, port, sourceNamespace)) return entry.name;
+  const exact = firstAdmitting(external.byHost.get(name), port, sourceNamespace);
+  if (exact !== undefined || external.wildcards.size === 0) return exact;
+  // `.b.example.com`, then `.example.com`, then `.com`: never the whole name (a wildcard does not match its apex).
+  for (let dot = name.indexOf('.', 1); dot > 0; dot = name.indexOf('.', dot + 1)) {
+    const found = firstAdmitting(external.wildcards.get(name.slice(dot)), port, sourceNamespace);
+    if (found !== undefined) return found;
   }
   return undefined;
 }

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import { buildSnapshot } from '../../../src/config/snapshot.ts';
 import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
-import { buildRoutingTable, decideRoute, inboundService, routingTableOf } from '../../../src/proxy/routes.ts';
+import { buildRoutingTable, decideRoute, externalEntry, inboundService, routingTableOf } from '../../../src/proxy/routes.ts';
 import type { HboneRoute, Route, RoutingTable } from '../../../src/proxy/routes.ts';
 
 function meshConfig(spec: string): string {
@@ -382,6 +382,50 @@ spec:
     expect(decideRoute(locked, 'api.payments.example', 443, Math.random, 'billing').kind).toBe('passthrough');
     // A caller that does not say whose connection it is gets no ServiceEntry's leave.
     expect(decideRoute(locked, 'api.payments.example', 443)).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+  });
+});
+
+describe('the ServiceEntry egress registry, indexed', () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: everything-example, namespace: ops }
+spec:
+  hosts: ["*.example"]
+  addresses: [198.51.100.0/24]
+  ports: [{ number: 443, name: https, protocol: HTTPS }]
+  exportTo: [ops]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: cdn, namespace: shop }
+spec:
+  hosts: ["*.cdn.example"]
+  addresses: [198.51.100.7/32, "2001:db8::7"]
+  ports: [{ number: 443, name: https, protocol: HTTPS }]
+  exportTo: [shop]
+`;
+  const locked = routingTableOf(snapshotOf(meshConfig('  egress: { mode: REGISTRY_ONLY }\n'), WORKLOADS, entries));
+  const entryFor = (host: string, namespace: string) => externalEntry(locked, host, 443, namespace);
+
+  it('names the most specific wildcard that is exported to the source, else a wider one', () => {
+    expect(entryFor('img.cdn.example', 'shop')).toBe('shop/cdn');
+    expect(entryFor('img.cdn.example', 'ops')).toBe('ops/everything-example');
+    expect(entryFor('a.b.cdn.example', 'shop')).toBe('shop/cdn');
+    expect(entryFor('cdn.example', 'shop')).toBeUndefined();
+    expect(entryFor('cdn.example', 'ops')).toBe('ops/everything-example');
+    expect(entryFor('example', 'ops')).toBeUndefined();
+    expect(entryFor('.example', 'ops')).toBeUndefined();
+    expect(entryFor('img.cdn.example.evil', 'shop')).toBeUndefined();
+  });
+
+  it('finds a single address in any spelling, and falls back to the blocks for an address exported elsewhere', () => {
+    expect(entryFor('198.51.100.7', 'shop')).toBe('shop/cdn');
+    expect(entryFor('::ffff:198.51.100.7', 'shop')).toBe('shop/cdn');
+    expect(entryFor('2001:DB8:0:0::7', 'shop')).toBe('shop/cdn');
+    expect(entryFor('198.51.100.7', 'ops')).toBe('ops/everything-example');
+    expect(entryFor('198.51.100.8', 'shop')).toBeUndefined();
+    expect(entryFor('198.51.101.7', 'ops')).toBeUndefined();
+    expect(entryFor('2001:db8::8', 'shop')).toBeUndefined();
   });
 });
 
