@@ -39,6 +39,8 @@ const REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS = 5_000;
 /** When the CA gives no max-age, poll bundles as SPIFFE's default refresh hint says. */
 const DEFAULT_BUNDLE_REFRESH_MS = 300_000;
 const REQUEST_TIMEOUT_MS = 10_000;
+/** Connections to the CA at most, each carrying one request at a time (HTTP/1.1, no pipelining). */
+const CA_CONNECTIONS = 4;
 const BUNDLE_RETRY_MS = 60_000;
 /** In --state-dir: the node SVID's key and chain, 0600. */
 const NODE_SVID_FILE = 'node-svid.pem';
@@ -342,7 +344,13 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         connectTimeoutMs: REQUEST_TIMEOUT_MS,
       }),
       // Connections carry the node SVID they were opened with; keep them short-lived so a renewed SVID is used soon.
+      // The CA's `Keep-Alive: timeout=30` hint would otherwise hold each one open for 28 s (undici follows a server's
+      // hint up to keepAliveMaxTimeout), and each idle TLS connection costs this process about 150 KiB.
       keepAliveTimeout: 5_000,
+      keepAliveMaxTimeout: 5_000,
+      // A node starting with 100 workloads asks for 100 certificates at once: a few connections carry them in turn
+      // instead of 100 TLS handshakes at the CA (and as many connections held here) per starting node.
+      connections: CA_CONNECTIONS,
     });
   }
 
