@@ -1,6 +1,6 @@
 // `ambit agent`: the rotation agent as a standalone program that writes certificate, key and bundle files
 // atomically for software that reads files (as spiffe-helper does), and keeps them fresh.
-import { createServer } from 'node:http';
+import { http } from '../node-http.ts';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
@@ -121,7 +121,7 @@ export const command: Command = {
     }
     if (values.metrics) {
       const listen = parseListen(values.metrics, 'metrics');
-      createServer((req, res) => {
+      http.createServer((req, res) => {
         if (req.url !== '/metrics') {
           res.writeHead(404).end();
           return;

@@ -3,7 +3,7 @@
 // sending traffic across the nodes, and a live summary read from the proxies' /metrics.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { createServer as createHttpServer } from 'node:http';
+import { http } from '../node-http.ts';
 import type { Server } from 'node:http';
 import { createServer as createTcpServer, connect } from 'node:net';
 import type { Server as TcpServer } from 'node:net';
@@ -11,7 +11,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { request } from 'undici';
+import { Agent, request } from '../undici.ts';
 import { parse, parseDurationMs } from './args.ts';
 import type { Command } from './args.ts';
 import { initCa } from '../identity/ca/store.ts';
@@ -155,8 +155,11 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: n
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** Keep-alive connections for the mesh's own checks and its demo client, as undici's global dispatcher would. */
+const dispatcher = new Agent();
+
 async function httpOk(url: string): Promise<boolean> {
-  const response = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 });
+  const response = await request(url, { dispatcher, headersTimeout: 1000, bodyTimeout: 1000 });
   await response.body.dump();
   return response.statusCode === 200;
 }
@@ -229,7 +232,7 @@ export const command: Command = {
       await writeFile(join(dir, 'bundle.pem'), encodePemBundle(ca.bundle));
 
       // Demo workloads, bound to their pod IPs on node-b.
-      const web = createHttpServer((req, res) => {
+      const web = http.createServer((req, res) => {
         const body = JSON.stringify({ service: 'web', path: req.url, from: `${req.socket.remoteAddress}:${req.socket.remotePort}` }) + '\n';
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
       });
@@ -273,7 +276,7 @@ export const command: Command = {
       let failed = 0;
       let lastError = '';
       const clientTimer = setInterval(() => {
-        request(`http://${layout.client.ip}:${layout.client.httpPort}/hello`, { headersTimeout: 2000, bodyTimeout: 2000 }).then(async (response) => {
+        request(`http://${layout.client.ip}:${layout.client.httpPort}/hello`, { dispatcher, headersTimeout: 2000, bodyTimeout: 2000 }).then(async (response) => {
           await response.body.dump();
           if (response.statusCode === 200) ok++;
           else failed++;
@@ -296,7 +299,7 @@ export const command: Command = {
 
       const started = Date.now();
       const summary = async () => {
-        const texts = await Promise.all(layout.nodes.map((node) => request(`http://${node.address}:15020/metrics`).then((r) => r.body.text()).catch(() => '')));
+        const texts = await Promise.all(layout.nodes.map((node) => request(`http://${node.address}:15020/metrics`, { dispatcher }).then((r) => r.body.text()).catch(() => '')));
         const lines = [`ambit mesh — ${Math.round((Date.now() - started) / 1000)}s — client calls ok ${ok}, failed ${failed}${lastError ? ` (last error: ${lastError})` : ''}`];
         layout.nodes.forEach((node, i) => {
           const text = texts[i] ?? '';

@@ -3,7 +3,7 @@
 // log level). Each binds exactly where the caller says; nothing here defaults to a wildcard address.
 import { once } from 'node:events';
 import { BlockList, isIP } from 'node:net';
-import { createServer } from 'node:http';
+import { http } from '../node-http.ts';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
@@ -132,7 +132,7 @@ function failed(res: ServerResponse, error: unknown): void {
 }
 
 async function listen(what: string, address: ListenAddress, handler: Handler): Promise<Started> {
-  const server = createServer(
+  const server = http.createServer(
     {
       requestTimeout: REQUEST_TIMEOUT_MS,
       headersTimeout: HEADERS_TIMEOUT_MS,

@@ -3,7 +3,8 @@
 // host and headers, a denied request gets `403 RBAC: access denied` (gRPC: PERMISSION_DENIED) and the
 // connection goes on, and an allowed request is forwarded to the workload over the tunnel's own upstream
 // connection, unchanged but for hop-by-hop headers. ztunnel needs a separate Envoy for this.
-import * as http from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { http } from '../node-http.ts';
 import * as http2 from 'node:http2';
 import type { Socket } from 'node:net';
 import { Client } from '../undici.ts';
@@ -293,7 +294,7 @@ export class HttpInspector {
     // shutdown(SHUT_WR) carried as END_STREAM). Node's HTTP server would abort the requests in flight and end the
     // tunnel; half-open, it answers them and ends the tunnel after the last answer. (A Server property since Node's
     // first HTTP server, not in its options.)
-    (this.#h1 as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
+    (this.#h1 as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     this.#h1.on('request', (req, res) => this.#onH1Request(req, res, false));
     // `Expect: 100-continue`: decided before the client sends its body, which it then sends only when allowed
     // (Node would otherwise answer 100 itself, and undici refuses to forward the header: every such upload got 502).
@@ -373,7 +374,7 @@ export class HttpInspector {
     this.#h2.close();
   }
 
-  #onH1Request(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
+  #onH1Request(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
     // The rest of a chunk after the tunnel was reset: nothing to answer.
     if (req.socket.destroyed) return;
     const state = this.#tunnels.get(req.socket);
@@ -540,8 +541,8 @@ function reuseSocket(socket: Socket): buildConnector.connector {
   };
 }
 
-/** Streams an undici response back on an http.ServerResponse. */
-function forwardResponse(res: http.ServerResponse, logger: Logger): Dispatcher.DispatchHandler {
+/** Streams an undici response back on a ServerResponse. */
+function forwardResponse(res: ServerResponse, logger: Logger): Dispatcher.DispatchHandler {
   return {
     onRequestStart() {},
     onResponseStart(controller, statusCode, headers, statusMessage) {

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
-describe("the proxy's HTTP client modules", () => {
+describe("the long-running processes' modules", () => {
   it("load undici's dispatchers and request API without undici's index (fetch, WebSocket, caches)", () => {
     // A fresh process: what the proxy's own modules pull in, not what the test runner already loaded.
     const script = `
@@ -21,5 +21,18 @@ describe("the proxy's HTTP client modules", () => {
     expect(loaded.some((path) => path.endsWith('/undici/lib/dispatcher/agent.js'))).toBe(true);
     expect(loaded.filter((path) => path.endsWith('/undici/index.js') || path.includes('/undici/lib/web/'))).toEqual([]);
     expect([request, clientRequest]).toEqual(['function', 'function']);
+  });
+
+  it("start the proxy and the CA without Node's own bundled undici (node:http's WebSocket getters load it into an ESM namespace)", () => {
+    const script = `
+      await import('./src/cli/proxy.ts');
+      await import('./src/cli/ca.ts');
+      await import('./src/cli/agent.ts');
+      await import('./src/cli/mesh.ts');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      console.log(JSON.stringify(process.moduleLoadList.filter((name) => name.includes('deps/undici'))));
+    `;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8' });
+    expect(JSON.parse(out)).toEqual([]);
   });
 });
