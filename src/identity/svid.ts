@@ -120,6 +120,8 @@ interface CertFacts {
   readonly fingerprint: string;
   /** The trust domain of the certificate's single SPIFFE URI SAN, or null when it carries none. */
   readonly spiffeTrustDomain: string | null;
+  /** SHA-256 of its SubjectPublicKeyInfo (hex), computed when first asked (roots only). */
+  publicKeyId?: string;
 }
 
 // Certificates are immutable, so what we derive from one is computed once per object.
@@ -222,7 +224,7 @@ export function verifySvid(chain: readonly Certificate[], bundles: BundleSource,
     if (bundle === undefined) {
       return fail('TRUST_DOMAIN_UNKNOWN', `${id.id}: no trust bundle for trust domain "${id.trustDomain}"`, id);
     }
-    const pathError = validatePath(chain, bundle, at, id);
+    const pathError = validatePath(chain, bundle, at, id, sharedRootKeys(bundles));
     if (pathError === null) return { valid: true, id, error: null };
     if (pathError.code === 'SVID_CHAIN_INVALID') {
       const signer = findForeignSigner(chain, bundles, id.trustDomain, at);
@@ -300,7 +302,7 @@ function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCoun
 }
 
 /** RFC 5280 path building restricted to one bundle's roots; intermediates come from the presented chain. */
-function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId): AmbitError | null {
+function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
   let current = chain[0] as Certificate;
   const leafValidity = checkValidity(current, at, 'leaf', id);
   if (leafValidity) return leafValidity;
@@ -320,7 +322,7 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
       const rootDomain = facts(root).spiffeTrustDomain;
       if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
       if (!issued(root, current)) continue;
-      const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id);
+      const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? checkSharedRoot(root, used, id, shared);
       if (rootError === null) return null;
       signerError ??= rootError;
     }
@@ -350,7 +352,60 @@ function findForeignSigner(chain: readonly Certificate[], bundles: BundleSource,
   for (const bundle of bundles as Iterable<TrustBundle>) {
     if (bundle.trustDomain === claimed) continue;
     const probeId = { id: '', trustDomain: bundle.trustDomain, path: '/' };
-    if (validatePath(chain, bundle, at, probeId) === null) return bundle.trustDomain;
+    if (validatePath(chain, bundle, at, probeId, NO_SHARED_ROOTS) === null) return bundle.trustDomain;
+  }
+  return null;
+}
+
+const NO_SHARED_ROOTS: ReadonlyMap<string, readonly string[]> = new Map();
+const sharedRootsCache = new WeakMap<BundleSource, ReadonlyMap<string, readonly string[]>>();
+
+/**
+ * The public keys (SPKI SHA-256, hex) of roots that more than one trust domain's bundle holds, with those trust
+ * domains; computed once per bundle set (sets are replaced, never changed).
+ */
+function sharedRootKeys(bundles: BundleSource): ReadonlyMap<string, readonly string[]> {
+  if (bundles[Symbol.iterator] === undefined) return NO_SHARED_ROOTS;
+  let shared = sharedRootsCache.get(bundles);
+  if (shared !== undefined) return shared;
+  const domainsByKey = new Map<string, string[]>();
+  for (const bundle of bundles as Iterable<TrustBundle>) {
+    for (const root of bundle.roots) {
+      const key = publicKeyIdOf(root);
+      const domains = domainsByKey.get(key);
+      if (domains === undefined) domainsByKey.set(key, [bundle.trustDomain]);
+      else if (!domains.includes(bundle.trustDomain)) domains.push(bundle.trustDomain);
+    }
+  }
+  shared = new Map([...domainsByKey].filter(([, domains]) => domains.length > 1));
+  sharedRootsCache.set(bundles, shared);
+  return shared;
+}
+
+function publicKeyIdOf(cert: Certificate): string {
+  const found = facts(cert);
+  found.publicKeyId ??= crypto.createHash('sha256').update(found.node.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+  return found.publicKeyId;
+}
+
+/**
+ * A root that several trust domains' bundles hold (one corporate root over each domain's CA) vouches for each of
+ * them only through CAs that say which one they sign for: an intermediate without a SPIFFE ID below it could
+ * otherwise mint identities of every domain that trusts the root. (One that names another domain is refused by
+ * checkSigningCert.) A root without a SPIFFE ID of its own that signs leaves directly is trusted for each domain
+ * whose bundle lists it, as the bundles say.
+ */
+function checkSharedRoot(root: Certificate, path: ReadonlySet<Certificate>, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
+  if (shared.size === 0 || path.size < 2 || facts(root).spiffeTrustDomain !== null) return null;
+  const domains = shared.get(publicKeyIdOf(root));
+  if (domains === undefined) return null;
+  for (const ca of path) {
+    if (facts(ca).isCa && facts(ca).spiffeTrustDomain === null) {
+      return new AmbitError(
+        'SVID_CA_INVALID',
+        `${id.id}: intermediate ${describe(ca)} names no trust domain, and its root ${describe(root)} is in the bundles of ${domains.map((domain) => `"${domain}"`).join(', ')}: under a root those trust domains share, each intermediate must carry its trust domain's SPIFFE ID (spiffe://${id.trustDomain})`,
+      );
+    }
   }
   return null;
 }

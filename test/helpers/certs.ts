@@ -58,11 +58,15 @@ export interface CraftParams {
   notBefore?: Date;
   notAfter?: Date;
   pathLength?: number;
+  /** The certificate's key pair (a new one when absent): a root re-issued with its key. */
+  keys?: CryptoKeyPair;
+  /** The subject (a unique crafted name when absent). */
+  subject?: string;
 }
 
 /** A certificate with exactly the extensions asked for, signed by `issuer` (or self-signed), for hostile-input tests. */
 export async function craftCertificate(issuer: SigningAuthority | null, params: CraftParams = {}): Promise<{ cert: Certificate; keys: CryptoKeyPair }> {
-  const keys = await generateKeyPair();
+  const keys = params.keys ?? (await generateKeyPair());
   const extensions: x509.Extension[] = [new x509.BasicConstraintsExtension(params.ca ?? false, params.pathLength, true)];
   const keyUsage = params.keyUsage === undefined ? x509.KeyUsageFlags.digitalSignature : params.keyUsage;
   if (keyUsage !== null) extensions.push(new x509.KeyUsagesExtension(keyUsage, params.keyUsageCritical ?? true));
@@ -75,7 +79,7 @@ export async function craftCertificate(issuer: SigningAuthority | null, params: 
     extensions.push(new x509.SubjectAlternativeNameExtension(names, true));
   }
   extensions.push(await x509.SubjectKeyIdentifierExtension.create(keys.publicKey));
-  const subject = `O=ambit-test, CN=crafted ${Math.random().toString(36).slice(2)}`;
+  const subject = params.subject ?? `O=ambit-test, CN=crafted ${Math.random().toString(36).slice(2)}`;
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.create({
     subject,

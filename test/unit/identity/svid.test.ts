@@ -221,6 +221,25 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid([otherLeaf, otherCa], shared).valid).toBe(true);
   });
 
+  it('under a root that two trust domains share, refuses an intermediate that names no trust domain, and accepts it under a root of one', async () => {
+    const { cert: sharedRoot, keys: rootKeys } = await craftCertificate(null, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const rootAuthority = { cert: sharedRoot, privateKey: rootKeys.privateKey, chainAbove: [] };
+    const { cert: anonymousCa, keys: anonymousKeys } = await craftCertificate(rootAuthority, { uris: null, ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: minted } = await craftCertificate({ cert: anonymousCa, privateKey: anonymousKeys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    const shared = new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [sharedRoot])]);
+    const refused = verifySvid([minted, anonymousCa], shared);
+    expect(refused.error?.code).toBe('SVID_CA_INVALID');
+    expect(refused.error?.message).toMatch(/names no trust domain, and its root .* is in the bundles of "cluster.local", "other.test"/);
+    // The same chain when only this trust domain's bundle holds the root (Istio's plugged-in CA: intermediates without SPIFFE IDs).
+    expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), caB.bundle])).valid).toBe(true);
+    // Shared by key, not only by the same certificate: the root re-issued with its key in the other bundle.
+    const { cert: reissued } = await craftCertificate(null, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, keys: rootKeys, subject: sharedRoot.subject });
+    expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [reissued])])).error?.code).toBe('SVID_CA_INVALID');
+    // A leaf the shared root signs itself: each bundle that lists the root trusts it for that trust domain.
+    const { cert: direct } = await craftCertificate(rootAuthority, { uris: [WEB] });
+    expect(verifySvid([direct], shared).valid).toBe(true);
+  });
+
   it('rejects a chain that exceeds an intermediate path length constraint', async () => {
     const { cert: ca1, keys: k1 } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, pathLength: 0 });
     const { cert: ca2, keys: k2 } = await craftCertificate({ cert: ca1, privateKey: k1.privateKey, chainAbove: [] }, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
