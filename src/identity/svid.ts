@@ -390,24 +390,26 @@ function publicKeyIdOf(cert: Certificate): string {
 
 /**
  * A root that several trust domains' bundles hold (one corporate root over each domain's CA) vouches for each of
- * them only through CAs that say which one they sign for: an intermediate without a SPIFFE ID below it could
- * otherwise mint identities of every domain that trusts the root. (One that names another domain is refused by
- * checkSigningCert.) A root without a SPIFFE ID of its own that signs leaves directly is trusted for each domain
- * whose bundle lists it, as the bundles say.
+ * them only through a CA that says which one it signs for: a path of intermediates none of which has a SPIFFE ID
+ * could otherwise mint identities of every domain that trusts the root. (A CA that names another domain is refused
+ * by checkSigningCert, so one named CA on the path binds the CAs below it too.) A root without a SPIFFE ID of its
+ * own that signs leaves directly is trusted for each domain whose bundle lists it, as the bundles say.
  */
 function checkSharedRoot(root: Certificate, path: ReadonlySet<Certificate>, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
   if (shared.size === 0 || path.size < 2 || facts(root).spiffeTrustDomain !== null) return null;
   const domains = shared.get(publicKeyIdOf(root));
   if (domains === undefined) return null;
+  let unnamed: Certificate | undefined;
   for (const ca of path) {
-    if (facts(ca).isCa && facts(ca).spiffeTrustDomain === null) {
-      return new AmbitError(
-        'SVID_CA_INVALID',
-        `${id.id}: intermediate ${describe(ca)} names no trust domain, and its root ${describe(root)} is in the bundles of ${domains.map((domain) => `"${domain}"`).join(', ')}: under a root those trust domains share, each intermediate must carry its trust domain's SPIFFE ID (spiffe://${id.trustDomain})`,
-      );
-    }
+    if (!facts(ca).isCa) continue;
+    if (facts(ca).spiffeTrustDomain !== null) return null;
+    unnamed ??= ca;
   }
-  return null;
+  if (unnamed === undefined) return null;
+  return new AmbitError(
+    'SVID_CA_INVALID',
+    `${id.id}: intermediate ${describe(unnamed)} names no trust domain, nor does any CA above it, and its root ${describe(root)} is in the bundles of ${domains.map((domain) => `"${domain}"`).join(', ')}: under a root those trust domains share, a trust domain's CA must carry its SPIFFE ID (spiffe://${id.trustDomain})`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

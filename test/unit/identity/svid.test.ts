@@ -229,7 +229,7 @@ describe('verifying a peer SVID', () => {
     const shared = new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [sharedRoot])]);
     const refused = verifySvid([minted, anonymousCa], shared);
     expect(refused.error?.code).toBe('SVID_CA_INVALID');
-    expect(refused.error?.message).toMatch(/names no trust domain, and its root .* is in the bundles of "cluster.local", "other.test"/);
+    expect(refused.error?.message).toMatch(/names no trust domain, nor does any CA above it, and its root .* is in the bundles of "cluster.local", "other.test"/);
     // The same chain when only this trust domain's bundle holds the root (Istio's plugged-in CA: intermediates without SPIFFE IDs).
     expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), caB.bundle])).valid).toBe(true);
     // Shared by key, not only by the same certificate: the root re-issued with its key in the other bundle.
@@ -238,6 +238,14 @@ describe('verifying a peer SVID', () => {
     // A leaf the shared root signs itself: each bundle that lists the root trusts it for that trust domain.
     const { cert: direct } = await craftCertificate(rootAuthority, { uris: [WEB] });
     expect(verifySvid([direct], shared).valid).toBe(true);
+    // An unnamed CA below this trust domain's named CA signs for this trust domain only.
+    const { cert: ownCa, keys: ownKeys } = await craftCertificate(rootAuthority, { uris: ['spiffe://cluster.local'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: subCa, keys: subKeys } = await craftCertificate({ cert: ownCa, privateKey: ownKeys.privateKey, chainAbove: [] }, { uris: null, ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const subAuthority = { cert: subCa, privateKey: subKeys.privateKey, chainAbove: [] };
+    const { cert: underSub } = await craftCertificate(subAuthority, { uris: [WEB] });
+    expect(verifySvid([underSub, subCa, ownCa], shared).valid).toBe(true);
+    const { cert: foreignUnderSub } = await craftCertificate(subAuthority, { uris: ['spiffe://other.test/ns/a/sa/b'] });
+    expect(verifySvid([foreignUnderSub, subCa, ownCa], shared).error?.code).toBe('TRUST_DOMAIN_MISMATCH');
   });
 
   it('rejects a chain that exceeds an intermediate path length constraint', async () => {
