@@ -7,9 +7,9 @@ import type { TunnelLabels } from '../../src/observe/metrics.ts';
 
 const LABELS: TunnelLabels = {
   reporter: 'source',
-  source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes' }),
+  source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes', region: '', zone: '' }),
   sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
-  destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes' }),
+  destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes', region: '', zone: '' }),
   destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
   service: { hostname: 'api.shop.svc.cluster.local', name: 'api', namespace: 'shop' },
   connectionSecurityPolicy: 'mutual_tls',
@@ -18,7 +18,7 @@ const LABELS: TunnelLabels = {
 /** 50 destinations, so the label index holds more than one path, as on a real node. */
 const DESTINATIONS: TunnelLabels[] = Array.from({ length: 50 }, (_, i) => ({
   ...LABELS,
-  destination: workloadLabels({ workload: `api-${i}`, namespace: 'shop', canonicalService: `api-${i}`, canonicalRevision: 'latest', app: `api-${i}`, version: 'latest', cluster: 'Kubernetes' }),
+  destination: workloadLabels({ workload: `api-${i}`, namespace: 'shop', canonicalService: `api-${i}`, canonicalRevision: 'latest', app: `api-${i}`, version: 'latest', cluster: 'Kubernetes', region: '', zone: '' }),
   service: { hostname: `api-${i}.shop.svc.cluster.local`, name: `api-${i}`, namespace: 'shop' },
 }));
 

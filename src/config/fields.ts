@@ -327,6 +327,17 @@ export function canonicalIp(text: string): string | undefined {
   return compressed;
 }
 
+const LOCALITY_PART = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
+
+/** Istio's locality, region/zone/subzone: it becomes metric label values and baggage, so each part is a token. */
+export function checkLocality(value: string): string | undefined {
+  const parts = value.split('/');
+  if (parts.length > 3 || !parts.every((part) => LOCALITY_PART.test(part))) {
+    return `must be region/zone/subzone, each part at most 63 letters, digits, '-', '_' or '.' (got ${JSON.stringify(value)})`;
+  }
+  return undefined;
+}
+
 export function checkIp(value: string): string | undefined {
   return canonicalIp(value) === undefined ? `${JSON.stringify(value)} is not an IPv4 or IPv6 address` : undefined;
 }

@@ -58,6 +58,12 @@ export interface Workload {
   readonly canonicalRevision: string;
   /** The MeshConfig's clusterId: every workload of a configuration is in its cluster. */
   readonly cluster: string;
+  /**
+   * Istio's locality, region/zone[/subzone]: a WorkloadEntry's spec.locality, a Pod's `istio-locality` label (dots
+   * for the slashes a label value cannot hold); '' when not given. ztunnel's `*_region` and `*_zone` metric labels.
+   */
+  readonly region: string;
+  readonly zone: string;
   /** Canonical spellings, primary IP first. */
   readonly ips: readonly string[];
   /** A Pod's node addresses (status.hostIP/hostIPs); a WorkloadEntry's own address, the host it runs on. */
@@ -255,6 +261,16 @@ function firstSet(labels: Labels, ...keys: string[]): string | undefined {
   return undefined;
 }
 
+/** Istio's pod label that gives a pod's locality (its node's topology labels otherwise, which ambit does not read). */
+const LOCALITY_LABEL = 'istio-locality';
+
+/** region/zone/subzone → the region and zone ('' for a part not given). */
+function locality(text: string | undefined): { region: string; zone: string } {
+  if (text === undefined) return { region: '', zone: '' };
+  const [region = '', zone = ''] = text.split('/');
+  return { region, zone };
+}
+
 function toWorkload(object: ConfigObject, mesh: MeshSettings): Workload | undefined {
   const { name, namespace } = object.metadata;
   const trustDomain = mesh.trustDomain;
@@ -276,6 +292,7 @@ function toWorkload(object: ConfigObject, mesh: MeshSettings): Workload | undefi
       workloadType,
       ...canonical(object.metadata.labels, workloadName),
       cluster: mesh.clusterId,
+      ...locality(object.metadata.labels[LOCALITY_LABEL]?.replaceAll('.', '/')),
       ips,
       hostIps: hostIPs,
       labels: object.metadata.labels,
@@ -297,6 +314,7 @@ function toWorkload(object: ConfigObject, mesh: MeshSettings): Workload | undefi
       workloadType: 'workloadentry',
       ...canonical(labels, name),
       cluster: mesh.clusterId,
+      ...locality(object.spec.locality),
       ips: [object.spec.address],
       hostIps: [object.spec.address],
       labels,

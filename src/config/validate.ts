@@ -11,6 +11,7 @@ import {
   checkDns1123Subdomain,
   checkFields,
   checkHost,
+  checkLocality,
   checkHttpsUrl,
   checkIp,
   checkIpBlock,
@@ -422,7 +423,7 @@ function endpointFields(issues: FieldIssues, entry: Mapping, path: FieldPath): E
     ports,
     labels: labelsField(issues, entry, 'labels', path),
     network: stringField(issues, entry, 'network', path),
-    locality: stringField(issues, entry, 'locality', path),
+    locality: stringField(issues, entry, 'locality', path, { check: checkLocality }),
     weight: integerField(issues, entry, 'weight', path, 0, 4_294_967_295),
     serviceAccount: stringField(issues, entry, 'serviceAccount', path, { check: checkDns1123Subdomain }),
   };

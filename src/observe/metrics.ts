@@ -35,6 +35,9 @@ export interface WorkloadLabels {
   readonly app: string;
   readonly version: string;
   readonly cluster: string;
+  /** Istio's locality of the workload (ztunnel's `*_region`, `*_zone`). */
+  readonly region: string;
+  readonly zone: string;
 }
 
 /** The Service a connection addressed: `destination_service` (the hostname), `_name` and `_namespace`. */
@@ -54,13 +57,15 @@ export function workloadLabels(values: Omit<WorkloadLabels, 'key'>): WorkloadLab
     app: known(values.app),
     version: known(values.version),
     cluster: known(values.cluster),
+    region: known(values.region),
+    zone: known(values.zone),
   };
   // NUL appears in no label value that reaches here (Kubernetes names and label values, SPIFFE path segments, baggage tokens).
-  const key = [labels.workload, labels.namespace, labels.canonicalService, labels.canonicalRevision, labels.app, labels.version, labels.cluster].join('\0');
+  const key = [labels.workload, labels.namespace, labels.canonicalService, labels.canonicalRevision, labels.app, labels.version, labels.cluster, labels.region, labels.zone].join('\0');
   return Object.freeze({ key, ...labels });
 }
 
-export const UNKNOWN_WORKLOAD: WorkloadLabels = workloadLabels({ workload: '', namespace: '', canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '' });
+export const UNKNOWN_WORKLOAD: WorkloadLabels = workloadLabels({ workload: '', namespace: '', canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '', region: '', zone: '' });
 export const UNKNOWN_SERVICE: ServiceLabels = Object.freeze({ hostname: 'unknown', name: 'unknown', namespace: 'unknown' });
 
 /** Istio's standard label values; 'unknown' for what is not known (an empty principal is reported as 'unknown'). */
@@ -82,7 +87,7 @@ export const NO_RESPONSE_FLAGS = '-';
 /** ztunnel's `ResponseFlags` values, for callers choosing one; the metrics accept any string. */
 export const RESPONSE_FLAGS = ['-', 'DENY', 'CONNECT', 'TLS_FAILURE', 'H2_HANDSHAKE_FAILURE', 'NETWORK_POLICY', 'IDENTITY_ERROR', 'CERT_REVOKED'] as const;
 
-/** The traffic label names, in ztunnel's order (its `CommonTrafficLabels` but the locality ones). */
+/** The traffic label names, in ztunnel's order (its `CommonTrafficLabels`, the locality ones last as it encodes them). */
 export const TRAFFIC_LABEL_NAMES = [
   'reporter',
   'source_workload',
@@ -107,6 +112,10 @@ export const TRAFFIC_LABEL_NAMES = [
   'request_protocol',
   'response_flags',
   'connection_security_policy',
+  'source_region',
+  'source_zone',
+  'destination_region',
+  'destination_zone',
 ] as const;
 
 type TrafficLabelName = (typeof TRAFFIC_LABEL_NAMES)[number];
@@ -249,6 +258,10 @@ function labelValues(labels: TunnelLabels): TrafficLabelValues {
     request_protocol: 'tcp',
     response_flags: NO_RESPONSE_FLAGS,
     connection_security_policy: labels.connectionSecurityPolicy,
+    source_region: source.region,
+    source_zone: source.zone,
+    destination_region: destination.region,
+    destination_zone: destination.zone,
   };
 }
 

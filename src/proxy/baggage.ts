@@ -10,6 +10,9 @@ export interface BaggageInfo {
   readonly service: string | undefined;
   readonly revision: string | undefined;
   readonly cluster: string | undefined;
+  /** cloud.region and cloud.availability_zone. */
+  readonly region: string | undefined;
+  readonly zone: string | undefined;
 }
 
 /** Only these keys matter to us; values are token-ish, so anything odd is dropped rather than escaped. */
@@ -19,11 +22,12 @@ const MAX_CACHED = 1024;
 const cache = new Map<string, BaggageInfo | null>();
 
 /**
- * ztunnel's baggage: the cluster, the workload's name under its kind (`k8s.deployment.name=web`), and its canonical
- * service and revision.
+ * ztunnel's baggage: the cluster, the workload's name under its kind (`k8s.deployment.name=web`), its canonical
+ * service and revision, and its region and zone when known (ztunnel sends only keys with a value).
  */
 export function buildBaggage(workload: Workload): string {
-  return `k8s.cluster.name=${workload.cluster},k8s.namespace.name=${workload.namespace},k8s.${workload.workloadType}.name=${workload.workloadName},service.name=${workload.canonicalService},service.version=${workload.canonicalRevision}`;
+  const locality = `${workload.region === '' ? '' : `,cloud.region=${workload.region}`}${workload.zone === '' ? '' : `,cloud.availability_zone=${workload.zone}`}`;
+  return `k8s.cluster.name=${workload.cluster},k8s.namespace.name=${workload.namespace},k8s.${workload.workloadType}.name=${workload.workloadName},service.name=${workload.canonicalService},service.version=${workload.canonicalRevision}${locality}`;
 }
 
 export function parseBaggage(header: string | string[] | undefined): BaggageInfo | null {
@@ -35,6 +39,8 @@ export function parseBaggage(header: string | string[] | undefined): BaggageInfo
   let service: string | undefined;
   let revision: string | undefined;
   let cluster: string | undefined;
+  let region: string | undefined;
+  let zone: string | undefined;
   for (const member of header.split(',')) {
     const equals = member.indexOf('=');
     if (equals <= 0) continue;
@@ -45,9 +51,11 @@ export function parseBaggage(header: string | string[] | undefined): BaggageInfo
     else if (key === 'k8s.cluster.name') cluster = value;
     else if (key === 'service.name') service = value;
     else if (key === 'service.version') revision = value;
+    else if (key === 'cloud.region') region = value;
+    else if (key === 'cloud.availability_zone') zone = value;
     else if (key.startsWith('k8s.') && key.endsWith('.name')) workload ??= value;
   }
-  const info = namespace === undefined && workload === undefined ? null : { namespace, workload, service, revision, cluster };
+  const info = namespace === undefined && workload === undefined ? null : { namespace, workload, service, revision, cluster, region, zone };
   if (cache.size >= MAX_CACHED) cache.clear();
   cache.set(header, info);
   return info;

@@ -21,6 +21,8 @@ export function labelsOfWorkload(workload: Workload): WorkloadLabels {
       app: workload.canonicalService,
       version: workload.canonicalRevision,
       cluster: workload.cluster,
+      region: workload.region,
+      zone: workload.zone,
     });
     byWorkload.set(workload, labels);
   }
@@ -44,7 +46,7 @@ export function labelsOfNamespace(namespace: string | null): WorkloadLabels {
   if (namespace === null) return UNKNOWN_WORKLOAD;
   let labels = byNamespace.get(namespace);
   if (labels === undefined) {
-    labels = workloadLabels({ workload: '', namespace, canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '' });
+    labels = workloadLabels({ workload: '', namespace, canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '', region: '', zone: '' });
     // Namespaces come from verified peers' IDs; past the bound each call builds its own (same key, same series).
     if (byNamespace.size < MAX_NAMESPACES) byNamespace.set(namespace, labels);
   }
@@ -53,7 +55,7 @@ export function labelsOfNamespace(namespace: string | null): WorkloadLabels {
 
 /**
  * ztunnel's derived source: what a peer's baggage says of its workload (its name, canonical service and revision,
- * cluster), in the namespace of the peer's own identity. Never used for policy.
+ * cluster, region and zone), in the namespace of the peer's own identity. Never used for policy.
  */
 export function labelsOfBaggage(info: BaggageInfo, namespace: string): WorkloadLabels {
   const memo = byBaggage.get(info);
@@ -67,6 +69,8 @@ export function labelsOfBaggage(info: BaggageInfo, namespace: string): WorkloadL
     app: info.workload ?? '',
     version: info.revision ?? '',
     cluster: info.cluster ?? '',
+    region: info.region ?? '',
+    zone: info.zone ?? '',
   });
   byBaggage.set(info, { namespace, labels });
   return labels;

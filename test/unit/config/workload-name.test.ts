@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import { buildSnapshot } from '../../../src/config/snapshot.ts';
-import { buildBaggage } from '../../../src/proxy/baggage.ts';
+import { buildBaggage, parseBaggage } from '../../../src/proxy/baggage.ts';
 
 function pod(name: string, metadata: string, labels: Record<string, string> = {}): string {
   const labelLines = Object.entries(labels).map(([key, value]) => `    ${key}: "${value}"`);
@@ -92,5 +92,39 @@ describe("a workload's canonical service, revision and cluster", () => {
     const workload = workloadOf(mesh + pod('web-4', ''));
     expect(workload.cluster).toBe('east-1');
     expect(buildBaggage(workload)).toMatch(/^k8s\.cluster\.name=east-1,/);
+  });
+});
+
+describe("a workload's locality (ztunnel's *_region and *_zone labels, the baggage's cloud.* keys)", () => {
+  const entry = (locality: string) => `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: vm-1
+  namespace: shop
+  annotations: { ambit.dev/node: node-a }
+spec: { address: 10.1.0.5, serviceAccount: vm, locality: "${locality}" }`;
+
+  it("is a pod's istio-locality label (dots for slashes) or a WorkloadEntry's spec.locality, and travels in the baggage", () => {
+    const labelled = workloadOf(pod('web-5', '', { 'istio-locality': 'us-east1.us-east1-b.rack7' }));
+    expect([labelled.region, labelled.zone]).toEqual(['us-east1', 'us-east1-b']);
+    expect(buildBaggage(labelled)).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.pod.name=web-5,service.name=web-5,service.version=latest,cloud.region=us-east1,cloud.availability_zone=us-east1-b');
+    const vm = workloadOf(entry('eu-west1/eu-west1-c/r2'));
+    expect([vm.region, vm.zone]).toEqual(['eu-west1', 'eu-west1-c']);
+    expect(parseBaggage(buildBaggage(vm))).toMatchObject({ workload: 'vm-1', region: 'eu-west1', zone: 'eu-west1-c' });
+  });
+
+  it('is unknown when not given, and a region alone leaves the zone unknown', () => {
+    const plain = workloadOf(pod('web-6', ''));
+    expect([plain.region, plain.zone]).toEqual(['', '']);
+    expect(buildBaggage(plain)).not.toContain('cloud.');
+    const regionOnly = workloadOf(entry('ap-south1'));
+    expect([regionOnly.region, regionOnly.zone]).toEqual(['ap-south1', '']);
+    expect(buildBaggage(regionOnly)).toMatch(/,cloud\.region=ap-south1$/);
+  });
+
+  it('refuses a WorkloadEntry locality that is not region/zone/subzone tokens, naming the field', () => {
+    for (const bad of ['us east', 'a/b/c/d', 'x,cloud.region=forged', 'eu-/zone']) {
+      expect(() => workloadOf(entry(bad)), bad).toThrow(/spec\.locality.*must be region\/zone\/subzone/);
+    }
   });
 });

@@ -64,9 +64,9 @@ describe('metrics server', () => {
     const { urls, registry } = await start();
     new ProxyMetrics(registry).open({
       reporter: 'destination',
-      source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes' }),
+      source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes', region: '', zone: '' }),
       sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
-      destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes' }),
+      destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes', region: '', zone: '' }),
       destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
       service: { hostname: 'api.shop.svc.cluster.local', name: 'api', namespace: 'shop' },
       connectionSecurityPolicy: 'mutual_tls',

@@ -7,9 +7,9 @@ import type { TunnelLabels } from '../../../src/observe/metrics.ts';
 
 const OUTBOUND: TunnelLabels = {
   reporter: 'source',
-  source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes' }),
+  source: workloadLabels({ workload: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'v1', app: 'web', version: 'v1', cluster: 'Kubernetes', region: 'us-east1', zone: 'us-east1-b' }),
   sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/web',
-  destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes' }),
+  destination: workloadLabels({ workload: 'api', namespace: 'shop', canonicalService: 'api', canonicalRevision: 'latest', app: 'api', version: 'latest', cluster: 'Kubernetes', region: '', zone: '' }),
   destinationPrincipal: 'spiffe://cluster.local/ns/shop/sa/api',
   service: { hostname: 'api.shop.svc.cluster.local', name: 'api', namespace: 'shop' },
   connectionSecurityPolicy: 'mutual_tls',
@@ -74,6 +74,10 @@ describe('ProxyMetrics', () => {
       'request_protocol="tcp"',
       'response_flags="-"',
       'connection_security_policy="mutual_tls"',
+      'source_region="us-east1"',
+      'source_zone="us-east1-b"',
+      'destination_region="unknown"',
+      'destination_zone="unknown"',
     ].join(',');
     expect(text).toContain(`istio_tcp_connections_opened_total{${labelText}} 1`);
     expect(text).toContain(`istio_tcp_connections_closed_total{${labelText}} 1`);
@@ -137,7 +141,7 @@ describe('ProxyMetrics', () => {
 
   it('reports an empty label value as unknown', async () => {
     const registry = new Registry();
-    const source = workloadLabels({ workload: '', namespace: 'shop', canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '' });
+    const source = workloadLabels({ workload: '', namespace: 'shop', canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '', region: '', zone: '' });
     new ProxyMetrics(registry).open({ ...OUTBOUND, source, sourcePrincipal: '', service: { hostname: '', name: '', namespace: '' } });
     expect(
       await valueOf(registry, 'istio_tcp_connections_opened_total', {
