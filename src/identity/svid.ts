@@ -322,7 +322,7 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
       const rootDomain = facts(root).spiffeTrustDomain;
       if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
       if (!issued(root, current)) continue;
-      const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? checkSharedRoot(root, used, id, shared);
+      const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? checkSharedRoot(root, current, chain[0] as Certificate, id, shared);
       if (rootError === null) return null;
       signerError ??= rootError;
     }
@@ -390,25 +390,20 @@ function publicKeyIdOf(cert: Certificate): string {
 
 /**
  * A root that several trust domains' bundles hold (one corporate root over each domain's CA) vouches for each of
- * them only through a CA that says which one it signs for: a path of intermediates none of which has a SPIFFE ID
- * could otherwise mint identities of every domain that trusts the root. (A CA that names another domain is refused
- * by checkSigningCert, so one named CA on the path binds the CAs below it too.) A root without a SPIFFE ID of its
- * own that signs leaves directly is trusted for each domain whose bundle lists it, as the bundles say.
+ * them only through a CA that says which one it signs for: the CA it signed itself, at the top of the presented
+ * path, must carry this trust domain's SPIFFE ID. checkSigningCert then binds every CA below it to that domain. An
+ * unnamed CA at the top could mint identities of every domain that trusts the root, or a CA named for any of them.
+ * This holds whether or not the root names a domain itself, as its key is what signs. A leaf the shared root signs
+ * directly is trusted for each domain whose bundle lists the root, as the bundles say. Sharing is seen between
+ * roots only: a bundle that lists another domain's intermediate as a root is not detected.
  */
-function checkSharedRoot(root: Certificate, path: ReadonlySet<Certificate>, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
-  if (shared.size === 0 || path.size < 2 || facts(root).spiffeTrustDomain !== null) return null;
+function checkSharedRoot(root: Certificate, top: Certificate, leaf: Certificate, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
+  if (shared.size === 0 || top === leaf) return null;
   const domains = shared.get(publicKeyIdOf(root));
-  if (domains === undefined) return null;
-  let unnamed: Certificate | undefined;
-  for (const ca of path) {
-    if (!facts(ca).isCa) continue;
-    if (facts(ca).spiffeTrustDomain !== null) return null;
-    unnamed ??= ca;
-  }
-  if (unnamed === undefined) return null;
+  if (domains === undefined || facts(top).spiffeTrustDomain === id.trustDomain) return null;
   return new AmbitError(
     'SVID_CA_INVALID',
-    `${id.id}: intermediate ${describe(unnamed)} names no trust domain, nor does any CA above it, and its root ${describe(root)} is in the bundles of ${domains.map((domain) => `"${domain}"`).join(', ')}: under a root those trust domains share, a trust domain's CA must carry its SPIFFE ID (spiffe://${id.trustDomain})`,
+    `${id.id}: intermediate ${describe(top)} names no trust domain (a CA of trust domain "${id.trustDomain}" carries spiffe://${id.trustDomain}), and its root ${describe(root)} is in the bundles of ${domains.map((domain) => `"${domain}"`).join(', ')}: under a root those trust domains share, the CA it signs must name its trust domain`,
   );
 }
 

@@ -229,7 +229,7 @@ describe('verifying a peer SVID', () => {
     const shared = new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [sharedRoot])]);
     const refused = verifySvid([minted, anonymousCa], shared);
     expect(refused.error?.code).toBe('SVID_CA_INVALID');
-    expect(refused.error?.message).toMatch(/names no trust domain, nor does any CA above it, and its root .* is in the bundles of "cluster.local", "other.test"/);
+    expect(refused.error?.message).toMatch(/names no trust domain .* and its root .* is in the bundles of "cluster.local", "other.test"/);
     // The same chain when only this trust domain's bundle holds the root (Istio's plugged-in CA: intermediates without SPIFFE IDs).
     expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), caB.bundle])).valid).toBe(true);
     // Shared by key, not only by the same certificate: the root re-issued with its key in the other bundle.
@@ -246,6 +246,19 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid([underSub, subCa, ownCa], shared).valid).toBe(true);
     const { cert: foreignUnderSub } = await craftCertificate(subAuthority, { uris: ['spiffe://other.test/ns/a/sa/b'] });
     expect(verifySvid([foreignUnderSub, subCa, ownCa], shared).error?.code).toBe('TRUST_DOMAIN_MISMATCH');
+    // An unnamed CA at the top cannot make itself a named CA of either domain below it.
+    const anonymousAuthority = { cert: anonymousCa, privateKey: anonymousKeys.privateKey, chainAbove: [] };
+    for (const domain of ['cluster.local', 'other.test']) {
+      const { cert: selfNamed, keys: selfNamedKeys } = await craftCertificate(anonymousAuthority, { uris: [`spiffe://${domain}`], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+      const { cert: mintedLeaf } = await craftCertificate({ cert: selfNamed, privateKey: selfNamedKeys.privateKey, chainAbove: [] }, { uris: [`spiffe://${domain}/ns/a/sa/b`] });
+      expect(verifySvid([mintedLeaf, selfNamed, anonymousCa], shared).error?.code, domain).toBe('SVID_CA_INVALID');
+    }
+    // A root that names a trust domain itself but whose key another bundle holds unnamed: its key is what signs.
+    const { cert: namedCopy } = await craftCertificate(null, { uris: ['spiffe://cluster.local'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, keys: rootKeys, subject: sharedRoot.subject });
+    const namedAndShared = new BundleSet([createBundle('cluster.local', [namedCopy]), createBundle('other.test', [sharedRoot])]);
+    expect(verifySvid([minted, anonymousCa], namedAndShared).error?.code).toBe('SVID_CA_INVALID');
+    const { cert: ownLeaf } = await craftCertificate({ cert: ownCa, privateKey: ownKeys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([ownLeaf, ownCa], namedAndShared).valid).toBe(true);
   });
 
   it('rejects a chain that exceeds an intermediate path length constraint', async () => {
