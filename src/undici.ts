@@ -16,11 +16,40 @@ export type Agent = InstanceType<typeof AgentClass>;
 export const Client = ClientClass;
 export type Client = InstanceType<typeof ClientClass>;
 
-export type RequestOptions = Omit<Dispatcher.RequestOptions, 'origin' | 'path' | 'method'> & { dispatcher: Dispatcher; method?: Dispatcher.HttpMethod };
+/** The method always given: undici's own `request` guesses PUT for a body, which no caller here means. */
+export type RequestOptions = Omit<Dispatcher.RequestOptions, 'origin' | 'path' | 'method'> & { dispatcher: Dispatcher; method: Dispatcher.HttpMethod };
 
-/** undici's `request(url, options)` for a given dispatcher: the URL's origin, path and query, GET unless told. */
-export function request(url: string, options: RequestOptions): Promise<Dispatcher.ResponseData> {
+/**
+ * undici's `request(url, options)` for a given dispatcher: the URL's origin, path and query; http and https only.
+ * An abort ends it at once even while it waits for a connection: undici keeps the abort of a request it has not yet
+ * put on a connection until it gets one (a connect timeout later, against a peer that does not answer).
+ */
+export async function request(url: string, options: RequestOptions): Promise<Dispatcher.ResponseData> {
   const parsed = new URL(url);
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new TypeError(`not an http or https URL: ${url}`);
   const { dispatcher, ...rest } = options;
-  return dispatcher.request({ ...rest, origin: parsed.origin, path: `${parsed.pathname}${parsed.search}`, method: options.method ?? 'GET' });
+  const pending = dispatcher.request({ ...rest, origin: parsed.origin, path: `${parsed.pathname}${parsed.search}` });
+  const signal = options.signal;
+  if (!(signal instanceof AbortSignal)) return pending;
+  if (signal.aborted) {
+    pending.then((response) => response.body.destroy(), () => {});
+    throw signal.reason;
+  }
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      reject(signal.reason);
+      pending.then((response) => response.body.destroy(), () => {});
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    pending.then(
+      (response) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(response);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
 }

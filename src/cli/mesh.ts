@@ -159,7 +159,7 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: n
 const dispatcher = new Agent();
 
 async function httpOk(url: string): Promise<boolean> {
-  const response = await request(url, { dispatcher, headersTimeout: 1000, bodyTimeout: 1000 });
+  const response = await request(url, { dispatcher, method: 'GET', headersTimeout: 1000, bodyTimeout: 1000 });
   await response.body.dump();
   return response.statusCode === 200;
 }
@@ -276,7 +276,7 @@ export const command: Command = {
       let failed = 0;
       let lastError = '';
       const clientTimer = setInterval(() => {
-        request(`http://${layout.client.ip}:${layout.client.httpPort}/hello`, { dispatcher, headersTimeout: 2000, bodyTimeout: 2000 }).then(async (response) => {
+        request(`http://${layout.client.ip}:${layout.client.httpPort}/hello`, { dispatcher, method: 'GET', headersTimeout: 2000, bodyTimeout: 2000 }).then(async (response) => {
           await response.body.dump();
           if (response.statusCode === 200) ok++;
           else failed++;
@@ -299,7 +299,7 @@ export const command: Command = {
 
       const started = Date.now();
       const summary = async () => {
-        const texts = await Promise.all(layout.nodes.map((node) => request(`http://${node.address}:15020/metrics`, { dispatcher }).then((r) => r.body.text()).catch(() => '')));
+        const texts = await Promise.all(layout.nodes.map((node) => request(`http://${node.address}:15020/metrics`, { dispatcher, method: 'GET' }).then((r) => r.body.text()).catch(() => '')));
         const lines = [`ambit mesh — ${Math.round((Date.now() - started) / 1000)}s — client calls ok ${ok}, failed ${failed}${lastError ? ` (last error: ${lastError})` : ''}`];
         layout.nodes.forEach((node, i) => {
           const text = texts[i] ?? '';

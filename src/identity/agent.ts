@@ -41,6 +41,12 @@ const DEFAULT_BUNDLE_REFRESH_MS = 300_000;
 const REQUEST_TIMEOUT_MS = 10_000;
 /** Connections to the CA at most, each carrying one request at a time (HTTP/1.1, no pipelining). */
 const CA_CONNECTIONS = 4;
+/**
+ * A request's whole life, waiting for one of those connections included: undici's headers and body timeouts start
+ * only once it is on a connection, and a hundred requests queued behind a CA that accepts and never answers would
+ * otherwise fail four at a time, one connect timeout after another.
+ */
+const REQUEST_DEADLINE_MS = 30_000;
 const BUNDLE_RETRY_MS = 60_000;
 /** In --state-dir: the node SVID's key and chain, 0600. */
 const NODE_SVID_FILE = 'node-svid.pem';
@@ -79,6 +85,8 @@ export interface IdentityAgentOptions {
   ttlSeconds?: number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
+  /** A request's whole life, queueing for a connection included (default 30 s). */
+  requestDeadlineMs?: number;
   /** Floor for bundle polling, whatever the CA advertises. */
   minBundleRefreshMs?: number;
   random?: () => number;
@@ -134,6 +142,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #lastRefreshMs: number | undefined;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
+  readonly #abort = new AbortController();
   /** The key identifier of the authority the CA signs with now, as it last said (SIGNING_AUTHORITY_HEADER). */
   #signingAuthority: string | undefined;
   #refreshing: Promise<void> | undefined;
@@ -228,6 +237,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
 
   async #stop(): Promise<void> {
     this.#stopped = true;
+    // Requests under way or queued for a connection end now: stop() must not wait out a CA that does not answer.
+    this.#abort.abort(new AmbitError('CA_UNREACHABLE', 'the agent stopped'));
     if (this.#attestWait !== undefined) {
       clearTimeout(this.#attestWait.timer);
       this.#attestWait.resolve();
@@ -236,7 +247,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     for (const entry of this.#entries.values()) clearTimeout(entry.timer);
     await Promise.allSettled([...this.#entries.values()].map((entry) => entry.inFlight));
     await this.#persisting;
-    await this.#dispatcher.close();
+    // Requests still waiting for a connection were aborted above; destroy ends them and their connects now.
+    await this.#dispatcher.destroy();
   }
 
   /** Fetches the bundle set (own and federated trust domains) now; a fetch already under way is joined, not doubled. */
@@ -252,7 +264,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     // After a failure, try again within a minute (or the last hint, if shorter), not after the default 5 minutes.
     let nextMs = Math.min(BUNDLE_RETRY_MS, this.#lastRefreshMs ?? BUNDLE_RETRY_MS);
     try {
-      const response = await request(`${this.#options.caUrl}/v1/bundles`, { dispatcher: this.#dispatcher, headersTimeout: REQUEST_TIMEOUT_MS, bodyTimeout: REQUEST_TIMEOUT_MS });
+      const response = await request(`${this.#options.caUrl}/v1/bundles`, { dispatcher: this.#dispatcher, method: 'GET', signal: this.#requestSignal(), headersTimeout: REQUEST_TIMEOUT_MS, bodyTimeout: REQUEST_TIMEOUT_MS });
       const text = await response.body.text();
       if (response.statusCode !== 200) throw new AmbitError('CA_REJECTED', `GET /v1/bundles answered ${response.statusCode}: ${text.slice(0, 200)}`);
       const maxAge = /max-age=(\d+)/.exec(String(response.headers['cache-control'] ?? ''));
@@ -335,6 +347,11 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
    * Connections to the CA presenting `svid` (none before attestation). Fixed per dispatcher, never read from the
    * entry: a renewed node SVID must not reach the CA on any connection before it is stored (see #accept).
    */
+  /** Ends a request at stop() or after REQUEST_DEADLINE_MS, whichever comes first. */
+  #requestSignal(): AbortSignal {
+    return AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#options.requestDeadlineMs ?? REQUEST_DEADLINE_MS)]);
+  }
+
   #newDispatcher(svid: Svid | undefined): Agent {
     return new Agent({
       connect: spiffeConnector({
@@ -411,12 +428,16 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       response = await request(`${this.#options.caUrl}${path}`, {
         dispatcher: this.#dispatcher,
         method: 'POST',
+        signal: this.#requestSignal(),
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify(body),
         headersTimeout: REQUEST_TIMEOUT_MS,
         bodyTimeout: REQUEST_TIMEOUT_MS,
       });
     } catch (error) {
+      if (error instanceof DOMException && error.name === 'TimeoutError') {
+        throw new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl}: no answer within ${(this.#options.requestDeadlineMs ?? REQUEST_DEADLINE_MS) / 1000} s (waiting for one of ${CA_CONNECTIONS} connections included)`, { cause: error });
+      }
       const wrapped = toAmbitError(error, 'CA_UNREACHABLE');
       throw wrapped.code === 'IDENTITY_MISMATCH' || wrapped.code.startsWith('SVID_') || wrapped.code.startsWith('TRUST_DOMAIN')
         ? new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl} failed authentication: [${wrapped.code}] ${wrapped.message}`, { cause: wrapped })
@@ -519,6 +540,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       },
       (error: unknown) => {
         entry.inFlight = undefined;
+        // Ended by stop(): not a failure to count, report or retry.
+        if (this.#stopped) return;
         // The retry asks the CA again, which signs with whatever root is active then.
         entry.reissue = false;
         this.#onFailure(entry, toAmbitError(error, 'CA_UNREACHABLE'));

@@ -19,15 +19,33 @@ interface Relay {
   open: number;
   maxOpen: number;
   accepted: number;
+  /** From now on: connections are accepted and never answered (a CA that hangs), the open ones cut. */
+  hang(): void;
   close(): Promise<void>;
 }
 
 /** A TCP relay to the CA: the agent checks the CA's identity, not its address, so it is transparent. */
 async function relayTo(target: URL): Promise<Relay> {
   const sockets = new Set<net.Socket>();
-  const relay = { url: '', open: 0, maxOpen: 0, accepted: 0, close: async () => {} };
+  let hanging = false;
+  const relay = {
+    url: '',
+    open: 0,
+    maxOpen: 0,
+    accepted: 0,
+    hang: () => {
+      hanging = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    close: async () => {},
+  };
   const server = net.createServer((client) => {
     relay.accepted++;
+    if (hanging) {
+      sockets.add(client);
+      client.on('error', () => {});
+      return;
+    }
     relay.open++;
     relay.maxOpen = Math.max(relay.maxOpen, relay.open);
     const upstream = net.connect(Number(target.port), target.hostname);
@@ -88,4 +106,41 @@ describe("a node agent's connections to its CA", () => {
     while (relay.open > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
     expect(relay.open).toBe(0);
   }, 15_000);
+});
+
+describe('a node agent whose CA stops answering', () => {
+  let ca: InProcessCa;
+  let relay: Relay;
+  let stateDir: string;
+
+  beforeAll(async () => {
+    ca = await startInProcessCa(TD, { 'node-a': WORKLOADS });
+    relay = await relayTo(new URL(ca.server.url));
+    stateDir = await mkdtemp(join(tmpdir(), 'ambit-ca-hang-'));
+  });
+
+  afterAll(async () => {
+    await relay?.close();
+    await ca?.close();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  it('fails a request within its deadline, time queued for a connection included, and stops at once with forty requests waiting', async () => {
+    const agent = new IdentityAgent({ caUrl: relay.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.server.ownBundle(), joinToken: await ca.joinToken('node-a'), stateDir, logger: silentLogger(), requestDeadlineMs: 1_500 });
+    try {
+      await agent.start();
+      relay.hang();
+      const started = Date.now();
+      const failed = await agent.ensure(WORKLOADS[0] as string, { failFast: true }).then(() => null, (error: unknown) => error as Error);
+      expect(failed?.message).toMatch(/no answer within 1\.5 s \(waiting for one of 4 connections included\)/);
+      // The connect timeout alone (10 s) would have ended it much later.
+      expect(Date.now() - started).toBeLessThan(5_000);
+      for (const id of WORKLOADS.slice(1)) void agent.ensure(id);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    } finally {
+      const stopping = Date.now();
+      await agent.stop();
+      expect(Date.now() - stopping).toBeLessThan(1_000);
+    }
+  }, 20_000);
 });
