@@ -50,7 +50,8 @@ ambit svid verify --bundle FILE [--trust-domain TD] [--at TIME] CERT
     --trust-domain TD    the trust domain the bundle belongs to (a bundle file does not name it).
                          Without it, the bundle is taken to be the bundle of the trust domain in the
                          leaf's SPIFFE ID. With it, a leaf of any other trust domain is rejected as
-                         TRUST_DOMAIN_UNKNOWN: there is no bundle for that domain.
+                         TRUST_DOMAIN_UNKNOWN: there is no bundle for that domain (a leaf's own faults,
+                         expiry among them, are checked first and reported instead).
                          Either way, a root whose own SPIFFE ID names another trust domain counts only
                          for that domain: it never vouches for the leaf's (TRUST_DOMAIN_MISMATCH).
     --at TIME            judge validity periods as of TIME instead of now: RFC 3339 with an offset,

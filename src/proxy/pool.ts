@@ -495,7 +495,7 @@ function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | u
   const { entry, endpoint } = connect;
   const server = `${endpoint.hboneHost}:${endpoint.hbonePort}`;
   if (entry.refusal !== undefined) {
-    const why = entry.refusal === UNTRUSTED_REASON ? ' (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, or an expired CA; its log names which)' : '';
+    const why = entry.refusal === UNTRUSTED_REASON ? ' (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, a CA that is expired or breaks its rules; its log names which)' : '';
     return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}${why}`);
   }
   // The server ended it, not our pool (a close, the sweep).

@@ -297,7 +297,10 @@ function firstAdmitting(entries: readonly ExternalEntry[] | undefined, port: num
 export function externalEntry(table: RoutingTable, host: string, port: number, sourceNamespace: string): string | undefined {
   const external = table.external;
   if (isIP(host) !== 0) {
-    const exact = firstAdmitting(external.byAddress.get(host) ?? external.byAddress.get(canonicalIp(host) ?? host), port, sourceNamespace);
+    // A zone (fe80::1%eth0) does not change the address an entry names.
+    const zone = host.indexOf('%');
+    const address = zone < 0 ? host : host.slice(0, zone);
+    const exact = firstAdmitting(external.byAddress.get(address) ?? external.byAddress.get(canonicalIp(address) ?? address), port, sourceNamespace);
     if (exact !== undefined || external.blocks.length === 0) return exact;
     const ip = parseIp(host);
     if (ip === null) return undefined;

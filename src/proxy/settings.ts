@@ -33,7 +33,8 @@ export const TLS_GROUPS = 'X25519MLKEM768:X25519:P-256';
 export const HBONE_ALPN = ['h2'];
 /**
  * The GOAWAY reason of a peer whose certificate the trust bundles refused (inbound.ts refusalReason): one word for
- * an unknown trust domain, an unknown CA or an expired CA, so an unauthenticated prober learns nothing of them.
+ * an unknown trust domain, an unknown CA, or a CA that is expired or breaks the rules (path length, names, key
+ * size), so an unauthenticated prober learns nothing of them.
  */
 export const UNTRUSTED_REASON = 'SVID_UNTRUSTED';
 /** Ports of our own listeners that a CONNECT to any workload address would loop into (ztunnel's set). */

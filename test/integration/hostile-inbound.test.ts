@@ -733,7 +733,7 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
       const error = await hbone.open(`spiffe://${TD}/ns/demo/sa/untrusted`, null, target, '').then(() => null, (e: unknown) => e);
       expect(error).toBeInstanceOf(TunnelError);
       expect([(error as TunnelError).code, (error as TunnelError).flag]).toEqual(['TLS_HANDSHAKE', 'TLS_FAILURE']);
-      expect((error as TunnelError).message).toBe(`server at ${ECHO_IP}:${HBONE_PORT} refused the certificate of source identity spiffe://${TD}/ns/demo/sa/untrusted: SVID_UNTRUSTED (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, or an expired CA; its log names which)`);
+      expect((error as TunnelError).message).toBe(`server at ${ECHO_IP}:${HBONE_PORT} refused the certificate of source identity spiffe://${TD}/ns/demo/sa/untrusted: SVID_UNTRUSTED (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, a CA that is expired or breaks its rules; its log names which)`);
     } finally {
       await hbone.close();
     }

@@ -12,6 +12,10 @@ describe("the long-running processes' modules", () => {
       await import('./src/identity/agent.ts');
       await import('./src/identity/federation.ts');
       await import('./src/proxy/l7.ts');
+      await import('./src/cli/proxy.ts');
+      await import('./src/cli/ca.ts');
+      await import('./src/cli/agent.ts');
+      await import('./src/cli/mesh.ts');
       const { Agent, Client } = await import('./src/undici.ts');
       const loaded = Object.keys(createRequire(import.meta.url).cache).filter((path) => path.includes('/undici/'));
       console.log(JSON.stringify({ loaded, request: typeof new Agent().request, clientRequest: typeof Client.prototype.request }));
@@ -34,5 +38,8 @@ describe("the long-running processes' modules", () => {
     `;
     const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8' });
     expect(JSON.parse(out)).toEqual([]);
+    // The control: an ESM import of node:http does load it on this Node, so the check above can fail.
+    const control = `await import('node:http'); console.log(JSON.stringify(process.moduleLoadList.filter((name) => name.includes('deps/undici'))));`;
+    expect(JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', control], { encoding: 'utf8' }))).not.toEqual([]);
   });
 });

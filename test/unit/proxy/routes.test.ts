@@ -422,6 +422,7 @@ spec:
     expect(entryFor('198.51.100.7', 'shop')).toBe('shop/cdn');
     expect(entryFor('::ffff:198.51.100.7', 'shop')).toBe('shop/cdn');
     expect(entryFor('2001:DB8:0:0::7', 'shop')).toBe('shop/cdn');
+    expect(entryFor('2001:db8::7%eth0', 'shop')).toBe('shop/cdn');
     expect(entryFor('198.51.100.7', 'ops')).toBe('ops/everything-example');
     expect(entryFor('198.51.100.8', 'shop')).toBeUndefined();
     expect(entryFor('198.51.101.7', 'ops')).toBeUndefined();
