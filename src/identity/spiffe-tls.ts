@@ -10,7 +10,7 @@ import type { buildConnector } from 'undici';
 import { AmbitError } from '../errors.ts';
 import type { SpiffeId } from './spiffe-id.ts';
 import { MAX_CHAIN_DEPTH, parseCertificates, verifySvid } from './svid.ts';
-import type { BundleSource, Certificate, Svid, VerifyResult } from './svid.ts';
+import type { BundleSource, Certificate, Svid, VerifyOptions, VerifyResult } from './svid.ts';
 
 /** TLS 1.3 only, as ztunnel: no downgrade surface, and every peer in the mesh speaks it. */
 export const MIN_TLS_VERSION = 'TLSv1.3';
@@ -54,7 +54,7 @@ export function verifyPeer(socket: tls.TLSSocket, bundles: BundleSource, expecte
 }
 
 /** Verifies a peer certificate already read from a socket (getPeerCertificate(true)); never throws. */
-export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, bundles: BundleSource, expected: ExpectedPeer): VerifyResult {
+export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, bundles: BundleSource, expected: ExpectedPeer, options: VerifyOptions = {}): VerifyResult {
   let chain: Certificate[];
   try {
     chain = leaf ? chainOf(leaf) : [];
@@ -63,7 +63,7 @@ export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, 
     return { valid: false, id: null, error: failure, presentedOnly: true };
   }
   if (chain.length === 0) return { valid: false, id: null, error: new AmbitError('CA_UNAUTHENTICATED', 'peer presented no certificate'), presentedOnly: true };
-  const result = verifySvid(chain, bundles);
+  const result = verifySvid(chain, bundles, options);
   if (!result.valid || expected === null) return result;
   return matchExpected(result, expected);
 }

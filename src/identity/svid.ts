@@ -180,6 +180,11 @@ export interface BundleSource {
 export interface VerifyOptions {
   /** Judge validity periods as of this time (default now). */
   at?: Date;
+  /**
+   * The verifying node's own trust domain: a root of its bundle that another trust domain's bundle holds too vouches
+   * only through CAs that name their trust domain (checkSharedRoot). Without it, no root counts as shared.
+   */
+  localTrustDomain?: string;
 }
 
 export type VerifyResult =
@@ -224,7 +229,7 @@ export function verifySvid(chain: readonly Certificate[], bundles: BundleSource,
     if (bundle === undefined) {
       return fail('TRUST_DOMAIN_UNKNOWN', `${id.id}: no trust bundle for trust domain "${id.trustDomain}"`, id);
     }
-    const pathError = validatePath(chain, bundle, at, id, sharedRootKeys(bundles));
+    const pathError = validatePath(chain, bundle, at, id, sharedRootKeys(bundles, options.localTrustDomain));
     if (pathError === null) return { valid: true, id, error: null };
     if (pathError.code === 'SVID_CHAIN_INVALID') {
       const signer = findForeignSigner(chain, bundles, id.trustDomain, at);
@@ -358,27 +363,41 @@ function findForeignSigner(chain: readonly Certificate[], bundles: BundleSource,
 }
 
 const NO_SHARED_ROOTS: ReadonlyMap<string, readonly string[]> = new Map();
-const sharedRootsCache = new WeakMap<BundleSource, ReadonlyMap<string, readonly string[]>>();
+const sharedRootsCache = new WeakMap<BundleSource, Map<string, ReadonlyMap<string, readonly string[]>>>();
+
+/** Whether a root may vouch for a trust domain at all: it names none, or that one (validatePath skips the others). */
+function mayVouchFor(root: Certificate, trustDomain: string): boolean {
+  const named = facts(root).spiffeTrustDomain;
+  return named === null || named === trustDomain;
+}
 
 /**
- * The public keys (SPKI SHA-256, hex) of roots that more than one trust domain's bundle holds, with those trust
- * domains; computed once per bundle set (sets are replaced, never changed).
+ * The public keys (SPKI SHA-256, hex) of roots of the local trust domain's bundle that another trust domain's bundle
+ * holds too, each root able to vouch for the domain of the bundle it is in, with those trust domains. Only sharing
+ * with the local bundle counts: the local bundle is the operator's, so a federated peer that lists another peer's
+ * root cannot make the rule refuse that peer's identities. Computed once per bundle set (sets are replaced, never
+ * changed).
  */
-function sharedRootKeys(bundles: BundleSource): ReadonlyMap<string, readonly string[]> {
-  if (bundles[Symbol.iterator] === undefined) return NO_SHARED_ROOTS;
-  let shared = sharedRootsCache.get(bundles);
-  if (shared !== undefined) return shared;
+function sharedRootKeys(bundles: BundleSource, local: string | undefined): ReadonlyMap<string, readonly string[]> {
+  if (local === undefined || bundles[Symbol.iterator] === undefined) return NO_SHARED_ROOTS;
+  let byLocal = sharedRootsCache.get(bundles);
+  const cached = byLocal?.get(local);
+  if (cached !== undefined) return cached;
+  const localBundle = bundles.get(local);
   const domainsByKey = new Map<string, string[]>();
-  for (const bundle of bundles as Iterable<TrustBundle>) {
-    for (const root of bundle.roots) {
-      const key = publicKeyIdOf(root);
-      const domains = domainsByKey.get(key);
-      if (domains === undefined) domainsByKey.set(key, [bundle.trustDomain]);
-      else if (!domains.includes(bundle.trustDomain)) domains.push(bundle.trustDomain);
+  for (const root of localBundle?.roots ?? []) if (mayVouchFor(root, local)) domainsByKey.set(publicKeyIdOf(root), [local]);
+  if (domainsByKey.size > 0) {
+    for (const bundle of bundles as Iterable<TrustBundle>) {
+      if (bundle.trustDomain === local) continue;
+      for (const root of bundle.roots) {
+        const domains = domainsByKey.get(publicKeyIdOf(root));
+        if (domains !== undefined && mayVouchFor(root, bundle.trustDomain) && !domains.includes(bundle.trustDomain)) domains.push(bundle.trustDomain);
+      }
     }
   }
-  shared = new Map([...domainsByKey].filter(([, domains]) => domains.length > 1));
-  sharedRootsCache.set(bundles, shared);
+  const shared: ReadonlyMap<string, readonly string[]> = new Map([...domainsByKey].filter(([, domains]) => domains.length > 1));
+  if (byLocal === undefined) sharedRootsCache.set(bundles, (byLocal = new Map()));
+  byLocal.set(local, shared);
   return shared;
 }
 

@@ -66,7 +66,7 @@ export class NodeProxy {
   readonly registry = new Registry();
   readonly metrics: ProxyMetrics;
   readonly contexts = new IdentityContexts();
-  readonly verifier = new PeerVerifier();
+  readonly verifier: PeerVerifier;
   #config!: ConfigWatcher;
   #agent!: IdentityAgent;
   #inbound!: HboneInbound;
@@ -91,6 +91,7 @@ export class NodeProxy {
     this.#options = options;
     this.#logger = options.logger.child({ node: options.nodeName });
     this.metrics = new ProxyMetrics(this.registry);
+    this.verifier = new PeerVerifier({ localTrustDomain: options.caBundle.trustDomain });
   }
 
   static async start(options: NodeProxyOptions): Promise<NodeProxy> {

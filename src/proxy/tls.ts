@@ -58,9 +58,12 @@ interface CachedVerdict {
 export class PeerVerifier {
   readonly #cache = new Map<string, CachedVerdict>();
   readonly #maxEntries: number;
+  readonly #options: { localTrustDomain?: string };
 
-  constructor(maxEntries = 4096) {
-    this.#maxEntries = maxEntries;
+  /** localTrustDomain: the proxy's own trust domain (VerifyOptions, for roots it shares with another domain). */
+  constructor(options: { maxEntries?: number; localTrustDomain?: string } = {}) {
+    this.#maxEntries = options.maxEntries ?? 4096;
+    this.#options = options.localTrustDomain === undefined ? {} : { localTrustDomain: options.localTrustDomain };
   }
 
   verify(socket: tls.TLSSocket, bundles: BundleSource, expected: ExpectedPeer): VerifyResult {
@@ -74,7 +77,7 @@ export class PeerVerifier {
     if (cached && cached.bundles === bundles && now < cached.validUntilMs) {
       result = cached.result;
     } else {
-      result = verifyPeerCertificate(leaf, bundles, null);
+      result = verifyPeerCertificate(leaf, bundles, null, this.#options);
       if (this.#cache.size >= this.#maxEntries) this.#cache.clear();
       this.#cache.set(key, { result, bundles, validUntilMs: Math.min(Date.parse(leaf.valid_to), now + 60_000) });
     }

@@ -227,39 +227,56 @@ describe('verifying a peer SVID', () => {
     const { cert: anonymousCa, keys: anonymousKeys } = await craftCertificate(rootAuthority, { uris: null, ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
     const { cert: minted } = await craftCertificate({ cert: anonymousCa, privateKey: anonymousKeys.privateKey, chainAbove: [] }, { uris: [WEB] });
     const shared = new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [sharedRoot])]);
-    const refused = verifySvid([minted, anonymousCa], shared);
+    // The rule is the verifying node's: its own trust domain's bundle is the one whose roots count as shared.
+    const local = { localTrustDomain: 'cluster.local' };
+    const refused = verifySvid([minted, anonymousCa], shared, local);
     expect(refused.error?.code).toBe('SVID_CA_INVALID');
     expect(refused.error?.message).toMatch(/names no trust domain .* and its root .* is in the bundles of "cluster.local", "other.test"/);
     // The same chain when only this trust domain's bundle holds the root (Istio's plugged-in CA: intermediates without SPIFFE IDs).
-    expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), caB.bundle])).valid).toBe(true);
+    expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), caB.bundle]), local).valid).toBe(true);
     // Shared by key, not only by the same certificate: the root re-issued with its key in the other bundle.
     const { cert: reissued } = await craftCertificate(null, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, keys: rootKeys, subject: sharedRoot.subject });
-    expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [reissued])])).error?.code).toBe('SVID_CA_INVALID');
+    expect(verifySvid([minted, anonymousCa], new BundleSet([createBundle('cluster.local', [sharedRoot]), createBundle('other.test', [reissued])]), local).error?.code).toBe('SVID_CA_INVALID');
     // A leaf the shared root signs itself: each bundle that lists the root trusts it for that trust domain.
     const { cert: direct } = await craftCertificate(rootAuthority, { uris: [WEB] });
-    expect(verifySvid([direct], shared).valid).toBe(true);
+    expect(verifySvid([direct], shared, local).valid).toBe(true);
     // An unnamed CA below this trust domain's named CA signs for this trust domain only.
     const { cert: ownCa, keys: ownKeys } = await craftCertificate(rootAuthority, { uris: ['spiffe://cluster.local'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
     const { cert: subCa, keys: subKeys } = await craftCertificate({ cert: ownCa, privateKey: ownKeys.privateKey, chainAbove: [] }, { uris: null, ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
     const subAuthority = { cert: subCa, privateKey: subKeys.privateKey, chainAbove: [] };
     const { cert: underSub } = await craftCertificate(subAuthority, { uris: [WEB] });
-    expect(verifySvid([underSub, subCa, ownCa], shared).valid).toBe(true);
+    expect(verifySvid([underSub, subCa, ownCa], shared, local).valid).toBe(true);
     const { cert: foreignUnderSub } = await craftCertificate(subAuthority, { uris: ['spiffe://other.test/ns/a/sa/b'] });
-    expect(verifySvid([foreignUnderSub, subCa, ownCa], shared).error?.code).toBe('TRUST_DOMAIN_MISMATCH');
+    expect(verifySvid([foreignUnderSub, subCa, ownCa], shared, local).error?.code).toBe('TRUST_DOMAIN_MISMATCH');
     // An unnamed CA at the top cannot make itself a named CA of either domain below it.
     const anonymousAuthority = { cert: anonymousCa, privateKey: anonymousKeys.privateKey, chainAbove: [] };
     for (const domain of ['cluster.local', 'other.test']) {
       const { cert: selfNamed, keys: selfNamedKeys } = await craftCertificate(anonymousAuthority, { uris: [`spiffe://${domain}`], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
       const { cert: mintedLeaf } = await craftCertificate({ cert: selfNamed, privateKey: selfNamedKeys.privateKey, chainAbove: [] }, { uris: [`spiffe://${domain}/ns/a/sa/b`] });
-      expect(verifySvid([mintedLeaf, selfNamed, anonymousCa], shared).error?.code, domain).toBe('SVID_CA_INVALID');
+      expect(verifySvid([mintedLeaf, selfNamed, anonymousCa], shared, local).error?.code, domain).toBe('SVID_CA_INVALID');
     }
     // A root that names a trust domain itself but whose key another bundle holds unnamed: its key is what signs.
     const { cert: namedCopy } = await craftCertificate(null, { uris: ['spiffe://cluster.local'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, keys: rootKeys, subject: sharedRoot.subject });
     const namedAndShared = new BundleSet([createBundle('cluster.local', [namedCopy]), createBundle('other.test', [sharedRoot])]);
-    expect(verifySvid([minted, anonymousCa], namedAndShared).error?.code).toBe('SVID_CA_INVALID');
+    expect(verifySvid([minted, anonymousCa], namedAndShared, local).error?.code).toBe('SVID_CA_INVALID');
     const { cert: ownLeaf } = await craftCertificate({ cert: ownCa, privateKey: ownKeys.privateKey, chainAbove: [] }, { uris: [WEB] });
-    expect(verifySvid([ownLeaf, ownCa], namedAndShared).valid).toBe(true);
+    expect(verifySvid([ownLeaf, ownCa], namedAndShared, local).valid).toBe(true);
+    // Without the node's own trust domain no root counts as shared (ambit svid verify with one bundle, say).
+    expect(verifySvid([minted, anonymousCa], shared).valid).toBe(true);
   });
+
+  it("does not let a federated bundle that lists another peer's root, or the node's own, make the rule refuse that peer", async () => {
+    const { cert: peerRoot, keys: peerRootKeys } = await craftCertificate(null, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: peerCa, keys: peerCaKeys } = await craftCertificate({ cert: peerRoot, privateKey: peerRootKeys.privateKey, chainAbove: [] }, { uris: null, ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: peerLeaf } = await craftCertificate({ cert: peerCa, privateKey: peerCaKeys.privateKey, chainAbove: [] }, { uris: ['spiffe://other.test/ns/a/sa/b'] });
+    // third.test's bundle (a federated peer's own choice) repeats other.test's root: other.test's Istio-style unnamed CA still verifies.
+    const bundles = new BundleSet([caA.bundle, createBundle('other.test', [peerRoot]), createBundle('third.test', [peerRoot])]);
+    expect(verifySvid([peerLeaf, peerCa], bundles, { localTrustDomain: 'cluster.local' }).valid).toBe(true);
+    // A root of the node's own bundle that names another trust domain could never vouch for it, so it is not shared.
+    const { cert: namedForOther } = await craftCertificate(null, { uris: ['spiffe://other.test'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, keys: peerRootKeys, subject: peerRoot.subject });
+    const mislisted = new BundleSet([createBundle('cluster.local', [caA.root.cert, namedForOther]), createBundle('other.test', [peerRoot])]);
+    expect(verifySvid([peerLeaf, peerCa], mislisted, { localTrustDomain: 'cluster.local' }).valid).toBe(true);
+  });;
 
   it('rejects a chain that exceeds an intermediate path length constraint', async () => {
     const { cert: ca1, keys: k1 } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, pathLength: 0 });

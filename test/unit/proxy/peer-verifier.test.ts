@@ -5,9 +5,11 @@ import * as tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BundleSet } from '../../../src/identity/bundle.ts';
+import { BundleSet, createBundle } from '../../../src/identity/bundle.ts';
 import { PeerVerifier } from '../../../src/proxy/tls.ts';
-import { createTestCa, issueTestSvid } from '../../helpers/certs.ts';
+import { craftCertificate, createTestCa, issueTestSvid } from '../../helpers/certs.ts';
+import * as x509 from '../../../src/identity/x509.ts';
+import { certificatesToPem, exportPrivateKeyPem } from '../../../src/identity/svid.ts';
 import type { TestSvid } from '../../helpers/certs.ts';
 
 const TD = 'verify.test';
@@ -80,5 +82,18 @@ describe('peer verification with a verdict cache', () => {
     sockets.push(client, serverSide);
     listener.close();
     expect(new PeerVerifier().verify(serverSide, new BundleSet([ca.bundle]), CLIENT_ID).valid).toBe(false);
+  });
+});
+
+describe("the proxy's verifier and roots its trust domain shares", () => {
+  it("refuses, as the node of the trust domain, a peer whose unnamed CA sits under a root another domain's bundle holds too", async () => {
+    const { cert: root, keys: rootKeys } = await craftCertificate(null, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: unnamedCa, keys: caKeys } = await craftCertificate({ cert: root, privateKey: rootKeys.privateKey, chainAbove: [] }, { uris: null, ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
+    const { cert: leaf, keys: leafKeys } = await craftCertificate({ cert: unnamedCa, privateKey: caKeys.privateKey, chainAbove: [] }, { uris: [CLIENT_ID] });
+    const client: TestSvid = { chain: [leaf, unnamedCa], certPem: certificatesToPem([leaf, unnamedCa]), keyPem: await exportPrivateKeyPem(leafKeys.privateKey), keys: leafKeys };
+    const socket = await acceptedFrom(await issueTestSvid(await createTestCa(TD), `spiffe://${TD}/ns/demo/sa/server`), client);
+    const bundles = new BundleSet([createBundle(TD, [root]), createBundle('other.test', [root])]);
+    expect(new PeerVerifier({ localTrustDomain: TD }).verify(socket, bundles, null).error?.code).toBe('SVID_CA_INVALID');
+    expect(new PeerVerifier({ localTrustDomain: 'elsewhere.test' }).verify(socket, bundles, null).valid).toBe(true);
   });
 });
