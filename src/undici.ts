@@ -28,13 +28,11 @@ export async function request(url: string, options: RequestOptions): Promise<Dis
   const parsed = new URL(url);
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new TypeError(`not an http or https URL: ${url}`);
   const { dispatcher, ...rest } = options;
-  const pending = dispatcher.request({ ...rest, origin: parsed.origin, path: `${parsed.pathname}${parsed.search}` });
   const signal = options.signal;
+  // Not even dialled once aborted.
+  if (signal instanceof AbortSignal && signal.aborted) throw signal.reason;
+  const pending = dispatcher.request({ ...rest, origin: parsed.origin, path: `${parsed.pathname}${parsed.search}` });
   if (!(signal instanceof AbortSignal)) return pending;
-  if (signal.aborted) {
-    pending.then((response) => response.body.destroy(), () => {});
-    throw signal.reason;
-  }
   return new Promise((resolve, reject) => {
     const onAbort = () => {
       reject(signal.reason);

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
+import type { Dispatcher } from 'undici';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { nodeId, parseSpiffeId } from './spiffe-id.ts';
@@ -44,7 +45,8 @@ const CA_CONNECTIONS = 4;
 /**
  * A request's whole life, waiting for one of those connections included: undici's headers and body timeouts start
  * only once it is on a connection, and a hundred requests queued behind a CA that accepts and never answers would
- * otherwise fail four at a time, one connect timeout after another.
+ * otherwise fail four at a time, one connect timeout after another. The price: a CA slow enough that the last of a
+ * burst (a node starting with a hundred workloads) waits longer fails those, and they are retried with the backoff.
  */
 const REQUEST_DEADLINE_MS = 30_000;
 const BUNDLE_RETRY_MS = 60_000;
@@ -143,6 +145,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
   readonly #abort = new AbortController();
+  /** Dispatchers replaced by a new node SVID's, closing once their requests are done. */
+  readonly #retiring = new Set<Agent>();
   /** The key identifier of the authority the CA signs with now, as it last said (SIGNING_AUTHORITY_HEADER). */
   #signingAuthority: string | undefined;
   #refreshing: Promise<void> | undefined;
@@ -238,7 +242,14 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   async #stop(): Promise<void> {
     this.#stopped = true;
     // Requests under way or queued for a connection end now: stop() must not wait out a CA that does not answer.
-    this.#abort.abort(new AmbitError('CA_UNREACHABLE', 'the agent stopped'));
+    const stopError = new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl}: the agent stopped`);
+    this.#abort.abort(stopError);
+    // Those who asked to hear of a failure hear of this one: nothing will be asked for them any more.
+    for (const entry of this.#entries.values()) {
+      const waiters = entry.waiters;
+      entry.waiters = waiters.filter((waiter) => waiter.reject === null);
+      for (const waiter of waiters) waiter.reject?.(stopError);
+    }
     if (this.#attestWait !== undefined) {
       clearTimeout(this.#attestWait.timer);
       this.#attestWait.resolve();
@@ -247,8 +258,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     for (const entry of this.#entries.values()) clearTimeout(entry.timer);
     await Promise.allSettled([...this.#entries.values()].map((entry) => entry.inFlight));
     await this.#persisting;
-    // Requests still waiting for a connection were aborted above; destroy ends them and their connects now.
-    await this.#dispatcher.destroy();
+    // Requests still waiting for a connection were aborted above; destroy ends them and their connects now, on the
+    // dispatchers being retired too.
+    await Promise.all([this.#dispatcher, ...this.#retiring].map((dispatcher) => dispatcher.destroy()));
   }
 
   /** Fetches the bundle set (own and federated trust domains) now; a fetch already under way is joined, not doubled. */
@@ -264,8 +276,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     // After a failure, try again within a minute (or the last hint, if shorter), not after the default 5 minutes.
     let nextMs = Math.min(BUNDLE_RETRY_MS, this.#lastRefreshMs ?? BUNDLE_RETRY_MS);
     try {
-      const response = await request(`${this.#options.caUrl}/v1/bundles`, { dispatcher: this.#dispatcher, method: 'GET', signal: this.#requestSignal(), headersTimeout: REQUEST_TIMEOUT_MS, bodyTimeout: REQUEST_TIMEOUT_MS });
-      const text = await response.body.text();
+      const response = await this.#exchange('/v1/bundles', 'GET');
+      const text = response.text;
       if (response.statusCode !== 200) throw new AmbitError('CA_REJECTED', `GET /v1/bundles answered ${response.statusCode}: ${text.slice(0, 200)}`);
       const maxAge = /max-age=(\d+)/.exec(String(response.headers['cache-control'] ?? ''));
       const header = response.headers[SIGNING_AUTHORITY_HEADER];
@@ -279,7 +291,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     } finally {
       if (!this.#stopped) {
         this.#bundleTimer = setTimeout(() => void this.refreshBundles().catch((error: unknown) => {
-          this.#logger.warn({ err: toAmbitError(error, 'CA_UNREACHABLE').toJSON() }, 'bundle refresh failed; keeping the bundles we have');
+          if (!this.#stopped) this.#logger.warn({ err: toAmbitError(error, 'CA_UNREACHABLE').toJSON() }, 'bundle refresh failed; keeping the bundles we have');
         }), timerDelayMs(Math.max(this.#options.minBundleRefreshMs ?? 1000, nextMs)));
         this.#bundleTimer.unref();
       }
@@ -347,11 +359,6 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
    * Connections to the CA presenting `svid` (none before attestation). Fixed per dispatcher, never read from the
    * entry: a renewed node SVID must not reach the CA on any connection before it is stored (see #accept).
    */
-  /** Ends a request at stop() or after REQUEST_DEADLINE_MS, whichever comes first. */
-  #requestSignal(): AbortSignal {
-    return AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#options.requestDeadlineMs ?? REQUEST_DEADLINE_MS)]);
-  }
-
   #newDispatcher(svid: Svid | undefined): Agent {
     return new Agent({
       connect: spiffeConnector({
@@ -422,28 +429,46 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#accept(entry, svid, true);
   }
 
-  async #post(path: string, body: Record<string, unknown>, keys: CryptoKeyPair): Promise<Svid> {
-    let response;
+  /**
+   * One request to the CA and its whole answer, under one deadline that counts the time queued for a connection
+   * (REQUEST_DEADLINE_MS), and ended at once by stop(). Every failure is CA_UNREACHABLE naming the CA.
+   */
+  async #exchange(path: string, method: 'GET' | 'POST', body?: string): Promise<{ statusCode: number; headers: Dispatcher.ResponseData['headers']; text: string }> {
+    const caUrl = this.#options.caUrl;
+    const stopped = this.#abort.signal;
+    if (stopped.aborted) throw stopped.reason;
+    const deadlineMs = this.#options.requestDeadlineMs ?? REQUEST_DEADLINE_MS;
+    // One controller per request, its listener and timer gone when it ends: the agent's own signal lives as long as
+    // the agent, and AbortSignal.any would tie a dependent signal to it per request.
+    const controller = new AbortController();
+    const onStop = () => controller.abort(stopped.reason);
+    stopped.addEventListener('abort', onStop, { once: true });
+    const timer = setTimeout(() => controller.abort(new AmbitError('CA_UNREACHABLE', `CA at ${caUrl}: no answer within ${deadlineMs / 1000} s (waiting for one of ${CA_CONNECTIONS} connections included)`)), deadlineMs);
     try {
-      response = await request(`${this.#options.caUrl}${path}`, {
+      const response = await request(`${caUrl}${path}`, {
         dispatcher: this.#dispatcher,
-        method: 'POST',
-        signal: this.#requestSignal(),
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(body),
+        method,
+        signal: controller.signal,
+        ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body }),
         headersTimeout: REQUEST_TIMEOUT_MS,
         bodyTimeout: REQUEST_TIMEOUT_MS,
       });
+      return { statusCode: response.statusCode, headers: response.headers, text: await response.body.text() };
     } catch (error) {
-      if (error instanceof DOMException && error.name === 'TimeoutError') {
-        throw new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl}: no answer within ${(this.#options.requestDeadlineMs ?? REQUEST_DEADLINE_MS) / 1000} s (waiting for one of ${CA_CONNECTIONS} connections included)`, { cause: error });
-      }
+      if (controller.signal.aborted) throw controller.signal.reason;
       const wrapped = toAmbitError(error, 'CA_UNREACHABLE');
       throw wrapped.code === 'IDENTITY_MISMATCH' || wrapped.code.startsWith('SVID_') || wrapped.code.startsWith('TRUST_DOMAIN')
-        ? new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl} failed authentication: [${wrapped.code}] ${wrapped.message}`, { cause: wrapped })
-        : new AmbitError('CA_UNREACHABLE', `CA at ${this.#options.caUrl}: ${wrapped.message}`, { cause: wrapped });
+        ? new AmbitError('CA_UNREACHABLE', `CA at ${caUrl} failed authentication: [${wrapped.code}] ${wrapped.message}`, { cause: wrapped })
+        : new AmbitError('CA_UNREACHABLE', `CA at ${caUrl}: ${wrapped.message}`, { cause: wrapped });
+    } finally {
+      clearTimeout(timer);
+      stopped.removeEventListener('abort', onStop);
     }
-    const text = await response.body.text();
+  }
+
+  async #post(path: string, body: Record<string, unknown>, keys: CryptoKeyPair): Promise<Svid> {
+    const response = await this.#exchange(path, 'POST', JSON.stringify(body));
+    const text = response.text;
     let parsed: { certChain?: unknown; bundles?: unknown; error?: { code?: string; message?: string } };
     try {
       parsed = JSON.parse(text) as typeof parsed;
@@ -489,7 +514,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         if (this.#stopped) return;
         const old = this.#dispatcher;
         this.#dispatcher = this.#newDispatcher(svid);
-        void old.close();
+        this.#retiring.add(old);
+        void old.close().finally(() => this.#retiring.delete(old));
       };
       if (!fresh || !renewal) switchDispatcher();
       const stored = fresh ? this.#persistNodeSvid(svid) : null;
