@@ -329,10 +329,12 @@ export function canonicalIp(text: string): string | undefined {
 
 const LOCALITY_PART = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
 
-/** Istio's locality, region/zone/subzone: it becomes metric label values and baggage, so each part is a token. */
+/**
+ * Istio's locality, region/zone/subzone (parts after the third are ignored, as Istio does): it becomes metric label
+ * values and baggage, so each part is a token.
+ */
 export function checkLocality(value: string): string | undefined {
-  const parts = value.split('/');
-  if (parts.length > 3 || !parts.every((part) => LOCALITY_PART.test(part))) {
+  if (!value.split('/').every((part) => LOCALITY_PART.test(part))) {
     return `must be region/zone/subzone, each part at most 63 letters, digits, '-', '_' or '.' (got ${JSON.stringify(value)})`;
   }
   return undefined;

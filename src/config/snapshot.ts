@@ -261,7 +261,10 @@ function firstSet(labels: Labels, ...keys: string[]): string | undefined {
   return undefined;
 }
 
-/** Istio's pod label that gives a pod's locality (its node's topology labels otherwise, which ambit does not read). */
+/**
+ * The pod label that gives a pod's locality here. Istio's sidecar-mode override; for ztunnel istiod takes a pod's
+ * locality from its node's topology labels, and ambit's configuration has no Node objects to read them from.
+ */
 const LOCALITY_LABEL = 'istio-locality';
 
 /** region/zone/subzone → the region and zone ('' for a part not given). */

@@ -117,13 +117,15 @@ spec: { address: 10.1.0.5, serviceAccount: vm, locality: "${locality}" }`;
     const plain = workloadOf(pod('web-6', ''));
     expect([plain.region, plain.zone]).toEqual(['', '']);
     expect(buildBaggage(plain)).not.toContain('cloud.');
+    const deeper = workloadOf(entry('eu-west1/eu-west1-c/r2/shelf9'));
+    expect([deeper.region, deeper.zone]).toEqual(['eu-west1', 'eu-west1-c']);
     const regionOnly = workloadOf(entry('ap-south1'));
     expect([regionOnly.region, regionOnly.zone]).toEqual(['ap-south1', '']);
     expect(buildBaggage(regionOnly)).toMatch(/,cloud\.region=ap-south1$/);
   });
 
   it('refuses a WorkloadEntry locality that is not region/zone/subzone tokens, naming the field', () => {
-    for (const bad of ['us east', 'a/b/c/d', 'x,cloud.region=forged', 'eu-/zone']) {
+    for (const bad of ['us east', 'x,cloud.region=forged', 'eu-/zone', 'a/b/c/d e']) {
       expect(() => workloadOf(entry(bad)), bad).toThrow(/spec\.locality.*must be region\/zone\/subzone/);
     }
   });
