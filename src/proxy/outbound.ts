@@ -330,7 +330,7 @@ export class OutboundListeners {
     try {
       const workloadIp = this.#workloadIp(source, remoteAddress, endpoint.hboneHost);
       const dialIp = workloadIp !== null && this.#localAddresses.has(workloadIp, startedMs) ? workloadIp : null;
-      stream = await this.#options.pool.open(source.identity, dialIp, endpoint, baggage, workloadIp === null ? null : forwardedFor(workloadIp, route.service?.hostname));
+      stream = await this.#options.pool.open(source.identity, dialIp, endpoint, baggage, workloadIp === null ? null : forwardedFor(workloadIp, route.serviceLabels === UNKNOWN_SERVICE ? undefined : route.serviceLabels.hostname));
     } catch (error) {
       const flag = error instanceof TunnelError ? error.flag : 'CONNECT';
       this.#options.metrics.failed(labels, flag);

@@ -157,6 +157,49 @@ function isMeshEntry(snapshot: ConfigSnapshot, object: ServiceEntryObject): bool
   return object.spec.workloadSelector !== undefined || object.spec.endpoints.some((endpoint) => snapshot.workloadByIp(endpoint.address) !== undefined);
 }
 
+interface EntryMember {
+  readonly workload: Workload;
+  /** Port names to numbers: a selected WorkloadEntry's `ports`, or the endpoint's. */
+  readonly ports: Readonly<Record<string, number>>;
+}
+
+/** The mesh workloads a ServiceEntry names, ready or not: by its workloadSelector (in its namespace), else its endpoints. */
+function entryMembers(snapshot: ConfigSnapshot, object: ServiceEntryObject): EntryMember[] {
+  const { spec, metadata } = object;
+  if (spec.workloadSelector !== undefined) {
+    const selector = spec.workloadSelector.labels;
+    return snapshot.workloads
+      .filter((w) => w.namespace === metadata.namespace && selects(selector, w.labels))
+      .map((workload) => ({ workload, ports: workload.object.kind === 'WorkloadEntry' ? workload.object.spec.ports : {} }));
+  }
+  const members: EntryMember[] = [];
+  for (const endpoint of spec.endpoints) {
+    const workload = snapshot.workloadByIp(endpoint.address);
+    if (workload !== undefined) members.push({ workload, ports: endpoint.ports });
+  }
+  return members;
+}
+
+/** Where an entry port lands on a member: its port of the same name, else the port's targetPort, else its number. */
+function entryTargetPort(port: ServiceEntryObject['spec']['ports'][number], ports: Readonly<Record<string, number>>): number {
+  const named = port.name !== undefined && Object.hasOwn(ports, port.name) ? ports[port.name] : undefined;
+  return named ?? port.targetPort ?? port.number;
+}
+
+const byEntry = new WeakMap<ServiceEntryObject, ServiceLabels>();
+
+/** A ServiceEntry's `destination_service*` labels: its first host that is not a wildcard, its name and namespace. */
+function labelsOfEntry(object: ServiceEntryObject): ServiceLabels {
+  let labels = byEntry.get(object);
+  if (labels === undefined) {
+    const { name, namespace } = object.metadata;
+    const host = object.spec.hosts.find((candidate) => !candidate.startsWith('*')) ?? object.spec.hosts[0] ?? name;
+    labels = Object.freeze({ hostname: host, name, namespace });
+    byEntry.set(object, labels);
+  }
+  return labels;
+}
+
 function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet<string> | null {
   return exportTo.length === 0 || exportTo.includes('*') ? null : new Set(exportTo.map((value) => (value === '.' ? namespace : value)));
 }
@@ -172,26 +215,14 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
     if (!isMeshEntry(snapshot, object)) continue;
     const { namespace, name } = object.metadata;
     const spec = object.spec;
-    let members: { workload: Workload; ports: Readonly<Record<string, number>> }[];
-    if (spec.workloadSelector !== undefined) {
-      const selector = spec.workloadSelector.labels;
-      members = snapshot.workloads.filter((w) => w.namespace === namespace && isReady(w) && selects(selector, w.labels)).map((workload) => ({ workload, ports: workload.object.kind === 'WorkloadEntry' ? workload.object.spec.ports : {} }));
-    } else {
-      members = [];
-      for (const endpoint of spec.endpoints) {
-        const workload = snapshot.workloadByIp(endpoint.address);
-        if (workload !== undefined && isReady(workload)) members.push({ workload, ports: endpoint.ports });
-      }
-    }
-    const host = spec.hosts.find((candidate) => !candidate.startsWith('*')) ?? spec.hosts[0] ?? name;
-    const serviceLabels: ServiceLabels = Object.freeze({ hostname: host, name, namespace });
+    const members = entryMembers(snapshot, object).filter(({ workload }) => isReady(workload));
+    const serviceLabels = labelsOfEntry(object);
     const visibleTo = exportedTo(namespace, spec.exportTo);
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
       const routes: HboneRoute[] = [];
       for (const { workload, ports } of members) {
-        const named = port.name !== undefined && Object.hasOwn(ports, port.name) ? ports[port.name] : undefined;
-        const target = named ?? port.targetPort ?? port.number;
+        const target = entryTargetPort(port, ports);
         const ip = workload.ips[0];
         if (ip === undefined) continue;
         routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service: undefined, serviceLabels }));
@@ -365,6 +396,18 @@ function servicesSelecting(snapshot: ConfigSnapshot, workload: Workload): Worklo
     byHost.set(service.hostname, labels);
     for (const port of service.spec.ports) {
       const target = port.protocol === 'TCP' ? targetPortOn(workload, port) : undefined;
+      if (target !== undefined && !byPort.has(target)) byPort.set(target, labels);
+    }
+  }
+  // ServiceEntries naming the workload are services of the registry too (ztunnel's), after the Services.
+  for (const object of snapshot.objectsOfKind('ServiceEntry')) {
+    if (!isMeshEntry(snapshot, object)) continue;
+    const member = entryMembers(snapshot, object).find((candidate) => candidate.workload === workload);
+    if (member === undefined) continue;
+    const labels = labelsOfEntry(object);
+    if (!byHost.has(labels.hostname)) byHost.set(labels.hostname, labels);
+    for (const port of object.spec.ports) {
+      const target = port.protocol === 'UDP' ? undefined : entryTargetPort(port, member.ports);
       if (target !== undefined && !byPort.has(target)) byPort.set(target, labels);
     }
   }

@@ -133,6 +133,9 @@ describe('HBONE between two node proxies', () => {
     expect((await roundTrip(payload, 9009)).equals(payload)).toBe(true);
     const a = mesh.nodes.get('node-a')!;
     await waitUntil('the tunnel counted under the entry', async () => (await metricSum(a, 'istio_tcp_connections_closed_total', { reporter: 'source', destination_service: 'echo.vm.internal', destination_service_name: 'echo-vm', destination_workload: 'echo-1', destination_principal: 'spiffe://cluster.local/ns/demo/sa/echo' })) >= 1);
+    // The destination reports the entry too, from the CONNECT's forwarded host= (the Service echo has the same target port).
+    const b = mesh.nodes.get('node-b')!;
+    await waitUntil('the destination counting the tunnel under the entry', async () => (await metricSum(b, 'istio_tcp_connections_closed_total', { reporter: 'destination', destination_service: 'echo.vm.internal', destination_service_name: 'echo-vm', destination_workload: 'echo-1' })) >= 1);
   });
 
   it('reuses one pooled session for many connections (a new connection is a stream, not a handshake)', async () => {

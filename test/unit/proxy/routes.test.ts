@@ -482,6 +482,20 @@ spec:
     expect(reach('db.pinned.internal', 5432, 'billing')).toEqual(['[fd00:10::6]:5432']);
   });
 
+  it("is the service the destination reports for its workloads: by the client's host=, else by the port dialled", () => {
+    const at = (ip: string) => withEntries.snapshot.workloadByIp(ip)!;
+    const legacy = { hostname: 'legacy.shop.internal', name: 'legacy', namespace: 'shop' };
+    expect(inboundService(withEntries, at('10.0.1.10'), 'legacy.shop.internal', 80)).toEqual(legacy);
+    expect(inboundService(withEntries, at('10.0.9.9'), 'legacy.shop.internal', 9090)).toEqual(legacy);
+    // The workload's own Services come first for a port both name; the entry's other port is the entry's.
+    expect(inboundService(withEntries, at('10.0.1.10'), null, 8080).name).toBe('web');
+    expect(inboundService(withEntries, at('10.0.1.10'), null, 8081).name).toBe('legacy');
+    expect(inboundService(withEntries, at('fd00:10::6'), 'db.pinned.internal', 5432)).toEqual({ hostname: 'db.pinned.internal', name: 'pinned', namespace: 'data' });
+    expect(inboundService(withEntries, at('fd00:10::6'), null, 5432).name).toBe('db');
+    // An entry's host claimed for a workload it does not name is not believed.
+    expect(inboundService(withEntries, at('fd00:10::6'), 'legacy.shop.internal', 5432).name).toBe('db');
+  });
+
   it('is not routed for a namespace it is not exported to, nor over a Service of the same name', () => {
     expect(decideRoute(withEntries, 'legacy.shop.internal', 80, Math.random, 'billing')).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
     expect(decideRoute(withEntries, 'legacy.shop.internal', 80)).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
