@@ -318,7 +318,8 @@ export class OutboundListeners {
       return;
     }
     if (route.kind === 'passthrough') {
-      this.#passthrough(socket, source, host, port, byWorkload, startedMs, srcAddr);
+      // route.host:port, which a STATIC ServiceEntry may have pointed at one of its endpoints.
+      this.#passthrough(socket, source, route.host, route.port, byWorkload, startedMs, srcAddr);
       return;
     }
     const endpoint = route.endpoint;

@@ -3,7 +3,7 @@
 // (ztunnel's build_request, made a table lookup).
 import { isIP } from 'node:net';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
-import type { ServiceEntryObject, ServiceObject, ServicePort } from '../config/objects.ts';
+import type { ServiceEntryEndpoint, ServiceEntryObject, ServiceEntryPort, ServiceObject, ServicePort } from '../config/objects.ts';
 import { formatAuthority } from './authority.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { UNKNOWN_SERVICE } from '../observe/metrics.ts';
@@ -252,6 +252,10 @@ interface ExternalEntry {
   readonly ports: ReadonlySet<number>;
   /** Namespaces whose workloads see it; null: every namespace (exportTo "*", or none given). */
   readonly visibleTo: ReadonlySet<string> | null;
+  /** resolution STATIC: where its connections go instead of the address or name dialled; null otherwise. */
+  readonly endpoints: readonly ServiceEntryEndpoint[] | null;
+  /** Its ports by number, for an endpoint's port of the same name or the targetPort. */
+  readonly portSpecs: ReadonlyMap<number, ServiceEntryPort>;
 }
 
 interface ExternalRegistry {
@@ -263,6 +267,8 @@ interface ExternalRegistry {
   readonly byAddress: ReadonlyMap<string, readonly ExternalEntry[]>;
   /** spec.addresses wider than one address, per entry. */
   readonly blocks: readonly { readonly cidrs: CidrSet; readonly entry: ExternalEntry }[];
+  /** Whether any entry has STATIC endpoints (only then are names looked up without REGISTRY_ONLY). */
+  readonly anyStatic: boolean;
 }
 
 function normalHost(host: string): string {
@@ -286,13 +292,22 @@ function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
   const wildcards = new Map<string, ExternalEntry[]>();
   const byAddress = new Map<string, ExternalEntry[]>();
   const blocks: { cidrs: CidrSet; entry: ExternalEntry }[] = [];
+  let anyStatic = false;
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
     // Mesh workloads are reached over HBONE only (addServiceEntryRoutes), never as plain TCP to what a name resolves to.
     if (isMeshEntry(snapshot, object)) continue;
     const namespace = object.metadata.namespace;
     const exportTo = object.spec.exportTo;
     const visibleTo = exportedTo(namespace, exportTo);
-    const entry: ExternalEntry = { name: `${namespace}/${object.metadata.name}`, ports: new Set(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number)), visibleTo };
+    const tcpPorts = object.spec.ports.filter((port) => port.protocol !== 'UDP');
+    const entry: ExternalEntry = {
+      name: `${namespace}/${object.metadata.name}`,
+      ports: new Set(tcpPorts.map((port) => port.number)),
+      visibleTo,
+      endpoints: object.spec.resolution === 'STATIC' && object.spec.endpoints.length > 0 ? object.spec.endpoints : null,
+      portSpecs: new Map(tcpPorts.map((port) => [port.number, port])),
+    };
+    anyStatic ||= entry.endpoints !== null;
     for (const host of object.spec.hosts) {
       if (host.startsWith('*.')) appendTo(wildcards, normalHost(host.slice(1)), entry);
       else appendTo(byHost, normalHost(host), entry);
@@ -305,16 +320,16 @@ function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
     }
     if (ranges.length > 0) blocks.push({ cidrs: new CidrSet(ranges), entry });
   }
-  return { byHost, wildcards, byAddress, blocks };
+  return { byHost, wildcards, byAddress, blocks, anyStatic };
 }
 
 function admits(entry: ExternalEntry, port: number, sourceNamespace: string): boolean {
   return entry.ports.has(port) && (entry.visibleTo === null || entry.visibleTo.has(sourceNamespace));
 }
 
-function firstAdmitting(entries: readonly ExternalEntry[] | undefined, port: number, sourceNamespace: string): string | undefined {
+function firstAdmitting(entries: readonly ExternalEntry[] | undefined, port: number, sourceNamespace: string): ExternalEntry | undefined {
   if (entries === undefined) return undefined;
-  for (const entry of entries) if (admits(entry, port, sourceNamespace)) return entry.name;
+  for (const entry of entries) if (admits(entry, port, sourceNamespace)) return entry;
   return undefined;
 }
 
@@ -326,6 +341,10 @@ function firstAdmitting(entries: readonly ExternalEntry[] | undefined, port: num
  * source's namespace.
  */
 export function externalEntry(table: RoutingTable, host: string, port: number, sourceNamespace: string): string | undefined {
+  return findExternal(table, host, port, sourceNamespace)?.name;
+}
+
+function findExternal(table: RoutingTable, host: string, port: number, sourceNamespace: string): ExternalEntry | undefined {
   const external = table.external;
   if (isIP(host) !== 0) {
     // A zone (fe80::1%eth0) does not change the address an entry names.
@@ -335,7 +354,7 @@ export function externalEntry(table: RoutingTable, host: string, port: number, s
     if (exact !== undefined || external.blocks.length === 0) return exact;
     const ip = parseIp(host);
     if (ip === null) return undefined;
-    for (const { cidrs, entry } of external.blocks) if (admits(entry, port, sourceNamespace) && cidrs.contains(ip)) return entry.name;
+    for (const { cidrs, entry } of external.blocks) if (admits(entry, port, sourceNamespace) && cidrs.contains(ip)) return entry;
     return undefined;
   }
   const name = normalHost(host);
@@ -492,8 +511,20 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
       return { kind: 'hbone', endpoint: makeEndpoint(workload, canonical, port, table.hbonePort), service: undefined, serviceLabels: UNKNOWN_SERVICE };
     }
   }
-  if (table.egressLocked && (sourceNamespace === undefined || externalEntry(table, host, port, sourceNamespace) === undefined)) {
+  // Looked up under REGISTRY_ONLY (it admits the connection) and where an entry has STATIC endpoints (they are where
+  // it goes, as Istio sends a STATIC entry's host and addresses to its endpoints, not to what the name resolves to).
+  const entry = sourceNamespace === undefined || (!table.egressLocked && !table.external.anyStatic) ? undefined : findExternal(table, host, port, sourceNamespace);
+  if (table.egressLocked && entry === undefined) {
     return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry (no Service, workload, or ServiceEntry with that host or address and port${sourceNamespace === undefined ? '' : ` exported to namespace ${sourceNamespace}`}) and egress is REGISTRY_ONLY` };
   }
+  if (entry?.endpoints != null) return staticEndpoint(entry, entry.endpoints, port, random);
   return { kind: 'passthrough', host, port };
+}
+
+/** One of a STATIC entry's endpoints, on its port named like the entry's port, else the targetPort, else the port. */
+function staticEndpoint(entry: ExternalEntry, endpoints: readonly ServiceEntryEndpoint[], port: number, random: () => number): Route {
+  const endpoint = endpoints.length === 1 ? (endpoints[0] as ServiceEntryEndpoint) : (endpoints[Math.floor(random() * endpoints.length)] as ServiceEntryEndpoint);
+  const spec = entry.portSpecs.get(port);
+  const named = spec?.name !== undefined && Object.hasOwn(endpoint.ports, spec.name) ? endpoint.ports[spec.name] : undefined;
+  return { kind: 'passthrough', host: endpoint.address, port: named ?? spec?.targetPort ?? port };
 }

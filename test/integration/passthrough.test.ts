@@ -65,6 +65,7 @@ beforeAll(async () => {
       '--outbound', `${CLIENT_IP}:9303=localhost:${namedPort}@demo/client-1`,
       '--outbound', `${CLIENT_IP}:9304=${NODE_ADDRESS}:15008@demo/client-1`,
       '--outbound', `${CLIENT_IP}:9305=${CLIENT_IP}:9305@demo/client-1`, // the listener itself, through HBONE
+      '--outbound', `${CLIENT_IP}:9306=db.static.invalid:5432@demo/client-1`, // a name DNS cannot answer
     ],
   });
   node = mesh.nodes.get('node-a') as TestNode;
@@ -194,6 +195,33 @@ spec:
     } finally {
       await apply('entry.yaml', '# none\n');
       await apply('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n');
+    }
+  });
+});
+
+describe('a STATIC ServiceEntry outside the mesh', () => {
+  const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+
+  it('sends its host to its endpoint, on the endpoint port of the same name, not to what the name resolves to', async () => {
+    // Without the entry the name resolves to nothing (.invalid, RFC 6761): the connection fails.
+    expect(await exchange(9306, 'unresolved')).toBe('');
+    const seen = accepted();
+    await mesh.writeConfig('static.yaml', `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: static-db, namespace: demo }
+spec:
+  hosts: [db.static.invalid]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: "${EXTERNAL_IP}", ports: { tcp-pg: ${externalPort} } }]
+`);
+    try {
+      await waitUntil('node-a accepts static.yaml', () => accepted() > seen, 10_000);
+      const connections = externalConnections;
+      expect(await exchange(9306, 'to the endpoint')).toBe('to the endpoint');
+      expect(externalConnections).toBe(connections + 1);
+    } finally {
+      await mesh.writeConfig('static.yaml', '# none\n');
     }
   });
 });

@@ -430,6 +430,46 @@ spec:
   });
 });
 
+describe('a STATIC ServiceEntry outside the mesh', () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: static-db, namespace: shop }
+spec:
+  hosts: [db.static.example]
+  addresses: [192.0.2.80]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP, targetPort: 15432 }]
+  resolution: STATIC
+  endpoints: [{ address: 198.51.100.21, ports: { tcp-pg: 6432 } }, { address: 198.51.100.22 }]
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: dns-api, namespace: shop }
+spec:
+  hosts: [api.dns.example]
+  ports: [{ number: 443, name: https, protocol: HTTPS }]
+  resolution: DNS
+`;
+  const open = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
+  const locked = routingTableOf(snapshotOf(meshConfig('  egress: { mode: REGISTRY_ONLY }\n'), WORKLOADS, entries));
+
+  it("sends its host and addresses to its endpoints, on the endpoint's port of the entry port's name, else the targetPort", () => {
+    for (const table of [open, locked]) {
+      for (const host of ['db.static.example', 'DB.Static.Example.', '192.0.2.80']) {
+        expect(decideRoute(table, host, 5432, () => 0, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.21', port: 6432 });
+        expect(decideRoute(table, host, 5432, () => 0.99, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.22', port: 15432 });
+      }
+    }
+  });
+
+  it('leaves a namespace it is not exported to, and a DNS entry, to the name dialled (or to the egress rules)', () => {
+    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'billing')).toEqual({ kind: 'passthrough', host: 'db.static.example', port: 5432 });
+    expect(decideRoute(locked, 'db.static.example', 5432, () => 0, 'billing')).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+    expect(decideRoute(open, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443 });
+    expect(decideRoute(locked, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443 });
+  });
+});
+
 describe("a ServiceEntry naming mesh workloads (Istio's VM pattern)", () => {
   const entries = `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
