@@ -40,6 +40,8 @@ export interface PassthroughRoute {
   readonly kind: 'passthrough';
   readonly host: string;
   readonly port: number;
+  /** The ServiceEntry (namespace/name) whose STATIC endpoint this is: configuration chose it, not the operator. */
+  readonly entry?: string;
 }
 
 export type DenyReason = 'EGRESS_BLOCKED' | 'NO_HEALTHY_UPSTREAM';
@@ -249,10 +251,14 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
 interface ExternalEntry {
   /** namespace/name, for logs. */
   readonly name: string;
+  readonly namespace: string;
   readonly ports: ReadonlySet<number>;
   /** Namespaces whose workloads see it; null: every namespace (exportTo "*", or none given). */
   readonly visibleTo: ReadonlySet<string> | null;
-  /** resolution STATIC: where its connections go instead of the address or name dialled; null otherwise. */
+  /**
+   * resolution STATIC: where its connections go instead of the address or name dialled, null otherwise; without the
+   * endpoints at a Service's cluster IP or a mesh entry's address, which are reached over HBONE, never as plain TCP.
+   */
   readonly endpoints: readonly ServiceEntryEndpoint[] | null;
   /** Its ports by number, for an endpoint's port of the same name or the targetPort. */
   readonly portSpecs: ReadonlyMap<number, ServiceEntryPort>;
@@ -287,7 +293,7 @@ function appendTo<T>(map: Map<string, T[]>, key: string, value: T): void {
  * namespace, "*" or none every namespace). Entries of either location count: Istio's registry holds both.
  * Indexed here so that a connection looks up its name's suffixes and its address, not every entry.
  */
-function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
+function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, unknown>): ExternalRegistry {
   const byHost = new Map<string, ExternalEntry[]>();
   const wildcards = new Map<string, ExternalEntry[]>();
   const byAddress = new Map<string, ExternalEntry[]>();
@@ -302,9 +308,10 @@ function buildExternal(snapshot: ConfigSnapshot): ExternalRegistry {
     const tcpPorts = object.spec.ports.filter((port) => port.protocol !== 'UDP');
     const entry: ExternalEntry = {
       name: `${namespace}/${object.metadata.name}`,
+      namespace,
       ports: new Set(tcpPorts.map((port) => port.number)),
       visibleTo,
-      endpoints: object.spec.resolution === 'STATIC' && object.spec.endpoints.length > 0 ? object.spec.endpoints : null,
+      endpoints: object.spec.resolution === 'STATIC' && object.spec.endpoints.length > 0 ? object.spec.endpoints.filter((endpoint) => !meshVips.has(canonicalIp(endpoint.address) ?? endpoint.address)) : null,
       portSpecs: new Map(tcpPorts.map((port) => [port.number, port])),
     };
     anyStatic ||= entry.endpoints !== null;
@@ -327,10 +334,16 @@ function admits(entry: ExternalEntry, port: number, sourceNamespace: string): bo
   return entry.ports.has(port) && (entry.visibleTo === null || entry.visibleTo.has(sourceNamespace));
 }
 
+/** Of the entries naming one host or address, as Istio: one of the source's own namespace, else the first exported to it. */
 function firstAdmitting(entries: readonly ExternalEntry[] | undefined, port: number, sourceNamespace: string): ExternalEntry | undefined {
   if (entries === undefined) return undefined;
-  for (const entry of entries) if (admits(entry, port, sourceNamespace)) return entry;
-  return undefined;
+  let first: ExternalEntry | undefined;
+  for (const entry of entries) {
+    if (!admits(entry, port, sourceNamespace)) continue;
+    if (entry.namespace === sourceNamespace) return entry;
+    first ??= entry;
+  }
+  return first;
 }
 
 /**
@@ -354,8 +367,13 @@ function findExternal(table: RoutingTable, host: string, port: number, sourceNam
     if (exact !== undefined || external.blocks.length === 0) return exact;
     const ip = parseIp(host);
     if (ip === null) return undefined;
-    for (const { cidrs, entry } of external.blocks) if (admits(entry, port, sourceNamespace) && cidrs.contains(ip)) return entry;
-    return undefined;
+    let first: ExternalEntry | undefined;
+    for (const { cidrs, entry } of external.blocks) {
+      if (!admits(entry, port, sourceNamespace) || !cidrs.contains(ip)) continue;
+      if (entry.namespace === sourceNamespace) return entry;
+      first ??= entry;
+    }
+    return first;
   }
   const name = normalHost(host);
   const exact = firstAdmitting(external.byHost.get(name), port, sourceNamespace);
@@ -402,7 +420,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
     }
   }
   addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot), servicesOf: new Map() };
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, byVip), servicesOf: new Map() };
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -418,19 +436,39 @@ function servicesSelecting(snapshot: ConfigSnapshot, workload: Workload): Worklo
       if (target !== undefined && !byPort.has(target)) byPort.set(target, labels);
     }
   }
-  // ServiceEntries naming the workload are services of the registry too (ztunnel's), after the Services.
-  for (const object of snapshot.objectsOfKind('ServiceEntry')) {
-    if (!isMeshEntry(snapshot, object)) continue;
-    const member = entryMembers(snapshot, object).find((candidate) => candidate.workload === workload);
-    if (member === undefined) continue;
+  // ServiceEntries of its namespace naming the workload are services of the registry too (ztunnel's), after the Services.
+  for (const { object, ports } of entriesNaming(snapshot).get(workload) ?? []) {
     const labels = labelsOfEntry(object);
     if (!byHost.has(labels.hostname)) byHost.set(labels.hostname, labels);
     for (const port of object.spec.ports) {
-      const target = port.protocol === 'UDP' ? undefined : entryTargetPort(port, member.ports);
+      const target = port.protocol === 'UDP' ? undefined : entryTargetPort(port, ports);
       if (target !== undefined && !byPort.has(target)) byPort.set(target, labels);
     }
   }
   return { byHost, byPort };
+}
+
+const entriesNamingCache = new WeakMap<ConfigSnapshot, ReadonlyMap<Workload, readonly { object: ServiceEntryObject; ports: Readonly<Record<string, number>> }[]>>();
+
+/**
+ * For each workload, the mesh ServiceEntries of its own namespace that name it (an entry elsewhere listing its IP as
+ * an endpoint does not make it that entry's), built once per snapshot: the inbound side asks per local workload.
+ */
+function entriesNaming(snapshot: ConfigSnapshot): ReadonlyMap<Workload, readonly { object: ServiceEntryObject; ports: Readonly<Record<string, number>> }[]> {
+  let index = entriesNamingCache.get(snapshot);
+  if (index !== undefined) return index;
+  const built = new Map<Workload, { object: ServiceEntryObject; ports: Readonly<Record<string, number>> }[]>();
+  for (const object of snapshot.objectsOfKind('ServiceEntry')) {
+    if (!isMeshEntry(snapshot, object)) continue;
+    for (const { workload, ports } of entryMembers(snapshot, object)) {
+      if (workload.namespace !== object.metadata.namespace) continue;
+      const list = built.get(workload);
+      if (list === undefined) built.set(workload, [{ object, ports }]);
+      else list.push({ object, ports });
+    }
+  }
+  entriesNamingCache.set(snapshot, (index = built));
+  return index;
 }
 
 /**
@@ -523,8 +561,11 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
 
 /** One of a STATIC entry's endpoints, on its port named like the entry's port, else the targetPort, else the port. */
 function staticEndpoint(entry: ExternalEntry, endpoints: readonly ServiceEntryEndpoint[], port: number, random: () => number): Route {
+  if (endpoints.length === 0) {
+    return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `ServiceEntry ${entry.name} has no endpoint outside the mesh (one at a Service's cluster IP is reached over HBONE, never as plain TCP)` };
+  }
   const endpoint = endpoints.length === 1 ? (endpoints[0] as ServiceEntryEndpoint) : (endpoints[Math.floor(random() * endpoints.length)] as ServiceEntryEndpoint);
   const spec = entry.portSpecs.get(port);
   const named = spec?.name !== undefined && Object.hasOwn(endpoint.ports, spec.name) ? endpoint.ports[spec.name] : undefined;
-  return { kind: 'passthrough', host: endpoint.address, port: named ?? spec?.targetPort ?? port };
+  return { kind: 'passthrough', host: endpoint.address, port: named ?? spec?.targetPort ?? port, entry: entry.name };
 }

@@ -202,10 +202,12 @@ spec:
 describe('a STATIC ServiceEntry outside the mesh', () => {
   const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
 
-  it('sends its host to its endpoint, on the endpoint port of the same name, not to what the name resolves to', async () => {
+  it("sends its host to its endpoint, judged as a workload's choice: an endpoint on this host is refused, never dialled", async () => {
     // Without the entry the name resolves to nothing (.invalid, RFC 6761): the connection fails.
     expect(await exchange(9306, 'unresolved')).toBe('');
     const seen = accepted();
+    // The operator's listener may reach this host's loopback; an entry, which any namespace's configuration may
+    // hold, must not turn that into a way to this host's own services.
     await mesh.writeConfig('static.yaml', `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: { name: static-db, namespace: demo }
@@ -218,10 +220,15 @@ spec:
     try {
       await waitUntil('node-a accepts static.yaml', () => accepted() > seen, 10_000);
       const connections = externalConnections;
-      expect(await exchange(9306, 'to the endpoint')).toBe('to the endpoint');
-      expect(externalConnections).toBe(connections + 1);
+      const before = node.proc.lines.length;
+      expect(await exchange(9306, 'to the endpoint')).toBe('');
+      // The refusal names the entry's endpoint on the endpoint's port: the entry, not DNS, chose it.
+      await waitUntil('the refusal of the endpoint', () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && line.target === `${EXTERNAL_IP}:${externalPort}`));
+      expect(externalConnections).toBe(connections);
     } finally {
+      const reset = accepted();
       await mesh.writeConfig('static.yaml', '# none\n');
+      await waitUntil('node-a accepts the reset', () => accepted() > reset, 10_000);
     }
   });
 });

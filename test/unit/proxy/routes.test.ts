@@ -444,6 +444,24 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: { name: everyones-db, namespace: ops }
+spec:
+  hosts: [db.static.example, cache.static.example]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }, { number: 6379, name: redis, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: 203.0.113.9 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: into-the-mesh, namespace: shop }
+spec:
+  hosts: [sneaky.static.example]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: STATIC
+  endpoints: [{ address: 10.96.0.10 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: { name: dns-api, namespace: shop }
 spec:
   hosts: [api.dns.example]
@@ -456,15 +474,26 @@ spec:
   it("sends its host and addresses to its endpoints, on the endpoint's port of the entry port's name, else the targetPort", () => {
     for (const table of [open, locked]) {
       for (const host of ['db.static.example', 'DB.Static.Example.', '192.0.2.80']) {
-        expect(decideRoute(table, host, 5432, () => 0, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.21', port: 6432 });
-        expect(decideRoute(table, host, 5432, () => 0.99, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.22', port: 15432 });
+        expect(decideRoute(table, host, 5432, () => 0, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.21', port: 6432, entry: 'shop/static-db' });
+        expect(decideRoute(table, host, 5432, () => 0.99, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.22', port: 15432, entry: 'shop/static-db' });
       }
     }
   });
 
+  it("prefers the source namespace's own entry for a host, whatever the order, and keeps the port dialled without a mapping", () => {
+    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'billing')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 5432, entry: 'ops/everyones-db' });
+    expect(decideRoute(open, 'cache.static.example', 6379, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 6379, entry: 'ops/everyones-db' });
+    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'shop')).toMatchObject({ host: '198.51.100.21', entry: 'shop/static-db' });
+  });
+
+  it("never sends a connection as plain TCP to a Service's cluster IP named as an endpoint", () => {
+    expect(decideRoute(open, 'sneaky.static.example', 80, () => 0, 'shop')).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: expect.stringMatching(/shop\/into-the-mesh has no endpoint outside the mesh/) });
+  });
+
   it('leaves a namespace it is not exported to, and a DNS entry, to the name dialled (or to the egress rules)', () => {
-    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'billing')).toEqual({ kind: 'passthrough', host: 'db.static.example', port: 5432 });
-    expect(decideRoute(locked, 'db.static.example', 5432, () => 0, 'billing')).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+    // Only shop's entry has the address: another namespace dials it as it is (or is refused under REGISTRY_ONLY).
+    expect(decideRoute(open, '192.0.2.80', 5432, () => 0, 'data')).toEqual({ kind: 'passthrough', host: '192.0.2.80', port: 5432 });
+    expect(decideRoute(locked, '192.0.2.80', 5432, () => 0, 'data')).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
     expect(decideRoute(open, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443 });
     expect(decideRoute(locked, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443 });
   });
@@ -525,7 +554,8 @@ spec:
   it("is the service the destination reports for its workloads: by the client's host=, else by the port dialled", () => {
     const at = (ip: string) => withEntries.snapshot.workloadByIp(ip)!;
     const legacy = { hostname: 'legacy.shop.internal', name: 'legacy', namespace: 'shop' };
-    expect(inboundService(withEntries, at('10.0.1.10'), 'legacy.shop.internal', 80)).toEqual(legacy);
+    // On 8080, which the Service web targets too: only the host= can make it the entry.
+    expect(inboundService(withEntries, at('10.0.1.10'), 'legacy.shop.internal', 8080)).toEqual(legacy);
     expect(inboundService(withEntries, at('10.0.9.9'), 'legacy.shop.internal', 9090)).toEqual(legacy);
     // The workload's own Services come first for a port both name; the entry's other port is the entry's.
     expect(inboundService(withEntries, at('10.0.1.10'), null, 8080).name).toBe('web');
