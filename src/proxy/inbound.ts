@@ -628,7 +628,7 @@ export class HboneInbound {
       sourcePrincipal: peer.id.id,
       destination: labelsOfWorkload(destination),
       destinationPrincipal: destination.identity,
-      service: inboundService(routingTableOf(snapshot), destination, host, port),
+      service: inboundService(routingTableOf(snapshot), destination, host, port, peer.namespace),
       connectionSecurityPolicy: 'mutual_tls',
     };
   }

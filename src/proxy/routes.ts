@@ -87,6 +87,8 @@ export interface RoutingTable {
 /** The Services that select one workload: by hostname, and by the target port they reach on it (the first wins). */
 export interface WorkloadServices {
   readonly byHost: ReadonlyMap<string, ServiceLabels>;
+  /** ServiceEntry hosts, believed from a peer of a namespace the entry is exported to (null: every namespace). */
+  readonly byEntryHost: ReadonlyMap<string, { readonly labels: ServiceLabels; readonly visibleTo: ReadonlySet<string> | null }>;
   readonly byPort: ReadonlyMap<number, ServiceLabels>;
 }
 
@@ -437,15 +439,16 @@ function servicesSelecting(snapshot: ConfigSnapshot, workload: Workload): Worklo
     }
   }
   // ServiceEntries of its namespace naming the workload are services of the registry too (ztunnel's), after the Services.
+  const byEntryHost = new Map<string, { labels: ServiceLabels; visibleTo: ReadonlySet<string> | null }>();
   for (const { object, ports } of entriesNaming(snapshot).get(workload) ?? []) {
     const labels = labelsOfEntry(object);
-    if (!byHost.has(labels.hostname)) byHost.set(labels.hostname, labels);
+    if (!byHost.has(labels.hostname) && !byEntryHost.has(labels.hostname)) byEntryHost.set(labels.hostname, { labels, visibleTo: exportedTo(object.metadata.namespace, object.spec.exportTo) });
     for (const port of object.spec.ports) {
       const target = port.protocol === 'UDP' ? undefined : entryTargetPort(port, ports);
       if (target !== undefined && !byPort.has(target)) byPort.set(target, labels);
     }
   }
-  return { byHost, byPort };
+  return { byHost, byEntryHost, byPort };
 }
 
 const entriesNamingCache = new WeakMap<ConfigSnapshot, ReadonlyMap<Workload, readonly { object: ServiceEntryObject; ports: Readonly<Record<string, number>> }[]>>();
@@ -472,14 +475,22 @@ function entriesNaming(snapshot: ConfigSnapshot): ReadonlyMap<Workload, readonly
 }
 
 /**
- * ztunnel's guess_inbound_service: among the Services selecting the destination workload, the one the client's
- * `forwarded: host=` names, else the first whose target port is the one dialled. Only a Service of the registry
- * that selects the workload is ever reported, so a peer cannot add label values of its own.
+ * ztunnel's guess_inbound_service: among the Services selecting the destination workload, then the ServiceEntries of
+ * its namespace naming it and exported to the peer's namespace, the one the client's `forwarded: host=` names, else
+ * the first whose target port is the one dialled. Only a service of the registry that names the workload is ever
+ * reported, so a peer cannot add label values of its own.
  */
-export function inboundService(table: RoutingTable, destination: Workload, forwardedHost: string | null, port: number): ServiceLabels {
+export function inboundService(table: RoutingTable, destination: Workload, forwardedHost: string | null, port: number, peerNamespace: string | null = null): ServiceLabels {
   let services = table.servicesOf.get(destination);
   if (services === undefined) table.servicesOf.set(destination, (services = servicesSelecting(table.snapshot, destination)));
-  return (forwardedHost === null ? undefined : services.byHost.get(forwardedHost)) ?? services.byPort.get(port) ?? UNKNOWN_SERVICE;
+  if (forwardedHost !== null) {
+    const service = services.byHost.get(forwardedHost);
+    if (service !== undefined) return service;
+    // An entry not exported to the peer's namespace is not one its workloads could have addressed.
+    const entry = services.byEntryHost.get(forwardedHost);
+    if (entry !== undefined && (entry.visibleTo === null || (peerNamespace !== null && entry.visibleTo.has(peerNamespace)))) return entry.labels;
+  }
+  return services.byPort.get(port) ?? UNKNOWN_SERVICE;
 }
 
 const tables = new WeakMap<ConfigSnapshot, RoutingTable>();

@@ -554,9 +554,11 @@ spec:
   it("is the service the destination reports for its workloads: by the client's host=, else by the port dialled", () => {
     const at = (ip: string) => withEntries.snapshot.workloadByIp(ip)!;
     const legacy = { hostname: 'legacy.shop.internal', name: 'legacy', namespace: 'shop' };
-    // On 8080, which the Service web targets too: only the host= can make it the entry.
-    expect(inboundService(withEntries, at('10.0.1.10'), 'legacy.shop.internal', 8080)).toEqual(legacy);
-    expect(inboundService(withEntries, at('10.0.9.9'), 'legacy.shop.internal', 9090)).toEqual(legacy);
+    // On 8080, which the Service web targets too: only the host= can make it the entry, from a namespace it is exported to.
+    expect(inboundService(withEntries, at('10.0.1.10'), 'legacy.shop.internal', 8080, 'shop')).toEqual(legacy);
+    expect(inboundService(withEntries, at('10.0.1.10'), 'legacy.shop.internal', 8080, 'billing').name).toBe('web');
+    expect(inboundService(withEntries, at('10.0.1.10'), 'legacy.shop.internal', 8080).name).toBe('web');
+    expect(inboundService(withEntries, at('10.0.9.9'), 'legacy.shop.internal', 9090, 'shop')).toEqual(legacy);
     // The workload's own Services come first for a port both name; the entry's other port is the entry's.
     expect(inboundService(withEntries, at('10.0.1.10'), null, 8080).name).toBe('web');
     expect(inboundService(withEntries, at('10.0.1.10'), null, 8081).name).toBe('legacy');
