@@ -306,11 +306,12 @@ function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCoun
   return null;
 }
 
-/** RFC 5280 path building restricted to one bundle's roots; intermediates come from the presented chain. */
+/**
+ * RFC 5280 path building restricted to one bundle's roots; intermediates come from the presented chain. The leaf's
+ * own rules and validity are verifySvid's, checked before this.
+ */
 function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
   let current = chain[0] as Certificate;
-  const leafValidity = checkValidity(current, at, 'leaf', id);
-  if (leafValidity) return leafValidity;
   if (chain.length > MAX_CHAIN_DEPTH + 1) return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: chain of ${chain.length} certificates, more than ${MAX_CHAIN_DEPTH + 1}`);
   for (let i = 1; i < chain.length; i++) {
     const bits = facts(chain[i] as Certificate).node.publicKey.asymmetricKeyDetails?.modulusLength ?? 0;
@@ -327,7 +328,7 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
       const rootDomain = facts(root).spiffeTrustDomain;
       if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
       if (!issued(root, current)) continue;
-      const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? checkSharedRoot(root, current, chain[0] as Certificate, id, shared);
+      const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? (depth > 0 ? checkSharedRoot(root, current, id, shared) : null);
       if (rootError === null) return null;
       signerError ??= rootError;
     }
@@ -416,8 +417,8 @@ function publicKeyIdOf(cert: Certificate): string {
  * directly is trusted for each domain whose bundle lists the root, as the bundles say. Sharing is seen between
  * roots only: a bundle that lists another domain's intermediate as a root is not detected.
  */
-function checkSharedRoot(root: Certificate, top: Certificate, leaf: Certificate, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
-  if (shared.size === 0 || top === leaf) return null;
+function checkSharedRoot(root: Certificate, top: Certificate, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
+  if (shared.size === 0) return null;
   const domains = shared.get(publicKeyIdOf(root));
   if (domains === undefined || facts(top).spiffeTrustDomain === id.trustDomain) return null;
   return new AmbitError(
