@@ -185,7 +185,7 @@ function entryMembers(snapshot: ConfigSnapshot, object: ServiceEntryObject): Ent
 }
 
 /** Where an entry port lands on a member: its port of the same name, else the port's targetPort, else its number. */
-function entryTargetPort(port: ServiceEntryObject['spec']['ports'][number], ports: Readonly<Record<string, number>>): number {
+function entryTargetPort(port: ServiceEntryPort, ports: Readonly<Record<string, number>>): number {
   const named = port.name !== undefined && Object.hasOwn(ports, port.name) ? ports[port.name] : undefined;
   return named ?? port.targetPort ?? port.number;
 }
@@ -254,7 +254,8 @@ interface ExternalEntry {
   /** namespace/name, for logs. */
   readonly name: string;
   readonly namespace: string;
-  readonly ports: ReadonlySet<number>;
+  /** Its TCP ports by number (an entry without ports admits none). */
+  readonly ports: ReadonlyMap<number, ServiceEntryPort>;
   /** Namespaces whose workloads see it; null: every namespace (exportTo "*", or none given). */
   readonly visibleTo: ReadonlySet<string> | null;
   /**
@@ -262,8 +263,6 @@ interface ExternalEntry {
    * endpoints at a Service's cluster IP or a mesh entry's address, which are reached over HBONE, never as plain TCP.
    */
   readonly endpoints: readonly ServiceEntryEndpoint[] | null;
-  /** Its ports by number, for an endpoint's port of the same name or the targetPort. */
-  readonly portSpecs: ReadonlyMap<number, ServiceEntryPort>;
 }
 
 interface ExternalRegistry {
@@ -307,14 +306,12 @@ function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, u
     const namespace = object.metadata.namespace;
     const exportTo = object.spec.exportTo;
     const visibleTo = exportedTo(namespace, exportTo);
-    const tcpPorts = object.spec.ports.filter((port) => port.protocol !== 'UDP');
     const entry: ExternalEntry = {
       name: `${namespace}/${object.metadata.name}`,
       namespace,
-      ports: new Set(tcpPorts.map((port) => port.number)),
+      ports: new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port])),
       visibleTo,
       endpoints: object.spec.resolution === 'STATIC' && object.spec.endpoints.length > 0 ? object.spec.endpoints.filter((endpoint) => !meshVips.has(canonicalIp(endpoint.address) ?? endpoint.address)) : null,
-      portSpecs: new Map(tcpPorts.map((port) => [port.number, port])),
     };
     anyStatic ||= entry.endpoints !== null;
     for (const host of object.spec.hosts) {
@@ -576,7 +573,7 @@ function staticEndpoint(entry: ExternalEntry, endpoints: readonly ServiceEntryEn
     return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `ServiceEntry ${entry.name} has no endpoint outside the mesh (one at a Service's cluster IP is reached over HBONE, never as plain TCP)` };
   }
   const endpoint = endpoints.length === 1 ? (endpoints[0] as ServiceEntryEndpoint) : (endpoints[Math.floor(random() * endpoints.length)] as ServiceEntryEndpoint);
-  const spec = entry.portSpecs.get(port);
-  const named = spec?.name !== undefined && Object.hasOwn(endpoint.ports, spec.name) ? endpoint.ports[spec.name] : undefined;
-  return { kind: 'passthrough', host: endpoint.address, port: named ?? spec?.targetPort ?? port, entry: entry.name };
+  // The entry admitted this port (findExternal), so it has its spec.
+  const spec = entry.ports.get(port) as ServiceEntryPort;
+  return { kind: 'passthrough', host: endpoint.address, port: entryTargetPort(spec, endpoint.ports), entry: entry.name };
 }
