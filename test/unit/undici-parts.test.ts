@@ -42,4 +42,17 @@ describe("the long-running processes' modules", () => {
     const control = `await import('node:http'); console.log(JSON.stringify(process.moduleLoadList.filter((name) => name.includes('deps/undici'))));`;
     expect(JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', control], { encoding: 'utf8' }))).not.toEqual([]);
   });
+
+  it('refuse a URL that is not http or https before dialling anything', async () => {
+    const { Agent, request } = await import('../../src/undici.ts');
+    const dispatcher = new Agent();
+    try {
+      for (const url of ['file:///etc/passwd', 'ftp://127.0.0.1/x', 'javascript:alert(1)']) {
+        await expect(request(url, { dispatcher, method: 'GET' }), url).rejects.toThrow(/not an http or https URL/);
+      }
+      await expect(request('not a url', { dispatcher, method: 'GET' })).rejects.toThrow(TypeError);
+    } finally {
+      await dispatcher.close();
+    }
+  });
 });
