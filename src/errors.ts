@@ -45,6 +45,7 @@ export const ERROR_CODES = {
   JOIN_TOKEN_INVALID: 'the join token is unknown or was already used: create a new one with `ambit ca token create`',
   JOIN_TOKEN_EXPIRED: 'the join token expired before it was used: create a new one',
   JOIN_TOKEN_WRONG_NODE: 'the join token was created for another node name',
+  JOIN_TOKEN_BUSY: 'the attestation that spent this join token is still being answered: the node asks again shortly',
   CA_UNREACHABLE: 'the CA could not be reached: the agent keeps serving its valid certificates and retries',
   CA_REJECTED: 'the CA refused the request: see the CA\'s audit log for the reason',
   FEDERATION_FETCH: 'a federated trust domain\'s bundle endpoint could not be fetched or returned an invalid bundle',

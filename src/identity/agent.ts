@@ -384,9 +384,13 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
    * (an unknown, spent or expired token, another node's) is final and ends the start at once.
    */
   async #attestPatiently(entry: Entry, token: string): Promise<void> {
+    // One key for every attempt: the CA binds the token to the key that spent it, and answers the same key again when
+    // the answer to that attempt was lost (a deadline passed while the CA signed, a connection cut). A new key would
+    // find the token spent.
+    const keys = await generateKeyPair();
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#attest(entry, token);
+        await this.#attest(entry, token, keys);
         return;
       } catch (error) {
         const failure = toAmbitError(error, 'CA_UNREACHABLE');
@@ -409,8 +413,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     return new AmbitError('CA_UNREACHABLE', `stopped while waiting to attest to the CA at ${this.#options.caUrl}: ${failure.message}`, { cause: failure });
   }
 
-  async #attest(entry: Entry, token: string): Promise<void> {
-    const keys = await generateKeyPair();
+  async #attest(entry: Entry, token: string, keys: CryptoKeyPair): Promise<void> {
     const csr = await createCsr(keys, this.#nodeId);
     const svid = await this.#post('/v1/attest', { node: this.#options.nodeName, token, csr }, keys);
     this.#accept(entry, svid, true);

@@ -602,3 +602,8 @@ export async function readCsr(pem: string): Promise<CryptoKey> {
   }
   return publicKey;
 }
+
+/** SHA-256 of a public key's SubjectPublicKeyInfo, hex: what a spent join token is bound to. */
+export async function publicKeyDigest(key: CryptoKey): Promise<string> {
+  return crypto.createHash('sha256').update(Buffer.from(await crypto.webcrypto.subtle.exportKey('spki', key))).digest('hex');
+}

@@ -16,8 +16,8 @@ export interface InProcessCa {
   close(): Promise<void>;
 }
 
-/** A CA for `trustDomain` whose registry places `identitiesByNode[node]` on each node. */
-export async function startInProcessCa(trustDomain: string, identitiesByNode: Record<string, string[]>): Promise<InProcessCa> {
+/** A CA for `trustDomain` whose registry places `identitiesByNode[node]` on each node; `audit` sees its audit records. */
+export async function startInProcessCa(trustDomain: string, identitiesByNode: Record<string, string[]>, audit: (record: Record<string, unknown>) => void | Promise<void> = () => {}): Promise<InProcessCa> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-ca-'));
   const caDir = join(dir, 'ca');
   await initCa(caDir, trustDomain);
@@ -26,7 +26,7 @@ export async function startInProcessCa(trustDomain: string, identitiesByNode: Re
     registry: () => ({ identitiesOnNode: (node) => new Set(identitiesByNode[node] ?? []) }),
     svidTtlMs: 60_000,
     logger: silentLogger(),
-    audit: () => {},
+    audit,
   });
   let closed = false;
   return {

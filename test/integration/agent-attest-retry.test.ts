@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { AmbitError } from '../../src/errors.ts';
 import { IdentityAgent } from '../../src/identity/agent.ts';
 import { CaServer } from '../../src/identity/ca/server.ts';
+import { normalizeSerial } from '../../src/identity/ca/nodes.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { startInProcessCa } from '../helpers/ca.ts';
 import type { InProcessCa } from '../helpers/ca.ts';
@@ -29,7 +30,7 @@ async function downCa(): Promise<{ ca: InProcessCa; url: string; port: number; t
   return { ca, url, port: Number(new URL(url).port), token };
 }
 
-async function agentFor(url: string, ca: InProcessCa, token: string): Promise<IdentityAgent> {
+async function agentFor(url: string, ca: InProcessCa, token: string, requestDeadlineMs?: number): Promise<IdentityAgent> {
   const stateDir = await mkdtemp(join(tmpdir(), 'ambit-attest-'));
   const agent = new IdentityAgent({
     caUrl: url,
@@ -41,6 +42,7 @@ async function agentFor(url: string, ca: InProcessCa, token: string): Promise<Id
     logger: silentLogger(),
     backoffInitialMs: 100,
     backoffMaxMs: 300,
+    ...(requestDeadlineMs === undefined ? {} : { requestDeadlineMs }),
   });
   cleanup.push(async () => {
     await agent.stop();
@@ -49,7 +51,7 @@ async function agentFor(url: string, ca: InProcessCa, token: string): Promise<Id
   return agent;
 }
 
-function restart(ca: InProcessCa, port: number, audit: () => void | Promise<void> = () => {}): Promise<CaServer> {
+function restart(ca: InProcessCa, port: number, audit: (record: Record<string, unknown>) => void | Promise<void> = () => {}): Promise<CaServer> {
   return CaServer.start({ dir: ca.dir, port, registry: () => ({ identitiesOnNode: () => new Set() }), svidTtlMs: 60_000, logger: silentLogger(), audit });
 }
 
@@ -79,6 +81,26 @@ describe("a node's first attestation", () => {
     await agent.start();
     expect(audits).toBe(2);
     expect(agent.nodeSvid()?.id.id).toBe(NODE_ID);
+  });
+
+  it('attests when the answer to its first attempt was lost (the CA took longer than its deadline), with the same token', async () => {
+    const { ca, url, port, token } = await downCa();
+    const attested: Array<Record<string, unknown>> = [];
+    const server = await restart(ca, port, async (record) => {
+      if (record.event !== 'node_attested') return;
+      attested.push(record);
+      // The first issuance outlasts the agent's deadline: its answer goes nowhere, the token is spent meanwhile.
+      if (attested.length === 1) await new Promise((resolve) => setTimeout(resolve, 1_500));
+    });
+    cleanup.push(() => server.close());
+    const agent = await agentFor(url, ca, token, 500);
+    await agent.start();
+    const svid = agent.nodeSvid();
+    expect(svid?.id.id).toBe(NODE_ID);
+    expect(attested).toHaveLength(2);
+    // What the agent holds is the second certificate, the one that replaced the lost one at the CA.
+    expect(normalizeSerial(svid?.chain[0]?.serialNumber ?? '')).toBe(normalizeSerial(String(attested[1]?.serial)));
+    expect(attested[1]?.replaces).toBe(attested[0]?.serial);
   });
 
   it('gives up at once on a join token the CA refuses', async () => {

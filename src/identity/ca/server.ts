@@ -19,7 +19,7 @@ import type { ErrorCode } from '../../errors.ts';
 import { nodeId, parseNodeId, parseSpiffeId } from '../spiffe-id.ts';
 import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, encodeBundle } from '../bundle.ts';
 import type { TrustBundle } from '../bundle.ts';
-import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, readCsr, subjectKeyIdOf } from '../svid.ts';
+import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, publicKeyDigest, readCsr, subjectKeyIdOf } from '../svid.ts';
 import type { Certificate, Svid } from '../svid.ts';
 import { serverTlsOptions, verifyPeer } from '../spiffe-tls.ts';
 import { FederationClient } from '../federation.ts';
@@ -27,8 +27,9 @@ import { timerDelayMs } from '../timers.ts';
 import type { FederationPeer } from '../federation.ts';
 import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
-import { consumeJoinToken, restoreJoinToken } from './tokens.ts';
-import { admitNodeCertificate, recordAttested, recordRenewal } from './nodes.ts';
+import { consumeJoinToken, recordTokenIssue, restoreJoinToken } from './tokens.ts';
+import type { JoinTokenClaim } from './tokens.ts';
+import { admitNodeCertificate, recordAttested, recordReattested, recordRenewal } from './nodes.ts';
 import type { Logger } from '../../observe/log.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
@@ -96,6 +97,9 @@ function statusFor(code: ErrorCode): number {
     case 'FILE_READ':
     case 'FILE_WRITE':
       return 500;
+    // The same node's retry overtook the issuance it retries: it asks again after its backoff.
+    case 'JOIN_TOKEN_BUSY':
+      return 503;
     default:
       return 400;
   }
@@ -347,21 +351,31 @@ export class CaServer {
     }
     // Check the CSR before spending the token, so a client bug does not burn a single-use secret.
     const publicKey = await readCsr(csr);
+    const key = await publicKeyDigest(publicKey);
+    let claim: JoinTokenClaim;
     try {
-      await consumeJoinToken(this.#options.dir, token, node);
+      claim = await consumeJoinToken(this.#options.dir, token, node, key);
     } catch (error) {
       const wrapped = toAmbitError(error, 'JOIN_TOKEN_INVALID');
+      if (wrapped.code === 'JOIN_TOKEN_BUSY') {
+        this.#logger.info({ node, remote }, 'node asked again with its join token while the first answer was being issued');
+        throw wrapped;
+      }
       this.#note({ event: 'attest_refused', node, remote, code: wrapped.code, reason: wrapped.message });
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
     }
+    if (claim.retry) return this.#reattest(node, spiffeId, token, publicKey, claim.serial, remote);
     let response: IssueResponse;
     try {
       const issued = await this.#issue(spiffeId, publicKey, this.#nodeTtlMs);
       response = issued.response;
       // Audited before the record makes it the node's certificate: a certificate never handed out must not be current.
       await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority: issued.authority });
-      await this.#forNode(node, () => recordAttested(this.#options.dir, node, response.serial));
+      await this.#forNode(node, async () => {
+        await recordAttested(this.#options.dir, node, response.serial);
+        await recordTokenIssue(this.#options.dir, token, response.serial);
+      });
     } catch (error) {
       // Nothing was handed out (the audit log or the node record could not be written): the token is the node's to
       // present again, not spent on the CA's failure.
@@ -370,6 +384,29 @@ export class CaServer {
     }
     this.#logger.info({ node, spiffeId, remote }, 'node attested with join token');
     return response;
+  }
+
+  /**
+   * The node presents its spent join token again with a CSR for the key that spent it: the answer to its attestation
+   * was lost. It gets a new certificate for that key, which replaces the one it never received, unless the node has
+   * moved on since (src/identity/ca/nodes.ts recordReattested); refused as a spent token otherwise.
+   */
+  async #reattest(node: string, spiffeId: string, token: string, publicKey: CryptoKey, previousSerial: string, remote: string | undefined): Promise<IssueResponse> {
+    const outcome = await this.#forNode(node, () => recordReattested(this.#options.dir, node, previousSerial, async () => {
+      const issued = await this.#issue(spiffeId, publicKey, this.#nodeTtlMs);
+      const response = issued.response;
+      await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority: issued.authority, replaces: previousSerial });
+      await recordTokenIssue(this.#options.dir, token, response.serial);
+      return response;
+    }));
+    if ('refused' in outcome) {
+      const refusal = new AmbitError('JOIN_TOKEN_INVALID', 'join token does not exist or was already used');
+      this.#note({ event: 'attest_refused', node, remote, code: refusal.code, reason: `${refusal.message}: presented again with the key that spent it, but ${outcome.refused}` });
+      this.#logger.warn({ node, remote, code: refusal.code, reason: outcome.refused }, 'node attestation refused');
+      throw refusal;
+    }
+    this.#logger.info({ node, spiffeId, remote, replaces: previousSerial }, 'node attested again with its join token: the first answer did not reach it');
+    return outcome.issued;
   }
 
   /** CSR signing for a node: its own identity (renewal) or a workload the registry places on it. */

@@ -5,11 +5,14 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCa } from '../../../src/identity/ca/store.ts';
-import { consumeJoinToken, createJoinToken } from '../../../src/identity/ca/tokens.ts';
+import { REATTEST_WINDOW_MS, consumeJoinToken, createJoinToken, recordTokenIssue, restoreJoinToken } from '../../../src/identity/ca/tokens.ts';
 import { AmbitError } from '../../../src/errors.ts';
 
 const TD = 'cluster.local';
 const MINUTE_MS = 60_000;
+/** What the CA passes: the SHA-256 of the CSR's public key, hex. */
+const KEY = 'a'.repeat(64);
+const OTHER_KEY = 'b'.repeat(64);
 
 let base: string;
 let counter = 0;
@@ -57,8 +60,8 @@ describe('join tokens', () => {
     const dir = await newCaDir();
     const { token, node } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS);
     expect(node).toBe('node-a');
-    await expect(consumeJoinToken(dir, token, 'node-a')).resolves.toBeUndefined();
-    expect(await codeOf(consumeJoinToken(dir, token, 'node-a'))).toBe('JOIN_TOKEN_INVALID');
+    await expect(consumeJoinToken(dir, token, 'node-a', KEY)).resolves.toEqual({ retry: false });
+    expect(await codeOf(consumeJoinToken(dir, token, 'node-a', OTHER_KEY))).toBe('JOIN_TOKEN_INVALID');
   });
 
   it('are 256-bit base64url strings, different every time', async () => {
@@ -72,7 +75,8 @@ describe('join tokens', () => {
   it('let exactly one of 20 concurrent attempts with the same token succeed', async () => {
     const dir = await newCaDir();
     const { token } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS);
-    const results = await Promise.allSettled(Array.from({ length: 20 }, () => consumeJoinToken(dir, token, 'node-a')));
+    // Twenty different keys: none of the nineteen later ones is the winner's retry.
+    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => consumeJoinToken(dir, token, 'node-a', i.toString(16).padStart(64, '0'))));
     expect(results.filter((result) => result.status === 'fulfilled')).toHaveLength(1);
     const refusals = results.filter((result) => result.status === 'rejected').map((result) => (result.reason as AmbitError).code);
     expect(refusals).toEqual(Array.from({ length: 19 }, () => 'JOIN_TOKEN_INVALID'));
@@ -83,7 +87,7 @@ describe('join tokens', () => {
     const createdAt = new Date('2026-11-23T12:00:00Z');
     const { token, expiresAt } = await createJoinToken(dir, 'node-a', MINUTE_MS, createdAt);
     expect(expiresAt.getTime()).toBe(createdAt.getTime() + MINUTE_MS);
-    await expect(consumeJoinToken(dir, token, 'node-a', expiresAt)).resolves.toBeUndefined();
+    await expect(consumeJoinToken(dir, token, 'node-a', KEY, expiresAt)).resolves.toEqual({ retry: false });
   });
 
   it('are refused after their expiry, and spent by the attempt', async () => {
@@ -91,29 +95,29 @@ describe('join tokens', () => {
     const createdAt = new Date('2026-11-23T12:00:00Z');
     const { token } = await createJoinToken(dir, 'node-a', MINUTE_MS, createdAt);
     const late = new Date(createdAt.getTime() + MINUTE_MS + 1);
-    expect(await codeOf(consumeJoinToken(dir, token, 'node-a', late))).toBe('JOIN_TOKEN_EXPIRED');
-    expect(await codeOf(consumeJoinToken(dir, token, 'node-a', createdAt))).toBe('JOIN_TOKEN_INVALID');
+    expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, late))).toBe('JOIN_TOKEN_EXPIRED');
+    expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, createdAt))).toBe('JOIN_TOKEN_INVALID');
   });
 
   it('are refused for another node, and spent by the attempt', async () => {
     const dir = await newCaDir();
     const { token } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS);
-    expect(await codeOf(consumeJoinToken(dir, token, 'node-b'))).toBe('JOIN_TOKEN_WRONG_NODE');
-    expect(await codeOf(consumeJoinToken(dir, token, 'node-a'))).toBe('JOIN_TOKEN_INVALID');
+    expect(await codeOf(consumeJoinToken(dir, token, 'node-b', KEY))).toBe('JOIN_TOKEN_WRONG_NODE');
+    expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY))).toBe('JOIN_TOKEN_INVALID');
   });
 
   it('are refused when unknown, even when well formed', async () => {
     const dir = await newCaDir();
     await createJoinToken(dir, 'node-a', 10 * MINUTE_MS);
-    expect(await codeOf(consumeJoinToken(dir, 'A'.repeat(43), 'node-a'))).toBe('JOIN_TOKEN_INVALID');
+    expect(await codeOf(consumeJoinToken(dir, 'A'.repeat(43), 'node-a', KEY))).toBe('JOIN_TOKEN_INVALID');
   });
 
   it('are not valid in another CA directory', async () => {
     const dir = await newCaDir();
     const other = await newCaDir();
     const { token } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS);
-    expect(await codeOf(consumeJoinToken(other, token, 'node-a'))).toBe('JOIN_TOKEN_INVALID');
-    await expect(consumeJoinToken(dir, token, 'node-a')).resolves.toBeUndefined();
+    expect(await codeOf(consumeJoinToken(other, token, 'node-a', KEY))).toBe('JOIN_TOKEN_INVALID');
+    await expect(consumeJoinToken(dir, token, 'node-a', KEY)).resolves.toEqual({ retry: false });
   });
 
   describe('malformed token text', () => {
@@ -144,12 +148,12 @@ describe('join tokens', () => {
       ['10 KB long', 'A'.repeat(10 * 1024)],
     ])('refuses a token that is %s and touches no file', async (_case, token) => {
       const before = await tree(base);
-      expect(await codeOf(consumeJoinToken(dir, token, 'node-a'))).toBe('JOIN_TOKEN_INVALID');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY))).toBe('JOIN_TOKEN_INVALID');
       expect(await tree(base)).toEqual(before);
     });
 
     it('leaves the real token usable', async () => {
-      await expect(consumeJoinToken(dir, pendingToken, 'node-a')).resolves.toBeUndefined();
+      await expect(consumeJoinToken(dir, pendingToken, 'node-a', KEY)).resolves.toEqual({ retry: false });
     });
   });
 
@@ -160,7 +164,7 @@ describe('join tokens', () => {
     const pending = await tree(dir);
     expect([...pending.keys()].some((path) => path.startsWith('tokens'))).toBe(true);
     expect(lookFor(pending)).toEqual([]);
-    await consumeJoinToken(dir, token, 'node-a');
+    await consumeJoinToken(dir, token, 'node-a', KEY);
     expect(lookFor(await tree(dir))).toEqual([]);
   });
 
@@ -171,7 +175,7 @@ describe('join tokens', () => {
     const pending = await tokenFiles();
     expect(pending.size).toBe(1);
     for (const { mode } of pending.values()) expect(mode).toBe(0o600);
-    await consumeJoinToken(dir, token, 'node-a');
+    await consumeJoinToken(dir, token, 'node-a', KEY);
     const used = await tokenFiles();
     expect([...used.keys()].every((path) => path.startsWith('used'))).toBe(true);
     for (const { mode } of used.values()) expect(mode).toBe(0o600);
@@ -194,6 +198,89 @@ describe('join tokens', () => {
   it('accept a TTL of exactly one second', async () => {
     const dir = await newCaDir();
     const { token } = await createJoinToken(dir, 'node-a', 1000);
-    await expect(consumeJoinToken(dir, token, 'node-a')).resolves.toBeUndefined();
+    await expect(consumeJoinToken(dir, token, 'node-a', KEY)).resolves.toEqual({ retry: false });
+  });
+
+  describe('presented again after they were spent (the answer to the attestation was lost)', () => {
+    const spentAt = new Date('2026-11-23T12:00:00Z');
+    const later = (ms: number) => new Date(spentAt.getTime() + ms);
+
+    async function spent(serial: string | null = 'abc123'): Promise<{ dir: string; token: string }> {
+      const dir = await newCaDir();
+      const { token } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS, new Date(spentAt.getTime() - MINUTE_MS));
+      await expect(consumeJoinToken(dir, token, 'node-a', KEY, spentAt)).resolves.toEqual({ retry: false });
+      if (serial !== null) await recordTokenIssue(dir, token, serial);
+      return { dir, token };
+    }
+
+    it('are the same attestation again for the node and key that spent them, naming the certificate issued then', async () => {
+      const { dir, token } = await spent();
+      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(MINUTE_MS))).resolves.toEqual({ retry: true, serial: 'abc123' });
+      // The certificate issued for the retry becomes the one a further retry names.
+      await recordTokenIssue(dir, token, 'def456');
+      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(2 * MINUTE_MS))).resolves.toEqual({ retry: true, serial: 'def456' });
+    });
+
+    it('are accepted again up to the end of the window that started when they were spent, and refused after', async () => {
+      const { dir, token } = await spent();
+      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(REATTEST_WINDOW_MS))).resolves.toMatchObject({ retry: true });
+      // A retry does not move the window.
+      await recordTokenIssue(dir, token, 'def456');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(REATTEST_WINDOW_MS + 1)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are refused with any other key, or for any other node, as spent', async () => {
+      const { dir, token } = await spent();
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', OTHER_KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-b', KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', '', later(1000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are refused when the clock reads before they were spent', async () => {
+      const { dir, token } = await spent();
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(-1000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are told to wait, not refused, while the certificate for the first attempt is being issued', async () => {
+      const { dir, token } = await spent(null);
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(1000)))).toBe('JOIN_TOKEN_BUSY');
+      // With another key it is a spent token, as ever.
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', OTHER_KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are not bound to a key when the attempt that spent them was refused (expired, or another node)', async () => {
+      const dir = await newCaDir();
+      const expiring = (await createJoinToken(dir, 'node-a', MINUTE_MS, spentAt)).token;
+      expect(await codeOf(consumeJoinToken(dir, expiring, 'node-a', KEY, later(MINUTE_MS + 1)))).toBe('JOIN_TOKEN_EXPIRED');
+      expect(await codeOf(consumeJoinToken(dir, expiring, 'node-a', KEY, later(MINUTE_MS + 2)))).toBe('JOIN_TOKEN_INVALID');
+      const misdirected = (await createJoinToken(dir, 'node-a', MINUTE_MS, spentAt)).token;
+      expect(await codeOf(consumeJoinToken(dir, misdirected, 'node-b', KEY, later(1000)))).toBe('JOIN_TOKEN_WRONG_NODE');
+      expect(await codeOf(consumeJoinToken(dir, misdirected, 'node-b', KEY, later(2000)))).toBe('JOIN_TOKEN_INVALID');
+      expect(await codeOf(consumeJoinToken(dir, misdirected, 'node-a', KEY, later(2000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are refused as spent when their record predates key binding, or is damaged', async () => {
+      const { dir, token } = await spent();
+      const usedFile = join(dir, 'tokens', 'used', (await readdir(join(dir, 'tokens', 'used')))[0] as string);
+      await writeFile(usedFile, JSON.stringify({ node: 'node-a', createdAt: spentAt.toISOString(), expiresAt: later(MINUTE_MS).toISOString() }));
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
+      await writeFile(usedFile, '{"node": "node-a", "spent": ');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('let one of 20 concurrent attempts with the same key spend the token, and none of the others pass as its retry', async () => {
+      const dir = await newCaDir();
+      const { token } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS);
+      const results = await Promise.allSettled(Array.from({ length: 20 }, () => consumeJoinToken(dir, token, 'node-a', KEY)));
+      expect(results.filter((result) => result.status === 'fulfilled').map((result) => result.value)).toEqual([{ retry: false }]);
+      for (const result of results) if (result.status === 'rejected') expect(['JOIN_TOKEN_INVALID', 'JOIN_TOKEN_BUSY']).toContain((result.reason as AmbitError).code);
+    });
+
+    it('are spendable afresh once given back, whatever key spent them before', async () => {
+      const { dir, token } = await spent(null);
+      await restoreJoinToken(dir, token);
+      await expect(consumeJoinToken(dir, token, 'node-a', OTHER_KEY, later(1000))).resolves.toEqual({ retry: false });
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(2000)))).toBe('JOIN_TOKEN_INVALID');
+    });
   });
 });

@@ -1,0 +1,142 @@
+// A node whose attestation answer never arrived presents its spent join token again, with a CSR for the same key:
+// the CA answers that key again (a new certificate, which replaces the one never received), and nothing else. Real
+// CA over HTTPS, real CSRs; the lost answer is a first request whose response the test does not use.
+import { X509Certificate } from 'node:crypto';
+import { Agent, request } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { evictNode, normalizeSerial } from '../../src/identity/ca/nodes.ts';
+import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../src/identity/svid.ts';
+import { startInProcessCa } from '../helpers/ca.ts';
+import type { InProcessCa } from '../helpers/ca.ts';
+
+const TD = 'cluster.local';
+const NODE_ID = `spiffe://${TD}/ambit/node/node-a`;
+const WEB = `spiffe://${TD}/ns/default/sa/web`;
+
+let ca: InProcessCa;
+const audit: Array<Record<string, unknown>> = [];
+const agents: Agent[] = [];
+
+beforeAll(async () => {
+  ca = await startInProcessCa(TD, { 'node-a': [WEB] }, (record) => void audit.push(record));
+});
+
+afterEach(() => {
+  audit.length = 0;
+});
+
+afterAll(async () => {
+  await Promise.all(agents.map((agent) => agent.close()));
+  await ca?.close();
+});
+
+interface Answer {
+  status: number;
+  json: Record<string, unknown>;
+}
+
+interface Credential {
+  certPem: string;
+  keyPem: string;
+  serial: string;
+}
+
+async function post(path: string, body: unknown, as: Credential | null = null): Promise<Answer> {
+  // The CA's own serving certificate is not what this test is about: the client does not check it.
+  const agent = new Agent({ connect: { rejectUnauthorized: false, ...(as === null ? {} : { cert: as.certPem, key: as.keyPem }) } });
+  agents.push(agent);
+  const response = await request(`${ca.server.url}${path}`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { status: response.statusCode, json: (await response.body.json()) as Record<string, unknown> };
+}
+
+async function attestWith(keys: CryptoKeyPair, token: string, node = 'node-a'): Promise<Answer> {
+  return post('/v1/attest', { node, token, csr: await createCsr(keys, `spiffe://${TD}/ambit/node/${node}`) });
+}
+
+async function credential(answer: Answer, keys: CryptoKeyPair): Promise<Credential> {
+  expect(answer.status, JSON.stringify(answer.json)).toBe(200);
+  return { certPem: String(answer.json.certChain), keyPem: await exportPrivateKeyPem(keys.privateKey), serial: String(answer.json.serial) };
+}
+
+async function signWeb(as: Credential): Promise<Answer> {
+  return post('/v1/sign', { spiffeId: WEB, csr: await createCsr(await generateKeyPair(), WEB) }, as);
+}
+
+/** A node attested once, whose answer it is taken never to have received. */
+async function lostAnswer(): Promise<{ keys: CryptoKeyPair; token: string; lost: Credential }> {
+  const keys = await generateKeyPair();
+  const token = await ca.joinToken('node-a');
+  return { keys, token, lost: await credential(await attestWith(keys, token), keys) };
+}
+
+function publicKeyOf(certPem: string): string {
+  return new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' }).toString('hex');
+}
+
+describe('a spent join token presented again', () => {
+  it('with the key that spent it: a new certificate for that key, which retires the one never received', async () => {
+    const { keys, token, lost } = await lostAnswer();
+    const again = await credential(await attestWith(keys, token), keys);
+    expect(normalizeSerial(again.serial)).not.toBe(normalizeSerial(lost.serial));
+    expect(publicKeyOf(again.certPem)).toBe(publicKeyOf(lost.certPem));
+    expect(new X509Certificate(again.certPem).subjectAltName).toBe(`URI:${NODE_ID}`);
+    expect((await signWeb(again)).status).toBe(200);
+    // The node never held the first one: a copy of it (from the wire, a log) is refused.
+    expect((await signWeb(lost)).status).toBe(401);
+    const attested = audit.filter((record) => record.event === 'node_attested');
+    expect(attested.map((record) => record.serial)).toEqual([lost.serial, again.serial]);
+    expect(attested[1]).toMatchObject({ node: 'node-a', spiffeId: NODE_ID, replaces: lost.serial });
+  });
+
+  it('with another key: refused as a spent token, audited, and the node keeps the certificate it had', async () => {
+    const { token, lost } = await lostAnswer();
+    const thief = await generateKeyPair();
+    const refused = await attestWith(thief, token);
+    expect(refused.status).toBe(403);
+    expect(refused.json).toMatchObject({ error: { code: 'JOIN_TOKEN_INVALID' } });
+    expect(audit.filter((record) => record.event === 'attest_refused')).toMatchObject([{ node: 'node-a', code: 'JOIN_TOKEN_INVALID' }]);
+    expect((await signWeb(lost)).status).toBe(200);
+  });
+
+  it('with the same key for another node name: refused', async () => {
+    const { keys, token } = await lostAnswer();
+    const refused = await attestWith(keys, token, 'node-b');
+    expect(refused.status).toBe(403);
+    expect(refused.json).toMatchObject({ error: { code: 'JOIN_TOKEN_INVALID' } });
+  });
+
+  it('after the node renewed with the certificate it was answered with: refused (it got its answer)', async () => {
+    const { keys, token, lost: received } = await lostAnswer();
+    const renewal = await post('/v1/sign', { spiffeId: NODE_ID, csr: await createCsr(await generateKeyPair(), NODE_ID) }, received);
+    expect(renewal.status).toBe(200);
+    const refused = await attestWith(keys, token);
+    expect(refused.status).toBe(403);
+    expect(audit.find((record) => record.event === 'attest_refused')?.reason).toMatch(/moved on/);
+  });
+
+  it('after the operator evicted the node: refused, and the node stays evicted', async () => {
+    const { keys, token, lost } = await lostAnswer();
+    await evictNode(ca.dir, 'node-a');
+    const refused = await attestWith(keys, token);
+    expect(refused.status).toBe(403);
+    expect(audit.find((record) => record.event === 'attest_refused')?.reason).toMatch(/evicted/);
+    expect((await signWeb(lost)).status).toBe(401);
+  });
+
+  it('after the node attested with a newer token: refused, and the newer certificate stays the current one', async () => {
+    const { keys, token } = await lostAnswer();
+    const newerKeys = await generateKeyPair();
+    const newer = await credential(await attestWith(newerKeys, await ca.joinToken('node-a')), newerKeys);
+    expect((await attestWith(keys, token)).status).toBe(403);
+    expect((await signWeb(newer)).status).toBe(200);
+  });
+
+  it('several times with the same key: each answer replaces the one before', async () => {
+    const { keys, token, lost } = await lostAnswer();
+    const second = await credential(await attestWith(keys, token), keys);
+    const third = await credential(await attestWith(keys, token), keys);
+    expect((await signWeb(second)).status).toBe(401);
+    expect((await signWeb(lost)).status).toBe(401);
+    expect((await signWeb(third)).status).toBe(200);
+  });
+});
