@@ -12,6 +12,7 @@
 // also counts istio_tcp_connections_failed_total. So opened - closed is always the number of open
 // connections, and every failure is also a close. Series are never removed (as in ztunnel): Prometheus
 // counters must not vanish; the label sets follow workload pairs, not connections, and are capped (maxSeries).
+import { readFileSync } from 'node:fs';
 import { Counter, Gauge } from 'prom-client';
 import type { Registry } from 'prom-client';
 
@@ -293,6 +294,9 @@ export interface ProxyMetricsOptions {
   maxSeries?: number;
 }
 
+/** ambit's version, from its package.json (two levels up from src/observe/ and from dist/observe/ alike). */
+export const AMBIT_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
 export class ProxyMetrics {
   readonly registry: Registry;
   readonly #index = new LabelIndex();
@@ -335,6 +339,8 @@ export class ProxyMetrics {
     });
     this.#poolSessions = new Gauge({ name: 'ambit_hbone_pool_sessions', help: 'HTTP/2 sessions held by the outbound HBONE pool', registers: [registry] });
     this.#poolStreams = new Gauge({ name: 'ambit_hbone_pool_streams', help: 'CONNECT streams open on the outbound HBONE pool sessions', registers: [registry] });
+    // ztunnel's build gauge, so dashboards that count versions per component see ambit's.
+    new Gauge({ name: 'istio_build', help: 'Istio component build info', labelNames: ['component', 'tag'], registers: [registry] }).set({ component: 'ambit', tag: AMBIT_VERSION }, 1);
     this.#localWorkloads = new Gauge({ name: 'ambit_local_workloads', help: 'Workloads on this node that the proxy serves', registers: [registry] });
     this.#listeners = new Gauge({ name: 'ambit_hbone_listeners', help: 'Inbound HBONE listeners open on this node', registers: [registry] });
     this.#configReloads = new Counter({ name: 'ambit_config_reloads_total', help: 'Configuration changes seen, by whether the new snapshot was accepted or the last good one kept', labelNames: ['result'], registers: [registry] });

@@ -1,5 +1,6 @@
 // Istio TCP metrics (src/observe/metrics.ts): names and labels as Istio's, byte deltas, idempotent close,
 // failure counting as ztunnel does it, the ambit gauges, and the periodic byte flush.
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Registry } from 'prom-client';
 import { ProxyMetrics, UNKNOWN_WORKLOAD, startByteFlush, workloadLabels } from '../../../src/observe/metrics.ts';
@@ -219,6 +220,14 @@ describe('ProxyMetrics', () => {
     expect(await valueOf(registry, 'ambit_config_reloads_total', { result: 'accepted' })).toBe(2);
     // Present at zero before any rejection, so alerts on it work from the start.
     expect(await registry.metrics()).toContain('ambit_config_reloads_total{result="rejected"} 0');
+  });
+
+  it('reports its build as ztunnel does, with ambit as the component and the package version as the tag', async () => {
+    const registry = new Registry();
+    new ProxyMetrics(registry);
+    const version = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    expect(version).toMatch(/^\d+\.\d+\.\d+/);
+    expect(await registry.metrics()).toContain(`istio_build{component="ambit",tag="${version}"} 1`);
   });
 
   it('registers only into the registry it is given', async () => {
