@@ -17,16 +17,27 @@ export interface LoggerOptions {
  */
 const MAX_BUFFERED_LOG_BYTES = 16 * 1024 * 1024;
 
+/** Log lines this process dropped for a stalled stdout, all loggers together: ambit_log_lines_dropped_total. */
+let droppedLines = 0;
+
+export function droppedLogLines(): number {
+  return droppedLines;
+}
+
 export function createLogger(options: LoggerOptions): Logger {
   const level = options.level ?? (process.env.AMBIT_LOG_LEVEL as LevelWithSilent | undefined) ?? 'info';
   const destination = options.file ? pino.destination({ dest: options.file, mkdir: true, sync: true }) : pino.destination({ dest: 1, sync: false, maxLength: MAX_BUFFERED_LOG_BYTES });
-  let dropping = false;
+  let droppedInStall = 0;
   destination.on('drop', () => {
-    // Said once per stall, on stderr (stdout is the stalled one), and again after output flows once more.
-    if (dropping) return;
-    dropping = true;
+    droppedLines++;
+    // Said once per stall, on stderr (stdout is the stalled one), and again with the count once output flows again:
+    // a reader that keeps up only in part never lets the buffer drain, so the count also goes to the metric.
+    if (droppedInStall++ > 0) return;
     process.stderr.write(`${options.name}: stdout is not being read; dropping log lines beyond ${MAX_BUFFERED_LOG_BYTES} buffered bytes\n`);
-    destination.once('drain', () => (dropping = false));
+    destination.once('drain', () => {
+      process.stderr.write(`${options.name}: stdout is read again; ${droppedInStall} log lines were dropped\n`);
+      droppedInStall = 0;
+    });
   });
   return pino({ name: options.name, level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }

@@ -14,6 +14,7 @@
 // counters must not vanish; the label sets follow workload pairs, not connections, and are capped (maxSeries).
 import { readFileSync } from 'node:fs';
 import { Counter, Gauge } from 'prom-client';
+import { droppedLogLines } from './log.ts';
 import type { Registry } from 'prom-client';
 
 export type Reporter = 'source' | 'destination';
@@ -339,6 +340,17 @@ export class ProxyMetrics {
     });
     this.#poolSessions = new Gauge({ name: 'ambit_hbone_pool_sessions', help: 'HTTP/2 sessions held by the outbound HBONE pool', registers: [registry] });
     this.#poolStreams = new Gauge({ name: 'ambit_hbone_pool_streams', help: 'CONNECT streams open on the outbound HBONE pool sessions', registers: [registry] });
+    let droppedSeen = 0;
+    new Counter({
+      name: 'ambit_log_lines_dropped_total',
+      help: 'Log lines dropped because stdout was not read fast enough (16 MiB buffered)',
+      registers: [registry],
+      collect(this: Counter) {
+        const dropped = droppedLogLines();
+        this.inc(dropped - droppedSeen);
+        droppedSeen = dropped;
+      },
+    });
     // ztunnel's build gauge, so dashboards that count versions per component see ambit's.
     new Gauge({ name: 'istio_build', help: 'Istio component build info', labelNames: ['component', 'tag'], registers: [registry] }).set({ component: 'ambit', tag: AMBIT_VERSION }, 1);
     this.#localWorkloads = new Gauge({ name: 'ambit_local_workloads', help: 'Workloads on this node that the proxy serves', registers: [registry] });
