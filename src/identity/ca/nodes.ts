@@ -127,22 +127,15 @@ export async function recordAttested(caDir: string, node: string, serial: string
 }
 
 /**
- * A node asked again for the answer to its join-token attestation, which it lost (src/identity/ca/tokens.ts): a new
- * certificate for the same key replaces the one issued then, but only while that one is still the node's current,
- * no renewal has been asked for with it and the node has not been evicted (any of those says the node got its answer,
- * or the operator ended it). `issue` runs under the record's lock, so an eviction cannot fall between the check and
- * the write. Resolves to the refusal's reason, or to what `issue` returned.
+ * Whether a join token's answer, asked for again, is still the node's certificate: null when it is (the current one,
+ * no renewal asked for with it, not evicted), else why not. Read only: nothing changes when it is answered again.
  */
-export async function recordReattested<T extends { serial: string }>(caDir: string, node: string, previousSerial: string, issue: () => Promise<T>): Promise<{ refused: string } | { issued: T }> {
-  return withRecord(caDir, node, async () => {
-    const record = await read(caDir, node);
-    if (record === undefined || record.evicted === true || record.current !== normalizeSerial(previousSerial) || (record.pending?.length ?? 0) > 0) {
-      return { refused: record?.evicted === true ? `node ${node} was evicted` : `node ${node} has moved on from the certificate its join token was answered with` };
-    }
-    const issued = await issue();
-    await write(caDir, node, { current: normalizeSerial(issued.serial) });
-    return { issued };
-  });
+export async function answerStands(caDir: string, node: string, serial: string): Promise<string | null> {
+  const record = await read(caDir, node);
+  if (record === undefined) return `the CA has no record of node ${node}`;
+  if (record.evicted === true) return `node ${node} was evicted`;
+  if (record.current !== normalizeSerial(serial) || (record.pending?.length ?? 0) > 0) return `node ${node} has moved on from the certificate its join token was answered with`;
+  return null;
 }
 
 /** Renewals kept pending at once: more means a node retrying far more than its agent does. */

@@ -27,9 +27,9 @@ import { timerDelayMs } from '../timers.ts';
 import type { FederationPeer } from '../federation.ts';
 import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
-import { consumeJoinToken, recordTokenIssue, restoreJoinToken } from './tokens.ts';
-import type { JoinTokenClaim } from './tokens.ts';
-import { admitNodeCertificate, recordAttested, recordReattested, recordRenewal } from './nodes.ts';
+import { consumeJoinToken, recordTokenAnswer, restoreJoinToken } from './tokens.ts';
+import type { JoinTokenClaim, TokenAnswer } from './tokens.ts';
+import { admitNodeCertificate, answerStands, recordAttested, recordRenewal } from './nodes.ts';
 import type { Logger } from '../../observe/log.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
@@ -361,11 +361,13 @@ export class CaServer {
         this.#logger.info({ node, remote }, 'node asked again with its join token while the first answer was being issued');
         throw wrapped;
       }
+      // The CA's own files failed (500, the token given back): no refusal of the node's to audit.
+      if (wrapped.code === 'CA_STATE') throw wrapped;
       this.#note({ event: 'attest_refused', node, remote, code: wrapped.code, reason: wrapped.message });
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
     }
-    if (claim.retry) return this.#reattest(node, spiffeId, token, publicKey, claim.serial, remote);
+    if (claim.retry) return this.#answerAgain(node, spiffeId, claim.answer, remote);
     let response: IssueResponse;
     try {
       const issued = await this.#issue(spiffeId, publicKey, this.#nodeTtlMs);
@@ -374,7 +376,7 @@ export class CaServer {
       await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority: issued.authority });
       await this.#forNode(node, async () => {
         await recordAttested(this.#options.dir, node, response.serial);
-        await recordTokenIssue(this.#options.dir, token, response.serial);
+        await recordTokenAnswer(this.#options.dir, token, { serial: response.serial, certChain: response.certChain, expiresAt: response.expiresAt });
       });
     } catch (error) {
       // Nothing was handed out (the audit log or the node record could not be written): the token is the node's to
@@ -388,25 +390,20 @@ export class CaServer {
 
   /**
    * The node presents its spent join token again with a CSR for the key that spent it: the answer to its attestation
-   * was lost. It gets a new certificate for that key, which replaces the one it never received, unless the node has
-   * moved on since (src/identity/ca/nodes.ts recordReattested); refused as a spent token otherwise.
+   * was lost, and it gets that certificate again, unless the node has moved on since (renewed with it, attested with a
+   * newer token, evicted). Nothing is issued and nothing recorded.
    */
-  async #reattest(node: string, spiffeId: string, token: string, publicKey: CryptoKey, previousSerial: string, remote: string | undefined): Promise<IssueResponse> {
-    const outcome = await this.#forNode(node, () => recordReattested(this.#options.dir, node, previousSerial, async () => {
-      const issued = await this.#issue(spiffeId, publicKey, this.#nodeTtlMs);
-      const response = issued.response;
-      await this.#recordIssuance({ event: 'node_attested', node, spiffeId, remote, serial: response.serial, expiresAt: response.expiresAt, authority: issued.authority, replaces: previousSerial });
-      await recordTokenIssue(this.#options.dir, token, response.serial);
-      return response;
-    }));
-    if ('refused' in outcome) {
+  async #answerAgain(node: string, spiffeId: string, answer: TokenAnswer, remote: string | undefined): Promise<IssueResponse> {
+    const moved = await answerStands(this.#options.dir, node, answer.serial);
+    if (moved !== null) {
       const refusal = new AmbitError('JOIN_TOKEN_INVALID', 'join token does not exist or was already used');
-      this.#note({ event: 'attest_refused', node, remote, code: refusal.code, reason: `${refusal.message}: presented again with the key that spent it, but ${outcome.refused}` });
-      this.#logger.warn({ node, remote, code: refusal.code, reason: outcome.refused }, 'node attestation refused');
+      this.#note({ event: 'attest_refused', node, remote, code: refusal.code, reason: `${refusal.message}: presented again with the key that spent it, but ${moved}` });
+      this.#logger.warn({ node, remote, code: refusal.code, reason: moved }, 'node attestation refused');
       throw refusal;
     }
-    this.#logger.info({ node, spiffeId, remote, replaces: previousSerial }, 'node attested again with its join token: the first answer did not reach it');
-    return outcome.issued;
+    this.#note({ event: 'node_attestation_resent', node, spiffeId, remote, serial: answer.serial });
+    this.#logger.info({ node, spiffeId, remote, serial: answer.serial }, 'node asked again with its join token: its attestation answered again');
+    return { spiffeId, certChain: answer.certChain, bundles: this.bundleSet().toMapJson(), serial: answer.serial, expiresAt: answer.expiresAt };
   }
 
   /** CSR signing for a node: its own identity (renewal) or a workload the registry places on it. */

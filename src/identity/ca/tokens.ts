@@ -2,10 +2,11 @@
 // its node SVID. Only a SHA-256 of each token is stored; consuming one is an atomic rename, so a token
 // can never be used twice, not even by two racing requests or after a CA restart.
 //
-// Spending a token binds it to the public key of the CSR that spent it. The answer to that attestation can be lost
-// (the node's deadline passed while the CA was signing, a connection cut): the same node presenting the same token
-// with a CSR for the same key, soon after, is that request again, not a second use, and gets its certificate. The key
-// is proven by the CSR's signature, so whoever copies a spent token gains nothing without the node's private key.
+// Spending a token binds it to the public key of the CSR that spent it, and the CA keeps the certificate it answered
+// with. That answer can be lost (the node's deadline passed while the CA signed, a connection cut): the same node
+// presenting the same token with a CSR for the same key gets the same certificate again, while it is valid. Nothing
+// new is issued and no record changes, so a retry races nothing, and whoever replays a captured request gets a public
+// certificate it has no key for.
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,16 +17,24 @@ import { writeFileAtomic } from '../files.ts';
 const TOKEN_BYTES = 32;
 const TOKEN_SHAPE = /^[A-Za-z0-9_-]{43}$/;
 
-/** How long after spending a token its node may ask again for the answer it lost (its agent retries within minutes). */
-export const REATTEST_WINDOW_MS = 15 * 60_000;
+/** How long a retry is told to wait (503) for the issuance its token's first attempt started; after, it died. */
+export const ISSUANCE_LIMIT_MS = 60_000;
+
+/** The certificate a token was answered with: public, kept to answer a retry with. */
+export interface TokenAnswer {
+  serial: string;
+  /** PEM, leaf first, as the CA answers. */
+  certChain: string;
+  expiresAt: string;
+}
 
 interface SpentRecord {
-  /** When the token was spent: the window for asking again runs from here, never from a later retry. */
+  /** When the token was spent. */
   at: string;
   /** SHA-256 of the spending CSR's SubjectPublicKeyInfo, hex. */
   key: string;
-  /** The node certificate last issued for it; absent while that first issuance is under way. */
-  serial?: string;
+  /** Absent while that issuance is under way (or if it died). */
+  answer?: TokenAnswer;
 }
 
 interface TokenRecord {
@@ -35,11 +44,8 @@ interface TokenRecord {
   spent?: SpentRecord;
 }
 
-/** What presenting a token allows: a first attestation, or the one already made again, for an answer that was lost. */
-export type JoinTokenClaim =
-  | { readonly retry: false }
-  /** `serial`: the node certificate issued for the lost answer, which must still be the node's current one. */
-  | { readonly retry: true; readonly serial: string };
+/** What presenting a token allows: a first attestation, or the answer to that one again. */
+export type JoinTokenClaim = { readonly retry: false } | { readonly retry: true; readonly answer: TokenAnswer };
 
 function tokenHash(token: string): string {
   return createHash('sha256').update(token).digest('hex');
@@ -106,33 +112,43 @@ export async function consumeJoinToken(caDir: string, token: string, node: strin
     throw new AmbitError('JOIN_TOKEN_WRONG_NODE', `join token was created for node "${record.node}", presented by "${node}"`);
   }
   // Bound before anything is issued: a retry that overtakes this issuance is told to wait, not refused.
-  await writeRecord(usedPath, { node: record.node, createdAt: record.createdAt, expiresAt: record.expiresAt, spent: { at: now.toISOString(), key } });
+  try {
+    await writeRecord(usedPath, { node: record.node, createdAt: record.createdAt, expiresAt: record.expiresAt, spent: { at: now.toISOString(), key } });
+  } catch (error) {
+    // Unbound, a retry would find it spent: the CA's disk failed, not the node, so it gets its token back.
+    await rename(usedPath, join(pendingDir(caDir), name)).catch(() => {});
+    throw new AmbitError('CA_STATE', `join token for node "${node}" could not be recorded as spent: ${(error as Error).message}`, { cause: error });
+  }
   return { retry: false };
 }
 
-/** Records the node certificate issued for a spent token (the first, or a lost answer's again). */
-export async function recordTokenIssue(caDir: string, token: string, serial: string): Promise<void> {
+/** Keeps the certificate a spent token was answered with, to answer its retries. */
+export async function recordTokenAnswer(caDir: string, token: string, answer: TokenAnswer): Promise<void> {
   const usedPath = join(usedDir(caDir), `${tokenHash(token)}.json`);
   const record = await readRecord(usedPath);
-  if (record?.spent === undefined) throw new AmbitError('CA_STATE', `${usedPath}: not a spent token`);
-  await writeRecord(usedPath, { ...record, spent: { ...record.spent, serial } });
+  if (record?.spent === undefined) throw new AmbitError('CA_STATE', `${usedPath}: not a spent join token`);
+  await writeRecord(usedPath, { ...record, spent: { at: record.spent.at, key: record.spent.key, answer } });
 }
 
 /**
  * A token that is not pending: refused as unknown or spent (one message for both, so a prober learns nothing) unless
- * it is the same node asking again, with the same key, within the window, for an issuance that has finished.
+ * it is the node that spent it, with the same key, asking for that answer again while its certificate is valid.
  */
 async function reclaim(usedPath: string, node: string, key: string, now: Date): Promise<JoinTokenClaim> {
   const spentAlready = new AmbitError('JOIN_TOKEN_INVALID', 'join token does not exist or was already used');
   const record = await readRecord(usedPath).catch(() => undefined);
   const spent = record?.spent;
   if (record === undefined || spent === undefined || record.node !== node || spent.key !== key) throw spentAlready;
-  const at = Date.parse(spent.at);
-  if (!(now.getTime() >= at && now.getTime() - at <= REATTEST_WINDOW_MS)) throw spentAlready;
-  if (spent.serial === undefined) {
+  if (spent.answer !== undefined) {
+    if (!(now.getTime() < Date.parse(spent.answer.expiresAt))) throw spentAlready;
+    return { retry: true, answer: spent.answer };
+  }
+  const sinceSpent = now.getTime() - Date.parse(spent.at);
+  if (sinceSpent >= 0 && sinceSpent <= ISSUANCE_LIMIT_MS) {
     throw new AmbitError('JOIN_TOKEN_BUSY', `the attestation that spent this join token for node "${node}" is still being answered: ask again shortly`);
   }
-  return { retry: true, serial: spent.serial };
+  // The issuance died (a CA crash between spending and answering, a token that could not be given back).
+  throw spentAlready;
 }
 
 async function readRecord(path: string): Promise<TokenRecord | undefined> {
@@ -143,13 +159,24 @@ async function readRecord(path: string): Promise<TokenRecord | undefined> {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
   }
-  const parsed = JSON.parse(text) as Partial<TokenRecord>;
-  if (typeof parsed.node !== 'string' || typeof parsed.createdAt !== 'string' || typeof parsed.expiresAt !== 'string') {
+  const parsed = JSON.parse(text) as unknown;
+  if (!isObject(parsed) || typeof parsed.node !== 'string' || typeof parsed.createdAt !== 'string' || typeof parsed.expiresAt !== 'string') {
     throw new AmbitError('CA_STATE', `${path}: not a join token record`);
   }
-  const spent = parsed.spent;
-  const validSpent = spent !== undefined && typeof spent.at === 'string' && typeof spent.key === 'string' && (spent.serial === undefined || typeof spent.serial === 'string');
-  return { node: parsed.node, createdAt: parsed.createdAt, expiresAt: parsed.expiresAt, spent: validSpent ? spent : undefined };
+  return { node: parsed.node, createdAt: parsed.createdAt, expiresAt: parsed.expiresAt, spent: spentOf(parsed.spent) };
+}
+
+/** A spent record as written; anything else (older records, damage) counts as none: the token is then just spent. */
+function spentOf(value: unknown): SpentRecord | undefined {
+  if (!isObject(value) || typeof value.at !== 'string' || typeof value.key !== 'string') return undefined;
+  const answer = value.answer;
+  if (answer === undefined) return { at: value.at, key: value.key };
+  if (!isObject(answer) || typeof answer.serial !== 'string' || typeof answer.certChain !== 'string' || typeof answer.expiresAt !== 'string') return undefined;
+  return { at: value.at, key: value.key, answer: { serial: answer.serial, certChain: answer.certChain, expiresAt: answer.expiresAt } };
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function writeRecord(path: string, record: TokenRecord): Promise<void> {

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCa } from '../../../src/identity/ca/store.ts';
-import { REATTEST_WINDOW_MS, consumeJoinToken, createJoinToken, recordTokenIssue, restoreJoinToken } from '../../../src/identity/ca/tokens.ts';
+import { ISSUANCE_LIMIT_MS, consumeJoinToken, createJoinToken, recordTokenAnswer, restoreJoinToken } from '../../../src/identity/ca/tokens.ts';
 import { AmbitError } from '../../../src/errors.ts';
 
 const TD = 'cluster.local';
@@ -204,29 +204,26 @@ describe('join tokens', () => {
   describe('presented again after they were spent (the answer to the attestation was lost)', () => {
     const spentAt = new Date('2026-11-23T12:00:00Z');
     const later = (ms: number) => new Date(spentAt.getTime() + ms);
+    const answer = { serial: 'abc123', certChain: '-----BEGIN CERTIFICATE-----\n...', expiresAt: later(60 * MINUTE_MS).toISOString() };
 
-    async function spent(serial: string | null = 'abc123'): Promise<{ dir: string; token: string }> {
+    async function spent(answered = true): Promise<{ dir: string; token: string }> {
       const dir = await newCaDir();
       const { token } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS, new Date(spentAt.getTime() - MINUTE_MS));
       await expect(consumeJoinToken(dir, token, 'node-a', KEY, spentAt)).resolves.toEqual({ retry: false });
-      if (serial !== null) await recordTokenIssue(dir, token, serial);
+      if (answered) await recordTokenAnswer(dir, token, answer);
       return { dir, token };
     }
 
-    it('are the same attestation again for the node and key that spent them, naming the certificate issued then', async () => {
+    it('give the node and key that spent them the answer kept for them, as often as asked', async () => {
       const { dir, token } = await spent();
-      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(MINUTE_MS))).resolves.toEqual({ retry: true, serial: 'abc123' });
-      // The certificate issued for the retry becomes the one a further retry names.
-      await recordTokenIssue(dir, token, 'def456');
-      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(2 * MINUTE_MS))).resolves.toEqual({ retry: true, serial: 'def456' });
+      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(MINUTE_MS))).resolves.toEqual({ retry: true, answer });
+      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(2 * MINUTE_MS))).resolves.toEqual({ retry: true, answer });
     });
 
-    it('are accepted again up to the end of the window that started when they were spent, and refused after', async () => {
+    it('are answered again while that certificate is valid, after the token itself expired, and refused after', async () => {
       const { dir, token } = await spent();
-      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(REATTEST_WINDOW_MS))).resolves.toMatchObject({ retry: true });
-      // A retry does not move the window.
-      await recordTokenIssue(dir, token, 'def456');
-      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(REATTEST_WINDOW_MS + 1)))).toBe('JOIN_TOKEN_INVALID');
+      await expect(consumeJoinToken(dir, token, 'node-a', KEY, later(60 * MINUTE_MS - 1))).resolves.toMatchObject({ retry: true });
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(60 * MINUTE_MS)))).toBe('JOIN_TOKEN_INVALID');
     });
 
     it('are refused with any other key, or for any other node, as spent', async () => {
@@ -236,14 +233,14 @@ describe('join tokens', () => {
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', '', later(1000)))).toBe('JOIN_TOKEN_INVALID');
     });
 
-    it('are refused when the clock reads before they were spent', async () => {
-      const { dir, token } = await spent();
-      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(-1000)))).toBe('JOIN_TOKEN_INVALID');
-    });
-
-    it('are told to wait, not refused, while the certificate for the first attempt is being issued', async () => {
-      const { dir, token } = await spent(null);
+    it('are told to wait while the first issuance is under way, and refused once it has had time to finish', async () => {
+      const { dir, token } = await spent(false);
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(1000)))).toBe('JOIN_TOKEN_BUSY');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(ISSUANCE_LIMIT_MS)))).toBe('JOIN_TOKEN_BUSY');
+      // It died (a CA crash between spending and answering): spent, as before tokens kept answers.
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(ISSUANCE_LIMIT_MS + 1)))).toBe('JOIN_TOKEN_INVALID');
+      // A clock before the spending is no issuance under way either.
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(-1000)))).toBe('JOIN_TOKEN_INVALID');
       // With another key it is a spent token, as ever.
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', OTHER_KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
     });
@@ -259,11 +256,22 @@ describe('join tokens', () => {
       expect(await codeOf(consumeJoinToken(dir, misdirected, 'node-a', KEY, later(2000)))).toBe('JOIN_TOKEN_INVALID');
     });
 
-    it('are refused as spent when their record predates key binding, or is damaged', async () => {
+    it.each([
+      ['written before tokens kept keys', (record: Record<string, unknown>) => ({ node: record.node, createdAt: record.createdAt, expiresAt: record.expiresAt })],
+      ['with spent: null', (record: Record<string, unknown>) => ({ ...record, spent: null })],
+      ['with an answer that is not one', (record: Record<string, unknown>) => ({ ...record, spent: { ...(record.spent as object), answer: { serial: 7 } } })],
+      ['null', () => null],
+      ['an array', () => []],
+    ])('are refused as spent when their record is %s', async (_case, rewrite) => {
       const { dir, token } = await spent();
       const usedFile = join(dir, 'tokens', 'used', (await readdir(join(dir, 'tokens', 'used')))[0] as string);
-      await writeFile(usedFile, JSON.stringify({ node: 'node-a', createdAt: spentAt.toISOString(), expiresAt: later(MINUTE_MS).toISOString() }));
+      await writeFile(usedFile, JSON.stringify(rewrite(JSON.parse(await readFile(usedFile, 'utf8')) as Record<string, unknown>)));
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are refused as spent when their record is not JSON', async () => {
+      const { dir, token } = await spent();
+      const usedFile = join(dir, 'tokens', 'used', (await readdir(join(dir, 'tokens', 'used')))[0] as string);
       await writeFile(usedFile, '{"node": "node-a", "spent": ');
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
     });
@@ -277,7 +285,7 @@ describe('join tokens', () => {
     });
 
     it('are spendable afresh once given back, whatever key spent them before', async () => {
-      const { dir, token } = await spent(null);
+      const { dir, token } = await spent(false);
       await restoreJoinToken(dir, token);
       await expect(consumeJoinToken(dir, token, 'node-a', OTHER_KEY, later(1000))).resolves.toEqual({ retry: false });
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(2000)))).toBe('JOIN_TOKEN_INVALID');
