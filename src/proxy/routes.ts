@@ -40,7 +40,7 @@ export interface PassthroughRoute {
   readonly kind: 'passthrough';
   readonly host: string;
   readonly port: number;
-  /** The ServiceEntry (namespace/name) whose STATIC endpoint this is: configuration chose it, not the operator. */
+  /** The ServiceEntry (namespace/name) whose endpoint this is: configuration chose it, not the operator. */
   readonly entry?: string;
 }
 
@@ -259,10 +259,13 @@ interface ExternalEntry {
   /** Namespaces whose workloads see it; null: every namespace (exportTo "*", or none given). */
   readonly visibleTo: ReadonlySet<string> | null;
   /**
-   * resolution STATIC: where its connections go instead of the address or name dialled, null otherwise; without the
-   * endpoints at a Service's cluster IP or a mesh entry's address, which are reached over HBONE, never as plain TCP.
+   * resolution STATIC, DNS or DNS_ROUND_ROBIN with endpoints: where its connections go instead of the address or name
+   * dialled (a DNS entry's endpoints are names, resolved as they are dialled), null otherwise; without the endpoints at
+   * a Service's cluster IP or a mesh entry's address, which are reached over HBONE, never as plain TCP.
    */
   readonly endpoints: readonly ServiceEntryEndpoint[] | null;
+  /** The endpoints' running weight totals (a missing or zero weight is 1, as Istio), when their weights differ. */
+  readonly cumulativeWeights: Float64Array | null;
 }
 
 interface ExternalRegistry {
@@ -274,8 +277,8 @@ interface ExternalRegistry {
   readonly byAddress: ReadonlyMap<string, readonly ExternalEntry[]>;
   /** spec.addresses wider than one address, per entry. */
   readonly blocks: readonly { readonly cidrs: CidrSet; readonly entry: ExternalEntry }[];
-  /** Whether any entry has STATIC endpoints (only then are names looked up without REGISTRY_ONLY). */
-  readonly anyStatic: boolean;
+  /** Whether any entry routes to endpoints (only then are names looked up without REGISTRY_ONLY). */
+  readonly anyEndpoints: boolean;
 }
 
 function normalHost(host: string): string {
@@ -299,21 +302,24 @@ function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, u
   const wildcards = new Map<string, ExternalEntry[]>();
   const byAddress = new Map<string, ExternalEntry[]>();
   const blocks: { cidrs: CidrSet; entry: ExternalEntry }[] = [];
-  let anyStatic = false;
+  let anyEndpoints = false;
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
     // Mesh workloads are reached over HBONE only (addServiceEntryRoutes), never as plain TCP to what a name resolves to.
     if (isMeshEntry(snapshot, object)) continue;
     const namespace = object.metadata.namespace;
     const exportTo = object.spec.exportTo;
     const visibleTo = exportedTo(namespace, exportTo);
+    const routed = object.spec.resolution !== 'NONE' && object.spec.endpoints.length > 0;
+    const endpoints = routed ? object.spec.endpoints.filter((endpoint) => !meshVips.has(canonicalIp(endpoint.address) ?? endpoint.address)) : null;
     const entry: ExternalEntry = {
       name: `${namespace}/${object.metadata.name}`,
       namespace,
       ports: new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port])),
       visibleTo,
-      endpoints: object.spec.resolution === 'STATIC' && object.spec.endpoints.length > 0 ? object.spec.endpoints.filter((endpoint) => !meshVips.has(canonicalIp(endpoint.address) ?? endpoint.address)) : null,
+      endpoints,
+      cumulativeWeights: endpoints === null ? null : cumulativeWeights(endpoints),
     };
-    anyStatic ||= entry.endpoints !== null;
+    anyEndpoints ||= entry.endpoints !== null;
     for (const host of object.spec.hosts) {
       if (host.startsWith('*.')) appendTo(wildcards, normalHost(host.slice(1)), entry);
       else appendTo(byHost, normalHost(host), entry);
@@ -326,7 +332,7 @@ function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, u
     }
     if (ranges.length > 0) blocks.push({ cidrs: new CidrSet(ranges), entry });
   }
-  return { byHost, wildcards, byAddress, blocks, anyStatic };
+  return { byHost, wildcards, byAddress, blocks, anyEndpoints };
 }
 
 function admits(entry: ExternalEntry, port: number, sourceNamespace: string): boolean {
@@ -557,9 +563,9 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
       return { kind: 'hbone', endpoint: makeEndpoint(workload, canonical, port, table.hbonePort), service: undefined, serviceLabels: UNKNOWN_SERVICE };
     }
   }
-  // Looked up under REGISTRY_ONLY (it admits the connection) and where an entry has STATIC endpoints (they are where
-  // it goes, as Istio sends a STATIC entry's host and addresses to its endpoints, not to what the name resolves to).
-  const entry = sourceNamespace === undefined || (!table.egressLocked && !table.external.anyStatic) ? undefined : findExternal(table, host, port, sourceNamespace);
+  // Looked up under REGISTRY_ONLY (it admits the connection) and where an entry has endpoints (they are where it goes,
+  // as Istio sends an entry's host and addresses to its endpoints, not to what the name resolves to).
+  const entry = sourceNamespace === undefined || (!table.egressLocked && !table.external.anyEndpoints) ? undefined : findExternal(table, host, port, sourceNamespace);
   if (table.egressLocked && entry === undefined) {
     return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry (no Service, workload, or ServiceEntry with that host or address and port${sourceNamespace === undefined ? '' : ` exported to namespace ${sourceNamespace}`}) and egress is REGISTRY_ONLY` };
   }
@@ -567,12 +573,37 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
   return { kind: 'passthrough', host, port };
 }
 
-/** One of a STATIC entry's endpoints, on its port named like the entry's port, else the targetPort, else the port. */
+/** Running totals of the endpoints' weights, or null when they are all alike (a uniform draw is then enough). */
+function cumulativeWeights(endpoints: readonly ServiceEntryEndpoint[]): Float64Array | null {
+  const weightOf = (endpoint: ServiceEntryEndpoint) => (endpoint.weight === undefined || endpoint.weight === 0 ? 1 : endpoint.weight);
+  const first = endpoints[0] === undefined ? 1 : weightOf(endpoints[0]);
+  if (endpoints.every((endpoint) => weightOf(endpoint) === first)) return null;
+  const totals = new Float64Array(endpoints.length);
+  let total = 0;
+  endpoints.forEach((endpoint, index) => (totals[index] = total += weightOf(endpoint)));
+  return totals;
+}
+
+/** The index whose weight band `draw` (in [0, 1)) falls in: the first running total above draw × the sum. */
+function weightedIndex(totals: Float64Array, draw: number): number {
+  const target = draw * (totals[totals.length - 1] as number);
+  let low = 0;
+  let high = totals.length - 1;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((totals[middle] as number) > target) high = middle;
+    else low = middle + 1;
+  }
+  return low;
+}
+
+/** One of an entry's endpoints (by weight), on its port named like the entry's port, else the targetPort, else the port. */
 function staticEndpoint(entry: ExternalEntry, endpoints: readonly ServiceEntryEndpoint[], port: number, random: () => number): Route {
   if (endpoints.length === 0) {
     return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `ServiceEntry ${entry.name} has no endpoint outside the mesh (one at a Service's cluster IP is reached over HBONE, never as plain TCP)` };
   }
-  const endpoint = endpoints.length === 1 ? (endpoints[0] as ServiceEntryEndpoint) : (endpoints[Math.floor(random() * endpoints.length)] as ServiceEntryEndpoint);
+  const index = endpoints.length === 1 ? 0 : entry.cumulativeWeights === null ? Math.floor(random() * endpoints.length) : weightedIndex(entry.cumulativeWeights, random());
+  const endpoint = endpoints[index] as ServiceEntryEndpoint;
   // The entry admitted this port (findExternal), so it has its spec.
   const spec = entry.ports.get(port) as ServiceEntryPort;
   return { kind: 'passthrough', host: endpoint.address, port: entryTargetPort(spec, endpoint.ports), entry: entry.name };

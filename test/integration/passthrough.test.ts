@@ -199,7 +199,7 @@ spec:
   });
 });
 
-describe('a STATIC ServiceEntry outside the mesh', () => {
+describe('a ServiceEntry outside the mesh with endpoints', () => {
   const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
 
   it("sends its host to its endpoint, judged as a workload's choice: an endpoint on this host is refused, never dialled", async () => {
@@ -225,6 +225,31 @@ spec:
       // The refusal names the entry's endpoint on the endpoint's port: the entry, not DNS, chose it.
       await waitUntil('the refusal of the endpoint', () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && line.target === `${EXTERNAL_IP}:${externalPort}`));
       expect(externalConnections).toBe(connections);
+    } finally {
+      const reset = accepted();
+      await mesh.writeConfig('static.yaml', '# none\n');
+      await waitUntil('node-a accepts the reset', () => accepted() > reset, 10_000);
+    }
+  });
+
+  it("sends a DNS entry's host to its endpoint's name, judged by what that resolves to: localhost is refused, never dialled", async () => {
+    const seen = accepted();
+    await mesh.writeConfig('static.yaml', `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: dns-db, namespace: demo }
+spec:
+  hosts: [db.static.invalid]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: DNS
+  endpoints: [{ address: localhost, ports: { tcp-pg: ${namedPort} } }]
+`);
+    try {
+      await waitUntil('node-a accepts static.yaml', () => accepted() > seen, 10_000);
+      const connections = namedConnections;
+      const before = node.proc.lines.length;
+      expect(await exchange(9306, 'to the endpoint')).toBe('');
+      await waitUntil('the refusal of the endpoint', () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && line.target === `localhost:${namedPort}`));
+      expect(namedConnections).toBe(connections);
     } finally {
       const reset = accepted();
       await mesh.writeConfig('static.yaml', '# none\n');

@@ -499,6 +499,80 @@ spec:
   });
 });
 
+describe('ServiceEntry endpoints by DNS name and by weight', () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: replicas, namespace: shop }
+spec:
+  hosts: [db.replicas.example]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: DNS
+  endpoints: [{ address: db-1.region-a.example.net }, { address: DB-2.region-b.example.net., ports: { tcp-pg: 6432 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: round-robin, namespace: shop }
+spec:
+  hosts: [api.rr.example]
+  ports: [{ number: 443, name: tls, protocol: TLS }]
+  resolution: DNS_ROUND_ROBIN
+  endpoints: [{ address: api.backend.example.net }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: none, namespace: shop }
+spec:
+  hosts: [plain.none.example]
+  ports: [{ number: 80, name: tcp, protocol: TCP }]
+  resolution: NONE
+  endpoints: [{ address: 198.51.100.40 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: weighted, namespace: shop }
+spec:
+  hosts: [db.weighted.example]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: 198.51.100.31, weight: 1 }, { address: 198.51.100.32, weight: 3 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: unweighted, namespace: shop }
+spec:
+  hosts: [db.unweighted.example]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: 198.51.100.41, weight: 0 }, { address: 198.51.100.42, weight: 1 }]
+`;
+  const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
+  const hostAt = (host: string, port: number, draw: number) => (decideRoute(table, host, port, () => draw, 'shop') as { host: string }).host;
+
+  it("sends a DNS entry's host to its endpoints' names, which are resolved as they are dialled", () => {
+    expect(decideRoute(table, 'db.replicas.example', 5432, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'db-1.region-a.example.net', port: 5432, entry: 'shop/replicas' });
+    expect(decideRoute(table, 'db.replicas.example', 5432, () => 0.99, 'shop')).toEqual({ kind: 'passthrough', host: 'DB-2.region-b.example.net.', port: 6432, entry: 'shop/replicas' });
+    expect(decideRoute(table, 'api.rr.example', 443, () => 0.5, 'shop')).toEqual({ kind: 'passthrough', host: 'api.backend.example.net', port: 443, entry: 'shop/round-robin' });
+  });
+
+  it('leaves an entry of resolution NONE to the address dialled, endpoints or not', () => {
+    expect(decideRoute(table, 'plain.none.example', 80, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'plain.none.example', port: 80 });
+  });
+
+  it('shares connections among endpoints by weight, a weight of 0 or none counting as 1', () => {
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 1000; i++) {
+      const host = hostAt('db.weighted.example', 5432, i / 1000);
+      counts.set(host, (counts.get(host) ?? 0) + 1);
+    }
+    expect(Object.fromEntries(counts)).toEqual({ '198.51.100.31': 250, '198.51.100.32': 750 });
+    expect(hostAt('db.weighted.example', 5432, 0.2499)).toBe('198.51.100.31');
+    expect(hostAt('db.weighted.example', 5432, 0.25)).toBe('198.51.100.32');
+    expect(hostAt('db.weighted.example', 5432, 0.999999)).toBe('198.51.100.32');
+    expect(hostAt('db.unweighted.example', 5432, 0.4999)).toBe('198.51.100.41');
+    expect(hostAt('db.unweighted.example', 5432, 0.5)).toBe('198.51.100.42');
+  });
+});
+
 describe("a ServiceEntry naming mesh workloads (Istio's VM pattern)", () => {
   const entries = `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
