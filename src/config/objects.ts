@@ -238,6 +238,16 @@ export interface MeshConfigSpec {
   readonly clusterId: string;
 }
 
+/**
+ * A Kubernetes Node, read for its labels only: istiod gives a pod the locality of its node's topology labels
+ * (`topology.kubernetes.io/region` and `zone`). Its spec and status are accepted as Kubernetes writes them and not kept.
+ */
+export interface NodeObject extends ObjectBase {
+  readonly kind: 'Node';
+  /** Nothing of it is kept. */
+  readonly spec: Readonly<Record<string, never>>;
+}
+
 export interface MeshConfigObject extends ObjectBase {
   readonly kind: 'MeshConfig';
   readonly spec: MeshConfigSpec;
@@ -277,6 +287,7 @@ export type ConfigObject =
   | VirtualServiceObject
   | AuthorizationPolicyObject
   | PeerAuthenticationObject
+  | NodeObject
   | MeshConfigObject;
 
 export type ConfigKind = ConfigObject['kind'];
@@ -301,6 +312,7 @@ export const KINDS: Readonly<Record<ConfigKind, KindInfo>> = Object.freeze({
   VirtualService: { apiVersions: NETWORKING, namespaced: true },
   AuthorizationPolicy: { apiVersions: SECURITY, namespaced: true },
   PeerAuthentication: { apiVersions: SECURITY, namespaced: true },
+  Node: { apiVersions: ['v1'], namespaced: false },
   MeshConfig: { apiVersions: ['ambit.dev/v1alpha1'], namespaced: false },
 });
 

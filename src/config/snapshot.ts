@@ -208,8 +208,9 @@ const TERMINAL_PHASES = new Set(['Succeeded', 'Failed']);
 function buildWorkloads(objects: readonly ConfigObject[], mesh: MeshSettings, issues: ConfigIssue[]): Workload[] {
   const workloads: Workload[] = [];
   const ipOwner = new Map<string, Workload>();
+  const localities = nodeLocalities(objects);
   for (const object of objects) {
-    const workload = toWorkload(object, mesh);
+    const workload = toWorkload(object, mesh, localities);
     if (workload === undefined) continue;
     let conflict = false;
     for (const ip of workload.ips) {
@@ -261,11 +262,26 @@ function firstSet(labels: Labels, ...keys: string[]): string | undefined {
   return undefined;
 }
 
-/**
- * The pod label that gives a pod's locality here. Istio's sidecar-mode override; for ztunnel istiod takes a pod's
- * locality from its node's topology labels, and ambit's configuration has no Node objects to read them from.
- */
+/** The pod label that overrides a pod's locality (Istio's), `region.zone.subzone`: label values cannot hold slashes. */
 const LOCALITY_LABEL = 'istio-locality';
+/** A Node's topology labels, which give its pods their locality as istiod gives it to ztunnel (the beta ones before 1.17). */
+const REGION_LABELS = ['topology.kubernetes.io/region', 'failure-domain.beta.kubernetes.io/region'];
+const ZONE_LABELS = ['topology.kubernetes.io/zone', 'failure-domain.beta.kubernetes.io/zone'];
+const SUBZONE_LABEL = 'topology.istio.io/subzone';
+
+/** Each Node's locality by name, from its topology labels; nodes without them are left out. */
+function nodeLocalities(objects: readonly ConfigObject[]): Map<string, string> {
+  const byNode = new Map<string, string>();
+  for (const object of objects) {
+    if (object.kind !== 'Node') continue;
+    const labels = object.metadata.labels;
+    const region = firstSet(labels, ...REGION_LABELS) ?? '';
+    const zone = firstSet(labels, ...ZONE_LABELS) ?? '';
+    const subzone = firstSet(labels, SUBZONE_LABEL) ?? '';
+    if (region !== '' || zone !== '' || subzone !== '') byNode.set(object.metadata.name, `${region}/${zone}/${subzone}`);
+  }
+  return byNode;
+}
 
 /** region/zone/subzone → the region and zone ('' for a part not given). */
 function locality(text: string | undefined): { region: string; zone: string } {
@@ -274,7 +290,7 @@ function locality(text: string | undefined): { region: string; zone: string } {
   return { region, zone };
 }
 
-function toWorkload(object: ConfigObject, mesh: MeshSettings): Workload | undefined {
+function toWorkload(object: ConfigObject, mesh: MeshSettings, localities: ReadonlyMap<string, string>): Workload | undefined {
   const { name, namespace } = object.metadata;
   const trustDomain = mesh.trustDomain;
   if (object.kind === 'Pod') {
@@ -295,7 +311,7 @@ function toWorkload(object: ConfigObject, mesh: MeshSettings): Workload | undefi
       workloadType,
       ...canonical(object.metadata.labels, workloadName),
       cluster: mesh.clusterId,
-      ...locality(object.metadata.labels[LOCALITY_LABEL]?.replaceAll('.', '/')),
+      ...locality(object.metadata.labels[LOCALITY_LABEL]?.replaceAll('.', '/') ?? localities.get(nodeName)),
       ips,
       hostIps: hostIPs,
       labels: object.metadata.labels,

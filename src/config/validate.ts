@@ -215,6 +215,11 @@ function validateKind(
       const spec = securitySpec(issues, raw, validatePeerAuthenticationSpec);
       return spec && { ...base, kind, spec };
     }
+    // Only its labels are read (a pod's locality); spec and status as the API server writes them.
+    case 'Node': {
+      mappingField(issues, raw, 'spec', []);
+      return { ...base, kind, spec: {} };
+    }
     case 'MeshConfig': {
       const spec = validateMeshConfigSpec(issues, mappingField(issues, raw, 'spec', [], true));
       return spec && { ...base, kind, spec };

@@ -124,6 +124,53 @@ spec: { address: 10.1.0.5, serviceAccount: vm, locality: "${locality}" }`;
     expect(buildBaggage(regionOnly)).toMatch(/,cloud\.region=ap-south1$/);
   });
 
+  const node = (name: string, labels: Record<string, string>) => `apiVersion: v1
+kind: Node
+metadata:
+  name: ${name}
+  uid: 5b0e8a44-1c1f-4c3a-9d55-0f6f3c1b2a77
+  resourceVersion: "81234"
+  creationTimestamp: "2026-11-20T08:00:00Z"
+  labels: { ${Object.entries(labels).map(([key, value]) => `${key}: "${value}"`).join(', ')} }
+  annotations: { node.alpha.kubernetes.io/ttl: "0", volumes.kubernetes.io/controller-managed-attach-detach: "true" }
+spec:
+  podCIDR: 10.244.1.0/24
+  providerID: gce://project/us-east1-b/${name}
+  taints: [{ key: node-role.kubernetes.io/control-plane, effect: NoSchedule }]
+status:
+  addresses: [{ type: InternalIP, address: 10.128.0.4 }, { type: Hostname, address: ${name} }]
+  capacity: { cpu: "2", memory: 8Gi }
+  nodeInfo: { kubeletVersion: v1.33.1, osImage: Ubuntu }
+---
+`;
+
+  it("is, for a pod without the label, its node's topology labels, as istiod gives ztunnel", () => {
+    const zoned = workloadOf(node('node-a', { 'topology.kubernetes.io/region': 'us-east1', 'topology.kubernetes.io/zone': 'us-east1-b', 'kubernetes.io/hostname': 'node-a' }) + pod('web-7', ''));
+    expect([zoned.region, zoned.zone]).toEqual(['us-east1', 'us-east1-b']);
+    expect(buildBaggage(zoned)).toMatch(/,cloud\.region=us-east1,cloud\.availability_zone=us-east1-b$/);
+    // Clusters from before Kubernetes 1.17 label nodes with the beta names.
+    const beta = workloadOf(node('node-a', { 'failure-domain.beta.kubernetes.io/region': 'eu-west1', 'failure-domain.beta.kubernetes.io/zone': 'eu-west1-c' }) + pod('web-8', ''));
+    expect([beta.region, beta.zone]).toEqual(['eu-west1', 'eu-west1-c']);
+    // The pod's own label wins; another node's labels are not this pod's; a node without topology labels gives none.
+    const labelled = workloadOf(node('node-a', { 'topology.kubernetes.io/region': 'us-east1' }) + pod('web-9', '', { 'istio-locality': 'ap-south1.ap-south1-a' }));
+    expect([labelled.region, labelled.zone]).toEqual(['ap-south1', 'ap-south1-a']);
+    const elsewhere = workloadOf(node('node-b', { 'topology.kubernetes.io/region': 'us-east1', 'topology.kubernetes.io/zone': 'us-east1-b' }) + pod('web-10', ''));
+    expect([elsewhere.region, elsewhere.zone]).toEqual(['', '']);
+    const bare = workloadOf(node('node-a', { 'kubernetes.io/hostname': 'node-a' }) + pod('web-11', ''));
+    expect([bare.region, bare.zone]).toEqual(['', '']);
+    // A WorkloadEntry has its own spec.locality; a node of the same name does not change it.
+    const vm = workloadOf(node('node-a', { 'topology.kubernetes.io/region': 'us-east1' }) + entry('eu-west1/eu-west1-c'));
+    expect([vm.region, vm.zone]).toEqual(['eu-west1', 'eu-west1-c']);
+  });
+
+  it('refuses a Node that is namespaced, of another apiVersion, or whose spec is not a mapping, naming the field', () => {
+    const bad = (yaml: string) => buildSnapshot(parseConfigText(yaml, 'nodes.yaml'));
+    expect(() => bad('apiVersion: v1\nkind: Node\nmetadata: { name: node-a, namespace: shop }\n')).toThrow(/metadata\.namespace.*cluster-scoped/);
+    expect(() => bad('apiVersion: v2\nkind: Node\nmetadata: { name: node-a }\n')).toThrow(/use apiVersion v1/);
+    expect(() => bad('apiVersion: v1\nkind: Node\nmetadata: { name: node-a }\nspec: [1]\n')).toThrow(/spec/);
+    expect(() => bad('apiVersion: v1\nkind: Node\nmetadata: { name: node-a, labels: { "topology.kubernetes.io/zone": "a b" } }\n')).toThrow(/metadata\.labels/);
+  });
+
   it('refuses a WorkloadEntry locality that is not region/zone/subzone tokens, naming the field', () => {
     for (const bad of ['us east', 'x,cloud.region=forged', 'eu-/zone', 'a/b/c/d e']) {
       expect(() => workloadOf(entry(bad)), bad).toThrow(/spec\.locality.*must be region\/zone\/subzone/);
