@@ -57,7 +57,8 @@ export type Route = HboneRoute | PassthroughRoute | DenyRoute;
 /** A Service (or ServiceEntry) port with its ready endpoints, each already wrapped as the route to return. */
 interface ServicePortRoutes {
   readonly port: number;
-  readonly routes: readonly HboneRoute[];
+  /** HBONE to mesh workloads; plain TCP (passthrough) to a mesh ServiceEntry's endpoints outside the mesh. */
+  readonly routes: readonly (HboneRoute | PassthroughRoute)[];
   readonly none: DenyRoute;
   /** A ServiceEntry's exportTo: the namespaces whose workloads it routes; null (a Service, or exported to all) every one. */
   readonly visibleTo: ReadonlySet<string> | null;
@@ -212,7 +213,8 @@ function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet
  * A ServiceEntry that names mesh workloads (Istio's VM pattern: WorkloadEntries behind a ServiceEntry's
  * workloadSelector, or endpoints at workload IPs) routes its hosts and addresses over HBONE as a Service does. A
  * selected WorkloadEntry takes the port its `ports` map gives under the entry port's name; otherwise the entry port's
- * targetPort, else its number. Endpoints outside the mesh are left to the egress rules (externalEntry).
+ * targetPort, else its number. Its other endpoints (resolution STATIC or DNS), outside the mesh, are drawn alongside
+ * and reached as plain TCP, as ztunnel reaches a workload without HBONE; never one at a Service's cluster IP.
  */
 function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>): void {
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
@@ -220,16 +222,23 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
     const { namespace, name } = object.metadata;
     const spec = object.spec;
     const members = entryMembers(snapshot, object).filter(({ workload }) => isReady(workload));
+    const outside = spec.workloadSelector !== undefined || spec.resolution === 'NONE' ? [] : spec.endpoints.filter((endpoint) => {
+      const address = canonicalIp(endpoint.address) ?? endpoint.address;
+      return snapshot.workloadByIp(address) === undefined && !byVip.has(address);
+    });
     const serviceLabels = labelsOfEntry(object);
     const visibleTo = exportedTo(namespace, spec.exportTo);
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
-      const routes: HboneRoute[] = [];
+      const routes: (HboneRoute | PassthroughRoute)[] = [];
       for (const { workload, ports } of members) {
         const target = entryTargetPort(port, ports);
         const ip = workload.ips[0];
         if (ip === undefined) continue;
         routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service: undefined, serviceLabels }));
+      }
+      for (const endpoint of outside) {
+        routes.push(Object.freeze({ kind: 'passthrough' as const, host: endpoint.address, port: entryTargetPort(port, endpoint.ports), entry: `${namespace}/${name}` }));
       }
       const entry: ServicePortRoutes = {
         port: port.number,
@@ -529,8 +538,8 @@ function chooseVisible(first: ServicePortRoutes, sourceNamespace: string | undef
 function pick(entry: ServicePortRoutes, random: () => number): Route {
   const routes = entry.routes;
   if (routes.length === 0) return entry.none;
-  if (routes.length === 1) return routes[0] as HboneRoute;
-  return routes[Math.floor(random() * routes.length)] as HboneRoute;
+  if (routes.length === 1) return routes[0] as Route;
+  return routes[Math.floor(random() * routes.length)] as Route;
 }
 
 /**

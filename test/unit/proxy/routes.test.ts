@@ -593,7 +593,7 @@ spec:
   hosts: [db.pinned.internal]
   ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
   resolution: STATIC
-  endpoints: [{ address: "fd00:10::6" }, { address: 203.0.113.50 }]
+  endpoints: [{ address: "fd00:10::6" }, { address: 203.0.113.50 }, { address: 10.96.0.10 }]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -621,8 +621,15 @@ spec:
     expect(route.serviceLabels).toEqual({ hostname: 'legacy.shop.internal', name: 'legacy', namespace: 'shop' });
   });
 
-  it('routes endpoints that are mesh workloads, and leaves the others to the egress rules', () => {
-    expect(reach('db.pinned.internal', 5432, 'billing')).toEqual(['[fd00:10::6]:5432']);
+  it('routes endpoints that are mesh workloads over HBONE, and draws its endpoints outside the mesh alongside, as plain TCP', () => {
+    const seen = new Map<string, number>();
+    for (let i = 0; i < 100; i++) {
+      const route = decideRoute(withEntries, 'db.pinned.internal', 5432, () => i / 100, 'billing');
+      const key = route.kind === 'hbone' ? `hbone ${route.endpoint.authority}` : route.kind === 'passthrough' ? `tcp ${route.host}:${route.port} ${route.entry}` : route.kind;
+      seen.set(key, (seen.get(key) ?? 0) + 1);
+    }
+    // Not the endpoint at the Service's cluster IP: that is reached over HBONE by its own name, never as plain TCP.
+    expect(Object.fromEntries(seen)).toEqual({ 'hbone [fd00:10::6]:5432': 50, 'tcp 203.0.113.50:5432 data/pinned': 50 });
   });
 
   it("is the service the destination reports for its workloads: by the client's host=, else by the port dialled", () => {
