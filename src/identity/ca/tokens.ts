@@ -8,7 +8,7 @@
 // new is issued and no record changes, so a retry races nothing, and whoever replays a captured request gets a public
 // certificate it has no key for.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
 import { writeFileAtomic } from '../files.ts';
@@ -103,20 +103,30 @@ export async function consumeJoinToken(caDir: string, token: string, node: strin
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return reclaim(usedPath, node, key, now);
     throw error;
   }
-  const record = await readRecord(usedPath);
+  const giveBack = () => rename(usedPath, join(pendingDir(caDir), name)).catch(() => {});
+  let record: TokenRecord | undefined;
+  try {
+    record = await readRecord(usedPath);
+  } catch (error) {
+    // The CA's own file, unreadable: its fault, not the node's, so the token is not spent on it.
+    await giveBack();
+    throw new AmbitError('CA_STATE', `the record of a join token for node "${node}" cannot be read: ${(error as Error).message}`, { cause: error });
+  }
   if (record === undefined) throw new AmbitError('CA_STATE', `${usedPath}: vanished after the token was spent`);
+  // Spent by a refused attempt: bound to no key, so that no retry takes it for an attempt under way.
+  const refused = (error: AmbitError) => writeRecord(usedPath, { ...record, spent: { at: now.toISOString(), key: '' } }).then(() => error, () => error);
   if (now.getTime() > Date.parse(record.expiresAt)) {
-    throw new AmbitError('JOIN_TOKEN_EXPIRED', `join token for node "${record.node}" expired at ${record.expiresAt}`);
+    throw await refused(new AmbitError('JOIN_TOKEN_EXPIRED', `join token for node "${record.node}" expired at ${record.expiresAt}`));
   }
   if (record.node !== node) {
-    throw new AmbitError('JOIN_TOKEN_WRONG_NODE', `join token was created for node "${record.node}", presented by "${node}"`);
+    throw await refused(new AmbitError('JOIN_TOKEN_WRONG_NODE', `join token was created for node "${record.node}", presented by "${node}"`));
   }
   // Bound before anything is issued: a retry that overtakes this issuance is told to wait, not refused.
   try {
     await writeRecord(usedPath, { node: record.node, createdAt: record.createdAt, expiresAt: record.expiresAt, spent: { at: now.toISOString(), key } });
   } catch (error) {
     // Unbound, a retry would find it spent: the CA's disk failed, not the node, so it gets its token back.
-    await rename(usedPath, join(pendingDir(caDir), name)).catch(() => {});
+    await giveBack();
     throw new AmbitError('CA_STATE', `join token for node "${node}" could not be recorded as spent: ${(error as Error).message}`, { cause: error });
   }
   return { retry: false };
@@ -137,18 +147,29 @@ export async function recordTokenAnswer(caDir: string, token: string, answer: To
 async function reclaim(usedPath: string, node: string, key: string, now: Date): Promise<JoinTokenClaim> {
   const spentAlready = new AmbitError('JOIN_TOKEN_INVALID', 'join token does not exist or was already used');
   const record = await readRecord(usedPath).catch(() => undefined);
-  const spent = record?.spent;
-  if (record === undefined || spent === undefined || record.node !== node || spent.key !== key) throw spentAlready;
+  if (record === undefined || record.node !== node) throw spentAlready;
+  const spent = record.spent;
+  if (spent === undefined) {
+    // Claimed (renamed) but not yet bound to a key: an attempt for this node is between the two, unless the token was
+    // claimed long ago or already expired then (a refused attempt, or a record from before tokens kept keys).
+    const claimedMs = await stat(usedPath).then((found) => found.ctimeMs, () => Number.NaN);
+    const since = now.getTime() - claimedMs;
+    if (since >= 0 && since <= ISSUANCE_LIMIT_MS && claimedMs <= Date.parse(record.expiresAt)) throw busy(node);
+    throw spentAlready;
+  }
+  if (spent.key === '' || spent.key !== key) throw spentAlready;
   if (spent.answer !== undefined) {
     if (!(now.getTime() < Date.parse(spent.answer.expiresAt))) throw spentAlready;
     return { retry: true, answer: spent.answer };
   }
   const sinceSpent = now.getTime() - Date.parse(spent.at);
-  if (sinceSpent >= 0 && sinceSpent <= ISSUANCE_LIMIT_MS) {
-    throw new AmbitError('JOIN_TOKEN_BUSY', `the attestation that spent this join token for node "${node}" is still being answered: ask again shortly`);
-  }
+  if (sinceSpent >= 0 && sinceSpent <= ISSUANCE_LIMIT_MS) throw busy(node);
   // The issuance died (a CA crash between spending and answering, a token that could not be given back).
   throw spentAlready;
+}
+
+function busy(node: string): AmbitError {
+  return new AmbitError('JOIN_TOKEN_BUSY', `the attestation that spent this join token for node "${node}" is still being answered: ask again shortly`);
 }
 
 async function readRecord(path: string): Promise<TokenRecord | undefined> {

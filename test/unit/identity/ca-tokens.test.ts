@@ -1,6 +1,6 @@
 // Join tokens (src/identity/ca/tokens.ts): single use under races, expiry, node binding, hostile token
 // text, and what is kept on disk.
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -78,8 +78,10 @@ describe('join tokens', () => {
     // Twenty different keys: none of the nineteen later ones is the winner's retry.
     const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => consumeJoinToken(dir, token, 'node-a', i.toString(16).padStart(64, '0'))));
     expect(results.filter((result) => result.status === 'fulfilled')).toHaveLength(1);
+    // The others are refused as spent, or told to wait while the winner's attempt is between claiming and binding.
     const refusals = results.filter((result) => result.status === 'rejected').map((result) => (result.reason as AmbitError).code);
-    expect(refusals).toEqual(Array.from({ length: 19 }, () => 'JOIN_TOKEN_INVALID'));
+    expect(refusals).toHaveLength(19);
+    for (const code of refusals) expect(['JOIN_TOKEN_INVALID', 'JOIN_TOKEN_BUSY']).toContain(code);
   });
 
   it('are accepted up to their expiry', async () => {
@@ -243,6 +245,28 @@ describe('join tokens', () => {
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, later(-1000)))).toBe('JOIN_TOKEN_INVALID');
       // With another key it is a spent token, as ever.
       expect(await codeOf(consumeJoinToken(dir, token, 'node-a', OTHER_KEY, later(1000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are told to wait when an attempt has claimed them and not yet bound them, and refused once that is long past', async () => {
+      const dir = await newCaDir();
+      const { token } = await createJoinToken(dir, 'node-a', 10 * MINUTE_MS);
+      // As an attempt under way leaves it: renamed into used/, its key not written yet.
+      const file = (await readdir(join(dir, 'tokens'))).find((entry) => entry.endsWith('.json'));
+      await rename(join(dir, 'tokens', file as string), join(dir, 'tokens', 'used', file as string));
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY))).toBe('JOIN_TOKEN_BUSY');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-b', KEY))).toBe('JOIN_TOKEN_INVALID');
+      expect(await codeOf(consumeJoinToken(dir, token, 'node-a', KEY, new Date(Date.now() + ISSUANCE_LIMIT_MS + 1000)))).toBe('JOIN_TOKEN_INVALID');
+    });
+
+    it('are refused at once, not told to wait, after an attempt for another node or past their expiry spent them', async () => {
+      const dir = await newCaDir();
+      const misdirected = (await createJoinToken(dir, 'node-a', 10 * MINUTE_MS)).token;
+      expect(await codeOf(consumeJoinToken(dir, misdirected, 'node-b', KEY))).toBe('JOIN_TOKEN_WRONG_NODE');
+      expect(await codeOf(consumeJoinToken(dir, misdirected, 'node-a', KEY))).toBe('JOIN_TOKEN_INVALID');
+      expect(await codeOf(consumeJoinToken(dir, misdirected, 'node-a', ''))).toBe('JOIN_TOKEN_INVALID');
+      const expiring = (await createJoinToken(dir, 'node-a', 1000, new Date(Date.now() - 5000))).token;
+      expect(await codeOf(consumeJoinToken(dir, expiring, 'node-a', KEY))).toBe('JOIN_TOKEN_EXPIRED');
+      expect(await codeOf(consumeJoinToken(dir, expiring, 'node-a', KEY))).toBe('JOIN_TOKEN_INVALID');
     });
 
     it('are not bound to a key when the attempt that spent them was refused (expired, or another node)', async () => {
