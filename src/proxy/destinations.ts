@@ -21,6 +21,11 @@ export interface DestinationGuard {
   readonly local: LocalAddresses;
   /** True for a port the proxy itself listens on (HBONE, admin, metrics, readiness, its outbound listeners). */
   readonly ownPort: (port: number) => boolean;
+  /**
+   * What a canonical IP is in the mesh (a workload's IP, a Service's or a mesh ServiceEntry's address), or null: it
+   * is reached over HBONE, so plain TCP to it would skip the destination's authorization.
+   */
+  readonly meshAddress: (ip: string) => string | null;
 }
 
 /**
@@ -37,6 +42,9 @@ export function passthroughRefusal(ip: string, port: number, byWorkload: boolean
   if (!byWorkload) return null;
   if (onHost) return `${formatAuthority(canonical, port)} is this host: a workload's listener may not reach the host's own services through the proxy (an operator's --outbound may)`;
   if (LINK_LOCAL.contains(parsed)) return `${formatAuthority(canonical, port)} is link-local: a workload's listener may not reach it through the proxy (an operator's --outbound may)`;
+  // A name (or a ServiceEntry's endpoint) that leads into the mesh: its address or Service name goes over HBONE.
+  const mesh = guard.meshAddress(canonical);
+  if (mesh !== null) return `${formatAuthority(canonical, port)} is ${mesh}: reached over HBONE when dialled by its address or Service name, never as plain TCP`;
   return null;
 }
 

@@ -21,7 +21,7 @@ import { Bridge } from './copy.ts';
 import type { BridgeResult } from './copy.ts';
 import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
-import { decideRoute, routingTableOf } from './routes.ts';
+import { decideRoute, meshAddressOf, routingTableOf } from './routes.ts';
 import type { Endpoint } from './routes.ts';
 import { CONNECT_TIMEOUT_MS, proxyPorts } from './settings.ts';
 import { listenOn, normalizeIp, stopListening } from './inbound.ts';
@@ -205,7 +205,7 @@ export class OutboundListeners {
   constructor(options: OutboundOptions) {
     this.#options = options;
     this.#localAddresses = options.localAddresses ?? new LocalAddresses();
-    this.#guard = { local: this.#localAddresses, ownPort: (port) => this.#isOwnPort(port) };
+    this.#guard = { local: this.#localAddresses, ownPort: (port) => this.#isOwnPort(port), meshAddress: (ip) => meshAddressOf(routingTableOf(options.snapshot()), ip) };
     const live = this.#live;
     this.#forgetLive = function (this: net.Socket) {
       live.delete(this);

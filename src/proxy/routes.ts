@@ -508,6 +508,13 @@ export function inboundService(table: RoutingTable, destination: Workload, forwa
 const tables = new WeakMap<ConfigSnapshot, RoutingTable>();
 
 /** The routing table of a snapshot, built on first use and kept as long as the snapshot lives. */
+/** What a canonical IP is in the mesh under `table`: a workload's IP, a Service's or mesh ServiceEntry's address; else null. */
+export function meshAddressOf(table: RoutingTable, ip: string): string | null {
+  const workload = table.snapshot.workloadByIp(ip);
+  if (workload !== undefined) return `the IP of ${workload.kind} ${workload.namespace}/${workload.name}`;
+  return table.byVip.has(ip) ? 'a Service address in the mesh' : null;
+}
+
 export function routingTableOf(snapshot: ConfigSnapshot): RoutingTable {
   let table = tables.get(snapshot);
   if (!table) tables.set(snapshot, (table = buildRoutingTable(snapshot)));

@@ -17,6 +17,7 @@ const guard: DestinationGuard = {
     eth0: [iface('10.0.0.5', '10.0.0.5/24', false), iface('fd00::5', 'fd00::5/64', false)],
   })),
   ownPort: (port) => port === 15000 || port === 15008 || port === 9080,
+  meshAddress: (ip) => (ip === '10.0.1.10' ? 'the IP of Pod shop/web-1' : ip === '10.96.0.10' || ip === 'fd00:96::10' ? 'a Service address in the mesh' : null),
 };
 
 describe("an operator's passthrough destination", () => {
@@ -74,6 +75,17 @@ describe("a workload's passthrough destination", () => {
     ['IPv6 link-local', 'fe80::1', 80],
   ])('may not be link-local: %s (%s:%i)', (_what, ip, port) => {
     expect(passthroughRefusal(ip, port, true, guard)).toMatch(/link-local/);
+  });
+
+  it.each([
+    ["a mesh workload's IP", '10.0.1.10', 8080],
+    ["a Service's cluster IP", '10.96.0.10', 80],
+    ["a Service's cluster IP on a port it does not have", '10.96.0.10', 5432],
+    ["a Service's IPv6 cluster IP, IPv4-mapped or not, in another spelling", 'FD00:96:0::10', 80],
+  ])('may not be an address in the mesh, as plain TCP: %s (%s:%i)', (_what, ip, port) => {
+    expect(passthroughRefusal(ip, port, true, guard)).toMatch(/in the mesh|of Pod shop\/web-1.*never as plain TCP/);
+    // The operator's own listener may.
+    expect(passthroughRefusal(ip, port, false, guard)).toBeNull();
   });
 
   it("is refused first as the proxy's own port when it is both", () => {

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import { buildSnapshot } from '../../../src/config/snapshot.ts';
 import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
-import { buildRoutingTable, decideRoute, externalEntry, inboundService, routingTableOf } from '../../../src/proxy/routes.ts';
+import { buildRoutingTable, decideRoute, externalEntry, inboundService, meshAddressOf, routingTableOf } from '../../../src/proxy/routes.ts';
 import type { HboneRoute, Route, RoutingTable } from '../../../src/proxy/routes.ts';
 
 function meshConfig(spec: string): string {
@@ -709,6 +709,15 @@ spec:
   it('answers NO_HEALTHY_UPSTREAM for an entry of mesh workloads with none ready, never plain passthrough', () => {
     expect(decideRoute(conflicts, 'idle.internal', 5432, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
     expect(decideRoute(conflicts, 'fd00:db::7', 5432, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
+  });
+});
+
+describe('meshAddressOf', () => {
+  const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS));
+  it("names a workload's IP and a Service's cluster IP, and nothing else", () => {
+    expect(meshAddressOf(table, '10.0.1.10')).toBe('the IP of Pod shop/web-1');
+    expect(meshAddressOf(table, '10.96.0.10')).toBe('a Service address in the mesh');
+    expect(meshAddressOf(table, '198.51.100.7')).toBeNull();
   });
 });
 
