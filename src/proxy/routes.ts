@@ -59,6 +59,8 @@ interface ServicePortRoutes {
   readonly port: number;
   /** HBONE to mesh workloads; plain TCP (passthrough) to a mesh ServiceEntry's endpoints outside the mesh. */
   readonly routes: readonly (HboneRoute | PassthroughRoute)[];
+  /** A ServiceEntry's endpoint weights as running totals (cumulativeWeights), null when all alike (or a Service). */
+  readonly weights: Float64Array | null;
   readonly none: DenyRoute;
   /** A ServiceEntry's exportTo: the namespaces whose workloads it routes; null (a Service, or exported to all) every one. */
   readonly visibleTo: ReadonlySet<string> | null;
@@ -166,6 +168,8 @@ interface EntryMember {
   readonly workload: Workload;
   /** Port names to numbers: a selected WorkloadEntry's `ports`, or the endpoint's. */
   readonly ports: Readonly<Record<string, number>>;
+  /** A selected WorkloadEntry's or the endpoint's `weight`. */
+  readonly weight: number | undefined;
 }
 
 /** The mesh workloads a ServiceEntry names, ready or not: by its workloadSelector (in its namespace), else its endpoints. */
@@ -175,12 +179,12 @@ function entryMembers(snapshot: ConfigSnapshot, object: ServiceEntryObject): Ent
     const selector = spec.workloadSelector.labels;
     return snapshot.workloads
       .filter((w) => w.namespace === metadata.namespace && selects(selector, w.labels))
-      .map((workload) => ({ workload, ports: workload.object.kind === 'WorkloadEntry' ? workload.object.spec.ports : {} }));
+      .map((workload) => (workload.object.kind === 'WorkloadEntry' ? { workload, ports: workload.object.spec.ports, weight: workload.object.spec.weight } : { workload, ports: {}, weight: undefined }));
   }
   const members: EntryMember[] = [];
   for (const endpoint of spec.endpoints) {
     const workload = snapshot.workloadByIp(endpoint.address);
-    if (workload !== undefined) members.push({ workload, ports: endpoint.ports });
+    if (workload !== undefined) members.push({ workload, ports: endpoint.ports, weight: endpoint.weight });
   }
   return members;
 }
@@ -217,32 +221,44 @@ function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet
  * and reached as plain TCP, as ztunnel reaches a workload without HBONE; never one at a Service's cluster IP.
  */
 function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>): void {
-  for (const object of snapshot.objectsOfKind('ServiceEntry')) {
-    if (!isMeshEntry(snapshot, object)) continue;
+  const meshEntries = snapshot.objectsOfKind('ServiceEntry').filter((object) => isMeshEntry(snapshot, object));
+  // Every mesh entry's own addresses, whatever their order: an endpoint at one is never reached as plain TCP.
+  const entryAddresses = new Set<string>();
+  for (const object of meshEntries) {
+    for (const address of object.spec.addresses) {
+      const single = singleAddress(address);
+      if (single !== undefined) entryAddresses.add(single);
+    }
+  }
+  for (const object of meshEntries) {
     const { namespace, name } = object.metadata;
     const spec = object.spec;
     const members = entryMembers(snapshot, object).filter(({ workload }) => isReady(workload));
     const outside = spec.workloadSelector !== undefined || spec.resolution === 'NONE' ? [] : spec.endpoints.filter((endpoint) => {
       const address = canonicalIp(endpoint.address) ?? endpoint.address;
-      return snapshot.workloadByIp(address) === undefined && !byVip.has(address);
+      return snapshot.workloadByIp(address) === undefined && !byVip.has(address) && !entryAddresses.has(address);
     });
     const serviceLabels = labelsOfEntry(object);
     const visibleTo = exportedTo(namespace, spec.exportTo);
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
       const routes: (HboneRoute | PassthroughRoute)[] = [];
-      for (const { workload, ports } of members) {
+      const weights: (number | undefined)[] = [];
+      for (const { workload, ports, weight } of members) {
         const target = entryTargetPort(port, ports);
         const ip = workload.ips[0];
         if (ip === undefined) continue;
         routes.push(Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, target, hbonePort)), service: undefined, serviceLabels }));
+        weights.push(weight);
       }
       for (const endpoint of outside) {
         routes.push(Object.freeze({ kind: 'passthrough' as const, host: endpoint.address, port: entryTargetPort(port, endpoint.ports), entry: `${namespace}/${name}` }));
+        weights.push(endpoint.weight);
       }
       const entry: ServicePortRoutes = {
         port: port.number,
         routes: Object.freeze(routes),
+        weights: cumulativeWeights(weights),
         none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `ServiceEntry ${namespace}/${name} port ${port.number} has no ready endpoint` }),
         visibleTo,
         namespace,
@@ -326,7 +342,7 @@ function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, u
       ports: new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port])),
       visibleTo,
       endpoints,
-      cumulativeWeights: endpoints === null ? null : cumulativeWeights(endpoints),
+      cumulativeWeights: endpoints === null ? null : cumulativeWeights(endpoints.map((endpoint) => endpoint.weight)),
     };
     anyEndpoints ||= entry.endpoints !== null;
     for (const host of object.spec.hosts) {
@@ -420,6 +436,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       const entry: ServicePortRoutes = Object.freeze({
         port: port.port,
         routes: Object.freeze(routes),
+        weights: null,
         none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `service ${service.hostname}:${port.port} has no ready endpoint` }),
         visibleTo: null,
         namespace: null,
@@ -546,7 +563,7 @@ function pick(entry: ServicePortRoutes, random: () => number): Route {
   const routes = entry.routes;
   if (routes.length === 0) return entry.none;
   if (routes.length === 1) return routes[0] as Route;
-  return routes[Math.floor(random() * routes.length)] as Route;
+  return routes[entry.weights === null ? Math.floor(random() * routes.length) : weightedIndex(entry.weights, random())] as Route;
 }
 
 /**
@@ -589,14 +606,14 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
   return { kind: 'passthrough', host, port };
 }
 
-/** Running totals of the endpoints' weights, or null when they are all alike (a uniform draw is then enough). */
-function cumulativeWeights(endpoints: readonly ServiceEntryEndpoint[]): Float64Array | null {
-  const weightOf = (endpoint: ServiceEntryEndpoint) => (endpoint.weight === undefined || endpoint.weight === 0 ? 1 : endpoint.weight);
-  const first = endpoints[0] === undefined ? 1 : weightOf(endpoints[0]);
-  if (endpoints.every((endpoint) => weightOf(endpoint) === first)) return null;
-  const totals = new Float64Array(endpoints.length);
+/** Running totals of endpoints' weights (missing or 0 is 1, as Istio), or null when all are alike (a uniform draw does). */
+function cumulativeWeights(weights: readonly (number | undefined)[]): Float64Array | null {
+  const weightOf = (weight: number | undefined) => (weight === undefined || weight === 0 ? 1 : weight);
+  const first = weightOf(weights[0]);
+  if (weights.every((weight) => weightOf(weight) === first)) return null;
+  const totals = new Float64Array(weights.length);
   let total = 0;
-  endpoints.forEach((endpoint, index) => (totals[index] = total += weightOf(endpoint)));
+  weights.forEach((weight, index) => (totals[index] = total += weightOf(weight)));
   return totals;
 }
 

@@ -657,6 +657,39 @@ spec:
   });
 });
 
+describe('a ServiceEntry naming mesh workloads and endpoints outside the mesh, weighted', () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: mixed, namespace: data }
+spec:
+  hosts: [db.mixed.internal]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: "fd00:10::6", weight: 1 }, { address: 203.0.113.60, weight: 3 }, { address: 10.97.0.77 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: later, namespace: data }
+spec:
+  hosts: [later.internal]
+  addresses: [10.97.0.77]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  workloadSelector: { labels: { app: db } }
+`;
+  const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
+
+  it("draws by the endpoints' weights, and never an endpoint at another mesh entry's address, whatever the order", () => {
+    const seen = new Map<string, number>();
+    for (let i = 0; i < 1000; i++) {
+      const route = decideRoute(table, 'db.mixed.internal', 5432, () => i / 1000, 'data');
+      const key = route.kind === 'hbone' ? route.endpoint.authority : route.kind === 'passthrough' ? `${route.host}:${route.port}` : route.kind;
+      seen.set(key, (seen.get(key) ?? 0) + 1);
+    }
+    expect(Object.fromEntries(seen)).toEqual({ '[fd00:10::6]:5432': 250, '203.0.113.60:5432': 750 });
+  });
+});
+
 describe('ServiceEntries that conflict with workloads or each other', () => {
   const entries = `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
