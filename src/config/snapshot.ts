@@ -311,7 +311,8 @@ function toWorkload(object: ConfigObject, mesh: MeshSettings, localities: Readon
       workloadType,
       ...canonical(object.metadata.labels, workloadName),
       cluster: mesh.clusterId,
-      ...locality(object.metadata.labels[LOCALITY_LABEL]?.replaceAll('.', '/') ?? localities.get(nodeName)),
+      // An empty label counts as none, as Istio's.
+      ...locality(firstSet(object.metadata.labels, LOCALITY_LABEL)?.replaceAll('.', '/') ?? localities.get(nodeName)),
       ips,
       hostIps: hostIPs,
       labels: object.metadata.labels,

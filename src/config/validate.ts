@@ -492,7 +492,8 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
     const dns = resolution === 'DNS' || resolution === 'DNS_ROUND_ROBIN';
     const address = stringField(issues, entry, 'address', endpointPath, {
       required: true,
-      check: (value) => (canonicalIp(value) !== undefined ? undefined : dns ? checkHost(value) : `${JSON.stringify(value)} is not an IP address (resolution ${resolution})`),
+      // A name to resolve, never a wildcard: an endpoint is one destination.
+      check: (value) => (canonicalIp(value) !== undefined ? undefined : !dns ? `${JSON.stringify(value)} is not an IP address (resolution ${resolution})` : value.startsWith('*') ? `${JSON.stringify(value)} is a wildcard: an endpoint is an IP address or a DNS name` : checkHost(value)),
     });
     if (address !== undefined) endpoints.push({ ...fields, address: canonicalIp(address) ?? address });
   });

@@ -296,7 +296,17 @@ export interface ProxyMetricsOptions {
 }
 
 /** ambit's version, from its package.json (two levels up from src/observe/ and from dist/observe/ alike). */
-export const AMBIT_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+export const AMBIT_VERSION: string = readVersion();
+
+function readVersion(): string {
+  try {
+    const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown }).version;
+    return typeof version === 'string' ? version : 'unknown';
+  } catch {
+    // Copied without its package.json: the gauge says so rather than the proxy failing to start.
+    return 'unknown';
+  }
+}
 
 export class ProxyMetrics {
   readonly registry: Registry;

@@ -489,6 +489,14 @@ spec:
     field: 'spec',
   },
   {
+    name: 'a DNS ServiceEntry endpoint that is a wildcard (an endpoint is one destination)',
+    files: { 'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: ext }\nspec:\n  hosts: [db.example]\n  ports: [{ number: 5432, name: tcp }]\n  resolution: DNS\n  endpoints: [{ address: db-1.example.net }, { address: "*.example.net" }]\n' },
+    code: 'CONFIG_FIELD',
+    file: 'se.yaml',
+    object: 'ServiceEntry default/ext',
+    field: 'spec.endpoints[1].address',
+  },
+  {
     name: 'a ServiceEntry without hosts',
     files: { 'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: ext }\nspec: { ports: [{ number: 443, name: tls }] }\n' },
     code: 'CONFIG_FIELD',

@@ -156,6 +156,9 @@ status:
     expect([labelled.region, labelled.zone]).toEqual(['ap-south1', 'ap-south1-a']);
     const elsewhere = workloadOf(node('node-b', { 'topology.kubernetes.io/region': 'us-east1', 'topology.kubernetes.io/zone': 'us-east1-b' }) + pod('web-10', ''));
     expect([elsewhere.region, elsewhere.zone]).toEqual(['', '']);
+    // An empty label is no label, as Istio's: the node's locality shows.
+    const empty = workloadOf(node('node-a', { 'topology.kubernetes.io/region': 'us-east1', 'topology.kubernetes.io/zone': 'us-east1-c' }) + pod('web-12', '', { 'istio-locality': '' }));
+    expect([empty.region, empty.zone]).toEqual(['us-east1', 'us-east1-c']);
     const bare = workloadOf(node('node-a', { 'kubernetes.io/hostname': 'node-a' }) + pod('web-11', ''));
     expect([bare.region, bare.zone]).toEqual(['', '']);
     // A WorkloadEntry has its own spec.locality; a node of the same name does not change it.
