@@ -3,7 +3,7 @@
 // (ztunnel's build_request, made a table lookup).
 import { isIP } from 'node:net';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
-import type { ServiceEntryEndpoint, ServiceEntryObject, ServiceEntryPort, ServiceObject, ServicePort } from '../config/objects.ts';
+import type { ServiceEntryObject, ServiceEntryPort, ServiceObject, ServicePort } from '../config/objects.ts';
 import { formatAuthority } from './authority.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { UNKNOWN_SERVICE } from '../observe/metrics.ts';
@@ -283,14 +283,17 @@ interface ExternalEntry {
   readonly ports: ReadonlyMap<number, ServiceEntryPort>;
   /** Namespaces whose workloads see it; null: every namespace (exportTo "*", or none given). */
   readonly visibleTo: ReadonlySet<string> | null;
-  /**
-   * resolution STATIC, DNS or DNS_ROUND_ROBIN with endpoints: where its connections go instead of the address or name
-   * dialled (a DNS entry's endpoints are names, resolved as they are dialled), null otherwise; without the endpoints at
-   * a Service's cluster IP or a mesh entry's address, which are reached over HBONE, never as plain TCP.
-   */
-  readonly endpoints: readonly ServiceEntryEndpoint[] | null;
   /** The endpoints' running weight totals (a missing or zero weight is 1, as Istio), when their weights differ. */
   readonly cumulativeWeights: Float64Array | null;
+  /**
+   * resolution STATIC, DNS or DNS_ROUND_ROBIN with endpoints: per entry port, the route to each endpoint (built once,
+   * not per connection), where its connections go instead of the address or name dialled (a DNS entry's endpoints are
+   * names, resolved as they are dialled); null otherwise. Without the endpoints at a Service's cluster IP or a mesh
+   * entry's address, which are reached over HBONE, never as plain TCP.
+   */
+  readonly routesByPort: ReadonlyMap<number, readonly PassthroughRoute[]> | null;
+  /** With endpoints but none outside the mesh: the answer. */
+  readonly none: DenyRoute;
 }
 
 interface ExternalRegistry {
@@ -336,15 +339,18 @@ function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, u
     const visibleTo = exportedTo(namespace, exportTo);
     const routed = object.spec.resolution !== 'NONE' && object.spec.endpoints.length > 0;
     const endpoints = routed ? object.spec.endpoints.filter((endpoint) => !meshVips.has(canonicalIp(endpoint.address) ?? endpoint.address)) : null;
+    const name = `${namespace}/${object.metadata.name}`;
+    const ports = new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port]));
     const entry: ExternalEntry = {
-      name: `${namespace}/${object.metadata.name}`,
+      name,
       namespace,
-      ports: new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port])),
+      ports,
       visibleTo,
-      endpoints,
       cumulativeWeights: endpoints === null ? null : cumulativeWeights(endpoints.map((endpoint) => endpoint.weight)),
+      routesByPort: endpoints === null ? null : new Map([...ports].map(([number, port]) => [number, Object.freeze(endpoints.map((endpoint) => Object.freeze({ kind: 'passthrough' as const, host: endpoint.address, port: entryTargetPort(port, endpoint.ports), entry: name })))])),
+      none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `ServiceEntry ${name} has no endpoint outside the mesh (one at a Service's cluster IP is reached over HBONE, never as plain TCP)` }),
     };
-    anyEndpoints ||= entry.endpoints !== null;
+    anyEndpoints ||= entry.routesByPort !== null;
     for (const host of object.spec.hosts) {
       if (host.startsWith('*.')) appendTo(wildcards, normalHost(host.slice(1)), entry);
       else appendTo(byHost, normalHost(host), entry);
@@ -602,7 +608,7 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
   if (table.egressLocked && entry === undefined) {
     return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry (no Service, workload, or ServiceEntry with that host or address and port${sourceNamespace === undefined ? '' : ` exported to namespace ${sourceNamespace}`}) and egress is REGISTRY_ONLY` };
   }
-  if (entry?.endpoints != null) return staticEndpoint(entry, entry.endpoints, port, random);
+  if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
   return { kind: 'passthrough', host, port };
 }
 
@@ -631,13 +637,10 @@ function weightedIndex(totals: Float64Array, draw: number): number {
 }
 
 /** One of an entry's endpoints (by weight), on its port named like the entry's port, else the targetPort, else the port. */
-function staticEndpoint(entry: ExternalEntry, endpoints: readonly ServiceEntryEndpoint[], port: number, random: () => number): Route {
-  if (endpoints.length === 0) {
-    return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `ServiceEntry ${entry.name} has no endpoint outside the mesh (one at a Service's cluster IP is reached over HBONE, never as plain TCP)` };
-  }
-  const index = endpoints.length === 1 ? 0 : entry.cumulativeWeights === null ? Math.floor(random() * endpoints.length) : weightedIndex(entry.cumulativeWeights, random());
-  const endpoint = endpoints[index] as ServiceEntryEndpoint;
-  // The entry admitted this port (findExternal), so it has its spec.
-  const spec = entry.ports.get(port) as ServiceEntryPort;
-  return { kind: 'passthrough', host: endpoint.address, port: entryTargetPort(spec, endpoint.ports), entry: entry.name };
+function staticEndpoint(entry: ExternalEntry, routesByPort: ReadonlyMap<number, readonly PassthroughRoute[]>, port: number, random: () => number): Route {
+  // The entry admitted this port (findExternal), so it has its routes.
+  const routes = routesByPort.get(port) as readonly PassthroughRoute[];
+  if (routes.length === 0) return entry.none;
+  const index = routes.length === 1 ? 0 : entry.cumulativeWeights === null ? Math.floor(random() * routes.length) : weightedIndex(entry.cumulativeWeights, random());
+  return routes[index] as PassthroughRoute;
 }
