@@ -202,58 +202,45 @@ spec:
 describe('a ServiceEntry outside the mesh with endpoints', () => {
   const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
 
+  /**
+   * With an entry for db.static.invalid (which the operator's listener 9306 dials) whose one endpoint is `address`,
+   * a connection through 9306 is refused at `target`, named in the log, and nothing connects to it.
+   */
+  async function expectEndpointRefused(resolution: 'STATIC' | 'DNS', address: string, port: number, target: string, connections: () => number): Promise<void> {
+    const seen = accepted();
+    await mesh.writeConfig('static.yaml', `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db, namespace: demo }
+spec:
+  hosts: [db.static.invalid]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: ${resolution}
+  endpoints: [{ address: "${address}", ports: { tcp-pg: ${port} } }]
+`);
+    try {
+      await waitUntil('node-a accepts static.yaml', () => accepted() > seen, 10_000);
+      const before = connections();
+      const lines = node.proc.lines.length;
+      expect(await exchange(9306, 'to the endpoint')).toBe('');
+      // The refusal names the entry's endpoint on the endpoint's port: the entry, not DNS, chose it.
+      await waitUntil('the refusal of the endpoint', () => node.proc.lines.slice(lines).some((line) => line.code === 'DESTINATION_REFUSED' && line.target === target));
+      expect(connections()).toBe(before);
+    } finally {
+      const reset = accepted();
+      await mesh.writeConfig('static.yaml', '# none\n');
+      await waitUntil('node-a accepts the reset', () => accepted() > reset, 10_000);
+    }
+  }
+
   it("sends its host to its endpoint, judged as a workload's choice: an endpoint on this host is refused, never dialled", async () => {
     // Without the entry the name resolves to nothing (.invalid, RFC 6761): the connection fails.
     expect(await exchange(9306, 'unresolved')).toBe('');
-    const seen = accepted();
     // The operator's listener may reach this host's loopback; an entry, which any namespace's configuration may
     // hold, must not turn that into a way to this host's own services.
-    await mesh.writeConfig('static.yaml', `apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: static-db, namespace: demo }
-spec:
-  hosts: [db.static.invalid]
-  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
-  resolution: STATIC
-  endpoints: [{ address: "${EXTERNAL_IP}", ports: { tcp-pg: ${externalPort} } }]
-`);
-    try {
-      await waitUntil('node-a accepts static.yaml', () => accepted() > seen, 10_000);
-      const connections = externalConnections;
-      const before = node.proc.lines.length;
-      expect(await exchange(9306, 'to the endpoint')).toBe('');
-      // The refusal names the entry's endpoint on the endpoint's port: the entry, not DNS, chose it.
-      await waitUntil('the refusal of the endpoint', () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && line.target === `${EXTERNAL_IP}:${externalPort}`));
-      expect(externalConnections).toBe(connections);
-    } finally {
-      const reset = accepted();
-      await mesh.writeConfig('static.yaml', '# none\n');
-      await waitUntil('node-a accepts the reset', () => accepted() > reset, 10_000);
-    }
+    await expectEndpointRefused('STATIC', EXTERNAL_IP, externalPort, `${EXTERNAL_IP}:${externalPort}`, () => externalConnections);
   });
 
   it("sends a DNS entry's host to its endpoint's name, judged by what that resolves to: localhost is refused, never dialled", async () => {
-    const seen = accepted();
-    await mesh.writeConfig('static.yaml', `apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: dns-db, namespace: demo }
-spec:
-  hosts: [db.static.invalid]
-  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
-  resolution: DNS
-  endpoints: [{ address: localhost, ports: { tcp-pg: ${namedPort} } }]
-`);
-    try {
-      await waitUntil('node-a accepts static.yaml', () => accepted() > seen, 10_000);
-      const connections = namedConnections;
-      const before = node.proc.lines.length;
-      expect(await exchange(9306, 'to the endpoint')).toBe('');
-      await waitUntil('the refusal of the endpoint', () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && line.target === `localhost:${namedPort}`));
-      expect(namedConnections).toBe(connections);
-    } finally {
-      const reset = accepted();
-      await mesh.writeConfig('static.yaml', '# none\n');
-      await waitUntil('node-a accepts the reset', () => accepted() > reset, 10_000);
-    }
+    await expectEndpointRefused('DNS', 'localhost', namedPort, `localhost:${namedPort}`, () => namedConnections);
   });
 });
