@@ -5,7 +5,7 @@
 //
 // Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
 import { EventEmitter } from 'node:events';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
 import type { Dispatcher } from 'undici';
@@ -14,7 +14,7 @@ import { AmbitError, toAmbitError } from '../errors.ts';
 import { nodeId, parseSpiffeId } from './spiffe-id.ts';
 import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, createBundle, decodeBundle, encodeBundle } from './bundle.ts';
 import type { TrustBundle } from './bundle.ts';
-import { authorityKeyIdOf, createCsr, exportPrivateKeyPem, fingerprintOf, generateKeyPair, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
+import { authorityKeyIdOf, createCsr, exportPrivateKeyPem, fingerprintOf, generateKeyPair, importPrivateKeyPem, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
 import type { Svid } from './svid.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
 import { timerDelayMs } from './timers.ts';
@@ -52,6 +52,12 @@ const REQUEST_DEADLINE_MS = 30_000;
 const BUNDLE_RETRY_MS = 60_000;
 /** In --state-dir: the node SVID's key and chain, 0600. */
 const NODE_SVID_FILE = 'node-svid.pem';
+/**
+ * The key of an attestation not yet answered (0600), kept so that an agent restarted meanwhile asks with the same key:
+ * the CA binds a spent join token to it and answers it again (a new key would find the token spent). Removed once the
+ * node SVID is stored.
+ */
+const ATTEST_KEY_FILE = 'attest-key.pem';
 /**
  * Our own trust domain's bundle as the CA last served it. After a root rotation the CA's serving certificate and a
  * renewed node SVID chain to the new root, which the bootstrap bundle given at install time does not hold: without
@@ -384,13 +390,18 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
    * (an unknown, spent or expired token, another node's) is final and ends the start at once.
    */
   async #attestPatiently(entry: Entry, token: string): Promise<void> {
-    // One key for every attempt: the CA binds the token to the key that spent it, and answers the same key again when
-    // the answer to that attempt was lost (a deadline passed while the CA signed, a connection cut). A new key would
-    // find the token spent.
-    const keys = await generateKeyPair();
+    // One key for every attempt, across restarts too: the CA binds the token to the key that spent it, and answers the
+    // same key again when the answer to that attempt was lost (a deadline passed while the CA signed, a connection
+    // cut, the agent restarted). A new key would find the token spent.
+    const keys = await this.#attestationKeys();
     for (let attempt = 1; ; attempt++) {
       try {
         await this.#attest(entry, token, keys);
+        // Once the node SVID holding this key is stored (#accept), the pending key is done with; not before, or a
+        // restart would find neither.
+        await this.#persisting;
+        const dir = this.#options.stateDir;
+        if (dir && (await this.#loadStoredNodeSvid()) !== undefined) await unlink(join(dir, ATTEST_KEY_FILE)).catch(() => {});
         return;
       } catch (error) {
         const failure = toAmbitError(error, 'CA_UNREACHABLE');
@@ -407,6 +418,29 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         if (this.#stopped) throw this.#stoppedAttesting(failure);
       }
     }
+  }
+
+  /** The pending attestation's key from the state directory, else a new one stored there first (0600). */
+  async #attestationKeys(): Promise<CryptoKeyPair> {
+    const dir = this.#options.stateDir;
+    if (!dir) return generateKeyPair();
+    const file = join(dir, ATTEST_KEY_FILE);
+    try {
+      const keys = await importPrivateKeyPem(await readFile(file, 'utf8'), file);
+      this.#logger.info({ file }, 'attesting with the key of an attestation not answered before a restart');
+      return keys;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON(), file }, 'pending attestation key is unreadable; attesting with a new key');
+    }
+    const keys = await generateKeyPair();
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await writeFileAtomic(file, await exportPrivateKeyPem(keys.privateKey), 0o600);
+    } catch (error) {
+      // Attesting still works; only a restart before the answer would need a new token.
+      this.#logger.warn({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), file }, 'cannot store the attestation key: a restart before the CA answers would need a new join token');
+    }
+    return keys;
   }
 
   #stoppedAttesting(failure: AmbitError): AmbitError {

@@ -1,7 +1,7 @@
 // A node's first attestation waits for its CA: a node started while the CA is down, or while it fails (5xx, the
 // token given back), keeps its join token and attests once the CA answers, instead of exiting into a crash loop. A
 // refusal of the token itself ends the start at once. Real CA over HTTPS, real agent.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -101,6 +101,34 @@ describe("a node's first attestation", () => {
     expect(attested).toHaveLength(1);
     expect(normalizeSerial(svid?.chain[0]?.serialNumber ?? '')).toBe(normalizeSerial(String(attested[0]?.serial)));
     expect(audited.filter((record) => record.event === 'node_attestation_resent')).toHaveLength(1);
+  });
+
+  it('attests after a restart when the first answer was lost, asking with the key it kept, which it then removes', async () => {
+    const { ca, url, port, token } = await downCa();
+    const audited: Array<Record<string, unknown>> = [];
+    const server = await restart(ca, port, async (record) => {
+      audited.push(record);
+      if (record.event === 'node_attested') await new Promise((resolve) => setTimeout(resolve, 1_500));
+    });
+    cleanup.push(() => server.close());
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-attest-restart-'));
+    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
+    const options = { caUrl: url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.server.ownBundle(), joinToken: token, stateDir, logger: silentLogger(), backoffInitialMs: 100, backoffMaxMs: 300, requestDeadlineMs: 500 };
+    // The first agent's attempt outlives its deadline; it is stopped (a crash, a restart) before the CA answers.
+    const first = new IdentityAgent(options);
+    const outcome = first.start().then(() => null, (e: unknown) => e);
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    await first.stop();
+    expect(await outcome).toBeInstanceOf(AmbitError);
+    expect((await stat(join(stateDir, 'attest-key.pem'))).mode & 0o777).toBe(0o600);
+    const second = new IdentityAgent(options);
+    cleanup.push(() => second.stop());
+    await second.start();
+    const attested = audited.filter((record) => record.event === 'node_attested');
+    expect(attested).toHaveLength(1);
+    expect(normalizeSerial(second.nodeSvid()?.chain[0]?.serialNumber ?? '')).toBe(normalizeSerial(String(attested[0]?.serial)));
+    await expect(stat(join(stateDir, 'attest-key.pem'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(stat(join(stateDir, 'node-svid.pem'))).resolves.toBeDefined();
   });
 
   it('gives up at once on a join token the CA refuses', async () => {
