@@ -30,8 +30,8 @@ async function downCa(): Promise<{ ca: InProcessCa; url: string; port: number; t
   return { ca, url, port: Number(new URL(url).port), token };
 }
 
-async function agentFor(url: string, ca: InProcessCa, token: string, requestDeadlineMs?: number): Promise<IdentityAgent> {
-  const stateDir = await mkdtemp(join(tmpdir(), 'ambit-attest-'));
+async function agentFor(url: string, ca: InProcessCa, token: string, requestDeadlineMs?: number, sharedStateDir?: string): Promise<IdentityAgent> {
+  const stateDir = sharedStateDir ?? (await mkdtemp(join(tmpdir(), 'ambit-attest-')));
   const agent = new IdentityAgent({
     caUrl: url,
     trustDomain: TD,
@@ -83,50 +83,49 @@ describe("a node's first attestation", () => {
     expect(agent.nodeSvid()?.id.id).toBe(NODE_ID);
   });
 
-  it('attests when the answer to its first attempt was lost (the CA took longer than its deadline), with the same token', async () => {
+  /** A CA whose node certificates take 1.5 s to be audited: an agent with a 500 ms deadline loses the first answer. */
+  async function slowToAnswer(): Promise<{ ca: InProcessCa; url: string; token: string; audited: Array<Record<string, unknown>> }> {
     const { ca, url, port, token } = await downCa();
     const audited: Array<Record<string, unknown>> = [];
     const server = await restart(ca, port, async (record) => {
       audited.push(record);
-      // The first issuance outlasts the agent's deadline: its answer goes nowhere, the token is spent meanwhile.
+      // The issuance outlasts the agent's deadline: its answer goes nowhere, the token is spent meanwhile.
       if (record.event === 'node_attested') await new Promise((resolve) => setTimeout(resolve, 1_500));
     });
     cleanup.push(() => server.close());
-    const agent = await agentFor(url, ca, token, 500);
-    await agent.start();
+    return { ca, url, token, audited };
+  }
+
+  /** One certificate was issued, and the agent holds it: its retry got the answer it had lost. */
+  function expectHoldsTheOneIssued(agent: IdentityAgent, audited: Array<Record<string, unknown>>): void {
     const svid = agent.nodeSvid();
     expect(svid?.id.id).toBe(NODE_ID);
-    // One certificate issued, and the agent holds it: its retry got the answer it had lost.
     const attested = audited.filter((record) => record.event === 'node_attested');
     expect(attested).toHaveLength(1);
     expect(normalizeSerial(svid?.chain[0]?.serialNumber ?? '')).toBe(normalizeSerial(String(attested[0]?.serial)));
     expect(audited.filter((record) => record.event === 'node_attestation_resent')).toHaveLength(1);
+  }
+
+  it('attests when the answer to its first attempt was lost (the CA took longer than its deadline), with the same token', async () => {
+    const { ca, url, token, audited } = await slowToAnswer();
+    const agent = await agentFor(url, ca, token, 500);
+    await agent.start();
+    expectHoldsTheOneIssued(agent, audited);
   });
 
   it('attests after a restart when the first answer was lost, asking with the key it kept, which it then removes', async () => {
-    const { ca, url, port, token } = await downCa();
-    const audited: Array<Record<string, unknown>> = [];
-    const server = await restart(ca, port, async (record) => {
-      audited.push(record);
-      if (record.event === 'node_attested') await new Promise((resolve) => setTimeout(resolve, 1_500));
-    });
-    cleanup.push(() => server.close());
+    const { ca, url, token, audited } = await slowToAnswer();
     const stateDir = await mkdtemp(join(tmpdir(), 'ambit-attest-restart-'));
-    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
-    const options = { caUrl: url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.server.ownBundle(), joinToken: token, stateDir, logger: silentLogger(), backoffInitialMs: 100, backoffMaxMs: 300, requestDeadlineMs: 500 };
     // The first agent's attempt outlives its deadline; it is stopped (a crash, a restart) before the CA answers.
-    const first = new IdentityAgent(options);
+    const first = await agentFor(url, ca, token, 500, stateDir);
     const outcome = first.start().then(() => null, (e: unknown) => e);
     await new Promise((resolve) => setTimeout(resolve, 700));
     await first.stop();
     expect(await outcome).toBeInstanceOf(AmbitError);
     expect((await stat(join(stateDir, 'attest-key.pem'))).mode & 0o777).toBe(0o600);
-    const second = new IdentityAgent(options);
-    cleanup.push(() => second.stop());
+    const second = await agentFor(url, ca, token, 500, stateDir);
     await second.start();
-    const attested = audited.filter((record) => record.event === 'node_attested');
-    expect(attested).toHaveLength(1);
-    expect(normalizeSerial(second.nodeSvid()?.chain[0]?.serialNumber ?? '')).toBe(normalizeSerial(String(attested[0]?.serial)));
+    expectHoldsTheOneIssued(second, audited);
     await expect(stat(join(stateDir, 'attest-key.pem'))).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(stat(join(stateDir, 'node-svid.pem'))).resolves.toBeDefined();
   });
