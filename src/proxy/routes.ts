@@ -528,9 +528,6 @@ export function inboundService(table: RoutingTable, destination: Workload, forwa
   return services.byPort.get(port) ?? UNKNOWN_SERVICE;
 }
 
-const tables = new WeakMap<ConfigSnapshot, RoutingTable>();
-
-/** The routing table of a snapshot, built on first use and kept as long as the snapshot lives. */
 /** What a canonical IP is in the mesh under `table`: a workload's IP, a Service's or mesh ServiceEntry's address; else null. */
 export function meshAddressOf(table: RoutingTable, ip: string): string | null {
   const workload = table.snapshot.workloadByIp(ip);
@@ -538,6 +535,9 @@ export function meshAddressOf(table: RoutingTable, ip: string): string | null {
   return table.byVip.has(ip) ? 'a Service address in the mesh' : null;
 }
 
+const tables = new WeakMap<ConfigSnapshot, RoutingTable>();
+
+/** The routing table of a snapshot, built on first use and kept as long as the snapshot lives. */
 export function routingTableOf(snapshot: ConfigSnapshot): RoutingTable {
   let table = tables.get(snapshot);
   if (!table) tables.set(snapshot, (table = buildRoutingTable(snapshot)));
