@@ -108,14 +108,17 @@ export async function consumeJoinToken(caDir: string, token: string, node: strin
   try {
     record = await readRecord(usedPath);
   } catch (error) {
-    // The CA's own file, unreadable: its fault, not the node's, so the token is not spent on it.
-    await giveBack();
+    // The CA's disk failed it (the node's retry gets its token back); a damaged record stays spent, or every attempt
+    // would claim it, fail and give it back again.
+    const io = !(error instanceof AmbitError) && !(error instanceof SyntaxError);
+    if (io) await giveBack();
     throw new AmbitError('CA_STATE', `the record of a join token for node "${node}" cannot be read: ${(error as Error).message}`, { cause: error });
   }
   if (record === undefined) throw new AmbitError('CA_STATE', `${usedPath}: vanished after the token was spent`);
   // Spent by a refused attempt: bound to no key, so that no retry takes it for an attempt under way.
   const refused = (error: AmbitError) => writeRecord(usedPath, { ...record, spent: { at: now.toISOString(), key: '' } }).then(() => error, () => error);
-  if (now.getTime() > Date.parse(record.expiresAt)) {
+  // An expiry that does not parse counts as passed.
+  if (!(now.getTime() <= Date.parse(record.expiresAt))) {
     throw await refused(new AmbitError('JOIN_TOKEN_EXPIRED', `join token for node "${record.node}" expired at ${record.expiresAt}`));
   }
   if (record.node !== node) {
@@ -152,9 +155,9 @@ async function reclaim(usedPath: string, node: string, key: string, now: Date): 
   if (spent === undefined) {
     // Claimed (renamed) but not yet bound to a key: an attempt for this node is between the two, unless the token was
     // claimed long ago or already expired then (a refused attempt, or a record from before tokens kept keys).
+    // Either way round: the claim may land after `now` was read, and the file's clock is the kernel's, not ours.
     const claimedMs = await stat(usedPath).then((found) => found.ctimeMs, () => Number.NaN);
-    const since = now.getTime() - claimedMs;
-    if (since >= 0 && since <= ISSUANCE_LIMIT_MS && claimedMs <= Date.parse(record.expiresAt)) throw busy(node);
+    if (Math.abs(now.getTime() - claimedMs) <= ISSUANCE_LIMIT_MS && claimedMs <= Date.parse(record.expiresAt)) throw busy(node);
     throw spentAlready;
   }
   if (spent.key === '' || spent.key !== key) throw spentAlready;

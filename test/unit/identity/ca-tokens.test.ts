@@ -203,6 +203,20 @@ describe('join tokens', () => {
     await expect(consumeJoinToken(dir, token, 'node-a', KEY)).resolves.toEqual({ retry: false });
   });
 
+  it('stay spent when their record is damaged (CA_STATE once, then refused), and count as expired when their expiry does not parse', async () => {
+    const dir = await newCaDir();
+    const pendingFile = async () => join(dir, 'tokens', (await readdir(join(dir, 'tokens'))).find((entry) => entry.endsWith('.json')) as string);
+    const damaged = (await createJoinToken(dir, 'node-a', 10 * MINUTE_MS)).token;
+    await writeFile(await pendingFile(), '{"node": "node-a", ');
+    expect(await codeOf(consumeJoinToken(dir, damaged, 'node-a', KEY))).toBe('CA_STATE');
+    // Not given back: a second attempt would only claim and fail it again, and again.
+    expect(await codeOf(consumeJoinToken(dir, damaged, 'node-a', KEY))).toBe('JOIN_TOKEN_INVALID');
+    const undated = (await createJoinToken(dir, 'node-a', 10 * MINUTE_MS)).token;
+    const file = await pendingFile();
+    await writeFile(file, JSON.stringify({ ...(JSON.parse(await readFile(file, 'utf8')) as object), expiresAt: 'whenever' }));
+    expect(await codeOf(consumeJoinToken(dir, undated, 'node-a', KEY))).toBe('JOIN_TOKEN_EXPIRED');
+  });
+
   describe('presented again after they were spent (the answer to the attestation was lost)', () => {
     const spentAt = new Date('2026-11-23T12:00:00Z');
     const later = (ms: number) => new Date(spentAt.getTime() + ms);
