@@ -5,7 +5,8 @@
 //
 // Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
 import { EventEmitter } from 'node:events';
-import { mkdir, readFile, unlink } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
 import type { Dispatcher } from 'undici';
@@ -54,10 +55,12 @@ const BUNDLE_RETRY_MS = 60_000;
 const NODE_SVID_FILE = 'node-svid.pem';
 /**
  * The key of an attestation not yet answered (0600), kept so that an agent restarted meanwhile asks with the same key:
- * the CA binds a spent join token to it and answers it again (a new key would find the token spent). Removed once the
- * node SVID is stored.
+ * the CA binds a spent join token to it and answers it again (a new key would find the token spent). It names the
+ * token (its SHA-256), the node SVID's ID and the CA it was for, and is used for nothing else: a new token, another
+ * node or CA gets a new key (an old key that leaked must not be certified again). Removed once the node SVID is
+ * stored, when a refusal ends the attestation, and when a stored node SVID is used.
  */
-const ATTEST_KEY_FILE = 'attest-key.pem';
+const ATTEST_KEY_FILE = 'attest-key.json';
 /**
  * Our own trust domain's bundle as the CA last served it. After a root rotation the CA's serving certificate and a
  * renewed node SVID chain to the new root, which the bootstrap bundle given at install time does not hold: without
@@ -202,6 +205,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     const entry = this.#entry(this.#nodeId);
     const stored = await this.#loadStoredNodeSvid();
     if (stored) {
+      await this.#forgetAttestationKey();
       this.#accept(entry, stored, false);
       this.#logger.info({ spiffeId: this.#nodeId, expiresAt: stored.notAfter.toISOString() }, 'using stored node SVID');
       this.#schedule(entry);
@@ -393,21 +397,24 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     // One key for every attempt, across restarts too: the CA binds the token to the key that spent it, and answers the
     // same key again when the answer to that attempt was lost (a deadline passed while the CA signed, a connection
     // cut, the agent restarted). A new key would find the token spent.
-    const keys = await this.#attestationKeys();
+    const keys = await this.#attestationKeys(token);
     for (let attempt = 1; ; attempt++) {
       try {
         await this.#attest(entry, token, keys);
         // Once the node SVID holding this key is stored (#accept), the pending key is done with; not before, or a
         // restart would find neither.
         await this.#persisting;
-        const dir = this.#options.stateDir;
-        if (dir && (await this.#loadStoredNodeSvid()) !== undefined) await unlink(join(dir, ATTEST_KEY_FILE)).catch(() => {});
+        if ((await this.#loadStoredNodeSvid()) !== undefined) await this.#forgetAttestationKey();
         return;
       } catch (error) {
         const failure = toAmbitError(error, 'CA_UNREACHABLE');
         const transient = failure.code === 'CA_UNREACHABLE' || (failure instanceof CaRefusal && failure.status >= 500);
         if (this.#stopped) throw this.#stoppedAttesting(failure);
-        if (!transient) throw failure;
+        if (!transient) {
+          // The token will not be answered: its key has no use left.
+          await this.#forgetAttestationKey();
+          throw failure;
+        }
         const delayMs = Math.max(MIN_RETRY_MS, this.#backoffMs(attempt));
         this.#metrics.failures.inc({ identity: this.#nodeId, code: failure.code });
         this.#logger.warn({ spiffeId: this.#nodeId, err: failure.toJSON(), attempt, retryInMs: Math.round(delayMs) }, 'node attestation failed; retrying with the same join token');
@@ -420,27 +427,44 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
   }
 
-  /** The pending attestation's key from the state directory, else a new one stored there first (0600). */
-  async #attestationKeys(): Promise<CryptoKeyPair> {
+  /**
+   * The pending attestation's key from the state directory when it was kept for this token, node and CA (and only its
+   * owner can read it), else a new one stored there first (0600).
+   */
+  async #attestationKeys(token: string): Promise<CryptoKeyPair> {
     const dir = this.#options.stateDir;
     if (!dir) return generateKeyPair();
     const file = join(dir, ATTEST_KEY_FILE);
+    const binding = { token: createHash('sha256').update(token).digest('hex'), node: this.#nodeId, ca: this.#options.caUrl };
     try {
-      const keys = await importPrivateKeyPem(await readFile(file, 'utf8'), file);
-      this.#logger.info({ file }, 'attesting with the key of an attestation not answered before a restart');
-      return keys;
+      const info = await stat(file);
+      if ((info.mode & 0o077) !== 0) throw new AmbitError('FILE_READ', `${file} is readable by others (mode ${(info.mode & 0o777).toString(8)}): not used`);
+      const kept = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+      if (kept.token === binding.token && kept.node === binding.node && kept.ca === binding.ca && typeof kept.key === 'string') {
+        const keys = await importPrivateKeyPem(kept.key, file);
+        this.#logger.info({ file }, 'attesting with the key of an attestation not answered before a restart');
+        return keys;
+      }
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON(), file }, 'pending attestation key is unreadable; attesting with a new key');
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON(), file }, 'pending attestation key is not usable; attesting with a new key');
     }
     const keys = await generateKeyPair();
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
-      await writeFileAtomic(file, await exportPrivateKeyPem(keys.privateKey), 0o600);
+      await writeFileAtomic(file, `${JSON.stringify({ ...binding, key: await exportPrivateKeyPem(keys.privateKey) })}\n`, 0o600);
     } catch (error) {
       // Attesting still works; only a restart before the answer would need a new token.
       this.#logger.warn({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), file }, 'cannot store the attestation key: a restart before the CA answers would need a new join token');
     }
     return keys;
+  }
+
+  async #forgetAttestationKey(): Promise<void> {
+    const dir = this.#options.stateDir;
+    if (!dir) return;
+    await unlink(join(dir, ATTEST_KEY_FILE)).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOENT') this.#logger.warn({ err: error.message, file: join(dir, ATTEST_KEY_FILE) }, 'cannot remove the pending attestation key');
+    });
   }
 
   #stoppedAttesting(failure: AmbitError): AmbitError {

@@ -1,7 +1,8 @@
 // A node's first attestation waits for its CA: a node started while the CA is down, or while it fails (5xx, the
 // token given back), keeps its join token and attests once the CA answers, instead of exiting into a crash loop. A
 // refusal of the token itself ends the start at once. Real CA over HTTPS, real agent.
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { createHash, createPublicKey } from 'node:crypto';
+import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -9,6 +10,7 @@ import { AmbitError } from '../../src/errors.ts';
 import { IdentityAgent } from '../../src/identity/agent.ts';
 import { CaServer } from '../../src/identity/ca/server.ts';
 import { normalizeSerial } from '../../src/identity/ca/nodes.ts';
+import { exportPrivateKeyPem, generateKeyPair } from '../../src/identity/svid.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { startInProcessCa } from '../helpers/ca.ts';
 import type { InProcessCa } from '../helpers/ca.ts';
@@ -122,12 +124,61 @@ describe("a node's first attestation", () => {
     await new Promise((resolve) => setTimeout(resolve, 700));
     await first.stop();
     expect(await outcome).toBeInstanceOf(AmbitError);
-    expect((await stat(join(stateDir, 'attest-key.pem'))).mode & 0o777).toBe(0o600);
+    expect((await stat(join(stateDir, 'attest-key.json'))).mode & 0o777).toBe(0o600);
     const second = await agentFor(url, ca, token, 500, stateDir);
     await second.start();
     expectHoldsTheOneIssued(second, audited);
-    await expect(stat(join(stateDir, 'attest-key.pem'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(stat(join(stateDir, 'attest-key.json'))).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(stat(join(stateDir, 'node-svid.pem'))).resolves.toBeDefined();
+  });
+
+  it("uses a kept key only for the token, node and CA it was kept for, and only when no one else can read it", async () => {
+    const { ca, url, port, token } = await downCa();
+    const server = await restart(ca, port);
+    cleanup.push(() => server.close());
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-attest-kept-'));
+    const file = join(stateDir, 'attest-key.json');
+    const leaked = await exportPrivateKeyPem((await generateKeyPair()).privateKey);
+    const leakedPublic = createPublicKey(leaked).export({ type: 'spki', format: 'der' }).toString('hex');
+    const tokenHash = createHash('sha256').update(token).digest('hex');
+    const kept = (binding: Record<string, string>, mode = 0o600) => writeFile(file, JSON.stringify({ token: tokenHash, node: NODE_ID, ca: url, key: leaked, ...binding }), { mode }).then(() => chmod(file, mode));
+    const keyOfAnswer = (agent: IdentityAgent) => createPublicKey(agent.nodeSvid()?.privateKeyPem ?? '').export({ type: 'spki', format: 'der' }).toString('hex');
+    // Kept for another token (an older onboarding, a key since evicted), another node, another CA, or readable by others:
+    // the attestation asks with a new key, and the new token is answered.
+    for (const [binding, mode] of [[{ token: 'f'.repeat(64) }, 0o600], [{ node: `spiffe://${TD}/ambit/node/node-b` }, 0o600], [{ ca: 'https://127.0.0.1:1' }, 0o600], [{}, 0o644]] as const) {
+      await kept(binding, mode);
+      const agent = await agentFor(url, ca, await ca.joinToken('node-a'), undefined, stateDir);
+      await agent.start();
+      expect(keyOfAnswer(agent), JSON.stringify({ binding, mode })).not.toBe(leakedPublic);
+      await agent.stop();
+      await rm(join(stateDir, 'node-svid.pem'), { force: true });
+    }
+    // Kept for this token, node and CA: used.
+    await kept({});
+    const agent = await agentFor(url, ca, token, undefined, stateDir);
+    await agent.start();
+    expect(keyOfAnswer(agent)).toBe(leakedPublic);
+    await expect(stat(file)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('removes a kept key when it starts with a stored node SVID, and when the CA refuses the token', async () => {
+    const { ca, url, port, token } = await downCa();
+    const server = await restart(ca, port);
+    cleanup.push(() => server.close());
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-attest-left-'));
+    const file = join(stateDir, 'attest-key.json');
+    const first = await agentFor(url, ca, token, undefined, stateDir);
+    await first.start();
+    await first.stop();
+    await writeFile(file, '{"left": "over"}', { mode: 0o600 });
+    const restarted = await agentFor(url, ca, token, undefined, stateDir);
+    await restarted.start();
+    await expect(stat(file)).rejects.toMatchObject({ code: 'ENOENT' });
+    await restarted.stop();
+    const refusedDir = await mkdtemp(join(tmpdir(), 'ambit-attest-refused-'));
+    const refused = await agentFor(url, ca, 'A'.repeat(43), undefined, refusedDir);
+    expect(await refused.start().then(() => null, (e: unknown) => (e as AmbitError).code)).toBe('CA_REJECTED');
+    await expect(stat(join(refusedDir, 'attest-key.json'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('gives up at once on a join token the CA refuses', async () => {
