@@ -80,6 +80,8 @@ export interface RoutingTable {
   readonly egressLocked: boolean;
   /** Destinations outside the mesh that ServiceEntries name: what REGISTRY_ONLY lets through (externalEntry). */
   readonly external: ExternalRegistry;
+  /** Every mesh ServiceEntry's single addresses, routed ports or not (meshAddressOf). */
+  readonly meshEntryAddresses: ReadonlySet<string>;
   /**
    * The Services selecting a destination workload, for its `destination_service` labels (inboundService): found on
    * the first connection to it under this table, as only the node's own workloads are ever asked for.
@@ -220,7 +222,7 @@ function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet
  * targetPort, else its number. Its other endpoints (resolution STATIC or DNS), outside the mesh, are drawn alongside
  * and reached as plain TCP, as ztunnel reaches a workload without HBONE; never one at a Service's cluster IP.
  */
-function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>): void {
+function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>): ReadonlySet<string> {
   const meshEntries = snapshot.objectsOfKind('ServiceEntry').filter((object) => isMeshEntry(snapshot, object));
   // Every mesh entry's own addresses, whatever their order: an endpoint at one is never reached as plain TCP.
   const entryAddresses = new Set<string>();
@@ -272,6 +274,7 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
       }
     }
   }
+  return entryAddresses;
 }
 
 /** One ServiceEntry as the egress check reads it. */
@@ -456,8 +459,8 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       }
     }
   }
-  addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, byVip), servicesOf: new Map() };
+  const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, byVip), meshEntryAddresses, servicesOf: new Map() };
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -532,7 +535,7 @@ export function inboundService(table: RoutingTable, destination: Workload, forwa
 export function meshAddressOf(table: RoutingTable, ip: string): string | null {
   const workload = table.snapshot.workloadByIp(ip);
   if (workload !== undefined) return `the IP of ${workload.kind} ${workload.namespace}/${workload.name}`;
-  return table.byVip.has(ip) ? 'a Service address in the mesh' : null;
+  return table.byVip.has(ip) || table.meshEntryAddresses.has(ip) ? 'a Service address in the mesh' : null;
 }
 
 const tables = new WeakMap<ConfigSnapshot, RoutingTable>();

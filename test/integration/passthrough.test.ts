@@ -12,6 +12,8 @@ const P = 67;
 const NODE_ADDRESS = nodeIp(P, 0, 1); // node-a's own address: its admin, metrics and readiness bind here
 const CLIENT_IP = nodeIp(P, 0, 20);
 const OTHER_IP = nodeIp(P, 0, 21);
+/** A workload added by configuration while the node runs, whose annotation points into the mesh. */
+const ANNOTATED_IP = nodeIp(P, 0, 22);
 /** A server outside the mesh (no workload has its address). */
 const EXTERNAL_IP = nodeIp(P, 5, 9);
 
@@ -141,6 +143,31 @@ describe("a workload annotation's passthrough", () => {
 
   it('is refused into a link-local address (a cloud metadata service)', async () => {
     await refusedWith(9204, /link-local/);
+  });
+
+  it("is refused as plain TCP into an address in the mesh: a Service's cluster IP on a port it does not have", async () => {
+    const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const seen = accepted();
+    // A Service's address is routed over HBONE by its ports; another port of it is no way around HBONE and policy.
+    await mesh.writeConfig('vip.yaml', yamlDocuments(
+      `apiVersion: v1\nkind: Service\nmetadata: { name: vip, namespace: demo }\nspec: { clusterIP: 10.255.0.1, selector: { app: nothing }, ports: [{ name: http, port: 80, targetPort: 8080 }] }\n`,
+      podYaml({ name: 'annotated-1', node: 'node-a', serviceAccount: 'annotated', ip: ANNOTATED_IP, outbound: '9451=10.255.0.1:81' }),
+    ));
+    try {
+      await waitUntil('node-a accepts vip.yaml', () => accepted() > seen, 10_000);
+      await waitUntil('the annotated listener', () => new Promise<boolean>((resolve) => {
+        const probe = connect({ host: ANNOTATED_IP, port: 9451 });
+        probe.on('connect', () => resolve(true)).on('error', () => resolve(false));
+        probe.on('connect', () => probe.destroy());
+      }), 10_000);
+      const before = node.proc.lines.length;
+      expect(await exchange(9451, 'into the mesh', ANNOTATED_IP)).toBe('');
+      await waitUntil('the refusal', () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && /10\.255\.0\.1:81 is a Service address in the mesh/.test(String(line.reason))));
+    } finally {
+      const reset = accepted();
+      await mesh.writeConfig('vip.yaml', '# none\n');
+      await waitUntil('node-a accepts the reset', () => accepted() > reset, 10_000);
+    }
   });
 });
 

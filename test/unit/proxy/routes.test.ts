@@ -752,6 +752,20 @@ describe('meshAddressOf', () => {
     expect(meshAddressOf(table, '10.96.0.10')).toBe('a Service address in the mesh');
     expect(meshAddressOf(table, '198.51.100.7')).toBeNull();
   });
+
+  it("names a mesh ServiceEntry's address even when none of its ports is routed (UDP only)", () => {
+    const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: dns-only, namespace: shop }
+spec:
+  hosts: [dns.shop.internal]
+  addresses: [10.97.0.53]
+  ports: [{ number: 53, name: dns, protocol: UDP }]
+  resolution: STATIC
+  workloadSelector: { labels: { app: web } }
+`;
+    expect(meshAddressOf(routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries)), '10.97.0.53')).toBe('a Service address in the mesh');
+  });
 });
 
 describe('routingTableOf', () => {
