@@ -319,7 +319,7 @@ export class OutboundListeners {
     }
     if (route.kind === 'passthrough') {
       // route.host:port, which a ServiceEntry may have pointed at one of its endpoints. Configuration chose that
-      // address, not the operator: it is judged as a workload's choice (not this host, not link-local).
+      // address, not the operator: it is judged as a workload's choice (not this host, not link-local, not into the mesh).
       this.#passthrough(socket, source, route.host, route.port, byWorkload || route.entry !== undefined, startedMs, srcAddr);
       return;
     }
