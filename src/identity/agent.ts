@@ -400,11 +400,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     const keys = await this.#attestationKeys(token);
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#attest(entry, token, keys);
-        // Once the node SVID holding this key is stored (#accept), the pending key is done with; not before, or a
-        // restart would find neither.
-        await this.#persisting;
-        if ((await this.#loadStoredNodeSvid()) !== undefined) await this.#forgetAttestationKey();
+        // Once the node SVID holding this key is stored, the pending key is done with; not before, or a restart would
+        // find neither.
+        if (await this.#attest(entry, token, keys)) await this.#forgetAttestationKey();
         return;
       } catch (error) {
         const failure = toAmbitError(error, 'CA_UNREACHABLE');
@@ -471,12 +469,14 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     return new AmbitError('CA_UNREACHABLE', `stopped while waiting to attest to the CA at ${this.#options.caUrl}: ${failure.message}`, { cause: failure });
   }
 
-  async #attest(entry: Entry, token: string, keys: CryptoKeyPair): Promise<void> {
+  /** Resolves true once the node SVID is stored (or there is no state directory), false when storing it failed. */
+  async #attest(entry: Entry, token: string, keys: CryptoKeyPair): Promise<boolean> {
     const csr = await createCsr(keys, this.#nodeId);
     const svid = await this.#post('/v1/attest', { node: this.#options.nodeName, token, csr }, keys);
-    this.#accept(entry, svid, true);
+    const stored = this.#accept(entry, svid, true);
     this.#logger.info({ spiffeId: svid.id.id, expiresAt: svid.notAfter.toISOString() }, 'node attested with join token');
     this.#schedule(entry);
+    return (await stored) === true;
   }
 
   async #renew(entry: Entry): Promise<void> {
@@ -554,10 +554,11 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     return svid;
   }
 
-  #accept(entry: Entry, svid: Svid, fresh: boolean): void {
+  /** Installs an SVID; for a fresh node SVID, resolves once it is stored (true) or could not be (false), else null. */
+  #accept(entry: Entry, svid: Svid, fresh: boolean): Promise<boolean> | null {
     // Forgotten while its renewal was in flight (the workload left the node): installing it would bring back its
     // expiry gauge and have the proxy hold a key for an identity it no longer serves.
-    if (this.#entries.get(entry.spiffeId) !== entry) return;
+    if (this.#entries.get(entry.spiffeId) !== entry) return null;
     const renewal = entry.svid !== undefined;
     entry.svid = svid;
     entry.issuerKeyId = svid.chain[0] === undefined ? undefined : authorityKeyIdOf(svid.chain[0]);
@@ -567,6 +568,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#metrics.rotations.inc({ identity: entry.spiffeId });
       this.#logger.info({ spiffeId: entry.spiffeId, serial: svid.chain[0]?.serialNumber, expiresAt: svid.notAfter.toISOString() }, 'certificate rotated');
     }
+    let stored: Promise<boolean> | null = null;
     if (entry.spiffeId === this.#nodeId) {
       // New connections to the CA present the new node SVID. A renewed one only once it is stored: its first use
       // retires the old one at the CA, and a restart that found only the old one on disk would be refused. The first
@@ -579,13 +581,14 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         void old.close().finally(() => this.#retiring.delete(old));
       };
       if (!fresh || !renewal) switchDispatcher();
-      const stored = fresh ? this.#persistNodeSvid(svid) : null;
+      stored = fresh ? this.#persistNodeSvid(svid) : null;
       if (stored !== null && renewal) void stored.then((ok) => ok && switchDispatcher());
     }
     const waiters = entry.waiters;
     entry.waiters = [];
     for (const waiter of waiters) waiter.resolve(svid);
     this.emit('rotated', svid);
+    return stored;
   }
 
   /**
@@ -742,8 +745,10 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     });
   }
 
-  /** Key and chain in one file with one rename: a crash can never leave a key that does not match its certificate. */
-  /** Resolves true once stored (or when there is no state directory), false when the write failed. */
+  /**
+   * Key and chain in one file with one rename: a crash can never leave a key that does not match its certificate.
+   * Resolves true once stored (or when there is no state directory), false when the write failed.
+   */
   #persistNodeSvid(svid: Svid): Promise<boolean> {
     const dir = this.#options.stateDir;
     if (!dir) return Promise.resolve(true);
