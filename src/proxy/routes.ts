@@ -232,14 +232,12 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
       if (single !== undefined) entryAddresses.add(single);
     }
   }
+  const mesh = { snapshot, byVip, meshEntryAddresses: entryAddresses };
   for (const object of meshEntries) {
     const { namespace, name } = object.metadata;
     const spec = object.spec;
     const members = entryMembers(snapshot, object).filter(({ workload }) => isReady(workload));
-    const outside = spec.workloadSelector !== undefined || spec.resolution === 'NONE' ? [] : spec.endpoints.filter((endpoint) => {
-      const address = canonicalIp(endpoint.address) ?? endpoint.address;
-      return snapshot.workloadByIp(address) === undefined && !byVip.has(address) && !entryAddresses.has(address);
-    });
+    const outside = spec.workloadSelector !== undefined || spec.resolution === 'NONE' ? [] : spec.endpoints.filter((endpoint) => meshAddressOf(mesh, endpoint.address) === null);
     const serviceLabels = labelsOfEntry(object);
     const visibleTo = exportedTo(namespace, spec.exportTo);
     for (const port of spec.ports) {
@@ -317,7 +315,7 @@ function normalHost(host: string): string {
   return lower.endsWith('.') ? lower.slice(0, -1) : lower;
 }
 
-function appendTo<T>(map: Map<string, T[]>, key: string, value: T): void {
+function appendTo<K, T>(map: Map<K, T[]>, key: K, value: T): void {
   const list = map.get(key);
   if (list === undefined) map.set(key, [value]);
   else list.push(value);
@@ -328,7 +326,7 @@ function appendTo<T>(map: Map<string, T[]>, key: string, value: T): void {
  * namespace, "*" or none every namespace). Entries of either location count: Istio's registry holds both.
  * Indexed here so that a connection looks up its name's suffixes and its address, not every entry.
  */
-function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, unknown>): ExternalRegistry {
+function buildExternal(snapshot: ConfigSnapshot, mesh: MeshAddresses): ExternalRegistry {
   const byHost = new Map<string, ExternalEntry[]>();
   const wildcards = new Map<string, ExternalEntry[]>();
   const byAddress = new Map<string, ExternalEntry[]>();
@@ -341,7 +339,7 @@ function buildExternal(snapshot: ConfigSnapshot, meshVips: ReadonlyMap<string, u
     const exportTo = object.spec.exportTo;
     const visibleTo = exportedTo(namespace, exportTo);
     const routed = object.spec.resolution !== 'NONE' && object.spec.endpoints.length > 0;
-    const endpoints = routed ? object.spec.endpoints.filter((endpoint) => !meshVips.has(canonicalIp(endpoint.address) ?? endpoint.address)) : null;
+    const endpoints = routed ? object.spec.endpoints.filter((endpoint) => meshAddressOf(mesh, endpoint.address) === null) : null;
     const name = `${namespace}/${object.metadata.name}`;
     const ports = new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port]));
     const entry: ExternalEntry = {
@@ -460,7 +458,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
     }
   }
   const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, byVip), meshEntryAddresses, servicesOf: new Map() };
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map() };
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -502,10 +500,7 @@ function entriesNaming(snapshot: ConfigSnapshot): ReadonlyMap<Workload, readonly
   for (const object of snapshot.objectsOfKind('ServiceEntry')) {
     if (!isMeshEntry(snapshot, object)) continue;
     for (const { workload, ports } of entryMembers(snapshot, object)) {
-      if (workload.namespace !== object.metadata.namespace) continue;
-      const list = built.get(workload);
-      if (list === undefined) built.set(workload, [{ object, ports }]);
-      else list.push({ object, ports });
+      if (workload.namespace === object.metadata.namespace) appendTo(built, workload, { object, ports });
     }
   }
   entriesNamingCache.set(snapshot, (index = built));
@@ -531,8 +526,14 @@ export function inboundService(table: RoutingTable, destination: Workload, forwa
   return services.byPort.get(port) ?? UNKNOWN_SERVICE;
 }
 
-/** What a canonical IP is in the mesh under `table`: a workload's IP, a Service's or mesh ServiceEntry's address; else null. */
-export function meshAddressOf(table: RoutingTable, ip: string): string | null {
+/** What the table knows of addresses in the mesh (a RoutingTable, or the parts of one being built). */
+type MeshAddresses = Pick<RoutingTable, 'snapshot' | 'byVip' | 'meshEntryAddresses'>;
+
+/**
+ * What a canonical IP is in the mesh: a workload's IP, a Service's or mesh ServiceEntry's address; else null (a name
+ * too). Reached over HBONE, never as plain TCP: the passthrough guard and the tables' endpoint filters both ask.
+ */
+export function meshAddressOf(table: MeshAddresses, ip: string): string | null {
   const workload = table.snapshot.workloadByIp(ip);
   if (workload !== undefined) return `the IP of ${workload.kind} ${workload.namespace}/${workload.name}`;
   return table.byVip.has(ip) || table.meshEntryAddresses.has(ip) ? 'a Service address in the mesh' : null;

@@ -753,7 +753,7 @@ describe('meshAddressOf', () => {
     expect(meshAddressOf(table, '198.51.100.7')).toBeNull();
   });
 
-  it("names a mesh ServiceEntry's address even when none of its ports is routed (UDP only)", () => {
+  it("names a mesh ServiceEntry's address even when none of its ports is routed (UDP only), and no entry sends plain TCP there", () => {
     const entries = `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: { name: dns-only, namespace: shop }
@@ -763,8 +763,19 @@ spec:
   ports: [{ number: 53, name: dns, protocol: UDP }]
   resolution: STATIC
   workloadSelector: { labels: { app: web } }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: pointing-in, namespace: shop }
+spec:
+  hosts: [in.static.example]
+  ports: [{ number: 53, name: tcp-dns, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: 10.97.0.53 }]
 `;
-    expect(meshAddressOf(routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries)), '10.97.0.53')).toBe('a Service address in the mesh');
+    const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
+    expect(meshAddressOf(table, '10.97.0.53')).toBe('a Service address in the mesh');
+    expect(decideRoute(table, 'in.static.example', 53, () => 0, 'shop')).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
   });
 });
 
