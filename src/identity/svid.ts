@@ -404,8 +404,13 @@ function sharedRootKeys(bundles: BundleSource, local: string | undefined): Reado
 
 function publicKeyIdOf(cert: Certificate): string {
   const found = facts(cert);
-  found.publicKeyId ??= crypto.createHash('sha256').update(found.node.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+  found.publicKeyId ??= spkiDigest(found.node.publicKey.export({ type: 'spki', format: 'der' }));
   return found.publicKeyId;
+}
+
+/** SHA-256 of a SubjectPublicKeyInfo (DER), hex: one key's name, whichever object holds it. */
+function spkiDigest(spki: Buffer): string {
+  return crypto.createHash('sha256').update(spki).digest('hex');
 }
 
 /**
@@ -605,5 +610,5 @@ export async function readCsr(pem: string): Promise<CryptoKey> {
 
 /** SHA-256 of a public key's SubjectPublicKeyInfo, hex: what a spent join token is bound to. */
 export async function publicKeyDigest(key: CryptoKey): Promise<string> {
-  return crypto.createHash('sha256').update(Buffer.from(await crypto.webcrypto.subtle.exportKey('spki', key))).digest('hex');
+  return spkiDigest(Buffer.from(await crypto.webcrypto.subtle.exportKey('spki', key)));
 }
