@@ -9,7 +9,7 @@ import * as tls from 'node:tls';
 import type { buildConnector } from 'undici';
 import { AmbitError } from '../errors.ts';
 import type { SpiffeId } from './spiffe-id.ts';
-import { MAX_CHAIN_DEPTH, parseCertificates, verifySvid } from './svid.ts';
+import { MAX_CHAIN_DEPTH, failPresented, parseCertificates, verifySvid } from './svid.ts';
 import type { BundleSource, Certificate, Svid, VerifyOptions, VerifyResult } from './svid.ts';
 
 /** TLS 1.3 only, as ztunnel: no downgrade surface, and every peer in the mesh speaks it. */
@@ -59,10 +59,9 @@ export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, 
   try {
     chain = leaf ? chainOf(leaf) : [];
   } catch (error) {
-    const failure = error instanceof AmbitError ? error : new AmbitError('SVID_PARSE', `peer certificate unreadable: ${(error as Error).message}`);
-    return { valid: false, id: null, error: failure, presentedOnly: true };
+    return failPresented(error instanceof AmbitError ? error : new AmbitError('SVID_PARSE', `peer certificate unreadable: ${(error as Error).message}`), null);
   }
-  if (chain.length === 0) return { valid: false, id: null, error: new AmbitError('CA_UNAUTHENTICATED', 'peer presented no certificate'), presentedOnly: true };
+  if (chain.length === 0) return failPresented(new AmbitError('CA_UNAUTHENTICATED', 'peer presented no certificate'), null);
   const result = verifySvid(chain, bundles, options);
   if (!result.valid || expected === null) return result;
   return matchExpected(result, expected);

@@ -204,7 +204,8 @@ function fail(code: ErrorCode, message: string, id: SpiffeId | null): VerifyResu
   return { valid: false, id, error: new AmbitError(code, message) };
 }
 
-function failPresented(error: AmbitError, id: SpiffeId | null): VerifyResult {
+/** A refusal decided from the presented certificates alone (VerifyResult.presentedOnly). */
+export function failPresented(error: AmbitError, id: SpiffeId | null): VerifyResult {
   return { valid: false, id, error, presentedOnly: true };
 }
 
