@@ -87,6 +87,30 @@ export interface RoutingTable {
    * the first connection to it under this table, as only the node's own workloads are ever asked for.
    */
   readonly servicesOf: Map<Workload, WorkloadServices>;
+  /** Routes to workloads dialled by their own IP, made on first use (workloadRoute). */
+  readonly byWorkloadIp: WorkloadRoutes;
+}
+
+/** At most this many routes to workloads by IP are kept per table: a workload dialling every port of every pod grows it no further. */
+const WORKLOAD_ROUTES_KEPT = 4_096;
+
+/** Canonical IP → port → the route there, for connections addressed to a workload's IP rather than a Service. */
+class WorkloadRoutes {
+  readonly #byIp = new Map<string, Map<number, HboneRoute | DenyRoute>>();
+  #size = 0;
+
+  get(ip: string, port: number): HboneRoute | DenyRoute | undefined {
+    return this.#byIp.get(ip)?.get(port);
+  }
+
+  keep(ip: string, port: number, route: HboneRoute | DenyRoute): HboneRoute | DenyRoute {
+    if (this.#size >= WORKLOAD_ROUTES_KEPT) return route;
+    let ports = this.#byIp.get(ip);
+    if (ports === undefined) this.#byIp.set(ip, (ports = new Map()));
+    ports.set(port, route);
+    this.#size++;
+    return route;
+  }
 }
 
 /** The Services that select one workload: by hostname, and by the target port they reach on it (the first wins). */
@@ -458,7 +482,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
     }
   }
   const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map() };
+  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map(), byWorkloadIp: new WorkloadRoutes() };
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -600,11 +624,10 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     if (service === undefined && canonical !== host) service = table.byVip.get(canonical)?.get(port);
     const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
     if (chosen !== undefined) return pick(chosen, random);
+    const known = table.byWorkloadIp.get(canonical, port);
+    if (known !== undefined) return known;
     const workload = table.snapshot.workloadByIp(canonical);
-    if (workload) {
-      if (!isReady(workload)) return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `workload ${workload.namespace}/${workload.name} is not ready` };
-      return { kind: 'hbone', endpoint: makeEndpoint(workload, canonical, port, table.hbonePort), service: undefined, serviceLabels: UNKNOWN_SERVICE };
-    }
+    if (workload) return table.byWorkloadIp.keep(canonical, port, workloadRoute(workload, canonical, port, table.hbonePort));
   }
   // Looked up under REGISTRY_ONLY (it admits the connection) and where an entry has endpoints (they are where it goes,
   // as Istio sends an entry's host and addresses to its endpoints, not to what the name resolves to).
@@ -614,6 +637,12 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
   }
   if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
   return { kind: 'passthrough', host, port };
+}
+
+/** The route to a workload dialled by its IP (on any port: the workload's own policy decides at its node). */
+function workloadRoute(workload: Workload, ip: string, port: number, hbonePort: number): HboneRoute | DenyRoute {
+  if (!isReady(workload)) return Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `workload ${workload.namespace}/${workload.name} is not ready` });
+  return Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, port, hbonePort)), service: undefined, serviceLabels: UNKNOWN_SERVICE });
 }
 
 /** Running totals of endpoints' weights (missing or 0 is 1, as Istio), or null when all are alike (a uniform draw does). */

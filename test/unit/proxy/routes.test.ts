@@ -304,6 +304,20 @@ describe('a workload addressed by IP', () => {
     expect(expectHbone(decideRoute(table, 'FD00:10::6', 5432)).endpoint.authority).toBe('[fd00:10::6]:5432');
   });
 
+  it('keeps one frozen route per workload IP and port, under any spelling, and keeps no more than a bounded number', () => {
+    const fresh = tableOf('');
+    const first = expectHbone(decideRoute(fresh, '::ffff:10.0.2.10', 7000));
+    expect(decideRoute(fresh, '10.0.2.10', 7000)).toBe(first);
+    expect(Object.isFrozen(first) && Object.isFrozen(first.endpoint)).toBe(true);
+    expect(expectHbone(decideRoute(fresh, '10.0.2.10', 7001)).endpoint.port).toBe(7001);
+    const notReady = decideRoute(fresh, '10.0.1.11', 8080);
+    expect(decideRoute(fresh, '10.0.1.11', 8080)).toBe(notReady);
+    // A workload dialling every port of a pod: past the bound each decision is made afresh, and still right.
+    for (let port = 1; port <= 5_000; port++) expect(expectHbone(decideRoute(fresh, '10.0.2.10', port)).endpoint.authority).toBe(`10.0.2.10:${port}`);
+    expect(decideRoute(fresh, '10.0.2.10', 4_999)).not.toBe(decideRoute(fresh, '10.0.2.10', 4_999));
+    expect(decideRoute(fresh, '10.0.2.10', 7000)).toBe(first);
+  });
+
   it('finds a Service by a non-canonical spelling of its cluster IP', () => {
     expect(decideRoute(table, '::ffff:10.96.0.10', 80, () => 0).kind).toBe('hbone');
   });
