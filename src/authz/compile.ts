@@ -406,6 +406,9 @@ interface PeerAuthEntry {
   readonly namespace: string;
   readonly spec: PeerAuthenticationSpec;
   readonly enforce: boolean;
+  /** metadata.creationTimestamp in ms; -Infinity without one (Go's zero time, the oldest). */
+  readonly createdMs: number;
+  readonly objectName: string;
 }
 
 /** Builds the matchers of a snapshot. Pure: same snapshot, same result. */
@@ -427,16 +430,27 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
         namespace: object.metadata.namespace,
         spec: object.spec,
         enforce: object.metadata.annotations[ENFORCE_ANNOTATION] === 'true',
+        createdMs: object.metadata.createdMs ?? Number.NEGATIVE_INFINITY,
+        objectName: object.metadata.name,
       });
     }
   }
-  // Code-point order: localeCompare follows ICU's collation (which weighs '-' last) and loads its data into every
-  // proxy.
-  peerAuths.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  // Of several at one level the oldest applies, as Istio's ComposePeerAuthentication over configs sorted by creation
+  // time, then name, then namespace. Code-point order: localeCompare follows ICU's collation (which weighs '-' last)
+  // and loads its data into every proxy.
+  const byCodePoint = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  peerAuths.sort((a, b) => (a.createdMs !== b.createdMs ? (a.createdMs < b.createdMs ? -1 : 1) : byCodePoint(a.objectName, b.objectName) || byCodePoint(a.namespace, b.namespace)));
   // Every value and wildcard the policies write, with integer ids, shared by the indexes of all workloads.
   const vocabularies = buildVocabularies(policies.flatMap((policy) => policy.rules));
-  const meshWide = peerAuths.find((entry) => entry.namespace === rootNamespace && entry.spec.selector === undefined);
-  const floor = meshWide?.enforce && meshWide.spec.mtls !== 'UNSET' ? { mode: meshWide.spec.mtls as Exclude<MtlsMode, 'UNSET'>, policy: meshWide.name } : null;
+  const meshWideAll = peerAuths.filter((entry) => entry.namespace === rootNamespace && entry.spec.selector === undefined);
+  const meshWide = meshWideAll[0];
+  // The floor is ambit's own: every mesh-wide PeerAuthentication annotated enforce holds, whichever of them Istio's
+  // rule picks for the mode (an older `default` must not switch an enforced STRICT off); the strongest, if they differ.
+  let floor: { mode: Exclude<MtlsMode, 'UNSET'>; policy: string } | null = null;
+  for (const entry of meshWideAll) {
+    if (!entry.enforce || entry.spec.mtls === 'UNSET') continue;
+    if (floor === null || STRENGTH[entry.spec.mtls] > STRENGTH[floor.mode]) floor = { mode: entry.spec.mtls, policy: entry.name };
+  }
   const violations: EnforcementViolation[] = [];
   // Reported from the PeerAuthentications themselves, at compile time: whether or not a workload is selected yet,
   // and never growing later (forLabels used to append to this list after the fact).

@@ -60,7 +60,15 @@ export function isEmptyDiff(diff: ConfigDiff): boolean {
 function comparable(object: ConfigObject): Record<string, unknown> {
   return {
     apiVersion: object.apiVersion,
-    metadata: { labels: object.metadata.labels, annotations: object.metadata.annotations },
+    // The rest of the metadata read, under the fields it came from: a workload's controlling owner names it; a
+    // PeerAuthentication's age picks it among several.
+    metadata: {
+      labels: object.metadata.labels,
+      annotations: object.metadata.annotations,
+      ownerReferences: object.metadata.controller,
+      generateName: object.metadata.generated,
+      creationTimestamp: object.metadata.createdMs,
+    },
     spec: object.spec,
     status: object.kind === 'Pod' ? object.status : undefined,
   };

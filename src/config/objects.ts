@@ -22,6 +22,11 @@ export interface ObjectMeta {
    */
   readonly controller?: { readonly kind: string; readonly name: string };
   readonly generated?: boolean;
+  /**
+   * A PeerAuthentication's metadata.creationTimestamp, in ms since the epoch: of several at one level Istio applies the
+   * oldest (an object without one sorts first, as Go's zero time does). Not read for other kinds.
+   */
+  readonly createdMs?: number;
 }
 
 interface ObjectBase {

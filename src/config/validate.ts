@@ -147,7 +147,24 @@ function validateMetadata(issues: FieldIssues, raw: Mapping, kind: ConfigKind): 
   if (name === undefined) return undefined;
   const controller = controllerOf(metadata.ownerReferences);
   const generated = typeof metadata.generateName === 'string' && metadata.generateName !== '';
-  return { name, namespace, labels, annotations, ...(controller === undefined ? {} : { controller }), ...(generated ? { generated } : {}) };
+  const createdMs = kind === 'PeerAuthentication' ? creationTime(issues, metadata, path) : undefined;
+  return { name, namespace, labels, annotations, ...(controller === undefined ? {} : { controller }), ...(generated ? { generated } : {}), ...(createdMs === undefined ? {} : { createdMs }) };
+}
+
+/** Kubernetes' RFC 3339 timestamps, `2024-05-23T00:22:29Z` (a fraction and an offset allowed). */
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/** metadata.creationTimestamp where it decides something (which of several PeerAuthentications applies): a real time or an issue. */
+function creationTime(issues: FieldIssues, metadata: Mapping, path: FieldPath): number | undefined {
+  if (!hasValue(metadata, 'creationTimestamp')) return undefined;
+  const value = metadata.creationTimestamp;
+  // A bare timestamp stays a string under YAML 1.2's core schema; a `%YAML 1.1` document reads it as a Date.
+  const ms = value instanceof Date ? value.getTime() : typeof value === 'string' && RFC3339.test(value) ? Date.parse(value) : Number.NaN;
+  if (Number.isNaN(ms)) {
+    issues.add([...path, 'creationTimestamp'], `${JSON.stringify(value)} is not an RFC 3339 time such as 2024-05-23T00:22:29Z (of several PeerAuthentications at one level the oldest applies)`);
+    return undefined;
+  }
+  return ms;
 }
 
 /** The controlling owner reference (controller: true) of server metadata, read leniently: anything else is none. */

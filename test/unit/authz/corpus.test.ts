@@ -34,6 +34,8 @@ const ap = (ref: string, spec: string) => doc('AuthorizationPolicy', ref, spec);
 /** A PeerAuthentication. */
 const pa = (ref: string, spec: string, annotations?: Record<string, string>) => doc('PeerAuthentication', ref, spec, annotations);
 const ENFORCE = { 'ambit.dev/enforce': 'true' };
+/** The same document with metadata.creationTimestamp. */
+const created = (document: string, timestamp: string) => document.replace(/^( {2}namespace: .*)$/m, `$1\n  creationTimestamp: "${timestamp}"`);
 const strictMesh = pa(MESH, '{mtls: {mode: STRICT}}');
 const enforcedStrictMesh = pa(MESH, '{mtls: {mode: STRICT}}', ENFORCE);
 
@@ -365,6 +367,11 @@ const cases: Case[] = [
   { name: 'portLevelMtls STRICT on one port of a PERMISSIVE workload refuses plaintext there', policies: [pa('shop/web', '{selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {9090: {mode: STRICT}}}')], request: as(null, { port: 9090 }), expect: 'DENY', by: 'shop/web' },
   { name: 'portLevelMtls STRICT on one port leaves the other ports PERMISSIVE', policies: [pa('shop/web', '{selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {9090: {mode: STRICT}}}')], request: as(null, { port: 8080 }), expect: 'ALLOW' },
   { name: 'portLevelMtls on a workload without its own mode: other ports keep the namespace STRICT, named', policies: [pa('shop/strict', '{mtls: {mode: STRICT}}'), pa('shop/web', '{selector: {matchLabels: {app: web}}, portLevelMtls: {9090: {mode: DISABLE}}}')], request: as(null, { port: 8080 }), expect: 'DENY', by: 'shop/strict' },
+  // ---- several at one level: the oldest, as Istio ----
+  { name: 'of two namespace-wide PeerAuthentications the oldest applies, whatever their names', policies: [created(pa('shop/a-new', '{mtls: {mode: DISABLE}}'), '2025-01-01T00:00:00Z'), created(pa('shop/z-old', '{mtls: {mode: STRICT}}'), '2020-01-01T00:00:00Z')], request: PLAINTEXT, expect: 'DENY', by: 'shop/z-old' },
+  { name: 'of two mesh-wide PeerAuthentications the oldest applies', policies: [created(pa('istio-system/a-new', '{mtls: {mode: PERMISSIVE}}'), '2025-06-01T10:00:00.5+02:00'), created(pa('istio-system/z-old', '{mtls: {mode: STRICT}}'), '2025-06-01T08:00:00Z')], request: PLAINTEXT, expect: 'DENY', by: 'istio-system/z-old' },
+  { name: 'a PeerAuthentication without creationTimestamp is older than one with it (Go\'s zero time)', policies: [created(pa('shop/a-dated', '{mtls: {mode: STRICT}}'), '2020-01-01T00:00:00Z'), pa('shop/b-undated', '{mtls: {mode: PERMISSIVE}}')], request: PLAINTEXT, expect: 'ALLOW' },
+  { name: 'of two workload PeerAuthentications of the same age the first by name applies', policies: [created(pa('shop/b', '{selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}}'), '2020-01-01T00:00:00Z'), created(pa('shop/a', '{selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}}'), '2020-01-01T00:00:00Z')], request: PLAINTEXT, expect: 'DENY', by: 'shop/a' },
   { name: 'a PeerAuthentication of another namespace does not apply', policies: [pa('front/strict', '{mtls: {mode: STRICT}}')], request: PLAINTEXT, expect: 'ALLOW' },
   { name: 'a PeerAuthentication with a selector in the root namespace applies to no workload elsewhere', policies: [pa('istio-system/web-strict', '{selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}}')], request: PLAINTEXT, expect: 'ALLOW' },
   { name: 'a PeerAuthentication with a selector in the root namespace applies to no workload there either', policies: [pa('istio-system/web-strict', '{selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}}')], destination: { namespace: 'istio-system', labels: { app: 'web' } }, request: PLAINTEXT, expect: 'ALLOW' },
@@ -413,6 +420,21 @@ const cases: Case[] = [
     violations: [{ policy: 'shop/disable', port: null, attempted: 'DISABLE', enforced: 'PERMISSIVE', floor: MESH }],
   },
   { name: 'an enforced mesh-wide PERMISSIVE lets a namespace strengthen to STRICT', policies: [pa(MESH, '{mtls: {mode: PERMISSIVE}}', ENFORCE), pa('shop/strict', '{mtls: {mode: STRICT}}')], request: PLAINTEXT, expect: 'DENY', by: 'shop/strict', violations: [] },
+  {
+    name: 'an enforced mesh-wide STRICT holds beside an older mesh-wide PeerAuthentication without the annotation, which is reported',
+    policies: [pa('istio-system/default', '{mtls: {mode: PERMISSIVE}}'), pa('istio-system/strict-floor', '{mtls: {mode: STRICT}}', ENFORCE), pa('shop/legacy', '{mtls: {mode: DISABLE}}')],
+    request: PLAINTEXT, expect: 'DENY', by: 'istio-system/strict-floor',
+    violations: [
+      { policy: 'istio-system/default', port: null, attempted: 'PERMISSIVE', enforced: 'STRICT', floor: 'istio-system/strict-floor' },
+      { policy: 'shop/legacy', port: null, attempted: 'DISABLE', enforced: 'STRICT', floor: 'istio-system/strict-floor' },
+    ],
+  },
+  {
+    name: 'of two enforced mesh-wide PeerAuthentications the stronger is the floor',
+    policies: [pa('istio-system/a-permissive', '{mtls: {mode: PERMISSIVE}}', ENFORCE), pa('istio-system/b-strict', '{mtls: {mode: STRICT}}', ENFORCE)],
+    request: PLAINTEXT, expect: 'DENY', by: 'istio-system/b-strict',
+    violations: [{ policy: 'istio-system/a-permissive', port: null, attempted: 'PERMISSIVE', enforced: 'STRICT', floor: 'istio-system/b-strict' }],
+  },
   { name: 'an enforced mesh-wide STRICT accepts a namespace that repeats STRICT', policies: [enforcedStrictMesh, pa('shop/strict', '{mtls: {mode: STRICT}}')], request: PLAINTEXT, expect: 'DENY', by: 'shop/strict', violations: [] },
 ];
 

@@ -39,7 +39,7 @@ export function worldOf(snapshot: ConfigSnapshot): ReferenceWorld {
     if (object.kind === 'AuthorizationPolicy') {
       policies.push({ namespace: object.metadata.namespace, name: object.metadata.name, spec: object.spec });
     } else if (object.kind === 'PeerAuthentication') {
-      peerAuthentications.push({ namespace: object.metadata.namespace, name: object.metadata.name, enforce: object.metadata.annotations[ENFORCE_ANNOTATION] === 'true', spec: object.spec });
+      peerAuthentications.push({ namespace: object.metadata.namespace, name: object.metadata.name, enforce: object.metadata.annotations[ENFORCE_ANNOTATION] === 'true', createdMs: object.metadata.createdMs, spec: object.spec });
     }
   }
   return { rootNamespace: snapshot.mesh.rootNamespace, policies, peerAuthentications };

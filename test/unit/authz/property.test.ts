@@ -122,6 +122,8 @@ const policyArb: fc.Arbitrary<GeneratedPolicy> = fc.record({
 interface GeneratedPeerAuthentication {
   readonly namespace: string;
   readonly enforce: boolean;
+  /** A few distinct ages and none, so that age and name orders disagree. */
+  readonly createdMs: number | undefined;
   readonly spec: PeerAuthenticationSpec;
 }
 
@@ -131,11 +133,12 @@ const peerAuthenticationArb: fc.Arbitrary<GeneratedPeerAuthentication> = fc.reco
   mtls: fc.constantFrom(...MODES),
   ports: fc.uniqueArray(fc.tuple(fc.constantFrom(...PORTS), fc.constantFrom(...MODES)), { maxLength: 2, selector: ([port]) => port }),
   enforce: fc.boolean(),
-}).map(({ namespace, selector, mtls, ports, enforce }) => {
+  createdMs: fc.constantFrom(undefined, 1_700_000_000_000, 1_700_000_001_000, 1_600_000_000_000),
+}).map(({ namespace, selector, mtls, ports, enforce, createdMs }) => {
   // portLevelMtls needs a selector, and the enforce annotation stands only on the mesh-wide one (both refused at load).
   const portLevelMtls = new Map<number, MtlsMode>(selector === undefined ? [] : ports);
   const spec: PeerAuthenticationSpec = selector === undefined ? { mtls, portLevelMtls } : { selector, mtls, portLevelMtls };
-  return { namespace, enforce: enforce && namespace === ROOT && selector === undefined, spec };
+  return { namespace, enforce: enforce && namespace === ROOT && selector === undefined, createdMs, spec };
 });
 
 function objectsOf(policies: readonly GeneratedPolicy[], peerAuthentications: readonly GeneratedPeerAuthentication[]): ConfigObject[] {
@@ -151,7 +154,7 @@ function objectsOf(policies: readonly GeneratedPolicy[], peerAuthentications: re
   peerAuthentications.forEach((peerAuthentication, index) => objects.push({
     apiVersion: 'security.istio.io/v1',
     kind: 'PeerAuthentication',
-    metadata: meta(`peer-${index}`, peerAuthentication.namespace, peerAuthentication.enforce ? { 'ambit.dev/enforce': 'true' } : {}),
+    metadata: { ...meta(`peer-${index}`, peerAuthentication.namespace, peerAuthentication.enforce ? { 'ambit.dev/enforce': 'true' } : {}), ...(peerAuthentication.createdMs === undefined ? {} : { createdMs: peerAuthentication.createdMs }) },
     source: { file: 'generated.yaml', line: 100 + index },
     spec: peerAuthentication.spec,
   }));
@@ -328,7 +331,7 @@ describe('the compiled matcher and the reference evaluator', () => {
     const enforcedWorld = fc.record({
       floor: fc.constantFrom<MtlsMode>('STRICT', 'PERMISSIVE'),
       others: fc.array(peerAuthenticationArb, { maxLength: 4 }),
-    }).map(({ floor, others }) => [{ namespace: ROOT, enforce: true, spec: { mtls: floor, portLevelMtls: new Map() } }, ...others]);
+    }).map(({ floor, others }) => [{ namespace: ROOT, enforce: true, createdMs: undefined, spec: { mtls: floor, portLevelMtls: new Map() } }, ...others]);
     let reported = 0;
     fc.assert(
       fc.property(enforcedWorld, (peerAuthentications) => {
@@ -454,7 +457,12 @@ function peerAuthenticationDocument(name: string, peerAuthentication: GeneratedP
   return {
     apiVersion: 'security.istio.io/v1',
     kind: 'PeerAuthentication',
-    metadata: { name, namespace: peerAuthentication.namespace, annotations: peerAuthentication.enforce ? { 'ambit.dev/enforce': 'true' } : undefined },
+    metadata: {
+      name,
+      namespace: peerAuthentication.namespace,
+      annotations: peerAuthentication.enforce ? { 'ambit.dev/enforce': 'true' } : undefined,
+      creationTimestamp: peerAuthentication.createdMs === undefined ? undefined : new Date(peerAuthentication.createdMs).toISOString(),
+    },
     spec: {
       selector: selector === undefined ? undefined : { matchLabels: selector },
       mtls: { mode: mtls },

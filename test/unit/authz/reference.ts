@@ -36,6 +36,8 @@ export interface ReferencePeerAuthentication {
   readonly namespace: string;
   readonly name: string;
   readonly enforce: boolean;
+  /** metadata.creationTimestamp in ms, when written. */
+  readonly createdMs: number | undefined;
   readonly spec: PeerAuthenticationSpec;
 }
 
@@ -302,17 +304,33 @@ function strength(mode: Mode3): number {
   return mode === 'STRICT' ? 2 : mode === 'PERMISSIVE' ? 1 : 0;
 }
 
-/** Among several candidates for one level, the first by `namespace/name` (Istio takes the oldest; ambit has no age). */
-function firstByName(candidates: ReferencePeerAuthentication[]): ReferencePeerAuthentication | undefined {
+/**
+ * Among several candidates for one level, the oldest, as Istio: by creationTimestamp (none is Go's zero time, the
+ * oldest of all), then name, then namespace.
+ */
+function oldest(candidates: ReferencePeerAuthentication[]): ReferencePeerAuthentication | undefined {
   let best: ReferencePeerAuthentication | undefined;
+  const age = (pa: ReferencePeerAuthentication) => pa.createdMs ?? -Infinity;
   for (const candidate of candidates) {
-    if (best === undefined || `${candidate.namespace}/${candidate.name}` < `${best.namespace}/${best.name}`) best = candidate;
+    if (best === undefined) best = candidate;
+    else if (age(candidate) !== age(best)) {
+      if (age(candidate) < age(best)) best = candidate;
+    } else if (candidate.name !== best.name) {
+      if (candidate.name < best.name) best = candidate;
+    } else if (candidate.namespace < best.namespace) best = candidate;
   }
   return best;
 }
 
+/** ambit's floor: the strongest mode of the mesh-wide PeerAuthentications annotated enforce (of equals the oldest). */
+function enforcedFloor(world: ReferenceWorld): ReferencePeerAuthentication | undefined {
+  const enforced = world.peerAuthentications.filter((pa) => pa.namespace === world.rootNamespace && pa.spec.selector === undefined && pa.enforce && pa.spec.mtls !== 'UNSET');
+  const strongest = Math.max(...enforced.map((pa) => strength(pa.spec.mtls as Mode3)));
+  return oldest(enforced.filter((pa) => strength(pa.spec.mtls as Mode3) === strongest));
+}
+
 export function meshWidePeerAuthentication(world: ReferenceWorld): ReferencePeerAuthentication | undefined {
-  return firstByName(world.peerAuthentications.filter((pa) => pa.namespace === world.rootNamespace && pa.spec.selector === undefined));
+  return oldest(world.peerAuthentications.filter((pa) => pa.namespace === world.rootNamespace && pa.spec.selector === undefined));
 }
 
 /** The mode in force on a port and the PeerAuthentication that set it (null: the PERMISSIVE default). */
@@ -320,10 +338,10 @@ export function effectiveMtls(world: ReferenceWorld, destination: ReferenceDesti
   const mesh = meshWidePeerAuthentication(world);
   const namespacePa = destination.namespace === world.rootNamespace
     ? undefined
-    : firstByName(world.peerAuthentications.filter((pa) => pa.namespace === destination.namespace && pa.spec.selector === undefined));
+    : oldest(world.peerAuthentications.filter((pa) => pa.namespace === destination.namespace && pa.spec.selector === undefined));
   const workloadPa = destination.namespace === world.rootNamespace
     ? undefined
-    : firstByName(world.peerAuthentications.filter((pa) => pa.namespace === destination.namespace && pa.spec.selector !== undefined && selectorSelects(pa.spec.selector, destination.labels)));
+    : oldest(world.peerAuthentications.filter((pa) => pa.namespace === destination.namespace && pa.spec.selector !== undefined && selectorSelects(pa.spec.selector, destination.labels)));
 
   let mode: Mode3 = 'PERMISSIVE';
   let setBy: string | null = null;
@@ -338,9 +356,10 @@ export function effectiveMtls(world: ReferenceWorld, destination: ReferenceDesti
     mode = portMode;
     setBy = `${workloadPa.namespace}/${workloadPa.name}`;
   }
-  if (mesh !== undefined && mesh.enforce && mesh.spec.mtls !== 'UNSET' && strength(mode) < strength(mesh.spec.mtls)) {
-    mode = mesh.spec.mtls;
-    setBy = `${mesh.namespace}/${mesh.name}`;
+  const floor = enforcedFloor(world);
+  if (floor !== undefined && strength(mode) < strength(floor.spec.mtls as Mode3)) {
+    mode = floor.spec.mtls as Mode3;
+    setBy = `${floor.namespace}/${floor.name}`;
   }
   return { mode, setBy };
 }
@@ -355,8 +374,8 @@ export interface ReferenceViolation {
 
 /** Every PeerAuthentication whose mode (or a port's mode) is weaker than an enforced mesh-wide one. */
 export function enforcementViolations(world: ReferenceWorld): ReferenceViolation[] {
-  const mesh = meshWidePeerAuthentication(world);
-  if (mesh === undefined || !mesh.enforce || mesh.spec.mtls === 'UNSET') return [];
+  const mesh = enforcedFloor(world);
+  if (mesh === undefined || mesh.spec.mtls === 'UNSET') return [];
   const floorMode = mesh.spec.mtls;
   const floor = `${mesh.namespace}/${mesh.name}`;
   const result: ReferenceViolation[] = [];

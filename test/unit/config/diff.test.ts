@@ -61,6 +61,18 @@ describe('diffSnapshots', () => {
     expect(diffSnapshots(before, after).changed).toEqual([{ object: 'Pod default/a', file: 'b.yaml', fields: [], previousFile: 'a.yaml' }]);
   });
 
+  it("reports a Pod's new controlling owner and a PeerAuthentication's new creationTimestamp (both change what is applied)", async () => {
+    const pod = (owner: string) => `apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  generateName: web-\n  ownerReferences: [{ kind: ReplicaSet, name: ${owner}, controller: true }]\nspec: { nodeName: node-a }\nstatus: { podIP: 10.0.0.9, phase: Running }\n`;
+    const pa = (created: string) => `apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: strict, namespace: shop, creationTimestamp: "${created}" }\nspec: { mtls: { mode: STRICT } }\n`;
+    const dir = await configDir({ 'pod.yaml': pod('web-5d8f'), 'pa.yaml': pa('2024-01-01T00:00:00Z') });
+    const before = await loadConfigDir(dir);
+    await writeFiles(dir, { 'pod.yaml': pod('checkout-5d8f'), 'pa.yaml': pa('2025-01-01T00:00:00Z') });
+    expect(diffSnapshots(before, await loadConfigDir(dir)).changed).toEqual([
+      { object: 'PeerAuthentication shop/strict', file: 'pa.yaml', fields: ['metadata.creationTimestamp'] },
+      { object: 'Pod shop/web-1', file: 'pod.yaml', fields: ['metadata.ownerReferences.name'] },
+    ]);
+  });
+
   it('is empty when only comments and layout changed', async () => {
     const dir = await configDir({ 'a.yaml': podYaml({ name: 'a', node: 'node-a', ip: '10.0.0.1' }) });
     const before = await loadConfigDir(dir);

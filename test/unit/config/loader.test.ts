@@ -505,6 +505,15 @@ spec:
     field: 'spec.hosts',
   },
   {
+    // Of several PeerAuthentications at one level the oldest applies: a time that does not parse cannot be ordered.
+    name: "a PeerAuthentication's creationTimestamp that is not an RFC 3339 time",
+    files: { 'pa.yaml': 'apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: default, namespace: istio-system, creationTimestamp: "yesterday" }\nspec: { mtls: { mode: STRICT } }\n' },
+    code: 'CONFIG_FIELD',
+    file: 'pa.yaml',
+    object: 'PeerAuthentication istio-system/default',
+    field: 'metadata.creationTimestamp',
+  },
+  {
     name: 'a document that is not a mapping',
     files: { 'list.yaml': '- apiVersion: v1\n  kind: Pod\n' },
     code: 'CONFIG_FIELD',
