@@ -43,6 +43,9 @@ import {
   H2_SERVER_MAX_STREAMS,
   H2_STREAM_WINDOW_BYTES,
   HBONE_ALPN,
+  KEEPALIVE_INTERVAL_MS,
+  KEEPALIVE_TIMEOUT_MS,
+  TCP_KEEPALIVE_IDLE_MS,
   TLS_CIPHERS,
   TLS_GROUPS,
   TLS_MIN_VERSION,
@@ -200,6 +203,10 @@ export interface InboundOptions {
   ownListener?: (ip: string, port: number) => boolean;
   /** Whether a connection authorized under an earlier configuration is allowed under `snapshot`. */
   recheck?: (connection: InboundConnection, inspected: boolean, snapshot: ConfigSnapshot) => boolean;
+  /** PING every authenticated session this often (default KEEPALIVE_INTERVAL_MS)... */
+  keepaliveIntervalMs?: number;
+  /** ...and end one whose PONG has not come this long after (default KEEPALIVE_TIMEOUT_MS). */
+  keepaliveTimeoutMs?: number;
 }
 
 export interface RequestInspection {
@@ -262,6 +269,10 @@ export class HboneInbound {
   readonly #live = new Set<UpstreamDial>();
   #illegalPorts: ReadonlySet<number>;
   #shared: net.Server | undefined;
+  /** Authenticated sessions → when their unanswered PING went out (0: none out). */
+  readonly #sessions = new Map<http2.ServerHttp2Session, number>();
+  readonly #keepalive: NodeJS.Timeout;
+  readonly #keepaliveTimeoutMs: number;
   /** Source labels taken from baggage, by peer identity (see #sourceLabels). */
   readonly #baggageLabels = new Map<string, Map<string, WorkloadLabels>>();
 
@@ -269,6 +280,35 @@ export class HboneInbound {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'hbone-inbound' });
     this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports);
+    this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
+    // One timer for every session, as the pool's.
+    this.#keepalive = setInterval(() => this.#pingSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
+    this.#keepalive.unref();
+  }
+
+  /**
+   * ztunnel's server side of its PING keepalive: a client node that vanished (no FIN, no RST) would otherwise leave
+   * its tunnels here, and their upstream connections to our workloads, open for as long as those stay quiet.
+   */
+  #pingSessions(): void {
+    const now = Date.now();
+    for (const [session, sentMs] of this.#sessions) {
+      if (session.destroyed) {
+        this.#sessions.delete(session);
+      } else if (sentMs !== 0) {
+        if (now - sentMs < this.#keepaliveTimeoutMs) continue;
+        this.#sessions.delete(session);
+        this.#logger.warn({ peer: session.socket.remoteAddress, presented: peers.get(session)?.id.id ?? null, waitedMs: now - sentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
+        session.destroy();
+      } else if (!session.closed) {
+        // Node sends no PING on a closed session (one draining after our GOAWAY): TCP keepalive watches that one.
+        this.#sessions.set(session, now);
+        const sent = session.ping((error) => {
+          if (error === null && this.#sessions.has(session)) this.#sessions.set(session, 0);
+        });
+        if (!sent) this.#sessions.set(session, 0);
+      }
+    }
   }
 
   /** Open inbound tunnels, for readiness and shutdown. */
@@ -357,6 +397,7 @@ export class HboneInbound {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#keepalive);
     for (const dial of this.#live) dial.abort();
     if (this.#shared) stopListening(this.#shared);
     for (const [key, entry] of this.#servers) await this.#remove(key, entry);
@@ -380,6 +421,8 @@ export class HboneInbound {
     });
     const entry: WorkloadServer = { workload, server, listeners: new Map(), identityVersion: this.#options.contexts.get(workload.identity) };
     server.on('session', (session) => this.#onSession(session));
+    // On the TLS socket itself: a session's socket proxy refuses setKeepAlive.
+    server.on('secureConnection', (socket: tls.TLSSocket) => socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS));
     server.on('stream', (stream, headers) => this.#onStream(entry, stream, headers));
     // Plaintext or garbage on 15008, an unsupported TLS version, no client certificate: dropped here.
     server.on('tlsClientError', (error, socket) => {
@@ -418,6 +461,8 @@ export class HboneInbound {
       principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
+    this.#sessions.set(session, 0);
+    session.once('close', () => this.#sessions.delete(session));
   }
 
   /**

@@ -15,6 +15,7 @@ import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import {
+  CONNECT_ANSWER_TIMEOUT_MS,
   CONNECT_TIMEOUT_MS,
   H2_CLIENT_MAX_HEADER_LIST_BYTES,
   H2_CONNECTION_WINDOW_BYTES,
@@ -26,6 +27,7 @@ import {
   KEEPALIVE_TIMEOUT_MS,
   POOL_IDLE_TIMEOUT_MS,
   POOL_MAX_STREAMS_PER_SESSION,
+  TCP_KEEPALIVE_IDLE_MS,
   UNTRUSTED_REASON,
 } from './settings.ts';
 
@@ -90,8 +92,10 @@ export interface PoolOptions {
   idleTimeoutMs?: number;
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
-  /** TLS connect to a peer, and the wait for a CONNECT's answer (default CONNECT_TIMEOUT_MS). */
+  /** TLS connect to a peer (default CONNECT_TIMEOUT_MS). */
   connectTimeoutMs?: number;
+  /** The wait for a CONNECT's answer (default CONNECT_ANSWER_TIMEOUT_MS). */
+  answerTimeoutMs?: number;
 }
 
 /** A session stops taking streams this long (at most a tenth of the certificate's life) before our certificate expires. */
@@ -117,6 +121,7 @@ export class HbonePool {
   readonly #idleTimeoutMs: number;
   readonly #keepaliveTimeoutMs: number;
   readonly #connectTimeoutMs: number;
+  readonly #answerTimeoutMs: number;
   readonly #sweep: NodeJS.Timeout;
   #closed = false;
 
@@ -127,6 +132,7 @@ export class HbonePool {
     this.#idleTimeoutMs = options.idleTimeoutMs ?? POOL_IDLE_TIMEOUT_MS;
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
+    this.#answerTimeoutMs = options.answerTimeoutMs ?? CONNECT_ANSWER_TIMEOUT_MS;
     // One low-precision timer for keepalive and idle checks of every session, not timers per session.
     this.#sweep = setInterval(() => this.#sweepSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
     this.#sweep.unref();
@@ -239,6 +245,9 @@ export class HbonePool {
       entry.settled = true;
       // Respect the server's stream limit when it is below ours.
       if (settings.maxConcurrentStreams !== undefined) entry.maxStreams = Math.min(this.#maxStreams, settings.maxConcurrentStreams);
+      // A server taking no streams (overloaded, or hostile) would otherwise sit in the pool, pinged, until its idle
+      // timeout, while every new connection dialled another such session beside it.
+      if (entry.maxStreams === 0) this.#retire(entry);
     });
     const retire = () => this.#retire(entry);
     session.on('goaway', (errorCode: number, _lastStreamId: number, data?: Buffer) => {
@@ -306,6 +315,7 @@ export class HbonePool {
           reject(new TunnelError('UPSTREAM_CONNECT', 'H2_HANDSHAKE_FAILURE', `server at ${endpoint.hboneHost}:${endpoint.hbonePort} did not negotiate h2 (ALPN ${String(socket.alpnProtocol)})`));
           return;
         }
+        socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
         resolve({ socket, bundles });
       });
       socket.once('error', (error) => {
@@ -330,7 +340,7 @@ export class HbonePool {
         reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `cannot open a stream to ${endpoint.authority}: ${(error as Error).message}`, undefined, error));
         return;
       }
-      connects.set(stream, new PendingConnect(entry, endpoint, this.#connectTimeoutMs, stream, resolve, reject));
+      connects.set(stream, new PendingConnect(entry, endpoint, this.#answerTimeoutMs, stream, resolve, reject));
       // Shared listeners, finding their PendingConnect in an EmitterSlot: a tunnel keeps its 'close' and 'error'
       // listeners until it ends, and closures would keep this call's whole scope for as long.
       stream.on('close', onConnectClose);
@@ -359,16 +369,20 @@ export class HbonePool {
     return retired;
   }
 
-  /** A session that said GOAWAY, closed or failed takes no new streams; its open streams finish. */
+  /**
+   * A session that said GOAWAY, closed, failed or went stale takes no new streams; its open streams finish. It is
+   * closed (GOAWAY) only once they have: Node sends no PING on a closed session, and the keepalive sweep must go on
+   * finding a dead peer by its missed PONG rather than leave its tunnels hanging. (A session the peer's GOAWAY closed
+   * cannot be pinged: TCP keepalive finds that peer gone.)
+   */
   #retire(entry: PooledSession): void {
     if (!entry.usable) return;
     entry.usable = false;
     const bucket = entry.bucket;
     const index = bucket.sessions.indexOf(entry);
     if (index >= 0) bucket.sessions.splice(index, 1);
-    if (!entry.session.closed) entry.session.close();
-    // Its open tunnels go on: it stays in the gauges and the keepalive sweep (a dead peer is found by its missed PONG,
-    // not left hanging its tunnels) until it closes.
+    if (entry.streams === 0 && !entry.session.closed) entry.session.close();
+    // It stays in the gauges and the keepalive sweep until it closes.
     if (!entry.session.destroyed) this.#draining.add(entry);
     // Forget keys with nothing left, so pod churn does not grow the pool's maps forever.
     if (bucket.sessions.length === 0 && bucket.dialing === null) this.#forget(bucket);
@@ -419,7 +433,10 @@ export class HbonePool {
 
 function releaseStream(entry: PooledSession): void {
   entry.streams--;
-  if (entry.streams === 0) entry.idleSinceMs = Date.now();
+  if (entry.streams !== 0) return;
+  entry.idleSinceMs = Date.now();
+  // A retired session kept open for its tunnels (see #retire): the last has ended.
+  if (!entry.usable && !entry.session.closed) entry.session.close();
 }
 
 const connects = new EmitterSlot<PendingConnect>('ambit.connect');

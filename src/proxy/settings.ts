@@ -26,6 +26,17 @@ export const KEEPALIVE_TIMEOUT_MS = 20_000;
 export const POOL_IDLE_TIMEOUT_MS = 5 * 60_000;
 /** TCP and TLS connect timeout, to an upstream or a peer's 15008. */
 export const CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * How long a CONNECT waits for its answer: longer than the destination's own connect to its upstream (it answers only
+ * once that succeeded, or 503 when it failed or timed out), so its answer, which says why, arrives before we give up.
+ */
+export const CONNECT_ANSWER_TIMEOUT_MS = CONNECT_TIMEOUT_MS + 5_000;
+/**
+ * TCP keepalive on HBONE connections, after 180 s idle as ztunnel (Node's libuv then probes every second, ten
+ * times): finds a vanished peer where no PING can be sent, a session closed by the peer's GOAWAY with tunnels still
+ * open on it.
+ */
+export const TCP_KEEPALIVE_IDLE_MS = 180_000;
 /** TLS 1.3 only; AES-GCM suites as ztunnel; post-quantum hybrid key exchange first, X25519 as fallback. */
 export const TLS_MIN_VERSION = 'TLSv1.3';
 export const TLS_CIPHERS = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';

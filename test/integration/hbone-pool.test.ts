@@ -36,11 +36,13 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   let peer: Peer;
   let contexts: IdentityContexts;
   let bundles: BundleSource;
+  let peerCert: { certPem: string; keyPem: string };
 
   beforeAll(async () => {
     const ca = await createTestCa('cluster.local');
     const client = await issueTestSvid(ca, CLIENT_ID);
     const server = await issueTestSvid(ca, SERVER_ID);
+    peerCert = server;
     contexts = new IdentityContexts();
     contexts.set(loadSvid(client.certPem, client.keyPem));
     bundles = { get: (trustDomain) => (trustDomain === ca.trustDomain ? ca.bundle : undefined) };
@@ -89,7 +91,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   }
 
   function pool(connectTimeoutMs: number): HbonePool {
-    return new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), connectTimeoutMs });
+    return new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), connectTimeoutMs, answerTimeoutMs: connectTimeoutMs });
   }
 
   it('fails a CONNECT nobody answers after the connect timeout, resets its stream and frees its slot', async () => {
@@ -234,6 +236,70 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       bundles = original;
       peer.server.off('session', onSession);
       await hbone.close();
+    }
+  });
+
+  it('goes on pinging a session retired with a tunnel still open, and ends that tunnel when the peer stops answering', async () => {
+    peer.mode = 'echo';
+    // A relay in front of the peer that can stop carrying bytes, as a node that vanished (no FIN, no RST).
+    let frozen = false;
+    const pairs: net.Socket[] = [];
+    const relay = net.createServer((inbound) => {
+      const outbound = net.connect(peer.port, '127.0.0.1');
+      pairs.push(inbound, outbound);
+      for (const [from, to] of [[inbound, outbound], [outbound, inbound]] as const) {
+        from.on('error', () => {});
+        from.on('data', (chunk: Buffer) => {
+          if (!frozen) to.write(chunk);
+        });
+      }
+    });
+    relay.listen(0, '127.0.0.1');
+    await once(relay, 'listening');
+    const relayed: Endpoint = { ...endpoint(), hbonePort: (relay.address() as AddressInfo).port };
+    const original = bundles;
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 100, keepaliveTimeoutMs: 400 });
+    try {
+      const first = await hbone.open(CLIENT_ID, null, relayed, '');
+      first.on('error', () => {});
+      // New trust bundles retire the first session; its tunnel goes on, and a second session carries the next.
+      bundles = { get: (trustDomain) => original.get(trustDomain) };
+      const second = await hbone.open(CLIENT_ID, null, relayed, '');
+      second.on('error', () => {});
+      expect(hbone.stats()).toEqual({ sessions: 2, streams: 2 });
+      // Still pinged while retired: a second later it is alive and well.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(first.destroyed).toBe(false);
+      frozen = true;
+      await expect.poll(() => first.destroyed && second.destroyed, { timeout: 3_000 }).toBe(true);
+      await expect.poll(() => hbone.stats(), { timeout: 3_000 }).toEqual({ sessions: 0, streams: 0 });
+    } finally {
+      bundles = original;
+      await hbone.close();
+      for (const socket of pairs) socket.destroy();
+      relay.close();
+    }
+  });
+
+  it('keeps no session whose server takes no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0): each refusal leaves nothing behind', async () => {
+    const full = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], settings: { maxConcurrentStreams: 0 } });
+    let sessions = 0;
+    full.on('session', () => sessions++);
+    full.listen(0, '127.0.0.1');
+    await once(full, 'listening');
+    const at: Endpoint = { ...endpoint(), hbonePort: (full.address() as AddressInfo).port };
+    const hbone = pool(2_000);
+    try {
+      for (let attempt = 1; attempt <= 3; attempt++) {
+        const error = await hbone.open(CLIENT_ID, null, at, '').then(() => null, (e: unknown) => e);
+        expect(error).toBeInstanceOf(TunnelError);
+        expect((error as TunnelError).flag).toBe('CONNECT');
+        await expect.poll(() => hbone.stats()).toEqual({ sessions: 0, streams: 0 });
+      }
+      expect(sessions).toBe(3);
+    } finally {
+      await hbone.close();
+      full.close();
     }
   });
 

@@ -1,0 +1,159 @@
+// The HBONE inbound in-process, with real TLS and sockets: it PINGs every authenticated session, and a client node
+// that vanishes (no FIN, no RST: a relay that stops carrying bytes stands in for it) has its session and tunnels
+// ended, with their upstream connections to the workload, once its PONG is late; a client that answers keeps them.
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Decision } from '../../src/authz/compile.ts';
+import { parseConfigText } from '../../src/config/loader.ts';
+import { buildSnapshot } from '../../src/config/snapshot.ts';
+import { BundleSet } from '../../src/identity/bundle.ts';
+import { loadSvid } from '../../src/identity/svid.ts';
+import { silentLogger } from '../../src/observe/log.ts';
+import { ProxyMetrics } from '../../src/observe/metrics.ts';
+import { HboneInbound } from '../../src/proxy/inbound.ts';
+import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
+import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
+import type { TestSvid } from '../helpers/certs.ts';
+
+const ECHO_IP = '127.68.2.10';
+const ECHO_PORT = 7000;
+const HBONE_PORT = 15008;
+const ALLOW: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'allowed (test)', deferred: false });
+
+const workloads = `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata: { name: mesh }
+spec: { trustDomain: cluster.local }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: echo-1, namespace: demo }
+spec: { nodeName: node-a, serviceAccountName: echo }
+status: { podIP: ${ECHO_IP}, phase: Running }
+`;
+
+let inbound: HboneInbound;
+let client: TestSvid;
+let upstream: net.Server;
+/** The workload's side of each tunnel: open while the proxy keeps its upstream connection. */
+const upstreams = new Set<net.Socket>();
+
+beforeAll(async () => {
+  const ca = await createTestCa('cluster.local');
+  const bundles = new BundleSet([ca.bundle]);
+  const server = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/echo');
+  client = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/tester');
+  const snapshot = buildSnapshot(parseConfigText(workloads, 'workloads.yaml'));
+  const contexts = new IdentityContexts();
+  contexts.set(loadSvid(server.certPem, server.keyPem));
+  upstream = net.createServer({ allowHalfOpen: true }, (socket) => {
+    upstreams.add(socket);
+    socket.on('error', () => {});
+    socket.once('close', () => upstreams.delete(socket));
+    socket.pipe(socket);
+  });
+  upstream.listen(ECHO_PORT, ECHO_IP);
+  await once(upstream, 'listening');
+  inbound = new HboneInbound({
+    nodeName: 'node-a',
+    hbonePort: HBONE_PORT,
+    snapshot: () => snapshot,
+    contexts,
+    bundles: () => bundles,
+    verifier: new PeerVerifier(),
+    logger: silentLogger(),
+    metrics: new ProxyMetrics(new Registry()),
+    authorize: () => ALLOW,
+    liveMeters: new Set(),
+    inspectRequests: null,
+    inspector: null,
+    keepaliveIntervalMs: 100,
+    keepaliveTimeoutMs: 400,
+  });
+  expect((await inbound.sync(snapshot)).failed).toEqual([]);
+});
+
+afterAll(async () => {
+  await inbound?.close();
+  for (const socket of upstreams) socket.destroy();
+  upstream?.close();
+});
+
+/** A relay to the workload's HBONE port that stops carrying bytes, both ways, once `freeze()` is called. */
+async function freezableRelay(): Promise<{ port: number; freeze: () => void; close: () => void }> {
+  let frozen = false;
+  const sockets: net.Socket[] = [];
+  const relay = net.createServer((inboundSide) => {
+    const outboundSide = net.connect(HBONE_PORT, ECHO_IP);
+    sockets.push(inboundSide, outboundSide);
+    for (const [from, to] of [[inboundSide, outboundSide], [outboundSide, inboundSide]] as const) {
+      from.on('error', () => {});
+      from.on('data', (chunk: Buffer) => {
+        if (!frozen) to.write(chunk);
+      });
+    }
+  });
+  relay.listen(0, '127.0.0.1');
+  await once(relay, 'listening');
+  return {
+    port: (relay.address() as AddressInfo).port,
+    freeze: () => (frozen = true),
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      relay.close();
+    },
+  };
+}
+
+/** A tunnel to the echo workload through the relay, answered 200 and carrying bytes. */
+async function openTunnel(port: number): Promise<{ session: http2.ClientHttp2Session; stream: http2.ClientHttp2Stream }> {
+  const socket = tls.connect({ host: '127.0.0.1', port, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket });
+  session.on('error', () => {});
+  const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
+  stream.on('error', () => {});
+  const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
+  expect(headers[':status']).toBe(200);
+  stream.write('ping?');
+  const [echoed] = (await once(stream, 'data')) as [Buffer];
+  expect(echoed.toString()).toBe('ping?');
+  return { session, stream };
+}
+
+describe('the HBONE inbound keepalive', () => {
+  it('keeps a session whose client answers its PINGs, with its tunnel, however quiet the tunnel is', async () => {
+    const relay = await freezableRelay();
+    try {
+      const { session, stream } = await openTunnel(relay.port);
+      await sleep(1_200);
+      expect(inbound.liveTunnels).toBe(1);
+      expect(upstreams.size).toBe(1);
+      stream.end();
+      await once(stream, 'close');
+      session.close();
+      await expect.poll(() => upstreams.size).toBe(0);
+    } finally {
+      relay.close();
+    }
+  });
+
+  it('ends the session of a client that stopped answering, its tunnels and their upstream connections', async () => {
+    const relay = await freezableRelay();
+    try {
+      const { session } = await openTunnel(relay.port);
+      expect(upstreams.size).toBe(1);
+      relay.freeze();
+      await expect.poll(() => inbound.liveTunnels, { timeout: 3_000 }).toBe(0);
+      await expect.poll(() => upstreams.size, { timeout: 3_000 }).toBe(0);
+      session.destroy();
+    } finally {
+      relay.close();
+    }
+  });
+});
