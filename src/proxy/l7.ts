@@ -106,6 +106,8 @@ interface TunnelState {
 const MAX_PIPELINED_REQUESTS = 64;
 /** How long a tunnel whose workload closed waits for the client to close its side before it is reset. */
 const UPSTREAM_CLOSED_GRACE_MS = 5_000;
+/** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
+const HEADERS_TIMEOUT_MS = 60_000;
 
 function cancelStream(stream: http2.ServerHttp2Stream): void {
   if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
@@ -283,13 +285,18 @@ export interface HttpTunnelResult {
 /** Terminates HTTP on HBONE streams for one proxy: shared HTTP/1.1 and h2c servers, state per tunnel. */
 export class HttpInspector {
   readonly #logger: Logger;
-  readonly #h1 = http.createServer({ keepAliveTimeout: 60_000, requestTimeout: 0, headersTimeout: 60_000 });
+  readonly #h1: Server;
   readonly #h2 = http2.createServer({ settings: { enablePush: false, maxConcurrentStreams: MAX_INNER_H2_STREAMS } });
   readonly #tunnels = new WeakMap<object, TunnelState>();
   #pending: TunnelState | null = null;
 
-  constructor(logger: Logger) {
+  constructor(logger: Logger, options: { headersTimeoutMs?: number } = {}) {
     this.#logger = logger.child({ component: 'l7' });
+    const headersTimeout = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
+    this.#h1 = http.createServer({ keepAliveTimeout: 60_000, requestTimeout: 0, headersTimeout, connectionsCheckingInterval: Math.min(15_000, headersTimeout / 4) });
+    // Node checks headersTimeout only on connections of a server that has emitted 'listening' (it starts its checks
+    // then): this one never listens, it is handed tunnels, and without this a slow head held its tunnel forever.
+    this.#h1.emit('listening');
     // A client may half-close after its last request (an HTTP/1.0 client, a script, an application's
     // shutdown(SHUT_WR) carried as END_STREAM). Node's HTTP server would abort the requests in flight and end the
     // tunnel; half-open, it answers them and ends the tunnel after the last answer. (A Server property since Node's
@@ -299,12 +306,13 @@ export class HttpInspector {
     // `Expect: 100-continue`: decided before the client sends its body, which it then sends only when allowed
     // (Node would otherwise answer 100 itself, and undici refuses to forward the header: every such upload got 502).
     this.#h1.on('checkContinue', (req, res) => this.#onH1Request(req, res, true));
-    this.#h1.on('clientError', (error, socket) => {
-      this.#logger.debug({ err: error.message }, 'malformed HTTP/1.1 on an inspected tunnel');
+    this.#h1.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+      const timedOut = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+      this.#logger.debug({ err: error.message }, timedOut ? 'request head not received in time on an inspected tunnel' : 'malformed HTTP/1.1 on an inspected tunnel');
       if (socket.destroyed) return;
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
       if ((this.#tunnels.get(socket)?.inFlight ?? 0) > 0) socket.destroy();
-      else socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      else socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.#h2.on('session', (session) => {
       if (this.#pending) this.#tunnels.set(session, this.#pending);
@@ -504,13 +512,17 @@ export class HttpInspector {
     });
     upstreamStream.on('trailers', (received) => (trailers = forwardableHeaders(received)));
     stream.on('wantTrailers', () => {
-      if (trailers) stream.sendTrailers(trailers);
-      else stream.close();
+      // Without trailers, an empty DATA frame with END_STREAM: close() would end the response with RST_STREAM, which
+      // clients other than Node's (Go's, hyper's) report as an error.
+      stream.sendTrailers(trailers ?? {});
     });
     upstreamStream.on('error', () => {
       if (!stream.headersSent) answer(stream, 502);
       else stream.close(NGHTTP2_CANCEL);
     });
+    // A reset from the workload before its answer carries no 'error' when its code is NO_ERROR: unanswered, the
+    // client would wait forever. (One after the answer began ends the response as Node's client reads it: ended.)
+    upstreamStream.on('close', () => answer(stream, 502));
     stream.on('close', () => {
       if (!upstreamStream.closed) upstreamStream.close(NGHTTP2_CANCEL);
     });

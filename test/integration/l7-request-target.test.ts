@@ -40,10 +40,14 @@ const upstream = http.createServer((req, res) => {
 const h2Upstream = http2.createServer();
 h2Upstream.on('stream', (stream, headers) => {
   served.push(`h2 ${String(headers[':method'])} ${String(headers[':path'])} host=${String(headers[':authority'])}`);
+  // An application that resets the stream before answering (RST_STREAM NO_ERROR, so no 'error' at the proxy).
+  if (headers[':path'] === '/reset-before') return void stream.close(http2.constants.NGHTTP2_NO_ERROR);
   stream.respond({ ':status': 200 });
   stream.end('served');
 });
 const inspector = new HttpInspector(silentLogger());
+/** One that gives a request's head 400 ms (60 s by default). */
+const quickInspector = new HttpInspector(silentLogger(), { headersTimeoutMs: 400 });
 const front = http2.createServer();
 let frontPort = 0;
 
@@ -54,7 +58,7 @@ beforeAll(async () => {
     const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
     const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      void inspector.inspect(stream, socket, (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), () => {});
+      void (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), () => {});
     });
   });
   await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
@@ -69,7 +73,7 @@ afterAll(async () => {
 });
 
 /** A tunnel to the inspector: a CONNECT stream whose bytes it inspects. */
-async function tunnel(to: 'h1' | 'h2'): Promise<{ stream: Duplex; close: () => void }> {
+async function tunnel(to: 'h1' | 'h2' | 'h1-quick'): Promise<{ stream: Duplex; close: () => void }> {
   const session = http2.connect(`http://127.0.0.1:${frontPort}`);
   const stream = session.request({ ':method': 'CONNECT', ':authority': to });
   await new Promise((resolve, reject) => {
@@ -220,5 +224,74 @@ describe('the request target an inspected tunnel decides on', () => {
     expect(await h2('/x\\..\\admin')).toBe(403);
     expect(await h2('/public\\x')).toBe(200);
     expect(served).toEqual(['h2 GET /public host=web.shop', 'h2 GET /public/x host=web.shop']);
+  });
+});
+
+describe('how an inspected tunnel ends what it forwards, and what it does not wait for', () => {
+  /** The HTTP/2 frames the inspector sent on a tunnel: [type, flags, stream id] each, read off the raw bytes. */
+  function frameLog(stream: Duplex): Array<[number, number, number]> {
+    const frames: Array<[number, number, number]> = [];
+    let pending = Buffer.alloc(0);
+    stream.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 9) {
+        const length = pending.readUIntBE(0, 3);
+        if (pending.length < 9 + length) break;
+        frames.push([pending[3] as number, pending[4] as number, pending.readUInt32BE(5) & 0x7fffffff]);
+        pending = pending.subarray(9 + length);
+      }
+    });
+    return frames;
+  }
+
+  it('h2c: ends a response without trailers with END_STREAM, not RST_STREAM (which Go and hyper clients report as an error)', async () => {
+    const { stream, close } = await tunnel('h2');
+    const frames = frameLog(stream);
+    const session = http2.connect('http://web.shop', { createConnection: () => stream as Socket });
+    try {
+      const request = session.request({ ':path': '/ok', ':authority': 'web.shop' });
+      let body = '';
+      request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      await new Promise((resolve) => request.once('close', resolve));
+      expect(body).toBe('served');
+      const RST_STREAM = 0x3;
+      const END_STREAM = 0x1;
+      expect(frames.filter(([type, , id]) => type === RST_STREAM && id === 1)).toEqual([]);
+      expect(frames.some(([type, flags, id]) => (type === 0x0 || type === 0x1) && (flags & END_STREAM) !== 0 && id === 1)).toBe(true);
+    } finally {
+      session.destroy();
+      close();
+    }
+  });
+
+  it('h2c: answers 502 when the application resets a request (RST_STREAM NO_ERROR) before answering it, rather than leave it waiting', async () => {
+    expect(await h2('/reset-before')).toBe(502);
+  });
+
+  it('HTTP/1.1: answers 408 and ends the tunnel when a request head does not arrive in time, and serves one that does', async () => {
+    const { stream, close } = await tunnel('h1-quick');
+    try {
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      const ended = new Promise<boolean>((resolve) => stream.once('end', () => resolve(true)));
+      stream.write('GET / HTTP/1.1\r\nHost: web.shop\r\n');
+      expect(await Promise.race([ended, new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 3_000))])).toBe(true);
+      expect(received).toMatch(/^HTTP\/1\.1 408 /);
+    } finally {
+      close();
+    }
+    const { stream: prompt, close: closePrompt } = await tunnel('h1-quick');
+    try {
+      let received = '';
+      prompt.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      prompt.write('GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+      await expect.poll(() => received).toMatch(/^HTTP\/1\.1 200 /);
+      // Kept open between requests (keep-alive), past the head's deadline: that deadline is per request.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      prompt.write('GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+      await expect.poll(() => received.match(/HTTP\/1\.1 200 /g)?.length).toBe(2);
+    } finally {
+      closePrompt();
+    }
   });
 });
