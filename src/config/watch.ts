@@ -166,6 +166,14 @@ class DirectoryWatcher implements ConfigWatcher {
     if (this.#closed || prev === undefined) return;
     const diff = diffSnapshots(prev, next);
     if (isEmptyDiff(diff)) return;
+    const emptied = await emptiedFiles(this.#dir, diff);
+    if (this.#closed) return;
+    if (emptied.length > 0) {
+      // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
+      // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
+      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied (0 bytes) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} content again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`));
+      return;
+    }
     this.#snapshot = next;
     this.#audit(next, prev, diff);
     this.#options.onChange(next, prev, diff);
@@ -195,6 +203,17 @@ class DirectoryWatcher implements ConfigWatcher {
     }
     this.#pollTimer = setTimeout(this.#pollOnce, this.#pollIntervalMs);
   };
+}
+
+/** Files whose objects the change removes and that are still there, with 0 bytes (see #reloadOnce). */
+async function emptiedFiles(dir: string, diff: ConfigDiff): Promise<string[]> {
+  const files = new Set(diff.removed.map((ref) => ref.file));
+  const emptied: string[] = [];
+  for (const file of files) {
+    const info = await stat(join(dir, file)).catch(() => undefined);
+    if (info?.isFile() === true && info.size === 0) emptied.push(file);
+  }
+  return emptied;
 }
 
 /** Name, size, mtime and inode of every configuration file (links followed): any edit or swap changes it. */

@@ -112,6 +112,35 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(watcher.current().workloadsOnNode('node-b').map((workload) => workload.name)).toEqual(['web']);
     });
 
+    it('holds the objects of a file emptied in place (as `>` does before the writer is done), and lets a removed file take its objects with it', async () => {
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1'), 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, options);
+      const good = watcher.current();
+
+      await writeFiles(dir, { 'pod.yaml': '' });
+      const held = await recorder.next();
+      expect(held.type).toBe('error');
+      if (held.type !== 'error') return;
+      expect(held.error.code).toBe('CONFIG_FILE_EMPTIED');
+      expect(held.error.message).toContain(join(dir, 'pod.yaml'));
+      expect(watcher.current()).toBe(good);
+
+      // The writer finishes: its content is what counts.
+      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2') });
+      const written = await recorder.next();
+      expect(written.type).toBe('change');
+      expect(watcher.current().workloadByIp('10.0.0.2')?.name).toBe('web');
+
+      // A file with nothing but a comment was emptied on purpose; a removed one too: both take their objects away.
+      await writeFiles(dir, { 'pod.yaml': '# web moved elsewhere\n' });
+      const emptied = await recorder.next();
+      expect(emptied.type === 'change' && emptied.diff.removed).toEqual([{ object: 'Pod default/web', file: 'pod.yaml' }]);
+      await rm(join(dir, 'other.yaml'));
+      const removed = await recorder.next();
+      expect(removed.type === 'change' && removed.diff.removed).toEqual([{ object: 'Pod default/other', file: 'other.yaml' }]);
+    });
+
     it('keeps the last good snapshot when the MeshConfig is deleted or the directory vanishes', async () => {
       const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
       const recorder = new Recorder();
