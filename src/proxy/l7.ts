@@ -7,6 +7,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { http } from '../node-http.ts';
 import * as http2 from 'node:http2';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Client } from '../undici.ts';
 import type { Dispatcher, buildConnector } from 'undici';
 import type { Decision } from '../authz/compile.ts';
@@ -293,7 +294,15 @@ export class HttpInspector {
   constructor(logger: Logger, options: { headersTimeoutMs?: number } = {}) {
     this.#logger = logger.child({ component: 'l7' });
     const headersTimeout = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
-    this.#h1 = http.createServer({ keepAliveTimeout: 60_000, requestTimeout: 0, headersTimeout, connectionsCheckingInterval: Math.min(15_000, headersTimeout / 4) });
+    this.#h1 = http.createServer({
+      keepAliveTimeout: 60_000,
+      requestTimeout: 0,
+      headersTimeout,
+      connectionsCheckingInterval: Math.min(15_000, headersTimeout / 4),
+      // WebSocket upgrades come to 'upgrade'; any other (an h2c upgrade, which would carry HTTP/2 past inspection) is
+      // an ordinary request, forwarded without its Upgrade field.
+      shouldUpgradeCallback: isWebSocketUpgrade,
+    });
     // Node checks headersTimeout only on connections of a server that has emitted 'listening' (it starts its checks
     // then): this one never listens, it is handed tunnels, and without this a slow head held its tunnel forever.
     this.#h1.emit('listening');
@@ -306,6 +315,7 @@ export class HttpInspector {
     // `Expect: 100-continue`: decided before the client sends its body, which it then sends only when allowed
     // (Node would otherwise answer 100 itself, and undici refuses to forward the header: every such upload got 502).
     this.#h1.on('checkContinue', (req, res) => this.#onH1Request(req, res, true));
+    this.#h1.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onWebSocketUpgrade(req, socket, head));
     this.#h1.on('clientError', (error: NodeJS.ErrnoException, socket) => {
       const timedOut = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
       this.#logger.debug({ err: error.message }, timedOut ? 'request head not received in time on an inspected tunnel' : 'malformed HTTP/1.1 on an inspected tunnel');
@@ -397,40 +407,52 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
-    state.requests++;
-    const facts = state.facts;
-    // Decided on what the application will receive: a field the Connection header names is not forwarded, so
-    // neither a rule nor the Host check may see it (`Connection: host` would have sent the upstream no Host).
     const headers = forwardableRawHeaders(req.rawHeaders);
-    const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', headers, true);
-    if (malformed !== null) {
+    const refusal = judge(state, req, headers);
+    if (refusal !== null) {
       req.resume();
       // A client waiting for 100 sends no body after a final answer: the connection cannot be reused.
       if (expectsContinue) res.shouldKeepAlive = false;
-      res.writeHead(400, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(malformed) }).end(malformed);
+      res.writeHead(refusal.status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(refusal.body) }).end(refusal.body);
       return;
     }
-    const decision = state.decide(facts);
-    if (!decision.allow) {
-      state.denied++;
-      state.onDenied(decision, facts);
-      req.resume();
-      if (expectsContinue) res.shouldKeepAlive = false;
-      res.writeHead(403, { 'content-type': 'text/plain', 'content-length': DENIED_BODY.length });
-      res.end(DENIED_BODY);
-      return;
-    }
+    const facts = state.facts;
     if (expectsContinue) {
       res.writeContinue();
       // Answered at this hop; the upstream client would refuse to send it on.
       for (let i = headers.length - 2; i >= 0; i -= 2) if (sameHeaderName(headers[i] as string, 'expect')) headers.splice(i, 2);
     }
-    state.h1Client ??= new Client('http://upstream.invalid', { connect: reuseSocket(state.upstream), pipelining: 1, keepAliveTimeout: 60_000 });
+    state.h1Client ??= upstreamClient(state.upstream);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     state.h1Client.dispatch(
       { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null },
       forwardResponse(res, this.#logger),
     );
+  }
+
+  /**
+   * A WebSocket upgrade (Node's server has let go of the tunnel): decided as any request, then forwarded; once the
+   * workload answers 101 the tunnel carries the WebSocket's bytes both ways, uninspected, as Envoy does. Any other
+   * answer is relayed and the tunnel ends, as the client expects after an upgrade it was refused.
+   */
+  #onWebSocketUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // The server's listeners are gone, its 'error' one too.
+    socket.on('error', ignore);
+    const state = this.#tunnels.get(socket);
+    // Behind pipelined requests not yet answered, its answer could not be put in order.
+    if (state === undefined || state.inFlight > 0) {
+      socket.destroy();
+      return;
+    }
+    const headers = forwardableRawHeaders(req.rawHeaders);
+    const refusal = judge(state, req, headers);
+    if (refusal !== null) {
+      socket.end(`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`);
+      return;
+    }
+    state.h1Client ??= upstreamClient(state.upstream);
+    // undici writes `connection: upgrade` and `upgrade: websocket` itself (they are hop-by-hop, not forwarded).
+    state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger));
   }
 
   #onH2Stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[]): void {
@@ -531,6 +553,103 @@ export class HttpInspector {
 }
 
 function ignore(): void {}
+
+/** Whether a request asks for a WebSocket (`Upgrade: websocket`, in any case, alone): only these are upgraded. */
+function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  const upgrade = req.headers.upgrade;
+  return req.method === 'GET' && upgrade !== undefined && upgrade.trim().toLowerCase() === 'websocket';
+}
+
+/** Fills the tunnel's facts from a request and decides it: null when allowed, else the answer to refuse it with. */
+function judge(state: TunnelState, req: IncomingMessage, headers: readonly string[]): { status: 400 | 403; body: string } | null {
+  state.requests++;
+  const facts = state.facts;
+  // Decided on what the application will receive: a field the Connection header names is not forwarded, so
+  // neither a rule nor the Host check may see it (`Connection: host` would have sent the upstream no Host).
+  const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', headers, true);
+  if (malformed !== null) return { status: 400, body: malformed };
+  const decision = state.decide(facts);
+  if (decision.allow) return null;
+  state.denied++;
+  state.onDenied(decision, facts);
+  return { status: 403, body: DENIED_BODY };
+}
+
+/** The tunnel's HTTP/1.1 client to the workload, on the tunnel's one upstream connection. */
+function upstreamClient(upstream: Socket): Client {
+  return new Client('http://upstream.invalid', { connect: reuseSocket(upstream), pipelining: 1, keepAliveTimeout: 60_000 });
+}
+
+/** The head of a response as raw HTTP/1.1, from undici's header object (names lower-case, repeats as arrays). */
+function responseHead(statusCode: number, statusMessage: string, headers: Readonly<Record<string, string | string[] | undefined>>): string {
+  let head = `HTTP/1.1 ${statusCode} ${statusMessage}\r\n`;
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    for (const one of Array.isArray(value) ? value : [value]) head += `${name}: ${one}\r\n`;
+  }
+  return `${head}\r\n`;
+}
+
+/**
+ * The workload's answer to a forwarded WebSocket upgrade, written on the tunnel the HTTP server let go of: a 101 and
+ * its fields as they came, then both directions spliced; any other answer relayed (without a length, its end is the
+ * tunnel's) and the tunnel ended.
+ */
+class UpgradeForwarder implements Dispatcher.DispatchHandler {
+  readonly #socket: Duplex;
+  readonly #head: Buffer;
+  readonly #logger: Logger;
+  /** Whether an answer's head has gone to the client. */
+  #answered = false;
+
+  constructor(socket: Duplex, head: Buffer, logger: Logger) {
+    this.#socket = socket;
+    this.#head = head;
+    this.#logger = logger;
+  }
+
+  onRequestStart(): void {}
+
+  onRequestUpgrade(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, upgraded: Duplex): void {
+    const socket = this.#socket;
+    upgraded.on('error', ignore);
+    if (socket.destroyed) {
+      upgraded.destroy();
+      return;
+    }
+    this.#answered = true;
+    socket.write(responseHead(statusCode, 'Switching Protocols', headers));
+    if (this.#head.length > 0) upgraded.write(this.#head);
+    // Either side ending or failing ends the other: a WebSocket has its own closing handshake inside.
+    socket.pipe(upgraded).on('error', ignore);
+    upgraded.pipe(socket);
+    upgraded.once('close', () => socket.destroy());
+    socket.once('close', () => upgraded.destroy());
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
+    const forwarded = forwardableHeaders(headers);
+    forwarded['connection'] = 'close';
+    this.#answered = true;
+    this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded));
+    this.#socket.on('drain', () => controller.resume());
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#socket.write(chunk)) controller.pause();
+  }
+
+  onResponseEnd(): void {
+    this.#socket.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    this.#logger.debug({ err: error.message }, 'forwarding an inspected WebSocket upgrade failed');
+    if (!this.#answered && !this.#socket.destroyed) this.#socket.end('HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 23\r\nconnection: close\r\n\r\nupstream connect error\n');
+    else this.#socket.destroy(error);
+  }
+}
 
 /** A bodiless answer, only if the stream can still take one. */
 function answer(stream: http2.ServerHttp2Stream, status: number): void {

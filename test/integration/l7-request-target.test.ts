@@ -4,6 +4,7 @@
 // in Envoy's canonicaliser). Real sockets: an HBONE-like CONNECT stream on loopback carries raw HTTP/1.1 or h2c to
 // the proxy's inspector, which forwards what it allows to a real upstream; the decisions come from a compiled DENY
 // policy, the shape that failed open before.
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import http2 from 'node:http2';
 import { connect } from 'node:net';
@@ -36,6 +37,18 @@ const upstream = http.createServer((req, res) => {
   // A slow answer: the client's half-close arrives long before it.
   if (req.url === '/slow') setTimeout(() => res.end('served late'), 100);
   else res.end('served');
+});
+// WebSocket upgrades at the application: /ws switches (RFC 6455's accept key) and echoes; anything else is refused.
+upstream.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
+  served.push(`upgrade ${req.url} host=${req.headers.host ?? ''}`);
+  socket.on('error', () => {});
+  if (req.url !== '/ws') {
+    socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 18\r\nconnection: close\r\n\r\nno websockets here');
+    return;
+  }
+  const accept = createHash('sha1').update(`${String(req.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+  socket.pipe(socket);
 });
 const h2Upstream = http2.createServer();
 h2Upstream.on('stream', (stream, headers) => {
@@ -293,5 +306,62 @@ describe('how an inspected tunnel ends what it forwards, and what it does not wa
     } finally {
       closePrompt();
     }
+  });
+});
+
+describe('WebSocket upgrades on an inspected tunnel', () => {
+  const KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+  const upgradeRequest = (path: string) => `GET ${path} HTTP/1.1\r\nHost: web.shop\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: ${KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+
+  /** Sends `request` on a fresh tunnel; what came back, and whether the tunnel then ended, within 3 s. */
+  async function exchange(request: string, after?: (stream: Duplex, received: () => string) => Promise<void>): Promise<{ received: string; ended: boolean }> {
+    const { stream, close } = await tunnel('h1');
+    try {
+      let received = '';
+      let ended = false;
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      stream.once('end', () => (ended = true));
+      stream.write(request);
+      await expect.poll(() => received.includes('\r\n\r\n'), { timeout: 3_000 }).toBe(true);
+      if (after !== undefined) await after(stream, () => received);
+      else await expect.poll(() => ended, { timeout: 3_000 }).toBe(true);
+      return { received, ended };
+    } finally {
+      close();
+    }
+  }
+
+  it('forwards an allowed upgrade with its fields, relays the 101, then carries the bytes both ways', async () => {
+    served.length = 0;
+    const { received } = await exchange(upgradeRequest('/ws'), async (stream, sofar) => {
+      stream.write('a websocket frame, as bytes');
+      await expect.poll(() => sofar().endsWith('a websocket frame, as bytes')).toBe(true);
+    });
+    expect(received).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    expect(received.toLowerCase()).toContain('sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=');
+    expect(served).toEqual(['upgrade /ws host=web.shop']);
+  });
+
+  it('refuses an upgrade the policy denies with 403, ends the tunnel, and the application never sees it', async () => {
+    served.length = 0;
+    const { received, ended } = await exchange(upgradeRequest('/admin/ws'));
+    expect(received).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(received).toContain('RBAC: access denied');
+    expect(ended).toBe(true);
+    expect(served).toEqual([]);
+  });
+
+  it("relays the application's own refusal of an upgrade, body included, and ends the tunnel", async () => {
+    const { received, ended } = await exchange(upgradeRequest('/ws-refused'));
+    expect(received).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(received).toMatch(/\r\n\r\nno websockets here$/);
+    expect(ended).toBe(true);
+  });
+
+  it('serves any other upgrade (h2c, which would take HTTP/2 past inspection) as an ordinary request, without its Upgrade', async () => {
+    served.length = 0;
+    const answer = await h1('GET /plain HTTP/1.1\r\nHost: web.shop\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n');
+    expect(answer).toEqual({ status: 200, body: 'served' });
+    expect(served).toEqual(['GET /plain host=web.shop']);
   });
 });
