@@ -31,7 +31,7 @@ import {
   UNTRUSTED_REASON,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
 /** Why opening a tunnel failed: the response flag for metrics and access logs, plus the coded error. */
 export class TunnelError extends AmbitError {
@@ -41,10 +41,13 @@ export class TunnelError extends AmbitError {
    */
   readonly flag: string;
   readonly status: number | undefined;
-  constructor(code: 'UPSTREAM_CONNECT' | 'TLS_HANDSHAKE' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown) {
+  /** The peer refused the CONNECT unprocessed (REFUSED_STREAM, or a stream above its GOAWAY's last): safe to send again. */
+  readonly unprocessed: boolean;
+  constructor(code: 'UPSTREAM_CONNECT' | 'TLS_HANDSHAKE' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown, unprocessed = false) {
     super(code, message, { cause });
     this.flag = flag;
     this.status = status;
+    this.unprocessed = unprocessed;
   }
 }
 
@@ -160,7 +163,16 @@ export class HbonePool {
     // Retiring its last session may have forgotten the bucket: take the one the map holds now.
     if (this.#retireStale(bucket)) bucket = this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity);
     const entry = await this.#acquire(bucket, sourceIdentity, endpoint);
-    return this.#request(entry, endpoint, baggage, forwarded);
+    try {
+      return await this.#request(entry, endpoint, baggage, forwarded);
+    } catch (error) {
+      // RFC 9113 §8.7: a refused stream was not processed, so it is sent once more, on another session (this one
+      // refuses: a peer draining, at its stream limit, or finding our certificate expired by its clock).
+      if (!(error instanceof TunnelError) || !error.unprocessed || this.#closed) throw error;
+      this.#retire(entry);
+      const again = await this.#acquire(this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity), sourceIdentity, endpoint);
+      return this.#request(again, endpoint, baggage, forwarded);
+    }
   }
 
   async close(): Promise<void> {
@@ -544,5 +556,5 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
 
 function onConnectError(this: http2.ClientHttp2Stream, error: Error): void {
   const connect = connects.of(this);
-  if (connect.pending) connect.fail(sessionRefusal(connect, error) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error));
+  if (connect.pending) connect.fail(sessionRefusal(connect, error) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error, this.rstCode === NGHTTP2_REFUSED_STREAM));
 }

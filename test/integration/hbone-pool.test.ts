@@ -25,7 +25,7 @@ interface Peer {
   readonly server: http2.Http2SecureServer;
   readonly port: number;
   /** How the peer treats a CONNECT: never answer, answer 200 and echo, answer `status` and end, or reset it unanswered. */
-  mode: 'silent' | 'echo' | 'refuse' | 'reset';
+  mode: 'silent' | 'echo' | 'refuse' | 'reset' | 'refuse-once';
   status: number;
   resetCode: number;
   /** RST codes of the streams the peer saw closed. */
@@ -58,6 +58,10 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
         stream.respond({ ':status': peer.status }, { endStream: true });
       } else if (peer.mode === 'reset') {
         stream.close(peer.resetCode);
+      } else if (peer.mode === 'refuse-once') {
+        // REFUSED_STREAM: not processed (RFC 9113 §8.7), as a peer draining or at its limit answers; the next is echoed.
+        peer.mode = 'echo';
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       }
     });
     h2.listen(0, '127.0.0.1');
@@ -131,6 +135,26 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       }
       await expect.poll(() => hbone.stats().streams).toBe(0);
     } finally {
+      await hbone.close();
+    }
+  });
+
+  it('sends a CONNECT the peer refused unprocessed (REFUSED_STREAM) once more, on a new session, and opens the tunnel', async () => {
+    peer.mode = 'refuse-once';
+    let sessions = 0;
+    const onSession = () => sessions++;
+    peer.server.on('session', onSession);
+    const hbone = pool(2_000);
+    try {
+      const stream = await hbone.open(CLIENT_ID, null, endpoint(), '');
+      expect(sessions).toBe(2);
+      stream.end('after a refusal');
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream) chunks.push(chunk as Buffer);
+      expect(Buffer.concat(chunks).toString()).toBe('after a refusal');
+      await expect.poll(() => hbone.stats()).toEqual({ sessions: 1, streams: 0 });
+    } finally {
+      peer.server.off('session', onSession);
       await hbone.close();
     }
   });
@@ -296,7 +320,8 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
         expect((error as TunnelError).flag).toBe('CONNECT');
         await expect.poll(() => hbone.stats()).toEqual({ sessions: 0, streams: 0 });
       }
-      expect(sessions).toBe(3);
+      // Each connection's CONNECT refused, unprocessed, goes once more on a new session, refused too: two per connection.
+      expect(sessions).toBe(6);
     } finally {
       await hbone.close();
       full.close();
