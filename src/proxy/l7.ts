@@ -417,11 +417,10 @@ export class HttpInspector {
       return;
     }
     const facts = state.facts;
-    if (expectsContinue) {
-      res.writeContinue();
-      // Answered at this hop; the upstream client would refuse to send it on.
-      for (let i = headers.length - 2; i >= 0; i -= 2) if (sameHeaderName(headers[i] as string, 'expect')) headers.splice(i, 2);
-    }
+    if (expectsContinue) res.writeContinue();
+    // Answered at this hop (HTTP/1.1), or to be ignored (an HTTP/1.0 request's, RFC 9110 §10.1.1): the upstream client
+    // would refuse to send it on, and every such request got 502.
+    removeField(headers, 'expect');
     state.h1Client ??= upstreamClient(state.upstream);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     state.h1Client.dispatch(
@@ -515,6 +514,10 @@ export class HttpInspector {
       else if (forwarded[i] === HTTP2_HEADER_AUTHORITY) authority = true;
     }
     if (!authority) forwarded.unshift(HTTP2_HEADER_AUTHORITY, facts.host);
+    // A client waiting for 100 before its body is answered here, as in HTTP/1.1: the workload's 100 would not be
+    // relayed, and the client would wait out its own timeout.
+    if (String(headers.expect ?? '').toLowerCase() === '100-continue' && !stream.readableEnded) stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
+    removeField(forwarded, 'expect');
     let upstreamStream: http2.ClientHttp2Stream;
     try {
       upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });
@@ -553,6 +556,11 @@ export class HttpInspector {
 }
 
 function ignore(): void {}
+
+/** Removes every field of one name (lower-case) from raw headers. */
+function removeField(raw: string[], lower: string): void {
+  for (let i = raw.length - 2; i >= 0; i -= 2) if (sameHeaderName(raw[i] as string, lower)) raw.splice(i, 2);
+}
 
 /** Whether a request asks for a WebSocket (`Upgrade: websocket`, in any case, alone): only these are upgraded. */
 function isWebSocketUpgrade(req: IncomingMessage): boolean {

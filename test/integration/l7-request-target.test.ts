@@ -281,6 +281,27 @@ describe('how an inspected tunnel ends what it forwards, and what it does not wa
     expect(await h2('/reset-before')).toBe(502);
   });
 
+  it('HTTP/1.0: ignores an Expect: 100-continue (RFC 9110 §10.1.1) and serves the request, which got 502 before', async () => {
+    expect(await h1('POST /upload HTTP/1.0\r\nHost: web.shop\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\nbody')).toEqual({ status: 200, body: 'served' });
+  });
+
+  it('h2c: answers a client waiting for 100-continue once the request is allowed, then serves it', async () => {
+    const { stream, close } = await tunnel('h2');
+    const session = http2.connect('http://web.shop', { createConnection: () => stream as Socket });
+    try {
+      const request = session.request({ ':method': 'POST', ':path': '/upload', ':authority': 'web.shop', expect: '100-continue' }, { endStream: false });
+      request.resume();
+      const continued = await Promise.race([new Promise<boolean>((resolve) => request.once('continue', () => resolve(true))), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 3_000))]);
+      expect(continued).toBe(true);
+      request.end('body');
+      const status = await new Promise<number>((resolve) => request.once('response', (headers) => resolve(Number(headers[':status']))));
+      expect(status).toBe(200);
+    } finally {
+      session.destroy();
+      close();
+    }
+  });
+
   it('HTTP/1.1: answers 408 and ends the tunnel when a request head does not arrive in time, and serves one that does', async () => {
     const { stream, close } = await tunnel('h1-quick');
     try {
