@@ -298,7 +298,7 @@ export class HttpInspector {
       keepAliveTimeout: 60_000,
       requestTimeout: 0,
       headersTimeout,
-      connectionsCheckingInterval: Math.min(15_000, headersTimeout / 4),
+      connectionsCheckingInterval: Math.max(1, Math.floor(Math.min(15_000, headersTimeout / 4))),
       // WebSocket upgrades come to 'upgrade'; any other (an h2c upgrade, which would carry HTTP/2 past inspection) is
       // an ordinary request, forwarded without its Upgrade field.
       shouldUpgradeCallback: isWebSocketUpgrade,
@@ -393,8 +393,12 @@ export class HttpInspector {
   }
 
   #onH1Request(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
-    // The rest of a chunk after the tunnel was reset: nothing to answer.
-    if (req.socket.destroyed) return;
+    // The rest of a chunk after the tunnel was reset, or a head completed after its 408 (its tunnel is ending): nothing
+    // to answer, nothing to forward.
+    if (req.socket.destroyed || req.socket.writableEnded) {
+      req.resume();
+      return;
+    }
     const state = this.#tunnels.get(req.socket);
     if (!state) {
       res.writeHead(500).end();
@@ -447,6 +451,8 @@ export class HttpInspector {
     const refusal = judge(state, req, headers);
     if (refusal !== null) {
       socket.end(`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`);
+      // Nothing reads the tunnel any more: unread input would keep its stream from ever closing (and the tunnel open).
+      socket.resume();
       return;
     }
     state.h1Client ??= upstreamClient(state.upstream);
@@ -627,21 +633,23 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
       return;
     }
     this.#answered = true;
-    socket.write(responseHead(statusCode, 'Switching Protocols', headers));
+    // undici's header values are latin1 (bytes as received): written back as bytes.
+    socket.write(responseHead(statusCode, 'Switching Protocols', headers), 'latin1');
     if (this.#head.length > 0) upgraded.write(this.#head);
-    // Either side ending or failing ends the other: a WebSocket has its own closing handshake inside.
-    socket.pipe(upgraded).on('error', ignore);
+    // Each side's end ends the other's (half-close carried); the upgraded socket is the tunnel's upstream connection,
+    // whose close and the tunnel's own are handled by inspect(), as for any tunnel.
+    socket.pipe(upgraded);
     upgraded.pipe(socket);
-    upgraded.once('close', () => socket.destroy());
-    socket.once('close', () => upgraded.destroy());
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
     const forwarded = forwardableHeaders(headers);
     forwarded['connection'] = 'close';
     this.#answered = true;
-    this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded));
+    this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded), 'latin1');
     this.#socket.on('drain', () => controller.resume());
+    // Refused: the client's input goes nowhere, and unread it would keep the tunnel from closing.
+    this.#socket.resume();
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -654,6 +662,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.#logger.debug({ err: error.message }, 'forwarding an inspected WebSocket upgrade failed');
+    this.#socket.resume();
     if (!this.#answered && !this.#socket.destroyed) this.#socket.end('HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 23\r\nconnection: close\r\n\r\nupstream connect error\n');
     else this.#socket.destroy(error);
   }

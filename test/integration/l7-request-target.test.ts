@@ -62,6 +62,8 @@ const inspector = new HttpInspector(silentLogger());
 /** One that gives a request's head 400 ms (60 s by default). */
 const quickInspector = new HttpInspector(silentLogger(), { headersTimeoutMs: 400 });
 const front = http2.createServer();
+/** Tunnels the inspector has taken and not yet finished. */
+let openTunnels = 0;
 let frontPort = 0;
 
 beforeAll(async () => {
@@ -71,7 +73,9 @@ beforeAll(async () => {
     const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
     const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      void (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), () => {});
+      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), () => {});
+      openTunnels++;
+      void inspected.then(() => openTunnels--);
     });
   });
   await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
@@ -302,6 +306,22 @@ describe('how an inspected tunnel ends what it forwards, and what it does not wa
     }
   });
 
+  it('HTTP/1.1: forwards nothing of a request whose head completes after its 408', async () => {
+    served.length = 0;
+    const { stream, close } = await tunnel('h1-quick');
+    try {
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      stream.write('POST /late HTTP/1.1\r\nHost: web.shop\r\nContent-Length: 0\r\n');
+      await expect.poll(() => received, { timeout: 3_000 }).toMatch(/^HTTP\/1\.1 408 /);
+      stream.write('\r\n');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(served).toEqual([]);
+    } finally {
+      close();
+    }
+  });
+
   it('HTTP/1.1: answers 408 and ends the tunnel when a request head does not arrive in time, and serves one that does', async () => {
     const { stream, close } = await tunnel('h1-quick');
     try {
@@ -370,6 +390,21 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     expect(received).toContain('RBAC: access denied');
     expect(ended).toBe(true);
     expect(served).toEqual([]);
+  });
+
+  it('finishes the tunnel of a refused upgrade whose client sends more (past what a stream buffers) before its END_STREAM', async () => {
+    const before = openTunnels;
+    const { stream, close } = await tunnel('h1');
+    try {
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      stream.write(upgradeRequest('/admin/ws'));
+      await expect.poll(() => received).toContain('RBAC: access denied');
+      stream.end(Buffer.alloc(100_000, 0x61));
+      await expect.poll(() => openTunnels, { timeout: 3_000 }).toBe(before);
+    } finally {
+      close();
+    }
   });
 
   it("relays the application's own refusal of an upgrade, body included, and ends the tunnel", async () => {
