@@ -359,9 +359,15 @@ export class HboneInbound {
     }
     if (this.#options.sharedListen && !this.#shared) {
       const { host, port } = this.#options.sharedListen;
-      this.#shared = net.createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket) => this.#dispatchShared(socket));
-      await listenOn(this.#shared, host, port);
-      report.bound.push(`${host}:${port} (shared)`);
+      const shared = net.createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket) => this.#dispatchShared(socket));
+      try {
+        await listenOn(shared, host, port);
+        this.#shared = shared;
+        report.bound.push(`${host}:${port} (shared)`);
+      } catch (error) {
+        // Reported, and tried again by the next sync: kept, the failed server would count as bound for good.
+        report.failed.push({ address: `${host}:${port} (shared)`, error: (error as Error).message });
+      }
     }
     return report;
   }

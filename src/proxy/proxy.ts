@@ -30,6 +30,9 @@ import { authorizationOf } from '../authz/compile.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
 const BYTE_FLUSH_INTERVAL_MS = 5_000;
+/** Listeners that failed to bind are tried again after 1 s, then twice as long each time, up to 30 s. */
+const BIND_RETRY_FIRST_MS = 1_000;
+const BIND_RETRY_MAX_MS = 30_000;
 
 export interface Address {
   host: string;
@@ -78,6 +81,9 @@ export class NodeProxy {
   #reconciling: Promise<void> = Promise.resolve();
   #pending = new Set<string>(['configuration', 'node identity', 'certificates', 'listeners']);
   #lastProblems: string[] = [];
+  /** A listener that could not be bound (its port held, its address not yet on the host) is tried again after this. */
+  #bindRetryMs = BIND_RETRY_FIRST_MS;
+  #bindRetry: NodeJS.Timeout | undefined;
   #authorizer!: InboundAuthorizer;
   #inspector: HttpInspector | null = null;
   #appliedVersion: string | undefined;
@@ -284,8 +290,21 @@ export class NodeProxy {
     // Ready once every local workload has its certificate and its listeners are bound.
     if (inbound.waitingForCertificate.length === 0) this.#pending.delete('certificates');
     else this.#pending.add('certificates');
-    if (inbound.failed.length === 0 && outbound.failed.length === 0) this.#pending.delete('listeners');
-    else this.#pending.add('listeners');
+    if (inbound.failed.length === 0 && outbound.failed.length === 0) {
+      this.#pending.delete('listeners');
+      this.#bindRetryMs = BIND_RETRY_FIRST_MS;
+    } else {
+      this.#pending.add('listeners');
+      // Not only on the next configuration change: a port freed or an address added meanwhile is taken then.
+      if (this.#bindRetry === undefined && !this.#closed) {
+        this.#bindRetry = setTimeout(() => {
+          this.#bindRetry = undefined;
+          this.#scheduleReconcile();
+        }, this.#bindRetryMs);
+        this.#bindRetry.unref();
+        this.#bindRetryMs = Math.min(this.#bindRetryMs * 2, BIND_RETRY_MAX_MS);
+      }
+    }
     if (inbound.bound.length > 0 || outbound.bound.length > 0) this.#logger.info({ inbound: inbound.bound, outbound: outbound.bound }, 'listeners bound');
     this.metrics.setWorkloads(local.length, this.#inbound.listenerCount() + this.#outbound.size);
     const stats = this.#pool.stats();
@@ -325,6 +344,7 @@ export class NodeProxy {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearTimeout(this.#bindRetry);
     this.#heapRelease.stop();
     this.#stopFlush?.();
     await this.#reconciling.catch(() => {});

@@ -115,4 +115,23 @@ describe('the shared HBONE listener', () => {
     stray.on('error', () => {});
     await once(stray, 'close');
   });
+
+  it('binds a shared listener whose port was taken when the proxy started, once it is free, without a configuration change', async () => {
+    await mesh.nodes.get('node-a')?.proc.stop();
+    const blocker = net.createServer();
+    blocker.listen(SHARED_PORT, NODE_A_SHARED);
+    await once(blocker, 'listening');
+    const released = new Promise<void>((resolve) => setTimeout(() => blocker.close(() => resolve()), 2_000));
+    // startNode waits for readiness: reached only once the listener is bound, after the port is released.
+    const nodeA = await mesh.startNode('node-a');
+    await released;
+    expect(nodeA.proc.lines.some((line) => line.msg === 'listener not applied' && String(line.problem).includes(`${NODE_A_SHARED}:${SHARED_PORT} (shared)`))).toBe(true);
+    const session = await connectHbone(NODE_A_SHARED, SHARED_PORT, tester, roots, VM_ID);
+    try {
+      const tunnel = await openTunnel(session, `${VM_IP}:${APP_PORT}`);
+      expect(tunnel.status).toBe(200);
+    } finally {
+      session.destroy();
+    }
+  }, 40_000);
 });
