@@ -13,8 +13,13 @@ import type { LocalAddresses } from './local-addresses.ts';
 
 /** Addresses that are this host whatever its interfaces: loopback, "this network" (0.0.0.0 connects to the host), unspecified. */
 const HOST_ITSELF = new CidrSet(['127.0.0.0/8', '0.0.0.0/8', '::1/128', '::/128']);
-/** Link-local: never routed off the link, and where clouds put their metadata service (169.254.169.254, fd00:ec2::254 aside). */
+/** Link-local: never routed off the link, and where clouds put their metadata service (169.254.169.254). */
 const LINK_LOCAL = new CidrSet(['169.254.0.0/16', 'fe80::/10']);
+/**
+ * Cloud metadata services outside link-local: AWS's over IPv6 (fd00:ec2::254) and Alibaba Cloud's (100.100.100.200).
+ * They answer with the node's own credentials, which a workload must not reach through the host-network proxy.
+ */
+const METADATA = new CidrSet(['fd00:ec2::254/128', '100.100.100.200/32']);
 
 export interface DestinationGuard {
   /** This host's addresses (its interfaces, a loopback prefix whole). */
@@ -42,6 +47,7 @@ export function passthroughRefusal(ip: string, port: number, byWorkload: boolean
   if (!byWorkload) return null;
   if (onHost) return `${formatAuthority(canonical, port)} is this host: a workload's listener may not reach the host's own services through the proxy (an operator's --outbound may)`;
   if (LINK_LOCAL.contains(parsed)) return `${formatAuthority(canonical, port)} is link-local: a workload's listener may not reach it through the proxy (an operator's --outbound may)`;
+  if (METADATA.contains(parsed)) return `${formatAuthority(canonical, port)} is a cloud's metadata service: a workload's listener may not reach it through the proxy (an operator's --outbound may)`;
   // A name (or a ServiceEntry's endpoint) that leads into the mesh: its address or Service name goes over HBONE.
   const mesh = guard.meshAddress(canonical);
   if (mesh !== null) return `${formatAuthority(canonical, port)} is ${mesh}: reached over HBONE when dialled by its address or Service name, never as plain TCP`;

@@ -78,6 +78,20 @@ describe("a workload's passthrough destination", () => {
   });
 
   it.each([
+    ["AWS's over IPv6", 'fd00:ec2::254', 80],
+    ["AWS's over IPv6, in another spelling", 'FD00:EC2:0:0:0:0:0:254', 80],
+    ["Alibaba Cloud's", '100.100.100.200', 80],
+    ["Alibaba Cloud's, IPv4-mapped", '::ffff:100.100.100.200', 80],
+  ])("may not be a cloud's metadata service outside link-local: %s (%s:%i), which the operator's --outbound may", (_what, ip, port) => {
+    expect(passthroughRefusal(ip, port, true, guard)).toMatch(/metadata service/);
+    expect(passthroughRefusal(ip, port, false, guard)).toBeNull();
+  });
+
+  it('lets a workload reach the neighbours of those metadata addresses', () => {
+    for (const ip of ['fd00:ec2::253', '100.100.100.201', '100.64.0.1']) expect(passthroughRefusal(ip, 80, true, guard), ip).toBeNull();
+  });
+
+  it.each([
     ["a mesh workload's IP", '10.0.1.10', 8080],
     ["a Service's cluster IP", '10.96.0.10', 80],
     ["a Service's cluster IP on a port it does not have", '10.96.0.10', 5432],
