@@ -295,6 +295,14 @@ export class OutboundListeners {
       socket.destroy();
       return;
     }
+    // Nor to another workload's, loopback or not (workloads at 127/8 addresses, as a loopback mesh runs them): it
+    // would leave with the owner's certificate.
+    const other = this.#options.snapshot().workloadByIp(normalizeIp(from));
+    if (other !== undefined && other !== source) {
+      this.#logger.warn({ listener: key(spec), owner: spec.owner, peer: from, peerWorkload: `${other.namespace}/${other.name}` }, "outbound connection refused: it comes from another workload's IP, and would leave with the listener owner's identity");
+      socket.destroy();
+      return;
+    }
     void this.forward(socket, source, spec.targetHost, spec.targetPort, spec.annotation === true);
   }
 

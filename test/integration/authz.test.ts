@@ -211,6 +211,22 @@ spec:
     await nodeA.proc.waitFor((line) => nodeA.proc.lines.indexOf(line) >= since && String(line.msg).startsWith('outbound connection refused: it comes from neither') && line.peer === foreign);
   });
 
+  it("lends a listener owner's identity to no other workload's connection, loopback addresses included", async () => {
+    const nodeA = mesh.nodes.get('node-a')!;
+    const since = nodeA.proc.lines.length;
+    // other-1 (OTHER_IP, on node-a too) dials client-1's listener: it would leave as client-1.
+    const received = await new Promise<string>((resolve) => {
+      const socket = connect({ host: CLIENT_IP, port: 9007, localAddress: OTHER_IP });
+      let data = '';
+      socket.on('data', (chunk: Buffer) => (data += chunk.toString()));
+      socket.on('error', () => {});
+      socket.on('close', () => resolve(data));
+      socket.on('connect', () => socket.end('as someone else'));
+    });
+    expect(received).toBe('');
+    await nodeA.proc.waitFor((line) => nodeA.proc.lines.indexOf(line) >= since && String(line.msg).startsWith("outbound connection refused: it comes from another workload's IP") && line.peer === OTHER_IP);
+  });
+
   it('denies one HTTP request with 403 RBAC: access denied and allows the next on the same connection', async () => {
     const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
     try {
