@@ -23,7 +23,7 @@ import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
 import { decideRoute, meshAddressOf, routingTableOf } from './routes.ts';
 import type { Endpoint } from './routes.ts';
-import { CONNECT_TIMEOUT_MS, proxyPorts } from './settings.ts';
+import { CONNECT_TIMEOUT_MS, TCP_KEEPALIVE_IDLE_MS, proxyPorts } from './settings.ts';
 import { listenOn, normalizeIp, stopListening } from './inbound.ts';
 import { isLoopbackAddress } from '../observe/admin.ts';
 import { LocalAddresses } from './local-addresses.ts';
@@ -417,7 +417,8 @@ export class OutboundListeners {
 
   /** Plain TCP to a destination outside the mesh. */
   #passthrough(socket: net.Socket, source: Workload, host: string, port: number, byWorkload: boolean, startedMs: number, srcAddr: string): void {
-    const labels = sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown');
+    // No TLS: no principal either, as ztunnel's source_principal comes only from a handshake.
+    const labels: TunnelLabels = { ...sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), sourcePrincipal: 'unknown' };
     // An address is judged before connecting; a name as it resolves (guardedLookup), so no connection is ever made
     // to a refused address.
     const literal = net.isIP(host) !== 0;
@@ -451,6 +452,8 @@ export class OutboundListeners {
     upstream.once('connect', () => {
       upstream.off('error', fail);
       upstream.setTimeout(0);
+      // Off the node, through NATs and firewalls that drop idle flows: found dead rather than waited on forever (ztunnel's 180 s).
+      upstream.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
       socket.off('close', abandon);
       if (socket.destroyed) {
         upstream.destroy();

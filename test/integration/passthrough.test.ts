@@ -2,10 +2,11 @@
 // address but the proxy's own ports on this host; a workload's own annotation may reach neither this host nor a
 // link-local address, whether it names an address or a name that resolves to one. A refused destination is never
 // connected to.
+import { readFile } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
 
 const P = 67;
@@ -105,6 +106,24 @@ describe("an operator's --outbound passthrough", () => {
     const before = externalConnections;
     expect(await exchange(9301, 'hello outside')).toBe('hello outside');
     expect(externalConnections).toBe(before + 1);
+  });
+
+  it('keeps its upstream connection under TCP keepalive, and counts it without a source principal (no TLS, as ztunnel)', async () => {
+    const before = externalConnections;
+    const held = connect({ host: CLIENT_IP, port: 9301 });
+    held.on('error', () => {});
+    try {
+      await waitUntil('the passthrough connection reaching the server', () => externalConnections > before);
+      // /proc/net/tcp: the proxy's socket to EXTERNAL_IP:externalPort, its timer 2 (keepalive) while idle.
+      const remote = `${EXTERNAL_IP.split('.').map((part) => Number(part).toString(16).toUpperCase().padStart(2, '0')).reverse().join('')}:${externalPort.toString(16).toUpperCase().padStart(4, '0')}`;
+      const rows = (await readFile('/proc/net/tcp', 'utf8')).split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[2] === remote && fields[3] === '01');
+      expect(rows.length).toBeGreaterThan(0);
+      for (const fields of rows) expect(fields[5]?.split(':')[0], `timer of ${fields[1]} → ${remote}`).toBe('02');
+      await waitUntil('the passthrough counted as opened', async () => (await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown' })) > 0);
+      expect(await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown', source_principal: 'unknown' })).toBe(await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown' }));
+    } finally {
+      held.destroy();
+    }
   });
 
   it('reaches a name that resolves to this host', async () => {
