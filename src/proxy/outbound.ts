@@ -191,7 +191,8 @@ export class OutboundListeners {
   readonly #options: OutboundOptions;
   readonly #logger: Logger;
   readonly #listeners = new Map<string, Listener>();
-  readonly #live = new Set<net.Socket>();
+  /** Open application connections, by the workload whose identity they leave with. */
+  readonly #live = new Map<net.Socket, Workload>();
   // One 'close' listener shared by every connection, finding its socket as `this`: a closure per connection would
   // stay for the connection's whole life.
   readonly #forgetLive: (this: net.Socket) => void;
@@ -215,6 +216,24 @@ export class OutboundListeners {
 
   get size(): number {
     return this.#listeners.size;
+  }
+
+  /**
+   * Closes the open connections of workloads `snapshot` no longer runs on this node (deleted, moved, or with another
+   * identity now): they would go on carrying bytes under a certificate for a workload that is gone, as ztunnel
+   * drains a removed pod's connections. Returns how many closed.
+   */
+  closeDeparted(snapshot: ConfigSnapshot): number {
+    const staying = new Set<string>();
+    for (const workload of snapshot.workloadsOnNode(this.#options.nodeName)) staying.add(`${workload.kind}/${workload.namespace}/${workload.name}\n${workload.identity}`);
+    let closed = 0;
+    for (const [socket, source] of this.#live) {
+      if (staying.has(`${source.kind}/${source.namespace}/${source.name}\n${source.identity}`)) continue;
+      this.#live.delete(socket);
+      socket.destroy();
+      closed++;
+    }
+    return closed;
   }
 
   /** True when one of these listeners is bound to ip:port (its own address, or a wildcard one). */
@@ -268,7 +287,7 @@ export class OutboundListeners {
   }
 
   async close(): Promise<void> {
-    for (const socket of this.#live) socket.destroy();
+    for (const socket of this.#live.keys()) socket.destroy();
     for (const listener of this.#listeners.values()) stopListening(listener.server);
     this.#listeners.clear();
     this.#hostsByPort.clear();
@@ -315,7 +334,7 @@ export class OutboundListeners {
     const startedMs = Date.now();
     const remoteAddress = socket.remoteAddress;
     const srcAddr = `${remoteAddress}:${socket.remotePort}`;
-    this.#live.add(socket);
+    this.#live.set(socket, source);
     socket.on('close', this.#forgetLive);
     socket.on('error', noop); // reported through the bridge or the refusal below
     const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random, source.namespace);

@@ -262,6 +262,10 @@ export class NodeProxy {
       const closed = this.#inbound.revoke((connection, inspected) => this.#authorizer.stillAllowed(connection, inspected, snapshot, this.#options.nodeName));
       if (closed > 0) this.#logger.warn({ closed, version: snapshot.version }, 'closed open connections the new configuration no longer allows');
     }
+    if (this.#appliedVersion !== undefined && this.#appliedVersion !== snapshot.version) {
+      const departed = this.#outbound.closeDeparted(snapshot);
+      if (departed > 0) this.#logger.warn({ closed: departed, version: snapshot.version }, 'closed outbound connections of workloads no longer on this node');
+    }
     this.#appliedVersion = snapshot.version;
     const local = snapshot.workloadsOnNode(this.#options.nodeName);
     const wanted = new Set(local.map((workload) => workload.identity));

@@ -2,7 +2,8 @@
 // address but the proxy's own ports on this host; a workload's own annotation may reach neither this host nor a
 // link-local address, whether it names an address or a name that resolves to one. A refused destination is never
 // connected to.
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { connect, createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +16,8 @@ const CLIENT_IP = nodeIp(P, 0, 20);
 const OTHER_IP = nodeIp(P, 0, 21);
 /** A workload added by configuration while the node runs, whose annotation points into the mesh. */
 const ANNOTATED_IP = nodeIp(P, 0, 22);
+/** A workload removed by configuration while one of its passthrough connections is open. */
+const LEAVER_IP = nodeIp(P, 0, 23);
 /** A server outside the mesh (no workload has its address). */
 const EXTERNAL_IP = nodeIp(P, 5, 9);
 
@@ -61,6 +64,7 @@ beforeAll(async () => {
         // Another workload whose listener points at client-1's: through HBONE it would leave with client-1's identity.
         podYaml({ name: 'other-1', node: 'node-a', serviceAccount: 'other', ip: OTHER_IP, outbound: `9401=${CLIENT_IP}:9301` }),
       ),
+      'leaver.yaml': podYaml({ name: 'leaver-1', node: 'node-a', serviceAccount: 'leaver', ip: LEAVER_IP }),
     },
     extraProxyArgs: () => [
       '--outbound', `${CLIENT_IP}:9301=${EXTERNAL_IP}:${externalPort}@demo/client-1`,
@@ -69,6 +73,7 @@ beforeAll(async () => {
       '--outbound', `${CLIENT_IP}:9304=${NODE_ADDRESS}:15008@demo/client-1`,
       '--outbound', `${CLIENT_IP}:9305=${CLIENT_IP}:9305@demo/client-1`, // the listener itself, through HBONE
       '--outbound', `${CLIENT_IP}:9306=db.static.invalid:5432@demo/client-1`, // a name DNS cannot answer
+      '--outbound', `${LEAVER_IP}:9310=${EXTERNAL_IP}:${externalPort}@demo/leaver-1`,
     ],
   });
   node = mesh.nodes.get('node-a') as TestNode;
@@ -121,6 +126,23 @@ describe("an operator's --outbound passthrough", () => {
       for (const fields of rows) expect(fields[5]?.split(':')[0], `timer of ${fields[1]} → ${remote}`).toBe('02');
       await waitUntil('the passthrough counted as opened', async () => (await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown' })) > 0);
       expect(await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown', source_principal: 'unknown' })).toBe(await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown' }));
+    } finally {
+      held.destroy();
+    }
+  });
+
+  it('is closed when its workload leaves the node, rather than go on under the identity of a workload that is gone', async () => {
+    const held = connect({ host: LEAVER_IP, port: 9310 });
+    held.on('error', () => {});
+    let echoed = '';
+    held.on('data', (chunk: Buffer) => (echoed += chunk.toString()));
+    try {
+      held.write('before');
+      await waitUntil('the passthrough echoing', () => echoed === 'before');
+      const since = node.proc.lines.length;
+      await rm(join(mesh.configDir, 'leaver.yaml'));
+      await waitUntil('the departed workload\'s connection closed', () => held.closed, 10_000);
+      expect(node.proc.lines.slice(since).some((line) => line.msg === 'closed outbound connections of workloads no longer on this node' && line.closed === 1)).toBe(true);
     } finally {
       held.destroy();
     }
