@@ -271,10 +271,10 @@ describe('removing listeners while connections through them are open', () => {
     const removed = nodeA.proc.lines.length;
     await rm(join(mesh.configDir, 'client-6.yaml'));
     await accepted(nodeA, removed);
-    // client-6 is gone from the node: its open connection, which left with its certificate, is closed with it (as
-    // ztunnel drains a removed pod's); client-1's, whose workload stays, lives on (checked above and below).
+    // client-6 is gone from the node: its open connection, which left with its certificate, is closed with it (by
+    // node-a, or first by node-b's re-check of the forwarded claim; passthrough.test.ts has one only node-a closes);
+    // client-1's, whose workload stays, lives on (checked above and below).
     await waitUntil("client-6's open connection closed", () => removedListenerTunnel?.socket.closed === true, 5_000);
-    expect(nodeA.proc.lines.slice(removed).some((line) => line.msg === 'closed outbound connections of workloads no longer on this node' && line.closed === 1)).toBe(true);
     nodeAMark = nodeA.proc.lines.length;
     await mesh.writeConfig('client-7.yaml', podFile('client-7', 'node-a', CLIENT_7_IP, '9070=echo.demo:7'));
     await accepted(nodeA, nodeAMark);
