@@ -54,6 +54,7 @@ export const ERROR_CODES = {
   TLS_HANDSHAKE: 'the TLS handshake with a peer failed: it sent an alert (it refused our certificate, or shares no TLS 1.3 suite or group with us) or does not speak TLS',
   DOWNSTREAM_RESET: 'the application closed its own connection abruptly (RST, EPIPE) mid-transfer',
   UPSTREAM_RESET: 'the destination closed its connection abruptly (RST, EPIPE) mid-transfer',
+  POLICY_DENIED: 'an authorization policy denied the connection (401 on its CONNECT, flag DENY)',
   POLICY_REVOKED: 'an open connection was closed because a configuration change no longer allows it',
   TUNNEL_RESET: 'the peer reset the tunnel (RST_STREAM, GOAWAY or a dropped connection) before it finished',
   HBONE_REFUSED: 'the destination node proxy answered the CONNECT with an error status (400 bad request, 401 policy, 503 unreachable)',

@@ -543,7 +543,10 @@ export class HboneInbound {
       } catch {
         decision = DENY_ON_ERROR; // fail closed
       }
-      if (!decision.allow) return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers, snapshot, claimed, authority.port);
+      if (!decision.allow) {
+        this.#failedAccess(peer, destination, `${authority.host}:${authority.port}`, 0, 'POLICY_DENIED', decision.reason, 'DENY');
+        return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers, snapshot, claimed, authority.port);
+      }
     }
     // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners in an EmitterSlot
     // on the stream and the socket: closures here would keep this whole scope, the request's headers among it, for
@@ -610,7 +613,9 @@ export class HboneInbound {
       inbound.#live.delete(dial);
       upstream.destroy();
       inbound.#options.metrics.failed(dial.labels, 'DENY');
-      inbound.#refuse(stream, 401, dial.peer, dial.connection.destination, 'the configuration that came into force while the upstream connected does not allow it');
+      const reason = 'the configuration that came into force while the upstream connected does not allow it';
+      inbound.#failedAccess(dial.peer, dial.connection.destination, `${dial.connection.destinationIp}:${dial.connection.destinationPort}`, dial.startedMs, 'POLICY_DENIED', reason, 'DENY');
+      inbound.#refuse(stream, 401, dial.peer, dial.connection.destination, reason);
       return;
     }
     // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
@@ -624,7 +629,27 @@ export class HboneInbound {
     dial.upstream.destroy();
     this.#options.metrics.failed(dial.labels, 'CONNECT');
     const { destination, destinationIp, destinationPort } = dial.connection;
-    this.#refuse(dial.stream, 503, dial.peer, destination, `upstream ${destinationIp}:${destinationPort}: ${error.message}`, 'CONNECT');
+    const reason = `upstream ${destinationIp}:${destinationPort}: ${error.message}`;
+    this.#failedAccess(dial.peer, destination, `${destinationIp}:${destinationPort}`, dial.startedMs, 'UPSTREAM_CONNECT', reason, 'CONNECT');
+    this.#refuse(dial.stream, 503, dial.peer, destination, reason, 'CONNECT');
+  }
+
+  /**
+   * The access line of a CONNECT that never became a tunnel (a policy denied it, or its upstream could not be
+   * reached): one line per connection, failures included, as ztunnel's "connection complete" with its error.
+   */
+  #failedAccess(peer: PeerInfo, destination: Workload, address: string, startedMs: number, code: 'POLICY_DENIED' | 'UPSTREAM_CONNECT', message: string, flags: 'DENY' | 'CONNECT'): void {
+    if (!accessLogEnabled(this.#logger, true)) return;
+    accessLog(this.#logger, {
+      direction: 'inbound',
+      src: { addr: peer.address, identity: peer.id.id },
+      dst: { addr: address, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
+      bytesSent: 0,
+      bytesRecv: 0,
+      durationMs: startedMs === 0 ? 0 : Date.now() - startedMs,
+      error: { code, message },
+      responseFlags: flags,
+    });
   }
 
   /** The upstream answered and the peer has its 200: count the tunnel, then carry bytes (or inspect requests). */

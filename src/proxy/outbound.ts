@@ -341,6 +341,7 @@ export class OutboundListeners {
     if (route.kind === 'deny') {
       this.#options.metrics.failed(sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
       this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: route.reason, reason: route.message }, 'outbound connection refused');
+      this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, route.reason, route.message, route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
       socket.destroy();
       return;
     }
@@ -383,6 +384,25 @@ export class OutboundListeners {
     // One object per tunnel, and a sync method for the rest: closures here would keep this async call's whole scope
     // for the tunnel's life.
     this.#carry(new OutboundTunnel(socket, this.#options.metrics.open(labels), source, srcAddr, endpoint, service, startedMs), stream);
+  }
+
+  /**
+   * The access line of a connection that never reached its destination (a route or passthrough refusal, a
+   * passthrough connect that failed): one per connection, failures included, as ztunnel's. HBONE's own failures write
+   * theirs where they are caught.
+   */
+  #failedAccess(source: Workload, srcAddr: string, target: string, startedMs: number, code: string, message: string, flags: 'DENY' | 'CONNECT'): void {
+    if (!accessLogEnabled(this.#logger, true)) return;
+    accessLog(this.#logger, {
+      direction: 'outbound',
+      src: { addr: srcAddr, workload: source.name, namespace: source.namespace },
+      dst: { addr: target },
+      bytesSent: 0,
+      bytesRecv: 0,
+      durationMs: Date.now() - startedMs,
+      error: { code, message },
+      responseFlags: flags,
+    });
   }
 
   #carry(tunnel: OutboundTunnel, stream: http2.ClientHttp2Stream): void {
@@ -446,6 +466,7 @@ export class OutboundListeners {
       if (refusal !== null) {
         this.#options.metrics.failed(labels, 'DENY');
         this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: 'DESTINATION_REFUSED', reason: refusal }, 'outbound connection refused');
+        this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'DESTINATION_REFUSED', refusal, 'DENY');
         socket.destroy();
         return;
       }
@@ -461,10 +482,12 @@ export class OutboundListeners {
       if (error instanceof AmbitError && error.code === 'DESTINATION_REFUSED') {
         this.#options.metrics.failed(labels, 'DENY');
         this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: error.code, reason: error.message }, 'outbound connection refused');
+        this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'DESTINATION_REFUSED', error.message, 'DENY');
         return;
       }
       this.#options.metrics.failed(labels, 'CONNECT');
       this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), err: error.message }, 'passthrough connect failed');
+      this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'UPSTREAM_CONNECT', error.message, 'CONNECT');
     };
     upstream.once('timeout', () => fail(new Error(`connect timed out after ${CONNECT_TIMEOUT_MS} ms`)));
     upstream.once('error', fail);

@@ -156,6 +156,8 @@ describe('authorization in the node proxy', () => {
     const nodeB = mesh.nodes.get('node-b')!;
     await waitUntil('the 401 counted at the source', async () => (await metricSum(nodeA, 'istio_tcp_connections_failed_total', { response_flags: 'DENY', source_principal: 'spiffe://cluster.local/ns/demo/sa/other' })) >= 1);
     await nodeB.proc.waitFor((line) => line.msg === 'connection denied by policy' && line.source === 'spiffe://cluster.local/ns/demo/sa/other' && line.policy === null);
+    // And its access line, as every connection's, the failed ones included.
+    await nodeB.proc.waitFor((line) => line.msg === 'access' && line.direction === 'inbound' && line.error_code === 'POLICY_DENIED' && line.response_flags === 'DENY' && line['src.identity'] === 'spiffe://cluster.local/ns/demo/sa/other' && line['dst.workload'] === 'echo-1');
   });
 
   it("sees the source workload's own address (ipBlocks): a DENY of its IP denies it, a DENY of another workload's IP on the same node does not", async () => {

@@ -104,6 +104,8 @@ async function refusedWith(port: number, reason: RegExp): Promise<void> {
   const before = node.proc.lines.length;
   expect(await exchange(port, 'GET /config_dump HTTP/1.1\r\nHost: admin\r\n\r\n')).toBe('');
   await waitUntil(`the refusal of listener ${port}`, () => node.proc.lines.slice(before).some((line) => line.code === 'DESTINATION_REFUSED' && reason.test(String(line.reason))));
+  // Its access line too, as every connection's.
+  await waitUntil(`the access line of listener ${port}'s refusal`, () => node.proc.lines.slice(before).some((line) => line.msg === 'access' && line.error_code === 'DESTINATION_REFUSED' && line.response_flags === 'DENY' && reason.test(String(line.error))));
 }
 
 describe("an operator's --outbound passthrough", () => {
@@ -253,6 +255,7 @@ spec:
       const before = node.proc.lines.length;
       expect(await exchange(9301, 'locked')).toBe('');
       await waitUntil('the EGRESS_BLOCKED refusal', () => node.proc.lines.slice(before).some((line) => line.code === 'EGRESS_BLOCKED'));
+      await waitUntil('its access line', () => node.proc.lines.slice(before).some((line) => line.msg === 'access' && line.error_code === 'EGRESS_BLOCKED' && line.response_flags === 'DENY'));
       // Exported only to another namespace: still refused.
       await apply('entry.yaml', entry('"billing"'));
       expect(await exchange(9301, 'still locked')).toBe('');
