@@ -457,8 +457,11 @@ function walk(root: LabelIndex, labels: TunnelLabels, create: boolean): LabelInd
   if (node !== null) node = step(node, labels.sourcePrincipal);
   if (node !== null) node = step(node, labels.destination.key);
   if (node !== null) node = step(node, labels.destinationPrincipal);
-  // A Service's hostname names it (NAME.NAMESPACE.svc...), so its name and namespace need no step of their own.
+  // A Service's hostname names it (NAME.NAMESPACE.svc...), a ServiceEntry's does not: entries of several namespaces
+  // may name one host, each its own series.
   if (node !== null) node = step(node, labels.service.hostname);
+  if (node !== null) node = step(node, labels.service.namespace);
+  if (node !== null) node = step(node, labels.service.name);
   if (node !== null) node = step(node, labels.connectionSecurityPolicy);
   return node;
 }

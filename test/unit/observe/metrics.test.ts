@@ -140,6 +140,20 @@ describe('ProxyMetrics', () => {
     expect(await valueOf(registry, 'istio_tcp_sent_bytes_total', { reporter: 'source' })).toBe(3);
   });
 
+  it('keeps apart ServiceEntries of two namespaces (or names) that name the same host', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry);
+    const entry = (namespace: string, name: string): TunnelLabels => ({ ...OUTBOUND, service: { hostname: 'api.partner.example', name, namespace } });
+    metrics.open(entry('billing', 'partner-api')).close(1, 1, '-');
+    metrics.open(entry('shop', 'partner-api')).close(1, 1, '-');
+    metrics.open(entry('shop', 'partner-api-v2')).close(1, 1, '-');
+    metrics.open(entry('shop', 'partner-api')).close(1, 1, '-');
+    expect(await seriesCount(registry, 'istio_tcp_connections_opened_total')).toBe(3);
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { destination_service_namespace: 'billing', destination_service_name: 'partner-api' })).toBe(1);
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { destination_service_namespace: 'shop', destination_service_name: 'partner-api' })).toBe(2);
+    expect(await valueOf(registry, 'istio_tcp_connections_opened_total', { destination_service_namespace: 'shop', destination_service_name: 'partner-api-v2' })).toBe(1);
+  });
+
   it('reports an empty label value as unknown', async () => {
     const registry = new Registry();
     const source = workloadLabels({ workload: '', namespace: 'shop', canonicalService: '', canonicalRevision: '', app: '', version: '', cluster: '', region: '', zone: '' });
