@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import { BlockList, isIP } from 'node:net';
 import { http } from '../node-http.ts';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from './log.ts';
@@ -50,8 +50,14 @@ const KEEP_ALIVE_TIMEOUT_MS = 5_000;
 const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 /** A socket with no activity at all (e.g. a reader that stopped reading a large /metrics answer) is destroyed. */
 const SOCKET_IDLE_TIMEOUT_MS = 30_000;
-/** A scraper, the kubelet's probes and an operator need a handful; more is a misbehaving client. */
-const MAX_CONNECTIONS = 64;
+/**
+ * A scraper, the kubelet's probes and an operator need a handful each; more from one address is a misbehaving
+ * client, held off without starving the others (a shared cap let one client that kept 64 idle connections open
+ * fail every scrape and probe).
+ */
+const MAX_CONNECTIONS_PER_PEER = 16;
+/** All together: a bound on memory, far above what the legitimate clients of one node ever hold. */
+const MAX_CONNECTIONS = 1_024;
 /** Admin answers are small and requests carry nothing useful in headers beyond the path. */
 const MAX_HEADER_BYTES = 8 * 1024;
 
@@ -144,6 +150,7 @@ async function listen(what: string, address: ListenAddress, handler: Handler): P
   );
   server.timeout = SOCKET_IDLE_TIMEOUT_MS;
   server.maxConnections = MAX_CONNECTIONS;
+  limitPerPeer(server);
   server.listen({ host: address.host, port: address.port, exclusive: true });
   try {
     await once(server, 'listening');
@@ -156,6 +163,26 @@ async function listen(what: string, address: ListenAddress, handler: Handler): P
   const bound = server.address() as AddressInfo;
   const host = bound.family === 'IPv6' ? `[${bound.address}]` : bound.address;
   return { server, url: `http://${host}:${bound.port}` };
+}
+
+/** Closes, as soon as it is accepted, a connection from an address that already holds MAX_CONNECTIONS_PER_PEER. */
+function limitPerPeer(server: Server): void {
+  const open = new Map<string, number>();
+  // Before the HTTP server's own 'connection' listener: a refused socket is never parsed.
+  server.prependListener('connection', (socket: Socket) => {
+    const peer = socket.remoteAddress ?? '';
+    const count = open.get(peer) ?? 0;
+    if (count >= MAX_CONNECTIONS_PER_PEER) {
+      socket.destroy();
+      return;
+    }
+    open.set(peer, count + 1);
+    socket.once('close', () => {
+      const left = (open.get(peer) ?? 1) - 1;
+      if (left === 0) open.delete(peer);
+      else open.set(peer, left);
+    });
+  });
 }
 
 async function closeServer(server: Server): Promise<void> {

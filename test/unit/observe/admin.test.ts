@@ -1,7 +1,9 @@
 // Metrics, readiness and admin servers (src/observe/admin.ts) over real HTTP on loopback: routes, status
 // codes, the log level switch, the loopback-only admin bind, and clean shutdown without leaked handles.
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
@@ -247,6 +249,43 @@ describe('lifecycle', () => {
     expect(Date.now() - startedAt).toBeLessThan(1_000);
     await stalledClosed;
     await expect(request(`${urls.metricsUrl}/metrics`)).rejects.toThrow();
+  });
+
+  it('holds one address to 16 connections, so a client hoarding them starves neither scrapes nor probes from elsewhere', async () => {
+    const { urls, sources } = await start();
+    sources.ready = true;
+    sources.pending = [];
+    const { hostname, port } = new URL(urls.readinessUrl!);
+    const hoarded: Socket[] = [];
+    try {
+      for (let i = 0; i < 16; i++) {
+        const socket = connect({ host: hostname, port: Number(port), localAddress: '127.0.0.9' });
+        socket.on('error', () => undefined);
+        await once(socket, 'connect');
+        hoarded.push(socket);
+      }
+      // The 17th from that address is closed at once, before any request is read.
+      const refused = connect({ host: hostname, port: Number(port), localAddress: '127.0.0.9' });
+      refused.on('error', () => undefined);
+      refused.write('GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n');
+      let answer = '';
+      refused.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+      await once(refused, 'close');
+      expect(answer).toBe('');
+      // Another address is served, and so is the first again once it lets one go.
+      expect((await get(`${urls.readinessUrl}/healthz/ready`)).status).toBe(200);
+      hoarded.pop()?.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const again = connect({ host: hostname, port: Number(port), localAddress: '127.0.0.9' });
+      again.on('error', () => undefined);
+      let served = '';
+      again.on('data', (chunk: Buffer) => (served += chunk.toString()));
+      again.end('GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      await once(again, 'close');
+      expect(served).toMatch(/^HTTP\/1\.1 200 /);
+    } finally {
+      for (const socket of hoarded) socket.destroy();
+    }
   });
 
   it('cuts off a client that never finishes its request headers', async () => {
