@@ -20,6 +20,7 @@ import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
 import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter, WorkloadLabels } from '../observe/metrics.ts';
+import { UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
 import { labelsOfBaggage, labelsOfNamespace, labelsOfWorkload } from './labels.ts';
 import { inboundService, routingTableOf } from './routes.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
@@ -203,6 +204,8 @@ export interface InboundOptions {
   ownListener?: (ip: string, port: number) => boolean;
   /** Whether a connection authorized under an earlier configuration is allowed under `snapshot`. */
   recheck?: (connection: InboundConnection, inspected: boolean, snapshot: ConfigSnapshot) => boolean;
+  /** Default MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN. */
+  maxForeignPrincipals?: number;
   /** PING every authenticated session this often (default KEEPALIVE_INTERVAL_MS)... */
   keepaliveIntervalMs?: number;
   /** ...and end one whose PONG has not come this long after (default KEEPALIVE_TIMEOUT_MS). */
@@ -258,6 +261,12 @@ const peers = new WeakMap<http2.Http2Session, PeerInfo>();
 /** Source label sets a peer's baggage may add to the metrics, per peer identity, and peers tracked. */
 const MAX_BAGGAGE_LABELS_PER_PEER = 8;
 const MAX_BAGGAGE_PEERS = 4096;
+/**
+ * Peer identities of each other trust domain given series of their own: a federated CA can mint any number (ours
+ * issues only the registry's). Past this a peer of that trust domain is counted with unknown source labels, so one
+ * partner cannot use up the node's series and leave every later workload pair unlabelled.
+ */
+export const MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN = 1_000;
 
 export class HboneInbound {
   readonly #options: InboundOptions;
@@ -275,6 +284,8 @@ export class HboneInbound {
   readonly #keepaliveTimeoutMs: number;
   /** Source labels taken from baggage, by peer identity (see #sourceLabels). */
   readonly #baggageLabels = new Map<string, Map<string, WorkloadLabels>>();
+  /** Other trust domains' peer identities that have series of their own (see #labels). */
+  readonly #foreignPrincipals = new Map<string, Set<string>>();
 
   constructor(options: InboundOptions) {
     this.#options = options;
@@ -698,15 +709,27 @@ export class HboneInbound {
   #labels(peer: PeerInfo, destination: Workload, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null, port: number): TunnelLabels {
     // believedClaim has read this stream's `forwarded` into the session's memo, its `host=` with it.
     const host = typeof headers.forwarded === 'string' ? peer.claimHost : null;
+    const labelled = peer.id.trustDomain === snapshot.mesh.trustDomain || this.#foreignLabelled(peer.id);
     return {
       reporter: 'destination',
-      source: this.#sourceLabels(peer, headers, snapshot, claimed),
-      sourcePrincipal: peer.id.id,
+      // The namespace and baggage a foreign peer's labels come from are its own to choose too.
+      source: labelled ? this.#sourceLabels(peer, headers, snapshot, claimed) : UNKNOWN_WORKLOAD,
+      sourcePrincipal: labelled ? peer.id.id : 'unknown',
       destination: labelsOfWorkload(destination),
       destinationPrincipal: destination.identity,
       service: inboundService(routingTableOf(snapshot), destination, host, port, peer.namespace),
       connectionSecurityPolicy: 'mutual_tls',
     };
+  }
+
+  /** Whether another trust domain's peer identity is among the first MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN seen. */
+  #foreignLabelled(id: SpiffeId): boolean {
+    let seen = this.#foreignPrincipals.get(id.trustDomain);
+    if (seen === undefined) this.#foreignPrincipals.set(id.trustDomain, (seen = new Set()));
+    if (seen.has(id.id)) return true;
+    if (seen.size >= (this.#options.maxForeignPrincipals ?? MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN)) return false;
+    seen.add(id.id);
+    return true;
   }
 
   /**

@@ -1,6 +1,7 @@
 // The HBONE inbound in-process, with real TLS and sockets: it PINGs every authenticated session, and a client node
 // that vanishes (no FIN, no RST: a relay that stops carrying bytes stands in for it) has its session and tunnels
 // ended, with their upstream connections to the workload, once its PONG is late; a client that answers keeps them.
+// And the series a federated trust domain's peers get: labelled for its first identities only.
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -40,13 +41,19 @@ status: { podIP: ${ECHO_IP}, phase: Running }
 
 let inbound: HboneInbound;
 let client: TestSvid;
+let registry: Registry;
+/** Peers of a federated trust domain, partner.example: more than the inbound gives series of their own (2 here). */
+const partners: TestSvid[] = [];
 let upstream: net.Server;
 /** The workload's side of each tunnel: open while the proxy keeps its upstream connection. */
 const upstreams = new Set<net.Socket>();
 
 beforeAll(async () => {
   const ca = await createTestCa('cluster.local');
-  const bundles = new BundleSet([ca.bundle]);
+  const partnerCa = await createTestCa('partner.example');
+  for (const name of ['a', 'b', 'c']) partners.push(await issueTestSvid(partnerCa, `spiffe://partner.example/ns/p/sa/${name}`));
+  const bundles = new BundleSet([ca.bundle, partnerCa.bundle]);
+  registry = new Registry();
   const server = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/echo');
   client = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/tester');
   const snapshot = buildSnapshot(parseConfigText(workloads, 'workloads.yaml'));
@@ -68,13 +75,14 @@ beforeAll(async () => {
     bundles: () => bundles,
     verifier: new PeerVerifier(),
     logger: silentLogger(),
-    metrics: new ProxyMetrics(new Registry()),
+    metrics: new ProxyMetrics(registry),
     authorize: () => ALLOW,
     liveMeters: new Set(),
     inspectRequests: null,
     inspector: null,
     keepaliveIntervalMs: 100,
     keepaliveTimeoutMs: 400,
+    maxForeignPrincipals: 2,
   });
   expect((await inbound.sync(snapshot)).failed).toEqual([]);
 });
@@ -111,9 +119,9 @@ async function freezableRelay(): Promise<{ port: number; freeze: () => void; clo
   };
 }
 
-/** A tunnel to the echo workload through the relay, answered 200 and carrying bytes. */
-async function openTunnel(port: number): Promise<{ session: http2.ClientHttp2Session; stream: http2.ClientHttp2Stream }> {
-  const socket = tls.connect({ host: '127.0.0.1', port, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+/** A tunnel to the echo workload (through a relay on `port`, else directly) as `svid`, answered 200 and carrying bytes. */
+async function openTunnel(port: number | null, svid: TestSvid = client): Promise<{ session: http2.ClientHttp2Session; stream: http2.ClientHttp2Stream }> {
+  const socket = tls.connect({ host: port === null ? ECHO_IP : '127.0.0.1', port: port ?? HBONE_PORT, cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
   const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket });
   session.on('error', () => {});
   const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
@@ -155,5 +163,21 @@ describe('the HBONE inbound keepalive', () => {
     } finally {
       relay.close();
     }
+  });
+});
+
+describe('series of a federated trust domain\'s peers', () => {
+  it('are labelled with the principal of its first identities only, the rest counted as unknown; our own peers always', async () => {
+    for (const svid of [...partners, client]) {
+      const { session, stream } = await openTunnel(null, svid);
+      stream.end();
+      await once(stream, 'close');
+      session.close();
+    }
+    const opened = (await registry.getSingleMetric('istio_tcp_connections_opened_total')?.get())?.values ?? [];
+    const principals = opened.map((value) => String(value.labels.source_principal)).sort();
+    expect(principals).toEqual(['spiffe://cluster.local/ns/demo/sa/tester', 'spiffe://partner.example/ns/p/sa/a', 'spiffe://partner.example/ns/p/sa/b', 'unknown']);
+    const unknown = opened.find((value) => value.labels.source_principal === 'unknown');
+    expect(unknown?.labels.source_workload_namespace).toBe('unknown');
   });
 });
