@@ -56,6 +56,7 @@ export const ERROR_CODES = {
   UPSTREAM_RESET: 'the destination closed its connection abruptly (RST, EPIPE) mid-transfer',
   POLICY_DENIED: 'an authorization policy denied the connection (401 on its CONNECT, flag DENY)',
   POLICY_REVOKED: 'an open connection was closed because a configuration change no longer allows it',
+  SOURCE_DEPARTED: 'an open outbound connection was closed because its source workload left the node (deleted, moved, or another identity)',
   TUNNEL_RESET: 'the peer reset the tunnel (RST_STREAM, GOAWAY or a dropped connection) before it finished',
   HBONE_REFUSED: 'the destination node proxy answered the CONNECT with an error status (400 bad request, 401 policy, 503 unreachable)',
   EGRESS_BLOCKED: 'the destination is not in the mesh registry (no Service, workload, or ServiceEntry exported to the source\'s namespace names it on that port) and the mesh locks egress down (REGISTRY_ONLY)',

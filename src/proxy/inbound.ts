@@ -555,7 +555,7 @@ export class HboneInbound {
         decision = DENY_ON_ERROR; // fail closed
       }
       if (!decision.allow) {
-        this.#failedAccess(peer, destination, `${authority.host}:${authority.port}`, 0, 'POLICY_DENIED', decision.reason, 'DENY');
+        if (accessLogEnabled(this.#logger, true)) this.#failedAccess(peer, destination, `${authority.host}:${authority.port}`, 0, 'POLICY_DENIED', decision.reason, 'DENY', this.#labels(peer, destination, headers, snapshot, claimed, authority.port));
         return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers, snapshot, claimed, authority.port);
       }
     }
@@ -625,7 +625,7 @@ export class HboneInbound {
       upstream.destroy();
       inbound.#options.metrics.failed(dial.labels, 'DENY');
       const reason = 'the configuration that came into force while the upstream connected does not allow it';
-      inbound.#failedAccess(dial.peer, dial.connection.destination, `${dial.connection.destinationIp}:${dial.connection.destinationPort}`, dial.startedMs, 'POLICY_DENIED', reason, 'DENY');
+      inbound.#failedAccess(dial.peer, dial.connection.destination, `${dial.connection.destinationIp}:${dial.connection.destinationPort}`, dial.startedMs, 'POLICY_DENIED', reason, 'DENY', dial.labels);
       inbound.#refuse(stream, 401, dial.peer, dial.connection.destination, reason);
       return;
     }
@@ -641,7 +641,7 @@ export class HboneInbound {
     this.#options.metrics.failed(dial.labels, 'CONNECT');
     const { destination, destinationIp, destinationPort } = dial.connection;
     const reason = `upstream ${destinationIp}:${destinationPort}: ${error.message}`;
-    this.#failedAccess(dial.peer, destination, `${destinationIp}:${destinationPort}`, dial.startedMs, 'UPSTREAM_CONNECT', reason, 'CONNECT');
+    this.#failedAccess(dial.peer, destination, `${destinationIp}:${destinationPort}`, dial.startedMs, 'UPSTREAM_CONNECT', reason, 'CONNECT', dial.labels);
     this.#refuse(dial.stream, 503, dial.peer, destination, reason, 'CONNECT');
   }
 
@@ -649,12 +649,12 @@ export class HboneInbound {
    * The access line of a CONNECT that never became a tunnel (a policy denied it, or its upstream could not be
    * reached): one line per connection, failures included, as ztunnel's "connection complete" with its error.
    */
-  #failedAccess(peer: PeerInfo, destination: Workload, address: string, startedMs: number, code: 'POLICY_DENIED' | 'UPSTREAM_CONNECT', message: string, flags: 'DENY' | 'CONNECT'): void {
+  #failedAccess(peer: PeerInfo, destination: Workload, address: string, startedMs: number, code: 'POLICY_DENIED' | 'UPSTREAM_CONNECT', message: string, flags: 'DENY' | 'CONNECT', labels: TunnelLabels): void {
     if (!accessLogEnabled(this.#logger, true)) return;
     accessLog(this.#logger, {
       direction: 'inbound',
-      src: { addr: peer.address, identity: peer.id.id },
-      dst: { addr: address, workload: destination.name, namespace: destination.namespace, identity: destination.identity },
+      src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace },
+      dst: { addr: address, workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
       bytesSent: 0,
       bytesRecv: 0,
       durationMs: startedMs === 0 ? 0 : Date.now() - startedMs,

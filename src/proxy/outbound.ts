@@ -193,6 +193,8 @@ export class OutboundListeners {
   readonly #listeners = new Map<string, Listener>();
   /** Open application connections, by the workload whose identity they leave with. */
   readonly #live = new Map<net.Socket, Workload>();
+  /** Connections closeDeparted closed: their access line says why. */
+  readonly #departed = new WeakSet<net.Socket>();
   // One 'close' listener shared by every connection, finding its socket as `this`: a closure per connection would
   // stay for the connection's whole life.
   readonly #forgetLive: (this: net.Socket) => void;
@@ -230,6 +232,7 @@ export class OutboundListeners {
     for (const [socket, source] of this.#live) {
       if (staying.has(`${source.kind}/${source.namespace}/${source.name}\n${source.identity}`)) continue;
       this.#live.delete(socket);
+      this.#departed.add(socket);
       socket.destroy();
       closed++;
     }
@@ -259,7 +262,7 @@ export class OutboundListeners {
   }
 
   /** Binds listeners that are new, closes those that are gone; returns what failed. */
-  async sync(specs: readonly OutboundListenerSpec[]): Promise<{ bound: string[]; failed: SpecIssue[] }> {
+  async sync(specs: readonly OutboundListenerSpec[]): Promise<{ bound: string[]; failed: SpecIssue[]; bindFailures: number }> {
     const plan = planListeners(specs);
     const wanted = new Map<string, OutboundListenerSpec>();
     for (const spec of plan.listeners) wanted.set(key(spec), spec);
@@ -271,6 +274,7 @@ export class OutboundListeners {
     }
     const bound: string[] = [];
     const failed: SpecIssue[] = [...plan.conflicts];
+    let bindFailures = 0;
     for (const [name, spec] of wanted) {
       if (this.#listeners.has(name)) continue;
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => this.#accept(spec, socket));
@@ -280,10 +284,12 @@ export class OutboundListeners {
         bound.push(name);
       } catch (error) {
         failed.push({ origin: spec.origin, message: (error as Error).message });
+        bindFailures++;
       }
     }
     this.#indexPorts();
-    return { bound, failed };
+    // Conflicts between declarations stay until the configuration changes; a bind may succeed when tried again.
+    return { bound, failed, bindFailures };
   }
 
   async close(): Promise<void> {
@@ -395,7 +401,7 @@ export class OutboundListeners {
     if (!accessLogEnabled(this.#logger, true)) return;
     accessLog(this.#logger, {
       direction: 'outbound',
-      src: { addr: srcAddr, workload: source.name, namespace: source.namespace },
+      src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
       dst: { addr: target },
       bytesSent: 0,
       bytesRecv: 0,
@@ -417,14 +423,15 @@ export class OutboundListeners {
     // Established, so whatever ends it is not a connection failure (see inbound's #finish): the access line says what.
     const flags = '-';
     tunnel.meter.close(socket.bytesWritten, socket.bytesRead, flags);
-    if (!accessLogEnabled(this.#logger, result.error !== undefined)) return;
+    const error = this.#departed.has(socket) ? DEPARTED : result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined;
+    if (!accessLogEnabled(this.#logger, error !== undefined)) return;
     accessLog(this.#logger, {
       direction: 'outbound',
       ...hboneEnds(tunnel.source, tunnel.srcAddr, tunnel.endpoint, tunnel.service),
       bytesSent: socket.bytesRead,
       bytesRecv: socket.bytesWritten,
       durationMs: Date.now() - tunnel.startedMs,
-      error: result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined,
+      error,
       responseFlags: flags,
     });
   }
@@ -504,7 +511,7 @@ export class OutboundListeners {
       const meter = this.#options.metrics.open(labels);
       const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
       this.#options.liveMeters.add(flushable);
-      let error: { code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET'; message: string } | undefined;
+      let error: { code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET' | 'SOURCE_DEPARTED'; message: string } | undefined;
       // The first error names the side that broke; either ends both.
       const failedOn = (code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET') => (e: Error) => {
         error ??= { code, message: e.message };
@@ -524,6 +531,7 @@ export class OutboundListeners {
         this.#options.liveMeters.delete(flushable);
         // Established: `-` whatever ended it (see inbound's #finish).
         meter.close(socket.bytesWritten, socket.bytesRead, '-');
+        if (this.#departed.has(socket)) error = DEPARTED;
         if (!accessLogEnabled(this.#logger, error !== undefined)) return;
         accessLog(this.#logger, {
           direction: 'outbound',
@@ -610,6 +618,8 @@ function forwardedFor(ip: string, serviceHost: string | undefined): string {
   }
   return value;
 }
+
+const DEPARTED = Object.freeze({ code: 'SOURCE_DEPARTED', message: 'closed: its source workload left this node (deleted, moved, or another identity)' });
 
 function sourceLabels(source: Workload, destination: WorkloadLabels, destinationPrincipal: string, service: ServiceLabels, policy: TunnelLabels['connectionSecurityPolicy']): TunnelLabels {
   return {

@@ -281,6 +281,21 @@ export class NodeProxy {
       if (current) this.contexts.set(current);
       else void this.#agent.ensure(identity); // 'rotated' schedules the next reconcile
     }
+    await this.#syncListeners(snapshot);
+    const stats = this.#pool.stats();
+    this.metrics.setPool(stats.sessions, stats.streams);
+    // What loading and compiling left behind, given back once the steps of a start or a change are done.
+    this.#heapRelease.schedule();
+  }
+
+  /**
+   * Binds and closes listeners to match `snapshot`, says once what could not be applied, and keeps readiness in line.
+   * A bind that failed (its port held, its address not yet on the host) is tried again after 1 s, then twice as long
+   * each time up to 30 s, listeners only: not only on the next configuration change. Conflicting declarations wait
+   * for one.
+   */
+  async #syncListeners(snapshot: ConfigSnapshot): Promise<void> {
+    if (this.#closed) return;
     const inbound = await this.#inbound.sync(snapshot);
     const annotated = annotatedListeners(snapshot, this.#options.nodeName);
     const outbound = await this.#outbound.sync([...annotated.specs, ...(this.#options.outbound ?? [])]);
@@ -294,27 +309,22 @@ export class NodeProxy {
     // Ready once every local workload has its certificate and its listeners are bound.
     if (inbound.waitingForCertificate.length === 0) this.#pending.delete('certificates');
     else this.#pending.add('certificates');
-    if (inbound.failed.length === 0 && outbound.failed.length === 0) {
-      this.#pending.delete('listeners');
+    if (inbound.failed.length === 0 && outbound.failed.length === 0) this.#pending.delete('listeners');
+    else this.#pending.add('listeners');
+    if (inbound.failed.length === 0 && outbound.bindFailures === 0) {
       this.#bindRetryMs = BIND_RETRY_FIRST_MS;
-    } else {
-      this.#pending.add('listeners');
-      // Not only on the next configuration change: a port freed or an address added meanwhile is taken then.
-      if (this.#bindRetry === undefined && !this.#closed) {
-        this.#bindRetry = setTimeout(() => {
-          this.#bindRetry = undefined;
-          this.#scheduleReconcile();
-        }, this.#bindRetryMs);
-        this.#bindRetry.unref();
-        this.#bindRetryMs = Math.min(this.#bindRetryMs * 2, BIND_RETRY_MAX_MS);
-      }
+    } else if (this.#bindRetry === undefined && !this.#closed) {
+      this.#bindRetry = setTimeout(() => {
+        this.#bindRetry = undefined;
+        this.#reconciling = this.#reconciling.then(() => this.#syncListeners(this.#config.current())).catch((error: unknown) => {
+          this.#logger.error({ err: toAmbitError(error, 'PROXY_BIND').toJSON() }, 'binding listeners failed');
+        });
+      }, this.#bindRetryMs);
+      this.#bindRetry.unref();
+      this.#bindRetryMs = Math.min(this.#bindRetryMs * 2, BIND_RETRY_MAX_MS);
     }
     if (inbound.bound.length > 0 || outbound.bound.length > 0) this.#logger.info({ inbound: inbound.bound, outbound: outbound.bound }, 'listeners bound');
-    this.metrics.setWorkloads(local.length, this.#inbound.listenerCount() + this.#outbound.size);
-    const stats = this.#pool.stats();
-    this.metrics.setPool(stats.sessions, stats.streams);
-    // What loading and compiling left behind, given back once the steps of a start or a change are done.
-    this.#heapRelease.schedule();
+    this.metrics.setWorkloads(snapshot.workloadsOnNode(this.#options.nodeName).length, this.#inbound.listenerCount() + this.#outbound.size);
   }
 
   configDump(): unknown {

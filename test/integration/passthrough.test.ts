@@ -145,6 +145,7 @@ describe("an operator's --outbound passthrough", () => {
       await rm(join(mesh.configDir, 'leaver.yaml'));
       await waitUntil('the departed workload\'s connection closed', () => held.closed, 10_000);
       expect(node.proc.lines.slice(since).some((line) => line.msg === 'closed outbound connections of workloads no longer on this node' && line.closed === 1)).toBe(true);
+      await waitUntil('its access line, saying why', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'SOURCE_DEPARTED' && line['src.workload'] === 'leaver-1'));
     } finally {
       held.destroy();
     }
