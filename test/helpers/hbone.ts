@@ -1,9 +1,9 @@
-// Peers for HBONE interop tests that are not ambit's own code: a counting TCP echo workload, and a CONNECT
-// tunnel over a plain node:tls + node:http2 session with TLS options of the test's choosing.
+// Peers for HBONE interop tests that are not ambit's own code: a counting TCP echo workload, a CONNECT tunnel over a
+// plain node:tls + node:http2 session with TLS options of the test's choosing, and a relay that can go silent.
 import { once } from 'node:events';
 import * as http2 from 'node:http2';
-import { createServer } from 'node:net';
-import type { Server, Socket } from 'node:net';
+import { connect, createServer } from 'node:net';
+import type { AddressInfo, Server, Socket } from 'node:net';
 import * as tls from 'node:tls';
 
 export interface EchoServer {
@@ -82,4 +82,38 @@ export async function echoThrough(stream: http2.ClientHttp2Stream, payload: Buff
   stream.end();
   await ended;
   return Buffer.concat(chunks);
+}
+
+export interface FreezableRelay {
+  /** Where the relay listens, on 127.0.0.1. */
+  readonly port: number;
+  /** From now on no byte goes through, either way, and no connection is closed: a peer that vanished (no FIN, no RST). */
+  freeze(): void;
+  close(): void;
+}
+
+/** A TCP relay on 127.0.0.1 to host:port, for tests of what happens when the far side stops answering. */
+export async function freezableRelay(host: string, port: number): Promise<FreezableRelay> {
+  let frozen = false;
+  const sockets: Socket[] = [];
+  const relay = createServer((near) => {
+    const far = connect(port, host);
+    sockets.push(near, far);
+    for (const [from, to] of [[near, far], [far, near]] as const) {
+      from.on('error', () => {});
+      from.on('data', (chunk: Buffer) => {
+        if (!frozen) to.write(chunk);
+      });
+    }
+  });
+  relay.listen(0, '127.0.0.1');
+  await once(relay, 'listening');
+  return {
+    port: (relay.address() as AddressInfo).port,
+    freeze: () => (frozen = true),
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      relay.close();
+    },
+  };
 }

@@ -17,6 +17,7 @@ import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import type { Workload } from '../../src/config/snapshot.ts';
 import type { BundleSource } from '../../src/identity/svid.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
+import { freezableRelay } from '../helpers/hbone.ts';
 
 const CLIENT_ID = 'spiffe://cluster.local/ns/a/sa/client';
 const SERVER_ID = 'spiffe://cluster.local/ns/b/sa/server';
@@ -266,21 +267,8 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   it('goes on pinging a session retired with a tunnel still open, and ends that tunnel when the peer stops answering', async () => {
     peer.mode = 'echo';
     // A relay in front of the peer that can stop carrying bytes, as a node that vanished (no FIN, no RST).
-    let frozen = false;
-    const pairs: net.Socket[] = [];
-    const relay = net.createServer((inbound) => {
-      const outbound = net.connect(peer.port, '127.0.0.1');
-      pairs.push(inbound, outbound);
-      for (const [from, to] of [[inbound, outbound], [outbound, inbound]] as const) {
-        from.on('error', () => {});
-        from.on('data', (chunk: Buffer) => {
-          if (!frozen) to.write(chunk);
-        });
-      }
-    });
-    relay.listen(0, '127.0.0.1');
-    await once(relay, 'listening');
-    const relayed: Endpoint = { ...endpoint(), hbonePort: (relay.address() as AddressInfo).port };
+    const relay = await freezableRelay('127.0.0.1', peer.port);
+    const relayed: Endpoint = { ...endpoint(), hbonePort: relay.port };
     const original = bundles;
     const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 100, keepaliveTimeoutMs: 400 });
     try {
@@ -294,13 +282,12 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       // Still pinged while retired: a second later it is alive and well.
       await new Promise((resolve) => setTimeout(resolve, 1_000));
       expect(first.destroyed).toBe(false);
-      frozen = true;
+      relay.freeze();
       await expect.poll(() => first.destroyed && second.destroyed, { timeout: 3_000 }).toBe(true);
       await expect.poll(() => hbone.stats(), { timeout: 3_000 }).toEqual({ sessions: 0, streams: 0 });
     } finally {
       bundles = original;
       await hbone.close();
-      for (const socket of pairs) socket.destroy();
       relay.close();
     }
   });

@@ -6,7 +6,6 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,6 +19,8 @@ import { ProxyMetrics } from '../../src/observe/metrics.ts';
 import { HboneInbound } from '../../src/proxy/inbound.ts';
 import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
+import { freezableRelay } from '../helpers/hbone.ts';
+import { podYaml, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 
 const ECHO_IP = '127.68.2.10';
@@ -27,17 +28,10 @@ const ECHO_PORT = 7000;
 const HBONE_PORT = 15008;
 const ALLOW: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'allowed (test)', deferred: false });
 
-const workloads = `apiVersion: ambit.dev/v1alpha1
-kind: MeshConfig
-metadata: { name: mesh }
-spec: { trustDomain: cluster.local }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: echo-1, namespace: demo }
-spec: { nodeName: node-a, serviceAccountName: echo }
-status: { podIP: ${ECHO_IP}, phase: Running }
-`;
+const workloads = yamlDocuments(
+  'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { trustDomain: cluster.local }\n',
+  podYaml({ name: 'echo-1', node: 'node-a', serviceAccount: 'echo', ip: ECHO_IP }),
+);
 
 let inbound: HboneInbound;
 let client: TestSvid;
@@ -93,32 +87,6 @@ afterAll(async () => {
   upstream?.close();
 });
 
-/** A relay to the workload's HBONE port that stops carrying bytes, both ways, once `freeze()` is called. */
-async function freezableRelay(): Promise<{ port: number; freeze: () => void; close: () => void }> {
-  let frozen = false;
-  const sockets: net.Socket[] = [];
-  const relay = net.createServer((inboundSide) => {
-    const outboundSide = net.connect(HBONE_PORT, ECHO_IP);
-    sockets.push(inboundSide, outboundSide);
-    for (const [from, to] of [[inboundSide, outboundSide], [outboundSide, inboundSide]] as const) {
-      from.on('error', () => {});
-      from.on('data', (chunk: Buffer) => {
-        if (!frozen) to.write(chunk);
-      });
-    }
-  });
-  relay.listen(0, '127.0.0.1');
-  await once(relay, 'listening');
-  return {
-    port: (relay.address() as AddressInfo).port,
-    freeze: () => (frozen = true),
-    close: () => {
-      for (const socket of sockets) socket.destroy();
-      relay.close();
-    },
-  };
-}
-
 /** A tunnel to the echo workload (through a relay on `port`, else directly) as `svid`, answered 200 and carrying bytes. */
 async function openTunnel(port: number | null, svid: TestSvid = client): Promise<{ session: http2.ClientHttp2Session; stream: http2.ClientHttp2Stream }> {
   const socket = tls.connect({ host: port === null ? ECHO_IP : '127.0.0.1', port: port ?? HBONE_PORT, cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
@@ -136,7 +104,7 @@ async function openTunnel(port: number | null, svid: TestSvid = client): Promise
 
 describe('the HBONE inbound keepalive', () => {
   it('keeps a session whose client answers its PINGs, with its tunnel, however quiet the tunnel is', async () => {
-    const relay = await freezableRelay();
+    const relay = await freezableRelay(ECHO_IP, HBONE_PORT);
     try {
       const { session, stream } = await openTunnel(relay.port);
       await sleep(1_200);
@@ -152,7 +120,7 @@ describe('the HBONE inbound keepalive', () => {
   });
 
   it('ends the session of a client that stopped answering, its tunnels and their upstream connections', async () => {
-    const relay = await freezableRelay();
+    const relay = await freezableRelay(ECHO_IP, HBONE_PORT);
     try {
       const { session } = await openTunnel(relay.port);
       expect(upstreams.size).toBe(1);
