@@ -555,8 +555,10 @@ export class HboneInbound {
         decision = DENY_ON_ERROR; // fail closed
       }
       if (!decision.allow) {
-        if (accessLogEnabled(this.#logger, true)) this.#failedAccess(peer, destination, `${authority.host}:${authority.port}`, 0, 'POLICY_DENIED', decision.reason, 'DENY', this.#labels(peer, destination, headers, snapshot, claimed, authority.port));
-        return this.#refuse(stream, 401, peer, destination, decision.reason, 'DENY', headers, snapshot, claimed, authority.port);
+        const labels = this.#labels(peer, destination, headers, snapshot, claimed, authority.port);
+        this.#options.metrics.failed(labels, 'DENY');
+        this.#failedAccess(peer, destination, `${authority.host}:${authority.port}`, 0, 'POLICY_DENIED', decision.reason, 'DENY', labels);
+        return this.#refuse(stream, 401, peer, destination, decision.reason);
       }
     }
     // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners in an EmitterSlot
@@ -642,7 +644,7 @@ export class HboneInbound {
     const { destination, destinationIp, destinationPort } = dial.connection;
     const reason = `upstream ${destinationIp}:${destinationPort}: ${error.message}`;
     this.#failedAccess(dial.peer, destination, `${destinationIp}:${destinationPort}`, dial.startedMs, 'UPSTREAM_CONNECT', reason, 'CONNECT', dial.labels);
-    this.#refuse(dial.stream, 503, dial.peer, destination, reason, 'CONNECT');
+    this.#refuse(dial.stream, 503, dial.peer, destination, reason);
   }
 
   /**
@@ -762,10 +764,10 @@ export class HboneInbound {
     return derived;
   }
 
-  #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string, flag?: string, headers?: http2.IncomingHttpHeaders, snapshot?: ConfigSnapshot, claimed: string | null = null, port = 0): void {
+  /** Answers a CONNECT with an error status and logs it (a denial's metrics and access line are its caller's). */
+  #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string): void {
     const log = status === 401 ? this.#logger.info.bind(this.#logger) : this.#logger.warn.bind(this.#logger);
     log({ status, peer: peer.id.id, peerAddress: peer.address, workload: `${workload.namespace}/${workload.name}`, reason }, 'HBONE CONNECT refused');
-    if (flag === 'DENY' && headers && snapshot) this.#options.metrics.failed(this.#labels(peer, workload, headers, snapshot, claimed, port), 'DENY');
     if (stream.destroyed || stream.closed || stream.headersSent) return;
     stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
   }
