@@ -159,8 +159,9 @@ function parseDocuments(text: string, file: string): ParsedText {
   const lineCounter = new LineCounter();
   const lineAt = (offset: number): number => lineCounter.linePos(offset).line;
   // The yaml library's own uniqueKeys check compares every key with every earlier one (a 40,000-key mapping took
-  // ~24 s, synchronously, in a reload); duplicateKeys does the same check in one pass.
-  const documents = parseAllDocuments(text, { lineCounter, prettyErrors: false, uniqueKeys: false });
+  // ~24 s, synchronously, in a reload); duplicateKeys does the same check in one pass. Merge keys (`<<: *base`) are
+  // read as kubectl's YAML reads them, a mapping's own keys winning: they were refused as an unknown field `<<`.
+  const documents = parseAllDocuments(text, { lineCounter, prettyErrors: false, uniqueKeys: false, merge: true });
   for (const document of documents) {
     if (document.errors.length > 0) {
       for (const error of document.errors) {

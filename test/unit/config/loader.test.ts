@@ -657,6 +657,34 @@ describe('parseConfigText', () => {
     expect((caught as Error).message).toContain('inline.yaml:6: Pod default/web: spec.hostNetwork: ');
   });
 
+  it('reads merge keys (`<<: *base`) as kubectl does, the mapping\'s own keys winning, and still refuses a repeated key', () => {
+    const text = `apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  labels:
+    <<: [&common { app: web, team: store }, { tier: front }]
+    team: checkout
+spec: { nodeName: node-a }
+status: { podIP: 10.0.0.9, phase: Running }
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-2
+  namespace: shop
+  annotations: &notes { team: store }
+  labels: { <<: *notes, app: web }
+spec: { nodeName: node-a }
+status: { podIP: 10.0.0.10, phase: Running }
+`;
+    const [first, second] = parseConfigText(text, 'merge.yaml');
+    expect(first?.metadata.labels).toEqual({ app: 'web', team: 'checkout', tier: 'front' });
+    expect(second?.metadata.labels).toEqual({ app: 'web', team: 'store' });
+    expect(() => parseConfigText(text.replace('    team: checkout\n', '    team: checkout\n    team: other\n'), 'merge.yaml')).toThrow(/key "team" appears more than once/);
+  });
+
   it('ignores empty documents and comments', () => {
     expect(parseConfigText('# nothing here\n---\n---\n', 'empty.yaml')).toEqual([]);
   });
