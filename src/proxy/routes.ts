@@ -593,11 +593,11 @@ function chooseVisible(first: ServicePortRoutes, sourceNamespace: string | undef
   return fallback;
 }
 
-function pick(entry: ServicePortRoutes, random: () => number): Route {
-  const routes = entry.routes;
-  if (routes.length === 0) return entry.none;
+/** One of `routes`: by weight when there are running totals, else uniformly; `none` when there is no route. */
+function draw(routes: readonly Route[], weights: Float64Array | null, none: DenyRoute, random: () => number): Route {
+  if (routes.length === 0) return none;
   if (routes.length === 1) return routes[0] as Route;
-  return routes[entry.weights === null ? Math.floor(random() * routes.length) : weightedIndex(entry.weights, random())] as Route;
+  return routes[weights === null ? Math.floor(random() * routes.length) : weightedIndex(weights, random())] as Route;
 }
 
 /**
@@ -615,7 +615,7 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
       if (normal !== host) service = table.byHost.get(normal)?.get(port);
     }
     const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
-    if (chosen !== undefined) return pick(chosen, random);
+    if (chosen !== undefined) return draw(chosen.routes, chosen.weights, chosen.none, random);
   } else {
     // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)
     // are canonicalised only when that misses, so the CONNECT names the address the peer knows.
@@ -623,7 +623,7 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     const canonical = service === undefined ? (canonicalIp(host) ?? host) : host;
     if (service === undefined && canonical !== host) service = table.byVip.get(canonical)?.get(port);
     const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
-    if (chosen !== undefined) return pick(chosen, random);
+    if (chosen !== undefined) return draw(chosen.routes, chosen.weights, chosen.none, random);
     const known = table.byWorkloadIp.get(canonical, port);
     if (known !== undefined) return known;
     const workload = table.snapshot.workloadByIp(canonical);
@@ -672,8 +672,5 @@ function weightedIndex(totals: Float64Array, draw: number): number {
 /** One of an entry's endpoints (by weight), on its port named like the entry's port, else the targetPort, else the port. */
 function staticEndpoint(entry: ExternalEntry, routesByPort: ReadonlyMap<number, readonly PassthroughRoute[]>, port: number, random: () => number): Route {
   // The entry admitted this port (findExternal), so it has its routes.
-  const routes = routesByPort.get(port) as readonly PassthroughRoute[];
-  if (routes.length === 0) return entry.none;
-  const index = routes.length === 1 ? 0 : entry.cumulativeWeights === null ? Math.floor(random() * routes.length) : weightedIndex(entry.cumulativeWeights, random());
-  return routes[index] as PassthroughRoute;
+  return draw(routesByPort.get(port) as readonly PassthroughRoute[], entry.cumulativeWeights, entry.none, random);
 }
