@@ -226,11 +226,11 @@ export class OutboundListeners {
    * drains a removed pod's connections. Returns how many closed.
    */
   closeDeparted(snapshot: ConfigSnapshot): number {
-    const staying = new Set<string>();
-    for (const workload of snapshot.workloadsOnNode(this.#options.nodeName)) staying.add(`${workload.kind}/${workload.namespace}/${workload.name}\n${workload.identity}`);
     let closed = 0;
     for (const [socket, source] of this.#live) {
-      if (staying.has(`${source.kind}/${source.namespace}/${source.name}\n${source.identity}`)) continue;
+      // The snapshot's own index of the node's workloads by name, as a listener finds its owner.
+      const now = ownerOf(snapshot.workloadsOnNodeByName(this.#options.nodeName, `${source.namespace}/${source.name}`), source.kind);
+      if (now?.identity === source.identity) continue;
       this.#live.delete(socket);
       this.#departed.add(socket);
       socket.destroy();
