@@ -27,8 +27,13 @@ type Handler = (request: IncomingMessage, response: ServerResponse) => void;
 const servers: Server[] = [];
 const clients: FederationClient[] = [];
 
-afterEach(async () => {
+/** Stopped clients have finished writing their state files, so a test's directory can be removed after this. */
+async function stopClients(): Promise<void> {
   await Promise.all(clients.splice(0).map((client) => client.stop()));
+}
+
+afterEach(async () => {
+  await stopClients();
   await Promise.all(servers.splice(0).map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
 });
 
@@ -258,6 +263,7 @@ describe("the federation client's state file", () => {
       clients.push(fresh);
       await expect(fresh.fetchOnce()).rejects.toMatchObject({ code: 'FEDERATION_FETCH' });
     } finally {
+      await stopClients(); // a running client refreshes every second and may be writing the state file
       await rm(dir, { recursive: true, force: true });
     }
   });
@@ -293,6 +299,7 @@ describe("the federation client's state file", () => {
       clients.push(other);
       expect(other.current()).toBeUndefined();
     } finally {
+      await stopClients(); // a running client refreshes every second and may be writing the state file
       await rm(dir, { recursive: true, force: true });
     }
   });
@@ -323,6 +330,7 @@ describe("the federation client's state file", () => {
       clients.push(taken);
       expect(taken.current()?.trustDomain).toBe(TD);
     } finally {
+      await stopClients(); // a running client refreshes every second and may be writing the state file
       await rm(dir, { recursive: true, force: true });
     }
   });
