@@ -73,6 +73,20 @@ export function forwardableRawHeaders(raw: readonly string[]): string[] {
   return result;
 }
 
+/**
+ * The fields an upgrade is decided on: Envoy keeps an upgrade's Connection and Upgrade for its filters, so a rule on
+ * `request.headers[upgrade]` sees them (a DENY of WebSockets did not match and the upgrade went through). They are
+ * still not forwarded: the upstream client writes its own.
+ */
+function withUpgradeFields(forwarded: readonly string[], raw: readonly string[]): string[] {
+  const decided = forwarded.slice();
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (sameHeaderName(name, 'connection') || sameHeaderName(name, 'upgrade')) decided.push(name, raw[i + 1] as string);
+  }
+  return decided;
+}
+
 /** The hop-by-hop header a raw field name spells, in any case; null for an end-to-end one (no allocation). */
 function hopByHopName(name: string): string | null {
   for (const candidate of HOP_BY_HOP) if (sameHeaderName(name, candidate)) return candidate;
@@ -448,7 +462,7 @@ export class HttpInspector {
       return;
     }
     const headers = forwardableRawHeaders(req.rawHeaders);
-    const refusal = judge(state, req, headers);
+    const refusal = judge(state, req, withUpgradeFields(headers, req.rawHeaders));
     if (refusal !== null) {
       socket.end(`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`);
       // Nothing reads the tunnel any more: unread input would keep its stream from ever closing (and the tunnel open).

@@ -26,6 +26,10 @@ spec:
   rules:
     - to: [{ operation: { paths: ["/admin*", "*.env"] } }]
     - to: [{ operation: { hosts: ["admin.shop"] } }]
+    - to: [{ operation: { paths: ["/no-ws/*"] } }]
+      when: [{ key: "request.headers[upgrade]", values: ["websocket"] }]
+    - to: [{ operation: { paths: ["/no-upgrade/*"] } }]
+      when: [{ key: "request.headers[connection]", values: ["*pgrade"] }]
 `;
 
 const policies = compileAuthorization(buildSnapshot(parseConfigText(POLICY, 'policy.yaml'))).forLabels('shop', {}, new Set([80]));
@@ -390,6 +394,20 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     expect(received).toContain('RBAC: access denied');
     expect(ended).toBe(true);
     expect(served).toEqual([]);
+  });
+
+  it('decides an upgrade on its Upgrade and Connection fields, as Envoy keeps them for its filters (a DENY of WebSockets)', async () => {
+    served.length = 0;
+    for (const path of ['/no-ws/chat', '/no-upgrade/chat']) {
+      const { received, ended } = await exchange(upgradeRequest(path));
+      expect(received, path).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+      expect(ended).toBe(true);
+    }
+    expect(served).toEqual([]);
+    // The same paths without an upgrade: nothing to match.
+    expect(await h1('GET /no-ws/chat HTTP/1.1\r\nHost: web.shop\r\n\r\n')).toEqual({ status: 200, body: 'served' });
+    expect(await h1('GET /no-upgrade/chat HTTP/1.1\r\nHost: web.shop\r\nConnection: keep-alive\r\n\r\n')).toEqual({ status: 200, body: 'served' });
+    expect(served).toEqual(['GET /no-ws/chat host=web.shop', 'GET /no-upgrade/chat host=web.shop']);
   });
 
   it('finishes the tunnel of a refused upgrade whose client sends more (past what a stream buffers) before its END_STREAM', async () => {
