@@ -367,6 +367,9 @@ export class HttpInspector {
         resolve({ requests: state.requests, denied: state.denied });
       };
       stream.once('close', finish);
+      // Until a request is forwarded no HTTP client listens on the upstream socket: a workload's reset (ECONNRESET)
+      // with no listener was thrown and ended the node proxy. Its 'close' follows and ends the tunnel.
+      upstream.on('error', ignore);
       upstream.once('close', () => {
         // The workload closed: nothing more can be forwarded on this tunnel. Ended, not reset: a response it
         // finished with the close (a close-delimited body) may still be queued on the stream, and RST_STREAM

@@ -95,6 +95,7 @@ async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>
 }
 
 let mesh: TestMesh;
+let resetNextConnection = false;
 const servers: Array<Server | http2.Http2Server> = [];
 const webRequests: string[] = [];
 /** The raw header fields of each request the web workload received, by path. */
@@ -116,6 +117,13 @@ beforeAll(async () => {
       return;
     }
     res.end(`web ${req.url}`);
+  });
+  // A workload that resets its next connection (SO_LINGER 0, a restart with connections still queued) before any
+  // request reached it.
+  web.on('connection', (socket: Socket) => {
+    if (!resetNextConnection) return;
+    resetNextConnection = false;
+    setTimeout(() => socket.resetAndDestroy(), 200);
   });
   const echo = createServer({ allowHalfOpen: true }, (socket) => socket.pipe(socket));
   const grpc = http2.createServer();
@@ -249,6 +257,25 @@ spec:
     }
     // The denied requests never reached the application.
     expect(webRequests).toEqual(['GET /public/a', 'GET /public/b?q=1']);
+  });
+
+  it('keeps running when the workload resets an inspected connection before any request was forwarded on it', async () => {
+    resetNextConnection = true;
+    const nodeB = mesh.nodes.get('node-b')!;
+    // One denied request (nothing forwarded, so the upstream connection has no HTTP client yet), then the reset.
+    const answer = await rawHttp('GET /admin HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
+    expect(answer).toMatch(/^HTTP\/1\.1 403 /);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(resetNextConnection).toBe(false);
+    expect(nodeB.proc.child.exitCode).toBeNull();
+    const client = new Client(`http://${CLIENT_IP}:9080`);
+    try {
+      const after = await client.request({ path: '/public/after-reset', method: 'GET' });
+      expect(after.statusCode).toBe(200);
+      await after.body.dump();
+    } finally {
+      await client.close();
+    }
   });
 
   it('logs the requests an AUDIT policy on HTTP fields matches, each one, and not the others', async () => {
