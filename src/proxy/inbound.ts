@@ -290,7 +290,7 @@ export class HboneInbound {
   constructor(options: InboundOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'hbone-inbound' });
-    this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports);
+    this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports, options.hbonePort, options.sharedListen?.port);
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
     // One timer for every session, as the pool's.
     this.#keepalive = setInterval(() => this.#pingSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
@@ -335,7 +335,7 @@ export class HboneInbound {
 
   /** Brings servers and listeners in line with the local workloads of a snapshot and their certificates. */
   async sync(snapshot: ConfigSnapshot): Promise<SyncReport> {
-    this.#illegalPorts = illegalUpstreamPorts(snapshot.mesh.ports);
+    this.#illegalPorts = illegalUpstreamPorts(snapshot.mesh.ports, this.#options.hbonePort, this.#options.sharedListen?.port);
     const report: SyncReport = { bound: [], failed: [], waitingForCertificate: [] };
     const wanted = new Map<string, Workload>();
     for (const workload of snapshot.workloadsOnNode(this.#options.nodeName)) wanted.set(`${workload.kind}/${workload.namespace}/${workload.name}`, workload);

@@ -183,7 +183,7 @@ export interface OutboundOptions {
   liveMeters: Set<Flushable>;
   /** The addresses this host can dial from (default: its interfaces); tests give their own. */
   localAddresses?: LocalAddresses;
-  /** Whether the proxy's admin, metrics or readiness server is bound to this port (on some address of this host). */
+  /** Whether one of the proxy's own servers (admin, metrics, readiness, the HBONE listeners) is bound to this port on some address of this host. */
   isServicePort?: (port: number) => boolean;
 }
 

@@ -211,7 +211,7 @@ export class NodeProxy {
       ownListener: (ip, port) => this.#isServiceEndpoint(ip, port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,
     });
-    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, isServicePort: (port) => this.#serviceEndpoints.some((endpoint) => endpoint.port === port) });
+    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, isServicePort: (port) => port === hbonePort || port === options.sharedHboneListen?.port || this.#serviceEndpoints.some((endpoint) => endpoint.port === port) });
     // The pool gauges ride on the same timer as the byte flush.
     this.#liveMeters.add({ flush: () => {
       const stats = this.#pool.stats();

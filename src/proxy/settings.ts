@@ -49,8 +49,12 @@ export const HBONE_ALPN = ['h2'];
  */
 export const UNTRUSTED_REASON = 'SVID_UNTRUSTED';
 /** Ports of our own listeners that a CONNECT to any workload address would loop into (ztunnel's set). */
-export function illegalUpstreamPorts(ports: { outbound: number; inboundPlaintext: number; hbone: number }): ReadonlySet<number> {
-  return new Set([ports.outbound, ports.inboundPlaintext, ports.hbone]);
+export function illegalUpstreamPorts(ports: { outbound: number; inboundPlaintext: number; hbone: number }, ...listening: ReadonlyArray<number | undefined>): ReadonlySet<number> {
+  const set = new Set([ports.outbound, ports.inboundPlaintext, ports.hbone]);
+  // The ports the HBONE servers really listen on (--hbone-port, --hbone-listen) are illegal too: a CONNECT to one
+  // would nest a second HBONE session inside the tunnel, its peer address the workload's own (ztunnel bans it).
+  for (const port of listening) if (port !== undefined) set.add(port);
+  return set;
 }
 
 /** Every port the configuration gives the proxy: a passthrough to this host on one of them reaches the proxy itself. */

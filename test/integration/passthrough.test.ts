@@ -74,6 +74,9 @@ beforeAll(async () => {
       '--outbound', `${CLIENT_IP}:9305=${CLIENT_IP}:9305@demo/client-1`, // the listener itself, through HBONE
       '--outbound', `${CLIENT_IP}:9306=db.static.invalid:5432@demo/client-1`, // a name DNS cannot answer
       '--outbound', `${LEAVER_IP}:9310=${EXTERNAL_IP}:${externalPort}@demo/leaver-1`,
+      // A shared HBONE listener besides the configuration's 15008: its port is the proxy's too.
+      '--hbone-listen', `${NODE_ADDRESS}:15118`,
+      '--outbound', `${CLIENT_IP}:9307=${NODE_ADDRESS}:15118@demo/client-1`,
     ],
   });
   node = mesh.nodes.get('node-a') as TestNode;
@@ -164,6 +167,10 @@ describe("an operator's --outbound passthrough", () => {
 
   it("is refused into the proxy's HBONE port on this host (a loop)", async () => {
     await refusedWith(9304, /proxy's own port/);
+  });
+
+  it("is refused into the port of the proxy's shared HBONE listener (--hbone-listen)", async () => {
+    await refusedWith(9307, /proxy's own port/);
   });
 
 });

@@ -106,6 +106,11 @@ describe('the shared HBONE listener', () => {
         expect(tunnel.status, ip).toBe(200);
         const payload = randomBytes(4096);
         expect((await echoThrough(tunnel.stream, payload)).equals(payload)).toBe(true);
+        // The shared listener's own port on the workload's address: the proxy itself, never an upstream (a second
+        // HBONE session would run inside the tunnel, its peer address the workload's).
+        const nested = await openTunnel(session, `${ip}:${ANY_ADDRESS_PORT}`);
+        expect(nested.status, `${ip}:${ANY_ADDRESS_PORT}`).toBe(503);
+        nested.stream.destroy();
       } finally {
         session.destroy();
       }
