@@ -528,6 +528,9 @@ export class HboneInbound {
     const snapshot = this.#options.snapshot();
     const destination = snapshot.workloadByIp(authority.host);
     if (destination === undefined || destination.node !== this.#options.nodeName) return this.#refuse(stream, 503, peer, entry.workload, `no workload ${authority.host} on node ${this.#options.nodeName}`);
+    // The address went to a workload of another identity (a pod IP reused) before the reconcile closed this server:
+    // the peer authenticated the certificate of the one before, so the tunnel must not reach the new one.
+    if (destination.identity !== entry.workload.identity) return this.#refuse(stream, 503, peer, entry.workload, `${authority.host} is now ${destination.namespace}/${destination.name} (${destination.identity}), not the identity this connection saw`);
     // One of the proxy's own listeners: 15001/15006/15008 on any address (ztunnel's set), or one bound to that
     // address (an outbound listener, the admin or metrics server): the CONNECT would loop, or lend the workload's
     // outbound identity to the peer.
