@@ -264,7 +264,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const configDir = await writeConfig(dir, { trustDomain: TD });
     const ca = await startCa(caDir, configDir);
     const token = await createToken(caDir, 'node-a');
-    const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 4, backoffInitialMs: 200, stateDir: join(dir, 'state') });
+    const agent = inProcessAgent(ca, TD, 'node-a', await bundleOf(caDir, TD), { joinToken: token, ttlSeconds: 8, backoffInitialMs: 200, stateDir: join(dir, 'state'), random: () => 0.5 }); // no jitter: the gaps are 200, 400, 800 ms
     await agent.start();
     const before = await agent.ensure(WEB);
 
@@ -274,8 +274,8 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     });
     await ca.proc.stop();
     processes.splice(processes.indexOf(ca.proc), 1);
-    // Renewal is due at about 2 s; let a few attempts fail.
-    const deadline = Date.now() + 10_000;
+    // Renewal is due at about 4 s; let a few attempts fail.
+    const deadline = Date.now() + 12_000;
     while (failures.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
     expect(failures.length).toBeGreaterThanOrEqual(3);
     // Backoff: the gaps between attempts grow.

@@ -25,7 +25,7 @@ import { freezableRelay } from '../helpers/hbone.ts';
 import { podYaml, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 
-const ECHO_IP = '127.68.2.10';
+const ECHO_IP = '127.69.2.10'; // 127.69 is this file's and inbound-recheck's (127.68 is readiness.test.ts's)
 const ECHO_PORT = 7000;
 const HBONE_PORT = 15008;
 const ALLOW: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'allowed (test)', deferred: false });

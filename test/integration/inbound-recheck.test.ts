@@ -21,7 +21,7 @@ import type { TestSvid } from '../helpers/certs.ts';
 import { startEchoServer } from '../helpers/hbone.ts';
 import type { EchoServer } from '../helpers/hbone.ts';
 
-const ECHO_IP = '127.68.1.10';
+const ECHO_IP = '127.69.1.10'; // 127.69 is this file's and inbound-keepalive's (127.68 is readiness.test.ts's)
 const ECHO_PORT = 7000;
 const HBONE_PORT = 15008;
 const ALLOW: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'allowed (test)', deferred: false });

@@ -126,9 +126,12 @@ describe("an operator's --outbound passthrough", () => {
       await waitUntil('the passthrough connection reaching the server', () => externalConnections > before);
       // /proc/net/tcp: the proxy's socket to EXTERNAL_IP:externalPort, its timer 2 (keepalive) while idle.
       const remote = `${EXTERNAL_IP.split('.').map((part) => Number(part).toString(16).toUpperCase().padStart(2, '0')).reverse().join('')}:${externalPort.toString(16).toUpperCase().padStart(4, '0')}`;
-      const rows = (await readFile('/proc/net/tcp', 'utf8')).split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[2] === remote && fields[3] === '01');
-      expect(rows.length).toBeGreaterThan(0);
-      for (const fields of rows) expect(fields[5]?.split(':')[0], `timer of ${fields[1]} → ${remote}`).toBe('02');
+      const established = async () => (await readFile('/proc/net/tcp', 'utf8')).split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[2] === remote && fields[3] === '01');
+      // The proxy turns keepalive on in its 'connect' handler, which may run a moment after the server accepted.
+      await waitUntil('keepalive on the proxy\'s upstream socket', async () => {
+        const rows = await established();
+        return rows.length > 0 && rows.every((fields) => fields[5]?.split(':')[0] === '02');
+      }, 5_000);
       await waitUntil('the passthrough counted as opened', async () => (await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown' })) > 0);
       expect(await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown', source_principal: 'unknown' })).toBe(await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', connection_security_policy: 'unknown', destination_workload: 'unknown' }));
     } finally {

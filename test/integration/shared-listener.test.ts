@@ -12,7 +12,7 @@ import { issueMeshSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 import { connectHbone, echoThrough, openTunnel, startEchoServer } from '../helpers/hbone.ts';
 import type { EchoServer } from '../helpers/hbone.ts';
-import { nodeIp, podYaml, startTestMesh, yamlDocuments } from '../helpers/mesh.ts';
+import { nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 66;
@@ -122,15 +122,22 @@ describe('the shared HBONE listener', () => {
   });
 
   it('binds a shared listener whose port was taken when the proxy started, once it is free, without a configuration change', async () => {
-    await mesh.nodes.get('node-a')?.proc.stop();
+    const old = mesh.nodes.get('node-a')?.proc;
+    await old?.stop();
     const blocker = net.createServer();
     blocker.listen(SHARED_PORT, NODE_A_SHARED);
     await once(blocker, 'listening');
-    const released = new Promise<void>((resolve) => setTimeout(() => blocker.close(() => resolve()), 2_000));
-    // startNode waits for readiness: reached only once the listener is bound, after the port is released.
-    const nodeA = await mesh.startNode('node-a');
-    await released;
-    expect(nodeA.proc.lines.some((line) => line.msg === 'listener not applied' && String(line.problem).includes(`${NODE_A_SHARED}:${SHARED_PORT} (shared)`))).toBe(true);
+    // startNode waits for readiness: reached only once the listener is bound, after the port is released, which
+    // happens once the new proxy has said it could not bind it (however long its start takes).
+    const starting = mesh.startNode('node-a');
+    starting.catch(() => {}); // awaited below; a failure while we wait for the line must not be unhandled
+    const refused = (line: Record<string, unknown>) => line.msg === 'listener not applied' && String(line.problem).includes(`${NODE_A_SHARED}:${SHARED_PORT} (shared)`);
+    await waitUntil('node-a saying the shared port is taken', () => {
+      const proc = mesh.nodes.get('node-a')?.proc;
+      return proc !== undefined && proc !== old && proc.lines.some(refused);
+    }, 30_000);
+    await new Promise<void>((resolve) => blocker.close(() => resolve()));
+    await starting;
     const session = await connectHbone(NODE_A_SHARED, SHARED_PORT, tester, roots, VM_ID);
     try {
       const tunnel = await openTunnel(session, `${VM_IP}:${APP_PORT}`);
