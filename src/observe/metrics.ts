@@ -371,7 +371,7 @@ export class ProxyMetrics {
     this.#configReloads.inc({ result: 'rejected' }, 0);
     this.#peersRefused = new Counter({
       name: 'ambit_hbone_peers_refused_total',
-      help: 'Connections to the HBONE port refused before any CONNECT: a failed TLS handshake (TLS_HANDSHAKE), or a client SVID that does not verify (its error code)',
+      help: 'Connections to the HBONE port refused before any CONNECT: a failed TLS handshake (TLS_HANDSHAKE), a TLS client without the h2 ALPN (TLS_NO_ALPN), or a client SVID that does not verify (its error code)',
       labelNames: ['reason'],
       registers: [registry],
     });

@@ -448,6 +448,15 @@ export class HboneInbound {
       this.#logger.debug({ peer: socket.remoteAddress, err: error.message }, 'TLS handshake failed on 15008');
       socket.destroy();
     });
+    // A TLS client that offered no ALPN (a scanner, `openssl s_client`, a health check): no HTTP/2 session will own
+    // its socket, and without this listener Node answers it in HTTP/1.0 and leaves the socket with no 'error'
+    // listener, so a reset ended the proxy (nodejs/node#54998).
+    server.on('unknownProtocol', (socket: tls.TLSSocket) => {
+      socket.on('error', ignoreStreamError);
+      this.#options.metrics.peerRefused('TLS_NO_ALPN');
+      this.#logger.debug({ peer: socket.remoteAddress }, 'TLS client without HBONE ALPN (h2) on 15008');
+      socket.destroy();
+    });
     server.on('sessionError', (error) => this.#logger.debug({ err: error.message }, 'HBONE session error'));
     return entry;
   }

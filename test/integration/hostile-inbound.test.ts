@@ -811,6 +811,23 @@ spec:
     await waitUntil('the failed handshake counted', async () => (await refused('TLS_HANDSHAKE')) === before + 1, 5_000);
   });
 
+  it.each([0, 300])('closes a TLS client that offers no ALPN without an answer, counts it as TLS_NO_ALPN, and survives its reset %i ms after the handshake', async (resetAfterMs) => {
+    const before = await refused('TLS_NO_ALPN');
+    const raw = net.connect({ host: ECHO_IP, port: HBONE_PORT });
+    raw.on('error', () => {});
+    const client = tls.connect({ socket: raw, rejectUnauthorized: false, minVersion: 'TLSv1.3', servername: '' });
+    client.on('error', () => {});
+    let received = 0;
+    client.on('data', (chunk: Buffer) => (received += chunk.length));
+    await Promise.race([once(client, 'secureConnect'), once(client, 'close')]);
+    await sleep(resetAfterMs);
+    raw.resetAndDestroy();
+    await sleep(300);
+    expect(nodeB().proc.child.exitCode, 'node-b still running after the reset').toBeNull();
+    await waitUntil('the client without ALPN counted', async () => (await refused('TLS_NO_ALPN')) === before + 1, 5_000);
+    expect(received, 'no HTTP/1.0 answer from Node (it names Node.js)').toBe(0);
+  });
+
   const plaintexts: Array<{ what: string; bytes: Buffer }> = [
     { what: 'an HTTP/2 preface', bytes: Buffer.concat([PREFACE, frame(FRAME_SETTINGS, 0, 0), connectHeadersFrame(1, `${ECHO_IP}:${ECHO_PORT}`)]) },
     { what: 'an HTTP/1.1 request', bytes: Buffer.from(`GET / HTTP/1.1\r\nHost: ${ECHO_IP}\r\n\r\n`) },
