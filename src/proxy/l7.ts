@@ -478,6 +478,9 @@ export class HttpInspector {
   }
 
   #onH2Stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[]): void {
+    // First: a client may reset its stream at any moment, even in the bytes that opened it (the stream is destroyed,
+    // its session gone and its 'error' queued before this runs), and an 'error' with no listener ends the proxy.
+    stream.on('error', ignore);
     const state = this.#tunnels.get(stream.session as http2.Http2Session);
     if (!state) {
       stream.close(NGHTTP2_CANCEL);
@@ -486,8 +489,6 @@ export class HttpInspector {
     state.requests++;
     const facts = state.facts;
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
-    // A client may reset its stream at any moment: answering a closed stream would throw.
-    stream.on('error', ignore);
     // CONNECT has no :path and cannot be forwarded as a request: refuse it rather than guess one.
     if (method === 'CONNECT') {
       answer(stream, 405);

@@ -489,6 +489,30 @@ spec:
     expect(grpcHeaders.size).toBe(before);
   });
 
+  it.each([
+    ['RST_STREAM', Buffer.from([0, 0, 4, 0x3, 0, 0, 0, 0, 1, 0, 0, 0, 1])],
+    ['GOAWAY', Buffer.from([0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1])],
+  ])('keeps running when an h2c client ends a request with %s (PROTOCOL_ERROR) in the same bytes as its HEADERS', async (_what, ending) => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    // Raw frames, as Node's client would not send them: the preface, SETTINGS, HEADERS(1, END_STREAM|END_HEADERS,
+    // GET / http, authority "a"), then the ending: the stream dies before the inspector's 'stream' event runs.
+    const bytes = Buffer.concat([
+      Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
+      Buffer.from([0, 0, 0, 0x4, 0, 0, 0, 0, 0]),
+      Buffer.from([0, 0, 6, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x84, 0x86, 0x41, 0x01, 0x61]),
+      ending,
+    ]);
+    const socket = connect({ host: CLIENT_IP, port: 9051 });
+    socket.on('error', () => {});
+    socket.on('connect', () => socket.write(bytes));
+    socket.resume();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    socket.destroy();
+    expect(nodeB.proc.child.exitCode, `node-b exited: ${nodeB.proc.stderr}`).toBeNull();
+    await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/AfterRaw', 'content-type': 'application/grpc' });
+    expect(grpcHeaders.has('/pkg.Svc/AfterRaw')).toBe(true);
+  });
+
   it('keeps serving when a gRPC client resets its calls mid-flight on an inspected tunnel', async () => {
     const session = http2.connect(`http://${CLIENT_IP}:9051`);
     session.on('error', () => {});
