@@ -130,7 +130,9 @@ function startChild(name: string, args: string[], logDir: string): Child {
   const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });
   child.stdout?.pipe(log, { end: false });
   child.stderr?.pipe(log, { end: false });
-  child.once('exit', () => log.end());
+  // 'close', not 'exit': the child's output may still be draining into the file after it exited.
+  child.once('close', () => log.end());
+  log.on('error', (error) => process.stderr.write(`ambit mesh: cannot write ${name}.log: ${error.message}\n`));
   const keep = (chunk: Buffer) => {
     for (const line of chunk.toString().split('\n')) {
       if (!line) continue;
@@ -236,7 +238,11 @@ export const command: Command = {
         const body = JSON.stringify({ service: 'web', path: req.url, from: `${req.socket.remoteAddress}:${req.socket.remotePort}` }) + '\n';
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
       });
-      const echo = createTcpServer({ allowHalfOpen: true }, (socket) => socket.pipe(socket));
+      const echo = createTcpServer({ allowHalfOpen: true }, (socket) => {
+        // A peer that resets mid-echo (ECONNRESET, EPIPE) must not end the whole demo.
+        socket.on('error', () => socket.destroy());
+        socket.pipe(socket);
+      });
       servers.push(web, echo);
       await new Promise<void>((resolve) => web.listen(layout.web.port, layout.web.ip, resolve));
       await new Promise<void>((resolve) => echo.listen(layout.echo.port, layout.echo.ip, resolve));

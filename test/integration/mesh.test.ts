@@ -1,6 +1,8 @@
 // `npm start`: the whole mesh on loopback (`ambit mesh`), run as npm start runs it, from the compiled build, whose
 // CA and node proxies are started from that same build.
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BUILT_CLI, ensureBuilt } from '../../bench/system/build.ts';
+import { DEMO_LAYOUT } from '../../src/cli/mesh.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -56,5 +59,31 @@ describe('npm start (ambit mesh from the build)', () => {
     expect(result.stdout).toContain('mTLS spiffe://cluster.local/ns/demo/sa/client → spiffe://cluster.local/ns/demo/sa/web');
     // Its CA and both proxies ran as child processes of their own, each logging to the directory.
     expect(readdirSync(join(dir, 'logs')).sort()).toEqual(['ca.log', 'node-a.log', 'node-b.log']);
+  }, 120_000);
+
+  it('keeps running when a connection to its echo workload is reset mid-echo', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
+    cleanup.push(dir);
+    const child = spawn(process.execPath, [BUILT_CLI, 'mesh', '--duration', '8s', '--dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    try {
+      await expect.poll(() => /client calls ok/.test(stdout), { timeout: 60_000, interval: 100 }).toBe(true);
+      // Straight to the echo workload, not reading what it echoes, then a reset while it still writes.
+      const socket = connect({ host: DEMO_LAYOUT.echo.ip, port: DEMO_LAYOUT.echo.port });
+      socket.on('error', () => {});
+      await once(socket, 'connect');
+      socket.pause();
+      socket.write(Buffer.alloc(8 * 1024 * 1024));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      socket.resetAndDestroy();
+      expect(await closed, stderr).toBe(0);
+      expect(stderr).not.toMatch(/ECONNRESET|EPIPE/);
+    } finally {
+      child.kill('SIGKILL');
+    }
   }, 120_000);
 });
