@@ -17,7 +17,7 @@
 // load rather than ignored: an ignored field would widen a DENY or an ALLOW (STYLE rule 8).
 import {
   canonicalIpBlock,
-  checkIpBlock,
+  checkPolicyIpBlock,
   checkDns1123Label,
   checkDns1123Subdomain,
   checkFields,
@@ -168,7 +168,7 @@ function sourceAt(issues: FieldIssues, raw: Mapping, path: FieldPath): PolicySou
   setList(source, 'namespaces', stringListField(issues, raw, 'namespaces', path, { check: checkNamespace }));
   setList(source, 'notNamespaces', stringListField(issues, raw, 'notNamespaces', path, { check: checkNamespace }));
   for (const key of ['ipBlocks', 'notIpBlocks', 'remoteIpBlocks', 'notRemoteIpBlocks']) {
-    setList(source, key, stringListField(issues, raw, key, path, { check: checkIpBlock }).map(canonicalIpBlock));
+    setList(source, key, stringListField(issues, raw, key, path, { check: checkPolicyIpBlock }).map(canonicalIpBlock));
   }
   if (!explained && !SOURCE_LISTS.some((key) => nonEmptyValue(raw, key))) {
     issues.add(path, `must not be empty: set at least one of ${SOURCE_LISTS.join(', ')} (or omit this entry)`);
@@ -310,7 +310,7 @@ function conditionValueCheck(key: ConditionKey): (value: string) => string | und
     case 'source.ip':
     case 'remote.ip':
     case 'destination.ip':
-      return checkIpBlock;
+      return checkPolicyIpBlock;
     case 'destination.port':
       return (value) => (portValue(value) === undefined ? `${JSON.stringify(value)} is not a port number (1-${MAX_PORT})` : undefined);
     case 'source.namespace':

@@ -379,6 +379,21 @@ export function checkIpBlock(value: string): string | undefined {
 }
 
 /**
+ * An IP block of an AuthorizationPolicy. An IPv4-mapped one is refused: Envoy and ztunnel keep it an IPv6 block, which
+ * no IPv4 peer (peers are canonical) ever falls in, so in Istio `notIpBlocks: ["::ffff:10.0.0.0/104"]` holds for
+ * 10.1.2.3 and `ipBlocks: ["::ffff:10.0.0.5"]` allows nobody. Read as the IPv4 block, it would mean the opposite.
+ */
+export function checkPolicyIpBlock(value: string): string | undefined {
+  const parsed = parseIpBlock(value);
+  if (typeof parsed === 'string') return parsed;
+  const slash = value.indexOf('/');
+  if (parsed.family === 4 && (slash === -1 ? value : value.slice(0, slash)).includes(':')) {
+    return `${JSON.stringify(value)} is an IPv4-mapped IPv6 block: Istio matches it against no IPv4 peer, so it would never match; write the IPv4 block (${canonicalIpBlock(value)})`;
+  }
+  return undefined;
+}
+
+/**
  * The canonical spelling of a validated block. Istio (netip.ParsePrefix) accepts a block with host bits set, such as
  * 10.0.0.1/24, and Envoy matches it as its network; so ambit accepts it too and writes it as the network, 10.0.0.0/24.
  */

@@ -127,18 +127,13 @@ rules:
   },
   {
     name: 'single IPs and CIDR blocks in their canonical spelling',
-    yaml: fromSource('ipBlocks: ["203.0.113.4", "198.51.100.0/24", "2001:DB8:0:0::1", "::ffff:192.0.2.7"]'),
-    spec: { action: 'ALLOW', rules: [{ from: [{ ipBlocks: ['203.0.113.4', '198.51.100.0/24', '2001:db8::1', '192.0.2.7'] }] }] },
+    yaml: fromSource('ipBlocks: ["203.0.113.4", "198.51.100.0/24", "2001:DB8:0:0::1"]'),
+    spec: { action: 'ALLOW', rules: [{ from: [{ ipBlocks: ['203.0.113.4', '198.51.100.0/24', '2001:db8::1'] }] }] },
   },
   {
     name: 'a CIDR block with host bits set, as Istio accepts it, normalised to its network',
     yaml: fromSource('ipBlocks: ["10.0.0.1/24", "10.1.2.3/0", "fd00::1:2/64", "10.9.9.9/32"]'),
     spec: { action: 'ALLOW', rules: [{ from: [{ ipBlocks: ['10.0.0.0/24', '0.0.0.0/0', 'fd00::/64', '10.9.9.9/32'] }] }] },
-  },
-  {
-    name: 'an IPv4-mapped IPv6 block written as the IPv4 block it is',
-    yaml: fromSource('notIpBlocks: ["::ffff:10.1.2.3/120"]'),
-    spec: { action: 'ALLOW', rules: [{ from: [{ notIpBlocks: ['10.1.2.0/24'] }] }] },
   },
   {
     name: 'remote IP blocks and their negation',
@@ -328,6 +323,10 @@ const rejects: RejectCase[] = [
   { name: 'a CIDR prefix longer than 32', yaml: fromSource('ipBlocks: ["10.0.0.0/8", "10.0.0.0/33"]'), field: 'spec.rules[0].from[0].source.ipBlocks[1]' },
   { name: 'an IPv4 address with an octet over 255', yaml: fromSource('ipBlocks: ["300.1.1.1"]'), field: 'spec.rules[0].from[0].source.ipBlocks[0]' },
   { name: 'a name where an IP belongs', yaml: fromSource('notIpBlocks: ["gateway.local"]', 'DENY'), field: 'spec.rules[0].from[0].source.notIpBlocks[0]' },
+  // Istio keeps these IPv6 blocks, which no (canonical) IPv4 peer is in: read as IPv4 they would mean the opposite.
+  { name: 'an IPv4-mapped IPv6 block in notIpBlocks (in Istio it holds for every IPv4 peer)', yaml: fromSource('notIpBlocks: ["::ffff:10.0.0.0/104"]', 'DENY'), field: 'spec.rules[0].from[0].source.notIpBlocks[0]' },
+  { name: 'an IPv4-mapped IPv6 address in ipBlocks (in Istio it matches no IPv4 peer)', yaml: fromSource('ipBlocks: ["10.0.0.6", "::ffff:10.0.0.5"]'), field: 'spec.rules[0].from[0].source.ipBlocks[1]' },
+  { name: 'an IPv4-mapped IPv6 block in a source.ip condition', yaml: when('- key: source.ip\n  values: ["::ffff:192.0.2.0/120"]'), field: 'spec.rules[0].when[0].values[0]' },
   { name: 'a prefix length with a leading zero', yaml: fromSource('remoteIpBlocks: ["10.0.0.0/08"]'), field: 'spec.rules[0].from[0].source.remoteIpBlocks[0]' },
   { name: 'an IPv6 prefix longer than 128', yaml: fromSource('notRemoteIpBlocks: ["fd00::/129"]', 'DENY'), field: 'spec.rules[0].from[0].source.notRemoteIpBlocks[0]' },
   { name: 'a wildcard IP', yaml: fromSource('ipBlocks: ["10.0.0.*"]'), field: 'spec.rules[0].from[0].source.ipBlocks[0]' },
