@@ -303,7 +303,11 @@ export class HboneInbound {
    */
   #pingSessions(): void {
     const now = Date.now();
+    // Trust bundles the agent's event did not reach us for (it is the prompt path), and peers whose certificate expired.
+    this.reverify();
     for (const [session, sentMs] of this.#sessions) {
+      const peer = peers.get(session);
+      if (peer !== undefined && now >= peer.validUntilMs) this.#currentPeer(session, peer); // GOAWAY: its tunnels finish
       if (session.destroyed) {
         this.#sessions.delete(session);
       } else if (sentMs !== 0) {
@@ -319,6 +323,33 @@ export class HboneInbound {
         });
         if (!sent) this.#sessions.set(session, 0);
       }
+    }
+  }
+
+  /**
+   * Verifies every open session again under the trust bundles in force, when they changed: a peer they no longer
+   * vouch for (its root withdrawn, its trust domain no longer federated, every key revoked) has its session and its
+   * tunnels ended at once, as ztunnel aborts its connections on a revocation. Waiting for its next stream would
+   * leave its open tunnels, and the requests of its inspected ones, running on a trust the node has withdrawn.
+   */
+  reverify(): void {
+    const bundles = this.#options.bundles();
+    for (const session of this.#sessions.keys()) {
+      const peer = peers.get(session);
+      if (peer === undefined || peer.bundles === bundles || session.destroyed) continue;
+      const result = this.#options.verifier.verify(session.socket as tls.TLSSocket, bundles, null);
+      if (result.valid && result.id.id === peer.id.id) {
+        peers.set(session, { ...peer, bundles, validUntilMs: leafExpiryMs(session.socket as tls.TLSSocket) });
+        continue;
+      }
+      const code = result.valid ? 'IDENTITY_MISMATCH' : result.error.code;
+      this.#options.metrics.peerRefused(code);
+      let tunnels = 0;
+      for (const dial of this.#live) if (dial.stream.session === session) tunnels++;
+      this.#logger.warn({ peer: peer.address, presented: peer.id.id, code, reason: result.valid ? 'identity changed' : result.error.message, tunnels }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
+      peers.delete(session);
+      this.#sessions.delete(session);
+      session.destroy();
     }
   }
 

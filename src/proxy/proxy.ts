@@ -188,6 +188,8 @@ export class NodeProxy {
       metrics: this.registry,
     });
     this.#agent.on('rotated', (svid) => this.#onRotated(svid));
+    // A withdrawn root or an ended federation reaches the open sessions at once, not at their next stream.
+    this.#agent.on('bundles', () => this.#inbound?.reverify());
     await this.#agent.start();
     this.#pending.delete('node identity');
     this.#authorizer = new InboundAuthorizer(() => this.#config.current(), this.registry, this.#logger);

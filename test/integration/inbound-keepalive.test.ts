@@ -36,6 +36,9 @@ const workloads = yamlDocuments(
 );
 
 let inbound: HboneInbound;
+/** The trust bundles in force (both trust domains), and the same without partner.example (its federation ended). */
+let bundles: BundleSet;
+let ownBundleOnly: BundleSet;
 /** The configuration in force: a test may swap it without a reconcile (sync), as a change does until it runs. */
 let snapshot: ConfigSnapshot;
 let client: TestSvid;
@@ -50,7 +53,8 @@ beforeAll(async () => {
   const ca = await createTestCa('cluster.local');
   const partnerCa = await createTestCa('partner.example');
   for (const name of ['a', 'b', 'c']) partners.push(await issueTestSvid(partnerCa, `spiffe://partner.example/ns/p/sa/${name}`));
-  const bundles = new BundleSet([ca.bundle, partnerCa.bundle]);
+  bundles = new BundleSet([ca.bundle, partnerCa.bundle]);
+  ownBundleOnly = new BundleSet([ca.bundle]);
   registry = new Registry();
   const server = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/echo');
   client = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/tester');
@@ -174,6 +178,29 @@ describe('a session whose workload\'s address went to another identity', () => {
       snapshot = before;
       stream.destroy();
       session.destroy();
+    }
+  });
+});
+
+describe('open sessions when the trust bundles change', () => {
+  it('ends at once the session and tunnels of a peer the new bundles no longer vouch for, and keeps the others', async () => {
+    const before = bundles;
+    const partner = await openTunnel(null, partners[0]);
+    const own = await openTunnel(null);
+    try {
+      expect(upstreams.size).toBe(2);
+      bundles = ownBundleOnly; // partner.example no longer federated
+      inbound.reverify();
+      await expect.poll(() => partner.stream.closed, { timeout: 1_000 }).toBe(true);
+      await expect.poll(() => upstreams.size, { timeout: 1_000 }).toBe(1);
+      // Our own peer's tunnel still carries bytes.
+      own.stream.write('still here?');
+      const [echoed] = (await once(own.stream, 'data')) as [Buffer];
+      expect(echoed.toString()).toBe('still here?');
+    } finally {
+      bundles = before;
+      partner.session.destroy();
+      own.session.destroy();
     }
   });
 });
