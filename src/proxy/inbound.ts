@@ -432,13 +432,18 @@ export class HboneInbound {
       // A tunnel still connecting is judged on its connection alone: it is inspected or bridged by the
       // configuration in force when it opens.
       if (!keep(dial.connection, dial.inspected || dial.connecting)) {
-        // Its connect phase ends here (no timer left to report a refusal later), and it leaves the live set at
-        // once, so a second change in quick succession neither judges nor counts it again.
-        if (dial.connecting) HboneInbound.#stopDial(dial);
+        // It leaves the live set at once, so a second change in quick succession neither judges nor counts it again.
         this.#live.delete(dial);
+        closed++;
+        if (dial.connecting) {
+          // Not a tunnel yet: refused as a CONNECT the new configuration denies (401, DENY, its access line), as when
+          // the change lands just as the upstream connects. Its connect phase ends here: no timer left to report later.
+          HboneInbound.#stopDial(dial);
+          this.#deniedWhileConnecting(dial);
+          continue;
+        }
         dial.revoked = true;
         dial.abort();
-        closed++;
       }
     }
     return closed;
@@ -667,16 +672,22 @@ export class HboneInbound {
     dial.decidedWith = null;
     if (now !== decidedWith && inbound.#options.recheck !== undefined && !inbound.#options.recheck(dial.connection, true, now)) {
       inbound.#live.delete(dial);
-      upstream.destroy();
-      inbound.#options.metrics.failed(dial.labels, 'DENY');
-      const reason = 'the configuration that came into force while the upstream connected does not allow it';
-      inbound.#failedAccess(dial.peer, dial.connection.destination, `${dial.connection.destinationIp}:${dial.connection.destinationPort}`, dial.startedMs, 'POLICY_DENIED', reason, 'DENY', dial.labels);
-      inbound.#refuse(stream, 401, dial.peer, dial.connection.destination, reason);
+      inbound.#deniedWhileConnecting(dial);
       return;
     }
     // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
     stream.respond([HTTP2_HEADER_STATUS, '200']);
     inbound.#open(dial);
+  }
+
+  /** A CONNECT whose upstream was connecting when a configuration that denies it came into force: 401, as a denial. */
+  #deniedWhileConnecting(dial: UpstreamDial): void {
+    dial.upstream.destroy();
+    const { destination, destinationIp, destinationPort } = dial.connection;
+    const reason = 'the configuration that came into force while the upstream connected does not allow it';
+    this.#options.metrics.failed(dial.labels, 'DENY');
+    this.#failedAccess(dial.peer, destination, `${destinationIp}:${destinationPort}`, dial.startedMs, 'POLICY_DENIED', reason, 'DENY', dial.labels);
+    this.#refuse(dial.stream, 401, dial.peer, destination, reason);
   }
 
   #dialFailed(dial: UpstreamDial, error: Error): void {

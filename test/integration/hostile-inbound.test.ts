@@ -1129,7 +1129,7 @@ describe('HBONE inbound: flow control and teardown', () => {
     }
   }, 20_000);
 
-  it('judges a tunnel still connecting upstream by a policy change: it never opens on the decision the change withdrew', async () => {
+  it('judges a tunnel still connecting upstream by a policy change: it never opens on the decision the change withdrew, and is refused with 401 as a denial', async () => {
     // As above, a listener that does not accept, but only for 5 s: node-b's connect waits for a SYN retry, then
     // succeeds. Meanwhile a DENY for that port arrives; the tunnel must not open on the decision made before it.
     const blocker = spawn(process.execPath, ['-e', `const s = require('net').createServer((c) => c.on('error', () => {})); s.listen({ host: '${ECHO_IP}', port: ${BLACKHOLE_PORT}, backlog: 1 }, () => { process.stdout.write('ready'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5000); });`], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -1148,6 +1148,7 @@ describe('HBONE inbound: flow control and teardown', () => {
       await sleep(300);
       expect(status, 'node-b cannot have reached the upstream yet').toBeUndefined();
       const seen = accepted();
+      const deniedBefore = await metricSum(nodeB(), 'istio_tcp_connections_failed_total', { response_flags: 'DENY' });
       await mesh.writeConfig('policies.yaml', `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: no-blackhole, namespace: demo }
@@ -1158,8 +1159,9 @@ spec:
       await waitUntil('node-b accepts the DENY', async () => accepted() > seen, 5_000);
       await nodeB().proc.waitFor((line) => line.msg === 'closed open connections the new configuration no longer allows');
       await ended;
-      expect(status, 'the tunnel opened on the withdrawn decision').toBeUndefined();
-      expect(stream.rstCode).toBe(NGHTTP2_CANCEL);
+      // Refused as the new configuration refuses it: 401, counted as a denial.
+      expect(status, 'the tunnel refused as the new configuration refuses it').toBe(401);
+      await waitUntil('the refusal counted as a denial', async () => (await metricSum(nodeB(), 'istio_tcp_connections_failed_total', { response_flags: 'DENY' })) > deniedBefore, 5_000);
     } finally {
       session.destroy();
       for (const filler of fillers) filler.destroy();
