@@ -204,6 +204,8 @@ export interface InboundOptions {
   ownListener?: (ip: string, port: number) => boolean;
   /** Whether a connection authorized under an earlier configuration is allowed under `snapshot`. */
   recheck?: (connection: InboundConnection, inspected: boolean, snapshot: ConfigSnapshot) => boolean;
+  /** A TLS handshake not finished this long after the connection was accepted is dropped (default CONNECT_TIMEOUT_MS). */
+  handshakeTimeoutMs?: number;
   /** Default MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN. */
   maxForeignPrincipals?: number;
   /** PING every authenticated session this often (default KEEPALIVE_INTERVAL_MS)... */
@@ -463,6 +465,9 @@ export class HboneInbound {
       rejectUnauthorized: false,
       ALPNProtocols: HBONE_ALPN,
       allowHTTP1: false,
+      // Node's default is 120 s: a client that opens connections and never finishes a handshake would hold a
+      // descriptor each for two minutes, unauthenticated. A peer gives its own TLS connect this long.
+      handshakeTimeout: this.#options.handshakeTimeoutMs ?? CONNECT_TIMEOUT_MS,
       maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
       settings: {
         initialWindowSize: H2_STREAM_WINDOW_BYTES,

@@ -82,6 +82,7 @@ beforeAll(async () => {
     liveMeters: new Set(),
     inspectRequests: null,
     inspector: null,
+    handshakeTimeoutMs: 500,
     keepaliveIntervalMs: 100,
     keepaliveTimeoutMs: 1_000, // a PONG late by this much on a loaded machine is not what these tests look for
     maxForeignPrincipals: 2,
@@ -202,5 +203,20 @@ describe('open sessions when the trust bundles change', () => {
       partner.session.destroy();
       own.session.destroy();
     }
+  });
+});
+
+describe('connections that never finish their TLS handshake', () => {
+  it('are dropped after the handshake timeout and counted as TLS_HANDSHAKE, while a real peer is served', async () => {
+    const refused = async () => ((await registry.getSingleMetric('ambit_hbone_peers_refused_total')?.get())?.values ?? []).filter((v) => v.labels.reason === 'TLS_HANDSHAKE').reduce((sum, v) => sum + v.value, 0);
+    const before = await refused();
+    const startedMs = Date.now();
+    const silent = net.connect({ host: ECHO_IP, port: HBONE_PORT });
+    silent.on('error', () => {});
+    await once(silent, 'close');
+    expect(Date.now() - startedMs).toBeLessThan(5_000);
+    expect(await refused()).toBe(before + 1);
+    const { session } = await openTunnel(null);
+    session.destroy();
   });
 });
