@@ -137,7 +137,7 @@ function failed(res: ServerResponse, error: unknown): void {
   sendText(res, 500, `internal error: ${error instanceof Error ? error.message : String(error)}\n`);
 }
 
-async function listen(what: string, address: ListenAddress, handler: Handler): Promise<Started> {
+async function listen(what: string, address: ListenAddress, handler: Handler, logger: Logger): Promise<Started> {
   const server = http.createServer(
     {
       requestTimeout: REQUEST_TIMEOUT_MS,
@@ -160,6 +160,9 @@ async function listen(what: string, address: ListenAddress, handler: Handler): P
       hint: 'another process holds the port, or the address is not one of this host\'s',
     });
   }
+  // Once bound, an 'error' is an accept that failed (EMFILE when libuv's reserve descriptor is gone too): the server
+  // goes on accepting; without a listener it would have ended the process.
+  server.on('error', (error: Error) => logger.warn({ server: what, err: error.message }, 'accepting a connection failed'));
   const bound = server.address() as AddressInfo;
   const host = bound.family === 'IPv6' ? `[${bound.address}]` : bound.address;
   return { server, url: `http://${host}:${bound.port}` };
@@ -308,17 +311,17 @@ export async function startObservability(options: ObservabilityOptions): Promise
   const result: Observability = { close: closeAll };
   try {
     if (metrics) {
-      const { server, url } = await listen('metrics', metrics, metricsHandler(registry));
+      const { server, url } = await listen('metrics', metrics, metricsHandler(registry), sources.logger);
       started.push(server);
       result.metricsUrl = url;
     }
     if (readiness) {
-      const { server, url } = await listen('readiness', readiness, readinessHandler(sources));
+      const { server, url } = await listen('readiness', readiness, readinessHandler(sources), sources.logger);
       started.push(server);
       result.readinessUrl = url;
     }
     if (admin) {
-      const { server, url } = await listen('admin', admin, adminHandler(sources));
+      const { server, url } = await listen('admin', admin, adminHandler(sources), sources.logger);
       started.push(server);
       result.adminUrl = url;
     }

@@ -144,6 +144,8 @@ export class CaServer {
         resolve();
       });
     });
+    // Once bound, an 'error' is an accept that failed (EMFILE): the server goes on; unheard, it would end the CA.
+    server.#server.on('error', (error: Error) => server.#logger.warn({ err: error.message }, 'accepting a connection failed'));
     // Federation starts after we listen: two CAs federating with each other must both be up to succeed.
     for (const client of server.#federated.values()) void client.start();
     const pollMs = options.statePollMs ?? 1000;
