@@ -254,6 +254,17 @@ describe('the CA signing endpoint', () => {
     expect(answer.code).toBe('CA_UNAUTHENTICATED');
   });
 
+  it('refuses a node SVID of a node that never attested with this CA (as one another CA under the same root issued), and serves it once it attests', async () => {
+    // node-b has a workload placed on it (DB) but no record: its certificate did not come from an attestation here.
+    const unrecorded = await issueMeshSvid(caDir, `spiffe://${TD}/ambit/node/node-b`);
+    const refused = await signFor(unrecorded, DB);
+    expect(refused.status).toBe(401);
+    expect(refused.code).toBe('CA_UNAUTHENTICATED');
+    expect(JSON.stringify(refused.body)).toContain('has not attested with this CA');
+    await recordAttested(caDir, 'node-b', (unrecorded.chain[0] as { serialNumber: string }).serialNumber);
+    expect((await signFor(unrecorded, DB)).status).toBe(200);
+  });
+
   it('refuses an expired node SVID', async () => {
     const expired = await issueMeshSvid(caDir, NODE_A, { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) });
     const answer = await signFor(expired, WEB);

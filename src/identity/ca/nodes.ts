@@ -155,7 +155,7 @@ export async function recordRenewal(caDir: string, node: string, callerSerial: s
 
 /**
  * Whether the node may use the certificate with this serial: null when it may (a pending one becomes current and
- * the old one is retired; a node without a record, from before the CA kept them, has this one recorded), else why not.
+ * the old one is retired), else why not (a node without a record, one evicted, a serial replaced since).
  */
 export async function admitNodeCertificate(caDir: string, node: string, serial: string): Promise<string | null> {
   return withRecord(caDir, node, () => admit(caDir, node, normalizeSerial(serial)));
@@ -163,10 +163,10 @@ export async function admitNodeCertificate(caDir: string, node: string, serial: 
 
 async function admit(caDir: string, node: string, presented: string): Promise<string | null> {
   const record = await read(caDir, node);
-  if (record === undefined) {
-    await write(caDir, node, { current: presented });
-    return null;
-  }
+  // Every node this CA onboarded has a record (attestation writes it). A node certificate without one was issued
+  // elsewhere (another CA under the same root), or its record was removed: taking it would hand that node's
+  // workload identities to whoever presents it first. SPIRE likewise refuses an agent it has no attested record of.
+  if (record === undefined) return `node ${node} has not attested with this CA (no record in nodes/): it must attest with a join token`;
   if (record.evicted) return `node ${node} was evicted (ambit ca node evict): it must attest again with a new join token`;
   if (presented === record.current) return null;
   if (record.pending?.includes(presented) === true) {

@@ -21,10 +21,12 @@ describe('node certificate records', () => {
     expect(normalizeSerial('0')).toBe('0');
   });
 
-  it('record the first certificate a node without a record presents (a CA from before the records), and refuse another after it', async () => {
-    expect(await admitNodeCertificate(dir, 'old-node', 'AA01')).toBeNull();
-    expect(await admitNodeCertificate(dir, 'old-node', 'aa01')).toBeNull();
-    expect(await admitNodeCertificate(dir, 'old-node', 'BB02')).toMatch(/replaced/);
+  it('refuse every certificate of a node that never attested here (no record), and record none, so it can still attest', async () => {
+    expect(await admitNodeCertificate(dir, 'unknown-node', 'AA01')).toMatch(/has not attested with this CA/);
+    expect(await admitNodeCertificate(dir, 'unknown-node', 'AA01')).toMatch(/has not attested with this CA/);
+    await recordAttested(dir, 'unknown-node', 'BB02');
+    expect(await admitNodeCertificate(dir, 'unknown-node', 'AA01')).toMatch(/replaced/);
+    expect(await admitNodeCertificate(dir, 'unknown-node', 'bb02')).toBeNull();
   });
 
   it('keep a renewal pending alongside the current certificate until its first use', async () => {
