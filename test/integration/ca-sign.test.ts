@@ -1,7 +1,9 @@
 // The CA's signing endpoint decides who may obtain which identity: only a node SVID of its own trust domain may
 // call it, and only for the node's own identity or a workload the registry places on that node, with a P-256
 // key it proves it holds. Both sides of each rule, over real TLS to a real CaServer on loopback.
+import { once } from 'node:events';
 import { request } from 'node:https';
+import { connect } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,6 +55,7 @@ beforeAll(async () => {
     dir: caDir,
     registry: () => ({ identitiesOnNode: (node) => new Set(node === 'node-a' ? [WEB] : node === 'node-b' ? [DB] : []) }),
     svidTtlMs: 60_000,
+    handshakeTimeoutMs: 500,
     logger: silentLogger(),
     audit: (record) => {
       audit.push(record as Record<string, unknown>);
@@ -235,6 +238,16 @@ describe('the CA signing endpoint', () => {
     expect(answer.status).toBe(401);
     expect(answer.code).toBe('CA_UNAUTHENTICATED');
     expect(audit).toContainEqual(expect.objectContaining({ event: 'sign_refused', caller: WEB }));
+  });
+
+  it('drops a connection that never finishes its TLS handshake after the handshake timeout, and still serves a node', async () => {
+    const url = new URL(server.url);
+    const startedMs = Date.now();
+    const silent = connect({ host: url.hostname, port: Number(url.port) });
+    silent.on('error', () => {});
+    await once(silent, 'close');
+    expect(Date.now() - startedMs).toBeLessThan(5_000);
+    expect((await signFor(await currentNode(), WEB)).status).toBe(200);
   });
 
   it('refuses a caller without a certificate', async () => {

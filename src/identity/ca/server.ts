@@ -67,7 +67,14 @@ export interface CaServerOptions {
   /** How often the state file is checked for root-rotation changes made by `ambit ca root`. */
   statePollMs?: number;
   federationMinRefreshMs?: number;
+  /** A TLS handshake not finished this long after the connection was accepted is dropped (default 10 s). */
+  handshakeTimeoutMs?: number;
 }
+
+/** Connections the CA holds at once: far above what its nodes' agents open (at most 4 each), below the process's descriptors. */
+const MAX_CONNECTIONS = 8_192;
+/** A connection idle this long (no request under way) is closed. */
+const SOCKET_IDLE_TIMEOUT_MS = 60_000;
 
 class HttpError extends Error {
   readonly status: number;
@@ -125,7 +132,11 @@ export class CaServer {
     this.#logger = options.logger.child({ component: 'ca', trustDomain: state.trustDomain });
     this.#state = state;
     this.#serverSvid = serverSvid;
-    this.#server = https.createServer(serverTlsOptions(serverSvid, ['http/1.1']), (req, res) => void this.#handle(req, res));
+    // The one server that takes connections from anyone on the network before they are authenticated: a client that
+    // never finishes its handshake is dropped after 10 s (Node's default holds it 120 s), and the connections are capped.
+    this.#server = https.createServer({ ...serverTlsOptions(serverSvid, ['http/1.1']), handshakeTimeout: options.handshakeTimeoutMs ?? 10_000 }, (req, res) => void this.#handle(req, res));
+    this.#server.maxConnections = MAX_CONNECTIONS;
+    this.#server.timeout = SOCKET_IDLE_TIMEOUT_MS;
     this.#server.keepAliveTimeout = 30_000;
     this.#server.headersTimeout = 10_000;
     this.#server.requestTimeout = 30_000;
