@@ -43,6 +43,8 @@ const DEFAULT_BUNDLE_REFRESH_MS = 300_000;
 const REQUEST_TIMEOUT_MS = 10_000;
 /** Connections to the CA at most, each carrying one request at a time (HTTP/1.1, no pipelining). */
 const CA_CONNECTIONS = 4;
+/** The largest answer taken from the CA: a chain and every trust domain's bundle are a few KiB each. */
+const MAX_CA_RESPONSE_BYTES = 16 * 1024 * 1024;
 /**
  * A request's whole life, waiting for one of those connections included: undici's headers and body timeouts start
  * only once it is on a connection, and a hundred requests queued behind a CA that accepts and never answers would
@@ -385,6 +387,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       // A node starting with 100 workloads asks for 100 certificates at once: a few connections carry them in turn
       // instead of 100 TLS handshakes at the CA (and as many connections held here) per starting node.
       connections: CA_CONNECTIONS,
+      // A certificate chain and the trust bundles: far below this. A larger answer is cut off, not held in memory.
+      maxResponseSize: MAX_CA_RESPONSE_BYTES,
     });
   }
 
@@ -473,6 +477,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   async #attest(entry: Entry, token: string, keys: CryptoKeyPair): Promise<boolean> {
     const csr = await createCsr(keys, this.#nodeId);
     const svid = await this.#post('/v1/attest', { node: this.#options.nodeName, token, csr }, keys);
+    // As for a renewal: a certificate for another identity (a faulty CA) would be stored as the node's, and the
+    // next start would throw it away with the token already spent.
+    if (svid.id.id !== this.#nodeId) throw new AmbitError('CA_REJECTED', `CA returned ${svid.id.id} for the attestation of ${this.#nodeId}`);
     const stored = this.#accept(entry, svid, true);
     this.#logger.info({ spiffeId: svid.id.id, expiresAt: svid.notAfter.toISOString() }, 'node attested with join token');
     this.#schedule(entry);
