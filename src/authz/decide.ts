@@ -4,9 +4,10 @@
 //
 // Three moments, because HTTP fields exist only per request (hosts, methods, paths, request headers, and the remote
 // IP, which Istio reads from the request's X-Forwarded-For and istiod hands ztunnel as L7):
-//   'tcp'      a connection on a port that is not HTTP. A rule's HTTP fields can never be known, so, as
-//              ztunnel does, an ALLOW rule with HTTP fields matches nothing and a DENY rule is applied
-//              with its HTTP fields ignored (it denies more, never less: fail closed for each action).
+//   'tcp'      a connection on a port that is not HTTP. A rule's HTTP fields can never be known, so an ALLOW
+//              rule with HTTP fields matches nothing (as ztunnel) and a DENY rule is applied with its HTTP fields
+//              ignored, as Envoy's TCP RBAC filter does (it denies more, never less: fail closed for each action).
+//              ztunnel instead drops such a DENY rule's HTTP-only clauses, so the rule may never match there.
 //   'connect'  a connection on an HTTP port, before any request. DENY rules with HTTP fields wait for the
 //              request; an ALLOW rule with HTTP fields whose L4 part matches lets the connection open
 //              (deferred), and every request is then decided in full.
