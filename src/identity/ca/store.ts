@@ -283,6 +283,14 @@ export async function withdrawAuthorities(dir: string, when: WithdrawWhen, now =
   const state = await readState(dir);
   const retiring = state.authorities.filter((authority) => authority.state === 'published').map((authority) => authority.name);
   if (retiring.length === 0) throw new AmbitError('CA_STATE', `${dir}: no published-but-inactive authority to withdraw`);
+  // Withdrawing removes roots from the bundle. An authority that is an intermediate under a root an authority staying
+  // in force also uses (`--root-cert`) removes nothing: what it signed would go on verifying until its own expiry.
+  const loaded = await loadCa(dir);
+  const kept = new Set(loaded.authorities.filter((authority) => authority.state !== 'retired' && !retiring.includes(authority.name)).map((authority) => fingerprintOf(authority.root)));
+  for (const authority of loaded.authorities) {
+    if (!retiring.includes(authority.name) || !kept.has(fingerprintOf(authority.root))) continue;
+    throw new AmbitError('CA_STATE', `${dir}: authority ${authority.name} is an intermediate under the root that the authority in force also uses: withdrawing it cannot take that root out of the bundle, so what ${authority.name} signed would still verify until ${authority.cert.notAfter.toISOString()}. Rotate to a new root (root prepare without --root-cert, or with another one) to withdraw trust in it`);
+  }
   if ('graceMs' in when) {
     const active = state.authorities.find((authority) => authority.state === 'active');
     const activeSinceMs = active?.activatedAt ? now.getTime() - Date.parse(active.activatedAt) : Infinity;

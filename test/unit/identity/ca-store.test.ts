@@ -228,6 +228,27 @@ describe('root rotation: prepare, activate, withdraw', () => {
     expect((await loadCa(dir)).bundle.roots).toHaveLength(1);
   });
 
+  it('refuses to withdraw an intermediate whose root the authority in force also uses (what it signed would still verify), and withdraws one under a root of its own', async () => {
+    const root = await sharedRoot();
+    const parent = { certPem: root.certPem, keyPem: root.keyPem };
+    const dir = caDir();
+    const first = await initCa(dir, TD, { parent });
+    const oldChain = await issueWeb(first);
+    await prepareAuthority(dir, { parent });
+    await activateAuthority(dir);
+    const before = await loadCa(dir);
+    await expect(withdrawAuthorities(dir, { graceMs: 0 })).rejects.toMatchObject({ code: 'CA_STATE', message: expect.stringContaining(`authority ${first.active.name} is an intermediate under the root`) });
+    const after = await loadCa(dir);
+    expect(after.sequence).toBe(before.sequence);
+    expect(after.authorities.map((authority) => authority.state)).toEqual(['published', 'active']);
+    // Indeed still trusted: the bundle holds the shared root.
+    expect(verifySvid(oldChain, new BundleSet([after.bundle])).valid).toBe(true);
+    // Under a root of its own the next rotation withdraws it.
+    await prepareAuthority(dir);
+    await activateAuthority(dir);
+    await expect(withdrawAuthorities(dir, { graceMs: 0 })).resolves.toEqual([first.active.name, after.active.name]);
+  });
+
   it('withdraw with no grace removes the old root and bumps the sequence', async () => {
     const dir = caDir();
     const first = await initCa(dir, TD);
