@@ -120,9 +120,22 @@ interface CertFacts {
   readonly fingerprint: string;
   /** The trust domain of the certificate's single SPIFFE URI SAN, or null when it carries none. */
   readonly spiffeTrustDomain: string | null;
+  /** The first critical extension not evaluated here (OID), which RFC 5280 §4.2 says to refuse; undefined for none. */
+  readonly unhandledCritical: string | undefined;
+  /** Whether it carries name constraints (critical or not), which are not evaluated: a CA with them is refused. */
+  readonly nameConstraints: boolean;
   /** SHA-256 of its SubjectPublicKeyInfo (hex), computed when first asked (roots only). */
   publicKeyId?: string;
 }
+
+const NAME_CONSTRAINTS_OID = '2.5.29.30';
+/**
+ * Critical extensions a certificate may carry here: those evaluated (basic constraints, key usage, extended key usage,
+ * subject alternative name) and the policy ones, which restrict policies SPIFFE does not use. Anything else critical
+ * (name constraints included: a CA carrying them is refused outright, as many SPIFFE libraries do) fails the chain,
+ * as RFC 5280 §4.2 requires, rather than be ignored as if it were not there.
+ */
+const HANDLED_CRITICAL_OIDS: ReadonlySet<string> = new Set(['2.5.29.19', '2.5.29.15', '2.5.29.37', '2.5.29.17', '2.5.29.32', '2.5.29.33', '2.5.29.36', '2.5.29.54']);
 
 // Certificates are immutable, so what we derive from one is computed once per object.
 const factsCache = new WeakMap<Certificate, CertFacts>();
@@ -134,7 +147,15 @@ function facts(cert: Certificate): CertFacts {
   const keyUsage = cert.getExtension(x509.KeyUsagesExtension);
   const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
   const node = new crypto.X509Certificate(Buffer.from(cert.rawData));
+  let unhandledCritical: string | undefined;
+  let nameConstraints = false;
+  for (const extension of cert.extensions) {
+    if (extension.type === NAME_CONSTRAINTS_OID) nameConstraints = true;
+    if (extension.critical && !HANDLED_CRITICAL_OIDS.has(extension.type)) unhandledCritical ??= extension.type;
+  }
   found = {
+    unhandledCritical,
+    nameConstraints,
     node,
     isCa: basic?.ca === true,
     pathLength: basic?.pathLength,
@@ -250,6 +271,7 @@ export function checkLeafRules(leaf: Certificate, id: SpiffeId): AmbitError | nu
   if (id.path === '') return new AmbitError('SVID_NO_PATH', `${id.id} is a trust-domain ID; a leaf SVID names a workload`);
   const leafFacts = facts(leaf);
   if (leafFacts.isCa) return new AmbitError('SVID_LEAF_IS_CA', `${id.id}: the leaf is a CA certificate (basicConstraints cA=true)`);
+  if (leafFacts.unhandledCritical !== undefined) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: the leaf carries critical extension ${leafFacts.unhandledCritical}, which is not evaluated`);
   const keyUsage = leafFacts.keyUsage;
   if (keyUsage === undefined) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf has no keyUsage extension`);
   if (!keyUsage.critical) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf keyUsage is not critical`);
@@ -284,6 +306,8 @@ function issued(issuer: Certificate, subject: Certificate): boolean {
 function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCount: number): AmbitError | null {
   const caFacts = facts(ca);
   if (!caFacts.isCa) return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} is not a CA (basicConstraints cA=false)`);
+  if (caFacts.nameConstraints) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: ${role} ${describe(ca)} carries name constraints, which are not evaluated: refused rather than ignored`);
+  if (caFacts.unhandledCritical !== undefined) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: ${role} ${describe(ca)} carries critical extension ${caFacts.unhandledCritical}, which is not evaluated`);
   if (caFacts.keyUsage !== undefined && (caFacts.keyUsage.usages & x509.KeyUsageFlags.keyCertSign) === 0) {
     return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} lacks keyCertSign`);
   }

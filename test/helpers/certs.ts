@@ -62,6 +62,8 @@ export interface CraftParams {
   keys?: CryptoKeyPair;
   /** The subject (a unique crafted name when absent). */
   subject?: string;
+  /** More extensions, as given (name constraints, an unknown critical one). */
+  extraExtensions?: x509.Extension[];
 }
 
 /** A certificate with exactly the extensions asked for, signed by `issuer` (or self-signed), for hostile-input tests. */
@@ -79,6 +81,7 @@ export async function craftCertificate(issuer: SigningAuthority | null, params: 
     extensions.push(new x509.SubjectAlternativeNameExtension(names, true));
   }
   extensions.push(await x509.SubjectKeyIdentifierExtension.create(keys.publicKey));
+  extensions.push(...(params.extraExtensions ?? []));
   const subject = params.subject ?? `O=ambit-test, CN=crafted ${Math.random().toString(36).slice(2)}`;
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.create({

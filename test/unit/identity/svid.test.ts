@@ -196,6 +196,30 @@ describe('verifying a peer SVID', () => {
     expect(verifySvid([leaf, fakeIntermediate], bundles).error?.code).toBe('SVID_CA_INVALID');
   });
 
+  // NameConstraints (RFC 5280 §4.2.1.10) permitting URIs of host dev.corp only: SEQUENCE { [0] { SEQUENCE { [6] "dev.corp" } } }.
+  const onlyDevCorp = () => new x509.Extension('2.5.29.30', true, Buffer.from([0x30, 0x0e, 0xa0, 0x0c, 0x30, 0x0a, 0x86, 0x08, ...Buffer.from('dev.corp')]));
+  // A critical extension nobody here evaluates (a private OID, value NULL).
+  const unknownCritical = () => new x509.Extension('1.3.6.1.4.1.55555.1', true, Buffer.from([0x05, 0x00]));
+
+  it('rejects an intermediate with name constraints (not evaluated, so refused rather than ignored), and one with an unknown critical extension', async () => {
+    for (const extension of [onlyDevCorp(), unknownCritical()]) {
+      const { cert: constrained, keys } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, extraExtensions: [extension] });
+      const { cert: leaf } = await craftCertificate({ cert: constrained, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+      expect(verifySvid([leaf, constrained], bundles).error?.code, extension.type).toBe('SVID_CRITICAL_EXTENSION');
+    }
+    // The same intermediate with a non-critical unknown extension is fine: only critical ones must be understood.
+    const { cert: plain, keys } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, extraExtensions: [new x509.Extension('1.3.6.1.4.1.55555.1', false, Buffer.from([0x05, 0x00]))] });
+    const { cert: leaf } = await craftCertificate({ cert: plain, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([leaf, plain], bundles).valid).toBe(true);
+  });
+
+  it('rejects a leaf with an unknown critical extension, and accepts it non-critical', async () => {
+    const { cert: critical } = await craftCertificate(caA.root, { uris: [WEB], extraExtensions: [unknownCritical()] });
+    expect(verifySvid([critical], bundles).error?.code).toBe('SVID_CRITICAL_EXTENSION');
+    const { cert: plain } = await craftCertificate(caA.root, { uris: [WEB], extraExtensions: [new x509.Extension('1.3.6.1.4.1.55555.1', false, Buffer.from([0x05, 0x00]))] });
+    expect(verifySvid([plain], bundles).valid).toBe(true);
+  });
+
   it('rejects an intermediate whose SPIFFE ID has a path', async () => {
     const { cert: badCa, keys } = await craftCertificate(caA.root, { uris: ['spiffe://cluster.local/ns/x/sa/y'], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign });
     const { cert: leaf } = await craftCertificate({ cert: badCa, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
