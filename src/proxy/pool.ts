@@ -191,6 +191,25 @@ export class HbonePool {
     for (const entry of entries) if (!entry.session.destroyed) entry.session.destroy();
   }
 
+  /**
+   * Verifies every session again under the trust bundles in force, when they changed: one whose server they no longer
+   * vouch for (its root withdrawn, its trust domain no longer federated) is closed at once with its tunnels, as the
+   * destination closes ours; one still verified is left to #retireStale (no new streams, its open ones finish).
+   */
+  reverify(): void {
+    const bundles = this.#options.bundles();
+    for (const entry of [...this.#entries()]) {
+      if (entry.bundles === bundles || entry.session.destroyed) continue;
+      const result = this.#options.verifier.verify(entry.session.socket as tls.TLSSocket, bundles, entry.bucket.expected);
+      if (result.valid) continue;
+      this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, code: result.error.code, reason: result.error.message, tunnels: entry.streams }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
+      this.#retire(entry);
+      entry.endedByPool = true;
+      entry.session.destroy();
+      this.#draining.delete(entry);
+    }
+  }
+
   /** Sessions in use, then those retired whose streams are still open. */
   *#entries(): Generator<PooledSession> {
     for (const byIp of this.#buckets.values()) for (const byPeer of byIp.values()) for (const byIdentity of byPeer.values()) for (const bucket of byIdentity.values()) yield* bucket.sessions;

@@ -189,7 +189,10 @@ export class NodeProxy {
     });
     this.#agent.on('rotated', (svid) => this.#onRotated(svid));
     // A withdrawn root or an ended federation reaches the open sessions at once, not at their next stream.
-    this.#agent.on('bundles', () => this.#inbound?.reverify());
+    this.#agent.on('bundles', () => {
+      this.#inbound?.reverify();
+      this.#pool?.reverify();
+    });
     await this.#agent.start();
     this.#pending.delete('node identity');
     this.#authorizer = new InboundAuthorizer(() => this.#config.current(), this.registry, this.#logger);

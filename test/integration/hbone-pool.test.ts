@@ -264,6 +264,30 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
+  it('closes at once a session, with its tunnels, whose server the new trust bundles no longer vouch for, and keeps one they still do', async () => {
+    peer.mode = 'echo';
+    const original = bundles;
+    const hbone = pool(2_000);
+    try {
+      const tunnel = await hbone.open(CLIENT_ID, null, endpoint(), '');
+      tunnel.on('error', () => {});
+      // The same roots in a new set: still vouched for, the tunnel carries on.
+      bundles = { get: (trustDomain) => original.get(trustDomain) };
+      hbone.reverify();
+      tunnel.write('still here');
+      const [echoed] = (await once(tunnel, 'data')) as [Buffer];
+      expect(echoed.toString()).toBe('still here');
+      // The peer's trust domain withdrawn: closed now, not when the tunnel ends.
+      bundles = { get: () => undefined };
+      hbone.reverify();
+      await expect.poll(() => tunnel.destroyed, { timeout: 1_000 }).toBe(true);
+      await expect.poll(() => hbone.stats(), { timeout: 1_000 }).toEqual({ sessions: 0, streams: 0 });
+    } finally {
+      bundles = original;
+      await hbone.close();
+    }
+  });
+
   it('goes on pinging a session retired with a tunnel still open, and ends that tunnel when the peer stops answering', async () => {
     peer.mode = 'echo';
     // A relay in front of the peer that can stop carrying bytes, as a node that vanished (no FIN, no RST).
