@@ -1,5 +1,5 @@
 // Shared command-line parsing: node:util parseArgs with errors turned into USAGE, and --help handling.
-import { readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
 import { AmbitError } from '../errors.ts';
@@ -60,16 +60,6 @@ export async function readText(file: string): Promise<string> {
 export async function joinTokenOption(token: string | undefined, file: string | undefined): Promise<string | undefined> {
   if (token !== undefined && file !== undefined) throw new AmbitError('USAGE', '--join-token and --join-token-file: give one of them');
   if (file === undefined) return token;
-  // As ssh with a private key: another local user who can read the token attests first, as this node.
-  let mode: number;
-  try {
-    mode = (await stat(file)).mode;
-  } catch (error) {
-    throw new AmbitError('FILE_READ', `${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
-  }
-  if ((mode & 0o077) !== 0) {
-    throw new AmbitError('USAGE', `--join-token-file ${file} is readable by others (mode ${(mode & 0o777).toString(8)}): any local user could attest as this node with it`, { hint: `chmod 600 ${file} (a Kubernetes Secret volume: defaultMode: 0400)` });
-  }
   const text = (await readText(file)).trim();
   if (text === '' || /\s/.test(text)) throw new AmbitError('USAGE', `--join-token-file ${file}: expected one token on one line`);
   return text;
