@@ -278,6 +278,8 @@ export class HboneInbound {
   readonly #byIp = new Map<string, WorkloadServer>();
   // Open tunnels, bridged or inspected: each dial knows its connection, so a policy change can judge it.
   readonly #live = new Set<UpstreamDial>();
+  /** The trust bundles each open session was last judged under by reverify(). */
+  readonly #judgedWith = new WeakMap<http2.ServerHttp2Session, BundleSource>();
   #illegalPorts: ReadonlySet<number>;
   #shared: net.Server | undefined;
   /** Authenticated sessions → when their unanswered PING went out (0: none out). */
@@ -309,7 +311,7 @@ export class HboneInbound {
     this.reverify();
     for (const [session, sentMs] of this.#sessions) {
       const peer = peers.get(session);
-      if (peer !== undefined && now >= peer.validUntilMs) this.#currentPeer(session, peer); // GOAWAY: its tunnels finish
+      if (peer !== undefined && now >= peer.validUntilMs && !session.destroyed && !session.socket.destroyed) this.#currentPeer(session, peer); // GOAWAY: its tunnels finish
       if (session.destroyed) {
         this.#sessions.delete(session);
       } else if (sentMs !== 0) {
@@ -337,18 +339,18 @@ export class HboneInbound {
   reverify(): void {
     const bundles = this.#options.bundles();
     for (const session of this.#sessions.keys()) {
+      // Sessions told GOAWAY (their peer expired) are judged too: their open tunnels finish only while trusted.
+      if (session.destroyed || session.socket.destroyed || this.#judgedWith.get(session) === bundles) continue;
+      this.#judgedWith.set(session, bundles);
+      const socket = session.socket as tls.TLSSocket;
       const peer = peers.get(session);
-      if (peer === undefined || peer.bundles === bundles || session.destroyed) continue;
-      const result = this.#options.verifier.verify(session.socket as tls.TLSSocket, bundles, null);
-      if (result.valid && result.id.id === peer.id.id) {
-        peers.set(session, { ...peer, bundles, validUntilMs: leafExpiryMs(session.socket as tls.TLSSocket) });
-        continue;
-      }
+      const result = this.#options.verifier.stillVouched(socket, bundles, null);
+      if (result.valid && (peer === undefined || result.id.id === peer.id.id)) continue;
       const code = result.valid ? 'IDENTITY_MISMATCH' : result.error.code;
       this.#options.metrics.peerRefused(code);
       let tunnels = 0;
       for (const dial of this.#live) if (dial.stream.session === session) tunnels++;
-      this.#logger.warn({ peer: peer.address, presented: peer.id.id, code, reason: result.valid ? 'identity changed' : result.error.message, tunnels }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
+      this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code, reason: result.valid ? 'identity changed' : result.error.message, tunnels }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
       peers.delete(session);
       this.#sessions.delete(session);
       session.destroy();
@@ -528,6 +530,7 @@ export class HboneInbound {
       principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
+    this.#judgedWith.set(session, bundles);
     this.#sessions.set(session, 0);
     session.once('close', () => this.#sessions.delete(session));
   }

@@ -68,6 +68,8 @@ interface PooledSession {
   refusal: string | undefined;
   /** Our pool ended it (close, a missed PONG): a CONNECT it fails is no refusal by the server (sessionRefusal). */
   endedByPool: boolean;
+  /** The trust bundles reverify() last judged it under (undefined: never). */
+  judgedWith?: BundleSource;
 }
 
 /** A TLS connection to a peer proxy and the trust bundles its certificate was verified against. */
@@ -199,8 +201,10 @@ export class HbonePool {
   reverify(): void {
     const bundles = this.#options.bundles();
     for (const entry of [...this.#entries()]) {
-      if (entry.bundles === bundles || entry.session.destroyed) continue;
-      const result = this.#options.verifier.verify(entry.session.socket as tls.TLSSocket, bundles, entry.bucket.expected);
+      if (entry.bundles === bundles || entry.judgedWith === bundles || entry.session.destroyed || entry.session.socket.destroyed) continue;
+      entry.judgedWith = bundles;
+      // As of a moment the server's certificate was valid: one that merely expired is #retireStale's (its tunnels finish).
+      const result = this.#options.verifier.stillVouched(entry.session.socket as tls.TLSSocket, bundles, entry.bucket.expected);
       if (result.valid) continue;
       this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, code: result.error.code, reason: result.error.message, tunnels: entry.streams }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
       this.#retire(entry);

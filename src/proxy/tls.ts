@@ -84,4 +84,17 @@ export class PeerVerifier {
     if (!result.valid || expected === null) return result;
     return matchExpected(result, expected);
   }
+
+  /**
+   * Whether trust bundles vouch for an established peer's chain, judged as of a moment its certificates were valid
+   * (the last of the leaf's life, or now): a session whose peer certificate merely expired since it was verified is
+   * not what a change of bundles must end (its open tunnels may finish), only one they no longer trust. Not cached.
+   */
+  stillVouched(socket: tls.TLSSocket, bundles: BundleSource, expected: ExpectedPeer): VerifyResult {
+    const leaf = socket.getPeerCertificate(true);
+    if (!leaf || !leaf.raw) return verifyPeerCertificate(null, bundles, expected);
+    const expiry = Date.parse(leaf.valid_to);
+    const atMs = Number.isNaN(expiry) ? Date.now() : Math.min(Date.now(), expiry - 1_000);
+    return verifyPeerCertificate(leaf, bundles, expected, { ...this.#options, at: new Date(atMs) });
+  }
 }

@@ -55,7 +55,7 @@ beforeAll(async () => {
     dir: caDir,
     registry: () => ({ identitiesOnNode: (node) => new Set(node === 'node-a' ? [WEB] : node === 'node-b' ? [DB] : []) }),
     svidTtlMs: 60_000,
-    handshakeTimeoutMs: 500,
+    handshakeTimeoutMs: 2_000,
     logger: silentLogger(),
     audit: (record) => {
       audit.push(record as Record<string, unknown>);

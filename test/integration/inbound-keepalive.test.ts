@@ -23,7 +23,7 @@ import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 import { freezableRelay } from '../helpers/hbone.ts';
 import { podYaml, yamlDocuments } from '../helpers/mesh.ts';
-import type { TestSvid } from '../helpers/certs.ts';
+import type { TestCa, TestSvid } from '../helpers/certs.ts';
 
 const ECHO_IP = '127.69.2.10'; // 127.69 is this file's and inbound-recheck's (127.68 is readiness.test.ts's)
 const ECHO_PORT = 7000;
@@ -42,6 +42,8 @@ let ownBundleOnly: BundleSet;
 /** The configuration in force: a test may swap it without a reconcile (sync), as a change does until it runs. */
 let snapshot: ConfigSnapshot;
 let client: TestSvid;
+let ca: TestCa;
+let partnerCa: TestCa;
 let registry: Registry;
 /** Peers of a federated trust domain, partner.example: more than the inbound gives series of their own (2 here). */
 const partners: TestSvid[] = [];
@@ -50,8 +52,8 @@ let upstream: net.Server;
 const upstreams = new Set<net.Socket>();
 
 beforeAll(async () => {
-  const ca = await createTestCa('cluster.local');
-  const partnerCa = await createTestCa('partner.example');
+  ca = await createTestCa('cluster.local');
+  partnerCa = await createTestCa('partner.example');
   for (const name of ['a', 'b', 'c']) partners.push(await issueTestSvid(partnerCa, `spiffe://partner.example/ns/p/sa/${name}`));
   bundles = new BundleSet([ca.bundle, partnerCa.bundle]);
   ownBundleOnly = new BundleSet([ca.bundle]);
@@ -82,7 +84,7 @@ beforeAll(async () => {
     liveMeters: new Set(),
     inspectRequests: null,
     inspector: null,
-    handshakeTimeoutMs: 500,
+    handshakeTimeoutMs: 2_000,
     keepaliveIntervalMs: 100,
     keepaliveTimeoutMs: 1_000, // a PONG late by this much on a loaded machine is not what these tests look for
     maxForeignPrincipals: 2,
@@ -202,6 +204,33 @@ describe('open sessions when the trust bundles change', () => {
       bundles = before;
       partner.session.destroy();
       own.session.destroy();
+    }
+  });
+
+  it('lets the tunnels of a peer whose certificate merely expired finish, and ends them once the new bundles no longer vouch for it', async () => {
+    const before = bundles;
+    // Valid for 2.5 s: the tunnels open, then the keepalive timer tells both sessions GOAWAY when it expires.
+    const own = await openTunnel(null, await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/brief', { ttlMs: 2_500 }));
+    const partner = await openTunnel(null, await issueTestSvid(partnerCa, 'spiffe://partner.example/ns/p/sa/brief', { ttlMs: 2_500 }));
+    try {
+      await sleep(3_000);
+      // A change of bundles that still vouches for both: their open tunnels carry on though their peers expired.
+      bundles = new BundleSet([ca.bundle, partnerCa.bundle]);
+      inbound.reverify();
+      for (const { stream } of [own, partner]) {
+        stream.write('after expiry');
+        const [echoed] = (await once(stream, 'data')) as [Buffer];
+        expect(echoed.toString()).toBe('after expiry');
+      }
+      // partner.example withdrawn: its session was told GOAWAY already, its tunnel ends now all the same.
+      bundles = ownBundleOnly;
+      inbound.reverify();
+      await expect.poll(() => partner.stream.closed, { timeout: 1_000 }).toBe(true);
+      expect(own.stream.closed).toBe(false);
+    } finally {
+      bundles = before;
+      own.session.destroy();
+      partner.session.destroy();
     }
   });
 });
