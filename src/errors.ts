@@ -30,7 +30,7 @@ export const ERROR_CODES = {
   SVID_NOT_YET_VALID: 'a certificate in the chain is before its notBefore: check clocks',
   SVID_CHAIN_INVALID: 'no valid signature path from the leaf to a root of its trust domain\'s bundle',
   SVID_CA_INVALID: 'a signing certificate in the chain is not a valid SPIFFE CA (cA, keyCertSign, ID without path)',
-  SVID_CRITICAL_EXTENSION: 'a certificate in the chain carries a critical extension ambit does not evaluate, or a CA carries name constraints: refused rather than ignored (RFC 5280 §4.2)',
+  SVID_CRITICAL_EXTENSION: 'a certificate in the chain carries a critical extension ambit does not evaluate, or a CA carries name constraints on URIs: refused rather than ignored (RFC 5280 §4.2)',
   SVID_KEY_MISMATCH: 'the private key does not belong to the certificate',
   TRUST_DOMAIN_UNKNOWN: 'there is no bundle for the trust domain named in the SPIFFE ID (federate with it first)',
   TRUST_DOMAIN_MISMATCH: 'the certificate is signed by another trust domain\'s CA than the one its SPIFFE ID names',

@@ -122,20 +122,78 @@ interface CertFacts {
   readonly spiffeTrustDomain: string | null;
   /** The first critical extension not evaluated here (OID), which RFC 5280 §4.2 says to refuse; undefined for none. */
   readonly unhandledCritical: string | undefined;
-  /** Whether it carries name constraints (critical or not), which are not evaluated: a CA with them is refused. */
+  /** Whether it carries name constraints on URIs (or unreadable ones), which are not evaluated: a CA with them is refused. */
   readonly nameConstraints: boolean;
   /** SHA-256 of its SubjectPublicKeyInfo (hex), computed when first asked (roots only). */
   publicKeyId?: string;
 }
 
 const NAME_CONSTRAINTS_OID = '2.5.29.30';
+
+/**
+ * Whether a NameConstraints value (RFC 5280 §4.2.1.10) constrains URIs: a permitted or excluded subtree whose base is
+ * a uniformResourceIdentifier ([6]). Those would decide which SPIFFE IDs the CA may sign, and are not evaluated, so a
+ * CA with them is refused; constraints on DNS names, addresses or mailboxes leave SPIFFE IDs alone (a corporate root
+ * limited to its DNS domains). Unreadable DER counts as constraining.
+ */
+function constrainsUris(der: Uint8Array): boolean {
+  // SEQUENCE { [0] GeneralSubtrees OPTIONAL, [1] GeneralSubtrees OPTIONAL }; GeneralSubtree ::= SEQUENCE { base, ... }.
+  const outer = derChildren(der, 0, der.length);
+  if (outer === null || outer.length !== 1 || der[0] !== 0x30) return true;
+  const subtreeLists = derChildren(der, (outer[0] as DerItem).start, (outer[0] as DerItem).end);
+  if (subtreeLists === null) return true;
+  for (const list of subtreeLists) {
+    if (list.tag !== 0xa0 && list.tag !== 0xa1) return true;
+    const subtrees = derChildren(der, list.start, list.end);
+    if (subtrees === null) return true;
+    for (const subtree of subtrees) {
+      if (subtree.tag !== 0x30) return true;
+      const parts = derChildren(der, subtree.start, subtree.end);
+      if (parts === null || parts.length === 0) return true;
+      // [6] IMPLICIT IA5String (primitive), or the same tag constructed.
+      if (((parts[0] as DerItem).tag & 0x1f) === 6 && ((parts[0] as DerItem).tag & 0xc0) === 0x80) return true;
+    }
+  }
+  return false;
+}
+
+interface DerItem {
+  readonly tag: number;
+  /** Where its value starts and ends in the buffer. */
+  readonly start: number;
+  readonly end: number;
+}
+
+/** The TLVs that exactly fill der[start, end) (single-byte tags, definite lengths), or null when they do not. */
+function derChildren(der: Uint8Array, start: number, end: number): DerItem[] | null {
+  const items: DerItem[] = [];
+  let at = start;
+  while (at < end) {
+    if (at + 2 > end) return null;
+    const tag = der[at] as number;
+    if ((tag & 0x1f) === 0x1f) return null;
+    let length = der[at + 1] as number;
+    at += 2;
+    if (length & 0x80) {
+      const bytes = length & 0x7f;
+      if (bytes === 0 || bytes > 3 || at + bytes > end) return null;
+      length = 0;
+      for (let i = 0; i < bytes; i++) length = length * 256 + (der[at + i] as number);
+      at += bytes;
+    }
+    if (at + length > end) return null;
+    items.push({ tag, start: at, end: at + length });
+    at += length;
+  }
+  return items;
+}
 /**
  * Critical extensions a certificate may carry here: those evaluated (basic constraints, key usage, extended key usage,
- * subject alternative name) and the policy ones, which restrict policies SPIFFE does not use. Anything else critical
- * (name constraints included: a CA carrying them is refused outright, as many SPIFFE libraries do) fails the chain,
- * as RFC 5280 §4.2 requires, rather than be ignored as if it were not there.
+ * subject alternative name), the policy ones, which restrict policies SPIFFE does not use, and name constraints, of
+ * which those on URIs refuse the CA (constrainsUris). Anything else critical fails the chain, as RFC 5280 §4.2
+ * requires, rather than be ignored as if it were not there.
  */
-const HANDLED_CRITICAL_OIDS: ReadonlySet<string> = new Set(['2.5.29.19', '2.5.29.15', '2.5.29.37', '2.5.29.17', '2.5.29.32', '2.5.29.33', '2.5.29.36', '2.5.29.54']);
+const HANDLED_CRITICAL_OIDS: ReadonlySet<string> = new Set(['2.5.29.19', '2.5.29.15', '2.5.29.37', '2.5.29.17', '2.5.29.32', '2.5.29.33', '2.5.29.36', '2.5.29.54', NAME_CONSTRAINTS_OID]);
 
 // Certificates are immutable, so what we derive from one is computed once per object.
 const factsCache = new WeakMap<Certificate, CertFacts>();
@@ -150,7 +208,10 @@ function facts(cert: Certificate): CertFacts {
   let unhandledCritical: string | undefined;
   let nameConstraints = false;
   for (const extension of cert.extensions) {
-    if (extension.type === NAME_CONSTRAINTS_OID) nameConstraints = true;
+    if (extension.type === NAME_CONSTRAINTS_OID) {
+      nameConstraints = constrainsUris(new Uint8Array(extension.value));
+      continue;
+    }
     if (extension.critical && !HANDLED_CRITICAL_OIDS.has(extension.type)) unhandledCritical ??= extension.type;
   }
   found = {
@@ -306,7 +367,7 @@ function issued(issuer: Certificate, subject: Certificate): boolean {
 function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCount: number): AmbitError | null {
   const caFacts = facts(ca);
   if (!caFacts.isCa) return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} is not a CA (basicConstraints cA=false)`);
-  if (caFacts.nameConstraints) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: ${role} ${describe(ca)} carries name constraints, which are not evaluated: refused rather than ignored`);
+  if (caFacts.nameConstraints) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: ${role} ${describe(ca)} carries name constraints on URIs, which are not evaluated: refused rather than ignored`);
   if (caFacts.unhandledCritical !== undefined) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: ${role} ${describe(ca)} carries critical extension ${caFacts.unhandledCritical}, which is not evaluated`);
   if (caFacts.keyUsage !== undefined && (caFacts.keyUsage.usages & x509.KeyUsageFlags.keyCertSign) === 0) {
     return new AmbitError('SVID_CA_INVALID', `${id.id}: ${role} ${describe(ca)} lacks keyCertSign`);

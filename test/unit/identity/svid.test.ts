@@ -201,8 +201,23 @@ describe('verifying a peer SVID', () => {
   // A critical extension nobody here evaluates (a private OID, value NULL).
   const unknownCritical = () => new x509.Extension('1.3.6.1.4.1.55555.1', true, Buffer.from([0x05, 0x00]));
 
-  it('rejects an intermediate with name constraints (not evaluated, so refused rather than ignored), and one with an unknown critical extension', async () => {
-    for (const extension of [onlyDevCorp(), unknownCritical()]) {
+  // The same excluding URIs of host dev.corp ([1]), and one permitting only DNS names under corp.example ([0] { [2] }).
+  const notDevCorp = () => new x509.Extension('2.5.29.30', true, Buffer.from([0x30, 0x0e, 0xa1, 0x0c, 0x30, 0x0a, 0x86, 0x08, ...Buffer.from('dev.corp')]));
+  const dnsOnly = () => new x509.Extension('2.5.29.30', true, Buffer.from([0x30, 0x12, 0xa0, 0x10, 0x30, 0x0e, 0x82, 0x0c, ...Buffer.from('corp.example')]));
+  const garbled = () => new x509.Extension('2.5.29.30', true, Buffer.from([0x30, 0x0e, 0xa0, 0x0c, 0x30]));
+
+  it('accepts an intermediate whose name constraints are on DNS names only (they leave SPIFFE IDs alone)', async () => {
+    const { cert: constrained, keys } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, extraExtensions: [dnsOnly()] });
+    const { cert: leaf } = await craftCertificate({ cert: constrained, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([leaf, constrained], bundles).valid).toBe(true);
+  });
+
+  it('rejects an intermediate with name constraints on URIs, permitted or excluded, or unreadable (not evaluated, so refused rather than ignored), and one with an unknown critical extension', async () => {
+    // Unreadable constraints: OpenSSL will not take the certificate as an issuer at all.
+    const { cert: broken, keys: brokenKeys } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, extraExtensions: [garbled()] });
+    const { cert: underBroken } = await craftCertificate({ cert: broken, privateKey: brokenKeys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    expect(verifySvid([underBroken, broken], bundles).valid).toBe(false);
+    for (const extension of [onlyDevCorp(), notDevCorp(), unknownCritical()]) {
       const { cert: constrained, keys } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, extraExtensions: [extension] });
       const { cert: leaf } = await craftCertificate({ cert: constrained, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
       expect(verifySvid([leaf, constrained], bundles).error?.code, extension.type).toBe('SVID_CRITICAL_EXTENSION');
