@@ -237,7 +237,11 @@ async function root(argv: string[]): Promise<number> {
     case 'withdraw': {
       if (values.grace !== undefined && values['audit-log'] !== undefined) throw new AmbitError('USAGE', 'root withdraw takes --audit-log or --grace, not both');
       const when = values.grace !== undefined ? { graceMs: parseDurationMsAllowZero(values.grace, 'grace') } : { auditLog: values['audit-log'] ?? join(dir, 'audit.log') };
-      process.stdout.write(`withdrew ${(await withdrawAuthorities(dir, when)).join(', ')} from the bundle\n`);
+      const { withdrawn, stillTrusted } = await withdrawAuthorities(dir, when);
+      process.stdout.write(`withdrew ${withdrawn.join(', ')} from the bundle\n`);
+      for (const { name, until } of stillTrusted) {
+        process.stderr.write(`warning: ${name} is an intermediate under the root the authority in force also uses: that root stays in the bundle, so what ${name} signed still verifies until ${until.toISOString()}; rotate to a new root to withdraw trust in it\n`);
+      }
       return 0;
     }
     default:

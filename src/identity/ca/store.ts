@@ -279,18 +279,25 @@ export type WithdrawWhen =
  * default while the audit log shows a holder whose newest certificate is an old root's and has not expired, or
  * until the active authority has signed for a given grace period.
  */
-export async function withdrawAuthorities(dir: string, when: WithdrawWhen, now = new Date()): Promise<string[]> {
+export interface Withdrawal {
+  /** The authorities retired. */
+  readonly withdrawn: string[];
+  /** Of those, intermediates under the root the authority in force also uses: what they signed verifies until then. */
+  readonly stillTrusted: ReadonlyArray<{ name: string; until: Date }>;
+}
+
+export async function withdrawAuthorities(dir: string, when: WithdrawWhen, now = new Date()): Promise<Withdrawal> {
   const state = await readState(dir);
   const retiring = state.authorities.filter((authority) => authority.state === 'published').map((authority) => authority.name);
   if (retiring.length === 0) throw new AmbitError('CA_STATE', `${dir}: no published-but-inactive authority to withdraw`);
   // Withdrawing removes roots from the bundle. An authority that is an intermediate under a root an authority staying
-  // in force also uses (`--root-cert`) removes nothing: what it signed would go on verifying until its own expiry.
+  // in force also uses (`--root-cert`) is retired all the same, but removes nothing: what it signed goes on verifying
+  // until its own expiry, which the answer says (stillTrusted).
   const loaded = await loadCa(dir);
   const kept = new Set(loaded.authorities.filter((authority) => authority.state !== 'retired' && !retiring.includes(authority.name)).map((authority) => fingerprintOf(authority.root)));
-  for (const authority of loaded.authorities) {
-    if (!retiring.includes(authority.name) || !kept.has(fingerprintOf(authority.root))) continue;
-    throw new AmbitError('CA_STATE', `${dir}: authority ${authority.name} is an intermediate under the root that the authority in force also uses: withdrawing it cannot take that root out of the bundle, so what ${authority.name} signed would still verify until ${authority.cert.notAfter.toISOString()}. Rotate to a new root (root prepare without --root-cert, or with another one) to withdraw trust in it`);
-  }
+  const stillTrusted = loaded.authorities
+    .filter((authority) => retiring.includes(authority.name) && kept.has(fingerprintOf(authority.root)))
+    .map((authority) => ({ name: authority.name, until: authority.cert.notAfter }));
   if ('graceMs' in when) {
     const active = state.authorities.find((authority) => authority.state === 'active');
     const activeSinceMs = active?.activatedAt ? now.getTime() - Date.parse(active.activatedAt) : Infinity;
@@ -313,7 +320,7 @@ export async function withdrawAuthorities(dir: string, when: WithdrawWhen, now =
   }
   bump(state);
   await writeState(dir, state);
-  return withdrawn;
+  return { withdrawn, stillTrusted };
 }
 
 interface Issued {

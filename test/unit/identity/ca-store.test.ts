@@ -224,29 +224,30 @@ describe('root rotation: prepare, activate, withdraw', () => {
     expect(await codeOf(withdrawAuthorities(dir, { graceMs: HOUR_MS }, new Date(activatedAt.getTime() + HOUR_MS - 1000)))).toBe('CA_STATE');
     expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
     expect((await loadCa(dir)).sequence).toBe(sequence);
-    expect(await withdrawAuthorities(dir, { graceMs: HOUR_MS }, new Date(activatedAt.getTime() + HOUR_MS))).toEqual(['a1']);
+    expect((await withdrawAuthorities(dir, { graceMs: HOUR_MS }, new Date(activatedAt.getTime() + HOUR_MS))).withdrawn).toEqual(['a1']);
     expect((await loadCa(dir)).bundle.roots).toHaveLength(1);
   });
 
-  it('refuses to withdraw an intermediate whose root the authority in force also uses (what it signed would still verify), and withdraws one under a root of its own', async () => {
+  it('retires an intermediate whose root the authority in force also uses, saying it stays trusted until it expires, and withdraws the other authorities with it', async () => {
     const root = await sharedRoot();
     const parent = { certPem: root.certPem, keyPem: root.keyPem };
     const dir = caDir();
-    const first = await initCa(dir, TD, { parent });
-    const oldChain = await issueWeb(first);
+    const own = await initCa(dir, TD); // a root of its own, then intermediates under the shared root
     await prepareAuthority(dir, { parent });
     await activateAuthority(dir);
-    const before = await loadCa(dir);
-    await expect(withdrawAuthorities(dir, { graceMs: 0 })).rejects.toMatchObject({ code: 'CA_STATE', message: expect.stringContaining(`authority ${first.active.name} is an intermediate under the root`) });
-    const after = await loadCa(dir);
-    expect(after.sequence).toBe(before.sequence);
-    expect(after.authorities.map((authority) => authority.state)).toEqual(['published', 'active']);
-    // Indeed still trusted: the bundle holds the shared root.
-    expect(verifySvid(oldChain, new BundleSet([after.bundle])).valid).toBe(true);
-    // Under a root of its own the next rotation withdraws it.
-    await prepareAuthority(dir);
+    const first = await loadCa(dir);
+    const underShared = await issueWeb(first);
+    await prepareAuthority(dir, { parent });
     await activateAuthority(dir);
-    await expect(withdrawAuthorities(dir, { graceMs: 0 })).resolves.toEqual([first.active.name, after.active.name]);
+    const result = await withdrawAuthorities(dir, { graceMs: 0 });
+    expect(result.withdrawn).toEqual([own.active.name, first.active.name]);
+    expect(result.stillTrusted).toEqual([{ name: first.active.name, until: first.active.cert.notAfter }]);
+    const after = await loadCa(dir);
+    expect(after.authorities.map((authority) => authority.state)).toEqual(['retired', 'retired', 'active']);
+    // Indeed still trusted (the bundle holds the shared root); the own root's certificates no longer are.
+    const bundles = new BundleSet([after.bundle]);
+    expect(verifySvid(underShared, bundles).valid).toBe(true);
+    expect(verifySvid(await issueWeb(own), bundles).valid).toBe(false);
   });
 
   it('withdraw with no grace removes the old root and bumps the sequence', async () => {
@@ -256,7 +257,7 @@ describe('root rotation: prepare, activate, withdraw', () => {
     await prepareAuthority(dir);
     await activateAuthority(dir);
     const beforeWithdraw = await loadCa(dir);
-    expect(await withdrawAuthorities(dir, { graceMs: 0 })).toEqual([first.active.name]);
+    expect(await withdrawAuthorities(dir, { graceMs: 0 })).toEqual({ withdrawn: [first.active.name], stillTrusted: [] });
     const after = await loadCa(dir);
     expect(after.bundle.roots).toHaveLength(1);
     expect(after.sequence).toBe(beforeWithdraw.sequence + 1n);
@@ -380,7 +381,7 @@ describe('root withdraw by the audit log: once every certificate of the old root
     expect((refused as AmbitError).message).toContain('2026-11-23T14:00:00.000Z');
     expect((await loadCa(dir)).sequence).toBe(sequence);
     expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
-    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T14:00:01Z'))).toEqual([oldName]);
+    expect((await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T14:00:01Z'))).withdrawn).toEqual([oldName]);
     expect((await loadCa(dir)).bundle.roots).toHaveLength(1);
   });
 
@@ -397,14 +398,14 @@ describe('root withdraw by the audit log: once every certificate of the old root
     expect((refused as AmbitError).message).toContain('serial 02');
     // n2 renews too: nothing of the old root is in use any more, an hour before its certificates expire.
     await writeFile(log, [...lines, issued(newName, '2026-11-23T15:00:00.000Z', WEB, '04', 'n2')].join('\n') + '\n');
-    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T13:00:00Z'))).toEqual([oldName]);
+    expect((await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T13:00:00Z'))).withdrawn).toEqual([oldName]);
   });
 
   it('counts a record that does not name its signer (written by an older CA) as the old root\'s', async () => {
     const { dir, log } = await rotated();
     await writeFile(log, issued(undefined, '2026-11-23T14:00:00.000Z') + '\n');
     expect(await codeOf(withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T13:00:00Z')))).toBe('CA_STATE');
-    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T15:00:00Z'))).toHaveLength(1);
+    expect((await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T15:00:00Z'))).withdrawn).toHaveLength(1);
   });
 
   it('refuses without an audit log, saying what to pass instead', async () => {
@@ -429,7 +430,7 @@ describe('root withdraw by the audit log: once every certificate of the old root
       issued(oldName, '2026-11-23T12:30:00.000Z'),
     ].join('\n'));
     expect(await codeOf(withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T12:29:00Z')))).toBe('CA_STATE');
-    expect(await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T12:31:00Z'))).toEqual([oldName]);
+    expect((await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T12:31:00Z'))).withdrawn).toEqual([oldName]);
   });
 });
 
