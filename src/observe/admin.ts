@@ -8,6 +8,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { AmbitError } from '../errors.ts';
+import { acceptErrorLogger } from './log.ts';
 import type { Logger } from './log.ts';
 
 export interface AdminSources {
@@ -162,7 +163,7 @@ async function listen(what: string, address: ListenAddress, handler: Handler, lo
   }
   // Once bound, an 'error' is an accept that failed (EMFILE when libuv's reserve descriptor is gone too): the server
   // goes on accepting; without a listener it would have ended the process.
-  server.on('error', (error: Error) => logger.warn({ server: what, err: error.message }, 'accepting a connection failed'));
+  server.on('error', acceptErrorLogger(logger, what));
   const bound = server.address() as AddressInfo;
   const host = bound.family === 'IPv6' ? `[${bound.address}]` : bound.address;
   return { server, url: `http://${host}:${bound.port}` };

@@ -46,3 +46,22 @@ export function createLogger(options: LoggerOptions): Logger {
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/**
+ * A handler for a server's failed accepts (EMFILE when libuv's reserve descriptor is gone too): logged at most once per
+ * `intervalMs` with how many were not, since libuv retries on every turn of the loop and would flood the log.
+ */
+export function acceptErrorLogger(logger: Logger, server: string, intervalMs = 10_000): (error: Error) => void {
+  let lastMs = -Infinity;
+  let unlogged = 0;
+  return (error) => {
+    const now = Date.now();
+    if (now - lastMs < intervalMs) {
+      unlogged++;
+      return;
+    }
+    logger.warn({ server, err: error.message, sinceLast: unlogged }, 'accepting a connection failed');
+    lastMs = now;
+    unlogged = 0;
+  };
+}

@@ -30,6 +30,7 @@ import type { CaState, LoadedAuthority } from './store.ts';
 import { consumeJoinToken, recordTokenAnswer, restoreJoinToken } from './tokens.ts';
 import type { JoinTokenClaim, TokenAnswer } from './tokens.ts';
 import { admitNodeCertificate, answerStands, recordAttested, recordRenewal } from './nodes.ts';
+import { acceptErrorLogger } from '../../observe/log.ts';
 import type { Logger } from '../../observe/log.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
@@ -156,7 +157,7 @@ export class CaServer {
       });
     });
     // Once bound, an 'error' is an accept that failed (EMFILE): the server goes on; unheard, it would end the CA.
-    server.#server.on('error', (error: Error) => server.#logger.warn({ err: error.message }, 'accepting a connection failed'));
+    server.#server.on('error', acceptErrorLogger(server.#logger, 'ca'));
     // Federation starts after we listen: two CAs federating with each other must both be up to succeed.
     for (const client of server.#federated.values()) void client.start();
     const pollMs = options.statePollMs ?? 1000;
