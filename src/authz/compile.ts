@@ -18,6 +18,7 @@ import type {
   PolicySource,
 } from './types.ts';
 import { ENFORCE_ANNOTATION } from './types.ts';
+import { DRY_RUN_ANNOTATION, isDryRun } from './validate.ts';
 
 /** What a decision says, preallocated per rule: returning one is free. */
 export interface Decision {
@@ -97,6 +98,11 @@ export interface CompiledPolicy {
   readonly selector: Readonly<Record<string, string>> | undefined;
   readonly rules: readonly CompiledRule[];
   readonly source: string;
+  /**
+   * The action of a dry-run policy (`istio.io/dry-run: "true"`), which is compiled as AUDIT: it decides nothing, and the
+   * requests and connections its rules match are logged with the action it would have taken. undefined otherwise.
+   */
+  readonly dryRun?: PolicyAction;
 }
 
 export interface EffectiveMtls {
@@ -290,13 +296,16 @@ function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number, tr
 function compilePolicy(object: ConfigObject & { kind: 'AuthorizationPolicy' }, trustDomain: string): CompiledPolicy {
   const spec: AuthorizationPolicySpec = object.spec;
   const rules: CompiledRule[] = [];
+  const dryRun = isDryRun(object.metadata.annotations[DRY_RUN_ANNOTATION]) === true;
   const policy: CompiledPolicy = {
     name: `${object.metadata.namespace}/${object.metadata.name}`,
     namespace: object.metadata.namespace,
-    action: spec.action,
+    // Dry run, as Envoy's shadow rules: evaluated and logged, never enforced (ztunnel ignores such a policy).
+    action: dryRun ? 'AUDIT' : spec.action,
     selector: spec.selector,
     rules,
     source: object.source.file,
+    ...(dryRun ? { dryRun: spec.action } : {}),
   };
   (spec.rules ?? []).forEach((rule, index) => rules.push(compileRule(policy, rule, index, trustDomain)));
   Object.freeze(rules);

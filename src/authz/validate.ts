@@ -541,11 +541,17 @@ export function checkPolicyAnnotations(issues: FieldIssues, kind: 'Authorization
     else if (enforce !== 'true' && enforce !== 'false') issues.add(enforcePath, `must be "true" or "false", got ${JSON.stringify(enforce)}`);
   }
   const dryRun = annotations[DRY_RUN_ANNOTATION];
-  if (dryRun !== undefined && kind === 'AuthorizationPolicy') {
-    const dryRunPath = ['metadata', 'annotations', DRY_RUN_ANNOTATION];
-    if (dryRun === 'true') issues.add(dryRunPath, 'dry-run policies are not supported by ambit, which would enforce it; remove the policy or the annotation');
-    else if (dryRun !== 'false') issues.add(dryRunPath, `must be "true" or "false", got ${JSON.stringify(dryRun)}`);
+  if (dryRun !== undefined && kind === 'AuthorizationPolicy' && isDryRun(dryRun) === null) {
+    issues.add(['metadata', 'annotations', DRY_RUN_ANNOTATION], `must be true or false (as Go's strconv.ParseBool reads it: 1, t, T, TRUE, true, True, or 0, f, F, FALSE, false, False), got ${JSON.stringify(dryRun)}`);
   }
+}
+
+/** The `istio.io/dry-run` value as Istio reads it (Go's strconv.ParseBool); null for anything else. */
+export function isDryRun(value: string | undefined): boolean | null {
+  if (value === undefined) return false;
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(value)) return true;
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(value)) return false;
+  return null;
 }
 
 /**

@@ -83,7 +83,7 @@ export class InboundAuthorizer {
     // A connection whose requests are inspected is audited per request (requestInspection), as Envoy's HTTP RBAC does.
     if (policies.audit.length > 0 && !(moment === 'connect' && policies.hasL7Rules)) {
       const audited = auditSafely(policies, ctx, moment);
-      if (audited) this.#logger.info({ audit: audited.policy.name, rule: audited.index, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'audited connection');
+      if (audited) this.#logger.info({ audit: audited.policy.name, rule: audited.index, dryRun: audited.policy.dryRun, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, audited.policy.dryRun === undefined ? 'audited connection' : `dry-run ${audited.policy.dryRun} policy matched a connection`);
     }
     return decision;
   }
@@ -124,7 +124,7 @@ export class InboundAuthorizer {
         ctx.request = null;
         this.#count(decision);
         if (audited !== null) {
-          logger.info({ audit: audited.policy.name, rule: audited.index, decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'audited request');
+          logger.info({ audit: audited.policy.name, rule: audited.index, dryRun: audited.policy.dryRun, decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, audited.policy.dryRun === undefined ? 'audited request' : `dry-run ${audited.policy.dryRun} policy matched a request`);
         }
         if (decision.allow && logger.isLevelEnabled('debug')) {
           logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity }, 'request allowed');

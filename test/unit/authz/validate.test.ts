@@ -397,7 +397,7 @@ const rejects: RejectCase[] = [
   // selector and annotations
   { name: 'a wildcard in a selector label value', yaml: policy('selector:\n  matchLabels:\n    app: "web*"'), field: 'spec.selector.matchLabels.app' },
   { name: 'a selector label value that is not a string', yaml: policy('selector:\n  matchLabels:\n    version: 2'), field: 'spec.selector.matchLabels.version' },
-  { name: 'the dry-run annotation (ambit would enforce it)', yaml: policy('rules:\n- {}', { annotations: { 'istio.io/dry-run': 'true' } }), field: 'metadata.annotations["istio.io/dry-run"]' },
+  { name: 'a dry-run annotation Go\'s strconv.ParseBool does not read (yes)', yaml: policy('rules:\n- {}', { annotations: { 'istio.io/dry-run': 'yes' } }), field: 'metadata.annotations["istio.io/dry-run"]' },
   { name: 'the enforce annotation on an AuthorizationPolicy', yaml: policy('rules:\n- {}', { annotations: { 'ambit.dev/enforce': 'true' } }), field: 'metadata.annotations["ambit.dev/enforce"]' },
   // PeerAuthentication
   { name: 'an mTLS mode in lower case', yaml: peer('mtls:\n  mode: strict'), field: 'spec.mtls.mode', object: 'PeerAuthentication shop/policy' },
