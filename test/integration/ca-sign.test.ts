@@ -15,7 +15,7 @@ import * as x509 from '../../src/identity/x509.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { createTestCa, issueMeshSvid, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
-import { recordAttested } from '../../src/identity/ca/nodes.ts';
+import { evictNode, recordAttested } from '../../src/identity/ca/nodes.ts';
 import { createJoinToken } from '../../src/identity/ca/tokens.ts';
 
 const TD = 'sign.test';
@@ -276,6 +276,34 @@ describe('the CA signing endpoint', () => {
     expect(JSON.stringify(refused.body)).toContain('has not attested with this CA');
     await recordAttested(caDir, 'node-b', (unrecorded.chain[0] as { serialNumber: string }).serialNumber);
     expect((await signFor(unrecorded, DB)).status).toBe(200);
+  });
+
+  it('refuses an evicted node before consulting the registry: 401 whether or not the identity is placed on it', async () => {
+    const nodeB = await issueMeshSvid(caDir, `spiffe://${TD}/ambit/node/node-b`);
+    await recordAttested(caDir, 'node-b', (nodeB.chain[0] as { serialNumber: string }).serialNumber);
+    expect((await signFor(nodeB, DB)).status).toBe(200);
+    await evictNode(caDir, 'node-b');
+    for (const id of [DB, WEB]) {
+      const answer = await signFor(nodeB, id);
+      expect(answer.status, id).toBe(401);
+      expect(answer.code).toBe('CA_UNAUTHENTICATED');
+    }
+    // node-b is needed again: attested anew.
+    await recordAttested(caDir, 'node-b', (nodeB.chain[0] as { serialNumber: string }).serialNumber);
+  });
+
+  it('audits the malformed requests of a node it authenticated: an ID with a dot segment, a bad TTL, a CSR that does not parse', async () => {
+    const nodeA = await currentNode();
+    const before = audit.length;
+    const answers = [
+      await sign(nodeA, JSON.stringify({ spiffeId: `spiffe://${TD}/ns/shop/../sa/web`, csr: await csrFor(WEB) })),
+      await sign(nodeA, JSON.stringify({ spiffeId: WEB, csr: await csrFor(WEB), ttlSeconds: -5 })),
+      await sign(nodeA, JSON.stringify({ spiffeId: WEB, csr: 'not a CSR' })),
+    ];
+    for (const answer of answers) expect(answer.status).toBe(400);
+    const refused = audit.slice(before).filter((record) => record.event === 'sign_refused');
+    expect(refused.map((record) => [record.caller, record.node])).toEqual([[NODE_A, 'node-a'], [NODE_A, 'node-a'], [NODE_A, 'node-a']]);
+    expect(refused.map((record) => record.code)).toEqual(answers.map((answer) => answer.code));
   });
 
   it('refuses an expired node SVID', async () => {

@@ -163,16 +163,29 @@ export async function admitNodeCertificate(caDir: string, node: string, serial: 
 
 async function admit(caDir: string, node: string, presented: string): Promise<string | null> {
   const record = await read(caDir, node);
+  const refusal = refusalOf(record, node, presented);
+  if (refusal !== null || record === undefined || presented === record.current) return refusal;
+  // A pending renewal, first used: it becomes current, the one before is retired.
+  await write(caDir, node, { current: presented });
+  return null;
+}
+
+/**
+ * Read only, before a request's body is read or the registry consulted: whether the node may use this certificate at
+ * all (admitNodeCertificate decides for good, in the node's queue). An evicted node, or one presenting a copied old
+ * certificate, learns nothing then of what the registry places on the node.
+ */
+export async function nodeCertificateRefusal(caDir: string, node: string, serial: string): Promise<string | null> {
+  return refusalOf(await read(caDir, node), node, normalizeSerial(serial));
+}
+
+function refusalOf(record: NodeRecord | undefined, node: string, presented: string): string | null {
   // Every node this CA onboarded has a record (attestation writes it). A node certificate without one was issued
   // elsewhere (another CA under the same root), or its record was removed: taking it would hand that node's
   // workload identities to whoever presents it first. SPIRE likewise refuses an agent it has no attested record of.
   if (record === undefined) return `node ${node} has not attested with this CA (no record in nodes/): it must attest with a join token`;
   if (record.evicted) return `node ${node} was evicted (ambit ca node evict): it must attest again with a new join token`;
-  if (presented === record.current) return null;
-  if (record.pending?.includes(presented) === true) {
-    await write(caDir, node, { current: presented });
-    return null;
-  }
+  if (presented === record.current || record.pending?.includes(presented) === true) return null;
   return `node ${node}'s certificate (serial ${presented}) was replaced by a later renewal or attestation: a copy of an old node SVID, or a node that must attest again with a new join token`;
 }
 

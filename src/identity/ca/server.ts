@@ -17,6 +17,7 @@ import type { AddressInfo } from 'node:net';
 import { AmbitError, toAmbitError } from '../../errors.ts';
 import type { ErrorCode } from '../../errors.ts';
 import { nodeId, parseNodeId, parseSpiffeId } from '../spiffe-id.ts';
+import type { SpiffeId } from '../spiffe-id.ts';
 import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, encodeBundle } from '../bundle.ts';
 import type { TrustBundle } from '../bundle.ts';
 import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, publicKeyDigest, readCsr, subjectKeyIdOf } from '../svid.ts';
@@ -29,7 +30,7 @@ import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
 import { consumeJoinToken, recordTokenAnswer, restoreJoinToken } from './tokens.ts';
 import type { JoinTokenClaim, TokenAnswer } from './tokens.ts';
-import { admitNodeCertificate, answerStands, recordAttested, recordRenewal } from './nodes.ts';
+import { admitNodeCertificate, answerStands, nodeCertificateRefusal, recordAttested, recordRenewal } from './nodes.ts';
 import { acceptErrorLogger } from '../../observe/log.ts';
 import type { Logger } from '../../observe/log.ts';
 
@@ -432,11 +433,24 @@ export class CaServer {
     }
     const callerNode = parseNodeId(caller.id.id)?.nodeName as string;
     const callerSerial = socket.getPeerCertificate().serialNumber;
-    const body = await readJson(req);
-    const requested = stringField(body, 'spiffeId');
-    const csr = stringField(body, 'csr');
-    const requestedId = parseSpiffeId(requested);
-    const ttlMs = optionalTtl(body, requestedId.id === caller.id.id ? this.#nodeTtlMs : this.#svidTtlMs);
+    // Before the body and the registry: a node evicted, without a record, or presenting a copied old certificate is
+    // refused as such, and cannot learn from 403s and 401s which identities the registry places on the node.
+    const early = await nodeCertificateRefusal(this.#options.dir, callerNode, callerSerial);
+    if (early !== null) this.#refuseNodeCertificate(caller.id.id, callerNode, callerSerial, remote, early);
+    let requestedId: SpiffeId;
+    let csr: string;
+    let ttlMs: number;
+    try {
+      const body = await readJson(req);
+      csr = stringField(body, 'csr');
+      requestedId = parseSpiffeId(stringField(body, 'spiffeId'));
+      ttlMs = optionalTtl(body, requestedId.id === caller.id.id ? this.#nodeTtlMs : this.#svidTtlMs);
+    } catch (error) {
+      // An authenticated node's malformed request (an ID with dot segments, a bad TTL, a body too large) is audited.
+      const code = error instanceof HttpError ? error.code : toAmbitError(error, 'CA_CSR_INVALID').code;
+      this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code, reason: (error as Error).message.slice(0, 300) });
+      throw error;
+    }
     let allowed = false;
     if (requestedId.trustDomain === this.#state.trustDomain) {
       allowed = requestedId.id === caller.id.id || this.#options.registry().identitiesOnNode(callerNode).has(requestedId.id);
@@ -449,17 +463,19 @@ export class CaServer {
       this.#logger.warn({ caller: caller.id.id, requested: requestedId.id, remote }, 'CSR refused: identity not placed on the caller\'s node');
       throw new HttpError(403, 'CA_NOT_AUTHORIZED', `node ${callerNode} may not obtain ${requestedId.id}: ${reason}`);
     }
-    const publicKey = await readCsr(csr);
+    let publicKey: CryptoKey;
+    try {
+      publicKey = await readCsr(csr);
+    } catch (error) {
+      this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, requested: requestedId.id, remote, code: toAmbitError(error, 'CA_CSR_INVALID').code, reason: (error as Error).message.slice(0, 300) });
+      throw error;
+    }
     // Only the node certificate the CA issued last (or a renewal's new one, until first used): a copied older one is
     // refused, an evicted node outright. Judged, issued and recorded in one step of the node's queue, after the body
     // has arrived: a renewal kept open across an eviction must not come back with a certificate.
     const { response, authority } = await this.#forNode(callerNode, async () => {
       const refusal = await admitNodeCertificate(this.#options.dir, callerNode, callerSerial);
-      if (refusal !== null) {
-        this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code: 'CA_UNAUTHENTICATED', reason: refusal });
-        this.#logger.warn({ caller: caller.id.id, serial: callerSerial, remote, reason: refusal }, 'CSR refused: node certificate not current');
-        throw new HttpError(401, 'CA_UNAUTHENTICATED', refusal);
-      }
+      if (refusal !== null) this.#refuseNodeCertificate(caller.id.id, callerNode, callerSerial, remote, refusal);
       const issued = await this.#issue(requestedId.id, publicKey, ttlMs);
       if (requestedId.id === caller.id.id) await recordRenewal(this.#options.dir, callerNode, callerSerial, issued.response.serial);
       return issued;
@@ -467,6 +483,12 @@ export class CaServer {
     await this.#recordIssuance({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;
+  }
+
+  #refuseNodeCertificate(caller: string, node: string, serial: string, remote: string | undefined, refusal: string): never {
+    this.#note({ event: 'sign_refused', caller, node, remote, code: 'CA_UNAUTHENTICATED', reason: refusal });
+    this.#logger.warn({ caller, serial, remote, reason: refusal }, 'CSR refused: node certificate not current');
+    throw new HttpError(401, 'CA_UNAUTHENTICATED', refusal);
   }
 
   /**
