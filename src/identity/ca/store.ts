@@ -18,7 +18,7 @@ import { AmbitError } from '../../errors.ts';
 import { writeFileAtomic } from '../files.ts';
 import { BasicConstraintsExtension, KeyUsageFlags, KeyUsagesExtension } from '../x509.ts';
 import { validateTrustDomain } from '../spiffe-id.ts';
-import { createBundle } from '../bundle.ts';
+import { BundleSet, createBundle } from '../bundle.ts';
 import type { TrustBundle } from '../bundle.ts';
 import {
   certificatesToPem,
@@ -27,8 +27,10 @@ import {
   generateKeyPair,
   importPrivateKeyPem,
   issueCa,
+  issueLeaf,
   parseCertificates,
   spiffeIdOf,
+  verifySvid,
 } from '../svid.ts';
 import type { Certificate, SigningAuthority } from '../svid.ts';
 
@@ -137,6 +139,14 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
       now: options.now,
     });
     root = parentCert;
+    // What the parent allows below it (a pathLenConstraint of 0, a name constraint, a critical extension) may leave
+    // every certificate this authority would sign unverifiable: agents would then refuse the CA itself. Try one now.
+    const probeKeys = await generateKeyPair();
+    const probe = await issueLeaf({ spiffeId: `spiffe://${trustDomain}/ambit/ca-probe`, publicKey: probeKeys.publicKey, authority: { cert, privateKey: keys.privateKey, chainAbove: [] }, ttlMs: 60_000, now: options.now });
+    const verdict = verifySvid([probe, cert], new BundleSet([createBundle(trustDomain, [parentCert])]), { ...(options.now === undefined ? {} : { at: options.now }), localTrustDomain: trustDomain });
+    if (!verdict.valid) {
+      throw new AmbitError(verdict.error.code, `an intermediate under this parent root could sign nothing that verifies: [${verdict.error.code}] ${verdict.error.message}`);
+    }
   } else {
     cert = await issueCa({ trustDomain, keys, ttlMs, commonName: `${trustDomain} root ${name}`, now: options.now });
     root = cert;

@@ -11,7 +11,7 @@ import { BundleSet, createBundle } from '../../../src/identity/bundle.ts';
 import { certificatesToPem, exportPrivateKeyPem, fingerprintOf, generateKeyPair, issueLeaf, spiffeIdOf, verifySvid } from '../../../src/identity/svid.ts';
 import type { Certificate } from '../../../src/identity/svid.ts';
 import { AmbitError } from '../../../src/errors.ts';
-import { createTestCa } from '../../helpers/certs.ts';
+import { craftCertificate, createTestCa } from '../../helpers/certs.ts';
 
 const TD = 'cluster.local';
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
@@ -156,6 +156,21 @@ describe('intermediate CAs under a shared root', () => {
     const dir = caDir();
     expect(await codeOf(initCa(dir, TD, { parent: { certPem: root.certPem, keyPem: other.keyPem } }))).toBe('SVID_KEY_MISMATCH');
     expect(await stat(caStateFile(dir)).catch(() => null)).toBeNull();
+  });
+
+  it('refuses a parent under which nothing it signs would verify (pathLenConstraint 0), before anything is written', async () => {
+    for (const [pathLength, refused] of [[0, true], [1, false]] as const) {
+      const { cert, keys } = await craftCertificate(null, { uris: null, ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, pathLength });
+      const parent = { certPem: certificatesToPem([cert]), keyPem: await exportPrivateKeyPem(keys.privateKey) };
+      const dir = caDir();
+      if (!refused) {
+        const state = await initCa(dir, TD, { parent });
+        expect(verifySvid(await issueWeb(state), new BundleSet([state.bundle])).valid).toBe(true);
+        continue;
+      }
+      await expect(initCa(dir, TD, { parent })).rejects.toMatchObject({ code: 'SVID_CA_INVALID', message: expect.stringContaining('could sign nothing that verifies') });
+      expect(await stat(caStateFile(dir)).catch(() => null)).toBeNull();
+    }
   });
 
   it('refuses a parent that is not a PEM certificate and key', async () => {
