@@ -17,6 +17,8 @@ import { validateObject } from './validate.ts';
 export interface LoadOptions {
   /** Refuse a configuration without a MeshConfig; the CA and the proxy ask for this. */
   requireMesh?: boolean;
+  /** Filled with the files this load read as 0 bytes (the watcher holds the objects of a file emptied in place). */
+  emptyFiles?: Set<string>;
 }
 
 /** Larger than any sane configuration file, small enough that a mistaken path cannot exhaust memory. */
@@ -33,6 +35,7 @@ export async function loadConfigDir(dir: string, options: LoadOptions = {}): Pro
   for (const file of files) {
     const text = await readConfigFile(root, file, issues);
     if (text === undefined) continue;
+    if (text.length === 0) options.emptyFiles?.add(file);
     const parsed = parseDocuments(text, file);
     objects.push(...parsed.objects);
     issues.push(...parsed.issues);

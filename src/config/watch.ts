@@ -156,8 +156,9 @@ class DirectoryWatcher implements ConfigWatcher {
       return;
     }
     let next: ConfigSnapshot;
+    const emptyFiles = new Set<string>();
     try {
-      next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false });
+      next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false, emptyFiles });
     } catch (error) {
       if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_READ'));
       return;
@@ -166,8 +167,9 @@ class DirectoryWatcher implements ConfigWatcher {
     if (this.#closed || prev === undefined) return;
     const diff = diffSnapshots(prev, next);
     if (isEmptyDiff(diff)) return;
-    const emptied = await emptiedFiles(this.#dir, diff);
-    if (this.#closed) return;
+    // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
+    // change that drops its objects (its DENY policies) until the next reload.
+    const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file));
     if (emptied.length > 0) {
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
@@ -203,17 +205,6 @@ class DirectoryWatcher implements ConfigWatcher {
     }
     this.#pollTimer = setTimeout(this.#pollOnce, this.#pollIntervalMs);
   };
-}
-
-/** Files whose objects the change removes and that are still there, with 0 bytes (see #reloadOnce). */
-async function emptiedFiles(dir: string, diff: ConfigDiff): Promise<string[]> {
-  const files = new Set(diff.removed.map((ref) => ref.file));
-  const emptied: string[] = [];
-  for (const file of files) {
-    const info = await stat(join(dir, file)).catch(() => undefined);
-    if (info?.isFile() === true && info.size === 0) emptied.push(file);
-  }
-  return emptied;
 }
 
 /** Name, size, mtime and inode of every configuration file (links followed): any edit or swap changes it. */
