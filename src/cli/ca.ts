@@ -154,6 +154,8 @@ async function serve(argv: string[]): Promise<number> {
       apply(next);
     },
     onError: (error) => logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force'),
+    // The CA signs for the trust domain of its directory: another one in the configuration would refuse every node.
+    accept: (next, prev) => (next.mesh.trustDomain === prev.mesh.trustDomain ? undefined : `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}"`),
   });
   try {
     const snapshot = config.current();

@@ -29,6 +29,11 @@ export interface WatchOptions {
   requireMesh?: boolean;
   /** When set, the initial load and every accepted change are written to it. */
   auditLog?: AuditLog;
+  /**
+   * What a change may not alter while the process runs (the trust domain; the HBONE port the proxy listens on): the
+   * reason to refuse it, reported as CONFIG_FIELD with the last good configuration kept, or undefined to take it.
+   */
+  accept?(next: ConfigSnapshot, prev: ConfigSnapshot): string | undefined;
 }
 
 export interface ConfigWatcher {
@@ -174,6 +179,11 @@ class DirectoryWatcher implements ConfigWatcher {
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
       this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied (0 bytes) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} content again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`));
+      return;
+    }
+    const refusal = this.#options.accept?.(next, prev);
+    if (refusal !== undefined) {
+      this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force (restart to change it)`));
       return;
     }
     this.#snapshot = next;

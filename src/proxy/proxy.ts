@@ -156,6 +156,14 @@ export class NodeProxy {
         this.metrics.configReload('rejected');
         this.#logger.error({ err: error.toJSON() }, 'configuration change rejected; the last good configuration stays in force');
       },
+      // Every identity derives from the trust domain, and the HBONE servers listen on the port taken at start: changed
+      // under a running mesh, the first would leave the node without certificates the CA will renew, the second send
+      // every peer to a port nobody listens on.
+      accept: (next, prev) => {
+        if (next.mesh.trustDomain !== prev.mesh.trustDomain) return `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}"`;
+        if (options.hbonePort === undefined && next.mesh.ports.hbone !== prev.mesh.ports.hbone) return `MeshConfig spec.ports.hbone changed from ${prev.mesh.ports.hbone} to ${next.mesh.ports.hbone}, where this proxy does not listen`;
+        return undefined;
+      },
     });
     this.#pending.delete('configuration');
     const snapshot = this.#config.current();

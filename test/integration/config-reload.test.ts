@@ -298,3 +298,28 @@ describe('a file replaced by a rename from outside the directory', () => {
     }
   });
 });
+
+describe('a change the running mesh cannot take', () => {
+  it('(another trust domain, another HBONE port) is refused by every proxy and the CA, and the open tunnel goes on', async () => {
+    const original = await readFile(join(mesh.configDir, 'mesh.yaml'), 'utf8');
+    try {
+      for (const [what, yaml] of [
+        ['trustDomain', original.replace(/trustDomain: .*/, 'trustDomain: cluster.locl')],
+        ['ports.hbone', `${original.trimEnd()}\n  ports: { hbone: 15009 }\n`],
+      ] as const) {
+        const marks = [nodeA, nodeB].map((node) => node.proc.lines.length);
+        const caMark = mesh.ca.lines.length;
+        await mesh.writeConfig('mesh.yaml', yaml);
+        for (const [index, node] of [nodeA, nodeB].entries()) {
+          await waitUntil(`${node.name} refuses the ${what} change`, () => logLinesAfter(node, marks[index] as number, (line) => line.msg === REJECTED && String((line.err as { message?: string }).message).includes(`spec.${what} changed`)).length > 0, 10_000);
+        }
+        if (what === 'trustDomain') await waitUntil('the CA refuses it', () => mesh.ca.lines.slice(caMark).some((line) => line.msg === REJECTED), 10_000);
+        await tunnel.echo(`still here after a ${what} change`);
+        await mesh.writeConfig('mesh.yaml', original);
+      }
+      expect(await roundTrip(9007, 'a new connection')).toBe('a new connection');
+    } finally {
+      await mesh.writeConfig('mesh.yaml', original);
+    }
+  });
+});
