@@ -125,7 +125,14 @@ async function readConfigFile(root: string, file: string, issues: ConfigIssue[])
       issues.push(fileIssue(file, `file is ${size} bytes, more than the ${MAX_CONFIG_FILE_BYTES} a configuration file may have`));
       return undefined;
     }
-    return await handle.readFile('utf8');
+    const bytes = await handle.readFile();
+    try {
+      // Strict: readFile('utf8') turned a Latin-1 byte into U+FFFD, so `paths: ["/caf\xe9/*"]` validated and never matched.
+      return UTF8.decode(bytes);
+    } catch {
+      issues.push(fileIssue(file, 'is not UTF-8 text (YAML files are UTF-8): re-save it as UTF-8'));
+      return undefined;
+    }
   } catch (error) {
     issues.push(fileIssue(file, `cannot read: ${reason(error)}`));
     return undefined;
@@ -133,6 +140,9 @@ async function readConfigFile(root: string, file: string, issues: ConfigIssue[])
     await handle?.close();
   }
 }
+
+/** Refuses invalid UTF-8 rather than replacing it; a byte-order mark is dropped, as YAML allows one. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 function fileIssue(file: string | undefined, message: string): ConfigIssue {
   return { code: 'FILE_READ', file, line: undefined, object: undefined, field: undefined, message };
@@ -164,7 +174,14 @@ function parseDocuments(text: string, file: string): ParsedText {
   // The yaml library's own uniqueKeys check compares every key with every earlier one (a 40,000-key mapping took
   // ~24 s, synchronously, in a reload); duplicateKeys does the same check in one pass. Merge keys (`<<: *base`) are
   // read as kubectl's YAML reads them, a mapping's own keys winning: they were refused as an unknown field `<<`.
-  const documents = parseAllDocuments(text, { lineCounter, prettyErrors: false, uniqueKeys: false, merge: true });
+  let documents: ReturnType<typeof parseAllDocuments>;
+  try {
+    documents = parseAllDocuments(text, { lineCounter, prettyErrors: false, uniqueKeys: false, merge: true });
+  } catch (error) {
+    // The parser recurses per level of nesting: a file of 100,000 `[` overflows the stack. Named, not a crash.
+    result.issues.push({ code: 'CONFIG_YAML', file, line: undefined, object: undefined, field: undefined, message: `cannot be parsed: ${reason(error)}` });
+    return result;
+  }
   for (const document of documents) {
     if (document.errors.length > 0) {
       for (const error of document.errors) {

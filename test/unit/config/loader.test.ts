@@ -1,4 +1,4 @@
-import { mkdir, symlink } from 'node:fs/promises';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfigDir, parseConfigText } from '../../../src/config/loader.ts';
@@ -570,6 +570,24 @@ status: { podIP: 10.0.0.9, phase: Running }
     const [object] = parseConfigText(pod('{ podIP: 10.0.0.9, hostIP: 192.0.2.1, hostIPs: [{ ip: 192.0.2.1 }, { ip: "2001:DB8::1" }] }'), 'pods.yaml');
     expect(object?.kind === 'Pod' ? object.status.hostIPs : undefined).toEqual(['192.0.2.1', '2001:db8::1']);
     expect(() => parseConfigText(pod('{ podIP: 10.0.0.9, hostIPs: [{ ip: node-a }] }'), 'pods.yaml')).toThrow(/status\.hostIPs\[0\]\.ip/);
+  });
+
+  it('refuses a file that is not UTF-8, naming it, rather than read a Latin-1 byte as U+FFFD (a path that validates and never matches)', async () => {
+    const dir = await configDir({ 'mesh.yaml': meshYaml() });
+    const policy = 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-cafe, namespace: shop }\nspec:\n  action: DENY\n  rules: [{ to: [{ operation: { paths: ["/caf\u00e9/*"] } }] }]\n';
+    await writeFile(join(dir, 'latin1.yaml'), Buffer.from(policy, 'latin1'));
+    const error = await configError(loadConfigDir(dir));
+    expect(error.code).toBe('FILE_READ');
+    expect(error.message).toContain('latin1.yaml');
+    expect(error.message).toContain('not UTF-8');
+    // The same policy in UTF-8, with a byte-order mark: read, and the path kept as written.
+    await writeFile(join(dir, 'latin1.yaml'), Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(policy, 'utf8')]));
+    const snapshot = await loadConfigDir(dir);
+    expect(JSON.stringify(snapshot.objects.find((object) => object.kind === 'AuthorizationPolicy'))).toContain('/caf\u00e9/*');
+  });
+
+  it('refuses nesting deeper than the parser goes with an error naming the file, not a crash', () => {
+    expect(() => parseConfigText('a: ' + '['.repeat(100_000), 'deep.yaml')).toThrow(/deep\.yaml/);
   });
 
   it('names both files of a duplicate', async () => {
