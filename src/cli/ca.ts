@@ -153,7 +153,10 @@ async function serve(argv: string[]): Promise<number> {
       logger.info({ version: next.version, diff }, 'configuration reloaded');
       apply(next);
     },
-    onError: (error) => logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force'),
+    onError: (error, kind) => {
+      if (kind === 'rejected') logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force');
+      else logger.warn({ err: error }, kind === 'audit' ? 'configuration change in force but not written to the audit log' : 'configuration directory no longer watched; polling it instead');
+    },
     // The CA signs for the trust domain of its directory: another one in the configuration would refuse every node.
     accept: (next, prev) => (next.mesh.trustDomain === prev.mesh.trustDomain ? undefined : `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}"`),
   });

@@ -12,14 +12,19 @@ import type { ConfigDiff } from './diff.ts';
 import { listConfigFiles, loadConfigDir } from './loader.ts';
 import type { ConfigSnapshot } from './snapshot.ts';
 
+export type WatchErrorKind = 'rejected' | 'audit' | 'watch';
+
 export interface WatchOptions {
   /**
    * Called after a valid change has been swapped in (not for the initial load, nor for edits that change nothing,
    * such as comments). It must not throw: the watcher does not catch what it throws.
    */
   onChange(next: ConfigSnapshot, prev: ConfigSnapshot, diff: ConfigDiff): void;
-  /** A change was refused (its ConfigError lists every problem), or the audit log could not be written. */
-  onError(error: AmbitError): void;
+  /**
+   * `rejected`: a change was refused, the last good configuration kept (its ConfigError lists every problem).
+   * `audit`: a change in force could not be written to the audit log. `watch`: fs.watch failed; polling goes on.
+   */
+  onError(error: AmbitError, kind: WatchErrorKind): void;
   /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
   debounceMs?: number;
   /** Interval of the mtime poll used where fs.watch is unavailable. */
@@ -117,7 +122,7 @@ class DirectoryWatcher implements ConfigWatcher {
       this.#fsWatcher?.close();
       this.#fsWatcher = undefined;
       if (this.#closed) return;
-      this.#options.onError(new AmbitError('FILE_READ', `watching ${this.#dir} failed (${error.message}); polling every ${this.#pollIntervalMs} ms instead`, { cause: error }));
+      this.#options.onError(new AmbitError('FILE_READ', `watching ${this.#dir} failed (${error.message}); polling every ${this.#pollIntervalMs} ms instead`, { cause: error }), 'watch');
       this.#schedule();
     });
     return true;
@@ -165,7 +170,7 @@ class DirectoryWatcher implements ConfigWatcher {
     try {
       next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false, emptyFiles });
     } catch (error) {
-      if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_READ'));
+      if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_READ'), 'rejected');
       return;
     }
     const prev = this.#snapshot;
@@ -178,12 +183,12 @@ class DirectoryWatcher implements ConfigWatcher {
     if (emptied.length > 0) {
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
-      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied (0 bytes) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} content again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`));
+      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied (0 bytes) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} content again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
       return;
     }
     const refusal = this.#options.accept?.(next, prev);
     if (refusal !== undefined) {
-      this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force (restart to change it)`));
+      this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force (restart to change it)`), 'rejected');
       return;
     }
     this.#snapshot = next;
@@ -196,7 +201,7 @@ class DirectoryWatcher implements ConfigWatcher {
     if (log === undefined) return;
     // The change is already in force: an audit failure is reported, not a reason to keep the old configuration.
     log.writeConfigChange(next, prev, diff).catch((error: unknown) => {
-      if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_WRITE'));
+      if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_WRITE'), 'audit');
     });
   }
 

@@ -152,9 +152,13 @@ export class NodeProxy {
         this.#logger.info({ version: next.version }, 'configuration accepted');
         this.#scheduleReconcile();
       },
-      onError: (error) => {
-        this.metrics.configReload('rejected');
-        this.#logger.error({ err: error.toJSON() }, 'configuration change rejected; the last good configuration stays in force');
+      onError: (error, kind) => {
+        if (kind === 'rejected') {
+          this.metrics.configReload('rejected');
+          this.#logger.error({ err: error.toJSON() }, 'configuration change rejected; the last good configuration stays in force');
+        } else {
+          this.#logger.warn({ err: error.toJSON() }, kind === 'audit' ? 'configuration change in force but not written to the audit log' : 'configuration directory no longer watched; polling it instead');
+        }
       },
       // Every identity derives from the trust domain, and the HBONE servers listen on the port taken at start: changed
       // under a running mesh, the first would leave the node without certificates the CA will renew, the second send

@@ -4,8 +4,7 @@ import type * as fs from 'node:fs';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
 import { watchConfigDir } from '../../../src/config/watch.ts';
-import type { ConfigWatcher } from '../../../src/config/watch.ts';
-import type { AmbitError } from '../../../src/errors.ts';
+import type { ConfigWatcher, WatchErrorKind } from '../../../src/config/watch.ts';
 import { configDir, meshYaml, podYaml, removeConfigDirs, writeFiles } from './temp-config.ts';
 
 const fsWatch = vi.hoisted(() => ({ behaviour: 'throw' as 'throw' | 'fail-later', emitter: undefined as (EventEmitter & { close(): void }) | undefined }));
@@ -51,11 +50,12 @@ describe('watchConfigDir without a working fs.watch', () => {
     fsWatch.behaviour = 'fail-later';
     const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': pod('10.0.0.1') });
     const changes: ConfigSnapshot[] = [];
-    const errors: AmbitError[] = [];
-    const watcher = await watchConfigDir(dir, { onChange: (next) => changes.push(next), onError: (error) => errors.push(error), debounceMs: 10, pollIntervalMs: 40 });
+    const errors: Array<[string, WatchErrorKind]> = [];
+    const watcher = await watchConfigDir(dir, { onChange: (next) => changes.push(next), onError: (error, kind) => errors.push([error.code, kind]), debounceMs: 10, pollIntervalMs: 40 });
     watchers.push(watcher);
     fsWatch.emitter?.emit('error', new Error('inotify watch limit reached'));
-    expect(errors.map((error) => error.code)).toEqual(['FILE_READ']);
+    // Not a rejected change: nothing was refused, the directory is polled instead.
+    expect(errors).toEqual([['FILE_READ', 'watch']]);
     await writeFiles(dir, { 'pod.yaml': pod('10.0.0.3') });
     await nextChange(changes, 1);
     expect(watcher.current().workloadByIp('10.0.0.3')?.name).toBe('web');
