@@ -90,6 +90,8 @@ async function walk(root: string, relativeDir: string, visited: Set<string>, res
   }
   for (const entry of entries) {
     if (entry.name.startsWith('.')) continue;
+    // An ext4 volume's root holds lost+found (root's, mode 0700): a non-root proxy pointed at the volume cannot read it.
+    if (relativeDir === '' && entry.name === 'lost+found' && entry.isDirectory()) continue;
     const relative = relativeDir === '' ? entry.name : `${relativeDir}/${entry.name}`;
     const full = join(root, relative);
     let isDirectory = entry.isDirectory();
