@@ -12,6 +12,9 @@ import type { ConfigDiff } from './diff.ts';
 import { listConfigFiles, loadConfigDir } from './loader.ts';
 import type { ConfigSnapshot } from './snapshot.ts';
 
+/** Loads read again, at most, because the files changed while they were read. */
+const MAX_TORN_LOADS = 3;
+
 export type WatchErrorKind = 'rejected' | 'audit' | 'watch';
 
 export interface WatchOptions {
@@ -74,6 +77,8 @@ class DirectoryWatcher implements ConfigWatcher {
   #pollSignature: string | undefined;
   #reloading: Promise<void> | undefined;
   #reloadAgain = false;
+  /** Loads in a row during which the files changed (see #reloadOnce). */
+  #tornLoads = 0;
   #changedDuringStart = false;
   #closed = false;
 
@@ -165,12 +170,29 @@ class DirectoryWatcher implements ConfigWatcher {
       this.#changedDuringStart = true;
       return;
     }
-    let next: ConfigSnapshot;
+    let next: ConfigSnapshot | undefined;
+    let failure: unknown;
     const emptyFiles = new Set<string>();
+    const before = await treeSignature(this.#dir);
     try {
       next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false, emptyFiles });
     } catch (error) {
-      if (!this.#closed) this.#options.onError(toAmbitError(error, 'FILE_READ'), 'rejected');
+      failure = error;
+    }
+    const after = await treeSignature(this.#dir);
+    if (this.#closed) return;
+    // Files changed while they were read (a deploy writing several, a directory swapped): what was read may mix old and
+    // new files, so it is read again rather than applied; a few times at most, for a file that never stops changing.
+    if (after !== before && this.#tornLoads < MAX_TORN_LOADS) {
+      this.#tornLoads++;
+      this.#reloadAgain = true;
+      return;
+    }
+    this.#tornLoads = 0;
+    // What this reload read, the poll need not report again (a rejected change was logged and counted twice).
+    this.#pollSignature = after;
+    if (next === undefined) {
+      this.#options.onError(toAmbitError(failure, 'FILE_READ'), 'rejected');
       return;
     }
     const prev = this.#snapshot;

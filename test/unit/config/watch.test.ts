@@ -112,6 +112,16 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(watcher.current().workloadsOnNode('node-b').map((workload) => workload.name)).toEqual(['web']);
     });
 
+    it('reports a rejected change once: the poll that follows does not report it again', async () => {
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+      const recorder = new Recorder();
+      await startWatching(dir, recorder, { pollIntervalMs: 100 });
+      await writeFiles(dir, { 'pod.yaml': 'apiVersion: v1\nkind: Pod\nmetadata: { name: [unclosed\n' });
+      expect((await recorder.next()).type).toBe('error');
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect(recorder.events.map((event) => event.type)).toEqual(['error']);
+    });
+
     it('holds the objects of a file emptied in place (as `>` does before the writer is done), and lets a removed file take its objects with it', async () => {
       const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1'), 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
       const recorder = new Recorder();
