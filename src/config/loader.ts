@@ -132,7 +132,7 @@ async function readConfigFile(root: string, file: string, issues: ConfigIssue[])
       // Strict: readFile('utf8') turned a Latin-1 byte into U+FFFD, so `paths: ["/caf\xe9/*"]` validated and never matched.
       return UTF8.decode(bytes);
     } catch {
-      issues.push(fileIssue(file, 'is not UTF-8 text (YAML files are UTF-8): re-save it as UTF-8'));
+      issues.push(fileIssue(file, 'is not UTF-8 text: ambit reads configuration as UTF-8 only; re-save it as UTF-8'));
       return undefined;
     }
   } catch (error) {

@@ -12,6 +12,9 @@ import type { ConfigDiff } from './diff.ts';
 import { listConfigFiles, loadConfigDir } from './loader.ts';
 import type { ConfigSnapshot } from './snapshot.ts';
 
+/** A read that may succeed if tried again as it is (out of descriptors): the poll retries it; other failures wait for an edit. */
+const TRANSIENT_READ_ERROR = /\b(?:EMFILE|ENFILE|EAGAIN|EBUSY|EINTR)\b/;
+
 /** Loads read again, at most, because the files changed while they were read. */
 const MAX_TORN_LOADS = 3;
 
@@ -182,17 +185,25 @@ class DirectoryWatcher implements ConfigWatcher {
     const after = await treeSignature(this.#dir);
     if (this.#closed) return;
     // Files changed while they were read (a deploy writing several, a directory swapped): what was read may mix old and
-    // new files, so it is read again rather than applied; a few times at most, for a file that never stops changing.
-    if (after !== before && this.#tornLoads < MAX_TORN_LOADS) {
-      this.#tornLoads++;
-      this.#reloadAgain = true;
+    // new files, so it is never applied. It is read again at once a few times, then after the debounce, until the files
+    // hold still.
+    if (after !== before) {
+      if (this.#tornLoads < MAX_TORN_LOADS) {
+        this.#tornLoads++;
+        this.#reloadAgain = true;
+      } else {
+        this.#tornLoads = 0;
+        this.#schedule();
+      }
       return;
     }
     this.#tornLoads = 0;
-    // What this reload read, the poll need not report again (a rejected change was logged and counted twice).
-    this.#pollSignature = after;
+    const error = next === undefined ? toAmbitError(failure, 'FILE_READ') : undefined;
+    // What this reload judged, the poll need not report again (a rejected change was logged and counted twice); but a
+    // read that failed for a passing reason (EMFILE) is the poll's to retry.
+    if (error === undefined || !TRANSIENT_READ_ERROR.test(error.message)) this.#pollSignature = after;
     if (next === undefined) {
-      this.#options.onError(toAmbitError(failure, 'FILE_READ'), 'rejected');
+      this.#options.onError(error as AmbitError, 'rejected');
       return;
     }
     const prev = this.#snapshot;
@@ -236,7 +247,9 @@ class DirectoryWatcher implements ConfigWatcher {
   readonly #pollOnce = async (): Promise<void> => {
     const signature = await treeSignature(this.#dir);
     if (this.#closed) return;
-    if (signature !== this.#pollSignature) {
+    // A reload under way or due judges the files itself and then gives the poll its view: scheduling another now
+    // would load the same files again and report a rejected change twice.
+    if (signature !== this.#pollSignature && this.#reloading === undefined && this.#debounceTimer === undefined) {
       this.#pollSignature = signature;
       this.#schedule();
     }

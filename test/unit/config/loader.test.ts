@@ -645,13 +645,13 @@ status: { podIP: 10.0.0.9, phase: Running }
     expect(error.message).toContain('pods.yaml');
   });
 
-  // Root reads everything, so this cannot be arranged when the tests run as root.
   it("skips the lost+found directory at the root of a volume (root's alone, unreadable to a non-root proxy), and no other", async () => {
     const dir = await configDir({ 'mesh.yaml': meshYaml(), 'lost+found/#1234': 'not: [yaml', 'lost+found/recovered.yaml': 'not: [yaml', 'sub/lost+found/pod.yaml': pod({ name: 'web', ip: '10.0.0.1' }) });
     const snapshot = await loadConfigDir(dir);
     expect(snapshot.workloadByIp('10.0.0.1')?.name).toBe('web');
   });
 
+  // Root reads everything, so this cannot be arranged when the tests run as root.
   it.skipIf(process.getuid?.() === 0)('refuses a subdirectory it cannot read', async () => {
     const dir = await configDir({ 'mesh.yaml': meshYaml() });
     await mkdir(join(dir, 'locked'), { mode: 0o000 });

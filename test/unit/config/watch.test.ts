@@ -115,7 +115,7 @@ for (const mode of ['fs.watch', 'polling'] as const) {
     it('reports a rejected change once: the poll that follows does not report it again', async () => {
       const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
       const recorder = new Recorder();
-      await startWatching(dir, recorder, { pollIntervalMs: 100 });
+      await startWatching(dir, recorder, { pollIntervalMs: 40, ...options });
       await writeFiles(dir, { 'pod.yaml': 'apiVersion: v1\nkind: Pod\nmetadata: { name: [unclosed\n' });
       expect((await recorder.next()).type).toBe('error');
       await new Promise((resolve) => setTimeout(resolve, 600));
