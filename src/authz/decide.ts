@@ -425,7 +425,11 @@ export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment
   const audit = (policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts).audit;
   for (let i = 0; i < audit.length; i++) {
     const rule = audit[i] as CompiledRule;
-    if (rule.l7 && moment !== 'request') continue;
+    if (rule.l7 && moment !== 'request') {
+      // A dry-run DENY on a port that is not HTTP is shown as it would be enforced: its HTTP fields ignored.
+      if (moment === 'tcp' && rule.policy.dryRun === 'DENY' && ruleMatches(rule, ctx, true)) return rule;
+      continue;
+    }
     if (ruleMatches(rule, ctx, false)) return rule;
   }
   return null;

@@ -13,6 +13,8 @@ export interface RuleExplanation {
 export interface PolicyExplanation {
   readonly policy: string;
   readonly action: string;
+  /** For a dry-run policy (compiled as AUDIT): the action it would take. */
+  readonly dryRun?: string;
   readonly source: string;
   readonly rules: readonly RuleExplanation[];
   readonly note?: string;
@@ -54,11 +56,17 @@ function firstFailure(rule: CompiledRule, ctx: AuthzContext, ignoreL7: boolean):
 }
 
 export function explain(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): PolicyExplanation[] {
-  return policies.policies.map((policy) => ({
-    policy: policy.name,
-    action: policy.action,
-    source: policy.source,
-    rules: policy.rules.map((rule) => explainRule(rule, ctx, moment)),
-    ...(policy.rules.length === 0 ? { note: policy.action === 'ALLOW' ? 'an ALLOW policy with no rules allows nothing' : `a ${policy.action} policy with no rules matches nothing` } : {}),
-  }));
+  return policies.policies.map((policy) => {
+    // A dry-run policy is shown with the action it would take, and said to decide nothing.
+    const action = policy.dryRun ?? policy.action;
+    const note = policy.rules.length === 0 ? (action === 'ALLOW' ? 'an ALLOW policy with no rules allows nothing' : `a ${action} policy with no rules matches nothing`) : undefined;
+    return {
+      policy: policy.name,
+      action: policy.action,
+      ...(policy.dryRun === undefined ? {} : { dryRun: policy.dryRun }),
+      source: policy.source,
+      rules: policy.rules.map((rule) => explainRule(rule, ctx, moment)),
+      ...(note === undefined && policy.dryRun === undefined ? {} : { note: [note, policy.dryRun === undefined ? undefined : 'dry run (istio.io/dry-run): logged, never enforced'].filter(Boolean).join('; ') }),
+    };
+  });
 }

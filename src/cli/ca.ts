@@ -243,7 +243,9 @@ async function root(argv: string[]): Promise<number> {
       if (values.grace !== undefined && values['audit-log'] !== undefined) throw new AmbitError('USAGE', 'root withdraw takes --audit-log or --grace, not both');
       const when = values.grace !== undefined ? { graceMs: parseDurationMsAllowZero(values.grace, 'grace') } : { auditLog: values['audit-log'] ?? join(dir, 'audit.log') };
       const { withdrawn, stillTrusted } = await withdrawAuthorities(dir, when);
-      process.stdout.write(`withdrew ${withdrawn.join(', ')} from the bundle\n`);
+      const removed = withdrawn.filter((name) => !stillTrusted.some((kept) => kept.name === name));
+      process.stdout.write(removed.length > 0 ? `withdrew ${removed.join(', ')} from the bundle\n` : '');
+      if (stillTrusted.length > 0) process.stdout.write(`retired ${stillTrusted.map((kept) => kept.name).join(', ')}; still trusted (see the warning)\n`);
       for (const { name, until } of stillTrusted) {
         process.stderr.write(`warning: ${name} is an intermediate under the root the authority in force also uses: that root stays in the bundle, so what ${name} signed still verifies until ${until.toISOString()}; rotate to a new root to withdraw trust in it\n`);
       }

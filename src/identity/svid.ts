@@ -209,7 +209,7 @@ function facts(cert: Certificate): CertFacts {
   let nameConstraints = false;
   for (const extension of cert.extensions) {
     if (extension.type === NAME_CONSTRAINTS_OID) {
-      nameConstraints = constrainsUris(new Uint8Array(extension.value));
+      nameConstraints ||= constrainsUris(new Uint8Array(extension.value));
       continue;
     }
     if (extension.critical && !HANDLED_CRITICAL_OIDS.has(extension.type)) unhandledCritical ??= extension.type;

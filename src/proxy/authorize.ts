@@ -146,9 +146,10 @@ export class InboundAuthorizer {
     // so every later request of an inspected tunnel is not decided on a source that no longer holds.
     const claimed = connection.claimedSource;
     if (claimed !== null && !forwardedClaimHolds(snapshot, claimed, connection.peer.id, canonicalIp(connection.peerAddress) ?? connection.peerAddress)) return false;
-    // A byte tunnel to a port that now has HTTP rules would escape them: close it, the client reconnects into inspection.
+    // A byte tunnel to a port that now has HTTP rules in force would escape them: close it, the client reconnects into
+    // inspection. AUDIT and dry-run rules only log, and cut no open connection.
     const policies = authorizationOf(snapshot).forWorkload(destination);
-    if (!inspected && policies.hasL7Rules && policies.httpPorts.has(connection.destinationPort)) return false;
+    if (!inspected && policies.hasEnforcingL7Rules && policies.httpPorts.has(connection.destinationPort)) return false;
     // A re-check, not a new connection: neither counted as a decision nor logged as a denied connection (the
     // caller logs how many it closed); the reason is kept at debug.
     const moment = policies.httpPorts.has(connection.destinationPort) ? 'connect' : 'tcp';

@@ -93,7 +93,14 @@ export class PeerVerifier {
   stillVouched(socket: tls.TLSSocket, bundles: BundleSource, expected: ExpectedPeer): VerifyResult {
     const leaf = socket.getPeerCertificate(true);
     if (!leaf || !leaf.raw) return verifyPeerCertificate(null, bundles, expected);
-    const expiry = Date.parse(leaf.valid_to);
+    // The earliest expiry of the presented chain: an intermediate may end before the leaf under a CA that does not cap.
+    let expiry = Date.parse(leaf.valid_to);
+    const seen = new Set<tls.DetailedPeerCertificate>([leaf]);
+    for (let cert = leaf.issuerCertificate; cert !== undefined && !seen.has(cert); cert = cert.issuerCertificate) {
+      seen.add(cert);
+      const ends = Date.parse(cert.valid_to);
+      if (!Number.isNaN(ends) && (Number.isNaN(expiry) || ends < expiry)) expiry = ends;
+    }
     const atMs = Number.isNaN(expiry) ? Date.now() : Math.min(Date.now(), expiry - 1_000);
     return verifyPeerCertificate(leaf, bundles, expected, { ...this.#options, at: new Date(atMs) });
   }

@@ -3,8 +3,15 @@
 import { describe, expect, it } from 'vitest';
 import { compileAuthorization } from '../../../src/authz/compile.ts';
 import { auditMatch, authzContext, decide } from '../../../src/authz/decide.ts';
+import { explain } from '../../../src/authz/explain.ts';
 import { parseConfigText } from '../../../src/config/loader.ts';
 import { buildSnapshot } from '../../../src/config/snapshot.ts';
+import { Registry } from 'prom-client';
+import { parseIp } from '../../../src/authz/match.ts';
+import { parseSpiffeId } from '../../../src/identity/spiffe-id.ts';
+import { silentLogger } from '../../../src/observe/log.ts';
+import { InboundAuthorizer } from '../../../src/proxy/authorize.ts';
+import type { InboundConnection } from '../../../src/proxy/inbound.ts';
 
 const policy = (name: string, action: string, dryRun: string | null, rule: string) => `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -42,6 +49,50 @@ describe('dry-run authorization policies', () => {
     const policies = policiesOf(policy('no-delete', 'DENY', value, '{ to: [{ operation: { methods: [DELETE] } }] }'));
     expect(decide(policies, request('/items'), 'request').allow).toBe(false);
     expect(auditMatch(policies, request('/items'), 'request')).toBeNull();
+  });
+
+  it('show a dry-run DENY with HTTP fields on a port that is not HTTP as it would be enforced (its HTTP fields ignored)', () => {
+    const policies = compileAuthorization(buildSnapshot(parseConfigText(policy('no-delete', 'DENY', 'true', '{ to: [{ operation: { methods: [DELETE] } }] }'), 'policies.yaml'))).forLabels('shop', {}, new Set());
+    const connection = authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 5432, request: null });
+    expect(decide(policies, connection, 'tcp').allow).toBe(true);
+    expect(auditMatch(policies, connection, 'tcp')?.policy.dryRun).toBe('DENY');
+    // Enforced, the same policy denies that connection.
+    const enforced = compileAuthorization(buildSnapshot(parseConfigText(policy('no-delete', 'DENY', null, '{ to: [{ operation: { methods: [DELETE] } }] }'), 'policies.yaml'))).forLabels('shop', {}, new Set());
+    expect(decide(enforced, connection, 'tcp').allow).toBe(false);
+  });
+
+  it('cut no open byte tunnel to an HTTP port when they arrive (a DENY in force with HTTP fields closes it, to inspect it)', () => {
+    const world = `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata: { name: mesh }
+spec: { trustDomain: cluster.local }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop, labels: { app: web } }
+spec: { nodeName: node-b, serviceAccountName: web }
+status: { phase: Running, podIP: 10.0.2.20 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
+---
+`;
+    const stillOpen = (dryRun: string | null): boolean => {
+      const snapshot = buildSnapshot(parseConfigText(world + policy('no-delete', 'DENY', dryRun, '{ to: [{ operation: { methods: [DELETE] } }] }'), 'all.yaml'));
+      const peer = parseSpiffeId('spiffe://cluster.local/ns/shop/sa/client');
+      const connection: InboundConnection = { peer, principal: peer.id.slice('spiffe://'.length), peerNamespace: 'shop', peerAddress: '10.0.1.10', peerIp: parseIp('10.0.1.10'), claimedSource: null, destination: snapshot.workloadByIp('10.0.2.20')!, destinationIp: '10.0.2.20', destinationPort: 8080 };
+      return new InboundAuthorizer(() => snapshot, new Registry(), silentLogger()).stillAllowed(connection, false, snapshot, 'node-b');
+    };
+    expect(stillOpen('true')).toBe(true);
+    expect(stillOpen(null)).toBe(false);
+  });
+
+  it('are explained with the action they would take, and said to decide nothing', () => {
+    const [explained] = explain(policiesOf(policy('only-admin', 'ALLOW', 'true', '')), request('/items'), 'request');
+    expect(explained).toMatchObject({ policy: 'shop/only-admin', action: 'AUDIT', dryRun: 'ALLOW' });
+    expect(explained?.note).toBe('an ALLOW policy with no rules allows nothing; dry run (istio.io/dry-run): logged, never enforced');
   });
 
   it('leave the policies in force deciding beside them', () => {
