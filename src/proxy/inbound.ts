@@ -492,8 +492,8 @@ export class HboneInbound {
       socket.destroy();
     });
     // A TLS client that offered no ALPN (a scanner, `openssl s_client`, a health check): no HTTP/2 session will own
-    // its socket, and without this listener Node answers it in HTTP/1.0 and leaves the socket with no 'error'
-    // listener, so a reset ended the proxy (nodejs/node#54998).
+    // its socket. Without this listener Node answers it in HTTP/1.0, naming itself, holds it 10 s, and leaves the
+    // socket without an 'error' listener (nodejs/node#54998 reports the crash that can follow).
     server.on('unknownProtocol', (socket: tls.TLSSocket) => {
       socket.on('error', ignoreStreamError);
       this.#options.metrics.peerRefused('TLS_NO_ALPN');
