@@ -435,6 +435,8 @@ export class HbonePool {
   }
 
   #sweepSessions(): void {
+    // Trust bundles the agent's event did not reach the pool for (it is the prompt path): judged here at the latest.
+    this.reverify();
     const now = Date.now();
     for (const entry of [...this.#entries()]) this.#check(entry, now);
   }

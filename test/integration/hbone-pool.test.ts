@@ -288,6 +288,21 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
+  it('judges its sessions under new trust bundles on its keepalive sweep too, without being told of them', async () => {
+    peer.mode = 'echo';
+    const original = bundles;
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 100 });
+    try {
+      const tunnel = await hbone.open(CLIENT_ID, null, endpoint(), '');
+      tunnel.on('error', () => {});
+      bundles = { get: () => undefined };
+      await expect.poll(() => tunnel.destroyed, { timeout: 2_000 }).toBe(true);
+    } finally {
+      bundles = original;
+      await hbone.close();
+    }
+  });
+
   it('goes on pinging a session retired with a tunnel still open, and ends that tunnel when the peer stops answering', async () => {
     peer.mode = 'echo';
     // A relay in front of the peer that can stop carrying bytes, as a node that vanished (no FIN, no RST).
