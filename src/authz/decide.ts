@@ -420,11 +420,15 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
   return deferred ?? policies.noMatch;
 }
 
-/** The first AUDIT rule that matches, for logging; null when none (or none apply). */
-export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): CompiledRule | null {
+/**
+ * The first AUDIT rule that matches, for logging; null when none (or none apply). `dryRun`: the first of a dry-run
+ * policy's rules instead, or of either (undefined), so a dry-run policy never hides an AUDIT policy's line.
+ */
+export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, dryRun?: boolean): CompiledRule | null {
   const audit = (policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts).audit;
   for (let i = 0; i < audit.length; i++) {
     const rule = audit[i] as CompiledRule;
+    if (dryRun !== undefined && (rule.policy.dryRun !== undefined) !== dryRun) continue;
     if (rule.l7 && moment !== 'request') {
       // A dry-run DENY on a port that is not HTTP is shown as it would be enforced: its HTTP fields ignored.
       if (moment === 'tcp' && rule.policy.dryRun === 'DENY' && ruleMatches(rule, ctx, true)) return rule;

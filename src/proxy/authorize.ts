@@ -8,7 +8,7 @@ import type { Logger } from '../observe/log.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
 import type { CompiledRule, Decision, WorkloadPolicies } from '../authz/compile.ts';
 import { auditMatch, authzContext, decideSafely } from '../authz/decide.ts';
-import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
+import type { AuthzContext, DecisionMoment, HttpRequestFacts } from '../authz/decide.ts';
 import { parseIp } from '../authz/match.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { forwardedClaimHolds } from './inbound.ts';
@@ -27,12 +27,19 @@ function contextOf(connection: InboundConnection): AuthzContext {
 }
 
 /** The AUDIT rule that matches, for the log; a failure to tell is no match (AUDIT never decides). */
-function auditSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): CompiledRule | null {
+function auditSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, dryRun: boolean): CompiledRule | null {
   try {
-    return auditMatch(policies, ctx, moment);
+    return auditMatch(policies, ctx, moment, dryRun);
   } catch {
     return null;
   }
+}
+
+/** AUDIT rules, then dry-run ones (auditMatch's filter). */
+const BOTH: readonly boolean[] = [false, true];
+
+function logAuditedRequest(logger: Logger, match: CompiledRule, decision: Decision, facts: HttpRequestFacts, connection: InboundConnection): void {
+  logger.info({ audit: match.policy.name, rule: match.index, dryRun: match.policy.dryRun, decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, match.policy.dryRun === undefined ? 'audited request' : `dry-run ${match.policy.dryRun} policy matched a request`);
 }
 
 export class InboundAuthorizer {
@@ -82,8 +89,11 @@ export class InboundAuthorizer {
     }
     // A connection whose requests are inspected is audited per request (requestInspection), as Envoy's HTTP RBAC does.
     if (policies.audit.length > 0 && !(moment === 'connect' && policies.hasL7Rules)) {
-      const audited = auditSafely(policies, ctx, moment);
-      if (audited) this.#logger.info({ audit: audited.policy.name, rule: audited.index, dryRun: audited.policy.dryRun, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, audited.policy.dryRun === undefined ? 'audited connection' : `dry-run ${audited.policy.dryRun} policy matched a connection`);
+      // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
+      for (const dryRun of BOTH) {
+        const audited = auditSafely(policies, ctx, moment, dryRun);
+        if (audited) this.#logger.info({ audit: audited.policy.name, rule: audited.index, dryRun: audited.policy.dryRun, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, audited.policy.dryRun === undefined ? 'audited connection' : `dry-run ${audited.policy.dryRun} policy matched a connection`);
+      }
     }
     return decision;
   }
@@ -120,12 +130,13 @@ export class InboundAuthorizer {
         }
         ctx.request = facts;
         const decision = decideSafely(inForce, ctx, 'request', DENY_ON_ERROR);
-        const audited = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request') : null;
+        const audited = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request', false) : null;
+        const shadowed = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request', true) : null;
         ctx.request = null;
         this.#count(decision);
-        if (audited !== null) {
-          logger.info({ audit: audited.policy.name, rule: audited.index, dryRun: audited.policy.dryRun, decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, audited.policy.dryRun === undefined ? 'audited request' : `dry-run ${audited.policy.dryRun} policy matched a request`);
-        }
+        // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
+        if (audited !== null) logAuditedRequest(logger, audited, decision, facts, connection);
+        if (shadowed !== null) logAuditedRequest(logger, shadowed, decision, facts, connection);
         if (decision.allow && logger.isLevelEnabled('debug')) {
           logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity }, 'request allowed');
         }

@@ -29,6 +29,31 @@ function policiesOf(...documents: string[]) {
 
 const request = (path: string) => authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: { method: 'DELETE', path, host: 'web.shop', header: () => undefined } });
 
+/** A pod web-1 (10.0.2.20) on node-b, behind a Service whose port 8080 is declared HTTP. */
+const WORLD = `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata: { name: mesh }
+spec: { trustDomain: cluster.local }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop, labels: { app: web } }
+spec: { nodeName: node-b, serviceAccountName: web }
+status: { phase: Running, podIP: 10.0.2.20 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
+---
+`;
+
+/** A connection from shop/client to web-1's HTTP port. */
+function connectionTo(snapshot: ReturnType<typeof buildSnapshot>): InboundConnection {
+  const peer = parseSpiffeId('spiffe://cluster.local/ns/shop/sa/client');
+  return { peer, principal: peer.id.slice('spiffe://'.length), peerNamespace: 'shop', peerAddress: '10.0.1.10', peerIp: parseIp('10.0.1.10'), claimedSource: null, destination: snapshot.workloadByIp('10.0.2.20')!, destinationIp: '10.0.2.20', destinationPort: 8080 };
+}
+
 describe('dry-run authorization policies', () => {
   it.each(['true', 'True', 'TRUE', 't', '1'])('do not enforce a DENY annotated %s, and log the requests it matches with the action it would take', (value) => {
     const policies = policiesOf(policy('no-delete', 'DENY', value, '{ to: [{ operation: { methods: [DELETE] } }] }'));
@@ -62,28 +87,9 @@ describe('dry-run authorization policies', () => {
   });
 
   it('cut no open byte tunnel to an HTTP port when they arrive (a DENY in force with HTTP fields closes it, to inspect it)', () => {
-    const world = `apiVersion: ambit.dev/v1alpha1
-kind: MeshConfig
-metadata: { name: mesh }
-spec: { trustDomain: cluster.local }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: web-1, namespace: shop, labels: { app: web } }
-spec: { nodeName: node-b, serviceAccountName: web }
-status: { phase: Running, podIP: 10.0.2.20 }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: shop }
-spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
----
-`;
     const stillOpen = (dryRun: string | null): boolean => {
-      const snapshot = buildSnapshot(parseConfigText(world + policy('no-delete', 'DENY', dryRun, '{ to: [{ operation: { methods: [DELETE] } }] }'), 'all.yaml'));
-      const peer = parseSpiffeId('spiffe://cluster.local/ns/shop/sa/client');
-      const connection: InboundConnection = { peer, principal: peer.id.slice('spiffe://'.length), peerNamespace: 'shop', peerAddress: '10.0.1.10', peerIp: parseIp('10.0.1.10'), claimedSource: null, destination: snapshot.workloadByIp('10.0.2.20')!, destinationIp: '10.0.2.20', destinationPort: 8080 };
-      return new InboundAuthorizer(() => snapshot, new Registry(), silentLogger()).stillAllowed(connection, false, snapshot, 'node-b');
+      const snapshot = buildSnapshot(parseConfigText(WORLD + policy('no-delete', 'DENY', dryRun, '{ to: [{ operation: { methods: [DELETE] } }] }'), 'all.yaml'));
+      return new InboundAuthorizer(() => snapshot, new Registry(), silentLogger()).stillAllowed(connectionTo(snapshot), false, snapshot, 'node-b');
     };
     expect(stillOpen('true')).toBe(true);
     expect(stillOpen(null)).toBe(false);
@@ -93,6 +99,16 @@ spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080
     const [explained] = explain(policiesOf(policy('only-admin', 'ALLOW', 'true', '')), request('/items'), 'request');
     expect(explained).toMatchObject({ policy: 'shop/only-admin', action: 'AUDIT', dryRun: 'ALLOW' });
     expect(explained?.note).toBe('an ALLOW policy with no rules allows nothing; dry run (istio.io/dry-run): logged, never enforced');
+  });
+
+  it('hide no AUDIT policy: a request both match is logged once for each', () => {
+    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('no-delete', 'DENY', 'true', '{ to: [{ operation: { methods: [DELETE] } }] }') + '---\n' + policy('audit-all', 'AUDIT', null, '{}'), 'all.yaml'));
+    const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
+    const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
+    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
+    expect(inspection).not.toBeNull();
+    expect(inspection?.decide({ method: 'DELETE', path: '/items', host: 'web.shop', header: () => undefined }).allow).toBe(true);
+    expect(lines.map((line) => [line.message, line.fields.audit])).toEqual([['audited request', 'shop/audit-all'], ['dry-run DENY policy matched a request', 'shop/no-delete']]);
   });
 
   it('leave the policies in force deciding beside them', () => {
