@@ -420,26 +420,45 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
   return deferred ?? policies.noMatch;
 }
 
+/** What auditMatches found, for logging: the first AUDIT rule and the first dry-run rule that match (null: none). */
+export interface AuditMatches {
+  audit: CompiledRule | null;
+  dryRun: CompiledRule | null;
+}
+
 /**
- * The first AUDIT rule that matches, for logging; null when none (or none apply). `dryRun`: the first of a dry-run
- * policy's rules instead, or of either (undefined), so a dry-run policy never hides an AUDIT policy's line.
+ * One pass over the audit rules (AUDIT policies' and dry-run policies'), filling `out` (the caller's, reused): each
+ * kind is logged on its own, so a dry-run policy never hides an AUDIT policy's line.
  */
-export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, dryRun?: boolean): CompiledRule | null {
+export function auditMatches(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, out: AuditMatches): AuditMatches {
+  out.audit = null;
+  out.dryRun = null;
   const audit = (policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts).audit;
   for (let i = 0; i < audit.length; i++) {
     const rule = audit[i] as CompiledRule;
-    if (dryRun !== undefined && (rule.policy.dryRun !== undefined) !== dryRun) continue;
+    const shadow = rule.policy.dryRun !== undefined;
+    if (shadow ? out.dryRun !== null : out.audit !== null) continue;
+    let matched: boolean;
     if (rule.l7 && moment !== 'request') {
       // A dry-run DENY on a port that is not HTTP is shown as it would be enforced: its HTTP fields ignored.
-      if (moment === 'tcp' && rule.policy.dryRun === 'DENY' && ruleMatches(rule, ctx, true)) return rule;
-      continue;
+      matched = moment === 'tcp' && rule.policy.dryRun === 'DENY' && ruleMatches(rule, ctx, true);
+    } else {
+      matched = ruleMatches(rule, ctx, false);
     }
-    if (ruleMatches(rule, ctx, false)) return rule;
+    if (!matched) continue;
+    if (shadow) out.dryRun = rule;
+    else out.audit = rule;
+    if (out.audit !== null && out.dryRun !== null) break;
   }
-  return null;
+  return out;
 }
 
-/** Decides without ever throwing: any failure while deciding is a deny. */
+/** The first AUDIT rule that matches, else the first dry-run one; null when none (explanations and tests). */
+export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): CompiledRule | null {
+  const found = auditMatches(policies, ctx, moment, { audit: null, dryRun: null });
+  return found.audit ?? found.dryRun;
+}
+
 export function decideSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, onError: Decision): Decision {
   try {
     return decide(policies, ctx, moment);

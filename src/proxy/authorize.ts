@@ -7,8 +7,8 @@ import type { ConfigSnapshot } from '../config/snapshot.ts';
 import type { Logger } from '../observe/log.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
 import type { CompiledRule, Decision, WorkloadPolicies } from '../authz/compile.ts';
-import { auditMatch, authzContext, decideSafely } from '../authz/decide.ts';
-import type { AuthzContext, DecisionMoment, HttpRequestFacts } from '../authz/decide.ts';
+import { auditMatches, authzContext, decideSafely } from '../authz/decide.ts';
+import type { AuditMatches, AuthzContext, DecisionMoment, HttpRequestFacts } from '../authz/decide.ts';
 import { parseIp } from '../authz/match.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { forwardedClaimHolds } from './inbound.ts';
@@ -27,16 +27,20 @@ function contextOf(connection: InboundConnection): AuthzContext {
 }
 
 /** The AUDIT rule that matches, for the log; a failure to tell is no match (AUDIT never decides). */
-function auditSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, dryRun: boolean): CompiledRule | null {
+/** The audit matches of a decision into `out`; none when matching throws (logging must never deny). */
+function auditSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, out: AuditMatches): AuditMatches {
   try {
-    return auditMatch(policies, ctx, moment, dryRun);
+    return auditMatches(policies, ctx, moment, out);
   } catch {
-    return null;
+    out.audit = null;
+    out.dryRun = null;
+    return out;
   }
 }
 
-/** AUDIT rules, then dry-run ones (auditMatch's filter). */
-const BOTH: readonly boolean[] = [false, true];
+function logAuditedConnection(logger: Logger, match: CompiledRule, connection: InboundConnection): void {
+  logger.info({ audit: match.policy.name, rule: match.index, dryRun: match.policy.dryRun, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, match.policy.dryRun === undefined ? 'audited connection' : `dry-run ${match.policy.dryRun} policy matched a connection`);
+}
 
 function logAuditedRequest(logger: Logger, match: CompiledRule, decision: Decision, facts: HttpRequestFacts, connection: InboundConnection): void {
   logger.info({ audit: match.policy.name, rule: match.index, dryRun: match.policy.dryRun, decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, match.policy.dryRun === undefined ? 'audited request' : `dry-run ${match.policy.dryRun} policy matched a request`);
@@ -45,6 +49,8 @@ function logAuditedRequest(logger: Logger, match: CompiledRule, decision: Decisi
 export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
+  /** Reused by every decision (they run one at a time): what it found to log, with nothing allocated. */
+  readonly #audited: AuditMatches = { audit: null, dryRun: null };
   // Decisions are preallocated per rule, so a decision's count can hang off the decision itself: counting is one
   // WeakMap lookup and an increment, where prom-client's child inc() hashes its label object on every call. The
   // counts are copied into the counter when it is scraped; a cell outlives the snapshot whose decision made it.
@@ -90,10 +96,9 @@ export class InboundAuthorizer {
     // A connection whose requests are inspected is audited per request (requestInspection), as Envoy's HTTP RBAC does.
     if (policies.audit.length > 0 && !(moment === 'connect' && policies.hasL7Rules)) {
       // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
-      for (const dryRun of BOTH) {
-        const audited = auditSafely(policies, ctx, moment, dryRun);
-        if (audited) this.#logger.info({ audit: audited.policy.name, rule: audited.index, dryRun: audited.policy.dryRun, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, audited.policy.dryRun === undefined ? 'audited connection' : `dry-run ${audited.policy.dryRun} policy matched a connection`);
-      }
+      const found = auditSafely(policies, ctx, moment, this.#audited);
+      if (found.audit !== null) logAuditedConnection(this.#logger, found.audit, connection);
+      if (found.dryRun !== null) logAuditedConnection(this.#logger, found.dryRun, connection);
     }
     return decision;
   }
@@ -130,13 +135,12 @@ export class InboundAuthorizer {
         }
         ctx.request = facts;
         const decision = decideSafely(inForce, ctx, 'request', DENY_ON_ERROR);
-        const audited = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request', false) : null;
-        const shadowed = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request', true) : null;
+        const found = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request', this.#audited) : null;
         ctx.request = null;
         this.#count(decision);
         // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
-        if (audited !== null) logAuditedRequest(logger, audited, decision, facts, connection);
-        if (shadowed !== null) logAuditedRequest(logger, shadowed, decision, facts, connection);
+        if (found?.audit) logAuditedRequest(logger, found.audit, decision, facts, connection);
+        if (found?.dryRun) logAuditedRequest(logger, found.dryRun, decision, facts, connection);
         if (decision.allow && logger.isLevelEnabled('debug')) {
           logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity }, 'request allowed');
         }
