@@ -447,9 +447,7 @@ export class CaServer {
       ttlMs = optionalTtl(body, requestedId.id === caller.id.id ? this.#nodeTtlMs : this.#svidTtlMs);
     } catch (error) {
       // An authenticated node's malformed request (an ID with dot segments, a bad TTL, a body too large) is audited.
-      const code = error instanceof HttpError ? error.code : toAmbitError(error, 'CA_CSR_INVALID').code;
-      this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, remote, code, reason: (error as Error).message.slice(0, 300) });
-      throw error;
+      this.#refusedRequest(caller.id.id, callerNode, undefined, remote, error);
     }
     let allowed = false;
     if (requestedId.trustDomain === this.#state.trustDomain) {
@@ -467,8 +465,7 @@ export class CaServer {
     try {
       publicKey = await readCsr(csr);
     } catch (error) {
-      this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, requested: requestedId.id, remote, code: toAmbitError(error, 'CA_CSR_INVALID').code, reason: (error as Error).message.slice(0, 300) });
-      throw error;
+      this.#refusedRequest(caller.id.id, callerNode, requestedId.id, remote, error);
     }
     // Only the node certificate the CA issued last (or a renewal's new one, until first used): a copied older one is
     // refused, an evicted node outright. Judged, issued and recorded in one step of the node's queue, after the body
@@ -483,6 +480,13 @@ export class CaServer {
     await this.#recordIssuance({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;
+  }
+
+  /** Audits what an authenticated node sent that could not be read (body, ID, TTL, CSR), then throws it on. */
+  #refusedRequest(caller: string, node: string, requested: string | undefined, remote: string | undefined, error: unknown): never {
+    const code = error instanceof HttpError ? error.code : toAmbitError(error, 'CA_CSR_INVALID').code;
+    this.#note({ event: 'sign_refused', caller, node, ...(requested === undefined ? {} : { requested }), remote, code, reason: (error as Error).message.slice(0, 300) });
+    throw error;
   }
 
   #refuseNodeCertificate(caller: string, node: string, serial: string, remote: string | undefined, refusal: string): never {
