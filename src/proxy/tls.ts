@@ -2,7 +2,7 @@
 // every dial and accept, and peer verification against the bundle of the peer's own trust domain.
 import * as tls from 'node:tls';
 import type { Svid, BundleSource } from '../identity/svid.ts';
-import { matchExpected, verifyPeerCertificate } from '../identity/spiffe-tls.ts';
+import { chainOf, matchExpected, verifyPeerCertificate } from '../identity/spiffe-tls.ts';
 import type { ExpectedPeer } from '../identity/spiffe-tls.ts';
 import type { VerifyResult } from '../identity/svid.ts';
 import { TLS_CIPHERS, TLS_GROUPS, TLS_MIN_VERSION } from './settings.ts';
@@ -94,14 +94,12 @@ export class PeerVerifier {
     const leaf = socket.getPeerCertificate(true);
     if (!leaf || !leaf.raw) return verifyPeerCertificate(null, bundles, expected);
     // The earliest expiry of the presented chain: an intermediate may end before the leaf under a CA that does not cap.
-    let expiry = Date.parse(leaf.valid_to);
-    const seen = new Set<tls.DetailedPeerCertificate>([leaf]);
-    for (let cert = leaf.issuerCertificate; cert !== undefined && !seen.has(cert); cert = cert.issuerCertificate) {
-      seen.add(cert);
-      const ends = Date.parse(cert.valid_to);
-      if (!Number.isNaN(ends) && (Number.isNaN(expiry) || ends < expiry)) expiry = ends;
+    let expiryMs = Infinity;
+    try {
+      for (const cert of chainOf(leaf)) expiryMs = Math.min(expiryMs, cert.notAfter.getTime());
+    } catch {
+      // An unreadable chain: verifyPeerCertificate says so.
     }
-    const atMs = Number.isNaN(expiry) ? Date.now() : Math.min(Date.now(), expiry - 1_000);
-    return verifyPeerCertificate(leaf, bundles, expected, { ...this.#options, at: new Date(atMs) });
+    return verifyPeerCertificate(leaf, bundles, expected, { ...this.#options, at: new Date(Math.min(Date.now(), expiryMs - 1_000)) });
   }
 }
