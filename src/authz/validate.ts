@@ -549,10 +549,13 @@ export function checkPolicyAnnotations(issues: FieldIssues, kind: 'Authorization
 /** The `istio.io/dry-run` value as Istio reads it (Go's strconv.ParseBool); null for anything else. */
 export function isDryRun(value: string | undefined): boolean | null {
   if (value === undefined) return false;
-  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(value)) return true;
-  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(value)) return false;
+  if (PARSE_BOOL_TRUE.has(value)) return true;
+  if (PARSE_BOOL_FALSE.has(value)) return false;
   return null;
 }
+
+const PARSE_BOOL_TRUE: ReadonlySet<string> = new Set(['1', 't', 'T', 'TRUE', 'true', 'True']);
+const PARSE_BOOL_FALSE: ReadonlySet<string> = new Set(['0', 'f', 'F', 'FALSE', 'false', 'False']);
 
 /**
  * Where `ambit.dev/enforce` may stand: on a mesh-wide PeerAuthentication, the one in the root namespace without a

@@ -187,6 +187,7 @@ function derChildren(der: Uint8Array, start: number, end: number): DerItem[] | n
   }
   return items;
 }
+
 /**
  * Critical extensions a certificate may carry here: those evaluated (basic constraints, key usage, extended key usage,
  * subject alternative name), the policy ones, which restrict policies SPIFFE does not use, and name constraints, of
