@@ -106,6 +106,19 @@ function uriSans(cert: Certificate): string[] | AmbitError {
   return uris;
 }
 
+/** The DNS names among a certificate's subjectAltNames, from its DER (never Node's rendered string); [] when unreadable. */
+export function dnsSansOf(cert: Certificate): string[] {
+  const names: string[] = [];
+  try {
+    for (const extension of cert.getExtensions(x509.SubjectAlternativeNameExtension)) {
+      for (const name of extension.names.items) if (name.type === 'dns') names.push(name.value);
+    }
+  } catch {
+    // A verified SVID's extension is readable; an unreadable one names nothing here.
+  }
+  return names;
+}
+
 function describe(cert: Certificate): string {
   return `serial ${cert.serialNumber} (subject "${cert.subject}")`;
 }

@@ -27,6 +27,7 @@ import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import { parseAuthority } from './authority.ts';
 import { Bridge } from './copy.ts';
 import { EmitterSlot } from './emitter-slot.ts';
+import { clientCertElement, peerCertDetails } from './xfcc.ts';
 import type { IdentityContexts, PeerVerifier } from './tls.ts';
 import { parseBaggage } from './baggage.ts';
 import { DENY_ON_ERROR } from '../authz/compile.ts';
@@ -242,6 +243,8 @@ interface PeerInfo {
   readonly principal: string;
   readonly namespace: string | null;
   readonly ip: IpAddress | null;
+  /** The peer certificate's part of x-forwarded-client-cert (peerCertDetails), read when an inspected tunnel first needs it. */
+  certDetails: string | undefined;
 }
 
 /** One local workload's HBONE server and the listeners bound to its IPs. */
@@ -527,7 +530,7 @@ export class HboneInbound {
     }
     peers.set(session, {
       id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
-      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null,
+      principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null, certDetails: undefined,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     this.#judgedWith.set(session, bundles);
@@ -738,10 +741,21 @@ export class HboneInbound {
     const decider = this.#options.inspectRequests?.(dial.connection) ?? null;
     if (decider !== null && this.#options.inspector !== null) {
       dial.inspected = true;
-      void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied).then(() => this.#finish(dial, undefined, undefined));
+      const clientCert = clientCertElement(dial.connection.destination.identity, HboneInbound.#certDetails(dial));
+      void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied, clientCert).then(() => this.#finish(dial, undefined, undefined));
       return;
     }
     new Bridge(upstream, stream, (result) => this.#finish(dial, result.error, result.failedSide));
+  }
+
+  /** The peer certificate's part of x-forwarded-client-cert: read once per session, and only by inspected tunnels. */
+  static #certDetails(dial: UpstreamDial): string {
+    const peer = dial.peer;
+    if (peer.certDetails === undefined) {
+      const leaf = (dial.stream.session?.socket as tls.TLSSocket | undefined)?.getPeerCertificate(true);
+      peer.certDetails = peerCertDetails(leaf?.raw ?? null, peer.id.id);
+    }
+    return peer.certDetails;
   }
 
   #finish(dial: UpstreamDial, error: Error | undefined, side: 'socket' | 'stream' | undefined): void {

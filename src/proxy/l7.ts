@@ -2,7 +2,8 @@
 // is terminated as HTTP/1.1 or cleartext HTTP/2 (gRPC), every request is decided with its method, path,
 // host and headers, a denied request gets `403 RBAC: access denied` (gRPC: PERMISSION_DENIED) and the
 // connection goes on, and an allowed request is forwarded to the workload over the tunnel's own upstream
-// connection, unchanged but for hop-by-hop headers. ztunnel needs a separate Envoy for this.
+// connection, unchanged but for hop-by-hop headers and the x-forwarded-client-cert element the proxy appends (as
+// Istio's sidecars do). ztunnel needs a separate Envoy for this.
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { http } from '../node-http.ts';
 import * as http2 from 'node:http2';
@@ -14,6 +15,7 @@ import type { Decision } from '../authz/compile.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';
 import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
+import { XFCC } from './xfcc.ts';
 
 const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
@@ -101,6 +103,8 @@ interface TunnelState {
   readonly upstream: Socket;
   readonly decide: RequestDecider;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
+  /** The x-forwarded-client-cert element appended to every request (clientCertElement); null: the field is removed. */
+  readonly clientCert: string | null;
   /** One reusable facts object per tunnel: a request fills it, the decision reads it. */
   readonly facts: MutableFacts;
   h1Client: Client | null;
@@ -349,9 +353,9 @@ export class HttpInspector {
    * Takes over an accepted tunnel: `stream` carries the client's HTTP, `upstream` is the connected
    * workload socket. Resolves when the tunnel is finished.
    */
-  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, decide: RequestDecider, onDenied: TunnelState['onDenied']): Promise<HttpTunnelResult> {
+  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, decide: RequestDecider, onDenied: TunnelState['onDenied'], clientCert: string | null): Promise<HttpTunnelResult> {
     const state: TunnelState = {
-      upstream, decide, onDenied, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
+      upstream, decide, onDenied, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
       onResponseClose: () => {
         state.inFlight--;
       },
@@ -429,6 +433,7 @@ export class HttpInspector {
     state.inFlight++;
     res.on('close', state.onResponseClose);
     const headers = forwardableRawHeaders(req.rawHeaders);
+    appendClientCert(headers, state.clientCert);
     const refusal = judge(state, req, headers);
     if (refusal !== null) {
       req.resume();
@@ -465,6 +470,7 @@ export class HttpInspector {
       return;
     }
     const headers = forwardableRawHeaders(req.rawHeaders);
+    appendClientCert(headers, state.clientCert);
     const refusal = judge(state, req, withUpgradeFields(headers, req.rawHeaders));
     if (refusal !== null) {
       socket.end(`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`);
@@ -497,6 +503,7 @@ export class HttpInspector {
     // The fields as received (Node's header object keeps only the first of a repeated user-agent), decided on as
     // they will be forwarded.
     const forwarded = forwardableRawHeaders(rawHeaders);
+    appendClientCert(forwarded, state.clientCert);
     const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), forwarded, false);
     if (malformed !== null) {
       this.#logger.debug({ reason: malformed }, 'malformed h2c request on an inspected tunnel');
@@ -580,6 +587,23 @@ export class HttpInspector {
 }
 
 function ignore(): void {}
+
+/**
+ * Envoy's APPEND_FORWARD, which Istio's sidecars apply to what they let in: the client's x-forwarded-client-cert
+ * fields (joined with `,`, as Envoy joins a repeated one) go on with this hop's element last, the one an application
+ * can believe. Before the decision, as Envoy does it before its filters: a rule on the field sees what the
+ * application will.
+ */
+function appendClientCert(raw: string[], element: string | null): void {
+  let received: string | null = null;
+  for (let i = raw.length - 2; i >= 0; i -= 2) {
+    if (!sameHeaderName(raw[i] as string, XFCC)) continue;
+    const value = (raw[i + 1] as string).trim();
+    if (value !== '') received = received === null ? value : `${value},${received}`;
+    raw.splice(i, 2);
+  }
+  if (element !== null) raw.push(XFCC, received === null ? element : `${received},${element}`);
+}
 
 /** Removes every field of one name (lower-case) from raw headers. */
 function removeField(raw: string[], lower: string): void {

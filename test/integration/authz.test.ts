@@ -1,6 +1,7 @@
 // Authorization through two real node proxies: L4 deny (401 on CONNECT), L7 deny (403) and allow on one
 // connection, a gRPC deny, and a policy change that closes an open connection.
 import { spawnSync } from 'node:child_process';
+import { createHash, X509Certificate } from 'node:crypto';
 import { createServer as createHttpServer } from 'node:http';
 import * as http2 from 'node:http2';
 import { connect, createServer } from 'node:net';
@@ -330,6 +331,27 @@ spec:
     // Hop-by-hop: Keep-Alive, and what the Connection header names, stop at the proxy.
     expect(fields('x-hop')).toEqual([]);
     expect(fields('keep-alive')).toEqual([]);
+  });
+
+  it("tells the workload who called, as Istio's sidecars do: an x-forwarded-client-cert element last, By its own identity, Hash, Subject and URI the caller's certificate", async () => {
+    const dump = (await (await fetch(`${mesh.nodes.get('node-a')?.adminUrl ?? ''}/config_dump`)).json()) as { certificates: Array<{ identity: string; certChain?: string[] }> };
+    const leafPem = dump.certificates.find((entry) => entry.identity === 'spiffe://cluster.local/ns/demo/sa/client')?.certChain?.[0];
+    expect(leafPem).toBeDefined();
+    const hash = createHash('sha256').update(new X509Certificate(leafPem as string).raw).digest('hex');
+    const element = `By=spiffe://cluster.local/ns/demo/sa/web;Hash=${hash};Subject="O=ambit";URI=spiffe://cluster.local/ns/demo/sa/client`;
+    const fields = (received: string[], name: string) => received.flatMap((value, i) => (i % 2 === 1 && (received[i - 1] as string).toLowerCase() === name ? [value] : []));
+
+    expect(await rawHttp('GET /public/xfcc-plain HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(fields(webHeaders.get('/public/xfcc-plain') ?? [], 'x-forwarded-client-cert')).toEqual([element]);
+
+    // A client's own fields (here forged, naming another caller) go on ahead of it, joined: the last element is the proxy's.
+    const forged = 'By=spiffe://cluster.local/ns/demo/sa/web;URI=spiffe://cluster.local/ns/demo/sa/admin';
+    expect(await rawHttp(`GET /public/xfcc-forged HTTP/1.1\r\nHost: web.demo\r\nX-Forwarded-Client-Cert: ${forged}\r\nx-forwarded-client-cert: URI=spiffe://x/y\r\nConnection: close\r\n\r\n`)).toMatch(/^HTTP\/1\.1 200 /);
+    expect(fields(webHeaders.get('/public/xfcc-forged') ?? [], 'x-forwarded-client-cert')).toEqual([`${forged},URI=spiffe://x/y,${element}`]);
+
+    // gRPC (h2c) the same, By the gRPC workload's identity.
+    await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/Xfcc', ':authority': 'grpc.demo', 'content-type': 'application/grpc', te: 'trailers', 'x-forwarded-client-cert': forged });
+    expect(fields(grpcHeaders.get('/pkg.Svc/Xfcc') ?? [], 'x-forwarded-client-cert')).toEqual([`${forged},${element.replace('/sa/web;', '/sa/grpc;')}`]);
   });
 
   it('refuses with 400 a repeated Authorization, and decides on no field the Connection header strips (Connection: host)', async () => {
