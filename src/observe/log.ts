@@ -1,6 +1,7 @@
 // Structured logs: pino JSON to stdout (or a file), one root logger per process, children per component.
 import { pino } from 'pino';
 import type { Logger, LevelWithSilent } from 'pino';
+import { AmbitError } from '../errors.ts';
 
 export type { Logger };
 
@@ -24,8 +25,17 @@ export function droppedLogLines(): number {
   return droppedLines;
 }
 
+const LEVELS: readonly string[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
+/** AMBIT_LOG_LEVEL, checked: pino would throw its own error from deep inside, which read as a crash. */
+export function levelFromEnvironment(value: string | undefined): LevelWithSilent {
+  if (value === undefined || value === '') return 'info';
+  if (!LEVELS.includes(value)) throw new AmbitError('USAGE', `AMBIT_LOG_LEVEL: ${JSON.stringify(value)} is not a log level (${LEVELS.join(', ')})`);
+  return value as LevelWithSilent;
+}
+
 export function createLogger(options: LoggerOptions): Logger {
-  const level = options.level ?? (process.env.AMBIT_LOG_LEVEL as LevelWithSilent | undefined) ?? 'info';
+  const level = options.level ?? levelFromEnvironment(process.env.AMBIT_LOG_LEVEL);
   const destination = options.file ? pino.destination({ dest: options.file, mkdir: true, sync: true }) : pino.destination({ dest: 1, sync: false, maxLength: MAX_BUFFERED_LOG_BYTES });
   let droppedInStall = 0;
   destination.on('drop', () => {

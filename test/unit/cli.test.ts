@@ -7,11 +7,24 @@ function ambit(...args: string[]) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 20_000 });
 }
 
+function ambitWithEnv(env: NodeJS.ProcessEnv, ...args: string[]) {
+  return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, ...env } });
+}
+
 describe('ambit command line', () => {
   it('lists its commands with --help and exits 0', () => {
     const result = ambit('--help');
     expect(result.status).toBe(0);
     expect(result.stdout).toContain('usage: ambit <command>');
+  });
+
+  it('refuses an AMBIT_LOG_LEVEL that is no log level with one line naming it and exit 2, not a stack trace', () => {
+    for (const level of ['verbose', 'DEBUG']) {
+      const result = ambitWithEnv({ AMBIT_LOG_LEVEL: level }, 'ca', 'serve', '--dir', '/nonexistent/ca', '--config', '/nonexistent/config');
+      expect(result.status).toBe(2);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(result.stderr).toContain(`AMBIT_LOG_LEVEL: "${level}" is not a log level`);
+    }
   });
 
   it('refuses an unknown command with one line and exit 2', () => {
