@@ -18,6 +18,7 @@ import { initCa } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
 import { encodePemBundle } from '../identity/bundle.ts';
 import { CLI_ENTRY, LONG_RUNNING_NODE_FLAGS, longRunningEnv } from './node-flags.ts';
+import { levelFromEnvironment } from '../observe/log.ts';
 
 const TRUST_DOMAIN = 'cluster.local';
 
@@ -123,8 +124,8 @@ interface Child {
   readonly lines: string[];
 }
 
-function startChild(name: string, args: string[], logDir: string): Child {
-  const child = spawn(process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...longRunningEnv(process.env), AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' } });
+function startChild(name: string, args: string[], logDir: string, level: string): Child {
+  const child = spawn(process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...longRunningEnv(process.env), AMBIT_LOG_LEVEL: level } });
   const lines: string[] = [];
   // Every child's log also goes to DIR/logs/NAME.log, for a look after the fact (with --dir).
   const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });
@@ -145,9 +146,13 @@ function startChild(name: string, args: string[], logDir: string): Child {
   return { name, process: child, lines };
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, children: Child[]): Promise<void> {
+/** Ctrl-C or SIGTERM while the mesh is still starting: it stops there, and cleans up as it does once up. */
+class Interrupted extends Error {}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, children: Child[], interrupted: () => boolean): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
+    if (interrupted()) throw new Interrupted(`interrupted while waiting for ${what}`);
     for (const child of children) {
       if (child.process.exitCode !== null) throw new Error(`${child.name} exited (${child.process.exitCode}) while waiting for ${what}:\n${child.lines.slice(-10).join('\n')}`);
     }
@@ -155,6 +160,18 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: n
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Binds a demo workload, or says which address is taken (a second `npm start`, a dev server on the same port). */
+function listenOn(server: Server | TcpServer, port: number, host: string, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const failed = (error: NodeJS.ErrnoException) => reject(new Error(`cannot listen on ${host}:${port} for the demo ${what} workload: ${error.code ?? error.message}${error.code === 'EADDRINUSE' ? ' (is another ambit mesh running, or a server on that port on every address?)' : ''}`));
+    server.once('error', failed);
+    server.listen(port, host, () => {
+      server.off('error', failed);
+      resolve();
+    });
+  });
 }
 
 /** Keep-alive connections for the mesh's own checks and its demo client, as undici's global dispatcher would. */
@@ -196,6 +213,7 @@ export const command: Command = {
   async run(argv) {
     const { values } = parse(argv, { duration: { type: 'string' }, dir: { type: 'string' }, quiet: { type: 'boolean' } }, false);
     const durationMs = values.duration ? parseDurationMs(values.duration, 'duration') : undefined;
+    const level = levelFromEnvironment(process.env.AMBIT_LOG_LEVEL);
     const layout = DEMO_LAYOUT;
     const dir = values.dir ?? (await mkdtemp(join(tmpdir(), 'ambit-mesh-')));
     const keepDir = values.dir !== undefined;
@@ -205,6 +223,19 @@ export const command: Command = {
     const out = (line: string) => {
       if (!values.quiet) process.stdout.write(line + '\n');
     };
+
+    // From the start: a Ctrl-C while the CA and proxies come up (up to a minute) must stop them and remove the
+    // directory (its CA key and join tokens) too, not leave them to the default action.
+    let interrupted = false;
+    let onInterrupt = () => {};
+    const interruption = new Promise<void>((resolve) => (onInterrupt = resolve));
+    const interrupt = () => {
+      interrupted = true;
+      onInterrupt();
+    };
+    process.once('SIGINT', interrupt);
+    process.once('SIGTERM', interrupt);
+    const isInterrupted = () => interrupted;
 
     const stop = async (code: number): Promise<number> => {
       if (stopping) return code;
@@ -244,10 +275,12 @@ export const command: Command = {
         socket.pipe(socket);
       });
       servers.push(web, echo);
-      await new Promise<void>((resolve) => web.listen(layout.web.port, layout.web.ip, resolve));
-      await new Promise<void>((resolve) => echo.listen(layout.echo.port, layout.echo.ip, resolve));
+      await listenOn(web, layout.web.port, layout.web.ip, 'web');
+      await listenOn(echo, layout.echo.port, layout.echo.ip, 'echo');
 
-      const caProcess = startChild('ca', ['ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', '127.0.0.1:0'], logDir);
+      // The mesh learns the CA's address from its "CA listening" line (info): the CA logs at info at least.
+      const caLevel = ['warn', 'error', 'fatal', 'silent'].includes(level) ? 'info' : level;
+      const caProcess = startChild('ca', ['ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', '127.0.0.1:0'], logDir, caLevel);
       children.push(caProcess);
       let caUrl = '';
       await waitFor('the CA', async () => {
@@ -255,10 +288,11 @@ export const command: Command = {
           if (line.includes('"CA listening"')) caUrl = (JSON.parse(line) as { url: string }).url;
         }
         return caUrl !== '';
-      }, 20_000, children);
+      }, 20_000, children, isInterrupted);
       out(`  CA            ${caUrl}  (trust domain ${layout.trustDomain})`);
 
       for (const node of layout.nodes) {
+        if (interrupted) throw new Interrupted('interrupted while starting the node proxies');
         const token = await createJoinToken(caDir, node.name, 600_000);
         // In a file (0600), not on the command line, where every local user could read it.
         const tokenFile = join(dir, `${node.name}.join-token`);
@@ -267,10 +301,10 @@ export const command: Command = {
           'proxy', '--node', node.name, '--config', configDir, '--ca', caUrl, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', layout.trustDomain,
           '--state-dir', join(dir, node.name), '--join-token-file', tokenFile,
           '--metrics', `${node.address}:15020`, '--readiness', `${node.address}:15021`, '--admin', `${node.address}:15000`,
-        ], logDir));
+        ], logDir, level));
       }
       for (const node of layout.nodes) {
-        await waitFor(`${node.name} readiness`, () => httpOk(`http://${node.address}:15021/healthz/ready`), 30_000, children);
+        await waitFor(`${node.name} readiness`, () => httpOk(`http://${node.address}:15021/healthz/ready`), 30_000, children, isInterrupted);
         out(`  ${node.name.padEnd(13)} ready: HBONE on its workloads' IPs :15008, metrics http://${node.address}:15020/metrics`);
       }
       out(`  web           http://${layout.web.ip}:${layout.web.port} (spiffe://${layout.trustDomain}/ns/demo/sa/web, node-b)`);
@@ -330,12 +364,10 @@ export const command: Command = {
         printed = lines.length;
       };
       const renderTimer = setInterval(() => void render(), interactive ? 1000 : 5000);
-      const finished = new Promise<void>((resolve) => {
-        process.once('SIGINT', () => resolve());
-        process.once('SIGTERM', () => resolve());
+      await new Promise<void>((resolve) => {
+        void interruption.then(resolve);
         if (durationMs !== undefined) setTimeout(resolve, durationMs).unref();
       });
-      await finished;
       clearInterval(renderTimer);
       clearInterval(clientTimer);
       await render();
@@ -344,6 +376,7 @@ export const command: Command = {
       return await stop(failed > 0 && ok === 0 ? 1 : 0);
     } catch (error) {
       process.stderr.write(`ambit mesh: ${(error as Error).message}\n`);
+      if (error instanceof Interrupted) return stop(130);
       for (const child of children) {
         if (child.lines.length) process.stderr.write(`--- ${child.name} (last lines)\n${child.lines.slice(-15).join('\n')}\n`);
       }

@@ -2,8 +2,8 @@
 // CA and node proxies are started from that same build.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { connect } from 'node:net';
-import { readdirSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,9 +14,9 @@ import { DEMO_LAYOUT } from '../../src/cli/mesh.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
-function run(args: readonly string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
@@ -27,6 +27,21 @@ function run(args: readonly string[], timeoutMs: number): Promise<{ code: number
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+/** The command lines of the running processes that mention a path (from /proc). */
+function processesNaming(path: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    let args = '';
+    try {
+      args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+    } catch {
+      continue; // gone meanwhile
+    }
+    if (args.includes(path)) found.push(args);
+  }
+  return found;
 }
 
 describe('npm start (ambit mesh from the build)', () => {
@@ -64,7 +79,8 @@ describe('npm start (ambit mesh from the build)', () => {
   it('keeps running when a connection to its echo workload is reset mid-echo', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
     cleanup.push(dir);
-    const child = spawn(process.execPath, [BUILT_CLI, 'mesh', '--duration', '8s', '--dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    // At warn, the CA's own lines are quieter than the "CA listening" the mesh reads its address from.
+    const child = spawn(process.execPath, [BUILT_CLI, 'mesh', '--duration', '8s', '--dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
@@ -86,4 +102,40 @@ describe('npm start (ambit mesh from the build)', () => {
       child.kill('SIGKILL');
     }
   }, 120_000);
+
+  it("says which address is taken when a demo workload's port is, and removes its directory, without a stack trace", async () => {
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(DEMO_LAYOUT.web.port, DEMO_LAYOUT.web.ip, resolve));
+    try {
+      const result = await run([BUILT_CLI, 'mesh', '--duration', '5s'], 60_000);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(`cannot listen on ${DEMO_LAYOUT.web.ip}:${DEMO_LAYOUT.web.port} for the demo web workload: EADDRINUSE`);
+      expect(result.stderr).not.toMatch(/unexpected error|\n\s+at /);
+      const dir = /working directory (\S+)/.exec(result.stdout)?.[1];
+      expect(dir).toBeDefined();
+      expect(existsSync(dir as string)).toBe(false);
+    } finally {
+      blocker.close();
+    }
+  }, 90_000);
+
+  it('stops what it started and removes its directory when interrupted while its proxies start', async () => {
+    const child = spawn(process.execPath, [BUILT_CLI, 'mesh'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    try {
+      // The CA is up, the proxies not yet ready.
+      await expect.poll(() => /\n {2}CA {12}https:/.test(stdout), { timeout: 60_000, interval: 20 }).toBe(true);
+      expect(stdout).not.toContain('ready: HBONE');
+      child.kill('SIGTERM');
+      expect(await closed).toBe(130);
+      const dir = /working directory (\S+)/.exec(stdout)?.[1];
+      expect(existsSync(dir as string)).toBe(false);
+      // Its CA and proxies are gone: no process runs with the directory in its arguments.
+      expect(processesNaming(dir as string)).toEqual([]);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 90_000);
 });
