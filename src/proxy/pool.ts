@@ -262,18 +262,32 @@ export class HbonePool {
       throw new TunnelError('SVID_EXPIRED', 'IDENTITY_ERROR', `the certificate of source identity ${sourceIdentity} expired at ${identity.svid.notAfter.toISOString()} and has not been renewed (is the CA reachable? see ambit_certificate_rotation_failures_total)`);
     }
     const { socket, bundles } = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
+    // Closed while this dial was under way: a session made now would be in no bucket close() reached, never swept,
+    // and kept alive by the peer's PINGs (the process would not exit).
+    if (this.#closed) {
+      socket.destroy();
+      throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', 'pool is closed');
+    }
     // The session is good until either end's certificate expires: the server's, and ours (the peer refuses new
     // streams from a session whose client certificate has expired; rotation dials the next session with the new one).
     const serverUntilMs = Date.parse(socket.getPeerCertificate().valid_to);
     // Ours a little early, so that no stream is sent in the last moments and refused on arrival.
     const ownUntilMs = identity.svid.notAfter.getTime() - Math.min(OWN_EXPIRY_MARGIN_MS, (identity.svid.notAfter.getTime() - identity.svid.notBefore.getTime()) / 10);
     const validUntilMs = Math.min(Number.isNaN(serverUntilMs) ? 0 : serverUntilMs, ownUntilMs);
-    const session = http2.connect(`https://${endpoint.hboneHost}:${endpoint.hbonePort}`, {
-      createConnection: () => socket,
-      settings: CONNECT_SETTINGS,
-      maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
-      peerMaxConcurrentStreams: this.#maxStreams,
-    });
+    let session: http2.ClientHttp2Session;
+    try {
+      // The authority, bracketed for IPv6 (`https://fd00::1:15008` is no URL: every tunnel to an IPv6 peer failed).
+      session = http2.connect(`https://${endpoint.hboneAuthority}`, {
+        createConnection: () => socket,
+        settings: CONNECT_SETTINGS,
+        maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
+        peerMaxConcurrentStreams: this.#maxStreams,
+      });
+    } catch (error) {
+      // Verified and connected: nothing else would ever close it.
+      socket.destroy();
+      throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `HBONE session to ${endpoint.hboneAuthority}: ${(error as Error).message}`);
+    }
     const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     session.on('remoteSettings', (settings) => {

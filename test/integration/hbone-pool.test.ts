@@ -303,6 +303,75 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
+  it('carries a tunnel to a peer proxy at an IPv6 address (its authority bracketed)', async (context) => {
+    const v6 = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] });
+    v6.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    });
+    const bound = await new Promise<boolean>((resolve) => {
+      v6.once('error', () => resolve(false));
+      v6.listen(0, '::1', () => resolve(true));
+    });
+    if (!bound) {
+      process.stderr.write('hbone-pool.test.ts: no IPv6 loopback (::1) here, skipping the IPv6 peer test\n');
+      context.skip();
+    }
+    const port = (v6.address() as AddressInfo).port;
+    const at: Endpoint = { ...endpoint(), ip: 'fd00::8', authority: '[fd00::8]:8080', hboneHost: '::1', hbonePort: port, hboneAuthority: `[::1]:${port}` };
+    const hbone = pool(5000);
+    try {
+      const stream = await hbone.open(CLIENT_ID, null, at, '');
+      stream.end('over IPv6');
+      let echoed = '';
+      for await (const chunk of stream) echoed += (chunk as Buffer).toString();
+      expect(echoed).toBe('over IPv6');
+    } finally {
+      await hbone.close();
+      v6.close();
+    }
+  });
+
+  it('leaves no session behind when it is closed while a dial is under way', async () => {
+    peer.mode = 'echo';
+    // A relay that holds the handshake until told: the pool closes in between.
+    const releases: Array<() => void> = [];
+    const gate = net.createServer((near) => {
+      near.on('error', () => {});
+      near.pause();
+      releases.push(() => {
+        const far = net.connect(peer.port, '127.0.0.1');
+        far.on('error', () => {});
+        near.pipe(far).pipe(near);
+        near.resume();
+      });
+    });
+    gate.listen(0, '127.0.0.1');
+    await once(gate, 'listening');
+    let open = 0;
+    const count = (session: http2.ServerHttp2Session) => {
+      open++;
+      session.once('close', () => open--);
+    };
+    peer.server.on('session', count);
+    const hbone = pool(5000);
+    try {
+      const opening = hbone.open(CLIENT_ID, null, { ...endpoint(), hbonePort: (gate.address() as AddressInfo).port }, '').then(() => null, (e: unknown) => e);
+      await expect.poll(() => releases.length).toBe(1);
+      await hbone.close();
+      releases[0]?.();
+      const error = await opening;
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).message).toBe('pool is closed');
+      await expect.poll(() => open).toBe(0);
+      expect(hbone.stats()).toEqual({ sessions: 0, streams: 0 });
+    } finally {
+      peer.server.off('session', count);
+      gate.close();
+    }
+  });
+
   it('goes on pinging a session retired with a tunnel still open, and ends that tunnel when the peer stops answering', async () => {
     peer.mode = 'echo';
     // A relay in front of the peer that can stop carrying bytes, as a node that vanished (no FIN, no RST).
