@@ -1,6 +1,7 @@
 // Carries bytes between an application TCP socket and an HBONE stream, both ways, with half-close:
 // FIN becomes END_STREAM and END_STREAM becomes FIN; a reset or an error on either side closes the
-// other abruptly. A write() that returns false pauses the side that produced the chunk until the other
+// other abruptly, but for RST_STREAM NO_ERROR, with which a peer that has sent everything asks us to stop
+// sending (RFC 9113 §8.1): what it sent still reaches the application, then FIN. A write() that returns false pauses the side that produced the chunk until the other
 // drains, in both directions, so a slow reader stalls its writer (through TCP and HTTP/2 flow control)
 // instead of growing a buffer. Bytes are counted by the sockets themselves (bytesRead/bytesWritten); the only
 // per-chunk work is corking the app socket for large HBONE chunks (CORK_MIN_CHUNK_BYTES).
@@ -37,6 +38,8 @@ export class Bridge {
   #streamClosed = false;
   #error: Error | undefined;
   #failedSide: 'socket' | 'stream' | undefined;
+  /** The Bridge reset the stream itself: its 'aborted' and 'close' are not the peer's doing. */
+  #resetting = false;
   #done: ((result: BridgeResult) => void) | null;
 
   constructor(socket: Socket, stream: Http2Stream, done: (result: BridgeResult) => void) {
@@ -66,8 +69,9 @@ export class Bridge {
 
   static #onSocketData(this: Socket, chunk: Buffer): void {
     const stream = bridges.of(this).stream;
-    // After a reset the tunnel is being torn down: the bytes have nowhere to go.
-    if (stream.destroyed) return;
+    // After a reset the tunnel is being torn down, and after the peer's NO_ERROR reset it takes no more (Node has
+    // ended our side): the bytes have nowhere to go.
+    if (stream.destroyed || stream.writableEnded) return;
     if (!stream.write(chunk)) this.pause();
   }
 
@@ -121,27 +125,43 @@ export class Bridge {
   }
 
   static #onStreamAborted(this: Http2Stream): void {
-    bridges.of(this).#fail('stream', new Error('stream aborted by peer'));
+    const bridge = bridges.of(this);
+    if (bridge.#resetting) return;
+    if (this.rstCode === h2constants.NGHTTP2_NO_ERROR) {
+      // The peer has sent all it will: its data (held by the stream, or queued on the socket) still goes to the app,
+      // its end becomes FIN. What the app sends from now on is read and dropped, never left to fill its buffers.
+      bridge.socket.resume();
+      return;
+    }
+    bridge.#fail('stream', new Error(`stream reset by peer (RST ${this.rstCode})`));
   }
 
   static #onSocketClose(this: Socket): void {
     const bridge = bridges.of(this);
     bridge.#socketClosed = true;
-    // The app side is gone (both directions done, or aborted): nothing more will flow into the stream.
-    if (!bridge.#streamClosed && this.destroyed && !this.readableEnded) bridge.#resetStream();
+    // The app side is gone before both directions were done (aborted, or closed after the app's FIN while the peer
+    // still sends): the peer's bytes have nowhere to go, and a stream left open would hold the tunnel forever.
+    if (!bridge.#streamClosed && !(this.readableEnded && bridge.stream.readableEnded)) bridge.#resetStream();
     bridge.#finish();
   }
 
   static #onStreamClose(this: Http2Stream): void {
     const bridge = bridges.of(this);
     bridge.#streamClosed = true;
-    // A reset from the peer (any code but a clean end) closes the app connection abruptly.
-    if (!bridge.#socketClosed && (this.rstCode !== h2constants.NGHTTP2_NO_ERROR || !this.readableEnded)) bridge.socket.destroy();
+    // A reset from the peer (any code but a clean end) closes the app connection abruptly. CANCEL too, unlike
+    // ztunnel, which reads it as EOF: a cut tunnel must not reach the application as a complete one. Node emits no
+    // 'error' for CANCEL, so the reset is recorded here, or the tunnel would be reported as a clean close.
+    if (!bridge.#socketClosed && (this.rstCode !== h2constants.NGHTTP2_NO_ERROR || !this.readableEnded)) {
+      if (!bridge.#resetting) bridge.#fail('stream', new Error(`stream closed by peer before its end (RST ${this.rstCode ?? 'none'})`));
+      bridge.socket.destroy();
+    }
     bridge.#finish();
   }
 
   #resetStream(): void {
-    if (!this.stream.destroyed) this.stream.close(h2constants.NGHTTP2_CANCEL);
+    if (this.stream.destroyed) return;
+    this.#resetting = true;
+    this.stream.close(h2constants.NGHTTP2_CANCEL);
   }
 
   #fail(side: 'socket' | 'stream', error: Error): void {

@@ -1,5 +1,5 @@
 // The Bridge between an application socket and an HBONE stream, on real sockets and a real HTTP/2 session.
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -10,6 +10,10 @@ import type { BridgeResult } from '../../src/proxy/copy.ts';
 let h2server: http2.Http2Server;
 let session: http2.ClientHttp2Session;
 let apps: net.Server;
+/** How the peer saw each 'forever:80' stream closed (its RST code), in order. */
+const foreverClosedWith: number[] = [];
+/** A response larger than what loopback's buffers hold while the app reads nothing. */
+const RESPONSE_BYTES = 24 * 1024 * 1024;
 
 beforeAll(async () => {
   h2server = http2.createServer();
@@ -19,7 +23,22 @@ beforeAll(async () => {
     // 'now': reset at once; 'clean': echo and end; otherwise read the client's bytes to END_STREAM, then reset.
     if (headers[':authority'] === 'now:80') stream.destroy(new Error('reset at once'));
     else if (headers[':authority'] === 'clean:80') stream.pipe(stream); // echoes, and ends when the client does
-    else {
+    else if (headers[':authority'] === 'respond-reset:80') {
+      // A server done with its response before the request ended (RFC 9113 §8.1): END_STREAM, then RST_STREAM
+      // NO_ERROR, which Node sends once the response has left.
+      stream.end(Buffer.alloc(RESPONSE_BYTES, 'r'));
+      stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    } else if (headers[':authority'] === 'forever:80') {
+      const timer = setInterval(() => stream.write(Buffer.alloc(1024, 'f')), 5);
+      stream.once('close', () => {
+        clearInterval(timer);
+        foreverClosedWith.push(stream.rstCode);
+      });
+    } else if (headers[':authority'] === 'cancel-after-end:80') {
+      stream.resume();
+      // Node resets with CANCEL for its own AbortError (close(CANCEL) here would send END_STREAM first).
+      stream.on('end', () => void abortError().then((error) => stream.destroy(error)));
+    } else {
       stream.resume();
       // destroy() sends RST_STREAM at once; close(code) would first end our side (END_STREAM) and the client
       // would see a clean close.
@@ -29,7 +48,8 @@ beforeAll(async () => {
   h2server.listen(0, '127.0.0.1');
   await once(h2server, 'listening');
   session = http2.connect(`http://127.0.0.1:${(h2server.address() as AddressInfo).port}`);
-  apps = net.createServer();
+  // Half-open, as the proxy's own sockets: an app's FIN does not end our side by itself.
+  apps = net.createServer({ allowHalfOpen: true });
   apps.listen(0, '127.0.0.1');
   await once(apps, 'listening');
 });
@@ -39,6 +59,11 @@ afterAll(() => {
   h2server?.close();
   apps?.close();
 });
+
+/** Node's own AbortError, the one error its HTTP/2 streams reset with CANCEL. */
+function abortError(): Promise<Error> {
+  return once(new EventEmitter(), 'never', { signal: AbortSignal.abort() }).then(() => new Error('not aborted'), (error: unknown) => error as Error);
+}
 
 /** An application connection: the client end, and the accepted socket a Bridge carries. */
 async function appConnection(): Promise<{ client: net.Socket; socket: net.Socket }> {
@@ -86,6 +111,59 @@ describe('Bridge', () => {
     expect(result.failedSide).toBe('stream');
     expect(result.error).toBeDefined();
     await clientClosed;
+  });
+
+  it("delivers every byte of a response the peer ended and then reset with NO_ERROR while the app was still sending, then FIN", async () => {
+    // Windows that let the whole response arrive while the app reads nothing: it waits in the stream and the socket.
+    const roomy = http2.connect(`http://127.0.0.1:${(h2server.address() as AddressInfo).port}`, { settings: { initialWindowSize: 2 * RESPONSE_BYTES } });
+    try {
+      await once(roomy, 'connect');
+      roomy.setLocalWindowSize(2 * RESPONSE_BYTES);
+      const stream = roomy.request({ ':method': 'CONNECT', ':authority': 'respond-reset:80' });
+      await once(stream, 'response');
+      const { client, socket } = await appConnection();
+      client.pause();
+      client.write('a request the server stopped reading');
+      let received = 0;
+      const ended = new Promise<void>((resolve) => client.once('end', resolve));
+      const result = new Promise<BridgeResult>((resolve) => new Bridge(socket, stream, resolve));
+      await expect.poll(() => stream.rstCode, { timeout: 5_000 }).toBe(http2.constants.NGHTTP2_NO_ERROR);
+      client.on('data', (chunk: Buffer) => (received += chunk.length));
+      client.resume();
+      await ended;
+      expect(received).toBe(RESPONSE_BYTES);
+      // The app's side stays its own until it ends it; then the tunnel is done, cleanly.
+      client.end();
+      expect((await result).error).toBeUndefined();
+    } finally {
+      roomy.destroy();
+    }
+  });
+
+  it('resets the stream when the app connection is destroyed after its FIN while the peer still sends, rather than hold the tunnel', async () => {
+    foreverClosedWith.length = 0;
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'forever:80' });
+    await once(stream, 'response');
+    const { client, socket } = await appConnection();
+    client.resume();
+    const result = await bridged(socket, stream, () => {
+      client.end();
+      // The proxy lets the connection go (its workload left the node) once the app's FIN is in.
+      socket.once('end', () => setTimeout(() => socket.destroy(), 20));
+    });
+    expect(result).toBeDefined();
+    await expect.poll(() => foreverClosedWith).toEqual([http2.constants.NGHTTP2_CANCEL]);
+  });
+
+  it('reports a tunnel the peer cancelled (RST CANCEL) after the app half-closed as failed on the stream side', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'cancel-after-end:80' });
+    await once(stream, 'response');
+    const { client, socket } = await appConnection();
+    client.resume();
+    const result = await bridged(socket, stream, () => client.end('bytes'));
+    expect(stream.rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+    expect(result.failedSide).toBe('stream');
+    expect(result.error?.message).toContain('RST 8');
   });
 
   it('reports a tunnel both ends closed cleanly as a clean close', async () => {
