@@ -526,6 +526,9 @@ export class HttpInspector {
       }
       return;
     }
+    // Reset by the client already, even in the bytes that opened it (RST_STREAM NO_ERROR leaves it closed, not
+    // destroyed, and answering a closed stream throws): nothing to forward, nothing to answer.
+    if (stream.destroyed || stream.closed) return;
     if (state.h2Upstream?.closed) {
       // The workload ended its session (GOAWAY): the tunnel's one socket cannot carry a second one, so the
       // client must reconnect.
@@ -547,11 +550,12 @@ export class HttpInspector {
     if (!authority) forwarded.unshift(HTTP2_HEADER_AUTHORITY, facts.host);
     // A client waiting for 100 before its body is answered here, as in HTTP/1.1: the workload's 100 would not be
     // relayed, and the client would wait out its own timeout.
-    if (String(headers.expect ?? '').toLowerCase() === '100-continue' && !stream.readableEnded) stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
+    // endAfterHeaders, not readableEnded: nothing has read the stream yet, so it never reads as ended here.
+    if (String(headers.expect ?? '').toLowerCase() === '100-continue' && !stream.endAfterHeaders) stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
     removeField(forwarded, 'expect');
     let upstreamStream: http2.ClientHttp2Stream;
     try {
-      upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.readableEnded });
+      upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.endAfterHeaders });
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       // Node cannot send a second user-agent, authorization, content-type... (RFC 9110 §5.3 allows one): the

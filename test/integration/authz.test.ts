@@ -511,17 +511,25 @@ spec:
     expect(grpcHeaders.size).toBe(before);
   });
 
+  /** HEADERS(1, END_STREAM|END_HEADERS): GET / http, authority "a". */
+  const HEADERS_GET = Buffer.from([0, 0, 6, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x84, 0x86, 0x41, 0x01, 0x61]);
+  /** HEADERS(1, END_HEADERS): the same with `expect: 100-continue`, its body still to come. */
+  const HEADERS_EXPECT = Buffer.concat([Buffer.from([0, 0, 21, 0x1, 0x4, 0, 0, 0, 1, 0x82, 0x84, 0x86, 0x41, 0x01, 0x61, 0x0f, 0x14, 0x0c]), Buffer.from('100-continue')]);
+  const RST_STREAM_1 = Buffer.from([0, 0, 4, 0x3, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
+
   it.each([
-    ['RST_STREAM', Buffer.from([0, 0, 4, 0x3, 0, 0, 0, 0, 1, 0, 0, 0, 1])],
-    ['GOAWAY', Buffer.from([0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1])],
-  ])('keeps running when an h2c client ends a request with %s (PROTOCOL_ERROR) in the same bytes as its HEADERS', async (_what, ending) => {
+    ['RST_STREAM (PROTOCOL_ERROR)', HEADERS_GET, RST_STREAM_1],
+    ['GOAWAY (PROTOCOL_ERROR)', HEADERS_GET, Buffer.from([0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1])],
+    // NO_ERROR: the stream is closed but not destroyed, and keeps its session.
+    ['RST_STREAM (NO_ERROR) after asking for 100-continue', HEADERS_EXPECT, Buffer.from([0, 0, 4, 0x3, 0, 0, 0, 0, 1, 0, 0, 0, 0])],
+  ])('keeps running when an h2c client ends a request with %s in the same bytes as its HEADERS', async (_what, headers, ending) => {
     const nodeB = mesh.nodes.get('node-b')!;
-    // Raw frames, as Node's client would not send them: the preface, SETTINGS, HEADERS(1, END_STREAM|END_HEADERS,
-    // GET / http, authority "a"), then the ending: the stream dies before the inspector's 'stream' event runs.
+    // Raw frames, as Node's client would not send them: the preface, SETTINGS, HEADERS, then the ending: the stream
+    // dies before the inspector's 'stream' event runs.
     const bytes = Buffer.concat([
       Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
       Buffer.from([0, 0, 0, 0x4, 0, 0, 0, 0, 0]),
-      Buffer.from([0, 0, 6, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x84, 0x86, 0x41, 0x01, 0x61]),
+      headers,
       ending,
     ]);
     const socket = connect({ host: CLIENT_IP, port: 9051 });
