@@ -33,7 +33,7 @@ function run(args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv 
 function processesNaming(path: string): string[] {
   const found: string[] = [];
   for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
-    let args = '';
+    let args: string;
     try {
       args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
     } catch {
