@@ -689,6 +689,8 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
+    // An interim answer (102, 103) before the upgrade's: not the one the client waits for.
+    if (statusCode < 200) return;
     const forwarded = forwardableHeaders(headers);
     forwarded['connection'] = 'close';
     this.#answered = true;
@@ -740,6 +742,12 @@ function forwardResponse(res: ServerResponse, logger: Logger): Dispatcher.Dispat
   return {
     onRequestStart() {},
     onResponseStart(controller, statusCode, headers, statusMessage) {
+      // undici hands interim answers here too: written as the final head, the real one threw and the tunnel was reset.
+      // 103 Early Hints goes on (Node writes those with a Link); 102 and the like stop here.
+      if (statusCode < 200) {
+        if (statusCode === 103) res.writeEarlyHints(forwardableHeaders(headers as Record<string, string | string[] | undefined>));
+        return;
+      }
       res.writeHead(statusCode, statusMessage, forwardableHeaders(headers as Record<string, string | string[] | undefined>));
       // Send the head on its own: in Node 24.21 a corked write of the latin1 head string together with a
       // Buffer body chunk onto an Http2Stream corrupts the head's first bytes (seen here); alone it is fine.

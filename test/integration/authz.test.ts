@@ -112,6 +112,13 @@ beforeAll(async () => {
       setTimeout(() => res.end('slow answer'), 300);
       return;
     }
+    if (req.url === '/public/early-hints') {
+      // Interim answers before the real one: 103 Early Hints, then 102 Processing written by hand.
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      res.socket?.write('HTTP/1.1 102 Processing\r\n\r\n');
+      setTimeout(() => res.end('after the hints'), 20);
+      return;
+    }
     if (req.url === '/public/close-delimited') {
       // As an HTTP/1.0-style server answers: no length, the body ends where the connection does.
       req.socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), CLOSE_DELIMITED_BODY]));
@@ -352,6 +359,15 @@ spec:
     // gRPC (h2c) the same, By the gRPC workload's identity.
     await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/Xfcc', ':authority': 'grpc.demo', 'content-type': 'application/grpc', te: 'trailers', 'x-forwarded-client-cert': forged });
     expect(fields(grpcHeaders.get('/pkg.Svc/Xfcc') ?? [], 'x-forwarded-client-cert')).toEqual([`${forged},${element.replace('/sa/web;', '/sa/grpc;')}`]);
+  });
+
+  it('relays 103 Early Hints and then the answer, and keeps the connection for the next request', async () => {
+    const response = await rawHttp('GET /public/early-hints HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/after-hints HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n');
+    expect(response).toMatch(/^HTTP\/1\.1 103 Early Hints\r\n/);
+    expect(response.toLowerCase()).toContain('link: </style.css>; rel=preload; as=style');
+    expect(response).not.toContain('102 Processing');
+    expect(response).toContain('after the hints');
+    expect(response).toContain('web /public/after-hints');
   });
 
   it('refuses with 400 a repeated Authorization, and decides on no field the Connection header strips (Connection: host)', async () => {
