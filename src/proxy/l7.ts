@@ -450,7 +450,9 @@ export class HttpInspector {
     state.h1Client ??= upstreamClient(state.upstream);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     state.h1Client.dispatch(
-      { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null },
+      // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
+      // only the one upstream connection; the client's next request on it got 502, or no answer at all.
+      { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false },
       forwardResponse(res, this.#logger),
     );
   }

@@ -46,7 +46,7 @@ spec:
   selector: { matchLabels: { app: web } }
   action: ALLOW
   rules:
-    - to: [{ operation: { methods: ["GET"], paths: ["/public/*"] } }]
+    - to: [{ operation: { methods: ["GET", "HEAD"], paths: ["/public/*"] } }]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -359,6 +359,18 @@ spec:
     // gRPC (h2c) the same, By the gRPC workload's identity.
     await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/Xfcc', ':authority': 'grpc.demo', 'content-type': 'application/grpc', te: 'trailers', 'x-forwarded-client-cert': forged });
     expect(fields(grpcHeaders.get('/pkg.Svc/Xfcc') ?? [], 'x-forwarded-client-cert')).toEqual([`${forged},${element.replace('/sa/web;', '/sa/grpc;')}`]);
+  });
+
+  it('keeps the connection after a HEAD, and after a GET with a body: the requests that follow are answered', async () => {
+    const response = await rawHttp([
+      'HEAD /public/head HTTP/1.1\r\nHost: web.demo\r\n\r\n',
+      'GET /public/with-body HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 4\r\n\r\nbody',
+      'GET /public/after-head HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n',
+    ].join(''));
+    expect(response.match(/HTTP\/1\.1 200 /g)).toHaveLength(3);
+    expect(response).not.toContain('web /public/head');
+    expect(response).toContain('web /public/with-body');
+    expect(response).toContain('web /public/after-head');
   });
 
   it('relays 103 Early Hints and then the answer, and keeps the connection for the next request', async () => {
