@@ -95,7 +95,7 @@ function hopByHopName(name: string): string | null {
   return null;
 }
 
-const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL } = http2.constants;
+const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
 
 export type RequestDecider = (facts: HttpRequestFacts) => Decision;
 
@@ -567,6 +567,15 @@ export class HttpInspector {
       return;
     }
     let trailers: http2.OutgoingHttpHeaders | null = null;
+    let trailersSent = false;
+    let upstreamClosed = false;
+    /** Answered 502 here: the workload never answered (its answer needs no trailers before the upload is stopped). */
+    let answeredHere = false;
+    const answerBadGateway = () => {
+      if (stream.headersSent) return;
+      answer(stream, 502);
+      answeredHere = true;
+    };
     upstreamStream.on('response', (responseHeaders) => {
       if (stream.destroyed || stream.closed || stream.headersSent) return;
       stream.respond(forwardableHeaders(responseHeaders), { waitForTrailers: true });
@@ -577,16 +586,38 @@ export class HttpInspector {
       // Without trailers, an empty DATA frame with END_STREAM: close() would end the response with RST_STREAM, which
       // clients other than Node's (Go's, hyper's) report as an error.
       stream.sendTrailers(trailers ?? {});
+      trailersSent = true;
+      if (upstreamClosed) stopUpload(stream);
+    });
+    // The workload's stream takes no more of the request: answered 502 if it never answered, and once the answer is
+    // out (trailers included) the client is asked to stop sending.
+    const workloadDone = () => {
+      if (upstreamClosed) return;
+      upstreamClosed = true;
+      answerBadGateway();
+      if (answeredHere || trailersSent) stopUpload(stream);
+    };
+    upstreamStream.on('aborted', () => {
+      // Reset with the client still sending (NO_ERROR: its answer may be complete). Another write would fail the
+      // stream and throw away the answer's unread end, so the upload stops here; and Node emits no 'close' for it
+      // until that end is read and the writes finish, which they never do. Its answer's head, read in the same
+      // bytes, is emitted first.
+      stream.unpipe(upstreamStream);
+      setImmediate(workloadDone);
     });
     upstreamStream.on('error', () => {
-      if (!stream.headersSent) answer(stream, 502);
-      else stream.close(NGHTTP2_CANCEL);
+      if (!stream.headersSent) answerBadGateway();
+      // The client's upload written after the workload closed its stream cleanly (NO_ERROR) fails here: no failure of
+      // the answer, which goes on; 'close' then asks the client to stop sending.
+      else if (upstreamStream.rstCode !== NGHTTP2_NO_ERROR) stream.close(NGHTTP2_CANCEL);
     });
     // A reset from the workload before its answer carries no 'error' when its code is NO_ERROR: unanswered, the
     // client would wait forever. (One after the answer began ends the response as Node's client reads it: ended.)
-    upstreamStream.on('close', () => answer(stream, 502));
+    upstreamStream.on('close', workloadDone);
     stream.on('close', () => {
       if (!upstreamStream.closed) upstreamStream.close(NGHTTP2_CANCEL);
+      // One the workload reset, whose writes never finish, is let go here (it would stay until the session ends).
+      else if (!upstreamStream.destroyed) upstreamStream.destroy();
     });
     stream.pipe(upstreamStream);
   }
@@ -719,6 +750,15 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
 }
 
 /** A bodiless answer, only if the stream can still take one. */
+/**
+ * The workload takes no more of a request (its stream closed, reset or finished before the request ended): nothing
+ * reads the client's stream any more, so a client still uploading would fill its window and wait forever. RST_STREAM
+ * NO_ERROR after the complete answer asks it to stop (RFC 9113 §8.1), as the workload asked us and as Envoy does.
+ */
+function stopUpload(stream: http2.ServerHttp2Stream): void {
+  if (!stream.destroyed && !stream.closed && !stream.readableEnded) stream.close(NGHTTP2_NO_ERROR);
+}
+
 function answer(stream: http2.ServerHttp2Stream, status: number): void {
   if (stream.destroyed || stream.closed || stream.headersSent) return;
   stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });

@@ -137,6 +137,19 @@ beforeAll(async () => {
   const grpc = http2.createServer();
   grpc.on('stream', (stream, headers, _flags, rawHeaders: string[]) => {
     grpcHeaders.set(String(headers[':path']), rawHeaders);
+    if (headers[':path'] === '/pkg.Svc/ResetEarly') {
+      // Gives up on the call before any answer, its request still coming.
+      stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      return;
+    }
+    if (headers[':path'] === '/pkg.Svc/AnswerEarly') {
+      // Answers before the request has ended, then asks the client to stop sending (RFC 9113 §8.1).
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.from('early'));
+      stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      return;
+    }
     stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
     stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
     stream.end(Buffer.from(`called ${String(headers[':path'])}`));
@@ -569,6 +582,37 @@ spec:
     expect(nodeB.proc.child.exitCode, `node-b exited: ${nodeB.proc.stderr}`).toBeNull();
     await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/AfterRaw', 'content-type': 'application/grpc' });
     expect(grpcHeaders.has('/pkg.Svc/AfterRaw')).toBe(true);
+  });
+
+  it.each([
+    ['answered and stopped reading', '/pkg.Svc/AnswerEarly', 200, 'early'],
+    ['reset its stream before answering', '/pkg.Svc/ResetEarly', 502, ''],
+  ])('ends a call whose workload %s while the client still uploads, rather than leave the client stalled', async (_what, path, status, answer) => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    try {
+      const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' });
+      let answered = 0;
+      stream.on('response', (headers) => (answered = Number(headers[':status'])));
+      stream.on('error', () => {});
+      let body = '';
+      stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      // An upload that never ends by itself: far more than the windows between it and the workload hold.
+      const chunk = Buffer.alloc(64 * 1024, 'u');
+      const pump = setInterval(() => {
+        if (!stream.closed && !stream.destroyed) stream.write(chunk);
+      }, 2);
+      try {
+        await expect.poll(() => stream.closed, { timeout: 10_000 }).toBe(true);
+      } finally {
+        clearInterval(pump);
+      }
+      expect(answered).toBe(status);
+      expect(body).toBe(answer);
+      expect(stream.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      session.destroy();
+    }
   });
 
   it('keeps serving when a gRPC client resets its calls mid-flight on an inspected tunnel', async () => {
