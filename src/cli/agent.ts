@@ -1,6 +1,7 @@
 // `ambit agent`: the rotation agent as a standalone program that writes certificate, key and bundle files
 // atomically for software that reads files (as spiffe-helper does), and keeps them fresh.
 import { http } from '../node-http.ts';
+import type { Server } from 'node:http';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
@@ -82,6 +83,9 @@ export const command: Command = {
       if (other !== undefined && other !== id) throw new AmbitError('USAGE', `--identity ${id} and ${other} would both be written as ${fileStem(id)}.pem`);
       stems.set(fileStem(id), id);
     }
+    // Judged before the join token is spent on an attestation: a bad flag must not cost the node its token.
+    if (values.once && values.metrics !== undefined) throw new AmbitError('USAGE', '--metrics serves while the agent runs; with --once it exits at once, so the two do not go together');
+    const metricsListen = values.metrics === undefined ? null : parseListen(values.metrics, 'metrics');
     const bootstrapBundle = decodeBundleText(trustDomain, await readText(bundleFile));
     const logger = createLogger({ name: 'ambit-agent' });
     const metrics = new Registry();
@@ -119,9 +123,9 @@ export const command: Command = {
       await agent.stop();
       return 0;
     }
-    if (values.metrics) {
-      const listen = parseListen(values.metrics, 'metrics');
-      http.createServer((req, res) => {
+    let metricsServer: Server | null = null;
+    if (metricsListen !== null) {
+      metricsServer = http.createServer((req, res) => {
         if (req.url !== '/metrics') {
           res.writeHead(404).end();
           return;
@@ -132,13 +136,16 @@ export const command: Command = {
         );
       })
         .on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed; the agent goes on without it'))
-        .listen(listen.port, listen.host);
+        .listen(metricsListen.port, metricsListen.host);
     }
     logger.info({ identities: agent.identities(), out }, 'agent running');
     await new Promise<void>((resolve) => {
       process.once('SIGTERM', resolve);
       process.once('SIGINT', resolve);
     });
+    // Closed, or its listening socket would keep the process alive after SIGTERM until the kubelet's SIGKILL.
+    metricsServer?.closeAllConnections();
+    metricsServer?.close();
     await agent.stop();
     await writing;
     return 0;

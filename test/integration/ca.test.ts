@@ -293,6 +293,29 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(verifySvid(fresh.chain, agent.bundles()).valid).toBe(true);
   });
 
+  it('ambit agent --metrics serves /metrics while it runs and exits 0 on SIGTERM, its metrics server closed', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    const ca = await startCa(caDir, configDir);
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const args = agentArgs(ca, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')).filter((arg) => arg !== '--once');
+    // Refused before the token is spent: --metrics with --once.
+    const both = await runAmbit([...args, '--once', '--metrics', '127.0.0.1:1', '--join-token', 'unused']);
+    expect(both.status).toBe(2);
+    expect(both.stderr).toContain('--metrics');
+    const port = await freePort();
+    const agent = AmbitProcess.start([...args, '--join-token', await createToken(caDir, 'node-a'), '--metrics', `127.0.0.1:${port}`]);
+    processes.push(agent);
+    await agent.waitForMessage('agent running');
+    const scraped = await fetch(`http://127.0.0.1:${port}/metrics`);
+    expect(scraped.status).toBe(200);
+    expect(await scraped.text()).toContain('ambit_trust_bundle_sequence');
+    const stopping = Date.now();
+    expect(await agent.stop()).toBe(0);
+    expect(Date.now() - stopping).toBeLessThan(4_000);
+  });
+
   it('rotates the root with overlap: both roots trusted until the old one is withdrawn', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD, ['--refresh-hint', '1s']);
