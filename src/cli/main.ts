@@ -42,8 +42,24 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`ambit ${name}: ${error.message} [${error.code}]\n`);
       return 2;
     }
+    // A directory or file named by a flag that cannot be made or read (--state-dir, --out, --dir as another user, on
+    // a read-only volume): one line naming it, as bad usage gets, not a stack trace.
+    const fileError = fileSystemError(error);
+    if (fileError !== null) {
+      process.stderr.write(`ambit ${name}: ${fileError}\n`);
+      return 2;
+    }
     throw error;
   }
+}
+
+const FILE_ERRORS = new Set(['EACCES', 'EPERM', 'ENOENT', 'ENOTDIR', 'EISDIR', 'EROFS', 'EEXIST', 'ENOSPC', 'ELOOP', 'ENAMETOOLONG']);
+
+/** The one line for a failed file-system call, with its path and errno code; null for any other error. */
+function fileSystemError(error: unknown): string | null {
+  const failure = error as NodeJS.ErrnoException;
+  if (!(error instanceof Error) || typeof failure.code !== 'string' || !FILE_ERRORS.has(failure.code) || typeof failure.path !== 'string') return null;
+  return `cannot ${failure.syscall ?? 'use'} ${failure.path}: ${failure.code}`;
 }
 
 /** Runs the CLI on this process's arguments and sets its exit code. */

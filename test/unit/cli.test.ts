@@ -1,4 +1,7 @@
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 const cli = new URL('../../src/cli/main.ts', import.meta.url).pathname;
@@ -25,6 +28,16 @@ describe('ambit command line', () => {
       expect(result.stderr.trim().split('\n')).toHaveLength(1);
       expect(result.stderr).toContain(`AMBIT_LOG_LEVEL: "${level}" is not a log level`);
     }
+  });
+
+  it('names a directory it cannot make in one line with exit 2, not a stack trace', () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'ambit-cli-')), 'a-file');
+    writeFileSync(file, '');
+    const result = ambit('ca', 'init', '--dir', join(file, 'ca'), '--trust-domain', 'example.org');
+    expect(result.status).toBe(2);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toContain(`${join(file, 'ca')}`);
+    expect(result.stderr).toContain('ENOTDIR');
   });
 
   it('refuses an unknown command with one line and exit 2', () => {
