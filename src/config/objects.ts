@@ -69,6 +69,13 @@ export interface PodStatus {
   readonly podIPs: readonly { readonly ip: string }[];
   /** status.hostIP and status.hostIPs, canonical, without repeats: the addresses of the pod's node. */
   readonly hostIPs: readonly string[];
+  /**
+   * The Ready condition: false when Kubernetes says the pod is not ready (a failing readiness probe), undefined when
+   * the object says nothing (a pod written by hand), which counts as ready.
+   */
+  readonly ready: boolean | undefined;
+  /** metadata.deletionTimestamp is set: the pod is in its termination grace period. */
+  readonly terminating: boolean;
 }
 
 export interface PodObject extends ObjectBase {

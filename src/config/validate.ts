@@ -193,7 +193,9 @@ function validateKind(
   switch (kind) {
     case 'Pod': {
       const spec = validatePodSpec(issues, mappingField(issues, raw, 'spec', [], true));
-      const status = validatePodStatus(issues, mappingField(issues, raw, 'status', []) ?? {});
+      const rawMetadata = raw.metadata;
+      const terminating = isMapping(rawMetadata) && hasValue(rawMetadata, 'deletionTimestamp');
+      const status = validatePodStatus(issues, mappingField(issues, raw, 'status', []) ?? {}, terminating);
       return spec && status && { ...base, kind, spec, status };
     }
     case 'Service': {
@@ -269,9 +271,9 @@ const POD_SPEC_TOLERATED = [
   'schedulingGates', 'securityContext', 'setHostnameAsFQDN', 'shareProcessNamespace', 'subdomain',
   'terminationGracePeriodSeconds', 'tolerations', 'topologySpreadConstraints', 'volumes',
 ];
-const POD_STATUS_FIELDS = ['phase', 'podIP', 'podIPs', 'hostIP', 'hostIPs'];
+const POD_STATUS_FIELDS = ['phase', 'podIP', 'podIPs', 'hostIP', 'hostIPs', 'conditions'];
 const POD_STATUS_TOLERATED = [
-  'conditions', 'containerStatuses', 'ephemeralContainerStatuses', 'extendedResourceClaimStatus',
+  'containerStatuses', 'ephemeralContainerStatuses', 'extendedResourceClaimStatus',
   'initContainerStatuses', 'message', 'nominatedNodeName', 'observedGeneration', 'qosClass', 'reason', 'resize',
   'resourceClaimStatuses', 'startTime',
 ];
@@ -311,7 +313,31 @@ function validatePodSpec(issues: FieldIssues, spec: Mapping | undefined): PodSpe
   return { nodeName, serviceAccountName, hostNetwork, containers };
 }
 
-function validatePodStatus(issues: FieldIssues, status: Mapping): PodStatus | undefined {
+/**
+ * The Ready condition of status.conditions, as the kubelet writes it (`{type: Ready, status: "True"}`): true, false,
+ * or undefined when there is none (`Unknown` reads as not ready, as Kubernetes' endpoints read it).
+ */
+function readyCondition(issues: FieldIssues, status: Mapping, path: FieldPath): boolean | undefined {
+  const conditions = status.conditions;
+  if (conditions === undefined || conditions === null) return undefined;
+  if (!Array.isArray(conditions)) {
+    issues.add([...path, 'conditions'], 'must be a list of conditions');
+    return undefined;
+  }
+  let ready: boolean | undefined;
+  conditions.forEach((condition, index) => {
+    if (!isMapping(condition) || condition.type !== 'Ready') return;
+    const value = condition.status;
+    if (value !== 'True' && value !== 'False' && value !== 'Unknown') {
+      issues.add([...path, 'conditions', index, 'status'], `${JSON.stringify(value)} is not True, False or Unknown`);
+      return;
+    }
+    ready = value === 'True';
+  });
+  return ready;
+}
+
+function validatePodStatus(issues: FieldIssues, status: Mapping, terminating: boolean): PodStatus | undefined {
   const path = ['status'];
   checkFields(issues, status, path, POD_STATUS_FIELDS, POD_STATUS_TOLERATED);
   const phase = enumField(issues, status, 'phase', path, POD_PHASES);
@@ -330,7 +356,7 @@ function validatePodStatus(issues: FieldIssues, status: Mapping): PodStatus | un
   const hostIPText = stringField(issues, status, 'hostIP', path, { check: checkIp });
   if (hostIPText !== undefined) hostIPs.push(canonicalIp(hostIPText) as string);
   for (const ip of ipList(issues, status, 'hostIPs', path)) if (!hostIPs.includes(ip)) hostIPs.push(ip);
-  return { phase, podIP, podIPs, hostIPs };
+  return { phase, podIP, podIPs, hostIPs, ready: readyCondition(issues, status, path), terminating };
 }
 
 /** A Kubernetes list of `{ip: ADDRESS}` (status.podIPs, status.hostIPs): the addresses, canonical, in order. */

@@ -121,10 +121,22 @@ export interface WorkloadServices {
   readonly byPort: ReadonlyMap<number, ServiceLabels>;
 }
 
-function isReady(workload: Workload): boolean {
+/** Whether a workload dialled by its own address can take a connection: a pod that is Running (or says no phase). */
+function isRunning(workload: Workload): boolean {
   if (workload.object.kind !== 'Pod') return true;
   const phase = workload.object.status.phase;
   return phase === undefined || phase === 'Running';
+}
+
+/**
+ * Whether a Service sends new connections to a workload: running, not marked not-ready by its readiness probe, and not
+ * terminating, as Kubernetes' endpoints (and so Istio's healthy workloads) count it. Its own address still reaches it.
+ */
+function isReady(workload: Workload): boolean {
+  if (!isRunning(workload)) return false;
+  if (workload.object.kind !== 'Pod') return true;
+  const { ready, terminating } = workload.object.status;
+  return ready !== false && !terminating;
 }
 
 function selects(selector: Readonly<Record<string, string>> | undefined, labels: Readonly<Record<string, string>>): boolean {
@@ -641,7 +653,7 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
 
 /** The route to a workload dialled by its IP (on any port: the workload's own policy decides at its node). */
 function workloadRoute(workload: Workload, ip: string, port: number, hbonePort: number): HboneRoute | DenyRoute {
-  if (!isReady(workload)) return Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `workload ${workload.namespace}/${workload.name} is not ready` });
+  if (!isRunning(workload)) return Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `workload ${workload.namespace}/${workload.name} is not running` });
   return Object.freeze({ kind: 'hbone' as const, endpoint: Object.freeze(makeEndpoint(workload, ip, port, hbonePort)), service: undefined, serviceLabels: UNKNOWN_SERVICE });
 }
 

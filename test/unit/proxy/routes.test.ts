@@ -194,6 +194,36 @@ describe('Service endpoints', () => {
     expect(authorities).not.toContain('10.0.1.11:9100'); // Pending
   });
 
+  it('sends no new connection to a Pod its readiness probe marks not ready, nor to one terminating', () => {
+    const pod = (name: string, ip: string, extra: string) => `apiVersion: v1
+kind: Pod
+metadata: { name: ${name}, namespace: shop, labels: { app: api }${extra.startsWith('deletion') ? `, ${extra}` : ''} }
+spec: { nodeName: node-a, serviceAccountName: api }
+status: { phase: Running, podIP: ${ip}${extra.startsWith('conditions') ? `, ${extra}` : ''} }
+`;
+    const routes = routingTableOf(snapshotOf(meshConfig(''), [
+      pod('api-ready', '10.0.5.1', 'conditions: [{ type: PodScheduled, status: "True" }, { type: Ready, status: "True" }]'),
+      pod('api-probe-failing', '10.0.5.2', 'conditions: [{ type: Ready, status: "False" }]'),
+      pod('api-unknown', '10.0.5.3', 'conditions: [{ type: Ready, status: "Unknown" }]'),
+      pod('api-terminating', '10.0.5.4', 'deletionTimestamp: "2026-12-05T16:00:00Z"'),
+      pod('api-by-hand', '10.0.5.5', ''),
+      'apiVersion: v1\nkind: Service\nmetadata: { name: api, namespace: shop }\nspec: { selector: { app: api }, clusterIP: 10.96.0.50, ports: [{ port: 80 }] }\n',
+    ].join('---\n')));
+    expect(reachable(routes, 'api.shop', 80)).toEqual(['10.0.5.1:80', '10.0.5.5:80']);
+    // Its own address still reaches each of them.
+    expect(expectHbone(decideRoute(routes, '10.0.5.2', 80, () => 0)).endpoint.authority).toBe('10.0.5.2:80');
+    expect(expectHbone(decideRoute(routes, '10.0.5.4', 80, () => 0)).endpoint.authority).toBe('10.0.5.4:80');
+  });
+
+  it('names a Ready condition whose status is not True, False or Unknown', () => {
+    expect(() => snapshotOf(meshConfig(''), `apiVersion: v1
+kind: Pod
+metadata: { name: odd, namespace: shop }
+spec: { nodeName: node-a }
+status: { phase: Running, podIP: 10.0.5.9, conditions: [{ type: Ready, status: yes }] }
+`)).toThrow(/status\.conditions\[0\]\.status: "yes" is not True, False or Unknown/);
+  });
+
   it('selects only workloads in the Service\'s own namespace', () => {
     expect(reachable(table, 'web.shop', 9100)).not.toContain('10.0.3.10:9100');
   });
