@@ -3,7 +3,7 @@
 // endpoint's node (checking the server presents the identity the registry expects), plain passthrough
 // for destinations outside the mesh, or refusal when egress is locked down. Transparent capture (15001
 // with SO_ORIGINAL_DST) will feed the same `forward` with the original destination.
-import type * as http2 from 'node:http2';
+import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
@@ -384,7 +384,10 @@ export class OutboundListeners {
       return;
     }
     if (socket.destroyed) {
-      stream.close();
+      // Let go while its tunnel opened (its workload left the node, or shutdown): CANCEL, so the destination resets its
+      // upstream rather than end it as a complete connection; counted and logged as one that never got through.
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      this.#abandoned(socket, labels, source, srcAddr, endpoint.authority, startedMs);
       return;
     }
     // One object per tunnel, and a sync method for the rest: closures here would keep this async call's whole scope
@@ -409,6 +412,13 @@ export class OutboundListeners {
       error: { code, message },
       responseFlags: flags,
     });
+  }
+
+  /** A connection its application (or the proxy: departure, shutdown) closed while its destination was being reached. */
+  #abandoned(socket: net.Socket, labels: TunnelLabels, source: Workload, srcAddr: string, target: string, startedMs: number): void {
+    this.#options.metrics.failed(labels, 'CONNECT');
+    const { code, message } = this.#departed.has(socket) ? DEPARTED : { code: 'DOWNSTREAM_RESET', message: 'the connection closed while its destination was being reached' };
+    this.#failedAccess(source, srcAddr, target, startedMs, code, message, 'CONNECT');
   }
 
   #carry(tunnel: OutboundTunnel, stream: http2.ClientHttp2Stream): void {
@@ -480,10 +490,16 @@ export class OutboundListeners {
     }
     const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true, lookup: literal ? undefined : guardedLookup(port, byWorkload, this.#guard) });
     upstream.setTimeout(CONNECT_TIMEOUT_MS);
-    // The application may leave while we connect: then the upstream connection must not outlive it.
-    const abandon = () => upstream.destroy();
+    // The application may leave while we connect: then the upstream connection must not outlive it, and the
+    // connection is counted and logged as one that never got through (it had no trace at all).
+    const abandon = () => {
+      upstream.destroy();
+      this.#abandoned(socket, labels, source, srcAddr, formatAuthority(host, port), startedMs);
+    };
     socket.once('close', abandon);
     const fail = (error: Error) => {
+      // Its own failure, counted below: not also an abandoned one.
+      socket.off('close', abandon);
       upstream.destroy();
       socket.destroy();
       if (error instanceof AmbitError && error.code === 'DESTINATION_REFUSED') {
@@ -523,9 +539,10 @@ export class OutboundListeners {
       let closed = 0;
       const onClose = () => {
         if (++closed < 2) {
-          // One side closed abruptly: the other must not wait forever.
-          if (socket.destroyed && !socket.readableEnded) upstream.destroy();
-          if (upstream.destroyed && !upstream.readableEnded) socket.destroy();
+          // One side closed before both directions were done (abruptly, or destroyed after its FIN while the other
+          // still sent): the other must not wait forever.
+          if (socket.destroyed && !(socket.readableEnded && upstream.readableEnded)) upstream.destroy();
+          if (upstream.destroyed && !(upstream.readableEnded && socket.readableEnded)) socket.destroy();
           return;
         }
         this.#options.liveMeters.delete(flushable);

@@ -18,6 +18,8 @@ const OTHER_IP = nodeIp(P, 0, 21);
 const ANNOTATED_IP = nodeIp(P, 0, 22);
 /** A workload removed by configuration while one of its passthrough connections is open. */
 const LEAVER_IP = nodeIp(P, 0, 23);
+/** A second workload removed while its connection is half-closed, its server still talking. */
+const HALF_LEAVER_IP = nodeIp(P, 0, 24);
 /** A server outside the mesh (no workload has its address). */
 const EXTERNAL_IP = nodeIp(P, 5, 9);
 
@@ -29,6 +31,10 @@ let externalConnections = 0;
 let namedConnections = 0;
 let externalPort = 0;
 let namedPort = 0;
+/** A server that writes to each connection until it is closed, and never ends its side by itself. */
+let talker: Server;
+let talkerPort = 0;
+let talkersOpen = 0;
 
 function echoServer(count: () => void): Server {
   return createServer({ allowHalfOpen: true }, (socket) => {
@@ -48,6 +54,17 @@ beforeAll(async () => {
   // `localhost` names this one (127.0.0.1); a name is judged by what it resolves to.
   named = echoServer(() => namedConnections++);
   namedPort = await listen(named, '127.0.0.1');
+  talker = createServer({ allowHalfOpen: true }, (socket) => {
+    talkersOpen++;
+    socket.on('error', () => {});
+    socket.resume();
+    const timer = setInterval(() => socket.write(Buffer.alloc(1024, 't')), 20);
+    socket.once('close', () => {
+      clearInterval(timer);
+      talkersOpen--;
+    });
+  });
+  talkerPort = await listen(talker, EXTERNAL_IP);
   const annotation = [
     `9201=${NODE_ADDRESS}:15000`, // the proxy's admin
     `9202=${EXTERNAL_IP}:${externalPort}`, // another service on this host's loopback
@@ -65,6 +82,7 @@ beforeAll(async () => {
         podYaml({ name: 'other-1', node: 'node-a', serviceAccount: 'other', ip: OTHER_IP, outbound: `9401=${CLIENT_IP}:9301` }),
       ),
       'leaver.yaml': podYaml({ name: 'leaver-1', node: 'node-a', serviceAccount: 'leaver', ip: LEAVER_IP }),
+      'half-leaver.yaml': podYaml({ name: 'leaver-2', node: 'node-a', serviceAccount: 'leaver', ip: HALF_LEAVER_IP }),
     },
     extraProxyArgs: () => [
       '--outbound', `${CLIENT_IP}:9301=${EXTERNAL_IP}:${externalPort}@demo/client-1`,
@@ -74,6 +92,7 @@ beforeAll(async () => {
       '--outbound', `${CLIENT_IP}:9305=${CLIENT_IP}:9305@demo/client-1`, // the listener itself, through HBONE
       '--outbound', `${CLIENT_IP}:9306=db.static.invalid:5432@demo/client-1`, // a name DNS cannot answer
       '--outbound', `${LEAVER_IP}:9310=${EXTERNAL_IP}:${externalPort}@demo/leaver-1`,
+      '--outbound', `${HALF_LEAVER_IP}:9311=${EXTERNAL_IP}:${talkerPort}@demo/leaver-2`,
       // A shared HBONE listener besides the configuration's 15008: its port is the proxy's too.
       '--hbone-listen', `${NODE_ADDRESS}:15118`,
       '--outbound', `${CLIENT_IP}:9307=${NODE_ADDRESS}:15118@demo/client-1`,
@@ -86,6 +105,7 @@ afterAll(async () => {
   await mesh?.stop();
   await new Promise((resolve) => external?.close(resolve));
   await new Promise((resolve) => named?.close(resolve));
+  talker?.close();
 });
 
 /** Sends `payload` through the listener on `port`, half-closes, and returns what came back before the close. */
@@ -153,6 +173,23 @@ describe("an operator's --outbound passthrough", () => {
       // Its log lines come through the proxy's stdout, which may trail the socket's close.
       await waitUntil('the closing logged', () => node.proc.lines.slice(since).some((line) => line.msg === 'closed outbound connections of workloads no longer on this node' && line.closed === 1));
       await waitUntil('its access line, saying why', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'SOURCE_DEPARTED' && line['src.workload'] === 'leaver-1'));
+    } finally {
+      held.destroy();
+    }
+  });
+
+  it('closes its upstream too when its workload leaves the node after half-closing, rather than keep it open forever', async () => {
+    const held = connect({ host: HALF_LEAVER_IP, port: 9311 });
+    held.on('error', () => {});
+    held.resume();
+    try {
+      await waitUntil('the talking server connected', () => talkersOpen === 1);
+      held.end();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      // Half-closed is not closed: the server goes on talking.
+      expect(talkersOpen).toBe(1);
+      await rm(join(mesh.configDir, 'half-leaver.yaml'));
+      await waitUntil('the upstream connection closed with it', () => talkersOpen === 0, 10_000);
     } finally {
       held.destroy();
     }
