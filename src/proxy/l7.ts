@@ -432,6 +432,15 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
+    // A transfer coding besides chunked (`gzip, chunked`): Node undoes the chunking only, and the body would reach the
+    // application still coded with nothing saying so. Refused as Envoy refuses it.
+    const coding = req.headers['transfer-encoding'];
+    if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
+      req.resume();
+      res.shouldKeepAlive = false;
+      res.writeHead(501, { 'content-type': 'text/plain', 'content-length': 27 }).end('transfer coding not chunked');
+      return;
+    }
     const headers = forwardableRawHeaders(req.rawHeaders);
     appendClientCert(headers, state.clientCert);
     const refusal = judge(state, req, headers);

@@ -386,6 +386,12 @@ spec:
     expect(response).toContain('web /public/after-head');
   });
 
+  it('refuses with 501 a request body in a transfer coding besides chunked, which would reach the application still coded', async () => {
+    const response = await rawHttp('GET /public/coded HTTP/1.1\r\nHost: web.demo\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
+    expect(response).toMatch(/^HTTP\/1\.1 501 /);
+    expect(webRequests).not.toContain('GET /public/coded');
+  });
+
   it('relays 103 Early Hints and then the answer, and keeps the connection for the next request', async () => {
     const response = await rawHttp('GET /public/early-hints HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/after-hints HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n');
     expect(response).toMatch(/^HTTP\/1\.1 103 Early Hints\r\n/);
