@@ -228,18 +228,23 @@ async function node(argv: string[]): Promise<number> {
 
 async function root(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
-  const { values } = parse(rest, { dir: { type: 'string' }, 'root-cert': { type: 'string' }, 'root-key': { type: 'string' }, ttl: { type: 'string' }, grace: { type: 'string' }, 'audit-log': { type: 'string' } }, false);
-  const dir = requireString(values.dir, 'dir');
+  // Each subcommand parses its own flags: one it does not read (`activate --grace 1h`) is refused, never ignored.
   switch (action) {
     case 'prepare': {
+      const { values } = parse(rest, { dir: { type: 'string' }, 'root-cert': { type: 'string' }, 'root-key': { type: 'string' }, ttl: { type: 'string' } }, false);
+      const dir = requireString(values.dir, 'dir');
       const name = await prepareAuthority(dir, { parent: await readParent(values), ttlMs: values.ttl ? parseDurationMs(values.ttl, 'ttl') : undefined });
       process.stdout.write(`prepared authority ${name}: published in the bundle, not yet signing\n`);
       return 0;
     }
-    case 'activate':
-      process.stdout.write(`authority ${await activateAuthority(dir)} now signs; previous roots stay in the bundle until withdrawn\n`);
+    case 'activate': {
+      const { values } = parse(rest, { dir: { type: 'string' } }, false);
+      process.stdout.write(`authority ${await activateAuthority(requireString(values.dir, 'dir'))} now signs; previous roots stay in the bundle until withdrawn\n`);
       return 0;
+    }
     case 'withdraw': {
+      const { values } = parse(rest, { dir: { type: 'string' }, grace: { type: 'string' }, 'audit-log': { type: 'string' } }, false);
+      const dir = requireString(values.dir, 'dir');
       if (values.grace !== undefined && values['audit-log'] !== undefined) throw new AmbitError('USAGE', 'root withdraw takes --audit-log or --grace, not both');
       const when = values.grace !== undefined ? { graceMs: parseDurationMsAllowZero(values.grace, 'grace') } : { auditLog: values['audit-log'] ?? join(dir, 'audit.log') };
       const { withdrawn, stillTrusted } = await withdrawAuthorities(dir, when);

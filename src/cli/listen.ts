@@ -15,3 +15,9 @@ export function parseListen(text: string, flag: string): ListenAddress {
   if (match[1] !== undefined && isIP(host) !== 6) throw new AmbitError('USAGE', `--${flag}: "${host}" is not an IPv6 address`);
   return { host, port };
 }
+
+/** A port flag (`--hbone-port 15008`): 1-65535, since 0 would bind a random port no peer can know. */
+export function parsePort(text: string, flag: string): number {
+  if (!/^\d{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65_535) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a port (1-65535)`);
+  return Number(text);
+}

@@ -2,7 +2,7 @@
 import { AmbitError } from '../errors.ts';
 import { joinTokenOption, parse, parseTtlSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
-import { parseListen } from './listen.ts';
+import { parseListen, parsePort } from './listen.ts';
 import { decodeBundleText } from '../identity/bundle.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
 import { createLogger } from '../observe/log.ts';
@@ -61,7 +61,12 @@ export const command: Command = {
     const trustDomain = validateTrustDomain(requireString(values['trust-domain'], 'trust-domain'));
     const bundleFile = requireString(values['ca-bundle'], 'ca-bundle');
     const outbound = (values.outbound ?? []).map(parseOutboundFlag);
-    const hbonePort = values['hbone-port'] === undefined ? undefined : parseListen(`127.0.0.1:${values['hbone-port']}`, 'hbone-port').port;
+    const hbonePort = values['hbone-port'] === undefined ? undefined : parsePort(values['hbone-port'], 'hbone-port');
+    // Every flag judged before anything is read or started; `--metrics ""` is a mistake to name, not a flag to drop.
+    const metricsListen = values.metrics !== undefined ? parseListen(values.metrics, 'metrics') : undefined;
+    const readinessListen = values.readiness !== undefined ? parseListen(values.readiness, 'readiness') : undefined;
+    const adminListen = values.admin !== undefined ? parseListen(values.admin, 'admin') : undefined;
+    const sharedHboneListen = values['hbone-listen'] !== undefined ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined;
     const logger = createLogger({ name: 'ambit-proxy' });
     const proxy = await NodeProxy.start({
       nodeName: requireString(values.node, 'node'),
@@ -71,10 +76,10 @@ export const command: Command = {
       stateDir: requireString(values['state-dir'], 'state-dir'),
       joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
       outbound,
-      metricsListen: values.metrics ? parseListen(values.metrics, 'metrics') : undefined,
-      readinessListen: values.readiness ? parseListen(values.readiness, 'readiness') : undefined,
-      adminListen: values.admin ? parseListen(values.admin, 'admin') : undefined,
-      sharedHboneListen: values['hbone-listen'] ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined,
+      metricsListen,
+      readinessListen,
+      adminListen,
+      sharedHboneListen,
       hbonePort,
       certificateTtlSeconds: values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') : undefined,
       auditLogFile: values['audit-log'],

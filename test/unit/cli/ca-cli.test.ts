@@ -66,6 +66,24 @@ async function exists(path: string): Promise<boolean> {
   return (await stat(path).catch(() => null)) !== null;
 }
 
+function proxyArgs(extra: string[]): string[] {
+  return ['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', noMeshConfig, '--state-dir', join(dir, 'proxy-state'), ...extra];
+}
+
+describe.concurrent('ambit proxy command line', () => {
+  it.for([
+    [['--hbone-port', '0'], '--hbone-port: "0" is not a port'],
+    [['--hbone-port', 'abc'], '--hbone-port: "abc" is not a port'],
+    [['--metrics', ''], '--metrics: "" is not HOST:PORT'],
+    [['--admin', ''], '--admin: "" is not HOST:PORT'],
+  ] as Array<[string[], string]>)('refuses %j, naming the flag, before anything starts', async ([extra, message], { expect }) => {
+    const result = await runAmbit(proxyArgs(extra));
+    expect(failureCode(expect, result)).toBe('USAGE');
+    expect(result.stderr).toContain(message);
+    expect(await exists(join(dir, 'proxy-state'))).toBe(false);
+  });
+});
+
 // Each case is its own process; running them side by side keeps the file at a few seconds.
 describe.concurrent('ambit ca command line', () => {
   it('prints its help and exits 0', async ({ expect }) => {
@@ -93,6 +111,18 @@ describe.concurrent('ambit ca command line', () => {
     const target = join(dir, 'init-half-parent');
     expect(failureCode(expect, await runAmbit(['ca', 'init', '--dir', target, '--trust-domain', TD, '--root-cert', bundleFile]))).toBe('USAGE');
     expect(await exists(target)).toBe(false);
+  });
+
+  it.for([
+    ['activate', '--grace', '1h'],
+    ['withdraw', '--ttl', '1h'],
+    ['withdraw', '--root-cert', 'root.pem'],
+    ['prepare', '--grace', '1h'],
+  ] as Array<[string, string, string]>)('refuses root %s with a flag it does not read (%s), rather than ignore it, and leaves the CA as it was', async ([action, flag, value], { expect }) => {
+    const result = await runAmbit(['ca', 'root', action, '--dir', caDir, flag, value]);
+    expect(failureCode(expect, result)).toBe('USAGE');
+    expect(result.stderr).toContain(flag);
+    expect(await readFile(caStateFile(caDir), 'utf8')).toBe(caState);
   });
 
   it('refuses token create without --node', async ({ expect }) => {
