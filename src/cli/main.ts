@@ -62,8 +62,20 @@ function fileSystemError(error: unknown): string | null {
   return `cannot ${failure.syscall ?? 'use'} ${failure.path}: ${failure.code}`;
 }
 
+/**
+ * For processes a parent starts and owns (`ambit mesh`'s CA and proxies): stdin is a pipe the parent never writes, so
+ * its end means the parent is gone, however it died, and this process stops as SIGTERM stops it.
+ */
+function exitWithParent(): void {
+  if (process.env.AMBIT_EXIT_WITH_PARENT !== '1') return;
+  process.stdin.on('error', () => {});
+  process.stdin.once('close', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.resume();
+}
+
 /** Runs the CLI on this process's arguments and sets its exit code. */
 export function runCli(): void {
+  exitWithParent();
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

@@ -125,7 +125,9 @@ interface Child {
 }
 
 function startChild(name: string, args: string[], logDir: string, level: string): Child {
-  const child = spawn(process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...longRunningEnv(process.env), AMBIT_LOG_LEVEL: level } });
+  // stdin a pipe the mesh never writes: when the mesh dies, even by SIGKILL, it closes, and the child stops itself
+  // (AMBIT_EXIT_WITH_PARENT) rather than go on holding the demo's ports.
+  const child = spawn(process.execPath, [...LONG_RUNNING_NODE_FLAGS, CLI_ENTRY, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...longRunningEnv(process.env), AMBIT_LOG_LEVEL: level, AMBIT_EXIT_WITH_PARENT: '1' } });
   const lines: string[] = [];
   // Every child's log also goes to DIR/logs/NAME.log, for a look after the fact (with --dir).
   const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });

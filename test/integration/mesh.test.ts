@@ -119,6 +119,23 @@ describe('npm start (ambit mesh from the build)', () => {
     }
   }, 90_000);
 
+  it('leaves no CA or proxy running when it is killed outright (SIGKILL: no cleanup of its own runs)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
+    cleanup.push(dir);
+    const child = spawn(process.execPath, [BUILT_CLI, 'mesh', '--dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    try {
+      await expect.poll(() => /client calls ok/.test(stdout), { timeout: 60_000, interval: 100 }).toBe(true);
+      // The mesh itself, its CA and its two proxies.
+      expect(processesNaming(dir)).toHaveLength(4);
+      child.kill('SIGKILL');
+      await expect.poll(() => processesNaming(dir), { timeout: 10_000, interval: 100 }).toEqual([]);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 90_000);
+
   it('stops what it started and removes its directory when interrupted while its proxies start', async () => {
     const child = spawn(process.execPath, [BUILT_CLI, 'mesh'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
