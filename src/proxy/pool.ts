@@ -348,7 +348,11 @@ export class HbonePool {
       let connected = false;
       socket.once('connect', () => (connected = true));
       const timeoutMs = this.#connectTimeoutMs;
-      const timer = setTimeout(() => socket.destroy(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort} timed out after ${timeoutMs} ms`)), timeoutMs);
+      // Which step got no answer says where to look: TCP (a firewall or NetworkPolicy dropping HBONE's port, ztunnel's
+      // NETWORK_POLICY), or the handshake (something there that is no HBONE server).
+      const timer = setTimeout(() => socket.destroy(connected
+        ? new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `TLS handshake with ${endpoint.hboneAuthority} got no answer within ${timeoutMs} ms: the port accepts connections but answers no TLS (is it an HBONE server?)`)
+        : new TunnelError('UPSTREAM_CONNECT', 'NETWORK_POLICY', `connect to ${endpoint.hboneAuthority} timed out after ${timeoutMs} ms: maybe a NetworkPolicy or firewall drops HBONE port ${endpoint.hbonePort}`)), timeoutMs);
       socket.once('secureConnect', () => {
         clearTimeout(timer);
         const bundles = this.#options.bundles();

@@ -333,6 +333,23 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
+  it('says the TLS handshake got no answer, not the connect, when the port takes TCP and never answers TLS', async () => {
+    const mute = net.createServer((socket) => socket.on('error', () => {}));
+    mute.listen(0, '127.0.0.1');
+    await once(mute, 'listening');
+    const port = (mute.address() as AddressInfo).port;
+    const hbone = pool(300);
+    try {
+      const error = await hbone.open(CLIENT_ID, null, { ...endpoint(), hbonePort: port, hboneAuthority: `127.0.0.1:${port}` }, '').then(() => null, (e: unknown) => e);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).flag).toBe('TLS_FAILURE');
+      expect((error as TunnelError).message).toBe(`TLS handshake with 127.0.0.1:${port} got no answer within 300 ms: the port accepts connections but answers no TLS (is it an HBONE server?)`);
+    } finally {
+      await hbone.close();
+      mute.close();
+    }
+  });
+
   it('leaves no session behind when it is closed while a dial is under way', async () => {
     peer.mode = 'echo';
     // A relay that holds the handshake until told: the pool closes in between.
