@@ -24,7 +24,7 @@ import { UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
 import { labelsOfBaggage, labelsOfNamespace, labelsOfWorkload } from './labels.ts';
 import { inboundService, routingTableOf } from './routes.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
-import { parseAuthority } from './authority.ts';
+import { formatAuthority, parseAuthority } from './authority.ts';
 import { Bridge } from './copy.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
@@ -240,6 +240,8 @@ interface PeerInfo {
   readonly bundles: BundleSource;
   readonly validUntilMs: number;
   readonly address: string;
+  /** Where the session arrived (the workload's IP:15008, or a shared listener): the access line's `dst.addr`. */
+  readonly localAddress: string;
   readonly principal: string;
   readonly namespace: string | null;
   readonly ip: IpAddress | null;
@@ -530,6 +532,7 @@ export class HboneInbound {
     }
     peers.set(session, {
       id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
+      localAddress: socket.localAddress === undefined ? 'unknown' : formatAuthority(socket.localAddress, socket.localPort ?? 0),
       principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null, certDetails: undefined,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
@@ -721,7 +724,7 @@ export class HboneInbound {
     accessLog(this.#logger, {
       direction: 'inbound',
       src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace },
-      dst: { addr: address, workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
+      dst: { addr: peer.localAddress, hbone_addr: address, workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
       bytesSent: 0,
       bytesRecv: 0,
       durationMs: startedMs === 0 ? 0 : Date.now() - startedMs,
@@ -775,7 +778,8 @@ export class HboneInbound {
     accessLog(this.#logger, {
       direction: 'inbound',
       src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace },
-      dst: { addr: `${destinationIp}:${destinationPort}`, workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
+      // As ztunnel: the L4 address the session arrived on, and the CONNECT's authority.
+      dst: { addr: peer.localAddress, hbone_addr: formatAuthority(destinationIp, destinationPort), workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
       bytesSent: upstream.bytesRead,
       bytesRecv: upstream.bytesWritten,
       durationMs: Date.now() - dial.startedMs,

@@ -89,7 +89,9 @@ describe('HBONE between two node proxies', () => {
     const line = (node: typeof a, since: number, direction: string) => node.proc.lines.slice(since).find((l) => l.msg === 'access' && l.direction === direction && l.bytes_sent === 13);
     await waitUntil('both access lines', () => line(a, sinceA, 'outbound') !== undefined && line(b, sinceB, 'inbound') !== undefined);
     expect(line(a, sinceA, 'outbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13, response_flags: '-' });
-    expect(line(b, sinceB, 'inbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13 });
+    // As ztunnel: dst.addr the HBONE address each side dialled or accepted, dst.hbone_addr the CONNECT's authority.
+    expect(line(a, sinceA, 'outbound')).toMatchObject({ 'dst.addr': `${ECHO_IP}:15008`, 'dst.hbone_addr': `${ECHO_IP}:7000` });
+    expect(line(b, sinceB, 'inbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13, 'dst.addr': `${ECHO_IP}:15008`, 'dst.hbone_addr': `${ECHO_IP}:7000` });
   });
 
   it('records the tunnel with both SPIFFE identities in Istio metrics on both sides', async () => {
