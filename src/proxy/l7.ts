@@ -95,7 +95,7 @@ function hopByHopName(name: string): string | null {
   return null;
 }
 
-const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
+const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
 export type RequestDecider = (facts: HttpRequestFacts) => Decision;
 
@@ -551,6 +551,12 @@ export class HttpInspector {
       const socket = state.upstream;
       state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
       state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
+      // The workload going away (a graceful restart, a gRPC server's max connection age) is told to the client at
+      // once, so it opens its next calls on a new connection; those already open finish.
+      const downstream = stream.session;
+      state.h2Upstream.once('goaway', () => {
+        if (downstream !== undefined && !downstream.closed && !downstream.destroyed) downstream.close();
+      });
     }
     // The path normalised; the authority decided on when the client sent only Host (Node would make one up).
     let authority = false;
@@ -582,6 +588,12 @@ export class HttpInspector {
     let answeredHere = false;
     const answerBadGateway = () => {
       if (stream.headersSent) return;
+      // REFUSED_STREAM: the workload did not process it (RFC 9113 §8.7), so the client may send it again, and gRPC
+      // clients do so by themselves; a 502 would fail the call.
+      if (upstreamStream.rstCode === NGHTTP2_REFUSED_STREAM) {
+        if (!stream.destroyed && !stream.closed) stream.close(NGHTTP2_REFUSED_STREAM);
+        return;
+      }
       answer(stream, 502);
       answeredHere = true;
     };

@@ -137,6 +137,20 @@ beforeAll(async () => {
   const grpc = http2.createServer();
   grpc.on('stream', (stream, headers, _flags, rawHeaders: string[]) => {
     grpcHeaders.set(String(headers[':path']), rawHeaders);
+    // Node reports a reset with a code, the workload's own included, as an error of the stream.
+    stream.on('error', () => {});
+    if (headers[':path'] === '/pkg.Svc/Refuse') {
+      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    if (headers[':path'] === '/pkg.Svc/GoAway') {
+      // Answers, then tells its client to go away (a graceful restart).
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.from('bye'));
+      stream.session?.close();
+      return;
+    }
     if (headers[':path'] === '/pkg.Svc/ResetEarly') {
       // Gives up on the call before any answer, its request still coming.
       stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
@@ -616,6 +630,40 @@ spec:
       expect(answered).toBe(status);
       expect(body).toBe(answer);
       expect(stream.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('passes on a stream the workload refused unprocessed (REFUSED_STREAM), so the client may retry, not a 502', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    try {
+      const stream = session.request({ ':method': 'POST', ':path': '/pkg.Svc/Refuse', 'content-type': 'application/grpc', te: 'trailers' });
+      stream.on('error', () => {});
+      let status = 0;
+      stream.on('response', (headers) => (status = Number(headers[':status'])));
+      stream.end();
+      await new Promise((resolve) => stream.on('close', resolve));
+      expect(status).toBe(0);
+      expect(stream.rstCode).toBe(http2.constants.NGHTTP2_REFUSED_STREAM);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("tells the client at once when the workload's session goes away (GOAWAY), after the call in flight is answered", async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    const goaway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
+    try {
+      const stream = session.request({ ':method': 'POST', ':path': '/pkg.Svc/GoAway', 'content-type': 'application/grpc', te: 'trailers' });
+      let body = '';
+      stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      stream.end();
+      await new Promise((resolve) => stream.on('close', resolve));
+      expect(body).toBe('bye');
+      await goaway;
     } finally {
       session.destroy();
     }
