@@ -140,8 +140,10 @@ export class Bridge {
     const bridge = bridges.of(this);
     bridge.#socketClosed = true;
     // The app side is gone before both directions were done (aborted, or closed after the app's FIN while the peer
-    // still sends): the peer's bytes have nowhere to go, and a stream left open would hold the tunnel forever.
-    if (!bridge.#streamClosed && !(this.readableEnded && bridge.stream.readableEnded)) bridge.#resetStream();
+    // still sends), or after the peer's NO_ERROR reset: the peer's bytes have nowhere to go, and a stream left open
+    // would hold the tunnel forever (one reset by the peer waits for writes that will never complete).
+    const stream = bridge.stream;
+    if (!bridge.#streamClosed && (stream.closed || !(this.readableEnded && stream.readableEnded))) bridge.#resetStream();
     bridge.#finish();
   }
 
@@ -161,7 +163,10 @@ export class Bridge {
   #resetStream(): void {
     if (this.stream.destroyed) return;
     this.#resetting = true;
-    this.stream.close(h2constants.NGHTTP2_CANCEL);
+    // Closed already (the peer's NO_ERROR reset): close() would do nothing, and Node keeps the stream until writes
+    // queued for a window that will never open complete. Let go of it.
+    if (this.stream.closed) this.stream.destroy();
+    else this.stream.close(h2constants.NGHTTP2_CANCEL);
   }
 
   #fail(side: 'socket' | 'stream', error: Error): void {

@@ -140,6 +140,38 @@ describe('Bridge', () => {
     }
   });
 
+  it('finishes a tunnel the peer reset with NO_ERROR while its writes waited for window, once the app closes', async () => {
+    // A peer with a 1 KiB window that answers and resets as soon as the upload starts: the rest of it stays queued.
+    const tight = http2.createServer({ settings: { initialWindowSize: 1024 } });
+    tight.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      stream.once('data', () => {
+        stream.pause();
+        stream.end('no');
+        stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      });
+    });
+    tight.listen(0, '127.0.0.1');
+    await once(tight, 'listening');
+    const client2 = http2.connect(`http://127.0.0.1:${(tight.address() as AddressInfo).port}`);
+    try {
+      const stream = client2.request({ ':method': 'CONNECT', ':authority': 'upload:80' });
+      await once(stream, 'response');
+      const { client, socket } = await appConnection();
+      let answer = '';
+      client.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+      // The app reads the answer to its end, then closes its side too.
+      client.once('end', () => client.end());
+      const result = await bridged(socket, stream, () => client.write(Buffer.alloc(1024 * 1024, 'u')));
+      expect(answer).toBe('no');
+      expect(result.error).toBeUndefined();
+    } finally {
+      client2.destroy();
+      tight.close();
+    }
+  });
+
   it('resets the stream when the app connection is destroyed after its FIN while the peer still sends, rather than hold the tunnel', async () => {
     foreverClosedWith.length = 0;
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'forever:80' });
