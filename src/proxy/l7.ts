@@ -624,6 +624,8 @@ export class HttpInspector {
       // until that end is read and the writes finish, which they never do. Its answer's head, read in the same
       // bytes, is emitted first.
       stream.unpipe(upstreamStream);
+      // Unpiped, the client's stream is paused with upload unread: it could never end, nor be let go.
+      stream.resume();
       setImmediate(workloadDone);
     });
     upstreamStream.on('error', () => {
@@ -657,10 +659,25 @@ function appendClientCert(raw: string[], element: string | null): void {
   for (let i = raw.length - 2; i >= 0; i -= 2) {
     if (!sameHeaderName(raw[i] as string, XFCC)) continue;
     const value = (raw[i + 1] as string).trim();
-    if (value !== '') received = received === null ? value : `${value},${received}`;
+    // One with an unclosed quote or a trailing backslash would make a parser read this hop's element as part of it.
+    if (value !== '' && balancedXfcc(value)) received = received === null ? value : `${value},${received}`;
     raw.splice(i, 2);
   }
   if (element !== null) raw.push(XFCC, received === null ? element : `${received},${element}`);
+}
+
+/** Whether a received x-forwarded-client-cert value closes every quote it opens and ends no escape. */
+function balancedXfcc(value: string): boolean {
+  let quoted = false;
+  for (let i = 0; i < value.length; i++) {
+    const code = value.charCodeAt(i);
+    if (code === 92 /* \\ */) {
+      if (++i >= value.length) return false;
+    } else if (code === 34 /* " */) {
+      quoted = !quoted;
+    }
+  }
+  return !quoted;
 }
 
 /** Removes every field of one name (lower-case) from raw headers. */
@@ -770,16 +787,19 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   }
 }
 
-/** A bodiless answer, only if the stream can still take one. */
 /**
  * The workload takes no more of a request (its stream closed, reset or finished before the request ended): nothing
  * reads the client's stream any more, so a client still uploading would fill its window and wait forever. RST_STREAM
  * NO_ERROR after the complete answer asks it to stop (RFC 9113 §8.1), as the workload asked us and as Envoy does.
  */
 function stopUpload(stream: http2.ServerHttp2Stream): void {
-  if (!stream.destroyed && !stream.closed && !stream.readableEnded) stream.close(NGHTTP2_NO_ERROR);
+  if (stream.destroyed || stream.closed || stream.readableEnded) return;
+  stream.close(NGHTTP2_NO_ERROR);
+  // What the client sent meanwhile is read and dropped: Node lets a closed stream go only once it has ended.
+  stream.resume();
 }
 
+/** A bodiless answer, only if the stream can still take one. */
 function answer(stream: http2.ServerHttp2Stream, status: number): void {
   if (stream.destroyed || stream.closed || stream.headersSent) return;
   stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
@@ -808,7 +828,15 @@ function forwardResponse(res: ServerResponse, logger: Logger): Dispatcher.Dispat
       // undici hands interim answers here too: written as the final head, the real one threw and the tunnel was reset.
       // 103 Early Hints goes on (Node writes those with a Link); 102 and the like stop here.
       if (statusCode < 200) {
-        if (statusCode === 103) res.writeEarlyHints(forwardableHeaders(headers as Record<string, string | string[] | undefined>));
+        // writeInformation, not writeEarlyHints, whose strict Link check throws on common forms (`</a.css>; rel=preload,
+        // </b.js>; rel=preload`), and a throw here made undici abort and close the tunnel's one upstream connection.
+        if (statusCode === 103) {
+          try {
+            res.writeInformation(103, forwardableHeaders(headers as Record<string, string | string[] | undefined>));
+          } catch {
+            // A hint Node will not write is dropped; the answer follows.
+          }
+        }
         return;
       }
       res.writeHead(statusCode, statusMessage, forwardableHeaders(headers as Record<string, string | string[] | undefined>));

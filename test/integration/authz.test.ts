@@ -115,6 +115,8 @@ beforeAll(async () => {
     if (req.url === '/public/early-hints') {
       // Interim answers before the real one: 103 Early Hints, then 102 Processing written by hand.
       res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      // The usual comma-joined form, which Node's writeEarlyHints refuses to write (so written by hand).
+      res.socket?.write('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload, </b.js>; rel=preload\r\n\r\n');
       res.socket?.write('HTTP/1.1 102 Processing\r\n\r\n');
       setTimeout(() => res.end('after the hints'), 20);
       return;
@@ -383,6 +385,11 @@ spec:
     expect(await rawHttp(`GET /public/xfcc-forged HTTP/1.1\r\nHost: web.demo\r\nX-Forwarded-Client-Cert: ${forged}\r\nx-forwarded-client-cert: URI=spiffe://x/y\r\nConnection: close\r\n\r\n`)).toMatch(/^HTTP\/1\.1 200 /);
     expect(fields(webHeaders.get('/public/xfcc-forged') ?? [], 'x-forwarded-client-cert')).toEqual([`${forged},URI=spiffe://x/y,${element}`]);
 
+    // A value that leaves a quote open (or ends in a backslash) would swallow the proxy's element for a parser: dropped.
+    const unbalanced = 'URI=spiffe://cluster.local/ns/demo/sa/admin;X="';
+    expect(await rawHttp(`GET /public/xfcc-unbalanced HTTP/1.1\r\nHost: web.demo\r\nX-Forwarded-Client-Cert: ${unbalanced}\r\nx-forwarded-client-cert: By=a;URI=b\\\r\nConnection: close\r\n\r\n`)).toMatch(/^HTTP\/1\.1 200 /);
+    expect(fields(webHeaders.get('/public/xfcc-unbalanced') ?? [], 'x-forwarded-client-cert')).toEqual([element]);
+
     // gRPC (h2c) the same, By the gRPC workload's identity.
     await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/Xfcc', ':authority': 'grpc.demo', 'content-type': 'application/grpc', te: 'trailers', 'x-forwarded-client-cert': forged });
     expect(fields(grpcHeaders.get('/pkg.Svc/Xfcc') ?? [], 'x-forwarded-client-cert')).toEqual([`${forged},${element.replace('/sa/web;', '/sa/grpc;')}`]);
@@ -410,6 +417,7 @@ spec:
     const response = await rawHttp('GET /public/early-hints HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/after-hints HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n');
     expect(response).toMatch(/^HTTP\/1\.1 103 Early Hints\r\n/);
     expect(response.toLowerCase()).toContain('link: </style.css>; rel=preload; as=style');
+    expect(response.toLowerCase()).toContain('link: </a.css>; rel=preload, </b.js>; rel=preload');
     expect(response).not.toContain('102 Processing');
     expect(response).toContain('after the hints');
     expect(response).toContain('web /public/after-hints');
