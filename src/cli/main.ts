@@ -71,6 +71,8 @@ function exitWithParent(): void {
   process.stdin.on('error', () => {});
   process.stdin.once('close', () => process.kill(process.pid, 'SIGTERM'));
   process.stdin.resume();
+  // Watching, not holding: a proxy that has stopped must still be able to exit.
+  process.stdin.unref();
 }
 
 /** Runs the CLI on this process's arguments and sets its exit code. */

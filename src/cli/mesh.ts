@@ -244,7 +244,10 @@ export const command: Command = {
       stopping = true;
       for (const child of children) if (child.process.exitCode === null) child.process.kill('SIGTERM');
       await Promise.all(children.map((child) => child.process.exitCode !== null ? undefined : new Promise((resolve) => {
-        const timer = setTimeout(() => child.process.kill('SIGKILL'), 5000);
+        const timer = setTimeout(() => {
+          process.stderr.write(`ambit mesh: ${child.name} did not stop within 5 s of SIGTERM; killed\n`);
+          child.process.kill('SIGKILL');
+        }, 5000);
         child.process.once('exit', () => {
           clearTimeout(timer);
           resolve(undefined);

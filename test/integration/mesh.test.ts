@@ -65,6 +65,8 @@ describe('npm start (ambit mesh from the build)', () => {
     cleanup.push(dir);
     const result = await run([BUILT_CLI, 'mesh', '--duration', '6s', '--dir', dir], 90_000);
     expect(result.stderr).not.toMatch(/unexpected error/);
+    // Each child stopped on its SIGTERM, none had to be killed.
+    expect(result.stderr).not.toMatch(/did not stop/);
     expect(result.code).toBe(0);
     const summaries = [...result.stdout.matchAll(/client calls ok (\d+), failed (\d+)/g)];
     expect(summaries.length).toBeGreaterThan(0);
