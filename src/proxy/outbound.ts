@@ -522,6 +522,7 @@ export class OutboundListeners {
       socket.off('close', abandon);
       if (socket.destroyed) {
         upstream.destroy();
+        this.#abandoned(socket, labels, source, srcAddr, formatAuthority(host, port), startedMs);
         return;
       }
       const meter = this.#options.metrics.open(labels);
