@@ -106,6 +106,8 @@ export interface ServiceSpec {
   readonly clusterIP: string | undefined;
   readonly clusterIPs: readonly string[];
   readonly externalName: string | undefined;
+  /** spec.publishNotReadyAddresses: its endpoints include pods that are not ready (StatefulSet peer discovery). */
+  readonly publishNotReadyAddresses: boolean;
 }
 
 export interface ServiceObject extends ObjectBase {

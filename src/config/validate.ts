@@ -375,11 +375,11 @@ function ipList(issues: FieldIssues, status: Mapping, field: string, path: Field
 
 // ---- Service ----
 
-const SERVICE_SPEC_FIELDS = ['type', 'selector', 'ports', 'clusterIP', 'clusterIPs', 'externalName'];
+const SERVICE_SPEC_FIELDS = ['type', 'selector', 'ports', 'clusterIP', 'clusterIPs', 'externalName', 'publishNotReadyAddresses'];
 const SERVICE_SPEC_TOLERATED = [
   'allocateLoadBalancerNodePorts', 'externalIPs', 'externalTrafficPolicy', 'healthCheckNodePort', 'internalTrafficPolicy',
   'ipFamilies', 'ipFamilyPolicy', 'loadBalancerClass', 'loadBalancerIP', 'loadBalancerSourceRanges',
-  'publishNotReadyAddresses', 'sessionAffinity', 'sessionAffinityConfig', 'trafficDistribution',
+  'sessionAffinity', 'sessionAffinityConfig', 'trafficDistribution',
 ];
 const SERVICE_TYPES: readonly ServiceType[] = ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'];
 
@@ -399,6 +399,7 @@ function validateServiceSpec(issues: FieldIssues, spec: Mapping): ServiceSpec | 
     issues.add([...path, 'clusterIPs', 0], `must equal spec.clusterIP (${clusterIP})`);
   }
   const externalName = stringField(issues, spec, 'externalName', path, { check: checkHost });
+  const publishNotReadyAddresses = booleanField(issues, spec, 'publishNotReadyAddresses', path) ?? false;
   if (type === 'ExternalName' && !hasValue(spec, 'externalName')) {
     issues.add([...path, 'externalName'], 'required for type ExternalName');
   }
@@ -432,6 +433,7 @@ function validateServiceSpec(issues: FieldIssues, spec: Mapping): ServiceSpec | 
     clusterIP,
     clusterIPs,
     externalName,
+    publishNotReadyAddresses,
   };
 }
 

@@ -466,7 +466,9 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   for (const service of snapshot.services) {
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
-    const members = snapshot.workloads.filter((w) => w.namespace === namespace && isReady(w) && selects(service.spec.selector, w.labels));
+    // publishNotReadyAddresses: every running pod is an endpoint, ready or not, as Kubernetes publishes them.
+    const admits = service.spec.publishNotReadyAddresses ? isRunning : isReady;
+    const members = snapshot.workloads.filter((w) => w.namespace === namespace && admits(w) && selects(service.spec.selector, w.labels));
     for (const port of service.spec.ports) {
       if (port.protocol !== 'TCP') continue;
       const routes: HboneRoute[] = [];

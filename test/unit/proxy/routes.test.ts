@@ -210,6 +210,13 @@ status: { phase: Running, podIP: ${ip}${extra.startsWith('conditions') ? `, ${ex
       'apiVersion: v1\nkind: Service\nmetadata: { name: api, namespace: shop }\nspec: { selector: { app: api }, clusterIP: 10.96.0.50, ports: [{ port: 80 }] }\n',
     ].join('---\n')));
     expect(reachable(routes, 'api.shop', 80)).toEqual(['10.0.5.1:80', '10.0.5.5:80']);
+    // A Service that publishes addresses not ready (StatefulSet peer discovery) has them all, as in Kubernetes.
+    const published = routingTableOf(snapshotOf(meshConfig(''), [
+      pod('api-ready', '10.0.5.1', 'conditions: [{ type: Ready, status: "True" }]'),
+      pod('api-probe-failing', '10.0.5.2', 'conditions: [{ type: Ready, status: "False" }]'),
+      'apiVersion: v1\nkind: Service\nmetadata: { name: api, namespace: shop }\nspec: { selector: { app: api }, clusterIP: 10.96.0.50, publishNotReadyAddresses: true, ports: [{ port: 80 }] }\n',
+    ].join('---\n')));
+    expect(reachable(published, 'api.shop', 80)).toEqual(['10.0.5.1:80', '10.0.5.2:80']);
     // Its own address still reaches each of them.
     expect(expectHbone(decideRoute(routes, '10.0.5.2', 80, () => 0)).endpoint.authority).toBe('10.0.5.2:80');
     expect(expectHbone(decideRoute(routes, '10.0.5.4', 80, () => 0)).endpoint.authority).toBe('10.0.5.4:80');
