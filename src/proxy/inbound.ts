@@ -18,6 +18,7 @@ import type { BundleSource, VerifyResult } from '../identity/svid.ts';
 import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
+import { acceptErrorLogger } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
 import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter, WorkloadLabels } from '../observe/metrics.ts';
 import { UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
@@ -254,6 +255,8 @@ interface WorkloadServer {
   workload: Workload;
   readonly server: http2.Http2SecureServer;
   readonly listeners: Map<string, net.Server>;
+  /** Its addresses this host does not have, served by the shared listener (--hbone-listen) instead. */
+  readonly sharedOnly: Set<string>;
   identityVersion: unknown;
 }
 
@@ -399,11 +402,18 @@ export class HboneInbound {
         this.refreshCertificate(workload.identity);
       }
       for (const ip of workload.ips) {
-        if (entry.listeners.has(ip)) continue;
+        if (entry.listeners.has(ip) || entry.sharedOnly.has(ip)) continue;
         try {
           entry.listeners.set(ip, await this.#listen(entry, ip));
           report.bound.push(`${ip}:${this.#options.hbonePort}`);
         } catch (error) {
+          // An address this host does not have (a VM's NATed or public address) is what the shared listener is for:
+          // served there, not a failure that would keep the proxy unready and retrying for good.
+          if (this.#options.sharedListen !== undefined && ((error as { cause?: NodeJS.ErrnoException }).cause?.code === 'EADDRNOTAVAIL')) {
+            entry.sharedOnly.add(ip);
+            this.#logger.info({ workload: `${workload.namespace}/${workload.name}`, ip }, 'workload address is not on this host: its HBONE connections come through the shared listener');
+            continue;
+          }
           report.failed.push({ address: `${ip}:${this.#options.hbonePort}`, error: (error as Error).message });
         }
       }
@@ -412,7 +422,7 @@ export class HboneInbound {
       const { host, port } = this.#options.sharedListen;
       const shared = net.createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket) => this.#dispatchShared(socket));
       try {
-        await listenOn(shared, host, port);
+        await listenOn(shared, host, port, acceptErrorLogger(this.#logger, `shared HBONE ${formatAuthority(host, port)}`));
         this.#shared = shared;
         report.bound.push(`${host}:${port} (shared)`);
       } catch (error) {
@@ -484,7 +494,7 @@ export class HboneInbound {
         enablePush: false,
       },
     });
-    const entry: WorkloadServer = { workload, server, listeners: new Map(), identityVersion: this.#options.contexts.get(workload.identity) };
+    const entry: WorkloadServer = { workload, server, listeners: new Map(), sharedOnly: new Set(), identityVersion: this.#options.contexts.get(workload.identity) };
     server.on('session', (session) => this.#onSession(session));
     // On the TLS socket itself: a session's socket proxy refuses setKeepAlive.
     server.on('secureConnection', (socket: tls.TLSSocket) => socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS));
@@ -856,15 +866,19 @@ export class HboneInbound {
     // The secure server does the TLS; a plain listener per IP hands it the sockets, so one server can
     // take connections from several addresses (its IPs, and the shared listener).
     const listener = net.createServer({ pauseOnConnect: false }, (socket) => entry.server.emit('connection', socket));
-    return listenOn(listener, ip, this.#options.hbonePort).then(() => listener);
+    return listenOn(listener, ip, this.#options.hbonePort, acceptErrorLogger(this.#logger, `HBONE ${formatAuthority(ip, this.#options.hbonePort)}`)).then(() => listener);
   }
 
   #dispatchShared(socket: net.Socket): void {
     const local = socket.localAddress ? normalizeIp(socket.localAddress) : undefined;
     let entry = local ? this.#byIp.get(local) : undefined;
-    if (!entry && this.#servers.size === 1) entry = this.#servers.values().next().value;
+    // The node's only workload, when it is the only one configured: one waiting for its certificate has no server
+    // yet, and its connections must not be handed the other's.
+    if (!entry && this.#servers.size === 1 && this.#options.snapshot().workloadsOnNode(this.#options.nodeName).length === 1) entry = this.#servers.values().next().value;
     if (!entry) {
-      this.#logger.warn({ peer: socket.remoteAddress, local }, 'shared HBONE listener: cannot tell which workload the connection is for; closing it');
+      // Counted, and at debug: a port scan of the node address must not flood the log.
+      this.#options.metrics.peerRefused('UNATTRIBUTED');
+      this.#logger.debug({ peer: socket.remoteAddress, local }, 'shared HBONE listener: cannot tell which workload the connection is for; closing it');
       socket.destroy();
       return;
     }
@@ -946,14 +960,15 @@ export function normalizeIp(address: string): string {
   return address.startsWith('::ffff:') && net.isIPv4(address.slice(7)) ? address.slice(7) : address;
 }
 
-export function listenOn(server: net.Server, host: string, port: number): Promise<void> {
+export function listenOn(server: net.Server, host: string, port: number, onAcceptError: (error: Error) => void = ignoreListenerError): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => reject(new AmbitError('PROXY_BIND', `cannot listen on ${host}:${port}: ${error.code ?? error.message}`, { cause: error }));
     server.once('error', onError);
     server.listen({ host, port, exclusive: true }, () => {
       server.off('error', onError);
-      // A bound listener can still fail to accept (EMFILE under a connection flood): never an unhandled 'error'.
-      server.on('error', ignoreListenerError);
+      // A bound listener can still fail to accept (EMFILE under a connection flood): never an unhandled 'error', and
+      // said (rate-limited) where a logger is given.
+      server.on('error', onAcceptError);
       resolve();
     });
   });

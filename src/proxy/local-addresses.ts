@@ -7,6 +7,8 @@ import { CidrSet, parseIp } from '../authz/match.ts';
 
 /** How long a reading of the interfaces holds: addresses come and go with workloads, but not per connection. */
 const REFRESH_MS = 10_000;
+/** Answers kept between readings: a workload dialling many addresses must not grow the memo with its connection rate. */
+const MAX_ANSWERS = 4_096;
 
 export class LocalAddresses {
   readonly #read: () => ReturnType<typeof networkInterfaces>;
@@ -27,6 +29,7 @@ export class LocalAddresses {
     if (answer === undefined) {
       const parsed = parseIp(ip);
       answer = this.#exact.has(ip) || (parsed !== null && this.#loopback.contains(parsed));
+      if (this.#answers.size >= MAX_ANSWERS) this.#answers.clear();
       this.#answers.set(ip, answer);
     }
     return answer;

@@ -2,7 +2,10 @@
 // address): a connection gets the certificate of the workload whose IP it arrived on, or of the node's only
 // workload; one the proxy cannot attribute is closed before any handshake; and a CONNECT must name the
 // workload whose certificate the connection saw. Real proxies, real TLS, on loopback.
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createJoinToken } from '../../src/identity/ca/tokens.ts';
+import { AmbitProcess } from '../helpers/process.ts';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
@@ -12,7 +15,7 @@ import { issueMeshSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 import { connectHbone, echoThrough, openTunnel, startEchoServer } from '../helpers/hbone.ts';
 import type { EchoServer } from '../helpers/hbone.ts';
-import { nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 66;
@@ -94,6 +97,8 @@ describe('the shared HBONE listener', () => {
     });
     socket.destroy();
     expect(outcome).not.toBe('handshake');
+    // Counted (and logged at debug only: a port scan of the node address must not flood the log).
+    await waitUntil('the refusal counted', async () => (await metricSum(mesh.nodes.get('node-b')!, 'ambit_hbone_peers_refused_total', { reason: 'UNATTRIBUTED' })) > 0);
   });
 
   it('presents the certificate of the workload whose address the connection arrived on', async () => {
@@ -146,4 +151,30 @@ describe('the shared HBONE listener', () => {
       session.destroy();
     }
   }, 40_000);
+
+  it("becomes ready with a workload whose address this host does not have (a VM's NATed address), serving it on the shared listener", async () => {
+    // An address on no interface here (ip_nonlocal_bind is off): binding its own 15008 fails with EADDRNOTAVAIL.
+    const natIp = '10.255.66.9';
+    const natId = `spiffe://${TD}/ns/demo/sa/nat`;
+    const address = nodeIp(P, 2, 1);
+    const shared = nodeIp(P, 2, 200);
+    await mesh.writeConfig('nat.yaml', podYaml({ name: 'nat-1', node: 'node-c', serviceAccount: 'nat', ip: natIp }));
+    const token = await createJoinToken(mesh.caDir, 'node-c', 600_000);
+    const tokenFile = join(mesh.dir, 'node-c.join-token');
+    await writeFile(tokenFile, `${token.token}\n`, { mode: 0o600 });
+    const proc = AmbitProcess.start([
+      'proxy', '--node', 'node-c', '--config', mesh.configDir, '--ca', mesh.caUrl, '--ca-bundle', mesh.bundleFile, '--trust-domain', mesh.trustDomain,
+      '--state-dir', join(mesh.dir, 'node-c'), '--join-token-file', tokenFile,
+      '--metrics', `${address}:15020`, '--readiness', `${address}:15021`, '--admin', `${address}:15000`,
+      '--hbone-listen', `${shared}:${SHARED_PORT}`,
+    ]);
+    try {
+      await waitUntil('node-c ready', async () => (await fetch(`http://${address}:15021/healthz/ready`)).status === 200, 30_000);
+      const session = await connectHbone(shared, SHARED_PORT, tester, roots, natId);
+      session.destroy();
+      expect(proc.lines.some((line) => line.msg === 'listener not applied')).toBe(false);
+    } finally {
+      await proc.stop();
+    }
+  }, 60_000);
 });
