@@ -24,6 +24,8 @@ export const DEFAULT_FEDERATION_REFRESH_MS = 300_000;
 const MAX_FEDERATION_REFRESH_MS = 24 * 3_600_000;
 /** Bundles are small; anything larger is not a bundle. */
 const MAX_BUNDLE_BYTES = 1 << 20;
+/** A whole fetch (connect, answer and body) must be done within this. */
+const FETCH_DEADLINE_MS = 30_000;
 
 export interface FederationPeer {
   trustDomain: string;
@@ -192,7 +194,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     if (!this.#stopped) {
       this.#stopped = true;
       clearTimeout(this.#timer);
-      await this.#dispatcher.close();
+      // destroy, not close: close waits for a fetch under way, and a configuration reload would wait with it.
+      await this.#dispatcher.destroy();
     }
     await this.#saving;
   }
@@ -202,7 +205,9 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     const endpoint = this.peer.bundleEndpoint;
     let text: string;
     try {
-      const response = await request(endpoint, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000 });
+      // A deadline for the whole fetch: bodyTimeout restarts with every chunk, and an endpoint trickling a byte every few
+      // seconds would hold it (and every refresh after it) for months.
+      const response = await request(endpoint, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000, signal: AbortSignal.timeout(FETCH_DEADLINE_MS) });
       // go-spiffe parses whatever comes back; a 404 page is not a bundle, so demand 200.
       if (response.statusCode !== 200) {
         await response.body.dump();
@@ -233,13 +238,18 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       const fetched = await this.fetchOnce();
       if (this.#stopped) return;
       const previous = this.#bundle;
-      // An older spiffe_sequence is a stale response (a lagging replica, a cache) when it has the roots we hold or
-      // brings back one a newer bundle withdrew: nothing changes. With only other roots it is what the authenticated
-      // endpoint serves now, as when the peer re-initialised its CA after a compromise (sequence back to 1): holding
-      // on would keep trusting the compromised roots (SPIRE, too, follows the endpoint's content). Said loudly.
+      // A bundle bringing back a root a later one withdrew is a stale response (a lagging replica, a cache), whatever its
+      // sequence: a re-initialisation restarts the count, so a stale one can carry the higher number. An older sequence
+      // sharing a root with ours is stale too (a rotation half-seen). An older one with only other roots is what the
+      // authenticated endpoint serves now, as when the peer re-initialised its CA after a compromise (sequence back to
+      // 1): holding on would keep trusting the compromised roots (SPIRE, too, follows the endpoint's content). Said loudly.
       const older = previous !== undefined && fetched.sequence < previous.sequence;
-      if (older && (bundlesEqual(previous, fetched) || fetched.roots.some((root) => this.#withdrawn.has(rootKey(root))))) {
-        this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString() }, 'federated bundle endpoint served an older sequence with roots we hold or withdrew; keeping ours');
+      const bringsBack = fetched.roots.some((root) => this.#withdrawn.has(rootKey(root)));
+      const sharesRoot = previous !== undefined && fetched.roots.some((root) => previous.roots.some((kept) => kept.equal(root)));
+      if (bringsBack || (older && sharesRoot)) {
+        this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous?.sequence.toString() ?? null, withdrawnRoot: bringsBack }, bringsBack
+          ? 'federated bundle endpoint served a root withdrawn since; keeping ours (remove the federation state file to start this relationship afresh)'
+          : 'federated bundle endpoint served an older sequence with roots we hold; keeping ours');
       } else {
         if (previous) for (const root of previous.roots) if (!fetched.roots.some((kept) => kept.equal(root))) this.#withdrawn.add(rootKey(root));
         if (previous && fetched.sequence < previous.sequence) {
@@ -257,6 +267,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       // A peer's hint is capped at a day (SPIRE warns at 24 h): a relationship is re-checked at least daily.
       nextMs = Math.max(this.#minRefreshMs, Math.min(hintMs, MAX_FEDERATION_REFRESH_MS));
     } catch (error) {
+      // Stopped meanwhile: the fetch was cut off on purpose.
+      if (this.#stopped) return;
       const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
       this.#logger.warn({ err: wrapped.toJSON() }, 'federated bundle fetch failed; keeping the last good bundle');
       if (this.listenerCount('error') > 0) this.emit('error', wrapped);

@@ -194,6 +194,50 @@ describe('the federation client', () => {
     expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([remote.root.cert.serialNumber]);
   });
 
+  it('keeps its bundle when a stale replica serves an older sequence that lacks a root it holds (a rotation half-seen)', async () => {
+    const remote = await createTestCa(TD);
+    const next = await createTestCa(TD);
+    const sequence = [
+      createBundle(TD, [remote.root.cert, next.root.cert], { sequence: 8n, refreshHintSeconds: 1 }),
+      createBundle(TD, [remote.root.cert], { sequence: 7n, refreshHintSeconds: 1 }),
+    ];
+    const { federation, updates } = await following(remote, sequence, (served) => served >= 4);
+    expect(updates).toEqual([8n]);
+    expect(federation.current()?.roots.map((root) => root.serialNumber).sort()).toEqual([remote.root.cert.serialNumber, next.root.cert.serialNumber].sort());
+  });
+
+  it('never takes back a root withdrawn by a re-initialisation, even under a higher sequence than the new bundle', async () => {
+    const remote = await createTestCa(TD);
+    const reinitialised = await createTestCa(TD);
+    const sequence = [
+      createBundle(TD, [remote.root.cert], { sequence: 5n, refreshHintSeconds: 1 }),
+      createBundle(TD, [reinitialised.root.cert], { sequence: 1n, refreshHintSeconds: 1 }),
+      // A cache still holding the compromised bundle, served by an endpoint the bootstrap bundle still vouches for.
+      createBundle(TD, [remote.root.cert], { sequence: 5n, refreshHintSeconds: 1 }),
+    ];
+    const { federation, updates } = await following(remote, sequence, (served) => served >= 5);
+    expect(updates).toEqual([5n, 1n]);
+    expect(federation.current()?.roots.map((root) => root.serialNumber)).toEqual([reinitialised.root.cert.serialNumber]);
+  });
+
+  it('stops at once while a fetch is under way, not when the endpoint finally answers (a reload waits for it)', async () => {
+    const remote = await createTestCa(TD);
+    const held: ServerResponse[] = [];
+    const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+      held.push(response);
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.write('{'); // and nothing more
+    });
+    const federation = client({ bundleEndpoint: url }, remote.bundle);
+    const starting = federation.start();
+    await expect.poll(() => held.length).toBe(1);
+    const stopping = Date.now();
+    await federation.stop();
+    expect(Date.now() - stopping).toBeLessThan(2_000);
+    await starting;
+    for (const response of held) response.destroy();
+  });
+
   it('refuses at construction what it could never fetch safely', async () => {
     const remote = await createTestCa(TD);
     const build = (peer: Partial<FederationPeer>) => () => new FederationClient({ peer: { trustDomain: TD, bundleEndpoint: 'https://127.0.0.1:1/bundle', profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, ...peer }, logger });
