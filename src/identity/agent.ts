@@ -25,6 +25,8 @@ import type { Logger } from '../observe/log.ts';
 /** SPIRE's rotationutil: renew when between 45 % and 55 % of the lifetime is left, drawn per certificate. */
 const RENEW_FRACTION_MIN = 0.45;
 const RENEW_FRACTION_MAX = 0.55;
+/** A fresh certificate due this much earlier than its receipt says: the host's clock runs ahead of the CA's, said once. */
+const CLOCK_SKEW_WARNING_MS = 5_000;
 /** ztunnel's identity manager: first retry after about 1 s, doubling, capped at 150 s, ±20 % jitter. */
 export const DEFAULT_BACKOFF_INITIAL_MS = 1000;
 export const DEFAULT_BACKOFF_MAX_MS = 150_000;
@@ -155,6 +157,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #lastRefreshMs: number | undefined;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
+  #skewWarned = false;
   readonly #abort = new AbortController();
   /** Dispatchers replaced by a new node SVID's, closing once their requests are done. */
   readonly #retiring = new Set<Agent>();
@@ -482,7 +485,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     if (svid.id.id !== this.#nodeId) throw new AmbitError('CA_REJECTED', `CA returned ${svid.id.id} for the attestation of ${this.#nodeId}`);
     const stored = this.#accept(entry, svid, true);
     this.#logger.info({ spiffeId: svid.id.id, expiresAt: svid.notAfter.toISOString() }, 'node attested with join token');
-    this.#schedule(entry);
+    this.#schedule(entry, true);
     return (await stored) === true;
   }
 
@@ -603,7 +606,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
    * counted from issuance, not from notBefore: notBefore is backdated for clock skew, and counting the
    * backdating would make short-lived certificates renew at once, in a loop.
    */
-  #schedule(entry: Entry): void {
+  #schedule(entry: Entry, fresh = false): void {
     const svid = entry.svid;
     if (!svid) return;
     const now = Date.now();
@@ -611,7 +614,14 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     const lifetime = validity > NOT_BEFORE_CUSHION_MS ? validity - NOT_BEFORE_CUSHION_MS : validity;
     const fraction = RENEW_FRACTION_MIN + (RENEW_FRACTION_MAX - RENEW_FRACTION_MIN) * this.#random();
     const renewAt = svid.notAfter.getTime() - lifetime * fraction;
-    this.#renewSoon(entry, Math.max(0, renewAt - now));
+    // A certificate just issued is never due at once: with this host's clock ahead of the CA's by half a certificate's
+    // life it would be, and the agent would ask the CA again and again in a loop. Counted from its receipt instead.
+    const fromReceipt = lifetime * (1 - fraction);
+    if (fresh && renewAt - now < fromReceipt - CLOCK_SKEW_WARNING_MS && !this.#skewWarned) {
+      this.#skewWarned = true;
+      this.#logger.warn({ spiffeId: entry.spiffeId, aheadSeconds: Math.round((fromReceipt - (renewAt - now)) / 1000) }, "this host's clock is ahead of the CA's: renewals are timed from each certificate's receipt; fix its time (NTP), since peers judge certificates by their own clocks");
+    }
+    this.#renewSoon(entry, fresh ? Math.max(renewAt - now, fromReceipt) : Math.max(0, renewAt - now));
   }
 
   #renewSoon(entry: Entry, delayMs: number): void {
@@ -632,7 +642,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         if (stale) {
           this.#renewSoon(entry, this.#random() * REISSUE_ON_BUNDLE_CHANGE_WINDOW_MS);
         } else {
-          this.#schedule(entry);
+          this.#schedule(entry, true);
         }
       },
       (error: unknown) => {

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { AmbitProcess, freePort, runAmbit } from '../helpers/process.ts';
 import { waitUntil } from '../helpers/mesh.ts';
 import type { LogLine } from '../helpers/process.ts';
@@ -314,6 +314,28 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const stopping = Date.now();
     expect(await agent.stop()).toBe(0);
     expect(Date.now() - stopping).toBeLessThan(4_000);
+  });
+
+  it("does not ask the CA again and again when this host's clock runs ahead of the CA's by more than half a certificate's life", async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    const ca = await startCa(caDir, configDir);
+    const token = await createToken(caDir, 'node-a');
+    const bundle = await bundleOf(caDir, TD);
+    // This process's clock (the agent's) 40 s ahead of the CA's; certificates of 60 s: each is due on receipt.
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + 40_000 });
+    try {
+      const agent = inProcessAgent(ca, TD, 'node-a', bundle, { joinToken: token, ttlSeconds: 60, stateDir: join(dir, 'state') });
+      const rotated: string[] = [];
+      agent.on('rotated', (svid) => rotated.push(svid.id.id));
+      await agent.start();
+      await agent.ensure(WEB);
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      expect(rotated.filter((id) => id === WEB)).toHaveLength(1);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('rotates the root with overlap: both roots trusted until the old one is withdrawn', async () => {
