@@ -27,6 +27,9 @@ const RENEW_FRACTION_MIN = 0.45;
 const RENEW_FRACTION_MAX = 0.55;
 /** A fresh certificate due this much earlier than its receipt says: the host's clock runs ahead of the CA's, said once. */
 const CLOCK_SKEW_WARNING_MS = 5_000;
+/** How often renewals are checked against the wall clock (a suspended host's timers lag), and how late counts. */
+const WALL_CLOCK_CHECK_MS = 5_000;
+const WALL_CLOCK_SLACK_MS = 1_000;
 /** ztunnel's identity manager: first retry after about 1 s, doubling, capped at 150 s, ±20 % jitter. */
 export const DEFAULT_BACKOFF_INITIAL_MS = 1000;
 export const DEFAULT_BACKOFF_MAX_MS = 150_000;
@@ -118,6 +121,8 @@ interface Entry {
   svid: Svid | undefined;
   failures: number;
   timer: NodeJS.Timeout | undefined;
+  /** When `timer` is meant to fire, by the wall clock (Infinity with none): see #catchUp. */
+  dueAtMs: number;
   inFlight: Promise<void> | undefined;
   /** The signing authority changed while a renewal was in flight: what it brings back may be the old one's. */
   reissue: boolean;
@@ -158,6 +163,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
   #skewWarned = false;
+  #wallClock: NodeJS.Timeout | undefined;
   readonly #abort = new AbortController();
   /** Dispatchers replaced by a new node SVID's, closing once their requests are done. */
   readonly #retiring = new Set<Agent>();
@@ -206,6 +212,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
 
   /** Obtains the node SVID (stored one, else join-token attestation) and the bundles; then keeps both fresh. */
   async start(): Promise<void> {
+    this.#wallClock = setInterval(() => this.#catchUp(), WALL_CLOCK_CHECK_MS);
+    this.#wallClock.unref();
     await this.#loadStoredBundle();
     const entry = this.#entry(this.#nodeId);
     const stored = await this.#loadStoredNodeSvid();
@@ -270,6 +278,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#attestWait.resolve();
     }
     clearTimeout(this.#bundleTimer);
+    clearInterval(this.#wallClock);
     for (const entry of this.#entries.values()) clearTimeout(entry.timer);
     await Promise.allSettled([...this.#entries.values()].map((entry) => entry.inFlight));
     await this.#persisting;
@@ -364,7 +373,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #entry(spiffeId: string): Entry {
     let entry = this.#entries.get(spiffeId);
     if (!entry) {
-      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, inFlight: undefined, reissue: false, issuerKeyId: undefined, waiters: [] };
+      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, dueAtMs: Infinity, inFlight: undefined, reissue: false, issuerKeyId: undefined, waiters: [] };
       this.#entries.set(spiffeId, entry);
     }
     return entry;
@@ -627,12 +636,28 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #renewSoon(entry: Entry, delayMs: number): void {
     if (this.#stopped) return;
     clearTimeout(entry.timer);
+    entry.dueAtMs = Date.now() + delayMs;
     entry.timer = setTimeout(() => this.#runRenewal(entry), timerDelayMs(delayMs));
     entry.timer.unref();
   }
 
+  /**
+   * Timers run on a monotonic clock that stands still while the host is suspended (a laptop, a paused VM): after an
+   * hour asleep a renewal due in 20 minutes still waits 20 minutes, its certificate long expired. The wall clock says
+   * what is due; checked every few seconds, as SPIRE's agent does.
+   */
+  #catchUp(): void {
+    const now = Date.now();
+    for (const entry of this.#entries.values()) {
+      if (entry.timer === undefined || entry.inFlight !== undefined || now < entry.dueAtMs + WALL_CLOCK_SLACK_MS) continue;
+      clearTimeout(entry.timer);
+      this.#runRenewal(entry);
+    }
+  }
+
   #runRenewal(entry: Entry): void {
     entry.timer = undefined;
+    entry.dueAtMs = Infinity;
     if (this.#stopped || this.#entries.get(entry.spiffeId) !== entry || entry.inFlight) return;
     entry.inFlight = this.#renew(entry).then(
       () => {

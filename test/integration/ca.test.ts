@@ -338,6 +338,32 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     }
   });
 
+  it('renews a certificate that fell due while the host was suspended (the wall clock jumped, timers did not)', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    const ca = await startCa(caDir, configDir);
+    const token = await createToken(caDir, 'node-a');
+    const bundle = await bundleOf(caDir, TD);
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() });
+    try {
+      const agent = inProcessAgent(ca, TD, 'node-a', bundle, { joinToken: token, ttlSeconds: 60, stateDir: join(dir, 'state') });
+      const rotated: string[] = [];
+      agent.on('rotated', (svid) => rotated.push(svid.id.id));
+      await agent.start();
+      await agent.ensure(WEB);
+      // Its renewal scheduled (right after the certificate is handed out)...
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      // ...then 45 s of a 60 s certificate pass while timers stand still: that renewal (due at about 30 s) is late.
+      vi.setSystemTime(Date.now() + 45_000);
+      // Waited out on real timers (Date is this test's): well before the late timer's own 30 s.
+      for (let i = 0; i < 100 && rotated.filter((id) => id === WEB).length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(rotated.filter((id) => id === WEB)).toHaveLength(2);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('rotates the root with overlap: both roots trusted until the old one is withdrawn', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD, ['--refresh-hint', '1s']);
