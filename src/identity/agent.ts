@@ -624,13 +624,15 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     const fraction = RENEW_FRACTION_MIN + (RENEW_FRACTION_MAX - RENEW_FRACTION_MIN) * this.#random();
     const renewAt = svid.notAfter.getTime() - lifetime * fraction;
     // A certificate just issued is never due at once: with this host's clock ahead of the CA's by half a certificate's
-    // life it would be, and the agent would ask the CA again and again in a loop. Counted from its receipt instead.
+    // life it would be, and the agent would ask the CA again and again in a loop. It waits at least a quarter of its
+    // renewal time from receipt (not the whole: a slow answer on a busy node must not push a short certificate's
+    // renewal past its expiry).
     const fromReceipt = lifetime * (1 - fraction);
     if (fresh && renewAt - now < fromReceipt - CLOCK_SKEW_WARNING_MS && !this.#skewWarned) {
       this.#skewWarned = true;
-      this.#logger.warn({ spiffeId: entry.spiffeId, aheadSeconds: Math.round((fromReceipt - (renewAt - now)) / 1000) }, "this host's clock is ahead of the CA's: renewals are timed from each certificate's receipt; fix its time (NTP), since peers judge certificates by their own clocks");
+      this.#logger.warn({ spiffeId: entry.spiffeId, aheadSeconds: Math.round((fromReceipt - (renewAt - now)) / 1000) }, "this host's clock is ahead of the CA's: renewals wait at least a quarter of their time from each certificate's receipt; fix its time (NTP), since peers judge certificates by their own clocks");
     }
-    this.#renewSoon(entry, fresh ? Math.max(renewAt - now, fromReceipt) : Math.max(0, renewAt - now));
+    this.#renewSoon(entry, fresh ? Math.max(renewAt - now, fromReceipt / 4) : Math.max(0, renewAt - now));
   }
 
   #renewSoon(entry: Entry, delayMs: number): void {
