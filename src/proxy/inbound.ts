@@ -384,7 +384,8 @@ export class HboneInbound {
     for (const workload of snapshot.workloadsOnNode(this.#options.nodeName)) wanted.set(`${workload.kind}/${workload.namespace}/${workload.name}`, workload);
     for (const [key, entry] of this.#servers) {
       const next = wanted.get(key);
-      if (!next || next.identity !== entry.workload.identity || next.ips.join() !== entry.workload.ips.join()) await this.#remove(key, entry);
+      // The same addresses in another order are the same listeners: rebinding would reset the connections queued on them.
+      if (!next || next.identity !== entry.workload.identity || !sameAddresses(next.ips, entry.workload.ips)) await this.#remove(key, entry);
     }
     for (const [key, workload] of wanted) {
       let entry = this.#servers.get(key);
@@ -953,6 +954,10 @@ function ignoreListenerError(): void {}
 
 function serverTlsOptions(options: tls.SecureContextOptions): tls.SecureContextOptions {
   return { ...options, minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS, ecdhCurve: TLS_GROUPS };
+}
+
+function sameAddresses(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((ip) => b.includes(ip));
 }
 
 /** An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack socket's view) as the IPv4 address it is. */
