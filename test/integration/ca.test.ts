@@ -162,6 +162,14 @@ function waitForEvent<T>(agent: IdentityAgent, event: 'rotated' | 'bundles' | 'f
 }
 
 const TD = 'cluster.local';
+
+/** A CA of its own, serving, with a join token for node-a and its bundle: for an agent in this process. */
+async function freshCaForNodeA() {
+  const dir = await tempDir();
+  const caDir = await initCa(dir, TD);
+  const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+  return { dir, ca, token: await createToken(caDir, 'node-a'), bundle: await bundleOf(caDir, TD) };
+}
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
 const DB = `spiffe://${TD}/ns/data/sa/db`;
 
@@ -317,12 +325,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
   });
 
   it("does not ask the CA again and again when this host's clock runs ahead of the CA's by more than half a certificate's life", async () => {
-    const dir = await tempDir();
-    const caDir = await initCa(dir, TD);
-    const configDir = await writeConfig(dir, { trustDomain: TD });
-    const ca = await startCa(caDir, configDir);
-    const token = await createToken(caDir, 'node-a');
-    const bundle = await bundleOf(caDir, TD);
+    const { dir, ca, token, bundle } = await freshCaForNodeA();
     // This process's clock (the agent's) 40 s ahead of the CA's; certificates of 60 s: each is due on receipt.
     vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + 40_000 });
     try {
@@ -339,12 +342,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
   });
 
   it('renews a certificate that fell due while the host was suspended (the wall clock jumped, timers did not)', async () => {
-    const dir = await tempDir();
-    const caDir = await initCa(dir, TD);
-    const configDir = await writeConfig(dir, { trustDomain: TD });
-    const ca = await startCa(caDir, configDir);
-    const token = await createToken(caDir, 'node-a');
-    const bundle = await bundleOf(caDir, TD);
+    const { dir, ca, token, bundle } = await freshCaForNodeA();
     vi.useFakeTimers({ toFake: ['Date'], now: Date.now() });
     try {
       const agent = inProcessAgent(ca, TD, 'node-a', bundle, { joinToken: token, ttlSeconds: 60, stateDir: join(dir, 'state') });
