@@ -95,6 +95,13 @@ async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>
   }
 }
 
+/** A gRPC answer: 200, the body, then the trailers with grpc-status 0. */
+function grpcAnswer(stream: http2.ServerHttp2Stream, body: string): void {
+  stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+  stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+  stream.end(Buffer.from(body));
+}
+
 let mesh: TestMesh;
 let resetNextConnection = false;
 const servers: Array<Server | http2.Http2Server> = [];
@@ -147,9 +154,7 @@ beforeAll(async () => {
     }
     if (headers[':path'] === '/pkg.Svc/GoAway') {
       // Answers, then tells its client to go away (a graceful restart).
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-      stream.end(Buffer.from('bye'));
+      grpcAnswer(stream, 'bye');
       stream.session?.close();
       return;
     }
@@ -160,15 +165,11 @@ beforeAll(async () => {
     }
     if (headers[':path'] === '/pkg.Svc/AnswerEarly') {
       // Answers before the request has ended, then asks the client to stop sending (RFC 9113 §8.1).
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-      stream.end(Buffer.from('early'));
+      grpcAnswer(stream, 'early');
       stream.close(http2.constants.NGHTTP2_NO_ERROR);
       return;
     }
-    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-    stream.end(Buffer.from(`called ${String(headers[':path'])}`));
+    grpcAnswer(stream, `called ${String(headers[':path'])}`);
   });
   servers.push(web, echo, grpc);
   await new Promise<void>((resolve) => web.listen(8080, WEB_IP, resolve));

@@ -163,6 +163,16 @@ function waitForEvent<T>(agent: IdentityAgent, event: 'rotated' | 'bundles' | 'f
 
 const TD = 'cluster.local';
 
+/** An agent of node-a in this process with WEB's certificate (60 s); the identities of the certificates it gets, in order. */
+async function webCertificates(ca: RunningCa, dir: string, token: string, bundle: Awaited<ReturnType<typeof bundleOf>>): Promise<string[]> {
+  const agent = inProcessAgent(ca, TD, 'node-a', bundle, { joinToken: token, ttlSeconds: 60, stateDir: join(dir, 'state') });
+  const rotated: string[] = [];
+  agent.on('rotated', (svid) => rotated.push(svid.id.id));
+  await agent.start();
+  await agent.ensure(WEB);
+  return rotated;
+}
+
 /** A CA of its own, serving, with a join token for node-a and its bundle: for an agent in this process. */
 async function freshCaForNodeA() {
   const dir = await tempDir();
@@ -329,11 +339,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     // This process's clock (the agent's) 40 s ahead of the CA's; certificates of 60 s: each is due on receipt.
     vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + 40_000 });
     try {
-      const agent = inProcessAgent(ca, TD, 'node-a', bundle, { joinToken: token, ttlSeconds: 60, stateDir: join(dir, 'state') });
-      const rotated: string[] = [];
-      agent.on('rotated', (svid) => rotated.push(svid.id.id));
-      await agent.start();
-      await agent.ensure(WEB);
+      const rotated = await webCertificates(ca, dir, token, bundle);
       await new Promise((resolve) => setTimeout(resolve, 2_000));
       expect(rotated.filter((id) => id === WEB)).toHaveLength(1);
     } finally {
@@ -345,11 +351,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const { dir, ca, token, bundle } = await freshCaForNodeA();
     vi.useFakeTimers({ toFake: ['Date'], now: Date.now() });
     try {
-      const agent = inProcessAgent(ca, TD, 'node-a', bundle, { joinToken: token, ttlSeconds: 60, stateDir: join(dir, 'state') });
-      const rotated: string[] = [];
-      agent.on('rotated', (svid) => rotated.push(svid.id.id));
-      await agent.start();
-      await agent.ensure(WEB);
+      const rotated = await webCertificates(ca, dir, token, bundle);
       // Its renewal scheduled (right after the certificate is handed out)...
       await new Promise((resolve) => setTimeout(resolve, 200));
       // ...then 45 s of a 60 s certificate pass while timers stand still: that renewal (due at about 30 s) is late.
