@@ -781,8 +781,10 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#persisting = this.#persisting.then(async () => {
       try {
         await mkdir(dir, { recursive: true, mode: 0o700 });
-        await writeFileAtomic(join(dir, BOOTSTRAP_SEEN_FILE), `${JSON.stringify(this.#options.bootstrapBundle.roots.map(fingerprintOf))}\n`, 0o644);
+        // The bundle first: a crash between the two then leaves the bootstrap roots unrecorded, so the next start adds
+        // them again (the operator's choice), rather than recorded as seen beside a bundle that never got them.
         await writeFileAtomic(join(dir, OWN_BUNDLE_FILE), encodeBundle(own), 0o644);
+        await writeFileAtomic(join(dir, BOOTSTRAP_SEEN_FILE), `${JSON.stringify(this.#options.bootstrapBundle.roots.map(fingerprintOf))}\n`, 0o644);
       } catch (error) {
         this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store the trust bundle');
       }
