@@ -24,6 +24,11 @@ export const DEFAULT_FEDERATION_REFRESH_MS = 300_000;
 const MAX_FEDERATION_REFRESH_MS = 24 * 3_600_000;
 /** Bundles are small; anything larger is not a bundle. */
 const MAX_BUNDLE_BYTES = 1 << 20;
+/**
+ * A peer's refresh hint below this is not followed: an endpoint answering `spiffe_refresh_hint: 0` (careless or hostile)
+ * would have the CA poll it every second, and write its state file as often.
+ */
+const DEFAULT_MIN_REFRESH_MS = 15_000;
 /** A whole fetch (connect, answer and body) must be done within this. */
 const FETCH_DEADLINE_MS = 30_000;
 
@@ -108,7 +113,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     }
     this.peer = peer;
     this.#logger = options.logger.child({ component: 'federation', trustDomain: peer.trustDomain });
-    this.#minRefreshMs = options.minRefreshMs ?? 1000;
+    this.#minRefreshMs = options.minRefreshMs ?? DEFAULT_MIN_REFRESH_MS;
     this.#retryMs = options.retryMs ?? 60_000;
     this.#stateFile = options.stateFile;
     this.#load();
@@ -276,7 +281,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       // (or retryMs): peers often start together, and a refused first fetch should not cost a minute.
       this.#failures++;
       const ceilingMs = Math.min(this.#retryMs, (this.#bundle?.refreshHintSeconds ?? this.#retryMs / 1000) * 1000);
-      nextMs = Math.max(this.#minRefreshMs, Math.min(ceilingMs, 1000 * 2 ** (this.#failures - 1)));
+      // The floor for retries is a second at most: a peer CA starting a moment after this one must not cost 15 s.
+      nextMs = Math.max(Math.min(this.#minRefreshMs, 1000), Math.min(ceilingMs, 1000 * 2 ** (this.#failures - 1)));
     }
     if (!this.#stopped) {
       this.#timer = setTimeout(() => void this.#tick(), timerDelayMs(nextMs));

@@ -238,6 +238,19 @@ describe('the federation client', () => {
     for (const response of held) response.destroy();
   });
 
+  it("does not poll an endpoint more often than every 15 s, whatever its bundle's refresh hint says", async () => {
+    const remote = await createTestCa(TD);
+    let fetches = 0;
+    const url = await endpoint(remote, ENDPOINT_ID, (request, response) => {
+      fetches++;
+      serve(() => createBundle(TD, [remote.root.cert], { sequence: 1n, refreshHintSeconds: 0 }))(request, response);
+    });
+    const federation = client({ bundleEndpoint: url }, remote.bundle);
+    await federation.start();
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(fetches).toBe(1);
+  });
+
   it('refuses at construction what it could never fetch safely', async () => {
     const remote = await createTestCa(TD);
     const build = (peer: Partial<FederationPeer>) => () => new FederationClient({ peer: { trustDomain: TD, bundleEndpoint: 'https://127.0.0.1:1/bundle', profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, ...peer }, logger });
