@@ -277,11 +277,11 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
       this.#logger.warn({ err: wrapped.toJSON() }, 'federated bundle fetch failed; keeping the last good bundle');
       if (this.listenerCount('error') > 0) this.emit('error', wrapped);
-      // Retry with a doubling delay from 1 s, never more often than the floor nor later than the hint
-      // (or retryMs): peers often start together, and a refused first fetch should not cost a minute.
+      // Retry with a doubling delay from 1 s (peers often start together, and a refused first fetch should not cost
+      // the whole floor), up to the hint or retryMs, but never held under the floor: an endpoint that once hinted 0
+      // and then fails would otherwise be polled every second for good.
       this.#failures++;
-      const ceilingMs = Math.min(this.#retryMs, (this.#bundle?.refreshHintSeconds ?? this.#retryMs / 1000) * 1000);
-      // The floor for retries is a second at most: a peer CA starting a moment after this one must not cost 15 s.
+      const ceilingMs = Math.max(this.#minRefreshMs, Math.min(this.#retryMs, (this.#bundle?.refreshHintSeconds ?? this.#retryMs / 1000) * 1000));
       nextMs = Math.max(Math.min(this.#minRefreshMs, 1000), Math.min(ceilingMs, 1000 * 2 ** (this.#failures - 1)));
     }
     if (!this.#stopped) {

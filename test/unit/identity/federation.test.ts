@@ -251,6 +251,22 @@ describe('the federation client', () => {
     expect(fetches).toBe(1);
   });
 
+  it('backs off from an endpoint that hinted 0 and then fails, rather than poll it every second for good', async () => {
+    const remote = await createTestCa(TD);
+    let fetches = 0;
+    const url = await endpoint(remote, ENDPOINT_ID, (request, response) => {
+      if (fetches++ === 0) serve(() => createBundle(TD, [remote.root.cert], { sequence: 1n, refreshHintSeconds: 0 }))(request, response);
+      else response.writeHead(503).end();
+    });
+    // A 2 s floor: the failures that follow are retried after 1 s, then 2 s, then 2 s (before: every second).
+    const federation = client({ bundleEndpoint: url }, remote.bundle, { minRefreshMs: 2_000 });
+    await federation.start();
+    await new Promise((resolve) => setTimeout(resolve, 6_500));
+    // Fetched at 0, 2, 3, 5 (and 7) s; every second after 2 s would be 6.
+    expect(fetches).toBeLessThanOrEqual(4);
+    expect(federation.current()?.sequence).toBe(1n);
+  }, 15_000);
+
   it('refuses at construction what it could never fetch safely', async () => {
     const remote = await createTestCa(TD);
     const build = (peer: Partial<FederationPeer>) => () => new FederationClient({ peer: { trustDomain: TD, bundleEndpoint: 'https://127.0.0.1:1/bundle', profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, ...peer }, logger });
