@@ -1,10 +1,11 @@
 // Carries bytes between an application TCP socket and an HBONE stream, both ways, with half-close:
 // FIN becomes END_STREAM and END_STREAM becomes FIN; a reset or an error on either side closes the
 // other abruptly, but for RST_STREAM NO_ERROR, with which a peer that has sent everything asks us to stop
-// sending (RFC 9113 §8.1): what it sent still reaches the application, then FIN. A write() that returns false pauses the side that produced the chunk until the other
-// drains, in both directions, so a slow reader stalls its writer (through TCP and HTTP/2 flow control)
-// instead of growing a buffer. Bytes are counted by the sockets themselves (bytesRead/bytesWritten); the only
-// per-chunk work is corking the app socket for large HBONE chunks (CORK_MIN_CHUNK_BYTES).
+// sending (RFC 9113 §8.1): what it sent still reaches the application, then FIN. A write() that returns false
+// pauses the side that produced the chunk until the other drains, in both directions, so a slow reader stalls
+// its writer (through TCP and HTTP/2 flow control) instead of growing a buffer. Bytes are counted by the sockets
+// themselves (bytesRead/bytesWritten); the only per-chunk work is corking the app socket for large HBONE chunks
+// (CORK_MIN_CHUNK_BYTES).
 //
 // The listeners are the class's static functions, shared by every tunnel, finding their Bridge in an
 // EmitterSlot: pipe() in both directions would make about fifteen closures per tunnel.
