@@ -123,13 +123,50 @@ interface TunnelState {
  * fill the node proxy's memory from one tunnel; past this the tunnel is reset. Clients rarely pipeline at all.
  */
 const MAX_PIPELINED_REQUESTS = 64;
-/** How long a tunnel whose workload closed waits for the client to close its side before it is reset. */
+/**
+ * How long a tunnel whose workload closed, its answer sent, waits for the client to end its side before asking it to
+ * stop sending (RST_STREAM NO_ERROR, which lets what the client's proxy still holds of the answer reach it).
+ */
 const UPSTREAM_CLOSED_GRACE_MS = 5_000;
+/**
+ * Until then, how long the rest of the answer may sit without the client taking any of it (about what Linux gives a
+ * closed socket's unread data, tcp_orphan_retries): a slow reader gets its whole answer, a vanished one is let go.
+ */
+const UPSTREAM_CLOSED_STALL_MS = 60_000;
 /** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
 const HEADERS_TIMEOUT_MS = 60_000;
 
 function cancelStream(stream: http2.ServerHttp2Stream): void {
   if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+}
+
+/**
+ * The workload closed: nothing more can be forwarded on this tunnel. Ended, not reset: the answer it finished with
+ * the close (a close-delimited body) may still be queued, here or in the client's proxy, for a slow client, and
+ * CANCEL would drop it (Node discards a reset stream's unread data). Once it has all left, a client that keeps its
+ * side open is asked to stop sending; an answer that stops moving altogether is cut off.
+ */
+function endAfterWorkloadClosed(stream: http2.ServerHttp2Stream): void {
+  if (stream.destroyed) return;
+  stream.end();
+  if (stream.writableFinished) {
+    setTimeout(stopUpload, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
+    return;
+  }
+  let unsent = stream.writableLength;
+  const stall = setInterval(() => {
+    if (!stream.destroyed && stream.writableLength < unsent) {
+      unsent = stream.writableLength;
+      return;
+    }
+    clearInterval(stall);
+    cancelStream(stream);
+  }, UPSTREAM_CLOSED_STALL_MS).unref();
+  stream.once('finish', () => {
+    clearInterval(stall);
+    setTimeout(stopUpload, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
+  });
+  stream.once('close', () => clearInterval(stall));
 }
 
 /** Concurrent streams of an h2c connection inside one tunnel, as on HBONE sessions (Node's default is unbounded). */
@@ -374,14 +411,7 @@ export class HttpInspector {
       // Until a request is forwarded no HTTP client listens on the upstream socket: a workload's reset (ECONNRESET)
       // with no listener was thrown and ended the node proxy. Its 'close' follows and ends the tunnel.
       upstream.on('error', ignore);
-      upstream.once('close', () => {
-        // The workload closed: nothing more can be forwarded on this tunnel. Ended, not reset: a response it
-        // finished with the close (a close-delimited body) may still be queued on the stream, and RST_STREAM
-        // would drop it. A client that keeps its side open after that is cut off shortly after.
-        if (stream.destroyed) return;
-        stream.end();
-        setTimeout(cancelStream, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
-      });
+      upstream.once('close', () => endAfterWorkloadClosed(stream));
       const onFirst = () => {
         const first = stream.read() as Buffer | null;
         if (first === null) {

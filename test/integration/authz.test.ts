@@ -63,6 +63,8 @@ const hasCurl = spawnSync('curl', ['--version']).status === 0;
 if (!hasCurl) process.stderr.write('authz.test.ts: curl not installed, skipping the repeated-header h2c test\n');
 
 const CLOSE_DELIMITED_BODY = Buffer.alloc(8 * 1024 * 1024, 'x');
+/** Longer than the 5 s a tunnel whose workload closed gives its client once the answer has been delivered. */
+const SLOW_READER_PAUSE_MS = 6_500;
 
 /**
  * Writes raw HTTP/1.1 bytes to client-1's listener for web.demo and returns everything that came back before the
@@ -480,6 +482,51 @@ spec:
       expect(body.split('x').length - 1).toBe(CLOSE_DELIMITED_BODY.length);
     }
   });
+
+  it('delivers a close-delimited response whole to a client that stops reading for longer than the grace after the workload closed', async () => {
+    const received = await new Promise<Buffer>((resolve, reject) => {
+      const socket = connect({ host: CLIENT_IP, port: 9080 });
+      const chunks: Buffer[] = [];
+      socket.on('error', reject);
+      socket.on('close', () => resolve(Buffer.concat(chunks)));
+      socket.once('data', (first: Buffer) => {
+        chunks.push(first);
+        // The workload has long finished and closed when this reader comes back; what the proxies still hold for it
+        // must not have been cut off meanwhile.
+        socket.pause();
+        setTimeout(() => {
+          socket.on('data', (data: Buffer) => chunks.push(data));
+          socket.resume();
+        }, SLOW_READER_PAUSE_MS);
+      });
+      socket.on('connect', () => socket.write('GET /public/close-delimited HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n'));
+    });
+    const text = received.toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text.slice(text.indexOf('\r\n\r\n') + 4).split('x').length - 1).toBe(CLOSE_DELIMITED_BODY.length);
+  }, 20_000);
+
+  it('lets a tunnel go once its workload closed and its answer was delivered, when the client keeps its side open', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const since = nodeB.proc.lines.length;
+    const socket = connect({ host: CLIENT_IP, port: 9080, allowHalfOpen: true });
+    let received = 0;
+    let reset: Error | null = null;
+    socket.on('data', (data: Buffer) => (received += data.length));
+    socket.on('error', (error) => (reset = error));
+    try {
+      const ended = new Promise<void>((resolve) => socket.once('end', resolve));
+      socket.on('connect', () => socket.write('GET /public/close-delimited HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n'));
+      await ended;
+      expect(received).toBeGreaterThan(CLOSE_DELIMITED_BODY.length);
+      // The client never ends its side: node-b still ends the tunnel, without a reset the client would see.
+      const access = await nodeB.proc.waitFor((line) => nodeB.proc.lines.indexOf(line) >= since && line.msg === 'access' && line.direction === 'inbound' && line['dst.workload'] === 'web-1', 15_000);
+      expect(access.error_code).toBeUndefined();
+      expect(reset).toBeNull();
+    } finally {
+      socket.destroy();
+    }
+  }, 20_000);
 
   it('matches path rules on the normalised path, so encodings and dot segments cannot dodge them', async () => {
     const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
