@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Socket } from 'node:net';
 import { initCa } from '../src/identity/ca/store.ts';
+import { LONG_RUNNING_NODE_FLAGS, longRunningEnv } from '../src/cli/node-flags.ts';
 import { buildIsStale, ensureBuilt } from './system/build.ts';
 import { benchConfig, footprintConfig, httpText, metricTotal, startAmbit } from './system/ambit.ts';
 import type { AmbitMesh } from './system/ambit.ts';
@@ -22,7 +23,7 @@ import type { NodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
 import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
-import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, sleep, treeCpuMicros } from './system/processes.ts';
+import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, rssParts, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
 import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, SIDE_BY_SIDE_PEERS, SIDE_BY_SIDE_SCENARIOS, checkTargets, compareSideBySide, compareToFloor, recordRounds, renderMarkdown } from './system/report.ts';
 import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId, SideBySidePeer, SideBySideRound, SideBySideScenario } from './system/report.ts';
@@ -725,13 +726,17 @@ async function run(ctx: Context, workDir: string): Promise<void> {
           await sleep(plan.mode === 'quick' ? 2000 : 10_000);
           const node = footprint.nodes[0] as AmbitMesh['nodes'][number];
           const metrics = await httpText(node.metricsUrl);
+          const parts = rssParts(node.process.pid);
           setOutcome(results, 'footprint', 'ambit-l4', {
             status: 'ok',
             figures: {
               workloads: FOOTPRINT.workloads,
               localWorkloads: FOOTPRINT.local,
               readySeconds: round(readySeconds, 1),
-              rssBytes: rssBytes(node.process.pid),
+              rssBytes: parts.rss,
+              rssAnonBytes: parts.anon,
+              rssFileBytes: parts.file,
+              bareNode: await bareNodeFootprint(processes, plan.mode === 'quick' ? 1000 : 3000),
               heapUsedBytes: metricTotal(metrics, 'nodejs_heap_size_used_bytes'),
               heapTotalBytes: metricTotal(metrics, 'nodejs_heap_size_total_bytes'),
             },
@@ -743,6 +748,18 @@ async function run(ctx: Context, workDir: string): Promise<void> {
         setOutcome(results, 'footprint', 'ambit-l4', { status: 'failed', reason: (error as Error).message });
       }
     }
+  }
+}
+
+/** What an idle `node` with the proxies' flags and no code holds: the floor under (g)'s figure. */
+async function bareNodeFootprint(processes: Processes, settleMs: number): Promise<{ rssBytes: number; rssAnonBytes: number; rssFileBytes: number }> {
+  const bare = processes.spawn('bare-node', process.execPath, [...LONG_RUNNING_NODE_FLAGS, '-e', 'setInterval(() => {}, 60_000)'], { cpu: 'proxy', env: longRunningEnv(process.env) });
+  try {
+    await sleep(settleMs);
+    const parts = rssParts(bare.pid);
+    return { rssBytes: parts.rss, rssAnonBytes: parts.anon, rssFileBytes: parts.file };
+  } finally {
+    await processes.stop(bare);
   }
 }
 

@@ -165,6 +165,20 @@ export function cpuMicros(pid: number): number {
   }
 }
 
+/**
+ * What a process's resident set is made of, in bytes (/proc/PID/status): anonymous memory (heaps, stacks) and pages
+ * of mapped files (the node binary's code and read-only data, shared libraries); 0s once it is gone.
+ */
+export function rssParts(pid: number): { rss: number; anon: number; file: number } {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) * 1024;
+    return { rss: kib('VmRSS'), anon: kib('RssAnon'), file: kib('RssFile') };
+  } catch {
+    return { rss: 0, anon: 0, file: 0 };
+  }
+}
+
 /** Resident set size (VmRSS) of a process, in bytes. */
 export function rssBytes(pid: number): number {
   try {

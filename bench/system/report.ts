@@ -108,6 +108,11 @@ export interface FootprintFigures {
   localWorkloads: number;
   readySeconds: number;
   rssBytes: number;
+  /** Of RSS: anonymous memory (V8's heap, malloc, stacks) and pages of the node binary and libraries. */
+  rssAnonBytes?: number;
+  rssFileBytes?: number;
+  /** A bare `node` process with the proxies' flags, idle, measured in the same run: what any Node process holds. */
+  bareNode?: { rssBytes: number; rssAnonBytes: number; rssFileBytes: number };
   /** V8 heap in use and reserved (the rest of RSS is the node binary, native state and malloc). */
   heapUsedBytes: number;
   heapTotalBytes: number;
@@ -317,10 +322,12 @@ export function renderMarkdown(results: RunResults): string {
   }
   if (results.scenarios.footprint) {
     out.push('### (g) idle footprint — one proxy, 1,000 workloads configured, 100 on its node with their certificates', '');
-    out.push(table(['configuration', 'RSS MiB', 'V8 heap used / reserved MiB', 'ready after s'], rowsOf('footprint').map((row) => {
-      const cells = rowCells(results, 'footprint', row, 3, (f) => [mib(f.rssBytes), `${mib(f.heapUsedBytes)} / ${mib(f.heapTotalBytes)}`, fmt(f.readySeconds, 1)]);
+    const split = (rss: number, anon: number | undefined, file: number | undefined) => [mib(rss), anon === undefined ? '—' : mib(anon), file === undefined ? '—' : mib(file)];
+    out.push(table(['configuration', 'RSS MiB', 'of which anonymous MiB', 'of which node binary and libraries MiB', 'V8 heap used / reserved MiB', 'ready after s'], rowsOf('footprint').flatMap((row) => {
+      const cells = rowCells(results, 'footprint', row, 5, (f) => [...split(f.rssBytes, f.rssAnonBytes, f.rssFileBytes), `${mib(f.heapUsedBytes)} / ${mib(f.heapTotalBytes)}`, fmt(f.readySeconds, 1)]);
       cells[0] = 'ambit proxy (node-c), idle';
-      return cells;
+      const bare = figuresOf(results, 'footprint', row)?.bareNode;
+      return bare ? [cells, ['bare `node`, the same flags, idle (reference)', ...split(bare.rssBytes, bare.rssAnonBytes, bare.rssFileBytes), '—', '—']] : [cells];
     })), '');
   }
   const targets = checkTargets(results);

@@ -106,7 +106,10 @@ function headlineFigures(scenario: ScenarioId, figures: Record<string, unknown>)
     case 'bulk': return { downMiBPerSecond: figures.downMiBPerSecond, upMiBPerSecond: figures.upMiBPerSecond };
     case 'idle': return { connections: figures.connections, ...Object.fromEntries(Object.entries(figures.rssAfterBytes as Record<string, number>).map(([name, bytes]) => [`rss ${name}`, bytes])) };
     case 'rotation': return { ok: figures.ok, rotations: figures.rotations };
-    case 'footprint': return { rssBytes: figures.rssBytes, readySeconds: figures.readySeconds };
+    case 'footprint': {
+      const bare = figures.bareNode as { rssBytes: number; rssAnonBytes: number; rssFileBytes: number } | undefined;
+      return { rssBytes: figures.rssBytes, rssAnonBytes: figures.rssAnonBytes, rssFileBytes: figures.rssFileBytes, readySeconds: figures.readySeconds, bareNodeRss: bare?.rssBytes, bareNodeAnon: bare?.rssAnonBytes, bareNodeFile: bare?.rssFileBytes };
+    }
   }
 }
 
