@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   SVID_CA_INVALID: 'a signing certificate in the chain is not a valid SPIFFE CA (cA, keyCertSign, ID without path)',
   SVID_CRITICAL_EXTENSION: 'a certificate in the chain carries a critical extension ambit does not evaluate, or a CA carries name constraints on URIs: refused rather than ignored (RFC 5280 §4.2)',
   SVID_KEY_MISMATCH: 'the private key does not belong to the certificate',
+  SVID_KEY_REFUSED: 'a certificate\'s key or signature is refused: RSA below 2048 or above 4096 bits or with a public exponent above 32 bits, an EC curve other than P-256/P-384/P-521, or a signature over MD5 or SHA-1',
   TRUST_DOMAIN_UNKNOWN: 'there is no bundle for the trust domain named in the SPIFFE ID (federate with it first)',
   TRUST_DOMAIN_MISMATCH: 'the certificate is signed by another trust domain\'s CA than the one its SPIFFE ID names',
   IDENTITY_MISMATCH: 'the peer presented a valid SVID, but not the identity expected for this destination',

@@ -15,6 +15,7 @@ import type { JsonWebKey } from 'node:crypto';
 import { BasicConstraintsExtension, X509Certificate } from './x509.ts';
 import { AmbitError } from '../errors.ts';
 import { validateTrustDomain } from './spiffe-id.ts';
+import { keyFacts } from './crypto-policy.ts';
 
 /**
  * The header of the CA's GET /v1/bundles naming the key identifier (subjectKeyIdentifier, hex) of the authority that
@@ -59,7 +60,7 @@ export function createBundle(trustDomain: string, roots: readonly X509Certificat
     const fingerprint = fingerprintOf(root);
     if (seen.has(fingerprint)) return;
     seen.add(fingerprint);
-    const why = caProblem(root) ?? (keyJwkOf(root) === null ? 'its key is neither EC nor RSA' : null);
+    const why = caProblem(root) ?? (keyJwkOf(root) === null ? 'its key is neither EC nor RSA' : null) ?? keyFacts(createPublicKey({ key: Buffer.from(root.publicKey.rawData), format: 'der', type: 'spki' })).problem ?? null;
     if (why !== null) throw new AmbitError('BUNDLE_INVALID', `bundle for "${trustDomain}": root ${index} (${root.subject}) ${why}`);
     unique.push(root);
   });

@@ -9,6 +9,7 @@ import * as x509 from './x509.ts';
 import { AmbitError } from '../errors.ts';
 import type { ErrorCode } from '../errors.ts';
 import { tryParseSpiffeId, parseSpiffeId, trustDomainId } from './spiffe-id.ts';
+import { keyFacts, signatureProblemOf } from './crypto-policy.ts';
 import type { SpiffeId } from './spiffe-id.ts';
 import type { TrustBundle } from './bundle.ts';
 
@@ -25,6 +26,12 @@ export const MAX_CHAIN_DEPTH = 8;
  * milliseconds with RSA-16384 keys.
  */
 const MAX_CA_RSA_BITS = 4096;
+/**
+ * Signature checks one verification may make while building paths. A real chain needs one per certificate (a few
+ * more with several roots); a peer presenting same-named CAs in the worst order would otherwise buy about n²/2 of
+ * them, again for every other trust domain's bundle when the message names the domain that signed it.
+ */
+const MAX_SIGNATURE_CHECKS = 32;
 const SIGNING_ALGORITHM: EcdsaParams = { name: 'ECDSA', hash: 'SHA-256' };
 const KEY_ALGORITHM: EcKeyGenParams = { name: 'ECDSA', namedCurve: 'P-256' };
 
@@ -137,6 +144,12 @@ interface CertFacts {
   readonly unhandledCritical: string | undefined;
   /** Whether it carries name constraints on URIs (or unreadable ones), which are not evaluated: a CA with them is refused. */
   readonly nameConstraints: boolean;
+  /** Why its public key is refused (type, curve, size, exponent), for a key at most MAX_ROOT_RSA_BITS; undefined when accepted. */
+  readonly keyProblem: string | undefined;
+  /** RSA modulus bits, 0 for other keys. */
+  readonly rsaBits: number;
+  /** Why the signature on it is refused (a broken hash), undefined when accepted; roots' self-signatures are not checked. */
+  readonly signatureProblem: string | undefined;
   /** SHA-256 of its SubjectPublicKeyInfo (hex), computed when first asked (roots only). */
   publicKeyId?: string;
 }
@@ -228,9 +241,13 @@ function facts(cert: Certificate): CertFacts {
     }
     if (extension.critical && !HANDLED_CRITICAL_OIDS.has(extension.type)) unhandledCritical ??= extension.type;
   }
+  const key = keyFacts(node.publicKey);
   found = {
     unhandledCritical,
     nameConstraints,
+    keyProblem: key.problem,
+    rsaBits: key.rsaBits,
+    signatureProblem: signatureProblemOf(cert),
     node,
     isCa: basic?.ca === true,
     pathLength: basic?.pathLength,
@@ -313,10 +330,12 @@ export function failPresented(error: AmbitError, id: SpiffeId | null): VerifyRes
 export function verifySvid(chain: readonly Certificate[], bundles: BundleSource, options: VerifyOptions = {}): VerifyResult {
   const leaf = chain[0];
   if (leaf === undefined) return failPresented(new AmbitError('SVID_PARSE', 'empty certificate chain'), null);
+  let claimed: SpiffeId | null = null;
   try {
     const parsedId = spiffeIdOf(leaf);
     if (parsedId instanceof AmbitError) return failPresented(parsedId, null);
     const id = parsedId;
+    claimed = id;
     const at = options.at ?? new Date();
     // The leaf's validity before its trust domain's bundle: an expired leaf of any trust domain says so, and
     // what it says never depends on which trust domains this node knows.
@@ -326,18 +345,43 @@ export function verifySvid(chain: readonly Certificate[], bundles: BundleSource,
     if (bundle === undefined) {
       return fail('TRUST_DOMAIN_UNKNOWN', `${id.id}: no trust bundle for trust domain "${id.trustDomain}"`, id);
     }
-    const pathError = validatePath(chain, bundle, at, id, sharedRootKeys(bundles, options.localTrustDomain));
+    const checks = new SignatureChecks();
+    const pathError = validatePath(chain, bundle, at, id, sharedRootKeys(bundles, options.localTrustDomain), checks);
     if (pathError === null) return { valid: true, id, error: null };
     if (pathError.code === 'SVID_CHAIN_INVALID') {
-      const signer = findForeignSigner(chain, bundles, id.trustDomain, at);
+      const signer = findForeignSigner(chain, bundles, id.trustDomain, at, checks);
       if (signer !== null) {
         return fail('TRUST_DOMAIN_MISMATCH', `${id.id} claims trust domain "${id.trustDomain}" but is signed by a CA of trust domain "${signer}"`, id);
       }
     }
     return { valid: false, id, error: pathError };
   } catch (error) {
+    if (error instanceof SignatureBudgetSpent) return fail('SVID_CHAIN_INVALID', `${claimed?.id ?? 'chain'}: no path found within ${MAX_SIGNATURE_CHECKS} signature checks`, claimed);
     // Malformed extensions surface as parse errors from deep inside the ASN.1 reader: a deny, never a crash.
     return fail('SVID_PARSE', `certificate chain unreadable: ${(error as Error).message}`, null);
+  }
+}
+
+class SignatureBudgetSpent extends Error {}
+
+/** The signature checks of one verification: each pair checked once, at most MAX_SIGNATURE_CHECKS in all. */
+class SignatureChecks {
+  #left = MAX_SIGNATURE_CHECKS;
+  readonly #done = new Map<Certificate, Map<Certificate, boolean>>();
+
+  /** Whether issuer's name is subject's issuer and issuer's key signed subject. */
+  issued(issuer: Certificate, subject: Certificate): boolean {
+    const issuerNode = facts(issuer).node;
+    const subjectNode = facts(subject).node;
+    if (!subjectNode.checkIssued(issuerNode)) return false;
+    let bySubject = this.#done.get(issuer);
+    const known = bySubject?.get(subject);
+    if (known !== undefined) return known;
+    if (this.#left-- <= 0) throw new SignatureBudgetSpent();
+    const result = subjectNode.verify(issuerNode.publicKey);
+    if (bySubject === undefined) this.#done.set(issuer, (bySubject = new Map()));
+    bySubject.set(subject, result);
+    return result;
   }
 }
 
@@ -347,6 +391,8 @@ export function checkLeafRules(leaf: Certificate, id: SpiffeId): AmbitError | nu
   const leafFacts = facts(leaf);
   if (leafFacts.isCa) return new AmbitError('SVID_LEAF_IS_CA', `${id.id}: the leaf is a CA certificate (basicConstraints cA=true)`);
   if (leafFacts.unhandledCritical !== undefined) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: the leaf carries critical extension ${leafFacts.unhandledCritical}, which is not evaluated`);
+  const cryptoProblem = leafFacts.keyProblem ?? (leafFacts.rsaBits > MAX_CA_RSA_BITS ? `has a ${leafFacts.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined) ?? leafFacts.signatureProblem;
+  if (cryptoProblem !== undefined) return new AmbitError('SVID_KEY_REFUSED', `${id.id}: the leaf ${cryptoProblem}`);
   const keyUsage = leafFacts.keyUsage;
   if (keyUsage === undefined) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf has no keyUsage extension`);
   if (!keyUsage.critical) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf keyUsage is not critical`);
@@ -370,12 +416,6 @@ function checkValidity(cert: Certificate, at: Date, role: string, id: SpiffeId):
     return new AmbitError('SVID_NOT_YET_VALID', `${id.id}: ${role} is not valid before ${cert.notBefore.toISOString()} (checked at ${at.toISOString()})`);
   }
   return null;
-}
-
-function issued(issuer: Certificate, subject: Certificate): boolean {
-  const issuerNode = facts(issuer).node;
-  const subjectNode = facts(subject).node;
-  return subjectNode.checkIssued(issuerNode) && subjectNode.verify(issuerNode.publicKey);
 }
 
 function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCount: number): AmbitError | null {
@@ -410,12 +450,14 @@ function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCoun
  * RFC 5280 path building restricted to one bundle's roots; intermediates come from the presented chain. The leaf's
  * own rules and validity are verifySvid's, checked before this.
  */
-function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>): AmbitError | null {
+function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>, checks: SignatureChecks): AmbitError | null {
   let current = chain[0] as Certificate;
   if (chain.length > MAX_CHAIN_DEPTH + 1) return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: chain of ${chain.length} certificates, more than ${MAX_CHAIN_DEPTH + 1}`);
+  // Before any signature is checked: a presented CA's key and signature cost what its sender chose.
   for (let i = 1; i < chain.length; i++) {
-    const bits = facts(chain[i] as Certificate).node.publicKey.asymmetricKeyDetails?.modulusLength ?? 0;
-    if (bits > MAX_CA_RSA_BITS) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(chain[i] as Certificate)} has a ${bits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused`);
+    const presented = facts(chain[i] as Certificate);
+    const problem = presented.keyProblem ?? (presented.rsaBits > MAX_CA_RSA_BITS ? `has a ${presented.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined) ?? presented.signatureProblem;
+    if (problem !== undefined) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(chain[i] as Certificate)} ${problem}`);
   }
   const used = new Set<Certificate>([current]);
   for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
@@ -427,7 +469,7 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
       // someone put it in this domain's bundle.
       const rootDomain = facts(root).spiffeTrustDomain;
       if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
-      if (!issued(root, current)) continue;
+      if (!checks.issued(root, current)) continue;
       const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? (depth > 0 ? checkSharedRoot(root, current, id, shared) : null);
       if (rootError === null) return null;
       signerError ??= rootError;
@@ -435,7 +477,7 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
     let next: Certificate | undefined;
     for (let i = 1; i < chain.length; i++) {
       const candidate = chain[i] as Certificate;
-      if (used.has(candidate) || !issued(candidate, current)) continue;
+      if (used.has(candidate) || !checks.issued(candidate, current)) continue;
       const candidateError = checkSigningCert(candidate, 'intermediate', id, depth) ?? checkValidity(candidate, at, 'intermediate CA', id);
       if (candidateError === null) {
         next = candidate;
@@ -453,12 +495,18 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
 }
 
 /** Only for the error message: which other trust domain's CA did sign this chain, if any. */
-function findForeignSigner(chain: readonly Certificate[], bundles: BundleSource, claimed: string, at: Date): string | null {
+function findForeignSigner(chain: readonly Certificate[], bundles: BundleSource, claimed: string, at: Date, checks: SignatureChecks): string | null {
   if (bundles[Symbol.iterator] === undefined) return null;
   for (const bundle of bundles as Iterable<TrustBundle>) {
     if (bundle.trustDomain === claimed) continue;
     const probeId = { id: '', trustDomain: bundle.trustDomain, path: '/' };
-    if (validatePath(chain, bundle, at, probeId, NO_SHARED_ROOTS) === null) return bundle.trustDomain;
+    try {
+      if (validatePath(chain, bundle, at, probeId, NO_SHARED_ROOTS, checks) === null) return bundle.trustDomain;
+    } catch (error) {
+      // Out of checks: the chain is refused all the same, with the error its own trust domain gave.
+      if (error instanceof SignatureBudgetSpent) return null;
+      throw error;
+    }
   }
   return null;
 }

@@ -64,6 +64,8 @@ export interface CraftParams {
   subject?: string;
   /** More extensions, as given (name constraints, an unknown critical one). */
   extraExtensions?: x509.Extension[];
+  /** How the issuer signs it (ECDSA over SHA-256 when absent): a weak hash, or the issuer's RSA key. */
+  signingAlgorithm?: Algorithm | EcdsaParams;
 }
 
 /** A certificate with exactly the extensions asked for, signed by `issuer` (or self-signed), for hostile-input tests. */
@@ -89,7 +91,7 @@ export async function craftCertificate(issuer: SigningAuthority | null, params: 
     issuer: issuer ? issuer.cert.subjectName : subject,
     notBefore: params.notBefore ?? new Date(now - 60_000),
     notAfter: params.notAfter ?? new Date(now + HOUR_MS),
-    signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+    signingAlgorithm: params.signingAlgorithm ?? { name: 'ECDSA', hash: 'SHA-256' },
     publicKey: keys.publicKey,
     signingKey: issuer ? issuer.privateKey : keys.privateKey,
     extensions,

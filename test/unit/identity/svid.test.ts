@@ -428,6 +428,65 @@ describe('verifying a peer SVID', () => {
   });
 });
 
+describe('keys and signatures in a peer chain', () => {
+  const rsaPair = async (modulusLength: number) =>
+    (await crypto.subtle.generateKey({ name: 'RSASSA-PKCS1-v1_5', modulusLength, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' }, true, ['sign', 'verify'])) as CryptoKeyPair;
+
+  it('accepts a leaf with a 2048-bit RSA key and refuses one with a 1024-bit key', async () => {
+    const strong = await craftCertificate(caA.root, { uris: [WEB], keys: await rsaPair(2048) });
+    expect(verifySvid([strong.cert], bundles).valid).toBe(true);
+    const weak = verifySvid([(await craftCertificate(caA.root, { uris: [WEB], keys: await rsaPair(1024) })).cert], bundles);
+    expect(weak.error?.code).toBe('SVID_KEY_REFUSED');
+    expect(weak.error?.message).toMatch(/the leaf has a 1024-bit RSA key; 2048 to 8192 bits are accepted/);
+  });
+
+  it('refuses a leaf its CA signed over SHA-1, and accepts one signed over SHA-384', async () => {
+    const sha1 = verifySvid([(await craftCertificate(caA.root, { uris: [WEB], signingAlgorithm: { name: 'ECDSA', hash: 'SHA-1' } as EcdsaParams })).cert], bundles);
+    expect(sha1.error?.code).toBe('SVID_KEY_REFUSED');
+    expect(sha1.error?.message).toMatch(/is signed with ECDSA over SHA-1/);
+    expect(verifySvid([(await craftCertificate(caA.root, { uris: [WEB], signingAlgorithm: { name: 'ECDSA', hash: 'SHA-384' } as EcdsaParams })).cert], bundles).valid).toBe(true);
+  });
+
+  it('refuses, before checking any signature, a presented CA whose RSA public exponent is past 32 bits', async () => {
+    // OpenSSL takes any exponent below a 3072-bit modulus; one of ~3070 bits makes each check cost ~13 ms.
+    const { publicKey } = await rsaPair(3072);
+    const jwk = await crypto.subtle.exportKey('jwk', publicKey);
+    const n = Buffer.from(jwk.n as string, 'base64url');
+    const e = Buffer.from(n);
+    e[0] = (e[0] as number) >> 1; // below n
+    e[e.length - 1] = (e[e.length - 1] as number) | 1; // odd
+    const huge = await crypto.subtle.importKey('jwk', { kty: 'RSA', n: jwk.n, e: e.toString('base64url'), ext: true }, { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }, true, ['verify']);
+    const holder = await generateKeyPair();
+    const intermediate = await craftCertificate(caA.root, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, keys: { publicKey: huge, privateKey: holder.privateKey } });
+    const leaf = await craftCertificate({ cert: intermediate.cert, privateKey: holder.privateKey, chainAbove: [] }, { uris: [WEB] });
+    const result = verifySvid([leaf.cert, intermediate.cert], bundles);
+    expect(result.error?.code).toBe('SVID_CA_INVALID');
+    expect(result.error?.message).toMatch(/presented intermediate .* has an RSA key with a 30\d\d-bit public exponent/);
+  });
+
+  it('gives up after 32 signature checks: same-named CAs presented in the worst order cannot buy n² of them', async () => {
+    // CN=same eight times, each signed by the next, presented so that the issuer path building wants is always last.
+    const cas: Array<{ cert: x509.X509Certificate; keys: CryptoKeyPair }> = [];
+    let above: { cert: x509.X509Certificate; privateKey: CryptoKey; chainAbove: [] } | null = null;
+    for (let i = 0; i < 8; i++) {
+      const ca = await craftCertificate(above, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, subject: 'CN=same' });
+      cas.unshift(ca);
+      above = { cert: ca.cert, privateKey: ca.keys.privateKey, chainAbove: [] };
+    }
+    const leaf = await craftCertificate(above, { uris: [WEB] });
+    const result = verifySvid([leaf.cert, ...cas.map((ca) => ca.cert).reverse()], bundles);
+    expect(result.valid).toBe(false);
+    expect(result.error?.code).toBe('SVID_CHAIN_INVALID');
+    expect(result.error?.message).toMatch(/no path found within 32 signature checks/);
+  });
+
+  it('refuses a bundle whose root has a 1024-bit RSA key, naming the root', async () => {
+    const keys = await rsaPair(1024);
+    const root = await craftCertificate(null, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, keys, subject: 'CN=weak root', signingAlgorithm: { name: 'RSASSA-PKCS1-v1_5' } });
+    expect(() => createBundle('cluster.local', [root.cert])).toThrow(/root 0 \(CN=weak root\) has a 1024-bit RSA key/);
+  });
+});
+
 describe('loading an SVID one holds', () => {
   it('accepts a certificate with its own key', async () => {
     const svid = await issueTestSvid(caB, 'spiffe://other.test/ns/a/sa/b');
