@@ -590,12 +590,23 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
   };
 }
 
-const compiled = new WeakMap<ConfigSnapshot, CompiledAuthorization>();
+const compiled = new WeakMap<ConfigSnapshot, CompiledAuthorization | Error>();
 
-/** The compiled policies of a snapshot, built once. */
+/**
+ * The compiled policies of a snapshot, built once. A snapshot that fails to compile throws its error on every call,
+ * without compiling again: each connection is denied on it, and must not pay for a compile of its own.
+ */
 export function authorizationOf(snapshot: ConfigSnapshot): CompiledAuthorization {
   let result = compiled.get(snapshot);
-  if (!result) compiled.set(snapshot, (result = compileAuthorization(snapshot)));
+  if (result === undefined) {
+    try {
+      result = compileAuthorization(snapshot);
+    } catch (error) {
+      result = error instanceof Error ? error : new Error(String(error));
+    }
+    compiled.set(snapshot, result);
+  }
+  if (result instanceof Error) throw result;
   return result;
 }
 

@@ -3,7 +3,7 @@
 // decisions by action and policy, and re-checks open connections after a policy change.
 import { Counter } from 'prom-client';
 import type { Registry } from 'prom-client';
-import type { ConfigSnapshot } from '../config/snapshot.ts';
+import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { Logger } from '../observe/log.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
 import type { CompiledRule, Decision, WorkloadPolicies } from '../authz/compile.ts';
@@ -56,6 +56,8 @@ export class InboundAuthorizer {
   // counts are copied into the counter when it is scraped; a cell outlives the snapshot whose decision made it.
   readonly #cellOf = new WeakMap<Decision, DecisionCount>();
   readonly #cells = new Map<string, DecisionCount>();
+  /** The last snapshot whose policies failed to compile, so that its error is logged once. */
+  #failedSnapshot: ConfigSnapshot | null = null;
 
   constructor(snapshot: () => ConfigSnapshot, registry: Registry, logger: Logger) {
     this.#snapshot = snapshot;
@@ -75,13 +77,9 @@ export class InboundAuthorizer {
 
   /** The L4 decision when a stream opens ('tcp' on plain ports, 'connect' on ports declared HTTP). */
   authorize(connection: InboundConnection): Decision {
-    let policies: WorkloadPolicies;
-    try {
-      policies = authorizationOf(this.#snapshot()).forWorkload(connection.destination);
-    } catch (error) {
-      // Failing to compile the workload's policies is a failure to decide: denied, and counted as one.
+    const policies = this.#policiesOf(this.#snapshot(), connection.destination);
+    if (policies === null) {
       this.#count(DENY_ON_ERROR);
-      this.#logger.error({ err: (error as Error).message, destination: connection.destination.identity }, 'authorization failed while compiling policies: denied (fail closed)');
       return DENY_ON_ERROR;
     }
     const moment = policies.httpPorts.has(connection.destinationPort) ? 'connect' : 'tcp';
@@ -112,7 +110,9 @@ export class InboundAuthorizer {
     const snapshot = this.#snapshot();
     const current = snapshot.workloadByIp(connection.destinationIp);
     if (current === undefined) return null;
-    const policies = authorizationOf(snapshot).forWorkload(current);
+    const policies = this.#policiesOf(snapshot, current);
+    // Uninspected would let every request through: with no policies to judge them by, each one is refused.
+    if (policies === null) return this.#refuseEveryRequest(connection);
     if (!policies.hasL7Rules || !policies.httpPorts.has(connection.destinationPort)) return null;
     // One context per tunnel; each request only swaps in its facts.
     const ctx = contextOf(connection);
@@ -126,7 +126,7 @@ export class InboundAuthorizer {
         const now = this.#snapshot();
         if (now !== seen) {
           const destination = now.workloadByIp(connection.destinationIp);
-          inForce = destination === undefined ? null : authorizationOf(now).forWorkload(destination);
+          inForce = destination === undefined ? null : this.#policiesOf(now, destination);
           seen = now;
         }
         if (inForce === null) {
@@ -163,7 +163,8 @@ export class InboundAuthorizer {
     if (claimed !== null && !forwardedClaimHolds(snapshot, claimed, connection.peer.id, canonicalIp(connection.peerAddress) ?? connection.peerAddress)) return false;
     // A byte tunnel to a port that now has HTTP rules in force would escape them: close it, the client reconnects into
     // inspection. AUDIT and dry-run rules only log, and cut no open connection.
-    const policies = authorizationOf(snapshot).forWorkload(destination);
+    const policies = this.#policiesOf(snapshot, destination);
+    if (policies === null) return false;
     if (!inspected && policies.hasEnforcingL7Rules && policies.httpPorts.has(connection.destinationPort)) return false;
     // A re-check, not a new connection: neither counted as a decision nor logged as a denied connection (the
     // caller logs how many it closed); the reason is kept at debug.
@@ -173,6 +174,34 @@ export class InboundAuthorizer {
       this.#logger.debug({ policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: destination.identity, port: connection.destinationPort }, 'open connection no longer allowed');
     }
     return decision.allow;
+  }
+
+  /**
+   * A workload's compiled policies, or null when they cannot be compiled: a failure to decide, for which every caller
+   * denies (fail closed). Logged once per snapshot, not once per connection.
+   */
+  #policiesOf(snapshot: ConfigSnapshot, workload: Workload): WorkloadPolicies | null {
+    try {
+      return authorizationOf(snapshot).forWorkload(workload);
+    } catch (error) {
+      if (this.#failedSnapshot !== snapshot) {
+        this.#failedSnapshot = snapshot;
+        this.#logger.error({ err: (error as Error).message, version: snapshot.version }, 'authorization policies failed to compile: every connection and request is denied until the configuration changes (fail closed)');
+      }
+      return null;
+    }
+  }
+
+  #refuseEveryRequest(connection: InboundConnection): RequestInspection {
+    return {
+      decide: () => {
+        this.#count(DENY_ON_ERROR);
+        return DENY_ON_ERROR;
+      },
+      onDenied: (decision, facts) => {
+        this.#logger.warn({ decision: 'DENY', reason: decision.reason, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'request denied: the policies failed to compile');
+      },
+    };
   }
 
   #count(decision: Decision): void {

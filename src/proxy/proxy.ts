@@ -27,6 +27,7 @@ import { InboundAuthorizer } from './authorize.ts';
 import { HttpInspector } from './l7.ts';
 import { HeapRelease } from './heap.ts';
 import { authorizationOf } from '../authz/compile.ts';
+import type { CompiledAuthorization } from '../authz/compile.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
 const BYTE_FLUSH_INTERVAL_MS = 5_000;
@@ -269,9 +270,15 @@ export class NodeProxy {
     const snapshot = this.#config.current();
     // Compile once, before the first connection needs it.
     routingTableOf(snapshot);
-    const authorization = authorizationOf(snapshot);
-    this.#violationsGauge.set(authorization.violations.length);
-    for (const violation of authorization.violations) {
+    let authorization: CompiledAuthorization | null = null;
+    try {
+      authorization = authorizationOf(snapshot);
+    } catch (error) {
+      // Every decision on this snapshot denies; the re-check below closes what is open.
+      this.#logger.error({ err: (error as Error).message, version: snapshot.version }, 'authorization policies failed to compile: open connections are closed and new ones denied until the configuration changes (fail closed)');
+    }
+    this.#violationsGauge.set(authorization?.violations.length ?? 0);
+    for (const violation of authorization?.violations ?? []) {
       this.#logger.warn({ policy: violation.policy, port: violation.port, attempted: violation.attempted, enforced: violation.enforced, floor: violation.floor }, 'PeerAuthentication would weaken the enforced mesh-wide mode; not applied');
     }
     // A policy change applies to open connections too: those no longer allowed are closed.

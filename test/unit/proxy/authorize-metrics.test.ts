@@ -114,3 +114,67 @@ spec:
     expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/get-only': 1, 'DENY error': 1 });
   });
 });
+
+describe('policies that fail to compile', () => {
+  /** A snapshot's member, its methods bound to the snapshot itself (they use its private fields). */
+  function bound(target: ConfigSnapshot, key: string | symbol): unknown {
+    const value = Reflect.get(target, key) as unknown;
+    return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+  }
+
+  /** The same world, but reading its objects throws, as a compile that runs out of memory or stack does. */
+  function uncompilable(snapshot: ConfigSnapshot): ConfigSnapshot {
+    return new Proxy(snapshot, {
+      get(target, key) {
+        if (key === 'objects') throw new RangeError('Invalid array length');
+        return bound(target, key);
+      },
+    });
+  }
+
+  it('deny every connection, inspected request and open connection, and are compiled once, not once per connection', async () => {
+    const HTTP_WORLD = `${WORLD}---
+apiVersion: v1
+kind: Service
+metadata: { name: db, namespace: data }
+spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 5432 }] }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-get, namespace: data }
+spec:
+  selector: { matchLabels: { app: db } }
+  rules: [{ from: [{ source: { namespaces: [web] } }], to: [{ operation: { methods: [GET] } }] }]
+`;
+    const good = snapshotOf(HTTP_WORLD);
+    const bad = uncompilable(snapshotOf(HTTP_WORLD));
+    let reads = 0;
+    const counted = new Proxy(bad, {
+      get(target, key) {
+        if (key === 'objects') reads++;
+        return Reflect.get(target, key) as unknown;
+      },
+    });
+    let snapshot: ConfigSnapshot = good;
+    const registry = new Registry();
+    const authorizer = new InboundAuthorizer(() => snapshot, registry, silentLogger());
+    const open = connectionFrom(good, 'web');
+    const inspection = authorizer.requestInspection(open);
+
+    snapshot = counted;
+    const connection = connectionFrom(snapshot, 'web');
+    expect(authorizer.authorize(connection).allow).toBe(false);
+    expect(authorizer.authorize(connection).allow).toBe(false);
+    expect(reads).toBe(1);
+    // A tunnel opened now is inspected all the same, and refuses each request rather than let it through unjudged.
+    const fresh = authorizer.requestInspection(connection);
+    expect(fresh).not.toBeNull();
+    const facts = { method: 'GET', path: '/', host: 'db' } as unknown as Parameters<NonNullable<typeof fresh>['decide']>[0];
+    expect(fresh!.decide(facts).allow).toBe(false);
+    // One opened under the good snapshot denies its next request instead of throwing.
+    expect(inspection).not.toBeNull();
+    expect(inspection!.decide(facts).allow).toBe(false);
+    expect(authorizer.stillAllowed(open, false, snapshot, 'node-b')).toBe(false);
+    expect((await decisionCounts(registry))['DENY error']).toBeGreaterThanOrEqual(3);
+  });
+});
