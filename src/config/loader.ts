@@ -17,7 +17,7 @@ import { validateObject } from './validate.ts';
 export interface LoadOptions {
   /** Refuse a configuration without a MeshConfig; the CA and the proxy ask for this. */
   requireMesh?: boolean;
-  /** Filled with the files this load read as 0 bytes (the watcher holds the objects of a file emptied in place). */
+  /** Filled with the files this load read with no objects in them (the watcher holds the objects of a file emptied in place). */
   emptyFiles?: Set<string>;
 }
 
@@ -35,8 +35,9 @@ export async function loadConfigDir(dir: string, options: LoadOptions = {}): Pro
   for (const file of files) {
     const text = await readConfigFile(root, file, issues);
     if (text === undefined) continue;
-    if (text.length === 0) options.emptyFiles?.add(file);
     const parsed = parseDocuments(text, file);
+    // Whitespace, comments or a lone `---` hold no objects either: what a file being written can show for a moment.
+    if (parsed.objects.length === 0 && parsed.issues.length === 0) options.emptyFiles?.add(file);
     objects.push(...parsed.objects);
     issues.push(...parsed.issues);
   }

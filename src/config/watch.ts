@@ -17,6 +17,13 @@ const TRANSIENT_READ_ERROR = /\b(?:EMFILE|ENFILE|EAGAIN|EBUSY|EINTR)\b/;
 
 /** Loads read again, at most, because the files changed while they were read. */
 const MAX_TORN_LOADS = 3;
+/**
+ * A file written in place (the same inode: `curl ... > f.yaml`, `kubectl get -o yaml > f.yaml`, a copy over a slow
+ * mount) whose change removes objects or fields is applied only once it has not changed for this long: a write that
+ * paused at a `---` or between two rules reads as valid YAML with a DENY policy or rule missing. Files written by
+ * rename (ConfigMaps, editors, `mv`) are whole when they appear, and apply at once.
+ */
+export const IN_PLACE_SETTLE_MS = 2_000;
 
 export type WatchErrorKind = 'rejected' | 'audit' | 'watch';
 
@@ -33,6 +40,8 @@ export interface WatchOptions {
   onError(error: AmbitError, kind: WatchErrorKind): void;
   /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
   debounceMs?: number;
+  /** How long a file written in place must hold still before a change that takes objects or fields away applies (IN_PLACE_SETTLE_MS). */
+  inPlaceSettleMs?: number;
   /** Interval of the mtime poll used where fs.watch is unavailable. */
   pollIntervalMs?: number;
   /** Poll even where fs.watch works (file systems without inotify: NFS, some bind mounts). */
@@ -78,6 +87,9 @@ class DirectoryWatcher implements ConfigWatcher {
   #debounceTimer: NodeJS.Timeout | undefined;
   #pollTimer: NodeJS.Timeout | undefined;
   #pollSignature: string | undefined;
+  /** Each file's inode when last judged: the same inode again means written in place. */
+  #inodes = new Map<string, number>();
+  #settleTimer: NodeJS.Timeout | undefined;
   #reloading: Promise<void> | undefined;
   #reloadAgain = false;
   /** Loads in a row during which the files changed (see #reloadOnce). */
@@ -114,6 +126,7 @@ class DirectoryWatcher implements ConfigWatcher {
     this.#closed = true;
     clearTimeout(this.#debounceTimer);
     clearTimeout(this.#pollTimer);
+    clearTimeout(this.#settleTimer);
     this.#fsWatcher?.close();
     this.#fsWatcher = undefined;
     await this.#reloading;
@@ -176,13 +189,14 @@ class DirectoryWatcher implements ConfigWatcher {
     let next: ConfigSnapshot | undefined;
     let failure: unknown;
     const emptyFiles = new Set<string>();
-    const before = await treeSignature(this.#dir);
+    const before = (await treeState(this.#dir)).signature;
     try {
       next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false, emptyFiles });
     } catch (error) {
       failure = error;
     }
-    const after = await treeSignature(this.#dir);
+    const afterState = await treeState(this.#dir);
+    const after = afterState.signature;
     if (this.#closed) return;
     // Files changed while they were read (a deploy writing several, a directory swapped): what was read may mix old and
     // new files, so it is never applied. It is read again at once a few times, then after the debounce, until the files
@@ -209,14 +223,26 @@ class DirectoryWatcher implements ConfigWatcher {
     const prev = this.#snapshot;
     if (this.#closed || prev === undefined) return;
     const diff = diffSnapshots(prev, next);
-    if (isEmptyDiff(diff)) return;
+    const inodesBefore = this.#inodes;
+    if (isEmptyDiff(diff)) {
+      this.#inodes = afterState.inodes;
+      return;
+    }
+    const unsettledMs = this.#unsettled(diff, afterState, inodesBefore);
+    if (unsettledMs > 0) {
+      // Judged again once the file has held still; the poll must not judge it meanwhile as already seen.
+      clearTimeout(this.#settleTimer);
+      this.#settleTimer = setTimeout(this.#schedule, unsettledMs);
+      return;
+    }
+    this.#inodes = afterState.inodes;
     // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
     // change that drops its objects (its DENY policies) until the next reload.
     const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file));
     if (emptied.length > 0) {
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
-      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied (0 bytes) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} content again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
+      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} content again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
       return;
     }
     const refusal = this.#options.accept?.(next, prev);
@@ -227,6 +253,20 @@ class DirectoryWatcher implements ConfigWatcher {
     this.#snapshot = next;
     this.#audit(next, prev, diff);
     this.#options.onChange(next, prev, diff);
+  }
+
+  /** How long until every file written in place whose change takes objects or fields away has held still; 0 when none. */
+  #unsettled(diff: ConfigDiff, state: TreeState, inodesBefore: ReadonlyMap<string, number>): number {
+    const now = Date.now();
+    let wait = 0;
+    const consider = (file: string) => {
+      const info = state.files.get(file);
+      if (info === undefined || inodesBefore.get(file) !== info.ino) return;
+      wait = Math.max(wait, (this.#options.inPlaceSettleMs ?? IN_PLACE_SETTLE_MS) - (now - info.mtimeMs));
+    };
+    for (const ref of diff.removed) consider(ref.file);
+    for (const change of diff.changed) if (change.fields.length > 0) consider(change.file);
+    return Math.ceil(wait);
   }
 
   #audit(next: ConfigSnapshot, prev: ConfigSnapshot | undefined, diff: ConfigDiff): void {
@@ -240,12 +280,14 @@ class DirectoryWatcher implements ConfigWatcher {
 
   async #startPolling(): Promise<void> {
     if (this.#closed || this.#pollTimer !== undefined) return;
-    this.#pollSignature = await treeSignature(this.#dir);
+    const state = await treeState(this.#dir);
+    this.#pollSignature = state.signature;
+    this.#inodes = state.inodes;
     this.#pollTimer = setTimeout(this.#pollOnce, this.#pollIntervalMs);
   }
 
   readonly #pollOnce = async (): Promise<void> => {
-    const signature = await treeSignature(this.#dir);
+    const { signature } = await treeState(this.#dir);
     if (this.#closed) return;
     // A reload under way or due judges the files itself and then gives the poll its view: scheduling another now
     // would load the same files again and report a rejected change twice.
@@ -257,17 +299,29 @@ class DirectoryWatcher implements ConfigWatcher {
   };
 }
 
-/** Name, size, mtime and inode of every configuration file (links followed): any edit or swap changes it. */
-async function treeSignature(dir: string): Promise<string> {
+interface TreeState {
+  /** Name, size, mtime and inode of every configuration file (links followed): any edit or swap changes it. */
+  readonly signature: string;
+  readonly files: ReadonlyMap<string, { readonly ino: number; readonly mtimeMs: number }>;
+  readonly inodes: Map<string, number>;
+}
+
+async function treeState(dir: string): Promise<TreeState> {
+  const files = new Map<string, { ino: number; mtimeMs: number }>();
+  const inodes = new Map<string, number>();
   try {
-    const { files } = await listConfigFiles(dir);
+    const { files: names } = await listConfigFiles(dir);
     const parts: string[] = [];
-    for (const file of files) {
+    for (const file of names) {
       const info = await stat(join(dir, file)).catch(() => undefined);
+      if (info !== undefined) {
+        files.set(file, { ino: info.ino, mtimeMs: info.mtimeMs });
+        inodes.set(file, info.ino);
+      }
       parts.push(info === undefined ? `${file}:gone` : `${file}:${info.size}:${info.mtimeMs}:${info.ino}`);
     }
-    return parts.join('\n');
+    return { signature: parts.join('\n'), files, inodes };
   } catch (error) {
-    return `unreadable:${(error as Error).message}`;
+    return { signature: `unreadable:${(error as Error).message}`, files, inodes };
   }
 }
