@@ -228,6 +228,17 @@ class DirectoryWatcher implements ConfigWatcher {
       this.#inodes = afterState.inodes;
       return;
     }
+    // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
+    // change that drops its objects (its DENY policies) until the next reload. Only a file written in place: one that
+    // appeared by rename is whole, and holding nothing is what it says.
+    const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && inodesBefore.get(file) === afterState.files.get(file)?.ino);
+    if (emptied.length > 0) {
+      this.#inodes = afterState.inodes;
+      // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
+      // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
+      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
+      return;
+    }
     const unsettledMs = this.#unsettled(diff, afterState, inodesBefore);
     if (unsettledMs > 0) {
       // Judged again once the file has held still; the poll must not judge it meanwhile as already seen.
@@ -236,15 +247,6 @@ class DirectoryWatcher implements ConfigWatcher {
       return;
     }
     this.#inodes = afterState.inodes;
-    // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
-    // change that drops its objects (its DENY policies) until the next reload.
-    const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file));
-    if (emptied.length > 0) {
-      // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
-      // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
-      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} content again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
-      return;
-    }
     const refusal = this.#options.accept?.(next, prev);
     if (refusal !== undefined) {
       this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force (restart to change it)`), 'rejected');

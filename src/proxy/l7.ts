@@ -411,7 +411,8 @@ export class HttpInspector {
       // Until a request is forwarded no HTTP client listens on the upstream socket: a workload's reset (ECONNRESET)
       // with no listener was thrown and ended the node proxy. Its 'close' follows and ends the tunnel.
       upstream.on('error', ignore);
-      upstream.once('close', () => endAfterWorkloadClosed(stream));
+      // After the HTTP clients have had their turn: the answer they give for what was in flight (502) goes out first.
+      upstream.once('close', () => setImmediate(endAfterWorkloadClosed, stream));
       const onFirst = () => {
         const first = stream.read() as Buffer | null;
         if (first === null) {
@@ -579,6 +580,16 @@ export class HttpInspector {
     }
     if (!state.h2Upstream) {
       const socket = state.upstream;
+      if (socket.readableEnded || socket.destroyed) {
+        // The workload left before the first call: nothing to open a session on.
+        answer(stream, 503);
+        stream.session?.close();
+        return;
+      }
+      // The workload's FIN (its process exited) ends the session's socket: Node's HTTP/2 session does nothing on a
+      // half-closed one, and the calls in flight would wait for answers forever. (Half-open stays for HTTP/1.1 and
+      // WebSocket tunnels, which need it.)
+      socket.once('end', () => socket.end());
       state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
       state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
       // The workload going away (a graceful restart, a gRPC server's max connection age) is told to the client at

@@ -130,6 +130,11 @@ beforeAll(async () => {
       setTimeout(() => res.end('after the hints'), 20);
       return;
     }
+    if (req.url === '/public/gone') {
+      // The workload goes away with the request unanswered.
+      req.socket.destroy();
+      return;
+    }
     if (req.url === '/public/close-delimited') {
       // As an HTTP/1.0-style server answers: no length, the body ends where the connection does.
       req.socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), CLOSE_DELIMITED_BODY]));
@@ -158,6 +163,11 @@ beforeAll(async () => {
       // Answers, then tells its client to go away (a graceful restart).
       grpcAnswer(stream, 'bye');
       stream.session?.close();
+      return;
+    }
+    if (headers[':path'] === '/pkg.Svc/Exit') {
+      // The workload's process goes away with the call in flight: its connection ends with a FIN, no answer, no GOAWAY.
+      stream.session?.socket.destroy();
       return;
     }
     if (headers[':path'] === '/pkg.Svc/ResetEarly') {
@@ -527,6 +537,31 @@ spec:
       socket.destroy();
     }
   }, 20_000);
+
+  it('answers 502 for an HTTP/1.1 request whose workload went away without answering, not an empty clean close', async () => {
+    const text = await rawHttp('GET /public/gone HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
+    expect(text).toMatch(/^HTTP\/1\.1 502 /);
+  });
+
+  it('ends an h2c call in flight when its workload goes away without answering, rather than leave it waiting forever', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    try {
+      const outcome = await new Promise<string>((resolve) => {
+        const call = session.request({ ':method': 'POST', ':path': '/pkg.Svc/Exit', 'content-type': 'application/grpc' });
+        let status = 'no answer';
+        call.on('response', (headers) => (status = String(headers[':status'])));
+        call.on('error', (error) => resolve(`error ${error.message}`));
+        call.on('close', () => resolve(status));
+        call.resume();
+        // A streaming call: the client's side stays open, as it does until the server answers.
+        call.write(Buffer.alloc(5));
+      });
+      expect(outcome).toBe('502');
+    } finally {
+      session.destroy();
+    }
+  }, 10_000);
 
   it('matches path rules on the normalised path, so encodings and dot segments cannot dodge them', async () => {
     const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });

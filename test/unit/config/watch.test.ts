@@ -190,6 +190,11 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       const removed = await recorder.next();
       expect(removed.type === 'change' && removed.diff.removed).toEqual([{ object: 'Pod default/other', file: 'pods.yaml' }]);
       expect(Date.now() - renamed).toBeLessThan(700);
+      // And one that holds nothing but a comment says so: its objects go.
+      await writeFiles(dir, { '.pods.tmp': '# no pods here any more\n' });
+      await rename(join(dir, '.pods.tmp'), join(dir, 'pods.yaml'));
+      const cleared = await recorder.next();
+      expect(cleared.type === 'change' && cleared.diff.removed).toEqual([{ object: 'Pod default/web', file: 'pods.yaml' }]);
     });
 
     it('keeps the last good snapshot when the MeshConfig is deleted or the directory vanishes', async () => {
