@@ -861,6 +861,25 @@ function reuseSocket(socket: Socket): buildConnector.connector {
   };
 }
 
+/** undici's default: a workload's keep-alive hint this close to expiring closes the connection after the answer. */
+const KEEP_ALIVE_THRESHOLD_S = 2;
+
+/**
+ * How long the client may keep the tunnel after this answer, by what the workload said: 0 when the workload closes the
+ * connection (`Connection: close`, or a `Keep-Alive` timeout undici does not wait out), its timeout less undici's
+ * margin and a second's, or null when it said nothing (the tunnel's own keep-alive then holds on both sides).
+ */
+function upstreamKeepAlive(headers: Readonly<Record<string, string | string[] | undefined>>): number | null {
+  const connection = headers['connection'];
+  if (connection !== undefined && /(?:^|,)\s*close\s*(?:,|$)/i.test(String(connection))) return 0;
+  const hint = headers['keep-alive'];
+  if (hint === undefined) return null;
+  const timeout = /(?:^|[\s,;])timeout\s*=\s*(\d+)/i.exec(String(hint));
+  if (timeout === null) return null;
+  const seconds = Number(timeout[1]) - KEEP_ALIVE_THRESHOLD_S - 1;
+  return seconds > 0 ? seconds : 0;
+}
+
 /** Streams an undici response back on a ServerResponse. */
 function forwardResponse(res: ServerResponse, logger: Logger): Dispatcher.DispatchHandler {
   return {
@@ -879,6 +898,14 @@ function forwardResponse(res: ServerResponse, logger: Logger): Dispatcher.Dispat
           }
         }
         return;
+      }
+      // The tunnel's one upstream connection ends when the workload says it will (undici closes it), so the client must
+      // not be told to reuse the tunnel for longer: its next request would find it ending, and be lost.
+      const keepAlive = upstreamKeepAlive(headers as Record<string, string | string[] | undefined>);
+      if (keepAlive === 0) res.shouldKeepAlive = false;
+      else if (keepAlive !== null) {
+        res.setHeader('connection', 'keep-alive');
+        res.setHeader('keep-alive', `timeout=${keepAlive}`);
       }
       res.writeHead(statusCode, statusMessage, forwardableHeaders(headers as Record<string, string | string[] | undefined>));
       // Send the head on its own: in Node 24.21 a corked write of the latin1 head string together with a

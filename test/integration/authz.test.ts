@@ -130,6 +130,17 @@ beforeAll(async () => {
       setTimeout(() => res.end('after the hints'), 20);
       return;
     }
+    if (req.url === '/public/last') {
+      // A server that closes after this answer (an error path, a request limit per connection).
+      res.setHeader('connection', 'close');
+      res.end('last one');
+      return;
+    }
+    if (req.url === '/public/short-keepalive') {
+      res.setHeader('keep-alive', 'timeout=2');
+      res.end('short');
+      return;
+    }
     if (req.url === '/public/gone') {
       // The workload goes away with the request unanswered.
       req.socket.destroy();
@@ -537,6 +548,25 @@ spec:
       socket.destroy();
     }
   }, 20_000);
+
+  it('tells the client to close when the workload closes the connection after its answer, so its next request is not sent into a closing tunnel', async () => {
+    const last = await rawHttp('GET /public/last HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
+    expect(last).toMatch(/^HTTP\/1\.1 200 /);
+    expect(last.toLowerCase()).toContain('\r\nconnection: close\r\n');
+    // A keep-alive hint undici does not wait out (2 s) closes the upstream after the answer too.
+    const short = await rawHttp('GET /public/short-keepalive HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
+    expect(short.toLowerCase()).toContain('\r\nconnection: close\r\n');
+    // A workload that keeps connections keeps the tunnel open; the client is promised no longer than it keeps them.
+    const client = new Client(`http://${CLIENT_IP}:9080`);
+    try {
+      const response = await client.request({ path: '/public/kept', method: 'GET' });
+      await response.body.dump();
+      expect(response.headers['connection']).toBe('keep-alive');
+      expect(response.headers['keep-alive']).toBe('timeout=2');
+    } finally {
+      await client.close();
+    }
+  });
 
   it('answers 502 for an HTTP/1.1 request whose workload went away without answering, not an empty clean close', async () => {
     const text = await rawHttp('GET /public/gone HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
