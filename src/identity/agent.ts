@@ -159,6 +159,10 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #dispatcher: Agent;
   #bundleTimer: NodeJS.Timeout | undefined;
   #ownSequenceFromCa: bigint | undefined;
+  /** Our trust domain's bundle as the CA last served it (or as stored from that, after a restart): what a rollback is judged against. */
+  #ownFromCa: TrustBundle | undefined;
+  /** Fingerprints of roots a bundle from the CA dropped: one that brings them back is stale, whatever its sequence. */
+  readonly #withdrawnRoots = new Set<string>();
   #lastRefreshMs: number | undefined;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
@@ -329,6 +333,19 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     if (!own || own.roots.length === 0) {
       throw new AmbitError('BUNDLE_INVALID', `CA served no roots for our own trust domain ${this.#options.trustDomain}`);
     }
+    const held = this.#ownFromCa;
+    if (held !== undefined) {
+      // As federation judges a peer's: a CA restored from a backup, or a stale replica, must not bring a withdrawn
+      // (perhaps compromised) root back. A bundle with only other roots and a lower sequence is a CA re-initialised.
+      const bringsBack = own.roots.some((root) => this.#withdrawnRoots.has(fingerprintOf(root)));
+      const older = own.sequence < held.sequence && own.roots.some((root) => held.roots.some((kept) => kept.equal(root)));
+      if (bringsBack || older) {
+        throw new AmbitError('BUNDLE_INVALID', `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, ${bringsBack ? 'bringing back a root a later bundle withdrew' : `older than sequence ${held.sequence}, which we hold`}: refused, ours kept (a CA restored from a backup, or a stale replica)`);
+      }
+      for (const root of held.roots) if (!own.roots.some((kept) => kept.equal(root))) this.#withdrawnRoots.add(fingerprintOf(root));
+      for (const root of own.roots) this.#withdrawnRoots.delete(fingerprintOf(root));
+    }
+    this.#ownFromCa = own;
     const previous = this.#bundles;
     let changed = previous.trustDomains().length !== next.trustDomains().length;
     for (const bundle of next) {
@@ -761,6 +778,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
     try {
       const stored = decodeBundle(this.#options.trustDomain, text);
+      this.#ownFromCa = stored;
       // The stored bundle is what the CA served last: it drops the roots withdrawn since (a compromised one among
       // them), so it supersedes the bootstrap roots it was stored with, which a DaemonSet's mounted file keeps
       // offering. A bootstrap root it was not stored with (the operator's new root, a re-initialised CA) is newer

@@ -1,0 +1,59 @@
+// The agent's own trust bundle never goes back: a CA restored from a backup (or a stale replica) that serves an older
+// bundle, one that still carries a root withdrawn since, is refused, while running and after a restart. Real CA over
+// HTTPS, real agent, the CA's state files as `ambit ca root` writes them.
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { IdentityAgent } from '../../src/identity/agent.ts';
+import { activateAuthority, loadCa, prepareAuthority, withdrawAuthorities } from '../../src/identity/ca/store.ts';
+import { silentLogger } from '../../src/observe/log.ts';
+import { startInProcessCa } from '../helpers/ca.ts';
+
+const TD = 'cluster.local';
+
+const cleanup: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const step of cleanup.splice(0).reverse()) await step().catch(() => {});
+});
+
+describe("the agent's own trust bundle", () => {
+  it('refuses an older bundle that brings back a withdrawn root, while running and after a restart', async () => {
+    const ca = await startInProcessCa(TD, {});
+    cleanup.push(() => ca.close());
+    // Root one, then root two prepared and activated: both published (the bundle a backup taken now holds).
+    await prepareAuthority(ca.dir);
+    await activateAuthority(ca.dir);
+    await copyFile(join(ca.dir, 'ca.json'), join(ca.dir, 'ca.json.backup'));
+    const bootstrap = (await loadCa(ca.dir)).bundle;
+    // Root one withdrawn (say it leaked): the CA reads its state again and serves root two alone.
+    await withdrawAuthorities(ca.dir, { graceMs: 0 });
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-rollback-'));
+    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
+    const agentFor = (joinToken?: string) => {
+      const agent = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir, logger: silentLogger(), ...(joinToken ? { joinToken } : {}) });
+      cleanup.push(() => agent.stop());
+      return agent;
+    };
+    const current = (await loadCa(ca.dir)).bundle;
+    expect(current.roots).toHaveLength(1);
+    await expect.poll(() => ca.server.ownBundle().sequence, { timeout: 10_000 }).toBe(current.sequence);
+    const agent = agentFor(await ca.joinToken('node-a'));
+    await agent.start();
+    await agent.refreshBundles();
+    expect(agent.bundles().get(TD)?.sequence).toBe(current.sequence);
+
+    // The operator restores the backup: the CA serves the older bundle, root one back in it.
+    await copyFile(join(ca.dir, 'ca.json.backup'), join(ca.dir, 'ca.json'));
+    await expect.poll(() => ca.server.ownBundle().sequence, { timeout: 10_000 }).toBeLessThan(current.sequence);
+    await expect(agent.refreshBundles()).rejects.toThrow(/at sequence \d+, (bringing back a root a later bundle withdrew|older than sequence \d+, which we hold): refused/);
+    expect(agent.bundles().get(TD)?.roots.map((root) => root.serialNumber)).toEqual(current.roots.map((root) => root.serialNumber));
+    await agent.stop();
+
+    // Restarted, it remembers the sequence it held (stored with the bundle) and refuses the older one again.
+    const restarted = agentFor();
+    await restarted.start();
+    await expect(restarted.refreshBundles()).rejects.toThrow(/older than sequence \d+, which we hold: refused/);
+    expect(restarted.bundles().get(TD)?.roots.map((root) => root.serialNumber)).toEqual(current.roots.map((root) => root.serialNumber));
+  });
+});
