@@ -608,7 +608,7 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
   denyTerms.forEach((term, i) => (terms[i] = term));
   allowTerms.forEach((term, i) => (terms[denyWords * BITS + i] = term));
   const slotBase = slots.length;
-  slots.push(...terms);
+  for (const term of terms) slots.push(term);
 
   layout.words = words;
   const header = layout.ints(LIST_HEADER);

@@ -38,8 +38,9 @@ export async function loadConfigDir(dir: string, options: LoadOptions = {}): Pro
     const parsed = parseDocuments(text, file);
     // Whitespace, comments or a lone `---` hold no objects either: what a file being written can show for a moment.
     if (parsed.objects.length === 0 && parsed.issues.length === 0) options.emptyFiles?.add(file);
-    objects.push(...parsed.objects);
-    issues.push(...parsed.issues);
+    // One push each: spread as arguments, a file of ~100,000 objects or issues overflowed the stack.
+    for (const object of parsed.objects) objects.push(object);
+    for (const issue of parsed.issues) issues.push(issue);
   }
   return buildSnapshot(objects, { dir: root, requireMesh: options.requireMesh ?? false, issues, where: root });
 }
