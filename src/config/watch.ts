@@ -312,8 +312,10 @@ async function treeState(dir: string): Promise<TreeState> {
   const files = new Map<string, { ino: number; mtimeMs: number }>();
   const inodes = new Map<string, number>();
   try {
-    const { files: names } = await listConfigFiles(dir);
+    const { files: names, issues } = await listConfigFiles(dir);
     const parts: string[] = [];
+    // A broken link or an unreadable directory counts as well: its removal is a change to load (the load refused it).
+    for (const issue of issues) parts.push(`${issue.file ?? ''}:issue`);
     for (const file of names) {
       const info = await stat(join(dir, file)).catch(() => undefined);
       if (info !== undefined) {

@@ -1,4 +1,4 @@
-import { readFile, rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../../src/config/audit.ts';
@@ -195,6 +195,21 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       await rename(join(dir, '.pods.tmp'), join(dir, 'pods.yaml'));
       const cleared = await recorder.next();
       expect(cleared.type === 'change' && cleared.diff.removed).toEqual([{ object: 'Pod default/web', file: 'pods.yaml' }]);
+    });
+
+    it('loads again when a broken link that was refused is removed, without waiting for another edit', async () => {
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, options);
+      // A ConfigMap update half done by hand: the new file in place, a link to a file that is gone beside it.
+      await writeFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
+      await symlink(join(dir, 'missing.yaml'), join(dir, 'dangling.yaml'));
+      const refused = await recorder.next();
+      expect(refused.type === 'error' && refused.error.message).toContain('dangling.yaml');
+      await rm(join(dir, 'dangling.yaml'));
+      const loaded = await recorder.next();
+      expect(loaded.type).toBe('change');
+      expect(watcher.current().workloadByIp('10.0.0.9')?.name).toBe('other');
     });
 
     it('keeps the last good snapshot when the MeshConfig is deleted or the directory vanishes', async () => {
