@@ -29,6 +29,7 @@ import { formatAuthority, parseAuthority } from './authority.ts';
 import { Bridge } from './copy.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
+import { presentedChainExpiryMs } from './tls.ts';
 import type { IdentityContexts, PeerVerifier } from './tls.ts';
 import { parseBaggage } from './baggage.ts';
 import { DENY_ON_ERROR } from '../authz/compile.ts';
@@ -157,10 +158,6 @@ function refuseSession(session: http2.ServerHttp2Session, reason: string): void 
 }
 
 /** When the peer's certificate expires (0, i.e. at once, if it cannot be read). */
-function leafExpiryMs(socket: tls.TLSSocket): number {
-  const expiry = Date.parse(socket.getPeerCertificate().valid_to);
-  return Number.isNaN(expiry) ? 0 : expiry;
-}
 
 /** What authorization sees when a stream opens; the peer facts are computed once per session. */
 export interface InboundConnection {
@@ -542,7 +539,7 @@ export class HboneInbound {
       return;
     }
     peers.set(session, {
-      id: result.id, bundles, validUntilMs: leafExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
+      id: result.id, bundles, validUntilMs: presentedChainExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
       localAddress: socket.localAddress === undefined ? 'unknown' : formatAuthority(socket.localAddress, socket.localPort ?? 0),
       principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null, certDetails: undefined,
     });
@@ -570,7 +567,7 @@ export class HboneInbound {
       if (!session.closed) session.close();
       return undefined;
     }
-    const current: PeerInfo = { ...peer, bundles, validUntilMs: leafExpiryMs(socket) };
+    const current: PeerInfo = { ...peer, bundles, validUntilMs: presentedChainExpiryMs(socket) };
     peers.set(session, current);
     return current;
   }

@@ -10,6 +10,7 @@ import * as tls from 'node:tls';
 import { AmbitError } from '../errors.ts';
 import type { BundleSource } from '../identity/svid.ts';
 import type { Logger } from '../observe/log.ts';
+import { presentedChainExpiryMs } from './tls.ts';
 import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
@@ -270,7 +271,7 @@ export class HbonePool {
     }
     // The session is good until either end's certificate expires: the server's, and ours (the peer refuses new
     // streams from a session whose client certificate has expired; rotation dials the next session with the new one).
-    const serverUntilMs = Date.parse(socket.getPeerCertificate().valid_to);
+    const serverUntilMs = presentedChainExpiryMs(socket);
     // Ours a little early, so that no stream is sent in the last moments and refused on arrival.
     const ownUntilMs = identity.svid.notAfter.getTime() - Math.min(OWN_EXPIRY_MARGIN_MS, (identity.svid.notAfter.getTime() - identity.svid.notBefore.getTime()) / 10);
     const validUntilMs = Math.min(Number.isNaN(serverUntilMs) ? 0 : serverUntilMs, ownUntilMs);

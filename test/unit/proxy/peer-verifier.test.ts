@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BundleSet, createBundle } from '../../../src/identity/bundle.ts';
-import { PeerVerifier } from '../../../src/proxy/tls.ts';
+import { PeerVerifier, presentedChainExpiryMs } from '../../../src/proxy/tls.ts';
 import { craftCertificate, createTestCa, issueTestSvid } from '../../helpers/certs.ts';
 import * as x509 from '../../../src/identity/x509.ts';
 import { certificatesToPem, exportPrivateKeyPem } from '../../../src/identity/svid.ts';
@@ -95,5 +95,21 @@ describe("the proxy's verifier and roots its trust domain shares", () => {
     const bundles = new BundleSet([createBundle(TD, [root]), createBundle('other.test', [root])]);
     expect(new PeerVerifier({ localTrustDomain: TD }).verify(socket, bundles, null).error?.code).toBe('SVID_CA_INVALID');
     expect(new PeerVerifier({ localTrustDomain: 'elsewhere.test' }).verify(socket, bundles, null).valid).toBe(true);
+  });
+});
+
+describe('the expiry of a presented chain', () => {
+  it('is its earliest certificate: an intermediate that ends before the leaf ends the verdict and the session with it', async () => {
+    const ca = await createTestCa(TD);
+    const now = Date.now();
+    const intermediate = await craftCertificate(ca.root, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, notAfter: new Date(now + 10 * 60_000) });
+    const leaf = await craftCertificate({ cert: intermediate.cert, privateKey: intermediate.keys.privateKey, chainAbove: [] }, { uris: [CLIENT_ID], notAfter: new Date(now + 60 * 60_000) });
+    const client: TestSvid = { ...(await issueTestSvid(ca, CLIENT_ID)), certPem: certificatesToPem([leaf.cert, intermediate.cert]), keyPem: await exportPrivateKeyPem(leaf.keys.privateKey) };
+    const socket = await acceptedFrom(await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`), client);
+    // Whole seconds: a certificate's times have no milliseconds.
+    expect(presentedChainExpiryMs(socket)).toBe(Math.floor(intermediate.cert.notAfter.getTime() / 1000) * 1000);
+    expect(presentedChainExpiryMs(socket)).toBeLessThan(leaf.cert.notAfter.getTime());
+    // Until then the chain is accepted; the inbound server and the pool end the session's new streams at that time.
+    expect(new PeerVerifier().verify(socket, new BundleSet([ca.bundle]), CLIENT_ID).valid).toBe(true);
   });
 });
