@@ -226,6 +226,8 @@ export class MutableFacts implements HttpRequestFacts {
    * `authorization` and the like (a harmless first one would hide the one a DENY rule looks for).
    */
   #raw: readonly string[] = [];
+  /** Header values looked up for this request (one map per tunnel, cleared per request). */
+  readonly #headers = new Map<string, string | undefined>();
 
   /**
    * Fills the facts of one request; returns null, or what makes it malformed (it is refused with 400): a bad
@@ -259,6 +261,7 @@ export class MutableFacts implements HttpRequestFacts {
     this.forwardPath = normalized === path ? rawPath : query < 0 ? normalized : normalized + rawPath.slice(query);
     this.host = hasUpper(host) ? host.toLowerCase() : host;
     this.#raw = rawHeaders;
+    this.#headers.clear();
     let hosts = 0;
     let singles = 0;
     for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
@@ -284,11 +287,16 @@ export class MutableFacts implements HttpRequestFacts {
   header(name: string): string | undefined {
     // The authority decided on, whichever protocol carried it (an h2 request has :authority and usually no host).
     if (name === 'host') return this.host === '' ? undefined : this.host;
+    // Once per name and request: every rule with a condition on the header asks again, and a request of thousands
+    // of fields made each of hundreds of rules rescan and rejoin them (21 ms per request with 200 rules).
+    const seen = this.#headers;
+    if (seen.has(name)) return seen.get(name);
     const raw = this.#raw;
     let found: string | undefined;
     for (let i = 0; i + 1 < raw.length; i += 2) {
       if (sameHeaderName(raw[i] as string, name)) found = found === undefined ? (raw[i + 1] as string) : `${found},${raw[i + 1] as string}`;
     }
+    seen.set(name, found);
     return found;
   }
 }

@@ -136,3 +136,16 @@ describe('Host fields that could name another host than the one authorization de
     expect(malformed).toBeNull();
   });
 });
+
+describe('header values looked up per request', () => {
+  it('are read afresh for each request of a tunnel: a value one request sent never answers for the next', () => {
+    const facts = new MutableFacts();
+    expect(facts.fill('GET', '/', 'web', ['Host', 'web', 'X-Tenant', 'a', 'x-tenant', 'b'], true)).toBeNull();
+    expect(facts.header('x-tenant')).toBe('a,b');
+    expect(facts.header('x-tenant')).toBe('a,b');
+    expect(facts.header('x-absent')).toBeUndefined();
+    expect(facts.fill('GET', '/', 'web', ['Host', 'web', 'x-absent', 'now'], true)).toBeNull();
+    expect(facts.header('x-tenant')).toBeUndefined();
+    expect(facts.header('x-absent')).toBe('now');
+  });
+});
