@@ -8,6 +8,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { http } from '../node-http.ts';
 import * as http2 from 'node:http2';
 import type { Socket } from 'node:net';
+import { PassThrough, addAbortSignal } from 'node:stream';
 import type { Duplex } from 'node:stream';
 import { Client } from '../undici.ts';
 import type { Dispatcher, buildConnector } from 'undici';
@@ -139,6 +140,24 @@ const HEADERS_TIMEOUT_MS = 60_000;
 function cancelStream(stream: http2.ServerHttp2Stream): void {
   if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
 }
+
+/**
+ * Ends an inspected tunnel as failed: RST_STREAM CANCEL, which the client's proxy passes on as a reset. A bare
+ * destroy() of the HBONE stream sends NO_ERROR, which reads as a clean end: a cut answer would pass for a whole one.
+ */
+function resetTunnel(socket: Duplex): void {
+  // close(CANCEL) would end our side first (END_STREAM), and a client reading that before the reset sees a clean
+  // end; destroy() with an AbortError resets at once, with CANCEL (Node's code for it).
+  socket.destroy(TUNNEL_ABORTED);
+}
+
+/** Node's own AbortError (it resets with CANCEL for that class only, INTERNAL_ERROR for any other), taken from a stream it aborts. */
+const TUNNEL_ABORTED: Error = (() => {
+  const aborted = new PassThrough();
+  aborted.on('error', ignore);
+  addAbortSignal(AbortSignal.abort(), aborted);
+  return aborted.errored ?? new Error('inspected tunnel reset');
+})();
 
 /**
  * The workload closed: nothing more can be forwarded on this tunnel. Ended, not reset: the answer it finished with
@@ -384,7 +403,7 @@ export class HttpInspector {
       this.#logger.debug({ err: error.message }, timedOut ? 'request head not received in time on an inspected tunnel' : 'malformed HTTP/1.1 on an inspected tunnel');
       if (socket.destroyed) return;
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
-      if ((this.#tunnels.get(socket)?.inFlight ?? 0) > 0) socket.destroy();
+      if ((this.#tunnels.get(socket)?.inFlight ?? 0) > 0) resetTunnel(socket);
       else socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.#h2.on('session', (session) => {
@@ -466,7 +485,7 @@ export class HttpInspector {
     }
     if (state.inFlight >= MAX_PIPELINED_REQUESTS) {
       this.#logger.warn({ inFlight: state.inFlight, limit: MAX_PIPELINED_REQUESTS }, 'inspected tunnel pipelined more HTTP/1.1 requests than it may have unanswered: resetting it');
-      req.socket.destroy();
+      resetTunnel(req.socket);
       return;
     }
     state.inFlight++;
@@ -516,7 +535,7 @@ export class HttpInspector {
     const state = this.#tunnels.get(socket);
     // Behind pipelined requests not yet answered, its answer could not be put in order.
     if (state === undefined || state.inFlight > 0) {
-      socket.destroy();
+      resetTunnel(socket);
       return;
     }
     const headers = forwardableRawHeaders(req.rawHeaders);

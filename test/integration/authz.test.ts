@@ -662,9 +662,15 @@ spec:
     // Bodies end without a newline: a status line follows the last body byte.
     expect(few.text.match(/HTTP\/1\.1 200 /g)).toHaveLength(10);
     expect([...few.text.matchAll(/web \/public\/few-(\d+)/g)].map((m) => Number(m[1]))).toEqual(Array.from({ length: 10 }, (_, i) => i));
+    const nodeA = mesh.nodes.get('node-a')!;
+    const since = nodeA.proc.lines.length;
     const flood = await pipelined(2_000, 'flood');
     expect(flood.text.match(/HTTP\/1\.1 200 /g)?.length ?? 0).toBeLessThanOrEqual(64);
     expect(webRequests.filter((r) => r.startsWith('GET /public/flood-')).length).toBeLessThanOrEqual(64);
+    // Reset, and known as such at the source (RST_STREAM CANCEL), not ended as if every answer had been given.
+    const access = await nodeA.proc.waitFor((line) => nodeA.proc.lines.indexOf(line) >= since && line.msg === 'access' && line.direction === 'outbound' && line.error_code !== undefined);
+    expect(access.error_code).toBe('TUNNEL_RESET');
+    expect(access.error).toMatch(/RST 8\)/);
   });
 
   it('passes an allowed h2c request on with every field of a repeated header, in order, and its path normalised', async () => {
