@@ -23,6 +23,8 @@ export interface LoadOptions {
 
 /** Larger than any sane configuration file, small enough that a mistaken path cannot exhaust memory. */
 export const MAX_CONFIG_FILE_BYTES = 32 * 1024 * 1024;
+/** Lines one file may have: ten times a 1,000-policy file's, well below what exhausts the parser's heap. */
+export const MAX_CONFIG_LINES = 1_000_000;
 /** yaml's default; bounds the expansion of aliases ("billion laughs"). */
 const MAX_ALIAS_COUNT = 100;
 const CONFIG_FILE = /\.ya?ml$/i;
@@ -178,6 +180,14 @@ function parseDocuments(text: string, file: string): ParsedText {
   // The yaml library's own uniqueKeys check compares every key with every earlier one (a 40,000-key mapping took
   // ~24 s, synchronously, in a reload); duplicateKeys does the same check in one pass. Merge keys (`<<: *base`) are
   // read as kubectl's YAML reads them, a mapping's own keys winning: they were refused as an unknown field `<<`.
+  // What the parser holds costs up to ~260 bytes of heap per byte of input on line-dense text (a file of `---`, a list of
+  // one-letter items): 32 MiB of that exhausted the heap, and the process aborted. Counted before parsing.
+  let lines = 0;
+  for (let at = text.indexOf('\n'); at >= 0 && lines <= MAX_CONFIG_LINES; at = text.indexOf('\n', at + 1)) lines++;
+  if (lines > MAX_CONFIG_LINES) {
+    result.issues.push({ code: 'CONFIG_YAML', file, line: undefined, object: undefined, field: undefined, message: `more than ${MAX_CONFIG_LINES} lines: split it into several files` });
+    return result;
+  }
   let documents: ReturnType<typeof parseAllDocuments>;
   try {
     documents = parseAllDocuments(text, { lineCounter, prettyErrors: false, uniqueKeys: false, merge: true });

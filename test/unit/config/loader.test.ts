@@ -662,6 +662,12 @@ status: { podIP: 10.0.0.9, phase: Running }
 });
 
 describe('parseConfigText', () => {
+  it('refuses a file of more than a million lines before parsing it, naming it (32 MiB of `---` exhausted the heap)', () => {
+    expect(() => parseConfigText('---\n'.repeat(1_000_001), 'dashes.yaml')).toThrow(/dashes\.yaml: more than 1000000 lines: split it into several files/);
+    // At the limit it is parsed as usual.
+    expect(parseConfigText(`${meshYaml()}${'\n'.repeat(999_000)}`, 'padded.yaml').map((object) => object.kind)).toEqual(['MeshConfig']);
+  });
+
   it('returns the objects of one text, with the given file as their source', () => {
     const objects = parseConfigText(`${meshYaml()}---\n${podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1' })}`, 'inline.yaml');
     expect(objects.map((object) => [object.kind, object.source.file, object.source.line])).toEqual([
