@@ -7,6 +7,7 @@ import { LineCounter, isAlias, isMap, isNode, isScalar, isSeq, parseAllDocuments
 import type { Document } from 'yaml';
 import { formatPath, isMapping } from './fields.ts';
 import type { FieldPath } from './fields.ts';
+import { AmbitError } from '../errors.ts';
 import { ConfigError } from './issues.ts';
 import type { ConfigIssue } from './issues.ts';
 import type { ConfigObject } from './objects.ts';
@@ -37,14 +38,28 @@ export async function loadConfigDir(dir: string, options: LoadOptions = {}): Pro
   for (const file of files) {
     const text = await readConfigFile(root, file, issues);
     if (text === undefined) continue;
-    const parsed = parseDocuments(text, file);
+    let parsed: ParsedText;
+    try {
+      parsed = parseDocuments(text, file);
+    } catch (error) {
+      // Out of memory or stack while reading one file's objects (aliases that expand a thousandfold): named, with the
+      // file, not an 'unexpected error'.
+      if (error instanceof AmbitError) throw error;
+      issues.push(fileIssue(file, `cannot be read as configuration: ${reason(error)}`));
+      continue;
+    }
     // Whitespace, comments or a lone `---` hold no objects either: what a file being written can show for a moment.
     if (parsed.objects.length === 0 && parsed.issues.length === 0) options.emptyFiles?.add(file);
     // One push each: spread as arguments, a file of ~100,000 objects or issues overflowed the stack.
     for (const object of parsed.objects) objects.push(object);
     for (const issue of parsed.issues) issues.push(issue);
   }
-  return buildSnapshot(objects, { dir: root, requireMesh: options.requireMesh ?? false, issues, where: root });
+  try {
+    return buildSnapshot(objects, { dir: root, requireMesh: options.requireMesh ?? false, issues, where: root });
+  } catch (error) {
+    if (error instanceof AmbitError) throw error;
+    throw new ConfigError([{ code: 'CONFIG_FIELD', file: undefined, line: undefined, object: undefined, field: undefined, message: `the configuration cannot be built: ${reason(error)}` }], root);
+  }
 }
 
 /**
