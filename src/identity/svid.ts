@@ -455,9 +455,13 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
   if (chain.length > MAX_CHAIN_DEPTH + 1) return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: chain of ${chain.length} certificates, more than ${MAX_CHAIN_DEPTH + 1}`);
   // Before any signature is checked: a presented CA's key and signature cost what its sender chose.
   for (let i = 1; i < chain.length; i++) {
-    const presented = facts(chain[i] as Certificate);
-    const problem = presented.keyProblem ?? (presented.rsaBits > MAX_CA_RSA_BITS ? `has a ${presented.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined) ?? presented.signatureProblem;
-    if (problem !== undefined) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(chain[i] as Certificate)} ${problem}`);
+    const cert = chain[i] as Certificate;
+    const presented = facts(cert);
+    // A self-issued one is a root sent along (corporate CAs send theirs): its self-signature is never what a path
+    // relies on, and many long-lived roots are signed over SHA-1.
+    const signatureProblem = cert.subject === cert.issuer ? undefined : presented.signatureProblem;
+    const problem = presented.keyProblem ?? (presented.rsaBits > MAX_CA_RSA_BITS ? `has a ${presented.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined) ?? signatureProblem;
+    if (problem !== undefined) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(cert)} ${problem}`);
   }
   const used = new Set<Certificate>([current]);
   for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {

@@ -447,6 +447,20 @@ describe('keys and signatures in a peer chain', () => {
     expect(verifySvid([(await craftCertificate(caA.root, { uris: [WEB], signingAlgorithm: { name: 'ECDSA', hash: 'SHA-384' } as EcdsaParams })).cert], bundles).valid).toBe(true);
   });
 
+  it('accepts a chain that carries its SHA-1 self-signed root along, and refuses an intermediate signed over SHA-1', async () => {
+    const sha1 = { name: 'ECDSA', hash: 'SHA-1' } as EcdsaParams;
+    const root = await craftCertificate(null, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, subject: 'CN=legacy root', signingAlgorithm: sha1 });
+    const rootAuthority = { cert: root.cert, privateKey: root.keys.privateKey, chainAbove: [] };
+    const leaf = await craftCertificate(rootAuthority, { uris: [WEB] });
+    const legacy = new BundleSet([createBundle('cluster.local', [root.cert])]);
+    expect(verifySvid([leaf.cert, root.cert], legacy).valid).toBe(true);
+    const intermediate = await craftCertificate(rootAuthority, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, signingAlgorithm: sha1 });
+    const below = await craftCertificate({ cert: intermediate.cert, privateKey: intermediate.keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    const refused = verifySvid([below.cert, intermediate.cert], legacy);
+    expect(refused.error?.code).toBe('SVID_CA_INVALID');
+    expect(refused.error?.message).toMatch(/over SHA-1/);
+  });
+
   it('refuses, before checking any signature, a presented CA whose RSA public exponent is past 32 bits', async () => {
     // OpenSSL takes any exponent below a 3072-bit modulus; one of ~3070 bits makes each check cost ~13 ms.
     const { publicKey } = await rsaPair(3072);
