@@ -56,8 +56,6 @@ export class InboundAuthorizer {
   // counts are copied into the counter when it is scraped; a cell outlives the snapshot whose decision made it.
   readonly #cellOf = new WeakMap<Decision, DecisionCount>();
   readonly #cells = new Map<string, DecisionCount>();
-  /** The last snapshot whose policies failed to compile, so that its error is logged once. */
-  #failedSnapshot: ConfigSnapshot | null = null;
 
   constructor(snapshot: () => ConfigSnapshot, registry: Registry, logger: Logger) {
     this.#snapshot = snapshot;
@@ -111,9 +109,9 @@ export class InboundAuthorizer {
     const current = snapshot.workloadByIp(connection.destinationIp);
     if (current === undefined) return null;
     const policies = this.#policiesOf(snapshot, current);
-    // Uninspected would let every request through: with no policies to judge them by, each one is refused.
-    if (policies === null) return this.#refuseEveryRequest(connection);
-    if (!policies.hasL7Rules || !policies.httpPorts.has(connection.destinationPort)) return null;
+    // Uninspected would let every request through: with no policies to judge them by, each one is refused until a
+    // configuration that compiles is in force (decide looks again at every change).
+    if (policies !== null && (!policies.hasL7Rules || !policies.httpPorts.has(connection.destinationPort))) return null;
     // One context per tunnel; each request only swaps in its facts.
     const ctx = contextOf(connection);
     const logger = this.#logger;
@@ -176,32 +174,14 @@ export class InboundAuthorizer {
     return decision.allow;
   }
 
-  /**
-   * A workload's compiled policies, or null when they cannot be compiled: a failure to decide, for which every caller
-   * denies (fail closed). Logged once per snapshot, not once per connection.
-   */
+  /** A workload's compiled policies, or null when they cannot be compiled: a failure to decide, for which every caller denies (fail closed). */
   #policiesOf(snapshot: ConfigSnapshot, workload: Workload): WorkloadPolicies | null {
     try {
       return authorizationOf(snapshot).forWorkload(workload);
-    } catch (error) {
-      if (this.#failedSnapshot !== snapshot) {
-        this.#failedSnapshot = snapshot;
-        this.#logger.error({ err: (error as Error).message, version: snapshot.version }, 'authorization policies failed to compile: every connection and request is denied until the configuration changes (fail closed)');
-      }
+    } catch {
+      // The node proxy logs the failure once, when the configuration is applied; here it is counted, per decision.
       return null;
     }
-  }
-
-  #refuseEveryRequest(connection: InboundConnection): RequestInspection {
-    return {
-      decide: () => {
-        this.#count(DENY_ON_ERROR);
-        return DENY_ON_ERROR;
-      },
-      onDenied: (decision, facts) => {
-        this.#logger.warn({ decision: 'DENY', reason: decision.reason, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'request denied: the policies failed to compile');
-      },
-    };
   }
 
   #count(decision: Decision): void {

@@ -132,7 +132,7 @@ describe('policies that fail to compile', () => {
     });
   }
 
-  it('deny every connection, inspected request and open connection, and are compiled once, not once per connection', async () => {
+  it('deny every connection, inspected request and open connection until the configuration compiles again, and are compiled once, not once per connection', async () => {
     const HTTP_WORLD = `${WORLD}---
 apiVersion: v1
 kind: Service
@@ -175,6 +175,10 @@ spec:
     expect(inspection).not.toBeNull();
     expect(inspection!.decide(facts).allow).toBe(false);
     expect(authorizer.stillAllowed(open, false, snapshot, 'node-b')).toBe(false);
+    // Once a configuration that compiles is in force, the tunnel opened meanwhile decides by it again.
+    snapshot = good;
+    expect(fresh!.decide(facts).allow).toBe(true);
+    snapshot = counted;
     expect((await decisionCounts(registry))['DENY error']).toBeGreaterThanOrEqual(3);
   });
 });
