@@ -72,7 +72,7 @@ export const ERROR_CODES = {
   CONFIG_DUPLICATE: 'two objects share kind, namespace and name',
   CONFIG_CONFLICT: 'two objects claim the same thing (for example one IP for two workloads)',
   CONFIG_MESH_MISSING: 'the configuration has no ambit.dev/v1alpha1 MeshConfig, which the CA and the proxy need for the trust domain',
-  CONFIG_FILE_EMPTIED: 'a configuration file that held objects was rewritten in place and now holds none (0 bytes, or only whitespace, comments and `---`): most likely still being written (`>` truncates first), so its objects stay in force until it has objects again or is removed',
+  CONFIG_FILE_EMPTIED: 'a configuration file that held objects was rewritten in place and is now empty (0 bytes, or blank): most likely still being written (`>` truncates first), so its objects stay in force until it has objects again or is removed',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

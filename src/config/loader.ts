@@ -18,7 +18,7 @@ import { validateObject } from './validate.ts';
 export interface LoadOptions {
   /** Refuse a configuration without a MeshConfig; the CA and the proxy ask for this. */
   requireMesh?: boolean;
-  /** Filled with the files this load read with no objects in them (the watcher holds the objects of a file emptied in place). */
+  /** Filled with the files this load read empty or blank (the watcher holds the objects of a file emptied in place). */
   emptyFiles?: Set<string>;
 }
 
@@ -48,8 +48,9 @@ export async function loadConfigDir(dir: string, options: LoadOptions = {}): Pro
       issues.push(fileIssue(file, `cannot be read as configuration: ${reason(error)}`));
       continue;
     }
-    // Whitespace, comments or a lone `---` hold no objects either: what a file being written can show for a moment.
-    if (parsed.objects.length === 0 && parsed.issues.length === 0) options.emptyFiles?.add(file);
+    // Whitespace alone, as `printf '\n' > f.yaml` leaves it, is as empty. (Comments alone are a file's own words,
+    // commented out in an editor: the watcher applies them once the file holds still.)
+    if (text.trim() === '') options.emptyFiles?.add(file);
     // One push each: spread as arguments, a file of ~100,000 objects or issues overflowed the stack.
     for (const object of parsed.objects) objects.push(object);
     for (const issue of parsed.issues) issues.push(issue);

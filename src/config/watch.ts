@@ -19,9 +19,10 @@ const TRANSIENT_READ_ERROR = /\b(?:EMFILE|ENFILE|EAGAIN|EBUSY|EINTR)\b/;
 const MAX_TORN_LOADS = 3;
 /**
  * A file written in place (the same inode: `curl ... > f.yaml`, `kubectl get -o yaml > f.yaml`, a copy over a slow
- * mount) whose change removes objects or fields is applied only once it has not changed for this long: a write that
- * paused at a `---` or between two rules reads as valid YAML with a DENY policy or rule missing. Files written by
- * rename (ConfigMaps, editors, `mv`) are whole when they appear, and apply at once.
+ * mount) whose change removes objects or changes their fields is applied only once this watcher has seen it unchanged
+ * for this long: a write that paused at a `---` or between two rules reads as valid YAML with a DENY policy or rule
+ * missing. A file rewritten in place more often than that waits until it stops. Files written by rename (ConfigMaps,
+ * `mv`, most editors) are whole when they appear, and apply at once.
  */
 export const IN_PLACE_SETTLE_MS = 2_000;
 
@@ -40,7 +41,7 @@ export interface WatchOptions {
   onError(error: AmbitError, kind: WatchErrorKind): void;
   /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
   debounceMs?: number;
-  /** How long a file written in place must hold still before a change that takes objects or fields away applies (IN_PLACE_SETTLE_MS). */
+  /** How long a file written in place must hold still before a change that removes objects or changes fields applies (IN_PLACE_SETTLE_MS). */
   inPlaceSettleMs?: number;
   /** Interval of the mtime poll used where fs.watch is unavailable. */
   pollIntervalMs?: number;
@@ -88,7 +89,9 @@ class DirectoryWatcher implements ConfigWatcher {
   #pollTimer: NodeJS.Timeout | undefined;
   #pollSignature: string | undefined;
   /** Each file's inode when last judged: the same inode again means written in place. */
-  #inodes = new Map<string, number>();
+  #inodes = new Map<string, string>();
+  /** Each file's last seen state (size, mtime, identity) and when this watcher first saw it so (monotonic ms). */
+  readonly #seenSince = new Map<string, { readonly state: string; readonly atMs: number }>();
   #settleTimer: NodeJS.Timeout | undefined;
   #reloading: Promise<void> | undefined;
   #reloadAgain = false;
@@ -197,6 +200,7 @@ class DirectoryWatcher implements ConfigWatcher {
     }
     const afterState = await treeState(this.#dir);
     const after = afterState.signature;
+    this.#noteChanges(afterState);
     if (this.#closed) return;
     // Files changed while they were read (a deploy writing several, a directory swapped): what was read may mix old and
     // new files, so it is never applied. It is read again at once a few times, then after the debounce, until the files
@@ -231,7 +235,7 @@ class DirectoryWatcher implements ConfigWatcher {
     // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
     // change that drops its objects (its DENY policies) until the next reload. Only a file written in place: one that
     // appeared by rename is whole, and holding nothing is what it says.
-    const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && inodesBefore.get(file) === afterState.files.get(file)?.ino);
+    const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && inodesBefore.get(file) === afterState.files.get(file)?.identity);
     if (emptied.length > 0) {
       this.#inodes = afterState.inodes;
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
@@ -241,7 +245,7 @@ class DirectoryWatcher implements ConfigWatcher {
     }
     const unsettledMs = this.#unsettled(diff, afterState, inodesBefore);
     if (unsettledMs > 0) {
-      // Judged again once the file has held still; the poll must not judge it meanwhile as already seen.
+      // Judged again once the file has held still: the poll has seen this state already, so it is this timer's to do.
       clearTimeout(this.#settleTimer);
       this.#settleTimer = setTimeout(this.#schedule, unsettledMs);
       return;
@@ -258,17 +262,29 @@ class DirectoryWatcher implements ConfigWatcher {
   }
 
   /** How long until every file written in place whose change takes objects or fields away has held still; 0 when none. */
-  #unsettled(diff: ConfigDiff, state: TreeState, inodesBefore: ReadonlyMap<string, number>): number {
-    const now = Date.now();
+  #unsettled(diff: ConfigDiff, state: TreeState, inodesBefore: ReadonlyMap<string, string>): number {
+    const now = performance.now();
+    const settleMs = this.#options.inPlaceSettleMs ?? IN_PLACE_SETTLE_MS;
     let wait = 0;
+    // Timed from when this watcher saw the file so, not from its mtime: a file server's clock, `cp -p` or `touch -d`
+    // set mtimes this host's clock knows nothing of.
     const consider = (file: string) => {
       const info = state.files.get(file);
-      if (info === undefined || inodesBefore.get(file) !== info.ino) return;
-      wait = Math.max(wait, (this.#options.inPlaceSettleMs ?? IN_PLACE_SETTLE_MS) - (now - info.mtimeMs));
+      if (info === undefined || inodesBefore.get(file) !== info.identity) return;
+      const since = this.#seenSince.get(file)?.atMs ?? now;
+      wait = Math.max(wait, settleMs - (now - since));
     };
     for (const ref of diff.removed) consider(ref.file);
     for (const change of diff.changed) if (change.fields.length > 0) consider(change.file);
     return Math.ceil(wait);
+  }
+
+  #noteChanges(state: TreeState): void {
+    const now = performance.now();
+    for (const [file, info] of state.files) {
+      if (this.#seenSince.get(file)?.state !== info.state) this.#seenSince.set(file, { state: info.state, atMs: now });
+    }
+    for (const file of this.#seenSince.keys()) if (!state.files.has(file)) this.#seenSince.delete(file);
   }
 
   #audit(next: ConfigSnapshot, prev: ConfigSnapshot | undefined, diff: ConfigDiff): void {
@@ -285,6 +301,8 @@ class DirectoryWatcher implements ConfigWatcher {
     const state = await treeState(this.#dir);
     this.#pollSignature = state.signature;
     this.#inodes = state.inodes;
+    // Files already there are as settled as they will be.
+    for (const [file, info] of state.files) this.#seenSince.set(file, { state: info.state, atMs: Number.NEGATIVE_INFINITY });
     this.#pollTimer = setTimeout(this.#pollOnce, this.#pollIntervalMs);
   }
 
@@ -304,13 +322,13 @@ class DirectoryWatcher implements ConfigWatcher {
 interface TreeState {
   /** Name, size, mtime and inode of every configuration file (links followed): any edit or swap changes it. */
   readonly signature: string;
-  readonly files: ReadonlyMap<string, { readonly ino: number; readonly mtimeMs: number }>;
-  readonly inodes: Map<string, number>;
+  readonly files: ReadonlyMap<string, { readonly identity: string; readonly state: string }>;
+  readonly inodes: Map<string, string>;
 }
 
 async function treeState(dir: string): Promise<TreeState> {
-  const files = new Map<string, { ino: number; mtimeMs: number }>();
-  const inodes = new Map<string, number>();
+  const files = new Map<string, { identity: string; state: string }>();
+  const inodes = new Map<string, string>();
   try {
     const { files: names, issues } = await listConfigFiles(dir);
     const parts: string[] = [];
@@ -319,10 +337,13 @@ async function treeState(dir: string): Promise<TreeState> {
     for (const file of names) {
       const info = await stat(join(dir, file)).catch(() => undefined);
       if (info !== undefined) {
-        files.set(file, { ino: info.ino, mtimeMs: info.mtimeMs });
-        inodes.set(file, info.ino);
+        // The inode and its birth time: ext4 hands a freed inode to the next file at once, and a file replaced by
+        // rename twice within a debounce would otherwise pass for one written in place.
+        const identity = `${info.ino}:${info.birthtimeMs}`;
+        files.set(file, { identity, state: `${info.size}:${info.mtimeMs}:${identity}` });
+        inodes.set(file, identity);
       }
-      parts.push(info === undefined ? `${file}:gone` : `${file}:${info.size}:${info.mtimeMs}:${info.ino}`);
+      parts.push(info === undefined ? `${file}:gone` : `${file}:${files.get(file)?.state ?? ''}`);
     }
     return { signature: parts.join('\n'), files, inodes };
   } catch (error) {
