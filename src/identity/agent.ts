@@ -76,6 +76,8 @@ const ATTEST_KEY_FILE = 'attest-key.json';
 const OWN_BUNDLE_FILE = 'bundle.json';
 /** The bootstrap bundle's roots (SHA-256 fingerprints) when bundle.json was written: what the stored bundle supersedes. */
 const BOOTSTRAP_SEEN_FILE = 'bootstrap-roots.json';
+/** SHA-256 fingerprints of our own roots a bundle from the CA dropped: never taken back, also after a restart. */
+const WITHDRAWN_ROOTS_FILE = 'withdrawn-roots.json';
 
 /** The CA answered, with something other than a certificate: its status says whether trying again can help. */
 class CaRefusal extends AmbitError {
@@ -327,21 +329,21 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   }
 
   /** `namesSigning`: the answer named the signing authority, which decides what to re-issue (#onSigningAuthority). */
-  #applyBundles(next: BundleSet, namesSigning = false): void {
-    const own = next.get(this.#options.trustDomain);
+  #applyBundles(served: BundleSet, namesSigning = false): void {
+    let next = served;
+    let own = next.get(this.#options.trustDomain);
     // A bundle set without our own trust domain would lock us out of our own mesh: refuse it.
     if (!own || own.roots.length === 0) {
       throw new AmbitError('BUNDLE_INVALID', `CA served no roots for our own trust domain ${this.#options.trustDomain}`);
     }
     const held = this.#ownFromCa;
-    if (held !== undefined) {
-      // As federation judges a peer's: a CA restored from a backup, or a stale replica, must not bring a withdrawn
-      // (perhaps compromised) root back. A bundle with only other roots and a lower sequence is a CA re-initialised.
-      const bringsBack = own.roots.some((root) => this.#withdrawnRoots.has(fingerprintOf(root)));
-      const older = own.sequence < held.sequence && own.roots.some((root) => held.roots.some((kept) => kept.equal(root)));
-      if (bringsBack || older) {
-        throw new AmbitError('BUNDLE_INVALID', `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, ${bringsBack ? 'bringing back a root a later bundle withdrew' : `older than sequence ${held.sequence}, which we hold`}: refused, ours kept (a CA restored from a backup, or a stale replica)`);
-      }
+    const rollback = held === undefined ? null : this.#rollback(own, held);
+    if (rollback !== null && held !== undefined) {
+      // Ours is kept; the other trust domains' bundles in the answer are taken all the same.
+      this.#logger.error({ trustDomain: this.#options.trustDomain, sequence: own.sequence.toString(), held: held.sequence.toString() }, `${rollback}: refused, ours kept (a CA restored from a backup, or a stale replica; after re-initialising the CA on purpose, remove ${OWN_BUNDLE_FILE} and ${WITHDRAWN_ROOTS_FILE} from each node's state directory)`);
+      own = held;
+      next = new BundleSet([held, ...[...served].filter((bundle) => bundle.trustDomain !== this.#options.trustDomain)]);
+    } else if (held !== undefined) {
       for (const root of held.roots) if (!own.roots.some((kept) => kept.equal(root))) this.#withdrawnRoots.add(fingerprintOf(root));
       for (const root of own.roots) this.#withdrawnRoots.delete(fingerprintOf(root));
     }
@@ -368,6 +370,24 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#persistOwnBundle(own);
     this.#logger.info({ trustDomains: next.trustDomains(), ownSequence: own.sequence.toString(), ownRoots: own.roots.length }, 'trust bundles updated');
     this.emit('bundles', next);
+  }
+
+  /**
+   * Why a bundle the CA served for our own trust domain is a rollback, or null. As federation judges a peer's: one
+   * that brings back a root a later bundle withdrew (perhaps compromised) is stale whatever its sequence, and so is
+   * an older one that adds a root to those we hold while sharing one with them (a CA restored from a backup). An older
+   * one that adds nothing (a CA re-initialised under the same root), or shares nothing (re-initialised afresh), is not.
+   */
+  #rollback(own: TrustBundle, held: TrustBundle): string | null {
+    if (own.roots.some((root) => this.#withdrawnRoots.has(fingerprintOf(root)))) {
+      return `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, bringing back a root a later bundle withdrew`;
+    }
+    if (own.sequence >= held.sequence) return null;
+    const holds = (root: TrustBundle['roots'][number]) => held.roots.some((kept) => kept.equal(root));
+    if (own.roots.some(holds) && !own.roots.every(holds)) {
+      return `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, older than sequence ${held.sequence}, which we hold, with a root we do not hold`;
+    }
+    return null;
   }
 
   /** Re-issues, spread over a few seconds, the certificates `stale` picks. */
@@ -779,6 +799,12 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     try {
       const stored = decodeBundle(this.#options.trustDomain, text);
       this.#ownFromCa = stored;
+      try {
+        const withdrawn: unknown = JSON.parse(await readFile(join(dir, WITHDRAWN_ROOTS_FILE), 'utf8'));
+        if (Array.isArray(withdrawn)) for (const fingerprint of withdrawn) if (typeof fingerprint === 'string') this.#withdrawnRoots.add(fingerprint);
+      } catch {
+        // absent (none withdrawn yet, or a state directory from before) or unreadable: none known
+      }
       // The stored bundle is what the CA served last: it drops the roots withdrawn since (a compromised one among
       // them), so it supersedes the bootstrap roots it was stored with, which a DaemonSet's mounted file keeps
       // offering. A bootstrap root it was not stored with (the operator's new root, a re-initialised CA) is newer
@@ -802,6 +828,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         // The bundle first: a crash between the two then leaves the bootstrap roots unrecorded, so the next start adds
         // them again (the operator's choice), rather than recorded as seen beside a bundle that never got them.
         await writeFileAtomic(join(dir, OWN_BUNDLE_FILE), encodeBundle(own), 0o644);
+        await writeFileAtomic(join(dir, WITHDRAWN_ROOTS_FILE), `${JSON.stringify([...this.#withdrawnRoots])}\n`, 0o644);
         await writeFileAtomic(join(dir, BOOTSTRAP_SEEN_FILE), `${JSON.stringify(this.#options.bootstrapBundle.roots.map(fingerprintOf))}\n`, 0o644);
       } catch (error) {
         this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store the trust bundle');
