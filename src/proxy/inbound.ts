@@ -157,8 +157,6 @@ function refuseSession(session: http2.ServerHttp2Session, reason: string): void 
   session.destroy();
 }
 
-/** When the peer's certificate expires (0, i.e. at once, if it cannot be read). */
-
 /** What authorization sees when a stream opens; the peer facts are computed once per session. */
 export interface InboundConnection {
   readonly peer: SpiffeId;

@@ -134,6 +134,8 @@ const UPSTREAM_CLOSED_GRACE_MS = 5_000;
  * closed socket's unread data, tcp_orphan_retries): a slow reader gets its whole answer, a vanished one is let go.
  */
 const UPSTREAM_CLOSED_STALL_MS = 60_000;
+/** How long the tunnel's own HTTP server keeps an idle client connection: no hint may promise longer. */
+const TUNNEL_KEEP_ALIVE_S = 60;
 /** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
 const HEADERS_TIMEOUT_MS = 60_000;
 
@@ -377,7 +379,7 @@ export class HttpInspector {
     this.#logger = logger.child({ component: 'l7' });
     const headersTimeout = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
     this.#h1 = http.createServer({
-      keepAliveTimeout: 60_000,
+      keepAliveTimeout: TUNNEL_KEEP_ALIVE_S * 1000,
       requestTimeout: 0,
       headersTimeout,
       connectionsCheckingInterval: Math.max(1, Math.floor(Math.min(15_000, headersTimeout / 4))),
@@ -894,7 +896,8 @@ const KEEP_ALIVE_THRESHOLD_S = 2;
 /**
  * How long the client may keep the tunnel after this answer, by what the workload said: 0 when the workload closes the
  * connection (`Connection: close`, or a `Keep-Alive` timeout undici does not wait out), its timeout less undici's
- * margin and a second's, or null when it said nothing (the tunnel's own keep-alive then holds on both sides).
+ * margin and a second's (at most the tunnel's own), or null when it said nothing (the tunnel's own keep-alive then
+ * holds on both sides).
  */
 function upstreamKeepAlive(headers: Readonly<Record<string, string | string[] | undefined>>): number | null {
   const connection = headers['connection'];
@@ -903,7 +906,7 @@ function upstreamKeepAlive(headers: Readonly<Record<string, string | string[] | 
   if (hint === undefined) return null;
   const timeout = /(?:^|[\s,;])timeout\s*=\s*(\d+)/i.exec(String(hint));
   if (timeout === null) return null;
-  const seconds = Number(timeout[1]) - KEEP_ALIVE_THRESHOLD_S - 1;
+  const seconds = Math.min(Number(timeout[1]) - KEEP_ALIVE_THRESHOLD_S - 1, TUNNEL_KEEP_ALIVE_S);
   return seconds > 0 ? seconds : 0;
 }
 

@@ -136,6 +136,11 @@ beforeAll(async () => {
       res.end('last one');
       return;
     }
+    if (req.url === '/public/long-keepalive') {
+      res.setHeader('keep-alive', 'timeout=120');
+      res.end('long');
+      return;
+    }
     if (req.url === '/public/short-keepalive') {
       res.setHeader('keep-alive', 'timeout=2');
       res.end('short');
@@ -563,6 +568,10 @@ spec:
       await response.body.dump();
       expect(response.headers['connection']).toBe('keep-alive');
       expect(response.headers['keep-alive']).toBe('timeout=2');
+      // Nor longer than the tunnel keeps an idle connection itself.
+      const long = await client.request({ path: '/public/long-keepalive', method: 'GET' });
+      await long.body.dump();
+      expect(long.headers['keep-alive']).toBe('timeout=60');
     } finally {
       await client.close();
     }
