@@ -17,6 +17,7 @@ import { ALLOW_NO_POLICY } from './compile.ts';
 import type { Term, Vocabularies, Vocabulary, WorkloadIndex } from './index.ts';
 import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, HEADERS_ROW, HEADER_ROW, L_HEADERS, P_FREE, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
+import { parseIp } from './match.ts';
 
 export type DecisionMoment = 'tcp' | 'connect' | 'request';
 
@@ -65,6 +66,24 @@ export interface HttpRequestFacts {
   host: string;
   /** A header value by lower-case name; undefined when absent. */
   header(name: string): string | undefined;
+  /**
+   * The client address the request's `X-Forwarded-For` ends with (clientIpOfForwardedFor), which Istio's remote IP
+   * is; null when it has none, and the source address stands.
+   */
+  readonly remoteIp: IpAddress | null;
+}
+
+/**
+ * The client address an `X-Forwarded-For` value names last, as Envoy reads it for Istio's remote IP (remoteIpBlocks,
+ * remote.ip) with no trusted proxy hops: the rightmost element, when it is an IP address; null otherwise. Set by the
+ * client or by the proxies on its way (an ingress gateway appends the address it saw), so, as in Istio, it is what
+ * those say: a rule on it is only as good as the gateway in front.
+ */
+export function clientIpOfForwardedFor(value: string | undefined): IpAddress | null {
+  if (value === undefined) return null;
+  const comma = value.lastIndexOf(',');
+  const last = (comma < 0 ? value : value.slice(comma + 1)).trim();
+  return last === '' ? null : parseIp(last);
 }
 
 // Field-match outcomes for one clause.
@@ -91,10 +110,11 @@ function sourceIpMatches(source: CompiledSource, ctx: AuthzContext, ignoreL7: bo
   if (source.ipBlocks !== null && (ip === null || !source.ipBlocks.contains(ip))) return false;
   if (source.notIpBlocks !== null && ip !== null && source.notIpBlocks.contains(ip)) return false;
   if (ignoreL7) return true;
-  // Per request: no proxy in front of the mesh rewrites the client address here, so the remote IP is the source IP
-  // (Envoy's remote address with no trusted X-Forwarded-For hops).
-  if (source.remoteIpBlocks !== null && (ip === null || !source.remoteIpBlocks.contains(ip))) return false;
-  if (source.notRemoteIpBlocks !== null && ip !== null && source.notRemoteIpBlocks.contains(ip)) return false;
+  // Per request: the client address X-Forwarded-For ends with, else the source's (Envoy's remote address with no
+  // trusted hops, as Istio's sidecars read it).
+  const remote = ctx.request?.remoteIp ?? ip;
+  if (source.remoteIpBlocks !== null && (remote === null || !source.remoteIpBlocks.contains(remote))) return false;
+  if (source.notRemoteIpBlocks !== null && remote !== null && source.notRemoteIpBlocks.contains(remote)) return false;
   return true;
 }
 
@@ -180,7 +200,7 @@ function conditionMatches(condition: CompiledCondition, ctx: AuthzContext, ignor
     }
     case 'remote.ip':
       if (ignoreL7) return true;
-      ip = ctx.sourceIp;
+      ip = ctx.request?.remoteIp ?? ctx.sourceIp;
       break;
     case 'source.ip':
       ip = ctx.sourceIp;
@@ -274,7 +294,7 @@ function sourceMask(ctx: AuthzContext, index: WorkloadIndex, list: number, words
   // A mask offset >= 0 is in `bits`; a negative one, ~offset, in `work`.
   const principalAt = principalHeader < 0 ? allAt : stringMask(bits, words, principalHeader, vocabularies.principals, ctx.sourcePrincipal, ctx.principalId, work, PRINCIPAL_ROW);
   const namespaceAt = namespaceHeader < 0 ? allAt : stringMask(bits, words, namespaceHeader, vocabularies.namespaces, ctx.sourceNamespace, ctx.namespaceId, work, NAMESPACE_ROW);
-  const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work, remote);
+  const ipAt = ipHeader < 0 ? allAt : ipMask(bits, words, ipHeader, index.v6, ctx.sourceIp, work, remote, remote ? (ctx.request?.remoteIp ?? ctx.sourceIp) : null);
   const principalBits = principalAt >= 0 ? bits : work;
   const principalOffset = principalAt >= 0 ? principalAt : ~principalAt;
   const namespaceBits = namespaceAt >= 0 ? bits : work;

@@ -820,10 +820,12 @@ function addWildcard(work: Int32Array, at: number, negRow: number, data: Int32Ar
 
 /**
  * The terms a source IP admits, as `~offset` in `work` (or an offset in `data` for no IP). `remote` false: the
- * remote IP blocks and their `not` lists count as matching (before any request, where they are unknown).
+ * remote IP blocks and their `not` lists count as matching (before any request, where they are unknown); true: they
+ * are judged on `remoteIp` (the request's client address, the source's when it names none).
  */
-export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array, remote: boolean): number {
-  if (ip === null) return data[header + (remote ? IP_NULL_MASK : IP_NULL_NO_REMOTE)] as number;
+export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array, remote: boolean, remoteIp: IpAddress | null = ip): number {
+  const remoteKnown = remote && remoteIp !== null;
+  if (ip === null && !remoteKnown) return data[header + (remote ? IP_NULL_MASK : IP_NULL_NO_REMOTE)] as number;
   const blocksAt = IP_ROW * words;
   const remoteAt = IP_REMOTE_ROW * words;
   const negAt = IP_NEG_ROW * words;
@@ -834,33 +836,46 @@ export function ipMask(data: Int32Array, words: number, header: number, v6Sets: 
     work[remoteAt + w] = remote ? (data[noRemote + w] as number) : -1;
     work[negAt + w] = 0;
   }
-  if (ip.family === 4) {
-    const address = ip.v4 | 0;
-    const v4 = data[header + IP_V4] as number;
-    const end = v4 + 6 * (data[header + IP_V4_COUNT] as number);
-    for (let at = v4; at < end; at += 6) {
-      if ((address & (data[at + 1] as number)) !== data[at]) continue;
-      markHit(work, data, words, at + 2, remote);
-    }
-  } else {
-    const v6 = data[header + IP_V6] as number;
-    const end = v6 + 5 * (data[header + IP_V6_COUNT] as number);
-    for (let at = v6; at < end; at += 5) {
-      if (!(v6Sets[data[at] as number] as CidrSet).contains(ip)) continue;
-      markHit(work, data, words, at + 1, remote);
-    }
+  // Without a source IP its positive lists fail and its `not` lists are skipped, as for no IP at all. One pass when
+  // the remote IP is the source's; else each by its own address.
+  if (ip !== null && (!remote || remoteIp === ip)) markBlocks(data, words, header, v6Sets, ip, work, true, remote);
+  else {
+    if (ip !== null) markBlocks(data, words, header, v6Sets, ip, work, true, false);
+    if (remoteKnown) markBlocks(data, words, header, v6Sets, remoteIp as IpAddress, work, false, true);
   }
   // Admitted by ipBlocks (or none), by remoteIpBlocks (or none), and by no `not` block.
   for (let w = 0; w < words; w++) work[blocksAt + w] = (work[blocksAt + w] as number) & (work[remoteAt + w] as number) & ~(work[negAt + w] as number);
   return ~blocksAt;
 }
 
+/** Marks the masks of every block `ip` is in: the source ones (`source`), the remote ones (`remote`), or both. */
+function markBlocks(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress, work: Int32Array, source: boolean, remote: boolean): void {
+  if (ip.family === 4) {
+    const address = ip.v4 | 0;
+    const v4 = data[header + IP_V4] as number;
+    const end = v4 + 6 * (data[header + IP_V4_COUNT] as number);
+    for (let at = v4; at < end; at += 6) {
+      if ((address & (data[at + 1] as number)) !== data[at]) continue;
+      markHit(work, data, words, at + 2, source, remote);
+    }
+  } else {
+    const v6 = data[header + IP_V6] as number;
+    const end = v6 + 5 * (data[header + IP_V6_COUNT] as number);
+    for (let at = v6; at < end; at += 5) {
+      if (!(v6Sets[data[at] as number] as CidrSet).contains(ip)) continue;
+      markHit(work, data, words, at + 1, source, remote);
+    }
+  }
+}
+
 /** A block the IP is in: the terms its four masks (at `masks`: blocks, remote, not, not remote) admit or exclude. */
-function markHit(work: Int32Array, data: Int32Array, words: number, masks: number, remote: boolean): void {
-  const blocksFrom = data[masks] as number;
-  const negFrom = data[masks + 2] as number;
-  if (blocksFrom >= 0) orInto(work, IP_ROW * words, data, blocksFrom, words);
-  if (negFrom >= 0) orInto(work, IP_NEG_ROW * words, data, negFrom, words);
+function markHit(work: Int32Array, data: Int32Array, words: number, masks: number, source: boolean, remote: boolean): void {
+  if (source) {
+    const blocksFrom = data[masks] as number;
+    const negFrom = data[masks + 2] as number;
+    if (blocksFrom >= 0) orInto(work, IP_ROW * words, data, blocksFrom, words);
+    if (negFrom >= 0) orInto(work, IP_NEG_ROW * words, data, negFrom, words);
+  }
   if (!remote) return;
   const remoteFrom = data[masks + 1] as number;
   const negRemoteFrom = data[masks + 3] as number;

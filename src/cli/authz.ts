@@ -9,7 +9,7 @@ import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { authorizationOf, DENY_ON_ERROR, isHttpProtocol } from '../authz/compile.ts';
 import type { WorkloadPolicies } from '../authz/compile.ts';
-import { authzContext, decideSafely, mtlsModeFor } from '../authz/decide.ts';
+import { authzContext, clientIpOfForwardedFor, decideSafely, mtlsModeFor } from '../authz/decide.ts';
 import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
@@ -177,6 +177,7 @@ export const command: Command = {
         path: normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) as string,
         host,
         header: (name) => headers.get(name),
+        remoteIp: clientIpOfForwardedFor(headers.get('x-forwarded-for')),
       };
     }
 

@@ -14,6 +14,8 @@ import { Client } from '../undici.ts';
 import type { Dispatcher, buildConnector } from 'undici';
 import type { Decision } from '../authz/compile.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';
+import { clientIpOfForwardedFor } from '../authz/decide.ts';
+import type { IpAddress } from '../authz/match.ts';
 import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
@@ -249,6 +251,8 @@ export class MutableFacts implements HttpRequestFacts {
   #raw: readonly string[] = [];
   /** Header values looked up for this request (one map per tunnel, cleared per request). */
   readonly #headers = new Map<string, string | undefined>();
+  /** The request's remote IP, read from X-Forwarded-For when first asked for; undefined until then. */
+  #remoteIp: IpAddress | null | undefined;
 
   /**
    * Fills the facts of one request; returns null, or what makes it malformed (it is refused with 400): a bad
@@ -283,6 +287,7 @@ export class MutableFacts implements HttpRequestFacts {
     this.host = hasUpper(host) ? host.toLowerCase() : host;
     this.#raw = rawHeaders;
     this.#headers.clear();
+    this.#remoteIp = undefined;
     let hosts = 0;
     let singles = 0;
     for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
@@ -302,6 +307,12 @@ export class MutableFacts implements HttpRequestFacts {
     // Forwarded without one, the upstream client would make up a Host the decision never saw.
     if (http1 && hosts === 0) return 'no Host field';
     return null;
+  }
+
+  /** Only rules on the remote IP ask: most requests never parse their X-Forwarded-For. */
+  get remoteIp(): IpAddress | null {
+    if (this.#remoteIp === undefined) this.#remoteIp = clientIpOfForwardedFor(this.header('x-forwarded-for'));
+    return this.#remoteIp;
   }
 
   /** Every value of a header, joined with `,` as Envoy does; undefined when the request has none. */

@@ -56,6 +56,15 @@ spec:
   action: DENY
   rules:
     - to: [{ operation: { paths: ["/pkg.Admin/*"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-no-blocked-clients, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - from: [{ source: { remoteIpBlocks: ["203.0.113.0/24"] } }]
 `;
 
 /** curl sends HTTP/2 requests Node's client refuses to (a repeated User-Agent); without it that test says it skips. */
@@ -575,6 +584,19 @@ spec:
     } finally {
       await client.close();
     }
+  });
+
+  it('judges remoteIpBlocks on the client address X-Forwarded-For ends with (an ingress gateway appends it), as Istio does', async () => {
+    const status = async (forwardedFor: string | null) => {
+      const text = await rawHttp(`GET /public/a HTTP/1.1\r\nHost: web.demo\r\n${forwardedFor === null ? '' : `X-Forwarded-For: ${forwardedFor}\r\n`}Connection: close\r\n\r\n`);
+      return text.slice(9, 12);
+    };
+    expect(await status('198.51.100.1, 203.0.113.7')).toBe('403');
+    expect(await status('203.0.113.7')).toBe('403');
+    // The address the gateway saw is the last one; what the client wrote before it is the client's say.
+    expect(await status('203.0.113.7, 198.51.100.1')).toBe('200');
+    expect(await status('not an address')).toBe('200');
+    expect(await status(null)).toBe('200');
   });
 
   it('answers 502 for an HTTP/1.1 request whose workload went away without answering, not an empty clean close', async () => {

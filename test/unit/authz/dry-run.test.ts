@@ -27,7 +27,7 @@ function policiesOf(...documents: string[]) {
   return compileAuthorization(buildSnapshot(parseConfigText(documents.join('---\n'), 'policies.yaml'))).forLabels('shop', {}, new Set([80]));
 }
 
-const request = (path: string) => authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: { method: 'DELETE', path, host: 'web.shop', header: () => undefined } });
+const request = (path: string) => authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: { method: 'DELETE', path, host: 'web.shop', header: () => undefined, remoteIp: null } });
 
 /** A pod web-1 (10.0.2.20) on node-b, behind a Service whose port 8080 is declared HTTP. */
 const WORLD = `apiVersion: ambit.dev/v1alpha1
@@ -107,7 +107,7 @@ describe('dry-run authorization policies', () => {
     const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
     const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
     expect(inspection).not.toBeNull();
-    expect(inspection?.decide({ method: 'DELETE', path: '/items', host: 'web.shop', header: () => undefined }).allow).toBe(true);
+    expect(inspection?.decide({ method: 'DELETE', path: '/items', host: 'web.shop', header: () => undefined, remoteIp: null }).allow).toBe(true);
     expect(lines.map((line) => [line.message, line.fields.audit])).toEqual([['audited request', 'shop/audit-all'], ['dry-run DENY policy matched a request', 'shop/no-delete']]);
   });
 

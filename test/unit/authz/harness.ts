@@ -3,7 +3,7 @@
 // and one request turned into both the compiled matcher's AuthzContext and the reference's plain request.
 import { compileAuthorization } from '../../../src/authz/compile.ts';
 import type { CompiledAuthorization, Decision, WorkloadPolicies } from '../../../src/authz/compile.ts';
-import { authzContext, decide } from '../../../src/authz/decide.ts';
+import { authzContext, clientIpOfForwardedFor, decide } from '../../../src/authz/decide.ts';
 import type { AuthzContext, HttpRequestFacts } from '../../../src/authz/decide.ts';
 import { parseIp } from '../../../src/authz/match.ts';
 import type { IpAddress } from '../../../src/authz/match.ts';
@@ -61,6 +61,7 @@ class RequestFacts implements HttpRequestFacts {
   readonly method: string;
   readonly path: string;
   readonly host: string;
+  readonly remoteIp: IpAddress | null;
   readonly #headers: ReadonlyMap<string, string>;
 
   constructor(method: string, path: string, host: string, headers: Readonly<Record<string, string>>) {
@@ -68,6 +69,7 @@ class RequestFacts implements HttpRequestFacts {
     this.path = path;
     this.host = host;
     this.#headers = new Map(Object.entries(headers));
+    this.remoteIp = clientIpOfForwardedFor(this.#headers.get('x-forwarded-for'));
   }
 
   header(name: string): string | undefined {

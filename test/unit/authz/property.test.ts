@@ -175,10 +175,13 @@ const httpArb: fc.Arbitrary<ReferenceHttp> = fc.record({
   host: fc.constantFrom(...HOSTS),
   user: fc.option(fc.constantFrom('alice', 'bob', 'mallory', ''), { nil: undefined }),
   env: fc.option(fc.constantFrom('prod', 'dev'), { nil: undefined }),
-}).map(({ method, path, host, user, env }) => {
+  // The remote IP (Istio's, Envoy's with no trusted hops): the last element when it is an address, else the source's.
+  forwardedFor: fc.option(fc.constantFrom(...SOURCE_IPS, '203.0.113.9, 10.0.1.7', '10.0.0.5, not-an-address', ' 2001:db8::7 ', ''), { nil: undefined }),
+}).map(({ method, path, host, user, env, forwardedFor }) => {
   const headers: Record<string, string> = {};
   if (user !== undefined) headers['x-user'] = user;
   if (env !== undefined) headers['x-env'] = env;
+  if (forwardedFor !== undefined) headers['x-forwarded-for'] = forwardedFor;
   return { method, path, host, headers };
 });
 

@@ -22,6 +22,7 @@
 //   selector), UNSET inherits, default PERMISSIVE; portLevelMtls of the workload policy overrides per port. STRICT
 //   refuses a connection without a peer principal before any AuthorizationPolicy. A mesh-wide PeerAuthentication
 //   annotated ambit.dev/enforce: "true" is a floor nothing below it can lower.
+import { isIP } from 'node:net';
 import type { AuthorizationPolicySpec, MtlsMode, PeerAuthenticationSpec, PolicyCondition, PolicyOperation, PolicyRule, PolicySource } from '../../../src/authz/types.ts';
 
 export type Moment = 'tcp' | 'connect' | 'request';
@@ -177,10 +178,20 @@ function sourceMatches(source: PolicySource, request: ReferenceRequest, mode: Mo
   if (source.notIpBlocks !== undefined && ip !== null && anyBlock(source.notIpBlocks, ip)) return false;
   // The remote IP is an HTTP field (Istio reads it from X-Forwarded-For; istiod hands it to ztunnel as L7).
   if (mode === 'ignoreHttp') return true;
-  // No proxy in front of the mesh: the remote (original client) IP is the source IP.
-  if (source.remoteIpBlocks !== undefined && (ip === null || !anyBlock(source.remoteIpBlocks, ip))) return false;
-  if (source.notRemoteIpBlocks !== undefined && ip !== null && anyBlock(source.notRemoteIpBlocks, ip)) return false;
+  const remote = remoteIpOf(request);
+  if (source.remoteIpBlocks !== undefined && (remote === null || !anyBlock(source.remoteIpBlocks, remote))) return false;
+  if (source.notRemoteIpBlocks !== undefined && remote !== null && anyBlock(source.notRemoteIpBlocks, remote)) return false;
   return true;
+}
+
+/** Envoy's remote address with no trusted hops: the last X-Forwarded-For element when it is an address, else the source's. */
+function remoteIpOf(request: ReferenceRequest): string | null {
+  const forwarded = request.http?.headers['x-forwarded-for'];
+  if (forwarded !== undefined) {
+    const last = (forwarded.split(',').pop() ?? '').trim();
+    if (isIP(last) !== 0) return last;
+  }
+  return request.sourceIp;
 }
 
 export function operationHasHttp(operation: PolicyOperation): boolean {
@@ -228,7 +239,7 @@ function conditionMatches(condition: PolicyCondition, request: ReferenceRequest,
   }
   if (key.kind === 'remote.ip' && mode === 'ignoreHttp') return true;
   if (key.kind === 'source.ip' || key.kind === 'remote.ip' || key.kind === 'destination.ip') {
-    const ip = key.kind === 'destination.ip' ? request.destinationIp : request.sourceIp;
+    const ip = key.kind === 'destination.ip' ? request.destinationIp : key.kind === 'remote.ip' ? remoteIpOf(request) : request.sourceIp;
     if (values !== undefined && (ip === null || !anyBlock(values, ip))) return false;
     if (notValues !== undefined && ip !== null && anyBlock(notValues, ip)) return false;
     return true;

@@ -106,7 +106,7 @@ spec:
     const authorizer = new InboundAuthorizer(() => snapshot, registry, silentLogger());
     const inspection = authorizer.requestInspection({ ...connectionFrom(snapshot, 'web'), destinationPort: 80 });
     expect(inspection).not.toBeNull();
-    const facts = { method: 'GET', path: '/', host: 'db', header: () => undefined };
+    const facts = { method: 'GET', path: '/', host: 'db', header: () => undefined, remoteIp: null };
     expect(inspection?.decide(facts).allow).toBe(true);
     // The workload leaves that address; the tunnel's next request cannot be decided for it.
     snapshot = snapshotOf(WORLD.replace('10.0.2.20', '10.0.2.99') + http);
