@@ -47,6 +47,8 @@ export interface AuthzContext {
    */
   sourceFor: Int32Array | null;
   sourceList: number;
+  /** The remote IP the kept mask was computed with: a request naming another client address computes it afresh. */
+  sourceRemote: IpAddress | null;
   sourceMask: Int32Array | null;
 }
 
@@ -55,7 +57,7 @@ export type ConnectionFacts = Pick<AuthzContext, 'sourcePrincipal' | 'sourceName
 
 /** A connection's decision context, with nothing resolved yet. */
 export function authzContext(facts: ConnectionFacts): AuthzContext {
-  return { ...facts, resolvedFor: null, principalId: -1, namespaceId: -1, sourceFor: null, sourceList: -1, sourceMask: null };
+  return { ...facts, resolvedFor: null, principalId: -1, namespaceId: -1, sourceFor: null, sourceList: -1, sourceRemote: null, sourceMask: null };
 }
 
 export interface HttpRequestFacts {
@@ -353,13 +355,17 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
   let sourceBits = work;
   let sourceAt = SOURCE_ROW * words;
   if (perRequest) {
-    if (ctx.sourceFor !== bits || ctx.sourceList !== list) {
+    // The remote IP is the request's (X-Forwarded-For), or the source's: the same object for every request that
+    // names none, a new one for each that does (one tunnel from a gateway carries many clients).
+    const remoteIp = request.remoteIp ?? ctx.sourceIp;
+    if (ctx.sourceFor !== bits || ctx.sourceList !== list || ctx.sourceRemote !== remoteIp) {
       // Forgotten first: a mask half-computed when something throws must never be reused.
       ctx.sourceFor = null;
       if (ctx.sourceMask === null || ctx.sourceMask.length < words) ctx.sourceMask = new Int32Array(words);
       sourceMask(ctx, index, list, words, work, ctx.sourceMask, 0, true);
       ctx.sourceFor = bits;
       ctx.sourceList = list;
+      ctx.sourceRemote = remoteIp;
     }
     sourceBits = ctx.sourceMask as Int32Array;
     sourceAt = 0;
