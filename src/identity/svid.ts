@@ -457,14 +457,16 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
   for (let i = 1; i < chain.length; i++) {
     const cert = chain[i] as Certificate;
     const presented = facts(cert);
-    // A self-issued one is a root sent along (corporate CAs send theirs): its self-signature is never what a path
-    // relies on, and many long-lived roots are signed over SHA-1.
-    const signatureProblem = cert.subject === cert.issuer ? undefined : presented.signatureProblem;
-    const problem = presented.keyProblem ?? (presented.rsaBits > MAX_CA_RSA_BITS ? `has a ${presented.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined) ?? signatureProblem;
+    // Its signature is judged where a path relies on it (below): a root sent along (corporate CAs send theirs) is
+    // never relied on for its self-signature, which many long-lived roots make over SHA-1.
+    const problem = presented.keyProblem ?? (presented.rsaBits > MAX_CA_RSA_BITS ? `has a ${presented.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined);
     if (problem !== undefined) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(cert)} ${problem}`);
   }
   const used = new Set<Certificate>([current]);
   for (let depth = 0; depth < MAX_CHAIN_DEPTH; depth++) {
+    // The path relies on this certificate's signature from here on (the leaf's was judged with the leaf's rules).
+    const weakSignature = depth > 0 ? facts(current).signatureProblem : undefined;
+    if (weakSignature !== undefined) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(current)} ${weakSignature}`);
     // Every root that signed it is tried: a root re-issued with the same key and name may sit in the bundle beside
     // its expired copy. The first one's error is reported when none will do.
     let signerError: AmbitError | null = null;

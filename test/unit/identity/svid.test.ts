@@ -459,6 +459,12 @@ describe('keys and signatures in a peer chain', () => {
     const refused = verifySvid([below.cert, intermediate.cert], legacy);
     expect(refused.error?.code).toBe('SVID_CA_INVALID');
     expect(refused.error?.message).toMatch(/over SHA-1/);
+    // Named like the root, it is no root: its SHA-1 signature is relied on all the same.
+    const posing = await craftCertificate(rootAuthority, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, subject: 'CN=legacy root', signingAlgorithm: sha1 });
+    const underPosing = await craftCertificate({ cert: posing.cert, privateKey: posing.keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    const forged = verifySvid([underPosing.cert, posing.cert], legacy);
+    expect(forged.valid).toBe(false);
+    expect(forged.error?.message).toMatch(/over SHA-1/);
   });
 
   it('refuses, before checking any signature, a presented CA whose RSA public exponent is past 32 bits', async () => {
