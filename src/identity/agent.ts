@@ -165,6 +165,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #ownFromCa: TrustBundle | undefined;
   /** Fingerprints of roots a bundle from the CA dropped: one that brings them back is stale, whatever its sequence. */
   readonly #withdrawnRoots = new Set<string>();
+  /** Fingerprints of bootstrap roots the stored bundle was not stored with: the operator's newer word (a CA re-initialised). */
+  readonly #newBootstrapRoots = new Set<string>();
   #lastRefreshMs: number | undefined;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
@@ -343,7 +345,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#logger.error({ trustDomain: this.#options.trustDomain, sequence: own.sequence.toString(), held: held.sequence.toString() }, `${rollback}: refused, ours kept (a CA restored from a backup, or a stale replica; after re-initialising the CA on purpose, remove ${OWN_BUNDLE_FILE} and ${WITHDRAWN_ROOTS_FILE} from each node's state directory)`);
       own = held;
       next = new BundleSet([held, ...[...served].filter((bundle) => bundle.trustDomain !== this.#options.trustDomain)]);
-    } else if (held !== undefined) {
+    } else if (held !== undefined && own.sequence > held.sequence) {
+      // Only a newer bundle withdraws: an older one taken (a CA re-initialised) says nothing of what the last withdrew.
       for (const root of held.roots) if (!own.roots.some((kept) => kept.equal(root))) this.#withdrawnRoots.add(fingerprintOf(root));
       for (const root of own.roots) this.#withdrawnRoots.delete(fingerprintOf(root));
     }
@@ -373,21 +376,19 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   }
 
   /**
-   * Why a bundle the CA served for our own trust domain is a rollback, or null. As federation judges a peer's: one
-   * that brings back a root a later bundle withdrew (perhaps compromised) is stale whatever its sequence, and so is
-   * an older one that adds a root to those we hold while sharing one with them (a CA restored from a backup). An older
-   * one that adds nothing (a CA re-initialised under the same root), or shares nothing (re-initialised afresh), is not.
+   * Why a bundle the CA served for our own trust domain is a rollback, or null. One that brings back a root a later
+   * bundle withdrew (perhaps compromised) is stale whatever its sequence. An older one (a CA restored from a backup, a
+   * stale replica) is too, unless it holds our very roots (a CA re-initialised under the same root) or only roots the
+   * operator has given us since (a bootstrap bundle with roots the stored bundle was not stored with: re-initialised
+   * afresh).
    */
   #rollback(own: TrustBundle, held: TrustBundle): string | null {
     if (own.roots.some((root) => this.#withdrawnRoots.has(fingerprintOf(root)))) {
       return `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, bringing back a root a later bundle withdrew`;
     }
-    if (own.sequence >= held.sequence) return null;
-    const holds = (root: TrustBundle['roots'][number]) => held.roots.some((kept) => kept.equal(root));
-    if (own.roots.some(holds) && !own.roots.every(holds)) {
-      return `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, older than sequence ${held.sequence}, which we hold, with a root we do not hold`;
-    }
-    return null;
+    if (own.sequence >= held.sequence || bundlesEqual(own, held)) return null;
+    if (own.roots.every((root) => this.#newBootstrapRoots.has(fingerprintOf(root)))) return null;
+    return `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, older than sequence ${held.sequence}, which we hold, with other roots`;
   }
 
   /** Re-issues, spread over a few seconds, the certificates `stale` picks. */
@@ -799,6 +800,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     try {
       const stored = decodeBundle(this.#options.trustDomain, text);
       this.#ownFromCa = stored;
+      for (const root of this.#options.bootstrapBundle.roots) if (!seen.has(fingerprintOf(root))) this.#newBootstrapRoots.add(fingerprintOf(root));
       try {
         const withdrawn: unknown = JSON.parse(await readFile(join(dir, WITHDRAWN_ROOTS_FILE), 'utf8'));
         if (Array.isArray(withdrawn)) for (const fingerprint of withdrawn) if (typeof fingerprint === 'string') this.#withdrawnRoots.add(fingerprint);
@@ -827,8 +829,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         await mkdir(dir, { recursive: true, mode: 0o700 });
         // The bundle first: a crash between the two then leaves the bootstrap roots unrecorded, so the next start adds
         // them again (the operator's choice), rather than recorded as seen beside a bundle that never got them.
-        await writeFileAtomic(join(dir, OWN_BUNDLE_FILE), encodeBundle(own), 0o644);
+        // The withdrawals first: a crash before the bundle then leaves one too many, never a withdrawal forgotten.
         await writeFileAtomic(join(dir, WITHDRAWN_ROOTS_FILE), `${JSON.stringify([...this.#withdrawnRoots])}\n`, 0o644);
+        await writeFileAtomic(join(dir, OWN_BUNDLE_FILE), encodeBundle(own), 0o644);
         await writeFileAtomic(join(dir, BOOTSTRAP_SEEN_FILE), `${JSON.stringify(this.#options.bootstrapBundle.roots.map(fingerprintOf))}\n`, 0o644);
       } catch (error) {
         this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store the trust bundle');

@@ -80,4 +80,29 @@ describe("the agent's own trust bundle", () => {
     }, { timeout: 10_000 }).toBe(withdrawnSequence);
     await expect.poll(async () => JSON.parse(await readFile(join(stateDir, 'withdrawn-roots.json'), 'utf8').catch(() => '[]')) as string[], { timeout: 5_000 }).toContain(fingerprintOf(first));
   });
+
+  it('refuses an older bundle that is a part of ours (a root being rotated in, missing), and so never withdraws the newer root', async () => {
+    const ca = await startInProcessCa(TD, {});
+    cleanup.push(() => ca.close());
+    await copyFile(join(ca.dir, 'ca.json'), join(ca.dir, 'ca.json.backup'));
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-rollback-'));
+    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
+    const agent = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.server.ownBundle(), stateDir, joinToken: await ca.joinToken('node-a'), logger: silentLogger() });
+    cleanup.push(() => agent.stop());
+    await agent.start();
+    await prepareAuthority(ca.dir);
+    const both = (await loadCa(ca.dir)).bundle;
+    await expect.poll(async () => {
+      await agent.refreshBundles();
+      return agent.bundles().get(TD)?.roots.length;
+    }, { timeout: 10_000 }).toBe(2);
+    // A stale replica serves the bundle from before the prepare: the first root alone.
+    await copyFile(join(ca.dir, 'ca.json.backup'), join(ca.dir, 'ca.json'));
+    await expect.poll(() => ca.server.ownBundle().roots.length, { timeout: 10_000 }).toBe(1);
+    await agent.refreshBundles();
+    expect(agent.bundles().get(TD)?.sequence).toBe(both.sequence);
+    expect(agent.bundles().get(TD)?.roots).toHaveLength(2);
+    const withdrawn = JSON.parse(await readFile(join(stateDir, 'withdrawn-roots.json'), 'utf8').catch(() => '[]')) as string[];
+    expect(withdrawn).toEqual([]);
+  });
 });
