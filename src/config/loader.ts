@@ -24,8 +24,11 @@ export interface LoadOptions {
 
 /** Larger than any sane configuration file, small enough that a mistaken path cannot exhaust memory. */
 export const MAX_CONFIG_FILE_BYTES = 32 * 1024 * 1024;
-/** Lines one file may have: ten times a 1,000-policy file's, well below what exhausts the parser's heap. */
-export const MAX_CONFIG_LINES = 1_000_000;
+/**
+ * Lines and flow-list items (newlines and commas) one file may have: a 150,000-Service list has ~1,050,000; below what
+ * exhausts the parser's heap (~500 bytes per item).
+ */
+export const MAX_CONFIG_ITEMS = 1_500_000;
 /** yaml's default; bounds the expansion of aliases ("billion laughs"). */
 const MAX_ALIAS_COUNT = 100;
 const CONFIG_FILE = /\.ya?ml$/i;
@@ -198,10 +201,14 @@ function parseDocuments(text: string, file: string): ParsedText {
   // read as kubectl's YAML reads them, a mapping's own keys winning: they were refused as an unknown field `<<`.
   // What the parser holds costs up to ~260 bytes of heap per byte of input on line-dense text (a file of `---`, a list of
   // one-letter items): 32 MiB of that exhausted the heap, and the process aborted. Counted before parsing.
-  let lines = 0;
-  for (let at = text.indexOf('\n'); at >= 0 && lines <= MAX_CONFIG_LINES; at = text.indexOf('\n', at + 1)) lines++;
-  if (lines > MAX_CONFIG_LINES) {
-    result.issues.push({ code: 'CONFIG_YAML', file, line: undefined, object: undefined, field: undefined, message: `more than ${MAX_CONFIG_LINES} lines: split it into several files` });
+  // Lines and flow-list items both: `[a,a,a,...]` on one line costs as much per item.
+  let items = 0;
+  for (let i = 0; i < text.length && items <= MAX_CONFIG_ITEMS; i++) {
+    const code = text.charCodeAt(i);
+    if (code === 10 /* \n */ || code === 44 /* , */) items++;
+  }
+  if (items > MAX_CONFIG_ITEMS) {
+    result.issues.push({ code: 'CONFIG_YAML', file, line: undefined, object: undefined, field: undefined, message: `more than ${MAX_CONFIG_ITEMS} lines and list items: split it into several files` });
     return result;
   }
   let documents: ReturnType<typeof parseAllDocuments>;

@@ -662,10 +662,12 @@ status: { podIP: 10.0.0.9, phase: Running }
 });
 
 describe('parseConfigText', () => {
-  it('refuses a file of more than a million lines before parsing it, naming it (32 MiB of `---` exhausted the heap)', () => {
-    expect(() => parseConfigText('---\n'.repeat(1_000_001), 'dashes.yaml')).toThrow(/dashes\.yaml: more than 1000000 lines: split it into several files/);
-    // At the limit it is parsed as usual.
-    expect(parseConfigText(`${meshYaml()}${'\n'.repeat(999_000)}`, 'padded.yaml').map((object) => object.kind)).toEqual(['MeshConfig']);
+  it('refuses a file of more than 1,500,000 lines and list items before parsing it, naming it (32 MiB of `---` exhausted the heap)', () => {
+    expect(() => parseConfigText('---\n'.repeat(1_500_001), 'dashes.yaml')).toThrow(/dashes\.yaml: more than 1500000 lines and list items: split it into several files/);
+    // A flow list on one line counts its items.
+    expect(() => parseConfigText(`x: [${'a,'.repeat(1_500_001)}a]\n`, 'flow.yaml')).toThrow(/flow\.yaml: more than 1500000 lines and list items/);
+    // Below the limit it is parsed as usual.
+    expect(parseConfigText(`${meshYaml()}${'\n'.repeat(1_000_000)}`, 'padded.yaml').map((object) => object.kind)).toEqual(['MeshConfig']);
   });
 
   it('returns the objects of one text, with the given file as their source', () => {
