@@ -135,8 +135,13 @@ export const command: Command = {
           () => res.writeHead(500).end(),
         );
       })
-        .on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed; the agent goes on without it'))
-        .listen(metricsListen.port, metricsListen.host);
+        .on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed; the agent goes on without it'));
+      // Serving (or failed, and said so) before the agent says it runs: a scrape right after that line found nothing.
+      const server = metricsServer;
+      await new Promise<void>((resolve) => {
+        server.once('listening', resolve).once('error', () => resolve());
+        server.listen(metricsListen.port, metricsListen.host);
+      });
     }
     logger.info({ identities: agent.identities(), out }, 'agent running');
     await new Promise<void>((resolve) => {
