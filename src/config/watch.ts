@@ -88,8 +88,8 @@ class DirectoryWatcher implements ConfigWatcher {
   #debounceTimer: NodeJS.Timeout | undefined;
   #pollTimer: NodeJS.Timeout | undefined;
   #pollSignature: string | undefined;
-  /** Each file's inode when last judged: the same inode again means written in place. */
-  #inodes = new Map<string, string>();
+  /** Each file as last judged: the same identity (inode and birth time) again means written in place. */
+  #judged: TreeState['files'] = new Map();
   /** Each file's last seen state (size, mtime, identity) and when this watcher first saw it so (monotonic ms). */
   readonly #seenSince = new Map<string, { readonly state: string; readonly atMs: number }>();
   #settleTimer: NodeJS.Timeout | undefined;
@@ -227,30 +227,30 @@ class DirectoryWatcher implements ConfigWatcher {
     const prev = this.#snapshot;
     if (this.#closed || prev === undefined) return;
     const diff = diffSnapshots(prev, next);
-    const inodesBefore = this.#inodes;
+    const judged = this.#judged;
     if (isEmptyDiff(diff)) {
-      this.#inodes = afterState.inodes;
+      this.#judged = afterState.files;
       return;
     }
     // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
     // change that drops its objects (its DENY policies) until the next reload. Only a file written in place: one that
     // appeared by rename is whole, and holding nothing is what it says.
-    const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && inodesBefore.get(file) === afterState.files.get(file)?.identity);
+    const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && judged.get(file)?.identity === afterState.files.get(file)?.identity);
     if (emptied.length > 0) {
-      this.#inodes = afterState.inodes;
+      this.#judged = afterState.files;
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
       this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
       return;
     }
-    const unsettledMs = this.#unsettled(diff, afterState, inodesBefore);
+    const unsettledMs = this.#unsettled(diff, afterState, judged);
     if (unsettledMs > 0) {
       // Judged again once the file has held still: the poll has seen this state already, so it is this timer's to do.
       clearTimeout(this.#settleTimer);
       this.#settleTimer = setTimeout(this.#schedule, unsettledMs);
       return;
     }
-    this.#inodes = afterState.inodes;
+    this.#judged = afterState.files;
     const refusal = this.#options.accept?.(next, prev);
     if (refusal !== undefined) {
       this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force (restart to change it)`), 'rejected');
@@ -262,7 +262,7 @@ class DirectoryWatcher implements ConfigWatcher {
   }
 
   /** How long until every file written in place whose change takes objects or fields away has held still; 0 when none. */
-  #unsettled(diff: ConfigDiff, state: TreeState, inodesBefore: ReadonlyMap<string, string>): number {
+  #unsettled(diff: ConfigDiff, state: TreeState, judged: TreeState['files']): number {
     const now = performance.now();
     const settleMs = this.#options.inPlaceSettleMs ?? IN_PLACE_SETTLE_MS;
     let wait = 0;
@@ -270,7 +270,7 @@ class DirectoryWatcher implements ConfigWatcher {
     // set mtimes this host's clock knows nothing of.
     const consider = (file: string) => {
       const info = state.files.get(file);
-      if (info === undefined || inodesBefore.get(file) !== info.identity) return;
+      if (info === undefined || judged.get(file)?.identity !== info.identity) return;
       const since = this.#seenSince.get(file)?.atMs ?? now;
       wait = Math.max(wait, settleMs - (now - since));
     };
@@ -300,7 +300,7 @@ class DirectoryWatcher implements ConfigWatcher {
     if (this.#closed || this.#pollTimer !== undefined) return;
     const state = await treeState(this.#dir);
     this.#pollSignature = state.signature;
-    this.#inodes = state.inodes;
+    this.#judged = state.files;
     // Files already there are as settled as they will be.
     for (const [file, info] of state.files) this.#seenSince.set(file, { state: info.state, atMs: Number.NEGATIVE_INFINITY });
     this.#pollTimer = setTimeout(this.#pollOnce, this.#pollIntervalMs);
@@ -323,12 +323,10 @@ interface TreeState {
   /** Name, size, mtime and inode of every configuration file (links followed): any edit or swap changes it. */
   readonly signature: string;
   readonly files: ReadonlyMap<string, { readonly identity: string; readonly state: string }>;
-  readonly inodes: Map<string, string>;
 }
 
 async function treeState(dir: string): Promise<TreeState> {
   const files = new Map<string, { identity: string; state: string }>();
-  const inodes = new Map<string, string>();
   try {
     const { files: names, issues } = await listConfigFiles(dir);
     const parts: string[] = [];
@@ -341,12 +339,11 @@ async function treeState(dir: string): Promise<TreeState> {
         // rename twice within a debounce would otherwise pass for one written in place.
         const identity = `${info.ino}:${info.birthtimeMs}`;
         files.set(file, { identity, state: `${info.size}:${info.mtimeMs}:${identity}` });
-        inodes.set(file, identity);
       }
       parts.push(info === undefined ? `${file}:gone` : `${file}:${files.get(file)?.state ?? ''}`);
     }
-    return { signature: parts.join('\n'), files, inodes };
+    return { signature: parts.join('\n'), files };
   } catch (error) {
-    return { signature: `unreadable:${(error as Error).message}`, files, inodes };
+    return { signature: `unreadable:${(error as Error).message}`, files };
   }
 }
