@@ -356,8 +356,9 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
   let sourceAt = SOURCE_ROW * words;
   if (perRequest) {
     // The remote IP is the request's (X-Forwarded-For), or the source's: the same object for every request that
-    // names none, a new one for each that does (one tunnel from a gateway carries many clients).
-    const remoteIp = request.remoteIp ?? ctx.sourceIp;
+    // names none, a new one for each that does (one tunnel from a gateway carries many clients). Read only when the
+    // list has IP blocks at all: most requests never look at their X-Forwarded-For.
+    const remoteIp = (bits[list + L_IP] as number) < 0 ? ctx.sourceIp : (request.remoteIp ?? ctx.sourceIp);
     if (ctx.sourceFor !== bits || ctx.sourceList !== list || ctx.sourceRemote !== remoteIp) {
       // Forgotten first: a mask half-computed when something throws must never be reused.
       ctx.sourceFor = null;

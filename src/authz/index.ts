@@ -823,7 +823,7 @@ function addWildcard(work: Int32Array, at: number, negRow: number, data: Int32Ar
  * remote IP blocks and their `not` lists count as matching (before any request, where they are unknown); true: they
  * are judged on `remoteIp` (the request's client address, the source's when it names none).
  */
-export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array, remote: boolean, remoteIp: IpAddress | null = ip): number {
+export function ipMask(data: Int32Array, words: number, header: number, v6Sets: readonly CidrSet[], ip: IpAddress | null, work: Int32Array, remote: boolean, remoteIp: IpAddress | null): number {
   const remoteKnown = remote && remoteIp !== null;
   if (ip === null && !remoteKnown) return data[header + (remote ? IP_NULL_MASK : IP_NULL_NO_REMOTE)] as number;
   const blocksAt = IP_ROW * words;
