@@ -362,6 +362,11 @@ export function verifySvid(chain: readonly Certificate[], bundles: BundleSource,
   }
 }
 
+/** Why the key of a certificate the peer presented is refused: the policy's, or larger than a peer may make us check. */
+function presentedKeyProblem(presented: CertFacts): string | undefined {
+  return presented.keyProblem ?? (presented.rsaBits > MAX_CA_RSA_BITS ? `has a ${presented.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined);
+}
+
 class SignatureBudgetSpent extends Error {}
 
 /** The signature checks of one verification: each pair checked once, at most MAX_SIGNATURE_CHECKS in all. */
@@ -391,7 +396,7 @@ export function checkLeafRules(leaf: Certificate, id: SpiffeId): AmbitError | nu
   const leafFacts = facts(leaf);
   if (leafFacts.isCa) return new AmbitError('SVID_LEAF_IS_CA', `${id.id}: the leaf is a CA certificate (basicConstraints cA=true)`);
   if (leafFacts.unhandledCritical !== undefined) return new AmbitError('SVID_CRITICAL_EXTENSION', `${id.id}: the leaf carries critical extension ${leafFacts.unhandledCritical}, which is not evaluated`);
-  const cryptoProblem = leafFacts.keyProblem ?? (leafFacts.rsaBits > MAX_CA_RSA_BITS ? `has a ${leafFacts.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined) ?? leafFacts.signatureProblem;
+  const cryptoProblem = presentedKeyProblem(leafFacts) ?? leafFacts.signatureProblem;
   if (cryptoProblem !== undefined) return new AmbitError('SVID_KEY_REFUSED', `${id.id}: the leaf ${cryptoProblem}`);
   const keyUsage = leafFacts.keyUsage;
   if (keyUsage === undefined) return new AmbitError('SVID_KEY_USAGE', `${id.id}: leaf has no keyUsage extension`);
@@ -459,7 +464,7 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
     const presented = facts(cert);
     // Its signature is judged where a path relies on it (below): a root sent along (corporate CAs send theirs) is
     // never relied on for its self-signature, which many long-lived roots make over SHA-1.
-    const problem = presented.keyProblem ?? (presented.rsaBits > MAX_CA_RSA_BITS ? `has a ${presented.rsaBits}-bit RSA key; more than ${MAX_CA_RSA_BITS} bits is refused` : undefined);
+    const problem = presentedKeyProblem(presented);
     if (problem !== undefined) return new AmbitError('SVID_CA_INVALID', `${id.id}: presented intermediate ${describe(cert)} ${problem}`);
   }
   const used = new Set<Certificate>([current]);
