@@ -48,7 +48,7 @@ export async function loadConfigDir(dir: string, options: LoadOptions = {}): Pro
       // Out of memory or stack while reading one file's objects (aliases that expand a thousandfold): named, with the
       // file, not an 'unexpected error'.
       if (error instanceof AmbitError) throw error;
-      issues.push(fileIssue(file, `cannot be read as configuration: ${reason(error)}`));
+      issues.push({ code: 'CONFIG_YAML', file, line: undefined, object: undefined, field: undefined, message: `cannot be read as configuration: ${reason(error)}` });
       continue;
     }
     // Whitespace alone, as `printf '\n' > f.yaml` leaves it, is as empty. (Comments alone are a file's own words,
