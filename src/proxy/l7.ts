@@ -533,7 +533,7 @@ export class HttpInspector {
       // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
       // only the one upstream connection; the client's next request on it got 502, or no answer at all.
       { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false },
-      forwardResponse(res, this.#logger),
+      forwardResponse(res, state.upstream, this.#logger),
     );
   }
 
@@ -921,8 +921,23 @@ function upstreamKeepAlive(headers: Readonly<Record<string, string | string[] | 
   return seconds > 0 ? seconds : 0;
 }
 
+/** undici's mark on a socket it will not send another request on (`kReset`), found on the first socket it connected. */
+let undiciResetMark: symbol | null = null;
+
+/**
+ * Whether undici will close the upstream connection after the answer it is reading now: its parser marks the socket
+ * when the answer does not keep the connection (an HTTP/1.0 answer without `Connection: keep-alive`, `Connection:
+ * close`, a keep-alive hint too short to wait out). llhttp's verdict reaches no public API (the answer's HTTP version
+ * neither), and a tunnel that announced keep-alive lost the client's next request into the closing tunnel. Null when
+ * the mark is not found (another undici): the headers alone then decide.
+ */
+function undiciWillClose(socket: Socket): boolean | null {
+  undiciResetMark ??= Object.getOwnPropertySymbols(socket).find((symbol) => symbol.description === 'reset') ?? null;
+  return undiciResetMark === null ? null : (socket as unknown as Record<symbol, unknown>)[undiciResetMark] === true;
+}
+
 /** Streams an undici response back on a ServerResponse. */
-function forwardResponse(res: ServerResponse, logger: Logger): Dispatcher.DispatchHandler {
+function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger): Dispatcher.DispatchHandler {
   return {
     onRequestStart() {},
     onResponseStart(controller, statusCode, headers, statusMessage) {
@@ -943,7 +958,7 @@ function forwardResponse(res: ServerResponse, logger: Logger): Dispatcher.Dispat
       // The tunnel's one upstream connection ends when the workload says it will (undici closes it), so the client must
       // not be told to reuse the tunnel for longer: its next request would find it ending, and be lost.
       const keepAlive = upstreamKeepAlive(headers as Record<string, string | string[] | undefined>);
-      if (keepAlive === 0) res.shouldKeepAlive = false;
+      if (keepAlive === 0 || undiciWillClose(upstream) === true) res.shouldKeepAlive = false;
       else if (keepAlive !== null) {
         res.setHeader('connection', 'keep-alive');
         res.setHeader('keep-alive', `timeout=${keepAlive}`);

@@ -150,6 +150,11 @@ beforeAll(async () => {
       res.end('long');
       return;
     }
+    if (req.url === '/public/http10') {
+      // An HTTP/1.0 server (Python's http.server, say): the answer says nothing of the connection, which then closes.
+      req.socket.end('HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\n\r\nold ok');
+      return;
+    }
     if (req.url === '/public/short-keepalive') {
       res.setHeader('keep-alive', 'timeout=2');
       res.end('short');
@@ -567,6 +572,10 @@ spec:
     const last = await rawHttp('GET /public/last HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
     expect(last).toMatch(/^HTTP\/1\.1 200 /);
     expect(last.toLowerCase()).toContain('\r\nconnection: close\r\n');
+    // An HTTP/1.0 answer closes the connection unless it says keep-alive.
+    const old = await rawHttp('GET /public/http10 HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
+    expect(old).toMatch(/^HTTP\/1\.1 200 [^]*\r\n\r\nold ok$/);
+    expect(old.toLowerCase()).toContain('\r\nconnection: close\r\n');
     // A keep-alive hint undici does not wait out (2 s) closes the upstream after the answer too.
     const short = await rawHttp('GET /public/short-keepalive HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
     expect(short.toLowerCase()).toContain('\r\nconnection: close\r\n');
