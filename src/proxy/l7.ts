@@ -959,7 +959,9 @@ function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger):
       // not be told to reuse the tunnel for longer: its next request would find it ending, and be lost.
       const keepAlive = upstreamKeepAlive(headers as Record<string, string | string[] | undefined>);
       if (keepAlive === 0 || undiciWillClose(upstream) === true) res.shouldKeepAlive = false;
-      else if (keepAlive !== null) {
+      // Not when the client asked to close (`Connection: close`, HTTP/1.0): a Connection field set here overrides
+      // Node's own verdict, and the tunnel stayed open while the client waited for its end.
+      else if (keepAlive !== null && res.shouldKeepAlive) {
         res.setHeader('connection', 'keep-alive');
         res.setHeader('keep-alive', `timeout=${keepAlive}`);
       }
@@ -972,7 +974,17 @@ function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger):
     onResponseData(controller, chunk) {
       if (!res.write(chunk)) controller.pause();
     },
-    onResponseEnd() {
+    onResponseEnd(_controller, trailers) {
+      // A chunked answer's trailers (a checksum, a status after a streamed body) go on as the workload sent them; Node
+      // writes them only on a chunked answer, as the client's would be.
+      for (const _ in trailers) {
+        try {
+          res.addTrailers(forwardableHeaders(trailers as Record<string, string | string[] | undefined>));
+        } catch (error) {
+          logger.debug({ err: (error as Error).message }, 'trailers of an inspected answer not forwarded');
+        }
+        break;
+      }
       res.end();
     },
     onResponseError(_controller, error) {

@@ -150,6 +150,13 @@ beforeAll(async () => {
       res.end('long');
       return;
     }
+    if (req.url === '/public/trailers') {
+      res.setHeader('trailer', 'x-checksum');
+      res.write('streamed body');
+      res.addTrailers({ 'x-checksum': 'c0ffee' });
+      res.end();
+      return;
+    }
     if (req.url === '/public/http10') {
       // An HTTP/1.0 server (Python's http.server, say): the answer says nothing of the connection, which then closes.
       req.socket.end('HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\n\r\nold ok');
@@ -567,6 +574,23 @@ spec:
       socket.destroy();
     }
   }, 20_000);
+
+  it("forwards a chunked answer's trailers to an HTTP/1.1 client", async () => {
+    const text = await rawHttp('GET /public/trailers HTTP/1.1\r\nHost: web.demo\r\nTE: trailers\r\nConnection: close\r\n\r\n', true);
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text).toContain('streamed body');
+    expect(text.toLowerCase()).toMatch(/\r\n0\r\nx-checksum: c0ffee\r\n\r\n$/);
+  });
+
+  it('closes the tunnel after the answer when the client asked to close, whatever keep-alive the workload offered', async () => {
+    const started = Date.now();
+    const text = await rawHttp('GET /public/kept HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n', true);
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text.toLowerCase()).toContain('\r\nconnection: close\r\n');
+    expect(text.toLowerCase()).not.toContain('keep-alive');
+    // Ended by the tunnel at once, not by the workload's keep-alive running out.
+    expect(Date.now() - started).toBeLessThan(1_500);
+  });
 
   it('tells the client to close when the workload closes the connection after its answer, so its next request is not sent into a closing tunnel', async () => {
     const last = await rawHttp('GET /public/last HTTP/1.1\r\nHost: web.demo\r\n\r\n', true);
