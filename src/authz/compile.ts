@@ -3,6 +3,7 @@
 // prebuilt, every possible decision preallocated), so a decision parses nothing and allocates nothing.
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { ConfigObject } from '../config/objects.ts';
+import { httpPortSources, httpPortsOf, selects } from '../config/http-ports.ts';
 import { buildVocabularies, buildWorkloadIndex } from './index.ts';
 import type { ListRules, Vocabularies, WorkloadIndex } from './index.ts';
 import { CidrSet, MethodMatcher, StringMatcher } from './match.ts';
@@ -318,51 +319,6 @@ function strictRefusal(policy: string | null): Decision {
   return Object.freeze({ allow: false, policy, rule: null, reason: `mTLS is STRICT for this workload${policy === null ? '' : ` (${policy})`}: a connection without a peer identity is refused`, deferred: false });
 }
 
-function selects(selector: Readonly<Record<string, string>> | undefined, labels: Readonly<Record<string, string>>): boolean {
-  if (selector === undefined) return true;
-  for (const key in selector) if (labels[key] !== selector[key]) return false;
-  return true;
-}
-
-/** Istio's protocol selection: appProtocol, else the port name's `<protocol>[-suffix]`. */
-export function isHttpProtocol(appProtocol: string | undefined, name: string | undefined): boolean {
-  const declared = (appProtocol ?? (name ?? '').split('-')[0] ?? '').toLowerCase();
-  return declared === 'http' || declared === 'http2' || declared === 'grpc' || declared === 'grpc-web' || declared === 'h2c' || declared === 'kubernetes.io/h2c';
-}
-
-type Service = ConfigSnapshot['services'][number];
-
-function servicesByNamespace(snapshot: ConfigSnapshot): Map<string, Service[]> {
-  const result = new Map<string, Service[]>();
-  for (const service of snapshot.services) {
-    let list = result.get(service.metadata.namespace);
-    if (list === undefined) result.set(service.metadata.namespace, (list = []));
-    list.push(service);
-  }
-  return result;
-}
-
-function httpPortsOf(services: ReadonlyMap<string, readonly Service[]>, workload: Workload): Set<number> {
-  const result = new Set<number>();
-  for (const service of services.get(workload.namespace) ?? []) {
-    if (service.spec.selector === undefined || !selects(service.spec.selector, workload.labels)) continue;
-    for (const port of service.spec.ports) {
-      if (!isHttpProtocol(port.appProtocol, port.name)) continue;
-      if (typeof port.targetPort === 'number') result.add(port.targetPort);
-      else {
-        const object = workload.object;
-        if (object.kind === 'WorkloadEntry') {
-          const number = object.spec.ports[port.targetPort];
-          if (number !== undefined) result.add(number);
-        } else {
-          for (const container of object.spec.containers) for (const containerPort of container.ports) if (containerPort.name === port.targetPort) result.add(containerPort.containerPort);
-        }
-      }
-    }
-  }
-  return result;
-}
-
 /** Beyond this many distinct ports in one workload's rules the lists would cost more than they save. */
 const MAX_INDEXED_PORTS = 256;
 
@@ -568,8 +524,8 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
   };
 
   const byWorkload = new Map<Workload, WorkloadPolicies>();
-  const services = servicesByNamespace(snapshot);
-  for (const workload of snapshot.workloads) byWorkload.set(workload, build(workload.namespace, workload.labels, httpPortsOf(services, workload)));
+  const sources = httpPortSources(snapshot);
+  for (const workload of snapshot.workloads) byWorkload.set(workload, build(workload.namespace, workload.labels, httpPortsOf(sources, workload)));
   // Later builds (dry runs, workloads of other snapshots) may reuse these but add none: the cache must not grow.
   sharing = false;
 
@@ -580,7 +536,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     forWorkload(workload) {
       // A workload of another snapshot is built for this one call and not kept: keeping it would pin old
       // objects and grow without bound. Callers on the data path look workloads up in this snapshot.
-      return byWorkload.get(workload) ?? build(workload.namespace, workload.labels, httpPortsOf(services, workload));
+      return byWorkload.get(workload) ?? build(workload.namespace, workload.labels, httpPortsOf(sources, workload));
     },
     forLabels(namespace, labels, httpPorts = new Set()) {
       return build(namespace, labels, httpPorts);

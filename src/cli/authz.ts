@@ -7,7 +7,8 @@ import type { Command } from './args.ts';
 import { loadConfigDir } from '../config/loader.ts';
 import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
-import { authorizationOf, DENY_ON_ERROR, isHttpProtocol } from '../authz/compile.ts';
+import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
+import { httpPortSources, httpPortsOfLabels } from '../config/http-ports.ts';
 import type { WorkloadPolicies } from '../authz/compile.ts';
 import { authzContext, clientIpOfForwardedFor, decideSafely, mtlsModeFor } from '../authz/decide.ts';
 import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
@@ -89,19 +90,8 @@ function target(snapshot: ConfigSnapshot, destination: Json): Target {
     if (typeof value !== 'string') throw new AmbitError('USAGE', `request: destination.labels.${key} must be a string`);
     labels[key] = value;
   }
-  // HTTP ports of a workload that is not in the registry: those of the Services that would select it.
-  const httpPorts = new Set<number>();
-  const unresolved: string[] = [];
-  for (const service of snapshot.services) {
-    const selector = service.spec.selector;
-    if (service.metadata.namespace !== namespace || selector === undefined) continue;
-    if (!Object.entries(selector).every(([key, value]) => labels[key] === value)) continue;
-    for (const port of service.spec.ports) {
-      if (!isHttpProtocol(port.appProtocol, port.name)) continue;
-      if (typeof port.targetPort === 'number') httpPorts.add(port.targetPort);
-      else unresolved.push(`Service ${namespace}/${service.metadata.name} port ${port.port} (targetPort "${port.targetPort}")`);
-    }
-  }
+  // HTTP ports of a workload that is not in the registry: those of the Services and ServiceEntries that would select it.
+  const { ports: httpPorts, unresolved } = httpPortsOfLabels(httpPortSources(snapshot), namespace, labels);
   return { policies: authorization.forLabels(namespace, labels, httpPorts), description: `${namespace} ${JSON.stringify(labels)}`, unresolved };
 }
 
@@ -198,7 +188,7 @@ export const command: Command = {
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
     const output: Record<string, unknown> = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason };
     if (request !== null && !http) {
-      output.note = `port ${port} is not declared HTTP (no Service port with appProtocol http, http2 or grpc, or a name like http-web, targets it): the proxy does not read requests there, so this was decided as a TCP connection`;
+      output.note = `port ${port} is not declared HTTP (no Service port with appProtocol or name http, http2, grpc or h2c (or http-web and the like), nor a ServiceEntry port with protocol HTTP, HTTP2 or GRPC, targets it): the proxy does not read requests there, so this was decided as a TCP connection`;
       // A named targetPort is resolved by a workload's container ports, which a destination given by labels has not.
       if (unresolved.length > 0) output.note += `; ${unresolved.join(', ')} may target it: give destination.workload to resolve the name`;
     }

@@ -3,7 +3,8 @@
 // (ztunnel's build_request, made a table lookup).
 import { isIP } from 'node:net';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
-import type { ServiceEntryObject, ServiceEntryPort, ServiceObject, ServicePort } from '../config/objects.ts';
+import type { ServiceEntryObject, ServiceEntryPort, ServiceObject } from '../config/objects.ts';
+import { entryTargetPort, targetPortOn } from '../config/http-ports.ts';
 import { formatAuthority } from './authority.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { UNKNOWN_SERVICE } from '../observe/metrics.ts';
@@ -139,22 +140,11 @@ function isReady(workload: Workload): boolean {
   return ready !== false && !terminating;
 }
 
+/** A Service selects workloads only with a selector (one without names its endpoints elsewhere). */
 function selects(selector: Readonly<Record<string, string>> | undefined, labels: Readonly<Record<string, string>>): boolean {
   if (selector === undefined) return false;
   for (const key in selector) if (labels[key] !== selector[key]) return false;
   return true;
-}
-
-/** A Service port's targetPort on one workload: a number, or a named container/WorkloadEntry port. */
-function targetPortOn(workload: Workload, port: ServicePort): number | undefined {
-  if (typeof port.targetPort === 'number') return port.targetPort;
-  const object = workload.object;
-  // Own keys only: a port named `constructor` must not read Object.prototype's.
-  if (object.kind === 'WorkloadEntry') return Object.hasOwn(object.spec.ports, port.targetPort) ? object.spec.ports[port.targetPort] : undefined;
-  for (const container of object.spec.containers) {
-    for (const containerPort of container.ports) if (containerPort.name === port.targetPort) return containerPort.containerPort;
-  }
-  return undefined;
 }
 
 export function makeEndpoint(workload: Workload, ip: string, port: number, hbonePort: number): Endpoint {
@@ -227,11 +217,6 @@ function entryMembers(snapshot: ConfigSnapshot, object: ServiceEntryObject): Ent
   return members;
 }
 
-/** Where an entry port lands on a member: its port of the same name, else the port's targetPort, else its number. */
-function entryTargetPort(port: ServiceEntryPort, ports: Readonly<Record<string, number>>): number {
-  const named = port.name !== undefined && Object.hasOwn(ports, port.name) ? ports[port.name] : undefined;
-  return named ?? port.targetPort ?? port.number;
-}
 
 const byEntry = new WeakMap<ServiceEntryObject, ServiceLabels>();
 

@@ -63,6 +63,51 @@ function decided(result: Result): Output {
 
 const web = (port = 8080) => ({ namespace: 'shop', workload: 'web-1', port, ip: '10.0.1.10' });
 
+const VM_BEHIND_SERVICE_ENTRY = `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: details-vm, namespace: bookinfo, annotations: {ambit.dev/node: vm-host-1}}
+spec: {serviceAccount: details-legacy, address: 10.0.9.9, labels: {app: details-legacy}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: details-svc, namespace: bookinfo}
+spec:
+  hosts: [details.bookinfo.com]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: details-legacy}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: details-viewer, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: details-legacy}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/bookinfo/sa/bookinfo-productpage]}}]
+    to: [{operation: {methods: [GET]}}]
+`;
+
+const CHAT_SERVICES = `apiVersion: v1
+kind: Service
+metadata: {name: chat, namespace: shop}
+spec:
+  selector: {app: chat}
+  ports:
+  - {name: ws, port: 80, targetPort: 8080, appProtocol: kubernetes.io/ws}
+  - {name: http-secure, port: 443, targetPort: 8443, appProtocol: kubernetes.io/wss}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: chat-ws, namespace: shop}
+spec:
+  selector: {matchLabels: {app: chat}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET], paths: [/ws]}}]
+`;
+
 const temporary: string[] = [];
 afterAll(async () => {
   await Promise.all(temporary.map((dir) => rm(dir, { recursive: true, force: true })));
@@ -138,6 +183,31 @@ describe.concurrent('ambit authz check', () => {
     const output = decided(await check({ destination: web(9000), source: { principal: ADMIN } }, { explain: true }));
     expect(output).toMatchObject({ decision: 'DENY', policy: 'shop/deny-delete', rule: 0 });
     expect(output.explain?.moment).toBe('tcp');
+  });
+
+  it('reads requests on a VM port that a ServiceEntry declares HTTP (a WorkloadEntry behind its workloadSelector), as Istio does', async ({ expect }) => {
+    const config = await configWith('vm.yaml', VM_BEHIND_SERVICE_ENTRY);
+    const vm = { namespace: 'bookinfo', workload: 'details-vm', port: 8080 };
+    const source = { principal: 'cluster.local/ns/bookinfo/sa/bookinfo-productpage' };
+    const allowed = decided(await check({ destination: vm, source, request: { method: 'GET', path: '/details/0' } }, { config, explain: true }));
+    expect(allowed).toMatchObject({ decision: 'ALLOW', policy: 'bookinfo/details-viewer', rule: 0 });
+    expect(allowed.explain?.moment).toBe('request');
+    const refused = decided(await check({ destination: vm, source, request: { method: 'POST', path: '/details/0' } }, { config }));
+    expect(refused).toMatchObject({ decision: 'DENY', policy: null });
+    // The same VM described by its labels only.
+    const byLabels = decided(await check({ destination: { namespace: 'bookinfo', labels: { app: 'details-legacy' }, port: 8080 }, source, request: { method: 'GET', path: '/x' } }, { config }));
+    expect(byLabels).toMatchObject({ decision: 'ALLOW', policy: 'bookinfo/details-viewer' });
+  });
+
+  it('reads requests on a Service port with appProtocol kubernetes.io/ws, and not on kubernetes.io/wss (TLS the proxy cannot read)', async ({ expect }) => {
+    const config = await configWith('chat.yaml', CHAT_SERVICES);
+    const source = { principal: FRONT };
+    const ws = decided(await check({ destination: { namespace: 'shop', labels: { app: 'chat' }, port: 8080 }, source, request: { method: 'GET', path: '/ws' } }, { config, explain: true }));
+    expect(ws).toMatchObject({ decision: 'ALLOW', policy: 'shop/chat-ws' });
+    expect(ws.explain?.moment).toBe('request');
+    const wss = decided(await check({ destination: { namespace: 'shop', labels: { app: 'chat' }, port: 8443 }, source, request: { method: 'GET', path: '/ws' } }, { config, explain: true })) as Output & { note?: string };
+    expect(wss.explain?.moment).toBe('tcp');
+    expect(wss.note).toMatch(/^port 8443 is not declared HTTP/);
   });
 
   it('decides a request to a port not declared HTTP as the proxy does, as a TCP connection, and says so', async ({ expect }) => {

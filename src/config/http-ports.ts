@@ -1,0 +1,134 @@
+/**
+ * Which ports of a workload carry HTTP, as Istio declares them: the ports of the Services that select it (by
+ * appProtocol or name) and of the mesh ServiceEntries that name it (by `protocol`: Istio's VM pattern, a
+ * WorkloadEntry behind a ServiceEntry's workloadSelector). The node proxy inspects HTTP on these ports only.
+ */
+import type { ServiceEntryObject, ServiceEntryPort, ServicePort } from './objects.ts';
+import type { ConfigSnapshot, Workload } from './snapshot.ts';
+
+/**
+ * Istio's protocol of a Service port (`ConvertProtocol`, pkg/config/kube/conversion.go): Kubernetes' standard
+ * appProtocols first, then the appProtocol, else the port name, up to its first `-` (`grpc-web` whole). `h2c` is
+ * ambit's own: Istio sniffs such a port and finds HTTP, and ambit does not sniff.
+ */
+export function isHttpProtocol(appProtocol: string | undefined, name: string | undefined): boolean {
+  if (appProtocol === 'kubernetes.io/h2c' || appProtocol === 'kubernetes.io/ws') return true;
+  if (appProtocol === 'kubernetes.io/wss') return false;
+  const declared = (appProtocol ?? name ?? '').toLowerCase();
+  if (declared.startsWith('grpc-web')) return true;
+  const dash = declared.indexOf('-');
+  return isHttpName(dash < 0 ? declared : declared.slice(0, dash));
+}
+
+/** A ServiceEntry port's `protocol` (Istio's `protocol.Parse(...).IsHTTP()`; the validator upper-cases it). */
+export function isHttpEntryProtocol(protocol: string | undefined): boolean {
+  return protocol !== undefined && (isHttpName(protocol.toLowerCase()) || protocol.toLowerCase() === 'grpc-web');
+}
+
+function isHttpName(name: string): boolean {
+  return name === 'http' || name === 'http2' || name === 'http_proxy' || name === 'grpc' || name === 'h2c';
+}
+
+/** A Service port's targetPort on one workload: a number, or a named container/WorkloadEntry port. */
+export function targetPortOn(workload: Workload, port: ServicePort): number | undefined {
+  if (typeof port.targetPort === 'number') return port.targetPort;
+  const object = workload.object;
+  // Own keys only: a port named `constructor` must not read Object.prototype's.
+  if (object.kind === 'WorkloadEntry') return Object.hasOwn(object.spec.ports, port.targetPort) ? object.spec.ports[port.targetPort] : undefined;
+  for (const container of object.spec.containers) {
+    for (const containerPort of container.ports) if (containerPort.name === port.targetPort) return containerPort.containerPort;
+  }
+  return undefined;
+}
+
+/** Where a ServiceEntry port lands on a workload: its port of the same name, else the port's targetPort, else its number. */
+export function entryTargetPort(port: ServiceEntryPort, ports: Readonly<Record<string, number>>): number {
+  const named = port.name !== undefined && Object.hasOwn(ports, port.name) ? ports[port.name] : undefined;
+  return named ?? port.targetPort ?? port.number;
+}
+
+/** A policy's or ServiceEntry's selector: none selects every workload. */
+export function selects(selector: Readonly<Record<string, string>> | undefined, labels: Readonly<Record<string, string>>): boolean {
+  if (selector === undefined) return true;
+  for (const key in selector) if (labels[key] !== selector[key]) return false;
+  return true;
+}
+
+type Service = ConfigSnapshot['services'][number];
+
+/** The snapshot's Services and ServiceEntries grouped once, for the HTTP ports of each of its workloads. */
+export interface HttpPortSources {
+  readonly services: ReadonlyMap<string, readonly Service[]>;
+  /** ServiceEntries with a workloadSelector, by namespace (they select workloads of their own namespace). */
+  readonly selecting: ReadonlyMap<string, readonly ServiceEntryObject[]>;
+  /** ServiceEntry endpoints at a workload's IP, by that workload. */
+  readonly endpoints: ReadonlyMap<Workload, readonly { readonly entry: ServiceEntryObject; readonly ports: Readonly<Record<string, number>> }[]>;
+}
+
+function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list === undefined) map.set(key, [value]);
+  else list.push(value);
+}
+
+export function httpPortSources(snapshot: ConfigSnapshot): HttpPortSources {
+  const services = new Map<string, Service[]>();
+  for (const service of snapshot.services) push(services, service.metadata.namespace, service);
+  const selecting = new Map<string, ServiceEntryObject[]>();
+  const endpoints = new Map<Workload, { entry: ServiceEntryObject; ports: Readonly<Record<string, number>> }[]>();
+  for (const entry of snapshot.objectsOfKind('ServiceEntry')) {
+    if (!entry.spec.ports.some((port) => isHttpEntryProtocol(port.protocol))) continue;
+    if (entry.spec.workloadSelector !== undefined) push(selecting, entry.metadata.namespace, entry);
+    else {
+      for (const endpoint of entry.spec.endpoints) {
+        const workload = snapshot.workloadByIp(endpoint.address);
+        if (workload !== undefined) push(endpoints, workload, { entry, ports: endpoint.ports });
+      }
+    }
+  }
+  return { services, selecting, endpoints };
+}
+
+/** The ports of one workload that carry HTTP. */
+export function httpPortsOf(sources: HttpPortSources, workload: Workload): Set<number> {
+  const result = new Set<number>();
+  for (const service of sources.services.get(workload.namespace) ?? []) {
+    if (service.spec.selector === undefined || !selects(service.spec.selector, workload.labels)) continue;
+    for (const port of service.spec.ports) {
+      if (!isHttpProtocol(port.appProtocol, port.name)) continue;
+      const target = targetPortOn(workload, port);
+      if (target !== undefined) result.add(target);
+    }
+  }
+  const ownPorts = workload.object.kind === 'WorkloadEntry' ? workload.object.spec.ports : {};
+  for (const entry of sources.selecting.get(workload.namespace) ?? []) {
+    if (!selects(entry.spec.workloadSelector?.labels, workload.labels)) continue;
+    for (const port of entry.spec.ports) if (isHttpEntryProtocol(port.protocol)) result.add(entryTargetPort(port, ownPorts));
+  }
+  for (const { entry, ports } of sources.endpoints.get(workload) ?? []) {
+    for (const port of entry.spec.ports) if (isHttpEntryProtocol(port.protocol)) result.add(entryTargetPort(port, ports));
+  }
+  return result;
+}
+
+/**
+ * The HTTP ports of a workload described only by namespace and labels (`ambit authz check` without a registered
+ * workload). A Service's named targetPort cannot be resolved without the workload's ports: those are returned apart.
+ */
+export function httpPortsOfLabels(sources: HttpPortSources, namespace: string, labels: Readonly<Record<string, string>>): { ports: Set<number>; unresolved: string[] } {
+  const ports = new Set<number>();
+  const unresolved: string[] = [];
+  for (const service of sources.services.get(namespace) ?? []) {
+    if (service.spec.selector === undefined || !selects(service.spec.selector, labels)) continue;
+    for (const port of service.spec.ports) {
+      if (!isHttpProtocol(port.appProtocol, port.name)) continue;
+      if (typeof port.targetPort === 'number') ports.add(port.targetPort);
+      else unresolved.push(`Service ${namespace}/${service.metadata.name} port ${port.port} (targetPort "${port.targetPort}")`);
+    }
+  }
+  for (const entry of sources.selecting.get(namespace) ?? []) {
+    if (!selects(entry.spec.workloadSelector?.labels, labels)) continue;
+    for (const port of entry.spec.ports) if (isHttpEntryProtocol(port.protocol)) ports.add(entryTargetPort(port, {}));
+  }
+  return { ports, unresolved };
+}
