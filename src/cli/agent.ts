@@ -108,51 +108,62 @@ export const command: Command = {
     };
     agent.on('rotated', (svid) => enqueue(() => writeSvid(out, svid)));
     agent.on('bundles', (bundles) => enqueue(() => writeBundles(out, trustDomain, bundles)));
+    // The agent's own timers do not hold the process (a proxy's servers do): without this handle, `ambit agent` exited 0
+    // as soon as it was running, or while it backed off from a CA it could not reach, and renewed nothing.
+    const alive = setInterval(() => {}, 2 ** 30);
     try {
-      await agent.start();
-      enqueue(() => writeBundles(out, trustDomain, agent.bundles()));
-      const node = agent.nodeSvid();
-      if (node) enqueue(() => writeSvid(out, node));
-      await Promise.all(identities.map((id) => agent.ensure(id, { failFast: values.once === true })));
-      await writing;
-    } catch (error) {
-      await agent.stop();
-      throw error;
+      return await runAgent();
+    } finally {
+      clearInterval(alive);
     }
-    if (values.once) {
+
+    async function runAgent(): Promise<number> {
+      try {
+        await agent.start();
+        enqueue(() => writeBundles(out, trustDomain, agent.bundles()));
+        const node = agent.nodeSvid();
+        if (node) enqueue(() => writeSvid(out, node));
+        await Promise.all(identities.map((id) => agent.ensure(id, { failFast: values.once === true })));
+        await writing;
+      } catch (error) {
+        await agent.stop();
+        throw error;
+      }
+      if (values.once) {
+        await agent.stop();
+        return 0;
+      }
+      let metricsServer: Server | null = null;
+      if (metricsListen !== null) {
+        metricsServer = http.createServer((req, res) => {
+          if (req.url !== '/metrics') {
+            res.writeHead(404).end();
+            return;
+          }
+          metrics.metrics().then(
+            (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
+            () => res.writeHead(500).end(),
+          );
+        })
+          .on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed; the agent goes on without it'));
+        // Serving (or failed, and said so) before the agent says it runs: a scrape right after that line found nothing.
+        const server = metricsServer;
+        await new Promise<void>((resolve) => {
+          server.once('listening', resolve).once('error', () => resolve());
+          server.listen(metricsListen.port, metricsListen.host);
+        });
+      }
+      logger.info({ identities: agent.identities(), out }, 'agent running');
+      await new Promise<void>((resolve) => {
+        process.once('SIGTERM', resolve);
+        process.once('SIGINT', resolve);
+      });
+      // Closed, or its listening socket would keep the process alive after SIGTERM until the kubelet's SIGKILL.
+      metricsServer?.closeAllConnections();
+      metricsServer?.close();
       await agent.stop();
+      await writing;
       return 0;
     }
-    let metricsServer: Server | null = null;
-    if (metricsListen !== null) {
-      metricsServer = http.createServer((req, res) => {
-        if (req.url !== '/metrics') {
-          res.writeHead(404).end();
-          return;
-        }
-        metrics.metrics().then(
-          (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
-          () => res.writeHead(500).end(),
-        );
-      })
-        .on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed; the agent goes on without it'));
-      // Serving (or failed, and said so) before the agent says it runs: a scrape right after that line found nothing.
-      const server = metricsServer;
-      await new Promise<void>((resolve) => {
-        server.once('listening', resolve).once('error', () => resolve());
-        server.listen(metricsListen.port, metricsListen.host);
-      });
-    }
-    logger.info({ identities: agent.identities(), out }, 'agent running');
-    await new Promise<void>((resolve) => {
-      process.once('SIGTERM', resolve);
-      process.once('SIGINT', resolve);
-    });
-    // Closed, or its listening socket would keep the process alive after SIGTERM until the kubelet's SIGKILL.
-    metricsServer?.closeAllConnections();
-    metricsServer?.close();
-    await agent.stop();
-    await writing;
-    return 0;
   },
 };

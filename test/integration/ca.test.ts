@@ -138,7 +138,7 @@ async function bundleOf(caDir: string, trustDomain: string) {
   return decodeBundle(trustDomain, result.stdout);
 }
 
-function agentArgs(ca: RunningCa, trustDomain: string, node: string, stateDir: string, out: string, bundleFile: string): string[] {
+function agentArgs(ca: Pick<RunningCa, 'url'>, trustDomain: string, node: string, stateDir: string, out: string, bundleFile: string): string[] {
   return ['agent', '--ca', ca.url, '--trust-domain', trustDomain, '--bundle', bundleFile, '--node', node, '--state-dir', stateDir, '--out', out, '--once'];
 }
 
@@ -333,6 +333,29 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(await agent.stop()).toBe(0);
     expect(Date.now() - stopping).toBeLessThan(4_000);
   });
+
+  it('ambit agent without --metrics keeps running, waits out a CA it cannot reach yet, and exits 0 on SIGTERM', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const port = await freePort();
+    const token = await createToken(caDir, 'node-a');
+    const args = agentArgs({ url: `https://127.0.0.1:${port}` }, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')).filter((arg) => arg !== '--once');
+    const agent = AmbitProcess.start([...args, '--join-token', token]);
+    processes.push(agent);
+    let exited: number | null | undefined;
+    agent.child.once('exit', (code) => (exited = code));
+    // No CA yet: the agent backs off and stays.
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    expect(exited).toBeUndefined();
+    await startCa(caDir, configDir, port);
+    await agent.waitForMessage('agent running', 20_000);
+    // Running, with nothing but its renewal timers to keep it.
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(exited).toBeUndefined();
+    expect(await agent.stop()).toBe(0);
+  }, 40_000);
 
   it("does not ask the CA again and again when this host's clock runs ahead of the CA's by more than half a certificate's life", async () => {
     const { dir, ca, token, bundle } = await freshCaForNodeA();
