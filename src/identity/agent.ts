@@ -18,7 +18,7 @@ import type { TrustBundle } from './bundle.ts';
 import { authorityKeyIdOf, createCsr, exportPrivateKeyPem, fingerprintOf, generateKeyPair, importPrivateKeyPem, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
 import type { Svid } from './svid.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
-import { timerDelayMs } from './timers.ts';
+import { timerDelayMs, WALL_CLOCK_CHECK_MS, WALL_CLOCK_SLACK_MS } from './timers.ts';
 import { writeFileAtomic } from './files.ts';
 import type { Logger } from '../observe/log.ts';
 
@@ -27,9 +27,6 @@ const RENEW_FRACTION_MIN = 0.45;
 const RENEW_FRACTION_MAX = 0.55;
 /** A fresh certificate due this much earlier than its receipt says: the host's clock runs ahead of the CA's, said once. */
 const CLOCK_SKEW_WARNING_MS = 5_000;
-/** How often renewals are checked against the wall clock (a suspended host's timers lag), and how late counts. */
-const WALL_CLOCK_CHECK_MS = 5_000;
-const WALL_CLOCK_SLACK_MS = 1_000;
 /** ztunnel's identity manager: first retry after about 1 s, doubling, capped at 150 s, ±20 % jitter. */
 export const DEFAULT_BACKOFF_INITIAL_MS = 1000;
 export const DEFAULT_BACKOFF_MAX_MS = 150_000;
@@ -605,9 +602,19 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').toJSON() }, 'ignoring bundles in CA response');
       }
     }
-    // Never install a certificate our own trust bundle does not accept: peers would refuse it anyway.
-    const check = verifySvid(svid.chain, this.#bundles);
+    // Never install a certificate our own trust bundle does not accept: peers would refuse it anyway. Judged as of
+    // the chain's start when that is still ahead of this host's clock: the CA backdates only 10 s, and a host whose
+    // clock is further behind refused every certificate for ever (its first attestation lost the join token). Peers
+    // judge the validity by their own clocks; the skew is logged once.
+    const now = Date.now();
+    let start = now;
+    for (const cert of svid.chain) start = Math.max(start, cert.notBefore.getTime());
+    const check = verifySvid(svid.chain, this.#bundles, { at: new Date(start) });
     if (!check.valid) throw new AmbitError('CA_REJECTED', `CA issued a certificate that does not verify: [${check.error.code}] ${check.error.message}`);
+    if (start > now && !this.#skewWarned) {
+      this.#skewWarned = true;
+      this.#logger.warn({ spiffeId: svid.id.id, notBefore: new Date(start).toISOString(), behindSeconds: Math.round((start - now + NOT_BEFORE_CUSHION_MS) / 1000) }, "this host's clock is behind the CA's: the certificate it just issued starts later than this host's now; it is used, and renewals are timed from its receipt, but peers whose clocks agree with this host's refuse it until then; fix its time (NTP)");
+    }
     return svid;
   }
 
@@ -670,7 +677,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#skewWarned = true;
       this.#logger.warn({ spiffeId: entry.spiffeId, aheadSeconds: Math.round((fromReceipt - (renewAt - now)) / 1000) }, "this host's clock is ahead of the CA's: renewals wait at least a quarter of their time from each certificate's receipt; fix its time (NTP), since peers judge certificates by their own clocks");
     }
-    this.#renewSoon(entry, fresh ? Math.max(renewAt - now, fromReceipt / 4) : Math.max(0, renewAt - now));
+    // Nor later than its renewal time from receipt: with this host's clock behind the CA's, the wall clock would put
+    // the renewal that much late, past the certificate's end when the clock is behind by more than its renewal time.
+    this.#renewSoon(entry, fresh ? Math.min(Math.max(renewAt - now, fromReceipt / 4), fromReceipt) : Math.max(0, renewAt - now));
   }
 
   #renewSoon(entry: Entry, delayMs: number): void {

@@ -18,6 +18,11 @@ export type Certificate = x509.X509Certificate;
 
 /** SPIRE's NotBeforeCushion: backdate so peers with a slightly slow clock accept a fresh certificate. */
 export const NOT_BEFORE_CUSHION_MS = 10_000;
+/**
+ * A CA certificate is backdated an hour: every node judges a new root (`ca init`, a root rotation) by its own clock,
+ * and a node behind the CA's refused every chain through it until its clock caught up.
+ */
+const CA_NOT_BEFORE_CUSHION_MS = 3_600_000;
 /** A chain longer than this is refused outright: real meshes use root → intermediate → leaf. */
 export const MAX_CHAIN_DEPTH = 8;
 /**
@@ -646,8 +651,8 @@ function randomSerial(): string {
   return bytes.toString('hex');
 }
 
-function lifetime(now: Date, ttlMs: number, issuer: Certificate | undefined): { notBefore: Date; notAfter: Date } {
-  const notBefore = new Date(now.getTime() - NOT_BEFORE_CUSHION_MS);
+function lifetime(now: Date, ttlMs: number, issuer: Certificate | undefined, cushionMs = NOT_BEFORE_CUSHION_MS): { notBefore: Date; notAfter: Date } {
+  const notBefore = new Date(now.getTime() - cushionMs);
   let notAfter = new Date(now.getTime() + ttlMs);
   // An expired authority would sign certificates already expired, which every peer then refuses: say so here.
   if (issuer && issuer.notAfter.getTime() <= now.getTime()) {
@@ -665,13 +670,15 @@ export interface IssueLeafParams {
   ttlMs: number;
   now?: Date;
   dnsNames?: readonly string[];
+  /** How far notBefore is backdated (NOT_BEFORE_CUSHION_MS unless said). */
+  notBeforeCushionMs?: number;
 }
 
 /** Issues a workload or node leaf: one URI SAN, CA:false, critical digitalSignature (+keyEncipherment, keyAgreement), EKU serverAuth+clientAuth. */
 export async function issueLeaf(params: IssueLeafParams): Promise<Certificate> {
   const id = parseSpiffeId(params.spiffeId);
   if (id.path === '') throw new AmbitError('SVID_NO_PATH', `cannot issue a leaf for trust-domain ID ${id.id}`);
-  const { notBefore, notAfter } = lifetime(params.now ?? new Date(), params.ttlMs, params.authority.cert);
+  const { notBefore, notAfter } = lifetime(params.now ?? new Date(), params.ttlMs, params.authority.cert, params.notBeforeCushionMs);
   const sans: x509.JsonGeneralName[] = [{ type: 'url', value: id.id }];
   for (const dns of params.dnsNames ?? []) sans.push({ type: 'dns', value: dns });
   return x509.X509CertificateGenerator.create({
@@ -707,7 +714,10 @@ export interface IssueCaParams {
 /** Issues a signing certificate: CA:true, keyCertSign|cRLSign, URI SAN = the trust domain's ID (no path). */
 export async function issueCa(params: IssueCaParams): Promise<Certificate> {
   const tdId = trustDomainId(params.trustDomain);
-  const { notBefore, notAfter } = lifetime(params.now ?? new Date(), params.ttlMs, params.authority?.cert);
+  const times = lifetime(params.now ?? new Date(), params.ttlMs, params.authority?.cert, CA_NOT_BEFORE_CUSHION_MS);
+  const notAfter = times.notAfter;
+  // Never before its issuer's start: a path's validity stays nested, as verifiers other than ours may expect.
+  const notBefore = params.authority && params.authority.cert.notBefore > times.notBefore ? params.authority.cert.notBefore : times.notBefore;
   // A random suffix keeps subjects of successive roots distinct, which keeps issuer matching and humans unconfused.
   const subject = `O=ambit, OU=${params.trustDomain}, CN=${params.commonName ?? 'ambit CA'} ${randomSerial().slice(0, 8)}`;
   const extensions: x509.Extension[] = [

@@ -6,3 +6,7 @@ const MAX_TIMER_MS = 2_147_483_647;
 export function timerDelayMs(ms: number): number {
   return Math.max(0, Math.min(ms, MAX_TIMER_MS));
 }
+
+/** How often renewals are checked against the wall clock (a suspended host's timers lag), and how late counts. */
+export const WALL_CLOCK_CHECK_MS = 5_000;
+export const WALL_CLOCK_SLACK_MS = 1_000;

@@ -370,6 +370,27 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     }
   });
 
+  it("takes the certificates the CA issues when this host's clock runs behind the CA's by more than the 10 s backdating, and renews from their receipt", async () => {
+    const { dir, ca, token, bundle } = await freshCaForNodeA();
+    // This process's clock (the agent's) 40 s behind the CA's: each fresh certificate starts 30 s in its future. It
+    // used to refuse every one, the first attestation's included, which spent the join token for nothing.
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() - 40_000 });
+    try {
+      const agent = inProcessAgent(ca, TD, 'node-a', bundle, { joinToken: token, ttlSeconds: 8, stateDir: join(dir, 'state') });
+      const rotated: string[] = [];
+      agent.on('rotated', (svid) => rotated.push(svid.id.id));
+      await agent.start();
+      const web = await agent.ensure(WEB);
+      expect(web.notBefore.getTime()).toBeGreaterThan(Date.now());
+      // Renewed about half its 8 s from receipt (timers are real here), not when this host's clock says half its life
+      // has passed: 44 s on, long after its end.
+      for (let i = 0; i < 120 && rotated.filter((id) => id === WEB).length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(rotated.filter((id) => id === WEB)).toHaveLength(2);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('renews a certificate that fell due while the host was suspended (the wall clock jumped, timers did not)', async () => {
     const { dir, ca, token, bundle } = await freshCaForNodeA();
     vi.useFakeTimers({ toFake: ['Date'], now: Date.now() });

@@ -24,7 +24,7 @@ import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loa
 import type { Certificate, Svid } from '../svid.ts';
 import { serverTlsOptions, verifyPeer } from '../spiffe-tls.ts';
 import { FederationClient } from '../federation.ts';
-import { timerDelayMs } from '../timers.ts';
+import { timerDelayMs, WALL_CLOCK_CHECK_MS, WALL_CLOCK_SLACK_MS } from '../timers.ts';
 import type { FederationPeer } from '../federation.ts';
 import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
@@ -42,6 +42,11 @@ const FEDERATION_DIR = 'federation';
 
 /** The CA's own serving certificate: short enough to roll with authority rotation, long enough to be quiet. */
 const SERVER_CERT_TTL_MS = 24 * 3_600_000;
+/**
+ * Backdated further than workload certificates (10 s, SPIRE's cushion): every node checks this one by its own clock,
+ * and a node a little behind the CA's refused a CA just started or just renewed, and could renew nothing meanwhile.
+ */
+const SERVER_CERT_NOT_BEFORE_CUSHION_MS = 5 * 60_000;
 
 /** What the CA needs from the registry: which workload identities are placed on a node. */
 export interface NodeRegistry {
@@ -125,6 +130,8 @@ export class CaServer {
   #server: https.Server;
   #stateListener: (() => void) | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
+  #renewDueAtMs = Infinity;
+  #wallClock: NodeJS.Timeout | undefined;
   #reloading: Promise<void> = Promise.resolve();
   /** Per node, the last of its record updates: they run one after another. */
   readonly #nodeQueue = new Map<string, Promise<void>>();
@@ -169,6 +176,7 @@ export class CaServer {
     };
     watchFile(caStateFile(options.dir), { interval: pollMs, persistent: false }, server.#stateListener);
     server.#scheduleServerRenewal();
+    server.#wallClock = setInterval(() => server.#catchUpServerRenewal(), WALL_CLOCK_CHECK_MS).unref();
     server.#logger.info({ url: server.url, sequence: state.sequence.toString(), authority: state.active.name }, 'CA listening');
     return server;
   }
@@ -277,6 +285,7 @@ export class CaServer {
 
   async close(): Promise<void> {
     clearTimeout(this.#renewTimer);
+    clearInterval(this.#wallClock);
     if (this.#stateListener) unwatchFile(caStateFile(this.#options.dir), this.#stateListener);
     await Promise.all([...this.#federated.values()].map((client) => client.stop()));
     await new Promise<void>((resolve) => {
@@ -289,16 +298,30 @@ export class CaServer {
   #scheduleServerRenewal(): void {
     clearTimeout(this.#renewTimer);
     const svid = this.#serverSvid;
-    const delayMs = timerDelayMs(Math.max(1000, (svid.notAfter.getTime() - Date.now()) / 2));
-    this.#renewTimer = setTimeout(() => {
-      this.#reloading = this.#reloading.then(() => this.#renewServerSvid()).catch((error: unknown) => {
-        this.#logger.error({ err: toAmbitError(error, 'CA_STATE').toJSON() }, 'renewing the CA serving certificate failed; retrying in a minute');
-        clearTimeout(this.#renewTimer);
-        this.#renewTimer = setTimeout(() => this.#scheduleServerRenewal(), 60_000);
-        this.#renewTimer.unref();
-      });
-    }, delayMs);
+    const delayMs = Math.max(1000, (svid.notAfter.getTime() - Date.now()) / 2);
+    this.#renewDueAtMs = Date.now() + delayMs;
+    this.#renewTimer = setTimeout(() => this.#renewServerNow(), timerDelayMs(delayMs));
     this.#renewTimer.unref();
+  }
+
+  #renewServerNow(): void {
+    clearTimeout(this.#renewTimer);
+    this.#renewDueAtMs = Infinity;
+    this.#reloading = this.#reloading.then(() => this.#renewServerSvid()).catch((error: unknown) => {
+      this.#logger.error({ err: toAmbitError(error, 'CA_STATE').toJSON() }, 'renewing the CA serving certificate failed; retrying in a minute');
+      clearTimeout(this.#renewTimer);
+      this.#renewTimer = setTimeout(() => this.#scheduleServerRenewal(), 60_000);
+      this.#renewTimer.unref();
+    });
+  }
+
+  /**
+   * Timers stand still while the host is suspended (a paused VM): after a day asleep the serving certificate had
+   * expired with its renewal still hours away, and every node was refused without a word in the CA's log. The wall
+   * clock says what is due, checked every few seconds as the agent checks its own.
+   */
+  #catchUpServerRenewal(): void {
+    if (Date.now() >= this.#renewDueAtMs + WALL_CLOCK_SLACK_MS) this.#renewServerNow();
   }
 
   async #renewServerSvid(): Promise<void> {
@@ -562,7 +585,7 @@ function chainFor(leaf: Certificate, authority: LoadedAuthority): Certificate[] 
 async function issueServerSvid(authority: LoadedAuthority, trustDomain: string): Promise<Svid> {
   const keys = await generateKeyPair();
   const spiffeId = `spiffe://${trustDomain}${CA_SERVER_PATH}`;
-  const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority, ttlMs: SERVER_CERT_TTL_MS, dnsNames: ['localhost'] });
+  const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority, ttlMs: SERVER_CERT_TTL_MS, dnsNames: ['localhost'], notBeforeCushionMs: SERVER_CERT_NOT_BEFORE_CUSHION_MS });
   return loadSvid(certificatesToPem(chainFor(leaf, authority)), await exportPrivateKeyPem(keys.privateKey));
 }
 
