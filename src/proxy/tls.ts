@@ -97,7 +97,9 @@ export class PeerVerifier {
     } else {
       result = verifyPeerCertificate(leaf, bundles, null, this.#options);
       if (this.#cache.size >= this.#maxEntries) this.#cache.clear();
-      this.#cache.set(key, { result, bundles, validUntilMs: Math.min(presentedChainExpiryMs(socket), now + 60_000) });
+      // A refusal that time will undo (a peer whose CA clock runs ahead) is kept a second, not a minute past the moment.
+      const keepMs = !result.valid && result.error.code === 'SVID_NOT_YET_VALID' ? 1_000 : 60_000;
+      this.#cache.set(key, { result, bundles, validUntilMs: Math.min(presentedChainExpiryMs(socket), now + keepMs) });
     }
     if (!result.valid || expected === null) return result;
     return matchExpected(result, expected);

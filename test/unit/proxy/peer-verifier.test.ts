@@ -70,6 +70,19 @@ describe('peer verification with a verdict cache', () => {
     expect(expired.error?.code).toBe('SVID_EXPIRED');
   });
 
+  it('accepts a leaf that was not yet valid as soon as it is (a peer whose CA clock runs ahead), not a minute later', async () => {
+    const ca = await createTestCa(TD);
+    const verifier = new PeerVerifier();
+    const bundles = new BundleSet([ca.bundle]);
+    // Issued by a CA 12 s ahead: it starts 2 s from now (X.509 times have one-second granularity).
+    const socket = await acceptedFrom(await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`), await issueTestSvid(ca, CLIENT_ID, { now: new Date(Date.now() + 12_000) }));
+    const early = verifier.verify(socket, bundles, CLIENT_ID);
+    expect(early.valid).toBe(false);
+    expect(early.error?.code).toBe('SVID_NOT_YET_VALID');
+    await new Promise((resolve) => setTimeout(resolve, 3_200));
+    expect(verifier.verify(socket, bundles, CLIENT_ID).valid).toBe(true);
+  });
+
   it('refuses a peer without a certificate', async () => {
     const ca = await createTestCa(TD);
     const server = await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`);
