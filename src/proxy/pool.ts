@@ -360,7 +360,7 @@ export class HbonePool {
         const result = this.#options.verifier.verify(socket, bundles, endpoint.identity);
         if (!result.valid) {
           socket.destroy();
-          this.#logger.warn({ source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, 'refusing HBONE peer: server identity is not the one expected');
+          this.#logger.warn({ source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, 'refusing HBONE peer: server identity is not the one expected');
           reject(new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `server at ${endpoint.hboneHost}:${endpoint.hbonePort}: [${result.error.code}] ${result.error.message}`, undefined, result.error));
           return;
         }

@@ -883,6 +883,8 @@ describe('HBONE outbound: a server presenting the wrong identity', () => {
     expect(line.expected).toBe(PAYMENTS_ID);
     expect(line.presented).toBe(IMPOSTOR_ID);
     expect(line.source).toBe(CLIENT_ID);
+    // Which check failed, in words: a clock problem reads as one, not as a wrong identity.
+    expect(String(line.reason)).toContain(IMPOSTOR_ID);
     expect(impostorStreams).toHaveLength(0); // not even a CONNECT was sent to it
   });
 
