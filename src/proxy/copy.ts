@@ -12,7 +12,47 @@
 import type { Socket } from 'node:net';
 import type { Http2Stream } from 'node:http2';
 import { constants as h2constants } from 'node:http2';
+import { addAbortSignal, PassThrough } from 'node:stream';
 import { EmitterSlot } from './emitter-slot.ts';
+
+/**
+ * Node's own AbortError: its HTTP/2 streams reset with CANCEL for that class only (INTERNAL_ERROR for any other), taken
+ * from a stream it aborts.
+ */
+export const STREAM_ABORTED: Error = (() => {
+  const aborted = new PassThrough();
+  aborted.on('error', () => {});
+  addAbortSignal(AbortSignal.abort(), aborted);
+  return aborted.errored ?? new Error('tunnel reset');
+})();
+
+/**
+ * Resets an HBONE stream with CANCEL at once. close(CANCEL) ends our side first (END_STREAM), and the peer's proxy,
+ * reading that before the reset, gave its application a clean FIN: a cut tunnel passed for a complete one.
+ */
+export function cancelStream(stream: Http2Stream): void {
+  if (!stream.destroyed) stream.destroy(STREAM_ABORTED);
+}
+
+/**
+ * Ends a TCP connection abruptly (RST): destroy() sends FIN when nothing is left unread, and the application took a
+ * tunnel cut by a reset, a dead peer or a shutdown for a complete one (a truncated upload or download).
+ */
+export function cutSocket(socket: Socket): void {
+  if (socket.destroyed) return;
+  // Our FIN already asked for: libuv refuses a reset while a shutdown is under way, and Node would then never close
+  // the socket.
+  if (socket.writableEnded) {
+    socket.destroy();
+    return;
+  }
+  try {
+    socket.resetAndDestroy();
+  } catch {
+    // Not a TCP handle (a pipe): closed as it can be.
+    socket.destroy();
+  }
+}
 
 export interface BridgeResult {
   /** The first error on either side, if any; undefined for a clean close. */
@@ -113,6 +153,9 @@ export class Bridge {
 
   /** END_STREAM from the peer: FIN to the application. */
   static #onStreamEnd(this: Http2Stream): void {
+    // Node emits 'end' for a stream the peer reset too, once it has closed: that is no END_STREAM, and a FIN here
+    // would give the application a clean end before the reset reaches it.
+    if (this.closed && this.rstCode !== h2constants.NGHTTP2_NO_ERROR) return;
     const socket = bridges.of(this).socket;
     if (!socket.destroyed) socket.end();
   }
@@ -122,7 +165,10 @@ export class Bridge {
   }
 
   static #onStreamError(this: Http2Stream, error: Error): void {
-    bridges.of(this).#fail('stream', error);
+    const bridge = bridges.of(this);
+    // Our own reset (cancelStream), reported by Node as the stream's error: the side that failed is known already.
+    if (bridge.#resetting && error === STREAM_ABORTED) return;
+    bridge.#fail('stream', error);
   }
 
   static #onStreamAborted(this: Http2Stream): void {
@@ -156,7 +202,7 @@ export class Bridge {
     // 'error' for CANCEL, so the reset is recorded here, or the tunnel would be reported as a clean close.
     if (!bridge.#socketClosed && (this.rstCode !== h2constants.NGHTTP2_NO_ERROR || !this.readableEnded)) {
       if (!bridge.#resetting) bridge.#fail('stream', new Error(`stream closed by peer before its end (RST ${this.rstCode ?? 'none'})`));
-      bridge.socket.destroy();
+      cutSocket(bridge.socket);
     }
     bridge.#finish();
   }
@@ -167,7 +213,7 @@ export class Bridge {
     // Closed already (the peer's NO_ERROR reset): close() would do nothing, and Node keeps the stream until writes
     // queued for a window that will never open complete. Let go of it.
     if (this.stream.closed) this.stream.destroy();
-    else this.stream.close(h2constants.NGHTTP2_CANCEL);
+    else cancelStream(this.stream);
   }
 
   #fail(side: 'socket' | 'stream', error: Error): void {
@@ -176,7 +222,7 @@ export class Bridge {
       this.#failedSide = side;
     }
     if (side === 'socket') this.#resetStream();
-    else this.socket.destroy();
+    else cutSocket(this.socket);
   }
 
   #finish(): void {
@@ -189,6 +235,6 @@ export class Bridge {
   /** Closes both sides now (a policy change revoked the connection, or shutdown). */
   abort(): void {
     this.#resetStream();
-    this.socket.destroy();
+    cutSocket(this.socket);
   }
 }

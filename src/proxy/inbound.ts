@@ -26,7 +26,7 @@ import { labelsOfBaggage, labelsOfNamespace, labelsOfWorkload } from './labels.t
 import { inboundService, routingTableOf } from './routes.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
-import { Bridge } from './copy.ts';
+import { Bridge, cancelStream, cutSocket } from './copy.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
 import { presentedChainExpiryMs } from './tls.ts';
@@ -936,8 +936,8 @@ class UpstreamDial implements Flushable {
 
   /** Closes both sides now (a policy change revoked the tunnel, or shutdown), bridged or inspected alike. */
   abort(): void {
-    if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
-    this.upstream.destroy();
+    cancelStream(this.stream);
+    cutSocket(this.upstream);
   }
 }
 

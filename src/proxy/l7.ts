@@ -8,8 +8,8 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { http } from '../node-http.ts';
 import * as http2 from 'node:http2';
 import type { Socket } from 'node:net';
-import { PassThrough, addAbortSignal } from 'node:stream';
 import type { Duplex } from 'node:stream';
+import { cancelStream, STREAM_ABORTED } from './copy.ts';
 import { Client } from '../undici.ts';
 import type { Dispatcher, buildConnector } from 'undici';
 import type { Decision } from '../authz/compile.ts';
@@ -141,7 +141,8 @@ const TUNNEL_KEEP_ALIVE_S = 60;
 /** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
 const HEADERS_TIMEOUT_MS = 60_000;
 
-function cancelStream(stream: http2.ServerHttp2Stream): void {
+/** An answer whose rest will never leave: ended with CANCEL (its END_STREAM, queued behind that rest, never goes). */
+function cutAnswer(stream: http2.ServerHttp2Stream): void {
   if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
 }
 
@@ -152,16 +153,8 @@ function cancelStream(stream: http2.ServerHttp2Stream): void {
 function resetTunnel(socket: Duplex): void {
   // close(CANCEL) would end our side first (END_STREAM), and a client reading that before the reset sees a clean
   // end; destroy() with an AbortError resets at once, with CANCEL (Node's code for it).
-  socket.destroy(TUNNEL_ABORTED);
+  socket.destroy(STREAM_ABORTED);
 }
-
-/** Node's own AbortError (it resets with CANCEL for that class only, INTERNAL_ERROR for any other), taken from a stream it aborts. */
-const TUNNEL_ABORTED: Error = (() => {
-  const aborted = new PassThrough();
-  aborted.on('error', ignore);
-  addAbortSignal(AbortSignal.abort(), aborted);
-  return aborted.errored ?? new Error('inspected tunnel reset');
-})();
 
 /**
  * The workload closed: nothing more can be forwarded on this tunnel. Ended, not reset: the answer it finished with
@@ -183,7 +176,7 @@ function endAfterWorkloadClosed(stream: http2.ServerHttp2Stream): void {
       return;
     }
     clearInterval(stall);
-    cancelStream(stream);
+    cutAnswer(stream);
   }, UPSTREAM_CLOSED_STALL_MS).unref();
   stream.once('finish', () => {
     clearInterval(stall);
@@ -719,7 +712,8 @@ export class HttpInspector {
     // client would wait forever. (One after the answer began ends the response as Node's client reads it: ended.)
     upstreamStream.on('close', workloadDone);
     stream.on('close', () => {
-      if (!upstreamStream.closed) upstreamStream.close(NGHTTP2_CANCEL);
+      // Reset at once: close(CANCEL) would send END_STREAM first, and the workload would take a cut upload for a whole one.
+      if (!upstreamStream.closed) cancelStream(upstreamStream);
       // One the workload reset, whose writes never finish, is let go here (it would stay until the session ends).
       else if (!upstreamStream.destroyed) upstreamStream.destroy();
     });

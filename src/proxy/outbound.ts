@@ -17,7 +17,7 @@ import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import type { AccessLogRecord } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import { buildBaggage } from './baggage.ts';
-import { Bridge } from './copy.ts';
+import { Bridge, cutSocket } from './copy.ts';
 import type { BridgeResult } from './copy.ts';
 import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
@@ -293,7 +293,7 @@ export class OutboundListeners {
   }
 
   async close(): Promise<void> {
-    for (const socket of this.#live.keys()) socket.destroy();
+    for (const socket of this.#live.keys()) cutSocket(socket);
     for (const listener of this.#listeners.values()) stopListening(listener.server);
     this.#listeners.clear();
     this.#hostsByPort.clear();
@@ -532,8 +532,8 @@ export class OutboundListeners {
       // The first error names the side that broke; either ends both.
       const failedOn = (code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET') => (e: Error) => {
         error ??= { code, message: e.message };
-        socket.destroy();
-        upstream.destroy();
+        cutSocket(socket);
+        cutSocket(upstream);
       };
       socket.on('error', failedOn('DOWNSTREAM_RESET'));
       upstream.on('error', failedOn('UPSTREAM_RESET'));
@@ -542,8 +542,8 @@ export class OutboundListeners {
         if (++closed < 2) {
           // One side closed before both directions were done (abruptly, or destroyed after its FIN while the other
           // still sent): the other must not wait forever.
-          if (socket.destroyed && !(socket.readableEnded && upstream.readableEnded)) upstream.destroy();
-          if (upstream.destroyed && !(upstream.readableEnded && socket.readableEnded)) socket.destroy();
+          if (socket.destroyed && !(socket.readableEnded && upstream.readableEnded)) cutSocket(upstream);
+          if (upstream.destroyed && !(upstream.readableEnded && socket.readableEnded)) cutSocket(socket);
           return;
         }
         this.#options.liveMeters.delete(flushable);

@@ -12,6 +12,8 @@ let session: http2.ClientHttp2Session;
 let apps: net.Server;
 /** How the peer saw each 'forever:80' stream closed (its RST code), in order. */
 const foreverClosedWith: number[] = [];
+/** How each 'watch:80' stream ended on the peer's side: END_STREAM seen or not, and its RST code. */
+const watched: { ended: boolean; rstCode: number | undefined }[] = [];
 /** A response larger than what loopback's buffers hold while the app reads nothing. */
 const RESPONSE_BYTES = 24 * 1024 * 1024;
 
@@ -34,6 +36,17 @@ beforeAll(async () => {
         clearInterval(timer);
         foreverClosedWith.push(stream.rstCode);
       });
+    } else if (headers[':authority'] === 'cancel-midway:80') {
+      // A download cut by the peer (its proxy went away, its workload reset): some bytes, then CANCEL.
+      stream.write(Buffer.alloc(64 * 1024, 'd'));
+      setTimeout(() => void abortError().then((error) => stream.destroy(error)), 50);
+    } else if (headers[':authority'] === 'watch:80') {
+      // Records whether our side of the stream ended (END_STREAM) before it was reset.
+      let ended = false;
+      // END_STREAM received before the stream closed (Node also emits 'end' after a reset, the stream closed by then).
+      stream.on('end', () => (ended ||= !stream.closed));
+      stream.resume();
+      stream.once('close', () => watched.push({ ended, rstCode: stream.rstCode }));
     } else if (headers[':authority'] === 'cancel-after-end:80') {
       stream.resume();
       // Node resets with CANCEL for its own AbortError (close(CANCEL) here would send END_STREAM first).
@@ -65,6 +78,11 @@ function abortError(): Promise<Error> {
   return once(new EventEmitter(), 'never', { signal: AbortSignal.abort() }).then(() => new Error('not aborted'), (error: unknown) => error as Error);
 }
 
+/** Resolves when the socket has closed, however (events.once would reject on the reset the app is now given). */
+function closed(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => socket.once('close', () => resolve()));
+}
+
 /** An application connection: the client end, and the accepted socket a Bridge carries. */
 async function appConnection(): Promise<{ client: net.Socket; socket: net.Socket }> {
   const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
@@ -94,7 +112,7 @@ describe('Bridge', () => {
     expect(stream.destroyed).toBe(true);
 
     const { client, socket } = await appConnection();
-    const clientClosed = once(client, 'close');
+    const clientClosed = closed(client);
     const result = await bridged(socket, stream);
     expect(result.failedSide).toBe('stream');
     expect(result.error?.message).toMatch(/closed before the tunnel started/);
@@ -105,7 +123,7 @@ describe('Bridge', () => {
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'after-end:80' });
     await once(stream, 'response');
     const { client, socket } = await appConnection();
-    const clientClosed = once(client, 'close');
+    const clientClosed = closed(client);
     const result = await bridged(socket, stream, () => client.end('bytes the peer never acknowledged'));
     expect(stream.rstCode).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
     expect(result.failedSide).toBe('stream');
@@ -196,6 +214,38 @@ describe('Bridge', () => {
     expect(stream.rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
     expect(result.failedSide).toBe('stream');
     expect(result.error?.message).toContain('RST 8');
+  });
+
+  it('gives the application a reset, not a FIN, when the peer cancels its stream in the middle of a download', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'cancel-midway:80' });
+    await once(stream, 'response');
+    const { client, socket } = await appConnection();
+    let received = 0;
+    let ended = false;
+    client.on('data', (chunk: Buffer) => (received += chunk.length));
+    client.on('end', () => (ended = true));
+    const failed = new Promise<string | undefined>((resolve) => client.once('error', (error: NodeJS.ErrnoException) => resolve(error.code)));
+    const result = await bridged(socket, stream);
+    expect(result.failedSide).toBe('stream');
+    expect(await failed).toBe('ECONNRESET');
+    expect(received).toBeGreaterThan(0);
+    expect(ended).toBe(false);
+  });
+
+  it('resets the peer\'s stream at once when the tunnel is cut, without ending it first (no END_STREAM a proxy would pass on as FIN)', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'watch:80' });
+    await once(stream, 'response');
+    const { client, socket } = await appConnection();
+    const clientFailed = new Promise<string | undefined>((resolve) => client.once('error', (error: NodeJS.ErrnoException) => resolve(error.code)));
+    const done = new Promise<BridgeResult>((resolve) => {
+      const bridge = new Bridge(socket, stream, resolve);
+      client.write('some bytes', () => setTimeout(() => bridge.abort(), 20));
+    });
+    await done;
+    await expect.poll(() => watched.length).toBe(1);
+    expect(watched[0]).toEqual({ ended: false, rstCode: http2.constants.NGHTTP2_CANCEL });
+    // And the application connection is reset too.
+    expect(await clientFailed).toBe('ECONNRESET');
   });
 
   it('reports a tunnel both ends closed cleanly as a clean close', async () => {

@@ -39,6 +39,8 @@ let talkersOpen = 0;
 function echoServer(count: () => void): Server {
   return createServer({ allowHalfOpen: true }, (socket) => {
     count();
+    // A connection the proxy cuts (its workload left, a policy withdrew it) is reset.
+    socket.on('error', () => {});
     socket.pipe(socket);
   });
 }

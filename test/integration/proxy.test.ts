@@ -46,6 +46,8 @@ let echoConnections = 0;
 beforeAll(async () => {
   echo = createServer({ allowHalfOpen: true }, (socket) => {
     echoConnections++;
+    // A tunnel the proxy cuts reaches the workload as a reset.
+    socket.on('error', () => {});
     socket.pipe(socket);
   });
   await new Promise<void>((resolve) => echo.listen(7000, ECHO_IP, resolve));
