@@ -151,12 +151,21 @@ function startChild(name: string, args: string[], logDir: string, level: string)
 /** Ctrl-C or SIGTERM while the mesh is still starting: it stops there, and cleans up as it does once up. */
 class Interrupted extends Error {}
 
+/**
+ * Whether a child still runs. Not exitCode alone: one ended by a signal (the terminal's Ctrl-C reaches the whole
+ * process group, before a proxy has its own handler) has a null exitCode, and was taken for running: stop() waited
+ * for an 'exit' already emitted, and the mesh hung with its CA key left on disk.
+ */
+function running(child: Child): boolean {
+  return child.process.exitCode === null && child.process.signalCode === null;
+}
+
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, children: Child[], interrupted: () => boolean): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (interrupted()) throw new Interrupted(`interrupted while waiting for ${what}`);
     for (const child of children) {
-      if (child.process.exitCode !== null) throw new Error(`${child.name} exited (${child.process.exitCode}) while waiting for ${what}:\n${child.lines.slice(-10).join('\n')}`);
+      if (!running(child)) throw new Error(`${child.name} exited (${child.process.exitCode ?? child.process.signalCode}) while waiting for ${what}:\n${child.lines.slice(-10).join('\n')}`);
     }
     if (await check().catch(() => false)) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
@@ -242,8 +251,8 @@ export const command: Command = {
     const stop = async (code: number): Promise<number> => {
       if (stopping) return code;
       stopping = true;
-      for (const child of children) if (child.process.exitCode === null) child.process.kill('SIGTERM');
-      await Promise.all(children.map((child) => child.process.exitCode !== null ? undefined : new Promise((resolve) => {
+      for (const child of children) if (running(child)) child.process.kill('SIGTERM');
+      await Promise.all(children.map((child) => !running(child) ? undefined : new Promise((resolve) => {
         const timer = setTimeout(() => {
           process.stderr.write(`ambit mesh: ${child.name} did not stop within 5 s of SIGTERM; killed\n`);
           child.process.kill('SIGKILL');

@@ -157,4 +157,32 @@ describe('npm start (ambit mesh from the build)', () => {
       child.kill('SIGKILL');
     }
   }, 90_000);
+
+  it('stops and cleans up on a Ctrl-C at the terminal while its proxies start (the signal reaches every process of the group)', async () => {
+    // Its own process group, as a shell gives a foreground job: the SIGINT goes to the mesh, its CA and its proxies at
+    // once, and a proxy not yet handling it dies of it (exit code null, signal SIGINT).
+    const child = spawn(process.execPath, [BUILT_CLI, 'mesh'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    try {
+      await expect.poll(() => /\n {2}CA {12}https:/.test(stdout), { timeout: 60_000, interval: 20 }).toBe(true);
+      process.kill(-(child.pid as number), 'SIGINT');
+      const code = await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 20_000, 'still running'))]);
+      expect(code).toBe(130);
+      // Not a stop it waited out: nothing was alive to kill.
+      expect(stderr).not.toContain('did not stop');
+      const dir = /working directory (\S+)/.exec(stdout)?.[1];
+      expect(existsSync(dir as string)).toBe(false);
+      expect(processesNaming(dir as string)).toEqual([]);
+    } finally {
+      try {
+        process.kill(-(child.pid as number), 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
+  }, 90_000);
 });
