@@ -103,8 +103,14 @@ export const command: Command = {
     await mkdir(out, { recursive: true });
     // Serialise writes so an older rotation never lands after a newer one.
     let writing = Promise.resolve();
+    // The first write that failed: --once must not exit 0 with files missing (the token spent for nothing).
+    let writeFailure: AmbitError | undefined;
     const enqueue = (job: () => Promise<void>) => {
-      writing = writing.then(job).catch((error: unknown) => logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), out }, 'cannot write SVID files'));
+      writing = writing.then(job).catch((error: unknown) => {
+        const failure = toAmbitError(error, 'FILE_WRITE');
+        writeFailure ??= failure;
+        logger.error({ err: failure.toJSON(), out }, 'cannot write SVID files');
+      });
     };
     agent.on('rotated', (svid) => enqueue(() => writeSvid(out, svid)));
     agent.on('bundles', (bundles) => enqueue(() => writeBundles(out, trustDomain, bundles)));
@@ -119,7 +125,7 @@ export const command: Command = {
 
     async function runAgent(): Promise<number> {
       try {
-        await agent.start();
+        await agent.start({ failFast: values.once === true });
         enqueue(() => writeBundles(out, trustDomain, agent.bundles()));
         const node = agent.nodeSvid();
         if (node) enqueue(() => writeSvid(out, node));
@@ -131,6 +137,7 @@ export const command: Command = {
       }
       if (values.once) {
         await agent.stop();
+        if (writeFailure !== undefined) throw new AmbitError('FILE_WRITE', `--out ${out}: ${writeFailure.message}`, { cause: writeFailure });
         return 0;
       }
       let metricsServer: Server | null = null;
@@ -144,14 +151,21 @@ export const command: Command = {
             (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
             () => res.writeHead(500).end(),
           );
-        })
-          .on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed; the agent goes on without it'));
-        // Serving (or failed, and said so) before the agent says it runs: a scrape right after that line found nothing.
-        const server = metricsServer;
-        await new Promise<void>((resolve) => {
-          server.once('listening', resolve).once('error', () => resolve());
-          server.listen(metricsListen.port, metricsListen.host);
         });
+        // Serving before the agent says it runs: a scrape right after that line found nothing. An address it cannot
+        // bind ends it, as it ends `ambit proxy`: an agent without the metrics it was asked for goes unwatched.
+        const server = metricsServer;
+        try {
+          await new Promise<void>((resolve, reject) => {
+            server.once('listening', resolve).once('error', reject);
+            server.listen(metricsListen.port, metricsListen.host);
+          });
+        } catch (error) {
+          await agent.stop();
+          throw new AmbitError('USAGE', `--metrics ${values.metrics}: cannot listen: ${(error as Error).message}`, { cause: error, hint: "another process holds the port, or the address is not one of this host's" });
+        }
+        // Once bound, an 'error' is an accept that failed: logged, and the agent goes on.
+        server.on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed to accept a connection'));
       }
       logger.info({ identities: agent.identities(), out }, 'agent running');
       await new Promise<void>((resolve) => {

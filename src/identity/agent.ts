@@ -215,8 +215,12 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     return [...this.#entries.keys()];
   }
 
-  /** Obtains the node SVID (stored one, else join-token attestation) and the bundles; then keeps both fresh. */
-  async start(): Promise<void> {
+  /**
+   * Obtains the node SVID (stored one, else join-token attestation) and the bundles; then keeps both fresh. With
+   * failFast an attestation the CA cannot answer now fails at once (its key is kept for the next start) instead of
+   * being retried.
+   */
+  async start(options: { failFast?: boolean } = {}): Promise<void> {
     this.#wallClock = setInterval(() => this.#catchUp(), WALL_CLOCK_CHECK_MS);
     this.#wallClock.unref();
     await this.#loadStoredBundle();
@@ -231,7 +235,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       if (!this.#options.joinToken) {
         throw new AmbitError('JOIN_TOKEN_INVALID', `no valid node SVID in ${this.#options.stateDir ?? '(no state dir)'} and no join token given`, { hint: 'create one with `ambit ca token create --node NAME` and pass it with --join-token' });
       }
-      await this.#attestPatiently(entry, this.#options.joinToken);
+      await this.#attestPatiently(entry, this.#options.joinToken, options.failFast === true);
     }
     await this.refreshBundles().catch((error: unknown) => {
       this.#logger.warn({ err: toAmbitError(error, 'CA_UNREACHABLE').toJSON() }, 'bundle refresh failed; using the bundle we have');
@@ -444,7 +448,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
    * token back then): a node starting while its CA restarts must not exit and wait out a crash loop. A refusal
    * (an unknown, spent or expired token, another node's) is final and ends the start at once.
    */
-  async #attestPatiently(entry: Entry, token: string): Promise<void> {
+  async #attestPatiently(entry: Entry, token: string, failFast: boolean): Promise<void> {
     // One key for every attempt, across restarts too: the CA binds the token to the key that spent it, and answers the
     // same key again when the answer to that attempt was lost (a deadline passed while the CA signed, a connection
     // cut, the agent restarted). A new key would find the token spent.
@@ -464,6 +468,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
           await this.#forgetAttestationKey();
           throw failure;
         }
+        // Kept: the CA may have spent the token on this key, and answers it again on the next start.
+        if (failFast) throw failure;
         const delayMs = Math.max(MIN_RETRY_MS, this.#backoffMs(attempt));
         this.#metrics.failures.inc({ identity: this.#nodeId, code: failure.code });
         this.#logger.warn({ spiffeId: this.#nodeId, err: failure.toJSON(), attempt, retryInMs: Math.round(delayMs) }, 'node attestation failed; retrying with the same join token');

@@ -3,6 +3,7 @@
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { AmbitProcess, freePort, runAmbit } from '../helpers/process.ts';
@@ -206,6 +207,47 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(verifySvid(web.chain, bundles).valid).toBe(true);
     await waitForAudit(caDir, (line) => line.event === 'node_attested' && line.node === 'node-a');
     await waitForAudit(caDir, (line) => line.event === 'svid_issued' && line.spiffeId === WEB && line.caller === `spiffe://${TD}/ambit/node/node-a`);
+  });
+
+  it('ambit agent --once exits 2 at once when no CA answers its first attestation, keeping the key the CA may have bound the token to', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const port = await freePort();
+    const started = Date.now();
+    const result = await runAmbit([...agentArgs({ url: `https://127.0.0.1:${port}` }, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')), '--join-token', await createToken(caDir, 'node-a')], { timeoutMs: 30_000 });
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('CA_UNREACHABLE');
+    expect(Date.now() - started).toBeLessThan(15_000);
+    // The next start retries with the same key.
+    expect(existsSync(join(dir, 'state', 'attest-key.json'))).toBe(true);
+  });
+
+  it('ambit agent --once exits 2 naming --out when it could not write the files, not 0 with them missing', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const out = join(dir, 'out');
+    // A directory where the key file goes: its write (a rename over it) fails, even for root.
+    await mkdir(join(out, 'ns_default_sa_web-key.pem'), { recursive: true });
+    const result = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state'), out, join(dir, 'bundle.pem')), '--join-token', await createToken(caDir, 'node-a'), '--identity', WEB]);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('FILE_WRITE');
+    expect(result.stderr).toContain(`--out ${out}`);
+  });
+
+  it('ambit agent --metrics on an address it cannot bind exits 2 naming --metrics, as ambit proxy does', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const args = agentArgs(ca, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')).filter((arg) => arg !== '--once');
+    // The CA's own port: taken.
+    const result = await runAmbit([...args, '--join-token', await createToken(caDir, 'node-a'), '--metrics', `127.0.0.1:${ca.port}`], { timeoutMs: 30_000 });
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain(`--metrics 127.0.0.1:${ca.port}`);
+    expect(result.stderr).toContain('EADDRINUSE');
   });
 
   it('refuses a node that asks for a workload identity placed on another node, and audits who asked for what', async () => {
