@@ -1,4 +1,5 @@
 // `ambit ca`: create a CA directory, run the CA server, mint join tokens, rotate roots, print the bundle.
+import { appendFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { parse, parseDurationMs, readText, requireString } from './args.ts';
@@ -130,6 +131,12 @@ async function serve(argv: string[]): Promise<number> {
       throw error;
     });
   const state = await loadCa(dir);
+  // Judged before serving: a CA that cannot audit refuses every issuance, and started anyway it answered each node 500.
+  try {
+    await appendFile(auditFile, '', { mode: 0o600 });
+  } catch (error) {
+    throw new AmbitError('FILE_WRITE', `${values['audit-log'] === undefined ? 'audit log' : '--audit-log'} ${auditFile}: cannot append: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+  }
   const fixedTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : undefined;
   let server: CaServer | undefined;
   // Reloads apply in order; a federation list that cannot be applied keeps the one in force.

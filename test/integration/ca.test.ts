@@ -250,6 +250,25 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(result.stderr).toContain('EADDRINUSE');
   });
 
+  it('ambit ca serve refuses to start, in one line naming what, on a port in use or an audit log it cannot append to', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    const ca = await startCa(caDir, configDir);
+    const taken = await runAmbit(['ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', `127.0.0.1:${ca.port}`]);
+    expect(taken.status).toBe(2);
+    expect(taken.stderr).toContain(`cannot listen on 127.0.0.1:${ca.port} for the CA`);
+    expect(taken.stderr).toContain('EADDRINUSE');
+    expect(taken.stderr).not.toMatch(/\n\s+at /);
+    // A directory where the audit log should be: no append there, even for root.
+    const auditDir = join(dir, 'audit-here');
+    await mkdir(auditDir);
+    const unwritable = await runAmbit(['ca', 'serve', '--dir', caDir, '--config', configDir, '--listen', '127.0.0.1:0', '--audit-log', auditDir]);
+    expect(unwritable.status).toBe(2);
+    expect(unwritable.stderr).toContain(`--audit-log ${auditDir}: cannot append`);
+    expect(unwritable.stdout).not.toContain('CA listening');
+  });
+
   it('refuses a node that asks for a workload identity placed on another node, and audits who asked for what', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD);

@@ -157,10 +157,14 @@ export class CaServer {
     server.#svidTtlMs = options.svidTtlMs;
     server.#nodeSvidTtlMs = options.nodeSvidTtlMs;
     for (const peer of options.federation ?? []) server.#federated.set(peer.trustDomain, server.#federationClient(peer));
+    const host = options.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {
-      server.#server.once('error', reject);
-      server.#server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
-        server.#server.off('error', reject);
+      // One line naming the address (the CLI printed a stack trace for a port in use).
+      const refused = (error: Error) =>
+        reject(new AmbitError('USAGE', `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${options.port ?? 0} for the CA: ${error.message}`, { cause: error, hint: "another process holds the port, or the address is not one of this host's" }));
+      server.#server.once('error', refused);
+      server.#server.listen(options.port ?? 0, host, () => {
+        server.#server.off('error', refused);
         resolve();
       });
     });
