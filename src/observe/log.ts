@@ -62,16 +62,43 @@ export function silentLogger(): Logger {
  * `intervalMs` with how many were not, since libuv retries on every turn of the loop and would flood the log.
  */
 export function acceptErrorLogger(logger: Logger, server: string, intervalMs = 10_000): (error: Error) => void {
-  let lastMs = -Infinity;
-  let unlogged = 0;
+  const budget = new LogBudget(intervalMs);
   return (error) => {
-    const now = Date.now();
-    if (now - lastMs < intervalMs) {
-      unlogged++;
-      return;
-    }
-    logger.warn({ server, err: error.message, sinceLast: unlogged }, 'accepting a connection failed');
-    lastMs = now;
-    unlogged = 0;
+    const sinceLast = budget.take('accept');
+    if (sinceLast !== null) logger.warn({ server, err: error.message, sinceLast }, 'accepting a connection failed');
   };
+}
+
+/**
+ * At most `burst` lines per key every intervalMs, for events anyone can cause at any rate (an unauthenticated client,
+ * a failing accept): a flood of them must not become a flood of warnings. Keys are few (fixed names).
+ */
+export class LogBudget {
+  readonly #intervalMs: number;
+  readonly #burst: number;
+  readonly #byKey = new Map<string, { startMs: number; logged: number; unlogged: number }>();
+
+  constructor(intervalMs = 10_000, burst = 1) {
+    this.#intervalMs = intervalMs;
+    this.#burst = burst;
+  }
+
+  /** How many were left unlogged before this one, when this one may be logged; else null. */
+  take(key: string): number | null {
+    const now = Date.now();
+    let entry = this.#byKey.get(key);
+    if (entry === undefined) this.#byKey.set(key, (entry = { startMs: now, logged: 0, unlogged: 0 }));
+    if (now - entry.startMs >= this.#intervalMs) {
+      entry.startMs = now;
+      entry.logged = 0;
+    }
+    if (entry.logged >= this.#burst) {
+      entry.unlogged++;
+      return null;
+    }
+    entry.logged++;
+    const unlogged = entry.unlogged;
+    entry.unlogged = 0;
+    return unlogged;
+  }
 }

@@ -18,7 +18,7 @@ import type { BundleSource, VerifyResult } from '../identity/svid.ts';
 import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
-import { acceptErrorLogger } from '../observe/log.ts';
+import { acceptErrorLogger, LogBudget } from '../observe/log.ts';
 import { AmbitError } from '../errors.ts';
 import type { Flushable, ProxyMetrics, TunnelLabels, TunnelMeter, WorkloadLabels } from '../observe/metrics.ts';
 import { UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
@@ -276,6 +276,8 @@ export const MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN = 1_000;
 export class HboneInbound {
   readonly #options: InboundOptions;
   readonly #logger: Logger;
+  /** Refused peers: 20 warnings every 10 s at most, then debug until the next 10 s. */
+  readonly #refusalLogBudget = new LogBudget(10_000, 20);
   // By kind/namespace/name: a Pod and a WorkloadEntry may share namespace/name, and each needs its server.
   readonly #servers = new Map<string, WorkloadServer>();
   readonly #byIp = new Map<string, WorkloadServer>();
@@ -522,7 +524,12 @@ export class HboneInbound {
     if (!result.valid) {
       // Early deny: no HTTP at all for a peer we cannot authenticate (ztunnel drops the connection).
       this.#options.metrics.peerRefused(result.error.code);
-      this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
+      // Anyone can cause this as fast as handshakes go (a client without a certificate): warnings are budgeted, the
+      // rest go to debug, and the counter has them all.
+      const unlogged = this.#refusalLogBudget.take('refused');
+      const fields = { peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message };
+      if (unlogged === null) this.#logger.debug(fields, 'refusing HBONE peer');
+      else this.#logger.warn(unlogged > 0 ? { ...fields, unlogged } : fields, 'refusing HBONE peer');
       refuseSession(session, refusalReason(result));
       return;
     }

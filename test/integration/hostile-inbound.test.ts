@@ -1231,3 +1231,16 @@ spec:
     }
   });
 });
+
+// Last in the file: it spends node-b's budget of refusal warnings for the next 10 s.
+describe('HBONE inbound: a flood of unauthenticated peers', () => {
+  it('logs at most 20 refusals every 10 s at warn, saying how many it left out, and counts every one', async () => {
+    const since = nodeB().proc.lines.length;
+    const before = await metricSum(nodeB(), 'ambit_hbone_peers_refused_total', { reason: 'CA_UNAUTHENTICATED' });
+    for (let i = 0; i < 30; i++) await attemptTunnel(null);
+    await waitUntil('every refusal counted', async () => (await metricSum(nodeB(), 'ambit_hbone_peers_refused_total', { reason: 'CA_UNAUTHENTICATED' })) === before + 30, 10_000);
+    const warned = nodeB().proc.lines.slice(since).filter((l) => l.msg === 'refusing HBONE peer');
+    expect(warned.length).toBeGreaterThan(0);
+    expect(warned.length).toBeLessThanOrEqual(20);
+  });
+});
