@@ -13,7 +13,7 @@ import { nodeId } from '../identity/spiffe-id.ts';
 import { decodeBundleText, encodeBundle, encodePemBundle } from '../identity/bundle.ts';
 import type { FederationPeer } from '../identity/federation.ts';
 import { createLogger } from '../observe/log.ts';
-import { watchConfigDir } from '../config/watch.ts';
+import { WATCH_ERROR_MESSAGES, watchConfigDir } from '../config/watch.ts';
 import { AuditLog } from '../config/audit.ts';
 import type { ConfigSnapshot } from '../config/snapshot.ts';
 import { parseListen } from './listen.ts';
@@ -161,8 +161,8 @@ async function serve(argv: string[]): Promise<number> {
       apply(next);
     },
     onError: (error, kind) => {
-      if (kind === 'rejected') logger.error({ err: error }, 'configuration change rejected; the last good configuration stays in force');
-      else logger.warn({ err: error }, kind === 'audit' ? 'configuration change in force but not written to the audit log' : 'configuration directory no longer watched; polling it instead');
+      if (kind === 'rejected') logger.error({ err: error }, WATCH_ERROR_MESSAGES[kind]);
+      else logger.warn({ err: error }, WATCH_ERROR_MESSAGES[kind]);
     },
     // The CA signs for the trust domain of its directory: another one in the configuration would refuse every node.
     accept: (next, prev) => (next.mesh.trustDomain === prev.mesh.trustDomain ? undefined : `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}"`),

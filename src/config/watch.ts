@@ -26,7 +26,15 @@ const MAX_TORN_LOADS = 3;
  */
 export const IN_PLACE_SETTLE_MS = 2_000;
 
-export type WatchErrorKind = 'rejected' | 'audit' | 'watch';
+export type WatchErrorKind = 'rejected' | 'audit' | 'watch' | 'unreadable';
+
+/** What each kind of watcher error means for the configuration in force, for the log line that reports it. */
+export const WATCH_ERROR_MESSAGES: Readonly<Record<WatchErrorKind, string>> = {
+  rejected: 'configuration change rejected; the last good configuration stays in force',
+  audit: 'configuration change in force but not written to the audit log',
+  watch: 'configuration directory no longer watched; polling it instead',
+  unreadable: 'configuration cannot be read for now; the configuration in force stays, and it is read again',
+};
 
 export interface WatchOptions {
   /**
@@ -37,6 +45,8 @@ export interface WatchOptions {
   /**
    * `rejected`: a change was refused, the last good configuration kept (its ConfigError lists every problem).
    * `audit`: a change in force could not be written to the audit log. `watch`: fs.watch failed; polling goes on.
+   * `unreadable`: the files could not be read for a passing reason (out of descriptors): nothing was judged, the poll
+   * tries again; said once until a read succeeds.
    */
   onError(error: AmbitError, kind: WatchErrorKind): void;
   /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
@@ -97,6 +107,8 @@ class DirectoryWatcher implements ConfigWatcher {
   #reloadAgain = false;
   /** Loads in a row during which the files changed (see #reloadOnce). */
   #tornLoads = 0;
+  /** A passing read failure was reported, and no read has succeeded since. */
+  #unreadableReported = false;
   #changedDuringStart = false;
   #closed = false;
 
@@ -219,11 +231,23 @@ class DirectoryWatcher implements ConfigWatcher {
     const error = next === undefined ? toAmbitError(failure, 'FILE_READ') : undefined;
     // What this reload judged, the poll need not report again (a rejected change was logged and counted twice); but a
     // read that failed for a passing reason (EMFILE) is the poll's to retry.
-    if (error === undefined || !TRANSIENT_READ_ERROR.test(error.message)) this.#pollSignature = after;
+    const passing = error === undefined ? null : TRANSIENT_READ_ERROR.exec(error.message);
+    if (passing === null) this.#pollSignature = after;
     if (next === undefined) {
+      // Out of descriptors is no verdict on the files: it was reported as a rejected change, with a "no MeshConfig"
+      // that followed from reading nothing.
+      if (passing !== null) {
+        if (!this.#unreadableReported) {
+          this.#unreadableReported = true;
+          this.#options.onError(new AmbitError('FILE_READ', `${this.#dir}: cannot read the configuration (${passing[0]}); nothing in it was judged`, { cause: error }), 'unreadable');
+        }
+        return;
+      }
+      this.#unreadableReported = false;
       this.#options.onError(error as AmbitError, 'rejected');
       return;
     }
+    this.#unreadableReported = false;
     const prev = this.#snapshot;
     if (this.#closed || prev === undefined) return;
     const diff = diffSnapshots(prev, next);

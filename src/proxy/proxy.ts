@@ -4,7 +4,7 @@ import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
-import { watchConfigDir } from '../config/watch.ts';
+import { WATCH_ERROR_MESSAGES, watchConfigDir } from '../config/watch.ts';
 import { AuditLog } from '../config/audit.ts';
 import type { ConfigWatcher } from '../config/watch.ts';
 import type { ConfigSnapshot } from '../config/snapshot.ts';
@@ -156,9 +156,9 @@ export class NodeProxy {
       onError: (error, kind) => {
         if (kind === 'rejected') {
           this.metrics.configReload('rejected');
-          this.#logger.error({ err: error.toJSON() }, 'configuration change rejected; the last good configuration stays in force');
+          this.#logger.error({ err: error.toJSON() }, WATCH_ERROR_MESSAGES[kind]);
         } else {
-          this.#logger.warn({ err: error.toJSON() }, kind === 'audit' ? 'configuration change in force but not written to the audit log' : 'configuration directory no longer watched; polling it instead');
+          this.#logger.warn({ err: error.toJSON() }, WATCH_ERROR_MESSAGES[kind]);
         }
       },
       // Every identity derives from the trust domain, and the HBONE servers listen on the port taken at start: changed
