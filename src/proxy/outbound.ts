@@ -10,6 +10,7 @@ import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
+import { acceptErrorLogger } from '../observe/log.ts';
 import { UNKNOWN_SERVICE, UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
 import type { Flushable, ProxyMetrics, ServiceLabels, TunnelLabels, TunnelMeter, WorkloadLabels } from '../observe/metrics.ts';
 import { labelsOfWorkload } from './labels.ts';
@@ -279,7 +280,8 @@ export class OutboundListeners {
       if (this.#listeners.has(name)) continue;
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => this.#accept(spec, socket));
       try {
-        await listenOn(server, spec.listenHost, spec.listenPort);
+        // Failed accepts (out of descriptors) said, rate-limited, as on the inbound listeners: they went unheard.
+        await listenOn(server, spec.listenHost, spec.listenPort, acceptErrorLogger(this.#logger, `outbound ${formatAuthority(spec.listenHost, spec.listenPort)}`));
         this.#listeners.set(name, { spec, server });
         bound.push(name);
       } catch (error) {
