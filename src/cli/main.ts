@@ -1,5 +1,6 @@
 // The `ambit` command: dispatches to one module per subcommand and maps errors to exit codes
 // (0 ok, 1 a negative result such as an invalid SVID, 2 bad usage or input).
+import { realpathSync } from 'node:fs';
 import { AmbitError } from '../errors.ts';
 import type { Command } from './args.ts';
 
@@ -75,8 +76,17 @@ function exitWithParent(): void {
   process.stdin.unref();
 }
 
+/** The Node major this build runs on (package.json's engines, and the `node` package it pins). */
+const MIN_NODE_MAJOR = 24;
+
 /** Runs the CLI on this process's arguments and sets its exit code. */
 export function runCli(): void {
+  const major = Number(process.versions.node.split('.')[0]);
+  if (major < MIN_NODE_MAJOR) {
+    process.stderr.write(`ambit: needs Node ${MIN_NODE_MAJOR} or later, and this is Node ${process.versions.node}: run it through npm (npm start, npm run ambit -- ...), which uses the Node that npm install fetched, or node_modules/.bin/node\n`);
+    process.exitCode = 2;
+    return;
+  }
   exitWithParent();
   main(process.argv.slice(2)).then(
     (code) => {
@@ -89,4 +99,6 @@ export function runCli(): void {
   );
 }
 
-if (import.meta.main) runCli();
+// import.meta.main is Node 24's: before it, undefined, and the CLI did nothing at all (exit 0). Then the entry is
+// judged by path, so an older Node gets runCli's message.
+if (import.meta.main ?? (process.argv[1] !== undefined && import.meta.filename !== undefined && realpathSync(process.argv[1]) === import.meta.filename)) runCli();
