@@ -27,6 +27,7 @@ import { inboundService, routingTableOf } from './routes.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import { Bridge, cancelStream, cutSocket } from './copy.ts';
+import { streamClosed, streamOpened } from './window.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
 import { presentedChainExpiryMs } from './tls.ts';
@@ -582,6 +583,8 @@ export class HboneInbound {
     // connect upstream, and an 'error' with no listener would throw and take the whole proxy down.
     stream.on('error', ignoreStreamError);
     const session = stream.session as http2.ServerHttp2Session;
+    streamOpened(session);
+    stream.once('close', () => streamClosed(session));
     const known = peers.get(session);
     const peer = known === undefined ? undefined : this.#currentPeer(session, known);
     if (peer === undefined) {

@@ -15,6 +15,7 @@ import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
+import { streamClosed, streamOpened } from './window.ts';
 import {
   CONNECT_ANSWER_TIMEOUT_MS,
   CONNECT_TIMEOUT_MS,
@@ -238,6 +239,7 @@ export class HbonePool {
       for (const entry of bucket.sessions) {
         if (entry.usable && entry.streams < entry.maxStreams) {
           entry.streams++;
+          streamOpened(entry.session);
           return entry;
         }
       }
@@ -489,6 +491,7 @@ export class HbonePool {
 
 function releaseStream(entry: PooledSession): void {
   entry.streams--;
+  streamClosed(entry.session);
   if (entry.streams !== 0) return;
   entry.idleSinceMs = Date.now();
   // A retired session kept open for its tunnels (see #retire): the last has ended.

@@ -3,6 +3,13 @@
 
 /** HTTP/2 stream window: 4 MiB lets one tunnel fill a fast link without waiting for WINDOW_UPDATEs. */
 export const H2_STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
+/**
+ * What the open streams of one session may make us hold (window.ts narrows the stream window to keep to it): twice
+ * ztunnel's connection window, which Node cannot enforce itself (it hands the connection window back on receipt).
+ */
+export const H2_SESSION_BUFFER_BYTES = 32 * 1024 * 1024;
+/** The narrowest stream window a busy session gets: 128 KiB still moves ~40 MiB/s per tunnel at a 3 ms round trip. */
+export const H2_MIN_STREAM_WINDOW_BYTES = 128 * 1024;
 /** Connection window = 4 × stream window, chosen by ztunnel to avoid cross-stream starvation. */
 export const H2_CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
 /** Largest DATA frame we accept: 1 MiB, so bulk transfers move in few frames. */

@@ -1084,6 +1084,45 @@ describe('HBONE inbound: flow control and teardown', () => {
     }
   });
 
+  it('narrows the stream window as a session opens many tunnels, so what they can make it hold stays within a budget, and widens it again as they close', async () => {
+    // Node hands a session's connection window back on receipt: only the stream windows bound what the session can
+    // make the proxy hold, and 48 tunnels uploading to workloads that do not read could each fill 4 MiB.
+    const port = 7009;
+    const stalled: net.Socket[] = [];
+    const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+      socket.on('error', () => {});
+      stalled.push(socket);
+    });
+    await listen(server, ECHO_IP, port);
+    const session = dialHbone(validClient);
+    const streams: http2.ClientHttp2Stream[] = [];
+    try {
+      expect((await new Promise<http2.Settings>((resolve) => session.once('remoteSettings', resolve))).initialWindowSize).toBe(4 * MiB);
+      for (let i = 0; i < 48; i++) {
+        const { status, stream } = await connectRequest(session, `${ECHO_IP}:${port}`);
+        expect(status).toBe(200);
+        stream.on('error', () => {});
+        streams.push(stream);
+        const block = patternBlock(i);
+        const pump = () => {
+          while (!stream.destroyed && stream.write(block));
+          if (!stream.destroyed) stream.once('drain', pump);
+        };
+        pump();
+      }
+      // 48 open: 512 KiB each, 24 MiB in all (32 MiB is the budget).
+      await waitUntil('the narrowed window', () => (session.remoteSettings.initialWindowSize ?? 0) <= 512 * 1024, 5_000);
+      expect(session.remoteSettings.initialWindowSize).toBe(512 * 1024);
+      for (const stream of streams.splice(0)) stream.close(http2.constants.NGHTTP2_CANCEL);
+      // All closed: one tunnel gets the whole window again.
+      await waitUntil('the window widened again', () => session.remoteSettings.initialWindowSize === 4 * MiB, 5_000);
+    } finally {
+      session.destroy();
+      for (const socket of stalled) socket.destroy();
+      await closeServer(server);
+    }
+  });
+
   async function openTunnelMidTransfer(session: http2.ClientHttp2Session): Promise<{ stream: http2.ClientHttp2Stream; upstream: net.Socket }> {
     const nextUpstream = echo.nextConnection();
     const { status, stream } = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);

@@ -1,0 +1,24 @@
+// The stream window a session advertises for its number of open streams: the whole 4 MiB for a few, narrower as
+// they grow, so that streams × window stays within the session's budget, and never below the floor.
+import { describe, expect, it } from 'vitest';
+import { streamWindowFor } from '../../../src/proxy/window.ts';
+import { H2_MIN_STREAM_WINDOW_BYTES, H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from '../../../src/proxy/settings.ts';
+
+describe('the stream window for a number of open streams', () => {
+  it('is the whole window for a few streams, and halves as they grow', () => {
+    expect(streamWindowFor(0)).toBe(H2_STREAM_WINDOW_BYTES);
+    expect(streamWindowFor(1)).toBe(H2_STREAM_WINDOW_BYTES);
+    expect(streamWindowFor(8)).toBe(4 * 1024 * 1024);
+    expect(streamWindowFor(9)).toBe(2 * 1024 * 1024);
+    expect(streamWindowFor(48)).toBe(512 * 1024);
+  });
+
+  it('keeps open streams × window within the budget, down to the floor', () => {
+    for (let open = 1; open <= 200; open++) {
+      const window = streamWindowFor(open);
+      expect(window).toBeGreaterThanOrEqual(H2_MIN_STREAM_WINDOW_BYTES);
+      if (window > H2_MIN_STREAM_WINDOW_BYTES) expect(window * open).toBeLessThanOrEqual(H2_SESSION_BUFFER_BYTES);
+    }
+    expect(streamWindowFor(200)).toBe(H2_MIN_STREAM_WINDOW_BYTES);
+  });
+});
