@@ -37,6 +37,11 @@ export function parseDurationMs(text: string, flag: string): number {
   return ms;
 }
 
+/** A duration flag that may also be zero (0, 0s): to turn off what it times. */
+export function parseDurationMsAllowZero(text: string, flag: string): number {
+  return /^0+(ms|s|m|h)?$/.test(text) ? 0 : parseDurationMs(text, flag);
+}
+
 /** A certificate lifetime flag: whole seconds, at least one. */
 export function parseTtlSeconds(text: string, flag: string): number {
   const ms = parseDurationMs(text, flag);

@@ -2,7 +2,7 @@
 import { appendFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { parse, parseDurationMs, readText, requireString } from './args.ts';
+import { parse, parseDurationMs, parseDurationMsAllowZero, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
@@ -54,10 +54,6 @@ A running CA notices root changes within a second; agents pick them up at their 
 `;
 
 const DEFAULT_LISTEN = '127.0.0.1:15012';
-
-function parseDurationMsAllowZero(text: string, flag: string): number {
-  return /^0+(ms|s|m|h)?$/.test(text) ? 0 : parseDurationMs(text, flag);
-}
 
 async function readParent(options: { 'root-cert'?: string | boolean; 'root-key'?: string | boolean }) {
   const certFile = options['root-cert'];

@@ -313,6 +313,8 @@ export const command: Command = {
         await writeFile(tokenFile, `${token.token}\n`, { mode: 0o600 });
         children.push(startChild(node.name, [
           'proxy', '--node', node.name, '--config', configDir, '--ca', caUrl, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', layout.trustDomain,
+          // Well within the 5 s the mesh gives each process to stop.
+          '--drain-timeout', '2s',
           '--state-dir', join(dir, node.name), '--join-token-file', tokenFile,
           '--metrics', `${node.address}:15020`, '--readiness', `${node.address}:15021`, '--admin', `${node.address}:15000`,
         ], logDir, level));

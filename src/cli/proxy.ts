@@ -1,6 +1,6 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
 import { AmbitError } from '../errors.ts';
-import { joinTokenOption, parse, parseTtlSeconds, readText, requireString } from './args.ts';
+import { joinTokenOption, parse, parseDurationMsAllowZero, parseTtlSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { parseListen, parsePort } from './listen.ts';
 import { decodeBundleText } from '../identity/bundle.ts';
@@ -13,6 +13,7 @@ const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle F
                    --state-dir DIR [--join-token TOKEN | --join-token-file FILE] [--outbound LISTEN=HOST:PORT@[KIND:]NS/WORKLOAD ...]
                    [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
                    [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h] [--audit-log FILE]
+                   [--drain-timeout 5s]
 
 Runs the node proxy for the workloads the configuration places on node NAME:
   inbound   HBONE (HTTP/2 CONNECT over mutual TLS 1.3) on each local workload's IP, port 15008
@@ -32,7 +33,13 @@ the process list) the first time (retried while the CA is unreachable), then fro
 workload's SVID is obtained from the CA and rotated at half-life. The configuration directory is
 watched: a valid change applies at once (and is recorded with its diff in --audit-log, default
 STATE_DIR/audit.log), an invalid one is logged and the last good one stays.
+SIGTERM or SIGINT drains, as ztunnel does: listeners close, every HBONE session is told GOAWAY, readiness
+turns 503, and open connections have --drain-timeout (default 5s; 0 to stop at once) to finish before the
+rest are cut (reset).
 `;
+
+/** ztunnel's default drain: open connections get this long to finish once the proxy is asked to stop. */
+const DEFAULT_DRAIN_MS = 5_000;
 
 export const command: Command = {
   summary: 'node proxy: HBONE inbound/outbound with SPIFFE mTLS, metrics, admin',
@@ -55,6 +62,7 @@ export const command: Command = {
       'hbone-port': { type: 'string' },
       'svid-ttl': { type: 'string' },
       'audit-log': { type: 'string' },
+      'drain-timeout': { type: 'string' },
     }, false);
     const caUrl = requireString(values.ca, 'ca').replace(/\/+$/, '');
     if (!caUrl.startsWith('https://')) throw new AmbitError('USAGE', `--ca must be an https:// URL, got "${caUrl}"`);
@@ -67,6 +75,7 @@ export const command: Command = {
     const readinessListen = values.readiness !== undefined ? parseListen(values.readiness, 'readiness') : undefined;
     const adminListen = values.admin !== undefined ? parseListen(values.admin, 'admin') : undefined;
     const sharedHboneListen = values['hbone-listen'] !== undefined ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined;
+    const drainMs = values['drain-timeout'] !== undefined ? parseDurationMsAllowZero(values['drain-timeout'], 'drain-timeout') : DEFAULT_DRAIN_MS;
     const logger = createLogger({ name: 'ambit-proxy' });
     const proxy = await NodeProxy.start({
       nodeName: requireString(values.node, 'node'),
@@ -92,7 +101,7 @@ export const command: Command = {
       process.once('SIGINT', resolve);
     });
     logger.info('proxy shutting down');
-    await proxy.close();
+    await proxy.close({ drainMs });
     return 0;
   },
 };

@@ -467,6 +467,21 @@ export class HboneInbound {
     return closed;
   }
 
+  /**
+   * Draining (shutdown): no new connections, and every session told GOAWAY NO_ERROR, which lets its open tunnels
+   * finish and sends its new ones to another session (or to a refused connect, and so the peer's own error).
+   */
+  stopAccepting(): void {
+    if (this.#shared) stopListening(this.#shared);
+    for (const entry of this.#servers.values()) for (const listener of entry.listeners.values()) stopListening(listener);
+    for (const session of this.#sessions.keys()) if (!session.closed && !session.destroyed) session.close();
+  }
+
+  /** Tunnels carrying bytes now (their upstream connected or connecting). */
+  get openTunnels(): number {
+    return this.#live.size;
+  }
+
   async close(): Promise<void> {
     clearInterval(this.#keepalive);
     for (const dial of this.#live) dial.abort();

@@ -294,6 +294,16 @@ export class OutboundListeners {
     return { bound, failed, bindFailures };
   }
 
+  /** Draining (shutdown): no new application connections; those open go on. */
+  stopAccepting(): void {
+    for (const listener of this.#listeners.values()) stopListening(listener.server);
+  }
+
+  /** Application connections open now. */
+  get openConnections(): number {
+    return this.#live.size;
+  }
+
   async close(): Promise<void> {
     for (const socket of this.#live.keys()) cutSocket(socket);
     for (const listener of this.#listeners.values()) stopListening(listener.server);

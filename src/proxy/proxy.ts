@@ -90,6 +90,8 @@ export class NodeProxy {
   #appliedVersion: string | undefined;
   readonly #violationsGauge = new Gauge({ name: 'ambit_peer_authentication_violations', help: 'PeerAuthentications not applied because they would weaken an enforced mesh-wide mode', registers: [this.registry] });
   #closed = false;
+  /** Shutting down: listeners closed, open connections finishing (close's drainMs). */
+  #draining = false;
   readonly #heapRelease = new HeapRelease();
   readonly #liveMeters = new Set<Flushable>();
   #stopFlush: (() => void) | undefined;
@@ -129,8 +131,25 @@ export class NodeProxy {
    * and while no certificate the proxy holds has expired: an expired one (the CA unreachable for half its life and
    * more) fails every handshake that presents it, which the probe must say, with whose it is.
    */
+  async #drain(drainMs: number): Promise<void> {
+    this.#draining = true;
+    // No reconcile may bind listeners again meanwhile.
+    clearTimeout(this.#bindRetry);
+    await this.#reconciling.catch(() => {});
+    this.#outbound?.stopAccepting();
+    this.#inbound?.stopAccepting();
+    const open = () => (this.#outbound?.openConnections ?? 0) + (this.#inbound?.openTunnels ?? 0);
+    const deadline = Date.now() + drainMs;
+    this.#logger.info({ open: open(), drainMs }, 'draining: no new connections; open ones may finish');
+    while (open() > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    const left = open();
+    if (left > 0) this.#logger.warn({ left, drainMs }, 'drain time over: cutting the connections still open');
+    else this.#logger.info('drained: every connection finished');
+  }
+
   readiness(): { ready: boolean; pending: string[] } {
     const pending = [...this.#pending];
+    if (this.#draining) pending.push('shutting down');
     const agent = this.#agent as IdentityAgent | undefined;
     const now = Date.now();
     for (const identity of agent?.identities() ?? []) {
@@ -258,7 +277,7 @@ export class NodeProxy {
   }
 
   #scheduleReconcile(): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#draining) return;
     this.#reconciling = this.#reconciling.then(() => this.#reconcile()).catch((error: unknown) => {
       this.#logger.error({ err: toAmbitError(error, 'PROXY_BIND').toJSON() }, 'applying configuration failed');
     });
@@ -266,7 +285,7 @@ export class NodeProxy {
 
   /** Brings identities, inbound servers and outbound listeners in line with the current snapshot. */
   async #reconcile(): Promise<void> {
-    if (this.#closed) return;
+    if (this.#closed || this.#draining) return;
     const snapshot = this.#config.current();
     // Compile once, before the first connection needs it.
     routingTableOf(snapshot);
@@ -319,7 +338,7 @@ export class NodeProxy {
    * for one.
    */
   async #syncListeners(snapshot: ConfigSnapshot): Promise<void> {
-    if (this.#closed) return;
+    if (this.#closed || this.#draining) return;
     const inbound = await this.#inbound.sync(snapshot);
     const annotated = annotatedListeners(snapshot, this.#options.nodeName);
     const outbound = await this.#outbound.sync([...annotated.specs, ...(this.#options.outbound ?? [])]);
@@ -380,7 +399,14 @@ export class NodeProxy {
     };
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops: with drainMs, first as ztunnel drains (no new connections, GOAWAY to every HBONE session, readiness 503),
+   * waiting up to drainMs for the open connections to finish by themselves; then whatever is left is cut (a reset,
+   * which its application sees as one). Without, at once.
+   */
+  async close(options: { drainMs?: number } = {}): Promise<void> {
+    const drainMs = options.drainMs ?? 0;
+    if (drainMs > 0 && !this.#closed && !this.#draining) await this.#drain(drainMs);
     this.#closed = true;
     clearTimeout(this.#bindRetry);
     this.#heapRelease.stop();

@@ -105,12 +105,14 @@ export async function startTestMesh(options: TestMeshOptions): Promise<TestMesh>
       const token = await createJoinToken(caDir, name, 600_000);
       const tokenFile = join(dir, `${name}.join-token`);
       await writeFile(tokenFile, `${token.token}\n`, { mode: 0o600 });
+      const proxyArgs = [...(options.extraProxyArgs?.(name) ?? []), ...extraArgs];
       const proc = AmbitProcess.start([
         'proxy', '--node', name, '--config', configDir, '--ca', caUrl, '--ca-bundle', bundleFile, '--trust-domain', trustDomain,
         '--state-dir', join(dir, name), '--join-token-file', tokenFile,
         '--metrics', `${address}:15020`, '--readiness', `${address}:15021`, '--admin', `${address}:15000`,
-        ...(options.extraProxyArgs?.(name) ?? []),
-        ...extraArgs,
+        ...proxyArgs,
+        // Stopped at once, as before drains existed, unless a test asks for its own.
+        ...(proxyArgs.includes('--drain-timeout') ? [] : ['--drain-timeout', '0']),
       ]);
       const node: TestNode = { name, address, proc, metricsUrl: `http://${address}:15020/metrics`, readinessUrl: `http://${address}:15021/healthz/ready`, adminUrl: `http://${address}:15000` };
       nodes.set(name, node);

@@ -46,7 +46,7 @@ describe('readiness and metrics of a node proxy whose identities are not in orde
     const proc = AmbitProcess.start([
       'proxy', '--node', 'node-b', '--config', mesh.configDir, '--ca', 'https://127.0.0.1:9', '--ca-bundle', mesh.bundleFile, '--trust-domain', mesh.trustDomain,
       '--state-dir', join(mesh.dir, 'node-b-second'), '--join-token-file', tokenFile,
-      '--metrics', `${address}:15020`, '--readiness', `${address}:15021`, '--admin', `${address}:15000`,
+      '--metrics', `${address}:15020`, '--readiness', `${address}:15021`, '--admin', `${address}:15000`, '--drain-timeout', '0',
     ]);
     const node: TestNode = { name: 'node-b', address, proc, metricsUrl: `http://${address}:15020/metrics`, readinessUrl: `http://${address}:15021/healthz/ready`, adminUrl: `http://${address}:15000` };
     mesh.nodes.set('node-b', node);

@@ -166,7 +166,7 @@ describe('the shared HBONE listener', () => {
       'proxy', '--node', 'node-c', '--config', mesh.configDir, '--ca', mesh.caUrl, '--ca-bundle', mesh.bundleFile, '--trust-domain', mesh.trustDomain,
       '--state-dir', join(mesh.dir, 'node-c'), '--join-token-file', tokenFile,
       '--metrics', `${address}:15020`, '--readiness', `${address}:15021`, '--admin', `${address}:15000`,
-      '--hbone-listen', `${shared}:${SHARED_PORT}`,
+      '--hbone-listen', `${shared}:${SHARED_PORT}`, '--drain-timeout', '0',
     ]);
     try {
       await waitUntil('node-c ready', async () => (await fetch(`http://${address}:15021/healthz/ready`)).status === 200, 30_000);
