@@ -306,7 +306,16 @@ export interface VerifyOptions {
 }
 
 export type VerifyResult =
-  | { readonly valid: true; readonly id: SpiffeId; readonly error: null }
+  | {
+      readonly valid: true;
+      readonly id: SpiffeId;
+      readonly error: null;
+      /**
+       * The earliest end among the certificates of the path that verified it, the bundle's root included: a session
+       * or a cached verdict must not outlive it (a root-signed leaf arrives alone, and its root may end first).
+       */
+      readonly notAfterMs: number;
+    }
   | {
       readonly valid: false;
       readonly id: SpiffeId | null;
@@ -351,8 +360,9 @@ export function verifySvid(chain: readonly Certificate[], bundles: BundleSource,
       return fail('TRUST_DOMAIN_UNKNOWN', `${id.id}: no trust bundle for trust domain "${id.trustDomain}"`, id);
     }
     const checks = new SignatureChecks();
-    const pathError = validatePath(chain, bundle, at, id, sharedRootKeys(bundles, options.localTrustDomain), checks);
-    if (pathError === null) return { valid: true, id, error: null };
+    const path = validatePath(chain, bundle, at, id, sharedRootKeys(bundles, options.localTrustDomain), checks);
+    if (!(path instanceof AmbitError)) return { valid: true, id, error: null, notAfterMs: path.notAfterMs };
+    const pathError = path;
     if (pathError.code === 'SVID_CHAIN_INVALID') {
       const signer = findForeignSigner(chain, bundles, id.trustDomain, at, checks);
       if (signer !== null) {
@@ -460,7 +470,7 @@ function checkSigningCert(ca: Certificate, role: string, id: SpiffeId, belowCoun
  * RFC 5280 path building restricted to one bundle's roots; intermediates come from the presented chain. The leaf's
  * own rules and validity are verifySvid's, checked before this.
  */
-function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>, checks: SignatureChecks): AmbitError | null {
+function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Date, id: SpiffeId, shared: ReadonlyMap<string, readonly string[]>, checks: SignatureChecks): AmbitError | { readonly notAfterMs: number } {
   let current = chain[0] as Certificate;
   if (chain.length > MAX_CHAIN_DEPTH + 1) return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: chain of ${chain.length} certificates, more than ${MAX_CHAIN_DEPTH + 1}`);
   // Before any signature is checked: a presented CA's key and signature cost what its sender chose.
@@ -487,7 +497,12 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
       if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
       if (!checks.issued(root, current)) continue;
       const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? (depth > 0 ? checkSharedRoot(root, current, id, shared) : null);
-      if (rootError === null) return null;
+      if (rootError === null) {
+        // `used` is the path: the leaf, then each intermediate taken (there is no going back).
+        let notAfterMs = root.notAfter.getTime();
+        for (const cert of used) notAfterMs = Math.min(notAfterMs, cert.notAfter.getTime());
+        return { notAfterMs };
+      }
       signerError ??= rootError;
     }
     let next: Certificate | undefined;
@@ -517,7 +532,7 @@ function findForeignSigner(chain: readonly Certificate[], bundles: BundleSource,
     if (bundle.trustDomain === claimed) continue;
     const probeId = { id: '', trustDomain: bundle.trustDomain, path: '/' };
     try {
-      if (validatePath(chain, bundle, at, probeId, NO_SHARED_ROOTS, checks) === null) return bundle.trustDomain;
+      if (!(validatePath(chain, bundle, at, probeId, NO_SHARED_ROOTS, checks) instanceof AmbitError)) return bundle.trustDomain;
     } catch (error) {
       // Out of checks: the chain is refused all the same, with the error its own trust domain gave.
       if (error instanceof SignatureBudgetSpent) return null;

@@ -30,7 +30,6 @@ import { Bridge, cancelStream, cutSocket } from './copy.ts';
 import { streamClosed, streamOpened } from './window.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
-import { presentedChainExpiryMs } from './tls.ts';
 import type { IdentityContexts, PeerVerifier } from './tls.ts';
 import { parseBaggage } from './baggage.ts';
 import { DENY_ON_ERROR } from '../authz/compile.ts';
@@ -560,7 +559,7 @@ export class HboneInbound {
       return;
     }
     peers.set(session, {
-      id: result.id, bundles, validUntilMs: presentedChainExpiryMs(socket), address, canonicalAddress: canonicalIp(address) ?? address,
+      id: result.id, bundles, validUntilMs: result.notAfterMs, address, canonicalAddress: canonicalIp(address) ?? address,
       localAddress: socket.localAddress === undefined ? 'unknown' : formatAuthority(socket.localAddress, socket.localPort ?? 0),
       principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null, certDetails: undefined,
     });
@@ -588,7 +587,7 @@ export class HboneInbound {
       if (!session.closed) session.close();
       return undefined;
     }
-    const current: PeerInfo = { ...peer, bundles, validUntilMs: presentedChainExpiryMs(socket) };
+    const current: PeerInfo = { ...peer, bundles, validUntilMs: result.notAfterMs };
     peers.set(session, current);
     return current;
   }

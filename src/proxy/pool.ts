@@ -10,7 +10,6 @@ import * as tls from 'node:tls';
 import { AmbitError } from '../errors.ts';
 import type { BundleSource } from '../identity/svid.ts';
 import type { Logger } from '../observe/log.ts';
-import { presentedChainExpiryMs } from './tls.ts';
 import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
@@ -78,6 +77,8 @@ interface PooledSession {
 interface Verified {
   readonly socket: tls.TLSSocket;
   readonly bundles: BundleSource;
+  /** The earliest end in the path that verified the server (VerifyResult.notAfterMs). */
+  readonly serverUntilMs: number;
 }
 
 interface Bucket {
@@ -264,7 +265,7 @@ export class HbonePool {
     if (identity.svid.notAfter.getTime() <= Date.now()) {
       throw new TunnelError('SVID_EXPIRED', 'IDENTITY_ERROR', `the certificate of source identity ${sourceIdentity} expired at ${identity.svid.notAfter.toISOString()} and has not been renewed (is the CA reachable? see ambit_certificate_rotation_failures_total)`);
     }
-    const { socket, bundles } = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
+    const { socket, bundles, serverUntilMs } = await this.#connectFrom(bucket.sourceIp, identity.context, endpoint, sourceIdentity);
     // Closed while this dial was under way: a session made now would be in no bucket close() reached, never swept,
     // and kept alive by the peer's PINGs (the process would not exit).
     if (this.#closed) {
@@ -273,7 +274,6 @@ export class HbonePool {
     }
     // The session is good until either end's certificate expires: the server's, and ours (the peer refuses new
     // streams from a session whose client certificate has expired; rotation dials the next session with the new one).
-    const serverUntilMs = presentedChainExpiryMs(socket);
     // Ours a little early, so that no stream is sent in the last moments and refused on arrival.
     const ownUntilMs = identity.svid.notAfter.getTime() - Math.min(OWN_EXPIRY_MARGIN_MS, (identity.svid.notAfter.getTime() - identity.svid.notBefore.getTime()) / 10);
     const validUntilMs = Math.min(Number.isNaN(serverUntilMs) ? 0 : serverUntilMs, ownUntilMs);
@@ -372,7 +372,7 @@ export class HbonePool {
           return;
         }
         socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
-        resolve({ socket, bundles });
+        resolve({ socket, bundles, serverUntilMs: result.notAfterMs });
       });
       socket.once('error', (error) => {
         clearTimeout(timer);

@@ -24,24 +24,6 @@ export function contextOptions(svid: Svid): tls.SecureContextOptions {
   };
 }
 
-/**
- * The earliest expiry of the chain a peer presented (0 when unreadable): an intermediate of a CA that does not cap its
- * leaves may end before the leaf, and a session, or a cached verdict, must not outlive it.
- */
-export function presentedChainExpiryMs(socket: tls.TLSSocket): number {
-  let cert: tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
-  let earliest = Infinity;
-  // The chain links end at a self-signed certificate, which points at itself.
-  for (let depth = 0; cert !== undefined && cert.raw !== undefined && depth < 16; depth++) {
-    const ms = Date.parse(cert.valid_to);
-    earliest = Math.min(earliest, Number.isNaN(ms) ? 0 : ms);
-    const issuer: tls.DetailedPeerCertificate | undefined = cert.issuerCertificate;
-    if (issuer === undefined || issuer === cert || issuer.fingerprint256 === cert.fingerprint256) break;
-    cert = issuer;
-  }
-  return earliest === Infinity ? 0 : earliest;
-}
-
 /** The current certificate of every identity this proxy serves; replaced whole on rotation. */
 export class IdentityContexts {
   readonly #byIdentity = new Map<string, IdentityContext>();
@@ -99,7 +81,7 @@ export class PeerVerifier {
       if (this.#cache.size >= this.#maxEntries) this.#cache.clear();
       // A refusal that time will undo (a peer whose CA clock runs ahead) is kept a second, not a minute past the moment.
       const keepMs = !result.valid && result.error.code === 'SVID_NOT_YET_VALID' ? 1_000 : 60_000;
-      this.#cache.set(key, { result, bundles, validUntilMs: Math.min(presentedChainExpiryMs(socket), now + keepMs) });
+      this.#cache.set(key, { result, bundles, validUntilMs: Math.min(result.valid ? result.notAfterMs : Infinity, now + keepMs) });
     }
     if (!result.valid || expected === null) return result;
     return matchExpected(result, expected);

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BundleSet, createBundle } from '../../../src/identity/bundle.ts';
-import { PeerVerifier, presentedChainExpiryMs } from '../../../src/proxy/tls.ts';
+import { PeerVerifier } from '../../../src/proxy/tls.ts';
 import { craftCertificate, createTestCa, issueTestSvid } from '../../helpers/certs.ts';
 import * as x509 from '../../../src/identity/x509.ts';
 import { certificatesToPem, exportPrivateKeyPem } from '../../../src/identity/svid.ts';
@@ -111,7 +111,7 @@ describe("the proxy's verifier and roots its trust domain shares", () => {
   });
 });
 
-describe('the expiry of a presented chain', () => {
+describe('the end of a verified path', () => {
   it('is its earliest certificate: an intermediate that ends before the leaf ends the verdict and the session with it', async () => {
     const ca = await createTestCa(TD);
     const now = Date.now();
@@ -119,10 +119,22 @@ describe('the expiry of a presented chain', () => {
     const leaf = await craftCertificate({ cert: intermediate.cert, privateKey: intermediate.keys.privateKey, chainAbove: [] }, { uris: [CLIENT_ID], notAfter: new Date(now + 60 * 60_000) });
     const client: TestSvid = { ...(await issueTestSvid(ca, CLIENT_ID)), certPem: certificatesToPem([leaf.cert, intermediate.cert]), keyPem: await exportPrivateKeyPem(leaf.keys.privateKey) };
     const socket = await acceptedFrom(await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`), client);
-    // Whole seconds: a certificate's times have no milliseconds.
-    expect(presentedChainExpiryMs(socket)).toBe(Math.floor(intermediate.cert.notAfter.getTime() / 1000) * 1000);
-    expect(presentedChainExpiryMs(socket)).toBeLessThan(leaf.cert.notAfter.getTime());
     // Until then the chain is accepted; the inbound server and the pool end the session's new streams at that time.
-    expect(new PeerVerifier().verify(socket, new BundleSet([ca.bundle]), CLIENT_ID).valid).toBe(true);
+    const result = new PeerVerifier().verify(socket, new BundleSet([ca.bundle]), CLIENT_ID);
+    expect(result.valid).toBe(true);
+    // Whole seconds: a certificate's times have no milliseconds.
+    expect(result.valid && result.notAfterMs).toBe(intermediate.cert.notAfter.getTime());
+    expect(result.valid && result.notAfterMs).toBeLessThan(leaf.cert.notAfter.getTime());
+  });
+
+  it('is the root\'s end when the root ends first, though a root-signed leaf arrives alone (a CA that does not cap its leaves)', async () => {
+    const now = Date.now();
+    const root = await craftCertificate(null, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, notAfter: new Date(now + 10 * 60_000) });
+    const leaf = await craftCertificate({ cert: root.cert, privateKey: root.keys.privateKey, chainAbove: [] }, { uris: [CLIENT_ID], notAfter: new Date(now + 60 * 60_000) });
+    const client: TestSvid = { chain: [leaf.cert], certPem: certificatesToPem([leaf.cert]), keyPem: await exportPrivateKeyPem(leaf.keys.privateKey), keys: leaf.keys };
+    const socket = await acceptedFrom(await issueTestSvid(await createTestCa(TD), `spiffe://${TD}/ns/demo/sa/server`), client);
+    const result = new PeerVerifier().verify(socket, new BundleSet([createBundle(TD, [root.cert])]), CLIENT_ID);
+    expect(result.valid).toBe(true);
+    expect(result.valid && result.notAfterMs).toBe(root.cert.notAfter.getTime());
   });
 });
