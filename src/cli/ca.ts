@@ -55,6 +55,16 @@ A running CA notices root changes within a second; agents pick them up at their 
 
 const DEFAULT_LISTEN = '127.0.0.1:15012';
 
+/** A CA certificate's --ttl: at least a day, the node SVIDs' default life, which no certificate it signs may outlive. */
+const MIN_AUTHORITY_TTL_MS = 24 * 3_600_000;
+
+function authorityTtlMs(text: string): number {
+  const ms = parseDurationMs(text, 'ttl');
+  // `--ttl 1ms` made a root already expired, and every command after it went on as if it were not.
+  if (ms < MIN_AUTHORITY_TTL_MS) throw new AmbitError('USAGE', `--ttl ${text}: a CA certificate must live at least 24h (it caps every certificate it signs, node SVIDs of 24h included)`);
+  return ms;
+}
+
 async function readParent(options: { 'root-cert'?: string | boolean; 'root-key'?: string | boolean }) {
   const certFile = options['root-cert'];
   const keyFile = options['root-key'];
@@ -77,7 +87,7 @@ async function init(argv: string[]): Promise<number> {
   const trustDomain = requireString(values['trust-domain'], 'trust-domain');
   const state = await initCa(dir, trustDomain, {
     parent: await readParent(values),
-    ttlMs: values.ttl ? parseDurationMs(values.ttl, 'ttl') : undefined,
+    ttlMs: values.ttl ? authorityTtlMs(values.ttl) : undefined,
     refreshHintSeconds: values['refresh-hint'] ? Math.max(1, Math.round(parseDurationMs(values['refresh-hint'], 'refresh-hint') / 1000)) : undefined,
   });
   const kind = state.active.cert === state.active.root || state.active.cert.serialNumber === state.active.root.serialNumber ? 'self-signed root' : 'intermediate';
@@ -236,7 +246,7 @@ async function root(argv: string[]): Promise<number> {
     case 'prepare': {
       const { values } = parse(rest, { dir: { type: 'string' }, 'root-cert': { type: 'string' }, 'root-key': { type: 'string' }, ttl: { type: 'string' } }, false);
       const dir = requireString(values.dir, 'dir');
-      const name = await prepareAuthority(dir, { parent: await readParent(values), ttlMs: values.ttl ? parseDurationMs(values.ttl, 'ttl') : undefined });
+      const name = await prepareAuthority(dir, { parent: await readParent(values), ttlMs: values.ttl ? authorityTtlMs(values.ttl) : undefined });
       process.stdout.write(`prepared authority ${name}: published in the bundle, not yet signing\n`);
       return 0;
     }

@@ -83,7 +83,9 @@ async function readState(dir: string): Promise<StateFile> {
   try {
     text = await readFile(statePath(dir), 'utf8');
   } catch (error) {
-    throw new AmbitError('CA_STATE', `${statePath(dir)}: cannot read CA state (run \`ambit ca init\` first)`, { cause: error });
+    // Only a missing file means no CA: a permission problem said so sent the operator to `ca init` over a CA that exists.
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new AmbitError('CA_STATE', code === 'ENOENT' || code === 'ENOTDIR' ? `${statePath(dir)}: no CA state (run \`ambit ca init\` first)` : `${statePath(dir)}: cannot read CA state: ${code ?? (error as Error).message}`, { cause: error });
   }
   try {
     const state = JSON.parse(text) as StateFile;

@@ -134,6 +134,24 @@ describe.concurrent('ambit ca command line', () => {
     expect(await readdir(join(caDir, 'tokens')).catch(() => [])).toEqual([]);
   });
 
+  it('refuses a CA certificate that would live less than a day, creating nothing (one of 1ms was already expired)', async ({ expect }) => {
+    const fresh = join(caDir, '..', 'short-lived-ca');
+    expect(failureCode(expect, await runAmbit(['ca', 'init', '--dir', fresh, '--trust-domain', 'short.test', '--ttl', '1ms']))).toBe('USAGE');
+    expect(await readdir(fresh).catch(() => 'absent')).toBe('absent');
+    expect(failureCode(expect, await runAmbit(['ca', 'root', 'prepare', '--dir', caDir, '--ttl', '23h']))).toBe('USAGE');
+  });
+
+  it('says there is no CA only when there is none; a CA state it cannot read is named with the reason', async ({ expect }) => {
+    const none = await runAmbit(['ca', 'token', 'create', '--dir', join(caDir, '..', 'no-ca-here'), '--node', 'node-a']);
+    expect(none.stderr).toContain('no CA state (run `ambit ca init` first)');
+    // A directory where ca.json should be: unreadable as a file, even for root (where EACCES cannot be made).
+    const odd = join(caDir, '..', 'odd-ca');
+    await mkdir(join(odd, 'ca.json'), { recursive: true });
+    const unreadable = await runAmbit(['ca', 'token', 'create', '--dir', odd, '--node', 'node-a']);
+    expect(unreadable.stderr).toContain('cannot read CA state: EISDIR');
+    expect(unreadable.stderr).not.toContain('ca init');
+  });
+
   it('refuses a join token that lives less than a second', async ({ expect }) => {
     expect(failureCode(expect, await runAmbit(['ca', 'token', 'create', '--dir', caDir, '--node', 'node-a', '--ttl', '500ms']))).toBe('USAGE');
   });
