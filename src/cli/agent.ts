@@ -162,7 +162,7 @@ export const command: Command = {
           });
         } catch (error) {
           await agent.stop();
-          throw new AmbitError('USAGE', `--metrics ${values.metrics}: cannot listen: ${(error as Error).message}`, { cause: error, hint: "another process holds the port, or the address is not one of this host's" });
+          throw new AmbitError('PROXY_BIND', `--metrics ${values.metrics}: cannot listen: ${(error as Error).message}`, { cause: error, hint: "another process holds the port, or the address is not one of this host's" });
         }
         // Once bound, an 'error' is an accept that failed: logged, and the agent goes on.
         server.on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed to accept a connection'));

@@ -156,7 +156,7 @@ async function listen(what: string, address: ListenAddress, handler: Handler, lo
   try {
     await once(server, 'listening');
   } catch (error) {
-    throw new AmbitError('USAGE', `cannot listen on ${address.host}:${address.port} for ${what}: ${error instanceof Error ? error.message : String(error)}`, {
+    throw new AmbitError('PROXY_BIND', `cannot listen on ${address.host}:${address.port} for ${what}: ${error instanceof Error ? error.message : String(error)}`, {
       cause: error,
       hint: 'another process holds the port, or the address is not one of this host\'s',
     });

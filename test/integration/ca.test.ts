@@ -248,6 +248,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(result.status).toBe(2);
     expect(result.stderr).toContain(`--metrics 127.0.0.1:${ca.port}`);
     expect(result.stderr).toContain('EADDRINUSE');
+    expect(result.stderr).toContain('[PROXY_BIND]');
   });
 
   it('ambit ca serve refuses to start, in one line naming what, on a port in use or an audit log it cannot append to', async () => {
@@ -259,6 +260,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(taken.status).toBe(2);
     expect(taken.stderr).toContain(`cannot listen on 127.0.0.1:${ca.port} for the CA`);
     expect(taken.stderr).toContain('EADDRINUSE');
+    expect(taken.stderr).toContain('[PROXY_BIND]');
     expect(taken.stderr).not.toMatch(/\n\s+at /);
     // A directory where the audit log should be: no append there, even for root.
     const auditDir = join(dir, 'audit-here');

@@ -161,7 +161,7 @@ export class CaServer {
     await new Promise<void>((resolve, reject) => {
       // One line naming the address (the CLI printed a stack trace for a port in use).
       const refused = (error: Error) =>
-        reject(new AmbitError('USAGE', `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${options.port ?? 0} for the CA: ${error.message}`, { cause: error, hint: "another process holds the port, or the address is not one of this host's" }));
+        reject(new AmbitError('PROXY_BIND', `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${options.port ?? 0} for the CA: ${error.message}`, { cause: error, hint: "another process holds the port, or the address is not one of this host's" }));
       server.#server.once('error', refused);
       server.#server.listen(options.port ?? 0, host, () => {
         server.#server.off('error', refused);

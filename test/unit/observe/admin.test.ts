@@ -224,11 +224,11 @@ describe('lifecycle', () => {
     expect(running.adminUrl).toBeUndefined();
   });
 
-  it('reports a port already in use as USAGE and closes the servers it had started', async () => {
+  it('reports a port already in use as PROXY_BIND and closes the servers it had started', async () => {
     const { urls } = await start();
     const port = Number(new URL(urls.metricsUrl!).port);
     const sources: AdminSources = { configDump: () => ({}), readiness: () => ({ ready: true, pending: [] }), logger: pino({ level: 'silent' }) };
-    expect(await codeOf(startObservability({ readiness: LOCAL, admin: { host: '127.0.0.1', port }, registry: new Registry(), sources }))).toBe('USAGE');
+    expect(await codeOf(startObservability({ readiness: LOCAL, admin: { host: '127.0.0.1', port }, registry: new Registry(), sources }))).toBe('PROXY_BIND');
   });
 
   it('closes promptly with keep-alive and half-sent requests open, and refuses connections afterwards', async () => {
