@@ -495,6 +495,11 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
 
     const overlap = waitForEvent<BundleSet>(agent, 'bundles', (set) => set.get(TD)?.roots.length === 2);
     expect((await runAmbit(['ca', 'root', 'prepare', '--dir', caDir])).status).toBe(0);
+    // A second prepare is refused, with advice that works: a prepared authority can only be activated.
+    const second = await runAmbit(['ca', 'root', 'prepare', '--dir', caDir]);
+    expect(second.status).toBe(2);
+    expect(second.stderr).toContain('activate it first');
+    expect(second.stderr).not.toContain('withdraw');
     const newRoot = (await overlap).get(TD)?.roots.find((root) => root.serialNumber !== oldRoot?.serialNumber);
     const newRootOnly = new BundleSet([createBundle(TD, [newRoot!])]);
     // Prepared, not active: renewals still come from the old root.

@@ -255,7 +255,9 @@ function bump(state: StateFile): void {
 export async function prepareAuthority(dir: string, options: NewAuthorityOptions = {}): Promise<string> {
   const state = await readState(dir);
   if (state.authorities.some((authority) => authority.state === 'prepared')) {
-    throw new AmbitError('CA_STATE', `${dir}: an authority is already prepared; activate or withdraw it first`);
+    // Withdraw takes only authorities that have signed (published but no longer active): a prepared one can only be
+    // activated, which the advice said otherwise.
+    throw new AmbitError('CA_STATE', `${dir}: an authority is already prepared; activate it first (ambit ca root activate), then prepare the next`);
   }
   const name = await nextAuthorityName(dir, state.authorities.map((authority) => authority.name));
   await createAuthority(dir, state.trustDomain, name, options);
