@@ -174,7 +174,9 @@ function singleMeshConfig(objects: readonly ConfigObject[], issues: ConfigIssue[
     if (found === undefined) found = object;
     else issues.push(issueAt(object, 'CONFIG_CONFLICT', undefined, `a second MeshConfig: ${labelOf(found)} in ${where(found.source)} already sets the mesh (at most one)`));
   }
-  if (found === undefined && required) {
+  // A MeshConfig that was refused for its own problems is there: "no MeshConfig" beside them sent the reader looking
+  // for a missing object.
+  if (found === undefined && required && !issues.some((issue) => issue.object?.startsWith('MeshConfig ') === true)) {
     issues.push({
       code: 'CONFIG_MESH_MISSING',
       file: undefined,

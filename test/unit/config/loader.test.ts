@@ -590,6 +590,13 @@ status: { podIP: 10.0.0.9, phase: Running }
     expect(() => parseConfigText('a: ' + '['.repeat(100_000), 'deep.yaml')).toThrow(/deep\.yaml/);
   });
 
+  it('reports a required MeshConfig refused for its own field as that problem alone, not also as missing', async () => {
+    const dir = await configDir({ 'mesh.yaml': `${meshYaml()}  profil: x\n` });
+    const error = await configError(loadConfigDir(dir, { requireMesh: true }));
+    expect(error.message).toContain('spec.profil');
+    expect(error.message).not.toContain('no MeshConfig');
+  });
+
   it('names both files of a duplicate', async () => {
     const dir = await configDir({ 'a.yaml': pod({ name: 'web', ip: '10.0.0.1' }), 'sub/b.yaml': pod({ name: 'web', ip: '10.0.0.2' }) });
     const error = await configError(loadConfigDir(dir));
