@@ -15,7 +15,7 @@ import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
 import { normalizePath } from '../authz/path.ts';
-import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
+import { AMBIGUOUS_NAMESPACE, namespaceOfPath, tryParseSpiffeId } from '../identity/spiffe-id.ts';
 
 const help = `usage: ambit authz check --config DIR --request FILE|- [--explain]
 
@@ -126,6 +126,11 @@ export const command: Command = {
     checkKeys(source, ['principal', 'namespace', 'ip'], 'source');
     let principal = optionalString(source, 'principal', 'source.principal') ?? null;
     if (principal?.startsWith('spiffe://')) principal = principal.slice('spiffe://'.length);
+    if (principal !== null) {
+      // The proxy's peers are SPIFFE IDs it verified: a principal no peer could present is a mistake in the request.
+      const parsed = tryParseSpiffeId(`spiffe://${principal}`);
+      if (parsed instanceof AmbitError) throw new AmbitError('USAGE', `request: source.principal ${JSON.stringify(principal)} is no SPIFFE ID (TRUST_DOMAIN/PATH, as cluster.local/ns/NS/sa/SA): ${parsed.message}`);
+    }
     let sourceNamespace = optionalString(source, 'namespace', 'source.namespace') ?? null;
     if (sourceNamespace === null && principal !== null) {
       const slash = principal.indexOf('/');

@@ -299,6 +299,7 @@ describe.concurrent('ambit authz check', () => {
     { name: 'a workload of another kind than the one asked', input: JSON.stringify({ destination: { ...web(), kind: 'WorkloadEntry' } }), names: 'WorkloadEntry shop/web-1 is not a workload' },
     { name: 'a kind that is neither Pod nor WorkloadEntry', input: JSON.stringify({ destination: { ...web(), kind: 'Deployment' } }), names: 'destination.kind' },
     { name: 'a request path that is an absolute URI', input: JSON.stringify({ destination: web(), request: { path: 'http://web/api/x' } }), names: 'request.path must be a path' },
+    { name: 'a principal no peer could present', input: JSON.stringify({ destination: web(), source: { principal: 'bad principal' } }), names: 'source.principal "bad principal" is no SPIFFE ID' },
     { name: 'a kind without a workload', input: JSON.stringify({ destination: { namespace: 'shop', labels: { app: 'web' }, port: 8080, kind: 'Pod' } }), names: 'destination.kind' },
   ];
 
