@@ -7,12 +7,13 @@ import { http } from '../node-http.ts';
 import type { Server } from 'node:http';
 import { createServer as createTcpServer, connect } from 'node:net';
 import type { Server as TcpServer } from 'node:net';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
 import { parse, parseDurationMs } from './args.ts';
+import { AmbitError } from '../errors.ts';
 import type { Command } from './args.ts';
 import { initCa } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
@@ -226,6 +227,10 @@ export const command: Command = {
     const durationMs = values.duration ? parseDurationMs(values.duration, 'duration') : undefined;
     const level = levelFromEnvironment(process.env.AMBIT_LOG_LEVEL);
     const layout = DEMO_LAYOUT;
+    // Each run makes a CA of its own: a directory kept from an earlier run (its CA, logs, state) is not reused.
+    if (values.dir !== undefined && existsSync(join(values.dir, 'ca', 'ca.json'))) {
+      throw new AmbitError('USAGE', `--dir ${values.dir} holds an earlier mesh (its CA in ${join(values.dir, 'ca')}): remove it, or give a new directory`);
+    }
     const dir = values.dir ?? (await mkdtemp(join(tmpdir(), 'ambit-mesh-')));
     const keepDir = values.dir !== undefined;
     const children: Child[] = [];

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -120,6 +120,16 @@ describe('npm start (ambit mesh from the build)', () => {
       blocker.close();
     }
   }, 90_000);
+
+  it('refuses, in one line, a --dir that holds an earlier run (its CA), rather than fail inside', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-kept-'));
+    cleanup.push(dir);
+    await mkdir(join(dir, 'ca'), { recursive: true });
+    await writeFile(join(dir, 'ca', 'ca.json'), '{}');
+    const result = await run([BUILT_CLI, 'mesh', '--dir', dir], 20_000);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim()).toBe(`ambit mesh: --dir ${dir} holds an earlier mesh (its CA in ${join(dir, 'ca')}): remove it, or give a new directory [USAGE]`);
+  });
 
   it('leaves no CA or proxy running when it is killed outright (SIGKILL: no cleanup of its own runs)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
