@@ -528,8 +528,26 @@ export class HboneInbound {
       this.#logger.debug({ peer: socket.remoteAddress }, 'TLS client without HBONE ALPN (h2) on 15008');
       socket.destroy();
     });
-    server.on('sessionError', (error) => this.#logger.debug({ err: error.message }, 'HBONE session error'));
+    server.on('sessionError', (error: NodeJS.ErrnoException, session: http2.ServerHttp2Session) => this.#onSessionError(error, session));
     return entry;
+  }
+
+  /**
+   * A session Node ended for a protocol error: a flood it refused (rapid resets, CONTINUATION, SETTINGS, PING), invalid
+   * frames. Said at warn with the peer it came from, budgeted as refusals are (a peer reconnects and starts again),
+   * and counted; a connection merely reset (ECONNRESET) stays at debug.
+   */
+  #onSessionError(error: NodeJS.ErrnoException, session: http2.ServerHttp2Session): void {
+    const peer = peers.get(session);
+    const fields = { peer: peer?.address ?? session.socket?.remoteAddress, presented: peer?.id.id ?? null, code: error.code, err: error.message };
+    if (error.code?.startsWith('ERR_HTTP2') !== true) {
+      this.#logger.debug(fields, 'HBONE session error');
+      return;
+    }
+    this.#options.metrics.peerRefused('H2_PROTOCOL_ERROR');
+    const unlogged = this.#refusalLogBudget.take('session-error');
+    if (unlogged === null) this.#logger.debug(fields, 'HBONE session closed for a protocol error');
+    else this.#logger.warn(unlogged > 0 ? { ...fields, unlogged } : fields, 'HBONE session closed for a protocol error');
   }
 
   #onSession(session: http2.ServerHttp2Session): void {

@@ -980,7 +980,8 @@ describe('HBONE inbound: stream floods', () => {
     await waitUntil('upstream of the reset stream closed', () => echo.open.size === 0, 5_000);
   });
 
-  it('cuts off a rapid-reset flood (HEADERS then RST_STREAM, 5,000 times) without leaking upstream connections or memory', async () => {
+  it('cuts off a rapid-reset flood (HEADERS then RST_STREAM, 5,000 times) without leaking upstream connections or memory, and says which peer', async () => {
+    const since = nodeB().proc.lines.length;
     const pid = nodeB().proc.child.pid as number;
     const baselineRss = await rssBytes(pid);
     const acceptedBefore = echo.accepted;
@@ -998,6 +999,8 @@ describe('HBONE inbound: stream floods', () => {
       peer.destroy();
     }
     expect(echo.accepted - acceptedBefore).toBeLessThan(1000);
+    const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'HBONE session closed for a protocol error', 'the flood said at warn');
+    expect(line).toMatchObject({ level: 40, presented: TESTER_ID });
     await waitUntil('upstreams of the reset streams closed', () => echo.open.size === 0, 5_000);
     expect((await rssBytes(pid)) - baselineRss).toBeLessThan(64 * MiB);
   });
