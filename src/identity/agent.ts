@@ -16,7 +16,7 @@ import { nodeId, parseSpiffeId } from './spiffe-id.ts';
 import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, createBundle, decodeBundle, encodeBundle } from './bundle.ts';
 import type { TrustBundle } from './bundle.ts';
 import { authorityKeyIdOf, createCsr, exportPrivateKeyPem, fingerprintOf, generateKeyPair, importPrivateKeyPem, loadSvid, NOT_BEFORE_CUSHION_MS, verifySvid } from './svid.ts';
-import type { Svid } from './svid.ts';
+import type { Svid, VerifyResult } from './svid.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
 import { timerDelayMs, WALL_CLOCK_CHECK_MS, WALL_CLOCK_SLACK_MS } from './timers.ts';
 import { writeFileAtomic } from './files.ts';
@@ -27,6 +27,11 @@ const RENEW_FRACTION_MIN = 0.45;
 const RENEW_FRACTION_MAX = 0.55;
 /** A fresh certificate due this much earlier than its receipt says: the host's clock runs ahead of the CA's, said once. */
 const CLOCK_SKEW_WARNING_MS = 5_000;
+/**
+ * How far ahead of this host's clock a certificate from our CA may start and still be taken: as far as the CA's own
+ * serving certificate is backdated (a host further behind cannot reach the CA after its restarts anyway).
+ */
+const MAX_AHEAD_MS = 5 * 60_000;
 /** ztunnel's identity manager: first retry after about 1 s, doubling, capped at 150 s, ±20 % jitter. */
 export const DEFAULT_BACKOFF_INITIAL_MS = 1000;
 export const DEFAULT_BACKOFF_MAX_MS = 150_000;
@@ -608,19 +613,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').toJSON() }, 'ignoring bundles in CA response');
       }
     }
-    // Never install a certificate our own trust bundle does not accept: peers would refuse it anyway. Judged as of
-    // the chain's start when that is still ahead of this host's clock: the CA backdates only 10 s, and a host whose
-    // clock is further behind refused every certificate for ever (its first attestation lost the join token). Peers
-    // judge the validity by their own clocks; the skew is logged once.
-    const now = Date.now();
-    let start = now;
-    for (const cert of svid.chain) start = Math.max(start, cert.notBefore.getTime());
-    const check = verifySvid(svid.chain, this.#bundles, { at: new Date(start) });
+    // Never install a certificate our own trust bundle does not accept: peers would refuse it anyway.
+    const check = this.#verifyOwn(svid);
     if (!check.valid) throw new AmbitError('CA_REJECTED', `CA issued a certificate that does not verify: [${check.error.code}] ${check.error.message}`);
-    if (start > now && !this.#skewWarned) {
-      this.#skewWarned = true;
-      this.#logger.warn({ spiffeId: svid.id.id, notBefore: new Date(start).toISOString(), behindSeconds: Math.round((start - now + NOT_BEFORE_CUSHION_MS) / 1000) }, "this host's clock is behind the CA's: the certificate it just issued starts later than this host's now; it is used, and renewals are timed from its receipt, but peers whose clocks agree with this host's refuse it until then; fix its time (NTP)");
-    }
     return svid;
   }
 
@@ -765,6 +760,26 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#renewSoon(entry, delayMs);
   }
 
+  /**
+   * Verifies one of our own SVIDs (the CA's answer, or the node SVID stored from one) as of its chain's start when that
+   * is a little ahead of this host's clock: the CA backdates only 10 s, and a host further behind refused every
+   * certificate for ever (its first attestation lost the join token). Peers judge validity by their own clocks; the
+   * skew is logged once. Beyond MAX_AHEAD_MS the chain is judged as of now and refused: a CA whose clock jumped hours
+   * ahead must not have every node swap its valid certificate for one its peers refuse.
+   */
+  #verifyOwn(svid: Svid): VerifyResult {
+    const now = Date.now();
+    let start = now;
+    for (const cert of svid.chain) start = Math.max(start, cert.notBefore.getTime());
+    if (start - now > MAX_AHEAD_MS) start = now;
+    const check = verifySvid(svid.chain, this.#bundles, { at: new Date(start) });
+    if (check.valid && start > now && !this.#skewWarned) {
+      this.#skewWarned = true;
+      this.#logger.warn({ spiffeId: svid.id.id, notBefore: new Date(start).toISOString(), behindSeconds: Math.round((start - now + NOT_BEFORE_CUSHION_MS) / 1000) }, "this host's clock is behind the CA's: the certificate the CA issued starts later than this host's now; it is used, and renewals are timed from its receipt, but peers whose clocks agree with this host's refuse it until then; fix its time (NTP)");
+    }
+    return check;
+  }
+
   async #loadStoredNodeSvid(): Promise<Svid | undefined> {
     const dir = this.#options.stateDir;
     if (!dir) return undefined;
@@ -778,7 +793,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       // One file holds the key block, then the chain; parseCertificates skips the key block.
       const keyBlock = /-----BEGIN PRIVATE KEY-----[\s\S]+?-----END PRIVATE KEY-----\n?/.exec(pem)?.[0] ?? '';
       const svid = loadSvid(pem, keyBlock);
-      const check = verifySvid(svid.chain, this.#bundles);
+      // Judged as the CA's answer was: a node SVID saved while this host's clock was behind must not be thrown away on
+      // a restart within the skew (attesting again, with a spent token, locked the node out).
+      const check = this.#verifyOwn(svid);
       if (svid.id.id !== this.#nodeId || !check.valid) {
         this.#logger.warn({ stored: svid.id.id, reason: check.error?.code ?? 'IDENTITY_MISMATCH' }, 'stored node SVID is not usable; attesting again');
         return undefined;

@@ -449,6 +449,12 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
       // has passed: 44 s on, long after its end.
       for (let i = 0; i < 120 && rotated.filter((id) => id === WEB).length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 100));
       expect(rotated.filter((id) => id === WEB)).toHaveLength(2);
+      // Restarted within the skew, without a token (it was spent): the stored node SVID, not yet valid by this clock,
+      // is used, not thrown away for an attestation that can only be refused.
+      await agent.stop();
+      const restarted = inProcessAgent(ca, TD, 'node-a', bundle, { ttlSeconds: 8, stateDir: join(dir, 'state') });
+      await restarted.start();
+      expect(restarted.nodeSvid()?.id.id).toBe(`spiffe://${TD}/ambit/node/node-a`);
     } finally {
       vi.useRealTimers();
     }
