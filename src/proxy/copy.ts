@@ -41,8 +41,8 @@ export function cancelStream(stream: Http2Stream): void {
 export function cutSocket(socket: Socket): void {
   if (socket.destroyed) return;
   // Our FIN already asked for: libuv refuses a reset while a shutdown is under way, and Node would then never close
-  // the socket.
-  if (socket.writableEnded) {
+  // the socket. Still connecting: nothing was carried, and Node would wait for the connect to reset it.
+  if (socket.writableEnded || socket.connecting) {
     socket.destroy();
     return;
   }

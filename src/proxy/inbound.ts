@@ -291,6 +291,8 @@ export class HboneInbound {
   readonly #sessions = new Map<http2.ServerHttp2Session, number>();
   readonly #keepalive: NodeJS.Timeout;
   readonly #keepaliveTimeoutMs: number;
+  /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
+  #draining = false;
   /** Source labels taken from baggage, by peer identity (see #sourceLabels). */
   readonly #baggageLabels = new Map<string, Map<string, WorkloadLabels>>();
   /** Other trust domains' peer identities that have series of their own (see #labels). */
@@ -471,6 +473,7 @@ export class HboneInbound {
    * finish and sends its new ones to another session (or to a refused connect, and so the peer's own error).
    */
   stopAccepting(): void {
+    this.#draining = true;
     if (this.#shared) stopListening(this.#shared);
     for (const entry of this.#servers.values()) for (const listener of entry.listeners.values()) stopListening(listener);
     for (const session of this.#sessions.keys()) if (!session.closed && !session.destroyed) session.close();
@@ -585,6 +588,8 @@ export class HboneInbound {
     this.#judgedWith.set(session, bundles);
     this.#sessions.set(session, 0);
     session.once('close', () => this.#sessions.delete(session));
+    // Its handshake began before the listeners closed: told to go elsewhere, as the others were.
+    if (this.#draining) session.close();
   }
 
   /**

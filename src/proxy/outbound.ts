@@ -3,7 +3,7 @@
 // endpoint's node (checking the server presents the identity the registry expects), plain passthrough
 // for destinations outside the mesh, or refusal when egress is locked down. Transparent capture (15001
 // with SO_ORIGINAL_DST) will feed the same `forward` with the original destination.
-import * as http2 from 'node:http2';
+import type * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
@@ -18,7 +18,7 @@ import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import type { AccessLogRecord } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import { buildBaggage } from './baggage.ts';
-import { Bridge, cutSocket } from './copy.ts';
+import { Bridge, cancelStream, cutSocket } from './copy.ts';
 import type { BridgeResult } from './copy.ts';
 import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
@@ -398,7 +398,7 @@ export class OutboundListeners {
     if (socket.destroyed) {
       // Let go while its tunnel opened (its workload left the node, or shutdown): CANCEL, so the destination resets its
       // upstream rather than end it as a complete connection; counted and logged as one that never got through.
-      stream.close(http2.constants.NGHTTP2_CANCEL);
+      cancelStream(stream);
       this.#abandoned(socket, labels, source, srcAddr, endpoint.authority, startedMs);
       return;
     }

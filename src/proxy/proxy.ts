@@ -277,7 +277,8 @@ export class NodeProxy {
   }
 
   #scheduleReconcile(): void {
-    if (this.#closed || this.#draining) return;
+    // While draining too: a policy change must still close the open connections it withdraws (listeners stay closed).
+    if (this.#closed) return;
     this.#reconciling = this.#reconciling.then(() => this.#reconcile()).catch((error: unknown) => {
       this.#logger.error({ err: toAmbitError(error, 'PROXY_BIND').toJSON() }, 'applying configuration failed');
     });
@@ -285,7 +286,7 @@ export class NodeProxy {
 
   /** Brings identities, inbound servers and outbound listeners in line with the current snapshot. */
   async #reconcile(): Promise<void> {
-    if (this.#closed || this.#draining) return;
+    if (this.#closed) return;
     const snapshot = this.#config.current();
     // Compile once, before the first connection needs it.
     routingTableOf(snapshot);
