@@ -61,7 +61,7 @@ export interface HttpPortSources {
   readonly services: ReadonlyMap<string, readonly Service[]>;
   /** ServiceEntries with a workloadSelector, by namespace (they select workloads of their own namespace). */
   readonly selecting: ReadonlyMap<string, readonly ServiceEntryObject[]>;
-  /** ServiceEntry endpoints at a workload's IP, by that workload. */
+  /** ServiceEntry endpoints at a workload's IP, by that workload (entries of the workload's own namespace). */
   readonly endpoints: ReadonlyMap<Workload, readonly { readonly entry: ServiceEntryObject; readonly ports: Readonly<Record<string, number>> }[]>;
 }
 
@@ -82,7 +82,9 @@ export function httpPortSources(snapshot: ConfigSnapshot): HttpPortSources {
     else {
       for (const endpoint of entry.spec.endpoints) {
         const workload = snapshot.workloadByIp(endpoint.address);
-        if (workload !== undefined) push(endpoints, workload, { entry, ports: endpoint.ports });
+        // Only its own namespace's: an entry in another namespace must not change how a workload's traffic is read (a
+        // tenant declaring HTTP on another's database port would break its connections).
+        if (workload !== undefined && workload.namespace === entry.metadata.namespace) push(endpoints, workload, { entry, ports: endpoint.ports });
       }
     }
   }

@@ -1,7 +1,11 @@
 // Which Service and ServiceEntry ports carry HTTP, as Istio reads them (ConvertProtocol, protocol.Parse): both the
 // ports the node proxy inspects and the ones it must leave as TCP.
-import { describe, expect, it } from 'vitest';
-import { isHttpEntryProtocol, isHttpProtocol } from '../../../src/config/http-ports.ts';
+import { afterEach, describe, expect, it } from 'vitest';
+import { httpPortSources, httpPortsOf, isHttpEntryProtocol, isHttpProtocol } from '../../../src/config/http-ports.ts';
+import { loadConfigDir } from '../../../src/config/loader.ts';
+import { configDir, meshYaml, podYaml, removeConfigDirs } from './temp-config.ts';
+
+afterEach(removeConfigDirs);
 
 describe('a Service port declared HTTP', () => {
   it.each([
@@ -43,5 +47,29 @@ describe('a ServiceEntry port declared HTTP', () => {
   });
   it.each([undefined, 'HTTPS', 'TLS', 'TCP', 'MONGO', 'HTTP-WEB', 'UDP'])('%s: not HTTP', (protocol) => {
     expect(isHttpEntryProtocol(protocol)).toBe(false);
+  });
+});
+
+describe('a ServiceEntry naming a workload by its address', () => {
+  const entry = (namespace: string) => `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db-http, namespace: ${namespace} }
+spec:
+  hosts: [db.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: 8080 }]
+  endpoints: [{ address: 10.0.0.7 }]
+`;
+
+  it('declares the port HTTP on a workload of its own namespace, and not on one of another namespace', async () => {
+    const pod = podYaml({ name: 'db-1', namespace: 'data', node: 'node-a', ip: '10.0.0.7' });
+    const same = await loadConfigDir(await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': pod, 'se.yaml': entry('data') }));
+    const sameWorkload = same.workloads.find((w) => w.name === 'db-1');
+    expect(sameWorkload && [...httpPortsOf(httpPortSources(same), sameWorkload)]).toEqual([8080]);
+    // Another tenant's entry cannot change how this workload's connections are read.
+    const other = await loadConfigDir(await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': pod, 'se.yaml': entry('tenant-b') }));
+    const otherWorkload = other.workloads.find((w) => w.name === 'db-1');
+    expect(otherWorkload && [...httpPortsOf(httpPortSources(other), otherWorkload)]).toEqual([]);
   });
 });
