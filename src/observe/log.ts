@@ -83,6 +83,13 @@ export class LogBudget {
     this.#burst = burst;
   }
 
+  /** A warning when the budget allows (saying how many it left out since), else a debug line. */
+  warn(logger: Logger, key: string, fields: Record<string, unknown>, message: string): void {
+    const unlogged = this.take(key);
+    if (unlogged === null) logger.debug(fields, message);
+    else logger.warn(unlogged > 0 ? { ...fields, unlogged } : fields, message);
+  }
+
   /** How many were left unlogged before this one, when this one may be logged; else null. */
   take(key: string): number | null {
     const now = Date.now();

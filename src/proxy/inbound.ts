@@ -548,9 +548,7 @@ export class HboneInbound {
       return;
     }
     this.#options.metrics.peerRefused('H2_PROTOCOL_ERROR');
-    const unlogged = this.#refusalLogBudget.take('session-error');
-    if (unlogged === null) this.#logger.debug(fields, 'HBONE session closed for a protocol error');
-    else this.#logger.warn(unlogged > 0 ? { ...fields, unlogged } : fields, 'HBONE session closed for a protocol error');
+    this.#refusalLogBudget.warn(this.#logger, 'session-error', fields, 'HBONE session closed for a protocol error');
   }
 
   #onSession(session: http2.ServerHttp2Session): void {
@@ -562,10 +560,7 @@ export class HboneInbound {
       this.#options.metrics.peerRefused(result.error.code);
       // Anyone can cause this as fast as handshakes go (a client without a certificate): warnings are budgeted, the
       // rest go to debug, and the counter has them all.
-      const unlogged = this.#refusalLogBudget.take('refused');
-      const fields = { peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message };
-      if (unlogged === null) this.#logger.debug(fields, 'refusing HBONE peer');
-      else this.#logger.warn(unlogged > 0 ? { ...fields, unlogged } : fields, 'refusing HBONE peer');
+      this.#refusalLogBudget.warn(this.#logger, 'refused', { peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
       refuseSession(session, refusalReason(result));
       return;
     }

@@ -276,7 +276,7 @@ export class HbonePool {
     // streams from a session whose client certificate has expired; rotation dials the next session with the new one).
     // Ours a little early, so that no stream is sent in the last moments and refused on arrival.
     const ownUntilMs = identity.svid.notAfter.getTime() - Math.min(OWN_EXPIRY_MARGIN_MS, (identity.svid.notAfter.getTime() - identity.svid.notBefore.getTime()) / 10);
-    const validUntilMs = Math.min(Number.isNaN(serverUntilMs) ? 0 : serverUntilMs, ownUntilMs);
+    const validUntilMs = Math.min(serverUntilMs, ownUntilMs);
     let session: http2.ClientHttp2Session;
     try {
       // The authority, bracketed for IPv6 (`https://fd00::1:15008` is no URL: every tunnel to an IPv6 peer failed).
