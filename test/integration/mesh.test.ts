@@ -29,6 +29,16 @@ function run(args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv 
   });
 }
 
+/** `ambit mesh` from the build, its output collected as it comes. */
+function startMesh(args: readonly string[], options: { env?: NodeJS.ProcessEnv; detached?: boolean } = {}) {
+  const child = spawn(process.execPath, [BUILT_CLI, 'mesh', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env }, detached: options.detached ?? false });
+  const output = { stdout: '', stderr: '' };
+  child.stdout.on('data', (chunk: Buffer) => (output.stdout += chunk.toString('utf8')));
+  child.stderr.on('data', (chunk: Buffer) => (output.stderr += chunk.toString('utf8')));
+  const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+  return { child, output, closed };
+}
+
 /** The command lines of the running processes that mention a path (from /proc). */
 function processesNaming(path: string): string[] {
   const found: string[] = [];
@@ -82,14 +92,9 @@ describe('npm start (ambit mesh from the build)', () => {
     const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
     cleanup.push(dir);
     // At warn, the CA's own lines are quieter than the "CA listening" the mesh reads its address from.
-    const child = spawn(process.execPath, [BUILT_CLI, 'mesh', '--duration', '8s', '--dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const { child, output, closed } = startMesh(['--duration', '8s', '--dir', dir], { env: { AMBIT_LOG_LEVEL: 'warn' } });
     try {
-      await expect.poll(() => /client calls ok/.test(stdout), { timeout: 60_000, interval: 100 }).toBe(true);
+      await expect.poll(() => /client calls ok/.test(output.stdout), { timeout: 60_000, interval: 100 }).toBe(true);
       // Straight to the echo workload, not reading what it echoes, then a reset while it still writes.
       const socket = connect({ host: DEMO_LAYOUT.echo.ip, port: DEMO_LAYOUT.echo.port });
       socket.on('error', () => {});
@@ -98,8 +103,8 @@ describe('npm start (ambit mesh from the build)', () => {
       socket.write(Buffer.alloc(8 * 1024 * 1024));
       await new Promise((resolve) => setTimeout(resolve, 300));
       socket.resetAndDestroy();
-      expect(await closed, stderr).toBe(0);
-      expect(stderr).not.toMatch(/ECONNRESET|EPIPE/);
+      expect(await closed, output.stderr).toBe(0);
+      expect(output.stderr).not.toMatch(/ECONNRESET|EPIPE/);
     } finally {
       child.kill('SIGKILL');
     }
@@ -134,11 +139,9 @@ describe('npm start (ambit mesh from the build)', () => {
   it('leaves no CA or proxy running when it is killed outright (SIGKILL: no cleanup of its own runs)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
     cleanup.push(dir);
-    const child = spawn(process.execPath, [BUILT_CLI, 'mesh', '--dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    const { child, output } = startMesh(['--dir', dir]);
     try {
-      await expect.poll(() => /client calls ok/.test(stdout), { timeout: 60_000, interval: 100 }).toBe(true);
+      await expect.poll(() => /client calls ok/.test(output.stdout), { timeout: 60_000, interval: 100 }).toBe(true);
       // The mesh itself, its CA and its two proxies.
       expect(processesNaming(dir)).toHaveLength(4);
       child.kill('SIGKILL');
@@ -149,17 +152,14 @@ describe('npm start (ambit mesh from the build)', () => {
   }, 90_000);
 
   it('stops what it started and removes its directory when interrupted while its proxies start', async () => {
-    const child = spawn(process.execPath, [BUILT_CLI, 'mesh'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const { child, output, closed } = startMesh([]);
     try {
       // The CA is up, the proxies not yet ready.
-      await expect.poll(() => /\n {2}CA {12}https:/.test(stdout), { timeout: 60_000, interval: 20 }).toBe(true);
-      expect(stdout).not.toContain('ready: HBONE');
+      await expect.poll(() => /\n {2}CA {12}https:/.test(output.stdout), { timeout: 60_000, interval: 20 }).toBe(true);
+      expect(output.stdout).not.toContain('ready: HBONE');
       child.kill('SIGTERM');
       expect(await closed).toBe(130);
-      const dir = /working directory (\S+)/.exec(stdout)?.[1];
+      const dir = /working directory (\S+)/.exec(output.stdout)?.[1];
       expect(existsSync(dir as string)).toBe(false);
       // Its CA and proxies are gone: no process runs with the directory in its arguments.
       expect(processesNaming(dir as string)).toEqual([]);
@@ -171,20 +171,15 @@ describe('npm start (ambit mesh from the build)', () => {
   it('stops and cleans up on a Ctrl-C at the terminal while its proxies start (the signal reaches every process of the group)', async () => {
     // Its own process group, as a shell gives a foreground job: the SIGINT goes to the mesh, its CA and its proxies at
     // once, and a proxy not yet handling it dies of it (exit code null, signal SIGINT).
-    const child = spawn(process.execPath, [BUILT_CLI, 'mesh'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const { child, output, closed } = startMesh([], { detached: true });
     try {
-      await expect.poll(() => /\n {2}CA {12}https:/.test(stdout), { timeout: 60_000, interval: 20 }).toBe(true);
+      await expect.poll(() => /\n {2}CA {12}https:/.test(output.stdout), { timeout: 60_000, interval: 20 }).toBe(true);
       process.kill(-(child.pid as number), 'SIGINT');
       const code = await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 20_000, 'still running'))]);
       expect(code).toBe(130);
       // Not a stop it waited out: nothing was alive to kill.
-      expect(stderr).not.toContain('did not stop');
-      const dir = /working directory (\S+)/.exec(stdout)?.[1];
+      expect(output.stderr).not.toContain('did not stop');
+      const dir = /working directory (\S+)/.exec(output.stdout)?.[1];
       expect(existsSync(dir as string)).toBe(false);
       expect(processesNaming(dir as string)).toEqual([]);
     } finally {
