@@ -378,6 +378,11 @@ export class HttpInspector {
   readonly #h2 = http2.createServer({ settings: { enablePush: false, maxConcurrentStreams: MAX_INNER_H2_STREAMS } });
   readonly #tunnels = new WeakMap<object, TunnelState>();
   #pending: TunnelState | null = null;
+  /** Open HTTP/1.1 tunnels and h2c sessions, for a drain to close when idle. */
+  readonly #h1Open = new Set<http2.ServerHttp2Stream>();
+  readonly #h2Sessions = new Set<http2.Http2Session>();
+  /** Shutting down (drain): every answer closes its tunnel, and idle tunnels are ended. */
+  #draining = false;
 
   constructor(logger: Logger, options: { headersTimeoutMs?: number } = {}) {
     this.#logger = logger.child({ component: 'l7' });
@@ -414,6 +419,9 @@ export class HttpInspector {
     });
     this.#h2.on('session', (session) => {
       if (this.#pending) this.#tunnels.set(session, this.#pending);
+      if (this.#draining) session.close();
+      this.#h2Sessions.add(session);
+      session.once('close', () => this.#h2Sessions.delete(session));
     });
     this.#h2.on('stream', (stream, headers, _flags, rawHeaders: string[]) => this.#onH2Stream(stream, headers, rawHeaders));
     this.#h2.on('sessionError', (error) => this.#logger.debug({ err: error.message }, 'h2c session error on an inspected tunnel'));
@@ -428,6 +436,8 @@ export class HttpInspector {
       upstream, decide, onDenied, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
       onResponseClose: () => {
         state.inFlight--;
+        // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
+        if (this.#draining && state.inFlight === 0 && !stream.writableEnded) stream.end();
       },
     };
     return new Promise((resolve) => {
@@ -435,6 +445,7 @@ export class HttpInspector {
       const finish = () => {
         if (finished) return;
         finished = true;
+        this.#h1Open.delete(stream);
         void state.h1Client?.destroy();
         state.h2Upstream?.destroy();
         upstream.destroy();
@@ -459,6 +470,7 @@ export class HttpInspector {
           this.#pending = null;
         } else {
           this.#tunnels.set(stream, state);
+          this.#h1Open.add(stream);
           this.#h1.emit('connection', stream);
         }
       };
@@ -469,6 +481,25 @@ export class HttpInspector {
         if (stream.readableLength === 0) finish();
       });
     });
+  }
+
+  /**
+   * Shutting down with a drain: HTTP/1.1 tunnels are told `Connection: close` on their next answers (those in flight
+   * too) and idle ones are ended (a FIN to the client, who opens its next connection to another node); h2c sessions
+   * are told GOAWAY. Node's server would only drop idle connections, with a reset. WebSocket tunnels go on until the
+   * drain's deadline.
+   */
+  drain(): void {
+    this.#draining = true;
+    for (const stream of this.#h1Open) {
+      const state = this.#tunnels.get(stream);
+      if (state !== undefined && state.inFlight === 0 && !stream.writableEnded) stream.end();
+    }
+    for (const session of this.#h2Sessions) if (!session.closed) session.close();
+  }
+
+  get draining(): boolean {
+    return this.#draining;
   }
 
   async close(): Promise<void> {
@@ -496,6 +527,7 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
+    if (this.#draining) res.shouldKeepAlive = false;
     // A transfer coding besides chunked (`gzip, chunked`): Node undoes the chunking only, and the body would reach the
     // application still coded with nothing saying so. Refused as Envoy refuses it.
     const coding = req.headers['transfer-encoding'];
@@ -526,7 +558,7 @@ export class HttpInspector {
       // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
       // only the one upstream connection; the client's next request on it got 502, or no answer at all.
       { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false },
-      forwardResponse(res, state.upstream, this.#logger),
+      forwardResponse(res, state.upstream, this.#logger, this),
     );
   }
 
@@ -931,7 +963,7 @@ function undiciWillClose(socket: Socket): boolean | null {
 }
 
 /** Streams an undici response back on a ServerResponse. */
-function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger): Dispatcher.DispatchHandler {
+function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger, inspector: HttpInspector): Dispatcher.DispatchHandler {
   return {
     onRequestStart() {},
     onResponseStart(controller, statusCode, headers, statusMessage) {
@@ -952,7 +984,7 @@ function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger):
       // The tunnel's one upstream connection ends when the workload says it will (undici closes it), so the client must
       // not be told to reuse the tunnel for longer: its next request would find it ending, and be lost.
       const keepAlive = upstreamKeepAlive(headers as Record<string, string | string[] | undefined>);
-      if (keepAlive === 0 || undiciWillClose(upstream) === true) res.shouldKeepAlive = false;
+      if (keepAlive === 0 || inspector.draining || undiciWillClose(upstream) === true) res.shouldKeepAlive = false;
       // Not when the client asked to close (`Connection: close`, HTTP/1.0): a Connection field set here overrides
       // Node's own verdict, and the tunnel stayed open while the client waited for its end.
       else if (keepAlive !== null && res.shouldKeepAlive) {

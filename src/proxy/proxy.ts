@@ -138,6 +138,7 @@ export class NodeProxy {
     await this.#reconciling.catch(() => {});
     this.#outbound?.stopAccepting();
     this.#inbound?.stopAccepting();
+    this.#inspector?.drain();
     const open = () => (this.#outbound?.openConnections ?? 0) + (this.#inbound?.openTunnels ?? 0);
     const deadline = Date.now() + drainMs;
     this.#logger.info({ open: open(), drainMs }, 'draining: no new connections; open ones may finish');
