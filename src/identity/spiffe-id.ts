@@ -243,6 +243,14 @@ export function parseNodeId(text: string): { trustDomain: string; nodeName: stri
   return { trustDomain, nodeName: path.slice(NODE_PATH_PREFIX.length) };
 }
 
+/**
+ * Whether a path is in ambit's own space (`/ambit/...`: node proxies and the CA), in any trust domain. Such an
+ * identity is never a workload's: a node's certificate is for the CA, and a proxy presents workloads' certificates.
+ */
+export function isInfrastructurePath(path: string): boolean {
+  return path === '/ambit' || path.startsWith('/ambit/');
+}
+
 /** What namespaceOfPath returns for an ID with two different `/ns/NAME/`. */
 export const AMBIGUOUS_NAMESPACE = Symbol('more than one namespace');
 

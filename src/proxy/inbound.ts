@@ -15,7 +15,7 @@ import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { BundleSource, VerifyResult } from '../identity/svid.ts';
-import { AMBIGUOUS_NAMESPACE, namespaceOfPath } from '../identity/spiffe-id.ts';
+import { AMBIGUOUS_NAMESPACE, isInfrastructurePath, namespaceOfPath } from '../identity/spiffe-id.ts';
 import type { SpiffeId } from '../identity/spiffe-id.ts';
 import type { Logger } from '../observe/log.ts';
 import { acceptErrorLogger, LogBudget } from '../observe/log.ts';
@@ -562,6 +562,14 @@ export class HboneInbound {
       // rest go to debug, and the counter has them all.
       this.#refusalLogBudget.warn(this.#logger, 'refused', { peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
       refuseSession(session, refusalReason(result));
+      return;
+    }
+    if (isInfrastructurePath(result.id.path)) {
+      // A node's or the CA's certificate, valid but no workload's: a node holding its own could otherwise reach any
+      // workload under an identity no policy can name (principals must be TD/ns/NS/sa/SA), past every DENY.
+      this.#options.metrics.peerRefused('NOT_A_WORKLOAD');
+      this.#refusalLogBudget.warn(this.#logger, 'refused', { peer: socket.remoteAddress, presented: result.id.id, code: 'NOT_A_WORKLOAD', reason: 'a node or CA identity, not a workload' }, 'refusing HBONE peer');
+      refuseSession(session, 'NOT_A_WORKLOAD');
       return;
     }
     const address = socket.remoteAddress ?? 'unknown';

@@ -760,6 +760,19 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
     expect(line.reason).toMatch(/more than 9 certificates/);
   });
 
+  it("drops a peer presenting a node's or the CA's certificate, valid but no workload's, which no policy could name", async () => {
+    for (const presented of [`spiffe://${TD}/ambit/node/node-a`, `spiffe://${TD}/ambit/ca`]) {
+      const since = nodeB().proc.lines.length;
+      const outcome = await attemptTunnel(await issueMeshSvid(mesh.caDir, presented));
+      expect(outcome.status, presented).toBeNull();
+      expect(outcome.closedByServer).toBe(true);
+      const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.presented === presented, `refusal of ${presented}`);
+      expect(line.code).toBe('NOT_A_WORKLOAD');
+    }
+    // A workload's certificate from the same CA is let in.
+    expect((await attemptTunnel(await issueMeshSvid(mesh.caDir, `spiffe://${TD}/ns/demo/sa/ambit`))).status).toBe(200);
+  });
+
   it('drops a peer whose SPIFFE ID names two namespaces (/ns/NAME/ twice), which no one namespace can stand for', async () => {
     const presented = `spiffe://${TD}/ns/demo/sa/x/ns/prod/y`;
     const since = nodeB().proc.lines.length;
