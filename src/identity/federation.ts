@@ -225,8 +225,17 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       }
       text = await response.body.text();
     } catch (error) {
-      const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
-      throw wrapped.code === 'FEDERATION_FETCH' ? wrapped : new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint}: [${wrapped.code}] ${wrapped.message}`, { cause: wrapped });
+      // Ours above already say which endpoint; the HTTP client's own (too large, too slow, refused) are told with it.
+      if (error instanceof AmbitError && error.code === 'FEDERATION_FETCH') throw error;
+      const code = (error as { code?: unknown } | null)?.code;
+      const said =
+        code === 'UND_ERR_RES_EXCEEDED_MAX_SIZE' ? `its answer exceeds ${MAX_BUNDLE_BYTES} bytes`
+        : (error as Error | null)?.name === 'TimeoutError' ? `no complete answer within ${FETCH_DEADLINE_MS / 1000} s`
+        : (() => {
+            const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
+            return wrapped.code === 'FEDERATION_FETCH' ? wrapped.message : `[${wrapped.code}] ${wrapped.message}`;
+          })();
+      throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint}: ${said}`, { cause: error });
     }
     try {
       return decodeBundle(this.peer.trustDomain, text);

@@ -89,6 +89,7 @@ describe('the federation client', () => {
     const url = await endpoint(impostor, ENDPOINT_ID, serve(() => impostor.bundle));
     const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
     expect(error.code).toBe('FEDERATION_FETCH');
+    expect(error.message.startsWith(`${TD}: ${url}: `)).toBe(true);
   });
 
   it('refuses an answer other than 200, naming the status', async () => {
@@ -123,6 +124,8 @@ describe('the federation client', () => {
     });
     const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
     expect(error.code).toBe('FEDERATION_FETCH');
+    // Which peer, which endpoint, which limit: the HTTP client's own words named none of them.
+    expect(error.message).toBe(`${TD}: ${url}: its answer exceeds 1048576 bytes`);
   });
 
   it('refuses a 200 whose body is not a bundle of the peer trust domain', async () => {
