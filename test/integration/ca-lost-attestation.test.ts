@@ -144,3 +144,23 @@ describe('a spent join token presented again', () => {
     expect((await signWeb(newer)).status).toBe(200);
   });
 });
+
+describe('an attestation refused before its join token is spent', () => {
+  it('is audited when the token is one the CA made (someone holds a live secret), and the token stays usable', async () => {
+    const token = await ca.joinToken('node-a');
+    const refused = await post('/v1/attest', { node: 'node-a', token, csr: 'not a certificate request' });
+    expect(refused.status).toBe(400);
+    expect(audit.filter((record) => record.event === 'attest_refused')).toMatchObject([{ node: 'node-a', code: 'CA_CSR_INVALID', reason: expect.stringContaining('left unspent') }]);
+    // A bad node name too.
+    await post('/v1/attest', { node: '../etc', token, csr: 'x' });
+    expect(audit.filter((record) => record.event === 'attest_refused')).toMatchObject([{ code: 'CA_CSR_INVALID' }, { node: '../etc', code: 'CONFIG_FIELD' }]);
+    const keys = await generateKeyPair();
+    await credential(await attestWith(keys, token), keys);
+  });
+
+  it('is not audited without a token the CA made: anyone could fill the audit log', async () => {
+    const refused = await post('/v1/attest', { node: 'node-a', token: 'A'.repeat(43), csr: 'not a certificate request' });
+    expect(refused.status).toBe(400);
+    expect(audit.filter((record) => record.event === 'attest_refused')).toEqual([]);
+  });
+});

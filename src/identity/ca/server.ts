@@ -28,7 +28,7 @@ import { timerDelayMs, WALL_CLOCK_CHECK_MS, WALL_CLOCK_SLACK_MS } from '../timer
 import type { FederationPeer } from '../federation.ts';
 import { caStateFile, loadCa } from './store.ts';
 import type { CaState, LoadedAuthority } from './store.ts';
-import { consumeJoinToken, recordTokenAnswer, restoreJoinToken } from './tokens.ts';
+import { consumeJoinToken, joinTokenKnown, recordTokenAnswer, restoreJoinToken } from './tokens.ts';
 import type { JoinTokenClaim, TokenAnswer } from './tokens.ts';
 import { admitNodeCertificate, answerStands, nodeCertificateRefusal, recordAttested, recordRenewal } from './nodes.ts';
 import { acceptErrorLogger } from '../../observe/log.ts';
@@ -386,21 +386,36 @@ export class CaServer {
     const csr = stringField(body, 'csr');
     const remote = req.socket.remoteAddress;
     let spiffeId: string;
+    let publicKey: CryptoKey;
+    let key: string;
     try {
-      spiffeId = nodeId(this.#state.trustDomain, node);
+      try {
+        spiffeId = nodeId(this.#state.trustDomain, node);
+      } catch (error) {
+        throw new HttpError(400, 'CONFIG_FIELD', `node name "${node}" is not usable in a SPIFFE ID: ${(error as Error).message}`);
+      }
+      // Check the CSR before spending the token, so a client bug does not burn a single-use secret.
+      publicKey = await readCsr(csr);
+      key = await publicKeyDigest(publicKey);
     } catch (error) {
-      throw new HttpError(400, 'CONFIG_FIELD', `node name "${node}" is not usable in a SPIFFE ID: ${(error as Error).message}`);
+      // With a token this CA made, a refused request is someone holding a live secret (a stolen token's holder trying
+      // keys): audited, as every other refusal is. Without one it is anyone's noise, which must not fill the audit log.
+      if (await joinTokenKnown(this.#options.dir, token)) {
+        const wrapped = error instanceof HttpError ? { code: error.code, message: error.message } : toAmbitError(error, 'CA_CSR_INVALID');
+        this.#note({ event: 'attest_refused', node, remote, code: wrapped.code, reason: `${wrapped.message} (the token is left unspent)` });
+        this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
+      }
+      throw error;
     }
-    // Check the CSR before spending the token, so a client bug does not burn a single-use secret.
-    const publicKey = await readCsr(csr);
-    const key = await publicKeyDigest(publicKey);
     let claim: JoinTokenClaim;
     try {
       claim = await consumeJoinToken(this.#options.dir, token, node, key);
     } catch (error) {
       const wrapped = toAmbitError(error, 'JOIN_TOKEN_INVALID');
       if (wrapped.code === 'JOIN_TOKEN_BUSY') {
-        this.#logger.info({ node, remote }, 'node asked again with its join token while the first answer was being issued');
+        // The node's own retry, or another holder of its token racing it: the CA cannot tell which, so both are told.
+        this.#note({ event: 'attest_refused', node, remote, code: wrapped.code, reason: wrapped.message });
+        this.#logger.warn({ node, remote, code: wrapped.code }, 'join token presented again while its first attestation is being answered (the node retrying, or another holder of the token)');
         throw wrapped;
       }
       // The CA's own files failed (500, the token given back): no refusal of the node's to audit.

@@ -135,6 +135,16 @@ export async function consumeJoinToken(caDir: string, token: string, node: strin
   return { retry: false };
 }
 
+/** Whether a token is one this CA made (pending or spent): a refusal of a request carrying it is worth an audit record. */
+export async function joinTokenKnown(caDir: string, token: string): Promise<boolean> {
+  if (!TOKEN_SHAPE.test(token)) return false;
+  const name = `${tokenHash(token)}.json`;
+  for (const path of [join(pendingDir(caDir), name), join(usedDir(caDir), name)]) {
+    if (await stat(path).then(() => true, () => false)) return true;
+  }
+  return false;
+}
+
 /** Keeps the certificate a spent token was answered with, to answer its retries. */
 export async function recordTokenAnswer(caDir: string, token: string, answer: TokenAnswer): Promise<void> {
   const usedPath = join(usedDir(caDir), `${tokenHash(token)}.json`);
