@@ -3,7 +3,8 @@
 // prebuilt, every possible decision preallocated), so a decision parses nothing and allocates nothing.
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { ConfigObject } from '../config/objects.ts';
-import { httpPortSources, httpPortsOf, selects } from '../config/http-ports.ts';
+import { httpPortSources, httpPortVersionsOf, selects } from '../config/http-ports.ts';
+import type { HttpVersion } from '../config/http-ports.ts';
 import { buildVocabularies, buildWorkloadIndex } from './index.ts';
 import type { ListRules, Vocabularies, WorkloadIndex } from './index.ts';
 import { CidrSet, MethodMatcher, StringMatcher } from './match.ts';
@@ -148,6 +149,8 @@ export interface WorkloadPolicies {
   readonly hasEnforcingL7Rules: boolean;
   /** Target ports of this workload declared HTTP by a Service (appProtocol or port name): evaluated per request. */
   readonly httpPorts: ReadonlySet<number>;
+  /** The HTTP version each of those ports' workload speaks (null: declarations disagree, the client's is used). */
+  readonly httpVersions: ReadonlyMap<number, HttpVersion | null>;
   readonly mtls: EffectiveMtls;
   readonly noMatch: Decision;
   /** The refusal of a connection without peer identity under STRICT, naming the PeerAuthentication that set it. */
@@ -493,7 +496,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     return rules;
   };
 
-  const build = (namespace: string, labels: Readonly<Record<string, string>>, httpPorts: ReadonlySet<number>): WorkloadPolicies => {
+  const build = (namespace: string, labels: Readonly<Record<string, string>>, httpPorts: ReadonlySet<number>, httpVersions: ReadonlyMap<number, HttpVersion | null> = NO_VERSIONS): WorkloadPolicies => {
     const applicable: CompiledPolicy[] = [];
     // Mesh-wide policies live in the root namespace; a selector there selects workloads in every namespace.
     for (const policy of byNamespace.get(rootNamespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
@@ -516,6 +519,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       hasL7Rules,
       hasEnforcingL7Rules,
       httpPorts,
+      httpVersions,
       mtls,
       noMatch: Object.freeze({ allow: false, policy: null, rule: null, reason: `${allowPolicyCount} ALLOW ${allowPolicyCount === 1 ? 'policy applies' : 'policies apply'} and none matched`, deferred: false }),
       strictPlaintext: strictRefusal(mtls.setBy),
@@ -525,7 +529,11 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
 
   const byWorkload = new Map<Workload, WorkloadPolicies>();
   const sources = httpPortSources(snapshot);
-  for (const workload of snapshot.workloads) byWorkload.set(workload, build(workload.namespace, workload.labels, httpPortsOf(sources, workload)));
+  const forWorkload = (workload: Workload) => {
+    const versions = httpPortVersionsOf(sources, workload);
+    return build(workload.namespace, workload.labels, new Set(versions.keys()), versions);
+  };
+  for (const workload of snapshot.workloads) byWorkload.set(workload, forWorkload(workload));
   // Later builds (dry runs, workloads of other snapshots) may reuse these but add none: the cache must not grow.
   sharing = false;
 
@@ -536,13 +544,16 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     forWorkload(workload) {
       // A workload of another snapshot is built for this one call and not kept: keeping it would pin old
       // objects and grow without bound. Callers on the data path look workloads up in this snapshot.
-      return byWorkload.get(workload) ?? build(workload.namespace, workload.labels, httpPortsOf(sources, workload));
+      return byWorkload.get(workload) ?? forWorkload(workload);
     },
     forLabels(namespace, labels, httpPorts = new Set()) {
       return build(namespace, labels, httpPorts);
     },
   };
 }
+
+/** forLabels' workloads (dry runs): no versions, the client's is used. */
+const NO_VERSIONS: ReadonlyMap<number, HttpVersion | null> = new Map();
 
 const compiled = new WeakMap<ConfigSnapshot, CompiledAuthorization | Error>();
 

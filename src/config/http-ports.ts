@@ -7,26 +7,45 @@ import type { ServiceEntryObject, ServiceEntryPort, ServicePort } from './object
 import type { ConfigSnapshot, Workload } from './snapshot.ts';
 
 /**
+ * The HTTP version Istio speaks to the workload on a port it reads as HTTP (`protocol.Instance.IsHTTP2`: HTTP2, GRPC
+ * and GRPC-Web are HTTP/2; HTTP and HTTP_PROXY are HTTP/1.1), whatever the client spoke: Envoy converts. null: not HTTP.
+ */
+export type HttpVersion = 'http1' | 'http2';
+
+/**
  * Istio's protocol of a Service port (`ConvertProtocol`, pkg/config/kube/conversion.go): Kubernetes' standard
  * appProtocols first, then the appProtocol, else the port name, up to its first `-` (`grpc-web` whole). `h2c` is
  * ambit's own: Istio sniffs such a port and finds HTTP, and ambit does not sniff.
  */
-export function isHttpProtocol(appProtocol: string | undefined, name: string | undefined): boolean {
-  if (appProtocol === 'kubernetes.io/h2c' || appProtocol === 'kubernetes.io/ws') return true;
-  if (appProtocol === 'kubernetes.io/wss') return false;
+export function httpVersionOf(appProtocol: string | undefined, name: string | undefined): HttpVersion | null {
+  if (appProtocol === 'kubernetes.io/h2c') return 'http2';
+  if (appProtocol === 'kubernetes.io/ws') return 'http1';
+  if (appProtocol === 'kubernetes.io/wss') return null;
   const declared = (appProtocol ?? name ?? '').toLowerCase();
-  if (declared.startsWith('grpc-web')) return true;
+  if (declared.startsWith('grpc-web')) return 'http2';
   const dash = declared.indexOf('-');
-  return isHttpName(dash < 0 ? declared : declared.slice(0, dash));
+  return versionOfName(dash < 0 ? declared : declared.slice(0, dash));
 }
 
-/** A ServiceEntry port's `protocol` (Istio's `protocol.Parse(...).IsHTTP()`; the validator upper-cases it). */
+export function isHttpProtocol(appProtocol: string | undefined, name: string | undefined): boolean {
+  return httpVersionOf(appProtocol, name) !== null;
+}
+
+/** A ServiceEntry port's `protocol` (Istio's `protocol.Parse(...)`; the validator upper-cases it). */
+export function entryHttpVersionOf(protocol: string | undefined): HttpVersion | null {
+  if (protocol === undefined) return null;
+  const lower = protocol.toLowerCase();
+  return lower === 'grpc-web' ? 'http2' : versionOfName(lower);
+}
+
 export function isHttpEntryProtocol(protocol: string | undefined): boolean {
-  return protocol !== undefined && (isHttpName(protocol.toLowerCase()) || protocol.toLowerCase() === 'grpc-web');
+  return entryHttpVersionOf(protocol) !== null;
 }
 
-function isHttpName(name: string): boolean {
-  return name === 'http' || name === 'http2' || name === 'http_proxy' || name === 'grpc' || name === 'h2c';
+function versionOfName(name: string): HttpVersion | null {
+  if (name === 'http' || name === 'http_proxy') return 'http1';
+  if (name === 'http2' || name === 'grpc' || name === 'h2c') return 'http2';
+  return null;
 }
 
 /** A Service port's targetPort on one workload: a number, or a named container/WorkloadEntry port. */
@@ -91,26 +110,45 @@ export function httpPortSources(snapshot: ConfigSnapshot): HttpPortSources {
   return { services, selecting, endpoints };
 }
 
-/** The ports of one workload that carry HTTP. */
-export function httpPortsOf(sources: HttpPortSources, workload: Workload): Set<number> {
-  const result = new Set<number>();
+/**
+ * The ports of one workload that carry HTTP, each with the version its workload speaks; null where declarations
+ * disagree (a Service says `http`, another `grpc`): then the proxy speaks whatever the client spoke.
+ */
+export function httpPortVersionsOf(sources: HttpPortSources, workload: Workload): Map<number, HttpVersion | null> {
+  const result = new Map<number, HttpVersion | null>();
+  const add = (port: number, version: HttpVersion) => {
+    const known = result.get(port);
+    result.set(port, known === undefined || known === version ? version : null);
+  };
   for (const service of sources.services.get(workload.namespace) ?? []) {
     if (service.spec.selector === undefined || !selects(service.spec.selector, workload.labels)) continue;
     for (const port of service.spec.ports) {
-      if (!isHttpProtocol(port.appProtocol, port.name)) continue;
+      const version = httpVersionOf(port.appProtocol, port.name);
+      if (version === null) continue;
       const target = targetPortOn(workload, port);
-      if (target !== undefined) result.add(target);
+      if (target !== undefined) add(target, version);
     }
   }
   const ownPorts = workload.object.kind === 'WorkloadEntry' ? workload.object.spec.ports : {};
   for (const entry of sources.selecting.get(workload.namespace) ?? []) {
     if (!selects(entry.spec.workloadSelector?.labels, workload.labels)) continue;
-    for (const port of entry.spec.ports) if (isHttpEntryProtocol(port.protocol)) result.add(entryTargetPort(port, ownPorts));
+    for (const port of entry.spec.ports) {
+      const version = entryHttpVersionOf(port.protocol);
+      if (version !== null) add(entryTargetPort(port, ownPorts), version);
+    }
   }
   for (const { entry, ports } of sources.endpoints.get(workload) ?? []) {
-    for (const port of entry.spec.ports) if (isHttpEntryProtocol(port.protocol)) result.add(entryTargetPort(port, ports));
+    for (const port of entry.spec.ports) {
+      const version = entryHttpVersionOf(port.protocol);
+      if (version !== null) add(entryTargetPort(port, ports), version);
+    }
   }
   return result;
+}
+
+/** The ports of one workload that carry HTTP. */
+export function httpPortsOf(sources: HttpPortSources, workload: Workload): Set<number> {
+  return new Set(httpPortVersionsOf(sources, workload).keys());
 }
 
 /**

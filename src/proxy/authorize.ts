@@ -144,6 +144,7 @@ export class InboundAuthorizer {
         }
         return decision;
       },
+      upstreamVersion: policies?.httpVersions.get(connection.destinationPort) ?? null,
       onDenied: (decision, facts) => {
         logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'request denied by policy');
       },

@@ -37,6 +37,7 @@ import type { Decision } from '../authz/compile.ts';
 import { parseIp } from '../authz/match.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';
 import type { HttpInspector, RequestDecider } from './l7.ts';
+import type { HttpVersion } from '../config/http-ports.ts';
 import type { IpAddress } from '../authz/match.ts';
 import {
   CONNECT_TIMEOUT_MS,
@@ -214,6 +215,8 @@ export interface InboundOptions {
 export interface RequestInspection {
   readonly decide: RequestDecider;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
+  /** The HTTP version the workload's port is declared to speak; null: whichever the client speaks. */
+  readonly upstreamVersion: HttpVersion | null;
 }
 
 interface PeerInfo {
@@ -801,7 +804,7 @@ export class HboneInbound {
     if (decider !== null && this.#options.inspector !== null) {
       dial.inspected = true;
       const clientCert = clientCertElement(dial.connection.destination.identity, HboneInbound.#certDetails(dial));
-      void this.#options.inspector.inspect(stream, upstream, decider.decide, decider.onDenied, clientCert).then(() => this.#finish(dial, undefined, undefined));
+      void this.#options.inspector.inspect(stream, upstream, decider, clientCert).then(() => this.#finish(dial, undefined, undefined));
       return;
     }
     new Bridge(upstream, stream, (result) => this.#finish(dial, result.error, result.failedSide));

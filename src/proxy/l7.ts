@@ -19,6 +19,7 @@ import type { IpAddress } from '../authz/match.ts';
 import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
+import type { HttpVersion } from '../config/http-ports.ts';
 
 const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
@@ -98,14 +99,23 @@ function hopByHopName(name: string): string | null {
   return null;
 }
 
-const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_SCHEME, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
 export type RequestDecider = (facts: HttpRequestFacts) => Decision;
+
+/** How one tunnel's requests are decided and forwarded. */
+export interface TunnelInspection {
+  readonly decide: RequestDecider;
+  readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
+  readonly upstreamVersion: HttpVersion | null;
+}
 
 interface TunnelState {
   readonly upstream: Socket;
   readonly decide: RequestDecider;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
+  /** What the workload's port speaks, as declared (null: whatever the client speaks): requests are converted to it. */
+  readonly upstreamVersion: HttpVersion | null;
   /** The x-forwarded-client-cert element appended to every request (clientCertElement); null: the field is removed. */
   readonly clientCert: string | null;
   /** One reusable facts object per tunnel: a request fills it, the decision reads it. */
@@ -431,9 +441,9 @@ export class HttpInspector {
    * Takes over an accepted tunnel: `stream` carries the client's HTTP, `upstream` is the connected
    * workload socket. Resolves when the tunnel is finished.
    */
-  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, decide: RequestDecider, onDenied: TunnelState['onDenied'], clientCert: string | null): Promise<HttpTunnelResult> {
+  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, inspection: TunnelInspection, clientCert: string | null): Promise<HttpTunnelResult> {
     const state: TunnelState = {
-      upstream, decide, onDenied, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
+      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
       onResponseClose: () => {
         state.inFlight--;
         // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
@@ -552,8 +562,12 @@ export class HttpInspector {
     // Answered at this hop (HTTP/1.1), or to be ignored (an HTTP/1.0 request's, RFC 9110 §10.1.1): the upstream client
     // would refuse to send it on, and every such request got 502.
     removeField(headers, 'expect');
-    state.h1Client ??= upstreamClient(state.upstream);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
+    if (state.upstreamVersion === 'http2') {
+      this.#forwardH1ToH2(req, res, state, headers, hasBody);
+      return;
+    }
+    state.h1Client ??= upstreamClient(state.upstream);
     state.h1Client.dispatch(
       // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
       // only the one upstream connection; the client's next request on it got 502, or no answer at all.
@@ -582,6 +596,12 @@ export class HttpInspector {
     if (refusal !== null) {
       socket.end(`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`);
       // Nothing reads the tunnel any more: unread input would keep its stream from ever closing (and the tunnel open).
+      socket.resume();
+      return;
+    }
+    if (state.upstreamVersion === 'http2') {
+      // The workload speaks HTTP/2 only: a WebSocket would need its extended CONNECT (RFC 8441), not forwarded here.
+      socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: 51\r\nconnection: close\r\n\r\nWebSocket upgrade to an HTTP/2 workload not forwarded');
       socket.resume();
       return;
     }
@@ -636,33 +656,17 @@ export class HttpInspector {
     // Reset by the client already, even in the bytes that opened it (RST_STREAM NO_ERROR leaves it closed, not
     // destroyed, and answering a closed stream throws): nothing to forward, nothing to answer.
     if (stream.destroyed || stream.closed) return;
-    if (state.h2Upstream?.closed) {
-      // The workload ended its session (GOAWAY): the tunnel's one socket cannot carry a second one, so the
-      // client must reconnect.
+    // A client speaking HTTP/2 to a workload declared HTTP/1.1 (a port named `http`): converted, as Envoy converts.
+    if (state.upstreamVersion === 'http1') {
+      if (String(headers.expect ?? '').toLowerCase() === '100-continue' && !stream.endAfterHeaders) stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
+      this.#forwardH2ToH1(stream, method, state, forwarded);
+      return;
+    }
+    const session = this.#h2UpstreamOf(state, stream.session);
+    if (session === null) {
       answer(stream, 503);
       stream.session?.close();
       return;
-    }
-    if (!state.h2Upstream) {
-      const socket = state.upstream;
-      if (socket.readableEnded || socket.destroyed) {
-        // The workload left before the first call: nothing to open a session on.
-        answer(stream, 503);
-        stream.session?.close();
-        return;
-      }
-      // The workload's FIN (its process exited) ends the session's socket: Node's HTTP/2 session does nothing on a
-      // half-closed one, and the calls in flight would wait for answers forever. (Half-open stays for HTTP/1.1 and
-      // WebSocket tunnels, which need it.)
-      socket.once('end', () => socket.end());
-      state.h2Upstream = http2.connect('http://upstream.invalid', { createConnection: () => socket });
-      state.h2Upstream.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
-      // The workload going away (a graceful restart, a gRPC server's max connection age) is told to the client at
-      // once, so it opens its next calls on a new connection; those already open finish.
-      const downstream = stream.session;
-      state.h2Upstream.once('goaway', () => {
-        if (downstream !== undefined && !downstream.closed && !downstream.destroyed) downstream.close();
-      });
     }
     // The path normalised; the authority decided on when the client sent only Host (Node would make one up).
     let authority = false;
@@ -678,7 +682,7 @@ export class HttpInspector {
     removeField(forwarded, 'expect');
     let upstreamStream: http2.ClientHttp2Stream;
     try {
-      upstreamStream = state.h2Upstream.request(forwarded, { endStream: stream.endAfterHeaders });
+      upstreamStream = session.request(forwarded, { endStream: stream.endAfterHeaders });
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       // Node cannot send a second user-agent, authorization, content-type... (RFC 9110 §5.3 allows one): the
@@ -751,6 +755,180 @@ export class HttpInspector {
     });
     stream.pipe(upstreamStream);
   }
+  /**
+   * The tunnel's HTTP/2 session to the workload, opened on its one upstream socket at the first request; null when
+   * there can be none (the workload left, or ended the session with GOAWAY: the socket cannot carry a second one, and
+   * the client must reconnect). `downstream`: an h2c client's session, told GOAWAY when the workload's is.
+   */
+  #h2UpstreamOf(state: TunnelState, downstream: http2.Http2Session | undefined): http2.ClientHttp2Session | null {
+    if (state.h2Upstream !== null) return state.h2Upstream.closed || state.h2Upstream.destroyed ? null : state.h2Upstream;
+    const socket = state.upstream;
+    if (socket.readableEnded || socket.destroyed) return null;
+    // The workload's FIN (its process exited) ends the session's socket: Node's HTTP/2 session does nothing on a
+    // half-closed one, and the calls in flight would wait for answers forever. (Half-open stays for HTTP/1.1 and
+    // WebSocket tunnels, which need it.)
+    socket.once('end', () => socket.end());
+    const session = http2.connect('http://upstream.invalid', { createConnection: () => socket });
+    session.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
+    // The workload going away (a graceful restart, a gRPC server's max connection age) is told to the client at
+    // once, so it opens its next calls on a new connection; those already open finish.
+    session.once('goaway', () => {
+      if (downstream !== undefined && !downstream.closed && !downstream.destroyed) downstream.close();
+    });
+    state.h2Upstream = session;
+    return session;
+  }
+
+  /**
+   * An HTTP/1.1 request to a workload declared HTTP/2 (`grpc`, `http2`): sent on the tunnel's HTTP/2 session as its
+   * own stream, the answer relayed as HTTP/1.1 (trailers too, on a chunked answer), as Envoy converts.
+   */
+  #forwardH1ToH2(req: IncomingMessage, res: ServerResponse, state: TunnelState, headers: readonly string[], hasBody: boolean): void {
+    const session = this.#h2UpstreamOf(state, undefined);
+    if (session === null) {
+      req.resume();
+      res.shouldKeepAlive = false;
+      res.writeHead(503, { 'content-type': 'text/plain', 'content-length': 0 }).end();
+      return;
+    }
+    const facts = state.facts;
+    const h2Headers: string[] = [HTTP2_HEADER_METHOD, facts.method, HTTP2_HEADER_PATH, facts.forwardPath, HTTP2_HEADER_SCHEME, 'http', HTTP2_HEADER_AUTHORITY, facts.host];
+    for (let i = 0; i + 1 < headers.length; i += 2) {
+      const name = headers[i] as string;
+      if (!sameHeaderName(name, 'host')) h2Headers.push(name.toLowerCase(), headers[i + 1] as string);
+    }
+    let upstreamStream: http2.ClientHttp2Stream;
+    try {
+      upstreamStream = session.request(h2Headers, { endStream: !hasBody });
+    } catch (error) {
+      req.resume();
+      this.#logger.debug({ err: (error as Error).message }, 'forwarding an inspected HTTP/1.1 request over HTTP/2 failed');
+      const status = (error as NodeJS.ErrnoException).code === 'ERR_HTTP2_HEADER_SINGLE_VALUE' ? 400 : 502;
+      res.writeHead(status, { 'content-type': 'text/plain', 'content-length': 0 }).end();
+      return;
+    }
+    upstreamStream.on('error', ignore);
+    let trailers: Record<string, string | string[]> | null = null;
+    upstreamStream.on('response', (received) => {
+      if (res.headersSent || res.destroyed) return;
+      const status = Number(received[HTTP2_HEADER_STATUS]);
+      if (this.#draining || session.closed) res.shouldKeepAlive = false;
+      res.writeHead(status, withoutPseudoHeaders(forwardableHeaders(received as Record<string, string | string[] | undefined>)));
+      res.flushHeaders();
+      upstreamStream.on('data', (chunk: Buffer) => {
+        if (!res.write(chunk)) upstreamStream.pause();
+      });
+      res.on('drain', () => upstreamStream.resume());
+    });
+    upstreamStream.on('trailers', (received) => (trailers = withoutPseudoHeaders(forwardableHeaders(received as Record<string, string | string[] | undefined>))));
+    upstreamStream.on('end', () => {
+      if (!res.headersSent) return;
+      if (trailers !== null) {
+        try {
+          res.addTrailers(trailers);
+        } catch (error) {
+          this.#logger.debug({ err: (error as Error).message }, 'trailers of an inspected answer not forwarded');
+        }
+      }
+      res.end();
+    });
+    upstreamStream.on('close', () => {
+      if (res.writableEnded) return;
+      // Reset by the workload, or its session gone, before the answer was whole: 502 if none had begun, else the
+      // answer is cut (the tunnel reset) so the client cannot take a part for the whole.
+      if (!res.headersSent) {
+        res.shouldKeepAlive = false;
+        res.writeHead(502, { 'content-type': 'text/plain', 'content-length': 0 }).end();
+      } else if (!upstreamStream.readableEnded) {
+        resetTunnel(req.socket);
+      }
+    });
+    // The client gone (its tunnel reset) with the request still going: the workload's stream is reset with it.
+    res.on('close', () => {
+      if (!upstreamStream.closed) cancelStream(upstreamStream);
+    });
+    if (hasBody) req.pipe(upstreamStream);
+    else req.resume();
+  }
+
+  /**
+   * An HTTP/2 request to a workload declared HTTP/1.1 (a port named `http`): sent on the tunnel's one HTTP/1.1
+   * connection (requests of concurrent streams wait their turn), the answer relayed on the client's stream.
+   */
+  #forwardH2ToH1(stream: http2.ServerHttp2Stream, method: string, state: TunnelState, forwarded: string[]): void {
+    const facts = state.facts;
+    const headers: string[] = [];
+    let host = false;
+    for (let i = 0; i + 1 < forwarded.length; i += 2) {
+      const name = forwarded[i] as string;
+      if (name.charCodeAt(0) === 58 /* : */) continue;
+      // `te: trailers` is HTTP/2's; an HTTP/1.1 workload has no use for it.
+      if (name === 'te' || name === 'expect') continue;
+      if (name === 'host') host = true;
+      headers.push(name, forwarded[i + 1] as string);
+    }
+    if (!host) headers.unshift('host', facts.host);
+    state.h1Client ??= upstreamClient(state.upstream);
+    state.h1Client.dispatch(
+      { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: stream.endAfterHeaders ? null : stream, reset: false },
+      new H2AnswerFromH1(stream, this.#logger),
+    );
+  }
+}
+
+/** Relays an HTTP/1.1 workload's answer (undici's) on the client's HTTP/2 stream: status, fields, body, trailers. */
+class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
+  readonly #stream: http2.ServerHttp2Stream;
+  readonly #logger: Logger;
+  #trailers: http2.OutgoingHttpHeaders = {};
+  #done = false;
+
+  constructor(stream: http2.ServerHttp2Stream, logger: Logger) {
+    this.#stream = stream;
+    this.#logger = logger;
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    // The client reset its stream: the workload's request is stopped too (undici closes that connection).
+    this.#stream.once('close', () => {
+      if (!this.#done) controller.abort(STREAM_ABORTED);
+    });
+    this.#stream.on('wantTrailers', () => this.#stream.sendTrailers(this.#trailers));
+    this.#stream.on('drain', () => controller.resume());
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+    const stream = this.#stream;
+    if (stream.destroyed || stream.closed || stream.headersSent) return;
+    if (statusCode < 200) {
+      if (statusCode === 103) stream.additionalHeaders({ ...forwardableHeaders(headers), [HTTP2_HEADER_STATUS]: 103 });
+      return;
+    }
+    stream.respond({ ...forwardableHeaders(headers), [HTTP2_HEADER_STATUS]: statusCode }, { waitForTrailers: true });
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#stream.destroyed && !this.#stream.write(chunk)) controller.pause();
+  }
+
+  onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
+    this.#done = true;
+    this.#trailers = forwardableHeaders(trailers);
+    if (!this.#stream.destroyed) this.#stream.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    this.#done = true;
+    this.#logger.debug({ err: error.message }, 'forwarding an inspected HTTP/2 request over HTTP/1.1 failed');
+    if (!this.#stream.headersSent) answer(this.#stream, 502);
+    else cutAnswer(this.#stream);
+  }
+}
+
+/** Fields without HTTP/2's pseudo-headers (`:status`), which an HTTP/1.1 message cannot carry. */
+function withoutPseudoHeaders<T>(headers: Record<string, T>): Record<string, T> {
+  for (const name in headers) if (name.charCodeAt(0) === 58 /* : */) delete headers[name];
+  return headers;
 }
 
 function ignore(): void {}

@@ -79,9 +79,9 @@ const SLOW_READER_PAUSE_MS = 6_500;
  * Writes raw HTTP/1.1 bytes to client-1's listener for web.demo and returns everything that came back before the
  * connection closed (latin1, byte for byte). `tolerateReset`: a reset ends the exchange instead of failing it.
  */
-function rawHttp(request: string, tolerateReset = false): Promise<string> {
+function rawHttp(request: string, tolerateReset = false, port = 9080): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: CLIENT_IP, port: 9080 });
+    const socket = connect({ host: CLIENT_IP, port });
     const chunks: Buffer[] = [];
     socket.on('data', (data: Buffer) => chunks.push(data));
     socket.on('error', (error) => (tolerateReset ? undefined : reject(error)));
@@ -945,5 +945,57 @@ spec:
     expect(await metricSum(nodeB, 'istio_tcp_connections_closed_total', { reporter: 'destination', response_flags: 'DENY', source_principal: 'spiffe://cluster.local/ns/demo/sa/client' })).toBeGreaterThanOrEqual(1);
     // The re-check of an open connection is not a new decision: the counter counts connections and requests decided.
     expect(await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' })).toBe(deniesBefore);
+  });
+});
+
+/** One h2c request on `port` of client-1's listeners; the answer with its trailers. */
+async function h2cRequest(port: number, headers: http2.OutgoingHttpHeaders, body?: string): Promise<{ status: number; headers: http2.IncomingHttpHeaders; body: string; trailers: http2.IncomingHttpHeaders }> {
+  const session = http2.connect(`http://${CLIENT_IP}:${port}`);
+  session.on('error', () => {});
+  try {
+    return await new Promise((resolve, reject) => {
+      const stream = session.request(headers, { endStream: body === undefined });
+      let answered: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders = {};
+      let text = '';
+      stream.on('response', (received) => (answered = received));
+      stream.on('trailers', (received) => (trailers = received));
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk: string) => (text += chunk));
+      stream.on('end', () => resolve({ status: Number(answered[':status']), headers: answered, body: text, trailers }));
+      stream.on('error', reject);
+      if (body !== undefined) stream.end(body);
+    });
+  } finally {
+    session.close();
+  }
+}
+
+describe('a client speaking another HTTP version than the workload is declared to', () => {
+  it('is converted to HTTP/1.1 for a port declared http, as Envoy converts: h2c answers, trailers and denials', async () => {
+    const allowed = await h2cRequest(9080, { ':path': '/public/h2c-client', ':authority': 'web.demo' });
+    expect(allowed.status).toBe(200);
+    expect(allowed.body).toBe('web /public/h2c-client');
+    // The workload got HTTP/1.1 with the authority as its Host.
+    const received = webHeaders.get('/public/h2c-client') ?? [];
+    expect(received.flatMap((value, i) => (i % 2 === 1 && received[i - 1]?.toLowerCase() === 'host' ? [value] : []))).toEqual(['web.demo']);
+    const chunked = await h2cRequest(9080, { ':path': '/public/trailers', ':authority': 'web.demo' });
+    expect(chunked.body).toBe('streamed body');
+    expect(chunked.trailers['x-checksum']).toBe('c0ffee');
+    const denied = await h2cRequest(9080, { ':path': '/admin', ':authority': 'web.demo' });
+    expect(denied.status).toBe(403);
+    expect(webRequests).not.toContain('GET /admin');
+  });
+
+  it('is converted to HTTP/2 for a port declared grpc: an HTTP/1.1 request is answered, with the trailers of a chunked answer', async () => {
+    const answer = await rawHttp('POST /pkg.Svc/FromHttp1 HTTP/1.1\r\nHost: grpc.demo\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello', false, 9051);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer).toContain('called /pkg.Svc/FromHttp1');
+    expect(answer.toLowerCase()).toContain('grpc-status: 0');
+    const received = grpcHeaders.get('/pkg.Svc/FromHttp1') ?? [];
+    expect(received.flatMap((value, i) => (i % 2 === 1 && received[i - 1] === ':authority' ? [value] : []))).toEqual(['grpc.demo']);
+    const denied = await rawHttp('POST /pkg.Admin/Drop HTTP/1.1\r\nHost: grpc.demo\r\nContent-Length: 0\r\nConnection: close\r\n\r\n', false, 9051);
+    expect(denied).toMatch(/^HTTP\/1\.1 403 /);
+    expect(grpcHeaders.has('/pkg.Admin/Drop')).toBe(false);
   });
 });

@@ -77,7 +77,7 @@ beforeAll(async () => {
     const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
     const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), () => {}, null);
+      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), onDenied: () => {}, upstreamVersion: null }, null);
       openTunnels++;
       void inspected.then(() => openTunnels--);
     });
