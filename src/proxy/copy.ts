@@ -10,7 +10,7 @@
 // The listeners are the class's static functions, shared by every tunnel, finding their Bridge in an
 // EmitterSlot: pipe() in both directions would make about fifteen closures per tunnel.
 import type { Socket } from 'node:net';
-import type { Http2Stream } from 'node:http2';
+import type { Http2Session, Http2Stream } from 'node:http2';
 import { constants as h2constants } from 'node:http2';
 import { addAbortSignal, PassThrough } from 'node:stream';
 import { EmitterSlot } from './emitter-slot.ts';
@@ -32,6 +32,16 @@ export const STREAM_ABORTED: Error = (() => {
  */
 export function cancelStream(stream: Http2Stream): void {
   if (!stream.destroyed) stream.destroy(STREAM_ABORTED);
+}
+
+/**
+ * Ends an HBONE session and every tunnel on it as cut (its peer stopped answering, or is no longer trusted): each
+ * stream is reset (INTERNAL_ERROR) with `reason` as its error, so each tunnel's application connection is reset and
+ * its access line says why. A bare destroy() closed the streams with NO_ERROR, and the tunnels read that as a clean
+ * end: a download cut by a frozen peer reached the application as a complete one.
+ */
+export function cutSession(session: Http2Session, reason: string): void {
+  if (!session.destroyed) session.destroy(new Error(reason));
 }
 
 /**

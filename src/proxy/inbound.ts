@@ -26,7 +26,7 @@ import { labelsOfBaggage, labelsOfNamespace, labelsOfWorkload } from './labels.t
 import { inboundService, routingTableOf } from './routes.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
-import { Bridge, cancelStream, cutSocket } from './copy.ts';
+import { Bridge, cancelStream, cutSession, cutSocket } from './copy.ts';
 import { streamClosed, streamOpened } from './window.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
@@ -327,8 +327,9 @@ export class HboneInbound {
       } else if (sentMs !== 0) {
         if (now - sentMs < this.#keepaliveTimeoutMs) continue;
         this.#sessions.delete(session);
-        this.#logger.warn({ peer: session.socket.remoteAddress, presented: peers.get(session)?.id.id ?? null, waitedMs: now - sentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
-        session.destroy();
+        const presented = peers.get(session)?.id.id ?? null;
+        this.#logger.warn({ peer: session.socket.remoteAddress, presented, waitedMs: now - sentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
+        cutSession(session, `HBONE session from ${presented ?? session.socket.remoteAddress ?? 'a peer'} missed its keepalive PONG for ${now - sentMs} ms`);
       } else if (!session.closed) {
         // Node sends no PING on a closed session (one draining after our GOAWAY): TCP keepalive watches that one.
         this.#sessions.set(session, now);
@@ -363,7 +364,7 @@ export class HboneInbound {
       this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code, reason: result.valid ? 'identity changed' : result.error.message, tunnels }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
       peers.delete(session);
       this.#sessions.delete(session);
-      session.destroy();
+      cutSession(session, `HBONE session from ${result.id?.id ?? socket.remoteAddress ?? 'a peer'} no longer verifies under the new trust bundles (${code})`);
     }
   }
 

@@ -15,6 +15,7 @@ import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { streamClosed, streamOpened } from './window.ts';
+import { cutSession } from './copy.ts';
 import {
   CONNECT_ANSWER_TIMEOUT_MS,
   CONNECT_TIMEOUT_MS,
@@ -212,7 +213,7 @@ export class HbonePool {
       this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, code: result.error.code, reason: result.error.message, tunnels: entry.streams }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
       this.#retire(entry);
       entry.endedByPool = true;
-      entry.session.destroy();
+      cutSession(entry.session, `HBONE session to ${entry.bucket.peer} no longer verifies under the new trust bundles (${result.error.code})`);
       this.#draining.delete(entry);
     }
   }
@@ -473,10 +474,10 @@ export class HbonePool {
       return;
     }
     if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs) {
-      this.#logger.warn({ idleMs: now - entry.pingSentMs }, 'HBONE session missed its keepalive PONG; closing it');
+      this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, tunnels: entry.streams, waitedMs: now - entry.pingSentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
       this.#retire(entry);
       entry.endedByPool = true;
-      entry.session.destroy();
+      cutSession(entry.session, `HBONE session to ${entry.bucket.peer} missed its keepalive PONG for ${now - entry.pingSentMs} ms`);
       return;
     }
     if (entry.pingSentMs === 0) {

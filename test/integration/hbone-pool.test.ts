@@ -409,6 +409,8 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       expect(first.destroyed).toBe(false);
       relay.freeze();
       await expect.poll(() => first.destroyed && second.destroyed, { timeout: 3_000 }).toBe(true);
+      // Reset, not ended: a clean close would reach the applications as a FIN, a cut download as a whole one.
+      expect([first.rstCode, second.rstCode]).toEqual([http2.constants.NGHTTP2_INTERNAL_ERROR, http2.constants.NGHTTP2_INTERNAL_ERROR]);
       await expect.poll(() => hbone.stats(), { timeout: 3_000 }).toEqual({ sessions: 0, streams: 0 });
     } finally {
       bundles = original;

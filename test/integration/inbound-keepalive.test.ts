@@ -50,6 +50,7 @@ const partners: TestSvid[] = [];
 let upstream: net.Server;
 /** The workload's side of each tunnel: open while the proxy keeps its upstream connection. */
 const upstreams = new Set<net.Socket>();
+const upstreamEnds: string[] = [];
 
 beforeAll(async () => {
   ca = await createTestCa('cluster.local');
@@ -65,7 +66,9 @@ beforeAll(async () => {
   contexts.set(loadSvid(server.certPem, server.keyPem));
   upstream = net.createServer({ allowHalfOpen: true }, (socket) => {
     upstreams.add(socket);
-    socket.on('error', () => {});
+    // How each upstream connection ended: a clean FIN, or a reset.
+    socket.on('end', () => upstreamEnds.push('FIN'));
+    socket.on('error', (error: NodeJS.ErrnoException) => upstreamEnds.push(error.code ?? 'error'));
     socket.once('close', () => upstreams.delete(socket));
     socket.pipe(socket);
   });
@@ -135,9 +138,12 @@ describe('the HBONE inbound keepalive', () => {
     try {
       const { session } = await openTunnel(relay.port);
       expect(upstreams.size).toBe(1);
+      upstreamEnds.length = 0;
       relay.freeze();
       await expect.poll(() => inbound.liveTunnels, { timeout: 5_000 }).toBe(0);
       await expect.poll(() => upstreams.size, { timeout: 5_000 }).toBe(0);
+      // Cut, not ended: a FIN would tell the workload a truncated upload was whole.
+      expect(upstreamEnds).toEqual(['ECONNRESET']);
       session.destroy();
     } finally {
       relay.close();
