@@ -218,7 +218,11 @@ function validateKind(
       const spec = validateServiceEntrySpec(issues, mappingField(issues, raw, 'spec', [], true));
       return spec && { ...base, kind, spec };
     }
-    case 'DestinationRule':
+    case 'DestinationRule': {
+      const spec = opaqueSpec(issues, raw, true);
+      if (spec !== undefined) checkNoTlsOrigination(issues, spec);
+      return spec && { ...base, kind, spec };
+    }
     case 'VirtualService': {
       const spec = opaqueSpec(issues, raw, true);
       return spec && { ...base, kind, spec };
@@ -244,6 +248,29 @@ function validateKind(
       return spec && { ...base, kind, spec };
     }
   }
+}
+
+/** The `tls.mode`s a DestinationRule may ask for: what the mesh does anyway (HBONE), or nothing. */
+const TLS_MODES_KEPT = new Set(['DISABLE', 'ISTIO_MUTUAL']);
+
+/**
+ * A DestinationRule asking for TLS to its host (`tls.mode` SIMPLE or MUTUAL, Istio's TLS origination) is refused:
+ * ambit does not originate TLS yet, and ignoring it sent what the operator meant to encrypt (credentials to an
+ * external API) in plaintext. Its traffic policy, each port's and each subset's are read.
+ */
+function checkNoTlsOrigination(issues: FieldIssues, spec: Mapping): void {
+  const policyAt = (policy: unknown, path: FieldPath) => {
+    if (!isMapping(policy)) return;
+    const tls = policy.tls;
+    if (isMapping(tls) && hasValue(tls, 'mode') && !TLS_MODES_KEPT.has(String(tls.mode))) {
+      issues.add([...path, 'tls', 'mode'], `${String(tls.mode)}: ambit does not originate TLS, and this traffic would leave in plaintext; remove it, or send the client to the TLS port itself`);
+    }
+    const ports = policy.portLevelSettings;
+    if (Array.isArray(ports)) ports.forEach((port, i) => policyAt(port, [...path, 'portLevelSettings', i]));
+  };
+  policyAt(spec.trafficPolicy, ['spec', 'trafficPolicy']);
+  const subsets = spec.subsets;
+  if (Array.isArray(subsets)) subsets.forEach((subset, i) => isMapping(subset) && policyAt(subset.trafficPolicy, ['spec', 'subsets', i, 'trafficPolicy']));
 }
 
 function opaqueSpec(issues: FieldIssues, raw: Mapping, required: boolean): OpaqueSpec | undefined {

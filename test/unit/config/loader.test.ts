@@ -128,13 +128,13 @@ items:
       `apiVersion: ${apiVersion}\nkind: ${kind}\nmetadata: { name: ${name}, namespace: shop }\nspec: ${spec}\n---\n`;
     const dir = await configDir({
       'istio.yaml':
-        opaque('networking.istio.io/v1beta1', 'DestinationRule', 'web', '{ host: web, subsets: [{ name: v1, labels: { version: v1 } }] }') +
+        opaque('networking.istio.io/v1beta1', 'DestinationRule', 'web', '{ host: web, trafficPolicy: { tls: { mode: ISTIO_MUTUAL } }, subsets: [{ name: v1, labels: { version: v1 } }] }') +
         opaque('networking.istio.io/v1alpha3', 'VirtualService', 'web', '{ hosts: [web], http: [{ route: [{ destination: { host: web } }] }] }') +
         opaque('security.istio.io/v1beta1', 'PeerAuthentication', 'strict', '{ mtls: { mode: STRICT } }') +
         opaque('networking.istio.io/v1', 'ServiceEntry', 'payments', '{ hosts: [api.payments.example], ports: [{ number: 443, name: https, protocol: TLS }], resolution: DNS, location: MESH_EXTERNAL }'),
     });
     const snapshot = await loadConfigDir(dir);
-    expect(snapshot.objectsOfKind('DestinationRule')[0]?.spec).toEqual({ host: 'web', subsets: [{ name: 'v1', labels: { version: 'v1' } }] });
+    expect(snapshot.objectsOfKind('DestinationRule')[0]?.spec).toEqual({ host: 'web', trafficPolicy: { tls: { mode: 'ISTIO_MUTUAL' } }, subsets: [{ name: 'v1', labels: { version: 'v1' } }] });
     expect(snapshot.objectsOfKind('PeerAuthentication')[0]?.spec).toEqual({ mtls: 'STRICT', portLevelMtls: new Map() });
     expect(snapshot.objectsOfKind('ServiceEntry')[0]?.spec).toMatchObject({ hosts: ['api.payments.example'], resolution: 'DNS', ports: [{ number: 443, protocol: 'TLS' }] });
   });
@@ -155,6 +155,22 @@ interface RejectCase {
 const pod = (fields: Parameters<typeof podYaml>[0]) => podYaml({ node: 'node-a', ip: '10.0.0.1', ...fields });
 
 const rejectCases: RejectCase[] = [
+  {
+    name: 'a DestinationRule asking for TLS origination (ambit would send that traffic in plaintext)',
+    files: { 'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: api, namespace: shop }\nspec:\n  host: api.example.com\n  trafficPolicy:\n    portLevelSettings:\n      - port: { number: 8080 }\n        tls: { mode: SIMPLE }\n' },
+    code: 'CONFIG_FIELD',
+    file: 'dr.yaml',
+    object: 'DestinationRule shop/api',
+    field: 'spec.trafficPolicy.portLevelSettings[0].tls.mode',
+  },
+  {
+    name: "a DestinationRule subset's MUTUAL TLS",
+    files: { 'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: db, namespace: shop }\nspec:\n  host: db.example.com\n  subsets:\n    - name: v1\n      trafficPolicy: { tls: { mode: MUTUAL } }\n' },
+    code: 'CONFIG_FIELD',
+    file: 'dr.yaml',
+    object: 'DestinationRule shop/db',
+    field: 'spec.subsets[0].trafficPolicy.tls.mode',
+  },
   {
     name: 'a file that is not valid YAML, with the line of the problem',
     files: { 'bad.yaml': 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: [web\n' },
