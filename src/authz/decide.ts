@@ -122,7 +122,8 @@ function sourceIpMatches(source: CompiledSource, ctx: AuthzContext, ignoreL7: bo
 
 /**
  * The length of the Host without its `:port` (digits after the last colon, not an IPv6 literal's, none at all for
- * an empty port: RFC 3986 reads `web.shop:` as the default port), or 0 when it has none.
+ * an empty port: RFC 3986 reads `web.shop:` as the default port) and without a trailing dot (`evil.shop.` is the
+ * same DNS name as `evil.shop`, and an application or its server may read it as that), or 0 when it has neither.
  */
 function hostWithoutPort(host: string): number {
   // From the end: most Hosts end in a letter and are settled by their last char.
@@ -132,7 +133,9 @@ function hostWithoutPort(host: string): number {
     if (code < 48 || code > 57) break;
     i--;
   }
-  return i > 0 && host.charCodeAt(i) === 58 /* : */ ? i : 0;
+  let end = i > 0 && host.charCodeAt(i) === 58 /* : */ ? i : host.length;
+  if (end > 1 && host.charCodeAt(end - 1) === 46 /* . */) end--;
+  return end < host.length ? end : 0;
 }
 
 /**

@@ -281,6 +281,9 @@ export class MutableFacts implements HttpRequestFacts {
     // nghttp2 checks an h2 :authority; Node's HTTP/1 parser lets any visible character through, and a host a
     // rule never matched (`admin.shop\x`) can still be read by the application as the one it names.
     if (http1 && !isValidAuthority(host)) return 'a Host that is not a valid authority';
+    // Its port must be digits (RFC 3986 §3.2.3): `evil.shop:abc` is no authority, and a DENY on evil.shop's hosts,
+    // which also reads the Host without its port, could not cut a port it cannot read.
+    if (!hasNumericPort(host)) return http1 ? 'a Host whose port is not a number' : 'an :authority whose port is not a number';
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
     const normalized = normalizePath(path);
@@ -359,6 +362,18 @@ function splitAbsoluteForm(target: string): { authority: string; path: string } 
 /** The characters nghttp2 allows in :authority (nghttp2_check_authority), the same check for HTTP/1.1's Host. */
 const AUTHORITY_CHARS = new Uint8Array(128);
 for (const c of "!$&'()*+,-.0123456789:;=ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~%") AUTHORITY_CHARS[c.charCodeAt(0)] = 1;
+
+/** Whether an authority's port, if it has one, is digits: after an IPv6 literal's `]`, else after its one colon. */
+function hasNumericPort(host: string): boolean {
+  const bracket = host.lastIndexOf(']');
+  const colon = host.indexOf(':', bracket + 1);
+  if (colon < 0) return true;
+  for (let i = colon + 1; i < host.length; i++) {
+    const code = host.charCodeAt(i);
+    if (code < 48 || code > 57) return false;
+  }
+  return true;
+}
 
 function isValidAuthority(host: string): boolean {
   for (let i = 0; i < host.length; i++) {

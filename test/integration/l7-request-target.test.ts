@@ -232,6 +232,10 @@ describe('the request target an inspected tunnel decides on', () => {
     expect(await h1('GET / HTTP/1.1\r\nHost: admin.shop\\x\r\n\r\n')).toEqual({ status: 400, body: 'a Host that is not a valid authority' });
     expect((await h1('GET http://admin.shop\\x/ HTTP/1.1\r\nHost: admin.shop\\x\r\n\r\n')).status).toBe(400);
     expect((await h1('GET / HTTP/1.1\r\nHost: admin.shop\r\n\r\n')).status).toBe(403);
+    // A port that is no number is no authority either; a trailing dot names the same host, and is denied as it.
+    expect(await h1('GET / HTTP/1.1\r\nHost: admin.shop:abc\r\n\r\n')).toEqual({ status: 400, body: 'a Host whose port is not a number' });
+    expect((await h1('GET / HTTP/1.1\r\nHost: admin.shop.\r\n\r\n')).status).toBe(403);
+    expect((await h1('GET / HTTP/1.1\r\nHost: admin.shop.:80\r\n\r\n')).status).toBe(403);
     expect((await h1('GET /public HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n')).status).toBe(200);
     expect(served).toEqual(['GET /public host=[::1]:8080']);
   });

@@ -202,14 +202,17 @@ export function operationHasHttp(operation: PolicyOperation): boolean {
 /**
  * Istio matches a host pattern against the Host exactly as sent (`web.shop` misses `web.shop:8080`). ambit reads the
  * Host the way that lets fewer requests through for each action: a DENY's hosts and an ALLOW's notHosts also match
- * the Host with its port cut (`withoutPort`).
+ * the Host with its port and a trailing dot cut (`withoutPort`).
  */
 function hostMatches(patterns: readonly string[], host: string, withoutPort: boolean): boolean {
   if (anyPatternIgnoringCase(patterns, host)) return true;
   if (!withoutPort) return false;
-  // An empty port (`web.shop:`) is the default port (RFC 3986 §3.2.3): cut too.
+  // An empty port (`web.shop:`) is the default port (RFC 3986 §3.2.3): cut too. So is a trailing dot (`web.shop.`,
+  // the same DNS name).
   const match = /^(.*):\d*$/.exec(host);
-  return match !== null && !host.endsWith(']') && anyPatternIgnoringCase(patterns, match[1] as string);
+  let name = match !== null && !host.endsWith(']') ? (match[1] as string) : host;
+  if (name.length > 1 && name.endsWith('.')) name = name.slice(0, -1);
+  return name !== host && anyPatternIgnoringCase(patterns, name);
 }
 
 function operationMatches(operation: PolicyOperation, request: ReferenceRequest, mode: Mode, deny: boolean): boolean {
