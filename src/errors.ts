@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   TRUST_DOMAIN_UNKNOWN: 'there is no bundle for the trust domain named in the SPIFFE ID (federate with it first)',
   TRUST_DOMAIN_MISMATCH: 'the certificate is signed by another trust domain\'s CA than the one its SPIFFE ID names',
   IDENTITY_MISMATCH: 'the peer presented a valid SVID, but not the identity expected for this destination',
+  SVID_MISSING: 'the proxy holds no certificate yet for the source workload: the CA has not issued it (is it reachable, and does the registry place the workload on this node? see /healthz/ready)',
 
   BUNDLE_INVALID: 'the trust bundle is not a SPIFFE bundle (JWKS) or PEM list of CA certificates',
   BUNDLE_DUPLICATE_TRUST_DOMAIN: 'a bundle map names the same trust domain twice',

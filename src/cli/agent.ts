@@ -6,12 +6,12 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { joinTokenOption, parse, parseTtlSeconds, readText, requireString } from './args.ts';
+import { joinTokenOption, parse, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { parseListen } from './listen.ts';
 import { IdentityAgent } from '../identity/agent.ts';
 import { writeFileAtomic } from '../identity/files.ts';
-import { decodeBundleText, encodePemBundle } from '../identity/bundle.ts';
+import { encodePemBundle } from '../identity/bundle.ts';
 import type { BundleSet } from '../identity/bundle.ts';
 import { parseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
 import type { Svid } from '../identity/svid.ts';
@@ -86,7 +86,7 @@ export const command: Command = {
     // Judged before the join token is spent on an attestation: a bad flag must not cost the node its token.
     if (values.once && values.metrics !== undefined) throw new AmbitError('USAGE', '--metrics serves while the agent runs; with --once it exits at once, so the two do not go together');
     const metricsListen = values.metrics === undefined ? null : parseListen(values.metrics, 'metrics');
-    const bootstrapBundle = decodeBundleText(trustDomain, await readText(bundleFile));
+    const bootstrapBundle = await readBundleFlag(bundleFile, trustDomain, 'bundle');
     const logger = createLogger({ name: 'ambit-agent' });
     const metrics = new Registry();
     const agent = new IdentityAgent({

@@ -2,7 +2,9 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
-import { AmbitError } from '../errors.ts';
+import { AmbitError, toAmbitError } from '../errors.ts';
+import { decodeBundleText } from '../identity/bundle.ts';
+import type { TrustBundle } from '../identity/bundle.ts';
 import { parseDurationMs as parseConfigDuration } from '../config/fields.ts';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
@@ -54,6 +56,17 @@ export async function readText(file: string): Promise<string> {
     return await readFile(file, 'utf8');
   } catch (error) {
     throw new AmbitError('FILE_READ', `${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+  }
+}
+
+/** A trust bundle file named by a flag (`--ca-bundle`): an error says which flag and file, not only the trust domain. */
+export async function readBundleFlag(file: string, trustDomain: string, flag: string): Promise<TrustBundle> {
+  const text = await readText(file);
+  try {
+    return decodeBundleText(trustDomain, text);
+  } catch (error) {
+    const coded = toAmbitError(error, 'BUNDLE_INVALID');
+    throw new AmbitError(coded.code, `--${flag} ${file}: ${coded.message}`, { cause: error });
   }
 }
 

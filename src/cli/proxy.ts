@@ -1,9 +1,8 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
 import { AmbitError } from '../errors.ts';
-import { joinTokenOption, parse, parseDurationMsAllowZero, parseTtlSeconds, readText, requireString } from './args.ts';
+import { joinTokenOption, parse, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { parseListen, parsePort } from './listen.ts';
-import { decodeBundleText } from '../identity/bundle.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
 import { createLogger } from '../observe/log.ts';
 import { NodeProxy } from '../proxy/proxy.ts';
@@ -81,7 +80,7 @@ export const command: Command = {
       nodeName: requireString(values.node, 'node'),
       configDir: requireString(values.config, 'config'),
       caUrl,
-      caBundle: decodeBundleText(trustDomain, await readText(bundleFile)),
+      caBundle: await readBundleFlag(bundleFile, trustDomain, 'ca-bundle'),
       stateDir: requireString(values['state-dir'], 'state-dir'),
       joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
       outbound,

@@ -174,7 +174,8 @@ function fileIssue(file: string | undefined, message: string): ConfigIssue {
 }
 
 function reason(error: unknown): string {
-  if (error instanceof Error) return 'code' in error && typeof error.code === 'string' ? `${error.code}: ${error.message}` : error.message;
+  // Node's own messages begin with their code already ("ENOENT: no such file or directory, ...").
+  if (error instanceof Error) return 'code' in error && typeof error.code === 'string' && !error.message.startsWith(error.code) ? `${error.code}: ${error.message}` : error.message;
   return String(error);
 }
 

@@ -45,7 +45,7 @@ export class TunnelError extends AmbitError {
   readonly status: number | undefined;
   /** The peer refused the CONNECT unprocessed (REFUSED_STREAM, or a stream above its GOAWAY's last): safe to send again. */
   readonly unprocessed: boolean;
-  constructor(code: 'UPSTREAM_CONNECT' | 'TLS_HANDSHAKE' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown, unprocessed = false) {
+  constructor(code: 'UPSTREAM_CONNECT' | 'TLS_HANDSHAKE' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'SVID_MISSING' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown, unprocessed = false) {
     super(code, message, { cause });
     this.flag = flag;
     this.status = status;
@@ -261,7 +261,7 @@ export class HbonePool {
 
   async #dial(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
     const identity = this.#options.contexts.get(sourceIdentity);
-    if (!identity) throw new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}`);
+    if (!identity) throw new TunnelError('SVID_MISSING', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}: the CA has not issued it`);
     // Every peer would refuse it in its handshake with a bare TLS alert; say here what is wrong, and whose.
     if (identity.svid.notAfter.getTime() <= Date.now()) {
       throw new TunnelError('SVID_EXPIRED', 'IDENTITY_ERROR', `the certificate of source identity ${sourceIdentity} expired at ${identity.svid.notAfter.toISOString()} and has not been renewed (is the CA reachable? see ambit_certificate_rotation_failures_total)`);
@@ -363,7 +363,9 @@ export class HbonePool {
         const result = this.#options.verifier.verify(socket, bundles, endpoint.identity);
         if (!result.valid) {
           socket.destroy();
-          this.#logger.warn({ source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, 'refusing HBONE peer: server identity is not the one expected');
+          // Its certificate may be the expected one and fail for another reason (expired, untrusted): said as what it is.
+          const wrongIdentity = result.id != null && result.id.id !== endpoint.identity;
+          this.#logger.warn({ source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, wrongIdentity ? 'refusing HBONE peer: server identity is not the one expected' : 'refusing HBONE peer: its certificate does not verify');
           reject(new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `server at ${endpoint.hboneHost}:${endpoint.hbonePort}: [${result.error.code}] ${result.error.message}`, undefined, result.error));
           return;
         }

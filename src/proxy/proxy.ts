@@ -163,7 +163,12 @@ export class NodeProxy {
   async #start(): Promise<void> {
     const options = this.#options;
     collectDefaultMetrics({ register: this.registry });
-    mkdirSync(options.stateDir, { recursive: true, mode: 0o700 });
+    try {
+      mkdirSync(options.stateDir, { recursive: true, mode: 0o700 });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new AmbitError('FILE_WRITE', `state directory ${options.stateDir} cannot be created: ${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}`, { cause: error });
+    }
     this.#config = await watchConfigDir(options.configDir, {
       requireMesh: true,
       // Every accepted change, with its diff and files, goes to the audit log (one JSON line each).

@@ -473,6 +473,19 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   }, 10_000);
 
+  it('opens no session for a source identity it holds no certificate for, and says so (SVID_MISSING, not a peer mismatch)', async () => {
+    const hbone = new HbonePool({ contexts: new IdentityContexts(), bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger() });
+    try {
+      const error = await openError(hbone);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).code).toBe('SVID_MISSING');
+      expect((error as TunnelError).flag).toBe('IDENTITY_ERROR');
+      expect((error as TunnelError).message).toContain(`no certificate yet for source identity ${CLIENT_ID}`);
+    } finally {
+      await hbone.close();
+    }
+  });
+
   it('opens no session with a source certificate that has expired, and says whose and since when instead of a TLS alert', async () => {
     const ca = await createTestCa('cluster.local');
     const expired = await issueTestSvid(ca, CLIENT_ID, { now: new Date(Date.now() - 2 * 3_600_000), ttlMs: 3_600_000 });

@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 const cli = new URL('../../src/cli/main.ts', import.meta.url).pathname;
 
@@ -12,6 +12,17 @@ function ambit(...args: string[]) {
 
 function ambitWithEnv(env: NodeJS.ProcessEnv, ...args: string[]) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, ...env } });
+}
+
+const temporary: string[] = [];
+afterAll(() => {
+  for (const dir of temporary) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-cli-'));
+  temporary.push(dir);
+  return dir;
 }
 
 describe('ambit command line', () => {
@@ -31,7 +42,7 @@ describe('ambit command line', () => {
   });
 
   it('names a directory it cannot make in one line with exit 2, not a stack trace', () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'ambit-cli-')), 'a-file');
+    const file = join(tempDir(), 'a-file');
     writeFileSync(file, '');
     const result = ambit('ca', 'init', '--dir', join(file, 'ca'), '--trust-domain', 'example.org');
     expect(result.status).toBe(2);
@@ -45,5 +56,35 @@ describe('ambit command line', () => {
     expect(result.status).toBe(2);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
     expect(result.stderr).toContain('unknown command "frobnicate"');
+  });
+
+  describe('ambit proxy, given a file it cannot use', () => {
+    const dir = tempDir();
+    const proxy = (...args: string[]) =>
+      ambit('proxy', '--node', 'n1', '--ca', 'https://127.0.0.1:1', '--trust-domain', 'cluster.local', '--join-token-file', join(dir, 'token'), ...args);
+    writeFileSync(join(dir, 'token'), 'x\n');
+    writeFileSync(join(dir, 'not-a-bundle.pem'), 'not a bundle\n');
+    mkdirSync(join(dir, 'config'));
+    ambit('ca', 'init', '--dir', join(dir, 'ca'), '--trust-domain', 'cluster.local');
+    writeFileSync(join(dir, 'bundle.pem'), ambit('ca', 'bundle', '--dir', join(dir, 'ca'), '--format', 'pem').stdout);
+
+    it('names the flag and the file of a --ca-bundle that is no bundle', () => {
+      const result = proxy('--config', join(dir, 'config'), '--state-dir', join(dir, 'state'), '--ca-bundle', join(dir, 'not-a-bundle.pem'));
+      expect(result.status).toBe(2);
+      expect(result.stderr.trim()).toMatch(new RegExp(`^ambit proxy: --ca-bundle ${join(dir, 'not-a-bundle.pem')}: .*\\[BUNDLE_INVALID\\]$`));
+    });
+
+    it('says a --state-dir that is a file is in the way, with a code', () => {
+      const result = proxy('--config', join(dir, 'config'), '--state-dir', join(dir, 'token'), '--ca-bundle', join(dir, 'bundle.pem'));
+      expect(result.status).toBe(2);
+      expect(result.stderr.trim()).toBe(`ambit proxy: state directory ${join(dir, 'token')} cannot be created: a file is in the way [FILE_WRITE]`);
+    });
+
+    it('names a missing --config directory once, its error code not doubled', () => {
+      const result = proxy('--config', join(dir, 'missing'), '--state-dir', join(dir, 'state'), '--ca-bundle', join(dir, 'bundle.pem'));
+      expect(result.status).toBe(2);
+      expect(result.stderr).toContain(`cannot read configuration directory: ENOENT: no such file or directory`);
+      expect(result.stderr).not.toContain('ENOENT: ENOENT');
+    });
   });
 });
