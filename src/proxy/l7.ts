@@ -146,6 +146,10 @@ const UPSTREAM_CLOSED_GRACE_MS = 5_000;
  * closed socket's unread data, tcp_orphan_retries): a slow reader gets its whole answer, a vanished one is let go.
  */
 const UPSTREAM_CLOSED_STALL_MS = 60_000;
+/** The largest request head taken (request line and fields): Envoy's default, max_request_headers_kb 60. */
+const MAX_REQUEST_HEADER_BYTES = 60 * 1024;
+const TOO_LARGE_ANSWER = 'HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
+const CONNECT_REFUSED_ANSWER = 'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
 /** How long the tunnel's own HTTP server keeps an idle client connection: no hint may promise longer. */
 const TUNNEL_KEEP_ALIVE_S = 60;
 /** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
@@ -413,6 +417,8 @@ export class HttpInspector {
     this.#logger = logger.child({ component: 'l7' });
     const headersTimeout = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
     this.#h1 = http.createServer({
+      // Envoy's default (max_request_headers_kb 60), which Istio keeps: Node's 16 KiB refused requests Istio passes.
+      maxHeaderSize: MAX_REQUEST_HEADER_BYTES,
       keepAliveTimeout: TUNNEL_KEEP_ALIVE_S * 1000,
       requestTimeout: 0,
       headersTimeout,
@@ -434,13 +440,22 @@ export class HttpInspector {
     // (Node would otherwise answer 100 itself, and undici refuses to forward the header: every such upload got 502).
     this.#h1.on('checkContinue', (req, res) => this.#onH1Request(req, res, true));
     this.#h1.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onWebSocketUpgrade(req, socket, head));
+    // CONNECT inside an inspected tunnel would carry bytes past inspection: refused with an answer (Node's server,
+    // with no listener, closed the tunnel saying nothing), as an h2c CONNECT is.
+    this.#h1.on('connect', (req: IncomingMessage, socket: Duplex) => {
+      socket.on('error', ignore);
+      this.#logger.debug({ target: req.url }, 'CONNECT on an inspected tunnel refused');
+      socket.end(CONNECT_REFUSED_ANSWER);
+      socket.resume();
+    });
     this.#h1.on('clientError', (error: NodeJS.ErrnoException, socket) => {
       const timedOut = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-      this.#logger.debug({ err: error.message }, timedOut ? 'request head not received in time on an inspected tunnel' : 'malformed HTTP/1.1 on an inspected tunnel');
+      const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+      this.#logger.debug({ err: error.message }, timedOut ? 'request head not received in time on an inspected tunnel' : tooLarge ? `request head over ${MAX_REQUEST_HEADER_BYTES} bytes on an inspected tunnel` : 'malformed HTTP/1.1 on an inspected tunnel');
       if (socket.destroyed) return;
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
       if ((this.#tunnels.get(socket)?.inFlight ?? 0) > 0) resetTunnel(socket);
-      else socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      else socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.#h2.on('session', (session) => {
       if (this.#pending) this.#tunnels.set(session, this.#pending);

@@ -36,7 +36,8 @@ const policies = compileAuthorization(buildSnapshot(parseConfigText(POLICY, 'pol
 
 /** Every request that reached the application: method, target and Host as it received them. */
 const served: string[] = [];
-const upstream = http.createServer((req, res) => {
+// Takes heads larger than the proxy does: a refusal of a large one is the proxy's, not the application's.
+const upstream = http.createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => {
   served.push(`${req.method} ${req.url} host=${req.headers.host ?? ''}`);
   // A slow answer: the client's half-close arrives long before it.
   if (req.url === '/slow') setTimeout(() => res.end('served late'), 100);
@@ -224,6 +225,19 @@ describe('the request target an inspected tunnel decides on', () => {
     expect((await h1('GET * HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(400);
     // OPTIONS * is valid HTTP, but the upstream client cannot send it on: a plain 400 that says so, not a 502.
     expect(await h1('OPTIONS * HTTP/1.1\r\nHost: web.shop\r\n\r\n')).toEqual({ status: 400, body: 'OPTIONS * is not forwarded on an inspected port' });
+    expect(served).toEqual([]);
+  });
+
+  it('takes a request head of up to 60 KiB, as Envoy does, and answers a larger one 431 (not a bare 400)', async () => {
+    served.length = 0;
+    expect((await h1(`GET /public HTTP/1.1\r\nHost: web.shop\r\nCookie: s=${'a'.repeat(20_000)}\r\n\r\n`)).status).toBe(200);
+    expect((await h1(`GET /public HTTP/1.1\r\nHost: web.shop\r\nCookie: s=${'a'.repeat(70_000)}\r\n\r\n`)).status).toBe(431);
+    expect(served).toEqual(['GET /public host=web.shop']);
+  });
+
+  it('answers a CONNECT inside an inspected tunnel 405, forwarding nothing', async () => {
+    served.length = 0;
+    expect((await h1('CONNECT web.shop:80 HTTP/1.1\r\nHost: web.shop:80\r\n\r\n')).status).toBe(405);
     expect(served).toEqual([]);
   });
 
