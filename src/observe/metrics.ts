@@ -133,6 +133,35 @@ export interface TunnelMeter {
   update(sentBytes: number, receivedBytes: number): void;
   /** Final update plus istio_tcp_connections_closed_total{response_flags}; response_flags '-' for a clean close. Idempotent. */
   close(sentBytes: number, receivedBytes: number, responseFlags: string): void;
+  /**
+   * One HTTP request answered on this (inspected) connection: istio_requests_total with the connection's labels,
+   * `request_protocol` `http` or `grpc`, the status, the gRPC status ('' for none) and `responseFlags` ('-', or
+   * `DENY` for a request a policy refused).
+   */
+  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string): void;
+}
+
+/** Istio's `request_protocol` of an HTTP request: `grpc` when its content type is gRPC's. */
+export type RequestProtocol = 'http' | 'grpc';
+
+/** The label names of istio_requests_total: the traffic labels with the response's. */
+export const REQUEST_LABEL_NAMES = [...TRAFFIC_LABEL_NAMES, 'response_code', 'grpc_response_status'] as const;
+type RequestLabelName = (typeof REQUEST_LABEL_NAMES)[number];
+
+/** Requests counted under one answer (protocol, code, gRPC status, flags); labels built once, when first seen. */
+class RequestCount {
+  readonly protocol: RequestProtocol;
+  readonly grpcStatus: string;
+  readonly responseFlags: string;
+  readonly labels: Record<RequestLabelName, string>;
+  count = 0;
+
+  constructor(base: TrafficLabelValues, protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string) {
+    this.protocol = protocol;
+    this.grpcStatus = grpcStatus;
+    this.responseFlags = responseFlags;
+    this.labels = { ...base, request_protocol: protocol, response_flags: responseFlags, response_code: String(responseCode), grpc_response_status: grpcStatus };
+  }
 }
 
 /** A count under one value of `response_flags`; its label object is built once, when the flag is first seen. */
@@ -154,9 +183,28 @@ class TrafficSeries {
   receivedBytes = 0;
   readonly closed = new Map<string, FlaggedCount>();
   readonly failed = new Map<string, FlaggedCount>();
+  /** HTTP requests by status code, then a short list by protocol, gRPC status and flags: no key built per request. */
+  readonly requests = new Map<number, RequestCount[]>();
 
   constructor(labels: TrafficLabelValues) {
     this.labels = labels;
+  }
+
+  countRequest(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string): void {
+    let cells = this.requests.get(responseCode);
+    if (cells === undefined) {
+      cells = [];
+      this.requests.set(responseCode, cells);
+    }
+    for (const cell of cells) {
+      if (cell.protocol === protocol && cell.grpcStatus === grpcStatus && cell.responseFlags === responseFlags) {
+        cell.count++;
+        return;
+      }
+    }
+    const cell = new RequestCount(this.labels, protocol, responseCode, grpcStatus, responseFlags);
+    cell.count = 1;
+    cells.push(cell);
   }
 
   countClosed(responseFlags: string): void {
@@ -195,6 +243,10 @@ class ConnectionMeter implements TunnelMeter {
     this.#add(sentBytes, receivedBytes);
     this.#closed = true;
     this.#series.countClosed(responseFlags);
+  }
+
+  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string): void {
+    this.#series.countRequest(protocol, responseCode, grpcStatus, responseFlags);
   }
 
   // `>` is false for NaN and for a count that went backwards, so neither can make a counter decrease.
@@ -347,6 +399,17 @@ export class ProxyMetrics {
     });
     trafficCounter(registry, 'istio_tcp_sent_bytes_total', 'The size of total bytes sent during response in case of a TCP connection (server to client)', all, (series, counter) => {
       counter.inc(series.labels, series.sentBytes);
+    });
+    // Istio's request series, as a waypoint or sidecar reports them: ambit terminates HTTP where policies inspect it.
+    new Counter({
+      name: 'istio_requests_total',
+      help: 'Total number of requests handled by an inspected (HTTP) connection',
+      labelNames: REQUEST_LABEL_NAMES,
+      registers: [registry],
+      collect(this: Counter<RequestLabelName>) {
+        this.reset();
+        for (const series of all) for (const cells of series.requests.values()) for (const cell of cells) this.inc(cell.labels, cell.count);
+      },
     });
     this.#poolSessions = new Gauge({ name: 'ambit_hbone_pool_sessions', help: 'HTTP/2 sessions held by the outbound HBONE pool', registers: [registry] });
     this.#poolStreams = new Gauge({ name: 'ambit_hbone_pool_streams', help: 'CONNECT streams open on the outbound HBONE pool sessions', registers: [registry] });

@@ -805,7 +805,7 @@ export class HboneInbound {
     if (decider !== null && this.#options.inspector !== null) {
       dial.inspected = true;
       const clientCert = clientCertElement(dial.connection.destination.identity, HboneInbound.#certDetails(dial));
-      void this.#options.inspector.inspect(stream, upstream, decider, clientCert).then(() => this.#finish(dial, undefined, undefined));
+      void this.#options.inspector.inspect(stream, upstream, decider, clientCert, dial.meter).then(() => this.#finish(dial, undefined, undefined));
       return;
     }
     new Bridge(upstream, stream, (result) => this.#finish(dial, result.error, result.failedSide));

@@ -20,6 +20,7 @@ import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
+import type { RequestProtocol, TunnelMeter } from '../observe/metrics.ts';
 
 const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
@@ -127,7 +128,17 @@ interface TunnelState {
   /** HTTP/1.1 requests forwarded whose responses have not finished (pipelining). */
   inFlight: number;
   /** One listener per tunnel for its responses' 'close', not a closure per request. */
-  readonly onResponseClose: () => void;
+  readonly onResponseClose: (this: ServerResponse) => void;
+  /** The same for its h2c streams: each answered request counted. */
+  readonly onH2StreamClose: (this: http2.ServerHttp2Stream) => void;
+}
+
+/** Answers a policy refused (HTTP/1.1 responses, h2c streams): counted with response_flags DENY. Touched only on denial. */
+const deniedAnswers = new WeakSet<object>();
+
+/** `request_protocol` from an answer's content type, as Istio reports a gRPC call. */
+function requestProtocolOf(contentType: unknown): RequestProtocol {
+  return typeof contentType === 'string' && contentType.startsWith('application/grpc') ? 'grpc' : 'http';
 }
 
 /**
@@ -471,13 +482,28 @@ export class HttpInspector {
    * Takes over an accepted tunnel: `stream` carries the client's HTTP, `upstream` is the connected
    * workload socket. Resolves when the tunnel is finished.
    */
-  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, inspection: TunnelInspection, clientCert: string | null): Promise<HttpTunnelResult> {
+  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, inspection: TunnelInspection, clientCert: string | null, meter: TunnelMeter | null = null): Promise<HttpTunnelResult> {
+    const draining = () => this.#draining;
     const state: TunnelState = {
       upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
-      onResponseClose: () => {
+      onResponseClose(this: ServerResponse) {
         state.inFlight--;
+        // istio_requests_total: an answer never begun (the client left first) is Envoy's response code 0, flag DC.
+        if (meter !== null) {
+          const answered = this.headersSent;
+          meter.request(requestProtocolOf(this.getHeader('content-type')), answered ? this.statusCode : 0, '', deniedAnswers.has(this) ? 'DENY' : answered && this.writableFinished ? '-' : 'DC');
+        }
         // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
-        if (this.#draining && state.inFlight === 0 && !stream.writableEnded) stream.end();
+        if (draining() && state.inFlight === 0 && !stream.writableEnded) stream.end();
+      },
+      onH2StreamClose(this: http2.ServerHttp2Stream) {
+        if (meter === null) return;
+        const head = this.sentHeaders as http2.OutgoingHttpHeaders | undefined;
+        const status = head === undefined ? 0 : Number(head[HTTP2_HEADER_STATUS] ?? 0);
+        const trailers = this.sentTrailers as http2.OutgoingHttpHeaders | undefined;
+        const grpcStatus = trailers?.['grpc-status'] ?? head?.['grpc-status'];
+        const flags = deniedAnswers.has(this) ? 'DENY' : status === 0 || this.rstCode !== NGHTTP2_NO_ERROR ? 'DC' : '-';
+        meter.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatus === undefined ? '' : String(grpcStatus), flags);
       },
     };
     return new Promise((resolve) => {
@@ -581,6 +607,7 @@ export class HttpInspector {
     appendClientCert(headers, state.clientCert);
     const refusal = judge(state, req, headers);
     if (refusal !== null) {
+      if (refusal.status === 403) deniedAnswers.add(res);
       req.resume();
       // A client waiting for 100 sends no body after a final answer: the connection cannot be reused.
       if (expectsContinue) res.shouldKeepAlive = false;
@@ -650,6 +677,7 @@ export class HttpInspector {
       return;
     }
     state.requests++;
+    stream.once('close', state.onH2StreamClose);
     const facts = state.facts;
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
     // CONNECT has no :path and cannot be forwarded as a request: refuse it rather than guess one.
@@ -671,6 +699,7 @@ export class HttpInspector {
     if (!decision.allow) {
       state.denied++;
       state.onDenied(decision, facts);
+      deniedAnswers.add(stream);
       const contentType = String(headers[HTTP2_HEADER_CONTENT_TYPE] ?? '');
       stream.resume();
       if (stream.destroyed || stream.closed || stream.headersSent) return;

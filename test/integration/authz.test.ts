@@ -999,3 +999,22 @@ describe('a client speaking another HTTP version than the workload is declared t
     expect(grpcHeaders.has('/pkg.Admin/Drop')).toBe(false);
   });
 });
+
+describe('requests on inspected connections, as Istio counts them', () => {
+  it('are istio_requests_total at the destination: code, protocol, gRPC status, and DENY for a refused one', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const count = (match: Record<string, string>) => metricSum(nodeB, 'istio_requests_total', { reporter: 'destination', destination_workload: 'web-1', ...match });
+    const before = { ok: await count({ response_code: '200', request_protocol: 'http', response_flags: '-' }), denied: await count({ response_code: '403', response_flags: 'DENY' }) };
+    expect(await rawHttp('GET /public/counted HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(await rawHttp('GET /admin HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 403 /);
+    expect(await count({ response_code: '200', request_protocol: 'http', response_flags: '-', source_principal: 'spiffe://cluster.local/ns/demo/sa/client', connection_security_policy: 'mutual_tls' })).toBeGreaterThanOrEqual(before.ok + 1);
+    expect(await count({ response_code: '403', response_flags: 'DENY' })).toBe(before.denied + 1);
+    // gRPC: its status from the trailers, a denial's PERMISSION_DENIED.
+    const grpc = (match: Record<string, string>) => metricSum(nodeB, 'istio_requests_total', { reporter: 'destination', destination_workload: 'grpc-1', request_protocol: 'grpc', ...match });
+    const grpcBefore = { ok: await grpc({ grpc_response_status: '0', response_flags: '-' }), denied: await grpc({ grpc_response_status: '7', response_flags: 'DENY' }) };
+    await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/Counted', 'content-type': 'application/grpc', te: 'trailers' });
+    await grpcCall({ ':method': 'POST', ':path': '/pkg.Admin/Counted', 'content-type': 'application/grpc', te: 'trailers' });
+    expect(await grpc({ grpc_response_status: '0', response_flags: '-', response_code: '200' })).toBe(grpcBefore.ok + 1);
+    expect(await grpc({ grpc_response_status: '7', response_flags: 'DENY' })).toBe(grpcBefore.denied + 1);
+  });
+});
