@@ -677,7 +677,8 @@ export class HttpInspector {
       return;
     }
     state.requests++;
-    stream.once('close', state.onH2StreamClose);
+    // on, not once: once wraps the listener in a new closure per request; a stream closes once anyway.
+    stream.on('close', state.onH2StreamClose);
     const facts = state.facts;
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
     // CONNECT has no :path and cannot be forwarded as a request: refuse it rather than guess one.
