@@ -366,7 +366,7 @@ export class OutboundListeners {
     if (route.kind === 'passthrough') {
       // route.host:port, which a ServiceEntry may have pointed at one of its endpoints. Configuration chose that
       // address, not the operator: it is judged as a workload's choice (not this host, not link-local, not into the mesh).
-      this.#passthrough(socket, source, route.host, route.port, byWorkload || route.entry !== undefined, startedMs, srcAddr);
+      this.#passthrough(socket, source, route.host, route.port, byWorkload || route.entry !== undefined, startedMs, srcAddr, route.serviceLabels ?? UNKNOWN_SERVICE);
       return;
     }
     const endpoint = route.endpoint;
@@ -484,9 +484,10 @@ export class OutboundListeners {
   }
 
   /** Plain TCP to a destination outside the mesh. */
-  #passthrough(socket: net.Socket, source: Workload, host: string, port: number, byWorkload: boolean, startedMs: number, srcAddr: string): void {
-    // No TLS: no principal either, as ztunnel's source_principal comes only from a handshake.
-    const labels: TunnelLabels = { ...sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), sourcePrincipal: 'unknown' };
+  #passthrough(socket: net.Socket, source: Workload, host: string, port: number, byWorkload: boolean, startedMs: number, srcAddr: string, service: ServiceLabels): void {
+    // No TLS: no principal either, as ztunnel's source_principal comes only from a handshake. The ServiceEntry that
+    // names the destination, if one does, is its destination_service (a managed database told apart from the rest).
+    const labels: TunnelLabels = { ...sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', service, 'unknown'), sourcePrincipal: 'unknown' };
     // An address is judged before connecting; a name as it resolves (guardedLookup), so no connection is ever made
     // to a refused address.
     const literal = net.isIP(host) !== 0;
@@ -566,7 +567,7 @@ export class OutboundListeners {
         accessLog(this.#logger, {
           direction: 'outbound',
           src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
-          dst: { addr: formatAuthority(host, port) },
+          dst: service === UNKNOWN_SERVICE ? { addr: formatAuthority(host, port) } : { addr: formatAuthority(host, port), service: service.hostname },
           bytesSent: socket.bytesRead,
           bytesRecv: socket.bytesWritten,
           durationMs: Date.now() - startedMs,

@@ -43,6 +43,8 @@ export interface PassthroughRoute {
   readonly port: number;
   /** The ServiceEntry (namespace/name) whose endpoint this is: configuration chose it, not the operator. */
   readonly entry?: string;
+  /** The ServiceEntry's metric labels (its host as destination_service), when one names the destination. */
+  readonly serviceLabels?: ServiceLabels;
 }
 
 export type DenyReason = 'EGRESS_BLOCKED' | 'NO_HEALTHY_UPSTREAM';
@@ -273,7 +275,7 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
         weights.push(weight);
       }
       for (const endpoint of outside) {
-        routes.push(Object.freeze({ kind: 'passthrough' as const, host: endpoint.address, port: entryTargetPort(port, endpoint.ports), entry: `${namespace}/${name}` }));
+        routes.push(Object.freeze({ kind: 'passthrough' as const, host: endpoint.address, port: entryTargetPort(port, endpoint.ports), entry: `${namespace}/${name}`, serviceLabels }));
         weights.push(endpoint.weight);
       }
       const entry: ServicePortRoutes = {
@@ -314,6 +316,8 @@ interface ExternalEntry {
    * entry's address, which are reached over HBONE, never as plain TCP.
    */
   readonly routesByPort: ReadonlyMap<number, readonly PassthroughRoute[]> | null;
+  /** Its metric labels: its host is the destination_service of the connections it admits. */
+  readonly serviceLabels: ServiceLabels;
   /** With endpoints but none outside the mesh: the answer. */
   readonly none: DenyRoute;
 }
@@ -363,13 +367,15 @@ function buildExternal(snapshot: ConfigSnapshot, mesh: MeshAddresses): ExternalR
     const endpoints = routed ? object.spec.endpoints.filter((endpoint) => meshAddressOf(mesh, endpoint.address) === null) : null;
     const name = `${namespace}/${object.metadata.name}`;
     const ports = new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port]));
+    const serviceLabels = labelsOfEntry(object);
     const entry: ExternalEntry = {
       name,
       namespace,
+      serviceLabels,
       ports,
       visibleTo,
       cumulativeWeights: endpoints === null ? null : cumulativeWeights(endpoints.map((endpoint) => endpoint.weight)),
-      routesByPort: endpoints === null ? null : new Map([...ports].map(([number, port]) => [number, Object.freeze(endpoints.map((endpoint) => Object.freeze({ kind: 'passthrough' as const, host: endpoint.address, port: entryTargetPort(port, endpoint.ports), entry: name })))])),
+      routesByPort: endpoints === null ? null : new Map([...ports].map(([number, port]) => [number, Object.freeze(endpoints.map((endpoint) => Object.freeze({ kind: 'passthrough' as const, host: endpoint.address, port: entryTargetPort(port, endpoint.ports), entry: name, serviceLabels })))])),
       none: Object.freeze({ kind: 'deny' as const, reason: 'NO_HEALTHY_UPSTREAM' as const, message: `ServiceEntry ${name} has no endpoint outside the mesh (one at a Service's cluster IP is reached over HBONE, never as plain TCP)` }),
     };
     anyEndpoints ||= entry.routesByPort !== null;
@@ -635,7 +641,8 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry (no Service, workload, or ServiceEntry with that host or address and port${sourceNamespace === undefined ? '' : ` exported to namespace ${sourceNamespace}`}) and egress is REGISTRY_ONLY` };
   }
   if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
-  return { kind: 'passthrough', host, port };
+  // An entry without endpoints: where the name resolves, labelled with the entry (a connect costs far more than this object).
+  return entry === undefined ? { kind: 'passthrough', host, port } : { kind: 'passthrough', host, port, serviceLabels: entry.serviceLabels };
 }
 
 /** The route to a workload dialled by its IP (on any port: the workload's own policy decides at its node). */

@@ -314,6 +314,8 @@ spec:
       await apply('entry.yaml', entry('"."'));
       expect(await exchange(9301, 'registered')).toBe('registered');
       expect(externalConnections).toBe(connections + 1);
+      // Counted under the entry that let it out: a managed database told apart from any other passthrough.
+      expect(await metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'source', destination_service: 'outside.example', destination_service_name: 'outside', destination_service_namespace: 'demo' })).toBe(1);
     } finally {
       await apply('entry.yaml', '# none\n');
       await apply('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n');

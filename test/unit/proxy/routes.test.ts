@@ -412,7 +412,7 @@ spec:
 
   it('pass through when a host, a wildcard subdomain or an address matches on a declared port', () => {
     for (const [host, port] of [['api.payments.example', 443], ['API.Payments.Example.', 443], ['img.cdn.example', 443], ['a.b.cdn.example', 443], ['192.0.2.9', 5432], ['fd00:db::5', 5432], ['db.shop.internal', 5432]] as const) {
-      expect(decideRoute(locked, host, port, Math.random, 'shop'), `${host}:${port}`).toEqual({ kind: 'passthrough', host, port });
+      expect(decideRoute(locked, host, port, Math.random, 'shop'), `${host}:${port}`).toMatchObject({ kind: 'passthrough', host, port, serviceLabels: { namespace: 'shop' } });
     }
   });
 
@@ -525,16 +525,16 @@ spec:
   it("sends its host and addresses to its endpoints, on the endpoint's port of the entry port's name, else the targetPort", () => {
     for (const table of [open, locked]) {
       for (const host of ['db.static.example', 'DB.Static.Example.', '192.0.2.80']) {
-        expect(decideRoute(table, host, 5432, () => 0, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.21', port: 6432, entry: 'shop/static-db' });
-        expect(decideRoute(table, host, 5432, () => 0.99, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.22', port: 15432, entry: 'shop/static-db' });
+        expect(decideRoute(table, host, 5432, () => 0, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.21', port: 6432, entry: 'shop/static-db', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'static-db' }) });
+        expect(decideRoute(table, host, 5432, () => 0.99, 'shop'), host).toEqual({ kind: 'passthrough', host: '198.51.100.22', port: 15432, entry: 'shop/static-db', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'static-db' }) });
       }
     }
   });
 
   it("prefers the source namespace's own entry for a host, whatever the order, and keeps the port dialled without a mapping", () => {
-    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'billing')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 5432, entry: 'ops/everyones-db' });
-    expect(decideRoute(open, 'cache.static.example', 6379, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 6379, entry: 'ops/everyones-db' });
-    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'shop')).toMatchObject({ host: '198.51.100.21', entry: 'shop/static-db' });
+    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'billing')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 5432, entry: 'ops/everyones-db', serviceLabels: expect.objectContaining({ namespace: 'ops', name: 'everyones-db' }) });
+    expect(decideRoute(open, 'cache.static.example', 6379, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 6379, entry: 'ops/everyones-db', serviceLabels: expect.objectContaining({ namespace: 'ops', name: 'everyones-db' }) });
+    expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'shop')).toMatchObject({ host: '198.51.100.21', entry: 'shop/static-db', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'static-db' }) });
   });
 
   it("never sends a connection as plain TCP to a Service's cluster IP named as an endpoint", () => {
@@ -545,8 +545,10 @@ spec:
     // Only shop's entry has the address: another namespace dials it as it is (or is refused under REGISTRY_ONLY).
     expect(decideRoute(open, '192.0.2.80', 5432, () => 0, 'data')).toEqual({ kind: 'passthrough', host: '192.0.2.80', port: 5432 });
     expect(decideRoute(locked, '192.0.2.80', 5432, () => 0, 'data')).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
-    expect(decideRoute(open, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443 });
-    expect(decideRoute(locked, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443 });
+    // Labelled with the entry that names it (its destination_service), though it goes where the name resolves.
+    const dnsApi = { hostname: 'api.dns.example', name: 'dns-api', namespace: 'shop' };
+    expect(decideRoute(open, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443, serviceLabels: dnsApi });
+    expect(decideRoute(locked, 'api.dns.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'api.dns.example', port: 443, serviceLabels: dnsApi });
   });
 });
 
@@ -600,13 +602,13 @@ spec:
   const hostAt = (host: string, port: number, draw: number) => (decideRoute(table, host, port, () => draw, 'shop') as { host: string }).host;
 
   it("sends a DNS entry's host to its endpoints' names, which are resolved as they are dialled", () => {
-    expect(decideRoute(table, 'db.replicas.example', 5432, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'db-1.region-a.example.net', port: 5432, entry: 'shop/replicas' });
-    expect(decideRoute(table, 'db.replicas.example', 5432, () => 0.99, 'shop')).toEqual({ kind: 'passthrough', host: 'DB-2.region-b.example.net.', port: 6432, entry: 'shop/replicas' });
-    expect(decideRoute(table, 'api.rr.example', 443, () => 0.5, 'shop')).toEqual({ kind: 'passthrough', host: 'api.backend.example.net', port: 443, entry: 'shop/round-robin' });
+    expect(decideRoute(table, 'db.replicas.example', 5432, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'db-1.region-a.example.net', port: 5432, entry: 'shop/replicas', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'replicas' }) });
+    expect(decideRoute(table, 'db.replicas.example', 5432, () => 0.99, 'shop')).toEqual({ kind: 'passthrough', host: 'DB-2.region-b.example.net.', port: 6432, entry: 'shop/replicas', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'replicas' }) });
+    expect(decideRoute(table, 'api.rr.example', 443, () => 0.5, 'shop')).toEqual({ kind: 'passthrough', host: 'api.backend.example.net', port: 443, entry: 'shop/round-robin', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'round-robin' }) });
   });
 
   it('leaves an entry of resolution NONE to the address dialled, endpoints or not', () => {
-    expect(decideRoute(table, 'plain.none.example', 80, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'plain.none.example', port: 80 });
+    expect(decideRoute(table, 'plain.none.example', 80, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'plain.none.example', port: 80, serviceLabels: { hostname: 'plain.none.example', name: 'none', namespace: 'shop' } });
   });
 
   it('shares connections among endpoints by weight, a weight of 0 or none counting as 1', () => {
