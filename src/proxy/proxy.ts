@@ -81,6 +81,12 @@ export class NodeProxy {
   #serviceEndpoints: ReadonlyArray<{ readonly host: string; readonly port: number }> = [];
   #reconciling: Promise<void> = Promise.resolve();
   #pending = new Set<string>(['configuration', 'node identity', 'certificates', 'listeners']);
+  /** Local workloads whose first certificate has not come yet (readiness names them). */
+  #waitingCertificates: readonly string[] = [];
+  /** Identities the CA refused (CA_REJECTED): a registry problem of that workload, not of the node. */
+  readonly #refusedIdentities = new Set<string>();
+  /** Ready once: from then on a new workload waiting for its first certificate does not take the node out of service. */
+  #everReady = false;
   #lastProblems: string[] = [];
   /** A listener that could not be bound (its port held, its address not yet on the host) is tried again after this. */
   #bindRetryMs = BIND_RETRY_FIRST_MS;
@@ -149,7 +155,8 @@ export class NodeProxy {
   }
 
   readiness(): { ready: boolean; pending: string[] } {
-    const pending = [...this.#pending];
+    const pending: string[] = [];
+    for (const item of this.#pending) pending.push(item === 'certificates' ? certificatesPending(this.#waitingCertificates) : item);
     if (this.#draining) pending.push('shutting down');
     const agent = this.#agent as IdentityAgent | undefined;
     const now = Date.now();
@@ -157,6 +164,7 @@ export class NodeProxy {
       const svid = agent?.current(identity);
       if (svid !== undefined && svid.notAfter.getTime() <= now) pending.push(`expired certificate ${identity} (since ${svid.notAfter.toISOString()})`);
     }
+    if (pending.length === 0) this.#everReady = true;
     return { ready: pending.length === 0, pending };
   }
 
@@ -226,6 +234,11 @@ export class NodeProxy {
       metrics: this.registry,
     });
     this.#agent.on('rotated', (svid) => this.#onRotated(svid));
+    this.#agent.on('failed', ({ spiffeId, error }) => {
+      if (error.code !== 'CA_REJECTED' || this.#refusedIdentities.has(spiffeId)) return;
+      this.#refusedIdentities.add(spiffeId);
+      this.#scheduleReconcile();
+    });
     // A withdrawn root or an ended federation reaches the open sessions at once, not at their next stream.
     this.#agent.on('bundles', () => {
       this.#inbound?.reverify();
@@ -275,6 +288,7 @@ export class NodeProxy {
 
   #onRotated(svid: Svid): void {
     if (svid.id.id === this.#agent.nodeId) return;
+    this.#refusedIdentities.delete(svid.id.id);
     const first = this.contexts.get(svid.id.id) === undefined;
     this.contexts.set(svid);
     // A new identity may unblock a listener; a rotation only swaps the server certificate in place.
@@ -356,8 +370,12 @@ export class NodeProxy {
     ];
     for (const problem of problems) if (!this.#lastProblems.includes(problem)) this.#logger.error({ problem }, 'listener not applied');
     this.#lastProblems = problems;
-    // Ready once every local workload has its certificate and its listeners are bound.
-    if (inbound.waitingForCertificate.length === 0) this.#pending.delete('certificates');
+    // Ready once every local workload has its certificate (but those the CA refused, which are that workload's problem:
+    // a node would otherwise stay out of service for one misplaced pod) and its listeners are bound. Once ready, a
+    // workload scheduled later and waiting for its first certificate does not take the node out of service, as
+    // ztunnel's readiness does not wait for certificates: only its own connections fail until the certificate comes.
+    this.#waitingCertificates = inbound.waitingForCertificate.filter((identity) => !this.#refusedIdentities.has(identity));
+    if (this.#waitingCertificates.length === 0 || this.#everReady) this.#pending.delete('certificates');
     else this.#pending.add('certificates');
     if (inbound.failed.length === 0 && outbound.failed.length === 0) this.#pending.delete('listeners');
     else this.#pending.add('listeners');
@@ -427,4 +445,11 @@ export class NodeProxy {
     await this.#observability?.close();
     await this.#config?.close();
   }
+}
+
+/** The pending item for workloads waiting for their first certificate: which ones (the first few), not just that some are. */
+function certificatesPending(waiting: readonly string[]): string {
+  if (waiting.length === 0) return 'certificates';
+  const named = waiting.slice(0, 3).join(', ');
+  return `certificates of ${named}${waiting.length > 3 ? ` and ${waiting.length - 3} more` : ''}`;
 }
