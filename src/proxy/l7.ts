@@ -127,6 +127,8 @@ interface TunnelState {
   denied: number;
   /** HTTP/1.1 requests forwarded whose responses have not finished (pipelining). */
   inFlight: number;
+  /** The idle time the workload's last answer allowed (its Keep-Alive hint, less a margin); null until one said. */
+  keepAliveS: number | null;
   /** One listener per tunnel for its responses' 'close', not a closure per request. */
   readonly onResponseClose: (this: ServerResponse) => void;
   /** The same for its h2c streams: each answered request counted. */
@@ -485,7 +487,7 @@ export class HttpInspector {
   inspect(stream: http2.ServerHttp2Stream, upstream: Socket, inspection: TunnelInspection, clientCert: string | null, meter: TunnelMeter | null = null): Promise<HttpTunnelResult> {
     const draining = () => this.#draining;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0,
+      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
         // istio_requests_total: an answer never begun (the client left first) is Envoy's response code 0, flag DC.
@@ -611,6 +613,12 @@ export class HttpInspector {
       req.resume();
       // A client waiting for 100 sends no body after a final answer: the connection cannot be reused.
       if (expectsContinue) res.shouldKeepAlive = false;
+      // Promising no longer than the workload's connection, which this tunnel ends with, has said it stays idle.
+      // (With its own Connection field, or Node adds its own Keep-Alive of the server's 60 s.)
+      else if (state.keepAliveS !== null && res.shouldKeepAlive) {
+        res.setHeader('connection', 'keep-alive');
+        res.setHeader('keep-alive', `timeout=${state.keepAliveS}`);
+      }
       res.writeHead(refusal.status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(refusal.body) }).end(refusal.body);
       return;
     }
@@ -629,7 +637,7 @@ export class HttpInspector {
       // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
       // only the one upstream connection; the client's next request on it got 502, or no answer at all.
       { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false },
-      forwardResponse(res, state.upstream, this.#logger, this),
+      forwardResponse(res, state, this.#logger, this),
     );
   }
 
@@ -1201,7 +1209,8 @@ function undiciWillClose(socket: Socket): boolean | null {
 }
 
 /** Streams an undici response back on a ServerResponse. */
-function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger, inspector: HttpInspector): Dispatcher.DispatchHandler {
+function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger, inspector: HttpInspector): Dispatcher.DispatchHandler {
+  const upstream = state.upstream;
   return {
     onRequestStart() {},
     onResponseStart(controller, statusCode, headers, statusMessage) {
@@ -1222,6 +1231,7 @@ function forwardResponse(res: ServerResponse, upstream: Socket, logger: Logger, 
       // The tunnel's one upstream connection ends when the workload says it will (undici closes it), so the client must
       // not be told to reuse the tunnel for longer: its next request would find it ending, and be lost.
       const keepAlive = upstreamKeepAlive(headers as Record<string, string | string[] | undefined>);
+      if (keepAlive !== null && keepAlive > 0) state.keepAliveS = keepAlive;
       if (keepAlive === 0 || inspector.draining || undiciWillClose(upstream) === true) res.shouldKeepAlive = false;
       // Not when the client asked to close (`Connection: close`, HTTP/1.0): a Connection field set here overrides
       // Node's own verdict, and the tunnel stayed open while the client waited for its end.

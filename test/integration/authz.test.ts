@@ -620,6 +620,28 @@ spec:
     }
   });
 
+  it("promises in its own answers (a denial) no longer an idle time than the workload's answers on the tunnel did", async () => {
+    // A raw client that reuses its connection whatever the hint (undici would not reuse one of 2 s).
+    const socket = connect({ host: CLIENT_IP, port: 9080 });
+    socket.on('error', () => {});
+    let received = '';
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write('GET /public/kept HTTP/1.1\r\nHost: web.demo\r\n\r\n');
+      await waitUntil('the first answer', () => received.includes('web /public/kept'), 5_000);
+      expect(received.toLowerCase()).toContain('keep-alive: timeout=2');
+      received = '';
+      socket.write('GET /admin HTTP/1.1\r\nHost: web.demo\r\n\r\n');
+      await waitUntil('the denial', () => received.includes('RBAC: access denied'), 5_000);
+      expect(received).toMatch(/^HTTP\/1\.1 403 /);
+      // The workload's idle close ends the tunnel: a denial promising 60 s had the client send into a closed one.
+      expect(received.toLowerCase()).toContain('keep-alive: timeout=2\r\n');
+    } finally {
+      socket.destroy();
+    }
+  });
+
   it('judges remoteIpBlocks on the client address X-Forwarded-For ends with (an ingress gateway appends it), as Istio does', async () => {
     const status = async (forwardedFor: string | null) => {
       const text = await rawHttp(`GET /public/a HTTP/1.1\r\nHost: web.demo\r\n${forwardedFor === null ? '' : `X-Forwarded-For: ${forwardedFor}\r\n`}Connection: close\r\n\r\n`);
