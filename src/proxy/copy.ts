@@ -35,6 +35,17 @@ export function cancelStream(stream: Http2Stream): void {
 }
 
 /**
+ * What ended a stream early: a reset the peer sent, or its whole session gone (the peer's process killed, the
+ * connection lost), for which Node reports a reset no peer sent.
+ */
+function resetText(stream: Http2Stream, reset: string): string {
+  const session = stream.session;
+  // Node aborts the streams of a session whose connection died before it marks the session destroyed.
+  if (session === undefined || session.destroyed || session.socket.destroyed) return 'HBONE session to the peer ended (connection lost or closed) before the tunnel finished';
+  return `${reset} (RST ${stream.rstCode ?? 'none'})`;
+}
+
+/**
  * Ends an HBONE session and every tunnel on it as cut (its peer stopped answering, or is no longer trusted): each
  * stream is reset (INTERNAL_ERROR) with `reason` as its error, so each tunnel's application connection is reset and
  * its access line says why. A bare destroy() closed the streams with NO_ERROR, and the tunnels read that as a clean
@@ -190,7 +201,7 @@ export class Bridge {
       bridge.socket.resume();
       return;
     }
-    bridge.#fail('stream', new Error(`stream reset by peer (RST ${this.rstCode})`));
+    bridge.#fail('stream', new Error(resetText(this, 'stream reset by peer')));
   }
 
   static #onSocketClose(this: Socket): void {
@@ -211,7 +222,7 @@ export class Bridge {
     // ztunnel, which reads it as EOF: a cut tunnel must not reach the application as a complete one. Node emits no
     // 'error' for CANCEL, so the reset is recorded here, or the tunnel would be reported as a clean close.
     if (!bridge.#socketClosed && (this.rstCode !== h2constants.NGHTTP2_NO_ERROR || !this.readableEnded)) {
-      if (!bridge.#resetting) bridge.#fail('stream', new Error(`stream closed by peer before its end (RST ${this.rstCode ?? 'none'})`));
+      if (!bridge.#resetting) bridge.#fail('stream', new Error(resetText(this, 'stream closed by peer before its end')));
       cutSocket(bridge.socket);
     }
     bridge.#finish();

@@ -120,6 +120,22 @@ describe('a node proxy asked to stop', () => {
   }, 30_000);
 });
 
+describe('a peer node proxy killed with a tunnel open', () => {
+  it('reaches the application as a reset, and the access line says the session was lost, not that the peer reset the stream', async () => {
+    const nodeB = await mesh.startNode('node-b');
+    const nodeA = await mesh.startNode('node-a');
+    const conn = await open();
+    conn.socket.write('before\n');
+    await waitUntil('the echo', () => conn.received() === 'before\n', 5_000);
+    const since = nodeA.proc.lines.length;
+    nodeB.proc.child.kill('SIGKILL');
+    await waitUntil('the connection cut', () => conn.socket.closed, 5_000);
+    expect(conn.error()).toBe('ECONNRESET');
+    const line = await nodeA.proc.waitFor((l) => l.msg === 'access' && typeof l.error === 'string' && nodeA.proc.lines.indexOf(l) >= since, 5_000);
+    expect(line).toMatchObject({ error_code: 'TUNNEL_RESET', error: 'HBONE session to the peer ended (connection lost or closed) before the tunnel finished' });
+  }, 30_000);
+});
+
 /** A GET on `agent` through node-a's listener to the inspected port, with its answer. */
 function get(agent: Agent, path: string): Promise<{ res: IncomingMessage; body: string; socket: Socket }> {
   return new Promise((resolve, reject) => {
