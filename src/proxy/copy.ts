@@ -40,8 +40,9 @@ export function cancelStream(stream: Http2Stream): void {
  */
 function resetText(stream: Http2Stream, reset: string): string {
   const session = stream.session;
-  // Node aborts the streams of a session whose connection died before it marks the session destroyed.
-  if (session === undefined || session.destroyed || session.socket.destroyed) return 'HBONE session to the peer ended (connection lost or closed) before the tunnel finished';
+  // Node aborts the streams of a session whose connection died before it marks the session destroyed. (A stream
+  // already destroyed has no session any more: that says nothing of how it ended.)
+  if (session !== undefined && (session.destroyed || session.socket.destroyed)) return 'HBONE session to the peer ended (connection lost or closed) before the tunnel finished';
   return `${reset} (RST ${stream.rstCode ?? 'none'})`;
 }
 
