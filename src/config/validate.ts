@@ -220,11 +220,18 @@ function validateKind(
     }
     case 'DestinationRule': {
       const spec = opaqueSpec(issues, raw, true);
-      if (spec !== undefined) checkNoTlsOrigination(issues, spec);
+      if (spec !== undefined) {
+        // Their routing is not applied yet, but a misspelt field (`hots:`) is said now, as Istio's schema would, not
+        // left to stop a whole directory the day these objects are read in full.
+        checkFields(issues, spec, ['spec'], DESTINATION_RULE_FIELDS);
+        stringField(issues, spec, 'host', ['spec'], { required: true });
+        checkNoTlsOrigination(issues, spec);
+      }
       return spec && { ...base, kind, spec };
     }
     case 'VirtualService': {
       const spec = opaqueSpec(issues, raw, true);
+      if (spec !== undefined) checkFields(issues, spec, ['spec'], VIRTUAL_SERVICE_FIELDS);
       return spec && { ...base, kind, spec };
     }
     // An empty spec means something for both (an ALLOW policy matching nothing; mode UNSET), so absent = {}.
@@ -249,6 +256,10 @@ function validateKind(
     }
   }
 }
+
+/** Istio's top-level fields of these specs (networking/v1 DestinationRule, VirtualService). */
+const DESTINATION_RULE_FIELDS = ['host', 'trafficPolicy', 'subsets', 'exportTo', 'workloadSelector'];
+const VIRTUAL_SERVICE_FIELDS = ['hosts', 'gateways', 'http', 'tls', 'tcp', 'exportTo'];
 
 /** The `tls.mode`s a DestinationRule may ask for: what the mesh does anyway (HBONE), or nothing. */
 const TLS_MODES_KEPT = new Set(['DISABLE', 'ISTIO_MUTUAL']);

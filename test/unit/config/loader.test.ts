@@ -164,6 +164,22 @@ const rejectCases: RejectCase[] = [
     field: 'spec.trafficPolicy.portLevelSettings[0].tls.mode',
   },
   {
+    name: 'a misspelt DestinationRule field, with the field it likely means',
+    files: { 'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: web, namespace: shop }\nspec:\n  host: web\n  subsetz: [{ name: v1 }]\n' },
+    code: 'CONFIG_FIELD',
+    file: 'dr.yaml',
+    object: 'DestinationRule shop/web',
+    field: 'spec.subsetz',
+  },
+  {
+    name: 'a misspelt VirtualService field',
+    files: { 'vs.yaml': 'apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: web, namespace: shop }\nspec:\n  hosts: [web]\n  htttp: []\n' },
+    code: 'CONFIG_FIELD',
+    file: 'vs.yaml',
+    object: 'VirtualService shop/web',
+    field: 'spec.htttp',
+  },
+  {
     name: "a DestinationRule subset's MUTUAL TLS",
     files: { 'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: db, namespace: shop }\nspec:\n  host: db.example.com\n  subsets:\n    - name: v1\n      trafficPolicy: { tls: { mode: MUTUAL } }\n' },
     code: 'CONFIG_FIELD',
