@@ -58,3 +58,36 @@ export function accessLog(logger: Logger, record: AccessLogRecord): void {
     'access',
   );
 }
+
+/** One HTTP request on an inspected connection, as its response ends (or the client leaves first). */
+export interface RequestLogRecord {
+  method: string;
+  /** The request target as the client sent it (Envoy's `%REQ(:PATH)%`). */
+  path: string;
+  authority: string;
+  protocol: 'HTTP/1.1' | 'HTTP/1.0' | 'HTTP/2';
+  responseCode: number;
+  responseFlags: string;
+  durationMs: number;
+}
+
+/**
+ * Writes a request's access line (msg 'request', info): the connection's identities and addresses (`connection`,
+ * built once per tunnel) with Envoy's request fields, so a request can be found by path and status as in a
+ * sidecar's access log. Only written where the connection lines are (info enabled: `--access-log`).
+ */
+export function requestLog(logger: Logger, connection: Readonly<Record<string, string | undefined>>, record: RequestLogRecord): void {
+  logger.info(
+    {
+      ...connection,
+      method: record.method,
+      path: record.path,
+      authority: record.authority,
+      protocol: record.protocol,
+      response_code: record.responseCode,
+      response_flags: record.responseFlags,
+      duration: `${Math.trunc(record.durationMs)}ms`,
+    },
+    'request',
+  );
+}

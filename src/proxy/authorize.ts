@@ -5,6 +5,9 @@ import { Counter } from 'prom-client';
 import type { Registry } from 'prom-client';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { Logger } from '../observe/log.ts';
+import { requestLog } from '../observe/access-log.ts';
+import type { RequestLogRecord } from '../observe/access-log.ts';
+import { formatAuthority } from './authority.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
 import type { CompiledRule, Decision, WorkloadPolicies } from '../authz/compile.ts';
 import { auditMatches, authzContext, decideSafely } from '../authz/decide.ts';
@@ -145,6 +148,8 @@ export class InboundAuthorizer {
         return decision;
       },
       upstreamVersion: policies?.httpVersions.get(connection.destinationPort) ?? null,
+      // A line per request where connections get theirs (info: --access-log); the tunnel's part built once.
+      logRequest: logger.isLevelEnabled('info') ? requestLogger(logger, connection) : null,
       onDenied: (decision, facts) => {
         logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'request denied by policy');
       },
@@ -202,4 +207,18 @@ export class InboundAuthorizer {
 interface DecisionCount {
   readonly labels: { decision: string; policy: string };
   count: number;
+}
+
+/** Writes the access lines of one inspected tunnel's requests, its identities and addresses shared by all. */
+function requestLogger(logger: Logger, connection: InboundConnection): (record: RequestLogRecord) => void {
+  const fields = {
+    'src.addr': connection.peerAddress,
+    'src.identity': connection.peer.id,
+    'dst.addr': formatAuthority(connection.destinationIp, connection.destinationPort),
+    'dst.workload': connection.destination.name,
+    'dst.namespace': connection.destination.namespace,
+    'dst.identity': connection.destination.identity,
+    direction: 'inbound',
+  };
+  return (record) => requestLog(logger, fields, record);
 }

@@ -38,6 +38,7 @@ import { parseIp } from '../authz/match.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';
 import type { HttpInspector, RequestDecider } from './l7.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
+import type { RequestLogRecord } from '../observe/access-log.ts';
 import type { IpAddress } from '../authz/match.ts';
 import {
   CONNECT_TIMEOUT_MS,
@@ -217,6 +218,8 @@ export interface RequestInspection {
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
   /** The HTTP version the workload's port is declared to speak; null: whichever the client speaks. */
   readonly upstreamVersion: HttpVersion | null;
+  /** Writes a request's access line; null when those are off. */
+  readonly logRequest: ((record: RequestLogRecord) => void) | null;
 }
 
 interface PeerInfo {

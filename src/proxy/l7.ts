@@ -8,6 +8,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { http } from '../node-http.ts';
 import * as http2 from 'node:http2';
 import type { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
 import type { Duplex } from 'node:stream';
 import { cancelStream, STREAM_ABORTED } from './copy.ts';
 import { Client } from '../undici.ts';
@@ -21,6 +22,7 @@ import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
 import type { RequestProtocol, TunnelMeter } from '../observe/metrics.ts';
+import type { RequestLogRecord } from '../observe/access-log.ts';
 
 const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
@@ -109,7 +111,20 @@ export interface TunnelInspection {
   readonly decide: RequestDecider;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
   readonly upstreamVersion: HttpVersion | null;
+  /** Writes a request's access line; null (or absent) when those are off. */
+  readonly logRequest?: ((record: RequestLogRecord) => void) | null;
 }
+
+/** What a request's access line needs of the request, kept from its start to its answer's end (access log on only). */
+interface RequestStart {
+  readonly method: string;
+  readonly path: string;
+  readonly authority: string;
+  readonly protocol: RequestLogRecord['protocol'];
+  readonly startedMs: number;
+}
+/** Requests being answered, by their ServerResponse or h2c stream: touched only while access lines are on. */
+const requestStarts = new WeakMap<object, RequestStart>();
 
 interface TunnelState {
   readonly upstream: Socket;
@@ -133,10 +148,32 @@ interface TunnelState {
   readonly onResponseClose: (this: ServerResponse) => void;
   /** The same for its h2c streams: each answered request counted. */
   readonly onH2StreamClose: (this: http2.ServerHttp2Stream) => void;
+  /** Writes a request's access line; null when those are off. */
+  readonly logRequest: ((record: RequestLogRecord) => void) | null;
+}
+
+/** A request's access line, once its answer has ended: what it asked for (kept at its start), what it got. */
+function logRequestEnd(log: (record: RequestLogRecord) => void, answer: object, responseCode: number, responseFlags: string): void {
+  const start = requestStarts.get(answer);
+  if (start === undefined) return;
+  requestStarts.delete(answer);
+  log({ method: start.method, path: start.path, authority: start.authority, protocol: start.protocol, responseCode, responseFlags, durationMs: Date.now() - start.startedMs });
 }
 
 /** Answers a policy refused (HTTP/1.1 responses, h2c streams): counted with response_flags DENY. Touched only on denial. */
 const deniedAnswers = new WeakSet<object>();
+/**
+ * Answers the workload failed (no answer, 502, or one cut short by its reset or close): counted with response_flags
+ * UC (Envoy's upstream connection termination), not DC, which would blame the client. Touched only on failure.
+ */
+const upstreamFailed = new WeakSet<object>();
+
+/** response_flags of an answer as it ends: DENY, UC (the workload failed it), DC (the client left first) or '-'. */
+function answerFlags(answer: object, complete: boolean): string {
+  if (deniedAnswers.has(answer)) return 'DENY';
+  if (upstreamFailed.has(answer)) return 'UC';
+  return complete ? '-' : 'DC';
+}
 
 /** `request_protocol` from an answer's content type, as Istio reports a gRPC call. */
 function requestProtocolOf(contentType: unknown): RequestProtocol {
@@ -486,27 +523,33 @@ export class HttpInspector {
    */
   inspect(stream: http2.ServerHttp2Stream, upstream: Socket, inspection: TunnelInspection, clientCert: string | null, meter: TunnelMeter | null = null): Promise<HttpTunnelResult> {
     const draining = () => this.#draining;
+    const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
       upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
         // istio_requests_total: an answer never begun (the client left first) is Envoy's response code 0, flag DC.
-        if (meter !== null) {
+        if (meter !== null || logRequest !== null) {
           const answered = this.headersSent;
-          meter.request(requestProtocolOf(this.getHeader('content-type')), answered ? this.statusCode : 0, '', deniedAnswers.has(this) ? 'DENY' : answered && this.writableFinished ? '-' : 'DC');
+          const code = answered ? this.statusCode : 0;
+          const flags = answerFlags(this, answered && this.writableFinished);
+          meter?.request(requestProtocolOf(this.getHeader('content-type')), code, '', flags);
+          if (logRequest !== null) logRequestEnd(logRequest, this, code, flags);
         }
         // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
         if (draining() && state.inFlight === 0 && !stream.writableEnded) stream.end();
       },
       onH2StreamClose(this: http2.ServerHttp2Stream) {
-        if (meter === null) return;
+        if (meter === null && logRequest === null) return;
         const head = this.sentHeaders as http2.OutgoingHttpHeaders | undefined;
         const status = head === undefined ? 0 : Number(head[HTTP2_HEADER_STATUS] ?? 0);
         const trailers = this.sentTrailers as http2.OutgoingHttpHeaders | undefined;
         const grpcStatus = trailers?.['grpc-status'] ?? head?.['grpc-status'];
-        const flags = deniedAnswers.has(this) ? 'DENY' : status === 0 || this.rstCode !== NGHTTP2_NO_ERROR ? 'DC' : '-';
-        meter.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatus === undefined ? '' : String(grpcStatus), flags);
+        const flags = answerFlags(this, status !== 0 && this.rstCode === NGHTTP2_NO_ERROR);
+        meter?.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatus === undefined ? '' : String(grpcStatus), flags);
+        if (logRequest !== null) logRequestEnd(logRequest, this, status, flags);
       },
+      logRequest,
     };
     return new Promise((resolve) => {
       let finished = false;
@@ -595,6 +638,9 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
+    if (state.logRequest !== null) {
+      requestStarts.set(res, { method: req.method ?? '', path: req.url ?? '', authority: req.headers.host ?? '', protocol: req.httpVersion === '1.0' ? 'HTTP/1.0' : 'HTTP/1.1', startedMs: Date.now() });
+    }
     if (this.#draining) res.shouldKeepAlive = false;
     // A transfer coding besides chunked (`gzip, chunked`): Node undoes the chunking only, and the body would reach the
     // application still coded with nothing saying so. Refused as Envoy refuses it.
@@ -687,6 +733,9 @@ export class HttpInspector {
     state.requests++;
     // on, not once: once wraps the listener in a new closure per request; a stream closes once anyway.
     stream.on('close', state.onH2StreamClose);
+    if (state.logRequest !== null) {
+      requestStarts.set(stream, { method: String(headers[HTTP2_HEADER_METHOD] ?? ''), path: String(headers[HTTP2_HEADER_PATH] ?? ''), authority: String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), protocol: 'HTTP/2', startedMs: Date.now() });
+    }
     const facts = state.facts;
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
     // CONNECT has no :path and cannot be forwarded as a request: refuse it rather than guess one.
@@ -766,6 +815,7 @@ export class HttpInspector {
     let answeredHere = false;
     const answerBadGateway = () => {
       if (stream.headersSent) return;
+      upstreamFailed.add(stream);
       // REFUSED_STREAM: the workload did not process it (RFC 9113 §8.7), so the client may send it again, and gRPC
       // clients do so by themselves; a 502 would fail the call.
       if (upstreamStream.rstCode === NGHTTP2_REFUSED_STREAM) {
@@ -810,7 +860,10 @@ export class HttpInspector {
       if (!stream.headersSent) answerBadGateway();
       // The client's upload written after the workload closed its stream cleanly (NO_ERROR) fails here: no failure of
       // the answer, which goes on; 'close' then asks the client to stop sending.
-      else if (upstreamStream.rstCode !== NGHTTP2_NO_ERROR) stream.close(NGHTTP2_CANCEL);
+      else if (upstreamStream.rstCode !== NGHTTP2_NO_ERROR) {
+        upstreamFailed.add(stream);
+        stream.close(NGHTTP2_CANCEL);
+      }
     });
     // A reset from the workload before its answer carries no 'error' when its code is NO_ERROR: unanswered, the
     // client would wait forever. (One after the answer began ends the response as Node's client reads it: ended.)
@@ -880,7 +933,9 @@ export class HttpInspector {
     upstreamStream.on('response', (received) => {
       if (res.headersSent || res.destroyed) return;
       const status = Number(received[HTTP2_HEADER_STATUS]);
-      if (this.#draining || session.closed) res.shouldKeepAlive = false;
+      // An answer before the whole request (an early refusal of an upload) ends the connection after it, as Envoy
+      // does: what is left of the upload would otherwise be read as the next request, or be waited for.
+      if (this.#draining || session.closed || !req.complete) res.shouldKeepAlive = false;
       res.writeHead(status, withoutPseudoHeaders(forwardableHeaders(received as Record<string, string | string[] | undefined>)));
       res.flushHeaders();
       upstreamStream.on('data', (chunk: Buffer) => {
@@ -901,9 +956,16 @@ export class HttpInspector {
       res.end();
     });
     upstreamStream.on('close', () => {
-      if (res.writableEnded) return;
+      // The workload is done with the request before all its body came (it answered early): the rest is read and
+      // dropped, or the client's upload would stall and Node's server never read its next request.
+      if (!req.complete) {
+        req.unpipe(upstreamStream);
+        req.resume();
+      }
+      if (res.writableEnded || res.destroyed) return;
       // Reset by the workload, or its session gone, before the answer was whole: 502 if none had begun, else the
       // answer is cut (the tunnel reset) so the client cannot take a part for the whole.
+      upstreamFailed.add(res);
       if (!res.headersSent) {
         res.shouldKeepAlive = false;
         res.writeHead(502, { 'content-type': 'text/plain', 'content-length': 0 }).end();
@@ -927,18 +989,32 @@ export class HttpInspector {
     const facts = state.facts;
     const headers: string[] = [];
     let host = false;
+    let cookie: string | null = null;
     for (let i = 0; i + 1 < forwarded.length; i += 2) {
       const name = forwarded[i] as string;
       if (name.charCodeAt(0) === 58 /* : */) continue;
       // `te: trailers` is HTTP/2's; an HTTP/1.1 workload has no use for it.
       if (name === 'te' || name === 'expect') continue;
+      // HTTP/2 may split cookies into fields of their own; HTTP/1.1 takes one, joined with "; " (RFC 9113 §8.2.3).
+      if (name === 'cookie') {
+        cookie = cookie === null ? (forwarded[i + 1] as string) : `${cookie}; ${forwarded[i + 1] as string}`;
+        continue;
+      }
       if (name === 'host') host = true;
       headers.push(name, forwarded[i + 1] as string);
     }
+    if (cookie !== null) headers.push('cookie', cookie);
     if (!host) headers.unshift('host', facts.host);
+    // The body through a stream of its own: undici destroys the body it has read, and destroying the client's stream
+    // itself would reset it, answer and all.
+    let body: PassThrough | null = null;
+    if (!stream.endAfterHeaders) {
+      body = new PassThrough();
+      stream.pipe(body);
+    }
     state.h1Client ??= upstreamClient(state.upstream);
     state.h1Client.dispatch(
-      { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: stream.endAfterHeaders ? null : stream, reset: false },
+      { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false },
       new H2AnswerFromH1(stream, this.#logger),
     );
   }
@@ -950,6 +1026,8 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   readonly #logger: Logger;
   #trailers: http2.OutgoingHttpHeaders = {};
   #done = false;
+  /** Written to the workload (undici calls onRequestStart as it writes a request): before that, it was never sent. */
+  #started = false;
 
   constructor(stream: http2.ServerHttp2Stream, logger: Logger) {
     this.#stream = stream;
@@ -957,7 +1035,10 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
-    // The client reset its stream: the workload's request is stopped too (undici closes that connection).
+    this.#started = true;
+    // The client reset its stream: the workload's request is stopped too. HTTP/1.1 has no other way than closing the
+    // connection (undici does), which also ends the requests of the client's other streams not yet sent: those are
+    // refused unprocessed (REFUSED_STREAM), which its client sends again on a new connection.
     this.#stream.once('close', () => {
       if (!this.#done) controller.abort(STREAM_ABORTED);
     });
@@ -988,8 +1069,16 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.#done = true;
     this.#logger.debug({ err: error.message }, 'forwarding an inspected HTTP/2 request over HTTP/1.1 failed');
-    if (!this.#stream.headersSent) answer(this.#stream, 502);
-    else cutAnswer(this.#stream);
+    const stream = this.#stream;
+    if (stream.destroyed || stream.closed) return;
+    upstreamFailed.add(stream);
+    if (!this.#started) {
+      // Never written to the workload (the connection ended first): the client may safely send it again elsewhere.
+      stream.close(NGHTTP2_REFUSED_STREAM);
+      // Nor will the tunnel carry more: its one upstream connection is gone.
+      stream.session?.close();
+    } else if (!stream.headersSent) answer(stream, 502);
+    else cutAnswer(stream);
   }
 }
 
@@ -1263,6 +1352,7 @@ function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger
     },
     onResponseError(_controller, error) {
       logger.debug({ err: error.message }, 'forwarding an inspected request failed');
+      upstreamFailed.add(res);
       if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end('upstream connect error\n');
       else res.destroy(error);
     },

@@ -177,6 +177,12 @@ beforeAll(async () => {
       req.socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), CLOSE_DELIMITED_BODY]));
       return;
     }
+    if (req.url === '/public/echo-length') {
+      let length = 0;
+      req.on('data', (chunk: Buffer) => (length += chunk.length));
+      req.on('end', () => res.end(`got ${length} cookie=${req.headers.cookie ?? ''} cookies=${req.rawHeaders.filter((_v, i) => i % 2 === 0 && req.rawHeaders[i]?.toLowerCase() === 'cookie').length}`));
+      return;
+    }
     res.end(`web ${req.url}`);
   });
   // A workload that resets its next connection (SO_LINGER 0, a restart with connections still queued) before any
@@ -1022,6 +1028,43 @@ describe('a client speaking another HTTP version than the workload is declared t
   });
 });
 
+describe('a client speaking another HTTP version than the workload: bodies, cookies, early answers', () => {
+  it('h2c to an HTTP/1.1 workload: a request body arrives whole, the answer too, and the connection goes on', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9080`);
+    session.on('error', () => {});
+    const call = (headers: http2.OutgoingHttpHeaders, body?: Buffer) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const stream = session.request(headers, { endStream: body === undefined });
+        let status = 0;
+        let text = '';
+        stream.on('response', (h) => (status = Number(h[':status'])));
+        stream.setEncoding('utf8');
+        stream.on('data', (chunk: string) => (text += chunk));
+        stream.on('end', () => resolve({ status, text }));
+        stream.on('error', reject);
+        if (body !== undefined) stream.end(body);
+      });
+    try {
+      const upload = await call({ ':method': 'GET', ':path': '/public/echo-length', ':authority': 'web.demo' }, Buffer.alloc(200_000, 'x'));
+      expect(upload).toEqual({ status: 200, text: 'got 200000 cookie= cookies=0' });
+      // Cookies HTTP/2 split into fields of their own reach HTTP/1.1 as one field (RFC 9113 §8.2.3).
+      const cookies = await call([':method', 'GET', ':path', '/public/echo-length', ':authority', 'web.demo', 'cookie', 'a=1', 'cookie', 'b=2'] as unknown as http2.OutgoingHttpHeaders);
+      expect(cookies).toEqual({ status: 200, text: 'got 0 cookie=a=1; b=2 cookies=1' });
+      expect((await call({ ':path': '/public/after', ':authority': 'web.demo' })).text).toBe('web /public/after');
+    } finally {
+      session.close();
+    }
+  });
+
+  it('HTTP/1.1 to an HTTP/2 workload that answers before reading the upload: answered, then the connection closes (no hang)', async () => {
+    const started = Date.now();
+    const answer = await rawHttp(`POST /pkg.Svc/AnswerEarly HTTP/1.1\r\nHost: grpc.demo\r\ncontent-type: application/grpc\r\nContent-Length: 5000000\r\n\r\n${'x'.repeat(5_000_000)}`, true, 9051);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer.toLowerCase()).toContain('connection: close');
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+});
+
 describe('requests on inspected connections, as Istio counts them', () => {
   it('are istio_requests_total at the destination: code, protocol, gRPC status, and DENY for a refused one', async () => {
     const nodeB = mesh.nodes.get('node-b')!;
@@ -1038,5 +1081,26 @@ describe('requests on inspected connections, as Istio counts them', () => {
     await grpcCall({ ':method': 'POST', ':path': '/pkg.Admin/Counted', 'content-type': 'application/grpc', te: 'trailers' });
     expect(await grpc({ grpc_response_status: '0', response_flags: '-', response_code: '200' })).toBe(grpcBefore.ok + 1);
     expect(await grpc({ grpc_response_status: '7', response_flags: 'DENY' })).toBe(grpcBefore.denied + 1);
+    // A call the workload itself reset is the workload's failure (UC), not the client's (DC).
+    const flagged = (flags: string) => metricSum(nodeB, 'istio_requests_total', { destination_workload: 'grpc-1', response_flags: flags });
+    const [ucBefore, dcBefore] = [await flagged('UC'), await flagged('DC')];
+    await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/ResetEarly', 'content-type': 'application/grpc', te: 'trailers' }).catch(() => {});
+    expect(await flagged('UC')).toBe(ucBefore + 1);
+    expect(await flagged('DC')).toBe(dcBefore);
+  });
+});
+
+describe('access lines of inspected requests', () => {
+  it('writes one per request with what it asked and got, next to the connection line', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const since = nodeB.proc.lines.length;
+    expect(await rawHttp('GET /public/logged?x=1 HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /admin/logged HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 [^]*HTTP\/1\.1 403 /);
+    const requests = () => nodeB.proc.lines.slice(since).filter((line) => line.msg === 'request');
+    await waitUntil('both request lines', () => requests().length >= 2, 5_000);
+    expect(requests()).toMatchObject([
+      { method: 'GET', path: '/public/logged?x=1', authority: 'web.demo', protocol: 'HTTP/1.1', response_code: 200, response_flags: '-', 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.workload': 'web-1', direction: 'inbound' },
+      { method: 'GET', path: '/admin/logged', response_code: 403, response_flags: 'DENY' },
+    ]);
+    expect(requests()[0]?.duration).toMatch(/^\d+ms$/);
   });
 });
