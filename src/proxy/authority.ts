@@ -47,3 +47,15 @@ export function parseAuthority(text: string): Authority | null {
 export function formatAuthority(host: string, port: number): string {
   return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
 }
+
+/** Whether an authority's port, if it has one, is digits (RFC 3986 §3.2.3): after an IPv6 literal's `]`, else after its colon. */
+export function hasNumericPort(host: string): boolean {
+  const bracket = host.lastIndexOf(']');
+  const colon = host.indexOf(':', bracket + 1);
+  if (colon < 0) return true;
+  for (let i = colon + 1; i < host.length; i++) {
+    const code = host.charCodeAt(i);
+    if (code < 48 || code > 57) return false;
+  }
+  return true;
+}

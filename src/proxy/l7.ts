@@ -20,6 +20,7 @@ import type { IpAddress } from '../authz/match.ts';
 import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
+import { hasNumericPort } from './authority.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
 import type { RequestProtocol, TunnelMeter } from '../observe/metrics.ts';
 import type { RequestLogRecord } from '../observe/access-log.ts';
@@ -416,18 +417,6 @@ function splitAbsoluteForm(target: string): { authority: string; path: string } 
 /** The characters nghttp2 allows in :authority (nghttp2_check_authority), the same check for HTTP/1.1's Host. */
 const AUTHORITY_CHARS = new Uint8Array(128);
 for (const c of "!$&'()*+,-.0123456789:;=ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~%") AUTHORITY_CHARS[c.charCodeAt(0)] = 1;
-
-/** Whether an authority's port, if it has one, is digits: after an IPv6 literal's `]`, else after its one colon. */
-function hasNumericPort(host: string): boolean {
-  const bracket = host.lastIndexOf(']');
-  const colon = host.indexOf(':', bracket + 1);
-  if (colon < 0) return true;
-  for (let i = colon + 1; i < host.length; i++) {
-    const code = host.charCodeAt(i);
-    if (code < 48 || code > 57) return false;
-  }
-  return true;
-}
 
 function isValidAuthority(host: string): boolean {
   for (let i = 0; i < host.length; i++) {

@@ -154,6 +154,13 @@ describe.concurrent('ambit authz check', () => {
     expect(String(output.reason)).toContain('fragment');
   });
 
+  it('denies a Host whose port is not a number, as the proxy answers it 400 before any policy; allows it with a numeric port', async ({ expect }) => {
+    const refused = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x', host: 'web.shop:8o' } }));
+    expect(refused).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(String(refused.reason)).toContain('port is not a number');
+    expect(decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x', host: 'web.shop:80' } })).reason).not.toContain('port is not a number');
+  });
+
   it('denies OPTIONS *, as the proxy answers it 400 before any policy', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'OPTIONS', path: '*' } }));
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
