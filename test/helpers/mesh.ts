@@ -187,3 +187,9 @@ export function serviceYaml(service: { name: string; namespace?: string; selecto
 export function yamlDocuments(...documents: string[]): string {
   return documents.join('---\n');
 }
+
+/** A readiness probe's answer: its status and body. */
+export async function probe(url: string): Promise<{ status: number; body: string }> {
+  const response = await request(url);
+  return { status: response.statusCode, body: await response.body.text() };
+}

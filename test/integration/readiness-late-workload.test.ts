@@ -1,9 +1,8 @@
 // A node proxy that has been ready stays ready when a workload scheduled on it later cannot get its first
 // certificate (the CA away): only that workload's connections fail, as ztunnel's readiness does not wait for
 // certificates. Real processes, real CA.
-import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nodeIp, podYaml, startTestMesh, waitUntil } from '../helpers/mesh.ts';
+import { nodeIp, podYaml, probe, startTestMesh, waitUntil } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 73;
@@ -17,11 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await mesh?.stop();
 });
-
-async function probe(url: string): Promise<{ status: number; body: string }> {
-  const response = await request(url);
-  return { status: response.statusCode, body: await response.body.text() };
-}
 
 describe('a ready node proxy', () => {
   it('stays ready when a workload scheduled later waits for its first certificate', async () => {

@@ -3,10 +3,9 @@
 // certificate has expired because the CA stayed away past its life. Real processes, real CA, real HTTP.
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createJoinToken } from '../../src/identity/ca/tokens.ts';
-import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, probe, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
 import { AmbitProcess } from '../helpers/process.ts';
 
@@ -29,11 +28,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await mesh?.stop();
 });
-
-async function probe(url: string): Promise<{ status: number; body: string }> {
-  const response = await request(url);
-  return { status: response.statusCode, body: await response.body.text() };
-}
 
 describe('readiness and metrics of a node proxy whose identities are not in order', () => {
   it('serves both while its first attestation waits for an unreachable CA, naming the node identity as pending', async () => {
