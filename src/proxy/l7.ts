@@ -1310,7 +1310,9 @@ function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger
       // not be told to reuse the tunnel for longer: its next request would find it ending, and be lost.
       const keepAlive = upstreamKeepAlive(headers as Record<string, string | string[] | undefined>);
       if (keepAlive !== null && keepAlive > 0) state.keepAliveS = keepAlive;
-      if (keepAlive === 0 || inspector.draining || undiciWillClose(upstream) === true) res.shouldKeepAlive = false;
+      // An answer before the whole request came (an upload refused early): undici ends that upstream connection, so
+      // the client is told to close too, as Envoy does, not promised a keep-alive the tunnel cannot keep.
+      if (keepAlive === 0 || inspector.draining || !res.req.complete || undiciWillClose(upstream) === true) res.shouldKeepAlive = false;
       // Not when the client asked to close (`Connection: close`, HTTP/1.0): a Connection field set here overrides
       // Node's own verdict, and the tunnel stayed open while the client waited for its end.
       else if (keepAlive !== null && res.shouldKeepAlive) {

@@ -177,6 +177,11 @@ beforeAll(async () => {
       req.socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), CLOSE_DELIMITED_BODY]));
       return;
     }
+    if (req.url === '/public/early') {
+      // Answers without reading the upload (a size limit, an auth failure).
+      res.end('early');
+      return;
+    }
     if (req.url === '/public/echo-length') {
       let length = 0;
       req.on('data', (chunk: Buffer) => (length += chunk.length));
@@ -1053,6 +1058,23 @@ describe('a client speaking another HTTP version than the workload: bodies, cook
       expect((await call({ ':path': '/public/after', ':authority': 'web.demo' })).text).toBe('web /public/after');
     } finally {
       session.close();
+    }
+  });
+
+  it('HTTP/1.1 to an HTTP/1.1 workload that answers before reading the upload: told to close, not promised keep-alive', async () => {
+    const socket = connect({ host: CLIENT_IP, port: 9080 });
+    socket.on('error', () => {});
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(`GET /public/early HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 5000000\r\n\r\n${'x'.repeat(5_000_000)}`);
+      await waitUntil('the early answer', () => answer.endsWith('early'), 10_000).catch((e: unknown) => { throw new Error(`${String(e)} got: ${JSON.stringify(answer.slice(0, 300))}`); });
+      expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+      // Not keep-alive: the rest of the upload would be read as a next request, or the next request lost.
+      expect(answer.toLowerCase()).toContain('connection: close');
+    } finally {
+      socket.destroy();
     }
   });
 
