@@ -139,6 +139,14 @@ interface TunnelState {
   readonly facts: MutableFacts;
   h1Client: Client | null;
   h2Upstream: http2.ClientHttp2Session | null;
+  /** The client's h2c session on this tunnel, when it speaks h2c. */
+  h2Downstream: http2.Http2Session | null;
+  /**
+   * h2c requests to an HTTP/1.1 workload waiting for the tunnel's one upstream connection, sent one at a time: one
+   * whose client gave up before its turn is never sent, and all are refused unprocessed if that connection ends.
+   */
+  readonly h1Queue: H1Job[];
+  h1Busy: boolean;
   requests: number;
   denied: number;
   /** HTTP/1.1 requests forwarded whose responses have not finished (pipelining). */
@@ -497,7 +505,10 @@ export class HttpInspector {
       else socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.#h2.on('session', (session) => {
-      if (this.#pending) this.#tunnels.set(session, this.#pending);
+      if (this.#pending) {
+        this.#tunnels.set(session, this.#pending);
+        this.#pending.h2Downstream = session;
+      }
       if (this.#draining) session.close();
       this.#h2Sessions.add(session);
       session.once('close', () => this.#h2Sessions.delete(session));
@@ -514,7 +525,7 @@ export class HttpInspector {
     const draining = () => this.#draining;
     const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, requests: 0, denied: 0, inFlight: 0, keepAliveS: null,
+      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
         // istio_requests_total: an answer never begun (the client left first) is Envoy's response code 0, flag DC.
@@ -556,7 +567,23 @@ export class HttpInspector {
       // with no listener was thrown and ended the node proxy. Its 'close' follows and ends the tunnel.
       upstream.on('error', ignore);
       // After the HTTP clients have had their turn: the answer they give for what was in flight (502) goes out first.
-      upstream.once('close', () => setImmediate(endAfterWorkloadClosed, stream));
+      upstream.once('close', () => {
+        const downstream = state.h2Downstream;
+        if (downstream === null || downstream.closed || downstream.destroyed) {
+          setImmediate(endAfterWorkloadClosed, stream);
+          return;
+        }
+        // An h2c client: its requests not yet sent are refused unprocessed and the session told GOAWAY, and the
+        // tunnel ends once those frames are out and the session has closed (ending it at once cut them off: the
+        // client got CANCEL for requests it could have sent again).
+        refuseQueued(state);
+        downstream.close();
+        const end = () => setImmediate(endAfterWorkloadClosed, stream);
+        downstream.once('close', end);
+        setTimeout(() => {
+          if (!downstream.destroyed) downstream.destroy();
+        }, UPSTREAM_CLOSED_GRACE_MS).unref();
+      });
       const onFirst = () => {
         const first = stream.read() as Buffer | null;
         if (first === null) {
@@ -1001,11 +1028,30 @@ export class HttpInspector {
       body = new PassThrough();
       stream.pipe(body);
     }
-    state.h1Client ??= upstreamClient(state.upstream);
-    state.h1Client.dispatch(
-      { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false },
-      new H2AnswerFromH1(stream, this.#logger),
-    );
+    state.h1Queue.push({ stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false } });
+    this.#pumpH1(state);
+  }
+
+  /** Sends the next queued h2c request to the HTTP/1.1 workload once the one before has been answered. */
+  #pumpH1(state: TunnelState): void {
+    while (!state.h1Busy && state.h1Queue.length > 0) {
+      const job = state.h1Queue.shift() as H1Job;
+      // Reset by its client while it waited: never sent (Envoy drops a request not yet given an upstream connection).
+      if (job.stream.closed || job.stream.destroyed) {
+        job.options.body?.destroy();
+        continue;
+      }
+      if (state.upstream.destroyed) {
+        refuseStream(job.stream, job.options.body);
+        continue;
+      }
+      state.h1Busy = true;
+      state.h1Client ??= upstreamClient(state.upstream);
+      state.h1Client.dispatch(job.options, new H2AnswerFromH1(job.stream, this.#logger, () => {
+        state.h1Busy = false;
+        this.#pumpH1(state);
+      }));
+    }
   }
 }
 
@@ -1013,14 +1059,17 @@ export class HttpInspector {
 class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   readonly #stream: http2.ServerHttp2Stream;
   readonly #logger: Logger;
+  /** Called once, when the workload's answer has ended or failed: the next queued request may go. */
+  readonly #settled: () => void;
   #trailers: http2.OutgoingHttpHeaders = {};
   #done = false;
   /** Written to the workload (undici calls onRequestStart as it writes a request): before that, it was never sent. */
   #started = false;
 
-  constructor(stream: http2.ServerHttp2Stream, logger: Logger) {
+  constructor(stream: http2.ServerHttp2Stream, logger: Logger, settled: () => void) {
     this.#stream = stream;
     this.#logger = logger;
+    this.#settled = settled;
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -1053,22 +1102,45 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
     this.#done = true;
     this.#trailers = forwardableHeaders(trailers);
     if (!this.#stream.destroyed) this.#stream.end();
+    this.#settled();
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.#done = true;
     this.#logger.debug({ err: error.message }, 'forwarding an inspected HTTP/2 request over HTTP/1.1 failed');
+    this.#settled();
     const stream = this.#stream;
     if (stream.destroyed || stream.closed) return;
     upstreamFailed.add(stream);
-    if (!this.#started) {
-      // Never written to the workload (the connection ended first): the client may safely send it again elsewhere.
-      stream.close(NGHTTP2_REFUSED_STREAM);
-      // Nor will the tunnel carry more: its one upstream connection is gone.
-      stream.session?.close();
-    } else if (!stream.headersSent) answer(stream, 502);
+    if (!this.#started) refuseStream(stream, null);
+    else if (!stream.headersSent) answer(stream, 502);
     else cutAnswer(stream);
   }
+}
+
+/** An h2c request converted for the HTTP/1.1 workload, waiting for its turn on the tunnel's upstream connection. */
+interface H1Job {
+  readonly stream: http2.ServerHttp2Stream;
+  readonly options: Dispatcher.DispatchOptions & { body: PassThrough | null };
+}
+
+/**
+ * A request never written to the workload (its connection ended first): refused unprocessed (REFUSED_STREAM, RFC 9113
+ * §8.7), so its client sends it again on a new connection, and the session told GOAWAY: it can carry no more.
+ */
+function refuseStream(stream: http2.ServerHttp2Stream, body: PassThrough | null): void {
+  body?.destroy();
+  if (stream.destroyed || stream.closed) return;
+  upstreamFailed.add(stream);
+  stream.close(NGHTTP2_REFUSED_STREAM);
+  const session = stream.session;
+  if (session !== undefined && !session.closed) session.close();
+}
+
+/** Every request still waiting for the tunnel's upstream connection, which has ended: refused unprocessed. */
+function refuseQueued(state: TunnelState): void {
+  const queued = state.h1Queue.splice(0);
+  for (const job of queued) refuseStream(job.stream, job.options.body);
 }
 
 /** Fields without HTTP/2's pseudo-headers (`:status`), which an HTTP/1.1 message cannot carry. */

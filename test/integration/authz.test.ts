@@ -1061,6 +1061,56 @@ describe('a client speaking another HTTP version than the workload: bodies, cook
     }
   });
 
+  it('h2c to an HTTP/1.1 workload: a request its client resets while it waits its turn is never sent; the connection goes on', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9080`);
+    session.on('error', () => {});
+    const text = (stream: http2.ClientHttp2Stream) =>
+      new Promise<string>((resolve, reject) => {
+        let body = '';
+        stream.setEncoding('utf8');
+        stream.on('data', (chunk: string) => (body += chunk));
+        stream.on('end', () => resolve(body));
+        stream.on('error', reject);
+      });
+    try {
+      const slow = text(session.request({ ':path': '/public/slow', ':authority': 'web.demo' }));
+      // Queued behind the slow one, half its upload sent, then given up.
+      const queued = session.request({ ':path': '/public/echo-length?given-up', ':authority': 'web.demo', 'content-length': '2000' }, { endStream: false });
+      queued.on('error', () => {});
+      queued.write(Buffer.alloc(1000, 'x'));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      queued.close(http2.constants.NGHTTP2_CANCEL);
+      expect(await slow).toBe('slow answer');
+      expect(await text(session.request({ ':path': '/public/after-given-up', ':authority': 'web.demo' }))).toBe('web /public/after-given-up');
+      expect(webRequests).not.toContain('GET /public/echo-length?given-up');
+    } finally {
+      session.close();
+    }
+  });
+
+  it('h2c to an HTTP/1.1 workload whose connection ends: the requests not yet sent are refused unprocessed, with GOAWAY', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9080`);
+    session.on('error', () => {});
+    const goaway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
+    const closed = (stream: http2.ClientHttp2Stream) =>
+      new Promise<number>((resolve) => {
+        stream.on('error', () => {});
+        stream.resume();
+        stream.on('close', () => resolve(stream.rstCode ?? -1));
+      });
+    try {
+      // The workload drops its connection with this one unanswered; two more wait behind it.
+      const gone = closed(session.request({ ':path': '/public/gone', ':authority': 'web.demo' }));
+      const waiting = [closed(session.request({ ':path': '/public/w1', ':authority': 'web.demo' })), closed(session.request({ ':path': '/public/w2', ':authority': 'web.demo' }))];
+      await gone;
+      expect(await Promise.all(waiting)).toEqual([http2.constants.NGHTTP2_REFUSED_STREAM, http2.constants.NGHTTP2_REFUSED_STREAM]);
+      await goaway;
+      expect(webRequests).not.toContain('GET /public/w1');
+    } finally {
+      session.destroy();
+    }
+  });
+
   it('HTTP/1.1 to an HTTP/1.1 workload that answers before reading the upload: told to close, not promised keep-alive', async () => {
     const socket = connect({ host: CLIENT_IP, port: 9080 });
     socket.on('error', () => {});
