@@ -159,6 +159,17 @@ interface TunnelState {
   readonly onH2StreamClose: (this: http2.ServerHttp2Stream) => void;
   /** Writes a request's access line; null when those are off. */
   readonly logRequest: ((record: RequestLogRecord) => void) | null;
+  /** The tunnel's series, for requests answered outside a ServerResponse or stream (upgrades, parse errors). */
+  readonly meter: TunnelMeter | null;
+}
+
+/**
+ * A request answered without a ServerResponse or an h2c stream of its own (a WebSocket upgrade refused, a request
+ * head Node's parser refused, a CONNECT): counted and logged as the others are.
+ */
+function answeredOutside(state: TunnelState, method: string, path: string, authority: string, responseCode: number, responseFlags: string): void {
+  state.meter?.request('http', responseCode, '', responseFlags);
+  state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: 0 });
 }
 
 /** A request's access line, once its answer has ended: what it asked for (kept at its start), what it got. */
@@ -491,6 +502,8 @@ export class HttpInspector {
     // with no listener, closed the tunnel saying nothing), as an h2c CONNECT is.
     this.#h1.on('connect', (req: IncomingMessage, socket: Duplex) => {
       socket.on('error', ignore);
+      const state = this.#tunnels.get(socket);
+      if (state !== undefined) answeredOutside(state, 'CONNECT', req.url ?? '', req.headers.host ?? '', 405, 'DPE');
       this.#logger.debug({ target: req.url }, 'CONNECT on an inspected tunnel refused');
       socket.end(CONNECT_REFUSED_ANSWER);
       socket.resume();
@@ -500,9 +513,14 @@ export class HttpInspector {
       const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
       this.#logger.debug({ err: error.message }, timedOut ? 'request head not received in time on an inspected tunnel' : tooLarge ? `request head over ${MAX_REQUEST_HEADER_BYTES} bytes on an inspected tunnel` : 'malformed HTTP/1.1 on an inspected tunnel');
       if (socket.destroyed) return;
+      const erring = this.#tunnels.get(socket);
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
-      if ((this.#tunnels.get(socket)?.inFlight ?? 0) > 0) resetTunnel(socket);
-      else socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      if ((erring?.inFlight ?? 0) > 0) resetTunnel(socket);
+      else {
+        // Envoy's DPE (downstream protocol error): what the head said is unknown, so only the answer is logged.
+        if (erring !== undefined) answeredOutside(erring, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE');
+        socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      }
     });
     this.#h2.on('session', (session) => {
       if (this.#pending) {
@@ -550,6 +568,7 @@ export class HttpInspector {
         if (logRequest !== null) logRequestEnd(logRequest, this, status, flags);
       },
       logRequest,
+      meter,
     };
     return new Promise((resolve) => {
       let finished = false;
@@ -721,6 +740,7 @@ export class HttpInspector {
     appendClientCert(headers, state.clientCert);
     const refusal = judge(state, req, withUpgradeFields(headers, req.rawHeaders));
     if (refusal !== null) {
+      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', refusal.status, refusal.status === 403 ? 'DENY' : 'DPE');
       socket.end(`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`);
       // Nothing reads the tunnel any more: unread input would keep its stream from ever closing (and the tunnel open).
       socket.resume();

@@ -1175,4 +1175,16 @@ describe('access lines of inspected requests', () => {
     ]);
     expect(requests()[0]?.duration).toMatch(/^\d+ms$/);
   });
+
+  it('counts and logs the requests answered outside an ordinary response: a refused WebSocket upgrade, a head too large', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const since = nodeB.proc.lines.length;
+    const deniedBefore = await metricSum(nodeB, 'istio_requests_total', { destination_workload: 'web-1', response_code: '403', response_flags: 'DENY' });
+    expect(await rawHttp('GET /admin-ws HTTP/1.1\r\nHost: web.demo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', true)).toMatch(/^HTTP\/1\.1 403 /);
+    expect(await rawHttp(`GET /public/x HTTP/1.1\r\nHost: web.demo\r\nCookie: ${'a'.repeat(70_000)}\r\n\r\n`, true)).toMatch(/^HTTP\/1\.1 431 /);
+    const requests = () => nodeB.proc.lines.slice(since).filter((line) => line.msg === 'request');
+    await waitUntil('both request lines', () => requests().length >= 2, 5_000);
+    expect(requests()).toMatchObject([{ method: 'GET', path: '/admin-ws', response_code: 403, response_flags: 'DENY' }, { response_code: 431, response_flags: 'DPE' }]);
+    expect(await metricSum(nodeB, 'istio_requests_total', { destination_workload: 'web-1', response_code: '403', response_flags: 'DENY' })).toBe(deniedBefore + 1);
+  });
 });
