@@ -219,6 +219,7 @@ const UPSTREAM_CLOSED_STALL_MS = 60_000;
 /** The largest request head taken (request line and fields): Envoy's default, max_request_headers_kb 60. */
 const MAX_REQUEST_HEADER_BYTES = 60 * 1024;
 const TOO_LARGE_ANSWER = 'HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
+const WS_TO_H2_BODY = 'WebSocket upgrade to an HTTP/2 workload not forwarded';
 const CONNECT_REFUSED_ANSWER = 'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
 /** How long the tunnel's own HTTP server keeps an idle client connection: no hint may promise longer. */
 const TUNNEL_KEEP_ALIVE_S = 60;
@@ -748,7 +749,8 @@ export class HttpInspector {
     }
     if (state.upstreamVersion === 'http2') {
       // The workload speaks HTTP/2 only: a WebSocket would need its extended CONNECT (RFC 8441), not forwarded here.
-      socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: 51\r\nconnection: close\r\n\r\nWebSocket upgrade to an HTTP/2 workload not forwarded');
+      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', 501, '-');
+      socket.end(`HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(WS_TO_H2_BODY)}\r\nconnection: close\r\n\r\n${WS_TO_H2_BODY}`);
       socket.resume();
       return;
     }

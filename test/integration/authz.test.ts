@@ -1111,6 +1111,14 @@ describe('a client speaking another HTTP version than the workload: bodies, cook
     }
   });
 
+  it('answers a WebSocket upgrade to an HTTP/2 workload 501, its length the length of its body', async () => {
+    const answer = await rawHttp('GET /pkg.Svc/ws HTTP/1.1\r\nHost: grpc.demo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', true, 9051);
+    expect(answer).toMatch(/^HTTP\/1\.1 501 /);
+    const [head, body] = answer.split('\r\n\r\n');
+    expect(Number(/content-length: (\d+)/i.exec(head ?? '')?.[1])).toBe(body?.length);
+    expect(body).toBe('WebSocket upgrade to an HTTP/2 workload not forwarded');
+  });
+
   it('HTTP/1.1 to an HTTP/1.1 workload that answers before reading the upload: told to close, not promised keep-alive', async () => {
     const socket = connect({ host: CLIENT_IP, port: 9080 });
     socket.on('error', () => {});
