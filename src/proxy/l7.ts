@@ -914,6 +914,7 @@ export class HttpInspector {
     });
     stream.pipe(upstreamStream);
   }
+
   /**
    * The tunnel's HTTP/2 session to the workload, opened on its one upstream socket at the first request; null when
    * there can be none (the workload left, or ended the session with GOAWAY: the socket cannot carry a second one, and
