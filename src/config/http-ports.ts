@@ -146,11 +146,6 @@ export function httpPortVersionsOf(sources: HttpPortSources, workload: Workload)
   return result;
 }
 
-/** The ports of one workload that carry HTTP. */
-export function httpPortsOf(sources: HttpPortSources, workload: Workload): Set<number> {
-  return new Set(httpPortVersionsOf(sources, workload).keys());
-}
-
 /**
  * The HTTP ports of a workload described only by namespace and labels (`ambit authz check` without a registered
  * workload). A Service's named targetPort cannot be resolved without the workload's ports: those are returned apart.

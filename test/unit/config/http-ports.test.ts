@@ -1,7 +1,7 @@
 // Which Service and ServiceEntry ports carry HTTP, as Istio reads them (ConvertProtocol, protocol.Parse): both the
 // ports the node proxy inspects and the ones it must leave as TCP.
 import { afterEach, describe, expect, it } from 'vitest';
-import { entryHttpVersionOf, httpPortSources, httpPortVersionsOf, httpPortsOf, httpVersionOf, isHttpEntryProtocol, isHttpProtocol } from '../../../src/config/http-ports.ts';
+import { entryHttpVersionOf, httpPortSources, httpPortVersionsOf, httpVersionOf, isHttpEntryProtocol, isHttpProtocol } from '../../../src/config/http-ports.ts';
 import { loadConfigDir } from '../../../src/config/loader.ts';
 import { configDir, meshYaml, podYaml, removeConfigDirs } from './temp-config.ts';
 
@@ -66,11 +66,11 @@ spec:
     const pod = podYaml({ name: 'db-1', namespace: 'data', node: 'node-a', ip: '10.0.0.7' });
     const same = await loadConfigDir(await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': pod, 'se.yaml': entry('data') }));
     const sameWorkload = same.workloads.find((w) => w.name === 'db-1');
-    expect(sameWorkload && [...httpPortsOf(httpPortSources(same), sameWorkload)]).toEqual([8080]);
+    expect(sameWorkload && [...httpPortVersionsOf(httpPortSources(same), sameWorkload)]).toEqual([[8080, 'http1']]);
     // Another tenant's entry cannot change how this workload's connections are read.
     const other = await loadConfigDir(await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': pod, 'se.yaml': entry('tenant-b') }));
     const otherWorkload = other.workloads.find((w) => w.name === 'db-1');
-    expect(otherWorkload && [...httpPortsOf(httpPortSources(other), otherWorkload)]).toEqual([]);
+    expect(otherWorkload && [...httpPortVersionsOf(httpPortSources(other), otherWorkload)]).toEqual([]);
   });
 });
 
