@@ -227,15 +227,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     } catch (error) {
       // Ours above already say which endpoint; the HTTP client's own (too large, too slow, refused) are told with it.
       if (error instanceof AmbitError && error.code === 'FEDERATION_FETCH') throw error;
-      const code = (error as { code?: unknown } | null)?.code;
-      const said =
-        code === 'UND_ERR_RES_EXCEEDED_MAX_SIZE' ? `its answer exceeds ${MAX_BUNDLE_BYTES} bytes`
-        : (error as Error | null)?.name === 'TimeoutError' ? `no complete answer within ${FETCH_DEADLINE_MS / 1000} s`
-        : (() => {
-            const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
-            return wrapped.code === 'FEDERATION_FETCH' ? wrapped.message : `[${wrapped.code}] ${wrapped.message}`;
-          })();
-      throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint}: ${said}`, { cause: error });
+      throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint}: ${fetchFailure(error)}`, { cause: error });
     }
     try {
       return decodeBundle(this.peer.trustDomain, text);
@@ -298,4 +290,12 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       this.#timer.unref();
     }
   }
+}
+
+/** What went wrong with a bundle fetch, in words: the limit it broke, or the HTTP client's own error with its code. */
+function fetchFailure(error: unknown): string {
+  if ((error as { code?: unknown } | null)?.code === 'UND_ERR_RES_EXCEEDED_MAX_SIZE') return `its answer exceeds ${MAX_BUNDLE_BYTES} bytes`;
+  if ((error as Error | null)?.name === 'TimeoutError') return `no complete answer within ${FETCH_DEADLINE_MS / 1000} s`;
+  const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
+  return wrapped.code === 'FEDERATION_FETCH' ? wrapped.message : `[${wrapped.code}] ${wrapped.message}`;
 }
