@@ -513,7 +513,9 @@ export class HttpInspector {
       const timedOut = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
       const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
       this.#logger.debug({ err: error.message }, timedOut ? 'request head not received in time on an inspected tunnel' : tooLarge ? `request head over ${MAX_REQUEST_HEADER_BYTES} bytes on an inspected tunnel` : 'malformed HTTP/1.1 on an inspected tunnel');
-      if (socket.destroyed) return;
+      // Answered already: the parser reports the rest of the refused head (a 70 KB one arrives in several chunks) as
+      // errors again, and each was counted and logged as another request.
+      if (socket.destroyed || socket.writableEnded) return;
       const erring = this.#tunnels.get(socket);
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
       if ((erring?.inFlight ?? 0) > 0) resetTunnel(socket);

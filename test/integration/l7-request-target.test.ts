@@ -16,6 +16,7 @@ import { compileAuthorization } from '../../src/authz/compile.ts';
 import { parseConfigText } from '../../src/config/loader.ts';
 import { buildSnapshot } from '../../src/config/snapshot.ts';
 import { silentLogger } from '../../src/observe/log.ts';
+import type { RequestLogRecord } from '../../src/observe/access-log.ts';
 import { HttpInspector } from '../../src/proxy/l7.ts';
 
 const POLICY = `apiVersion: security.istio.io/v1
@@ -55,6 +56,8 @@ upstream.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
   socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
   socket.pipe(socket);
 });
+/** The request access lines the inspector wrote. */
+const requestLines: RequestLogRecord[] = [];
 const h2Upstream = http2.createServer();
 h2Upstream.on('stream', (stream, headers) => {
   served.push(`h2 ${String(headers[':method'])} ${String(headers[':path'])} host=${String(headers[':authority'])}`);
@@ -78,7 +81,7 @@ beforeAll(async () => {
     const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
     const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), onDenied: () => {}, upstreamVersion: null }, null);
+      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), onDenied: () => {}, upstreamVersion: null, logRequest: (record) => requestLines.push(record) }, null);
       openTunnels++;
       void inspected.then(() => openTunnels--);
     });
@@ -233,6 +236,25 @@ describe('the request target an inspected tunnel decides on', () => {
     expect((await h1(`GET /public HTTP/1.1\r\nHost: web.shop\r\nCookie: s=${'a'.repeat(20_000)}\r\n\r\n`)).status).toBe(200);
     expect((await h1(`GET /public HTTP/1.1\r\nHost: web.shop\r\nCookie: s=${'a'.repeat(70_000)}\r\n\r\n`)).status).toBe(431);
     expect(served).toEqual(['GET /public host=web.shop']);
+  });
+
+  it('logs a head refused as too large once, however many chunks of it still arrive', async () => {
+    requestLines.length = 0;
+    const { stream, close } = await tunnel('h1');
+    try {
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      stream.on('error', () => {});
+      stream.write(`GET /public HTTP/1.1\r\nHost: web.shop\r\nCookie: ${'a'.repeat(70_000)}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // More of the refused head, after the 431 went out.
+      stream.write(`${'b'.repeat(30_000)}\r\n\r\n`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(received).toMatch(/^HTTP\/1\.1 431 /);
+      expect(requestLines.map((line) => line.responseCode)).toEqual([431]);
+    } finally {
+      close();
+    }
   });
 
   it('answers a CONNECT inside an inspected tunnel 405, forwarding nothing', async () => {
