@@ -14,7 +14,7 @@ import { authzContext, clientIpOfForwardedFor, decideSafely, mtlsModeFor } from 
 import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
-import { hasNumericPort } from '../proxy/authority.ts';
+import { hasEmptyLabel, hasNumericPort } from '../proxy/authority.ts';
 import { normalizePath } from '../authz/path.ts';
 import { AMBIGUOUS_NAMESPACE, namespaceOfPath, tryParseSpiffeId } from '../identity/spiffe-id.ts';
 
@@ -171,6 +171,10 @@ export const command: Command = {
       if (!hasNumericPort(host)) {
         // The proxy refuses such a Host with 400 before any policy (a DENY on hosts could not read its port).
         process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'a Host whose port is not a number: the proxy answers 400' }) + '\n');
+        return 0;
+      }
+      if (hasEmptyLabel(host)) {
+        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'a Host with an empty label (..): the proxy answers 400' }) + '\n');
         return 0;
       }
       request = {

@@ -59,3 +59,19 @@ export function hasNumericPort(host: string): boolean {
   }
   return true;
 }
+
+/**
+ * Whether a Host or :authority names its host with an empty label (`evil.shop..`, `.evil.shop`, `evil..shop`). A
+ * resolver or the application's own routing may read it as the name without them, which a DENY on hosts would not
+ * see; one trailing dot is a fully qualified name, which host rules read as the name without it.
+ */
+export function hasEmptyLabel(host: string): boolean {
+  if (host.charCodeAt(0) === 91 /* [ */) return false;
+  const colon = host.indexOf(':');
+  const end = colon < 0 ? host.length : colon;
+  if (host.charCodeAt(0) === 46 /* . */) return true;
+  for (let i = 1; i < end; i++) {
+    if (host.charCodeAt(i) === 46 && host.charCodeAt(i - 1) === 46) return true;
+  }
+  return false;
+}

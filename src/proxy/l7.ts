@@ -20,7 +20,7 @@ import type { IpAddress } from '../authz/match.ts';
 import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
-import { hasNumericPort } from './authority.ts';
+import { hasEmptyLabel, hasNumericPort } from './authority.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
 import type { RequestProtocol, TunnelMeter } from '../observe/metrics.ts';
 import type { RequestLogRecord } from '../observe/access-log.ts';
@@ -359,6 +359,7 @@ export class MutableFacts implements HttpRequestFacts {
     // Its port must be digits (RFC 3986 §3.2.3): `evil.shop:abc` is no authority, and a DENY on evil.shop's hosts,
     // which also reads the Host without its port, could not cut a port it cannot read.
     if (!hasNumericPort(host)) return http1 ? 'a Host whose port is not a number' : 'an :authority whose port is not a number';
+    if (hasEmptyLabel(host)) return http1 ? 'a Host with an empty label (..)' : 'an :authority with an empty label (..)';
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
     const normalized = normalizePath(path);

@@ -127,11 +127,11 @@ async function h1(request: string): Promise<{ status: number; body: string }> {
 }
 
 /** Sends one h2c request with this :path through a tunnel; its :status, or the code of the stream's reset. */
-async function h2(path: string): Promise<number | string> {
+async function h2(path: string, authority = 'web.shop'): Promise<number | string> {
   const { stream, close } = await tunnel('h2');
   const session = http2.connect('http://web.shop', { createConnection: () => stream as Socket });
   try {
-    const request = session.request({ ':path': path, ':authority': 'web.shop' });
+    const request = session.request({ ':path': path, ':authority': authority });
     request.resume();
     return await new Promise<number | string>((resolve) => {
       request.once('response', (headers) => resolve(Number(headers[':status'])));
@@ -272,6 +272,10 @@ describe('the request target an inspected tunnel decides on', () => {
     expect(await h1('GET / HTTP/1.1\r\nHost: admin.shop:abc\r\n\r\n')).toEqual({ status: 400, body: 'a Host whose port is not a number' });
     expect((await h1('GET / HTTP/1.1\r\nHost: admin.shop.\r\n\r\n')).status).toBe(403);
     expect((await h1('GET / HTTP/1.1\r\nHost: admin.shop.:80\r\n\r\n')).status).toBe(403);
+    // Empty labels are no host name a rule can read: an application may route `admin.shop..` as admin.shop.
+    expect(await h1('GET / HTTP/1.1\r\nHost: admin.shop..\r\n\r\n')).toEqual({ status: 400, body: 'a Host with an empty label (..)' });
+    expect((await h1('GET / HTTP/1.1\r\nHost: .admin.shop:80\r\n\r\n')).status).toBe(400);
+    expect((await h1('GET / HTTP/1.1\r\nHost: admin..shop\r\n\r\n')).status).toBe(400);
     expect((await h1('GET /public HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n')).status).toBe(200);
     expect(served).toEqual(['GET /public host=[::1]:8080']);
   });
@@ -283,6 +287,7 @@ describe('the request target an inspected tunnel decides on', () => {
     expect(await h2('admin')).toBe('ERR_HTTP2_STREAM_ERROR');
     expect(await h2('/admin#x')).toBe(400);
     expect(await h2('/x\\..\\admin')).toBe(403);
+    expect(await h2('/public', 'web.shop..')).toBe(400);
     expect(await h2('/public\\x')).toBe(200);
     expect(served).toEqual(['h2 GET /public host=web.shop', 'h2 GET /public/x host=web.shop']);
   });

@@ -161,6 +161,13 @@ describe.concurrent('ambit authz check', () => {
     expect(decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x', host: 'web.shop:80' } })).reason).not.toContain('port is not a number');
   });
 
+  it('denies a Host with an empty label, as the proxy answers it 400 before any policy; allows one trailing dot', async ({ expect }) => {
+    const refused = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x', host: 'web.shop..' } }));
+    expect(refused).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(String(refused.reason)).toContain('empty label');
+    expect(decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x', host: 'web.shop.' } })).reason).not.toContain('empty label');
+  });
+
   it('denies OPTIONS *, as the proxy answers it 400 before any policy', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'OPTIONS', path: '*' } }));
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
