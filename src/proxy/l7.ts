@@ -195,6 +195,19 @@ function answerFlags(answer: object, complete: boolean): string {
   return complete ? '-' : 'DC';
 }
 
+/**
+ * The `grpc_response_status` label of a gRPC status as the workload sent it: '' for none, its code for one of gRPC's
+ * seventeen (0-16), and `-1` for anything else, as Envoy reads a status it cannot parse (`InvalidCode`). The value
+ * comes from the workload: taken as sent, each distinct one would be a new series the proxy keeps forever.
+ */
+export function grpcStatusLabel(value: unknown): string {
+  if (value === undefined) return '';
+  const text = String(value);
+  if (text.length === 1 && text >= '0' && text <= '9') return text;
+  if (text.length === 2 && text >= '10' && text <= '16') return text;
+  return '-1';
+}
+
 /** `request_protocol` from an answer's content type, as Istio reports a gRPC call. */
 function requestProtocolOf(contentType: unknown): RequestProtocol {
   return typeof contentType === 'string' && contentType.startsWith('application/grpc') ? 'grpc' : 'http';
@@ -568,7 +581,7 @@ export class HttpInspector {
         const trailers = this.sentTrailers as http2.OutgoingHttpHeaders | undefined;
         const grpcStatus = trailers?.['grpc-status'] ?? head?.['grpc-status'];
         const flags = answerFlags(this, status !== 0 && this.rstCode === NGHTTP2_NO_ERROR);
-        meter?.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatus === undefined ? '' : String(grpcStatus), flags);
+        meter?.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatusLabel(grpcStatus), flags);
         if (logRequest !== null) logRequestEnd(logRequest, this, status, flags);
       },
       logRequest,

@@ -224,6 +224,13 @@ beforeAll(async () => {
       stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
       return;
     }
+    if (headers[':path'] === '/pkg.Svc/BadStatus') {
+      // A status no gRPC client knows, different on every call: a workload can send anything in its trailers.
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': `bogus-${String(headers['x-call'])}` }));
+      stream.end();
+      return;
+    }
     if (headers[':path'] === '/pkg.Svc/AnswerEarly') {
       // Answers before the request has ended, then asks the client to stop sending (RFC 9113 §8.1).
       grpcAnswer(stream, 'early');
@@ -1161,6 +1168,11 @@ describe('requests on inspected connections, as Istio counts them', () => {
     await grpcCall({ ':method': 'POST', ':path': '/pkg.Admin/Counted', 'content-type': 'application/grpc', te: 'trailers' });
     expect(await grpc({ grpc_response_status: '0', response_flags: '-', response_code: '200' })).toBe(grpcBefore.ok + 1);
     expect(await grpc({ grpc_response_status: '7', response_flags: 'DENY' })).toBe(grpcBefore.denied + 1);
+    // A status that is none of gRPC's codes is counted as -1 (Envoy's InvalidCode), not as a new series per value.
+    const invalidBefore = await grpc({ grpc_response_status: '-1' });
+    for (const call of ['1', '2']) await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/BadStatus', 'content-type': 'application/grpc', te: 'trailers', 'x-call': call });
+    expect(await grpc({ grpc_response_status: '-1' })).toBe(invalidBefore + 2);
+    expect(await grpc({ grpc_response_status: 'bogus-1' })).toBe(0);
     // A call the workload itself reset is the workload's failure (UC), not the client's (DC).
     const flagged = (flags: string) => metricSum(nodeB, 'istio_requests_total', { destination_workload: 'grpc-1', response_flags: flags });
     const [ucBefore, dcBefore] = [await flagged('UC'), await flagged('DC')];
