@@ -2,7 +2,7 @@
 // atomically for software that reads files (as spiffe-helper does), and keeps them fresh.
 import { http } from '../node-http.ts';
 import type { Server } from 'node:http';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
@@ -16,6 +16,7 @@ import type { BundleSet } from '../identity/bundle.ts';
 import { parseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
 import type { Svid } from '../identity/svid.ts';
 import { createLogger } from '../observe/log.ts';
+import type { Logger } from '../observe/log.ts';
 
 const help = `usage: ambit agent --ca URL --trust-domain TD --bundle FILE --node NAME --state-dir DIR
                    --out DIR [--identity SPIFFE_ID ...] [--join-token TOKEN | --join-token-file FILE] [--ttl 1h]
@@ -24,8 +25,9 @@ const help = `usage: ambit agent --ca URL --trust-domain TD --bundle FILE --node
 Obtains this node's SVID (join token the first time, then renewal over mTLS), then one SVID per
 --identity, renewing each at half its lifetime; while the CA is unreachable it backs off (1 s doubling
 to 150 s) and the current files keep serving. Files in --out, each written atomically:
-  <name>.pem, <name>-key.pem (0600)   certificate chain and key per identity; <name> is the ID's path
-                                      with "/" as "_" (ns_default_sa_web, ambit_node_vm-1)
+  <name>.pem, <name>-key.pem (0600)   certificate chain and key per --identity; <name> is the ID's path
+                                      with "/" as "_" (ns_default_sa_web). The node SVID stays in
+                                      --state-dir: its holder could ask for every identity on the node
   bundle.pem                          the roots of our own trust domain
   bundles.json                        SPIFFE bundle map of every trust domain the CA federates with
 --bundle is the bootstrap trust bundle (PEM or SPIFFE JSON) used to authenticate the CA the first time.
@@ -42,6 +44,18 @@ async function writeSvid(out: string, svid: Svid): Promise<void> {
   // Key first: a reader that sees the new certificate must find its key already there.
   await writeFileAtomic(join(out, `${stem}-key.pem`), svid.privateKeyPem, 0o600);
   await writeFileAtomic(join(out, `${stem}.pem`), svid.certPem, 0o644);
+}
+
+async function removeNodeSvidFiles(out: string, nodeId: string, logger: Logger): Promise<void> {
+  const stem = fileStem(nodeId);
+  for (const name of [`${stem}-key.pem`, `${stem}.pem`]) {
+    try {
+      await unlink(join(out, name));
+      logger.info({ file: join(out, name) }, 'removed the node SVID file an earlier version wrote to --out: it stays in --state-dir only');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+  }
 }
 
 async function writeBundles(out: string, trustDomain: string, bundles: BundleSet): Promise<void> {
@@ -112,7 +126,9 @@ export const command: Command = {
         logger.error({ err: failure.toJSON(), out }, 'cannot write SVID files');
       });
     };
-    agent.on('rotated', (svid) => enqueue(() => writeSvid(out, svid)));
+    agent.on('rotated', (svid) => {
+      if (svid.id.id !== agent.nodeId) enqueue(() => writeSvid(out, svid));
+    });
     agent.on('bundles', (bundles) => enqueue(() => writeBundles(out, trustDomain, bundles)));
     // The agent's own timers do not hold the process (a proxy's servers do): without this handle, `ambit agent` exited 0
     // as soon as it was running, or while it backed off from a CA it could not reach, and renewed nothing.
@@ -127,8 +143,9 @@ export const command: Command = {
       try {
         await agent.start({ failFast: values.once === true });
         enqueue(() => writeBundles(out, trustDomain, agent.bundles()));
-        const node = agent.nodeSvid();
-        if (node) enqueue(() => writeSvid(out, node));
+        // The node SVID stays in --state-dir: it lets its holder ask the CA for every identity placed on the node, and
+        // --out is what workloads read. One written there by an earlier version is removed.
+        enqueue(() => removeNodeSvidFiles(out, agent.nodeId, logger));
         await Promise.all(identities.map((id) => agent.ensure(id, { failFast: values.once === true })));
         await writing;
       } catch (error) {

@@ -49,7 +49,9 @@ export async function generateKeyPair(): Promise<CryptoKeyPair> {
 
 export async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
   const der = await globalThis.crypto.subtle.exportKey('pkcs8', key);
-  return x509.PemConverter.encode(der, 'PRIVATE KEY');
+  // Ending in a newline: `cat key.pem cert.pem` and the node SVID's one file must not run two armour lines together,
+  // which OpenSSL (and curl, HAProxy, nginx) cannot read.
+  return x509.PemConverter.encode(der, 'PRIVATE KEY') + '\n';
 }
 
 /** Imports a PKCS#8 P-256 private key (PEM) for signing, and derives its public key. */

@@ -194,14 +194,22 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
     const token = await createToken(caDir, 'node-a');
     const out = join(dir, 'out');
+    // As an earlier version left them: removed.
+    await mkdir(out);
+    await writeFile(join(out, 'ambit_node_node-a-key.pem'), 'old key\n');
+    await writeFile(join(out, 'ambit_node_node-a.pem'), 'old certificate\n');
     const result = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state-a'), out, join(dir, 'bundle.pem')), '--join-token', token, '--identity', WEB]);
     expect(result.stderr).toBe('');
     expect(result.status).toBe(0);
 
     const bundles = new BundleSet([decodePemBundle(TD, await readFile(join(out, 'bundle.pem'), 'utf8'))]);
-    const node = loadSvid(await readFile(join(out, 'ambit_node_node-a.pem'), 'utf8'), await readFile(join(out, 'ambit_node_node-a-key.pem'), 'utf8'));
-    expect(node.id.id).toBe(`spiffe://${TD}/ambit/node/node-a`);
-    expect(verifySvid(node.chain, bundles).valid).toBe(true);
+    // The node SVID stays in the state directory: its holder could ask the CA for every identity on the node.
+    expect(existsSync(join(out, 'ambit_node_node-a-key.pem'))).toBe(false);
+    expect(existsSync(join(out, 'ambit_node_node-a.pem'))).toBe(false);
+    expect(existsSync(join(dir, 'state-a', 'node-svid.pem'))).toBe(true);
+    // Each file ends in a newline, so `cat key.pem cert.pem` is a file OpenSSL reads.
+    expect(await readFile(join(out, 'ns_default_sa_web-key.pem'), 'utf8')).toMatch(/-----END PRIVATE KEY-----\n$/);
+    expect(await readFile(join(dir, 'state-a', 'node-svid.pem'), 'utf8')).toContain('-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----');
     const web = loadSvid(await readFile(join(out, 'ns_default_sa_web.pem'), 'utf8'), await readFile(join(out, 'ns_default_sa_web-key.pem'), 'utf8'));
     expect(web.id.id).toBe(WEB);
     expect(verifySvid(web.chain, bundles).valid).toBe(true);
