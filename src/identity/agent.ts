@@ -192,7 +192,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#options = options;
     this.#nodeId = nodeId(options.trustDomain, options.nodeName);
     this.#caServerId = `spiffe://${options.trustDomain}/ambit/ca`;
-    this.#logger = options.logger.child({ component: 'identity-agent', node: options.nodeName });
+    // A proxy's logger names the node already: a second `node` key is a duplicate field, which some log stores refuse.
+    this.#logger = options.logger.child('node' in options.logger.bindings() ? { component: 'identity-agent' } : { component: 'identity-agent', node: options.nodeName });
     this.#metrics = createMetrics(options.metrics ?? new Registry());
     this.#random = options.random ?? Math.random;
     this.#bundles = new BundleSet([options.bootstrapBundle]);
