@@ -74,7 +74,7 @@ export interface RequestLogRecord {
 /**
  * Writes a request's access line (msg 'request', info): the connection's identities and addresses (`connection`,
  * built once per tunnel) with Envoy's request fields, so a request can be found by path and status as in a
- * sidecar's access log. Only written where the connection lines are (info enabled: `--access-log`).
+ * sidecar's access log. Only written where the connection lines are (log level info, the default; the bench's `--access-log`).
  */
 export function requestLog(logger: Logger, connection: Readonly<Record<string, string | undefined>>, record: RequestLogRecord): void {
   logger.info(

@@ -148,7 +148,7 @@ export class InboundAuthorizer {
         return decision;
       },
       upstreamVersion: policies?.httpVersions.get(connection.destinationPort) ?? null,
-      // A line per request where connections get theirs (info: --access-log); the tunnel's part built once.
+      // A line per request where connections get theirs (log level info); the tunnel's part built once.
       logRequest: logger.isLevelEnabled('info') ? requestLogger(logger, connection) : null,
       onDenied: (decision, facts) => {
         logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'request denied by policy');
