@@ -26,6 +26,8 @@ import { labelsOfBaggage, labelsOfNamespace, labelsOfWorkload } from './labels.t
 import { inboundService, routingTableOf } from './routes.ts';
 import { accessLog, accessLogEnabled } from '../observe/access-log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
+import { countStreamBytes } from './stream-bytes.ts';
+import type { StreamBytes } from './stream-bytes.ts';
 import { Bridge, cancelStream, cutSession, cutSocket } from './copy.ts';
 import { streamClosed, streamOpened } from './window.ts';
 import { EmitterSlot } from './emitter-slot.ts';
@@ -807,6 +809,7 @@ export class HboneInbound {
     const decider = this.#options.inspectRequests?.(dial.connection) ?? null;
     if (decider !== null && this.#options.inspector !== null) {
       dial.inspected = true;
+      dial.streamBytes = countStreamBytes(stream);
       const clientCert = clientCertElement(dial.connection.destination.identity, HboneInbound.#certDetails(dial));
       void this.#options.inspector.inspect(stream, upstream, decider, clientCert, dial.meter).then(() => this.#finish(dial, undefined, undefined));
       return;
@@ -833,7 +836,9 @@ export class HboneInbound {
     // error (its response flags name why a connection could not be made). The access line says what broke. A tunnel
     // a policy change closed is a denial, late (ztunnel's AuthorizationPolicyLateRejection): DENY.
     const flags = dial.revoked ? 'DENY' : '-';
-    dial.meter?.close(upstream.bytesRead, upstream.bytesWritten, flags);
+    const sent = dial.streamBytes === null ? upstream.bytesRead : dial.streamBytes.sent;
+    const received = dial.streamBytes === null ? upstream.bytesWritten : dial.streamBytes.received;
+    dial.meter?.close(sent, received, flags);
     const failure = dial.revoked
       ? { code: 'POLICY_REVOKED', message: 'closed: the configuration that came into force no longer allows this connection' }
       : error ? { code: side === 'socket' ? 'UPSTREAM_RESET' : 'TUNNEL_RESET', message: error.message } : undefined;
@@ -843,8 +848,8 @@ export class HboneInbound {
       src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace },
       // As ztunnel: the L4 address the session arrived on, and the CONNECT's authority.
       dst: { addr: peer.localAddress, hbone_addr: formatAuthority(destinationIp, destinationPort), workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
-      bytesSent: upstream.bytesRead,
-      bytesRecv: upstream.bytesWritten,
+      bytesSent: sent,
+      bytesRecv: received,
       durationMs: Date.now() - dial.startedMs,
       error: failure,
       responseFlags: flags,
@@ -967,6 +972,8 @@ class UpstreamDial implements Flushable {
   meter: TunnelMeter | null = null;
   /** Its requests are decided one by one (an HTTP port with HTTP rules) rather than its bytes bridged. */
   inspected = false;
+  /** An inspected tunnel's bytes, counted on its stream (a bridged one's are its upstream socket's, byte for byte). */
+  streamBytes: StreamBytes | null = null;
   /** Still connecting upstream: whether it will be inspected or bridged is decided when it opens. */
   connecting = true;
   /** Closed by a policy change (revoke): its access line and close are a late DENY. */
@@ -988,7 +995,9 @@ class UpstreamDial implements Flushable {
 
   /** Reporter is the destination: "sent" is what went back to the peer, "received" what came from it. */
   flush(): void {
-    this.meter?.update(this.upstream.bytesRead, this.upstream.bytesWritten);
+    const counted = this.streamBytes;
+    if (counted === null) this.meter?.update(this.upstream.bytesRead, this.upstream.bytesWritten);
+    else this.meter?.update(counted.sent, counted.received);
   }
 
   /** Closes both sides now (a policy change revoked the tunnel, or shutdown), bridged or inspected alike. */

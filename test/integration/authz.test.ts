@@ -1183,6 +1183,30 @@ describe('requests on inspected connections, as Istio counts them', () => {
 });
 
 describe('access lines of inspected requests', () => {
+  it("count an inspected tunnel's bytes as the source does: what crossed the tunnel, the proxy's 403 included", async () => {
+    const nodeA = mesh.nodes.get('node-a')!;
+    const nodeB = mesh.nodes.get('node-b')!;
+    const [sinceA, sinceB] = [nodeA.proc.lines.length, nodeB.proc.lines.length];
+    const request = 'GET /public/bytes HTTP/1.1\r\nHost: web.demo\r\n\r\nPOST /admin/bytes HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 3\r\n\r\nabcGET /public/bytes HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n';
+    const answer = await rawHttp(request);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 [^]*HTTP\/1\.1 403 [^]*HTTP\/1\.1 200 /);
+    const access = (node: typeof nodeA, since: number, direction: string) => node.proc.lines.slice(since).find((line) => line.msg === 'access' && line.direction === direction && line['dst.workload'] === 'web-1');
+    await waitUntil('both access lines', () => access(nodeA, sinceA, 'outbound') !== undefined && access(nodeB, sinceB, 'inbound') !== undefined, 5_000);
+    const sent = Buffer.byteLength(request, 'latin1');
+    const received = Buffer.byteLength(answer, 'latin1');
+    expect(access(nodeA, sinceA, 'outbound')).toMatchObject({ bytes_sent: sent, bytes_recv: received });
+    // The destination reports the same tunnel: its 403 went to the peer, its x-forwarded-client-cert did not come from it.
+    expect(access(nodeB, sinceB, 'inbound')).toMatchObject({ bytes_recv: sent, bytes_sent: received });
+    // h2c, whose session writes through the tunnel's stream too: the two proxies agree.
+    const [grpcSinceA, grpcSinceB] = [nodeA.proc.lines.length, nodeB.proc.lines.length];
+    await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/Bytes', 'content-type': 'application/grpc', te: 'trailers' });
+    const grpcAccess = (node: typeof nodeA, since: number, direction: string) => node.proc.lines.slice(since).find((line) => line.msg === 'access' && line.direction === direction && line['dst.workload'] === 'grpc-1');
+    await waitUntil('both h2c access lines', () => grpcAccess(nodeA, grpcSinceA, 'outbound') !== undefined && grpcAccess(nodeB, grpcSinceB, 'inbound') !== undefined, 5_000);
+    const source = grpcAccess(nodeA, grpcSinceA, 'outbound')!;
+    expect(source.bytes_sent).toBeGreaterThan(0);
+    expect(grpcAccess(nodeB, grpcSinceB, 'inbound')).toMatchObject({ bytes_recv: source.bytes_sent, bytes_sent: source.bytes_recv });
+  });
+
   it('writes one per request with what it asked and got, next to the connection line', async () => {
     const nodeB = mesh.nodes.get('node-b')!;
     const since = nodeB.proc.lines.length;
