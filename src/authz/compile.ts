@@ -144,8 +144,11 @@ export interface WorkloadPolicies {
   readonly index: WorkloadIndex;
   /** `index.data`, one object nearer: a decision's first read of a workload (src/authz/decide.ts). */
   readonly indexData: Int32Array;
-  readonly hasL7Rules: boolean;
-  /** Whether an ALLOW or DENY rule (not an AUDIT or dry-run one) has HTTP fields: those must see every request. */
+  /**
+   * Whether an ALLOW or DENY rule has HTTP fields: those must see every request, so the proxy inspects the HTTP ports.
+   * AUDIT and dry-run rules never make it inspect (they only log; inspection changes what reaches the workload): their
+   * HTTP fields are read on requests inspected for the rules in force.
+   */
   readonly hasEnforcingL7Rules: boolean;
   /** Target ports of this workload declared HTTP by a Service (appProtocol or port name): evaluated per request. */
   readonly httpPorts: ReadonlySet<number>;
@@ -367,7 +370,7 @@ function indexByPort(all: RuleLists, vocabularies: Vocabularies, httpPorts: Read
 }
 
 /** What workloads selected by the same policies (and with the same HTTP ports) share. */
-type SharedRules = Pick<WorkloadPolicies, 'deny' | 'allow' | 'audit' | 'allowPolicyCount' | 'byPort' | 'otherPorts' | 'index' | 'hasL7Rules' | 'hasEnforcingL7Rules'>;
+type SharedRules = Pick<WorkloadPolicies, 'deny' | 'allow' | 'audit' | 'allowPolicyCount' | 'byPort' | 'otherPorts' | 'index' | 'hasEnforcingL7Rules'>;
 
 const STRENGTH: Record<Exclude<MtlsMode, 'UNSET'>, number> = { DISABLE: 0, PERMISSIVE: 1, STRICT: 2 };
 
@@ -491,7 +494,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     }
     const { byPort, otherPorts, index } = indexByPort({ deny, allow, audit }, vocabularies, httpPorts);
     const hasEnforcingL7Rules = [...deny, ...allow].some((rule) => rule.l7);
-    const rules: SharedRules = { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasL7Rules: hasEnforcingL7Rules || audit.some((rule) => rule.l7), hasEnforcingL7Rules };
+    const rules: SharedRules = { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasEnforcingL7Rules };
     if (sharing) shared.set(key, rules);
     return rules;
   };
@@ -502,7 +505,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     for (const policy of byNamespace.get(rootNamespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
     if (namespace !== rootNamespace) for (const policy of byNamespace.get(namespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
     const rules = rulesFor(applicable, httpPorts);
-    const { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasL7Rules, hasEnforcingL7Rules } = rules;
+    const { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasEnforcingL7Rules } = rules;
     const mtls = mtlsFor(namespace, labels);
     const strictPlaintextPorts = new Map<number, Decision>();
     for (const [port, portMode] of mtls.ports) if (portMode === 'STRICT') strictPlaintextPorts.set(port, strictRefusal(mtls.portSetBy.get(port) ?? null));
@@ -516,7 +519,6 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       otherPorts,
       index,
       indexData: index.data,
-      hasL7Rules,
       hasEnforcingL7Rules,
       httpPorts,
       httpVersions,

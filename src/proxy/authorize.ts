@@ -93,7 +93,7 @@ export class InboundAuthorizer {
       this.#logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection allowed');
     }
     // A connection whose requests are inspected is audited per request (requestInspection), as Envoy's HTTP RBAC does.
-    if (policies.audit.length > 0 && !(moment === 'connect' && policies.hasL7Rules)) {
+    if (policies.audit.length > 0 && !(moment === 'connect' && policies.hasEnforcingL7Rules)) {
       // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
       const found = auditSafely(policies, ctx, moment, this.#audited);
       if (found.audit !== null) logAuditedConnection(this.#logger, found.audit, connection);
@@ -103,8 +103,9 @@ export class InboundAuthorizer {
   }
 
   /**
-   * For a connection to a port declared HTTP whose workload has HTTP rules: the per-request decision.
-   * null otherwise: a workload without HTTP rules never has its HTTP parsed.
+   * For a connection to a port declared HTTP whose workload has HTTP rules in force: the per-request decision.
+   * null otherwise: a workload without them never has its HTTP parsed (AUDIT and dry-run rules only log, and parsing
+   * would change what reaches it: refused malformed requests, added headers, converted versions).
    */
   requestInspection(connection: InboundConnection): RequestInspection | null {
     // Asked after the upstream connect: the configuration may have changed since the stream opened.
@@ -114,7 +115,7 @@ export class InboundAuthorizer {
     const policies = this.#policiesOf(snapshot, current);
     // Uninspected would let every request through: with no policies to judge them by, each one is refused until a
     // configuration that compiles is in force (decide looks again at every change).
-    if (policies !== null && (!policies.hasL7Rules || !policies.httpPorts.has(connection.destinationPort))) return null;
+    if (policies !== null && (!policies.hasEnforcingL7Rules || !policies.httpPorts.has(connection.destinationPort))) return null;
     // One context per tunnel; each request only swaps in its facts.
     const ctx = contextOf(connection);
     const logger = this.#logger;

@@ -101,8 +101,20 @@ describe('dry-run authorization policies', () => {
     expect(explained?.note).toBe('an ALLOW policy with no rules allows nothing; dry run (istio.io/dry-run): logged, never enforced');
   });
 
-  it('hide no AUDIT policy: a request both match is logged once for each', () => {
-    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('no-delete', 'DENY', 'true', '{ to: [{ operation: { methods: [DELETE] } }] }') + '---\n' + policy('audit-all', 'AUDIT', null, '{}'), 'all.yaml'));
+  it.each([
+    ['an AUDIT policy', 'AUDIT', null],
+    ['a dry-run DENY', 'DENY', 'true'],
+    ['a dry-run ALLOW', 'ALLOW', 'true'],
+  ])('never make the proxy inspect an HTTP port: %s with HTTP fields alone leaves its bytes as they are', (_what, action, dryRun) => {
+    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('logged', action, dryRun, '{ to: [{ operation: { paths: ["/audited"] } }] }'), 'all.yaml'));
+    expect(new InboundAuthorizer(() => snapshot, new Registry(), silentLogger()).requestInspection(connectionTo(snapshot))).toBeNull();
+    // A rule in force with HTTP fields does.
+    const enforced = buildSnapshot(parseConfigText(WORLD + policy('logged', action === 'AUDIT' ? 'DENY' : action, null, '{ to: [{ operation: { paths: ["/audited"] } }] }'), 'all.yaml'));
+    expect(new InboundAuthorizer(() => enforced, new Registry(), silentLogger()).requestInspection(connectionTo(enforced))).not.toBeNull();
+  });
+
+  it('hide no AUDIT policy: a request both match is logged once for each, on a port inspected for a rule in force', () => {
+    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('no-delete', 'DENY', 'true', '{ to: [{ operation: { methods: [DELETE] } }] }') + '---\n' + policy('audit-all', 'AUDIT', null, '{}') + '---\n' + policy('no-admin', 'DENY', null, '{ to: [{ operation: { paths: ["/admin"] } }] }'), 'all.yaml'));
     const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
     const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
     const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
