@@ -47,7 +47,7 @@ export interface PassthroughRoute {
   readonly serviceLabels?: ServiceLabels;
 }
 
-export type DenyReason = 'EGRESS_BLOCKED' | 'NO_HEALTHY_UPSTREAM';
+export type DenyReason = 'EGRESS_BLOCKED' | 'NO_HEALTHY_UPSTREAM' | 'SERVICE_PORT_UNKNOWN';
 
 export interface DenyRoute {
   readonly kind: 'deny';
@@ -79,6 +79,8 @@ export interface RoutingTable {
   readonly byHost: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   /** cluster IP → service port → routes. */
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
+  /** A Kubernetes Service's names (full and short forms) → the Service and its TCP ports: a port it lacks is refused. */
+  readonly serviceNames: ReadonlyMap<string, { readonly hostname: string; readonly ports: readonly number[] }>;
   readonly hbonePort: number;
   readonly egressLocked: boolean;
   /** Destinations outside the mesh that ServiceEntries name: what REGISTRY_ONLY lets through (externalEntry). */
@@ -454,7 +456,10 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const hbonePort = snapshot.mesh.ports.hbone;
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
   const byVip = new Map<string, Map<number, ServicePortRoutes>>();
+  const serviceNames = new Map<string, { hostname: string; ports: number[] }>();
   for (const service of snapshot.services) {
+    const named = { hostname: service.hostname, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port) };
+    for (const host of [service.hostname, `${service.metadata.name}.${service.metadata.namespace}`, `${service.metadata.name}.${service.metadata.namespace}.svc`]) serviceNames.set(host, named);
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
     // publishNotReadyAddresses: every running pod is an endpoint, ready or not, as Kubernetes publishes them.
@@ -487,7 +492,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
     }
   }
   const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
-  return { snapshot, byHost, byVip, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map(), byWorkloadIp: new WorkloadRoutes() };
+  return { snapshot, byHost, byVip, serviceNames, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map(), byWorkloadIp: new WorkloadRoutes() };
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -641,6 +646,14 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry (no Service, workload, or ServiceEntry with that host or address and port${sourceNamespace === undefined ? '' : ` exported to namespace ${sourceNamespace}`}) and egress is REGISTRY_ONLY` };
   }
   if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
+  if (entry === undefined && family === 0) {
+    // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
+    // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
+    const named = table.serviceNames.get(host) ?? table.serviceNames.get(normalHost(host));
+    if (named !== undefined) {
+      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is Service ${named.hostname}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
+    }
+  }
   // An entry without endpoints: where the name resolves, labelled with the entry (a connect costs far more than this object).
   return entry === undefined ? { kind: 'passthrough', host, port } : { kind: 'passthrough', host, port, serviceLabels: entry.serviceLabels };
 }

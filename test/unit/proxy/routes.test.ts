@@ -154,9 +154,15 @@ describe('a Service addressed by name or cluster IP', () => {
     expect(decideRoute(table, 'web', 80)).toEqual({ kind: 'passthrough', host: 'web', port: 80 });
   });
 
-  it('does not route a port the Service does not declare', () => {
-    expect(decideRoute(table, 'web.shop', 81)).toEqual({ kind: 'passthrough', host: 'web.shop', port: 81 });
+  it("refuses a Service's name on a port it does not declare: where the name resolves is outside the mesh, in plain text", () => {
+    for (const host of ['web.shop', 'web.shop.svc', 'web.shop.svc.cluster.local', 'WEB.shop.', 'web.shop.svc.cluster.local.']) {
+      const route = decideRoute(table, host, 81);
+      expect(route, host).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
+      expect((route as { message: string }).message).toContain('web.shop.svc.cluster.local, which has no TCP port 81 (its ports: 80');
+    }
+    // Its cluster IP is left to the passthrough guard, which refuses any mesh address; another name is not the Service's.
     expect(decideRoute(table, '10.96.0.10', 81)).toEqual({ kind: 'passthrough', host: '10.96.0.10', port: 81 });
+    expect(decideRoute(table, 'web.other', 81)).toEqual({ kind: 'passthrough', host: 'web.other', port: 81 });
   });
 
   it('routes a headless Service (clusterIP None) by hostname only', () => {
@@ -249,7 +255,7 @@ status: { phase: Running, podIP: 10.0.5.9, conditions: [{ type: Ready, status: y
 
   it('ignores UDP Service ports: no route is built for them', () => {
     expect(table.byHost.get('web.shop')?.has(53)).toBe(false);
-    expect(decideRoute(table, 'web.shop', 53)).toEqual({ kind: 'passthrough', host: 'web.shop', port: 53 });
+    expect(decideRoute(table, 'web.shop', 53)).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
     expect(decideRoute(tableOf('  egress: { mode: REGISTRY_ONLY }\n'), '10.96.0.10', 53)).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
   });
 
