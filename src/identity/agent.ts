@@ -507,15 +507,19 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         return keys;
       }
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON(), file }, 'pending attestation key is not usable; attesting with a new key');
+      // ENOTDIR: the state directory is a file, which the write below reports.
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON(), file }, 'pending attestation key is not usable; attesting with a new key');
     }
     const keys = await generateKeyPair();
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
       await writeFileAtomic(file, `${JSON.stringify({ ...binding, key: await exportPrivateKeyPem(keys.privateKey) })}\n`, 0o600);
     } catch (error) {
-      // Attesting still works; only a restart before the answer would need a new token.
-      this.#logger.warn({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), file }, 'cannot store the attestation key: a restart before the CA answers would need a new join token');
+      // Before the CA is asked: attesting would spend the token with nowhere to keep the node SVID, and the next start
+      // would need a new token (the operator's typo costs a token, not just a restart).
+      const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      throw new AmbitError('FILE_WRITE', `state directory ${dir} cannot be written (${reason === 'ENOTDIR' || reason === 'EEXIST' ? 'a file is in the way' : reason}): not attesting, so the join token is not spent with nowhere to keep the node SVID`, { cause: error, hint: 'give --state-dir a directory this user can write (it is created 0700 when missing)' });
     }
     return keys;
   }

@@ -245,6 +245,25 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(result.stderr).toContain(`--out ${out}`);
   });
 
+  it('ambit agent with a --state-dir it cannot write exits 2 naming it before attesting, and the join token still works', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const ca = await startCa(caDir, await writeConfig(dir, { trustDomain: TD }));
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const token = await createToken(caDir, 'node-a');
+    // A typo naming a file: nowhere to keep the node SVID the token would buy.
+    const file = join(dir, 'not-a-dir');
+    await writeFile(file, 'x\n');
+    const refused = await runAmbit([...agentArgs(ca, TD, 'node-a', file, join(dir, 'out'), join(dir, 'bundle.pem')), '--join-token', token]);
+    expect(refused.status).toBe(2);
+    expect(refused.stderr).toContain('[FILE_WRITE]');
+    expect(refused.stderr).toContain(`state directory ${file} cannot be written (a file is in the way)`);
+    // Not spent: the same token attests with the right directory.
+    const ok = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')), '--join-token', token]);
+    expect(ok.stderr).toBe('');
+    expect(ok.status).toBe(0);
+  });
+
   it('ambit agent --metrics on an address it cannot bind exits 2 naming --metrics, as ambit proxy does', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD);
