@@ -1,5 +1,6 @@
 // `ambit authz check`: evaluates one request against the configuration's policies, offline, exactly as
 // the proxy would, so operators can try a policy before they apply it.
+import { http as nodeHttp } from '../node-http.ts';
 import { readFile } from 'node:fs/promises';
 import { AmbitError } from '../errors.ts';
 import { parse, requireString } from './args.ts';
@@ -10,12 +11,11 @@ import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { authorizationOf, DENY_ON_ERROR } from '../authz/compile.ts';
 import { httpPortSources, httpPortsOfLabels } from '../config/http-ports.ts';
 import type { WorkloadPolicies } from '../authz/compile.ts';
-import { authzContext, clientIpOfForwardedFor, decideSafely, mtlsModeFor } from '../authz/decide.ts';
+import { authzContext, decideSafely, mtlsModeFor } from '../authz/decide.ts';
 import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
-import { hasEmptyLabel, hasNumericPort } from '../proxy/authority.ts';
-import { normalizePath } from '../authz/path.ts';
+import { forwardableRawHeaders, MutableFacts } from '../proxy/l7.ts';
 import { AMBIGUOUS_NAMESPACE, namespaceOfPath, tryParseSpiffeId } from '../identity/spiffe-id.ts';
 
 const help = `usage: ambit authz check --config DIR --request FILE|- [--explain]
@@ -30,6 +30,8 @@ proxy would, and prints {"decision": "ALLOW"|"DENY", "policy": "ns/name"|null, "
    "request": {"method": "GET", "path": "/api", "host": "web.demo", "headers": {"x-user": "alice"}}}
 
 "request" absent: an L4 connection (on a port declared HTTP, the connection-time decision). A
+"request" is read as the proxy reads an HTTP/1.1 request: one it answers 400 (no host, a bad Host or
+path, a method HTTP/1.1 does not know) is a DENY naming why. A
 "request" to a port not declared HTTP is decided as the proxy decides it there, as a TCP connection
 (the output's "note" says so). A source
 without "principal" is a connection without peer identity (plaintext). "destination.kind" ("Pod" or
@@ -147,43 +149,34 @@ export const command: Command = {
     if (input.request !== undefined) {
       const r = object(input.request, 'request');
       checkKeys(r, ['method', 'path', 'host', 'headers'], 'request');
-      const headers = new Map<string, string>();
+      // The fields as an HTTP/1.1 client sends them, read by the proxy's own request facts: every request the proxy
+      // answers 400 before any policy (a Host it cannot read, a field the Connection header takes away, a bad path) is
+      // refused here too, with the same words.
+      const raw: string[] = [];
+      let hostField: string | undefined;
       if (r.headers !== undefined) {
         for (const [key, value] of Object.entries(object(r.headers, 'request.headers'))) {
           if (typeof value !== 'string') throw new AmbitError('USAGE', `request: request.headers.${key} must be a string`);
-          headers.set(key.toLowerCase(), value);
+          raw.push(key, value);
+          if (key.toLowerCase() === 'host') hostField = value;
         }
       }
       const rawPath = optionalString(r, 'path', 'request.path') ?? '/';
       if (rawPath.charCodeAt(0) !== 47 && rawPath !== '*') throw new AmbitError('USAGE', `request: request.path must be a path starting with "/" (got "${rawPath}"); give an absolute URI's authority as request.host`);
-      if (rawPath === '*') {
-        // As the proxy: its upstream clients cannot send `OPTIONS *` on, so it answers 400 before any policy.
-        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'an asterisk-form target (*) is not forwarded: the proxy answers 400' }) + '\n');
+      const host = optionalString(r, 'host', 'request.host') ?? hostField ?? '';
+      if (hostField === undefined && host !== '') raw.push('host', host);
+      const method = optionalString(r, 'method', 'request.method') ?? 'GET';
+      const refuse = (reason: string): number => {
+        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason }) + '\n');
         return 0;
-      }
-      const query = rawPath.indexOf('?');
-      if (normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) === null) {
-        // The proxy refuses such a request with 400 before any policy: say so rather than match the raw path.
-        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'malformed request path (a bad percent-escape or a fragment): the proxy answers 400' }) + '\n');
-        return 0;
-      }
-      const host = (optionalString(r, 'host', 'request.host') ?? headers.get('host') ?? '').toLowerCase();
-      if (!hasNumericPort(host)) {
-        // The proxy refuses such a Host with 400 before any policy (a DENY on hosts could not read its port).
-        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'a Host whose port is not a number: the proxy answers 400' }) + '\n');
-        return 0;
-      }
-      if (hasEmptyLabel(host)) {
-        process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason: 'a Host with an empty label (..): the proxy answers 400' }) + '\n');
-        return 0;
-      }
-      request = {
-        method: optionalString(r, 'method', 'request.method') ?? 'GET',
-        path: normalizePath(query < 0 ? rawPath : rawPath.slice(0, query)) as string,
-        host,
-        header: (name) => headers.get(name),
-        remoteIp: clientIpOfForwardedFor(headers.get('x-forwarded-for')),
       };
+      if (host === '') return refuse('no Host (give request.host): the proxy answers 400 to an HTTP request without one');
+      // Node's HTTP/1.1 parser knows its methods by name, in capitals (`get` is no method to it); over h2c any name goes.
+      if (!nodeHttp.METHODS.includes(method)) return refuse(`an HTTP/1.1 request with method ${JSON.stringify(method)}, which is not one HTTP/1.1's parser knows (names are case-sensitive): the proxy answers 400 (over HTTP/2 it is decided by policy)`);
+      const facts = new MutableFacts();
+      const malformed = facts.fill(method, rawPath, host, forwardableRawHeaders(raw), true);
+      if (malformed !== null) return refuse(`${malformed}: the proxy answers 400`);
+      request = facts;
     }
 
     const snapshot = await loadConfigDir(configDir, { requireMesh: false });

@@ -37,10 +37,17 @@ function ambit(args: string[], stdin?: string): Promise<Result> {
 }
 
 /** `ambit authz check --config DIR --request -` with the request as JSON on stdin. */
+/** An HTTP request without a Host of its own is given `web.shop`: the proxy answers one without any 400, and so does the check. */
 function check(request: unknown, options: { config?: string; explain?: boolean } = {}): Promise<Result> {
   const args = ['authz', 'check', '--config', options.config ?? CONFIG, '--request', '-'];
   if (options.explain) args.push('--explain');
-  return ambit(args, typeof request === 'string' ? request : JSON.stringify(request));
+  return ambit(args, typeof request === 'string' ? request : JSON.stringify(withHost(request)));
+}
+
+function withHost(input: unknown): unknown {
+  const http = (input as { request?: { host?: string; headers?: Record<string, string> } }).request;
+  if (http === undefined || http.host !== undefined || http.headers?.host !== undefined) return input;
+  return { ...(input as object), request: { ...http, host: 'web.shop' } };
 }
 
 interface Output {
@@ -171,7 +178,20 @@ describe.concurrent('ambit authz check', () => {
   it('denies OPTIONS *, as the proxy answers it 400 before any policy', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'OPTIONS', path: '*' } }));
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
-    expect(String(output.reason)).toContain('asterisk-form');
+    expect(String(output.reason)).toContain('OPTIONS * is not forwarded');
+  });
+
+  it.for([
+    ['no Host at all', { method: 'GET', path: '/api/x' }, 'no Host'],
+    ['a Host that is no authority', { method: 'GET', path: '/api/x', host: 'web shop' }, 'a Host that is not a valid authority'],
+    ['a Host the Connection header takes away', { method: 'GET', path: '/api/x', headers: { host: 'web.shop', connection: 'host' } }, 'no Host field'],
+    ['a method HTTP/1.1 does not know', { method: 'get', path: '/api/x', host: 'web.shop' }, 'not one HTTP/1.1'],
+    ['a second Host field other than the authority', { method: 'GET', path: '/api/x', host: 'web.shop', headers: { Host: 'admin.shop' } }, 'a Host field other than the authority'],
+  ] as const)('denies, as the proxy answers it 400 before any policy, a request with %s', async ([, http, reason], { expect }) => {
+    const output = decided(await ambit(['authz', 'check', '--config', CONFIG, '--request', '-'], JSON.stringify({ destination: web(), source: { principal: FRONT }, request: http })));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(String(output.reason)).toContain(reason);
+    expect(String(output.reason)).toContain('400');
   });
 
   it('denies a principal that names two namespaces, as the proxy refuses such a peer', async ({ expect }) => {
@@ -292,7 +312,7 @@ describe.concurrent('ambit authz check', () => {
   });
 
   it('reads the request from stdin with --request -', async ({ expect }) => {
-    const result = await ambit(['authz', 'check', '--config', CONFIG, '--request', '-'], JSON.stringify({ destination: web(), source: { principal: FRONT }, request: { path: '/api/x' } }));
+    const result = await ambit(['authz', 'check', '--config', CONFIG, '--request', '-'], JSON.stringify({ destination: web(), source: { principal: FRONT }, request: { path: '/api/x', host: 'web.shop' } }));
     expect(decided(result)).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow', rule: 0 });
   });
 
