@@ -8,7 +8,7 @@ import type { Server } from 'node:http';
 import { createServer as createTcpServer, connect } from 'node:net';
 import type { Server as TcpServer } from 'node:net';
 import { createWriteStream, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
@@ -29,7 +29,7 @@ Starts a whole mesh on loopback: ambit ca, two node proxies (node-a on 127.0.1.x
 127.0.2.x), an HTTP service "web" and a TCP echo "echo" on node-b, and a client on node-a that calls
 both through its node proxy every 200 ms, over HBONE with both SPIFFE identities. A live summary shows
 connections, bytes, identities and decisions, read from each proxy's /metrics. Ctrl-C (or --duration)
-stops everything and removes the temporary directory (keep it with --dir).
+stops everything and removes the temporary directory (keep it with --dir, a new or empty directory).
 `;
 
 export interface MeshLayout {
@@ -219,6 +219,30 @@ export function identityPairs(text: string): string[] {
   return [...pairs].sort();
 }
 
+/**
+ * --dir must be new or empty: the mesh writes its own configuration (over a mesh.yaml found there), CA, logs and join
+ * tokens into it, and reads every file of DIR/config as its configuration. Each run makes a CA of its own, so an
+ * earlier run's directory is refused too.
+ */
+async function checkNewDir(dir: string): Promise<void> {
+  if (dir === '') throw new AmbitError('USAGE', '--dir is empty: give a new or empty directory (or leave --dir out for a temporary one)');
+  let entries: string[];
+  try {
+    entries = await readdir(dir);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    throw new AmbitError('USAGE', `--dir ${dir}: ${code === 'ENOTDIR' ? 'not a directory' : `cannot be read (${code ?? (error as Error).message})`}: give a new or empty directory`);
+  }
+  if (existsSync(join(dir, 'ca', 'ca.json'))) {
+    throw new AmbitError('USAGE', `--dir ${dir} holds an earlier mesh (its CA in ${join(dir, 'ca')}): remove it, or give a new directory`);
+  }
+  if (entries.length > 0) {
+    const shown = entries.slice(0, 3).join(', ') + (entries.length > 3 ? `, and ${entries.length - 3} more` : '');
+    throw new AmbitError('USAGE', `--dir ${dir} is not empty (${shown}): the mesh writes its own configuration, CA, logs and join tokens there and reads all of DIR/config; give a new or empty directory`);
+  }
+}
+
 export const command: Command = {
   summary: 'a whole mesh on loopback: CA, two node proxies, demo workloads and live traffic (npm start)',
   help,
@@ -227,10 +251,7 @@ export const command: Command = {
     const durationMs = values.duration ? parseDurationMs(values.duration, 'duration') : undefined;
     const level = levelFromEnvironment(process.env.AMBIT_LOG_LEVEL);
     const layout = DEMO_LAYOUT;
-    // Each run makes a CA of its own: a directory kept from an earlier run (its CA, logs, state) is not reused.
-    if (values.dir !== undefined && existsSync(join(values.dir, 'ca', 'ca.json'))) {
-      throw new AmbitError('USAGE', `--dir ${values.dir} holds an earlier mesh (its CA in ${join(values.dir, 'ca')}): remove it, or give a new directory`);
-    }
+    if (values.dir !== undefined) await checkNewDir(values.dir);
     const dir = values.dir ?? (await mkdtemp(join(tmpdir(), 'ambit-mesh-')));
     const keepDir = values.dir !== undefined;
     const children: Child[] = [];
@@ -251,6 +272,8 @@ export const command: Command = {
     };
     process.once('SIGINT', interrupt);
     process.once('SIGTERM', interrupt);
+    // A closed terminal or SSH session: stopped as on Ctrl-C, so the temporary directory (CA key, tokens) goes too.
+    process.once('SIGHUP', interrupt);
     const isInterrupted = () => interrupted;
 
     const stop = async (code: number): Promise<number> => {

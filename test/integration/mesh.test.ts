@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -136,6 +136,23 @@ describe('npm start (ambit mesh from the build)', () => {
     expect(result.stderr.trim()).toBe(`ambit mesh: --dir ${dir} holds an earlier mesh (its CA in ${join(dir, 'ca')}): remove it, or give a new directory [USAGE]`);
   });
 
+  it("refuses, in one line, a --dir that is not empty, empty, or a file, leaving what is there as it was", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-user-'));
+    cleanup.push(dir);
+    await mkdir(join(dir, 'config'));
+    await writeFile(join(dir, 'config', 'mesh.yaml'), 'kind: MeshConfig # the user\'s own\n');
+    const refused = await run([BUILT_CLI, 'mesh', '--dir', dir], 20_000);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr.trim()).toBe(`ambit mesh: --dir ${dir} is not empty (config): the mesh writes its own configuration, CA, logs and join tokens there and reads all of DIR/config; give a new or empty directory [USAGE]`);
+    expect(await readFile(join(dir, 'config', 'mesh.yaml'), 'utf8')).toBe('kind: MeshConfig # the user\'s own\n');
+    const empty = await run([BUILT_CLI, 'mesh', '--dir', ''], 20_000);
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toContain('--dir is empty');
+    const file = await run([BUILT_CLI, 'mesh', '--dir', join(dir, 'config', 'mesh.yaml')], 20_000);
+    expect(file.code).toBe(2);
+    expect(file.stderr.trim()).toBe(`ambit mesh: --dir ${join(dir, 'config', 'mesh.yaml')}: not a directory: give a new or empty directory [USAGE]`);
+  });
+
   it('leaves no CA or proxy running when it is killed outright (SIGKILL: no cleanup of its own runs)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
     cleanup.push(dir);
@@ -151,13 +168,14 @@ describe('npm start (ambit mesh from the build)', () => {
     }
   }, 90_000);
 
-  it('stops what it started and removes its directory when interrupted while its proxies start', async () => {
+  it.each(['SIGTERM', 'SIGHUP'] as const)('stops what it started and removes its directory on %s while its proxies start', async (signal) => {
     const { child, output, closed } = startMesh([]);
     try {
       // The CA is up, the proxies not yet ready.
       await expect.poll(() => /\n {2}CA {12}https:/.test(output.stdout), { timeout: 60_000, interval: 20 }).toBe(true);
       expect(output.stdout).not.toContain('ready: HBONE');
-      child.kill('SIGTERM');
+      // SIGHUP: the terminal or SSH session it ran in closed.
+      child.kill(signal);
       expect(await closed).toBe(130);
       const dir = /working directory (\S+)/.exec(output.stdout)?.[1];
       expect(existsSync(dir as string)).toBe(false);
