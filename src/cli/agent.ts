@@ -8,6 +8,7 @@ import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { joinTokenOption, parse, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
+import { ignoreHangup } from './hangup.ts';
 import { parseListen } from './listen.ts';
 import { IdentityAgent } from '../identity/agent.ts';
 import { writeFileAtomic } from '../identity/files.ts';
@@ -185,6 +186,7 @@ export const command: Command = {
         server.on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed to accept a connection'));
       }
       logger.info({ identities: agent.identities(), out }, 'agent running');
+      ignoreHangup(logger, 'certificates and bundles renew by themselves');
       await new Promise<void>((resolve) => {
         process.once('SIGTERM', resolve);
         process.once('SIGINT', resolve);

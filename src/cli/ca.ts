@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { parse, parseDurationMs, parseDurationMsAllowZero, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
+import { ignoreHangup } from './hangup.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
 import { evictNode } from '../identity/ca/nodes.ts';
@@ -207,6 +208,7 @@ async function serve(argv: string[]): Promise<number> {
   };
   process.once('SIGTERM', () => void stop());
   process.once('SIGINT', () => void stop());
+  ignoreHangup(logger, 'the configuration directory and CA state are watched');
   await new Promise<never>(() => {});
   return 0;
 }

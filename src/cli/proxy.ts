@@ -2,6 +2,7 @@
 import { AmbitError } from '../errors.ts';
 import { joinTokenOption, parse, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
+import { ignoreHangup } from './hangup.ts';
 import { parseListen, parsePort } from './listen.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
 import { createLogger } from '../observe/log.ts';
@@ -34,7 +35,7 @@ watched: a valid change applies at once (and is recorded with its diff in --audi
 STATE_DIR/audit.log), an invalid one is logged and the last good one stays.
 SIGTERM or SIGINT drains, as ztunnel does: listeners close, every HBONE session is told GOAWAY, readiness
 turns 503, and open connections have --drain-timeout (default 5s; 0 to stop at once) to finish before the
-rest are cut (reset).
+rest are cut (reset). SIGHUP is logged and ignored: the configuration is reloaded when its files change.
 `;
 
 /** ztunnel's default drain: open connections get this long to finish once the proxy is asked to stop. */
@@ -95,6 +96,7 @@ export const command: Command = {
     });
     const observability = proxy.observability;
     logger.info({ metrics: observability?.metricsUrl, readiness: observability?.readinessUrl, admin: observability?.adminUrl, ready: proxy.readiness() }, 'proxy started');
+    ignoreHangup(logger, 'the configuration directory is watched and certificates renew by themselves');
     await new Promise<void>((resolve) => {
       process.once('SIGTERM', resolve);
       process.once('SIGINT', resolve);

@@ -105,6 +105,24 @@ describe('a node proxy asked to stop', () => {
     expect(conn.error()).toBeUndefined();
   }, 30_000);
 
+  it('by SIGHUP (a closed terminal, a reload) says it ignores it, and its open connection goes on', async () => {
+    const nodeA = await mesh.startNode('node-a');
+    try {
+      const conn = await open();
+      conn.socket.write('before\n');
+      await waitUntil('the first echo', () => conn.received() === 'before\n', 5_000);
+      nodeA.proc.child.kill('SIGHUP');
+      await nodeA.proc.waitFor((line) => typeof line.msg === 'string' && line.msg.startsWith('SIGHUP ignored'), 5_000);
+      conn.socket.write('after\n');
+      await waitUntil('the echo after SIGHUP', () => conn.received() === 'before\nafter\n', 5_000);
+      expect(nodeA.proc.child.exitCode).toBeNull();
+      conn.socket.destroy();
+    } finally {
+      nodeA.proc.child.kill('SIGTERM');
+      await exited(nodeA);
+    }
+  }, 30_000);
+
   it('cuts a connection still open when the drain time is over, with a reset, and exits', async () => {
     const nodeA = await mesh.startNode('node-a', ['--drain-timeout', '1s']);
     const conn = await open();
