@@ -40,6 +40,13 @@ const BACKOFF_JITTER = 0.2;
 const MIN_RETRY_MS = 100;
 const LAST_CHANCE_BEFORE_EXPIRY_MS = 1000;
 /**
+ * While an identity has no valid certificate because the CA could not be reached, the CA is asked for its bundles this
+ * often: one small request per node, however many identities wait. When it answers, they are asked for at once
+ * (spread over WAKE_SPREAD_MS) rather than at the end of a backoff of up to 150 s, with no traffic for them meanwhile.
+ */
+const DEFAULT_CA_PROBE_MS = 10_000;
+const WAKE_SPREAD_MS = 1_000;
+/**
  * A new bundle sequence of our own trust domain can mean a new signing root: re-issue every SVID
  * within this window (spread at random, so a node's identities do not hit the CA at once) so that
  * none still depends on a root about to be withdrawn.
@@ -107,6 +114,8 @@ export interface IdentityAgentOptions {
   ttlSeconds?: number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
+  /** How often the CA is probed while an identity has no valid certificate for want of it (default 10 s). */
+  caProbeMs?: number;
   /** A request's whole life, queueing for a connection included (default 30 s). */
   requestDeadlineMs?: number;
   /** Floor for bundle polling, whatever the CA advertises. */
@@ -124,6 +133,8 @@ interface Entry {
   readonly spiffeId: string;
   svid: Svid | undefined;
   failures: number;
+  /** The last failure was the CA out of reach (not a refusal): what a probe that reaches it retries at once. */
+  unreachable: boolean;
   timer: NodeJS.Timeout | undefined;
   /** When `timer` is meant to fire, by the wall clock (Infinity with none): see #catchUp. */
   dueAtMs: number;
@@ -162,6 +173,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #bundles: BundleSet;
   #dispatcher: Agent;
   #bundleTimer: NodeJS.Timeout | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
   #ownSequenceFromCa: bigint | undefined;
   /** Our trust domain's bundle as the CA last served it (or as stored from that, after a restart): what a rollback is judged against. */
   #ownFromCa: TrustBundle | undefined;
@@ -293,6 +305,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#attestWait.resolve();
     }
     clearTimeout(this.#bundleTimer);
+    clearTimeout(this.#probeTimer);
     clearInterval(this.#wallClock);
     for (const entry of this.#entries.values()) clearTimeout(entry.timer);
     await Promise.allSettled([...this.#entries.values()].map((entry) => entry.inFlight));
@@ -418,7 +431,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #entry(spiffeId: string): Entry {
     let entry = this.#entries.get(spiffeId);
     if (!entry) {
-      entry = { spiffeId, svid: undefined, failures: 0, timer: undefined, dueAtMs: Infinity, inFlight: undefined, reissue: false, issuerKeyId: undefined, waiters: [] };
+      entry = { spiffeId, svid: undefined, failures: 0, unreachable: false, timer: undefined, dueAtMs: Infinity, inFlight: undefined, reissue: false, issuerKeyId: undefined, waiters: [] };
       this.#entries.set(spiffeId, entry);
     }
     return entry;
@@ -635,6 +648,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     entry.failures = 0;
     this.#metrics.expiry.set({ identity: entry.spiffeId }, svid.notAfter.getTime() / 1000);
     if (fresh) {
+      // The CA answers: the others waiting for it need not wait out their backoff.
+      this.#wakeWaiting();
       this.#metrics.rotations.inc({ identity: entry.spiffeId });
       this.#logger.info({ spiffeId: entry.spiffeId, serial: svid.chain[0]?.serialNumber, expiresAt: svid.notAfter.toISOString() }, 'certificate rotated');
     }
@@ -744,6 +759,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
 
   #onFailure(entry: Entry, error: AmbitError): void {
     entry.failures++;
+    entry.unreachable = error.code === 'CA_UNREACHABLE';
     let delayMs = this.#backoffMs(entry.failures);
     const svid = entry.svid;
     const stillValid = svid !== undefined && svid.notAfter.getTime() > Date.now();
@@ -763,6 +779,37 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       for (const waiter of waiters) waiter.reject?.(error);
     }
     this.#renewSoon(entry, delayMs);
+    if (!stillValid && entry.unreachable) this.#probeLater();
+  }
+
+  /** Whether an identity waits, without a valid certificate, for a CA it could not reach. */
+  static #waitsForCa(entry: Entry, now: number): boolean {
+    return entry.unreachable && entry.failures > 0 && (entry.svid === undefined || entry.svid.notAfter.getTime() <= now);
+  }
+
+  #probeLater(): void {
+    if (this.#stopped || this.#probeTimer !== undefined) return;
+    this.#probeTimer = setTimeout(() => {
+      this.#probeTimer = undefined;
+      const now = Date.now();
+      if (![...this.#entries.values()].some((entry) => IdentityAgent.#waitsForCa(entry, now))) return;
+      // Its failure needs no line of its own: each waiting identity's retries say why.
+      this.refreshBundles().then(() => this.#wakeWaiting(), () => this.#probeLater());
+    }, this.#options.caProbeMs ?? DEFAULT_CA_PROBE_MS);
+    this.#probeTimer.unref();
+  }
+
+  /** The CA answered: identities waiting for it without a valid certificate are asked for now, not at their backoff's end. */
+  #wakeWaiting(): void {
+    if (this.#stopped) return;
+    const now = Date.now();
+    let woken = 0;
+    for (const entry of this.#entries.values()) {
+      if (!IdentityAgent.#waitsForCa(entry, now) || entry.inFlight !== undefined || entry.timer === undefined || entry.dueAtMs - now <= WAKE_SPREAD_MS) continue;
+      this.#renewSoon(entry, this.#random() * WAKE_SPREAD_MS);
+      woken++;
+    }
+    if (woken > 0) this.#logger.info({ identities: woken }, 'the CA answers again: identities without a valid certificate are asked for now');
   }
 
   /**
