@@ -49,6 +49,21 @@ function logAuditedRequest(logger: Logger, match: CompiledRule, decision: Decisi
   logger.info({ audit: match.policy.name, rule: match.index, dryRun: match.policy.dryRun, decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, match.policy.dryRun === undefined ? 'audited request' : `dry-run ${match.policy.dryRun} policy matched a request`);
 }
 
+/**
+ * Why a rule with HTTP fields decided a connection on a port not declared HTTP as it did: a DENY applied without them
+ * (denying the whole connection), an ALLOW that could never match. Istio says as much in the policy's status; here the
+ * denial says it (only on the denial path: one scan of the workload's rules).
+ */
+function httpFieldsNote(policies: WorkloadPolicies, decision: Decision, port: number): string | undefined {
+  const notHttp = `port ${port} is not declared HTTP (no Service port named http, http2, grpc... or with such an appProtocol targets it)`;
+  if (decision.rule !== null) {
+    const rule = policies.deny.find((candidate) => candidate.decision === decision);
+    return rule?.l7 === true ? `the rule has HTTP fields (methods, paths, hosts or request headers) and ${notHttp}: it applied without them, to the whole connection` : undefined;
+  }
+  if (decision === policies.noMatch && policies.allow.some((rule) => rule.l7)) return `ALLOW rules with HTTP fields never match here: ${notHttp}`;
+  return undefined;
+}
+
 export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
@@ -88,7 +103,8 @@ export class InboundAuthorizer {
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
     this.#count(decision);
     if (!decision.allow) {
-      this.#logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection denied by policy');
+      const note = moment === 'tcp' ? httpFieldsNote(policies, decision, connection.destinationPort) : undefined;
+      this.#logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, ...(note === undefined ? {} : { note }), source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection denied by policy');
     } else if (this.#logger.isLevelEnabled('debug')) {
       this.#logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection allowed');
     }
