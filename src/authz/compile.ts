@@ -135,6 +135,11 @@ export interface WorkloadPolicies {
   /** ALLOW policies that apply (an ALLOW policy with no rules still counts: it allows nothing). */
   readonly allowPolicyCount: number;
   /**
+   * The dry-run ALLOW policies that apply (names): when none of their rules matches, Envoy's shadow engine reports
+   * the connection or request as one they would deny, which is what dry-running an ALLOW is for.
+   */
+  readonly dryRunAllow: readonly string[];
+  /**
    * The same rules narrowed to those that can match a destination port (order kept), for explanations and
    * AUDIT matching; decisions read `index`. Ports no rule names share `otherPorts`.
    */
@@ -370,7 +375,7 @@ function indexByPort(all: RuleLists, vocabularies: Vocabularies, httpPorts: Read
 }
 
 /** What workloads selected by the same policies (and with the same HTTP ports) share. */
-type SharedRules = Pick<WorkloadPolicies, 'deny' | 'allow' | 'audit' | 'allowPolicyCount' | 'byPort' | 'otherPorts' | 'index' | 'hasEnforcingL7Rules'>;
+type SharedRules = Pick<WorkloadPolicies, 'deny' | 'allow' | 'audit' | 'allowPolicyCount' | 'dryRunAllow' | 'byPort' | 'otherPorts' | 'index' | 'hasEnforcingL7Rules'>;
 
 const STRENGTH: Record<Exclude<MtlsMode, 'UNSET'>, number> = { DISABLE: 0, PERMISSIVE: 1, STRICT: 2 };
 
@@ -494,7 +499,8 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     }
     const { byPort, otherPorts, index } = indexByPort({ deny, allow, audit }, vocabularies, httpPorts);
     const hasEnforcingL7Rules = [...deny, ...allow].some((rule) => rule.l7);
-    const rules: SharedRules = { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasEnforcingL7Rules };
+    const dryRunAllow = applicable.filter((policy) => policy.dryRun === 'ALLOW').map((policy) => policy.name);
+    const rules: SharedRules = { deny, allow, audit, allowPolicyCount, dryRunAllow, byPort, otherPorts, index, hasEnforcingL7Rules };
     if (sharing) shared.set(key, rules);
     return rules;
   };
@@ -505,7 +511,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     for (const policy of byNamespace.get(rootNamespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
     if (namespace !== rootNamespace) for (const policy of byNamespace.get(namespace) ?? []) if (selects(policy.selector, labels)) applicable.push(policy);
     const rules = rulesFor(applicable, httpPorts);
-    const { deny, allow, audit, allowPolicyCount, byPort, otherPorts, index, hasEnforcingL7Rules } = rules;
+    const { deny, allow, audit, allowPolicyCount, dryRunAllow, byPort, otherPorts, index, hasEnforcingL7Rules } = rules;
     const mtls = mtlsFor(namespace, labels);
     const strictPlaintextPorts = new Map<number, Decision>();
     for (const [port, portMode] of mtls.ports) if (portMode === 'STRICT') strictPlaintextPorts.set(port, strictRefusal(mtls.portSetBy.get(port) ?? null));
@@ -515,6 +521,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
       allow,
       audit,
       allowPolicyCount,
+      dryRunAllow,
       byPort,
       otherPorts,
       index,

@@ -454,38 +454,47 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
 export interface AuditMatches {
   audit: CompiledRule | null;
   dryRun: CompiledRule | null;
+  /** A dry-run ALLOW rule matched (at 'connect', its L4 part): the dry-run ALLOW policies would not deny this one. */
+  dryRunAllowed: boolean;
 }
 
 /**
  * One pass over the audit rules (AUDIT policies' and dry-run policies'), filling `out` (the caller's, reused): each
- * kind is logged on its own, so a dry-run policy never hides an AUDIT policy's line.
+ * kind is logged on its own, so a dry-run policy never hides an AUDIT policy's line; and whether a dry-run ALLOW rule
+ * matched, whose absence is what a dry-run ALLOW reports.
  */
 export function auditMatches(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, out: AuditMatches): AuditMatches {
   out.audit = null;
   out.dryRun = null;
+  out.dryRunAllowed = false;
+  const wantsAllowed = policies.dryRunAllow.length > 0;
   const audit = (policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts).audit;
   for (let i = 0; i < audit.length; i++) {
     const rule = audit[i] as CompiledRule;
-    const shadow = rule.policy.dryRun !== undefined;
-    if (shadow ? out.dryRun !== null : out.audit !== null) continue;
+    const shadow = rule.policy.dryRun;
+    const shadowAllow = shadow === 'ALLOW';
+    if (shadow === undefined ? out.audit !== null : out.dryRun !== null && !(shadowAllow && wantsAllowed && !out.dryRunAllowed)) continue;
     let matched: boolean;
     if (rule.l7 && moment !== 'request') {
-      // A dry-run DENY on a port that is not HTTP is shown as it would be enforced: its HTTP fields ignored.
-      matched = moment === 'tcp' && rule.policy.dryRun === 'DENY' && ruleMatches(rule, ctx, true);
+      // A dry-run DENY on a port that is not HTTP is shown as it would be enforced: its HTTP fields ignored. A dry-run
+      // ALLOW's at 'connect' would let the connection open for its requests to decide: not one it denies.
+      if (shadowAllow && moment === 'connect' && ruleMatches(rule, ctx, true)) out.dryRunAllowed = true;
+      matched = moment === 'tcp' && shadow === 'DENY' && ruleMatches(rule, ctx, true);
     } else {
       matched = ruleMatches(rule, ctx, false);
     }
     if (!matched) continue;
-    if (shadow) out.dryRun = rule;
-    else out.audit = rule;
-    if (out.audit !== null && out.dryRun !== null) break;
+    if (shadowAllow) out.dryRunAllowed = true;
+    if (shadow === undefined) out.audit = rule;
+    else out.dryRun ??= rule;
+    if (out.audit !== null && out.dryRun !== null && (out.dryRunAllowed || !wantsAllowed)) break;
   }
   return out;
 }
 
 /** The first AUDIT rule that matches, else the first dry-run one; null when none (explanations and tests). */
 export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): CompiledRule | null {
-  const found = auditMatches(policies, ctx, moment, { audit: null, dryRun: null });
+  const found = auditMatches(policies, ctx, moment, { audit: null, dryRun: null, dryRunAllowed: false });
   return found.audit ?? found.dryRun;
 }
 

@@ -37,6 +37,7 @@ function auditSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: Deci
   } catch {
     out.audit = null;
     out.dryRun = null;
+    out.dryRunAllowed = false;
     return out;
   }
 }
@@ -68,7 +69,7 @@ export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
   /** Reused by every decision (they run one at a time): what it found to log, with nothing allocated. */
-  readonly #audited: AuditMatches = { audit: null, dryRun: null };
+  readonly #audited: AuditMatches = { audit: null, dryRun: null, dryRunAllowed: false };
   // Decisions are preallocated per rule, so a decision's count can hang off the decision itself: counting is one
   // WeakMap lookup and an increment, where prom-client's child inc() hashes its label object on every call. The
   // counts are copied into the counter when it is scraped; a cell outlives the snapshot whose decision made it.
@@ -109,11 +110,14 @@ export class InboundAuthorizer {
       this.#logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection allowed');
     }
     // A connection whose requests are inspected is audited per request (requestInspection), as Envoy's HTTP RBAC does.
-    if (policies.audit.length > 0 && !(moment === 'connect' && policies.hasEnforcingL7Rules)) {
+    if ((policies.audit.length > 0 || policies.dryRunAllow.length > 0) && !(moment === 'connect' && policies.hasEnforcingL7Rules)) {
       // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
       const found = auditSafely(policies, ctx, moment, this.#audited);
       if (found.audit !== null) logAuditedConnection(this.#logger, found.audit, connection);
       if (found.dryRun !== null) logAuditedConnection(this.#logger, found.dryRun, connection);
+      if (policies.dryRunAllow.length > 0 && !found.dryRunAllowed) {
+        this.#logger.info({ dryRun: 'ALLOW', audit: policies.dryRunAllow.join(', '), decision: decision.allow ? 'ALLOW' : 'DENY', source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'dry-run ALLOW policies would deny a connection');
+      }
     }
     return decision;
   }
@@ -153,12 +157,15 @@ export class InboundAuthorizer {
         }
         ctx.request = facts;
         const decision = decideSafely(inForce, ctx, 'request', DENY_ON_ERROR);
-        const found = inForce.audit.length > 0 ? auditSafely(inForce, ctx, 'request', this.#audited) : null;
+        const found = inForce.audit.length > 0 || inForce.dryRunAllow.length > 0 ? auditSafely(inForce, ctx, 'request', this.#audited) : null;
         ctx.request = null;
         this.#count(decision);
         // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
         if (found?.audit) logAuditedRequest(logger, found.audit, decision, facts, connection);
         if (found?.dryRun) logAuditedRequest(logger, found.dryRun, decision, facts, connection);
+        if (found !== null && inForce.dryRunAllow.length > 0 && !found.dryRunAllowed) {
+          logger.info({ dryRun: 'ALLOW', audit: inForce.dryRunAllow.join(', '), decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'dry-run ALLOW policies would deny a request');
+        }
         if (decision.allow && logger.isLevelEnabled('debug')) {
           logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity }, 'request allowed');
         }

@@ -123,6 +123,29 @@ describe('dry-run authorization policies', () => {
     expect(lines.map((line) => [line.message, line.fields.audit])).toEqual([['audited request', 'shop/audit-all'], ['dry-run DENY policy matched a request', 'shop/no-delete']]);
   });
 
+  it('report a dry-run ALLOW that would deny a connection: none of its rules matches it (as Envoy\'s shadow engine does)', () => {
+    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('only-admin', 'ALLOW', 'true', '{ from: [{ source: { principals: ["cluster.local/ns/shop/sa/admin"] } }] }'), 'all.yaml'));
+    const linesFor = (serviceAccount: string) => {
+      const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
+      const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
+      const authorizer = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger }));
+      const peer = parseSpiffeId(`spiffe://cluster.local/ns/shop/sa/${serviceAccount}`);
+      expect(authorizer.authorize({ ...connectionTo(snapshot), peer, principal: peer.id.slice('spiffe://'.length) }).allow).toBe(true);
+      return lines.map((line) => [line.message, line.fields.audit, line.fields.decision]);
+    };
+    expect(linesFor('client')).toEqual([['dry-run ALLOW policies would deny a connection', 'shop/only-admin', 'ALLOW']]);
+    expect(linesFor('admin')).toEqual([['dry-run ALLOW policy matched a connection', 'shop/only-admin', undefined]]);
+  });
+
+  it('report a dry-run ALLOW that would deny a request, on a port inspected for a rule in force', () => {
+    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('only-get', 'ALLOW', 'true', '{ to: [{ operation: { methods: [GET] } }] }') + '---\n' + policy('no-admin', 'DENY', null, '{ to: [{ operation: { paths: ["/admin"] } }] }'), 'all.yaml'));
+    const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
+    const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
+    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
+    for (const method of ['GET', 'DELETE']) expect(inspection?.decide({ method, path: '/items', host: 'web.shop', header: () => undefined, remoteIp: null }).allow).toBe(true);
+    expect(lines.map((line) => [line.message, line.fields.method])).toEqual([['dry-run ALLOW policy matched a request', 'GET'], ['dry-run ALLOW policies would deny a request', 'DELETE']]);
+  });
+
   it('leave the policies in force deciding beside them', () => {
     const policies = policiesOf(
       policy('no-delete-dry', 'DENY', 'true', '{ to: [{ operation: { methods: [DELETE] } }] }'),
