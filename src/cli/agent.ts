@@ -6,7 +6,7 @@ import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { joinTokenOption, parse, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
+import { joinTokenOption, parse, parseCaUrl, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { ignoreHangup } from './hangup.ts';
 import { parseListen } from './listen.ts';
@@ -83,8 +83,7 @@ export const command: Command = {
       metrics: { type: 'string' },
       once: { type: 'boolean' },
     }, false);
-    const caUrl = requireString(values.ca, 'ca').replace(/\/+$/, '');
-    if (!caUrl.startsWith('https://')) throw new AmbitError('USAGE', `--ca must be an https:// URL, got "${caUrl}"`);
+    const caUrl = parseCaUrl(values.ca);
     const trustDomain = validateTrustDomain(requireString(values['trust-domain'], 'trust-domain'));
     const bundleFile = requireString(values.bundle, 'bundle');
     const out = requireString(values.out, 'out');

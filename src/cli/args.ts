@@ -22,7 +22,14 @@ export function parse<T extends OptionSpec>(argv: string[], options: T, allowPos
   try {
     return parseArgs({ args: argv, options, allowPositionals, strict: true });
   } catch (error) {
-    throw new AmbitError('USAGE', (error as Error).message);
+    // Node's three lines for a value that starts with a dash (`--ttl -1s`): one, naming the flag and the value.
+    const ambiguous = /^Option '(--[\w-]+)'(?: \(-\w\))? argument is ambiguous/.exec((error as Error).message);
+    if (ambiguous !== null) {
+      const flag = ambiguous[1] as string;
+      const value = argv[argv.indexOf(flag) + 1] ?? '';
+      throw new AmbitError('USAGE', `${flag} ${value}: a value starting with "-" is taken for an option (negative values are never valid here; a value that must start with "-" is written ${flag}=${value})`);
+    }
+    throw new AmbitError('USAGE', (error as Error).message.replaceAll('\n', ' '));
   }
 }
 
@@ -81,4 +88,20 @@ export async function joinTokenOption(token: string | undefined, file: string | 
   const text = (await readText(file)).trim();
   if (text === '' || /\s/.test(text)) throw new AmbitError('USAGE', `--join-token-file ${file}: expected one token on one line`);
   return text;
+}
+
+/** --ca: `https://HOST[:PORT]`, checked here (a bad one read later as the CA out of reach, retried for ever). */
+export function parseCaUrl(value: string | boolean | undefined): string {
+  const caUrl = requireString(value, 'ca').replace(/\/+$/, '');
+  if (!caUrl.startsWith('https://')) throw new AmbitError('USAGE', `--ca must be an https:// URL, got "${caUrl}"`);
+  let url: URL;
+  try {
+    url = new URL(caUrl);
+  } catch {
+    throw new AmbitError('USAGE', `--ca "${caUrl}" is not a URL (https://HOST:PORT; a port is digits)`);
+  }
+  if (url.hostname === '' || url.pathname !== '/' || url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') {
+    throw new AmbitError('USAGE', `--ca "${caUrl}": give the CA as https://HOST:PORT, with no path, query or user`);
+  }
+  return caUrl;
 }

@@ -1,6 +1,5 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
-import { AmbitError } from '../errors.ts';
-import { joinTokenOption, parse, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
+import { joinTokenOption, parse, parseCaUrl, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { ignoreHangup } from './hangup.ts';
 import { parseListen, parsePort } from './listen.ts';
@@ -64,8 +63,7 @@ export const command: Command = {
       'audit-log': { type: 'string' },
       'drain-timeout': { type: 'string' },
     }, false);
-    const caUrl = requireString(values.ca, 'ca').replace(/\/+$/, '');
-    if (!caUrl.startsWith('https://')) throw new AmbitError('USAGE', `--ca must be an https:// URL, got "${caUrl}"`);
+    const caUrl = parseCaUrl(values.ca);
     const trustDomain = validateTrustDomain(requireString(values['trust-domain'], 'trust-domain'));
     const bundleFile = requireString(values['ca-bundle'], 'ca-bundle');
     const outbound = (values.outbound ?? []).map(parseOutboundFlag);

@@ -1,6 +1,6 @@
 // Durations on the command line: the configuration's syntax (1h, 30m, 2h30m, 1d, 500ms), plus a plain number of seconds.
 import { describe, expect, it } from 'vitest';
-import { parseDurationMs } from '../../../src/cli/args.ts';
+import { parse, parseDurationMs } from '../../../src/cli/args.ts';
 import { AmbitError } from '../../../src/errors.ts';
 
 describe('command-line durations', () => {
@@ -24,5 +24,17 @@ describe('command-line durations', () => {
     expect(caught).toBeInstanceOf(AmbitError);
     expect((caught as AmbitError).code).toBe('USAGE');
     expect((caught as AmbitError).message).toContain('--svid-ttl');
+  });
+
+  it('says in one line that a negative value is taken for an option, naming the flag and the value', () => {
+    let caught: unknown;
+    try {
+      parse(['--ttl', '-1s'], { ttl: { type: 'string' } });
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(AmbitError);
+    expect((caught as AmbitError).code).toBe('USAGE');
+    expect((caught as AmbitError).message).toBe('--ttl -1s: a value starting with "-" is taken for an option (negative values are never valid here; a value that must start with "-" is written --ttl=-1s)');
   });
 });
