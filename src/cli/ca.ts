@@ -215,7 +215,7 @@ async function serve(argv: string[]): Promise<number> {
 
 async function token(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
-  if (action !== 'create') throw new AmbitError('USAGE', `unknown token subcommand "${action ?? ''}" (expected: create)`);
+  if (action !== 'create') throw new AmbitError('USAGE', action === undefined ? 'missing token subcommand (expected: create)' : `unknown token subcommand "${action}" (expected: create)`);
   const { values } = parse(rest, { dir: { type: 'string' }, node: { type: 'string' }, ttl: { type: 'string' } }, false);
   const dir = requireString(values.dir, 'dir');
   const node = requireString(values.node, 'node');
@@ -230,7 +230,7 @@ async function token(argv: string[]): Promise<number> {
 
 async function node(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
-  if (action !== 'evict') throw new AmbitError('USAGE', `unknown node subcommand "${action ?? ''}" (expected: evict)`);
+  if (action !== 'evict') throw new AmbitError('USAGE', action === undefined ? 'missing node subcommand (expected: evict)' : `unknown node subcommand "${action}" (expected: evict)`);
   const { values } = parse(rest, { dir: { type: 'string' }, node: { type: 'string' } }, false);
   const dir = requireString(values.dir, 'dir');
   const name = requireString(values.node, 'node');
@@ -272,7 +272,7 @@ async function root(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new AmbitError('USAGE', `unknown root subcommand "${action ?? ''}" (expected: prepare, activate, withdraw)`);
+      throw new AmbitError('USAGE', action === undefined ? 'missing root subcommand (expected: prepare, activate, withdraw)' : `unknown root subcommand "${action}" (expected: prepare, activate, withdraw)`);
   }
 }
 

@@ -97,6 +97,12 @@ describe.concurrent('ambit ca command line', () => {
     expect(failureCode(expect, await runAmbit(['ca']))).toBe('USAGE');
   });
 
+  it.for(['token', 'node', 'root'])('says what is missing for ca %s alone, naming the subcommands it expects', async (group, { expect }) => {
+    const result = await runAmbit(['ca', group]);
+    expect(failureCode(expect, result)).toBe('USAGE');
+    expect(result.stderr).toContain(`missing ${group} subcommand (expected: `);
+  });
+
   it('refuses an unknown subcommand', async ({ expect }) => {
     expect(failureCode(expect, await runAmbit(['ca', 'frobnicate', '--dir', caDir]))).toBe('USAGE');
   });
