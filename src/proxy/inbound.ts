@@ -281,6 +281,15 @@ const MAX_BAGGAGE_PEERS = 4096;
  */
 export const MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN = 1_000;
 
+const knownIdentities = new WeakMap<ConfigSnapshot, ReadonlySet<string>>();
+
+/** The SPIFFE IDs of the registry's workloads, built once per configuration. */
+function knownIdentitiesOf(snapshot: ConfigSnapshot): ReadonlySet<string> {
+  let known = knownIdentities.get(snapshot);
+  if (known === undefined) knownIdentities.set(snapshot, (known = new Set(snapshot.workloads.map((workload) => workload.identity))));
+  return known;
+}
+
 export class HboneInbound {
   readonly #options: InboundOptions;
   readonly #logger: Logger;
@@ -859,7 +868,9 @@ export class HboneInbound {
   #labels(peer: PeerInfo, destination: Workload, headers: http2.IncomingHttpHeaders, snapshot: ConfigSnapshot, claimed: string | null, port: number): TunnelLabels {
     // believedClaim has read this stream's `forwarded` into the session's memo, its `host=` with it.
     const host = typeof headers.forwarded === 'string' ? peer.claimHost : null;
-    const labelled = peer.id.trustDomain === snapshot.mesh.trustDomain || this.#foreignLabelled(peer.id);
+    // The registry's identities are few and known; any other (a sibling CA under a shared root can mint identities of
+    // our own trust domain too) counts against its trust domain's cap, as a federated one's does.
+    const labelled = (peer.id.trustDomain === snapshot.mesh.trustDomain && knownIdentitiesOf(snapshot).has(peer.id.id)) || this.#foreignLabelled(peer.id);
     return {
       reporter: 'destination',
       // The namespace and baggage a foreign peer's labels come from are its own to choose too.
@@ -872,7 +883,7 @@ export class HboneInbound {
     };
   }
 
-  /** Whether another trust domain's peer identity is among the first MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN seen. */
+  /** Whether a peer identity the registry does not name is among the first MAX_PRINCIPALS_PER_FOREIGN_TRUST_DOMAIN seen of its trust domain. */
   #foreignLabelled(id: SpiffeId): boolean {
     let seen = this.#foreignPrincipals.get(id.trustDomain);
     if (seen === undefined) this.#foreignPrincipals.set(id.trustDomain, (seen = new Set()));

@@ -152,7 +152,7 @@ describe('the HBONE inbound keepalive', () => {
 });
 
 describe('series of a federated trust domain\'s peers', () => {
-  it('are labelled with the principal of its first identities only, the rest counted as unknown; our own peers always', async () => {
+  it('are labelled with the principal of its first identities only, the rest counted as unknown', async () => {
     for (const svid of [...partners, client]) {
       const { session, stream } = await openTunnel(null, svid);
       stream.end();
@@ -164,6 +164,24 @@ describe('series of a federated trust domain\'s peers', () => {
     expect(principals).toEqual(['spiffe://cluster.local/ns/demo/sa/tester', 'spiffe://partner.example/ns/p/sa/a', 'spiffe://partner.example/ns/p/sa/b', 'unknown']);
     const unknown = opened.find((value) => value.labels.source_principal === 'unknown');
     expect(unknown?.labels.source_workload_namespace).toBe('unknown');
+  });
+});
+
+describe("series of our own trust domain's peers the registry does not name", () => {
+  it('count against the same cap: a sibling CA under a shared root can mint any identity of our trust domain', async () => {
+    // echo (in the registry) is always labelled; tester (not in it) is the first of the cap of 2, and of three more
+    // invented ones only the first fits.
+    const invented = await Promise.all(['x1', 'x2', 'x3'].map((name) => issueTestSvid(ca, `spiffe://cluster.local/ns/demo/sa/${name}`)));
+    const echoSvid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/echo');
+    for (const svid of [client, ...invented, echoSvid]) {
+      const { session, stream } = await openTunnel(null, svid);
+      stream.end();
+      await once(stream, 'close');
+      session.close();
+    }
+    const opened = (await registry.getSingleMetric('istio_tcp_connections_opened_total')?.get())?.values ?? [];
+    const own = opened.map((value) => String(value.labels.source_principal)).filter((principal) => principal.startsWith('spiffe://cluster.local/')).sort();
+    expect(own).toEqual(['spiffe://cluster.local/ns/demo/sa/echo', 'spiffe://cluster.local/ns/demo/sa/tester', 'spiffe://cluster.local/ns/demo/sa/x1']);
   });
 });
 
