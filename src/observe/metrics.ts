@@ -138,8 +138,11 @@ export interface TunnelMeter {
    * `request_protocol` `http` or `grpc`, the status, the gRPC status ('' for none) and `responseFlags` ('-', or
    * `DENY` for a request a policy refused).
    */
-  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string): void;
+  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number): void;
 }
+
+/** Istio's buckets of istio_request_duration_milliseconds (its stats filter's defaults), in ms. */
+export const REQUEST_DURATION_BUCKETS_MS: readonly number[] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
 
 /** Istio's `request_protocol` of an HTTP request: `grpc` when its content type is gRPC's. */
 export type RequestProtocol = 'http' | 'grpc';
@@ -155,12 +158,29 @@ class RequestCount {
   readonly responseFlags: string;
   readonly labels: Record<RequestLabelName, string>;
   count = 0;
+  /** Requests whose duration fell in each bucket (not cumulative: the scrape adds them up); past the last, +Inf only. */
+  readonly durationBuckets = new Float64Array(REQUEST_DURATION_BUCKETS_MS.length);
+  durationSumMs = 0;
 
   constructor(base: TrafficLabelValues, protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string) {
     this.protocol = protocol;
     this.grpcStatus = grpcStatus;
     this.responseFlags = responseFlags;
     this.labels = { ...base, request_protocol: protocol, response_flags: responseFlags, response_code: String(responseCode), grpc_response_status: grpcStatus };
+  }
+
+  add(durationMs: number): void {
+    this.count++;
+    // NaN or negative (a clock step) counts in the first bucket, never in no bucket at all.
+    const duration = durationMs > 0 ? durationMs : 0;
+    this.durationSumMs += duration;
+    const bounds = REQUEST_DURATION_BUCKETS_MS;
+    for (let i = 0; i < bounds.length; i++) {
+      if (duration <= (bounds[i] as number)) {
+        (this.durationBuckets[i] as number)++;
+        return;
+      }
+    }
   }
 }
 
@@ -190,7 +210,7 @@ class TrafficSeries {
     this.labels = labels;
   }
 
-  countRequest(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string): void {
+  countRequest(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number): void {
     let cells = this.requests.get(responseCode);
     if (cells === undefined) {
       cells = [];
@@ -198,12 +218,12 @@ class TrafficSeries {
     }
     for (const cell of cells) {
       if (cell.protocol === protocol && cell.grpcStatus === grpcStatus && cell.responseFlags === responseFlags) {
-        cell.count++;
+        cell.add(durationMs);
         return;
       }
     }
     const cell = new RequestCount(this.labels, protocol, responseCode, grpcStatus, responseFlags);
-    cell.count = 1;
+    cell.add(durationMs);
     cells.push(cell);
   }
 
@@ -245,8 +265,8 @@ class ConnectionMeter implements TunnelMeter {
     this.#series.countClosed(responseFlags);
   }
 
-  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string): void {
-    this.#series.countRequest(protocol, responseCode, grpcStatus, responseFlags);
+  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number): void {
+    this.#series.countRequest(protocol, responseCode, grpcStatus, responseFlags, durationMs);
   }
 
   // `>` is false for NaN and for a count that went backwards, so neither can make a counter decrease.
@@ -260,6 +280,44 @@ class ConnectionMeter implements TunnelMeter {
       this.#receivedBytes = receivedBytes;
     }
   }
+}
+
+/**
+ * istio_request_duration_milliseconds, read at scrape time from the request cells as the counters are: prom-client's
+ * Histogram keeps its own label-keyed table per observation, which the request path must not pay for. Shaped as
+ * prom-client's own metrics are (name, help, type, get), so the registry writes it as it writes a Histogram.
+ */
+class RequestDurations {
+  readonly name = 'istio_request_duration_milliseconds';
+  readonly help = 'Time from a request arriving at the proxy to its answer ending, on inspected (HTTP) connections';
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  readonly #all: readonly TrafficSeries[];
+
+  constructor(all: readonly TrafficSeries[]) {
+    this.#all = all;
+  }
+
+  get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: Array<{ value: number; labels: Record<string, string | number>; metricName: string }> }> {
+    const values: Array<{ value: number; labels: Record<string, string | number>; metricName: string }> = [];
+    for (const series of this.#all) {
+      for (const cells of series.requests.values()) {
+        for (const cell of cells) {
+          let cumulative = 0;
+          REQUEST_DURATION_BUCKETS_MS.forEach((bound, i) => {
+            cumulative += cell.durationBuckets[i] as number;
+            values.push({ value: cumulative, labels: { ...cell.labels, le: bound }, metricName: `${this.name}_bucket` });
+          });
+          values.push({ value: cell.count, labels: { ...cell.labels, le: '+Inf' }, metricName: `${this.name}_bucket` });
+          values.push({ value: cell.durationSumMs, labels: cell.labels, metricName: `${this.name}_sum` });
+          values.push({ value: cell.count, labels: cell.labels, metricName: `${this.name}_count` });
+        }
+      }
+    }
+    return Promise.resolve({ name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values });
+  }
+
+  reset(): void {}
 }
 
 /** One level of the label-value index: a Map per label, so finding a series builds no key string. */
@@ -411,6 +469,7 @@ export class ProxyMetrics {
         for (const series of all) for (const cells of series.requests.values()) for (const cell of cells) this.inc(cell.labels, cell.count);
       },
     });
+    registry.registerMetric(new RequestDurations(all) as unknown as Counter);
     this.#poolSessions = new Gauge({ name: 'ambit_hbone_pool_sessions', help: 'HTTP/2 sessions held by the outbound HBONE pool', registers: [registry] });
     this.#poolStreams = new Gauge({ name: 'ambit_hbone_pool_streams', help: 'CONNECT streams open on the outbound HBONE pool sessions', registers: [registry] });
     let droppedSeen = 0;

@@ -126,6 +126,16 @@ interface RequestStart {
 }
 /** Requests being answered, by their ServerResponse or h2c stream: touched only while access lines are on. */
 const requestStarts = new WeakMap<object, RequestStart>();
+/** When each request being answered arrived (performance.now()), for istio_request_duration_milliseconds. */
+const requestStartedAt = new WeakMap<object, number>();
+
+/** How long the request `answer` answers took, its start let go; 0 when it was not timed. */
+function elapsedFor(answer: object): number {
+  const started = requestStartedAt.get(answer);
+  if (started === undefined) return 0;
+  requestStartedAt.delete(answer);
+  return performance.now() - started;
+}
 
 interface TunnelState {
   readonly upstream: Socket;
@@ -168,7 +178,7 @@ interface TunnelState {
  * head Node's parser refused, a CONNECT): counted and logged as the others are.
  */
 function answeredOutside(state: TunnelState, method: string, path: string, authority: string, responseCode: number, responseFlags: string): void {
-  state.meter?.request('http', responseCode, '', responseFlags);
+  state.meter?.request('http', responseCode, '', responseFlags, 0);
   state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: 0 });
 }
 
@@ -568,7 +578,7 @@ export class HttpInspector {
           const answered = this.headersSent;
           const code = answered ? this.statusCode : 0;
           const flags = answerFlags(this, answered && this.writableFinished);
-          meter?.request(requestProtocolOf(this.getHeader('content-type')), code, '', flags);
+          meter?.request(requestProtocolOf(this.getHeader('content-type')), code, '', flags, elapsedFor(this));
           if (logRequest !== null) logRequestEnd(logRequest, this, code, flags);
         }
         // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
@@ -581,7 +591,7 @@ export class HttpInspector {
         const trailers = this.sentTrailers as http2.OutgoingHttpHeaders | undefined;
         const grpcStatus = trailers?.['grpc-status'] ?? head?.['grpc-status'];
         const flags = answerFlags(this, status !== 0 && this.rstCode === NGHTTP2_NO_ERROR);
-        meter?.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatusLabel(grpcStatus), flags);
+        meter?.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatusLabel(grpcStatus), flags, elapsedFor(this));
         if (logRequest !== null) logRequestEnd(logRequest, this, status, flags);
       },
       logRequest,
@@ -690,6 +700,7 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
+    if (state.meter !== null) requestStartedAt.set(res, performance.now());
     if (state.logRequest !== null) {
       requestStarts.set(res, { method: req.method ?? '', path: req.url ?? '', authority: req.headers.host ?? '', protocol: req.httpVersion === '1.0' ? 'HTTP/1.0' : 'HTTP/1.1', startedMs: Date.now() });
     }
@@ -787,6 +798,7 @@ export class HttpInspector {
     state.requests++;
     // on, not once: once wraps the listener in a new closure per request; a stream closes once anyway.
     stream.on('close', state.onH2StreamClose);
+    if (state.meter !== null) requestStartedAt.set(stream, performance.now());
     if (state.logRequest !== null) {
       requestStarts.set(stream, { method: String(headers[HTTP2_HEADER_METHOD] ?? ''), path: String(headers[HTTP2_HEADER_PATH] ?? ''), authority: String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), protocol: 'HTTP/2', startedMs: Date.now() });
     }

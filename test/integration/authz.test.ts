@@ -1182,6 +1182,23 @@ describe('requests on inspected connections, as Istio counts them', () => {
   });
 });
 
+describe('request durations on inspected connections, as Istio reports them', () => {
+  it('are istio_request_duration_milliseconds at the destination, in Istio\'s buckets, with the request labels', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const match = { reporter: 'destination', destination_workload: 'web-1', response_code: '200', request_protocol: 'http', response_flags: '-' };
+    const bucket = (le: string) => metricSum(nodeB, 'istio_request_duration_milliseconds_bucket', { ...match, le });
+    const before = { count: await metricSum(nodeB, 'istio_request_duration_milliseconds_count', match), le250: await bucket('250'), le500: await bucket('500'), inf: await bucket('+Inf') };
+    // The workload answers /public/slow after 300 ms.
+    expect(await rawHttp('GET /public/slow HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(await metricSum(nodeB, 'istio_request_duration_milliseconds_count', match)).toBe(before.count + 1);
+    expect(await bucket('250')).toBe(before.le250);
+    expect(await bucket('500')).toBe(before.le500 + 1);
+    expect(await bucket('+Inf')).toBe(before.inf + 1);
+    const sum = await metricSum(nodeB, 'istio_request_duration_milliseconds_sum', match);
+    expect(sum).toBeGreaterThanOrEqual(300);
+  });
+});
+
 describe('access lines of inspected requests', () => {
   it("count an inspected tunnel's bytes as the source does: what crossed the tunnel, the proxy's 403 included", async () => {
     const nodeA = mesh.nodes.get('node-a')!;
