@@ -174,6 +174,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #dispatcher: Agent;
   #bundleTimer: NodeJS.Timeout | undefined;
   #probeTimer: NodeJS.Timeout | undefined;
+  /** Our trust domain's bundle from the CA is in the state directory (loaded from it, or written to it). */
+  #ownStored = false;
   #ownSequenceFromCa: bigint | undefined;
   /** Our trust domain's bundle as the CA last served it (or as stored from that, after a restart): what a rollback is judged against. */
   #ownFromCa: TrustBundle | undefined;
@@ -388,7 +390,12 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       else this.#reissue(() => true);
     }
     this.#ownSequenceFromCa = own.sequence;
-    if (!changed) return;
+    if (!changed) {
+      // What the bootstrap bundle already held (a --bundle in SPIFFE JSON, as the CA serves it): unchanged, but the
+      // state directory has it from the CA only once stored, with the bootstrap roots it was judged against.
+      if (!this.#ownStored) this.#persistOwnBundle(own);
+      return;
+    }
     this.#bundles = next;
     this.#persistOwnBundle(own);
     this.#logger.info({ trustDomains: next.trustDomains(), ownSequence: own.sequence.toString(), ownRoots: own.roots.length }, 'trust bundles updated');
@@ -884,6 +891,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     try {
       const stored = decodeBundle(this.#options.trustDomain, text);
       this.#ownFromCa = stored;
+      this.#ownStored = true;
       for (const root of this.#options.bootstrapBundle.roots) if (!seen.has(fingerprintOf(root))) this.#newBootstrapRoots.add(fingerprintOf(root));
       try {
         const withdrawn: unknown = JSON.parse(await readFile(join(dir, WITHDRAWN_ROOTS_FILE), 'utf8'));
@@ -917,6 +925,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         await writeFileAtomic(join(dir, WITHDRAWN_ROOTS_FILE), `${JSON.stringify([...this.#withdrawnRoots])}\n`, 0o644);
         await writeFileAtomic(join(dir, OWN_BUNDLE_FILE), encodeBundle(own), 0o644);
         await writeFileAtomic(join(dir, BOOTSTRAP_SEEN_FILE), `${JSON.stringify(this.#options.bootstrapBundle.roots.map(fingerprintOf))}\n`, 0o644);
+        this.#ownStored = true;
       } catch (error) {
         this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store the trust bundle');
       }

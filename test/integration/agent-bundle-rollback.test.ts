@@ -1,7 +1,7 @@
 // The agent's own trust bundle never goes back: a CA restored from a backup (or a stale replica) that serves an older
 // bundle, one that still carries a root withdrawn since, is refused, while running and after a restart. Real CA over
 // HTTPS, real agent, the CA's state files as `ambit ca root` writes them.
-import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -19,6 +19,22 @@ afterEach(async () => {
 });
 
 describe("the agent's own trust bundle", () => {
+  it('is stored in the state directory even when the bootstrap bundle was already the one the CA serves', async () => {
+    const ca = await startInProcessCa(TD, {});
+    cleanup.push(() => ca.close());
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-bundle-stored-'));
+    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
+    // `ambit ca bundle`'s SPIFFE JSON: the very bundle the CA serves, sequence and all.
+    const agent = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.server.ownBundle(), stateDir, logger: silentLogger(), joinToken: await ca.joinToken('node-a') });
+    cleanup.push(() => agent.stop());
+    await agent.start();
+    await agent.stop();
+    const stored = await readdir(stateDir);
+    expect(stored).toEqual(expect.arrayContaining(['node-svid.pem', 'bundle.json', 'bootstrap-roots.json', 'withdrawn-roots.json']));
+    const roots = JSON.parse(await readFile(join(stateDir, 'bootstrap-roots.json'), 'utf8')) as string[];
+    expect(roots).toEqual(ca.server.ownBundle().roots.map(fingerprintOf));
+  });
+
   it('refuses an older bundle that brings back a withdrawn root, while running and after a restart', async () => {
     const ca = await startInProcessCa(TD, {});
     cleanup.push(() => ca.close());
