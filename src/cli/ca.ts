@@ -28,10 +28,13 @@ subcommands:
          Create a CA: a self-signed root, or an intermediate signed by the root you give (several
          clusters' CAs under one shared root). Private keys are written 0600.
   serve  --dir DIR --config CONFIG_DIR [--listen 127.0.0.1:15012] [--svid-ttl 1h] [--audit-log FILE]
+         [--federation-min-refresh 15s] [--state-poll 1s]
          Serve the CA over HTTPS (TLS 1.3): join-token attestation (POST /v1/attest), CSR signing for
          the workloads the registry places on the caller's node (POST /v1/sign), the SPIFFE bundle
          endpoint (GET /bundle) and the bundle set with federated trust domains (GET /v1/bundles).
          Federation peers come from the MeshConfig object in CONFIG_DIR. Audit log: DIR/audit.log.
+         A federated bundle endpoint is polled at most every --federation-min-refresh; DIR/ca.json is
+         checked for root changes every --state-poll.
   token create --dir DIR --node NAME [--ttl 1h]
          Print a single-use join token for NAME. Presenting it once with a CSR yields the node SVID
          spiffe://TD/ambit/node/NAME.
