@@ -358,11 +358,14 @@ export const command: Command = {
 
       let ok = 0;
       let failed = 0;
+      /** HTTP calls a policy refused (403): not failures of the mesh. */
+      let denied = 0;
       let lastError = '';
       const clientTimer = setInterval(() => {
         request(`http://${layout.client.ip}:${layout.client.httpPort}/hello`, { dispatcher, method: 'GET', headersTimeout: 2000, bodyTimeout: 2000 }).then(async (response) => {
           await response.body.dump();
           if (response.statusCode === 200) ok++;
+          else if (response.statusCode === 403) denied++;
           else failed++;
         }, (error: Error) => {
           failed++;
@@ -384,16 +387,18 @@ export const command: Command = {
       const started = Date.now();
       const summary = async () => {
         const texts = await Promise.all(layout.nodes.map((node) => request(`http://${node.address}:15020/metrics`, { dispatcher, method: 'GET' }).then((r) => r.body.text()).catch(() => '')));
-        const lines = [`ambit mesh — ${Math.round((Date.now() - started) / 1000)}s — client calls ok ${ok}, failed ${failed}${lastError ? ` (last error: ${lastError})` : ''}`];
+        const lines = [`ambit mesh — ${Math.round((Date.now() - started) / 1000)}s — client calls ok ${ok}, ${denied > 0 ? `denied by policy ${denied}, ` : ''}failed ${failed}${lastError ? ` (last error: ${lastError})` : ''}`];
         layout.nodes.forEach((node, i) => {
           const text = texts[i] ?? '';
           const opened = sumMetric(text, 'istio_tcp_connections_opened_total');
           const closed = sumMetric(text, 'istio_tcp_connections_closed_total');
           const sent = sumMetric(text, 'istio_tcp_sent_bytes_total');
           const received = sumMetric(text, 'istio_tcp_received_bytes_total');
-          const denied = sumMetric(text, 'istio_tcp_connections_failed_total', (labels) => labels.response_flags === 'DENY');
+          const deniedConnections = sumMetric(text, 'istio_tcp_connections_failed_total', (labels) => labels.response_flags === 'DENY');
           const failures = sumMetric(text, 'istio_tcp_connections_failed_total');
-          lines.push(`  ${node.name}: connections opened ${opened}, closed ${closed}, failed ${failures} (denied ${denied}); bytes sent ${sent}, received ${received}`);
+          const requests = sumMetric(text, 'istio_requests_total');
+          const requestsDenied = sumMetric(text, 'istio_requests_total', (labels) => labels.response_flags === 'DENY');
+          lines.push(`  ${node.name}: connections opened ${opened}, closed ${closed}, failed ${failures} (denied ${deniedConnections}); bytes sent ${sent}, received ${received}${requests > 0 ? `; HTTP requests ${requests} (denied ${requestsDenied})` : ''}`);
           for (const pair of identityPairs(text)) lines.push(`      mTLS ${pair}`);
         });
         lines.push(`  metrics: ${layout.nodes.map((node) => `http://${node.address}:15020/metrics`).join('  ')}   (Ctrl-C stops everything)`);
@@ -417,7 +422,7 @@ export const command: Command = {
       await render();
       out('');
       for (const node of layout.nodes) out(`  ${node.name} metrics: http://${node.address}:15020/metrics (stopping now)`);
-      return await stop(failed > 0 && ok === 0 ? 1 : 0);
+      return await stop(failed + denied > 0 && ok === 0 ? 1 : 0);
     } catch (error) {
       process.stderr.write(`ambit mesh: ${(error as Error).message}\n`);
       if (error instanceof Interrupted) return stop(130);
