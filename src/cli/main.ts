@@ -54,13 +54,28 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const FILE_ERRORS = new Set(['EACCES', 'EPERM', 'ENOENT', 'ENOTDIR', 'EISDIR', 'EROFS', 'EEXIST', 'ENOSPC', 'ELOOP', 'ENAMETOOLONG']);
+/** The errno codes a named file or directory fails with, each in words. */
+const FILE_ERRORS: ReadonlyMap<string, string> = new Map([
+  ['EACCES', 'permission denied'],
+  ['EPERM', 'not permitted'],
+  ['ENOENT', 'no such file or directory'],
+  ['ENOTDIR', 'a file is in the way (not a directory)'],
+  ['EISDIR', 'it is a directory'],
+  ['EROFS', 'read-only file system'],
+  ['EEXIST', 'a file is in the way'],
+  ['ENOSPC', 'no space left on the device'],
+  ['ELOOP', 'too many symbolic links'],
+  ['ENAMETOOLONG', 'name too long'],
+]);
+const WRITING_SYSCALLS = new Set(['mkdir', 'write', 'rename', 'unlink', 'rmdir', 'copyfile', 'symlink', 'chmod', 'mkdtemp']);
 
-/** The one line for a failed file-system call, with its path and errno code; null for any other error. */
+/** The one line for a failed file-system call, with its path, what went wrong and a code; null for any other error. */
 function fileSystemError(error: unknown): string | null {
   const failure = error as NodeJS.ErrnoException;
-  if (!(error instanceof Error) || typeof failure.code !== 'string' || !FILE_ERRORS.has(failure.code) || typeof failure.path !== 'string') return null;
-  return `cannot ${failure.syscall ?? 'use'} ${failure.path}: ${failure.code}`;
+  const reason = typeof failure.code === 'string' ? FILE_ERRORS.get(failure.code) : undefined;
+  if (!(error instanceof Error) || reason === undefined || typeof failure.path !== 'string') return null;
+  const code = failure.syscall !== undefined && WRITING_SYSCALLS.has(failure.syscall) ? 'FILE_WRITE' : 'FILE_READ';
+  return `cannot ${failure.syscall ?? 'use'} ${failure.path}: ${reason} (${failure.code as string}) [${code}]`;
 }
 
 /**

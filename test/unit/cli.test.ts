@@ -80,6 +80,12 @@ describe('ambit command line', () => {
       expect(result.stderr.trim()).toBe(`ambit proxy: state directory ${join(dir, 'token')} cannot be created: a file is in the way [FILE_WRITE]`);
     });
 
+    it('says in words, with a code, why a directory named by a flag cannot be made', () => {
+      const result = ambit('ca', 'init', '--dir', join(dir, 'token'), '--trust-domain', 'cluster.local');
+      expect(result.status).toBe(2);
+      expect(result.stderr.trim()).toBe(`ambit ca: cannot mkdir ${join(dir, 'token')}: a file is in the way (EEXIST) [FILE_WRITE]`);
+    });
+
     it('names a missing --config directory once, its error code not doubled', () => {
       const result = proxy('--config', join(dir, 'missing'), '--state-dir', join(dir, 'state'), '--ca-bundle', join(dir, 'bundle.pem'));
       expect(result.status).toBe(2);
