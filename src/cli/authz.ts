@@ -53,8 +53,9 @@ function optionalString(parent: Json, key: string, field: string): string | unde
   return value;
 }
 
-function checkKeys(parent: Json, allowed: string[], field: string): void {
-  for (const key of Object.keys(parent)) if (!allowed.includes(key)) throw new AmbitError('USAGE', `request: unknown field "${field}.${key}" (allowed: ${allowed.join(', ')})`);
+/** `field` null: the input's top level. */
+function checkKeys(parent: Json, allowed: string[], field: string | null): void {
+  for (const key of Object.keys(parent)) if (!allowed.includes(key)) throw new AmbitError('USAGE', `request: unknown field "${field === null ? key : `${field}.${key}`}" (allowed: ${allowed.join(', ')})`);
 }
 
 function ipField(parent: Json, key: string, field: string) {
@@ -120,9 +121,10 @@ export const command: Command = {
       if (error instanceof AmbitError) throw error;
       throw new AmbitError('USAGE', `${requestFile}: not JSON (${(error as Error).message})`);
     }
-    checkKeys(input, ['destination', 'source', 'request'], 'request');
+    checkKeys(input, ['destination', 'source', 'request'], null);
     const destination = object(input.destination, 'destination');
     checkKeys(destination, ['namespace', 'workload', 'kind', 'labels', 'port', 'ip'], 'destination');
+    if (destination.workload !== undefined && destination.labels !== undefined) throw new AmbitError('USAGE', 'request: give "destination.workload" or "destination.labels", not both');
     const port = destination.port;
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65_535) throw new AmbitError('USAGE', 'request: "destination.port" must be an integer 1-65535');
     const source = input.source === undefined ? {} : object(input.source, 'source');

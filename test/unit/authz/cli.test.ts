@@ -334,6 +334,8 @@ describe.concurrent('ambit authz check', () => {
     { name: 'a kind that is neither Pod nor WorkloadEntry', input: JSON.stringify({ destination: { ...web(), kind: 'Deployment' } }), names: 'destination.kind' },
     { name: 'a request path that is an absolute URI', input: JSON.stringify({ destination: web(), request: { path: 'http://web/api/x' } }), names: 'request.path must be a path' },
     { name: 'a principal no peer could present', input: JSON.stringify({ destination: web(), source: { principal: 'bad principal' } }), names: 'source.principal "bad principal" is no SPIFFE ID' },
+    { name: 'an unknown top-level field, named as it is', input: JSON.stringify({ destination: web(), bogus: 1 }), names: 'unknown field "bogus"' },
+    { name: 'a destination given both by workload and by labels', input: JSON.stringify({ destination: { ...web(), labels: { app: 'web' } } }), names: 'not both' },
     { name: 'a kind without a workload', input: JSON.stringify({ destination: { namespace: 'shop', labels: { app: 'web' }, port: 8080, kind: 'Pod' } }), names: 'destination.kind' },
   ];
 
