@@ -38,10 +38,15 @@ export function requireString(value: string | boolean | undefined, flag: string)
   return value;
 }
 
+/** No lifetime, timeout or interval here means more: a certificate or token valid past the year 2100 is a typo. */
+const MAX_DURATION_MS = 100 * 365 * 86_400_000;
+
 /** Parses durations such as 90s, 10m, 1h, 2h30m, 1d (the configuration's syntax); on the command line a plain number is seconds. */
 export function parseDurationMs(text: string, flag: string): number {
   if (text.length === 0) throw new AmbitError('USAGE', `--${flag}: empty duration`);
   const ms = /^\d+$/.test(text) ? Number(text) * 1000 : parseConfigDuration(text);
+  // Well formed but past what a number holds exactly (99999999999999h): too long, not malformed.
+  if ((ms !== undefined && ms > MAX_DURATION_MS) || (ms === undefined && /^(\d+(ms|s|m|h|d))+$/.test(text))) throw new AmbitError('USAGE', `--${flag}: "${text}" is longer than 100 years`);
   if (ms === undefined || ms <= 0 || !Number.isSafeInteger(ms)) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a positive duration (examples: 30s, 10m, 1h, 2h30m)`);
   return ms;
 }

@@ -26,6 +26,10 @@ describe('command-line durations', () => {
     expect((caught as AmbitError).message).toContain('--svid-ttl');
   });
 
+  it.each(['876001h', '99999999h', '99999999999999h'])('refuses %s as longer than 100 years', (text) => {
+    expect(() => parseDurationMs(text, 'ttl')).toThrow('--ttl: "' + text + '" is longer than 100 years');
+  });
+
   it('says in one line that a negative value is taken for an option, naming the flag and the value', () => {
     let caught: unknown;
     try {
