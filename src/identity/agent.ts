@@ -609,7 +609,11 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       if (controller.signal.aborted) throw controller.signal.reason;
       const wrapped = toAmbitError(error, 'CA_UNREACHABLE');
       throw wrapped.code === 'IDENTITY_MISMATCH' || wrapped.code.startsWith('SVID_') || wrapped.code.startsWith('TRUST_DOMAIN')
-        ? new AmbitError('CA_UNREACHABLE', `CA at ${caUrl} failed authentication: [${wrapped.code}] ${wrapped.message}`, { cause: wrapped })
+        ? new AmbitError('CA_UNREACHABLE', `CA at ${caUrl} failed authentication: [${wrapped.code}] ${wrapped.message}`, {
+            cause: wrapped,
+            // Reached, but not trusted: retrying will not help until the node holds the CA's current roots.
+            hint: `the CA answered with a certificate this node's trust bundle does not vouch for (the --bundle/--ca-bundle roots, or ${this.#options.stateDir === undefined ? 'the bundle last stored' : join(this.#options.stateDir, OWN_BUNDLE_FILE)} once stored): a CA re-initialised, or one whose roots the node saw withdrawn, needs its new bundle given to the node`,
+          })
         : new AmbitError('CA_UNREACHABLE', `CA at ${caUrl}: ${wrapped.message}`, { cause: wrapped });
     } finally {
       clearTimeout(timer);

@@ -74,6 +74,15 @@ describe("the agent, given its CA's answers", () => {
     expect(agent.nodeSvid()).toBeUndefined();
   });
 
+  it('says that a CA whose certificate its trust bundle does not vouch for answered, naming the bundle to give it', async () => {
+    const other = await createTestCa(TD);
+    const agent = new IdentityAgent({ caUrl: await faultyCa(NODE_ID), trustDomain: TD, nodeName: 'node-a', bootstrapBundle: other.bundle, joinToken: 'a'.repeat(64), logger: silentLogger() });
+    agents.push(agent);
+    const refused = await agent.start({ failFast: true }).then(() => null, (error: unknown) => error as { code: string; message: string; hint?: string });
+    expect(refused).toMatchObject({ code: 'CA_UNREACHABLE', message: expect.stringContaining('failed authentication') });
+    expect(refused?.hint).toContain('trust bundle does not vouch for');
+  });
+
   it('cuts off an answer larger than any real one (16 MiB), as a failed attempt it retries', async () => {
     warned.length = 0;
     const agent = agentOf(await faultyCa(NODE_ID, 17 * 1024 * 1024));
