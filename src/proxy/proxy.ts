@@ -323,8 +323,15 @@ export class NodeProxy {
     }
     // A policy change applies to open connections too: those no longer allowed are closed.
     if (this.#appliedVersion !== undefined && this.#appliedVersion !== snapshot.version && this.#options.authorize === undefined) {
-      const closed = this.#inbound.revoke((connection, inspected) => this.#authorizer.stillAllowed(connection, inspected, snapshot, this.#options.nodeName));
-      if (closed > 0) this.#logger.warn({ closed, version: snapshot.version }, 'closed open connections the new configuration no longer allows');
+      // Counted apart: a workload that left (deleted, moved, another identity) is no denial, and the line must not read as one.
+      let departed = 0;
+      const closed = this.#inbound.revoke((connection, inspected) => {
+        if (this.#authorizer.stillAllowed(connection, inspected, snapshot, this.#options.nodeName)) return true;
+        const now = snapshot.workloadByIp(connection.destinationIp);
+        if (now === undefined || now.node !== this.#options.nodeName || now.identity !== connection.destination.identity) departed++;
+        return false;
+      });
+      if (closed > 0) this.#logger.warn({ closed, workloadLeft: departed, notAllowed: closed - departed, version: snapshot.version }, 'closed open connections the new configuration no longer allows');
     }
     if (this.#appliedVersion !== undefined && this.#appliedVersion !== snapshot.version) {
       const departed = this.#outbound.closeDeparted(snapshot);

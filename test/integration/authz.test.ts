@@ -978,7 +978,10 @@ spec:
     const deniesBefore = await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' });
     await mesh.writeConfig('policies.yaml', policies.replace('cluster.local/ns/demo/sa/client', 'cluster.local/ns/demo/sa/nobody'));
     await closed;
-    await nodeB.proc.waitFor((line) => line.msg === 'closed open connections the new configuration no longer allows');
+    const revoked = await nodeB.proc.waitFor((line) => line.msg === 'closed open connections the new configuration no longer allows');
+    // Not allowed any more, its workload still there: a denial, not a departure.
+    expect(revoked.workloadLeft).toBe(0);
+    expect(revoked.notAllowed).toBeGreaterThanOrEqual(1);
     // Its access line and its close say why: a late denial.
     const access = await nodeB.proc.waitFor((line) => line.msg === 'access' && line.error_code === 'POLICY_REVOKED');
     expect(access).toMatchObject({ response_flags: 'DENY', direction: 'inbound', 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client' });

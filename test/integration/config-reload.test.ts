@@ -24,6 +24,8 @@ const ECHO_4_IP = nodeIp(P, 1, 14);
 const ECHO_5_IP = nodeIp(P, 1, 15);
 const CLIENT_6_IP = nodeIp(P, 0, 26);
 const CLIENT_7_IP = nodeIp(P, 0, 27);
+const CLIENT_8_IP = nodeIp(P, 0, 28);
+const ECHO_8_IP = nodeIp(P, 1, 18);
 const ECHO_PORT = 7000;
 const REJECTED = 'configuration change rejected; the last good configuration stays in force';
 
@@ -261,6 +263,28 @@ describe('removing listeners while connections through them are open', () => {
 
   it('(inbound) node-b serves the new workload promptly, not once the peer\'s idle session ends', async () => {
     await waitUntil('node-b binds echo-5', () => bound(nodeB, nodeBMark, 'inbound', `${ECHO_5_IP}:`), 5_000);
+  });
+
+  it('(inbound) node-b closes the open tunnel of a workload removed from it, and says the workload left (no denial)', async () => {
+    const echo8 = await startEchoServer(ECHO_8_IP, ECHO_PORT);
+    let open: OpenTunnel | undefined;
+    try {
+      let mark = { a: nodeA.proc.lines.length, b: nodeB.proc.lines.length };
+      await mesh.writeConfig('echo-8.yaml', podFile('echo-8', 'node-b', ECHO_8_IP));
+      await mesh.writeConfig('client-8.yaml', podFile('client-8', 'node-a', CLIENT_8_IP, `9080=${ECHO_8_IP}:${ECHO_PORT}`));
+      await waitUntil("echo-8 served and client-8's listener bound", () => bound(nodeB, mark.b, 'inbound', `${ECHO_8_IP}:`) && bound(nodeA, mark.a, 'outbound', `${CLIENT_8_IP}:9080=`), 10_000);
+      open = await OpenTunnel.open(CLIENT_8_IP, 9080);
+      await open.echo('to echo-8');
+      mark = { a: nodeA.proc.lines.length, b: nodeB.proc.lines.length };
+      await rm(join(mesh.configDir, 'echo-8.yaml'));
+      await waitUntil('the revocation line', () => logLinesAfter(nodeB, mark.b, (line) => line.msg === 'closed open connections the new configuration no longer allows').length > 0, 10_000);
+      const [line] = logLinesAfter(nodeB, mark.b, (candidate) => candidate.msg === 'closed open connections the new configuration no longer allows');
+      expect(line).toMatchObject({ closed: 1, workloadLeft: 1, notAllowed: 0 });
+    } finally {
+      open?.socket.destroy();
+      await rm(join(mesh.configDir, 'client-8.yaml'), { force: true });
+      await echo8.close();
+    }
   });
 
   it('(outbound) node-a accepts the removal of a listener that has an open connection, then a new listener', async () => {
