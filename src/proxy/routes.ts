@@ -41,7 +41,7 @@ export interface PassthroughRoute {
   readonly kind: 'passthrough';
   readonly host: string;
   readonly port: number;
-  /** The ServiceEntry (namespace/name) whose endpoint this is: configuration chose it, not the operator. */
+  /** The ServiceEntry (namespace/name) whose endpoint this is, or the ExternalName Service (`Service namespace/name`) it points to: configuration chose it, not the operator. */
   readonly entry?: string;
   /** The ServiceEntry's metric labels (its host as destination_service), when one names the destination. */
   readonly serviceLabels?: ServiceLabels;
@@ -81,6 +81,8 @@ export interface RoutingTable {
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   /** A Kubernetes Service's names (full and short forms) → the Service and its TCP ports: a port it lacks is refused. */
   readonly serviceNames: ReadonlyMap<string, { readonly hostname: string; readonly ports: readonly number[] }>;
+  /** An ExternalName Service's names → its externalName: a CNAME, reached by passthrough on any port. */
+  readonly externalNames: ReadonlyMap<string, { readonly target: string; readonly service: string }>;
   readonly hbonePort: number;
   readonly egressLocked: boolean;
   /** Destinations outside the mesh that ServiceEntries name: what REGISTRY_ONLY lets through (externalEntry). */
@@ -457,9 +459,20 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
   const byVip = new Map<string, Map<number, ServicePortRoutes>>();
   const serviceNames = new Map<string, { hostname: string; ports: number[] }>();
+  const externalNames = new Map<string, { target: string; service: string }>();
   for (const service of snapshot.services) {
+    const names = [service.hostname, `${service.metadata.name}.${service.metadata.namespace}`, `${service.metadata.name}.${service.metadata.namespace}.svc`];
+    // An ExternalName Service's name is a CNAME to a host outside the mesh, on any port (it has no endpoints): where it
+    // points is reached by passthrough, as cluster DNS would send the client there (the node's resolver may not know
+    // the cluster's names).
+    if (service.spec.type === 'ExternalName') {
+      const target = service.spec.externalName;
+      const pointed = target === undefined ? undefined : { target: normalHost(target), service: `Service ${service.metadata.namespace}/${service.metadata.name}` };
+      if (pointed !== undefined) for (const host of names) externalNames.set(host, pointed);
+      continue;
+    }
     const named = { hostname: service.hostname, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port) };
-    for (const host of [service.hostname, `${service.metadata.name}.${service.metadata.namespace}`, `${service.metadata.name}.${service.metadata.namespace}.svc`]) serviceNames.set(host, named);
+    for (const host of names) serviceNames.set(host, named);
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
     // publishNotReadyAddresses: every running pod is an endpoint, ready or not, as Kubernetes publishes them.
@@ -492,7 +505,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
     }
   }
   const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
-  return { snapshot, byHost, byVip, serviceNames, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map(), byWorkloadIp: new WorkloadRoutes() };
+  return { snapshot, byHost, byVip, serviceNames, externalNames, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map(), byWorkloadIp: new WorkloadRoutes() };
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -626,6 +639,16 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     }
     const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
     if (chosen !== undefined) return draw(chosen.routes, chosen.weights, chosen.none, random);
+    // An ExternalName Service's name: where it points, by passthrough (in the registry: REGISTRY_ONLY lets it through,
+    // as Istio does).
+    const external = table.externalNames.get(host) ?? table.externalNames.get(normalHost(host));
+    if (external !== undefined) return { kind: 'passthrough', host: external.target, port, entry: external.service };
+    // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
+    // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
+    const named = table.serviceNames.get(host) ?? table.serviceNames.get(normalHost(host));
+    if (named !== undefined) {
+      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is Service ${named.hostname}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
+    }
   } else {
     // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)
     // are canonicalised only when that misses, so the CONNECT names the address the peer knows.
@@ -646,14 +669,6 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     return { kind: 'deny', reason: 'EGRESS_BLOCKED', message: `${formatAuthority(host, port)} is not in the mesh registry (no Service, workload, or ServiceEntry with that host or address and port${sourceNamespace === undefined ? '' : ` exported to namespace ${sourceNamespace}`}) and egress is REGISTRY_ONLY` };
   }
   if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
-  if (entry === undefined && family === 0) {
-    // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
-    // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
-    const named = table.serviceNames.get(host) ?? table.serviceNames.get(normalHost(host));
-    if (named !== undefined) {
-      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is Service ${named.hostname}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
-    }
-  }
   // An entry without endpoints: where the name resolves, labelled with the entry (a connect costs far more than this object).
   return entry === undefined ? { kind: 'passthrough', host, port } : { kind: 'passthrough', host, port, serviceLabels: entry.serviceLabels };
 }

@@ -165,6 +165,22 @@ describe('a Service addressed by name or cluster IP', () => {
     expect(decideRoute(table, 'web.other', 81)).toEqual({ kind: 'passthrough', host: 'web.other', port: 81 });
   });
 
+  it('passes an ExternalName Service\'s name through to where it points, on any port, REGISTRY_ONLY too (its name is a CNAME)', () => {
+    const externalName = (ports: string) => `apiVersion: v1
+kind: Service
+metadata: { name: ext, namespace: shop }
+spec: { type: ExternalName, externalName: API.example.com., ${ports} }
+`;
+    for (const spec of ['', '  egress: { mode: REGISTRY_ONLY }\n']) {
+      for (const ports of ['ports: []', 'ports: [{ port: 443 }]']) {
+        const tableWithExt = routingTableOf(snapshotOf(meshConfig(spec), WORKLOADS, externalName(ports)));
+        for (const [host, port] of [['ext.shop', 443], ['ext.shop.svc.cluster.local', 8443]] as const) {
+          expect(decideRoute(tableWithExt, host, port, Math.random, 'shop'), `${host}:${port} ${ports} ${spec}`).toEqual({ kind: 'passthrough', host: 'api.example.com', port, entry: 'Service shop/ext' });
+        }
+      }
+    }
+  });
+
   it('routes a headless Service (clusterIP None) by hostname only', () => {
     const route = expectHbone(decideRoute(table, 'db.data', 5432));
     expect(route.endpoint.authority).toBe('[fd00:10::6]:5432');
