@@ -147,13 +147,11 @@ export const command: Command = {
       sourceNamespace = found;
     }
 
-    let request: AuthzContext['request'] = null;
+    // The request as an HTTP/1.1 client sends it; read (below) only where the proxy reads requests.
+    let requestInput: { raw: string[]; rawPath: string; host: string; method: string } | null = null;
     if (input.request !== undefined) {
       const r = object(input.request, 'request');
       checkKeys(r, ['method', 'path', 'host', 'headers'], 'request');
-      // The fields as an HTTP/1.1 client sends them, read by the proxy's own request facts: every request the proxy
-      // answers 400 before any policy (a Host it cannot read, a field the Connection header takes away, a bad path) is
-      // refused here too, with the same words.
       const raw: string[] = [];
       let hostField: string | undefined;
       if (r.headers !== undefined) {
@@ -167,11 +165,24 @@ export const command: Command = {
       if (rawPath.charCodeAt(0) !== 47 && rawPath !== '*') throw new AmbitError('USAGE', `request: request.path must be a path starting with "/" (got "${rawPath}"); give an absolute URI's authority as request.host`);
       const host = optionalString(r, 'host', 'request.host') ?? hostField ?? '';
       if (hostField === undefined && host !== '') raw.push('host', host);
-      const method = optionalString(r, 'method', 'request.method') ?? 'GET';
+      requestInput = { raw, rawPath, host, method: optionalString(r, 'method', 'request.method') ?? 'GET' };
+    }
+
+    const snapshot = await loadConfigDir(configDir, { requireMesh: false });
+    const { policies, description, unresolved } = target(snapshot, destination);
+    // As the proxy: requests are read only on ports declared HTTP, and there only for a workload that HTTP rules in
+    // force apply to; elsewhere a request is bytes of a connection, decided once with HTTP fields unknown.
+    const http = policies.httpPorts.has(port);
+    const inspected = http && policies.hasEnforcingL7Rules;
+    let request: AuthzContext['request'] = null;
+    if (requestInput !== null && inspected) {
+      // Read by the proxy's own request facts: every request it answers 400 before any policy (a Host it cannot read, a
+      // field the Connection header takes away, a bad path) is refused here too, with the same words.
       const refuse = (reason: string): number => {
         process.stdout.write(JSON.stringify({ decision: 'DENY', policy: null, rule: null, reason }) + '\n');
         return 0;
       };
+      const { raw, rawPath, host, method } = requestInput;
       if (host === '') return refuse('no Host (give request.host): the proxy answers 400 to an HTTP request without one');
       // Node's HTTP/1.1 parser knows its methods by name, in capitals (`get` is no method to it); over h2c any name goes.
       if (!nodeHttp.METHODS.includes(method)) return refuse(`an HTTP/1.1 request with method ${JSON.stringify(method)}, which is not one HTTP/1.1's parser knows (names are case-sensitive): the proxy answers 400 (over HTTP/2 it is decided by policy)`);
@@ -180,9 +191,6 @@ export const command: Command = {
       if (malformed !== null) return refuse(`${malformed}: the proxy answers 400`);
       request = facts;
     }
-
-    const snapshot = await loadConfigDir(configDir, { requireMesh: false });
-    const { policies, description, unresolved } = target(snapshot, destination);
     const ctx: AuthzContext = authzContext({
       sourcePrincipal: principal,
       sourceNamespace,
@@ -191,16 +199,15 @@ export const command: Command = {
       destinationPort: port,
       request,
     });
-    // As the proxy: requests are read only on ports declared HTTP; on any other port a request is bytes of a TCP
-    // connection, decided once with HTTP fields unknown.
-    const http = policies.httpPorts.has(port);
     const moment: DecisionMoment = http ? (request !== null ? 'request' : 'connect') : 'tcp';
     const decision = decideSafely(policies, ctx, moment, DENY_ON_ERROR);
     const output: Record<string, unknown> = { decision: decision.allow ? 'ALLOW' : 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason };
-    if (request !== null && !http) {
+    if (requestInput !== null && !http) {
       output.note = `port ${port} is not declared HTTP (no Service port with appProtocol or name http, http2, grpc or h2c (or http-web and the like), nor a ServiceEntry port with protocol HTTP, HTTP2 or GRPC, targets it): the proxy does not read requests there, so this was decided as a TCP connection`;
       // A named targetPort is resolved by a workload's container ports, which a destination given by labels has not.
       if (unresolved.length > 0) output.note += `; ${unresolved.join(', ')} may target it: give destination.workload to resolve the name`;
+    } else if (requestInput !== null && !inspected) {
+      output.note = `port ${port} is declared HTTP, but no ALLOW or DENY rule with HTTP fields applies to this workload: the proxy does not read its requests (they reach it as they are), so this was decided as the connection`;
     }
     if (values.explain) {
       output.explain = {

@@ -181,6 +181,24 @@ describe.concurrent('ambit authz check', () => {
     expect(String(output.reason)).toContain('OPTIONS * is not forwarded');
   });
 
+  it('reads no request where the proxy reads none: an HTTP port without HTTP rules in force, a TCP port', async ({ expect }) => {
+    const config = await configWith('plain.yaml', `apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: plain}
+spec:
+  selector: {app: plain}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`);
+    // What the proxy would answer 400 where it reads requests: here it reaches the workload as it is.
+    const odd = { method: 'BREW', path: '/a%zz', headers: { host: 'plain.plain', connection: 'host' } };
+    const plain = decided(await ambit(['authz', 'check', '--config', config, '--request', '-'], JSON.stringify({ destination: { namespace: 'plain', labels: { app: 'plain' }, port: 8080 }, source: { principal: FRONT }, request: odd })));
+    expect(plain).toMatchObject({ decision: 'ALLOW' });
+    expect(String((plain as Output & { note?: string }).note)).toContain('no ALLOW or DENY rule with HTTP fields applies');
+    const tcp = decided(await ambit(['authz', 'check', '--config', config, '--request', '-'], JSON.stringify({ destination: { namespace: 'plain', labels: { app: 'plain' }, port: 9000 }, source: { principal: FRONT }, request: odd })));
+    expect(tcp).toMatchObject({ decision: 'ALLOW' });
+    expect(String((tcp as Output & { note?: string }).note)).toContain('is not declared HTTP');
+  });
+
   it.for([
     ['no Host at all', { method: 'GET', path: '/api/x' }, 'no Host'],
     ['a Host that is no authority', { method: 'GET', path: '/api/x', host: 'web shop' }, 'a Host that is not a valid authority'],
