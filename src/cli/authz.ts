@@ -30,8 +30,9 @@ proxy would, and prints {"decision": "ALLOW"|"DENY", "policy": "ns/name"|null, "
    "request": {"method": "GET", "path": "/api", "host": "web.demo", "headers": {"x-user": "alice"}}}
 
 "request" absent: an L4 connection (on a port declared HTTP, the connection-time decision). A
-"request" is read as the proxy reads an HTTP/1.1 request: one it answers 400 (no host, a bad Host or
-path, a method HTTP/1.1 does not know) is a DENY naming why. A
+"request", where the proxy reads requests (HTTP rules in force on a port declared HTTP), is read as it
+reads an HTTP/1.1 request: one it answers 400 (no host, a bad Host or path, a method HTTP/1.1 does not
+know) is a DENY naming why. A
 "request" to a port not declared HTTP is decided as the proxy decides it there, as a TCP connection
 (the output's "note" says so). A source
 without "principal" is a connection without peer identity (plaintext). "destination.kind" ("Pod" or
