@@ -453,49 +453,52 @@ export function decide(policies: WorkloadPolicies, ctx: AuthzContext, asked: Dec
 /** What auditMatches found, for logging: the first AUDIT rule and the first dry-run rule that match (null: none). */
 export interface AuditMatches {
   audit: CompiledRule | null;
-  dryRun: CompiledRule | null;
-  /** A dry-run ALLOW rule matched (at 'connect', its L4 part): the dry-run ALLOW policies would not deny this one. */
-  dryRunAllowed: boolean;
+  /** The first dry-run DENY rule that matches, and the first dry-run ALLOW one: each its own line (each its own shadow engine in Envoy). */
+  dryRunDeny: CompiledRule | null;
+  dryRunAllow: CompiledRule | null;
+  /**
+   * At 'connect', on a port whose requests are not read: a dry-run ALLOW rule with HTTP fields whose L4 part matches.
+   * It cannot say whether it would deny the requests, and says so rather than nothing.
+   */
+  dryRunUnjudged: CompiledRule | null;
 }
 
 /**
  * One pass over the audit rules (AUDIT policies' and dry-run policies'), filling `out` (the caller's, reused): each
- * kind is logged on its own, so a dry-run policy never hides an AUDIT policy's line; and whether a dry-run ALLOW rule
- * matched, whose absence is what a dry-run ALLOW reports.
+ * kind is logged on its own, so no policy's line hides another's; whether a dry-run ALLOW rule matched, whose absence
+ * is what a dry-run ALLOW reports.
  */
 export function auditMatches(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, out: AuditMatches): AuditMatches {
   out.audit = null;
-  out.dryRun = null;
-  out.dryRunAllowed = false;
-  const wantsAllowed = policies.dryRunAllow.length > 0;
+  out.dryRunDeny = null;
+  out.dryRunAllow = null;
+  out.dryRunUnjudged = null;
   const audit = (policies.byPort.get(ctx.destinationPort) ?? policies.otherPorts).audit;
   for (let i = 0; i < audit.length; i++) {
     const rule = audit[i] as CompiledRule;
     const shadow = rule.policy.dryRun;
-    const shadowAllow = shadow === 'ALLOW';
-    if (shadow === undefined ? out.audit !== null : out.dryRun !== null && !(shadowAllow && wantsAllowed && !out.dryRunAllowed)) continue;
+    if (shadow === undefined ? out.audit !== null : shadow === 'DENY' ? out.dryRunDeny !== null : out.dryRunAllow !== null) continue;
     let matched: boolean;
     if (rule.l7 && moment !== 'request') {
       // A dry-run DENY on a port that is not HTTP is shown as it would be enforced: its HTTP fields ignored. A dry-run
-      // ALLOW's at 'connect' would let the connection open for its requests to decide: not one it denies.
-      if (shadowAllow && moment === 'connect' && ruleMatches(rule, ctx, true)) out.dryRunAllowed = true;
+      // ALLOW's at 'connect' (requests not read) can judge no request: said, when its L4 part matches.
+      if (shadow === 'ALLOW' && moment === 'connect' && out.dryRunUnjudged === null && ruleMatches(rule, ctx, true)) out.dryRunUnjudged = rule;
       matched = moment === 'tcp' && shadow === 'DENY' && ruleMatches(rule, ctx, true);
     } else {
       matched = ruleMatches(rule, ctx, false);
     }
     if (!matched) continue;
-    if (shadowAllow) out.dryRunAllowed = true;
     if (shadow === undefined) out.audit = rule;
-    else out.dryRun ??= rule;
-    if (out.audit !== null && out.dryRun !== null && (out.dryRunAllowed || !wantsAllowed)) break;
+    else if (shadow === 'DENY') out.dryRunDeny = rule;
+    else out.dryRunAllow = rule;
   }
   return out;
 }
 
 /** The first AUDIT rule that matches, else the first dry-run one; null when none (explanations and tests). */
 export function auditMatch(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment): CompiledRule | null {
-  const found = auditMatches(policies, ctx, moment, { audit: null, dryRun: null, dryRunAllowed: false });
-  return found.audit ?? found.dryRun;
+  const found = auditMatches(policies, ctx, moment, { audit: null, dryRunDeny: null, dryRunAllow: null, dryRunUnjudged: null });
+  return found.audit ?? found.dryRunDeny ?? found.dryRunAllow;
 }
 
 export function decideSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: DecisionMoment, onError: Decision): Decision {

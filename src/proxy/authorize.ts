@@ -36,8 +36,9 @@ function auditSafely(policies: WorkloadPolicies, ctx: AuthzContext, moment: Deci
     return auditMatches(policies, ctx, moment, out);
   } catch {
     out.audit = null;
-    out.dryRun = null;
-    out.dryRunAllowed = false;
+    out.dryRunDeny = null;
+    out.dryRunAllow = null;
+    out.dryRunUnjudged = null;
     return out;
   }
 }
@@ -69,7 +70,7 @@ export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
   /** Reused by every decision (they run one at a time): what it found to log, with nothing allocated. */
-  readonly #audited: AuditMatches = { audit: null, dryRun: null, dryRunAllowed: false };
+  readonly #audited: AuditMatches = { audit: null, dryRunDeny: null, dryRunAllow: null, dryRunUnjudged: null };
   // Decisions are preallocated per rule, so a decision's count can hang off the decision itself: counting is one
   // WeakMap lookup and an increment, where prom-client's child inc() hashes its label object on every call. The
   // counts are copied into the counter when it is scraped; a cell outlives the snapshot whose decision made it.
@@ -114,8 +115,12 @@ export class InboundAuthorizer {
       // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
       const found = auditSafely(policies, ctx, moment, this.#audited);
       if (found.audit !== null) logAuditedConnection(this.#logger, found.audit, connection);
-      if (found.dryRun !== null) logAuditedConnection(this.#logger, found.dryRun, connection);
-      if (policies.dryRunAllow.length > 0 && !found.dryRunAllowed) {
+      if (found.dryRunDeny !== null) logAuditedConnection(this.#logger, found.dryRunDeny, connection);
+      if (found.dryRunAllow !== null) logAuditedConnection(this.#logger, found.dryRunAllow, connection);
+      else if (found.dryRunUnjudged !== null) {
+        const rule = found.dryRunUnjudged;
+        this.#logger.info({ audit: rule.policy.name, rule: rule.index, dryRun: 'ALLOW', source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'dry-run ALLOW policy cannot judge this connection\'s requests: the proxy reads none on this port, no HTTP rule in force applying to it');
+      } else if (policies.dryRunAllow.length > 0) {
         this.#logger.info({ dryRun: 'ALLOW', audit: policies.dryRunAllow.join(', '), decision: decision.allow ? 'ALLOW' : 'DENY', source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'dry-run ALLOW policies would deny a connection');
       }
     }
@@ -162,8 +167,9 @@ export class InboundAuthorizer {
         this.#count(decision);
         // An AUDIT policy's line and a dry-run policy's, each its own: one must not hide the other.
         if (found?.audit) logAuditedRequest(logger, found.audit, decision, facts, connection);
-        if (found?.dryRun) logAuditedRequest(logger, found.dryRun, decision, facts, connection);
-        if (found !== null && inForce.dryRunAllow.length > 0 && !found.dryRunAllowed) {
+        if (found?.dryRunDeny) logAuditedRequest(logger, found.dryRunDeny, decision, facts, connection);
+        if (found?.dryRunAllow) logAuditedRequest(logger, found.dryRunAllow, decision, facts, connection);
+        else if (found !== null && inForce.dryRunAllow.length > 0) {
           logger.info({ dryRun: 'ALLOW', audit: inForce.dryRunAllow.join(', '), decision: decision.allow ? 'ALLOW' : 'DENY', method: facts.method, host: facts.host, path: facts.path, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'dry-run ALLOW policies would deny a request');
         }
         if (decision.allow && logger.isLevelEnabled('debug')) {

@@ -137,6 +137,24 @@ describe('dry-run authorization policies', () => {
     expect(linesFor('admin')).toEqual([['dry-run ALLOW policy matched a connection', 'shop/only-admin', undefined]]);
   });
 
+  it('log a dry-run DENY and a dry-run ALLOW that both match, each its own line (each its own shadow engine in Envoy)', () => {
+    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('a-allow', 'ALLOW', 'true', '{ to: [{ operation: { paths: ["/a*"] } }] }') + '---\n' + policy('b-deny', 'DENY', 'true', '{ to: [{ operation: { paths: ["/a*"] } }] }') + '---\n' + policy('no-admin', 'DENY', null, '{ to: [{ operation: { paths: ["/admin"] } }] }'), 'all.yaml'));
+    const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
+    const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
+    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
+    expect(inspection?.decide({ method: 'GET', path: '/a', host: 'web.shop', header: () => undefined, remoteIp: null }).allow).toBe(true);
+    expect(lines.map((line) => [line.message, line.fields.audit]).sort()).toEqual([['dry-run ALLOW policy matched a request', 'shop/a-allow'], ['dry-run DENY policy matched a request', 'shop/b-deny']]);
+  });
+
+  it('say a dry-run ALLOW with HTTP fields cannot judge the requests of a port the proxy does not read', () => {
+    const snapshot = buildSnapshot(parseConfigText(WORLD + policy('api-only', 'ALLOW', 'true', '{ to: [{ operation: { paths: ["/api*"] } }] }'), 'all.yaml'));
+    const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
+    const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
+    const authorizer = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger }));
+    expect(authorizer.authorize(connectionTo(snapshot)).allow).toBe(true);
+    expect(lines.map((line) => [line.message, line.fields.audit])).toEqual([["dry-run ALLOW policy cannot judge this connection's requests: the proxy reads none on this port, no HTTP rule in force applying to it", 'shop/api-only']]);
+  });
+
   it('report a dry-run ALLOW that would deny a request, on a port inspected for a rule in force', () => {
     const snapshot = buildSnapshot(parseConfigText(WORLD + policy('only-get', 'ALLOW', 'true', '{ to: [{ operation: { methods: [GET] } }] }') + '---\n' + policy('no-admin', 'DENY', null, '{ to: [{ operation: { paths: ["/admin"] } }] }'), 'all.yaml'));
     const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
