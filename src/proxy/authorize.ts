@@ -58,11 +58,12 @@ function logAuditedRequest(logger: Logger, match: CompiledRule, decision: Decisi
  */
 function httpFieldsNote(policies: WorkloadPolicies, decision: Decision, port: number): string | undefined {
   const notHttp = `port ${port} is not declared HTTP (no Service port named http, http2, grpc... or with such an appProtocol targets it)`;
+  const rules = policies.byPort.get(port) ?? policies.otherPorts;
   if (decision.rule !== null) {
-    const rule = policies.deny.find((candidate) => candidate.decision === decision);
-    return rule?.l7 === true ? `the rule has HTTP fields (methods, paths, hosts or request headers) and ${notHttp}: it applied without them, to the whole connection` : undefined;
+    const rule = rules.deny.find((candidate) => candidate.decision === decision);
+    return rule?.l7 === true ? `the rule has HTTP fields (methods, paths, hosts, request headers or remote IPs) and ${notHttp}: it applied without them, to the whole connection` : undefined;
   }
-  if (decision === policies.noMatch && policies.allow.some((rule) => rule.l7)) return `ALLOW rules with HTTP fields never match here: ${notHttp}`;
+  if (decision === policies.noMatch && rules.allow.some((rule) => rule.l7)) return `ALLOW rules with HTTP fields (methods, paths, hosts, request headers or remote IPs) never match here: ${notHttp}`;
   return undefined;
 }
 

@@ -171,6 +171,11 @@ interface TunnelState {
   readonly logRequest: ((record: RequestLogRecord) => void) | null;
   /** The tunnel's series, for requests answered outside a ServerResponse or stream (upgrades, parse errors). */
   readonly meter: TunnelMeter | null;
+  /**
+   * Since when (performance.now()) the tunnel has been waiting for its next request: opened, or its last HTTP/1.1
+   * answer ended. A request answered outside a ServerResponse (a head refused, or never finished: 408) is timed from it.
+   */
+  waitingSince: number;
 }
 
 /**
@@ -178,8 +183,9 @@ interface TunnelState {
  * head Node's parser refused, a CONNECT): counted and logged as the others are.
  */
 function answeredOutside(state: TunnelState, method: string, path: string, authority: string, responseCode: number, responseFlags: string): void {
-  state.meter?.request('http', responseCode, '', responseFlags, 0);
-  state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: 0 });
+  const durationMs = performance.now() - state.waitingSince;
+  state.meter?.request('http', responseCode, '', responseFlags, durationMs);
+  state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: Math.round(durationMs) });
 }
 
 /** A request's access line, once its answer has ended: what it asked for (kept at its start), what it got. */
@@ -214,9 +220,12 @@ export function grpcStatusLabel(value: unknown): string {
   if (value === undefined) return '';
   const text = String(value);
   if (text.length === 1 && text >= '0' && text <= '9') return text;
-  if (text.length === 2 && text >= '10' && text <= '16') return text;
-  return '-1';
+  // Read as a number, as Envoy does (`07` is 7); bounded, so that no value builds a string per request.
+  if (text.length > 10 || !/^\d+$/.test(text)) return '-1';
+  const code = Number(text);
+  return code <= 16 ? GRPC_CODES[code] as string : '-1';
 }
+const GRPC_CODES: readonly string[] = Array.from({ length: 17 }, (_, code) => String(code));
 
 /** `request_protocol` from an answer's content type, as Istio reports a gRPC call. */
 function requestProtocolOf(contentType: unknown): RequestProtocol {
@@ -573,6 +582,7 @@ export class HttpInspector {
       upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
+        state.waitingSince = performance.now();
         // istio_requests_total: an answer never begun (the client left first) is Envoy's response code 0, flag DC.
         if (meter !== null || logRequest !== null) {
           const answered = this.headersSent;
@@ -596,6 +606,7 @@ export class HttpInspector {
       },
       logRequest,
       meter,
+      waitingSince: performance.now(),
     };
     return new Promise((resolve) => {
       let finished = false;

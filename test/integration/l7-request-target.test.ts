@@ -373,6 +373,7 @@ describe('how an inspected tunnel ends what it forwards, and what it does not wa
 
   it('HTTP/1.1: answers 408 and ends the tunnel when a request head does not arrive in time, and serves one that does', async () => {
     const { stream, close } = await tunnel('h1-quick');
+    requestLines.length = 0;
     try {
       let received = '';
       stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
@@ -380,6 +381,9 @@ describe('how an inspected tunnel ends what it forwards, and what it does not wa
       stream.write('GET / HTTP/1.1\r\nHost: web.shop\r\n');
       expect(await Promise.race([ended, new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 3_000))])).toBe(true);
       expect(received).toMatch(/^HTTP\/1\.1 408 /);
+      // Timed from when the tunnel began waiting for the request, not 0: the client waited out the head's 400 ms.
+      expect(requestLines.map((line) => line.responseCode)).toEqual([408]);
+      expect(requestLines[0]?.durationMs).toBeGreaterThanOrEqual(350);
     } finally {
       close();
     }

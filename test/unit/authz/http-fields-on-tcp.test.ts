@@ -57,7 +57,11 @@ describe('a connection denied on a port not declared HTTP', () => {
 
   it('says ALLOW rules with HTTP fields never match there', () => {
     const line = denialOf('  action: ALLOW\n  rules: [{ to: [{ operation: { methods: ["GET"] } }] }]\n');
-    expect(String(line?.note)).toContain('ALLOW rules with HTTP fields never match here: port 8080 is not declared HTTP');
+    expect(String(line?.note)).toContain('never match here: port 8080 is not declared HTTP');
+  });
+
+  it('says nothing of ALLOW rules with HTTP fields for another port', () => {
+    expect(denialOf('  action: ALLOW\n  rules: [{ to: [{ operation: { ports: ["9090"], methods: ["GET"] } }] }]\n')?.note).toBeUndefined();
   });
 
   it('says nothing more when the ALLOW rules that did not match have no HTTP fields', () => {
