@@ -790,7 +790,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       for (const waiter of waiters) waiter.reject?.(error);
     }
     this.#renewSoon(entry, delayMs);
-    if (!stillValid && entry.unreachable) this.#probeLater();
+    // Also while the certificate is still valid: it may expire before its next retry, up to 150 s away.
+    if (entry.unreachable) this.#probeLater();
   }
 
   /** Whether an identity waits, without a valid certificate, for a CA it could not reach. */
@@ -803,7 +804,11 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#probeTimer = setTimeout(() => {
       this.#probeTimer = undefined;
       const now = Date.now();
-      if (![...this.#entries.values()].some((entry) => IdentityAgent.#waitsForCa(entry, now))) return;
+      const entries = [...this.#entries.values()];
+      // The outage is over for every identity (each asked the CA since): nothing to watch.
+      if (!entries.some((entry) => entry.unreachable && entry.failures > 0)) return;
+      // Their certificates still valid: looked at again later, the CA left alone.
+      if (!entries.some((entry) => IdentityAgent.#waitsForCa(entry, now))) return void this.#probeLater();
       // Its failure needs no line of its own: each waiting identity's retries say why.
       this.refreshBundles().then(() => this.#wakeWaiting(), () => this.#probeLater());
     }, this.#options.caProbeMs ?? DEFAULT_CA_PROBE_MS);

@@ -78,6 +78,35 @@ describe('an identity without a certificate for want of the CA', () => {
     expect(Date.now() - back).toBeLessThan(5_000);
   });
 
+  it('is asked for as soon as the CA is back when its certificate expired during the outage, its retries still backing off', async () => {
+    down = false;
+    const agent = new IdentityAgent({
+      caUrl: relayUrl,
+      trustDomain: TD,
+      nodeName: 'node-a',
+      bootstrapBundle: ca.server.ownBundle(),
+      joinToken: await ca.joinToken('node-a'),
+      logger: silentLogger(),
+      backoffInitialMs: 60_000,
+      caProbeMs: 300,
+      // Certificates of 4 s: renewed at half their life, then a last try just before they end, while still valid.
+      ttlSeconds: 4,
+      random: () => 0.5,
+    });
+    agents.push(agent);
+    await agent.start();
+    const first = await agent.ensure(WEB);
+    goDown();
+    // Past its end (the CA backdates 10 s, so it ends 4 s after issue less what has passed).
+    await expect.poll(() => first.notAfter.getTime() < Date.now(), { timeout: 10_000, interval: 100 }).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const renewed = new Promise<void>((resolve) => agent.on('rotated', (svid: { id: { id: string } }) => svid.id.id === WEB && resolve()));
+    const back = Date.now();
+    down = false;
+    await renewed;
+    expect(Date.now() - back).toBeLessThan(5_000);
+  });
+
   it('is not asked for again early when the CA refused it (it answers, and a refusal keeps its backoff)', async () => {
     const agent = new IdentityAgent({
       caUrl: relayUrl,
