@@ -270,10 +270,15 @@ export const command: Command = {
       interrupted = true;
       onInterrupt();
     };
-    process.once('SIGINT', interrupt);
-    process.once('SIGTERM', interrupt);
+    // `on`, not `once`: a second Ctrl-C (or a terminal's HUP twice) while stopping must not kill it before the clean-up.
+    process.on('SIGINT', interrupt);
+    process.on('SIGTERM', interrupt);
     // A closed terminal or SSH session: stopped as on Ctrl-C, so the temporary directory (CA key, tokens) goes too.
-    process.once('SIGHUP', interrupt);
+    process.on('SIGHUP', interrupt);
+    // The terminal gone, writing the summary to it fails (EIO): that too is the user leaving, not a crash that would
+    // skip the clean-up.
+    process.stdout.on('error', interrupt);
+    process.stderr.on('error', () => {});
     const isInterrupted = () => interrupted;
 
     const stop = async (code: number): Promise<number> => {

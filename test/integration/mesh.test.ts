@@ -153,6 +153,22 @@ describe('npm start (ambit mesh from the build)', () => {
     expect(file.stderr.trim()).toBe(`ambit mesh: --dir ${join(dir, 'config', 'mesh.yaml')}: not a directory: give a new or empty directory [USAGE]`);
   });
 
+  it('stops and cleans up when its output can no longer be written (the terminal it ran in is gone)', async () => {
+    const { child, output, closed } = startMesh([]);
+    try {
+      await expect.poll(() => /client calls ok/.test(output.stdout), { timeout: 60_000, interval: 100 }).toBe(true);
+      const dir = /working directory (\S+)/.exec(output.stdout)?.[1] as string;
+      expect(existsSync(dir)).toBe(true);
+      // Its reader gone: the next summary fails to write (EPIPE here, EIO on a closed terminal).
+      child.stdout.destroy();
+      await closed;
+      expect(existsSync(dir)).toBe(false);
+      expect(processesNaming(dir)).toEqual([]);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 90_000);
+
   it('leaves no CA or proxy running when it is killed outright (SIGKILL: no cleanup of its own runs)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ambit-mesh-test-'));
     cleanup.push(dir);
