@@ -102,6 +102,8 @@ export const command: Command = {
     const metricsListen = values.metrics === undefined ? null : parseListen(values.metrics, 'metrics');
     const bootstrapBundle = await readBundleFlag(bundleFile, trustDomain, 'bundle');
     const logger = createLogger({ name: 'ambit-agent' });
+    // From the start: the first certificates may wait minutes for the CA, and a refused identity for ever.
+    ignoreHangup(logger, 'certificates and bundles renew by themselves');
     const metrics = new Registry();
     const agent = new IdentityAgent({
       caUrl,
@@ -185,7 +187,6 @@ export const command: Command = {
         server.on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed to accept a connection'));
       }
       logger.info({ identities: agent.identities(), out }, 'agent running');
-      ignoreHangup(logger, 'certificates and bundles renew by themselves');
       await new Promise<void>((resolve) => {
         process.once('SIGTERM', resolve);
         process.once('SIGINT', resolve);

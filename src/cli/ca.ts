@@ -131,6 +131,8 @@ async function serve(argv: string[]): Promise<number> {
   const configDir = requireString(values.config, 'config');
   const listen = parseListen(values.listen ?? DEFAULT_LISTEN, 'listen');
   const logger = createLogger({ name: 'ambit-ca' });
+  // From the start, as the proxy and the agent: a HUP during startup must not kill it either.
+  ignoreHangup(logger, 'the configuration directory and CA state are watched');
   const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
   // The same audit log format as the proxy's: one JSON line per configuration change and per issuance decision.
   const auditLog = new AuditLog(auditFile);
@@ -211,7 +213,6 @@ async function serve(argv: string[]): Promise<number> {
   };
   process.once('SIGTERM', () => void stop());
   process.once('SIGINT', () => void stop());
-  ignoreHangup(logger, 'the configuration directory and CA state are watched');
   await new Promise<never>(() => {});
   return 0;
 }

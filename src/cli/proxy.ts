@@ -75,6 +75,8 @@ export const command: Command = {
     const sharedHboneListen = values['hbone-listen'] !== undefined ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined;
     const drainMs = values['drain-timeout'] !== undefined ? parseDurationMsAllowZero(values['drain-timeout'], 'drain-timeout') : DEFAULT_DRAIN_MS;
     const logger = createLogger({ name: 'ambit-proxy' });
+    // From the start: the first attestation may wait minutes for the CA.
+    ignoreHangup(logger, 'the configuration directory is watched and certificates renew by themselves');
     const proxy = await NodeProxy.start({
       nodeName: requireString(values.node, 'node'),
       configDir: requireString(values.config, 'config'),
@@ -94,7 +96,6 @@ export const command: Command = {
     });
     const observability = proxy.observability;
     logger.info({ metrics: observability?.metricsUrl, readiness: observability?.readinessUrl, admin: observability?.adminUrl, ready: proxy.readiness() }, 'proxy started');
-    ignoreHangup(logger, 'the configuration directory is watched and certificates renew by themselves');
     await new Promise<void>((resolve) => {
       process.once('SIGTERM', resolve);
       process.once('SIGINT', resolve);
