@@ -14,7 +14,7 @@ import { IdentityAgent } from '../identity/agent.ts';
 import { writeFileAtomic } from '../identity/files.ts';
 import { encodePemBundle } from '../identity/bundle.ts';
 import type { BundleSet } from '../identity/bundle.ts';
-import { parseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
+import { isInfrastructurePath, parseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
 import type { Svid } from '../identity/svid.ts';
 import { createLogger } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
@@ -92,6 +92,8 @@ export const command: Command = {
     for (const id of identities) {
       const parsed = parseSpiffeId(id);
       if (parsed.trustDomain !== trustDomain || parsed.path === '') throw new AmbitError('USAGE', `--identity ${id} is not a workload identity in ${trustDomain}`);
+      // The node SVID (or the CA's) is never written to --out, which workloads read: asked for, --once wrote nothing.
+      if (isInfrastructurePath(parsed.path)) throw new AmbitError('USAGE', `--identity ${id} is one of ambit's own identities (a node's or the CA's), not a workload's: the node SVID stays in --state-dir`);
       // Two identities must never share file names: one would overwrite the other's key.
       const other = stems.get(fileStem(id));
       if (other !== undefined && other !== id) throw new AmbitError('USAGE', `--identity ${id} and ${other} would both be written as ${fileStem(id)}.pem`);

@@ -26,7 +26,11 @@ export function parse<T extends OptionSpec>(argv: string[], options: T, allowPos
     const ambiguous = /^Option '(--[\w-]+)'(?: \(-\w\))? argument is ambiguous/.exec((error as Error).message);
     if (ambiguous !== null) {
       const flag = ambiguous[1] as string;
-      const value = argv[argv.indexOf(flag) + 1] ?? '';
+      // The occurrence Node complained of: the flag followed by something that starts with a dash.
+      let at = argv.indexOf(flag);
+      while (at >= 0 && !(argv[at + 1] ?? '').startsWith('-')) at = argv.indexOf(flag, at + 1);
+      const value = at >= 0 ? (argv[at + 1] as string) : '';
+      if (value.startsWith('--')) throw new AmbitError('USAGE', `${flag} is missing its value (the next argument, ${value}, is an option)`);
       throw new AmbitError('USAGE', `${flag} ${value}: a value starting with "-" is taken for an option (negative values are never valid here; a value that must start with "-" is written ${flag}=${value})`);
     }
     throw new AmbitError('USAGE', (error as Error).message.replaceAll('\n', ' '));
@@ -103,10 +107,12 @@ export function parseCaUrl(value: string | boolean | undefined): string {
   try {
     url = new URL(caUrl);
   } catch {
-    throw new AmbitError('USAGE', `--ca "${caUrl}" is not a URL (https://HOST:PORT; a port is digits)`);
+    throw new AmbitError('USAGE', `--ca "${caUrl}" is not a URL of the form https://HOST:PORT`);
   }
-  if (url.hostname === '' || url.pathname !== '/' || url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') {
-    throw new AmbitError('USAGE', `--ca "${caUrl}": give the CA as https://HOST:PORT, with no path, query or user`);
+  // An empty `?` or `#` reads as none: the test is on the text.
+  if (url.hostname === '' || url.pathname !== '/' || /[?#]/.test(caUrl) || url.username !== '' || url.password !== '') {
+    throw new AmbitError('USAGE', `--ca "${caUrl}": give the CA as https://HOST:PORT, with no path, query, fragment or user`);
   }
-  return caUrl;
+  // The URL as parsed (scheme and host lower-cased, a default port dropped), to which request paths are appended.
+  return url.origin;
 }

@@ -211,6 +211,12 @@ describe.concurrent('ambit agent command line', () => {
     expect(failureCode(expect, await runAmbit(agentArgs({}, ['--identity', WEB, '--identity', 'spiffe://other.test/ns/default/sa/web'])))).toBe('USAGE');
   });
 
+  it("refuses an --identity that is one of ambit's own (the node's), which is never written to --out", async ({ expect }) => {
+    const result = await runAmbit(agentArgs({}, ['--identity', `spiffe://${TD}/ambit/node/node-a`]));
+    expect(failureCode(expect, result)).toBe('USAGE');
+    expect(result.stderr).toContain("one of ambit's own identities");
+  });
+
   it('refuses an --identity that is not a SPIFFE ID', async ({ expect }) => {
     expect(failureCode(expect, await runAmbit(agentArgs({}, ['--identity', 'web'])))).toBe('SPIFFE_ID_SCHEME');
   });

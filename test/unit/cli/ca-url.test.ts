@@ -5,15 +5,23 @@ import { parseCaUrl } from '../../../src/cli/args.ts';
 import { AmbitError } from '../../../src/errors.ts';
 
 describe('--ca', () => {
-  it.each(['https://127.0.0.1:15012', 'https://ca.mesh.internal:15012/', 'https://[::1]:15012'])('takes %s', (text) => {
-    expect(parseCaUrl(text)).toBe(text.replace(/\/$/, ''));
+  it.each([
+    ['https://127.0.0.1:15012', 'https://127.0.0.1:15012'],
+    ['https://ca.mesh.internal:15012/', 'https://ca.mesh.internal:15012'],
+    ['https://[::1]:15012', 'https://[::1]:15012'],
+    ['https://CA.Mesh.Internal', 'https://ca.mesh.internal'],
+  ])('takes %s as %s', (text, url) => {
+    expect(parseCaUrl(text)).toBe(url);
   });
 
   it.each([
     ['http://127.0.0.1:15012', 'must be an https:// URL'],
     ['https://127.0.0.1:abc', 'is not a URL'],
-    ['https://127.0.0.1:15012/v1', 'no path, query or user'],
-    ['https://user@127.0.0.1:15012', 'no path, query or user'],
+    ['https://:15012', 'is not a URL'],
+    ['https://127.0.0.1:15012#', 'no path, query, fragment or user'],
+    ['https://127.0.0.1:15012/?', 'no path, query, fragment or user'],
+    ['https://127.0.0.1:15012/v1', 'no path, query, fragment or user'],
+    ['https://user@127.0.0.1:15012', 'no path, query, fragment or user'],
   ])('refuses %s as USAGE, naming it', (text, says) => {
     let caught: unknown;
     try {

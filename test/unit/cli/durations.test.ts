@@ -41,4 +41,11 @@ describe('command-line durations', () => {
     expect((caught as AmbitError).code).toBe('USAGE');
     expect((caught as AmbitError).message).toBe('--ttl -1s: a value starting with "-" is taken for an option (negative values are never valid here; a value that must start with "-" is written --ttl=-1s)');
   });
+
+  it.each([
+    [['--ca', '--trust-domain', 'x'], '--ca is missing its value (the next argument, --trust-domain, is an option)'],
+    [['--ttl', '1h', '--ttl', '-1s'], '--ttl -1s: a value starting with "-" is taken for an option'],
+  ])('names what is wrong with %j', (argv, says) => {
+    expect(() => parse(argv, { ca: { type: 'string' }, 'trust-domain': { type: 'string' }, ttl: { type: 'string', multiple: true } })).toThrow(says);
+  });
 });
