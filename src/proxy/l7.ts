@@ -794,7 +794,12 @@ export class HttpInspector {
     }
     state.h1Client ??= upstreamClient(state.upstream);
     // undici writes `connection: upgrade` and `upgrade: websocket` itself (they are hop-by-hop, not forwarded).
-    state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger));
+    // Counted and logged when answered (101, or the workload's refusal), as the requests the server answers are.
+    const method = req.method ?? '';
+    const path = req.url ?? '';
+    const authority = req.headers.host ?? '';
+    const counted = (status: number, flags: string) => answeredOutside(state, method, path, authority, status, flags);
+    state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger, counted));
   }
 
   #onH2Stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[]): void {
@@ -1298,11 +1303,13 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   readonly #logger: Logger;
   /** Whether an answer's head has gone to the client. */
   #answered = false;
+  readonly #counted: (status: number, responseFlags: string) => void;
 
-  constructor(socket: Duplex, head: Buffer, logger: Logger) {
+  constructor(socket: Duplex, head: Buffer, logger: Logger, counted: (status: number, responseFlags: string) => void) {
     this.#socket = socket;
     this.#head = head;
     this.#logger = logger;
+    this.#counted = counted;
   }
 
   onRequestStart(): void {}
@@ -1315,6 +1322,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
       return;
     }
     this.#answered = true;
+    this.#counted(statusCode, '-');
     // undici's header values are latin1 (bytes as received): written back as bytes.
     socket.write(responseHead(statusCode, 'Switching Protocols', headers), 'latin1');
     if (this.#head.length > 0) upgraded.write(this.#head);
@@ -1330,6 +1338,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     const forwarded = forwardableHeaders(headers);
     forwarded['connection'] = 'close';
     this.#answered = true;
+    this.#counted(statusCode, '-');
     this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded), 'latin1');
     this.#socket.on('drain', () => controller.resume());
     // Refused: the client's input goes nowhere, and unread it would keep the tunnel from closing.
@@ -1347,6 +1356,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.#logger.debug({ err: error.message }, 'forwarding an inspected WebSocket upgrade failed');
     this.#socket.resume();
+    if (!this.#answered) this.#counted(502, 'UC');
     if (!this.#answered && !this.#socket.destroyed) this.#socket.end('HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 23\r\nconnection: close\r\n\r\nupstream connect error\n');
     else this.#socket.destroy(error);
   }

@@ -427,6 +427,7 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
 
   it('forwards an allowed upgrade with its fields, relays the 101, then carries the bytes both ways', async () => {
     served.length = 0;
+    requestLines.length = 0;
     const { received } = await exchange(upgradeRequest('/ws'), async (stream, sofar) => {
       stream.write('a websocket frame, as bytes');
       await expect.poll(() => sofar().endsWith('a websocket frame, as bytes')).toBe(true);
@@ -434,6 +435,8 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     expect(received).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
     expect(received.toLowerCase()).toContain('sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=');
     expect(served).toEqual(['upgrade /ws host=web.shop']);
+    // Counted and logged as the request it is, answered 101 (as Istio counts an upgrade).
+    expect(requestLines).toMatchObject([{ method: 'GET', path: '/ws', responseCode: 101, responseFlags: '-' }]);
   });
 
   it('refuses an upgrade the policy denies with 403, ends the tunnel, and the application never sees it', async () => {
@@ -479,6 +482,7 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     expect(received).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
     expect(received).toMatch(/\r\n\r\nno websockets here$/);
     expect(ended).toBe(true);
+    expect(requestLines.at(-1)).toMatchObject({ path: '/ws-refused', responseCode: 403, responseFlags: '-' });
   });
 
   it('serves any other upgrade (h2c, which would take HTTP/2 past inspection) as an ordinary request, without its Upgrade', async () => {
