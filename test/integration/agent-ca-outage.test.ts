@@ -49,21 +49,26 @@ afterAll(async () => {
   await ca?.close();
 });
 
+/** An agent for node-a through the relay; its first retry a minute away (only the probe brings it back sooner). */
+async function agentThroughRelay(options: { caProbeMs: number; ttlSeconds?: number }): Promise<IdentityAgent> {
+  const agent = new IdentityAgent({
+    caUrl: relayUrl,
+    trustDomain: TD,
+    nodeName: 'node-a',
+    bootstrapBundle: ca.server.ownBundle(),
+    joinToken: await ca.joinToken('node-a'),
+    logger: process.env.DBG ? createLogger({ name: 'agent', level: 'debug' }) : silentLogger(),
+    backoffInitialMs: 60_000,
+    random: () => 0.5,
+    ...options,
+  });
+  agents.push(agent);
+  return agent;
+}
+
 describe('an identity without a certificate for want of the CA', () => {
   it('is asked for as soon as a probe finds the CA back, long before its backoff ends', async () => {
-    const agent = new IdentityAgent({
-      caUrl: relayUrl,
-      trustDomain: TD,
-      nodeName: 'node-a',
-      bootstrapBundle: ca.server.ownBundle(),
-      joinToken: await ca.joinToken('node-a'),
-      logger: process.env.DBG ? createLogger({ name: 'agent', level: 'debug' }) : silentLogger(),
-      // The first retry a minute away: only the probe can bring it back within the test's time.
-      backoffInitialMs: 60_000,
-      caProbeMs: 500,
-      random: () => 0.5,
-    });
-    agents.push(agent);
+    const agent = await agentThroughRelay({ caProbeMs: 500 });
     await agent.start();
     goDown();
     const failed = new Promise<void>((resolve) => agent.once('failed', () => resolve()));
@@ -80,24 +85,12 @@ describe('an identity without a certificate for want of the CA', () => {
 
   it('is asked for as soon as the CA is back when its certificate expired during the outage, its retries still backing off', async () => {
     down = false;
-    const agent = new IdentityAgent({
-      caUrl: relayUrl,
-      trustDomain: TD,
-      nodeName: 'node-a',
-      bootstrapBundle: ca.server.ownBundle(),
-      joinToken: await ca.joinToken('node-a'),
-      logger: silentLogger(),
-      backoffInitialMs: 60_000,
-      caProbeMs: 300,
-      // Certificates of 4 s: renewed at half their life, then a last try just before they end, while still valid.
-      ttlSeconds: 4,
-      random: () => 0.5,
-    });
-    agents.push(agent);
+    // Certificates of 4 s: renewed at half their life, then a last try just before they end, while still valid.
+    const agent = await agentThroughRelay({ caProbeMs: 300, ttlSeconds: 4 });
     await agent.start();
     const first = await agent.ensure(WEB);
     goDown();
-    // Past its end (the CA backdates 10 s, so it ends 4 s after issue less what has passed).
+    // Past its end: it expired during the outage.
     await expect.poll(() => first.notAfter.getTime() < Date.now(), { timeout: 10_000, interval: 100 }).toBe(true);
     await new Promise((resolve) => setTimeout(resolve, 500));
     const renewed = new Promise<void>((resolve) => agent.on('rotated', (svid: { id: { id: string } }) => svid.id.id === WEB && resolve()));
@@ -108,18 +101,7 @@ describe('an identity without a certificate for want of the CA', () => {
   });
 
   it('is not asked for again early when the CA refused it (it answers, and a refusal keeps its backoff)', async () => {
-    const agent = new IdentityAgent({
-      caUrl: relayUrl,
-      trustDomain: TD,
-      nodeName: 'node-a',
-      bootstrapBundle: ca.server.ownBundle(),
-      joinToken: await ca.joinToken('node-a'),
-      logger: silentLogger(),
-      backoffInitialMs: 60_000,
-      caProbeMs: 200,
-      random: () => 0.5,
-    });
-    agents.push(agent);
+    const agent = await agentThroughRelay({ caProbeMs: 200 });
     await agent.start();
     let failures = 0;
     agent.on('failed', ({ spiffeId }: { spiffeId: string }) => {
