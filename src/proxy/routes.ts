@@ -461,6 +461,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const serviceNames = new Map<string, { hostname: string; ports: number[] }>();
   const externalNames = new Map<string, { target: string; service: string }>();
   for (const service of snapshot.services) {
+    // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
     const names = [service.hostname, `${service.metadata.name}.${service.metadata.namespace}`, `${service.metadata.name}.${service.metadata.namespace}.svc`];
     // An ExternalName Service's name is a CNAME to a host outside the mesh, on any port (it has no endpoints): where it
     // points is reached by passthrough, as cluster DNS would send the client there (the node's resolver may not know
@@ -496,9 +497,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
         namespace: null,
         next: null,
       });
-      const name = service.metadata.name;
-      // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
-      for (const host of [service.hostname, `${name}.${namespace}`, `${name}.${namespace}.svc`]) addTo(byHost, host, entry);
+      for (const host of names) addTo(byHost, host, entry);
       for (const vip of service.spec.clusterIPs.length > 0 ? service.spec.clusterIPs : service.spec.clusterIP && service.spec.clusterIP !== 'None' ? [service.spec.clusterIP] : []) {
         addTo(byVip, vip, entry);
       }
@@ -631,21 +630,23 @@ function draw(routes: readonly Route[], weights: Float64Array | null, none: Deny
 export function decideRoute(table: RoutingTable, host: string, port: number, random: () => number = Math.random, sourceNamespace?: string): Route {
   const family = isIP(host);
   if (family === 0) {
+    // Names are keyed lower-case without a trailing dot; another spelling is normalised only on a miss (once, for the
+    // lookups below too).
+    let name = host;
     let service = table.byHost.get(host)?.get(port);
-    // Names are keyed lower-case without a trailing dot; another spelling is normalised only on a miss.
     if (service === undefined) {
-      const normal = normalHost(host);
-      if (normal !== host) service = table.byHost.get(normal)?.get(port);
+      name = normalHost(host);
+      if (name !== host) service = table.byHost.get(name)?.get(port);
     }
     const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
     if (chosen !== undefined) return draw(chosen.routes, chosen.weights, chosen.none, random);
     // An ExternalName Service's name: where it points, by passthrough (in the registry: REGISTRY_ONLY lets it through,
     // as Istio does).
-    const external = table.externalNames.get(host) ?? table.externalNames.get(normalHost(host));
+    const external = table.externalNames.get(name);
     if (external !== undefined) return { kind: 'passthrough', host: external.target, port, entry: external.service };
     // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
     // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
-    const named = table.serviceNames.get(host) ?? table.serviceNames.get(normalHost(host));
+    const named = table.serviceNames.get(name);
     if (named !== undefined) {
       return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is Service ${named.hostname}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
     }
