@@ -67,6 +67,15 @@ function httpFieldsNote(policies: WorkloadPolicies, decision: Decision, port: nu
   return undefined;
 }
 
+/**
+ * The workload an open inbound connection reaches, under `snapshot`, when it is still there: at the same IP, on this
+ * node, with the same identity. undefined when it left (deleted, moved, another identity).
+ */
+export function destinationStays(connection: InboundConnection, snapshot: ConfigSnapshot, nodeName: string): Workload | undefined {
+  const destination = snapshot.workloadByIp(connection.destinationIp);
+  return destination === undefined || destination.node !== nodeName || destination.identity !== connection.destination.identity ? undefined : destination;
+}
+
 export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
@@ -189,8 +198,8 @@ export class InboundAuthorizer {
 
   /** After a configuration change: is this open connection still allowed under the new snapshot? */
   stillAllowed(connection: InboundConnection, inspected: boolean, snapshot: ConfigSnapshot, nodeName: string): boolean {
-    const destination = snapshot.workloadByIp(connection.destinationIp);
-    if (destination === undefined || destination.node !== nodeName || destination.identity !== connection.destination.identity) return false;
+    const destination = destinationStays(connection, snapshot, nodeName);
+    if (destination === undefined) return false;
     // A source address taken from the CONNECT's `forwarded` claim must still be believed: the claimed workload may
     // have left, moved to another node or changed identity. Closed rather than re-judged with the session's address,
     // so every later request of an inspected tunnel is not decided on a source that no longer holds.

@@ -23,7 +23,7 @@ import { IdentityContexts, PeerVerifier } from './tls.ts';
 import { OutboundListeners, annotatedListeners } from './outbound.ts';
 import type { OutboundListenerSpec } from './outbound.ts';
 import { routingTableOf } from './routes.ts';
-import { InboundAuthorizer } from './authorize.ts';
+import { destinationStays, InboundAuthorizer } from './authorize.ts';
 import { HttpInspector } from './l7.ts';
 import { HeapRelease } from './heap.ts';
 import { authorizationOf } from '../authz/compile.ts';
@@ -327,8 +327,7 @@ export class NodeProxy {
       let departed = 0;
       const closed = this.#inbound.revoke((connection, inspected) => {
         if (this.#authorizer.stillAllowed(connection, inspected, snapshot, this.#options.nodeName)) return true;
-        const now = snapshot.workloadByIp(connection.destinationIp);
-        if (now === undefined || now.node !== this.#options.nodeName || now.identity !== connection.destination.identity) departed++;
+        if (destinationStays(connection, snapshot, this.#options.nodeName) === undefined) departed++;
         return false;
       });
       if (closed > 0) this.#logger.warn({ closed, workloadLeft: departed, notAllowed: closed - departed, version: snapshot.version }, 'closed open connections the new configuration no longer allows');
