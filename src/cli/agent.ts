@@ -2,7 +2,7 @@
 // atomically for software that reads files (as spiffe-helper does), and keeps them fresh.
 import { http } from '../node-http.ts';
 import type { Server } from 'node:http';
-import { mkdir, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
@@ -18,6 +18,7 @@ import { isInfrastructurePath, parseSpiffeId, validateTrustDomain } from '../ide
 import type { Svid } from '../identity/svid.ts';
 import { createLogger } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
+import { makeDirs } from '../mkdir.ts';
 
 const help = `usage: ambit agent --ca URL --trust-domain TD --bundle FILE --node NAME --state-dir DIR
                    --out DIR [--identity SPIFFE_ID ...] [--join-token TOKEN | --join-token-file FILE] [--ttl 1h]
@@ -118,7 +119,7 @@ export const command: Command = {
       logger,
       metrics,
     });
-    await mkdir(out, { recursive: true });
+    await makeDirs(out);
     // Serialise writes so an older rotation never lands after a newer one.
     let writing = Promise.resolve();
     // The first write that failed: --once must not exit 0 with files missing (the token spent for nothing).

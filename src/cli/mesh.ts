@@ -8,7 +8,7 @@ import type { Server } from 'node:http';
 import { createServer as createTcpServer, connect } from 'node:net';
 import type { Server as TcpServer } from 'node:net';
 import { createWriteStream, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
@@ -20,6 +20,7 @@ import { createJoinToken } from '../identity/ca/tokens.ts';
 import { encodePemBundle } from '../identity/bundle.ts';
 import { CLI_ENTRY, LONG_RUNNING_NODE_FLAGS, longRunningEnv } from './node-flags.ts';
 import { levelFromEnvironment } from '../observe/log.ts';
+import { makeDirs } from '../mkdir.ts';
 
 const TRUST_DOMAIN = 'cluster.local';
 
@@ -303,10 +304,10 @@ export const command: Command = {
     try {
       out(`ambit mesh: working directory ${dir}`);
       const configDir = join(dir, 'config');
-      await mkdir(configDir, { recursive: true });
+      await makeDirs(configDir);
       await writeFile(join(configDir, 'mesh.yaml'), demoConfig(layout));
       const logDir = join(dir, 'logs');
-      await mkdir(logDir, { recursive: true });
+      await makeDirs(logDir);
       const caDir = join(dir, 'ca');
       const ca = await initCa(caDir, layout.trustDomain);
       await writeFile(join(dir, 'bundle.pem'), encodePemBundle(ca.bundle));

@@ -6,7 +6,7 @@
 // Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
 import { EventEmitter } from 'node:events';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, stat, unlink } from 'node:fs/promises';
+import { readFile, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
 import type { Dispatcher } from 'undici';
@@ -21,6 +21,7 @@ import { spiffeConnector } from './spiffe-tls.ts';
 import { timerDelayMs, WALL_CLOCK_CHECK_MS, WALL_CLOCK_SLACK_MS } from './timers.ts';
 import { writeFileAtomic } from './files.ts';
 import type { Logger } from '../observe/log.ts';
+import { makeDirs } from '../mkdir.ts';
 
 /** SPIRE's rotationutil: renew when between 45 % and 55 % of the lifetime is left, drawn per certificate. */
 const RENEW_FRACTION_MIN = 0.45;
@@ -533,7 +534,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
     const keys = await generateKeyPair();
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await makeDirs(dir, 0o700);
       await writeFileAtomic(file, `${JSON.stringify({ ...binding, key: await exportPrivateKeyPem(keys.privateKey) })}\n`, 0o600);
     } catch (error) {
       // Before the CA is asked: attesting would spend the token with nowhere to keep the node SVID, and the next start
@@ -927,7 +928,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     if (!dir) return;
     this.#persisting = this.#persisting.then(async () => {
       try {
-        await mkdir(dir, { recursive: true, mode: 0o700 });
+        await makeDirs(dir, 0o700);
         // The bundle first: a crash between the two then leaves the bootstrap roots unrecorded, so the next start adds
         // them again (the operator's choice), rather than recorded as seen beside a bundle that never got them.
         // The withdrawals first: a crash before the bundle then leaves one too many, never a withdrawal forgotten.
@@ -950,7 +951,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     if (!dir) return Promise.resolve(true);
     const stored = this.#persisting.then(async () => {
       try {
-        await mkdir(dir, { recursive: true, mode: 0o700 });
+        await makeDirs(dir, 0o700);
         await writeFileAtomic(join(dir, NODE_SVID_FILE), svid.privateKeyPem + svid.certPem, 0o600);
         return true;
       } catch (error) {

@@ -3,7 +3,6 @@
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { join } from 'node:path';
-import { mkdirSync } from 'node:fs';
 import { WATCH_ERROR_MESSAGES, watchConfigDir } from '../config/watch.ts';
 import { AuditLog } from '../config/audit.ts';
 import type { ConfigWatcher } from '../config/watch.ts';
@@ -28,6 +27,7 @@ import { HttpInspector } from './l7.ts';
 import { HeapRelease } from './heap.ts';
 import { authorizationOf } from '../authz/compile.ts';
 import type { CompiledAuthorization } from '../authz/compile.ts';
+import { makeDirsSync } from '../mkdir.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
 const BYTE_FLUSH_INTERVAL_MS = 5_000;
@@ -172,7 +172,7 @@ export class NodeProxy {
     const options = this.#options;
     collectDefaultMetrics({ register: this.registry });
     try {
-      mkdirSync(options.stateDir, { recursive: true, mode: 0o700 });
+      makeDirsSync(options.stateDir, 0o700);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       throw new AmbitError('FILE_WRITE', `state directory ${options.stateDir} cannot be created: ${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}`, { cause: error });

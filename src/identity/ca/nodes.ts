@@ -5,11 +5,12 @@
 // NewCertSerialNumber): the node's first request with the new certificate retires the old one, and a copy of
 // an older certificate is refused. `ambit ca node evict` ends a node until it attests again with a join token.
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
 import { writeFileAtomic } from '../files.ts';
+import { makeDirs } from '../../mkdir.ts';
 
 interface NodeRecord {
   /** The serial of the certificate the node uses now. */
@@ -59,7 +60,7 @@ async function read(caDir: string, node: string): Promise<NodeRecord | undefined
 }
 
 async function write(caDir: string, node: string, record: Omit<NodeRecord, 'updatedAt'>): Promise<void> {
-  await mkdir(nodesDir(caDir), { recursive: true, mode: 0o700 });
+  await makeDirs(nodesDir(caDir), 0o700);
   const body: NodeRecord = { ...record, updatedAt: new Date().toISOString() };
   await writeFileAtomic(recordFile(caDir, node), `${JSON.stringify(body, null, 2)}\n`, 0o600);
 }
@@ -74,7 +75,7 @@ const LOCK_STALE_MS = 30_000;
  * between the CA's read and write would be lost (the node keeps renewing).
  */
 export async function withRecord<T>(caDir: string, node: string, work: () => Promise<T>): Promise<T> {
-  await mkdir(nodesDir(caDir), { recursive: true, mode: 0o700 });
+  await makeDirs(nodesDir(caDir), 0o700);
   const lock = `${recordFile(caDir, node)}.lock`;
   const token = randomUUID();
   const deadline = Date.now() + LOCK_WAIT_MS;

@@ -11,7 +11,7 @@
 import * as https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import { mkdirSync, watchFile, unwatchFile } from 'node:fs';
+import { watchFile, unwatchFile } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { AmbitError, toAmbitError } from '../../errors.ts';
@@ -33,6 +33,7 @@ import type { JoinTokenClaim, TokenAnswer } from './tokens.ts';
 import { admitNodeCertificate, answerStands, nodeCertificateRefusal, recordAttested, recordRenewal } from './nodes.ts';
 import { acceptErrorLogger } from '../../observe/log.ts';
 import type { Logger } from '../../observe/log.ts';
+import { makeDirsSync } from '../../mkdir.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
 const MAX_BODY_BYTES = 64 * 1024;
@@ -276,7 +277,7 @@ export class CaServer {
 
   #federationClient(peer: FederationPeer): FederationClient {
     if (peer.trustDomain === this.#state.trustDomain) throw new AmbitError('FEDERATION_FETCH', `cannot federate with our own trust domain ${peer.trustDomain}`);
-    mkdirSync(join(this.#options.dir, FEDERATION_DIR), { recursive: true, mode: 0o700 });
+    makeDirsSync(join(this.#options.dir, FEDERATION_DIR), 0o700);
     // A non-self-serving https_spiffe endpoint is authenticated with bundles we already hold (ours, or another federated one).
     return new FederationClient({
       peer,

@@ -33,6 +33,7 @@ import {
   verifySvid,
 } from '../svid.ts';
 import type { Certificate, SigningAuthority } from '../svid.ts';
+import { makeDirs } from '../../mkdir.ts';
 
 export const DEFAULT_CA_TTL_MS = 365 * 24 * 3_600_000;
 export const DEFAULT_REFRESH_HINT_SECONDS = 300;
@@ -154,7 +155,7 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
     root = cert;
   }
   const authorityDir = join(dir, 'authorities', name);
-  await mkdir(join(dir, 'authorities'), { recursive: true, mode: 0o700 });
+  await makeDirs(join(dir, 'authorities'), 0o700);
   // Never into an existing authority: its key may be the one signing now.
   try {
     await mkdir(authorityDir, { mode: 0o700 });
@@ -194,7 +195,7 @@ export interface InitOptions extends NewAuthorityOptions {
 export async function initCa(dir: string, trustDomain: string, options: InitOptions = {}): Promise<CaState> {
   validateTrustDomain(trustDomain);
   if (existsSync(statePath(dir))) throw new AmbitError('CA_STATE', `${dir} already holds a CA (ca.json exists); refusing to overwrite it`);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await makeDirs(dir, 0o700);
   const name = await nextAuthorityName(dir);
   await createAuthority(dir, trustDomain, name, options);
   await writeState(dir, {

@@ -8,10 +8,11 @@
 // new is issued and no record changes, so a retry races nothing, and whoever replays a captured request gets a public
 // certificate it has no key for.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
 import { writeFileAtomic } from '../files.ts';
+import { makeDirs } from '../../mkdir.ts';
 
 /** 256 bits: guessing is not an attack worth considering; base64url so it pastes into any shell. */
 const TOKEN_BYTES = 32;
@@ -67,7 +68,7 @@ export interface CreatedToken {
 
 export async function createJoinToken(caDir: string, node: string, ttlMs: number, now = new Date()): Promise<CreatedToken> {
   if (!(ttlMs >= 1000)) throw new AmbitError('USAGE', 'join token TTL must be at least 1s');
-  await mkdir(usedDir(caDir), { recursive: true, mode: 0o700 });
+  await makeDirs(usedDir(caDir), 0o700);
   let token = randomBytes(TOKEN_BYTES).toString('base64url');
   // A token starting with "-" reads as an option on command lines (`--join-token -x...`): draw again.
   while (token.startsWith('-')) token = randomBytes(TOKEN_BYTES).toString('base64url');
@@ -97,7 +98,7 @@ export async function consumeJoinToken(caDir: string, token: string, node: strin
   const name = `${tokenHash(token)}.json`;
   const usedPath = join(usedDir(caDir), name);
   try {
-    await mkdir(usedDir(caDir), { recursive: true, mode: 0o700 });
+    await makeDirs(usedDir(caDir), 0o700);
     await rename(join(pendingDir(caDir), name), usedPath);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return reclaim(usedPath, node, key, now);

@@ -1,6 +1,7 @@
 // `ambit ca` and `ambit agent` refusing bad command lines: the real CLI process, exit 2 and one stderr
 // line ending in the code, before anything is created, served or contacted.
 import { mkdtemp, readdir, readFile, rm, stat, writeFile, mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, it } from 'vitest';
@@ -156,6 +157,13 @@ describe.concurrent('ambit ca command line', () => {
     const unreadable = await runAmbit(['ca', 'token', 'create', '--dir', odd, '--node', 'node-a']);
     expect(unreadable.stderr).toContain('cannot read CA state: EISDIR');
     expect(unreadable.stderr).not.toContain('ca init');
+  });
+
+  // Node's recursive mkdir spins a core forever on such a path (procfs answers ENOENT under an existing /proc).
+  it.runIf(existsSync('/proc/self'))('refuses a --dir that cannot be created under /proc in one line, instead of spinning', async ({ expect }) => {
+    const result = await runAmbit(['ca', 'init', '--dir', '/proc/ambit-no-such-dir/ca', '--trust-domain', TD], { timeoutMs: 10_000 });
+    expect(failureCode(expect, result)).toBe('FILE_WRITE');
+    expect(result.stderr).toContain('cannot mkdir /proc/ambit-no-such-dir');
   });
 
   it('refuses a join token that lives less than a second', async ({ expect }) => {
