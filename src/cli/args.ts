@@ -45,26 +45,36 @@ export function requireString(value: string | boolean | undefined, flag: string)
 /** No lifetime, timeout or interval here means more: a certificate or token valid past the year 2100 is a typo. */
 const MAX_DURATION_MS = 100 * 365 * 86_400_000;
 
+/** Zero in any unit: 0, 0s, 0d, 0h0m. */
+const ZERO_DURATION = /^(0+|(0+(ms|s|m|h|d))+)$/;
+
 /** Parses durations such as 90s, 10m, 1h, 2h30m, 1d (the configuration's syntax); on the command line a plain number is seconds. */
 export function parseDurationMs(text: string, flag: string): number {
   if (text.length === 0) throw new AmbitError('USAGE', `--${flag}: empty duration`);
   const ms = /^\d+$/.test(text) ? Number(text) * 1000 : parseConfigDuration(text);
-  // Well formed but past what a number holds exactly (99999999999999h): too long, not malformed.
-  if ((ms !== undefined && ms > MAX_DURATION_MS) || (ms === undefined && /^(\d+(ms|s|m|h|d))+$/.test(text))) throw new AmbitError('USAGE', `--${flag}: "${text}" is longer than 100 years`);
+  // Well formed but past what a number holds exactly (99999999999999h): too long, not malformed. Zero (0s, 0d) is
+  // well formed too, and not positive.
+  if ((ms !== undefined && ms > MAX_DURATION_MS) || (ms === undefined && /^(\d+(ms|s|m|h|d))+$/.test(text) && !ZERO_DURATION.test(text))) throw new AmbitError('USAGE', `--${flag}: "${text}" is longer than 100 years`);
   if (ms === undefined || ms <= 0 || !Number.isSafeInteger(ms)) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a positive duration (examples: 30s, 10m, 1h, 2h30m)`);
   return ms;
 }
 
-/** A duration flag that may also be zero (0, 0s): to turn off what it times. */
+/** A duration flag that may also be zero (0, 0s, 0d): to turn off what it times. */
 export function parseDurationMsAllowZero(text: string, flag: string): number {
-  return /^0+(ms|s|m|h)?$/.test(text) ? 0 : parseDurationMs(text, flag);
+  return ZERO_DURATION.test(text) ? 0 : parseDurationMs(text, flag);
+}
+
+/** A flag counted in whole seconds (a certificate lifetime, a bundle's refresh hint): at least one, no fraction. */
+export function parseWholeSeconds(text: string, flag: string, why = 'certificates are issued in whole seconds'): number {
+  const ms = parseDurationMs(text, flag);
+  if (ms < 1000) throw new AmbitError('USAGE', `--${flag} ${text}: ${why}; use at least 1s`);
+  if (ms % 1000 !== 0) throw new AmbitError('USAGE', `--${flag} ${text}: ${why}; use whole seconds (not ${ms} ms)`);
+  return ms / 1000;
 }
 
 /** A certificate lifetime flag: whole seconds, at least one. */
 export function parseTtlSeconds(text: string, flag: string): number {
-  const ms = parseDurationMs(text, flag);
-  if (ms < 1000) throw new AmbitError('USAGE', `--${flag} ${text}: certificates are issued in whole seconds; use at least 1s`);
-  return Math.round(ms / 1000);
+  return parseWholeSeconds(text, flag);
 }
 
 export async function readText(file: string): Promise<string> {

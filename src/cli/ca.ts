@@ -2,7 +2,7 @@
 import { appendFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { parse, parseDurationMs, parseDurationMsAllowZero, readText, requireString } from './args.ts';
+import { parse, parseDurationMs, parseDurationMsAllowZero, parseTtlSeconds, parseWholeSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { ignoreHangup } from './hangup.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
@@ -92,7 +92,7 @@ async function init(argv: string[]): Promise<number> {
   const state = await initCa(dir, trustDomain, {
     parent: await readParent(values),
     ttlMs: values.ttl ? authorityTtlMs(values.ttl) : undefined,
-    refreshHintSeconds: values['refresh-hint'] ? Math.max(1, Math.round(parseDurationMs(values['refresh-hint'], 'refresh-hint') / 1000)) : undefined,
+    refreshHintSeconds: values['refresh-hint'] ? parseWholeSeconds(values['refresh-hint'], 'refresh-hint', 'a bundle\'s refresh hint is in whole seconds') : undefined,
   });
   const kind = state.active.cert === state.active.root || state.active.cert.serialNumber === state.active.root.serialNumber ? 'self-signed root' : 'intermediate';
   process.stdout.write(`created CA for trust domain ${state.trustDomain} in ${dir} (${kind}, valid until ${state.active.cert.notAfter.toISOString()})\n`);
@@ -149,7 +149,7 @@ async function serve(argv: string[]): Promise<number> {
   } catch (error) {
     throw new AmbitError('FILE_WRITE', `${values['audit-log'] === undefined ? 'audit log' : '--audit-log'} ${auditFile}: cannot append: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
   }
-  const fixedTtlMs = values['svid-ttl'] ? parseDurationMs(values['svid-ttl'], 'svid-ttl') : undefined;
+  const fixedTtlMs = values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') * 1000 : undefined;
   let server: CaServer | undefined;
   // Reloads apply in order; a federation list that cannot be applied keeps the one in force.
   let applying = Promise.resolve();

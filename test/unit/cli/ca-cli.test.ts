@@ -166,6 +166,21 @@ describe.concurrent('ambit ca command line', () => {
     expect(result.stderr).toContain('cannot mkdir /proc/ambit-no-such-dir');
   });
 
+  // A 500 ms lifetime was issued as already expired, after the join token had been spent on it.
+  it.for([['500ms', 'use at least 1s'], ['1500ms', 'use whole seconds']] as const)('refuses serve --svid-ttl %s before serving', async ([ttl, says], { expect }) => {
+    const result = await runAmbit(['ca', 'serve', '--dir', caDir, '--config', otherDomainConfig, '--listen', '127.0.0.1:0', '--svid-ttl', ttl], { timeoutMs: 10_000 });
+    expect(failureCode(expect, result)).toBe('USAGE');
+    expect(result.stderr).toContain(`--svid-ttl ${ttl}: certificates are issued in whole seconds; ${says}`);
+  });
+
+  it.for(['500ms', '1500ms'])('refuses init --refresh-hint %s, which had been rounded silently, creating nothing', async (hint, { expect }) => {
+    const target = join(dir, `hint-${hint}`);
+    const result = await runAmbit(['ca', 'init', '--dir', target, '--trust-domain', TD, '--refresh-hint', hint]);
+    expect(failureCode(expect, result)).toBe('USAGE');
+    expect(result.stderr).toContain(`--refresh-hint ${hint}: a bundle's refresh hint is in whole seconds`);
+    expect(existsSync(target)).toBe(false);
+  });
+
   it('refuses a join token that lives less than a second', async ({ expect }) => {
     expect(failureCode(expect, await runAmbit(['ca', 'token', 'create', '--dir', caDir, '--node', 'node-a', '--ttl', '500ms']))).toBe('USAGE');
   });

@@ -1,6 +1,6 @@
 // Durations on the command line: the configuration's syntax (1h, 30m, 2h30m, 1d, 500ms), plus a plain number of seconds.
 import { describe, expect, it } from 'vitest';
-import { parse, parseDurationMs } from '../../../src/cli/args.ts';
+import { parse, parseDurationMs, parseDurationMsAllowZero } from '../../../src/cli/args.ts';
 import { AmbitError } from '../../../src/errors.ts';
 
 describe('command-line durations', () => {
@@ -24,6 +24,15 @@ describe('command-line durations', () => {
     expect(caught).toBeInstanceOf(AmbitError);
     expect((caught as AmbitError).code).toBe('USAGE');
     expect((caught as AmbitError).message).toContain('--svid-ttl');
+  });
+
+  // Zero in any unit is not a positive duration; it was once called longer than 100 years.
+  it.each(['0s', '0d', '0h0m', '000ms'])('refuses %s as not positive, not as too long', (text) => {
+    expect(() => parseDurationMs(text, 'ttl')).toThrow('--ttl: "' + text + '" is not a positive duration');
+  });
+
+  it.each(['0', '0s', '0d', '0h0m', '0ms'])('takes %s as zero where zero turns a timer off', (text) => {
+    expect(parseDurationMsAllowZero(text, 'grace')).toBe(0);
   });
 
   it.each(['876001h', '99999999h', '99999999999999h'])('refuses %s as longer than 100 years', (text) => {
