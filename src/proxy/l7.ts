@@ -203,11 +203,14 @@ const deniedAnswers = new WeakSet<object>();
  * UC (Envoy's upstream connection termination), not DC, which would blame the client. Touched only on failure.
  */
 const upstreamFailed = new WeakSet<object>();
+/** Requests refused as malformed before any policy (400, 501): counted DPE, Envoy's downstream protocol error. */
+const protocolErrors = new WeakSet<object>();
 
-/** response_flags of an answer as it ends: DENY, UC (the workload failed it), DC (the client left first) or '-'. */
+/** response_flags of an answer as it ends: DENY, UC (the workload failed it), DPE (refused as malformed), DC (the client left first) or '-'. */
 function answerFlags(answer: object, complete: boolean): string {
   if (deniedAnswers.has(answer)) return 'DENY';
   if (upstreamFailed.has(answer)) return 'UC';
+  if (protocolErrors.has(answer)) return 'DPE';
   return complete ? '-' : 'DC';
 }
 
@@ -511,6 +514,9 @@ export class HttpInspector {
     this.#h1 = http.createServer({
       // Envoy's default (max_request_headers_kb 60), which Istio keeps: Node's 16 KiB refused requests Istio passes.
       maxHeaderSize: MAX_REQUEST_HEADER_BYTES,
+      // An HTTP/1.1 request without Host is refused by ambit's own check (400, logged and counted like any request):
+      // Node's would answer it before 'request', so that no line and no metric said it happened.
+      requireHostHeader: false,
       keepAliveTimeout: TUNNEL_KEEP_ALIVE_S * 1000,
       requestTimeout: 0,
       headersTimeout,
@@ -727,6 +733,7 @@ export class HttpInspector {
     if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
       req.resume();
       res.shouldKeepAlive = false;
+      protocolErrors.add(res);
       res.writeHead(501, { 'content-type': 'text/plain', 'content-length': 27 }).end('transfer coding not chunked');
       return;
     }
@@ -735,6 +742,7 @@ export class HttpInspector {
     const refusal = judge(state, req, headers);
     if (refusal !== null) {
       if (refusal.status === 403) deniedAnswers.add(res);
+      else protocolErrors.add(res);
       req.resume();
       // A client waiting for 100 sends no body after a final answer: the connection cannot be reused.
       if (expectsContinue) res.shouldKeepAlive = false;
@@ -827,6 +835,7 @@ export class HttpInspector {
     const method = String(headers[HTTP2_HEADER_METHOD] ?? '');
     // CONNECT has no :path and cannot be forwarded as a request: refuse it rather than guess one.
     if (method === 'CONNECT') {
+      protocolErrors.add(stream);
       answer(stream, 405);
       return;
     }
@@ -837,6 +846,7 @@ export class HttpInspector {
     const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), forwarded, false);
     if (malformed !== null) {
       this.#logger.debug({ reason: malformed }, 'malformed h2c request on an inspected tunnel');
+      protocolErrors.add(stream);
       answer(stream, 400);
       return;
     }

@@ -1240,6 +1240,22 @@ describe('access lines of inspected requests', () => {
     expect(requests()[0]?.duration).toMatch(/^\d+ms$/);
   });
 
+  // Node's server had answered an HTTP/1.1 request without Host itself, before any line or metric saw it.
+  it('logs and counts a request refused as malformed before policy (no Host, two Hosts) as 400 DPE', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const since = nodeB.proc.lines.length;
+    const before = await metricSum(nodeB, 'istio_requests_total', { destination_workload: 'web-1', response_code: '400', response_flags: 'DPE' });
+    expect(await rawHttp('GET /public/no-host HTTP/1.1\r\nConnection: close\r\n\r\n', true)).toMatch(/^HTTP\/1\.1 400 /);
+    expect(await rawHttp('GET /public/two-hosts HTTP/1.1\r\nHost: web.demo\r\nHost: admin.demo\r\nConnection: close\r\n\r\n', true)).toMatch(/^HTTP\/1\.1 400 /);
+    const requests = () => nodeB.proc.lines.slice(since).filter((line) => line.msg === 'request');
+    await waitUntil('both request lines', () => requests().length >= 2, 5_000);
+    expect(requests()).toMatchObject([
+      { method: 'GET', path: '/public/no-host', response_code: 400, response_flags: 'DPE' },
+      { method: 'GET', path: '/public/two-hosts', response_code: 400, response_flags: 'DPE' },
+    ]);
+    await waitUntil('both counted', async () => (await metricSum(nodeB, 'istio_requests_total', { destination_workload: 'web-1', response_code: '400', response_flags: 'DPE' })) === before + 2, 5_000);
+  });
+
   it('counts and logs the requests answered outside an ordinary response: a refused WebSocket upgrade, a head too large', async () => {
     const nodeB = mesh.nodes.get('node-b')!;
     const since = nodeB.proc.lines.length;
