@@ -51,6 +51,7 @@ export const ERROR_CODES = {
   JOIN_TOKEN_BUSY: 'the attestation that spent this join token is still being answered: the node asks again shortly',
   CA_UNREACHABLE: 'the CA could not be reached: the agent keeps serving its valid certificates and retries',
   CA_REJECTED: 'the CA refused the request: see the CA\'s audit log for the reason',
+  CA_NODE_REFUSED: 'the CA no longer accepts this node\'s certificate (evicted, replaced, expired): the node must attest again with a new join token',
   FEDERATION_FETCH: 'a federated trust domain\'s bundle endpoint could not be fetched or returned an invalid bundle',
 
   UPSTREAM_CONNECT: 'the destination (a workload, or a peer node proxy on 15008) could not be reached in time',

@@ -93,8 +93,8 @@ const WITHDRAWN_ROOTS_FILE = 'withdrawn-roots.json';
 class CaRefusal extends AmbitError {
   readonly status: number;
 
-  constructor(status: number, message: string) {
-    super('CA_REJECTED', message);
+  constructor(status: number, message: string, code: 'CA_REJECTED' | 'CA_NODE_REFUSED' = 'CA_REJECTED') {
+    super(code, message);
     this.status = status;
   }
 }
@@ -128,6 +128,9 @@ export interface AgentEvents {
   rotated: [Svid];
   bundles: [BundleSet];
   failed: [{ spiffeId: string; error: AmbitError }];
+  /** The CA refuses the node SVID (see nodeRefusal()); 'node-accepted' once a new attestation is answered. */
+  'node-refused': [AmbitError];
+  'node-accepted': [];
 }
 
 interface Entry {
@@ -197,6 +200,11 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #refreshing: Promise<void> | undefined;
   /** The wait between attestation attempts, cut short by stop(). */
   #attestWait: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
+  /** Why the CA refuses the node SVID (evicted, replaced, expired), until it accepts the node again. */
+  #nodeRefusal: AmbitError | undefined;
+  /** The join token given has been tried against such a refusal (once per process: a spent one stays spent). */
+  #tokenTriedOnRefusal = false;
+  #reattesting = false;
   #stopping: Promise<void> | null = null;
 
   constructor(options: IdentityAgentOptions) {
@@ -633,7 +641,9 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
     if (response.statusCode !== 200 || typeof parsed.certChain !== 'string') {
       const code = parsed.error?.code ?? 'unknown';
-      throw new CaRefusal(response.statusCode, `CA refused ${path} (${response.statusCode} ${code}): ${parsed.error?.message ?? text.slice(0, 200)}`);
+      // 401 to a request made with the node SVID: the CA no longer takes that certificate, whatever was asked for.
+      const nodeRefused = response.statusCode === 401 && path === '/v1/sign';
+      throw new CaRefusal(response.statusCode, `CA refused ${path} (${response.statusCode} ${code}): ${parsed.error?.message ?? text.slice(0, 200)}`, nodeRefused ? 'CA_NODE_REFUSED' : 'CA_REJECTED');
     }
     const svid = loadSvid(parsed.certChain, await exportPrivateKeyPem(keys.privateKey));
     if (typeof parsed.bundles === 'string') {
@@ -770,6 +780,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   }
 
   #onFailure(entry: Entry, error: AmbitError): void {
+    // Attesting again with the join token given: its waiters hear of the outcome, not of this refusal.
+    const reattesting = error.code === 'CA_NODE_REFUSED' && this.#onNodeRefused(error);
     entry.failures++;
     entry.unreachable = error.code === 'CA_UNREACHABLE';
     let delayMs = this.#backoffMs(entry.failures);
@@ -785,14 +797,75 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       stillValid ? 'certificate renewal failed; the current certificate keeps serving' : 'certificate request failed; no valid certificate for this identity',
     );
     if (this.listenerCount('failed') > 0) this.emit('failed', { spiffeId: entry.spiffeId, error });
-    if (!stillValid && entry.waiters.some((waiter) => waiter.reject !== null)) {
-      const waiters = entry.waiters;
-      entry.waiters = waiters.filter((waiter) => waiter.reject === null);
-      for (const waiter of waiters) waiter.reject?.(error);
-    }
+    if (!stillValid && !reattesting) IdentityAgent.#rejectFailFast(entry, error);
     this.#renewSoon(entry, delayMs);
     // Also while the certificate is still valid: it may expire before its next retry, up to 150 s away.
     if (entry.unreachable) this.#probeLater();
+  }
+
+  /** Those waiting for an identity's first certificate who asked to hear of a failure hear of this one. */
+  static #rejectFailFast(entry: Entry, error: AmbitError): void {
+    if (!entry.waiters.some((waiter) => waiter.reject !== null)) return;
+    const waiters = entry.waiters;
+    entry.waiters = waiters.filter((waiter) => waiter.reject === null);
+    for (const waiter of waiters) waiter.reject?.(error);
+  }
+
+  /** Why the CA refuses this node's certificate, while it does (readiness says so); undefined once it accepts it. */
+  nodeRefusal(): string | undefined {
+    return this.#nodeRefusal?.message;
+  }
+
+  /**
+   * The CA refused the node SVID itself (the node evicted, its certificate replaced or expired): no identity of this
+   * node can be renewed with it. A join token given is used to attest again, once (SPIRE's agent re-attests when
+   * told to); without one, or with one the CA refuses, the operator is told what to do. The stored node SVID is
+   * replaced by the new attestation's.
+   */
+  #onNodeRefused(error: AmbitError): boolean {
+    const first = this.#nodeRefusal === undefined;
+    this.#nodeRefusal = error;
+    if (first && this.listenerCount('node-refused') > 0) this.emit('node-refused', error);
+    if (this.#reattesting) return true;
+    if (this.#stopped) return false;
+    const token = this.#options.joinToken;
+    const file = this.#options.stateDir === undefined ? 'the node SVID' : join(this.#options.stateDir, NODE_SVID_FILE);
+    if (token === undefined || this.#tokenTriedOnRefusal) {
+      if (first) {
+        this.#logger.error({ spiffeId: this.#nodeId, err: error.toJSON(), hint: `create a join token (ambit ca token create --node ${this.#options.nodeName}) and restart with it (--join-token-file): ${file} is then replaced by the new attestation's` }, token === undefined ? 'the CA no longer accepts this node\'s certificate and no join token was given: no certificate of this node can be renewed' : 'the CA no longer accepts this node\'s certificate and refused the join token given: no certificate of this node can be renewed');
+      }
+      return false;
+    }
+    this.#tokenTriedOnRefusal = true;
+    this.#reattesting = true;
+    this.#logger.warn({ spiffeId: this.#nodeId, err: error.toJSON() }, 'the CA no longer accepts this node\'s certificate: attesting again with the join token given');
+    const node = this.#entry(this.#nodeId);
+    clearTimeout(node.timer);
+    node.timer = undefined;
+    this.#attestPatiently(node, token, false).then(
+      () => {
+        this.#reattesting = false;
+        this.#nodeRefusal = undefined;
+        if (this.listenerCount('node-accepted') > 0) this.emit('node-accepted');
+        // Every identity the refusal held back is asked for now, spread over a second, not at its backoff's end.
+        for (const entry of this.#entries.values()) {
+          if (entry !== node && entry.failures > 0 && entry.inFlight === undefined) this.#renewSoon(entry, this.#random() * WAKE_SPREAD_MS);
+        }
+      },
+      (failure: unknown) => {
+        this.#reattesting = false;
+        if (this.#stopped) return;
+        const refused = toAmbitError(failure, 'CA_REJECTED');
+        this.#logger.error({ spiffeId: this.#nodeId, err: refused.toJSON(), hint: `create a new join token (ambit ca token create --node ${this.#options.nodeName}) and restart with it (--join-token-file)` }, 'the CA no longer accepts this node\'s certificate and refused the join token given: no certificate of this node can be renewed');
+        const now = Date.now();
+        for (const entry of this.#entries.values()) {
+          if (entry.svid === undefined || entry.svid.notAfter.getTime() <= now) IdentityAgent.#rejectFailFast(entry, refused);
+        }
+        // Its renewals go on with their backoff, in case the CA takes the node back (an eviction undone from a backup).
+        this.#renewSoon(node, this.#backoffMs(Math.max(1, node.failures)));
+      },
+    );
+    return true;
   }
 
   /** Whether an identity waits, without a valid certificate, for a CA it could not reach. */

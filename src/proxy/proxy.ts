@@ -159,6 +159,8 @@ export class NodeProxy {
     for (const item of this.#pending) pending.push(item === 'certificates' ? certificatesPending(this.#waitingCertificates) : item);
     if (this.#draining) pending.push('shutting down');
     const agent = this.#agent as IdentityAgent | undefined;
+    const nodeRefusal = agent?.nodeRefusal();
+    if (nodeRefusal !== undefined) pending.push(`node identity refused by the CA (${nodeRefusal}): attest again with a new join token`);
     const now = Date.now();
     for (const identity of agent?.identities() ?? []) {
       const svid = agent?.current(identity);
@@ -234,6 +236,7 @@ export class NodeProxy {
       metrics: this.registry,
     });
     this.#agent.on('rotated', (svid) => this.#onRotated(svid));
+    // A refusal of the node's own certificate (CA_NODE_REFUSED) is not the workload's problem: readiness waits for it.
     this.#agent.on('failed', ({ spiffeId, error }) => {
       if (error.code !== 'CA_REJECTED' || this.#refusedIdentities.has(spiffeId)) return;
       this.#refusedIdentities.add(spiffeId);

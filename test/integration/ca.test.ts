@@ -327,7 +327,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const failure = waitForEvent<{ spiffeId: string; error: { code: string; message: string } }>(agent, 'failed', () => true);
     void agent.ensure(WEB);
     const { error } = await failure;
-    expect(error.code).toBe('CA_REJECTED');
+    expect(error.code).toBe('CA_NODE_REFUSED');
     expect(error.message).toContain('CA_UNAUTHENTICATED');
   });
 
