@@ -16,6 +16,7 @@ import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { streamClosed, streamOpened } from './window.ts';
 import { cutSession } from './copy.ts';
+import { SessionSocket } from './session-socket.ts';
 import {
   CONNECT_ANSWER_TIMEOUT_MS,
   CONNECT_TIMEOUT_MS,
@@ -55,6 +56,8 @@ export class TunnelError extends AmbitError {
 
 interface PooledSession {
   readonly session: http2.ClientHttp2Session;
+  /** Its TLS connection (the session itself sees it through a SessionSocket). */
+  readonly tls: tls.TLSSocket;
   readonly bucket: Bucket;
   streams: number;
   maxStreams: number;
@@ -205,10 +208,10 @@ export class HbonePool {
   reverify(): void {
     const bundles = this.#options.bundles();
     for (const entry of [...this.#entries()]) {
-      if (entry.bundles === bundles || entry.judgedWith === bundles || entry.session.destroyed || entry.session.socket.destroyed) continue;
+      if (entry.bundles === bundles || entry.judgedWith === bundles || entry.session.destroyed || entry.tls.destroyed) continue;
       entry.judgedWith = bundles;
       // As of a moment the server's certificate was valid: one that merely expired is #retireStale's (its tunnels finish).
-      const result = this.#options.verifier.stillVouched(entry.session.socket as tls.TLSSocket, bundles, entry.bucket.expected);
+      const result = this.#options.verifier.stillVouched(entry.tls, bundles, entry.bucket.expected);
       if (result.valid) continue;
       this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, code: result.error.code, reason: result.error.message, tunnels: entry.streams }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
       this.#retire(entry);
@@ -282,7 +285,7 @@ export class HbonePool {
     try {
       // The authority, bracketed for IPv6 (`https://fd00::1:15008` is no URL: every tunnel to an IPv6 peer failed).
       session = http2.connect(`https://${endpoint.hboneAuthority}`, {
-        createConnection: () => socket,
+        createConnection: () => new SessionSocket(socket),
         settings: CONNECT_SETTINGS,
         maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
         peerMaxConcurrentStreams: this.#maxStreams,
@@ -292,7 +295,7 @@ export class HbonePool {
       socket.destroy();
       throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `HBONE session to ${endpoint.hboneAuthority}: ${(error as Error).message}`);
     }
-    const entry: PooledSession = { session, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
+    const entry: PooledSession = { session, tls: socket, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     session.on('remoteSettings', (settings) => {
       entry.settled = true;
