@@ -305,6 +305,9 @@ function endAfterWorkloadClosed(stream: http2.ServerHttp2Stream): void {
   stream.once('close', () => clearInterval(stall));
 }
 
+/** A request the workload's connection closed before answering: Envoy's body for its 502 (UC). */
+const UPSTREAM_RESET_BODY = 'upstream connect error or disconnect/reset before headers. reset reason: connection termination\n';
+
 /** Concurrent streams of an h2c connection inside one tunnel, as on HBONE sessions (Node's default is unbounded). */
 const MAX_INNER_H2_STREAMS = 100;
 
@@ -1383,9 +1386,17 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
  * NO_ERROR after the complete answer asks it to stop (RFC 9113 §8.1), as the workload asked us and as Envoy does.
  */
 function stopUpload(stream: http2.ServerHttp2Stream): void {
-  if (stream.destroyed || stream.closed || stream.readableEnded) return;
+  if (stream.destroyed || stream.readableEnded) return;
+  // Closed already (the client's END_STREAM or reset came, our answer has left): nothing more can arrive, and what is
+  // buffered unread is the rest of an upload nobody will take (an answer given before the body had all come), which
+  // Node's HTTP server keeps paused. Node lets a stream go only once it has ended: it had kept the tunnel, and the
+  // upload in memory, for ever.
+  if (stream.closed) {
+    stream.destroy();
+    return;
+  }
   stream.close(NGHTTP2_NO_ERROR);
-  // What the client sent meanwhile is read and dropped: Node lets a closed stream go only once it has ended.
+  // What the client sent meanwhile is read and dropped.
   stream.resume();
 }
 
@@ -1503,8 +1514,14 @@ function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger
     onResponseError(_controller, error) {
       logger.debug({ err: error.message }, 'forwarding an inspected request failed');
       upstreamFailed.add(res);
-      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end('upstream connect error\n');
-      else res.destroy(error);
+      if (res.headersSent) {
+        res.destroy(error);
+        return;
+      }
+      // The workload's connection, the tunnel's only one, is gone: the tunnel ends after this answer, which must not
+      // promise keep-alive (a pooled client would send its next request into the close). Envoy's words for it.
+      res.shouldKeepAlive = false;
+      res.writeHead(502, { 'content-type': 'text/plain', 'content-length': UPSTREAM_RESET_BODY.length }).end(UPSTREAM_RESET_BODY);
     },
   };
 }
