@@ -52,8 +52,20 @@ function resetText(stream: Http2Stream, reset: string): string {
  * its access line says why. A bare destroy() closed the streams with NO_ERROR, and the tunnels read that as a clean
  * end: a download cut by a frozen peer reached the application as a complete one.
  */
-export function cutSession(session: Http2Session, reason: string): void {
+export function cutSession(session: Http2Session, reason: string, socket?: Socket): void {
   if (!session.destroyed) session.destroy(new Error(reason));
+  // Node ends the session's socket gracefully and destroys it only once that end has been written, which never
+  // happens while a write waits for a peer that reads nothing: the connection stayed open, uncounted, for good. The
+  // socket itself (a session's own is a proxy that refuses destroy()) goes after a moment for the resets to leave.
+  if (socket !== undefined && !socket.destroyed) setTimeout(destroyConnection, CUT_SOCKET_GRACE_MS, socket).unref();
+}
+
+/** How long a cut session's resets and GOAWAY have to leave before its connection is closed under them. */
+const CUT_SOCKET_GRACE_MS = 1_000;
+
+/** Closes a cut session's TLS connection, if Node has not (its descriptor with it: the kernel sends what it can). */
+function destroyConnection(socket: Socket): void {
+  socket.destroy();
 }
 
 /**

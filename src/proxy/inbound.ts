@@ -270,6 +270,8 @@ export interface SyncReport {
 }
 
 const peers = new WeakMap<http2.Http2Session, PeerInfo>();
+/** Each session's TLS socket, for cutting a session whose socket Node would keep (cutSession). */
+const sessionSockets = new WeakMap<http2.Http2Session, tls.TLSSocket>();
 
 /** Source label sets a peer's baggage may add to the metrics, per peer identity, and peers tracked. */
 const MAX_BAGGAGE_LABELS_PER_PEER = 8;
@@ -310,6 +312,8 @@ export class HboneInbound {
   readonly #keepaliveTimeoutMs: number;
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
   #draining = false;
+  /** The session Node has just created for a TLS connection, until its 'secureConnection' pairs them. */
+  #justCreated: http2.ServerHttp2Session | undefined;
   /** Source labels taken from baggage, by peer identity (see #sourceLabels). */
   readonly #baggageLabels = new Map<string, Map<string, WorkloadLabels>>();
   /** Other trust domains' peer identities that have series of their own (see #labels). */
@@ -343,7 +347,7 @@ export class HboneInbound {
         this.#sessions.delete(session);
         const presented = peers.get(session)?.id.id ?? null;
         this.#logger.warn({ peer: session.socket.remoteAddress, presented, waitedMs: now - sentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
-        cutSession(session, `HBONE session from ${presented ?? session.socket.remoteAddress ?? 'a peer'} missed its keepalive PONG for ${now - sentMs} ms`);
+        cutSession(session, `HBONE session from ${presented ?? session.socket.remoteAddress ?? 'a peer'} missed its keepalive PONG for ${now - sentMs} ms`, sessionSockets.get(session));
       } else if (!session.closed) {
         // Node sends no PING on a closed session (one draining after our GOAWAY): TCP keepalive watches that one.
         this.#sessions.set(session, now);
@@ -378,7 +382,7 @@ export class HboneInbound {
       this.#logger.warn({ peer: socket.remoteAddress, presented: result.id?.id ?? null, code, reason: result.valid ? 'identity changed' : result.error.message, tunnels }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
       peers.delete(session);
       this.#sessions.delete(session);
-      cutSession(session, `HBONE session from ${result.id?.id ?? socket.remoteAddress ?? 'a peer'} no longer verifies under the new trust bundles (${code})`);
+      cutSession(session, `HBONE session from ${result.id?.id ?? socket.remoteAddress ?? 'a peer'} no longer verifies under the new trust bundles (${code})`, sessionSockets.get(session));
     }
   }
 
@@ -529,9 +533,18 @@ export class HboneInbound {
       },
     });
     const entry: WorkloadServer = { workload, server, listeners: new Map(), sharedOnly: new Set(), identityVersion: this.#options.contexts.get(workload.identity) };
-    server.on('session', (session) => this.#onSession(session));
-    // On the TLS socket itself: a session's socket proxy refuses setKeepAlive.
-    server.on('secureConnection', (socket: tls.TLSSocket) => socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS));
+    server.on('session', (session) => {
+      this.#justCreated = session;
+      this.#onSession(session);
+    });
+    // On the TLS socket itself: a session's socket proxy refuses setKeepAlive (and destroy). Node's own listener of
+    // this event, added first, has just created the session for it and emitted 'session': the pair is kept.
+    server.on('secureConnection', (socket: tls.TLSSocket) => {
+      socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
+      const session = this.#justCreated;
+      this.#justCreated = undefined;
+      if (session !== undefined) sessionSockets.set(session, socket);
+    });
     server.on('stream', (stream, headers) => this.#onStream(entry, stream, headers));
     // Plaintext or garbage on 15008, an unsupported TLS version, no client certificate: dropped here.
     server.on('tlsClientError', (error, socket) => {

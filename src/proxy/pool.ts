@@ -216,7 +216,7 @@ export class HbonePool {
       this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, code: result.error.code, reason: result.error.message, tunnels: entry.streams }, 'HBONE session no longer verifies under the new trust bundles: closing it and its tunnels');
       this.#retire(entry);
       entry.endedByPool = true;
-      cutSession(entry.session, `HBONE session to ${entry.bucket.peer} no longer verifies under the new trust bundles (${result.error.code})`);
+      cutSession(entry.session, `HBONE session to ${entry.bucket.peer} no longer verifies under the new trust bundles (${result.error.code})`, entry.tls);
       this.#draining.delete(entry);
     }
   }
@@ -482,7 +482,7 @@ export class HbonePool {
       this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, tunnels: entry.streams, waitedMs: now - entry.pingSentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
       this.#retire(entry);
       entry.endedByPool = true;
-      cutSession(entry.session, `HBONE session to ${entry.bucket.peer} missed its keepalive PONG for ${now - entry.pingSentMs} ms`);
+      cutSession(entry.session, `HBONE session to ${entry.bucket.peer} missed its keepalive PONG for ${now - entry.pingSentMs} ms`, entry.tls);
       return;
     }
     if (entry.pingSentMs === 0) {

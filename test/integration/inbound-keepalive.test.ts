@@ -151,6 +151,60 @@ describe('the HBONE inbound keepalive', () => {
   });
 });
 
+/** The kernel's state of a local TCP socket by its port (/proc/net/tcp, IPv4): '01' established, undefined when gone. */
+async function tcpState(localPort: number, remotePort: number): Promise<string | undefined> {
+  const { readFile } = await import('node:fs/promises');
+  const hex = (port: number) => port.toString(16).toUpperCase().padStart(4, '0');
+  for (const line of (await readFile('/proc/net/tcp', 'utf8')).split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields[1]?.endsWith(`:${hex(localPort)}`) && fields[2]?.endsWith(`:${hex(remotePort)}`)) return fields[3];
+  }
+  return undefined;
+}
+
+describe('a session cut while its writes wait for a client that reads nothing', () => {
+  // Node ends a destroyed session's socket gracefully, which never completes while a write is blocked: the connection
+  // stayed established on the proxy for as long as the client wished, uncounted.
+  it.runIf(process.platform === 'linux')('has its connection closed, not kept', async () => {
+    let far: net.Socket | undefined;
+    let reading = true;
+    // Carries the client's bytes on, and stops reading the proxy's once told: the proxy's writes back up.
+    const relay = net.createServer((near) => {
+      const socket = net.connect(HBONE_PORT, ECHO_IP);
+      far = socket;
+      for (const end of [near, socket]) end.on('error', () => {});
+      near.on('data', (chunk: Buffer) => socket.write(chunk));
+      socket.on('data', (chunk: Buffer) => (reading ? near.write(chunk) : undefined));
+    });
+    relay.listen(0, '127.0.0.1');
+    await once(relay, 'listening');
+    try {
+      // Windows as wide as a proxy's: the proxy may send far more than the kernel holds before flow control stops it.
+      const socket = tls.connect({ host: '127.0.0.1', port: (relay.address() as net.AddressInfo).port, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+      const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket, settings: { initialWindowSize: 16 * 1024 * 1024 } });
+      session.on('error', () => {});
+      session.on('connect', () => session.setLocalWindowSize(64 * 1024 * 1024));
+      const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
+      stream.on('error', () => {});
+      await once(stream, 'response');
+      reading = false;
+      far!.pause();
+      // Echoed back by the workload, far more than the kernel holds: the proxy's writes wait, and so do its PINGs.
+      const chunk = Buffer.alloc(1024 * 1024, 'u');
+      for (let i = 0; i < 48; i++) stream.write(chunk);
+      // The proxy's end: established while the proxy holds it; once closed, the kernel holds what could not be sent
+      // (FIN_WAIT1 towards a peer with a zero window), not the proxy.
+      const farPort = far!.localPort as number;
+      expect(await tcpState(HBONE_PORT, farPort)).toBe('01');
+      await expect.poll(() => tcpState(HBONE_PORT, farPort), { timeout: 10_000, interval: 200 }).not.toBe('01');
+      session.destroy();
+    } finally {
+      far?.destroy();
+      relay.close();
+    }
+  }, 20_000);
+});
+
 describe('series of a federated trust domain\'s peers', () => {
   it('are labelled with the principal of its first identities only, the rest counted as unknown', async () => {
     for (const svid of [...partners, client]) {
