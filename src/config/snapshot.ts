@@ -138,8 +138,46 @@ export function buildSnapshot(objects: readonly ConfigObject[], options: Snapsho
   const workloads = buildWorkloads(unique, mesh, issues);
   checkClusterIps(unique, workloads, issues);
   checkEnforceAnnotations(unique, mesh.rootNamespace, issues);
+  checkMutualToExternal(unique, issues);
   if (issues.length > 0) throw new ConfigError(issues, options.where ?? options.dir ?? 'configuration');
   return new ConfigSnapshot(unique, meshObject, mesh, workloads, options.dir);
+}
+
+/**
+ * A DestinationRule asking ISTIO_MUTUAL for a host a MESH_EXTERNAL ServiceEntry declares: Istio originates its mutual
+ * TLS to it (and the connection fails against a server outside the mesh); ambit reaches such hosts by passthrough, as
+ * they are, and the traffic the operator meant to protect went out in plaintext. Refused, as SIMPLE and MUTUAL are.
+ */
+function checkMutualToExternal(objects: readonly ConfigObject[], issues: ConfigIssue[]): void {
+  const external: Array<{ host: string; entry: ConfigObject }> = [];
+  for (const object of objects) {
+    if (object.kind !== 'ServiceEntry' || object.spec.location !== 'MESH_EXTERNAL') continue;
+    for (const host of object.spec.hosts) external.push({ host: host.toLowerCase(), entry: object });
+  }
+  if (external.length === 0) return;
+  for (const object of objects) {
+    if (object.kind !== 'DestinationRule' || typeof object.spec.host !== 'string') continue;
+    const host = object.spec.host.toLowerCase();
+    const match = external.find((candidate) => candidate.host === host || (candidate.host.startsWith('*.') && host.endsWith(candidate.host.slice(1))) || (host.startsWith('*.') && candidate.host.endsWith(host.slice(1))));
+    if (match === undefined) continue;
+    for (const field of mutualTlsFields(object.spec)) {
+      issues.push(issueAt(object, 'CONFIG_FIELD', field, `ISTIO_MUTUAL: ${object.spec.host} is declared outside the mesh (MESH_EXTERNAL) by ${labelOf(match.entry)} in ${where(match.entry.source)}, which ambit reaches as it is: this traffic would leave in plaintext; remove it, or send the client to the host's TLS port itself`));
+    }
+  }
+}
+
+/** Where a DestinationRule's spec asks for ISTIO_MUTUAL: its traffic policy, each port's, each subset's. */
+function mutualTlsFields(spec: Readonly<Record<string, unknown>>): string[] {
+  const found: string[] = [];
+  const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+  const policyAt = (policy: unknown, path: string) => {
+    if (!isObject(policy)) return;
+    if (isObject(policy.tls) && policy.tls.mode === 'ISTIO_MUTUAL') found.push(`${path}.tls.mode`);
+    if (Array.isArray(policy.portLevelSettings)) policy.portLevelSettings.forEach((port, i) => policyAt(port, `${path}.portLevelSettings[${i}]`));
+  };
+  policyAt(spec.trafficPolicy, 'spec.trafficPolicy');
+  if (Array.isArray(spec.subsets)) spec.subsets.forEach((subset, i) => isObject(subset) && policyAt(subset.trafficPolicy, `spec.subsets[${i}].trafficPolicy`));
+  return found;
 }
 
 function issueAt(object: ConfigObject, code: ConfigIssue['code'], field: string | undefined, message: string): ConfigIssue {

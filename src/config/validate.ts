@@ -591,6 +591,11 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
   if (resolution === 'STATIC' && endpoints.length === 0 && workloadSelector === undefined) {
     issues.add([...path, 'endpoints'], 'required for resolution STATIC (or a workloadSelector)');
   }
+  // Istio refuses them too ("no endpoints should be provided for resolution type none"): accepted, they were ignored,
+  // and the traffic went wherever the client's own address or DNS pointed, not to the endpoints written here.
+  if (resolution === 'NONE' && endpoints.length > 0) {
+    issues.add([...path, 'endpoints'], 'not used with resolution NONE (traffic goes to the address the client asked for): use resolution STATIC for these endpoints, or remove them');
+  }
   const exportTo = stringListField(issues, spec, 'exportTo', path, {
     check: (value) => (value === '.' || value === '*' ? undefined : checkDns1123Label(value)),
   });

@@ -164,6 +164,25 @@ const rejectCases: RejectCase[] = [
     field: 'spec.trafficPolicy.portLevelSettings[0].tls.mode',
   },
   {
+    name: 'a DestinationRule asking ISTIO_MUTUAL of a host declared outside the mesh (ambit reaches it as it is: in plaintext)',
+    files: {
+      'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: db, namespace: shop }\nspec:\n  hosts: [db.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]\n',
+      'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: db, namespace: shop }\nspec:\n  host: db.example.com\n  subsets:\n    - name: primary\n      trafficPolicy: { tls: { mode: ISTIO_MUTUAL } }\n',
+    },
+    code: 'CONFIG_FIELD',
+    file: 'dr.yaml',
+    object: 'DestinationRule shop/db',
+    field: 'spec.subsets[0].trafficPolicy.tls.mode',
+  },
+  {
+    name: 'a ServiceEntry with endpoints and resolution NONE (they would be ignored)',
+    files: { 'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: pinned, namespace: shop }\nspec:\n  hosts: [pinned.example.com]\n  resolution: NONE\n  ports: [{ number: 80, name: http, protocol: HTTP }]\n  endpoints: [{ address: 10.9.0.7 }]\n' },
+    code: 'CONFIG_FIELD',
+    file: 'se.yaml',
+    object: 'ServiceEntry shop/pinned',
+    field: 'spec.endpoints',
+  },
+  {
     name: 'a misspelt DestinationRule field, with the field it likely means',
     files: { 'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: web, namespace: shop }\nspec:\n  host: web\n  subsetz: [{ name: v1 }]\n' },
     code: 'CONFIG_FIELD',
