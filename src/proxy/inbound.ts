@@ -246,6 +246,8 @@ interface PeerInfo {
   readonly address: string;
   /** Where the session arrived (the workload's IP:15008, or a shared listener): the access line's `dst.addr`. */
   readonly localAddress: string;
+  /** The address it arrived on, alone: where a workload this host has no address of is reached (a VM behind NAT). */
+  readonly localIp: string | undefined;
   readonly principal: string;
   readonly namespace: string | null;
   readonly ip: IpAddress | null;
@@ -616,6 +618,7 @@ export class HboneInbound {
     peers.set(session, {
       id: result.id, bundles, validUntilMs: result.notAfterMs, address, canonicalAddress: canonicalIp(address) ?? address,
       localAddress: socket.localAddress === undefined ? 'unknown' : formatAuthority(socket.localAddress, socket.localPort ?? 0),
+      localIp: socket.localAddress === undefined ? undefined : normalizeIp(socket.localAddress),
       principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null, certDetails: undefined,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
@@ -713,7 +716,11 @@ export class HboneInbound {
     // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners in an EmitterSlot
     // on the stream and the socket: closures here would keep this whole scope, the request's headers among it, for
     // the tunnel's life.
-    const upstream = net.connect({ host: authority.host, port: authority.port, allowHalfOpen: true, noDelay: true });
+    // A workload address this host does not have (a VM's NATed or public one, served by the shared listener) is not
+    // dialled: the connection would leave the host for it. Its application is on the address the session arrived on,
+    // as ztunnel always dials the local address a connection arrived on.
+    const dialHost = entry.sharedOnly.size > 0 && entry.sharedOnly.has(authority.host) && peer.localIp !== undefined ? peer.localIp : authority.host;
+    const upstream = net.connect({ host: dialHost, port: authority.port, allowHalfOpen: true, noDelay: true });
     const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers, snapshot, claimed, authority.port), snapshot);
     dials.set(upstream, dial);
     dials.set(stream, dial);

@@ -170,8 +170,19 @@ describe('the shared HBONE listener', () => {
     ]);
     try {
       await waitUntil('node-c ready', async () => (await fetch(`http://${address}:15021/healthz/ready`)).status === 200, 30_000);
+      // Its application listens on the host's address: a tunnel reaches it there, not the NATed address (which
+      // would leave the host).
+      const app = await startEchoServer(shared, APP_PORT + 1);
       const session = await connectHbone(shared, SHARED_PORT, tester, roots, natId);
-      session.destroy();
+      try {
+        const tunnel = await openTunnel(session, `${natIp}:${APP_PORT + 1}`);
+        expect(tunnel.status).toBe(200);
+        expect((await echoThrough(tunnel.stream, Buffer.from('through NAT'))).toString()).toBe('through NAT');
+        expect(app.connections).toBe(1);
+      } finally {
+        session.destroy();
+        await app.close();
+      }
       expect(proc.lines.some((line) => line.msg === 'listener not applied')).toBe(false);
     } finally {
       await proc.stop();
