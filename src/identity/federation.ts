@@ -25,6 +25,12 @@ const MAX_FEDERATION_REFRESH_MS = 24 * 3_600_000;
 /** Bundles are small; anything larger is not a bundle. */
 const MAX_BUNDLE_BYTES = 1 << 20;
 /**
+ * Roots a federated bundle may hold. A trust domain has a handful (one, two across a rotation); each takes ~2 ms to
+ * check, and a peer serving 1,899 of them in its megabyte stalled our CA for 3.5-5 s on every fetch and every node's
+ * proxy for 2-3 s on every issuance (each re-reads the whole bundle map).
+ */
+export const MAX_FEDERATED_ROOTS = 32;
+/**
  * A peer's refresh hint below this is not followed: an endpoint answering `spiffe_refresh_hint: 0` (careless or hostile)
  * would have the CA poll it every second, and write its state file as often.
  */
@@ -96,6 +102,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #failures = 0;
+  /** The last body fetched and what it decoded to: an unchanged bundle is not checked again at every refresh. */
+  #lastFetched: { text: string; bundle: TrustBundle } | undefined;
   #dispatcher: Agent;
   readonly #logger: Logger;
   readonly #minRefreshMs: number;
@@ -229,8 +237,15 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       if (error instanceof AmbitError && error.code === 'FEDERATION_FETCH') throw error;
       throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint}: ${fetchFailure(error)}`, { cause: error });
     }
+    if (this.#lastFetched?.text === text) return this.#lastFetched.bundle;
     try {
-      return decodeBundle(this.peer.trustDomain, text);
+      const keys = (JSON.parse(text) as { keys?: unknown } | null)?.keys;
+      if (Array.isArray(keys) && keys.length > MAX_FEDERATED_ROOTS) {
+        throw new AmbitError('BUNDLE_INVALID', `it holds ${keys.length} keys; a trust domain's bundle is taken with at most ${MAX_FEDERATED_ROOTS}`);
+      }
+      const bundle = decodeBundle(this.peer.trustDomain, text);
+      this.#lastFetched = { text, bundle };
+      return bundle;
     } catch (error) {
       const wrapped = toAmbitError(error, 'BUNDLE_INVALID');
       throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint} served an invalid bundle: ${wrapped.message}`, { cause: wrapped });
@@ -269,7 +284,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         }
       }
       this.#failures = 0;
-      const hintMs = (fetched.refreshHintSeconds ?? DEFAULT_FEDERATION_REFRESH_MS / 1000) * 1000;
+      // The hint of the bundle in force: a stale one refused above (its hint a day, say) must not hold off the next look.
+      const hintMs = ((this.#bundle ?? fetched).refreshHintSeconds ?? DEFAULT_FEDERATION_REFRESH_MS / 1000) * 1000;
       // A peer's hint is capped at a day (SPIRE warns at 24 h): a relationship is re-checked at least daily.
       nextMs = Math.max(this.#minRefreshMs, Math.min(hintMs, MAX_FEDERATION_REFRESH_MS));
     } catch (error) {

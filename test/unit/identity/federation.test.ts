@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createBundle, encodeBundle } from '../../../src/identity/bundle.ts';
 import { fingerprintOf } from '../../../src/identity/svid.ts';
 import type { TrustBundle } from '../../../src/identity/bundle.ts';
-import { FederationClient } from '../../../src/identity/federation.ts';
+import { FederationClient, MAX_FEDERATED_ROOTS } from '../../../src/identity/federation.ts';
 import type { FederationPeer } from '../../../src/identity/federation.ts';
 import { silentLogger } from '../../../src/observe/log.ts';
 import { AmbitError } from '../../../src/errors.ts';
@@ -169,6 +169,31 @@ describe('the federation client', () => {
     const { federation, updates } = await following(remote, sequence, (served, federation) => served >= 3 && federation.current()?.sequence === 9n);
     expect(federation.current()?.sequence).toBe(9n);
     expect(updates).toEqual([5n, 9n]);
+  });
+
+  // The refused answer's hint had been taken: a day, and the withdrawal that followed went unseen meanwhile.
+  it('keeps to the hint of the bundle in force when it refuses a stale answer hinting a day', async () => {
+    const remote = await createTestCa(TD);
+    const rotated = await createTestCa(TD);
+    const sequence = [
+      createBundle(TD, [remote.root.cert], { sequence: 5n, refreshHintSeconds: 1 }),
+      createBundle(TD, [remote.root.cert], { sequence: 3n, refreshHintSeconds: 86_400 }),
+      createBundle(TD, [rotated.root.cert], { sequence: 9n, refreshHintSeconds: 1 }),
+    ];
+    const { federation } = await following(remote, sequence, (_served, federation) => federation.current()?.sequence === 9n);
+    expect(federation.current()?.sequence).toBe(9n);
+  });
+
+  it('refuses a bundle of more roots than a trust domain has, before checking them one by one', async () => {
+    const remote = await createTestCa(TD);
+    const one = JSON.parse(encodeBundle(createBundle(TD, [remote.root.cert], { sequence: 1n }))) as { keys: unknown[] };
+    const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ ...one, keys: Array.from({ length: MAX_FEDERATED_ROOTS + 1 }, () => one.keys[0]) }));
+    });
+    const error = await refusal(client({ bundleEndpoint: url }, remote.bundle).fetchOnce());
+    expect(error.code).toBe('FEDERATION_FETCH');
+    expect(error.message).toContain(`it holds ${MAX_FEDERATED_ROOTS + 1} keys; a trust domain's bundle is taken with at most ${MAX_FEDERATED_ROOTS}`);
   });
 
   it("takes other roots served under an older sequence (the peer's CA re-initialised), rather than keep trusting the old ones", async () => {
