@@ -84,6 +84,10 @@ const MAX_CONNECTIONS = 8_192;
 /** A connection idle this long (no request under way) is closed. */
 const SOCKET_IDLE_TIMEOUT_MS = 60_000;
 
+/** The active authority's end is said this long before, and again every AUTHORITY_WARNING_INTERVAL_MS. */
+const AUTHORITY_WARNING_BEFORE_MS = 30 * 86_400_000;
+const AUTHORITY_WARNING_INTERVAL_MS = 86_400_000;
+
 class HttpError extends Error {
   readonly status: number;
   readonly code: ErrorCode;
@@ -127,6 +131,8 @@ export class CaServer {
   #serverSvid: Svid;
   #federated = new Map<string, FederationClient>();
   #svidTtlMs = 0;
+  /** When the authority's coming end was last said (once a day). */
+  #lifeWarnedAtMs = -Infinity;
   #nodeSvidTtlMs: number | undefined;
   #server: https.Server;
   #stateListener: (() => void) | undefined;
@@ -181,7 +187,11 @@ export class CaServer {
     };
     watchFile(caStateFile(options.dir), { interval: pollMs, persistent: false }, server.#stateListener);
     server.#scheduleServerRenewal();
-    server.#wallClock = setInterval(() => server.#catchUpServerRenewal(), WALL_CLOCK_CHECK_MS).unref();
+    server.#wallClock = setInterval(() => {
+      server.#catchUpServerRenewal();
+      server.#checkAuthorityLife();
+    }, WALL_CLOCK_CHECK_MS).unref();
+    server.#checkAuthorityLife();
     server.#logger.info({ url: server.url, sequence: state.sequence.toString(), authority: state.active.name }, 'CA listening');
     return server;
   }
@@ -325,6 +335,23 @@ export class CaServer {
    * expired with its renewal still hours away, and every node was refused without a word in the CA's log. The wall
    * clock says what is due, checked every few seconds as the agent checks its own.
    */
+  /**
+   * Says, before it happens, that the active signing authority is running out: every certificate is capped at its end,
+   * so lifetimes shrink and renewals crowd in as it nears, and once it has expired every node must be onboarded again.
+   * A warning a day from 30 days before its end; an error a day once the node SVIDs it signs are cut short.
+   */
+  #checkAuthorityLife(): void {
+    const now = Date.now();
+    if (now - this.#lifeWarnedAtMs < AUTHORITY_WARNING_INTERVAL_MS) return;
+    const authority = this.#state.active;
+    const leftMs = authority.cert.notAfter.getTime() - now;
+    if (leftMs > AUTHORITY_WARNING_BEFORE_MS) return;
+    this.#lifeWarnedAtMs = now;
+    const fields = { authority: authority.name, notAfter: authority.cert.notAfter.toISOString(), daysLeft: Math.max(0, Math.floor(leftMs / 86_400_000)), hint: 'prepare and activate a new signing authority: ambit ca root prepare, then ambit ca root activate' };
+    if (leftMs <= this.#nodeTtlMs) this.#logger.error(fields, leftMs <= 0 ? 'the signing authority has expired: nothing can be issued' : 'the signing authority expires before a node SVID would: every certificate is cut short at its end');
+    else this.#logger.warn(fields, 'the signing authority expires within 30 days');
+  }
+
   #catchUpServerRenewal(): void {
     if (Date.now() >= this.#renewDueAtMs + WALL_CLOCK_SLACK_MS) this.#renewServerNow();
   }
@@ -346,7 +373,12 @@ export class CaServer {
     }
     const previous = this.#state;
     this.#state = next;
-    if (next.active.name !== previous.active.name) await this.#renewServerSvid();
+    if (next.active.name !== previous.active.name) {
+      // Another authority: its end is judged afresh, not a day after what was said of the last one.
+      this.#lifeWarnedAtMs = -Infinity;
+      this.#checkAuthorityLife();
+      await this.#renewServerSvid();
+    }
     if (next.sequence !== previous.sequence) {
       this.#logger.info({ sequence: next.sequence.toString(), authority: next.active.name, roots: next.bundle.roots.length }, 'trust bundle changed');
       this.#note({ event: 'bundle_changed', sequence: next.sequence.toString(), activeAuthority: next.active.name, roots: next.bundle.roots.length });
@@ -570,7 +602,15 @@ export class CaServer {
   /** Signs with the active authority, and names it: the audit log keeps which root each certificate chains to. */
   async #issue(spiffeId: string, publicKey: CryptoKey, ttlMs: number): Promise<{ response: IssueResponse; authority: string }> {
     const authority = this.#state.active;
-    const leaf = await issueLeaf({ spiffeId, publicKey, authority, ttlMs });
+    let leaf: Awaited<ReturnType<typeof issueLeaf>>;
+    try {
+      leaf = await issueLeaf({ spiffeId, publicKey, authority, ttlMs });
+    } catch (error) {
+      // The authority expired: the CA's own state fails the request, not the node's (a 5xx, which nodes retry; a 400
+      // told them their request was wrong, for good).
+      if (error instanceof AmbitError && error.code === 'SVID_EXPIRED') throw new HttpError(503, 'CA_STATE', error.message);
+      throw error;
+    }
     const response: IssueResponse = {
       spiffeId,
       certChain: certificatesToPem(chainFor(leaf, authority)),
