@@ -427,6 +427,7 @@ export class ProxyMetrics {
   readonly #poolStreams: Gauge;
   readonly #localWorkloads: Gauge;
   readonly #listeners: Gauge;
+  readonly #outboundListeners: Gauge;
   readonly #configReloads: Counter<'result'>;
   readonly #peersRefused: Counter<'reason'>;
   readonly #maxSeries: number;
@@ -487,6 +488,7 @@ export class ProxyMetrics {
     new Gauge({ name: 'istio_build', help: 'Istio component build info', labelNames: ['component', 'tag'], registers: [registry] }).set({ component: 'ambit', tag: AMBIT_VERSION }, 1);
     this.#localWorkloads = new Gauge({ name: 'ambit_local_workloads', help: 'Workloads on this node that the proxy serves', registers: [registry] });
     this.#listeners = new Gauge({ name: 'ambit_hbone_listeners', help: 'Inbound HBONE listeners open on this node', registers: [registry] });
+    this.#outboundListeners = new Gauge({ name: 'ambit_outbound_listeners', help: 'Explicit outbound listeners open on this node', registers: [registry] });
     this.#configReloads = new Counter({ name: 'ambit_config_reloads_total', help: 'Configuration changes seen, by whether the new snapshot was accepted or the last good one kept', labelNames: ['result'], registers: [registry] });
     // Both results exist from the start so `increase(...{result="rejected"}[5m]) > 0` alerts work before the first rejection.
     this.#configReloads.inc({ result: 'accepted' }, 0);
@@ -524,9 +526,11 @@ export class ProxyMetrics {
     this.#poolStreams.set(streams);
   }
 
-  setWorkloads(local: number, listeners: number): void {
+  /** Local workloads, and the listeners open: HBONE inbound (ambit_hbone_listeners, as its help says) and outbound apart. */
+  setWorkloads(local: number, hboneListeners: number, outboundListeners: number): void {
     this.#localWorkloads.set(local);
-    this.#listeners.set(listeners);
+    this.#listeners.set(hboneListeners);
+    this.#outboundListeners.set(outboundListeners);
   }
 
   configReload(result: 'accepted' | 'rejected'): void {

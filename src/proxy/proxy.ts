@@ -401,7 +401,7 @@ export class NodeProxy {
       this.#bindRetryMs = Math.min(this.#bindRetryMs * 2, BIND_RETRY_MAX_MS);
     }
     if (inbound.bound.length > 0 || outbound.bound.length > 0) this.#logger.info({ inbound: inbound.bound, outbound: outbound.bound }, 'listeners bound');
-    this.metrics.setWorkloads(snapshot.workloadsOnNode(this.#options.nodeName).length, this.#inbound.listenerCount() + this.#outbound.size);
+    this.metrics.setWorkloads(snapshot.workloadsOnNode(this.#options.nodeName).length, this.#inbound.listenerCount(), this.#outbound.size);
   }
 
   configDump(): unknown {

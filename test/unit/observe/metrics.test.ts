@@ -224,13 +224,15 @@ describe('ProxyMetrics', () => {
     const registry = new Registry();
     const metrics = new ProxyMetrics(registry);
     metrics.setPool(3, 17);
-    metrics.setWorkloads(5, 2);
+    metrics.setWorkloads(5, 2, 4);
     metrics.configReload('accepted');
     metrics.configReload('accepted');
     expect(await valueOf(registry, 'ambit_hbone_pool_sessions')).toBe(3);
     expect(await valueOf(registry, 'ambit_hbone_pool_streams')).toBe(17);
     expect(await valueOf(registry, 'ambit_local_workloads')).toBe(5);
     expect(await valueOf(registry, 'ambit_hbone_listeners')).toBe(2);
+    // Outbound listeners apart: the HBONE gauge had counted them too (5 on a node with one inbound listener).
+    expect(await valueOf(registry, 'ambit_outbound_listeners')).toBe(4);
     expect(await valueOf(registry, 'ambit_config_reloads_total', { result: 'accepted' })).toBe(2);
     // Present at zero before any rejection, so alerts on it work from the start.
     expect(await registry.metrics()).toContain('ambit_config_reloads_total{result="rejected"} 0');
