@@ -7,6 +7,8 @@ export interface AccessLogRecord {
   src: { addr: string; workload?: string; namespace?: string; identity?: string };
   /** `addr` is the L4 address dialled or accepted (e.g. podIP:15008); `hbone_addr` the CONNECT :authority. */
   dst: { addr: string; hbone_addr?: string; workload?: string; namespace?: string; identity?: string; service?: string };
+  /** A passthrough to a name: the address it resolved to and was reached on (Envoy's upstream_host). */
+  upstreamHost?: string;
   /**
    * From the reporting proxy's point of view, as ztunnel logs them (it flips Istio's metric direction back,
    * istio/istio#32399): outbound bytes_sent is client→server, inbound bytes_sent is server→client; in both
@@ -46,6 +48,7 @@ export function accessLog(logger: Logger, record: AccessLogRecord): void {
       'dst.workload': dst.workload,
       'dst.namespace': dst.namespace,
       'dst.identity': dst.identity,
+      upstream_host: record.upstreamHost,
       direction: record.direction,
       bytes_sent: record.bytesSent,
       bytes_recv: record.bytesRecv,

@@ -538,6 +538,8 @@ export class OutboundListeners {
         this.#abandoned(socket, labels, source, srcAddr, formatAuthority(host, port), startedMs);
         return;
       }
+      // The address a name resolved to and was reached on (of several, the one that answered): Envoy's upstream_host.
+      const upstreamHost = literal || upstream.remoteAddress === undefined ? undefined : formatAuthority(upstream.remoteAddress, upstream.remotePort ?? port);
       const meter = this.#options.metrics.open(labels);
       const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
       this.#options.liveMeters.add(flushable);
@@ -568,6 +570,7 @@ export class OutboundListeners {
           direction: 'outbound',
           src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
           dst: service === UNKNOWN_SERVICE ? { addr: formatAuthority(host, port) } : { addr: formatAuthority(host, port), service: service.hostname },
+          upstreamHost,
           bytesSent: socket.bytesRead,
           bytesRecv: socket.bytesWritten,
           durationMs: Date.now() - startedMs,

@@ -197,10 +197,15 @@ describe("an operator's --outbound passthrough", () => {
     }
   });
 
-  it('reaches a name that resolves to this host', async () => {
+  it('reaches a name that resolves to this host, its access line naming the address it reached', async () => {
     const before = namedConnections;
+    const since = node.proc.lines.length;
     expect(await exchange(9303, 'by name')).toBe('by name');
     expect(namedConnections).toBe(before + 1);
+    // Which of the name's addresses answered: the line had only the name (forensics of an egress by name).
+    await waitUntil('its access line', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line['dst.addr'] === `localhost:${namedPort}`), 5_000);
+    const access = node.proc.lines.slice(since).find((line) => line.msg === 'access' && line['dst.addr'] === `localhost:${namedPort}`);
+    expect(access?.upstream_host).toMatch(new RegExp(`^(127\\.0\\.0\\.1|\\[::1\\]):${namedPort}$`));
   });
 
   it("is refused into the proxy's own admin port (a loop)", async () => {
