@@ -600,7 +600,6 @@ spec:
   hosts: [plain.none.example]
   ports: [{ number: 80, name: tcp, protocol: TCP }]
   resolution: NONE
-  endpoints: [{ address: 198.51.100.40 }]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -629,7 +628,7 @@ spec:
     expect(decideRoute(table, 'api.rr.example', 443, () => 0.5, 'shop')).toEqual({ kind: 'passthrough', host: 'api.backend.example.net', port: 443, entry: 'shop/round-robin', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'round-robin' }) });
   });
 
-  it('leaves an entry of resolution NONE to the address dialled, endpoints or not', () => {
+  it('leaves an entry of resolution NONE to the address dialled (endpoints with it are refused at load)', () => {
     expect(decideRoute(table, 'plain.none.example', 80, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'plain.none.example', port: 80, serviceLabels: { hostname: 'plain.none.example', name: 'none', namespace: 'shop' } });
   });
 
