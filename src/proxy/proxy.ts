@@ -208,7 +208,9 @@ export class NodeProxy {
     this.#pending.delete('configuration');
     const snapshot = this.#config.current();
     if (snapshot.mesh.trustDomain !== options.caBundle.trustDomain) {
-      throw new AmbitError('CONFIG_FIELD', `${options.configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but the CA bundle is for "${options.caBundle.trustDomain}"`);
+      // The CA bundle is read as the --trust-domain flag's (a bundle file does not name its trust domain): the two that
+      // disagree are the flag and the MeshConfig.
+      throw new AmbitError('CONFIG_FIELD', `${options.configDir}: MeshConfig spec.trustDomain is "${snapshot.mesh.trustDomain}" but --trust-domain is "${options.caBundle.trustDomain}"`);
     }
     // Up before attestation, which waits for the CA: the probe says what is pending and the metrics show the agent's
     // attempts, instead of a refused connection.

@@ -85,6 +85,15 @@ describe.concurrent('ambit proxy command line', () => {
   });
 });
 
+describe('ambit proxy and its trust domain', () => {
+  // The bundle file names no trust domain (it is read as --trust-domain's): the message had blamed the bundle.
+  it('names --trust-domain and the MeshConfig when they disagree, and exits', async ({ expect }) => {
+    const result = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', otherDomainConfig, '--state-dir', join(dir, 'proxy-state-td'), '--metrics', '127.0.0.1:0', '--readiness', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { timeoutMs: 15_000 });
+    expect(result.status).not.toBe(0);
+    expect(result.stderr + result.stdout).toContain(`MeshConfig spec.trustDomain is "other.test" but --trust-domain is "${TD}"`);
+  });
+});
+
 // Each case is its own process; running them side by side keeps the file at a few seconds.
 describe.concurrent('ambit ca command line', () => {
   it('prints its help and exits 0', async ({ expect }) => {
