@@ -497,7 +497,10 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
       // someone put it in this domain's bundle.
       const rootDomain = facts(root).spiffeTrustDomain;
       if (rootDomain !== null && rootDomain !== id.trustDomain) continue;
-      if (!checks.issued(root, current)) continue;
+      if (!checks.issued(root, current)) {
+        signerError ??= namedButRefused(root, current, 'root', id, depth);
+        continue;
+      }
       const rootError = checkSigningCert(root, 'root', id, depth) ?? checkValidity(root, at, 'root CA', id) ?? (depth > 0 ? checkSharedRoot(root, current, id, shared) : null);
       if (rootError === null) {
         // `used` is the path: the leaf, then each intermediate taken (there is no going back).
@@ -510,7 +513,11 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
     let next: Certificate | undefined;
     for (let i = 1; i < chain.length; i++) {
       const candidate = chain[i] as Certificate;
-      if (used.has(candidate) || !checks.issued(candidate, current)) continue;
+      if (used.has(candidate)) continue;
+      if (!checks.issued(candidate, current)) {
+        signerError ??= namedButRefused(candidate, current, 'intermediate', id, depth);
+        continue;
+      }
       const candidateError = checkSigningCert(candidate, 'intermediate', id, depth) ?? checkValidity(candidate, at, 'intermediate CA', id);
       if (candidateError === null) {
         next = candidate;
@@ -525,6 +532,16 @@ function validatePath(chain: readonly Certificate[], bundle: TrustBundle, at: Da
     current = next;
   }
   return new AmbitError('SVID_CHAIN_INVALID', `${id.id}: chain longer than ${MAX_CHAIN_DEPTH} certificates`);
+}
+
+/**
+ * Only for the error message: OpenSSL's issuer check (checkIssued) also refuses a CA whose key usage lacks keyCertSign,
+ * so such a CA, named as the certificate's issuer, read as "not signed by a root nor a presented intermediate". Its
+ * own fault is named instead (null when it has none of checkSigningCert's).
+ */
+function namedButRefused(ca: Certificate, subject: Certificate, role: string, id: SpiffeId, depth: number): AmbitError | null {
+  if (facts(ca).node.subject !== facts(subject).node.issuer) return null;
+  return checkSigningCert(ca, role, id, depth);
 }
 
 /** Only for the error message: which other trust domain's CA did sign this chain, if any. */

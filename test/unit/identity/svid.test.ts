@@ -206,6 +206,15 @@ describe('verifying a peer SVID', () => {
   const dnsOnly = () => new x509.Extension('2.5.29.30', true, Buffer.from([0x30, 0x12, 0xa0, 0x10, 0x30, 0x0e, 0x82, 0x0c, ...Buffer.from('corp.example')]));
   const garbled = () => new x509.Extension('2.5.29.30', true, Buffer.from([0x30, 0x0e, 0xa0, 0x0c, 0x30]));
 
+  // OpenSSL's issuer check refuses it first: the chain had read as "not signed by a root nor a presented intermediate".
+  it('names an intermediate that signed the leaf but lacks keyCertSign for what it lacks', async () => {
+    const { cert: intermediate, keys } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.cRLSign });
+    const { cert: leaf } = await craftCertificate({ cert: intermediate, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
+    const error = verifySvid([leaf, intermediate], bundles).error;
+    expect(error?.code).toBe('SVID_CA_INVALID');
+    expect(error?.message).toContain('lacks keyCertSign');
+  });
+
   it('accepts an intermediate whose name constraints are on DNS names only (they leave SPIFFE IDs alone)', async () => {
     const { cert: constrained, keys } = await craftCertificate(caA.root, { uris: [], ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, extraExtensions: [dnsOnly()] });
     const { cert: leaf } = await craftCertificate({ cert: constrained, privateKey: keys.privateKey, chainAbove: [] }, { uris: [WEB] });
