@@ -3,7 +3,7 @@
 // (ztunnel's build_request, made a table lookup).
 import { isIP } from 'node:net';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
-import type { ServiceEntryObject, ServiceEntryPort, ServiceObject } from '../config/objects.ts';
+import type { ServiceEntryEndpoint, ServiceEntryObject, ServiceEntryPort, ServiceObject } from '../config/objects.ts';
 import { entryTargetPort, targetPortOn } from '../config/http-ports.ts';
 import { formatAuthority } from './authority.ts';
 import { canonicalIp } from '../config/fields.ts';
@@ -367,8 +367,15 @@ function buildExternal(snapshot: ConfigSnapshot, mesh: MeshAddresses): ExternalR
     const namespace = object.metadata.namespace;
     const exportTo = object.spec.exportTo;
     const visibleTo = exportedTo(namespace, exportTo);
-    const routed = object.spec.resolution !== 'NONE' && object.spec.endpoints.length > 0;
-    const endpoints = routed ? object.spec.endpoints.filter((endpoint) => meshAddressOf(mesh, endpoint.address) === null) : null;
+    // A DNS entry with addresses and no endpoints: its host is the endpoint (Istio: "the host field will be used as the
+    // DNS name of the endpoint to route traffic to"), so a connection to one of its addresses (a virtual IP) goes to
+    // the host. It had gone to the address, which nothing answers.
+    const dnsHost = (object.spec.resolution === 'DNS' || object.spec.resolution === 'DNS_ROUND_ROBIN') && object.spec.endpoints.length === 0 && object.spec.addresses.length > 0
+      ? object.spec.hosts.find((host) => !host.startsWith('*'))
+      : undefined;
+    const routed = (object.spec.resolution !== 'NONE' && object.spec.endpoints.length > 0) || dnsHost !== undefined;
+    const declared: readonly ServiceEntryEndpoint[] = dnsHost === undefined ? object.spec.endpoints : [{ address: dnsHost, ports: {}, labels: {}, network: undefined, locality: undefined, weight: undefined, serviceAccount: undefined }];
+    const endpoints = routed ? declared.filter((endpoint) => meshAddressOf(mesh, endpoint.address) === null) : null;
     const name = `${namespace}/${object.metadata.name}`;
     const ports = new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port]));
     const serviceLabels = labelsOfEntry(object);

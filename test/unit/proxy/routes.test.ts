@@ -595,6 +595,15 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: { name: vip, namespace: shop }
+spec:
+  hosts: [vip.dns.example]
+  addresses: [198.51.100.200]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: { name: none, namespace: shop }
 spec:
   hosts: [plain.none.example]
@@ -621,6 +630,12 @@ spec:
 `;
   const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
   const hostAt = (host: string, port: number, draw: number) => (decideRoute(table, host, port, () => draw, 'shop') as { host: string }).host;
+
+  // Istio: with no endpoints, "the host field will be used as the DNS name of the endpoint". It had gone to the address.
+  it("sends a connection to a DNS entry's address (a virtual IP), with no endpoints, to its host", () => {
+    expect(decideRoute(table, '198.51.100.200', 5432, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'vip.dns.example', port: 5432, entry: 'shop/vip', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'vip' }) });
+    expect(decideRoute(table, 'vip.dns.example', 5432, () => 0, 'shop')).toMatchObject({ kind: 'passthrough', host: 'vip.dns.example', port: 5432 });
+  });
 
   it("sends a DNS entry's host to its endpoints' names, which are resolved as they are dialled", () => {
     expect(decideRoute(table, 'db.replicas.example', 5432, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'db-1.region-a.example.net', port: 5432, entry: 'shop/replicas', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'replicas' }) });
