@@ -322,6 +322,8 @@ interface ExternalEntry {
   readonly routesByPort: ReadonlyMap<number, readonly PassthroughRoute[]> | null;
   /** Its metric labels: its host is the destination_service of the connections it admits. */
   readonly serviceLabels: ServiceLabels;
+  /** Of an entry naming several hosts, each one's labels (Istio makes a service per host); null for one host. */
+  readonly labelsByHost: ReadonlyMap<string, ServiceLabels> | null;
   /** With endpoints but none outside the mesh: the answer. */
   readonly none: DenyRoute;
 }
@@ -379,10 +381,13 @@ function buildExternal(snapshot: ConfigSnapshot, mesh: MeshAddresses): ExternalR
     const name = `${namespace}/${object.metadata.name}`;
     const ports = new Map(object.spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => [port.number, port]));
     const serviceLabels = labelsOfEntry(object);
+    const named = object.spec.hosts.filter((host) => !host.startsWith('*'));
+    const labelsByHost = named.length < 2 ? null : new Map(named.map((host) => [normalHost(host), Object.freeze({ hostname: host, name: object.metadata.name, namespace })]));
     const entry: ExternalEntry = {
       name,
       namespace,
       serviceLabels,
+      labelsByHost,
       ports,
       visibleTo,
       cumulativeWeights: endpoints === null ? null : cumulativeWeights(endpoints.map((endpoint) => endpoint.weight)),
@@ -678,7 +683,7 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
   }
   if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
   // An entry without endpoints: where the name resolves, labelled with the entry (a connect costs far more than this object).
-  return entry === undefined ? { kind: 'passthrough', host, port } : { kind: 'passthrough', host, port, serviceLabels: entry.serviceLabels };
+  return entry === undefined ? { kind: 'passthrough', host, port } : { kind: 'passthrough', host, port, serviceLabels: entry.labelsByHost?.get(normalHost(host)) ?? entry.serviceLabels };
 }
 
 /** The route to a workload dialled by its IP (on any port: the workload's own policy decides at its node). */

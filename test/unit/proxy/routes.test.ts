@@ -595,6 +595,14 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: { name: multi, namespace: shop }
+spec:
+  hosts: [a.multi.example, b.multi.example]
+  ports: [{ number: 443, name: tls, protocol: TLS }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: { name: vip, namespace: shop }
 spec:
   hosts: [vip.dns.example]
@@ -630,6 +638,12 @@ spec:
 `;
   const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
   const hostAt = (host: string, port: number, draw: number) => (decideRoute(table, host, port, () => draw, 'shop') as { host: string }).host;
+
+  // Istio makes a service of each host: every host had been counted as the entry's first.
+  it('labels a connection to each host of an entry naming several with that host', () => {
+    expect(decideRoute(table, 'b.multi.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'b.multi.example', port: 443, serviceLabels: { hostname: 'b.multi.example', name: 'multi', namespace: 'shop' } });
+    expect(decideRoute(table, 'a.multi.example', 443, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: 'a.multi.example', port: 443, serviceLabels: { hostname: 'a.multi.example', name: 'multi', namespace: 'shop' } });
+  });
 
   // Istio: with no endpoints, "the host field will be used as the DNS name of the endpoint". It had gone to the address.
   it("sends a connection to a DNS entry's address (a virtual IP), with no endpoints, to its host", () => {
