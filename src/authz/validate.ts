@@ -78,7 +78,14 @@ export function validateAuthorizationPolicySpec(issues: FieldIssues, raw: Mappin
   const before = issues.list.length;
   checkFields(issues, raw, path, POLICY_FIELDS);
   for (const key of ['targetRef', 'targetRefs']) {
-    if (hasValue(raw, key)) issues.add([...path, key], 'not supported: use selector (ambit has no waypoints; policies attach to workloads by label)');
+    if (!hasValue(raw, key)) continue;
+    const refs = Array.isArray(raw[key]) ? (raw[key] as unknown[]) : [raw[key]];
+    // Istio's egress authorization (a policy on a ServiceEntry, enforced by a waypoint or egress gateway): said for what
+    // it is, with what ambit offers instead, so nobody takes the external service for guarded.
+    const egress = refs.some((ref) => typeof ref === 'object' && ref !== null && (ref as Record<string, unknown>).kind === 'ServiceEntry');
+    issues.add([...path, key], egress
+      ? 'not supported: ambit does not authorize traffic leaving for a ServiceEntry (Istio does it in a waypoint or egress gateway, which ambit has not); which namespaces reach an external service is the entry\'s exportTo, under egress REGISTRY_ONLY'
+      : 'not supported: use selector (ambit has no waypoints; policies attach to workloads by label)');
   }
   const selector = selectorField(issues, raw, path);
   const writtenAction = enumField(issues, raw, 'action', path, ACTIONS);

@@ -450,6 +450,14 @@ describe('refuses at load, naming file, object and field', () => {
     if (line !== undefined) expect(first?.line).toBe(line);
   });
 
+  // Istio's egress authorization: said for what it is, so nobody takes the external service for guarded.
+  it('says a policy on a ServiceEntry (egress authorization) is not supported, and what decides egress instead', () => {
+    const error = thrownBy(() => parseConfigText(policy('targetRefs:\n- kind: ServiceEntry\n  group: networking.istio.io\n  name: clouddb'), FILE));
+    expect(error.details[0]?.field).toBe('spec.targetRefs');
+    expect(error.message).toContain('ambit does not authorize traffic leaving for a ServiceEntry');
+    expect(error.message).toContain("exportTo, under egress REGISTRY_ONLY");
+  });
+
   it('has at least 60 accept and reject cases between them', () => {
     expect(policyAccepts.length + peerAccepts.length + rejects.length).toBeGreaterThanOrEqual(60);
   });
