@@ -19,6 +19,7 @@ import {
 import type {
   ConfigKind,
   ConfigObject,
+  DestinationRuleObject,
   Labels,
   MeshConfigObject,
   MeshSettings,
@@ -149,21 +150,38 @@ export function buildSnapshot(objects: readonly ConfigObject[], options: Snapsho
  * they are, and the traffic the operator meant to protect went out in plaintext. Refused, as SIMPLE and MUTUAL are.
  */
 function checkMutualToExternal(objects: readonly ConfigObject[], issues: ConfigIssue[]): void {
-  const external: Array<{ host: string; entry: ConfigObject }> = [];
-  for (const object of objects) {
-    if (object.kind !== 'ServiceEntry' || object.spec.location !== 'MESH_EXTERNAL') continue;
-    for (const host of object.spec.hosts) external.push({ host: host.toLowerCase(), entry: object });
-  }
-  if (external.length === 0) return;
-  for (const object of objects) {
-    if (object.kind !== 'DestinationRule' || typeof object.spec.host !== 'string') continue;
-    const host = object.spec.host.toLowerCase();
-    const match = external.find((candidate) => candidate.host === host || (candidate.host.startsWith('*.') && host.endsWith(candidate.host.slice(1))) || (host.startsWith('*.') && candidate.host.endsWith(host.slice(1))));
-    if (match === undefined) continue;
-    for (const field of mutualTlsFields(object.spec)) {
-      issues.push(issueAt(object, 'CONFIG_FIELD', field, `ISTIO_MUTUAL: ${object.spec.host} is declared outside the mesh (MESH_EXTERNAL) by ${labelOf(match.entry)} in ${where(match.entry.source)}, which ambit reaches as it is: this traffic would leave in plaintext; remove it, or send the client to the host's TLS port itself`));
+  const rules = objects.filter((object): object is DestinationRuleObject => object.kind === 'DestinationRule' && typeof object.spec.host === 'string');
+  if (rules.length === 0) return;
+  const refused = new Set<ConfigObject>();
+  for (const entry of objects) {
+    if (entry.kind !== 'ServiceEntry' || entry.spec.location !== 'MESH_EXTERNAL') continue;
+    for (const declared of entry.spec.hosts) {
+      // The rule Istio applies to the host: the most specific (its exact name, then the longest wildcard, then `*`),
+      // so a mesh-wide `*` ISTIO_MUTUAL overridden for the host by its own rule (DISABLE) is not refused.
+      const rule = mostSpecificRule(rules, declared.toLowerCase());
+      if (rule === undefined || refused.has(rule)) continue;
+      const fields = mutualTlsFields(rule.spec);
+      if (fields.length > 0) refused.add(rule);
+      for (const field of fields) {
+        issues.push(issueAt(rule, 'CONFIG_FIELD', field, `ISTIO_MUTUAL: ${declared} is declared outside the mesh (MESH_EXTERNAL) by ${labelOf(entry)} in ${where(entry.source)}, which ambit reaches as it is: this traffic would leave in plaintext; remove it, give the host its own rule with tls.mode DISABLE, or send the client to the host's TLS port itself`));
+      }
     }
   }
+}
+
+/** The DestinationRule whose host covers `host` most closely: equal, else the longest `*.suffix`, else `*`. */
+function mostSpecificRule(rules: readonly DestinationRuleObject[], host: string): DestinationRuleObject | undefined {
+  let best: DestinationRuleObject | undefined;
+  let bestScore = -1;
+  for (const rule of rules) {
+    const pattern = String(rule.spec.host).toLowerCase();
+    const score = pattern === host ? Number.MAX_SAFE_INTEGER : pattern === '*' ? 0 : pattern.startsWith('*.') && host.endsWith(pattern.slice(1)) ? pattern.length : -1;
+    if (score > bestScore) {
+      best = rule;
+      bestScore = score;
+    }
+  }
+  return best;
 }
 
 /** Where a DestinationRule's spec asks for ISTIO_MUTUAL: its traffic policy, each port's, each subset's. */

@@ -62,6 +62,15 @@ describe('loadConfigDir accepts', () => {
     expect((await loadConfigDir(dir)).mesh).toMatchObject({ nodeCertificateTtl: '12h', nodeCertificateTtlMs: 43_200_000 });
   });
 
+  // Istio applies a host's most specific rule: a mesh-wide ISTIO_MUTUAL is overridden for an external host by its own.
+  it('a mesh-wide ISTIO_MUTUAL DestinationRule (*) when the external host has its own rule, tls.mode DISABLE', async () => {
+    const dir = await configDir({
+      'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: api, namespace: shop }\nspec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{ number: 443, name: tls, protocol: TLS }]\n',
+      'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: all, namespace: istio-system }\nspec:\n  host: "*"\n  trafficPolicy: { tls: { mode: ISTIO_MUTUAL } }\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: api, namespace: shop }\nspec:\n  host: api.example.com\n  trafficPolicy: { tls: { mode: DISABLE } }\n',
+    });
+    expect((await loadConfigDir(dir)).objectsOfKind('DestinationRule')).toHaveLength(2);
+  });
+
   it('uses the default trust domain when no MeshConfig exists and none was required', async () => {
     const dir = await configDir({ 'pod.yaml': podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1', serviceAccount: 'web' }) });
     const snapshot = await loadConfigDir(dir);
@@ -173,6 +182,17 @@ const rejectCases: RejectCase[] = [
     file: 'dr.yaml',
     object: 'DestinationRule shop/db',
     field: 'spec.subsets[0].trafficPolicy.tls.mode',
+  },
+  {
+    name: 'a DestinationRule for every host (*) asking ISTIO_MUTUAL, a MESH_EXTERNAL entry declared',
+    files: {
+      'se.yaml': 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: api, namespace: shop }\nspec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{ number: 443, name: tls, protocol: TLS }]\n',
+      'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: all, namespace: istio-system }\nspec:\n  host: "*"\n  trafficPolicy: { tls: { mode: ISTIO_MUTUAL } }\n',
+    },
+    code: 'CONFIG_FIELD',
+    file: 'dr.yaml',
+    object: 'DestinationRule istio-system/all',
+    field: 'spec.trafficPolicy.tls.mode',
   },
   {
     name: 'a ServiceEntry with endpoints and resolution NONE (they would be ignored)',
