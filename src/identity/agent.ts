@@ -751,9 +751,16 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     entry.timer = undefined;
     entry.dueAtMs = Infinity;
     if (this.#stopped || this.#entries.get(entry.spiffeId) !== entry || entry.inFlight) return;
+    // The node SVID this request is made with: a refusal of it that arrives after it was replaced is not news.
+    const sentWith = this.#entries.get(this.#nodeId)?.svid;
     entry.inFlight = this.#renew(entry).then(
       () => {
         entry.inFlight = undefined;
+        // The CA took a request made with the node SVID: it accepts the node (again: an eviction undone, say).
+        if (this.#nodeRefusal !== undefined && !this.#reattesting) {
+          this.#nodeRefusal = undefined;
+          if (this.listenerCount('node-accepted') > 0) this.emit('node-accepted');
+        }
         const stale = entry.reissue && (this.#signingAuthority === undefined || entry.issuerKeyId !== this.#signingAuthority);
         entry.reissue = false;
         if (stale) {
@@ -768,7 +775,14 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
         if (this.#stopped) return;
         // The retry asks the CA again, which signs with whatever root is active then.
         entry.reissue = false;
-        this.#onFailure(entry, toAmbitError(error, 'CA_UNREACHABLE'));
+        const failure = toAmbitError(error, 'CA_UNREACHABLE');
+        // Refused for a node SVID replaced since it was sent (a new attestation answered meanwhile): asked again soon
+        // with the new one, and no refusal said of a node the CA has just accepted.
+        if (failure.code === 'CA_NODE_REFUSED' && this.#entries.get(this.#nodeId)?.svid !== sentWith) {
+          this.#renewSoon(entry, this.#random() * WAKE_SPREAD_MS);
+          return;
+        }
+        this.#onFailure(entry, failure);
       },
     );
   }

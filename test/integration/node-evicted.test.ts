@@ -1,6 +1,8 @@
 // A node proxy whose node the CA no longer accepts (`ambit ca node evict`, a copied or replaced node SVID): its
 // readiness says so rather than report ready while no certificate of the node can be renewed, and a new join token it
 // is restarted with is used to attest again (it had kept presenting the refused node SVID for ever). Real processes.
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { evictNode } from '../../src/identity/ca/nodes.ts';
 import { nodeIp, podYaml, probe, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
@@ -9,6 +11,8 @@ import type { TestMesh } from '../helpers/mesh.ts';
 const P = 74;
 
 let mesh: TestMesh;
+/** node-a's record at the CA before the second eviction, to undo it with. */
+let recordBeforeEviction = '';
 
 beforeAll(async () => {
   mesh = await startTestMesh({
@@ -48,9 +52,16 @@ describe('a node proxy whose node the CA no longer accepts', () => {
   }, 90_000);
 
   it('says what to do once the token it was given is spent too', async () => {
+    recordBeforeEviction = await readFile(join(mesh.caDir, 'nodes', 'node-a.json'), 'utf8');
     await evictNode(mesh.caDir, 'node-a');
     expect(await refusedReadiness()).toContain('attest again with a new join token');
     const proc = mesh.nodes.get('node-a')!.proc;
     await waitUntil('the line saying the token was refused', () => proc.lines.some((line) => line.msg === "the CA no longer accepts this node's certificate and refused the join token given: no certificate of this node can be renewed" && typeof line.hint === 'string' && line.hint.includes('ambit ca token create --node node-a')), 20_000);
   }, 60_000);
+
+  // The refusal had stayed in readiness for good, every certificate renewing normally again.
+  it('is ready again once the CA takes the node back (its eviction undone from a backup)', async () => {
+    await writeFile(join(mesh.caDir, 'nodes', 'node-a.json'), recordBeforeEviction);
+    await waitUntil('ready again', async () => (await probe(mesh.nodes.get('node-a')!.readinessUrl)).status === 200, 30_000);
+  }, 40_000);
 });
