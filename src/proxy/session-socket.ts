@@ -8,7 +8,8 @@
 // ztunnel, whose reads and writes are independent. One end suffices to break the cycle; the client end is where ambit
 // builds the connection itself. What no window bounds (acknowledgements of a peer's PINGs and SETTINGS, 17 bytes each)
 // is bounded here: past MAX_QUEUED_BYTES or MAX_QUEUED_WRITES waiting, a write completes only once the socket drains,
-// so the session stops reading and nghttp2's own flood limits end a peer that floods and never reads.
+// so the session stops reading, as Node's does on a socket of its own: a peer that floods and never reads gets no
+// more acknowledgements, and the pool's keepalive, its PONGs unread, cuts the session.
 import { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 
@@ -16,7 +17,7 @@ import type { TLSSocket } from 'node:tls';
 const CLOSE_GRACE_MS = 10_000;
 /**
  * Backlog past which writes wait for the socket again: above the 32 MiB a peer ambit's windows let us send (window.ts),
- * so bulk both ways never reaches it; a peer that floods acknowledgements and reads nothing does, in a few seconds.
+ * so bulk both ways never reaches it; a peer that floods acknowledgements and reads nothing does.
  */
 const MAX_QUEUED_BYTES = 48 * 1024 * 1024;
 /** The same in writes: each queued one costs far more than its bytes (an ack is 17), 4,096 of them about a megabyte. */
