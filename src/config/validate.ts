@@ -527,6 +527,9 @@ function validateWorkloadEntrySpec(issues: FieldIssues, spec: Mapping | undefine
   return { ...fields, address: canonicalIp(address) as string, serviceAccount: fields.serviceAccount ?? 'default' };
 }
 
+/** Istio protocols whose connections name their host (Host or :authority, TLS SNI): several hosts can share their port. */
+const HOST_AWARE_PROTOCOLS: ReadonlySet<string> = new Set(['HTTP', 'HTTP2', 'HTTP_PROXY', 'HTTPS', 'GRPC', 'GRPC-WEB', 'TLS']);
+
 const SERVICE_ENTRY_FIELDS = ['hosts', 'addresses', 'ports', 'location', 'resolution', 'endpoints', 'workloadSelector', 'exportTo', 'subjectAltNames'];
 // Istio's protocol names (istio.io/istio pkg/config/protocol), matched case-insensitively as Istio does.
 const ISTIO_PROTOCOLS = ['HTTP', 'HTTPS', 'GRPC', 'GRPC-WEB', 'HTTP2', 'HTTP_PROXY', 'MONGO', 'MYSQL', 'REDIS', 'TCP', 'TLS', 'UDP'];
@@ -591,6 +594,21 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
   if (resolution === 'STATIC' && endpoints.length === 0 && workloadSelector === undefined) {
     issues.add([...path, 'endpoints'], 'required for resolution STATIC (or a workloadSelector)');
   }
+  // Istio's other rules of resolution (ValidateServiceEntry): a block of addresses has no name to resolve, and a plain
+  // TCP port cannot tell several resolved hosts apart.
+  if (resolution === 'DNS' || resolution === 'DNS_ROUND_ROBIN') {
+    addresses.forEach((address, index) => {
+      if (address.includes('/')) issues.add([...path, 'addresses', index], `${address}: CIDR blocks are allowed only with resolution NONE or STATIC (Istio refuses them too)`);
+    });
+  }
+  if (resolution !== 'NONE' && hosts.length > 1 && ports.some((port) => !HOST_AWARE_PROTOCOLS.has(port.protocol ?? 'TCP'))) {
+    issues.add([...path, 'hosts'], `several hosts with resolution ${resolution} and a port that is neither HTTP nor TLS: a connection cannot say which host it is for (Istio refuses it too); use one entry per host, or resolution NONE`);
+  }
+  endpoints.forEach((endpoint, index) => {
+    for (const name of Object.keys(endpoint.ports)) {
+      if (!ports.some((port) => port.name === name)) issues.add([...path, 'endpoints', index, 'ports', name], `no port of spec.ports is named ${JSON.stringify(name)}`);
+    }
+  });
   // Istio refuses them too ("no endpoints should be provided for resolution type none"): accepted, they were ignored,
   // and the traffic went wherever the client's own address or DNS pointed, not to the endpoints written here.
   if (resolution === 'NONE' && endpoints.length > 0) {

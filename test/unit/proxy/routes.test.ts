@@ -519,8 +519,17 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: { name: everyones-db, namespace: ops }
 spec:
-  hosts: [db.static.example, cache.static.example]
-  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }, { number: 6379, name: redis, protocol: TCP }]
+  hosts: [db.static.example]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  endpoints: [{ address: 203.0.113.9 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: everyones-cache, namespace: ops }
+spec:
+  hosts: [cache.static.example]
+  ports: [{ number: 6379, name: redis, protocol: TCP }]
   resolution: STATIC
   endpoints: [{ address: 203.0.113.9 }]
 ---
@@ -555,7 +564,7 @@ spec:
 
   it("prefers the source namespace's own entry for a host, whatever the order, and keeps the port dialled without a mapping", () => {
     expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'billing')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 5432, entry: 'ops/everyones-db', serviceLabels: expect.objectContaining({ namespace: 'ops', name: 'everyones-db' }) });
-    expect(decideRoute(open, 'cache.static.example', 6379, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 6379, entry: 'ops/everyones-db', serviceLabels: expect.objectContaining({ namespace: 'ops', name: 'everyones-db' }) });
+    expect(decideRoute(open, 'cache.static.example', 6379, () => 0, 'shop')).toEqual({ kind: 'passthrough', host: '203.0.113.9', port: 6379, entry: 'ops/everyones-cache', serviceLabels: expect.objectContaining({ namespace: 'ops', name: 'everyones-cache' }) });
     expect(decideRoute(open, 'db.static.example', 5432, () => 0, 'shop')).toMatchObject({ host: '198.51.100.21', entry: 'shop/static-db', serviceLabels: expect.objectContaining({ namespace: 'shop', name: 'static-db' }) });
   });
 
