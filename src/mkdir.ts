@@ -4,7 +4,7 @@
 // Node 24.21). Here each missing directory is created once, top down, and the first refusal is the error, with
 // its syscall, code and path as Node reports them. Directories created get `mode`, as the recursive form does.
 import { mkdirSync, statSync } from 'node:fs';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 
 /** What mkdir itself says of a file in the way: EEXIST for the path asked, ENOTDIR for a path below a file. */
@@ -13,11 +13,14 @@ function fileInTheWay(missing: readonly string[], file: string): Error {
   return Object.assign(new Error(`${code}: a file is in the way, mkdir '${path}'`), { code, syscall: 'mkdir', path });
 }
 
-/** The directories to create, top down: `path` and its parents up to the first that exists. */
-function missingAbove(path: string, isDir: (p: string) => boolean | undefined): string[] {
+/**
+ * The directories to create, top down: `path` and its parents up to the first that exists. Looked up with statSync
+ * in both forms: a handful of calls on a path given at startup or the agent's state directory.
+ */
+function missingAbove(path: string): string[] {
   const missing: string[] = [];
   for (let at = resolve(path); ; at = dirname(at)) {
-    const found = isDir(at);
+    const found = isDirectory(at);
     if (found === true) break;
     if (found === false) throw fileInTheWay(missing, at);
     missing.push(at);
@@ -26,58 +29,40 @@ function missingAbove(path: string, isDir: (p: string) => boolean | undefined): 
   return missing.reverse();
 }
 
-async function missingAboveAsync(path: string): Promise<string[]> {
-  const missing: string[] = [];
-  for (let at = resolve(path); ; at = dirname(at)) {
-    const found = await probe(at);
-    if (found === true) break;
-    if (found === false) throw fileInTheWay(missing, at);
-    missing.push(at);
-    if (dirname(at) === at) break;
-  }
-  return missing.reverse();
-}
-
-async function probe(p: string): Promise<boolean | undefined> {
-  try {
-    return (await stat(p)).isDirectory();
-  } catch (error) {
-    // ENOTDIR: a file above; the walk goes on up to name it.
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw error;
-  }
-}
-
-function probeSync(p: string): boolean | undefined {
+/** true: a directory; false: something else; undefined: nothing there (ENOTDIR: a file above, which the walk names). */
+function isDirectory(p: string): boolean | undefined {
   try {
     return statSync(p).isDirectory();
   } catch (error) {
-    // ENOTDIR: a file above; the walk goes on up to name it.
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
     throw error;
   }
+}
+
+/** A directory that appeared meanwhile (EEXIST) is fine; anything else is the error. */
+function raceLost(error: unknown, dir: string): boolean {
+  return (error as NodeJS.ErrnoException).code === 'EEXIST' && isDirectory(dir) === true;
 }
 
 /** Creates `path` and its missing parents; an existing directory is fine. Throws Node's error of the refusal. */
 export function makeDirsSync(path: string, mode?: number): void {
-  for (const dir of missingAbove(path, probeSync)) {
+  for (const dir of missingAbove(path)) {
     try {
       mkdirSync(dir, { mode });
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || probeSync(dir) !== true) throw error;
+      if (!raceLost(error, dir)) throw error;
     }
   }
 }
 
 /** The same, asynchronously. */
 export async function makeDirs(path: string, mode?: number): Promise<void> {
-  for (const dir of await missingAboveAsync(path)) {
+  for (const dir of missingAbove(path)) {
     try {
       await mkdir(dir, { mode });
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || (await probe(dir)) !== true) throw error;
+      if (!raceLost(error, dir)) throw error;
     }
   }
 }
