@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { ENFORCE_ANNOTATION } from '../authz/types.ts';
 import { enforceAnnotationProblem } from '../authz/validate.ts';
 import { canonicalIp, formatPath, parseDurationMs } from './fields.ts';
+import { destinationRuleTlsModes } from './validate.ts';
 import { ConfigError } from './issues.ts';
 import type { ConfigIssue } from './issues.ts';
 import {
@@ -186,16 +187,7 @@ function mostSpecificRule(rules: readonly DestinationRuleObject[], host: string)
 
 /** Where a DestinationRule's spec asks for ISTIO_MUTUAL: its traffic policy, each port's, each subset's. */
 function mutualTlsFields(spec: Readonly<Record<string, unknown>>): string[] {
-  const found: string[] = [];
-  const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
-  const policyAt = (policy: unknown, path: string) => {
-    if (!isObject(policy)) return;
-    if (isObject(policy.tls) && policy.tls.mode === 'ISTIO_MUTUAL') found.push(`${path}.tls.mode`);
-    if (Array.isArray(policy.portLevelSettings)) policy.portLevelSettings.forEach((port, i) => policyAt(port, `${path}.portLevelSettings[${i}]`));
-  };
-  policyAt(spec.trafficPolicy, 'spec.trafficPolicy');
-  if (Array.isArray(spec.subsets)) spec.subsets.forEach((subset, i) => isObject(subset) && policyAt(subset.trafficPolicy, `spec.subsets[${i}].trafficPolicy`));
-  return found;
+  return destinationRuleTlsModes(spec).filter(({ mode }) => mode === 'ISTIO_MUTUAL').map(({ path }) => formatPath(path));
 }
 
 function issueAt(object: ConfigObject, code: ConfigIssue['code'], field: string | undefined, message: string): ConfigIssue {

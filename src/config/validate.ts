@@ -270,18 +270,25 @@ const TLS_MODES_KEPT = new Set(['DISABLE', 'ISTIO_MUTUAL']);
  * external API) in plaintext. Its traffic policy, each port's and each subset's are read.
  */
 function checkNoTlsOrigination(issues: FieldIssues, spec: Mapping): void {
+  for (const { mode, path } of destinationRuleTlsModes(spec)) {
+    if (!TLS_MODES_KEPT.has(String(mode))) issues.add(path, `${String(mode)}: ambit does not originate TLS, and this traffic would leave in plaintext; remove it, or send the client to the TLS port itself`);
+  }
+}
+
+/** Every `tls.mode` a DestinationRule's spec sets, with its path: its traffic policy's, each port's, each subset's. */
+export function destinationRuleTlsModes(spec: Readonly<Record<string, unknown>>): Array<{ mode: unknown; path: FieldPath }> {
+  const found: Array<{ mode: unknown; path: FieldPath }> = [];
   const policyAt = (policy: unknown, path: FieldPath) => {
     if (!isMapping(policy)) return;
     const tls = policy.tls;
-    if (isMapping(tls) && hasValue(tls, 'mode') && !TLS_MODES_KEPT.has(String(tls.mode))) {
-      issues.add([...path, 'tls', 'mode'], `${String(tls.mode)}: ambit does not originate TLS, and this traffic would leave in plaintext; remove it, or send the client to the TLS port itself`);
-    }
+    if (isMapping(tls) && hasValue(tls, 'mode')) found.push({ mode: tls.mode, path: [...path, 'tls', 'mode'] });
     const ports = policy.portLevelSettings;
     if (Array.isArray(ports)) ports.forEach((port, i) => policyAt(port, [...path, 'portLevelSettings', i]));
   };
   policyAt(spec.trafficPolicy, ['spec', 'trafficPolicy']);
   const subsets = spec.subsets;
   if (Array.isArray(subsets)) subsets.forEach((subset, i) => isMapping(subset) && policyAt(subset.trafficPolicy, ['spec', 'subsets', i, 'trafficPolicy']));
+  return found;
 }
 
 function opaqueSpec(issues: FieldIssues, raw: Mapping, required: boolean): OpaqueSpec | undefined {
