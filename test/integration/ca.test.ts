@@ -353,6 +353,8 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const stolen = await runAmbit([...agentArgs(ca, TD, 'node-b', join(dir, 'state-3'), join(dir, 'out-3'), join(dir, 'bundle.pem')), '--join-token', wrongNode]);
     expect(stolen.status).toBe(2);
     expect(stolen.stderr).toContain('JOIN_TOKEN_WRONG_NODE');
+    // The operator who mistyped --node learns the token is gone, and how to get another.
+    expect(stolen.stderr).toMatch(/created for node "node-a", presented by "node-b"; it is spent now: create another \(ambit ca token create --node NAME\) and give the agent the same --node NAME/);
 
     const shortLived = await createToken(caDir, 'node-a', '1s');
     await new Promise((resolve) => setTimeout(resolve, 1_200));

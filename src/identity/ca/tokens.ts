@@ -123,7 +123,8 @@ export async function consumeJoinToken(caDir: string, token: string, node: strin
     throw await refused(new AmbitError('JOIN_TOKEN_EXPIRED', `join token for node "${record.node}" expired at ${record.expiresAt}`));
   }
   if (record.node !== node) {
-    throw await refused(new AmbitError('JOIN_TOKEN_WRONG_NODE', `join token was created for node "${record.node}", presented by "${node}"`));
+    // Spent all the same (a stolen token is not kept for a guess at the right name): said, with what to do.
+    throw await refused(new AmbitError('JOIN_TOKEN_WRONG_NODE', `join token was created for node "${record.node}", presented by "${node}"; it is spent now: create another (ambit ca token create --node NAME) and give the agent the same --node NAME`));
   }
   // Bound before anything is issued: a retry that overtakes this issuance is told to wait, not refused.
   try {
