@@ -8,7 +8,9 @@ import * as http2 from 'node:http2';
 import type * as net from 'node:net';
 import * as tls from 'node:tls';
 import { AmbitError } from '../errors.ts';
+import type { ErrorCode } from '../errors.ts';
 import type { BundleSource } from '../identity/svid.ts';
+import { LogBudget } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
 import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
@@ -46,7 +48,8 @@ export class TunnelError extends AmbitError {
   readonly status: number | undefined;
   /** The peer refused the CONNECT unprocessed (REFUSED_STREAM, or a stream above its GOAWAY's last): safe to send again. */
   readonly unprocessed: boolean;
-  constructor(code: 'UPSTREAM_CONNECT' | 'TLS_HANDSHAKE' | 'IDENTITY_MISMATCH' | 'SVID_EXPIRED' | 'SVID_MISSING' | 'HBONE_REFUSED', flag: string, message: string, status?: number, cause?: unknown, unprocessed = false) {
+  /** `code`: the failure's own, e.g. a server certificate's verification code (SVID_EXPIRED, SVID_UNTRUSTED). */
+  constructor(code: ErrorCode, flag: string, message: string, status?: number, cause?: unknown, unprocessed = false) {
     super(code, message, { cause });
     this.flag = flag;
     this.status = status;
@@ -129,6 +132,8 @@ export class HbonePool {
   readonly #draining = new Set<PooledSession>();
   readonly #options: PoolOptions;
   readonly #logger: Logger;
+  /** Servers refused for their certificates: at most 20 warnings per 10 s, the rest counted in the next. */
+  readonly #refusalLogBudget = new LogBudget(10_000, 20);
   readonly #maxStreams: number;
   readonly #idleTimeoutMs: number;
   readonly #keepaliveTimeoutMs: number;
@@ -368,8 +373,10 @@ export class HbonePool {
           socket.destroy();
           // Its certificate may be the expected one and fail for another reason (expired, untrusted): said as what it is.
           const wrongIdentity = result.id != null && result.id.id !== endpoint.identity;
-          this.#logger.warn({ source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, wrongIdentity ? 'refusing HBONE peer: server identity is not the one expected' : 'refusing HBONE peer: its certificate does not verify');
-          reject(new TunnelError('IDENTITY_MISMATCH', 'IDENTITY_ERROR', `server at ${endpoint.hboneHost}:${endpoint.hbonePort}: [${result.error.code}] ${result.error.message}`, undefined, result.error));
+          // Budgeted: every new connection dials again, and a peer whose certificate expired would be a warning each.
+          this.#refusalLogBudget.warn(this.#logger, 'server-refused', { source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, wrongIdentity ? 'refusing HBONE peer: server identity is not the one expected' : 'refusing HBONE peer: its certificate does not verify');
+          // IDENTITY_MISMATCH only for a valid SVID of another identity; otherwise the verification's own code.
+          reject(new TunnelError(wrongIdentity ? 'IDENTITY_MISMATCH' : result.error.code, 'IDENTITY_ERROR', `server at ${endpoint.hboneHost}:${endpoint.hbonePort}: [${result.error.code}] ${result.error.message}`, undefined, result.error));
           return;
         }
         if (socket.alpnProtocol !== 'h2') {

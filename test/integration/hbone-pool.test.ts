@@ -8,6 +8,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSvid } from '../../src/identity/svid.ts';
 import { silentLogger } from '../../src/observe/log.ts';
@@ -466,12 +467,51 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, expiresMs - Date.now()) + 1_100));
       const error = await hbone.open(CLIENT_ID, null, target, '').then(() => null, (e: unknown) => e);
       expect(error).toBeInstanceOf(TunnelError);
-      expect((error as TunnelError).code).toBe('IDENTITY_MISMATCH');
+      // Said as what it is: the expected identity, expired (IDENTITY_MISMATCH is for a valid SVID of another identity).
+      expect((error as TunnelError).code).toBe('SVID_EXPIRED');
+      expect((error as TunnelError).flag).toBe('IDENTITY_ERROR');
     } finally {
       await hbone.close();
       server.close();
     }
   }, 10_000);
+
+  it('refuses a server whose chain it does not trust with the verification\'s own code, and warns of it at most 20 times in 10 s', async () => {
+    const ours = await createTestCa('cluster.local');
+    const foreign = await createTestCa('cluster.local');
+    const impostor = await issueTestSvid(foreign, SERVER_ID);
+    const client = await issueTestSvid(ours, CLIENT_ID);
+    const own = new IdentityContexts();
+    own.set(loadSvid(client.certPem, client.keyPem));
+    const server = http2.createSecureServer({ cert: impostor.certPem, key: impostor.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    const target: Endpoint = { ...endpoint(), hbonePort: port, hboneAuthority: `127.0.0.1:${port}` };
+    const lines: Array<{ level: number; msg: string; unlogged?: number }> = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) });
+    const hbone = new HbonePool({ contexts: own, bundles: () => ({ get: (trustDomain) => (trustDomain === ours.trustDomain ? ours.bundle : undefined) }), verifier: new PeerVerifier(), logger });
+    try {
+      const codes = new Set<string>();
+      for (let i = 0; i < 25; i++) {
+        const error = await hbone.open(CLIENT_ID, null, target, '').then(() => null, (e: unknown) => e);
+        expect(error).toBeInstanceOf(TunnelError);
+        expect((error as TunnelError).flag).toBe('IDENTITY_ERROR');
+        codes.add((error as TunnelError).code);
+      }
+      expect([...codes]).toHaveLength(1);
+      expect([...codes][0]).not.toBe('IDENTITY_MISMATCH');
+      expect([...codes][0]).toMatch(/^SVID_|^BUNDLE_|^TRUST_/);
+      const refusals = lines.filter((line) => line.msg === 'refusing HBONE peer: its certificate does not verify');
+      expect(refusals).toHaveLength(25);
+      // pino's levels: 40 warn, 20 debug.
+      expect(refusals.filter((line) => line.level === 40)).toHaveLength(20);
+      expect(refusals.filter((line) => line.level === 20)).toHaveLength(5);
+    } finally {
+      await hbone.close();
+      server.close();
+    }
+  }, 20_000);
 
   it('opens no session for a source identity it holds no certificate for, and says so (SVID_MISSING, not a peer mismatch)', async () => {
     const hbone = new HbonePool({ contexts: new IdentityContexts(), bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger() });
