@@ -111,6 +111,8 @@ export interface PoolOptions {
   connectTimeoutMs?: number;
   /** The wait for a CONNECT's answer (default CONNECT_ANSWER_TIMEOUT_MS). */
   answerTimeoutMs?: number;
+  /** How long a connection waits for its source identity's first certificate (default CONNECT_TIMEOUT_MS). */
+  firstCertificateWaitMs?: number;
 }
 
 /** A session stops taking streams this long (at most a tenth of the certificate's life) before our certificate expires. */
@@ -139,6 +141,7 @@ export class HbonePool {
   readonly #keepaliveTimeoutMs: number;
   readonly #connectTimeoutMs: number;
   readonly #answerTimeoutMs: number;
+  readonly #firstCertificateWaitMs: number;
   readonly #sweep: NodeJS.Timeout;
   #closed = false;
 
@@ -150,6 +153,7 @@ export class HbonePool {
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
     this.#answerTimeoutMs = options.answerTimeoutMs ?? CONNECT_ANSWER_TIMEOUT_MS;
+    this.#firstCertificateWaitMs = options.firstCertificateWaitMs ?? CONNECT_TIMEOUT_MS;
     // One low-precision timer for keepalive and idle checks of every session, not timers per session.
     this.#sweep = setInterval(() => this.#sweepSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
     this.#sweep.unref();
@@ -268,8 +272,10 @@ export class HbonePool {
   }
 
   async #dial(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
-    const identity = this.#options.contexts.get(sourceIdentity);
-    if (!identity) throw new TunnelError('SVID_MISSING', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity}: the CA has not issued it`);
+    // Its first certificate may be on its way (a proxy restarted, a workload just placed): the connection waits for it
+    // rather than being reset, as ztunnel's do.
+    const identity = this.#options.contexts.get(sourceIdentity) ?? (await this.#options.contexts.whenSet(sourceIdentity, this.#firstCertificateWaitMs));
+    if (!identity) throw new TunnelError('SVID_MISSING', 'IDENTITY_ERROR', `no certificate yet for source identity ${sourceIdentity} after waiting ${this.#firstCertificateWaitMs} ms: the CA has not issued it (the proxy's readiness says why)`);
     // Every peer would refuse it in its handshake with a bare TLS alert; say here what is wrong, and whose.
     if (identity.svid.notAfter.getTime() <= Date.now()) {
       throw new TunnelError('SVID_EXPIRED', 'IDENTITY_ERROR', `the certificate of source identity ${sourceIdentity} expired at ${identity.svid.notAfter.toISOString()} and has not been renewed (is the CA reachable? see ambit_certificate_rotation_failures_total)`);

@@ -27,12 +27,43 @@ export function contextOptions(svid: Svid): tls.SecureContextOptions {
 /** The current certificate of every identity this proxy serves; replaced whole on rotation. */
 export class IdentityContexts {
   readonly #byIdentity = new Map<string, IdentityContext>();
+  /** Who waits for an identity's first certificate (whenSet). */
+  readonly #waiting = new Map<string, Set<(entry: IdentityContext | undefined) => void>>();
 
   set(svid: Svid): IdentityContext {
     const options = contextOptions(svid);
     const entry: IdentityContext = { svid, context: tls.createSecureContext(options), options };
     this.#byIdentity.set(svid.id.id, entry);
+    const waiters = this.#waiting.get(svid.id.id);
+    if (waiters !== undefined) {
+      this.#waiting.delete(svid.id.id);
+      for (const resolve of [...waiters]) resolve(entry);
+    }
     return entry;
+  }
+
+  /**
+   * The identity's context once it is set, or undefined after timeoutMs: a connection made while the identity's first
+   * certificate is on its way (the proxy just started, the workload just placed) waits for it, as ztunnel's do.
+   */
+  whenSet(identity: string, timeoutMs: number): Promise<IdentityContext | undefined> {
+    const present = this.#byIdentity.get(identity);
+    if (present !== undefined || timeoutMs <= 0) return Promise.resolve(present);
+    let waiters = this.#waiting.get(identity);
+    if (waiters === undefined) this.#waiting.set(identity, (waiters = new Set()));
+    const all = waiters;
+    return new Promise((resolve) => {
+      const done = (entry: IdentityContext | undefined): void => {
+        clearTimeout(timer);
+        all.delete(done);
+        if (all.size === 0 && this.#waiting.get(identity) === all) this.#waiting.delete(identity);
+        resolve(entry);
+      };
+      const timer = setTimeout(done, timeoutMs, undefined);
+      // A proxy stopping does not wait for a certificate nobody will use.
+      timer.unref();
+      all.add(done);
+    });
   }
 
   get(identity: string): IdentityContext | undefined {

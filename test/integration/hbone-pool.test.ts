@@ -39,10 +39,12 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   let contexts: IdentityContexts;
   let bundles: BundleSource;
   let peerCert: { certPem: string; keyPem: string };
+  let clientCert: { certPem: string; keyPem: string };
 
   beforeAll(async () => {
     const ca = await createTestCa('cluster.local');
     const client = await issueTestSvid(ca, CLIENT_ID);
+    clientCert = client;
     const server = await issueTestSvid(ca, SERVER_ID);
     peerCert = server;
     contexts = new IdentityContexts();
@@ -514,14 +516,39 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   }, 20_000);
 
   it('opens no session for a source identity it holds no certificate for, and says so (SVID_MISSING, not a peer mismatch)', async () => {
-    const hbone = new HbonePool({ contexts: new IdentityContexts(), bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger() });
+    const hbone = new HbonePool({ contexts: new IdentityContexts(), bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), firstCertificateWaitMs: 200 });
     try {
+      const startMs = Date.now();
       const error = await openError(hbone);
       expect(error).toBeInstanceOf(TunnelError);
       expect((error as TunnelError).code).toBe('SVID_MISSING');
       expect((error as TunnelError).flag).toBe('IDENTITY_ERROR');
-      expect((error as TunnelError).message).toContain(`no certificate yet for source identity ${CLIENT_ID}`);
+      expect((error as TunnelError).message).toContain(`no certificate yet for source identity ${CLIENT_ID} after waiting 200 ms`);
+      expect(Date.now() - startMs).toBeGreaterThanOrEqual(190);
     } finally {
+      await hbone.close();
+    }
+  });
+
+  it("waits for the source identity's first certificate while it is on its way (a proxy just restarted) instead of failing the connection", async () => {
+    const arriving = new IdentityContexts();
+    const hbone = new HbonePool({ contexts: arriving, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), firstCertificateWaitMs: 5_000 });
+    const mode = peer.mode;
+    peer.mode = 'echo';
+    try {
+      const opening = hbone.open(CLIENT_ID, null, endpoint(), '');
+      // Two connections in the same wait: both go once the certificate comes.
+      const second = hbone.open(CLIENT_ID, null, endpoint(), '');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      arriving.set(loadSvid(clientCert.certPem, clientCert.keyPem));
+      const [tunnel, other] = await Promise.all([opening, second]);
+      tunnel.write('over the tunnel');
+      const [echoed] = (await once(tunnel, 'data')) as [Buffer];
+      expect(echoed.toString()).toBe('over the tunnel');
+      tunnel.close();
+      other.close();
+    } finally {
+      peer.mode = mode;
       await hbone.close();
     }
   });
