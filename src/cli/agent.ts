@@ -19,6 +19,7 @@ import type { Svid } from '../identity/svid.ts';
 import { createLogger } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
 import { makeDirs } from '../mkdir.ts';
+import { StateDirLock } from '../identity/state-lock.ts';
 
 const help = `usage: ambit agent --ca URL --trust-domain TD --bundle FILE --node NAME --state-dir DIR
                    --out DIR [--identity SPIFFE_ID ...] [--join-token TOKEN | --join-token-file FILE] [--ttl 1h]
@@ -138,10 +139,21 @@ export const command: Command = {
     // The agent's own timers do not hold the process (a proxy's servers do): without this handle, `ambit agent` exited 0
     // as soon as it was running, or while it backed off from a CA it could not reach, and renewed nothing.
     const alive = setInterval(() => {}, 2 ** 30);
+    let lock: StateDirLock | undefined;
     try {
+      // One process per state directory (a proxy's or another agent's would renew the node SVID under this one).
+      const stateDir = requireString(values['state-dir'], 'state-dir');
+      try {
+        await makeDirs(stateDir, 0o700);
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        throw new AmbitError('FILE_WRITE', `state directory ${stateDir} cannot be written (${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}): not attesting, so the join token is not spent with nowhere to keep the node SVID`, { cause: error });
+      }
+      lock = await StateDirLock.acquire(stateDir, logger);
       return await runAgent();
     } finally {
       clearInterval(alive);
+      await lock?.release();
     }
 
     async function runAgent(): Promise<number> {

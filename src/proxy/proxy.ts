@@ -28,6 +28,7 @@ import { HeapRelease } from './heap.ts';
 import { authorizationOf } from '../authz/compile.ts';
 import type { CompiledAuthorization } from '../authz/compile.ts';
 import { makeDirsSync } from '../mkdir.ts';
+import { StateDirLock } from '../identity/state-lock.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
 const BYTE_FLUSH_INTERVAL_MS = 5_000;
@@ -96,6 +97,10 @@ export class NodeProxy {
   #appliedVersion: string | undefined;
   readonly #violationsGauge = new Gauge({ name: 'ambit_peer_authentication_violations', help: 'PeerAuthentications not applied because they would weaken an enforced mesh-wide mode', registers: [this.registry] });
   #closed = false;
+  /** The state directory's lease (StateDirLock), held from start to close. */
+  #stateLock: StateDirLock | undefined;
+  /** Aborted by close(): ends a start's wait for the state directory. */
+  readonly #starting = new AbortController();
   /** Shutting down: listeners closed, open connections finishing (close's drainMs). */
   #draining = false;
   readonly #heapRelease = new HeapRelease();
@@ -179,6 +184,8 @@ export class NodeProxy {
       const code = (error as NodeJS.ErrnoException).code;
       throw new AmbitError('FILE_WRITE', `state directory ${options.stateDir} cannot be created: ${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}`, { cause: error });
     }
+    // Before the node SVID there is read or renewed: a second proxy on the directory waits for the first to stop.
+    this.#stateLock = await StateDirLock.acquire(options.stateDir, this.#logger, this.#starting.signal);
     this.#config = await watchConfigDir(options.configDir, {
       requireMesh: true,
       // Every accepted change, with its diff and files, goes to the audit log (one JSON line each).
@@ -441,6 +448,8 @@ export class NodeProxy {
    * which its application sees as one). Without, at once.
    */
   async close(options: { drainMs?: number } = {}): Promise<void> {
+    // A start still waiting for the state directory stops waiting.
+    this.#starting.abort();
     const drainMs = options.drainMs ?? 0;
     if (drainMs > 0 && !this.#closed && !this.#draining) await this.#drain(drainMs);
     this.#closed = true;
@@ -455,6 +464,7 @@ export class NodeProxy {
     await this.#agent?.stop();
     await this.#observability?.close();
     await this.#config?.close();
+    await this.#stateLock?.release();
   }
 }
 

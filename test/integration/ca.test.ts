@@ -426,6 +426,31 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(Date.now() - stopping).toBeLessThan(4_000);
   });
 
+  it('a second ambit agent on the same --state-dir waits for the first to stop instead of renewing the node SVID under it', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    const ca = await startCa(caDir, configDir);
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const args = agentArgs(ca, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')).filter((arg) => arg !== '--once');
+    const first = AmbitProcess.start([...args, '--join-token', await createToken(caDir, 'node-a')]);
+    processes.push(first);
+    await first.waitForMessage('agent running');
+    const issued = (await auditLines(caDir)).filter((line) => line.event === 'svid_issued').length;
+    const second = AmbitProcess.start(args);
+    processes.push(second);
+    const waiting = await second.waitFor((line) => typeof line.msg === 'string' && line.msg.includes('is in use by another ambit process'), 10_000, 'the wait for the state directory');
+    expect(waiting.msg).toContain(`pid ${first.child.pid}`);
+    // Waiting, it asks the CA for nothing: the first agent's node SVID stays the one the CA accepts.
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect((await auditLines(caDir)).filter((line) => line.event === 'svid_issued').length).toBe(issued);
+    expect(second.lines.some((line) => line.msg === 'agent running')).toBe(false);
+    // The first stops (its lock goes with it): the second takes the directory and runs on the stored node SVID.
+    expect(await first.stop()).toBe(0);
+    await second.waitForMessage('agent running', 20_000);
+    expect(await second.stop()).toBe(0);
+  }, 40_000);
+
   it('ambit agent without --metrics keeps running, waits out a CA it cannot reach yet, and exits 0 on SIGTERM', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD);

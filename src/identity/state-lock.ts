@@ -1,0 +1,173 @@
+// One process per state directory. The node SVID kept there is renewed by whoever holds it, and the CA accepts only
+// the newest serial of a node: two proxies (a DaemonSet rollout with maxSurge on a hostPath directory, a second
+// systemd unit, a debugging run) would each renew under the other until one is refused for good, its join token long
+// spent, and every certificate of the node it serves expires (SPIRE's agent, too, keeps its data directory to one
+// agent). Node has no flock, and a PID says nothing across PID namespaces (two pods' processes can both be PID 1), so
+// the lock is a lease: a file made exclusively and touched every few seconds. A lease not touched for LEASE_STALE_MS,
+// or one whose holder is provably gone (this machine booted since, or a process of our own PID namespace that no
+// longer exists), is taken over; a live one is waited for, saying whose it is.
+import { randomUUID } from 'node:crypto';
+import { open, readFile, readlink, stat, unlink, utimes } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AmbitError } from '../errors.ts';
+import type { Logger } from '../observe/log.ts';
+
+export const LOCK_FILE = 'lock';
+/** How often the holder touches its lease. */
+const LEASE_REFRESH_MS = 5_000;
+/** A lease untouched this long is abandoned (three refreshes missed: a process stopped, a pod gone). */
+export const LEASE_STALE_MS = 15_000;
+
+interface Holder {
+  readonly pid: number;
+  readonly host: string;
+  /** The PID namespace (`/proc/self/ns/pid`'s link): a PID means something only within its own. */
+  readonly pidNamespace: string;
+  /** The kernel's boot ID: a lease from before the last boot is nobody's. */
+  readonly bootId: string;
+  readonly startedAt: string;
+  readonly token: string;
+}
+
+/** The tokens of the leases this process holds: a lock with our PID is an earlier process's only if none of them. */
+const heldHere = new Set<string>();
+
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+async function pidNamespace(): Promise<string> {
+  return readlink('/proc/self/ns/pid').catch(() => '');
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, another user's.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Why the lease in `file` is nobody's any more, or null while its holder may be alive. */
+function abandoned(holder: Partial<Holder> | null, ageMs: number, ours: Holder): string | null {
+  if (ageMs > LEASE_STALE_MS) return `not renewed for ${Math.round(ageMs / 1000)} s`;
+  if (holder === null) return null;
+  if (holder.bootId !== undefined && holder.bootId !== '' && ours.bootId !== '' && holder.bootId !== ours.bootId) return 'taken before this machine last booted';
+  if (holder.pidNamespace !== undefined && holder.pidNamespace !== '' && holder.pidNamespace === ours.pidNamespace && holder.bootId === ours.bootId && typeof holder.pid === 'number') {
+    if (holder.pid === process.pid) return typeof holder.token === 'string' && heldHere.has(holder.token) ? null : 'taken by an earlier process with this one\'s PID';
+    if (!alive(holder.pid)) return `its process (pid ${holder.pid}) is gone`;
+  }
+  return null;
+}
+
+function describe(holder: Partial<Holder> | null): string {
+  if (holder === null) return 'a process whose lock file is being written';
+  return `pid ${String(holder.pid)} on host ${String(holder.host)}, since ${String(holder.startedAt)}`;
+}
+
+export class StateDirLock {
+  readonly file: string;
+  readonly #token: string;
+  readonly #logger: Logger;
+  readonly #timer: NodeJS.Timeout;
+  #lost = false;
+
+  private constructor(file: string, token: string, logger: Logger) {
+    this.file = file;
+    this.#token = token;
+    this.#logger = logger;
+    this.#timer = setInterval(() => void this.#refresh(), LEASE_REFRESH_MS);
+    this.#timer.unref();
+  }
+
+  /**
+   * Takes the state directory's lease (the directory exists), waiting while another live process holds it, with a
+   * warning naming it at first and every minute. `signal` ends the wait (a stop during start).
+   */
+  static async acquire(dir: string, logger: Logger, signal?: AbortSignal): Promise<StateDirLock> {
+    const file = join(dir, LOCK_FILE);
+    const ours: Holder = { pid: process.pid, host: hostname(), pidNamespace: await pidNamespace(), bootId: bootId(), startedAt: new Date().toISOString(), token: randomUUID() };
+    let warnedAtMs = 0;
+    for (;;) {
+      if (signal?.aborted) throw new AmbitError('STATE_DIR_LOCKED', `${file}: stopped while waiting for the state directory`);
+      try {
+        const handle = await open(file, 'wx', 0o600);
+        try {
+          await handle.writeFile(`${JSON.stringify(ours)}\n`);
+        } finally {
+          await handle.close();
+        }
+        heldHere.add(ours.token);
+        return new StateDirLock(file, ours.token, logger);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw new AmbitError('FILE_WRITE', `state directory lock ${file} cannot be made: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+        }
+      }
+      let holder: Partial<Holder> | null;
+      let ageMs: number;
+      try {
+        const [text, info] = await Promise.all([readFile(file, 'utf8'), stat(file)]);
+        ageMs = Date.now() - info.mtimeMs;
+        try {
+          holder = JSON.parse(text) as Partial<Holder>;
+        } catch {
+          // Written half (a crash between create and write, or a write under way): its age decides.
+          holder = null;
+        }
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw new AmbitError('FILE_READ', `state directory lock ${file} cannot be read: ${(error as Error).message}`, { cause: error });
+      }
+      const why = abandoned(holder, ageMs, ours);
+      if (why !== null) {
+        logger.warn({ file, holder, reason: why }, 'taking over the state directory lock of a process that is gone');
+        await unlink(file).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT') throw new AmbitError('FILE_WRITE', `state directory lock ${file} cannot be removed: ${error.message}`, { cause: error });
+        });
+        continue;
+      }
+      if (Date.now() - warnedAtMs >= 60_000) {
+        warnedAtMs = Date.now();
+        logger.warn({ file, holder }, `state directory ${dir} is in use by another ambit process (${describe(holder)}); waiting for it to stop: one proxy or agent per state directory, or both would renew the node's certificate and the CA would refuse one`);
+      }
+      await sleep(1_000, undefined, signal === undefined ? {} : { signal }).catch(() => {});
+    }
+  }
+
+  async #refresh(): Promise<void> {
+    if (this.#lost) return;
+    try {
+      const holder = JSON.parse(await readFile(this.file, 'utf8')) as Partial<Holder>;
+      if (holder.token !== this.#token) throw new Error(`held by ${describe(holder)}`);
+      const now = new Date();
+      await utimes(this.file, now, now);
+    } catch (error) {
+      // Another process took it over (this one was stopped longer than the lease), or it was removed: said once, loudly.
+      this.#lost = true;
+      this.#logger.error({ file: this.file, err: (error as Error).message }, 'lost the state directory lock: another process may be renewing this node\'s certificates too');
+    }
+  }
+
+  /** Gives the lease up, if it is still ours. */
+  async release(): Promise<void> {
+    clearInterval(this.#timer);
+    heldHere.delete(this.#token);
+    if (this.#lost) return;
+    try {
+      const holder = JSON.parse(await readFile(this.file, 'utf8')) as Partial<Holder>;
+      if (holder.token === this.#token) await unlink(this.file);
+    } catch {
+      // Gone already, or not ours to remove.
+    }
+  }
+}

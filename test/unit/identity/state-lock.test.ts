@@ -1,0 +1,110 @@
+// One process per state directory (src/identity/state-lock.ts): a lease file, waited for while its holder is alive,
+// taken over once it is provably gone or its lease is stale.
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, readlink, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../../src/observe/log.ts';
+import { LEASE_STALE_MS, LOCK_FILE, StateDirLock } from '../../../src/identity/state-lock.ts';
+
+let dir: string;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ambit-state-lock-'));
+});
+
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Whether the promise settles within ms (true) or is still pending (false). */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  return Promise.race([promise.then(() => true, () => true), new Promise<boolean>((resolve) => setTimeout(resolve, ms, false))]);
+}
+
+/** A lock file as another process would have written it. */
+async function foreignLock(fields: Record<string, unknown>): Promise<void> {
+  const ours = await readlink('/proc/self/ns/pid').catch(() => '');
+  const bootId = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => '')).trim();
+  await writeFile(join(dir, LOCK_FILE), `${JSON.stringify({ pid: 1, host: 'elsewhere', pidNamespace: ours, bootId, startedAt: new Date().toISOString(), token: 'theirs', ...fields })}\n`);
+}
+
+describe('the state directory lock', () => {
+  it('is taken in an empty directory, names this process, and is removed on release', async () => {
+    const lock = await StateDirLock.acquire(dir, silentLogger());
+    const held = JSON.parse(await readFile(join(dir, LOCK_FILE), 'utf8')) as { pid: number };
+    expect(held.pid).toBe(process.pid);
+    await lock.release();
+    await expect(stat(join(dir, LOCK_FILE))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('makes a second taker wait while the first holds it, and gives it over once the first releases', async () => {
+    const first = await StateDirLock.acquire(dir, silentLogger());
+    const second = StateDirLock.acquire(dir, silentLogger());
+    expect(await settlesWithin(second, 1_500)).toBe(false);
+    await first.release();
+    expect(await settlesWithin(second, 2_500)).toBe(true);
+    await (await second).release();
+  });
+
+  it('stops waiting when told to, with STATE_DIR_LOCKED naming the file', async () => {
+    const first = await StateDirLock.acquire(dir, silentLogger());
+    const stop = new AbortController();
+    const second = StateDirLock.acquire(dir, silentLogger(), stop.signal);
+    setTimeout(() => stop.abort(), 300);
+    await expect(second).rejects.toMatchObject({ code: 'STATE_DIR_LOCKED', message: expect.stringContaining(join(dir, LOCK_FILE)) });
+    await first.release();
+  });
+
+  it('waits for a live holder in another PID namespace (another pod) whose lease is fresh', async () => {
+    await foreignLock({ pidNamespace: 'pid:[1]', pid: process.pid });
+    const taking = StateDirLock.acquire(dir, silentLogger());
+    expect(await settlesWithin(taking, 1_500)).toBe(false);
+    // Its holder gone without a word: the lease goes stale and is taken over.
+    const old = new Date(Date.now() - LEASE_STALE_MS - 1_000);
+    await utimes(join(dir, LOCK_FILE), old, old);
+    expect(await settlesWithin(taking, 2_500)).toBe(true);
+    await (await taking).release();
+  });
+
+  it('takes over at once a lock whose process, in this PID namespace, is gone', async () => {
+    const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+    await foreignLock({ pid: Number(gone.stdout) });
+    const lock = await StateDirLock.acquire(dir, silentLogger());
+    expect((JSON.parse(await readFile(join(dir, LOCK_FILE), 'utf8')) as { pid: number }).pid).toBe(process.pid);
+    await lock.release();
+  });
+
+  it('takes over at once a lock taken before this machine last booted', async () => {
+    await foreignLock({ bootId: '00000000-0000-0000-0000-000000000000', pidNamespace: 'pid:[1]' });
+    const lock = await StateDirLock.acquire(dir, silentLogger());
+    await lock.release();
+  });
+
+  it('does not take over a lock whose process is alive in this PID namespace', async () => {
+    // PID 1 of this namespace is always alive.
+    await foreignLock({ pid: 1 });
+    const taking = StateDirLock.acquire(dir, silentLogger());
+    expect(await settlesWithin(taking, 1_500)).toBe(false);
+    await rm(join(dir, LOCK_FILE));
+    await (await taking).release();
+  });
+
+  it('takes over a half-written lock file only once it is stale', async () => {
+    await writeFile(join(dir, LOCK_FILE), '{"pid": 12');
+    const taking = StateDirLock.acquire(dir, silentLogger());
+    expect(await settlesWithin(taking, 1_500)).toBe(false);
+    const old = new Date(Date.now() - LEASE_STALE_MS - 1_000);
+    await utimes(join(dir, LOCK_FILE), old, old);
+    expect(await settlesWithin(taking, 2_500)).toBe(true);
+    await (await taking).release();
+  });
+
+  it('leaves alone, on release, a lock another process took over', async () => {
+    const lock = await StateDirLock.acquire(dir, silentLogger());
+    await foreignLock({ token: 'someone else' });
+    await lock.release();
+    expect((JSON.parse(await readFile(join(dir, LOCK_FILE), 'utf8')) as { token: string }).token).toBe('someone else');
+  });
+});
