@@ -47,6 +47,8 @@ import {
   H2_CONNECTION_WINDOW_BYTES,
   H2_MAX_FRAME_BYTES,
   H2_MAX_SESSION_MEMORY_MB,
+  H2_SERVER_STREAM_RESET_BURST,
+  H2_SERVER_STREAM_RESET_RATE,
   H2_SERVER_MAX_HEADER_LIST_BYTES,
   H2_SERVER_MAX_STREAMS,
   H2_STREAM_WINDOW_BYTES,
@@ -526,6 +528,8 @@ export class HboneInbound {
       // descriptor each for two minutes, unauthenticated. A peer gives its own TLS connect this long.
       handshakeTimeout: this.#options.handshakeTimeoutMs ?? CONNECT_TIMEOUT_MS,
       maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
+      streamResetBurst: H2_SERVER_STREAM_RESET_BURST,
+      streamResetRate: H2_SERVER_STREAM_RESET_RATE,
       settings: {
         initialWindowSize: H2_STREAM_WINDOW_BYTES,
         maxFrameSize: H2_MAX_FRAME_BYTES,
@@ -656,7 +660,10 @@ export class HboneInbound {
     // Before any phase: the peer may reset the stream (or its session may fail) while we still decide or
     // connect upstream, and an 'error' with no listener would throw and take the whole proxy down.
     stream.on('error', ignoreStreamError);
-    const session = stream.session as http2.ServerHttp2Session;
+    // Node emits 'stream' a tick after the HEADERS: a stream reset or a session destroyed meanwhile has no session
+    // left, and taking it for one threw out of the event (the proxy exited; review R, under clients' resets).
+    const session = stream.session as http2.ServerHttp2Session | undefined;
+    if (session === undefined || stream.destroyed) return;
     streamOpened(session);
     stream.once('close', () => streamClosed(session));
     const known = peers.get(session);

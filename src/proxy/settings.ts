@@ -14,6 +14,14 @@ export const H2_MIN_STREAM_WINDOW_BYTES = 128 * 1024;
 export const H2_CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
 /** Largest DATA frame we accept: 1 MiB, so bulk transfers move in few frames. */
 export const H2_MAX_FRAME_BYTES = 1024 * 1024;
+/**
+ * Server: streams a peer may reset per second, and at once (nghttp2's token bucket against rapid reset, CVE-2023-44487;
+ * it refills once a second, so the burst is also the most per second). Node's defaults, 1,000 then 33 a second, took a
+ * busy node whose clients reset their connections for an attacker and ended the session with every tunnel on it; these
+ * follow what one node can churn (about 2,000 connections a second), and a flood in one write is still cut at 2,000.
+ */
+export const H2_SERVER_STREAM_RESET_BURST = 2_000;
+export const H2_SERVER_STREAM_RESET_RATE = 2_000;
 /** Server: streams a peer may open on one session (ztunnel advertises 200). */
 export const H2_SERVER_MAX_STREAMS = 200;
 /** Client: streams we put on one pooled session before opening another (Go and ztunnel use 100). */

@@ -993,6 +993,43 @@ describe('HBONE inbound: stream floods', () => {
     await waitUntil('upstream of the reset stream closed', () => echo.open.size === 0, 5_000);
   });
 
+  it("keeps a session whose peer resets tunnels it answered, at a busy node's rate (its clients reset them), and the session's other tunnels with it", async () => {
+    const session = dialHbone(validClient);
+    try {
+      const victim = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);
+      expect(victim.status).toBe(200);
+      // 1,500 tunnels answered, then reset by the client side, 50 at a time: Node's default limit (1,000 at once, then
+      // 33 a second) took them for an attack and ended the session, every tunnel on it cut.
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < 1_500) {
+          next++;
+          const { status, stream } = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);
+          expect(status).toBe(200);
+          stream.close(NGHTTP2_CANCEL);
+        }
+      };
+      await Promise.all(Array.from({ length: 50 }, worker));
+      expect(session.closed || session.destroyed).toBe(false);
+      const payload = randomBytes(1024);
+      victim.stream.write(payload);
+      const echoed = await new Promise<Buffer>((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        let length = 0;
+        victim.stream.on('data', (chunk: Buffer) => {
+          chunks.push(chunk);
+          length += chunk.length;
+          if (length >= payload.length) resolve(Buffer.concat(chunks));
+        });
+        victim.stream.once('close', () => reject(new Error(`the tunnel was closed (RST ${victim.stream.rstCode})`)));
+      });
+      expect(echoed.equals(payload)).toBe(true);
+    } finally {
+      session.destroy();
+    }
+    await waitUntil('upstreams of the reset tunnels closed', () => echo.open.size === 0, 5_000);
+  }, 30_000);
+
   it('cuts off a rapid-reset flood (HEADERS then RST_STREAM, 5,000 times) without leaking upstream connections or memory, and says which peer', async () => {
     const since = nodeB().proc.lines.length;
     const pid = nodeB().proc.child.pid as number;
