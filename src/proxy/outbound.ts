@@ -10,7 +10,7 @@ import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
-import { acceptErrorLogger } from '../observe/log.ts';
+import { acceptErrorLogger, LogBudget } from '../observe/log.ts';
 import { UNKNOWN_SERVICE, UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
 import type { Flushable, ProxyMetrics, ServiceLabels, TunnelLabels, TunnelMeter, WorkloadLabels } from '../observe/metrics.ts';
 import { labelsOfWorkload } from './labels.ts';
@@ -191,6 +191,8 @@ export interface OutboundOptions {
 export class OutboundListeners {
   readonly #options: OutboundOptions;
   readonly #logger: Logger;
+  /** Refusals anyone reaching a listener can cause: at most 20 warnings per 10 s, the rest counted in the next. */
+  readonly #refusalLogBudget = new LogBudget(10_000, 20);
   readonly #listeners = new Map<string, Listener>();
   /** Open application connections, by the workload whose identity they leave with. */
   readonly #live = new Map<net.Socket, Workload>();
@@ -326,9 +328,15 @@ export class OutboundListeners {
     }
     // The owner's identity is lent only to the owner's own connections: a listener on an address other hosts can
     // reach (a VM's IP, a wildcard) must not send their connections with it.
-    const from = socket.remoteAddress ?? '';
+    const from = socket.remoteAddress;
+    // No address: the client reset the connection before it was taken (getpeername fails); nothing to refuse or say.
+    if (from === undefined) {
+      socket.destroy();
+      return;
+    }
     if (!isLoopbackAddress(from) && !source.ips.includes(normalizeIp(from))) {
-      this.#logger.warn({ listener: key(spec), owner: spec.owner, peer: from }, "outbound connection refused: it comes from neither the listener owner's IPs nor this host's loopback");
+      // Budgeted: anyone who reaches the listener can cause it at any rate.
+      this.#refusalLogBudget.warn(this.#logger, 'foreign-source', { listener: key(spec), owner: spec.owner, peer: from }, "outbound connection refused: it comes from neither the listener owner's IPs nor this host's loopback");
       socket.destroy();
       return;
     }
@@ -336,7 +344,7 @@ export class OutboundListeners {
     // would leave with the owner's certificate.
     const other = this.#options.snapshot().workloadByIp(normalizeIp(from));
     if (other !== undefined && other !== source) {
-      this.#logger.warn({ listener: key(spec), owner: spec.owner, peer: from, peerWorkload: `${other.namespace}/${other.name}` }, "outbound connection refused: it comes from another workload's IP, and would leave with the listener owner's identity");
+      this.#refusalLogBudget.warn(this.#logger, 'other-workload', { listener: key(spec), owner: spec.owner, peer: from, peerWorkload: `${other.namespace}/${other.name}` }, "outbound connection refused: it comes from another workload's IP, and would leave with the listener owner's identity");
       socket.destroy();
       return;
     }

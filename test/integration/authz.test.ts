@@ -341,6 +341,18 @@ spec:
     });
     expect(received).toBe('');
     await nodeA.proc.waitFor((line) => nodeA.proc.lines.indexOf(line) >= since && String(line.msg).startsWith("outbound connection refused: it comes from another workload's IP") && line.peer === OTHER_IP);
+    // Whoever reaches the listener can do it at any rate: 30 more are refused alike, with at most 20 warnings in 10 s.
+    for (let i = 0; i < 30; i++) {
+      await new Promise<void>((resolve) => {
+        const socket = connect({ host: CLIENT_IP, port: 9007, localAddress: OTHER_IP });
+        socket.on('error', () => {});
+        socket.on('close', () => resolve());
+        socket.resume();
+      });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const warned = nodeA.proc.lines.slice(since).filter((line) => String(line.msg).startsWith("outbound connection refused: it comes from another workload's IP"));
+    expect(warned).toHaveLength(20);
   });
 
   it('denies one HTTP request with 403 RBAC: access denied and allows the next on the same connection', async () => {
