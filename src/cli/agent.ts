@@ -140,6 +140,14 @@ export const command: Command = {
     // as soon as it was running, or while it backed off from a CA it could not reach, and renewed nothing.
     const alive = setInterval(() => {}, 2 ** 30);
     let lock: StateDirLock | undefined;
+    let lostLock: AmbitError | undefined;
+    // From before the start: a SIGTERM while the agent waits (for the state directory, for the CA) stops it and lets go
+    // of the state directory, where the default action had left its lock behind.
+    const stopping = new AbortController();
+    const stop = () => stopping.abort();
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    stopping.signal.addEventListener('abort', () => void agent.stop(), { once: true });
     try {
       // One process per state directory (a proxy's or another agent's would renew the node SVID under this one).
       const stateDir = requireString(values['state-dir'], 'state-dir');
@@ -149,8 +157,25 @@ export const command: Command = {
         const code = (error as NodeJS.ErrnoException).code;
         throw new AmbitError('FILE_WRITE', `state directory ${stateDir} cannot be written (${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}): not attesting, so the join token is not spent with nowhere to keep the node SVID`, { cause: error });
       }
-      lock = await StateDirLock.acquire(stateDir, logger);
-      return await runAgent();
+      // --once fails at once, as it does when no CA answers: a script must not wait on a running agent or proxy.
+      lock = await StateDirLock.acquire(stateDir, logger, stopping.signal, { wait: values.once !== true });
+      const held = lock;
+      // Another process took the lease (this one was stopped or stalled): this one stops renewing at once.
+      void held.lost.then((error) => {
+        lostLock = error;
+        stopping.abort();
+      });
+      const code = await runAgent();
+      if (lostLock !== undefined) throw lostLock;
+      return code;
+    } catch (error) {
+      if (lostLock !== undefined) throw lostLock;
+      // Stopped while it started (a SIGTERM during the wait for the CA or the directory): an orderly end.
+      if (stopping.signal.aborted) {
+        logger.info('agent stopped before it had started');
+        return 0;
+      }
+      throw error;
     } finally {
       clearInterval(alive);
       await lock?.release();
@@ -203,8 +228,8 @@ export const command: Command = {
       }
       logger.info({ identities: agent.identities(), out }, 'agent running');
       await new Promise<void>((resolve) => {
-        process.once('SIGTERM', resolve);
-        process.once('SIGINT', resolve);
+        if (stopping.signal.aborted) resolve();
+        stopping.signal.addEventListener('abort', () => resolve(), { once: true });
       });
       // Closed, or its listening socket would keep the process alive after SIGTERM until the kubelet's SIGKILL.
       metricsServer?.closeAllConnections();

@@ -1,6 +1,7 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
 import { joinTokenOption, parse, parseCaUrl, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
+import type { AmbitError } from '../errors.ts';
 import { ignoreHangup } from './hangup.ts';
 import { parseListen, parsePort } from './listen.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
@@ -77,29 +78,49 @@ export const command: Command = {
     const logger = createLogger({ name: 'ambit-proxy' });
     // From the start: the first attestation may wait minutes for the CA.
     ignoreHangup(logger, 'the configuration directory is watched and certificates renew by themselves');
-    const proxy = await NodeProxy.start({
-      nodeName: requireString(values.node, 'node'),
-      configDir: requireString(values.config, 'config'),
-      caUrl,
-      caBundle: await readBundleFlag(bundleFile, trustDomain, 'ca-bundle'),
-      stateDir: requireString(values['state-dir'], 'state-dir'),
-      joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
-      outbound,
-      metricsListen,
-      readinessListen,
-      adminListen,
-      sharedHboneListen,
-      hbonePort,
-      certificateTtlSeconds: values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') : undefined,
-      auditLogFile: values['audit-log'],
-      logger,
-    });
+    // From before the start: a SIGTERM while the start waits (for the CA, for the state directory) stops it and lets go
+    // of the state directory, where the default action had left its lock behind.
+    const stopping = new AbortController();
+    const stop = () => stopping.abort();
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    let proxy: NodeProxy;
+    try {
+      proxy = await NodeProxy.start({
+        signal: stopping.signal,
+        nodeName: requireString(values.node, 'node'),
+        configDir: requireString(values.config, 'config'),
+        caUrl,
+        caBundle: await readBundleFlag(bundleFile, trustDomain, 'ca-bundle'),
+        stateDir: requireString(values['state-dir'], 'state-dir'),
+        joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
+        outbound,
+        metricsListen,
+        readinessListen,
+        adminListen,
+        sharedHboneListen,
+        hbonePort,
+        certificateTtlSeconds: values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') : undefined,
+        auditLogFile: values['audit-log'],
+        logger,
+      });
+    } catch (error) {
+      if (!stopping.signal.aborted) throw error;
+      logger.info('proxy stopped before it had started');
+      return 0;
+    }
     const observability = proxy.observability;
     logger.info({ metrics: observability?.metricsUrl, readiness: observability?.readinessUrl, admin: observability?.adminUrl, ready: proxy.readiness() }, 'proxy started');
-    await new Promise<void>((resolve) => {
-      process.once('SIGTERM', resolve);
-      process.once('SIGINT', resolve);
+    const lost = await new Promise<AmbitError | null>((resolve) => {
+      if (stopping.signal.aborted) resolve(null);
+      stopping.signal.addEventListener('abort', () => resolve(null), { once: true });
+      void proxy.stateLockLost.then(resolve);
     });
+    if (lost !== null) {
+      // Another process renews the node's certificates now: this one stops at once, and says why.
+      await proxy.close();
+      throw lost;
+    }
     logger.info('proxy shutting down');
     await proxy.close({ drainMs });
     return 0;

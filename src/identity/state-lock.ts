@@ -69,6 +69,35 @@ function abandoned(holder: Partial<Holder> | null, ageMs: number, ours: Holder):
   return null;
 }
 
+/**
+ * Removes the lock judged abandoned, if it is still that one and no other waiter is removing it: returns whether this
+ * waiter removed it (the caller then tries to take the directory like any other).
+ */
+async function takeOver(file: string, judged: { ino: number; mtimeMs: number; text: string }): Promise<boolean> {
+  const claim = `${file}.takeover-${judged.ino}-${Math.round(judged.mtimeMs * 1000)}`;
+  try {
+    await (await open(claim, 'wx', 0o600)).close();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new AmbitError('FILE_WRITE', `state directory lock claim ${claim} cannot be made: ${(error as Error).message}`, { cause: error });
+    // Another waiter's claim: it removes the lock. One left by a waiter that died in between is cleared once stale.
+    const info = await stat(claim).catch(() => null);
+    if (info !== null && Date.now() - info.mtimeMs > LEASE_STALE_MS) await unlink(claim).catch(() => {});
+    return false;
+  }
+  try {
+    const [text, info] = await Promise.all([readFile(file, 'utf8'), stat(file)]);
+    // Still the lock judged (not a new one the inode of the old was given to): removed.
+    if (info.ino !== judged.ino || info.mtimeMs !== judged.mtimeMs || text !== judged.text) return false;
+    await unlink(file);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw new AmbitError('FILE_WRITE', `state directory lock ${file} cannot be removed: ${(error as Error).message}`, { cause: error });
+  } finally {
+    await unlink(claim).catch(() => {});
+  }
+}
+
 function describe(holder: Partial<Holder> | null): string {
   if (holder === null) return 'a process whose lock file is being written';
   return `pid ${String(holder.pid)} on host ${String(holder.host)}, since ${String(holder.startedAt)}`;
@@ -80,6 +109,12 @@ export class StateDirLock {
   readonly #logger: Logger;
   readonly #timer: NodeJS.Timeout;
   #lost = false;
+  #onLost: (error: AmbitError) => void = () => {};
+  /**
+   * Settles when another process has taken the lease (this one was stopped or stalled past LEASE_STALE_MS): the holder
+   * must stop renewing the node's certificates at once, or the CA refuses one of the two for good.
+   */
+  readonly lost: Promise<AmbitError> = new Promise((resolve) => (this.#onLost = resolve));
 
   private constructor(file: string, token: string, logger: Logger) {
     this.file = file;
@@ -93,7 +128,7 @@ export class StateDirLock {
    * Takes the state directory's lease (the directory exists), waiting while another live process holds it, with a
    * warning naming it at first and every minute. `signal` ends the wait (a stop during start).
    */
-  static async acquire(dir: string, logger: Logger, signal?: AbortSignal): Promise<StateDirLock> {
+  static async acquire(dir: string, logger: Logger, signal?: AbortSignal, options: { wait?: boolean } = {}): Promise<StateDirLock> {
     const file = join(dir, LOCK_FILE);
     const ours: Holder = { pid: process.pid, host: hostname(), pidNamespace: await pidNamespace(), bootId: bootId(), startedAt: new Date().toISOString(), token: randomUUID() };
     let warnedAtMs = 0;
@@ -115,9 +150,11 @@ export class StateDirLock {
       }
       let holder: Partial<Holder> | null;
       let ageMs: number;
+      let judged: { ino: number; mtimeMs: number; text: string };
       try {
         const [text, info] = await Promise.all([readFile(file, 'utf8'), stat(file)]);
         ageMs = Date.now() - info.mtimeMs;
+        judged = { ino: info.ino, mtimeMs: info.mtimeMs, text };
         try {
           holder = JSON.parse(text) as Partial<Holder>;
         } catch {
@@ -130,11 +167,15 @@ export class StateDirLock {
       }
       const why = abandoned(holder, ageMs, ours);
       if (why !== null) {
-        logger.warn({ file, holder, reason: why }, 'taking over the state directory lock of a process that is gone');
-        await unlink(file).catch((error: NodeJS.ErrnoException) => {
-          if (error.code !== 'ENOENT') throw new AmbitError('FILE_WRITE', `state directory lock ${file} cannot be removed: ${error.message}`, { cause: error });
-        });
+        // Two waiters may judge the same lock abandoned: one claim per lock judged, made exclusively, so that only one
+        // removes it (the other would remove the winner's new lock and both would hold the directory).
+        if (await takeOver(file, judged)) logger.warn({ file, holder, reason: why }, 'took over the state directory lock of a process that is gone');
+        // Another waiter is taking it over: a moment for it to finish, not a loop spinning on the claim.
+        else await sleep(50, undefined, signal === undefined ? {} : { signal }).catch(() => {});
         continue;
+      }
+      if (options.wait === false) {
+        throw new AmbitError('STATE_DIR_LOCKED', `state directory ${dir} is in use by another ambit process (${describe(holder)})`);
       }
       if (Date.now() - warnedAtMs >= 60_000) {
         warnedAtMs = Date.now();
@@ -154,7 +195,9 @@ export class StateDirLock {
     } catch (error) {
       // Another process took it over (this one was stopped longer than the lease), or it was removed: said once, loudly.
       this.#lost = true;
-      this.#logger.error({ file: this.file, err: (error as Error).message }, 'lost the state directory lock: another process may be renewing this node\'s certificates too');
+      clearInterval(this.#timer);
+      this.#logger.error({ file: this.file, err: (error as Error).message }, 'lost the state directory lock: stopping, as another process now renews this node\'s certificates');
+      this.#onLost(new AmbitError('STATE_DIR_LOCKED', `${this.file}: lost to another process while this one was stopped or stalled (${(error as Error).message})`));
     }
   }
 

@@ -42,6 +42,8 @@ export interface Address {
 }
 
 export interface NodeProxyOptions {
+  /** Aborted (SIGTERM during start): the start stops, whatever it waits for, and lets go of what it took. */
+  signal?: AbortSignal;
   nodeName: string;
   configDir: string;
   caUrl: string;
@@ -116,13 +118,23 @@ export class NodeProxy {
 
   static async start(options: NodeProxyOptions): Promise<NodeProxy> {
     const proxy = new NodeProxy(options);
+    // Stopping the agent ends a wait for the CA; aborting #starting, one for the state directory.
+    const abort = () => void proxy.close().catch(() => {});
+    options.signal?.addEventListener('abort', abort, { once: true });
     try {
       await proxy.#start();
     } catch (error) {
       await proxy.close().catch(() => {});
       throw error;
+    } finally {
+      options.signal?.removeEventListener('abort', abort);
     }
     return proxy;
+  }
+
+  /** Settles if another process takes the state directory's lease (this one was stopped or stalled): it must stop. */
+  get stateLockLost(): Promise<AmbitError> {
+    return this.#stateLock?.lost ?? new Promise(() => {});
   }
 
   get snapshot(): ConfigSnapshot {

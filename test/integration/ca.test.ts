@@ -445,6 +445,11 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     await new Promise((resolve) => setTimeout(resolve, 1_500));
     expect((await auditLines(caDir)).filter((line) => line.event === 'svid_issued').length).toBe(issued);
     expect(second.lines.some((line) => line.msg === 'agent running')).toBe(false);
+    // --once does not wait: it says whose the directory is, at once.
+    const once = await runAmbit([...args, '--once'], { timeoutMs: 10_000 });
+    expect(once.status).toBe(2);
+    expect(once.stderr).toContain('[STATE_DIR_LOCKED]');
+    expect(once.stderr).toContain(`pid ${first.child.pid}`);
     // The first stops (its lock goes with it): the second takes the directory and runs on the stored node SVID.
     expect(await first.stop()).toBe(0);
     await second.waitForMessage('agent running', 20_000);
@@ -473,6 +478,35 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(exited).toBeUndefined();
     expect(await agent.stop()).toBe(0);
   }, 40_000);
+
+  it('ambit proxy stopped (SIGTERM) while it waits for a CA it cannot reach exits 0 and lets go of its state directory', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const port = await freePort();
+    const proxy = AmbitProcess.start(['proxy', '--node', 'node-a', '--config', configDir, '--ca', `https://127.0.0.1:${port}`, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', TD, '--state-dir', join(dir, 'state'), '--join-token', await createToken(caDir, 'node-a')]);
+    processes.push(proxy);
+    await waitUntil('the state directory taken', () => existsSync(join(dir, 'state', 'lock')), 10_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(await proxy.stop()).toBe(0);
+    expect(existsSync(join(dir, 'state', 'lock'))).toBe(false);
+  }, 30_000);
+
+  it('ambit agent stopped (SIGTERM) while it waits for a CA it cannot reach exits 0 and lets go of its state directory', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const port = await freePort();
+    const args = agentArgs({ url: `https://127.0.0.1:${port}` }, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')).filter((arg) => arg !== '--once');
+    const agent = AmbitProcess.start([...args, '--join-token', await createToken(caDir, 'node-a')]);
+    processes.push(agent);
+    await waitUntil('the state directory taken', () => existsSync(join(dir, 'state', 'lock')), 10_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    // The default action had killed it with the lock held: a restarted container waited out the lease.
+    expect(await agent.stop()).toBe(0);
+    expect(existsSync(join(dir, 'state', 'lock'))).toBe(false);
+  }, 30_000);
 
   it("does not ask the CA again and again when this host's clock runs ahead of the CA's by more than half a certificate's life", async () => {
     const { dir, ca, token, bundle } = await freshCaForNodeA();

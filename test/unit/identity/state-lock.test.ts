@@ -101,6 +101,37 @@ describe('the state directory lock', () => {
     await (await taking).release();
   });
 
+  it('gives a lock two waiters judge abandoned at the same moment to one of them only', async () => {
+    for (let round = 0; round < 5; round++) {
+      const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+      await foreignLock({ pid: Number(gone.stdout) });
+      const takers = [StateDirLock.acquire(dir, silentLogger()), StateDirLock.acquire(dir, silentLogger())];
+      // The loser cannot settle before the winner lets go: a second is room for a busy machine, not a race.
+      const settled = await Promise.all(takers.map((taker) => settlesWithin(taker, 1_000)));
+      expect(settled.filter(Boolean), `round ${round}`).toHaveLength(1);
+      const winner = takers[settled.indexOf(true)] as Promise<StateDirLock>;
+      const loser = takers[settled.indexOf(false)] as Promise<StateDirLock>;
+      await (await winner).release();
+      await (await loser).release();
+    }
+  }, 30_000);
+
+  it('refuses at once, naming the holder, when told not to wait', async () => {
+    const first = await StateDirLock.acquire(dir, silentLogger());
+    await expect(StateDirLock.acquire(dir, silentLogger(), undefined, { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_LOCKED', message: expect.stringContaining(`pid ${process.pid}`) });
+    await first.release();
+  });
+
+  it('says it was lost when another process took the lease over (this one stalled past it)', async () => {
+    const lock = await StateDirLock.acquire(dir, silentLogger());
+    await foreignLock({ token: 'the new holder' });
+    const lost = await Promise.race([lock.lost, new Promise((resolve) => setTimeout(resolve, 7_000, null))]);
+    expect(lost).toMatchObject({ code: 'STATE_DIR_LOCKED' });
+    await lock.release();
+    // Not ours any more: left as the new holder wrote it.
+    expect((JSON.parse(await readFile(join(dir, LOCK_FILE), 'utf8')) as { token: string }).token).toBe('the new holder');
+  }, 10_000);
+
   it('leaves alone, on release, a lock another process took over', async () => {
     const lock = await StateDirLock.acquire(dir, silentLogger());
     await foreignLock({ token: 'someone else' });
