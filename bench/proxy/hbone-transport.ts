@@ -71,6 +71,22 @@ async function makeCertificates(): Promise<Certificates> {
   return { dir, ca, server: await leaf('server'), client: await leaf('client') };
 }
 
+/** Writes `count` MiB to the stream as fast as it takes them, then ends it. */
+function sendMiB(stream: http2.Http2Stream, count: number): void {
+  let left = count;
+  const pump = (): void => {
+    while (left > 0) {
+      left--;
+      if (!stream.write(MIB)) {
+        stream.once('drain', pump);
+        return;
+      }
+    }
+    stream.end();
+  };
+  pump();
+}
+
 /** The server: answers each request of a paced stream with 1 KiB, sends `x-mib` MiB down, or reads what comes up. */
 function serve(certs: Certificates): void {
   const server = http2.createSecureServer({
@@ -92,18 +108,7 @@ function serve(certs: Certificates): void {
       });
       stream.on('end', () => stream.end());
     } else if (mode === 'down') {
-      let left = Number(headers['x-mib']);
-      const pump = (): void => {
-        while (left > 0) {
-          left--;
-          if (!stream.write(MIB)) {
-            stream.once('drain', pump);
-            return;
-          }
-        }
-        stream.end();
-      };
-      pump();
+      sendMiB(stream, Number(headers['x-mib']));
     } else {
       stream.resume();
       stream.on('end', () => stream.end());
@@ -157,18 +162,7 @@ async function measure(certs: Certificates, variant: Variant, mode: Mode, port: 
     units = plan.mib;
   } else {
     const stream = session.request({ ':method': 'POST', ':path': '/', 'x-mode': 'up' });
-    let left = plan.mib;
-    const pump = (): void => {
-      while (left > 0) {
-        left--;
-        if (!stream.write(MIB)) {
-          stream.once('drain', pump);
-          return;
-        }
-      }
-      stream.end();
-    };
-    pump();
+    sendMiB(stream, plan.mib);
     await new Promise((resolve) => stream.on('end', resolve).resume());
     units = plan.mib;
   }
