@@ -479,6 +479,27 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(await agent.stop()).toBe(0);
   }, 40_000);
 
+  it('ambit proxy whose state directory lease another process took (it was stopped past the lease) exits 2 with STATE_DIR_LOCKED, renewing nothing more', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const configDir = await writeConfig(dir, { trustDomain: TD });
+    const ca = await startCa(caDir, configDir);
+    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+    const proxy = AmbitProcess.start(['proxy', '--node', 'node-a', '--config', configDir, '--ca', ca.url, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', TD, '--state-dir', join(dir, 'state'), '--join-token', await createToken(caDir, 'node-a')]);
+    processes.push(proxy);
+    await proxy.waitForMessage('proxy started');
+    // What a successor that found the lease stale leaves: its own lock.
+    await writeFile(join(dir, 'state', 'lock'), `${JSON.stringify({ pid: 1, host: 'successor', pidNamespace: 'pid:[1]', bootId: '', startedAt: new Date().toISOString(), token: 'successor' })}\n`);
+    const code = await new Promise<number | null>((resolve) => {
+      if (proxy.child.exitCode !== null) resolve(proxy.child.exitCode);
+      proxy.child.once('exit', (exit) => resolve(exit));
+    });
+    expect(code).toBe(2);
+    expect(proxy.stderr).toContain('[STATE_DIR_LOCKED]');
+    // The successor's lock is left as it wrote it.
+    expect(JSON.parse(await readFile(join(dir, 'state', 'lock'), 'utf8'))).toMatchObject({ token: 'successor' });
+  }, 30_000);
+
   it('ambit proxy stopped (SIGTERM) while it waits for a CA it cannot reach exits 0 and lets go of its state directory', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD);
