@@ -8,7 +8,7 @@ import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { joinTokenOption, parse, parseCaUrl, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
-import { ignoreHangup } from './hangup.ts';
+import { ignoreHangup, stopSignal } from './hangup.ts';
 import { parseListen } from './listen.ts';
 import { IdentityAgent } from '../identity/agent.ts';
 import { writeFileAtomic } from '../identity/files.ts';
@@ -143,27 +143,18 @@ export const command: Command = {
     let lostLock: AmbitError | undefined;
     // From before the start: a SIGTERM while the agent waits (for the state directory, for the CA) stops it and lets go
     // of the state directory, where the default action had left its lock behind.
-    const stopping = new AbortController();
-    const stop = () => stopping.abort();
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-    stopping.signal.addEventListener('abort', () => void agent.stop(), { once: true });
+    // ...or once another process has taken the lease (this one was stopped or stalled): it stops renewing at once.
+    const lostLease = new AbortController();
+    const stopping = AbortSignal.any([stopSignal(), lostLease.signal]);
+    stopping.addEventListener('abort', () => void agent.stop(), { once: true });
     try {
-      // One process per state directory (a proxy's or another agent's would renew the node SVID under this one).
-      const stateDir = requireString(values['state-dir'], 'state-dir');
-      try {
-        await makeDirs(stateDir, 0o700);
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        throw new AmbitError('FILE_WRITE', `state directory ${stateDir} cannot be written (${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}): not attesting, so the join token is not spent with nowhere to keep the node SVID`, { cause: error });
-      }
-      // --once fails at once, as it does when no CA answers: a script must not wait on a running agent or proxy.
-      lock = await StateDirLock.acquire(stateDir, logger, stopping.signal, { wait: values.once !== true });
-      const held = lock;
-      // Another process took the lease (this one was stopped or stalled): this one stops renewing at once.
-      void held.lost.then((error) => {
+      // One process per state directory (a proxy's or another agent's would renew the node SVID under this one), made
+      // before the token is spent. --once fails at once, as it does when no CA answers: a script must not wait on a
+      // running agent or proxy.
+      lock = await StateDirLock.acquire(requireString(values['state-dir'], 'state-dir'), logger, { signal: stopping, wait: values.once !== true });
+      void lock.lost.then((error) => {
         lostLock = error;
-        stopping.abort();
+        lostLease.abort();
       });
       const code = await runAgent();
       if (lostLock !== undefined) throw lostLock;
@@ -171,7 +162,7 @@ export const command: Command = {
     } catch (error) {
       if (lostLock !== undefined) throw lostLock;
       // Stopped while it started (a SIGTERM during the wait for the CA or the directory): an orderly end.
-      if (stopping.signal.aborted) {
+      if (stopping.aborted) {
         logger.info('agent stopped before it had started');
         return 0;
       }
@@ -228,8 +219,8 @@ export const command: Command = {
       }
       logger.info({ identities: agent.identities(), out }, 'agent running');
       await new Promise<void>((resolve) => {
-        if (stopping.signal.aborted) resolve();
-        stopping.signal.addEventListener('abort', () => resolve(), { once: true });
+        if (stopping.aborted) resolve();
+        stopping.addEventListener('abort', () => resolve(), { once: true });
       });
       // Closed, or its listening socket would keep the process alive after SIGTERM until the kubelet's SIGKILL.
       metricsServer?.closeAllConnections();

@@ -6,3 +6,15 @@ import type { Logger } from '../observe/log.ts';
 export function ignoreHangup(logger: Logger, what: string): void {
   process.on('SIGHUP', () => logger.warn(`SIGHUP ignored: ${what}; SIGTERM or Ctrl-C stops this process`));
 }
+
+/**
+ * Aborted by the first SIGTERM or SIGINT, listened for from the start: one during a start that waits (for the CA, for
+ * the state directory) stops it in order, where the default action had killed the process with its lock held.
+ */
+export function stopSignal(): AbortSignal {
+  const stopping = new AbortController();
+  const stop = () => stopping.abort();
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  return stopping.signal;
+}

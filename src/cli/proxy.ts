@@ -2,7 +2,7 @@
 import { joinTokenOption, parse, parseCaUrl, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import type { AmbitError } from '../errors.ts';
-import { ignoreHangup } from './hangup.ts';
+import { ignoreHangup, stopSignal } from './hangup.ts';
 import { parseListen, parsePort } from './listen.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
 import { createLogger } from '../observe/log.ts';
@@ -80,14 +80,11 @@ export const command: Command = {
     ignoreHangup(logger, 'the configuration directory is watched and certificates renew by themselves');
     // From before the start: a SIGTERM while the start waits (for the CA, for the state directory) stops it and lets go
     // of the state directory, where the default action had left its lock behind.
-    const stopping = new AbortController();
-    const stop = () => stopping.abort();
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    const stopping = stopSignal();
     let proxy: NodeProxy;
     try {
       proxy = await NodeProxy.start({
-        signal: stopping.signal,
+        signal: stopping,
         nodeName: requireString(values.node, 'node'),
         configDir: requireString(values.config, 'config'),
         caUrl,
@@ -105,15 +102,15 @@ export const command: Command = {
         logger,
       });
     } catch (error) {
-      if (!stopping.signal.aborted) throw error;
+      if (!stopping.aborted) throw error;
       logger.info('proxy stopped before it had started');
       return 0;
     }
     const observability = proxy.observability;
     logger.info({ metrics: observability?.metricsUrl, readiness: observability?.readinessUrl, admin: observability?.adminUrl, ready: proxy.readiness() }, 'proxy started');
     const lost = await new Promise<AmbitError | null>((resolve) => {
-      if (stopping.signal.aborted) resolve(null);
-      stopping.signal.addEventListener('abort', () => resolve(null), { once: true });
+      if (stopping.aborted) resolve(null);
+      stopping.addEventListener('abort', () => resolve(null), { once: true });
       void proxy.stateLockLost.then(resolve);
     });
     if (lost !== null) {

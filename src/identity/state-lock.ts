@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
+import { makeDirs } from '../mkdir.ts';
 
 export const LOCK_FILE = 'lock';
 /** How often the holder touches its lease. */
@@ -125,10 +126,18 @@ export class StateDirLock {
   }
 
   /**
-   * Takes the state directory's lease (the directory exists), waiting while another live process holds it, with a
-   * warning naming it at first and every minute. `signal` ends the wait (a stop during start).
+   * Makes the state directory (0700) when missing and takes its lease, waiting while another live process holds it,
+   * with a warning naming it at first and every minute. `signal` ends the wait (a stop during start); `wait: false`
+   * refuses at once instead (STATE_DIR_LOCKED, naming the holder).
    */
-  static async acquire(dir: string, logger: Logger, signal?: AbortSignal, options: { wait?: boolean } = {}): Promise<StateDirLock> {
+  static async acquire(dir: string, logger: Logger, options: { signal?: AbortSignal; wait?: boolean } = {}): Promise<StateDirLock> {
+    const { signal } = options;
+    try {
+      await makeDirs(dir, 0o700);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new AmbitError('FILE_WRITE', `state directory ${dir} cannot be created: ${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}`, { cause: error });
+    }
     const file = join(dir, LOCK_FILE);
     const ours: Holder = { pid: process.pid, host: hostname(), pidNamespace: await pidNamespace(), bootId: bootId(), startedAt: new Date().toISOString(), token: randomUUID() };
     let warnedAtMs = 0;
@@ -187,18 +196,33 @@ export class StateDirLock {
 
   async #refresh(): Promise<void> {
     if (this.#lost) return;
+    let text: string;
     try {
-      const holder = JSON.parse(await readFile(this.file, 'utf8')) as Partial<Holder>;
-      if (holder.token !== this.#token) throw new Error(`held by ${describe(holder)}`);
-      const now = new Date();
-      await utimes(this.file, now, now);
+      text = await readFile(this.file, 'utf8');
     } catch (error) {
-      // Another process took it over (this one was stopped longer than the lease), or it was removed: said once, loudly.
-      this.#lost = true;
-      clearInterval(this.#timer);
-      this.#logger.error({ file: this.file, err: (error as Error).message }, 'lost the state directory lock: stopping, as another process now renews this node\'s certificates');
-      this.#onLost(new AmbitError('STATE_DIR_LOCKED', `${this.file}: lost to another process while this one was stopped or stalled (${(error as Error).message})`));
+      // Removed (by a successor taking it over): lost. Anything else (EMFILE while connections flood the proxy, EIO)
+      // says nothing of who holds it: the next refresh tries again, and the lease is good for two more.
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return this.#loseTo('removed');
+      this.#logger.warn({ file: this.file, err: (error as Error).message }, 'cannot renew the state directory lock; trying again');
+      return;
     }
+    let holder: Partial<Holder> | null = null;
+    try {
+      holder = JSON.parse(text) as Partial<Holder>;
+    } catch {
+      // Being written by a successor: not ours.
+    }
+    if (holder?.token !== this.#token) return this.#loseTo(`held by ${describe(holder)}`);
+    const now = new Date();
+    await utimes(this.file, now, now).catch((error: unknown) => this.#logger.warn({ file: this.file, err: (error as Error).message }, 'cannot renew the state directory lock; trying again'));
+  }
+
+  /** Another process took the lease over (this one was stopped longer than it): said once, loudly, and `lost` settles. */
+  #loseTo(reason: string): void {
+    this.#lost = true;
+    clearInterval(this.#timer);
+    this.#logger.error({ file: this.file, reason }, 'lost the state directory lock: stopping, as another process now renews this node\'s certificates');
+    this.#onLost(new AmbitError('STATE_DIR_LOCKED', `${this.file}: lost to another process while this one was stopped or stalled (${reason})`));
   }
 
   /** Gives the lease up, if it is still ours. */

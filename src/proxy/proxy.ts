@@ -27,7 +27,6 @@ import { HttpInspector } from './l7.ts';
 import { HeapRelease } from './heap.ts';
 import { authorizationOf } from '../authz/compile.ts';
 import type { CompiledAuthorization } from '../authz/compile.ts';
-import { makeDirsSync } from '../mkdir.ts';
 import { StateDirLock } from '../identity/state-lock.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
@@ -190,14 +189,8 @@ export class NodeProxy {
   async #start(): Promise<void> {
     const options = this.#options;
     collectDefaultMetrics({ register: this.registry });
-    try {
-      makeDirsSync(options.stateDir, 0o700);
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      throw new AmbitError('FILE_WRITE', `state directory ${options.stateDir} cannot be created: ${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}`, { cause: error });
-    }
-    // Before the node SVID there is read or renewed: a second proxy on the directory waits for the first to stop.
-    this.#stateLock = await StateDirLock.acquire(options.stateDir, this.#logger, this.#starting.signal);
+    // Made, and held, before the node SVID there is read or renewed: a second proxy on it waits for the first to stop.
+    this.#stateLock = await StateDirLock.acquire(options.stateDir, this.#logger, { signal: this.#starting.signal });
     this.#config = await watchConfigDir(options.configDir, {
       requireMesh: true,
       // Every accepted change, with its diff and files, goes to the audit log (one JSON line each).

@@ -175,6 +175,25 @@ async function webCertificates(ca: RunningCa, dir: string, token: string, bundle
 }
 
 /** A CA of its own, serving, with a join token for node-a and its bundle: for an agent in this process. */
+/**
+ * A CA for node-a with its bundle on disk, serving or not (an address nothing answers on), and how to start a node's
+ * long-running process on a state directory against it: the state-directory tests' setup.
+ */
+async function nodeAWithCa(options: { serving: boolean }) {
+  const dir = await tempDir();
+  const caDir = await initCa(dir, TD);
+  const configDir = await writeConfig(dir, { trustDomain: TD });
+  const caUrl = options.serving ? (await startCa(caDir, configDir)).url : `https://127.0.0.1:${await freePort()}`;
+  const bundleFile = join(dir, 'bundle.pem');
+  await writeFile(bundleFile, (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
+  const stateDir = join(dir, 'state');
+  const commands = {
+    agent: agentArgs({ url: caUrl }, TD, 'node-a', stateDir, join(dir, 'out'), bundleFile).filter((arg) => arg !== '--once'),
+    proxy: ['proxy', '--node', 'node-a', '--config', configDir, '--ca', caUrl, '--ca-bundle', bundleFile, '--trust-domain', TD, '--state-dir', stateDir],
+  };
+  return { caDir, stateDir, lockFile: join(stateDir, 'lock'), commands, token: () => createToken(caDir, 'node-a') };
+}
+
 async function freshCaForNodeA() {
   const dir = await tempDir();
   const caDir = await initCa(dir, TD);
@@ -257,7 +276,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const refused = await runAmbit([...agentArgs(ca, TD, 'node-a', file, join(dir, 'out'), join(dir, 'bundle.pem')), '--join-token', token]);
     expect(refused.status).toBe(2);
     expect(refused.stderr).toContain('[FILE_WRITE]');
-    expect(refused.stderr).toContain(`state directory ${file} cannot be written (a file is in the way)`);
+    expect(refused.stderr).toContain(`state directory ${file} cannot be created: a file is in the way`);
     // Not spent: the same token attests with the right directory.
     const ok = await runAmbit([...agentArgs(ca, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')), '--join-token', token]);
     expect(ok.stderr).toBe('');
@@ -427,17 +446,12 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
   });
 
   it('a second ambit agent on the same --state-dir waits for the first to stop instead of renewing the node SVID under it', async () => {
-    const dir = await tempDir();
-    const caDir = await initCa(dir, TD);
-    const configDir = await writeConfig(dir, { trustDomain: TD });
-    const ca = await startCa(caDir, configDir);
-    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
-    const args = agentArgs(ca, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')).filter((arg) => arg !== '--once');
-    const first = AmbitProcess.start([...args, '--join-token', await createToken(caDir, 'node-a')]);
+    const { caDir, commands, token } = await nodeAWithCa({ serving: true });
+    const first = AmbitProcess.start([...commands.agent, '--join-token', await token()]);
     processes.push(first);
     await first.waitForMessage('agent running');
     const issued = (await auditLines(caDir)).filter((line) => line.event === 'svid_issued').length;
-    const second = AmbitProcess.start(args);
+    const second = AmbitProcess.start(commands.agent);
     processes.push(second);
     const waiting = await second.waitFor((line) => typeof line.msg === 'string' && line.msg.includes('is in use by another ambit process'), 10_000, 'the wait for the state directory');
     expect(waiting.msg).toContain(`pid ${first.child.pid}`);
@@ -446,7 +460,7 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect((await auditLines(caDir)).filter((line) => line.event === 'svid_issued').length).toBe(issued);
     expect(second.lines.some((line) => line.msg === 'agent running')).toBe(false);
     // --once does not wait: it says whose the directory is, at once.
-    const once = await runAmbit([...args, '--once'], { timeoutMs: 10_000 });
+    const once = await runAmbit([...commands.agent, '--once'], { timeoutMs: 10_000 });
     expect(once.status).toBe(2);
     expect(once.stderr).toContain('[STATE_DIR_LOCKED]');
     expect(once.stderr).toContain(`pid ${first.child.pid}`);
@@ -480,16 +494,12 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
   }, 40_000);
 
   it('ambit proxy whose state directory lease another process took (it was stopped past the lease) exits 2 with STATE_DIR_LOCKED, renewing nothing more', async () => {
-    const dir = await tempDir();
-    const caDir = await initCa(dir, TD);
-    const configDir = await writeConfig(dir, { trustDomain: TD });
-    const ca = await startCa(caDir, configDir);
-    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
-    const proxy = AmbitProcess.start(['proxy', '--node', 'node-a', '--config', configDir, '--ca', ca.url, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', TD, '--state-dir', join(dir, 'state'), '--join-token', await createToken(caDir, 'node-a')]);
+    const { commands, token, lockFile } = await nodeAWithCa({ serving: true });
+    const proxy = AmbitProcess.start([...commands.proxy, '--join-token', await token()]);
     processes.push(proxy);
     await proxy.waitForMessage('proxy started');
     // What a successor that found the lease stale leaves: its own lock.
-    await writeFile(join(dir, 'state', 'lock'), `${JSON.stringify({ pid: 1, host: 'successor', pidNamespace: 'pid:[1]', bootId: '', startedAt: new Date().toISOString(), token: 'successor' })}\n`);
+    await writeFile(lockFile, `${JSON.stringify({ pid: 1, host: 'successor', pidNamespace: 'pid:[1]', bootId: '', startedAt: new Date().toISOString(), token: 'successor' })}\n`);
     const code = await new Promise<number | null>((resolve) => {
       if (proxy.child.exitCode !== null) resolve(proxy.child.exitCode);
       proxy.child.once('exit', (exit) => resolve(exit));
@@ -497,36 +507,18 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(code).toBe(2);
     expect(proxy.stderr).toContain('[STATE_DIR_LOCKED]');
     // The successor's lock is left as it wrote it.
-    expect(JSON.parse(await readFile(join(dir, 'state', 'lock'), 'utf8'))).toMatchObject({ token: 'successor' });
+    expect(JSON.parse(await readFile(lockFile, 'utf8'))).toMatchObject({ token: 'successor' });
   }, 30_000);
 
-  it('ambit proxy stopped (SIGTERM) while it waits for a CA it cannot reach exits 0 and lets go of its state directory', async () => {
-    const dir = await tempDir();
-    const caDir = await initCa(dir, TD);
-    const configDir = await writeConfig(dir, { trustDomain: TD });
-    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
-    const port = await freePort();
-    const proxy = AmbitProcess.start(['proxy', '--node', 'node-a', '--config', configDir, '--ca', `https://127.0.0.1:${port}`, '--ca-bundle', join(dir, 'bundle.pem'), '--trust-domain', TD, '--state-dir', join(dir, 'state'), '--join-token', await createToken(caDir, 'node-a')]);
-    processes.push(proxy);
-    await waitUntil('the state directory taken', () => existsSync(join(dir, 'state', 'lock')), 10_000);
+  // The default action had killed it with the lock held: a restarted container waited out the lease.
+  it.each(['proxy', 'agent'] as const)('ambit %s stopped (SIGTERM) while it waits for a CA it cannot reach exits 0 and lets go of its state directory', async (which) => {
+    const { commands, token, lockFile } = await nodeAWithCa({ serving: false });
+    const started = AmbitProcess.start([...commands[which], '--join-token', await token()]);
+    processes.push(started);
+    await waitUntil('the state directory taken', () => existsSync(lockFile), 10_000);
     await new Promise((resolve) => setTimeout(resolve, 1_000));
-    expect(await proxy.stop()).toBe(0);
-    expect(existsSync(join(dir, 'state', 'lock'))).toBe(false);
-  }, 30_000);
-
-  it('ambit agent stopped (SIGTERM) while it waits for a CA it cannot reach exits 0 and lets go of its state directory', async () => {
-    const dir = await tempDir();
-    const caDir = await initCa(dir, TD);
-    await writeFile(join(dir, 'bundle.pem'), (await runAmbit(['ca', 'bundle', '--dir', caDir, '--format', 'pem'])).stdout);
-    const port = await freePort();
-    const args = agentArgs({ url: `https://127.0.0.1:${port}` }, TD, 'node-a', join(dir, 'state'), join(dir, 'out'), join(dir, 'bundle.pem')).filter((arg) => arg !== '--once');
-    const agent = AmbitProcess.start([...args, '--join-token', await createToken(caDir, 'node-a')]);
-    processes.push(agent);
-    await waitUntil('the state directory taken', () => existsSync(join(dir, 'state', 'lock')), 10_000);
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
-    // The default action had killed it with the lock held: a restarted container waited out the lease.
-    expect(await agent.stop()).toBe(0);
-    expect(existsSync(join(dir, 'state', 'lock'))).toBe(false);
+    expect(await started.stop()).toBe(0);
+    expect(existsSync(lockFile)).toBe(false);
   }, 30_000);
 
   it("does not ask the CA again and again when this host's clock runs ahead of the CA's by more than half a certificate's life", async () => {

@@ -1,7 +1,7 @@
 // One process per state directory (src/identity/state-lock.ts): a lease file, waited for while its holder is alive,
 // taken over once it is provably gone or its lease is stale.
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, readlink, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readlink, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -51,7 +51,7 @@ describe('the state directory lock', () => {
   it('stops waiting when told to, with STATE_DIR_LOCKED naming the file', async () => {
     const first = await StateDirLock.acquire(dir, silentLogger());
     const stop = new AbortController();
-    const second = StateDirLock.acquire(dir, silentLogger(), stop.signal);
+    const second = StateDirLock.acquire(dir, silentLogger(), { signal: stop.signal });
     setTimeout(() => stop.abort(), 300);
     await expect(second).rejects.toMatchObject({ code: 'STATE_DIR_LOCKED', message: expect.stringContaining(join(dir, LOCK_FILE)) });
     await first.release();
@@ -118,7 +118,7 @@ describe('the state directory lock', () => {
 
   it('refuses at once, naming the holder, when told not to wait', async () => {
     const first = await StateDirLock.acquire(dir, silentLogger());
-    await expect(StateDirLock.acquire(dir, silentLogger(), undefined, { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_LOCKED', message: expect.stringContaining(`pid ${process.pid}`) });
+    await expect(StateDirLock.acquire(dir, silentLogger(), { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_LOCKED', message: expect.stringContaining(`pid ${process.pid}`) });
     await first.release();
   });
 
@@ -131,6 +131,30 @@ describe('the state directory lock', () => {
     // Not ours any more: left as the new holder wrote it.
     expect((JSON.parse(await readFile(join(dir, LOCK_FILE), 'utf8')) as { token: string }).token).toBe('the new holder');
   }, 10_000);
+
+  it('keeps its lease through a refresh that cannot read it (EMFILE, EIO), and is not taken for lost', async () => {
+    const lock = await StateDirLock.acquire(dir, silentLogger());
+    const file = join(dir, LOCK_FILE);
+    const mine = await readFile(file, 'utf8');
+    // A directory where the file was: the read fails with EISDIR, an error that says nothing of who holds it.
+    await rm(file);
+    await mkdir(file);
+    const lost = await Promise.race([lock.lost, new Promise((resolve) => setTimeout(resolve, 6_000, null))]);
+    expect(lost).toBeNull();
+    await rm(file, { recursive: true });
+    await writeFile(file, mine);
+    await lock.release();
+    await expect(stat(file)).rejects.toMatchObject({ code: 'ENOENT' });
+  }, 10_000);
+
+  it('makes a missing state directory (0700), or says a file is in its way', async () => {
+    const nested = join(dir, 'a', 'b');
+    const lock = await StateDirLock.acquire(nested, silentLogger());
+    expect((await stat(nested)).mode & 0o777).toBe(0o700);
+    await lock.release();
+    await writeFile(join(dir, 'file'), 'x');
+    await expect(StateDirLock.acquire(join(dir, 'file'), silentLogger())).rejects.toMatchObject({ code: 'FILE_WRITE', message: `state directory ${join(dir, 'file')} cannot be created: a file is in the way` });
+  });
 
   it('leaves alone, on release, a lock another process took over', async () => {
     const lock = await StateDirLock.acquire(dir, silentLogger());
