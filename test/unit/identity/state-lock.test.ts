@@ -30,6 +30,16 @@ async function foreignLock(fields: Record<string, unknown>): Promise<void> {
   await writeFile(join(dir, LOCK_FILE), `${JSON.stringify({ pid: 1, host: 'elsewhere', pidNamespace: ours, bootId, startedAt: new Date().toISOString(), token: 'theirs', ...fields })}\n`);
 }
 
+/** The lock in `dir` is waited for while fresh, then (its holder gone without a word) taken once its lease is stale. */
+async function waitedForThenTakenOnceStale(): Promise<void> {
+  const taking = StateDirLock.acquire(dir, silentLogger());
+  expect(await settlesWithin(taking, 1_500)).toBe(false);
+  const old = new Date(Date.now() - LEASE_STALE_MS - 1_000);
+  await utimes(join(dir, LOCK_FILE), old, old);
+  expect(await settlesWithin(taking, 2_500)).toBe(true);
+  await (await taking).release();
+}
+
 describe('the state directory lock', () => {
   it('is taken in an empty directory, names this process, and is removed on release', async () => {
     const lock = await StateDirLock.acquire(dir, silentLogger());
@@ -57,15 +67,9 @@ describe('the state directory lock', () => {
     await first.release();
   });
 
-  it('waits for a live holder in another PID namespace (another pod) whose lease is fresh', async () => {
+  it('waits for a live holder in another PID namespace (another pod) whose lease is fresh, and takes it once stale', async () => {
     await foreignLock({ pidNamespace: 'pid:[1]', pid: process.pid });
-    const taking = StateDirLock.acquire(dir, silentLogger());
-    expect(await settlesWithin(taking, 1_500)).toBe(false);
-    // Its holder gone without a word: the lease goes stale and is taken over.
-    const old = new Date(Date.now() - LEASE_STALE_MS - 1_000);
-    await utimes(join(dir, LOCK_FILE), old, old);
-    expect(await settlesWithin(taking, 2_500)).toBe(true);
-    await (await taking).release();
+    await waitedForThenTakenOnceStale();
   });
 
   it('takes over at once a lock whose process, in this PID namespace, is gone', async () => {
@@ -93,12 +97,7 @@ describe('the state directory lock', () => {
 
   it('takes over a half-written lock file only once it is stale', async () => {
     await writeFile(join(dir, LOCK_FILE), '{"pid": 12');
-    const taking = StateDirLock.acquire(dir, silentLogger());
-    expect(await settlesWithin(taking, 1_500)).toBe(false);
-    const old = new Date(Date.now() - LEASE_STALE_MS - 1_000);
-    await utimes(join(dir, LOCK_FILE), old, old);
-    expect(await settlesWithin(taking, 2_500)).toBe(true);
-    await (await taking).release();
+    await waitedForThenTakenOnceStale();
   });
 
   it('gives a lock two waiters judge abandoned at the same moment to one of them only', async () => {
