@@ -1,5 +1,5 @@
 // Test helpers: configuration directories in fresh temp dirs, and small YAML builders for the objects tests vary.
-import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +22,21 @@ export async function writeFiles(dir: string, files: Record<string, string>): Pr
   for (const [file, text] of Object.entries(files)) {
     await mkdir(dirname(join(dir, file)), { recursive: true });
     await writeFile(join(dir, file), text);
+  }
+}
+
+/**
+ * Writes each file beside itself and renames it into place, as ConfigMaps and editors do: a watcher never sees it
+ * half written. Tests of what a watcher does with files written in place use `writeFiles`.
+ */
+export async function replaceFiles(dir: string, files: Record<string, string>): Promise<void> {
+  for (const [file, text] of Object.entries(files)) {
+    const path = join(dir, file);
+    await mkdir(dirname(path), { recursive: true });
+    // A dotfile: the loader skips those, so the watcher does not load the temporary copy.
+    const temporary = join(dirname(path), `.${file.replaceAll('/', '_')}.tmp`);
+    await writeFile(temporary, text);
+    await rename(temporary, path);
   }
 }
 

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
 import { watchConfigDir } from '../../../src/config/watch.ts';
 import type { ConfigWatcher, WatchErrorKind } from '../../../src/config/watch.ts';
-import { configDir, meshYaml, podYaml, removeConfigDirs, writeFiles } from './temp-config.ts';
+import { configDir, meshYaml, podYaml, removeConfigDirs, replaceFiles } from './temp-config.ts';
 
 const fsWatch = vi.hoisted(() => ({ behaviour: 'throw' as 'throw' | 'fail-later', emitter: undefined as (EventEmitter & { close(): void }) | undefined }));
 
@@ -41,7 +41,7 @@ describe('watchConfigDir without a working fs.watch', () => {
     const changes: ConfigSnapshot[] = [];
     const watcher = await watchConfigDir(dir, { onChange: (next) => changes.push(next), onError: () => undefined, debounceMs: 10, pollIntervalMs: 40 });
     watchers.push(watcher);
-    await writeFiles(dir, { 'pod.yaml': pod('10.0.0.2') });
+    await replaceFiles(dir, { 'pod.yaml': pod('10.0.0.2') });
     await nextChange(changes, 1);
     expect(watcher.current().workloadByIp('10.0.0.2')?.name).toBe('web');
   });
@@ -56,7 +56,7 @@ describe('watchConfigDir without a working fs.watch', () => {
     fsWatch.emitter?.emit('error', new Error('inotify watch limit reached'));
     // Not a rejected change: nothing was refused, the directory is polled instead.
     expect(errors).toEqual([['FILE_READ', 'watch']]);
-    await writeFiles(dir, { 'pod.yaml': pod('10.0.0.3') });
+    await replaceFiles(dir, { 'pod.yaml': pod('10.0.0.3') });
     await nextChange(changes, 1);
     expect(watcher.current().workloadByIp('10.0.0.3')?.name).toBe('web');
   });

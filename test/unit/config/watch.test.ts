@@ -7,7 +7,7 @@ import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
 import { watchConfigDir } from '../../../src/config/watch.ts';
 import type { ConfigWatcher, WatchOptions } from '../../../src/config/watch.ts';
 import type { AmbitError } from '../../../src/errors.ts';
-import { configDir, configError, meshYaml, podYaml, removeConfigDirs, writeFiles } from './temp-config.ts';
+import { configDir, configError, meshYaml, podYaml, removeConfigDirs, replaceFiles, writeFiles } from './temp-config.ts';
 
 type WatchEvent = { type: 'change'; next: ConfigSnapshot; prev: ConfigSnapshot; diff: ConfigDiff } | { type: 'error'; error: AmbitError };
 
@@ -72,7 +72,7 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       const initial = watcher.current();
       expect(initial.workloadByIp('10.0.0.1')?.name).toBe('web');
 
-      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2', 'node-b') });
+      await replaceFiles(dir, { 'pod.yaml': validPod('10.0.0.2', 'node-b') });
       const event = await recorder.next();
       expect(event.type).toBe('change');
       if (event.type !== 'change') return;
@@ -89,7 +89,7 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       const watcher = await startWatching(dir, recorder, options);
       const good = watcher.current();
 
-      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.1').replace('spec:\n', 'spec:\n  nodeName: node-b\n') });
+      await replaceFiles(dir, { 'pod.yaml': validPod('10.0.0.1').replace('spec:\n', 'spec:\n  nodeName: node-b\n') });
       const rejected = await recorder.next();
       expect(rejected.type).toBe('error');
       if (rejected.type !== 'error') return;
@@ -98,12 +98,12 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(watcher.current()).toBe(good);
       expect(watcher.current().identitiesOnNode('node-a').has('spiffe://cluster.local/ns/default/sa/web')).toBe(true);
 
-      await writeFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
+      await replaceFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
       const stillBroken = await recorder.next();
       expect(stillBroken.type).toBe('error');
       expect(watcher.current()).toBe(good);
 
-      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.1', 'node-b') });
+      await replaceFiles(dir, { 'pod.yaml': validPod('10.0.0.1', 'node-b') });
       const recovered = await recorder.next();
       expect(recovered.type).toBe('change');
       if (recovered.type !== 'change') return;
@@ -116,7 +116,7 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
       const recorder = new Recorder();
       await startWatching(dir, recorder, { pollIntervalMs: 40, ...options });
-      await writeFiles(dir, { 'pod.yaml': 'apiVersion: v1\nkind: Pod\nmetadata: { name: [unclosed\n' });
+      await replaceFiles(dir, { 'pod.yaml': 'apiVersion: v1\nkind: Pod\nmetadata: { name: [unclosed\n' });
       expect((await recorder.next()).type).toBe('error');
       await new Promise((resolve) => setTimeout(resolve, 600));
       expect(recorder.events.map((event) => event.type)).toEqual(['error']);
@@ -212,7 +212,7 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       const recorder = new Recorder();
       const watcher = await startWatching(dir, recorder, options);
       // A ConfigMap update half done by hand: the new file in place, a link to a file that is gone beside it.
-      await writeFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
+      await replaceFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
       await symlink(join(dir, 'missing.yaml'), join(dir, 'dangling.yaml'));
       const refused = await recorder.next();
       expect(refused.type === 'error' && refused.error.message).toContain('dangling.yaml');
@@ -248,9 +248,9 @@ describe('watchConfigDir', () => {
     const recorder = new Recorder();
     const watcher = await startWatching(dir, recorder);
     const initial = watcher.current();
-    await writeFiles(dir, { 'pod.yaml': `# reviewed\n${validPod('10.0.0.1')}` });
-    await writeFiles(dir, { 'mesh.yaml': `${meshYaml()}  # a trailing comment\n` });
-    await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.3') });
+    await replaceFiles(dir, { 'pod.yaml': `# reviewed\n${validPod('10.0.0.1')}` });
+    await replaceFiles(dir, { 'mesh.yaml': `${meshYaml()}  # a trailing comment\n` });
+    await replaceFiles(dir, { 'pod.yaml': validPod('10.0.0.3') });
     const event = await recorder.next();
     expect(event.type === 'change' && event.diff.changed.map((change) => change.fields)).toEqual([['status.podIP']]);
     expect(event.type === 'change' && event.prev).toBe(initial);
@@ -261,7 +261,7 @@ describe('watchConfigDir', () => {
     const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
     const recorder = new Recorder();
     await startWatching(dir, recorder, { debounceMs: 150 });
-    for (let index = 2; index <= 6; index++) await writeFiles(dir, { 'pod.yaml': validPod(`10.0.0.${index}`) });
+    for (let index = 2; index <= 6; index++) await replaceFiles(dir, { 'pod.yaml': validPod(`10.0.0.${index}`) });
     const event = await recorder.next();
     expect(event.type === 'change' && event.next.workloadByIp('10.0.0.6')?.name).toBe('web');
     await new Promise((resolve) => setTimeout(resolve, 400));
@@ -276,9 +276,9 @@ describe('watchConfigDir', () => {
     const watcher = await startWatching(dir, recorder, { auditLog });
     const initial = watcher.current();
 
-    await writeFiles(dir, { 'pod.yaml': 'kind: [' });
+    await replaceFiles(dir, { 'pod.yaml': 'kind: [' });
     expect((await recorder.next()).type).toBe('error');
-    await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.1', 'node-b') });
+    await replaceFiles(dir, { 'pod.yaml': validPod('10.0.0.1', 'node-b') });
     expect((await recorder.next()).type).toBe('change');
     await auditLog.flush();
 
@@ -296,7 +296,7 @@ describe('watchConfigDir', () => {
     const watcher = await watchConfigDir(dir, { ...recorder.callbacks, debounceMs: 20 });
     const last = watcher.current();
     await watcher.close();
-    await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2') });
+    await replaceFiles(dir, { 'pod.yaml': validPod('10.0.0.2') });
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect(recorder.events).toEqual([]);
     expect(watcher.current()).toBe(last);
