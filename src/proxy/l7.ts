@@ -286,7 +286,7 @@ function endAfterWorkloadClosed(stream: http2.ServerHttp2Stream): void {
   if (stream.destroyed) return;
   stream.end();
   if (stream.writableFinished) {
-    setTimeout(stopUpload, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
+    awaitClientEnd(stream);
     return;
   }
   let unsent = stream.writableLength;
@@ -300,9 +300,50 @@ function endAfterWorkloadClosed(stream: http2.ServerHttp2Stream): void {
   }, UPSTREAM_CLOSED_STALL_MS).unref();
   stream.once('finish', () => {
     clearInterval(stall);
-    setTimeout(stopUpload, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
+    awaitClientEnd(stream);
   });
   stream.once('close', () => clearInterval(stall));
+}
+
+/** How often tunnels waiting for their client's end are looked at: a closed one is let go of within this. */
+const CLIENT_END_CHECK_MS = 50;
+/** Tunnels whose answer has all left, waiting for the client to end its side (awaitClientEnd). */
+const awaitingClientEnd = new Set<http2.ServerHttp2Stream>();
+let clientEndCheck: NodeJS.Timeout | undefined;
+
+/**
+ * Our answer has all left: the tunnel ends when the client ends its side, or is asked to stop sending after the grace.
+ * The client's END_STREAM closes the stream, but Node lets a stream go only once its unread rest is read, and the rest
+ * of an upload answered early is what Node's HTTP server keeps paused; Node signals the close itself to nobody. Each
+ * such tunnel had held its place among the session's concurrent streams for the whole grace: under 50 clients answered
+ * early the destination refused 4 new tunnels in 10 (ENHANCE_YOUR_CALM), then closed the session for refusing too many.
+ */
+function awaitClientEnd(stream: http2.ServerHttp2Stream): void {
+  if (stream.destroyed) return;
+  if (stream.closed) {
+    stream.destroy();
+    return;
+  }
+  const grace = setTimeout(stopUpload, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
+  awaitingClientEnd.add(stream);
+  stream.once('close', () => {
+    clearTimeout(grace);
+    awaitingClientEnd.delete(stream);
+  });
+  clientEndCheck ??= setInterval(letClosedTunnelsGo, CLIENT_END_CHECK_MS).unref();
+}
+
+function letClosedTunnelsGo(): void {
+  for (const stream of awaitingClientEnd) {
+    if (!stream.closed && !stream.destroyed) continue;
+    awaitingClientEnd.delete(stream);
+    // Both ends have sent END_STREAM: what is left unread is the rest of an upload nobody takes.
+    stream.destroy();
+  }
+  if (awaitingClientEnd.size === 0) {
+    clearInterval(clientEndCheck);
+    clientEndCheck = undefined;
+  }
 }
 
 /** A request the workload's connection closed before answering: Envoy's body for its 502 (UC). */
@@ -1386,6 +1427,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
  * NO_ERROR after the complete answer asks it to stop (RFC 9113 §8.1), as the workload asked us and as Envoy does.
  */
 function stopUpload(stream: http2.ServerHttp2Stream): void {
+  awaitingClientEnd.delete(stream);
   if (stream.destroyed || stream.readableEnded) return;
   // Closed already (the client's END_STREAM or reset came, our answer has left): nothing more can arrive, and what is
   // buffered unread is the rest of an upload nobody will take (an answer given before the body had all come), which
