@@ -493,11 +493,14 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(await agent.stop()).toBe(0);
   }, 40_000);
 
-  it('ambit proxy whose state directory lease another process took (it was stopped past the lease) exits 2 with STATE_DIR_LOCKED, renewing nothing more', async () => {
+  it.each([
+    ['proxy', 'proxy started'],
+    ['agent', 'agent running'],
+  ] as const)('ambit %s whose state directory lease another process took (it was stopped past the lease) exits 2 with STATE_DIR_LOCKED, renewing nothing more', async (which, running) => {
     const { commands, token, lockFile } = await nodeAWithCa({ serving: true });
-    const proxy = AmbitProcess.start([...commands.proxy, '--join-token', await token()]);
+    const proxy = AmbitProcess.start([...commands[which], '--join-token', await token()]);
     processes.push(proxy);
-    await proxy.waitForMessage('proxy started');
+    await proxy.waitForMessage(running);
     // What a successor that found the lease stale leaves: its own lock.
     await writeFile(lockFile, `${JSON.stringify({ pid: 1, host: 'successor', pidNamespace: 'pid:[1]', bootId: '', startedAt: new Date().toISOString(), token: 'successor' })}\n`);
     const code = await new Promise<number | null>((resolve) => {
