@@ -36,7 +36,7 @@ import {
   UNTRUSTED_REASON,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
 /** Why opening a tunnel failed: the response flag for metrics and access logs, plus the coded error. */
 export class TunnelError extends AmbitError {
@@ -46,7 +46,11 @@ export class TunnelError extends AmbitError {
    */
   readonly flag: string;
   readonly status: number | undefined;
-  /** The peer refused the CONNECT unprocessed (REFUSED_STREAM, or a stream above its GOAWAY's last): safe to send again. */
+  /**
+   * The peer refused the CONNECT unprocessed (REFUSED_STREAM; ENHANCE_YOUR_CALM, what a Node peer answers, before it
+   * takes the stream, when its session holds as many streams or as much memory as it allows; or a stream above its
+   * GOAWAY's last): safe to send again.
+   */
   readonly unprocessed: boolean;
   /** `code`: the failure's own, e.g. a server certificate's verification code (SVID_EXPIRED, SVID_UNTRUSTED). */
   constructor(code: ErrorCode, flag: string, message: string, status?: number, cause?: unknown, unprocessed = false) {
@@ -185,7 +189,8 @@ export class HbonePool {
       return await this.#request(entry, endpoint, baggage, forwarded);
     } catch (error) {
       // RFC 9113 §8.7: a refused stream was not processed, so it is sent once more, on another session (this one
-      // refuses: a peer draining, at its stream limit, or finding our certificate expired by its clock).
+      // refuses: a peer draining, at its stream limit, or finding our certificate expired by its clock). A tunnel a
+      // full session refused had reached the application as a reset.
       if (!(error instanceof TunnelError) || !error.unprocessed || this.#closed) throw error;
       this.#retire(entry);
       const again = await this.#acquire(this.#bucket(sourceIdentity, sourceIp ?? '', endpoint.hboneAuthority, endpoint.identity), sourceIdentity, endpoint);
@@ -622,5 +627,5 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
 
 function onConnectError(this: http2.ClientHttp2Stream, error: Error): void {
   const connect = connects.of(this);
-  if (connect.pending) connect.fail(sessionRefusal(connect, error) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error, this.rstCode === NGHTTP2_REFUSED_STREAM));
+  if (connect.pending) connect.fail(sessionRefusal(connect, error) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error, this.rstCode === NGHTTP2_REFUSED_STREAM || this.rstCode === NGHTTP2_ENHANCE_YOUR_CALM));
 }

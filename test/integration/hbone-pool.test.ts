@@ -63,9 +63,9 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       } else if (peer.mode === 'reset') {
         stream.close(peer.resetCode);
       } else if (peer.mode === 'refuse-once') {
-        // REFUSED_STREAM: not processed (RFC 9113 §8.7), as a peer draining or at its limit answers; the next is echoed.
+        // Not processed (RFC 9113 §8.7), as a peer draining or at its limit answers; the next is echoed.
         peer.mode = 'echo';
-        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        stream.close(peer.resetCode);
       }
     });
     h2.listen(0, '127.0.0.1');
@@ -143,8 +143,13 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
-  it('sends a CONNECT the peer refused unprocessed (REFUSED_STREAM) once more, on a new session, and opens the tunnel', async () => {
+  // ENHANCE_YOUR_CALM is what a Node peer answers, before it takes the stream, when its session is full.
+  it.each([
+    ['REFUSED_STREAM', http2.constants.NGHTTP2_REFUSED_STREAM],
+    ['ENHANCE_YOUR_CALM', http2.constants.NGHTTP2_ENHANCE_YOUR_CALM],
+  ] as const)('sends a CONNECT the peer refused unprocessed (%s) once more, on a new session, and opens the tunnel', async (_name, code) => {
     peer.mode = 'refuse-once';
+    peer.resetCode = code;
     let sessions = 0;
     const onSession = () => sessions++;
     peer.server.on('session', onSession);
