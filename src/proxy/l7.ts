@@ -600,8 +600,12 @@ export class HttpInspector {
       // errors again, and each was counted and logged as another request.
       if (socket.destroyed || socket.writableEnded) return;
       const erring = this.#tunnels.get(socket);
+      const answering = (erring?.inFlight ?? 0) > 0;
+      // Bytes after a request that said `Connection: close`: ignored, as Envoy, nginx and Go do. Its answer finishes
+      // and ends the tunnel; the reset below had dropped that answer, the allowed request's, with the bytes.
+      if (error.code === 'HPE_CLOSED_CONNECTION' && answering) return;
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
-      if ((erring?.inFlight ?? 0) > 0) resetTunnel(socket);
+      if (answering) resetTunnel(socket);
       else {
         // Envoy's DPE (downstream protocol error): what the head said is unknown, so only the answer is logged.
         if (erring !== undefined) answeredOutside(erring, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE');

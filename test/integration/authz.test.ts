@@ -550,6 +550,15 @@ spec:
     expect(received).not.toContain('400 Bad Request');
   });
 
+  it('answers a request that said Connection: close and ignores what the client sent after it, as Envoy does', async () => {
+    for (const after of ['GET /public/next HTTP/1.1\r\nHost: web.demo\r\n\r\n', 'X']) {
+      const received = await rawHttp(`GET /public/slow HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n${after}`);
+      expect(received).toMatch(/^HTTP\/1\.1 200 /);
+      expect(received.match(/HTTP\/1\.1 /g)).toHaveLength(1);
+    }
+    expect(webRequests).not.toContain('GET /public/next');
+  });
+
   it('delivers a close-delimited response whole: the workload closing after it does not cut off its last bytes', async () => {
     for (let attempt = 0; attempt < 3; attempt++) {
       const text = await rawHttp('GET /public/close-delimited HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n');
