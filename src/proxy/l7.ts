@@ -261,6 +261,14 @@ const TUNNEL_KEEP_ALIVE_S = 60;
 /** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
 const HEADERS_TIMEOUT_MS = 60_000;
 
+function hasLowerCase(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code >= 97 && code <= 122) return true;
+  }
+  return false;
+}
+
 /** An answer whose rest will never leave: ended with CANCEL (its END_STREAM, queued behind that rest, never goes). */
 function cutAnswer(stream: http2.ServerHttp2Stream): void {
   if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
@@ -421,6 +429,9 @@ export class MutableFacts implements HttpRequestFacts {
    */
   fill(method: string, rawTarget: string, host: string, rawHeaders: readonly string[], http1: boolean): string | null {
     this.method = method;
+    // Methods are case-sensitive, so a DENY on DELETE does not match `delete`, which routers such as Express's read
+    // as DELETE. Node's HTTP/1 parser refuses it; an h2 :method had been forwarded as sent.
+    if (hasLowerCase(method)) return 'a method with lower-case letters';
     let rawPath = rawTarget;
     if (rawTarget.charCodeAt(0) !== 47 /* / */) {
       // The upstream clients cannot send `OPTIONS *` on (undici refuses the path): refused plainly, not answered 502.

@@ -2,6 +2,7 @@
 // connection, a gRPC deny, and a policy change that closes an open connection.
 import { spawnSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
 import { createServer as createHttpServer } from 'node:http';
 import * as http2 from 'node:http2';
 import { connect, createServer } from 'node:net';
@@ -883,6 +884,21 @@ spec:
       expect(answered).toBe(status);
       expect(body).toBe(answer);
       expect(stream.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  // Express's router, for one, reads `delete` as DELETE; a DENY on DELETE would not have matched it.
+  it('refuses an h2 request whose method has lower-case letters (400), as HTTP/1.1 requests with them are', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    try {
+      const stream = session.request({ ':method': 'delete', ':path': '/pkg.Svc/LowerCase', 'content-type': 'application/grpc' });
+      stream.on('error', () => {});
+      const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
+      expect(headers[':status']).toBe(400);
+      expect(grpcHeaders.has('/pkg.Svc/LowerCase')).toBe(false);
     } finally {
       session.destroy();
     }
