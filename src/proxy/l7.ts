@@ -161,6 +161,8 @@ interface TunnelState {
   denied: number;
   /** HTTP/1.1 requests forwarded whose responses have not finished (pipelining). */
   inFlight: number;
+  /** Reset for what the client sent (a malformed request behind one in flight): answers cut by it are Envoy's DPE. */
+  cutForProtocolError: boolean;
   /** The idle time the workload's last answer allowed (its Keep-Alive hint, less a margin); null until one said. */
   keepAliveS: number | null;
   /** One listener per tunnel for its responses' 'close', not a closure per request. */
@@ -616,7 +618,10 @@ export class HttpInspector {
       // and ends the tunnel; the reset below had dropped that answer, the allowed request's, with the bytes.
       if (error.code === 'HPE_CLOSED_CONNECTION' && answering) return;
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
-      if (answering) resetTunnel(socket);
+      if (answering) {
+        (erring as TunnelState).cutForProtocolError = true;
+        resetTunnel(socket);
+      }
       else {
         // Envoy's DPE (downstream protocol error): what the head said is unknown, so only the answer is logged.
         if (erring !== undefined) answeredOutside(erring, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE');
@@ -649,7 +654,7 @@ export class HttpInspector {
     const draining = () => this.#draining;
     const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, keepAliveS: null,
+      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, cutForProtocolError: false, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
         state.waitingSince = performance.now();
@@ -657,7 +662,9 @@ export class HttpInspector {
         if (meter !== null || logRequest !== null) {
           const answered = this.headersSent;
           const code = answered ? this.statusCode : 0;
-          const flags = answerFlags(this, answered && this.writableFinished);
+          const complete = answered && this.writableFinished;
+          // Not the client leaving (DC): the proxy cut the tunnel for what the client sent.
+          const flags = !complete && state.cutForProtocolError ? 'DPE' : answerFlags(this, complete);
           meter?.request(requestProtocolOf(this.getHeader('content-type')), code, '', flags, elapsedFor(this));
           if (logRequest !== null) logRequestEnd(logRequest, this, code, flags);
         }

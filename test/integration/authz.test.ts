@@ -547,8 +547,13 @@ spec:
   });
 
   it('resets, rather than answer 400 inside it, a tunnel whose garbage follows a pipelined request still being answered', async () => {
+    const cut = () => metricSum(mesh.nodes.get('node-b')!, 'istio_requests_total', { reporter: 'destination', destination_workload: 'web-1', response_code: '0', response_flags: 'DPE' });
+    const before = await cut();
     const received = await rawHttp('GET /public/slow HTTP/1.1\r\nHost: web.demo\r\n\r\nNOT HTTP AT ALL\r\n\r\n', true);
     expect(received).not.toContain('400 Bad Request');
+    // The request it cut is counted as the proxy's refusal of what the client sent (Envoy's DPE), not as a client
+    // that left (DC).
+    await waitUntil('the cut request counted', async () => (await cut()) === before + 1, 5_000);
   });
 
   it('answers a request that said Connection: close and ignores what the client sent after it, as Envoy does', async () => {
