@@ -75,6 +75,7 @@ if (!hasCurl) process.stderr.write('authz.test.ts: curl not installed, skipping 
 const CLOSE_DELIMITED_BODY = Buffer.alloc(8 * 1024 * 1024, 'x');
 /** Longer than the 5 s a tunnel whose workload closed gives its client once the answer has been delivered. */
 const SLOW_READER_PAUSE_MS = 6_500;
+const CLOSE_BIG_BODY = Buffer.alloc(1024 * 1024, 'c');
 
 /**
  * Writes raw HTTP/1.1 bytes to client-1's listener for web.demo and returns everything that came back before the
@@ -171,6 +172,28 @@ beforeAll(async () => {
     if (req.url === '/public/gone') {
       // The workload goes away with the request unanswered.
       req.socket.destroy();
+      return;
+    }
+    if (req.url === '/public/not-modified') {
+      // RFC 9110 §8.6: a 304 may carry the Content-Length a 200 would have had (Node sends no body for it).
+      req.resume();
+      res.writeHead(304, { 'content-length': 2 }).end();
+      return;
+    }
+    if (req.url === '/public/close-big') {
+      // A length and `Connection: close`: the workload's FIN follows the body's last bytes at once.
+      req.resume();
+      res.writeHead(200, { 'content-length': CLOSE_BIG_BODY.length, connection: 'close' });
+      let at = 0;
+      const more = () => {
+        while (at < CLOSE_BIG_BODY.length) {
+          const chunk = CLOSE_BIG_BODY.subarray(at, at + 16 * 1024);
+          at += chunk.length;
+          if (!res.write(chunk)) return void res.once('drain', more);
+        }
+        res.end();
+      };
+      more();
       return;
     }
     if (req.url === '/public/close-delimited') {
@@ -575,6 +598,39 @@ spec:
       expect(body.split('x').length - 1).toBe(CLOSE_DELIMITED_BODY.length);
     }
   });
+
+  // undici 7 took the length for a body that never came and cut the tunnel (a reset after the 304's head); undici
+  // keeps no such connection for another request, so the 304 says the connection closes (RFC 9112 §9.6), and a
+  // client sends its next request on a new one.
+  it('passes on a 304 that carries a Content-Length whole, saying the connection closes, rather than reset the tunnel', async () => {
+    const text = await rawHttp('GET /public/not-modified HTTP/1.1\r\nHost: web.demo\r\n\r\n');
+    expect(text).toMatch(/^HTTP\/1\.1 304 /);
+    expect(text).toMatch(/\r\ncontent-length: 2\r\n/i);
+    expect(text).toMatch(/\r\nconnection: close\r\n/i);
+    expect(text.endsWith('\r\n\r\n')).toBe(true);
+  });
+
+  // undici's parser, paused for a slow client, asserted on the workload's FIN (nodejs/undici#5360): the destination
+  // proxy exited, and with it every tunnel of its node.
+  it('delivers whole a large answer whose workload closes after it to clients that read slowly, and keeps running', async () => {
+    const slowGet = () => new Promise<number>((resolve, reject) => {
+      const socket = connect({ host: CLIENT_IP, port: 9080 });
+      let bytes = 0;
+      socket.on('data', (data: Buffer) => (bytes += data.length));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(bytes));
+      socket.on('connect', () => {
+        socket.write('GET /public/close-big HTTP/1.1\r\nHost: web.demo\r\n\r\n');
+        socket.pause();
+        setTimeout(() => socket.resume(), 300);
+      });
+    });
+    for (let round = 0; round < 12; round++) {
+      const received = await Promise.all(Array.from({ length: 10 }, slowGet));
+      for (const bytes of received) expect(bytes).toBeGreaterThan(CLOSE_BIG_BODY.length);
+    }
+    expect(await rawHttp('GET /public/hello HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+  }, 30_000);
 
   it('delivers a close-delimited response whole to a client that stops reading for longer than the grace after the workload closed', async () => {
     const received = await new Promise<Buffer>((resolve, reject) => {
