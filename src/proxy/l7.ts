@@ -999,7 +999,7 @@ export class HttpInspector {
       // clients other than Node's (Go's, hyper's) report as an error.
       stream.sendTrailers(trailers ?? {});
       trailersSent = true;
-      if (upstreamClosed) stopUpload(stream);
+      if (upstreamClosed) finishUpload(stream, upstreamStream);
     });
     // The workload's stream takes no more of the request: answered 502 if it never answered, and once the answer is
     // out (trailers included) the client is asked to stop sending.
@@ -1007,7 +1007,7 @@ export class HttpInspector {
       if (upstreamClosed) return;
       upstreamClosed = true;
       answerBadGateway();
-      if (answeredHere || trailersSent) stopUpload(stream);
+      if (answeredHere || trailersSent) finishUpload(stream, upstreamStream);
     };
     upstreamStream.on('aborted', () => {
       // Reset with the client still sending (NO_ERROR: its answer may be complete). Another write would fail the
@@ -1460,8 +1460,31 @@ function stopUpload(stream: http2.ServerHttp2Stream): void {
     return;
   }
   stream.close(NGHTTP2_NO_ERROR);
-  // What the client sent meanwhile is read and dropped.
+  // What the client sent meanwhile is read and dropped, where nobody else holds the stream.
   stream.resume();
+  // Node's HTTP server may: for the body of a request answered early it pauses the stream again, and Node keeps a
+  // closed stream until its input is read. Each had held its place among the session's streams for the session's
+  // life (299 after a busy minute, and every new tunnel refused). Let go once the RST has been handed to nghttp2.
+  if (stream.writableFinished) setImmediate(letGo, stream);
+  else stream.once('finish', () => setImmediate(letGo, stream));
+}
+
+function letGo(stream: http2.ServerHttp2Stream): void {
+  if (!stream.destroyed) stream.destroy();
+}
+
+/**
+ * An inner h2c stream whose workload is done and whose answer, trailers included, is queued: what the client still
+ * sends is read and dropped, and one that keeps sending is asked to stop after the grace. RST_STREAM at once made
+ * nghttp2 drop the trailers still queued (a gRPC client read a status-less end as INTERNAL), and RFC 9113 §8.1 allows
+ * it only after the complete response; a gRPC client ends or cancels its side itself once it has the status.
+ */
+function finishUpload(stream: http2.ServerHttp2Stream, upstreamStream: http2.ClientHttp2Stream): void {
+  if (stream.destroyed) return;
+  stream.unpipe(upstreamStream);
+  stream.resume();
+  const grace = setTimeout(stopUpload, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
+  stream.once('close', () => clearTimeout(grace));
 }
 
 /** A bodiless answer, only if the stream can still take one. */

@@ -255,6 +255,13 @@ beforeAll(async () => {
       stream.end();
       return;
     }
+    if (headers[':path'] === '/pkg.Svc/RefuseEarly') {
+      // A status before the upload is read (an auth check), and the workload's side done.
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '16', 'grpc-message': 'no token' }));
+      stream.end(Buffer.alloc(5));
+      return;
+    }
     if (headers[':path'] === '/pkg.Svc/AnswerEarly') {
       // Answers before the request has ended, then asks the client to stop sending (RFC 9113 §8.1).
       grpcAnswer(stream, 'early');
@@ -964,6 +971,40 @@ spec:
       session.destroy();
     }
   });
+
+  // Asked to stop sending in the tick its trailers were queued, the stream was reset before they left: nghttp2 dropped
+  // them, and the gRPC client read a call with no status (INTERNAL) instead of UNAUTHENTICATED.
+  it('passes on the status of a gRPC call its workload answered before the upload ended', async () => {
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    session.on('error', () => {});
+    const call = () => new Promise<string>((resolve) => {
+      const stream = session.request({ ':method': 'POST', ':path': '/pkg.Svc/RefuseEarly', 'content-type': 'application/grpc', te: 'trailers' });
+      let status = 'none';
+      stream.on('error', () => {});
+      stream.on('trailers', (trailers) => {
+        status = String(trailers['grpc-status']);
+        // As gRPC clients do once they have the status: their side is cancelled.
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      });
+      // Node's client can miss the end of a stream reset right behind its last frame: said, not waited for.
+      const hung = setTimeout(() => {
+        status = `${status}, never closed`;
+        stream.destroy();
+      }, 8_000);
+      stream.on('close', () => {
+        clearTimeout(hung);
+        resolve(status);
+      });
+      stream.resume();
+      stream.write(Buffer.alloc(100_000, 'u'));
+    });
+    try {
+      const statuses = await Promise.all(Array.from({ length: 20 }, call));
+      expect(new Set(statuses)).toEqual(new Set(['16']));
+    } finally {
+      session.destroy();
+    }
+  }, 20_000);
 
   it('passes on a stream the workload refused unprocessed (REFUSED_STREAM), so the client may retry, not a 502', async () => {
     const session = http2.connect(`http://${CLIENT_IP}:9051`);

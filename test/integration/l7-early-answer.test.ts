@@ -99,6 +99,32 @@ describe('an inspected tunnel whose workload answers before the upload has come'
     expect(Object.fromEntries(statuses)).toEqual({ 'HTTP/1.1 413 Payload Too Large': 300 });
   }, 60_000);
 
+  // An upload larger than the stream window: the client's END_STREAM waits behind bytes the destination never reads,
+  // so the grace runs out and the destination asks it to stop (RST_STREAM NO_ERROR). Node's HTTP server, still
+  // holding the stream for the body nobody takes, paused it again, and Node kept the closed stream for the session's
+  // life: 299 of them after a busy minute, and the session refused every new tunnel.
+  it('lets go of tunnels whose early-answered upload outgrew the window once the grace has run out', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const closed = () => metricSum(nodeB, 'istio_tcp_connections_closed_total', { reporter: 'destination', destination_workload: 'web-1' });
+    const before = await closed();
+    const cutShort = () => new Promise<string>((resolve) => {
+      const socket = net.connect({ host: CLIENT_IP, port: 9080 });
+      let answer = '';
+      socket.on('error', () => {});
+      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+      socket.on('close', () => resolve(answer.split('\r\n')[0] as string));
+      socket.on('connect', () => {
+        // More is promised than is sent, and what is sent outgrows the windows between the proxies.
+        socket.write('POST /early HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 100000000\r\n\r\n');
+        socket.write(Buffer.alloc(6 * 1024 * 1024, 'u'));
+        socket.once('data', () => setTimeout(() => socket.end(), 20));
+      });
+    });
+    const answers = await Promise.all(Array.from({ length: 20 }, cutShort));
+    expect(new Set(answers)).toEqual(new Set(['HTTP/1.1 413 Payload Too Large']));
+    await waitUntil('every tunnel closed at the destination', async () => (await closed()) === before + 20, 20_000);
+  }, 40_000);
+
   // The 502 had said keep-alive, and the tunnel closed right after: a pooled client sent its next request into it.
   it('answers 502 to a request the workload dropped, saying the connection closes, in Envoy\'s words', async () => {
     const answer = await new Promise<string>((resolve, reject) => {
