@@ -255,6 +255,8 @@ const UPSTREAM_CLOSED_GRACE_MS = 5_000;
 const UPSTREAM_CLOSED_STALL_MS = 60_000;
 /** The largest request head taken (request line and fields): Envoy's default, max_request_headers_kb 60. */
 const MAX_REQUEST_HEADER_BYTES = 60 * 1024;
+/** The largest answer head taken from a workload: Envoy's default, max_response_headers_kb 60. */
+const MAX_RESPONSE_HEADER_BYTES = 60 * 1024;
 const TOO_LARGE_ANSWER = 'HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
 const WS_TO_H2_BODY = 'WebSocket upgrade to an HTTP/2 workload not forwarded';
 const CONNECT_REFUSED_ANSWER = 'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
@@ -1359,7 +1361,8 @@ function judge(state: TunnelState, req: IncomingMessage, headers: readonly strin
 
 /** The tunnel's HTTP/1.1 client to the workload, on the tunnel's one upstream connection. */
 function upstreamClient(upstream: Socket): Client {
-  return new Client('http://upstream.invalid', { connect: reuseSocket(upstream), pipelining: 1, keepAliveTimeout: 60_000 });
+  // The head of an answer may be as large as a request's (undici's default of 16 KiB made a 30 KiB one a 502).
+  return new Client('http://upstream.invalid', { connect: reuseSocket(upstream), pipelining: 1, keepAliveTimeout: 60_000, maxHeaderSize: MAX_RESPONSE_HEADER_BYTES });
 }
 
 /** The head of a response as raw HTTP/1.1, from undici's header object (names lower-case, repeats as arrays). */

@@ -174,6 +174,11 @@ beforeAll(async () => {
       req.socket.destroy();
       return;
     }
+    if (req.url === '/public/big-head') {
+      req.resume();
+      res.writeHead(200, { 'x-big': 'h'.repeat(30_000), 'content-length': 3 }).end('ok\n');
+      return;
+    }
     if (req.url === '/public/not-modified') {
       // RFC 9110 §8.6: a 304 may carry the Content-Length a 200 would have had (Node sends no body for it).
       req.resume();
@@ -604,6 +609,12 @@ spec:
       const body = text.slice(head + 4);
       expect(body.split('x').length - 1).toBe(CLOSE_DELIMITED_BODY.length);
     }
+  });
+
+  it('passes on an answer whose head is 30 KB, as Envoy does up to 60 KiB', async () => {
+    const text = await rawHttp('GET /public/big-head HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n');
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text).toContain(`x-big: ${'h'.repeat(30_000)}\r\n`);
   });
 
   // undici 7 took the length for a body that never came and cut the tunnel (a reset after the 304's head); undici
