@@ -1400,7 +1400,11 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
 
   onRequestUpgrade(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, upgraded: Duplex): void {
     const socket = this.#socket;
-    upgraded.on('error', ignore);
+    // The bytes are spliced as on a byte tunnel, and a reset is carried as one (RST_STREAM CANCEL), as L4 tunnels carry
+    // it: ended instead, the workload's reset had reached the client as a clean close.
+    upgraded.on('error', () => {
+      if (!socket.destroyed) resetTunnel(socket);
+    });
     if (socket.destroyed) {
       upgraded.destroy();
       return;

@@ -48,6 +48,12 @@ const upstream = http.createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => 
 upstream.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
   served.push(`upgrade ${req.url} host=${req.headers.host ?? ''}`);
   socket.on('error', () => {});
+  if (req.url === '/ws-reset') {
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${createHash('sha1').update(`${String(req.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64')}\r\n\r\n`);
+    // The application crashes mid-conversation: its connection reset, not closed.
+    setTimeout(() => (socket as Socket).resetAndDestroy(), 50);
+    return;
+  }
   if (req.url !== '/ws') {
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 18\r\nconnection: close\r\n\r\nno websockets here');
     return;
@@ -437,6 +443,19 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     expect(served).toEqual(['upgrade /ws host=web.shop']);
     // Counted and logged as the request it is, answered 101 (as Istio counts an upgrade).
     expect(requestLines).toMatchObject([{ method: 'GET', path: '/ws', responseCode: 101, responseFlags: '-' }]);
+  });
+
+  it('passes on the reset of an upgraded connection the application reset, as a reset, not a clean end', async () => {
+    const { stream, close } = await tunnel('h1');
+    try {
+      stream.on('data', () => {});
+      stream.on('error', () => {});
+      stream.write(upgradeRequest('/ws-reset'));
+      await new Promise((resolve) => stream.once('close', resolve));
+      expect((stream as http2.ClientHttp2Stream).rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+    } finally {
+      close();
+    }
   });
 
   it('refuses an upgrade the policy denies with 403, ends the tunnel, and the application never sees it', async () => {
