@@ -265,6 +265,7 @@ const TUNNEL_KEEP_ALIVE_S = 60;
 /** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
 const HEADERS_TIMEOUT_MS = 60_000;
 
+/** Whether `text` has an ASCII lower-case letter (a method's few characters: no regular expression per request). */
 function hasLowerCase(text: string): boolean {
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i);
@@ -623,8 +624,7 @@ export class HttpInspector {
       if (answering) {
         (erring as TunnelState).cutForProtocolError = true;
         resetTunnel(socket);
-      }
-      else {
+      } else {
         // Envoy's DPE (downstream protocol error): what the head said is unknown, so only the answer is logged.
         if (erring !== undefined) answeredOutside(erring, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE');
         socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
@@ -1467,11 +1467,11 @@ function stopUpload(stream: http2.ServerHttp2Stream): void {
     return;
   }
   stream.close(NGHTTP2_NO_ERROR);
-  // What the client sent meanwhile is read and dropped, where nobody else holds the stream.
+  // What the client sent meanwhile is read and dropped.
   stream.resume();
-  // Node's HTTP server may: for the body of a request answered early it pauses the stream again, and Node keeps a
-  // closed stream until its input is read. Each had held its place among the session's streams for the session's
-  // life (299 after a busy minute, and every new tunnel refused). Let go once the RST has been handed to nghttp2.
+  // Unless Node's HTTP server holds the stream for the body of a request answered early: it pauses it again, and Node
+  // keeps a closed stream until its input is read. Each had held its place among the session's streams for the
+  // session's life (299 after a busy minute, and every new tunnel refused). Let go once the RST is with nghttp2.
   if (stream.writableFinished) setImmediate(letGo, stream);
   else stream.once('finish', () => setImmediate(letGo, stream));
 }
