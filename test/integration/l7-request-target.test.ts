@@ -44,23 +44,19 @@ const upstream = http.createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => 
   if (req.url === '/slow') setTimeout(() => res.end('served late'), 100);
   else res.end('served');
 });
-// WebSocket upgrades at the application: /ws switches (RFC 6455's accept key) and echoes; anything else is refused.
+// WebSocket upgrades at the application: /ws switches (RFC 6455's accept key) and echoes, /ws-reset switches and then
+// resets its connection (an application that crashes mid-conversation); anything else is refused.
 upstream.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
   served.push(`upgrade ${req.url} host=${req.headers.host ?? ''}`);
   socket.on('error', () => {});
-  if (req.url === '/ws-reset') {
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${createHash('sha1').update(`${String(req.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64')}\r\n\r\n`);
-    // The application crashes mid-conversation: its connection reset, not closed.
-    setTimeout(() => (socket as Socket).resetAndDestroy(), 50);
-    return;
-  }
-  if (req.url !== '/ws') {
+  if (req.url !== '/ws' && req.url !== '/ws-reset') {
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 18\r\nconnection: close\r\n\r\nno websockets here');
     return;
   }
   const accept = createHash('sha1').update(`${String(req.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
   socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
-  socket.pipe(socket);
+  if (req.url === '/ws-reset') setTimeout(() => (socket as Socket).resetAndDestroy(), 50);
+  else socket.pipe(socket);
 });
 /** The request access lines the inspector wrote. */
 const requestLines: RequestLogRecord[] = [];
