@@ -126,7 +126,7 @@ async function measure(certs: Certificates, variant: Variant, mode: Mode, port: 
   });
   await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
   const session = http2.connect(`https://127.0.0.1:${port}`, {
-    createConnection: () => (variant === 'native' ? socket : new SessionSocket(socket)),
+    createConnection: () => (variant === 'native' ? socket : new SessionSocket(socket).forSession()),
     settings: SETTINGS, maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
   });
   session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);

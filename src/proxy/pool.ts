@@ -301,7 +301,7 @@ export class HbonePool {
     try {
       // The authority, bracketed for IPv6 (`https://fd00::1:15008` is no URL: every tunnel to an IPv6 peer failed).
       session = http2.connect(`https://${endpoint.hboneAuthority}`, {
-        createConnection: () => new SessionSocket(socket),
+        createConnection: () => new SessionSocket(socket).forSession(),
         settings: CONNECT_SETTINGS,
         maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
         peerMaxConcurrentStreams: this.#maxStreams,

@@ -10,7 +10,13 @@
 // is bounded here: past MAX_QUEUED_BYTES or MAX_QUEUED_WRITES waiting, a write completes only once the socket drains,
 // so the session stops reading, as Node's does on a socket of its own: a peer that floods and never reads gets no
 // more acknowledgements, and the pool's keepalive, its PONGs unread, cuts the session.
-import { Duplex } from 'node:stream';
+//
+// Not a stream.Duplex: Node wraps whatever it is given in a JSStreamSocket (lib/internal/js_stream_socket.js), which
+// calls only pause, resume, cork, uncork, write, end and destroy and listens for data, end, error and close. A Duplex
+// between the two put a second stream's buffering, callbacks and ticks on every chunk each way, on top of the TLS
+// socket's own (`node bench/proxy/hbone-transport.ts`: the Duplex cost 2.4× the native socket's CPU per MiB up).
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 
 /** A session ended in an orderly way has this long to flush and exchange FINs before its socket is cut. */
@@ -22,60 +28,135 @@ const CLOSE_GRACE_MS = 10_000;
 const MAX_QUEUED_BYTES = 48 * 1024 * 1024;
 /** The same in writes: each queued one costs far more than its bytes (an ack is 17), 4,096 of them about a megabyte. */
 const MAX_QUEUED_WRITES = 4_096;
+/**
+ * Input held while the session does not read (it pauses us while each of its writes is pending, a tick or so) before
+ * the TLS socket is paused: pausing and resuming the socket itself on every write cost more than the bytes.
+ */
+const READ_AHEAD_BYTES = 1024 * 1024;
 
-export class SessionSocket extends Duplex {
+type WriteCallback = (error?: Error | null) => void;
+
+export class SessionSocket extends EventEmitter {
   readonly tls: TLSSocket;
+  /** Read once by the JSStreamSocket, as a stream's. */
+  readonly readable = true;
+  readonly writable = true;
 
   /** The backlog bound in bytes (MAX_QUEUED_BYTES unless a test sets a smaller one). */
   readonly #maxQueuedBytes: number;
+  /** The session has asked for no input (JSStreamSocket pauses its stream before it first reads). */
+  #paused = true;
+  /** Input that arrived while paused, in order, and its size. */
+  readonly #held: Buffer[] = [];
+  #heldBytes = 0;
+  #tlsPaused = false;
+  #flushQueued = false;
+  /** The TLS socket's input ended; said to the session once what is held has been delivered. */
+  #inputEnded = false;
+  #endSaid = false;
+  /** Writes queued on the TLS socket since it last had room. */
+  #queuedWrites = 0;
+  #destroyed = false;
+  readonly #flushLater = (): void => this.#flush();
 
   constructor(tls: TLSSocket, options: { maxQueuedBytes?: number } = {}) {
-    // Half-open as the TLS socket is not: the session decides when both directions are done.
-    // A read-ahead of 1 MiB: at the default 16 KiB every TLS record or two paused and resumed the socket.
-    super({ allowHalfOpen: true, decodeStrings: false, readableHighWaterMark: 1024 * 1024 });
+    super();
     this.tls = tls;
     this.#maxQueuedBytes = options.maxQueuedBytes ?? MAX_QUEUED_BYTES;
     // What Node's session does to a socket it is handed itself (it cannot reach this one): no Nagle delay, or each
     // small write after another not yet acknowledged waited up to 40 ms.
     tls.setNoDelay(true);
-    tls.on('data', (chunk: Buffer) => {
-      if (!this.push(chunk)) tls.pause();
+    tls.on('data', (chunk: Buffer) => this.#onData(chunk));
+    tls.on('end', () => {
+      this.#inputEnded = true;
+      this.#sayEndIfDelivered();
     });
-    tls.on('end', () => this.push(null));
-    tls.on('error', (error) => this.destroy(error));
-    tls.on('close', () => this.destroy());
+    tls.on('error', (error) => this.emit('error', error));
+    tls.on('close', () => this.emit('close'));
   }
 
-  override _read(): void {
-    this.tls.resume();
+  /**
+   * For `http2.connect`'s createConnection, typed as the Duplex its types ask for: Node only ever wraps it in a
+   * JSStreamSocket, which uses the members above.
+   */
+  forSession(): Duplex {
+    return this as unknown as Duplex;
   }
 
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this.tls.write(chunk);
-    this.#written(callback);
+  #onData(chunk: Buffer): void {
+    if (!this.#paused && this.#held.length === 0) {
+      this.emit('data', chunk);
+      return;
+    }
+    this.#held.push(chunk);
+    this.#heldBytes += chunk.length;
+    if (this.#heldBytes >= READ_AHEAD_BYTES && !this.#tlsPaused) {
+      this.#tlsPaused = true;
+      this.tls.pause();
+    }
   }
 
-  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
+  pause(): this {
+    this.#paused = true;
+    return this;
+  }
+
+  resume(): this {
+    this.#paused = false;
+    // Never into the session from inside its own call: what is held is delivered on the next tick.
+    if ((this.#held.length > 0 || this.#inputEnded) && !this.#flushQueued) {
+      this.#flushQueued = true;
+      process.nextTick(this.#flushLater);
+    }
+    return this;
+  }
+
+  #flush(): void {
+    this.#flushQueued = false;
+    const held = this.#held;
+    // Each delivery may pause us again (the session began a write).
+    while (!this.#paused && held.length > 0) {
+      const chunk = held.shift() as Buffer;
+      this.#heldBytes -= chunk.length;
+      this.emit('data', chunk);
+    }
+    if (held.length > 0) return;
+    if (this.#tlsPaused) {
+      this.#tlsPaused = false;
+      this.tls.resume();
+    }
+    this.#sayEndIfDelivered();
+  }
+
+  #sayEndIfDelivered(): void {
+    if (!this.#inputEnded || this.#endSaid || this.#paused || this.#held.length > 0) return;
+    this.#endSaid = true;
+    this.emit('end');
+  }
+
+  cork(): void {
+    this.tls.cork();
+  }
+
+  uncork(): void {
+    this.tls.uncork();
+  }
+
+  write(chunk: Buffer, callback: WriteCallback): boolean {
     const tls = this.tls;
-    tls.cork();
-    for (const { chunk } of chunks) tls.write(chunk);
-    tls.uncork();
-    this.#written(callback);
-  }
-
-  /** Writes queued on the TLS socket since it last had room. */
-  #queuedWrites = 0;
-
-  #written(callback: (error?: Error | null) => void): void {
-    const tls = this.tls;
+    if (tls.destroyed) {
+      callback(Object.assign(new Error('the HBONE session\'s TLS socket is closed'), { code: 'EPIPE' }));
+      return false;
+    }
+    tls.write(chunk);
     if (!tls.writableNeedDrain) {
       this.#queuedWrites = 0;
       callback();
-      return;
+      return true;
     }
     if (++this.#queuedWrites < MAX_QUEUED_WRITES && tls.writableLength < this.#maxQueuedBytes) {
       callback();
-      return;
+      return true;
     }
     // A backlog no window explains: this write completes once the socket has drained (or is gone).
     const done = () => {
@@ -86,24 +167,28 @@ export class SessionSocket extends Duplex {
     };
     tls.on('drain', done);
     tls.on('close', done);
+    return false;
   }
 
-  override _final(callback: (error?: Error | null) => void): void {
-    this.tls.end();
-    callback();
+  end(callback?: () => void): this {
+    if (!this.tls.writableEnded) this.tls.end();
+    if (callback !== undefined) process.nextTick(callback);
+    return this;
   }
 
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+  destroy(error?: Error): this {
+    if (this.#destroyed) return this;
+    this.#destroyed = true;
     const tls = this.tls;
-    if (error !== null || !tls.writableEnded) {
+    if (error !== undefined || !tls.writableEnded) {
       // Cut (a reset, a missed PONG, an untrusted peer): at once, also while a write waits for a peer that reads nothing.
-      tls.destroy(error ?? undefined);
+      tls.destroy(error);
     } else if (!tls.destroyed) {
       // Ended in order: what is queued leaves first, but a peer that never reads it does not keep the socket for ever.
       const timer = setTimeout(() => tls.destroy(), CLOSE_GRACE_MS);
       timer.unref();
       tls.once('close', () => clearTimeout(timer));
     }
-    callback(error);
+    return this;
   }
 }

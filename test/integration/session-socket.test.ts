@@ -45,7 +45,7 @@ describe('a client session over a SessionSocket, its server flooding PINGs and r
     const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ALPNProtocols: ['h2'], servername: '' });
     await once(socket, 'secureConnect');
     // A bound of 1 MiB (48 MiB in the proxy, above what a peer's windows let DATA queue), reached in a second here.
-    const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => new SessionSocket(socket, { maxQueuedBytes: 1024 * 1024 }) });
+    const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => new SessionSocket(socket, { maxQueuedBytes: 1024 * 1024 }).forSession() });
     session.on('error', () => {});
     let largestQueue = 0;
     const watch = setInterval(() => (largestQueue = Math.max(largestQueue, socket.writableLength)), 50);
@@ -58,5 +58,47 @@ describe('a client session over a SessionSocket, its server flooding PINGs and r
     }
     expect(largestQueue).toBeGreaterThan(0);
     expect(largestQueue).toBeLessThan(1024 * 1024 + 64 * 1024);
+  }, 20_000);
+});
+
+describe('input that arrives while the session is not reading', () => {
+  // The session pauses its socket for each of its writes; what arrives meanwhile is held, in order, and the TLS socket
+  // itself stops reading only once a megabyte is held. The end comes after the last byte held.
+  it('is held in order, bounds what it holds, and ends after the last byte', async () => {
+    const ca = await createTestCa('cluster.local');
+    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
+    const payload = Buffer.alloc(3 * 1024 * 1024);
+    for (let i = 0; i < payload.length; i += 4) payload.writeUInt32BE(i, i);
+    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
+      socket.on('error', () => {});
+      socket.end(payload);
+    });
+    sender.listen(0, '127.0.0.1');
+    await once(sender, 'listening');
+    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
+    try {
+      await once(socket, 'secureConnect');
+      const wrapped = new SessionSocket(socket);
+      const received: Buffer[] = [];
+      let ended = false;
+      wrapped.on('data', (chunk: Buffer) => {
+        expect(ended).toBe(false);
+        received.push(chunk);
+      });
+      wrapped.on('end', () => (ended = true));
+      wrapped.pause();
+      // The whole payload would fit in the kernel's buffers and the TLS socket's: held, but not past the read-ahead.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(received).toHaveLength(0);
+      expect(socket.isPaused()).toBe(true);
+      wrapped.resume();
+      const deadline = Date.now() + 5_000;
+      while (!ended && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(ended).toBe(true);
+      expect(Buffer.concat(received).equals(payload)).toBe(true);
+    } finally {
+      socket.destroy();
+      sender.close();
+    }
   }, 20_000);
 });
