@@ -14,7 +14,8 @@
 // Not a stream.Duplex: Node wraps whatever it is given in a JSStreamSocket (lib/internal/js_stream_socket.js), which
 // calls only pause, resume, cork, uncork, write, end and destroy and listens for data, end, error and close. A Duplex
 // between the two put a second stream's buffering, callbacks and ticks on every chunk each way, on top of the TLS
-// socket's own (`node bench/proxy/hbone-transport.ts`: the Duplex cost 2.4× the native socket's CPU per MiB up).
+// socket's own: without it the client spent about a tenth less per request (bench/README.md). Most of what the
+// wrapper costs is Node's JSStreamSocket, which copies every chunk each way, and stays.
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
