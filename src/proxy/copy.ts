@@ -138,6 +138,11 @@ export class Bridge {
     // 'close', before the code awaiting the answer builds this Bridge: nothing would ever close the app side.
     if (stream.destroyed) {
       this.#streamClosed = true;
+      // What the peer sent before its reset, read while nobody listened (the CONNECT's answer was being awaited):
+      // Node keeps it in the destroyed stream. It reaches the application before the reset, as over TCP the bytes
+      // before an RST do; dropped, a workload's last words before it reset (an error answer) were lost.
+      let chunk: Buffer | null;
+      while (!socket.destroyed && (chunk = stream.read() as Buffer | null) !== null) socket.write(chunk);
       this.#fail('stream', new Error(`stream closed before the tunnel started (RST ${stream.rstCode ?? 'none'})`));
     }
   }

@@ -30,6 +30,16 @@ beforeAll(async () => {
       // NO_ERROR, which Node sends once the response has left.
       stream.end(Buffer.alloc(RESPONSE_BYTES, 'r'));
       stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    } else if (headers[':authority'] === 'data-then-cancel:80') {
+      // A workload that said something and reset at once: the bytes, then CANCEL, read by the client together.
+      stream.write(Buffer.alloc(1000, 'w'));
+      void abortError().then((error) => stream.destroy(error));
+    } else if (headers[':authority'] === 'answer-then-cancel:80') {
+      // The same once the tunnel carries: the client's first bytes answered, and the stream reset in the same tick.
+      stream.once('data', () => {
+        stream.write(Buffer.alloc(1000, 'a'));
+        void abortError().then((error) => stream.destroy(error));
+      });
     } else if (headers[':authority'] === 'forever:80') {
       const timer = setInterval(() => stream.write(Buffer.alloc(1024, 'f')), 5);
       stream.once('close', () => {
@@ -88,7 +98,8 @@ async function appConnection(): Promise<{ client: net.Socket; socket: net.Socket
   const accepted = once(apps, 'connection') as Promise<[net.Socket]>;
   const client = net.connect((apps.address() as AddressInfo).port, '127.0.0.1');
   client.on('error', () => {});
-  const [socket] = await accepted;
+  // Connected on both sides: a client whose connect Node had not yet completed reads nothing before a reset.
+  const [[socket]] = await Promise.all([accepted, once(client, 'connect')]);
   return { client, socket };
 }
 
@@ -105,6 +116,45 @@ function bridged(socket: net.Socket, stream: http2.ClientHttp2Stream, then: () =
 }
 
 describe('Bridge', () => {
+  // The source proxy awaits the CONNECT's answer before it builds the Bridge; a busy proxy can read the answer, the
+  // workload's bytes and the reset in one go before it does. Node keeps those bytes in the destroyed stream.
+  it('gives the application what the peer sent before a reset that came before the Bridge was built, then resets it', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'data-then-cancel:80' });
+    stream.on('error', () => {});
+    await new Promise((resolve) => stream.on('close', resolve));
+    expect(stream.rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+
+    const { client, socket } = await appConnection();
+    let received = 0;
+    client.on('data', (chunk: Buffer) => (received += chunk.length));
+    const clientError = new Promise<string | undefined>((resolve) => client.once('error', (error: NodeJS.ErrnoException) => resolve(error.code)));
+    const clientClosed = closed(client);
+    const result = await bridged(socket, stream);
+    expect(result.failedSide).toBe('stream');
+    await clientClosed;
+    expect(received).toBe(1000);
+    // A reset, never a clean end: the workload's connection did not end in order.
+    expect(await Promise.race([clientError, new Promise((resolve) => setTimeout(resolve, 500, 'no error'))])).toBe('ECONNRESET');
+  });
+
+  // The answer and the reset reach the proxy together; reset at once, the client's kernel would drop the answer
+  // unread (as it does bytes written and reset at once on one TCP connection).
+  it('gives the application the bytes that came with the peer\'s reset before resetting it', async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'answer-then-cancel:80' });
+    stream.on('error', () => {});
+    await once(stream, 'response');
+    const { client, socket } = await appConnection();
+    let received = 0;
+    client.on('data', (chunk: Buffer) => (received += chunk.length));
+    const clientError = new Promise<string | undefined>((resolve) => client.once('error', (error: NodeJS.ErrnoException) => resolve(error.code)));
+    const clientClosed = closed(client);
+    const result = await bridged(socket, stream, () => client.write('go'));
+    expect(result.failedSide).toBe('stream');
+    await clientClosed;
+    expect(received).toBe(1000);
+    expect(await Promise.race([clientError, new Promise((resolve) => setTimeout(resolve, 500, 'no error'))])).toBe('ECONNRESET');
+  });
+
   it('closes the application connection at once when its stream was reset before the Bridge was built', async () => {
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'now:80' });
     stream.on('error', () => {}); // the reset; events.once would reject on it
