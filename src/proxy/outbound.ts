@@ -323,7 +323,7 @@ export class OutboundListeners {
       } else {
         this.#logger.warn({ listener: key(spec), owner: spec.owner, kind: spec.ownerKind }, 'outbound listener owner is not a workload on this node; closing the connection');
       }
-      socket.destroy();
+      cutSocket(socket);
       return;
     }
     // The owner's identity is lent only to the owner's own connections: a listener on an address other hosts can
@@ -337,7 +337,7 @@ export class OutboundListeners {
     if (!isLoopbackAddress(from) && !source.ips.includes(normalizeIp(from))) {
       // Budgeted: anyone who reaches the listener can cause it at any rate.
       this.#refusalLogBudget.warn(this.#logger, 'foreign-source', { listener: key(spec), owner: spec.owner, peer: from }, "outbound connection refused: it comes from neither the listener owner's IPs nor this host's loopback");
-      socket.destroy();
+      cutSocket(socket);
       return;
     }
     // Nor to another workload's, loopback or not (workloads at 127/8 addresses, as a loopback mesh runs them): it
@@ -345,7 +345,7 @@ export class OutboundListeners {
     const other = this.#options.snapshot().workloadByIp(normalizeIp(from));
     if (other !== undefined && other !== source) {
       this.#refusalLogBudget.warn(this.#logger, 'other-workload', { listener: key(spec), owner: spec.owner, peer: from, peerWorkload: `${other.namespace}/${other.name}` }, "outbound connection refused: it comes from another workload's IP, and would leave with the listener owner's identity");
-      socket.destroy();
+      cutSocket(socket);
       return;
     }
     void this.forward(socket, source, spec.targetHost, spec.targetPort, spec.annotation === true);
@@ -368,7 +368,7 @@ export class OutboundListeners {
       this.#options.metrics.failed(sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
       this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: route.reason, reason: route.message }, 'outbound connection refused');
       this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, route.reason, route.message, route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
-      socket.destroy();
+      cutSocket(socket);
       return;
     }
     if (route.kind === 'passthrough') {
@@ -400,7 +400,9 @@ export class OutboundListeners {
         error: { code: coded.code, message: coded.message },
         responseFlags: flag,
       });
-      socket.destroy();
+      // Reset, as every refusal here: an orderly end would tell a client that had sent its bytes and closed that
+      // they were taken (destroy() sent one whenever nothing was left unread).
+      cutSocket(socket);
       return;
     }
     if (socket.destroyed) {
@@ -505,7 +507,7 @@ export class OutboundListeners {
         this.#options.metrics.failed(labels, 'DENY');
         this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: 'DESTINATION_REFUSED', reason: refusal }, 'outbound connection refused');
         this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'DESTINATION_REFUSED', refusal, 'DENY');
-        socket.destroy();
+        cutSocket(socket);
         return;
       }
     }
@@ -522,7 +524,7 @@ export class OutboundListeners {
       // Its own failure, counted below: not also an abandoned one.
       socket.off('close', abandon);
       upstream.destroy();
-      socket.destroy();
+      cutSocket(socket);
       if (error instanceof AmbitError && error.code === 'DESTINATION_REFUSED') {
         this.#options.metrics.failed(labels, 'DENY');
         this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: error.code, reason: error.message }, 'outbound connection refused');

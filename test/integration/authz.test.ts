@@ -310,6 +310,26 @@ describe('authorization in the node proxy', () => {
     await nodeB.proc.waitFor((line) => line.msg === 'access' && line.direction === 'inbound' && line.error_code === 'POLICY_DENIED' && line.response_flags === 'DENY' && line['src.identity'] === 'spiffe://cluster.local/ns/demo/sa/other' && line['dst.workload'] === 'echo-1');
   });
 
+  // An orderly end would tell a client that sent its bytes and closed that they were taken (an upload, a log line).
+  // Before, the client saw a reset only when its bytes were still unread as the proxy closed, an end otherwise.
+  it('tells a client whose connection was denied so with a reset, never an orderly end, whether it sent anything or not', async () => {
+    const outcome = (send: string | null): Promise<string> =>
+      new Promise((resolve) => {
+        const socket = connect({ host: OTHER_IP, port: 9007 });
+        let how = 'closed without an error';
+        socket.on('end', () => (how = 'ended in order'));
+        socket.on('error', (error: NodeJS.ErrnoException) => (how = error.code ?? error.message));
+        socket.on('close', () => resolve(how));
+        socket.on('connect', () => {
+          if (send === null) return;
+          socket.write(send);
+          // Read once the proxy has had them: what it then closes holds nothing unread.
+          setTimeout(() => socket.end(), 100);
+        });
+      });
+    for (const send of [null, 'sent, then ended']) expect(await outcome(send), String(send)).toBe('ECONNRESET');
+  });
+
   it("sees the source workload's own address (ipBlocks): a DENY of its IP denies it, a DENY of another workload's IP on the same node does not", async () => {
     const nodeB = mesh.nodes.get('node-b')!;
     const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
