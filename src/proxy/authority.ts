@@ -22,6 +22,9 @@ export function parseAuthority(text: string): Authority | null {
     host = text.slice(1, close);
     portText = text.slice(close + 2);
     if (isIP(host) !== 6 || host.includes('%')) return null; // no zone IDs: they name an interface, not a peer
+    // RFC 5952's form, as addresses are configured and ztunnel writes them: `[FD00:0::1]` is `fd00::1`, and compared
+    // as written it was refused as another workload's. A dotted IPv4-mapped form stays as written.
+    if (!host.includes('.')) host = new URL(`http://[${host}]`).hostname.slice(1, -1);
   } else {
     const colon = text.lastIndexOf(':');
     if (colon <= 0) return null;

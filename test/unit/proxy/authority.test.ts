@@ -14,6 +14,8 @@ describe('parseAuthority accepts', () => {
     ['the highest port', '10.0.0.1:65535', { host: '10.0.0.1', port: 65_535, family: 4 }],
     ['a bracketed IPv6 address', '[fd00::1]:443', { host: 'fd00::1', port: 443, family: 6 }],
     ['the IPv6 loopback', '[::1]:8080', { host: '::1', port: 8080, family: 6 }],
+    ['an IPv6 address in capitals, in its canonical form', '[FD00::1]:443', { host: 'fd00::1', port: 443, family: 6 }],
+    ['an IPv6 address with its zeros written out, compressed', '[fd00:0:0:0:0:0:0:0001]:443', { host: 'fd00::1', port: 443, family: 6 }],
     ['an IPv4-mapped IPv6 address, as written', '[::ffff:10.0.0.1]:80', { host: '::ffff:10.0.0.1', port: 80, family: 6 }],
     ['a Service short name', 'echo.demo:7', { host: 'echo.demo', port: 7, family: 0 }],
     ['a full Service hostname', 'echo.demo.svc.cluster.local:7', { host: 'echo.demo.svc.cluster.local', port: 7, family: 0 }],
@@ -90,11 +92,13 @@ describe('formatAuthority', () => {
     expect(formatAuthority('echo.demo', 7)).toBe('echo.demo:7');
   });
 
-  it('round-trips with parseAuthority for any IP and port', () => {
+  it('round-trips with parseAuthority for any IP and port, an IPv6 address in its canonical form (RFC 5952)', () => {
     fc.assert(
       fc.property(fc.oneof(fc.ipV4(), fc.ipV6()), fc.integer({ min: 1, max: 65_535 }), (host, port) => {
         const parsed = parseAuthority(formatAuthority(host, port));
-        expect(parsed).toEqual({ host, port, family: host.includes(':') ? 6 : 4 });
+        // The WHATWG URL parser writes IPv6 hosts in RFC 5952's form; dotted IPv4-mapped ones stay as written.
+        const canonical = host.includes(':') && !host.includes('.') ? new URL(`http://[${host}]`).hostname.slice(1, -1) : host;
+        expect(parsed).toEqual({ host: canonical, port, family: host.includes(':') ? 6 : 4 });
       }),
     );
   });
