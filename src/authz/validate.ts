@@ -267,6 +267,8 @@ const UNSUPPORTED_KEYS: Readonly<Record<string, string>> = {
 const HEADER_KEY = /^request\.headers\[(.*)\]$/;
 // RFC 9110 §5.6.2 token: header field names and methods.
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** The HTTP/2 request pseudo-headers (RFC 9113 §8.3.1) a condition may name; an HTTP/1.1 request has them too in Envoy. */
+const PSEUDO_HEADERS: ReadonlySet<string> = new Set([':authority', ':method', ':path', ':scheme']);
 
 function conditionAt(issues: FieldIssues, value: unknown, path: FieldPath): PolicyCondition | undefined {
   const raw = mappingAt(issues, value, path);
@@ -296,6 +298,9 @@ function conditionKey(issues: FieldIssues, key: string, path: FieldPath): Condit
   if (header !== null) {
     const name = header[1] as string;
     if (TOKEN.test(name)) return { kind: 'request.headers', header: name.toLowerCase() };
+    // Envoy keeps a request's pseudo-headers with its fields, so Istio's conditions on them match; the request's own
+    // method, authority, path (with its query) and scheme answer them here.
+    if (PSEUDO_HEADERS.has(name)) return { kind: 'request.headers', header: name };
     issues.add(path, `${JSON.stringify(name)} is not an HTTP header name (write request.headers[NAME], for example request.headers[x-user])`);
     return undefined;
   }
@@ -337,6 +342,10 @@ function conditionValueNormaliser(key: ConditionKey): (value: string) => string 
       return canonicalIpBlock;
     case 'destination.port':
       return (value) => String(portValue(value));
+    case 'request.headers':
+      // The request's authority is read in lower case (DNS names are case-insensitive, and `hosts` compare so): a
+      // DENY's `Admin.Shop` had never matched, where Envoy matches a client that sends it so.
+      return key.header === 'host' || key.header === ':authority' ? (value) => value.toLowerCase() : (value) => value;
     default:
       return (value) => value;
   }

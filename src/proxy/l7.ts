@@ -486,6 +486,21 @@ export class MutableFacts implements HttpRequestFacts {
     return null;
   }
 
+  #pseudoHeader(name: string): string | undefined {
+    switch (name) {
+      case ':authority':
+        return this.host === '' ? undefined : this.host;
+      case ':method':
+        return this.method;
+      case ':path':
+        return this.forwardPath;
+      case ':scheme':
+        return 'http';
+      default:
+        return undefined;
+    }
+  }
+
   /** Only rules on the remote IP ask: most requests never parse their X-Forwarded-For. */
   get remoteIp(): IpAddress | null {
     if (this.#remoteIp === undefined) this.#remoteIp = clientIpOfForwardedFor(this.header('x-forwarded-for'));
@@ -496,6 +511,9 @@ export class MutableFacts implements HttpRequestFacts {
   header(name: string): string | undefined {
     // The authority decided on, whichever protocol carried it (an h2 request has :authority and usually no host).
     if (name === 'host') return this.host === '' ? undefined : this.host;
+    // Pseudo-headers, as Envoy has them for either protocol: the path normalised as decided, with its query (never an
+    // h2c client's raw :path, which rules on paths did not see); the scheme inside the tunnel is plain HTTP.
+    if (name.charCodeAt(0) === 58 /* : */) return this.#pseudoHeader(name);
     // Once per name and request: every rule with a condition on the header asks again, and a request of thousands
     // of fields made each of hundreds of rules rescan and rejoin them (7.7 ms per request with 200 rules, now 0.9).
     const seen = this.#headers;

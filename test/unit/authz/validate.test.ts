@@ -219,6 +219,29 @@ rules:
       rules: [{ when: [{ key: 'request.headers[x-role]', parsedKey: { kind: 'request.headers', header: 'x-role' }, values: ['admin*'], notValues: ['admin-readonly'] }] }],
     },
   },
+  {
+    name: 'a condition on the Host or :authority, its values in lower case as the request\'s authority is read',
+    yaml: when('- key: request.headers[Host]\n  values: ["Admin.Shop"]\n- key: request.headers[:authority]\n  notValues: ["*.Example.COM"]'),
+    spec: {
+      action: 'ALLOW',
+      rules: [
+        {
+          when: [
+            { key: 'request.headers[Host]', parsedKey: { kind: 'request.headers', header: 'host' }, values: ['admin.shop'] },
+            { key: 'request.headers[:authority]', parsedKey: { kind: 'request.headers', header: ':authority' }, notValues: ['*.example.com'] },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    name: 'a condition on a request pseudo-header, as Envoy keeps them among the fields',
+    yaml: when('- key: request.headers[:path]\n  values: ["/admin*"]'),
+    spec: {
+      action: 'ALLOW',
+      rules: [{ when: [{ key: 'request.headers[:path]', parsedKey: { kind: 'request.headers', header: ':path' }, values: ['/admin*'] }] }],
+    },
+  },
   { name: 'an empty when list (no conditions)', yaml: policy('rules:\n- when: []'), spec: { action: 'ALLOW', rules: [{}] } },
   {
     name: 'empty lists next to a set one, left out as Istio treats them as unset',
@@ -376,6 +399,8 @@ const rejects: RejectCase[] = [
   { name: 'an experimental Envoy filter key', yaml: when('- key: experimental.envoy.filters.network.mysql_proxy[db.table]\n  values: ["[update]"]'), field: 'spec.rules[0].when[0].key' },
   { name: 'a header key without a name', yaml: when('- key: request.headers[]\n  values: ["x"]'), field: 'spec.rules[0].when[0].key' },
   { name: 'a header key with a name that is not a token', yaml: when('- key: request.headers[x user]\n  values: ["x"]'), field: 'spec.rules[0].when[0].key' },
+  { name: 'a header key naming a response pseudo-header', yaml: when('- key: request.headers[:status]\n  values: ["200"]'), field: 'spec.rules[0].when[0].key' },
+  { name: 'a header key naming no pseudo-header', yaml: when('- key: request.headers[:admin]\n  values: ["x"]'), field: 'spec.rules[0].when[0].key' },
   { name: 'a condition without a key', yaml: when('- values: ["x"]'), field: 'spec.rules[0].when[0].key' },
   { name: 'a condition with neither values nor notValues', yaml: when('- key: source.ip'), field: 'spec.rules[0].when[0]' },
   { name: 'a condition with empty values and notValues', yaml: when('- key: source.ip\n  values: []\n  notValues: []'), field: 'spec.rules[0].when[0]' },

@@ -18,7 +18,7 @@ afterEach(() => {
 /** What fill() said of the last request the helpers below parsed: null, or why it is malformed. */
 let malformed: string | null = null;
 
-const NAMES = ['host', 'user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent'];
+const NAMES = ['host', 'user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent', ':authority', ':method', ':path', ':scheme', ':status', ':protocol'];
 
 type Seen = Record<string, string | undefined>;
 
@@ -118,6 +118,26 @@ describe('request headers as authorization conditions read them', () => {
     expect(seen.constructor).toBeUndefined();
     expect(seen.__proto__).toBeUndefined();
     expect(seen.authorization).toBeUndefined();
+  });
+});
+
+describe('pseudo-headers as conditions read them (request.headers[:path] and the like, as Envoy has them)', () => {
+  // A DENY on request.headers[:path] prefix /admin must see the path rules on paths see, not what the client wrote:
+  // an h2c client's raw :path (/public/../admin) is what Node's header list holds.
+  it('reads the method, the authority, the normalised path with its query and the scheme, for HTTP/1.1 and HTTP/2 alike', async () => {
+    const fromH1 = await h1('POST /public/../admin/x?q=1 HTTP/1.1\r\nHost: Web.Shop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    expect(malformed).toBeNull();
+    const fromH2 = await h2({ ':method': 'POST', ':path': '/public/../admin/x?q=1', ':authority': 'web.shop' });
+    expect(malformed).toBeNull();
+    for (const seen of [fromH1, fromH2]) {
+      expect(seen[':method']).toBe('POST');
+      expect(seen[':authority']).toBe('web.shop');
+      expect(seen[':path']).toBe('/admin/x?q=1');
+      expect(seen[':scheme']).toBe('http');
+      // A response's pseudo-header, or one no request has: absent, never the raw field list's.
+      expect(seen[':status']).toBeUndefined();
+      expect(seen[':protocol']).toBeUndefined();
+    }
   });
 });
 
