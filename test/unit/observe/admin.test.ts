@@ -203,8 +203,12 @@ describe('admin server', () => {
     expect(await codeOf(startObservability({ admin: { host, port: 0 }, registry: new Registry(), sources }))).toBe('USAGE');
   });
 
-  it.each(['127.0.0.1', '127.0.0.53', '::1', '::ffff:127.0.0.1'])('accepts the loopback address %s for the admin server', (host) => {
+  it.each(['127.0.0.1', '127.0.0.53', '127.255.255.255', '::1', '::ffff:127.0.0.1', '0:0:0:0:0:0:0:1'])('accepts the loopback address %s for the admin server', (host) => {
     expect(isLoopbackAddress(host)).toBe(true);
+  });
+
+  it.each(['128.0.0.1', '126.255.255.255', '10.127.0.1', '0127.0.0.1', '127.1', '127.0.0.1.', '::2', '::ffff:128.0.0.1', '127.example', ''])('does not take %j for a loopback address', (host) => {
+    expect(isLoopbackAddress(host)).toBe(false);
   });
 
   it('binds the admin server on ::1', async () => {
