@@ -301,6 +301,10 @@ function conditionKey(issues: FieldIssues, key: string, path: FieldPath): Condit
     // Envoy keeps a request's pseudo-headers with its fields, so Istio's conditions on them match; the request's own
     // method, authority, path (with its query) and scheme answer them here.
     if (PSEUDO_HEADERS.has(name)) return { kind: 'request.headers', header: name };
+    if (name.startsWith(':')) {
+      issues.add(path, `${JSON.stringify(name)} is not a request pseudo-header (a condition may name ${[...PSEUDO_HEADERS].join(', ')})`);
+      return undefined;
+    }
     issues.add(path, `${JSON.stringify(name)} is not an HTTP header name (write request.headers[NAME], for example request.headers[x-user])`);
     return undefined;
   }

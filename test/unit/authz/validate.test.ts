@@ -463,6 +463,11 @@ function thrownBy(action: () => unknown): ConfigError {
 }
 
 describe('refuses at load, naming file, object and field', () => {
+  it('says which pseudo-headers a condition may name when it names another', () => {
+    const error = thrownBy(() => parseConfigText(when('- key: request.headers[:status]\n  values: ["200"]'), FILE));
+    expect(error.message).toContain('":status" is not a request pseudo-header (a condition may name :authority, :method, :path, :scheme)');
+  });
+
   it.each(rejects)('$name', ({ yaml, field, object, line }) => {
     const error = thrownBy(() => parseConfigText(yaml, FILE));
     expect(error.code).toBe('CONFIG_FIELD');
