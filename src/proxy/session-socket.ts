@@ -55,8 +55,16 @@ export class SessionSocket extends EventEmitter {
   /** The TLS socket's input ended; said to the session once what is held has been delivered. */
   #inputEnded = false;
   #endSaid = false;
-  /** Writes queued on the TLS socket since it last had room. */
+  /**
+   * The session's writes (each a batch of buffers: JSStreamSocket corks around one) queued on the TLS socket since it
+   * last had room. Counted per buffer, a DATA frame counted twice (its header and payload), and bulk both ways hit
+   * the bound within the windows: the session stopped reading, the peer's session too, and every tunnel stalled.
+   */
   #queuedWrites = 0;
+  /** This batch has been counted. */
+  #batchCounted = false;
+  /** The callbacks of a batch held past the bound, released together on the socket's drain (one listener pair). */
+  #blocked: WriteCallback[] | null = null;
   #destroyed = false;
   readonly #flushLater = (): void => this.#flush();
 
@@ -136,6 +144,7 @@ export class SessionSocket extends EventEmitter {
   }
 
   cork(): void {
+    this.#batchCounted = false;
     this.tls.cork();
   }
 
@@ -150,24 +159,36 @@ export class SessionSocket extends EventEmitter {
       return false;
     }
     tls.write(chunk);
+    // The rest of a batch held past the bound waits with it.
+    if (this.#blocked !== null) {
+      this.#blocked.push(callback);
+      return false;
+    }
     if (!tls.writableNeedDrain) {
       this.#queuedWrites = 0;
       callback();
       return true;
     }
-    if (++this.#queuedWrites < MAX_QUEUED_WRITES && tls.writableLength < this.#maxQueuedBytes) {
+    if (!this.#batchCounted) {
+      this.#batchCounted = true;
+      this.#queuedWrites++;
+    }
+    if (this.#queuedWrites < MAX_QUEUED_WRITES && tls.writableLength < this.#maxQueuedBytes) {
       callback();
       return true;
     }
     // A backlog no window explains: this write completes once the socket has drained (or is gone).
-    const done = () => {
-      tls.off('drain', done);
-      tls.off('close', done);
+    this.#blocked = [callback];
+    const release = () => {
+      tls.off('drain', release);
+      tls.off('close', release);
+      const waiting = this.#blocked ?? [];
+      this.#blocked = null;
       this.#queuedWrites = 0;
-      callback();
+      for (const waiter of waiting) waiter();
     };
-    tls.on('drain', done);
-    tls.on('close', done);
+    tls.on('drain', release);
+    tls.on('close', release);
     return false;
   }
 
