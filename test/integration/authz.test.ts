@@ -287,6 +287,15 @@ afterAll(async () => {
   await Promise.all(servers.map((server) => new Promise((resolve) => server.close(() => resolve(undefined)))));
 });
 
+/** Writes policies.yaml and waits until node-b has put it in force (`what` names it in a timeout's message). */
+async function applyPolicies(yaml: string, what: string): Promise<void> {
+  const nodeB = mesh.nodes.get('node-b')!;
+  const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+  const seen = accepted();
+  await mesh.writeConfig('policies.yaml', yaml);
+  await waitUntil(`node-b accepts ${what}`, async () => accepted() > seen);
+}
+
 function echoOnce(ip: string, text: string): Promise<string> {
   return new Promise((resolve) => {
     const socket = connect({ host: ip, port: 9007 });
@@ -332,7 +341,6 @@ describe('authorization in the node proxy', () => {
 
   it("sees the source workload's own address (ipBlocks): a DENY of its IP denies it, a DENY of another workload's IP on the same node does not", async () => {
     const nodeB = mesh.nodes.get('node-b')!;
-    const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
     const denyFrom = (ip: string) => `${policies}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -344,19 +352,13 @@ spec:
     - from: [{ source: { ipBlocks: ["${ip}/32"] } }]
 `;
     try {
-      let seen = accepted();
-      await mesh.writeConfig('policies.yaml', denyFrom(CLIENT_IP));
-      await waitUntil('node-b accepts the DENY of the client IP', async () => accepted() > seen);
+      await applyPolicies(denyFrom(CLIENT_IP), 'the DENY of the client IP');
       expect(await echoOnce(CLIENT_IP, 'from client')).toBe('');
       await nodeB.proc.waitFor((line) => line.msg === 'connection denied by policy' && line.policy === 'demo/echo-not-from');
-      seen = accepted();
-      await mesh.writeConfig('policies.yaml', denyFrom(OTHER_IP));
-      await waitUntil('node-b accepts the DENY of the other IP', async () => accepted() > seen);
+      await applyPolicies(denyFrom(OTHER_IP), 'the DENY of the other IP');
       expect(await echoOnce(CLIENT_IP, 'from client')).toBe('from client');
     } finally {
-      const seen = accepted();
-      await mesh.writeConfig('policies.yaml', policies);
-      await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
+      await applyPolicies(policies, 'the policies back');
     }
   });
 
@@ -436,11 +438,8 @@ spec:
   // Istio lets a condition name a pseudo-header (Envoy keeps them among the fields); refused at load before, such a
   // policy held back the whole configuration. It reads the path rules on paths see: normalised, with its query.
   it('decides a when condition on request.headers[:path] on the normalised path, dot segments and all', async () => {
-    const nodeB = mesh.nodes.get('node-b')!;
-    const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
-    let seen = accepted();
     try {
-      await mesh.writeConfig('policies.yaml', `${policies}---
+      await applyPolicies(`${policies}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: web-no-secret-path, namespace: demo }
@@ -449,16 +448,13 @@ spec:
   action: DENY
   rules:
     - when: [{ key: "request.headers[:path]", values: ["/public/secret*"] }]
-`);
-      await waitUntil('node-b accepts the condition on :path', async () => accepted() > seen);
+`, 'the condition on :path');
       const get = (target: string) => rawHttp(`GET ${target} HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n`);
       expect(await get('/public/x/../secret?y=1')).toMatch(/^HTTP\/1\.1 403 /);
       expect(await get('/public/secret')).toMatch(/^HTTP\/1\.1 403 /);
       expect(await get('/public/open?secret')).toMatch(/^HTTP\/1\.1 200 /);
     } finally {
-      seen = accepted();
-      await mesh.writeConfig('policies.yaml', policies);
-      await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
+      await applyPolicies(policies, 'the policies back');
     }
   });
 
@@ -483,9 +479,7 @@ spec:
 
   it('logs the requests an AUDIT policy on HTTP fields matches, each one, and not the others', async () => {
     const nodeB = mesh.nodes.get('node-b')!;
-    const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
-    let seen = accepted();
-    await mesh.writeConfig('policies.yaml', `${policies}---
+    await applyPolicies(`${policies}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: web-audit, namespace: demo }
@@ -495,8 +489,7 @@ spec:
   rules:
     - from: [{ source: { remoteIpBlocks: ["${CLIENT_IP}/32"] } }]
       to: [{ operation: { paths: ["/public/a"] } }]
-`);
-    await waitUntil('node-b accepts the AUDIT policy', async () => accepted() > seen);
+`, 'the AUDIT policy');
     const since = nodeB.proc.lines.length;
     const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
     try {
@@ -510,9 +503,7 @@ spec:
       expect(nodeB.proc.lines.slice(since).filter((line) => line.msg === 'audited request' && line.path !== '/public/a')).toEqual([]);
     } finally {
       await client.close();
-      seen = accepted();
-      await mesh.writeConfig('policies.yaml', policies);
-      await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
+      await applyPolicies(policies, 'the policies back');
     }
   });
 
@@ -1141,16 +1132,12 @@ spec:
   });
 
   it('decides the next request of an open HTTP connection with the policies a change put in force', async () => {
-    const nodeB = mesh.nodes.get('node-b')!;
-    const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
     const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
     try {
       const before = await client.request({ path: '/public/a', method: 'GET' });
       expect(before.statusCode).toBe(200);
       await before.body.dump();
-      const seen = accepted();
-      await mesh.writeConfig('policies.yaml', policies.replace('paths: ["/public/*"]', 'paths: ["/public/b"]'));
-      await waitUntil('node-b accepts the narrower policy', async () => accepted() > seen);
+      await applyPolicies(policies.replace('paths: ["/public/*"]', 'paths: ["/public/b"]'), 'the narrower policy');
       const denied = await client.request({ path: '/public/a', method: 'GET' });
       expect(denied.statusCode).toBe(403);
       await denied.body.dump();
@@ -1159,9 +1146,7 @@ spec:
       await allowed.body.dump();
     } finally {
       await client.close();
-      const seen = accepted();
-      await mesh.writeConfig('policies.yaml', policies);
-      await waitUntil('node-b accepts the policies back', async () => accepted() > seen);
+      await applyPolicies(policies, 'the policies back');
     }
   });
 
