@@ -265,13 +265,21 @@ const TUNNEL_KEEP_ALIVE_S = 60;
 /** A request's head must arrive within this (Node's default): a peer sending `GET / HTTP/1.1\r\n` and no more is cut off. */
 const HEADERS_TIMEOUT_MS = 60_000;
 
-/** Whether `text` has an ASCII lower-case letter (a method's few characters: no regular expression per request). */
-function hasLowerCase(text: string): boolean {
+/** Whether `text` has a character from `low` to `high` (char codes): a few characters, no regular expression per request. */
+function hasCharBetween(text: string, low: number, high: number): boolean {
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i);
-    if (code >= 97 && code <= 122) return true;
+    if (code >= low && code <= high) return true;
   }
   return false;
+}
+
+function hasLowerCase(text: string): boolean {
+  return hasCharBetween(text, 97 /* a */, 122 /* z */);
+}
+
+function hasUpper(text: string): boolean {
+  return hasCharBetween(text, 65 /* A */, 90 /* Z */);
 }
 
 /** An answer whose rest will never leave: ended with CANCEL (its END_STREAM, queued behind that rest, never goes). */
@@ -560,14 +568,6 @@ function isValidAuthority(host: string): boolean {
   return true;
 }
 
-function hasUpper(text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code >= 65 && code <= 90) return true;
-  }
-  return false;
-}
-
 export interface HttpTunnelResult {
   readonly requests: number;
   readonly denied: number;
@@ -634,13 +634,13 @@ export class HttpInspector {
       // errors again, and each was counted and logged as another request.
       if (socket.destroyed || socket.writableEnded) return;
       const erring = this.#tunnels.get(socket);
-      const answering = (erring?.inFlight ?? 0) > 0;
+      const answering = erring !== undefined && erring.inFlight > 0;
       // Bytes after a request that said `Connection: close`: ignored, as Envoy, nginx and Go do. Its answer finishes
       // and ends the tunnel; the reset below had dropped that answer, the allowed request's, with the bytes.
       if (error.code === 'HPE_CLOSED_CONNECTION' && answering) return;
       // Behind a pipelined request still being answered, a 400 written now would land inside that response.
       if (answering) {
-        (erring as TunnelState).cutForProtocolError = true;
+        erring.cutForProtocolError = true;
         resetTunnel(socket);
       } else {
         // Envoy's DPE (downstream protocol error): what the head said is unknown, so only the answer is logged.
