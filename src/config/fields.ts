@@ -307,6 +307,11 @@ export function anyValue(): undefined {
 const MAPPED_IPV4_DOTTED = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i;
 const MAPPED_IPV4_HEX = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/;
 
+/** An IPv6 address (valid, no zone) in RFC 5952's form, as the WHATWG URL parser writes it: lower case, zeros compressed. */
+export function ipv6Text(text: string): string {
+  return new URL(`http://[${text}]`).hostname.slice(1, -1);
+}
+
 /**
  * The one spelling of an IP address used as an index key: IPv4 dotted quad, IPv6 compressed lowercase, and an
  * IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, how a dual-stack socket reports an IPv4 peer) as its IPv4 address.
@@ -317,7 +322,7 @@ export function canonicalIp(text: string): string | undefined {
   if (!isIPv6(text) || text.includes('%')) return undefined;
   const dotted = MAPPED_IPV4_DOTTED.exec(text);
   if (dotted !== null && isIPv4(dotted[1] as string)) return dotted[1];
-  const compressed = new URL(`http://[${text}]`).hostname.slice(1, -1);
+  const compressed = ipv6Text(text);
   const hex = MAPPED_IPV4_HEX.exec(compressed);
   if (hex !== null) {
     const high = Number.parseInt(hex[1] as string, 16);
@@ -425,8 +430,8 @@ function ipText(bytes: readonly number[], family: 4 | 6): string {
   if (family === 4) return bytes.join('.');
   const groups: string[] = [];
   for (let index = 0; index < 16; index += 2) groups.push((((bytes[index] as number) << 8) | (bytes[index + 1] as number)).toString(16));
-  // The WHATWG URL parser writes the RFC 5952 compressed form; a masked non-mapped address never becomes mapped.
-  return new URL(`http://[${groups.join(':')}]`).hostname.slice(1, -1);
+  // A masked non-mapped address never becomes mapped.
+  return ipv6Text(groups.join(':'));
 }
 
 const HOSTNAME = /^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?$/;

@@ -1,5 +1,6 @@
 // Parses a CONNECT :authority or a listener target: IPv4:port, [IPv6]:port, or hostname:port.
 import { isIP } from 'node:net';
+import { ipv6Text } from '../config/fields.ts';
 
 export interface Authority {
   readonly host: string;
@@ -24,7 +25,7 @@ export function parseAuthority(text: string): Authority | null {
     if (isIP(host) !== 6 || host.includes('%')) return null; // no zone IDs: they name an interface, not a peer
     // RFC 5952's form, as addresses are configured and ztunnel writes them: `[FD00:0::1]` is `fd00::1`, and compared
     // as written it was refused as another workload's. A dotted IPv4-mapped form stays as written.
-    if (!host.includes('.')) host = new URL(`http://[${host}]`).hostname.slice(1, -1);
+    if (!host.includes('.')) host = ipv6Text(host);
   } else {
     const colon = text.lastIndexOf(':');
     if (colon <= 0) return null;
