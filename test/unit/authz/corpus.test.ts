@@ -271,6 +271,16 @@ const cases: Case[] = [
 
   // ---- when ----
   { name: 'when request.headers: matches an exact header value', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[x-user]", values: [alice]}]}]}')], request: GET('/', { headers: { 'x-user': 'alice' } }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
+  // Conditions on the authority and pseudo-headers (Envoy keeps them among the fields); the authority is read in lower
+  // case, and so are the values of a condition on it.
+  { name: 'when request.headers[host]: a DENY written in capitals denies the host in any case', policies: [ap('shop/deny', '{action: DENY, rules: [{when: [{key: "request.headers[Host]", values: [Admin.Shop]}]}]}')], request: GET('/', { host: 'admin.shop' }), expect: 'DENY', by: 'shop/deny', rule: 0 },
+  { name: 'when request.headers[host]: a DENY does not deny another host', policies: [ap('shop/deny', '{action: DENY, rules: [{when: [{key: "request.headers[Host]", values: [Admin.Shop]}]}]}')], request: GET('/', { host: 'web.shop' }), expect: 'ALLOW' },
+  { name: 'when request.headers[:authority]: an ALLOW matches the authority', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[:authority]", values: ["*.shop"]}]}]}')], request: GET('/', { host: 'web.shop' }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
+  { name: 'when request.headers[:authority]: an ALLOW does not match another authority', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[:authority]", values: ["*.shop"]}]}]}')], request: GET('/', { host: 'web.example' }), expect: 'DENY' },
+  { name: 'when request.headers[:path]: a DENY on a path prefix denies it, its query included', policies: [ap('shop/deny', '{action: DENY, rules: [{when: [{key: "request.headers[:path]", values: ["/admin*"]}]}]}')], request: GET('/admin/users?all=1'), expect: 'DENY', by: 'shop/deny', rule: 0 },
+  { name: 'when request.headers[:path]: a DENY on a path prefix does not deny another path', policies: [ap('shop/deny', '{action: DENY, rules: [{when: [{key: "request.headers[:path]", values: ["/admin*"]}]}]}')], request: GET('/public/admin'), expect: 'ALLOW' },
+  { name: 'when request.headers[:method]: an ALLOW on GET does not match POST', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[:method]", values: [GET]}]}]}')], request: { http: { method: 'POST', path: '/' } }, expect: 'DENY' },
+  { name: 'when request.headers[:scheme]: inside the tunnel the scheme is http', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[:scheme]", values: [http]}]}]}')], request: GET(), expect: 'ALLOW', by: 'shop/allow', rule: 0 },
   { name: 'when request.headers: does not match another value', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[x-user]", values: [alice]}]}]}')], request: GET('/', { headers: { 'x-user': 'bob' } }), expect: 'DENY' },
   { name: 'when request.headers: an absent header never matches values', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[x-user]", values: ["*"]}]}]}')], request: GET(), expect: 'DENY' },
   { name: 'when request.headers: "*" matches a present header', policies: [ap('shop/allow', '{rules: [{when: [{key: "request.headers[x-user]", values: ["*"]}]}]}')], request: GET('/', { headers: { 'x-user': 'anyone' } }), expect: 'ALLOW', by: 'shop/allow', rule: 0 },

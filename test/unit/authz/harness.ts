@@ -72,8 +72,13 @@ class RequestFacts implements HttpRequestFacts {
     this.remoteIp = clientIpOfForwardedFor(this.#headers.get('x-forwarded-for'));
   }
 
+  /** As the proxy's MutableFacts answers: the Host is the decided authority, pseudo-headers come from the request. */
   header(name: string): string | undefined {
-    return this.#headers.get(name);
+    if (name === 'host' || name === ':authority') return this.host === '' ? undefined : this.host;
+    if (name === ':method') return this.method;
+    if (name === ':path') return this.path;
+    if (name === ':scheme') return 'http';
+    return name.startsWith(':') ? undefined : this.#headers.get(name);
   }
 }
 

@@ -251,7 +251,7 @@ function conditionMatches(condition: PolicyCondition, request: ReferenceRequest,
   if (key.kind === 'request.headers') {
     if (mode === 'ignoreHttp') return true;
     if (request.http === null) return false;
-    text = request.http.headers[key.header.toLowerCase()] ?? null;
+    text = headerValue(request.http, key.header.toLowerCase());
     // Istio writes a header's `*` as Envoy's present_match: any value, even an empty one, as long as it was sent.
     if (values !== undefined && (text === null || !(values.includes('*') || anyPattern(values, text)))) return false;
     if (notValues !== undefined && text !== null && (notValues.includes('*') || anyPattern(notValues, text))) return false;
@@ -440,4 +440,14 @@ export function referenceDecide(world: ReferenceWorld, destination: ReferenceDes
     }
   }
   return { allow: false, policy: null, rule: null, deferred: false };
+}
+
+/** A header as Envoy reads it for a condition: the Host as the request's authority, pseudo-headers from the request line. */
+function headerValue(http: ReferenceHttp, name: string): string | null {
+  if (name === 'host' || name === ':authority') return http.host === '' ? null : http.host;
+  if (name === ':method') return http.method;
+  if (name === ':path') return http.path;
+  if (name === ':scheme') return 'http';
+  if (name.startsWith(':')) return null;
+  return http.headers[name] ?? null;
 }
