@@ -8,7 +8,8 @@
 // ztunnel, whose reads and writes are independent. One end suffices to break the cycle; the client end is where ambit
 // builds the connection itself. What no window bounds (acknowledgements of a peer's PINGs and SETTINGS, 17 bytes each)
 // is bounded here: past MAX_QUEUED_BYTES or MAX_QUEUED_WRITES waiting, a write completes only once the socket drains,
-// so the session stops reading, as Node's does on a socket of its own: a peer that floods and never reads gets no
+// so the session stops reading, as Node's does on a socket of its own (the TLS socket is read on meanwhile, into what
+// is held, so that a peer waiting on us can go on reading our backlog): a peer that floods and never reads gets no
 // more acknowledgements, and the pool's keepalive, its PONGs unread, cuts the session.
 //
 // Not a stream.Duplex: Node wraps whatever it is given in a JSStreamSocket (lib/internal/js_stream_socket.js), which
@@ -34,6 +35,15 @@ const MAX_QUEUED_WRITES = 4_096;
  * the TLS socket is paused: pausing and resuming the socket itself on every write cost more than the bytes.
  */
 const READ_AHEAD_BYTES = 1024 * 1024;
+/**
+ * The same while a write waits past the backlog bound, when the session may not read for as long as the peer takes to
+ * read our backlog. A Node peer stops reading while its own write is pending, so with the TLS socket paused at the
+ * read-ahead neither backlog ever drained (bulk both ways on many tunnels over a slow path: every tunnel stalled until
+ * the keepalive cut them). Reading on lets the peer's write complete and it reads again. What a peer may send while
+ * the session reads nothing is our connection window (16 MiB, settings.ts) of DATA and its control frames: past this
+ * bound only a peer that floods and never reads is held back, and its PONGs go unread.
+ */
+const HELD_WHILE_BLOCKED_BYTES = 48 * 1024 * 1024;
 
 type WriteCallback = (error?: Error | null) => void;
 
@@ -45,6 +55,8 @@ export class SessionSocket extends EventEmitter {
 
   /** The backlog bound in bytes (MAX_QUEUED_BYTES unless a test sets a smaller one). */
   readonly #maxQueuedBytes: number;
+  /** What is held while a write waits past it (HELD_WHILE_BLOCKED_BYTES unless a test sets a smaller one). */
+  readonly #maxHeldWhileBlocked: number;
   /** The session has asked for no input (JSStreamSocket pauses its stream before it first reads). */
   #paused = true;
   /** Input that arrived while paused, in order, and its size. */
@@ -55,6 +67,13 @@ export class SessionSocket extends EventEmitter {
   /** The TLS socket's input ended; said to the session once what is held has been delivered. */
   #inputEnded = false;
   #endSaid = false;
+  /**
+   * The TLS socket has closed; said to the session once what is held (and the end) has been delivered: the
+   * JSStreamSocket destroys itself on 'close', and the last bytes a peer sent before closing (the rest of a stream,
+   * its GOAWAY) were lost when they had arrived while the session was not reading.
+   */
+  #closed = false;
+  #closeSaid = false;
   /**
    * The session's writes (each a batch of buffers: JSStreamSocket corks around one) queued on the TLS socket since it
    * last had room. Counted per buffer, a DATA frame counted twice (its header and payload), and bulk both ways hit
@@ -68,10 +87,11 @@ export class SessionSocket extends EventEmitter {
   #destroyed = false;
   readonly #flushLater = (): void => this.#flush();
 
-  constructor(tls: TLSSocket, options: { maxQueuedBytes?: number } = {}) {
+  constructor(tls: TLSSocket, options: { maxQueuedBytes?: number; maxHeldWhileBlocked?: number } = {}) {
     super();
     this.tls = tls;
     this.#maxQueuedBytes = options.maxQueuedBytes ?? MAX_QUEUED_BYTES;
+    this.#maxHeldWhileBlocked = options.maxHeldWhileBlocked ?? HELD_WHILE_BLOCKED_BYTES;
     // What Node's session does to a socket it is handed itself (it cannot reach this one): no Nagle delay, or each
     // small write after another not yet acknowledged waited up to 40 ms.
     tls.setNoDelay(true);
@@ -81,7 +101,10 @@ export class SessionSocket extends EventEmitter {
       this.#sayEndIfDelivered();
     });
     tls.on('error', (error) => this.emit('error', error));
-    tls.on('close', () => this.emit('close'));
+    tls.on('close', () => {
+      this.#closed = true;
+      this.#sayCloseIfDelivered();
+    });
   }
 
   /**
@@ -99,7 +122,7 @@ export class SessionSocket extends EventEmitter {
     }
     this.#held.push(chunk);
     this.#heldBytes += chunk.length;
-    if (this.#heldBytes >= READ_AHEAD_BYTES && !this.#tlsPaused) {
+    if (this.#heldBytes >= (this.#blocked === null ? READ_AHEAD_BYTES : this.#maxHeldWhileBlocked) && !this.#tlsPaused) {
       this.#tlsPaused = true;
       this.tls.pause();
     }
@@ -135,12 +158,20 @@ export class SessionSocket extends EventEmitter {
       this.tls.resume();
     }
     this.#sayEndIfDelivered();
+    this.#sayCloseIfDelivered();
   }
 
   #sayEndIfDelivered(): void {
     if (!this.#inputEnded || this.#endSaid || this.#paused || this.#held.length > 0) return;
     this.#endSaid = true;
     this.emit('end');
+    this.#sayCloseIfDelivered();
+  }
+
+  #sayCloseIfDelivered(): void {
+    if (!this.#closed || this.#closeSaid || this.#held.length > 0 || (this.#inputEnded && !this.#endSaid)) return;
+    this.#closeSaid = true;
+    this.emit('close');
   }
 
   cork(): void {
@@ -177,8 +208,13 @@ export class SessionSocket extends EventEmitter {
       callback();
       return true;
     }
-    // A backlog no window explains: this write completes once the socket has drained (or is gone).
+    // A backlog no window explains: this write completes once the socket has drained (or is gone). Meanwhile the TLS
+    // socket is read on (see HELD_WHILE_BLOCKED_BYTES).
     this.#blocked = [callback];
+    if (this.#tlsPaused && this.#heldBytes < this.#maxHeldWhileBlocked) {
+      this.#tlsPaused = false;
+      tls.resume();
+    }
     const release = () => {
       tls.off('drain', release);
       tls.off('close', release);
@@ -201,6 +237,11 @@ export class SessionSocket extends EventEmitter {
   destroy(error?: Error): this {
     if (this.#destroyed) return this;
     this.#destroyed = true;
+    // The session has let go: nothing held is wanted any more, and its close is not held back for it.
+    this.#held.length = 0;
+    this.#heldBytes = 0;
+    this.#endSaid = true;
+    if (this.#closed) process.nextTick(() => this.#sayCloseIfDelivered());
     const tls = this.tls;
     if (error !== undefined || !tls.writableEnded) {
       // Cut (a reset, a missed PONG, an untrusted peer): at once, also while a write waits for a peer that reads nothing.

@@ -43,16 +43,19 @@ describe('a client session over a SessionSocket, its server flooding PINGs and r
   // Past the bound the session stops reading, as Node's does on its own socket: no more PINGs are read, no more ACKs
   // queued (the pool's keepalive then finds it dead and cuts it). Unbounded, 1.4 MiB of 17-byte ACKs were queued in
   // 4 s, and the process grew by 400 MiB in 10.
-  it('keeps what it queues for the server bounded', async () => {
+  // While a write waits past the bound the TLS socket is read on, into what is held, but not without bound either.
+  it('keeps what it queues for the server and what it holds of the server\'s bounded', async () => {
     const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ALPNProtocols: ['h2'], servername: '' });
     await once(socket, 'secureConnect');
-    // A bound of 1 MiB (48 MiB in the proxy, above what a peer's windows let DATA queue), reached in a second here.
-    const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => new SessionSocket(socket, { maxQueuedBytes: 1024 * 1024 }).forSession() });
+    // Bounds of 1 and 2 MiB (48 MiB each in the proxy, above what a peer's windows let DATA queue), reached in a second.
+    const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => new SessionSocket(socket, { maxQueuedBytes: 1024 * 1024, maxHeldWhileBlocked: 2 * 1024 * 1024 }).forSession() });
     session.on('error', () => {});
     let largestQueue = 0;
     const watch = setInterval(() => (largestQueue = Math.max(largestQueue, socket.writableLength)), 50);
+    let readingAtEnd: boolean;
     try {
       await new Promise((resolve) => setTimeout(resolve, 6_000));
+      readingAtEnd = !socket.isPaused();
     } finally {
       clearInterval(watch);
       session.destroy();
@@ -60,6 +63,7 @@ describe('a client session over a SessionSocket, its server flooding PINGs and r
     }
     expect(largestQueue).toBeGreaterThan(0);
     expect(largestQueue).toBeLessThan(1024 * 1024 + 64 * 1024);
+    expect(readingAtEnd).toBe(false);
   }, 20_000);
 });
 
@@ -119,4 +123,62 @@ describe('bulk both ways between a client session over a SessionSocket and a Nod
     const bytes = 8 * 1024 * 1024;
     expect(JSON.parse(out.trim()) as unknown).toEqual({ echoed: Array.from({ length: 6 }, () => bytes) });
   }, 60_000);
+});
+
+describe('bulk both ways over a slow path, the client writing in small pieces', () => {
+  // The client's TLS socket never empties between writes, so the backlog bound is reached within the windows. Its
+  // session then stops reading; with the TLS socket paused too (at the read-ahead), the Node server's own write never
+  // completed, it stopped reading, and neither backlog ever drained (4 of 5 runs of the script stalled). The TLS socket
+  // is now read on while a write waits past the bound.
+  it('echoes 16 streams of 4 MiB each way through a relay of 8 MiB/s, never stalling', async () => {
+    const script = fileURLToPath(new URL('../fixtures/scripts/slow-path-bulk-session-socket.ts', import.meta.url));
+    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (data: Buffer) => (out += data.toString()));
+    await once(child, 'close');
+    const bytes = 4 * 1024 * 1024;
+    expect(JSON.parse(out.trim()) as unknown).toEqual({ echoed: Array.from({ length: 16 }, () => bytes) });
+  }, 60_000);
+});
+
+describe('a peer that sends its last bytes and closes while the session is not reading', () => {
+  // Node's JSStreamSocket destroys itself on its stream's 'close': said before what was held, the peer's last bytes
+  // (the rest of a stream, its GOAWAY) and its end were lost.
+  it('delivers what it held, then the end, then the close', async () => {
+    const ca = await createTestCa('cluster.local');
+    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
+    const payload = Buffer.alloc(256 * 1024, 7);
+    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
+      socket.on('error', () => {});
+      socket.end(payload);
+    });
+    sender.listen(0, '127.0.0.1');
+    await once(sender, 'listening');
+    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
+    try {
+      await once(socket, 'secureConnect');
+      const wrapped = new SessionSocket(socket);
+      const events: string[] = [];
+      let received = 0;
+      wrapped.on('data', (chunk: Buffer) => {
+        if (events.at(-1) !== 'data') events.push('data');
+        received += chunk.length;
+      });
+      wrapped.on('end', () => events.push('end'));
+      wrapped.on('close', () => events.push('close'));
+      wrapped.pause();
+      // Under the read-ahead: the TLS socket reads it all, ends and closes.
+      if (!socket.destroyed) await once(socket, 'close');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(events).toEqual([]);
+      wrapped.resume();
+      const deadline = Date.now() + 5_000;
+      while (!events.includes('close') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(events).toEqual(['data', 'end', 'close']);
+      expect(received).toBe(payload.length);
+    } finally {
+      socket.destroy();
+      sender.close();
+    }
+  }, 20_000);
 });
