@@ -7,7 +7,7 @@
 // is bounded by the windows the peer granted (its stream windows, within its session budget: window.ts), as in
 // ztunnel, whose reads and writes are independent. One end suffices to break the cycle; the client end is where ambit
 // builds the connection itself. What no window bounds (acknowledgements of a peer's PINGs and SETTINGS, 17 bytes each)
-// is bounded here: past MAX_QUEUED_BYTES or MAX_QUEUED_WRITES waiting, a write completes only once the socket drains,
+// is bounded here: past MAX_QUEUED_BYTES or MAX_QUEUED_BUFFERS waiting, a write completes only once the socket drains,
 // so the session stops reading, as Node's does on a socket of its own (the TLS socket is read on meanwhile, into what
 // is held, so that a peer waiting on us can go on reading our backlog): a peer that floods and never reads gets no
 // more acknowledgements, and the pool's keepalive, its PONGs unread, cuts the session.
@@ -20,6 +20,7 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
+import { H2_CONNECTION_WINDOW_BYTES } from './settings.ts';
 
 /** A session ended in an orderly way has this long to flush and exchange FINs before its socket is cut. */
 const CLOSE_GRACE_MS = 10_000;
@@ -28,8 +29,13 @@ const CLOSE_GRACE_MS = 10_000;
  * so bulk both ways never reaches it; a peer that floods acknowledgements and reads nothing does.
  */
 const MAX_QUEUED_BYTES = 48 * 1024 * 1024;
-/** The same in writes: each queued one costs far more than its bytes (an ack is 17), 4,096 of them about a megabyte. */
-const MAX_QUEUED_WRITES = 4_096;
+/**
+ * The same in buffers: each queued one costs far more than its bytes (an ack is 17; with the JSStreamSocket's copy and
+ * the TLS socket's bookkeeping, ~500 bytes), and the session hands over thousands of acks in one write. Legitimate DATA
+ * in small frames can reach it too (a slow path, an application writing small pieces): the session then reads nothing
+ * until the socket drains, while the TLS socket is read on (HELD_WHILE_BLOCKED_BYTES), a pause and never a stall.
+ */
+const MAX_QUEUED_BUFFERS = 65_536;
 /**
  * Input held while the session does not read (it pauses us while each of its writes is pending, a tick or so) before
  * the TLS socket is paused: pausing and resuming the socket itself on every write cost more than the bytes.
@@ -43,7 +49,7 @@ const READ_AHEAD_BYTES = 1024 * 1024;
  * the session reads nothing is our connection window (16 MiB, settings.ts) of DATA and its control frames: past this
  * bound only a peer that floods and never reads is held back, and its PONGs go unread.
  */
-const HELD_WHILE_BLOCKED_BYTES = 48 * 1024 * 1024;
+const HELD_WHILE_BLOCKED_BYTES = H2_CONNECTION_WINDOW_BYTES + READ_AHEAD_BYTES;
 
 type WriteCallback = (error?: Error | null) => void;
 
@@ -74,14 +80,14 @@ export class SessionSocket extends EventEmitter {
    */
   #closed = false;
   #closeSaid = false;
+  /** The TLS socket's error (a reset), said with the close, after what was held: the peer's last frames come first. */
+  #error: Error | null = null;
   /**
-   * The session's writes (each a batch of buffers: JSStreamSocket corks around one) queued on the TLS socket since it
-   * last had room. Counted per buffer, a DATA frame counted twice (its header and payload), and bulk both ways hit
-   * the bound within the windows: the session stopped reading, the peer's session too, and every tunnel stalled.
+   * Buffers written to the TLS socket since it last had room (at least what it holds now). Reaching the bound is a
+   * pause, not a stall, since the TLS socket is read on meanwhile: counted per write (a batch) instead, one write of
+   * thousands of acks had counted once, and a peer flooding PINGs grew us by 1.5 GB.
    */
-  #queuedWrites = 0;
-  /** This batch has been counted. */
-  #batchCounted = false;
+  #queuedBuffers = 0;
   /** The callbacks of a batch held past the bound, released together on the socket's drain (one listener pair). */
   #blocked: WriteCallback[] | null = null;
   #destroyed = false;
@@ -100,7 +106,10 @@ export class SessionSocket extends EventEmitter {
       this.#inputEnded = true;
       this.#sayEndIfDelivered();
     });
-    tls.on('error', (error) => this.emit('error', error));
+    tls.on('error', (error) => {
+      if (this.#held.length === 0 && (!this.#inputEnded || this.#endSaid)) this.emit('error', error);
+      else this.#error ??= error;
+    });
     tls.on('close', () => {
       this.#closed = true;
       this.#sayCloseIfDelivered();
@@ -116,6 +125,7 @@ export class SessionSocket extends EventEmitter {
   }
 
   #onData(chunk: Buffer): void {
+    if (this.#destroyed) return;
     if (!this.#paused && this.#held.length === 0) {
       this.emit('data', chunk);
       return;
@@ -171,11 +181,13 @@ export class SessionSocket extends EventEmitter {
   #sayCloseIfDelivered(): void {
     if (!this.#closed || this.#closeSaid || this.#held.length > 0 || (this.#inputEnded && !this.#endSaid)) return;
     this.#closeSaid = true;
+    const error = this.#error;
+    this.#error = null;
+    if (error !== null && !this.#destroyed) this.emit('error', error);
     this.emit('close');
   }
 
   cork(): void {
-    this.#batchCounted = false;
     this.tls.cork();
   }
 
@@ -196,15 +208,11 @@ export class SessionSocket extends EventEmitter {
       return false;
     }
     if (!tls.writableNeedDrain) {
-      this.#queuedWrites = 0;
+      this.#queuedBuffers = 0;
       callback();
       return true;
     }
-    if (!this.#batchCounted) {
-      this.#batchCounted = true;
-      this.#queuedWrites++;
-    }
-    if (this.#queuedWrites < MAX_QUEUED_WRITES && tls.writableLength < this.#maxQueuedBytes) {
+    if (++this.#queuedBuffers < MAX_QUEUED_BUFFERS && tls.writableLength < this.#maxQueuedBytes) {
       callback();
       return true;
     }
@@ -220,7 +228,7 @@ export class SessionSocket extends EventEmitter {
       tls.off('close', release);
       const waiting = this.#blocked ?? [];
       this.#blocked = null;
-      this.#queuedWrites = 0;
+      this.#queuedBuffers = 0;
       for (const waiter of waiting) waiter();
     };
     tls.on('drain', release);
@@ -241,6 +249,11 @@ export class SessionSocket extends EventEmitter {
     this.#held.length = 0;
     this.#heldBytes = 0;
     this.#endSaid = true;
+    // Read on, or the peer's FIN would go unread and an orderly close wait out its grace.
+    if (this.#tlsPaused) {
+      this.#tlsPaused = false;
+      this.tls.resume();
+    }
     if (this.#closed) process.nextTick(() => this.#sayCloseIfDelivered());
     const tls = this.tls;
     if (error !== undefined || !tls.writableEnded) {

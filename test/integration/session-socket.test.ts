@@ -40,31 +40,68 @@ afterAll(() => {
 });
 
 describe('a client session over a SessionSocket, its server flooding PINGs and reading nothing', () => {
-  // Past the bound the session stops reading, as Node's does on its own socket: no more PINGs are read, no more ACKs
-  // queued (the pool's keepalive then finds it dead and cuts it). Unbounded, 1.4 MiB of 17-byte ACKs were queued in
-  // 4 s, and the process grew by 400 MiB in 10.
-  // While a write waits past the bound the TLS socket is read on, into what is held, but not without bound either.
-  it('keeps what it queues for the server and what it holds of the server\'s bounded', async () => {
+  /** A client session over a SessionSocket with these bounds, its TLS socket watched until `done` says so. */
+  async function flooded(options: { maxQueuedBytes?: number; maxHeldWhileBlocked?: number }, done: (socket: tls.TLSSocket) => boolean): Promise<{ largestQueue: number; socket: tls.TLSSocket; close: () => void }> {
     const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ALPNProtocols: ['h2'], servername: '' });
     await once(socket, 'secureConnect');
-    // Bounds of 1 and 2 MiB (48 MiB each in the proxy, above what a peer's windows let DATA queue), reached in a second.
-    const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => new SessionSocket(socket, { maxQueuedBytes: 1024 * 1024, maxHeldWhileBlocked: 2 * 1024 * 1024 }).forSession() });
+    const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => new SessionSocket(socket, options).forSession() });
     session.on('error', () => {});
     let largestQueue = 0;
-    const watch = setInterval(() => (largestQueue = Math.max(largestQueue, socket.writableLength)), 50);
-    let readingAtEnd: boolean;
-    try {
-      await new Promise((resolve) => setTimeout(resolve, 6_000));
-      readingAtEnd = !socket.isPaused();
-    } finally {
-      clearInterval(watch);
-      session.destroy();
-      socket.destroy();
+    const deadline = Date.now() + 15_000;
+    while (!done(socket) && Date.now() < deadline) {
+      largestQueue = Math.max(largestQueue, socket.writableLength);
+      await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    expect(largestQueue).toBeGreaterThan(0);
-    expect(largestQueue).toBeLessThan(1024 * 1024 + 64 * 1024);
-    expect(readingAtEnd).toBe(false);
-  }, 20_000);
+    return {
+      largestQueue,
+      socket,
+      close: () => {
+        session.destroy();
+        socket.destroy();
+      },
+    };
+  }
+
+  // Past the bound the session stops reading, as Node's does on its own socket: no more PINGs are read, no more ACKs
+  // queued (the pool's keepalive then finds it dead and cuts it). Unbounded, 1.4 MiB of 17-byte ACKs were queued in
+  // 4 s, and the process grew by 400 MiB in 10. While a write waits past the bound the TLS socket is read on, into
+  // what is held, but not without bound either.
+  it("keeps what it queues for the server and what it holds of the server's bounded", async () => {
+    // Bounds of 1 and 2 MiB (48 and 17 MiB in the proxy, above what a peer's windows let DATA queue).
+    // Done once the TLS socket has read nothing for a second (it may pause at the read-ahead first, then read on).
+    let read = -1;
+    let since = Date.now();
+    const stopped = (socket: tls.TLSSocket): boolean => {
+      if (socket.bytesRead !== read) {
+        read = socket.bytesRead;
+        since = Date.now();
+      }
+      return Date.now() - since >= 1_000;
+    };
+    const flood = await flooded({ maxQueuedBytes: 1024 * 1024, maxHeldWhileBlocked: 2 * 1024 * 1024 }, stopped);
+    try {
+      expect(stopped(flood.socket)).toBe(true);
+      expect(flood.socket.isPaused()).toBe(true);
+      expect(flood.largestQueue).toBeGreaterThan(0);
+      expect(flood.largestQueue).toBeLessThan(1024 * 1024 + 64 * 1024);
+    } finally {
+      flood.close();
+    }
+  }, 30_000);
+
+  // The session hands over the ACKs of every PING it has read in one write: bounded by writes, 4,096 of them held
+  // 50 MB of ACKs and the process grew by 1.5 GB. Bounded by buffers: 65,536 ACKs of 17 bytes, and the one write
+  // that crossed the bound (the ACKs of one chunk read, up to 64 KiB of PINGs).
+  it('bounds the ACKs it queues by their number, far below the byte bound', async () => {
+    const flood = await flooded({ maxHeldWhileBlocked: 2 * 1024 * 1024 }, (socket) => socket.isPaused());
+    try {
+      expect(flood.socket.isPaused()).toBe(true);
+      expect(flood.largestQueue).toBeGreaterThan(0);
+      expect(flood.largestQueue).toBeLessThan(65_536 * 17 + 128 * 1024);
+    } finally {
+      flood.close();
+    }
+  }, 30_000);
 });
 
 describe('input that arrives while the session is not reading', () => {
@@ -176,6 +213,81 @@ describe('a peer that sends its last bytes and closes while the session is not r
       while (!events.includes('close') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
       expect(events).toEqual(['data', 'end', 'close']);
       expect(received).toBe(payload.length);
+    } finally {
+      socket.destroy();
+      sender.close();
+    }
+  }, 20_000);
+
+  // A reset the same way: its error said after the bytes that came before it (the peer's GOAWAY, the end of a stream),
+  // not ahead of them, when the session would have been destroyed with them unread.
+  it('delivers what it held before a reset, then the error and the close', async () => {
+    const ca = await createTestCa('cluster.local');
+    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
+    const payload = Buffer.alloc(256 * 1024, 7);
+    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
+      socket.on('error', () => {});
+      // It reads nothing of what the client sends, so its close is a reset.
+      socket.pause();
+      socket.write(payload, () => setTimeout(() => socket.destroy(), 200));
+    });
+    sender.listen(0, '127.0.0.1');
+    await once(sender, 'listening');
+    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
+    try {
+      await once(socket, 'secureConnect');
+      const wrapped = new SessionSocket(socket);
+      const events: string[] = [];
+      let received = 0;
+      wrapped.on('data', (chunk: Buffer) => {
+        if (events.at(-1) !== 'data') events.push('data');
+        received += chunk.length;
+      });
+      wrapped.on('error', (error: NodeJS.ErrnoException) => events.push(`error ${error.code ?? ''}`));
+      wrapped.on('end', () => events.push('end'));
+      wrapped.on('close', () => events.push('close'));
+      wrapped.pause();
+      wrapped.write(Buffer.alloc(4 * 1024 * 1024, 1), () => {});
+      // (Not once(): it rejects on the socket's 'error', the reset.)
+      if (!socket.destroyed) await new Promise((resolve) => socket.once('close', resolve));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(events).toEqual([]);
+      wrapped.resume();
+      const deadline = Date.now() + 5_000;
+      while (!events.includes('close') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(events).toEqual(['data', 'error ECONNRESET', 'close']);
+      expect(received).toBe(payload.length);
+    } finally {
+      socket.destroy();
+      sender.close();
+    }
+  }, 20_000);
+
+  // A session ended in order lets go of its socket: what was held is dropped and the TLS socket read on, so the peer's
+  // FIN is read and the socket closes, where it had stayed paused and waited out the 10 s grace.
+  it('lets go of what it held when the session ends, and closes without waiting out the grace', async () => {
+    const ca = await createTestCa('cluster.local');
+    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
+    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
+      socket.on('error', () => {});
+      socket.end(Buffer.alloc(3 * 1024 * 1024, 7));
+    });
+    sender.listen(0, '127.0.0.1');
+    await once(sender, 'listening');
+    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
+    try {
+      await once(socket, 'secureConnect');
+      const wrapped = new SessionSocket(socket);
+      wrapped.on('data', () => {});
+      wrapped.pause();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(socket.isPaused()).toBe(true);
+      const started = Date.now();
+      const closed = new Promise((resolve) => socket.once('close', resolve));
+      wrapped.end();
+      wrapped.destroy();
+      await closed;
+      expect(Date.now() - started).toBeLessThan(5_000);
     } finally {
       socket.destroy();
       sender.close();
