@@ -14,10 +14,11 @@ import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 
 let server: tls.Server;
 let port = 0;
+let svid: { certPem: string; keyPem: string };
 
 beforeAll(async () => {
   const ca = await createTestCa('cluster.local');
-  const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/flooder');
+  svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/peer');
   server = tls.createServer({ cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' }, (socket) => {
     socket.on('error', () => {});
     // An empty SETTINGS, then PINGs as fast as the socket takes them, and never a byte read.
@@ -38,6 +39,52 @@ beforeAll(async () => {
 afterAll(() => {
   server?.close();
 });
+
+/** A TLS server that does `serve` with each connection, and a client TLS socket connected to it for `use`; both closed after. */
+async function withPeer(serve: (socket: tls.TLSSocket) => void, use: (socket: tls.TLSSocket) => Promise<void>): Promise<void> {
+  const peer = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
+    socket.on('error', () => {});
+    serve(socket);
+  });
+  peer.listen(0, '127.0.0.1');
+  await once(peer, 'listening');
+  const socket = tls.connect({ host: '127.0.0.1', port: (peer.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
+  try {
+    await once(socket, 'secureConnect');
+    await use(socket);
+  } finally {
+    socket.destroy();
+    peer.close();
+  }
+}
+
+/** What a SessionSocket says to its session, in order (consecutive chunks as one 'data'), and the bytes it handed on. */
+function recorded(wrapped: SessionSocket): { events: string[]; received: () => number } {
+  const events: string[] = [];
+  let received = 0;
+  wrapped.on('data', (chunk: Buffer) => {
+    if (events.at(-1) !== 'data') events.push('data');
+    received += chunk.length;
+  });
+  wrapped.on('error', (error: NodeJS.ErrnoException) => events.push(`error ${error.code ?? ''}`));
+  wrapped.on('end', () => events.push('end'));
+  wrapped.on('close', () => events.push('close'));
+  return { events, received: () => received };
+}
+
+async function until(done: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+/** Runs a fixture script in its own process (in the test runner's the timing hid the stalls) and reads its JSON line. */
+async function scriptOutcome(name: string): Promise<unknown> {
+  const child = spawn(process.execPath, [fileURLToPath(new URL(`../fixtures/scripts/${name}`, import.meta.url))], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (data: Buffer) => (out += data.toString()));
+  await once(child, 'close');
+  return JSON.parse(out.trim()) as unknown;
+}
 
 describe('a client session over a SessionSocket, its server flooding PINGs and reading nothing', () => {
   /** A client session over a SessionSocket with these bounds, its TLS socket watched until `done` says so. */
@@ -108,19 +155,9 @@ describe('input that arrives while the session is not reading', () => {
   // The session pauses its socket for each of its writes; what arrives meanwhile is held, in order, and the TLS socket
   // itself stops reading only once a megabyte is held. The end comes after the last byte held.
   it('is held in order, bounds what it holds, and ends after the last byte', async () => {
-    const ca = await createTestCa('cluster.local');
-    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
     const payload = Buffer.alloc(3 * 1024 * 1024);
     for (let i = 0; i < payload.length; i += 4) payload.writeUInt32BE(i, i);
-    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
-      socket.on('error', () => {});
-      socket.end(payload);
-    });
-    sender.listen(0, '127.0.0.1');
-    await once(sender, 'listening');
-    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
-    try {
-      await once(socket, 'secureConnect');
+    await withPeer((socket) => socket.end(payload), async (socket) => {
       const wrapped = new SessionSocket(socket);
       const received: Buffer[] = [];
       let ended = false;
@@ -135,14 +172,10 @@ describe('input that arrives while the session is not reading', () => {
       expect(received).toHaveLength(0);
       expect(socket.isPaused()).toBe(true);
       wrapped.resume();
-      const deadline = Date.now() + 5_000;
-      while (!ended && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      await until(() => ended, 5_000);
       expect(ended).toBe(true);
       expect(Buffer.concat(received).equals(payload)).toBe(true);
-    } finally {
-      socket.destroy();
-      sender.close();
-    }
+    });
   }, 20_000);
 });
 
@@ -152,13 +185,7 @@ describe('bulk both ways between a client session over a SessionSocket and a Nod
   // for good, both sessions waiting on each other (5 of 5 runs of the script). In its own process: in the test
   // runner's, the timing hid it.
   it("echoes 6 streams of 8 MiB each way with the proxy's windows, never stalling", async () => {
-    const script = fileURLToPath(new URL('../fixtures/scripts/two-way-bulk-session-socket.ts', import.meta.url));
-    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (data: Buffer) => (out += data.toString()));
-    await once(child, 'close');
-    const bytes = 8 * 1024 * 1024;
-    expect(JSON.parse(out.trim()) as unknown).toEqual({ echoed: Array.from({ length: 6 }, () => bytes) });
+    expect(await scriptOutcome('two-way-bulk-session-socket.ts')).toEqual({ echoed: Array.from({ length: 6 }, () => 8 * 1024 * 1024) });
   }, 60_000);
 });
 
@@ -168,13 +195,7 @@ describe('bulk both ways over a slow path, the client writing in small pieces', 
   // completed, it stopped reading, and neither backlog ever drained (4 of 5 runs of the script stalled). The TLS socket
   // is now read on while a write waits past the bound.
   it('echoes 16 streams of 4 MiB each way through a relay of 8 MiB/s, never stalling', async () => {
-    const script = fileURLToPath(new URL('../fixtures/scripts/slow-path-bulk-session-socket.ts', import.meta.url));
-    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (data: Buffer) => (out += data.toString()));
-    await once(child, 'close');
-    const bytes = 4 * 1024 * 1024;
-    expect(JSON.parse(out.trim()) as unknown).toEqual({ echoed: Array.from({ length: 16 }, () => bytes) });
+    expect(await scriptOutcome('slow-path-bulk-session-socket.ts')).toEqual({ echoed: Array.from({ length: 16 }, () => 4 * 1024 * 1024) });
   }, 60_000);
 });
 
@@ -182,101 +203,51 @@ describe('a peer that sends its last bytes and closes while the session is not r
   // Node's JSStreamSocket destroys itself on its stream's 'close': said before what was held, the peer's last bytes
   // (the rest of a stream, its GOAWAY) and its end were lost.
   it('delivers what it held, then the end, then the close', async () => {
-    const ca = await createTestCa('cluster.local');
-    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
     const payload = Buffer.alloc(256 * 1024, 7);
-    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
-      socket.on('error', () => {});
-      socket.end(payload);
-    });
-    sender.listen(0, '127.0.0.1');
-    await once(sender, 'listening');
-    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
-    try {
-      await once(socket, 'secureConnect');
+    await withPeer((socket) => socket.end(payload), async (socket) => {
       const wrapped = new SessionSocket(socket);
-      const events: string[] = [];
-      let received = 0;
-      wrapped.on('data', (chunk: Buffer) => {
-        if (events.at(-1) !== 'data') events.push('data');
-        received += chunk.length;
-      });
-      wrapped.on('end', () => events.push('end'));
-      wrapped.on('close', () => events.push('close'));
+      const said = recorded(wrapped);
       wrapped.pause();
       // Under the read-ahead: the TLS socket reads it all, ends and closes.
       if (!socket.destroyed) await once(socket, 'close');
       await new Promise((resolve) => setTimeout(resolve, 50));
-      expect(events).toEqual([]);
+      expect(said.events).toEqual([]);
       wrapped.resume();
-      const deadline = Date.now() + 5_000;
-      while (!events.includes('close') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
-      expect(events).toEqual(['data', 'end', 'close']);
-      expect(received).toBe(payload.length);
-    } finally {
-      socket.destroy();
-      sender.close();
-    }
+      await until(() => said.events.includes('close'), 5_000);
+      expect(said.events).toEqual(['data', 'end', 'close']);
+      expect(said.received()).toBe(payload.length);
+    });
   }, 20_000);
 
   // A reset the same way: its error said after the bytes that came before it (the peer's GOAWAY, the end of a stream),
   // not ahead of them, when the session would have been destroyed with them unread.
   it('delivers what it held before a reset, then the error and the close', async () => {
-    const ca = await createTestCa('cluster.local');
-    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
     const payload = Buffer.alloc(256 * 1024, 7);
-    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
-      socket.on('error', () => {});
+    const serve = (socket: tls.TLSSocket) => {
       // It reads nothing of what the client sends, so its close is a reset.
       socket.pause();
       socket.write(payload, () => setTimeout(() => socket.destroy(), 200));
-    });
-    sender.listen(0, '127.0.0.1');
-    await once(sender, 'listening');
-    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
-    try {
-      await once(socket, 'secureConnect');
+    };
+    await withPeer(serve, async (socket) => {
       const wrapped = new SessionSocket(socket);
-      const events: string[] = [];
-      let received = 0;
-      wrapped.on('data', (chunk: Buffer) => {
-        if (events.at(-1) !== 'data') events.push('data');
-        received += chunk.length;
-      });
-      wrapped.on('error', (error: NodeJS.ErrnoException) => events.push(`error ${error.code ?? ''}`));
-      wrapped.on('end', () => events.push('end'));
-      wrapped.on('close', () => events.push('close'));
+      const said = recorded(wrapped);
       wrapped.pause();
       wrapped.write(Buffer.alloc(4 * 1024 * 1024, 1), () => {});
       // (Not once(): it rejects on the socket's 'error', the reset.)
       if (!socket.destroyed) await new Promise((resolve) => socket.once('close', resolve));
       await new Promise((resolve) => setTimeout(resolve, 50));
-      expect(events).toEqual([]);
+      expect(said.events).toEqual([]);
       wrapped.resume();
-      const deadline = Date.now() + 5_000;
-      while (!events.includes('close') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
-      expect(events).toEqual(['data', 'error ECONNRESET', 'close']);
-      expect(received).toBe(payload.length);
-    } finally {
-      socket.destroy();
-      sender.close();
-    }
+      await until(() => said.events.includes('close'), 5_000);
+      expect(said.events).toEqual(['data', 'error ECONNRESET', 'close']);
+      expect(said.received()).toBe(payload.length);
+    });
   }, 20_000);
 
   // A session ended in order lets go of its socket: what was held is dropped and the TLS socket read on, so the peer's
   // FIN is read and the socket closes, where it had stayed paused and waited out the 10 s grace.
   it('lets go of what it held when the session ends, and closes without waiting out the grace', async () => {
-    const ca = await createTestCa('cluster.local');
-    const svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/sender');
-    const sender = tls.createServer({ cert: svid.certPem, key: svid.keyPem, minVersion: 'TLSv1.3' }, (socket) => {
-      socket.on('error', () => {});
-      socket.end(Buffer.alloc(3 * 1024 * 1024, 7));
-    });
-    sender.listen(0, '127.0.0.1');
-    await once(sender, 'listening');
-    const socket = tls.connect({ host: '127.0.0.1', port: (sender.address() as AddressInfo).port, rejectUnauthorized: false, servername: '' });
-    try {
-      await once(socket, 'secureConnect');
+    await withPeer((socket) => socket.end(Buffer.alloc(3 * 1024 * 1024, 7)), async (socket) => {
       const wrapped = new SessionSocket(socket);
       wrapped.on('data', () => {});
       wrapped.pause();
@@ -288,9 +259,6 @@ describe('a peer that sends its last bytes and closes while the session is not r
       wrapped.destroy();
       await closed;
       expect(Date.now() - started).toBeLessThan(5_000);
-    } finally {
-      socket.destroy();
-      sender.close();
-    }
+    });
   }, 20_000);
 });
