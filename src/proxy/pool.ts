@@ -63,13 +63,17 @@ export class TunnelError extends AmbitError {
 
 interface PooledSession {
   readonly session: http2.ClientHttp2Session;
-  /** Its TLS connection (the session itself sees it through a SessionSocket). */
+  /** Its TLS connection, and the SessionSocket the session sees it through. */
   readonly tls: tls.TLSSocket;
+  readonly transport: SessionSocket;
   readonly bucket: Bucket;
   streams: number;
   maxStreams: number;
   idleSinceMs: number;
   pingSentMs: number;
+  /** The TLS socket's input and queued output when the PING was sent (or its wait last extended). */
+  readAtPing: number;
+  queuedAtPing: number;
   usable: boolean;
   /** The trust bundles the server was verified against, and when its or our certificate expires: past either, no new streams. */
   readonly bundles: BundleSource;
@@ -298,10 +302,11 @@ export class HbonePool {
     const ownUntilMs = identity.svid.notAfter.getTime() - Math.min(OWN_EXPIRY_MARGIN_MS, (identity.svid.notAfter.getTime() - identity.svid.notBefore.getTime()) / 10);
     const validUntilMs = Math.min(serverUntilMs, ownUntilMs);
     let session: http2.ClientHttp2Session;
+    const transport = new SessionSocket(socket);
     try {
       // The authority, bracketed for IPv6 (`https://fd00::1:15008` is no URL: every tunnel to an IPv6 peer failed).
       session = http2.connect(`https://${endpoint.hboneAuthority}`, {
-        createConnection: () => new SessionSocket(socket).forSession(),
+        createConnection: () => transport.forSession(),
         settings: CONNECT_SETTINGS,
         maxSessionMemory: H2_MAX_SESSION_MEMORY_MB,
         peerMaxConcurrentStreams: this.#maxStreams,
@@ -311,7 +316,7 @@ export class HbonePool {
       socket.destroy();
       throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `HBONE session to ${endpoint.hboneAuthority}: ${(error as Error).message}`);
     }
-    const entry: PooledSession = { session, tls: socket, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
+    const entry: PooledSession = { session, tls: socket, transport, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, readAtPing: 0, queuedAtPing: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     session.on('remoteSettings', (settings) => {
       entry.settled = true;
@@ -496,21 +501,43 @@ export class HbonePool {
       this.#retire(entry);
       return;
     }
-    if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs) {
+    if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs && !movedSincePing(entry)) {
       this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, tunnels: entry.streams, waitedMs: now - entry.pingSentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
       this.#retire(entry);
       entry.endedByPool = true;
       cutSession(entry.session, `HBONE session to ${entry.bucket.peer} missed its keepalive PONG for ${now - entry.pingSentMs} ms`, entry.tls);
       return;
     }
+    if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs) {
+      // Its PONG is late but the peer is alive (see movedSincePing): wait on, judged again from here.
+      this.#logger.debug({ peer: entry.bucket.peer, waitedMs: now - entry.pingSentMs }, 'HBONE session\'s keepalive PONG late behind a backlog, the peer still sending and reading');
+      entry.pingSentMs = now;
+      entry.readAtPing = entry.tls.bytesRead;
+      entry.queuedAtPing = entry.tls.writableLength;
+      return;
+    }
     if (entry.pingSentMs === 0) {
       entry.pingSentMs = now;
+      entry.readAtPing = entry.tls.bytesRead;
+      entry.queuedAtPing = entry.tls.writableLength;
       const sent = entry.session.ping((error) => {
         if (!error) entry.pingSentMs = 0;
       });
       if (!sent) entry.pingSentMs = 0;
     }
   }
+}
+
+/**
+ * Whether a session whose PONG is late has shown since its PING that the peer is there: it sent us bytes, and either it
+ * reads what we send or our writes are not held back. A PING leaves behind whatever the session had queued before it,
+ * up to its windows of DATA (32 MiB): over a slow path (10 Mbit/s) that took longer than the keepalive's 20 s, and the
+ * pool cut a healthy session with every tunnel on it. A peer gone silent sends nothing; one flooding PINGs and reading
+ * nothing sends, but holds our writes past the SessionSocket's bound with its queue never shrinking: both are cut.
+ */
+function movedSincePing(entry: PooledSession): boolean {
+  if (entry.tls.bytesRead <= entry.readAtPing) return false;
+  return !entry.transport.blocked || entry.tls.writableLength < entry.queuedAtPing;
 }
 
 function releaseStream(entry: PooledSession): void {

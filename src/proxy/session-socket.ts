@@ -116,6 +116,11 @@ export class SessionSocket extends EventEmitter {
     });
   }
 
+  /** A write waits past the backlog bound: the session reads nothing until the TLS socket drains. */
+  get blocked(): boolean {
+    return this.#blocked !== null;
+  }
+
   /**
    * For `http2.connect`'s createConnection, typed as the Duplex its types ask for: Node only ever wraps it in a
    * JSStreamSocket, which uses the members above.

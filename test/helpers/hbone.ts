@@ -117,3 +117,40 @@ export async function freezableRelay(host: string, port: number): Promise<Freeza
     },
   };
 }
+
+/**
+ * A relay to host:port that carries each direction at most `bytesPerSecond`, reading only as fast (what it has not read
+ * waits in the kernel's buffers, as on a slow path): a slow link between two proxies.
+ */
+export async function throttledRelay(host: string, port: number, bytesPerSecond: number): Promise<{ port: number; close: () => void }> {
+  const perTick = Math.max(1, Math.floor(bytesPerSecond / 100));
+  const sockets: Socket[] = [];
+  const carry = (from: Socket, to: Socket): void => {
+    from.pause();
+    const timer = setInterval(() => {
+      if (to.writableNeedDrain) return;
+      const data = (from.read(perTick) ?? from.read()) as Buffer | null;
+      if (data !== null) to.write(data);
+    }, 10);
+    from.on('end', () => to.end());
+    from.on('close', () => clearInterval(timer));
+    to.on('close', () => clearInterval(timer));
+  };
+  const relay = createServer((near) => {
+    const far = connect(port, host);
+    sockets.push(near, far);
+    near.on('error', () => {});
+    far.on('error', () => {});
+    carry(near, far);
+    carry(far, near);
+  });
+  relay.listen(0, '127.0.0.1');
+  await once(relay, 'listening');
+  return {
+    port: (relay.address() as AddressInfo).port,
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      relay.close();
+    },
+  };
+}

@@ -13,12 +13,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSvid } from '../../src/identity/svid.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { HbonePool, TunnelError } from '../../src/proxy/pool.ts';
+import { H2_CONNECTION_WINDOW_BYTES, H2_STREAM_WINDOW_BYTES } from '../../src/proxy/settings.ts';
 import type { Endpoint } from '../../src/proxy/routes.ts';
 import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import type { Workload } from '../../src/config/snapshot.ts';
 import type { BundleSource } from '../../src/identity/svid.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
-import { freezableRelay } from '../helpers/hbone.ts';
+import { freezableRelay, throttledRelay } from '../helpers/hbone.ts';
 
 const CLIENT_ID = 'spiffe://cluster.local/ns/a/sa/client';
 const SERVER_ID = 'spiffe://cluster.local/ns/b/sa/server';
@@ -426,6 +427,77 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       relay.close();
     }
   });
+
+  // Its PING leaves behind what the session queued before it, up to the peer's windows of DATA: over a slow path the
+  // PONG came later than the keepalive's timeout, and the pool cut a healthy session with every tunnel on it. A peer
+  // that still sends (its WINDOW_UPDATEs) and reads (our queue moves) is waited for; one gone silent is cut (above).
+  it('keeps a session whose keepalive PONG waits behind its own upload over a slow path, the peer still reading and sending', async () => {
+    // The destination proxy's windows: 4 MiB of DATA may be ahead of a PING, 2 s at 2 MiB/s, twice the timeout here.
+    const sink = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], settings: { initialWindowSize: H2_STREAM_WINDOW_BYTES } });
+    sink.on('session', (session) => session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES));
+    let stored = 0;
+    sink.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      stream.on('data', (chunk: Buffer) => (stored += chunk.length));
+      stream.on('end', () => stream.end('stored'));
+    });
+    sink.listen(0, '127.0.0.1');
+    await once(sink, 'listening');
+    const relay = await throttledRelay('127.0.0.1', (sink.address() as AddressInfo).port, 2 * 1024 * 1024);
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 200, keepaliveTimeoutMs: 1_000 });
+    try {
+      const tunnel = await hbone.open(CLIENT_ID, null, { ...endpoint(), hbonePort: relay.port, hboneAuthority: `127.0.0.1:${relay.port}` }, '');
+      const answer: Buffer[] = [];
+      tunnel.on('data', (chunk: Buffer) => answer.push(chunk));
+      const closed = new Promise((resolve) => tunnel.once('close', resolve));
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      // (once() rejects on the tunnel's 'error': a cut session fails the test here.)
+      for (let i = 0; i < 8 * 16; i++) if (!tunnel.write(chunk)) await once(tunnel, 'drain');
+      tunnel.end();
+      await closed;
+      expect(stored).toBe(8 * 1024 * 1024);
+      expect(Buffer.concat(answer).toString()).toBe('stored');
+      expect(tunnel.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      await hbone.close();
+      relay.close();
+      sink.close();
+    }
+  }, 30_000);
+
+  // The other side of that wait: a server that sends (PINGs, as fast as it can) but reads nothing holds our writes past
+  // the SessionSocket's bound with a queue that never shrinks, and is cut when its PONG is late, as a silent one is.
+  it('cuts a session whose server floods PINGs and reads nothing, when its keepalive PONG is late', async () => {
+    const flooder = tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => {
+      socket.on('error', () => {});
+      socket.pause();
+      socket.write(Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]));
+      const ping = Buffer.from([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+      const burst = Buffer.concat(Array.from({ length: 200 }, () => ping));
+      const timer = setInterval(() => {
+        if (socket.writableLength < 4_000_000) socket.write(burst);
+      }, 2);
+      socket.on('close', () => clearInterval(timer));
+    });
+    flooder.listen(0, '127.0.0.1');
+    await once(flooder, 'listening');
+    const port = (flooder.address() as AddressInfo).port;
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 200, keepaliveTimeoutMs: 1_000, connectTimeoutMs: 30_000, answerTimeoutMs: 30_000 });
+    try {
+      const started = Date.now();
+      const error = await hbone.open(CLIENT_ID, null, { ...endpoint(), hbonePort: port, hboneAuthority: `127.0.0.1:${port}` }, '').then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(TunnelError);
+      expect(Date.now() - started).toBeLessThan(15_000);
+      await expect.poll(() => hbone.stats(), { timeout: 3_000 }).toEqual({ sessions: 0, streams: 0 });
+    } finally {
+      await hbone.close();
+      flooder.close();
+    }
+  }, 30_000);
 
   it('keeps no session whose server takes no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0): each refusal leaves nothing behind', async () => {
     const full = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], settings: { maxConcurrentStreams: 0 } });
