@@ -312,6 +312,8 @@ export class HboneInbound {
   #shared: net.Server | undefined;
   /** Authenticated sessions → when their unanswered PING went out (0: none out). */
   readonly #sessions = new Map<http2.ServerHttp2Session, number>();
+  /** What each session's TLS socket had read when its PING was sent (or its wait last extended). */
+  readonly #readAtPing = new WeakMap<http2.ServerHttp2Session, number>();
   readonly #keepalive: NodeJS.Timeout;
   readonly #keepaliveTimeoutMs: number;
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
@@ -348,6 +350,16 @@ export class HboneInbound {
         this.#sessions.delete(session);
       } else if (sentMs !== 0) {
         if (now - sentMs < this.#keepaliveTimeoutMs) continue;
+        // The PING left behind whatever the session had written before it, up to the client's windows of DATA: over a
+        // slow path its PONG came after the timeout and a healthy session was cut with every tunnel. A client that has
+        // sent anything since (its WINDOW_UPDATEs as it reads) is there: waited for, judged again from now. A silent one
+        // is cut; so is one flooding PINGs and reading nothing, from which Node stops reading while its writes wait.
+        const read = sessionSockets.get(session)?.bytesRead ?? 0;
+        if (read > (this.#readAtPing.get(session) ?? read)) {
+          this.#sessions.set(session, now);
+          this.#readAtPing.set(session, read);
+          continue;
+        }
         this.#sessions.delete(session);
         const presented = peers.get(session)?.id.id ?? null;
         this.#logger.warn({ peer: session.socket.remoteAddress, presented, waitedMs: now - sentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
@@ -355,6 +367,7 @@ export class HboneInbound {
       } else if (!session.closed) {
         // Node sends no PING on a closed session (one draining after our GOAWAY): TCP keepalive watches that one.
         this.#sessions.set(session, now);
+        this.#readAtPing.set(session, sessionSockets.get(session)?.bytesRead ?? 0);
         const sent = session.ping((error) => {
           if (error === null && this.#sessions.has(session)) this.#sessions.set(session, 0);
         });

@@ -119,13 +119,13 @@ export async function freezableRelay(host: string, port: number): Promise<Freeza
 }
 
 /**
- * A relay to host:port that carries each direction at most `bytesPerSecond`, reading only as fast (what it has not read
- * waits in the kernel's buffers, as on a slow path): a slow link between two proxies.
+ * A relay to host:port that carries each direction at most `bytesPerSecond` (the way back `backBytesPerSecond`), reading
+ * only as fast (what it has not read waits in the kernel's buffers, as on a slow path): a slow link between two proxies.
  */
-export async function throttledRelay(host: string, port: number, bytesPerSecond: number): Promise<{ port: number; close: () => void }> {
-  const perTick = Math.max(1, Math.floor(bytesPerSecond / 100));
+export async function throttledRelay(host: string, port: number, bytesPerSecond: number, backBytesPerSecond = bytesPerSecond): Promise<{ port: number; close: () => void }> {
   const sockets: Socket[] = [];
-  const carry = (from: Socket, to: Socket): void => {
+  const carry = (from: Socket, to: Socket, rate: number): void => {
+    const perTick = Math.max(1, Math.floor(rate / 100));
     from.pause();
     const timer = setInterval(() => {
       if (to.writableNeedDrain) return;
@@ -141,8 +141,8 @@ export async function throttledRelay(host: string, port: number, bytesPerSecond:
     sockets.push(near, far);
     near.on('error', () => {});
     far.on('error', () => {});
-    carry(near, far);
-    carry(far, near);
+    carry(near, far, bytesPerSecond);
+    carry(far, near, backBytesPerSecond);
   });
   relay.listen(0, '127.0.0.1');
   await once(relay, 'listening');

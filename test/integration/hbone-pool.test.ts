@@ -432,7 +432,8 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   // PONG came later than the keepalive's timeout, and the pool cut a healthy session with every tunnel on it. A peer
   // that still sends (its WINDOW_UPDATEs) and reads (our queue moves) is waited for; one gone silent is cut (above).
   it('keeps a session whose keepalive PONG waits behind its own upload over a slow path, the peer still reading and sending', async () => {
-    // The destination proxy's windows: 4 MiB of DATA may be ahead of a PING, 2 s at 2 MiB/s, twice the timeout here.
+    // The destination proxy's windows: 4 MiB of DATA may be ahead of a PING, 2 s at 2 MiB/s, past the timeout here; the
+    // server's WINDOW_UPDATEs come every 2 MiB it reads, every second.
     const sink = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], settings: { initialWindowSize: H2_STREAM_WINDOW_BYTES } });
     sink.on('session', (session) => session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES));
     let stored = 0;
@@ -445,7 +446,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     sink.listen(0, '127.0.0.1');
     await once(sink, 'listening');
     const relay = await throttledRelay('127.0.0.1', (sink.address() as AddressInfo).port, 2 * 1024 * 1024);
-    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 200, keepaliveTimeoutMs: 1_000 });
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 200, keepaliveTimeoutMs: 1_500 });
     try {
       const tunnel = await hbone.open(CLIENT_ID, null, { ...endpoint(), hbonePort: relay.port, hboneAuthority: `127.0.0.1:${relay.port}` }, '');
       const answer: Buffer[] = [];

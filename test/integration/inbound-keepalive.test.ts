@@ -21,7 +21,7 @@ import { ProxyMetrics } from '../../src/observe/metrics.ts';
 import { HboneInbound } from '../../src/proxy/inbound.ts';
 import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
-import { freezableRelay } from '../helpers/hbone.ts';
+import { freezableRelay, throttledRelay } from '../helpers/hbone.ts';
 import { podYaml, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestCa, TestSvid } from '../helpers/certs.ts';
 
@@ -132,6 +132,37 @@ describe('the HBONE inbound keepalive', () => {
       relay.close();
     }
   });
+
+  // The PING leaves behind what the session wrote before it, up to the client's windows of DATA: over a slow path the
+  // PONG came later than the timeout and the session was cut with every tunnel. A client that goes on sending (here a
+  // trickle of its application's bytes; its WINDOW_UPDATEs as it reads) is waited for.
+  it('keeps a session whose PONG waits behind its download over a slow path, the client still sending', async () => {
+    // Up fast, down at 1 MiB/s: the echo of 2 MiB queues towards the client, 2 s of it ahead of each PING.
+    const relay = await throttledRelay(ECHO_IP, HBONE_PORT, 32 * 1024 * 1024, 1024 * 1024);
+    const socket = tls.connect({ host: '127.0.0.1', port: relay.port, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket, settings: { initialWindowSize: 4 * 1024 * 1024 } });
+    session.on('error', () => {});
+    session.once('connect', () => session.setLocalWindowSize(16 * 1024 * 1024));
+    const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
+    const trickle = setInterval(() => stream.write('.'), 100);
+    try {
+      stream.on('error', () => {});
+      let echoed = 0;
+      stream.on('data', (chunk: Buffer) => (echoed += chunk.length));
+      const bytes = 2 * 1024 * 1024;
+      stream.write(Buffer.alloc(bytes, 1));
+      await expect.poll(() => echoed, { timeout: 15_000, interval: 100 }).toBeGreaterThanOrEqual(bytes);
+      clearInterval(trickle);
+      const closed = new Promise((resolve) => stream.once('close', resolve));
+      stream.end();
+      await closed;
+      expect(stream.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      clearInterval(trickle);
+      session.destroy();
+      relay.close();
+    }
+  }, 30_000);
 
   it('ends the session of a client that stopped answering, its tunnels and their upstream connections', async () => {
     const relay = await freezableRelay(ECHO_IP, HBONE_PORT);
