@@ -353,7 +353,7 @@ export class HboneInbound {
         // The PING left behind whatever the session had written before it, up to the client's windows of DATA: over a
         // slow path its PONG came after the timeout and a healthy session was cut with every tunnel. A client that has
         // sent anything since (its WINDOW_UPDATEs as it reads) is there: waited for, judged again from now. A silent one
-        // is cut; so is one flooding PINGs and reading nothing, from which Node stops reading while its writes wait.
+        // is cut. (One flooding PINGs and reading nothing is cut by nghttp2 once Node, its ACKs waiting, stops reading.)
         const read = sessionSockets.get(session)?.bytesRead ?? 0;
         if (read > (this.#readAtPing.get(session) ?? read)) {
           this.#sessions.set(session, now);

@@ -193,6 +193,33 @@ async function tcpState(localPort: number, remotePort: number): Promise<string |
   return undefined;
 }
 
+describe('the HBONE inbound keepalive, against a client that floods PINGs and reads nothing', () => {
+  // It sends (its PINGs), so a late PONG alone does not cut it: the keepalive waits on a client that goes on sending.
+  // Its session still ends: once the ACKs wait for a client that reads nothing, Node stops reading it and nghttp2
+  // refuses the flood of ACKs queued (here within a second); were it not, the client would have sent nothing since
+  // the PING.
+  it.runIf(process.platform === 'linux')('ends its session', async () => {
+    const socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    socket.on('error', () => {});
+    await once(socket, 'secureConnect');
+    socket.pause();
+    socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+    const ping = Buffer.from([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    const burst = Buffer.concat(Array.from({ length: 1_000 }, () => ping));
+    const flood = setInterval(() => {
+      if (socket.writableLength < 4_000_000) socket.write(burst);
+    }, 2);
+    try {
+      const local = socket.localPort as number;
+      expect(await tcpState(HBONE_PORT, local)).toBe('01');
+      await expect.poll(() => tcpState(HBONE_PORT, local), { timeout: 20_000, interval: 200 }).not.toBe('01');
+    } finally {
+      clearInterval(flood);
+      socket.destroy();
+    }
+  }, 30_000);
+});
+
 describe('a session cut while its writes wait for a client that reads nothing', () => {
   // Node ends a destroyed session's socket gracefully, which never completes while a write is blocked: the connection
   // stayed established on the proxy for as long as the client wished, uncounted.
