@@ -154,3 +154,24 @@ export async function throttledRelay(host: string, port: number, bytesPerSecond:
     },
   };
 }
+
+/**
+ * Floods PINGs on `socket` (an HTTP/2 peer's TLS socket, after `first`: an empty SETTINGS, or the client preface and
+ * one) as fast as it takes them, `perBurst` at a time, and never reads a byte: a peer whose acknowledgements no
+ * window limits. Stops when the socket closes.
+ */
+export function floodPings(socket: Socket, first: Buffer, perBurst = 200): void {
+  socket.on('error', () => {});
+  socket.pause();
+  socket.write(first);
+  const ping = Buffer.from([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+  const burst = Buffer.concat(Array.from({ length: perBurst }, () => ping));
+  const timer = setInterval(() => {
+    if (socket.writableLength < 4_000_000) socket.write(burst);
+  }, 2);
+  socket.on('close', () => clearInterval(timer));
+}
+
+/** An empty SETTINGS frame: what a server says first. */
+export const EMPTY_SETTINGS: Buffer = Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+

@@ -19,7 +19,7 @@ import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import type { Workload } from '../../src/config/snapshot.ts';
 import type { BundleSource } from '../../src/identity/svid.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
-import { freezableRelay, throttledRelay } from '../helpers/hbone.ts';
+import { EMPTY_SETTINGS, floodPings, freezableRelay, throttledRelay } from '../helpers/hbone.ts';
 
 const CLIENT_ID = 'spiffe://cluster.local/ns/a/sa/client';
 const SERVER_ID = 'spiffe://cluster.local/ns/b/sa/server';
@@ -470,17 +470,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   // The other side of that wait: a server that sends (PINGs, as fast as it can) but reads nothing holds our writes past
   // the SessionSocket's bound with a queue that never shrinks, and is cut when its PONG is late, as a silent one is.
   it('cuts a session whose server floods PINGs and reads nothing, when its keepalive PONG is late', async () => {
-    const flooder = tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => {
-      socket.on('error', () => {});
-      socket.pause();
-      socket.write(Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]));
-      const ping = Buffer.from([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
-      const burst = Buffer.concat(Array.from({ length: 200 }, () => ping));
-      const timer = setInterval(() => {
-        if (socket.writableLength < 4_000_000) socket.write(burst);
-      }, 2);
-      socket.on('close', () => clearInterval(timer));
-    });
+    const flooder = tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => floodPings(socket, EMPTY_SETTINGS));
     flooder.listen(0, '127.0.0.1');
     await once(flooder, 'listening');
     const port = (flooder.address() as AddressInfo).port;

@@ -21,7 +21,7 @@ import { ProxyMetrics } from '../../src/observe/metrics.ts';
 import { HboneInbound } from '../../src/proxy/inbound.ts';
 import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
-import { freezableRelay, throttledRelay } from '../helpers/hbone.ts';
+import { EMPTY_SETTINGS, floodPings, freezableRelay, throttledRelay } from '../helpers/hbone.ts';
 import { podYaml, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestCa, TestSvid } from '../helpers/certs.ts';
 
@@ -202,19 +202,12 @@ describe('the HBONE inbound keepalive, against a client that floods PINGs and re
     const socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
     socket.on('error', () => {});
     await once(socket, 'secureConnect');
-    socket.pause();
-    socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
-    const ping = Buffer.from([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
-    const burst = Buffer.concat(Array.from({ length: 1_000 }, () => ping));
-    const flood = setInterval(() => {
-      if (socket.writableLength < 4_000_000) socket.write(burst);
-    }, 2);
+    floodPings(socket, Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), EMPTY_SETTINGS]), 1_000);
     try {
       const local = socket.localPort as number;
       expect(await tcpState(HBONE_PORT, local)).toBe('01');
       await expect.poll(() => tcpState(HBONE_PORT, local), { timeout: 20_000, interval: 200 }).not.toBe('01');
     } finally {
-      clearInterval(flood);
       socket.destroy();
     }
   }, 30_000);

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SessionSocket } from '../../src/proxy/session-socket.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
+import { EMPTY_SETTINGS, floodPings } from '../helpers/hbone.ts';
 
 let server: tls.Server;
 let port = 0;
@@ -19,18 +20,8 @@ let svid: { certPem: string; keyPem: string };
 beforeAll(async () => {
   const ca = await createTestCa('cluster.local');
   svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/peer');
-  server = tls.createServer({ cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' }, (socket) => {
-    socket.on('error', () => {});
-    // An empty SETTINGS, then PINGs as fast as the socket takes them, and never a byte read.
-    socket.write(Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]));
-    socket.pause();
-    const ping = Buffer.from([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
-    const burst = Buffer.concat(Array.from({ length: 200 }, () => ping));
-    const timer = setInterval(() => {
-      if (socket.writableLength < 4_000_000) socket.write(burst);
-    }, 2);
-    socket.on('close', () => clearInterval(timer));
-  });
+  // An empty SETTINGS, then PINGs as fast as the socket takes them, and never a byte read.
+  server = tls.createServer({ cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' }, (socket) => floodPings(socket, EMPTY_SETTINGS));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   port = (server.address() as AddressInfo).port;
