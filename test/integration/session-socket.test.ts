@@ -21,7 +21,7 @@ beforeAll(async () => {
   const ca = await createTestCa('cluster.local');
   svid = await issueTestSvid(ca, 'spiffe://cluster.local/ns/b/sa/peer');
   // An empty SETTINGS, then PINGs as fast as the socket takes them, and never a byte read.
-  server = tls.createServer({ cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' }, (socket) => floodPings(socket, EMPTY_SETTINGS));
+  server = tls.createServer({ cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' }, (socket) => floodPings(socket, EMPTY_SETTINGS, 600));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   port = (server.address() as AddressInfo).port;
