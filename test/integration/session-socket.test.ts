@@ -63,6 +63,24 @@ function recorded(wrapped: SessionSocket): { events: string[]; received: () => n
   return { events, received: () => received };
 }
 
+/**
+ * A SessionSocket over `socket` held paused (after `meanwhile`) until the TLS socket has closed, then resumed: what it
+ * said to its session before the resume and after it, and the bytes it handed on.
+ */
+async function pausedThroughClose(socket: tls.TLSSocket, meanwhile: (wrapped: SessionSocket) => void = () => {}): Promise<{ before: string[]; after: string[]; received: number }> {
+  const wrapped = new SessionSocket(socket);
+  const said = recorded(wrapped);
+  wrapped.pause();
+  meanwhile(wrapped);
+  // (Not once(): it rejects on the socket's 'error', a reset.)
+  if (!socket.destroyed) await new Promise((resolve) => socket.once('close', resolve));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const before = [...said.events];
+  wrapped.resume();
+  await until(() => said.events.includes('close'), 5_000);
+  return { before, after: said.events.slice(before.length), received: said.received() };
+}
+
 async function until(done: () => boolean, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
@@ -185,18 +203,9 @@ describe('a peer that sends its last bytes and closes while the session is not r
   // (the rest of a stream, its GOAWAY) and its end were lost.
   it('delivers what it held, then the end, then the close', async () => {
     const payload = Buffer.alloc(256 * 1024, 7);
+    // Under the read-ahead: the TLS socket reads it all, ends and closes while the session is not reading.
     await withPeer((socket) => socket.end(payload), async (socket) => {
-      const wrapped = new SessionSocket(socket);
-      const said = recorded(wrapped);
-      wrapped.pause();
-      // Under the read-ahead: the TLS socket reads it all, ends and closes.
-      if (!socket.destroyed) await once(socket, 'close');
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      expect(said.events).toEqual([]);
-      wrapped.resume();
-      await until(() => said.events.includes('close'), 5_000);
-      expect(said.events).toEqual(['data', 'end', 'close']);
-      expect(said.received()).toBe(payload.length);
+      expect(await pausedThroughClose(socket)).toEqual({ before: [], after: ['data', 'end', 'close'], received: payload.length });
     });
   }, 20_000);
 
@@ -210,18 +219,8 @@ describe('a peer that sends its last bytes and closes while the session is not r
       socket.write(payload, () => setTimeout(() => socket.destroy(), 200));
     };
     await withPeer(serve, async (socket) => {
-      const wrapped = new SessionSocket(socket);
-      const said = recorded(wrapped);
-      wrapped.pause();
-      wrapped.write(Buffer.alloc(4 * 1024 * 1024, 1), () => {});
-      // (Not once(): it rejects on the socket's 'error', the reset.)
-      if (!socket.destroyed) await new Promise((resolve) => socket.once('close', resolve));
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      expect(said.events).toEqual([]);
-      wrapped.resume();
-      await until(() => said.events.includes('close'), 5_000);
-      expect(said.events).toEqual(['data', 'error ECONNRESET', 'close']);
-      expect(said.received()).toBe(payload.length);
+      const seen = await pausedThroughClose(socket, (wrapped) => wrapped.write(Buffer.alloc(4 * 1024 * 1024, 1), () => {}));
+      expect(seen).toEqual({ before: [], after: ['data', 'error ECONNRESET', 'close'], received: payload.length });
     });
   }, 20_000);
 
