@@ -80,7 +80,7 @@ export class SessionSocket extends EventEmitter {
    */
   #closed = false;
   #closeSaid = false;
-  /** The TLS socket's error (a reset), said with the close, after what was held: the peer's last frames come first. */
+  /** The TLS socket's error (a reset), said just before the close, after what was held: the peer's last frames first. */
   #error: Error | null = null;
   /**
    * Buffers written to the TLS socket since it last had room (at least what it holds now). Reaching the bound is a
@@ -106,9 +106,9 @@ export class SessionSocket extends EventEmitter {
       this.#inputEnded = true;
       this.#sayEndIfDelivered();
     });
+    // A socket's 'error' is followed by its 'close' (it is destroyed with it): said together, after what is held.
     tls.on('error', (error) => {
-      if (this.#held.length === 0 && (!this.#inputEnded || this.#endSaid)) this.emit('error', error);
-      else this.#error ??= error;
+      this.#error ??= error;
     });
     tls.on('close', () => {
       this.#closed = true;
@@ -180,7 +180,6 @@ export class SessionSocket extends EventEmitter {
     if (!this.#inputEnded || this.#endSaid || this.#paused || this.#held.length > 0) return;
     this.#endSaid = true;
     this.emit('end');
-    this.#sayCloseIfDelivered();
   }
 
   #sayCloseIfDelivered(): void {
