@@ -277,6 +277,11 @@ const peers = new WeakMap<http2.Http2Session, PeerInfo>();
 /** Each session's TLS socket, for cutting a session whose socket Node would keep (cutSession). */
 const sessionSockets = new WeakMap<http2.Http2Session, tls.TLSSocket>();
 
+/** What a session's TLS socket has read (0 before it is known). */
+function bytesReadOf(session: http2.Http2Session): number {
+  return sessionSockets.get(session)?.bytesRead ?? 0;
+}
+
 /** Source label sets a peer's baggage may add to the metrics, per peer identity, and peers tracked. */
 const MAX_BAGGAGE_LABELS_PER_PEER = 8;
 const MAX_BAGGAGE_PEERS = 4096;
@@ -354,10 +359,8 @@ export class HboneInbound {
         // slow path its PONG came after the timeout and a healthy session was cut with every tunnel. A client that has
         // sent anything since (its WINDOW_UPDATEs as it reads) is there: waited for, judged again from now. A silent one
         // is cut. (One flooding PINGs and reading nothing is cut by nghttp2 once Node, its ACKs waiting, stops reading.)
-        const read = sessionSockets.get(session)?.bytesRead ?? 0;
-        if (read > (this.#readAtPing.get(session) ?? read)) {
-          this.#sessions.set(session, now);
-          this.#readAtPing.set(session, read);
+        if (bytesReadOf(session) > (this.#readAtPing.get(session) ?? Number.MAX_SAFE_INTEGER)) {
+          this.#waitForPong(session, now);
           continue;
         }
         this.#sessions.delete(session);
@@ -366,14 +369,19 @@ export class HboneInbound {
         cutSession(session, `HBONE session from ${presented ?? session.socket.remoteAddress ?? 'a peer'} missed its keepalive PONG for ${now - sentMs} ms`, sessionSockets.get(session));
       } else if (!session.closed) {
         // Node sends no PING on a closed session (one draining after our GOAWAY): TCP keepalive watches that one.
-        this.#sessions.set(session, now);
-        this.#readAtPing.set(session, sessionSockets.get(session)?.bytesRead ?? 0);
+        this.#waitForPong(session, now);
         const sent = session.ping((error) => {
           if (error === null && this.#sessions.has(session)) this.#sessions.set(session, 0);
         });
         if (!sent) this.#sessions.set(session, 0);
       }
     }
+  }
+
+  /** A PONG is awaited from `now`: what the session's socket has read then is what a late one is judged against. */
+  #waitForPong(session: http2.ServerHttp2Session, now: number): void {
+    this.#sessions.set(session, now);
+    this.#readAtPing.set(session, bytesReadOf(session));
   }
 
   /**

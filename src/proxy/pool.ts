@@ -501,31 +501,34 @@ export class HbonePool {
       this.#retire(entry);
       return;
     }
-    if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs && !movedSincePing(entry)) {
+    if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs) {
+      if (movedSincePing(entry)) {
+        // Its PONG is late but the peer is alive: wait on, judged again from here.
+        this.#logger.debug({ peer: entry.bucket.peer, waitedMs: now - entry.pingSentMs }, 'HBONE session\'s keepalive PONG late behind a backlog, the peer still sending and reading');
+        waitForPong(entry, now);
+        return;
+      }
       this.#logger.warn({ peer: entry.bucket.peer, expected: entry.bucket.expected, tunnels: entry.streams, waitedMs: now - entry.pingSentMs }, 'HBONE session missed its keepalive PONG; closing it and its tunnels');
       this.#retire(entry);
       entry.endedByPool = true;
       cutSession(entry.session, `HBONE session to ${entry.bucket.peer} missed its keepalive PONG for ${now - entry.pingSentMs} ms`, entry.tls);
       return;
     }
-    if (entry.pingSentMs !== 0 && now - entry.pingSentMs >= this.#keepaliveTimeoutMs) {
-      // Its PONG is late but the peer is alive (see movedSincePing): wait on, judged again from here.
-      this.#logger.debug({ peer: entry.bucket.peer, waitedMs: now - entry.pingSentMs }, 'HBONE session\'s keepalive PONG late behind a backlog, the peer still sending and reading');
-      entry.pingSentMs = now;
-      entry.readAtPing = entry.tls.bytesRead;
-      entry.queuedAtPing = entry.tls.writableLength;
-      return;
-    }
     if (entry.pingSentMs === 0) {
-      entry.pingSentMs = now;
-      entry.readAtPing = entry.tls.bytesRead;
-      entry.queuedAtPing = entry.tls.writableLength;
+      waitForPong(entry, now);
       const sent = entry.session.ping((error) => {
         if (!error) entry.pingSentMs = 0;
       });
       if (!sent) entry.pingSentMs = 0;
     }
   }
+}
+
+/** A PONG is awaited from `now`: what the TLS socket has read and holds then is what movedSincePing compares with. */
+function waitForPong(entry: PooledSession, now: number): void {
+  entry.pingSentMs = now;
+  entry.readAtPing = entry.tls.bytesRead;
+  entry.queuedAtPing = entry.tls.writableLength;
 }
 
 /**
