@@ -109,6 +109,8 @@ class DirectoryWatcher implements ConfigWatcher {
   #tornLoads = 0;
   /** A passing read failure was reported, and no read has succeeded since. */
   #unreadableReported = false;
+  /** The files last reported as emptied in place, while nothing else has been reported or applied since. */
+  #emptiedReported: string | undefined;
   #changedDuringStart = false;
   #closed = false;
 
@@ -244,6 +246,7 @@ class DirectoryWatcher implements ConfigWatcher {
         return;
       }
       this.#unreadableReported = false;
+      this.#emptiedReported = undefined;
       this.#options.onError(error as AmbitError, 'rejected');
       return;
     }
@@ -254,6 +257,7 @@ class DirectoryWatcher implements ConfigWatcher {
     const judged = this.#judged;
     if (isEmptyDiff(diff)) {
       this.#judged = afterState.files;
+      this.#emptiedReported = undefined;
       return;
     }
     // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
@@ -262,6 +266,10 @@ class DirectoryWatcher implements ConfigWatcher {
     const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && judged.get(file)?.identity === afterState.files.get(file)?.identity);
     if (emptied.length > 0) {
       this.#judged = afterState.files;
+      // A file held as blank is then truncated by the next in-place write: still the same hold, said once.
+      const key = emptied.join('\0');
+      if (key === this.#emptiedReported) return;
+      this.#emptiedReported = key;
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
       this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
@@ -275,6 +283,7 @@ class DirectoryWatcher implements ConfigWatcher {
       return;
     }
     this.#judged = afterState.files;
+    this.#emptiedReported = undefined;
     const refusal = this.#options.accept?.(next, prev);
     if (refusal !== undefined) {
       this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force (restart to change it)`), 'rejected');

@@ -157,6 +157,29 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(removed.type === 'change' && removed.diff.removed).toEqual([{ object: 'Pod default/other', file: 'other.yaml' }]);
     });
 
+    it('says once that a file is emptied in place while it stays so (blank, then truncated by the next write), and again after a change was applied', async () => {
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, options);
+      const good = watcher.current();
+
+      await writeFiles(dir, { 'pod.yaml': '\n\n' });
+      const held = await recorder.next();
+      expect(held.type === 'error' && held.error.code).toBe('CONFIG_FILE_EMPTIED');
+      // The next in-place write truncates it first; a load at that moment finds the same hold.
+      await writeFiles(dir, { 'pod.yaml': '' });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(recorder.events.map((event) => event.type === 'error' && event.error.code)).toEqual(['CONFIG_FILE_EMPTIED']);
+      expect(watcher.current()).toBe(good);
+
+      await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2') });
+      expect((await recorder.next()).type).toBe('change');
+      await writeFiles(dir, { 'pod.yaml': '' });
+      const again = await recorder.next();
+      expect(again.type === 'error' && again.error.code).toBe('CONFIG_FILE_EMPTIED');
+      expect(watcher.current().workloadByIp('10.0.0.2')?.name).toBe('web');
+    });
+
     it('applies a change that takes objects away from a file written in place only once it has held still, so a write paused between two documents drops nothing', async () => {
       const web = validPod('10.0.0.1');
       const other = validPod('10.0.0.9').replace('name: web', 'name: other');
