@@ -72,6 +72,9 @@ export interface RequestLogRecord {
   responseCode: number;
   responseFlags: string;
   durationMs: number;
+  /** The request's size as it came from the client, and its answer's as it went back (head and body; see l7.ts). */
+  requestBytes: number;
+  responseBytes: number;
 }
 
 /**
@@ -90,6 +93,8 @@ export function requestLog(logger: Logger, connection: Readonly<Record<string, s
       response_code: record.responseCode,
       response_flags: record.responseFlags,
       duration: `${Math.trunc(record.durationMs)}ms`,
+      bytes_recv: record.requestBytes,
+      bytes_sent: record.responseBytes,
     },
     'request',
   );

@@ -136,13 +136,19 @@ export interface TunnelMeter {
   /**
    * One HTTP request answered on this (inspected) connection: istio_requests_total with the connection's labels,
    * `request_protocol` `http` or `grpc`, the status, the gRPC status ('' for none) and `responseFlags` ('-', or
-   * `DENY` for a request a policy refused).
+   * `DENY` for a request a policy refused); its duration and its sizes (what came from the client for it, what went
+   * back) in istio_request_duration_milliseconds, istio_request_bytes and istio_response_bytes.
    */
-  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number): void;
+  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number, requestBytes: number, responseBytes: number): void;
 }
 
-/** Istio's buckets of istio_request_duration_milliseconds (its stats filter's defaults), in ms. */
-export const REQUEST_DURATION_BUCKETS_MS: readonly number[] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
+/**
+ * Envoy's default histogram buckets, which Istio's stats filter keeps for its three request histograms: in ms for
+ * istio_request_duration_milliseconds, in bytes for istio_request_bytes and istio_response_bytes.
+ */
+const ENVOY_DEFAULT_BUCKETS: readonly number[] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
+export const REQUEST_DURATION_BUCKETS_MS = ENVOY_DEFAULT_BUCKETS;
+export const REQUEST_SIZE_BUCKETS_BYTES = ENVOY_DEFAULT_BUCKETS;
 
 /** Istio's `request_protocol` of an HTTP request: `grpc` when its content type is gRPC's. */
 export type RequestProtocol = 'http' | 'grpc';
@@ -151,6 +157,26 @@ export type RequestProtocol = 'http' | 'grpc';
 export const REQUEST_LABEL_NAMES = [...TRAFFIC_LABEL_NAMES, 'response_code', 'grpc_response_status'] as const;
 type RequestLabelName = (typeof REQUEST_LABEL_NAMES)[number];
 
+/** Observations of one histogram in Envoy's buckets: each bucket's own count (the scrape adds them up), and the sum. */
+class Distribution {
+  /** Past the last bound, +Inf only (the count). */
+  readonly buckets = new Float64Array(ENVOY_DEFAULT_BUCKETS.length);
+  sum = 0;
+
+  observe(value: number): void {
+    // NaN or negative (a clock step) counts in the first bucket, never in no bucket at all.
+    const observed = value > 0 ? value : 0;
+    this.sum += observed;
+    const bounds = ENVOY_DEFAULT_BUCKETS;
+    for (let i = 0; i < bounds.length; i++) {
+      if (observed <= (bounds[i] as number)) {
+        (this.buckets[i] as number)++;
+        return;
+      }
+    }
+  }
+}
+
 /** Requests counted under one answer (protocol, code, gRPC status, flags); labels built once, when first seen. */
 class RequestCount {
   readonly protocol: RequestProtocol;
@@ -158,9 +184,9 @@ class RequestCount {
   readonly responseFlags: string;
   readonly labels: Record<RequestLabelName, string>;
   count = 0;
-  /** Requests whose duration fell in each bucket (not cumulative: the scrape adds them up); past the last, +Inf only. */
-  readonly durationBuckets = new Float64Array(REQUEST_DURATION_BUCKETS_MS.length);
-  durationSumMs = 0;
+  readonly durations = new Distribution();
+  readonly requestSizes = new Distribution();
+  readonly responseSizes = new Distribution();
 
   constructor(base: TrafficLabelValues, protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string) {
     this.protocol = protocol;
@@ -169,18 +195,11 @@ class RequestCount {
     this.labels = { ...base, request_protocol: protocol, response_flags: responseFlags, response_code: String(responseCode), grpc_response_status: grpcStatus };
   }
 
-  add(durationMs: number): void {
+  add(durationMs: number, requestBytes: number, responseBytes: number): void {
     this.count++;
-    // NaN or negative (a clock step) counts in the first bucket, never in no bucket at all.
-    const duration = durationMs > 0 ? durationMs : 0;
-    this.durationSumMs += duration;
-    const bounds = REQUEST_DURATION_BUCKETS_MS;
-    for (let i = 0; i < bounds.length; i++) {
-      if (duration <= (bounds[i] as number)) {
-        (this.durationBuckets[i] as number)++;
-        return;
-      }
-    }
+    this.durations.observe(durationMs);
+    this.requestSizes.observe(requestBytes);
+    this.responseSizes.observe(responseBytes);
   }
 }
 
@@ -210,7 +229,7 @@ class TrafficSeries {
     this.labels = labels;
   }
 
-  countRequest(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number): void {
+  countRequest(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number, requestBytes: number, responseBytes: number): void {
     let cells = this.requests.get(responseCode);
     if (cells === undefined) {
       cells = [];
@@ -218,12 +237,12 @@ class TrafficSeries {
     }
     for (const cell of cells) {
       if (cell.protocol === protocol && cell.grpcStatus === grpcStatus && cell.responseFlags === responseFlags) {
-        cell.add(durationMs);
+        cell.add(durationMs, requestBytes, responseBytes);
         return;
       }
     }
     const cell = new RequestCount(this.labels, protocol, responseCode, grpcStatus, responseFlags);
-    cell.add(durationMs);
+    cell.add(durationMs, requestBytes, responseBytes);
     cells.push(cell);
   }
 
@@ -265,8 +284,8 @@ class ConnectionMeter implements TunnelMeter {
     this.#series.countClosed(responseFlags);
   }
 
-  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number): void {
-    this.#series.countRequest(protocol, responseCode, grpcStatus, responseFlags, durationMs);
+  request(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number, requestBytes: number, responseBytes: number): void {
+    this.#series.countRequest(protocol, responseCode, grpcStatus, responseFlags, durationMs, requestBytes, responseBytes);
   }
 
   // `>` is false for NaN and for a count that went backwards, so neither can make a counter decrease.
@@ -283,19 +302,24 @@ class ConnectionMeter implements TunnelMeter {
 }
 
 /**
- * istio_request_duration_milliseconds, read at scrape time from the request cells as the counters are: prom-client's
- * Histogram keeps its own label-keyed table per observation, which the request path must not pay for. Shaped as
- * prom-client's own metrics are (name, help, type, get), so the registry writes it as it writes a Histogram.
+ * A request histogram (istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes), read at scrape
+ * time from the request cells as the counters are: prom-client's Histogram keeps its own label-keyed table per
+ * observation, which the request path must not pay for. Shaped as prom-client's own metrics are (name, help, type,
+ * get), so the registry writes it as it writes a Histogram.
  */
-class RequestDurations {
-  readonly name = 'istio_request_duration_milliseconds';
-  readonly help = 'Time from a request arriving at the proxy to its answer ending, on inspected (HTTP) connections';
+class RequestHistogram {
   readonly type = 'histogram';
   readonly aggregator = 'sum';
+  readonly name: string;
+  readonly help: string;
   readonly #all: readonly TrafficSeries[];
+  readonly #of: (cell: RequestCount) => Distribution;
 
-  constructor(all: readonly TrafficSeries[]) {
+  constructor(name: string, help: string, all: readonly TrafficSeries[], of: (cell: RequestCount) => Distribution) {
+    this.name = name;
+    this.help = help;
     this.#all = all;
+    this.#of = of;
   }
 
   get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: Array<{ value: number; labels: Record<string, string | number>; metricName: string }> }> {
@@ -303,13 +327,14 @@ class RequestDurations {
     for (const series of this.#all) {
       for (const cells of series.requests.values()) {
         for (const cell of cells) {
+          const distribution = this.#of(cell);
           let cumulative = 0;
-          REQUEST_DURATION_BUCKETS_MS.forEach((bound, i) => {
-            cumulative += cell.durationBuckets[i] as number;
+          ENVOY_DEFAULT_BUCKETS.forEach((bound, i) => {
+            cumulative += distribution.buckets[i] as number;
             values.push({ value: cumulative, labels: { ...cell.labels, le: bound }, metricName: `${this.name}_bucket` });
           });
           values.push({ value: cell.count, labels: { ...cell.labels, le: '+Inf' }, metricName: `${this.name}_bucket` });
-          values.push({ value: cell.durationSumMs, labels: cell.labels, metricName: `${this.name}_sum` });
+          values.push({ value: distribution.sum, labels: cell.labels, metricName: `${this.name}_sum` });
           values.push({ value: cell.count, labels: cell.labels, metricName: `${this.name}_count` });
         }
       }
@@ -470,7 +495,13 @@ export class ProxyMetrics {
         for (const series of all) for (const cells of series.requests.values()) for (const cell of cells) this.inc(cell.labels, cell.count);
       },
     });
-    registry.registerMetric(new RequestDurations(all) as unknown as Counter);
+    const histograms = [
+      new RequestHistogram('istio_request_duration_milliseconds', 'Time from a request arriving at the proxy to its answer ending, on inspected (HTTP) connections', all, (cell) => cell.durations),
+      // Istio's are Envoy's downstream wire bytes of the request: its head and body as they came (see src/proxy/l7.ts).
+      new RequestHistogram('istio_request_bytes', 'Size of each request as it came from the client (head and body), on inspected (HTTP) connections', all, (cell) => cell.requestSizes),
+      new RequestHistogram('istio_response_bytes', 'Size of each answer as it went to the client (head and body), on inspected (HTTP) connections', all, (cell) => cell.responseSizes),
+    ];
+    for (const histogram of histograms) registry.registerMetric(histogram as unknown as Counter);
     this.#poolSessions = new Gauge({ name: 'ambit_hbone_pool_sessions', help: 'HTTP/2 sessions held by the outbound HBONE pool', registers: [registry] });
     this.#poolStreams = new Gauge({ name: 'ambit_hbone_pool_streams', help: 'CONNECT streams open on the outbound HBONE pool sessions', registers: [registry] });
     let droppedSeen = 0;

@@ -868,7 +868,7 @@ export class HboneInbound {
       dial.inspected = true;
       dial.streamBytes = countStreamBytes(stream);
       const clientCert = clientCertElement(dial.connection.destination.identity, HboneInbound.#certDetails(dial));
-      void this.#options.inspector.inspect(stream, upstream, decider, clientCert, dial.meter).then(() => this.#finish(dial, undefined, undefined));
+      void this.#options.inspector.inspect(stream, upstream, decider, clientCert, dial.meter, dial.streamBytes).then(() => this.#finish(dial, undefined, undefined));
       return;
     }
     new Bridge(upstream, stream, (result) => this.#finish(dial, result.error, result.failedSide));

@@ -24,6 +24,8 @@ import { hasEmptyLabel, hasNumericPort } from './authority.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
 import type { RequestProtocol, TunnelMeter } from '../observe/metrics.ts';
 import type { RequestLogRecord } from '../observe/access-log.ts';
+import { countStreamBytes } from './stream-bytes.ts';
+import type { StreamBytes } from './stream-bytes.ts';
 
 const DENIED_BODY = 'RBAC: access denied';
 /** The HTTP/2 connection preface starts with these bytes; anything else is read as HTTP/1.1. */
@@ -129,6 +131,55 @@ const requestStarts = new WeakMap<object, RequestStart>();
 /** When each request being answered arrived (performance.now()), for istio_request_duration_milliseconds. */
 const requestStartedAt = new WeakMap<object, number>();
 
+/**
+ * Each h2c request's bytes, counted on its stream: its DATA both ways, its header fields (see headerFieldBytes) added.
+ * Envoy's (istio_request_bytes) are the stream's frames as they crossed the wire, HPACK-compressed; nghttp2 tells
+ * Node's streams nothing of their frames, so the fields count uncompressed, and frame headers not at all.
+ */
+const h2RequestBytes = new WeakMap<object, StreamBytes>();
+
+/** A header block's size as its fields' names and values (each pair of a raw list, or each field of an object). */
+function headerFieldBytes(fields: readonly string[] | Readonly<Record<string, unknown>> | undefined): number {
+  if (fields === undefined) return 0;
+  let bytes = 0;
+  if (Array.isArray(fields)) {
+    for (const field of fields as readonly string[]) bytes += Buffer.byteLength(field);
+    return bytes;
+  }
+  for (const name in fields) {
+    const value = (fields as Readonly<Record<string, unknown>>)[name];
+    if (Array.isArray(value)) for (const each of value) bytes += name.length + Buffer.byteLength(String(each));
+    else if (value !== undefined) bytes += name.length + Buffer.byteLength(String(value));
+  }
+  return bytes;
+}
+
+/**
+ * What an HTTP/1.1 tunnel's client sent since the last answer ended: the size of the request now answered, as
+ * Envoy's downstream bytes meter has it (its head and body as they came). Exact for a client that waits for each
+ * answer; a pipelined request's bytes count with the answer that ends first, a body read after its answer with the next.
+ */
+function takeRequestBytes(state: TunnelState): number {
+  const bytes = state.bytes;
+  if (bytes === null) return 0;
+  const taken = bytes.received - state.answeredReceived;
+  state.answeredReceived = bytes.received;
+  return taken;
+}
+
+/**
+ * What went to an HTTP/1.1 tunnel's client since the last answer ended, and `writing` more (an answer about to be
+ * written): the answers go out in order, so this is the answer now ended, head and body.
+ */
+function takeResponseBytes(state: TunnelState, writing: number): number {
+  const bytes = state.bytes;
+  if (bytes === null) return writing;
+  const taken = bytes.sent + writing - state.answeredSent;
+  // What is about to be written is counted by the stream once written; the mark stays ahead of it until then.
+  state.answeredSent = Math.max(state.answeredSent, bytes.sent + writing);
+  return taken > 0 ? taken : 0;
+}
+
 /** How long the request `answer` answers took, its start let go; 0 when it was not timed. */
 function elapsedFor(answer: object): number {
   const started = requestStartedAt.get(answer);
@@ -173,6 +224,19 @@ interface TunnelState {
   readonly logRequest: ((record: RequestLogRecord) => void) | null;
   /** The tunnel's series, for requests answered outside a ServerResponse or stream (upgrades, parse errors). */
   readonly meter: TunnelMeter | null;
+  /** What crossed the tunnel's stream so far (null: not counted); an HTTP/1.1 request's size is its share of it. */
+  readonly bytes: StreamBytes | null;
+  /** The tunnel's bytes from and to the client as counted when its last HTTP/1.1 answer ended. */
+  answeredReceived: number;
+  answeredSent: number;
+  /** The sizes of the HTTP/1.1 request whose answer has just finished, until its 'close' counts it; -1 for none. */
+  finishedRequestBytes: number;
+  finishedResponseBytes: number;
+  /**
+   * Takes an HTTP/1.1 request's sizes as its answer finishes: before the server hands the tunnel to the next answer
+   * (pipelined, held until now), whose bytes would otherwise count with this one by its 'close'.
+   */
+  readonly onResponseFinish: (this: ServerResponse) => void;
   /**
    * Since when (performance.now()) the tunnel has been waiting for its next request: opened, or its last HTTP/1.1
    * answer ended. A request answered outside a ServerResponse (a head refused, or never finished: 408) is timed from it.
@@ -184,18 +248,20 @@ interface TunnelState {
  * A request answered without a ServerResponse or an h2c stream of its own (a WebSocket upgrade refused, a request
  * head Node's parser refused, a CONNECT): counted and logged as the others are.
  */
-function answeredOutside(state: TunnelState, method: string, path: string, authority: string, responseCode: number, responseFlags: string): void {
+function answeredOutside(state: TunnelState, method: string, path: string, authority: string, responseCode: number, responseFlags: string, answerBytes: number): void {
   const durationMs = performance.now() - state.waitingSince;
-  state.meter?.request('http', responseCode, '', responseFlags, durationMs);
-  state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: Math.round(durationMs) });
+  const requestBytes = takeRequestBytes(state);
+  const responseBytes = takeResponseBytes(state, answerBytes);
+  state.meter?.request('http', responseCode, '', responseFlags, durationMs, requestBytes, responseBytes);
+  state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: Math.round(durationMs), requestBytes, responseBytes });
 }
 
 /** A request's access line, once its answer has ended: what it asked for (kept at its start), what it got. */
-function logRequestEnd(log: (record: RequestLogRecord) => void, answer: object, responseCode: number, responseFlags: string): void {
+function logRequestEnd(log: (record: RequestLogRecord) => void, answer: object, responseCode: number, responseFlags: string, requestBytes: number, responseBytes: number): void {
   const start = requestStarts.get(answer);
   if (start === undefined) return;
   requestStarts.delete(answer);
-  log({ method: start.method, path: start.path, authority: start.authority, protocol: start.protocol, responseCode, responseFlags, durationMs: Date.now() - start.startedMs });
+  log({ method: start.method, path: start.path, authority: start.authority, protocol: start.protocol, responseCode, responseFlags, durationMs: Date.now() - start.startedMs, requestBytes, responseBytes });
 }
 
 /** Answers a policy refused (HTTP/1.1 responses, h2c streams): counted with response_flags DENY. Touched only on denial. */
@@ -259,6 +325,7 @@ const MAX_REQUEST_HEADER_BYTES = 60 * 1024;
 const MAX_RESPONSE_HEADER_BYTES = 60 * 1024;
 const TOO_LARGE_ANSWER = 'HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
 const WS_TO_H2_BODY = 'WebSocket upgrade to an HTTP/2 workload not forwarded';
+const UPGRADE_FAILED_ANSWER = 'HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 23\r\nconnection: close\r\n\r\nupstream connect error\n';
 const CONNECT_REFUSED_ANSWER = 'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
 /** How long the tunnel's own HTTP server keeps an idle client connection: no hint may promise longer. */
 const TUNNEL_KEEP_ALIVE_S = 60;
@@ -621,7 +688,7 @@ export class HttpInspector {
     this.#h1.on('connect', (req: IncomingMessage, socket: Duplex) => {
       socket.on('error', ignore);
       const state = this.#tunnels.get(socket);
-      if (state !== undefined) answeredOutside(state, 'CONNECT', req.url ?? '', req.headers.host ?? '', 405, 'DPE');
+      if (state !== undefined) answeredOutside(state, 'CONNECT', req.url ?? '', req.headers.host ?? '', 405, 'DPE', CONNECT_REFUSED_ANSWER.length);
       this.#logger.debug({ target: req.url }, 'CONNECT on an inspected tunnel refused');
       socket.end(CONNECT_REFUSED_ANSWER);
       socket.resume();
@@ -643,9 +710,10 @@ export class HttpInspector {
         erring.cutForProtocolError = true;
         resetTunnel(socket);
       } else {
+        const refusal = timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
         // Envoy's DPE (downstream protocol error): what the head said is unknown, so only the answer is logged.
-        if (erring !== undefined) answeredOutside(erring, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE');
-        socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+        if (erring !== undefined) answeredOutside(erring, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE', refusal.length);
+        socket.end(refusal);
       }
     });
     this.#h2.on('session', (session) => {
@@ -665,7 +733,7 @@ export class HttpInspector {
    * Takes over an accepted tunnel: `stream` carries the client's HTTP, `upstream` is the connected
    * workload socket. Resolves when the tunnel is finished.
    */
-  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, inspection: TunnelInspection, clientCert: string | null, meter: TunnelMeter | null = null): Promise<HttpTunnelResult> {
+  inspect(stream: http2.ServerHttp2Stream, upstream: Socket, inspection: TunnelInspection, clientCert: string | null, meter: TunnelMeter | null = null, bytes: StreamBytes | null = null): Promise<HttpTunnelResult> {
     // Strings are made Buffers before they are queued on the stream. Node's HTTP server writes each answer's head as a
     // latin1 string, and Node 24 can corrupt a string chunk written to an Http2Stream over TLS in a writev with others:
     // under load the status line of a pipelined answer after a 403 arrived overwritten by 16 other bytes (an AES-GCM
@@ -685,8 +753,12 @@ export class HttpInspector {
           const complete = answered && this.writableFinished;
           // Not the client leaving (DC): the proxy cut the tunnel for what the client sent.
           const flags = !complete && state.cutForProtocolError ? 'DPE' : answerFlags(this, complete);
-          meter?.request(requestProtocolOf(this.getHeader('content-type')), code, '', flags, elapsedFor(this));
-          if (logRequest !== null) logRequestEnd(logRequest, this, code, flags);
+          const finished = state.finishedResponseBytes >= 0;
+          const requestBytes = finished ? state.finishedRequestBytes : takeRequestBytes(state);
+          const responseBytes = finished ? state.finishedResponseBytes : takeResponseBytes(state, 0);
+          state.finishedRequestBytes = state.finishedResponseBytes = -1;
+          meter?.request(requestProtocolOf(this.getHeader('content-type')), code, '', flags, elapsedFor(this), requestBytes, responseBytes);
+          if (logRequest !== null) logRequestEnd(logRequest, this, code, flags, requestBytes, responseBytes);
         }
         // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
         if (draining() && state.inFlight === 0 && !stream.writableEnded) stream.end();
@@ -698,11 +770,24 @@ export class HttpInspector {
         const trailers = this.sentTrailers as http2.OutgoingHttpHeaders | undefined;
         const grpcStatus = trailers?.['grpc-status'] ?? head?.['grpc-status'];
         const flags = answerFlags(this, status !== 0 && this.rstCode === NGHTTP2_NO_ERROR);
-        meter?.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatusLabel(grpcStatus), flags, elapsedFor(this));
-        if (logRequest !== null) logRequestEnd(logRequest, this, status, flags);
+        const counted = h2RequestBytes.get(this);
+        h2RequestBytes.delete(this);
+        const requestBytes = counted === undefined ? 0 : counted.received;
+        const responseBytes = counted === undefined ? 0 : counted.sent + headerFieldBytes(head) + headerFieldBytes(trailers);
+        meter?.request(requestProtocolOf(head?.[HTTP2_HEADER_CONTENT_TYPE]), status, grpcStatusLabel(grpcStatus), flags, elapsedFor(this), requestBytes, responseBytes);
+        if (logRequest !== null) logRequestEnd(logRequest, this, status, flags, requestBytes, responseBytes);
       },
       logRequest,
       meter,
+      bytes,
+      answeredReceived: 0,
+      answeredSent: 0,
+      finishedRequestBytes: -1,
+      finishedResponseBytes: -1,
+      onResponseFinish() {
+        state.finishedRequestBytes = takeRequestBytes(state);
+        state.finishedResponseBytes = takeResponseBytes(state, 0);
+      },
       waitingSince: performance.now(),
     };
     return new Promise((resolve) => {
@@ -808,6 +893,7 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
+    if (state.meter !== null || state.logRequest !== null) res.prependListener('finish', state.onResponseFinish);
     if (state.meter !== null) requestStartedAt.set(res, performance.now());
     if (state.logRequest !== null) {
       requestStarts.set(res, { method: req.method ?? '', path: req.url ?? '', authority: req.headers.host ?? '', protocol: req.httpVersion === '1.0' ? 'HTTP/1.0' : 'HTTP/1.1', startedMs: Date.now() });
@@ -878,16 +964,18 @@ export class HttpInspector {
     appendClientCert(headers, state.clientCert);
     const refusal = judge(state, req, withUpgradeFields(headers, req.rawHeaders));
     if (refusal !== null) {
-      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', refusal.status, refusal.status === 403 ? 'DENY' : 'DPE');
-      socket.end(`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`);
+      const refused = `HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`;
+      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', refusal.status, refusal.status === 403 ? 'DENY' : 'DPE', Buffer.byteLength(refused));
+      socket.end(refused);
       // Nothing reads the tunnel any more: unread input would keep its stream from ever closing (and the tunnel open).
       socket.resume();
       return;
     }
     if (state.upstreamVersion === 'http2') {
       // The workload speaks HTTP/2 only: a WebSocket would need its extended CONNECT (RFC 8441), not forwarded here.
-      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', 501, '-');
-      socket.end(`HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(WS_TO_H2_BODY)}\r\nconnection: close\r\n\r\n${WS_TO_H2_BODY}`);
+      const refused = `HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(WS_TO_H2_BODY)}\r\nconnection: close\r\n\r\n${WS_TO_H2_BODY}`;
+      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', 501, '-', Buffer.byteLength(refused));
+      socket.end(refused);
       socket.resume();
       return;
     }
@@ -897,7 +985,7 @@ export class HttpInspector {
     const method = req.method ?? '';
     const path = req.url ?? '';
     const authority = req.headers.host ?? '';
-    const counted = (status: number, flags: string) => answeredOutside(state, method, path, authority, status, flags);
+    const counted = (status: number, flags: string, answerBytes: number) => answeredOutside(state, method, path, authority, status, flags, answerBytes);
     state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger, counted));
   }
 
@@ -914,6 +1002,11 @@ export class HttpInspector {
     // on, not once: once wraps the listener in a new closure per request; a stream closes once anyway.
     stream.on('close', state.onH2StreamClose);
     if (state.meter !== null) requestStartedAt.set(stream, performance.now());
+    if (state.meter !== null || state.logRequest !== null) {
+      const counted = countStreamBytes(stream);
+      counted.received += headerFieldBytes(rawHeaders);
+      h2RequestBytes.set(stream, counted);
+    }
     if (state.logRequest !== null) {
       requestStarts.set(stream, { method: String(headers[HTTP2_HEADER_METHOD] ?? ''), path: String(headers[HTTP2_HEADER_PATH] ?? ''), authority: String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), protocol: 'HTTP/2', startedMs: Date.now() });
     }
@@ -1405,9 +1498,10 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   readonly #logger: Logger;
   /** Whether an answer's head has gone to the client. */
   #answered = false;
-  readonly #counted: (status: number, responseFlags: string) => void;
+  /** Counts and logs the request once answered: the answer's head about to be written is its size here. */
+  readonly #counted: (status: number, responseFlags: string, answerBytes: number) => void;
 
-  constructor(socket: Duplex, head: Buffer, logger: Logger, counted: (status: number, responseFlags: string) => void) {
+  constructor(socket: Duplex, head: Buffer, logger: Logger, counted: (status: number, responseFlags: string, answerBytes: number) => void) {
     this.#socket = socket;
     this.#head = head;
     this.#logger = logger;
@@ -1428,9 +1522,10 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
       return;
     }
     this.#answered = true;
-    this.#counted(statusCode, '-');
+    const answerHead = responseHead(statusCode, 'Switching Protocols', headers);
+    this.#counted(statusCode, '-', answerHead.length);
     // undici's header values are latin1 (bytes as received): written back as bytes.
-    socket.write(responseHead(statusCode, 'Switching Protocols', headers), 'latin1');
+    socket.write(answerHead, 'latin1');
     if (this.#head.length > 0) upgraded.write(this.#head);
     // Each side's end ends the other's (half-close carried); the upgraded socket is the tunnel's upstream connection,
     // whose close and the tunnel's own are handled by inspect(), as for any tunnel.
@@ -1444,8 +1539,9 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     const forwarded = forwardableHeaders(headers);
     forwarded['connection'] = 'close';
     this.#answered = true;
-    this.#counted(statusCode, '-');
-    this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded), 'latin1');
+    const answerHead = responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded);
+    this.#counted(statusCode, '-', answerHead.length);
+    this.#socket.write(answerHead, 'latin1');
     this.#socket.on('drain', () => controller.resume());
     // Refused: the client's input goes nowhere, and unread it would keep the tunnel from closing.
     this.#socket.resume();
@@ -1462,8 +1558,8 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.#logger.debug({ err: error.message }, 'forwarding an inspected WebSocket upgrade failed');
     this.#socket.resume();
-    if (!this.#answered) this.#counted(502, 'UC');
-    if (!this.#answered && !this.#socket.destroyed) this.#socket.end('HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 23\r\nconnection: close\r\n\r\nupstream connect error\n');
+    if (!this.#answered) this.#counted(502, 'UC', UPGRADE_FAILED_ANSWER.length);
+    if (!this.#answered && !this.#socket.destroyed) this.#socket.end(UPGRADE_FAILED_ANSWER);
     else this.#socket.destroy(error);
   }
 }

@@ -92,8 +92,37 @@ function rawHttp(request: string, tolerateReset = false, port = 9080): Promise<s
   });
 }
 
+/** The length of the first whole answer in `buffer` (its head, and the body its content-length says); null until it is all there. */
+function wholeAnswerLength(buffer: Buffer): number | null {
+  const end = buffer.indexOf('\r\n\r\n');
+  if (end < 0) return null;
+  const length = Number(/\r\ncontent-length: *(\d+)/i.exec(buffer.subarray(0, end).toString('latin1'))?.[1] ?? 0);
+  return buffer.length >= end + 4 + length ? end + 4 + length : null;
+}
+
+/** HTTP/1.1 requests on one connection to client-1's listener, each sent once the answer before it has all come. */
+async function inTurn(requests: readonly string[]): Promise<string[]> {
+  const socket = connect({ host: CLIENT_IP, port: 9080 });
+  let received = Buffer.alloc(0);
+  socket.on('data', (chunk: Buffer) => (received = Buffer.concat([received, chunk])));
+  const answers: string[] = [];
+  try {
+    await once(socket, 'connect');
+    for (const request of requests) {
+      socket.write(request);
+      await waitUntil(`the answer to ${request.slice(0, request.indexOf('\r'))}`, () => wholeAnswerLength(received) !== null, 10_000);
+      const length = wholeAnswerLength(received) as number;
+      answers.push(received.subarray(0, length).toString('latin1'));
+      received = received.subarray(length);
+    }
+  } finally {
+    socket.destroy();
+  }
+  return answers;
+}
+
 /** One h2c call to client-1's listener for grpc.demo, its response read to the end. */
-async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>[0]): Promise<void> {
+async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>[0], body?: Buffer): Promise<void> {
   const session = http2.connect(`http://${CLIENT_IP}:9051`);
   try {
     await new Promise<void>((resolve, reject) => {
@@ -101,7 +130,7 @@ async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>
       stream.on('error', reject);
       stream.on('end', () => resolve());
       stream.resume();
-      stream.end();
+      stream.end(body);
     });
   } finally {
     session.close();
@@ -1386,6 +1415,76 @@ describe('request durations on inspected connections, as Istio reports them', ()
   });
 });
 
+describe('request and answer sizes on inspected connections, as Istio reports them', () => {
+  const web = { reporter: 'destination', destination_workload: 'web-1', request_protocol: 'http' };
+  /** The sums and counts of both size histograms for the requests matching `match`, and their buckets at `bounds`. */
+  async function sizes(nodeB: TestMesh['nodes'] extends Map<string, infer N> ? N : never, match: Record<string, string>, bounds: readonly string[]) {
+    const read = async (name: string) => {
+      const buckets: Record<string, number> = {};
+      for (const le of bounds) buckets[le] = await metricSum(nodeB, `${name}_bucket`, { ...match, le });
+      return { sum: await metricSum(nodeB, `${name}_sum`, match), count: await metricSum(nodeB, `${name}_count`, match), buckets };
+    };
+    return { request: await read('istio_request_bytes'), response: await read('istio_response_bytes') };
+  }
+
+  it('are istio_request_bytes and istio_response_bytes at the destination: each HTTP/1.1 request and answer as they crossed, head and body, a refusal too', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const ok = { ...web, response_code: '200', response_flags: '-' };
+    const denied = { ...web, response_code: '403', response_flags: 'DENY' };
+    const bounds = ['100', '10000', '30000', '60000', '+Inf'];
+    const before = { ok: await sizes(nodeB, ok, bounds), denied: await sizes(nodeB, denied, bounds) };
+    const requests = [
+      `GET /public/echo-length HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 20000\r\n\r\n${'u'.repeat(20_000)}`,
+      'GET /admin/sized HTTP/1.1\r\nHost: web.demo\r\n\r\n',
+      'GET /public/big-head HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n',
+    ] as const;
+    const answers = await inTurn(requests);
+    expect(answers.map((answer) => answer.slice(0, 12))).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403', 'HTTP/1.1 200']);
+    const length = (text: string) => Buffer.byteLength(text, 'latin1');
+    const after = { ok: await sizes(nodeB, ok, bounds), denied: await sizes(nodeB, denied, bounds) };
+    // The two allowed: a 20 kB upload with a short answer, then a bare GET answered with a 30 kB head.
+    expect(after.ok.request.count - before.ok.request.count).toBe(2);
+    expect(after.ok.request.sum - before.ok.request.sum).toBe(length(requests[0]) + length(requests[2]));
+    expect(after.ok.response.sum - before.ok.response.sum).toBe(length(answers[0]!) + length(answers[2]!));
+    // Each in its bucket: the 20 kB upload and the 30 kB answer past le=10000 and le=30000.
+    const grew = (which: 'request' | 'response') => Object.fromEntries(bounds.map((le) => [le, after.ok[which].buckets[le]! - before.ok[which].buckets[le]!]));
+    const inBuckets = (sizes: readonly number[]) => Object.fromEntries(bounds.map((le) => [le, sizes.filter((size) => le === '+Inf' || size <= Number(le)).length]));
+    expect(grew('request')).toEqual(inBuckets([length(requests[0]), length(requests[2])]));
+    expect(grew('request')).toMatchObject({ '10000': 1, '30000': 2 });
+    expect(grew('response')).toEqual(inBuckets([length(answers[0]!), length(answers[2]!)]));
+    expect(grew('response')).toMatchObject({ '30000': 1, '60000': 2 });
+    // The refused request, and the proxy's own 403 for it.
+    expect(after.denied.request.count - before.denied.request.count).toBe(1);
+    expect(after.denied.request.sum - before.denied.request.sum).toBe(length(requests[1]));
+    expect(after.denied.response.sum - before.denied.response.sum).toBe(length(answers[1]!));
+  });
+
+  it('are each h2c stream\'s header fields and DATA, uncompressed, its refusal too', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const grpc = { reporter: 'destination', destination_workload: 'grpc-1', request_protocol: 'grpc', response_code: '200' };
+    const ok = { ...grpc, grpc_response_status: '0', response_flags: '-' };
+    const denied = { ...grpc, grpc_response_status: '7', response_flags: 'DENY' };
+    const bounds = ['10000', '30000'];
+    const before = { ok: await sizes(nodeB, ok, bounds), denied: await sizes(nodeB, denied, bounds) };
+    const headers = { ':method': 'POST', ':path': '/pkg.Svc/Sized', 'content-type': 'application/grpc', te: 'trailers' };
+    await grpcCall(headers, Buffer.alloc(12_000, 1));
+    await grpcCall({ ...headers, ':path': '/pkg.Admin/Sized' }, Buffer.alloc(50, 1));
+    const after = { ok: await sizes(nodeB, ok, bounds), denied: await sizes(nodeB, denied, bounds) };
+    // What the client sent: its fields (with Node's :scheme and :authority) and its DATA.
+    const fields = (sent: Record<string, string>) => Object.entries({ ...sent, ':scheme': 'http', ':authority': `${CLIENT_IP}:9051` }).reduce((sum, [name, value]) => sum + name.length + value.length, 0);
+    expect(after.ok.request.count - before.ok.request.count).toBe(1);
+    expect(after.ok.request.sum - before.ok.request.sum).toBe(fields(headers) + 12_000);
+    expect(after.ok.request.buckets['30000']! - before.ok.request.buckets['30000']!).toBe(1);
+    expect(after.ok.request.buckets['10000']! - before.ok.request.buckets['10000']!).toBe(0);
+    // The answer: :status, content-type, the date and the workload's body and grpc-status trailer; a few dozen bytes.
+    const answered = after.ok.response.sum - before.ok.response.sum;
+    expect(answered).toBeGreaterThan(':status200content-typeapplication/grpcgrpc-status0'.length + 'called /pkg.Svc/Sized'.length);
+    expect(answered).toBeLessThan(200);
+    expect(after.denied.request.sum - before.denied.request.sum).toBe(fields({ ...headers, ':path': '/pkg.Admin/Sized' }) + 50);
+    expect(after.denied.response.sum - before.denied.response.sum).toBeGreaterThan(`grpc-message${'RBAC: access denied'}`.length);
+  });
+});
+
 describe('access lines of inspected requests', () => {
   it("count an inspected tunnel's bytes as the source does: what crossed the tunnel, the proxy's 403 included", async () => {
     const nodeA = mesh.nodes.get('node-a')!;
@@ -1414,13 +1513,18 @@ describe('access lines of inspected requests', () => {
   it('writes one per request with what it asked and got, next to the connection line', async () => {
     const nodeB = mesh.nodes.get('node-b')!;
     const since = nodeB.proc.lines.length;
-    expect(await rawHttp('GET /public/logged?x=1 HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /admin/logged HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 [^]*HTTP\/1\.1 403 /);
+    const request = 'GET /public/logged?x=1 HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /admin/logged HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n';
+    const answer = await rawHttp(request);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 [^]*HTTP\/1\.1 403 /);
     const requests = () => nodeB.proc.lines.slice(since).filter((line) => line.msg === 'request');
     await waitUntil('both request lines', () => requests().length >= 2, 5_000);
+    const denied = answer.indexOf('HTTP/1.1 403');
     expect(requests()).toMatchObject([
-      { method: 'GET', path: '/public/logged?x=1', authority: 'web.demo', protocol: 'HTTP/1.1', response_code: 200, response_flags: '-', 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.workload': 'web-1', direction: 'inbound' },
-      { method: 'GET', path: '/admin/logged', response_code: 403, response_flags: 'DENY' },
+      { method: 'GET', path: '/public/logged?x=1', authority: 'web.demo', protocol: 'HTTP/1.1', response_code: 200, response_flags: '-', 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.workload': 'web-1', direction: 'inbound', bytes_sent: denied },
+      { method: 'GET', path: '/admin/logged', response_code: 403, response_flags: 'DENY', bytes_sent: answer.length - denied },
     ]);
+    // Pipelined in one write, both requests' bytes came before the first answer ended: counted with it.
+    expect(requests().reduce((sum, line) => sum + Number(line.bytes_recv), 0)).toBe(request.length);
     expect(requests()[0]?.duration).toMatch(/^\d+ms$/);
   });
 
@@ -1444,11 +1548,18 @@ describe('access lines of inspected requests', () => {
     const nodeB = mesh.nodes.get('node-b')!;
     const since = nodeB.proc.lines.length;
     const deniedBefore = await metricSum(nodeB, 'istio_requests_total', { destination_workload: 'web-1', response_code: '403', response_flags: 'DENY' });
-    expect(await rawHttp('GET /admin-ws HTTP/1.1\r\nHost: web.demo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', true)).toMatch(/^HTTP\/1\.1 403 /);
-    expect(await rawHttp(`GET /public/x HTTP/1.1\r\nHost: web.demo\r\nCookie: ${'a'.repeat(70_000)}\r\n\r\n`, true)).toMatch(/^HTTP\/1\.1 431 /);
+    const upgrade = 'GET /admin-ws HTTP/1.1\r\nHost: web.demo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n';
+    const refused = await rawHttp(upgrade, true);
+    expect(refused).toMatch(/^HTTP\/1\.1 403 /);
+    const tooLarge = await rawHttp(`GET /public/x HTTP/1.1\r\nHost: web.demo\r\nCookie: ${'a'.repeat(70_000)}\r\n\r\n`, true);
+    expect(tooLarge).toMatch(/^HTTP\/1\.1 431 /);
     const requests = () => nodeB.proc.lines.slice(since).filter((line) => line.msg === 'request');
     await waitUntil('both request lines', () => requests().length >= 2, 5_000);
-    expect(requests()).toMatchObject([{ method: 'GET', path: '/admin-ws', response_code: 403, response_flags: 'DENY' }, { response_code: 431, response_flags: 'DPE' }]);
+    // Their sizes too: the answers the proxy wrote itself, counted once.
+    expect(requests()).toMatchObject([
+      { method: 'GET', path: '/admin-ws', response_code: 403, response_flags: 'DENY', bytes_recv: upgrade.length, bytes_sent: refused.length },
+      { response_code: 431, response_flags: 'DPE', bytes_sent: tooLarge.length },
+    ]);
     expect(await metricSum(nodeB, 'istio_requests_total', { destination_workload: 'web-1', response_code: '403', response_flags: 'DENY' })).toBe(deniedBefore + 1);
   });
 });

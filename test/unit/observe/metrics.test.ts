@@ -22,13 +22,16 @@ type Labels = Record<string, string | number>;
 
 /** The values of one metric whose labels include `match`, summed. */
 async function valueOf(registry: Registry, name: string, match: Labels = {}): Promise<number> {
-  const metric = registry.getSingleMetric(name);
+  // A histogram's series (NAME_bucket, NAME_sum, NAME_count) are registered under NAME.
+  const histogram = /^(.*)_(bucket|sum|count)$/.exec(name);
+  const metric = registry.getSingleMetric(name) ?? (histogram === null ? undefined : registry.getSingleMetric(histogram[1] as string));
   if (!metric) throw new Error(`${name} is not registered`);
   const { values } = await metric.get();
   let sum = 0;
   for (const value of values) {
     const labels = value.labels as Labels;
-    if (Object.entries(match).every(([key, expected]) => labels[key] === expected)) sum += value.value;
+    const named = (value as { metricName?: string }).metricName ?? name;
+    if (named === name && Object.entries(match).every(([key, expected]) => labels[key] === expected)) sum += value.value;
   }
   return sum;
 }
@@ -244,6 +247,43 @@ describe('ProxyMetrics', () => {
     const version = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
     expect(version).toMatch(/^\d+\.\d+\.\d+/);
     expect(await registry.metrics()).toContain(`istio_build{component="ambit",tag="${version}"} 1`);
+  });
+
+  it("reports each request's duration, request size and answer size as Istio's histograms, in Envoy's buckets, under the request's labels", async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry);
+    const meter = metrics.open(INBOUND);
+    meter.request('http', 200, '', '-', 3, 10_000, 10_001);
+    meter.request('http', 200, '', '-', 700, 0, 4_000_000);
+    // A clock step or a count gone wrong lands in the first bucket, never in none.
+    meter.request('http', 200, '', '-', -5, Number.NaN, -1);
+    meter.request('grpc', 200, '7', 'DENY', 1, 120, 90);
+    const ok = { reporter: 'destination', response_code: '200', request_protocol: 'http', response_flags: '-', grpc_response_status: '' };
+    const bucket = (name: string, le: number | string, match: Labels = ok) => valueOf(registry, `${name}_bucket`, { ...match, le });
+    expect(await valueOf(registry, 'istio_requests_total', ok)).toBe(3);
+    for (const name of ['istio_request_duration_milliseconds', 'istio_request_bytes', 'istio_response_bytes']) {
+      expect(await registry.metrics()).toContain(`# TYPE ${name} histogram`);
+      expect(await valueOf(registry, `${name}_count`, ok)).toBe(3);
+      expect(await bucket(name, '+Inf')).toBe(3);
+    }
+    expect(await valueOf(registry, 'istio_request_bytes_sum', ok)).toBe(10_000);
+    // A bound is inclusive: 10,000 bytes are in le=10000, 10,001 are not.
+    expect(await bucket('istio_request_bytes', 0.5)).toBe(2);
+    expect(await bucket('istio_request_bytes', 10_000)).toBe(3);
+    expect(await valueOf(registry, 'istio_response_bytes_sum', ok)).toBe(4_010_001);
+    expect(await bucket('istio_response_bytes', 0.5)).toBe(1);
+    expect(await bucket('istio_response_bytes', 10_000)).toBe(1);
+    expect(await bucket('istio_response_bytes', 30_000)).toBe(2);
+    // Past the last bound (3,600,000): only in +Inf.
+    expect(await bucket('istio_response_bytes', 3_600_000)).toBe(2);
+    expect(await valueOf(registry, 'istio_request_duration_milliseconds_sum', ok)).toBe(703);
+    expect(await bucket('istio_request_duration_milliseconds', 5)).toBe(2);
+    expect(await bucket('istio_request_duration_milliseconds', 1000)).toBe(3);
+    const denied = { request_protocol: 'grpc', grpc_response_status: '7', response_flags: 'DENY' };
+    expect(await valueOf(registry, 'istio_request_bytes_sum', denied)).toBe(120);
+    expect(await valueOf(registry, 'istio_response_bytes_sum', denied)).toBe(90);
+    expect(await bucket('istio_request_bytes', 100, denied)).toBe(0);
+    expect(await bucket('istio_request_bytes', 250, denied)).toBe(1);
   });
 
   it('registers only into the registry it is given', async () => {
