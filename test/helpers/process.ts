@@ -3,8 +3,10 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { BUILT_CLI } from '../../bench/system/build.ts';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+// The compiled build (test/global-setup.ts builds it before the suite).
+const CLI = BUILT_CLI;
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface RunResult {

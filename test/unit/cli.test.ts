@@ -2,9 +2,10 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { BUILT_CLI } from '../../bench/system/build.ts';
 import { afterAll, describe, expect, it } from 'vitest';
 
-const cli = new URL('../../src/cli/main.ts', import.meta.url).pathname;
+const cli = BUILT_CLI;
 
 function ambit(...args: string[]) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 20_000 });

@@ -5,9 +5,10 @@ import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BUILT_CLI } from '../../../bench/system/build.ts';
 import { afterAll, describe, it } from 'vitest';
 
-const CLI = fileURLToPath(new URL('../../../src/cli/main.ts', import.meta.url));
+const CLI = BUILT_CLI;
 const FIXTURES = fileURLToPath(new URL('../../fixtures/authz/', import.meta.url));
 const CONFIG = join(FIXTURES, 'shop');
 const FRONT = 'cluster.local/ns/front/sa/client';

@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { BUILT_CLI } from '../../../bench/system/build.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x509 from '../../../src/identity/x509.ts';
 import { encodeBundle, encodePemBundle } from '../../../src/identity/bundle.ts';
@@ -12,7 +13,7 @@ import { formatIpAddress, formatSpan, parseRfc3339 } from '../../../src/cli/svid
 import { AmbitError } from '../../../src/errors.ts';
 import { craftCertificate, createTestCa, HOUR_MS, issueTestSvid } from '../../helpers/certs.ts';
 
-const cli = new URL('../../../src/cli/main.ts', import.meta.url).pathname;
+const cli = BUILT_CLI;
 
 const WEB = 'spiffe://cluster.local/ns/default/sa/web';
 const DB = 'spiffe://cluster.local/ns/default/sa/db';
