@@ -229,7 +229,10 @@ interface TunnelState {
   /** The tunnel's bytes from and to the client as counted when its last HTTP/1.1 answer ended. */
   answeredReceived: number;
   answeredSent: number;
-  /** The sizes of the HTTP/1.1 request whose answer has just finished, until its 'close' counts it; -1 for none. */
+  /**
+   * The sizes of the HTTP/1.1 request whose answer has just finished, until its 'close' counts it; -1 for none (the
+   * request's, also while its body has not all come: an answer given before the upload was read, a refusal).
+   */
   finishedRequestBytes: number;
   finishedResponseBytes: number;
   /**
@@ -753,12 +756,20 @@ export class HttpInspector {
           const complete = answered && this.writableFinished;
           // Not the client leaving (DC): the proxy cut the tunnel for what the client sent.
           const flags = !complete && state.cutForProtocolError ? 'DPE' : answerFlags(this, complete);
-          const finished = state.finishedResponseBytes >= 0;
-          const requestBytes = finished ? state.finishedRequestBytes : takeRequestBytes(state);
-          const responseBytes = finished ? state.finishedResponseBytes : takeResponseBytes(state, 0);
+          const responseBytes = state.finishedResponseBytes >= 0 ? state.finishedResponseBytes : takeResponseBytes(state, 0);
+          const requestBytes = state.finishedRequestBytes;
           state.finishedRequestBytes = state.finishedResponseBytes = -1;
-          meter?.request(requestProtocolOf(this.getHeader('content-type')), code, '', flags, elapsedFor(this), requestBytes, responseBytes);
-          if (logRequest !== null) logRequestEnd(logRequest, this, code, flags, requestBytes, responseBytes);
+          const protocol = requestProtocolOf(this.getHeader('content-type'));
+          const durationMs = elapsedFor(this);
+          const report = (bytes: number) => {
+            meter?.request(protocol, code, '', flags, durationMs, bytes, responseBytes);
+            if (logRequest !== null) logRequestEnd(logRequest, this, code, flags, bytes, responseBytes);
+          };
+          const req = this.req;
+          if (requestBytes >= 0) report(requestBytes);
+          else if (req.complete || req.destroyed) report(takeRequestBytes(state));
+          // The rest of its body is still coming (Node reads it to its end before the next request): it is this request's.
+          else req.once('close', () => report(takeRequestBytes(state)));
         }
         // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
         if (draining() && state.inFlight === 0 && !stream.writableEnded) stream.end();
@@ -784,9 +795,9 @@ export class HttpInspector {
       answeredSent: 0,
       finishedRequestBytes: -1,
       finishedResponseBytes: -1,
-      onResponseFinish() {
-        state.finishedRequestBytes = takeRequestBytes(state);
+      onResponseFinish(this: ServerResponse) {
         state.finishedResponseBytes = takeResponseBytes(state, 0);
+        state.finishedRequestBytes = this.req.complete ? takeRequestBytes(state) : -1;
       },
       waitingSince: performance.now(),
     };
@@ -1498,6 +1509,8 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   readonly #logger: Logger;
   /** Whether an answer's head has gone to the client. */
   #answered = false;
+  /** The workload's refusal was cut short (its connection failed mid-answer). */
+  #cut = false;
   /** Counts and logs the request once answered: the answer's head about to be written is its size here. */
   readonly #counted: (status: number, responseFlags: string, answerBytes: number) => void;
 
@@ -1539,9 +1552,9 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     const forwarded = forwardableHeaders(headers);
     forwarded['connection'] = 'close';
     this.#answered = true;
-    const answerHead = responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded);
-    this.#counted(statusCode, '-', answerHead.length);
-    this.#socket.write(answerHead, 'latin1');
+    // The refusal ends the tunnel: counted once it has, its body with it.
+    this.#socket.once('close', () => this.#counted(statusCode, this.#cut ? 'UC' : '-', 0));
+    this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded), 'latin1');
     this.#socket.on('drain', () => controller.resume());
     // Refused: the client's input goes nowhere, and unread it would keep the tunnel from closing.
     this.#socket.resume();
@@ -1558,9 +1571,12 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.#logger.debug({ err: error.message }, 'forwarding an inspected WebSocket upgrade failed');
     this.#socket.resume();
-    if (!this.#answered) this.#counted(502, 'UC', UPGRADE_FAILED_ANSWER.length);
+    if (!this.#answered) this.#counted(502, 'UC', this.#socket.destroyed ? 0 : UPGRADE_FAILED_ANSWER.length);
     if (!this.#answered && !this.#socket.destroyed) this.#socket.end(UPGRADE_FAILED_ANSWER);
-    else this.#socket.destroy(error);
+    else {
+      this.#cut = true;
+      this.#socket.destroy(error);
+    }
   }
 }
 

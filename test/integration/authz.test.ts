@@ -121,15 +121,25 @@ async function inTurn(requests: readonly string[]): Promise<string[]> {
   return answers;
 }
 
+/** What an h2c call got: its answer's header fields and trailers as they came, and the length of its body. */
+interface GrpcAnswer {
+  headers: http2.IncomingHttpHeaders;
+  trailers: http2.IncomingHttpHeaders;
+  bodyBytes: number;
+}
+
 /** One h2c call to client-1's listener for grpc.demo, its response read to the end. */
-async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>[0], body?: Buffer): Promise<void> {
+async function grpcCall(headers: Parameters<http2.ClientHttp2Session['request']>[0], body?: Buffer): Promise<GrpcAnswer> {
   const session = http2.connect(`http://${CLIENT_IP}:9051`);
   try {
-    await new Promise<void>((resolve, reject) => {
+    return await new Promise<GrpcAnswer>((resolve, reject) => {
+      const answer: GrpcAnswer = { headers: {}, trailers: {}, bodyBytes: 0 };
       const stream = session.request(headers);
       stream.on('error', reject);
-      stream.on('end', () => resolve());
-      stream.resume();
+      stream.on('response', (received) => (answer.headers = received));
+      stream.on('trailers', (received) => (answer.trailers = received));
+      stream.on('data', (chunk: Buffer) => (answer.bodyBytes += chunk.length));
+      stream.on('end', () => resolve(answer));
       stream.end(body);
     });
   } finally {
@@ -1435,7 +1445,8 @@ describe('request and answer sizes on inspected connections, as Istio reports th
     const before = { ok: await sizes(nodeB, ok, bounds), denied: await sizes(nodeB, denied, bounds) };
     const requests = [
       `GET /public/echo-length HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 20000\r\n\r\n${'u'.repeat(20_000)}`,
-      'GET /admin/sized HTTP/1.1\r\nHost: web.demo\r\n\r\n',
+      // Refused before its body is read: the rest of it, read after the answer, is still this request's.
+      `GET /admin/sized HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 200000\r\n\r\n${'d'.repeat(200_000)}`,
       'GET /public/big-head HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n',
     ] as const;
     const answers = await inTurn(requests);
@@ -1467,21 +1478,23 @@ describe('request and answer sizes on inspected connections, as Istio reports th
     const bounds = ['10000', '30000'];
     const before = { ok: await sizes(nodeB, ok, bounds), denied: await sizes(nodeB, denied, bounds) };
     const headers = { ':method': 'POST', ':path': '/pkg.Svc/Sized', 'content-type': 'application/grpc', te: 'trailers' };
-    await grpcCall(headers, Buffer.alloc(12_000, 1));
-    await grpcCall({ ...headers, ':path': '/pkg.Admin/Sized' }, Buffer.alloc(50, 1));
+    const answered = await grpcCall(headers, Buffer.alloc(12_000, 1));
+    const refused = await grpcCall({ ...headers, ':path': '/pkg.Admin/Sized' }, Buffer.alloc(50, 1));
     const after = { ok: await sizes(nodeB, ok, bounds), denied: await sizes(nodeB, denied, bounds) };
+    const fields = (block: Readonly<Record<string, unknown>>) => Object.entries(block).reduce((sum, [name, value]) => sum + name.length + String(value).length, 0);
     // What the client sent: its fields (with Node's :scheme and :authority) and its DATA.
-    const fields = (sent: Record<string, string>) => Object.entries({ ...sent, ':scheme': 'http', ':authority': `${CLIENT_IP}:9051` }).reduce((sum, [name, value]) => sum + name.length + value.length, 0);
+    const sent = (path: string) => fields({ ...headers, ':path': path, ':scheme': 'http', ':authority': `${CLIENT_IP}:9051` });
     expect(after.ok.request.count - before.ok.request.count).toBe(1);
-    expect(after.ok.request.sum - before.ok.request.sum).toBe(fields(headers) + 12_000);
+    expect(after.ok.request.sum - before.ok.request.sum).toBe(sent('/pkg.Svc/Sized') + 12_000);
     expect(after.ok.request.buckets['30000']! - before.ok.request.buckets['30000']!).toBe(1);
     expect(after.ok.request.buckets['10000']! - before.ok.request.buckets['10000']!).toBe(0);
-    // The answer: :status, content-type, the date and the workload's body and grpc-status trailer; a few dozen bytes.
-    const answered = after.ok.response.sum - before.ok.response.sum;
-    expect(answered).toBeGreaterThan(':status200content-typeapplication/grpcgrpc-status0'.length + 'called /pkg.Svc/Sized'.length);
-    expect(answered).toBeLessThan(200);
-    expect(after.denied.request.sum - before.denied.request.sum).toBe(fields({ ...headers, ':path': '/pkg.Admin/Sized' }) + 50);
-    expect(after.denied.response.sum - before.denied.response.sum).toBeGreaterThan(`grpc-message${'RBAC: access denied'}`.length);
+    // What it got: the answer's fields, its body and its trailers (grpc-status), as they came.
+    expect(answered.trailers['grpc-status']).toBe('0');
+    expect(after.ok.response.sum - before.ok.response.sum).toBe(fields(answered.headers) + answered.bodyBytes + fields(answered.trailers));
+    expect(after.denied.request.sum - before.denied.request.sum).toBe(sent('/pkg.Admin/Sized') + 50);
+    // The proxy's own refusal: trailers only (PERMISSION_DENIED in the header block).
+    expect(refused.headers['grpc-status']).toBe('7');
+    expect(after.denied.response.sum - before.denied.response.sum).toBe(fields(refused.headers) + refused.bodyBytes + fields(refused.trailers));
   });
 });
 
@@ -1523,8 +1536,8 @@ describe('access lines of inspected requests', () => {
       { method: 'GET', path: '/public/logged?x=1', authority: 'web.demo', protocol: 'HTTP/1.1', response_code: 200, response_flags: '-', 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.workload': 'web-1', direction: 'inbound', bytes_sent: denied },
       { method: 'GET', path: '/admin/logged', response_code: 403, response_flags: 'DENY', bytes_sent: answer.length - denied },
     ]);
-    // Pipelined in one write, both requests' bytes came before the first answer ended: counted with it.
-    expect(requests().reduce((sum, line) => sum + Number(line.bytes_recv), 0)).toBe(request.length);
+    // Pipelined in one write, both requests' bytes came before the first answer ended: counted with it (as README says).
+    expect(requests().map((line) => line.bytes_recv)).toEqual([request.length, 0]);
     expect(requests()[0]?.duration).toMatch(/^\d+ms$/);
   });
 
@@ -1560,6 +1573,13 @@ describe('access lines of inspected requests', () => {
       { method: 'GET', path: '/admin-ws', response_code: 403, response_flags: 'DENY', bytes_recv: upgrade.length, bytes_sent: refused.length },
       { response_code: 431, response_flags: 'DPE', bytes_sent: tooLarge.length },
     ]);
+    // An upgrade the workload answers as a plain request (Node's server without an upgrade listener): relayed, the
+    // tunnel then closed, and counted with its body.
+    const plain = upgrade.replace('/admin-ws', '/public/ws-plain');
+    const relayed = await rawHttp(plain, true);
+    expect(relayed).toMatch(/^HTTP\/1\.1 200 [^]*web \/public\/ws-plain$/);
+    await waitUntil('its request line', () => requests().length >= 3, 5_000);
+    expect(requests()[2]).toMatchObject({ path: '/public/ws-plain', response_code: 200, response_flags: '-', bytes_recv: plain.length, bytes_sent: relayed.length });
     expect(await metricSum(nodeB, 'istio_requests_total', { destination_workload: 'web-1', response_code: '403', response_flags: 'DENY' })).toBe(deniedBefore + 1);
   });
 });
