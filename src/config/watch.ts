@@ -266,8 +266,10 @@ class DirectoryWatcher implements ConfigWatcher {
     const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && judged.get(file)?.identity === afterState.files.get(file)?.identity);
     if (emptied.length > 0) {
       this.#judged = afterState.files;
-      // A file held as blank is then truncated by the next in-place write: still the same hold, said once.
-      const key = emptied.join('\0');
+      // A file held as blank is then truncated by the next in-place write: still the same hold, said once. A change to
+      // another file meanwhile is said again: it waits too.
+      let key = emptied.join('\0');
+      for (const [file, info] of afterState.files) if (!emptied.includes(file)) key += `\0${file}:${info.state}`;
       if (key === this.#emptiedReported) return;
       this.#emptiedReported = key;
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than

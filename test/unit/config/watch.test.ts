@@ -157,7 +157,7 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(removed.type === 'change' && removed.diff.removed).toEqual([{ object: 'Pod default/other', file: 'other.yaml' }]);
     });
 
-    it('says once that a file is emptied in place while it stays so (blank, then truncated by the next write), and again after a change was applied', async () => {
+    it('says once that a file is emptied in place while it stays so (blank, then truncated by the next write), again when another file changes meanwhile, and after a change was applied', async () => {
       const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
       const recorder = new Recorder();
       const watcher = await startWatching(dir, recorder, options);
@@ -170,6 +170,12 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       await writeFiles(dir, { 'pod.yaml': '' });
       await new Promise((resolve) => setTimeout(resolve, 500));
       expect(recorder.events.map((event) => event.type === 'error' && event.error.code)).toEqual(['CONFIG_FILE_EMPTIED']);
+      expect(watcher.current()).toBe(good);
+
+      // Another file changed meanwhile: that change waits too, and is said.
+      await replaceFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
+      const waiting = await recorder.next();
+      expect(waiting.type === 'error' && waiting.error.code).toBe('CONFIG_FILE_EMPTIED');
       expect(watcher.current()).toBe(good);
 
       await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2') });
