@@ -497,7 +497,8 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     expect(received).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
     expect(received).toMatch(/\r\n\r\nno websockets here$/);
     expect(ended).toBe(true);
-    expect(requestLines.at(-1)).toMatchObject({ path: '/ws-refused', responseCode: 403, responseFlags: '-' });
+    // Counted and logged once the tunnel has closed, the refusal's body with it.
+    await expect.poll(() => requestLines.at(-1), { timeout: 5_000 }).toMatchObject({ path: '/ws-refused', responseCode: 403, responseFlags: '-' });
   });
 
   it('serves any other upgrade (h2c, which would take HTTP/2 past inspection) as an ordinary request, without its Upgrade', async () => {
