@@ -147,8 +147,6 @@ export interface TunnelMeter {
  * istio_request_duration_milliseconds, in bytes for istio_request_bytes and istio_response_bytes.
  */
 const ENVOY_DEFAULT_BUCKETS: readonly number[] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
-export const REQUEST_DURATION_BUCKETS_MS = ENVOY_DEFAULT_BUCKETS;
-export const REQUEST_SIZE_BUCKETS_BYTES = ENVOY_DEFAULT_BUCKETS;
 
 /** Istio's `request_protocol` of an HTTP request: `grpc` when its content type is gRPC's. */
 export type RequestProtocol = 'http' | 'grpc';

@@ -138,26 +138,29 @@ const requestStartedAt = new WeakMap<object, number>();
  */
 const h2RequestBytes = new WeakMap<object, StreamBytes>();
 
-/** A header block's size as its fields' names and values (each pair of a raw list, or each field of an object). */
+/**
+ * A header block's size as its fields' names and values (each pair of a raw list, or each field of an object): their
+ * lengths, as field names and values are latin1 strings, a byte per character, both ways.
+ */
 function headerFieldBytes(fields: readonly string[] | Readonly<Record<string, unknown>> | undefined): number {
   if (fields === undefined) return 0;
   let bytes = 0;
   if (Array.isArray(fields)) {
-    for (const field of fields as readonly string[]) bytes += Buffer.byteLength(field);
+    for (const field of fields as readonly string[]) bytes += field.length;
     return bytes;
   }
   for (const name in fields) {
     const value = (fields as Readonly<Record<string, unknown>>)[name];
-    if (Array.isArray(value)) for (const each of value) bytes += name.length + Buffer.byteLength(String(each));
-    else if (value !== undefined) bytes += name.length + Buffer.byteLength(String(value));
+    if (Array.isArray(value)) for (const each of value) bytes += name.length + String(each).length;
+    else if (value !== undefined) bytes += name.length + String(value).length;
   }
   return bytes;
 }
 
 /**
- * What an HTTP/1.1 tunnel's client sent since the last answer ended: the size of the request now answered, as
+ * What an HTTP/1.1 tunnel's client sent since the last request was counted: the size of the request now counted, as
  * Envoy's downstream bytes meter has it (its head and body as they came). Exact for a client that waits for each
- * answer; a pipelined request's bytes count with the answer that ends first, a body read after its answer with the next.
+ * answer; a pipelined request's bytes count with the answer that ends first.
  */
 function takeRequestBytes(state: TunnelState): number {
   const bytes = state.bytes;
@@ -257,6 +260,12 @@ function answeredOutside(state: TunnelState, method: string, path: string, autho
   const responseBytes = takeResponseBytes(state, answerBytes);
   state.meter?.request('http', responseCode, '', responseFlags, durationMs, requestBytes, responseBytes);
   state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: Math.round(durationMs), requestBytes, responseBytes });
+}
+
+/** An HTTP/1.1 request answered by its ServerResponse, counted and logged once its sizes are known. */
+function reportH1Request(state: TunnelState, answer: ServerResponse, protocol: RequestProtocol, code: number, flags: string, durationMs: number, requestBytes: number, responseBytes: number): void {
+  state.meter?.request(protocol, code, '', flags, durationMs, requestBytes, responseBytes);
+  if (state.logRequest !== null) logRequestEnd(state.logRequest, answer, code, flags, requestBytes, responseBytes);
 }
 
 /** A request's access line, once its answer has ended: what it asked for (kept at its start), what it got. */
@@ -761,15 +770,13 @@ export class HttpInspector {
           state.finishedRequestBytes = state.finishedResponseBytes = -1;
           const protocol = requestProtocolOf(this.getHeader('content-type'));
           const durationMs = elapsedFor(this);
-          const report = (bytes: number) => {
-            meter?.request(protocol, code, '', flags, durationMs, bytes, responseBytes);
-            if (logRequest !== null) logRequestEnd(logRequest, this, code, flags, bytes, responseBytes);
-          };
           const req = this.req;
-          if (requestBytes >= 0) report(requestBytes);
-          else if (req.complete || req.destroyed) report(takeRequestBytes(state));
-          // The rest of its body is still coming (Node reads it to its end before the next request): it is this request's.
-          else req.once('close', () => report(takeRequestBytes(state)));
+          if (requestBytes >= 0 || req.complete || req.destroyed) {
+            reportH1Request(state, this, protocol, code, flags, durationMs, requestBytes >= 0 ? requestBytes : takeRequestBytes(state), responseBytes);
+          } else {
+            // The rest of its body is still coming (Node reads it to its end before the next request): it is this request's.
+            req.once('close', () => reportH1Request(state, this, protocol, code, flags, durationMs, takeRequestBytes(state), responseBytes));
+          }
         }
         // An answer whose head went out before the drain began said keep-alive: the tunnel, idle now, is ended.
         if (draining() && state.inFlight === 0 && !stream.writableEnded) stream.end();
@@ -1511,7 +1518,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   #answered = false;
   /** The workload's refusal was cut short (its connection failed mid-answer). */
   #cut = false;
-  /** Counts and logs the request once answered: the answer's head about to be written is its size here. */
+  /** Counts and logs the request once answered; `answerBytes`: what is about to be written, not yet on the tunnel. */
   readonly #counted: (status: number, responseFlags: string, answerBytes: number) => void;
 
   constructor(socket: Duplex, head: Buffer, logger: Logger, counted: (status: number, responseFlags: string, answerBytes: number) => void) {
@@ -1553,7 +1560,9 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     forwarded['connection'] = 'close';
     this.#answered = true;
     // The refusal ends the tunnel: counted once it has, its body with it.
-    this.#socket.once('close', () => this.#counted(statusCode, this.#cut ? 'UC' : '-', 0));
+    const count = () => this.#counted(statusCode, this.#cut ? 'UC' : '-', 0);
+    if (this.#socket.closed) count();
+    else this.#socket.once('close', count);
     this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded), 'latin1');
     this.#socket.on('drain', () => controller.resume());
     // Refused: the client's input goes nowhere, and unread it would keep the tunnel from closing.
