@@ -262,6 +262,12 @@ function answeredOutside(state: TunnelState, method: string, path: string, autho
   state.logRequest?.({ method, path, authority, protocol: 'HTTP/1.1', responseCode, responseFlags, durationMs: Math.round(durationMs), requestBytes, responseBytes });
 }
 
+/** Ends a tunnel with an answer the proxy writes itself (a refusal, a head it could not read), counted as its size. */
+function endWithAnswer(state: TunnelState | undefined, socket: Duplex, answer: string, method: string, path: string, authority: string, responseCode: number, responseFlags: string): void {
+  if (state !== undefined) answeredOutside(state, method, path, authority, responseCode, responseFlags, Buffer.byteLength(answer));
+  socket.end(answer);
+}
+
 /** An HTTP/1.1 request answered by its ServerResponse, counted and logged once its sizes are known. */
 function reportH1Request(state: TunnelState, answer: ServerResponse, protocol: RequestProtocol, code: number, flags: string, durationMs: number, requestBytes: number, responseBytes: number): void {
   state.meter?.request(protocol, code, '', flags, durationMs, requestBytes, responseBytes);
@@ -700,9 +706,8 @@ export class HttpInspector {
     this.#h1.on('connect', (req: IncomingMessage, socket: Duplex) => {
       socket.on('error', ignore);
       const state = this.#tunnels.get(socket);
-      if (state !== undefined) answeredOutside(state, 'CONNECT', req.url ?? '', req.headers.host ?? '', 405, 'DPE', CONNECT_REFUSED_ANSWER.length);
       this.#logger.debug({ target: req.url }, 'CONNECT on an inspected tunnel refused');
-      socket.end(CONNECT_REFUSED_ANSWER);
+      endWithAnswer(state, socket, CONNECT_REFUSED_ANSWER, 'CONNECT', req.url ?? '', req.headers.host ?? '', 405, 'DPE');
       socket.resume();
     });
     this.#h1.on('clientError', (error: NodeJS.ErrnoException, socket) => {
@@ -724,8 +729,7 @@ export class HttpInspector {
       } else {
         const refusal = timedOut ? 'HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n' : tooLarge ? TOO_LARGE_ANSWER : 'HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';
         // Envoy's DPE (downstream protocol error): what the head said is unknown, so only the answer is logged.
-        if (erring !== undefined) answeredOutside(erring, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE', refusal.length);
-        socket.end(refusal);
+        endWithAnswer(erring, socket, refusal, '', '', '', timedOut ? 408 : tooLarge ? 431 : 400, 'DPE');
       }
     });
     this.#h2.on('session', (session) => {
@@ -983,8 +987,7 @@ export class HttpInspector {
     const refusal = judge(state, req, withUpgradeFields(headers, req.rawHeaders));
     if (refusal !== null) {
       const refused = `HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(refusal.body)}\r\nconnection: close\r\n\r\n${refusal.body}`;
-      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', refusal.status, refusal.status === 403 ? 'DENY' : 'DPE', Buffer.byteLength(refused));
-      socket.end(refused);
+      endWithAnswer(state, socket, refused, req.method ?? '', req.url ?? '', req.headers.host ?? '', refusal.status, refusal.status === 403 ? 'DENY' : 'DPE');
       // Nothing reads the tunnel any more: unread input would keep its stream from ever closing (and the tunnel open).
       socket.resume();
       return;
@@ -992,8 +995,7 @@ export class HttpInspector {
     if (state.upstreamVersion === 'http2') {
       // The workload speaks HTTP/2 only: a WebSocket would need its extended CONNECT (RFC 8441), not forwarded here.
       const refused = `HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(WS_TO_H2_BODY)}\r\nconnection: close\r\n\r\n${WS_TO_H2_BODY}`;
-      answeredOutside(state, req.method ?? '', req.url ?? '', req.headers.host ?? '', 501, '-', Buffer.byteLength(refused));
-      socket.end(refused);
+      endWithAnswer(state, socket, refused, req.method ?? '', req.url ?? '', req.headers.host ?? '', 501, '-');
       socket.resume();
       return;
     }
