@@ -160,14 +160,33 @@ function headerFieldBytes(fields: readonly string[] | Readonly<Record<string, un
 /**
  * What an HTTP/1.1 tunnel's client sent since the last request was counted: the size of the request now counted, as
  * Envoy's downstream bytes meter has it (its head and body as they came). Exact for a client that waits for each
- * answer; a pipelined request's bytes count with the answer that ends first.
+ * answer. `atMost` (>= 0): the request's own size, when requests behind it have come too (pipelined); the rest is theirs.
  */
-function takeRequestBytes(state: TunnelState): number {
+function takeRequestBytes(state: TunnelState, atMost = -1): number {
   const bytes = state.bytes;
   if (bytes === null) return 0;
-  const taken = bytes.received - state.answeredReceived;
-  state.answeredReceived = bytes.received;
+  let taken = bytes.received - state.answeredReceived;
+  if (atMost >= 0 && taken > atMost) taken = atMost;
+  state.answeredReceived += taken;
   return taken;
+}
+
+/** `HTTP/1.1` or `HTTP/1.0` in a request line. */
+const HTTP_VERSION_LENGTH = 8;
+
+/**
+ * A pipelined HTTP/1.1 request's size on the wire, from what the parser kept of it: its request line, its fields as
+ * `name: value` lines (the parser trims the spaces around a value; one after the colon is how clients write them), the
+ * empty line and its Content-Length. -1 for a chunked body, whose framing the parser does not keep: the request then
+ * counts everything that came before its answer ended, as an unpipelined one does.
+ */
+function pipelinedRequestBytes(req: IncomingMessage): number {
+  if (req.headers['transfer-encoding'] !== undefined) return -1;
+  let bytes = (req.method ?? '').length + 1 + (req.url ?? '').length + 1 + HTTP_VERSION_LENGTH + 2 + 2;
+  const raw = req.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) bytes += (raw[i] as string).length + 2 + (raw[i + 1] as string).length + 2;
+  const length = Number(req.headers['content-length'] ?? 0);
+  return Number.isSafeInteger(length) && length > 0 ? bytes + length : bytes;
 }
 
 /**
@@ -808,7 +827,9 @@ export class HttpInspector {
       finishedResponseBytes: -1,
       onResponseFinish(this: ServerResponse) {
         state.finishedResponseBytes = takeResponseBytes(state, 0);
-        state.finishedRequestBytes = this.req.complete ? takeRequestBytes(state) : -1;
+        const req = this.req;
+        // Requests pipelined behind this one have come too (their bytes among what came): this one's own size only.
+        state.finishedRequestBytes = req.complete ? takeRequestBytes(state, state.inFlight > 1 ? pipelinedRequestBytes(req) : -1) : -1;
       },
       waitingSince: performance.now(),
     };
