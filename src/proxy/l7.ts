@@ -1558,6 +1558,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     // The bytes are spliced as on a byte tunnel, and a reset is carried as one (RST_STREAM CANCEL), as L4 tunnels carry
     // it: ended instead, the workload's reset had reached the client as a clean close.
     upgraded.on('error', () => {
+      this.#cut = true;
       if (!socket.destroyed) resetTunnel(socket);
     });
     if (socket.destroyed) {
@@ -1565,10 +1566,11 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
       return;
     }
     this.#answered = true;
-    const answerHead = responseHead(statusCode, 'Switching Protocols', headers);
-    this.#counted(statusCode, '-', answerHead.length);
+    // Counted once the upgraded connection has ended, as Envoy counts an upgraded stream: its whole duration, and the
+    // bytes both ways (the 101's head among them); UC when the workload's side failed.
+    this.#countAtClose(statusCode);
     // undici's header values are latin1 (bytes as received): written back as bytes.
-    socket.write(answerHead, 'latin1');
+    socket.write(responseHead(statusCode, 'Switching Protocols', headers), 'latin1');
     if (this.#head.length > 0) upgraded.write(this.#head);
     // Each side's end ends the other's (half-close carried); the upgraded socket is the tunnel's upstream connection,
     // whose close and the tunnel's own are handled by inspect(), as for any tunnel.
@@ -1583,13 +1585,18 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     forwarded['connection'] = 'close';
     this.#answered = true;
     // The refusal ends the tunnel: counted once it has, its body with it.
-    const count = () => this.#counted(statusCode, this.#cut ? 'UC' : '-', 0);
-    if (this.#socket.closed) count();
-    else this.#socket.once('close', count);
+    this.#countAtClose(statusCode);
     this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded), 'latin1');
     this.#socket.on('drain', () => controller.resume());
     // Refused: the client's input goes nowhere, and unread it would keep the tunnel from closing.
     this.#socket.resume();
+  }
+
+  /** Counts the request once the tunnel has closed: what crossed it by then is the request's and its answer's. */
+  #countAtClose(statusCode: number): void {
+    const count = () => this.#counted(statusCode, this.#cut ? 'UC' : '-', 0);
+    if (this.#socket.closed) count();
+    else this.#socket.once('close', count);
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

@@ -18,6 +18,7 @@ import { buildSnapshot } from '../../src/config/snapshot.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import type { RequestLogRecord } from '../../src/observe/access-log.ts';
 import { HttpInspector } from '../../src/proxy/l7.ts';
+import { countStreamBytes } from '../../src/proxy/stream-bytes.ts';
 
 const POLICY = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -83,7 +84,7 @@ beforeAll(async () => {
     const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
     const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), onDenied: () => {}, upstreamVersion: null, logRequest: (record) => requestLines.push(record) }, null);
+      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), onDenied: () => {}, upstreamVersion: null, logRequest: (record) => requestLines.push(record) }, null, null, countStreamBytes(stream));
       openTunnels++;
       void inspected.then(() => openTunnels--);
     });
@@ -437,8 +438,11 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     expect(received).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
     expect(received.toLowerCase()).toContain('sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=');
     expect(served).toEqual(['upgrade /ws host=web.shop']);
-    // Counted and logged as the request it is, answered 101 (as Istio counts an upgrade).
-    expect(requestLines).toMatchObject([{ method: 'GET', path: '/ws', responseCode: 101, responseFlags: '-' }]);
+    // Counted and logged as the request it is, answered 101, once the upgraded connection has ended (as Envoy counts
+    // an upgraded stream): its bytes both ways, the request's and the 101's heads among them.
+    await expect.poll(() => requestLines.length).toBe(1);
+    const frame = 'a websocket frame, as bytes';
+    expect(requestLines).toMatchObject([{ method: 'GET', path: '/ws', responseCode: 101, responseFlags: '-', requestBytes: upgradeRequest('/ws').length + frame.length, responseBytes: received.length }]);
   });
 
   it('passes on the reset of an upgraded connection the application reset, as a reset, not a clean end', async () => {
