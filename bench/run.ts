@@ -217,10 +217,21 @@ function notApplicable(scenario: ScenarioId, row: RowId): string | null {
   }
 }
 
-function proxyCpu(target: RowTarget): number {
-  let total = 0;
-  for (const proxy of target.proxies) total += cpuMicros(proxy.pid);
-  return total;
+/** CPU each of the row's proxy processes has used so far, µs, by name (client side first). */
+function proxyCpu(target: RowTarget): Record<string, number> {
+  const used: Record<string, number> = {};
+  for (const proxy of target.proxies) used[proxy.name] = cpuMicros(proxy.pid);
+  return used;
+}
+
+const sum = (values: Record<string, number>): number => Object.values(values).reduce((total, value) => total + value, 0);
+
+/** Each process's CPU per request or connection, µs; null for a row with no proxy. */
+function perProcess(target: RowTarget, cpu: CpuUse, count: number): Record<string, number> | null {
+  if (target.proxies.length === 0) return null;
+  const result: Record<string, number> = {};
+  for (const [name, micros] of Object.entries(cpu.byProcess)) result[name] = round(micros / count, 2);
+  return result;
 }
 
 /** V8 heap in use and external (Buffer) memory of each ambit proxy, from prom-client's process metrics. */
@@ -241,7 +252,7 @@ function rssOf(target: RowTarget): Record<string, number> {
 }
 
 interface CpuMark {
-  proxy: number;
+  proxy: Record<string, number>;
   harness: number;
   upstream: number;
   machine: number;
@@ -257,8 +268,9 @@ function markCpu(ctx: Context, target: RowTarget): CpuMark {
 }
 
 interface CpuUse {
-  /** CPU the row's proxies used, µs. */
+  /** CPU the row's proxies used, µs: together, and each by name. */
   proxy: number;
+  byProcess: Record<string, number>;
   /** Each in % of one core over the measurement. */
   harnessPercent: number;
   upstreamPercent: number;
@@ -272,12 +284,16 @@ function cpuSince(ctx: Context, target: RowTarget, mark: CpuMark): CpuUse {
   const now = markCpu(ctx, target);
   const wallMicros = (now.atMs - mark.atMs) * 1000;
   const percent = (micros: number) => round((micros / wallMicros) * 100, 0);
-  const ours = now.proxy - mark.proxy + (now.harness - mark.harness) + (now.upstream - mark.upstream);
+  const byProcess: Record<string, number> = {};
+  for (const [name, micros] of Object.entries(now.proxy)) byProcess[name] = micros - (mark.proxy[name] ?? 0);
+  const proxy = sum(byProcess);
+  const ours = proxy + (now.harness - mark.harness) + (now.upstream - mark.upstream);
   const use: CpuUse = {
-    proxy: now.proxy - mark.proxy,
+    proxy,
+    byProcess,
     harnessPercent: percent(now.harness - mark.harness),
     upstreamPercent: percent(now.upstream - mark.upstream),
-    proxyPercent: percent(now.proxy - mark.proxy),
+    proxyPercent: percent(proxy),
     otherPercent: Math.max(0, percent(now.machine - mark.machine - ours)),
     stealPercent: percent(now.steal - mark.steal),
   };
@@ -306,6 +322,7 @@ const runThroughput: Runner<'throughput'> = async (ctx, row, target) => {
       seconds: result.seconds,
       latencyMs: result.latencyMs,
       proxyCpuMicrosPerRequest: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
+      proxyCpuMicrosPerRequestByProcess: perProcess(target, cpu, result.ok),
       loadgenCpuPercent: cpu.harnessPercent,
       upstreamCpuPercent: cpu.upstreamPercent,
       proxyCpuPercent: target.proxies.length ? cpu.proxyPercent : null,
@@ -331,6 +348,7 @@ const runLatency: Runner<'latency'> = async (ctx, _row, target) => {
       achievedPerSecond: round(result.achievedPerSecond, 0),
       latencyMs: result.latencyMs,
       proxyCpuMicrosPerRequest: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
+      proxyCpuMicrosPerRequestByProcess: perProcess(target, cpu, result.ok),
       proxyRssBytes: rssOf(target),
       otherCpuPercent: cpu.otherPercent + cpu.stealPercent,
     },
@@ -352,6 +370,7 @@ const runChurn: Runner<'churn'> = async (ctx, _row, target) => {
       seconds: round(result.seconds),
       latencyMs: result.latencyMs,
       proxyCpuMicrosPerConnection: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
+      proxyCpuMicrosPerConnectionByProcess: perProcess(target, cpu, result.ok),
       otherCpuPercent: cpu.otherPercent + cpu.stealPercent,
     },
   };

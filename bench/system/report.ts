@@ -35,6 +35,8 @@ export interface ThroughputFigures {
   latencyMs: Percentiles | null;
   /** CPU of the row's proxy processes (both of the pair) per request, µs; null for direct. */
   proxyCpuMicrosPerRequest: number | null;
+  /** The same of each process, by name, client side first (absent in results written before 2026-12-06 evening). */
+  proxyCpuMicrosPerRequestByProcess?: Record<string, number> | null;
   /** How busy the harness (load generator) and the upstream were, in % of one core: is the row the limit? */
   loadgenCpuPercent: number;
   upstreamCpuPercent: number;
@@ -51,6 +53,7 @@ export interface LatencyFigures {
   achievedPerSecond: number;
   latencyMs: Percentiles | null;
   proxyCpuMicrosPerRequest: number | null;
+  proxyCpuMicrosPerRequestByProcess?: Record<string, number> | null;
   /** VmRSS of each proxy process at the end of the run, bytes. */
   proxyRssBytes: Record<string, number>;
   otherCpuPercent: number;
@@ -63,6 +66,7 @@ export interface ChurnFigures {
   seconds: number;
   latencyMs: Percentiles | null;
   proxyCpuMicrosPerConnection: number | null;
+  proxyCpuMicrosPerConnectionByProcess?: Record<string, number> | null;
   otherCpuPercent: number;
 }
 
@@ -256,6 +260,13 @@ function peerOf(row: RowId): RowId | undefined {
   return PEER[row];
 }
 
+/** The pair's CPU per request or connection, and each side's in brackets when each was measured: which side costs what. */
+export function cpuCell(total: number | null, byProcess: Record<string, number> | null | undefined): string {
+  if (total === null) return '—';
+  const sides = byProcess === null || byProcess === undefined ? [] : Object.values(byProcess);
+  return sides.length > 1 ? `${fmt(total, 1)} (${sides.map((micros) => fmt(micros, 1)).join(' + ')})` : fmt(total, 1);
+}
+
 export function renderMarkdown(results: RunResults): string {
   const out: string[] = [];
   const roundsOf = (scenario: ScenarioId) => {
@@ -269,29 +280,29 @@ export function renderMarkdown(results: RunResults): string {
     const s = settings('throughput');
     const direct = figuresOf(results, 'throughput', 'direct');
     out.push(`### (a) max throughput — ${s.connections} keep-alive connections, 1 KiB responses, ${s.seconds} s${roundsOf('throughput')}`, '');
-    out.push(table(['configuration', 'req/s', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'CPU % proxies / load / upstream', 'vs direct', 'vs HAProxy'], rowsOf('throughput').map((row) => rowCells(results, 'throughput', row, 7, (f) => {
+    out.push(table(['configuration', 'req/s', 'p50 ms', 'p99 ms', 'proxy CPU µs/req (client + server side)', 'CPU % proxies / load / upstream', 'vs direct', 'vs HAProxy'], rowsOf('throughput').map((row) => rowCells(results, 'throughput', row, 7, (f) => {
       const peer = peerOf(row);
       const busy = `${f.proxyCpuPercent ?? '—'} / ${f.loadgenCpuPercent} / ${f.upstreamCpuPercent}`;
-      return [fmt(f.requestsPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), f.proxyCpuMicrosPerRequest === null ? '—' : fmt(f.proxyCpuMicrosPerRequest, 1), busy, row === 'direct' ? '' : ratio(f.requestsPerSecond, direct?.requestsPerSecond), peer ? ratio(f.requestsPerSecond, figuresOf(results, 'throughput', peer)?.requestsPerSecond) : ''];
+      return [fmt(f.requestsPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), cpuCell(f.proxyCpuMicrosPerRequest, f.proxyCpuMicrosPerRequestByProcess), busy, row === 'direct' ? '' : ratio(f.requestsPerSecond, direct?.requestsPerSecond), peer ? ratio(f.requestsPerSecond, figuresOf(results, 'throughput', peer)?.requestsPerSecond) : ''];
     }))), '');
   }
   if (results.scenarios.latency) {
     const s = settings('latency');
     const direct = figuresOf(results, 'latency', 'direct');
     out.push(`### (b) fixed rate — ${fmt(Number(s.ratePerSecond))} req/s for ${s.seconds} s over ${s.connections} keep-alive connections${roundsOf('latency')}`, '');
-    out.push(table(['configuration', 'achieved req/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/req', 'proxy RSS MiB', 'p50 vs direct', 'CPU/req vs HAProxy'], rowsOf('latency').map((row) => rowCells(results, 'latency', row, 8, (f) => {
+    out.push(table(['configuration', 'achieved req/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/req (client + server side)', 'proxy RSS MiB', 'p50 vs direct', 'CPU/req vs HAProxy'], rowsOf('latency').map((row) => rowCells(results, 'latency', row, 8, (f) => {
       const peer = peerOf(row);
       const rss = Object.entries(f.proxyRssBytes).map(([, bytes]) => mib(bytes)).join(' + ');
-      return [fmt(f.achievedPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), fmt(f.failed), f.proxyCpuMicrosPerRequest === null ? '—' : fmt(f.proxyCpuMicrosPerRequest, 1), rss || '—', row === 'direct' ? '' : ratio(f.latencyMs?.p50, direct?.latencyMs?.p50), peer ? ratio(f.proxyCpuMicrosPerRequest, figuresOf(results, 'latency', peer)?.proxyCpuMicrosPerRequest) : ''];
+      return [fmt(f.achievedPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), fmt(f.failed), cpuCell(f.proxyCpuMicrosPerRequest, f.proxyCpuMicrosPerRequestByProcess), rss || '—', row === 'direct' ? '' : ratio(f.latencyMs?.p50, direct?.latencyMs?.p50), peer ? ratio(f.proxyCpuMicrosPerRequest, figuresOf(results, 'latency', peer)?.proxyCpuMicrosPerRequest) : ''];
     }))), '');
   }
   if (results.scenarios.churn) {
     const s = settings('churn');
     const direct = figuresOf(results, 'churn', 'direct');
     out.push(`### (c) connection churn — a new TCP connection per request, ${s.concurrency} at a time, ${s.seconds} s${roundsOf('churn')}`, '');
-    out.push(table(['configuration', 'connections/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/conn', 'vs direct', 'vs HAProxy'], rowsOf('churn').map((row) => rowCells(results, 'churn', row, 7, (f) => {
+    out.push(table(['configuration', 'connections/s', 'p50 ms', 'p99 ms', 'failed', 'proxy CPU µs/conn (client + server side)', 'vs direct', 'vs HAProxy'], rowsOf('churn').map((row) => rowCells(results, 'churn', row, 7, (f) => {
       const peer = peerOf(row);
-      return [fmt(f.connectionsPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), fmt(f.failed), f.proxyCpuMicrosPerConnection === null ? '—' : fmt(f.proxyCpuMicrosPerConnection, 1), row === 'direct' ? '' : ratio(f.connectionsPerSecond, direct?.connectionsPerSecond), peer ? ratio(f.connectionsPerSecond, figuresOf(results, 'churn', peer)?.connectionsPerSecond) : ''];
+      return [fmt(f.connectionsPerSecond), ms(f.latencyMs?.p50), ms(f.latencyMs?.p99), fmt(f.failed), cpuCell(f.proxyCpuMicrosPerConnection, f.proxyCpuMicrosPerConnectionByProcess), row === 'direct' ? '' : ratio(f.connectionsPerSecond, direct?.connectionsPerSecond), peer ? ratio(f.connectionsPerSecond, figuresOf(results, 'churn', peer)?.connectionsPerSecond) : ''];
     }))), '');
   }
   if (results.scenarios.bulk) {

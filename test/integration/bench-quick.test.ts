@@ -154,6 +154,15 @@ describe('npm run bench -- --quick', () => {
       for (const [name, value] of Object.entries(headlineFigures(scenario, outcome.figures))) {
         expect(positive(value), `${scenario} / ${row}: ${name} = ${String(value)}`).toBe(true);
       }
+      // The pair's CPU per request or connection, and each side's, which add up to it.
+      const perUnit = scenario === 'churn' ? 'proxyCpuMicrosPerConnection' : 'proxyCpuMicrosPerRequest';
+      if (row !== 'direct' && (scenario === 'throughput' || scenario === 'latency' || scenario === 'churn')) {
+        const total = outcome.figures[perUnit] as number;
+        const sides = Object.values(outcome.figures[`${perUnit}ByProcess`] as Record<string, number>);
+        expect(sides, `${scenario} / ${row}`).toHaveLength(2);
+        for (const side of sides) expect(positive(side), `${scenario} / ${row}: a side's CPU ${side}`).toBe(true);
+        expect(Math.abs((sides[0] ?? 0) + (sides[1] ?? 0) - total), `${scenario} / ${row}: ${sides.join(' + ')} against ${total}`).toBeLessThan(0.05);
+      }
     }
   });
 

@@ -1,7 +1,7 @@
 // The system benchmark's rounds: rows take turns, each row shows its median round, a failed round is never
 // hidden, and a target is decided by the median of the ratios of rows measured side by side.
 import { describe, expect, it } from 'vitest';
-import { checkTargets, compareSideBySide, compareToFloor, recordRounds, renderMarkdown } from '../../../bench/system/report.ts';
+import { checkTargets, compareSideBySide, compareToFloor, cpuCell, recordRounds, renderMarkdown } from '../../../bench/system/report.ts';
 import type { LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
 
 function throughput(requestsPerSecond: number): ThroughputFigures {
@@ -157,5 +157,17 @@ describe('ambit and its reference pairs loaded at the same time (--side-by-side)
     expect(rows.every((r) => r.floor.ratio === '' && r.haproxy.ratio === '')).toBe(true);
     expect(compareSideBySide(emptyRun())).toEqual([]);
     expect(renderMarkdown(emptyRun())).not.toContain('side-by-side');
+  });
+});
+
+describe('the CPU cells of the scenario tables', () => {
+  it("shows each side's CPU beside the pair's, and the pair's alone where the sides were not measured", () => {
+    expect(cpuCell(147, { 'node-a': 66.04, 'node-b': 80.96 })).toBe('147.0 (66.0 + 81.0)');
+    expect(cpuCell(147, undefined)).toBe('147.0');
+    expect(cpuCell(147, null)).toBe('147.0');
+    expect(cpuCell(null, null)).toBe('—');
+    const results = emptyRun();
+    results.scenarios.latency = { settings: { ratePerSecond: 2000, seconds: 10, connections: 32 }, rows: { 'ambit-l4': ok({ ...latency(147), proxyCpuMicrosPerRequestByProcess: { 'node-a': 66, 'node-b': 81 } }) } };
+    expect(renderMarkdown(results)).toContain('| 147.0 (66.0 + 81.0) |');
   });
 });
