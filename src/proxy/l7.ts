@@ -139,6 +139,41 @@ const requestStartedAt = new WeakMap<object, number>();
 const h2RequestBytes = new WeakMap<object, StreamBytes>();
 
 /**
+ * An HTTP/1.1 request's chunked trailers, as the client wrote them (names lower-cased, as HTTP/2 has them), on the
+ * workload's HTTP/2 stream; none: the stream ends as it would have. Hop-by-hop fields and any Node refuses (a
+ * pseudo-header, a malformed name) are not sent on; the request ends all the same.
+ */
+function sendRequestTrailers(stream: http2.ClientHttp2Stream, raw: readonly string[]): void {
+  const fields: Record<string, string | string[]> = {};
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] as string).toLowerCase();
+    const value = raw[i + 1] as string;
+    const had = fields[name];
+    fields[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [had, value];
+  }
+  endWithTrailers(stream, forwardableHeaders(fields));
+}
+
+/**
+ * Ends a request on the workload's stream with the client's trailers. Fields Node refuses to send (a header that may
+ * appear once, repeated) leave them all out: the request still ends, never held open.
+ */
+function endWithTrailers(stream: http2.ClientHttp2Stream, trailers: http2.OutgoingHttpHeaders): void {
+  if (stream.destroyed || stream.closed) return;
+  try {
+    stream.sendTrailers(trailers);
+  } catch {
+    stream.sendTrailers({});
+  }
+}
+
+/** Adds an h2c request's trailers to its size: one listener for every stream, which finds its count by `this`. */
+function countRequestTrailers(this: http2.ServerHttp2Stream, trailers: http2.IncomingHttpHeaders): void {
+  const counted = h2RequestBytes.get(this);
+  if (counted !== undefined) counted.received += headerFieldBytes(trailers);
+}
+
+/**
  * A header block's size as its fields' names and values (each pair of a raw list, or each field of an object): their
  * lengths, as field names and values are latin1 strings, a byte per character, both ways.
  */
@@ -1047,6 +1082,7 @@ export class HttpInspector {
       const counted = countStreamBytes(stream);
       counted.received += headerFieldBytes(rawHeaders);
       h2RequestBytes.set(stream, counted);
+      stream.on('trailers', countRequestTrailers);
     }
     if (state.logRequest !== null) {
       requestStarts.set(stream, { method: String(headers[HTTP2_HEADER_METHOD] ?? ''), path: String(headers[HTTP2_HEADER_PATH] ?? ''), authority: String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), protocol: 'HTTP/2', startedMs: Date.now() });
@@ -1116,7 +1152,8 @@ export class HttpInspector {
     removeField(forwarded, 'expect');
     let upstreamStream: http2.ClientHttp2Stream;
     try {
-      upstreamStream = session.request(forwarded, { endStream: stream.endAfterHeaders });
+      // With a body, the request's end waits for its trailers (none: an empty END_STREAM, as it would have ended).
+      upstreamStream = session.request(forwarded, { endStream: stream.endAfterHeaders, waitForTrailers: !stream.endAfterHeaders });
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       // Node cannot send a second user-agent, authorization, content-type... (RFC 9110 §5.3 allows one): the
@@ -1124,6 +1161,13 @@ export class HttpInspector {
       this.#logger.debug({ err: (error as Error).message }, 'forwarding an inspected h2c request failed');
       answer(stream, code === 'ERR_HTTP2_HEADER_SINGLE_VALUE' ? 400 : 502);
       return;
+    }
+    if (!stream.endAfterHeaders) {
+      // The client's trailers go on after its body, as Envoy forwards them (they arrive before its end, which ends the
+      // workload's stream through the pipe).
+      let requestTrailers: http2.OutgoingHttpHeaders = {};
+      stream.once('trailers', (received: http2.IncomingHttpHeaders) => (requestTrailers = forwardableHeaders(received)));
+      upstreamStream.once('wantTrailers', () => endWithTrailers(upstreamStream, requestTrailers));
     }
     let trailers: http2.OutgoingHttpHeaders | null = null;
     let trailersSent = false;
@@ -1238,7 +1282,7 @@ export class HttpInspector {
     }
     let upstreamStream: http2.ClientHttp2Stream;
     try {
-      upstreamStream = session.request(h2Headers, { endStream: !hasBody });
+      upstreamStream = session.request(h2Headers, { endStream: !hasBody, waitForTrailers: hasBody });
     } catch (error) {
       req.resume();
       this.#logger.debug({ err: (error as Error).message }, 'forwarding an inspected HTTP/1.1 request over HTTP/2 failed');
@@ -1247,6 +1291,8 @@ export class HttpInspector {
       return;
     }
     upstreamStream.on('error', ignore);
+    // A chunked body's trailers go on after it (the parser has them by the body's end, which ends this stream's writes).
+    if (hasBody) upstreamStream.once('wantTrailers', () => sendRequestTrailers(upstreamStream, req.rawTrailers));
     let trailers: Record<string, string | string[]> | null = null;
     upstreamStream.on('response', (received) => {
       if (res.headersSent || res.destroyed) return;

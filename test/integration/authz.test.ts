@@ -306,6 +306,15 @@ beforeAll(async () => {
       stream.end(Buffer.alloc(5));
       return;
     }
+    if (headers[':path'] === '/pkg.Svc/EchoTrailers') {
+      // Answers, once the request has ended, with its body and the trailers it came with.
+      let body = '';
+      let trailers: http2.IncomingHttpHeaders = {};
+      stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      stream.on('trailers', (received) => (trailers = received));
+      stream.on('end', () => grpcAnswer(stream, JSON.stringify({ body, checksum: trailers['x-checksum'] ?? null, hop: trailers['keep-alive'] ?? null })));
+      return;
+    }
     if (headers[':path'] === '/pkg.Svc/AnswerEarly') {
       // Answers before the request has ended, then asks the client to stop sending (RFC 9113 §8.1).
       grpcAnswer(stream, 'early');
@@ -966,6 +975,41 @@ spec:
     expect(fields('te')).toEqual(['trailers']);
     expect(fields('grpc-timeout')).toEqual(['5S']);
     expect(fields(':authority')).toEqual(['grpc.demo']);
+  });
+
+  it("passes a request's trailers on to an HTTP/2 workload after its body, from an h2c client and an HTTP/1.1 one, hop-by-hop fields left out", async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const ok = { reporter: 'destination', destination_workload: 'grpc-1', request_protocol: 'grpc', response_code: '200', grpc_response_status: '0', response_flags: '-' };
+    const sizeBefore = await metricSum(nodeB, 'istio_request_bytes_sum', ok);
+    const countBefore = await metricSum(nodeB, 'istio_request_bytes_count', ok);
+    const requestHeaders = { ':method': 'POST', ':path': '/pkg.Svc/EchoTrailers', ':authority': 'grpc.demo', 'content-type': 'application/grpc', te: 'trailers' };
+    const session = http2.connect(`http://${CLIENT_IP}:9051`);
+    try {
+      const answer = await new Promise<string>((resolve, reject) => {
+        const stream = session.request(requestHeaders, { waitForTrailers: true });
+        let body = '';
+        stream.on('error', reject);
+        stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        stream.on('end', () => resolve(body));
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'x-checksum': 'sum-h2c' }));
+        stream.end('payload');
+      });
+      expect(JSON.parse(answer)).toEqual({ body: 'payload', checksum: 'sum-h2c', hop: null });
+    } finally {
+      session.close();
+    }
+    // Its size counts them too: its fields (with Node's :scheme), its DATA and its trailers.
+    const fields = (block: Readonly<Record<string, string>>) => Object.entries(block).reduce((sum, [name, value]) => sum + name.length + value.length, 0);
+    await waitUntil('the call counted', async () => (await metricSum(nodeB, 'istio_request_bytes_count', ok)) === countBefore + 1, 5_000);
+    expect((await metricSum(nodeB, 'istio_request_bytes_sum', ok)) - sizeBefore).toBe(fields({ ...requestHeaders, ':scheme': 'http' }) + 'payload'.length + fields({ 'x-checksum': 'sum-h2c' }));
+    // Without trailers the request ends as before (an empty END_STREAM).
+    const bare = await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/EchoTrailers', ':authority': 'grpc.demo', 'content-type': 'application/grpc' }, Buffer.from('bare'));
+    expect(bare.bodyBytes).toBe(JSON.stringify({ body: 'bare', checksum: null, hop: null }).length);
+    expect(bare.trailers['grpc-status']).toBe('0');
+    const chunked = 'POST /pkg.Svc/EchoTrailers HTTP/1.1\r\nHost: grpc.demo\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: sum-h1\r\nKeep-Alive: timeout=5\r\n\r\n';
+    const relayed = await rawHttp(chunked, false, 9051);
+    expect(relayed).toMatch(/^HTTP\/1\.1 200 /);
+    expect(relayed).toContain(JSON.stringify({ body: 'hello', checksum: 'sum-h1', hop: null }));
   });
 
   it('forwards an h2c request that names its authority only in Host with that authority, not one Node makes up', async () => {
