@@ -144,7 +144,8 @@ const h2RequestBytes = new WeakMap<object, StreamBytes>();
  * pseudo-header, a malformed name) are not sent on; the request ends all the same.
  */
 function sendRequestTrailers(stream: http2.ClientHttp2Stream, raw: readonly string[]): void {
-  const fields: Record<string, string | string[]> = {};
+  // No prototype: a trailer named `constructor` or `toString` is a field like any other, not an inherited member.
+  const fields: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = (raw[i] as string).toLowerCase();
     const value = raw[i + 1] as string;
@@ -162,8 +163,15 @@ function endWithTrailers(stream: http2.ClientHttp2Stream, trailers: http2.Outgoi
   if (stream.destroyed || stream.closed) return;
   try {
     stream.sendTrailers(trailers);
+    return;
   } catch {
+    // A field Node will not send: the request ends without trailers.
+  }
+  try {
     stream.sendTrailers({});
+  } catch {
+    // Not even that: cut rather than leave the workload waiting for the request's end.
+    cancelStream(stream);
   }
 }
 

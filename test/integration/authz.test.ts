@@ -312,7 +312,8 @@ beforeAll(async () => {
       let trailers: http2.IncomingHttpHeaders = {};
       stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
       stream.on('trailers', (received) => (trailers = received));
-      stream.on('end', () => grpcAnswer(stream, JSON.stringify({ body, checksum: trailers['x-checksum'] ?? null, hop: trailers['keep-alive'] ?? null })));
+      const own = (name: string) => (Object.hasOwn(trailers, name) ? trailers[name] : null);
+      stream.on('end', () => grpcAnswer(stream, JSON.stringify({ body, checksum: own('x-checksum'), hop: own('keep-alive'), ctor: own('constructor') })));
       return;
     }
     if (headers[':path'] === '/pkg.Svc/AnswerEarly') {
@@ -994,7 +995,7 @@ spec:
         stream.on('wantTrailers', () => stream.sendTrailers({ 'x-checksum': 'sum-h2c' }));
         stream.end('payload');
       });
-      expect(JSON.parse(answer)).toEqual({ body: 'payload', checksum: 'sum-h2c', hop: null });
+      expect(JSON.parse(answer)).toEqual({ body: 'payload', checksum: 'sum-h2c', hop: null, ctor: null });
     } finally {
       session.close();
     }
@@ -1004,12 +1005,17 @@ spec:
     expect((await metricSum(nodeB, 'istio_request_bytes_sum', ok)) - sizeBefore).toBe(fields({ ...requestHeaders, ':scheme': 'http' }) + 'payload'.length + fields({ 'x-checksum': 'sum-h2c' }));
     // Without trailers the request ends as before (an empty END_STREAM).
     const bare = await grpcCall({ ':method': 'POST', ':path': '/pkg.Svc/EchoTrailers', ':authority': 'grpc.demo', 'content-type': 'application/grpc' }, Buffer.from('bare'));
-    expect(bare.bodyBytes).toBe(JSON.stringify({ body: 'bare', checksum: null, hop: null }).length);
+    expect(bare.bodyBytes).toBe(JSON.stringify({ body: 'bare', checksum: null, hop: null, ctor: null }).length);
     expect(bare.trailers['grpc-status']).toBe('0');
-    const chunked = 'POST /pkg.Svc/EchoTrailers HTTP/1.1\r\nHost: grpc.demo\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: sum-h1\r\nKeep-Alive: timeout=5\r\n\r\n';
-    const relayed = await rawHttp(chunked, false, 9051);
+    // A field named as an object's member is a field like any other.
+    const chunked = (trailers: string) => `POST /pkg.Svc/EchoTrailers HTTP/1.1\r\nHost: grpc.demo\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n${trailers}\r\n`;
+    const relayed = await rawHttp(chunked('X-Checksum: sum-h1\r\nKeep-Alive: timeout=5\r\nConstructor: c\r\n'), false, 9051);
     expect(relayed).toMatch(/^HTTP\/1\.1 200 /);
-    expect(relayed).toContain(JSON.stringify({ body: 'hello', checksum: 'sum-h1', hop: null }));
+    expect(relayed).toContain(JSON.stringify({ body: 'hello', checksum: 'sum-h1', hop: null, ctor: 'c' }));
+    // Trailers Node will not send on (a field that may appear once, twice): the request still ends, without them.
+    const refused = await rawHttp(chunked('X-Checksum: sum-h1\r\nUser-Agent: one\r\nUser-Agent: two\r\n'), false, 9051);
+    expect(refused).toMatch(/^HTTP\/1\.1 200 /);
+    expect(refused).toContain(JSON.stringify({ body: 'hello', checksum: null, hop: null, ctor: null }));
   });
 
   it('forwards an h2c request that names its authority only in Host with that authority, not one Node makes up', async () => {
