@@ -202,10 +202,12 @@ describe('the HBONE inbound keepalive, against a client that floods PINGs and re
     const socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
     socket.on('error', () => {});
     await once(socket, 'secureConnect');
-    floodPings(socket, Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), EMPTY_SETTINGS]), 1_000);
     try {
       const local = socket.localPort as number;
+      // Established before the flood: read after it began, the session could already be ending (it ended within 56 ms
+      // in a CI run, and the check read FIN_WAIT1).
       expect(await tcpState(HBONE_PORT, local)).toBe('01');
+      floodPings(socket, Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), EMPTY_SETTINGS]), 1_000);
       await expect.poll(() => tcpState(HBONE_PORT, local), { timeout: 20_000, interval: 200 }).not.toBe('01');
     } finally {
       socket.destroy();
