@@ -1069,7 +1069,7 @@ export class HttpInspector {
     const method = req.method ?? '';
     const path = req.url ?? '';
     const authority = req.headers.host ?? '';
-    const counted = (status: number, flags: string, answerBytes: number) => answeredOutside(state, method, path, authority, status, flags, answerBytes);
+    const counted = (status: number, flags: string) => answeredOutside(state, method, path, authority, status, flags, 0);
     state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger, counted));
   }
 
@@ -1593,12 +1593,12 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   readonly #logger: Logger;
   /** Whether an answer's head has gone to the client. */
   #answered = false;
-  /** The workload's refusal was cut short (its connection failed mid-answer). */
-  #cut = false;
-  /** Counts and logs the request once answered; `answerBytes`: what is about to be written, not yet on the tunnel. */
-  readonly #counted: (status: number, responseFlags: string, answerBytes: number) => void;
+  /** The workload's side failed (no answer, a refusal cut short, an upgraded connection reset): counted UC. */
+  #workloadFailed = false;
+  /** Counts and logs the request; called once its tunnel has closed, what crossed it by then being its size. */
+  readonly #counted: (status: number, responseFlags: string) => void;
 
-  constructor(socket: Duplex, head: Buffer, logger: Logger, counted: (status: number, responseFlags: string, answerBytes: number) => void) {
+  constructor(socket: Duplex, head: Buffer, logger: Logger, counted: (status: number, responseFlags: string) => void) {
     this.#socket = socket;
     this.#head = head;
     this.#logger = logger;
@@ -1612,7 +1612,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     // The bytes are spliced as on a byte tunnel, and a reset is carried as one (RST_STREAM CANCEL), as L4 tunnels carry
     // it: ended instead, the workload's reset had reached the client as a clean close.
     upgraded.on('error', () => {
-      this.#cut = true;
+      this.#workloadFailed = true;
       if (!socket.destroyed) resetTunnel(socket);
     });
     if (socket.destroyed) {
@@ -1648,7 +1648,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
 
   /** Counts the request once the tunnel has closed: what crossed it by then is the request's and its answer's. */
   #countAtClose(statusCode: number): void {
-    const count = () => this.#counted(statusCode, this.#cut ? 'UC' : '-', 0);
+    const count = () => this.#counted(statusCode, this.#workloadFailed ? 'UC' : '-');
     if (this.#socket.closed) count();
     else this.#socket.once('close', count);
   }
@@ -1664,12 +1664,15 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.#logger.debug({ err: error.message }, 'forwarding an inspected WebSocket upgrade failed');
     this.#socket.resume();
-    if (!this.#answered) this.#counted(502, 'UC', this.#socket.destroyed ? 0 : UPGRADE_FAILED_ANSWER.length);
-    if (!this.#answered && !this.#socket.destroyed) this.#socket.end(UPGRADE_FAILED_ANSWER);
-    else {
-      this.#cut = true;
+    this.#workloadFailed = true;
+    if (this.#answered) {
       this.#socket.destroy(error);
+      return;
     }
+    this.#answered = true;
+    this.#countAtClose(502);
+    if (this.#socket.destroyed) return;
+    this.#socket.end(UPGRADE_FAILED_ANSWER);
   }
 }
 

@@ -46,10 +46,15 @@ const upstream = http.createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => 
   else res.end('served');
 });
 // WebSocket upgrades at the application: /ws switches (RFC 6455's accept key) and echoes, /ws-reset switches and then
-// resets its connection (an application that crashes mid-conversation); anything else is refused.
+// resets its connection (an application that crashes mid-conversation), /ws-gone closes it without an answer; anything
+// else is refused.
 upstream.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
   served.push(`upgrade ${req.url} host=${req.headers.host ?? ''}`);
   socket.on('error', () => {});
+  if (req.url === '/ws-gone') {
+    socket.destroy();
+    return;
+  }
   if (req.url !== '/ws' && req.url !== '/ws-reset') {
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 18\r\nconnection: close\r\n\r\nno websockets here');
     return;
@@ -450,12 +455,25 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     try {
       stream.on('data', () => {});
       stream.on('error', () => {});
+      requestLines.length = 0;
       stream.write(upgradeRequest('/ws-reset'));
       await new Promise((resolve) => stream.once('close', resolve));
       expect((stream as http2.ClientHttp2Stream).rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+      // Counted as the workload's failure (UC), once the tunnel has closed.
+      await expect.poll(() => requestLines.length).toBe(1);
+      expect(requestLines).toMatchObject([{ path: '/ws-reset', responseCode: 101, responseFlags: 'UC' }]);
     } finally {
       close();
     }
+  });
+
+  it('answers 502 to an upgrade the application drops unanswered, counted UC with its size once the tunnel ends', async () => {
+    requestLines.length = 0;
+    const { received, ended } = await exchange(upgradeRequest('/ws-gone'));
+    expect(received).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
+    expect(ended).toBe(true);
+    await expect.poll(() => requestLines.length).toBe(1);
+    expect(requestLines).toMatchObject([{ path: '/ws-gone', responseCode: 502, responseFlags: 'UC', requestBytes: upgradeRequest('/ws-gone').length, responseBytes: received.length }]);
   });
 
   it('refuses an upgrade the policy denies with 403, ends the tunnel, and the application never sees it', async () => {
