@@ -23,10 +23,10 @@ import type { NodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
 import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
-import { Processes, cpuMicros, hasCommand, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, rssParts, sleep, treeCpuMicros } from './system/processes.ts';
+import { Processes, cpuMicros, hasCommand, idleCost, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, rssParts, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
 import { ROWS, ROW_LABELS, SCENARIOS, SCENARIO_LETTERS, SIDE_BY_SIDE_PEERS, SIDE_BY_SIDE_SCENARIOS, checkTargets, compareSideBySide, compareToFloor, recordRounds, renderMarkdown } from './system/report.ts';
-import type { FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId, SideBySidePeer, SideBySideRound, SideBySideScenario } from './system/report.ts';
+import type { BareNodeFootprint, FiguresByScenario, LoadScenario, Outcome, RowId, RunResults, ScenarioId, SideBySidePeer, SideBySideRound, SideBySideScenario } from './system/report.ts';
 import { nginxVersion, startUpstream } from './system/upstream.ts';
 import type { Upstream } from './system/upstream.ts';
 
@@ -742,8 +742,11 @@ async function run(ctx: Context, workDir: string): Promise<void> {
         try {
           const readySeconds = (performance.now() - started) / 1000;
           progress.step(`${SCENARIO_TITLES.footprint} · settling`);
-          await sleep(plan.mode === 'quick' ? 2000 : 10_000);
+          const settleMs = plan.mode === 'quick' ? 2000 : 10_000;
           const node = footprint.nodes[0] as AmbitMesh['nodes'][number];
+          await sleep(settleMs / 2);
+          // Measured before the scrape below, which is work of its own.
+          const idle = await idleCost(node.process.pid, settleMs / 2);
           const metrics = await httpText(node.metricsUrl);
           const parts = rssParts(node.process.pid);
           setOutcome(results, 'footprint', 'ambit-l4', {
@@ -752,6 +755,8 @@ async function run(ctx: Context, workDir: string): Promise<void> {
               workloads: FOOTPRINT.workloads,
               localWorkloads: FOOTPRINT.local,
               readySeconds: round(readySeconds, 1),
+              idleCpuPercent: idle.cpuPercent,
+              idleWakeupsPerSecond: idle.wakeupsPerSecond,
               rssBytes: parts.rss,
               rssAnonBytes: parts.anon,
               rssFileBytes: parts.file,
@@ -771,12 +776,13 @@ async function run(ctx: Context, workDir: string): Promise<void> {
 }
 
 /** What an idle `node` with the proxies' flags and no code holds: the floor under (g)'s figure. */
-async function bareNodeFootprint(processes: Processes, settleMs: number): Promise<{ rssBytes: number; rssAnonBytes: number; rssFileBytes: number }> {
+async function bareNodeFootprint(processes: Processes, settleMs: number): Promise<BareNodeFootprint> {
   const bare = processes.spawn('bare-node', process.execPath, [...LONG_RUNNING_NODE_FLAGS, '-e', 'setInterval(() => {}, 60_000)'], { cpu: 'proxy', env: longRunningEnv(process.env) });
   try {
-    await sleep(settleMs);
+    await sleep(settleMs / 2);
+    const idle = await idleCost(bare.pid, settleMs / 2);
     const parts = rssParts(bare.pid);
-    return { rssBytes: parts.rss, rssAnonBytes: parts.anon, rssFileBytes: parts.file };
+    return { rssBytes: parts.rss, rssAnonBytes: parts.anon, rssFileBytes: parts.file, idleCpuPercent: idle.cpuPercent, idleWakeupsPerSecond: idle.wakeupsPerSecond };
   } finally {
     await processes.stop(bare);
   }

@@ -166,6 +166,29 @@ export function cpuMicros(pid: number): number {
 }
 
 /**
+ * How often a process's main thread has gone to sleep (voluntary context switches, /proc/PID/status): each time its
+ * event loop waits for I/O or a timer, so at idle, how often something wakes it; 0 once it is gone.
+ */
+export function mainThreadSleeps(pid: number): number {
+  try {
+    return Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** What an idle process costs over `ms`: CPU (% of one core, every thread) and its main thread's wake-ups per second. */
+export async function idleCost(pid: number, ms: number): Promise<{ cpuPercent: number; wakeupsPerSecond: number }> {
+  const cpuBefore = cpuMicros(pid);
+  const sleepsBefore = mainThreadSleeps(pid);
+  await sleep(ms);
+  return {
+    cpuPercent: Math.round(((cpuMicros(pid) - cpuBefore) / (ms * 1000)) * 1000) / 10,
+    wakeupsPerSecond: Math.round(((mainThreadSleeps(pid) - sleepsBefore) * 1000) / ms),
+  };
+}
+
+/**
  * What a process's resident set is made of, in bytes (/proc/PID/status): anonymous memory (heaps, stacks) and pages
  * of mapped files (the node binary's code and read-only data, shared libraries); 0s once it is gone.
  */

@@ -111,15 +111,29 @@ export interface FootprintFigures {
   workloads: number;
   localWorkloads: number;
   readySeconds: number;
+  /**
+   * What the idle proxy costs while it waits, over the second half of its settling: CPU (% of one core) and how often
+   * its main thread is woken (since 2026-12-06, late evening).
+   */
+  idleCpuPercent?: number;
+  idleWakeupsPerSecond?: number;
   rssBytes: number;
   /** Of RSS: anonymous memory (V8's heap, malloc, stacks) and pages of the node binary and libraries. */
   rssAnonBytes?: number;
   rssFileBytes?: number;
   /** A bare `node` process with the proxies' flags, idle, measured in the same run: what any Node process holds. */
-  bareNode?: { rssBytes: number; rssAnonBytes: number; rssFileBytes: number };
+  bareNode?: BareNodeFootprint;
   /** V8 heap in use and reserved (the rest of RSS is the node binary, native state and malloc). */
   heapUsedBytes: number;
   heapTotalBytes: number;
+}
+
+export interface BareNodeFootprint {
+  rssBytes: number;
+  rssAnonBytes: number;
+  rssFileBytes: number;
+  idleCpuPercent?: number;
+  idleWakeupsPerSecond?: number;
 }
 
 export interface FiguresByScenario {
@@ -334,11 +348,12 @@ export function renderMarkdown(results: RunResults): string {
   if (results.scenarios.footprint) {
     out.push('### (g) idle footprint — one proxy, 1,000 workloads configured, 100 on its node with their certificates', '');
     const split = (rss: number, anon: number | undefined, file: number | undefined) => [mib(rss), anon === undefined ? '—' : mib(anon), file === undefined ? '—' : mib(file)];
-    out.push(table(['configuration', 'RSS MiB', 'of which anonymous MiB', 'of which node binary and libraries MiB', 'V8 heap used / reserved MiB', 'ready after s'], rowsOf('footprint').flatMap((row) => {
-      const cells = rowCells(results, 'footprint', row, 5, (f) => [...split(f.rssBytes, f.rssAnonBytes, f.rssFileBytes), `${mib(f.heapUsedBytes)} / ${mib(f.heapTotalBytes)}`, fmt(f.readySeconds, 1)]);
+    const idle = (cpuPercent: number | undefined, wakeups: number | undefined) => [cpuPercent === undefined ? '—' : fmt(cpuPercent, 1), wakeups === undefined ? '—' : fmt(wakeups)];
+    out.push(table(['configuration', 'RSS MiB', 'of which anonymous MiB', 'of which node binary and libraries MiB', 'V8 heap used / reserved MiB', 'ready after s', 'idle CPU, % of a core', 'main thread woken, /s'], rowsOf('footprint').flatMap((row) => {
+      const cells = rowCells(results, 'footprint', row, 7, (f) => [...split(f.rssBytes, f.rssAnonBytes, f.rssFileBytes), `${mib(f.heapUsedBytes)} / ${mib(f.heapTotalBytes)}`, fmt(f.readySeconds, 1), ...idle(f.idleCpuPercent, f.idleWakeupsPerSecond)]);
       cells[0] = 'ambit proxy (node-c), idle';
       const bare = figuresOf(results, 'footprint', row)?.bareNode;
-      return bare ? [cells, ['bare `node`, the same flags, idle (reference)', ...split(bare.rssBytes, bare.rssAnonBytes, bare.rssFileBytes), '—', '—']] : [cells];
+      return bare ? [cells, ['bare `node`, the same flags, idle (reference)', ...split(bare.rssBytes, bare.rssAnonBytes, bare.rssFileBytes), '—', '—', ...idle(bare.idleCpuPercent, bare.idleWakeupsPerSecond)]] : [cells];
     })), '');
   }
   const targets = checkTargets(results);

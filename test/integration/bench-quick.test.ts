@@ -163,6 +163,13 @@ describe('npm run bench -- --quick', () => {
         for (const side of sides) expect(positive(side), `${scenario} / ${row}: a side's CPU ${side}`).toBe(true);
         expect(Math.abs((sides[0] ?? 0) + (sides[1] ?? 0) - total), `${scenario} / ${row}: ${sides.join(' + ')} against ${total}`).toBeLessThan(0.05);
       }
+      // What the idle proxy costs while it waits: it may be nothing measurable, never missing, negative or not a number.
+      if (scenario === 'footprint') {
+        for (const name of ['idleCpuPercent', 'idleWakeupsPerSecond']) {
+          const value = outcome.figures[name];
+          expect(typeof value === 'number' && Number.isFinite(value) && value >= 0, `footprint: ${name} = ${String(value)}`).toBe(true);
+        }
+      }
     }
   });
 
