@@ -31,6 +31,15 @@ import { StateDirLock } from '../identity/state-lock.ts';
 
 /** Long-lived tunnels report their bytes this often, as Istio's proxies do between open and close. */
 const BYTE_FLUSH_INTERVAL_MS = 5_000;
+/**
+ * The nodejs_eventloop_lag_* gauges sample how late a timer of this period fires. prom-client's default, 10 ms, woke an
+ * idle proxy 100 times a second: 1.2 % of a core doing nothing (a bare node: 0; `npm run bench -- --scenario
+ * footprint`, 2026-12-06), and about 3 % of the L4 pair's CPU per request at 2,000 req/s (1.18× / 1.20× the Node
+ * floor's side by side against 1.16× / 1.15× with 100 ms, alternated `--scenario b --rows ambit-l4,node-l4
+ * --side-by-side` runs). At 100 ms the gauges read the same lateness with a tenth of the samples (~150 per 15 s
+ * scrape); a stall longer than 100 ms is always seen.
+ */
+const EVENT_LOOP_SAMPLE_MS = 100;
 /** Listeners that failed to bind are tried again after 1 s, then twice as long each time, up to 30 s. */
 const BIND_RETRY_FIRST_MS = 1_000;
 const BIND_RETRY_MAX_MS = 30_000;
@@ -188,7 +197,7 @@ export class NodeProxy {
 
   async #start(): Promise<void> {
     const options = this.#options;
-    collectDefaultMetrics({ register: this.registry });
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     // Made, and held, before the node SVID there is read or renewed: a second proxy on it waits for the first to stop.
     this.#stateLock = await StateDirLock.acquire(options.stateDir, this.#logger, { signal: this.#starting.signal });
     this.#config = await watchConfigDir(options.configDir, {
