@@ -167,7 +167,8 @@ export function cpuMicros(pid: number): number {
 
 /**
  * How often a process's main thread has gone to sleep (voluntary context switches, /proc/PID/status): each time its
- * event loop waits for I/O or a timer, so at idle, how often something wakes it; 0 once it is gone.
+ * event loop waits for I/O or a timer (or it waits for a lock), so at idle, how often something wakes it; 0 once it is
+ * gone.
  */
 export function mainThreadSleeps(pid: number): number {
   try {

@@ -171,3 +171,18 @@ describe('the CPU cells of the scenario tables', () => {
     expect(renderMarkdown(results)).toContain('| 147.0 (66.0 + 81.0) |');
   });
 });
+
+describe('the idle footprint table', () => {
+  it("shows what the idle proxy and a bare node cost while they wait, and '—' where a run before these figures did not measure it", () => {
+    const results = emptyRun();
+    const mib = 1024 * 1024;
+    const bare = { rssBytes: 42 * mib, rssAnonBytes: 8 * mib, rssFileBytes: 34 * mib };
+    const figures = { workloads: 1000, localWorkloads: 100, readySeconds: 5, rssBytes: 106 * mib, rssAnonBytes: 52 * mib, rssFileBytes: 54 * mib, heapUsedBytes: 25 * mib, heapTotalBytes: 27 * mib };
+    results.scenarios.footprint = { settings: {}, rows: { 'ambit-l4': ok({ ...figures, idleCpuPercent: 0.2, idleWakeupsPerSecond: 13, bareNode: { ...bare, idleCpuPercent: 0, idleWakeupsPerSecond: 0 } }) } };
+    const markdown = renderMarkdown(results);
+    expect(markdown).toContain('| ambit proxy (node-c), idle | 106.0 | 52.0 | 54.0 | 25.0 / 27.0 | 5.0 | 0.2 | 13 |');
+    expect(markdown).toContain('| bare `node`, the same flags, idle (reference) | 42.0 | 8.0 | 34.0 | — | — | 0.0 | 0 |');
+    results.scenarios.footprint.rows['ambit-l4'] = ok({ ...figures, bareNode: bare });
+    expect(renderMarkdown(results)).toContain('| ambit proxy (node-c), idle | 106.0 | 52.0 | 54.0 | 25.0 / 27.0 | 5.0 | — | — |');
+  });
+});
