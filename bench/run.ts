@@ -21,7 +21,8 @@ import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, NODE_FLOOR, TRUST_DOMAIN, UPS
 import { startNodeFloorPair } from './system/node-floor.ts';
 import type { NodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
-import { bulk, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
+import { bulk, bulkFor, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
+import type { BulkResult } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, idleCost, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, rssParts, sleep, treeCpuMicros } from './system/processes.ts';
 import { Progress } from './system/progress.ts';
@@ -53,9 +54,10 @@ direct and HAProxy, and writes every figure to bench/results/DATE-MODE.json.
   --results-dir DIR      where the JSON goes (default bench/results)
   --access-log           run ambit at log level info (one access-log line per connection) and give
                          HAProxy the same (a log line per connection); default: neither logs
-  --side-by-side         after each of (a), (b) and (c), run it again with ambit L4, the Node floor pair and
-                         the HAProxy L4 pair (those of --rows) loaded at the same time (--rounds times):
-                         their CPU per request or connection compared under the same machine speed
+  --side-by-side         after each of (a)-(d), run it again with ambit L4, the Node floor pair and the
+                         HAProxy L4 pair (those of --rows) loaded at the same time (--rounds times): their
+                         CPU per request, connection or MiB compared under the same machine speed ((d) then
+                         runs each way for --duration seconds, not for --bulk-mib)
   --cpu-prof             profile the ambit proxies (node --cpu-prof) into DIR/profiles-DATE, the Node floor
                          pair's into DIR/profiles-DATE/node-floor
   --no-pin               do not pin (default: load generator and upstream on CPU 0, the proxy pair on CPU 1)
@@ -128,7 +130,7 @@ function parsePlan(argv: string[]): Plan {
   if (!Number.isInteger(rounds)) fail(`--rounds must be a whole number, got "${values.rounds}"`);
   const sideBySide = values['side-by-side'] === true;
   if (sideBySide && !(rows.includes('ambit-l4') && rows.some((row) => (SIDE_BY_SIDE_PEERS as readonly string[]).includes(row)))) fail(`--side-by-side loads ambit-l4 at once with node-l4 and/or haproxy-l4: --rows must include ambit-l4 and one of them (got ${rows.join(',')})`);
-  if (sideBySide && !scenarios.some((id) => (SIDE_BY_SIDE_SCENARIOS as readonly string[]).includes(id))) fail('--side-by-side applies to (a) throughput, (b) latency and (c) churn: --scenario includes none of them');
+  if (sideBySide && !scenarios.some((id) => (SIDE_BY_SIDE_SCENARIOS as readonly string[]).includes(id))) fail('--side-by-side applies to (a) throughput, (b) latency, (c) churn and (d) bulk: --scenario includes none of them');
   return {
     mode: quick ? 'quick' : 'full',
     scenarios: SCENARIOS.filter((id) => scenarios.includes(id)),
@@ -199,6 +201,11 @@ interface Context {
   results: RunResults;
   /** Foreign CPU (other processes, steal) during each measurement, % of one core. */
   noise: number[];
+  /**
+   * --side-by-side: the pairs loaded at once. Their CPU is the benchmark's own, not other processes': counted as
+   * foreign, each pair's measurement said the machine was disturbed by the pairs beside it.
+   */
+  loadedAtOnce?: readonly RowTarget[];
   /** The first ambit CA's directory: its root signs the HAProxy certificates too. */
   caDir?: string;
 }
@@ -253,6 +260,8 @@ function rssOf(target: RowTarget): Record<string, number> {
 
 interface CpuMark {
   proxy: Record<string, number>;
+  /** The CPU of the other pairs loaded at the same time (--side-by-side), µs. */
+  besides: number;
   harness: number;
   upstream: number;
   machine: number;
@@ -264,7 +273,9 @@ function markCpu(ctx: Context, target: RowTarget): CpuMark {
   const own = process.cpuUsage();
   const machine = machineCpuMicros();
   const upstream = treeCpuMicros(ctx.upstream.httpPid) + (ctx.upstream.tcpPid === ctx.upstream.httpPid ? 0 : cpuMicros(ctx.upstream.tcpPid));
-  return { proxy: proxyCpu(target), harness: own.user + own.system, upstream, machine: machine.busy, steal: machine.steal, atMs: performance.now() };
+  let besides = 0;
+  for (const other of ctx.loadedAtOnce ?? []) if (other !== target) besides += sum(proxyCpu(other));
+  return { proxy: proxyCpu(target), besides, harness: own.user + own.system, upstream, machine: machine.busy, steal: machine.steal, atMs: performance.now() };
 }
 
 interface CpuUse {
@@ -287,7 +298,7 @@ function cpuSince(ctx: Context, target: RowTarget, mark: CpuMark): CpuUse {
   const byProcess: Record<string, number> = {};
   for (const [name, micros] of Object.entries(now.proxy)) byProcess[name] = micros - (mark.proxy[name] ?? 0);
   const proxy = sum(byProcess);
-  const ours = proxy + (now.harness - mark.harness) + (now.upstream - mark.upstream);
+  const ours = proxy + (now.besides - mark.besides) + (now.harness - mark.harness) + (now.upstream - mark.upstream);
   const use: CpuUse = {
     proxy,
     byProcess,
@@ -381,28 +392,47 @@ const runBulk: Runner<'bulk'> = async (ctx, _row, target) => {
   const bytes = ctx.plan.bulkBytes;
   // At least 10 MiB/s, or the row is broken rather than slow.
   const timeoutMs = 30_000 + (bytes / (10 * 1024 * 1024)) * 1000;
-  const mib = bytes / (1024 * 1024);
   let mark = markCpu(ctx, target);
   const down = await bulk(target.bulk, 'down', bytes, timeoutMs);
   const downCpu = cpuSince(ctx, target, mark);
   mark = markCpu(ctx, target);
   const up = await bulk(target.bulk, 'up', bytes, timeoutMs);
   const upCpu = cpuSince(ctx, target, mark);
-  const perMiB = (cpu: CpuUse) => (target.proxies.length ? round(cpu.proxy / mib, 0) : null);
-  return {
-    status: 'ok',
-    figures: {
-      bytes,
-      downMiBPerSecond: round(down.mibPerSecond, 1),
-      upMiBPerSecond: round(up.mibPerSecond, 1),
-      proxyCpuMicrosPerMiB: { down: perMiB(downCpu), up: perMiB(upCpu) },
-      proxyCpuPercent: { down: target.proxies.length ? downCpu.proxyPercent : null, up: target.proxies.length ? upCpu.proxyPercent : null },
-      loadgenCpuPercent: { down: downCpu.harnessPercent, up: upCpu.harnessPercent },
-      upstreamCpuPercent: { down: downCpu.upstreamPercent, up: upCpu.upstreamPercent },
-      otherCpuPercent: Math.max(downCpu.otherPercent + downCpu.stealPercent, upCpu.otherPercent + upCpu.stealPercent),
-    },
-  };
+  return { status: 'ok', figures: bulkFigures(target, down, downCpu, up, upCpu) };
 };
+
+/**
+ * (d) for --side-by-side: each way for the same seconds as (a), not a byte count, so that the pairs loaded at once
+ * are loaded for the same time (with a byte count the fastest finishes first and the others run on alone).
+ */
+const runBulkTimed: Runner<'bulk'> = async (ctx, _row, target) => {
+  if (!target.bulk) return { status: 'n/a', reason: NOT_A_BYTE_STREAM };
+  const ms = ctx.plan.seconds.throughput * 1000;
+  let mark = markCpu(ctx, target);
+  const down = await bulkFor(target.bulk, 'down', ms, BULK_STALL_MS);
+  const downCpu = cpuSince(ctx, target, mark);
+  mark = markCpu(ctx, target);
+  const up = await bulkFor(target.bulk, 'up', ms, BULK_STALL_MS);
+  const upCpu = cpuSince(ctx, target, mark);
+  return { status: 'ok', figures: { ...bulkFigures(target, down, downCpu, up, upCpu), upBytes: up.bytes, seconds: ctx.plan.seconds.throughput } };
+};
+
+/** A timed transfer that moves nothing for this long has failed (a stalled pair, not a slow one). */
+const BULK_STALL_MS = 5_000;
+
+function bulkFigures(target: RowTarget, down: BulkResult, downCpu: CpuUse, up: BulkResult, upCpu: CpuUse): FiguresByScenario['bulk'] {
+  const perMiB = (cpu: CpuUse, bytes: number) => (target.proxies.length ? round(cpu.proxy / (bytes / (1024 * 1024)), 0) : null);
+  return {
+    bytes: down.bytes,
+    downMiBPerSecond: round(down.mibPerSecond, 1),
+    upMiBPerSecond: round(up.mibPerSecond, 1),
+    proxyCpuMicrosPerMiB: { down: perMiB(downCpu, down.bytes), up: perMiB(upCpu, up.bytes) },
+    proxyCpuPercent: { down: target.proxies.length ? downCpu.proxyPercent : null, up: target.proxies.length ? upCpu.proxyPercent : null },
+    loadgenCpuPercent: { down: downCpu.harnessPercent, up: upCpu.harnessPercent },
+    upstreamCpuPercent: { down: downCpu.upstreamPercent, up: upCpu.upstreamPercent },
+    otherCpuPercent: Math.max(downCpu.otherPercent + downCpu.stealPercent, upCpu.otherPercent + upCpu.stealPercent),
+  };
+}
 
 async function waitForHold(ctx: Context, predicate: (count: number) => boolean, timeoutMs: number): Promise<number> {
   const deadline = Date.now() + timeoutMs;
@@ -579,10 +609,10 @@ async function runScenario(ctx: Context, scenario: LoadScenario): Promise<void> 
  * --side-by-side: the scenario again with ambit L4 and each reference pair that started (the Node floor, HAProxy's
  * L4 pair) under their own loads at the same time, on the one proxy core, in rounds. Rows measured in turn are half
  * a minute apart and the VM's speed moves in between; measured at once, all see the same speed, so their CPU per
- * request or connection compares.
+ * request, connection or MiB compares.
  */
 async function runSideBySide(ctx: Context, scenario: SideBySideScenario): Promise<void> {
-  const { plan, progress, results } = ctx;
+  const { plan, results } = ctx;
   const ambit = ctx.targets.get('ambit-l4');
   const peers = SIDE_BY_SIDE_PEERS.filter((peer) => plan.rows.includes(peer) && ctx.targets.has(peer));
   const entry: { rounds: Array<SideBySideRound<typeof scenario>>; failed?: string } = { rounds: [] };
@@ -591,9 +621,19 @@ async function runSideBySide(ctx: Context, scenario: SideBySideScenario): Promis
     entry.failed = ambit === undefined ? `${ROW_LABELS['ambit-l4']} did not start` : 'no reference pair started';
     return;
   }
-  const runner = RUNNERS[scenario] as Runner<typeof scenario>;
-  const measure = (row: RowId, target: RowTarget) => runner(ctx, row, target).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message }));
   const names = ['ambit L4', ...peers.map((peer) => ROW_LABELS[peer])].join(', ');
+  ctx.loadedAtOnce = [ambit, ...peers.map((peer) => ctx.targets.get(peer) as RowTarget)];
+  try {
+    await sideBySideRounds(ctx, scenario, entry, ambit, peers, names);
+  } finally {
+    ctx.loadedAtOnce = undefined;
+  }
+}
+
+async function sideBySideRounds(ctx: Context, scenario: SideBySideScenario, entry: { rounds: Array<SideBySideRound<typeof scenario>>; failed?: string }, ambit: RowTarget, peers: SideBySidePeer[], names: string): Promise<void> {
+  const { plan, progress } = ctx;
+  const runner = (scenario === 'bulk' ? runBulkTimed : RUNNERS[scenario]) as Runner<typeof scenario>;
+  const measure = (row: RowId, target: RowTarget) => runner(ctx, row, target).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message }));
   for (let round = 0; round < plan.rounds; round++) {
     progress.step(`${SCENARIO_TITLES[scenario]} · at once: ${names}${plan.rounds > 1 ? ` · round ${round + 1}/${plan.rounds}` : ''}`, expectedSeconds(plan, scenario));
     const outcomes = await Promise.all([measure('ambit-l4', ambit), ...peers.map((peer) => measure(peer, ctx.targets.get(peer) as RowTarget))]);

@@ -349,6 +349,69 @@ export function bulk(target: HostPort, direction: 'down' | 'up', bytes: number, 
   });
 }
 
+/** What a timed transfer asks the upstream for: more than any run moves, so that the clock, not the count, ends it. */
+const BULK_UNBOUNDED_BYTES = 2 ** 50;
+
+/**
+ * Bytes through one connection for `ms`, then cut (--side-by-side: pairs loaded at once must be loaded for the same
+ * time, which fixed byte counts are not). `down`: what arrived; `up`: what the kernel took from us (our socket's
+ * buffer, a few hundred KiB, is counted as moved). A transfer that stops moving for `stallMs` is a failure.
+ */
+export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, stallMs: number): Promise<BulkResult> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: target.host, port: target.port, noDelay: true, allowHalfOpen: true });
+    let started = 0;
+    let moved = 0;
+    let stopped = false;
+    let stall: NodeJS.Timeout | undefined;
+    const armStall = () => {
+      clearTimeout(stall);
+      stall = setTimeout(() => fail(new Error(`bulk ${direction}: nothing moved for ${stallMs} ms after ${moved} bytes`)), stallMs);
+    };
+    const fail = (error: Error) => {
+      if (stopped) return;
+      stopped = true;
+      clearTimeout(stall);
+      socket.destroy();
+      reject(error);
+    };
+    const stop = () => {
+      if (stopped) return;
+      stopped = true;
+      clearTimeout(stall);
+      const seconds = (performance.now() - started) / 1000;
+      const bytes = direction === 'down' ? moved : moved - socket.writableLength;
+      socket.destroy();
+      resolve({ bytes, seconds, mibPerSecond: bytes / (1024 * 1024) / seconds });
+    };
+    socket.once('error', fail);
+    socket.once('close', () => fail(new Error(`bulk ${direction}: the connection closed after ${moved} bytes, before ${ms} ms`)));
+    socket.once('connect', () => {
+      started = performance.now();
+      setTimeout(stop, ms);
+      armStall();
+      socket.write(`${direction} ${BULK_UNBOUNDED_BYTES}\n`);
+      if (direction === 'down') return;
+      const pump = () => {
+        if (stopped) return;
+        armStall();
+        while (socket.write(BULK_CHUNK)) {
+          moved += BULK_CHUNK.length;
+          if (stopped) return;
+        }
+        moved += BULK_CHUNK.length;
+        socket.once('drain', pump);
+      };
+      pump();
+    });
+    socket.on('data', (chunk: Buffer) => {
+      if (direction !== 'down') return;
+      moved += chunk.length;
+      armStall();
+    });
+  });
+}
+
 /** Opens `count` connections, at most `parallel` connecting at once; the caller closes them. */
 export async function openIdle(target: HostPort, count: number, parallel: number, sockets: Socket[]): Promise<number> {
   let failed = 0;

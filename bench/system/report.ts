@@ -71,7 +71,11 @@ export interface ChurnFigures {
 }
 
 export interface BulkFigures {
+  /** Bytes carried each way; a timed transfer (--side-by-side) the bytes down, its bytes up in `upBytes`. */
   bytes: number;
+  /** A timed transfer's: the bytes up, and how long each way ran. */
+  upBytes?: number;
+  seconds?: number;
   downMiBPerSecond: number;
   upMiBPerSecond: number;
   /** CPU of the pair per MiB carried, µs, and how busy each side was, % of one core. */
@@ -218,12 +222,12 @@ export interface RunResults {
   notes: string[];
   skipped: Partial<Record<RowId, string>>;
   scenarios: ScenarioResults;
-  /** With --side-by-side: (a)-(c) again with ambit L4 and its reference pairs loaded at the same time. */
+  /** With --side-by-side: (a)-(d) again with ambit L4 and its reference pairs loaded at the same time. */
   sideBySide?: SideBySideResults;
 }
 
-/** The scenarios --side-by-side runs with the pairs loaded at once (each CPU figure is per request or connection). */
-export const SIDE_BY_SIDE_SCENARIOS = ['throughput', 'latency', 'churn'] as const;
+/** The scenarios --side-by-side runs with the pairs loaded at once (each CPU figure is per request, connection or MiB). */
+export const SIDE_BY_SIDE_SCENARIOS = ['throughput', 'latency', 'churn', 'bulk'] as const;
 export type SideBySideScenario = (typeof SIDE_BY_SIDE_SCENARIOS)[number];
 
 /** The pairs --side-by-side loads beside ambit L4, those of the run's rows that started. */
@@ -369,7 +373,7 @@ export function renderMarkdown(results: RunResults): string {
   const sideBySide = compareSideBySide(results);
   if (sideBySide.length > 0) {
     out.push('### ambit L4 and its reference pairs loaded at the same time (--side-by-side)', '');
-    out.push('The pairs on the proxy core at once, each under its own load from the one load generator: the machine\'s speed moves them alike, so their ratios hold where rows measured in turn drift apart. Throughput is shared, so only the CPU per request or connection compares them.', '');
+    out.push('The pairs on the proxy core at once, each under its own load from the one load generator: the machine\'s speed moves them alike, so their ratios hold where rows measured in turn drift apart. Throughput is shared, so only the CPU per request, connection or MiB compares them. Bulk runs for the same seconds in each pair (each way in turn), not for a byte count.', '');
     out.push(table(['figure', 'ambit L4 (median)', 'Node floor (median)', 'ambit / floor', 'HAProxy L4 (median)', 'ambit / HAProxy'], sideBySide.map((c) => [c.figure, c.ambit, c.floor.value, c.floor.ratio, c.haproxy.value, c.haproxy.ratio])), '');
   }
   return out.join('\n');
@@ -424,6 +428,10 @@ export function compareSideBySide(results: RunResults): SideBySideComparison[] {
   add('(b) p50 latency, ms', 'latency', (f) => f.latencyMs?.p50, ms);
   add('(c) proxy CPU per churned connection', 'churn', (f) => f.proxyCpuMicrosPerConnection, micros);
   add('(c) connections/s, sharing the proxy core', 'churn', (f) => f.connectionsPerSecond, (v) => fmt(v));
+  add('(d) proxy CPU per MiB down, both carrying bytes', 'bulk', (f) => f.proxyCpuMicrosPerMiB.down, micros);
+  add('(d) proxy CPU per MiB up, both carrying bytes', 'bulk', (f) => f.proxyCpuMicrosPerMiB.up, micros);
+  add('(d) MiB/s down, sharing the proxy core', 'bulk', (f) => f.downMiBPerSecond, (v) => fmt(v));
+  add('(d) MiB/s up, sharing the proxy core', 'bulk', (f) => f.upMiBPerSecond, (v) => fmt(v));
   return comparisons;
 }
 

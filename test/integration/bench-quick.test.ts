@@ -193,11 +193,11 @@ describe('npm run bench -- --side-by-side', () => {
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'ambit-bench-sbs-'));
-    const finished = await runBench(['--scenario', 'churn', '--rows', 'ambit-l4,node-l4,haproxy-l4', '--side-by-side', '--duration', '2', '--rounds', '2', '--results-dir', dir], 90_000);
+    const finished = await runBench(['--scenario', 'churn,bulk', '--rows', 'ambit-l4,node-l4,haproxy-l4', '--side-by-side', '--duration', '2', '--rounds', '2', '--bulk-mib', '16', '--results-dir', dir], 120_000);
     const files = (await readdir(dir)).filter((name) => name.endsWith('.json'));
     if (files.length !== 1) throw new Error(`expected one JSON result, found ${files.join(', ') || 'none'}\nexit ${finished.code}\n${finished.stderr.slice(-3000)}`);
     sideBySide = { ...finished, results: JSON.parse(await readFile(join(dir, files[0] as string), 'utf8')) as Run['results'] };
-  }, 110_000);
+  }, 140_000);
 
   afterAll(async () => {
     if (dir) await rm(dir, { recursive: true, force: true });
@@ -227,6 +227,37 @@ describe('npm run bench -- --side-by-side', () => {
     // Scenarios it does not apply to, and the rows' own turns, are unchanged: the churn rows ran in turn too.
     expect(sideBySide.results.scenarios.churn?.rows['ambit-l4']?.status).toBe('ok');
     expect(sideBySide.results.sideBySide?.throughput).toBeUndefined();
+  });
+
+  it('carries bytes through every pair at once for the same seconds each way, and compares their CPU per MiB', () => {
+    const bulk = sideBySide.results.sideBySide?.bulk;
+    expect(bulk?.failed, bulk?.failed).toBeUndefined();
+    expect(bulk?.rounds).toHaveLength(2);
+    const haproxy = sideBySide.results.skipped['haproxy-l4'] === undefined;
+    for (const round of bulk?.rounds ?? []) {
+      for (const [name, figures] of [['ambit-l4', round.ambit], ['node-l4', round.peers['node-l4']], ...(haproxy ? [['haproxy-l4', round.peers['haproxy-l4']] as const] : [])] as const) {
+        const said = `${name}: ${JSON.stringify(figures)}`;
+        // Timed, not a byte count: --bulk-mib (16) would be done in a fraction of the 2 s.
+        expect(figures?.seconds, said).toBe(2);
+        expect(positive(figures?.bytes) && positive(figures?.upBytes), said).toBe(true);
+        expect(positive(figures?.proxyCpuMicrosPerMiB.down) && positive(figures?.proxyCpuMicrosPerMiB.up), said).toBe(true);
+      }
+    }
+    const comparison = (sideBySide.results as Run['results'] & { sideBySideComparison: SideBySideComparison[] }).sideBySideComparison;
+    const twoRounds = /^\d[\d.,]*× \(rounds \d[\d.,]*×, \d[\d.,]*×\)$/;
+    for (const figure of ['(d) proxy CPU per MiB down, both carrying bytes', '(d) proxy CPU per MiB up, both carrying bytes']) {
+      expect(comparison.find((c) => c.figure === figure)?.floor.ratio, figure).toMatch(twoRounds);
+    }
+  });
+
+  it('counts the pairs loaded beside each other as the benchmark\'s own CPU, not as other processes disturbing the run', () => {
+    // Counted as foreign, each pair's measurement read the others' 55–60 % of the proxy core as other processes' (and
+    // the run's notes called the machine disturbed). Outside work on this machine stays far below 30 %.
+    for (const scenario of ['churn', 'bulk'] as const) {
+      for (const round of sideBySide.results.sideBySide?.[scenario]?.rounds ?? []) {
+        for (const figures of [round.ambit, ...Object.values(round.peers)]) expect(figures?.otherCpuPercent, `${scenario}: ${JSON.stringify(figures)}`).toBeLessThan(30);
+      }
+    }
   });
 
   it('refuses to run without a pair to compare ambit with, naming the rows it needs', async () => {

@@ -2,7 +2,7 @@
 // hidden, and a target is decided by the median of the ratios of rows measured side by side.
 import { describe, expect, it } from 'vitest';
 import { checkTargets, compareSideBySide, compareToFloor, cpuCell, recordRounds, renderMarkdown } from '../../../bench/system/report.ts';
-import type { LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
+import type { BulkFigures, LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
 
 function throughput(requestsPerSecond: number): ThroughputFigures {
   return { requestsPerSecond, ok: requestsPerSecond * 10, failed: 0, seconds: 10, latencyMs: { p50: 1, p99: 2, max: 3 }, proxyCpuMicrosPerRequest: 50, loadgenCpuPercent: 30, upstreamCpuPercent: 20, proxyCpuPercent: 90, otherCpuPercent: 0 };
@@ -141,6 +141,23 @@ describe('ambit and its reference pairs loaded at the same time (--side-by-side)
     const markdown = renderMarkdown(results);
     expect(markdown).toContain('--side-by-side');
     expect(markdown).toContain('| (a) proxy CPU per request, both at full load | 66.0 µs | 50.0 µs | 1.20× (rounds 1.20×, 1.50×, 1.10×) | 100.0 µs | 0.80× (rounds 0.60×, 1.10×, 0.80×) |');
+  });
+
+  it('compares bulk by CPU per MiB each way, and shows the MiB/s each pair moved on the shared core', () => {
+    const bulk = (down: number, up: number, mibPerSecond: number): BulkFigures => ({ bytes: 1, upBytes: 1, seconds: 10, downMiBPerSecond: mibPerSecond, upMiBPerSecond: mibPerSecond / 2, proxyCpuMicrosPerMiB: { down, up }, proxyCpuPercent: { down: 30, up: 30 }, loadgenCpuPercent: { down: 50, up: 5 }, upstreamCpuPercent: { down: 5, up: 20 }, otherCpuPercent: 0 });
+    const results = emptyRun();
+    results.sideBySide = { bulk: { rounds: [
+      { ambit: bulk(4000, 5000, 80), peers: { 'node-l4': bulk(5000, 5000, 60), 'haproxy-l4': bulk(3200, 4000, 90) } },
+      { ambit: bulk(4400, 4500, 70), peers: { 'node-l4': bulk(4000, 5000, 50), 'haproxy-l4': bulk(4000, 3000, 100) } },
+    ] } };
+    const rows = compareSideBySide(results).filter((c) => c.figure.startsWith('(d)'));
+    expect(rows.map((r) => [r.figure, r.ambit, r.floor.ratio, r.haproxy.ratio])).toEqual([
+      // Two rounds: the mean of the two ratios.
+      ['(d) proxy CPU per MiB down, both carrying bytes', '4,200.0 µs', '0.95× (rounds 0.80×, 1.10×)', '1.18× (rounds 1.25×, 1.10×)'],
+      ['(d) proxy CPU per MiB up, both carrying bytes', '4,750.0 µs', '0.95× (rounds 1.00×, 0.90×)', '1.38× (rounds 1.25×, 1.50×)'],
+      ['(d) MiB/s down, sharing the proxy core', '75', '1.37× (rounds 1.33×, 1.40×)', '0.79× (rounds 0.89×, 0.70×)'],
+      ['(d) MiB/s up, sharing the proxy core', '38', '1.37× (rounds 1.33×, 1.40×)', '0.79× (rounds 0.89×, 0.70×)'],
+    ]);
   });
 
   it('says "—" for a pair that was not loaded, or whose figure is missing', () => {
