@@ -392,13 +392,8 @@ const runBulk: Runner<'bulk'> = async (ctx, _row, target) => {
   const bytes = ctx.plan.bulkBytes;
   // At least 10 MiB/s, or the row is broken rather than slow.
   const timeoutMs = 30_000 + (bytes / (10 * 1024 * 1024)) * 1000;
-  let mark = markCpu(ctx, target);
-  const down = await bulk(target.bulk, 'down', bytes, timeoutMs);
-  const downCpu = cpuSince(ctx, target, mark);
-  mark = markCpu(ctx, target);
-  const up = await bulk(target.bulk, 'up', bytes, timeoutMs);
-  const upCpu = cpuSince(ctx, target, mark);
-  return { status: 'ok', figures: bulkFigures(target, down, downCpu, up, upCpu) };
+  const source = target.bulk;
+  return { status: 'ok', figures: await bothWays(ctx, target, (direction) => bulk(source, direction, bytes, timeoutMs)) };
 };
 
 /**
@@ -408,22 +403,26 @@ const runBulk: Runner<'bulk'> = async (ctx, _row, target) => {
 const runBulkTimed: Runner<'bulk'> = async (ctx, _row, target) => {
   if (!target.bulk) return { status: 'n/a', reason: NOT_A_BYTE_STREAM };
   const ms = ctx.plan.seconds.throughput * 1000;
-  let mark = markCpu(ctx, target);
-  const down = await bulkFor(target.bulk, 'down', ms, BULK_STALL_MS);
-  const downCpu = cpuSince(ctx, target, mark);
-  mark = markCpu(ctx, target);
-  const up = await bulkFor(target.bulk, 'up', ms, BULK_STALL_MS);
-  const upCpu = cpuSince(ctx, target, mark);
-  return { status: 'ok', figures: { ...bulkFigures(target, down, downCpu, up, upCpu), upBytes: up.bytes, seconds: ctx.plan.seconds.throughput } };
+  const source = target.bulk;
+  const figures = await bothWays(ctx, target, (direction) => bulkFor(source, direction, ms, BULK_STALL_MS));
+  return { status: 'ok', figures: { ...figures, seconds: ctx.plan.seconds.throughput } };
 };
 
 /** A timed transfer that moves nothing for this long has failed (a stalled pair, not a slow one). */
 const BULK_STALL_MS = 5_000;
 
-function bulkFigures(target: RowTarget, down: BulkResult, downCpu: CpuUse, up: BulkResult, upCpu: CpuUse): FiguresByScenario['bulk'] {
+/** (d)'s two transfers, down then up, each with the pair's CPU over it. */
+async function bothWays(ctx: Context, target: RowTarget, move: (direction: 'down' | 'up') => Promise<BulkResult>): Promise<FiguresByScenario['bulk']> {
+  let mark = markCpu(ctx, target);
+  const down = await move('down');
+  const downCpu = cpuSince(ctx, target, mark);
+  mark = markCpu(ctx, target);
+  const up = await move('up');
+  const upCpu = cpuSince(ctx, target, mark);
   const perMiB = (cpu: CpuUse, bytes: number) => (target.proxies.length ? round(cpu.proxy / (bytes / (1024 * 1024)), 0) : null);
   return {
     bytes: down.bytes,
+    upBytes: up.bytes,
     downMiBPerSecond: round(down.mibPerSecond, 1),
     upMiBPerSecond: round(up.mibPerSecond, 1),
     proxyCpuMicrosPerMiB: { down: perMiB(downCpu, down.bytes), up: perMiB(upCpu, up.bytes) },

@@ -71,10 +71,10 @@ export interface ChurnFigures {
 }
 
 export interface BulkFigures {
-  /** Bytes carried each way; a timed transfer (--side-by-side) the bytes down, its bytes up in `upBytes`. */
+  /** Bytes carried down and up (the same in a run by byte count; runs before 2026-12-06 22:40 give only `bytes`). */
   bytes: number;
-  /** A timed transfer's: the bytes up, and how long each way ran. */
   upBytes?: number;
+  /** A timed transfer's (--side-by-side): how long each way ran. */
   seconds?: number;
   downMiBPerSecond: number;
   upMiBPerSecond: number;
