@@ -794,8 +794,7 @@ async function run(ctx: Context, workDir: string): Promise<void> {
               workloads: FOOTPRINT.workloads,
               localWorkloads: FOOTPRINT.local,
               readySeconds: round(readySeconds, 1),
-              idleCpuPercent: idle.cpuPercent,
-              idleWakeupsPerSecond: idle.wakeupsPerSecond,
+              ...idle,
               rssBytes: parts.rss,
               rssAnonBytes: parts.anon,
               rssFileBytes: parts.file,
@@ -821,7 +820,7 @@ async function bareNodeFootprint(processes: Processes, settleMs: number): Promis
     await sleep(settleMs / 2);
     const idle = await idleCost(bare.pid, settleMs / 2);
     const parts = rssParts(bare.pid);
-    return { rssBytes: parts.rss, rssAnonBytes: parts.anon, rssFileBytes: parts.file, idleCpuPercent: idle.cpuPercent, idleWakeupsPerSecond: idle.wakeupsPerSecond };
+    return { rssBytes: parts.rss, rssAnonBytes: parts.anon, rssFileBytes: parts.file, ...idle };
   } finally {
     await processes.stop(bare);
   }

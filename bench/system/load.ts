@@ -368,6 +368,8 @@ export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, 
       clearTimeout(stall);
       stall = setTimeout(() => fail(new Error(`bulk ${direction}: nothing moved for ${stallMs} ms after ${moved} bytes`)), stallMs);
     };
+    // From the start: a connection that is never accepted fails too, instead of holding the run.
+    armStall();
     const fail = (error: Error) => {
       if (stopped) return;
       stopped = true;
@@ -389,16 +391,13 @@ export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, 
     socket.once('connect', () => {
       started = performance.now();
       setTimeout(stop, ms);
-      armStall();
       socket.write(`${direction} ${BULK_UNBOUNDED_BYTES}\n`);
       if (direction === 'down') return;
       const pump = () => {
         if (stopped) return;
         armStall();
-        while (socket.write(BULK_CHUNK)) {
-          moved += BULK_CHUNK.length;
-          if (stopped) return;
-        }
+        // Until the socket's buffer is full: the kernel takes a few MiB at once, then 'drain' calls again.
+        while (socket.write(BULK_CHUNK)) moved += BULK_CHUNK.length;
         moved += BULK_CHUNK.length;
         socket.once('drain', pump);
       };

@@ -179,13 +179,13 @@ export function mainThreadSleeps(pid: number): number {
 }
 
 /** What an idle process costs over `ms`: CPU (% of one core, every thread) and its main thread's wake-ups per second. */
-export async function idleCost(pid: number, ms: number): Promise<{ cpuPercent: number; wakeupsPerSecond: number }> {
+export async function idleCost(pid: number, ms: number): Promise<{ idleCpuPercent: number; idleWakeupsPerSecond: number }> {
   const cpuBefore = cpuMicros(pid);
   const sleepsBefore = mainThreadSleeps(pid);
   await sleep(ms);
   return {
-    cpuPercent: Math.round(((cpuMicros(pid) - cpuBefore) / (ms * 1000)) * 1000) / 10,
-    wakeupsPerSecond: Math.round(((mainThreadSleeps(pid) - sleepsBefore) * 1000) / ms),
+    idleCpuPercent: Math.round(((cpuMicros(pid) - cpuBefore) / (ms * 1000)) * 1000) / 10,
+    idleWakeupsPerSecond: Math.round(((mainThreadSleeps(pid) - sleepsBefore) * 1000) / ms),
   };
 }
 

@@ -111,16 +111,10 @@ export interface RotationFigures {
   svidTtl: string;
 }
 
-export interface FootprintFigures {
+export interface FootprintFigures extends IdleCost {
   workloads: number;
   localWorkloads: number;
   readySeconds: number;
-  /**
-   * What the idle proxy costs while it waits, over the second half of its settling: CPU (% of one core) and how often
-   * its main thread is woken (since 2026-12-06, late evening).
-   */
-  idleCpuPercent?: number;
-  idleWakeupsPerSecond?: number;
   rssBytes: number;
   /** Of RSS: anonymous memory (V8's heap, malloc, stacks) and pages of the node binary and libraries. */
   rssAnonBytes?: number;
@@ -132,12 +126,19 @@ export interface FootprintFigures {
   heapTotalBytes: number;
 }
 
-export interface BareNodeFootprint {
+/**
+ * What an idle process costs while it waits, over the second half of its settling: CPU (% of one core) and how often
+ * its main thread is woken (absent in results written before 2026-12-06, late evening).
+ */
+export interface IdleCost {
+  idleCpuPercent?: number;
+  idleWakeupsPerSecond?: number;
+}
+
+export interface BareNodeFootprint extends IdleCost {
   rssBytes: number;
   rssAnonBytes: number;
   rssFileBytes: number;
-  idleCpuPercent?: number;
-  idleWakeupsPerSecond?: number;
 }
 
 export interface FiguresByScenario {
