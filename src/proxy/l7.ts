@@ -1196,14 +1196,24 @@ export class HttpInspector {
     };
     upstreamStream.on('response', (responseHeaders) => {
       if (stream.destroyed || stream.closed || stream.headersSent) return;
-      stream.respond(forwardableHeaders(responseHeaders), { waitForTrailers: true });
+      try {
+        stream.respond(forwardableHeaders(responseHeaders), { waitForTrailers: true });
+      } catch (error) {
+        // A status HTTP/2's clients cannot be given (nghttp2 takes any three digits from 100, Node sends 200-599): the
+        // workload's answer is a bad one, answered 502 as an HTTP/1.1 workload's is. Thrown in this listener, it ended
+        // the process: every tunnel of the node.
+        this.#logger.warn({ status: responseHeaders[HTTP2_HEADER_STATUS], err: (error as Error).message }, 'inspected h2c request: the workload answered what HTTP/2 cannot carry; answering 502');
+        answerBadGateway();
+        cancelStream(upstreamStream);
+        return;
+      }
       upstreamStream.pipe(stream);
     });
     upstreamStream.on('trailers', (received) => (trailers = forwardableHeaders(received)));
     stream.on('wantTrailers', () => {
       // Without trailers, an empty DATA frame with END_STREAM: close() would end the response with RST_STREAM, which
       // clients other than Node's (Go's, hyper's) report as an error.
-      stream.sendTrailers(trailers ?? {});
+      sendTrailersOrCut(stream, trailers ?? {}, this.#logger);
       trailersSent = true;
       if (upstreamClosed) finishUpload(stream, upstreamStream);
     });
@@ -1384,8 +1394,13 @@ export class HttpInspector {
       body = new PassThrough();
       stream.pipe(body);
     }
-    state.h1Queue.push({ stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false } });
+    const job: H1Job = { stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false } };
+    state.h1Queue.push(job);
     this.#pumpH1(state);
+    // Still waiting its turn: reset by its client, it is let go of at once, not when the request before it is answered.
+    // A client that held the connection with an upload never finished and reset stream after stream grew the queue,
+    // and the headers each held, without bound (its reset budget refills).
+    if (state.h1Queue.includes(job)) stream.once('close', () => dropQueued(state, job));
   }
 
   /** Sends the next queued h2c request to the HTTP/1.1 workload once the one before has been answered. */
@@ -1436,7 +1451,7 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
     this.#stream.once('close', () => {
       if (!this.#done) controller.abort(STREAM_ABORTED);
     });
-    this.#stream.on('wantTrailers', () => this.#stream.sendTrailers(this.#trailers));
+    this.#stream.on('wantTrailers', () => sendTrailersOrCut(this.#stream, this.#trailers, this.#logger));
     this.#stream.on('drain', () => controller.resume());
   }
 
@@ -1491,6 +1506,14 @@ function refuseStream(stream: http2.ServerHttp2Stream, body: PassThrough | null)
   stream.close(NGHTTP2_REFUSED_STREAM);
   const session = stream.session;
   if (session !== undefined && !session.closed) session.close();
+}
+
+/** A queued request whose client reset it: out of the queue, its body let go. */
+function dropQueued(state: TunnelState, job: H1Job): void {
+  const at = state.h1Queue.indexOf(job);
+  if (at === -1) return;
+  state.h1Queue.splice(at, 1);
+  job.options.body?.destroy();
 }
 
 /** Every request still waiting for the tunnel's upstream connection, which has ended: refused unprocessed. */
@@ -1718,6 +1741,21 @@ function finishUpload(stream: http2.ServerHttp2Stream, upstreamStream: http2.Cli
   stream.resume();
   const grace = setTimeout(stopUpload, UPSTREAM_CLOSED_GRACE_MS, stream).unref();
   stream.once('close', () => clearTimeout(grace));
+}
+
+/**
+ * The workload's trailers, or a reset when Node will not send them: an HTTP/1.1 workload may repeat a field HTTP/2
+ * clients get once (two `etag`s; Node refuses it). The answer cannot go on whole, so its client is told it was cut
+ * rather than given a complete one; thrown in a 'wantTrailers' listener, it ended the process.
+ */
+function sendTrailersOrCut(stream: http2.ServerHttp2Stream, trailers: http2.OutgoingHttpHeaders, logger: Logger): void {
+  if (stream.destroyed || stream.closed) return;
+  try {
+    stream.sendTrailers(trailers);
+  } catch (error) {
+    logger.warn({ err: (error as Error).message }, "inspected h2c request: the workload's trailers cannot be sent over HTTP/2; resetting its answer");
+    cutAnswer(stream);
+  }
 }
 
 /** A bodiless answer, only if the stream can still take one. */
