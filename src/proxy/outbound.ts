@@ -236,7 +236,9 @@ export class OutboundListeners {
       if (now?.identity === source.identity) continue;
       this.#live.delete(socket);
       this.#departed.add(socket);
-      socket.destroy();
+      // A reset: destroy() sends FIN when nothing is left unread, and an application still running (a VM whose
+      // WorkloadEntry was removed) took the cut tunnel for a complete one.
+      cutSocket(socket);
       closed++;
     }
     return closed;

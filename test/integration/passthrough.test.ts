@@ -161,9 +161,10 @@ describe("an operator's --outbound passthrough", () => {
     }
   });
 
-  it('is closed when its workload leaves the node, rather than go on under the identity of a workload that is gone', async () => {
+  it('is reset when its workload leaves the node, rather than go on under the identity of a workload that is gone', async () => {
     const held = connect({ host: LEAVER_IP, port: 9310 });
-    held.on('error', () => {});
+    let failure: NodeJS.ErrnoException | undefined;
+    held.on('error', (error) => (failure = error));
     let echoed = '';
     held.on('data', (chunk: Buffer) => (echoed += chunk.toString()));
     try {
@@ -172,6 +173,8 @@ describe("an operator's --outbound passthrough", () => {
       const since = node.proc.lines.length;
       await rm(join(mesh.configDir, 'leaver.yaml'));
       await waitUntil('the departed workload\'s connection closed', () => held.closed, 10_000);
+      // A reset, not a FIN: an application still there must not take what it got for the whole of it.
+      expect(failure?.code).toBe('ECONNRESET');
       // Its log lines come through the proxy's stdout, which may trail the socket's close.
       await waitUntil('the closing logged', () => node.proc.lines.slice(since).some((line) => line.msg === 'closed outbound connections of workloads no longer on this node' && line.closed === 1));
       await waitUntil('its access line, saying why', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'SOURCE_DEPARTED' && line['src.workload'] === 'leaver-1'));
