@@ -65,6 +65,15 @@ export function hasNumericPort(host: string): boolean {
 }
 
 /**
+ * Whether a Host or :authority has a percent-encoded character (`admin%2eshop`). RFC 3986 allows them in a reg-name,
+ * and a DENY on hosts reads the text as sent, but an application that parses the authority as a URL (WHATWG's URL,
+ * Go's net/url) decodes them and serves `admin.shop`. No host name a client uses needs one.
+ */
+export function hasPercent(host: string): boolean {
+  return host.indexOf('%') >= 0;
+}
+
+/**
  * Whether a Host or :authority names its host with an empty label (`evil.shop..`, `.evil.shop`, `evil..shop`). A
  * resolver or the application's own routing may read it as the name without them, which a DENY on hosts would not
  * see; one trailing dot is a fully qualified name, which host rules read as the name without it.

@@ -20,7 +20,7 @@ import type { IpAddress } from '../authz/match.ts';
 import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
-import { hasEmptyLabel, hasNumericPort } from './authority.ts';
+import { hasEmptyLabel, hasNumericPort, hasPercent } from './authority.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
 import type { RequestProtocol, TunnelMeter } from '../observe/metrics.ts';
 import type { RequestLogRecord } from '../observe/access-log.ts';
@@ -610,6 +610,7 @@ export class MutableFacts implements HttpRequestFacts {
     // which also reads the Host without its port, could not cut a port it cannot read.
     if (!hasNumericPort(host)) return http1 ? 'a Host whose port is not a number' : 'an :authority whose port is not a number';
     if (hasEmptyLabel(host)) return http1 ? 'a Host with an empty label (..)' : 'an :authority with an empty label (..)';
+    if (hasPercent(host)) return http1 ? 'a Host with a percent-encoded character' : 'an :authority with a percent-encoded character';
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
     const normalized = normalizePath(path);

@@ -284,6 +284,10 @@ describe('the request target an inspected tunnel decides on', () => {
     expect(await h1('GET / HTTP/1.1\r\nHost: admin.shop..\r\n\r\n')).toEqual({ status: 400, body: 'a Host with an empty label (..)' });
     expect((await h1('GET / HTTP/1.1\r\nHost: .admin.shop:80\r\n\r\n')).status).toBe(400);
     expect((await h1('GET / HTTP/1.1\r\nHost: admin..shop\r\n\r\n')).status).toBe(400);
+    // Percent-encoded characters: a URL parser in the application decodes `admin%2eshop` to admin.shop.
+    expect(await h1('GET / HTTP/1.1\r\nHost: admin%2eshop\r\n\r\n')).toEqual({ status: 400, body: 'a Host with a percent-encoded character' });
+    expect((await h1('GET / HTTP/1.1\r\nHost: %61dmin.shop:80\r\n\r\n')).status).toBe(400);
+    expect((await h1('GET http://admin%2eshop/ HTTP/1.1\r\nHost: admin%2eshop\r\n\r\n')).status).toBe(400);
     expect((await h1('GET /public HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n')).status).toBe(200);
     expect(served).toEqual(['GET /public host=[::1]:8080']);
   });
@@ -296,6 +300,7 @@ describe('the request target an inspected tunnel decides on', () => {
     expect(await h2('/admin#x')).toBe(400);
     expect(await h2('/x\\..\\admin')).toBe(403);
     expect(await h2('/public', 'web.shop..')).toBe(400);
+    expect(await h2('/public', 'admin%2eshop')).toBe(400);
     expect(await h2('/public\\x')).toBe(200);
     expect(served).toEqual(['h2 GET /public host=web.shop', 'h2 GET /public/x host=web.shop']);
   });
