@@ -675,9 +675,12 @@ export class MutableFacts implements HttpRequestFacts {
     const seen = this.#headers;
     if (seen.has(name)) return seen.get(name);
     const raw = this.#raw;
+    // Cookies split into fields of their own (HTTP/2's crumbs, RFC 9113 §8.2.3) are one list joined with "; ", as
+    // Envoy rebuilds them and as the workload is given them; a rule on "*; role=admin" missed "role" after a ",".
+    const separator = name === 'cookie' ? '; ' : ',';
     let found: string | undefined;
     for (let i = 0; i + 1 < raw.length; i += 2) {
-      if (sameHeaderName(raw[i] as string, name)) found = found === undefined ? (raw[i + 1] as string) : `${found},${raw[i + 1] as string}`;
+      if (sameHeaderName(raw[i] as string, name)) found = found === undefined ? (raw[i + 1] as string) : `${found}${separator}${raw[i + 1] as string}`;
     }
     seen.set(name, found);
     return found;

@@ -18,7 +18,7 @@ afterEach(() => {
 /** What fill() said of the last request the helpers below parsed: null, or why it is malformed. */
 let malformed: string | null = null;
 
-const NAMES = ['host', 'user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent', ':authority', ':method', ':path', ':scheme', ':status', ':protocol'];
+const NAMES = ['host', 'cookie', 'user-agent', 'authorization', 'x-tenant', 'x-single', 'constructor', 'tostring', '__proto__', 'x-absent', ':authority', ':method', ':path', ':scheme', ':status', ':protocol'];
 
 type Seen = Record<string, string | undefined>;
 
@@ -118,6 +118,23 @@ describe('request headers as authorization conditions read them', () => {
     expect(seen.constructor).toBeUndefined();
     expect(seen.__proto__).toBeUndefined();
     expect(seen.authorization).toBeUndefined();
+  });
+});
+
+describe('cookies as conditions read them', () => {
+  // HTTP/2 clients send each cookie as a field of its own (RFC 9113 §8.2.3); Envoy rebuilds the list with "; " and the
+  // workload is given it so. Joined with "," a DENY on "*; role=admin" missed a role cookie sent as its own crumb.
+  it('HTTP/2: cookie crumbs joined with "; ", other repeated fields with ","', async () => {
+    const seen = await h2({ cookie: ['session=1', 'role=admin'], 'x-tenant': ['one', 'two'] });
+    expect(malformed).toBeNull();
+    expect(seen.cookie).toBe('session=1; role=admin');
+    expect(seen['x-tenant']).toBe('one,two');
+    expect((await h2({ cookie: 'session=1' })).cookie).toBe('session=1');
+  });
+
+  it('HTTP/1.1: one Cookie field as sent, and repeated ones joined with "; " as the application reads them', async () => {
+    expect((await h1('GET / HTTP/1.1\r\nHost: web\r\nCookie: session=1; role=admin\r\nConnection: close\r\n\r\n')).cookie).toBe('session=1; role=admin');
+    expect((await h1('GET / HTTP/1.1\r\nHost: web\r\nCookie: session=1\r\nCookie: role=admin\r\nConnection: close\r\n\r\n')).cookie).toBe('session=1; role=admin');
   });
 });
 
