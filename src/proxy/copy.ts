@@ -52,8 +52,12 @@ function resetText(stream: Http2Stream, reset: string): string {
  * its access line says why. A bare destroy() closed the streams with NO_ERROR, and the tunnels read that as a clean
  * end: a download cut by a frozen peer reached the application as a complete one.
  */
-export function cutSession(session: Http2Session, reason: string, socket?: Socket): void {
-  if (!session.destroyed) session.destroy(new Error(reason));
+export function cutSession(session: Http2Session, reason: string, socket?: Socket, code?: number): void {
+  // `code`: the GOAWAY's error code (INTERNAL_ERROR unless given: SETTINGS_TIMEOUT for a peer that left our SETTINGS
+  // unacknowledged). Sent first: destroy() submits the streams' resets and the GOAWAY together, and Node ends the
+  // socket once the write under way completes, which with several streams left only the first reset sent.
+  if (code !== undefined && !session.destroyed) session.goaway(code);
+  if (!session.destroyed) session.destroy(new Error(reason), code);
   // Node ends the session's socket gracefully and destroys it only once that end has been written, which never
   // happens while a write waits for a peer that reads nothing: the connection stayed open, uncounted, for good. The
   // socket itself (a session's own is a proxy that refuses destroy()) goes after a moment for the resets to leave.

@@ -29,7 +29,8 @@ import { formatAuthority, parseAuthority } from './authority.ts';
 import { countStreamBytes } from './stream-bytes.ts';
 import type { StreamBytes } from './stream-bytes.ts';
 import { Bridge, cancelStream, cutSession, cutSocket } from './copy.ts';
-import { streamClosed, streamOpened } from './window.ts';
+import { streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
+import type { WindowOptions } from './window.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
 import type { IdentityContexts, PeerVerifier } from './tls.ts';
@@ -50,11 +51,12 @@ import {
   H2_SERVER_STREAM_RESET_BURST,
   H2_SERVER_STREAM_RESET_RATE,
   H2_SERVER_MAX_HEADER_LIST_BYTES,
+  H2_OPENING_STREAM_WINDOW_BYTES,
   H2_SERVER_MAX_STREAMS,
-  H2_STREAM_WINDOW_BYTES,
   HBONE_ALPN,
   KEEPALIVE_INTERVAL_MS,
   KEEPALIVE_TIMEOUT_MS,
+  SETTINGS_ACK_TIMEOUT_MS,
   TCP_KEEPALIVE_IDLE_MS,
   TLS_CIPHERS,
   TLS_GROUPS,
@@ -63,7 +65,7 @@ import {
   illegalUpstreamPorts,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM, NGHTTP2_SETTINGS_TIMEOUT } = http2.constants;
 
 /** The address in a `forwarded` header's first `for=` (`for="10.0.0.5:4711"`, `for="[fd00::5]"`, `for=10.0.0.5`), or null. */
 export function forwardedForAddress(value: string): string | null {
@@ -215,6 +217,8 @@ export interface InboundOptions {
   keepaliveIntervalMs?: number;
   /** ...and end one whose PONG has not come this long after (default KEEPALIVE_TIMEOUT_MS). */
   keepaliveTimeoutMs?: number;
+  /** End a session whose peer has not acknowledged our SETTINGS this long after (default SETTINGS_ACK_TIMEOUT_MS). */
+  settingsAckTimeoutMs?: number;
 }
 
 export interface RequestInspection {
@@ -321,6 +325,8 @@ export class HboneInbound {
   readonly #readAtPing = new WeakMap<http2.ServerHttp2Session, number>();
   readonly #keepalive: NodeJS.Timeout;
   readonly #keepaliveTimeoutMs: number;
+  /** How every authenticated session's stream windows are kept (window.ts): one object for all of them. */
+  readonly #windows: WindowOptions;
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
   #draining = false;
   /** The session Node has just created for a TLS connection, until its 'secureConnection' pairs them. */
@@ -335,6 +341,7 @@ export class HboneInbound {
     this.#logger = options.logger.child({ component: 'hbone-inbound' });
     this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports, options.hbonePort, options.sharedListen?.port);
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
+    this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session as http2.ServerHttp2Session, tooMany) };
     // One timer for every session, as the pool's.
     this.#keepalive = setInterval(() => this.#pingSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
     this.#keepalive.unref();
@@ -552,7 +559,8 @@ export class HboneInbound {
       streamResetBurst: H2_SERVER_STREAM_RESET_BURST,
       streamResetRate: H2_SERVER_STREAM_RESET_RATE,
       settings: {
-        initialWindowSize: H2_STREAM_WINDOW_BYTES,
+        // The narrowest: window.ts widens it as streams open, once the peer acknowledges.
+        initialWindowSize: H2_OPENING_STREAM_WINDOW_BYTES,
         maxFrameSize: H2_MAX_FRAME_BYTES,
         maxConcurrentStreams: H2_SERVER_MAX_STREAMS,
         maxHeaderListSize: H2_SERVER_MAX_HEADER_LIST_BYTES,
@@ -647,11 +655,30 @@ export class HboneInbound {
       principal: result.id.id.slice('spiffe://'.length), namespace, ip: parseIp(address), claimText: undefined, claimHost: null, claimFor: '', claimVersion: undefined, claimAddress: null, claimIp: null, certDetails: undefined,
     });
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
+    trackWindows(session, this.#windows);
     this.#judgedWith.set(session, bundles);
     this.#sessions.set(session, 0);
     session.once('close', () => this.#sessions.delete(session));
     // Its handshake began before the listeners closed: told to go elsewhere, as the others were.
     if (this.#draining) session.close();
+  }
+
+  /**
+   * A peer that has left our SETTINGS (a narrower stream window) unacknowledged past the deadline, or too many of them:
+   * its session and tunnels are ended, GOAWAY SETTINGS_TIMEOUT (RFC 9113 §6.5.3). Not while our own writes are backed
+   * up (the SETTINGS may still be queued behind them, or in nghttp2's queue): it gets another period then.
+   */
+  #settingsUnacknowledged(session: http2.ServerHttp2Session, tooMany: boolean): boolean {
+    if (session.destroyed) return true;
+    const socket = sessionSockets.get(session);
+    if (!tooMany && (session.state.outboundQueueSize ?? 0) > 0) return false;
+    const peer = peers.get(session);
+    this.#options.metrics.peerRefused('SETTINGS_TIMEOUT');
+    const presented = peer?.id.id ?? null;
+    this.#refusalLogBudget.warn(this.#logger, 'settings-timeout', { peer: peer?.address ?? session.socket?.remoteAddress, presented, code: 'SETTINGS_TIMEOUT', tooMany }, 'HBONE session did not acknowledge our SETTINGS; closing it and its tunnels (SETTINGS_TIMEOUT)');
+    this.#sessions.delete(session);
+    cutSession(session, `HBONE session from ${presented ?? session.socket?.remoteAddress ?? 'a peer'} did not acknowledge our SETTINGS ${tooMany ? '(too many outstanding)' : `within ${this.#windows.ackTimeoutMs} ms`}`, socket, NGHTTP2_SETTINGS_TIMEOUT);
+    return true;
   }
 
   /**
@@ -708,10 +735,17 @@ export class HboneInbound {
     // The address went to a workload of another identity (a pod IP reused) before the reconcile closed this server:
     // the peer authenticated the certificate of the one before, so the tunnel must not reach the new one.
     if (destination.identity !== entry.workload.identity) return this.#refuse(stream, 503, peer, entry.workload, `${authority.host} is now ${destination.namespace}/${destination.name} (${destination.identity}), not the identity this connection saw`);
-    // One of the proxy's own listeners: 15001/15006/15008 on any address (ztunnel's set), or one bound to that
-    // address (an outbound listener, the admin or metrics server): the CONNECT would loop, or lend the workload's
-    // outbound identity to the peer.
-    if (this.#illegalPorts.has(authority.port) || this.#options.ownListener?.(authority.host, authority.port) === true) return this.#refuse(stream, 503, peer, destination, `port ${authority.port} belongs to the proxy itself`);
+    // Where the upstream is dialled. A workload address this host does not have (a VM's NATed or public one, served by
+    // the shared listener) is not dialled: the connection would leave the host for it. Its application is on the
+    // address the session arrived on, as ztunnel always dials the local address a connection arrived on.
+    const dialHost = entry.sharedOnly.size > 0 && entry.sharedOnly.has(authority.host) && peer.localIp !== undefined ? peer.localIp : authority.host;
+    // One of the proxy's own listeners: 15001/15006/15008 on any address (ztunnel's set), or one bound to the address
+    // dialled (an outbound listener, the admin or metrics server): the CONNECT would loop, or lend the workload's
+    // outbound identity to the peer. Asked of the address dialled, not the one named: a NATed address is dialled on
+    // the node's, where the metrics and readiness servers listen.
+    if (this.#illegalPorts.has(authority.port) || this.#ownListener(authority.host, authority.port) || (dialHost !== authority.host && this.#ownListener(dialHost, authority.port))) {
+      return this.#refuse(stream, 503, peer, destination, dialHost === authority.host ? `port ${authority.port} belongs to the proxy itself` : `port ${authority.port} belongs to the proxy itself (${authority.host} is dialled at ${dialHost}, this host's address)`);
+    }
     const forwarded = headers.forwarded;
     const claimed = typeof forwarded === 'string' ? believedClaim(peer, forwarded, snapshot) : null;
     const connection: InboundConnection = {
@@ -741,13 +775,9 @@ export class HboneInbound {
         return this.#refuse(stream, 401, peer, destination, decision.reason);
       }
     }
-    // Phase 4: upstream, and only then 200. One UpstreamDial per tunnel, found by shared listeners in an EmitterSlot
-    // on the stream and the socket: closures here would keep this whole scope, the request's headers among it, for
-    // the tunnel's life.
-    // A workload address this host does not have (a VM's NATed or public one, served by the shared listener) is not
-    // dialled: the connection would leave the host for it. Its application is on the address the session arrived on,
-    // as ztunnel always dials the local address a connection arrived on.
-    const dialHost = entry.sharedOnly.size > 0 && entry.sharedOnly.has(authority.host) && peer.localIp !== undefined ? peer.localIp : authority.host;
+    // Phase 4: upstream (at dialHost), and only then 200. One UpstreamDial per tunnel, found by shared listeners in an
+    // EmitterSlot on the stream and the socket: closures here would keep this whole scope, the request's headers among
+    // it, for the tunnel's life.
     const upstream = net.connect({ host: dialHost, port: authority.port, allowHalfOpen: true, noDelay: true });
     const dial = new UpstreamDial(this, stream, upstream, peer, connection, this.#labels(peer, destination, headers, snapshot, claimed, authority.port), snapshot);
     dials.set(upstream, dial);
@@ -811,6 +841,8 @@ export class HboneInbound {
       inbound.#deniedWhileConnecting(dial);
       return;
     }
+    // A wider stream window, if the streams now open allow it: asked for before the 200, so the peer has it first.
+    if (stream.session !== undefined) streamAnswered(stream.session);
     // Raw headers, a new array each time (Node appends `date` to it): an object would be copied first.
     stream.respond([HTTP2_HEADER_STATUS, '200']);
     inbound.#open(dial);
@@ -969,6 +1001,11 @@ export class HboneInbound {
     if (seen.size >= MAX_BAGGAGE_LABELS_PER_PEER) return fallback;
     seen.set(derived.key, derived);
     return derived;
+  }
+
+  /** Whether ip:port is one of the proxy's own listeners besides the configured ports. */
+  #ownListener(ip: string, port: number): boolean {
+    return this.#options.ownListener?.(ip, port) === true;
   }
 
   /** Answers a CONNECT with an error status and logs it (a denial's metrics and access line are its caller's). */

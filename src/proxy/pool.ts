@@ -16,7 +16,8 @@ import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
-import { streamClosed, streamOpened } from './window.ts';
+import { sessionHasRoom, streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
+import type { WindowOptions } from './window.ts';
 import { cutSession } from './copy.ts';
 import { SessionSocket } from './session-socket.ts';
 import {
@@ -26,17 +27,18 @@ import {
   H2_CONNECTION_WINDOW_BYTES,
   H2_MAX_FRAME_BYTES,
   H2_MAX_SESSION_MEMORY_MB,
-  H2_STREAM_WINDOW_BYTES,
+  H2_OPENING_STREAM_WINDOW_BYTES,
   HBONE_ALPN,
   KEEPALIVE_INTERVAL_MS,
   KEEPALIVE_TIMEOUT_MS,
   POOL_IDLE_TIMEOUT_MS,
   POOL_MAX_STREAMS_PER_SESSION,
+  SETTINGS_ACK_TIMEOUT_MS,
   TCP_KEEPALIVE_IDLE_MS,
   UNTRUSTED_REASON,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM, NGHTTP2_SETTINGS_TIMEOUT } = http2.constants;
 
 /** Why opening a tunnel failed: the response flag for metrics and access logs, plus the coded error. */
 export class TunnelError extends AmbitError {
@@ -121,6 +123,8 @@ export interface PoolOptions {
   answerTimeoutMs?: number;
   /** How long a connection waits for its source identity's first certificate (default CONNECT_TIMEOUT_MS). */
   firstCertificateWaitMs?: number;
+  /** End a session whose server has not acknowledged our SETTINGS this long after (default SETTINGS_ACK_TIMEOUT_MS). */
+  settingsAckTimeoutMs?: number;
 }
 
 /** A session stops taking streams this long (at most a tenth of the certificate's life) before our certificate expires. */
@@ -129,7 +133,8 @@ const OWN_EXPIRY_MARGIN_MS = 5_000;
 const REQUEST_OPTIONS: http2.ClientSessionRequestOptions = Object.freeze({ endStream: false });
 
 const CONNECT_SETTINGS: http2.Settings = {
-  initialWindowSize: H2_STREAM_WINDOW_BYTES,
+  // The narrowest: window.ts widens it as streams open, once the server acknowledges.
+  initialWindowSize: H2_OPENING_STREAM_WINDOW_BYTES,
   maxFrameSize: H2_MAX_FRAME_BYTES,
   maxHeaderListSize: H2_CLIENT_MAX_HEADER_LIST_BYTES,
   enablePush: false,
@@ -151,6 +156,8 @@ export class HbonePool {
   readonly #answerTimeoutMs: number;
   readonly #firstCertificateWaitMs: number;
   readonly #sweep: NodeJS.Timeout;
+  /** How every session's stream windows are kept (window.ts): one object for all of them. */
+  readonly #windows: WindowOptions;
   #closed = false;
 
   constructor(options: PoolOptions) {
@@ -162,6 +169,7 @@ export class HbonePool {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
     this.#answerTimeoutMs = options.answerTimeoutMs ?? CONNECT_ANSWER_TIMEOUT_MS;
     this.#firstCertificateWaitMs = options.firstCertificateWaitMs ?? CONNECT_TIMEOUT_MS;
+    this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session, tooMany) };
     // One low-precision timer for keepalive and idle checks of every session, not timers per session.
     this.#sweep = setInterval(() => this.#sweepSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
     this.#sweep.unref();
@@ -260,7 +268,10 @@ export class HbonePool {
   async #acquire(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
     for (;;) {
       for (const entry of bucket.sessions) {
-        if (entry.usable && entry.streams < entry.maxStreams) {
+        // sessionHasRoom: whether the stream fits the session's budget at the windows its server has acknowledged or
+        // may still acknowledge (window.ts). One that does not (streams opened faster than the server acknowledges
+        // the narrower window, or a server that never does) goes on another session, dialled if need be.
+        if (entry.usable && entry.streams < entry.maxStreams && sessionHasRoom(entry.session)) {
           entry.streams++;
           streamOpened(entry.session);
           return entry;
@@ -318,6 +329,8 @@ export class HbonePool {
     }
     const entry: PooledSession = { session, tls: socket, transport, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, readAtPing: 0, queuedAtPing: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
+    pooled.set(session, entry);
+    trackWindows(session, this.#windows);
     session.on('remoteSettings', (settings) => {
       entry.settled = true;
       // Respect the server's stream limit when it is below ours.
@@ -484,6 +497,23 @@ export class HbonePool {
     if (byIp?.size === 0) this.#buckets.delete(bucket.source);
   }
 
+  /**
+   * A server that has left our SETTINGS (a narrower stream window) unacknowledged past the deadline, or too many of
+   * them: its session and tunnels are ended, GOAWAY SETTINGS_TIMEOUT (RFC 9113 §6.5.3), as one that missed its PONG.
+   * Not while our own writes are backed up (the SETTINGS may be queued behind them): it gets another period then.
+   */
+  #settingsUnacknowledged(session: http2.Http2Session, tooMany: boolean): boolean {
+    const entry = pooled.of(session);
+    if (entry === undefined || session.destroyed) return true;
+    if (!tooMany && (entry.transport.blocked || entry.tls.writableLength > 0 || (session.state.outboundQueueSize ?? 0) > 0)) return false;
+    this.#refusalLogBudget.warn(this.#logger, 'settings-timeout', { peer: entry.bucket.peer, expected: entry.bucket.expected, code: 'SETTINGS_TIMEOUT', tooMany, tunnels: entry.streams }, 'HBONE server did not acknowledge our SETTINGS; closing the session and its tunnels (SETTINGS_TIMEOUT)');
+    this.#retire(entry);
+    entry.endedByPool = true;
+    cutSession(entry.session, `HBONE session to ${entry.bucket.peer} did not acknowledge our SETTINGS ${tooMany ? '(too many outstanding)' : `within ${this.#windows.ackTimeoutMs} ms`}`, entry.tls, NGHTTP2_SETTINGS_TIMEOUT);
+    this.#draining.delete(entry);
+    return true;
+  }
+
   #sweepSessions(): void {
     // Trust bundles the agent's event did not reach the pool for (it is the prompt path): judged here at the latest.
     this.reverify();
@@ -553,6 +583,8 @@ function releaseStream(entry: PooledSession): void {
 }
 
 const connects = new EmitterSlot<PendingConnect>('ambit.connect');
+/** Each session's pool entry, for the window keeper's callback. */
+const pooled = new EmitterSlot<PooledSession>('ambit.pooled-session');
 
 /**
  * A CONNECT until its answer, then the tunnel's hold on its session's stream count until the stream closes. No
@@ -647,6 +679,8 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
   if (!connect.pending) return;
   const status = Number(headers[HTTP2_HEADER_STATUS]);
   if (status === 200) {
+    // A wider stream window, if the streams now open allow it.
+    streamAnswered(connect.entry.session);
     connect.succeed(this);
     return;
   }

@@ -10,6 +10,28 @@ export const H2_STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
 export const H2_SESSION_BUFFER_BYTES = 32 * 1024 * 1024;
 /** The narrowest stream window a busy session gets: 128 KiB still moves ~40 MiB/s per tunnel at a 3 ms round trip. */
 export const H2_MIN_STREAM_WINDOW_BYTES = 128 * 1024;
+/**
+ * The stream window a session's first SETTINGS advertises, before it carries a stream: the narrowest, at which the
+ * most streams a peer may open at once (200 × 128 KiB) fit H2_SESSION_BUFFER_BYTES. window.ts widens it as the first
+ * stream opens (the peer applies that on receipt, before the CONNECT's answer, so one tunnel loses nothing). Opening
+ * at 4 MiB, a burst of streams before the peer had acknowledged any narrower window held 4 MiB each.
+ */
+export const H2_OPENING_STREAM_WINDOW_BYTES = H2_MIN_STREAM_WINDOW_BYTES;
+/**
+ * How long a peer has to acknowledge our SETTINGS (RFC 9113 §6.5.3) before its session is ended with SETTINGS_TIMEOUT.
+ * The acknowledgement is one round trip away once the SETTINGS has left, and nghttp2 sends SETTINGS ahead of queued
+ * DATA: what can delay it is what is already in the kernel's send buffer (4 MiB at most, autotuned), about 3 s on a
+ * 10 Mbit/s path; 10 s leaves room for that and a busy peer. A deadline found with our own writes still backed up is
+ * extended (the SETTINGS may not have left). Until it, a peer that acknowledged a wide window keeps it on the streams
+ * it opens (window.ts): what bounds that in time.
+ */
+export const SETTINGS_ACK_TIMEOUT_MS = 10_000;
+/**
+ * Our SETTINGS a peer may leave unacknowledged at once before its session is ended with SETTINGS_TIMEOUT: a prompt
+ * peer has one or two out; Node ends the session itself at 10 (its own first among them) with INTERNAL_ERROR, which
+ * says nothing of why.
+ */
+export const H2_MAX_UNACKNOWLEDGED_SETTINGS = 6;
 /** Connection window = 4 × stream window, chosen by ztunnel to avoid cross-stream starvation. */
 export const H2_CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
 /** Largest DATA frame we accept: 1 MiB, so bulk transfers move in few frames. */

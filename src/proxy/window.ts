@@ -5,8 +5,24 @@
 // proxy hold over 350 MiB per session. The stream window is halved as streams open, so that open streams × window
 // stays within H2_SESSION_BUFFER_BYTES (SETTINGS_INITIAL_WINDOW_SIZE also shrinks the streams already open), and
 // widened again once half of them have closed: one tunnel still gets the whole 4 MiB for a fast link.
-import type { Http2Session } from 'node:http2';
-import { H2_MIN_STREAM_WINDOW_BYTES, H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from './settings.ts';
+//
+// nghttp2 applies a SETTINGS of ours only once the peer acknowledges it: until then new streams get, and open ones
+// keep, the window the peer last acknowledged. A peer that acknowledged 4 MiB and none of the narrower windows after
+// held 4 MiB on each of 200 streams (800 MiB), the budget above a promise it did not keep. So the budget is kept
+// with the acknowledged window, not the one asked for: a session opens with the narrowest window (200 streams fit
+// the budget at it) and widens only once a stream is answered (streamAnswered), so that a burst of streams opened
+// together is counted before any wider window is asked for; the next narrower window is asked for one stream ahead,
+// so that streams opened one after another find it acknowledged; and the pool puts no stream on a session whose
+// windows would take it past the budget (streamFits), counting the widest window the server has acknowledged or
+// could still acknowledge (an acknowledgement of a wider window, held back until many streams are open, widens them
+// all), and opens another session instead. The server side does not refuse such streams: a prompt client bursting
+// streams within one round trip of a widening would have them refused (a busy node's clients do), so a peer that
+// acknowledges a wide window and then opens many streams faster than it acknowledges narrower ones is bounded in time
+// (SETTINGS_ACK_TIMEOUT_MS), not in bytes.
+// A peer that leaves our SETTINGS unacknowledged past SETTINGS_ACK_TIMEOUT_MS, or lets too many pile up, is given
+// to the owner to end (RFC 9113 §6.5.3: SETTINGS_TIMEOUT).
+import type { Http2Session, Settings } from 'node:http2';
+import { H2_MAX_UNACKNOWLEDGED_SETTINGS, H2_MIN_STREAM_WINDOW_BYTES, H2_OPENING_STREAM_WINDOW_BYTES, H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from './settings.ts';
 
 /** The stream window for a session with `open` streams. */
 export function streamWindowFor(open: number): number {
@@ -15,19 +31,82 @@ export function streamWindowFor(open: number): number {
   return window;
 }
 
+/** Whether one more stream fits a session with `open` streams whose peer has acknowledged stream windows of `acked`. */
+export function streamFits(acked: number, open: number): boolean {
+  return acked * (open + 1) <= H2_SESSION_BUFFER_BYTES;
+}
+
+/**
+ * Called when the peer has left our SETTINGS unacknowledged for the timeout (`tooMany` false) or let more than
+ * H2_MAX_UNACKNOWLEDGED_SETTINGS pile up (true). Returns whether the owner ended the session; false: the SETTINGS may
+ * not have left yet (our own writes are backed up ahead of it), and the peer is given another period.
+ */
+export type SettingsUnacknowledged = (session: Http2Session, tooMany: boolean) => boolean;
+
+export interface WindowOptions {
+  readonly ackTimeoutMs: number;
+  readonly onUnacknowledged: SettingsUnacknowledged;
+}
+
 interface WindowState {
   open: number;
+  /** The stream window last asked for. */
   window: number;
+  /** The stream window the peer has acknowledged: what nghttp2 gives new streams and holds open ones to. */
+  acked: number;
+  /** The widest of `acked` and the windows asked for and not yet acknowledged: what admission counts. */
+  ceiling: number;
+  /** Our SETTINGS the peer has not acknowledged yet, and the deadline of the oldest. */
+  pending: number;
+  timer: NodeJS.Timeout | undefined;
+  readonly options: WindowOptions;
+  /** The acknowledgement callback of every SETTINGS this session sends: one per session, not one per SETTINGS. */
+  readonly onAck: (error: Error | null, settings?: Settings) => void;
 }
 
 const states = new WeakMap<Http2Session, WindowState>();
 
-/** A stream opened on the session (one that advertised H2_STREAM_WINDOW_BYTES at its start). */
+/**
+ * Keeps the stream windows of an authenticated session that advertised H2_OPENING_STREAM_WINDOW_BYTES in its first
+ * SETTINGS. Sessions not tracked are neither narrowed nor bounded (streamOpened admits every stream).
+ */
+export function trackWindows(session: Http2Session, options: WindowOptions): void {
+  const state: WindowState = {
+    open: 0,
+    window: H2_OPENING_STREAM_WINDOW_BYTES,
+    // Until the peer acknowledges the first SETTINGS nghttp2 gives streams 64 KiB: counting the opening window is
+    // on the safe side.
+    acked: H2_OPENING_STREAM_WINDOW_BYTES,
+    ceiling: H2_OPENING_STREAM_WINDOW_BYTES,
+    pending: 0,
+    timer: undefined,
+    options,
+    onAck: (error, settings) => settingsAcknowledged(session, state, error, settings),
+  };
+  states.set(session, state);
+}
+
+/**
+ * Whether one more stream fits the session's budget at the widest window its peer has acknowledged or may still
+ * acknowledge (true for a session not tracked).
+ */
+export function sessionHasRoom(session: Http2Session): boolean {
+  const state = states.get(session);
+  return state === undefined || streamFits(state.ceiling, state.open);
+}
+
+/** A stream opened on the session: the window narrows, one stream ahead, if the streams now open need it. */
 export function streamOpened(session: Http2Session): void {
-  let state = states.get(session);
-  if (state === undefined) states.set(session, (state = { open: 0, window: H2_STREAM_WINDOW_BYTES }));
+  const state = states.get(session);
+  if (state === undefined) return;
   state.open++;
-  adjust(session, state);
+  adjust(session, state, false);
+}
+
+/** A stream streamOpened admitted is answered (200): the window may widen for the streams now open. */
+export function streamAnswered(session: Http2Session): void {
+  const state = states.get(session);
+  if (state !== undefined) adjust(session, state, true);
 }
 
 /** A stream counted by streamOpened has closed. */
@@ -35,20 +114,70 @@ export function streamClosed(session: Http2Session): void {
   const state = states.get(session);
   if (state === undefined || state.open === 0) return;
   state.open--;
-  adjust(session, state);
+  adjust(session, state, true);
 }
 
-function adjust(session: Http2Session, state: WindowState): void {
-  const narrower = streamWindowFor(state.open);
+function adjust(session: Http2Session, state: WindowState, widen: boolean): void {
+  // One stream ahead: the window the next stream needs is asked for now, acknowledged by the time it comes.
+  const narrower = streamWindowFor(state.open + 1);
   // Wider only once the streams are down to half of what the current window is for: a session whose count moves
   // around a threshold does not send SETTINGS back and forth.
-  const wider = streamWindowFor(state.open * 2);
-  const next = narrower < state.window ? narrower : wider > state.window ? wider : state.window;
+  const wider = streamWindowFor(state.open * 2 + 1);
+  const next = narrower < state.window ? narrower : widen && wider > state.window ? wider : state.window;
   if (next === state.window || session.destroyed || session.closed) return;
-  try {
-    session.settings({ initialWindowSize: next });
-    state.window = next;
-  } catch {
-    // Too many SETTINGS not acknowledged (a peer that does not answer them): its windows stay as they are.
+  if (state.pending >= H2_MAX_UNACKNOWLEDGED_SETTINGS) {
+    unacknowledged(session, state, true);
+    return;
   }
+  try {
+    session.settings({ initialWindowSize: next }, state.onAck);
+  } catch {
+    // Node ended the session itself (too many SETTINGS outstanding, counting its own first): the owner says why.
+    unacknowledged(session, state, true);
+    return;
+  }
+  state.window = next;
+  if (next > state.ceiling) state.ceiling = next;
+  if (state.pending++ === 0) state.timer = setTimeout(onAckTimeout, state.options.ackTimeoutMs, session).unref();
+}
+
+function settingsAcknowledged(session: Http2Session, state: WindowState, error: Error | null, settings: Settings | undefined): void {
+  if (error !== null || settings === undefined) {
+    // Cancelled: the session is gone.
+    clearTimeout(state.timer);
+    state.timer = undefined;
+    state.pending = 0;
+    return;
+  }
+  // nghttp2's local settings as they are now: the acknowledged ones.
+  if (settings.initialWindowSize !== undefined) state.acked = settings.initialWindowSize;
+  if (--state.pending > 0) {
+    // The ceiling stays: a wider window may still be outstanding. The next is younger than the one just
+    // acknowledged: it gets a whole period from now, never less.
+    if (state.acked > state.ceiling) state.ceiling = state.acked;
+    state.timer?.refresh();
+    return;
+  }
+  state.pending = 0;
+  state.ceiling = state.acked;
+  clearTimeout(state.timer);
+  state.timer = undefined;
+}
+
+function onAckTimeout(session: Http2Session): void {
+  const state = states.get(session);
+  if (state === undefined || state.pending === 0 || session.destroyed) return;
+  unacknowledged(session, state, false);
+}
+
+function unacknowledged(session: Http2Session, state: WindowState, tooMany: boolean): void {
+  if (session.destroyed) return;
+  if (state.options.onUnacknowledged(session, tooMany)) {
+    clearTimeout(state.timer);
+    state.timer = undefined;
+    return;
+  }
+  // The owner waits on: another period for the oldest.
+  if (state.timer !== undefined) state.timer.refresh();
+  else if (state.pending > 0) state.timer = setTimeout(onAckTimeout, state.options.ackTimeoutMs, session).unref();
 }

@@ -1,0 +1,261 @@
+// A peer that does not acknowledge our SETTINGS, against the HBONE inbound in-process with real TLS and sockets: the
+// stream windows narrow only once a peer acknowledges them (nghttp2 applies a SETTINGS then), so a peer that
+// acknowledged the first (4 MiB) and never a narrower window kept 4 MiB on every stream it opened. A session now opens
+// at the narrowest window, and one whose peer leaves a SETTINGS unacknowledged is ended with SETTINGS_TIMEOUT at the
+// deadline; a peer that acknowledges (Node's own client) opens its many streams as before.
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { once } from 'node:events';
+import { Registry } from 'prom-client';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Decision } from '../../src/authz/compile.ts';
+import { parseConfigText } from '../../src/config/loader.ts';
+import { buildSnapshot } from '../../src/config/snapshot.ts';
+import { BundleSet } from '../../src/identity/bundle.ts';
+import { loadSvid } from '../../src/identity/svid.ts';
+import { ProxyMetrics } from '../../src/observe/metrics.ts';
+import { HboneInbound } from '../../src/proxy/inbound.ts';
+import { H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from '../../src/proxy/settings.ts';
+import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
+import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
+import type { TestSvid } from '../helpers/certs.ts';
+import { podYaml, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+
+const ECHO_IP = '127.81.0.10'; // 127.81 is this file's
+const HOLD_PORT = 7001; // accepts and never reads: the tunnels stay open
+const ECHO_PORT = 7000;
+const HBONE_PORT = 15008;
+const ACK_TIMEOUT_MS = 1_000;
+const ALLOW: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'allowed (test)', deferred: false });
+const { NGHTTP2_SETTINGS_TIMEOUT } = http2.constants;
+
+let inbound: HboneInbound;
+let registry: Registry;
+let client: TestSvid;
+const logLines: Array<Record<string, unknown>> = [];
+const servers: net.Server[] = [];
+const held: net.Socket[] = [];
+
+beforeAll(async () => {
+  const ca = await createTestCa('cluster.local');
+  const bundles = new BundleSet([ca.bundle]);
+  const server = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/echo');
+  client = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/tester');
+  const snapshot = buildSnapshot(parseConfigText(yamlDocuments(
+    'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { trustDomain: cluster.local }\n',
+    podYaml({ name: 'echo-1', node: 'node-a', serviceAccount: 'echo', ip: ECHO_IP }),
+  ), 'workloads.yaml'));
+  const contexts = new IdentityContexts();
+  contexts.set(loadSvid(server.certPem, server.keyPem));
+  const hold = net.createServer({ pauseOnConnect: true }, (socket) => {
+    socket.on('error', () => {});
+    held.push(socket);
+  });
+  const echo = net.createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on('error', () => {});
+    socket.pipe(socket);
+  });
+  for (const [listener, port] of [[hold, HOLD_PORT], [echo, ECHO_PORT]] as const) {
+    listener.listen(port, ECHO_IP);
+    await once(listener, 'listening');
+    servers.push(listener);
+  }
+  registry = new Registry();
+  inbound = new HboneInbound({
+    nodeName: 'node-a',
+    hbonePort: HBONE_PORT,
+    snapshot: () => snapshot,
+    contexts,
+    bundles: () => bundles,
+    verifier: new PeerVerifier(),
+    logger: pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line) as Record<string, unknown>) }),
+    metrics: new ProxyMetrics(registry),
+    authorize: () => ALLOW,
+    liveMeters: new Set(),
+    inspectRequests: null,
+    inspector: null,
+    settingsAckTimeoutMs: ACK_TIMEOUT_MS,
+  });
+  expect((await inbound.sync(snapshot)).failed).toEqual([]);
+});
+
+afterAll(async () => {
+  await inbound?.close();
+  for (const socket of held) socket.destroy();
+  for (const server of servers) server.close();
+});
+
+async function refused(reason: string): Promise<number> {
+  const values = (await registry.getSingleMetric('ambit_hbone_peers_refused_total')?.get())?.values ?? [];
+  return values.filter((v) => v.labels.reason === reason).reduce((sum, v) => sum + v.value, 0);
+}
+
+function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const header = Buffer.alloc(9);
+  header.writeUIntBE(payload.length, 0, 3);
+  header[3] = type;
+  header[4] = flags;
+  header.writeUInt32BE(streamId, 5);
+  return Buffer.concat([header, payload]);
+}
+
+/** A HEADERS frame (END_HEADERS) of a CONNECT, its fields as HPACK literals without indexing. */
+function connectHeaders(streamId: number, authority: string): Buffer {
+  const literal = (name: string, value: string) => Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
+  return frame(1, 0x4, streamId, Buffer.concat([literal(':method', 'CONNECT'), literal(':authority', authority)]));
+}
+
+/**
+ * An HTTP/2 client written frame by frame (Node's always acknowledges SETTINGS), with a valid client certificate: it
+ * acknowledges the server's SETTINGS up to the first for which `last` holds (given its stream window), and none
+ * after; it answers PINGs.
+ */
+class WithholdingPeer {
+  readonly socket: tls.TLSSocket;
+  /** The server's SETTINGS frames (not acknowledgements) seen, each one's SETTINGS_INITIAL_WINDOW_SIZE if it had one. */
+  readonly settings: Array<number | undefined> = [];
+  readonly resets = new Map<number, number>();
+  readonly answered = new Set<number>();
+  goaway: { code: number; atMs: number } | null = null;
+  closed = false;
+  #buffer = Buffer.alloc(0);
+  #nextStreamId = 1;
+
+  readonly last: (window: number | undefined) => boolean;
+  #acknowledging = true;
+
+  constructor(last: (window: number | undefined) => boolean) {
+    this.last = last;
+    this.socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    this.socket.on('error', () => {});
+    this.socket.once('close', () => (this.closed = true));
+    this.socket.once('secureConnect', () => this.socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(4, 0, 0)])));
+    this.socket.on('data', (chunk: Buffer) => this.#read(chunk));
+  }
+
+  /** Opens `count` CONNECT streams at once; their ids. */
+  open(count: number, authority = `${ECHO_IP}:${HOLD_PORT}`): number[] {
+    const ids: number[] = [];
+    const frames: Buffer[] = [];
+    for (let i = 0; i < count; i++) {
+      ids.push(this.#nextStreamId);
+      frames.push(connectHeaders(this.#nextStreamId, authority));
+      this.#nextStreamId += 2;
+    }
+    this.socket.write(Buffer.concat(frames));
+    return ids;
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  #read(chunk: Buffer): void {
+    this.#buffer = Buffer.concat([this.#buffer, chunk]);
+    while (this.#buffer.length >= 9) {
+      const length = this.#buffer.readUIntBE(0, 3);
+      if (this.#buffer.length < 9 + length) return;
+      const type = this.#buffer[3] as number;
+      const flags = this.#buffer[4] as number;
+      const streamId = this.#buffer.readUInt32BE(5) & 0x7fffffff;
+      const payload = this.#buffer.subarray(9, 9 + length);
+      this.#buffer = this.#buffer.subarray(9 + length);
+      if (type === 4 && (flags & 0x1) === 0) {
+        let window: number | undefined;
+        for (let at = 0; at + 6 <= payload.length; at += 6) if (payload.readUInt16BE(at) === 4) window = payload.readUInt32BE(at + 2);
+        this.settings.push(window);
+        if (this.#acknowledging) {
+          this.socket.write(frame(4, 0x1, 0));
+          this.#acknowledging = !this.last(window);
+        }
+      } else if (type === 6 && (flags & 0x1) === 0) {
+        this.socket.write(frame(6, 0x1, 0, payload));
+      } else if (type === 1) {
+        this.answered.add(streamId);
+      } else if (type === 3) {
+        this.resets.set(streamId, payload.readUInt32BE(0));
+      } else if (type === 7 && this.goaway === null) {
+        this.goaway = { code: payload.readUInt32BE(4), atMs: Date.now() };
+      }
+    }
+  }
+}
+
+describe('a peer that does not acknowledge our SETTINGS', () => {
+  it('has its session ended with SETTINGS_TIMEOUT once a narrower window goes unacknowledged past the deadline', async () => {
+    const before = await refused('SETTINGS_TIMEOUT');
+    const peer = new WithholdingPeer(() => true);
+    try {
+      await waitUntil('the first SETTINGS', () => peer.settings.length >= 1, 5_000);
+      // The first stream makes the server ask for another stream window, which this peer never acknowledges.
+      const sentMs = Date.now();
+      peer.open(1);
+      await waitUntil('a GOAWAY', () => peer.goaway !== null, ACK_TIMEOUT_MS + 4_000);
+      expect(peer.goaway?.code).toBe(NGHTTP2_SETTINGS_TIMEOUT);
+      expect((peer.goaway?.atMs ?? 0) - sentMs).toBeLessThan(ACK_TIMEOUT_MS + 2_000);
+      await waitUntil('its connection closed', () => peer.closed, 5_000);
+      expect(await refused('SETTINGS_TIMEOUT')).toBe(before + 1);
+      expect(logLines.find((line) => line.code === 'SETTINGS_TIMEOUT')).toMatchObject({ level: 40, presented: 'spiffe://cluster.local/ns/demo/sa/tester' });
+      await waitUntil('its tunnel closed', () => inbound.liveTunnels === 0, 5_000);
+    } finally {
+      peer.destroy();
+    }
+  });
+
+  it('holds no more than the session budget on the many streams it opens having acknowledged only the first SETTINGS', async () => {
+    // The reviewer's peer: acknowledges the first SETTINGS, then opens 64 tunnels at once and fills every stream window
+    // it was given; the narrower windows asked for as they open never apply. The first SETTINGS said 4 MiB: 256 MiB.
+    const peer = new WithholdingPeer(() => true);
+    try {
+      await waitUntil('the first SETTINGS', () => peer.settings.length >= 1, 5_000);
+      const acknowledged = peer.settings[0] ?? 65_535;
+      const ids = peer.open(64);
+      await waitUntil('every stream answered', () => ids.every((id) => peer.answered.has(id) || peer.resets.has(id)), 5_000);
+      expect(inbound.liveTunnels).toBe(64);
+      // What the 64 streams may make the proxy hold, at the only window the peer acknowledged, is within the budget.
+      expect(inbound.liveTunnels * acknowledged).toBeLessThanOrEqual(H2_SESSION_BUFFER_BYTES);
+    } finally {
+      peer.destroy();
+    }
+    await waitUntil('its tunnels closed', () => inbound.liveTunnels === 0, 5_000);
+  });
+});
+
+describe('a peer that acknowledges our SETTINGS (Node\'s own client)', () => {
+  it('opens many tunnels at once on one session, every one answered 200 and carrying bytes, past the deadline', async () => {
+    const before = await refused('SETTINGS_TIMEOUT');
+    const socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket });
+    session.on('error', () => {});
+    try {
+      const open = async () => {
+        const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
+        stream.on('error', () => {});
+        const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
+        return { status: headers[':status'], stream };
+      };
+      const tunnels = await Promise.all(Array.from({ length: 150 }, open));
+      expect(tunnels.map((t) => t.status)).toEqual(Array(150).fill(200));
+      // 150 open: the narrowed window, acknowledged.
+      await waitUntil('the narrowed window', () => (session.remoteSettings.initialWindowSize ?? 0) <= 256 * 1024, 5_000);
+      // Past the deadline, still open, and each tunnel carries bytes.
+      await new Promise((resolve) => setTimeout(resolve, ACK_TIMEOUT_MS + 500));
+      expect(session.destroyed).toBe(false);
+      const echoed = await Promise.all(tunnels.map(async ({ stream }, i) => {
+        stream.write(`tunnel ${i}`);
+        const [data] = (await once(stream, 'data')) as [Buffer];
+        return data.toString();
+      }));
+      expect(echoed).toEqual(tunnels.map((_, i) => `tunnel ${i}`));
+      for (const { stream } of tunnels) stream.close();
+      // All closed: a later tunnel gets the whole window again, and that too is acknowledged.
+      await waitUntil('the window widened again', () => session.remoteSettings.initialWindowSize === H2_STREAM_WINDOW_BYTES, 5_000);
+      expect((await open()).status).toBe(200);
+      expect(await refused('SETTINGS_TIMEOUT')).toBe(before);
+    } finally {
+      session.destroy();
+    }
+  });
+});
