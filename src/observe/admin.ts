@@ -5,10 +5,11 @@ import { once } from 'node:events';
 import { BlockList, isIP } from 'node:net';
 import { http } from '../node-http.ts';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { AmbitError } from '../errors.ts';
 import { acceptErrorLogger } from './log.ts';
+import { limitConnectionsPerPeer } from '../peer-connections.ts';
 import type { Logger } from './log.ts';
 
 export interface AdminSources {
@@ -154,7 +155,7 @@ async function listen(what: string, address: ListenAddress, handler: Handler, lo
   );
   server.timeout = SOCKET_IDLE_TIMEOUT_MS;
   server.maxConnections = MAX_CONNECTIONS;
-  limitPerPeer(server);
+  limitConnectionsPerPeer(server, MAX_CONNECTIONS_PER_PEER);
   server.listen({ host: address.host, port: address.port, exclusive: true });
   try {
     await once(server, 'listening');
@@ -170,26 +171,6 @@ async function listen(what: string, address: ListenAddress, handler: Handler, lo
   const bound = server.address() as AddressInfo;
   const host = bound.family === 'IPv6' ? `[${bound.address}]` : bound.address;
   return { server, url: `http://${host}:${bound.port}` };
-}
-
-/** Closes, as soon as it is accepted, a connection from an address that already holds MAX_CONNECTIONS_PER_PEER. */
-function limitPerPeer(server: Server): void {
-  const open = new Map<string, number>();
-  // Before the HTTP server's own 'connection' listener: a refused socket is never parsed.
-  server.prependListener('connection', (socket: Socket) => {
-    const peer = socket.remoteAddress ?? '';
-    const count = open.get(peer) ?? 0;
-    if (count >= MAX_CONNECTIONS_PER_PEER) {
-      socket.destroy();
-      return;
-    }
-    open.set(peer, count + 1);
-    socket.once('close', () => {
-      const left = (open.get(peer) ?? 1) - 1;
-      if (left === 0) open.delete(peer);
-      else open.set(peer, left);
-    });
-  });
 }
 
 async function closeServer(server: Server): Promise<void> {

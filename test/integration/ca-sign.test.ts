@@ -4,6 +4,8 @@
 import { once } from 'node:events';
 import { request } from 'node:https';
 import { connect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -250,13 +252,16 @@ describe('the CA signing endpoint', () => {
     expect((await signFor(await currentNode(), WEB)).status).toBe(200);
   });
 
-  it('refuses a caller without a certificate', async () => {
+  it('refuses a caller without a certificate, and writes no audit line for it (anyone could send those)', async () => {
+    const before = audit.length;
     const answer = await signFor(null, WEB);
     expect(answer.status).toBe(401);
     expect(answer.code).toBe('CA_UNAUTHENTICATED');
+    expect(audit.slice(before)).toEqual([]);
   });
 
-  it('refuses a node SVID signed by another CA, whether it names this trust domain or its own', async () => {
+  it('refuses a node SVID signed by another CA, whether it names this trust domain or its own, and audits neither', async () => {
+    const before = audit.length;
     const forger = await createTestCa(TD);
     const forged = await issueTestSvid(forger, NODE_A);
     expect((await signFor(forged, WEB)).status).toBe(401);
@@ -265,6 +270,36 @@ describe('the CA signing endpoint', () => {
     const answer = await signFor(foreignNode, WEB);
     expect(answer.status).toBe(401);
     expect(answer.code).toBe('CA_UNAUTHENTICATED');
+    // A client looping on these filled the disk with audit lines and held every issuance behind their backlog.
+    expect(audit.slice(before)).toEqual([]);
+  });
+
+  it('lets one client address hold 256 connections, closing its next at once, while other addresses are served', async () => {
+    const url = new URL(server.url);
+    const held: TLSSocket[] = [];
+    const open = (localAddress: string) => new Promise<TLSSocket | null>((resolve) => {
+      const tcp = connect({ host: url.hostname, port: Number(url.port), localAddress });
+      tcp.on('error', () => {});
+      const socket = tlsConnect({ socket: tcp, minVersion: 'TLSv1.3', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+      socket.on('error', () => {});
+      socket.once('secureConnect', () => resolve(socket));
+      socket.once('close', () => resolve(null));
+    });
+    try {
+      for (let i = 0; i < 256; i += 32) {
+        const batch = await Promise.all(Array.from({ length: 32 }, () => open('127.0.0.3')));
+        for (const socket of batch) if (socket !== null) held.push(socket);
+      }
+      expect(held.length).toBe(256);
+      expect(await open('127.0.0.3')).toBeNull();
+      // Another address still gets a connection, and a node's request is answered.
+      const other = await open('127.0.0.4');
+      expect(other).not.toBeNull();
+      other?.destroy();
+      expect((await signFor(await currentNode(), WEB)).status).toBe(200);
+    } finally {
+      for (const socket of held) socket.destroy();
+    }
   });
 
   it('refuses a node SVID of a node that never attested with this CA (as one another CA under the same root issued), and serves it once it attests', async () => {

@@ -34,6 +34,7 @@ import { admitNodeCertificate, answerStands, nodeCertificateRefusal, recordAttes
 import { acceptErrorLogger } from '../../observe/log.ts';
 import type { Logger } from '../../observe/log.ts';
 import { makeDirsSync } from '../../mkdir.ts';
+import { limitConnectionsPerPeer } from '../../peer-connections.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
 const MAX_BODY_BYTES = 64 * 1024;
@@ -81,6 +82,11 @@ export interface CaServerOptions {
 
 /** Connections the CA holds at once: far above what its nodes' agents open (at most 4 each), below the process's descriptors. */
 const MAX_CONNECTIONS = 8_192;
+/**
+ * Connections one client address may hold: 64 nodes' agents behind one NAT. One client holding all 8,192 (a request
+ * every 20 s keeps each open) locked every node out of attestation and renewal.
+ */
+const MAX_CONNECTIONS_PER_ADDRESS = 256;
 /** A connection idle this long (no request under way) is closed. */
 const SOCKET_IDLE_TIMEOUT_MS = 60_000;
 
@@ -152,6 +158,7 @@ export class CaServer {
     // never finishes its handshake is dropped after 10 s (Node's default holds it 120 s), and the connections are capped.
     this.#server = https.createServer({ ...serverTlsOptions(serverSvid, ['http/1.1']), handshakeTimeout: options.handshakeTimeoutMs ?? 10_000 }, (req, res) => void this.#handle(req, res));
     this.#server.maxConnections = MAX_CONNECTIONS;
+    limitConnectionsPerPeer(this.#server, MAX_CONNECTIONS_PER_ADDRESS);
     this.#server.timeout = SOCKET_IDLE_TIMEOUT_MS;
     this.#server.keepAliveTimeout = 30_000;
     this.#server.headersTimeout = 10_000;
@@ -503,7 +510,12 @@ export class CaServer {
     const caller = verifyPeer(socket, ownBundles, (id) => parseNodeId(id.id)?.trustDomain === this.#state.trustDomain);
     const remote = socket.remoteAddress;
     if (!caller.valid) {
-      this.#note({ event: 'sign_refused', caller: caller.id?.id ?? null, remote, code: caller.error.code, reason: caller.error.message });
+      // Audited when the caller holds a valid SVID of this trust domain that is not a node's (a workload's key in the
+      // wrong hands). A certificate missing, self-signed, expired or another CA's is anyone's noise, as a request
+      // without a token of ours is at attestation: audited, one line each, a client looping on them filled the disk
+      // and held every issuance behind the backlog of its lines (4 KB each for a long URI SAN). Logged at debug.
+      if (caller.error.code === 'IDENTITY_MISMATCH') this.#note({ event: 'sign_refused', caller: caller.id?.id ?? null, remote, code: caller.error.code, reason: caller.error.message });
+      else this.#logger.debug({ remote, code: caller.error.code }, 'sign request from an unauthenticated caller refused');
       throw new HttpError(401, 'CA_UNAUTHENTICATED', `caller must present a valid node SVID of ${this.#state.trustDomain}: [${caller.error.code}] ${caller.error.message}`);
     }
     const callerNode = parseNodeId(caller.id.id)?.nodeName as string;
