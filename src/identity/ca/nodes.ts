@@ -4,12 +4,10 @@
 // last and, after a renewal, the new one until the node first uses it (SPIRE's CertSerialNumber and
 // NewCertSerialNumber): the node's first request with the new certificate retires the old one, and a copy of
 // an older certificate is refused. `ambit ca node evict` ends a node until it attests again with a join token.
-import { randomUUID } from 'node:crypto';
-import { readFile, stat, unlink, writeFile } from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
-import { writeFileAtomic } from '../files.ts';
+import { withLockFile, writeFileAtomic } from '../files.ts';
 import { makeDirs } from '../../mkdir.ts';
 
 interface NodeRecord {
@@ -65,61 +63,14 @@ async function write(caDir: string, node: string, record: Omit<NodeRecord, 'upda
   await writeFileAtomic(recordFile(caDir, node), `${JSON.stringify(body, null, 2)}\n`, 0o600);
 }
 
-/** How long a record's lock may be waited for, and after how long a lock is a crashed holder's and is broken. */
-const LOCK_WAIT_MS = 5_000;
-const LOCK_STALE_MS = 30_000;
-
 /**
- * Runs a record's read-modify-write holding its lock file (created exclusively, holding a token of its holder): the
- * CA serialises its own updates per node, but `ambit ca node evict` is another process, and an eviction written
- * between the CA's read and write would be lost (the node keeps renewing).
+ * Runs a record's read-modify-write holding its lock file: the CA serialises its own updates per node, but `ambit ca
+ * node evict` is another process, and an eviction written between the CA's read and write would be lost (the node
+ * keeps renewing).
  */
 export async function withRecord<T>(caDir: string, node: string, work: () => Promise<T>): Promise<T> {
   await makeDirs(nodesDir(caDir), 0o700);
-  const lock = `${recordFile(caDir, node)}.lock`;
-  const token = randomUUID();
-  const deadline = Date.now() + LOCK_WAIT_MS;
-  for (;;) {
-    try {
-      await writeFile(lock, token, { flag: 'wx', mode: 0o600 });
-      break;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new AmbitError('CA_STATE', `${lock}: ${(error as Error).message}`, { cause: error });
-      const since = await stat(lock).then((found) => Date.now() - found.mtimeMs, () => 0);
-      if (since > LOCK_STALE_MS) await breakStaleLock(lock);
-      if (Date.now() > deadline) throw new AmbitError('CA_STATE', `${lock}: held by another process for more than ${LOCK_WAIT_MS / 1000} s (a running ambit ca node evict, or a stale ${lock}.break left by a crash)`);
-      await sleep(10);
-    }
-  }
-  try {
-    return await work();
-  } finally {
-    // Only our own: a lock broken as stale (we took more than LOCK_STALE_MS) may be someone else's by now.
-    if ((await readFile(lock, 'utf8').catch(() => null)) === token) await unlink(lock).catch(() => {});
-  }
-}
-
-/**
- * Takes a crashed holder's lock away, one breaker at a time (its own lock file, `.break`): a waiter that found the
- * lock stale looks again inside, so of several that found it stale only the first removes it, never the lock a
- * waiter took right after. A breaker that crashed mid-break leaves `.break` behind, given up after the stale limit.
- */
-async function breakStaleLock(lock: string): Promise<void> {
-  const breaking = `${lock}.break`;
-  try {
-    await writeFile(breaking, '', { flag: 'wx', mode: 0o600 });
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new AmbitError('CA_STATE', `${breaking}: ${(error as Error).message}`, { cause: error });
-    const since = await stat(breaking).then((found) => Date.now() - found.mtimeMs, () => 0);
-    if (since > LOCK_STALE_MS) await unlink(breaking).catch(() => {});
-    return;
-  }
-  try {
-    const found = await stat(lock).catch(() => null);
-    if (found !== null && Date.now() - found.mtimeMs > LOCK_STALE_MS) await unlink(lock).catch(() => {});
-  } finally {
-    await unlink(breaking).catch(() => {});
-  }
+  return await withLockFile(`${recordFile(caDir, node)}.lock`, 'a running ambit ca node evict', work);
 }
 
 /** A join token attested the node: its new certificate is the one it uses, whatever came before (eviction too). */

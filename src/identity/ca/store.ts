@@ -15,7 +15,7 @@ import { createReadStream, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
-import { writeFileAtomic } from '../files.ts';
+import { withLockFile, writeFileAtomic } from '../files.ts';
 import { BasicConstraintsExtension, KeyUsageFlags, KeyUsagesExtension } from '../x509.ts';
 import { validateTrustDomain } from '../spiffe-id.ts';
 import { BundleSet, createBundle } from '../bundle.ts';
@@ -248,12 +248,25 @@ export async function loadCa(dir: string): Promise<CaState> {
   };
 }
 
+/**
+ * Runs a change of ca.json holding its lock: `ambit ca root prepare`, `activate` and `withdraw` are separate processes,
+ * and two that read the same version lost one change (a withdrawal lost kept a withdrawn root in the bundle; two
+ * bundles carried one sequence number).
+ */
+async function withStateLock<T>(dir: string, work: () => Promise<T>): Promise<T> {
+  return await withLockFile(`${statePath(dir)}.lock`, 'another ambit ca root command', work);
+}
+
 function bump(state: StateFile): void {
   state.sequence = (BigInt(state.sequence) + 1n).toString();
 }
 
 /** Publishes a new authority in the bundle without signing with it yet. */
 export async function prepareAuthority(dir: string, options: NewAuthorityOptions = {}): Promise<string> {
+  return await withStateLock(dir, () => prepareLocked(dir, options));
+}
+
+async function prepareLocked(dir: string, options: NewAuthorityOptions): Promise<string> {
   const state = await readState(dir);
   if (state.authorities.some((authority) => authority.state === 'prepared')) {
     // Withdraw takes only authorities that have signed (published but no longer active): a prepared one can only be
@@ -270,6 +283,10 @@ export async function prepareAuthority(dir: string, options: NewAuthorityOptions
 
 /** Signs with the prepared authority from now on; the previous one stays in the bundle. */
 export async function activateAuthority(dir: string, now = new Date()): Promise<string> {
+  return await withStateLock(dir, () => activateLocked(dir, now));
+}
+
+async function activateLocked(dir: string, now: Date): Promise<string> {
   const state = await readState(dir);
   const prepared = state.authorities.find((authority) => authority.state === 'prepared');
   if (!prepared) throw new AmbitError('CA_STATE', `${dir}: no prepared authority to activate (run \`ambit ca root prepare\` first)`);
@@ -302,6 +319,10 @@ export interface Withdrawal {
 }
 
 export async function withdrawAuthorities(dir: string, when: WithdrawWhen, now = new Date()): Promise<Withdrawal> {
+  return await withStateLock(dir, () => withdrawLocked(dir, when, now));
+}
+
+async function withdrawLocked(dir: string, when: WithdrawWhen, now: Date): Promise<Withdrawal> {
   const state = await readState(dir);
   const retiring = state.authorities.filter((authority) => authority.state === 'published').map((authority) => authority.name);
   if (retiring.length === 0) throw new AmbitError('CA_STATE', `${dir}: no published-but-inactive authority to withdraw`);

@@ -313,6 +313,38 @@ describe('root rotation: prepare, activate, withdraw', () => {
   });
 });
 
+describe('root commands run at the same time', () => {
+  // Each is its own process in practice (ambit ca root ...); here two in one process, their reads and writes
+  // interleaved as two processes' can be.
+  it('keep both changes: a withdrawal and a preparation together leave the old root withdrawn and the new one published', async () => {
+    const dir = caDir();
+    const first = await initCa(dir, TD);
+    await prepareAuthority(dir);
+    await activateAuthority(dir);
+    const before = await loadCa(dir);
+    const [withdrawal, prepared] = await Promise.all([withdrawAuthorities(dir, { graceMs: 0 }), prepareAuthority(dir)]);
+    expect(withdrawal.withdrawn).toEqual([first.active.name]);
+    const after = await loadCa(dir);
+    expect(after.authorities.map((authority) => [authority.name, authority.state])).toEqual([[first.active.name, 'retired'], ['a2', 'active'], [prepared, 'prepared']]);
+    // The withdrawn root is out of the bundle, and each change moved the sequence on.
+    expect(after.bundle.roots.map(fingerprintOf)).not.toContain(fingerprintOf(first.active.root));
+    expect(after.bundle.roots).toHaveLength(2);
+    expect(after.sequence).toBe(before.sequence + 2n);
+  });
+
+  it('refuse, after waiting, while another holds ca.json, naming its lock', async () => {
+    const dir = caDir();
+    await initCa(dir, TD);
+    await writeFile(`${caStateFile(dir)}.lock`, 'another holder');
+    const refused = await prepareAuthority(dir).catch((error: unknown) => error as AmbitError);
+    expect(refused).toBeInstanceOf(AmbitError);
+    expect((refused as AmbitError).code).toBe('CA_STATE');
+    expect((refused as AmbitError).message).toContain('ca.json.lock: held by another process');
+    await unlink(`${caStateFile(dir)}.lock`);
+    expect(await prepareAuthority(dir)).toBe('a2');
+  }, 15_000);
+});
+
 describe('naming a new authority', () => {
   it('never reuses the name of an authority still in use after an older one was removed by hand', async () => {
     const dir = caDir();
