@@ -16,7 +16,7 @@ import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
-import { sessionHasRoom, streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
+import { streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
 import type { WindowOptions } from './window.ts';
 import { cutSession } from './copy.ts';
 import { SessionSocket } from './session-socket.ts';
@@ -268,10 +268,7 @@ export class HbonePool {
   async #acquire(bucket: Bucket, sourceIdentity: string, endpoint: Endpoint): Promise<PooledSession> {
     for (;;) {
       for (const entry of bucket.sessions) {
-        // sessionHasRoom: whether the stream fits the session's budget at the windows its server has acknowledged or
-        // may still acknowledge (window.ts). One that does not (streams opened faster than the server acknowledges
-        // the narrower window, or a server that never does) goes on another session, dialled if need be.
-        if (entry.usable && entry.streams < entry.maxStreams && sessionHasRoom(entry.session)) {
+        if (entry.usable && entry.streams < entry.maxStreams) {
           entry.streams++;
           streamOpened(entry.session);
           return entry;
