@@ -24,6 +24,7 @@ import { silentLogger } from '../../src/observe/log.ts';
 import { HbonePool, TunnelError } from '../../src/proxy/pool.ts';
 import type { Endpoint } from '../../src/proxy/routes.ts';
 import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
+import { frame, literalHeader } from '../helpers/h2-frames.ts';
 
 const P = 62;
 const CLIENT_IP = nodeIp(P, 0, 20); // client-1, on node-a
@@ -351,20 +352,6 @@ const FRAME_GOAWAY = 0x7;
 const FLAG_ACK = 0x1;
 const FLAG_END_HEADERS = 0x4;
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-
-function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const header = Buffer.alloc(9);
-  header.writeUIntBE(payload.length, 0, 3);
-  header[3] = type;
-  header[4] = flags;
-  header.writeUInt32BE(streamId, 5);
-  return Buffer.concat([header, payload]);
-}
-
-/** HPACK "literal header field without indexing, new name" (RFC 7541 §6.2.2), for short strings. */
-function literalHeader(name: string, value: string): Buffer {
-  return Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
-}
 
 function connectHeadersFrame(streamId: number, authority: string): Buffer {
   return frame(FRAME_HEADERS, FLAG_END_HEADERS, streamId, Buffer.concat([literalHeader(':method', 'CONNECT'), literalHeader(':authority', authority)]));

@@ -16,6 +16,7 @@ import { parseConfigText } from '../../src/config/loader.ts';
 import { buildSnapshot } from '../../src/config/snapshot.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { HttpInspector } from '../../src/proxy/l7.ts';
+import { frame } from '../helpers/h2-frames.ts';
 
 const POLICY = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -72,15 +73,6 @@ const rawH2Workload: Server = createServer((socket) => {
     }
   });
 });
-
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream, 5);
-  return Buffer.concat([head, payload]);
-}
 
 const h2Workload = http2.createServer();
 h2Workload.on('stream', (stream) => {

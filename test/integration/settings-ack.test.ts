@@ -22,6 +22,7 @@ import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 import { podYaml, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+import { frame, literalHeader } from '../helpers/h2-frames.ts';
 
 const ECHO_IP = '127.81.0.10'; // 127.81 is this file's
 const HOLD_PORT = 7001; // accepts and never reads: the tunnels stay open
@@ -92,19 +93,9 @@ async function refused(reason: string): Promise<number> {
   return values.filter((v) => v.labels.reason === reason).reduce((sum, v) => sum + v.value, 0);
 }
 
-function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const header = Buffer.alloc(9);
-  header.writeUIntBE(payload.length, 0, 3);
-  header[3] = type;
-  header[4] = flags;
-  header.writeUInt32BE(streamId, 5);
-  return Buffer.concat([header, payload]);
-}
-
 /** A HEADERS frame (END_HEADERS) of a CONNECT, its fields as HPACK literals without indexing. */
 function connectHeaders(streamId: number, authority: string): Buffer {
-  const literal = (name: string, value: string) => Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
-  return frame(1, 0x4, streamId, Buffer.concat([literal(':method', 'CONNECT'), literal(':authority', authority)]));
+  return frame(1, 0x4, streamId, Buffer.concat([literalHeader(':method', 'CONNECT'), literalHeader(':authority', authority)]));
 }
 
 /**
