@@ -12,9 +12,10 @@ export const H2_SESSION_BUFFER_BYTES = 32 * 1024 * 1024;
 export const H2_MIN_STREAM_WINDOW_BYTES = 128 * 1024;
 /**
  * The stream window a session's first SETTINGS advertises, before it carries a stream: the narrowest, at which the
- * most streams a peer may open at once (200 × 128 KiB) fit H2_SESSION_BUFFER_BYTES. window.ts widens it as the first
- * stream opens (the peer applies that on receipt, before the CONNECT's answer, so one tunnel loses nothing). Opening
- * at 4 MiB, a burst of streams before the peer had acknowledged any narrower window held 4 MiB each.
+ * most streams a peer may open at once (200 × 128 KiB) fit H2_SESSION_BUFFER_BYTES. window.ts widens it once a
+ * stream is answered (the server sends that before its 200, the client as the 200 arrives: a tunnel's first bytes
+ * wait a round trip at most). Opening at 4 MiB, a burst of streams before the peer had acknowledged any narrower
+ * window held 4 MiB each.
  */
 export const H2_OPENING_STREAM_WINDOW_BYTES = H2_MIN_STREAM_WINDOW_BYTES;
 /**

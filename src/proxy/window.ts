@@ -18,7 +18,7 @@
 // (refusing, or on the pool's side not placing, a stream past the budget at the widest window the peer has
 // acknowledged or may still acknowledge) refused a prompt client's burst within one round trip of a widening, and the
 // pool, placing none there, dialled 3-5 sessions where one served, for 5-15 % more CPU per request.
-import type { Http2Session, Settings } from 'node:http2';
+import type { Http2Session } from 'node:http2';
 import { H2_MAX_UNACKNOWLEDGED_SETTINGS, H2_MIN_STREAM_WINDOW_BYTES, H2_OPENING_STREAM_WINDOW_BYTES, H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from './settings.ts';
 
 /** The stream window for a session with `open` streams. */
@@ -49,7 +49,7 @@ interface WindowState {
   timer: NodeJS.Timeout | undefined;
   readonly options: WindowOptions;
   /** The acknowledgement callback of every SETTINGS this session sends: one per session, not one per SETTINGS. */
-  readonly onAck: (error: Error | null, settings?: Settings) => void;
+  readonly onAck: (error: Error | null) => void;
 }
 
 const states = new WeakMap<Http2Session, WindowState>();
@@ -65,7 +65,7 @@ export function trackWindows(session: Http2Session, options: WindowOptions): voi
     pending: 0,
     timer: undefined,
     options,
-    onAck: (error, settings) => settingsAcknowledged(session, state, error, settings),
+    onAck: (error) => settingsAcknowledged(state, error),
   };
   states.set(session, state);
 }
@@ -115,8 +115,8 @@ function adjust(session: Http2Session, state: WindowState, widen: boolean): void
   if (state.pending++ === 0) state.timer = setTimeout(onAckTimeout, state.options.ackTimeoutMs, session).unref();
 }
 
-function settingsAcknowledged(session: Http2Session, state: WindowState, error: Error | null, settings: Settings | undefined): void {
-  if (error !== null || settings === undefined) {
+function settingsAcknowledged(state: WindowState, error: Error | null): void {
+  if (error !== null) {
     // Cancelled: the session is gone.
     clearTimeout(state.timer);
     state.timer = undefined;
