@@ -15,7 +15,7 @@
 import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource, CompiledValues, Decision, WorkloadPolicies } from './compile.ts';
 import { ALLOW_NO_POLICY } from './compile.ts';
 import type { Term, Vocabularies, Vocabulary, WorkloadIndex } from './index.ts';
-import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, HEADERS_ROW, HEADER_ROW, L_HEADERS, P_FREE, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
+import { HOST_ROW, L_ALL, L_HTTP, L_RECHECK, RECHECK_IP, RECHECK_METHOD, RECHECK_NAMESPACE, RECHECK_PRINCIPAL, L_CHECK_L4, L_CHECK_REQUEST, L_DENY_WORDS, L_HOST, L_IP, L_L4_RULES, L_METHOD, L_NAMESPACE, L_PATH, L_PORTS_RESOLVED, L_PRINCIPAL, L_SLOT_BASE, L_WORDS, METHOD_ROW, NAMESPACE_ROW, PATH_ROW, PRINCIPAL_ROW, SOURCE_ROW, HEADERS_ROW, HEADER_ROW, L_HEADERS, P_FREE, ipMask, listFor, patternMask, scratchFor, stringMask } from './index.ts';
 import type { IpAddress, StringMatcher } from './match.ts';
 import { parseIp } from './match.ts';
 
@@ -264,6 +264,21 @@ function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsReso
   if (recheck !== 0 && source !== null) {
     if ((recheck & RECHECK_PRINCIPAL) !== 0 && !sourcePrincipalMatches(source, ctx.sourcePrincipal)) return false;
     if ((recheck & RECHECK_NAMESPACE) !== 0 && !sourceNamespaceMatches(source, ctx.sourceNamespace)) return false;
+    if ((recheck & RECHECK_IP) !== 0 && !sourceIpMatches(source, ctx, ignoreL7)) return false;
+  }
+  // A rule too large to expand: the side its terms do not carry, in full.
+  const sources = term.checkSources;
+  if (sources !== null) {
+    let any = NO;
+    for (let i = 0; i < sources.length; i++) if (sourceMatches(sources[i] as CompiledSource, ctx, ignoreL7)) { any = YES; break; }
+    if (any === NO) return false;
+  }
+  const operations = term.checkOperations;
+  if (operations !== null) {
+    let any = NO;
+    const deny = term.rule.policy.action === 'DENY';
+    for (let i = 0; i < operations.length; i++) if (operationMatches(operations[i] as CompiledOperation, ctx, ignoreL7, deny)) { any = YES; break; }
+    if (any === NO) return false;
   }
   const operation = term.operation;
   if (operation !== null) {

@@ -20,12 +20,20 @@ import type { CompiledCondition, CompiledOperation, CompiledRule, CompiledSource
 import type { IpAddress, StringMatcher } from './match.ts';
 import { CidrSet, parseIp } from './match.ts';
 
-/** One (source, operation) pair of a rule; null stands for an absent `from` or `to`. */
+/**
+ * One (source, operation) pair of a rule; null stands for an absent `from` or `to`. A rule with more pairs than
+ * indexLimits.maxTermsPerRule has one term per item of its longer side instead, the other side left to `checkSources` or
+ * `checkOperations`: checked in full for each candidate, as the masks do not constrain it.
+ */
 export interface Term {
   readonly rule: CompiledRule;
   readonly source: CompiledSource | null;
   readonly operation: CompiledOperation | null;
+  readonly checkSources: readonly CompiledSource[] | null;
+  readonly checkOperations: readonly CompiledOperation[] | null;
 }
+
+
 
 // Wildcard kinds, as Istio writes them: `*` (any non-empty value; any value at all for a header), `x*`, `*x`.
 const PRESENCE = 0;
@@ -248,6 +256,7 @@ const LIST_HEADER = 17;
 export const RECHECK_PRINCIPAL = 1;
 export const RECHECK_NAMESPACE = 2;
 export const RECHECK_METHOD = 4;
+export const RECHECK_IP = 8;
 
 /**
  * A workload's rules for every destination port, for decisions. `data` starts with the port table (count, the
@@ -315,8 +324,15 @@ function termsOf(rule: CompiledRule, port: number | null, portsResolved: boolean
     }
     operations.push(operation);
   }
+  const sources = rule.from ?? [null];
   const terms: Term[] = [];
-  for (const source of rule.from ?? [null]) for (const operation of operations) terms.push({ rule, source, operation });
+  if (rule.from !== null && rule.from.length > 1 && operations.length > 1 && rule.from.length * operations.length > indexLimits.maxTermsPerRule) {
+    const checked = operations as CompiledOperation[]; // `to` present: no null among them
+    if (rule.from.length >= checked.length) for (const source of rule.from) terms.push({ rule, source, operation: null, checkSources: null, checkOperations: checked });
+    else for (const operation of checked) terms.push({ rule, source: null, operation, checkSources: rule.from, checkOperations: null });
+    return terms;
+  }
+  for (const source of sources) for (const operation of operations) terms.push({ rule, source, operation, checkSources: null, checkOperations: null });
   return terms;
 }
 
@@ -335,10 +351,18 @@ function wildcardsOf(matcher: StringMatcher): [number, string][] {
 }
 
 /**
- * Ints of key masks one string dimension of one list may take (4 MiB). An object so the tests can lower it and
- * drive every decision through the per-term fallback.
+ * Ints of key masks one string dimension of one list may take (4 MiB). An object so the tests can lower them and
+ * drive every decision through the per-term fallbacks.
  */
-export const indexLimits = { maxKeyMaskInts: 1 << 20 };
+export const indexLimits = {
+  maxKeyMaskInts: 1 << 20,
+  /**
+   * Pairs past which a rule is not expanded into terms. A rule is (any source) AND (any operation): expanded, 2,000
+   * sources and 2,000 paths made four million terms, and masks of keys × terms no array holds. This keeps the terms
+   * linear in the rule's size.
+   */
+  maxTermsPerRule: 64,
+};
 /** buildStringDimension's answer for a field too large to index: its terms are checked one by one. */
 const TOO_LARGE = -2;
 
@@ -425,6 +449,17 @@ function buildStringDimension(terms: readonly (Term | null)[], patterns: Pattern
   return header;
 }
 
+/** The distinct blocks a list's sources name, each a mask or up to four (blocks, remote, and their `not`s). */
+function distinctBlocks(terms: readonly (Term | null)[]): number {
+  const blocks = new Set<string>();
+  for (const term of terms) {
+    const source = term?.source;
+    if (!source) continue;
+    for (const set of [source.ipBlocks, source.remoteIpBlocks, source.notIpBlocks, source.notRemoteIpBlocks]) for (const block of set?.blocks ?? []) blocks.add(block);
+  }
+  return blocks.size;
+}
+
 function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Sets: CidrSet[]): number {
   interface Entry { readonly block: string; blocksAt: number; remoteAt: number; negAt: number; negRemoteAt: number }
   let constrained = false;
@@ -433,6 +468,7 @@ function buildIpDimension(terms: readonly (Term | null)[], layout: Layout, v6Set
     if (source && (source.ipBlocks !== null || source.notIpBlocks !== null || source.remoteIpBlocks !== null || source.notRemoteIpBlocks !== null)) constrained = true;
   }
   if (!constrained) return -1;
+  if (distinctBlocks(terms) * layout.words > indexLimits.maxKeyMaskInts) return TOO_LARGE;
   const entries = new Map<string, Entry>();
   const note = (set: CidrSet | null, slot: number, field: 'blocksAt' | 'remoteAt' | 'negAt' | 'negRemoteAt') => {
     if (set === null) return;
@@ -542,6 +578,18 @@ function writeTrie(root: TrieBuild, layout: Layout): number {
  */
 function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patterns, layout: Layout): number {
   if (!terms.some((term) => term !== null && patterns(term).some((matcher) => matcher !== null))) return -1;
+  // Each distinct pattern is a node with up to four masks: past the bound the field is checked per term instead.
+  const distinct = new Set<string>();
+  for (const term of terms) {
+    if (term === null) continue;
+    for (const matcher of patterns(term)) {
+      if (matcher === null) continue;
+      for (const value of matcher.exact) distinct.add(`=${value}`);
+      for (const prefix of matcher.prefixes) distinct.add(`^${prefix}`);
+      for (const suffix of matcher.suffixes) distinct.add(`$${suffix}`);
+    }
+  }
+  if (distinct.size * layout.words > indexLimits.maxKeyMaskInts) return TOO_LARGE;
   const header = layout.ints(PATTERN_HEADER);
   const baseAt = layout.mask();
   const freeAt = layout.mask();
@@ -623,7 +671,7 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
     if (!term.rule.l7) layout.setBit(l4RulesAt, slot);
     const operation = term.operation;
     // Conditions on request headers only are settled by the header dimensions (and pass when HTTP fields are ignored).
-    const checkL4 = (term.rule.when !== null && headerConditionsOf(term.rule) === null) || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null));
+    const checkL4 = (term.rule.when !== null && headerConditionsOf(term.rule) === null) || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null)) || term.checkSources !== null || term.checkOperations !== null;
     if (checkL4) layout.setBit(checkL4At, slot);
     if (checkL4 || (!list.http && operation !== null && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null))) layout.setBit(checkRequestAt, slot);
   }
@@ -644,11 +692,31 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
   const namespace = dimension(namespacesOf, vocabularies.namespaces, RECHECK_NAMESPACE, false);
   // Methods count only per request: with HTTP fields ignored, a term's methods never decide.
   const method = dimension(methodsOf, vocabularies.methods, RECHECK_METHOD, true);
-  const ip = buildIpDimension(terms, layout, v6Sets);
+  let ip = buildIpDimension(terms, layout, v6Sets);
+  if (ip === TOO_LARGE) {
+    ip = -1;
+    recheck |= RECHECK_IP;
+    terms.forEach((term, slot) => {
+      const source = term?.source;
+      if (!source || (source.ipBlocks === null && source.notIpBlocks === null && source.remoteIpBlocks === null && source.notRemoteIpBlocks === null)) return;
+      layout.setBit(checkL4At, slot);
+      layout.setBit(checkRequestAt, slot);
+    });
+  }
   const headers = buildHeaderDimensions(terms, layout, vocabularies, checkRequestAt);
-  const path = list.http ? buildPatternDimension(terms, pathsOf, layout) : -1;
-  const host = list.http ? buildPatternDimension(terms, hostsOf, layout) : -1;
-  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0, path, host, list.http ? 1 : 0, recheck, headers]);
+  let path = list.http ? buildPatternDimension(terms, pathsOf, layout) : -1;
+  let host = list.http ? buildPatternDimension(terms, hostsOf, layout) : -1;
+  // A dimension too large to index leaves hosts and paths to the per-term check, as on a port whose requests are not read.
+  const settled = list.http && path !== TOO_LARGE && host !== TOO_LARGE;
+  if (path === TOO_LARGE) path = -1;
+  if (host === TOO_LARGE) host = -1;
+  if (list.http && !settled) {
+    terms.forEach((term, slot) => {
+      const operation = term?.operation;
+      if (operation && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null)) layout.setBit(checkRequestAt, slot);
+    });
+  }
+  layout.write(header, [words, denyWords, slotBase, l4RulesAt, checkL4At, checkRequestAt, allAt, principal, namespace, method, ip, list.portsResolved ? 1 : 0, path, host, settled ? 1 : 0, recheck, headers]);
   return header;
 }
 

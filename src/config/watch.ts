@@ -61,8 +61,9 @@ export interface WatchOptions {
   /** When set, the initial load and every accepted change are written to it. */
   auditLog?: AuditLog;
   /**
-   * What a change may not alter while the process runs (the trust domain; the HBONE port the proxy listens on): the
-   * reason to refuse it, reported as CONFIG_FIELD with the last good configuration kept, or undefined to take it.
+   * The caller's own judgement of a valid change (what may not alter while the process runs; whether its policies
+   * compile): the reason to refuse it, reported as CONFIG_FIELD with the last good configuration kept, or undefined
+   * to take it.
    */
   accept?(next: ConfigSnapshot, prev: ConfigSnapshot): string | undefined;
 }
@@ -288,7 +289,7 @@ class DirectoryWatcher implements ConfigWatcher {
     this.#emptiedReported = undefined;
     const refusal = this.#options.accept?.(next, prev);
     if (refusal !== undefined) {
-      this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force (restart to change it)`), 'rejected');
+      this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force`), 'rejected');
       return;
     }
     this.#snapshot = next;

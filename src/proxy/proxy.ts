@@ -221,8 +221,15 @@ export class NodeProxy {
       // under a running mesh, the first would leave the node without certificates the CA will renew, the second send
       // every peer to a port nobody listens on.
       accept: (next, prev) => {
-        if (next.mesh.trustDomain !== prev.mesh.trustDomain) return `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}"`;
-        if (options.hbonePort === undefined && next.mesh.ports.hbone !== prev.mesh.ports.hbone) return `MeshConfig spec.ports.hbone changed from ${prev.mesh.ports.hbone} to ${next.mesh.ports.hbone}, where this proxy does not listen`;
+        if (next.mesh.trustDomain !== prev.mesh.trustDomain) return `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}" (restart to change it)`;
+        if (options.hbonePort === undefined && next.mesh.ports.hbone !== prev.mesh.ports.hbone) return `MeshConfig spec.ports.hbone changed from ${prev.mesh.ports.hbone} to ${next.mesh.ports.hbone}, where this proxy does not listen (restart to change it)`;
+        // Compiled here (once: authorizationOf keeps it), so a change the matchers cannot be built from is refused and the
+        // last good policies keep deciding, instead of every decision of the node denying until the next change.
+        try {
+          authorizationOf(next);
+        } catch (error) {
+          return `the authorization policies could not be compiled (${(error as Error).message})`;
+        }
         return undefined;
       },
     });

@@ -295,7 +295,7 @@ describe('the compiled matcher and the reference evaluator', () => {
     expect(wide, `of ${probes} probes`).toBeGreaterThan(probes / 40);
   });
 
-  it('agree when principals, namespaces and methods are too many to index and are checked rule by rule', () => {
+  it('agree when principals, namespaces, methods, IP blocks, paths and hosts are too many to index and are checked rule by rule', () => {
     const outcomes = new Map<Outcome, number>();
     const saved = indexLimits.maxKeyMaskInts;
     indexLimits.maxKeyMaskInts = 0;
@@ -309,6 +309,24 @@ describe('the compiled matcher and the reference evaluator', () => {
       );
     } finally {
       indexLimits.maxKeyMaskInts = saved;
+    }
+    for (const outcome of ['allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match'] as const) expect(outcomes.get(outcome) ?? 0, outcome).toBeGreaterThan(0);
+  });
+
+  it('agree when rules have too many (source, operation) pairs to expand and one side is checked in full', () => {
+    const outcomes = new Map<Outcome, number>();
+    const saved = indexLimits.maxTermsPerRule;
+    indexLimits.maxTermsPerRule = 1;
+    try {
+      fc.assert(
+        fc.property(worldArb, ({ policies, peerAuthentications, probes: generated }) => {
+          const loaded = loadObjects(objectsOf(policies, peerAuthentications));
+          for (const probe of generated) expectAgreement(loaded, probe, outcomes);
+        }),
+        { numRuns: 300 },
+      );
+    } finally {
+      indexLimits.maxTermsPerRule = saved;
     }
     for (const outcome of ['allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match'] as const) expect(outcomes.get(outcome) ?? 0, outcome).toBeGreaterThan(0);
   });
