@@ -36,6 +36,7 @@ import {
   stringMapField,
 } from '../config/fields.ts';
 import type { FieldIssues, FieldPath, Mapping } from '../config/fields.ts';
+import { normalizePath } from './path.ts';
 import { ENFORCE_ANNOTATION } from './types.ts';
 import type {
   AuthorizationPolicySpec,
@@ -491,7 +492,26 @@ export function checkPath(value: string): string | undefined {
     return `${JSON.stringify(value)}: paths are matched without the query string and fragment; remove the part from "${text.includes('?') ? '?' : '#'}"`;
   }
   if (form !== 'suffix' && !text.startsWith('/')) return `${JSON.stringify(value)} must start with "/" (or "*" for a suffix match)`;
-  return undefined;
+  return unnormalizedPathProblem(value, form, text);
+}
+
+/**
+ * Requests are matched by their normalised path (path.ts): a value with what normalising takes out (`%61`, a
+ * lower-case escape, `\`, `//`, a `.` or `..` segment) matches no request at all, so a DENY written with one denies
+ * nothing. Refused, with the form that matches. A prefix is judged as a path that goes on after it (`/a/..*` may
+ * match `/a/..b`), a suffix as the end of one. Refusing it fails closed (the whole change with it), where Istio accepts the
+ * value and it never matches.
+ */
+function unnormalizedPathProblem(value: string, form: Match['form'], text: string): string | undefined {
+  const [before, after] = form === 'exact' ? ['', ''] : form === 'prefix' ? ['', 'x'] : ['/x', ''];
+  const path = before + text + after;
+  const normalized = normalizePath(path);
+  if (normalized === path) return undefined;
+  if (normalized === null) return `${JSON.stringify(value)} has a "%" not followed by two hex digits: it matches no request`;
+  // No hint for a suffix: a `..` in it may have taken out the part it was written after.
+  const written = normalized.slice(0, normalized.length - after.length);
+  const hint = form === 'suffix' || !normalized.endsWith(after) ? '' : `; write ${JSON.stringify(form === 'exact' ? written : `${written}*`)}`;
+  return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded, other escapes upper-cased, "\\" read as "/", "//" merged, "." and ".." segments resolved)${hint}`;
 }
 
 // ---- selector ----

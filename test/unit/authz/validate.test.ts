@@ -177,6 +177,11 @@ rules:
     spec: { action: 'ALLOW', rules: [{ to: [{ paths: ['/', '/api/*', '*.png', '*', '/shop.v1.Cart/AddItem'], notPaths: ['/admin*'] }] }] },
   },
   {
+    name: 'paths already in normalised form: an upper-case escape, a trailing slash, dots inside a segment, a prefix ending in ".."',
+    yaml: toOperation('paths: ["/files/a%2Fb", "/admin/", "/a..b/.well-known", "/a/..*", "*..png"]', 'DENY'),
+    spec: { action: 'DENY', rules: [{ to: [{ paths: ['/files/a%2Fb', '/admin/', '/a..b/.well-known', '/a/..*', '*..png'] }] }] },
+  },
+  {
     name: 'every when key ambit evaluates, each parsed, with IPs and ports in canonical spelling',
     yaml: when(`
 - key: request.headers[User-Agent]
@@ -383,6 +388,13 @@ const rejects: RejectCase[] = [
   { name: 'a path template', yaml: toOperation('paths: ["/items/{*}"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a path with a query string (matched without it, so it would never match)', yaml: toOperation('notPaths: ["/search?q=admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.notPaths[0]' },
   { name: 'a path with a space', yaml: toOperation('paths: ["/a b"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  // Requests are matched by their normalised path: these match none, and a DENY written with them denied nothing.
+  { name: 'a DENY path with an escaped letter (requests arrive decoded)', yaml: toOperation('paths: ["/%61dmin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path with a lower-case escape (requests arrive upper-cased)', yaml: toOperation('paths: ["/files/a%2fb"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path with a dot segment', yaml: toOperation('paths: ["/x/./admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path prefix with a double slash', yaml: toOperation('paths: ["//admin/*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'an ALLOW notPaths suffix with a dot-dot segment', yaml: toOperation('notPaths: ["*/../secret"]'), field: 'spec.rules[0].to[0].operation.notPaths[0]' },
+  { name: 'a path with a broken escape', yaml: toOperation('paths: ["/a%zz"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a host with a wildcard in the middle', yaml: toOperation('hosts: ["api.*.example.com"]'), field: 'spec.rules[0].to[0].operation.hosts[0]' },
   { name: 'a host with a path', yaml: toOperation('notHosts: ["example.com/admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.notHosts[0]' },
   { name: 'a URL where a host belongs', yaml: toOperation('hosts: ["https://example.com"]'), field: 'spec.rules[0].to[0].operation.hosts[0]' },
