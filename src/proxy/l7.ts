@@ -4,6 +4,7 @@
 // connection goes on, and an allowed request is forwarded to the workload over the tunnel's own upstream
 // connection, unchanged but for hop-by-hop headers and the x-forwarded-client-cert element the proxy appends (as
 // Istio's sidecars do). ztunnel needs a separate Envoy for this.
+import { EventEmitter } from 'node:events';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { http } from '../node-http.ts';
 import * as http2 from 'node:http2';
@@ -1273,7 +1274,9 @@ export class HttpInspector {
     // half-closed one, and the calls in flight would wait for answers forever. (Half-open stays for HTTP/1.1 and
     // WebSocket tunnels, which need it.)
     socket.once('end', () => socket.end());
-    const session = http2.connect('http://upstream.invalid', { createConnection: () => socket });
+    // Push off, as on the HBONE sessions: a pushed stream has no listener here, and one the workload then reset threw
+    // its error out of the process (every tunnel of the node with it). Off, nghttp2 treats a push as a protocol error.
+    const session = http2.connect('http://upstream.invalid', { createConnection: () => socket, settings: { enablePush: false } });
     session.on('error', (error) => this.#logger.debug({ err: error.message }, 'h2c upstream session error'));
     // The workload going away (a graceful restart, a gRPC server's max connection age) is told to the client at
     // once, so it opens its next calls on a new connection; those already open finish.
@@ -1595,7 +1598,23 @@ function judge(state: TunnelState, req: IncomingMessage, headers: readonly strin
 /** The tunnel's HTTP/1.1 client to the workload, on the tunnel's one upstream connection. */
 function upstreamClient(upstream: Socket): Client {
   // The head of an answer may be as large as a request's (undici's default of 16 KiB made a 30 KiB one a 502).
-  return new Client('http://upstream.invalid', { connect: reuseSocket(upstream), pipelining: 1, keepAliveTimeout: 60_000, maxHeaderSize: MAX_RESPONSE_HEADER_BYTES });
+  const client = new Client('http://upstream.invalid', { connect: reuseSocket(upstream), pipelining: 1, keepAliveTimeout: 60_000, maxHeaderSize: MAX_RESPONSE_HEADER_BYTES });
+  // undici re-emits a handler's throw as 'error': without a listener, one outside its parser's try ends the process.
+  EventEmitter.prototype.on.call(client, 'error', ignoreError); // not in undici's typed events
+  return client;
+}
+
+function ignoreError(): void {}
+
+/** Node's check of a reason phrase (and a header value): what it refuses to write, throwing ERR_INVALID_CHAR. */
+const INVALID_REASON = /[^\t\x20-\x7e\x80-\xff]/;
+
+/**
+ * The workload's reason phrase when it can be written on, else the status code's own (Envoy always writes its own):
+ * `200 OK ✓` (undici decodes it as UTF-8) made Node throw, and the client was left without an answer, not even a 502.
+ */
+function reasonPhrase(statusCode: number, statusMessage: string | undefined): string {
+  return statusMessage !== undefined && !INVALID_REASON.test(statusMessage) ? statusMessage : (http.STATUS_CODES[statusCode] ?? '');
 }
 
 /** The head of a response as raw HTTP/1.1, from undici's header object (names lower-case, repeats as arrays). */
@@ -1667,7 +1686,7 @@ class UpgradeForwarder implements Dispatcher.DispatchHandler {
     this.#answered = true;
     // The refusal ends the tunnel: counted once it has, its body with it.
     this.#countAtClose(statusCode);
-    this.#socket.write(responseHead(statusCode, statusMessage ?? http.STATUS_CODES[statusCode] ?? '', forwarded), 'latin1');
+    this.#socket.write(responseHead(statusCode, reasonPhrase(statusCode, statusMessage), forwarded), 'latin1');
     this.#socket.on('drain', () => controller.resume());
     // Refused: the client's input goes nowhere, and unread it would keep the tunnel from closing.
     this.#socket.resume();
@@ -1851,7 +1870,7 @@ function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger
         res.setHeader('connection', 'keep-alive');
         res.setHeader('keep-alive', `timeout=${keepAlive}`);
       }
-      res.writeHead(statusCode, statusMessage, forwardableHeaders(headers as Record<string, string | string[] | undefined>));
+      res.writeHead(statusCode, reasonPhrase(statusCode, statusMessage), forwardableHeaders(headers as Record<string, string | string[] | undefined>));
       // Send the head on its own: in Node 24.21 a corked write of the latin1 head string together with a
       // Buffer body chunk onto an Http2Stream corrupts the head's first bytes (seen here); alone it is fine.
       res.flushHeaders();
@@ -1883,7 +1902,8 @@ function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger
       // The workload's connection, the tunnel's only one, is gone: the tunnel ends after this answer, which must not
       // promise keep-alive (a pooled client would send its next request into the close). Envoy's words for it.
       res.shouldKeepAlive = false;
-      res.writeHead(502, { 'content-type': 'text/plain', 'content-length': UPSTREAM_RESET_BODY.length }).end(UPSTREAM_RESET_BODY);
+      // Its own reason: a phrase the answer's writeHead refused stays on `res`, and would be refused again.
+      res.writeHead(502, 'Bad Gateway', { 'content-type': 'text/plain', 'content-length': UPSTREAM_RESET_BODY.length }).end(UPSTREAM_RESET_BODY);
     },
   };
 }

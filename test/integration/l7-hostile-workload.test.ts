@@ -16,7 +16,7 @@ import { parseConfigText } from '../../src/config/loader.ts';
 import { buildSnapshot } from '../../src/config/snapshot.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { HttpInspector } from '../../src/proxy/l7.ts';
-import { frame } from '../helpers/h2-frames.ts';
+import { frame, literalHeader } from '../helpers/h2-frames.ts';
 
 const POLICY = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -45,11 +45,9 @@ const h1Workload = http.createServer((req, res) => {
   req.on('end', () => res.end(`served ${req.url ?? ''}`));
 });
 
-/**
- * A raw HTTP/2 workload: answers every request with `:status 600` (an HPACK literal of the static table's `:status`),
- * which nghttp2's client takes and Node's server could not send.
- */
-const rawH2Workload: Server = createServer((socket) => {
+/** A raw HTTP/2 workload: its SETTINGS and acknowledgements, and `answer` for each request's HEADERS. */
+function rawH2(answer: (socket: Socket, id: number) => void): Server {
+  return createServer((socket) => {
   socket.on('error', () => {});
   let buffered = Buffer.alloc(0);
   let preface = false;
@@ -68,10 +66,42 @@ const rawH2Workload: Server = createServer((socket) => {
       const id = buffered.readUInt32BE(5) & 0x7fffffff;
       buffered = buffered.subarray(9 + length);
       if (type === 4 && (flags & 1) === 0) socket.write(frame(4, 1, 0, Buffer.alloc(0)));
-      // HEADERS: answered at once, END_STREAM and END_HEADERS.
-      if (type === 1) socket.write(frame(1, 0x5, id, Buffer.from([0x08, 3, ...Buffer.from('600')])));
+      if (type === 1) answer(socket, id);
     }
   });
+  });
+}
+
+/**
+ * Answers every request with `:status 600` (an HPACK literal of the static table's `:status`), which nghttp2's client
+ * takes and Node's server could not send; END_STREAM and END_HEADERS.
+ */
+const rawH2Workload = rawH2((socket, id) => socket.write(frame(1, 0x5, id, Buffer.from([0x08, 3, ...Buffer.from('600')]))));
+
+/**
+ * Pushes: a PUSH_PROMISE of stream 2 (`GET /pushed`), the request's answer, then the promised stream reset, or the
+ * connection. A pushed stream had no listener in the proxy, and its reset ended the process.
+ */
+function pushingWorkload(then: 'reset-stream' | 'reset-connection'): Server {
+  return rawH2((socket, id) => {
+    const promised = Buffer.alloc(4);
+    promised.writeUInt32BE(2);
+    // :method GET (static 2), :scheme http (static 6), then :path and :authority as literals.
+    socket.write(frame(5, 0x4, id, Buffer.concat([promised, Buffer.from([0x82, 0x86]), literalHeader(':path', '/pushed'), literalHeader(':authority', 'web.shop')])));
+    socket.write(frame(1, 0x5, id, Buffer.from([0x88]))); // :status 200 (static 8)
+    setTimeout(() => {
+      if (then === 'reset-connection') return void socket.resetAndDestroy();
+      const code = Buffer.alloc(4);
+      code.writeUInt32BE(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+      socket.write(frame(3, 0, 2, code));
+    }, 50);
+  });
+}
+
+/** Answers `200 OK ✓`: a reason phrase Node refuses to write (undici reads the bytes as UTF-8). */
+const badReasonWorkload = createServer((socket) => {
+  socket.on('error', () => {});
+  socket.on('data', () => socket.write(Buffer.concat([Buffer.from('HTTP/1.1 200 '), Buffer.from('OK ✓', 'utf8'), Buffer.from('\r\ncontent-length: 5\r\n\r\nhello')])));
 });
 
 const h2Workload = http2.createServer();
@@ -87,6 +117,9 @@ const targets: Record<string, { server: { address(): AddressInfo | string | null
   'h1': { server: h1Workload, version: 'http1' },
   'raw-h2': { server: rawH2Workload, version: 'http2' },
   'h2': { server: h2Workload, version: 'http2' },
+  'bad-reason': { server: badReasonWorkload, version: 'http1' },
+  'push-reset-stream': { server: pushingWorkload('reset-stream'), version: 'http2' },
+  'push-reset-connection': { server: pushingWorkload('reset-connection'), version: 'http2' },
 };
 
 beforeAll(async () => {
@@ -121,6 +154,25 @@ async function h2cTo(target: string): Promise<{ session: http2.ClientHttp2Sessio
   const session = http2.connect('http://web.shop', { createConnection: () => tunnel as Duplex as Socket });
   session.on('error', () => {});
   return { session, close: () => outer.destroy() };
+}
+
+/** What an HTTP/1.1 client in a tunnel to the named workload reads until the tunnel ends or 300 ms pass. */
+async function h1To(target: string, request: string): Promise<string> {
+  const outer = http2.connect(`http://127.0.0.1:${frontPort}`);
+  outer.on('error', () => {});
+  const tunnel = outer.request({ ':method': 'CONNECT', ':authority': target });
+  tunnel.on('error', () => {});
+  await new Promise((resolve) => tunnel.once('response', resolve));
+  let read = '';
+  tunnel.setEncoding('latin1');
+  tunnel.on('data', (chunk: string) => (read += chunk));
+  tunnel.write(request);
+  await new Promise((resolve) => {
+    tunnel.once('close', resolve);
+    setTimeout(resolve, 300);
+  });
+  outer.destroy();
+  return read;
 }
 
 interface Answer {
@@ -177,6 +229,45 @@ describe('an inspected h2c tunnel whose workload answers what HTTP/2 cannot carr
       ordinary.close();
     }
   });
+});
+
+describe('an inspected tunnel to an HTTP/1.1 workload whose reason phrase cannot be written', () => {
+  it("answers with the status code's own phrase, to an HTTP/1.1 client and to an h2c one", async () => {
+    const read = await h1To('bad-reason', 'GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+    expect(read.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+    expect(read.endsWith('\r\n\r\nhello')).toBe(true);
+    const { session, close } = await h2cTo('bad-reason');
+    try {
+      expect(await call(session, '/')).toMatchObject({ status: 200, body: 'hello', rstCode: 0 });
+    } finally {
+      close();
+    }
+  });
+});
+
+describe('an inspected tunnel to an HTTP/2 workload that pushes', () => {
+  for (const then of ['reset-stream', 'reset-connection'] as const) {
+    it(`refuses the push, ends what it cannot answer, and goes on, when the workload then does ${then}`, async () => {
+      const pushing = await h2cTo(`push-${then}`);
+      try {
+        // The push is a protocol error of the workload's session: the request is answered 502, as one it reset.
+        expect(await call(pushing.session, '/x')).toMatchObject({ status: 502, rstCode: 0 });
+        // An HTTP/1.1 client of the same kind of workload (its requests share the tunnel's HTTP/2 session).
+        const h1 = await h1To(`push-${then}`, 'GET /y HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+        expect(h1.split('\r\n')[0]).toBe('HTTP/1.1 502 Bad Gateway');
+      } finally {
+        pushing.close();
+      }
+      // Waits out the workload's reset, then: the process and other tunnels go on.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const ordinary = await h2cTo('h2');
+      try {
+        expect(await call(ordinary.session, '/after')).toMatchObject({ status: 200, body: 'served h2', rstCode: 0 });
+      } finally {
+        ordinary.close();
+      }
+    });
+  }
 });
 
 describe('an inspected h2c tunnel to an HTTP/1.1 workload, its connection held by an upload never finished', () => {
