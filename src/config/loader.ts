@@ -31,7 +31,8 @@ export const MAX_CONFIG_FILE_BYTES = 32 * 1024 * 1024;
 export const MAX_CONFIG_ITEMS = 1_500_000;
 /** yaml's default; bounds the expansion of aliases ("billion laughs"). */
 const MAX_ALIAS_COUNT = 100;
-const CONFIG_FILE = /\.ya?ml$/i;
+/** `.json` too, as `kubectl apply -f DIR` reads it: a DENY policy kept in one was skipped without a word. JSON is YAML. */
+const CONFIG_FILE = /\.(ya?ml|json)$/i;
 
 export async function loadConfigDir(dir: string, options: LoadOptions = {}): Promise<ConfigSnapshot> {
   const root = resolve(dir);
@@ -41,6 +42,7 @@ export async function loadConfigDir(dir: string, options: LoadOptions = {}): Pro
   for (const file of files) {
     const text = await readConfigFile(root, file, issues);
     if (text === undefined) continue;
+    if (isOtherJson(file, text)) continue;
     let parsed: ParsedText;
     try {
       parsed = parseDocuments(text, file);
@@ -84,7 +86,22 @@ export interface ConfigFileList {
 }
 
 /**
- * The `.yaml`/`.yml` files under dir, at any depth, following symbolic links. Names starting with "." are skipped,
+ * A `.json` file that is not a configuration object (no `kind`, no `apiVersion`): a federation's trust bundle kept in
+ * the directory (its `bundleFile`), or other data. Not read as configuration, as before `.json` files were read.
+ */
+function isOtherJson(file: string, text: string): boolean {
+  if (!/\.json$/i.test(file)) return false;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return false; // the YAML reader names what is wrong, with its line
+  }
+  return value !== null && typeof value === 'object' && !Array.isArray(value) && !('kind' in value) && !('apiVersion' in value);
+}
+
+/**
+ * The `.yaml`/`.yml`/`.json` files under dir, at any depth, following symbolic links. Names starting with "." are skipped,
  * which also skips the `..data` and `..2024_...` directories of a Kubernetes ConfigMap volume (their files are
  * reached through the top-level links, once). Throws ConfigError (FILE_READ) when dir itself cannot be read.
  */

@@ -39,6 +39,22 @@ describe('loadConfigDir accepts', () => {
     expect(snapshot.objects.map((object) => object.kind)).toEqual(['MeshConfig']);
   });
 
+  it('reads objects in .json files, as `kubectl apply -f DIR` does, and leaves a trust bundle kept there alone', async () => {
+    const deny = { apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-all', namespace: 'shop' }, spec: { action: 'DENY', rules: [{}] } };
+    const dir = await configDir({
+      'mesh.yaml': meshYaml(),
+      'policies/deny.json': JSON.stringify(deny, null, '\t'),
+      'list.JSON': JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ ...deny, metadata: { name: 'deny-more', namespace: 'shop' } }] }),
+      'bundles/partner.example.json': JSON.stringify({ keys: [], spiffe_refresh_hint: 300 }),
+    });
+    const snapshot = await loadConfigDir(dir);
+    expect(snapshot.objects.map((object) => `${object.kind} ${object.metadata.name} ${object.source.file}:${object.source.line}`)).toEqual([
+      'AuthorizationPolicy deny-more list.JSON:1',
+      'MeshConfig mesh mesh.yaml:1',
+      'AuthorizationPolicy deny-all policies/deny.json:1',
+    ]);
+  });
+
   it('fills in the defaults: namespace, service account, mesh ports, egress and certificate lifetime', async () => {
     const dir = await configDir({ 'mesh.yaml': meshYaml('example.org'), 'pod.yaml': podYaml({ name: 'web', node: 'node-a', ip: '10.0.0.1' }) });
     const snapshot = await loadConfigDir(dir);
@@ -164,6 +180,13 @@ interface RejectCase {
 const pod = (fields: Parameters<typeof podYaml>[0]) => podYaml({ node: 'node-a', ip: '10.0.0.1', ...fields });
 
 const rejectCases: RejectCase[] = [
+  {
+    name: 'a .json file that is not JSON, with its line',
+    files: { 'deny.json': '{\n  "apiVersion": "security.istio.io/v1",\n  "kind": "AuthorizationPolicy",\n  "metadata": { "name": "x", "namespace": "shop" ],\n}\n' },
+    code: 'CONFIG_YAML',
+    file: 'deny.json',
+    line: 4,
+  },
   {
     name: 'a DestinationRule asking for TLS origination (ambit would send that traffic in plaintext)',
     files: { 'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: api, namespace: shop }\nspec:\n  host: api.example.com\n  trafficPolicy:\n    portLevelSettings:\n      - port: { number: 8080 }\n        tls: { mode: SIMPLE }\n' },
