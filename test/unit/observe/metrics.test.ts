@@ -223,6 +223,28 @@ describe('ProxyMetrics', () => {
     expect(await valueOf(registry, 'istio_tcp_sent_bytes_total')).toBe(15);
   });
 
+  it('writes the text exposition with label values escaped and each scrape reading the values of the moment', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry);
+    // A value from a peer's baggage could hold anything: quotes, backslashes and newlines must not break the format.
+    const hostile = workloadLabels({ workload: 'a"b\\c\nd', namespace: 'shop', canonicalService: 'x', canonicalRevision: 'v1', app: 'x', version: 'v1', cluster: 'c', region: '', zone: '' });
+    const meter = metrics.open({ ...INBOUND, source: hostile });
+    meter.update(7, 0);
+    const line = (text: string, name: string) => text.split('\n').find((l) => l.startsWith(`${name}{`)) ?? '';
+    const first = await registry.metrics();
+    expect(line(first, 'istio_tcp_sent_bytes_total')).toContain('source_workload="a\\"b\\\\c\\nd"');
+    expect(line(first, 'istio_tcp_sent_bytes_total').endsWith('} 7')).toBe(true);
+    expect(first.split('\n').every((l) => l === '' || l.startsWith('#') || /^[a-z_]+(\{.*\})? [-+0-9.e]+$|^[a-z_]+(\{.*\})? (NaN|[+-]Inf)$/i.test(l))).toBe(true);
+    meter.update(9, 0);
+    meter.request('http', 200, '', '-', 3, 10, 20);
+    meter.close(9, 0, 'CONNECT');
+    const second = await registry.metrics();
+    expect(line(second, 'istio_tcp_sent_bytes_total').endsWith('} 9')).toBe(true);
+    expect(line(second, 'istio_tcp_connections_failed_total')).toContain('response_flags="CONNECT"');
+    expect(line(second, 'istio_request_duration_milliseconds_bucket')).toMatch(/^istio_request_duration_milliseconds_bucket\{le="0\.5",reporter="destination",.*response_code="200".*\} 0$/);
+    expect(second).toContain('istio_request_duration_milliseconds_sum{reporter="destination"');
+  });
+
   it('sets the pool and workload gauges and counts config reloads by result', async () => {
     const registry = new Registry();
     const metrics = new ProxyMetrics(registry);
