@@ -4,6 +4,7 @@
 import { Counter } from 'prom-client';
 import type { Registry } from 'prom-client';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
+import { LogBudget } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
 import { requestLog } from '../observe/access-log.ts';
 import type { RequestLogRecord } from '../observe/access-log.ts';
@@ -79,6 +80,11 @@ export function destinationStays(connection: InboundConnection, snapshot: Config
 export class InboundAuthorizer {
   readonly #snapshot: () => ConfigSnapshot;
   readonly #logger: Logger;
+  /**
+   * Each denied connection has its access line; this warning, which says why, is kept to 20 every 10 s (the rest at
+   * debug, their number on the next): a mesh peer opening denied connections as fast as it can wrote three lines each.
+   */
+  readonly #denialLogBudget = new LogBudget(10_000, 20);
   /** Reused by every decision (they run one at a time): what it found to log, with nothing allocated. */
   readonly #audited: AuditMatches = { audit: null, dryRunDeny: null, dryRunAllow: null, dryRunUnjudged: null };
   // Decisions are preallocated per rule, so a decision's count can hang off the decision itself: counting is one
@@ -116,7 +122,7 @@ export class InboundAuthorizer {
     this.#count(decision);
     if (!decision.allow) {
       const note = moment === 'tcp' ? httpFieldsNote(policies, decision, connection.destinationPort) : undefined;
-      this.#logger.warn({ decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, ...(note === undefined ? {} : { note }), source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection denied by policy');
+      this.#denialLogBudget.warn(this.#logger, 'denied', { decision: 'DENY', policy: decision.policy, rule: decision.rule, reason: decision.reason, ...(note === undefined ? {} : { note }), source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection denied by policy');
     } else if (this.#logger.isLevelEnabled('debug')) {
       this.#logger.debug({ decision: 'ALLOW', policy: decision.policy, rule: decision.rule, reason: decision.reason, source: connection.peer.id, destination: connection.destination.identity, port: connection.destinationPort }, 'connection allowed');
     }

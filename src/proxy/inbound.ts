@@ -1010,8 +1010,11 @@ export class HboneInbound {
 
   /** Answers a CONNECT with an error status and logs it (a denial's metrics and access line are its caller's). */
   #refuse(stream: http2.ServerHttp2Stream, status: number, peer: PeerInfo, workload: Workload, reason: string): void {
-    const log = status === 401 ? this.#logger.info.bind(this.#logger) : this.#logger.warn.bind(this.#logger);
-    log({ status, peer: peer.id.id, peerAddress: peer.address, workload: `${workload.namespace}/${workload.name}`, reason }, 'HBONE CONNECT refused');
+    const fields = { status, peer: peer.id.id, peerAddress: peer.address, workload: `${workload.namespace}/${workload.name}`, reason };
+    // One per stream, which a peer opens at will (200 a session): a policy's refusal is logged by the authorizer
+    // already, the others within the refusals' budget.
+    if (status === 401) this.#logger.debug(fields, 'HBONE CONNECT refused');
+    else this.#refusalLogBudget.warn(this.#logger, 'connect-refused', fields, 'HBONE CONNECT refused');
     if (stream.destroyed || stream.closed || stream.headersSent) return;
     stream.respond({ [HTTP2_HEADER_STATUS]: status }, { endStream: true });
   }

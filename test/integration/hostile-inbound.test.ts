@@ -490,6 +490,21 @@ describe('HBONE inbound: CONNECT statuses on a workload listener', () => {
     }
   });
 
+  it('writes at most 20 refusal warnings in 10 s for a peer refused stream after stream, and answers every one', async () => {
+    const session = dialHbone(validClient);
+    try {
+      const since = nodeB().proc.lines.length;
+      const outcomes = await Promise.all(Array.from({ length: 60 }, () => connectRequest(session, `${ECHO_IP}:${CLOSED_PORT}`)));
+      expect(outcomes.map((outcome) => outcome.status)).toEqual(Array.from({ length: 60 }, () => 503));
+      await sleep(100);
+      const warned = nodeB().proc.lines.slice(since).filter((line) => line.msg === 'HBONE CONNECT refused' && line.level === 40);
+      expect(warned.length).toBeGreaterThan(0);
+      expect(warned.length).toBeLessThanOrEqual(20);
+    } finally {
+      session.destroy();
+    }
+  });
+
   it('keeps serving the other streams of a session after refusing one of them', async () => {
     const session = dialHbone(validClient);
     try {

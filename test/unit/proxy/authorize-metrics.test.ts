@@ -61,6 +61,22 @@ async function decisionCounts(registry: Registry): Promise<Record<string, number
   return counts;
 }
 
+describe('the warning of a denied connection', () => {
+  it('is written for the first 20 denials in 10 s and at debug after, every one still counted', async () => {
+    const snapshot = snapshotOf(WORLD + policy('deny-bad', 'DENY', 'bad'));
+    const warned: Array<Record<string, unknown>> = [];
+    const debugged: string[] = [];
+    const logger = Object.assign(silentLogger(), { warn: (fields: Record<string, unknown>) => void warned.push(fields), debug: (_fields: unknown, message: string) => void debugged.push(message) });
+    const registry = new Registry();
+    const authorizer = new InboundAuthorizer(() => snapshot, registry, Object.assign(logger, { child: () => logger }));
+    for (let i = 0; i < 50; i++) expect(authorizer.authorize(connectionFrom(snapshot, 'bad')).allow).toBe(false);
+    expect(warned).toHaveLength(20);
+    expect(warned[0]).toMatchObject({ decision: 'DENY', policy: 'data/deny-bad', port: 5432, source: 'spiffe://cluster.local/ns/bad/sa/app' });
+    expect(await decisionCounts(registry)).toEqual({ 'DENY data/deny-bad': 50 });
+    expect(debugged.filter((message) => message === 'connection denied by policy')).toHaveLength(30);
+  });
+});
+
 describe('authorization decision counts', () => {
   it('counts each decision under its result and deciding policy, and keeps the counts across a configuration change', async () => {
     let snapshot = snapshotOf(WORLD + policy('allow-web', 'ALLOW', 'web') + policy('deny-bad', 'DENY', 'bad'));
