@@ -49,7 +49,18 @@ export function createLogger(options: LoggerOptions): Logger {
       droppedInStall = 0;
     });
   });
-  return pino({ name: options.name, level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  const logger = pino({ name: options.name, level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  // After pino's own listener, which on EPIPE (stdout's reader gone: `ambit proxy | head`) makes every later write a
+  // no-op, silently: said once on stderr, and each line from then on counted as dropped.
+  destination.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') return;
+    process.stderr.write(`${options.name}: stdout was closed by its reader (EPIPE); log lines are dropped from now on (ambit_log_lines_dropped_total)\n`);
+    destination.write = (): boolean => {
+      droppedLines++;
+      return true;
+    };
+  });
+  return logger;
 }
 
 /** A logger that drops everything, for tests and library use without output. */

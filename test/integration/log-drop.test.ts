@@ -62,4 +62,37 @@ describe('logs to a stdout nobody reads', () => {
       await exited;
     }
   });
+
+  it("say once on stderr that stdout's reader went away, and count every line after as dropped, the process going on", async () => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e', EPIPE_CHILD], { cwd: fileURLToPath(new URL('../..', import.meta.url)), stdio: ['pipe', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (chunk: string) => (stderr += chunk));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      // The first line read, the reader goes (as `| head -1` does).
+      await new Promise((resolve) => child.stdout.once('data', resolve));
+      child.stdout.destroy();
+      await expect.poll(() => stderr, { timeout: 10_000 }).toMatch(/still running after (\d+) lines, (\d+) counted as dropped/);
+      const match = /still running after (\d+) lines, (\d+) counted as dropped/.exec(stderr) as RegExpExecArray;
+      expect(Number(match[2])).toBeGreaterThan(0);
+      expect(stderr.match(/stdout was closed by its reader \(EPIPE\)/g)).toHaveLength(1);
+    } finally {
+      child.kill();
+      await exited;
+    }
+  });
 });
+
+// Logs a line every 5 ms for 1.5 s, then says how many it counted as dropped.
+const EPIPE_CHILD = `
+const { createLogger, droppedLogLines } = await import(${JSON.stringify(LOG_MODULE)});
+const logger = createLogger({ name: 'log-epipe-test', level: 'info' });
+let written = 0;
+const timer = setInterval(() => { logger.info({ written }, 'line'); written++; }, 5);
+setTimeout(() => {
+  clearInterval(timer);
+  process.stderr.write('still running after ' + written + ' lines, ' + droppedLogLines() + ' counted as dropped\\n');
+  setTimeout(() => {}, 10000);
+}, 1500);
+`;
