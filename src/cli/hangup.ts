@@ -9,12 +9,20 @@ export function ignoreHangup(logger: Logger, what: string): void {
 
 /**
  * Aborted by the first SIGTERM or SIGINT, listened for from the start: one during a start that waits (for the CA, for
- * the state directory) stops it in order, where the default action had killed the process with its lock held.
+ * the state directory) stops it in order, where the default action had killed the process with its lock held. A
+ * signal after it calls `again` (the proxy cuts its drain short and stops in order); without one, it has the default
+ * action.
  */
-export function stopSignal(): AbortSignal {
+export function stopSignal(again?: (signal: NodeJS.Signals) => void): AbortSignal {
   const stopping = new AbortController();
-  const stop = () => stopping.abort();
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  const handler = (signal: NodeJS.Signals) => {
+    if (!stopping.signal.aborted) return stopping.abort();
+    if (again !== undefined) return again(signal);
+    process.off('SIGTERM', handler);
+    process.off('SIGINT', handler);
+    process.kill(process.pid, signal);
+  };
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
   return stopping.signal;
 }

@@ -35,7 +35,7 @@ watched: a valid change applies at once (and is recorded with its diff in --audi
 STATE_DIR/audit.log), an invalid one is logged and the last good one stays.
 SIGTERM or SIGINT drains, as ztunnel does: listeners close, every HBONE session is told GOAWAY, readiness
 turns 503, and open connections have --drain-timeout (default 5s; 0 to stop at once) to finish before the
-rest are cut (reset). SIGHUP is logged and ignored: the configuration is reloaded when its files change.
+rest are cut (reset); a second SIGTERM or SIGINT cuts them at once. SIGHUP is logged and ignored: the configuration is reloaded when its files change.
 `;
 
 /** ztunnel's default drain: open connections get this long to finish once the proxy is asked to stop. */
@@ -80,8 +80,13 @@ export const command: Command = {
     ignoreHangup(logger, 'the configuration directory is watched and certificates renew by themselves');
     // From before the start: a SIGTERM while the start waits (for the CA, for the state directory) stops it and lets go
     // of the state directory, where the default action had left its lock behind.
-    const stopping = stopSignal();
-    let proxy: NodeProxy;
+    let proxy: NodeProxy | undefined;
+    // A second one during the drain (an impatient Ctrl-C, a supervisor's repeat) cuts it short: what is open is cut now,
+    // and the process still stops in order (its state directory let go), where the default action killed it at once.
+    const stopping = stopSignal((signal) => {
+      logger.warn({ signal }, 'asked again to stop: cutting the drain short');
+      proxy?.cutDrainShort();
+    });
     try {
       proxy = await NodeProxy.start({
         signal: stopping,
@@ -106,20 +111,21 @@ export const command: Command = {
       logger.info('proxy stopped before it had started');
       return 0;
     }
-    const observability = proxy.observability;
-    logger.info({ metrics: observability?.metricsUrl, readiness: observability?.readinessUrl, admin: observability?.adminUrl, ready: proxy.readiness() }, 'proxy started');
+    const started = proxy;
+    const observability = started.observability;
+    logger.info({ metrics: observability?.metricsUrl, readiness: observability?.readinessUrl, admin: observability?.adminUrl, ready: started.readiness() }, 'proxy started');
     const lost = await new Promise<AmbitError | null>((resolve) => {
       if (stopping.aborted) resolve(null);
       stopping.addEventListener('abort', () => resolve(null), { once: true });
-      void proxy.stateLockLost.then(resolve);
+      void started.stateLockLost.then(resolve);
     });
     if (lost !== null) {
       // Another process renews the node's certificates now: this one stops at once, and says why.
-      await proxy.close();
+      await started.close();
       throw lost;
     }
     logger.info('proxy shutting down');
-    await proxy.close({ drainMs });
+    await started.close({ drainMs });
     return 0;
   },
 };

@@ -113,6 +113,7 @@ export class NodeProxy {
   readonly #starting = new AbortController();
   /** Shutting down: listeners closed, open connections finishing (close's drainMs). */
   #draining = false;
+  #drainCut = false;
   readonly #heapRelease = new HeapRelease();
   readonly #liveMeters = new Set<Flushable>();
   #stopFlush: (() => void) | undefined;
@@ -162,6 +163,11 @@ export class NodeProxy {
    * and while no certificate the proxy holds has expired: an expired one (the CA unreachable for half its life and
    * more) fails every handshake that presents it, which the probe must say, with whose it is.
    */
+  /** Ends a drain in progress now (a second stop signal): what is still open is cut, and the proxy stops. */
+  cutDrainShort(): void {
+    this.#drainCut = true;
+  }
+
   async #drain(drainMs: number): Promise<void> {
     this.#draining = true;
     // No reconcile may bind listeners again meanwhile.
@@ -173,9 +179,9 @@ export class NodeProxy {
     const open = () => (this.#outbound?.openConnections ?? 0) + (this.#inbound?.openTunnels ?? 0);
     const deadline = Date.now() + drainMs;
     this.#logger.info({ open: open(), drainMs }, 'draining: no new connections; open ones may finish');
-    while (open() > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    while (open() > 0 && Date.now() < deadline && !this.#drainCut) await new Promise((resolve) => setTimeout(resolve, 50));
     const left = open();
-    if (left > 0) this.#logger.warn({ left, drainMs }, 'drain time over: cutting the connections still open');
+    if (left > 0) this.#logger.warn({ left, drainMs }, this.#drainCut ? 'drain cut short: cutting the connections still open' : 'drain time over: cutting the connections still open');
     else this.#logger.info('drained: every connection finished');
   }
 

@@ -1,5 +1,7 @@
 // SIGTERM drains a node proxy, as ztunnel's shutdown does: its listeners close, the connections open go on to their
 // end within --drain-timeout, and what is still open then is cut with a reset. Real processes on loopback.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { Agent, createServer as createHttpServer, request } from 'node:http';
 import type { IncomingMessage, Server as HttpServer } from 'node:http';
 import * as http2 from 'node:http2';
@@ -103,6 +105,25 @@ describe('a node proxy asked to stop', () => {
     // As soon as its last connection ended: not the 10 s it was given.
     expect(Date.now() - ending).toBeLessThan(3_000);
     expect(conn.error()).toBeUndefined();
+  }, 30_000);
+
+  it('asked again while it drains, cuts the open connection at once, says so, and stops in order, its state directory let go', async () => {
+    const nodeA = await mesh.startNode('node-a', ['--drain-timeout', '30s']);
+    const conn = await open();
+    conn.socket.write('held\n');
+    await waitUntil('the echo', () => conn.received() === 'held\n', 5_000);
+    const exit = exited(nodeA);
+    nodeA.proc.child.kill('SIGTERM');
+    await nodeA.proc.waitFor((line) => line.msg === 'draining: no new connections; open ones may finish', 5_000);
+    const again = Date.now();
+    nodeA.proc.child.kill('SIGINT');
+    expect(await exit).toBe(0);
+    expect(Date.now() - again).toBeLessThan(5_000);
+    expect(nodeA.proc.lines.some((line) => line.msg === 'asked again to stop: cutting the drain short' && line.signal === 'SIGINT')).toBe(true);
+    expect(nodeA.proc.lines.some((line) => line.msg === 'drain cut short: cutting the connections still open' && line.left === 1)).toBe(true);
+    await waitUntil('the connection cut', () => conn.socket.closed, 5_000);
+    expect(conn.error()).toBe('ECONNRESET');
+    expect(existsSync(join(mesh.dir, 'node-a', 'lock'))).toBe(false);
   }, 30_000);
 
   it('by SIGHUP (a closed terminal, a reload) says it ignores it, and its open connection goes on', async () => {
