@@ -19,8 +19,9 @@ export interface Command {
 }
 
 export function parse<T extends OptionSpec>(argv: string[], options: T, allowPositionals = true) {
+  let parsed;
   try {
-    return parseArgs({ args: argv, options, allowPositionals, strict: true });
+    parsed = parseArgs({ args: argv, options, allowPositionals, strict: true });
   } catch (error) {
     // Node's three lines for a value that starts with a dash (`--ttl -1s`): one, naming the flag and the value.
     const ambiguous = /^Option '(--[\w-]+)'(?: \(-\w\))? argument is ambiguous/.exec((error as Error).message);
@@ -35,6 +36,13 @@ export function parse<T extends OptionSpec>(argv: string[], options: T, allowPos
     }
     throw new AmbitError('USAGE', (error as Error).message.replaceAll('\n', ' '));
   }
+  // `--svid-ttl ""` (an unset shell variable) was read as no flag at all, and `--audit-log ""` as a file named ''.
+  for (const [name, value] of Object.entries(parsed.values)) {
+    for (const one of Array.isArray(value) ? value : [value]) {
+      if (one === '') throw new AmbitError('USAGE', `--${name} "": an empty value (give one, or leave the option out)`);
+    }
+  }
+  return parsed;
 }
 
 export function requireString(value: string | boolean | undefined, flag: string): string {

@@ -75,8 +75,12 @@ describe.concurrent('ambit proxy command line', () => {
   it.for([
     [['--hbone-port', '0'], '--hbone-port: "0" is not a port'],
     [['--hbone-port', 'abc'], '--hbone-port: "abc" is not a port'],
-    [['--metrics', ''], '--metrics: "" is not HOST:PORT'],
-    [['--admin', ''], '--admin: "" is not HOST:PORT'],
+    [['--metrics', ''], '--metrics "": an empty value'],
+    [['--admin', ''], '--admin "": an empty value'],
+    // Read as no flag at all, and as a file named '', before.
+    [['--svid-ttl', ''], '--svid-ttl "": an empty value'],
+    [['--audit-log', ''], '--audit-log "": an empty value'],
+    [['--outbound', '127.0.0.1:9000=web.shop:80@shop/client', '--outbound', ''], '--outbound "": an empty value'],
   ] as Array<[string[], string]>)('refuses %j, naming the flag, before anything starts', async ([extra, message], { expect }) => {
     const result = await runAmbit(proxyArgs(extra));
     expect(failureCode(expect, result)).toBe('USAGE');
