@@ -10,7 +10,7 @@ import { NodeProxy } from '../proxy/proxy.ts';
 import { parseOutboundFlag } from '../proxy/outbound.ts';
 
 const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle FILE --trust-domain TD
-                   --state-dir DIR [--join-token TOKEN | --join-token-file FILE] [--outbound LISTEN=HOST:PORT@[KIND:]NS/WORKLOAD ...]
+                   --state-dir DIR [--join-token TOKEN | --join-token-file FILE] [--outbound LISTEN_IP:PORT=HOST:PORT@[KIND:]NS/WORKLOAD ...]
                    [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
                    [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h] [--audit-log FILE]
                    [--drain-timeout 5s]

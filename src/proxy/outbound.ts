@@ -163,6 +163,8 @@ export function parseOutboundFlag(text: string): OutboundListenerSpec {
     owner = owner.slice(colon + 1);
   }
   if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/.test(owner)) throw new AmbitError('USAGE', `--outbound "${text}": owner "${owner}" is not NAMESPACE/WORKLOAD`);
+  // The annotation's bare PORT listens on the workload's IP; a flag is read before any workload is known.
+  if (/^\s*\d+\s*=/.test(text.slice(0, at))) throw new AmbitError('USAGE', `--outbound "${text}": the flag needs the listen address too (LISTEN_IP:PORT, e.g. 127.0.0.1:${text.slice(0, text.indexOf('=')).trim()}); a bare port is the ${OUTBOUND_ANNOTATION} annotation's form, where it means the workload's IP`);
   const parsed = parseListenerEntry(text.slice(0, at), undefined);
   if (typeof parsed === 'string') throw new AmbitError('USAGE', `--outbound "${text}": ${parsed}`);
   return ownerKind === undefined ? { ...parsed, owner, origin: '--outbound' } : { ...parsed, owner, ownerKind, origin: '--outbound' };

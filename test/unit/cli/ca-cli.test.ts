@@ -81,6 +81,8 @@ describe.concurrent('ambit proxy command line', () => {
     [['--svid-ttl', ''], '--svid-ttl "": an empty value'],
     [['--audit-log', ''], '--audit-log "": an empty value'],
     [['--outbound', '127.0.0.1:9000=web.shop:80@shop/client', '--outbound', ''], '--outbound "": an empty value'],
+    // It had said the workload has no IP.
+    [['--outbound', '9000=web.shop:80@shop/client'], '--outbound "9000=web.shop:80@shop/client": the flag needs the listen address too (LISTEN_IP:PORT, e.g. 127.0.0.1:9000)'],
   ] as Array<[string[], string]>)('refuses %j, naming the flag, before anything starts', async ([extra, message], { expect }) => {
     const result = await runAmbit(proxyArgs(extra));
     expect(failureCode(expect, result)).toBe('USAGE');
