@@ -49,6 +49,11 @@ export interface WatchOptions {
    * tries again; said once until a read succeeds.
    */
   onError(error: AmbitError, kind: WatchErrorKind): void;
+  /**
+   * Called once after a rejected change when the directory holds what is in force again (the bad file removed or
+   * mended to what it was) or a later change was accepted: the rejection no longer describes the directory.
+   */
+  onSettled?(): void;
   /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
   debounceMs?: number;
   /** How long a file written in place must hold still before a change that removes objects or changes fields applies (IN_PLACE_SETTLE_MS). */
@@ -112,6 +117,8 @@ class DirectoryWatcher implements ConfigWatcher {
   #unreadableReported = false;
   /** The files last reported as emptied in place, while nothing else has been reported or applied since. */
   #emptiedReported: string | undefined;
+  /** A change was rejected and nothing since has brought the directory in line with what is in force. */
+  #rejectedPending = false;
   #changedDuringStart = false;
   #closed = false;
 
@@ -248,7 +255,7 @@ class DirectoryWatcher implements ConfigWatcher {
       }
       this.#unreadableReported = false;
       this.#emptiedReported = undefined;
-      this.#options.onError(error as AmbitError, 'rejected');
+      this.#reject(error as AmbitError);
       return;
     }
     this.#unreadableReported = false;
@@ -259,6 +266,7 @@ class DirectoryWatcher implements ConfigWatcher {
     if (isEmptyDiff(diff)) {
       this.#judged = afterState.files;
       this.#emptiedReported = undefined;
+      this.#settle();
       return;
     }
     // Judged on the bytes this load read, not on the file afterwards: written again meanwhile, it would pass for a
@@ -275,7 +283,7 @@ class DirectoryWatcher implements ConfigWatcher {
       this.#emptiedReported = key;
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
-      this.#options.onError(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`), 'rejected');
+      this.#reject(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`));
       return;
     }
     const unsettledMs = this.#unsettled(diff, afterState, judged);
@@ -289,12 +297,24 @@ class DirectoryWatcher implements ConfigWatcher {
     this.#emptiedReported = undefined;
     const refusal = this.#options.accept?.(next, prev);
     if (refusal !== undefined) {
-      this.#options.onError(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force`), 'rejected');
+      this.#reject(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force`));
       return;
     }
     this.#snapshot = next;
     this.#audit(next, prev, diff);
     this.#options.onChange(next, prev, diff);
+    this.#settle();
+  }
+
+  #reject(error: AmbitError): void {
+    this.#rejectedPending = true;
+    this.#options.onError(error, 'rejected');
+  }
+
+  #settle(): void {
+    if (!this.#rejectedPending) return;
+    this.#rejectedPending = false;
+    this.#options.onSettled?.();
   }
 
   /** How long until every file written in place whose change takes objects or fields away has held still; 0 when none. */

@@ -114,6 +114,8 @@ export class NodeProxy {
   /** Shutting down: listeners closed, open connections finishing (close's drainMs). */
   #draining = false;
   #drainCut = false;
+  /** The last rejected change while the directory still holds it: shown by /config_dump, cleared once it is gone. */
+  #configRejected: { since: string; error: ReturnType<AmbitError['toJSON']> } | null = null;
   readonly #heapRelease = new HeapRelease();
   readonly #liveMeters = new Set<Flushable>();
   #stopFlush: (() => void) | undefined;
@@ -218,10 +220,15 @@ export class NodeProxy {
       onError: (error, kind) => {
         if (kind === 'rejected') {
           this.metrics.configReload('rejected');
+          this.#configRejected = { since: new Date().toISOString(), error: error.toJSON() };
           this.#logger.error({ err: error.toJSON() }, WATCH_ERROR_MESSAGES[kind]);
         } else {
           this.#logger.warn({ err: error.toJSON() }, WATCH_ERROR_MESSAGES[kind]);
         }
+      },
+      onSettled: () => {
+        this.#configRejected = null;
+        this.#logger.info('the configuration directory holds what is in force again: the rejected change is gone');
       },
       // Every identity derives from the trust domain, and the HBONE servers listen on the port taken at start: changed
       // under a running mesh, the first would leave the node without certificates the CA will renew, the second send
@@ -459,6 +466,8 @@ export class NodeProxy {
       trustBundles: (this.#agent ? [...this.#agent.bundles()] : []).map((bundle) => ({ trustDomain: bundle.trustDomain, sequence: bundle.sequence.toString(), roots: bundle.roots.length })),
       pool: stats,
       problems: this.#lastProblems,
+      // The directory holds a change that was refused: what is in force is the last good configuration, not the files.
+      configurationRejected: this.#configRejected,
       peerAuthentication: {
         violations: authorizationOf(snapshot).violations,
         workloads: snapshot.workloadsOnNode(this.#options.nodeName).map((w) => {

@@ -189,8 +189,15 @@ describe('an invalid configuration change', () => {
     await tunnel.echo(`still here after ${file}`);
     expect(await roundTrip(9007, `new connection after ${file}`)).toBe(`new connection after ${file}`);
     expect(echo1.connections).toBe(connectionsBefore + 1);
-
+    // The admin dump says the directory holds a refused change, until it is gone: then each proxy says so too.
+    const rejected = async (node: TestNode) => ((await (await fetch(`${node.adminUrl}/config_dump`)).json()) as { configurationRejected: { error: { code: string } } | null }).configurationRejected;
+    for (const node of nodes) expect((await rejected(node))?.error.code).toBe(code);
+    const settledMarks = nodes.map((node) => node.proc.lines.length);
     await rm(join(mesh.configDir, file));
+    for (const [index, node] of nodes.entries()) {
+      await waitUntil(`${node.name} says the rejected change is gone`, () => node.proc.lines.slice(settledMarks[index]).some((line) => line.msg === 'the configuration directory holds what is in force again: the rejected change is gone'), 10_000);
+      expect(await rejected(node)).toBeNull();
+    }
   });
 });
 
