@@ -2,6 +2,7 @@
 // every dial and accept, and peer verification against the bundle of the peer's own trust domain.
 import * as tls from 'node:tls';
 import type { Svid, BundleSource } from '../identity/svid.ts';
+import { MAX_CHAIN_DEPTH } from '../identity/svid.ts';
 import { chainOf, matchExpected, verifyPeerCertificate } from '../identity/spiffe-tls.ts';
 import type { ExpectedPeer } from '../identity/spiffe-tls.ts';
 import type { VerifyResult } from '../identity/svid.ts';
@@ -95,7 +96,22 @@ interface CachedVerdict {
 }
 
 /**
- * Verifies peers with a small cache keyed by the leaf's DER fingerprint: pooled sessions make full
+ * The fingerprints of the chain as presented, leaf first: a verdict holds for the certificates it judged. Keyed by the
+ * leaf alone, a leaf presented once with an expired intermediate (an overlap of two) was refused for a minute with its
+ * valid one. Links only, nothing parsed; chainOf bounds the length when it is judged.
+ */
+function chainKey(leaf: tls.DetailedPeerCertificate): string {
+  let key = leaf.fingerprint256;
+  let current = leaf.issuerCertificate as tls.DetailedPeerCertificate | undefined;
+  for (let depth = 0; depth <= MAX_CHAIN_DEPTH && current?.raw && !key.includes(current.fingerprint256); depth++) {
+    key += `/${current.fingerprint256}`;
+    current = current.issuerCertificate;
+  }
+  return key;
+}
+
+/**
+ * Verifies peers with a small cache keyed by the chain's DER fingerprints: pooled sessions make full
  * handshakes rare, but a churn of new sessions from the same peer should not re-parse its chain each
  * time. A verdict is reused only with the same bundle set and only until the leaf expires.
  */
@@ -114,7 +130,7 @@ export class PeerVerifier {
     // One read of the peer certificate (see peerChain in spiffe-tls.ts for why never getPeerX509Certificate).
     const leaf = socket.getPeerCertificate(true);
     if (!leaf || !leaf.raw) return verifyPeerCertificate(null, bundles, expected);
-    const key = leaf.fingerprint256;
+    const key = chainKey(leaf);
     const now = Date.now();
     const cached = this.#cache.get(key);
     let result: VerifyResult;

@@ -83,6 +83,25 @@ describe('peer verification with a verdict cache', () => {
     expect(verifier.verify(socket, bundles, CLIENT_ID).valid).toBe(true);
   });
 
+  it('judges each chain a leaf comes with: refused with an expired intermediate, accepted with its valid one at once', async () => {
+    const ca = await createTestCa(TD);
+    const now = Date.now();
+    // Two issues of one intermediate (same subject and key), the first expired: an overlap of intermediates.
+    const keys = await craftCertificate(null, { ca: true, uris: null });
+    const issue = (notBefore: number, notAfter: number) => craftCertificate(ca.root, { ca: true, keyUsage: x509.KeyUsageFlags.keyCertSign, uris: null, extKeyUsage: null, keys: keys.keys, subject: 'O=ambit-test, CN=overlap', notBefore: new Date(notBefore), notAfter: new Date(notAfter) });
+    const expired = await issue(now - 10 * 3_600_000, now - 3_600_000);
+    const valid = await issue(now - 3_600_000, now + 10 * 3_600_000);
+    const leaf = await craftCertificate({ cert: valid.cert, privateKey: keys.keys.privateKey, chainAbove: [] }, { uris: [CLIENT_ID] });
+    const presenting = async (intermediate: x509.X509Certificate) => ({ chain: [leaf.cert, intermediate], certPem: certificatesToPem([leaf.cert, intermediate]), keyPem: await exportPrivateKeyPem(leaf.keys.privateKey), keys: leaf.keys });
+    const server = await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`);
+    const verifier = new PeerVerifier();
+    const bundles = new BundleSet([ca.bundle]);
+    expect(verifier.verify(await acceptedFrom(server, await presenting(expired.cert)), bundles, CLIENT_ID).error?.code).toBe('SVID_EXPIRED');
+    expect(verifier.verify(await acceptedFrom(server, await presenting(valid.cert)), bundles, CLIENT_ID).valid).toBe(true);
+    // And the other way round: the accept of one chain does not stand in for the other.
+    expect(verifier.verify(await acceptedFrom(server, await presenting(expired.cert)), bundles, CLIENT_ID).valid).toBe(false);
+  });
+
   it('refuses a peer without a certificate', async () => {
     const ca = await createTestCa(TD);
     const server = await issueTestSvid(ca, `spiffe://${TD}/ns/demo/sa/server`);
