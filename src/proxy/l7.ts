@@ -1325,7 +1325,16 @@ export class HttpInspector {
       // An answer before the whole request (an early refusal of an upload) ends the connection after it, as Envoy
       // does: what is left of the upload would otherwise be read as the next request, or be waited for.
       if (this.#draining || session.closed || !req.complete) res.shouldKeepAlive = false;
-      res.writeHead(status, withoutPseudoHeaders(forwardableHeaders(received as Record<string, string | string[] | undefined>)));
+      try {
+        res.writeHead(status, withoutPseudoHeaders(forwardableHeaders(received as Record<string, string | string[] | undefined>)));
+      } catch (error) {
+        // Nothing found reaches this (nghttp2 checks what it takes), but a throw in this listener would end the process:
+        // the answer HTTP/1.1 cannot carry ends this client's connection instead.
+        this.#logger.warn({ status: received[HTTP2_HEADER_STATUS], err: (error as Error).message }, 'inspected HTTP/1.1 request: the HTTP/2 workload answered what HTTP/1.1 cannot carry; closing the connection');
+        cancelStream(upstreamStream);
+        res.destroy();
+        return;
+      }
       res.flushHeaders();
       upstreamStream.on('data', (chunk: Buffer) => {
         if (!res.write(chunk)) upstreamStream.pause();
