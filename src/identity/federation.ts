@@ -37,6 +37,9 @@ export const MAX_FEDERATED_ROOTS = 32;
 const DEFAULT_MIN_REFRESH_MS = 15_000;
 /** A whole fetch (connect, answer and body) must be done within this. */
 const FETCH_DEADLINE_MS = 30_000;
+/** Redirects a fetch follows (the federation spec: SHOULD follow, MUST NOT remember), and how many in a row. */
+const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+const MAX_REDIRECTS = 3;
 
 export interface FederationPeer {
   trustDomain: string;
@@ -220,7 +223,21 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     try {
       // A deadline for the whole fetch: bodyTimeout restarts with every chunk, and an endpoint trickling a byte every few
       // seconds would hold it (and every refresh after it) for months.
-      const response = await request(endpoint, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000, signal: AbortSignal.timeout(FETCH_DEADLINE_MS) });
+      const deadline = AbortSignal.timeout(FETCH_DEADLINE_MS);
+      let url = endpoint;
+      let response = await request(url, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000, signal: deadline });
+      // The federation spec's redirects, followed and not remembered: each hop to an https URL, dialled through the same
+      // dispatcher (the same TLS checks and, under https_spiffe, the same endpoint SPIFFE ID), three at most.
+      for (let hops = 0; REDIRECTS.has(response.statusCode); hops++) {
+        await response.body.dump();
+        const location = response.headers.location;
+        const next = typeof location === 'string' && URL.canParse(location, url) ? new URL(location, url) : null;
+        if (next === null) throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${url} answered ${response.statusCode} without a Location to follow`);
+        if (next.protocol !== 'https:' || next.username !== '' || next.password !== '') throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${url} redirects to ${next.href}, which is not an https URL without userinfo`);
+        if (hops === MAX_REDIRECTS) throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint} redirected more than ${MAX_REDIRECTS} times`);
+        url = next.href;
+        response = await request(url, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000, signal: deadline });
+      }
       // go-spiffe parses whatever comes back; a 404 page is not a bundle, so demand 200.
       if (response.statusCode !== 200) {
         await response.body.dump();

@@ -103,6 +103,37 @@ describe('the federation client', () => {
     expect(error.message).toContain('404');
   });
 
+  it('follows a redirect to another endpoint presenting the same ID, each fetch from the configured URL again', async () => {
+    const remote = await createTestCa(TD);
+    const served = createBundle(TD, [remote.root.cert], { sequence: 3n });
+    const target = await endpoint(remote, ENDPOINT_ID, serve(() => served));
+    const asked: string[] = [];
+    const url = await endpoint(remote, ENDPOINT_ID, (request, response) => {
+      asked.push(request.url ?? '');
+      // Relative first, then absolute to the other server.
+      if (request.url === '/bundle') response.writeHead(307, { location: '/moved' }).end();
+      else response.writeHead(302, { location: target }).end();
+    });
+    const fetcher = client({ bundleEndpoint: url }, remote.bundle);
+    expect((await fetcher.fetchOnce()).sequence).toBe(3n);
+    expect((await fetcher.fetchOnce()).sequence).toBe(3n);
+    // Not remembered: the second fetch starts at the configured URL.
+    expect(asked).toEqual(['/bundle', '/moved', '/bundle', '/moved']);
+  });
+
+  it('refuses a redirect to an endpoint presenting another ID, to plain http, or past three hops', async () => {
+    const remote = await createTestCa(TD);
+    const served = createBundle(TD, [remote.root.cert]);
+    const impostor = await endpoint(remote, `spiffe://${TD}/ns/other/sa/other`, serve(() => served));
+    const toImpostor = await endpoint(remote, ENDPOINT_ID, (_request, response) => response.writeHead(307, { location: impostor }).end());
+    const impostorError = await refusal(client({ bundleEndpoint: toImpostor }, remote.bundle).fetchOnce());
+    expect(impostorError.message).toContain(`[IDENTITY_MISMATCH] peer presented spiffe://${TD}/ns/other/sa/other, expected ${ENDPOINT_ID}`);
+    const toHttp = await endpoint(remote, ENDPOINT_ID, (_request, response) => response.writeHead(302, { location: 'http://127.0.0.1:1/bundle' }).end());
+    expect((await refusal(client({ bundleEndpoint: toHttp }, remote.bundle).fetchOnce())).message).toContain('redirects to http://127.0.0.1:1/bundle, which is not an https URL');
+    const loop = await endpoint(remote, ENDPOINT_ID, (_request, response) => response.writeHead(307, { location: '/bundle' }).end());
+    expect((await refusal(client({ bundleEndpoint: loop }, remote.bundle).fetchOnce())).message).toContain('redirected more than 3 times');
+  });
+
   it('refuses a body larger than a bundle can be, also when it is chunked without a length', async () => {
     const remote = await createTestCa(TD);
     // A valid bundle after 4 MiB of JSON whitespace: only the size limit can refuse it.
