@@ -147,7 +147,7 @@ describe('npm start (ambit mesh from the build)', () => {
     expect(await readFile(join(dir, 'config', 'mesh.yaml'), 'utf8')).toBe('kind: MeshConfig # the user\'s own\n');
     const empty = await run([BUILT_CLI, 'mesh', '--dir', ''], 20_000);
     expect(empty.code).toBe(2);
-    expect(empty.stderr).toContain('--dir is empty');
+    expect(empty.stderr).toContain('--dir "": an empty value (give one, or leave the option out)');
     const file = await run([BUILT_CLI, 'mesh', '--dir', join(dir, 'config', 'mesh.yaml')], 20_000);
     expect(file.code).toBe(2);
     expect(file.stderr.trim()).toBe(`ambit mesh: --dir ${join(dir, 'config', 'mesh.yaml')}: not a directory: give a new or empty directory [USAGE]`);
