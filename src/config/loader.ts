@@ -270,7 +270,9 @@ function parseDocuments(text: string, file: string): ParsedText {
     try {
       value = document.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
     } catch (error) {
-      result.issues.push({ code: 'CONFIG_YAML', file, line: nodeLine(document.contents, lineAt), object: undefined, field: undefined, message: reason(error) });
+      // The parser's own errors here (a merge of a scalar, too many aliases) carry no place: the first merge key whose
+      // value is not a mapping is the likely one, else the document's first line.
+      result.issues.push({ code: 'CONFIG_YAML', file, line: badMergeLine(document, lineAt) ?? nodeLine(document.contents, lineAt), object: undefined, field: undefined, message: reason(error) });
       continue;
     }
     if (value === null || value === undefined) continue;
@@ -320,6 +322,27 @@ function detachStrings(value: unknown): void {
 
 function detached(text: string): string {
   return text.length < 13 ? text : (JSON.parse(JSON.stringify(text)) as string);
+}
+
+/** The line of the first `<<` whose value is neither a mapping nor an alias of one, if any. */
+function badMergeLine(document: Document, lineAt: (offset: number) => number): number | undefined {
+  let line: number | undefined;
+  visit(document, {
+    Pair(_key, pair) {
+      // A merge key is read as a Scalar whose value is a symbol (`<<` quoted is an ordinary key).
+      if (!isScalar(pair.key) || typeof pair.key.value !== 'symbol') return undefined;
+      const values = isSeq(pair.value) ? pair.value.items : [pair.value];
+      for (const value of values) {
+        const target = isAlias(value) ? value.resolve(document) : value;
+        if (!isMap(target)) {
+          line = nodeLine(pair.key, lineAt);
+          return visit.BREAK;
+        }
+      }
+      return undefined;
+    },
+  });
+  return line;
 }
 
 /** Keys repeated within one mapping, compared as the strings they become in the object (so `1` and `"1"` collide). */

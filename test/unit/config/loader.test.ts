@@ -181,6 +181,13 @@ const pod = (fields: Parameters<typeof podYaml>[0]) => podYaml({ node: 'node-a',
 
 const rejectCases: RejectCase[] = [
   {
+    name: 'a merge key whose value is not a mapping, at its own line (the parser says no place)',
+    files: { 'merge.yaml': 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: a, namespace: demo }\nspec:\n  <<: 5\n  action: DENY\n' },
+    code: 'CONFIG_YAML',
+    file: 'merge.yaml',
+    line: 5,
+  },
+  {
     name: 'a .json file that is not JSON, with its line',
     files: { 'deny.json': '{\n  "apiVersion": "security.istio.io/v1",\n  "kind": "AuthorizationPolicy",\n  "metadata": { "name": "x", "namespace": "shop" ],\n}\n' },
     code: 'CONFIG_YAML',
