@@ -54,6 +54,8 @@ export function createLogger(options: LoggerOptions): Logger {
   // no-op, silently: said once on stderr, and each line from then on counted as dropped.
   destination.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code !== 'EPIPE') return;
+    // stderr may be the same broken pipe (`2>&1 | head`): its own EPIPE, unheard, would end the process.
+    if (process.stderr.listenerCount('error') === 0) process.stderr.on('error', () => {});
     process.stderr.write(`${options.name}: stdout was closed by its reader (EPIPE); log lines are dropped from now on (ambit_log_lines_dropped_total)\n`);
     destination.write = (): boolean => {
       droppedLines++;

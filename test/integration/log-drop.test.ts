@@ -82,6 +82,20 @@ describe('logs to a stdout nobody reads', () => {
       await exited;
     }
   });
+
+  it('go on when stderr is the same closed pipe (`2>&1 | head`): saying so fails too, and must not end the process', async () => {
+    const child = spawn('sh', ['-c', `exec "${process.execPath}" --input-type=module -e "$CHILD" 2>&1`], { cwd: fileURLToPath(new URL('../..', import.meta.url)), env: { ...process.env, CHILD: EPIPE_CHILD }, stdio: ['pipe', 'pipe', 'ignore'] });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      await new Promise((resolve) => child.stdout.once('data', resolve));
+      child.stdout.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      expect(child.exitCode).toBeNull();
+    } finally {
+      child.kill();
+      await exited;
+    }
+  });
 });
 
 // Logs a line every 5 ms for 1.5 s, then says how many it counted as dropped.
