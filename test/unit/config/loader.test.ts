@@ -46,6 +46,10 @@ describe('loadConfigDir accepts', () => {
       'policies/deny.json': JSON.stringify(deny, null, '\t'),
       'list.JSON': JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ ...deny, metadata: { name: 'deny-more', namespace: 'shop' } }] }),
       'bundles/partner.example.json': JSON.stringify({ keys: [], spiffe_refresh_hint: 300 }),
+      // Other data: an array, a string, JSON with a comment (not JSON) naming no kind.
+      'data/list.json': '[{"name": "x"}]',
+      'data/text.json': '"just a string"',
+      'data/commented.json': '{ // settings\n  "a": 1 }',
     });
     const snapshot = await loadConfigDir(dir);
     expect(snapshot.objects.map((object) => `${object.kind} ${object.metadata.name} ${object.source.file}:${object.source.line}`)).toEqual([
@@ -811,6 +815,9 @@ spec:
   - from: [{ source: { principals: &all [${Array.from({ length: 20_000 }, (_, i) => `"cluster.local/ns/n${i}/sa/s"`).join(',')}] } }]
 ${'  - from: [{ source: { principals: *all } }]\n'.repeat(aliases)}`;
     expect(() => parseConfigText(policy(99), 'fan.yaml')).toThrow(/fan\.yaml:1: its aliases expand it to more than 1500000 values/);
+    // Counted over the file: two documents of 1,000,000 each, not each on its own.
+    expect(() => parseConfigText(`${policy(49)}---\n${policy(49)}`, 'two.yaml')).toThrow(/two\.yaml:57: its aliases expand it to more than 1500000 values \(this document and those before it\)/);
+    expect(parseConfigText(policy(49), 'one.yaml').map((object) => object.kind)).toEqual(['AuthorizationPolicy']);
     // A few aliases of it are read as written out.
     expect(parseConfigText(policy(3), 'fan.yaml').map((object) => object.kind)).toEqual(['AuthorizationPolicy']);
   });
