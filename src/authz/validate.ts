@@ -503,6 +503,17 @@ export function checkPath(value: string): string | undefined {
  * value and it never matches.
  */
 function unnormalizedPathProblem(value: string, form: Match['form'], text: string): string | undefined {
+  let tail = '';
+  if (form === 'prefix') {
+    // A prefix may end inside an escape (`/files/%2*` matches `/files/%2F...`): judged without it, its digits as
+    // requests have them (upper case).
+    const partial = /%([0-9A-Fa-f]?)$/.exec(text);
+    if (partial !== null) {
+      if (/[a-f]/.test(partial[1] as string)) return `${JSON.stringify(value)} matches no request: request paths have their escapes upper-cased; write ${JSON.stringify(`${text.slice(0, partial.index)}%${(partial[1] as string).toUpperCase()}*`)}`;
+      tail = partial[0];
+      text = text.slice(0, partial.index);
+    }
+  }
   const [before, after] = form === 'exact' ? ['', ''] : form === 'prefix' ? ['', 'x'] : ['/x', ''];
   const path = before + text + after;
   const normalized = normalizePath(path);
@@ -510,7 +521,7 @@ function unnormalizedPathProblem(value: string, form: Match['form'], text: strin
   if (normalized === null) return `${JSON.stringify(value)} has a "%" not followed by two hex digits: it matches no request`;
   // No hint for a suffix: a `..` in it may have taken out the part it was written after.
   const written = normalized.slice(0, normalized.length - after.length);
-  const hint = form === 'suffix' || !normalized.endsWith(after) ? '' : `; write ${JSON.stringify(form === 'exact' ? written : `${written}*`)}`;
+  const hint = form === 'suffix' || !normalized.endsWith(after) ? '' : `; write ${JSON.stringify(form === 'exact' ? written : `${written}${tail}*`)}`;
   return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded, other escapes upper-cased, "\\" read as "/", "//" merged, "." and ".." segments resolved)${hint}`;
 }
 

@@ -178,8 +178,8 @@ rules:
   },
   {
     name: 'paths already in normalised form: an upper-case escape, a trailing slash, dots inside a segment, a prefix ending in ".."',
-    yaml: toOperation('paths: ["/files/a%2Fb", "/admin/", "/a..b/.well-known", "/a/..*", "*..png"]', 'DENY'),
-    spec: { action: 'DENY', rules: [{ to: [{ paths: ['/files/a%2Fb', '/admin/', '/a..b/.well-known', '/a/..*', '*..png'] }] }] },
+    yaml: toOperation('paths: ["/files/a%2Fb", "/admin/", "/a..b/.well-known", "/a/..*", "*..png", "/files/%2*", "/files/%*"]', 'DENY'),
+    spec: { action: 'DENY', rules: [{ to: [{ paths: ['/files/a%2Fb', '/admin/', '/a..b/.well-known', '/a/..*', '*..png', '/files/%2*', '/files/%*'] }] }] },
   },
   {
     name: 'every when key ambit evaluates, each parsed, with IPs and ports in canonical spelling',
@@ -395,6 +395,8 @@ const rejects: RejectCase[] = [
   { name: 'a DENY path prefix with a double slash', yaml: toOperation('paths: ["//admin/*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'an ALLOW notPaths suffix with a dot-dot segment', yaml: toOperation('notPaths: ["*/../secret"]'), field: 'spec.rules[0].to[0].operation.notPaths[0]' },
   { name: 'a path with a broken escape', yaml: toOperation('paths: ["/a%zz"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path prefix ending in a lower-case escape', yaml: toOperation('paths: ["/files/%2f*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path prefix ending in a lower-case half escape', yaml: toOperation('paths: ["/files/%e*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a host with a wildcard in the middle', yaml: toOperation('hosts: ["api.*.example.com"]'), field: 'spec.rules[0].to[0].operation.hosts[0]' },
   { name: 'a host with a path', yaml: toOperation('notHosts: ["example.com/admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.notHosts[0]' },
   { name: 'a URL where a host belongs', yaml: toOperation('hosts: ["https://example.com"]'), field: 'spec.rules[0].to[0].operation.hosts[0]' },
