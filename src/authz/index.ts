@@ -328,7 +328,8 @@ function termsOf(rule: CompiledRule, port: number | null, portsResolved: boolean
   const terms: Term[] = [];
   if (rule.from !== null && rule.from.length > 1 && operations.length > 1 && rule.from.length * operations.length > indexLimits.maxTermsPerRule) {
     const checked = operations as CompiledOperation[]; // `to` present: no null among them
-    if (rule.from.length >= checked.length) for (const source of rule.from) terms.push({ rule, source, operation: null, checkSources: null, checkOperations: checked });
+    const alongSources = rule.from.length > checked.length || (rule.from.length === checked.length && indexLimits.termsAlongSourcesOnTie);
+    if (alongSources) for (const source of rule.from) terms.push({ rule, source, operation: null, checkSources: null, checkOperations: checked });
     else for (const operation of checked) terms.push({ rule, source: null, operation, checkSources: rule.from, checkOperations: null });
     return terms;
   }
@@ -362,6 +363,8 @@ export const indexLimits = {
    * linear in the rule's size.
    */
   maxTermsPerRule: 64,
+  /** Which side of a rule split past maxTermsPerRule carries the terms when both are as long (the tests try both). */
+  termsAlongSourcesOnTie: true,
 };
 /** buildStringDimension's answer for a field too large to index: its terms are checked one by one. */
 const TOO_LARGE = -2;

@@ -177,7 +177,7 @@ async function serve(argv: string[]): Promise<number> {
       else logger.warn({ err: error }, WATCH_ERROR_MESSAGES[kind]);
     },
     // The CA signs for the trust domain of its directory: another one in the configuration would refuse every node.
-    accept: (next, prev) => (next.mesh.trustDomain === prev.mesh.trustDomain ? undefined : `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}"`),
+    accept: (next, prev) => (next.mesh.trustDomain === prev.mesh.trustDomain ? undefined : `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}" (restart to change it)`),
   });
   try {
     const snapshot = config.current();

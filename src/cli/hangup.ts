@@ -10,14 +10,19 @@ export function ignoreHangup(logger: Logger, what: string): void {
 /**
  * Aborted by the first SIGTERM or SIGINT, listened for from the start: one during a start that waits (for the CA, for
  * the state directory) stops it in order, where the default action had killed the process with its lock held. A
- * signal after it calls `again` (the proxy cuts its drain short and stops in order); without one, it has the default
- * action.
+ * second signal calls `again` (the proxy cuts its drain short and stops in order); without one, and for any signal
+ * after that, the default action.
  */
 export function stopSignal(again?: (signal: NodeJS.Signals) => void): AbortSignal {
   const stopping = new AbortController();
+  let calledAgain = false;
   const handler = (signal: NodeJS.Signals) => {
     if (!stopping.signal.aborted) return stopping.abort();
-    if (again !== undefined) return again(signal);
+    // Once: a third signal ends the process however far its stop has come (a stop that hangs is never a trap).
+    if (again !== undefined && !calledAgain) {
+      calledAgain = true;
+      return again(signal);
+    }
     process.off('SIGTERM', handler);
     process.off('SIGINT', handler);
     process.kill(process.pid, signal);

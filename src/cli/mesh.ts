@@ -226,7 +226,6 @@ export function identityPairs(text: string): string[] {
  * earlier run's directory is refused too.
  */
 async function checkNewDir(dir: string): Promise<void> {
-  if (dir === '') throw new AmbitError('USAGE', '--dir is empty: give a new or empty directory (or leave --dir out for a temporary one)');
   let entries: string[];
   try {
     entries = await readdir(dir);

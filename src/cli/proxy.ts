@@ -35,7 +35,7 @@ watched: a valid change applies at once (and is recorded with its diff in --audi
 STATE_DIR/audit.log), an invalid one is logged and the last good one stays.
 SIGTERM or SIGINT drains, as ztunnel does: listeners close, every HBONE session is told GOAWAY, readiness
 turns 503, and open connections have --drain-timeout (default 5s; 0 to stop at once) to finish before the
-rest are cut (reset); a second SIGTERM or SIGINT cuts them at once. SIGHUP is logged and ignored: the configuration is reloaded when its files change.
+rest are cut (reset); a second SIGTERM or SIGINT cuts them at once, a third ends the process as it stands. SIGHUP is logged and ignored: the configuration is reloaded when its files change.
 `;
 
 /** ztunnel's default drain: open connections get this long to finish once the proxy is asked to stop. */

@@ -466,8 +466,9 @@ function readFlagged(cells: Map<string, FlaggedCount>, add: (labels: Readonly<Re
 }
 
 /**
- * Enough for every pair among ~70 workloads in both directions; up to ~2 KiB each (measured), and ~0.65 KiB more for
- * the text of its labels once scraped, so at most ~27 MiB. A scrape of 10,000 takes ~80 ms of the event loop.
+ * Enough for every pair among ~70 workloads in both directions; up to ~2 KiB each (measured), and once scraped the
+ * text of each label object, ~0.65 KiB (one per series, and one per response flag and per request answer it counted).
+ * A scrape of 10,000 opened and closed takes ~80 ms of the event loop.
  */
 export const DEFAULT_MAX_SERIES = 10_000;
 

@@ -160,11 +160,6 @@ export class NodeProxy {
     return this.#observability;
   }
 
-  /**
-   * Ready once the configuration is loaded, every local workload has its certificate and every listener is bound,
-   * and while no certificate the proxy holds has expired: an expired one (the CA unreachable for half its life and
-   * more) fails every handshake that presents it, which the probe must say, with whose it is.
-   */
   /** Ends a drain in progress now (a second stop signal): what is still open is cut, and the proxy stops. */
   cutDrainShort(): void {
     this.#drainCut = true;
@@ -187,6 +182,11 @@ export class NodeProxy {
     else this.#logger.info('drained: every connection finished');
   }
 
+  /**
+   * Ready once the configuration is loaded, every local workload has its certificate and every listener is bound,
+   * and while no certificate the proxy holds has expired: an expired one (the CA unreachable for half its life and
+   * more) fails every handshake that presents it, which the probe must say, with whose it is.
+   */
   readiness(): { ready: boolean; pending: string[] } {
     const pending: string[] = [];
     for (const item of this.#pending) pending.push(item === 'certificates' ? certificatesPending(this.#waitingCertificates) : item);

@@ -313,23 +313,27 @@ describe('the compiled matcher and the reference evaluator', () => {
     for (const outcome of ['allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match'] as const) expect(outcomes.get(outcome) ?? 0, outcome).toBeGreaterThan(0);
   });
 
-  it('agree when rules have too many (source, operation) pairs to expand and one side is checked in full', () => {
-    const outcomes = new Map<Outcome, number>();
-    const saved = indexLimits.maxTermsPerRule;
-    indexLimits.maxTermsPerRule = 1;
-    try {
-      fc.assert(
-        fc.property(worldArb, ({ policies, peerAuthentications, probes: generated }) => {
-          const loaded = loadObjects(objectsOf(policies, peerAuthentications));
-          for (const probe of generated) expectAgreement(loaded, probe, outcomes);
-        }),
-        { numRuns: 300 },
-      );
-    } finally {
-      indexLimits.maxTermsPerRule = saved;
-    }
-    for (const outcome of ['allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match'] as const) expect(outcomes.get(outcome) ?? 0, outcome).toBeGreaterThan(0);
-  });
+  // Rules here have at most two sources and two operations: on a tie, each run splits along the side it is told.
+  for (const alongSources of [true, false]) {
+    it(`agree when rules have too many (source, operation) pairs to expand and the ${alongSources ? 'operations are' : 'sources are'} checked in full`, () => {
+      const outcomes = new Map<Outcome, number>();
+      const saved = { ...indexLimits };
+      indexLimits.maxTermsPerRule = 1;
+      indexLimits.termsAlongSourcesOnTie = alongSources;
+      try {
+        fc.assert(
+          fc.property(worldArb, ({ policies, peerAuthentications, probes: generated }) => {
+            const loaded = loadObjects(objectsOf(policies, peerAuthentications));
+            for (const probe of generated) expectAgreement(loaded, probe, outcomes);
+          }),
+          { numRuns: 300 },
+        );
+      } finally {
+        Object.assign(indexLimits, saved);
+      }
+      for (const outcome of ['allow-rule', 'allow-deferred', 'deny-rule', 'deny-no-match'] as const) expect(outcomes.get(outcome) ?? 0, outcome).toBeGreaterThan(0);
+    });
+  }
 
   it('agree on which policies apply to a workload (scope), and explain names the deciding rule as matched', () => {
     fc.assert(
