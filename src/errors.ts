@@ -56,6 +56,7 @@ export const ERROR_CODES = {
   FEDERATION_FETCH: 'a federated trust domain\'s bundle endpoint could not be fetched or returned an invalid bundle',
 
   UPSTREAM_CONNECT: 'the destination (a workload, or a peer node proxy on 15008) could not be reached in time',
+  DNS_LOOKUP: "a passthrough destination's name was not resolved in time: the resolver did not answer, or the source workload already had too many lookups waiting",
   TLS_HANDSHAKE: 'the TLS handshake with a peer failed: it sent an alert (it refused our certificate, or shares no TLS 1.3 suite or group with us) or does not speak TLS',
   DOWNSTREAM_RESET: 'the application closed its own connection abruptly (RST, EPIPE) mid-transfer',
   UPSTREAM_RESET: 'the destination closed its connection abruptly (RST, EPIPE) mid-transfer',

@@ -16,10 +16,16 @@ const HOST_ITSELF = new CidrSet(['127.0.0.0/8', '0.0.0.0/8', '::1/128', '::/128'
 /** Link-local: never routed off the link, and where clouds put their metadata service (169.254.169.254). */
 const LINK_LOCAL = new CidrSet(['169.254.0.0/16', 'fe80::/10']);
 /**
- * Cloud metadata services outside link-local: AWS's over IPv6 (fd00:ec2::254) and Alibaba Cloud's (100.100.100.200).
+ * Cloud metadata services outside link-local: AWS's over IPv6 (fd00:ec2::254) and EKS Pod Identity's agent
+ * (fd00:ec2::23), and Alibaba Cloud's (100.100.100.200).
  * They answer with the node's own credentials, which a workload must not reach through the host-network proxy.
  */
-const METADATA = new CidrSet(['fd00:ec2::254/128', '100.100.100.200/32']);
+const METADATA = new CidrSet(['fd00:ec2::254/128', 'fd00:ec2::23/128', '100.100.100.200/32']);
+/**
+ * Azure's WireServer (168.63.129.16): its host agent (80, 32526) hands out node secrets, which AKS blocks pods from
+ * but the host-network proxy would reach; its DNS (53) is every Azure VM's resolver, and stays reachable.
+ */
+const AZURE_WIRESERVER = new CidrSet(['168.63.129.16/32']);
 
 export interface DestinationGuard {
   /** This host's addresses (its interfaces, a loopback prefix whole). */
@@ -47,7 +53,7 @@ export function passthroughRefusal(ip: string, port: number, byWorkload: boolean
   if (!byWorkload) return null;
   if (onHost) return `${formatAuthority(canonical, port)} is this host: a workload's listener may not reach the host's own services through the proxy (an operator's --outbound may)`;
   if (LINK_LOCAL.contains(parsed)) return `${formatAuthority(canonical, port)} is link-local: a workload's listener may not reach it through the proxy (an operator's --outbound may)`;
-  if (METADATA.contains(parsed)) return `${formatAuthority(canonical, port)} is a cloud's metadata service: a workload's listener may not reach it through the proxy (an operator's --outbound may)`;
+  if (METADATA.contains(parsed) || (AZURE_WIRESERVER.contains(parsed) && port !== 53)) return `${formatAuthority(canonical, port)} is a cloud's metadata service: a workload's listener may not reach it through the proxy (an operator's --outbound may)`;
   // A name (or a ServiceEntry's endpoint) that leads into the mesh: its address or Service name goes over HBONE.
   const mesh = guard.meshAddress(canonical);
   if (mesh !== null) return `${formatAuthority(canonical, port)} is ${mesh}: reached over HBONE when dialled by its address or Service name, never as plain TCP`;
@@ -55,14 +61,112 @@ export function passthroughRefusal(ip: string, port: number, byWorkload: boolean
 }
 
 type LookupCallback = (error: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+type LookupAllCallback = (error: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void;
+/** dns.lookup's shape with `all: true`, which the limiter is given (a test's resolver, or Node's). */
+export type LookupAll = (hostname: string, options: LookupOptions & { all: true }, callback: LookupAllCallback) => void;
+
+interface LookupJob {
+  readonly key: string;
+  readonly owner: string;
+  readonly hostname: string;
+  readonly options: LookupOptions & { all: true };
+  readonly queuedMs: number;
+  readonly waiters: LookupAllCallback[];
+}
+
+/**
+ * Name lookups of passthrough destinations, bounded. getaddrinfo runs on libuv's threadpool (4 threads, which file
+ * reads and crypto share), cannot be cancelled, and a resolver that never answers holds a thread for its whole timeout
+ * (10 s by default): one workload connecting 40 times to such a name held all four for ~100 s, and every other
+ * workload's lookups (`localhost`, from /etc/hosts) waited past their connect timeout. So the same name asked while
+ * its lookup runs waits for that one; at most `running` lookups run at once and `perOwner` of one source identity,
+ * which may queue `queuedPerOwner` more; a queued lookup older than `maxWaitMs` fails without running.
+ */
+export class NameLookups {
+  readonly #lookup: LookupAll;
+  readonly #running: number;
+  readonly #perOwner: number;
+  readonly #queuedPerOwner: number;
+  readonly #maxWaitMs: number;
+  readonly #inFlight = new Map<string, LookupJob>();
+  readonly #queue: LookupJob[] = [];
+  readonly #runningByOwner = new Map<string, number>();
+  readonly #queuedByOwner = new Map<string, number>();
+  #runningCount = 0;
+
+  constructor(lookup: LookupAll, limits: { running: number; perOwner: number; queuedPerOwner: number; maxWaitMs: number }) {
+    this.#lookup = lookup;
+    this.#running = limits.running;
+    this.#perOwner = limits.perOwner;
+    this.#queuedPerOwner = limits.queuedPerOwner;
+    this.#maxWaitMs = limits.maxWaitMs;
+  }
+
+  lookup(owner: string, hostname: string, options: LookupOptions, callback: LookupAllCallback): void {
+    const all = { family: options.family, hints: options.hints, all: true } as LookupOptions & { all: true };
+    const key = `${String(all.family ?? 0)}\0${String(all.hints ?? 0)}\0${hostname}`;
+    const joined = this.#inFlight.get(key);
+    if (joined !== undefined) {
+      joined.waiters.push(callback);
+      return;
+    }
+    const queued = this.#queuedByOwner.get(owner) ?? 0;
+    if (queued >= this.#queuedPerOwner) {
+      callback(new AmbitError('DNS_LOOKUP', `${hostname}: ${owner} already has ${queued} name lookup${queued === 1 ? '' : 's'} waiting for the resolver`) as AmbitError & NodeJS.ErrnoException, []);
+      return;
+    }
+    const job: LookupJob = { key, owner, hostname, options: all, queuedMs: Date.now(), waiters: [callback] };
+    this.#inFlight.set(key, job);
+    this.#queue.push(job);
+    this.#queuedByOwner.set(owner, queued + 1);
+    this.#pump();
+  }
+
+  #pump(): void {
+    for (let i = 0; i < this.#queue.length && this.#runningCount < this.#running; ) {
+      const job = this.#queue[i] as LookupJob;
+      const expired = Date.now() - job.queuedMs > this.#maxWaitMs;
+      if (!expired && (this.#runningByOwner.get(job.owner) ?? 0) >= this.#perOwner) {
+        i++;
+        continue;
+      }
+      this.#queue.splice(i, 1);
+      this.#queuedByOwner.set(job.owner, (this.#queuedByOwner.get(job.owner) ?? 1) - 1);
+      if (expired) {
+        this.#finish(job, new AmbitError('DNS_LOOKUP', `${job.hostname}: waited more than ${this.#maxWaitMs} ms for the resolver (lookups of ${job.owner} ahead of it)`) as AmbitError & NodeJS.ErrnoException, []);
+        continue;
+      }
+      this.#runningCount++;
+      this.#runningByOwner.set(job.owner, (this.#runningByOwner.get(job.owner) ?? 0) + 1);
+      this.#lookup(job.hostname, job.options, (error, addresses) => {
+        this.#runningCount--;
+        this.#runningByOwner.set(job.owner, (this.#runningByOwner.get(job.owner) ?? 1) - 1);
+        this.#finish(job, error, addresses);
+        this.#pump();
+      });
+    }
+  }
+
+  #finish(job: LookupJob, error: NodeJS.ErrnoException | null, addresses: LookupAddress[]): void {
+    this.#inFlight.delete(job.key);
+    for (const waiter of job.waiters) waiter(error, addresses);
+  }
+}
+
+/**
+ * Every passthrough's lookups: three of the threadpool's four at once (file reads and crypto keep one), one source
+ * identity's two, with 64 more queued; a queued one gives up at the connect timeout, as its connection has.
+ */
+export const nameLookups = new NameLookups(dnsLookup as LookupAll, { running: 3, perOwner: 2, queuedPerOwner: 64, maxWaitMs: 10_000 });
 
 /**
  * A `lookup` for net.connect that keeps only the addresses a name may be connected to, so a name that resolves to
- * a refused address (`localhost`, a DNS entry pointing at 169.254.169.254) is refused before any connection.
+ * a refused address (`localhost`, a DNS entry pointing at 169.254.169.254) is refused before any connection. `owner`:
+ * the source identity whose lookups are bounded together.
  */
-export function guardedLookup(port: number, byWorkload: boolean, guard: DestinationGuard): (hostname: string, options: LookupOptions, callback: LookupCallback) => void {
+export function guardedLookup(port: number, byWorkload: boolean, guard: DestinationGuard, owner: string, lookups: NameLookups = nameLookups): (hostname: string, options: LookupOptions, callback: LookupCallback) => void {
   return (hostname, options, callback) => {
-    dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
+    lookups.lookup(owner, hostname, options, (error, addresses) => {
       if (error !== null) return callback(error, []);
       let refusal: string | null = null;
       const allowed = addresses.filter((entry) => {

@@ -515,7 +515,14 @@ export class OutboundListeners {
         return;
       }
     }
-    const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true, lookup: literal ? undefined : guardedLookup(port, byWorkload, this.#guard) });
+    // Whether the name was resolved by the time the connect timed out: the line says which wait it was.
+    let resolved = literal;
+    const guarded = literal ? undefined : guardedLookup(port, byWorkload, this.#guard, source.identity);
+    const lookup: typeof guarded = guarded && ((hostname, options, callback) => guarded(hostname, options, (error, address, family) => {
+      resolved = true;
+      callback(error, address, family);
+    }));
+    const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true, lookup });
     upstream.setTimeout(CONNECT_TIMEOUT_MS);
     // The application may leave while we connect: then the upstream connection must not outlive it, and the
     // connection is counted and logged as one that never got through (it had no trace at all).
@@ -536,10 +543,11 @@ export class OutboundListeners {
         return;
       }
       this.#options.metrics.failed(labels, 'CONNECT');
-      this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), err: error.message }, 'passthrough connect failed');
-      this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'UPSTREAM_CONNECT', error.message, 'CONNECT');
+      const code = error instanceof AmbitError && error.code === 'DNS_LOOKUP' ? 'DNS_LOOKUP' : 'UPSTREAM_CONNECT';
+      this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code, err: error.message }, 'passthrough connect failed');
+      this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, code, error.message, 'CONNECT');
     };
-    upstream.once('timeout', () => fail(new Error(`connect timed out after ${CONNECT_TIMEOUT_MS} ms`)));
+    upstream.once('timeout', () => fail(resolved ? new Error(`connect timed out after ${CONNECT_TIMEOUT_MS} ms`) : new AmbitError('DNS_LOOKUP', `${host}: no answer from the resolver within ${CONNECT_TIMEOUT_MS} ms`)));
     upstream.once('error', fail);
     upstream.once('connect', () => {
       upstream.off('error', fail);

@@ -2,8 +2,9 @@
 // workload's nowhere on this host and nowhere link-local, however the address is spelled or a name resolves.
 import type { NetworkInterfaceInfo } from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { guardedLookup, passthroughRefusal } from '../../../src/proxy/destinations.ts';
-import type { DestinationGuard } from '../../../src/proxy/destinations.ts';
+import type { LookupAddress } from 'node:dns';
+import { NameLookups, guardedLookup, passthroughRefusal } from '../../../src/proxy/destinations.ts';
+import type { DestinationGuard, LookupAll } from '../../../src/proxy/destinations.ts';
 import { LocalAddresses } from '../../../src/proxy/local-addresses.ts';
 
 function iface(address: string, cidr: string, internal: boolean): NetworkInterfaceInfo {
@@ -82,13 +83,18 @@ describe("a workload's passthrough destination", () => {
     ["AWS's over IPv6, in another spelling", 'FD00:EC2:0:0:0:0:0:254', 80],
     ["Alibaba Cloud's", '100.100.100.200', 80],
     ["Alibaba Cloud's, IPv4-mapped", '::ffff:100.100.100.200', 80],
+    ["EKS Pod Identity's agent", 'fd00:ec2::23', 80],
+    ["Azure's WireServer", '168.63.129.16', 80],
+    ["Azure's WireServer host agent", '168.63.129.16', 32526],
   ])("may not be a cloud's metadata service outside link-local: %s (%s:%i), which the operator's --outbound may", (_what, ip, port) => {
     expect(passthroughRefusal(ip, port, true, guard)).toMatch(/metadata service/);
     expect(passthroughRefusal(ip, port, false, guard)).toBeNull();
   });
 
   it('lets a workload reach the neighbours of those metadata addresses', () => {
-    for (const ip of ['fd00:ec2::253', '100.100.100.201', '100.64.0.1']) expect(passthroughRefusal(ip, 80, true, guard), ip).toBeNull();
+    for (const ip of ['fd00:ec2::253', '100.100.100.201', '100.64.0.1', '168.63.129.17']) expect(passthroughRefusal(ip, 80, true, guard), ip).toBeNull();
+    // Azure's WireServer is every Azure VM's DNS resolver too.
+    expect(passthroughRefusal('168.63.129.16', 53, true, guard)).toBeNull();
   });
 
   it.each([
@@ -112,39 +118,105 @@ describe("a workload's passthrough destination", () => {
   });
 });
 
+const OWNER = 'spiffe://cluster.local/ns/shop/sa/web';
+
 function resolve(lookup: ReturnType<typeof guardedLookup>, name: string, all: boolean): Promise<{ error: NodeJS.ErrnoException | null; address: unknown }> {
   return new Promise((done) => lookup(name, { all }, (error, address) => done({ error, address })));
 }
 
 describe('a name given as a passthrough destination', () => {
   it("resolves for an operator to this host's addresses", async () => {
-    const { error, address } = await resolve(guardedLookup(5432, false, guard), 'localhost', false);
+    const { error, address } = await resolve(guardedLookup(5432, false, guard, OWNER), 'localhost', false);
     expect(error).toBeNull();
     expect(['127.0.0.1', '::1']).toContain(address);
   });
 
   it('resolves to every allowed address when all are asked for (happy eyeballs)', async () => {
-    const { error, address } = await resolve(guardedLookup(5432, false, guard), 'localhost', true);
+    const { error, address } = await resolve(guardedLookup(5432, false, guard, OWNER), 'localhost', true);
     expect(error).toBeNull();
     expect((address as Array<{ address: string }>).length).toBeGreaterThan(0);
   });
 
   it("is refused for an operator when it resolves only to the proxy's own port on this host", async () => {
-    const { error } = await resolve(guardedLookup(15000, false, guard), 'localhost', false);
+    const { error } = await resolve(guardedLookup(15000, false, guard, OWNER), 'localhost', false);
     expect(error?.code).toBe('DESTINATION_REFUSED');
     expect(error?.message).toMatch(/localhost resolves only to refused addresses: .*proxy's own port/);
   });
 
   it('is refused for a workload when it resolves only to this host', async () => {
     for (const all of [false, true]) {
-      const { error } = await resolve(guardedLookup(5432, true, guard), 'localhost', all);
+      const { error } = await resolve(guardedLookup(5432, true, guard, OWNER), 'localhost', all);
       expect(error?.code).toBe('DESTINATION_REFUSED');
       expect(error?.message).toMatch(/is this host/);
     }
   });
 
   it('passes on a resolution failure as it is', async () => {
-    const { error } = await resolve(guardedLookup(80, true, guard), 'no-such-host.invalid', false);
+    const { error } = await resolve(guardedLookup(80, true, guard, OWNER), 'no-such-host.invalid', false);
     expect(error?.code).toMatch(/ENOTFOUND|EAI_AGAIN/);
+  });
+});
+
+/** A resolver whose answers the test gives: each lookup waits until `answer(name)` (or never). */
+class HeldResolver {
+  readonly asked: string[] = [];
+  readonly #pending = new Map<string, Array<(error: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void>>();
+  readonly lookup: LookupAll = (hostname, _options, callback) => {
+    this.asked.push(hostname);
+    const list = this.#pending.get(hostname) ?? [];
+    list.push(callback);
+    this.#pending.set(hostname, list);
+  };
+
+  answer(hostname: string, address = '192.0.2.10'): void {
+    const list = this.#pending.get(hostname) ?? [];
+    this.#pending.delete(hostname);
+    for (const callback of list) callback(null, [{ address, family: 4 }]);
+  }
+}
+
+function lookupWith(lookups: NameLookups, owner: string, name: string): Promise<{ error: NodeJS.ErrnoException | null; addresses: LookupAddress[] }> {
+  return new Promise((done) => lookups.lookup(owner, name, {}, (error, addresses) => done({ error, addresses })));
+}
+
+describe('name lookups of passthrough destinations', () => {
+  it("share one lookup per name, and keep one workload's hung lookups from holding the others' turns", async () => {
+    const resolver = new HeldResolver();
+    const lookups = new NameLookups(resolver.lookup, { running: 3, perOwner: 2, queuedPerOwner: 64, maxWaitMs: 10_000 });
+    const slow = Array.from({ length: 40 }, () => lookupWith(lookups, 'hostile', 'slow.example'));
+    // Forty connections to one name: one lookup.
+    expect(resolver.asked).toEqual(['slow.example']);
+    // Distinct names: two of this workload run, the rest wait their turn.
+    const many = Array.from({ length: 5 }, (_, i) => lookupWith(lookups, 'hostile', `n${i}.example`));
+    expect(resolver.asked).toEqual(['slow.example', 'n0.example']);
+    // Another workload still gets the third.
+    const other = lookupWith(lookups, 'other', 'localhost');
+    expect(resolver.asked.at(-1)).toBe('localhost');
+    resolver.answer('localhost', '127.0.0.1');
+    expect((await other).addresses).toEqual([{ address: '127.0.0.1', family: 4 }]);
+    // An answer lets the next of the hostile workload's run, and reaches every connection that waited for the name.
+    resolver.answer('slow.example');
+    const answered = await Promise.all(slow);
+    expect(answered.every((result) => result.error === null && result.addresses[0]?.address === '192.0.2.10')).toBe(true);
+    expect(resolver.asked).toEqual(['slow.example', 'n0.example', 'localhost', 'n1.example']);
+    for (let i = 0; i < 5; i++) resolver.answer(`n${i}.example`);
+    await Promise.all(many);
+    expect(resolver.asked).toHaveLength(7);
+  });
+
+  it('refuse past the queue a workload may have, and give up on a queued lookup older than the wait', async () => {
+    const resolver = new HeldResolver();
+    const lookups = new NameLookups(resolver.lookup, { running: 1, perOwner: 1, queuedPerOwner: 1, maxWaitMs: 50 });
+    void lookupWith(lookups, 'hostile', 'hung.example');
+    const queued = lookupWith(lookups, 'hostile', 'second.example');
+    const refused = await lookupWith(lookups, 'hostile', 'third.example');
+    expect(refused.error).toMatchObject({ code: 'DNS_LOOKUP' });
+    expect(refused.error?.message).toContain('third.example: hostile already has 1 name lookup waiting');
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    // The slot frees: the queued lookup is past its wait, and fails without being asked.
+    resolver.answer('hung.example');
+    const late = await queued;
+    expect(late.error?.message).toContain('second.example: waited more than 50 ms for the resolver');
+    expect(resolver.asked).toEqual(['hung.example']);
   });
 });
