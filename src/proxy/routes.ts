@@ -80,7 +80,8 @@ export interface RoutingTable {
   /** cluster IP → service port → routes. */
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   /** A Kubernetes Service's names (full and short forms) → the Service and its TCP ports: a port it lacks is refused. */
-  readonly serviceNames: ReadonlyMap<string, { readonly hostname: string; readonly ports: readonly number[] }>;
+  /** Names of the mesh's Services and mesh ServiceEntries, with their TCP ports: never sent as plain TCP where they resolve. */
+  readonly serviceNames: ReadonlyMap<string, MeshName>;
   /** An ExternalName Service's names → its externalName: a CNAME, reached by passthrough on any port. */
   readonly externalNames: ReadonlyMap<string, { readonly target: string; readonly service: string }>;
   readonly hbonePort: number;
@@ -249,7 +250,13 @@ function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet
  * targetPort, else its number. Its other endpoints (resolution STATIC or DNS), outside the mesh, are drawn alongside
  * and reached as plain TCP, as ztunnel reaches a workload without HBONE; never one at a Service's cluster IP.
  */
-function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>): ReadonlySet<string> {
+/** A name of the mesh: what it is (`Service web.shop.svc.cluster.local`, `ServiceEntry shop/db`) and its TCP ports. */
+interface MeshName {
+  readonly what: string;
+  readonly ports: readonly number[];
+}
+
+function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>, serviceNames: Map<string, MeshName>): ReadonlySet<string> {
   const meshEntries = snapshot.objectsOfKind('ServiceEntry').filter((object) => isMeshEntry(snapshot, object));
   // Every mesh entry's own addresses, whatever their order: an endpoint at one is never reached as plain TCP.
   const entryAddresses = new Set<string>();
@@ -267,6 +274,10 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
     const outside = spec.workloadSelector !== undefined || spec.resolution === 'NONE' ? [] : spec.endpoints.filter((endpoint) => meshAddressOf(mesh, endpoint.address) === null);
     const serviceLabels = labelsOfEntry(object);
     const visibleTo = exportedTo(namespace, spec.exportTo);
+    // Its hosts on a port it does not declare (or in a namespace it is not exported to) go nowhere, as a Service's:
+    // where the name resolves is its workloads, reached as plain TCP past their policy.
+    const named: MeshName = { what: `ServiceEntry ${namespace}/${name}`, ports: spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number) };
+    for (const host of spec.hosts) if (!host.startsWith('*') && !serviceNames.has(normalHost(host))) serviceNames.set(normalHost(host), named);
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
       const routes: (HboneRoute | PassthroughRoute)[] = [];
@@ -470,7 +481,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const hbonePort = snapshot.mesh.ports.hbone;
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
   const byVip = new Map<string, Map<number, ServicePortRoutes>>();
-  const serviceNames = new Map<string, { hostname: string; ports: number[] }>();
+  const serviceNames = new Map<string, MeshName>();
   const externalNames = new Map<string, { target: string; service: string }>();
   for (const service of snapshot.services) {
     // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
@@ -484,7 +495,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       if (pointed !== undefined) for (const host of names) externalNames.set(host, pointed);
       continue;
     }
-    const named = { hostname: service.hostname, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port) };
+    const named: MeshName = { what: `Service ${service.hostname}`, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port) };
     for (const host of names) serviceNames.set(host, named);
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
@@ -515,7 +526,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       }
     }
   }
-  const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip);
+  const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip, serviceNames);
   return { snapshot, byHost, byVip, serviceNames, externalNames, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map(), byWorkloadIp: new WorkloadRoutes() };
 }
 
@@ -659,8 +670,10 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
     // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
     const named = table.serviceNames.get(name);
-    if (named !== undefined) {
-      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is Service ${named.hostname}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
+    // Declared but not exported to the source: under REGISTRY_ONLY that is EGRESS_BLOCKED, below.
+    if (named !== undefined && !(table.egressLocked && named.ports.includes(port))) {
+      const why = named.ports.includes(port) ? `which is not exported to namespace ${sourceNamespace ?? '(none)'}` : `which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`})`;
+      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is ${named.what}, ${why}: not sent outside the mesh` };
     }
   } else {
     // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)

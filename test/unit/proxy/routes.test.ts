@@ -802,6 +802,28 @@ spec:
   });
 });
 
+describe("a mesh ServiceEntry's host on a port it does not declare", () => {
+  const entries = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: vm-db, namespace: data }
+spec:
+  hosts: [vm-db.internal]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: STATIC
+  workloadSelector: { labels: { app: db } }
+  exportTo: ["."]
+`;
+  const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
+
+  it('is refused, as a Service is, rather than sent as plain TCP to where its name resolves (its workloads)', () => {
+    expect(decideRoute(table, 'vm-db.internal', 5432, Math.random, 'data')).toMatchObject({ kind: 'hbone' });
+    expect(decideRoute(table, 'vm-db.internal', 5433, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: 'vm-db.internal is ServiceEntry data/vm-db, which has no TCP port 5433 (its ports: 5432): not sent outside the mesh' });
+    expect(decideRoute(table, 'VM-DB.internal.', 5433, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
+    // Not exported to the asking namespace: not sent as plain TCP either.
+    expect(decideRoute(table, 'vm-db.internal', 5432, Math.random, 'shop')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: 'vm-db.internal is ServiceEntry data/vm-db, which is not exported to namespace shop: not sent outside the mesh' });
+  });
+});
+
 describe('ServiceEntries that conflict with workloads or each other', () => {
   const entries = `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
