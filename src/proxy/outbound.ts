@@ -89,6 +89,16 @@ export function parseListenerEntry(entry: string, defaultHost: string | undefine
   return { listenHost, listenPort, targetHost: target.host, targetPort: target.port };
 }
 
+function isOtherWorkloads(snapshot: ConfigSnapshot, ip: string, workload: Workload): boolean {
+  const owner = snapshot.workloadByIp(ip);
+  return owner !== undefined && owner !== workload;
+}
+
+function describeWorkload(snapshot: ConfigSnapshot, ip: string): string {
+  const owner = snapshot.workloadByIp(ip);
+  return owner === undefined ? ip : `${owner.namespace}/${owner.name}`;
+}
+
 /** Listener specs declared by the annotations of this node's workloads. */
 export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): { specs: OutboundListenerSpec[]; issues: SpecIssue[] } {
   const specs: OutboundListenerSpec[] = [];
@@ -104,6 +114,8 @@ export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): 
       // A workload's own configuration may not take another's address (nor a wildcard one): its listener would
       // catch that workload's connections and send them with this one's identity, wherever it points them.
       else if (!workload.ips.includes(parsed.listenHost) && !isLoopbackAddress(parsed.listenHost)) issues.push({ origin, message: `listen address ${parsed.listenHost} is not one of the workload's IPs (${workload.ips.join(', ') || 'none'}) nor a loopback address; only an operator's --outbound may use another` });
+      // A loopback address that is another workload's (a mesh on loopback, as `npm start` runs one) is that workload's.
+      else if (!workload.ips.includes(parsed.listenHost) && isOtherWorkloads(snapshot, parsed.listenHost, workload)) issues.push({ origin, message: `listen address ${parsed.listenHost} is workload ${describeWorkload(snapshot, parsed.listenHost)}'s IP; only an operator's --outbound may use another` });
       else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, ownerKind: workload.kind, origin, annotation: true });
     }
   }

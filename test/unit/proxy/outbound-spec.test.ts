@@ -144,6 +144,13 @@ describe('annotatedListeners', () => {
     ]);
   });
 
+  it("refuses an annotation's listener on another workload's loopback address (a mesh on loopback), and takes its own", () => {
+    const snapshot = snapshotOf(`${pod('peer', 'node-a', '127.193.1.21', '127.193.1.20:9014=evil.example:80, 127.193.1.21:9015=echo.demo:7, 127.0.0.1:9016=echo.demo:7')}---\n${pod('client', 'node-a', '127.193.1.20', undefined)}`);
+    const { specs, issues } = annotatedListeners(snapshot, 'node-a');
+    expect(specs.map((spec) => `${spec.listenHost}:${spec.listenPort}`)).toEqual(['127.193.1.21:9015', '127.0.0.1:9016']);
+    expect(issues.map((issue) => issue.message)).toEqual(["listen address 127.193.1.20 is workload demo/client's IP; only an operator's --outbound may use another"]);
+  });
+
   it('reads only the workloads of the node asked about', () => {
     const snapshot = snapshotOf(`${pod('client', 'node-a', '10.0.0.5', '9007=echo.demo:7')}---\n${pod('other', 'node-b', '10.0.1.5', '9007=echo.demo:7')}`);
     expect(annotatedListeners(snapshot, 'node-a').specs.map((spec) => spec.owner)).toEqual(['demo/client']);
