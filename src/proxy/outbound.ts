@@ -55,6 +55,8 @@ export interface OutboundListenerSpec {
 export interface SpecIssue {
   readonly origin: string;
   readonly message: string;
+  /** A workload's own annotation, not the operator's flag: that workload's problem, not the node's (readiness). */
+  readonly annotation?: boolean;
 }
 
 function key(spec: OutboundListenerSpec): string {
@@ -139,15 +141,15 @@ export function planListeners(specs: readonly OutboundListenerSpec[]): { listene
     const earlier = byAddress.get(address);
     if (earlier === undefined) {
       if (!contested.has(address)) byAddress.set(address, spec);
-      else conflicts.push({ origin: spec.origin, message: `listen address ${address} is declared by more than one workload's annotation: not bound` });
+      else conflicts.push({ origin: spec.origin, message: `listen address ${address} is declared by more than one workload's annotation: not bound`, annotation: true });
     } else if (sameListener(earlier, spec)) {
       if (earlier.ownerKind === undefined && spec.ownerKind !== undefined) byAddress.set(address, { ...earlier, ownerKind: spec.ownerKind });
     } else {
-      conflicts.push({ origin: spec.origin, message: `listen address ${address} is already declared by ${earlier.origin} (to ${formatAuthority(earlier.targetHost, earlier.targetPort)} for ${ownerLabel(earlier)})` });
+      conflicts.push({ origin: spec.origin, message: `listen address ${address} is already declared by ${earlier.origin} (to ${formatAuthority(earlier.targetHost, earlier.targetPort)} for ${ownerLabel(earlier)})`, annotation: spec.annotation === true });
       if (earlier.annotation && spec.annotation) {
         byAddress.delete(address);
         contested.add(address);
-        conflicts.push({ origin: earlier.origin, message: `listen address ${address} is also declared by ${spec.origin} (for ${ownerLabel(spec)}): not bound` });
+        conflicts.push({ origin: earlier.origin, message: `listen address ${address} is also declared by ${spec.origin} (for ${ownerLabel(spec)}): not bound`, annotation: true });
       }
     }
   }
@@ -303,7 +305,7 @@ export class OutboundListeners {
         this.#listeners.set(name, { spec, server });
         bound.push(name);
       } catch (error) {
-        failed.push({ origin: spec.origin, message: (error as Error).message });
+        failed.push({ origin: spec.origin, message: (error as Error).message, annotation: spec.annotation === true });
         bindFailures++;
       }
     }

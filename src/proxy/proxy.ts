@@ -429,7 +429,9 @@ export class NodeProxy {
     this.#waitingCertificates = inbound.waitingForCertificate.filter((identity) => !this.#refusedIdentities.has(identity));
     if (this.#waitingCertificates.length === 0 || this.#everReady) this.#pending.delete('certificates');
     else this.#pending.add('certificates');
-    if (inbound.failed.length === 0 && outbound.failed.length === 0) this.#pending.delete('listeners');
+    // An annotation's listener that cannot be bound is that workload's problem, as a refused certificate is (it is in
+    // /config_dump's problems and the log); the HBONE listeners and the operator's --outbound are the node's.
+    if (inbound.failed.length === 0 && outbound.failed.every((failure) => failure.annotation === true)) this.#pending.delete('listeners');
     else this.#pending.add('listeners');
     if (inbound.failed.length === 0 && outbound.bindFailures === 0) {
       this.#bindRetryMs = BIND_RETRY_FIRST_MS;
