@@ -242,7 +242,7 @@ describe('planListeners', () => {
     const operator = flag('127.0.0.1:9007=db.prod:5432@prod/api');
     const plan = planListeners([...annotated, operator]);
     expect(plan.listeners).toEqual([operator]);
-    expect(plan.conflicts).toEqual([{ origin: expect.stringContaining('Pod demo/x'), message: 'listen address 127.0.0.1:9007 is already declared by --outbound (to db.prod:5432 for prod/api)' }]);
+    expect(plan.conflicts).toEqual([{ origin: expect.stringContaining('Pod demo/x'), message: 'listen address 127.0.0.1:9007 is already declared by --outbound (to db.prod:5432 for prod/api)', annotation: true }]);
   });
 
   it('binds neither of two workloads\' annotations on one address (one could take a loopback address the other\'s application uses), reporting both', () => {
@@ -251,9 +251,9 @@ describe('planListeners', () => {
     expect(plan.listeners).toEqual([]);
     const origin = (name: string) => expect.stringContaining(`Pod demo/${name}:`);
     expect(plan.conflicts).toEqual([
-      { origin: origin('api'), message: expect.stringMatching(/^listen address 127\.0\.0\.1:9007 is already declared by .*Pod demo\/x.* \(to evil\.example:5432 for Pod demo\/x\)$/) },
-      { origin: origin('x'), message: expect.stringMatching(/^listen address 127\.0\.0\.1:9007 is also declared by .*Pod demo\/api.*: not bound$/) },
-      { origin: origin('late'), message: "listen address 127.0.0.1:9007 is declared by more than one workload's annotation: not bound" },
+      { origin: origin('api'), message: expect.stringMatching(/^listen address 127\.0\.0\.1:9007 is already declared by .*Pod demo\/x.* \(to evil\.example:5432 for Pod demo\/x\)$/), annotation: true },
+      { origin: origin('x'), message: expect.stringMatching(/^listen address 127\.0\.0\.1:9007 is also declared by .*Pod demo\/api.*: not bound$/), annotation: true },
+      { origin: origin('late'), message: "listen address 127.0.0.1:9007 is declared by more than one workload's annotation: not bound", annotation: true },
     ]);
   });
 
@@ -268,15 +268,16 @@ describe('planListeners', () => {
     const plan = planListeners([first, flag('127.0.0.1:9001=echo.demo:8@demo/client'), flag('127.0.0.1:9001=echo.demo:7@demo/other')]);
     expect(plan.listeners).toEqual([first]);
     expect(plan.conflicts).toEqual([
-      { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)' },
-      { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)' },
+      // The operator's own flags against each other: the node's problem (readiness), not a workload's.
+      { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)', annotation: false },
+      { origin: '--outbound', message: 'listen address 127.0.0.1:9001 is already declared by --outbound (to echo.demo:7 for demo/client)', annotation: false },
     ]);
     // A Pod and a WorkloadEntry of one name declaring the same address and target: two owners, one address, neither bound.
     const twins = planListeners(annotatedListeners(snapshotOf(TWINS), 'node-a').specs);
     expect(twins.listeners).toEqual([]);
     expect(twins.conflicts).toEqual([
-      { origin: expect.stringContaining('Pod demo/twin'), message: expect.stringContaining('already declared by apps/pods.yaml: WorkloadEntry demo/twin') },
-      { origin: expect.stringContaining('WorkloadEntry demo/twin'), message: expect.stringContaining('also declared by apps/pods.yaml: Pod demo/twin') },
+      { origin: expect.stringContaining('Pod demo/twin'), message: expect.stringContaining('already declared by apps/pods.yaml: WorkloadEntry demo/twin'), annotation: true },
+      { origin: expect.stringContaining('WorkloadEntry demo/twin'), message: expect.stringContaining('also declared by apps/pods.yaml: Pod demo/twin'), annotation: true },
     ]);
   });
 });
