@@ -52,6 +52,9 @@ import {
   H2_SERVER_STREAM_RESET_RATE,
   H2_SERVER_MAX_HEADER_LIST_BYTES,
   H2_OPENING_STREAM_WINDOW_BYTES,
+  H2_SERVER_MAX_HANDSHAKES,
+  H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS,
+  H2_SERVER_MAX_SESSIONS_PER_PEER,
   H2_SERVER_MAX_STREAMS,
   HBONE_ALPN,
   KEEPALIVE_INTERVAL_MS,
@@ -65,7 +68,7 @@ import {
   illegalUpstreamPorts,
 } from './settings.ts';
 
-const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM, NGHTTP2_SETTINGS_TIMEOUT } = http2.constants;
+const { HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_STATUS, NGHTTP2_CANCEL, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_REFUSED_STREAM, NGHTTP2_SETTINGS_TIMEOUT } = http2.constants;
 
 /** The address in a `forwarded` header's first `for=` (`for="10.0.0.5:4711"`, `for="[fd00::5]"`, `for=10.0.0.5`), or null. */
 export function forwardedForAddress(value: string): string | null {
@@ -160,8 +163,8 @@ function refusalReason(result: VerifyResult & { valid: false }): string {
  * debug data (refusalReason), so its proxy can say "refused our certificate: SVID_EXPIRED" instead of "connection
  * closed". Destroyed in the same turn: no stream of it is ever served.
  */
-function refuseSession(session: http2.ServerHttp2Session, reason: string): void {
-  session.goaway(NGHTTP2_INADEQUATE_SECURITY, 0, Buffer.from(reason, 'latin1'));
+function refuseSession(session: http2.ServerHttp2Session, reason: string, code: number = NGHTTP2_INADEQUATE_SECURITY): void {
+  session.goaway(code, 0, Buffer.from(reason, 'latin1'));
   session.destroy();
 }
 
@@ -329,6 +332,11 @@ export class HboneInbound {
   readonly #windows: WindowOptions;
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
   #draining = false;
+  /** Raw connections whose TLS handshake is under way, by `address port`, and how many per client address. */
+  readonly #handshaking = new Map<string, net.Socket>();
+  readonly #handshakesByAddress = new Map<string, number>();
+  /** Authenticated sessions per peer identity and address (H2_SERVER_MAX_SESSIONS_PER_PEER). */
+  readonly #sessionsByPeer = new Map<string, number>();
   /** The session Node has just created for a TLS connection, until its 'secureConnection' pairs them. */
   #justCreated: http2.ServerHttp2Session | undefined;
   /** Source labels taken from baggage, by peer identity (see #sourceLabels). */
@@ -575,6 +583,7 @@ export class HboneInbound {
     // On the TLS socket itself: a session's socket proxy refuses setKeepAlive (and destroy). Node's own listener of
     // this event, added first, has just created the session for it and emitted 'session': the pair is kept.
     server.on('secureConnection', (socket: tls.TLSSocket) => {
+      this.#handshakeDone(socket.remoteAddress, socket.remotePort);
       socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
       const session = this.#justCreated;
       this.#justCreated = undefined;
@@ -648,6 +657,20 @@ export class HboneInbound {
       refuseSession(session, 'SPIFFE ID names more than one namespace');
       return;
     }
+    const peerKey = `${result.id.id} ${address}`;
+    const held = this.#sessionsByPeer.get(peerKey) ?? 0;
+    if (held >= H2_SERVER_MAX_SESSIONS_PER_PEER) {
+      this.#options.metrics.peerRefused('TOO_MANY_SESSIONS');
+      this.#refusalLogBudget.warn(this.#logger, 'too-many-sessions', { peer: address, presented: result.id.id, sessions: held }, `refusing HBONE peer: it holds ${held} sessions from this address already`);
+      refuseSession(session, 'TOO_MANY_SESSIONS', NGHTTP2_ENHANCE_YOUR_CALM);
+      return;
+    }
+    this.#sessionsByPeer.set(peerKey, held + 1);
+    session.once('close', () => {
+      const left = (this.#sessionsByPeer.get(peerKey) ?? 1) - 1;
+      if (left <= 0) this.#sessionsByPeer.delete(peerKey);
+      else this.#sessionsByPeer.set(peerKey, left);
+    });
     peers.set(session, {
       id: result.id, bundles, validUntilMs: result.notAfterMs, address, canonicalAddress: canonicalIp(address) ?? address,
       localAddress: socket.localAddress === undefined ? 'unknown' : formatAuthority(socket.localAddress, socket.localPort ?? 0),
@@ -1022,8 +1045,41 @@ export class HboneInbound {
   #listen(entry: WorkloadServer, ip: string): Promise<net.Server> {
     // The secure server does the TLS; a plain listener per IP hands it the sockets, so one server can
     // take connections from several addresses (its IPs, and the shared listener).
-    const listener = net.createServer({ pauseOnConnect: false }, (socket) => entry.server.emit('connection', socket));
+    const listener = net.createServer({ pauseOnConnect: false }, (socket) => {
+      if (this.#admitHandshake(socket)) entry.server.emit('connection', socket);
+    });
     return listenOn(listener, ip, this.#options.hbonePort, acceptErrorLogger(this.#logger, `HBONE ${formatAuthority(ip, this.#options.hbonePort)}`)).then(() => listener);
+  }
+
+  /**
+   * Whether a new connection may begin its TLS handshake: at most H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS under way from
+   * one client address, H2_SERVER_MAX_HANDSHAKES in all. One over is closed at once, counted, never parsed.
+   */
+  #admitHandshake(socket: net.Socket): boolean {
+    const address = socket.remoteAddress ?? '';
+    const pending = this.#handshakesByAddress.get(address) ?? 0;
+    if (pending >= H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS || this.#handshaking.size >= H2_SERVER_MAX_HANDSHAKES) {
+      this.#options.metrics.peerRefused('HANDSHAKE_LIMIT');
+      this.#refusalLogBudget.warn(this.#logger, 'handshake-limit', { peer: address, pending, total: this.#handshaking.size }, 'too many TLS handshakes under way on 15008; closing the new connection');
+      socket.destroy();
+      return false;
+    }
+    const key = `${address} ${String(socket.remotePort)}`;
+    this.#handshaking.set(key, socket);
+    this.#handshakesByAddress.set(address, pending + 1);
+    socket.once('close', () => this.#handshakeDone(address, socket.remotePort, socket));
+    return true;
+  }
+
+  /** A handshake over (done, failed, or its connection closed): counted once, whichever comes first. */
+  #handshakeDone(address: string | undefined, port: number | undefined, socket?: net.Socket): void {
+    const key = `${address ?? ''} ${String(port)}`;
+    const pending = this.#handshaking.get(key);
+    if (pending === undefined || (socket !== undefined && pending !== socket)) return;
+    this.#handshaking.delete(key);
+    const left = (this.#handshakesByAddress.get(address ?? '') ?? 1) - 1;
+    if (left <= 0) this.#handshakesByAddress.delete(address ?? '');
+    else this.#handshakesByAddress.set(address ?? '', left);
   }
 
   #dispatchShared(socket: net.Socket): void {
@@ -1040,7 +1096,7 @@ export class HboneInbound {
       return;
     }
     socket.resume();
-    entry.server.emit('connection', socket);
+    if (this.#admitHandshake(socket)) entry.server.emit('connection', socket);
   }
 
   async #remove(key: string, entry: WorkloadServer): Promise<void> {

@@ -45,6 +45,19 @@ export const H2_MAX_FRAME_BYTES = 1024 * 1024;
  */
 export const H2_SERVER_STREAM_RESET_BURST = 2_000;
 export const H2_SERVER_STREAM_RESET_RATE = 2_000;
+/**
+ * Server: TLS handshakes one client address may have under way at once, and all of them together. A handshake is
+ * unauthenticated work (a client chain OpenSSL checks before ambit can): 5,000 silent connections from one client held
+ * 100 MiB, 20,000 every descriptor. A peer node opens a session per source workload, all at once when it starts (a
+ * node runs ~110 pods at most); one stalled handshake holds 20–60 KiB.
+ */
+export const H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS = 256;
+export const H2_SERVER_MAX_HANDSHAKES = 2_048;
+/**
+ * Server: sessions one peer identity may hold from one address (a node's pods of that identity, each its own pooled
+ * session, one more per 100 streams; a node runs ~110 pods at most). One peer held 20,000, every descriptor of the node.
+ */
+export const H2_SERVER_MAX_SESSIONS_PER_PEER = 256;
 /** Server: streams a peer may open on one session (ztunnel advertises 200). */
 export const H2_SERVER_MAX_STREAMS = 200;
 /** Client: streams we put on one pooled session before opening another (Go and ztunnel use 100). */

@@ -808,6 +808,52 @@ spec:
     }
   });
 
+  it('closes at once a connection past the 256 handshakes one client address may have under way, and serves another address meanwhile', async () => {
+    const before = await metricSum(nodeB(), 'ambit_hbone_peers_refused_total', { reason: 'HANDSHAKE_LIMIT' });
+    // Silent connections from one address: each holds a handshake open (until the 10 s handshake timeout).
+    const silent = Array.from({ length: 262 }, () => net.connect({ host: ECHO_IP, port: HBONE_PORT, localAddress: '127.0.0.77' }).on('error', () => {}));
+    try {
+      await Promise.all(silent.map((socket) => once(socket, 'connect').catch(() => {})));
+      await waitUntil('the six past the limit closed', () => silent.filter((socket) => socket.closed).length >= 6, 5_000);
+      expect(silent.filter((socket) => socket.closed)).toHaveLength(6);
+      expect(await metricSum(nodeB(), 'ambit_hbone_peers_refused_total', { reason: 'HANDSHAKE_LIMIT' })).toBe(before + 6);
+      // Another address is not held back by that one's.
+      const session = dialHbone(validClient);
+      try {
+        const payload = randomBytes(1024);
+        expect((await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
+      } finally {
+        session.destroy();
+      }
+    } finally {
+      for (const socket of silent) socket.destroy();
+    }
+  });
+
+  it('refuses a peer its 257th session from one address, GOAWAY ENHANCE_YOUR_CALM, and takes its sessions from another', async () => {
+    const from = (localAddress: string) => dialHbone(validClient, { tls: { localAddress } as Partial<tls.ConnectionOptions> });
+    // All at once, as a node whose pods all start together dials them: within the handshakes one address may have.
+    const held = Array.from({ length: 256 }, () => from('127.0.0.79'));
+    try {
+      await Promise.all(held.map((session) => once(session, 'connect')));
+      const payload = randomBytes(64);
+      // Each is a session the server took (a CONNECT on the last one answers).
+      expect((await echoThrough(held[255] as http2.ClientHttp2Session, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
+      const extra = from('127.0.0.79');
+      const goaway = await new Promise<{ code: number; reason: string }>((resolve) => extra.once('goaway', (code: number, _last: number, data?: Buffer) => resolve({ code, reason: data?.toString('latin1') ?? '' })));
+      expect(goaway).toEqual({ code: http2.constants.NGHTTP2_ENHANCE_YOUR_CALM, reason: 'TOO_MANY_SESSIONS' });
+      extra.destroy();
+      const other = from('127.0.0.80');
+      try {
+        expect((await echoThrough(other, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
+      } finally {
+        other.destroy();
+      }
+    } finally {
+      for (const session of held) session.destroy();
+    }
+  }, 30_000);
+
   it('drops a peer presenting no client certificate and logs CA_UNAUTHENTICATED', async () => {
     const since = nodeB().proc.lines.length;
     const outcome = await attemptTunnel(null);
