@@ -88,10 +88,6 @@ export function clientIpOfForwardedFor(value: string | undefined): IpAddress | n
   return last === '' ? null : parseIp(last);
 }
 
-// Field-match outcomes for one clause.
-const YES = 1;
-const NO = 0;
-
 function sourcePrincipalMatches(source: CompiledSource, principal: string | null): boolean {
   if (source.principals !== null && (principal === null || !source.principals.matches(principal))) return false;
   return source.notPrincipals === null || principal === null || !source.notPrincipals.matches(principal);
@@ -227,26 +223,27 @@ function conditionMatches(condition: CompiledCondition, ctx: AuthzContext, ignor
   return true;
 }
 
+function anySourceMatches(sources: readonly CompiledSource[], ctx: AuthzContext, ignoreL7: boolean): boolean {
+  for (let i = 0; i < sources.length; i++) if (sourceMatches(sources[i] as CompiledSource, ctx, ignoreL7)) return true;
+  return false;
+}
+
+function anyOperationMatches(operations: readonly CompiledOperation[], ctx: AuthzContext, ignoreL7: boolean, deny: boolean): boolean {
+  for (let i = 0; i < operations.length; i++) if (operationMatches(operations[i] as CompiledOperation, ctx, ignoreL7, deny)) return true;
+  return false;
+}
+
+function conditionsHold(when: readonly CompiledCondition[] | null, ctx: AuthzContext, ignoreL7: boolean): boolean {
+  if (when === null) return true;
+  for (let i = 0; i < when.length; i++) if (!conditionMatches(when[i] as CompiledCondition, ctx, ignoreL7)) return false;
+  return true;
+}
+
 /** A rule matches when any source matches, any operation matches, and every condition holds. */
 export function ruleMatches(rule: CompiledRule, ctx: AuthzContext, ignoreL7: boolean): boolean {
-  const from = rule.from;
-  if (from !== null) {
-    let any = NO;
-    for (let i = 0; i < from.length; i++) if (sourceMatches(from[i] as CompiledSource, ctx, ignoreL7)) { any = YES; break; }
-    if (any === NO) return false;
-  }
-  const to = rule.to;
-  if (to !== null) {
-    let any = NO;
-    const deny = rule.policy.action === 'DENY';
-    for (let i = 0; i < to.length; i++) if (operationMatches(to[i] as CompiledOperation, ctx, ignoreL7, deny)) { any = YES; break; }
-    if (any === NO) return false;
-  }
-  const when = rule.when;
-  if (when !== null) {
-    for (let i = 0; i < when.length; i++) if (!conditionMatches(when[i] as CompiledCondition, ctx, ignoreL7)) return false;
-  }
-  return true;
+  if (rule.from !== null && !anySourceMatches(rule.from, ctx, ignoreL7)) return false;
+  if (rule.to !== null && !anyOperationMatches(rule.to, ctx, ignoreL7, rule.policy.action === 'DENY')) return false;
+  return conditionsHold(rule.when, ctx, ignoreL7);
 }
 
 /** The mTLS mode in force for a destination port. */
@@ -267,30 +264,15 @@ function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsReso
     if ((recheck & RECHECK_IP) !== 0 && !sourceIpMatches(source, ctx, ignoreL7)) return false;
   }
   // A rule too large to expand: the side its terms do not carry, in full.
-  const sources = term.checkSources;
-  if (sources !== null) {
-    let any = NO;
-    for (let i = 0; i < sources.length; i++) if (sourceMatches(sources[i] as CompiledSource, ctx, ignoreL7)) { any = YES; break; }
-    if (any === NO) return false;
-  }
-  const operations = term.checkOperations;
-  if (operations !== null) {
-    let any = NO;
-    const deny = term.rule.policy.action === 'DENY';
-    for (let i = 0; i < operations.length; i++) if (operationMatches(operations[i] as CompiledOperation, ctx, ignoreL7, deny)) { any = YES; break; }
-    if (any === NO) return false;
-  }
+  if (term.checkSources !== null && !anySourceMatches(term.checkSources, ctx, ignoreL7)) return false;
+  if (term.checkOperations !== null && !anyOperationMatches(term.checkOperations, ctx, ignoreL7, term.rule.policy.action === 'DENY')) return false;
   const operation = term.operation;
   if (operation !== null) {
     if (!portsResolved && !portMatches(operation, ctx.destinationPort)) return false;
     if ((recheck & RECHECK_METHOD) !== 0 && operation.l7 && !ignoreL7 && !operationMethodMatches(operation, ctx.request)) return false;
     if (operation.l7 && !ignoreL7 && !hostsAndPathsSettled && !operationHostPathMatches(operation, ctx.request, term.rule.policy.action === 'DENY')) return false;
   }
-  const when = term.rule.when;
-  if (when !== null) {
-    for (let i = 0; i < when.length; i++) if (!conditionMatches(when[i] as CompiledCondition, ctx, ignoreL7)) return false;
-  }
-  return true;
+  return conditionsHold(term.rule.when, ctx, ignoreL7);
 }
 
 function resolveSource(ctx: AuthzContext, vocabularies: Vocabularies): void {
