@@ -163,6 +163,11 @@ function refusalReason(result: VerifyResult & { valid: false }): string {
  * debug data (refusalReason), so its proxy can say "refused our certificate: SVID_EXPIRED" instead of "connection
  * closed". Destroyed in the same turn: no stream of it is ever served.
  */
+/** A connection's TCP 4-tuple, the same read from its raw socket and from the TLS socket over it. */
+function connectionKey(socket: net.Socket): string {
+  return `${socket.remoteAddress ?? ''} ${String(socket.remotePort)} ${socket.localAddress ?? ''} ${String(socket.localPort)}`;
+}
+
 function refuseSession(session: http2.ServerHttp2Session, reason: string, code: number = NGHTTP2_INADEQUATE_SECURITY): void {
   session.goaway(code, 0, Buffer.from(reason, 'latin1'));
   session.destroy();
@@ -333,7 +338,7 @@ export class HboneInbound {
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
   #draining = false;
   /** Raw connections whose TLS handshake is under way, by `address port`, and how many per client address. */
-  readonly #handshaking = new Map<string, net.Socket>();
+  readonly #handshaking = new Map<string, { readonly socket: net.Socket; readonly address: string }>();
   readonly #handshakesByAddress = new Map<string, number>();
   /** Authenticated sessions per peer identity and address (H2_SERVER_MAX_SESSIONS_PER_PEER). */
   readonly #sessionsByPeer = new Map<string, number>();
@@ -583,7 +588,7 @@ export class HboneInbound {
     // On the TLS socket itself: a session's socket proxy refuses setKeepAlive (and destroy). Node's own listener of
     // this event, added first, has just created the session for it and emitted 'session': the pair is kept.
     server.on('secureConnection', (socket: tls.TLSSocket) => {
-      this.#handshakeDone(socket.remoteAddress, socket.remotePort);
+      this.#handshakeDone(connectionKey(socket));
       socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
       const session = this.#justCreated;
       this.#justCreated = undefined;
@@ -1064,22 +1069,23 @@ export class HboneInbound {
       socket.destroy();
       return false;
     }
-    const key = `${address} ${String(socket.remotePort)}`;
-    this.#handshaking.set(key, socket);
+    // The TCP 4-tuple: one client port may reach two of this node's workload addresses at once.
+    const key = connectionKey(socket);
+    this.#handshaking.set(key, { socket, address });
     this.#handshakesByAddress.set(address, pending + 1);
-    socket.once('close', () => this.#handshakeDone(address, socket.remotePort, socket));
+    socket.once('close', () => this.#handshakeDone(key, socket));
     return true;
   }
 
   /** A handshake over (done, failed, or its connection closed): counted once, whichever comes first. */
-  #handshakeDone(address: string | undefined, port: number | undefined, socket?: net.Socket): void {
-    const key = `${address ?? ''} ${String(port)}`;
+  #handshakeDone(key: string, socket?: net.Socket): void {
     const pending = this.#handshaking.get(key);
-    if (pending === undefined || (socket !== undefined && pending !== socket)) return;
+    if (pending === undefined || (socket !== undefined && pending.socket !== socket)) return;
     this.#handshaking.delete(key);
-    const left = (this.#handshakesByAddress.get(address ?? '') ?? 1) - 1;
-    if (left <= 0) this.#handshakesByAddress.delete(address ?? '');
-    else this.#handshakesByAddress.set(address ?? '', left);
+    const address = pending.address;
+    const left = (this.#handshakesByAddress.get(address) ?? 1) - 1;
+    if (left <= 0) this.#handshakesByAddress.delete(address);
+    else this.#handshakesByAddress.set(address, left);
   }
 
   #dispatchShared(socket: net.Socket): void {

@@ -81,7 +81,7 @@ export interface RoutingTable {
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   /** A Kubernetes Service's names (full and short forms) → the Service and its TCP ports: a port it lacks is refused. */
   /** Names of the mesh's Services and mesh ServiceEntries, with their TCP ports: never sent as plain TCP where they resolve. */
-  readonly serviceNames: ReadonlyMap<string, MeshName>;
+  readonly serviceNames: ReadonlyMap<string, readonly MeshName[]>;
   /** An ExternalName Service's names → its externalName: a CNAME, reached by passthrough on any port. */
   readonly externalNames: ReadonlyMap<string, { readonly target: string; readonly service: string }>;
   readonly hbonePort: number;
@@ -244,19 +244,23 @@ function exportedTo(namespace: string, exportTo: readonly string[]): ReadonlySet
 }
 
 /**
+ * A name of the mesh: what it is (`Service web.shop.svc.cluster.local`, `ServiceEntry shop/db`), its TCP ports, and
+ * the namespaces that see it (null: all; a Service is seen by all).
+ */
+interface MeshName {
+  readonly what: string;
+  readonly ports: readonly number[];
+  readonly visibleTo: ReadonlySet<string> | null;
+}
+
+/**
  * A ServiceEntry that names mesh workloads (Istio's VM pattern: WorkloadEntries behind a ServiceEntry's
  * workloadSelector, or endpoints at workload IPs) routes its hosts and addresses over HBONE as a Service does. A
  * selected WorkloadEntry takes the port its `ports` map gives under the entry port's name; otherwise the entry port's
  * targetPort, else its number. Its other endpoints (resolution STATIC or DNS), outside the mesh, are drawn alongside
  * and reached as plain TCP, as ztunnel reaches a workload without HBONE; never one at a Service's cluster IP.
  */
-/** A name of the mesh: what it is (`Service web.shop.svc.cluster.local`, `ServiceEntry shop/db`) and its TCP ports. */
-interface MeshName {
-  readonly what: string;
-  readonly ports: readonly number[];
-}
-
-function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>, serviceNames: Map<string, MeshName>): ReadonlySet<string> {
+function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHost: Map<string, Map<number, ServicePortRoutes>>, byVip: Map<string, Map<number, ServicePortRoutes>>, serviceNames: Map<string, MeshName[]>): ReadonlySet<string> {
   const meshEntries = snapshot.objectsOfKind('ServiceEntry').filter((object) => isMeshEntry(snapshot, object));
   // Every mesh entry's own addresses, whatever their order: an endpoint at one is never reached as plain TCP.
   const entryAddresses = new Set<string>();
@@ -274,10 +278,10 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
     const outside = spec.workloadSelector !== undefined || spec.resolution === 'NONE' ? [] : spec.endpoints.filter((endpoint) => meshAddressOf(mesh, endpoint.address) === null);
     const serviceLabels = labelsOfEntry(object);
     const visibleTo = exportedTo(namespace, spec.exportTo);
-    // Its hosts on a port it does not declare (or in a namespace it is not exported to) go nowhere, as a Service's:
-    // where the name resolves is its workloads, reached as plain TCP past their policy.
-    const named: MeshName = { what: `ServiceEntry ${namespace}/${name}`, ports: spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number) };
-    for (const host of spec.hosts) if (!host.startsWith('*') && !serviceNames.has(normalHost(host))) serviceNames.set(normalHost(host), named);
+    // Its hosts on a port it does not declare go nowhere, as a Service's, for the namespaces that see it: where the
+    // name resolves is its workloads, reached as plain TCP past their policy.
+    const named: MeshName = { what: `ServiceEntry ${namespace}/${name}`, ports: spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number), visibleTo };
+    for (const host of spec.hosts) if (!host.startsWith('*')) addName(serviceNames, normalHost(host), named);
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
       const routes: (HboneRoute | PassthroughRoute)[] = [];
@@ -481,7 +485,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const hbonePort = snapshot.mesh.ports.hbone;
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
   const byVip = new Map<string, Map<number, ServicePortRoutes>>();
-  const serviceNames = new Map<string, MeshName>();
+  const serviceNames = new Map<string, MeshName[]>();
   const externalNames = new Map<string, { target: string; service: string }>();
   for (const service of snapshot.services) {
     // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
@@ -495,8 +499,8 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       if (pointed !== undefined) for (const host of names) externalNames.set(host, pointed);
       continue;
     }
-    const named: MeshName = { what: `Service ${service.hostname}`, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port) };
-    for (const host of names) serviceNames.set(host, named);
+    const named: MeshName = { what: `Service ${service.hostname}`, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port), visibleTo: null };
+    for (const host of names) addName(serviceNames, host, named);
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
     // publishNotReadyAddresses: every running pod is an endpoint, ready or not, as Kubernetes publishes them.
@@ -669,11 +673,11 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     if (external !== undefined) return { kind: 'passthrough', host: external.target, port, entry: external.service };
     // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
     // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
-    const named = table.serviceNames.get(name);
-    // Declared but not exported to the source: under REGISTRY_ONLY that is EGRESS_BLOCKED, below.
-    if (named !== undefined && !(table.egressLocked && named.ports.includes(port))) {
-      const why = named.ports.includes(port) ? `which is not exported to namespace ${sourceNamespace ?? '(none)'}` : `which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`})`;
-      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is ${named.what}, ${why}: not sent outside the mesh` };
+    // Seen by the source (an entry private to another namespace must not take its host from this one), and not also
+    // a host the source's own entries send outside the mesh on this port.
+    const named = table.serviceNames.get(name)?.find((candidate) => candidate.visibleTo === null || (sourceNamespace !== undefined && candidate.visibleTo.has(sourceNamespace)));
+    if (named !== undefined && (sourceNamespace === undefined || findExternal(table, host, port, sourceNamespace) === undefined)) {
+      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is ${named.what}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
     }
   } else {
     // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)
@@ -697,6 +701,12 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
   if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
   // An entry without endpoints: where the name resolves, labelled with the entry (a connect costs far more than this object).
   return entry === undefined ? { kind: 'passthrough', host, port } : { kind: 'passthrough', host, port, serviceLabels: entry.labelsByHost?.get(normalHost(host)) ?? entry.serviceLabels };
+}
+
+function addName(names: Map<string, MeshName[]>, host: string, named: MeshName): void {
+  const list = names.get(host);
+  if (list === undefined) names.set(host, [named]);
+  else list.push(named);
 }
 
 /** The route to a workload dialled by its IP (on any port: the workload's own policy decides at its node). */

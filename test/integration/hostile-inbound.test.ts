@@ -830,6 +830,24 @@ spec:
     }
   });
 
+  it("releases each handshake's slot when one client port reaches two of the node's workloads at once (300 such pairs)", async () => {
+    const handshake = (host: string, localPort: number) => {
+      const raw = net.connect({ host, port: HBONE_PORT, localAddress: '127.0.0.81', ...(localPort === 0 ? {} : { localPort }) }).on('error', () => {});
+      const socket = tls.connect({ socket: raw, cert: validClient.certPem, key: validClient.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+      socket.on('error', () => {});
+      return once(socket, 'secureConnect').then(() => socket);
+    };
+    for (let i = 0; i < 300; i++) {
+      const pair = await Promise.all([handshake(ECHO_IP, 42_000 + i), handshake(CACHE_IP, 42_000 + i)]);
+      for (const socket of pair) socket.destroy();
+      await Promise.all(pair.map((socket) => once(socket, 'close')));
+    }
+    // Keyed by client address and port alone, each pair leaked a slot: past 256 pairs, no handshake from the address.
+    const after = await Promise.allSettled([handshake(ECHO_IP, 0), handshake(CACHE_IP, 0), handshake(ECHO_IP, 0)]);
+    expect(after.map((result) => result.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled']);
+    for (const result of after) if (result.status === 'fulfilled') result.value.destroy();
+  }, 60_000);
+
   it('refuses a peer its 257th session from one address, GOAWAY ENHANCE_YOUR_CALM, and takes its sessions from another', async () => {
     const from = (localAddress: string) => dialHbone(validClient, { tls: { localAddress } as Partial<tls.ConnectionOptions> });
     // All at once, as a node whose pods all start together dials them: within the handshakes one address may have.

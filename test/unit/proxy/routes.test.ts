@@ -819,8 +819,29 @@ spec:
     expect(decideRoute(table, 'vm-db.internal', 5432, Math.random, 'data')).toMatchObject({ kind: 'hbone' });
     expect(decideRoute(table, 'vm-db.internal', 5433, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: 'vm-db.internal is ServiceEntry data/vm-db, which has no TCP port 5433 (its ports: 5432): not sent outside the mesh' });
     expect(decideRoute(table, 'VM-DB.internal.', 5433, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
-    // Not exported to the asking namespace: not sent as plain TCP either.
-    expect(decideRoute(table, 'vm-db.internal', 5432, Math.random, 'shop')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: 'vm-db.internal is ServiceEntry data/vm-db, which is not exported to namespace shop: not sent outside the mesh' });
+  });
+
+  it('takes nothing from a namespace the entry is not exported to: another namespace cannot black-hole a name for it', () => {
+    const shared = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, `${entries.replaceAll('vm-db.internal', 'db.example.com')}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: stripe, namespace: shop }
+spec:
+  hosts: [db.example.com]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }, { number: 6432, name: tcp-bouncer, protocol: TCP }]
+  location: MESH_EXTERNAL
+  resolution: DNS
+`));
+    // For shop the name is its own entry's, outside the mesh, on both ports.
+    expect(decideRoute(shared, 'db.example.com', 5432, Math.random, 'shop')).toMatchObject({ kind: 'passthrough', host: 'db.example.com', port: 5432 });
+    expect(decideRoute(shared, 'db.example.com', 6432, Math.random, 'shop')).toMatchObject({ kind: 'passthrough', host: 'db.example.com', port: 6432 });
+    // For data, the mesh entry it sees: over HBONE; on shop's entry's other port (exported to all), outside the mesh;
+    // on a port neither declares, nowhere.
+    expect(decideRoute(shared, 'db.example.com', 5432, Math.random, 'data')).toMatchObject({ kind: 'hbone' });
+    expect(decideRoute(shared, 'db.example.com', 6432, Math.random, 'data')).toMatchObject({ kind: 'passthrough', port: 6432 });
+    expect(decideRoute(shared, 'db.example.com', 7432, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
+    // A namespace that sees neither: where the name resolves, as any name outside the registry under ALLOW_ANY.
+    expect(decideRoute(table, 'vm-db.internal', 5432, Math.random, 'front')).toMatchObject({ kind: 'passthrough', host: 'vm-db.internal' });
   });
 });
 
