@@ -70,17 +70,19 @@ interface LookupJob {
   readonly owner: string;
   readonly hostname: string;
   readonly options: LookupOptions & { all: true };
-  readonly queuedMs: number;
   readonly waiters: LookupAllCallback[];
+  /** Fails the job if it is still queued when it runs out (cleared once it runs). */
+  expiry: NodeJS.Timeout | undefined;
 }
 
 /**
  * Name lookups of passthrough destinations, bounded. getaddrinfo runs on libuv's threadpool (4 threads, which file
  * reads and crypto share), cannot be cancelled, and a resolver that never answers holds a thread for its whole timeout
  * (10 s by default): one workload connecting 40 times to such a name held all four for ~100 s, and every other
- * workload's lookups (`localhost`, from /etc/hosts) waited past their connect timeout. So the same name asked while
- * its lookup runs waits for that one; at most `running` lookups run at once and `perOwner` of one source identity,
- * which may queue `queuedPerOwner` more; a queued lookup older than `maxWaitMs` fails without running.
+ * workload's lookups (`localhost`, from /etc/hosts) waited past their connect timeout. So at most `running` lookups
+ * run at once and `perOwner` of one source identity, which may queue `queuedPerOwner` more; a name asked while its
+ * lookup runs waits for that one (while it is only queued, only its owner's connections join it: another identity's
+ * must not wait on this one's turn); a queued lookup fails after `maxWaitMs`.
  */
 export class NameLookups {
   readonly #lookup: LookupAll;
@@ -88,11 +90,11 @@ export class NameLookups {
   readonly #perOwner: number;
   readonly #queuedPerOwner: number;
   readonly #maxWaitMs: number;
-  readonly #inFlight = new Map<string, LookupJob>();
-  readonly #queue: LookupJob[] = [];
+  /** Running lookups, by name; queued ones, by owner and name, in order. */
+  readonly #runningJobs = new Map<string, LookupJob>();
+  readonly #queued = new Map<string, LookupJob>();
   readonly #runningByOwner = new Map<string, number>();
   readonly #queuedByOwner = new Map<string, number>();
-  #runningCount = 0;
 
   constructor(lookup: LookupAll, limits: { running: number; perOwner: number; queuedPerOwner: number; maxWaitMs: number }) {
     this.#lookup = lookup;
@@ -105,7 +107,7 @@ export class NameLookups {
   lookup(owner: string, hostname: string, options: LookupOptions, callback: LookupAllCallback): void {
     const all = { family: options.family, hints: options.hints, all: true } as LookupOptions & { all: true };
     const key = `${String(all.family ?? 0)}\0${String(all.hints ?? 0)}\0${hostname}`;
-    const joined = this.#inFlight.get(key);
+    const joined = this.#runningJobs.get(key) ?? this.#queued.get(`${owner}\0${key}`);
     if (joined !== undefined) {
       joined.waiters.push(callback);
       return;
@@ -115,41 +117,48 @@ export class NameLookups {
       callback(new AmbitError('DNS_LOOKUP', `${hostname}: ${owner} already has ${queued} name lookup${queued === 1 ? '' : 's'} waiting for the resolver`) as AmbitError & NodeJS.ErrnoException, []);
       return;
     }
-    const job: LookupJob = { key, owner, hostname, options: all, queuedMs: Date.now(), waiters: [callback] };
-    this.#inFlight.set(key, job);
-    this.#queue.push(job);
+    const job: LookupJob = { key, owner, hostname, options: all, waiters: [callback], expiry: undefined };
+    job.expiry = setTimeout(() => this.#expire(job), this.#maxWaitMs);
+    job.expiry.unref();
+    this.#queued.set(`${owner}\0${key}`, job);
     this.#queuedByOwner.set(owner, queued + 1);
     this.#pump();
   }
 
+  #dequeue(job: LookupJob): void {
+    this.#queued.delete(`${job.owner}\0${job.key}`);
+    this.#queuedByOwner.set(job.owner, (this.#queuedByOwner.get(job.owner) ?? 1) - 1);
+    clearTimeout(job.expiry);
+  }
+
+  #expire(job: LookupJob): void {
+    if (this.#queued.get(`${job.owner}\0${job.key}`) !== job) return;
+    this.#dequeue(job);
+    const error = new AmbitError('DNS_LOOKUP', `${job.hostname}: waited more than ${this.#maxWaitMs} ms for the resolver (lookups of ${job.owner} ahead of it)`) as AmbitError & NodeJS.ErrnoException;
+    for (const waiter of job.waiters) waiter(error, []);
+  }
+
   #pump(): void {
-    for (let i = 0; i < this.#queue.length && this.#runningCount < this.#running; ) {
-      const job = this.#queue[i] as LookupJob;
-      const expired = Date.now() - job.queuedMs > this.#maxWaitMs;
-      if (!expired && (this.#runningByOwner.get(job.owner) ?? 0) >= this.#perOwner) {
-        i++;
+    // In the order they were asked (a Map keeps it), skipping owners at their limit.
+    for (const job of this.#queued.values()) {
+      if (this.#runningJobs.size >= this.#running) return;
+      if ((this.#runningByOwner.get(job.owner) ?? 0) >= this.#perOwner) continue;
+      this.#dequeue(job);
+      // Another identity's lookup of the name started meanwhile: this one's connections wait for it.
+      const started = this.#runningJobs.get(job.key);
+      if (started !== undefined) {
+        for (const waiter of job.waiters) started.waiters.push(waiter);
         continue;
       }
-      this.#queue.splice(i, 1);
-      this.#queuedByOwner.set(job.owner, (this.#queuedByOwner.get(job.owner) ?? 1) - 1);
-      if (expired) {
-        this.#finish(job, new AmbitError('DNS_LOOKUP', `${job.hostname}: waited more than ${this.#maxWaitMs} ms for the resolver (lookups of ${job.owner} ahead of it)`) as AmbitError & NodeJS.ErrnoException, []);
-        continue;
-      }
-      this.#runningCount++;
+      this.#runningJobs.set(job.key, job);
       this.#runningByOwner.set(job.owner, (this.#runningByOwner.get(job.owner) ?? 0) + 1);
       this.#lookup(job.hostname, job.options, (error, addresses) => {
-        this.#runningCount--;
+        this.#runningJobs.delete(job.key);
         this.#runningByOwner.set(job.owner, (this.#runningByOwner.get(job.owner) ?? 1) - 1);
-        this.#finish(job, error, addresses);
+        for (const waiter of job.waiters) waiter(error, addresses);
         this.#pump();
       });
     }
-  }
-
-  #finish(job: LookupJob, error: NodeJS.ErrnoException | null, addresses: LookupAddress[]): void {
-    this.#inFlight.delete(job.key);
-    for (const waiter of job.waiters) waiter(error, addresses);
   }
 }
 

@@ -204,6 +204,22 @@ describe('name lookups of passthrough destinations', () => {
     expect(resolver.asked).toHaveLength(7);
   });
 
+  it("run another identity's lookup of a name the first has only queued, rather than hold it behind the first's turn", async () => {
+    const resolver = new HeldResolver();
+    const lookups = new NameLookups(resolver.lookup, { running: 3, perOwner: 2, queuedPerOwner: 64, maxWaitMs: 10_000 });
+    void lookupWith(lookups, 'hostile', 'hung1.example');
+    void lookupWith(lookups, 'hostile', 'hung2.example');
+    const queued = lookupWith(lookups, 'hostile', 'api.example.com');
+    const victim = lookupWith(lookups, 'victim', 'api.example.com');
+    expect(resolver.asked).toEqual(['hung1.example', 'hung2.example', 'api.example.com']);
+    resolver.answer('api.example.com');
+    expect((await victim).addresses).toEqual([{ address: '192.0.2.10', family: 4 }]);
+    // The first's, once its turn comes, joins the lookup under way or asks again: either way it is answered.
+    resolver.answer('hung1.example');
+    resolver.answer('api.example.com');
+    expect((await queued).error).toBeNull();
+  });
+
   it('refuse past the queue a workload may have, and give up on a queued lookup older than the wait', async () => {
     const resolver = new HeldResolver();
     const lookups = new NameLookups(resolver.lookup, { running: 1, perOwner: 1, queuedPerOwner: 1, maxWaitMs: 50 });
@@ -212,10 +228,9 @@ describe('name lookups of passthrough destinations', () => {
     const refused = await lookupWith(lookups, 'hostile', 'third.example');
     expect(refused.error).toMatchObject({ code: 'DNS_LOOKUP' });
     expect(refused.error?.message).toContain('third.example: hostile already has 1 name lookup waiting');
-    await new Promise((resolve) => setTimeout(resolve, 80));
-    // The slot frees: the queued lookup is past its wait, and fails without being asked.
-    resolver.answer('hung.example');
+    // Past its wait it fails, though the running lookup still holds the only slot, and is never asked.
     const late = await queued;
+    resolver.answer('hung.example');
     expect(late.error?.message).toContain('second.example: waited more than 50 ms for the resolver');
     expect(resolver.asked).toEqual(['hung.example']);
   });
