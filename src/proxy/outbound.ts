@@ -305,7 +305,9 @@ export class OutboundListeners {
         this.#listeners.set(name, { spec, server });
         bound.push(name);
       } catch (error) {
-        failed.push({ origin: spec.origin, message: (error as Error).message, annotation: spec.annotation === true });
+        // Out of descriptors is the node's problem whoever asked for the listener.
+        const code = ((error as { cause?: NodeJS.ErrnoException }).cause ?? (error as NodeJS.ErrnoException)).code;
+        failed.push({ origin: spec.origin, message: (error as Error).message, annotation: spec.annotation === true && code !== 'EMFILE' && code !== 'ENFILE' });
         bindFailures++;
       }
     }
