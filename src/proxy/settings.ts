@@ -49,10 +49,11 @@ export const H2_SERVER_STREAM_RESET_RATE = 2_000;
  * Server: TLS handshakes one client address may have under way at once, and all of them together. A handshake is
  * unauthenticated work (a client chain OpenSSL checks before ambit can): 5,000 silent connections from one client held
  * 100 MiB, 20,000 every descriptor. A peer node opens a session per source workload, all at once when it starts (a
- * node runs ~110 pods at most); one stalled handshake holds 20–60 KiB.
+ * node runs ~110 pods at most); one stalled handshake holds 20–60 KiB. The cap on all of them is what sixteen
+ * addresses can fill to keep new sessions out for a handshake timeout (sessions open go on): a trade against ~230 MiB.
  */
 export const H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS = 256;
-export const H2_SERVER_MAX_HANDSHAKES = 2_048;
+export const H2_SERVER_MAX_HANDSHAKES = 4_096;
 /**
  * Server: sessions one peer identity may hold from one address (a node's pods of that identity, each its own pooled
  * session, one more per 100 streams; a node runs ~110 pods at most). One peer held 20,000, every descriptor of the node.
