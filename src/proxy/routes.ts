@@ -251,6 +251,8 @@ interface MeshName {
   readonly what: string;
   readonly ports: readonly number[];
   readonly visibleTo: ReadonlySet<string> | null;
+  /** A Kubernetes Service's name (true), or a mesh ServiceEntry's host (false). */
+  readonly service: boolean;
 }
 
 /**
@@ -280,7 +282,7 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
     const visibleTo = exportedTo(namespace, spec.exportTo);
     // Its hosts on a port it does not declare go nowhere, as a Service's, for the namespaces that see it: where the
     // name resolves is its workloads, reached as plain TCP past their policy.
-    const named: MeshName = { what: `ServiceEntry ${namespace}/${name}`, ports: spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number), visibleTo };
+    const named: MeshName = { what: `ServiceEntry ${namespace}/${name}`, ports: spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number), visibleTo, service: false };
     for (const host of spec.hosts) if (!host.startsWith('*')) addName(serviceNames, normalHost(host), named);
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
@@ -499,7 +501,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
       if (pointed !== undefined) for (const host of names) externalNames.set(host, pointed);
       continue;
     }
-    const named: MeshName = { what: `Service ${service.hostname}`, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port), visibleTo: null };
+    const named: MeshName = { what: `Service ${service.hostname}`, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port), visibleTo: null, service: true };
     for (const host of names) addName(serviceNames, host, named);
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
@@ -673,10 +675,11 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     if (external !== undefined) return { kind: 'passthrough', host: external.target, port, entry: external.service };
     // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
     // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
-    // Seen by the source (an entry private to another namespace must not take its host from this one), and not also
-    // a host the source's own entries send outside the mesh on this port.
+    // Seen by the source (an entry private to another namespace must not take its host from this one). A mesh entry's
+    // host the source's own namespace sends outside the mesh on this port, by an entry naming it exactly, is that
+    // namespace's; a Service's name is never (an entry elsewhere, or a wildcard, would send the mesh's name out).
     const named = table.serviceNames.get(name)?.find((candidate) => candidate.visibleTo === null || (sourceNamespace !== undefined && candidate.visibleTo.has(sourceNamespace)));
-    if (named !== undefined && (sourceNamespace === undefined || findExternal(table, host, port, sourceNamespace) === undefined)) {
+    if (named !== undefined && !(named.service === false && sourceNamespace !== undefined && firstAdmitting(table.external.byHost.get(name), port, sourceNamespace)?.namespace === sourceNamespace)) {
       return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is ${named.what}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
     }
   } else {

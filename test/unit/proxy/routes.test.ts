@@ -835,13 +835,27 @@ spec:
     // For shop the name is its own entry's, outside the mesh, on both ports.
     expect(decideRoute(shared, 'db.example.com', 5432, Math.random, 'shop')).toMatchObject({ kind: 'passthrough', host: 'db.example.com', port: 5432 });
     expect(decideRoute(shared, 'db.example.com', 6432, Math.random, 'shop')).toMatchObject({ kind: 'passthrough', host: 'db.example.com', port: 6432 });
-    // For data, the mesh entry it sees: over HBONE; on shop's entry's other port (exported to all), outside the mesh;
-    // on a port neither declares, nowhere.
+    // For data, the mesh entry it sees: over HBONE, and on another port nowhere (shop's entry, exported to all, does
+    // not send data's mesh name outside the mesh).
     expect(decideRoute(shared, 'db.example.com', 5432, Math.random, 'data')).toMatchObject({ kind: 'hbone' });
-    expect(decideRoute(shared, 'db.example.com', 6432, Math.random, 'data')).toMatchObject({ kind: 'passthrough', port: 6432 });
-    expect(decideRoute(shared, 'db.example.com', 7432, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
+    expect(decideRoute(shared, 'db.example.com', 6432, Math.random, 'data')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
     // A namespace that sees neither: where the name resolves, as any name outside the registry under ALLOW_ANY.
     expect(decideRoute(table, 'vm-db.internal', 5432, Math.random, 'front')).toMatchObject({ kind: 'passthrough', host: 'vm-db.internal' });
+  });
+
+  it("is not sent outside the mesh by another namespace's entry, nor by a wildcard, and a Service's name never is", () => {
+    const others = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, `${entries.replaceAll('exportTo: ["."]', 'exportTo: ["*"]')}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: grab, namespace: other }
+spec:
+  hosts: [vm-db.internal, "*.svc.cluster.local"]
+  ports: [{ number: 9999, name: tcp-x, protocol: TCP }]
+  location: MESH_EXTERNAL
+  resolution: NONE
+`));
+    expect(decideRoute(others, 'vm-db.internal', 9999, Math.random, 'shop')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
+    expect(decideRoute(others, 'web.shop.svc.cluster.local', 9999, Math.random, 'front')).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
   });
 });
 
