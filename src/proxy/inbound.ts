@@ -158,16 +158,16 @@ function refusalReason(result: VerifyResult & { valid: false }): string {
   return result.presentedOnly === true ? result.error.code : UNTRUSTED_REASON;
 }
 
-/**
- * Ends a session whose peer did not authenticate, telling it why: GOAWAY INADEQUATE_SECURITY with a reason as
- * debug data (refusalReason), so its proxy can say "refused our certificate: SVID_EXPIRED" instead of "connection
- * closed". Destroyed in the same turn: no stream of it is ever served.
- */
 /** A connection's TCP 4-tuple, the same read from its raw socket and from the TLS socket over it. */
 function connectionKey(socket: net.Socket): string {
   return `${socket.remoteAddress ?? ''} ${String(socket.remotePort)} ${socket.localAddress ?? ''} ${String(socket.localPort)}`;
 }
 
+/**
+ * Ends a session whose peer did not authenticate (or holds too many), telling it why: GOAWAY INADEQUATE_SECURITY (or `code`) with a reason as
+ * debug data (refusalReason), so its proxy can say "refused our certificate: SVID_EXPIRED" instead of "connection
+ * closed". Destroyed in the same turn: no stream of it is ever served.
+ */
 function refuseSession(session: http2.ServerHttp2Session, reason: string, code: number = NGHTTP2_INADEQUATE_SECURITY): void {
   session.goaway(code, 0, Buffer.from(reason, 'latin1'));
   session.destroy();
@@ -337,7 +337,7 @@ export class HboneInbound {
   readonly #windows: WindowOptions;
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
   #draining = false;
-  /** Raw connections whose TLS handshake is under way, by `address port`, and how many per client address. */
+  /** Raw connections whose TLS handshake is under way, by TCP 4-tuple, and how many per client address. */
   readonly #handshaking = new Map<string, { readonly socket: net.Socket; readonly address: string }>();
   readonly #handshakesByAddress = new Map<string, number>();
   /** Authenticated sessions per peer identity and address (H2_SERVER_MAX_SESSIONS_PER_PEER). */
