@@ -134,7 +134,7 @@ export class NameLookups {
   #expire(job: LookupJob): void {
     if (this.#queued.get(`${job.owner}\0${job.key}`) !== job) return;
     this.#dequeue(job);
-    const error = new AmbitError('DNS_LOOKUP', `${job.hostname}: waited more than ${this.#maxWaitMs} ms for the resolver (lookups of ${job.owner} ahead of it)`) as AmbitError & NodeJS.ErrnoException;
+    const error = new AmbitError('DNS_LOOKUP', `${job.hostname}: waited more than ${this.#maxWaitMs} ms for the resolver (its lookups all busy, or ${job.owner}'s)`) as AmbitError & NodeJS.ErrnoException;
     for (const waiter of job.waiters) waiter(error, []);
   }
 
