@@ -207,7 +207,10 @@ export interface OutboundOptions {
 export class OutboundListeners {
   readonly #options: OutboundOptions;
   readonly #logger: Logger;
-  /** Refusals anyone reaching a listener can cause: at most 20 warnings per 10 s, the rest counted in the next. */
+  /**
+   * Refusals anyone reaching a listener can cause, and a workload's refused or failed destinations (one per
+   * connection, beside its access line): at most 20 warnings per 10 s each, the rest counted in the next.
+   */
   readonly #refusalLogBudget = new LogBudget(10_000, 20);
   readonly #listeners = new Map<string, Listener>();
   /** Open application connections, by the workload whose identity they leave with. */
@@ -386,7 +389,7 @@ export class OutboundListeners {
     const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random, source.namespace);
     if (route.kind === 'deny') {
       this.#options.metrics.failed(sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
-      this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: route.reason, reason: route.message }, 'outbound connection refused');
+      this.#refusalLogBudget.warn(this.#logger, 'refused', { source: source.identity, target: formatAuthority(host, port), code: route.reason, reason: route.message }, 'outbound connection refused');
       this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, route.reason, route.message, route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
       cutSocket(socket);
       return;
@@ -525,7 +528,7 @@ export class OutboundListeners {
       const refusal = passthroughRefusal(host, port, byWorkload, this.#guard);
       if (refusal !== null) {
         this.#options.metrics.failed(labels, 'DENY');
-        this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: 'DESTINATION_REFUSED', reason: refusal }, 'outbound connection refused');
+        this.#refusalLogBudget.warn(this.#logger, 'refused', { source: source.identity, target: formatAuthority(host, port), code: 'DESTINATION_REFUSED', reason: refusal }, 'outbound connection refused');
         this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'DESTINATION_REFUSED', refusal, 'DENY');
         cutSocket(socket);
         return;
@@ -554,13 +557,13 @@ export class OutboundListeners {
       cutSocket(socket);
       if (error instanceof AmbitError && error.code === 'DESTINATION_REFUSED') {
         this.#options.metrics.failed(labels, 'DENY');
-        this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code: error.code, reason: error.message }, 'outbound connection refused');
+        this.#refusalLogBudget.warn(this.#logger, 'refused', { source: source.identity, target: formatAuthority(host, port), code: error.code, reason: error.message }, 'outbound connection refused');
         this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'DESTINATION_REFUSED', error.message, 'DENY');
         return;
       }
       this.#options.metrics.failed(labels, 'CONNECT');
       const code = error instanceof AmbitError && error.code === 'DNS_LOOKUP' ? 'DNS_LOOKUP' : 'UPSTREAM_CONNECT';
-      this.#logger.warn({ source: source.identity, target: formatAuthority(host, port), code, err: error.message }, 'passthrough connect failed');
+      this.#refusalLogBudget.warn(this.#logger, 'passthrough-failed', { source: source.identity, target: formatAuthority(host, port), code, err: error.message }, 'passthrough connect failed');
       this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, code, error.message, 'CONNECT');
     };
     upstream.once('timeout', () => fail(resolved ? new Error(`connect timed out after ${CONNECT_TIMEOUT_MS} ms`) : new AmbitError('DNS_LOOKUP', `${host}: no answer from the resolver within ${CONNECT_TIMEOUT_MS} ms`)));
