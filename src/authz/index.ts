@@ -676,7 +676,7 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
     // Conditions on request headers only are settled by the header dimensions (and pass when HTTP fields are ignored).
     const checkL4 = (term.rule.when !== null && headerConditionsOf(term.rule) === null) || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null)) || term.checkSources !== null || term.checkOperations !== null;
     if (checkL4) layout.setBit(checkL4At, slot);
-    if (checkL4 || (!list.http && operation !== null && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null))) layout.setBit(checkRequestAt, slot);
+    if (checkL4) layout.setBit(checkRequestAt, slot);
   }
   let recheck = 0;
   const dimension = (patterns: Patterns, vocabulary: Vocabulary, flag: number, perRequest: boolean): number => {
@@ -709,11 +709,12 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
   const headers = buildHeaderDimensions(terms, layout, vocabularies, checkRequestAt);
   let path = list.http ? buildPatternDimension(terms, pathsOf, layout) : -1;
   let host = list.http ? buildPatternDimension(terms, hostsOf, layout) : -1;
-  // A dimension too large to index leaves hosts and paths to the per-term check, as on a port whose requests are not read.
+  // Hosts and paths not settled by the masks (a port whose requests are not read, or a dimension too large to index)
+  // are checked per term.
   const settled = list.http && path !== TOO_LARGE && host !== TOO_LARGE;
   if (path === TOO_LARGE) path = -1;
   if (host === TOO_LARGE) host = -1;
-  if (list.http && !settled) {
+  if (!settled) {
     terms.forEach((term, slot) => {
       const operation = term?.operation;
       if (operation && (operation.hosts !== null || operation.notHosts !== null || operation.paths !== null || operation.notPaths !== null)) layout.setBit(checkRequestAt, slot);

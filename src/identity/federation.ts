@@ -224,8 +224,9 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       // A deadline for the whole fetch: bodyTimeout restarts with every chunk, and an endpoint trickling a byte every few
       // seconds would hold it (and every refresh after it) for months.
       const deadline = AbortSignal.timeout(FETCH_DEADLINE_MS);
+      const get = (url: string) => request(url, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000, signal: deadline });
       let url = endpoint;
-      let response = await request(url, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000, signal: deadline });
+      let response = await get(url);
       // The federation spec's redirects, followed and not remembered: each hop to an https URL, dialled through the same
       // dispatcher (the same TLS checks and, under https_spiffe, the same endpoint SPIFFE ID), three at most.
       for (let hops = 0; REDIRECTS.has(response.statusCode); hops++) {
@@ -236,7 +237,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         if (next.protocol !== 'https:' || next.username !== '' || next.password !== '') throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${url} redirects to ${next.href}, which is not an https URL without userinfo`);
         if (hops === MAX_REDIRECTS) throw new AmbitError('FEDERATION_FETCH', `${this.peer.trustDomain}: ${endpoint} redirected more than ${MAX_REDIRECTS} times`);
         url = next.href;
-        response = await request(url, { dispatcher: this.#dispatcher, method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000, signal: deadline });
+        response = await get(url);
       }
       // go-spiffe parses whatever comes back; a 404 page is not a bundle, so demand 200.
       if (response.statusCode !== 200) {

@@ -348,13 +348,16 @@ abstract class ScrapedMetric {
   reset(): void {}
 }
 
+/** Hands one value of a scraped metric over, with its label object. */
+type AddValue = (labels: Readonly<Record<string, string>>, value: number) => void;
+
 /** A counter of the traffic series (or their request cells): `read` gives each of its values with its label object. */
 class TrafficCounter extends ScrapedMetric {
   readonly type = 'counter';
   readonly #all: readonly TrafficSeries[];
-  readonly #read: (series: TrafficSeries, add: (labels: Readonly<Record<string, string>>, value: number) => void) => void;
+  readonly #read: (series: TrafficSeries, add: AddValue) => void;
 
-  constructor(name: string, help: string, all: readonly TrafficSeries[], read: (series: TrafficSeries, add: (labels: Readonly<Record<string, string>>, value: number) => void) => void) {
+  constructor(name: string, help: string, all: readonly TrafficSeries[], read: (series: TrafficSeries, add: AddValue) => void) {
     super(name, help);
     this.#all = all;
     this.#read = read;
@@ -461,7 +464,7 @@ function labelValues(labels: TunnelLabels): TrafficLabelValues {
   };
 }
 
-function readFlagged(cells: Map<string, FlaggedCount>, add: (labels: Readonly<Record<string, string>>, value: number) => void): void {
+function readFlagged(cells: Map<string, FlaggedCount>, add: AddValue): void {
   for (const cell of cells.values()) add(cell.labels, cell.count);
 }
 

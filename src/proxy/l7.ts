@@ -1609,11 +1609,9 @@ function upstreamClient(upstream: Socket): Client {
   // The head of an answer may be as large as a request's (undici's default of 16 KiB made a 30 KiB one a 502).
   const client = new Client('http://upstream.invalid', { connect: reuseSocket(upstream), pipelining: 1, keepAliveTimeout: 60_000, maxHeaderSize: MAX_RESPONSE_HEADER_BYTES });
   // undici re-emits a handler's throw as 'error': without a listener, one outside its parser's try ends the process.
-  EventEmitter.prototype.on.call(client, 'error', ignoreError); // not in undici's typed events
+  EventEmitter.prototype.on.call(client, 'error', ignore); // not in undici's typed events
   return client;
 }
-
-function ignoreError(): void {}
 
 /** Node's check of a reason phrase (and a header value): what it refuses to write, throwing ERR_INVALID_CHAR. */
 const INVALID_REASON = /[^\t\x20-\x7e\x80-\xff]/;
