@@ -57,6 +57,18 @@ export interface DenyRoute {
 
 export type Route = HboneRoute | PassthroughRoute | DenyRoute;
 
+/** An ExternalName Service's name: the name its chain of ExternalNames ends at, or null for a chain that loops. */
+export interface ExternalNameAlias {
+  readonly target: string | null;
+  /** `Service namespace/name`, the first of the chain. */
+  readonly service: string;
+  /** The chain as written, for messages: `a.x → b.y → c.example.com`. */
+  readonly chain: string;
+}
+
+/** How many ExternalNames a chain may pass through: more is refused as a loop would be. */
+const MAX_EXTERNAL_NAME_HOPS = 8;
+
 /** A Service (or ServiceEntry) port with its ready endpoints, each already wrapped as the route to return. */
 interface ServicePortRoutes {
   readonly port: number;
@@ -82,8 +94,8 @@ export interface RoutingTable {
   /** A Kubernetes Service's names (full and short forms) → the Service and its TCP ports: a port it lacks is refused. */
   /** Names of the mesh's Services and mesh ServiceEntries, with their TCP ports: never sent as plain TCP where they resolve. */
   readonly serviceNames: ReadonlyMap<string, readonly MeshName[]>;
-  /** An ExternalName Service's names → its externalName: a CNAME, reached by passthrough on any port. */
-  readonly externalNames: ReadonlyMap<string, { readonly target: string; readonly service: string }>;
+  /** An ExternalName Service's names → where its chain of CNAMEs ends: an alias of that name, on any port. */
+  readonly externalNames: ReadonlyMap<string, ExternalNameAlias>;
   readonly hbonePort: number;
   readonly egressLocked: boolean;
   /** Destinations outside the mesh that ServiceEntries name: what REGISTRY_ONLY lets through (externalEntry). */
@@ -488,17 +500,16 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
   const byHost = new Map<string, Map<number, ServicePortRoutes>>();
   const byVip = new Map<string, Map<number, ServicePortRoutes>>();
   const serviceNames = new Map<string, MeshName[]>();
-  const externalNames = new Map<string, { target: string; service: string }>();
+  const pointers = new Map<string, { target: string; service: string }>();
   for (const service of snapshot.services) {
     // Short forms a client may dial without a resolver: name.ns, name.ns.svc, and the full hostname.
     const names = [service.hostname, `${service.metadata.name}.${service.metadata.namespace}`, `${service.metadata.name}.${service.metadata.namespace}.svc`];
-    // An ExternalName Service's name is a CNAME to a host outside the mesh, on any port (it has no endpoints): where it
-    // points is reached by passthrough, as cluster DNS would send the client there (the node's resolver may not know
-    // the cluster's names).
+    // An ExternalName Service's name is a CNAME: as Istio (since 1.21) and Kubernetes' DNS, an alias of where it points,
+    // on any port, resolved below once every Service is known.
     if (service.spec.type === 'ExternalName') {
       const target = service.spec.externalName;
       const pointed = target === undefined ? undefined : { target: normalHost(target), service: `Service ${service.metadata.namespace}/${service.metadata.name}` };
-      if (pointed !== undefined) for (const host of names) externalNames.set(host, pointed);
+      if (pointed !== undefined) for (const host of names) pointers.set(host, pointed);
       continue;
     }
     const named: MeshName = { what: `Service ${service.hostname}`, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port), visibleTo: null, service: true };
@@ -533,7 +544,43 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
     }
   }
   const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip, serviceNames);
+  const externalNames = resolveExternalNames(pointers);
   return { snapshot, byHost, byVip, serviceNames, externalNames, hbonePort, egressLocked: snapshot.mesh.egress.mode === 'REGISTRY_ONLY', external: buildExternal(snapshot, { snapshot, byVip, meshEntryAddresses }), meshEntryAddresses, servicesOf: new Map(), byWorkloadIp: new WorkloadRoutes() };
+}
+
+/** Each ExternalName Service's name → where its chain of ExternalNames ends (null: it loops or is too long). */
+function resolveExternalNames(pointers: ReadonlyMap<string, { target: string; service: string }>): Map<string, ExternalNameAlias> {
+  const aliases = new Map<string, ExternalNameAlias>();
+  for (const [host, first] of pointers) {
+    const chain = [host, first.target];
+    let target: string | null = first.target;
+    for (let next = pointers.get(first.target); next !== undefined; next = pointers.get(next.target)) {
+      const looped = chain.includes(next.target);
+      chain.push(next.target);
+      if (looped || chain.length > MAX_EXTERNAL_NAME_HOPS + 1) {
+        target = null;
+        break;
+      }
+      target = next.target;
+    }
+    aliases.set(host, Object.freeze({ target, service: first.service, chain: chain.join(' → ') }));
+  }
+  return aliases;
+}
+
+/**
+ * Where an ExternalName Service's name goes: where its target does, from the same source on the same port (a
+ * Service, a ServiceEntry, or the name outside the mesh, which REGISTRY_ONLY refuses unless an entry admits it:
+ * the alias is no entry of the registry). A passthrough keeps the Service as the configuration that chose it.
+ */
+function aliasRoute(table: RoutingTable, host: string, alias: ExternalNameAlias, port: number, random: () => number, sourceNamespace: string | undefined): Route {
+  if (alias.target === null) {
+    return { kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM', message: `${host} is ${alias.service}, whose chain of ExternalNames loops or passes more than ${MAX_EXTERNAL_NAME_HOPS}: ${alias.chain}` };
+  }
+  const route = decideRoute(table, alias.target, port, random, sourceNamespace);
+  if (route.kind === 'passthrough') return route.entry === undefined ? { ...route, entry: alias.service } : route;
+  if (route.kind === 'deny') return { kind: 'deny', reason: route.reason, message: `${host} is ${alias.service}, an alias of ${alias.target}: ${route.message}` };
+  return route;
 }
 
 /** The Services of `snapshot` selecting `workload`, ready or not: by hostname, and by the target port each reaches. */
@@ -669,10 +716,8 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     }
     const chosen = service === undefined ? undefined : chooseVisible(service, sourceNamespace);
     if (chosen !== undefined) return draw(chosen.routes, chosen.weights, chosen.none, random);
-    // An ExternalName Service's name: where it points, by passthrough (in the registry: REGISTRY_ONLY lets it through,
-    // as Istio does).
-    const external = table.externalNames.get(name);
-    if (external !== undefined) return { kind: 'passthrough', host: external.target, port, entry: external.service };
+    const alias = table.externalNames.get(name);
+    if (alias !== undefined) return aliasRoute(table, name, alias, port, random, sourceNamespace);
     // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
     // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
     // Seen by the source (an entry private to another namespace must not take its host from this one). A mesh entry's

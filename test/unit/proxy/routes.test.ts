@@ -165,20 +165,62 @@ describe('a Service addressed by name or cluster IP', () => {
     expect(decideRoute(table, 'web.other', 81)).toEqual({ kind: 'passthrough', host: 'web.other', port: 81 });
   });
 
-  it('passes an ExternalName Service\'s name through to where it points, on any port, REGISTRY_ONLY too (its name is a CNAME)', () => {
-    const externalName = (ports: string) => `apiVersion: v1
+  describe('an ExternalName Service\'s name, an alias of where it points (as Kubernetes\' DNS, and Istio since 1.21)', () => {
+    const externalName = (name: string, target: string, ports = '') => `apiVersion: v1
 kind: Service
-metadata: { name: ext, namespace: shop }
-spec: { type: ExternalName, externalName: API.example.com., ${ports} }
+metadata: { name: ${name}, namespace: shop }
+spec: { type: ExternalName, externalName: ${target}${ports} }
+---
 `;
-    for (const spec of ['', '  egress: { mode: REGISTRY_ONLY }\n']) {
-      for (const ports of ['ports: []', 'ports: [{ port: 443 }]']) {
-        const tableWithExt = routingTableOf(snapshotOf(meshConfig(spec), WORKLOADS, externalName(ports)));
-        for (const [host, port] of [['ext.shop', 443], ['ext.shop.svc.cluster.local', 8443]] as const) {
-          expect(decideRoute(tableWithExt, host, port, Math.random, 'shop'), `${host}:${port} ${ports} ${spec}`).toEqual({ kind: 'passthrough', host: 'api.example.com', port, entry: 'Service shop/ext' });
-        }
+    const apiEntry = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api, namespace: shop }
+spec:
+  hosts: [api.example.com]
+  ports: [{ number: 443, name: https, protocol: TLS }]
+`;
+    const open = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, externalName('ext', 'API.example.com.', ', ports: [{ port: 443 }]')));
+
+    it('goes outside the mesh to its target on any port, its ports having no say, the Service named as the configuration that chose it', () => {
+      for (const [host, port] of [['ext.shop', 443], ['ext.shop.svc.cluster.local', 8443], ['EXT.shop.svc', 22]] as const) {
+        expect(decideRoute(open, host, port, Math.random, 'shop'), `${host}:${port}`).toEqual({ kind: 'passthrough', host: 'api.example.com', port, entry: 'Service shop/ext' });
       }
-    }
+    });
+
+    it('is refused under REGISTRY_ONLY unless an entry admits its target on that port: the alias is no entry of the registry', () => {
+      const locked = routingTableOf(snapshotOf(meshConfig('  egress: { mode: REGISTRY_ONLY }\n'), WORKLOADS, externalName('ext', 'api.example.com', ', ports: [{ port: 443 }]')));
+      const refused = decideRoute(locked, 'ext.shop', 443, Math.random, 'shop');
+      expect(refused).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+      expect((refused as { message: string }).message).toMatch(/^ext\.shop is Service shop\/ext, an alias of api\.example\.com: api\.example\.com:443 is not in the mesh registry/);
+      const admitted = routingTableOf(snapshotOf(meshConfig('  egress: { mode: REGISTRY_ONLY }\n'), WORKLOADS, externalName('ext', 'api.example.com'), apiEntry));
+      expect(decideRoute(admitted, 'ext.shop', 443, Math.random, 'shop')).toMatchObject({ kind: 'passthrough', host: 'api.example.com', port: 443, entry: 'Service shop/ext', serviceLabels: { hostname: 'api.example.com' } });
+      expect(decideRoute(admitted, 'ext.shop', 8443, Math.random, 'shop')).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+    });
+
+    it('pointing at a Service of the mesh, reaches its endpoints over HBONE, and refuses a port the Service lacks', () => {
+      const aliased = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, externalName('web-alias', 'web.shop.svc.cluster.local')));
+      expect(reachable(aliased, 'web-alias.shop', 80)).toEqual(reachable(aliased, 'web.shop', 80));
+      expect(reachable(aliased, 'web-alias.shop', 80).length).toBeGreaterThan(0);
+      const lacking = decideRoute(aliased, 'web-alias.shop', 81, Math.random, 'shop');
+      expect(lacking).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
+      expect((lacking as { message: string }).message).toContain('web-alias.shop is Service shop/web-alias, an alias of web.shop.svc.cluster.local: web.shop.svc.cluster.local is Service');
+    });
+
+    it('follows a chain of ExternalNames to its end, and refuses one that loops or runs past eight', () => {
+      const chained = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, externalName('a', 'b.shop.svc.cluster.local') + externalName('b', 'web.shop')));
+      expect(reachable(chained, 'a.shop', 80)).toEqual(reachable(chained, 'web.shop', 80));
+      const looped = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, externalName('a', 'b.shop') + externalName('b', 'a.shop.svc.cluster.local') + externalName('self', 'self.shop')));
+      for (const host of ['a.shop', 'b.shop.svc', 'self.shop']) {
+        const route = decideRoute(looped, host, 80, Math.random, 'shop');
+        expect(route, host).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
+        expect((route as { message: string }).message, host).toContain('loops or passes more than 8');
+      }
+      const long = Array.from({ length: 10 }, (_, index) => externalName(`n${index}`, index === 9 ? 'api.example.com' : `n${index + 1}.shop`)).join('');
+      const longTable = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, long));
+      // n1 → … → n9 → api.example.com is nine hops; n2's is eight.
+      expect(decideRoute(longTable, 'n1.shop', 443, Math.random, 'shop')).toMatchObject({ kind: 'deny', reason: 'NO_HEALTHY_UPSTREAM' });
+      expect(decideRoute(longTable, 'n2.shop', 443, Math.random, 'shop')).toEqual({ kind: 'passthrough', host: 'api.example.com', port: 443, entry: 'Service shop/n2' });
+    });
   });
 
   it('routes a headless Service (clusterIP None) by hostname only', () => {
