@@ -4,9 +4,10 @@ import type { Logger } from './log.ts';
 
 export interface AccessLogRecord {
   direction: 'inbound' | 'outbound';
-  src: { addr: string; workload?: string; namespace?: string; identity?: string };
+  /** `cluster`: the workload's cluster (Istio's CLUSTER_ID), where it is known. */
+  src: { addr: string; workload?: string; namespace?: string; identity?: string; cluster?: string };
   /** `addr` is the L4 address dialled or accepted (e.g. podIP:15008); `hbone_addr` the CONNECT :authority. */
-  dst: { addr: string; hbone_addr?: string; workload?: string; namespace?: string; identity?: string; service?: string };
+  dst: { addr: string; hbone_addr?: string; workload?: string; namespace?: string; identity?: string; service?: string; cluster?: string };
   /** A passthrough to a name: the address it resolved to and was reached on (Envoy's upstream_host). */
   upstreamHost?: string;
   /**
@@ -42,12 +43,14 @@ export function accessLog(logger: Logger, record: AccessLogRecord): void {
       'src.workload': src.workload,
       'src.namespace': src.namespace,
       'src.identity': src.identity,
+      'src.cluster': src.cluster,
       'dst.addr': dst.addr,
       'dst.hbone_addr': dst.hbone_addr,
       'dst.service': dst.service,
       'dst.workload': dst.workload,
       'dst.namespace': dst.namespace,
       'dst.identity': dst.identity,
+      'dst.cluster': dst.cluster,
       upstream_host: record.upstreamHost,
       direction: record.direction,
       bytes_sent: record.bytesSent,

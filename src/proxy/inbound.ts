@@ -905,8 +905,8 @@ export class HboneInbound {
     if (!accessLogEnabled(this.#logger, true)) return;
     accessLog(this.#logger, {
       direction: 'inbound',
-      src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace },
-      dst: { addr: peer.localAddress, hbone_addr: address, workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
+      src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace, cluster: labels.source.cluster },
+      dst: { addr: peer.localAddress, hbone_addr: address, workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname, cluster: destination.cluster },
       bytesSent: 0,
       bytesRecv: 0,
       durationMs: startedMs === 0 ? 0 : Date.now() - startedMs,
@@ -962,9 +962,9 @@ export class HboneInbound {
     if (!accessLogEnabled(this.#logger, failure !== undefined)) return;
     accessLog(this.#logger, {
       direction: 'inbound',
-      src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace },
+      src: { addr: peer.address, identity: peer.id.id, workload: labels.source.workload, namespace: labels.source.namespace, cluster: labels.source.cluster },
       // As ztunnel: the L4 address the session arrived on, and the CONNECT's authority.
-      dst: { addr: peer.localAddress, hbone_addr: formatAuthority(destinationIp, destinationPort), workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname },
+      dst: { addr: peer.localAddress, hbone_addr: formatAuthority(destinationIp, destinationPort), workload: destination.name, namespace: destination.namespace, identity: destination.identity, service: labels.service.hostname, cluster: destination.cluster },
       bytesSent: sent,
       bytesRecv: received,
       durationMs: Date.now() - dial.startedMs,

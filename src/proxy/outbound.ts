@@ -449,7 +449,7 @@ export class OutboundListeners {
     if (!accessLogEnabled(this.#logger, true)) return;
     accessLog(this.#logger, {
       direction: 'outbound',
-      src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
+      src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity, cluster: source.cluster },
       dst: { addr: target },
       bytesSent: 0,
       bytesRecv: 0,
@@ -609,7 +609,7 @@ export class OutboundListeners {
         if (!accessLogEnabled(this.#logger, error !== undefined)) return;
         accessLog(this.#logger, {
           direction: 'outbound',
-          src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
+          src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity, cluster: source.cluster },
           dst: service === UNKNOWN_SERVICE ? { addr: formatAuthority(host, port) } : { addr: formatAuthority(host, port), service: service.hostname },
           upstreamHost,
           bytesSent: socket.bytesRead,
@@ -666,8 +666,8 @@ export function ownerOf(named: readonly Workload[], kind: Workload['kind'] | und
 /** The two ends of an HBONE connection's access line: built when the line is written, not held per connection. */
 function hboneEnds(source: Workload, srcAddr: string, endpoint: Endpoint, service: string): Pick<AccessLogRecord, 'src' | 'dst'> {
   return {
-    src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity },
-    dst: { addr: endpoint.hboneAuthority, hbone_addr: endpoint.authority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service },
+    src: { addr: srcAddr, workload: source.name, namespace: source.namespace, identity: source.identity, cluster: source.cluster },
+    dst: { addr: endpoint.hboneAuthority, hbone_addr: endpoint.authority, workload: endpoint.workload.name, namespace: endpoint.workload.namespace, identity: endpoint.identity, service, cluster: endpoint.workload.cluster },
   };
 }
 

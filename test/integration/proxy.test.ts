@@ -93,6 +93,10 @@ describe('HBONE between two node proxies', () => {
     expect(line(a, sinceA, 'outbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13, response_flags: '-' });
     // As ztunnel: dst.addr the HBONE address each side dialled or accepted, dst.hbone_addr the CONNECT's authority.
     expect(line(a, sinceA, 'outbound')).toMatchObject({ 'dst.addr': `${ECHO_IP}:15008`, 'dst.hbone_addr': `${ECHO_IP}:7000` });
+    // The cluster of each end (the MeshConfig's clusterId, Kubernetes' default here), as ztunnel's src.cluster / dst.cluster.
+    for (const [node, since, direction] of [[a, sinceA, 'outbound'], [b, sinceB, 'inbound']] as const) {
+      expect(line(node, since, direction), direction).toMatchObject({ 'src.cluster': 'Kubernetes', 'dst.cluster': 'Kubernetes' });
+    }
     expect(line(b, sinceB, 'inbound')).toMatchObject({ 'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'dst.identity': 'spiffe://cluster.local/ns/demo/sa/echo', bytes_sent: 13, bytes_recv: 13, 'dst.addr': `${ECHO_IP}:15008`, 'dst.hbone_addr': `${ECHO_IP}:7000` });
   });
 
