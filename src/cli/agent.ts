@@ -8,6 +8,7 @@ import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { joinTokenOption, parse, parseCaUrl, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
+import { stopOnUncaughtError } from './fatal.ts';
 import { ignoreHangup, stopSignal } from './hangup.ts';
 import { parseListen } from './listen.ts';
 import { IdentityAgent } from '../identity/agent.ts';
@@ -108,6 +109,7 @@ export const command: Command = {
     const logger = createLogger({ name: 'ambit-agent' });
     // From the start: the first certificates may wait minutes for the CA, and a refused identity for ever.
     ignoreHangup(logger, 'certificates and bundles renew by themselves');
+    stopOnUncaughtError(logger);
     const metrics = new Registry();
     const agent = new IdentityAgent({
       caUrl,

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { parse, parseDurationMs, parseDurationMsAllowZero, parseTtlSeconds, parseWholeSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
+import { stopOnUncaughtError } from './fatal.ts';
 import { ignoreHangup } from './hangup.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
@@ -133,6 +134,7 @@ async function serve(argv: string[]): Promise<number> {
   const logger = createLogger({ name: 'ambit-ca' });
   // From the start, as the proxy and the agent: a HUP during startup must not kill it either.
   ignoreHangup(logger, 'the configuration directory and CA state are watched');
+  stopOnUncaughtError(logger);
   const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
   // The same audit log format as the proxy's: one JSON line per configuration change and per issuance decision.
   const auditLog = new AuditLog(auditFile);

@@ -2,6 +2,7 @@
 import { joinTokenOption, parse, parseCaUrl, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import type { AmbitError } from '../errors.ts';
+import { stopOnUncaughtError } from './fatal.ts';
 import { ignoreHangup, stopSignal } from './hangup.ts';
 import { parseListen, parsePort } from './listen.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
@@ -78,6 +79,7 @@ export const command: Command = {
     const logger = createLogger({ name: 'ambit-proxy' });
     // From the start: the first attestation may wait minutes for the CA.
     ignoreHangup(logger, 'the configuration directory is watched and certificates renew by themselves');
+    stopOnUncaughtError(logger);
     // From before the start: a SIGTERM while the start waits (for the CA, for the state directory) stops it and lets go
     // of the state directory, where the default action had left its lock behind.
     let proxy: NodeProxy | undefined;

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { open, readFile, readlink, stat, unlink, utimes } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
+import { readFileSync, unlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
@@ -33,8 +33,26 @@ interface Holder {
   readonly token: string;
 }
 
-/** The tokens of the leases this process holds: a lock with our PID is an earlier process's only if none of them. */
-const heldHere = new Set<string>();
+/**
+ * The leases this process holds, token → lock file: a lock with our PID is an earlier process's only if none of
+ * them; and a process dying of a defect gives them up on its way out (releaseHeldLocksSync).
+ */
+const heldHere = new Map<string, string>();
+
+/**
+ * Gives up, synchronously, every lease this process still holds: for a process about to end on an error nothing
+ * caught, so that its successor (a restarted container, in a PID namespace of its own) need not wait LEASE_STALE_MS.
+ */
+export function releaseHeldLocksSync(): void {
+  for (const [token, file] of heldHere) {
+    heldHere.delete(token);
+    try {
+      if ((JSON.parse(readFileSync(file, 'utf8')) as Partial<Holder>).token === token) unlinkSync(file);
+    } catch {
+      // Gone already, or not ours to remove.
+    }
+  }
+}
 
 function bootId(): string {
   try {
@@ -150,7 +168,7 @@ export class StateDirLock {
         } finally {
           await handle.close();
         }
-        heldHere.add(ours.token);
+        heldHere.set(ours.token, file);
         return new StateDirLock(file, ours.token, logger);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {

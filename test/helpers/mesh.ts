@@ -32,8 +32,8 @@ export interface TestMesh {
   ca: AmbitProcess;
   /** Writes (or replaces) a file in the configuration directory. */
   writeConfig(file: string, yaml: string): Promise<void>;
-  /** Starts (or restarts) a node's proxy and waits for readiness. */
-  startNode(name: string, extraArgs?: string[]): Promise<TestNode>;
+  /** Starts (or restarts) a node's proxy and waits for readiness; `env` is added to the process's environment. */
+  startNode(name: string, extraArgs?: string[], env?: NodeJS.ProcessEnv): Promise<TestNode>;
   stop(): Promise<void>;
 }
 
@@ -96,7 +96,7 @@ export async function startTestMesh(options: TestMeshOptions): Promise<TestMesh>
       const { rename } = await import('node:fs/promises');
       await rename(temp, join(configDir, file));
     },
-    async startNode(name, extraArgs = []) {
+    async startNode(name, extraArgs = [], env = {}) {
       const index = options.nodes.indexOf(name);
       if (index < 0) throw new Error(`unknown node ${name}`);
       const existing = nodes.get(name);
@@ -113,7 +113,7 @@ export async function startTestMesh(options: TestMeshOptions): Promise<TestMesh>
         ...proxyArgs,
         // Stopped at once, as before drains existed, unless a test asks for its own.
         ...(proxyArgs.includes('--drain-timeout') ? [] : ['--drain-timeout', '0']),
-      ]);
+      ], env);
       const node: TestNode = { name, address, proc, metricsUrl: `http://${address}:15020/metrics`, readinessUrl: `http://${address}:15021/healthz/ready`, adminUrl: `http://${address}:15000` };
       nodes.set(name, node);
       await proc.waitForMessage('proxy started', 30_000);
