@@ -179,7 +179,7 @@ export interface EnforcementViolation {
 export interface CompiledAuthorization {
   readonly rootNamespace: string;
   readonly policies: readonly CompiledPolicy[];
-  /** Workloads of the snapshot → their matcher (all workloads, so the CLI and any node can ask). */
+  /** Any workload → its matcher (a workload of the snapshot's built on first use and kept; it throws what failed its build). */
   forWorkload(workload: Workload): WorkloadPolicies;
   /** A matcher for a destination given by namespace and labels (dry runs of workloads not in the registry). */
   forLabels(namespace: string, labels: Readonly<Record<string, string>>, httpPorts?: ReadonlySet<number>): WorkloadPolicies;
@@ -307,6 +307,21 @@ function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number, tr
   };
 }
 
+/**
+ * Each policy object's compiled form, kept as long as the object: a reload reuses the objects of the files it did not
+ * parse again (ParsedFiles), and their policies need not be compiled again. A policy's compiled form depends on the
+ * object and the trust domain only.
+ */
+const compiledPolicies = new WeakMap<ConfigObject, { readonly trustDomain: string; readonly policy: CompiledPolicy }>();
+
+function compiledPolicy(object: ConfigObject & { kind: 'AuthorizationPolicy' }, trustDomain: string): CompiledPolicy {
+  const kept = compiledPolicies.get(object);
+  if (kept !== undefined && kept.trustDomain === trustDomain) return kept.policy;
+  const policy = compilePolicy(object, trustDomain);
+  compiledPolicies.set(object, { trustDomain, policy });
+  return policy;
+}
+
 function compilePolicy(object: ConfigObject & { kind: 'AuthorizationPolicy' }, trustDomain: string): CompiledPolicy {
   const spec: AuthorizationPolicySpec = object.spec;
   const rules: CompiledRule[] = [];
@@ -397,7 +412,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
   const peerAuths: PeerAuthEntry[] = [];
   for (const object of snapshot.objects) {
     if (object.kind === 'AuthorizationPolicy') {
-      const policy = compilePolicy(object, snapshot.mesh.trustDomain);
+      const policy = compiledPolicy(object, snapshot.mesh.trustDomain);
       policies.push(policy);
       let list = byNamespace.get(policy.namespace);
       if (!list) byNamespace.set(policy.namespace, (list = []));
@@ -482,7 +497,7 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
   // Workloads selected by the same policies, with the same HTTP ports (a Deployment's replicas, most often), share
   // one set of rule lists and one index: built once, kept once. Only the snapshot's own workloads add entries.
   const shared = new Map<string, SharedRules>();
-  let sharing = true;
+  let sharing = false;
   const rulesFor = (applicable: readonly CompiledPolicy[], httpPorts: ReadonlySet<number>): SharedRules => {
     const key = `${applicable.map((policy) => policy.name).join('\n')}\n|${[...httpPorts].sort((a, b) => a - b).join(',')}`;
     const found = shared.get(key);
@@ -536,24 +551,39 @@ export function compileAuthorization(snapshot: ConfigSnapshot): CompiledAuthoriz
     };
   };
 
-  const byWorkload = new Map<Workload, WorkloadPolicies>();
+  // Built on first use: a node proxy asks for its own workloads only (a few of the mesh's thousands), and building every
+  // workload's matcher was most of a compile (5,000 workloads: 300-450 ms of each reload on every proxy). A build that
+  // fails is kept as its error: that workload's decisions deny without building again.
+  const byWorkload = new Map<Workload, WorkloadPolicies | Error>();
+  const own = new Set(snapshot.workloads);
   const sources = httpPortSources(snapshot);
   const forWorkload = (workload: Workload) => {
     const versions = httpPortVersionsOf(sources, workload);
     return build(workload.namespace, workload.labels, new Set(versions.keys()), versions);
   };
-  for (const workload of snapshot.workloads) byWorkload.set(workload, forWorkload(workload));
-  // Later builds (dry runs, workloads of other snapshots) may reuse these but add none: the cache must not grow.
-  sharing = false;
 
   return {
     rootNamespace,
     policies,
     violations,
     forWorkload(workload) {
-      // A workload of another snapshot is built for this one call and not kept: keeping it would pin old
-      // objects and grow without bound. Callers on the data path look workloads up in this snapshot.
-      return byWorkload.get(workload) ?? forWorkload(workload);
+      let found = byWorkload.get(workload);
+      if (found === undefined) {
+        // A workload of another snapshot is built for this one call and not kept, nor are its rules shared: keeping
+        // them would pin old objects and grow without bound. Only this snapshot's own workloads add entries.
+        if (!own.has(workload)) return forWorkload(workload);
+        sharing = true;
+        try {
+          found = forWorkload(workload);
+        } catch (error) {
+          found = error instanceof Error ? error : new Error(String(error));
+        } finally {
+          sharing = false;
+        }
+        byWorkload.set(workload, found);
+      }
+      if (found instanceof Error) throw found;
+      return found;
     },
     forLabels(namespace, labels, httpPorts = new Set()) {
       return build(namespace, labels, httpPorts);

@@ -41,6 +41,8 @@ export function diffSnapshots(prev: ConfigSnapshot | undefined, next: ConfigSnap
       added.push({ object: label, file: object.source.file });
       continue;
     }
+    // The same object: its file was not parsed again (ParsedFiles), so neither it nor its place changed.
+    if (old === object) continue;
     const fields: string[] = [];
     collectChanges(comparable(old), comparable(object), [], fields);
     const moved = old.source.file !== object.source.file;

@@ -559,10 +559,20 @@ function lockMap(map: Map<unknown, unknown>): void {
   for (const child of map.values()) deepFreeze(child);
 }
 
+/**
+ * Each object's canonical JSON, kept as long as the object: a reload reuses the objects of every file it did not parse
+ * again (ParsedFiles), and their text need not be made again (5,000 pods: 150 ms per reload).
+ */
+const canonicalText = new WeakMap<ConfigObject, string>();
+
 function contentVersion(objects: readonly ConfigObject[]): string {
   const entries = objects.map((object) => {
-    const { source: _source, ...content } = object;
-    return [labelOf(object), canonicalJson(content)] as const;
+    let json = canonicalText.get(object);
+    if (json === undefined) {
+      const { source: _source, ...content } = object;
+      canonicalText.set(object, (json = canonicalJson(content)));
+    }
+    return [labelOf(object), json] as const;
   });
   entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   const hash = createHash('sha256');

@@ -9,7 +9,7 @@ import { AmbitError, toAmbitError } from '../errors.ts';
 import type { AuditLog } from './audit.ts';
 import { diffSnapshots, isEmptyDiff } from './diff.ts';
 import type { ConfigDiff } from './diff.ts';
-import { listConfigFiles, loadConfigDir } from './loader.ts';
+import { listConfigFiles, loadConfigDir, ParsedFiles } from './loader.ts';
 import type { ConfigSnapshot } from './snapshot.ts';
 
 /** A read that may succeed if tried again as it is (out of descriptors): the poll retries it; other failures wait for an edit. */
@@ -121,6 +121,8 @@ class DirectoryWatcher implements ConfigWatcher {
   #rejectedPending = false;
   #changedDuringStart = false;
   #closed = false;
+  /** Each file as the last load parsed it: a reload parses only the files whose bytes changed. */
+  readonly #parsed = new ParsedFiles();
 
   constructor(dir: string, options: WatchOptions) {
     this.#dir = dir;
@@ -141,7 +143,7 @@ class DirectoryWatcher implements ConfigWatcher {
     // mv, editors and ConfigMap swaps write. A change seen twice is loaded once (no diff, no swap).
     if (this.#options.poll !== true) this.#startWatching();
     await this.#startPolling();
-    const snapshot = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false });
+    const snapshot = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false, cache: this.#parsed });
     this.#snapshot = snapshot;
     this.#audit(snapshot, undefined, diffSnapshots(undefined, snapshot));
     if (this.#changedDuringStart) this.#schedule();
@@ -216,7 +218,7 @@ class DirectoryWatcher implements ConfigWatcher {
     const emptyFiles = new Set<string>();
     const before = (await treeState(this.#dir)).signature;
     try {
-      next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false, emptyFiles });
+      next = await loadConfigDir(this.#dir, { requireMesh: this.#options.requireMesh ?? false, emptyFiles, cache: this.#parsed });
     } catch (error) {
       failure = error;
     }

@@ -236,10 +236,11 @@ export class NodeProxy {
       accept: (next, prev) => {
         if (next.mesh.trustDomain !== prev.mesh.trustDomain) return `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}" (restart to change it)`;
         if (options.hbonePort === undefined && next.mesh.ports.hbone !== prev.mesh.ports.hbone) return `MeshConfig spec.ports.hbone changed from ${prev.mesh.ports.hbone} to ${next.mesh.ports.hbone}, where this proxy does not listen (restart to change it)`;
-        // Compiled here (once: authorizationOf keeps it), so a change the matchers cannot be built from is refused and the
-        // last good policies keep deciding, instead of every decision of the node denying until the next change.
+        // Compiled here (once: authorizationOf keeps it, and the node's workloads' matchers), so a change the matchers
+        // cannot be built from is refused and the last good policies keep deciding, instead of every decision of the
+        // node denying until the next change.
         try {
-          authorizationOf(next);
+          compiledForNode(next, options.nodeName);
         } catch (error) {
           return `the authorization policies could not be compiled (${(error as Error).message})`;
         }
@@ -358,7 +359,7 @@ export class NodeProxy {
     routingTableOf(snapshot);
     let authorization: CompiledAuthorization | null = null;
     try {
-      authorization = authorizationOf(snapshot);
+      authorization = compiledForNode(snapshot, this.#options.nodeName);
     } catch (error) {
       // Every decision on this snapshot denies; the re-check below closes what is open.
       this.#logger.error({ err: (error as Error).message, version: snapshot.version }, 'authorization policies failed to compile: open connections are closed and new ones denied until the configuration changes (fail closed)');
@@ -511,4 +512,14 @@ function certificatesPending(waiting: readonly string[]): string {
   if (waiting.length === 0) return 'certificates';
   const named = waiting.slice(0, 3).join(', ');
   return `certificates of ${named}${waiting.length > 3 ? ` and ${waiting.length - 3} more` : ''}`;
+}
+
+/**
+ * A snapshot's compiled policies with the matchers of this node's workloads built: the only ones its decisions ask
+ * for, built before the first connection needs one. Throws what fails to compile.
+ */
+function compiledForNode(snapshot: ConfigSnapshot, nodeName: string): CompiledAuthorization {
+  const authorization = authorizationOf(snapshot);
+  for (const workload of snapshot.workloadsOnNode(nodeName)) authorization.forWorkload(workload);
+  return authorization;
 }

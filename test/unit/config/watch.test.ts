@@ -319,6 +319,40 @@ describe('watchConfigDir', () => {
     expect(lines[1]?.['changed']).toEqual([{ object: 'Pod default/web', file: 'pod.yaml', fields: ['spec.nodeName'] }]);
   });
 
+  it('parses again only the files whose bytes changed: the others\' objects are the very same, a renamed file\'s name their new file', async () => {
+    const podA = podYaml({ name: 'a', serviceAccount: 'a', node: 'node-a', ip: '10.0.0.1' });
+    const podB = podYaml({ name: 'b', serviceAccount: 'b', node: 'node-a', ip: '10.0.0.2' });
+    const dir = await configDir({ 'mesh.yaml': meshYaml(), 'a.yaml': podA, 'b.yaml': podB });
+    const recorder = new Recorder();
+    const watcher = await startWatching(dir, recorder);
+    const pod = (snapshot: ConfigSnapshot, name: string) => snapshot.objects.find((object) => object.kind === 'Pod' && object.metadata.name === name);
+    const initial = watcher.current();
+
+    await replaceFiles(dir, { 'b.yaml': podB.replace('10.0.0.2', '10.0.0.3') });
+    const changed = await recorder.next();
+    if (changed.type !== 'change') throw new Error(`expected a change, got ${changed.type}`);
+    expect(pod(changed.next, 'a')).toBe(pod(initial, 'a'));
+    expect(pod(changed.next, 'b')).not.toBe(pod(initial, 'b'));
+    expect(changed.next.workloadByIp('10.0.0.3')?.name).toBe('b');
+    expect(changed.diff.changed).toEqual([{ object: 'Pod default/b', file: 'b.yaml', fields: ['status.podIP'] }]);
+
+    // The same bytes under another name: read again, so that its objects and errors name the file they are in.
+    await rename(join(dir, 'a.yaml'), join(dir, 'c.yaml'));
+    const moved = await recorder.next();
+    if (moved.type !== 'change') throw new Error(`expected a change, got ${moved.type}`);
+    expect(pod(moved.next, 'a')?.source.file).toBe('c.yaml');
+    expect(moved.diff.changed).toEqual([{ object: 'Pod default/a', file: 'c.yaml', fields: [], previousFile: 'a.yaml' }]);
+
+    // Back to its first bytes: what the file holds now, whatever was parsed before.
+    await replaceFiles(dir, { 'b.yaml': podB });
+    const back = await recorder.next();
+    if (back.type !== 'change') throw new Error(`expected a change, got ${back.type}`);
+    expect(back.next.workloadByIp('10.0.0.2')?.name).toBe('b');
+    expect(back.next.workloadByIp('10.0.0.3')).toBeUndefined();
+    // The same content as at first (where it is kept is no part of it), with objects made again and objects kept.
+    expect(back.next.version).toBe(initial.version);
+  });
+
   it('stops reporting once closed', async () => {
     const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1') });
     const recorder = new Recorder();
