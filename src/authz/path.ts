@@ -1,9 +1,11 @@
 // Request-path normalisation before path rules are matched, so `/admin` cannot be reached as `//admin`,
 // `/./admin`, `/api/../admin`, `/%61dmin` or `/public\..\admin`: Istio's default (BASE: Envoy's normalize_path,
-// RFC 3986 §6.2.2 and §5.2.4, with Chromium's URL canonicaliser reading `\` as `/`) plus merged slashes (Istio's
-// MERGE_SLASHES), which denies more, never less. The normalised path is also what the application receives, as
-// with Envoy. A fragment (`#`) has no place in a request (RFC 9112 §3.2): it is refused, since an application
-// that cuts it off would serve `/admin` for a `/admin#x` no rule matched.
+// RFC 3986 §6.2.2 and §5.2.4, with Chromium's URL canonicaliser reading `\` as `/` and escaping controls, space,
+// `"<>^`{|}`, DEL and bytes from 0x80, so that a DENY of `/files/a%7Cb` denies `/files/a|b` too) plus merged slashes
+// (Istio's MERGE_SLASHES, not its default: an ALLOW of `/a/b` admits `//a/b`, which the application receives as
+// `/a/b`). The normalised path is also what the application receives, as with Envoy. A fragment (`#`) has no place
+// in a request (RFC 9112 §3.2): it is refused, since an application that cuts it off would serve `/admin` for a
+// `/admin#x` no rule matched.
 
 function isHex(code: number): boolean {
   return (code >= 48 && code <= 57) || (code >= 65 && code <= 70) || (code >= 97 && code <= 102);
@@ -18,11 +20,25 @@ function isUnreserved(code: number): boolean {
   return (code >= 65 && code <= 90) || (code >= 97 && code <= 122) || (code >= 48 && code <= 57) || code === 45 || code === 46 || code === 95 || code === 126;
 }
 
+/**
+ * The ASCII characters Chromium's path canonicaliser (as Envoy vendors it: url_canon_path.cc, kPathCharLookup) writes
+ * percent-encoded: controls, space, `"`, `<`, `>`, `^`, `` ` ``, `{`, `|`, `}` and DEL; every byte from 0x80 too.
+ */
+const ESCAPED = new Uint8Array(128);
+for (let code = 0; code <= 0x20; code++) ESCAPED[code] = 1;
+for (const char of '"<>^`{|}\x7f') ESCAPED[char.charCodeAt(0)] = 1;
+
+function escaped(code: number): boolean {
+  return code >= 128 || ESCAPED[code] === 1;
+}
+
+const HEX = '0123456789ABCDEF';
+
 /** Whether the path can need any change; most real paths do not, and then nothing is allocated. */
 function needsWork(path: string): boolean {
   for (let i = 0; i < path.length; i++) {
     const code = path.charCodeAt(i);
-    if (code === 37 /* % */ || code === 92 /* \ */) return true;
+    if (code === 37 /* % */ || code === 92 /* \ */ || escaped(code)) return true;
     if (code === 47 /* / */) {
       const next = path.charCodeAt(i + 1);
       if (next === 47 || next === 46 /* . */) return true;
@@ -51,7 +67,8 @@ function removeDotSegments(path: string): string {
 
 /**
  * The normalised form of an origin-form path (without query), or null when it is malformed (a bad
- * percent-escape, a fragment): the request is then refused rather than matched on a guess.
+ * percent-escape, a fragment, a character past 0xFF: Node gives a request's path one character per byte): the
+ * request is then refused rather than matched on a guess.
  */
 export function normalizePath(path: string): string | null {
   if (path.indexOf('#') >= 0) return null;
@@ -65,7 +82,9 @@ export function normalizePath(path: string): string | null {
       continue;
     }
     if (code !== 37) {
-      decoded += path[i];
+      if (!escaped(code)) decoded += path[i];
+      else if (code > 0xff) return null;
+      else decoded += '%' + HEX[code >> 4] + HEX[code & 15];
       continue;
     }
     const high = path.charCodeAt(i + 1);

@@ -516,13 +516,21 @@ function unnormalizedPathProblem(value: string, form: Match['form'], text: strin
   }
   const [before, after] = form === 'exact' ? ['', ''] : form === 'prefix' ? ['', 'x'] : ['/x', ''];
   const path = before + text + after;
-  const normalized = normalizePath(path);
+  // A request's path holds bytes (what a client sends for `é` is UTF-8's two): judged, and the form to write given,
+  // with the value's other characters as their UTF-8 escapes.
+  let bytes: string;
+  try {
+    bytes = path.replace(/[\u0080-\u{10ffff}]+/gu, (characters) => encodeURIComponent(characters));
+  } catch {
+    return `${JSON.stringify(value)} is not valid Unicode text (a lone surrogate): it matches no request`;
+  }
+  const normalized = normalizePath(bytes);
   if (normalized === path) return undefined;
   if (normalized === null) return `${JSON.stringify(value)} has a "%" not followed by two hex digits: it matches no request`;
   // No hint for a suffix: a `..` in it may have taken out the part it was written after.
   const written = normalized.slice(0, normalized.length - after.length);
   const hint = form === 'suffix' || !normalized.endsWith(after) ? '' : `; write ${JSON.stringify(form === 'exact' ? written : `${written}${tail}*`)}`;
-  return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded, other escapes upper-cased, "\\" read as "/", "//" merged, "." and ".." segments resolved)${hint}`;
+  return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded, other escapes upper-cased, controls, space, the characters " < > ^ \` { | }, DEL and non-ASCII bytes escaped, "\\" read as "/", "//" merged, "." and ".." segments resolved)${hint}`;
 }
 
 // ---- selector ----

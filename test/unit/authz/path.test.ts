@@ -21,6 +21,14 @@ describe('request path normalisation before path rules', () => {
     ['keeps an encoded backslash encoded', '/a%5cb', '/a%5Cb'],
     ['refuses a fragment', '/admin#x', null],
     ['refuses a fragment on a path that needs no other change', '/.env#', null],
+    // Envoy's canonicaliser (Chromium's kPathCharLookup) escapes these: a DENY of `/files/a%7Cb` must deny `/files/a|b`.
+    ['escapes "|" as Envoy does', '/files/a|b', '/files/a%7Cb'],
+    ['escapes space, " < > ^ ` { } and DEL', '/a b"<>^`{}\x7f', '/a%20b%22%3C%3E%5E%60%7B%7D%7F'],
+    ['escapes control characters', '/a\tb\x01', '/a%09b%01'],
+    ['escapes each byte from 0x80 (Node gives a path one character per byte: é in UTF-8 is two)', '/caf\xc3\xa9', '/caf%C3%A9'],
+    ['reads an escaped "|" the same as a raw one', '/files/a%7cb', '/files/a%7Cb'],
+    ['leaves [ ] and the sub-delimiters as they are, as Envoy does', "/a[b]!$&'()*+,;=:@", "/a[b]!$&'()*+,;=:@"],
+    ['refuses a character past 0xFF, which no request path carries', '/caf\u00e9\u65e5', null],
   ];
   for (const [name, input, expected] of cases) {
     it(`${name}: ${input}`, () => {

@@ -397,6 +397,9 @@ const rejects: RejectCase[] = [
   { name: 'a path with a broken escape', yaml: toOperation('paths: ["/a%zz"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a DENY path prefix ending in a lower-case escape', yaml: toOperation('paths: ["/files/%2f*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a DENY path prefix ending in a lower-case half escape', yaml: toOperation('paths: ["/files/%e*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path with a raw "|" (requests arrive with it escaped, as Envoy escapes it)', yaml: toOperation('paths: ["/files/a|b"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path with a lone surrogate (no UTF-8 to match)', yaml: toOperation('paths: ["/a\\ud800"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a DENY path prefix with a non-ASCII character (requests carry its UTF-8 bytes, escaped)', yaml: toOperation('paths: ["/café/*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a host with a wildcard in the middle', yaml: toOperation('hosts: ["api.*.example.com"]'), field: 'spec.rules[0].to[0].operation.hosts[0]' },
   { name: 'a host with a path', yaml: toOperation('notHosts: ["example.com/admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.notHosts[0]' },
   { name: 'a URL where a host belongs', yaml: toOperation('hosts: ["https://example.com"]'), field: 'spec.rules[0].to[0].operation.hosts[0]' },
@@ -480,6 +483,11 @@ describe('refuses at load, naming file, object and field', () => {
   it('says which pseudo-headers a condition may name when it names another', () => {
     const error = thrownBy(() => parseConfigText(when('- key: request.headers[:status]\n  values: ["200"]'), FILE));
     expect(error.message).toContain('":status" is not a request pseudo-header (a condition may name :authority, :method, :path, :scheme)');
+  });
+
+  it('gives the form of a path to write: raw characters requests have escaped, non-ASCII as its UTF-8 escapes', () => {
+    expect(thrownBy(() => parseConfigText(toOperation('paths: ["/files/a|b"]', 'DENY'), FILE)).message).toContain('write "/files/a%7Cb"');
+    expect(thrownBy(() => parseConfigText(toOperation('paths: ["/café/*"]', 'DENY'), FILE)).message).toContain('write "/caf%C3%A9/*"');
   });
 
   it.each(rejects)('$name', ({ yaml, field, object, line }) => {
