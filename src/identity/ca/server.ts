@@ -20,7 +20,7 @@ import { nodeId, parseNodeId, parseSpiffeId } from '../spiffe-id.ts';
 import type { SpiffeId } from '../spiffe-id.ts';
 import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, encodeBundle } from '../bundle.ts';
 import type { TrustBundle } from '../bundle.ts';
-import { certificatesToPem, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, publicKeyDigest, readCsr, subjectKeyIdOf } from '../svid.ts';
+import { certificatesToPem, crossCertify, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, publicKeyDigest, readCsr, subjectKeyIdOf } from '../svid.ts';
 import type { Certificate, Svid } from '../svid.ts';
 import { serverTlsOptions, verifyPeer } from '../spiffe-tls.ts';
 import { FederationClient } from '../federation.ts';
@@ -167,7 +167,7 @@ export class CaServer {
 
   static async start(options: CaServerOptions): Promise<CaServer> {
     const state = await loadCa(options.dir);
-    const server = new CaServer(options, state, await issueServerSvid(state.active, state.trustDomain));
+    const server = new CaServer(options, state, await issueServerSvid(state));
     server.#svidTtlMs = options.svidTtlMs;
     server.#nodeSvidTtlMs = options.nodeSvidTtlMs;
     for (const peer of options.federation ?? []) server.#federated.set(peer.trustDomain, server.#federationClient(peer));
@@ -364,7 +364,7 @@ export class CaServer {
   }
 
   async #renewServerSvid(): Promise<void> {
-    this.#serverSvid = await issueServerSvid(this.#state.active, this.#state.trustDomain);
+    this.#serverSvid = await issueServerSvid(this.#state);
     this.#server.setSecureContext(serverTlsOptions(this.#serverSvid, ['http/1.1']));
     this.#scheduleServerRenewal();
   }
@@ -384,8 +384,9 @@ export class CaServer {
       // Another authority: its end is judged afresh, not a day after what was said of the last one.
       this.#lifeWarnedAtMs = -Infinity;
       this.#checkAuthorityLife();
-      await this.#renewServerSvid();
     }
+    // Another signer, or an outgoing root withdrawn: the serving chain's cross-certificates follow (issueServerSvid).
+    if (next.active.name !== previous.active.name || outgoingRoots(next).join() !== outgoingRoots(previous).join()) await this.#renewServerSvid();
     if (next.sequence !== previous.sequence) {
       this.#logger.info({ sequence: next.sequence.toString(), authority: next.active.name, roots: next.bundle.roots.length }, 'trust bundle changed');
       this.#note({ event: 'bundle_changed', sequence: next.sequence.toString(), activeAuthority: next.active.name, roots: next.bundle.roots.length });
@@ -654,11 +655,34 @@ function chainFor(leaf: Certificate, authority: LoadedAuthority): Certificate[] 
   return authority.cert === authority.root || authority.cert.serialNumber === authority.root.serialNumber ? [leaf] : [leaf, authority.cert];
 }
 
-async function issueServerSvid(authority: LoadedAuthority, trustDomain: string): Promise<Svid> {
+/** Whether an authority is its own root (self-signed), not an intermediate under one (`--root-cert`). */
+function isRoot(authority: LoadedAuthority): boolean {
+  return authority.cert === authority.root || authority.cert.serialNumber === authority.root.serialNumber;
+}
+
+/**
+ * The roots a rotation is leaving (activated away from, not yet withdrawn) that still vouch for the active one: each
+ * authority still in the bundle but not signing, older than the active one (`prepared` is the incoming one).
+ */
+function outgoingRoots(state: CaState): LoadedAuthority[] {
+  if (!isRoot(state.active)) return [];
+  return state.authorities.filter((authority) => authority.state === 'published' && isRoot(authority) && authority.cert.notAfter.getTime() > Date.now());
+}
+
+/**
+ * The CA's serving certificate, signed by the active authority, followed during a root rotation by the active root
+ * cross-certified by each outgoing one: an agent that missed the bundle with the new root (offline from before
+ * `prepare` until after `activate`) still reaches the CA, and takes that bundle. Without it, the agent could never
+ * reach the CA again: its node SVID expired and the node needed a new join token.
+ */
+async function issueServerSvid(state: CaState): Promise<Svid> {
+  const authority = state.active;
   const keys = await generateKeyPair();
-  const spiffeId = `spiffe://${trustDomain}${CA_SERVER_PATH}`;
+  const spiffeId = `spiffe://${state.trustDomain}${CA_SERVER_PATH}`;
   const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority, ttlMs: SERVER_CERT_TTL_MS, dnsNames: ['localhost'], notBeforeCushionMs: SERVER_CERT_NOT_BEFORE_CUSHION_MS });
-  return loadSvid(certificatesToPem(chainFor(leaf, authority)), await exportPrivateKeyPem(keys.privateKey));
+  const chain = chainFor(leaf, authority);
+  for (const outgoing of outgoingRoots(state)) chain.push(await crossCertify(authority.cert, outgoing, state.trustDomain));
+  return loadSvid(certificatesToPem(chain), await exportPrivateKeyPem(keys.privateKey));
 }
 
 function send(res: ServerResponse, status: number, body: string, maxAgeSeconds?: number, extra?: Record<string, string>): void {
