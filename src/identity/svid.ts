@@ -824,6 +824,16 @@ export async function readCsr(pem: string): Promise<CryptoKey> {
   } catch (error) {
     throw new AmbitError('CA_CSR_INVALID', `CSR is not a PKCS#10 request: ${(error as Error).message}`, { cause: error });
   }
+  // The key's type first: its signature costs what the sender chose (an RSA key with a 3,070-bit exponent: 8 ms of
+  // the CA's thread, on a path no certificate guards), and any key but P-256 is refused whatever it signed.
+  let keyType: string;
+  try {
+    const key = crypto.createPublicKey({ key: Buffer.from(csr.publicKey.rawData), format: 'der', type: 'spki' });
+    keyType = key.asymmetricKeyType === 'ec' ? `ECDSA ${key.asymmetricKeyDetails?.namedCurve ?? ''}` : String(key.asymmetricKeyType);
+  } catch (error) {
+    throw new AmbitError('CA_CSR_INVALID', `CSR public key cannot be read: ${(error as Error).message}`, { cause: error });
+  }
+  if (keyType !== 'ECDSA prime256v1') throw new AmbitError('CA_CSR_INVALID', `CSR key must be ECDSA P-256, got ${keyType.replace(/ $/, '')}`);
   let signatureOk: boolean;
   let publicKey: CryptoKey;
   try {

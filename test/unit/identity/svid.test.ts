@@ -554,6 +554,19 @@ describe('certificate signing requests', () => {
     await expect(readCsr(forged.toString('pem'))).rejects.toMatchObject({ code: 'CA_CSR_INVALID' });
   });
 
+  it('are refused for a key other than P-256 before its signature is checked (which costs what the sender chose)', async () => {
+    const rsa = await crypto.subtle.generateKey({ name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' }, true, ['sign', 'verify']);
+    const csr = await x509.Pkcs10CertificateRequestGenerator.create({ keys: rsa, signingAlgorithm: { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' } });
+    // Its signature broken: refused for its key all the same, so the signature was never what decided.
+    const bytes = new Uint8Array(csr.rawData);
+    bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 0xff;
+    const broken = x509.PemConverter.encode(bytes.buffer, 'CERTIFICATE REQUEST');
+    await expect(readCsr(broken)).rejects.toMatchObject({ code: 'CA_CSR_INVALID', message: 'CSR key must be ECDSA P-256, got rsa' });
+    const p384 = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-384' }, true, ['sign', 'verify']);
+    const curve = await x509.Pkcs10CertificateRequestGenerator.create({ keys: p384, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-384' } });
+    await expect(readCsr(curve.toString('pem'))).rejects.toMatchObject({ code: 'CA_CSR_INVALID', message: 'CSR key must be ECDSA P-256, got ECDSA secp384r1' });
+  });
+
   it('are refused when they are not PKCS#10 at all', async () => {
     await expect(readCsr('-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----')).rejects.toMatchObject({ code: 'CA_CSR_INVALID' });
   });
