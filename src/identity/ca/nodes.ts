@@ -4,6 +4,7 @@
 // last and, after a renewal, the new one until the node first uses it (SPIRE's CertSerialNumber and
 // NewCertSerialNumber): the node's first request with the new certificate retires the old one, and a copy of
 // an older certificate is refused. `ambit ca node evict` ends a node until it attests again with a join token.
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AmbitError } from '../../errors.ts';
@@ -27,8 +28,17 @@ function nodesDir(caDir: string): string {
   return join(caDir, 'nodes');
 }
 
+/** A name this long, with `.json`, would pass the 255 bytes a file name may have. */
+const LONGEST_NAME_AS_IS = 200;
+
+/**
+ * A node's record: under its name, or for a longer one (a Kubernetes node name may have 253 characters) under `~` and
+ * its SHA-256, which no node name can be (`~` is in no SPIFFE path segment). Such a node failed to attest with
+ * ENAMETOOLONG, a 500 whose token was given back, and its agent retried for ever.
+ */
 function recordFile(caDir: string, node: string): string {
-  return join(nodesDir(caDir), `${node}.json`);
+  const name = Buffer.byteLength(node) <= LONGEST_NAME_AS_IS ? node : `~${createHash('sha256').update(node).digest('hex')}`;
+  return join(nodesDir(caDir), `${name}.json`);
 }
 
 /** Serials as hex without leading zeros, in lower case: Node's TLS and @peculiar/x509 spell them differently. */

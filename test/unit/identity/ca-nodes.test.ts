@@ -29,6 +29,22 @@ describe('node certificate records', () => {
     expect(await admitNodeCertificate(dir, 'unknown-node', 'bb02')).toBeNull();
   });
 
+  it('keep the record of a node whose name is as long as Kubernetes allows (253 characters), apart from any other', async () => {
+    const label = (c: string) => c.repeat(63);
+    const longest = `${label('a')}.${label('b')}.${label('c')}.${'d'.repeat(61)}`;
+    const other = `${longest.slice(0, -1)}e`;
+    expect(longest).toHaveLength(253);
+    // Its file name would pass 255 bytes: attesting failed with ENAMETOOLONG.
+    await recordAttested(dir, longest, 'C1');
+    await recordAttested(dir, other, 'C2');
+    expect(await admitNodeCertificate(dir, longest, 'c1')).toBeNull();
+    expect(await admitNodeCertificate(dir, longest, 'c2')).toMatch(/replaced/);
+    expect(await admitNodeCertificate(dir, other, 'c2')).toBeNull();
+    expect(await evictNode(dir, longest)).toBe(true);
+    expect(await admitNodeCertificate(dir, longest, 'c1')).toMatch(/evicted/);
+    expect(await admitNodeCertificate(dir, other, 'c2')).toBeNull();
+  });
+
   it('keep a renewal pending alongside the current certificate until its first use', async () => {
     await recordAttested(dir, 'n1', '01');
     await recordRenewal(dir, 'n1', '01', '02');
