@@ -6,6 +6,7 @@ import { initCa } from '../../src/identity/ca/store.ts';
 import { createJoinToken } from '../../src/identity/ca/tokens.ts';
 import { CaServer } from '../../src/identity/ca/server.ts';
 import { silentLogger } from '../../src/observe/log.ts';
+import type { Logger } from '../../src/observe/log.ts';
 
 export interface InProcessCa {
   readonly server: CaServer;
@@ -17,7 +18,7 @@ export interface InProcessCa {
 }
 
 /** A CA for `trustDomain` whose registry places `identitiesByNode[node]` on each node; `audit` sees its audit records. */
-export async function startInProcessCa(trustDomain: string, identitiesByNode: Record<string, string[]>, audit: (record: Record<string, unknown>) => void | Promise<void> = () => {}): Promise<InProcessCa> {
+export async function startInProcessCa(trustDomain: string, identitiesByNode: Record<string, string[]>, audit: (record: Record<string, unknown>) => void | Promise<void> = () => {}, logger: Logger = silentLogger()): Promise<InProcessCa> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-ca-'));
   const caDir = join(dir, 'ca');
   await initCa(caDir, trustDomain);
@@ -25,7 +26,7 @@ export async function startInProcessCa(trustDomain: string, identitiesByNode: Re
     dir: caDir,
     registry: () => ({ identitiesOnNode: (node) => new Set(identitiesByNode[node] ?? []) }),
     svidTtlMs: 60_000,
-    logger: silentLogger(),
+    logger,
     audit,
   });
   let closed = false;

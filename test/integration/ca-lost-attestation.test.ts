@@ -2,6 +2,7 @@
 // the CA answers with the certificate it issued then, and nothing else. Real CA over HTTPS, real CSRs; the lost
 // answer is a first request whose response the test does not use.
 import { X509Certificate } from 'node:crypto';
+import { pino } from 'pino';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { evictNode } from '../../src/identity/ca/nodes.ts';
@@ -15,14 +16,18 @@ const WEB = `spiffe://${TD}/ns/default/sa/web`;
 
 let ca: InProcessCa;
 const audit: Array<Record<string, unknown>> = [];
+/** The CA's log lines (info and up), parsed. */
+const logged: Array<Record<string, unknown>> = [];
 const agents: Agent[] = [];
 
 beforeAll(async () => {
-  ca = await startInProcessCa(TD, { 'node-a': [WEB] }, (record) => void audit.push(record));
+  const logger = pino({ level: 'info' }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
+  ca = await startInProcessCa(TD, { 'node-a': [WEB] }, (record) => void audit.push(record), logger);
 });
 
 afterEach(() => {
   audit.length = 0;
+  logged.length = 0;
 });
 
 afterAll(async () => {
@@ -156,6 +161,21 @@ describe('an attestation refused before its join token is spent', () => {
     expect(audit.filter((record) => record.event === 'attest_refused')).toMatchObject([{ code: 'CA_CSR_INVALID' }, { node: '../etc', code: 'CONFIG_FIELD' }]);
     const keys = await generateKeyPair();
     await credential(await attestWith(keys, token), keys);
+  });
+
+  it('with a good CSR and a token the CA never made, is not audited, and is warned within a budget (anyone can send it)', async () => {
+    const keys = await generateKeyPair();
+    const answers = await Promise.all(Array.from({ length: 30 }, () => attestWith(keys, 'B'.repeat(43))));
+    expect(answers.map((answer) => [answer.status, (answer.json.error as { code?: string }).code])).toEqual(Array(30).fill([403, 'JOIN_TOKEN_INVALID']));
+    // 16,000 of these in 20 s grew the audit log 34 MiB, and every issuance waited behind those writes.
+    expect(audit.filter((record) => record.event === 'attest_refused')).toEqual([]);
+    const warned = logged.filter((line) => line.msg === 'node attestation refused: a join token this CA never made');
+    expect(warned).toHaveLength(20);
+    expect(warned[0]).toMatchObject({ level: 40, node: 'node-a', code: 'JOIN_TOKEN_INVALID' });
+    // A token the CA made and spent is audited still.
+    const { token } = await lostAnswer();
+    expect((await attestWith(await generateKeyPair(), token)).status).toBe(403);
+    expect(audit.filter((record) => record.event === 'attest_refused')).toMatchObject([{ node: 'node-a', code: 'JOIN_TOKEN_INVALID' }]);
   });
 
   it('is not audited without a token the CA made: anyone could fill the audit log', async () => {

@@ -31,7 +31,7 @@ import type { CaState, LoadedAuthority } from './store.ts';
 import { consumeJoinToken, joinTokenKnown, recordTokenAnswer, restoreJoinToken } from './tokens.ts';
 import type { JoinTokenClaim, TokenAnswer } from './tokens.ts';
 import { admitNodeCertificate, answerStands, nodeCertificateRefusal, recordAttested, recordRenewal } from './nodes.ts';
-import { acceptErrorLogger } from '../../observe/log.ts';
+import { acceptErrorLogger, LogBudget } from '../../observe/log.ts';
 import type { Logger } from '../../observe/log.ts';
 import { makeDirsSync } from '../../mkdir.ts';
 import { limitConnectionsPerPeer } from '../../peer-connections.ts';
@@ -44,6 +44,8 @@ const FEDERATION_DIR = 'federation';
 
 /** The CA's own serving certificate: short enough to roll with authority rotation, long enough to be quiet. */
 const SERVER_CERT_TTL_MS = 24 * 3_600_000;
+/** A node name in a log line of an unauthenticated request: Kubernetes' longest, the rest cut. */
+const MAX_LOGGED_NODE_NAME = 253;
 /**
  * Backdated further than workload certificates (10 s, SPIRE's cushion): every node checks this one by its own clock,
  * and a node a little behind the CA's refused a CA just started or just renewed, and could renew nothing meanwhile.
@@ -134,6 +136,8 @@ export class CaServer {
   readonly #options: CaServerOptions;
   readonly #logger: Logger;
   #state: CaState;
+  /** Attestations with a token the CA never made: 20 warnings per 10 s, the rest at debug with their count. */
+  readonly #unknownTokenLog = new LogBudget(10_000, 20);
   #serverSvid: Svid;
   #federated = new Map<string, FederationClient>();
   #svidTtlMs = 0;
@@ -461,6 +465,13 @@ export class CaServer {
       }
       // The CA's own files failed (500, the token given back): no refusal of the node's to audit.
       if (wrapped.code === 'CA_STATE') throw wrapped;
+      // A token this CA never made is anyone's guess, at any rate: audited and warned one by one, 16,000 such
+      // requests in 20 s grew the audit log 34 MiB and held every node's issuance behind its writes. Said within a
+      // budget, with how many were left out; a token the CA made (spent, expired, another node's) is audited.
+      if (!(await joinTokenKnown(this.#options.dir, token))) {
+        this.#unknownTokenLog.warn(this.#logger, 'unknown-token', { node: node.length > MAX_LOGGED_NODE_NAME ? `${node.slice(0, MAX_LOGGED_NODE_NAME)}…` : node, remote, code: wrapped.code }, 'node attestation refused: a join token this CA never made');
+        throw wrapped;
+      }
       this.#note({ event: 'attest_refused', node, remote, code: wrapped.code, reason: wrapped.message });
       this.#logger.warn({ node, remote, code: wrapped.code }, 'node attestation refused');
       throw wrapped;
