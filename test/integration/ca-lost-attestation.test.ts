@@ -2,6 +2,8 @@
 // the CA answers with the certificate it issued then, and nothing else. Real CA over HTTPS, real CSRs; the lost
 // answer is a first request whose response the test does not use.
 import { X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
+import { connect } from 'node:tls';
 import { pino } from 'pino';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -176,6 +178,21 @@ describe('an attestation refused before its join token is spent', () => {
     const { token } = await lostAnswer();
     expect((await attestWith(await generateKeyPair(), token)).status).toBe(403);
     expect(audit.filter((record) => record.event === 'attest_refused')).toMatchObject([{ node: 'node-a', code: 'JOIN_TOKEN_INVALID' }]);
+  });
+
+  it('cut off in the middle of its body, is no error of the CA\'s: nothing logged at error level', async () => {
+    const url = new URL(ca.server.url);
+    for (let i = 0; i < 5; i++) {
+      const socket = connect({ host: url.hostname, port: Number(url.port), rejectUnauthorized: false });
+      await once(socket, 'secureConnect');
+      socket.write('POST /v1/attest HTTP/1.1\r\nHost: ca\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"node":"node-a",');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      socket.destroy();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Each was an error line with its stack (12 KB for 20 of them).
+    expect(logged.filter((line) => (line.level as number) >= 50)).toEqual([]);
+    expect(audit).toEqual([]);
   });
 
   it('is not audited without a token the CA made: anyone could fill the audit log', async () => {

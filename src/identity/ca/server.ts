@@ -716,10 +716,17 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   if (declared > MAX_BODY_BYTES) throw new HttpError(413, 'USAGE', `request body of ${declared} bytes exceeds ${MAX_BODY_BYTES}`);
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) throw new HttpError(413, 'USAGE', `request body exceeds ${MAX_BODY_BYTES} bytes`);
-    chunks.push(chunk as Buffer);
+  try {
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > MAX_BODY_BYTES) throw new HttpError(413, 'USAGE', `request body exceeds ${MAX_BODY_BYTES} bytes`);
+      chunks.push(chunk as Buffer);
+    }
+  } catch (error) {
+    if (error instanceof HttpError) throw error;
+    // The client left before its body ended (Node's ECONNRESET "aborted"): its doing, not the CA's, and no answer
+    // reaches it. Logged as an unexpected error with its stack, anyone could fill the CA's log with them.
+    throw new HttpError(400, 'USAGE', `request body not received whole: ${(error as Error).message}`);
   }
   let parsed: unknown;
   try {
