@@ -152,6 +152,21 @@ describe('a spent join token presented again', () => {
   });
 });
 
+describe('a node\'s refused signing request', () => {
+  it('is logged with its code and reason, besides the audit: an identity of another trust domain, a TTL that is no number', async () => {
+    const keys = await generateKeyPair();
+    const node = await credential(await attestWith(keys, await ca.joinToken('node-a')), keys);
+    const other = 'spiffe://other.example/ns/default/sa/web';
+    expect((await post('/v1/sign', { spiffeId: other, csr: await createCsr(await generateKeyPair(), other) }, node)).status).toBe(403);
+    expect((await post('/v1/sign', { spiffeId: WEB, csr: await createCsr(await generateKeyPair(), WEB), ttlSeconds: 'soon' }, node)).status).toBe(400);
+    const refusals = logged.filter((line) => String(line.msg).startsWith('CSR refused'));
+    expect(refusals).toMatchObject([
+      { level: 40, requested: other, code: 'CA_NOT_AUTHORIZED', reason: `${other} is not in trust domain ${TD}` },
+      { level: 40, code: 'USAGE', reason: 'field "ttlSeconds" must be a positive integer' },
+    ]);
+  });
+});
+
 describe('an attestation refused before its join token is spent', () => {
   it('is audited when the token is one the CA made (someone holds a live secret), and the token stays usable', async () => {
     const token = await ca.joinToken('node-a');

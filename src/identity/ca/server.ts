@@ -557,7 +557,7 @@ export class CaServer {
         ? `${requestedId.id} is not in trust domain ${this.#state.trustDomain}`
         : `the registry places no workload with identity ${requestedId.id} on node ${callerNode}`;
       this.#note({ event: 'sign_refused', caller: caller.id.id, node: callerNode, requested: requestedId.id, remote, code: 'CA_NOT_AUTHORIZED', reason });
-      this.#logger.warn({ caller: caller.id.id, requested: requestedId.id, remote }, 'CSR refused: identity not placed on the caller\'s node');
+      this.#logger.warn({ caller: caller.id.id, requested: requestedId.id, remote, code: 'CA_NOT_AUTHORIZED', reason }, 'CSR refused: the caller\'s node may not obtain that identity');
       throw new HttpError(403, 'CA_NOT_AUTHORIZED', `node ${callerNode} may not obtain ${requestedId.id}: ${reason}`);
     }
     let publicKey: CryptoKey;
@@ -584,7 +584,11 @@ export class CaServer {
   /** Audits what an authenticated node sent that could not be read (body, ID, TTL, CSR), then throws it on. */
   #refusedRequest(caller: string, node: string, requested: string | undefined, remote: string | undefined, error: unknown): never {
     const code = error instanceof HttpError ? error.code : toAmbitError(error, 'CA_CSR_INVALID').code;
-    this.#note({ event: 'sign_refused', caller, node, ...(requested === undefined ? {} : { requested }), remote, code, reason: (error as Error).message.slice(0, 300) });
+    const reason = (error as Error).message.slice(0, 300);
+    this.#note({ event: 'sign_refused', caller, node, ...(requested === undefined ? {} : { requested }), remote, code, reason });
+    // An authenticated node's own mistake (its agent's defect, or a tampered one): the operator reading the CA's log
+    // sees it there too, not only in the audit log.
+    this.#logger.warn({ caller, ...(requested === undefined ? {} : { requested }), remote, code, reason }, 'CSR refused: the request could not be read');
     throw error;
   }
 
