@@ -709,10 +709,14 @@ status: { podIP: 10.0.0.9, phase: Running }
     expect(error.code).toBe('FILE_READ');
     expect(error.message).toContain('latin1.yaml');
     expect(error.message).toContain('not UTF-8');
-    // The same policy in UTF-8, with a byte-order mark: read, and the path kept as written.
-    await writeFile(join(dir, 'latin1.yaml'), Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(policy, 'utf8')]));
+    // In UTF-8, with a byte-order mark: read, and its text kept as written (a path is written with é's UTF-8 escapes,
+    // as requests carry it; an annotation keeps the character).
+    const utf8 = policy.replace('/caf\u00e9/*', '/caf%C3%A9/*').replace('namespace: shop }', 'namespace: shop, annotations: { note: "caf\u00e9" } }');
+    await writeFile(join(dir, 'latin1.yaml'), Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(utf8, 'utf8')]));
     const snapshot = await loadConfigDir(dir);
-    expect(JSON.stringify(snapshot.objects.find((object) => object.kind === 'AuthorizationPolicy'))).toContain('/caf\u00e9/*');
+    const kept = JSON.stringify(snapshot.objects.find((object) => object.kind === 'AuthorizationPolicy'));
+    expect(kept).toContain('"caf\u00e9"');
+    expect(kept).toContain('/caf%C3%A9/*');
   });
 
   it('refuses nesting deeper than the parser goes with an error naming the file, not a crash', () => {
