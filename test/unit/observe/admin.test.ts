@@ -7,8 +7,8 @@ import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import { Registry } from 'prom-client';
-import { request } from 'undici';
+import { Gauge, Registry } from 'prom-client';
+import { Agent, request } from 'undici';
 import { AmbitError } from '../../../src/errors.ts';
 import { isLoopbackAddress, startObservability } from '../../../src/observe/admin.ts';
 import type { AdminSources, Observability } from '../../../src/observe/admin.ts';
@@ -61,7 +61,56 @@ async function codeOf(promise: Promise<unknown>): Promise<string> {
   throw new Error('expected the call to be refused');
 }
 
+/** Writes `requests` pipelined in one write on one connection; what came back before the server closed it. */
+async function pipelined(url: string, path: string, requests: number): Promise<string> {
+  const { hostname, port } = new URL(url);
+  const socket = connect({ host: hostname, port: Number(port) });
+  await once(socket, 'connect');
+  let text = '';
+  socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+  socket.on('error', () => {});
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`.repeat(requests));
+  await once(socket, 'close');
+  return text;
+}
+
 describe('metrics server', () => {
+  it('answers one of many pipelined scrapes and closes the connection, rendering the metrics once (each render held the event loop)', async () => {
+    const { urls, registry } = await start();
+    let renders = 0;
+    registry.registerMetric(new Gauge({ name: 'renders_seen', help: 'renders', registers: [], collect() {
+      renders++;
+      this.set(renders);
+    } }));
+    const text = await pipelined(urls.metricsUrl as string, '/metrics', 200);
+    expect(text.match(/HTTP\/1\.1 200 /g)).toHaveLength(1);
+    expect(renders).toBe(1);
+    // One request at a time on a kept-alive connection is served as ever.
+    const keep = new Agent({ connections: 1, pipelining: 1 });
+    try {
+      for (let i = 0; i < 3; i++) expect((await request(`${urls.metricsUrl}/metrics`, { dispatcher: keep })).statusCode).toBe(200);
+    } finally {
+      await keep.close();
+    }
+    // Every server of the three, the same.
+    expect((await pipelined(urls.readinessUrl as string, '/healthz/ready', 50)).match(/HTTP\/1\.1 \d{3} /g)).toHaveLength(1);
+  });
+
+  it('renders once for scrapes that arrive together on several connections, each answered', async () => {
+    const { urls, registry } = await start();
+    let renders = 0;
+    registry.registerMetric(new Gauge({ name: 'renders_seen', help: 'renders', registers: [], async collect() {
+      renders++;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      this.set(renders);
+    } }));
+    const answers = await Promise.all(Array.from({ length: 8 }, () => request(`${urls.metricsUrl}/metrics`, { dispatcher: new Agent() }).then(async (response) => [response.statusCode, await response.body.text()] as const)));
+    expect(answers.map(([status]) => status)).toEqual(Array(8).fill(200));
+    expect(renders).toBeLessThanOrEqual(2);
+    expect(new Set(answers.map(([, body]) => body)).size).toBeLessThanOrEqual(2);
+  });
+
+
   it('serves the registry in Prometheus text format on /metrics and /stats/prometheus', async () => {
     const { urls, registry } = await start();
     new ProxyMetrics(registry).open({
@@ -310,8 +359,8 @@ describe('lifecycle', () => {
 
   it('leaves no handle behind: a process that starts, uses and closes the servers exits on its own', async () => {
     const script = `
-      import { Registry } from 'prom-client';
-      import { request } from 'undici';
+      import { Gauge, Registry } from 'prom-client';
+      import { Agent, request } from 'undici';
       import { pino } from 'pino';
       import { startObservability } from './src/observe/admin.ts';
       const local = { host: '127.0.0.1', port: 0 };
