@@ -186,11 +186,11 @@ class RequestCount {
   readonly requestSizes = new Distribution();
   readonly responseSizes = new Distribution();
 
-  constructor(base: TrafficLabelValues, protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string) {
+  constructor(base: TrafficLabelValues, protocol: RequestProtocol, responseCode: string, grpcStatus: string, responseFlags: string) {
     this.protocol = protocol;
     this.grpcStatus = grpcStatus;
     this.responseFlags = responseFlags;
-    this.labels = { ...base, request_protocol: protocol, response_flags: responseFlags, response_code: String(responseCode), grpc_response_status: grpcStatus };
+    this.labels = { ...base, request_protocol: protocol, response_flags: responseFlags, response_code: responseCode, grpc_response_status: grpcStatus };
   }
 
   add(durationMs: number, requestBytes: number, responseBytes: number): void {
@@ -211,6 +211,23 @@ class FlaggedCount {
   }
 }
 
+/**
+ * Request series (one per status code, protocol, gRPC status and flags, each 67 lines of counter and histograms) the
+ * whole proxy keeps, and one label set keeps: the codes are the workload's to choose (100 to 999), and one workload
+ * answering 1,600 kinds of answer made a 103 MB scrape that held the event loop a second. Past either bound, a
+ * label set's new kinds of answer are counted under `response_code="other"` (and `grpc_response_status`,
+ * `response_flags` the same), one series per protocol.
+ */
+export const DEFAULT_MAX_REQUEST_SERIES = 5_000;
+const MAX_REQUEST_SERIES_PER_LABEL_SET = 64;
+const OTHER_ANSWERS = 'other';
+
+/** The request series the proxy has made, against its bound (shared by every label set). */
+interface RequestSeriesBudget {
+  used: number;
+  readonly max: number;
+}
+
 /** The numbers behind one traffic label set. */
 class TrafficSeries {
   /** The label set with response_flags '-', as opened/sent/received report it. */
@@ -222,26 +239,48 @@ class TrafficSeries {
   readonly failed = new Map<string, FlaggedCount>();
   /** HTTP requests by status code, then a short list by protocol, gRPC status and flags: no key built per request. */
   readonly requests = new Map<number, RequestCount[]>();
+  /** Answers past the bounds (DEFAULT_MAX_REQUEST_SERIES), by protocol; listed in `requests` under code -1. */
+  readonly #other = new Map<RequestProtocol, RequestCount>();
+  readonly #budget: RequestSeriesBudget;
+  #requestSeries = 0;
 
-  constructor(labels: TrafficLabelValues) {
+  constructor(labels: TrafficLabelValues, budget: RequestSeriesBudget) {
     this.labels = labels;
+    this.#budget = budget;
   }
 
   countRequest(protocol: RequestProtocol, responseCode: number, grpcStatus: string, responseFlags: string, durationMs: number, requestBytes: number, responseBytes: number): void {
-    let cells = this.requests.get(responseCode);
-    if (cells === undefined) {
-      cells = [];
-      this.requests.set(responseCode, cells);
-    }
-    for (const cell of cells) {
-      if (cell.protocol === protocol && cell.grpcStatus === grpcStatus && cell.responseFlags === responseFlags) {
-        cell.add(durationMs, requestBytes, responseBytes);
-        return;
+    const cells = this.requests.get(responseCode);
+    if (cells !== undefined) {
+      for (const cell of cells) {
+        if (cell.protocol === protocol && cell.grpcStatus === grpcStatus && cell.responseFlags === responseFlags) {
+          cell.add(durationMs, requestBytes, responseBytes);
+          return;
+        }
       }
     }
-    const cell = new RequestCount(this.labels, protocol, responseCode, grpcStatus, responseFlags);
+    if (this.#requestSeries >= MAX_REQUEST_SERIES_PER_LABEL_SET || this.#budget.used >= this.#budget.max) {
+      this.#otherCell(protocol).add(durationMs, requestBytes, responseBytes);
+      return;
+    }
+    this.#requestSeries++;
+    this.#budget.used++;
+    const cell = new RequestCount(this.labels, protocol, String(responseCode), grpcStatus, responseFlags);
     cell.add(durationMs, requestBytes, responseBytes);
-    cells.push(cell);
+    if (cells === undefined) this.requests.set(responseCode, [cell]);
+    else cells.push(cell);
+  }
+
+  #otherCell(protocol: RequestProtocol): RequestCount {
+    let cell = this.#other.get(protocol);
+    if (cell === undefined) {
+      cell = new RequestCount(this.labels, protocol, OTHER_ANSWERS, OTHER_ANSWERS, OTHER_ANSWERS);
+      this.#other.set(protocol, cell);
+      const listed = this.requests.get(-1);
+      if (listed === undefined) this.requests.set(-1, [cell]);
+      else listed.push(cell);
+    }
+    return cell;
   }
 
   countClosed(responseFlags: string): void {
@@ -478,6 +517,8 @@ export const DEFAULT_MAX_SERIES = 10_000;
 export interface ProxyMetricsOptions {
   /** Distinct traffic label sets kept; DEFAULT_MAX_SERIES unless given. */
   maxSeries?: number;
+  /** Request series kept across every label set; DEFAULT_MAX_REQUEST_SERIES unless given. */
+  maxRequestSeries?: number;
 }
 
 /** ambit's version, from its package.json (two levels up from src/observe/ and from dist/observe/ alike). */
@@ -506,6 +547,7 @@ export class ProxyMetrics {
   readonly #configReloads: Counter<'result'>;
   readonly #peersRefused: Counter<'reason'>;
   readonly #maxSeries: number;
+  readonly #requestBudget: RequestSeriesBudget;
   /** Where connections go once #maxSeries label sets exist: one all-'unknown' series per reporter. */
   readonly #overflow = new Map<Reporter, TrafficSeries>();
 
@@ -518,6 +560,7 @@ export class ProxyMetrics {
   constructor(registry: Registry, options: ProxyMetricsOptions = {}) {
     this.registry = registry;
     this.#maxSeries = options.maxSeries ?? DEFAULT_MAX_SERIES;
+    this.#requestBudget = { used: 0, max: options.maxRequestSeries ?? DEFAULT_MAX_REQUEST_SERIES };
     const all = this.#series;
     const scraped: ScrapedMetric[] = [
       new TrafficCounter('istio_tcp_connections_opened_total', 'The total number of TCP connections opened', all, (series, add) => add(series.labels, series.opened)),
@@ -611,7 +654,7 @@ export class ProxyMetrics {
     if (existing !== null && existing.series !== null) return existing.series;
     if (this.#series.length >= this.#maxSeries) return this.#overflowSeries(labels.reporter);
     const node = walk(this.#index, labels, true)!;
-    node.series = new TrafficSeries(labelValues(labels));
+    node.series = new TrafficSeries(labelValues(labels), this.#requestBudget);
     this.#series.push(node.series);
     return node.series;
   }
@@ -619,7 +662,7 @@ export class ProxyMetrics {
   #overflowSeries(reporter: Reporter): TrafficSeries {
     let series = this.#overflow.get(reporter);
     if (series === undefined) {
-      series = new TrafficSeries(labelValues(overflowLabels(reporter)));
+      series = new TrafficSeries(labelValues(overflowLabels(reporter)), this.#requestBudget);
       this.#overflow.set(reporter, series);
       this.#series.push(series);
     }
