@@ -289,7 +289,7 @@ function adminHandler(sources: AdminSources): Handler {
         }
         const previous = logger.level;
         // Logged before the change, at warn, so the change itself is on record at any level but error and silent.
-        logger.warn({ from: previous, to: requested }, 'log level changed through the admin API');
+        logger.warn({ from: previous, to: requested, client: `${req.socket.remoteAddress}:${req.socket.remotePort}` }, 'log level changed through the admin API');
         logger.level = requested;
         return sendJson(res, 200, { level: logger.level, previous });
       }

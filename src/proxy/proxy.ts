@@ -94,6 +94,8 @@ export class NodeProxy {
   #pending = new Set<string>(['configuration', 'node identity', 'certificates', 'listeners']);
   /** Local workloads whose first certificate has not come yet (readiness names them). */
   #waitingCertificates: readonly string[] = [];
+  /** The node's listeners that could not be bound, as the readiness answer names them. */
+  #unboundListeners: readonly string[] = [];
   /** Identities the CA refused (CA_REJECTED): a registry problem of that workload, not of the node. */
   readonly #refusedIdentities = new Set<string>();
   /** Ready once: from then on a new workload waiting for its first certificate does not take the node out of service. */
@@ -189,7 +191,7 @@ export class NodeProxy {
    */
   readiness(): { ready: boolean; pending: string[] } {
     const pending: string[] = [];
-    for (const item of this.#pending) pending.push(item === 'certificates' ? certificatesPending(this.#waitingCertificates) : item);
+    for (const item of this.#pending) pending.push(item === 'certificates' ? certificatesPending(this.#waitingCertificates) : item === 'listeners' ? namedPending('listeners', this.#unboundListeners) : item);
     if (this.#draining) pending.push('shutting down');
     const agent = this.#agent as IdentityAgent | undefined;
     const nodeRefusal = agent?.nodeRefusal();
@@ -432,7 +434,8 @@ export class NodeProxy {
     else this.#pending.add('certificates');
     // An annotation's listener that cannot be bound is that workload's problem, as a refused certificate is (it is in
     // /config_dump's problems and the log); the HBONE listeners and the operator's --outbound are the node's.
-    if (inbound.failed.length === 0 && outbound.failed.every((failure) => failure.annotation === true)) this.#pending.delete('listeners');
+    this.#unboundListeners = [...inbound.failed.map((failure) => `HBONE ${failure.address} (${failure.error})`), ...outbound.failed.filter((failure) => failure.annotation !== true).map((failure) => `${failure.origin} (${failure.message})`)];
+    if (this.#unboundListeners.length === 0) this.#pending.delete('listeners');
     else this.#pending.add('listeners');
     if (inbound.failed.length === 0 && outbound.bindFailures === 0) {
       this.#bindRetryMs = BIND_RETRY_FIRST_MS;
@@ -510,8 +513,16 @@ export class NodeProxy {
 /** The pending item for workloads waiting for their first certificate: which ones (the first few), not just that some are. */
 function certificatesPending(waiting: readonly string[]): string {
   if (waiting.length === 0) return 'certificates';
-  const named = waiting.slice(0, 3).join(', ');
-  return `certificates of ${named}${waiting.length > 3 ? ` and ${waiting.length - 3} more` : ''}`;
+  return `certificates of ${firstNamed(waiting)}`;
+}
+
+/** A pending item with what it waits for, the first three named: `listeners: HBONE 192.0.2.55:15008 (...)`. */
+function namedPending(item: string, waiting: readonly string[]): string {
+  return waiting.length === 0 ? item : `${item}: ${firstNamed(waiting)}`;
+}
+
+function firstNamed(list: readonly string[]): string {
+  return `${list.slice(0, 3).join(', ')}${list.length > 3 ? ` and ${list.length - 3} more` : ''}`;
 }
 
 /**

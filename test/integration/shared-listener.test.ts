@@ -15,7 +15,7 @@ import { issueMeshSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 import { connectHbone, echoThrough, openTunnel, startEchoServer } from '../helpers/hbone.ts';
 import type { EchoServer } from '../helpers/hbone.ts';
-import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
+import { metricSum, nodeIp, podYaml, probe, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
 
 const P = 66;
@@ -141,6 +141,10 @@ describe('the shared HBONE listener', () => {
       const proc = mesh.nodes.get('node-a')?.proc;
       return proc !== undefined && proc !== old && proc.lines.some(refused);
     }, 30_000);
+    // The probe names the listener it waits for (it said "listeners" alone).
+    const probed = await probe(mesh.nodes.get('node-a')!.readinessUrl);
+    expect(probed.status).toBe(503);
+    expect(probed.body).toContain(`listeners: HBONE ${NODE_A_SHARED}:${SHARED_PORT} (shared) (`);
     await new Promise<void>((resolve) => blocker.close(() => resolve()));
     await starting;
     const session = await connectHbone(NODE_A_SHARED, SHARED_PORT, tester, roots, VM_ID);
