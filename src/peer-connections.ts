@@ -2,19 +2,43 @@
 // (the admin, metrics and readiness servers, the CA): one client must not hold the server's whole share of them.
 import type { Server, Socket } from 'node:net';
 
-/** Closes, as soon as it is accepted, a connection from an address that already holds `max`. */
-export function limitConnectionsPerPeer(server: Server, max: number): void {
+export interface ConnectionLimits {
+  /** Connections one client address may hold. */
+  readonly perPeer: number;
+  /**
+   * Connections all clients together may hold; past it only a local client (this host's own, as the kubelet's probes
+   * and a node's scraper are) is taken, up to `localReserve` more: clients on 64 addresses, 16 connections each,
+   * otherwise held every slot and the kubelet's readiness probes failed. Without it, the server's own maxConnections.
+   */
+  readonly total?: number;
+  readonly localReserve?: number;
+  /** Whether a connection comes from this host (tests say otherwise); by default loopback or the address it reached. */
+  readonly isLocal?: (socket: Socket) => boolean;
+}
+
+/** A connection from this host: from loopback, or from the very address it reached (the kernel's source for a connect to one of the host's own). */
+export function isLocalConnection(socket: Socket): boolean {
+  const remote = socket.remoteAddress ?? '';
+  return remote === socket.localAddress || remote.startsWith('127.') || remote.startsWith('::ffff:127.') || remote === '::1';
+}
+
+/** Closes, as soon as it is accepted, a connection past the limits. */
+export function limitConnectionsPerPeer(server: Server, limits: number | ConnectionLimits): void {
+  const { perPeer, total, localReserve = 0, isLocal = isLocalConnection } = typeof limits === 'number' ? { perPeer: limits } : limits;
   const open = new Map<string, number>();
+  let all = 0;
   // Before the server's own 'connection' listener: a refused socket is never parsed, nor its TLS handshake begun.
   server.prependListener('connection', (socket: Socket) => {
     const peer = socket.remoteAddress ?? '';
     const count = open.get(peer) ?? 0;
-    if (count >= max) {
+    if (count >= perPeer || (total !== undefined && all >= total && (all >= total + localReserve || !isLocal(socket)))) {
       socket.destroy();
       return;
     }
     open.set(peer, count + 1);
+    all++;
     socket.once('close', () => {
+      all--;
       const left = (open.get(peer) ?? 1) - 1;
       if (left === 0) open.delete(peer);
       else open.set(peer, left);

@@ -60,6 +60,8 @@ const SOCKET_IDLE_TIMEOUT_MS = 30_000;
 const MAX_CONNECTIONS_PER_PEER = 16;
 /** All together: a bound on memory, far above what the legitimate clients of one node ever hold. */
 const MAX_CONNECTIONS = 1_024;
+/** Beyond MAX_CONNECTIONS, for clients on this host only (the kubelet's probes, an operator's curl). */
+const LOCAL_RESERVE = 64;
 /** Admin answers are small and requests carry nothing useful in headers beyond the path. */
 const MAX_HEADER_BYTES = 8 * 1024;
 
@@ -176,8 +178,7 @@ async function listen(what: string, address: ListenAddress, handler: Handler, lo
     (req, res) => dispatch(handler, req, res),
   );
   server.timeout = SOCKET_IDLE_TIMEOUT_MS;
-  server.maxConnections = MAX_CONNECTIONS;
-  limitConnectionsPerPeer(server, MAX_CONNECTIONS_PER_PEER);
+  limitConnectionsPerPeer(server, { perPeer: MAX_CONNECTIONS_PER_PEER, total: MAX_CONNECTIONS, localReserve: LOCAL_RESERVE });
   server.listen({ host: address.host, port: address.port, exclusive: true });
   try {
     await once(server, 'listening');
