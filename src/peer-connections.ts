@@ -6,9 +6,9 @@ export interface ConnectionLimits {
   /** Connections one client address may hold. */
   readonly perPeer: number;
   /**
-   * Connections all clients together may hold; past it only a local client (this host's own, as the kubelet's probes
-   * and a node's scraper are) is taken, up to `localReserve` more: clients on 64 addresses, 16 connections each,
-   * otherwise held every slot and the kubelet's readiness probes failed. Without it, the server's own maxConnections.
+   * Connections all clients together may hold; past it only a local client (this host's own: the kubelet's probes of
+   * a proxy on the host's network, an operator's curl) is taken, up to `localReserve` more: clients on 64 addresses,
+   * 16 connections each, otherwise held every slot and the readiness probes failed. Without it, no bound in all.
    */
   readonly total?: number;
   readonly localReserve?: number;

@@ -60,7 +60,7 @@ const SOCKET_IDLE_TIMEOUT_MS = 30_000;
 const MAX_CONNECTIONS_PER_PEER = 16;
 /** All together: a bound on memory, far above what the legitimate clients of one node ever hold. */
 const MAX_CONNECTIONS = 1_024;
-/** Beyond MAX_CONNECTIONS, for clients on this host only (the kubelet's probes, an operator's curl). */
+/** Beyond MAX_CONNECTIONS, for clients on this host only (the kubelet's probes of a proxy on the host's network, an operator's curl). */
 const LOCAL_RESERVE = 64;
 /** Admin answers are small and requests carry nothing useful in headers beyond the path. */
 const MAX_HEADER_BYTES = 8 * 1024;
