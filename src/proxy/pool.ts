@@ -440,6 +440,7 @@ export class HbonePool {
       // listeners until it ends, and closures would keep this call's whole scope for as long.
       stream.on('close', onConnectClose);
       stream.on('response', onConnectResponse);
+      stream.on('headers', onConnectInformational);
       // Stays after the answer too: an error between the answer and the Bridge's own listener must not throw.
       stream.on('error', onConnectError);
     });
@@ -683,6 +684,19 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
   }
   const { endpoint } = connect;
   connect.fail(new TunnelError('HBONE_REFUSED', status === 401 ? 'DENY' : 'CONNECT', `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${status}`, status));
+  this.close(NGHTTP2_CANCEL);
+}
+
+/**
+ * A 1xx answer to CONNECT, which no HBONE server sends: the CONNECT is failed and its stream reset at the first. A peer
+ * answering with 1xx after 1xx had the session parse and emit each (one CONNECT: +240 MiB and a core for as long as
+ * it went on), until the answer timeout.
+ */
+function onConnectInformational(this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  const connect = connects.of(this);
+  if (!connect.pending) return;
+  const { endpoint } = connect;
+  connect.fail(new TunnelError('HBONE_REFUSED', 'CONNECT', `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${String(headers[HTTP2_HEADER_STATUS])} (informational) to CONNECT`, Number(headers[HTTP2_HEADER_STATUS])));
   this.close(NGHTTP2_CANCEL);
 }
 

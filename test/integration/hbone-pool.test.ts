@@ -28,7 +28,7 @@ interface Peer {
   readonly server: http2.Http2SecureServer;
   readonly port: number;
   /** How the peer treats a CONNECT: never answer, answer 200 and echo, answer `status` and end, or reset it unanswered. */
-  mode: 'silent' | 'echo' | 'refuse' | 'reset' | 'refuse-once';
+  mode: 'silent' | 'echo' | 'refuse' | 'reset' | 'refuse-once' | 'informational';
   status: number;
   resetCode: number;
   /** RST codes of the streams the peer saw closed. */
@@ -63,6 +63,13 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
         stream.respond({ ':status': peer.status }, { endStream: true });
       } else if (peer.mode === 'reset') {
         stream.close(peer.resetCode);
+      } else if (peer.mode === 'informational') {
+        // 1xx after 1xx and never an answer: a hostile peer's way to make the client parse for as long as it likes.
+        const flood = () => {
+          for (let i = 0; i < 200 && !stream.destroyed; i++) stream.additionalHeaders({ ':status': 100 });
+          if (!stream.destroyed) setImmediate(flood);
+        };
+        flood();
       } else if (peer.mode === 'refuse-once') {
         // Not processed (RFC 9113 §8.7), as a peer draining or at its limit answers; the next is echoed.
         peer.mode = 'echo';
@@ -182,6 +189,25 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
         expect((error as TunnelError).status).toBe(status);
         expect((error as TunnelError).message).toBe(`127.0.0.1:8080 via 127.0.0.1:${peer.port} answered ${status}`);
       }
+      await expect.poll(() => hbone.stats().streams).toBe(0);
+    } finally {
+      await hbone.close();
+    }
+  });
+
+  it('fails a CONNECT answered with 1xx at the first, and resets its stream, rather than parse a flood of them until the timeout', async () => {
+    peer.mode = 'informational';
+    peer.closedWith.length = 0;
+    const hbone = pool(10_000);
+    try {
+      const started = Date.now();
+      const error = await openError(hbone);
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).code).toBe('HBONE_REFUSED');
+      expect((error as TunnelError).flag).toBe('CONNECT');
+      expect((error as TunnelError).message).toBe(`127.0.0.1:8080 via 127.0.0.1:${peer.port} answered 100 (informational) to CONNECT`);
+      await expect.poll(() => peer.closedWith).toEqual([http2.constants.NGHTTP2_CANCEL]);
       await expect.poll(() => hbone.stats().streams).toBe(0);
     } finally {
       await hbone.close();
