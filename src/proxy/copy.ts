@@ -109,6 +109,11 @@ const bridges = new EmitterSlot<Bridge>('ambit.bridge');
  */
 const CORK_MIN_CHUNK_BYTES = 8 * 1024;
 
+/** How often an app socket paused for a stream that does not drain is read again (#lookAtPausedSocket). */
+const PAUSED_SOCKET_CHECK_MS = 10_000;
+/** A paused socket is read again only while the stream's queue holds less than this: its memory stays bounded. */
+const PAUSED_QUEUE_LIMIT_BYTES = 256 * 1024;
+
 /** Runs until both sides have closed; the callback runs exactly once. */
 export class Bridge {
   readonly socket: Socket;
@@ -120,6 +125,11 @@ export class Bridge {
   /** The Bridge reset the stream itself: its 'aborted' and 'close' are not the peer's doing. */
   #resetting = false;
   #done: ((result: BridgeResult) => void) | null;
+  /** Once the app socket has been paused for the stream: when it is next looked at (#lookAtPausedSocket). */
+  #pausedCheck: NodeJS.Timeout | undefined;
+  /** The stream's drains, and their count when the socket was last looked at: a count that moved is progress. */
+  #drains = 0;
+  #drainsLookedAt = 0;
 
   constructor(socket: Socket, stream: Http2Stream, done: (result: BridgeResult) => void) {
     this.socket = socket;
@@ -152,15 +162,43 @@ export class Bridge {
   }
 
   static #onSocketData(this: Socket, chunk: Buffer): void {
-    const stream = bridges.of(this).stream;
+    const bridge = bridges.of(this);
+    const stream = bridge.stream;
     // After a reset the tunnel is being torn down, and after the peer's NO_ERROR reset it takes no more (Node has
     // ended our side): the bytes have nowhere to go.
     if (stream.destroyed || stream.writableEnded) return;
-    if (!stream.write(chunk)) this.pause();
+    if (!stream.write(chunk)) {
+      this.pause();
+      // One timer for as long as pauses go on (an upload pauses thousands of times a second), not one per pause.
+      if (bridge.#pausedCheck === undefined) bridge.#lookAgainLater();
+    }
   }
 
   static #onStreamDrain(this: Http2Stream): void {
-    bridges.of(this).socket.resume();
+    const bridge = bridges.of(this);
+    bridge.#drains++;
+    bridge.socket.resume();
+  }
+
+  #lookAgainLater(): void {
+    this.#drainsLookedAt = this.#drains;
+    this.#pausedCheck = setTimeout(Bridge.#lookAtPausedSocket, PAUSED_SOCKET_CHECK_MS, this).unref();
+  }
+
+  /**
+   * A paused socket is not read, so its application's reset or FIN is never seen: a peer that took the CONNECT and
+   * never opened its window (or a stream that never drains) held each such tunnel, its descriptor and its buffers, for
+   * as long as it liked, after the application had gone (every retry of the application one more). So a paused socket
+   * is read again now and then: its next chunk joins the queue (bounded by PAUSED_QUEUE_LIMIT_BYTES), and a reset or
+   * an end shows as it comes.
+   */
+  static #lookAtPausedSocket(bridge: Bridge): void {
+    bridge.#pausedCheck = undefined;
+    const { socket, stream } = bridge;
+    if (socket.destroyed || stream.destroyed || !socket.isPaused()) return;
+    // Drained since it was last looked at: the stream moves, and the socket is read again when it drains.
+    if (bridge.#drains !== bridge.#drainsLookedAt || stream.writableLength > PAUSED_QUEUE_LIMIT_BYTES) bridge.#lookAgainLater();
+    else socket.resume();
   }
 
   static #onStreamData(this: Http2Stream, chunk: Buffer): void {
@@ -270,6 +308,8 @@ export class Bridge {
 
   #finish(): void {
     if (!this.#socketClosed || !this.#streamClosed || this.#done === null) return;
+    clearTimeout(this.#pausedCheck);
+    this.#pausedCheck = undefined;
     const done = this.#done;
     this.#done = null;
     done({ error: this.#error, failedSide: this.#failedSide });

@@ -242,6 +242,44 @@ describe('Bridge', () => {
     }
   });
 
+  it('ends a tunnel whose peer never opens its window once the application, held back, resets (its paused socket is looked at again)', async () => {
+    // A peer that takes the stream and never grants it a byte of window, nor reads: the app's upload is held back.
+    const shut = http2.createServer({ settings: { initialWindowSize: 0 } });
+    shut.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      stream.pause();
+    });
+    shut.listen(0, '127.0.0.1');
+    await once(shut, 'listening');
+    const client2 = http2.connect(`http://127.0.0.1:${(shut.address() as AddressInfo).port}`);
+    try {
+      const stream = client2.request({ ':method': 'CONNECT', ':authority': 'stuck:80' });
+      await once(stream, 'response');
+      const { client, socket } = await appConnection();
+      const outcome = new Promise<BridgeResult>((resolve) => new Bridge(socket, stream, resolve));
+      // Written until the kernel's buffers fill behind the paused socket, then reset: a paused socket is not read, and
+      // the tunnel (its descriptor, its stream, its buffers) was held for as long as the peer liked.
+      const chunk = Buffer.alloc(64 * 1024, 'u');
+      while (client.write(chunk));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(socket.isPaused()).toBe(true);
+      client.resetAndDestroy();
+      const started = Date.now();
+      const result = await outcome;
+      // Looked at again within PAUSED_SOCKET_CHECK_MS (10 s).
+      expect(Date.now() - started).toBeLessThan(12_000);
+      expect(result.failedSide).toBe('socket');
+      expect(socket.destroyed).toBe(true);
+      expect(stream.destroyed).toBe(true);
+      // Its queue stayed bounded while it waited.
+      expect(stream.writableLength).toBeLessThanOrEqual(256 * 1024 + 64 * 1024);
+    } finally {
+      client2.destroy();
+      shut.close();
+    }
+  }, 20_000);
+
   it('resets the stream when the app connection is destroyed after its FIN while the peer still sends, rather than hold the tunnel', async () => {
     foreverClosedWith.length = 0;
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'forever:80' });
