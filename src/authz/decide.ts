@@ -85,9 +85,7 @@ export function clientIpOfForwardedFor(value: string | undefined): IpAddress | n
   if (value === undefined) return null;
   const comma = value.lastIndexOf(',');
   const last = (comma < 0 ? value : value.slice(comma + 1)).trim();
-  // A mapped address stays IPv6, as Envoy parses it (and its CIDR check matches no other family): `::ffff:10.1.2.3`
-  // is in no IPv4 block an ALLOW names.
-  return last === '' ? null : parseIp(last, 'kept');
+  return last === '' ? null : parseIp(last);
 }
 
 function sourcePrincipalMatches(source: CompiledSource, principal: string | null): boolean {

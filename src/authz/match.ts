@@ -86,16 +86,13 @@ function parseV6(text: string): Uint32Array {
   return words;
 }
 
-/**
- * Parses an IP literal; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, dual-stack sockets) is read as IPv4, unless
- * `mapped` is 'kept' (an address a client wrote, as Envoy reads X-Forwarded-For: an IPv6 address, in no IPv4 block).
- */
-export function parseIp(text: string, mapped: 'folded' | 'kept' = 'folded'): IpAddress | null {
+/** Parses an IP literal; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, dual-stack sockets) is read as IPv4. */
+export function parseIp(text: string): IpAddress | null {
   if (isIPv4(text)) return { family: 4, v4: parseV4(text), v6: null };
   if (isIPv6(text)) {
     const zone = text.indexOf('%');
     const words = parseV6(zone >= 0 ? text.slice(0, zone) : text);
-    if (mapped === 'folded' && words[0] === 0 && words[1] === 0 && words[2] === 0xffff) return { family: 4, v4: words[3] as number, v6: null };
+    if (words[0] === 0 && words[1] === 0 && words[2] === 0xffff) return { family: 4, v4: words[3] as number, v6: null };
     return { family: 6, v4: 0, v6: words };
   }
   return null;
