@@ -672,9 +672,30 @@ function refusalText(data: Buffer | undefined): string {
   return data.subarray(0, 200).toString('latin1').replace(/[^\x20-\x7e]/g, '?');
 }
 
+/** A header list's size as HTTP/2 counts it (RFC 9113 §6.5.2: name, value and 32 octets per field). */
+function headerListBytes(headers: http2.IncomingHttpHeaders): number {
+  let bytes = 0;
+  for (const name of Object.keys(headers)) {
+    const value = headers[name];
+    if (Array.isArray(value)) for (const item of value) bytes += name.length + item.length + 32;
+    else bytes += name.length + String(value).length + 32;
+  }
+  return bytes;
+}
+
 function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders): void {
   const connect = connects.of(this);
   if (!connect.pending) return;
+  // Node enforces our SETTINGS_MAX_HEADER_LIST_SIZE only once the peer has acknowledged it: the first CONNECTs of a
+  // session took answers of megabytes (and, reset by our side on a later stream, one was sent again on a new session,
+  // first there). The limit holds for every answer.
+  const size = headerListBytes(headers);
+  if (size > H2_CLIENT_MAX_HEADER_LIST_BYTES) {
+    const { endpoint } = connect;
+    connect.fail(new TunnelError('HBONE_REFUSED', 'CONNECT', `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered with ${size} bytes of header fields, more than the ${H2_CLIENT_MAX_HEADER_LIST_BYTES} this proxy takes`));
+    this.close(NGHTTP2_CANCEL);
+    return;
+  }
   const status = Number(headers[HTTP2_HEADER_STATUS]);
   if (status === 200) {
     // A wider stream window, if the streams now open allow it.

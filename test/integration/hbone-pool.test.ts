@@ -20,6 +20,7 @@ import type { Workload } from '../../src/config/snapshot.ts';
 import type { BundleSource } from '../../src/identity/svid.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 import { EMPTY_SETTINGS, floodPings, freezableRelay, throttledRelay } from '../helpers/hbone.ts';
+import { frame } from '../helpers/h2-frames.ts';
 
 const CLIENT_ID = 'spiffe://cluster.local/ns/a/sa/client';
 const SERVER_ID = 'spiffe://cluster.local/ns/b/sa/server';
@@ -536,6 +537,58 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     } finally {
       await hbone.close();
       full.close();
+    }
+  });
+
+  it('refuses an answer whose header fields pass 16 KiB, on the first stream of a session too (before the peer acknowledged the limit)', async () => {
+    // A raw peer: its SETTINGS, an acknowledgement of ours, and 200 with a 60 KiB field to every CONNECT.
+    const big = tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => {
+      socket.on('error', () => {});
+      socket.write(frame(4, 0, 0));
+      let buffered = Buffer.alloc(0);
+      let preface = false;
+      socket.on('data', (chunk: Buffer) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        if (!preface) {
+          if (buffered.length < 24) return;
+          buffered = buffered.subarray(24);
+          preface = true;
+        }
+        while (buffered.length >= 9 && buffered.length >= 9 + buffered.readUIntBE(0, 3)) {
+          const length = buffered.readUIntBE(0, 3);
+          const [type, flags, id] = [buffered[3] as number, buffered[4] as number, buffered.readUInt32BE(5) & 0x7fffffff];
+          buffered = buffered.subarray(9 + length);
+          // Acknowledged, our SETTINGS allow frames of the answer's size; the first stream came before the ack.
+          if (type === 4 && (flags & 1) === 0) socket.write(frame(4, 1, 0));
+          if (type !== 1) continue;
+          // :status 200 (HPACK static index 8), then `x-big` as a literal of 60 KiB (its length a 7-bit prefix integer).
+          const valueLength = 60 * 1024;
+          const lengthBytes = [0x7f];
+          for (let rest = valueLength - 127; ; rest >>= 7) {
+            if (rest < 128) {
+              lengthBytes.push(rest);
+              break;
+            }
+            lengthBytes.push((rest & 0x7f) | 0x80);
+          }
+          const block = Buffer.concat([Buffer.from([0x88, 0x00, 5]), Buffer.from('x-big'), Buffer.from(lengthBytes), Buffer.alloc(valueLength, 'a')]);
+          socket.write(frame(1, 4, id, block));
+        }
+      });
+    });
+    big.listen(0, '127.0.0.1');
+    await once(big, 'listening');
+    const at: Endpoint = { ...endpoint(), hbonePort: (big.address() as AddressInfo).port };
+    const hbone = pool(5_000);
+    try {
+      const error = await hbone.open(CLIENT_ID, null, at, '').then(() => null, (e: unknown) => e);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).code).toBe('HBONE_REFUSED');
+      expect((error as TunnelError).message).toMatch(/answered with 6\d{4} bytes of header fields, more than the 16384 this proxy takes$/);
+      await expect.poll(() => hbone.stats().streams).toBe(0);
+    } finally {
+      await hbone.close();
+      big.close();
     }
   });
 
