@@ -113,6 +113,11 @@ const CORK_MIN_CHUNK_BYTES = 8 * 1024;
 const PAUSED_SOCKET_CHECK_MS = 10_000;
 /** A paused socket is read again only while the stream's queue holds less than this: its memory stays bounded. */
 const PAUSED_QUEUE_LIMIT_BYTES = 256 * 1024;
+/**
+ * A tunnel whose application's bytes are held (the stream's window closed) and that moves nothing either way this long
+ * is cut, as Envoy's stream idle timeout (5 min) cuts an idle stream.
+ */
+const STALLED_TUNNEL_MS = 5 * 60_000;
 
 /** Runs until both sides have closed; the callback runs exactly once. */
 export class Bridge {
@@ -127,9 +132,11 @@ export class Bridge {
   #done: ((result: BridgeResult) => void) | null;
   /** Once the app socket has been paused for the stream: when it is next looked at (#lookAtPausedSocket). */
   #pausedCheck: NodeJS.Timeout | undefined;
-  /** The stream's drains, and their count when the socket was last looked at: a count that moved is progress. */
-  #drains = 0;
-  #drainsLookedAt = 0;
+  /** The tunnel's progress (the stream drained, or brought bytes), and its count when last looked at. */
+  #progress = 0;
+  #progressLookedAt = 0;
+  /** Looks in a row that found no progress while the app's bytes were held. */
+  #stalledLooks = 0;
 
   constructor(socket: Socket, stream: Http2Stream, done: (result: BridgeResult) => void) {
     this.socket = socket;
@@ -176,12 +183,12 @@ export class Bridge {
 
   static #onStreamDrain(this: Http2Stream): void {
     const bridge = bridges.of(this);
-    bridge.#drains++;
+    bridge.#progress++;
     bridge.socket.resume();
   }
 
   #lookAgainLater(): void {
-    this.#drainsLookedAt = this.#drains;
+    this.#progressLookedAt = this.#progress;
     this.#pausedCheck = setTimeout(Bridge.#lookAtPausedSocket, PAUSED_SOCKET_CHECK_MS, this).unref();
   }
 
@@ -190,19 +197,30 @@ export class Bridge {
    * never opened its window (or a stream that never drains) held each such tunnel, its descriptor and its buffers, for
    * as long as it liked, after the application had gone (every retry of the application one more). So a paused socket
    * is read again now and then: its next chunk joins the queue (bounded by PAUSED_QUEUE_LIMIT_BYTES), and a reset or
-   * an end shows as it comes.
+   * an end shows as it comes. Past the bound, or after the app's end (which waits in the queue, for a half-open socket
+   * never to close), a tunnel that has made no progress either way for STALLED_TUNNEL_MS is cut: else it was held for
+   * as long as the peer liked.
    */
   static #lookAtPausedSocket(bridge: Bridge): void {
     bridge.#pausedCheck = undefined;
     const { socket, stream } = bridge;
-    if (socket.destroyed || stream.destroyed || !socket.isPaused()) return;
-    // Drained since it was last looked at: the stream moves, and the socket is read again when it drains.
-    if (bridge.#drains !== bridge.#drainsLookedAt || stream.writableLength > PAUSED_QUEUE_LIMIT_BYTES) bridge.#lookAgainLater();
-    else socket.resume();
+    if (socket.destroyed || stream.destroyed || (!socket.isPaused() && stream.writableLength === 0)) return;
+    if (bridge.#progress !== bridge.#progressLookedAt) {
+      bridge.#stalledLooks = 0;
+      bridge.#lookAgainLater();
+      return;
+    }
+    if (++bridge.#stalledLooks * PAUSED_SOCKET_CHECK_MS >= STALLED_TUNNEL_MS) {
+      bridge.#fail('stream', new Error(`the peer took none of the application's bytes, and sent none, for ${STALLED_TUNNEL_MS / 1000} s (its window closed)`));
+      return;
+    }
+    if (socket.isPaused() && stream.writableLength <= PAUSED_QUEUE_LIMIT_BYTES) socket.resume();
+    bridge.#lookAgainLater();
   }
 
   static #onStreamData(this: Http2Stream, chunk: Buffer): void {
     const bridge = bridges.of(this);
+    bridge.#progress++;
     const socket = bridge.socket;
     if (socket.destroyed) return;
     // Nothing else corks these sockets: writableCorked says whether an uncork is already scheduled.

@@ -3,7 +3,7 @@ import { EventEmitter, once } from 'node:events';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Bridge } from '../../src/proxy/copy.ts';
 import type { BridgeResult } from '../../src/proxy/copy.ts';
 
@@ -279,6 +279,44 @@ describe('Bridge', () => {
       shut.close();
     }
   }, 20_000);
+
+  it('cuts a tunnel that has moved nothing either way for 5 minutes while the peer holds the application\'s bytes (its end among them)', async () => {
+    const shut = http2.createServer({ settings: { initialWindowSize: 0 } });
+    shut.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      stream.pause();
+    });
+    shut.listen(0, '127.0.0.1');
+    await once(shut, 'listening');
+    const client2 = http2.connect(`http://127.0.0.1:${(shut.address() as AddressInfo).port}`);
+    // The Bridge's own timers only (the sockets keep their real ones): five minutes pass in a moment.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const stream = client2.request({ ':method': 'CONNECT', ':authority': 'stuck:80' });
+      await once(stream, 'response');
+      const { client, socket } = await appConnection();
+      let result: BridgeResult | undefined;
+      new Bridge(socket, stream, (r) => (result = r));
+      // 100 KiB and the app's FIN: the socket ends, its half-open side stays, and the end waits behind the window.
+      client.end(Buffer.alloc(100 * 1024, 'u'));
+      const tick = () => new Promise((resolve) => setImmediate(resolve));
+      for (let i = 0; i < 20; i++) await tick();
+      for (let looked = 0; looked < 29 && result === undefined; looked++) {
+        vi.advanceTimersByTime(10_000);
+        for (let i = 0; i < 5; i++) await tick();
+      }
+      expect(result).toBeUndefined();
+      vi.advanceTimersByTime(10_000);
+      for (let i = 0; i < 20 && result === undefined; i++) await tick();
+      expect(result?.failedSide).toBe('stream');
+      expect(result?.error?.message).toBe('the peer took none of the application\'s bytes, and sent none, for 300 s (its window closed)');
+    } finally {
+      vi.useRealTimers();
+      client2.destroy();
+      shut.close();
+    }
+  });
 
   it('resets the stream when the app connection is destroyed after its FIN while the peer still sends, rather than hold the tunnel', async () => {
     foreverClosedWith.length = 0;
