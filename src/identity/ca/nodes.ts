@@ -28,8 +28,11 @@ function nodesDir(caDir: string): string {
   return join(caDir, 'nodes');
 }
 
-/** A name this long, with `.json`, would pass the 255 bytes a file name may have. */
-const LONGEST_NAME_AS_IS = 200;
+/**
+ * The longest name kept as its own file name: with `.json` and writeFileAtomic's `.<12 hex>.tmp`, 255 bytes, what a
+ * file name may have. Every name that worked before keeps its record where it is.
+ */
+const LONGEST_NAME_AS_IS = 233;
 
 /**
  * A node's record: under its name, or for a longer one (a Kubernetes node name may have 253 characters) under `~` and
