@@ -215,11 +215,13 @@ class FlaggedCount {
  * Request series (one per status code, protocol, gRPC status and flags, each 67 lines of counter and histograms) the
  * whole proxy keeps, and one label set keeps: the codes are the workload's to choose (100 to 999), and one workload
  * answering 1,600 kinds of answer made a 103 MB scrape that held the event loop a second. Past either bound, a
- * label set's new kinds of answer are counted under `response_code="other"` (and `grpc_response_status`,
- * `response_flags` the same), one series per protocol.
+ * label set's new kinds of answer are counted under `response_code="other"` and `grpc_response_status="other"`, one
+ * series per protocol and response flags.
  */
 export const DEFAULT_MAX_REQUEST_SERIES = 5_000;
 const MAX_REQUEST_SERIES_PER_LABEL_SET = 64;
+/** Each label set's first kinds of answer are its own, not charged to the shared bound: one noisy workload must not leave every later one's 200s and DENYs under `other`. */
+const REQUEST_SERIES_OWN = 8;
 const OTHER_ANSWERS = 'other';
 
 /** The request series the proxy has made, against its bound (shared by every label set). */
@@ -239,8 +241,8 @@ class TrafficSeries {
   readonly failed = new Map<string, FlaggedCount>();
   /** HTTP requests by status code, then a short list by protocol, gRPC status and flags: no key built per request. */
   readonly requests = new Map<number, RequestCount[]>();
-  /** Answers past the bounds (DEFAULT_MAX_REQUEST_SERIES), by protocol; listed in `requests` under code -1. */
-  readonly #other = new Map<RequestProtocol, RequestCount>();
+  /** Answers past the bounds (DEFAULT_MAX_REQUEST_SERIES), by protocol and flags; listed in `requests` under code -1. */
+  readonly #other: RequestCount[] = [];
   readonly #budget: RequestSeriesBudget;
   #requestSeries = 0;
 
@@ -259,27 +261,27 @@ class TrafficSeries {
         }
       }
     }
-    if (this.#requestSeries >= MAX_REQUEST_SERIES_PER_LABEL_SET || this.#budget.used >= this.#budget.max) {
-      this.#otherCell(protocol).add(durationMs, requestBytes, responseBytes);
+    const own = this.#requestSeries < REQUEST_SERIES_OWN;
+    if (this.#requestSeries >= MAX_REQUEST_SERIES_PER_LABEL_SET || (!own && this.#budget.used >= this.#budget.max)) {
+      this.#otherCell(protocol, responseFlags).add(durationMs, requestBytes, responseBytes);
       return;
     }
     this.#requestSeries++;
-    this.#budget.used++;
+    if (!own) this.#budget.used++;
     const cell = new RequestCount(this.labels, protocol, String(responseCode), grpcStatus, responseFlags);
     cell.add(durationMs, requestBytes, responseBytes);
     if (cells === undefined) this.requests.set(responseCode, [cell]);
     else cells.push(cell);
   }
 
-  #otherCell(protocol: RequestProtocol): RequestCount {
-    let cell = this.#other.get(protocol);
-    if (cell === undefined) {
-      cell = new RequestCount(this.labels, protocol, OTHER_ANSWERS, OTHER_ANSWERS, OTHER_ANSWERS);
-      this.#other.set(protocol, cell);
-      const listed = this.requests.get(-1);
-      if (listed === undefined) this.requests.set(-1, [cell]);
-      else listed.push(cell);
-    }
+  /** The flags are kept (a fixed set: `-`, DENY, UC, DC), so that an alert on DENY still sees every denial. */
+  #otherCell(protocol: RequestProtocol, responseFlags: string): RequestCount {
+    for (const cell of this.#other) if (cell.protocol === protocol && cell.responseFlags === responseFlags) return cell;
+    const cell = new RequestCount(this.labels, protocol, OTHER_ANSWERS, OTHER_ANSWERS, responseFlags);
+    this.#other.push(cell);
+    const listed = this.requests.get(-1);
+    if (listed === undefined) this.requests.set(-1, [cell]);
+    else listed.push(cell);
     return cell;
   }
 
