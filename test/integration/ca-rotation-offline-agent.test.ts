@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IdentityAgent } from '../../src/identity/agent.ts';
 import { activateAuthority, loadCa, prepareAuthority, withdrawAuthorities } from '../../src/identity/ca/store.ts';
+import { pino } from 'pino';
 import { silentLogger } from '../../src/observe/log.ts';
 import { startInProcessCa } from '../helpers/ca.ts';
 
@@ -71,8 +72,12 @@ describe('an agent offline over a root rotation', () => {
     // And the withdrawn root vouches for nothing any more: an agent holding it alone no longer reaches the CA.
     const staleDir = await mkdtemp(join(tmpdir(), 'ambit-rotation-stale-'));
     cleanup.push(() => rm(staleDir, { recursive: true, force: true }));
-    const stale = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir: staleDir, logger: silentLogger(), joinToken: await ca.joinToken('node-a') });
+    const said: Array<Record<string, unknown>> = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void said.push(JSON.parse(line) as Record<string, unknown>) });
+    const stale = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir: staleDir, logger, joinToken: await ca.joinToken('node-a') });
     cleanup.push(() => stale.stop());
     expect(await startWithin(stale, 3_000)).not.toBe('started');
+    // Refused for the CA's certificate, not merely slow.
+    expect(said.some((line) => String((line.err as { message?: string } | undefined)?.message).includes('failed authentication: [SVID_CHAIN_INVALID] spiffe://cluster.local/ambit/ca'))).toBe(true);
   }, 60_000);
 });

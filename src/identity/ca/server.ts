@@ -390,7 +390,8 @@ export class CaServer {
       this.#checkAuthorityLife();
     }
     // Another signer, or an outgoing root withdrawn: the serving chain's cross-certificates follow (issueServerSvid).
-    if (next.active.name !== previous.active.name || outgoingRoots(next).join() !== outgoingRoots(previous).join()) await this.#renewServerSvid();
+    const outgoing = (state: CaState) => outgoingRoots(state).map((authority) => authority.name).join();
+    if (next.active.name !== previous.active.name || outgoing(next) !== outgoing(previous)) await this.#renewServerSvid();
     if (next.sequence !== previous.sequence) {
       this.#logger.info({ sequence: next.sequence.toString(), authority: next.active.name, roots: next.bundle.roots.length }, 'trust bundle changed');
       this.#note({ event: 'bundle_changed', sequence: next.sequence.toString(), activeAuthority: next.active.name, roots: next.bundle.roots.length });
@@ -696,7 +697,8 @@ async function issueServerSvid(state: CaState): Promise<Svid> {
   const spiffeId = `spiffe://${state.trustDomain}${CA_SERVER_PATH}`;
   const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority, ttlMs: SERVER_CERT_TTL_MS, dnsNames: ['localhost'], notBeforeCushionMs: SERVER_CERT_NOT_BEFORE_CUSHION_MS });
   const chain = chainFor(leaf, authority);
-  for (const outgoing of outgoingRoots(state)) chain.push(await crossCertify(authority.cert, outgoing, state.trustDomain));
+  // Each no longer than the serving certificate: withdrawn, the old root stops vouching for the new one within a day.
+  for (const outgoing of outgoingRoots(state)) chain.push(await crossCertify(authority.cert, outgoing, state.trustDomain, leaf.notAfter));
   return loadSvid(certificatesToPem(chain), await exportPrivateKeyPem(keys.privateKey));
 }
 
