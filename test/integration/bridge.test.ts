@@ -115,6 +115,30 @@ function appOutcome(client: net.Socket): Promise<{ received: number; ending: str
   });
 }
 
+/** A peer that takes each CONNECT and never grants it a byte of window, nor reads: the app's upload is held back. */
+async function shutPeer(): Promise<{ tunnel: () => Promise<http2.ClientHttp2Stream>; close: () => void }> {
+  const server = http2.createServer({ settings: { initialWindowSize: 0 } });
+  server.on('stream', (stream) => {
+    stream.on('error', () => {});
+    stream.respond({ ':status': 200 });
+    stream.pause();
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const client = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  return {
+    async tunnel() {
+      const stream = client.request({ ':method': 'CONNECT', ':authority': 'stuck:80' });
+      await once(stream, 'response');
+      return stream;
+    },
+    close() {
+      client.destroy();
+      server.close();
+    },
+  };
+}
+
 /** Bridges socket and stream, runs `then` once it is built, and resolves with its result (or fails after 2 s). */
 function bridged(socket: net.Socket, stream: http2.ClientHttp2Stream, then: () => void = () => {}): Promise<BridgeResult> {
   return new Promise<BridgeResult>((resolve, reject) => {
@@ -243,19 +267,9 @@ describe('Bridge', () => {
   });
 
   it('ends a tunnel whose peer never opens its window once the application, held back, resets (its paused socket is looked at again)', async () => {
-    // A peer that takes the stream and never grants it a byte of window, nor reads: the app's upload is held back.
-    const shut = http2.createServer({ settings: { initialWindowSize: 0 } });
-    shut.on('stream', (stream) => {
-      stream.on('error', () => {});
-      stream.respond({ ':status': 200 });
-      stream.pause();
-    });
-    shut.listen(0, '127.0.0.1');
-    await once(shut, 'listening');
-    const client2 = http2.connect(`http://127.0.0.1:${(shut.address() as AddressInfo).port}`);
+    const shut = await shutPeer();
     try {
-      const stream = client2.request({ ':method': 'CONNECT', ':authority': 'stuck:80' });
-      await once(stream, 'response');
+      const stream = await shut.tunnel();
       const { client, socket } = await appConnection();
       const outcome = new Promise<BridgeResult>((resolve) => new Bridge(socket, stream, resolve));
       // Written until the kernel's buffers fill behind the paused socket, then reset: a paused socket is not read, and
@@ -275,26 +289,16 @@ describe('Bridge', () => {
       // Its queue stayed bounded while it waited.
       expect(stream.writableLength).toBeLessThanOrEqual(256 * 1024 + 64 * 1024);
     } finally {
-      client2.destroy();
       shut.close();
     }
   }, 20_000);
 
   it('cuts a tunnel that has moved nothing either way for 5 minutes while the peer holds the application\'s bytes (its end among them)', async () => {
-    const shut = http2.createServer({ settings: { initialWindowSize: 0 } });
-    shut.on('stream', (stream) => {
-      stream.on('error', () => {});
-      stream.respond({ ':status': 200 });
-      stream.pause();
-    });
-    shut.listen(0, '127.0.0.1');
-    await once(shut, 'listening');
-    const client2 = http2.connect(`http://127.0.0.1:${(shut.address() as AddressInfo).port}`);
+    const shut = await shutPeer();
     // The Bridge's own timers only (the sockets keep their real ones): five minutes pass in a moment.
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     try {
-      const stream = client2.request({ ':method': 'CONNECT', ':authority': 'stuck:80' });
-      await once(stream, 'response');
+      const stream = await shut.tunnel();
       const { client, socket } = await appConnection();
       let result: BridgeResult | undefined;
       new Bridge(socket, stream, (r) => (result = r));
@@ -313,7 +317,6 @@ describe('Bridge', () => {
       expect(result?.error?.message).toBe('the peer took none of the application\'s bytes, and sent none, for 300 s (its window closed)');
     } finally {
       vi.useRealTimers();
-      client2.destroy();
       shut.close();
     }
   });
