@@ -18,7 +18,7 @@ import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
 import type { WindowOptions } from './window.ts';
-import { cutSession } from './copy.ts';
+import { cancelStream, cutSession } from './copy.ts';
 import { SessionSocket } from './session-socket.ts';
 import {
   CONNECT_ANSWER_TIMEOUT_MS,
@@ -88,6 +88,8 @@ interface PooledSession {
   endedByPool: boolean;
   /** The trust bundles reverify() last judged it under (undefined: never). */
   judgedWith?: BundleSource;
+  /** Its CONNECTs still awaiting an answer. */
+  readonly awaiting: Set<http2.ClientHttp2Stream>;
 }
 
 /** A TLS connection to a peer proxy and the trust bundles its certificate was verified against. */
@@ -324,7 +326,7 @@ export class HbonePool {
       socket.destroy();
       throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `HBONE session to ${endpoint.hboneAuthority}: ${(error as Error).message}`);
     }
-    const entry: PooledSession = { session, tls: socket, transport, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, readAtPing: 0, queuedAtPing: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false };
+    const entry: PooledSession = { session, tls: socket, transport, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, readAtPing: 0, queuedAtPing: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false, awaiting: new Set() };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     pooled.set(session, entry);
     trackWindows(session, this.#windows);
@@ -334,7 +336,18 @@ export class HbonePool {
       if (settings.maxConcurrentStreams !== undefined) entry.maxStreams = Math.min(this.#maxStreams, settings.maxConcurrentStreams);
       // A server taking no streams (overloaded, or hostile) would otherwise sit in the pool, pinged, until its idle
       // timeout, while every new connection dialled another such session beside it.
-      if (entry.maxStreams === 0) this.#retire(entry);
+      if (entry.maxStreams === 0) {
+        this.#retire(entry);
+        // CONNECTs made before its settings came may never be sent (nghttp2 holds those past the limit): unprocessed,
+        // each goes once more on another session. They waited for the answer timeout (15 s) and failed.
+        for (const stream of [...entry.awaiting]) {
+          const connect = connects.of(stream);
+          const { endpoint } = connect;
+          connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: the server at ${endpoint.hboneHost}:${endpoint.hbonePort} takes no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)`, undefined, undefined, true));
+          // destroy(): a stream nghttp2 holds unsent closes (and gives its slot back) only so.
+          cancelStream(stream);
+        }
+      }
     });
     const retire = () => this.#retire(entry);
     session.on('goaway', (errorCode: number, _lastStreamId: number, data?: Buffer) => {
@@ -436,6 +449,7 @@ export class HbonePool {
         return;
       }
       connects.set(stream, new PendingConnect(entry, endpoint, this.#answerTimeoutMs, stream, resolve, reject));
+      entry.awaiting.add(stream);
       // Shared listeners, finding their PendingConnect in an EmitterSlot: a tunnel keeps its 'close' and 'error'
       // listeners until it ends, and closures would keep this call's whole scope for as long.
       stream.on('close', onConnectClose);
@@ -594,6 +608,7 @@ class PendingConnect {
   readonly entry: PooledSession;
   readonly endpoint: Endpoint;
   readonly timeoutMs: number;
+  #stream: http2.ClientHttp2Stream | null;
   #timer: NodeJS.Timeout | undefined;
   #resolve: ((stream: http2.ClientHttp2Stream) => void) | null;
   #reject: ((error: TunnelError) => void) | null;
@@ -604,6 +619,7 @@ class PendingConnect {
     this.timeoutMs = timeoutMs;
     this.#resolve = resolve;
     this.#reject = reject;
+    this.#stream = stream;
     this.#timer = setTimeout(onConnectTimeout, timeoutMs, stream);
   }
 
@@ -629,6 +645,8 @@ class PendingConnect {
     this.#timer = undefined;
     this.#resolve = null;
     this.#reject = null;
+    if (this.#stream !== null) this.entry.awaiting.delete(this.#stream);
+    this.#stream = null;
     return true;
   }
 }

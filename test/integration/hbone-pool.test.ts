@@ -592,6 +592,56 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
+  it('fails at once, after one more try, CONNECTs held unsent on a session whose server says it takes no streams', async () => {
+    // A raw peer: SETTINGS_MAX_CONCURRENT_STREAMS 0 first thing, acknowledgements and PONGs, and REFUSED_STREAM for any
+    // CONNECT that reaches it anyway.
+    const full = tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => {
+      socket.on('error', () => {});
+      socket.write(frame(4, 0, 0, Buffer.from([0, 3, 0, 0, 0, 0])));
+      let buffered = Buffer.alloc(0);
+      let preface = false;
+      socket.on('data', (chunk: Buffer) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        if (!preface) {
+          if (buffered.length < 24) return;
+          buffered = buffered.subarray(24);
+          preface = true;
+        }
+        while (buffered.length >= 9 && buffered.length >= 9 + buffered.readUIntBE(0, 3)) {
+          const length = buffered.readUIntBE(0, 3);
+          const [type, flags, id] = [buffered[3] as number, buffered[4] as number, buffered.readUInt32BE(5) & 0x7fffffff];
+          const payload = buffered.subarray(9, 9 + length);
+          buffered = buffered.subarray(9 + length);
+          if (type === 4 && (flags & 1) === 0) socket.write(frame(4, 1, 0));
+          else if (type === 6 && (flags & 1) === 0) socket.write(frame(6, 1, 0, payload));
+          else if (type === 1) socket.write(frame(3, 0, id, Buffer.from([0, 0, 0, http2.constants.NGHTTP2_REFUSED_STREAM])));
+        }
+      });
+    });
+    full.listen(0, '127.0.0.1');
+    await once(full, 'listening');
+    const at: Endpoint = { ...endpoint(), hbonePort: (full.address() as AddressInfo).port };
+    const hbone = pool(10_000);
+    try {
+      for (let round = 0; round < 3; round++) {
+        const started = Date.now();
+        // Connections arriving one after another, as a proxy accepts them: some reach a session whose settings are
+        // on their way, and nghttp2 holds those unsent once they say 0.
+        const outcomes: Array<Promise<string>> = [];
+        for (let i = 0; i < 60; i++) {
+          outcomes.push(hbone.open(CLIENT_ID, null, at, '').then(() => 'opened', (e: unknown) => (e instanceof TunnelError ? e.flag : String(e))));
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+        expect(await Promise.all(outcomes)).toEqual(Array(60).fill('CONNECT'));
+        expect(Date.now() - started).toBeLessThan(5_000);
+        await expect.poll(() => hbone.stats()).toEqual({ sessions: 0, streams: 0 });
+      }
+    } finally {
+      await hbone.close();
+      full.close();
+    }
+  }, 60_000);
+
   it("takes no new stream on a session whose server certificate has expired: the next tunnel's handshake refuses it", async () => {
     const ca = await createTestCa('cluster.local');
     // Valid for about two more seconds.
