@@ -107,6 +107,36 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     );
   }
 
+  /**
+   * A TLS server speaking raw HTTP/2 as the peer's certificate: `settings` first thing, then for every frame it reads
+   * (after the client's preface) an acknowledgement of SETTINGS, a PONG for a PING, and `onFrame`.
+   */
+  function rawPeer(settings: Buffer, onFrame: (socket: tls.TLSSocket, type: number, id: number) => void): tls.Server {
+    return tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => {
+      socket.on('error', () => {});
+      socket.write(settings);
+      let buffered = Buffer.alloc(0);
+      let preface = false;
+      socket.on('data', (chunk: Buffer) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        if (!preface) {
+          if (buffered.length < 24) return;
+          buffered = buffered.subarray(24);
+          preface = true;
+        }
+        while (buffered.length >= 9 && buffered.length >= 9 + buffered.readUIntBE(0, 3)) {
+          const length = buffered.readUIntBE(0, 3);
+          const [type, flags, id] = [buffered[3] as number, buffered[4] as number, buffered.readUInt32BE(5) & 0x7fffffff];
+          const payload = buffered.subarray(9, 9 + length);
+          buffered = buffered.subarray(9 + length);
+          if (type === 4 && (flags & 1) === 0) socket.write(frame(4, 1, 0));
+          else if (type === 6 && (flags & 1) === 0) socket.write(frame(6, 1, 0, payload));
+          onFrame(socket, type, id);
+        }
+      });
+    });
+  }
+
   function pool(connectTimeoutMs: number): HbonePool {
     return new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), connectTimeoutMs, answerTimeoutMs: connectTimeoutMs });
   }
@@ -541,40 +571,22 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   });
 
   it('refuses an answer whose header fields pass 16 KiB, on the first stream of a session too (before the peer acknowledged the limit)', async () => {
-    // A raw peer: its SETTINGS, an acknowledgement of ours, and 200 with a 60 KiB field to every CONNECT.
-    const big = tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => {
-      socket.on('error', () => {});
-      socket.write(frame(4, 0, 0));
-      let buffered = Buffer.alloc(0);
-      let preface = false;
-      socket.on('data', (chunk: Buffer) => {
-        buffered = Buffer.concat([buffered, chunk]);
-        if (!preface) {
-          if (buffered.length < 24) return;
-          buffered = buffered.subarray(24);
-          preface = true;
+    // A raw peer: its SETTINGS, an acknowledgement of ours (then our SETTINGS allow frames of the answer's size; the
+    // first stream came before it), and 200 with a 60 KiB field to every CONNECT.
+    const big = rawPeer(frame(4, 0, 0), (socket, type, id) => {
+      if (type !== 1) return;
+      // :status 200 (HPACK static index 8), then `x-big` as a literal of 60 KiB (its length a 7-bit prefix integer).
+      const valueLength = 60 * 1024;
+      const lengthBytes = [0x7f];
+      for (let rest = valueLength - 127; ; rest >>= 7) {
+        if (rest < 128) {
+          lengthBytes.push(rest);
+          break;
         }
-        while (buffered.length >= 9 && buffered.length >= 9 + buffered.readUIntBE(0, 3)) {
-          const length = buffered.readUIntBE(0, 3);
-          const [type, flags, id] = [buffered[3] as number, buffered[4] as number, buffered.readUInt32BE(5) & 0x7fffffff];
-          buffered = buffered.subarray(9 + length);
-          // Acknowledged, our SETTINGS allow frames of the answer's size; the first stream came before the ack.
-          if (type === 4 && (flags & 1) === 0) socket.write(frame(4, 1, 0));
-          if (type !== 1) continue;
-          // :status 200 (HPACK static index 8), then `x-big` as a literal of 60 KiB (its length a 7-bit prefix integer).
-          const valueLength = 60 * 1024;
-          const lengthBytes = [0x7f];
-          for (let rest = valueLength - 127; ; rest >>= 7) {
-            if (rest < 128) {
-              lengthBytes.push(rest);
-              break;
-            }
-            lengthBytes.push((rest & 0x7f) | 0x80);
-          }
-          const block = Buffer.concat([Buffer.from([0x88, 0x00, 5]), Buffer.from('x-big'), Buffer.from(lengthBytes), Buffer.alloc(valueLength, 'a')]);
-          socket.write(frame(1, 4, id, block));
-        }
-      });
+        lengthBytes.push((rest & 0x7f) | 0x80);
+      }
+      const block = Buffer.concat([Buffer.from([0x88, 0x00, 5]), Buffer.from('x-big'), Buffer.from(lengthBytes), Buffer.alloc(valueLength, 'a')]);
+      socket.write(frame(1, 4, id, block));
     });
     big.listen(0, '127.0.0.1');
     await once(big, 'listening');
@@ -595,28 +607,8 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   it('fails at once, after one more try, CONNECTs held unsent on a session whose server says it takes no streams', async () => {
     // A raw peer: SETTINGS_MAX_CONCURRENT_STREAMS 0 first thing, acknowledgements and PONGs, and REFUSED_STREAM for any
     // CONNECT that reaches it anyway.
-    const full = tls.createServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] }, (socket) => {
-      socket.on('error', () => {});
-      socket.write(frame(4, 0, 0, Buffer.from([0, 3, 0, 0, 0, 0])));
-      let buffered = Buffer.alloc(0);
-      let preface = false;
-      socket.on('data', (chunk: Buffer) => {
-        buffered = Buffer.concat([buffered, chunk]);
-        if (!preface) {
-          if (buffered.length < 24) return;
-          buffered = buffered.subarray(24);
-          preface = true;
-        }
-        while (buffered.length >= 9 && buffered.length >= 9 + buffered.readUIntBE(0, 3)) {
-          const length = buffered.readUIntBE(0, 3);
-          const [type, flags, id] = [buffered[3] as number, buffered[4] as number, buffered.readUInt32BE(5) & 0x7fffffff];
-          const payload = buffered.subarray(9, 9 + length);
-          buffered = buffered.subarray(9 + length);
-          if (type === 4 && (flags & 1) === 0) socket.write(frame(4, 1, 0));
-          else if (type === 6 && (flags & 1) === 0) socket.write(frame(6, 1, 0, payload));
-          else if (type === 1) socket.write(frame(3, 0, id, Buffer.from([0, 0, 0, http2.constants.NGHTTP2_REFUSED_STREAM])));
-        }
-      });
+    const full = rawPeer(frame(4, 0, 0, Buffer.from([0, 3, 0, 0, 0, 0])), (socket, type, id) => {
+      if (type === 1) socket.write(frame(3, 0, id, Buffer.from([0, 0, 0, http2.constants.NGHTTP2_REFUSED_STREAM])));
     });
     full.listen(0, '127.0.0.1');
     await once(full, 'listening');
