@@ -67,10 +67,6 @@ export class ParsedFiles {
   abandon(): void {
     this.#next = new Map();
   }
-
-  get size(): number {
-    return this.#files.size;
-  }
 }
 
 /** Larger than any sane configuration file, small enough that a mistaken path cannot exhaust memory. */
