@@ -776,9 +776,10 @@ export async function issueCa(params: IssueCaParams): Promise<Certificate> {
 
 /**
  * `subject`, a self-signed root, certified by another root's authority until `until` at the latest: the same name and
- * key, so a certificate the subject signed verifies up to either root. During a root rotation the CA presents one after its serving certificate,
- * which the new root signs: an agent whose bundle still holds the old root alone (offline since before the new one was
- * prepared) reaches it through this, and one that holds the new root (or only it, the old withdrawn) needs none.
+ * key, so a certificate the subject signed verifies up to either root. During a root rotation the CA presents one
+ * after its serving certificate, which the new root signs: an agent whose bundle still holds the old root alone
+ * (offline since before the new one was prepared) reaches it through this, and one that holds the new root (or only
+ * it, the old withdrawn) needs none.
  */
 export async function crossCertify(subject: Certificate, issuer: SigningAuthority, trustDomain: string, until: Date): Promise<Certificate> {
   const publicKey = await subject.publicKey.export();

@@ -668,7 +668,7 @@ function samePeer(a: FederationPeer, b: FederationPeer): boolean {
 
 function chainFor(leaf: Certificate, authority: LoadedAuthority): Certificate[] {
   // A root-signed leaf travels alone; an intermediate travels with the leaf so peers can build the path.
-  return authority.cert === authority.root || authority.cert.serialNumber === authority.root.serialNumber ? [leaf] : [leaf, authority.cert];
+  return isRoot(authority) ? [leaf] : [leaf, authority.cert];
 }
 
 /** Whether an authority is its own root (self-signed), not an intermediate under one (`--root-cert`). */
