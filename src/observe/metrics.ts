@@ -223,6 +223,8 @@ const MAX_REQUEST_SERIES_PER_LABEL_SET = 64;
 /** Each label set's first kinds of answer are its own, not charged to the shared bound: one noisy workload must not leave every later one's 200s and DENYs under `other`. */
 const REQUEST_SERIES_OWN = 8;
 const OTHER_ANSWERS = 'other';
+/** The key of `requests` the answers past the bounds are listed under: no status code is negative. */
+const OTHER_CODE = -1;
 
 /** The request series the proxy has made, against its bound (shared by every label set). */
 interface RequestSeriesBudget {
@@ -241,8 +243,6 @@ class TrafficSeries {
   readonly failed = new Map<string, FlaggedCount>();
   /** HTTP requests by status code, then a short list by protocol, gRPC status and flags: no key built per request. */
   readonly requests = new Map<number, RequestCount[]>();
-  /** Answers past the bounds (DEFAULT_MAX_REQUEST_SERIES), by protocol and flags; listed in `requests` under code -1. */
-  readonly #other: RequestCount[] = [];
   readonly #budget: RequestSeriesBudget;
   #requestSeries = 0;
 
@@ -276,12 +276,12 @@ class TrafficSeries {
 
   /** The flags are kept (a fixed set: `-`, DENY, UC, DC), so that an alert on DENY still sees every denial. */
   #otherCell(protocol: RequestProtocol, responseFlags: string): RequestCount {
-    for (const cell of this.#other) if (cell.protocol === protocol && cell.responseFlags === responseFlags) return cell;
+    // Answers past the bounds are listed in `requests` under code -1, by protocol and flags.
+    let listed = this.requests.get(OTHER_CODE);
+    if (listed === undefined) this.requests.set(OTHER_CODE, (listed = []));
+    for (const cell of listed) if (cell.protocol === protocol && cell.responseFlags === responseFlags) return cell;
     const cell = new RequestCount(this.labels, protocol, OTHER_ANSWERS, OTHER_ANSWERS, responseFlags);
-    this.#other.push(cell);
-    const listed = this.requests.get(-1);
-    if (listed === undefined) this.requests.set(-1, [cell]);
-    else listed.push(cell);
+    listed.push(cell);
     return cell;
   }
 
