@@ -91,14 +91,17 @@ export function parseListenerEntry(entry: string, defaultHost: string | undefine
   return { listenHost, listenPort, targetHost: target.host, targetPort: target.port };
 }
 
-function isOtherWorkloads(snapshot: ConfigSnapshot, ip: string, workload: Workload): boolean {
-  const owner = snapshot.workloadByIp(ip);
-  return owner !== undefined && owner !== workload;
-}
-
-function describeWorkload(snapshot: ConfigSnapshot, ip: string): string {
-  const owner = snapshot.workloadByIp(ip);
-  return owner === undefined ? ip : `${owner.namespace}/${owner.name}`;
+/**
+ * Why a workload's annotation may not listen on `host`, or undefined. A workload's own configuration may not take
+ * another's address (nor a wildcard one): its listener would catch that workload's connections and send them with
+ * this one's identity, wherever it points them; a loopback address that is another workload's (a mesh on loopback, as
+ * `npm start` runs one) is that workload's.
+ */
+function listenAddressProblem(snapshot: ConfigSnapshot, workload: Workload, host: string): string | undefined {
+  if (workload.ips.includes(host)) return undefined;
+  if (!isLoopbackAddress(host)) return `listen address ${host} is not one of the workload's IPs (${workload.ips.join(', ') || 'none'}) nor a loopback address; only an operator's --outbound may use another`;
+  const owner = snapshot.workloadByIp(host);
+  return owner === undefined || owner === workload ? undefined : `listen address ${host} is workload ${owner.namespace}/${owner.name}'s IP; only an operator's --outbound may use another`;
 }
 
 /** Listener specs declared by the annotations of this node's workloads. */
@@ -112,12 +115,12 @@ export function annotatedListeners(snapshot: ConfigSnapshot, nodeName: string): 
     for (const entry of value.split(',')) {
       if (entry.trim() === '') continue;
       const parsed = parseListenerEntry(entry.trim(), workload.ips[0]);
-      if (typeof parsed === 'string') issues.push({ origin, message: parsed });
-      // A workload's own configuration may not take another's address (nor a wildcard one): its listener would
-      // catch that workload's connections and send them with this one's identity, wherever it points them.
-      else if (!workload.ips.includes(parsed.listenHost) && !isLoopbackAddress(parsed.listenHost)) issues.push({ origin, message: `listen address ${parsed.listenHost} is not one of the workload's IPs (${workload.ips.join(', ') || 'none'}) nor a loopback address; only an operator's --outbound may use another` });
-      // A loopback address that is another workload's (a mesh on loopback, as `npm start` runs one) is that workload's.
-      else if (!workload.ips.includes(parsed.listenHost) && isOtherWorkloads(snapshot, parsed.listenHost, workload)) issues.push({ origin, message: `listen address ${parsed.listenHost} is workload ${describeWorkload(snapshot, parsed.listenHost)}'s IP; only an operator's --outbound may use another` });
+      if (typeof parsed === 'string') {
+        issues.push({ origin, message: parsed });
+        continue;
+      }
+      const problem = listenAddressProblem(snapshot, workload, parsed.listenHost);
+      if (problem !== undefined) issues.push({ origin, message: problem });
       else specs.push({ ...parsed, owner: `${workload.namespace}/${workload.name}`, ownerKind: workload.kind, origin, annotation: true });
     }
   }
