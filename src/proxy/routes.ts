@@ -91,7 +91,6 @@ export interface RoutingTable {
   readonly byHost: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   /** cluster IP → service port → routes. */
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
-  /** A Kubernetes Service's names (full and short forms) → the Service and its TCP ports: a port it lacks is refused. */
   /** Names of the mesh's Services and mesh ServiceEntries, with their TCP ports: never sent as plain TCP where they resolve. */
   readonly serviceNames: ReadonlyMap<string, readonly MeshName[]>;
   /** An ExternalName Service's names → where its chain of CNAMEs ends: an alias of that name, on any port. */
