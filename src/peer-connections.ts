@@ -1,6 +1,7 @@
 // A cap on the connections one client address holds on a server that takes them before knowing who the client is
 // (the admin, metrics and readiness servers, the CA): one client must not hold the server's whole share of them.
 import type { Server, Socket } from 'node:net';
+import { countDown } from './counts.ts';
 
 export interface ConnectionLimits {
   /** Connections one client address may hold. */
@@ -39,9 +40,7 @@ export function limitConnectionsPerPeer(server: Server, limits: number | Connect
     all++;
     socket.once('close', () => {
       all--;
-      const left = (open.get(peer) ?? 1) - 1;
-      if (left === 0) open.delete(peer);
-      else open.set(peer, left);
+      countDown(open, peer);
     });
   });
 }

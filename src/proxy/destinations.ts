@@ -5,6 +5,7 @@
 // on this host, where the connection would come back to the proxy and loop (ztunnel's "self call").
 import { lookup as dnsLookup } from 'node:dns';
 import type { LookupAddress, LookupOptions } from 'node:dns';
+import { countDown } from '../counts.ts';
 import { canonicalIp } from '../config/fields.ts';
 import { AmbitError } from '../errors.ts';
 import { CidrSet, parseIp } from '../authz/match.ts';
@@ -127,7 +128,7 @@ export class NameLookups {
 
   #dequeue(job: LookupJob): void {
     this.#queued.delete(`${job.owner}\0${job.key}`);
-    this.#queuedByOwner.set(job.owner, (this.#queuedByOwner.get(job.owner) ?? 1) - 1);
+    countDown(this.#queuedByOwner, job.owner);
     clearTimeout(job.expiry);
   }
 
@@ -154,7 +155,7 @@ export class NameLookups {
       this.#runningByOwner.set(job.owner, (this.#runningByOwner.get(job.owner) ?? 0) + 1);
       this.#lookup(job.hostname, job.options, (error, addresses) => {
         this.#runningJobs.delete(job.key);
-        this.#runningByOwner.set(job.owner, (this.#runningByOwner.get(job.owner) ?? 1) - 1);
+        countDown(this.#runningByOwner, job.owner);
         for (const waiter of job.waiters) waiter(error, addresses);
         this.#pump();
       });

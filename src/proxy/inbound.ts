@@ -13,6 +13,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
+import { countDown } from '../counts.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { BundleSource, VerifyResult } from '../identity/svid.ts';
 import { AMBIGUOUS_NAMESPACE, isInfrastructurePath, namespaceOfPath } from '../identity/spiffe-id.ts';
@@ -671,11 +672,7 @@ export class HboneInbound {
       return;
     }
     this.#sessionsByPeer.set(peerKey, held + 1);
-    session.once('close', () => {
-      const left = (this.#sessionsByPeer.get(peerKey) ?? 1) - 1;
-      if (left <= 0) this.#sessionsByPeer.delete(peerKey);
-      else this.#sessionsByPeer.set(peerKey, left);
-    });
+    session.once('close', () => countDown(this.#sessionsByPeer, peerKey));
     peers.set(session, {
       id: result.id, bundles, validUntilMs: result.notAfterMs, address, canonicalAddress: canonicalIp(address) ?? address,
       localAddress: socket.localAddress === undefined ? 'unknown' : formatAuthority(socket.localAddress, socket.localPort ?? 0),
@@ -1082,10 +1079,7 @@ export class HboneInbound {
     const pending = this.#handshaking.get(key);
     if (pending === undefined || (socket !== undefined && pending.socket !== socket)) return;
     this.#handshaking.delete(key);
-    const address = pending.address;
-    const left = (this.#handshakesByAddress.get(address) ?? 1) - 1;
-    if (left <= 0) this.#handshakesByAddress.delete(address);
-    else this.#handshakesByAddress.set(address, left);
+    countDown(this.#handshakesByAddress, pending.address);
   }
 
   #dispatchShared(socket: net.Socket): void {
