@@ -343,6 +343,11 @@ function hasWildcard(matcher: StringMatcher): boolean {
   return matcher.presence || matcher.prefixes.length > 0 || matcher.suffixes.length > 0;
 }
 
+/** A value form the masks cannot hold (a path template, a service account): the dimension is then checked per term. */
+function hasTests(terms: readonly (Term | null)[], patterns: Patterns): boolean {
+  return terms.some((term) => term !== null && patterns(term).some((matcher) => matcher !== null && matcher.tests.length > 0));
+}
+
 function wildcardsOf(matcher: StringMatcher): [number, string][] {
   return [
     ...(matcher.presence ? [[matcher.presenceIncludesEmpty ? ANY : PRESENCE, ''] as [number, string]] : []),
@@ -387,6 +392,7 @@ function buildStringDimension(terms: readonly (Term | null)[], patterns: Pattern
     }
   }
   if (!constrained) return -1;
+  if (hasTests(terms, patterns)) return TOO_LARGE;
   // Masks cost keys × words ints: past the bound (a list with thousands of rules naming thousands of values),
   // the field is left to a per-term check instead, so memory and compile time stay linear in the policies.
   if (keyMasks.size * layout.words > indexLimits.maxKeyMaskInts) return TOO_LARGE;
@@ -581,6 +587,7 @@ function writeTrie(root: TrieBuild, layout: Layout): number {
  */
 function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patterns, layout: Layout): number {
   if (!terms.some((term) => term !== null && patterns(term).some((matcher) => matcher !== null))) return -1;
+  if (hasTests(terms, patterns)) return TOO_LARGE;
   // Each distinct pattern is a node with up to four masks: past the bound the field is checked per term instead.
   const distinct = new Set<string>();
   for (const term of terms) {

@@ -2,7 +2,19 @@
 // method bitmasks and port sets. Built once per configuration change; matching allocates nothing.
 import { isIPv4, isIPv6 } from 'node:net';
 
-/** Istio's string matching, compiled: a Set for exact values, short lists for prefixes and suffixes. */
+/** A test a StringMatcher runs besides its exact, prefix and suffix values: a path template, a service account. */
+export interface ValueTest {
+  /** As written in the policy. */
+  readonly text: string;
+  test(value: string): boolean;
+}
+
+const NO_TESTS: readonly ValueTest[] = Object.freeze([]);
+
+/**
+ * Istio's string matching, compiled: a Set for exact values, short lists for prefixes and suffixes, and the tests
+ * of forms that are none of these (the rule index does not read those: a list with one checks its terms one by one).
+ */
 export class StringMatcher {
   readonly exact: ReadonlySet<string>;
   readonly prefixes: readonly string[];
@@ -15,8 +27,9 @@ export class StringMatcher {
    * satisfies (pilot/pkg/networking/util/matcher HeaderMatcher); principals and namespaces keep Istio's `.+`.
    */
   readonly presenceIncludesEmpty: boolean;
+  readonly tests: readonly ValueTest[];
 
-  constructor(patterns: readonly string[], caseInsensitive = false, presenceIncludesEmpty = false) {
+  constructor(patterns: readonly string[], caseInsensitive = false, presenceIncludesEmpty = false, tests: readonly ValueTest[] = NO_TESTS) {
     const exact = new Set<string>();
     const prefixes: string[] = [];
     const suffixes: string[] = [];
@@ -34,6 +47,7 @@ export class StringMatcher {
     this.presence = presence;
     this.caseInsensitive = caseInsensitive;
     this.presenceIncludesEmpty = presenceIncludesEmpty;
+    this.tests = tests;
   }
 
   /** `value` must already be lower-case when the matcher is case-insensitive (callers normalise once). */
@@ -44,6 +58,8 @@ export class StringMatcher {
     for (let i = 0; i < prefixes.length; i++) if (value.startsWith(prefixes[i] as string)) return true;
     const suffixes = this.suffixes;
     for (let i = 0; i < suffixes.length; i++) if (value.endsWith(suffixes[i] as string)) return true;
+    const tests = this.tests;
+    for (let i = 0; i < tests.length; i++) if ((tests[i] as ValueTest).test(value)) return true;
     return false;
   }
 }

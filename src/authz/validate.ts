@@ -13,7 +13,8 @@
 // - A list that is empty or absent is left out (Istio treats an empty list as unset), and a source, operation or
 //   condition always has at least one non-empty list.
 // - A `when` key is one ambit evaluates, parsed into parsedKey; a header name is lowercased.
-// Anything ambit does not evaluate (CUSTOM, targetRefs, JWT fields, path templates, unknown keys) is refused at
+// - A path holding "{" or "}" is a template path-template.ts accepts.
+// Anything ambit does not evaluate (CUSTOM, targetRefs, JWT fields, unknown keys) is refused at
 // load rather than ignored: an ignored field would widen a DENY or an ALLOW (STYLE rule 8).
 import {
   canonicalIpBlock,
@@ -37,6 +38,7 @@ import {
 } from '../config/fields.ts';
 import type { FieldIssues, FieldPath, Mapping } from '../config/fields.ts';
 import { normalizePath } from './path.ts';
+import { checkPathTemplate, isPathTemplate } from './path-template.ts';
 import { ENFORCE_ANNOTATION } from './types.ts';
 import type {
   AuthorizationPolicySpec,
@@ -477,11 +479,10 @@ export function checkMethod(value: string): string | undefined {
   return `${JSON.stringify(value)} is not an HTTP method (a token such as GET or POST)`;
 }
 
-// `/exact`, `/prefix/*`, `*suffix`, `*`. The compiler matches paths without their query string, as Envoy's url_path does.
+// `/exact`, `/prefix/*`, `*suffix`, `*`, or a template (`/api/{*}/items`). The compiler matches paths without their
+// query string, as Envoy's url_path does.
 export function checkPath(value: string): string | undefined {
-  if (value.includes('{') || value.includes('}')) {
-    return `${JSON.stringify(value)}: path templates ({*}, {**}) are not supported by ambit; use an exact path, a prefix (/api/*) or a suffix (*.png)`;
-  }
+  if (isPathTemplate(value)) return checkPathTemplate(value);
   const problem = matchProblem(value);
   if (problem !== undefined) return problem;
   const { form, text } = parseMatch(value) as Match;

@@ -66,6 +66,15 @@ spec:
   action: DENY
   rules:
     - from: [{ source: { remoteIpBlocks: ["203.0.113.0/24"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-no-item-edits, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: ["/public/items/{*}/edit", "/public/drafts/{**}"] } }]
 `;
 
 /** curl sends HTTP/2 requests Node's client refuses to (a repeated User-Agent); without it that test says it skips. */
@@ -908,6 +917,26 @@ spec:
     expect((await rawHttp('GET /public/a|b{c} HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).slice(0, 15)).toBe('HTTP/1.1 200 OK');
     // The application receives the normalised path, as behind Envoy.
     expect(webRequests).toEqual(['GET /public/x', 'GET /public/a%7Cb%7Bc%7D']);
+  });
+
+  it('matches Istio path templates: {*} one segment, {**} the rest, and a DENY is not dodged by a "*" in the segment', async () => {
+    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
+    const status = async (path: string) => {
+      const response = await client.request({ path, method: 'GET' });
+      await response.body.dump();
+      return response.statusCode;
+    };
+    try {
+      expect(await status('/public/items/7/edit')).toBe(403);
+      expect(await status('/public/items/a*b/edit')).toBe(403);
+      expect(await status('/public/items/%37/edit')).toBe(403);
+      expect(await status('/public/drafts/2026/12/note')).toBe(403);
+      expect(await status('/public/items/7/view')).toBe(200);
+      expect(await status('/public/items/7/x/edit')).toBe(200);
+      expect(await status('/public/drafts')).toBe(200);
+    } finally {
+      await client.close();
+    }
   });
 
   it('denies a gRPC call with PERMISSION_DENIED and lets the other method through', async () => {

@@ -88,6 +88,41 @@ export function matchesPattern(pattern: string, value: string): boolean {
   return value === pattern;
 }
 
+/**
+ * Istio's path templates as Envoy's uri_template matches them, segment by segment: `{*}` one non-empty segment,
+ * `{**}` one or more segments joined (possibly one empty: "/{**}/a" matches "//a"), each character an RFC 3986
+ * segment character but `*` (Envoy's kLiteral); `wide`: any character (but "/" within `{*}`), ambit's reading where
+ * matching more lets fewer requests through.
+ */
+function matchesTemplate(template: string, path: string, wide: boolean): boolean {
+  if (!path.startsWith('/')) return false;
+  const parts = template.slice(1).split('/');
+  const segments = path.slice(1).split('/');
+  const allowed = (text: string) => wide || /^[A-Za-z0-9\-._~%!$&'()+,;:@=]*$/.test(text);
+  const from = (part: number, segment: number): boolean => {
+    if (part === parts.length) return segment === segments.length;
+    if (segment >= segments.length) return false;
+    const written = parts[part] as string;
+    if (written === '{**}') {
+      for (let end = segment + 1; end <= segments.length; end++) {
+        if (segments.slice(segment, end).every(allowed) && from(part + 1, end)) return true;
+      }
+      return false;
+    }
+    const actual = segments[segment] as string;
+    if (written === '{*}') return actual !== '' && allowed(actual) && from(part + 1, segment + 1);
+    return actual === written && from(part + 1, segment + 1);
+  };
+  return from(0, 0);
+}
+
+function anyPath(patterns: readonly string[], path: string, wide: boolean): boolean {
+  for (const pattern of patterns) {
+    if (pattern.includes('{') ? matchesTemplate(pattern, path, wide) : matchesPattern(pattern, path)) return true;
+  }
+  return false;
+}
+
 function anyPattern(patterns: readonly string[], value: string): boolean {
   for (const pattern of patterns) if (matchesPattern(pattern, value)) return true;
   return false;
@@ -225,8 +260,9 @@ function operationMatches(operation: PolicyOperation, request: ReferenceRequest,
   if (operation.notHosts !== undefined && hostMatches(operation.notHosts, http.host, !deny)) return false;
   if (operation.methods !== undefined && !anyPattern(operation.methods, http.method)) return false;
   if (operation.notMethods !== undefined && anyPattern(operation.notMethods, http.method)) return false;
-  if (operation.paths !== undefined && !anyPattern(operation.paths, http.path)) return false;
-  if (operation.notPaths !== undefined && anyPattern(operation.notPaths, http.path)) return false;
+  // Templates, as hosts: a DENY's paths and the others' notPaths read the wide way.
+  if (operation.paths !== undefined && !anyPath(operation.paths, http.path, deny)) return false;
+  if (operation.notPaths !== undefined && anyPath(operation.notPaths, http.path, !deny)) return false;
   return true;
 }
 

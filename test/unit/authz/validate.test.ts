@@ -247,6 +247,11 @@ rules:
       rules: [{ when: [{ key: 'request.headers[:path]', parsedKey: { kind: 'request.headers', header: ':path' }, values: ['/admin*'] }] }],
     },
   },
+  {
+    name: 'path templates as Istio writes them: {*} for one segment, {**} for the rest, literal segments after it',
+    yaml: toOperation('paths: ["/api/{*}/items", "/static/{**}", "/{**}/edit", "/v1/{*}/"]\nnotPaths: ["/api/{*}/items/{**}"]', 'DENY'),
+    spec: { action: 'DENY', rules: [{ to: [{ paths: ['/api/{*}/items', '/static/{**}', '/{**}/edit', '/v1/{*}/'], notPaths: ['/api/{*}/items/{**}'] }] }] },
+  },
   { name: 'an empty when list (no conditions)', yaml: policy('rules:\n- when: []'), spec: { action: 'ALLOW', rules: [{}] } },
   {
     name: 'empty lists next to a set one, left out as Istio treats them as unset',
@@ -385,7 +390,18 @@ const rejects: RejectCase[] = [
   { name: 'a method with a wildcard in the middle', yaml: toOperation('notMethods: ["G*T"]', 'DENY'), field: 'spec.rules[0].to[0].operation.notMethods[0]' },
   { name: 'a path not starting with / or *', yaml: toOperation('paths: ["api/v1"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a path with a wildcard in the middle', yaml: toOperation('paths: ["/api/*/items"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
-  { name: 'a path template', yaml: toOperation('paths: ["/items/{*}"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  // Path templates: istiod's CheckValidPathTemplate and Envoy's uri_template parser refuse these.
+  { name: 'a path template with an operator after {**}', yaml: toOperation('paths: ["/{**}/items/{*}"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a path template with {**} twice', yaml: toOperation('notPaths: ["/{**}/{**}"]', 'DENY'), field: 'spec.rules[0].to[0].operation.notPaths[0]' },
+  { name: 'a path template operator in part of a segment', yaml: toOperation('paths: ["/items/{*}.json"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a named variable (not an Istio template)', yaml: toOperation('paths: ["/items/{id}"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a lone brace', yaml: toOperation('paths: ["/items/{"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a path template mixed with an Istio wildcard', yaml: toOperation('paths: ["/api/{*}/*"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a path template not starting with /', yaml: toOperation('paths: ["{**}/admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a path template with an empty segment (requests have repeated slashes merged)', yaml: toOperation('paths: ["/api//{*}"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a path template with a dot-dot segment', yaml: toOperation('paths: ["/api/{*}/../admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a path template with an escaped letter (requests arrive decoded)', yaml: toOperation('paths: ["/%61dmin/{*}"]', 'DENY'), field: 'spec.rules[0].to[0].operation.paths[0]' },
+  { name: 'a path template literal with a character Envoy refuses in one', yaml: toOperation('paths: ["/a[1]/{*}"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   { name: 'a path with a query string (matched without it, so it would never match)', yaml: toOperation('notPaths: ["/search?q=admin"]', 'DENY'), field: 'spec.rules[0].to[0].operation.notPaths[0]' },
   { name: 'a path with a space', yaml: toOperation('paths: ["/a b"]'), field: 'spec.rules[0].to[0].operation.paths[0]' },
   // Requests are matched by their normalised path: these match none, and a DENY written with them denied nothing.
@@ -488,6 +504,12 @@ describe('refuses at load, naming file, object and field', () => {
   it('gives the form of a path to write: raw characters requests have escaped, non-ASCII as its UTF-8 escapes', () => {
     expect(thrownBy(() => parseConfigText(toOperation('paths: ["/files/a|b"]', 'DENY'), FILE)).message).toContain('write "/files/a%7Cb"');
     expect(thrownBy(() => parseConfigText(toOperation('paths: ["/café/*"]', 'DENY'), FILE)).message).toContain('write "/caf%C3%A9/*"');
+  });
+
+  it('says what a path template may hold, and the segment to write when one is not in normalised form', () => {
+    expect(thrownBy(() => parseConfigText(toOperation('paths: ["/{**}/items/{*}"]'), FILE)).message).toContain('{**} must be the last operator');
+    expect(thrownBy(() => parseConfigText(toOperation('paths: ["/items/{id}"]'), FILE)).message).toContain('named variables and partial segments');
+    expect(thrownBy(() => parseConfigText(toOperation('paths: ["/%61dmin/{*}"]', 'DENY'), FILE)).message).toContain('write "admin"');
   });
 
   it.each(rejects)('$name', ({ yaml, field, object, line }) => {
