@@ -80,14 +80,15 @@ function requestMatching(rule: PolicyRule, deny: boolean, destination: Workload,
   }
   const port = layer === 'L4' ? TCP_PORT : HTTP_PORT;
   const mode = ignoreHttp ? 'ignoreHttp' : 'full';
-  // Sources: a sample first, then every workload, so a rule naming one caller still finds it.
+  // Sources: a sample first, then every workload, so a rule naming one caller still finds it. The generated policies
+  // name no service accounts, for which the policy's namespace would matter: the destination's stands in.
   for (let attempt = 0; attempt < 40; attempt++) {
     const candidate = sourceRequest(pick.one(sources), port, http);
-    if (ruleMatches(rule, candidate, mode, deny)) return candidate;
+    if (ruleMatches(rule, candidate, mode, deny, destination.namespace)) return candidate;
   }
   for (const source of sources) {
     const candidate = sourceRequest(source, port, http);
-    if (ruleMatches(rule, candidate, mode, deny)) return candidate;
+    if (ruleMatches(rule, candidate, mode, deny, destination.namespace)) return candidate;
   }
   return null;
 }

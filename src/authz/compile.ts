@@ -7,7 +7,9 @@ import { httpPortSources, httpPortVersionsOf, selects } from '../config/http-por
 import type { HttpVersion } from '../config/http-ports.ts';
 import { buildVocabularies, buildWorkloadIndex } from './index.ts';
 import type { ListRules, Vocabularies, WorkloadIndex } from './index.ts';
+import { BothTest, ServiceAccountTest, TrustDomainTest } from './identity-match.ts';
 import { CidrSet, MethodMatcher, StringMatcher } from './match.ts';
+import type { ValueTest } from './match.ts';
 import { isPathTemplate, PathTemplate } from './path-template.ts';
 import type {
   AuthorizationPolicySpec,
@@ -225,12 +227,40 @@ function localPrincipals(list: readonly string[] | undefined, trustDomain: strin
   });
 }
 
-function compileSource(source: PolicySource, trustDomain: string): CompiledSource {
+function serviceAccounts(list: readonly string[] | undefined, policyNamespace: string): readonly ValueTest[] {
+  return (list ?? []).map((account) => new ServiceAccountTest(account, policyNamespace));
+}
+
+function trustDomains(list: readonly string[] | undefined): readonly ValueTest[] {
+  return (list ?? []).map((domain) => new TrustDomainTest(domain));
+}
+
+/**
+ * What a source asks of the peer's principal, in one matcher: its principals or service accounts (never both, as
+ * Istio's validation has it) and its trust domains, which must hold too.
+ */
+function principalMatcher(source: PolicySource, trustDomain: string, policyNamespace: string): StringMatcher | null {
+  const named = source.principals !== undefined
+    ? strings(localPrincipals(source.principals, trustDomain))
+    : source.serviceAccounts !== undefined ? new StringMatcher([], false, false, serviceAccounts(source.serviceAccounts, policyNamespace)) : null;
+  const domains = source.trustDomains === undefined ? null : new StringMatcher([], false, false, trustDomains(source.trustDomains));
+  if (named === null || domains === null) return named ?? domains;
+  return new StringMatcher([], false, false, [new BothTest(named, domains, 'principals and trustDomains')]);
+}
+
+/** The principals a source excludes: any of notPrincipals, notServiceAccounts or notTrustDomains. */
+function notPrincipalMatcher(source: PolicySource, trustDomain: string, policyNamespace: string): StringMatcher | null {
+  const tests = [...serviceAccounts(source.notServiceAccounts, policyNamespace), ...trustDomains(source.notTrustDomains)];
+  if (tests.length === 0) return strings(localPrincipals(source.notPrincipals, trustDomain));
+  return new StringMatcher(localPrincipals(source.notPrincipals, trustDomain) ?? [], false, false, tests);
+}
+
+function compileSource(source: PolicySource, trustDomain: string, policyNamespace: string): CompiledSource {
   const remoteIpBlocks = cidrs(source.remoteIpBlocks);
   const notRemoteIpBlocks = cidrs(source.notRemoteIpBlocks);
   return {
-    principals: strings(localPrincipals(source.principals, trustDomain)),
-    notPrincipals: strings(localPrincipals(source.notPrincipals, trustDomain)),
+    principals: principalMatcher(source, trustDomain, policyNamespace),
+    notPrincipals: notPrincipalMatcher(source, trustDomain, policyNamespace),
     namespaces: strings(source.namespaces),
     notNamespaces: strings(source.notNamespaces),
     ipBlocks: cidrs(source.ipBlocks),
@@ -273,9 +303,13 @@ function compileOperation(operation: PolicyOperation, action: PolicyAction): Com
   };
 }
 
-function compileValues(key: ConditionKey, list: readonly string[] | undefined): CompiledValues | null {
+function compileValues(key: ConditionKey, list: readonly string[] | undefined, policyNamespace: string): CompiledValues | null {
   if (list === undefined || list.length === 0) return null;
   switch (key.kind) {
+    case 'source.serviceAccount':
+      return { type: 'strings', matcher: new StringMatcher([], false, false, serviceAccounts(list, policyNamespace)) };
+    case 'source.trustDomain':
+      return { type: 'strings', matcher: new StringMatcher([], false, false, trustDomains(list)) };
     case 'source.ip':
     case 'remote.ip':
     case 'destination.ip':
@@ -289,23 +323,23 @@ function compileValues(key: ConditionKey, list: readonly string[] | undefined): 
   }
 }
 
-function compileCondition(condition: PolicyCondition, trustDomain: string): CompiledCondition {
+function compileCondition(condition: PolicyCondition, trustDomain: string, policyNamespace: string): CompiledCondition {
   const key = condition.parsedKey;
   const principal = key.kind === 'source.principal';
   return {
     key,
     header: key.kind === 'request.headers' ? key.header.toLowerCase() : null,
-    values: compileValues(key, principal ? localPrincipals(condition.values, trustDomain) : condition.values),
-    notValues: compileValues(key, principal ? localPrincipals(condition.notValues, trustDomain) : condition.notValues),
+    values: compileValues(key, principal ? localPrincipals(condition.values, trustDomain) : condition.values, policyNamespace),
+    notValues: compileValues(key, principal ? localPrincipals(condition.notValues, trustDomain) : condition.notValues, policyNamespace),
     // remote.ip is L7 for the reason CompiledSource.l7 gives.
     l7: key.kind === 'request.headers' || key.kind === 'remote.ip',
   };
 }
 
 function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number, trustDomain: string): CompiledRule {
-  const from = rule.from && rule.from.length > 0 ? rule.from.map((source) => compileSource(source, trustDomain)) : null;
+  const from = rule.from && rule.from.length > 0 ? rule.from.map((source) => compileSource(source, trustDomain, policy.namespace)) : null;
   const to = rule.to && rule.to.length > 0 ? rule.to.map((operation) => compileOperation(operation, policy.action)) : null;
-  const when = rule.when && rule.when.length > 0 ? rule.when.map((condition) => compileCondition(condition, trustDomain)) : null;
+  const when = rule.when && rule.when.length > 0 ? rule.when.map((condition) => compileCondition(condition, trustDomain, policy.namespace)) : null;
   const l7 = (from?.some((source) => source.l7) ?? false) || (to?.some((operation) => operation.l7) ?? false) || (when?.some((condition) => condition.l7) ?? false);
   const verb = policy.action === 'DENY' ? 'denied' : policy.action === 'ALLOW' ? 'allowed' : 'audited';
   return {

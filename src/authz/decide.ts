@@ -213,6 +213,8 @@ function conditionMatches(condition: CompiledCondition, ctx: AuthzContext, ignor
       text = ctx.sourceNamespace;
       break;
     case 'source.principal':
+    case 'source.serviceAccount':
+    case 'source.trustDomain':
       text = ctx.sourcePrincipal;
       break;
     case 'destination.port':

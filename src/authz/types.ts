@@ -15,6 +15,12 @@ export interface PolicySource {
   readonly notIpBlocks?: readonly string[];
   readonly remoteIpBlocks?: readonly string[];
   readonly notRemoteIpBlocks?: readonly string[];
+  /** `NS/SA` or `SA` (the policy's namespace), as written; never with principals or namespaces (Istio's rule). */
+  readonly serviceAccounts?: readonly string[];
+  readonly notServiceAccounts?: readonly string[];
+  /** `*`, `TD`, `PREFIX*` or `*SUFFIX`. */
+  readonly trustDomains?: readonly string[];
+  readonly notTrustDomains?: readonly string[];
 }
 
 /** One `to[].operation`. hosts/methods/paths are L7 (per HTTP request); ports is L4. */
@@ -29,13 +35,18 @@ export interface PolicyOperation {
   readonly notPaths?: readonly string[];
 }
 
-/** `when` keys ambit evaluates. request.headers[NAME] and remote.ip are L7 (HTTP fields); the others are L4. */
+/**
+ * `when` keys ambit evaluates. request.headers[NAME] and remote.ip are L7 (HTTP fields); the others are L4.
+ * source.serviceAccount and source.trustDomain are matched against the principal (identity-match.ts).
+ */
 export type ConditionKey =
   | { readonly kind: 'request.headers'; readonly header: string }
   | { readonly kind: 'source.ip' }
   | { readonly kind: 'remote.ip' }
   | { readonly kind: 'source.namespace' }
   | { readonly kind: 'source.principal' }
+  | { readonly kind: 'source.serviceAccount' }
+  | { readonly kind: 'source.trustDomain' }
   | { readonly kind: 'destination.ip' }
   | { readonly kind: 'destination.port' };
 

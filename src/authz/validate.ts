@@ -63,16 +63,15 @@ const RULE_FIELDS = ['from', 'to', 'when'];
 const SOURCE_LISTS = [
   'principals', 'notPrincipals', 'namespaces', 'notNamespaces',
   'ipBlocks', 'notIpBlocks', 'remoteIpBlocks', 'notRemoteIpBlocks',
+  'serviceAccounts', 'notServiceAccounts', 'trustDomains', 'notTrustDomains',
 ] as const;
 // Istio Source fields ambit knows but does not evaluate; each is refused with the reason, never ignored.
 const SOURCE_UNSUPPORTED: Readonly<Record<string, string>> = {
   requestPrincipals: 'JWT request authentication is not supported yet',
   notRequestPrincipals: 'JWT request authentication is not supported yet',
-  serviceAccounts: 'not supported by ambit yet: use principals (TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT)',
-  notServiceAccounts: 'not supported by ambit yet: use notPrincipals (TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT)',
-  trustDomains: 'not supported by ambit yet: use principals with a prefix (TRUST_DOMAIN/*)',
-  notTrustDomains: 'not supported by ambit yet: use notPrincipals with a prefix (TRUST_DOMAIN/*)',
 };
+/** istiod's bound on a serviceAccounts list (pkg/config/security CheckServiceAccount). */
+const MAX_SERVICE_ACCOUNTS = 16;
 const OPERATION_STRING_LISTS = ['hosts', 'notHosts', 'methods', 'notMethods', 'paths', 'notPaths'] as const;
 const OPERATION_PORT_LISTS = ['ports', 'notPorts'] as const;
 const CONDITION_FIELDS = ['key', 'values', 'notValues'];
@@ -180,6 +179,19 @@ function sourceAt(issues: FieldIssues, raw: Mapping, path: FieldPath): PolicySou
   for (const key of ['ipBlocks', 'notIpBlocks', 'remoteIpBlocks', 'notRemoteIpBlocks']) {
     setList(source, key, stringListField(issues, raw, key, path, { check: checkPolicyIpBlock }).map(canonicalIpBlock));
   }
+  for (const key of ['serviceAccounts', 'notServiceAccounts']) {
+    const accounts = stringListField(issues, raw, key, path, { check: checkServiceAccount });
+    if (accounts.length > MAX_SERVICE_ACCOUNTS) issues.add([...path, key], `has ${accounts.length} values; Istio allows at most ${MAX_SERVICE_ACCOUNTS} (write another source for the rest)`);
+    setList(source, key, accounts);
+  }
+  setList(source, 'trustDomains', stringListField(issues, raw, 'trustDomains', path, { check: checkTrustDomainMatch }));
+  setList(source, 'notTrustDomains', stringListField(issues, raw, 'notTrustDomains', path, { check: checkTrustDomainMatch }));
+  // Istio's rule: a service account names its namespace and principal already.
+  const accountsSet = nonEmptyValue(raw, 'serviceAccounts') || nonEmptyValue(raw, 'notServiceAccounts');
+  const clashing = ['principals', 'notPrincipals', 'namespaces', 'notNamespaces'].filter((key) => nonEmptyValue(raw, key));
+  if (accountsSet && clashing.length > 0) {
+    issues.add([...path, nonEmptyValue(raw, 'serviceAccounts') ? 'serviceAccounts' : 'notServiceAccounts'], `cannot be set with ${clashing.join(' or ')} (Istio refuses it: a service account names its namespace; write another source)`);
+  }
   if (!explained && !SOURCE_LISTS.some((key) => nonEmptyValue(raw, key))) {
     issues.add(path, `must not be empty: set at least one of ${SOURCE_LISTS.join(', ')} (or omit this entry)`);
   }
@@ -247,12 +259,14 @@ function describeValue(value: unknown): string {
 
 // ---- when ----
 
-const EVALUATED_KEYS = 'request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port';
+const EVALUATED_KEYS = 'request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, source.trustDomain, destination.ip, destination.port';
 const SIMPLE_KEYS: Readonly<Record<string, ConditionKey>> = {
   'source.ip': { kind: 'source.ip' },
   'remote.ip': { kind: 'remote.ip' },
   'source.namespace': { kind: 'source.namespace' },
   'source.principal': { kind: 'source.principal' },
+  'source.serviceAccount': { kind: 'source.serviceAccount' },
+  'source.trustDomain': { kind: 'source.trustDomain' },
   'destination.ip': { kind: 'destination.ip' },
   'destination.port': { kind: 'destination.port' },
 };
@@ -261,8 +275,6 @@ const UNSUPPORTED_KEYS: Readonly<Record<string, string>> = {
   // HBONE carries the application's bytes inside ambit's own TLS: the node proxy never sees the SNI the
   // application sent, so a DENY on it would never fire (fail open) and an ALLOW never match.
   'connection.sni': 'is not visible to the node proxy (the application\'s TLS is inside the tunnel): not supported',
-  'source.serviceAccount': 'is not supported by ambit yet: use source.principal',
-  'source.trustDomain': 'is not supported by ambit yet: use source.principal with a prefix (TRUST_DOMAIN/*)',
   'destination.namespace': 'is replaced by the policy\'s metadata.namespace (as in Istio)',
   'destination.name': 'is deprecated (Istio v1alpha1 only): use the selector',
   'destination.user': 'is deprecated (Istio v1alpha1 only): use the selector',
@@ -336,6 +348,10 @@ function conditionValueCheck(key: ConditionKey): (value: string) => string | und
       return checkNamespace;
     case 'source.principal':
       return checkPrincipal;
+    case 'source.serviceAccount':
+      return checkServiceAccount;
+    case 'source.trustDomain':
+      return checkTrustDomainMatch;
     case 'request.headers':
       return (value) => matchProblem(value);
   }
@@ -443,6 +459,32 @@ function partialSegmentFits(segment: string, position: number, form: MatchForm):
     return form === 'prefix' ? literal.startsWith(segment) : literal.endsWith(segment);
   }
   return (PRINCIPAL_SEGMENT_CHARS[position] as RegExp).test(segment) && segment.length <= 253;
+}
+
+// ---- service accounts, trust domains ----
+
+/** `SERVICE_ACCOUNT` (in the policy's namespace) or `NAMESPACE/SERVICE_ACCOUNT`, as istiod's CheckServiceAccount reads it. */
+export function checkServiceAccount(value: string): string | undefined {
+  const form = 'write SERVICE_ACCOUNT (in the policy\'s namespace) or NAMESPACE/SERVICE_ACCOUNT';
+  if (value.includes('*')) return `${JSON.stringify(value)}: a service account takes no wildcard (Istio refuses one); ${form}, or use principals`;
+  const parts = value.split('/');
+  if (parts.length > 2) return `${JSON.stringify(value)} is not a service account: ${form} (not a principal)`;
+  const [namespace, account] = parts.length === 2 ? (parts as [string, string]) : [undefined, parts[0] as string];
+  if (namespace !== undefined && checkDns1123Label(namespace) !== undefined) return `${JSON.stringify(value)}: ${JSON.stringify(namespace)} is not a namespace (a DNS-1123 label); ${form}`;
+  if (checkDns1123Subdomain(account) !== undefined) return `${JSON.stringify(value)}: ${JSON.stringify(account)} is not a service account name (a DNS-1123 subdomain); ${form}`;
+  return undefined;
+}
+
+/** `*`, a trust domain, or a prefix or suffix of one (`*.example.com`). */
+export function checkTrustDomainMatch(value: string): string | undefined {
+  const problem = matchProblem(value);
+  if (problem !== undefined) return problem;
+  const { form, text } = parseMatch(value) as Match;
+  if (form === 'presence') return undefined;
+  if (text.includes('/')) return `${JSON.stringify(value)}: a trust domain has no "/" (write the trust domain only, as in cluster.local)`;
+  if (form === 'exact') return checkTrustDomain(text);
+  if (/^[a-z0-9._-]+$/.test(text) && text.length <= 255) return undefined;
+  return `${JSON.stringify(value)} cannot match a trust domain (one holds only a-z, 0-9, ".", "_" and "-")`;
 }
 
 // ---- namespaces, hosts, methods, paths ----

@@ -420,6 +420,32 @@ spec:
     }
   });
 
+  it('reads serviceAccounts and trustDomains from the peer\'s certificate: a DENY of the client\'s account denies it, one of every other account lets it through', async () => {
+    const nodeB = mesh.nodes.get('node-b')!;
+    const denyFrom = (source: string) => `${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: echo-not-account, namespace: demo }
+spec:
+  selector: { matchLabels: { app: echo } }
+  action: DENY
+  rules:
+    - from: [{ source: ${source} }]
+`;
+    try {
+      // A bare name is in the policy's namespace (demo).
+      await applyPolicies(denyFrom('{ serviceAccounts: ["client"], trustDomains: ["cluster.local"] }'), 'the DENY of the client account');
+      expect(await echoOnce(CLIENT_IP, 'from client')).toBe('');
+      await nodeB.proc.waitFor((line) => line.msg === 'connection denied by policy' && line.policy === 'demo/echo-not-account');
+      await applyPolicies(denyFrom('{ notServiceAccounts: ["demo/client"] }'), 'the DENY of every other account');
+      expect(await echoOnce(CLIENT_IP, 'from client')).toBe('from client');
+      await applyPolicies(denyFrom('{ serviceAccounts: ["client"], notTrustDomains: ["cluster.local"] }'), 'the DENY of the client account in other trust domains');
+      expect(await echoOnce(CLIENT_IP, 'from client')).toBe('from client');
+    } finally {
+      await applyPolicies(policies, 'the policies back');
+    }
+  });
+
   it("lends a listener owner's identity only to the owner's own connections: one from another address of the network is closed", async () => {
     // A non-loopback address of this host stands for another machine on the network (the kernel lets it reach the
     // listener's loopback address); without one the test says so and checks only the accepted side.

@@ -24,9 +24,11 @@ const ROOT = 'istio-system';
 const NAMESPACES = [ROOT, 'shop', 'front'];
 const PRINCIPALS = ['cluster.local/ns/front/sa/client', 'cluster.local/ns/shop/sa/web', 'cluster.local/ns/ops/sa/admin', 'other.example/ns/front/sa/client'];
 /** Principals no pattern names exactly: only wildcards and `not` lists can say anything about them. */
-const UNNAMED_PRINCIPALS = ['cluster.local/ns/front/sa/other', 'far.example/ns/zz/sa/admin'];
+const UNNAMED_PRINCIPALS = ['cluster.local/ns/front/sa/other', 'far.example/ns/zz/sa/admin', 'cluster.local/tenant/ns/front/x/sa/client/k'];
 const PRINCIPAL_PATTERNS = [...PRINCIPALS, '*', 'cluster.local/*', '*/sa/client', 'cluster.local/ns/front/*', '*/ns/ops/sa/admin'];
 const NAMESPACE_PATTERNS = ['front', 'shop', 'ops', '*', 'fr*', '*op', 'o*'];
+const SERVICE_ACCOUNTS = ['front/client', 'client', 'ops/admin', 'web', 'zz/admin'];
+const TRUST_DOMAIN_PATTERNS = ['cluster.local', 'other.example', '*', '*.example', 'cluster.*', 'far.example'];
 const SOURCE_IPS = ['10.0.0.5', '10.0.1.7', '192.168.1.1', '2001:db8::7', '2001:db9::1'];
 const IP_BLOCKS = ['10.0.0.0/8', '10.0.0.0/24', '10.0.1.7', '192.168.0.0/16', '2001:db8::/32', '0.0.0.0/0', '::/0'];
 const DESTINATION_IPS = ['10.1.0.7', '10.2.0.7', 'fd00::7'];
@@ -67,7 +69,15 @@ const sourceArb: fc.Arbitrary<PolicySource> = someFields<PolicySource>({
   notIpBlocks: valuesOf(IP_BLOCKS),
   remoteIpBlocks: valuesOf(IP_BLOCKS),
   notRemoteIpBlocks: valuesOf(IP_BLOCKS),
-}, 2);
+  serviceAccounts: valuesOf(SERVICE_ACCOUNTS),
+  notServiceAccounts: valuesOf(SERVICE_ACCOUNTS),
+  trustDomains: valuesOf(TRUST_DOMAIN_PATTERNS),
+  notTrustDomains: valuesOf(TRUST_DOMAIN_PATTERNS),
+}, 2).filter((source) => {
+  // Istio's validation (and ambit's) refuses service accounts beside principals or namespaces.
+  const accounts = source.serviceAccounts !== undefined || source.notServiceAccounts !== undefined;
+  return !accounts || (source.principals === undefined && source.notPrincipals === undefined && source.namespaces === undefined && source.notNamespaces === undefined);
+});
 
 const operationArb: fc.Arbitrary<PolicyOperation> = someFields<PolicyOperation>({
   hosts: valuesOf(HOST_PATTERNS),
@@ -92,6 +102,8 @@ const whenArb: fc.Arbitrary<PolicyCondition> = fc.oneof(
   conditionArb('remote.ip', { kind: 'remote.ip' }, IP_BLOCKS),
   conditionArb('source.namespace', { kind: 'source.namespace' }, NAMESPACE_PATTERNS),
   conditionArb('source.principal', { kind: 'source.principal' }, PRINCIPAL_PATTERNS),
+  conditionArb('source.serviceAccount', { kind: 'source.serviceAccount' }, SERVICE_ACCOUNTS),
+  conditionArb('source.trustDomain', { kind: 'source.trustDomain' }, TRUST_DOMAIN_PATTERNS),
   conditionArb('destination.ip', { kind: 'destination.ip' }, DESTINATION_BLOCKS),
   conditionArb('destination.port', { kind: 'destination.port' }, PORTS.map(String)),
 );

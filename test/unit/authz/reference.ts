@@ -201,12 +201,46 @@ function anyBlock(blocks: readonly string[], address: string): boolean {
 /** 'full': every field is evaluated; 'ignoreHttp': HTTP fields count as matching. */
 type Mode = 'full' | 'ignoreHttp';
 
-function sourceMatches(source: PolicySource, request: ReferenceRequest, mode: Mode): boolean {
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/**
+ * istiod's regex for a service account (`NS/SA`, or `SA` in the policy's namespace), full-matched against the peer's
+ * SPIFFE ID as Envoy does: `spiffe://.+/ns/NS/(.+/|)sa/SA(/.+)?`.
+ */
+function serviceAccountMatches(written: string, policyNamespace: string, principal: string): boolean {
+  const [namespace, account] = written.includes('/') ? (written.split('/') as [string, string]) : [policyNamespace, written];
+  return new RegExp(`^spiffe://.+/ns/${escapeRegExp(namespace)}/(.+/|)sa/${escapeRegExp(account)}(/.+)?$`).test(`spiffe://${principal}`);
+}
+
+/** istiod's trust-domain matcher: `*` any ID, exact `spiffe://TD/` as a prefix, else the regex `spiffe://P[^/]*S/.*`. */
+function trustDomainMatches(written: string, principal: string): boolean {
+  const id = `spiffe://${principal}`;
+  if (written === '*') return true;
+  if (!written.includes('*')) return id.startsWith(`spiffe://${written}/`);
+  const [start, end] = written.split('*') as [string, string];
+  return new RegExp(`^spiffe://${escapeRegExp(start)}[^/]*${escapeRegExp(end)}/.*$`, 's').test(id);
+}
+
+function anyAccount(list: readonly string[], policyNamespace: string, principal: string): boolean {
+  return list.some((written) => serviceAccountMatches(written, policyNamespace, principal));
+}
+
+function anyDomain(list: readonly string[], principal: string): boolean {
+  return list.some((written) => trustDomainMatches(written, principal));
+}
+
+function sourceMatches(source: PolicySource, request: ReferenceRequest, mode: Mode, policyNamespace: string): boolean {
   const principal = request.principal;
   const namespace = request.namespace;
   const ip = request.sourceIp;
   if (source.principals !== undefined && (principal === null || !anyPattern(source.principals, principal))) return false;
   if (source.notPrincipals !== undefined && principal !== null && anyPattern(source.notPrincipals, principal)) return false;
+  if (source.serviceAccounts !== undefined && (principal === null || !anyAccount(source.serviceAccounts, policyNamespace, principal))) return false;
+  if (source.notServiceAccounts !== undefined && principal !== null && anyAccount(source.notServiceAccounts, policyNamespace, principal)) return false;
+  if (source.trustDomains !== undefined && (principal === null || !anyDomain(source.trustDomains, principal))) return false;
+  if (source.notTrustDomains !== undefined && principal !== null && anyDomain(source.notTrustDomains, principal)) return false;
   if (source.namespaces !== undefined && (namespace === null || !anyPattern(source.namespaces, namespace))) return false;
   if (source.notNamespaces !== undefined && namespace !== null && anyPattern(source.notNamespaces, namespace)) return false;
   if (source.ipBlocks !== undefined && (ip === null || !anyBlock(source.ipBlocks, ip))) return false;
@@ -266,7 +300,7 @@ function operationMatches(operation: PolicyOperation, request: ReferenceRequest,
   return true;
 }
 
-function conditionMatches(condition: PolicyCondition, request: ReferenceRequest, mode: Mode): boolean {
+function conditionMatches(condition: PolicyCondition, request: ReferenceRequest, mode: Mode, policyNamespace: string): boolean {
   const key = condition.parsedKey;
   const values = condition.values;
   const notValues = condition.notValues;
@@ -294,6 +328,12 @@ function conditionMatches(condition: PolicyCondition, request: ReferenceRequest,
     return true;
   } else if (key.kind === 'source.namespace') {
     text = request.namespace;
+  } else if (key.kind === 'source.serviceAccount' || key.kind === 'source.trustDomain') {
+    const principal = request.principal;
+    const matches = (list: readonly string[]) => principal !== null && (key.kind === 'source.serviceAccount' ? anyAccount(list, policyNamespace, principal) : anyDomain(list, principal));
+    if (values !== undefined && !matches(values)) return false;
+    if (notValues !== undefined && principal !== null && matches(notValues)) return false;
+    return true;
   } else {
     text = request.principal;
   }
@@ -310,10 +350,10 @@ export function ruleHasHttp(rule: PolicyRule): boolean {
 }
 
 /** `deny`: the rule is a DENY policy's (see hostMatches). */
-export function ruleMatches(rule: PolicyRule, request: ReferenceRequest, mode: Mode, deny: boolean): boolean {
+export function ruleMatches(rule: PolicyRule, request: ReferenceRequest, mode: Mode, deny: boolean, policyNamespace: string): boolean {
   if (rule.from !== undefined && rule.from.length > 0) {
     let any = false;
-    for (const source of rule.from) if (sourceMatches(source, request, mode)) any = true;
+    for (const source of rule.from) if (sourceMatches(source, request, mode, policyNamespace)) any = true;
     if (!any) return false;
   }
   if (rule.to !== undefined && rule.to.length > 0) {
@@ -321,7 +361,7 @@ export function ruleMatches(rule: PolicyRule, request: ReferenceRequest, mode: M
     for (const operation of rule.to) if (operationMatches(operation, request, mode, deny)) any = true;
     if (!any) return false;
   }
-  for (const condition of rule.when ?? []) if (!conditionMatches(condition, request, mode)) return false;
+  for (const condition of rule.when ?? []) if (!conditionMatches(condition, request, mode, policyNamespace)) return false;
   return true;
 }
 
@@ -454,7 +494,7 @@ export function referenceDecide(world: ReferenceWorld, destination: ReferenceDes
       const http = ruleHasHttp(rule);
       if (http && moment === 'connect') continue;
       const mode: Mode = http && moment === 'tcp' ? 'ignoreHttp' : 'full';
-      if (ruleMatches(rule, request, mode, true)) return { allow: false, policy: `${policy.namespace}/${policy.name}`, rule: index, deferred: false };
+      if (ruleMatches(rule, request, mode, true, policy.namespace)) return { allow: false, policy: `${policy.namespace}/${policy.name}`, rule: index, deferred: false };
     }
   }
 
@@ -464,14 +504,14 @@ export function referenceDecide(world: ReferenceWorld, destination: ReferenceDes
     for (let index = 0; index < policy.spec.rules.length; index++) {
       const rule = policy.spec.rules[index] as PolicyRule;
       if (ruleHasHttp(rule) && moment !== 'request') continue;
-      if (ruleMatches(rule, request, 'full', false)) return { allow: true, policy: `${policy.namespace}/${policy.name}`, rule: index, deferred: false };
+      if (ruleMatches(rule, request, 'full', false, policy.namespace)) return { allow: true, policy: `${policy.namespace}/${policy.name}`, rule: index, deferred: false };
     }
   }
   if (moment === 'connect') {
     for (const policy of allowPolicies) {
       for (let index = 0; index < policy.spec.rules.length; index++) {
         const rule = policy.spec.rules[index] as PolicyRule;
-        if (ruleHasHttp(rule) && ruleMatches(rule, request, 'ignoreHttp', false)) return { allow: true, policy: `${policy.namespace}/${policy.name}`, rule: index, deferred: true };
+        if (ruleHasHttp(rule) && ruleMatches(rule, request, 'ignoreHttp', false, policy.namespace)) return { allow: true, policy: `${policy.namespace}/${policy.name}`, rule: index, deferred: true };
       }
     }
   }

@@ -248,6 +248,22 @@ rules:
     },
   },
   {
+    name: 'serviceAccounts and trustDomains with their not forms, and a bare service account (the policy\'s namespace)',
+    yaml: fromSource('serviceAccounts: ["front/client", "web"]\nnotTrustDomains: ["*.partner.example"]\ntrustDomains: ["cluster.local", "*"]\nnotServiceAccounts: ["front/legacy"]\nipBlocks: ["10.0.0.0/8"]'),
+    spec: { action: 'ALLOW', rules: [{ from: [{ ipBlocks: ['10.0.0.0/8'], serviceAccounts: ['front/client', 'web'], notServiceAccounts: ['front/legacy'], trustDomains: ['cluster.local', '*'], notTrustDomains: ['*.partner.example'] }] }] },
+  },
+  {
+    name: 'source.serviceAccount and source.trustDomain conditions',
+    yaml: when('- key: source.serviceAccount\n  values: ["front/client"]\n- key: source.trustDomain\n  notValues: ["legacy.*"]'),
+    spec: {
+      action: 'ALLOW',
+      rules: [{ when: [
+        { key: 'source.serviceAccount', parsedKey: { kind: 'source.serviceAccount' }, values: ['front/client'] },
+        { key: 'source.trustDomain', parsedKey: { kind: 'source.trustDomain' }, notValues: ['legacy.*'] },
+      ] }],
+    },
+  },
+  {
     name: 'path templates as Istio writes them: {*} for one segment, {**} for the rest, literal segments after it',
     yaml: toOperation('paths: ["/api/{*}/items", "/static/{**}", "/{**}/edit", "/v1/{*}/"]\nnotPaths: ["/api/{*}/items/{**}"]', 'DENY'),
     spec: { action: 'DENY', rules: [{ to: [{ paths: ['/api/{*}/items', '/static/{**}', '/{**}/edit', '/v1/{*}/'], notPaths: ['/api/{*}/items/{**}'] }] }] },
@@ -350,8 +366,20 @@ const rejects: RejectCase[] = [
   { name: 'notRequestPrincipals (JWT)', yaml: fromSource('notRequestPrincipals: ["*"]', 'DENY'), field: 'spec.rules[0].from[0].source.notRequestPrincipals' },
   { name: 'a request.auth.claims condition (JWT)', yaml: when('- key: request.auth.claims[iss]\n  values: ["https://issuer.example"]'), field: 'spec.rules[0].when[0].key' },
   { name: 'a request.auth.principal condition (JWT)', yaml: when('- key: request.auth.principal\n  values: ["*"]'), field: 'spec.rules[0].when[0].key' },
-  { name: 'serviceAccounts, which ambit does not evaluate yet', yaml: fromSource('serviceAccounts: ["shop/web"]'), field: 'spec.rules[0].from[0].source.serviceAccounts' },
-  { name: 'trustDomains, which ambit does not evaluate yet', yaml: fromSource('notTrustDomains: ["partner.example"]', 'DENY'), field: 'spec.rules[0].from[0].source.notTrustDomains' },
+  // serviceAccounts and trustDomains, as istiod's CheckServiceAccount and CheckTrustDomainValues, and values that
+  // cannot name a Kubernetes service account or a trust domain.
+  { name: 'a service account with a wildcard (Istio refuses one)', yaml: fromSource('serviceAccounts: ["shop/*"]'), field: 'spec.rules[0].from[0].source.serviceAccounts[0]' },
+  { name: 'a principal written as a service account', yaml: fromSource('notServiceAccounts: ["cluster.local/ns/shop/sa/web"]', 'DENY'), field: 'spec.rules[0].from[0].source.notServiceAccounts[0]' },
+  { name: 'a service account with an upper-case namespace', yaml: fromSource('serviceAccounts: ["Shop/web"]'), field: 'spec.rules[0].from[0].source.serviceAccounts[0]' },
+  { name: 'an empty service account name', yaml: fromSource('serviceAccounts: ["shop/"]'), field: 'spec.rules[0].from[0].source.serviceAccounts[0]' },
+  { name: 'serviceAccounts beside principals (Istio refuses it)', yaml: fromSource('principals: ["cluster.local/ns/shop/sa/web"]\nserviceAccounts: ["shop/web"]'), field: 'spec.rules[0].from[0].source.serviceAccounts' },
+  { name: 'notServiceAccounts beside namespaces (Istio refuses it)', yaml: fromSource('namespaces: ["shop"]\nnotServiceAccounts: ["shop/web"]', 'DENY'), field: 'spec.rules[0].from[0].source.notServiceAccounts' },
+  { name: 'more than 16 service accounts (istiod\'s bound)', yaml: fromSource(`serviceAccounts: [${Array.from({ length: 17 }, (_, i) => `"sa-${i}"`).join(', ')}]`), field: 'spec.rules[0].from[0].source.serviceAccounts' },
+  { name: 'a trust domain with a path', yaml: fromSource('trustDomains: ["cluster.local/ns/shop"]'), field: 'spec.rules[0].from[0].source.trustDomains[0]' },
+  { name: 'a trust domain with a wildcard in the middle', yaml: fromSource('notTrustDomains: ["a.*.example"]', 'DENY'), field: 'spec.rules[0].from[0].source.notTrustDomains[0]' },
+  { name: 'a trust domain in upper case (SPIFFE trust domains are lower case)', yaml: fromSource('trustDomains: ["Partner.Example"]'), field: 'spec.rules[0].from[0].source.trustDomains[0]' },
+  { name: 'a source.serviceAccount condition with a wildcard', yaml: when('- key: source.serviceAccount\n  values: ["shop/*"]'), field: 'spec.rules[0].when[0].values[0]' },
+  { name: 'a source.trustDomain condition with the spiffe:// scheme', yaml: when('- key: source.trustDomain\n  notValues: ["spiffe://partner.example"]'), field: 'spec.rules[0].when[0].notValues[0]' },
   // IP blocks
   { name: 'a CIDR prefix longer than 32', yaml: fromSource('ipBlocks: ["10.0.0.0/8", "10.0.0.0/33"]'), field: 'spec.rules[0].from[0].source.ipBlocks[1]' },
   { name: 'an IPv4 address with an octet over 255', yaml: fromSource('ipBlocks: ["300.1.1.1"]'), field: 'spec.rules[0].from[0].source.ipBlocks[0]' },
