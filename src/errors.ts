@@ -46,6 +46,7 @@ export const ERROR_CODES = {
   CA_CSR_INVALID: 'the certificate signing request is malformed or its signature does not verify',
   CA_NOT_AUTHORIZED: 'the caller may not obtain this identity: the registry does not place the workload on its node',
   CA_UNAUTHENTICATED: 'the caller presented no valid node SVID',
+  CA_RATE_LIMITED: 'the node asked the CA for more certificates than its signing budget allows: it asks again after the Retry-After the CA gave',
   JOIN_TOKEN_INVALID: 'the join token is unknown or was already used: create a new one with `ambit ca token create`',
   JOIN_TOKEN_EXPIRED: 'the join token expired before it was used: create a new one',
   JOIN_TOKEN_WRONG_NODE: 'the join token was created for another node name',

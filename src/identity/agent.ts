@@ -92,11 +92,21 @@ const WITHDRAWN_ROOTS_FILE = 'withdrawn-roots.json';
 /** The CA answered, with something other than a certificate: its status says whether trying again can help. */
 class CaRefusal extends AmbitError {
   readonly status: number;
+  /** The CA's Retry-After (a node over its signing budget): no sooner than this is asking again any use. */
+  readonly retryAfterMs: number;
 
-  constructor(status: number, message: string, code: 'CA_REJECTED' | 'CA_NODE_REFUSED' = 'CA_REJECTED') {
+  constructor(status: number, message: string, code: 'CA_REJECTED' | 'CA_NODE_REFUSED' | 'CA_RATE_LIMITED' = 'CA_REJECTED', retryAfterMs = 0) {
     super(code, message);
     this.status = status;
+    this.retryAfterMs = retryAfterMs;
   }
+}
+
+/** Retry-After in seconds (RFC 9110 §10.2.3; the CA sends no date form), capped at the longest backoff; 0 when absent or unreadable. */
+function retryAfterMs(value: string | string[] | undefined, capMs: number): number {
+  const text = Array.isArray(value) ? value[0] : value;
+  if (text === undefined || !/^\d{1,9}$/.test(text.trim())) return 0;
+  return Math.min(Number(text.trim()) * 1000, capMs);
 }
 
 export interface IdentityAgentOptions {
@@ -643,7 +653,11 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       const code = parsed.error?.code ?? 'unknown';
       // 401 to a request made with the node SVID: the CA no longer takes that certificate, whatever was asked for.
       const nodeRefused = response.statusCode === 401 && path === '/v1/sign';
-      throw new CaRefusal(response.statusCode, `CA refused ${path} (${response.statusCode} ${code}): ${parsed.error?.message ?? text.slice(0, 200)}`, nodeRefused ? 'CA_NODE_REFUSED' : 'CA_REJECTED');
+      const message = `CA refused ${path} (${response.statusCode} ${code}): ${parsed.error?.message ?? text.slice(0, 200)}`;
+      if (response.statusCode === 429) {
+        throw new CaRefusal(429, message, 'CA_RATE_LIMITED', retryAfterMs(response.headers['retry-after'], this.#options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS));
+      }
+      throw new CaRefusal(response.statusCode, message, nodeRefused ? 'CA_NODE_REFUSED' : 'CA_REJECTED');
     }
     const svid = loadSvid(parsed.certChain, await exportPrivateKeyPem(keys.privateKey));
     if (typeof parsed.bundles === 'string') {
@@ -799,6 +813,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     entry.failures++;
     entry.unreachable = error.code === 'CA_UNREACHABLE';
     let delayMs = this.#backoffMs(entry.failures);
+    // Over the node's signing budget: asking before the CA said is refused again (and spends the budget back).
+    if (error instanceof CaRefusal && error.retryAfterMs > delayMs) delayMs = error.retryAfterMs * (1 + BACKOFF_JITTER * this.#random());
     const svid = entry.svid;
     const stillValid = svid !== undefined && svid.notAfter.getTime() > Date.now();
     // A still-valid certificate keeps serving; make sure one attempt lands shortly before it expires.

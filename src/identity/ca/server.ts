@@ -32,6 +32,8 @@ import { consumeJoinToken, joinTokenKnown, recordTokenAnswer, restoreJoinToken }
 import type { JoinTokenClaim, TokenAnswer } from './tokens.ts';
 import { admitNodeCertificate, answerStands, nodeCertificateRefusal, recordAttested, recordRenewal } from './nodes.ts';
 import { acceptErrorLogger, LogBudget } from '../../observe/log.ts';
+import { DEFAULT_SIGN_BUDGET, SignBudget } from './sign-budget.ts';
+import type { SignBudgetLimits } from './sign-budget.ts';
 import type { Logger } from '../../observe/log.ts';
 import { makeDirsSync } from '../../mkdir.ts';
 import { limitConnectionsPerPeer } from '../../peer-connections.ts';
@@ -80,6 +82,8 @@ export interface CaServerOptions {
   federationMinRefreshMs?: number;
   /** A TLS handshake not finished this long after the connection was accepted is dropped (default 10 s). */
   handshakeTimeoutMs?: number;
+  /** Signing requests per node: DEFAULT_SIGN_BUDGET (256 at once, 256 more per minute) when absent. */
+  signBudget?: SignBudgetLimits;
 }
 
 /** Connections the CA holds at once: far above what its nodes' agents open (at most 4 each), below the process's descriptors. */
@@ -99,10 +103,12 @@ const AUTHORITY_WARNING_INTERVAL_MS = 86_400_000;
 class HttpError extends Error {
   readonly status: number;
   readonly code: ErrorCode;
-  constructor(status: number, code: ErrorCode, message: string) {
+  readonly headers: Record<string, string> | undefined;
+  constructor(status: number, code: ErrorCode, message: string, headers?: Record<string, string>) {
     super(message);
     this.status = status;
     this.code = code;
+    this.headers = headers;
   }
 }
 
@@ -152,12 +158,14 @@ export class CaServer {
   #reloading: Promise<void> = Promise.resolve();
   /** Per node, the last of its record updates: they run one after another. */
   readonly #nodeQueue = new Map<string, Promise<void>>();
+  readonly #signBudget: SignBudget;
 
   private constructor(options: CaServerOptions, state: CaState, serverSvid: Svid) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'ca', trustDomain: state.trustDomain });
     this.#state = state;
     this.#serverSvid = serverSvid;
+    this.#signBudget = new SignBudget(options.signBudget ?? DEFAULT_SIGN_BUDGET);
     // The one server that takes connections from anyone on the network before they are authenticated: a client that
     // never finishes its handshake is dropped after 10 s (Node's default holds it 120 s), and the connections are capped.
     this.#server = https.createServer({ ...serverTlsOptions(serverSvid, ['http/1.1']), handshakeTimeout: options.handshakeTimeoutMs ?? 10_000 }, (req, res) => void this.#handle(req, res));
@@ -201,6 +209,7 @@ export class CaServer {
     server.#wallClock = setInterval(() => {
       server.#catchUpServerRenewal();
       server.#checkAuthorityLife();
+      server.#signBudget.sweep();
     }, WALL_CLOCK_CHECK_MS).unref();
     server.#checkAuthorityLife();
     server.#logger.info({ url: server.url, sequence: state.sequence.toString(), authority: state.active.name }, 'CA listening');
@@ -414,7 +423,7 @@ export class CaServer {
       if (path === '/v1/attest') return send(res, 200, JSON.stringify(await this.#attest(req)));
       return send(res, 200, JSON.stringify(await this.#sign(req)));
     } catch (error) {
-      if (error instanceof HttpError) return sendError(res, error.status, error.code, error.message);
+      if (error instanceof HttpError) return sendError(res, error.status, error.code, error.message, error.headers);
       const wrapped = toAmbitError(error, 'CA_CSR_INVALID');
       if (!(error instanceof AmbitError)) {
         this.#logger.error({ err: error }, 'unexpected error handling CA request');
@@ -537,6 +546,7 @@ export class CaServer {
     // refused as such, and cannot learn from 403s and 401s which identities the registry places on the node.
     const early = await nodeCertificateRefusal(this.#options.dir, callerNode, callerSerial);
     if (early !== null) this.#refuseNodeCertificate(caller.id.id, callerNode, callerSerial, remote, early);
+    this.#chargeSignBudget(caller.id.id, callerNode, remote);
     let requestedId: SpiffeId;
     let csr: string;
     let ttlMs: number;
@@ -580,6 +590,24 @@ export class CaServer {
     await this.#recordIssuance({ event: 'svid_issued', caller: caller.id.id, node: callerNode, spiffeId: requestedId.id, remote, serial: response.serial, expiresAt: response.expiresAt, authority });
     this.#logger.debug({ caller: caller.id.id, spiffeId: requestedId.id }, 'SVID issued');
     return response;
+  }
+
+  /**
+   * One request off the node's signing budget, or 429 with Retry-After. A spell of refusals is audited and warned once
+   * at its start, and its count logged when the node next gets a request through: one line per request would be the
+   * flood the budget holds back.
+   */
+  #chargeSignBudget(caller: string, node: string, remote: string | undefined): void {
+    const answer = this.#signBudget.take(node);
+    if (answer.allowed) {
+      if (answer.refusedBefore > 0) this.#logger.info({ caller, node, refused: answer.refusedBefore }, 'node back within its signing budget');
+      return;
+    }
+    if (answer.first) {
+      this.#note({ event: 'sign_rate_limited', caller, node, remote, retryAfterSeconds: answer.retryAfterSeconds });
+      this.#logger.warn({ caller, node, remote, retryAfterSeconds: answer.retryAfterSeconds }, 'node over its signing budget: its requests are refused (429) until it has waited');
+    }
+    throw new HttpError(429, 'CA_RATE_LIMITED', `node ${node} asked for more certificates than its budget allows; ask again in ${answer.retryAfterSeconds} s`, { 'retry-after': String(answer.retryAfterSeconds) });
   }
 
   /** Audits what an authenticated node sent that could not be read (body, ID, TTL, CSR), then throws it on. */
@@ -709,12 +737,12 @@ function send(res: ServerResponse, status: number, body: string, maxAgeSeconds?:
   res.end(body);
 }
 
-function sendError(res: ServerResponse, status: number, code: ErrorCode, message: string): void {
+function sendError(res: ServerResponse, status: number, code: ErrorCode, message: string, headers?: Record<string, string>): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  send(res, status, JSON.stringify({ error: { code, message } }));
+  send(res, status, JSON.stringify({ error: { code, message } }), undefined, headers);
 }
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
