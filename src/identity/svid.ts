@@ -836,6 +836,12 @@ export async function readCsr(pem: string): Promise<CryptoKey> {
     throw new AmbitError('CA_CSR_INVALID', `CSR public key cannot be read: ${(error as Error).message}`, { cause: error });
   }
   if (keyType !== 'ECDSA prime256v1') throw new AmbitError('CA_CSR_INVALID', `CSR key must be ECDSA P-256, got ${keyType.replace(/ $/, '')}`);
+  // A SHA-1 signature proves possession of nothing a collision could not forge (CA/Browser Forum baseline requirements
+  // refuse it since 2016); ambit's agents sign with SHA-256.
+  const hash = (csr.signatureAlgorithm as { hash?: { name?: string } }).hash?.name;
+  if (hash !== 'SHA-256' && hash !== 'SHA-384' && hash !== 'SHA-512') {
+    throw new AmbitError('CA_CSR_INVALID', `CSR must be signed with ECDSA and SHA-256, SHA-384 or SHA-512, got ${hash ?? 'an unknown hash'}`);
+  }
   let signatureOk: boolean;
   let publicKey: CryptoKey;
   try {

@@ -567,6 +567,17 @@ describe('certificate signing requests', () => {
     await expect(readCsr(curve.toString('pem'))).rejects.toMatchObject({ code: 'CA_CSR_INVALID', message: 'CSR key must be ECDSA P-256, got ECDSA secp384r1' });
   });
 
+  it('are refused when signed with SHA-1, a P-256 key and a valid signature notwithstanding; SHA-384 and SHA-512 are taken', async () => {
+    const keys = await generateKeyPair();
+    const sha1 = await x509.Pkcs10CertificateRequestGenerator.create({ keys, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-1' } });
+    expect(await sha1.verify()).toBe(true);
+    await expect(readCsr(sha1.toString('pem'))).rejects.toMatchObject({ code: 'CA_CSR_INVALID', message: 'CSR must be signed with ECDSA and SHA-256, SHA-384 or SHA-512, got SHA-1' });
+    for (const hash of ['SHA-384', 'SHA-512']) {
+      const csr = await x509.Pkcs10CertificateRequestGenerator.create({ keys, signingAlgorithm: { name: 'ECDSA', hash } });
+      await expect(readCsr(csr.toString('pem'))).resolves.toBeDefined();
+    }
+  });
+
   it('are refused when they are not PKCS#10 at all', async () => {
     await expect(readCsr('-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----')).rejects.toMatchObject({ code: 'CA_CSR_INVALID' });
   });
