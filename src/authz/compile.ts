@@ -7,7 +7,7 @@ import { httpPortSources, httpPortVersionsOf, selects } from '../config/http-por
 import type { HttpVersion } from '../config/http-ports.ts';
 import { buildVocabularies, buildWorkloadIndex } from './index.ts';
 import type { ListRules, Vocabularies, WorkloadIndex } from './index.ts';
-import { BothTest, ServiceAccountTest, TrustDomainTest } from './identity-match.ts';
+import { AllTest, ServiceAccountTest, TrustDomainTest } from './identity-match.ts';
 import { CidrSet, MethodMatcher, StringMatcher } from './match.ts';
 import type { ValueTest } from './match.ts';
 import { isPathTemplate, PathTemplate } from './path-template.ts';
@@ -236,16 +236,16 @@ function trustDomains(list: readonly string[] | undefined): readonly ValueTest[]
 }
 
 /**
- * What a source asks of the peer's principal, in one matcher: its principals or service accounts (never both, as
- * Istio's validation has it) and its trust domains, which must hold too.
+ * What a source asks of the peer's principal, in one matcher: its principals, its service accounts (never beside
+ * principals, as Istio's validation has it: held to both all the same) and its trust domains, all of which must hold.
  */
 function principalMatcher(source: PolicySource, trustDomain: string, policyNamespace: string): StringMatcher | null {
-  const named = source.principals !== undefined
-    ? strings(localPrincipals(source.principals, trustDomain))
-    : source.serviceAccounts !== undefined ? new StringMatcher([], false, false, serviceAccounts(source.serviceAccounts, policyNamespace)) : null;
-  const domains = source.trustDomains === undefined ? null : new StringMatcher([], false, false, trustDomains(source.trustDomains));
-  if (named === null || domains === null) return named ?? domains;
-  return new StringMatcher([], false, false, [new BothTest(named, domains, 'principals and trustDomains')]);
+  const lists: StringMatcher[] = [];
+  if (source.principals !== undefined) lists.push(new StringMatcher(localPrincipals(source.principals, trustDomain) ?? []));
+  if (source.serviceAccounts !== undefined) lists.push(new StringMatcher([], false, false, serviceAccounts(source.serviceAccounts, policyNamespace)));
+  if (source.trustDomains !== undefined) lists.push(new StringMatcher([], false, false, trustDomains(source.trustDomains)));
+  if (lists.length <= 1) return lists[0] ?? null;
+  return new StringMatcher([], false, false, [new AllTest(lists, 'principals, serviceAccounts and trustDomains')]);
 }
 
 /** The principals a source excludes: any of notPrincipals, notServiceAccounts or notTrustDomains. */
@@ -338,7 +338,8 @@ function compileCondition(condition: PolicyCondition, trustDomain: string, polic
 
 function compileRule(policy: CompiledPolicy, rule: PolicyRule, index: number, trustDomain: string): CompiledRule {
   const from = rule.from && rule.from.length > 0 ? rule.from.map((source) => compileSource(source, trustDomain, policy.namespace)) : null;
-  const to = rule.to && rule.to.length > 0 ? rule.to.map((operation) => compileOperation(operation, policy.action)) : null;
+  // A dry-run policy's paths as the enforced one's: its log shows what enforcing it would do.
+  const to = rule.to && rule.to.length > 0 ? rule.to.map((operation) => compileOperation(operation, policy.dryRun ?? policy.action)) : null;
   const when = rule.when && rule.when.length > 0 ? rule.when.map((condition) => compileCondition(condition, trustDomain, policy.namespace)) : null;
   const l7 = (from?.some((source) => source.l7) ?? false) || (to?.some((operation) => operation.l7) ?? false) || (when?.some((condition) => condition.l7) ?? false);
   const verb = policy.action === 'DENY' ? 'denied' : policy.action === 'ALLOW' ? 'allowed' : 'audited';

@@ -156,6 +156,11 @@ function operationHostPathMatches(operation: CompiledOperation, request: HttpReq
   if (request === null) return false;
   if (operation.hosts !== null && !hostMatches(operation.hosts, request.host, deny)) return false;
   if (operation.notHosts !== null && hostMatches(operation.notHosts, request.host, !deny)) return false;
+  return operationPathMatches(operation, request);
+}
+
+function operationPathMatches(operation: CompiledOperation, request: HttpRequestFacts | null): boolean {
+  if (request === null) return false;
   if (operation.paths !== null && !operation.paths.matches(request.path)) return false;
   return operation.notPaths === null || !operation.notPaths.matches(request.path);
 }
@@ -244,7 +249,8 @@ function conditionsHold(when: readonly CompiledCondition[] | null, ctx: AuthzCon
 /** A rule matches when any source matches, any operation matches, and every condition holds. */
 export function ruleMatches(rule: CompiledRule, ctx: AuthzContext, ignoreL7: boolean): boolean {
   if (rule.from !== null && !anySourceMatches(rule.from, ctx, ignoreL7)) return false;
-  if (rule.to !== null && !anyOperationMatches(rule.to, ctx, ignoreL7, rule.policy.action === 'DENY')) return false;
+  // A dry-run DENY reads hosts (and its compiled paths) as the enforced DENY would, or its log would miss what enforcing it denies.
+  if (rule.to !== null && !anyOperationMatches(rule.to, ctx, ignoreL7, (rule.policy.dryRun ?? rule.policy.action) === 'DENY')) return false;
   return conditionsHold(rule.when, ctx, ignoreL7);
 }
 
@@ -265,6 +271,8 @@ function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsReso
     if ((recheck & RECHECK_NAMESPACE) !== 0 && !sourceNamespaceMatches(source, ctx.sourceNamespace)) return false;
     if ((recheck & RECHECK_IP) !== 0 && !sourceIpMatches(source, ctx, ignoreL7)) return false;
   }
+  // Service accounts, trust domains: held in the masks as a superset, judged here.
+  if (term.checkPrincipals && (recheck & RECHECK_PRINCIPAL) === 0 && source !== null && !sourcePrincipalMatches(source, ctx.sourcePrincipal)) return false;
   // A rule too large to expand: the side its terms do not carry, in full.
   if (term.checkSources !== null && !anySourceMatches(term.checkSources, ctx, ignoreL7)) return false;
   if (term.checkOperations !== null && !anyOperationMatches(term.checkOperations, ctx, ignoreL7, term.rule.policy.action === 'DENY')) return false;
@@ -273,6 +281,8 @@ function termMatches(term: Term, ctx: AuthzContext, ignoreL7: boolean, portsReso
     if (!portsResolved && !portMatches(operation, ctx.destinationPort)) return false;
     if ((recheck & RECHECK_METHOD) !== 0 && operation.l7 && !ignoreL7 && !operationMethodMatches(operation, ctx.request)) return false;
     if (operation.l7 && !ignoreL7 && !hostsAndPathsSettled && !operationHostPathMatches(operation, ctx.request, term.rule.policy.action === 'DENY')) return false;
+    // Path templates: held in the masks as a superset, judged here.
+    if (term.checkPaths && !ignoreL7 && hostsAndPathsSettled && !operationPathMatches(operation, ctx.request)) return false;
   }
   return conditionsHold(term.rule.when, ctx, ignoreL7);
 }

@@ -69,19 +69,19 @@ export class TrustDomainTest implements ValueTest {
   }
 }
 
-/** Both hold: a source's principals (or service accounts) and its trust domains, which Istio ANDs. */
-export class BothTest implements ValueTest {
+/** Every one holds: a source's principals (or service accounts) and its trust domains, which Istio ANDs. */
+export class AllTest implements ValueTest {
   readonly text: string;
-  readonly #first: { matches(value: string): boolean };
-  readonly #second: { matches(value: string): boolean };
+  readonly #matchers: readonly { matches(value: string): boolean }[];
 
-  constructor(first: { matches(value: string): boolean }, second: { matches(value: string): boolean }, text: string) {
+  constructor(matchers: readonly { matches(value: string): boolean }[], text: string) {
     this.text = text;
-    this.#first = first;
-    this.#second = second;
+    this.#matchers = matchers;
   }
 
   test(principal: string): boolean {
-    return this.#first.matches(principal) && this.#second.matches(principal);
+    const matchers = this.#matchers;
+    for (let i = 0; i < matchers.length; i++) if (!(matchers[i] as { matches(value: string): boolean }).matches(principal)) return false;
+    return true;
   }
 }

@@ -31,6 +31,29 @@ export interface Term {
   readonly operation: CompiledOperation | null;
   readonly checkSources: readonly CompiledSource[] | null;
   readonly checkOperations: readonly CompiledOperation[] | null;
+  /**
+   * Its principals hold service accounts or trust domains (tests the masks cannot hold): the masks admit it for any
+   * principal (and exclude it by nothing but its plain values), and each decision checks its principals.
+   */
+  readonly checkPrincipals: boolean;
+  /** The same for path templates: the masks admit it for any path, and each request checks its paths. */
+  readonly checkPaths: boolean;
+}
+
+function hasTestsIn(matcher: StringMatcher | null): boolean {
+  return matcher !== null && matcher.tests.length > 0;
+}
+
+function termOf(rule: CompiledRule, source: CompiledSource | null, operation: CompiledOperation | null, checkSources: readonly CompiledSource[] | null, checkOperations: readonly CompiledOperation[] | null): Term {
+  return {
+    rule,
+    source,
+    operation,
+    checkSources,
+    checkOperations,
+    checkPrincipals: source !== null && (hasTestsIn(source.principals) || hasTestsIn(source.notPrincipals)),
+    checkPaths: operation !== null && (hasTestsIn(operation.paths) || hasTestsIn(operation.notPaths)),
+  };
 }
 
 
@@ -329,28 +352,29 @@ function termsOf(rule: CompiledRule, port: number | null, portsResolved: boolean
   if (rule.from !== null && rule.from.length > 1 && operations.length > 1 && rule.from.length * operations.length > indexLimits.maxTermsPerRule) {
     const checked = operations as CompiledOperation[]; // `to` present: no null among them
     const alongSources = rule.from.length > checked.length || (rule.from.length === checked.length && indexLimits.termsAlongSourcesOnTie);
-    if (alongSources) for (const source of rule.from) terms.push({ rule, source, operation: null, checkSources: null, checkOperations: checked });
-    else for (const operation of checked) terms.push({ rule, source: null, operation, checkSources: rule.from, checkOperations: null });
+    if (alongSources) for (const source of rule.from) terms.push(termOf(rule, source, null, null, checked));
+    else for (const operation of checked) terms.push(termOf(rule, null, operation, rule.from, null));
     return terms;
   }
-  for (const source of sources) for (const operation of operations) terms.push({ rule, source, operation, checkSources: null, checkOperations: null });
+  for (const source of sources) for (const operation of operations) terms.push(termOf(rule, source, operation, null, null));
   return terms;
 }
 
 type Patterns = (term: Term) => readonly [StringMatcher | null, StringMatcher | null];
 
 function hasWildcard(matcher: StringMatcher): boolean {
-  return matcher.presence || matcher.prefixes.length > 0 || matcher.suffixes.length > 0;
+  return matcher.presence || matcher.prefixes.length > 0 || matcher.suffixes.length > 0 || matcher.tests.length > 0;
 }
 
-/** A value form the masks cannot hold (a path template, a service account): the dimension is then checked per term. */
-function hasTests(terms: readonly (Term | null)[], patterns: Patterns): boolean {
-  return terms.some((term) => term !== null && patterns(term).some((matcher) => matcher !== null && matcher.tests.length > 0));
-}
-
-function wildcardsOf(matcher: StringMatcher): [number, string][] {
+/**
+ * The wildcards a list's masks hold for it. A test (a service account, a trust domain) is held as presence when the
+ * list is positive, a superset its term's own check narrows (Term.checkPrincipals); a `not` list's tests exclude
+ * nothing in the masks. The vocabulary registers that presence for every list with tests.
+ */
+function wildcardsOf(matcher: StringMatcher, positive = true): [number, string][] {
+  const presence = matcher.presence || (positive && matcher.tests.length > 0);
   return [
-    ...(matcher.presence ? [[matcher.presenceIncludesEmpty ? ANY : PRESENCE, ''] as [number, string]] : []),
+    ...(presence ? [[matcher.presenceIncludesEmpty ? ANY : PRESENCE, ''] as [number, string]] : []),
     ...matcher.prefixes.map((text): [number, string] => [PREFIX, text]),
     ...matcher.suffixes.map((text): [number, string] => [SUFFIX, text]),
   ];
@@ -392,7 +416,6 @@ function buildStringDimension(terms: readonly (Term | null)[], patterns: Pattern
     }
   }
   if (!constrained) return -1;
-  if (hasTests(terms, patterns)) return TOO_LARGE;
   // Masks cost keys × words ints: past the bound (a list with thousands of rules naming thousands of values),
   // the field is left to a per-term check instead, so memory and compile time stay linear in the policies.
   if (keyMasks.size * layout.words > indexLimits.maxKeyMaskInts) return TOO_LARGE;
@@ -430,7 +453,7 @@ function buildStringDimension(terms: readonly (Term | null)[], patterns: Pattern
       }
     }
     if (negative !== null) {
-      for (const [kind, text] of wildcardsOf(negative)) {
+      for (const [kind, text] of wildcardsOf(negative, false)) {
         const found = entry(kind, text);
         if (found.negAt < 0) found.negAt = layout.mask();
         layout.setBit(found.negAt, slot);
@@ -587,7 +610,6 @@ function writeTrie(root: TrieBuild, layout: Layout): number {
  */
 function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patterns, layout: Layout): number {
   if (!terms.some((term) => term !== null && patterns(term).some((matcher) => matcher !== null))) return -1;
-  if (hasTests(terms, patterns)) return TOO_LARGE;
   // Each distinct pattern is a node with up to four masks: past the bound the field is checked per term instead.
   const distinct = new Set<string>();
   for (const term of terms) {
@@ -619,7 +641,9 @@ function buildPatternDimension(terms: readonly (Term | null)[], patterns: Patter
     if (positive === null && negative === null) layout.setBit(freeAt, slot);
     for (const [matcher, negated] of [[positive, false], [negative, true]] as const) {
       if (matcher === null) continue;
-      if (matcher.presence) {
+      // A path template is held as presence in a positive list (its term checks it: Term.checkPaths) and as
+      // nothing in a `not` list.
+      if (matcher.presence || (!negated && matcher.tests.length > 0)) {
         if (negated) {
           if (presenceNeg < 0) presenceNeg = layout.mask();
           layout.setBit(presenceNeg, slot);
@@ -681,9 +705,9 @@ function buildList(list: ListRules, layout: Layout, slots: (Term | null)[], v6Se
     if (!term.rule.l7) layout.setBit(l4RulesAt, slot);
     const operation = term.operation;
     // Conditions on request headers only are settled by the header dimensions (and pass when HTTP fields are ignored).
-    const checkL4 = (term.rule.when !== null && headerConditionsOf(term.rule) === null) || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null)) || term.checkSources !== null || term.checkOperations !== null;
+    const checkL4 = (term.rule.when !== null && headerConditionsOf(term.rule) === null) || (!list.portsResolved && operation !== null && (operation.ports !== null || operation.notPorts !== null)) || term.checkSources !== null || term.checkOperations !== null || term.checkPrincipals;
     if (checkL4) layout.setBit(checkL4At, slot);
-    if (checkL4) layout.setBit(checkRequestAt, slot);
+    if (checkL4 || term.checkPaths) layout.setBit(checkRequestAt, slot);
   }
   let recheck = 0;
   const dimension = (patterns: Patterns, vocabulary: Vocabulary, flag: number, perRequest: boolean): number => {

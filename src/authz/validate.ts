@@ -294,6 +294,11 @@ function conditionAt(issues: FieldIssues, value: unknown, path: FieldPath): Poli
   const check = parsedKey === undefined ? undefined : conditionValueCheck(parsedKey);
   const values = stringListField(issues, raw, 'values', path, { check });
   const notValues = stringListField(issues, raw, 'notValues', path, { check });
+  if (parsedKey?.kind === 'source.serviceAccount') {
+    for (const [field, list] of [['values', values], ['notValues', notValues]] as const) {
+      if (list.length > MAX_SERVICE_ACCOUNTS) issues.add([...path, field], `has ${list.length} values; Istio allows at most ${MAX_SERVICE_ACCOUNTS} service accounts in one condition (split them over several rules)`);
+    }
+  }
   if (!explained && !nonEmptyValue(raw, 'values') && !nonEmptyValue(raw, 'notValues')) {
     issues.add(path, 'needs values or notValues (at least one value to compare the key with)');
   }

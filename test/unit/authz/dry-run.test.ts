@@ -63,6 +63,17 @@ describe('dry-run authorization policies', () => {
     expect(matched?.policy.dryRun).toBe('DENY');
   });
 
+  it('log what the enforced DENY would deny: a Host with a port its hosts omit, a path template segment holding "*"', () => {
+    const policies = policiesOf(policy('no-admin', 'DENY', 'true', '{ to: [{ operation: { hosts: ["web.shop"], paths: ["/admin/{*}"] } }] }'));
+    const enforced = policiesOf(policy('no-admin', 'DENY', null, '{ to: [{ operation: { hosts: ["web.shop"], paths: ["/admin/{*}"] } }] }'));
+    const on = (host: string, path: string) => authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: { method: 'GET', path, host, header: () => undefined, remoteIp: null } });
+    for (const [host, path] of [['web.shop:8080', '/admin/x'], ['web.shop', '/admin/a*b'], ['web.shop', '/admin/x']] as const) {
+      expect(decide(enforced, on(host, path), 'request').allow, `${host}${path} enforced`).toBe(false);
+      expect(auditMatch(policies, on(host, path), 'request')?.policy.dryRun, `${host}${path} dry run`).toBe('DENY');
+    }
+    expect(auditMatch(policies, on('web.shop', '/admin/x/y'), 'request')).toBeNull();
+  });
+
   it('do not make an ALLOW policy in force: a dry-run ALLOW alone denies nothing', () => {
     const policies = policiesOf(policy('only-admin', 'ALLOW', 'true', '{ to: [{ operation: { paths: ["/admin"] } }] }'));
     expect(decide(policies, request('/items'), 'request').allow).toBe(true);

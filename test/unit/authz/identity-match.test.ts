@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ServiceAccountTest, TrustDomainTest } from '../../../src/authz/identity-match.ts';
+import type { ConfigObject } from '../../../src/config/objects.ts';
+import { compiledDecision, loadObjects } from './harness.ts';
 
 // The cases of istiod's own table for its service-account regex (generator_test.go, TestServiceAccount), as
 // principals (the SPIFFE ID without spiffe://), plus ambit's.
@@ -57,4 +59,22 @@ describe('a trust domain matches the peer principal\'s first segment', () => {
       expect(new TrustDomainTest(written).test(principal)).toBe(expected);
     });
   }
+});
+
+describe('a source naming principals and service accounts both (refused at load, as Istio does)', () => {
+  it('is held to both by the compiler all the same, never to the principals alone', () => {
+    const object = {
+      apiVersion: 'security.istio.io/v1',
+      kind: 'AuthorizationPolicy',
+      metadata: { name: 'both', namespace: 'shop', labels: {}, annotations: {} },
+      source: { file: 'built.yaml', line: 1 },
+      spec: { action: 'ALLOW', rules: [{ from: [{ principals: ['cluster.local/ns/front/*'], serviceAccounts: ['front/client'] }] }] },
+    } as unknown as ConfigObject;
+    const loaded = loadObjects([object]);
+    const request = (principal: string) => ({ principal, namespace: 'front', sourceIp: null, destinationIp: null, port: 80, http: null });
+    const destination = { namespace: 'shop', labels: {} };
+    expect(compiledDecision(loaded, destination, request('cluster.local/ns/front/sa/client'), 'tcp').allow).toBe(true);
+    expect(compiledDecision(loaded, destination, request('cluster.local/ns/front/sa/other'), 'tcp').allow).toBe(false);
+    expect(compiledDecision(loaded, destination, request('other.example/ns/front/sa/client'), 'tcp').allow).toBe(false);
+  });
 });

@@ -378,6 +378,7 @@ const rejects: RejectCase[] = [
   { name: 'a trust domain with a path', yaml: fromSource('trustDomains: ["cluster.local/ns/shop"]'), field: 'spec.rules[0].from[0].source.trustDomains[0]' },
   { name: 'a trust domain with a wildcard in the middle', yaml: fromSource('notTrustDomains: ["a.*.example"]', 'DENY'), field: 'spec.rules[0].from[0].source.notTrustDomains[0]' },
   { name: 'a trust domain in upper case (SPIFFE trust domains are lower case)', yaml: fromSource('trustDomains: ["Partner.Example"]'), field: 'spec.rules[0].from[0].source.trustDomains[0]' },
+  { name: 'a source.serviceAccount condition with more than 16 values (istiod\'s bound)', yaml: when(`- key: source.serviceAccount\n  notValues: [${Array.from({ length: 17 }, (_, i) => `"sa-${i}"`).join(', ')}]`), field: 'spec.rules[0].when[0].notValues' },
   { name: 'a source.serviceAccount condition with a wildcard', yaml: when('- key: source.serviceAccount\n  values: ["shop/*"]'), field: 'spec.rules[0].when[0].values[0]' },
   { name: 'a source.trustDomain condition with the spiffe:// scheme', yaml: when('- key: source.trustDomain\n  notValues: ["spiffe://partner.example"]'), field: 'spec.rules[0].when[0].notValues[0]' },
   // IP blocks
