@@ -986,43 +986,60 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   async #loadStoredBundle(): Promise<void> {
     const dir = this.#options.stateDir;
     if (!dir) return;
+    // Withdrawn roots first, whatever else is stored: a DaemonSet's mounted --bundle file keeps offering a root the CA
+    // withdrew (a compromised one, perhaps), and it must never be trusted again, also when the other files are gone.
+    for (const fingerprint of (await this.#readFingerprints(join(dir, WITHDRAWN_ROOTS_FILE))) ?? []) this.#withdrawnRoots.add(fingerprint);
+    const bootstrap = this.#options.bootstrapBundle.roots.filter((root) => !this.#withdrawnRoots.has(fingerprintOf(root)));
+    if (bootstrap.length < this.#options.bootstrapBundle.roots.length) {
+      this.#logger.warn({ file: join(dir, WITHDRAWN_ROOTS_FILE), withdrawn: this.#options.bootstrapBundle.roots.length - bootstrap.length }, 'the bootstrap bundle holds roots the CA withdrew: not trusted (remove them from the --bundle file)');
+      this.#bundles = new BundleSet([createBundle(this.#options.trustDomain, bootstrap)]);
+    }
     const file = join(dir, OWN_BUNDLE_FILE);
     let text: string;
     try {
       text = await readFile(file, 'utf8');
-    } catch {
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#logger.warn({ file, err: (error as NodeJS.ErrnoException).code ?? String(error) }, 'stored trust bundle cannot be read; using the bootstrap bundle');
       return;
     }
     // The bootstrap roots known when it was stored; none recorded (a state directory from before): all are new.
-    const seen = new Set<string>();
-    try {
-      const recorded: unknown = JSON.parse(await readFile(join(dir, BOOTSTRAP_SEEN_FILE), 'utf8'));
-      if (Array.isArray(recorded)) for (const fingerprint of recorded) if (typeof fingerprint === 'string') seen.add(fingerprint);
-    } catch {
-      // absent or unreadable: nothing seen
-    }
+    const seen = new Set<string>((await this.#readFingerprints(join(dir, BOOTSTRAP_SEEN_FILE))) ?? []);
     try {
       const stored = decodeBundle(this.#options.trustDomain, text);
       this.#ownFromCa = stored;
       this.#ownStored = true;
-      for (const root of this.#options.bootstrapBundle.roots) if (!seen.has(fingerprintOf(root))) this.#newBootstrapRoots.add(fingerprintOf(root));
-      try {
-        const withdrawn: unknown = JSON.parse(await readFile(join(dir, WITHDRAWN_ROOTS_FILE), 'utf8'));
-        if (Array.isArray(withdrawn)) for (const fingerprint of withdrawn) if (typeof fingerprint === 'string') this.#withdrawnRoots.add(fingerprint);
-      } catch {
-        // absent (none withdrawn yet, or a state directory from before) or unreadable: none known
-      }
+      for (const root of bootstrap) if (!seen.has(fingerprintOf(root))) this.#newBootstrapRoots.add(fingerprintOf(root));
       // The stored bundle is what the CA served last: it drops the roots withdrawn since (a compromised one among
       // them), so it supersedes the bootstrap roots it was stored with, which a DaemonSet's mounted file keeps
       // offering. A bootstrap root it was not stored with (the operator's new root, a re-initialised CA) is newer
-      // knowledge: added. Judged by content: a mounted file's time changes with every pod.
+      // knowledge: added, unless withdrawn. Judged by content: a mounted file's time changes with every pod.
       const roots = [...stored.roots];
-      for (const root of this.#options.bootstrapBundle.roots) {
+      for (const root of bootstrap) {
         if (!seen.has(fingerprintOf(root)) && !roots.some((known) => known.equal(root))) roots.push(root);
       }
       this.#bundles = new BundleSet([createBundle(this.#options.trustDomain, roots)]);
     } catch (error) {
-      this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').toJSON(), file: join(dir, OWN_BUNDLE_FILE) }, 'stored trust bundle is unreadable; using the bootstrap bundle');
+      // Parse errors quote the text: not the stored file's (a symlink could put a secret there), only the file and why.
+      this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').code, file }, 'stored trust bundle is unreadable; using the bootstrap bundle');
+    }
+  }
+
+  /** A JSON list of fingerprints the agent stored; null when absent, and when unreadable too, saying so. */
+  async #readFingerprints(file: string): Promise<string[] | null> {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#logger.warn({ file, err: (error as NodeJS.ErrnoException).code ?? String(error) }, 'a state file cannot be read: ignored');
+      return null;
+    }
+    try {
+      const list: unknown = JSON.parse(text);
+      if (!Array.isArray(list) || !list.every((item) => typeof item === 'string')) throw new Error('not a list of strings');
+      return list as string[];
+    } catch {
+      this.#logger.warn({ file }, 'a state file is not the list of root fingerprints the agent writes: ignored');
+      return null;
     }
   }
 

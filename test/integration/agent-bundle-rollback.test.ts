@@ -1,14 +1,14 @@
 // The agent's own trust bundle never goes back: a CA restored from a backup (or a stale replica) that serves an older
 // bundle, one that still carries a root withdrawn since, is refused, while running and after a restart. Real CA over
 // HTTPS, real agent, the CA's state files as `ambit ca root` writes them.
-import { copyFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IdentityAgent } from '../../src/identity/agent.ts';
 import { activateAuthority, loadCa, prepareAuthority, withdrawAuthorities } from '../../src/identity/ca/store.ts';
 import { silentLogger } from '../../src/observe/log.ts';
-import { fingerprintOf } from '../../src/identity/svid.ts';
+import { fingerprintOf, verifySvid } from '../../src/identity/svid.ts';
 import { startInProcessCa } from '../helpers/ca.ts';
 
 const TD = 'cluster.local';
@@ -74,6 +74,52 @@ describe("the agent's own trust bundle", () => {
     await restarted.refreshBundles();
     expect(restarted.bundles().get(TD)?.sequence).toBe(current.sequence);
     expect(restarted.bundles().get(TD)?.roots.map((root) => root.serialNumber)).toEqual(current.roots.map((root) => root.serialNumber));
+  });
+
+  it('never trusts a withdrawn root the bootstrap bundle still offers again, however the other state files were lost, while the CA is out of reach', async () => {
+    const ca = await startInProcessCa(TD, {});
+    cleanup.push(() => ca.close());
+    // The DaemonSet's mounted --bundle file: root one, which is then withdrawn (say it leaked).
+    const bootstrap = ca.server.ownBundle();
+    const rootOne = bootstrap.roots[0];
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-withdrawn-bootstrap-'));
+    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
+    const caUrl = ca.server.url;
+    const agentFor = (joinToken?: string) => {
+      const agent = new IdentityAgent({ caUrl, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir, logger: silentLogger(), ...(joinToken === undefined ? {} : { joinToken }) });
+      cleanup.push(() => agent.stop());
+      return agent;
+    };
+    const first = agentFor(await ca.joinToken('node-a'));
+    await first.start();
+    // A certificate root one signed: what anyone holding its leaked key could make.
+    const signedByRootOne = first.nodeSvid()?.chain ?? [];
+    await prepareAuthority(ca.dir);
+    await activateAuthority(ca.dir);
+    await withdrawAuthorities(ca.dir, { graceMs: 0 });
+    const sequence = (await loadCa(ca.dir)).bundle.sequence;
+    for (let i = 0; i < 100 && first.bundles().get(TD)?.sequence !== sequence; i++) {
+      await first.refreshBundles().catch(() => {});
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await first.stop();
+    expect(JSON.parse(await readFile(join(stateDir, 'withdrawn-roots.json'), 'utf8'))).toContain(fingerprintOf(rootOne!));
+    await ca.close();
+    const trusted = async () => {
+      const agent = agentFor();
+      await agent.start().catch(() => {});
+      const result = { rootOne: agent.bundles().get(TD)?.roots.some((root) => root.equal(rootOne!)), verifies: verifySvid(signedByRootOne, agent.bundles(), {}).valid };
+      await agent.stop();
+      return result;
+    };
+    expect(await trusted(), 'state intact').toEqual({ rootOne: false, verifies: false });
+    // A state directory from before bootstrap-roots.json was written, or one whose copy was cut short.
+    await unlink(join(stateDir, 'bootstrap-roots.json'));
+    expect(await trusted(), 'bootstrap-roots.json missing').toEqual({ rootOne: false, verifies: false });
+    await writeFile(join(stateDir, 'bootstrap-roots.json'), '[\n');
+    expect(await trusted(), 'bootstrap-roots.json truncated').toEqual({ rootOne: false, verifies: false });
+    await unlink(join(stateDir, 'bundle.json'));
+    expect(await trusted(), 'bundle.json missing').toEqual({ rootOne: false, verifies: false });
   });
 
   it('records a root a later bundle withdrew, with the bundle, so that no bundle brings it back after a restart', async () => {
