@@ -14,6 +14,7 @@ import { parseSpiffeId, validateTrustDomain } from './spiffe-id.ts';
 import { BundleSet, bundlesEqual, decodeBundle, encodeBundle } from './bundle.ts';
 import { writeFileAtomic } from './files.ts';
 import { fingerprintOf } from './svid.ts';
+import * as x509 from './x509.ts';
 import type { TrustBundle } from './bundle.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
 import { timerDelayMs } from './timers.ts';
@@ -67,6 +68,8 @@ export interface FederationClientOptions {
    * since the operator's bootstrap bundle.
    */
   stateFile?: string;
+  /** MAX_WITHDRAWN_ROOTS unless a test sets a smaller bound. */
+  maxWithdrawnRoots?: number;
 }
 
 /** What stateFile holds. */
@@ -77,9 +80,18 @@ interface StoredFederation {
   readonly bundleEndpoint: string;
   /** The SPIFFE bundle as fetched (encodeBundle). */
   readonly bundle: string;
-  /** DER of withdrawn roots, hex. */
-  readonly withdrawn: readonly string[];
+  /** Withdrawn roots not expired yet: SHA-256 fingerprint and notAfter (ms). */
+  readonly withdrawnRoots?: readonly { readonly fingerprint: string; readonly notAfterMs: number }[];
+  /** The same as each root's DER in hex, as files written before 2026-12-07 hold them: read, never written. */
+  readonly withdrawn?: readonly string[];
 }
+
+/**
+ * Withdrawn roots kept: far more than a peer rotates in the life of its roots. A peer serving new throwaway roots on
+ * every poll grew the list by 31 KB a fetch (178 MB a day at the 15 s floor, all of it rewritten each time); past this
+ * many unexpired ones its bundles are refused.
+ */
+export const MAX_WITHDRAWN_ROOTS = 1_024;
 
 export interface FederationClientEvents {
   update: [TrustBundle];
@@ -92,16 +104,37 @@ function peerSettings(peer: FederationPeer): string {
 }
 
 /** Keeps one foreign trust domain's bundle; emits 'update' when it changes. */
-/** A root's identity for the withdrawn set: its DER, as hex. */
-function rootKey(root: TrustBundle['roots'][number]): string {
-  return Buffer.from(root.rawData).toString('hex');
+
+/** The withdrawn roots of a state file, in either form; null when malformed. */
+function storedWithdrawn(stored: Partial<StoredFederation>): { fingerprint: string; notAfterMs: number }[] | null {
+  if (Array.isArray(stored.withdrawnRoots)) {
+    const valid = stored.withdrawnRoots.every((entry: unknown) => typeof entry === 'object' && entry !== null
+      && typeof (entry as { fingerprint?: unknown }).fingerprint === 'string' && Number.isFinite((entry as { notAfterMs?: unknown }).notAfterMs));
+    return valid ? stored.withdrawnRoots.map(({ fingerprint, notAfterMs }) => ({ fingerprint, notAfterMs })) : null;
+  }
+  if (!Array.isArray(stored.withdrawn)) return null;
+  const roots: { fingerprint: string; notAfterMs: number }[] = [];
+  for (const key of stored.withdrawn as unknown[]) {
+    if (typeof key !== 'string' || !/^(?:[0-9a-f]{2})+$/.test(key)) return null;
+    try {
+      const root = new x509.X509Certificate(Buffer.from(key, 'hex'));
+      roots.push({ fingerprint: fingerprintOf(root), notAfterMs: root.notAfter.getTime() });
+    } catch {
+      return null;
+    }
+  }
+  return roots;
 }
 
 export class FederationClient extends EventEmitter<FederationClientEvents> {
   readonly peer: FederationPeer;
   #bundle: TrustBundle | undefined;
-  /** Roots a newer bundle dropped (withdrawn): an older sequence that brings one back is a stale one, never taken. */
-  readonly #withdrawn = new Set<string>();
+  /**
+   * Roots a newer bundle dropped (withdrawn): an older sequence that brings one back is a stale one, never taken. By
+   * fingerprint, with each root's notAfter: an expired root vouches for nothing, and is forgotten.
+   */
+  readonly #withdrawn = new Map<string, number>();
+  readonly #maxWithdrawn: number;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #failures = 0;
@@ -127,6 +160,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     this.#minRefreshMs = options.minRefreshMs ?? DEFAULT_MIN_REFRESH_MS;
     this.#retryMs = options.retryMs ?? 60_000;
     this.#stateFile = options.stateFile;
+    this.#maxWithdrawn = options.maxWithdrawnRoots ?? MAX_WITHDRAWN_ROOTS;
     this.#load();
     if (peer.profile === 'https_spiffe') {
       if (!peer.endpointSpiffeId) throw new AmbitError('FEDERATION_FETCH', `${peer.trustDomain}: https_spiffe needs the endpoint's SPIFFE ID`);
@@ -173,15 +207,20 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         this.#logger.warn({ file, storedEndpoint: stored.bundleEndpoint }, 'stored federated bundle was fetched under other settings (endpoint, profile, endpoint ID or bootstrap bundle); fetching afresh');
         return;
       }
-      if (typeof stored.bundle !== 'string' || !Array.isArray(stored.withdrawn) || !stored.withdrawn.every((key) => typeof key === 'string' && /^[0-9a-f]+$/.test(key))) {
-        throw new AmbitError('BUNDLE_INVALID', 'missing or malformed fields');
-      }
+      const withdrawn = storedWithdrawn(stored);
+      if (typeof stored.bundle !== 'string' || withdrawn === null) throw new AmbitError('BUNDLE_INVALID', 'missing or malformed fields');
       this.#bundle = decodeBundle(this.peer.trustDomain, stored.bundle);
-      for (const key of stored.withdrawn) this.#withdrawn.add(key);
+      for (const { fingerprint, notAfterMs } of withdrawn) this.#withdrawn.set(fingerprint, notAfterMs);
+      this.#forgetExpired();
       this.#logger.info({ sequence: this.#bundle.sequence.toString(), roots: this.#bundle.roots.length, withdrawn: this.#withdrawn.size }, 'federated bundle taken back from the state directory');
     } catch (error) {
       this.#logger.warn({ file, err: toAmbitError(error, 'BUNDLE_INVALID').toJSON() }, 'stored federated bundle is unreadable; fetching afresh');
     }
+  }
+
+  #forgetExpired(): void {
+    const now = Date.now();
+    for (const [fingerprint, notAfterMs] of this.#withdrawn) if (notAfterMs < now) this.#withdrawn.delete(fingerprint);
   }
 
   #save(): void {
@@ -189,7 +228,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     const bundle = this.#bundle;
     // Stopped: a fetch that lands after stop() or forget() must not write (forget() removed the file for good).
     if (file === undefined || bundle === undefined || this.#stopped) return;
-    const stored: StoredFederation = { trustDomain: this.peer.trustDomain, settings: peerSettings(this.peer), bundleEndpoint: this.peer.bundleEndpoint, bundle: encodeBundle(bundle), withdrawn: [...this.#withdrawn] };
+    const withdrawnRoots = [...this.#withdrawn].map(([fingerprint, notAfterMs]) => ({ fingerprint, notAfterMs }));
+    const stored: StoredFederation = { trustDomain: this.peer.trustDomain, settings: peerSettings(this.peer), bundleEndpoint: this.peer.bundleEndpoint, bundle: encodeBundle(bundle), withdrawnRoots };
     this.#saving = this.#saving
       .then(() => writeFileAtomic(file, `${JSON.stringify(stored)}\n`, 0o600))
       .catch((error: unknown) => this.#logger.warn({ file, err: toAmbitError(error, 'FILE_WRITE').toJSON() }, 'cannot keep the federated bundle; a restart will wait for the endpoint'));
@@ -282,15 +322,23 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       // sharing a root with ours is stale too (a rotation half-seen). An older one with only other roots is what the
       // authenticated endpoint serves now, as when the peer re-initialised its CA after a compromise (sequence back to
       // 1): holding on would keep trusting the compromised roots (SPIRE, too, follows the endpoint's content). Said loudly.
+      this.#forgetExpired();
       const older = previous !== undefined && fetched.sequence < previous.sequence;
-      const bringsBack = fetched.roots.some((root) => this.#withdrawn.has(rootKey(root)));
+      const bringsBack = fetched.roots.some((root) => this.#withdrawn.has(fingerprintOf(root)));
       const sharesRoot = previous !== undefined && fetched.roots.some((root) => previous.roots.some((kept) => kept.equal(root)));
-      if (bringsBack || (older && sharesRoot)) {
+      const dropped = previous === undefined ? [] : previous.roots.filter((root) => !fetched.roots.some((kept) => kept.equal(root)));
+      if (fetched.roots.length === 0) {
+        // Trusting nothing of the peer's would also leave nothing to authenticate a self-serving endpoint by: one such
+        // answer would end the relationship until an operator removed the state file.
+        this.#logger.error({ sequence: fetched.sequence.toString(), current: previous?.sequence.toString() ?? null }, 'federated bundle endpoint served a bundle with no X.509 root; keeping ours');
+      } else if (bringsBack || (older && sharesRoot)) {
         this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous?.sequence.toString() ?? null, withdrawnRoot: bringsBack }, bringsBack
           ? 'federated bundle endpoint served a root withdrawn since; keeping ours (remove the federation state file to start this relationship afresh)'
           : 'federated bundle endpoint served an older sequence with roots we hold; keeping ours');
+      } else if (this.#withdrawn.size + dropped.length > this.#maxWithdrawn) {
+        this.#logger.error({ sequence: fetched.sequence.toString(), withdrawn: this.#withdrawn.size, dropping: dropped.length }, `federated bundle endpoint withdrew more than ${this.#maxWithdrawn} roots not yet expired (a peer rotating its roots on every poll): keeping ours`);
       } else {
-        if (previous) for (const root of previous.roots) if (!fetched.roots.some((kept) => kept.equal(root))) this.#withdrawn.add(rootKey(root));
+        for (const root of dropped) this.#withdrawn.set(fingerprintOf(root), root.notAfter.getTime());
         if (previous && fetched.sequence < previous.sequence) {
           this.#logger.warn({ sequence: fetched.sequence.toString(), current: previous.sequence.toString(), roots: fetched.roots.length }, 'federated bundle sequence went back with other roots (the peer CA re-initialised?): taking the roots its endpoint serves now');
         }

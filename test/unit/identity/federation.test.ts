@@ -1,7 +1,7 @@
 // Federation client against real HTTPS bundle endpoints on loopback (https_spiffe profile): the bundle is taken
 // only from the configured endpoint identity, proven by the bootstrap bundle or the last bundle fetched, and
 // only when it is a 200 with a bounded, valid SPIFFE bundle; an older sequence replaces a newer one only with other roots.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -432,6 +432,94 @@ describe("the federation client's state file", () => {
       expect(other.current()).toBeUndefined();
     } finally {
       await stopClients(); // a running client refreshes every second and may be writing the state file
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('bounds the roots it keeps as withdrawn: a peer serving new roots on every poll is refused past the bound, its state file kept small', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-federation-'));
+    try {
+      const stateFile = join(dir, `${TD}.json`);
+      const remote = await createTestCa(TD);
+      // Each answer: the endpoint's own root and three throwaway ones, new every time.
+      const throwaway = await Promise.all(Array.from({ length: 12 }, () => createTestCa(TD)));
+      let round = 0;
+      const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+        const roots = [remote.root.cert, ...throwaway.slice(3 * round, 3 * round + 3).map((ca) => ca.root.cert)];
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(encodeBundle(createBundle(TD, roots, { sequence: BigInt(round + 1), refreshHintSeconds: 1 })));
+      });
+      const peer = { trustDomain: TD, profile: 'https_spiffe' as const, endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, bundleEndpoint: url };
+      const client = new FederationClient({ peer, logger, stateFile, maxWithdrawnRoots: 7 });
+      clients.push(client);
+      await client.start();
+      for (round = 1; round < 4; round++) await client.start();
+      // Rounds 1 and 2 withdrew 3 roots each (6 kept); round 3 would make 9: refused, round 2's bundle kept.
+      expect(client.current()?.sequence).toBe(3n);
+      await client.stop();
+      const stored = JSON.parse(await readFile(stateFile, 'utf8')) as { withdrawnRoots: { fingerprint: string; notAfterMs: number }[]; withdrawn?: unknown };
+      expect(stored.withdrawn).toBeUndefined();
+      expect(stored.withdrawnRoots.map((entry) => entry.fingerprint).sort()).toEqual(throwaway.slice(0, 6).map((ca) => fingerprintOf(ca.root.cert)).sort());
+      expect(stored.withdrawnRoots.every((entry) => entry.notAfterMs > Date.now())).toBe(true);
+    } finally {
+      await stopClients();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps its bundle when the endpoint serves one with no X.509 root, and takes the next good one', async () => {
+    const remote = await createTestCa(TD);
+    let served = encodeBundle(createBundle(TD, [remote.root.cert], { sequence: 2n, refreshHintSeconds: 1 }));
+    const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(served);
+    });
+    const client = new FederationClient({ peer: { trustDomain: TD, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, bundleEndpoint: url }, logger });
+    clients.push(client);
+    await client.start();
+    expect(client.current()?.sequence).toBe(2n);
+    served = JSON.stringify({ keys: [], spiffe_sequence: 3, spiffe_refresh_hint: 1 });
+    await client.start();
+    expect(client.current()?.sequence).toBe(2n);
+    expect(client.current()?.roots).toHaveLength(1);
+    // The endpoint is still authenticated by the root kept: the next good bundle is taken.
+    served = encodeBundle(createBundle(TD, [remote.root.cert], { sequence: 4n, refreshHintSeconds: 1 }));
+    await client.start();
+    expect(client.current()?.sequence).toBe(4n);
+  });
+
+  it('reads the withdrawn roots of a state file written before fingerprints, still refuses them, and forgets those expired', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-federation-'));
+    try {
+      const stateFile = join(dir, `${TD}.json`);
+      const remote = await createTestCa(TD);
+      const withdrawn = await createTestCa(TD);
+      const expired = await createTestCa(TD, { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) });
+      let served = createBundle(TD, [remote.root.cert, withdrawn.root.cert], { sequence: 9n, refreshHintSeconds: 1 });
+      const url = await endpoint(remote, ENDPOINT_ID, (_request, response) => {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(encodeBundle(served));
+      });
+      const peer = { trustDomain: TD, profile: 'https_spiffe' as const, endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, bundleEndpoint: url };
+      const settings = JSON.stringify([peer.bundleEndpoint, peer.profile, peer.endpointSpiffeId, remote.bundle.roots.map((root) => fingerprintOf(root))]);
+      const hex = (ca: TestCa) => Buffer.from(ca.root.cert.rawData).toString('hex');
+      const kept = createBundle(TD, [remote.root.cert], { sequence: 8n });
+      await writeFile(stateFile, JSON.stringify({ trustDomain: TD, settings, bundle: encodeBundle(kept), withdrawn: [hex(withdrawn), hex(expired)] }));
+      const client = new FederationClient({ peer, logger, stateFile });
+      clients.push(client);
+      expect(client.current()?.sequence).toBe(8n);
+      // A replica serving the withdrawn root again, under a higher sequence: refused, as before.
+      await client.start();
+      expect(client.current()?.sequence).toBe(8n);
+      served = createBundle(TD, [remote.root.cert], { sequence: 10n, refreshHintSeconds: 1 });
+      await client.start();
+      expect(client.current()?.sequence).toBe(10n);
+      await client.stop();
+      // Saved in the new form, without the root that has expired.
+      const stored = JSON.parse(await readFile(stateFile, 'utf8')) as { withdrawnRoots: { fingerprint: string }[] };
+      expect(stored.withdrawnRoots.map((entry) => entry.fingerprint)).toEqual([fingerprintOf(withdrawn.root.cert)]);
+    } finally {
+      await stopClients();
       await rm(dir, { recursive: true, force: true });
     }
   });
