@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AmbitError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { makeDirs } from '../mkdir.ts';
+import { checkPrivateDirectory } from './files.ts';
 
 export const LOCK_FILE = 'lock';
 /** How often the holder touches its lease. */
@@ -156,6 +157,7 @@ export class StateDirLock {
       const code = (error as NodeJS.ErrnoException).code;
       throw new AmbitError('FILE_WRITE', `state directory ${dir} cannot be created: ${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}`, { cause: error });
     }
+    await checkPrivateDirectory(dir);
     const file = join(dir, LOCK_FILE);
     const ours: Holder = { pid: process.pid, host: hostname(), pidNamespace: await pidNamespace(), bootId: bootId(), startedAt: new Date().toISOString(), token: randomUUID() };
     let warnedAtMs = 0;

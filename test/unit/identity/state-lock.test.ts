@@ -1,7 +1,7 @@
 // One process per state directory (src/identity/state-lock.ts): a lease file, waited for while its holder is alive,
 // taken over once it is provably gone or its lease is stale.
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, readlink, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -39,6 +39,40 @@ async function waitedForThenTakenOnceStale(): Promise<void> {
   expect(await settlesWithin(taking, 2_500)).toBe(true);
   await (await taking).release();
 }
+
+const isRoot = process.getuid?.() === 0;
+if (!isRoot) process.stderr.write('state-lock.test.ts: not root, skipping the state directories owned by another user (chown needs root)\n');
+
+describe('the state directory, whose files are read as the CA\'s word', () => {
+  it('is taken when it is this user\'s alone, also through a symbolic link of this user\'s', async () => {
+    const real = join(dir, 'real');
+    await mkdir(real, { mode: 0o700 });
+    const link = join(dir, 'link');
+    await symlink(real, link);
+    const lock = await StateDirLock.acquire(link, silentLogger(), { wait: false });
+    await lock.release();
+  });
+
+  it.each([[0o770, 'its group'], [0o707, 'others'], [0o777, 'its group']])('is refused when writable by more than its owner (mode %s), naming the directory', async (mode, who) => {
+    const state = join(dir, 'state');
+    await mkdir(state);
+    await chmod(state, mode);
+    await expect(StateDirLock.acquire(state, silentLogger(), { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_UNSAFE', message: expect.stringContaining(`${state} is writable by ${who}`) });
+  });
+
+  it.skipIf(!isRoot)('is refused when another user owns it (made in advance under a world-writable parent), or owns the link to it', async () => {
+    const state = join(dir, 'theirs');
+    await mkdir(state, { mode: 0o700 });
+    await chown(state, 65534, 65534);
+    await expect(StateDirLock.acquire(state, silentLogger(), { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_UNSAFE', message: expect.stringContaining('is owned by uid 65534') });
+    const ours = join(dir, 'ours');
+    await mkdir(ours, { mode: 0o700 });
+    const link = join(dir, 'their-link');
+    await symlink(ours, link);
+    await lchown(link, 65534, 65534);
+    await expect(StateDirLock.acquire(link, silentLogger(), { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_UNSAFE', message: expect.stringContaining('is a symbolic link owned by uid 65534') });
+  });
+});
 
 describe('the state directory lock', () => {
   it('is taken in an empty directory, names this process, and is removed on release', async () => {
