@@ -272,7 +272,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#schedule(entry);
     } else {
       if (!this.#options.joinToken) {
-        throw new AmbitError('JOIN_TOKEN_INVALID', `no valid node SVID in ${this.#options.stateDir ?? '(no state dir)'} and no join token given`, { hint: 'create one with `ambit ca token create --node NAME` and pass it with --join-token' });
+        throw new AmbitError('JOIN_TOKEN_INVALID', `no valid node SVID in ${this.#options.stateDir ?? '(no state dir)'} (${this.#options.stateDir === undefined ? 'none kept' : this.#storedNodeSvidProblem}) and no join token given`, { hint: 'create one with `ambit ca token create --node NAME` and pass it with --join-token' });
       }
       await this.#attestPatiently(entry, this.#options.joinToken, options.failFast === true);
     }
@@ -952,13 +952,22 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     return check;
   }
 
+  /** Why the stored node SVID was not used ('none stored' when there is none), for the error of a start without a token. */
+  #storedNodeSvidProblem = 'none stored';
+
   async #loadStoredNodeSvid(): Promise<Svid | undefined> {
     const dir = this.#options.stateDir;
     if (!dir) return undefined;
+    const file = join(dir, NODE_SVID_FILE);
     let pem: string;
     try {
-      pem = await readFile(join(dir, NODE_SVID_FILE), 'utf8');
-    } catch {
+      pem = await readFile(file, 'utf8');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') {
+        this.#storedNodeSvidProblem = `${file} cannot be read (${code ?? (error as Error).message})`;
+        this.#logger.warn({ file, err: code ?? (error as Error).message }, 'stored node SVID cannot be read; attesting again');
+      }
       return undefined;
     }
     try {
@@ -969,12 +978,17 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       // a restart within the skew (attesting again, with a spent token, locked the node out).
       const check = this.#verifyOwn(svid);
       if (svid.id.id !== this.#nodeId || !check.valid) {
-        this.#logger.warn({ stored: svid.id.id, reason: check.error?.code ?? 'IDENTITY_MISMATCH' }, 'stored node SVID is not usable; attesting again');
+        const reason = check.error?.code ?? 'IDENTITY_MISMATCH';
+        this.#storedNodeSvidProblem = `${file} holds ${svid.id.id}, not usable (${reason})`;
+        this.#logger.warn({ file, stored: svid.id.id, reason }, 'stored node SVID is not usable; attesting again');
         return undefined;
       }
       return svid;
     } catch (error) {
-      this.#logger.warn({ err: toAmbitError(error, 'SVID_PARSE').toJSON() }, 'stored node SVID is unreadable; attesting again');
+      // The code only: a parse error may quote the file, and the file holds the node's private key.
+      const code = toAmbitError(error, 'SVID_PARSE').code;
+      this.#storedNodeSvidProblem = `${file} is unreadable (${code})`;
+      this.#logger.warn({ file, err: code }, 'stored node SVID is unreadable; attesting again');
       return undefined;
     }
   }

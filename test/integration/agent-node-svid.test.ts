@@ -80,3 +80,21 @@ describe("the agent's node SVID", () => {
     }
   }, 20_000);
 });
+
+describe('a start without a join token', () => {
+  it('says which file held no usable node SVID, and why, without quoting it (it holds the private key)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-agent-truncated-'));
+    try {
+      const file = join(dir, 'node-svid.pem');
+      await writeFile(file, '-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n', { mode: 0o600 });
+      const agent = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.server.ownBundle(), stateDir: dir, logger: silentLogger() });
+      const failed = await agent.start().then(() => null, (error: unknown) => error as Error & { code: string });
+      await agent.stop();
+      expect(failed?.code).toBe('JOIN_TOKEN_INVALID');
+      expect(failed?.message).toContain(`(${file} is unreadable (`);
+      expect(failed?.message).not.toContain('MIGHAgEA');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
