@@ -18,6 +18,7 @@ import type { Decision } from '../authz/compile.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';
 import { clientIpOfForwardedFor } from '../authz/decide.ts';
 import type { IpAddress } from '../authz/match.ts';
+import { LogBudget } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
 import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
@@ -278,6 +279,12 @@ interface TunnelState {
   denied: number;
   /** HTTP/1.1 requests forwarded whose responses have not finished (pipelining). */
   inFlight: number;
+  /** The HBONE stream the tunnel's HTTP is read from: reset when it holds too much (heldBytes). */
+  readonly tunnel: Duplex;
+  /** Bytes of request heads held unanswered (MAX_HELD_HEAD_BYTES_PER_TUNNEL). */
+  heldBytes: number;
+  /** The inspector's count of them across its tunnels (MAX_HELD_HEAD_BYTES). */
+  readonly held: HeldHeads;
   /** Reset for what the client sent (a malformed request behind one in flight): answers cut by it are Envoy's DPE. */
   cutForProtocolError: boolean;
   /** The idle time the workload's last answer allowed (its Keep-Alive hint, less a margin); null until one said. */
@@ -390,6 +397,22 @@ function requestProtocolOf(contentType: unknown): RequestProtocol {
  * fill the node proxy's memory from one tunnel; past this the tunnel is reset. Clients rarely pipeline at all.
  */
 const MAX_PIPELINED_REQUESTS = 64;
+/**
+ * Bytes of request heads a tunnel may hold unanswered (pipelined HTTP/1.1 requests, h2c requests queued for an
+ * HTTP/1.1 workload), and all tunnels of the proxy together. MAX_PIPELINED_REQUESTS counts requests, not their size:
+ * 63 heads of 60 KiB behind one a workload never answered held 4-6 MiB a tunnel, and one peer's 1,081 such tunnels
+ * ended the proxy out of memory. Past the first bound (Envoy's per-connection buffer limit, 1 MiB: an h2c client's
+ * 100 streams with 10 KiB of headers each fit) the tunnel is reset; past the second, the tunnel holding the most.
+ */
+const MAX_HELD_HEAD_BYTES_PER_TUNNEL = 1024 * 1024;
+const MAX_HELD_HEAD_BYTES = 64 * 1024 * 1024;
+
+/** A request head's size as held: its request line (or path) and fields, name and value. */
+function heldHeadBytes(target: string, rawHeaders: readonly string[]): number {
+  let bytes = target.length + 16;
+  for (let i = 0; i < rawHeaders.length; i++) bytes += (rawHeaders[i] as string).length + 2;
+  return bytes;
+}
 /**
  * How long a tunnel whose workload closed, its answer sent, waits for the client to end its side before asking it to
  * stop sending (RST_STREAM NO_ERROR, which lets what the client's proxy still holds of the answer reach it).
@@ -737,9 +760,16 @@ export class HttpInspector {
   readonly #h2Sessions = new Set<http2.Http2Session>();
   /** Shutting down (drain): every answer closes its tunnel, and idle tunnels are ended. */
   #draining = false;
+  /** Request heads held unanswered by all tunnels (MAX_HELD_HEAD_BYTES), and the tunnels holding any. */
+  readonly #held: HeldHeads = { bytes: 0, tunnels: new Set<TunnelState>() };
+  readonly #heldLog = new LogBudget(10_000, 5);
 
-  constructor(logger: Logger, options: { headersTimeoutMs?: number } = {}) {
+  /** MAX_HELD_HEAD_BYTES_PER_TUNNEL and MAX_HELD_HEAD_BYTES unless a test sets smaller ones. */
+  readonly #heldLimits: { readonly perTunnel: number; readonly all: number };
+
+  constructor(logger: Logger, options: { headersTimeoutMs?: number; heldHeadBytes?: { perTunnel: number; all: number } } = {}) {
     this.#logger = logger.child({ component: 'l7' });
+    this.#heldLimits = options.heldHeadBytes ?? { perTunnel: MAX_HELD_HEAD_BYTES_PER_TUNNEL, all: MAX_HELD_HEAD_BYTES };
     const headersTimeout = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
     this.#h1 = http.createServer({
       // Envoy's default (max_request_headers_kb 60), which Istio keeps: Node's 16 KiB refused requests Istio passes.
@@ -825,9 +855,10 @@ export class HttpInspector {
     const draining = () => this.#draining;
     const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, cutForProtocolError: false, keepAliveS: null,
+      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, held: this.#held, cutForProtocolError: false, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
+        release(state, heldHeadBytes(this.req.url ?? '', this.req.rawHeaders));
         state.waitingSince = performance.now();
         // istio_requests_total: an answer never begun (the client left first) is Envoy's response code 0, flag DC.
         if (meter !== null || logRequest !== null) {
@@ -886,6 +917,8 @@ export class HttpInspector {
       const finish = () => {
         if (finished) return;
         finished = true;
+        // Whatever its requests' own ends gave back or not (a reset tunnel's queued answers): the tunnel holds nothing now.
+        release(state, state.heldBytes);
         this.#h1Open.delete(stream);
         void state.h1Client?.destroy();
         state.h2Upstream?.destroy();
@@ -959,6 +992,25 @@ export class HttpInspector {
     return this.#draining;
   }
 
+  /** The bytes of a request head a tunnel now holds; false when that reset the tunnel. */
+  #hold(state: TunnelState, bytes: number): boolean {
+    state.heldBytes += bytes;
+    this.#held.bytes += bytes;
+    this.#held.tunnels.add(state);
+    if (state.heldBytes > this.#heldLimits.perTunnel) {
+      this.#heldLog.warn(this.#logger, 'tunnel', { held: state.heldBytes, limit: this.#heldLimits.perTunnel }, 'inspected tunnel holds more request heads unanswered than it may: resetting it');
+      resetTunnel(state.tunnel);
+      return false;
+    }
+    if (this.#held.bytes <= this.#heldLimits.all) return true;
+    let largest = state;
+    for (const holder of this.#held.tunnels) if (holder.heldBytes > largest.heldBytes && !holder.tunnel.destroyed) largest = holder;
+    this.#heldLog.warn(this.#logger, 'all', { held: this.#held.bytes, limit: this.#heldLimits.all, largest: largest.heldBytes }, 'inspected tunnels hold more request heads unanswered than the proxy may: resetting the tunnel that holds the most');
+    resetTunnel(largest.tunnel);
+    return largest !== state;
+  }
+
+
   async close(): Promise<void> {
     this.#h1.closeAllConnections();
     this.#h1.close();
@@ -984,6 +1036,7 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
+    if (!this.#hold(state, heldHeadBytes(req.url ?? '', req.rawHeaders))) return;
     if (state.meter !== null || state.logRequest !== null) res.prependListener('finish', state.onResponseFinish);
     if (state.meter !== null) requestStartedAt.set(res, performance.now());
     if (state.logRequest !== null) {
@@ -1410,7 +1463,11 @@ export class HttpInspector {
       body = new PassThrough();
       stream.pipe(body);
     }
-    const job: H1Job = { stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false } };
+    const job: H1Job = { stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false }, heldBytes: heldHeadBytes(facts.forwardPath, headers) };
+    if (!this.#hold(state, job.heldBytes)) {
+      body?.destroy();
+      return;
+    }
     state.h1Queue.push(job);
     this.#pumpH1(state);
     // Still waiting its turn: reset by its client, it is let go of at once, not when the request before it is answered.
@@ -1423,6 +1480,7 @@ export class HttpInspector {
   #pumpH1(state: TunnelState): void {
     while (!state.h1Busy && state.h1Queue.length > 0) {
       const job = state.h1Queue.shift() as H1Job;
+      release(state, job.heldBytes);
       // Reset by its client while it waited: never sent (Envoy drops a request not yet given an upstream connection).
       if (job.stream.closed || job.stream.destroyed) {
         job.options.body?.destroy();
@@ -1509,6 +1567,8 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
 interface H1Job {
   readonly stream: http2.ServerHttp2Stream;
   readonly options: Dispatcher.DispatchOptions & { body: PassThrough | null };
+  /** Its head's size, held while it waits (MAX_HELD_HEAD_BYTES_PER_TUNNEL). */
+  readonly heldBytes: number;
 }
 
 /**
@@ -1524,18 +1584,37 @@ function refuseStream(stream: http2.ServerHttp2Stream, body: PassThrough | null)
   if (session !== undefined && !session.closed) session.close();
 }
 
+/** Request heads held unanswered by an inspector's tunnels, and the tunnels holding any. */
+interface HeldHeads {
+  bytes: number;
+  readonly tunnels: Set<TunnelState>;
+}
+
+/** Gives back what a tunnel held of a request head, never more than it holds (its end gives back the rest at once). */
+function release(state: TunnelState, bytes: number): void {
+  const given = Math.min(bytes, state.heldBytes);
+  if (given <= 0) return;
+  state.heldBytes -= given;
+  state.held.bytes -= given;
+  if (state.heldBytes === 0) state.held.tunnels.delete(state);
+}
+
 /** A queued request whose client reset it: out of the queue, its body let go. */
 function dropQueued(state: TunnelState, job: H1Job): void {
   const at = state.h1Queue.indexOf(job);
   if (at === -1) return;
   state.h1Queue.splice(at, 1);
+  release(state, job.heldBytes);
   job.options.body?.destroy();
 }
 
 /** Every request still waiting for the tunnel's upstream connection, which has ended: refused unprocessed. */
 function refuseQueued(state: TunnelState): void {
   const queued = state.h1Queue.splice(0);
-  for (const job of queued) refuseStream(job.stream, job.options.body);
+  for (const job of queued) {
+    release(state, job.heldBytes);
+    refuseStream(job.stream, job.options.body);
+  }
 }
 
 /** Fields without HTTP/2's pseudo-headers (`:status`), which an HTTP/1.1 message cannot carry. */
