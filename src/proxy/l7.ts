@@ -1043,6 +1043,10 @@ export class HttpInspector {
       requestStarts.set(res, { method: req.method ?? '', path: req.url ?? '', authority: req.headers.host ?? '', protocol: req.httpVersion === '1.0' ? 'HTTP/1.0' : 'HTTP/1.1', startedMs: Date.now() });
     }
     if (this.#draining) res.shouldKeepAlive = false;
+    // An upgrade the proxy does not make (h2c, a WebSocket asked for by POST): Node's parser reads nothing after its
+    // head, so a request pipelined behind it would never be answered, its client waiting until the tunnel idled out.
+    // Answered, and the tunnel closed: the client sends what it had pipelined again on a new connection.
+    if (req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
     // A transfer coding besides chunked (`gzip, chunked`): Node undoes the chunking only, and the body would reach the
     // application still coded with nothing saying so. Refused as Envoy refuses it.
     const coding = req.headers['transfer-encoding'];

@@ -139,3 +139,20 @@ describe('request heads held unanswered by an inspected tunnel', () => {
     }
   });
 });
+
+describe('a request asking for an upgrade the proxy does not make', () => {
+  it('is answered and its tunnel ended, so that a request pipelined behind it is not left waiting unanswered', async () => {
+    const client = await tunnel();
+    try {
+      // The proxy's end of the tunnel ends (END_STREAM: the client's proxy passes it on as a FIN).
+      const ended = new Promise((resolve) => client.stream.once('end', resolve));
+      client.stream.write('GET /up HTTP/1.1\r\nHost: web.shop\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\nGET /behind HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+      expect(await settled(ended, 3_000), 'the tunnel ended').toBe(true);
+      expect(client.read()).toContain('served /up');
+      expect(client.read().toLowerCase()).toContain('connection: close');
+      expect(served).not.toContain('/behind');
+    } finally {
+      client.close();
+    }
+  });
+});
