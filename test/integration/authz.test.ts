@@ -354,6 +354,20 @@ async function applyPolicies(yaml: string, what: string): Promise<void> {
   await waitUntil(`node-b accepts ${what}`, async () => accepted() > seen);
 }
 
+/** The test's policies and a DENY named `name` of echo's connections from `source` (a YAML flow mapping). */
+function withEchoDeny(name: string, source: string): string {
+  return `${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ${name}, namespace: demo }
+spec:
+  selector: { matchLabels: { app: echo } }
+  action: DENY
+  rules:
+    - from: [{ source: ${source} }]
+`;
+}
+
 function echoOnce(ip: string, text: string): Promise<string> {
   return new Promise((resolve) => {
     const socket = connect({ host: ip, port: 9007 });
@@ -399,16 +413,7 @@ describe('authorization in the node proxy', () => {
 
   it("sees the source workload's own address (ipBlocks): a DENY of its IP denies it, a DENY of another workload's IP on the same node does not", async () => {
     const nodeB = mesh.nodes.get('node-b')!;
-    const denyFrom = (ip: string) => `${policies}---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: echo-not-from, namespace: demo }
-spec:
-  selector: { matchLabels: { app: echo } }
-  action: DENY
-  rules:
-    - from: [{ source: { ipBlocks: ["${ip}/32"] } }]
-`;
+    const denyFrom = (ip: string) => withEchoDeny('echo-not-from', `{ ipBlocks: ["${ip}/32"] }`);
     try {
       await applyPolicies(denyFrom(CLIENT_IP), 'the DENY of the client IP');
       expect(await echoOnce(CLIENT_IP, 'from client')).toBe('');
@@ -422,16 +427,7 @@ spec:
 
   it('reads serviceAccounts and trustDomains from the peer\'s certificate: a DENY of the client\'s account denies it, one of every other account lets it through', async () => {
     const nodeB = mesh.nodes.get('node-b')!;
-    const denyFrom = (source: string) => `${policies}---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: echo-not-account, namespace: demo }
-spec:
-  selector: { matchLabels: { app: echo } }
-  action: DENY
-  rules:
-    - from: [{ source: ${source} }]
-`;
+    const denyFrom = (source: string) => withEchoDeny('echo-not-account', source);
     try {
       // A bare name is in the policy's namespace (demo).
       await applyPolicies(denyFrom('{ serviceAccounts: ["client"], trustDomains: ["cluster.local"] }'), 'the DENY of the client account');
