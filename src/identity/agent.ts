@@ -380,6 +380,11 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       throw new AmbitError('BUNDLE_INVALID', `CA served no roots for our own trust domain ${this.#options.trustDomain}`);
     }
     const held = this.#ownFromCa;
+    // With no bundle of the CA's held (bundle.json lost), the withdrawn roots still say what is stale: refused as the
+    // rollback below refuses it, the bundle trusted now (the bootstrap roots, less those withdrawn) kept.
+    if (held === undefined && own.roots.some((root) => this.#withdrawnRoots.has(fingerprintOf(root)))) {
+      throw new AmbitError('BUNDLE_INVALID', `CA served the bundle of ${this.#options.trustDomain} at sequence ${own.sequence}, bringing back a root a later bundle withdrew (${WITHDRAWN_ROOTS_FILE}): refused, ours kept (a CA restored from a backup, or a stale replica)`);
+    }
     const rollback = held === undefined ? null : this.#rollback(own, held);
     if (rollback !== null && held !== undefined) {
       // Ours is kept; the other trust domains' bundles in the answer are taken all the same.

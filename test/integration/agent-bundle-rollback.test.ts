@@ -122,6 +122,45 @@ describe("the agent's own trust bundle", () => {
     expect(await trusted(), 'bundle.json missing').toEqual({ rootOne: false, verifies: false });
   });
 
+  it('refuses a restored CA\'s bundle that brings back a withdrawn root after bundle.json was lost, keeping the roots it trusts', async () => {
+    const ca = await startInProcessCa(TD, {});
+    cleanup.push(() => ca.close());
+    // Roots one and two published, a backup taken, then root one withdrawn.
+    await prepareAuthority(ca.dir);
+    await activateAuthority(ca.dir);
+    await copyFile(join(ca.dir, 'ca.json'), join(ca.dir, 'ca.json.backup'));
+    const bootstrap = (await loadCa(ca.dir)).bundle;
+    // The CA signs with root two before the node attests: its node certificate outlives root one's withdrawal.
+    for (let i = 0; i < 100 && ca.server.ownBundle().sequence !== bootstrap.sequence; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-restored-ca-'));
+    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
+    const caUrl = ca.server.url;
+    const agentFor = (joinToken?: string) => {
+      const agent = new IdentityAgent({ caUrl, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir, logger: silentLogger(), ...(joinToken === undefined ? {} : { joinToken }) });
+      cleanup.push(() => agent.stop());
+      return agent;
+    };
+    const first = agentFor(await ca.joinToken('node-a'));
+    await first.start();
+    await withdrawAuthorities(ca.dir, { graceMs: 0 });
+    const afterWithdrawal = (await loadCa(ca.dir)).bundle;
+    const withdrawnAt = afterWithdrawal.sequence;
+    const rootOne = bootstrap.roots.find((root) => !afterWithdrawal.roots.some((kept) => kept.equal(root)));
+    for (let i = 0; i < 100 && first.bundles().get(TD)?.sequence !== withdrawnAt; i++) {
+      await first.refreshBundles().catch(() => {});
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await first.stop();
+    // The CA restored from the backup (serving root one again), and the node's bundle.json lost.
+    await copyFile(join(ca.dir, 'ca.json.backup'), join(ca.dir, 'ca.json'));
+    for (let i = 0; i < 100 && ca.server.ownBundle().sequence >= withdrawnAt; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    await unlink(join(stateDir, 'bundle.json'));
+    const restarted = agentFor();
+    await restarted.start();
+    await expect(restarted.refreshBundles()).rejects.toMatchObject({ code: 'BUNDLE_INVALID', message: expect.stringContaining('bringing back a root a later bundle withdrew') });
+    expect(restarted.bundles().get(TD)?.roots.some((root) => root.equal(rootOne!))).toBe(false);
+  });
+
   it('records a root a later bundle withdrew, with the bundle, so that no bundle brings it back after a restart', async () => {
     const ca = await startInProcessCa(TD, {});
     cleanup.push(() => ca.close());
