@@ -283,6 +283,8 @@ interface TunnelState {
   readonly tunnel: Duplex;
   /** Bytes of request heads held unanswered (MAX_HELD_HEAD_BYTES_PER_TUNNEL). */
   heldBytes: number;
+  /** The sizes of the HTTP/1.1 heads pipelined behind the one being answered, in order: each is held until its turn. */
+  readonly pipelinedHeads: number[];
   /** The inspector's count of them across its tunnels (MAX_HELD_HEAD_BYTES). */
   readonly held: HeldHeads;
   /** Reset for what the client sent (a malformed request behind one in flight): answers cut by it are Envoy's DPE. */
@@ -397,9 +399,11 @@ function requestProtocolOf(contentType: unknown): RequestProtocol {
  * fill the node proxy's memory from one tunnel; past this the tunnel is reset. Clients rarely pipeline at all.
  */
 const MAX_PIPELINED_REQUESTS = 64;
+/** `upgrade` among a Connection field's options: what makes Node's parser read a request as an upgrade. */
+const UPGRADE_TOKEN = /(?:^|[\s,])upgrade(?:$|[\s,])/i;
 /**
- * Bytes of request heads a tunnel may hold unanswered (pipelined HTTP/1.1 requests, h2c requests queued for an
- * HTTP/1.1 workload), and all tunnels of the proxy together. MAX_PIPELINED_REQUESTS counts requests, not their size:
+ * Bytes of request heads a tunnel may hold unanswered behind the one being answered (pipelined HTTP/1.1 requests, h2c
+ * requests queued for an HTTP/1.1 workload), and all tunnels of the proxy together. MAX_PIPELINED_REQUESTS counts requests, not their size:
  * 63 heads of 60 KiB behind one a workload never answered held 4-6 MiB a tunnel, and one peer's 1,081 such tunnels
  * ended the proxy out of memory. Past the first bound (Envoy's per-connection buffer limit, 1 MiB: an h2c client's
  * 100 streams with 10 KiB of headers each fit) the tunnel is reset; past the second, the tunnel holding the most.
@@ -855,10 +859,11 @@ export class HttpInspector {
     const draining = () => this.#draining;
     const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, held: this.#held, cutForProtocolError: false, keepAliveS: null,
+      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, pipelinedHeads: [], held: this.#held, cutForProtocolError: false, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
-        release(state, heldHeadBytes(this.req.url ?? '', this.req.rawHeaders));
+        // Answers end in order: the next pipelined request is the one being answered now, no longer held behind.
+        if (state.pipelinedHeads.length > 0) release(state, state.pipelinedHeads.shift() as number);
         state.waitingSince = performance.now();
         // istio_requests_total: an answer never begun (the client left first) is Envoy's response code 0, flag DC.
         if (meter !== null || logRequest !== null) {
@@ -1036,7 +1041,12 @@ export class HttpInspector {
     }
     state.inFlight++;
     res.on('close', state.onResponseClose);
-    if (!this.#hold(state, heldHeadBytes(req.url ?? '', req.rawHeaders))) return;
+    // Held only behind another: a long poll alone holds nothing here.
+    if (state.inFlight > 1) {
+      const bytes = heldHeadBytes(req.url ?? '', req.rawHeaders);
+      state.pipelinedHeads.push(bytes);
+      if (!this.#hold(state, bytes)) return;
+    }
     if (state.meter !== null || state.logRequest !== null) res.prependListener('finish', state.onResponseFinish);
     if (state.meter !== null) requestStartedAt.set(res, performance.now());
     if (state.logRequest !== null) {
@@ -1046,7 +1056,7 @@ export class HttpInspector {
     // An upgrade the proxy does not make (h2c, a WebSocket asked for by POST): Node's parser reads nothing after its
     // head, so a request pipelined behind it would never be answered, its client waiting until the tunnel idled out.
     // Answered, and the tunnel closed: the client sends what it had pipelined again on a new connection.
-    if (req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
+    if (req.headers.upgrade !== undefined && UPGRADE_TOKEN.test(req.headers.connection ?? '')) res.shouldKeepAlive = false;
     // A transfer coding besides chunked (`gzip, chunked`): Node undoes the chunking only, and the body would reach the
     // application still coded with nothing saying so. Refused as Envoy refuses it.
     const coding = req.headers['transfer-encoding'];

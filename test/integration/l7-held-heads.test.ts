@@ -13,7 +13,8 @@ import { silentLogger } from '../../src/observe/log.ts';
 import { HttpInspector } from '../../src/proxy/l7.ts';
 
 const served: string[] = [];
-const workload = http.createServer((req, res) => {
+// Heads as large as the proxy takes (60 KiB), not Node's default 16 KiB.
+const workload = http.createServer({ maxHeaderSize: 64 * 1024 }, (req, res) => {
   served.push(req.url ?? '');
   if (req.url === '/never') return;
   req.resume();
@@ -115,6 +116,20 @@ describe('request heads held unanswered by an inspected tunnel', () => {
     } finally {
       session.destroy();
       carrier.close();
+    }
+  });
+
+  it('are only those behind the one being answered: tunnels each waiting on one long request hold nothing', async () => {
+    const waiting = await Promise.all([tunnel(), tunnel(), tunnel(), tunnel()]);
+    const nevers = () => served.filter((path) => path === '/never').length;
+    const before = nevers();
+    try {
+      // 4 × 45 KB of heads, more than both bounds, none of them pipelined.
+      for (const client of waiting) client.stream.write(`GET /never HTTP/1.1\r\nHost: web.shop\r\nX-Pad: ${pad(45_000)}\r\n\r\n`);
+      while (nevers() < before + 4) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(await settled(Promise.race(waiting.map((client) => client.closed)), 300), 'a tunnel reset').toBe(false);
+    } finally {
+      for (const client of waiting) client.close();
     }
   });
 
