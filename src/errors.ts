@@ -7,7 +7,7 @@ export const ERROR_CODES = {
   FILE_READ: 'a file named on the command line or in configuration cannot be read',
   FILE_WRITE: 'a file cannot be written: check the directory exists and is writable',
   STATE_DIR_LOCKED: 'another ambit process holds this state directory (one proxy or agent per directory): stop it, or give this one its own --state-dir',
-  STATE_DIR_UNSAFE: 'the state directory is not this user\'s alone (another owner, a symbolic link, or writable by group or others): whoever can write it could plant trust roots or keys',
+  STATE_DIR_UNSAFE: 'the state directory is another user\'s (its owner, or the owner of a symbolic link to it): whoever owns it could plant trust roots or keys',
 
   SPIFFE_ID_EMPTY: 'an empty string was given where a SPIFFE ID belongs',
   SPIFFE_ID_SCHEME: 'a SPIFFE ID must start with exactly "spiffe://" (lowercase)',

@@ -2,21 +2,24 @@
 // set on the temporary file (the umask cannot loosen a key's 0600) and no temporary left behind on failure. The
 // data and then the directory entry are flushed to disk (fsync) before the call resolves: after a power loss a
 // node SVID, a CA key or a node record is either the old file or the new one, never an empty or truncated one.
-import { lstat, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { dirname } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AmbitError } from '../errors.ts';
 
 /**
- * Refuses a directory of keys and trust anchors that someone else could write (OpenSSH's StrictModes, for ambit's state
- * directory): one owned by another user (made in advance under a world-writable parent), writable by group or others,
- * or reached by a symbolic link another user owns. Its files (the trust bundle, the roots seen) are read as the CA's word at the next start:
- * planted there, a root of an attacker's would vouch for any identity to this node.
+ * Refuses a directory of keys and trust anchors that another user owns (OpenSSH's StrictModes, for ambit's state
+ * directory): one made in advance under a world-writable parent, or reached by a symbolic link another user owns. Its
+ * files (the trust bundle, the roots seen) are read as the CA's word at the next start: planted there, a root of an
+ * attacker's would vouch for any identity to this node. One of this user's that its group or others may write (an
+ * emptyDir is 0777, an fsGroup volume 2775) is made 0700, and the change returned to be said.
  */
-export async function checkPrivateDirectory(dir: string): Promise<void> {
-  const link = await lstat(dir);
-  const info = link.isSymbolicLink() ? await stat(dir) : link;
+export async function checkPrivateDirectory(dir: string): Promise<string | null> {
+  // Without a trailing "/", which would make lstat follow a link.
+  const path = resolve(dir);
+  const link = await lstat(path);
+  const info = link.isSymbolicLink() ? await stat(path) : link;
   const uid = process.getuid?.();
   let problem: string | null = null;
   // A link is followed (/var/lib/ambit -> /data/ambit), if its owner is this user or root: whoever owns it can point it
@@ -24,12 +27,14 @@ export async function checkPrivateDirectory(dir: string): Promise<void> {
   if (link.isSymbolicLink() && uid !== undefined && link.uid !== uid && link.uid !== 0) problem = `is a symbolic link owned by uid ${link.uid}`;
   else if (!info.isDirectory()) problem = 'is not a directory';
   else if (uid !== undefined && info.uid !== uid) problem = `is owned by uid ${info.uid}, not by this process's (${uid})`;
-  else if ((info.mode & 0o022) !== 0) problem = `is writable by ${(info.mode & 0o020) !== 0 ? 'its group' : 'others'} (mode ${(info.mode & 0o777).toString(8)})`;
   if (problem !== null) {
     throw new AmbitError('STATE_DIR_UNSAFE', `${dir} ${problem}: refused, since whoever can write it could plant trust roots or keys`, {
-      hint: `give it to this user alone (chown ${uid ?? 'USER'} ${dir}; chmod 700 ${dir}), or point ambit at a directory of its own`,
+      hint: `give it to this user (chown ${uid ?? 'USER'} ${dir}; chmod 700 ${dir}), or point ambit at a directory of its own`,
     });
   }
+  if ((info.mode & 0o022) === 0) return null;
+  await chmod(path, 0o700);
+  return `${dir} was writable by group or others (mode ${(info.mode & 0o7777).toString(8)}): made 0700`;
 }
 
 export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {

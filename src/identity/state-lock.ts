@@ -157,7 +157,8 @@ export class StateDirLock {
       const code = (error as NodeJS.ErrnoException).code;
       throw new AmbitError('FILE_WRITE', `state directory ${dir} cannot be created: ${code === 'EEXIST' || code === 'ENOTDIR' ? 'a file is in the way' : (code ?? (error as Error).message)}`, { cause: error });
     }
-    await checkPrivateDirectory(dir);
+    const tightened = await checkPrivateDirectory(dir);
+    if (tightened !== null) logger.warn({ dir }, `state directory ${tightened}, as its keys and trust bundle need`);
     const file = join(dir, LOCK_FILE);
     const ours: Holder = { pid: process.pid, host: hostname(), pidNamespace: await pidNamespace(), bootId: bootId(), startedAt: new Date().toISOString(), token: randomUUID() };
     let warnedAtMs = 0;

@@ -53,11 +53,17 @@ describe('the state directory, whose files are read as the CA\'s word', () => {
     await lock.release();
   });
 
-  it.each([[0o770, 'its group'], [0o707, 'others'], [0o777, 'its group']])('is refused when writable by more than its owner (mode %s), naming the directory', async (mode, who) => {
+  it.each([0o770, 0o707, 0o777, 0o2775])('is made 0700 when its group or others may write it (mode %o: an emptyDir, an fsGroup volume), saying so', async (mode) => {
     const state = join(dir, 'state');
     await mkdir(state);
     await chmod(state, mode);
-    await expect(StateDirLock.acquire(state, silentLogger(), { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_UNSAFE', message: expect.stringContaining(`${state} is writable by ${who}`) });
+    const warned: string[] = [];
+    const logger = silentLogger();
+    const capture = Object.assign(logger, { warn: (_fields: unknown, message: string) => void warned.push(message) });
+    const lock = await StateDirLock.acquire(`${state}/`, capture, { wait: false });
+    await lock.release();
+    expect((await stat(state)).mode & 0o7777).toBe(0o700);
+    expect(warned).toEqual([expect.stringContaining(`was writable by group or others (mode ${mode.toString(8)}): made 0700`)]);
   });
 
   it.skipIf(!isRoot)('is refused when another user owns it (made in advance under a world-writable parent), or owns the link to it', async () => {
@@ -71,6 +77,8 @@ describe('the state directory, whose files are read as the CA\'s word', () => {
     await symlink(ours, link);
     await lchown(link, 65534, 65534);
     await expect(StateDirLock.acquire(link, silentLogger(), { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_UNSAFE', message: expect.stringContaining('is a symbolic link owned by uid 65534') });
+    // Written with a trailing "/", which makes lstat follow the link: judged as the link all the same.
+    await expect(StateDirLock.acquire(`${link}/`, silentLogger(), { wait: false })).rejects.toMatchObject({ code: 'STATE_DIR_UNSAFE', message: expect.stringContaining('is a symbolic link owned by uid 65534') });
   });
 });
 
