@@ -832,7 +832,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       stillValid ? 'certificate renewal failed; the current certificate keeps serving' : 'certificate request failed; no valid certificate for this identity',
     );
     if (this.listenerCount('failed') > 0) this.emit('failed', { spiffeId: entry.spiffeId, error });
-    if (!stillValid && !reattesting) IdentityAgent.#rejectFailFast(entry, error);
+    // Over the node's signing budget is no failure of this identity's: it is asked for again after the CA's Retry-After.
+    if (!stillValid && !reattesting && error.code !== 'CA_RATE_LIMITED') IdentityAgent.#rejectFailFast(entry, error);
     this.#renewSoon(entry, delayMs);
     // Also while the certificate is still valid: it may expire before its next retry, up to 150 s away.
     if (entry.unreachable) this.#probeLater();
