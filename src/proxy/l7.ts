@@ -403,10 +403,11 @@ const MAX_PIPELINED_REQUESTS = 64;
 const UPGRADE_TOKEN = /(?:^|[\s,])upgrade(?:$|[\s,])/i;
 /**
  * Bytes of request heads a tunnel may hold unanswered behind the one being answered (pipelined HTTP/1.1 requests, h2c
- * requests queued for an HTTP/1.1 workload), and all tunnels of the proxy together. MAX_PIPELINED_REQUESTS counts requests, not their size:
- * 63 heads of 60 KiB behind one a workload never answered held 4-6 MiB a tunnel, and one peer's 1,081 such tunnels
- * ended the proxy out of memory. Past the first bound (Envoy's per-connection buffer limit, 1 MiB: an h2c client's
- * 100 streams with 10 KiB of headers each fit) the tunnel is reset; past the second, the tunnel holding the most.
+ * requests queued for an HTTP/1.1 workload), and all tunnels of the proxy together. MAX_PIPELINED_REQUESTS counts
+ * requests, not their size: 63 heads of 60 KiB behind one a workload never answered held 4-6 MiB a tunnel, and one
+ * peer's 1,081 such tunnels ended the proxy out of memory. Past the first bound (Envoy's per-connection buffer limit,
+ * 1 MiB: an h2c client's 100 streams with 10 KiB of headers each fit) the tunnel is reset; past the second, the tunnel
+ * holding the most.
  */
 const MAX_HELD_HEAD_BYTES_PER_TUNNEL = 1024 * 1024;
 const MAX_HELD_HEAD_BYTES = 64 * 1024 * 1024;
@@ -417,6 +418,7 @@ function heldHeadBytes(target: string, rawHeaders: readonly string[]): number {
   for (let i = 0; i < rawHeaders.length; i++) bytes += (rawHeaders[i] as string).length + 2;
   return bytes;
 }
+
 /**
  * How long a tunnel whose workload closed, its answer sent, waits for the client to end its side before asking it to
  * stop sending (RST_STREAM NO_ERROR, which lets what the client's proxy still holds of the answer reach it).
@@ -1014,7 +1016,6 @@ export class HttpInspector {
     resetTunnel(largest.tunnel);
     return largest !== state;
   }
-
 
   async close(): Promise<void> {
     this.#h1.closeAllConnections();
