@@ -245,7 +245,7 @@ function principalMatcher(source: PolicySource, trustDomain: string, policyNames
   if (source.serviceAccounts !== undefined) lists.push(new StringMatcher([], false, false, serviceAccounts(source.serviceAccounts, policyNamespace)));
   if (source.trustDomains !== undefined) lists.push(new StringMatcher([], false, false, trustDomains(source.trustDomains)));
   if (lists.length <= 1) return lists[0] ?? null;
-  return new StringMatcher([], false, false, [new AllTest(lists, 'principals, serviceAccounts and trustDomains')]);
+  return new StringMatcher([], false, false, [new AllTest(lists)]);
 }
 
 /** The principals a source excludes: any of notPrincipals, notServiceAccounts or notTrustDomains. */

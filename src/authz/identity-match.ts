@@ -6,11 +6,10 @@
 // - a trust domain is `*` (any peer with an identity), exact (`spiffe://TD/...`), or a prefix or suffix of the trust
 //   domain (`spiffe://P[^/]*S/.*`).
 // Scans, not regular expressions: linear in the principal whatever a peer presents, and nothing allocated.
-import type { ValueTest } from './match.ts';
+import type { StringMatcher, ValueTest } from './match.ts';
 
 /** One value of `serviceAccounts` (or source.serviceAccount), its namespace resolved. */
 export class ServiceAccountTest implements ValueTest {
-  readonly text: string;
   /** `/ns/NS/` */
   readonly #namespaceMark: string;
   /** `sa/SA` */
@@ -20,7 +19,6 @@ export class ServiceAccountTest implements ValueTest {
     const slash = written.indexOf('/');
     const namespace = slash < 0 ? policyNamespace : written.slice(0, slash);
     const account = slash < 0 ? written : written.slice(slash + 1);
-    this.text = written;
     this.#namespaceMark = `/ns/${namespace}/`;
     this.#accountMark = `sa/${account}`;
   }
@@ -44,14 +42,12 @@ export class ServiceAccountTest implements ValueTest {
 
 /** One value of `trustDomains` (or source.trustDomain): `*`, `TD`, `PREFIX*` or `*SUFFIX`. */
 export class TrustDomainTest implements ValueTest {
-  readonly text: string;
   readonly #start: string;
   readonly #end: string;
   readonly #any: boolean;
   readonly #exact: boolean;
 
   constructor(written: string) {
-    this.text = written;
     this.#any = written === '*';
     const star = written.indexOf('*');
     this.#exact = star < 0;
@@ -71,17 +67,15 @@ export class TrustDomainTest implements ValueTest {
 
 /** Every one holds: a source's principals (or service accounts) and its trust domains, which Istio ANDs. */
 export class AllTest implements ValueTest {
-  readonly text: string;
-  readonly #matchers: readonly { matches(value: string): boolean }[];
+  readonly #matchers: readonly StringMatcher[];
 
-  constructor(matchers: readonly { matches(value: string): boolean }[], text: string) {
-    this.text = text;
+  constructor(matchers: readonly StringMatcher[]) {
     this.#matchers = matchers;
   }
 
   test(principal: string): boolean {
     const matchers = this.#matchers;
-    for (let i = 0; i < matchers.length; i++) if (!(matchers[i] as { matches(value: string): boolean }).matches(principal)) return false;
+    for (let i = 0; i < matchers.length; i++) if (!(matchers[i] as StringMatcher).matches(principal)) return false;
     return true;
   }
 }

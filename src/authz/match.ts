@@ -4,8 +4,6 @@ import { isIPv4, isIPv6 } from 'node:net';
 
 /** A test a StringMatcher runs besides its exact, prefix and suffix values: a path template, a service account. */
 export interface ValueTest {
-  /** As written in the policy. */
-  readonly text: string;
   test(value: string): boolean;
 }
 

@@ -71,12 +71,10 @@ const WIDE_ANY = '[^]*';
 
 /** A checked template, compiled once per configuration change. */
 export class PathTemplate implements ValueTest {
-  readonly text: string;
   readonly #pattern: RegExp;
 
   /** `wide`: `{*}` and `{**}` match every character but "/" (and "/" for `{**}`), not only Envoy's (see above). */
   constructor(template: string, wide: boolean) {
-    this.text = template;
     const one = wide ? WIDE_ONE : NARROW_ONE;
     const any = wide ? WIDE_ANY : NARROW_ANY;
     const body = template.slice(1).split('/').map((segment) => (segment === ONE ? one : segment === ANY ? any : escapeRegExp(segment))).join('/');
