@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IdentityAgent } from '../../src/identity/agent.ts';
+import type { TrustBundle } from '../../src/identity/bundle.ts';
 import { activateAuthority, loadCa, prepareAuthority, withdrawAuthorities } from '../../src/identity/ca/store.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { fingerprintOf, verifySvid } from '../../src/identity/svid.ts';
@@ -17,6 +18,16 @@ const cleanup: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   for (const step of cleanup.splice(0).reverse()) await step().catch(() => {});
 });
+
+/**
+ * An agent of node-a on `stateDir`, trusting `bootstrap` first, stopped after the test; with a join token for its
+ * first start. `caUrl` is read once: a test may close the CA and start the agent again against it, unreachable.
+ */
+function agentOf(caUrl: string, bootstrap: TrustBundle, stateDir: string, joinToken?: string): IdentityAgent {
+  const agent = new IdentityAgent({ caUrl, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir, logger: silentLogger(), ...(joinToken === undefined ? {} : { joinToken }) });
+  cleanup.push(() => agent.stop());
+  return agent;
+}
 
 describe("the agent's own trust bundle", () => {
   it('is stored in the state directory even when the bootstrap bundle was already the one the CA serves', async () => {
@@ -47,11 +58,7 @@ describe("the agent's own trust bundle", () => {
     await withdrawAuthorities(ca.dir, { graceMs: 0 });
     const stateDir = await mkdtemp(join(tmpdir(), 'ambit-rollback-'));
     cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
-    const agentFor = (joinToken?: string) => {
-      const agent = new IdentityAgent({ caUrl: ca.server.url, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir, logger: silentLogger(), ...(joinToken ? { joinToken } : {}) });
-      cleanup.push(() => agent.stop());
-      return agent;
-    };
+    const agentFor = (joinToken?: string) => agentOf(ca.server.url, bootstrap, stateDir, joinToken);
     const current = (await loadCa(ca.dir)).bundle;
     expect(current.roots).toHaveLength(1);
     await expect.poll(() => ca.server.ownBundle().sequence, { timeout: 10_000 }).toBe(current.sequence);
@@ -85,11 +92,7 @@ describe("the agent's own trust bundle", () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'ambit-withdrawn-bootstrap-'));
     cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
     const caUrl = ca.server.url;
-    const agentFor = (joinToken?: string) => {
-      const agent = new IdentityAgent({ caUrl, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir, logger: silentLogger(), ...(joinToken === undefined ? {} : { joinToken }) });
-      cleanup.push(() => agent.stop());
-      return agent;
-    };
+    const agentFor = (joinToken?: string) => agentOf(caUrl, bootstrap, stateDir, joinToken);
     const first = agentFor(await ca.joinToken('node-a'));
     await first.start();
     // A certificate root one signed: what anyone holding its leaked key could make.
@@ -135,11 +138,7 @@ describe("the agent's own trust bundle", () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'ambit-restored-ca-'));
     cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
     const caUrl = ca.server.url;
-    const agentFor = (joinToken?: string) => {
-      const agent = new IdentityAgent({ caUrl, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: bootstrap, stateDir, logger: silentLogger(), ...(joinToken === undefined ? {} : { joinToken }) });
-      cleanup.push(() => agent.stop());
-      return agent;
-    };
+    const agentFor = (joinToken?: string) => agentOf(caUrl, bootstrap, stateDir, joinToken);
     const first = agentFor(await ca.joinToken('node-a'));
     await first.start();
     await withdrawAuthorities(ca.dir, { graceMs: 0 });
