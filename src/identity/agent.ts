@@ -88,6 +88,12 @@ const OWN_BUNDLE_FILE = 'bundle.json';
 const BOOTSTRAP_SEEN_FILE = 'bootstrap-roots.json';
 /** SHA-256 fingerprints of our own roots a bundle from the CA dropped: never taken back, also after a restart. */
 const WITHDRAWN_ROOTS_FILE = 'withdrawn-roots.json';
+/**
+ * The other trust domains' bundles as the CA last served them (a SPIFFE bundle map). Without it a node restarted while
+ * the CA is out of reach trusts no federated peer until the CA answers: a restart would end traffic across domains
+ * that the running proxy carried.
+ */
+const FEDERATED_BUNDLES_FILE = 'federated-bundles.json';
 
 /** The CA answered, with something other than a certificate: its status says whether trying again can help. */
 class CaRefusal extends AmbitError {
@@ -190,6 +196,8 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
   #probeTimer: NodeJS.Timeout | undefined;
   /** Our trust domain's bundle from the CA is in the state directory (loaded from it, or written to it). */
   #ownStored = false;
+  /** The other trust domains' bundles as stored (FEDERATED_BUNDLES_FILE), or as last written: unchanged, not written again. */
+  #federatedStored: BundleSet = new BundleSet();
   #ownSequenceFromCa: bigint | undefined;
   /** Our trust domain's bundle as the CA last served it (or as stored from that, after a restart): what a rollback is judged against. */
   #ownFromCa: TrustBundle | undefined;
@@ -263,6 +271,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     this.#wallClock = setInterval(() => this.#catchUp(), WALL_CLOCK_CHECK_MS);
     this.#wallClock.unref();
     await this.#loadStoredBundle();
+    await this.#loadStoredFederatedBundles();
     const entry = this.#entry(this.#nodeId);
     const stored = await this.#loadStoredNodeSvid();
     if (stored) {
@@ -422,6 +431,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
     }
     this.#bundles = next;
     this.#persistOwnBundle(own);
+    this.#persistFederatedBundles(next);
     this.#logger.info({ trustDomains: next.trustDomains(), ownSequence: own.sequence.toString(), ownRoots: own.roots.length }, 'trust bundles updated');
     this.emit('bundles', next);
   }
@@ -1042,6 +1052,49 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       // Parse errors quote the text: not the stored file's (a symlink could put a secret there), only the file and why.
       this.#logger.warn({ err: toAmbitError(error, 'BUNDLE_INVALID').code, file }, 'stored trust bundle is unreadable; using the bootstrap bundle');
     }
+  }
+
+  /**
+   * The other trust domains' bundles the CA served last, trusted until it answers again: they came over its
+   * authenticated connection, as our own did, and a restart must not change whom the node trusts.
+   */
+  async #loadStoredFederatedBundles(): Promise<void> {
+    const dir = this.#options.stateDir;
+    if (!dir) return;
+    const file = join(dir, FEDERATED_BUNDLES_FILE);
+    let stored: BundleSet;
+    try {
+      stored = BundleSet.fromMapJson(await readFile(file, 'utf8'));
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      // Parse errors quote the text: not the stored file's (a symlink could put a secret there), only the file and why.
+      if (code !== 'ENOENT') this.#logger.warn({ file, err: code ?? String(error) }, 'stored federated trust bundles cannot be read: no other trust domain is trusted until the CA answers');
+      return;
+    }
+    // Our own trust domain's bundle is bundle.json's alone (with its rollback and withdrawal rules), never this file's.
+    const others = [...stored].filter((bundle) => bundle.trustDomain !== this.#options.trustDomain && bundle.roots.length > 0);
+    this.#federatedStored = new BundleSet(others);
+    if (others.length === 0) return;
+    this.#bundles = new BundleSet([...this.#bundles, ...others]);
+    this.#logger.info({ file, trustDomains: others.map((bundle) => bundle.trustDomain) }, 'federated trust bundles loaded from the state directory, until the CA serves them');
+  }
+
+  /** Stores the other trust domains' bundles of `served` when they differ from what is stored. */
+  #persistFederatedBundles(served: BundleSet): void {
+    const dir = this.#options.stateDir;
+    if (!dir) return;
+    const others = new BundleSet([...served].filter((bundle) => bundle.trustDomain !== this.#options.trustDomain));
+    const stored = this.#federatedStored;
+    if (others.trustDomains().join() === stored.trustDomains().join() && [...others].every((bundle) => bundlesEqual(bundle, stored.get(bundle.trustDomain) as TrustBundle))) return;
+    this.#federatedStored = others;
+    this.#persisting = this.#persisting.then(async () => {
+      try {
+        await makeDirs(dir, 0o700);
+        await writeFileAtomic(join(dir, FEDERATED_BUNDLES_FILE), others.toMapJson(), 0o644);
+      } catch (error) {
+        this.#logger.error({ err: toAmbitError(error, 'FILE_WRITE').toJSON(), dir }, 'cannot store the federated trust bundles: a restart while the CA is out of reach would trust no other trust domain');
+      }
+    });
   }
 
   /** A JSON list of fingerprints the agent stored; null when absent, and when unreadable too, saying so. */

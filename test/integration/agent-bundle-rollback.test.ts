@@ -6,11 +6,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IdentityAgent } from '../../src/identity/agent.ts';
+import { BundleSet, createBundle } from '../../src/identity/bundle.ts';
 import type { TrustBundle } from '../../src/identity/bundle.ts';
 import { activateAuthority, loadCa, prepareAuthority, withdrawAuthorities } from '../../src/identity/ca/store.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { fingerprintOf, verifySvid } from '../../src/identity/svid.ts';
 import { startInProcessCa } from '../helpers/ca.ts';
+import { createTestCa } from '../helpers/certs.ts';
 
 const TD = 'cluster.local';
 
@@ -204,5 +206,34 @@ describe("the agent's own trust bundle", () => {
     expect(agent.bundles().get(TD)?.roots).toHaveLength(2);
     const withdrawn = JSON.parse(await readFile(join(stateDir, 'withdrawn-roots.json'), 'utf8').catch(() => '[]')) as string[];
     expect(withdrawn).toEqual([]);
+  });
+
+  it('is never taken from the stored federated bundles, which are read only for other trust domains and ignored when unreadable', async () => {
+    const ca = await startInProcessCa(TD, {});
+    cleanup.push(() => ca.close());
+    const stateDir = await mkdtemp(join(tmpdir(), 'ambit-federated-stored-'));
+    cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
+    const caUrl = ca.server.url;
+    const bootstrap = ca.server.ownBundle();
+    const first = agentOf(caUrl, bootstrap, stateDir, await ca.joinToken('node-a'));
+    await first.start();
+    await first.stop();
+    await ca.close();
+    // The file written by someone else (or damaged): a root of its own for our trust domain, and one for other.test.
+    const rogue = (await createTestCa(TD)).root.cert;
+    const other = (await createTestCa('other.test')).root.cert;
+    await writeFile(join(stateDir, 'federated-bundles.json'), new BundleSet([createBundle(TD, [rogue]), createBundle('other.test', [other])]).toMapJson());
+    const trusted = async () => {
+      const agent = agentOf(caUrl, bootstrap, stateDir);
+      await agent.start();
+      const result = Object.fromEntries([...agent.bundles()].map((bundle) => [bundle.trustDomain, bundle.roots.map((root) => root.serialNumber)]));
+      await agent.stop();
+      return result;
+    };
+    expect(await trusted()).toEqual({ [TD]: bootstrap.roots.map((root) => root.serialNumber), 'other.test': [other.serialNumber] });
+    for (const damaged of ['{"trust_domains": {"other.test": {"keys": [{"use": "x509-svid"}]}}}', 'not json', '']) {
+      await writeFile(join(stateDir, 'federated-bundles.json'), damaged);
+      expect(await trusted(), damaged).toEqual({ [TD]: bootstrap.roots.map((root) => root.serialNumber) });
+    }
   });
 });

@@ -725,11 +725,31 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     await one.proc.waitFor((line) => line.msg === 'federated bundle updated' && line.trustDomain === 'two.test');
     expect(await trustDomainsServedByOne()).toEqual(['one.test', 'two.test']);
 
+    // A node of one.test keeps two.test's bundle in its state directory beside its own: restarted while its CA is out
+    // of reach, it trusts two.test's peers as it did before (a restart must not change whom a node trusts).
+    const stateDir = join(dir, 'state-a');
+    const bootstrapOne = await bundleOf(caOne, 'one.test');
+    const rootsOfTwo = (await bundleOf(caTwo, 'two.test')).roots.map((root) => root.serialNumber);
+    const agent = inProcessAgent(one, 'one.test', 'node-a', bootstrapOne, { joinToken: await createToken(caOne, 'node-a'), stateDir });
+    await agent.start();
+    await agent.refreshBundles();
+    expect(agent.bundles().trustDomains()).toEqual(['one.test', 'two.test']);
+    await agent.stop();
+    /** What a restarted agent of node-a trusts before `ca` (out of reach) answers: trust domain → root serials. */
+    const trustedOffline = async (ca: RunningCa): Promise<Record<string, string[]>> => {
+      const offline = inProcessAgent(ca, 'one.test', 'node-a', bootstrapOne, { stateDir });
+      await offline.start();
+      const trusted = Object.fromEntries([...offline.bundles()].map((bundle) => [bundle.trustDomain, bundle.roots.map((root) => root.serialNumber)]));
+      await offline.stop();
+      return trusted;
+    };
+
     // A restart with two.test's endpoint down still serves its last bundle, kept in DIR/federation/.
     const kept = join(caOne, 'federation', 'two.test.json');
     await waitUntil('the federated bundle kept', async () => (await readFile(kept, 'utf8').catch(() => '')).includes('two.test'));
     await two.proc.stop();
     await one.proc.stop();
+    expect((await trustedOffline(one))['two.test']).toEqual(rootsOfTwo);
     const restarted = await startCa(caOne, configOne, 0, ['--federation-min-refresh', '200ms']);
     const servedAfterRestart = Object.keys((JSON.parse(await httpsGet(`${restarted.url}/v1/bundles`)) as { trust_domains: Record<string, unknown> }).trust_domains).sort();
     expect(servedAfterRestart).toEqual(['one.test', 'two.test']);
@@ -739,5 +759,13 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(Object.keys((JSON.parse(await httpsGet(`${restarted.url}/v1/bundles`)) as { trust_domains: Record<string, unknown> }).trust_domains)).toEqual(['one.test']);
     // Removed, its kept bundle goes too: adding it back starts from its bootstrap bundle.
     await waitUntil('the kept bundle removed', async () => (await readFile(kept, 'utf8').catch(() => null)) === null);
+    // And from the node's state directory once the CA has said so: a restart does not bring two.test back.
+    const told = inProcessAgent(restarted, 'one.test', 'node-a', bootstrapOne, { stateDir });
+    await told.start();
+    await told.refreshBundles();
+    expect(told.bundles().trustDomains()).toEqual(['one.test']);
+    await told.stop();
+    await restarted.proc.stop();
+    expect(Object.keys(await trustedOffline(restarted))).toEqual(['one.test']);
   });
 });
