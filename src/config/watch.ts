@@ -10,6 +10,8 @@ import type { AuditLog } from './audit.ts';
 import { diffSnapshots, isEmptyDiff } from './diff.ts';
 import type { ConfigDiff } from './diff.ts';
 import { listConfigFiles, loadConfigDir, ParsedFiles } from './loader.ts';
+import { labelOf } from './objects.ts';
+import { buildSnapshot } from './snapshot.ts';
 import type { ConfigSnapshot } from './snapshot.ts';
 
 /** A read that may succeed if tried again as it is (out of descriptors): the poll retries it; other failures wait for an edit. */
@@ -277,6 +279,8 @@ class DirectoryWatcher implements ConfigWatcher {
     const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && judged.get(file)?.identity === afterState.files.get(file)?.identity);
     if (emptied.length > 0) {
       this.#judged = afterState.files;
+      // What the change adds elsewhere (a new DENY among it) is not held back by these files.
+      const added = this.#applyAdditions(prev, next, diff, new Set(emptied));
       // A file held as blank is then truncated by the next in-place write: still the same hold, said once. A change to
       // another file meanwhile is said again: it waits too.
       let key = emptied.join('\0');
@@ -285,27 +289,56 @@ class DirectoryWatcher implements ConfigWatcher {
       this.#emptiedReported = key;
       // `kubectl get ... -o yaml > policies.yaml` empties the file, then waits for the API server, often longer than
       // the debounce: loading that moment would drop every DENY the file held. Removing a file removes its objects.
-      this.#reject(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; this change waits until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`));
+      this.#reject(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; ${added ? 'the objects this change adds in other files are applied, the rest of it waits' : 'this change waits'} until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`));
       return;
     }
-    const unsettledMs = this.#unsettled(diff, afterState, judged);
-    if (unsettledMs > 0) {
+    const unsettled = this.#unsettled(diff, afterState, judged);
+    if (unsettled.waitMs > 0) {
+      this.#applyAdditions(prev, next, diff, unsettled.files);
       // Judged again once the file has held still: the poll has seen this state already, so it is this timer's to do.
       clearTimeout(this.#settleTimer);
-      this.#settleTimer = setTimeout(this.#schedule, unsettledMs);
+      this.#settleTimer = setTimeout(this.#schedule, unsettled.waitMs);
       return;
     }
     this.#judged = afterState.files;
     this.#emptiedReported = undefined;
+    if (!this.#apply(next, prev, diff)) return;
+    this.#settle();
+  }
+
+  /** Puts `next` in force unless the owner refuses it (reported, the last good configuration kept); true when applied. */
+  #apply(next: ConfigSnapshot, prev: ConfigSnapshot, diff: ConfigDiff): boolean {
     const refusal = this.#options.accept?.(next, prev);
     if (refusal !== undefined) {
       this.#reject(new AmbitError('CONFIG_FIELD', `${this.#dir}: ${refusal}; the last good configuration stays in force`));
-      return;
+      return false;
     }
     this.#snapshot = next;
     this.#audit(next, prev, diff);
     this.#options.onChange(next, prev, diff);
-    this.#settle();
+    return true;
+  }
+
+  /**
+   * While `held` files wait (emptied in place, or written in place and not yet still), the objects the change adds in
+   * the other files apply on their own, so that a DENY written meanwhile is not held back by a file being rewritten:
+   * only additions, which cannot drop what is in force (a removal or a change elsewhere may be half of an object moving
+   * into a held file). Objects that do not stand without the rest of the change (one moving out of a held file, two
+   * workloads on one IP) wait with it. True when some were applied.
+   */
+  #applyAdditions(prev: ConfigSnapshot, next: ConfigSnapshot, diff: ConfigDiff, held: ReadonlySet<string>): boolean {
+    const added = new Set<string>();
+    for (const ref of diff.added) if (!held.has(ref.file)) added.add(ref.object);
+    if (added.size === 0) return false;
+    const objects = [...prev.objects];
+    for (const object of next.objects) if (added.has(labelOf(object))) objects.push(object);
+    let partial: ConfigSnapshot;
+    try {
+      partial = buildSnapshot(objects, { dir: prev.dir, requireMesh: this.#options.requireMesh ?? false, where: this.#dir });
+    } catch {
+      return false;
+    }
+    return this.#apply(partial, prev, diffSnapshots(prev, partial));
   }
 
   #reject(error: AmbitError): void {
@@ -319,22 +352,29 @@ class DirectoryWatcher implements ConfigWatcher {
     this.#options.onSettled?.();
   }
 
-  /** How long until every file written in place whose change takes objects or fields away has held still; 0 when none. */
-  #unsettled(diff: ConfigDiff, state: TreeState, judged: TreeState['files']): number {
+  /**
+   * How long until every file written in place whose change takes objects or fields away has held still (0 when
+   * none), and which of them have not yet.
+   */
+  #unsettled(diff: ConfigDiff, state: TreeState, judged: TreeState['files']): { waitMs: number; files: Set<string> } {
     const now = performance.now();
     const settleMs = this.#options.inPlaceSettleMs ?? IN_PLACE_SETTLE_MS;
     let wait = 0;
+    const files = new Set<string>();
     // Timed from when this watcher saw the file so, not from its mtime: a file server's clock, `cp -p` or `touch -d`
     // set mtimes this host's clock knows nothing of.
     const consider = (file: string) => {
       const info = state.files.get(file);
       if (info === undefined || judged.get(file)?.identity !== info.identity) return;
       const since = this.#seenSince.get(file)?.atMs ?? now;
-      wait = Math.max(wait, settleMs - (now - since));
+      const left = settleMs - (now - since);
+      if (left <= 0) return;
+      files.add(file);
+      wait = Math.max(wait, left);
     };
     for (const ref of diff.removed) consider(ref.file);
     for (const change of diff.changed) if (change.fields.length > 0) consider(change.file);
-    return Math.ceil(wait);
+    return { waitMs: Math.ceil(wait), files };
   }
 
   #noteChanges(state: TreeState): void {

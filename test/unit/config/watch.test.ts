@@ -172,11 +172,15 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(recorder.events.map((event) => event.type === 'error' && event.error.code)).toEqual(['CONFIG_FILE_EMPTIED']);
       expect(watcher.current()).toBe(good);
 
-      // Another file changed meanwhile: that change waits too, and is said.
+      // Another file changed meanwhile: what it adds applies (a new DENY is never held back), and the hold is said again.
       await replaceFiles(dir, { 'other.yaml': validPod('10.0.0.9').replace('name: web', 'name: other') });
+      const added = await recorder.next();
+      expect(added.type === 'change' && added.diff).toEqual({ added: [{ object: 'Pod default/other', file: 'other.yaml' }], removed: [], changed: [] });
       const waiting = await recorder.next();
       expect(waiting.type === 'error' && waiting.error.code).toBe('CONFIG_FILE_EMPTIED');
-      expect(watcher.current()).toBe(good);
+      expect(waiting.type === 'error' && waiting.error.message).toContain('the objects this change adds in other files are applied, the rest of it waits');
+      expect(watcher.current().workloadByIp('10.0.0.1')?.name).toBe('web');
+      expect(watcher.current().workloadByIp('10.0.0.9')?.name).toBe('other');
 
       await writeFiles(dir, { 'pod.yaml': validPod('10.0.0.2') });
       expect((await recorder.next()).type).toBe('change');
@@ -234,6 +238,38 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       await utimes(join(dir, 'pods.yaml'), ahead, ahead);
       const afterSettle = await recorder.next(5_000);
       expect(afterSettle.type === 'change' && afterSettle.diff.removed).toEqual([{ object: 'Pod default/other', file: 'pods.yaml' }]);
+    });
+
+    it('applies at once what a change adds in other files while a file written in place waits, but nothing it removes or changes there', async () => {
+      const web = validPod('10.0.0.1');
+      const other = validPod('10.0.0.9').replace('name: web', 'name: other');
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pods.yaml': `${web}---\n${other}`, 'extra.yaml': validPod('10.0.0.5').replace('name: web', 'name: extra') });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, { ...options, inPlaceSettleMs: 1500 });
+
+      // pods.yaml half rewritten in place (its second document not yet there); meanwhile a new file arrives by rename
+      // and extra.yaml loses its pod by rename: only the new file's object applies before pods.yaml holds still.
+      await writeFiles(dir, { 'pods.yaml': `${web}---\n` });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await replaceFiles(dir, { 'new.yaml': validPod('10.0.0.7').replace('name: web', 'name: fresh'), 'extra.yaml': '# moved\n' });
+      const added = await recorder.next(1000);
+      expect(added.type === 'change' && added.diff).toEqual({ added: [{ object: 'Pod default/fresh', file: 'new.yaml' }], removed: [], changed: [] });
+      expect(watcher.current().workloadByIp('10.0.0.9')?.name).toBe('other');
+      expect(watcher.current().workloadByIp('10.0.0.5')?.name).toBe('extra');
+      // Then the rest, once pods.yaml has held still.
+      const rest = await recorder.next(5000);
+      expect(rest.type === 'change' && rest.diff.removed.map((ref) => ref.object).sort()).toEqual(['Pod default/extra', 'Pod default/other']);
+      expect(recorder.events.filter((event) => event.type === 'error')).toEqual([]);
+
+      // An object that only stands with the rest of the change (a pod moving out of the emptied file, its IP taken
+      // twice until that file is read again) waits with it.
+      await writeFiles(dir, { 'pods.yaml': '' });
+      const held = await recorder.next();
+      expect(held.type === 'error' && held.error.code).toBe('CONFIG_FILE_EMPTIED');
+      await replaceFiles(dir, { 'moved.yaml': validPod('10.0.0.1').replace('name: web', 'name: moved') });
+      const waiting = await recorder.next();
+      expect(waiting.type === 'error' && waiting.error.message).toContain('this change waits');
+      expect(watcher.current().workloadByIp('10.0.0.1')?.name).toBe('web');
     });
 
     it('loads again when a broken link that was refused is removed, without waiting for another edit', async () => {
