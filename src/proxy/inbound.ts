@@ -232,6 +232,8 @@ export interface InboundOptions {
 
 export interface RequestInspection {
   readonly decide: RequestDecider;
+  /** The configuration in force, by identity: a request sent on under another than it was decided under is decided again. */
+  readonly inForce: () => object;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
   /** The HTTP version the workload's port is declared to speak; null: whichever the client speaks. */
   readonly upstreamVersion: HttpVersion | null;

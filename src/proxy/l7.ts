@@ -115,6 +115,12 @@ export type RequestDecider = (facts: HttpRequestFacts) => Decision;
 export interface TunnelInspection {
   readonly decide: RequestDecider;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
+  /**
+   * The configuration in force (compared by identity only): a request decided under one and sent on to the workload
+   * under another (waiting behind a pipelined request, or for the tunnel's one HTTP/1.1 connection) is decided again
+   * as it goes. Absent: the decision at arrival stands.
+   */
+  readonly inForce?: () => object;
   readonly upstreamVersion: HttpVersion | null;
   /** Writes a request's access line; null (or absent) when those are off. */
   readonly logRequest?: ((record: RequestLogRecord) => void) | null;
@@ -258,6 +264,7 @@ function elapsedFor(answer: object): number {
 interface TunnelState {
   readonly upstream: Socket;
   readonly decide: RequestDecider;
+  readonly inForce: () => object;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
   /** What the workload's port speaks, as declared (null: whatever the client speaks): requests are converted to it. */
   readonly upstreamVersion: HttpVersion | null;
@@ -274,6 +281,13 @@ interface TunnelState {
    * whose client gave up before its turn is never sent, and all are refused unprocessed if that connection ends.
    */
   readonly h1Queue: H1Job[];
+  /**
+   * HTTP/1.1 requests pipelined behind one the workload is answering, allowed as they arrived: sent one at a time as
+   * the one before is answered, each decided again if the configuration changed meanwhile (undici's own queue sends
+   * them without asking, and aborting one there ends the connection).
+   */
+  readonly h1Waiting: WaitingH1[];
+  /** A request is with the workload on the tunnel's one HTTP/1.1 connection (h2c's queue or h1Waiting's). */
   h1Busy: boolean;
   requests: number;
   denied: number;
@@ -861,7 +875,7 @@ export class HttpInspector {
     const draining = () => this.#draining;
     const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, pipelinedHeads: [], held: this.#held, cutForProtocolError: false, keepAliveS: null,
+      upstream, decide: inspection.decide, inForce: inspection.inForce ?? alwaysInForce, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Waiting: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, pipelinedHeads: [], held: this.#held, cutForProtocolError: false, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
         // Answers end in order: the next pipelined request is the one being answered now, no longer held behind.
@@ -1087,6 +1101,7 @@ export class HttpInspector {
       return;
     }
     const facts = state.facts;
+    const decidedWith = state.inForce();
     if (expectsContinue) res.writeContinue();
     // Answered at this hop (HTTP/1.1), or to be ignored (an HTTP/1.0 request's, RFC 9110 §10.1.1): the upstream client
     // would refuse to send it on, and every such request got 502.
@@ -1096,13 +1111,40 @@ export class HttpInspector {
       this.#forwardH1ToH2(req, res, state, headers, hasBody);
       return;
     }
-    state.h1Client ??= upstreamClient(state.upstream);
-    state.h1Client.dispatch(
-      // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
-      // only the one upstream connection; the client's next request on it got 502, or no answer at all.
-      { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false },
-      forwardResponse(res, state, this.#logger, this),
-    );
+    // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
+    // only the one upstream connection; the client's next request on it got 502, or no answer at all.
+    state.h1Waiting.push({ res, headers, decidedWith, options: { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false } });
+    this.#sendH1(state);
+  }
+
+  /** Sends the next pipelined HTTP/1.1 request to the workload once the one before has been answered. */
+  #sendH1(state: TunnelState): void {
+    while (!state.h1Busy && state.h1Waiting.length > 0) {
+      const waiting = state.h1Waiting.shift() as WaitingH1;
+      const res = waiting.res;
+      const req = res.req;
+      // The client gone (its tunnel reset) while it waited: never sent.
+      if (res.destroyed || res.writableEnded) {
+        req.resume();
+        continue;
+      }
+      // Decided when it arrived: a change while it waited (a DENY added) decides it again before it is sent.
+      if (state.inForce() !== waiting.decidedWith && !allowedStill(state, req.method ?? '', req.url ?? '/', req.headers.host ?? '', waiting.headers, true)) {
+        deniedAnswers.add(res);
+        req.resume();
+        res.writeHead(403, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(DENIED_BODY) }).end(DENIED_BODY);
+        continue;
+      }
+      state.h1Busy = true;
+      state.h1Client ??= upstreamClient(state.upstream);
+      let answered = false;
+      state.h1Client.dispatch(waiting.options, forwardResponse(res, state, this.#logger, this, () => {
+        if (answered) return;
+        answered = true;
+        state.h1Busy = false;
+        this.#sendH1(state);
+      }));
+    }
   }
 
   /**
@@ -1180,28 +1222,21 @@ export class HttpInspector {
     // they will be forwarded.
     const forwarded = forwardableRawHeaders(rawHeaders);
     appendClientCert(forwarded, state.clientCert);
-    const malformed = facts.fill(method, String(headers[HTTP2_HEADER_PATH] ?? '/'), String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? ''), forwarded, false);
+    const path = String(headers[HTTP2_HEADER_PATH] ?? '/');
+    const authority = String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? '');
+    const malformed = facts.fill(method, path, authority, forwarded, false);
     if (malformed !== null) {
       this.#logger.debug({ reason: malformed }, 'malformed h2c request on an inspected tunnel');
       protocolErrors.add(stream);
       answer(stream, 400);
       return;
     }
+    const decidedWith = state.inForce();
     const decision = state.decide(facts);
     if (!decision.allow) {
       state.denied++;
       state.onDenied(decision, facts);
-      deniedAnswers.add(stream);
-      const contentType = String(headers[HTTP2_HEADER_CONTENT_TYPE] ?? '');
-      stream.resume();
-      if (stream.destroyed || stream.closed || stream.headersSent) return;
-      if (contentType.startsWith('application/grpc')) {
-        // gRPC reads status from grpc-status: a trailers-only response with PERMISSION_DENIED (7).
-        stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc', 'grpc-status': '7', 'grpc-message': DENIED_BODY }, { endStream: true });
-      } else {
-        stream.respond({ [HTTP2_HEADER_STATUS]: 403, [HTTP2_HEADER_CONTENT_TYPE]: 'text/plain', 'content-length': String(DENIED_BODY.length) });
-        stream.end(DENIED_BODY);
-      }
+      answerDenied(stream, String(headers[HTTP2_HEADER_CONTENT_TYPE] ?? ''));
       return;
     }
     // Reset by the client already, even in the bytes that opened it (RST_STREAM NO_ERROR leaves it closed, not
@@ -1210,7 +1245,7 @@ export class HttpInspector {
     // A client speaking HTTP/2 to a workload declared HTTP/1.1 (a port named `http`): converted, as Envoy converts.
     if (state.upstreamVersion === 'http1') {
       if (String(headers.expect ?? '').toLowerCase() === '100-continue' && !stream.endAfterHeaders) stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
-      this.#forwardH2ToH1(stream, method, state, forwarded);
+      this.#forwardH2ToH1(stream, state, forwarded, { decidedWith, method, path, authority, forwarded });
       return;
     }
     const session = this.#h2UpstreamOf(state, stream.session);
@@ -1220,12 +1255,12 @@ export class HttpInspector {
       return;
     }
     // The path normalised; the authority decided on when the client sent only Host (Node would make one up).
-    let authority = false;
+    let hasAuthority = false;
     for (let i = 0; i < forwarded.length; i += 2) {
       if (forwarded[i] === HTTP2_HEADER_PATH) forwarded[i + 1] = facts.forwardPath;
-      else if (forwarded[i] === HTTP2_HEADER_AUTHORITY) authority = true;
+      else if (forwarded[i] === HTTP2_HEADER_AUTHORITY) hasAuthority = true;
     }
-    if (!authority) forwarded.unshift(HTTP2_HEADER_AUTHORITY, facts.host);
+    if (!hasAuthority) forwarded.unshift(HTTP2_HEADER_AUTHORITY, facts.host);
     // A client waiting for 100 before its body is answered here, as in HTTP/1.1: the workload's 100 would not be
     // relayed, and the client would wait out its own timeout.
     // endAfterHeaders, not readableEnded: nothing has read the stream yet, so it never reads as ended here.
@@ -1451,8 +1486,9 @@ export class HttpInspector {
    * An HTTP/2 request to a workload declared HTTP/1.1 (a port named `http`): sent on the tunnel's one HTTP/1.1
    * connection (requests of concurrent streams wait their turn), the answer relayed on the client's stream.
    */
-  #forwardH2ToH1(stream: http2.ServerHttp2Stream, method: string, state: TunnelState, forwarded: string[]): void {
+  #forwardH2ToH1(stream: http2.ServerHttp2Stream, state: TunnelState, forwarded: string[], decided: DecidedRequest): void {
     const facts = state.facts;
+    const method = decided.method;
     const headers: string[] = [];
     let host = false;
     let cookie: string | null = null;
@@ -1478,7 +1514,7 @@ export class HttpInspector {
       body = new PassThrough();
       stream.pipe(body);
     }
-    const job: H1Job = { stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false }, heldBytes: heldHeadBytes(facts.forwardPath, headers) };
+    const job: H1Job = { stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false }, heldBytes: heldHeadBytes(facts.forwardPath, headers), decided };
     if (!this.#hold(state, job.heldBytes)) {
       body?.destroy();
       return;
@@ -1503,6 +1539,13 @@ export class HttpInspector {
       }
       if (state.upstream.destroyed) {
         refuseStream(job.stream, job.options.body);
+        continue;
+      }
+      // Decided when it arrived: a change while it waited (a DENY added) decides it again before it is sent.
+      const decided = job.decided;
+      if (state.inForce() !== decided.decidedWith && !allowedStill(state, decided.method, decided.path, decided.authority, decided.forwarded, false)) {
+        job.options.body?.destroy();
+        answerDenied(job.stream, fieldValue(decided.forwarded, HTTP2_HEADER_CONTENT_TYPE) ?? '');
         continue;
       }
       state.h1Busy = true;
@@ -1579,11 +1622,46 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
 }
 
 /** An h2c request converted for the HTTP/1.1 workload, waiting for its turn on the tunnel's upstream connection. */
+/** An HTTP/1.1 request waiting for the tunnel's one upstream connection (TunnelState.h1Waiting). */
+interface WaitingH1 {
+  readonly res: ServerResponse;
+  /** Its fields as forwarded, what it was decided on. */
+  readonly headers: readonly string[];
+  readonly decidedWith: object;
+  readonly options: Dispatcher.DispatchOptions;
+}
+
 interface H1Job {
   readonly stream: http2.ServerHttp2Stream;
   readonly options: Dispatcher.DispatchOptions & { body: PassThrough | null };
   /** Its head's size, held while it waits (MAX_HELD_HEAD_BYTES_PER_TUNNEL). */
   readonly heldBytes: number;
+  /** What it was decided on, and under which configuration: decided again if that changed before its turn. */
+  readonly decided: DecidedRequest;
+}
+
+/** An h2c request as it was decided (TunnelInspection.inForce). */
+interface DecidedRequest {
+  readonly decidedWith: object;
+  readonly method: string;
+  readonly path: string;
+  readonly authority: string;
+  /** Its fields as received (forwardableRawHeaders), what it was decided on. */
+  readonly forwarded: readonly string[];
+}
+
+/** A request the policy denies, answered on its h2c stream: 403, or for gRPC a trailers-only PERMISSION_DENIED. */
+function answerDenied(stream: http2.ServerHttp2Stream, contentType: string): void {
+  deniedAnswers.add(stream);
+  stream.resume();
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
+  if (contentType.startsWith('application/grpc')) {
+    // gRPC reads status from grpc-status: a trailers-only response with PERMISSION_DENIED (7).
+    stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc', 'grpc-status': '7', 'grpc-message': DENIED_BODY }, { endStream: true });
+  } else {
+    stream.respond({ [HTTP2_HEADER_STATUS]: 403, [HTTP2_HEADER_CONTENT_TYPE]: 'text/plain', 'content-length': String(DENIED_BODY.length) });
+    stream.end(DENIED_BODY);
+  }
 }
 
 /**
@@ -1672,6 +1750,12 @@ function balancedXfcc(value: string): boolean {
   return !quoted;
 }
 
+/** The first value of a field (lower-case name) in raw headers. */
+function fieldValue(raw: readonly string[], lower: string): string | undefined {
+  for (let i = 0; i + 1 < raw.length; i += 2) if (sameHeaderName(raw[i] as string, lower)) return raw[i + 1];
+  return undefined;
+}
+
 /** Removes every field of one name (lower-case) from raw headers. */
 function removeField(raw: string[], lower: string): void {
   for (let i = raw.length - 2; i >= 0; i -= 2) if (sameHeaderName(raw[i] as string, lower)) raw.splice(i, 2);
@@ -1696,6 +1780,27 @@ function judge(state: TunnelState, req: IncomingMessage, headers: readonly strin
   state.denied++;
   state.onDenied(decision, facts);
   return { status: 403, body: DENIED_BODY };
+}
+
+/** The configuration a tunnel without TunnelInspection.inForce is judged under: never changes. */
+const NOTHING_CHANGES = {};
+function alwaysInForce(): object {
+  return NOTHING_CHANGES;
+}
+
+/**
+ * A request allowed under an earlier configuration, decided again under the one in force now as it goes to the
+ * workload; a denial is counted and logged as any. (Not counted as a request again: it was when it arrived.)
+ */
+function allowedStill(state: TunnelState, method: string, path: string, authority: string, headers: readonly string[], http1: boolean): boolean {
+  const facts = state.facts;
+  // It was read whole before: malformed now can only be a bug, and is no reason to send it.
+  if (facts.fill(method, path, authority, headers, http1) !== null) return false;
+  const decision = state.decide(facts);
+  if (decision.allow) return true;
+  state.denied++;
+  state.onDenied(decision, facts);
+  return false;
 }
 
 /** The tunnel's HTTP/1.1 client to the workload, on the tunnel's one upstream connection. */
@@ -1939,7 +2044,7 @@ function undiciWillClose(socket: Socket): boolean | null {
 }
 
 /** Streams an undici response back on a ServerResponse. */
-function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger, inspector: HttpInspector): Dispatcher.DispatchHandler {
+function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger, inspector: HttpInspector, settled: () => void): Dispatcher.DispatchHandler {
   const upstream = state.upstream;
   return {
     onRequestStart() {},
@@ -1992,8 +2097,10 @@ function forwardResponse(res: ServerResponse, state: TunnelState, logger: Logger
         break;
       }
       res.end();
+      settled();
     },
     onResponseError(_controller, error) {
+      settled();
       logger.debug({ err: error.message }, 'forwarding an inspected request failed');
       upstreamFailed.add(res);
       if (res.headersSent) {

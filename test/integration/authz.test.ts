@@ -167,6 +167,11 @@ let mesh: TestMesh;
 let resetNextConnection = false;
 const servers: Array<Server | http2.Http2Server> = [];
 const webRequests: string[] = [];
+/** The answers of /public/gate requests, waiting for the test to open the gate. */
+const gate: Array<() => void> = [];
+function openGate(): void {
+  for (const answer of gate.splice(0)) answer();
+}
 /** The raw header fields of each request the web workload received, by path. */
 const webHeaders = new Map<string, string[]>();
 /** The same for the gRPC (h2c) workload. */
@@ -178,6 +183,11 @@ beforeAll(async () => {
     webHeaders.set(req.url ?? '', req.rawHeaders);
     if (req.url === '/public/slow') {
       setTimeout(() => res.end('slow answer'), 300);
+      return;
+    }
+    if (req.url === '/public/gate') {
+      // Answered when the test opens the gate: requests pipelined or queued behind it wait meanwhile.
+      gate.push(() => res.end('gate opened'));
       return;
     }
     if (req.url === '/public/early-hints') {
@@ -1292,6 +1302,63 @@ spec:
       await allowed.body.dump();
     } finally {
       await client.close();
+      await applyPolicies(policies, 'the policies back');
+    }
+  });
+
+  it('decides again under a policy change a pipelined request that arrived before it and goes to the workload after it', async () => {
+    const deny = (path: string) => `${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-no-queued, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: ["${path}"] } }]
+`;
+    const socket = connect({ host: CLIENT_IP, port: 9080 });
+    let received = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (received += chunk));
+    socket.on('error', () => {});
+    try {
+      socket.write('GET /public/gate HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/queued-h1 HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/after-h1 HTTP/1.1\r\nHost: web.demo\r\n\r\n');
+      await waitUntil('the first request at the workload', async () => webRequests.includes('GET /public/gate'));
+      // The two behind it were allowed as they arrived, and wait for its answer.
+      await applyPolicies(deny('/public/queued-h1'), 'a DENY of the queued path');
+      openGate();
+      await waitUntil('three answers', async () => (received.match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 3);
+      expect(received.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403', 'HTTP/1.1 200']);
+      expect(received).toContain('RBAC: access denied');
+      expect(webRequests).not.toContain('GET /public/queued-h1');
+      expect(webRequests).toContain('GET /public/after-h1');
+
+      // h2c to the HTTP/1.1 workload: a request waiting for the tunnel's one upstream connection, the same.
+      const session = http2.connect(`http://${CLIENT_IP}:9080`);
+      session.on('error', () => {});
+      const statusOf = (path: string) => new Promise<number>((resolve, reject) => {
+        const stream = session.request({ ':path': path, ':authority': 'web.demo' });
+        stream.on('response', (headers) => resolve(Number(headers[':status'])));
+        stream.on('error', reject);
+        stream.resume();
+      });
+      try {
+        const first = statusOf('/public/gate');
+        await waitUntil('the h2c request at the workload', async () => webRequests.filter((line) => line === 'GET /public/gate').length === 2);
+        const queued = statusOf('/public/queued-h2');
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        await applyPolicies(deny('/public/queued-h2'), 'a DENY of the queued h2c path');
+        openGate();
+        expect(await first).toBe(200);
+        expect(await queued).toBe(403);
+        expect(webRequests).not.toContain('GET /public/queued-h2');
+      } finally {
+        session.close();
+      }
+    } finally {
+      openGate();
+      socket.destroy();
       await applyPolicies(policies, 'the policies back');
     }
   });
