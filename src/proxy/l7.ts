@@ -1511,8 +1511,18 @@ export class HttpInspector {
     // itself would reset it, answer and all.
     let body: PassThrough | null = null;
     if (!stream.endAfterHeaders) {
-      body = new PassThrough();
-      stream.pipe(body);
+      const piped = new PassThrough();
+      body = piped;
+      // Failed while it waits its turn, nothing else listens: without this the error would end the process.
+      piped.on('error', ignore);
+      stream.pipe(piped, { end: false });
+      // Node emits 'end' for a stream its client reset too: no END_STREAM, and ending the body there sent the workload
+      // a whole request (a chunked body's last chunk) with its upload cut short. Failed instead: undici stops the
+      // request, and the workload's connection is reset (H2AnswerFromH1).
+      stream.once('end', () => {
+        if (stream.closed && stream.rstCode !== NGHTTP2_NO_ERROR) piped.destroy(STREAM_ABORTED);
+        else piped.end();
+      });
     }
     const job: H1Job = { stream, options: { method: method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body, reset: false }, heldBytes: heldHeadBytes(facts.forwardPath, headers), decided };
     if (!this.#hold(state, job.heldBytes)) {
@@ -1550,7 +1560,7 @@ export class HttpInspector {
       }
       state.h1Busy = true;
       state.h1Client ??= upstreamClient(state.upstream);
-      state.h1Client.dispatch(job.options, new H2AnswerFromH1(job.stream, this.#logger, () => {
+      state.h1Client.dispatch(job.options, new H2AnswerFromH1(job.stream, state.upstream, this.#logger, () => {
         state.h1Busy = false;
         this.#pumpH1(state);
       }));
@@ -1561,6 +1571,8 @@ export class HttpInspector {
 /** Relays an HTTP/1.1 workload's answer (undici's) on the client's HTTP/2 stream: status, fields, body, trailers. */
 class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   readonly #stream: http2.ServerHttp2Stream;
+  /** The tunnel's connection to the workload, reset when the client resets a request being sent on it. */
+  readonly #upstream: Socket;
   readonly #logger: Logger;
   /** Called once, when the workload's answer has ended or failed: the next queued request may go. */
   readonly #settled: () => void;
@@ -1569,8 +1581,9 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   /** Written to the workload (undici calls onRequestStart as it writes a request): before that, it was never sent. */
   #started = false;
 
-  constructor(stream: http2.ServerHttp2Stream, logger: Logger, settled: () => void) {
+  constructor(stream: http2.ServerHttp2Stream, upstream: Socket, logger: Logger, settled: () => void) {
     this.#stream = stream;
+    this.#upstream = upstream;
     this.#logger = logger;
     this.#settled = settled;
   }
@@ -1580,9 +1593,18 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
     // The client reset its stream: the workload's request is stopped too. HTTP/1.1 has no other way than closing the
     // connection (undici does), which also ends the requests of the client's other streams not yet sent: those are
     // refused unprocessed (REFUSED_STREAM), which its client sends again on a new connection.
-    this.#stream.once('close', () => {
-      if (!this.#done) controller.abort(STREAM_ABORTED);
-    });
+    const stop = () => {
+      if (this.#done) return;
+      // Reset, before undici closes it: a workload reading a body without a length would take a FIN for its end.
+      if (!this.#upstream.destroyed) this.#upstream.resetAndDestroy();
+      controller.abort(STREAM_ABORTED);
+    };
+    // Closed between its turn and this write ('close' will not come again): stopped now.
+    if (this.#stream.closed || this.#stream.destroyed) {
+      stop();
+      return;
+    }
+    this.#stream.once('close', stop);
     this.#stream.on('wantTrailers', () => sendTrailersOrCut(this.#stream, this.#trailers, this.#logger));
     this.#stream.on('drain', () => controller.resume());
   }
@@ -1621,7 +1643,6 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   }
 }
 
-/** An h2c request converted for the HTTP/1.1 workload, waiting for its turn on the tunnel's upstream connection. */
 /** An HTTP/1.1 request waiting for the tunnel's one upstream connection (TunnelState.h1Waiting). */
 interface WaitingH1 {
   readonly res: ServerResponse;
@@ -1631,6 +1652,7 @@ interface WaitingH1 {
   readonly options: Dispatcher.DispatchOptions;
 }
 
+/** An h2c request converted for the HTTP/1.1 workload, waiting for its turn on the tunnel's upstream connection. */
 interface H1Job {
   readonly stream: http2.ServerHttp2Stream;
   readonly options: Dispatcher.DispatchOptions & { body: PassThrough | null };

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client } from 'undici';
 import { metricSum, nodeIp, podYaml, serviceYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh } from '../helpers/mesh.ts';
+import { STREAM_ABORTED } from '../../src/proxy/copy.ts';
 
 const P = 65;
 const CLIENT_IP = nodeIp(P, 0, 20);
@@ -167,6 +168,8 @@ let mesh: TestMesh;
 let resetNextConnection = false;
 const servers: Array<Server | http2.Http2Server> = [];
 const webRequests: string[] = [];
+/** How each upload the web workload read ended, by path. */
+const uploadsReceived = new Map<string, 'reading' | 'whole' | 'cut'>();
 /** The answers of /public/gate requests, waiting for the test to open the gate. */
 const gate: Array<() => void> = [];
 function openGate(): void {
@@ -183,6 +186,14 @@ beforeAll(async () => {
     webHeaders.set(req.url ?? '', req.rawHeaders);
     if (req.url === '/public/slow') {
       setTimeout(() => res.end('slow answer'), 300);
+      return;
+    }
+    if (req.url === '/public/upload-cut') {
+      // How the upload ended, as the workload reads it: whole (its end came) or cut (its connection ended first).
+      req.resume();
+      uploadsReceived.set(req.url, 'reading');
+      req.on('close', () => uploadsReceived.set(req.url ?? '', req.complete ? 'whole' : 'cut'));
+      req.on('error', () => {});
       return;
     }
     if (req.url === '/public/gate') {
@@ -1465,6 +1476,27 @@ describe('a client speaking another HTTP version than the workload: bodies, cook
       expect((await call({ ':path': '/public/after', ':authority': 'web.demo' })).text).toBe('web /public/after');
     } finally {
       session.close();
+    }
+  });
+
+  it('h2c to an HTTP/1.1 workload: an upload its client resets reaches the workload cut, never as a whole request', async () => {
+    for (const [length, size, pauseMs] of [[undefined, 11, 0], [undefined, 1000, 50], [undefined, 100_000, 50], ['200000', 100_000, 0], [undefined, 11, 50], [undefined, 5000, 20]] as const) {
+      uploadsReceived.delete('/public/upload-cut');
+      const session = http2.connect(`http://${CLIENT_IP}:9080`);
+      session.on('error', () => {});
+      try {
+        const stream = session.request({ ':method': 'GET', ':path': '/public/upload-cut', ':authority': 'web.demo', ...(length === undefined ? {} : { 'content-length': length }) }, { endStream: false });
+        stream.on('error', () => {});
+        stream.write(Buffer.alloc(size, 'x'));
+        await waitUntil('the upload at the workload', async () => uploadsReceived.has('/public/upload-cut'));
+        await new Promise((resolve) => setTimeout(resolve, pauseMs));
+        // RST_STREAM (CANCEL), with no END_STREAM before it: the upload is cut.
+        stream.destroy(STREAM_ABORTED);
+        await waitUntil('the upload ended at the workload', async () => uploadsReceived.get('/public/upload-cut') !== 'reading');
+        expect(uploadsReceived.get('/public/upload-cut'), `content-length ${String(length)}, ${size} bytes sent`).toBe('cut');
+      } finally {
+        session.destroy();
+      }
     }
   });
 
