@@ -377,22 +377,31 @@ async function lastExpiry(auditLog: string, authorities: ReadonlySet<string>): P
     throw new AmbitError('CA_STATE', `${auditLog}: no audit log, so nothing tells when the certificates of the old roots expire; pass --audit-log FILE (what \`ca serve\` was given) or --grace DURATION (at least the longest SVID lifetime)`);
   }
   const newest = new Map<string, Issued>();
+  // A file with no audit record at all is not the CA's audit log (a path mistyped, another file): read as one, it
+  // would say that no certificate of the old roots is in use, and the roots would be withdrawn from under them.
+  let records = 0;
   const lines = createInterface({ input: createReadStream(auditLog, { encoding: 'utf8' }), crlfDelay: Infinity });
   for await (const line of lines) {
-    // Issuance lines only; others (configuration changes, refusals, a line cut short by a crash) carry no certificate.
-    if (!line.includes('"expiresAt"')) continue;
+    if (!line.includes('"event"')) continue;
     let record: unknown;
     try {
       record = JSON.parse(line);
     } catch {
+      // A line cut short by a crash.
       continue;
     }
     if (typeof record !== 'object' || record === null) continue;
-    const { event, expiresAt, authority, spiffeId, serial, node } = record as Record<string, unknown>;
+    const { event, time, expiresAt, authority, spiffeId, serial, node } = record as Record<string, unknown>;
+    if (typeof event !== 'string' || typeof time !== 'string') continue;
+    records++;
+    // Issuance records only; others (configuration changes, refusals) carry no certificate.
     if (event !== 'svid_issued' && event !== 'node_attested') continue;
     const expiresAtMs = typeof expiresAt === 'string' ? Date.parse(expiresAt) : Number.NaN;
     if (Number.isNaN(expiresAtMs) || typeof spiffeId !== 'string') continue;
     newest.set(`${String(node)} ${spiffeId}`, { expiresAtMs, spiffeId, serial: String(serial), authority: typeof authority === 'string' ? authority : null });
+  }
+  if (records === 0) {
+    throw new AmbitError('CA_STATE', `${auditLog}: holds no audit record (a line of JSON with "event" and "time", as \`ca serve --audit-log\` writes them), so nothing tells when the certificates of the old roots expire; pass the file \`ca serve\` was given, or --grace DURATION (at least the longest SVID lifetime)`);
   }
   let last: Issued | null = null;
   for (const issued of newest.values()) {
