@@ -96,12 +96,19 @@ export async function readText(file: string): Promise<string> {
 /** A trust bundle file named by a flag (`--ca-bundle`): an error says which flag and file, not only the trust domain. */
 export async function readBundleFlag(file: string, trustDomain: string, flag: string): Promise<TrustBundle> {
   const text = await readText(file);
+  let bundle: TrustBundle;
   try {
-    return decodeBundleText(trustDomain, text);
+    bundle = decodeBundleText(trustDomain, text);
   } catch (error) {
     const coded = toAmbitError(error, 'BUNDLE_INVALID');
     throw new AmbitError(coded.code, `--${flag} ${file}: ${coded.message}`, { cause: error });
   }
+  // PEM with only other blocks (a key) or blank text reads as an empty bundle: with it no CA could ever be trusted, and
+  // the agent retried an authentication that cannot succeed, saying only that the CA failed it.
+  if (bundle.roots.length === 0) {
+    throw new AmbitError('BUNDLE_INVALID', `--${flag} ${file}: holds no root certificate (no CERTIFICATE block: a key, or an empty file?); give the CA's bundle (\`ambit ca bundle --dir DIR\`)`);
+  }
+  return bundle;
 }
 
 /**

@@ -258,4 +258,30 @@ describe.concurrent('ambit agent command line', () => {
   it('refuses an --identity that is not a SPIFFE ID', async ({ expect }) => {
     expect(failureCode(expect, await runAmbit(agentArgs({}, ['--identity', 'web'])))).toBe('SPIFFE_ID_SCHEME');
   });
+
+  it('refuses a --state-dir that is --out, or inside it: the node SVID would sit where workloads read', async ({ expect }) => {
+    for (const stateDir of [join(dir, 'shared-out'), join(dir, 'shared-out', 'state'), `${join(dir, 'shared-out')}/`]) {
+      const result = await runAmbit(agentArgs({ out: join(dir, 'shared-out'), 'state-dir': stateDir }));
+      expect(failureCode(expect, result), stateDir).toBe('USAGE');
+      expect(result.stderr).toContain('which workloads read');
+    }
+    expect(await exists(join(dir, 'shared-out'))).toBe(false);
+    // Beside it is fine: judged further (the CA is not there), not refused as usage.
+    expect(failureCode(expect, await runAmbit(agentArgs({ out: join(dir, 'shared-out'), 'state-dir': join(dir, 'shared-out-state') })))).not.toBe('USAGE');
+  });
+
+  it('refuses a --bundle with no root certificate (a key, an empty file), naming the flag and the file', async ({ expect }) => {
+    const key = join(dir, 'a-key.pem');
+    await writeFile(key, '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOk=\n-----END PRIVATE KEY-----\n');
+    const empty = join(dir, 'empty-bundle.pem');
+    await writeFile(empty, '');
+    for (const file of [key, empty]) {
+      const result = await runAmbit(agentArgs({ bundle: file }));
+      expect(failureCode(expect, result), file).toBe('BUNDLE_INVALID');
+      expect(result.stderr).toContain(`--bundle ${file}: holds no root certificate`);
+      const proxy = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', file, '--node', 'node-a', '--config', noMeshConfig, '--state-dir', join(dir, 'proxy-state-bundle')]);
+      expect(failureCode(expect, proxy), file).toBe('BUNDLE_INVALID');
+      expect(proxy.stderr).toContain(`--ca-bundle ${file}: holds no root certificate`);
+    }
+  });
 });
