@@ -5,7 +5,7 @@ import { AmbitError, toAmbitError } from '../errors.ts';
 import { parse, parseDurationMs, parseDurationMsAllowZero, parseTtlSeconds, parseWholeSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { stopOnUncaughtError } from './fatal.ts';
-import { ignoreHangup } from './hangup.ts';
+import { ignoreHangup, stopSignal } from './hangup.ts';
 import { activateAuthority, initCa, loadCa, prepareAuthority, withdrawAuthorities } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
 import { evictNode } from '../identity/ca/nodes.ts';
@@ -135,6 +135,9 @@ async function serve(argv: string[]): Promise<number> {
   // From the start, as the proxy and the agent: a HUP during startup must not kill it either.
   ignoreHangup(logger, 'the configuration directory and CA state are watched');
   stopOnUncaughtError(logger);
+  // From the start too: a large configuration takes seconds to load, and a SIGTERM meanwhile killed the CA (exit 143,
+  // nothing said) where one after it stops it in order.
+  const stopping = stopSignal();
   const auditFile = values['audit-log'] ?? join(dir, 'audit.log');
   // The same audit log format as the proxy's: one JSON line per configuration change and per issuance decision.
   const auditLog = new AuditLog(auditFile);
@@ -181,6 +184,11 @@ async function serve(argv: string[]): Promise<number> {
     // The CA signs for the trust domain of its directory: another one in the configuration would refuse every node.
     accept: (next, prev) => (next.mesh.trustDomain === prev.mesh.trustDomain ? undefined : `MeshConfig spec.trustDomain changed from "${prev.mesh.trustDomain}" to "${next.mesh.trustDomain}" (restart to change it)`),
   });
+  if (stopping.aborted) {
+    await config.close();
+    logger.info('CA stopped before it had started');
+    return 0;
+  }
   try {
     const snapshot = config.current();
     if (snapshot.mesh.trustDomain !== state.trustDomain) {
@@ -213,8 +221,8 @@ async function serve(argv: string[]): Promise<number> {
     await config.close();
     process.exit(0);
   };
-  process.once('SIGTERM', () => void stop());
-  process.once('SIGINT', () => void stop());
+  if (stopping.aborted) await stop();
+  stopping.addEventListener('abort', () => void stop(), { once: true });
   await new Promise<never>(() => {});
   return 0;
 }

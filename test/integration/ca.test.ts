@@ -524,6 +524,22 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     expect(existsSync(lockFile)).toBe(false);
   }, 30_000);
 
+  it('ambit ca serve stopped (SIGTERM) while it loads a large configuration exits 0, saying so', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const config = await writeConfig(dir, { trustDomain: TD });
+    // Enough pods that loading them takes a while (the window the signal lands in).
+    const pods = Array.from({ length: 6_000 }, (_, i) => `apiVersion: v1\nkind: Pod\nmetadata: { name: p-${i}, namespace: default }\nspec:\n  nodeName: node-${i % 50}\n  serviceAccountName: sa-${i % 100}\nstatus:\n  podIP: 10.9.${(i >> 8) & 255}.${i & 255}\n`);
+    await writeFile(join(config, 'many.yaml'), pods.join('---\n'));
+    const auditFile = join(dir, 'ca-audit.log');
+    const ca = AmbitProcess.start(['ca', 'serve', '--dir', caDir, '--config', config, '--listen', '127.0.0.1:0', '--audit-log', auditFile]);
+    processes.push(ca);
+    // The audit log is opened after the signal handlers are in place, before the configuration is read.
+    await waitUntil('the audit log opened', () => existsSync(auditFile), 10_000);
+    expect(await ca.stop(), ca.stderr).toBe(0);
+    expect(ca.lines.some((line) => line.msg === 'CA stopped before it had started' || line.msg === 'CA shutting down')).toBe(true);
+  }, 30_000);
+
   it("does not ask the CA again and again when this host's clock runs ahead of the CA's by more than half a certificate's life", async () => {
     const { dir, ca, token, bundle } = await freshCaForNodeA();
     // This process's clock (the agent's) 40 s ahead of the CA's; certificates of 60 s: each is due on receipt.
