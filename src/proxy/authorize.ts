@@ -165,7 +165,7 @@ export class InboundAuthorizer {
     let seen = snapshot;
     let inForce: WorkloadPolicies | null = policies;
     return {
-      decide: (facts) => {
+      decide: (facts, again = false) => {
         const now = this.#snapshot();
         if (now !== seen) {
           const destination = now.workloadByIp(connection.destinationIp);
@@ -173,11 +173,16 @@ export class InboundAuthorizer {
           seen = now;
         }
         if (inForce === null) {
-          this.#count(DENY_ON_ERROR);
+          if (!again) this.#count(DENY_ON_ERROR);
           return DENY_ON_ERROR;
         }
         ctx.request = facts;
         const decision = decideSafely(inForce, ctx, 'request', DENY_ON_ERROR);
+        // Decided again (a request that waited its turn, a WebSocket open across a change): counted and audited when it arrived.
+        if (again) {
+          ctx.request = null;
+          return decision;
+        }
         const found = inForce.audit.length > 0 || inForce.dryRunAllow.length > 0 ? auditSafely(inForce, ctx, 'request', this.#audited) : null;
         ctx.request = null;
         this.#count(decision);

@@ -109,7 +109,8 @@ function hopByHopName(name: string): string | null {
 
 const { HTTP2_HEADER_STATUS, HTTP2_HEADER_METHOD, HTTP2_HEADER_PATH, HTTP2_HEADER_AUTHORITY, HTTP2_HEADER_SCHEME, HTTP2_HEADER_CONTENT_TYPE, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
-export type RequestDecider = (facts: HttpRequestFacts) => Decision;
+/** `again`: a request decided before (at arrival) decided anew under another configuration, not counted or audited twice. */
+export type RequestDecider = (facts: HttpRequestFacts, again?: boolean) => Decision;
 
 /** How one tunnel's requests are decided and forwarded. */
 export interface TunnelInspection {
@@ -783,6 +784,8 @@ export class HttpInspector {
   /** Request heads held unanswered by all tunnels (MAX_HELD_HEAD_BYTES), and the tunnels holding any. */
   readonly #held: HeldHeads = { bytes: 0, tunnels: new Set<TunnelState>() };
   readonly #heldLog = new LogBudget(10_000, 5);
+  /** WebSockets forwarded (their tunnels), with the request that opened each: decided again on a configuration change. */
+  readonly #upgrades = new Map<Duplex, Upgrade>();
 
   /** MAX_HELD_HEAD_BYTES_PER_TUNNEL and MAX_HELD_HEAD_BYTES unless a test sets smaller ones. */
   readonly #heldLimits: { readonly perTunnel: number; readonly all: number };
@@ -1184,8 +1187,29 @@ export class HttpInspector {
     const method = req.method ?? '';
     const path = req.url ?? '';
     const authority = req.headers.host ?? '';
+    this.#upgrades.set(socket, { state, decidedWith: state.inForce(), path, authority, headers: withUpgradeFields(headers, req.rawHeaders) });
+    socket.once('close', () => this.#upgrades.delete(socket));
     const counted = (status: number, flags: string) => answeredOutside(state, method, path, authority, status, flags, 0);
     state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger, counted));
+  }
+
+  /**
+   * After a configuration change: each WebSocket forwarded is decided again on the request that opened it, and cut
+   * (reset) if it is denied now (a DENY of its path, its ALLOW withdrawn), as any open connection the change no longer
+   * allows; its bytes are never inspected, so this is its only check. Returns how many were cut.
+   */
+  recheckUpgrades(): number {
+    let cut = 0;
+    for (const [socket, upgrade] of this.#upgrades) {
+      const now = upgrade.state.inForce();
+      if (now === upgrade.decidedWith) continue;
+      upgrade.decidedWith = now;
+      if (allowedStill(upgrade.state, 'GET', upgrade.path, upgrade.authority, upgrade.headers, true)) continue;
+      this.#upgrades.delete(socket);
+      resetTunnel(socket);
+      cut++;
+    }
+    return cut;
   }
 
   #onH2Stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[]): void {
@@ -1643,6 +1667,16 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
   }
 }
 
+/** A WebSocket the inspector forwarded, and the request that opened it (HttpInspector.recheckUpgrades). */
+interface Upgrade {
+  readonly state: TunnelState;
+  decidedWith: object;
+  readonly path: string;
+  readonly authority: string;
+  /** Its fields as decided on, the upgrade's own among them. */
+  readonly headers: readonly string[];
+}
+
 /** An HTTP/1.1 request waiting for the tunnel's one upstream connection (TunnelState.h1Waiting). */
 interface WaitingH1 {
   readonly res: ServerResponse;
@@ -1818,7 +1852,7 @@ function allowedStill(state: TunnelState, method: string, path: string, authorit
   const facts = state.facts;
   // It was read whole before: malformed now can only be a bug, and is no reason to send it.
   if (facts.fill(method, path, authority, headers, http1) !== null) return false;
-  const decision = state.decide(facts);
+  const decision = state.decide(facts, true);
   if (decision.allow) return true;
   state.denied++;
   state.onDenied(decision, facts);

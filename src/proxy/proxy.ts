@@ -380,6 +380,9 @@ export class NodeProxy {
         return false;
       });
       if (closed > 0) this.#logger.warn({ closed, workloadLeft: departed, notAllowed: closed - departed, version: snapshot.version }, 'closed open connections the new configuration no longer allows');
+      // A WebSocket's connection may still be allowed while the request that opened it is not.
+      const upgrades = this.#inspector?.recheckUpgrades() ?? 0;
+      if (upgrades > 0) this.#logger.warn({ closed: upgrades, version: snapshot.version }, 'closed WebSockets whose opening request the new configuration denies');
     }
     if (this.#appliedVersion !== undefined && this.#appliedVersion !== snapshot.version) {
       const departed = this.#outbound.closeDeparted(snapshot);

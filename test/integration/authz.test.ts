@@ -4,10 +4,12 @@ import { spawnSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer as createHttpServer } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import * as http2 from 'node:http2';
 import { connect, createServer } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Server, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client } from 'undici';
 import { metricSum, nodeIp, podYaml, serviceYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
@@ -353,6 +355,19 @@ beforeAll(async () => {
       return;
     }
     grpcAnswer(stream, `called ${String(headers[':path'])}`);
+  });
+  // A WebSocket at /public/ws: switched (RFC 6455's accept key), then its bytes echoed. Any other upgrade is answered
+  // as a plain request, as a server without WebSockets answers it, and the connection closed.
+  web.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+    socket.on('error', () => {});
+    if (req.url !== '/public/ws') {
+      const body = `web ${req.url ?? ''}`;
+      socket.end(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+      return;
+    }
+    const accept = createHash('sha1').update(`${String(req.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    socket.pipe(socket);
   });
   servers.push(web, echo, grpc);
   await new Promise<void>((resolve) => web.listen(8080, WEB_IP, resolve));
@@ -1369,6 +1384,36 @@ spec:
       }
     } finally {
       openGate();
+      socket.destroy();
+      await applyPolicies(policies, 'the policies back');
+    }
+  });
+
+  it('closes a WebSocket when a policy change denies the request that opened it, its connection still allowed', async () => {
+    const socket: Socket = connect({ host: CLIENT_IP, port: 9080 });
+    socket.on('error', () => {});
+    let received = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (received += chunk));
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    try {
+      socket.write('GET /public/ws HTTP/1.1\r\nHost: web.demo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+      await waitUntil('the 101', async () => received.includes('101 Switching Protocols'));
+      socket.write('frame one');
+      await waitUntil('the first frame echoed', async () => received.endsWith('frame one'));
+      await applyPolicies(`${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-no-ws, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: ["/public/ws"] } }]
+`, 'a DENY of the WebSocket path');
+      await closed;
+      await mesh.nodes.get('node-b')!.proc.waitFor((line) => line.msg === 'closed WebSockets whose opening request the new configuration denies');
+    } finally {
       socket.destroy();
       await applyPolicies(policies, 'the policies back');
     }

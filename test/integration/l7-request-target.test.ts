@@ -34,7 +34,10 @@ spec:
       when: [{ key: "request.headers[connection]", values: ["*pgrade"] }]
 `;
 
-const policies = compileAuthorization(buildSnapshot(parseConfigText(POLICY, 'policy.yaml'))).forLabels('shop', {}, new Set([80]));
+const compiled = (yaml: string) => compileAuthorization(buildSnapshot(parseConfigText(yaml, 'policy.yaml'))).forLabels('shop', {}, new Set([80]));
+/** The policies in force, and the configuration they stand for (a new object per change, as a new snapshot is). */
+let policies = compiled(POLICY);
+let inForce = {};
 
 /** Every request that reached the application: method, target and Host as it received them. */
 const served: string[] = [];
@@ -89,7 +92,7 @@ beforeAll(async () => {
     const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
     const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), onDenied: () => {}, upstreamVersion: null, logRequest: (record) => requestLines.push(record) }, null, null, countStreamBytes(stream));
+      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), inForce: () => inForce, onDenied: () => {}, upstreamVersion: null, logRequest: (record) => requestLines.push(record) }, null, null, countStreamBytes(stream));
       openTunnels++;
       void inspected.then(() => openTunnels--);
     });
@@ -453,6 +456,35 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
     await expect.poll(() => requestLines.length).toBe(1);
     const frame = 'a websocket frame, as bytes';
     expect(requestLines).toMatchObject([{ method: 'GET', path: '/ws', responseCode: 101, responseFlags: '-', requestBytes: upgradeRequest('/ws').length + frame.length, responseBytes: received.length }]);
+  });
+
+  it('cuts a WebSocket whose opening request a configuration change denies, and keeps one it still allows', async () => {
+    const { stream, close } = await tunnel('h1');
+    try {
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      const reset = new Promise<number | undefined>((resolve) => stream.once('close', () => resolve((stream as http2.ClientHttp2Stream).rstCode)));
+      stream.on('error', () => {});
+      stream.write(upgradeRequest('/ws'));
+      await expect.poll(() => received.includes('101 Switching Protocols')).toBe(true);
+      // A change that still allows it: carried on.
+      policies = compiled(`${POLICY}    - to: [{ operation: { paths: ["/other"] } }]\n`);
+      inForce = {};
+      expect(inspector.recheckUpgrades()).toBe(0);
+      stream.write('still here');
+      await expect.poll(() => received.endsWith('still here')).toBe(true);
+      // Unchanged since: not decided again.
+      expect(inspector.recheckUpgrades()).toBe(0);
+      // A DENY of its path: cut, with a reset.
+      policies = compiled(`${POLICY}    - to: [{ operation: { paths: ["/ws"] } }]\n`);
+      inForce = {};
+      expect(inspector.recheckUpgrades()).toBe(1);
+      expect(await reset).toBe(http2.constants.NGHTTP2_CANCEL);
+    } finally {
+      policies = compiled(POLICY);
+      inForce = {};
+      close();
+    }
   });
 
   it('passes on the reset of an upgraded connection the application reset, as a reset, not a clean end', async () => {
