@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
 import { parse, parseDurationMs } from './args.ts';
-import { AmbitError } from '../errors.ts';
+import { AmbitError, toAmbitError } from '../errors.ts';
 import type { Command } from './args.ts';
 import { initCa } from '../identity/ca/store.ts';
 import { createJoinToken } from '../identity/ca/tokens.ts';
@@ -231,7 +231,15 @@ async function checkNewDir(dir: string): Promise<void> {
     entries = await readdir(dir);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return;
+    if (code === 'ENOENT') {
+      // Made now, so that a directory that cannot be is said as this flag's, before anything starts.
+      try {
+        await makeDirs(dir);
+      } catch (made) {
+        throw new AmbitError('USAGE', `--dir ${dir}: cannot be created (${(made as NodeJS.ErrnoException).code ?? (made as Error).message}): give a new or empty directory where you may write`, { cause: made });
+      }
+      return;
+    }
     throw new AmbitError('USAGE', `--dir ${dir}: ${code === 'ENOTDIR' ? 'not a directory' : `cannot be read (${code ?? (error as Error).message})`}: give a new or empty directory`);
   }
   if (existsSync(join(dir, 'ca', 'ca.json'))) {
@@ -429,7 +437,8 @@ export const command: Command = {
       for (const node of layout.nodes) out(`  ${node.name} metrics: http://${node.address}:15020/metrics (stopping now)`);
       return await stop(failed + denied > 0 && ok === 0 ? 1 : 0);
     } catch (error) {
-      process.stderr.write(`ambit mesh: ${(error as Error).message}\n`);
+      const coded = toAmbitError(error, 'FILE_WRITE');
+      process.stderr.write(`ambit mesh: ${coded.message} [${coded.code}]\n`);
       if (error instanceof Interrupted) return stop(130);
       for (const child of children) {
         if (child.lines.length) process.stderr.write(`--- ${child.name} (last lines)\n${child.lines.slice(-15).join('\n')}\n`);

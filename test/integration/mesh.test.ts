@@ -151,6 +151,12 @@ describe('npm start (ambit mesh from the build)', () => {
     const file = await run([BUILT_CLI, 'mesh', '--dir', join(dir, 'config', 'mesh.yaml')], 20_000);
     expect(file.code).toBe(2);
     expect(file.stderr.trim()).toBe(`ambit mesh: --dir ${join(dir, 'config', 'mesh.yaml')}: not a directory: give a new or empty directory [USAGE]`);
+    // One that cannot be made (nothing can be, under /proc): said as the flag's, before anything starts.
+    const unmakeable = '/proc/ambit-no-such/mesh';
+    const refusedMake = await run([BUILT_CLI, 'mesh', '--dir', unmakeable], 20_000);
+    expect(refusedMake.code).toBe(2);
+    expect(refusedMake.stdout).toBe('');
+    expect(refusedMake.stderr.trim()).toBe(`ambit mesh: --dir ${unmakeable}: cannot be created (ENOENT): give a new or empty directory where you may write [USAGE]`);
   });
 
   it('stops and cleans up when its output can no longer be written (the terminal it ran in is gone)', async () => {
