@@ -85,17 +85,36 @@ export function parseTtlSeconds(text: string, flag: string): number {
   return parseWholeSeconds(text, flag);
 }
 
-export async function readText(file: string): Promise<string> {
+/** What a file error means, for a message a person reads (the code stays beside it for a search). */
+const READ_FAILURES: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  EISDIR: 'a directory, not a file',
+  ENOTDIR: 'a part of the path is a file, not a directory',
+  ELOOP: 'too many symbolic links',
+};
+
+/** Why reading `file` failed, as `ENOENT: no such file`. */
+export function readFailure(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === undefined) return (error as Error).message;
+  const meaning = Object.hasOwn(READ_FAILURES, code) ? READ_FAILURES[code] : undefined;
+  return meaning === undefined ? code : `${code}: ${meaning}`;
+}
+
+/** A file's text; `what` names where it was given (`--root-cert`), so the error says which flag to fix. */
+export async function readText(file: string, what?: string): Promise<string> {
   try {
     return await readFile(file, 'utf8');
   } catch (error) {
-    throw new AmbitError('FILE_READ', `${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+    throw new AmbitError('FILE_READ', `${what === undefined ? '' : `${what} `}${file}: cannot be read (${readFailure(error)})`, { cause: error });
   }
 }
 
 /** A trust bundle file named by a flag (`--ca-bundle`): an error says which flag and file, not only the trust domain. */
 export async function readBundleFlag(file: string, trustDomain: string, flag: string): Promise<TrustBundle> {
-  const text = await readText(file);
+  const text = await readText(file, `--${flag}`);
   let bundle: TrustBundle;
   try {
     bundle = decodeBundleText(trustDomain, text);
@@ -119,7 +138,7 @@ export async function readBundleFlag(file: string, trustDomain: string, flag: st
 export async function joinTokenOption(token: string | undefined, file: string | undefined): Promise<string | undefined> {
   if (token !== undefined && file !== undefined) throw new AmbitError('USAGE', '--join-token and --join-token-file: give one of them');
   if (file === undefined) return token;
-  const text = (await readText(file)).trim();
+  const text = (await readText(file, '--join-token-file')).trim();
   if (text === '' || /\s/.test(text)) throw new AmbitError('USAGE', `--join-token-file ${file}: expected one token on one line`);
   return text;
 }

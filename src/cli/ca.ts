@@ -75,7 +75,7 @@ async function readParent(options: { 'root-cert'?: string | boolean; 'root-key'?
   const keyFile = options['root-key'];
   if (certFile === undefined && keyFile === undefined) return undefined;
   if (typeof certFile !== 'string' || typeof keyFile !== 'string') throw new AmbitError('USAGE', '--root-cert and --root-key go together');
-  return { certPem: await readText(certFile), keyPem: await readText(keyFile) };
+  return { certPem: await readText(certFile, '--root-cert'), keyPem: await readText(keyFile, '--root-key') };
 }
 
 
@@ -111,7 +111,7 @@ async function federationPeers(snapshot: ConfigSnapshot, configDir: string): Pro
     let bootstrapBundle;
     if (peer.bundleFile) {
       const file = resolve(configDir, peer.bundleFile);
-      bootstrapBundle = decodeBundleText(peer.trustDomain, await readText(file));
+      bootstrapBundle = decodeBundleText(peer.trustDomain, await readText(file, `MeshConfig spec.federation[${peer.trustDomain}].bundleFile`));
     }
     peers.push({ trustDomain: peer.trustDomain, bundleEndpoint: peer.bundleEndpoint, profile: peer.profile, endpointSpiffeId: peer.endpointSpiffeId, bootstrapBundle });
   }

@@ -270,6 +270,19 @@ describe.concurrent('ambit agent command line', () => {
     expect(failureCode(expect, await runAmbit(agentArgs({ out: join(dir, 'shared-out'), 'state-dir': join(dir, 'shared-out-state') })))).not.toBe('USAGE');
   });
 
+  it('names the flag, the file and why when a file it was given cannot be read', async ({ expect }) => {
+    const absent = join(dir, 'absent.pem');
+    const agent = await runAmbit(agentArgs({ bundle: absent }));
+    expect(failureCode(expect, agent)).toBe('FILE_READ');
+    expect(agent.stderr).toContain(`--bundle ${absent}: cannot be read (ENOENT: no such file)`);
+    const init = await runAmbit(['ca', 'init', '--dir', join(dir, 'ca-absent-parent'), '--trust-domain', TD, '--root-cert', absent, '--root-key', absent]);
+    expect(failureCode(expect, init)).toBe('FILE_READ');
+    expect(init.stderr).toContain(`--root-cert ${absent}: cannot be read (ENOENT: no such file)`);
+    const request = await runAmbit(['authz', 'check', '--config', noMeshConfig, '--request', dir]);
+    expect(failureCode(expect, request)).toBe('FILE_READ');
+    expect(request.stderr).toContain(`--request ${dir}: cannot be read (EISDIR: a directory, not a file)`);
+  });
+
   it('refuses a --bundle with no root certificate (a key, an empty file), naming the flag and the file', async ({ expect }) => {
     const key = join(dir, 'a-key.pem');
     await writeFile(key, '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOk=\n-----END PRIVATE KEY-----\n');
