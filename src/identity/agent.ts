@@ -95,6 +95,16 @@ const WITHDRAWN_ROOTS_FILE = 'withdrawn-roots.json';
  */
 const FEDERATED_BUNDLES_FILE = 'federated-bundles.json';
 
+/**
+ * OpenSSL's words for a peer that answered in something other than TLS (`wrong version number`, with the source file
+ * it came from), said as what they mean; undefined for any other failure.
+ */
+function notTlsReason(error: unknown): string | undefined {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code !== 'ERR_SSL_WRONG_VERSION_NUMBER' && code !== 'ERR_SSL_PACKET_LENGTH_TOO_LONG' && code !== 'ERR_SSL_HTTP_REQUEST') return undefined;
+  return `the address answers, but not in TLS (${code}): a plain HTTP port, or another service? --ca names the CA's HTTPS address (ca serve --listen)`;
+}
+
 /** The CA answered, with something other than a certificate: its status says whether trying again can help. */
 class CaRefusal extends AmbitError {
   readonly status: number;
@@ -648,7 +658,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
             // Reached, but not trusted: retrying will not help until the node holds the CA's current roots.
             hint: `the CA answered with a certificate this node's trust bundle does not vouch for (the --bundle/--ca-bundle roots, or ${this.#options.stateDir === undefined ? 'the bundle last stored' : join(this.#options.stateDir, OWN_BUNDLE_FILE)} once stored): a CA re-initialised, or one whose roots the node saw withdrawn, needs its new bundle given to the node`,
           })
-        : new AmbitError('CA_UNREACHABLE', `CA at ${caUrl}: ${wrapped.message}`, { cause: wrapped });
+        : new AmbitError('CA_UNREACHABLE', `CA at ${caUrl}: ${notTlsReason(error) ?? wrapped.message}`, { cause: wrapped });
     } finally {
       clearTimeout(timer);
       stopped.removeEventListener('abort', onStop);

@@ -2,6 +2,7 @@
 // domain's CA: a node certificate for another identity than the node's is refused at attestation, as a renewal for
 // another identity is, and an answer larger than any real one is cut off. A CA server of the test's own (real TLS on
 // loopback, the CA's SPIFFE ID) answers as a faulty or compromised CA would.
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:https';
 import type { Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -81,6 +82,21 @@ describe("the agent, given its CA's answers", () => {
     const refused = await agent.start({ failFast: true }).then(() => null, (error: unknown) => error as { code: string; message: string; hint?: string });
     expect(refused).toMatchObject({ code: 'CA_UNREACHABLE', message: expect.stringContaining('failed authentication') });
     expect(refused?.hint).toContain('trust bundle does not vouch for');
+  });
+
+  it('says that the CA address answers, but not in TLS (a plain HTTP port given as --ca)', async () => {
+    const plain = createHttpServer((_req, res) => res.end('not a CA'));
+    await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
+    try {
+      const agent = new IdentityAgent({ caUrl: `https://127.0.0.1:${(plain.address() as AddressInfo).port}`, trustDomain: TD, nodeName: 'node-a', bootstrapBundle: ca.bundle, joinToken: 'a'.repeat(64), logger: silentLogger() });
+      agents.push(agent);
+      const refused = await agent.start({ failFast: true }).then(() => null, (error: unknown) => error as { code: string; message: string });
+      expect(refused).toMatchObject({ code: 'CA_UNREACHABLE', message: expect.stringContaining('the address answers, but not in TLS') });
+      expect(refused?.message).not.toContain('openssl');
+    } finally {
+      plain.closeAllConnections();
+      await new Promise((resolve) => plain.close(resolve));
+    }
   });
 
   it('cuts off an answer larger than any real one (16 MiB), as a failed attempt it retries', async () => {
