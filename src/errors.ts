@@ -117,3 +117,21 @@ export function toAmbitError(value: unknown, fallback: ErrorCode): AmbitError {
   const message = value instanceof Error ? value.message : String(value);
   return new AmbitError(fallback, message, { cause: value });
 }
+
+/** What a file error means, for a message a person reads (the code stays beside it for a search). */
+const FILE_FAILURES: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  EISDIR: 'a directory, not a file',
+  ENOTDIR: 'a part of the path is a file, not a directory',
+  ELOOP: 'too many symbolic links',
+};
+
+/** Why a file could not be read or written, as `ENOENT: no such file`. */
+export function fileFailure(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === undefined) return (error as Error).message;
+  const meaning = Object.hasOwn(FILE_FAILURES, code) ? FILE_FAILURES[code] : undefined;
+  return meaning === undefined ? code : `${code}: ${meaning}`;
+}

@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
-import { AmbitError, toAmbitError } from '../errors.ts';
+import { AmbitError, fileFailure, toAmbitError } from '../errors.ts';
 import { decodeBundleText } from '../identity/bundle.ts';
 import type { TrustBundle } from '../identity/bundle.ts';
 import { parseDurationMs as parseConfigDuration } from '../config/fields.ts';
@@ -63,6 +63,7 @@ export function parseDurationMs(text: string, flag: string): number {
   // Well formed but past what a number holds exactly (99999999999999h): too long, not malformed. Zero (0s, 0d) is
   // well formed too, and not positive.
   if ((ms !== undefined && ms > MAX_DURATION_MS) || (ms === undefined && /^(\d+(ms|s|m|h|d))+$/.test(text) && !ZERO_DURATION.test(text))) throw new AmbitError('USAGE', `--${flag}: "${text}" is longer than 100 years`);
+  if (ms === undefined && text.includes('.') && /^(\d*\.?\d+(ms|s|m|h|d)?)+$/.test(text)) throw new AmbitError('USAGE', `--${flag}: "${text}": a duration is written in whole numbers of each unit (1h30m, 500ms, not 1.5h or 0.5s)`);
   if (ms === undefined || ms <= 0 || !Number.isSafeInteger(ms)) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a positive duration (examples: 30s, 10m, 1h, 2h30m)`);
   return ms;
 }
@@ -85,30 +86,12 @@ export function parseTtlSeconds(text: string, flag: string): number {
   return parseWholeSeconds(text, flag);
 }
 
-/** What a file error means, for a message a person reads (the code stays beside it for a search). */
-const READ_FAILURES: Readonly<Record<string, string>> = {
-  ENOENT: 'no such file',
-  EACCES: 'permission denied',
-  EPERM: 'permission denied',
-  EISDIR: 'a directory, not a file',
-  ENOTDIR: 'a part of the path is a file, not a directory',
-  ELOOP: 'too many symbolic links',
-};
-
-/** Why reading `file` failed, as `ENOENT: no such file`. */
-export function readFailure(error: unknown): string {
-  const code = (error as NodeJS.ErrnoException).code;
-  if (code === undefined) return (error as Error).message;
-  const meaning = Object.hasOwn(READ_FAILURES, code) ? READ_FAILURES[code] : undefined;
-  return meaning === undefined ? code : `${code}: ${meaning}`;
-}
-
 /** A file's text; `what` names where it was given (`--root-cert`), so the error says which flag to fix. */
 export async function readText(file: string, what?: string): Promise<string> {
   try {
     return await readFile(file, 'utf8');
   } catch (error) {
-    throw new AmbitError('FILE_READ', `${what === undefined ? '' : `${what} `}${file}: cannot be read (${readFailure(error)})`, { cause: error });
+    throw new AmbitError('FILE_READ', `${what === undefined ? '' : `${what} `}${file}: cannot be read (${fileFailure(error)})`, { cause: error });
   }
 }
 

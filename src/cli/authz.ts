@@ -2,8 +2,8 @@
 // the proxy would, so operators can try a policy before they apply it.
 import { http as nodeHttp } from '../node-http.ts';
 import { readFile } from 'node:fs/promises';
-import { AmbitError } from '../errors.ts';
-import { parse, readFailure, requireString } from './args.ts';
+import { AmbitError, fileFailure } from '../errors.ts';
+import { parse, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { loadConfigDir } from '../config/loader.ts';
 import { isWorkloadKind } from '../config/snapshot.ts';
@@ -113,7 +113,7 @@ export const command: Command = {
     try {
       text = requestFile === '-' ? await readStdin() : await readFile(requestFile, 'utf8');
     } catch (error) {
-      throw new AmbitError('FILE_READ', `--request ${requestFile}: cannot be read (${readFailure(error)})`);
+      throw new AmbitError('FILE_READ', `--request ${requestFile}: cannot be read (${fileFailure(error)})`);
     }
     let input: Json;
     try {

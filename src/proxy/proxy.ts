@@ -1,7 +1,8 @@
 // The node proxy: wires configuration, identities, the HBONE inbound and outbound paths, and the
 // observability servers, and keeps them in line with each new configuration snapshot.
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { AmbitError, toAmbitError } from '../errors.ts';
+import { AmbitError, fileFailure, toAmbitError } from '../errors.ts';
+import { appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WATCH_ERROR_MESSAGES, watchConfigDir } from '../config/watch.ts';
 import { AuditLog } from '../config/audit.ts';
@@ -210,10 +211,18 @@ export class NodeProxy {
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     // Made, and held, before the node SVID there is read or renewed: a second proxy on it waits for the first to stop.
     this.#stateLock = await StateDirLock.acquire(options.stateDir, this.#logger, { signal: this.#starting.signal });
+    const auditFile = options.auditLogFile ?? join(options.stateDir, 'audit.log');
+    // Judged before anything starts, as the CA judges its own: one that cannot be written (a directory, a read-only
+    // mount) had the proxy run with every configuration change unrecorded, a warning each.
+    try {
+      await appendFile(auditFile, '', { mode: 0o600 });
+    } catch (error) {
+      throw new AmbitError('FILE_WRITE', `${options.auditLogFile === undefined ? 'audit log' : '--audit-log'} ${auditFile}: cannot append (${fileFailure(error)})`, { cause: error });
+    }
     this.#config = await watchConfigDir(options.configDir, {
       requireMesh: true,
       // Every accepted change, with its diff and files, goes to the audit log (one JSON line each).
-      auditLog: new AuditLog(options.auditLogFile ?? join(options.stateDir, 'audit.log')),
+      auditLog: new AuditLog(auditFile),
       onChange: (next) => {
         this.metrics.configReload('accepted');
         this.#logger.info({ version: next.version }, 'configuration accepted');

@@ -91,6 +91,14 @@ describe.concurrent('ambit proxy command line', () => {
   });
 });
 
+describe('ambit proxy and its audit log', () => {
+  it('refuses at start an --audit-log it cannot append to (a directory), naming it, as the CA does', async ({ expect }) => {
+    const result = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', noMeshConfig, '--state-dir', join(dir, 'proxy-state-audit'), '--audit-log', dir, '--metrics', '127.0.0.1:0', '--readiness', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { timeoutMs: 15_000 });
+    expect(failureCode(expect, result)).toBe('FILE_WRITE');
+    expect(result.stderr).toContain(`--audit-log ${dir}: cannot append (EISDIR: a directory, not a file)`);
+  });
+});
+
 describe('ambit proxy and its trust domain', () => {
   // The bundle file names no trust domain (it is read as --trust-domain's): the message had blamed the bundle.
   it('names --trust-domain and the MeshConfig when they disagree, and exits', async ({ expect }) => {

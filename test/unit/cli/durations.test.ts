@@ -26,6 +26,10 @@ describe('command-line durations', () => {
     expect((caught as AmbitError).message).toContain('--svid-ttl');
   });
 
+  it.each(['1.5h', '0.5s', '.5m', '1h0.5m'])('refuses %s saying that each unit takes a whole number', (text) => {
+    expect(() => parseDurationMs(text, 'ttl')).toThrow(`--ttl: "${text}": a duration is written in whole numbers of each unit`);
+  });
+
   // Zero in any unit is not a positive duration; it was once called longer than 100 years.
   it.each(['0s', '0d', '0h0m', '000ms'])('refuses %s as not positive, not as too long', (text) => {
     expect(() => parseDurationMs(text, 'ttl')).toThrow('--ttl: "' + text + '" is not a positive duration');
