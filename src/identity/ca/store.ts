@@ -359,6 +359,9 @@ async function withdrawLocked(dir: string, when: WithdrawWhen, now: Date): Promi
   return { withdrawn, stillTrusted };
 }
 
+/** The events only a CA's audit log holds (the proxy's holds configuration changes, as the CA's does too). */
+const CA_AUDIT_EVENTS: ReadonlySet<string> = new Set(['svid_issued', 'node_attested', 'node_attestation_resent', 'sign_refused', 'attest_refused', 'sign_rate_limited', 'bundle_changed']);
+
 interface Issued {
   readonly expiresAtMs: number;
   readonly spiffeId: string;
@@ -377,8 +380,9 @@ async function lastExpiry(auditLog: string, authorities: ReadonlySet<string>): P
     throw new AmbitError('CA_STATE', `${auditLog}: no audit log, so nothing tells when the certificates of the old roots expire; pass --audit-log FILE (what \`ca serve\` was given) or --grace DURATION (at least the longest SVID lifetime)`);
   }
   const newest = new Map<string, Issued>();
-  // A file with no audit record at all is not the CA's audit log (a path mistyped, another file): read as one, it
-  // would say that no certificate of the old roots is in use, and the roots would be withdrawn from under them.
+  // A file with no record only a CA writes is not the CA's audit log (a path mistyped, the proxy's audit.log, another
+  // file): read as one, it would say that no certificate of the old roots is in use, and the roots would be withdrawn
+  // from under them.
   let records = 0;
   const lines = createInterface({ input: createReadStream(auditLog, { encoding: 'utf8' }), crlfDelay: Infinity });
   for await (const line of lines) {
@@ -393,7 +397,7 @@ async function lastExpiry(auditLog: string, authorities: ReadonlySet<string>): P
     if (typeof record !== 'object' || record === null) continue;
     const { event, time, expiresAt, authority, spiffeId, serial, node } = record as Record<string, unknown>;
     if (typeof event !== 'string' || typeof time !== 'string') continue;
-    records++;
+    if (CA_AUDIT_EVENTS.has(event)) records++;
     // Issuance records only; others (configuration changes, refusals) carry no certificate.
     if (event !== 'svid_issued' && event !== 'node_attested') continue;
     const expiresAtMs = typeof expiresAt === 'string' ? Date.parse(expiresAt) : Number.NaN;
@@ -401,7 +405,7 @@ async function lastExpiry(auditLog: string, authorities: ReadonlySet<string>): P
     newest.set(`${String(node)} ${spiffeId}`, { expiresAtMs, spiffeId, serial: String(serial), authority: typeof authority === 'string' ? authority : null });
   }
   if (records === 0) {
-    throw new AmbitError('CA_STATE', `${auditLog}: holds no audit record (a line of JSON with "event" and "time", as \`ca serve --audit-log\` writes them), so nothing tells when the certificates of the old roots expire; pass the file \`ca serve\` was given, or --grace DURATION (at least the longest SVID lifetime)`);
+    throw new AmbitError('CA_STATE', `${auditLog}: holds no record of a CA (${[...CA_AUDIT_EVENTS].join(', ')}, as \`ca serve --audit-log\` writes them), so nothing tells when the certificates of the old roots expire; pass the file \`ca serve\` was given, or --grace DURATION (at least the longest SVID lifetime)`);
   }
   let last: Issued | null = null;
   for (const issued of newest.values()) {

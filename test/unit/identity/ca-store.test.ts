@@ -464,17 +464,18 @@ describe('root withdraw by the audit log: once every certificate of the old root
     expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
   });
 
-  it('refuses a file that holds no audit record (another file given by mistake), withdrawing nothing', async () => {
+  it("refuses a file that holds no CA's record (another file, the proxy's audit log), withdrawing nothing", async () => {
     const { dir, log, oldName } = await rotated();
-    for (const text of ['node-7.example.com\n', '\u0000\u0001garbage', '', '{"hostname":"x"}\n', JSON.stringify({ event: 'svid_issued', expiresAt: '2026-11-23T14:00:00.000Z', authority: oldName }) + '\n']) {
+    const proxyLog = JSON.stringify({ time: '2026-11-23T12:00:00.000Z', event: 'config_change', version: 'v1' }) + '\n';
+    for (const text of ['node-7.example.com\n', '\u0000\u0001garbage', '', '{"hostname":"x"}\n', JSON.stringify({ event: 'svid_issued', expiresAt: '2026-11-23T14:00:00.000Z', authority: oldName }) + '\n', proxyLog]) {
       await writeFile(log, text);
       const refused = await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T15:00:00Z')).catch((error: unknown) => error as AmbitError);
       expect((refused as AmbitError).code, JSON.stringify(text)).toBe('CA_STATE');
-      expect((refused as AmbitError).message).toContain('holds no audit record');
+      expect((refused as AmbitError).message).toContain('holds no record of a CA');
       expect((await loadCa(dir)).bundle.roots).toHaveLength(2);
     }
-    // A log with records but no issuance (a CA that signed nothing since): nothing holds the old root back.
-    await writeFile(log, JSON.stringify({ time: '2026-11-23T12:00:00.000Z', event: 'config_change', version: 'v1' }) + '\n');
+    // A CA's log with no issuance since (roots prepared and activated, nothing signed): nothing holds the old root back.
+    await writeFile(log, proxyLog + JSON.stringify({ time: '2026-11-23T12:00:00.000Z', event: 'bundle_changed', sequence: '3' }) + '\n');
     expect((await withdrawAuthorities(dir, { auditLog: log }, new Date('2026-11-23T15:00:00Z'))).withdrawn).toEqual([oldName]);
   });
 
