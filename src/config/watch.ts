@@ -38,6 +38,9 @@ export const WATCH_ERROR_MESSAGES: Readonly<Record<WatchErrorKind, string>> = {
   unreadable: 'configuration cannot be read for now; the configuration in force stays, and it is read again',
 };
 
+/** What a change adds that may apply while the rest of it waits, on its own (WatchOptions' #applyAdditions). */
+const POLICY_KINDS: ReadonlySet<string> = new Set(['AuthorizationPolicy', 'PeerAuthentication']);
+
 export interface WatchOptions {
   /**
    * Called after a valid change has been swapped in (not for the initial load, nor for edits that change nothing,
@@ -330,15 +333,20 @@ class DirectoryWatcher implements ConfigWatcher {
     const added = new Set<string>();
     for (const ref of diff.added) if (!held.has(ref.file)) added.add(ref.object);
     if (added.size === 0) return false;
-    const objects = [...prev.objects];
-    for (const object of next.objects) if (added.has(labelOf(object))) objects.push(object);
-    let partial: ConfigSnapshot;
-    try {
-      partial = buildSnapshot(objects, { dir: prev.dir, requireMesh: this.#options.requireMesh ?? false, where: this.#dir });
-    } catch {
-      return false;
+    const addedObjects = next.objects.filter((object) => added.has(labelOf(object)));
+    // All of them, else the policies alone (a workload renamed on a held file's IP does not stand without the rest,
+    // and must not hold a DENY back with it).
+    for (const objects of [addedObjects, addedObjects.filter((object) => POLICY_KINDS.has(object.kind))]) {
+      if (objects.length === 0) continue;
+      let partial: ConfigSnapshot;
+      try {
+        partial = buildSnapshot([...prev.objects, ...objects], { dir: prev.dir, requireMesh: this.#options.requireMesh ?? false, where: this.#dir });
+      } catch {
+        continue;
+      }
+      return this.#apply(partial, prev, diffSnapshots(prev, partial));
     }
-    return this.#apply(partial, prev, diffSnapshots(prev, partial));
+    return false;
   }
 
   #reject(error: AmbitError): void {

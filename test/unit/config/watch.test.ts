@@ -262,13 +262,18 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(recorder.events.filter((event) => event.type === 'error')).toEqual([]);
 
       // An object that only stands with the rest of the change (a pod moving out of the emptied file, its IP taken
-      // twice until that file is read again) waits with it.
+      // twice until that file is read again) waits with it; a DENY beside it does not.
       await writeFiles(dir, { 'pods.yaml': '' });
       const held = await recorder.next();
       expect(held.type === 'error' && held.error.code).toBe('CONFIG_FILE_EMPTIED');
       await replaceFiles(dir, { 'moved.yaml': validPod('10.0.0.1').replace('name: web', 'name: moved') });
       const waiting = await recorder.next();
       expect(waiting.type === 'error' && waiting.error.message).toContain('this change waits');
+      expect(watcher.current().workloadByIp('10.0.0.1')?.name).toBe('web');
+      const deny = 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: new-deny, namespace: default }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ["/admin"] } }]\n';
+      await replaceFiles(dir, { 'moved.yaml': `${validPod('10.0.0.1').replace('name: web', 'name: moved')}---\n${deny}` });
+      const denied = await recorder.next();
+      expect(denied.type === 'change' && denied.diff.added).toEqual([{ object: 'AuthorizationPolicy default/new-deny', file: 'moved.yaml' }]);
       expect(watcher.current().workloadByIp('10.0.0.1')?.name).toBe('web');
     });
 
