@@ -11,7 +11,7 @@ import * as http2 from 'node:http2';
 import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import type { Duplex } from 'node:stream';
-import { cancelStream, STREAM_ABORTED } from './copy.ts';
+import { cancelStream, cutSocket, STREAM_ABORTED } from './copy.ts';
 import { Client } from '../undici.ts';
 import type { Dispatcher, buildConnector } from 'undici';
 import type { Decision } from '../authz/compile.ts';
@@ -1094,13 +1094,7 @@ export class HttpInspector {
       req.resume();
       // A client waiting for 100 sends no body after a final answer: the connection cannot be reused.
       if (expectsContinue) res.shouldKeepAlive = false;
-      // Promising no longer than the workload's connection, which this tunnel ends with, has said it stays idle.
-      // (With its own Connection field, or Node adds its own Keep-Alive of the server's 60 s.)
-      else if (state.keepAliveS !== null && res.shouldKeepAlive) {
-        res.setHeader('connection', 'keep-alive');
-        res.setHeader('keep-alive', `timeout=${state.keepAliveS}`);
-      }
-      res.writeHead(refusal.status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(refusal.body) }).end(refusal.body);
+      writeRefusal(state, res, refusal.status, refusal.body);
       return;
     }
     const facts = state.facts;
@@ -1135,7 +1129,7 @@ export class HttpInspector {
       if (state.inForce() !== waiting.decidedWith && !allowedStill(state, req.method ?? '', req.url ?? '/', req.headers.host ?? '', waiting.headers, true)) {
         deniedAnswers.add(res);
         req.resume();
-        res.writeHead(403, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(DENIED_BODY) }).end(DENIED_BODY);
+        writeRefusal(state, res, 403, DENIED_BODY);
         continue;
       }
       state.h1Busy = true;
@@ -1201,6 +1195,11 @@ export class HttpInspector {
   recheckUpgrades(): number {
     let cut = 0;
     for (const [socket, upgrade] of this.#upgrades) {
+      // Closed already (the change revoked its connection): not decided, nor counted, twice.
+      if (socket.destroyed) {
+        this.#upgrades.delete(socket);
+        continue;
+      }
       const now = upgrade.state.inForce();
       if (now === upgrade.decidedWith) continue;
       upgrade.decidedWith = now;
@@ -1620,7 +1619,7 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
     const stop = () => {
       if (this.#done) return;
       // Reset, before undici closes it: a workload reading a body without a length would take a FIN for its end.
-      if (!this.#upstream.destroyed) this.#upstream.resetAndDestroy();
+      cutSocket(this.#upstream);
       controller.abort(STREAM_ABORTED);
     };
     // Closed between its turn and this write ('close' will not come again): stopped now.
@@ -1836,6 +1835,17 @@ function judge(state: TunnelState, req: IncomingMessage, headers: readonly strin
   state.denied++;
   state.onDenied(decision, facts);
   return { status: 403, body: DENIED_BODY };
+}
+
+/** The proxy's own refusal of an HTTP/1.1 request (400, 403), with a keep-alive no longer than the workload's. */
+function writeRefusal(state: TunnelState, res: ServerResponse, status: number, body: string): void {
+  // Promising no longer than the workload's connection, which this tunnel ends with, has said it stays idle.
+  // (With its own Connection field, or Node adds its own Keep-Alive of the server's 60 s.)
+  if (state.keepAliveS !== null && res.shouldKeepAlive) {
+    res.setHeader('connection', 'keep-alive');
+    res.setHeader('keep-alive', `timeout=${state.keepAliveS}`);
+  }
+  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) }).end(body);
 }
 
 /** The configuration a tunnel without TunnelInspection.inForce is judged under: never changes. */

@@ -1343,6 +1343,9 @@ spec:
   rules:
     - to: [{ operation: { paths: ["${path}"] } }]
 `;
+    const nodeB = mesh.nodes.get('node-b')!;
+    // Decided again, a request is not counted again: the DENY counter does not move.
+    const deniesBefore = await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' });
     const socket = connect({ host: CLIENT_IP, port: 9080 });
     let received = '';
     socket.setEncoding('latin1');
@@ -1357,8 +1360,11 @@ spec:
       await waitUntil('three answers', async () => (received.match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 3);
       expect(received.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403', 'HTTP/1.1 200']);
       expect(received).toContain('RBAC: access denied');
+      // Its 403 promises no longer an idle time than the workload's answers on the tunnel did (Node's own is 60 s).
+      expect(received.toLowerCase()).not.toContain('timeout=60');
       expect(webRequests).not.toContain('GET /public/queued-h1');
       expect(webRequests).toContain('GET /public/after-h1');
+      expect(await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' })).toBe(deniesBefore);
 
       // h2c to the HTTP/1.1 workload: a request waiting for the tunnel's one upstream connection, the same.
       const session = http2.connect(`http://${CLIENT_IP}:9080`);
@@ -1372,8 +1378,12 @@ spec:
       try {
         const first = statusOf('/public/gate');
         await waitUntil('the h2c request at the workload', async () => webRequests.filter((line) => line === 'GET /public/gate').length === 2);
+        let queuedAnswered = false;
         const queued = statusOf('/public/queued-h2');
+        void queued.then(() => (queuedAnswered = true));
         await new Promise((resolve) => setTimeout(resolve, 100));
+        // Allowed as it arrived (a denial would have been answered at once), and waiting its turn.
+        expect(queuedAnswered).toBe(false);
         await applyPolicies(deny('/public/queued-h2'), 'a DENY of the queued h2c path');
         openGate();
         expect(await first).toBe(200);
