@@ -3,7 +3,7 @@
 import { http } from '../node-http.ts';
 import type { Server } from 'node:http';
 import { unlink } from 'node:fs/promises';
-import { isAbsolute, join, relative, resolve } from 'node:path';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { Registry } from 'prom-client';
 import { AmbitError, toAmbitError } from '../errors.ts';
 import { joinTokenOption, parse, parseCaUrl, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
@@ -93,7 +93,7 @@ export const command: Command = {
     const stateDir = requireString(values['state-dir'], 'state-dir');
     // Workloads read --out: the node SVID in --state-dir lets its holder ask the CA for every identity on the node.
     const within = relative(resolve(out), resolve(stateDir));
-    if (within === '' || (!within.startsWith('..') && !isAbsolute(within))) {
+    if (within === '' || (within !== '..' && !within.startsWith(`..${sep}`) && !isAbsolute(within))) {
       throw new AmbitError('USAGE', `--state-dir ${stateDir} is ${within === '' ? '' : 'inside '}--out ${out}, which workloads read: the node SVID kept there must stay out of their reach; give the state its own directory`);
     }
     const identities = values.identity ?? [];

@@ -17,7 +17,8 @@ export function parseListen(text: string, flag: string): ListenAddress {
   const host = match[1] ?? (match[2] || '127.0.0.1');
   if (match[1] !== undefined && isIP(host) !== 6) throw new AmbitError('USAGE', `--${flag}: "${host}" is not an IPv6 address`);
   // Anything else reached the bind, which failed later and elsewhere (a proxy waiting not ready for ever).
-  if (match[1] === undefined && isIP(host) === 0 && !HOSTNAME.test(host)) throw new AmbitError('USAGE', `--${flag}: "${host}" is neither an IP address nor a host name (an IPv6 address goes in brackets: [::1]:${port})`);
+  // All digits and dots is an IPv4 address or nothing (300.1.1.1, 127.1): no top-level domain is numeric.
+  if (match[1] === undefined && isIP(host) === 0 && (!HOSTNAME.test(host) || /^[\d.]+$/.test(host))) throw new AmbitError('USAGE', `--${flag}: "${host}" is neither an IP address nor a host name (an IPv6 address goes in brackets: [::1]:${port})`);
   return { host, port };
 }
 

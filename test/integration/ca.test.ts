@@ -537,7 +537,8 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     // The audit log is opened after the signal handlers are in place, before the configuration is read.
     await waitUntil('the audit log opened', () => existsSync(auditFile), 10_000);
     expect(await ca.stop(), ca.stderr).toBe(0);
-    expect(ca.lines.some((line) => line.msg === 'CA stopped before it had started' || line.msg === 'CA shutting down')).toBe(true);
+    // Stopped where it was (loading the configuration), not once started.
+    expect(ca.lines.some((line) => line.msg === 'CA stopped before it had started')).toBe(true);
   }, 30_000);
 
   it("does not ask the CA again and again when this host's clock runs ahead of the CA's by more than half a certificate's life", async () => {

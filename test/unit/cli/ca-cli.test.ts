@@ -268,7 +268,7 @@ describe.concurrent('ambit agent command line', () => {
   });
 
   it('refuses a --state-dir that is --out, or inside it: the node SVID would sit where workloads read', async ({ expect }) => {
-    for (const stateDir of [join(dir, 'shared-out'), join(dir, 'shared-out', 'state'), `${join(dir, 'shared-out')}/`]) {
+    for (const stateDir of [join(dir, 'shared-out'), join(dir, 'shared-out', 'state'), `${join(dir, 'shared-out')}/`, join(dir, 'shared-out', '..state')]) {
       const result = await runAmbit(agentArgs({ out: join(dir, 'shared-out'), 'state-dir': stateDir }));
       expect(failureCode(expect, result), stateDir).toBe('USAGE');
       expect(result.stderr).toContain('which workloads read');

@@ -19,6 +19,8 @@ describe('a listen address on the command line', () => {
     ['host name:80', 'is neither an IP address nor a host name'],
     ['-bad.example:80', 'is neither an IP address nor a host name'],
     ['a..b:80', 'is neither an IP address nor a host name'],
+    ['300.1.1.1:80', 'is neither an IP address nor a host name'],
+    ['127.1:80', 'is neither an IP address nor a host name'],
     ['::1:80', 'is not HOST:PORT'],
     ['127.0.0.1:70000', 'is not HOST:PORT'],
     ['127.0.0.1', 'is not HOST:PORT'],
