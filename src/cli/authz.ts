@@ -15,7 +15,7 @@ import { authzContext, decideSafely, mtlsModeFor } from '../authz/decide.ts';
 import type { AuthzContext, DecisionMoment } from '../authz/decide.ts';
 import { explain } from '../authz/explain.ts';
 import { parseIp } from '../authz/match.ts';
-import { forwardableRawHeaders, MutableFacts } from '../proxy/l7.ts';
+import { forwardableRawHeaders, MAX_REQUEST_HEADER_BYTES, MutableFacts } from '../proxy/l7.ts';
 import { AMBIGUOUS_NAMESPACE, namespaceOfPath, tryParseSpiffeId } from '../identity/spiffe-id.ts';
 
 const help = `usage: ambit authz check --config DIR --request FILE|- [--explain]
@@ -187,6 +187,9 @@ export const command: Command = {
       if (host === '') return refuse('no Host (give request.host): the proxy answers 400 to an HTTP request without one');
       // Node's HTTP/1.1 parser knows its methods by name, in capitals (`get` is no method to it); over h2c any name goes.
       if (!nodeHttp.METHODS.includes(method)) return refuse(`an HTTP/1.1 request with method ${JSON.stringify(method)}, which is not one HTTP/1.1's parser knows (names are case-sensitive): the proxy answers 400 (over HTTP/2 it is decided by policy)`);
+      if (method === 'CONNECT') return refuse('CONNECT inside an inspected connection cannot be forwarded as a request: the proxy answers 405');
+      const unreadable = unparseableHead(method, rawPath, raw);
+      if (unreadable !== null) return refuse(unreadable);
       const facts = new MutableFacts();
       const malformed = facts.fill(method, rawPath, host, forwardableRawHeaders(raw), true);
       if (malformed !== null) return refuse(`${malformed}: the proxy answers 400`);
@@ -222,6 +225,46 @@ export const command: Command = {
     return 0;
   },
 };
+
+/** A field name as HTTP/1.1 writes one (RFC 9110 §5.1). */
+const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** Whether a field value holds a control character (all but HTAB): the wire has no way to carry CR or LF in one. */
+function hasControlCharacter(value: string): boolean {
+  for (let i = 0; i < value.length; i++) {
+    const code = value.charCodeAt(i);
+    if ((code < 0x20 && code !== 0x09) || code === 0x7f) return true;
+  }
+  return false;
+}
+
+/**
+ * Why Node's HTTP/1.1 parser, as the proxy runs it, would refuse this request before any policy (the answer and the
+ * reason, as the proxy gives them), or null when it would read it: a field name or value no request can carry, a
+ * length that is no number or beside a transfer coding (request smuggling's shapes), a head larger than it takes.
+ */
+function unparseableHead(method: string, path: string, raw: readonly string[]): string | null {
+  let bytes = method.length + 1 + path.length + ' HTTP/1.1\r\n'.length + 2;
+  let length: string | undefined;
+  let coding = false;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const value = raw[i + 1] as string;
+    if (!FIELD_NAME.test(name)) return `header name ${JSON.stringify(name)} is not a token (RFC 9110 §5.1): the proxy answers 400`;
+    if (hasControlCharacter(value)) return `header ${name} holds a control character (CR, LF, NUL and the like) no request can carry: the proxy answers 400`;
+    const lower = name.toLowerCase();
+    if (lower === 'content-length') {
+      if (!/^\s*\d+\s*$/.test(value)) return `content-length ${JSON.stringify(value)} is not a number: the proxy answers 400`;
+      if (length !== undefined && length.trim() !== value.trim()) return 'two content-length fields that differ: the proxy answers 400';
+      length = value;
+    } else if (lower === 'transfer-encoding') {
+      coding = true;
+    }
+    bytes += Buffer.byteLength(name) + 2 + Buffer.byteLength(value, 'latin1') + 2;
+  }
+  if (length !== undefined && coding) return 'content-length beside transfer-encoding (a request smuggling shape): the proxy answers 400';
+  if (bytes > MAX_REQUEST_HEADER_BYTES) return `a request head of ${bytes} bytes, over the ${MAX_REQUEST_HEADER_BYTES} the proxy takes (Envoy's default): the proxy answers 431`;
+  return null;
+}
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];

@@ -445,7 +445,7 @@ const UPSTREAM_CLOSED_GRACE_MS = 5_000;
  */
 const UPSTREAM_CLOSED_STALL_MS = 60_000;
 /** The largest request head taken (request line and fields): Envoy's default, max_request_headers_kb 60. */
-const MAX_REQUEST_HEADER_BYTES = 60 * 1024;
+export const MAX_REQUEST_HEADER_BYTES = 60 * 1024;
 /** The largest answer head taken from a workload: Envoy's default, max_response_headers_kb 60. */
 const MAX_RESPONSE_HEADER_BYTES = 60 * 1024;
 const TOO_LARGE_ANSWER = 'HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n';

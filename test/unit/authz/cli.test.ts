@@ -182,6 +182,25 @@ describe.concurrent('ambit authz check', () => {
     expect(String(output.reason)).toContain('OPTIONS * is not forwarded');
   });
 
+  it.for([
+    [{ method: 'CONNECT', path: '/api/x' }, 'the proxy answers 405'],
+    [{ method: 'GET', path: '/api/x', headers: { 'bad header': 'x' } }, 'is not a token'],
+    [{ method: 'GET', path: '/api/x', headers: { 'x-user': 'alice\r\nx-role: admin' } }, 'holds a control character'],
+    [{ method: 'GET', path: '/api/x', headers: { 'x-user': 'a\u0000b' } }, 'holds a control character'],
+    [{ method: 'POST', path: '/api/x', headers: { 'content-length': 'abc' } }, 'is not a number'],
+    [{ method: 'POST', path: '/api/x', headers: { 'content-length': '5', 'transfer-encoding': 'chunked' } }, 'request smuggling shape'],
+    [{ method: 'GET', path: '/api/x', headers: { cookie: 'a'.repeat(70_000) } }, 'the proxy answers 431'],
+  ] as const)('denies %j as the proxy refuses it before any policy', async ([request, reason], { expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: FRONT }, request }));
+    expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+    expect(String(output.reason)).toContain(reason);
+  });
+
+  it('reads a request the proxy reads: a body length, a tab in a value, a head just under 60 KiB', async ({ expect }) => {
+    const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x', headers: { 'content-length': '5', 'x-user': 'alice\tbob', cookie: 'a'.repeat(60_000) } } }));
+    expect(output.reason).not.toMatch(/the proxy answers/);
+  });
+
   it('reads no request where the proxy reads none: an HTTP port without HTTP rules in force, a TCP port', async ({ expect }) => {
     const config = await configWith('plain.yaml', `apiVersion: v1
 kind: Service
