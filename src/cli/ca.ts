@@ -131,6 +131,10 @@ async function serve(argv: string[]): Promise<number> {
   const dir = requireString(values.dir, 'dir');
   const configDir = requireString(values.config, 'config');
   const listen = parseListen(values.listen ?? DEFAULT_LISTEN, 'listen');
+  // Every flag judged before anything is made (the audit log): a typo must leave nothing behind.
+  const fixedTtlMs = values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') * 1000 : undefined;
+  const federationMinRefreshMs = values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined;
+  const statePollMs = values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined;
   const logger = createLogger({ name: 'ambit-ca' });
   // From the start, as the proxy and the agent: a HUP during startup must not kill it either.
   ignoreHangup(logger, 'the configuration directory and CA state are watched');
@@ -154,7 +158,6 @@ async function serve(argv: string[]): Promise<number> {
   } catch (error) {
     throw new AmbitError('FILE_WRITE', `${values['audit-log'] === undefined ? 'audit log' : '--audit-log'} ${auditFile}: cannot append: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
   }
-  const fixedTtlMs = values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') * 1000 : undefined;
   let server: CaServer | undefined;
   // Reloads apply in order; a federation list that cannot be applied keeps the one in force.
   let applying = Promise.resolve();
@@ -204,8 +207,8 @@ async function serve(argv: string[]): Promise<number> {
       // --svid-ttl fixes both (tests and benchmarks rotate everything fast); otherwise the MeshConfig's.
       nodeSvidTtlMs: fixedTtlMs ?? snapshot.mesh.nodeCertificateTtlMs,
       federation: await federationPeers(snapshot, configDir),
-      federationMinRefreshMs: values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined,
-      statePollMs: values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined,
+      federationMinRefreshMs,
+      statePollMs,
       logger,
       audit,
     });

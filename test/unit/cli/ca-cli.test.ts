@@ -196,6 +196,14 @@ describe.concurrent('ambit ca command line', () => {
     expect(result.stderr).toContain(`--svid-ttl ${ttl}: certificates are issued in whole seconds; ${says}`);
   });
 
+  it.for([['--svid-ttl', 'abc'], ['--state-poll', '1.5s'], ['--federation-min-refresh', 'soon']] as const)('refuses serve %s %s before it makes anything (its audit log among it)', async ([flag, value], { expect }) => {
+    const audit = join(dir, `audit-${flag.slice(2)}.log`);
+    const result = await runAmbit(['ca', 'serve', '--dir', caDir, '--config', otherDomainConfig, '--listen', '127.0.0.1:0', '--audit-log', audit, flag, value], { timeoutMs: 10_000 });
+    expect(failureCode(expect, result)).toBe('USAGE');
+    expect(result.stderr).toContain(flag);
+    expect(await exists(audit)).toBe(false);
+  });
+
   it.for(['500ms', '1500ms'])('refuses init --refresh-hint %s, which had been rounded silently, creating nothing', async (hint, { expect }) => {
     const target = join(dir, `hint-${hint}`);
     const result = await runAmbit(['ca', 'init', '--dir', target, '--trust-domain', TD, '--refresh-hint', hint]);
