@@ -218,8 +218,10 @@ export class OutboundListeners {
   readonly #listeners = new Map<string, Listener>();
   /** Open application connections, by the workload whose identity they leave with. */
   readonly #live = new Map<net.Socket, Workload>();
-  /** Connections closeDeparted closed: their access line says why. */
-  readonly #departed = new WeakSet<net.Socket>();
+  /** Connections a configuration change closed (closeDeparted, closeUnrouted): their access line says why. */
+  readonly #closedFor = new WeakMap<net.Socket, { readonly code: string; readonly message: string }>();
+  /** What each passthrough connection asked for (host and port), judged again when the configuration changes. */
+  readonly #passthroughTargets = new WeakMap<net.Socket, { readonly host: string; readonly port: number }>();
   // One 'close' listener shared by every connection, finding its socket as `this`: a closure per connection would
   // stay for the connection's whole life.
   readonly #forgetLive: (this: net.Socket) => void;
@@ -257,9 +259,30 @@ export class OutboundListeners {
       const now = ownerOf(snapshot.workloadsOnNodeByName(this.#options.nodeName, `${source.namespace}/${source.name}`), source.kind);
       if (now?.identity === source.identity) continue;
       this.#live.delete(socket);
-      this.#departed.add(socket);
+      this.#closedFor.set(socket, DEPARTED);
       // A reset: destroy() sends FIN when nothing is left unread, and an application still running (a VM whose
       // WorkloadEntry was removed) took the cut tunnel for a complete one.
+      cutSocket(socket);
+      closed++;
+    }
+    return closed;
+  }
+
+  /**
+   * Closes the open passthrough connections `snapshot` no longer lets out (egress made REGISTRY_ONLY, the ServiceEntry
+   * that admitted a host removed): new ones are refused, and these had gone on carrying bytes for good (Istio's
+   * sidecars drain a changed listener's connections). Returns how many closed.
+   */
+  closeUnrouted(snapshot: ConfigSnapshot): number {
+    const table = routingTableOf(snapshot);
+    let closed = 0;
+    for (const [socket, source] of this.#live) {
+      const target = this.#passthroughTargets.get(socket);
+      if (target === undefined) continue;
+      const route = decideRoute(table, target.host, target.port, this.#options.random, source.namespace);
+      if (route.kind !== 'deny') continue;
+      this.#live.delete(socket);
+      this.#closedFor.set(socket, { code: route.reason, message: `closed by a configuration change: ${route.message}` });
       cutSocket(socket);
       closed++;
     }
@@ -398,6 +421,7 @@ export class OutboundListeners {
       return;
     }
     if (route.kind === 'passthrough') {
+      this.#passthroughTargets.set(socket, { host, port });
       // route.host:port, which a ServiceEntry may have pointed at one of its endpoints. Configuration chose that
       // address, not the operator: it is judged as a workload's choice (not this host, not link-local, not into the mesh).
       this.#passthrough(socket, source, route.host, route.port, byWorkload || route.entry !== undefined, startedMs, srcAddr, route.serviceLabels ?? UNKNOWN_SERVICE);
@@ -465,7 +489,7 @@ export class OutboundListeners {
   /** A connection its application (or the proxy: departure, shutdown) closed while its destination was being reached. */
   #abandoned(socket: net.Socket, labels: TunnelLabels, source: Workload, srcAddr: string, target: string, startedMs: number): void {
     this.#options.metrics.failed(labels, 'CONNECT');
-    const { code, message } = this.#departed.has(socket) ? DEPARTED : { code: 'DOWNSTREAM_RESET', message: 'the connection closed while its destination was being reached' };
+    const { code, message } = this.#closedFor.get(socket) ?? { code: 'DOWNSTREAM_RESET', message: 'the connection closed while its destination was being reached' };
     this.#failedAccess(source, srcAddr, target, startedMs, code, message, 'CONNECT');
   }
 
@@ -481,7 +505,7 @@ export class OutboundListeners {
     // Established, so whatever ends it is not a connection failure (see inbound's #finish): the access line says what.
     const flags = '-';
     tunnel.meter.close(socket.bytesWritten, socket.bytesRead, flags);
-    const error = this.#departed.has(socket) ? DEPARTED : result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined;
+    const error = this.#closedFor.get(socket) ?? (result.error ? { code: result.failedSide === 'stream' ? 'TUNNEL_RESET' : 'DOWNSTREAM_RESET', message: result.error.message } : undefined);
     if (!accessLogEnabled(this.#logger, error !== undefined)) return;
     accessLog(this.#logger, {
       direction: 'outbound',
@@ -587,7 +611,7 @@ export class OutboundListeners {
       const meter = this.#options.metrics.open(labels);
       const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
       this.#options.liveMeters.add(flushable);
-      let error: { code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET' | 'SOURCE_DEPARTED'; message: string } | undefined;
+      let error: { readonly code: string; readonly message: string } | undefined;
       // The first error names the side that broke; either ends both.
       const failedOn = (code: 'DOWNSTREAM_RESET' | 'UPSTREAM_RESET') => (e: Error) => {
         error ??= { code, message: e.message };
@@ -608,7 +632,7 @@ export class OutboundListeners {
         this.#options.liveMeters.delete(flushable);
         // Established: `-` whatever ended it (see inbound's #finish).
         meter.close(socket.bytesWritten, socket.bytesRead, '-');
-        if (this.#departed.has(socket)) error = DEPARTED;
+        error = this.#closedFor.get(socket) ?? error;
         if (!accessLogEnabled(this.#logger, error !== undefined)) return;
         accessLog(this.#logger, {
           direction: 'outbound',

@@ -338,6 +338,34 @@ spec:
   });
 });
 
+describe('an open passthrough connection when egress is locked down', () => {
+  it('is reset when REGISTRY_ONLY comes into force, as new ones are refused, its access line saying why', async () => {
+    const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const held = connect({ host: CLIENT_IP, port: 9301 });
+    let failure: NodeJS.ErrnoException | undefined;
+    held.on('error', (error) => (failure = error));
+    let echoed = '';
+    held.on('data', (chunk: Buffer) => (echoed += chunk.toString()));
+    try {
+      held.write('before');
+      await waitUntil('the passthrough echoing', () => echoed === 'before');
+      const since = node.proc.lines.length;
+      const seen = accepted();
+      await mesh.writeConfig('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n  egress: { mode: REGISTRY_ONLY }\n');
+      await waitUntil('node-a accepts REGISTRY_ONLY', () => accepted() > seen, 10_000);
+      await waitUntil('the passthrough connection closed', () => held.closed, 10_000);
+      expect(failure?.code).toBe('ECONNRESET');
+      await waitUntil('its access line', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'EGRESS_BLOCKED' && String(line.error).startsWith('closed by a configuration change')));
+      expect(node.proc.lines.slice(since).some((line) => line.msg === 'closed passthrough connections the new configuration no longer lets out')).toBe(true);
+    } finally {
+      held.destroy();
+      const seen = accepted();
+      await mesh.writeConfig('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n');
+      await waitUntil('node-a accepts the mesh back', () => accepted() > seen, 10_000);
+    }
+  });
+});
+
 describe('a ServiceEntry outside the mesh with endpoints', () => {
   const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
 
