@@ -1099,6 +1099,8 @@ export class HttpInspector {
     }
     const facts = state.facts;
     const decidedWith = state.inForce();
+    // Decided again, if it waits, on the fields it was decided on: Expect among them (rare), not forwarded.
+    const decidedOn = req.headers.expect === undefined ? headers : headers.slice();
     if (expectsContinue) res.writeContinue();
     // Answered at this hop (HTTP/1.1), or to be ignored (an HTTP/1.0 request's, RFC 9110 §10.1.1): the upstream client
     // would refuse to send it on, and every such request got 502.
@@ -1110,7 +1112,7 @@ export class HttpInspector {
     }
     // reset: false: undici closes the connection after a HEAD, or a body on a GET, by default, and this tunnel has
     // only the one upstream connection; the client's next request on it got 502, or no answer at all.
-    state.h1Waiting.push({ res, headers, decidedWith, options: { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false } });
+    state.h1Waiting.push({ res, headers: decidedOn, decidedWith, options: { method: req.method as Dispatcher.HttpMethod, path: facts.forwardPath, headers, body: hasBody ? req : null, reset: false } });
     this.#sendH1(state);
   }
 

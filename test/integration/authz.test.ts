@@ -1399,6 +1399,36 @@ spec:
     }
   });
 
+  it('decides a waiting request again on the fields it arrived with, Expect among them (which is not forwarded)', async () => {
+    const socket = connect({ host: CLIENT_IP, port: 9080 });
+    let received = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (received += chunk));
+    socket.on('error', () => {});
+    try {
+      socket.write('GET /public/gate HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/expecting HTTP/1.1\r\nHost: web.demo\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok');
+      await waitUntil('the first request at the workload', async () => webRequests.filter((line) => line === 'GET /public/gate').length > 0);
+      await applyPolicies(`${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-no-expect, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - when: [{ key: "request.headers[expect]", values: ["100-continue"] }]
+`, 'a DENY of requests that expect 100');
+      openGate();
+      await waitUntil('both final answers', async () => (received.match(/HTTP\/1\.1 [2-5]\d\d/g) ?? []).length === 2);
+      expect(received.match(/HTTP\/1\.1 [2-5]\d\d/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403']);
+      expect(webRequests).not.toContain('GET /public/expecting');
+    } finally {
+      openGate();
+      socket.destroy();
+      await applyPolicies(policies, 'the policies back');
+    }
+  });
+
   it('closes a WebSocket when a policy change denies the request that opened it, its connection still allowed', async () => {
     const socket: Socket = connect({ host: CLIENT_IP, port: 9080 });
     socket.on('error', () => {});
