@@ -23,7 +23,8 @@ async function mainHelp(): Promise<string> {
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write((await mainHelp()) + '\n');
+    // Asked for, on stdout; no command at all is bad usage, on stderr (a script's stdout gets nothing it did not ask for).
+    (name === undefined ? process.stderr : process.stdout).write((await mainHelp()) + '\n');
     return name === undefined ? 2 : 0;
   }
   const load = commands[name];

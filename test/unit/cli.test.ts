@@ -33,6 +33,13 @@ describe('ambit command line', () => {
     expect(result.stdout).toContain('usage: ambit <command>');
   });
 
+  it('answers no command at all as bad usage: its commands on stderr, nothing on stdout, exit 2', () => {
+    const result = ambit();
+    expect(result.status).toBe(2);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toContain('usage: ambit <command>');
+  });
+
   it('refuses an AMBIT_LOG_LEVEL that is no log level with one line naming it and exit 2, not a stack trace', () => {
     for (const level of ['verbose', 'DEBUG']) {
       const result = ambitWithEnv({ AMBIT_LOG_LEVEL: level }, 'ca', 'serve', '--dir', '/nonexistent/ca', '--config', '/nonexistent/config');
