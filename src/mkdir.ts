@@ -56,13 +56,16 @@ export function makeDirsSync(path: string, mode?: number): void {
   }
 }
 
-/** The same, asynchronously. */
-export async function makeDirs(path: string, mode?: number): Promise<void> {
+/** The same, asynchronously; returns the topmost directory it made (for a caller to undo a failed start), if any. */
+export async function makeDirs(path: string, mode?: number): Promise<string | undefined> {
+  let made: string | undefined;
   for (const dir of missingAbove(path)) {
     try {
       await mkdir(dir, { mode });
+      made ??= dir;
     } catch (error) {
       if (!raceLost(error, dir)) throw error;
     }
   }
+  return made;
 }

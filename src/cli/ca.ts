@@ -75,7 +75,7 @@ async function readParent(options: { 'root-cert'?: string | boolean; 'root-key'?
   const keyFile = options['root-key'];
   if (certFile === undefined && keyFile === undefined) return undefined;
   if (typeof certFile !== 'string' || typeof keyFile !== 'string') throw new AmbitError('USAGE', '--root-cert and --root-key go together');
-  return { certPem: await readText(certFile, '--root-cert'), keyPem: await readText(keyFile, '--root-key') };
+  return { certPem: await readText(certFile, '--root-cert'), keyPem: await readText(keyFile, '--root-key'), certFrom: `--root-cert ${certFile}`, keyFrom: `--root-key ${keyFile}` };
 }
 
 

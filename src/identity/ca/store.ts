@@ -10,7 +10,7 @@
 // bundle without signing with it, so every peer trusts it before it is used; `activate` signs with it
 // while the old root stays published for the certificates it still backs; `withdraw` removes roots
 // that no longer sign. Each bundle change bumps spiffe_sequence.
-import { mkdir, readFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { createReadStream, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
@@ -104,7 +104,8 @@ async function writeState(dir: string, state: StateFile): Promise<void> {
 export interface NewAuthorityOptions {
   ttlMs?: number;
   /** Sign the new authority with this root (an intermediate under a shared root) instead of self-signing. */
-  parent?: { certPem: string; keyPem: string };
+  /** `certFrom`/`keyFrom`: where each came from (`--root-cert root.pem`), for the errors. */
+  parent?: { certPem: string; keyPem: string; certFrom?: string; keyFrom?: string };
   now?: Date;
 }
 
@@ -114,9 +115,9 @@ async function createAuthority(dir: string, trustDomain: string, name: string, o
   let cert: Certificate;
   let root: Certificate;
   if (options.parent) {
-    const parentCerts = parseCertificates(options.parent.certPem, 'parent root certificate');
+    const parentCerts = parseCertificates(options.parent.certPem, options.parent.certFrom ?? 'parent root certificate');
     const parentCert = parentCerts[0] as Certificate;
-    const parentKeys = await importPrivateKeyPem(options.parent.keyPem, 'parent root key');
+    const parentKeys = await importPrivateKeyPem(options.parent.keyPem, options.parent.keyFrom ?? 'parent root key');
     // A key of another root would sign an intermediate that chains to nothing: every leaf it issues would be refused.
     const parentKeySpki = Buffer.from(await globalThis.crypto.subtle.exportKey('spki', parentKeys.publicKey));
     if (!Buffer.from(parentCert.publicKey.rawData).equals(parentKeySpki)) throw new AmbitError('SVID_KEY_MISMATCH', 'parent root key does not belong to the parent root certificate');
@@ -195,16 +196,23 @@ export interface InitOptions extends NewAuthorityOptions {
 export async function initCa(dir: string, trustDomain: string, options: InitOptions = {}): Promise<CaState> {
   validateTrustDomain(trustDomain);
   if (existsSync(statePath(dir))) throw new AmbitError('CA_STATE', `${dir} already holds a CA (ca.json exists); refusing to overwrite it`);
-  await makeDirs(dir, 0o700);
+  const made = await makeDirs(dir, 0o700);
   const name = await nextAuthorityName(dir);
-  await createAuthority(dir, trustDomain, name, options);
-  await writeState(dir, {
-    version: 1,
-    trustDomain,
-    sequence: '1',
-    refreshHintSeconds: options.refreshHintSeconds ?? DEFAULT_REFRESH_HINT_SECONDS,
-    authorities: [{ name, state: 'active', createdAt: (options.now ?? new Date()).toISOString() }],
-  });
+  try {
+    await createAuthority(dir, trustDomain, name, options);
+    await writeState(dir, {
+      version: 1,
+      trustDomain,
+      sequence: '1',
+      refreshHintSeconds: options.refreshHintSeconds ?? DEFAULT_REFRESH_HINT_SECONDS,
+      authorities: [{ name, state: 'active', createdAt: (options.now ?? new Date()).toISOString() }],
+    });
+  } catch (error) {
+    // A refused init (a parent root that is no CA, a key that does not match it) leaves nothing behind: what it made,
+    // the directories included, is removed; a directory the operator gave is left as it was.
+    await rm(made ?? join(dir, name), { recursive: true, force: true });
+    throw error;
+  }
   return loadCa(dir);
 }
 

@@ -204,6 +204,16 @@ describe.concurrent('ambit ca command line', () => {
     expect(await exists(audit)).toBe(false);
   });
 
+  it('refuses init with a --root-cert that holds no certificate (a key), naming the flag, and leaves no directory behind', async ({ expect }) => {
+    const key = join(dir, 'root-key-only.pem');
+    await writeFile(key, '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOk=\n-----END PRIVATE KEY-----\n');
+    const target = join(dir, 'init-refused', 'ca');
+    const result = await runAmbit(['ca', 'init', '--dir', target, '--trust-domain', TD, '--root-cert', key, '--root-key', key]);
+    expect(failureCode(expect, result)).toBe('SVID_PARSE');
+    expect(result.stderr).toContain(`--root-cert ${key}: no CERTIFICATE PEM block found`);
+    expect(await exists(join(dir, 'init-refused'))).toBe(false);
+  });
+
   it.for(['500ms', '1500ms'])('refuses init --refresh-hint %s, which had been rounded silently, creating nothing', async (hint, { expect }) => {
     const target = join(dir, `hint-${hint}`);
     const result = await runAmbit(['ca', 'init', '--dir', target, '--trust-domain', TD, '--refresh-hint', hint]);
