@@ -218,10 +218,16 @@ class FlaggedCount {
  * label set's new kinds of answer are counted under `response_code="other"` and `grpc_response_status="other"`, one
  * series per protocol and response flags.
  */
-export const DEFAULT_MAX_REQUEST_SERIES = 5_000;
+export const DEFAULT_MAX_REQUEST_SERIES = 3_000;
 const MAX_REQUEST_SERIES_PER_LABEL_SET = 64;
 /** Each label set's first kinds of answer are its own, not charged to the shared bound: one noisy workload must not leave every later one's 200s and DENYs under `other`. */
 const REQUEST_SERIES_OWN = 8;
+/**
+ * ...within a bound of their own across the proxy: uncounted, 10,000 label sets' 8 each were 80,000 series, a scrape
+ * of ~5 GB that no string holds (every scrape then failed, after seconds with the event loop held). With the shared
+ * bound, 5,000 request series at most: a scrape of ~320 MB (each series 67 lines of ~0.9 KB of labels).
+ */
+export const DEFAULT_MAX_OWN_REQUEST_SERIES = 2_000;
 const OTHER_ANSWERS = 'other';
 /** The key of `requests` the answers past the bounds are listed under: no status code is negative. */
 const OTHER_CODE = -1;
@@ -230,6 +236,9 @@ const OTHER_CODE = -1;
 interface RequestSeriesBudget {
   used: number;
   readonly max: number;
+  /** Label sets' own series (REQUEST_SERIES_OWN each), against a bound of their own. */
+  own: number;
+  readonly maxOwn: number;
 }
 
 /** The numbers behind one traffic label set. */
@@ -261,13 +270,14 @@ class TrafficSeries {
         }
       }
     }
-    const own = this.#requestSeries < REQUEST_SERIES_OWN;
+    const own = this.#requestSeries < REQUEST_SERIES_OWN && this.#budget.own < this.#budget.maxOwn;
     if (this.#requestSeries >= MAX_REQUEST_SERIES_PER_LABEL_SET || (!own && this.#budget.used >= this.#budget.max)) {
       this.#otherCell(protocol, responseFlags).add(durationMs, requestBytes, responseBytes);
       return;
     }
     this.#requestSeries++;
-    if (!own) this.#budget.used++;
+    if (own) this.#budget.own++;
+    else this.#budget.used++;
     const cell = new RequestCount(this.labels, protocol, String(responseCode), grpcStatus, responseFlags);
     cell.add(durationMs, requestBytes, responseBytes);
     if (cells === undefined) this.requests.set(responseCode, [cell]);
@@ -521,6 +531,8 @@ export interface ProxyMetricsOptions {
   maxSeries?: number;
   /** Request series kept across every label set; DEFAULT_MAX_REQUEST_SERIES unless given. */
   maxRequestSeries?: number;
+  /** Label sets' own first request series, across all; DEFAULT_MAX_OWN_REQUEST_SERIES unless given. */
+  maxOwnRequestSeries?: number;
 }
 
 /** ambit's version, from its package.json (two levels up from src/observe/ and from dist/observe/ alike). */
@@ -562,7 +574,7 @@ export class ProxyMetrics {
   constructor(registry: Registry, options: ProxyMetricsOptions = {}) {
     this.registry = registry;
     this.#maxSeries = options.maxSeries ?? DEFAULT_MAX_SERIES;
-    this.#requestBudget = { used: 0, max: options.maxRequestSeries ?? DEFAULT_MAX_REQUEST_SERIES };
+    this.#requestBudget = { used: 0, max: options.maxRequestSeries ?? DEFAULT_MAX_REQUEST_SERIES, own: 0, maxOwn: options.maxOwnRequestSeries ?? DEFAULT_MAX_OWN_REQUEST_SERIES };
     const all = this.#series;
     const scraped: ScrapedMetric[] = [
       new TrafficCounter('istio_tcp_connections_opened_total', 'The total number of TCP connections opened', all, (series, add) => add(series.labels, series.opened)),

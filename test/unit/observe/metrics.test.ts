@@ -297,6 +297,20 @@ describe('ProxyMetrics', () => {
     expect(await valueOf(registry, 'istio_requests_total', { source_principal: 'spiffe://cluster.local/ns/shop/sa/late', response_code: '403', response_flags: 'DENY' })).toBe(1);
   });
 
+  it('bounds the label sets\' own request series across the proxy too: past it, new label sets share the common bound, then "other"', async () => {
+    const registry = new Registry();
+    const metrics = new ProxyMetrics(registry, { maxRequestSeries: 4, maxOwnRequestSeries: 16 });
+    // 10 label sets answering 8 kinds each: 16 own (two label sets' worth), then the 4 shared, then "other".
+    for (let set = 0; set < 10; set++) {
+      const meter = metrics.open({ ...OUTBOUND, sourcePrincipal: `spiffe://cluster.local/ns/shop/sa/s${set}` });
+      for (let code = 200; code < 208; code++) meter.request('http', code, '', '-', 1, 10, 10);
+    }
+    const kept = (await registry.metrics()).split('\n').filter((line) => line.startsWith('istio_requests_total{') && !line.includes('response_code="other"')).length;
+    expect(kept).toBe(16 + 4);
+    expect(await valueOf(registry, 'istio_requests_total')).toBe(80);
+    expect(await valueOf(registry, 'istio_requests_total', { response_code: 'other' })).toBe(80 - 20);
+  });
+
   it("reports each request's duration, request size and answer size as Istio's histograms, in Envoy's buckets, under the request's labels", async () => {
     const registry = new Registry();
     const metrics = new ProxyMetrics(registry);
