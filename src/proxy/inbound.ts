@@ -843,17 +843,28 @@ export class HboneInbound {
   static #onDialAbandoned(this: http2.ServerHttp2Stream): void {
     const dial = dials.of(this);
     HboneInbound.#stopDial(dial);
-    dial.inbound.#live.delete(dial);
+    dial.inbound.#abandoned(dial);
+  }
+
+  /**
+   * The peer reset its CONNECT while the upstream connected: the workload saw a connection come and go, so it is
+   * counted as a failed one and given its access line, as the source side counts its own (a peer cancelling CONNECTs
+   * in the same write had them reach the workload with no trace here).
+   */
+  #abandoned(dial: UpstreamDial): void {
+    this.#live.delete(dial);
     dial.upstream.destroy();
+    this.#options.metrics.failed(dial.labels, 'CONNECT');
+    const { destination, destinationIp, destinationPort } = dial.connection;
+    this.#failedAccess(dial.peer, destination, `${destinationIp}:${destinationPort}`, dial.startedMs, 'DOWNSTREAM_RESET', 'the peer reset the CONNECT while its upstream connection was being made', 'CONNECT', dial.labels);
   }
 
   static #onDialConnect(this: net.Socket): void {
     const dial = dials.of(this);
     HboneInbound.#stopDial(dial);
-    const { stream, upstream } = dial;
+    const { stream } = dial;
     if (stream.destroyed || stream.closed) {
-      dial.inbound.#live.delete(dial);
-      upstream.destroy();
+      dial.inbound.#abandoned(dial);
       return;
     }
     // Another configuration came into force while the upstream connected, before a policy change's revoke() ran
@@ -900,7 +911,7 @@ export class HboneInbound {
    * The access line of a CONNECT that never became a tunnel (a policy denied it, or its upstream could not be
    * reached): one line per connection, failures included, as ztunnel's "connection complete" with its error.
    */
-  #failedAccess(peer: PeerInfo, destination: Workload, address: string, startedMs: number, code: 'POLICY_DENIED' | 'UPSTREAM_CONNECT', message: string, flags: 'DENY' | 'CONNECT', labels: TunnelLabels): void {
+  #failedAccess(peer: PeerInfo, destination: Workload, address: string, startedMs: number, code: 'POLICY_DENIED' | 'UPSTREAM_CONNECT' | 'DOWNSTREAM_RESET', message: string, flags: 'DENY' | 'CONNECT', labels: TunnelLabels): void {
     if (!accessLogEnabled(this.#logger, true)) return;
     accessLog(this.#logger, {
       direction: 'inbound',

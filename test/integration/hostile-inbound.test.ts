@@ -644,6 +644,41 @@ spec:
   });
 });
 
+describe('HBONE inbound: CONNECTs their peer cancels while the workload is dialled', () => {
+  it('counts each connection the workload saw as a failed one, with its access line, not none', async () => {
+    const node = nodeB();
+    const session = dialHbone(validClient);
+    try {
+      await new Promise((resolve) => session.once('remoteSettings', resolve));
+      const failed = () => metricSum(node, 'istio_tcp_connections_failed_total', { reporter: 'destination', source_principal: TESTER_ID, response_flags: 'CONNECT' });
+      const opened = () => metricSum(node, 'istio_tcp_connections_opened_total', { reporter: 'destination', source_principal: TESTER_ID });
+      const failedBefore = await failed();
+      const openedBefore = await opened();
+      const acceptedBefore = echo.accepted;
+      const since = node.proc.lines.length;
+      for (let i = 0; i < 50; i++) {
+        const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
+        stream.on('error', () => {});
+        // HEADERS and RST_STREAM leave in the same write: the proxy is dialling the workload when the reset comes.
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      const seenByWorkload = echo.accepted - acceptedBefore;
+      const counted = (await failed()) - failedBefore;
+      const lines = node.proc.lines.slice(since).filter((line) => line.msg === 'access' && line.error_code === 'DOWNSTREAM_RESET');
+      expect(seenByWorkload).toBeGreaterThan(0);
+      // Each is a failed CONNECT, or (its upstream connected before the reset was read) a tunnel opened and reset.
+      expect(counted + ((await opened()) - openedBefore)).toBeGreaterThanOrEqual(seenByWorkload);
+      expect(counted).toBeGreaterThan(0);
+      expect(counted).toBeLessThanOrEqual(50);
+      expect(lines).toHaveLength(counted);
+      expect(lines[0]).toMatchObject({ response_flags: 'CONNECT', 'src.identity': TESTER_ID });
+    } finally {
+      session.destroy();
+    }
+  });
+});
+
 describe('HBONE inbound: a session outliving its client certificate', () => {
   it('serves the session while the certificate is valid, then refuses its new streams and says GOAWAY once it expires', async () => {
     // X.509 times are whole seconds: a 3 s certificate expires 2-3 s from now.
@@ -1255,7 +1290,7 @@ describe('HBONE inbound: flow control and teardown', () => {
     return { stream, upstream };
   }
 
-  it('forgets an upstream connect the peer gave up on: no refusal counted or logged when its timeout would have run', async () => {
+  it('forgets an upstream connect the peer gave up on: counted once as abandoned, no refusal counted or logged when its timeout would have run', async () => {
     // A process that listens with a backlog of one and never accepts (its event loop is blocked): once two
     // connections fill the queue, the kernel drops further SYNs, so node-b's connect stays pending.
     const blocker = spawn(process.execPath, ['-e', `const s = require('net').createServer(); s.listen({ host: '${ECHO_IP}', port: ${BLACKHOLE_PORT}, backlog: 1 }, () => { process.stdout.write('ready'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); });`], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -1282,7 +1317,9 @@ describe('HBONE inbound: flow control and teardown', () => {
       await sleep(10_800);
       const refusals = nodeB().proc.lines.slice(since).filter((l) => l.msg === 'HBONE CONNECT refused' && String(l.reason).includes(`:${BLACKHOLE_PORT}`));
       expect(refusals).toEqual([]);
-      expect(await metricSum(nodeB(), 'istio_tcp_connections_failed_total')).toBe(failedBefore);
+      // Once, when the peer gave up (its access line says so), not again when the timeout would have run.
+      expect(await metricSum(nodeB(), 'istio_tcp_connections_failed_total')).toBe(failedBefore + 1);
+      expect(nodeB().proc.lines.slice(since).filter((l) => l.msg === 'access' && l.error_code === 'DOWNSTREAM_RESET')).toHaveLength(1);
     } finally {
       session.destroy();
       for (const filler of fillers) filler.destroy();
