@@ -1,7 +1,7 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
 import { joinTokenOption, parse, parseCaUrl, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
-import type { AmbitError } from '../errors.ts';
+import { AmbitError } from '../errors.ts';
 import { stopOnUncaughtError } from './fatal.ts';
 import { ignoreHangup, stopSignal } from './hangup.ts';
 import { parseListen, parsePort } from './listen.ts';
@@ -14,7 +14,7 @@ const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle F
                    --state-dir DIR [--join-token TOKEN | --join-token-file FILE] [--outbound LISTEN_IP:PORT=HOST:PORT@[KIND:]NS/WORKLOAD ...]
                    [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
                    [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h] [--audit-log FILE]
-                   [--drain-timeout 5s]
+                   [--drain-timeout 5s] [--max-workload-connections N]
 
 Runs the node proxy for the workloads the configuration places on node NAME:
   inbound   HBONE (HTTP/2 CONNECT over mutual TLS 1.3) on each local workload's IP, port 15008
@@ -25,6 +25,9 @@ Runs the node proxy for the workloads the configuration places on node NAME:
             the listener's owner is the source workload whose SVID the tunnel presents (an
             --outbound owner that names both a Pod and a WorkloadEntry on the node is refused unless
             the flag says which: @Pod:NS/NAME or @WorkloadEntry:NS/NAME)
+            one workload carries at most N connections at once (--max-workload-connections; default a
+            quarter of the open-files limit), and all of them together leave 1,024 descriptors of that
+            limit to the proxy's sessions and servers: past either, new ones are refused (CONNECTION_LIMIT)
   metrics   Prometheus /metrics with Istio's names and labels (--metrics)
   readiness /healthz/ready: 200 once certificates are loaded and listeners bound, 503 naming what is
             pending or which certificate expired (--readiness); up before the first attestation
@@ -38,6 +41,12 @@ SIGTERM or SIGINT drains, as ztunnel does: listeners close, every HBONE session 
 turns 503, and open connections have --drain-timeout (default 5s; 0 to stop at once) to finish before the
 rest are cut (reset); a second SIGTERM or SIGINT cuts them at once, a third ends the process as it stands. SIGHUP is logged and ignored: the configuration is reloaded when its files change.
 `;
+
+/** A count flag: a whole number, at least one. */
+function parsePositiveCount(text: string, flag: string): number {
+  if (!/^\d{1,9}$/.test(text) || Number(text) < 1) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a whole number of at least 1`);
+  return Number(text);
+}
 
 /** ztunnel's default drain: open connections get this long to finish once the proxy is asked to stop. */
 const DEFAULT_DRAIN_MS = 5_000;
@@ -64,6 +73,7 @@ export const command: Command = {
       'svid-ttl': { type: 'string' },
       'audit-log': { type: 'string' },
       'drain-timeout': { type: 'string' },
+      'max-workload-connections': { type: 'string' },
     }, false);
     const caUrl = parseCaUrl(values.ca);
     const trustDomain = validateTrustDomain(requireString(values['trust-domain'], 'trust-domain'));
@@ -75,6 +85,7 @@ export const command: Command = {
     const readinessListen = values.readiness !== undefined ? parseListen(values.readiness, 'readiness') : undefined;
     const adminListen = values.admin !== undefined ? parseListen(values.admin, 'admin') : undefined;
     const sharedHboneListen = values['hbone-listen'] !== undefined ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined;
+    const maxWorkloadConnections = values['max-workload-connections'] === undefined ? undefined : parsePositiveCount(values['max-workload-connections'], 'max-workload-connections');
     const drainMs = values['drain-timeout'] !== undefined ? parseDurationMsAllowZero(values['drain-timeout'], 'drain-timeout') : DEFAULT_DRAIN_MS;
     const logger = createLogger({ name: 'ambit-proxy' });
     // From the start: the first attestation may wait minutes for the CA.
@@ -106,6 +117,7 @@ export const command: Command = {
         hbonePort,
         certificateTtlSeconds: values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') : undefined,
         auditLogFile: values['audit-log'],
+        maxWorkloadConnections,
         logger,
       });
     } catch (error) {

@@ -4,6 +4,7 @@
 // for destinations outside the mesh, or refusal when egress is locked down. Transparent capture (15001
 // with SO_ORIGINAL_DST) will feed the same `forward` with the original destination.
 import type * as http2 from 'node:http2';
+import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
@@ -205,6 +206,39 @@ export interface OutboundOptions {
   localAddresses?: LocalAddresses;
   /** Whether one of the proxy's own servers (admin, metrics, readiness, the HBONE listeners) is bound to this port on some address of this host. */
   isServicePort?: (port: number) => boolean;
+  /** Connection bounds (connectionLimits() unless given): one workload's share, and all workloads' together. */
+  limits?: ConnectionLimits;
+}
+
+/** How many application connections the proxy carries at once: per source workload, and for all of them. */
+export interface ConnectionLimits {
+  readonly perWorkload: number;
+  readonly total: number;
+}
+
+/**
+ * Descriptors left for everything but workloads' connections (HBONE sessions, the inbound side, the admin, metrics and
+ * readiness servers, files): one workload holding ~20,000 idle connections took a node's every descriptor, and every
+ * other workload's new connections failed, readiness and metrics too.
+ */
+const RESERVED_DESCRIPTORS = 1_024;
+
+/**
+ * The bounds from the process's open-files limit (its soft limit, /proc/self/limits): all workloads' connections leave
+ * RESERVED_DESCRIPTORS (or half the limit, if smaller) for the rest; one workload may hold a quarter of the limit, so
+ * that one misbehaving workload does not take its neighbours' share (a sidecar's limit is its own pod's).
+ * `perWorkload` given (--max-workload-connections) overrides the quarter. Without a readable limit: no bound.
+ */
+export function connectionLimits(perWorkload?: number, limitsText?: string): ConnectionLimits {
+  let soft = Number.POSITIVE_INFINITY;
+  try {
+    const match = /^Max open files\s+(\d+|unlimited)/m.exec(limitsText ?? readFileSync('/proc/self/limits', 'utf8'));
+    if (match !== null && match[1] !== 'unlimited') soft = Number(match[1]);
+  } catch {
+    // Not Linux: no bound taken from the limit.
+  }
+  const total = Number.isFinite(soft) ? Math.max(1, soft - Math.min(RESERVED_DESCRIPTORS, Math.floor(soft / 2))) : Number.POSITIVE_INFINITY;
+  return { perWorkload: perWorkload ?? (Number.isFinite(soft) ? Math.max(1, Math.floor(soft / 4)) : Number.POSITIVE_INFINITY), total };
 }
 
 export class OutboundListeners {
@@ -218,6 +252,9 @@ export class OutboundListeners {
   readonly #listeners = new Map<string, Listener>();
   /** Open application connections, by the workload whose identity they leave with. */
   readonly #live = new Map<net.Socket, Workload>();
+  /** How many of them each workload holds (ConnectionLimits.perWorkload), by its primary IP: stable across configuration changes, which make new Workload objects. */
+  readonly #perWorkload = new Map<string, number>();
+  readonly #limits: ConnectionLimits;
   /** Connections a configuration change closed (closeDeparted, closeUnrouted): their access line says why. */
   readonly #closedFor = new WeakMap<net.Socket, { readonly code: string; readonly message: string }>();
   /** What each passthrough connection asked for (host and port), judged again when the configuration changes. */
@@ -237,8 +274,16 @@ export class OutboundListeners {
     this.#localAddresses = options.localAddresses ?? new LocalAddresses();
     this.#guard = { local: this.#localAddresses, ownPort: (port) => this.#isOwnPort(port), meshAddress: (ip) => meshAddressOf(routingTableOf(options.snapshot()), ip) };
     const live = this.#live;
+    const perWorkload = this.#perWorkload;
+    this.#limits = options.limits ?? connectionLimits();
     this.#forgetLive = function (this: net.Socket) {
+      const source = live.get(this);
+      if (source === undefined) return;
       live.delete(this);
+      const key = workloadKey(source);
+      const held = (perWorkload.get(key) ?? 1) - 1;
+      if (held > 0) perWorkload.set(key, held);
+      else perWorkload.delete(key);
     };
     this.#logger = options.logger.child({ component: 'outbound' });
   }
@@ -258,7 +303,7 @@ export class OutboundListeners {
       // The snapshot's own index of the node's workloads by name, as a listener finds its owner.
       const now = ownerOf(snapshot.workloadsOnNodeByName(this.#options.nodeName, `${source.namespace}/${source.name}`), source.kind);
       if (now?.identity === source.identity) continue;
-      this.#live.delete(socket);
+      this.#forgetLive.call(socket);
       this.#closedFor.set(socket, DEPARTED);
       // A reset: destroy() sends FIN when nothing is left unread, and an application still running (a VM whose
       // WorkloadEntry was removed) took the cut tunnel for a complete one.
@@ -281,7 +326,7 @@ export class OutboundListeners {
       if (target === undefined) continue;
       const route = decideRoute(table, target.host, target.port, this.#options.random, source.namespace);
       if (route.kind !== 'deny') continue;
-      this.#live.delete(socket);
+      this.#forgetLive.call(socket);
       this.#closedFor.set(socket, { code: route.reason, message: `closed by a configuration change: ${route.message}` });
       cutSocket(socket);
       closed++;
@@ -409,9 +454,22 @@ export class OutboundListeners {
     const startedMs = Date.now();
     const remoteAddress = socket.remoteAddress;
     const srcAddr = `${remoteAddress}:${socket.remotePort}`;
-    this.#live.set(socket, source);
-    socket.on('close', this.#forgetLive);
     socket.on('error', noop); // reported through the bridge or the refusal below
+    const held = this.#perWorkload.get(workloadKey(source)) ?? 0;
+    if (held >= this.#limits.perWorkload || this.#live.size >= this.#limits.total) {
+      const mine = held >= this.#limits.perWorkload;
+      const message = mine
+        ? `${source.namespace}/${source.name} holds ${held} connections, its limit (--max-workload-connections; a quarter of the open-files limit by default)`
+        : `the proxy carries ${this.#live.size} connections, all its open-files limit allows beside what it keeps for its sessions and servers`;
+      this.#options.metrics.failed(sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), 'CONNECT');
+      this.#refusalLogBudget.warn(this.#logger, 'connection-limit', { source: source.identity, target: formatAuthority(host, port), code: 'CONNECTION_LIMIT', reason: message }, 'outbound connection refused');
+      this.#failedAccess(source, srcAddr, formatAuthority(host, port), startedMs, 'CONNECTION_LIMIT', message, 'CONNECT');
+      cutSocket(socket);
+      return;
+    }
+    this.#live.set(socket, source);
+    this.#perWorkload.set(workloadKey(source), held + 1);
+    socket.on('close', this.#forgetLive);
     const route = decideRoute(routingTableOf(this.#options.snapshot()), host, port, this.#options.random, source.namespace);
     if (route.kind === 'deny') {
       this.#options.metrics.failed(sourceLabels(source, UNKNOWN_WORKLOAD, 'unknown', UNKNOWN_SERVICE, 'unknown'), route.reason === 'EGRESS_BLOCKED' ? 'DENY' : 'CONNECT');
@@ -719,6 +777,11 @@ function forwardedFor(ip: string, serviceHost: string | undefined): string {
     byIp.set(ip, value);
   }
   return value;
+}
+
+/** A workload's key among this node's: its primary IP (one pod's, one entry's), else its name. */
+function workloadKey(workload: Workload): string {
+  return workload.ips[0] ?? `${workload.namespace}/${workload.name}`;
 }
 
 const DEPARTED = Object.freeze({ code: 'SOURCE_DEPARTED', message: 'closed: its source workload left this node (deleted, moved, or another identity)' });

@@ -20,7 +20,7 @@ import { HboneInbound } from './inbound.ts';
 import type { InboundConnection, InboundDecision } from './inbound.ts';
 import { HbonePool } from './pool.ts';
 import { IdentityContexts, PeerVerifier } from './tls.ts';
-import { OutboundListeners, annotatedListeners } from './outbound.ts';
+import { OutboundListeners, annotatedListeners, connectionLimits } from './outbound.ts';
 import type { OutboundListenerSpec } from './outbound.ts';
 import { routingTableOf } from './routes.ts';
 import { destinationStays, InboundAuthorizer } from './authorize.ts';
@@ -71,6 +71,8 @@ export interface NodeProxyOptions {
   certificateTtlSeconds?: number;
   /** Where accepted configuration changes are recorded; default STATE_DIR/audit.log. */
   auditLogFile?: string;
+  /** One workload's outbound connections at once (connectionLimits: a quarter of the open-files limit by default). */
+  maxWorkloadConnections?: number;
   logger: Logger;
   /** Authorization hook for inbound connections (the authorization layer plugs in here). */
   authorize?: ((connection: InboundConnection) => InboundDecision) | null;
@@ -325,7 +327,7 @@ export class NodeProxy {
       ownListener: (ip, port) => this.#isServiceEndpoint(ip, port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,
     });
-    this.#outbound = new OutboundListeners({ nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, isServicePort: (port) => port === hbonePort || port === options.sharedHboneListen?.port || this.#serviceEndpoints.some((endpoint) => endpoint.port === port) });
+    this.#outbound = new OutboundListeners({ limits: connectionLimits(options.maxWorkloadConnections), nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, isServicePort: (port) => port === hbonePort || port === options.sharedHboneListen?.port || this.#serviceEndpoints.some((endpoint) => endpoint.port === port) });
     // The pool gauges ride on the same timer as the byte flush.
     this.#liveMeters.add({ flush: () => {
       const stats = this.#pool.stats();
