@@ -1,7 +1,5 @@
 // `ambit agent`: the rotation agent as a standalone program that writes certificate, key and bundle files
 // atomically for software that reads files (as spiffe-helper does), and keeps them fresh.
-import { http } from '../node-http.ts';
-import type { Server } from 'node:http';
 import { unlink } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { Registry } from 'prom-client';
@@ -17,6 +15,7 @@ import { encodePemBundle } from '../identity/bundle.ts';
 import type { BundleSet } from '../identity/bundle.ts';
 import { isInfrastructurePath, parseSpiffeId, validateTrustDomain } from '../identity/spiffe-id.ts';
 import type { Svid } from '../identity/svid.ts';
+import { startMetricsServer } from '../observe/admin.ts';
 import { createLogger } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
 import { makeDirs } from '../mkdir.ts';
@@ -198,32 +197,18 @@ export const command: Command = {
         if (writeFailure !== undefined) throw new AmbitError('FILE_WRITE', `--out ${out}: ${writeFailure.message}`, { cause: writeFailure });
         return 0;
       }
-      let metricsServer: Server | null = null;
+      let metricsServer: { close(): Promise<void> } | null = null;
       if (metricsListen !== null) {
-        metricsServer = http.createServer((req, res) => {
-          if (req.url !== '/metrics') {
-            res.writeHead(404).end();
-            return;
-          }
-          metrics.metrics().then(
-            (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
-            () => res.writeHead(500).end(),
-          );
-        });
         // Serving before the agent says it runs: a scrape right after that line found nothing. An address it cannot
-        // bind ends it, as it ends `ambit proxy`: an agent without the metrics it was asked for goes unwatched.
-        const server = metricsServer;
+        // bind ends it, as it ends `ambit proxy`: an agent without the metrics it was asked for goes unwatched. The
+        // proxy's hardened server (timeouts, connections per client): a plain one let idle clients take the
+        // descriptors the agent writes its files with.
         try {
-          await new Promise<void>((resolve, reject) => {
-            server.once('listening', resolve).once('error', reject);
-            server.listen(metricsListen.port, metricsListen.host);
-          });
+          metricsServer = await startMetricsServer(metricsListen, metrics, logger);
         } catch (error) {
           await agent.stop();
           throw new AmbitError('PROXY_BIND', `--metrics ${values.metrics}: cannot listen: ${(error as Error).message}`, { cause: error, hint: "another process holds the port, or the address is not one of this host's" });
         }
-        // Once bound, an 'error' is an accept that failed: logged, and the agent goes on.
-        server.on('error', (error) => logger.error({ err: error.message, listen: values.metrics }, 'metrics server failed to accept a connection'));
       }
       logger.info({ identities: agent.identities(), out }, 'agent running');
       await new Promise<void>((resolve) => {
@@ -231,8 +216,7 @@ export const command: Command = {
         stopping.addEventListener('abort', () => resolve(), { once: true });
       });
       // Closed, or its listening socket would keep the process alive after SIGTERM until the kubelet's SIGKILL.
-      metricsServer?.closeAllConnections();
-      metricsServer?.close();
+      await metricsServer?.close();
       await agent.stop();
       await writing;
       return 0;

@@ -305,6 +305,16 @@ function adminHandler(sources: AdminSources): Handler {
  * loopback, a missing host or bad port, or a port that cannot be bound; servers already started are closed
  * first.
  */
+/**
+ * Only /metrics, on the same hardened server as the proxy's (timeouts, connections per client and in all): the agent's
+ * `--metrics`, whose plain HTTP server had let idle connections take the descriptors its file writes needed.
+ */
+export async function startMetricsServer(address: ListenAddress, registry: Registry, logger: Logger): Promise<{ url: string; close(): Promise<void> }> {
+  validateAddress('metrics', address);
+  const { server, url } = await listen('metrics', address, metricsHandler(registry), logger);
+  return { url, close: () => closeServer(server) };
+}
+
 export async function startObservability(options: ObservabilityOptions): Promise<Observability> {
   const { metrics, readiness, admin, registry, sources } = options;
   if (metrics) validateAddress('metrics', metrics);

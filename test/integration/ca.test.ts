@@ -1,6 +1,7 @@
 // The real `ambit ca` process on loopback: attestation, node-authorized signing, restarts, outages,
 // root rotation and federation between two trust domains.
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import * as net from 'node:net';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { existsSync } from 'node:fs';
@@ -440,6 +441,22 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     const scraped = await fetch(`http://127.0.0.1:${port}/metrics`);
     expect(scraped.status).toBe(200);
     expect(await scraped.text()).toContain('ambit_trust_bundle_sequence');
+    // The proxy's hardened server: one client's idle connections are capped, and other clients are still served.
+    const idle: net.Socket[] = [];
+    try {
+      for (let i = 0; i < 40; i++) idle.push(net.connect(port, '127.0.0.1').on('error', () => {}));
+      await waitUntil('the idle connections past the cap closed', () => idle.filter((socket) => socket.closed).length > 0, 5_000);
+      const other = await new Promise<string>((resolve, reject) => {
+        const socket = net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.2' }, () => socket.write(`GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`));
+        let text = '';
+        socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+        socket.on('end', () => resolve(text));
+        socket.on('error', reject);
+      });
+      expect(other).toMatch(/^HTTP\/1\.1 200 /);
+    } finally {
+      for (const socket of idle) socket.destroy();
+    }
     const stopping = Date.now();
     expect(await agent.stop()).toBe(0);
     expect(Date.now() - stopping).toBeLessThan(4_000);
