@@ -404,6 +404,30 @@ spec:
 `;
 }
 
+/** The test's policies and a DENY named `name` of web's requests matching `rule` (a YAML rule: `to:` and/or `when:`). */
+function withWebDeny(name: string, rule: string): string {
+  return `${policies}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ${name}, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - ${rule}
+`;
+}
+
+/** A raw connection to client-1's HTTP listener, with everything it has received so far. */
+function rawWebConnection(): { socket: Socket; received: () => string } {
+  const socket = connect({ host: CLIENT_IP, port: 9080 });
+  let received = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (chunk: string) => (received += chunk));
+  socket.on('error', () => {});
+  return { socket, received: () => received };
+}
+
 function echoOnce(ip: string, text: string): Promise<string> {
   return new Promise((resolve) => {
     const socket = connect({ host: ip, port: 9007 });
@@ -1333,35 +1357,22 @@ spec:
   });
 
   it('decides again under a policy change a pipelined request that arrived before it and goes to the workload after it', async () => {
-    const deny = (path: string) => `${policies}---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: web-no-queued, namespace: demo }
-spec:
-  selector: { matchLabels: { app: web } }
-  action: DENY
-  rules:
-    - to: [{ operation: { paths: ["${path}"] } }]
-`;
+    const deny = (path: string) => withWebDeny('web-no-queued', `to: [{ operation: { paths: ["${path}"] } }]`);
     const nodeB = mesh.nodes.get('node-b')!;
     // Decided again, a request is not counted again: the DENY counter does not move.
     const deniesBefore = await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' });
-    const socket = connect({ host: CLIENT_IP, port: 9080 });
-    let received = '';
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => (received += chunk));
-    socket.on('error', () => {});
+    const { socket, received: sofar } = rawWebConnection();
     try {
       socket.write('GET /public/gate HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/queued-h1 HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/after-h1 HTTP/1.1\r\nHost: web.demo\r\n\r\n');
       await waitUntil('the first request at the workload', async () => webRequests.includes('GET /public/gate'));
       // The two behind it were allowed as they arrived, and wait for its answer.
       await applyPolicies(deny('/public/queued-h1'), 'a DENY of the queued path');
       openGate();
-      await waitUntil('three answers', async () => (received.match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 3);
-      expect(received.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403', 'HTTP/1.1 200']);
-      expect(received).toContain('RBAC: access denied');
+      await waitUntil('three answers', async () => (sofar().match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 3);
+      expect(sofar().match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403', 'HTTP/1.1 200']);
+      expect(sofar()).toContain('RBAC: access denied');
       // Its 403 promises no longer an idle time than the workload's answers on the tunnel did (Node's own is 60 s).
-      expect(received.toLowerCase()).not.toContain('timeout=60');
+      expect(sofar().toLowerCase()).not.toContain('timeout=60');
       expect(webRequests).not.toContain('GET /public/queued-h1');
       expect(webRequests).toContain('GET /public/after-h1');
       expect(await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' })).toBe(deniesBefore);
@@ -1400,27 +1411,14 @@ spec:
   });
 
   it('decides a waiting request again on the fields it arrived with, Expect among them (which is not forwarded)', async () => {
-    const socket = connect({ host: CLIENT_IP, port: 9080 });
-    let received = '';
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => (received += chunk));
-    socket.on('error', () => {});
+    const { socket, received: sofar } = rawWebConnection();
     try {
       socket.write('GET /public/gate HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/expecting HTTP/1.1\r\nHost: web.demo\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok');
       await waitUntil('the first request at the workload', async () => webRequests.filter((line) => line === 'GET /public/gate').length > 0);
-      await applyPolicies(`${policies}---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: web-no-expect, namespace: demo }
-spec:
-  selector: { matchLabels: { app: web } }
-  action: DENY
-  rules:
-    - when: [{ key: "request.headers[expect]", values: ["100-continue"] }]
-`, 'a DENY of requests that expect 100');
+      await applyPolicies(withWebDeny('web-no-expect', 'when: [{ key: "request.headers[expect]", values: ["100-continue"] }]'), 'a DENY of requests that expect 100');
       openGate();
-      await waitUntil('both final answers', async () => (received.match(/HTTP\/1\.1 [2-5]\d\d/g) ?? []).length === 2);
-      expect(received.match(/HTTP\/1\.1 [2-5]\d\d/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403']);
+      await waitUntil('both final answers', async () => (sofar().match(/HTTP\/1\.1 [2-5]\d\d/g) ?? []).length === 2);
+      expect(sofar().match(/HTTP\/1\.1 [2-5]\d\d/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403']);
       expect(webRequests).not.toContain('GET /public/expecting');
     } finally {
       openGate();
@@ -1430,27 +1428,14 @@ spec:
   });
 
   it('closes a WebSocket when a policy change denies the request that opened it, its connection still allowed', async () => {
-    const socket: Socket = connect({ host: CLIENT_IP, port: 9080 });
-    socket.on('error', () => {});
-    let received = '';
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => (received += chunk));
+    const { socket, received: sofar } = rawWebConnection();
     const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
     try {
       socket.write('GET /public/ws HTTP/1.1\r\nHost: web.demo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
-      await waitUntil('the 101', async () => received.includes('101 Switching Protocols'));
+      await waitUntil('the 101', async () => sofar().includes('101 Switching Protocols'));
       socket.write('frame one');
-      await waitUntil('the first frame echoed', async () => received.endsWith('frame one'));
-      await applyPolicies(`${policies}---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: web-no-ws, namespace: demo }
-spec:
-  selector: { matchLabels: { app: web } }
-  action: DENY
-  rules:
-    - to: [{ operation: { paths: ["/public/ws"] } }]
-`, 'a DENY of the WebSocket path');
+      await waitUntil('the first frame echoed', async () => sofar().endsWith('frame one'));
+      await applyPolicies(withWebDeny('web-no-ws', 'to: [{ operation: { paths: ["/public/ws"] } }]'), 'a DENY of the WebSocket path');
       await closed;
       await mesh.nodes.get('node-b')!.proc.waitFor((line) => line.msg === 'closed WebSockets whose opening request the new configuration denies');
     } finally {
