@@ -52,7 +52,11 @@ try {
   await new Promise((resolve) => setTimeout(resolve, 500));
   const during = await exchange(OTHER, 9003);
   const results = await Promise.all(slow);
-  const access = node?.proc.lines.find((line) => line.msg === 'access' && line['dst.addr'] === 'slow.example:80') ?? null;
+  // The proxy writes the access line as it resets the connection; its stdout reaches this process a moment later
+  // (longer under load): waited for, up to 5 s.
+  const accessLine = () => node?.proc.lines.find((line) => line.msg === 'access' && line['dst.addr'] === 'slow.example:80');
+  for (let waited = 0; accessLine() === undefined && waited < 5_000; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
+  const access = accessLine() ?? null;
   console.log(JSON.stringify({ during, slow: results.map((result) => result.how), queries, access }));
 } finally {
   await mesh.stop();
