@@ -119,9 +119,9 @@ export interface TunnelInspection {
   /**
    * The configuration in force (compared by identity only): a request decided under one and sent on to the workload
    * under another (waiting behind a pipelined request, or for the tunnel's one HTTP/1.1 connection) is decided again
-   * as it goes. Absent: the decision at arrival stands.
+   * as it goes.
    */
-  readonly inForce?: () => object;
+  readonly inForce: () => object;
   readonly upstreamVersion: HttpVersion | null;
   /** Writes a request's access line; null (or absent) when those are off. */
   readonly logRequest?: ((record: RequestLogRecord) => void) | null;
@@ -878,7 +878,7 @@ export class HttpInspector {
     const draining = () => this.#draining;
     const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, inForce: inspection.inForce ?? alwaysInForce, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Waiting: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, pipelinedHeads: [], held: this.#held, cutForProtocolError: false, keepAliveS: null,
+      upstream, decide: inspection.decide, inForce: inspection.inForce, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Waiting: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, pipelinedHeads: [], held: this.#held, cutForProtocolError: false, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
         // Answers end in order: the next pipelined request is the one being answered now, no longer held behind.
@@ -1128,7 +1128,7 @@ export class HttpInspector {
         continue;
       }
       // Decided when it arrived: a change while it waited (a DENY added) decides it again before it is sent.
-      if (state.inForce() !== waiting.decidedWith && !allowedStill(state, req.method ?? '', req.url ?? '/', req.headers.host ?? '', waiting.headers, true)) {
+      if (!allowedStill(state, waiting.decidedWith, req.method ?? '', req.url ?? '/', req.headers.host ?? '', waiting.headers, true)) {
         deniedAnswers.add(res);
         req.resume();
         writeRefusal(state, res, 403, DENIED_BODY);
@@ -1202,10 +1202,9 @@ export class HttpInspector {
         this.#upgrades.delete(socket);
         continue;
       }
-      const now = upgrade.state.inForce();
-      if (now === upgrade.decidedWith) continue;
-      upgrade.decidedWith = now;
-      if (allowedStill(upgrade.state, 'GET', upgrade.path, upgrade.authority, upgrade.headers, true)) continue;
+      const decidedWith = upgrade.decidedWith;
+      upgrade.decidedWith = upgrade.state.inForce();
+      if (allowedStill(upgrade.state, decidedWith, 'GET', upgrade.path, upgrade.authority, upgrade.headers, true)) continue;
       this.#upgrades.delete(socket);
       resetTunnel(socket);
       cut++;
@@ -1578,7 +1577,7 @@ export class HttpInspector {
       }
       // Decided when it arrived: a change while it waited (a DENY added) decides it again before it is sent.
       const decided = job.decided;
-      if (state.inForce() !== decided.decidedWith && !allowedStill(state, decided.method, decided.path, decided.authority, decided.forwarded, false)) {
+      if (!allowedStill(state, decided.decidedWith, decided.method, decided.path, decided.authority, decided.forwarded, false)) {
         job.options.body?.destroy();
         answerDenied(job.stream, fieldValue(decided.forwarded, HTTP2_HEADER_CONTENT_TYPE) ?? '');
         continue;
@@ -1850,17 +1849,13 @@ function writeRefusal(state: TunnelState, res: ServerResponse, status: number, b
   res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) }).end(body);
 }
 
-/** The configuration a tunnel without TunnelInspection.inForce is judged under: never changes. */
-const NOTHING_CHANGES = {};
-function alwaysInForce(): object {
-  return NOTHING_CHANGES;
-}
-
 /**
- * A request allowed under an earlier configuration, decided again under the one in force now as it goes to the
- * workload; a denial is counted and logged as any. (Not counted as a request again: it was when it arrived.)
+ * Whether a request allowed under the configuration `decidedWith` may still go to the workload: at once when that is
+ * still in force, else decided again under the one in force now; a denial is counted and logged as any. (Not counted
+ * as a request again: it was when it arrived.)
  */
-function allowedStill(state: TunnelState, method: string, path: string, authority: string, headers: readonly string[], http1: boolean): boolean {
+function allowedStill(state: TunnelState, decidedWith: object, method: string, path: string, authority: string, headers: readonly string[], http1: boolean): boolean {
+  if (state.inForce() === decidedWith) return true;
   const facts = state.facts;
   // It was read whole before: malformed now can only be a bug, and is no reason to send it.
   if (facts.fill(method, path, authority, headers, http1) !== null) return false;

@@ -12,6 +12,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/observe/log.ts';
 import { HttpInspector } from '../../src/proxy/l7.ts';
 
+/** The configuration these tunnels are decided under: it never changes here. */
+const NO_CHANGE = {};
+
 const served: string[] = [];
 // Heads as large as the proxy takes (60 KiB), not Node's default 16 KiB.
 const workload = http.createServer({ maxHeaderSize: 64 * 1024 }, (req, res) => {
@@ -31,7 +34,7 @@ beforeAll(async () => {
   front.on('stream', (stream) => {
     const socket = connect((workload.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      void inspector.inspect(stream, socket, { decide: () => ({ allow: true, policy: null, rule: null, reason: 'test', deferred: false }), onDenied: () => {}, upstreamVersion: 'http1', logRequest: null }, null);
+      void inspector.inspect(stream, socket, { decide: () => ({ allow: true, policy: null, rule: null, reason: 'test', deferred: false }), inForce: () => NO_CHANGE, onDenied: () => {}, upstreamVersion: 'http1', logRequest: null }, null);
     });
     socket.on('error', () => {});
   });
