@@ -390,32 +390,28 @@ async function applyPolicies(yaml: string, what: string): Promise<void> {
   await waitUntil(`node-b accepts ${what}`, async () => accepted() > seen);
 }
 
-/** The test's policies and a DENY named `name` of echo's connections from `source` (a YAML flow mapping). */
-function withEchoDeny(name: string, source: string): string {
+/** The test's policies and a DENY named `name` for the workloads labelled app=`app`, of what `rule` matches (a YAML rule: `from:`, `to:`, `when:`). */
+function withDeny(name: string, app: string, rule: string): string {
   return `${policies}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: ${name}, namespace: demo }
 spec:
-  selector: { matchLabels: { app: echo } }
-  action: DENY
-  rules:
-    - from: [{ source: ${source} }]
-`;
-}
-
-/** The test's policies and a DENY named `name` of web's requests matching `rule` (a YAML rule: `to:` and/or `when:`). */
-function withWebDeny(name: string, rule: string): string {
-  return `${policies}---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: ${name}, namespace: demo }
-spec:
-  selector: { matchLabels: { app: web } }
+  selector: { matchLabels: { app: ${app} } }
   action: DENY
   rules:
     - ${rule}
 `;
+}
+
+/** The test's policies and a DENY named `name` of echo's connections from `source` (a YAML flow mapping). */
+function withEchoDeny(name: string, source: string): string {
+  return withDeny(name, 'echo', `from: [{ source: ${source} }]`);
+}
+
+/** The test's policies and a DENY named `name` of web's requests matching `rule`. */
+function withWebDeny(name: string, rule: string): string {
+  return withDeny(name, 'web', rule);
 }
 
 /** A raw connection to client-1's HTTP listener, with everything it has received so far. */

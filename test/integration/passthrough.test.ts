@@ -5,7 +5,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect, createServer } from 'node:net';
-import type { Server } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { metricSum, nodeIp, podYaml, startTestMesh, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import type { TestMesh, TestNode } from '../helpers/mesh.ts';
@@ -35,6 +35,18 @@ let namedPort = 0;
 let talker: Server;
 let talkerPort = 0;
 let talkersOpen = 0;
+
+/** A connection through a passthrough listener, held open once its first bytes have come back; the error that ended it, if one did. */
+async function echoingPassthrough(host: string, port: number): Promise<{ held: Socket; failure: () => NodeJS.ErrnoException | undefined }> {
+  const held = connect({ host, port });
+  let failure: NodeJS.ErrnoException | undefined;
+  held.on('error', (error) => (failure = error));
+  let echoed = '';
+  held.on('data', (chunk: Buffer) => (echoed += chunk.toString()));
+  held.write('before');
+  await waitUntil('the passthrough echoing', () => echoed === 'before');
+  return { held, failure: () => failure };
+}
 
 function echoServer(count: () => void): Server {
   return createServer({ allowHalfOpen: true }, (socket) => {
@@ -161,19 +173,13 @@ describe("an operator's --outbound passthrough", () => {
   });
 
   it('is reset when its workload leaves the node, rather than go on under the identity of a workload that is gone', async () => {
-    const held = connect({ host: LEAVER_IP, port: 9310 });
-    let failure: NodeJS.ErrnoException | undefined;
-    held.on('error', (error) => (failure = error));
-    let echoed = '';
-    held.on('data', (chunk: Buffer) => (echoed += chunk.toString()));
+    const { held, failure } = await echoingPassthrough(LEAVER_IP, 9310);
     try {
-      held.write('before');
-      await waitUntil('the passthrough echoing', () => echoed === 'before');
       const since = node.proc.lines.length;
       await rm(join(mesh.configDir, 'leaver.yaml'));
       await waitUntil('the departed workload\'s connection closed', () => held.closed, 10_000);
       // A reset, not a FIN: an application still there must not take what it got for the whole of it.
-      expect(failure?.code).toBe('ECONNRESET');
+      expect(failure()?.code).toBe('ECONNRESET');
       // Its log lines come through the proxy's stdout, which may trail the socket's close.
       await waitUntil('the closing logged', () => node.proc.lines.slice(since).some((line) => line.msg === 'closed outbound connections of workloads no longer on this node' && line.closed === 1));
       await waitUntil('its access line, saying why', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'SOURCE_DEPARTED' && line['src.workload'] === 'leaver-1'));
@@ -341,20 +347,14 @@ spec:
 describe('an open passthrough connection when egress is locked down', () => {
   it('is reset when REGISTRY_ONLY comes into force, as new ones are refused, its access line saying why', async () => {
     const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
-    const held = connect({ host: CLIENT_IP, port: 9301 });
-    let failure: NodeJS.ErrnoException | undefined;
-    held.on('error', (error) => (failure = error));
-    let echoed = '';
-    held.on('data', (chunk: Buffer) => (echoed += chunk.toString()));
+    const { held, failure } = await echoingPassthrough(CLIENT_IP, 9301);
     try {
-      held.write('before');
-      await waitUntil('the passthrough echoing', () => echoed === 'before');
       const since = node.proc.lines.length;
       const seen = accepted();
       await mesh.writeConfig('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n  egress: { mode: REGISTRY_ONLY }\n');
       await waitUntil('node-a accepts REGISTRY_ONLY', () => accepted() > seen, 10_000);
       await waitUntil('the passthrough connection closed', () => held.closed, 10_000);
-      expect(failure?.code).toBe('ECONNRESET');
+      expect(failure()?.code).toBe('ECONNRESET');
       await waitUntil('its access line', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'EGRESS_BLOCKED' && String(line.error).startsWith('closed by a configuration change')));
       expect(node.proc.lines.slice(since).some((line) => line.msg === 'closed passthrough connections the new configuration no longer lets out')).toBe(true);
     } finally {
