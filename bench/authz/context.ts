@@ -36,7 +36,7 @@ function factsOf(http: NonNullable<ReferenceRequest['http']>): MutableFacts {
   const raw = ['Host', flat(http.host)];
   for (const [name, value] of Object.entries(http.headers)) raw.push(flat(name.replace(/(^|-)[a-z]/g, (start) => start.toUpperCase())), flat(value));
   const facts = new MutableFacts();
-  const malformed = facts.fill(flat(http.method), flat(http.path), flat(http.host), raw, true);
+  const malformed = facts.fill(flat(http.method), flat(http.path), flat(http.host), raw, true, 'MERGE_SLASHES');
   if (malformed !== null) throw new Error(`the mix has a malformed request (${malformed}): ${http.method} ${http.path}`);
   return facts;
 }

@@ -6,6 +6,12 @@
 // `/a/b`). The normalised path is also what the application receives, as with Envoy. A fragment (`#`) has no place
 // in a request (RFC 9112 §3.2): it is refused, since an application that cuts it off would serve `/admin` for a
 // `/admin#x` no rule matched.
+//
+// Escaped slashes (`%2F`, `%5C`) stay escaped by default, as in Istio's BASE: an application that decodes them before
+// routing (Go's net/http, Spring) reads `/api/admin%2Fusers` as `/api/admin/users`, which a DENY of `/api/admin/*`
+// does not match. The mesh's `pathNormalization: DECODE_AND_MERGE_SLASHES` (Istio's, Envoy's UNESCAPE_AND_FORWARD)
+// decodes them first, before dot segments are resolved and slashes merged, so rules and application read one path.
+import type { PathNormalization } from '../config/objects.ts';
 
 function isHex(code: number): boolean {
   return (code >= 48 && code <= 57) || (code >= 65 && code <= 70) || (code >= 97 && code <= 102);
@@ -70,8 +76,9 @@ function removeDotSegments(path: string): string {
  * percent-escape, a fragment, a character past 0xFF: Node gives a request's path one character per byte): the
  * request is then refused rather than matched on a guess.
  */
-export function normalizePath(path: string): string | null {
+export function normalizePath(path: string, normalization: PathNormalization = 'MERGE_SLASHES'): string | null {
   if (path.indexOf('#') >= 0) return null;
+  const decodeSlashes = normalization === 'DECODE_AND_MERGE_SLASHES';
   if (path.charCodeAt(0) !== 47 /* / */) return path; // not a path: its callers refuse it before any rule
   if (!needsWork(path)) return path;
   let decoded = '';
@@ -91,7 +98,8 @@ export function normalizePath(path: string): string | null {
     const low = path.charCodeAt(i + 2);
     if (!isHex(high) || !isHex(low)) return null;
     const value = hexValue(high) * 16 + hexValue(low);
-    decoded += isUnreserved(value) ? String.fromCharCode(value) : '%' + path.slice(i + 1, i + 3).toUpperCase();
+    if (decodeSlashes && (value === 47 /* / */ || value === 92 /* \ */)) decoded += '/';
+    else decoded += isUnreserved(value) ? String.fromCharCode(value) : '%' + path.slice(i + 1, i + 3).toUpperCase();
     i += 2;
   }
   let merged = '';

@@ -191,7 +191,7 @@ export const command: Command = {
       const unreadable = unparseableHead(method, rawPath, raw);
       if (unreadable !== null) return refuse(unreadable);
       const facts = new MutableFacts();
-      const malformed = facts.fill(method, rawPath, host, forwardableRawHeaders(raw), true);
+      const malformed = facts.fill(method, rawPath, host, forwardableRawHeaders(raw), true, snapshot.mesh.pathNormalization);
       if (malformed !== null) return refuse(`${malformed}: the proxy answers 400`);
       request = facts;
     }

@@ -220,6 +220,12 @@ export interface MeshPorts {
 }
 
 export type EgressMode = 'ALLOW_ANY' | 'REGISTRY_ONLY';
+/**
+ * How request paths are normalised before path rules match them (and as the application then receives them), named
+ * as Istio's MeshConfig pathNormalization: MERGE_SLASHES is ambit's default (Istio's BASE and slashes merged),
+ * DECODE_AND_MERGE_SLASHES decodes `%2F` and `%5C` first (src/authz/path.ts).
+ */
+export type PathNormalization = 'MERGE_SLASHES' | 'DECODE_AND_MERGE_SLASHES';
 export type FederationProfile = 'https_spiffe' | 'https_web';
 
 export interface FederationPeer {
@@ -237,6 +243,8 @@ export interface MeshConfigSpec {
   readonly rootNamespace: string;
   readonly ports: MeshPorts;
   readonly egress: { readonly mode: EgressMode };
+  /** Istio's `pathNormalization.normalization`, BASE and DEFAULT read as MERGE_SLASHES (ambit always merges). */
+  readonly pathNormalization: PathNormalization;
   readonly federation: readonly FederationPeer[];
   /** As written (for example `1h`); certificateTtlMs in MeshSettings is the parsed value. */
   readonly certificateTtl: string;

@@ -141,6 +141,7 @@ export function buildSnapshot(objects: readonly ConfigObject[], options: Snapsho
   checkClusterIps(unique, workloads, issues);
   checkEnforceAnnotations(unique, mesh.rootNamespace, issues);
   checkMutualToExternal(unique, issues);
+  if (mesh.pathNormalization === 'DECODE_AND_MERGE_SLASHES') checkEscapedSlashPaths(unique, issues);
   if (issues.length > 0) throw new ConfigError(issues, options.where ?? options.dir ?? 'configuration');
   return new ConfigSnapshot(unique, meshObject, mesh, workloads, options.dir);
 }
@@ -169,6 +170,30 @@ function checkMutualToExternal(objects: readonly ConfigObject[], issues: ConfigI
     }
   }
 }
+
+/**
+ * Under DECODE_AND_MERGE_SLASHES no request path holds `%2F` or `%5C` (they are decoded to `/` before rules match): a
+ * path value with one matches nothing, so a DENY written with it denies nothing. Refused, with the form that matches,
+ * as the validator refuses the other values normalising takes out (authz/validate.ts); this one depends on the mesh.
+ */
+function checkEscapedSlashPaths(objects: readonly ConfigObject[], issues: ConfigIssue[]): void {
+  for (const object of objects) {
+    if (object.kind !== 'AuthorizationPolicy') continue;
+    object.spec.rules.forEach((rule, ruleIndex) => {
+      rule.to?.forEach((operation, toIndex) => {
+        for (const key of ['paths', 'notPaths'] as const) {
+          operation[key]?.forEach((value, index) => {
+            if (!ESCAPED_SLASH.test(value)) return;
+            const hint = value.replace(/%2F|%5C/gi, '/').replace(/\/{2,}/g, '/');
+            issues.push(issueAt(object, 'CONFIG_FIELD', `spec.rules[${ruleIndex}].to[${toIndex}].operation.${key}[${index}]`, `${JSON.stringify(value)} matches no request: the mesh's pathNormalization DECODE_AND_MERGE_SLASHES decodes %2F and %5C to "/" before rules match; write ${JSON.stringify(hint)}`));
+          });
+        }
+      });
+    });
+  }
+}
+
+const ESCAPED_SLASH = /%2F|%5C/i;
 
 /** The DestinationRule whose host covers `host` most closely: equal, else the longest `*.suffix`, else `*`. */
 function mostSpecificRule(rules: readonly DestinationRuleObject[], host: string): DestinationRuleObject | undefined {
@@ -243,6 +268,7 @@ function meshSettings(meshObject: MeshConfigObject | undefined): MeshSettings {
     rootNamespace: DEFAULT_ROOT_NAMESPACE,
     ports: DEFAULT_PORTS,
     egress: { mode: 'ALLOW_ANY' },
+    pathNormalization: 'MERGE_SLASHES',
     federation: [],
     certificateTtl: DEFAULT_CERTIFICATE_TTL,
     nodeCertificateTtl: DEFAULT_NODE_CERTIFICATE_TTL,

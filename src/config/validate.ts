@@ -60,6 +60,7 @@ import type {
   ObjectMeta,
   ObjectSource,
   OpaqueSpec,
+  PathNormalization,
   PodPhase,
   PodSpec,
   PodStatus,
@@ -630,7 +631,7 @@ function validateServiceEntrySpec(issues: FieldIssues, spec: Mapping | undefined
 
 // ---- MeshConfig ----
 
-const MESH_FIELDS = ['trustDomain', 'rootNamespace', 'ports', 'egress', 'federation', 'certificateTtl', 'nodeCertificateTtl', 'clusterId'];
+const MESH_FIELDS = ['trustDomain', 'rootNamespace', 'ports', 'egress', 'pathNormalization', 'federation', 'certificateTtl', 'nodeCertificateTtl', 'clusterId'];
 // Goes into metric label values and the baggage header as it is: a token, as Kubernetes names and Istio's cluster IDs are.
 const CLUSTER_ID = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
 const FEDERATION_FIELDS = ['trustDomain', 'bundleEndpoint', 'profile', 'endpointSpiffeId', 'bundleFile'];
@@ -646,6 +647,7 @@ function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined):
   const egressMap = mappingField(issues, spec, 'egress', path) ?? {};
   checkFields(issues, egressMap, [...path, 'egress'], ['mode']);
   const mode = enumField(issues, egressMap, 'mode', [...path, 'egress'], ['ALLOW_ANY', 'REGISTRY_ONLY'] as const) ?? 'ALLOW_ANY';
+  const pathNormalization = pathNormalizationOf(issues, mappingField(issues, spec, 'pathNormalization', path) ?? {}, [...path, 'pathNormalization']);
 
   const duration = (value: string) => (parseDurationMs(value) === undefined ? `${JSON.stringify(value)} is not a duration (examples: 1h, 30m, 2h30m)` : undefined);
   const certificateTtl = stringField(issues, spec, 'certificateTtl', path, { check: duration }) ?? DEFAULT_CERTIFICATE_TTL;
@@ -686,7 +688,21 @@ function validateMeshConfigSpec(issues: FieldIssues, spec: Mapping | undefined):
     }
   });
   if (trustDomain === undefined) return undefined;
-  return { trustDomain, rootNamespace, ports, egress: { mode }, federation, certificateTtl, nodeCertificateTtl, clusterId };
+  return { trustDomain, rootNamespace, ports, egress: { mode }, pathNormalization, federation, certificateTtl, nodeCertificateTtl, clusterId };
+}
+
+/**
+ * Istio's MeshConfig `pathNormalization: { normalization: ... }`. ambit always resolves dot segments and merges
+ * slashes, so DEFAULT, BASE and MERGE_SLASHES all read as MERGE_SLASHES; NONE is refused, since rules would then be
+ * dodged by `/./admin` or `//admin`.
+ */
+function pathNormalizationOf(issues: FieldIssues, map: Mapping, path: FieldPath): PathNormalization {
+  checkFields(issues, map, path, ['normalization']);
+  const value = enumField(issues, map, 'normalization', path, ['DEFAULT', 'NONE', 'BASE', 'MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES'] as const);
+  if (value === 'NONE') {
+    issues.add([...path, 'normalization'], 'NONE is not offered: path rules would be dodged by `/./admin`, `//admin` or `/%61dmin`; ambit always normalises paths (MERGE_SLASHES), and DECODE_AND_MERGE_SLASHES decodes %2F and %5C too');
+  }
+  return value === 'DECODE_AND_MERGE_SLASHES' ? value : 'MERGE_SLASHES';
 }
 
 function meshPorts(issues: FieldIssues, map: Mapping): MeshPorts {

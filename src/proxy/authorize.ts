@@ -199,6 +199,7 @@ export class InboundAuthorizer {
         return decision;
       },
       inForce: this.#snapshot,
+      pathNormalization: () => this.#snapshot().mesh.pathNormalization,
       upstreamVersion: policies?.httpVersions.get(connection.destinationPort) ?? null,
       // A line per request where connections get theirs (log level info); the tunnel's part built once.
       logRequest: logger.isLevelEnabled('info') ? requestLogger(logger, connection) : null,

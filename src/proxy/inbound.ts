@@ -42,6 +42,7 @@ import { parseIp } from '../authz/match.ts';
 import type { HttpRequestFacts } from '../authz/decide.ts';
 import type { HttpInspector, RequestDecider } from './l7.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
+import type { PathNormalization } from '../config/objects.ts';
 import type { RequestLogRecord } from '../observe/access-log.ts';
 import type { IpAddress } from '../authz/match.ts';
 import {
@@ -234,6 +235,8 @@ export interface RequestInspection {
   readonly decide: RequestDecider;
   /** The configuration in force, by identity: a request sent on under another than it was decided under is decided again. */
   readonly inForce: () => object;
+  /** The mesh's pathNormalization in force, read per request. */
+  readonly pathNormalization: () => PathNormalization;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
   /** The HTTP version the workload's port is declared to speak; null: whichever the client speaks. */
   readonly upstreamVersion: HttpVersion | null;

@@ -24,6 +24,7 @@ import { normalizePath } from '../authz/path.ts';
 import { XFCC } from './xfcc.ts';
 import { hasEmptyLabel, hasNumericPort, hasPercent } from './authority.ts';
 import type { HttpVersion } from '../config/http-ports.ts';
+import type { PathNormalization } from '../config/objects.ts';
 import type { RequestProtocol, TunnelMeter } from '../observe/metrics.ts';
 import type { RequestLogRecord } from '../observe/access-log.ts';
 import { countStreamBytes } from './stream-bytes.ts';
@@ -122,6 +123,8 @@ export interface TunnelInspection {
    * as it goes.
    */
   readonly inForce: () => object;
+  /** How request paths are normalised under the configuration in force (the mesh's pathNormalization). */
+  readonly pathNormalization: () => PathNormalization;
   readonly upstreamVersion: HttpVersion | null;
   /** Writes a request's access line; null (or absent) when those are off. */
   readonly logRequest?: ((record: RequestLogRecord) => void) | null;
@@ -266,6 +269,7 @@ interface TunnelState {
   readonly upstream: Socket;
   readonly decide: RequestDecider;
   readonly inForce: () => object;
+  readonly pathNormalization: () => PathNormalization;
   readonly onDenied: (decision: Decision, facts: HttpRequestFacts) => void;
   /** What the workload's port speaks, as declared (null: whatever the client speaks): requests are converted to it. */
   readonly upstreamVersion: HttpVersion | null;
@@ -630,9 +634,10 @@ export class MutableFacts implements HttpRequestFacts {
    * host than the one decided on (`host`: the HTTP/1.1 Host, or h2's :authority). The request is forwarded with all
    * its fields, so a second Host (RFC 9112 §3.2 refuses it too) or an h2 Host other than :authority could send the
    * application elsewhere. `http1`: an HTTP/1.x request, which must carry one Host field and may use an absolute
-   * URI as its target (decided, as Envoy does, on its path and authority, and forwarded as a path).
+   * URI as its target (decided, as Envoy does, on its path and authority, and forwarded as a path). `normalization`:
+   * the mesh's pathNormalization, read per request so that a change applies to the next one.
    */
-  fill(method: string, rawTarget: string, host: string, rawHeaders: readonly string[], http1: boolean): string | null {
+  fill(method: string, rawTarget: string, host: string, rawHeaders: readonly string[], http1: boolean, normalization: PathNormalization): string | null {
     this.method = method;
     // Methods are case-sensitive, so a DENY on DELETE does not match `delete`, which routers such as Express's read
     // as DELETE. Node's HTTP/1 parser refuses it; an h2 :method had been forwarded as sent.
@@ -658,7 +663,7 @@ export class MutableFacts implements HttpRequestFacts {
     if (hasPercent(host)) return http1 ? 'a Host with a percent-encoded character' : 'an :authority with a percent-encoded character';
     const query = rawPath.indexOf('?');
     const path = query < 0 ? rawPath : rawPath.slice(0, query);
-    const normalized = normalizePath(path);
+    const normalized = normalizePath(path, normalization);
     if (normalized === null) return path.indexOf('#') >= 0 ? 'a fragment (#) in the request target' : 'malformed request path';
     this.path = normalized;
     this.forwardPath = normalized === path ? rawPath : query < 0 ? normalized : normalized + rawPath.slice(query);
@@ -878,7 +883,7 @@ export class HttpInspector {
     const draining = () => this.#draining;
     const logRequest = inspection.logRequest ?? null;
     const state: TunnelState = {
-      upstream, decide: inspection.decide, inForce: inspection.inForce, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Waiting: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, pipelinedHeads: [], held: this.#held, cutForProtocolError: false, keepAliveS: null,
+      upstream, decide: inspection.decide, inForce: inspection.inForce, pathNormalization: inspection.pathNormalization, onDenied: inspection.onDenied, upstreamVersion: inspection.upstreamVersion, clientCert, facts: new MutableFacts(), h1Client: null, h2Upstream: null, h2Downstream: null, h1Queue: [], h1Waiting: [], h1Busy: false, requests: 0, denied: 0, inFlight: 0, tunnel: stream, heldBytes: 0, pipelinedHeads: [], held: this.#held, cutForProtocolError: false, keepAliveS: null,
       onResponseClose(this: ServerResponse) {
         state.inFlight--;
         // Answers end in order: the next pipelined request is the one being answered now, no longer held behind.
@@ -1128,7 +1133,7 @@ export class HttpInspector {
         continue;
       }
       // Decided when it arrived: a change while it waited (a DENY added) decides it again before it is sent.
-      if (!allowedStill(state, waiting.decidedWith, req.method ?? '', req.url ?? '/', req.headers.host ?? '', waiting.headers, true)) {
+      if (!allowedStill(state, waiting.decidedWith, req.method ?? '', waiting.options.path, req.headers.host ?? '', waiting.headers, true)) {
         deniedAnswers.add(res);
         req.resume();
         writeRefusal(state, res, 403, DENIED_BODY);
@@ -1183,7 +1188,7 @@ export class HttpInspector {
     const method = req.method ?? '';
     const path = req.url ?? '';
     const authority = req.headers.host ?? '';
-    this.#upgrades.set(socket, { state, decidedWith: state.inForce(), path, authority, headers: withUpgradeFields(headers, req.rawHeaders) });
+    this.#upgrades.set(socket, { state, decidedWith: state.inForce(), path: state.facts.forwardPath, authority, headers: withUpgradeFields(headers, req.rawHeaders) });
     socket.once('close', () => this.#upgrades.delete(socket));
     const counted = (status: number, flags: string) => answeredOutside(state, method, path, authority, status, flags, 0);
     state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger, counted));
@@ -1248,7 +1253,7 @@ export class HttpInspector {
     appendClientCert(forwarded, state.clientCert);
     const path = String(headers[HTTP2_HEADER_PATH] ?? '/');
     const authority = String(headers[HTTP2_HEADER_AUTHORITY] ?? headers.host ?? '');
-    const malformed = facts.fill(method, path, authority, forwarded, false);
+    const malformed = facts.fill(method, path, authority, forwarded, false, state.pathNormalization());
     if (malformed !== null) {
       this.#logger.debug({ reason: malformed }, 'malformed h2c request on an inspected tunnel');
       protocolErrors.add(stream);
@@ -1269,7 +1274,7 @@ export class HttpInspector {
     // A client speaking HTTP/2 to a workload declared HTTP/1.1 (a port named `http`): converted, as Envoy converts.
     if (state.upstreamVersion === 'http1') {
       if (String(headers.expect ?? '').toLowerCase() === '100-continue' && !stream.endAfterHeaders) stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
-      this.#forwardH2ToH1(stream, state, forwarded, { decidedWith, method, path, authority, forwarded });
+      this.#forwardH2ToH1(stream, state, forwarded, { decidedWith, method, path: facts.forwardPath, authority, forwarded });
       return;
     }
     const session = this.#h2UpstreamOf(state, stream.session);
@@ -1671,6 +1676,10 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
 interface Upgrade {
   readonly state: TunnelState;
   decidedWith: object;
+  /**
+   * Its path as forwarded (normalised), which a decision again reads: normalised anew from what the client sent, under
+   * a pathNormalization changed since, it could differ from what the workload received.
+   */
   readonly path: string;
   readonly authority: string;
   /** Its fields as decided on, the upgrade's own among them. */
@@ -1683,6 +1692,7 @@ interface WaitingH1 {
   /** Its fields as forwarded, what it was decided on. */
   readonly headers: readonly string[];
   readonly decidedWith: object;
+  /** Its `path` is the request's as forwarded, which a decision again reads (as Upgrade's). */
   readonly options: Dispatcher.DispatchOptions;
 }
 
@@ -1700,6 +1710,7 @@ interface H1Job {
 interface DecidedRequest {
   readonly decidedWith: object;
   readonly method: string;
+  /** As forwarded (normalised), as Upgrade's. */
   readonly path: string;
   readonly authority: string;
   /** Its fields as received (forwardableRawHeaders), what it was decided on. */
@@ -1829,7 +1840,7 @@ function judge(state: TunnelState, req: IncomingMessage, headers: readonly strin
   const facts = state.facts;
   // Decided on what the application will receive: a field the Connection header names is not forwarded, so
   // neither a rule nor the Host check may see it (`Connection: host` would have sent the upstream no Host).
-  const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', headers, true);
+  const malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', headers, true, state.pathNormalization());
   if (malformed !== null) return { status: 400, body: malformed };
   const decision = state.decide(facts);
   if (decision.allow) return null;
@@ -1858,7 +1869,7 @@ function allowedStill(state: TunnelState, decidedWith: object, method: string, p
   if (state.inForce() === decidedWith) return true;
   const facts = state.facts;
   // It was read whole before: malformed now can only be a bug, and is no reason to send it.
-  if (facts.fill(method, path, authority, headers, http1) !== null) return false;
+  if (facts.fill(method, path, authority, headers, http1, state.pathNormalization()) !== null) return false;
   const decision = state.decide(facts, true);
   if (decision.allow) return true;
   state.denied++;

@@ -7,7 +7,9 @@ import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage } from 'node:http';
 import * as http2 from 'node:http2';
 import { connect, createServer } from 'node:net';
+import { readFile } from 'node:fs/promises';
 import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
 import type { Server, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -383,10 +385,15 @@ afterAll(async () => {
 
 /** Writes policies.yaml and waits until node-b has put it in force (`what` names it in a timeout's message). */
 async function applyPolicies(yaml: string, what: string): Promise<void> {
+  await applyConfig('policies.yaml', yaml, what);
+}
+
+/** Writes a configuration file and waits until node-b has put it in force. */
+async function applyConfig(file: string, yaml: string, what: string): Promise<void> {
   const nodeB = mesh.nodes.get('node-b')!;
   const accepted = () => nodeB.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
   const seen = accepted();
-  await mesh.writeConfig('policies.yaml', yaml);
+  await mesh.writeConfig(file, yaml);
   await waitUntil(`node-b accepts ${what}`, async () => accepted() > seen);
 }
 
@@ -995,6 +1002,33 @@ spec:
     expect((await rawHttp('GET /public/a|b{c} HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n')).slice(0, 15)).toBe('HTTP/1.1 200 OK');
     // The application receives the normalised path, as behind Envoy.
     expect(webRequests).toEqual(['GET /public/x', 'GET /public/a%7Cb%7Bc%7D']);
+  });
+
+  it('decodes escaped slashes before path rules when the MeshConfig asks (DECODE_AND_MERGE_SLASHES), so `%2F..%2F` cannot climb past a DENY', async () => {
+    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
+    const status = async (path: string) => {
+      const response = await client.request({ path, method: 'GET' });
+      await response.body.dump();
+      return response.statusCode;
+    };
+    const original = await readFile(join(mesh.configDir, 'mesh.yaml'), 'utf8');
+    try {
+      await applyPolicies(withWebDeny('no-secret', 'to: [{ operation: { paths: ["/public/secret*"] } }]'), 'the DENY of /public/secret');
+      webRequests.length = 0;
+      // Istio's default: the escapes stay, the DENY does not match, and an application that decodes them (Go, Spring)
+      // serves /public/secret.
+      expect(await status('/public/x%2F..%2Fsecret')).toBe(200);
+      await applyConfig('mesh.yaml', `${original.trimEnd()}\n  pathNormalization:\n    normalization: DECODE_AND_MERGE_SLASHES\n`, 'DECODE_AND_MERGE_SLASHES');
+      expect(await status('/public/x%2F..%2Fsecret')).toBe(403);
+      expect(await status('/public/x%5C..%5Csecret')).toBe(403);
+      expect(await status('/public/secret')).toBe(403);
+      expect(await status('/public/a%2Fb')).toBe(200);
+      expect(webRequests).toEqual(['GET /public/x%2F..%2Fsecret', 'GET /public/a/b']);
+    } finally {
+      await client.close();
+      await applyConfig('mesh.yaml', original, 'the MeshConfig as it was');
+      await applyPolicies(policies, 'the policies as they were');
+    }
   });
 
   it('matches Istio path templates: {*} one segment, {**} the rest, and a DENY is not dodged by a "*" in the segment', async () => {

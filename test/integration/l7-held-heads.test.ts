@@ -34,7 +34,7 @@ beforeAll(async () => {
   front.on('stream', (stream) => {
     const socket = connect((workload.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      void inspector.inspect(stream, socket, { decide: () => ({ allow: true, policy: null, rule: null, reason: 'test', deferred: false }), inForce: () => NO_CHANGE, onDenied: () => {}, upstreamVersion: 'http1', logRequest: null }, null);
+      void inspector.inspect(stream, socket, { decide: () => ({ allow: true, policy: null, rule: null, reason: 'test', deferred: false }), inForce: () => NO_CHANGE, pathNormalization: () => 'MERGE_SLASHES', onDenied: () => {}, upstreamVersion: 'http1', logRequest: null }, null);
     });
     socket.on('error', () => {});
   });

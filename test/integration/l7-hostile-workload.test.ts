@@ -132,7 +132,7 @@ beforeAll(async () => {
     if (target === undefined) return void stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
     const socket = connect((target.server.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      void inspector.inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), inForce: () => NO_CHANGE, onDenied: () => {}, upstreamVersion: target.version, logRequest: null }, null);
+      void inspector.inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), inForce: () => NO_CHANGE, pathNormalization: () => 'MERGE_SLASHES', onDenied: () => {}, upstreamVersion: target.version, logRequest: null }, null);
     });
     socket.on('error', () => {});
   });

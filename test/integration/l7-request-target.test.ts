@@ -15,6 +15,7 @@ import { authzContext, decide } from '../../src/authz/decide.ts';
 import { compileAuthorization } from '../../src/authz/compile.ts';
 import { parseConfigText } from '../../src/config/loader.ts';
 import { buildSnapshot } from '../../src/config/snapshot.ts';
+import type { PathNormalization } from '../../src/config/objects.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import type { RequestLogRecord } from '../../src/observe/access-log.ts';
 import { HttpInspector } from '../../src/proxy/l7.ts';
@@ -38,6 +39,8 @@ const compiled = (yaml: string) => compileAuthorization(buildSnapshot(parseConfi
 /** The policies in force, and the configuration they stand for (a new object per change, as a new snapshot is). */
 let policies = compiled(POLICY);
 let inForce = {};
+/** The mesh's pathNormalization the inspector reads per request. */
+let normalization: PathNormalization = 'MERGE_SLASHES';
 
 /** Every request that reached the application: method, target and Host as it received them. */
 const served: string[] = [];
@@ -92,7 +95,7 @@ beforeAll(async () => {
     const target = headers[':authority'] === 'h2' ? h2Upstream : upstream;
     const socket = connect((target.address() as AddressInfo).port, '127.0.0.1', () => {
       stream.respond({ ':status': 200 });
-      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), inForce: () => inForce, onDenied: () => {}, upstreamVersion: null, logRequest: (record) => requestLines.push(record) }, null, null, countStreamBytes(stream));
+      const inspected = (headers[':authority'] === 'h1-quick' ? quickInspector : inspector).inspect(stream, socket, { decide: (facts) => decide(policies, authzContext({ sourcePrincipal: 'cluster.local/ns/shop/sa/client', sourceNamespace: 'shop', sourceIp: null, destinationIp: null, destinationPort: 80, request: facts }), 'request'), inForce: () => inForce, pathNormalization: () => normalization, onDenied: () => {}, upstreamVersion: null, logRequest: (record) => requestLines.push(record) }, null, null, countStreamBytes(stream));
       openTunnels++;
       void inspected.then(() => openTunnels--);
     });
@@ -205,6 +208,44 @@ describe('the request target an inspected tunnel decides on', () => {
     expect((await h1('GET http://web.shop/public?q=1 HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
     expect((await h1('GET http://web.shop?q=2 HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
     expect(served).toEqual(['GET /public?q=1 host=web.shop', 'GET /?q=2 host=web.shop']);
+  });
+
+  it('under the mesh\'s DECODE_AND_MERGE_SLASHES, decides on escaped slashes decoded and forwards them so (by default kept escaped)', async () => {
+    served.length = 0;
+    // By default (Istio's too) `%2F` stays escaped: `/%2Fadmin` is not under `/admin*`, and reaches the application as sent.
+    expect((await h1('GET /%2Fadmin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
+    expect(await h2('/%2fadmin')).toBe(200);
+    normalization = 'DECODE_AND_MERGE_SLASHES';
+    try {
+      expect((await h1('GET /%2Fadmin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(403);
+      expect((await h1('GET /public/..%5Cadmin HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(403);
+      expect(await h2('/%2fadmin')).toBe(403);
+      // Allowed, the application receives the path decided on: decoded, slashes merged.
+      expect((await h1('GET /public%2F%2Fitems?q=%2F HTTP/1.1\r\nHost: web.shop\r\n\r\n')).status).toBe(200);
+      expect(await h2('/public%2fitems')).toBe(200);
+    } finally {
+      normalization = 'MERGE_SLASHES';
+    }
+    expect(served).toEqual(['GET /%2Fadmin host=web.shop', 'h2 GET /%2Fadmin host=web.shop', 'GET /public/items?q=%2F host=web.shop', 'h2 GET /public/items host=web.shop']);
+  });
+
+  it('decides a pipelined request again with escaped slashes decoded when the mesh turns that on while it waits', async () => {
+    const { stream, close } = await tunnel('h1');
+    try {
+      served.length = 0;
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      stream.write('GET /slow HTTP/1.1\r\nHost: web.shop\r\n\r\nGET /%2Fadmin HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+      await expect.poll(() => served.length).toBe(1);
+      normalization = 'DECODE_AND_MERGE_SLASHES';
+      inForce = {};
+      await expect.poll(() => [...received.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((match) => match[1])).toEqual(['200', '403']);
+      expect(served).toEqual(['GET /slow host=web.shop']);
+    } finally {
+      normalization = 'MERGE_SLASHES';
+      inForce = {};
+      close();
+    }
   });
 
   it("decides an absolute URI's host on its authority, and refuses one whose Host names another", async () => {

@@ -156,6 +156,13 @@ describe.concurrent('ambit authz check', () => {
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });
   });
 
+  it('decodes escaped slashes in the path as the proxy does when the MeshConfig says DECODE_AND_MERGE_SLASHES, and keeps them by default', async ({ expect }) => {
+    const request = { destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x%2F..%2F..%2Fadmin' } };
+    expect(decided(await check(request))).toMatchObject({ decision: 'ALLOW', policy: 'shop/web-allow' });
+    const config = await configWith('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n  pathNormalization: { normalization: DECODE_AND_MERGE_SLASHES }\n');
+    expect(decided(await check(request, { config }))).toMatchObject({ decision: 'DENY', policy: null, rule: null });
+  });
+
   it('denies a request whose path carries a fragment, as the proxy refuses it before any policy', async ({ expect }) => {
     const output = decided(await check({ destination: web(), source: { principal: FRONT }, request: { method: 'GET', path: '/api/x#frag' } }));
     expect(output).toMatchObject({ decision: 'DENY', policy: null, rule: null });

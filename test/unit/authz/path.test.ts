@@ -36,6 +36,29 @@ describe('request path normalisation before path rules', () => {
     });
   }
 
+  describe('with the mesh\'s pathNormalization DECODE_AND_MERGE_SLASHES', () => {
+    const decoding: Array<[string, string, string | null]> = [
+      ['decodes an escaped slash, as Go and Spring read it', '/api/admin%2Fusers', '/api/admin/users'],
+      ['decodes a lower-case escaped slash', '/api/admin%2fusers', '/api/admin/users'],
+      ['decodes an escaped backslash to a slash', '/api/admin%5cusers', '/api/admin/users'],
+      ['decodes before resolving dot segments', '/public/..%2Fadmin', '/admin'],
+      ['decodes escaped dots and slashes together', '/public/%2e%2e%2fadmin', '/admin'],
+      ['merges the slashes decoding made', '/%2F%2Fadmin', '/admin'],
+      ['leaves a double-escaped slash as it is (decoded once, as Envoy does)', '/a%252Fb', '/a%252Fb'],
+      ['still refuses a truncated escape', '/admin%2', null],
+    ];
+    for (const [name, input, expected] of decoding) {
+      it(`${name}: ${input}`, () => {
+        expect(normalizePath(input, 'DECODE_AND_MERGE_SLASHES')).toBe(expected);
+      });
+    }
+
+    it('is the only mode that decodes them', () => {
+      expect(normalizePath('/api/admin%2Fusers', 'MERGE_SLASHES')).toBe('/api/admin%2Fusers');
+      expect(normalizePath('/api/admin%5Cusers')).toBe('/api/admin%5Cusers');
+    });
+  });
+
   it('returns the very same string when nothing needs changing (no allocation on the common path)', () => {
     const path = '/api/v1/items';
     expect(normalizePath(path)).toBe(path);

@@ -35,7 +35,7 @@ describe('the remote IP of each request of one tunnel', () => {
     const judge = (forwardedFor: string | null) => {
       const raw = ['Host', 'web.shop'];
       if (forwardedFor !== null) raw.push('X-Forwarded-For', forwardedFor);
-      expect(facts.fill('GET', '/', 'web.shop', raw, true)).toBeNull();
+      expect(facts.fill('GET', '/', 'web.shop', raw, true, 'MERGE_SLASHES')).toBeNull();
       return decide(policies, ctx, 'request');
     };
     expect(judge('198.51.100.7').allow).toBe(true);

@@ -77,6 +77,24 @@ describe('loadConfigDir accepts', () => {
     expect(snapshot.workloads[0]).toMatchObject({ namespace: 'default', serviceAccount: 'default', identity: 'spiffe://example.org/ns/default/sa/default' });
   });
 
+  it('reads pathNormalization as Istio writes it: DECODE_AND_MERGE_SLASHES decodes, DEFAULT, BASE and MERGE_SLASHES all merge', async () => {
+    const normalizationOf = async (value: string | null) => {
+      const dir = await configDir({ 'mesh.yaml': value === null ? meshYaml() : `${meshYaml()}  pathNormalization:\n    normalization: ${value}\n` });
+      return (await loadConfigDir(dir)).mesh.pathNormalization;
+    };
+    expect(await normalizationOf(null)).toBe('MERGE_SLASHES');
+    expect(await normalizationOf('DEFAULT')).toBe('MERGE_SLASHES');
+    expect(await normalizationOf('BASE')).toBe('MERGE_SLASHES');
+    expect(await normalizationOf('MERGE_SLASHES')).toBe('MERGE_SLASHES');
+    expect(await normalizationOf('DECODE_AND_MERGE_SLASHES')).toBe('DECODE_AND_MERGE_SLASHES');
+  });
+
+  it('takes a path rule with an escaped slash under the default normalisation, where requests keep theirs', async () => {
+    const deny = 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ["/api/admin%2F*"] } }]\n';
+    const snapshot = await loadConfigDir(await configDir({ 'mesh.yaml': meshYaml(), 'deny.yaml': deny }));
+    expect(snapshot.objectsOfKind('AuthorizationPolicy')).toHaveLength(1);
+  });
+
   it('reads the node certificate lifetime when given', async () => {
     const dir = await configDir({ 'mesh.yaml': `${meshYaml('example.org')}  nodeCertificateTtl: 12h\n` });
     expect((await loadConfigDir(dir)).mesh).toMatchObject({ nodeCertificateTtl: '12h', nodeCertificateTtlMs: 43_200_000 });
@@ -571,6 +589,31 @@ spec:
     code: 'CONFIG_FIELD',
     file: 'mesh.yaml',
     field: 'spec.ports.metrics',
+  },
+  {
+    name: 'pathNormalization NONE, under which rules would be dodged by /./admin',
+    files: { 'mesh.yaml': `${meshYaml()}  pathNormalization:\n    normalization: NONE\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.pathNormalization.normalization',
+  },
+  {
+    name: 'an unknown pathNormalization',
+    files: { 'mesh.yaml': `${meshYaml()}  pathNormalization:\n    normalization: DECODE_SLASHES\n` },
+    code: 'CONFIG_FIELD',
+    file: 'mesh.yaml',
+    field: 'spec.pathNormalization.normalization',
+  },
+  {
+    name: 'under DECODE_AND_MERGE_SLASHES, a DENY path with an escaped slash, which no request path then holds',
+    files: {
+      'mesh.yaml': `${meshYaml()}  pathNormalization:\n    normalization: DECODE_AND_MERGE_SLASHES\n`,
+      'deny.yaml': 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ["/public/*"] } }, { operation: { notPaths: ["/api/admin%2f*"] } }]\n',
+    },
+    code: 'CONFIG_FIELD',
+    file: 'deny.yaml',
+    object: 'AuthorizationPolicy shop/no-admin',
+    field: 'spec.rules[0].to[1].operation.notPaths[0]',
   },
   {
     name: 'an unknown egress mode',

@@ -31,7 +31,7 @@ async function h1(request: string): Promise<Seen> {
   let seen: Seen = {};
   const server = http.createServer((req, res) => {
     const facts = new MutableFacts();
-    malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders, true);
+    malformed = facts.fill(req.method ?? '', req.url ?? '/', req.headers.host ?? '', req.rawHeaders, true, 'MERGE_SLASHES');
     seen = read(facts);
     res.end('ok');
   });
@@ -53,7 +53,7 @@ async function h2(headers: http2.OutgoingHttpHeaders): Promise<Seen> {
   const server = http2.createServer();
   server.on('stream', (stream, received, _flags, rawHeaders: string[]) => {
     const facts = new MutableFacts();
-    malformed = facts.fill(String(received[':method']), String(received[':path']), String(received[':authority']), rawHeaders, false);
+    malformed = facts.fill(String(received[':method']), String(received[':path']), String(received[':authority']), rawHeaders, false, 'MERGE_SLASHES');
     seen = read(facts);
     stream.respond({ ':status': 200 });
     stream.end();
@@ -177,11 +177,11 @@ describe('Host fields that could name another host than the one authorization de
 describe('header values looked up per request', () => {
   it('are read afresh for each request of a tunnel: a value one request sent never answers for the next', () => {
     const facts = new MutableFacts();
-    expect(facts.fill('GET', '/', 'web', ['Host', 'web', 'X-Tenant', 'a', 'x-tenant', 'b'], true)).toBeNull();
+    expect(facts.fill('GET', '/', 'web', ['Host', 'web', 'X-Tenant', 'a', 'x-tenant', 'b'], true, 'MERGE_SLASHES')).toBeNull();
     expect(facts.header('x-tenant')).toBe('a,b');
     expect(facts.header('x-tenant')).toBe('a,b');
     expect(facts.header('x-absent')).toBeUndefined();
-    expect(facts.fill('GET', '/', 'web', ['Host', 'web', 'x-absent', 'now'], true)).toBeNull();
+    expect(facts.fill('GET', '/', 'web', ['Host', 'web', 'x-absent', 'now'], true, 'MERGE_SLASHES')).toBeNull();
     expect(facts.header('x-tenant')).toBeUndefined();
     expect(facts.header('x-absent')).toBe('now');
   });
