@@ -9,7 +9,7 @@ import type { Command } from './args.ts';
 import { stopOnUncaughtError } from './fatal.ts';
 import { ignoreHangup, stopSignal } from './hangup.ts';
 import { parseListen } from './listen.ts';
-import { IdentityAgent } from '../identity/agent.ts';
+import { IdentityAgent, requireNodeCredential } from '../identity/agent.ts';
 import { writeFileAtomic } from '../identity/files.ts';
 import { encodePemBundle } from '../identity/bundle.ts';
 import type { BundleSet } from '../identity/bundle.ts';
@@ -111,6 +111,8 @@ export const command: Command = {
     if (values.once && values.metrics !== undefined) throw new AmbitError('USAGE', '--metrics serves while the agent runs; with --once it exits at once, so the two do not go together');
     const metricsListen = values.metrics === undefined ? null : parseListen(values.metrics, 'metrics');
     const bootstrapBundle = await readBundleFlag(bundleFile, trustDomain, 'bundle');
+    const joinToken = await joinTokenOption(values['join-token'], values['join-token-file']);
+    await requireNodeCredential(stateDir, joinToken);
     const logger = createLogger({ name: 'ambit-agent' });
     // From the start: the first certificates may wait minutes for the CA, and a refused identity for ever.
     ignoreHangup(logger, 'certificates and bundles renew by themselves');
@@ -122,7 +124,7 @@ export const command: Command = {
       nodeName: requireString(values.node, 'node'),
       bootstrapBundle,
       stateDir,
-      joinToken: await joinTokenOption(values['join-token'], values['join-token-file']),
+      joinToken,
       ttlSeconds: values.ttl ? parseTtlSeconds(values.ttl, 'ttl') : undefined,
       logger,
       metrics,

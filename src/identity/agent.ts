@@ -6,7 +6,7 @@
 // Keys are ECDSA P-256, generated here for every renewal, and never sent anywhere: the CA sees a CSR.
 import { EventEmitter } from 'node:events';
 import { createHash } from 'node:crypto';
-import { readFile, stat, unlink } from 'node:fs/promises';
+import { lstat, readFile, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from '../undici.ts';
 import type { Dispatcher } from 'undici';
@@ -192,6 +192,25 @@ function createMetrics(registry: Registry): AgentMetrics {
   };
 }
 
+function noNodeCredential(where: string, problem: string): AmbitError {
+  return new AmbitError('JOIN_TOKEN_INVALID', `no valid node SVID in ${where} (${problem}) and no join token given`, { hint: 'create one with `ambit ca token create --node NAME` and pass it with --join-token' });
+}
+
+/**
+ * Refuses a start that cannot obtain the node SVID (no join token, and no node SVID kept in the state directory) before
+ * anything is made on disk: the agent and the proxy made their directories first and left them empty behind them. A
+ * file there that turns out unusable is judged by start().
+ */
+export async function requireNodeCredential(stateDir: string, joinToken: string | undefined): Promise<void> {
+  if (joinToken !== undefined && joinToken !== '') return;
+  try {
+    await lstat(join(stateDir, NODE_SVID_FILE));
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw noNodeCredential(stateDir, 'none stored');
+  }
+}
+
 export class IdentityAgent extends EventEmitter<AgentEvents> {
   readonly #options: IdentityAgentOptions;
   readonly #logger: Logger;
@@ -291,7 +310,7 @@ export class IdentityAgent extends EventEmitter<AgentEvents> {
       this.#schedule(entry);
     } else {
       if (!this.#options.joinToken) {
-        throw new AmbitError('JOIN_TOKEN_INVALID', `no valid node SVID in ${this.#options.stateDir ?? '(no state dir)'} (${this.#options.stateDir === undefined ? 'none kept' : this.#storedNodeSvidProblem}) and no join token given`, { hint: 'create one with `ambit ca token create --node NAME` and pass it with --join-token' });
+        throw noNodeCredential(this.#options.stateDir ?? '(no state dir)', this.#options.stateDir === undefined ? 'none kept' : this.#storedNodeSvidProblem);
       }
       await this.#attestPatiently(entry, this.#options.joinToken, options.failFast === true);
     }

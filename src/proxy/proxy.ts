@@ -8,7 +8,7 @@ import { WATCH_ERROR_MESSAGES, watchConfigDir } from '../config/watch.ts';
 import { AuditLog } from '../config/audit.ts';
 import type { ConfigWatcher } from '../config/watch.ts';
 import type { ConfigSnapshot } from '../config/snapshot.ts';
-import { IdentityAgent } from '../identity/agent.ts';
+import { IdentityAgent, requireNodeCredential } from '../identity/agent.ts';
 import type { TrustBundle } from '../identity/bundle.ts';
 import type { Svid } from '../identity/svid.ts';
 import type { Logger } from '../observe/log.ts';
@@ -211,6 +211,7 @@ export class NodeProxy {
   async #start(): Promise<void> {
     const options = this.#options;
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+    await requireNodeCredential(options.stateDir, options.joinToken);
     // Made, and held, before the node SVID there is read or renewed: a second proxy on it waits for the first to stop.
     this.#stateLock = await StateDirLock.acquire(options.stateDir, this.#logger, { signal: this.#starting.signal });
     const auditFile = options.auditLogFile ?? join(options.stateDir, 'audit.log');

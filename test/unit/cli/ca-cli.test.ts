@@ -93,7 +93,7 @@ describe.concurrent('ambit proxy command line', () => {
 
 describe('ambit proxy and its audit log', () => {
   it('refuses at start an --audit-log it cannot append to (a directory), naming it, as the CA does', async ({ expect }) => {
-    const result = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', noMeshConfig, '--state-dir', join(dir, 'proxy-state-audit'), '--audit-log', dir, '--metrics', '127.0.0.1:0', '--readiness', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { timeoutMs: 15_000 });
+    const result = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', noMeshConfig, '--join-token', 'never-spent', '--state-dir', join(dir, 'proxy-state-audit'), '--audit-log', dir, '--metrics', '127.0.0.1:0', '--readiness', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { timeoutMs: 15_000 });
     expect(failureCode(expect, result)).toBe('FILE_WRITE');
     expect(result.stderr).toContain(`--audit-log ${dir}: cannot append (EISDIR: a directory, not a file)`);
   });
@@ -102,7 +102,7 @@ describe('ambit proxy and its audit log', () => {
 describe('ambit proxy and its trust domain', () => {
   // The bundle file names no trust domain (it is read as --trust-domain's): the message had blamed the bundle.
   it('names --trust-domain and the MeshConfig when they disagree, and exits', async ({ expect }) => {
-    const result = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', otherDomainConfig, '--state-dir', join(dir, 'proxy-state-td'), '--metrics', '127.0.0.1:0', '--readiness', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { timeoutMs: 15_000 });
+    const result = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', otherDomainConfig, '--join-token', 'never-spent', '--state-dir', join(dir, 'proxy-state-td'), '--metrics', '127.0.0.1:0', '--readiness', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { timeoutMs: 15_000 });
     expect(result.status).not.toBe(0);
     expect(result.stderr + result.stdout).toContain(`MeshConfig spec.trustDomain is "other.test" but --trust-domain is "${TD}"`);
   });
@@ -294,6 +294,19 @@ describe.concurrent('ambit agent command line', () => {
     expect(await exists(join(dir, 'shared-out'))).toBe(false);
     // Beside it is fine: judged further (the CA is not there), not refused as usage.
     expect(failureCode(expect, await runAmbit(agentArgs({ out: join(dir, 'shared-out'), 'state-dir': join(dir, 'shared-out-state') })))).not.toBe('USAGE');
+  });
+
+  it('refuses to start with neither a join token nor a node SVID kept, before it makes --out or --state-dir', async ({ expect }) => {
+    const out = join(dir, 'tokenless-out');
+    const stateDir = join(dir, 'tokenless-state');
+    const result = await runAmbit(agentArgs({ out, 'state-dir': stateDir }));
+    expect(failureCode(expect, result)).toBe('JOIN_TOKEN_INVALID');
+    expect(result.stderr).toContain(`no valid node SVID in ${stateDir} (none stored) and no join token given`);
+    expect(await exists(out)).toBe(false);
+    expect(await exists(stateDir)).toBe(false);
+    const proxy = await runAmbit(['proxy', '--ca', 'https://127.0.0.1:1', '--trust-domain', TD, '--ca-bundle', bundleFile, '--node', 'node-a', '--config', noMeshConfig, '--state-dir', stateDir]);
+    expect(failureCode(expect, proxy)).toBe('JOIN_TOKEN_INVALID');
+    expect(await exists(stateDir)).toBe(false);
   });
 
   it('names the flag, the file and why when a file it was given cannot be read', async ({ expect }) => {
