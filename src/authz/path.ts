@@ -10,7 +10,8 @@
 // Escaped slashes (`%2F`, `%5C`) stay escaped by default, as in Istio's BASE: an application that decodes them before
 // routing (Go's net/http, Spring) reads `/api/admin%2Fusers` as `/api/admin/users`, which a DENY of `/api/admin/*`
 // does not match. The mesh's `pathNormalization: DECODE_AND_MERGE_SLASHES` (Istio's, Envoy's UNESCAPE_AND_FORWARD)
-// decodes them first, before dot segments are resolved and slashes merged, so rules and application read one path.
+// decodes them first, before dot segments are resolved and then slashes merged (Envoy's order: unescape, canonicalise,
+// merge), so rules and application read one path.
 import type { PathNormalization } from '../config/objects.ts';
 
 function isHex(code: number): boolean {
@@ -102,10 +103,14 @@ export function normalizePath(path: string, normalization: PathNormalization = '
     else decoded += isUnreserved(value) ? String.fromCharCode(value) : '%' + path.slice(i + 1, i + 3).toUpperCase();
     i += 2;
   }
+  // Envoy's order: dot segments resolved on the path as it is (`/app//../admin` is `/app/admin`: `..` takes the empty
+  // segment), then slashes merged.
+  const resolved = removeDotSegments(decoded);
+  if (resolved.indexOf('//') < 0) return resolved;
   let merged = '';
-  for (let i = 0; i < decoded.length; i++) {
-    if (decoded.charCodeAt(i) === 47 && merged.charCodeAt(merged.length - 1) === 47) continue;
-    merged += decoded[i];
+  for (let i = 0; i < resolved.length; i++) {
+    if (resolved.charCodeAt(i) === 47 && merged.charCodeAt(merged.length - 1) === 47) continue;
+    merged += resolved[i];
   }
-  return removeDotSegments(merged);
+  return merged;
 }

@@ -3,7 +3,7 @@
 // snapshot and the watcher swaps it in whole, so the data path may keep reading the one it holds.
 import { createHash } from 'node:crypto';
 import { ENFORCE_ANNOTATION } from '../authz/types.ts';
-import { enforceAnnotationProblem } from '../authz/validate.ts';
+import { checkPath, enforceAnnotationProblem } from '../authz/validate.ts';
 import { canonicalIp, formatPath, parseDurationMs } from './fields.ts';
 import { destinationRuleTlsModes } from './validate.ts';
 import { ConfigError } from './issues.ts';
@@ -175,22 +175,39 @@ function checkMutualToExternal(objects: readonly ConfigObject[], issues: ConfigI
  * Under DECODE_AND_MERGE_SLASHES no request path holds `%2F` or `%5C` (they are decoded to `/` before rules match): a
  * path value with one matches nothing, so a DENY written with it denies nothing. Refused, with the form that matches,
  * as the validator refuses the other values normalising takes out (authz/validate.ts); this one depends on the mesh.
+ * A `when` on `request.headers[:path]` reads the same path (its query keeps its escapes).
  */
 function checkEscapedSlashPaths(objects: readonly ConfigObject[], issues: ConfigIssue[]): void {
   for (const object of objects) {
     if (object.kind !== 'AuthorizationPolicy') continue;
+    const refuse = (field: string, value: string) => issues.push(issueAt(object, 'CONFIG_FIELD', field, escapedSlashProblem(value)));
     object.spec.rules.forEach((rule, ruleIndex) => {
       rule.to?.forEach((operation, toIndex) => {
         for (const key of ['paths', 'notPaths'] as const) {
           operation[key]?.forEach((value, index) => {
-            if (!ESCAPED_SLASH.test(value)) return;
-            const hint = value.replace(/%2F|%5C/gi, '/').replace(/\/{2,}/g, '/');
-            issues.push(issueAt(object, 'CONFIG_FIELD', `spec.rules[${ruleIndex}].to[${toIndex}].operation.${key}[${index}]`, `${JSON.stringify(value)} matches no request: the mesh's pathNormalization DECODE_AND_MERGE_SLASHES decodes %2F and %5C to "/" before rules match; write ${JSON.stringify(hint)}`));
+            if (ESCAPED_SLASH.test(value)) refuse(`spec.rules[${ruleIndex}].to[${toIndex}].operation.${key}[${index}]`, value);
+          });
+        }
+      });
+      rule.when?.forEach((condition, whenIndex) => {
+        if (condition.parsedKey.kind !== 'request.headers' || condition.parsedKey.header !== ':path') return;
+        for (const key of ['values', 'notValues'] as const) {
+          condition[key]?.forEach((value, index) => {
+            const query = value.indexOf('?');
+            if (ESCAPED_SLASH.test(query < 0 ? value : value.slice(0, query))) refuse(`spec.rules[${ruleIndex}].when[${whenIndex}].${key}[${index}]`, value);
           });
         }
       });
     });
   }
+}
+
+function escapedSlashProblem(value: string): string {
+  const query = value.indexOf('?');
+  const decoded = (query < 0 ? value : value.slice(0, query)).replace(/%2F|%5C/gi, '/') + (query < 0 ? '' : value.slice(query));
+  // The decoded form may still need normalising (`/a%2F..%2Fb`): offered only when it is itself one that matches.
+  const hint = query < 0 && checkPath(decoded) === undefined ? `; write ${JSON.stringify(decoded)}` : '; write it with "/" for them, in the form requests then have';
+  return `${JSON.stringify(value)} matches no request: the mesh's pathNormalization DECODE_AND_MERGE_SLASHES decodes %2F and %5C to "/" before rules match${hint}`;
 }
 
 const ESCAPED_SLASH = /%2F|%5C/i;

@@ -1133,12 +1133,14 @@ export class HttpInspector {
         continue;
       }
       // Decided when it arrived: a change while it waited (a DENY added) decides it again before it is sent.
-      if (!allowedStill(state, waiting.decidedWith, req.method ?? '', waiting.options.path, req.headers.host ?? '', waiting.headers, true)) {
+      const path = allowedStill(state, waiting.decidedWith, req.method ?? '', req.url ?? '/', waiting.options.path, req.headers.host ?? '', waiting.headers, true);
+      if (path === null) {
         deniedAnswers.add(res);
         req.resume();
         writeRefusal(state, res, 403, DENIED_BODY);
         continue;
       }
+      waiting.options.path = path;
       state.h1Busy = true;
       state.h1Client ??= upstreamClient(state.upstream);
       let answered = false;
@@ -1188,7 +1190,7 @@ export class HttpInspector {
     const method = req.method ?? '';
     const path = req.url ?? '';
     const authority = req.headers.host ?? '';
-    this.#upgrades.set(socket, { state, decidedWith: state.inForce(), path: state.facts.forwardPath, authority, headers: withUpgradeFields(headers, req.rawHeaders) });
+    this.#upgrades.set(socket, { state, decidedWith: state.inForce(), path, forwardedPath: state.facts.forwardPath, normalization: state.pathNormalization(), authority, headers: withUpgradeFields(headers, req.rawHeaders) });
     socket.once('close', () => this.#upgrades.delete(socket));
     const counted = (status: number, flags: string) => answeredOutside(state, method, path, authority, status, flags, 0);
     state.h1Client.dispatch({ method: 'GET', path: state.facts.forwardPath, headers, body: null, upgrade: 'websocket' }, new UpgradeForwarder(socket, head, this.#logger, counted));
@@ -1208,8 +1210,13 @@ export class HttpInspector {
         continue;
       }
       const decidedWith = upgrade.decidedWith;
-      upgrade.decidedWith = upgrade.state.inForce();
-      if (allowedStill(upgrade.state, decidedWith, 'GET', upgrade.path, upgrade.authority, upgrade.headers, true)) continue;
+      const state = upgrade.state;
+      upgrade.decidedWith = state.inForce();
+      // Decided on its path normalised as a request arriving now would be and, when the pathNormalization has changed
+      // since, as the workload received it too: a DENY of either form cuts it.
+      const allowed = allowedStill(state, decidedWith, 'GET', upgrade.path, upgrade.forwardedPath, upgrade.authority, upgrade.headers, true) !== null;
+      const sameForm = upgrade.normalization === state.pathNormalization();
+      if (allowed && (sameForm || allowedStill(state, decidedWith, 'GET', upgrade.forwardedPath, upgrade.forwardedPath, upgrade.authority, upgrade.headers, true, upgrade.normalization) !== null)) continue;
       this.#upgrades.delete(socket);
       resetTunnel(socket);
       cut++;
@@ -1274,7 +1281,7 @@ export class HttpInspector {
     // A client speaking HTTP/2 to a workload declared HTTP/1.1 (a port named `http`): converted, as Envoy converts.
     if (state.upstreamVersion === 'http1') {
       if (String(headers.expect ?? '').toLowerCase() === '100-continue' && !stream.endAfterHeaders) stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
-      this.#forwardH2ToH1(stream, state, forwarded, { decidedWith, method, path: facts.forwardPath, authority, forwarded });
+      this.#forwardH2ToH1(stream, state, forwarded, { decidedWith, method, path, authority, forwarded });
       return;
     }
     const session = this.#h2UpstreamOf(state, stream.session);
@@ -1582,11 +1589,13 @@ export class HttpInspector {
       }
       // Decided when it arrived: a change while it waited (a DENY added) decides it again before it is sent.
       const decided = job.decided;
-      if (!allowedStill(state, decided.decidedWith, decided.method, decided.path, decided.authority, decided.forwarded, false)) {
+      const path = allowedStill(state, decided.decidedWith, decided.method, decided.path, job.options.path, decided.authority, decided.forwarded, false);
+      if (path === null) {
         job.options.body?.destroy();
         answerDenied(job.stream, fieldValue(decided.forwarded, HTTP2_HEADER_CONTENT_TYPE) ?? '');
         continue;
       }
+      job.options.path = path;
       state.h1Busy = true;
       state.h1Client ??= upstreamClient(state.upstream);
       state.h1Client.dispatch(job.options, new H2AnswerFromH1(job.stream, state.upstream, this.#logger, () => {
@@ -1676,11 +1685,11 @@ class H2AnswerFromH1 implements Dispatcher.DispatchHandler {
 interface Upgrade {
   readonly state: TunnelState;
   decidedWith: object;
-  /**
-   * Its path as forwarded (normalised), which a decision again reads: normalised anew from what the client sent, under
-   * a pathNormalization changed since, it could differ from what the workload received.
-   */
+  /** Its target as received. */
   readonly path: string;
+  /** Its path as forwarded, normalised under `normalization`: what the workload has. */
+  readonly forwardedPath: string;
+  readonly normalization: PathNormalization;
   readonly authority: string;
   /** Its fields as decided on, the upgrade's own among them. */
   readonly headers: readonly string[];
@@ -1692,7 +1701,7 @@ interface WaitingH1 {
   /** Its fields as forwarded, what it was decided on. */
   readonly headers: readonly string[];
   readonly decidedWith: object;
-  /** Its `path` is the request's as forwarded, which a decision again reads (as Upgrade's). */
+  /** Its `path` is the request's as it is to be forwarded: normalised anew when it is decided again (allowedStill). */
   readonly options: Dispatcher.DispatchOptions;
 }
 
@@ -1710,7 +1719,7 @@ interface H1Job {
 interface DecidedRequest {
   readonly decidedWith: object;
   readonly method: string;
-  /** As forwarded (normalised), as Upgrade's. */
+  /** As received: decided again (allowedStill), it is normalised anew. */
   readonly path: string;
   readonly authority: string;
   /** Its fields as received (forwardableRawHeaders), what it was decided on. */
@@ -1861,20 +1870,22 @@ function writeRefusal(state: TunnelState, res: ServerResponse, status: number, b
 }
 
 /**
- * Whether a request allowed under the configuration `decidedWith` may still go to the workload: at once when that is
- * still in force, else decided again under the one in force now; a denial is counted and logged as any. (Not counted
- * as a request again: it was when it arrived.)
+ * The path with which a request allowed under the configuration `decidedWith` goes to the workload, or null when it
+ * may not go: `forwarded` (its target as normalised when it was decided) while that configuration is in force; else it
+ * is decided again under the one in force now as a request arriving now would be, its `target` as received normalised
+ * under `normalization` (the pathNormalization in force, unless given), and goes with that form. A denial is counted and
+ * logged as any. (Not counted as a request again: it was when it arrived.)
  */
-function allowedStill(state: TunnelState, decidedWith: object, method: string, path: string, authority: string, headers: readonly string[], http1: boolean): boolean {
-  if (state.inForce() === decidedWith) return true;
+function allowedStill(state: TunnelState, decidedWith: object, method: string, target: string, forwarded: string, authority: string, headers: readonly string[], http1: boolean, normalization = state.pathNormalization()): string | null {
+  if (state.inForce() === decidedWith) return forwarded;
   const facts = state.facts;
   // It was read whole before: malformed now can only be a bug, and is no reason to send it.
-  if (facts.fill(method, path, authority, headers, http1, state.pathNormalization()) !== null) return false;
+  if (facts.fill(method, target, authority, headers, http1, normalization) !== null) return null;
   const decision = state.decide(facts, true);
-  if (decision.allow) return true;
+  if (decision.allow) return facts.forwardPath;
   state.denied++;
   state.onDenied(decision, facts);
-  return false;
+  return null;
 }
 
 /** The tunnel's HTTP/1.1 client to the workload, on the tunnel's one upstream connection. */

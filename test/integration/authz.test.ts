@@ -1440,6 +1440,40 @@ spec:
     }
   });
 
+  it('sends requests waiting when the MeshConfig turns slash decoding on with their paths as a request arriving now has them', async () => {
+    const original = await readFile(join(mesh.configDir, 'mesh.yaml'), 'utf8');
+    const { socket, received: sofar } = rawWebConnection();
+    const session = http2.connect(`http://${CLIENT_IP}:9080`);
+    session.on('error', () => {});
+    const statusOf = (path: string) => new Promise<number>((resolve, reject) => {
+      const stream = session.request({ ':path': path, ':authority': 'web.demo' });
+      stream.on('response', (headers) => resolve(Number(headers[':status'])));
+      stream.on('error', reject);
+      stream.resume();
+    });
+    try {
+      webRequests.length = 0;
+      socket.write('GET /public/gate HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/a%2Fh1 HTTP/1.1\r\nHost: web.demo\r\n\r\n');
+      const first = statusOf('/public/gate');
+      await waitUntil('both first requests at the workload', async () => webRequests.filter((line) => line === 'GET /public/gate').length === 2);
+      // h2c to the HTTP/1.1 workload waits for the tunnel's one upstream connection.
+      const queued = statusOf('/public/b%2fh2');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await applyConfig('mesh.yaml', `${original.trimEnd()}\n  pathNormalization:\n    normalization: DECODE_AND_MERGE_SLASHES\n`, 'DECODE_AND_MERGE_SLASHES');
+      openGate();
+      expect(await first).toBe(200);
+      expect(await queued).toBe(200);
+      await waitUntil('both answers on the HTTP/1.1 connection', async () => (sofar().match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 2);
+      expect(sofar().match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 200']);
+      expect(webRequests.filter((line) => line !== 'GET /public/gate').sort()).toEqual(['GET /public/a/h1', 'GET /public/b/h2']);
+    } finally {
+      openGate();
+      socket.destroy();
+      session.close();
+      await applyConfig('mesh.yaml', original, 'the MeshConfig as it was');
+    }
+  });
+
   it('decides a waiting request again on the fields it arrived with, Expect among them (which is not forwarded)', async () => {
     const { socket, received: sofar } = rawWebConnection();
     try {

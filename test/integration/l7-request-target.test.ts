@@ -61,7 +61,7 @@ upstream.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
     socket.destroy();
     return;
   }
-  if (req.url !== '/ws' && req.url !== '/ws-reset') {
+  if (req.url !== '/ws' && req.url !== '/ws%2Fa' && req.url !== '/ws-reset') {
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 18\r\nconnection: close\r\n\r\nno websockets here');
     return;
   }
@@ -243,6 +243,29 @@ describe('the request target an inspected tunnel decides on', () => {
       expect(served).toEqual(['GET /slow host=web.shop']);
     } finally {
       normalization = 'MERGE_SLASHES';
+      inForce = {};
+      close();
+    }
+  });
+
+  it('sends a pipelined request waiting when the mesh turns decoding off with its path as a request arriving now has it, decided on that', async () => {
+    const { stream, close } = await tunnel('h1');
+    normalization = 'DECODE_AND_MERGE_SLASHES';
+    try {
+      served.length = 0;
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      stream.write('GET /slow HTTP/1.1\r\nHost: web.shop\r\n\r\nGET /public%2Fx HTTP/1.1\r\nHost: web.shop\r\n\r\nGET /files%2Fy HTTP/1.1\r\nHost: web.shop\r\n\r\n');
+      await expect.poll(() => served.length).toBe(1);
+      // Allowed as `/public/x` and `/files/y`; now `/public%2Fx`, which the DENY added meanwhile matches, and `/files%2Fy`.
+      normalization = 'MERGE_SLASHES';
+      policies = compiled(`${POLICY}    - to: [{ operation: { paths: ["/public%2F*"] } }]\n`);
+      inForce = {};
+      await expect.poll(() => [...received.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((match) => match[1])).toEqual(['200', '403', '200']);
+      expect(served).toEqual(['GET /slow host=web.shop', 'GET /files%2Fy host=web.shop']);
+    } finally {
+      normalization = 'MERGE_SLASHES';
+      policies = compiled(POLICY);
       inForce = {};
       close();
     }
@@ -522,6 +545,29 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
       expect(inspector.recheckUpgrades()).toBe(1);
       expect(await reset).toBe(http2.constants.NGHTTP2_CANCEL);
     } finally {
+      policies = compiled(POLICY);
+      inForce = {};
+      close();
+    }
+  });
+
+  it('cuts a WebSocket when a change of pathNormalization and a DENY of the path as the workload received it come together', async () => {
+    const { stream, close } = await tunnel('h1');
+    try {
+      let received = '';
+      stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      const reset = new Promise<number | undefined>((resolve) => stream.once('close', () => resolve((stream as http2.ClientHttp2Stream).rstCode)));
+      stream.on('error', () => {});
+      stream.write(upgradeRequest('/ws%2Fa'));
+      await expect.poll(() => received.includes('101 Switching Protocols')).toBe(true);
+      // Decoding on: as a request arriving now, `/ws/a`, which no rule denies; the workload has `/ws%2Fa`, denied now.
+      normalization = 'DECODE_AND_MERGE_SLASHES';
+      policies = compiled(`${POLICY}    - to: [{ operation: { paths: ["/ws%2Fa"] } }]\n`);
+      inForce = {};
+      expect(inspector.recheckUpgrades()).toBe(1);
+      expect(await reset).toBe(http2.constants.NGHTTP2_CANCEL);
+    } finally {
+      normalization = 'MERGE_SLASHES';
       policies = compiled(POLICY);
       inForce = {};
       close();

@@ -6,6 +6,7 @@ describe('request path normalisation before path rules', () => {
     ['leaves an ordinary path untouched', '/api/v1/items', '/api/v1/items'],
     ['leaves the root untouched', '/', '/'],
     ['merges repeated slashes', '//admin//users', '/admin/users'],
+    ['resolves dot segments before merging slashes, as Envoy does: ".." takes the empty segment', '/app//../admin', '/app/admin'],
     ['removes single-dot segments', '/./admin/./x', '/admin/x'],
     ['resolves double-dot segments', '/public/../admin', '/admin'],
     ['does not climb above the root', '/../../admin', '/admin'],
@@ -46,6 +47,9 @@ describe('request path normalisation before path rules', () => {
       ['merges the slashes decoding made', '/%2F%2Fadmin', '/admin'],
       ['leaves a double-escaped slash as it is (decoded once, as Envoy does)', '/a%252Fb', '/a%252Fb'],
       ['still refuses a truncated escape', '/admin%2', null],
+      // Istio's own table for this mode (pilot's path normalisation tests): unescaped, dot segments resolved, then merged.
+      ['resolves dot segments before merging (Istio\'s table)', '/%5Capp%2f%5c%2F%2e%2e%2fadmin%5c\\abc', '/app/admin/abc'],
+      ['lets ".." take an empty segment, as Envoy does', '/app%2F%2F..%2Fadmin', '/app/admin'],
     ];
     for (const [name, input, expected] of decoding) {
       it(`${name}: ${input}`, () => {

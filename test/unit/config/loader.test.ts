@@ -89,6 +89,16 @@ describe('loadConfigDir accepts', () => {
     expect(await normalizationOf('DECODE_AND_MERGE_SLASHES')).toBe('DECODE_AND_MERGE_SLASHES');
   });
 
+  it('says, refusing an escaped slash under DECODE_AND_MERGE_SLASHES, what to write instead, when that form is one that matches', async () => {
+    const deny = (paths: string) => `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ${paths} } }]\n`;
+    const mesh = `${meshYaml()}  pathNormalization:\n    normalization: DECODE_AND_MERGE_SLASHES\n`;
+    const error = await configError(loadConfigDir(await configDir({ 'mesh.yaml': mesh, 'deny.yaml': deny('["/api/admin%2F*", "/public%2F..%2Fsecret"]') })));
+    expect(error.details.map((issue) => issue.message)).toEqual([
+      expect.stringContaining('write "/api/admin/*"'),
+      expect.stringContaining('write it with "/" for them, in the form requests then have'),
+    ]);
+  });
+
   it('takes a path rule with an escaped slash under the default normalisation, where requests keep theirs', async () => {
     const deny = 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ["/api/admin%2F*"] } }]\n';
     const snapshot = await loadConfigDir(await configDir({ 'mesh.yaml': meshYaml(), 'deny.yaml': deny }));
@@ -608,12 +618,23 @@ spec:
     name: 'under DECODE_AND_MERGE_SLASHES, a DENY path with an escaped slash, which no request path then holds',
     files: {
       'mesh.yaml': `${meshYaml()}  pathNormalization:\n    normalization: DECODE_AND_MERGE_SLASHES\n`,
-      'deny.yaml': 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ["/public/*"] } }, { operation: { notPaths: ["/api/admin%2f*"] } }]\n',
+      'deny.yaml': 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ["/public/*"] } }, { operation: { notPaths: ["/api/admin%2F*"] } }]\n',
     },
     code: 'CONFIG_FIELD',
     file: 'deny.yaml',
     object: 'AuthorizationPolicy shop/no-admin',
     field: 'spec.rules[0].to[1].operation.notPaths[0]',
+  },
+  {
+    name: 'under DECODE_AND_MERGE_SLASHES, a when on request.headers[:path] with an escaped slash before its query',
+    files: {
+      'mesh.yaml': `${meshYaml()}  pathNormalization:\n    normalization: DECODE_AND_MERGE_SLASHES\n`,
+      'deny.yaml': 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - when: [{ key: "request.headers[:path]", values: ["/x?q=%2F"] }, { key: "request.headers[:path]", notValues: ["/admin%5C*"] }]\n',
+    },
+    code: 'CONFIG_FIELD',
+    file: 'deny.yaml',
+    object: 'AuthorizationPolicy shop/no-admin',
+    field: 'spec.rules[0].when[1].notValues[0]',
   },
   {
     name: 'an unknown egress mode',
