@@ -12,6 +12,11 @@
 // is held, so that a peer waiting on us can go on reading our backlog): a peer that floods and never reads gets no
 // more acknowledgements, and the pool's keepalive, its PONGs unread, cuts the session.
 //
+// The TLS socket is handed at most TLS_FEED_BYTES at a time, the rest kept here until it drains: Node's TLS encrypts a
+// write into an output buffer sized for the whole write, and keeps that buffer for the socket's life, so one batch of a
+// session with many streams' windows open (megabytes, handed over corked, or gathered while a write was pending) held
+// its size for as long as the pooled session lived (2,000 stalled tunnels: ~230 MiB of such buffers on one node).
+//
 // Not a stream.Duplex: Node wraps whatever it is given in a JSStreamSocket (lib/internal/js_stream_socket.js), which
 // calls only pause, resume, cork, uncork, write, end and destroy and listens for data, end, error and close. A Duplex
 // between the two put a second stream's buffering, callbacks and ticks on every chunk each way, on top of the TLS
@@ -51,6 +56,9 @@ const READ_AHEAD_BYTES = 1024 * 1024;
  */
 const HELD_WHILE_BLOCKED_BYTES = H2_CONNECTION_WINDOW_BYTES + READ_AHEAD_BYTES;
 
+/** What the TLS socket is handed at most at once (see the top): more waits in SessionSocket's own queue. */
+const TLS_FEED_BYTES = 256 * 1024;
+
 type WriteCallback = (error?: Error | null) => void;
 
 export class SessionSocket extends EventEmitter {
@@ -88,10 +96,16 @@ export class SessionSocket extends EventEmitter {
    * thousands of acks had counted once, and a peer flooding PINGs grew us by 1.5 GB.
    */
   #queuedBuffers = 0;
-  /** The callbacks of a batch held past the bound, released together on the socket's drain (one listener pair). */
+  /** The callbacks of a batch held past the bound, released together once all is handed over and drained. */
   #blocked: WriteCallback[] | null = null;
+  /** Written by the session and not yet handed to the TLS socket (TLS_FEED_BYTES), in order, and its size. */
+  readonly #pending: Buffer[] = [];
+  #pendingBytes = 0;
+  /** end() came with writes still pending: the TLS socket is ended once they are handed over. */
+  #ending = false;
   #destroyed = false;
   readonly #flushLater = (): void => this.#flush();
+  readonly #onDrain = (): void => this.#drained();
 
   constructor(tls: TLSSocket, options: { maxQueuedBytes?: number; maxHeldWhileBlocked?: number } = {}) {
     super();
@@ -112,8 +126,12 @@ export class SessionSocket extends EventEmitter {
     });
     tls.on('close', () => {
       this.#closed = true;
+      this.#pending.length = 0;
+      this.#pendingBytes = 0;
+      this.#release();
       this.#sayCloseIfDelivered();
     });
+    tls.on('drain', this.#onDrain);
   }
 
   /** A write waits past the backlog bound: the session reads nothing until the TLS socket drains. */
@@ -201,47 +219,73 @@ export class SessionSocket extends EventEmitter {
 
   write(chunk: Buffer, callback: WriteCallback): boolean {
     const tls = this.tls;
-    if (tls.destroyed) {
+    if (tls.destroyed || this.#ending) {
       callback(Object.assign(new Error('the HBONE session\'s TLS socket is closed'), { code: 'EPIPE' }));
       return false;
     }
-    tls.write(chunk);
+    if (this.#pending.length === 0 && tls.writableLength < TLS_FEED_BYTES) {
+      tls.write(chunk);
+    } else {
+      // The TLS socket has its share: it needs a drain (TLS_FEED_BYTES is past its high-water mark), which feeds it more.
+      this.#pending.push(chunk);
+      this.#pendingBytes += chunk.length;
+    }
     // The rest of a batch held past the bound waits with it.
     if (this.#blocked !== null) {
       this.#blocked.push(callback);
       return false;
     }
-    if (!tls.writableNeedDrain) {
+    if (this.#pending.length === 0 && !tls.writableNeedDrain) {
       this.#queuedBuffers = 0;
       callback();
       return true;
     }
-    if (++this.#queuedBuffers < MAX_QUEUED_BUFFERS && tls.writableLength < this.#maxQueuedBytes) {
+    if (++this.#queuedBuffers < MAX_QUEUED_BUFFERS && tls.writableLength + this.#pendingBytes < this.#maxQueuedBytes) {
       callback();
       return true;
     }
-    // A backlog no window explains: this write completes once the socket has drained (or is gone). Meanwhile the TLS
-    // socket is read on (see HELD_WHILE_BLOCKED_BYTES).
+    // A backlog no window explains: this write completes once all is handed over and the socket has drained (or it is
+    // gone). Meanwhile the TLS socket is read on (see HELD_WHILE_BLOCKED_BYTES).
     this.#blocked = [callback];
     if (this.#tlsPaused && this.#heldBytes < this.#maxHeldWhileBlocked) {
       this.#tlsPaused = false;
       tls.resume();
     }
-    const release = () => {
-      tls.off('drain', release);
-      tls.off('close', release);
-      const waiting = this.#blocked ?? [];
-      this.#blocked = null;
-      this.#queuedBuffers = 0;
-      for (const waiter of waiting) waiter();
-    };
-    tls.on('drain', release);
-    tls.on('close', release);
     return false;
   }
 
+  /** The TLS socket has written all it was handed: more from the queue, or, with none left, a blocked batch goes on. */
+  #drained(): void {
+    const tls = this.tls;
+    if (this.#pending.length > 0) {
+      const pending = this.#pending;
+      // One write of up to TLS_FEED_BYTES (and the chunk that crosses it), as the batch it was.
+      tls.cork();
+      while (pending.length > 0 && tls.writableLength < TLS_FEED_BYTES) {
+        const chunk = pending.shift() as Buffer;
+        this.#pendingBytes -= chunk.length;
+        tls.write(chunk);
+      }
+      tls.uncork();
+      if (pending.length > 0) return;
+      if (this.#ending && !tls.writableEnded) tls.end();
+      if (tls.writableNeedDrain) return;
+    }
+    this.#release();
+  }
+
+  #release(): void {
+    const waiting = this.#blocked;
+    if (waiting === null) return;
+    this.#blocked = null;
+    this.#queuedBuffers = 0;
+    for (const waiter of waiting) waiter();
+  }
+
   end(callback?: () => void): this {
-    if (!this.tls.writableEnded) this.tls.end();
+    // What the session wrote before its end leaves first.
+    if (this.#pending.length > 0) this.#ending = true;
+    else if (!this.tls.writableEnded) this.tls.end();
     if (callback !== undefined) process.nextTick(callback);
     return this;
   }
@@ -260,7 +304,9 @@ export class SessionSocket extends EventEmitter {
     }
     if (this.#closed) process.nextTick(() => this.#sayCloseIfDelivered());
     const tls = this.tls;
-    if (error !== undefined || !tls.writableEnded) {
+    if (error !== undefined || !(tls.writableEnded || this.#ending)) {
+      this.#pending.length = 0;
+      this.#pendingBytes = 0;
       // Cut (a reset, a missed PONG, an untrusted peer): at once, also while a write waits for a peer that reads nothing.
       tls.destroy(error);
     } else if (!tls.destroyed) {

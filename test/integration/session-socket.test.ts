@@ -242,3 +242,58 @@ describe('a peer that sends its last bytes and closes while the session is not r
     });
   }, 20_000);
 });
+
+// Node's TLS encrypts a write into an output buffer sized for the whole write and keeps it for the socket's life: a
+// session's batch of megabytes, handed over at once, had each pooled session hold megabytes for as long as it lived.
+describe('a batch of megabytes the session writes at once', () => {
+  /** A peer that reads everything, checking that byte i is i % 251; what it has received, and whether it ended. */
+  function checkingPeer(): { serve: (socket: tls.TLSSocket) => void; state: { received: number; wrong: number; ended: boolean } } {
+    const state = { received: 0, wrong: 0, ended: false };
+    return {
+      state,
+      serve: (socket) => {
+        socket.on('data', (chunk: Buffer) => {
+          for (let i = 0; i < chunk.length; i++) if (chunk[i] !== (state.received + i) % 251) state.wrong++;
+          state.received += chunk.length;
+        });
+        socket.on('end', () => (state.ended = true));
+      },
+    };
+  }
+
+  /** `count` chunks of `size` bytes continuing the i % 251 pattern from `from`. */
+  function patterned(from: number, count: number, size: number): Buffer[] {
+    const chunks: Buffer[] = [];
+    for (let c = 0; c < count; c++) {
+      const chunk = Buffer.allocUnsafe(size);
+      for (let i = 0; i < size; i++) chunk[i] = (from + c * size + i) % 251;
+      chunks.push(chunk);
+    }
+    return chunks;
+  }
+
+  it('reaches the TLS socket at most about 256 KiB at a time, in order, every write completing at once, then the end', async () => {
+    const peer = checkingPeer();
+    await withPeer(peer.serve, async (socket) => {
+      const wrapped = new SessionSocket(socket);
+      let completed = 0;
+      let handed = 0;
+      // As the session's JSStreamSocket hands over a batch: corked, every buffer written, uncorked.
+      wrapped.cork();
+      for (const chunk of patterned(0, 128, 64 * 1024)) {
+        wrapped.write(chunk, () => completed++);
+        handed = Math.max(handed, socket.writableLength);
+      }
+      wrapped.uncork();
+      let most = socket.writableLength;
+      const watch = setInterval(() => (most = Math.max(most, socket.writableLength)), 1);
+      socket.on('drain', () => (most = Math.max(most, socket.writableLength)));
+      wrapped.end();
+      await until(() => peer.state.ended, 10_000);
+      clearInterval(watch);
+      expect(completed).toBe(128);
+      expect(Math.max(handed, most)).toBeLessThanOrEqual(320 * 1024);
+      expect(peer.state).toEqual({ received: 128 * 64 * 1024, wrong: 0, ended: true });
+    });
+  }, 20_000);
+});
