@@ -73,7 +73,7 @@ interface PooledSession {
   maxStreams: number;
   idleSinceMs: number;
   pingSentMs: number;
-  /** The TLS socket's input and queued output when the PING was sent (or its wait last extended). */
+  /** The TLS socket's input, and the session's output not yet gone (SessionSocket.backlog), when the PING was sent (or its wait last extended). */
   readAtPing: number;
   queuedAtPing: number;
   usable: boolean;
@@ -517,7 +517,7 @@ export class HbonePool {
   #settingsUnacknowledged(session: http2.Http2Session, tooMany: boolean): boolean {
     const entry = pooled.of(session);
     if (entry === undefined || session.destroyed) return true;
-    if (!tooMany && (entry.transport.blocked || entry.tls.writableLength > 0 || (session.state.outboundQueueSize ?? 0) > 0)) return false;
+    if (!tooMany && (entry.transport.blocked || entry.transport.backlog > 0 || (session.state.outboundQueueSize ?? 0) > 0)) return false;
     this.#refusalLogBudget.warn(this.#logger, 'settings-timeout', { peer: entry.bucket.peer, expected: entry.bucket.expected, code: 'SETTINGS_TIMEOUT', tooMany, tunnels: entry.streams }, 'HBONE server did not acknowledge our SETTINGS; closing the session and its tunnels (SETTINGS_TIMEOUT)');
     this.#retire(entry);
     entry.endedByPool = true;
@@ -570,7 +570,7 @@ export class HbonePool {
 function waitForPong(entry: PooledSession, now: number): void {
   entry.pingSentMs = now;
   entry.readAtPing = entry.tls.bytesRead;
-  entry.queuedAtPing = entry.tls.writableLength;
+  entry.queuedAtPing = entry.transport.backlog;
 }
 
 /**
@@ -582,7 +582,7 @@ function waitForPong(entry: PooledSession, now: number): void {
  */
 function movedSincePing(entry: PooledSession): boolean {
   if (entry.tls.bytesRead <= entry.readAtPing) return false;
-  return !entry.transport.blocked || entry.tls.writableLength < entry.queuedAtPing;
+  return !entry.transport.blocked || entry.transport.backlog < entry.queuedAtPing;
 }
 
 function releaseStream(entry: PooledSession): void {

@@ -106,6 +106,7 @@ export class SessionSocket extends EventEmitter {
   #destroyed = false;
   readonly #flushLater = (): void => this.#flush();
   readonly #onDrain = (): void => this.#drained();
+  readonly #onPeerEnd = (): void => this.#handOverAll();
 
   constructor(tls: TLSSocket, options: { maxQueuedBytes?: number; maxHeldWhileBlocked?: number } = {}) {
     super();
@@ -132,6 +133,14 @@ export class SessionSocket extends EventEmitter {
       this.#sayCloseIfDelivered();
     });
     tls.on('drain', this.#onDrain);
+    // Before Node's own listener, which ends our side at the peer's FIN (allowHalfOpen false) and takes no more writes:
+    // what the session wrote, and was told was written, still goes.
+    tls.prependListener('end', this.#onPeerEnd);
+  }
+
+  /** What the session has written that has not left yet: the TLS socket's queue and ours. */
+  get backlog(): number {
+    return this.tls.writableLength + this.#pendingBytes;
   }
 
   /** A write waits past the backlog bound: the session reads nothing until the TLS socket drains. */
@@ -259,19 +268,34 @@ export class SessionSocket extends EventEmitter {
     const tls = this.tls;
     if (this.#pending.length > 0) {
       const pending = this.#pending;
-      // One write of up to TLS_FEED_BYTES (and the chunk that crosses it), as the batch it was.
+      // One write of up to TLS_FEED_BYTES (and the chunk that crosses it), as the batch it was; taken off the queue
+      // at once after (shift() per chunk copies the rest each time: tens of thousands of small frames took seconds).
+      let taken = 0;
       tls.cork();
-      while (pending.length > 0 && tls.writableLength < TLS_FEED_BYTES) {
-        const chunk = pending.shift() as Buffer;
+      while (taken < pending.length && tls.writableLength < TLS_FEED_BYTES) {
+        const chunk = pending[taken++] as Buffer;
         this.#pendingBytes -= chunk.length;
         tls.write(chunk);
       }
       tls.uncork();
+      pending.splice(0, taken);
       if (pending.length > 0) return;
       if (this.#ending && !tls.writableEnded) tls.end();
       if (tls.writableNeedDrain) return;
     }
     this.#release();
+  }
+
+  /** The peer has ended: everything queued is handed over now, while the TLS socket still takes writes. */
+  #handOverAll(): void {
+    const pending = this.#pending;
+    if (pending.length === 0 || this.tls.writableEnded) return;
+    this.tls.cork();
+    for (const chunk of pending) this.tls.write(chunk);
+    this.tls.uncork();
+    pending.length = 0;
+    this.#pendingBytes = 0;
+    if (this.#ending) this.tls.end();
   }
 
   #release(): void {
