@@ -2,6 +2,7 @@
 // observability servers, and keeps them in line with each new configuration snapshot.
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { AmbitError, fileFailure, toAmbitError } from '../errors.ts';
+import { UNUSED_SAMPLE_MS, eventLoopLatenessMetrics } from '../observe/event-loop.ts';
 import { appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WATCH_ERROR_MESSAGES, watchConfigDir } from '../config/watch.ts';
@@ -37,8 +38,8 @@ const BYTE_FLUSH_INTERVAL_MS = 5_000;
  * idle proxy 100 times a second: 1.2 % of a core doing nothing (a bare node: 0; `npm run bench -- --scenario
  * footprint`, 2026-12-06), and about 3 % of the L4 pair's CPU per request at 2,000 req/s (1.18× / 1.20× the Node
  * floor's side by side against 1.16× / 1.15× with 100 ms, alternated `--scenario b --rows ambit-l4,node-l4
- * --side-by-side` runs). At 100 ms the gauges read the same lateness with a tenth of the samples (~150 per 15 s
- * scrape); a stall longer than 100 ms is always seen.
+ * --side-by-side` runs). At 100 ms the gauges read lateness with a tenth of the samples (~150 per 15 s scrape); a stall
+ * longer than 100 ms is always seen. (They read lateness, not lateness and period: src/observe/event-loop.ts.)
  */
 const EVENT_LOOP_SAMPLE_MS = 100;
 /** Listeners that failed to bind are tried again after 1 s, then twice as long each time, up to 30 s. */
@@ -210,7 +211,8 @@ export class NodeProxy {
 
   async #start(): Promise<void> {
     const options = this.#options;
-    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: UNUSED_SAMPLE_MS });
+    eventLoopLatenessMetrics(this.registry, EVENT_LOOP_SAMPLE_MS);
     await requireNodeCredential(options.stateDir, options.joinToken);
     // Made, and held, before the node SVID there is read or renewed: a second proxy on it waits for the first to stop.
     this.#stateLock = await StateDirLock.acquire(options.stateDir, this.#logger, { signal: this.#starting.signal });
