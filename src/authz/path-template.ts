@@ -11,6 +11,7 @@
 // `notPaths` read `{*}` as any characters but "/" and `{**}` as anything (`wide`), so `/admin/a*b` is not a way
 // past a DENY of `/admin/{*}`; an ALLOW's `paths` and a DENY's `notPaths` read them as Envoy does.
 import { normalizePath } from './path.ts';
+import type { PathNormalization } from '../config/objects.ts';
 import type { ValueTest } from './match.ts';
 
 const ONE = '{*}';
@@ -26,7 +27,7 @@ export function isPathTemplate(value: string): boolean {
 }
 
 /** Why a template cannot be used, or undefined. */
-export function checkPathTemplate(value: string): string | undefined {
+export function checkPathTemplate(value: string, normalization: PathNormalization = 'MERGE_SLASHES'): string | undefined {
   const quoted = JSON.stringify(value);
   if (!value.startsWith('/')) return `${quoted}: a path template must start with "/"`;
   const segments = value.slice(1).split('/');
@@ -50,10 +51,10 @@ export function checkPathTemplate(value: string): string | undefined {
       return `${quoted}: "{" and "}" may only stand in a whole segment {*} (one segment) or {**} (the rest of the path); named variables and partial segments are not templates Istio accepts`;
     }
     if (!LITERAL.test(segment)) return `${quoted}: the segment ${JSON.stringify(segment)} of a path template may hold only ${LITERAL_CHARS}`;
-    const normalized = normalizePath(`/${segment}`);
+    const normalized = normalizePath(`/${segment}`, normalization);
     if (normalized !== `/${segment}`) {
       const hint = normalized === null || normalized.includes('/', 1) || normalized === '/' ? '' : `; write ${JSON.stringify(normalized.slice(1))}`;
-      return `${quoted}: the segment ${JSON.stringify(segment)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded, other escapes upper-cased, "." and ".." segments resolved)${hint}`;
+      return `${quoted}: the segment ${JSON.stringify(segment)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded${normalization === 'DECODE_AND_MERGE_SLASHES' ? ', %2F and %5C decoded to "/" (the mesh\'s pathNormalization DECODE_AND_MERGE_SLASHES)' : ''}, other escapes upper-cased, "." and ".." segments resolved)${hint}`;
     }
   }
   if (operators === 0) return `${quoted}: "{" and "}" may only stand in a whole segment {*} or {**}`;

@@ -38,6 +38,7 @@ import {
 } from '../config/fields.ts';
 import type { FieldIssues, FieldPath, Mapping } from '../config/fields.ts';
 import { normalizePath } from './path.ts';
+import type { PathNormalization } from '../config/objects.ts';
 import { checkPathTemplate, isPathTemplate } from './path-template.ts';
 import { ENFORCE_ANNOTATION } from './types.ts';
 import type {
@@ -528,8 +529,8 @@ export function checkMethod(value: string): string | undefined {
 
 // `/exact`, `/prefix/*`, `*suffix`, `*`, or a template (`/api/{*}/items`). The compiler matches paths without their
 // query string, as Envoy's url_path does.
-export function checkPath(value: string): string | undefined {
-  if (isPathTemplate(value)) return checkPathTemplate(value);
+export function checkPath(value: string, normalization: PathNormalization = 'MERGE_SLASHES'): string | undefined {
+  if (isPathTemplate(value)) return checkPathTemplate(value, normalization);
   const problem = matchProblem(value);
   if (problem !== undefined) return problem;
   const { form, text } = parseMatch(value) as Match;
@@ -540,7 +541,7 @@ export function checkPath(value: string): string | undefined {
     return `${JSON.stringify(value)}: paths are matched without the query string and fragment; remove the part from "${text.includes('?') ? '?' : '#'}"`;
   }
   if (form !== 'suffix' && !text.startsWith('/')) return `${JSON.stringify(value)} must start with "/" (or "*" for a suffix match)`;
-  return unnormalizedPathProblem(value, form, text);
+  return unnormalizedPathProblem(value, form, text, normalization);
 }
 
 /**
@@ -550,7 +551,7 @@ export function checkPath(value: string): string | undefined {
  * match `/a/..b`), a suffix as the end of one. Refusing it fails closed (the whole change with it), where Istio accepts the
  * value and it never matches.
  */
-function unnormalizedPathProblem(value: string, form: Match['form'], text: string): string | undefined {
+function unnormalizedPathProblem(value: string, form: Match['form'], text: string, normalization: PathNormalization): string | undefined {
   let tail = '';
   if (form === 'prefix') {
     // A prefix may end inside an escape (`/files/%2*` matches `/files/%2F...`): judged without it, its digits as
@@ -572,13 +573,13 @@ function unnormalizedPathProblem(value: string, form: Match['form'], text: strin
   } catch {
     return `${JSON.stringify(value)} is not valid Unicode text (a lone surrogate): it matches no request`;
   }
-  const normalized = normalizePath(bytes);
+  const normalized = normalizePath(bytes, normalization);
   if (normalized === path) return undefined;
   if (normalized === null) return `${JSON.stringify(value)} has a "%" not followed by two hex digits: it matches no request`;
   // No hint for a suffix: a `..` in it may have taken out the part it was written after.
   const written = normalized.slice(0, normalized.length - after.length);
   const hint = form === 'suffix' || !normalized.endsWith(after) ? '' : `; write ${JSON.stringify(form === 'exact' ? written : `${written}${tail}*`)}`;
-  return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded, other escapes upper-cased, controls, space, the characters " < > ^ \` { | }, DEL and non-ASCII bytes escaped, "\\" read as "/", "//" merged, "." and ".." segments resolved)${hint}`;
+  return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded${normalization === 'DECODE_AND_MERGE_SLASHES' ? ', %2F and %5C decoded to "/" (the mesh\'s pathNormalization DECODE_AND_MERGE_SLASHES)' : ''}, other escapes upper-cased, controls, space, the characters " < > ^ \` { | }, DEL and non-ASCII bytes escaped, "\\" read as "/", "." and ".." segments resolved, "//" merged)${hint}`;
 }
 
 // ---- selector ----

@@ -173,19 +173,21 @@ function checkMutualToExternal(objects: readonly ConfigObject[], issues: ConfigI
 
 /**
  * Under DECODE_AND_MERGE_SLASHES no request path holds `%2F` or `%5C` (they are decoded to `/` before rules match): a
- * path value with one matches nothing, so a DENY written with it denies nothing. Refused, with the form that matches,
- * as the validator refuses the other values normalising takes out (authz/validate.ts); this one depends on the mesh.
- * A `when` on `request.headers[:path]` reads the same path (its query keeps its escapes).
+ * path value with one matches nothing, so a DENY written with it denies nothing. Each path value is judged again as the
+ * validator judges it (authz/validate.ts checkPath), under this mode: refused, with the form that matches, when it
+ * matches no request now. A `when` on `request.headers[:path]` reads the same path (its query keeps its escapes): its
+ * path part is judged the same, when it stood under the default mode.
  */
 function checkEscapedSlashPaths(objects: readonly ConfigObject[], issues: ConfigIssue[]): void {
+  const mode = 'DECODE_AND_MERGE_SLASHES';
   for (const object of objects) {
     if (object.kind !== 'AuthorizationPolicy') continue;
-    const refuse = (field: string, value: string) => issues.push(issueAt(object, 'CONFIG_FIELD', field, escapedSlashProblem(value)));
     object.spec.rules.forEach((rule, ruleIndex) => {
       rule.to?.forEach((operation, toIndex) => {
         for (const key of ['paths', 'notPaths'] as const) {
           operation[key]?.forEach((value, index) => {
-            if (ESCAPED_SLASH.test(value)) refuse(`spec.rules[${ruleIndex}].to[${toIndex}].operation.${key}[${index}]`, value);
+            const problem = checkPath(value, mode);
+            if (problem !== undefined) issues.push(issueAt(object, 'CONFIG_FIELD', `spec.rules[${ruleIndex}].to[${toIndex}].operation.${key}[${index}]`, problem));
           });
         }
       });
@@ -194,23 +196,16 @@ function checkEscapedSlashPaths(objects: readonly ConfigObject[], issues: Config
         for (const key of ['values', 'notValues'] as const) {
           condition[key]?.forEach((value, index) => {
             const query = value.indexOf('?');
-            if (ESCAPED_SLASH.test(query < 0 ? value : value.slice(0, query))) refuse(`spec.rules[${ruleIndex}].when[${whenIndex}].${key}[${index}]`, value);
+            const path = query < 0 ? value : value.slice(0, query);
+            if (checkPath(path) !== undefined) return;
+            const problem = checkPath(path, mode);
+            if (problem !== undefined) issues.push(issueAt(object, 'CONFIG_FIELD', `spec.rules[${ruleIndex}].when[${whenIndex}].${key}[${index}]`, problem));
           });
         }
       });
     });
   }
 }
-
-function escapedSlashProblem(value: string): string {
-  const query = value.indexOf('?');
-  const decoded = (query < 0 ? value : value.slice(0, query)).replace(/%2F|%5C/gi, '/') + (query < 0 ? '' : value.slice(query));
-  // The decoded form may still need normalising (`/a%2F..%2Fb`): offered only when it is itself one that matches.
-  const hint = query < 0 && checkPath(decoded) === undefined ? `; write ${JSON.stringify(decoded)}` : '; write it with "/" for them, in the form requests then have';
-  return `${JSON.stringify(value)} matches no request: the mesh's pathNormalization DECODE_AND_MERGE_SLASHES decodes %2F and %5C to "/" before rules match${hint}`;
-}
-
-const ESCAPED_SLASH = /%2F|%5C/i;
 
 /** The DestinationRule whose host covers `host` most closely: equal, else the longest `*.suffix`, else `*`. */
 function mostSpecificRule(rules: readonly DestinationRuleObject[], host: string): DestinationRuleObject | undefined {

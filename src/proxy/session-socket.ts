@@ -143,7 +143,7 @@ export class SessionSocket extends EventEmitter {
     return this.tls.writableLength + this.#pendingBytes;
   }
 
-  /** A write waits past the backlog bound: the session reads nothing until the TLS socket drains. */
+  /** A write waits past the backlog bound: the session reads nothing until all is handed over and drained. */
   get blocked(): boolean {
     return this.#blocked !== null;
   }

@@ -61,7 +61,7 @@ upstream.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
     socket.destroy();
     return;
   }
-  if (req.url !== '/ws' && req.url !== '/ws%2Fa' && req.url !== '/ws-reset') {
+  if (req.url !== '/ws' && req.url !== '/ws/a' && req.url !== '/ws-reset') {
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 18\r\nconnection: close\r\n\r\nno websockets here');
     return;
   }
@@ -553,16 +553,18 @@ describe('WebSocket upgrades on an inspected tunnel', () => {
 
   it('cuts a WebSocket when a change of pathNormalization and a DENY of the path as the workload received it come together', async () => {
     const { stream, close } = await tunnel('h1');
+    normalization = 'DECODE_AND_MERGE_SLASHES';
     try {
       let received = '';
       stream.on('data', (chunk: Buffer) => (received += chunk.toString()));
       const reset = new Promise<number | undefined>((resolve) => stream.once('close', () => resolve((stream as http2.ClientHttp2Stream).rstCode)));
       stream.on('error', () => {});
+      // Opened under decoding: the workload has `/ws/a`.
       stream.write(upgradeRequest('/ws%2Fa'));
       await expect.poll(() => received.includes('101 Switching Protocols')).toBe(true);
-      // Decoding on: as a request arriving now, `/ws/a`, which no rule denies; the workload has `/ws%2Fa`, denied now.
-      normalization = 'DECODE_AND_MERGE_SLASHES';
-      policies = compiled(`${POLICY}    - to: [{ operation: { paths: ["/ws%2Fa"] } }]\n`);
+      // Decoding off: as a request arriving now, `/ws%2Fa`, which no rule denies; what the workload has is denied now.
+      normalization = 'MERGE_SLASHES';
+      policies = compiled(`${POLICY}    - to: [{ operation: { paths: ["/ws/a"] } }]\n`);
       inForce = {};
       expect(inspector.recheckUpgrades()).toBe(1);
       expect(await reset).toBe(http2.constants.NGHTTP2_CANCEL);

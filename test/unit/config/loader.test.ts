@@ -89,13 +89,14 @@ describe('loadConfigDir accepts', () => {
     expect(await normalizationOf('DECODE_AND_MERGE_SLASHES')).toBe('DECODE_AND_MERGE_SLASHES');
   });
 
-  it('says, refusing an escaped slash under DECODE_AND_MERGE_SLASHES, what to write instead, when that form is one that matches', async () => {
+  it('says, refusing an escaped slash under DECODE_AND_MERGE_SLASHES, the form to write, normalised as requests then are', async () => {
     const deny = (paths: string) => `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin, namespace: shop }\nspec:\n  action: DENY\n  rules:\n    - to: [{ operation: { paths: ${paths} } }]\n`;
     const mesh = `${meshYaml()}  pathNormalization:\n    normalization: DECODE_AND_MERGE_SLASHES\n`;
-    const error = await configError(loadConfigDir(await configDir({ 'mesh.yaml': mesh, 'deny.yaml': deny('["/api/admin%2F*", "/public%2F..%2Fsecret"]') })));
+    const error = await configError(loadConfigDir(await configDir({ 'mesh.yaml': mesh, 'deny.yaml': deny('["/api/admin%2F*", "/public%2F..%2Fsecret", "/files/{*}/a%5Cb"]') })));
     expect(error.details.map((issue) => issue.message)).toEqual([
       expect.stringContaining('write "/api/admin/*"'),
-      expect.stringContaining('write it with "/" for them, in the form requests then have'),
+      expect.stringContaining('write "/secret"'),
+      expect.stringContaining('the segment "a%5Cb" matches no request'),
     ]);
   });
 
