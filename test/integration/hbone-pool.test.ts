@@ -524,6 +524,45 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   }, 30_000);
 
+  // The same wait with our writes held past the SessionSocket's bound (tens of thousands of small frames): the queue
+  // the PONG waits behind is the SessionSocket's and its TLS socket's together, and it shrinks as the peer reads. Judged
+  // by the TLS socket's alone (refilled to 256 KiB at each drain), a session moving at the path's speed had looked stuck.
+  it('keeps a session whose PONG waits behind tens of thousands of small frames it holds past its bound, the peer reading them', async () => {
+    const sink = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], settings: { initialWindowSize: H2_STREAM_WINDOW_BYTES } });
+    sink.on('session', (session) => session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES));
+    let stored = 0;
+    sink.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      stream.on('data', (chunk: Buffer) => (stored += chunk.length));
+      stream.on('end', () => stream.end('stored'));
+    });
+    sink.listen(0, '127.0.0.1');
+    await once(sink, 'listening');
+    const relay = await throttledRelay('127.0.0.1', (sink.address() as AddressInfo).port, 8 * 1024 * 1024);
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 200, keepaliveTimeoutMs: 1_500 });
+    try {
+      const at = { ...endpoint(), hbonePort: relay.port, hboneAuthority: `127.0.0.1:${relay.port}` };
+      const piece = Buffer.alloc(256, 1);
+      const outcomes = await Promise.all(Array.from({ length: 16 }, async () => {
+        const tunnel = await hbone.open(CLIENT_ID, null, at, '');
+        tunnel.resume();
+        const closed = new Promise((resolve) => tunnel.once('close', resolve));
+        // (once() rejects on the tunnel's 'error': a cut session fails the test here.)
+        for (let i = 0; i < (2 * 1024 * 1024) / piece.length; i++) if (!tunnel.write(piece)) await once(tunnel, 'drain');
+        tunnel.end();
+        await closed;
+        return tunnel.rstCode;
+      }));
+      expect(outcomes).toEqual(Array(16).fill(http2.constants.NGHTTP2_NO_ERROR));
+      expect(stored).toBe(16 * 2 * 1024 * 1024);
+    } finally {
+      await hbone.close();
+      relay.close();
+      sink.close();
+    }
+  }, 60_000);
+
   // The other side of that wait: a server that sends (PINGs, as fast as it can) but reads nothing holds our writes past
   // the SessionSocket's bound with a queue that never shrinks, and is cut when its PONG is late, as a silent one is.
   it('cuts a session whose server floods PINGs and reads nothing, when its keepalive PONG is late', async () => {
