@@ -421,6 +421,19 @@ function withWebDeny(name: string, rule: string): string {
   return withDeny(name, 'web', rule);
 }
 
+/** An h2c session to client-1's HTTP listener, and the :status of a GET of a path on it (to web.demo). */
+function h2cWebSession(): { session: http2.ClientHttp2Session; statusOf: (path: string) => Promise<number> } {
+  const session = http2.connect(`http://${CLIENT_IP}:9080`);
+  session.on('error', () => {});
+  const statusOf = (path: string) => new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': path, ':authority': 'web.demo' });
+    stream.on('response', (headers) => resolve(Number(headers[':status'])));
+    stream.on('error', reject);
+    stream.resume();
+  });
+  return { session, statusOf };
+}
+
 /** A raw connection to client-1's HTTP listener, with everything it has received so far. */
 function rawWebConnection(): { socket: Socket; received: () => string } {
   const socket = connect({ host: CLIENT_IP, port: 9080 });
@@ -1408,14 +1421,7 @@ spec:
       expect(await metricSum(nodeB, 'ambit_authz_decisions_total', { decision: 'DENY' })).toBe(deniesBefore);
 
       // h2c to the HTTP/1.1 workload: a request waiting for the tunnel's one upstream connection, the same.
-      const session = http2.connect(`http://${CLIENT_IP}:9080`);
-      session.on('error', () => {});
-      const statusOf = (path: string) => new Promise<number>((resolve, reject) => {
-        const stream = session.request({ ':path': path, ':authority': 'web.demo' });
-        stream.on('response', (headers) => resolve(Number(headers[':status'])));
-        stream.on('error', reject);
-        stream.resume();
-      });
+      const { session, statusOf } = h2cWebSession();
       try {
         const first = statusOf('/public/gate');
         await waitUntil('the h2c request at the workload', async () => webRequests.filter((line) => line === 'GET /public/gate').length === 2);
@@ -1443,14 +1449,7 @@ spec:
   it('sends requests waiting when the MeshConfig turns slash decoding on with their paths as a request arriving now has them', async () => {
     const original = await readFile(join(mesh.configDir, 'mesh.yaml'), 'utf8');
     const { socket, received: sofar } = rawWebConnection();
-    const session = http2.connect(`http://${CLIENT_IP}:9080`);
-    session.on('error', () => {});
-    const statusOf = (path: string) => new Promise<number>((resolve, reject) => {
-      const stream = session.request({ ':path': path, ':authority': 'web.demo' });
-      stream.on('response', (headers) => resolve(Number(headers[':status'])));
-      stream.on('error', reject);
-      stream.resume();
-    });
+    const { session, statusOf } = h2cWebSession();
     try {
       webRequests.length = 0;
       socket.write('GET /public/gate HTTP/1.1\r\nHost: web.demo\r\n\r\nGET /public/a%2Fh1 HTTP/1.1\r\nHost: web.demo\r\n\r\n');

@@ -485,12 +485,11 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
-  // Its PING leaves behind what the session queued before it, up to the peer's windows of DATA: over a slow path the
-  // PONG came later than the keepalive's timeout, and the pool cut a healthy session with every tunnel on it. A peer
-  // that still sends (its WINDOW_UPDATEs) and reads (our queue moves) is waited for; one gone silent is cut (above).
-  it('keeps a session whose keepalive PONG waits behind its own upload over a slow path, the peer still reading and sending', async () => {
-    // The destination proxy's windows: 4 MiB of DATA may be ahead of a PING, 2 s at 2 MiB/s, past the timeout here; the
-    // server's WINDOW_UPDATEs come every 2 MiB it reads, every second.
+  /**
+   * A destination proxy's HBONE side as Node's server, with the proxy's windows: answers each stream 200, counts what
+   * it stores, and says `stored` when the stream ends.
+   */
+  async function storingSink(): Promise<{ sink: http2.Http2SecureServer; stored: () => number }> {
     const sink = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], settings: { initialWindowSize: H2_STREAM_WINDOW_BYTES } });
     sink.on('session', (session) => session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES));
     let stored = 0;
@@ -502,6 +501,16 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     });
     sink.listen(0, '127.0.0.1');
     await once(sink, 'listening');
+    return { sink, stored: () => stored };
+  }
+
+  // Its PING leaves behind what the session queued before it, up to the peer's windows of DATA: over a slow path the
+  // PONG came later than the keepalive's timeout, and the pool cut a healthy session with every tunnel on it. A peer
+  // that still sends (its WINDOW_UPDATEs) and reads (our queue moves) is waited for; one gone silent is cut (above).
+  it('keeps a session whose keepalive PONG waits behind its own upload over a slow path, the peer still reading and sending', async () => {
+    // The destination proxy's windows: 4 MiB of DATA may be ahead of a PING, 2 s at 2 MiB/s, past the timeout here; the
+    // server's WINDOW_UPDATEs come every 2 MiB it reads, every second.
+    const { sink, stored } = await storingSink();
     const relay = await throttledRelay('127.0.0.1', (sink.address() as AddressInfo).port, 2 * 1024 * 1024);
     const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 200, keepaliveTimeoutMs: 1_500 });
     try {
@@ -514,7 +523,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       for (let i = 0; i < 8 * 16; i++) if (!tunnel.write(chunk)) await once(tunnel, 'drain');
       tunnel.end();
       await closed;
-      expect(stored).toBe(8 * 1024 * 1024);
+      expect(stored()).toBe(8 * 1024 * 1024);
       expect(Buffer.concat(answer).toString()).toBe('stored');
       expect(tunnel.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
     } finally {
@@ -528,17 +537,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
   // the PONG waits behind is the SessionSocket's and its TLS socket's together, and it shrinks as the peer reads. Judged
   // by the TLS socket's alone (refilled to 256 KiB at each drain), a session moving at the path's speed had looked stuck.
   it('keeps a session whose PONG waits behind tens of thousands of small frames it holds past its bound, the peer reading them', async () => {
-    const sink = http2.createSecureServer({ cert: peerCert.certPem, key: peerCert.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], settings: { initialWindowSize: H2_STREAM_WINDOW_BYTES } });
-    sink.on('session', (session) => session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES));
-    let stored = 0;
-    sink.on('stream', (stream) => {
-      stream.on('error', () => {});
-      stream.respond({ ':status': 200 });
-      stream.on('data', (chunk: Buffer) => (stored += chunk.length));
-      stream.on('end', () => stream.end('stored'));
-    });
-    sink.listen(0, '127.0.0.1');
-    await once(sink, 'listening');
+    const { sink, stored } = await storingSink();
     const relay = await throttledRelay('127.0.0.1', (sink.address() as AddressInfo).port, 8 * 1024 * 1024);
     const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), keepaliveIntervalMs: 200, keepaliveTimeoutMs: 1_500 });
     try {
@@ -555,7 +554,7 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
         return tunnel.rstCode;
       }));
       expect(outcomes).toEqual(Array(16).fill(http2.constants.NGHTTP2_NO_ERROR));
-      expect(stored).toBe(16 * 2 * 1024 * 1024);
+      expect(stored()).toBe(16 * 2 * 1024 * 1024);
     } finally {
       await hbone.close();
       relay.close();
