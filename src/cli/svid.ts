@@ -11,6 +11,7 @@ import type { TrustBundle } from '../identity/bundle.ts';
 import { validateTrustDomain } from '../identity/spiffe-id.ts';
 import { checkLeafRules, fingerprintOf, parseCertificates, spiffeIdOf, verifySvid } from '../identity/svid.ts';
 import type { BundleSource, Certificate } from '../identity/svid.ts';
+import { formatSpan } from '../identity/timers.ts';
 import { parse, requireString } from './args.ts';
 import type { Command } from './args.ts';
 
@@ -220,18 +221,6 @@ export function validityOf(notBefore: Date, notAfter: Date, now: Date): Certific
     return { status: 'not yet valid', relative: `NOT YET VALID: starts in ${formatSpan(notBefore.getTime() - nowMs)}` };
   }
   return { status: 'valid', relative: `expires in ${formatSpan(notAfter.getTime() - nowMs)}` };
-}
-
-/** A span at the precision a person reads a lifetime in: 2d3h, 5h12m, 42m, 17s (rounded down). */
-export function formatSpan(ms: number): string {
-  const seconds = Math.floor(ms / 1000);
-  const days = Math.floor(seconds / 86_400);
-  const hours = Math.floor((seconds % 86_400) / 3600);
-  const minutes = Math.floor((seconds % 3600) / 60);
-  if (days > 0) return hours > 0 ? `${days}d${hours}h` : `${days}d`;
-  if (hours > 0) return minutes > 0 ? `${hours}h${minutes}m` : `${hours}h`;
-  if (minutes > 0) return `${minutes}m`;
-  return `${seconds}s`;
 }
 
 const CURVE_NAMES: Record<string, string> = { prime256v1: 'P-256', secp384r1: 'P-384', secp521r1: 'P-521' };

@@ -17,12 +17,17 @@ import { fingerprintOf } from './svid.ts';
 import * as x509 from './x509.ts';
 import type { TrustBundle } from './bundle.ts';
 import { spiffeConnector } from './spiffe-tls.ts';
-import { timerDelayMs } from './timers.ts';
+import { formatSpan, timerDelayMs } from './timers.ts';
 import type { Logger } from '../observe/log.ts';
 
 /** Federation §6.1: poll every 5 minutes when the bundle gives no hint. */
 export const DEFAULT_FEDERATION_REFRESH_MS = 300_000;
 const MAX_FEDERATION_REFRESH_MS = 24 * 3_600_000;
+/**
+ * An endpoint unanswered this long has its failures logged as errors: a relationship is re-checked at least daily
+ * (MAX_FEDERATION_REFRESH_MS), so past a day the peer may have rotated its roots without us.
+ */
+const STALE_AFTER_MS = MAX_FEDERATION_REFRESH_MS;
 /** Bundles are small; anything larger is not a bundle. */
 const MAX_BUNDLE_BYTES = 1 << 20;
 /**
@@ -59,6 +64,11 @@ export interface FederationClientOptions {
   minRefreshMs?: number;
   /** When a fetch fails, retry after this long (the next interval, not aggressively). */
   retryMs?: number;
+  /**
+   * How long the endpoint may go unanswered before its failures are logged as errors (STALE_AFTER_MS unless a test sets
+   * a shorter one).
+   */
+  staleAfterMs?: number;
   /** Bundles of other trust domains, for a non-self-serving https_spiffe endpoint. */
   otherBundles?: () => BundleSet;
   /**
@@ -138,6 +148,9 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #failures = 0;
+  /** When the endpoint last served a valid bundle (or, before it has, when this client started). */
+  #confirmedMs = Date.now();
+  readonly #staleAfterMs: number;
   /** The last body fetched and what it decoded to: an unchanged bundle is not checked again at every refresh. */
   #lastFetched: { text: string; bundle: TrustBundle } | undefined;
   #dispatcher: Agent;
@@ -159,6 +172,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     this.#logger = options.logger.child({ component: 'federation', trustDomain: peer.trustDomain });
     this.#minRefreshMs = options.minRefreshMs ?? DEFAULT_MIN_REFRESH_MS;
     this.#retryMs = options.retryMs ?? 60_000;
+    this.#staleAfterMs = options.staleAfterMs ?? STALE_AFTER_MS;
     this.#stateFile = options.stateFile;
     this.#maxWithdrawn = options.maxWithdrawnRoots ?? MAX_WITHDRAWN_ROOTS;
     this.#load();
@@ -350,6 +364,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         }
       }
       this.#failures = 0;
+      this.#confirmedMs = Date.now();
       // The hint of the bundle in force: a stale one refused above (its hint a day, say) must not hold off the next look.
       const hintMs = ((this.#bundle ?? fetched).refreshHintSeconds ?? DEFAULT_FEDERATION_REFRESH_MS / 1000) * 1000;
       // A peer's hint is capped at a day (SPIRE warns at 24 h): a relationship is re-checked at least daily.
@@ -358,7 +373,15 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       // Stopped meanwhile: the fetch was cut off on purpose.
       if (this.#stopped) return;
       const wrapped = toAmbitError(error, 'FEDERATION_FETCH');
-      this.#logger.warn({ err: wrapped.toJSON() }, 'federated bundle fetch failed; keeping the last good bundle');
+      // How long the bundle in force has gone unconfirmed is what an operator needs to judge an outage by: roots the peer
+      // rotated in meanwhile are not trusted, and its workloads' certificates under them are refused.
+      const unconfirmedMs = Date.now() - this.#confirmedMs;
+      const fields = { err: wrapped.toJSON(), unconfirmedForS: Math.round(unconfirmedMs / 1000) };
+      if (unconfirmedMs >= this.#staleAfterMs) {
+        this.#logger.error(fields, `federated bundle endpoint has not answered for ${formatSpan(unconfirmedMs)}: roots the peer has rotated in since are not trusted (its workloads' certificates under them are refused); keeping the last good bundle`);
+      } else {
+        this.#logger.warn(fields, 'federated bundle fetch failed; keeping the last good bundle');
+      }
       if (this.listenerCount('error') > 0) this.emit('error', wrapped);
       // Retry with a doubling delay from 1 s (peers often start together, and a refused first fetch should not cost
       // the whole floor), up to the hint or retryMs, but never held under the floor: an endpoint that once hinted 0

@@ -9,7 +9,8 @@ import * as x509 from '../../../src/identity/x509.ts';
 import { encodeBundle, encodePemBundle } from '../../../src/identity/bundle.ts';
 import { certificatesToPem, fingerprintOf, generateKeyPair } from '../../../src/identity/svid.ts';
 import type { Certificate } from '../../../src/identity/svid.ts';
-import { formatIpAddress, formatSpan, parseRfc3339 } from '../../../src/cli/svid.ts';
+import { formatIpAddress, parseRfc3339 } from '../../../src/cli/svid.ts';
+import { formatSpan } from '../../../src/identity/timers.ts';
 import { AmbitError } from '../../../src/errors.ts';
 import { craftCertificate, createTestCa, HOUR_MS, issueTestSvid } from '../../helpers/certs.ts';
 

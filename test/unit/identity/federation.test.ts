@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createBundle, encodeBundle } from '../../../src/identity/bundle.ts';
 import { fingerprintOf } from '../../../src/identity/svid.ts';
@@ -323,6 +324,28 @@ describe('the federation client', () => {
     await new Promise((resolve) => setTimeout(resolve, 6_500));
     // Fetched at 0, 2, 3, 5 (and 7) s; every second after 2 s would be 6.
     expect(fetches).toBeLessThanOrEqual(4);
+    expect(federation.current()?.sequence).toBe(1n);
+  }, 15_000);
+
+  it('says how long the endpoint has not answered, and past the stale bound says it as an error', async () => {
+    const remote = await createTestCa(TD);
+    let fetches = 0;
+    const url = await endpoint(remote, ENDPOINT_ID, (request, response) => {
+      if (fetches++ === 0) serve(() => createBundle(TD, [remote.root.cert], { sequence: 1n, refreshHintSeconds: 0 }))(request, response);
+      else response.writeHead(503).end();
+    });
+    const lines: Array<{ level: number; msg: string; unconfirmedForS?: number }> = [];
+    const recording = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) });
+    const federation = new FederationClient({ peer: { trustDomain: TD, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: remote.bundle, bundleEndpoint: url }, logger: recording, minRefreshMs: 1_000, staleAfterMs: 2_500 });
+    clients.push(federation);
+    await federation.start();
+    await expect.poll(() => lines.filter((line) => line.level === 50).length, { timeout: 10_000 }).toBeGreaterThan(0);
+    const failures = lines.filter((line) => line.unconfirmedForS !== undefined);
+    // Warnings while the bundle is fresh enough, then errors naming the time it has gone unanswered.
+    expect(failures[0]).toMatchObject({ level: 40, msg: 'federated bundle fetch failed; keeping the last good bundle' });
+    const error = failures.find((line) => line.level === 50);
+    expect(error?.msg).toMatch(/^federated bundle endpoint has not answered for \d+s: roots the peer has rotated in since are not trusted/);
+    expect(error?.unconfirmedForS).toBeGreaterThanOrEqual(2);
     expect(federation.current()?.sequence).toBe(1n);
   }, 15_000);
 
