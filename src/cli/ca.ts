@@ -2,7 +2,7 @@
 import { appendFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { AmbitError, toAmbitError } from '../errors.ts';
-import { parse, parseDurationMs, parseDurationMsAllowZero, parseTtlSeconds, parseWholeSeconds, readText, requireString } from './args.ts';
+import { parse, parseDurationMs, parseDurationMsAllowZero, parsePositiveCount, parseTtlSeconds, parseWholeSeconds, readText, requireString } from './args.ts';
 import type { Command } from './args.ts';
 import { stopOnUncaughtError } from './fatal.ts';
 import { ignoreHangup, stopSignal } from './hangup.ts';
@@ -29,13 +29,14 @@ subcommands:
          Create a CA: a self-signed root, or an intermediate signed by the root you give (several
          clusters' CAs under one shared root). Private keys are written 0600.
   serve  --dir DIR --config CONFIG_DIR [--listen 127.0.0.1:15012] [--svid-ttl 1h] [--audit-log FILE]
-         [--federation-min-refresh 15s] [--state-poll 1s]
+         [--federation-min-refresh 15s] [--state-poll 1s] [--node-sign-budget 256]
          Serve the CA over HTTPS (TLS 1.3): join-token attestation (POST /v1/attest), CSR signing for
          the workloads the registry places on the caller's node (POST /v1/sign), the SPIFFE bundle
          endpoint (GET /bundle) and the bundle set with federated trust domains (GET /v1/bundles).
          Federation peers come from the MeshConfig object in CONFIG_DIR. Audit log: DIR/audit.log.
          A federated bundle endpoint is polled at most every --federation-min-refresh; DIR/ca.json is
-         checked for root changes every --state-poll.
+         checked for root changes every --state-poll. One node may have --node-sign-budget certificates
+         signed at once and as many again each minute (past it: 429 with Retry-After, audited).
   token create --dir DIR --node NAME [--ttl 1h]
          Print a single-use join token for NAME. Presenting it once with a CSR yields the node SVID
          spiffe://TD/ambit/node/NAME.
@@ -127,6 +128,7 @@ async function serve(argv: string[]): Promise<number> {
     'audit-log': { type: 'string' },
     'federation-min-refresh': { type: 'string' },
     'state-poll': { type: 'string' },
+    'node-sign-budget': { type: 'string' },
   }, false);
   const dir = requireString(values.dir, 'dir');
   const configDir = requireString(values.config, 'config');
@@ -135,6 +137,7 @@ async function serve(argv: string[]): Promise<number> {
   const fixedTtlMs = values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') * 1000 : undefined;
   const federationMinRefreshMs = values['federation-min-refresh'] ? parseDurationMs(values['federation-min-refresh'], 'federation-min-refresh') : undefined;
   const statePollMs = values['state-poll'] ? parseDurationMs(values['state-poll'], 'state-poll') : undefined;
+  const signs = values['node-sign-budget'] === undefined ? undefined : parsePositiveCount(values['node-sign-budget'], 'node-sign-budget');
   const logger = createLogger({ name: 'ambit-ca' });
   // From the start, as the proxy and the agent: a HUP during startup must not kill it either.
   ignoreHangup(logger, 'the configuration directory and CA state are watched');
@@ -209,6 +212,7 @@ async function serve(argv: string[]): Promise<number> {
       federation: await federationPeers(snapshot, configDir),
       federationMinRefreshMs,
       statePollMs,
+      signBudget: signs === undefined ? undefined : { burst: signs, perMinute: signs },
       logger,
       audit,
     });

@@ -1,7 +1,7 @@
 // `ambit proxy`: the node proxy (a DaemonSet pod, or a service on a VM or bare-metal host).
-import { joinTokenOption, parse, parseCaUrl, parseDurationMsAllowZero, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
+import { joinTokenOption, parse, parseCaUrl, parseDurationMsAllowZero, parsePositiveCount, parseTtlSeconds, readBundleFlag, requireString } from './args.ts';
 import type { Command } from './args.ts';
-import { AmbitError } from '../errors.ts';
+import type { AmbitError } from '../errors.ts';
 import { stopOnUncaughtError } from './fatal.ts';
 import { ignoreHangup, stopSignal } from './hangup.ts';
 import { parseListen, parsePort } from './listen.ts';
@@ -43,11 +43,6 @@ rest are cut (reset); a second SIGTERM or SIGINT cuts them at once, a third ends
 `;
 
 /** A count flag: a whole number, at least one. */
-function parsePositiveCount(text: string, flag: string): number {
-  if (!/^\d{1,9}$/.test(text) || Number(text) < 1) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a whole number of at least 1`);
-  return Number(text);
-}
-
 /** ztunnel's default drain: open connections get this long to finish once the proxy is asked to stop. */
 const DEFAULT_DRAIN_MS = 5_000;
 

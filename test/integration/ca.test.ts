@@ -237,6 +237,16 @@ describe('ambit ca on loopback', { timeout: 60_000 }, () => {
     await waitForAudit(caDir, (line) => line.event === 'svid_issued' && line.spiffeId === WEB && line.caller === `spiffe://${TD}/ambit/node/node-a`);
   });
 
+  it('takes the signing budget of each node from --node-sign-budget, 256 by default', async () => {
+    const dir = await tempDir();
+    const caDir = await initCa(dir, TD);
+    const config = await writeConfig(dir, { trustDomain: TD });
+    const listening = (ca: RunningCa) => ca.proc.lines.find((line) => line.msg === 'CA listening');
+    expect(listening(await startCa(caDir, config, 0, ['--node-sign-budget', '3']))).toMatchObject({ nodeSignBudget: { burst: 3, perMinute: 3 } });
+    const other = await initCa(join(dir, 'other'), TD);
+    expect(listening(await startCa(other, config))).toMatchObject({ nodeSignBudget: { burst: 256, perMinute: 256 } });
+  });
+
   it('ambit agent --once exits 2 at once when no CA answers its first attestation, keeping the key the CA may have bound the token to', async () => {
     const dir = await tempDir();
     const caDir = await initCa(dir, TD);

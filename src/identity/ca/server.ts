@@ -159,13 +159,15 @@ export class CaServer {
   /** Per node, the last of its record updates: they run one after another. */
   readonly #nodeQueue = new Map<string, Promise<void>>();
   readonly #signBudget: SignBudget;
+  readonly #signBudgetLimits: SignBudgetLimits;
 
   private constructor(options: CaServerOptions, state: CaState, serverSvid: Svid) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'ca', trustDomain: state.trustDomain });
     this.#state = state;
     this.#serverSvid = serverSvid;
-    this.#signBudget = new SignBudget(options.signBudget ?? DEFAULT_SIGN_BUDGET);
+    this.#signBudgetLimits = options.signBudget ?? DEFAULT_SIGN_BUDGET;
+    this.#signBudget = new SignBudget(this.#signBudgetLimits);
     // The one server that takes connections from anyone on the network before they are authenticated: a client that
     // never finishes its handshake is dropped after 10 s (Node's default holds it 120 s), and the connections are capped.
     this.#server = https.createServer({ ...serverTlsOptions(serverSvid, ['http/1.1']), handshakeTimeout: options.handshakeTimeoutMs ?? 10_000 }, (req, res) => void this.#handle(req, res));
@@ -212,7 +214,7 @@ export class CaServer {
       server.#signBudget.sweep();
     }, WALL_CLOCK_CHECK_MS).unref();
     server.#checkAuthorityLife();
-    server.#logger.info({ url: server.url, sequence: state.sequence.toString(), authority: state.active.name }, 'CA listening');
+    server.#logger.info({ url: server.url, sequence: state.sequence.toString(), authority: state.active.name, nodeSignBudget: server.#signBudgetLimits }, 'CA listening');
     return server;
   }
 

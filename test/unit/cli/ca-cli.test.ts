@@ -196,7 +196,7 @@ describe.concurrent('ambit ca command line', () => {
     expect(result.stderr).toContain(`--svid-ttl ${ttl}: certificates are issued in whole seconds; ${says}`);
   });
 
-  it.for([['--svid-ttl', 'abc'], ['--state-poll', '1.5s'], ['--federation-min-refresh', 'soon']] as const)('refuses serve %s %s before it makes anything (its audit log among it)', async ([flag, value], { expect }) => {
+  it.for([['--svid-ttl', 'abc'], ['--state-poll', '1.5s'], ['--federation-min-refresh', 'soon'], ['--node-sign-budget', '0']] as const)('refuses serve %s %s before it makes anything (its audit log among it)', async ([flag, value], { expect }) => {
     const audit = join(dir, `audit-${flag.slice(2)}.log`);
     const result = await runAmbit(['ca', 'serve', '--dir', caDir, '--config', otherDomainConfig, '--listen', '127.0.0.1:0', '--audit-log', audit, flag, value], { timeoutMs: 10_000 });
     expect(failureCode(expect, result)).toBe('USAGE');
