@@ -10,7 +10,7 @@
 // lets fewer requests through, and where it would let more through it does not: a DENY's `paths` and an ALLOW's
 // `notPaths` read `{*}` as any characters but "/" and `{**}` as anything (`wide`), so `/admin/a*b` is not a way
 // past a DENY of `/admin/{*}`; an ALLOW's `paths` and a DENY's `notPaths` read them as Envoy does.
-import { normalizePath } from './path.ts';
+import { normalizePath, slashDecodingStep } from './path.ts';
 import type { PathNormalization } from '../config/objects.ts';
 import type { ValueTest } from './match.ts';
 
@@ -54,7 +54,7 @@ export function checkPathTemplate(value: string, normalization: PathNormalizatio
     const normalized = normalizePath(`/${segment}`, normalization);
     if (normalized !== `/${segment}`) {
       const hint = normalized === null || normalized.includes('/', 1) || normalized === '/' ? '' : `; write ${JSON.stringify(normalized.slice(1))}`;
-      return `${quoted}: the segment ${JSON.stringify(segment)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded${normalization === 'DECODE_AND_MERGE_SLASHES' ? ', %2F and %5C decoded to "/" (the mesh\'s pathNormalization DECODE_AND_MERGE_SLASHES)' : ''}, other escapes upper-cased, "." and ".." segments resolved)${hint}`;
+      return `${quoted}: the segment ${JSON.stringify(segment)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded${slashDecodingStep(normalization)}, other escapes upper-cased, "." and ".." segments resolved)${hint}`;
     }
   }
   if (operators === 0) return `${quoted}: "{" and "}" may only stand in a whole segment {*} or {**}`;

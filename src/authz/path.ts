@@ -14,6 +14,11 @@
 // merge), so rules and application read one path.
 import type { PathNormalization } from '../config/objects.ts';
 
+/** What DECODE_AND_MERGE_SLASHES adds to the normalisation, in the words refusals list its steps in ('' otherwise). */
+export function slashDecodingStep(normalization: PathNormalization): string {
+  return normalization === 'DECODE_AND_MERGE_SLASHES' ? ', %2F and %5C decoded to "/" (the mesh\'s pathNormalization DECODE_AND_MERGE_SLASHES)' : '';
+}
+
 function isHex(code: number): boolean {
   return (code >= 48 && code <= 57) || (code >= 65 && code <= 70) || (code >= 97 && code <= 102);
 }

@@ -37,7 +37,7 @@ import {
   stringMapField,
 } from '../config/fields.ts';
 import type { FieldIssues, FieldPath, Mapping } from '../config/fields.ts';
-import { normalizePath } from './path.ts';
+import { normalizePath, slashDecodingStep } from './path.ts';
 import type { PathNormalization } from '../config/objects.ts';
 import { checkPathTemplate, isPathTemplate } from './path-template.ts';
 import { ENFORCE_ANNOTATION } from './types.ts';
@@ -579,7 +579,7 @@ function unnormalizedPathProblem(value: string, form: Match['form'], text: strin
   // No hint for a suffix: a `..` in it may have taken out the part it was written after.
   const written = normalized.slice(0, normalized.length - after.length);
   const hint = form === 'suffix' || !normalized.endsWith(after) ? '' : `; write ${JSON.stringify(form === 'exact' ? written : `${written}${tail}*`)}`;
-  return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded${normalization === 'DECODE_AND_MERGE_SLASHES' ? ', %2F and %5C decoded to "/" (the mesh\'s pathNormalization DECODE_AND_MERGE_SLASHES)' : ''}, other escapes upper-cased, controls, space, the characters " < > ^ \` { | }, DEL and non-ASCII bytes escaped, "\\" read as "/", "." and ".." segments resolved, "//" merged)${hint}`;
+  return `${JSON.stringify(value)} matches no request: request paths are normalised first (%-escapes of letters, digits and -._~ decoded${slashDecodingStep(normalization)}, other escapes upper-cased, controls, space, the characters " < > ^ \` { | }, DEL and non-ASCII bytes escaped, "\\" read as "/", "." and ".." segments resolved, "//" merged)${hint}`;
 }
 
 // ---- selector ----
