@@ -421,6 +421,17 @@ function withWebDeny(name: string, rule: string): string {
   return withDeny(name, 'web', rule);
 }
 
+/** An HTTP/1.1 client to client-1's HTTP listener, and the status of a GET of a path through it. */
+function webStatusClient(): { client: Client; status: (path: string) => Promise<number> } {
+  const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
+  const status = async (path: string) => {
+    const response = await client.request({ path, method: 'GET' });
+    await response.body.dump();
+    return response.statusCode;
+  };
+  return { client, status };
+}
+
 /** An h2c session to client-1's HTTP listener, and the :status of a GET of a path on it (to web.demo). */
 function h2cWebSession(): { session: http2.ClientHttp2Session; statusOf: (path: string) => Promise<number> } {
   const session = http2.connect(`http://${CLIENT_IP}:9080`);
@@ -996,12 +1007,7 @@ spec:
   }, 10_000);
 
   it('matches path rules on the normalised path, so encodings and dot segments cannot dodge them', async () => {
-    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
-    const status = async (path: string) => {
-      const response = await client.request({ path, method: 'GET' });
-      await response.body.dump();
-      return response.statusCode;
-    };
+    const { client, status } = webStatusClient();
     try {
       webRequests.length = 0;
       expect(await status('/public/../admin')).toBe(403);
@@ -1018,12 +1024,7 @@ spec:
   });
 
   it('decodes escaped slashes before path rules when the MeshConfig asks (DECODE_AND_MERGE_SLASHES), so `%2F..%2F` cannot climb past a DENY', async () => {
-    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
-    const status = async (path: string) => {
-      const response = await client.request({ path, method: 'GET' });
-      await response.body.dump();
-      return response.statusCode;
-    };
+    const { client, status } = webStatusClient();
     const original = await readFile(join(mesh.configDir, 'mesh.yaml'), 'utf8');
     try {
       await applyPolicies(withWebDeny('no-secret', 'to: [{ operation: { paths: ["/public/secret*"] } }]'), 'the DENY of /public/secret');
@@ -1045,12 +1046,7 @@ spec:
   });
 
   it('matches Istio path templates: {*} one segment, {**} the rest, and a DENY is not dodged by a "*" in the segment', async () => {
-    const client = new Client(`http://${CLIENT_IP}:9080`, { pipelining: 1 });
-    const status = async (path: string) => {
-      const response = await client.request({ path, method: 'GET' });
-      await response.body.dump();
-      return response.statusCode;
-    };
+    const { client, status } = webStatusClient();
     try {
       expect(await status('/public/items/7/edit')).toBe(403);
       expect(await status('/public/items/a*b/edit')).toBe(403);
