@@ -555,6 +555,7 @@ export class ProxyMetrics {
   readonly #series: TrafficSeries[] = [];
   readonly #poolSessions: Gauge;
   readonly #poolStreams: Gauge;
+  readonly #streamWindow: Gauge;
   readonly #localWorkloads: Gauge;
   readonly #listeners: Gauge;
   readonly #outboundListeners: Gauge;
@@ -594,6 +595,7 @@ export class ProxyMetrics {
     for (const metric of scraped) registry.registerMetric(metric as unknown as Counter);
     this.#poolSessions = new Gauge({ name: 'ambit_hbone_pool_sessions', help: 'HTTP/2 sessions held by the outbound HBONE pool', registers: [registry] });
     this.#poolStreams = new Gauge({ name: 'ambit_hbone_pool_streams', help: 'CONNECT streams open on the outbound HBONE pool sessions', registers: [registry] });
+    this.#streamWindow = new Gauge({ name: 'ambit_hbone_stream_window_bytes', help: 'The widest HTTP/2 stream window a tunnel is granted now: narrower while the tunnels open across every HBONE session, both ways, would hold more than the proxy\'s budget for them', registers: [registry] });
     let droppedSeen = 0;
     new Counter({
       name: 'ambit_log_lines_dropped_total',
@@ -645,6 +647,11 @@ export class ProxyMetrics {
   setPool(sessions: number, streams: number): void {
     this.#poolSessions.set(sessions);
     this.#poolStreams.set(streams);
+  }
+
+  /** The proxy's stream window cap (window.ts StreamBudget). */
+  setStreamWindow(bytes: number): void {
+    this.#streamWindow.set(bytes);
   }
 
   /** Local workloads, and the listeners open: HBONE inbound (ambit_hbone_listeners, as its help says) and outbound apart. */

@@ -30,7 +30,7 @@ import { formatAuthority, parseAuthority } from './authority.ts';
 import { countStreamBytes } from './stream-bytes.ts';
 import type { StreamBytes } from './stream-bytes.ts';
 import { Bridge, cancelStream, cutSession, cutSocket } from './copy.ts';
-import { streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
+import { StreamBudget, streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
 import type { WindowOptions } from './window.ts';
 import { EmitterSlot } from './emitter-slot.ts';
 import { clientCertElement, peerCertDetails } from './xfcc.ts';
@@ -229,6 +229,8 @@ export interface InboundOptions {
   keepaliveTimeoutMs?: number;
   /** End a session whose peer has not acknowledged our SETTINGS this long after (default SETTINGS_ACK_TIMEOUT_MS). */
   settingsAckTimeoutMs?: number;
+  /** The stream windows' budget shared with the proxy's other sessions (window.ts; default: one of its own). */
+  streamBudget?: StreamBudget;
 }
 
 export interface RequestInspection {
@@ -360,7 +362,7 @@ export class HboneInbound {
     this.#logger = options.logger.child({ component: 'hbone-inbound' });
     this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports, options.hbonePort, options.sharedListen?.port);
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
-    this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session as http2.ServerHttp2Session, tooMany) };
+    this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, budget: options.streamBudget ?? new StreamBudget(), onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session as http2.ServerHttp2Session, tooMany) };
     // One timer for every session, as the pool's.
     this.#keepalive = setInterval(() => this.#pingSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
     this.#keepalive.unref();

@@ -16,7 +16,7 @@ import type { IdentityContexts } from './tls.ts';
 import type { PeerVerifier } from './tls.ts';
 import type { Endpoint } from './routes.ts';
 import { EmitterSlot } from './emitter-slot.ts';
-import { streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
+import { StreamBudget, streamAnswered, streamClosed, streamOpened, trackWindows } from './window.ts';
 import type { WindowOptions } from './window.ts';
 import { cancelStream, cutSession } from './copy.ts';
 import { SessionSocket } from './session-socket.ts';
@@ -127,6 +127,8 @@ export interface PoolOptions {
   firstCertificateWaitMs?: number;
   /** End a session whose server has not acknowledged our SETTINGS this long after (default SETTINGS_ACK_TIMEOUT_MS). */
   settingsAckTimeoutMs?: number;
+  /** The stream windows' budget shared with the proxy's other sessions (window.ts; default: one of its own). */
+  streamBudget?: StreamBudget;
 }
 
 /** A session stops taking streams this long (at most a tenth of the certificate's life) before our certificate expires. */
@@ -171,7 +173,7 @@ export class HbonePool {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
     this.#answerTimeoutMs = options.answerTimeoutMs ?? CONNECT_ANSWER_TIMEOUT_MS;
     this.#firstCertificateWaitMs = options.firstCertificateWaitMs ?? CONNECT_TIMEOUT_MS;
-    this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session, tooMany) };
+    this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, budget: options.streamBudget ?? new StreamBudget(), onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session, tooMany) };
     // One low-precision timer for keepalive and idle checks of every session, not timers per session.
     this.#sweep = setInterval(() => this.#sweepSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
     this.#sweep.unref();

@@ -12,6 +12,7 @@ import type { ConfigSnapshot } from '../config/snapshot.ts';
 import { IdentityAgent, requireNodeCredential } from '../identity/agent.ts';
 import type { TrustBundle } from '../identity/bundle.ts';
 import type { Svid } from '../identity/svid.ts';
+import { LogBudget } from '../observe/log.ts';
 import type { Logger } from '../observe/log.ts';
 import { ProxyMetrics, startByteFlush } from '../observe/metrics.ts';
 import type { Flushable } from '../observe/metrics.ts';
@@ -27,6 +28,8 @@ import { routingTableOf } from './routes.ts';
 import { destinationStays, InboundAuthorizer } from './authorize.ts';
 import { HttpInspector } from './l7.ts';
 import { HeapRelease } from './heap.ts';
+import { H2_PROXY_BUFFER_BYTES } from './settings.ts';
+import { StreamBudget } from './window.ts';
 import { authorizationOf } from '../authz/compile.ts';
 import type { CompiledAuthorization } from '../authz/compile.ts';
 import { StateDirLock } from '../identity/state-lock.ts';
@@ -311,7 +314,15 @@ export class NodeProxy {
     this.#pending.delete('node identity');
     this.#authorizer = new InboundAuthorizer(() => this.#config.current(), this.registry, this.#logger);
     this.#inspector = new HttpInspector(this.#logger);
-    this.#pool = new HbonePool({ contexts: this.contexts, bundles: () => this.#agent.bundles(), verifier: this.verifier, logger: this.#logger });
+    // One budget for the stream windows of every HBONE session, both ways (window.ts). Its changes come at most once per
+    // halving or doubling of the tunnels open; a peer opening and closing hundreds of them around a step could still
+    // repeat one, so the lines are budgeted.
+    const windowLog = new LogBudget(60_000, 6);
+    const streamBudget = new StreamBudget(H2_PROXY_BUFFER_BYTES, (window, open) => {
+      const unlogged = windowLog.take('stream-window');
+      if (unlogged !== null) this.#logger.info({ streamWindowBytes: window, tunnels: open, budgetBytes: H2_PROXY_BUFFER_BYTES, ...(unlogged > 0 ? { unlogged } : {}) }, 'HBONE stream windows set for the tunnels open across sessions');
+    });
+    this.#pool = new HbonePool({ contexts: this.contexts, bundles: () => this.#agent.bundles(), verifier: this.verifier, logger: this.#logger, streamBudget });
     const hbonePort = options.hbonePort ?? snapshot.mesh.ports.hbone;
     this.#inbound = new HboneInbound({
       nodeName: options.nodeName,
@@ -329,12 +340,14 @@ export class NodeProxy {
       recheck: options.authorize === undefined ? (connection, inspected, snapshot) => this.#authorizer.stillAllowed(connection, inspected, snapshot, options.nodeName) : undefined,
       ownListener: (ip, port) => this.#isServiceEndpoint(ip, port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,
+      streamBudget,
     });
     this.#outbound = new OutboundListeners({ limits: connectionLimits(options.maxWorkloadConnections), nodeName: options.nodeName, snapshot: () => this.#config.current(), pool: this.#pool, metrics: this.metrics, logger: this.#logger, liveMeters: this.#liveMeters, isServicePort: (port) => port === hbonePort || port === options.sharedHboneListen?.port || this.#serviceEndpoints.some((endpoint) => endpoint.port === port) });
     // The pool gauges ride on the same timer as the byte flush.
     this.#liveMeters.add({ flush: () => {
       const stats = this.#pool.stats();
       this.metrics.setPool(stats.sessions, stats.streams);
+      this.metrics.setStreamWindow(streamBudget.window);
     } });
     this.#stopFlush = startByteFlush(BYTE_FLUSH_INTERVAL_MS, this.#liveMeters);
     this.#scheduleReconcile();

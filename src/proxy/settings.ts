@@ -19,6 +19,19 @@ export const H2_MIN_STREAM_WINDOW_BYTES = 128 * 1024;
  */
 export const H2_OPENING_STREAM_WINDOW_BYTES = H2_MIN_STREAM_WINDOW_BYTES;
 /**
+ * What the open streams of every session of one proxy, both ways, may make it hold together (window.ts narrows every
+ * session's stream window to keep to it). The session budget alone let each session hold 32 MiB, and a peer may have
+ * 256 sessions here (H2_SERVER_MAX_SESSIONS_PER_PEER): 2,000 tunnels to workloads that did not read held 256 MiB of
+ * stream windows on the receiving node, 10,000 would hold 1.25 GiB. Up to 16 streams open it narrows nothing; at 512
+ * it reaches the session budget's floor, 128 KiB.
+ */
+export const H2_PROXY_BUFFER_BYTES = 64 * 1024 * 1024;
+/**
+ * The narrowest stream window the proxy budget narrows to (past 4,096 streams open): one default-sized frame, ~5 MiB/s
+ * per tunnel at a 3 ms round trip. Past it what the streams may make the proxy hold grows again, by this much a stream.
+ */
+export const H2_PROXY_MIN_STREAM_WINDOW_BYTES = 16 * 1024;
+/**
  * How long a peer has to acknowledge our SETTINGS (RFC 9113 §6.5.3) before its session is ended with SETTINGS_TIMEOUT.
  * The acknowledgement is one round trip away once the SETTINGS has left, and nghttp2 sends SETTINGS ahead of queued
  * DATA: what can delay it is what is already in the kernel's send buffer (4 MiB at most, autotuned), about 3 s on a
@@ -28,9 +41,9 @@ export const H2_OPENING_STREAM_WINDOW_BYTES = H2_MIN_STREAM_WINDOW_BYTES;
  */
 export const SETTINGS_ACK_TIMEOUT_MS = 10_000;
 /**
- * Our SETTINGS a peer may leave unacknowledged at once before its session is ended with SETTINGS_TIMEOUT: a prompt
- * peer has one or two out; Node ends the session itself at 10 (its own first among them) with INTERNAL_ERROR, which
- * says nothing of why.
+ * Our SETTINGS out at once on a session: a window wanted past them is sent once one is acknowledged (window.ts). Node
+ * ends the session itself at 10 (its own first among them) with INTERNAL_ERROR, which says nothing of why. A burst of
+ * streams can cross more narrowings than this within a round trip (4 MiB to 16 KiB is eight).
  */
 export const H2_MAX_UNACKNOWLEDGED_SETTINGS = 6;
 /** Connection window = 4 × stream window, chosen by ztunnel to avoid cross-stream starvation. */

@@ -18,38 +18,134 @@
 // (refusing, or on the pool's side not placing, a stream past the budget at the widest window the peer has
 // acknowledged or may still acknowledge) refused a prompt client's burst within one round trip of a widening, and the
 // pool, placing none there, dialled 3-5 sessions where one served, for 5-15 % more CPU per request.
+//
+// The session budget bounds one session; a proxy has many (a peer's pool opens one per 100 streams, and may hold 256
+// here), so a StreamBudget shared by every session of the proxy, both ways, narrows them all as the streams open across
+// them grow past H2_PROXY_BUFFER_BYTES, by the same steps and with the same lag (a cap narrowed one stream ahead,
+// widened at half). A burst can cross more of those steps than a peer has acknowledged yet: a session with
+// H2_MAX_UNACKNOWLEDGED_SETTINGS out sends its next window once one is acknowledged (the latest one wanted then),
+// rather than being ended as a peer that does not acknowledge, which the deadline alone judges.
 import type { Http2Session } from 'node:http2';
-import { H2_MAX_UNACKNOWLEDGED_SETTINGS, H2_MIN_STREAM_WINDOW_BYTES, H2_OPENING_STREAM_WINDOW_BYTES, H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from './settings.ts';
+import {
+  H2_MAX_UNACKNOWLEDGED_SETTINGS,
+  H2_MIN_STREAM_WINDOW_BYTES,
+  H2_OPENING_STREAM_WINDOW_BYTES,
+  H2_PROXY_BUFFER_BYTES,
+  H2_PROXY_MIN_STREAM_WINDOW_BYTES,
+  H2_SESSION_BUFFER_BYTES,
+  H2_STREAM_WINDOW_BYTES,
+} from './settings.ts';
 
-/** The stream window for a session with `open` streams. */
-export function streamWindowFor(open: number): number {
+/** The widest window, halving from H2_STREAM_WINDOW_BYTES down to `floor`, at which `open` streams fit in `bytes`. */
+function windowWithin(open: number, bytes: number, floor: number): number {
   let window = H2_STREAM_WINDOW_BYTES;
-  while (window > H2_MIN_STREAM_WINDOW_BYTES && window * open > H2_SESSION_BUFFER_BYTES) window /= 2;
+  while (window > floor && window * open > bytes) window /= 2;
   return window;
 }
 
+/** The stream window for a session with `open` streams. */
+export function streamWindowFor(open: number): number {
+  return windowWithin(open, H2_SESSION_BUFFER_BYTES, H2_MIN_STREAM_WINDOW_BYTES);
+}
+
+/** The widest stream window any session may have when `open` streams are open across a proxy's budget of `bytes`. */
+export function proxyWindowFor(open: number, bytes: number): number {
+  return windowWithin(open, bytes, H2_PROXY_MIN_STREAM_WINDOW_BYTES);
+}
+
 /**
- * Called when the peer has left our SETTINGS unacknowledged for the timeout (`tooMany` false) or let more than
- * H2_MAX_UNACKNOWLEDGED_SETTINGS pile up (true). Returns whether the owner ended the session; false: the SETTINGS may
- * not have left yet (our own writes are backed up ahead of it), and the peer is given another period.
+ * Called when the peer has left our SETTINGS unacknowledged for the timeout (`tooMany` false) or Node refused another
+ * (true). Returns whether the owner ended the session; false: the SETTINGS may not have left yet (our own writes are
+ * backed up ahead of it), and the peer is given another period.
  */
 export type SettingsUnacknowledged = (session: Http2Session, tooMany: boolean) => boolean;
 
 export interface WindowOptions {
   readonly ackTimeoutMs: number;
   readonly onUnacknowledged: SettingsUnacknowledged;
+  /** Shared by every session of the proxy, inbound and pooled. */
+  readonly budget: StreamBudget;
 }
 
 interface WindowState {
+  readonly session: Http2Session;
   open: number;
   /** The stream window last asked for. */
   window: number;
+  /** A stream of the session has been answered: it may be widened by its budget, not only by its own streams. */
+  answered: boolean;
+  /** A window is wanted that waits for one of the SETTINGS out to be acknowledged (H2_MAX_UNACKNOWLEDGED_SETTINGS). */
+  deferred: boolean;
   /** Our SETTINGS the peer has not acknowledged yet, and the deadline of the oldest. */
   pending: number;
   timer: NodeJS.Timeout | undefined;
   readonly options: WindowOptions;
   /** The acknowledgement callback of every SETTINGS this session sends: one per session, not one per SETTINGS. */
   readonly onAck: (error: Error | null) => void;
+}
+
+/** The widest stream window a proxy's sessions may have, from the streams open across all of them. */
+export class StreamBudget {
+  readonly bytes: number;
+  readonly #states = new Set<WindowState>();
+  #open = 0;
+  #window = H2_STREAM_WINDOW_BYTES;
+  readonly #onChange: ((window: number, open: number) => void) | undefined;
+
+  /** `onChange` hears each narrowing and widening of the cap (at most once per halving or doubling of the streams). */
+  constructor(bytes: number = H2_PROXY_BUFFER_BYTES, onChange?: (window: number, open: number) => void) {
+    this.bytes = bytes;
+    this.#onChange = onChange;
+  }
+
+  /** The widest stream window a session may ask for now. */
+  get window(): number {
+    return this.#window;
+  }
+
+  /** Streams open across every tracked session. */
+  get open(): number {
+    return this.#open;
+  }
+
+  /** @internal */
+  add(state: WindowState): void {
+    this.#states.add(state);
+  }
+
+  /** @internal A session has closed: its streams no longer count. */
+  remove(state: WindowState): void {
+    if (!this.#states.delete(state)) return;
+    const open = state.open;
+    state.open = 0;
+    this.#open -= open;
+    if (open > 0) this.#widen();
+  }
+
+  /** @internal One stream ahead, as a session's own window: the cap the next stream needs is asked for now. */
+  opened(): void {
+    this.#open++;
+    const narrower = proxyWindowFor(this.#open + 1, this.bytes);
+    if (narrower >= this.#window) return;
+    this.#window = narrower;
+    this.#onChange?.(narrower, this.#open);
+    for (const state of this.#states) adjust(state, false);
+  }
+
+  /** @internal */
+  closed(): void {
+    this.#open--;
+    this.#widen();
+  }
+
+  /** Wider only once the streams are down to half of what the cap is for, as a session's own window. */
+  #widen(): void {
+    const wider = proxyWindowFor(this.#open * 2 + 1, this.bytes);
+    if (wider <= this.#window) return;
+    this.#window = wider;
+    this.#onChange?.(wider, this.#open);
+    for (const state of this.#states) if (state.answered) adjust(state, true);
+  }
 }
 
 const states = new WeakMap<Http2Session, WindowState>();
@@ -60,14 +156,19 @@ const states = new WeakMap<Http2Session, WindowState>();
  */
 export function trackWindows(session: Http2Session, options: WindowOptions): void {
   const state: WindowState = {
+    session,
     open: 0,
     window: H2_OPENING_STREAM_WINDOW_BYTES,
+    answered: false,
+    deferred: false,
     pending: 0,
     timer: undefined,
     options,
     onAck: (error) => settingsAcknowledged(state, error),
   };
   states.set(session, state);
+  options.budget.add(state);
+  session.once('close', () => options.budget.remove(state));
 }
 
 /** A stream opened on the session: the window narrows, one stream ahead, if the streams now open need it. */
@@ -75,33 +176,41 @@ export function streamOpened(session: Http2Session): void {
   const state = states.get(session);
   if (state === undefined) return;
   state.open++;
-  adjust(session, state, false);
+  state.options.budget.opened();
+  adjust(state, false);
 }
 
 /** A stream streamOpened admitted is answered (200): the window may widen for the streams now open. */
 export function streamAnswered(session: Http2Session): void {
   const state = states.get(session);
-  if (state !== undefined) adjust(session, state, true);
+  if (state === undefined) return;
+  state.answered = true;
+  adjust(state, true);
 }
 
 /** A stream counted by streamOpened has closed. */
 export function streamClosed(session: Http2Session): void {
   const state = states.get(session);
+  // A closed session's streams were taken off the budget with it.
   if (state === undefined || state.open === 0) return;
   state.open--;
-  adjust(session, state, true);
+  state.options.budget.closed();
+  adjust(state, true);
 }
 
-function adjust(session: Http2Session, state: WindowState, widen: boolean): void {
+function adjust(state: WindowState, widen: boolean): void {
+  const { session } = state;
+  const cap = state.options.budget.window;
   // One stream ahead: the window the next stream needs is asked for now, acknowledged by the time it comes.
-  const narrower = streamWindowFor(state.open + 1);
+  const narrower = Math.min(streamWindowFor(state.open + 1), cap);
   // Wider only once the streams are down to half of what the current window is for: a session whose count moves
   // around a threshold does not send SETTINGS back and forth.
-  const wider = streamWindowFor(state.open * 2 + 1);
+  const wider = Math.min(streamWindowFor(state.open * 2 + 1), cap);
   const next = narrower < state.window ? narrower : widen && wider > state.window ? wider : state.window;
   if (next === state.window || session.destroyed || session.closed) return;
   if (state.pending >= H2_MAX_UNACKNOWLEDGED_SETTINGS) {
-    unacknowledged(session, state, true);
+    // Sent once one is acknowledged (settingsAcknowledged); the deadline of the oldest judges a peer that never does.
+    state.deferred = true;
     return;
   }
   try {
@@ -121,16 +230,21 @@ function settingsAcknowledged(state: WindowState, error: Error | null): void {
     clearTimeout(state.timer);
     state.timer = undefined;
     state.pending = 0;
+    state.deferred = false;
     return;
   }
   if (--state.pending > 0) {
     // The next is younger than the one just acknowledged: it gets a whole period from now, never less.
     state.timer?.refresh();
-    return;
+  } else {
+    state.pending = 0;
+    clearTimeout(state.timer);
+    state.timer = undefined;
   }
-  state.pending = 0;
-  clearTimeout(state.timer);
-  state.timer = undefined;
+  if (state.deferred) {
+    state.deferred = false;
+    adjust(state, state.answered);
+  }
 }
 
 function onAckTimeout(session: Http2Session): void {

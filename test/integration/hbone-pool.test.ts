@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSvid } from '../../src/identity/svid.ts';
 import { silentLogger } from '../../src/observe/log.ts';
 import { HbonePool, TunnelError } from '../../src/proxy/pool.ts';
+import { StreamBudget } from '../../src/proxy/window.ts';
 import { H2_CONNECTION_WINDOW_BYTES, H2_STREAM_WINDOW_BYTES } from '../../src/proxy/settings.ts';
 import type { Endpoint } from '../../src/proxy/routes.ts';
 import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
@@ -503,6 +504,36 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     await once(sink, 'listening');
     return { sink, stored: () => stored };
   }
+
+  // The pool's sessions share the proxy's stream budget with each other (and with the inbound's): a session carrying a
+  // few tunnels is narrowed when the proxy's other sessions carry many, what a download over each may make it hold.
+  it('narrows the stream window of every pooled session as tunnels open across them, and widens it as they close', async () => {
+    const { sink } = await storingSink();
+    const sessions: http2.ServerHttp2Session[] = [];
+    sink.on('session', (session) => sessions.push(session));
+    const budget = new StreamBudget(8 * 1024 * 1024);
+    const hbone = new HbonePool({ contexts, bundles: () => bundles, verifier: new PeerVerifier(), logger: silentLogger(), maxStreamsPerSession: 10, streamBudget: budget });
+    const to = { ...endpoint(), hbonePort: (sink.address() as AddressInfo).port, hboneAuthority: `127.0.0.1:${(sink.address() as AddressInfo).port}` };
+    const windowOf = (session: http2.ServerHttp2Session | undefined) => session?.remoteSettings.initialWindowSize;
+    try {
+      const first = await hbone.open(CLIENT_ID, null, to, '');
+      await expect.poll(() => windowOf(sessions[0]), { timeout: 3_000 }).toBe(H2_STREAM_WINDOW_BYTES);
+      // 30 more: four sessions of at most 10, 31 streams open (32, one stream ahead): 256 KiB each fit 8 MiB. The first
+      // session's own ten would have had 2 MiB.
+      const more = await Promise.all(Array.from({ length: 30 }, () => hbone.open(CLIENT_ID, null, to, '')));
+      expect(hbone.stats()).toEqual({ sessions: 4, streams: 31 });
+      await expect.poll(() => sessions.map(windowOf), { timeout: 3_000 }).toEqual(Array(4).fill(256 * 1024));
+      for (const tunnel of more) tunnel.destroy();
+      await expect.poll(() => budget.open, { timeout: 3_000 }).toBe(1);
+      // One tunnel left: its session widens as far as twice the streams open fit (3 × 2 MiB within 8 MiB).
+      await expect.poll(() => windowOf(sessions[0]), { timeout: 3_000 }).toBe(2 * 1024 * 1024);
+      first.destroy();
+    } finally {
+      await hbone.close();
+      sink.close();
+    }
+    expect(budget.open).toBe(0);
+  });
 
   // Its PING leaves behind what the session queued before it, up to the peer's windows of DATA: over a slow path the
   // PONG came later than the keepalive's timeout, and the pool cut a healthy session with every tunnel on it. A peer

@@ -108,6 +108,8 @@ describe('HBONE between two node proxies', () => {
     await waitUntil('closed tunnels counted', async () => (await metricSum(a, 'istio_tcp_connections_closed_total', { ...labels, reporter: 'source' })) >= 2 && (await metricSum(b, 'istio_tcp_connections_closed_total', { ...labels, reporter: 'destination' })) >= 2);
     expect(await metricSum(a, 'istio_tcp_received_bytes_total', { ...labels, reporter: 'source' })).toBeGreaterThanOrEqual(3 * 1024 * 1024);
     expect(await metricSum(b, 'istio_tcp_sent_bytes_total', { ...labels, reporter: 'destination', connection_security_policy: 'mutual_tls' })).toBeGreaterThanOrEqual(3 * 1024 * 1024);
+    // A few tunnels open: the whole stream window, from the budget the proxy's sessions share.
+    await waitUntil('the stream window gauge', async () => (await metricSum(a, 'ambit_hbone_stream_window_bytes')) === 4 * 1024 * 1024);
   });
 
   it("labels both sides' series with ztunnel's whole label set: canonical service, app, version, cluster and the Service addressed", async () => {

@@ -2,7 +2,8 @@
 // stream windows narrow only once a peer acknowledges them (nghttp2 applies a SETTINGS then), so a peer that
 // acknowledged the first (4 MiB) and never a narrower window kept 4 MiB on every stream it opened. A session now opens
 // at the narrowest window, and one whose peer leaves a SETTINGS unacknowledged is ended with SETTINGS_TIMEOUT at the
-// deadline; a peer that acknowledges (Node's own client) opens its many streams as before.
+// deadline; a peer that acknowledges (Node's own client) opens its many streams as before. The inbound's sessions
+// share a stream budget of 8 MiB here (the proxy's is 64 MiB): the streams open across them narrow every one.
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -18,6 +19,7 @@ import { loadSvid } from '../../src/identity/svid.ts';
 import { ProxyMetrics } from '../../src/observe/metrics.ts';
 import { HboneInbound } from '../../src/proxy/inbound.ts';
 import { H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from '../../src/proxy/settings.ts';
+import { StreamBudget } from '../../src/proxy/window.ts';
 import { IdentityContexts, PeerVerifier } from '../../src/proxy/tls.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
@@ -31,6 +33,10 @@ const HBONE_PORT = 15008;
 const ACK_TIMEOUT_MS = 1_000;
 const ALLOW: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'allowed (test)', deferred: false });
 const { NGHTTP2_SETTINGS_TIMEOUT } = http2.constants;
+const MiB = 1024 * 1024;
+/** Every change of the budget's cap, in order. */
+const capChanges: Array<{ window: number; open: number }> = [];
+const budget = new StreamBudget(8 * MiB, (window, open) => capChanges.push({ window, open }));
 
 let inbound: HboneInbound;
 let registry: Registry;
@@ -78,6 +84,7 @@ beforeAll(async () => {
     inspectRequests: null,
     inspector: null,
     settingsAckTimeoutMs: ACK_TIMEOUT_MS,
+    streamBudget: budget,
   });
   expect((await inbound.sync(snapshot)).failed).toEqual([]);
 });
@@ -214,19 +221,31 @@ describe('a peer that does not acknowledge our SETTINGS', () => {
   });
 });
 
+/** A session of Node's own client, which acknowledges every SETTINGS. */
+function nodeSession(): http2.ClientHttp2Session {
+  const socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket });
+  session.on('error', () => {});
+  return session;
+}
+
+/** A CONNECT on `session` to the workload's `port`: its status and stream. */
+async function connect(session: http2.ClientHttp2Session, port = ECHO_PORT): Promise<{ status: number | undefined; stream: http2.ClientHttp2Stream }> {
+  const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${port}` }, { endStream: false });
+  stream.on('error', () => {});
+  const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader];
+  return { status: headers[':status'], stream };
+}
+
+/** The stream window the inbound last asked `session` for, once the session has acknowledged it. */
+const windowOf = (session: http2.ClientHttp2Session): number | undefined => session.remoteSettings.initialWindowSize;
+
 describe('a peer that acknowledges our SETTINGS (Node\'s own client)', () => {
   it('opens many tunnels at once on one session, every one answered 200 and carrying bytes, past the deadline', async () => {
     const before = await refused('SETTINGS_TIMEOUT');
-    const socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
-    const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket });
-    session.on('error', () => {});
+    const session = nodeSession();
     try {
-      const open = async () => {
-        const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${ECHO_PORT}` }, { endStream: false });
-        stream.on('error', () => {});
-        const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
-        return { status: headers[':status'], stream };
-      };
+      const open = () => connect(session);
       const tunnels = await Promise.all(Array.from({ length: 150 }, open));
       expect(tunnels.map((t) => t.status)).toEqual(Array(150).fill(200));
       // 150 open: the narrowed window, acknowledged.
@@ -248,5 +267,58 @@ describe('a peer that acknowledges our SETTINGS (Node\'s own client)', () => {
     } finally {
       session.destroy();
     }
+  });
+});
+
+describe('the stream windows of every session of one proxy', () => {
+  it('narrows a session carrying one tunnel while another session opens many, so that together they stay within the budget, and widens it again as they close', async () => {
+    const changes = capChanges.length;
+    const quiet = nodeSession();
+    const busy = nodeSession();
+    try {
+      const one = await connect(quiet);
+      expect(one.status).toBe(200);
+      await waitUntil('the one tunnel given the whole window', () => windowOf(quiet) === H2_STREAM_WINDOW_BYTES, 5_000);
+      const many = await Promise.all(Array.from({ length: 40 }, () => connect(busy, HOLD_PORT)));
+      expect(many.map((t) => t.status)).toEqual(Array(40).fill(200));
+      // 41 open across the two sessions (42, one stream ahead): 8 MiB holds them at 128 KiB each, where the quiet
+      // session's own budget would have kept the whole 4 MiB for its one tunnel.
+      await waitUntil('the quiet session narrowed', () => windowOf(quiet) === 128 * 1024, 5_000);
+      expect(windowOf(busy)).toBe(128 * 1024);
+      expect(capChanges.slice(changes).map((c) => c.window)).toEqual([2 * MiB, MiB, 512 * 1024, 256 * 1024, 128 * 1024]);
+      // Narrowed, it still carries its bytes.
+      one.stream.write('still here');
+      expect(((await once(one.stream, 'data')) as [Buffer])[0].toString()).toBe('still here');
+      for (const { stream } of many) stream.close();
+      // One tunnel left: the cap widens as far as twice the streams open fit (3 × 2 MiB within 8 MiB).
+      await waitUntil('the quiet session widened again', () => windowOf(quiet) === 2 * MiB, 5_000);
+      expect(budget.open).toBe(1);
+    } finally {
+      quiet.destroy();
+      busy.destroy();
+    }
+    await waitUntil('every stream taken off the budget', () => budget.open === 0, 5_000);
+    expect(budget.window).toBe(H2_STREAM_WINDOW_BYTES);
+  });
+
+  it('keeps a session whose burst of tunnels crosses more narrowings than a peer may leave unacknowledged at once, and asks for the narrowest once it acknowledges', async () => {
+    const before = await refused('SETTINGS_TIMEOUT');
+    const session = nodeSession();
+    try {
+      const first = await connect(session);
+      await waitUntil('the whole window', () => windowOf(session) === H2_STREAM_WINDOW_BYTES, 5_000);
+      // 199 more at once, read by the inbound in one go: 4 MiB down to 32 KiB (200 open, 8 MiB) is seven SETTINGS, one
+      // more than H2_MAX_UNACKNOWLEDGED_SETTINGS; the last waits for an acknowledgement instead of ending the session.
+      const burst = await Promise.all(Array.from({ length: 199 }, () => connect(session, HOLD_PORT)));
+      expect(burst.map((t) => t.status)).toEqual(Array(199).fill(200));
+      await waitUntil('the narrowest window', () => windowOf(session) === 32 * 1024, 5_000);
+      expect(session.destroyed).toBe(false);
+      first.stream.write('after the burst');
+      expect(((await once(first.stream, 'data')) as [Buffer])[0].toString()).toBe('after the burst');
+      expect(await refused('SETTINGS_TIMEOUT')).toBe(before);
+    } finally {
+      session.destroy();
+    }
+    await waitUntil('every stream taken off the budget', () => budget.open === 0, 5_000);
   });
 });

@@ -245,15 +245,17 @@ describe('ProxyMetrics', () => {
     expect(second).toContain('istio_request_duration_milliseconds_sum{reporter="destination"');
   });
 
-  it('sets the pool and workload gauges and counts config reloads by result', async () => {
+  it('sets the pool, stream window and workload gauges and counts config reloads by result', async () => {
     const registry = new Registry();
     const metrics = new ProxyMetrics(registry);
     metrics.setPool(3, 17);
+    metrics.setStreamWindow(256 * 1024);
     metrics.setWorkloads(5, 2, 4);
     metrics.configReload('accepted');
     metrics.configReload('accepted');
     expect(await valueOf(registry, 'ambit_hbone_pool_sessions')).toBe(3);
     expect(await valueOf(registry, 'ambit_hbone_pool_streams')).toBe(17);
+    expect(await valueOf(registry, 'ambit_hbone_stream_window_bytes')).toBe(256 * 1024);
     expect(await valueOf(registry, 'ambit_local_workloads')).toBe(5);
     expect(await valueOf(registry, 'ambit_hbone_listeners')).toBe(2);
     // Outbound listeners apart: the HBONE gauge had counted them too (5 on a node with one inbound listener).

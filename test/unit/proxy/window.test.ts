@@ -1,8 +1,8 @@
 // The stream window a session advertises for its number of open streams: the whole 4 MiB for a few, narrower as
 // they grow, so that streams × window stays within the session's budget, and never below the floor.
 import { describe, expect, it } from 'vitest';
-import { streamWindowFor } from '../../../src/proxy/window.ts';
-import { H2_MIN_STREAM_WINDOW_BYTES, H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from '../../../src/proxy/settings.ts';
+import { proxyWindowFor, streamWindowFor } from '../../../src/proxy/window.ts';
+import { H2_MIN_STREAM_WINDOW_BYTES, H2_PROXY_BUFFER_BYTES, H2_PROXY_MIN_STREAM_WINDOW_BYTES, H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from '../../../src/proxy/settings.ts';
 
 describe('the stream window for a number of open streams', () => {
   it('is the whole window for a few streams, and halves as they grow', () => {
@@ -20,5 +20,24 @@ describe('the stream window for a number of open streams', () => {
       if (window > H2_MIN_STREAM_WINDOW_BYTES) expect(window * open).toBeLessThanOrEqual(H2_SESSION_BUFFER_BYTES);
     }
     expect(streamWindowFor(200)).toBe(H2_MIN_STREAM_WINDOW_BYTES);
+  });
+});
+
+describe("the widest stream window for the streams open across a proxy's sessions", () => {
+  it('narrows nothing the session budget would not have, up to 512 streams open', () => {
+    expect(proxyWindowFor(0, H2_PROXY_BUFFER_BYTES)).toBe(H2_STREAM_WINDOW_BYTES);
+    expect(proxyWindowFor(16, H2_PROXY_BUFFER_BYTES)).toBe(H2_STREAM_WINDOW_BYTES);
+    expect(proxyWindowFor(512, H2_PROXY_BUFFER_BYTES)).toBe(H2_MIN_STREAM_WINDOW_BYTES);
+    expect(proxyWindowFor(513, H2_PROXY_BUFFER_BYTES)).toBe(64 * 1024);
+  });
+
+  it('keeps open streams × window within the budget, down to its floor, and no lower however many are open', () => {
+    for (let open = 1; open <= 10_000; open += 7) {
+      const window = proxyWindowFor(open, H2_PROXY_BUFFER_BYTES);
+      expect(window).toBeGreaterThanOrEqual(H2_PROXY_MIN_STREAM_WINDOW_BYTES);
+      if (window > H2_PROXY_MIN_STREAM_WINDOW_BYTES) expect(window * open).toBeLessThanOrEqual(H2_PROXY_BUFFER_BYTES);
+    }
+    expect(proxyWindowFor(4_096, H2_PROXY_BUFFER_BYTES)).toBe(16 * 1024);
+    expect(proxyWindowFor(51_200, H2_PROXY_BUFFER_BYTES)).toBe(H2_PROXY_MIN_STREAM_WINDOW_BYTES);
   });
 });
