@@ -14,7 +14,7 @@ const help = `usage: ambit proxy --node NAME --config DIR --ca URL --ca-bundle F
                    --state-dir DIR [--join-token TOKEN | --join-token-file FILE] [--outbound LISTEN_IP:PORT=HOST:PORT@[KIND:]NS/WORKLOAD ...]
                    [--metrics HOST:PORT] [--readiness HOST:PORT] [--admin 127.0.0.1:PORT]
                    [--hbone-listen HOST:PORT] [--hbone-port PORT] [--svid-ttl 1h] [--audit-log FILE]
-                   [--drain-timeout 5s] [--max-workload-connections N]
+                   [--drain-timeout 5s] [--max-workload-connections N] [--stream-window-budget MIB]
 
 Runs the node proxy for the workloads the configuration places on node NAME:
   inbound   HBONE (HTTP/2 CONNECT over mutual TLS 1.3) on each local workload's IP, port 15008
@@ -28,6 +28,9 @@ Runs the node proxy for the workloads the configuration places on node NAME:
             one workload carries at most N connections at once (--max-workload-connections; default a
             quarter of the open-files limit), and all of them together leave 1,024 descriptors of that
             limit to the proxy's sessions and servers: past either, new ones are refused (CONNECTION_LIMIT)
+  windows   HBONE stream windows are 4 MiB, narrowed by halves (to 16 KiB) while the tunnels open across
+            every session × window would exceed --stream-window-budget MiB (default 128): what tunnels to
+            workloads that do not read can make the proxy hold, against what one tunnel moves per round trip
   metrics   Prometheus /metrics with Istio's names and labels (--metrics)
   readiness /healthz/ready: 200 once certificates are loaded and listeners bound, 503 naming what is
             pending or which certificate expired (--readiness); up before the first attestation
@@ -69,6 +72,7 @@ export const command: Command = {
       'audit-log': { type: 'string' },
       'drain-timeout': { type: 'string' },
       'max-workload-connections': { type: 'string' },
+      'stream-window-budget': { type: 'string' },
     }, false);
     const caUrl = parseCaUrl(values.ca);
     const trustDomain = validateTrustDomain(requireString(values['trust-domain'], 'trust-domain'));
@@ -81,6 +85,7 @@ export const command: Command = {
     const adminListen = values.admin !== undefined ? parseListen(values.admin, 'admin') : undefined;
     const sharedHboneListen = values['hbone-listen'] !== undefined ? parseListen(values['hbone-listen'], 'hbone-listen') : undefined;
     const maxWorkloadConnections = values['max-workload-connections'] === undefined ? undefined : parsePositiveCount(values['max-workload-connections'], 'max-workload-connections');
+    const streamWindowBudgetMiB = values['stream-window-budget'] === undefined ? undefined : parsePositiveCount(values['stream-window-budget'], 'stream-window-budget');
     const drainMs = values['drain-timeout'] !== undefined ? parseDurationMsAllowZero(values['drain-timeout'], 'drain-timeout') : DEFAULT_DRAIN_MS;
     const logger = createLogger({ name: 'ambit-proxy' });
     // From the start: the first attestation may wait minutes for the CA.
@@ -113,6 +118,7 @@ export const command: Command = {
         certificateTtlSeconds: values['svid-ttl'] ? parseTtlSeconds(values['svid-ttl'], 'svid-ttl') : undefined,
         auditLogFile: values['audit-log'],
         maxWorkloadConnections,
+        streamWindowBudgetBytes: streamWindowBudgetMiB === undefined ? undefined : streamWindowBudgetMiB * 1024 * 1024,
         logger,
       });
     } catch (error) {

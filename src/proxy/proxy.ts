@@ -77,6 +77,8 @@ export interface NodeProxyOptions {
   auditLogFile?: string;
   /** One workload's outbound connections at once (connectionLimits: a quarter of the open-files limit by default). */
   maxWorkloadConnections?: number;
+  /** What the stream windows of every HBONE session together may let tunnels make the proxy hold (default H2_PROXY_BUFFER_BYTES). */
+  streamWindowBudgetBytes?: number;
   logger: Logger;
   /** Authorization hook for inbound connections (the authorization layer plugs in here). */
   authorize?: ((connection: InboundConnection) => InboundDecision) | null;
@@ -318,9 +320,10 @@ export class NodeProxy {
     // halving or doubling of the tunnels open; a peer opening and closing hundreds of them around a step could still
     // repeat one, so the lines are budgeted.
     const windowLog = new LogBudget(60_000, 6);
-    const streamBudget = new StreamBudget(H2_PROXY_BUFFER_BYTES, (window, open) => {
+    const budgetBytes = options.streamWindowBudgetBytes ?? H2_PROXY_BUFFER_BYTES;
+    const streamBudget = new StreamBudget(budgetBytes, (window, open) => {
       const unlogged = windowLog.take('stream-window');
-      if (unlogged !== null) this.#logger.info({ streamWindowBytes: window, tunnels: open, budgetBytes: H2_PROXY_BUFFER_BYTES, ...(unlogged > 0 ? { unlogged } : {}) }, 'HBONE stream windows set for the tunnels open across sessions');
+      if (unlogged !== null) this.#logger.info({ streamWindowBytes: window, tunnels: open, budgetBytes, ...(unlogged > 0 ? { unlogged } : {}) }, 'HBONE stream windows set for the tunnels open across sessions');
     });
     this.#pool = new HbonePool({ contexts: this.contexts, bundles: () => this.#agent.bundles(), verifier: this.verifier, logger: this.#logger, streamBudget });
     const hbonePort = options.hbonePort ?? snapshot.mesh.ports.hbone;

@@ -24,7 +24,9 @@
 // them grow past H2_PROXY_BUFFER_BYTES, by the same steps and with the same lag (a cap narrowed one stream ahead,
 // widened at half). A burst can cross more of those steps than a peer has acknowledged yet: a session with
 // H2_MAX_UNACKNOWLEDGED_SETTINGS out sends its next window once one is acknowledged (the latest one wanted then),
-// rather than being ended as a peer that does not acknowledge, which the deadline alone judges.
+// rather than being ended as a peer that does not acknowledge, which the deadline alone judges. Any peer can move the
+// cap by opening and closing streams, and every session of the proxy follows it, so the cap widens at most once a
+// second; a session is narrowed to it from its start, and after a GOAWAY while its streams go on.
 import type { Http2Session } from 'node:http2';
 import {
   H2_MAX_UNACKNOWLEDGED_SETTINGS,
@@ -84,12 +86,17 @@ interface WindowState {
   readonly onAck: (error: Error | null) => void;
 }
 
+/** How often a proxy's cap may widen (StreamBudget.#widen). */
+const CAP_WIDEN_INTERVAL_MS = 1_000;
+
 /** The widest stream window a proxy's sessions may have, from the streams open across all of them. */
 export class StreamBudget {
   readonly bytes: number;
   readonly #states = new Set<WindowState>();
   #open = 0;
   #window = H2_STREAM_WINDOW_BYTES;
+  #widenedAtMs = -Infinity;
+  #widenTimer: NodeJS.Timeout | undefined;
   readonly #onChange: ((window: number, open: number) => void) | undefined;
 
   /** `onChange` hears each narrowing and widening of the cap (at most once per halving or doubling of the streams). */
@@ -138,13 +145,28 @@ export class StreamBudget {
     this.#widen();
   }
 
-  /** Wider only once the streams are down to half of what the cap is for, as a session's own window. */
+  /**
+   * Wider only once the streams are down to half of what the cap is for, as a session's own window, and at most once
+   * every CAP_WIDEN_INTERVAL_MS: a peer opening and closing streams across a step makes every session of the proxy
+   * narrow and widen, other peers' too, and this bounds how often.
+   */
   #widen(): void {
     const wider = proxyWindowFor(this.#open * 2 + 1, this.bytes);
-    if (wider <= this.#window) return;
+    if (wider <= this.#window || this.#widenTimer !== undefined) return;
+    const now = Date.now();
+    if (now < this.#widenedAtMs + CAP_WIDEN_INTERVAL_MS) {
+      this.#widenTimer = setTimeout(StreamBudget.#widenLater, this.#widenedAtMs + CAP_WIDEN_INTERVAL_MS - now, this).unref();
+      return;
+    }
+    this.#widenedAtMs = now;
     this.#window = wider;
     this.#onChange?.(wider, this.#open);
     for (const state of this.#states) if (state.answered) adjust(state, true);
+  }
+
+  static #widenLater(budget: StreamBudget): void {
+    budget.#widenTimer = undefined;
+    budget.#widen();
   }
 }
 
@@ -169,6 +191,8 @@ export function trackWindows(session: Http2Session, options: WindowOptions): voi
   states.set(session, state);
   options.budget.add(state);
   session.once('close', () => options.budget.remove(state));
+  // The first SETTINGS left with the opening window; a proxy already past its budget asks for less before any stream.
+  if (options.budget.window < state.window) adjust(state, false);
 }
 
 /** A stream opened on the session: the window narrows, one stream ahead, if the streams now open need it. */
@@ -207,7 +231,8 @@ function adjust(state: WindowState, widen: boolean): void {
   // around a threshold does not send SETTINGS back and forth.
   const wider = Math.min(streamWindowFor(state.open * 2 + 1), cap);
   const next = narrower < state.window ? narrower : widen && wider > state.window ? wider : state.window;
-  if (next === state.window || session.destroyed || session.closed) return;
+  // A closed session (a GOAWAY either way) still carries its open streams: it is narrowed as any other.
+  if (next === state.window || session.destroyed) return;
   if (state.pending >= H2_MAX_UNACKNOWLEDGED_SETTINGS) {
     // Sent once one is acknowledged (settingsAcknowledged); the deadline of the oldest judges a peer that never does.
     state.deferred = true;

@@ -51,7 +51,8 @@ beforeAll(async () => {
     socket.pipe(socket);
   });
   await new Promise<void>((resolve) => echo.listen(7000, ECHO_IP, resolve));
-  mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config } });
+  // node-a's stream budget is small enough for 20 tunnels to narrow its sessions' windows (the default takes 33).
+  mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config }, extraProxyArgs: (name) => (name === 'node-a' ? ['--stream-window-budget', '8'] : []) });
 }, 60_000);
 
 afterAll(async () => {
@@ -153,6 +154,10 @@ describe('HBONE between two node proxies', () => {
     const a = mesh.nodes.get('node-a')!;
     const dump = (await (await request(`${a.adminUrl}/config_dump`)).body.json()) as { pool: { sessions: number } };
     expect(dump.pool.sessions).toBe(1);
+    // Twenty at once are past node-a's --stream-window-budget 8 at 4 MiB: its windows narrowed, and it said so.
+    const narrowed = await a.proc.waitFor((l) => l.msg === 'HBONE stream windows set for the tunnels open across sessions', 5_000, 'the stream window line');
+    expect(narrowed).toMatchObject({ budgetBytes: 8 * 1024 * 1024 });
+    expect(narrowed.streamWindowBytes).toBeLessThan(4 * 1024 * 1024);
   });
 
   it('listens for HBONE on every local workload\'s IP, a Pod\'s and a WorkloadEntry\'s of one name alike', async () => {

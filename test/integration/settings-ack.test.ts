@@ -272,6 +272,7 @@ describe('a peer that acknowledges our SETTINGS (Node\'s own client)', () => {
 
 describe('the stream windows of every session of one proxy', () => {
   it('narrows a session carrying one tunnel while another session opens many, so that together they stay within the budget, and widens it again as they close', async () => {
+    await waitUntil('the whole window', () => budget.window === H2_STREAM_WINDOW_BYTES, 5_000);
     const changes = capChanges.length;
     const quiet = nodeSession();
     const busy = nodeSession();
@@ -298,11 +299,12 @@ describe('the stream windows of every session of one proxy', () => {
       busy.destroy();
     }
     await waitUntil('every stream taken off the budget', () => budget.open === 0, 5_000);
-    expect(budget.window).toBe(H2_STREAM_WINDOW_BYTES);
+    await waitUntil('the whole window again', () => budget.window === H2_STREAM_WINDOW_BYTES, 5_000);
   });
 
   it('keeps a session whose burst of tunnels crosses more narrowings than a peer may leave unacknowledged at once, and asks for the narrowest once it acknowledges', async () => {
     const before = await refused('SETTINGS_TIMEOUT');
+    await waitUntil('the whole window', () => budget.window === H2_STREAM_WINDOW_BYTES, 5_000);
     const session = nodeSession();
     try {
       const first = await connect(session);
@@ -318,6 +320,75 @@ describe('the stream windows of every session of one proxy', () => {
       expect(await refused('SETTINGS_TIMEOUT')).toBe(before);
     } finally {
       session.destroy();
+    }
+    await waitUntil('every stream taken off the budget', () => budget.open === 0, 5_000);
+  });
+
+  it('narrows a session whose peer has said GOAWAY while its tunnels go on, as any other', async () => {
+    await waitUntil('the whole window', () => budget.window === H2_STREAM_WINDOW_BYTES, 5_000);
+    const leaving = nodeSession();
+    const busy = nodeSession();
+    try {
+      const one = await connect(leaving, HOLD_PORT);
+      await waitUntil('the whole window', () => windowOf(leaving) === H2_STREAM_WINDOW_BYTES, 5_000);
+      // GOAWAY NO_ERROR: Node's server side closes its session, whose open tunnel goes on.
+      leaving.close();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const many = await Promise.all(Array.from({ length: 40 }, () => connect(busy, HOLD_PORT)));
+      expect(many.every((t) => t.status === 200)).toBe(true);
+      await waitUntil('the leaving session narrowed', () => windowOf(leaving) === 128 * 1024, 5_000);
+      expect(one.stream.closed).toBe(false);
+    } finally {
+      leaving.destroy();
+      busy.destroy();
+    }
+    await waitUntil('every stream taken off the budget', () => budget.open === 0, 5_000);
+  });
+
+  it('asks a session that starts while the proxy is past its budget for the narrow window before any tunnel', async () => {
+    const busy = nodeSession();
+    try {
+      const many = await Promise.all(Array.from({ length: 199 }, () => connect(busy, HOLD_PORT)));
+      expect(many.every((t) => t.status === 200)).toBe(true);
+      await waitUntil('the cap narrowed', () => budget.window === 32 * 1024, 5_000);
+      const late = nodeSession();
+      try {
+        // Its first SETTINGS says the opening 128 KiB; the second, before it opens anything, the cap.
+        await waitUntil('the late session narrowed', () => windowOf(late) === 32 * 1024, 5_000);
+      } finally {
+        late.destroy();
+      }
+    } finally {
+      busy.destroy();
+    }
+    await waitUntil('every stream taken off the budget', () => budget.open === 0, 5_000);
+  });
+
+  it("widens the cap at most once a second, so that a peer moving it back and forth sends other peers' sessions a few SETTINGS, not one each time", async () => {
+    await waitUntil('the whole window', () => budget.window === H2_STREAM_WINDOW_BYTES, 5_000);
+    const others = Array.from({ length: 10 }, () => nodeSession());
+    const hostile = nodeSession();
+    try {
+      // Each of the others has carried a tunnel (answered, its window the whole 4 MiB) and is idle.
+      for (const session of others) (await connect(session)).stream.close();
+      await waitUntil('the others idle', () => budget.open === 0, 5_000);
+      const seen = others.map(() => 0);
+      others.forEach((session, i) => session.on('remoteSettings', () => seen[i]!++));
+      const started = Date.now();
+      // Three open take the 8 MiB cap to 2 MiB (one stream ahead); none open would widen it again.
+      for (let cycle = 0; cycle < 40; cycle++) {
+        const three = await Promise.all(Array.from({ length: 3 }, () => connect(hostile, HOLD_PORT)));
+        for (const { stream } of three) stream.close();
+        await waitUntil('the three closed', () => budget.open === 0, 5_000);
+      }
+      const seconds = Math.ceil((Date.now() - started) / 1000);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // A narrowing and a widening a second at most, where each of the 40 cycles had been two.
+      expect(Math.max(...seen)).toBeLessThanOrEqual(2 * (seconds + 1));
+      expect(Math.max(...seen)).toBeGreaterThan(0);
+    } finally {
+      hostile.destroy();
+      for (const session of others) session.destroy();
     }
     await waitUntil('every stream taken off the budget', () => budget.open === 0, 5_000);
   });

@@ -75,6 +75,8 @@ describe.concurrent('ambit proxy command line', () => {
   it.for([
     [['--hbone-port', '0'], '--hbone-port: "0" is not a port'],
     [['--hbone-port', 'abc'], '--hbone-port: "abc" is not a port'],
+    [['--stream-window-budget', '0'], '--stream-window-budget: "0" is not a whole number of at least 1'],
+    [['--stream-window-budget', '64MiB'], '--stream-window-budget: "64MiB" is not a whole number of at least 1'],
     [['--metrics', ''], '--metrics "": an empty value'],
     [['--admin', ''], '--admin "": an empty value'],
     // Read as no flag at all, and as a file named '', before.

@@ -24,20 +24,23 @@ describe('the stream window for a number of open streams', () => {
 });
 
 describe("the widest stream window for the streams open across a proxy's sessions", () => {
-  it('narrows nothing the session budget would not have, up to 512 streams open', () => {
+  it('is the whole window for up to 32 streams open, and keeps a window W for up to 128 MiB ÷ W', () => {
+    expect(H2_PROXY_BUFFER_BYTES).toBe(128 * 1024 * 1024);
     expect(proxyWindowFor(0, H2_PROXY_BUFFER_BYTES)).toBe(H2_STREAM_WINDOW_BYTES);
-    expect(proxyWindowFor(16, H2_PROXY_BUFFER_BYTES)).toBe(H2_STREAM_WINDOW_BYTES);
-    expect(proxyWindowFor(512, H2_PROXY_BUFFER_BYTES)).toBe(H2_MIN_STREAM_WINDOW_BYTES);
-    expect(proxyWindowFor(513, H2_PROXY_BUFFER_BYTES)).toBe(64 * 1024);
+    expect(proxyWindowFor(32, H2_PROXY_BUFFER_BYTES)).toBe(H2_STREAM_WINDOW_BYTES);
+    expect(proxyWindowFor(33, H2_PROXY_BUFFER_BYTES)).toBe(2 * 1024 * 1024);
+    expect(proxyWindowFor(256, H2_PROXY_BUFFER_BYTES)).toBe(512 * 1024);
+    expect(proxyWindowFor(1_024, H2_PROXY_BUFFER_BYTES)).toBe(H2_MIN_STREAM_WINDOW_BYTES);
+    expect(proxyWindowFor(1_025, H2_PROXY_BUFFER_BYTES)).toBe(64 * 1024);
   });
 
   it('keeps open streams × window within the budget, down to its floor, and no lower however many are open', () => {
-    for (let open = 1; open <= 10_000; open += 7) {
+    for (let open = 1; open <= 20_000; open += 7) {
       const window = proxyWindowFor(open, H2_PROXY_BUFFER_BYTES);
       expect(window).toBeGreaterThanOrEqual(H2_PROXY_MIN_STREAM_WINDOW_BYTES);
       if (window > H2_PROXY_MIN_STREAM_WINDOW_BYTES) expect(window * open).toBeLessThanOrEqual(H2_PROXY_BUFFER_BYTES);
     }
-    expect(proxyWindowFor(4_096, H2_PROXY_BUFFER_BYTES)).toBe(16 * 1024);
+    expect(proxyWindowFor(8_192, H2_PROXY_BUFFER_BYTES)).toBe(16 * 1024);
     expect(proxyWindowFor(51_200, H2_PROXY_BUFFER_BYTES)).toBe(H2_PROXY_MIN_STREAM_WINDOW_BYTES);
   });
 });
