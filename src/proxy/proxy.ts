@@ -28,7 +28,7 @@ import { routingTableOf } from './routes.ts';
 import { destinationStays, InboundAuthorizer } from './authorize.ts';
 import { HttpInspector } from './l7.ts';
 import { HeapRelease } from './heap.ts';
-import { H2_PROXY_BUFFER_BYTES } from './settings.ts';
+import { H2_PROXY_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from './settings.ts';
 import { StreamBudget } from './window.ts';
 import { authorizationOf } from '../authz/compile.ts';
 import type { CompiledAuthorization } from '../authz/compile.ts';
@@ -321,7 +321,9 @@ export class NodeProxy {
     // repeat one, so the lines are budgeted.
     const windowLog = new LogBudget(60_000, 6);
     const budgetBytes = options.streamWindowBudgetBytes ?? H2_PROXY_BUFFER_BYTES;
+    this.metrics.setStreamWindow(H2_STREAM_WINDOW_BYTES);
     const streamBudget = new StreamBudget(budgetBytes, (window, open) => {
+      this.metrics.setStreamWindow(window);
       const unlogged = windowLog.take('stream-window');
       if (unlogged !== null) this.#logger.info({ streamWindowBytes: window, tunnels: open, budgetBytes, ...(unlogged > 0 ? { unlogged } : {}) }, 'HBONE stream windows set for the tunnels open across sessions');
     });
@@ -350,7 +352,6 @@ export class NodeProxy {
     this.#liveMeters.add({ flush: () => {
       const stats = this.#pool.stats();
       this.metrics.setPool(stats.sessions, stats.streams);
-      this.metrics.setStreamWindow(streamBudget.window);
     } });
     this.#stopFlush = startByteFlush(BYTE_FLUSH_INTERVAL_MS, this.#liveMeters);
     this.#scheduleReconcile();

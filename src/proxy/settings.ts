@@ -22,16 +22,16 @@ export const H2_OPENING_STREAM_WINDOW_BYTES = H2_MIN_STREAM_WINDOW_BYTES;
  * What the open streams of every session of one proxy, both ways, may make it hold together (window.ts narrows every
  * session's stream window to keep to it; `ambit proxy --stream-window-budget`). The session budget alone let each
  * session hold 32 MiB, and a peer may have 256 sessions here (H2_SERVER_MAX_SESSIONS_PER_PEER): 2,000 tunnels to
- * workloads that did not read, 100 a session, held 256 KiB each on the receiving node. A window W is kept for up to
- * budget ÷ W streams open: 4 MiB for 32, 512 KiB for 256, 128 KiB (the session budget's floor) for 1,024, 64 KiB for
- * 2,048. The price is a tunnel's speed when many are open: a window per round trip (512 KiB at a 3 ms round trip is
- * ~170 MiB/s, at 50 ms ~10 MiB/s).
+ * workloads that did not read, 100 a session, held 256 KiB each on the receiving node. A window W is kept while fewer
+ * than budget ÷ W streams are open (the next one counted ahead): 4 MiB below 32, 512 KiB below 256, 128 KiB (the
+ * session budget's floor) below 1,024, 64 KiB below 2,048. The price is a tunnel's speed when many are open: a window
+ * per round trip (512 KiB at a 3 ms round trip is ~170 MiB/s, at 50 ms ~10 MiB/s).
  */
 export const H2_PROXY_BUFFER_BYTES = 128 * 1024 * 1024;
 /**
- * The narrowest stream window the proxy budget narrows to (past 8,192 streams open at the default budget): one
- * default-sized frame, ~5 MiB/s per tunnel at a 3 ms round trip. Past it what the streams may make the proxy hold grows
- * again, by this much a stream.
+ * The narrowest stream window the proxy budget narrows to (from 4,096 streams open at the default budget): one
+ * default-sized frame, ~5 MiB/s per tunnel at a 3 ms round trip. Past 8,192 what the streams may make the proxy hold
+ * grows again, by this much a stream.
  */
 export const H2_PROXY_MIN_STREAM_WINDOW_BYTES = 16 * 1024;
 /**

@@ -21,7 +21,7 @@
 //
 // The session budget bounds one session; a proxy has many (a peer's pool opens one per 100 streams, and may hold 256
 // here), so a StreamBudget shared by every session of the proxy, both ways, narrows them all as the streams open across
-// them grow past H2_PROXY_BUFFER_BYTES, by the same steps and with the same lag (a cap narrowed one stream ahead,
+// them grow past the proxy's budget (H2_PROXY_BUFFER_BYTES unless --stream-window-budget says), by the same steps and with the same lag (a cap narrowed one stream ahead,
 // widened at half). A burst can cross more of those steps than a peer has acknowledged yet: a session with
 // H2_MAX_UNACKNOWLEDGED_SETTINGS out sends its next window once one is acknowledged (the latest one wanted then),
 // rather than being ended as a peer that does not acknowledge, which the deadline alone judges. Any peer can move the
@@ -153,7 +153,8 @@ export class StreamBudget {
   #widen(): void {
     const wider = proxyWindowFor(this.#open * 2 + 1, this.bytes);
     if (wider <= this.#window || this.#widenTimer !== undefined) return;
-    const now = Date.now();
+    // Monotonic: a wall clock stepped back would hold the cap narrow for as long.
+    const now = performance.now();
     if (now < this.#widenedAtMs + CAP_WIDEN_INTERVAL_MS) {
       this.#widenTimer = setTimeout(StreamBudget.#widenLater, this.#widenedAtMs + CAP_WIDEN_INTERVAL_MS - now, this).unref();
       return;
@@ -231,8 +232,8 @@ function adjust(state: WindowState, widen: boolean): void {
   // around a threshold does not send SETTINGS back and forth.
   const wider = Math.min(streamWindowFor(state.open * 2 + 1), cap);
   const next = narrower < state.window ? narrower : widen && wider > state.window ? wider : state.window;
-  // A closed session (a GOAWAY either way) still carries its open streams: it is narrowed as any other.
-  if (next === state.window || session.destroyed) return;
+  // A closed session (a GOAWAY either way) still carries its open streams: it is narrowed as any other, not widened.
+  if (next === state.window || session.destroyed || (session.closed && next > state.window)) return;
   if (state.pending >= H2_MAX_UNACKNOWLEDGED_SETTINGS) {
     // Sent once one is acknowledged (settingsAcknowledged); the deadline of the oldest judges a peer that never does.
     state.deferred = true;
@@ -241,7 +242,8 @@ function adjust(state: WindowState, widen: boolean): void {
   try {
     session.settings({ initialWindowSize: next }, state.onAck);
   } catch {
-    // Node ended the session itself (too many SETTINGS outstanding, counting its own first): the owner says why.
+    // Not expected (settings() throws for a destroyed session, checked above, or a bad value); were Node to refuse
+    // another SETTINGS outstanding, the owner ends the session saying why.
     unacknowledged(session, state, true);
     return;
   }

@@ -517,22 +517,22 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     const windowOf = (session: http2.ServerHttp2Session | undefined) => session?.remoteSettings.initialWindowSize;
     try {
       const first = await hbone.open(CLIENT_ID, null, to, '');
-      await expect.poll(() => windowOf(sessions[0]), { timeout: 3_000 }).toBe(H2_STREAM_WINDOW_BYTES);
+      await expect.poll(() => windowOf(sessions[0]), { timeout: 10_000 }).toBe(H2_STREAM_WINDOW_BYTES);
       // 30 more: four sessions of at most 10, 31 streams open (32, one stream ahead): 256 KiB each fit 8 MiB. The first
       // session's own ten would have had 2 MiB.
       const more = await Promise.all(Array.from({ length: 30 }, () => hbone.open(CLIENT_ID, null, to, '')));
       expect(hbone.stats()).toEqual({ sessions: 4, streams: 31 });
-      await expect.poll(() => sessions.map(windowOf), { timeout: 3_000 }).toEqual(Array(4).fill(256 * 1024));
+      await expect.poll(() => sessions.map(windowOf), { timeout: 10_000 }).toEqual(Array(4).fill(256 * 1024));
       for (const tunnel of more) tunnel.destroy();
-      await expect.poll(() => budget.open, { timeout: 3_000 }).toBe(1);
+      await expect.poll(() => budget.open, { timeout: 10_000 }).toBe(1);
       // One tunnel left: its session widens as far as twice the streams open fit (3 × 2 MiB within 8 MiB).
-      await expect.poll(() => windowOf(sessions[0]), { timeout: 3_000 }).toBe(2 * 1024 * 1024);
+      await expect.poll(() => windowOf(sessions[0]), { timeout: 10_000 }).toBe(2 * 1024 * 1024);
       first.destroy();
     } finally {
       await hbone.close();
       sink.close();
     }
-    expect(budget.open).toBe(0);
+    await expect.poll(() => budget.open, { timeout: 10_000 }).toBe(0);
   });
 
   // Its PING leaves behind what the session queued before it, up to the peer's windows of DATA: over a slow path the

@@ -51,7 +51,7 @@ beforeAll(async () => {
     socket.pipe(socket);
   });
   await new Promise<void>((resolve) => echo.listen(7000, ECHO_IP, resolve));
-  // node-a's stream budget is small enough for 20 tunnels to narrow its sessions' windows (the default takes 33).
+  // node-a's stream budget is small enough for 20 tunnels to narrow its sessions' windows (the default narrows at 32).
   mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config }, extraProxyArgs: (name) => (name === 'node-a' ? ['--stream-window-budget', '8'] : []) });
 }, 60_000);
 
@@ -150,14 +150,17 @@ describe('HBONE between two node proxies', () => {
   });
 
   it('reuses one pooled session for many connections (a new connection is a stream, not a handshake)', async () => {
+    const since = mesh.nodes.get('node-a')!.proc.lines.length;
     await Promise.all(Array.from({ length: 20 }, (_, i) => roundTrip(Buffer.from(`hello ${i}`))));
     const a = mesh.nodes.get('node-a')!;
     const dump = (await (await request(`${a.adminUrl}/config_dump`)).body.json()) as { pool: { sessions: number } };
     expect(dump.pool.sessions).toBe(1);
     // Twenty at once are past node-a's --stream-window-budget 8 at 4 MiB: its windows narrowed, and it said so.
-    const narrowed = await a.proc.waitFor((l) => l.msg === 'HBONE stream windows set for the tunnels open across sessions', 5_000, 'the stream window line');
+    const windowLine = (l: { msg?: unknown }) => l.msg === 'HBONE stream windows set for the tunnels open across sessions';
+    await waitUntil('the stream window line', () => a.proc.lines.slice(since).some(windowLine), 5_000);
+    const narrowed = a.proc.lines.slice(since).find(windowLine);
     expect(narrowed).toMatchObject({ budgetBytes: 8 * 1024 * 1024 });
-    expect(narrowed.streamWindowBytes).toBeLessThan(4 * 1024 * 1024);
+    expect(narrowed?.streamWindowBytes).toBeLessThan(4 * 1024 * 1024);
   });
 
   it('listens for HBONE on every local workload\'s IP, a Pod\'s and a WorkloadEntry\'s of one name alike', async () => {
