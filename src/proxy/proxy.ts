@@ -316,9 +316,9 @@ export class NodeProxy {
     this.#pending.delete('node identity');
     this.#authorizer = new InboundAuthorizer(() => this.#config.current(), this.registry, this.#logger);
     this.#inspector = new HttpInspector(this.#logger);
-    // One budget for the stream windows of every HBONE session, both ways (window.ts). Its changes come at most once per
-    // halving or doubling of the tunnels open; a peer opening and closing hundreds of them around a step could still
-    // repeat one, so the lines are budgeted.
+    // One budget for the stream windows of every HBONE session, both ways (window.ts). Its cap moves a step per halving
+    // or doubling of the tunnels open, and widens at most once a second; a peer opening and closing tunnels around a
+    // step could still move it each second, so the lines are budgeted.
     const windowLog = new LogBudget(60_000, 6);
     const budgetBytes = options.streamWindowBudgetBytes ?? H2_PROXY_BUFFER_BYTES;
     this.metrics.setStreamWindow(H2_STREAM_WINDOW_BYTES);

@@ -20,13 +20,14 @@
 // pool, placing none there, dialled 3-5 sessions where one served, for 5-15 % more CPU per request.
 //
 // The session budget bounds one session; a proxy has many (a peer's pool opens one per 100 streams, and may hold 256
-// here), so a StreamBudget shared by every session of the proxy, both ways, narrows them all as the streams open across
-// them grow past the proxy's budget (H2_PROXY_BUFFER_BYTES unless --stream-window-budget says), by the same steps and with the same lag (a cap narrowed one stream ahead,
-// widened at half). A burst can cross more of those steps than a peer has acknowledged yet: a session with
-// H2_MAX_UNACKNOWLEDGED_SETTINGS out sends its next window once one is acknowledged (the latest one wanted then),
-// rather than being ended as a peer that does not acknowledge, which the deadline alone judges. Any peer can move the
-// cap by opening and closing streams, and every session of the proxy follows it, so the cap widens at most once a
-// second; a session is narrowed to it from its start, and after a GOAWAY while its streams go on.
+// here), so a StreamBudget shared by every session of the proxy, both ways, narrows them all as the streams open
+// across them grow past the proxy's budget (H2_PROXY_BUFFER_BYTES unless --stream-window-budget says), by the same
+// steps and with the same lag (a cap narrowed one stream ahead, widened at half). A burst can cross more of those
+// steps than a peer has acknowledged yet: a session with H2_MAX_UNACKNOWLEDGED_SETTINGS out sends its next window once
+// one is acknowledged (the latest one wanted then), rather than being ended as a peer that does not acknowledge, which
+// the deadline alone judges. Any peer can move the cap by opening and closing streams, and every session of the proxy
+// follows it, so the cap widens at most once a second; a session is narrowed to it from its start, and after a GOAWAY
+// while its streams go on.
 import type { Http2Session } from 'node:http2';
 import {
   H2_MAX_UNACKNOWLEDGED_SETTINGS,
@@ -99,7 +100,7 @@ export class StreamBudget {
   #widenTimer: NodeJS.Timeout | undefined;
   readonly #onChange: ((window: number, open: number) => void) | undefined;
 
-  /** `onChange` hears each narrowing and widening of the cap (at most once per halving or doubling of the streams). */
+  /** `onChange` hears each narrowing and widening of the cap (a step per halving or doubling of the streams open). */
   constructor(bytes: number = H2_PROXY_BUFFER_BYTES, onChange?: (window: number, open: number) => void) {
     this.bytes = bytes;
     this.#onChange = onChange;
