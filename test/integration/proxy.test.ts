@@ -51,8 +51,8 @@ beforeAll(async () => {
     socket.pipe(socket);
   });
   await new Promise<void>((resolve) => echo.listen(7000, ECHO_IP, resolve));
-  // node-a's stream budget is small enough for 20 tunnels to narrow its sessions' windows (the default narrows at 32).
-  mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config }, extraProxyArgs: (name) => (name === 'node-a' ? ['--stream-window-budget', '8'] : []) });
+  // A stream budget small enough for 20 tunnels to narrow the windows (the default narrows at 32).
+  mesh = await startTestMesh({ prefix: P, nodes: ['node-a', 'node-b'], config: { 'workloads.yaml': config }, extraProxyArgs: () => ['--stream-window-budget', '8'] });
 }, 60_000);
 
 afterAll(async () => {
@@ -150,17 +150,20 @@ describe('HBONE between two node proxies', () => {
   });
 
   it('reuses one pooled session for many connections (a new connection is a stream, not a handshake)', async () => {
-    const since = mesh.nodes.get('node-a')!.proc.lines.length;
+    const since = { a: mesh.nodes.get('node-a')!.proc.lines.length, b: mesh.nodes.get('node-b')!.proc.lines.length };
     await Promise.all(Array.from({ length: 20 }, (_, i) => roundTrip(Buffer.from(`hello ${i}`))));
     const a = mesh.nodes.get('node-a')!;
     const dump = (await (await request(`${a.adminUrl}/config_dump`)).body.json()) as { pool: { sessions: number } };
     expect(dump.pool.sessions).toBe(1);
-    // Twenty at once are past node-a's --stream-window-budget 8 at 4 MiB: its windows narrowed, and it said so.
+    // Twenty at once are past --stream-window-budget 8 at 4 MiB, on both sides (the pool's sessions on node-a, the
+    // inbound's on node-b): their windows narrowed, and each proxy said so.
     const windowLine = (l: { msg?: unknown }) => l.msg === 'HBONE stream windows set for the tunnels open across sessions';
-    await waitUntil('the stream window line', () => a.proc.lines.slice(since).some(windowLine), 5_000);
-    const narrowed = a.proc.lines.slice(since).find(windowLine);
-    expect(narrowed).toMatchObject({ budgetBytes: 8 * 1024 * 1024 });
-    expect(narrowed?.streamWindowBytes).toBeLessThan(4 * 1024 * 1024);
+    for (const [node, from] of [[a, since.a], [mesh.nodes.get('node-b')!, since.b]] as const) {
+      await waitUntil(`${node.name}'s stream window line`, () => node.proc.lines.slice(from).some(windowLine), 5_000);
+      const narrowed = node.proc.lines.slice(from).find(windowLine);
+      expect(narrowed).toMatchObject({ budgetBytes: 8 * 1024 * 1024 });
+      expect(narrowed?.streamWindowBytes).toBeLessThan(4 * 1024 * 1024);
+    }
   });
 
   it('listens for HBONE on every local workload\'s IP, a Pod\'s and a WorkloadEntry\'s of one name alike', async () => {
