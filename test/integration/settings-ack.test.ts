@@ -15,7 +15,7 @@ import type { Decision } from '../../src/authz/compile.ts';
 import { parseConfigText } from '../../src/config/loader.ts';
 import { buildSnapshot } from '../../src/config/snapshot.ts';
 import { BundleSet } from '../../src/identity/bundle.ts';
-import { loadSvid } from '../../src/identity/svid.ts';
+import { certificatesToPem, loadSvid } from '../../src/identity/svid.ts';
 import { ProxyMetrics } from '../../src/observe/metrics.ts';
 import { HboneInbound } from '../../src/proxy/inbound.ts';
 import { H2_SESSION_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from '../../src/proxy/settings.ts';
@@ -25,10 +25,13 @@ import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 import { podYaml, waitUntil, yamlDocuments } from '../helpers/mesh.ts';
 import { frame, literalHeader } from '../helpers/h2-frames.ts';
+import { connectHbone, openTunnel } from '../helpers/hbone.ts';
+import type { Tunnel } from '../helpers/hbone.ts';
 
 const ECHO_IP = '127.81.0.10'; // 127.81 is this file's
 const HOLD_PORT = 7001; // accepts and never reads: the tunnels stay open
 const ECHO_PORT = 7000;
+const ECHO_ID = 'spiffe://cluster.local/ns/demo/sa/echo';
 const HBONE_PORT = 15008;
 const ACK_TIMEOUT_MS = 1_000;
 const ALLOW: Decision = Object.freeze({ allow: true, policy: null, rule: null, reason: 'allowed (test)', deferred: false });
@@ -41,6 +44,7 @@ const budget = new StreamBudget(8 * MiB, (window, open) => capChanges.push({ win
 let inbound: HboneInbound;
 let registry: Registry;
 let client: TestSvid;
+let rootsPem: string;
 const logLines: Array<Record<string, unknown>> = [];
 const servers: net.Server[] = [];
 const held: net.Socket[] = [];
@@ -48,8 +52,9 @@ const held: net.Socket[] = [];
 beforeAll(async () => {
   const ca = await createTestCa('cluster.local');
   const bundles = new BundleSet([ca.bundle]);
-  const server = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/echo');
+  const server = await issueTestSvid(ca, ECHO_ID);
   client = await issueTestSvid(ca, 'spiffe://cluster.local/ns/demo/sa/tester');
+  rootsPem = certificatesToPem(ca.bundle.roots);
   const snapshot = buildSnapshot(parseConfigText(yamlDocuments(
     'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { trustDomain: cluster.local }\n',
     podYaml({ name: 'echo-1', node: 'node-a', serviceAccount: 'echo', ip: ECHO_IP }),
@@ -221,21 +226,11 @@ describe('a peer that does not acknowledge our SETTINGS', () => {
   });
 });
 
-/** A session of Node's own client, which acknowledges every SETTINGS. */
-function nodeSession(): http2.ClientHttp2Session {
-  const socket = tls.connect({ host: ECHO_IP, port: HBONE_PORT, cert: client.certPem, key: client.keyPem, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' });
-  const session = http2.connect(`https://${ECHO_IP}:${HBONE_PORT}`, { createConnection: () => socket });
-  session.on('error', () => {});
-  return session;
-}
+/** A session of Node's own client (which acknowledges every SETTINGS), the inbound verified as the echo workload. */
+const nodeSession = (): Promise<http2.ClientHttp2Session> => connectHbone(ECHO_IP, HBONE_PORT, client, rootsPem, ECHO_ID);
 
-/** A CONNECT on `session` to the workload's `port`: its status and stream. */
-async function connect(session: http2.ClientHttp2Session, port = ECHO_PORT): Promise<{ status: number | undefined; stream: http2.ClientHttp2Stream }> {
-  const stream = session.request({ ':method': 'CONNECT', ':authority': `${ECHO_IP}:${port}` }, { endStream: false });
-  stream.on('error', () => {});
-  const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader];
-  return { status: headers[':status'], stream };
-}
+/** A CONNECT on `session` to the workload's `port`. */
+const connect = (session: http2.ClientHttp2Session, port = ECHO_PORT): Promise<Tunnel> => openTunnel(session, `${ECHO_IP}:${port}`);
 
 /** The stream window the inbound last asked `session` for, once the session has acknowledged it. */
 const windowOf = (session: http2.ClientHttp2Session): number | undefined => session.remoteSettings.initialWindowSize;
@@ -243,7 +238,7 @@ const windowOf = (session: http2.ClientHttp2Session): number | undefined => sess
 describe('a peer that acknowledges our SETTINGS (Node\'s own client)', () => {
   it('opens many tunnels at once on one session, every one answered 200 and carrying bytes, past the deadline', async () => {
     const before = await refused('SETTINGS_TIMEOUT');
-    const session = nodeSession();
+    const session = await nodeSession();
     try {
       const open = () => connect(session);
       const tunnels = await Promise.all(Array.from({ length: 150 }, open));
@@ -279,8 +274,8 @@ describe('the stream windows of every session of one proxy', () => {
 
   it('narrows a session carrying one tunnel while another session opens many, so that together they stay within the budget, and widens it again as they close', async () => {
     const changes = capChanges.length;
-    const quiet = nodeSession();
-    const busy = nodeSession();
+    const quiet = await nodeSession();
+    const busy = await nodeSession();
     try {
       const one = await connect(quiet);
       expect(one.status).toBe(200);
@@ -309,7 +304,7 @@ describe('the stream windows of every session of one proxy', () => {
 
   it('keeps a session whose burst of tunnels crosses more narrowings than a peer may leave unacknowledged at once, and asks for the narrowest once it acknowledges', async () => {
     const before = await refused('SETTINGS_TIMEOUT');
-    const session = nodeSession();
+    const session = await nodeSession();
     try {
       const first = await connect(session);
       await waitUntil('the whole window', () => windowOf(session) === H2_STREAM_WINDOW_BYTES, 5_000);
@@ -329,8 +324,8 @@ describe('the stream windows of every session of one proxy', () => {
   });
 
   it('narrows a session whose peer has said GOAWAY while its tunnels go on, as any other', async () => {
-    const leaving = nodeSession();
-    const busy = nodeSession();
+    const leaving = await nodeSession();
+    const busy = await nodeSession();
     try {
       const one = await connect(leaving, HOLD_PORT);
       await waitUntil('the whole window', () => windowOf(leaving) === H2_STREAM_WINDOW_BYTES, 5_000);
@@ -349,12 +344,12 @@ describe('the stream windows of every session of one proxy', () => {
   });
 
   it('asks a session that starts while the proxy is past its budget for the narrow window before any tunnel', async () => {
-    const busy = nodeSession();
+    const busy = await nodeSession();
     try {
       const many = await Promise.all(Array.from({ length: 199 }, () => connect(busy, HOLD_PORT)));
       expect(many.every((t) => t.status === 200)).toBe(true);
       await waitUntil('the cap narrowed', () => budget.window === 32 * 1024, 5_000);
-      const late = nodeSession();
+      const late = await nodeSession();
       try {
         // Its first SETTINGS says the opening 128 KiB; the second, before it opens anything, the cap.
         await waitUntil('the late session narrowed', () => windowOf(late) === 32 * 1024, 5_000);
@@ -368,8 +363,8 @@ describe('the stream windows of every session of one proxy', () => {
   });
 
   it("widens the cap at most once a second, so that a peer moving it back and forth sends other peers' sessions a few SETTINGS, not one each time", async () => {
-    const others = Array.from({ length: 10 }, () => nodeSession());
-    const hostile = nodeSession();
+    const others = await Promise.all(Array.from({ length: 10 }, () => nodeSession()));
+    const hostile = await nodeSession();
     try {
       // Each of the others has carried a tunnel (answered, its window the whole 4 MiB) and is idle.
       for (const session of others) (await connect(session)).stream.close();
