@@ -133,8 +133,9 @@ export class StreamBudget {
   /** @internal One stream ahead, as a session's own window: the cap the next stream needs is asked for now. */
   opened(): void {
     this.#open++;
+    // Per stream: the cap in force still fits (the common case) is one product, not proxyWindowFor's halvings.
+    if (this.#window <= H2_PROXY_MIN_STREAM_WINDOW_BYTES || (this.#open + 1) * this.#window <= this.bytes) return;
     const narrower = proxyWindowFor(this.#open + 1, this.bytes);
-    if (narrower >= this.#window) return;
     this.#window = narrower;
     this.#onChange?.(narrower, this.#open);
     for (const state of this.#states) adjust(state, false);
@@ -152,14 +153,15 @@ export class StreamBudget {
    * narrow and widen, other peers' too, and this bounds how often.
    */
   #widen(): void {
-    const wider = proxyWindowFor(this.#open * 2 + 1, this.bytes);
-    if (wider <= this.#window || this.#widenTimer !== undefined) return;
+    // Per stream, as opened(): twice the cap does not fit twice the streams (the common case) is one product.
+    if (this.#widenTimer !== undefined || this.#window >= H2_STREAM_WINDOW_BYTES || (this.#open * 2 + 1) * this.#window * 2 > this.bytes) return;
     // Monotonic: a wall clock stepped back would hold the cap narrow for as long.
     const now = performance.now();
     if (now < this.#widenedAtMs + CAP_WIDEN_INTERVAL_MS) {
       this.#widenTimer = setTimeout(StreamBudget.#widenLater, this.#widenedAtMs + CAP_WIDEN_INTERVAL_MS - now, this).unref();
       return;
     }
+    const wider = proxyWindowFor(this.#open * 2 + 1, this.bytes);
     this.#widenedAtMs = now;
     this.#window = wider;
     this.#onChange?.(wider, this.#open);
