@@ -56,13 +56,13 @@ const MAX_DURATION_MS = 100 * 365 * 86_400_000;
 /** Zero in any unit: 0, 0s, 0d, 0h0m. */
 const ZERO_DURATION = /^(0+|(0+(ms|s|m|h|d))+)$/;
 
-/** Parses durations such as 90s, 10m, 1h, 2h30m, 1d (the configuration's syntax); on the command line a plain number is seconds. */
 /** A count a flag gives: a whole number of at least 1. */
 export function parsePositiveCount(text: string, flag: string): number {
   if (!/^\d{1,9}$/.test(text) || Number(text) < 1) throw new AmbitError('USAGE', `--${flag}: "${text}" is not a whole number of at least 1`);
   return Number(text);
 }
 
+/** Parses durations such as 90s, 10m, 1h, 2h30m, 1d (the configuration's syntax); on the command line a plain number is seconds. */
 export function parseDurationMs(text: string, flag: string): number {
   if (text.length === 0) throw new AmbitError('USAGE', `--${flag}: empty duration`);
   const ms = /^\d+$/.test(text) ? Number(text) * 1000 : parseConfigDuration(text);

@@ -28,7 +28,7 @@ import { routingTableOf } from './routes.ts';
 import { destinationStays, InboundAuthorizer } from './authorize.ts';
 import { HttpInspector } from './l7.ts';
 import { HeapRelease } from './heap.ts';
-import { H2_PROXY_BUFFER_BYTES, H2_STREAM_WINDOW_BYTES } from './settings.ts';
+import { H2_PROXY_BUFFER_BYTES } from './settings.ts';
 import { StreamBudget } from './window.ts';
 import { authorizationOf } from '../authz/compile.ts';
 import type { CompiledAuthorization } from '../authz/compile.ts';
@@ -321,12 +321,12 @@ export class NodeProxy {
     // step could still move it each second, so the lines are budgeted.
     const windowLog = new LogBudget(60_000, 6);
     const budgetBytes = options.streamWindowBudgetBytes ?? H2_PROXY_BUFFER_BYTES;
-    this.metrics.setStreamWindow(H2_STREAM_WINDOW_BYTES);
     const streamBudget = new StreamBudget(budgetBytes, (window, open) => {
       this.metrics.setStreamWindow(window);
       const unlogged = windowLog.take('stream-window');
       if (unlogged !== null) this.#logger.info({ streamWindowBytes: window, tunnels: open, budgetBytes, ...(unlogged > 0 ? { unlogged } : {}) }, 'HBONE stream windows set for the tunnels open across sessions');
     });
+    this.metrics.setStreamWindow(streamBudget.window);
     this.#pool = new HbonePool({ contexts: this.contexts, bundles: () => this.#agent.bundles(), verifier: this.verifier, logger: this.#logger, streamBudget });
     const hbonePort = options.hbonePort ?? snapshot.mesh.ports.hbone;
     this.#inbound = new HboneInbound({
