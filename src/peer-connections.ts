@@ -23,18 +23,31 @@ export function isLocalConnection(socket: Socket): boolean {
   return remote === socket.localAddress || remote.startsWith('127.') || remote.startsWith('::ffff:127.') || remote === '::1';
 }
 
+/**
+ * Puts `admit` in front of the server's own 'connection' listeners (and of gates put there before): a connection it
+ * refuses (and closes) never reaches them, so no HTTP parser or TLS socket is built for it (a listener merely
+ * prepended runs before them, but they still ran, a TLS socket built around the closed one each time).
+ */
+export function gateConnections(server: Server, admit: (socket: Socket) => boolean): void {
+  const behind = server.listeners('connection') as Array<(socket: Socket) => void>;
+  server.removeAllListeners('connection');
+  server.on('connection', (socket: Socket) => {
+    if (!admit(socket)) return;
+    for (const listener of behind) listener.call(server, socket);
+  });
+}
+
 /** Closes, as soon as it is accepted, a connection past the limits. */
 export function limitConnectionsPerPeer(server: Server, limits: number | ConnectionLimits): void {
   const { perPeer, total, localReserve = 0, isLocal = isLocalConnection } = typeof limits === 'number' ? { perPeer: limits } : limits;
   const open = new Map<string, number>();
   let all = 0;
-  // Before the server's own 'connection' listener: a refused socket is never parsed, nor its TLS handshake begun.
-  server.prependListener('connection', (socket: Socket) => {
+  gateConnections(server, (socket) => {
     const peer = socket.remoteAddress ?? '';
     const count = open.get(peer) ?? 0;
     if (count >= perPeer || (total !== undefined && all >= total && (all >= total + localReserve || !isLocal(socket)))) {
       socket.destroy();
-      return;
+      return false;
     }
     open.set(peer, count + 1);
     all++;
@@ -42,5 +55,6 @@ export function limitConnectionsPerPeer(server: Server, limits: number | Connect
       all--;
       countDown(open, peer);
     });
+    return true;
   });
 }

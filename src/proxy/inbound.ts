@@ -14,6 +14,8 @@ import * as net from 'node:net';
 import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
 import { countDown } from '../counts.ts';
+import { HandshakeGate } from '../handshake-backoff.ts';
+import type { HandshakeBackoff } from '../handshake-backoff.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { BundleSource, VerifyResult } from '../identity/svid.ts';
 import { AMBIGUOUS_NAMESPACE, isInfrastructurePath, namespaceOfPath } from '../identity/spiffe-id.ts';
@@ -160,11 +162,6 @@ function refusalReason(result: VerifyResult & { valid: false }): string {
   return result.presentedOnly === true ? result.error.code : UNTRUSTED_REASON;
 }
 
-/** A connection's TCP 4-tuple, the same read from its raw socket and from the TLS socket over it. */
-function connectionKey(socket: net.Socket): string {
-  return `${socket.remoteAddress ?? ''} ${String(socket.remotePort)} ${socket.localAddress ?? ''} ${String(socket.localPort)}`;
-}
-
 /**
  * Ends a session whose peer did not authenticate (or holds too many), telling it why: GOAWAY INADEQUATE_SECURITY (or `code`) with a reason as
  * debug data (refusalReason), so its proxy can say "refused our certificate: SVID_EXPIRED" instead of "connection
@@ -231,6 +228,8 @@ export interface InboundOptions {
   settingsAckTimeoutMs?: number;
   /** The stream windows' budget shared with the proxy's other sessions (window.ts; default: one of its own). */
   streamBudget?: StreamBudget;
+  /** Holds off client addresses whose certificate chains were refused (default: one of its own, with its defaults). */
+  handshakeBackoff?: HandshakeBackoff;
 }
 
 export interface RequestInspection {
@@ -345,9 +344,8 @@ export class HboneInbound {
   readonly #windows: WindowOptions;
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
   #draining = false;
-  /** Raw connections whose TLS handshake is under way, by TCP 4-tuple, and how many per client address. */
-  readonly #handshaking = new Map<string, { readonly socket: net.Socket; readonly address: string }>();
-  readonly #handshakesByAddress = new Map<string, number>();
+  /** Handshakes under way per client address, and the addresses held off for chains we refused (handshake-backoff.ts). */
+  readonly #gate: HandshakeGate;
   /** Authenticated sessions per peer identity and address (H2_SERVER_MAX_SESSIONS_PER_PEER). */
   readonly #sessionsByPeer = new Map<string, number>();
   /** The session Node has just created for a TLS connection, until its 'secureConnection' pairs them. */
@@ -362,6 +360,13 @@ export class HboneInbound {
     this.#logger = options.logger.child({ component: 'hbone-inbound' });
     this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports, options.hbonePort, options.sharedListen?.port);
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
+    this.#gate = new HandshakeGate({
+      backoff: options.handshakeBackoff,
+      onHeldOff: (peer, heldOffMs) => {
+        this.#options.metrics.peerRefused('HANDSHAKE_BACKOFF');
+        this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer, heldOffMs: Math.ceil(heldOffMs) }, 'holding off a client address whose certificate chains were refused on 15008; closing the new connection');
+      },
+    });
     this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, budget: options.streamBudget ?? new StreamBudget(), onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session as http2.ServerHttp2Session, tooMany) };
     // One timer for every session, as the pool's.
     this.#keepalive = setInterval(() => this.#pingSessions(), options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS);
@@ -596,7 +601,7 @@ export class HboneInbound {
     // On the TLS socket itself: a session's socket proxy refuses setKeepAlive (and destroy). Node's own listener of
     // this event, added first, has just created the session for it and emitted 'session': the pair is kept.
     server.on('secureConnection', (socket: tls.TLSSocket) => {
-      this.#handshakeDone(connectionKey(socket));
+      this.#gate.settle(socket);
       socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
       const session = this.#justCreated;
       this.#justCreated = undefined;
@@ -646,6 +651,8 @@ export class HboneInbound {
     if (!result.valid) {
       // Early deny: no HTTP at all for a peer we cannot authenticate (ztunnel drops the connection).
       this.#options.metrics.peerRefused(result.error.code);
+      // A presented chain OpenSSL had to check, and no bundle of ours vouches for (handshake-backoff.ts).
+      if (result.error.code !== 'CA_UNAUTHENTICATED' && this.#options.verifier.refusalCounts(socket, result, bundles)) this.#chainRefused(socket, result.error.code);
       // Anyone can cause this as fast as handshakes go (a client without a certificate): warnings are budgeted, the
       // rest go to debug, and the counter has them all.
       this.#refusalLogBudget.warn(this.#logger, 'refused', { peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
@@ -1076,28 +1083,23 @@ export class HboneInbound {
    * one client address, H2_SERVER_MAX_HANDSHAKES in all. One over is closed at once, counted, never parsed.
    */
   #admitHandshake(socket: net.Socket): boolean {
+    if (!this.#gate.admit(socket)) return false;
     const address = socket.remoteAddress ?? '';
-    const pending = this.#handshakesByAddress.get(address) ?? 0;
-    if (pending >= H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS || this.#handshaking.size >= H2_SERVER_MAX_HANDSHAKES) {
+    const pending = this.#gate.underWay(address);
+    if (pending >= H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS || this.#gate.total >= H2_SERVER_MAX_HANDSHAKES) {
       this.#options.metrics.peerRefused('HANDSHAKE_LIMIT');
-      this.#refusalLogBudget.warn(this.#logger, 'handshake-limit', { peer: address, pending, total: this.#handshaking.size }, 'too many TLS handshakes under way on 15008; closing the new connection');
+      this.#refusalLogBudget.warn(this.#logger, 'handshake-limit', { peer: address, pending, total: this.#gate.total }, 'too many TLS handshakes under way on 15008; closing the new connection');
       socket.destroy();
       return false;
     }
-    // The TCP 4-tuple: one client port may reach two of this node's workload addresses at once.
-    const key = connectionKey(socket);
-    this.#handshaking.set(key, { socket, address });
-    this.#handshakesByAddress.set(address, pending + 1);
-    socket.once('close', () => this.#handshakeDone(key, socket));
+    this.#gate.track(socket);
     return true;
   }
 
-  /** A handshake over (done, failed, or its connection closed): counted once, whichever comes first. */
-  #handshakeDone(key: string, socket?: net.Socket): void {
-    const pending = this.#handshaking.get(key);
-    if (pending === undefined || (socket !== undefined && pending.socket !== socket)) return;
-    this.#handshaking.delete(key);
-    countDown(this.#handshakesByAddress, pending.address);
+  /** A peer's certificate chain was refused: its address is counted towards a hold-off (handshake-backoff.ts). */
+  #chainRefused(socket: tls.TLSSocket, code: string): void {
+    const { holdMs, cut } = this.#gate.refused(socket);
+    if (holdMs > 0) this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer: socket.remoteAddress, code, holdMs, cut }, 'holding off a client address whose certificate chains were refused on 15008');
   }
 
   #dispatchShared(socket: net.Socket): void {

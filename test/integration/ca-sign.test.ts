@@ -71,8 +71,11 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** POST /v1/sign (or another path) as `caller` (null: no client certificate) with a raw body. */
-async function sign(caller: TestSvid | null, body: string, path = '/v1/sign'): Promise<Answer> {
+/**
+ * POST /v1/sign (or another path) as `caller` (null: no client certificate) with a raw body, from `from` (a loopback
+ * address: a third refused chain from one address holds it off, handshake-backoff.ts).
+ */
+async function sign(caller: TestSvid | null, body: string, path = '/v1/sign', from?: string): Promise<Answer> {
   const url = new URL(server.url);
   return await new Promise<Answer>((resolve, reject) => {
     const req = request({
@@ -84,6 +87,9 @@ async function sign(caller: TestSvid | null, body: string, path = '/v1/sign'): P
       minVersion: 'TLSv1.3',
       // The CA's own certificate is not what this test is about.
       rejectUnauthorized: false,
+      // A fresh connection each time: a kept one would not be held off.
+      agent: false,
+      ...(from === undefined ? {} : { localAddress: from }),
       ...(caller === null ? {} : { cert: caller.certPem, key: caller.keyPem }),
     }, (res) => {
       const chunks: Buffer[] = [];
@@ -108,9 +114,13 @@ async function csrFor(spiffeId: string): Promise<string> {
   return await createCsr(await generateKeyPair(), spiffeId);
 }
 
-async function signFor(caller: TestSvid | null, spiffeId: string, csr?: string): Promise<Answer> {
-  return await sign(caller, JSON.stringify({ spiffeId, csr: csr ?? (await csrFor(spiffeId)) }));
+async function signFor(caller: TestSvid | null, spiffeId: string, csr?: string, from?: string): Promise<Answer> {
+  return await sign(caller, JSON.stringify({ spiffeId, csr: csr ?? (await csrFor(spiffeId)) }), '/v1/sign', from);
 }
+
+/** Each test that presents refused chains from its own address. */
+let nextSource = 100;
+const freshSource = () => `127.0.0.${nextSource++}`;
 
 function issuedId(answer: Answer): string | undefined {
   const leaf = parseCertificates(answer.body.certChain ?? '')[0];
@@ -264,10 +274,11 @@ describe('the CA signing endpoint', () => {
     const before = audit.length;
     const forger = await createTestCa(TD);
     const forged = await issueTestSvid(forger, NODE_A);
-    expect((await signFor(forged, WEB)).status).toBe(401);
+    const from = freshSource();
+    expect((await signFor(forged, WEB, undefined, from)).status).toBe(401);
     const foreign = await createTestCa('other.test');
     const foreignNode = await issueTestSvid(foreign, 'spiffe://other.test/ambit/node/node-a');
-    const answer = await signFor(foreignNode, WEB);
+    const answer = await signFor(foreignNode, WEB, undefined, from);
     expect(answer.status).toBe(401);
     expect(answer.code).toBe('CA_UNAUTHENTICATED');
     // A client looping on these filled the disk with audit lines and held every issuance behind their backlog.
@@ -300,6 +311,42 @@ describe('the CA signing endpoint', () => {
     } finally {
       for (const socket of held) socket.destroy();
     }
+  });
+
+  it('holds off a client address after its third chain no bundle vouches for, whatever it asked: its next connections close before any handshake, other addresses are served, and it is served again once the hold-off ends', async () => {
+    const forged = await issueTestSvid(await createTestCa(TD), NODE_A);
+    const held = freshSource();
+    // Judged at the handshake, not by the endpoint: a bundle fetch (which needs no certificate) counts as a signing does.
+    expect((await sign(forged, '', '/bundle', held)).status).toBe(405);
+    expect((await sign(forged, '', '/bundle', held)).status).toBe(405);
+    expect((await signFor(forged, WEB, undefined, held)).status).toBe(401);
+    const node = await currentNode();
+    await expect(signFor(node, WEB, undefined, held), 'a valid node from the held-off address').rejects.toThrow();
+    expect((await signFor(node, WEB, undefined, freshSource())).status, 'another address').toBe(200);
+    expect((await sign(null, '', '/bundle', freshSource())).status, 'no certificate').toBe(405);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    expect((await signFor(node, WEB, undefined, held)).status, 'after the hold-off').toBe(200);
+  });
+
+  it('never holds off an address for chains its bundles vouch for, though out of date or not a node\'s, nor for no certificate at all', async () => {
+    const from = freshSource();
+    const web = await issueMeshSvid(caDir, WEB);
+    // Expired as certificates do, after the CA issued them.
+    const expired = await issueMeshSvid(caDir, NODE_A, { ttlMs: 1_000 });
+    const early = await issueMeshSvid(caDir, NODE_A, { ttlMs: 60_000, now: new Date(Date.now() + 3_600_000) });
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    for (let i = 0; i < 3; i++) {
+      for (const caller of [web, expired, early, null]) expect((await signFor(caller, WEB, undefined, from)).code).toBe('CA_UNAUTHENTICATED');
+    }
+    expect((await signFor(await currentNode(), WEB, undefined, from)).status).toBe(200);
+  });
+
+  it('holds off an address whose expired chains no bundle vouches for, as any other such chain', async () => {
+    const forger = await createTestCa(TD, { now: new Date(Date.now() - 7_200_000) });
+    const forgedExpired = await issueTestSvid(forger, NODE_A, { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) });
+    const held = freshSource();
+    for (let i = 0; i < 3; i++) expect((await signFor(forgedExpired, WEB, undefined, held)).status).toBe(401);
+    await expect(signFor(await currentNode(), WEB, undefined, held)).rejects.toThrow();
   });
 
   it('refuses a node SVID of a node that never attested with this CA (as one another CA under the same root issued), and serves it once it attests', async () => {
@@ -343,7 +390,7 @@ describe('the CA signing endpoint', () => {
 
   it('refuses an expired node SVID', async () => {
     const expired = await issueMeshSvid(caDir, NODE_A, { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) });
-    const answer = await signFor(expired, WEB);
+    const answer = await signFor(expired, WEB, undefined, freshSource());
     expect(answer.status).toBe(401);
   });
 

@@ -230,8 +230,11 @@ afterEach(async () => {
 // ---------------------------------------------------------------------------------------------
 // Peers driven with node:http2 and node:tls
 
+/** What a test's TLS client may set: tls.connect's options and the net.connect ones it passes on (the source address). */
+type ClientTlsOptions = Partial<tls.ConnectionOptions & Pick<net.TcpSocketConnectOpts, 'localAddress'>>;
+
 interface DialOptions {
-  tls?: Partial<tls.ConnectionOptions>;
+  tls?: ClientTlsOptions;
   session?: http2.ClientSessionOptions;
 }
 
@@ -301,7 +304,7 @@ interface DropOutcome {
 }
 
 /** Tries one tunnel and reports how it ended: a refused peer sees its connection closed, never a status. */
-function attemptTunnel(svid: TestSvid | null, tlsOptions: Partial<tls.ConnectionOptions> = {}): Promise<DropOutcome> {
+function attemptTunnel(svid: TestSvid | null, tlsOptions: ClientTlsOptions = {}): Promise<DropOutcome> {
   return new Promise((resolve) => {
     const session = dialHbone(svid, { tls: tlsOptions });
     let handshakeCompleted = false;
@@ -704,6 +707,10 @@ describe('HBONE inbound: a session outliving its client certificate', () => {
 });
 
 describe('HBONE inbound: peers refused at the TLS layer', () => {
+  // Each refused chain from its own address: a third from one address holds that address off (handshake-backoff.ts),
+  // and the well-behaved peer checked after every test comes from 127.0.0.1.
+  let nextSource = 100;
+  const freshSource = () => `127.0.0.${nextSource++}`;
   // `told` is the GOAWAY reason the peer gets: what is wrong with the certificate it presented, or SVID_UNTRUSTED
   // whatever the trust bundles found, so that a prober cannot tell a trust domain this node knows from one it does not.
   const certificateCases: Array<{ what: string; code: string; told: string; svid: () => Promise<TestSvid>; presented: string }> = [
@@ -742,7 +749,7 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
   it.each(certificateCases)('drops a peer presenting $what, tells it $told, logs $code and counts it', async ({ code, told, svid, presented }) => {
     const since = nodeB().proc.lines.length;
     const before = await refused(code);
-    const outcome = await attemptTunnel(await svid());
+    const outcome = await attemptTunnel(await svid(), { localAddress: freshSource() });
     expect(outcome.status).toBeNull();
     expect(outcome.closedByServer).toBe(true);
     expect(outcome.goaway).toEqual({ code: http2.constants.NGHTTP2_INADEQUATE_SECURITY, reason: told });
@@ -767,7 +774,7 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
       identity: ECHO_ID,
     };
     try {
-      const error = await hbone.open(`spiffe://${TD}/ns/demo/sa/untrusted`, null, target, '').then(() => null, (e: unknown) => e);
+      const error = await hbone.open(`spiffe://${TD}/ns/demo/sa/untrusted`, freshSource(), target, '').then(() => null, (e: unknown) => e);
       expect(error).toBeInstanceOf(TunnelError);
       expect([(error as TunnelError).code, (error as TunnelError).flag]).toEqual(['TLS_HANDSHAKE', 'TLS_FAILURE']);
       expect((error as TunnelError).message).toBe(`server at ${ECHO_IP}:${HBONE_PORT} refused the certificate of source identity spiffe://${TD}/ns/demo/sa/untrusted: SVID_UNTRUSTED (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, a CA that is expired or breaks its rules; its log names which)`);
@@ -790,7 +797,7 @@ describe('HBONE inbound: peers refused at the TLS layer', () => {
     const leaf = await issueLeaf({ spiffeId: `spiffe://${TD}/ns/demo/sa/long`, publicKey: keys.publicKey, authority, ttlMs: 3_600_000 });
     const chain = [leaf, ...intermediates];
     const since = nodeB().proc.lines.length;
-    const outcome = await attemptTunnel({ chain, certPem: certificatesToPem(chain), keyPem: await exportPrivateKeyPem(keys.privateKey), keys });
+    const outcome = await attemptTunnel({ chain, certPem: certificatesToPem(chain), keyPem: await exportPrivateKeyPem(keys.privateKey), keys }, { localAddress: freshSource() });
     expect(outcome.status).toBeNull();
     expect(outcome.closedByServer).toBe(true);
     const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.code === 'SVID_CHAIN_INVALID', 'the refusal');
@@ -914,6 +921,88 @@ spec:
     expect(outcome.closedByServer).toBe(true);
     const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'refusing HBONE peer' && l.presented === null, 'refusal of a peer without certificate');
     expect(line.code).toBe('CA_UNAUTHENTICATED');
+  });
+
+  describe('an address presenting refused chains', () => {
+    const HOLD_OFF_LINE = 'holding off a client address whose certificate chains were refused on 15008';
+    let untrusted: TestSvid;
+    /** Whether a valid client from `address` gets its bytes echoed through a tunnel. */
+    const echoedFrom = async (address: string): Promise<boolean> => {
+      const session = dialHbone(validClient, { tls: { localAddress: address } });
+      try {
+        const payload = randomBytes(1024);
+        return (await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload);
+      } finally {
+        session.destroy();
+      }
+    };
+    beforeAll(async () => {
+      untrusted = await issueTestSvid(await createTestCa(TD), `spiffe://${TD}/ns/demo/sa/untrusted`);
+    });
+
+    it('is held off after its third: its connections are closed before any handshake and counted, other addresses are served, and it is served again once the hold-off ends', async () => {
+      const held = freshSource();
+      const since = nodeB().proc.lines.length;
+      const before = await refused('HANDSHAKE_BACKOFF');
+      for (let i = 1; i <= 3; i++) expect((await attemptTunnel(untrusted, { localAddress: held })).handshakeCompleted, `refused chain ${i}`).toBe(true);
+      // A valid client from that address, at once: closed unparsed.
+      const during = await attemptTunnel(validClient, { localAddress: held });
+      expect(during.handshakeCompleted).toBe(false);
+      expect(during.closedByServer).toBe(true);
+      const line = await logLineSince(nodeB().proc, since, (l) => l.msg === HOLD_OFF_LINE && l.peer === held, 'the hold-off');
+      expect([line.code, line.holdMs]).toEqual(['SVID_CHAIN_INVALID', 1_000]);
+      expect(await refused('HANDSHAKE_BACKOFF')).toBe(before + 1);
+      await logLineSince(nodeB().proc, since, (l) => String(l.msg).startsWith('holding off a client address') && l.peer === held && typeof l.heldOffMs === 'number', 'the closed connection');
+      expect(await echoedFrom(freshSource()), 'another address').toBe(true);
+      await sleep(1_100);
+      expect(await echoedFrom(held), 'after the hold-off').toBe(true);
+    });
+
+    it('has its handshakes under way cut as it is held off, long before their timeout', async () => {
+      const held = freshSource();
+      const silent = Array.from({ length: 5 }, () => net.connect({ host: ECHO_IP, port: HBONE_PORT, localAddress: held }).on('error', () => {}));
+      try {
+        await Promise.all(silent.map((socket) => once(socket, 'connect')));
+        const since = nodeB().proc.lines.length;
+        for (let i = 0; i < 3; i++) await attemptTunnel(untrusted, { localAddress: held });
+        const line = await logLineSince(nodeB().proc, since, (l) => l.msg === HOLD_OFF_LINE && l.peer === held, 'the hold-off');
+        expect(line.cut).toBe(5);
+        // The handshake timeout is 10 s.
+        await waitUntil('the silent handshakes closed', () => silent.every((socket) => socket.closed), 2_000);
+      } finally {
+        for (const socket of silent) socket.destroy();
+      }
+    });
+
+    it('is never held off for chains of the mesh merely out of date, nor for no certificate, but is for an expired chain no bundle vouches for', async () => {
+      const ours = freshSource();
+      // Expired as certificates do, after their CA issued them (one backdated past the CA's own start would be no one's).
+      const expired = await issueMeshSvid(mesh.caDir, `spiffe://${TD}/ns/demo/sa/late`, { ttlMs: 1_000 });
+      await sleep(1_100);
+      const early = await issueMeshSvid(mesh.caDir, `spiffe://${TD}/ns/demo/sa/early`, { now: new Date(Date.now() + 3_600_000), ttlMs: 60_000 });
+      for (let i = 0; i < 3; i++) {
+        for (const svid of [expired, early, null]) expect((await attemptTunnel(svid, { localAddress: ours })).handshakeCompleted, `round ${i}`).toBe(true);
+      }
+      expect(await echoedFrom(ours)).toBe(true);
+      const forged = await issueTestSvid(await createTestCa(TD, { now: new Date(Date.now() - 7_200_000) }), `spiffe://${TD}/ns/demo/sa/late`, { now: new Date(Date.now() - 2 * 3_600_000), ttlMs: 60_000 });
+      const held = freshSource();
+      for (let i = 0; i < 3; i++) await attemptTunnel(forged, { localAddress: held });
+      expect((await attemptTunnel(validClient, { localAddress: held })).handshakeCompleted).toBe(false);
+    });
+
+    it('has a few of its chains checked while it presents them without end, and every other connection closed on accept', async () => {
+      const held = freshSource();
+      const checkedBefore = await refused('SVID_CHAIN_INVALID');
+      const heldBefore = await refused('HANDSHAKE_BACKOFF');
+      let attempts = 0;
+      for (const end = Date.now() + 2_500; Date.now() < end; attempts++) await attemptTunnel(untrusted, { localAddress: held });
+      const checked = (await refused('SVID_CHAIN_INVALID')) - checkedBefore;
+      // Two free, a third that holds it off 1 s, a fourth then that holds it off 2 s.
+      expect(checked).toBeGreaterThanOrEqual(3);
+      expect(checked).toBeLessThanOrEqual(4);
+      expect(attempts).toBeGreaterThan(20);
+      expect((await refused('HANDSHAKE_BACKOFF')) - heldBefore).toBe(attempts - checked);
+    });
   });
 
   it('fails the handshake of a peer that offers only TLS 1.2, and counts it as TLS_HANDSHAKE', async () => {

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isLocalConnection, limitConnectionsPerPeer } from '../../src/peer-connections.ts';
+import { gateConnections, isLocalConnection, limitConnectionsPerPeer } from '../../src/peer-connections.ts';
 
 let server: Server | undefined;
 const clients: Socket[] = [];
@@ -61,5 +61,44 @@ describe('connection limits', () => {
     expect(isLocalConnection(socket('::ffff:127.0.0.9', '::ffff:127.0.0.1'))).toBe(true);
     expect(isLocalConnection(socket('10.0.0.5', '10.0.0.5'))).toBe(true);
     expect(isLocalConnection(socket('10.0.0.6', '10.0.0.5'))).toBe(false);
+  });
+});
+
+describe('a gate in front of a server', () => {
+  it("keeps a refused connection from the server's own listeners, runs the last gate put first, and hands on the rest", async () => {
+    const reached: string[] = [];
+    const order: string[] = [];
+    server = createServer((socket) => {
+      reached.push(socket.remoteAddress ?? '');
+      socket.end('served');
+    });
+    gateConnections(server, () => {
+      order.push('first put');
+      return true;
+    });
+    gateConnections(server, (socket) => {
+      order.push('last put');
+      if (socket.remoteAddress === '127.0.0.9') {
+        socket.destroy();
+        return false;
+      }
+      return true;
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as { port: number }).port;
+    const outcome = async (from: string) => {
+      const socket = connect({ host: '127.0.0.1', port, localAddress: from });
+      clients.push(socket);
+      socket.on('error', () => {});
+      return await new Promise<string>((resolve) => {
+        socket.once('data', (data: Buffer) => resolve(data.toString()));
+        socket.once('close', () => resolve('closed'));
+      });
+    };
+    expect(await outcome('127.0.0.9')).toBe('closed');
+    expect(await outcome('127.0.0.8')).toBe('served');
+    expect(reached).toEqual(['127.0.0.8']);
+    expect(order).toEqual(['last put', 'last put', 'first put']);
   });
 });

@@ -22,7 +22,7 @@ import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, encodeBundle } from 
 import type { TrustBundle } from '../bundle.ts';
 import { certificatesToPem, crossCertify, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, publicKeyDigest, readCsr, subjectKeyIdOf } from '../svid.ts';
 import type { Certificate, Svid } from '../svid.ts';
-import { serverTlsOptions, verifyPeer } from '../spiffe-tls.ts';
+import { refusedChainCounts, serverTlsOptions, verifyPeer, verifyPeerCertificate } from '../spiffe-tls.ts';
 import { FederationClient } from '../federation.ts';
 import { timerDelayMs, WALL_CLOCK_CHECK_MS, WALL_CLOCK_SLACK_MS } from '../timers.ts';
 import type { FederationPeer } from '../federation.ts';
@@ -37,6 +37,7 @@ import type { SignBudgetLimits } from './sign-budget.ts';
 import type { Logger } from '../../observe/log.ts';
 import { makeDirsSync } from '../../mkdir.ts';
 import { limitConnectionsPerPeer } from '../../peer-connections.ts';
+import { HandshakeGate } from '../../handshake-backoff.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
 const MAX_BODY_BYTES = 64 * 1024;
@@ -144,6 +145,10 @@ export class CaServer {
   #state: CaState;
   /** Attestations with a token the CA never made: 20 warnings per 10 s, the rest at debug with their count. */
   readonly #unknownTokenLog = new LogBudget(10_000, 20);
+  /** Client addresses held off for presenting chains no bundle of ours vouches for (handshake-backoff.ts says why). */
+  readonly #gate: HandshakeGate;
+  /** Its warnings: 20 per 10 s, the rest at debug with their count. */
+  readonly #holdOffLog = new LogBudget(10_000, 20);
   #serverSvid: Svid;
   #federated = new Map<string, FederationClient>();
   #svidTtlMs = 0;
@@ -173,6 +178,11 @@ export class CaServer {
     this.#server = https.createServer({ ...serverTlsOptions(serverSvid, ['http/1.1']), handshakeTimeout: options.handshakeTimeoutMs ?? 10_000 }, (req, res) => void this.#handle(req, res));
     this.#server.maxConnections = MAX_CONNECTIONS;
     limitConnectionsPerPeer(this.#server, MAX_CONNECTIONS_PER_ADDRESS);
+    this.#gate = new HandshakeGate({
+      onHeldOff: (remote, heldOffMs) => this.#holdOffLog.warn(this.#logger, 'held-off', { remote, heldOffMs: Math.ceil(heldOffMs) }, 'holding off a client address whose certificate chains were refused; closing the new connection'),
+    });
+    this.#gate.guard(this.#server);
+    this.#server.on('secureConnection', (socket: TLSSocket) => this.#judgeChain(socket));
     this.#server.timeout = SOCKET_IDLE_TIMEOUT_MS;
     this.#server.keepAliveTimeout = 30_000;
     this.#server.headersTimeout = 10_000;
@@ -525,6 +535,22 @@ export class CaServer {
     this.#note({ event: 'node_attestation_resent', node, spiffeId, remote, serial: answer.serial });
     this.#logger.info({ node, spiffeId, remote, serial: answer.serial }, 'node asked again with its join token: its attestation answered again');
     return { spiffeId, certChain: answer.certChain, bundles: this.bundleSet().toMapJson(), serial: answer.serial, expiresAt: answer.expiresAt };
+  }
+
+  /**
+   * Every presented chain is judged once its handshake is done, whatever the request that follows (a bundle fetch
+   * needs no certificate, but OpenSSL has checked whatever was presented): one that no bundle the CA holds vouches for
+   * counts its address towards a hold-off. Signing judges the caller again, as a node of this trust domain.
+   */
+  #judgeChain(socket: TLSSocket): void {
+    const leaf = socket.getPeerCertificate(true);
+    // No certificate: an attestation with a token, a bundle fetch.
+    if (!leaf?.raw) return;
+    const bundles = this.bundleSet();
+    const result = verifyPeerCertificate(leaf, bundles, null);
+    if (!refusedChainCounts(leaf, result, bundles)) return;
+    const { holdMs, cut } = this.#gate.refused(socket);
+    if (holdMs > 0) this.#holdOffLog.warn(this.#logger, 'held-off', { remote: socket.remoteAddress, code: result.error?.code, holdMs, cut }, 'holding off a client address whose certificate chains were refused');
   }
 
   /** CSR signing for a node: its own identity (renewal) or a workload the registry places on it. */

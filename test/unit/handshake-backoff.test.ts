@@ -1,0 +1,165 @@
+// The hold-off of a client address whose handshakes present certificate chains we refuse: free at first, then doubling
+// to a ceiling, forgotten after a quiet spell, per address, and bounded in the addresses it tracks.
+import { once } from 'node:events';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { HandshakeBackoff, HandshakeGate } from '../../src/handshake-backoff.ts';
+import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
+import type { TestSvid } from '../helpers/certs.ts';
+
+function clock(): { now: () => number; advance: (ms: number) => void } {
+  let t = 1_000;
+  return { now: () => t, advance: (ms) => (t += ms) };
+}
+
+describe('handshake hold-off', () => {
+  it('lets the first refused chains go free, then holds the address off for a time that doubles up to its ceiling', () => {
+    const time = clock();
+    const backoff = new HandshakeBackoff({ freeFailures: 2, baseMs: 500, maxMs: 30_000, now: time.now });
+    expect(backoff.heldOffMs('10.0.0.1')).toBe(0);
+    expect(backoff.failed('10.0.0.1')).toBe(0);
+    expect(backoff.failed('10.0.0.1')).toBe(0);
+    expect(backoff.heldOffMs('10.0.0.1')).toBe(0);
+    const holds = [];
+    for (let i = 0; i < 10; i++) holds.push(backoff.failed('10.0.0.1'));
+    expect(holds).toEqual([500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000, 30_000]);
+  });
+
+  it('holds off only until the hold-off ends, and only the address that failed', () => {
+    const time = clock();
+    const backoff = new HandshakeBackoff({ freeFailures: 0, baseMs: 500, now: time.now });
+    expect(backoff.failed('10.0.0.1')).toBe(500);
+    expect(backoff.heldOffMs('10.0.0.1')).toBe(500);
+    expect(backoff.heldOffMs('10.0.0.2')).toBe(0);
+    time.advance(499);
+    expect(backoff.heldOffMs('10.0.0.1')).toBe(1);
+    time.advance(1);
+    expect(backoff.heldOffMs('10.0.0.1')).toBe(0);
+    // Its refusals are remembered: the next one holds it off twice as long.
+    expect(backoff.failed('10.0.0.1')).toBe(1_000);
+  });
+
+  it('forgets an address whose last refusal is older than the quiet spell, and starts its count again', () => {
+    const time = clock();
+    const backoff = new HandshakeBackoff({ freeFailures: 1, baseMs: 500, forgetMs: 60_000, now: time.now });
+    backoff.failed('10.0.0.1');
+    expect(backoff.failed('10.0.0.1')).toBe(500);
+    expect(backoff.failed('10.0.0.1')).toBe(1_000);
+    time.advance(59_999);
+    expect(backoff.tracked).toBe(1);
+    expect(backoff.failed('10.0.0.1')).toBe(2_000);
+    time.advance(60_000);
+    expect(backoff.heldOffMs('10.0.0.1')).toBe(0);
+    expect(backoff.tracked).toBe(0);
+    expect(backoff.failed('10.0.0.1')).toBe(0);
+    time.advance(60_000);
+    // Forgotten by failed() as well, without a lookup in between.
+    expect(backoff.failed('10.0.0.1')).toBe(0);
+  });
+
+  it('tracks a bounded number of addresses, dropping the one refused longest ago', () => {
+    const time = clock();
+    const backoff = new HandshakeBackoff({ freeFailures: 0, baseMs: 500, maxTracked: 3, now: time.now });
+    for (const address of ['10.0.0.1', '10.0.0.2', '10.0.0.3']) {
+      backoff.failed(address);
+      time.advance(1);
+    }
+    // .1 refused again: now the latest, so .2 is the oldest.
+    backoff.failed('10.0.0.1');
+    backoff.failed('10.0.0.4');
+    expect(backoff.tracked).toBe(3);
+    expect(backoff.heldOffMs('10.0.0.2')).toBe(0);
+    expect(backoff.heldOffMs('10.0.0.1')).toBeGreaterThan(0);
+    expect(backoff.heldOffMs('10.0.0.3')).toBeGreaterThan(0);
+    expect(backoff.heldOffMs('10.0.0.4')).toBeGreaterThan(0);
+  });
+
+  it('keeps its hold-off finite however many refusals an address piles up', () => {
+    const time = clock();
+    const backoff = new HandshakeBackoff({ freeFailures: 0, baseMs: 500, maxMs: 30_000, now: time.now });
+    let hold = 0;
+    for (let i = 0; i < 5_000; i++) hold = backoff.failed('10.0.0.1');
+    expect(hold).toBe(30_000);
+    expect(backoff.heldOffMs('10.0.0.1')).toBe(30_000);
+  });
+});
+
+describe('handshake gate of a TLS server', () => {
+  let server: tls.Server | undefined;
+  const clients: net.Socket[] = [];
+  let serverSvid: TestSvid;
+  let clientSvid: TestSvid;
+  beforeAll(async () => {
+    const ca = await createTestCa('gate.test');
+    serverSvid = await issueTestSvid(ca, 'spiffe://gate.test/server');
+    clientSvid = await issueTestSvid(ca, 'spiffe://gate.test/client');
+  });
+  afterEach(async () => {
+    for (const client of clients.splice(0)) client.destroy();
+    if (server !== undefined) await new Promise((resolve) => server?.close(resolve));
+    server = undefined;
+  });
+
+  /** A server that refuses every presented chain (as the CA does one no bundle vouches for), and what the gate said. */
+  async function gated(): Promise<{ port: number; gate: HandshakeGate; heldOff: Array<[string, number]> }> {
+    const heldOff: Array<[string, number]> = [];
+    server = tls.createServer({ cert: serverSvid.certPem, key: serverSvid.keyPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    const gate = new HandshakeGate({ backoff: new HandshakeBackoff({ freeFailures: 1, baseMs: 60_000 }), onHeldOff: (address, ms) => heldOff.push([address, ms]) });
+    gate.guard(server);
+    server.on('secureConnection', (socket: tls.TLSSocket) => {
+      socket.on('error', () => {});
+      if (socket.getPeerCertificate().raw !== undefined) gate.refused(socket);
+      socket.end('judged');
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    return { port: (server.address() as net.AddressInfo).port, gate, heldOff };
+  }
+
+  /** Whether a TLS client from `from` (with a certificate or none) finishes its handshake. */
+  async function handshakes(port: number, from: string, withCertificate: boolean): Promise<boolean> {
+    const raw = net.connect({ host: '127.0.0.1', port, localAddress: from }).on('error', () => {});
+    const socket = tls.connect({ socket: raw, rejectUnauthorized: false, minVersion: 'TLSv1.3', ...(withCertificate ? { cert: clientSvid.certPem, key: clientSvid.keyPem } : {}) });
+    clients.push(raw, socket);
+    socket.on('error', () => {});
+    // TLS 1.3: the client is done before the server has read its certificate; the server's answer says it was judged.
+    return await new Promise<boolean>((resolve) => {
+      socket.once('data', () => resolve(true));
+      socket.once('close', () => resolve(false));
+    });
+  }
+
+  it('closes the connections of a held-off address on accept, and only its', async () => {
+    const { port, gate, heldOff } = await gated();
+    expect(await handshakes(port, '127.0.0.21', true)).toBe(true);
+    expect(await handshakes(port, '127.0.0.21', true)).toBe(true);
+    expect(gate.backoff.heldOffMs('127.0.0.21')).toBeGreaterThan(0);
+    expect(await handshakes(port, '127.0.0.21', false)).toBe(false);
+    expect(heldOff.map(([address]) => address)).toEqual(['127.0.0.21']);
+    expect(await handshakes(port, '127.0.0.22', true)).toBe(true);
+  });
+
+  it('never holds off a client that presents no certificate', async () => {
+    const { port, gate } = await gated();
+    for (let i = 0; i < 4; i++) expect(await handshakes(port, '127.0.0.23', false)).toBe(true);
+    expect(gate.backoff.tracked).toBe(0);
+  });
+
+  it("cuts the address's handshakes under way as it is held off, and no other address's", async () => {
+    const { port } = await gated();
+    const silent = (from: string) => {
+      const socket = net.connect({ host: '127.0.0.1', port, localAddress: from }).on('error', () => {});
+      clients.push(socket);
+      return socket;
+    };
+    const same = [silent('127.0.0.24'), silent('127.0.0.24')];
+    const other = silent('127.0.0.25');
+    await Promise.all([...same, other].map((socket) => once(socket, 'connect')));
+    await handshakes(port, '127.0.0.24', true);
+    await handshakes(port, '127.0.0.24', true);
+    await Promise.all(same.map((socket) => (socket.closed ? undefined : once(socket, 'close'))));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(other.closed).toBe(false);
+  });
+});
