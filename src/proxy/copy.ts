@@ -114,6 +114,19 @@ const PAUSED_SOCKET_CHECK_MS = 10_000;
 /** A paused socket is read again only while the stream's queue holds less than this: its memory stays bounded. */
 const PAUSED_QUEUE_LIMIT_BYTES = 256 * 1024;
 /**
+ * ...and while the stalled tunnels of the process, each at that bound, would hold no more than this together: past it
+ * each is read again only below its share (and none once the share is less than what one read brings). 2,000 tunnels
+ * whose peer read nothing held ~320 KiB each on the sending node (640 MiB); a stalled tunnel not read again is cut
+ * after STALLED_TUNNEL_MS all the same, its application's end seen then instead of at the next look (as ztunnel, which
+ * does not read a side whose other side is full).
+ */
+const PAUSED_QUEUE_BUDGET_BYTES = 32 * 1024 * 1024;
+
+/** What a stalled tunnel's queue may hold for its paused socket to be read again, with `stalled` tunnels stalled in all. */
+export function pausedQueueLimit(stalled: number): number {
+  return Math.min(PAUSED_QUEUE_LIMIT_BYTES, PAUSED_QUEUE_BUDGET_BYTES / Math.max(1, stalled));
+}
+/**
  * A tunnel whose application's bytes are held (the stream's window closed) and that moves nothing either way this long
  * is cut, as Envoy's stream idle timeout (5 min) cuts an idle stream.
  */
@@ -137,6 +150,8 @@ export class Bridge {
   #progressLookedAt = 0;
   /** Looks in a row that found no progress while the app's bytes were held. */
   #stalledLooks = 0;
+  /** Tunnels whose last look found no progress (#stalledLooks above 0): they share PAUSED_QUEUE_BUDGET_BYTES. */
+  static #stalled = 0;
 
   constructor(socket: Socket, stream: Http2Stream, done: (result: BridgeResult) => void) {
     this.socket = socket;
@@ -204,18 +219,33 @@ export class Bridge {
   static #lookAtPausedSocket(bridge: Bridge): void {
     bridge.#pausedCheck = undefined;
     const { socket, stream } = bridge;
-    if (socket.destroyed || stream.destroyed || (!socket.isPaused() && stream.writableLength === 0)) return;
+    if (socket.destroyed || stream.destroyed || (!socket.isPaused() && stream.writableLength === 0)) {
+      bridge.#notStalled();
+      return;
+    }
     if (bridge.#progress !== bridge.#progressLookedAt) {
-      bridge.#stalledLooks = 0;
+      bridge.#notStalled();
       bridge.#lookAgainLater();
       return;
     }
-    if (++bridge.#stalledLooks * PAUSED_SOCKET_CHECK_MS >= STALLED_TUNNEL_MS) {
+    if (bridge.#stalledLooks++ === 0) Bridge.#stalled++;
+    if (bridge.#stalledLooks * PAUSED_SOCKET_CHECK_MS >= STALLED_TUNNEL_MS) {
       bridge.#fail('stream', new Error(`the peer took none of the application's bytes, and sent none, for ${STALLED_TUNNEL_MS / 1000} s (its window closed)`));
       return;
     }
-    if (socket.isPaused() && stream.writableLength <= PAUSED_QUEUE_LIMIT_BYTES) socket.resume();
+    if (socket.isPaused() && stream.writableLength <= pausedQueueLimit(Bridge.#stalled)) socket.resume();
     bridge.#lookAgainLater();
+  }
+
+  #notStalled(): void {
+    if (this.#stalledLooks === 0) return;
+    this.#stalledLooks = 0;
+    Bridge.#stalled--;
+  }
+
+  /** Tunnels whose last look found them stalled (for tests). */
+  static get stalled(): number {
+    return Bridge.#stalled;
   }
 
   static #onStreamData(this: Http2Stream, chunk: Buffer): void {
@@ -328,6 +358,7 @@ export class Bridge {
     if (!this.#socketClosed || !this.#streamClosed || this.#done === null) return;
     clearTimeout(this.#pausedCheck);
     this.#pausedCheck = undefined;
+    this.#notStalled();
     const done = this.#done;
     this.#done = null;
     done({ error: this.#error, failedSide: this.#failedSide });

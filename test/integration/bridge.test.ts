@@ -321,6 +321,43 @@ describe('Bridge', () => {
     }
   });
 
+  it('counts a tunnel as stalled from its first look without progress until it moves or ends, so the stalled share a budget', async () => {
+    const shut = await shutPeer();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const tick = () => new Promise((resolve) => setImmediate(resolve));
+    const clients: net.Socket[] = [];
+    try {
+      const before = Bridge.stalled;
+      const outcomes: Array<Promise<BridgeResult>> = [];
+      const streams: http2.ClientHttp2Stream[] = [];
+      for (let i = 0; i < 3; i++) {
+        const stream = await shut.tunnel();
+        const { client, socket } = await appConnection();
+        clients.push(client);
+        streams.push(stream);
+        outcomes.push(new Promise<BridgeResult>((resolve) => new Bridge(socket, stream, resolve)));
+        client.write(Buffer.alloc(100 * 1024, 'u'));
+      }
+      for (let i = 0; i < 20; i++) await tick();
+      expect(Bridge.stalled).toBe(before);
+      vi.advanceTimersByTime(10_000);
+      for (let i = 0; i < 5; i++) await tick();
+      expect(Bridge.stalled).toBe(before + 3);
+      // Another look without progress counts no one twice.
+      vi.advanceTimersByTime(10_000);
+      for (let i = 0; i < 5; i++) await tick();
+      expect(Bridge.stalled).toBe(before + 3);
+      // Ended tunnels leave the count (a leak would shrink every later tunnel's share for good).
+      for (const client of clients) client.resetAndDestroy();
+      await Promise.all(outcomes);
+      expect(Bridge.stalled).toBe(before);
+    } finally {
+      vi.useRealTimers();
+      for (const client of clients) client.destroy();
+      shut.close();
+    }
+  });
+
   it('resets the stream when the app connection is destroyed after its FIN while the peer still sends, rather than hold the tunnel', async () => {
     foreverClosedWith.length = 0;
     const stream = session.request({ ':method': 'CONNECT', ':authority': 'forever:80' });
