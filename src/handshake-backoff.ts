@@ -1,22 +1,25 @@
-// Holding off a client address whose TLS handshakes present certificate chains we refuse, on the servers that take
-// anyone's handshake (HBONE on 15008, the CA).
+// Holding off a client address whose TLS handshakes present certificate chains that cost us far more than a
+// handshake, on the servers that take anyone's handshake (HBONE on 15008, the CA).
 //
-// Why: OpenSSL checks every signature of the chain a client presents before Node hands us the socket (Node's verify
+// Why: OpenSSL checks every signature of the chain a TLS client presents before Node hands us the socket (Node's verify
 // callback lets it go on past each error so that the application decides, and the application is us), and it takes
 // RSA keys whose public exponent is as long as their modulus (up to 3,072 bits): each such signature costs a private-key
 // operation, and 60 of them fit OpenSSL's 100 KB certificate list. Measured: 0.3 s of the main thread per handshake,
 // every tunnel of the node stalled meanwhile, before any check of ours (ztunnel's webpki and Envoy's BoringSSL refuse
-// exponents over 33 bits; Node has no such bound, nor a verify depth or certificate-list size to set). A certificate
-// chain that our verifier refuses is the one signal that a handshake was the expensive kind, so after FREE_FAILURES
-// such refusals from one address, its next connections are closed on accept for a hold-off that doubles with each
-// further refusal (BASE_MS up to MAX_MS), and forgotten after FORGET_MS without one. Sustained, one address then costs
-// a handshake per MAX_MS. A client that presents no certificate, or a valid one, is never held off.
+// exponents over 33 bits; Node has no such bound, nor a verify depth or certificate-list size to set). So a handshake
+// that presented such a chain (costlyChain: a key no mesh uses, or a chain longer than any mesh's) and did not end in an
+// accepted peer (refused, failed, abandoned before its Finished, or without the ALPN the server speaks) counts against
+// its address; after FREE_FAILURES of them, the address's next connections are closed on accept for a hold-off that
+// doubles with each further one (BASE_MS up to MAX_MS), and forgotten after FORGET_MS without one. Sustained, one
+// address then costs a costly check per MAX_MS. A peer refused for anything else (no certificate, an untrusted CA of
+// ordinary keys: a trust domain not federated yet, a withdrawn root) is never held off: a node's workloads reach other
+// nodes from its one address, and one misconfigured workload must not hold them all off.
 
 import type { Server, Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
+import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { gateConnections } from './peer-connections.ts';
 
-/** Refused chains from one address before it is held off: an operator's test, a peer's one stale certificate. */
+/** Costly chains from one address before it is held off (an operator trying one out, a test). */
 const FREE_FAILURES = 2;
 /** The first hold-off; each further refused chain doubles it. */
 const BASE_MS = 1_000;
@@ -26,6 +29,53 @@ const MAX_MS = 30_000;
 const FORGET_MS = 5 * 60_000;
 /** Addresses tracked at most (each ~100 bytes); past it the oldest are dropped. */
 const MAX_TRACKED = 65_536;
+
+/** Certificates a peer's chain may link before checking it costs more than a handshake: no mesh chain is this long. */
+const COSTLY_CHAIN_LENGTH = 10;
+/** Named curves whose signatures cost what P-256's do (Node's asn1Curve names). */
+const CHEAP_CURVES = new Set(['prime256v1', 'secp384r1', 'secp521r1']);
+/** RSA moduli above this cost several times a P-256 check each. */
+const CHEAP_RSA_BITS = 4_096;
+/**
+ * What a client may have sent before its connection closed with the handshake unfinished for that to count as a costly
+ * chain abandoned: a reset after the Certificate leaves nothing to read the chain from (Node has let the TLS state go),
+ * but the bytes show a client flight well past a ClientHello (~1.6 KB with a post-quantum key share) and a mesh chain.
+ */
+const ABANDONED_FLIGHT_BYTES = 6 * 1024;
+
+/**
+ * Why OpenSSL's check of a presented chain cost far more than a handshake, or null when it did not (a mesh chain: a
+ * few certificates with P-256, P-384 or RSA keys of usual size and exponent, however it was refused). Read from the
+ * chain as OpenSSL linked it (getPeerCertificate(true)); what a client sent unlinked is parsed, never checked. Only a
+ * costly chain counts towards a hold-off: a misconfigured peer (a trust domain not federated, a withdrawn root) whose
+ * node address all the node's workloads share never holds them off, and a hostile chain of cheap keys costs what any
+ * handshake does.
+ */
+export function costlyChain(leaf: DetailedPeerCertificate | null | undefined): string | null {
+  const seen = new Set<string>();
+  let current: DetailedPeerCertificate | undefined = leaf ?? undefined;
+  while (current?.raw !== undefined && !seen.has(current.fingerprint256)) {
+    seen.add(current.fingerprint256);
+    if (seen.size > COSTLY_CHAIN_LENGTH) return `a chain of more than ${COSTLY_CHAIN_LENGTH} certificates`;
+    const problem = costlyKey(current);
+    if (problem !== null) return problem;
+    current = current.issuerCertificate;
+  }
+  return null;
+}
+
+function costlyKey(cert: DetailedPeerCertificate): string | null {
+  // Node fills exponent and modulus for RSA keys, asn1Curve for EC keys on a named curve, neither for anything else.
+  if (typeof cert.exponent === 'string') {
+    // '0x10001': more than 8 hex digits is an exponent above 32 bits (ring and BoringSSL refuse those outright).
+    if (cert.exponent.length > 10) return `an RSA key with a ${cert.exponent.length * 4 - 8}-bit public exponent`;
+    if ((cert.bits ?? 0) > CHEAP_RSA_BITS) return `a ${cert.bits}-bit RSA key`;
+    return null;
+  }
+  const curve = (cert as { asn1Curve?: string }).asn1Curve;
+  if (curve !== undefined) return CHEAP_CURVES.has(curve) ? null : `an EC key on curve ${curve}`;
+  return 'a key that is neither RSA nor EC on a named curve';
+}
 
 export interface HandshakeBackoffOptions {
   readonly freeFailures?: number;
@@ -84,7 +134,9 @@ export class HandshakeBackoff {
     // Re-inserted, so that the Map's order is the order of last refusal and the oldest go first when full.
     this.#records.delete(address);
     if (record === undefined) {
-      if (this.#records.size >= this.#maxTracked) this.#dropOldest();
+      // Full: room is made from a record no longer holding its address off; an attacker spraying addresses must not
+      // flush the ones held off (with none to spare, the new address goes untracked, its refusals free).
+      if (this.#records.size >= this.#maxTracked && !this.#dropOneNotHeldOff(now)) return 0;
       record = { failures: 0, lastFailureMs: now, untilMs: now };
     }
     record.failures++;
@@ -102,11 +154,24 @@ export class HandshakeBackoff {
     return this.#records.size;
   }
 
-  /** The Map is in order of last refusal: its first is the oldest (and the first forgotten). */
-  #dropOldest(): void {
-    const oldest = this.#records.keys().next();
-    if (oldest.done !== true) this.#records.delete(oldest.value);
+  /** The Map is in order of last refusal: the oldest first, looked at only so far (the first are the likeliest done). */
+  #dropOneNotHeldOff(now: number): boolean {
+    let looked = 0;
+    for (const [address, record] of this.#records) {
+      if (record.untilMs <= now) {
+        this.#records.delete(address);
+        return true;
+      }
+      if (++looked >= 64) return false;
+    }
+    return false;
   }
+}
+
+/** A client's address as the hold-off keys it: an IPv4 client reaching a dual-stack socket (::ffff:a.b.c.d) is a.b.c.d. */
+function clientAddress(socket: Socket): string {
+  const address = socket.remoteAddress ?? '';
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
 
 /**
@@ -129,10 +194,18 @@ export class HandshakeGate {
   readonly #underWay = new Map<string, Map<string, Socket>>();
   #total = 0;
   readonly #onHeldOff: (address: string, heldOffMs: number) => void;
+  readonly #onAbandoned: (address: string, bytes: number, holdMs: number, cut: number) => void;
 
-  constructor(options: { backoff?: HandshakeBackoff | undefined; onHeldOff: (address: string, heldOffMs: number) => void }) {
+  constructor(options: {
+    backoff?: HandshakeBackoff | undefined;
+    /** A connection from a held-off address was closed on accept. */
+    onHeldOff: (address: string, heldOffMs: number) => void;
+    /** A connection closed with its handshake unfinished after sending ABANDONED_FLIGHT_BYTES or more (counted). */
+    onAbandoned: (address: string, bytes: number, holdMs: number, cut: number) => void;
+  }) {
     this.backoff = options.backoff ?? new HandshakeBackoff();
     this.#onHeldOff = options.onHeldOff;
+    this.#onAbandoned = options.onAbandoned;
   }
 
   /**
@@ -150,7 +223,7 @@ export class HandshakeGate {
 
   /** False, the connection closed and `onHeldOff` told, when its address is held off. */
   admit(socket: Socket): boolean {
-    const address = socket.remoteAddress ?? '';
+    const address = clientAddress(socket);
     const heldOffMs = this.backoff.heldOffMs(address);
     if (heldOffMs === 0) return true;
     socket.destroy();
@@ -158,9 +231,9 @@ export class HandshakeGate {
     return false;
   }
 
-  /** Handshakes under way from `address`. */
-  underWay(address: string): number {
-    return this.#underWay.get(address)?.size ?? 0;
+  /** Handshakes under way from the address `socket` comes from. */
+  underWay(socket: Socket): number {
+    return this.#underWay.get(clientAddress(socket))?.size ?? 0;
   }
 
   /** Handshakes under way from every address. */
@@ -170,7 +243,7 @@ export class HandshakeGate {
 
   /** The connection's handshake is under way until settle(), or its close. */
   track(socket: Socket): void {
-    const address = socket.remoteAddress ?? '';
+    const address = clientAddress(socket);
     const key = connectionKey(socket);
     let pending = this.#underWay.get(address);
     if (pending === undefined) this.#underWay.set(address, (pending = new Map()));
@@ -181,15 +254,24 @@ export class HandshakeGate {
 
   /** Its handshake is done: the TLS socket over a tracked connection (same 4-tuple), or the connection itself. */
   settle(socket: Socket): void {
-    this.#settled(socket.remoteAddress ?? '', connectionKey(socket), undefined);
+    this.#settled(clientAddress(socket), connectionKey(socket), undefined);
   }
 
-  /** A client's presented chain was refused: the hold-off its address is under now, and how many handshakes were cut. */
+  /**
+   * A client presented a costly chain (costlyChain) and is not an accepted peer: the hold-off its address is under now,
+   * and how many handshakes were cut.
+   */
   refused(socket: Socket): { holdMs: number; cut: number } {
-    const address = socket.remoteAddress ?? '';
+    const address = clientAddress(socket);
+    const key = connectionKey(socket);
+    // Settled here: its close must not count it a second time as abandoned.
+    this.#settled(address, key, undefined);
+    return this.#count(address, key);
+  }
+
+  #count(address: string, own: string): { holdMs: number; cut: number } {
     const holdMs = this.backoff.failed(address);
     if (holdMs === 0) return { holdMs, cut: 0 };
-    const own = connectionKey(socket);
     let cut = 0;
     for (const [key, pending] of [...(this.#underWay.get(address) ?? [])]) {
       if (key === own) continue;
@@ -207,5 +289,10 @@ export class HandshakeGate {
     pending.delete(key);
     this.#total--;
     if (pending.size === 0) this.#underWay.delete(address);
+    // Closed unfinished (a reset, the handshake timeout, cut) after a flight only a chain makes this large.
+    if (socket !== undefined && socket.bytesRead >= ABANDONED_FLIGHT_BYTES) {
+      const { holdMs, cut } = this.#count(address, key);
+      this.#onAbandoned(address, socket.bytesRead, holdMs, cut);
+    }
   }
 }

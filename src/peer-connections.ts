@@ -29,7 +29,8 @@ export function isLocalConnection(socket: Socket): boolean {
  * prepended runs before them, but they still ran, a TLS socket built around the closed one each time).
  */
 export function gateConnections(server: Server, admit: (socket: Socket) => boolean): void {
-  const behind = server.listeners('connection') as Array<(socket: Socket) => void>;
+  // rawListeners: a once() listener stays a once() listener behind the gate.
+  const behind = server.rawListeners('connection') as Array<(socket: Socket) => void>;
   server.removeAllListeners('connection');
   server.on('connection', (socket: Socket) => {
     if (!admit(socket)) return;

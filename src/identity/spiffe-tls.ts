@@ -67,31 +67,6 @@ export function verifyPeerCertificate(leaf: tls.DetailedPeerCertificate | null, 
   return matchExpected(result, expected);
 }
 
-/**
- * Whether a refused chain counts against its sender's address (handshake-backoff.ts): one was presented, and no bundle
- * vouches for it even at a moment all its certificates were valid. A chain refused only for its time (a peer's clock,
- * a renewal come late) is one of ours and does not count; a hostile one cannot pass for it without a CA's key.
- */
-export function refusedChainCounts(leaf: tls.DetailedPeerCertificate | null, result: VerifyResult, bundles: BundleSource, options: VerifyOptions = {}): boolean {
-  if (result.valid || leaf === null || !leaf.raw) return false;
-  const code = result.error.code;
-  if (code !== 'SVID_EXPIRED' && code !== 'SVID_NOT_YET_VALID') return true;
-  let chain: Certificate[];
-  try {
-    chain = chainOf(leaf);
-  } catch {
-    return true;
-  }
-  let from = -Infinity;
-  let until = Infinity;
-  for (const cert of chain) {
-    from = Math.max(from, cert.notBefore.getTime());
-    until = Math.min(until, cert.notAfter.getTime());
-  }
-  if (!(from <= until)) return true;
-  return !verifySvid(chain, bundles, { ...options, at: new Date(Math.min(Math.max(Date.now(), from), until)) }).valid;
-}
-
 /** Applies an identity expectation to a valid verification result. */
 export function matchExpected(result: VerifyResult & { valid: true }, expected: string | ((id: SpiffeId) => boolean)): VerifyResult {
   const allowed = typeof expected === 'string' ? result.id.id === expected : expected(result.id);

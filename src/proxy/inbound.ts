@@ -14,7 +14,7 @@ import * as net from 'node:net';
 import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
 import { countDown } from '../counts.ts';
-import { HandshakeGate } from '../handshake-backoff.ts';
+import { costlyChain, HandshakeGate } from '../handshake-backoff.ts';
 import type { HandshakeBackoff } from '../handshake-backoff.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { BundleSource, VerifyResult } from '../identity/svid.ts';
@@ -364,7 +364,10 @@ export class HboneInbound {
       backoff: options.handshakeBackoff,
       onHeldOff: (peer, heldOffMs) => {
         this.#options.metrics.peerRefused('HANDSHAKE_BACKOFF');
-        this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer, heldOffMs: Math.ceil(heldOffMs) }, 'holding off a client address whose certificate chains were refused on 15008; closing the new connection');
+        this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer, heldOffMs: Math.ceil(heldOffMs) }, 'holding off a client address whose certificate chains cost far more than a handshake to check on 15008; closing the new connection');
+      },
+      onAbandoned: (peer, bytes, holdMs, cut) => {
+        if (holdMs > 0) this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer, bytes, holdMs, cut }, 'holding off a client address that abandons its handshakes on 15008 after sending a certificate chain');
       },
     });
     this.#windows = { ackTimeoutMs: options.settingsAckTimeoutMs ?? SETTINGS_ACK_TIMEOUT_MS, budget: options.streamBudget ?? new StreamBudget(), onUnacknowledged: (session, tooMany) => this.#settingsUnacknowledged(session as http2.ServerHttp2Session, tooMany) };
@@ -613,6 +616,8 @@ export class HboneInbound {
       // Counted, logged at debug: port scanners would flood a warn log, and the counter says when to look.
       this.#options.metrics.peerRefused('TLS_HANDSHAKE');
       this.#logger.debug({ peer: socket.remoteAddress, err: error.message }, 'TLS handshake failed on 15008');
+      // A client may present its chain and fail or abandon the handshake after (no Finished, a reset): checked all the same.
+      this.#judgeChain(socket, 'TLS_HANDSHAKE');
       socket.destroy();
     });
     // A TLS client that offered no ALPN (a scanner, `openssl s_client`, a health check): no HTTP/2 session will own
@@ -621,6 +626,10 @@ export class HboneInbound {
     server.on('unknownProtocol', (socket: tls.TLSSocket) => {
       socket.on('error', ignoreStreamError);
       this.#options.metrics.peerRefused('TLS_NO_ALPN');
+      // Its handshake is over (settled before the socket is destroyed, which makes its address unreadable), and its
+      // chain was checked before the session was refused for its protocol.
+      this.#gate.settle(socket);
+      this.#judgeChain(socket, 'TLS_NO_ALPN');
       this.#logger.debug({ peer: socket.remoteAddress }, 'TLS client without HBONE ALPN (h2) on 15008');
       socket.destroy();
     });
@@ -651,8 +660,7 @@ export class HboneInbound {
     if (!result.valid) {
       // Early deny: no HTTP at all for a peer we cannot authenticate (ztunnel drops the connection).
       this.#options.metrics.peerRefused(result.error.code);
-      // A presented chain OpenSSL had to check, and no bundle of ours vouches for (handshake-backoff.ts).
-      if (result.error.code !== 'CA_UNAUTHENTICATED' && this.#options.verifier.refusalCounts(socket, result, bundles)) this.#chainRefused(socket, result.error.code);
+      this.#judgeChain(socket, result.error.code);
       // Anyone can cause this as fast as handshakes go (a client without a certificate): warnings are budgeted, the
       // rest go to debug, and the counter has them all.
       this.#refusalLogBudget.warn(this.#logger, 'refused', { peer: socket.remoteAddress, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message }, 'refusing HBONE peer');
@@ -1085,7 +1093,7 @@ export class HboneInbound {
   #admitHandshake(socket: net.Socket): boolean {
     if (!this.#gate.admit(socket)) return false;
     const address = socket.remoteAddress ?? '';
-    const pending = this.#gate.underWay(address);
+    const pending = this.#gate.underWay(socket);
     if (pending >= H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS || this.#gate.total >= H2_SERVER_MAX_HANDSHAKES) {
       this.#options.metrics.peerRefused('HANDSHAKE_LIMIT');
       this.#refusalLogBudget.warn(this.#logger, 'handshake-limit', { peer: address, pending, total: this.#gate.total }, 'too many TLS handshakes under way on 15008; closing the new connection');
@@ -1096,10 +1104,15 @@ export class HboneInbound {
     return true;
   }
 
-  /** A peer's certificate chain was refused: its address is counted towards a hold-off (handshake-backoff.ts). */
-  #chainRefused(socket: tls.TLSSocket, code: string): void {
+  /**
+   * A handshake that did not end in an accepted peer: a costly chain it presented (one OpenSSL took far more than a
+   * handshake to check) counts its address towards a hold-off (handshake-backoff.ts).
+   */
+  #judgeChain(socket: tls.TLSSocket, code: string): void {
+    const costly = costlyChain(socket.getPeerCertificate(true));
+    if (costly === null) return;
     const { holdMs, cut } = this.#gate.refused(socket);
-    if (holdMs > 0) this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer: socket.remoteAddress, code, holdMs, cut }, 'holding off a client address whose certificate chains were refused on 15008');
+    if (holdMs > 0) this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer: socket.remoteAddress, code, costly, holdMs, cut }, 'holding off a client address whose certificate chains cost far more than a handshake to check on 15008');
   }
 
   #dispatchShared(socket: net.Socket): void {

@@ -3,7 +3,7 @@
 import * as tls from 'node:tls';
 import type { Svid, BundleSource } from '../identity/svid.ts';
 import { MAX_CHAIN_DEPTH } from '../identity/svid.ts';
-import { chainOf, matchExpected, refusedChainCounts, verifyPeerCertificate } from '../identity/spiffe-tls.ts';
+import { chainOf, matchExpected, verifyPeerCertificate } from '../identity/spiffe-tls.ts';
 import type { ExpectedPeer } from '../identity/spiffe-tls.ts';
 import type { VerifyResult } from '../identity/svid.ts';
 import { TLS_CIPHERS, TLS_GROUPS, TLS_MIN_VERSION } from './settings.ts';
@@ -145,11 +145,6 @@ export class PeerVerifier {
     }
     if (!result.valid || expected === null) return result;
     return matchExpected(result, expected);
-  }
-
-  /** Whether the refusal of a socket's peer counts against its address (refusedChainCounts, handshake-backoff.ts). */
-  refusalCounts(socket: tls.TLSSocket, result: VerifyResult, bundles: BundleSource): boolean {
-    return refusedChainCounts(socket.getPeerCertificate(true), result, bundles, this.#options);
   }
 
   /**

@@ -111,3 +111,23 @@ export async function issueMeshSvid(caDir: string, spiffeId: string, options: { 
   const chain = [leaf, ...authority.chainAbove];
   return { chain, certPem: certificatesToPem(chain), keyPem: await exportPrivateKeyPem(keys.privateKey), keys };
 }
+
+/**
+ * An SVID under a chain of `intermediates` CAs of a root no one trusts: past 10 certificates, a chain a server's
+ * OpenSSL takes far more than a handshake to check (handshake-backoff.ts counts it as costly).
+ */
+export async function issueLongChainSvid(trustDomain: string, spiffeId: string, intermediates: number): Promise<TestSvid> {
+  const ca = await createTestCa(trustDomain);
+  let authority = ca.root;
+  const above: Certificate[] = [];
+  for (let i = 0; i < intermediates; i++) {
+    const keys = await generateKeyPair();
+    const cert = await issueCa({ trustDomain, keys, ttlMs: HOUR_MS, authority, commonName: `long ${i}` });
+    above.unshift(cert);
+    authority = { cert, privateKey: keys.privateKey, chainAbove: [] };
+  }
+  const keys = await generateKeyPair();
+  const leaf = await issueLeaf({ spiffeId, publicKey: keys.publicKey, authority, ttlMs: HOUR_MS });
+  const chain = [leaf, ...above];
+  return { chain, certPem: certificatesToPem(chain), keyPem: await exportPrivateKeyPem(keys.privateKey), keys };
+}

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { HandshakeBackoff, HandshakeGate } from '../../src/handshake-backoff.ts';
+import { costlyChain, HandshakeBackoff, HandshakeGate } from '../../src/handshake-backoff.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
 
@@ -58,21 +58,24 @@ describe('handshake hold-off', () => {
     expect(backoff.failed('10.0.0.1')).toBe(0);
   });
 
-  it('tracks a bounded number of addresses, dropping the one refused longest ago', () => {
+  it('tracks a bounded number of addresses, making room from one no longer held off, never from one held off', () => {
     const time = clock();
     const backoff = new HandshakeBackoff({ freeFailures: 0, baseMs: 500, maxTracked: 3, now: time.now });
     for (const address of ['10.0.0.1', '10.0.0.2', '10.0.0.3']) {
       backoff.failed(address);
-      time.advance(1);
+      time.advance(100);
     }
-    // .1 refused again: now the latest, so .2 is the oldest.
-    backoff.failed('10.0.0.1');
-    backoff.failed('10.0.0.4');
+    // All three held off: an attacker's new addresses cannot flush them; the newcomer goes untracked.
+    expect(backoff.failed('10.0.0.4')).toBe(0);
     expect(backoff.tracked).toBe(3);
-    expect(backoff.heldOffMs('10.0.0.2')).toBe(0);
-    expect(backoff.heldOffMs('10.0.0.1')).toBeGreaterThan(0);
+    for (const address of ['10.0.0.1', '10.0.0.2', '10.0.0.3']) expect(backoff.heldOffMs(address)).toBeGreaterThan(0);
+    // .1's hold-off (500 ms from t=1,000) is over at t=1,500; .2's and .3's are not: .1 makes room.
+    time.advance(200);
+    expect(backoff.failed('10.0.0.4')).toBe(500);
+    expect(backoff.tracked).toBe(3);
+    expect(backoff.heldOffMs('10.0.0.2')).toBeGreaterThan(0);
     expect(backoff.heldOffMs('10.0.0.3')).toBeGreaterThan(0);
-    expect(backoff.heldOffMs('10.0.0.4')).toBeGreaterThan(0);
+    expect(backoff.failed('10.0.0.1')).toBe(0);
   });
 
   it('keeps its hold-off finite however many refusals an address piles up', () => {
@@ -105,7 +108,7 @@ describe('handshake gate of a TLS server', () => {
   async function gated(): Promise<{ port: number; gate: HandshakeGate; heldOff: Array<[string, number]> }> {
     const heldOff: Array<[string, number]> = [];
     server = tls.createServer({ cert: serverSvid.certPem, key: serverSvid.keyPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
-    const gate = new HandshakeGate({ backoff: new HandshakeBackoff({ freeFailures: 1, baseMs: 60_000 }), onHeldOff: (address, ms) => heldOff.push([address, ms]) });
+    const gate = new HandshakeGate({ backoff: new HandshakeBackoff({ freeFailures: 1, baseMs: 60_000 }), onHeldOff: (address, ms) => heldOff.push([address, ms]), onAbandoned: () => {} });
     gate.guard(server);
     server.on('secureConnection', (socket: tls.TLSSocket) => {
       socket.on('error', () => {});
@@ -161,5 +164,46 @@ describe('handshake gate of a TLS server', () => {
     await Promise.all(same.map((socket) => (socket.closed ? undefined : once(socket, 'close'))));
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(other.closed).toBe(false);
+  });
+});
+
+describe('a chain that costs far more than a handshake to check', () => {
+  /** A chain as getPeerCertificate(true) links it: `keys` leaf first, the last one self-issued. */
+  function linked(keys: Array<Partial<tls.DetailedPeerCertificate> & { asn1Curve?: string }>): tls.DetailedPeerCertificate {
+    const certs = keys.map((key, i) => ({ raw: Buffer.from([i]), fingerprint256: `fp${i}`, ...key }) as tls.DetailedPeerCertificate);
+    certs.forEach((cert, i) => (cert.issuerCertificate = certs[i + 1] ?? cert));
+    return certs[0] as tls.DetailedPeerCertificate;
+  }
+  const p256 = { asn1Curve: 'prime256v1', bits: 256 };
+
+  it('is none of the mesh: P-256, P-384 and RSA keys of usual size and exponent, a few certificates, or no certificate', () => {
+    expect(costlyChain(linked([p256, p256, p256]))).toBeNull();
+    expect(costlyChain(linked([{ asn1Curve: 'secp384r1', bits: 384 }, { exponent: '0x10001', bits: 4_096 }]))).toBeNull();
+    expect(costlyChain(linked(Array.from({ length: 10 }, () => p256)))).toBeNull();
+    expect(costlyChain(null)).toBeNull();
+    expect(costlyChain({} as tls.DetailedPeerCertificate)).toBeNull();
+  });
+
+  it('is one with an RSA exponent over 32 bits, an RSA modulus over 4,096 bits, another curve or key type, or over 10 certificates', () => {
+    expect(costlyChain(linked([p256, { exponent: `0x${'f'.repeat(768)}`, bits: 3_072 }]))).toBe('an RSA key with a 3072-bit public exponent');
+    expect(costlyChain(linked([p256, { exponent: '0x100000001', bits: 2_048 }]))).toBe('an RSA key with a 36-bit public exponent');
+    expect(costlyChain(linked([{ exponent: '0x10001', bits: 16_384 }]))).toBe('a 16384-bit RSA key');
+    expect(costlyChain(linked([p256, { asn1Curve: 'secp256k1', bits: 256 }]))).toBe('an EC key on curve secp256k1');
+    expect(costlyChain(linked([p256, { bits: 10_000 }]))).toBe('a key that is neither RSA nor EC on a named curve');
+    expect(costlyChain(linked(Array.from({ length: 11 }, () => p256)))).toBe('a chain of more than 10 certificates');
+  });
+});
+
+describe('client addresses of the hold-off', () => {
+  it('are one for an IPv4 client whether it reached a v4 socket or a dual-stack one (::ffff:a.b.c.d)', () => {
+    const gate = new HandshakeGate({ backoff: new HandshakeBackoff({ freeFailures: 0 }), onHeldOff: () => {}, onAbandoned: () => {} });
+    const socket = (remoteAddress: string) => ({ remoteAddress, remotePort: 1, localAddress: '::', localPort: 15008, destroy() {}, once() {} }) as unknown as net.Socket;
+    gate.refused(socket('::ffff:10.1.2.3'));
+    expect(gate.admit(socket('10.1.2.3'))).toBe(false);
+    expect(gate.admit(socket('::ffff:10.1.2.4'))).toBe(true);
+    gate.refused(socket('10.1.2.4'));
+    expect(gate.admit(socket('::ffff:10.1.2.4'))).toBe(false);
+    // An IPv6 address that merely ends like one stays itself.
+    expect(gate.admit(socket('fd00::ffff:10.1.2.3'))).toBe(true);
   });
 });

@@ -22,7 +22,7 @@ import { BundleSet, SIGNING_AUTHORITY_HEADER, bundlesEqual, encodeBundle } from 
 import type { TrustBundle } from '../bundle.ts';
 import { certificatesToPem, crossCertify, exportPrivateKeyPem, generateKeyPair, issueLeaf, loadSvid, publicKeyDigest, readCsr, subjectKeyIdOf } from '../svid.ts';
 import type { Certificate, Svid } from '../svid.ts';
-import { refusedChainCounts, serverTlsOptions, verifyPeer, verifyPeerCertificate } from '../spiffe-tls.ts';
+import { serverTlsOptions, verifyPeer, verifyPeerCertificate } from '../spiffe-tls.ts';
 import { FederationClient } from '../federation.ts';
 import { timerDelayMs, WALL_CLOCK_CHECK_MS, WALL_CLOCK_SLACK_MS } from '../timers.ts';
 import type { FederationPeer } from '../federation.ts';
@@ -37,7 +37,7 @@ import type { SignBudgetLimits } from './sign-budget.ts';
 import type { Logger } from '../../observe/log.ts';
 import { makeDirsSync } from '../../mkdir.ts';
 import { limitConnectionsPerPeer } from '../../peer-connections.ts';
-import { HandshakeGate } from '../../handshake-backoff.ts';
+import { costlyChain, HandshakeGate } from '../../handshake-backoff.ts';
 
 /** Requests are a CSR and a few fields; refuse anything larger before reading it. */
 const MAX_BODY_BYTES = 64 * 1024;
@@ -179,10 +179,18 @@ export class CaServer {
     this.#server.maxConnections = MAX_CONNECTIONS;
     limitConnectionsPerPeer(this.#server, MAX_CONNECTIONS_PER_ADDRESS);
     this.#gate = new HandshakeGate({
-      onHeldOff: (remote, heldOffMs) => this.#holdOffLog.warn(this.#logger, 'held-off', { remote, heldOffMs: Math.ceil(heldOffMs) }, 'holding off a client address whose certificate chains were refused; closing the new connection'),
+      onHeldOff: (remote, heldOffMs) => this.#holdOffLog.warn(this.#logger, 'held-off', { remote, heldOffMs: Math.ceil(heldOffMs) }, 'holding off a client address whose certificate chains cost far more than a handshake to check; closing the new connection'),
+      onAbandoned: (remote, bytes, holdMs, cut) => {
+        if (holdMs > 0) this.#holdOffLog.warn(this.#logger, 'held-off', { remote, bytes, holdMs, cut }, 'holding off a client address that abandons its handshakes after sending a certificate chain');
+      },
     });
     this.#gate.guard(this.#server);
-    this.#server.on('secureConnection', (socket: TLSSocket) => this.#judgeChain(socket));
+    this.#server.on('secureConnection', (socket: TLSSocket) => this.#judgeChain(socket, true));
+    // A client may present its chain and fail or abandon the handshake after (no Finished, a reset): checked all the same.
+    this.#server.on('tlsClientError', (_error: Error, socket: TLSSocket) => {
+      this.#judgeChain(socket, false);
+      socket.destroy();
+    });
     this.#server.timeout = SOCKET_IDLE_TIMEOUT_MS;
     this.#server.keepAliveTimeout = 30_000;
     this.#server.headersTimeout = 10_000;
@@ -538,19 +546,18 @@ export class CaServer {
   }
 
   /**
-   * Every presented chain is judged once its handshake is done, whatever the request that follows (a bundle fetch
-   * needs no certificate, but OpenSSL has checked whatever was presented): one that no bundle the CA holds vouches for
-   * counts its address towards a hold-off. Signing judges the caller again, as a node of this trust domain.
+   * A costly chain (one OpenSSL took far more than a handshake to check: handshake-backoff.ts) counts its address
+   * towards a hold-off, whatever the request that follows (a bundle fetch needs no certificate, but OpenSSL has checked
+   * whatever was presented), unless a bundle the CA holds vouches for it. Signing judges the caller again, as a node.
    */
-  #judgeChain(socket: TLSSocket): void {
+  #judgeChain(socket: TLSSocket, handshakeDone: boolean): void {
     const leaf = socket.getPeerCertificate(true);
-    // No certificate: an attestation with a token, a bundle fetch.
-    if (!leaf?.raw) return;
-    const bundles = this.bundleSet();
-    const result = verifyPeerCertificate(leaf, bundles, null);
-    if (!refusedChainCounts(leaf, result, bundles)) return;
+    const costly = costlyChain(leaf);
+    if (costly === null) return;
+    const result = handshakeDone ? verifyPeerCertificate(leaf, this.bundleSet(), null) : null;
+    if (result?.valid === true) return;
     const { holdMs, cut } = this.#gate.refused(socket);
-    if (holdMs > 0) this.#holdOffLog.warn(this.#logger, 'held-off', { remote: socket.remoteAddress, code: result.error?.code, holdMs, cut }, 'holding off a client address whose certificate chains were refused');
+    if (holdMs > 0) this.#holdOffLog.warn(this.#logger, 'held-off', { remote: socket.remoteAddress, code: result?.error.code ?? 'TLS_HANDSHAKE', costly, holdMs, cut }, 'holding off a client address whose certificate chains cost far more than a handshake to check');
   }
 
   /** CSR signing for a node: its own identity (renewal) or a workload the registry places on it. */
