@@ -27,7 +27,7 @@ const BASE_MS = 1_000;
 const MAX_MS = 30_000;
 /** Refusals this old are forgotten: the count starts again. */
 const FORGET_MS = 5 * 60_000;
-/** Addresses tracked at most (each ~100 bytes); past it the oldest are dropped. */
+/** Addresses tracked at most (each ~100 bytes); past it, room is made only from one no longer held off. */
 const MAX_TRACKED = 65_536;
 
 /** Certificates a peer's chain may link before checking it costs more than a handshake: no mesh chain is this long. */
@@ -42,6 +42,14 @@ const CHEAP_RSA_BITS = 4_096;
  * but the bytes show a client flight well past a ClientHello (~1.6 KB with a post-quantum key share) and a mesh chain.
  */
 const ABANDONED_FLIGHT_BYTES = 6 * 1024;
+/**
+ * Handshakes of one address taken at once; the next wait, unread, for one of them to end. The client flights of those
+ * taken may all arrive in one turn of the event loop and be checked there before any can count (a chain is judged after
+ * OpenSSL's check, when the loop comes back to us): this bounds that turn to PARALLEL_HANDSHAKES costly checks an
+ * address, where the 256 an address may have under way had made it 256. Handshakes are checked one after another on
+ * the one thread in any case, so a node opening many sessions at once loses at most a round trip per batch.
+ */
+const PARALLEL_HANDSHAKES = 8;
 
 /**
  * Why OpenSSL's check of a presented chain cost far more than a handshake, or null when it did not (a mesh chain: a
@@ -124,8 +132,8 @@ export class HandshakeBackoff {
   }
 
   /**
-   * A handshake from `address` presented a certificate chain that was refused: the hold-off it is under from now
-   * (0 while its refusals are still free).
+   * A handshake from `address` presented a costly chain and did not end in an accepted peer: the hold-off the address
+   * is under from now (0 while its first ones are still free).
    */
   failed(address: string): number {
     const now = this.#now();
@@ -192,6 +200,9 @@ export class HandshakeGate {
   readonly backoff: HandshakeBackoff;
   /** Raw connections whose handshake is under way, per client address, by 4-tuple. */
   readonly #underWay = new Map<string, Map<string, Socket>>();
+  /** Connections waiting for one of their address's PARALLEL_HANDSHAKES, in order, with what starts each. */
+  readonly #waiting = new Map<string, Array<{ readonly socket: Socket; readonly start: () => void }>>();
+  /** Under way and waiting, in all. */
   #total = 0;
   readonly #onHeldOff: (address: string, heldOffMs: number) => void;
   readonly #onAbandoned: (address: string, bytes: number, holdMs: number, cut: number) => void;
@@ -215,7 +226,7 @@ export class HandshakeGate {
   guard(server: Server): void {
     gateConnections(server, (socket) => {
       if (!this.admit(socket)) return false;
-      this.track(socket);
+      this.#track(clientAddress(socket), socket);
       return true;
     });
     server.on('secureConnection', (socket: TLSSocket) => this.settle(socket));
@@ -231,25 +242,67 @@ export class HandshakeGate {
     return false;
   }
 
-  /** Handshakes under way from the address `socket` comes from. */
+  /** Handshakes under way or waiting from the address `socket` comes from. */
   underWay(socket: Socket): number {
-    return this.#underWay.get(clientAddress(socket))?.size ?? 0;
+    const address = clientAddress(socket);
+    return (this.#underWay.get(address)?.size ?? 0) + (this.#waiting.get(address)?.length ?? 0);
   }
 
-  /** Handshakes under way from every address. */
+  /** Handshakes under way or waiting from every address. */
   get total(): number {
     return this.#total;
   }
 
-  /** The connection's handshake is under way until settle(), or its close. */
-  track(socket: Socket): void {
+  /**
+   * Begins the connection's handshake (`start`) now if fewer than PARALLEL_HANDSHAKES of its address's are under way,
+   * else once one of them ends; it is under way until settle(), or its close.
+   */
+  begin(socket: Socket, start: () => void): void {
     const address = clientAddress(socket);
+    if ((this.#underWay.get(address)?.size ?? 0) < PARALLEL_HANDSHAKES) {
+      this.#track(address, socket);
+      start();
+      return;
+    }
+    let queue = this.#waiting.get(address);
+    if (queue === undefined) this.#waiting.set(address, (queue = []));
+    const entry = { socket, start };
+    queue.push(entry);
+    this.#total++;
+    // What it sends meanwhile waits in its socket's buffer (16 KiB, then in the kernel), handed to TLS when it begins.
+    socket.once('close', () => {
+      const index = queue.indexOf(entry);
+      if (index < 0) return;
+      queue.splice(index, 1);
+      this.#total--;
+      if (queue.length === 0 && this.#waiting.get(address) === queue) this.#waiting.delete(address);
+    });
+  }
+
+  #track(address: string, socket: Socket): void {
     const key = connectionKey(socket);
     let pending = this.#underWay.get(address);
     if (pending === undefined) this.#underWay.set(address, (pending = new Map()));
     if (!pending.has(key)) this.#total++;
     pending.set(key, socket);
     socket.once('close', () => this.#settled(address, key, socket));
+  }
+
+  /** One of the address's handshakes has ended: the next waiting one begins. */
+  #next(address: string): void {
+    const queue = this.#waiting.get(address);
+    if (queue === undefined) return;
+    let entry = queue.shift();
+    // One closed, its 'close' not yet emitted, is passed over.
+    while (entry !== undefined && entry.socket.destroyed) {
+      this.#total--;
+      entry = queue.shift();
+    }
+    if (queue.length === 0) this.#waiting.delete(address);
+    if (entry === undefined) return;
+    this.#total--;
+    this.#track(address, entry.socket);
+    entry.start();
   }
 
   /** Its handshake is done: the TLS socket over a tracked connection (same 4-tuple), or the connection itself. */
@@ -273,22 +326,36 @@ export class HandshakeGate {
     const holdMs = this.backoff.failed(address);
     if (holdMs === 0) return { holdMs, cut: 0 };
     let cut = 0;
+    const queue = this.#waiting.get(address);
+    if (queue !== undefined) {
+      this.#waiting.delete(address);
+      this.#total -= queue.length;
+      for (const waiting of queue) waiting.socket.destroy();
+      cut += queue.length;
+    }
     for (const [key, pending] of [...(this.#underWay.get(address) ?? [])]) {
       if (key === own) continue;
+      // Forgotten before it is cut: its close is not one more abandoned handshake of the address.
+      this.#forget(address, key);
       pending.destroy();
       cut++;
     }
     return { holdMs, cut };
   }
 
-  /** Counted once, whichever comes first; a close settles only its own connection (a later one may reuse the 4-tuple). */
-  #settled(address: string, key: string, socket: Socket | undefined): void {
+  #forget(address: string, key: string): void {
     const pending = this.#underWay.get(address);
-    const held = pending?.get(key);
-    if (pending === undefined || held === undefined || (socket !== undefined && held !== socket)) return;
-    pending.delete(key);
+    if (pending?.delete(key) !== true) return;
     this.#total--;
     if (pending.size === 0) this.#underWay.delete(address);
+    this.#next(address);
+  }
+
+  /** Counted once, whichever comes first; a close settles only its own connection (a later one may reuse the 4-tuple). */
+  #settled(address: string, key: string, socket: Socket | undefined): void {
+    const held = this.#underWay.get(address)?.get(key);
+    if (held === undefined || (socket !== undefined && held !== socket)) return;
+    this.#forget(address, key);
     // Closed unfinished (a reset, the handshake timeout, cut) after a flight only a chain makes this large.
     if (socket !== undefined && socket.bytesRead >= ABANDONED_FLIGHT_BYTES) {
       const { holdMs, cut } = this.#count(address, key);

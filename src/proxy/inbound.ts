@@ -1081,27 +1081,27 @@ export class HboneInbound {
     // The secure server does the TLS; a plain listener per IP hands it the sockets, so one server can
     // take connections from several addresses (its IPs, and the shared listener).
     const listener = net.createServer({ pauseOnConnect: false }, (socket) => {
-      if (this.#admitHandshake(socket)) entry.server.emit('connection', socket);
+      this.#admitHandshake(socket, entry);
     });
     return listenOn(listener, ip, this.#options.hbonePort, acceptErrorLogger(this.#logger, `HBONE ${formatAuthority(ip, this.#options.hbonePort)}`)).then(() => listener);
   }
 
   /**
-   * Whether a new connection may begin its TLS handshake: at most H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS under way from
-   * one client address, H2_SERVER_MAX_HANDSHAKES in all. One over is closed at once, counted, never parsed.
+   * A new connection begins its TLS handshake on the workload's server, now or once one of its address's handshakes
+   * under way ends (handshake-backoff.ts, PARALLEL_HANDSHAKES): at most H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS under way
+   * or waiting from one client address, H2_SERVER_MAX_HANDSHAKES in all. One over, or from a held-off address, is
+   * closed at once, counted, never parsed.
    */
-  #admitHandshake(socket: net.Socket): boolean {
-    if (!this.#gate.admit(socket)) return false;
-    const address = socket.remoteAddress ?? '';
+  #admitHandshake(socket: net.Socket, entry: WorkloadServer): void {
+    if (!this.#gate.admit(socket)) return;
     const pending = this.#gate.underWay(socket);
     if (pending >= H2_SERVER_MAX_HANDSHAKES_PER_ADDRESS || this.#gate.total >= H2_SERVER_MAX_HANDSHAKES) {
       this.#options.metrics.peerRefused('HANDSHAKE_LIMIT');
-      this.#refusalLogBudget.warn(this.#logger, 'handshake-limit', { peer: address, pending, total: this.#gate.total }, 'too many TLS handshakes under way on 15008; closing the new connection');
+      this.#refusalLogBudget.warn(this.#logger, 'handshake-limit', { peer: socket.remoteAddress, pending, total: this.#gate.total }, 'too many TLS handshakes under way on 15008; closing the new connection');
       socket.destroy();
-      return false;
+      return;
     }
-    this.#gate.track(socket);
-    return true;
+    this.#gate.begin(socket, () => entry.server.emit('connection', socket));
   }
 
   /**
@@ -1129,7 +1129,7 @@ export class HboneInbound {
       return;
     }
     socket.resume();
-    if (this.#admitHandshake(socket)) entry.server.emit('connection', socket);
+    this.#admitHandshake(socket, entry);
   }
 
   async #remove(key: string, entry: WorkloadServer): Promise<void> {

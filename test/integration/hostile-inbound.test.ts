@@ -873,6 +873,34 @@ spec:
     }
   });
 
+  it('takes eight handshakes of one client address at a time: the next waits, unparsed, and begins as soon as one ends, while another address is taken at once', async () => {
+    const from = '127.0.0.78';
+    const silent = Array.from({ length: 8 }, () => net.connect({ host: ECHO_IP, port: HBONE_PORT, localAddress: from }).on('error', () => {}));
+    const sessions: http2.ClientHttp2Session[] = [];
+    try {
+      await Promise.all(silent.map((socket) => once(socket, 'connect')));
+      await sleep(100);
+      const waiting = dialHbone(validClient, { tls: { localAddress: from } });
+      sessions.push(waiting);
+      let connectedAt = 0;
+      waiting.once('connect', () => (connectedAt = Date.now()));
+      const other = dialHbone(validClient, { tls: { localAddress: '127.0.0.79' } });
+      sessions.push(other);
+      await once(other, 'connect');
+      await sleep(500);
+      expect(connectedAt, 'the ninth from the address, while eight are under way').toBe(0);
+      const releasedAt = Date.now();
+      silent[0]?.destroy();
+      await waitUntil('the ninth handshake done', () => connectedAt > 0, 5_000);
+      expect(connectedAt).toBeGreaterThanOrEqual(releasedAt);
+      const payload = randomBytes(1024);
+      expect((await echoThrough(waiting, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
+    } finally {
+      for (const session of sessions) session.destroy();
+      for (const socket of silent) socket.destroy();
+    }
+  });
+
   it("releases each handshake's slot when one client port reaches two of the node's workloads at once (300 such pairs)", async () => {
     const handshake = (host: string, localPort: number) => {
       const raw = net.connect({ host, port: HBONE_PORT, localAddress: '127.0.0.81', ...(localPort === 0 ? {} : { localPort }) }).on('error', () => {});

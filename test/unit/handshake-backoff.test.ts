@@ -207,3 +207,45 @@ describe('client addresses of the hold-off', () => {
     expect(gate.admit(socket('fd00::ffff:10.1.2.3'))).toBe(true);
   });
 });
+
+describe('handshakes begun per address', () => {
+  it('begin eight at a time from one address, the rest in order as each ends, and leave nothing counted once all have closed', async () => {
+    const gate = new HandshakeGate({ onHeldOff: () => {}, onAbandoned: () => {} });
+    const started: net.Socket[] = [];
+    const accepted: net.Socket[] = [];
+    const server = net.createServer((socket) => {
+      accepted.push(socket);
+      gate.begin(socket, () => started.push(socket));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as net.AddressInfo).port;
+    const clients = [
+      ...Array.from({ length: 10 }, () => net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.31' })),
+      net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.32' }),
+    ];
+    try {
+      for (const client of clients) client.on('error', () => {});
+      await Promise.all(clients.map((client) => once(client, 'connect')));
+      while (accepted.length < 11) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(started.length).toBe(9);
+      expect(gate.underWay(accepted[0] as net.Socket)).toBe(10);
+      expect(gate.total).toBe(11);
+      const first = started[0] as net.Socket;
+      const ninthOfAddress = accepted.filter((socket) => socket.remoteAddress === '127.0.0.31')[8] as net.Socket;
+      first.destroy();
+      await once(first, 'close');
+      expect(started).toContain(ninthOfAddress);
+      // Ended by settle() too, as a handshake done.
+      gate.settle(started[1] as net.Socket);
+      expect(started.length).toBe(11);
+      const closed = accepted.filter((socket) => socket !== first).map((socket) => once(socket, 'close'));
+      for (const socket of accepted) socket.destroy();
+      await Promise.all(closed);
+      expect(gate.total).toBe(0);
+    } finally {
+      for (const client of clients) client.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
