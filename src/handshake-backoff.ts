@@ -16,7 +16,9 @@
 // nodes from its one address, and one misconfigured workload must not hold them all off.
 
 import type { Server, Socket } from 'node:net';
+import { X509Certificate } from 'node:crypto';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
+import { keyFacts } from './identity/crypto-policy.ts';
 import { gateConnections } from './peer-connections.ts';
 
 /** Costly chains from one address before it is held off (an operator trying one out, a test). */
@@ -32,16 +34,13 @@ const MAX_TRACKED = 65_536;
 
 /** Certificates a peer's chain may link before checking it costs more than a handshake: no mesh chain is this long. */
 const COSTLY_CHAIN_LENGTH = 10;
-/** Named curves whose signatures cost what P-256's do (Node's asn1Curve names). */
-const CHEAP_CURVES = new Set(['prime256v1', 'secp384r1', 'secp521r1']);
-/** RSA moduli above this cost several times a P-256 check each. */
-const CHEAP_RSA_BITS = 4_096;
 /**
  * What a client may have sent before its connection closed with the handshake unfinished for that to count as a costly
  * chain abandoned: a reset after the Certificate leaves nothing to read the chain from (Node has let the TLS state go),
- * but the bytes show a client flight well past a ClientHello (~1.6 KB with a post-quantum key share) and a mesh chain.
+ * but the bytes show a client flight well past a ClientHello (~1.6 KB with a post-quantum key share) and the largest mesh
+ * chains (four RSA-4096 certificates, ~6 KB). A costly chain below it (a few certificates of ~6 ms each) goes uncounted.
  */
-const ABANDONED_FLIGHT_BYTES = 6 * 1024;
+const ABANDONED_FLIGHT_BYTES = 12 * 1024;
 /**
  * Handshakes of one address taken at once; the next wait, unread, for one of them to end. The client flights of those
  * taken may all arrive in one turn of the event loop and be checked there before any can count (a chain is judged after
@@ -52,12 +51,14 @@ const ABANDONED_FLIGHT_BYTES = 6 * 1024;
 const PARALLEL_HANDSHAKES = 8;
 
 /**
- * Why OpenSSL's check of a presented chain cost far more than a handshake, or null when it did not (a mesh chain: a
- * few certificates with P-256, P-384 or RSA keys of usual size and exponent, however it was refused). Read from the
- * chain as OpenSSL linked it (getPeerCertificate(true)); what a client sent unlinked is parsed, never checked. Only a
- * costly chain counts towards a hold-off: a misconfigured peer (a trust domain not federated, a withdrawn root) whose
- * node address all the node's workloads share never holds them off, and a hostile chain of cheap keys costs what any
- * handshake does.
+ * Why OpenSSL's check of a presented chain cost far more than a handshake, or null when it did not: a certificate
+ * whose key ambit's policy refuses (crypto-policy.ts: an RSA exponent over 32 bits or modulus over 8,192 bits, a curve
+ * other than P-256, P-384 and P-521, a DSA key...), or more than COSTLY_CHAIN_LENGTH certificates. A mesh chain, however
+ * it was refused, is neither. Only a costly chain counts towards a hold-off: a misconfigured peer (a trust domain not
+ * federated, a withdrawn root) whose node address all the node's workloads share never holds them off, and a hostile
+ * chain of cheap keys costs what any handshake does. Read from the chain as Node links it (getPeerCertificate(true)),
+ * which may not be the one OpenSSL checked: Node links an issuer only with keyCertSign, OpenSSL without (a hostile
+ * chain of such certificates shows here as its leaf alone; PARALLEL_HANDSHAKES still bounds what one turn can take).
  */
 export function costlyChain(leaf: DetailedPeerCertificate | null | undefined): string | null {
   const seen = new Set<string>();
@@ -65,24 +66,16 @@ export function costlyChain(leaf: DetailedPeerCertificate | null | undefined): s
   while (current?.raw !== undefined && !seen.has(current.fingerprint256)) {
     seen.add(current.fingerprint256);
     if (seen.size > COSTLY_CHAIN_LENGTH) return `a chain of more than ${COSTLY_CHAIN_LENGTH} certificates`;
-    const problem = costlyKey(current);
-    if (problem !== null) return problem;
+    let problem: string | undefined;
+    try {
+      problem = keyFacts(new X509Certificate(current.raw).publicKey).problem;
+    } catch {
+      problem = 'cannot be read';
+    }
+    if (problem !== undefined) return `a certificate that ${problem}`;
     current = current.issuerCertificate;
   }
   return null;
-}
-
-function costlyKey(cert: DetailedPeerCertificate): string | null {
-  // Node fills exponent and modulus for RSA keys, asn1Curve for EC keys on a named curve, neither for anything else.
-  if (typeof cert.exponent === 'string') {
-    // '0x10001': more than 8 hex digits is an exponent above 32 bits (ring and BoringSSL refuse those outright).
-    if (cert.exponent.length > 10) return `an RSA key with a ${cert.exponent.length * 4 - 8}-bit public exponent`;
-    if ((cert.bits ?? 0) > CHEAP_RSA_BITS) return `a ${cert.bits}-bit RSA key`;
-    return null;
-  }
-  const curve = (cert as { asn1Curve?: string }).asn1Curve;
-  if (curve !== undefined) return CHEAP_CURVES.has(curve) ? null : `an EC key on curve ${curve}`;
-  return 'a key that is neither RSA nor EC on a named curve';
 }
 
 export interface HandshakeBackoffOptions {

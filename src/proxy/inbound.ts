@@ -1109,6 +1109,8 @@ export class HboneInbound {
    * handshake to check) counts its address towards a hold-off (handshake-backoff.ts).
    */
   #judgeChain(socket: tls.TLSSocket, code: string): void {
+    // A socket already reset has no address to count against: its connection's close counts its bytes instead.
+    if (socket.remoteAddress === undefined) return;
     const costly = costlyChain(socket.getPeerCertificate(true));
     if (costly === null) return;
     const { holdMs, cut } = this.#gate.refused(socket);

@@ -330,10 +330,11 @@ describe('the CA signing endpoint', () => {
   });
 
   it.each([false, true])('counts a costly chain whose client abandoned the handshake after presenting it (no Finished, then stalled: %s)', async (stall) => {
-    const costly = await issueLongChainSvid(TD, NODE_A, 10);
+    // Forty certificates (~20 KB): reset, nothing is left to read the chain from, but a flight past 12 KiB counts;
+    // stalled, the chain is judged at the 2 s handshake timeout.
+    const costly = await issueLongChainSvid(TD, NODE_A, 40);
     const held = freshSource();
     const url = new URL(server.url);
-    // Reset: nothing is left to read the chain from, but the bytes it sent say a chain; stalled: the 2 s handshake timeout.
     for (let i = 0; i < 3; i++) await abandonHandshakeAfterCertificate({ host: url.hostname, port: Number(url.port), localAddress: held, cert: costly.certPem, key: costly.keyPem, alpn: 'http/1.1', stall });
     await expect(signFor(await currentNode(), WEB, undefined, held)).rejects.toThrow();
   }, 20_000);

@@ -998,7 +998,9 @@ spec:
 
     it('is held off as well when it abandons its handshakes after presenting its chain (no Finished, then a reset)', async () => {
       const held = freshSource();
-      for (let i = 0; i < 3; i++) await abandonHandshakeAfterCertificate({ host: ECHO_IP, port: HBONE_PORT, localAddress: held, cert: costly.certPem, key: costly.keyPem, alpn: 'h2' });
+      // Reset, the chain is gone with the TLS state: what counts is a flight past 12 KiB (forty certificates, ~20 KB).
+      const large = await issueLongChainSvid(TD, `spiffe://${TD}/ns/demo/sa/costly`, 40);
+      for (let i = 0; i < 3; i++) await abandonHandshakeAfterCertificate({ host: ECHO_IP, port: HBONE_PORT, localAddress: held, cert: large.certPem, key: large.keyPem, alpn: 'h2' });
       expect((await attemptTunnel(validClient, { localAddress: held })).handshakeCompleted).toBe(false);
     });
 

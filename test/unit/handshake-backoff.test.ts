@@ -7,6 +7,8 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { costlyChain, HandshakeBackoff, HandshakeGate } from '../../src/handshake-backoff.ts';
 import { createTestCa, issueTestSvid } from '../helpers/certs.ts';
 import type { TestSvid } from '../helpers/certs.ts';
+import { craftCertificate } from '../helpers/certs.ts';
+import type { Certificate } from '../../src/identity/svid.ts';
 
 function clock(): { now: () => number; advance: (ms: number) => void } {
   let t = 1_000;
@@ -168,29 +170,43 @@ describe('handshake gate of a TLS server', () => {
 });
 
 describe('a chain that costs far more than a handshake to check', () => {
-  /** A chain as getPeerCertificate(true) links it: `keys` leaf first, the last one self-issued. */
-  function linked(keys: Array<Partial<tls.DetailedPeerCertificate> & { asn1Curve?: string }>): tls.DetailedPeerCertificate {
-    const certs = keys.map((key, i) => ({ raw: Buffer.from([i]), fingerprint256: `fp${i}`, ...key }) as tls.DetailedPeerCertificate);
-    certs.forEach((cert, i) => (cert.issuerCertificate = certs[i + 1] ?? cert));
-    return certs[0] as tls.DetailedPeerCertificate;
+  /** A chain as getPeerCertificate(true) links it, leaf first, the last one its own issuer. */
+  function linked(certs: Certificate[]): tls.DetailedPeerCertificate {
+    const nodes = certs.map((cert, i) => ({ raw: Buffer.from(cert.rawData), fingerprint256: `fp${i}` }) as tls.DetailedPeerCertificate);
+    nodes.forEach((node, i) => (node.issuerCertificate = nodes[i + 1] ?? node));
+    return nodes[0] as tls.DetailedPeerCertificate;
   }
-  const p256 = { asn1Curve: 'prime256v1', bits: 256 };
+  const rsaPair = async () => (await crypto.subtle.generateKey({ name: 'RSASSA-PKCS1-v1_5', modulusLength: 2_048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' }, true, ['sign', 'verify'])) as CryptoKeyPair;
+  /** A certificate for an RSA key whose public exponent is nearly as long as its modulus (WebCrypto makes none). */
+  const hugeExponent = async (): Promise<Certificate> => {
+    const jwk = await crypto.subtle.exportKey('jwk', (await rsaPair()).publicKey);
+    const e = Buffer.from(jwk.n as string, 'base64url');
+    e[0] = (e[0] as number) >> 1;
+    e[e.length - 1] = (e[e.length - 1] as number) | 1;
+    const publicKey = await crypto.subtle.importKey('jwk', { kty: 'RSA', n: jwk.n, e: e.toString('base64url'), ext: true }, { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }, true, ['verify']);
+    const ca = await createTestCa('costly.test');
+    return (await craftCertificate(ca.root, { keys: { publicKey, privateKey: (await rsaPair()).privateKey } })).cert;
+  };
+  let p256: Certificate;
+  beforeAll(async () => {
+    p256 = (await craftCertificate(null)).cert;
+  });
 
-  it('is none of the mesh: P-256, P-384 and RSA keys of usual size and exponent, a few certificates, or no certificate', () => {
+  it('is none of the mesh\'s: P-256 and RSA keys of usual exponent, EdDSA, a few certificates, or no certificate', async () => {
+    const ed25519 = (await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+    const edCert = (await craftCertificate(null, { keys: ed25519, signingAlgorithm: { name: 'Ed25519' } })).cert;
     expect(costlyChain(linked([p256, p256, p256]))).toBeNull();
-    expect(costlyChain(linked([{ asn1Curve: 'secp384r1', bits: 384 }, { exponent: '0x10001', bits: 4_096 }]))).toBeNull();
+    expect(costlyChain(linked([p256, (await craftCertificate(null, { keys: await rsaPair(), signingAlgorithm: { name: 'RSASSA-PKCS1-v1_5' } })).cert]))).toBeNull();
+    expect(costlyChain(linked([edCert, p256]))).toBeNull();
     expect(costlyChain(linked(Array.from({ length: 10 }, () => p256)))).toBeNull();
     expect(costlyChain(null)).toBeNull();
     expect(costlyChain({} as tls.DetailedPeerCertificate)).toBeNull();
   });
 
-  it('is one with an RSA exponent over 32 bits, an RSA modulus over 4,096 bits, another curve or key type, or over 10 certificates', () => {
-    expect(costlyChain(linked([p256, { exponent: `0x${'f'.repeat(768)}`, bits: 3_072 }]))).toBe('an RSA key with a 3072-bit public exponent');
-    expect(costlyChain(linked([p256, { exponent: '0x100000001', bits: 2_048 }]))).toBe('an RSA key with a 36-bit public exponent');
-    expect(costlyChain(linked([{ exponent: '0x10001', bits: 16_384 }]))).toBe('a 16384-bit RSA key');
-    expect(costlyChain(linked([p256, { asn1Curve: 'secp256k1', bits: 256 }]))).toBe('an EC key on curve secp256k1');
-    expect(costlyChain(linked([p256, { bits: 10_000 }]))).toBe('a key that is neither RSA nor EC on a named curve');
+  it('is one with a key ambit\'s policy refuses (an RSA exponent over 32 bits), an unreadable one, or over 10 certificates', async () => {
+    expect(costlyChain(linked([p256, await hugeExponent()]))).toMatch(/^a certificate that has an RSA key with a 20\d\d-bit public exponent/);
     expect(costlyChain(linked(Array.from({ length: 11 }, () => p256)))).toBe('a chain of more than 10 certificates');
+    expect(costlyChain(linked([p256, { rawData: new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01]).buffer } as Certificate]))).toBe('a certificate that cannot be read');
   });
 });
 

@@ -551,6 +551,8 @@ export class CaServer {
    * whatever was presented), unless a bundle the CA holds vouches for it. Signing judges the caller again, as a node.
    */
   #judgeChain(socket: TLSSocket, handshakeDone: boolean): void {
+    // A socket already reset has no address to count against: its connection's close counts its bytes instead.
+    if (socket.remoteAddress === undefined) return;
     const leaf = socket.getPeerCertificate(true);
     const costly = costlyChain(leaf);
     if (costly === null) return;
