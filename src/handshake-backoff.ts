@@ -150,7 +150,7 @@ export class HandshakeBackoff {
     return holdMs;
   }
 
-  /** Addresses with refusals not yet forgotten (for tests and the metrics). */
+  /** Addresses with refusals not yet forgotten (for tests). */
   get tracked(): number {
     return this.#records.size;
   }
@@ -310,9 +310,11 @@ export class HandshakeGate {
   refused(socket: Socket): { holdMs: number; cut: number } {
     const address = clientAddress(socket);
     const key = connectionKey(socket);
-    // Settled here: its close must not count it a second time as abandoned.
+    // Counted (and the address's others cut) before it is settled, which would begin the next waiting one; settled here,
+    // its close does not count it a second time as abandoned.
+    const counted = this.#count(address, key);
     this.#settled(address, key, undefined);
-    return this.#count(address, key);
+    return counted;
   }
 
   #count(address: string, own: string): { holdMs: number; cut: number } {
@@ -322,13 +324,15 @@ export class HandshakeGate {
     const queue = this.#waiting.get(address);
     if (queue !== undefined) {
       this.#waiting.delete(address);
-      this.#total -= queue.length;
-      for (const waiting of queue) waiting.socket.destroy();
-      cut += queue.length;
+      // Emptied: each one's close finds itself gone from it and leaves the total alone.
+      const waiting = queue.splice(0);
+      this.#total -= waiting.length;
+      for (const entry of waiting) entry.socket.destroy();
+      cut += waiting.length;
     }
     for (const [key, pending] of [...(this.#underWay.get(address) ?? [])]) {
       if (key === own) continue;
-      // Forgotten before it is cut: its close is not one more abandoned handshake of the address.
+      // Forgotten before it is cut: its close is not one more abandoned handshake of the address (nor begins another).
       this.#forget(address, key);
       pending.destroy();
       cut++;
@@ -336,12 +340,12 @@ export class HandshakeGate {
     return { holdMs, cut };
   }
 
+  /** Under way no more (its next waiting one is begun by the caller). */
   #forget(address: string, key: string): void {
     const pending = this.#underWay.get(address);
     if (pending?.delete(key) !== true) return;
     this.#total--;
     if (pending.size === 0) this.#underWay.delete(address);
-    this.#next(address);
   }
 
   /** Counted once, whichever comes first; a close settles only its own connection (a later one may reuse the 4-tuple). */
@@ -349,10 +353,12 @@ export class HandshakeGate {
     const held = this.#underWay.get(address)?.get(key);
     if (held === undefined || (socket !== undefined && held !== socket)) return;
     this.#forget(address, key);
-    // Closed unfinished (a reset, the handshake timeout, cut) after a flight only a chain makes this large.
+    // Closed unfinished (a reset, the handshake timeout, cut) after a flight only a chain makes this large: counted,
+    // and the address's others cut if it is held off now, before the next waiting one would begin.
     if (socket !== undefined && socket.bytesRead >= ABANDONED_FLIGHT_BYTES) {
       const { holdMs, cut } = this.#count(address, key);
       this.#onAbandoned(address, socket.bytesRead, holdMs, cut);
     }
+    this.#next(address);
   }
 }

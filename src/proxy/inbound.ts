@@ -15,7 +15,6 @@ import { canonicalIp } from '../config/fields.ts';
 import type * as tls from 'node:tls';
 import { countDown } from '../counts.ts';
 import { costlyChain, HandshakeGate } from '../handshake-backoff.ts';
-import type { HandshakeBackoff } from '../handshake-backoff.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import type { BundleSource, VerifyResult } from '../identity/svid.ts';
 import { AMBIGUOUS_NAMESPACE, isInfrastructurePath, namespaceOfPath } from '../identity/spiffe-id.ts';
@@ -228,8 +227,6 @@ export interface InboundOptions {
   settingsAckTimeoutMs?: number;
   /** The stream windows' budget shared with the proxy's other sessions (window.ts; default: one of its own). */
   streamBudget?: StreamBudget;
-  /** Holds off client addresses whose certificate chains were refused (default: one of its own, with its defaults). */
-  handshakeBackoff?: HandshakeBackoff;
 }
 
 export interface RequestInspection {
@@ -361,7 +358,6 @@ export class HboneInbound {
     this.#illegalPorts = illegalUpstreamPorts(options.snapshot().mesh.ports, options.hbonePort, options.sharedListen?.port);
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
     this.#gate = new HandshakeGate({
-      backoff: options.handshakeBackoff,
       onHeldOff: (peer, heldOffMs) => {
         this.#options.metrics.peerRefused('HANDSHAKE_BACKOFF');
         this.#refusalLogBudget.warn(this.#logger, 'handshake-backoff', { peer, heldOffMs: Math.ceil(heldOffMs) }, 'holding off a client address whose certificate chains cost far more than a handshake to check on 15008; closing the new connection');

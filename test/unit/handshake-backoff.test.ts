@@ -264,4 +264,33 @@ describe('handshakes begun per address', () => {
       await new Promise((resolve) => server.close(resolve));
     }
   });
+
+  it('cut by a hold-off, the waiting are not begun first and are counted out once: nothing is left counted', async () => {
+    const gate = new HandshakeGate({ backoff: new HandshakeBackoff({ freeFailures: 0 }), onHeldOff: () => {}, onAbandoned: () => {} });
+    const started: net.Socket[] = [];
+    const accepted: net.Socket[] = [];
+    const server = net.createServer((socket) => {
+      accepted.push(socket);
+      gate.begin(socket, () => started.push(socket));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as net.AddressInfo).port;
+    const clients = Array.from({ length: 10 }, () => net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.33' }).on('error', () => {}));
+    try {
+      await Promise.all(clients.map((client) => once(client, 'connect')));
+      while (accepted.length < 10) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect([started.length, gate.total]).toEqual([8, 10]);
+      const closed = accepted.map((socket) => once(socket, 'close'));
+      const { holdMs, cut } = gate.refused(started[0] as net.Socket);
+      expect([holdMs > 0, cut]).toEqual([true, 9]);
+      expect(started.length).toBe(8);
+      (started[0] as net.Socket).destroy();
+      await Promise.all(closed);
+      expect(gate.total).toBe(0);
+    } finally {
+      for (const client of clients) client.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
 });
