@@ -341,7 +341,7 @@ export class HboneInbound {
   readonly #windows: WindowOptions;
   /** Shutting down (stopAccepting): a session that finishes its handshake now is told GOAWAY at once. */
   #draining = false;
-  /** Handshakes under way per client address, and the addresses held off for chains we refused (handshake-backoff.ts). */
+  /** Handshakes under way or waiting per client address, and the addresses held off for costly chains (handshake-backoff.ts). */
   readonly #gate: HandshakeGate;
   /** Authenticated sessions per peer identity and address (H2_SERVER_MAX_SESSIONS_PER_PEER). */
   readonly #sessionsByPeer = new Map<string, number>();

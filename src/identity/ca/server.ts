@@ -145,7 +145,7 @@ export class CaServer {
   #state: CaState;
   /** Attestations with a token the CA never made: 20 warnings per 10 s, the rest at debug with their count. */
   readonly #unknownTokenLog = new LogBudget(10_000, 20);
-  /** Client addresses held off for presenting chains no bundle of ours vouches for (handshake-backoff.ts says why). */
+  /** Client addresses held off for presenting costly chains no bundle of ours vouches for (handshake-backoff.ts). */
   readonly #gate: HandshakeGate;
   /** Its warnings: 20 per 10 s, the rest at debug with their count. */
   readonly #holdOffLog = new LogBudget(10_000, 20);
