@@ -27,8 +27,8 @@ import { fileURLToPath } from 'node:url';
 // --scenario throughput,latency,bulk` runs, 2026-11-24), throughput and RSS at 2,000 req/s the same; 10,000 idle
 // connections cost the same per connection (8.3 / 5.7 KiB), where 128 MiB made it 10.5 KiB (garbage from opening
 // them left uncollected). The limit is not committed memory: the idle proxy is the same size.
-// --expose-gc: the proxy collects once after loading or reloading its configuration, returning the pages parsing and
-// compiling grew the heap to (src/proxy/heap.ts); nothing else calls it.
+// --expose-gc: the proxy collects once after loading or reloading its configuration, when its event loop is quiet,
+// returning the pages parsing and compiling grew the heap to (src/proxy/heap.ts); nothing else calls it.
 export const LONG_RUNNING_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--initial-old-space-size=64', '--expose-gc'];
 
 // MALLOC_ARENA_MAX=2: glibc gives every thread that mallocs an arena of its own, and keeps what it frees there.
