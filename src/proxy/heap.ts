@@ -1,7 +1,7 @@
 // Returning the heap's spare pages after the proxy loads or reloads its configuration. Parsing and compiling leave
 // tens of MiB of garbage, and V8 keeps the pages its heap grew to; its memory reducer did not give them back in 10 s
 // of idleness. With 1,000 workloads configured that was 20 MiB of an idle proxy's RSS (152 against 132 MiB,
-// `npm run bench -- --scenario footprint`). One full collection that releases them, a second after the last
+// `npm run bench -- --scenario footprint`). One full collection that releases them, at least a second after the last
 // configuration step, when the process runs with --expose-gc (LONG_RUNNING_NODE_FLAGS); without it, nothing.
 //
 // Only while the proxy is quiet. The collection stops the process for 60–100 ms (two full collections) and throws
@@ -33,6 +33,8 @@ export class HeapRelease {
   readonly #utilization: LoopUtilization;
   #timer: NodeJS.Timeout | null = null;
   #since: EventLoopUtilization | undefined;
+  /** Stopped for good: the proxy closing may still finish a configuration step, which must not arm it again. */
+  #stopped = false;
 
   constructor(collect: CollectGarbage | undefined = globalThis.gc, delayMs = 1000, utilization: LoopUtilization = loopUtilization) {
     this.#collect = collect;
@@ -45,17 +47,23 @@ export class HeapRelease {
    * loop was busier than QUIET_LOOP_UTILIZATION over that time, after the first such interval that was not.
    */
   schedule(): void {
-    if (this.#collect === undefined) return;
+    if (this.#collect === undefined || this.#stopped) return;
     this.#arm();
   }
 
+  /** No collection from now on, whatever is scheduled later. */
   stop(): void {
+    this.#stopped = true;
+    this.#clear();
+  }
+
+  #clear(): void {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
   }
 
   #arm(): void {
-    this.stop();
+    this.#clear();
     this.#since = this.#utilization();
     this.#timer = setTimeout(() => this.#fire(), this.#delayMs);
     this.#timer.unref();
