@@ -224,18 +224,23 @@ describe('client addresses of the hold-off', () => {
   });
 });
 
+/** A TCP server whose connections begin their (stand-in) handshakes through `gate`: what it accepted, what began. */
+async function gatedServer(gate: HandshakeGate): Promise<{ server: net.Server; port: number; started: net.Socket[]; accepted: net.Socket[] }> {
+  const started: net.Socket[] = [];
+  const accepted: net.Socket[] = [];
+  const server = net.createServer((socket) => {
+    accepted.push(socket);
+    gate.begin(socket, () => started.push(socket));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as net.AddressInfo).port, started, accepted };
+}
+
 describe('handshakes begun per address', () => {
   it('begin eight at a time from one address, the rest in order as each ends, and leave nothing counted once all have closed', async () => {
     const gate = new HandshakeGate({ onHeldOff: () => {}, onAbandoned: () => {} });
-    const started: net.Socket[] = [];
-    const accepted: net.Socket[] = [];
-    const server = net.createServer((socket) => {
-      accepted.push(socket);
-      gate.begin(socket, () => started.push(socket));
-    });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const port = (server.address() as net.AddressInfo).port;
+    const { server, port, started, accepted } = await gatedServer(gate);
     const clients = [
       ...Array.from({ length: 10 }, () => net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.31' })),
       net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.32' }),
@@ -267,15 +272,7 @@ describe('handshakes begun per address', () => {
 
   it('cut by a hold-off, the waiting are not begun first and are counted out once: nothing is left counted', async () => {
     const gate = new HandshakeGate({ backoff: new HandshakeBackoff({ freeFailures: 0 }), onHeldOff: () => {}, onAbandoned: () => {} });
-    const started: net.Socket[] = [];
-    const accepted: net.Socket[] = [];
-    const server = net.createServer((socket) => {
-      accepted.push(socket);
-      gate.begin(socket, () => started.push(socket));
-    });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const port = (server.address() as net.AddressInfo).port;
+    const { server, port, started, accepted } = await gatedServer(gate);
     const clients = Array.from({ length: 10 }, () => net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.33' }).on('error', () => {}));
     try {
       await Promise.all(clients.map((client) => once(client, 'connect')));
