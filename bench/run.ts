@@ -21,7 +21,7 @@ import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, NODE_FLOOR, TRUST_DOMAIN, UPS
 import { startNodeFloorPair } from './system/node-floor.ts';
 import type { NodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
-import { bulk, bulkFor, churn, openIdle, paced, throughput, trickle } from './system/load.ts';
+import { bulk, bulkFor, churn, idleConnectionCounts, openIdle, paced, throughput, trickle } from './system/load.ts';
 import type { BulkResult } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, idleCost, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, rssParts, sleep, treeCpuMicros } from './system/processes.ts';
@@ -81,7 +81,10 @@ interface Plan {
   /** (a)-(c) again with ambit L4 and the Node floor pair loaded at once: a ratio the VM's drift cannot move. */
   sideBySide: boolean;
   idleRequested: number;
+  /** (e)'s connections for a pair whose processes hold one descriptor per connection (ambit, the Node floor). */
   idleConnections: number;
+  /** The same for HAProxy's pairs, whose processes hold two per connection (an accepted one and their own). */
+  idleConnectionsPaired: number;
   without: Set<string>;
   resultsDir: string;
   accessLog: boolean;
@@ -153,6 +156,7 @@ function parsePlan(argv: string[]): Plan {
     sideBySide,
     idleRequested,
     idleConnections: idleRequested,
+    idleConnectionsPaired: idleRequested,
     without: new Set((values.without ?? '').split(',').map((s) => s.trim()).filter(Boolean)),
     resultsDir: values['results-dir'] ?? join(HERE, 'results'),
     accessLog: values['access-log'] === true,
@@ -443,9 +447,9 @@ async function waitForHold(ctx: Context, predicate: (count: number) => boolean, 
   return count;
 }
 
-const runIdle: Runner<'idle'> = async (ctx, _row, target) => {
+const runIdle: Runner<'idle'> = async (ctx, row, target) => {
   if (!target.hold) return { status: 'n/a', reason: NOT_A_BYTE_STREAM };
-  const count = ctx.plan.idleConnections;
+  const count = row.startsWith('haproxy') ? ctx.plan.idleConnectionsPaired : ctx.plan.idleConnections;
   await waitForHold(ctx, (n) => n === 0, 10_000);
   // The idle baseline is read after ambit's one collection a second after it loaded its configuration
   // (src/proxy/heap.ts): read before it, the baseline held startup garbage that opening the connections then
@@ -697,7 +701,7 @@ async function run(ctx: Context, workDir: string): Promise<void> {
           if (!plan.rows.includes(row) || results.skipped[row] !== undefined) continue;
           try {
             // Two descriptors per connection on each side: stay inside the open-files limit or haproxy refuses to start.
-            const maxConnections = Math.min(plan.idleConnections + 64, Math.floor((openFilesLimit().hard - 256) / 2));
+            const maxConnections = Math.min(plan.idleConnectionsPaired + 64, Math.floor((openFilesLimit().hard - 256) / 2));
             const pair = await startHaproxyPair(processes, binary, layer, join(workDir, 'haproxy'), pem, maxConnections);
             stoppers.push(() => pair.stop());
             ctx.targets.set(row, haproxyTarget(pair, layer));
@@ -832,7 +836,7 @@ function scenarioSettings(plan: Plan, scenario: ScenarioId): Record<string, unkn
     case 'latency': return { ratePerSecond: plan.ratePerSecond, seconds: plan.seconds.latency, connections: plan.connections, bodyBytes: 1024 };
     case 'churn': return { concurrency: plan.churnConcurrency, seconds: plan.seconds.churn, sourceAddresses: CHURN_SOURCES.length };
     case 'bulk': return { bytes: plan.bulkBytes };
-    case 'idle': return { connections: plan.idleConnections, requested: plan.idleRequested };
+    case 'idle': return { connections: plan.idleConnections, haproxyConnections: plan.idleConnectionsPaired, requested: plan.idleRequested };
     case 'rotation': return { ratePerSecond: plan.ratePerSecond, seconds: plan.seconds.rotation, newConnectionsPerSecond: plan.newConnectionsPerSecond, svidTtl: plan.svidTtl };
     case 'footprint': return {};
   }
@@ -881,8 +885,15 @@ async function main(): Promise<number> {
   if (wantsIdle && limits.hard < needed && reexecWithMoreFiles(needed)) return -1;
   if (wantsIdle && openFilesLimit().hard < needed) {
     const hard = openFilesLimit().hard;
-    plan.idleConnections = Math.max(100, Math.floor((hard - 512) / 2 / 50) * 50);
-    notes.push(`open-files limit is ${hard} and cannot be raised here (ulimit -n ${needed} refused): idle connections scaled from ${plan.idleRequested} to ${plan.idleConnections} (HAProxy's client side holds two descriptors per connection)`);
+    const counts = idleConnectionCounts(plan.idleRequested, hard);
+    const count = (n: number) => n.toLocaleString('en-US');
+    plan.idleConnections = counts.single;
+    plan.idleConnectionsPaired = counts.paired;
+    const scaled = [
+      counts.single < plan.idleRequested ? `through ambit and the Node floor scaled from ${count(plan.idleRequested)} to ${count(counts.single)}` : null,
+      counts.paired < plan.idleRequested ? `through HAProxy's pairs scaled from ${count(plan.idleRequested)} to ${count(counts.paired)} (its client side holds two descriptors per connection)` : null,
+    ].filter((part) => part !== null);
+    notes.push(`open-files limit is ${hard} and cannot be raised here (ulimit -n ${needed} refused): idle connections ${scaled.join('; ')}`);
   }
 
   const progress = new Progress();

@@ -410,6 +410,18 @@ export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, 
     });
   });
 }
+/**
+ * How many of `requested` idle connections (e) each kind of pair can be given within a hard open-files limit that
+ * cannot be raised, in steps of 50 with 512 descriptors spare. Every process of ambit's pair and the Node floor's holds
+ * one descriptor per connection (an accepted socket, or an upstream one; the HBONE sessions are shared), as the harness
+ * and the upstream do; each HAProxy process holds two (it opens a connection of its own for each one it accepts).
+ * Each pair gets as many as its own processes can hold, so that a limit HAProxy needs does not shrink ambit's figure.
+ */
+export function idleConnectionCounts(requested: number, hardLimit: number): { single: number; paired: number } {
+  const fit = (perConnection: number) => Math.max(100, Math.floor((hardLimit - 512) / perConnection / 50) * 50);
+  return { single: Math.min(requested, fit(1)), paired: Math.min(requested, fit(2)) };
+}
+
 
 /** Opens `count` connections, at most `parallel` connecting at once; the caller closes them. */
 export async function openIdle(target: HostPort, count: number, parallel: number, sockets: Socket[]): Promise<number> {

@@ -336,7 +336,10 @@ export function renderMarkdown(results: RunResults): string {
   }
   if (results.scenarios.idle) {
     const s = settings('idle');
-    out.push(`### (e) idle connections — ${fmt(Number(s.connections))} concurrent idle connections through the pair`, '');
+    // HAProxy's pairs may hold fewer under an open-files limit (two descriptors per connection, bench/system/load.ts).
+    const paired = s.haproxyConnections === undefined ? Number(s.connections) : Number(s.haproxyConnections);
+    const through = paired === Number(s.connections) ? 'through the pair' : `through each pair (HAProxy's: ${fmt(paired)}, see the notes)`;
+    out.push(`### (e) idle connections — ${fmt(Number(s.connections))} concurrent idle connections ${through}`, '');
     out.push(table(['configuration', 'client-side proxy KiB/conn', 'server-side proxy KiB/conn', 'of which V8 heap (client / server)', 'RSS idle → loaded, MiB (client + server)', 'open failures', 'vs HAProxy (worse side)'], rowsOf('idle').map((row) => rowCells(results, 'idle', row, 6, (f) => {
       const peer = peerOf(row);
       const [client, server] = Object.values(f.bytesPerConnection);

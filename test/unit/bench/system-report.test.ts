@@ -2,7 +2,8 @@
 // hidden, and a target is decided by the median of the ratios of rows measured side by side.
 import { describe, expect, it } from 'vitest';
 import { checkTargets, compareSideBySide, compareToFloor, cpuCell, recordRounds, renderMarkdown } from '../../../bench/system/report.ts';
-import type { BulkFigures, LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
+import type { BulkFigures, IdleFigures, LatencyFigures, Outcome, RowId, RunResults, ThroughputFigures } from '../../../bench/system/report.ts';
+import { idleConnectionCounts } from '../../../bench/system/load.ts';
 
 function throughput(requestsPerSecond: number): ThroughputFigures {
   return { requestsPerSecond, ok: requestsPerSecond * 10, failed: 0, seconds: 10, latencyMs: { p50: 1, p99: 2, max: 3 }, proxyCpuMicrosPerRequest: 50, loadgenCpuPercent: 30, upstreamCpuPercent: 20, proxyCpuPercent: 90, otherCpuPercent: 0 };
@@ -201,5 +202,27 @@ describe('the idle footprint table', () => {
     expect(markdown).toContain('| bare `node`, the same flags, idle (reference) | 42.0 | 8.0 | 34.0 | — | — | 0.0 | 0 |');
     results.scenarios.footprint.rows['ambit-l4'] = ok({ ...figures, bareNode: bare });
     expect(renderMarkdown(results)).toContain('| ambit proxy (node-c), idle | 106.0 | 52.0 | 54.0 | 25.0 / 27.0 | 5.0 | — | — |');
+  });
+});
+
+describe('idle connections under an open-files limit', () => {
+  it('gives each pair the connections its own processes can hold: HAProxy, two descriptors each, fewer than ambit', () => {
+    // This machine's hard limit: 10,000 for ambit and the Node floor, 9,700 for HAProxy's pairs.
+    expect(idleConnectionCounts(10_000, 20_000)).toEqual({ single: 10_000, paired: 9_700 });
+    expect(idleConnectionCounts(10_000, 1_048_576)).toEqual({ single: 10_000, paired: 10_000 });
+    expect(idleConnectionCounts(10_000, 8_192)).toEqual({ single: 7_650, paired: 3_800 });
+    expect(idleConnectionCounts(10_000, 600)).toEqual({ single: 100, paired: 100 });
+  });
+
+  it("names both counts in the table's heading when they differ, one when they do not", () => {
+    const results = emptyRun();
+    const figures = (connections: number): IdleFigures => ({ connections, openFailed: 0, rssBeforeBytes: { a: 1, b: 1 }, rssAfterBytes: { a: 2, b: 2 }, bytesPerConnection: { a: 8000, b: 7000 }, maxBytesPerConnection: 8000, heapBytesPerConnection: {} });
+    results.scenarios.idle = { settings: { connections: 10_000, haproxyConnections: 9_700, requested: 10_000 }, rows: { 'ambit-l4': ok(figures(10_000)), 'haproxy-l4': ok(figures(9_700)) } };
+    expect(renderMarkdown(results)).toContain("### (e) idle connections — 10,000 concurrent idle connections through each pair (HAProxy's: 9,700, see the notes)");
+    results.scenarios.idle.settings = { connections: 10_000, haproxyConnections: 10_000, requested: 10_000 };
+    expect(renderMarkdown(results)).toContain('### (e) idle connections — 10,000 concurrent idle connections through the pair\n');
+    // The JSON of runs before the two counts: one count for every pair.
+    results.scenarios.idle.settings = { connections: 9_700, requested: 10_000 };
+    expect(renderMarkdown(results)).toContain('### (e) idle connections — 9,700 concurrent idle connections through the pair\n');
   });
 });
