@@ -21,7 +21,7 @@ import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, NODE_FLOOR, TRUST_DOMAIN, UPS
 import { startNodeFloorPair } from './system/node-floor.ts';
 import type { NodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
-import { bulk, bulkFor, churn, idleConnectionCounts, openIdle, paced, throughput, trickle } from './system/load.ts';
+import { bulk, bulkFor, churn, idleConnectionCounts, keepAliveConnections, openIdle, paced, throughput, trickle } from './system/load.ts';
 import type { BulkResult } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, idleCost, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, rssParts, sleep, treeCpuMicros } from './system/processes.ts';
@@ -316,6 +316,12 @@ function cpuSince(ctx: Context, target: RowTarget, mark: CpuMark): CpuUse {
   return use;
 }
 
+/** Which of the row's proxy processes has exited, if one has: its CPU can no longer be read. */
+function goneProxy(target: RowTarget): string | null {
+  for (const proxy of target.proxies) if (rssBytes(proxy.pid) === 0) return `proxy ${proxy.name} (pid ${proxy.pid}) is gone`;
+  return null;
+}
+
 type Runner<S extends ScenarioId> = (ctx: Context, row: RowId, target: RowTarget) => Promise<Outcome<FiguresByScenario[S]>>;
 
 const round = (value: number, digits = 2) => Math.round(value * 10 ** digits) / 10 ** digits;
@@ -348,10 +354,19 @@ const runThroughput: Runner<'throughput'> = async (ctx, row, target) => {
 
 const runLatency: Runner<'latency'> = async (ctx, _row, target) => {
   const { plan } = ctx;
-  await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, plan.connections);
-  const mark = markCpu(ctx, target);
-  const result = await paced(target.http, plan.ratePerSecond, plan.seconds.latency, plan.connections);
-  const cpu = cpuSince(ctx, target, mark);
+  // The warm-up's connections carry the measured run: (b) is a fixed rate over open keep-alive connections (opening
+  // them is (c)'s), and their setup would otherwise fall into its first moments, a TLS handshake each for HAProxy.
+  const connections = keepAliveConnections(target.http, plan.connections);
+  let result: Awaited<ReturnType<typeof paced>>;
+  let cpu: CpuUse;
+  try {
+    await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, connections);
+    const mark = markCpu(ctx, target);
+    result = await paced(target.http, plan.ratePerSecond, plan.seconds.latency, connections);
+    cpu = cpuSince(ctx, target, mark);
+  } finally {
+    for (const connection of connections) connection.close();
+  }
   if (result.ok === 0) return { status: 'failed', reason: `no successful response (${result.failed} failed)` };
   return {
     status: 'ok',
@@ -450,13 +465,16 @@ async function waitForHold(ctx: Context, predicate: (count: number) => boolean, 
 const runIdle: Runner<'idle'> = async (ctx, row, target) => {
   if (!target.hold) return { status: 'n/a', reason: NOT_A_BYTE_STREAM };
   const count = row.startsWith('haproxy') ? ctx.plan.idleConnectionsPaired : ctx.plan.idleConnections;
-  await waitForHold(ctx, (n) => n === 0, 10_000);
+  // Connections of the row before still held would count as this row's when they reach the holder.
+  const left = await waitForHold(ctx, (n) => n === 0, 10_000);
+  if (left !== 0) return { status: 'failed', reason: `the upstream still held ${left} connections of the row before` };
   // The idle baseline is read after ambit's one collection a second after it loaded its configuration
   // (src/proxy/heap.ts): read before it, the baseline held startup garbage that opening the connections then
   // replaced, and the figure per connection moved by 2–3 KiB with the timing.
   await sleep(3000);
-  const before = rssOf(target);
+  // The heap figures first: a proxy's first /metrics scrape grows it, which must not count as the connections' cost.
   const heapBefore = await heapOf(target);
+  const before = rssOf(target);
   const sockets: Socket[] = [];
   try {
     const openFailed = await openIdle(target.hold, count, 200, sockets);
@@ -468,12 +486,14 @@ const runIdle: Runner<'idle'> = async (ctx, row, target) => {
     const after = rssOf(target);
     const heapAfter = await heapOf(target);
     const perConnection: Record<string, number> = {};
-    for (const [name, bytes] of Object.entries(after)) perConnection[name] = round((bytes - (before[name] ?? 0)) / count, 0);
+    // Per connection that opened (up to 1 % may fail, above).
+    const opened = count - openFailed;
+    for (const [name, bytes] of Object.entries(after)) perConnection[name] = round((bytes - (before[name] ?? 0)) / opened, 0);
     // For ambit: how much of it is V8 heap (JS objects) and off-heap buffers, from the proxies' own /metrics.
     const heapPerConnection: Record<string, { heapUsed: number; external: number }> = {};
     for (const [name, heap] of Object.entries(heapAfter)) {
       const start = heapBefore[name];
-      if (start) heapPerConnection[name] = { heapUsed: round((heap.heapUsed - start.heapUsed) / count, 0), external: round((heap.external - start.external) / count, 0) };
+      if (start) heapPerConnection[name] = { heapUsed: round((heap.heapUsed - start.heapUsed) / opened, 0), external: round((heap.external - start.external) / opened, 0) };
     }
     return {
       status: 'ok',
@@ -594,9 +614,12 @@ async function runScenario(ctx: Context, scenario: LoadScenario): Promise<void> 
         } catch (error) {
           outcome = { status: 'failed', reason: (error as Error).message };
         }
+        // A proxy that died during the round left its CPU unread (a figure too low, even negative): the round failed.
+        const gone = goneProxy(target);
+        if (gone !== null) outcome = { status: 'failed', reason: gone };
         if (outcome.status === 'failed') progress.note(`${SCENARIO_TITLES[scenario]} · ${ROW_LABELS[row]}: ${outcome.reason}`);
         byRow.get(row)?.push(outcome);
-        for (const proxy of target.proxies) if (rssBytes(proxy.pid) === 0) throw new Error(`${ROW_LABELS[row]}: proxy ${proxy.name} (pid ${proxy.pid}) is gone`);
+        if (gone !== null) throw new Error(`${ROW_LABELS[row]}: ${gone}`);
       }
     }
   } finally {
@@ -639,8 +662,11 @@ async function sideBySideRounds(ctx: Context, scenario: SideBySideScenario, entr
   const measure = (row: RowId, target: RowTarget) => runner(ctx, row, target).catch((error: unknown): Outcome<never> => ({ status: 'failed', reason: (error as Error).message }));
   for (let round = 0; round < plan.rounds; round++) {
     progress.step(`${SCENARIO_TITLES[scenario]} · at once: ${names}${plan.rounds > 1 ? ` · round ${round + 1}/${plan.rounds}` : ''}`, expectedSeconds(plan, scenario));
-    const outcomes = await Promise.all([measure('ambit-l4', ambit), ...peers.map((peer) => measure(peer, ctx.targets.get(peer) as RowTarget))]);
     const rows: RowId[] = ['ambit-l4', ...peers];
+    const outcomes = (await Promise.all([measure('ambit-l4', ambit), ...peers.map((peer) => measure(peer, ctx.targets.get(peer) as RowTarget))])).map((outcome, i): Outcome<FiguresByScenario[typeof scenario]> => {
+      const gone = goneProxy(ctx.targets.get(rows[i] as RowId) as RowTarget);
+      return gone === null ? outcome : { status: 'failed', reason: gone };
+    });
     const failures = outcomes.flatMap((outcome, i) => (outcome.status === 'ok' ? [] : [`${ROW_LABELS[rows[i] as RowId]}: ${outcome.reason}`]));
     if (failures.length > 0) {
       // A failed round ends the comparison: ratios over the rounds that happened to pass would hide it.
@@ -751,20 +777,29 @@ async function run(ctx: Context, workDir: string): Promise<void> {
         for (const row of rows) {
           const target = ambitTarget(rotating, row === 'ambit-l4' ? 'l4' : 'l7');
           progress.step(`${SCENARIO_TITLES.rotation} · ${ROW_LABELS[row]}`, plan.seconds.rotation);
+          // As in (b), the warm-up's connections carry the load; the certificates rotate from the start, so what the
+          // warm-up failed counts too.
+          const connections = keepAliveConnections(target.http, plan.connections);
           try {
-            await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, plan.connections);
+            const warm = await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, connections);
             const rotationsBefore = await rotationsOf(rotating);
             const [load, fresh] = await Promise.all([
-              paced(target.http, plan.ratePerSecond, plan.seconds.rotation, plan.connections),
+              paced(target.http, plan.ratePerSecond, plan.seconds.rotation, connections),
               trickle(target.http, plan.newConnectionsPerSecond, plan.seconds.rotation),
             ]);
             const rotations = (await rotationsOf(rotating)) - rotationsBefore;
             setOutcome(results, 'rotation', row, {
               status: 'ok',
-              figures: { ratePerSecond: plan.ratePerSecond, seconds: round(load.seconds), ok: load.ok, failed: load.failed, latencyMs: load.latencyMs, newConnectionsOk: fresh.ok, newConnectionsFailed: fresh.failed, rotations, svidTtl: plan.svidTtl },
+              figures: {
+                ratePerSecond: plan.ratePerSecond, seconds: round(load.seconds), ok: load.ok, failed: load.failed, latencyMs: load.latencyMs,
+                newConnectionsOk: fresh.ok, newConnectionsFailed: fresh.failed, warmupFailed: warm.failed, connectionsClosed: warm.connectionsClosed + load.connectionsClosed,
+                rotations, svidTtl: plan.svidTtl,
+              },
             });
           } catch (error) {
             setOutcome(results, 'rotation', row, { status: 'failed', reason: (error as Error).message });
+          } finally {
+            for (const connection of connections) connection.close();
           }
         }
       } finally {
@@ -790,8 +825,9 @@ async function run(ctx: Context, workDir: string): Promise<void> {
           await sleep(settleMs / 2);
           // Measured before the scrape below, which is work of its own.
           const idle = await idleCost(node.process.pid, settleMs / 2);
-          const metrics = await httpText(node.metricsUrl);
+          // RSS before the scrape too: a first scrape of /metrics grows the proxy a little.
           const parts = rssParts(node.process.pid);
+          const metrics = await httpText(node.metricsUrl);
           setOutcome(results, 'footprint', 'ambit-l4', {
             status: 'ok',
             figures: {

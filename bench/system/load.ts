@@ -95,10 +95,16 @@ function completeResponse(buffer: Buffer): number | null {
 }
 
 /** One keep-alive HTTP/1.1 connection, one request at a time; reconnects after a failure. */
-class KeepAliveConnection {
+export class KeepAliveConnection {
   readonly #target: HostPort;
   readonly #request: Buffer;
   #socket: Socket | null = null;
+  /**
+   * Times the far side closed this connection while no request was in flight. The next request opens a new one, as a
+   * client would; nothing in the benchmark closes keep-alive connections (the upstream keeps them an hour, for any
+   * number of requests), so each is a proxy cutting an application's connection (a rotation must never do so).
+   */
+  closedBetweenRequests = 0;
   #buffer: Buffer = Buffer.alloc(0);
   #done: ((ok: boolean) => void) | null = null;
   #timer: NodeJS.Timeout | null = null;
@@ -116,7 +122,11 @@ class KeepAliveConnection {
     this.#socket.write(this.#request);
   }
 
+  /** Closes the connection; a request still in flight is dropped unanswered (its run has already counted it failed). */
   close(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#done = null;
     this.#socket?.destroy();
     this.#socket = null;
   }
@@ -134,6 +144,7 @@ class KeepAliveConnection {
       // A socket we already let go of (timed out, replaced) must not fail the request now in flight.
       if (this.#socket !== socket) return;
       this.#socket = null;
+      if (this.#done === null) this.closedBetweenRequests++;
       this.#finish(false, false);
     });
     return socket;
@@ -154,21 +165,29 @@ export interface PacedResult {
   due: number;
   ok: number;
   failed: number;
+  /** Connections the far side closed between requests during the run (see KeepAliveConnection). */
+  connectionsClosed: number;
   seconds: number;
   achievedPerSecond: number;
   latencyMs: { p50: number; p99: number; max: number } | null;
 }
 
-/** Open-loop fixed rate: request i is due at start + i/rate, sent on a free connection or queued for one. */
-export async function paced(target: HostPort, ratePerSecond: number, seconds: number, connections: number, onTick?: (elapsedMs: number) => void): Promise<PacedResult> {
+/** `count` keep-alive connections to `target`, each opened by its first request; the caller closes them. */
+export function keepAliveConnections(target: HostPort, count: number): KeepAliveConnection[] {
+  return Array.from({ length: count }, () => new KeepAliveConnection(target));
+}
+
+/**
+ * Open-loop fixed rate: request i is due at start + i/rate, sent on a free connection or queued for one. Over
+ * `connections` given (a warm-up's, kept open for the measured run, so that neither a proxy's setup of new connections
+ * nor HAProxy's handshakes fall into it) or as many new ones, closed at the end.
+ */
+export async function paced(target: HostPort, ratePerSecond: number, seconds: number, connections: number | readonly KeepAliveConnection[], onTick?: (elapsedMs: number) => void): Promise<PacedResult> {
   const latencies = new Latencies();
-  const free: KeepAliveConnection[] = [];
-  const all: KeepAliveConnection[] = [];
-  for (let i = 0; i < connections; i++) {
-    const connection = new KeepAliveConnection(target);
-    all.push(connection);
-    free.push(connection);
-  }
+  const own = typeof connections === 'number';
+  const all: readonly KeepAliveConnection[] = own ? keepAliveConnections(target, connections) : connections;
+  const free: KeepAliveConnection[] = [...all];
+  const closedBefore = all.reduce((sum, connection) => sum + connection.closedBetweenRequests, 0);
   const queue: number[] = [];
   let queueHead = 0;
   let due = 0;
@@ -217,9 +236,10 @@ export async function paced(target: HostPort, ratePerSecond: number, seconds: nu
   const drainDeadline = performance.now() + DRAIN_TIMEOUT_MS;
   while ((outstanding > 0 || queueHead < queue.length) && performance.now() < drainDeadline) await new Promise((resolve) => setTimeout(resolve, 5));
   failed += outstanding + (queue.length - queueHead);
-  for (const connection of all) connection.close();
+  const connectionsClosed = all.reduce((sum, connection) => sum + connection.closedBetweenRequests, 0) - closedBefore;
+  if (own || outstanding > 0) for (const connection of all) connection.close();
   const seconds_ = (lastResponse - start) / 1000;
-  return { due, ok, failed, seconds: seconds_, achievedPerSecond: ok / Math.max(seconds_, 1e-9), latencyMs: latencies.percentiles() };
+  return { due, ok, failed, connectionsClosed, seconds: seconds_, achievedPerSecond: ok / Math.max(seconds_, 1e-9), latencyMs: latencies.percentiles() };
 }
 
 /** One request on a new connection: connect, `Connection: close`, read the response to the server's FIN. */
@@ -353,41 +373,55 @@ export function bulk(target: HostPort, direction: 'down' | 'up', bytes: number, 
 const BULK_UNBOUNDED_BYTES = 2 ** 50;
 
 /**
- * Bytes through one connection for `ms`, then cut (--side-by-side: pairs loaded at once must be loaded for the same
- * time, which fixed byte counts are not). `down`: what arrived; `up`: what the kernel took from us (our socket's
- * buffer, a few hundred KiB, is counted as moved). A transfer that stops moving for `stallMs` is a failure.
+ * Bytes through one connection for `ms` (--side-by-side: pairs loaded at once must be loaded for the same time, which
+ * fixed byte counts are not). `down`: what arrived, then the connection is cut. `up`: what reached the upstream: our
+ * side is ended and the upstream's count awaited, so that what a pair still held in its buffers (a proxy's stream
+ * windows, megabytes) counts only once carried, and its time with it. A transfer that stops moving for `stallMs` is a
+ * failure.
  */
 export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, stallMs: number): Promise<BulkResult> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: target.host, port: target.port, noDelay: true, allowHalfOpen: true });
     let started = 0;
     let moved = 0;
+    /** The clock has run out: no more is written (up) or counted (down). */
     let stopped = false;
+    let settled = false;
+    let answer = '';
     let stall: NodeJS.Timeout | undefined;
     const armStall = () => {
       clearTimeout(stall);
-      stall = setTimeout(() => fail(new Error(`bulk ${direction}: nothing moved for ${stallMs} ms after ${moved} bytes`)), stallMs);
+      stall = setTimeout(() => fail(new Error(stopped ? `bulk up: the upstream did not count what was sent within ${stallMs} ms of its end` : `bulk ${direction}: nothing moved for ${stallMs} ms after ${moved} bytes`)), stallMs);
     };
     // From the start: a connection that is never accepted fails too, instead of holding the run.
     armStall();
     const fail = (error: Error) => {
-      if (stopped) return;
-      stopped = true;
+      if (settled) return;
+      settled = true;
       clearTimeout(stall);
       socket.destroy();
       reject(error);
     };
-    const stop = () => {
-      if (stopped) return;
-      stopped = true;
+    const done = (bytes: number) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(stall);
       const seconds = (performance.now() - started) / 1000;
-      const bytes = direction === 'down' ? moved : moved - socket.writableLength;
       socket.destroy();
       resolve({ bytes, seconds, mibPerSecond: bytes / (1024 * 1024) / seconds });
     };
+    const stop = () => {
+      stopped = true;
+      if (direction === 'down') {
+        done(moved);
+        return;
+      }
+      // The rest of what we wrote goes on through the pair; the upstream answers `ok COUNT` at our end.
+      armStall();
+      socket.end();
+    };
     socket.once('error', fail);
-    socket.once('close', () => fail(new Error(`bulk ${direction}: the connection closed after ${moved} bytes, before ${ms} ms`)));
+    socket.once('close', () => fail(new Error(`bulk ${direction}: the connection closed after ${moved} bytes${stopped ? '' : `, before ${ms} ms`}`)));
     socket.once('connect', () => {
       started = performance.now();
       setTimeout(stop, ms);
@@ -404,9 +438,19 @@ export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, 
       pump();
     });
     socket.on('data', (chunk: Buffer) => {
-      if (direction !== 'down') return;
+      if (direction === 'up') {
+        answer += chunk.toString('latin1');
+        return;
+      }
+      if (stopped) return;
       moved += chunk.length;
       armStall();
+    });
+    socket.once('end', () => {
+      if (direction !== 'up' || !stopped) return;
+      const count = /^ok (\d+)/.exec(answer);
+      if (count === null) fail(new Error(`bulk up: the upstream answered ${JSON.stringify(answer.slice(0, 40))}, not its count`));
+      else done(Number(count[1]));
     });
   });
 }

@@ -282,16 +282,18 @@ export async function waitForPort(host: string, port: number, timeoutMs: number,
 }
 
 /**
- * CPU time every process on the machine spent in user and system mode, and the time the hypervisor
- * stole, in microseconds (from /proc/stat). Against the CPU of our own processes this shows whether
- * something else ran during a measurement.
+ * CPU time every process on the machine spent in user and system mode and serving interrupts, and the time the
+ * hypervisor stole, in microseconds (from /proc/stat). Against the CPU of our own processes this shows whether
+ * something else ran during a measurement. Interrupt time counts as busy: without CONFIG_IRQ_TIME_ACCOUNTING (as on this
+ * VM) a tick that lands in a softirq (loopback TCP's receive path) is charged to the interrupted process's own system
+ * time, so our processes' figures hold it, and a machine total without it read less than ours and hid other work.
  */
 export function machineCpuMicros(): { busy: number; steal: number } {
   try {
     const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
-    const [, user, nice, system, , , , , steal] = line.trim().split(/\s+/).map(Number);
+    const [, user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).map(Number);
     const perTick = 1e6 / ticksPerSecond();
-    return { busy: ((user ?? 0) + (nice ?? 0) + (system ?? 0)) * perTick, steal: (steal ?? 0) * perTick };
+    return { busy: ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0)) * perTick, steal: (steal ?? 0) * perTick };
   } catch {
     return { busy: 0, steal: 0 };
   }

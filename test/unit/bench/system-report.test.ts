@@ -40,7 +40,10 @@ describe('benchmark rounds', () => {
     recordRounds(results, 'throughput', 'ambit-l4', [ok(throughput(100)), { status: 'failed', reason: 'proxy node-b exited' }, ok(throughput(120))]);
     expect(results.scenarios.throughput.rows['ambit-l4']).toEqual({ status: 'failed', reason: 'round 2 of 3: proxy node-b exited' });
     expect(results.scenarios.throughput.rounds).toBeUndefined();
-    expect(checkTargets(results).find((t) => t.target.startsWith('ambit L4 max throughput'))?.met).toBeNull();
+    // ambit's row failed: the target is missed, never left "not measured".
+    const check = checkTargets(results).find((t) => t.target.startsWith('ambit L4 max throughput'));
+    expect(check?.met).toBe(false);
+    expect(check?.measured).toBe('ambit L4: failed: round 2 of 3: proxy node-b exited');
   });
 
   it('decides a target by the median of the paired ratios, not by the ratio of the two medians', () => {
@@ -224,5 +227,61 @@ describe('idle connections under an open-files limit', () => {
     // The JSON of runs before the two counts: one count for every pair.
     results.scenarios.idle.settings = { connections: 9_700, requested: 10_000 };
     expect(renderMarkdown(results)).toContain('### (e) idle connections — 9,700 concurrent idle connections through the pair\n');
+  });
+});
+
+describe('targets of rows that did not run cleanly', () => {
+  const target = (results: RunResults, prefix: string) => checkTargets(results).find((t) => t.target.startsWith(prefix));
+
+  it("misses a target when ambit failed requests in any round, even one not shown, and a good ratio would have met it", () => {
+    const results = emptyRun();
+    results.scenarios.throughput = { settings: { rounds: 3 }, rows: {} };
+    recordRounds(results, 'throughput', 'ambit-l4', [ok(throughput(200)), ok({ ...throughput(300), failed: 7 }), ok(throughput(250))]);
+    recordRounds(results, 'throughput', 'haproxy-l4', [ok(throughput(100)), ok(throughput(100)), ok(throughput(100))]);
+    expect(target(results, 'ambit L4 max throughput')).toMatchObject({ met: false, measured: 'ambit L4: 7 failed' });
+    // The (a) table shows the failures of the round it shows.
+    const clean = throughputRun({ 'ambit-l4': [200], 'haproxy-l4': [100] });
+    expect(renderMarkdown(clean)).toMatch(/\| ambit L4 \| 200 \| 1\.000 \| 2\.000 \| 0 \|/);
+  });
+
+  it("leaves a target unmet but not missed when HAProxy's pair failed requests: its failures would flatter ambit", () => {
+    const results = emptyRun();
+    results.scenarios.throughput = { settings: { rounds: 1 }, rows: {} };
+    recordRounds(results, 'throughput', 'ambit-l4', [ok(throughput(200))]);
+    recordRounds(results, 'throughput', 'haproxy-l4', [ok({ ...throughput(100), failed: 3 })]);
+    expect(target(results, 'ambit L4 max throughput')).toMatchObject({ met: null, measured: 'not measured: HAProxy L4 pair: 3 failed' });
+    results.scenarios.throughput.rows['haproxy-l4'] = { status: 'skipped', reason: 'haproxy is not installed' };
+    expect(target(results, 'ambit L4 max throughput')).toMatchObject({ met: null, measured: 'not measured: HAProxy L4 pair: skipped: haproxy is not installed' });
+  });
+
+  it('misses the CPU target when ambit did not keep the fixed rate, and never meets it on a CPU figure of zero or below', () => {
+    const results = emptyRun();
+    results.scenarios.latency = { settings: {}, rows: { 'ambit-l4': ok({ ...latency(40), achievedPerSecond: 1500 }), 'haproxy-l4': ok(latency(60)) } };
+    expect(target(results, 'ambit L4 CPU per request')).toMatchObject({ met: false, measured: 'ambit L4: reached 1,500 of 2,000 req/s' });
+    // A proxy whose CPU was not read (gone mid-run) gives a figure that would read as "met".
+    results.scenarios.latency.rows['ambit-l4'] = ok(latency(-12));
+    expect(target(results, 'ambit L4 CPU per request')).toMatchObject({ met: null });
+    expect(target(results, 'ambit L4 CPU per request')?.measured).toMatch(/^not measured: a figure that is not positive/);
+    results.scenarios.latency.rows['ambit-l4'] = ok(latency(40));
+    expect(target(results, 'ambit L4 CPU per request')?.met).toBe(true);
+  });
+
+  it('misses the rotation target when the rotation run failed, rather than calling it not measured', () => {
+    const results = emptyRun();
+    results.scenarios.rotation = { settings: {}, rows: { 'ambit-l4': { status: 'failed', reason: 'proxy node-a (pid 1) is gone' } } };
+    expect(target(results, 'rotation under load, ambit L4')).toMatchObject({ met: false, measured: 'ambit L4: failed: proxy node-a (pid 1) is gone' });
+    expect(target(results, 'rotation under load, ambit L7')).toMatchObject({ met: null, measured: 'not measured' });
+  });
+
+  it("misses the rotation target on a warm-up's failure or a keep-alive connection the proxy closed, with no request failed", () => {
+    const results = emptyRun();
+    const rotation = { ratePerSecond: 2000, seconds: 20, ok: 40_000, failed: 0, latencyMs: null, newConnectionsOk: 1000, newConnectionsFailed: 0, rotations: 50, svidTtl: '4s' };
+    results.scenarios.rotation = { settings: {}, rows: { 'ambit-l4': ok({ ...rotation, warmupFailed: 0, connectionsClosed: 0 }) } };
+    expect(target(results, 'rotation under load, ambit L4')).toMatchObject({ met: true, measured: '0 failed of 41,000 (warm-up included), 50 certificates rotated' });
+    results.scenarios.rotation.rows['ambit-l4'] = ok({ ...rotation, warmupFailed: 0, connectionsClosed: 3 });
+    expect(target(results, 'rotation under load, ambit L4')).toMatchObject({ met: false, shortfall: '3 connections closed' });
+    results.scenarios.rotation.rows['ambit-l4'] = ok({ ...rotation, warmupFailed: 2, connectionsClosed: 0 });
+    expect(target(results, 'rotation under load, ambit L4')).toMatchObject({ met: false, shortfall: '2 failed' });
+    expect(renderMarkdown(results)).toContain('| ambit L4 | 50 | 0 (2) | 0 | 0 | 40,000 |');
   });
 });
