@@ -21,7 +21,7 @@ import { AMBIT, CHURN_SOURCES, FOOTPRINT, HAPROXY, NODE_FLOOR, TRUST_DOMAIN, UPS
 import { startNodeFloorPair } from './system/node-floor.ts';
 import type { NodeFloorPair } from './system/node-floor.ts';
 import type { HostPort } from './system/layout.ts';
-import { bulk, bulkFor, churn, idleConnectionCounts, keepAliveConnections, openIdle, paced, throughput, trickle } from './system/load.ts';
+import { bulk, bulkFor, churn, idleConnectionCounts, keepAliveConnections, openAll, openIdle, paced, throughput, trickle } from './system/load.ts';
 import type { BulkResult } from './system/load.ts';
 import { machineInfo } from './system/machine.ts';
 import { Processes, cpuMicros, hasCommand, idleCost, isListening, machineCpuMicros, openFilesLimit, pinSelf, rssBytes, rssParts, sleep, treeCpuMicros } from './system/processes.ts';
@@ -340,6 +340,7 @@ const runThroughput: Runner<'throughput'> = async (ctx, row, target) => {
       requestsPerSecond: round(result.requestsPerSecond, 0),
       ok: result.ok,
       failed: result.failed,
+      warmupFailed: warm.failed,
       seconds: result.seconds,
       latencyMs: result.latencyMs,
       proxyCpuMicrosPerRequest: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
@@ -358,9 +359,11 @@ const runLatency: Runner<'latency'> = async (ctx, _row, target) => {
   // them is (c)'s), and their setup would otherwise fall into its first moments, a TLS handshake each for HAProxy.
   const connections = keepAliveConnections(target.http, plan.connections);
   let result: Awaited<ReturnType<typeof paced>>;
+  let warm: Awaited<ReturnType<typeof paced>>;
   let cpu: CpuUse;
   try {
-    await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, connections);
+    await openAll(connections);
+    warm = await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, connections);
     const mark = markCpu(ctx, target);
     result = await paced(target.http, plan.ratePerSecond, plan.seconds.latency, connections);
     cpu = cpuSince(ctx, target, mark);
@@ -375,6 +378,7 @@ const runLatency: Runner<'latency'> = async (ctx, _row, target) => {
       seconds: round(result.seconds),
       ok: result.ok,
       failed: result.failed,
+      warmupFailed: warm.failed,
       achievedPerSecond: round(result.achievedPerSecond, 0),
       latencyMs: result.latencyMs,
       proxyCpuMicrosPerRequest: target.proxies.length ? round(cpu.proxy / result.ok, 2) : null,
@@ -625,7 +629,8 @@ async function runScenario(ctx: Context, scenario: LoadScenario): Promise<void> 
   } finally {
     // A run stopped by a vanished proxy still reports what it measured; rows it did not reach say so.
     for (const [row, outcomes] of byRow) {
-      if (outcomes.length < rounds) outcomes.push({ status: 'failed', reason: 'the run stopped (a proxy is gone) before this row finished its rounds' });
+      // Not this row's failure unless its own proxy went (that round is failed, above): another row's proxy stopped the run.
+      if (outcomes.length < rounds) outcomes.push({ status: 'skipped', reason: 'the run stopped (a proxy is gone) before this row finished its rounds' });
       recordRounds(results, scenario, row, outcomes);
     }
   }
@@ -781,6 +786,7 @@ async function run(ctx: Context, workDir: string): Promise<void> {
           // warm-up failed counts too.
           const connections = keepAliveConnections(target.http, plan.connections);
           try {
+            await openAll(connections);
             const warm = await paced(target.http, plan.ratePerSecond, plan.seconds.warmup, connections);
             const rotationsBefore = await rotationsOf(rotating);
             const [load, fresh] = await Promise.all([
@@ -792,7 +798,9 @@ async function run(ctx: Context, workDir: string): Promise<void> {
               status: 'ok',
               figures: {
                 ratePerSecond: plan.ratePerSecond, seconds: round(load.seconds), ok: load.ok, failed: load.failed, latencyMs: load.latencyMs,
-                newConnectionsOk: fresh.ok, newConnectionsFailed: fresh.failed, warmupFailed: warm.failed, connectionsClosed: warm.connectionsClosed + load.connectionsClosed,
+                newConnectionsOk: fresh.ok, newConnectionsFailed: fresh.failed, warmupFailed: warm.failed,
+                // Over the connections' whole life: a close between the warm-up and the load counts too.
+                connectionsClosed: connections.reduce((sum, connection) => sum + connection.closedBetweenRequests, 0),
                 rotations, svidTtl: plan.svidTtl,
               },
             });

@@ -122,6 +122,17 @@ export class KeepAliveConnection {
     this.#socket.write(this.#request);
   }
 
+  /** Opens the connection ahead of its first request; resolves once connected, or refused (a request then retries). */
+  open(): Promise<void> {
+    if (this.#socket !== null) return Promise.resolve();
+    const socket = this.#connect();
+    this.#socket = socket;
+    return new Promise((resolve) => {
+      socket.once('connect', () => resolve());
+      socket.once('close', () => resolve());
+    });
+  }
+
   /** Closes the connection; a request still in flight is dropped unanswered (its run has already counted it failed). */
   close(): void {
     if (this.#timer) clearTimeout(this.#timer);
@@ -175,6 +186,14 @@ export interface PacedResult {
 /** `count` keep-alive connections to `target`, each opened by its first request; the caller closes them. */
 export function keepAliveConnections(target: HostPort, count: number): KeepAliveConnection[] {
   return Array.from({ length: count }, () => new KeepAliveConnection(target));
+}
+
+/**
+ * Opens every one of `connections` at once, before a warm-up: opened on demand, a warm-up at a steady rate opens only
+ * as many as its busiest moment needs, and a burst in the measured run then opens the rest.
+ */
+export async function openAll(connections: readonly KeepAliveConnection[]): Promise<void> {
+  await Promise.all(connections.map((connection) => connection.open()));
 }
 
 /**
@@ -395,10 +414,12 @@ export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, 
     };
     // From the start: a connection that is never accepted fails too, instead of holding the run.
     armStall();
+    let clock: NodeJS.Timeout | undefined;
     const fail = (error: Error) => {
       if (settled) return;
       settled = true;
       clearTimeout(stall);
+      clearTimeout(clock);
       socket.destroy();
       reject(error);
     };
@@ -424,7 +445,7 @@ export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, 
     socket.once('close', () => fail(new Error(`bulk ${direction}: the connection closed after ${moved} bytes${stopped ? '' : `, before ${ms} ms`}`)));
     socket.once('connect', () => {
       started = performance.now();
-      setTimeout(stop, ms);
+      clock = setTimeout(stop, ms);
       socket.write(`${direction} ${BULK_UNBOUNDED_BYTES}\n`);
       if (direction === 'down') return;
       const pump = () => {

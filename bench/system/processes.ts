@@ -6,6 +6,8 @@ import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { openSync, closeSync, readFileSync, readdirSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect } from 'node:net';
+import { release } from 'node:os';
+import { gunzipSync } from 'node:zlib';
 
 /** Where each kind of process runs when pinning is on (2 cores: load + upstream on one, the proxy pair on the other). */
 export type CpuRole = 'load' | 'proxy';
@@ -282,18 +284,43 @@ export async function waitForPort(host: string, port: number, timeoutMs: number,
 }
 
 /**
- * CPU time every process on the machine spent in user and system mode and serving interrupts, and the time the
- * hypervisor stole, in microseconds (from /proc/stat). Against the CPU of our own processes this shows whether
- * something else ran during a measurement. Interrupt time counts as busy: without CONFIG_IRQ_TIME_ACCOUNTING (as on this
- * VM) a tick that lands in a softirq (loopback TCP's receive path) is charged to the interrupted process's own system
- * time, so our processes' figures hold it, and a machine total without it read less than ours and hid other work.
+ * Whether the kernel charges interrupt time to the interrupted process: so when it was built without
+ * CONFIG_IRQ_TIME_ACCOUNTING (as this VM's), read from /proc/config.gz or /boot/config-RELEASE; null when neither says.
+ */
+function interruptsChargedToProcesses(): boolean | null {
+  const configs: Array<() => string> = [
+    () => gunzipSync(readFileSync('/proc/config.gz')).toString('latin1'),
+    () => readFileSync(`/boot/config-${release()}`, 'latin1'),
+  ];
+  for (const read of configs) {
+    try {
+      return !/^CONFIG_IRQ_TIME_ACCOUNTING=y$/m.test(read());
+    } catch {
+      // not there: the next one
+    }
+  }
+  return null;
+}
+
+let chargedToProcesses: boolean | null | undefined;
+
+/**
+ * CPU time every process on the machine spent in user and system mode, and the time the hypervisor stole, in
+ * microseconds (from /proc/stat). Against the CPU of our own processes this shows whether something else ran during a
+ * measurement. Interrupt time counts as busy where the kernel charges it to the process it interrupted (no
+ * CONFIG_IRQ_TIME_ACCOUNTING, as on this VM): our processes' figures then hold the ticks that landed in a softirq
+ * (loopback TCP's receive path), and a machine total without them read less than ours and hid other work. Where the
+ * kernel accounts interrupts apart (or says nothing), they are left out: they are then in no process's figures, and
+ * the work of our own traffic would read as another process's.
  */
 export function machineCpuMicros(): { busy: number; steal: number } {
   try {
     const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
     const [, user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).map(Number);
     const perTick = 1e6 / ticksPerSecond();
-    return { busy: ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0)) * perTick, steal: (steal ?? 0) * perTick };
+    if (chargedToProcesses === undefined) chargedToProcesses = interruptsChargedToProcesses();
+    const interrupts = chargedToProcesses === true ? (irq ?? 0) + (softirq ?? 0) : 0;
+    return { busy: ((user ?? 0) + (nice ?? 0) + (system ?? 0) + interrupts) * perTick, steal: (steal ?? 0) * perTick };
   } catch {
     return { busy: 0, steal: 0 };
   }

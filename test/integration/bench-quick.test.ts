@@ -133,8 +133,8 @@ describe('npm run bench -- --quick', () => {
     expect(targets.length).toBe(10);
     for (const t of targets) {
       expect(t.measured.length, t.target).toBeGreaterThan(0);
-      const againstHaproxy = /HAProxy/.test(t.target);
-      if (!againstHaproxy || results.skipped['haproxy-l4'] === undefined) expect(t.met, `${t.target}: ${t.measured}`).not.toBeNull();
+      // HAProxy on a busy machine may fail a request or fall behind the rate: its comparisons are then not measured.
+      if (!t.measured.startsWith('not measured: HAProxy')) expect(t.met, `${t.target}: ${t.measured}`).not.toBeNull();
     }
     // Every figure the floor is compared on was measured on both sides ("—" only against a skipped HAProxy).
     expect(results.floor.map((c) => c.figure)).toHaveLength(7);

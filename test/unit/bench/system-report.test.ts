@@ -266,6 +266,24 @@ describe('targets of rows that did not run cleanly', () => {
     expect(target(results, 'ambit L4 CPU per request')?.met).toBe(true);
   });
 
+  it('misses the CPU target when ambit fell behind the rate in any round, not only the round shown', () => {
+    const results = emptyRun();
+    results.scenarios.latency = { settings: { rounds: 3 }, rows: {} };
+    recordRounds(results, 'latency', 'ambit-l4', [ok(latency(40)), ok({ ...latency(30), achievedPerSecond: 1500 }), ok(latency(50))]);
+    recordRounds(results, 'latency', 'haproxy-l4', [ok(latency(60)), ok(latency(60)), ok(latency(60))]);
+    expect(target(results, 'ambit L4 CPU per request')).toMatchObject({ met: false, measured: 'ambit L4: reached 1,500 of 2,000 req/s in round 2 of 3' });
+  });
+
+  it("misses a target on requests ambit failed while warming up, and never meets a memory limit with a figure of zero", () => {
+    const results = throughputRun({ 'ambit-l4': [200], 'haproxy-l4': [100] });
+    const shown = results.scenarios.throughput?.rows['ambit-l4'];
+    if (shown?.status === 'ok') shown.figures.warmupFailed = 2;
+    expect(target(results, 'ambit L4 max throughput')).toMatchObject({ met: false, measured: 'ambit L4: 2 failed' });
+    const idle: IdleFigures = { connections: 10_000, openFailed: 0, rssBeforeBytes: { a: 2 }, rssAfterBytes: { a: 1 }, bytesPerConnection: { a: 0 }, maxBytesPerConnection: 0, heapBytesPerConnection: {} };
+    results.scenarios.idle = { settings: {}, rows: { 'ambit-l4': ok(idle) } };
+    expect(target(results, 'idle: ≤ 10 KiB')).toMatchObject({ met: null });
+  });
+
   it('misses the rotation target when the rotation run failed, rather than calling it not measured', () => {
     const results = emptyRun();
     results.scenarios.rotation = { settings: {}, rows: { 'ambit-l4': { status: 'failed', reason: 'proxy node-a (pid 1) is gone' } } };
@@ -277,7 +295,7 @@ describe('targets of rows that did not run cleanly', () => {
     const results = emptyRun();
     const rotation = { ratePerSecond: 2000, seconds: 20, ok: 40_000, failed: 0, latencyMs: null, newConnectionsOk: 1000, newConnectionsFailed: 0, rotations: 50, svidTtl: '4s' };
     results.scenarios.rotation = { settings: {}, rows: { 'ambit-l4': ok({ ...rotation, warmupFailed: 0, connectionsClosed: 0 }) } };
-    expect(target(results, 'rotation under load, ambit L4')).toMatchObject({ met: true, measured: '0 failed of 41,000 (warm-up included), 50 certificates rotated' });
+    expect(target(results, 'rotation under load, ambit L4')).toMatchObject({ met: true, measured: '0 failed, 41,000 in the measured run, 50 certificates rotated' });
     results.scenarios.rotation.rows['ambit-l4'] = ok({ ...rotation, warmupFailed: 0, connectionsClosed: 3 });
     expect(target(results, 'rotation under load, ambit L4')).toMatchObject({ met: false, shortfall: '3 connections closed' });
     results.scenarios.rotation.rows['ambit-l4'] = ok({ ...rotation, warmupFailed: 2, connectionsClosed: 0 });
