@@ -151,11 +151,14 @@ export class KeepAliveConnection {
       if (status !== null) this.#finish(status === 200, false);
     });
     socket.on('error', () => {});
+    let connected = false;
+    socket.once('connect', () => (connected = true));
     socket.on('close', () => {
       // A socket we already let go of (timed out, replaced) must not fail the request now in flight.
       if (this.#socket !== socket) return;
       this.#socket = null;
-      if (this.#done === null) this.closedBetweenRequests++;
+      // Closed by the far side once open (a connect refused is no connection cut; the next request tries again).
+      if (this.#done === null && connected) this.closedBetweenRequests++;
       this.#finish(false, false);
     });
     return socket;
@@ -475,6 +478,7 @@ export function bulkFor(target: HostPort, direction: 'down' | 'up', ms: number, 
     });
   });
 }
+
 /**
  * How many of `requested` idle connections (e) each kind of pair can be given within a hard open-files limit that
  * cannot be raised, in steps of 50 with 512 descriptors spare. Every process of ambit's pair and the Node floor's holds
@@ -486,7 +490,6 @@ export function idleConnectionCounts(requested: number, hardLimit: number): { si
   const fit = (perConnection: number) => Math.max(100, Math.floor((hardLimit - 512) / perConnection / 50) * 50);
   return { single: Math.min(requested, fit(1)), paired: Math.min(requested, fit(2)) };
 }
-
 
 /** Opens `count` connections, at most `parallel` connecting at once; the caller closes them. */
 export async function openIdle(target: HostPort, count: number, parallel: number, sockets: Socket[]): Promise<number> {

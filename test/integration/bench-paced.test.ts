@@ -71,6 +71,19 @@ describe('the fixed-rate load generator', () => {
   });
 });
 
+describe('a keep-alive connection that could not be opened', () => {
+  it('is no connection cut: a refused connect is not counted as one the far side closed', async () => {
+    // A port nothing listens on: bound, then let go.
+    const { port } = await listen();
+    await new Promise<void>((resolve) => server?.close(() => resolve()));
+    server = undefined;
+    const [connection] = keepAliveConnections({ host: '127.0.0.1', port }, 1);
+    await connection?.open();
+    expect(connection?.closedBetweenRequests).toBe(0);
+    connection?.close();
+  });
+});
+
 describe('the timed bulk transfer up', () => {
   it('counts what reached the upstream, not what the kernel and the path still held when the clock ran out', async () => {
     // A sink behind a slow path: it reads what its socket holds (up to 64 KiB) every 10 ms, so megabytes wait in
