@@ -574,12 +574,21 @@ export function checkTargets(results: RunResults): TargetCheck[] {
   };
   /** With rounds, the median of the paired ratios decides; the figures shown are each row's median round. */
   const ratioText = (r: number, ratios: number[] | undefined) => (ratios === undefined ? `${fmt(r, 2)}×` : `${fmt(r, 2)}× (median of ${ratios.length} rounds side by side: ${ratios.map((x) => `${fmt(x, 2)}×`).join(', ')})`);
-  /** A row's figure against its peer's: by the median paired ratio when the rows ran in rounds, else by the one ratio. */
-  const versus = (target: string, value: number | undefined, reference: number | undefined, ratios: number[] | undefined, unit: (v: number) => string, meets: (r: number) => boolean, shortfall: (r: number) => string) => {
+  /**
+   * `row`'s figure (`pick`) against `peer`'s, once both ran cleanly: by the median paired ratio when the rows ran in
+   * rounds, else by the one ratio.
+   */
+  const versus = <S extends ScenarioId>(target: string, scenario: S, row: RowId, peer: RowId, pick: (figures: FiguresByScenario[S]) => number | null | undefined, unit: (v: number) => string, meets: (r: number) => boolean, shortfall: (r: number) => string) => {
+    if (refused(target, scenario, row, peer)) return;
+    const mine = figuresOf(results, scenario, row);
+    const theirs = figuresOf(results, scenario, peer);
+    const value = mine === undefined ? undefined : (pick(mine) ?? undefined);
+    const reference = theirs === undefined ? undefined : (pick(theirs) ?? undefined);
     if (value === undefined || reference === undefined || reference === 0) {
       checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
       return;
     }
+    const ratios = pairedRatios(results, scenario, row, peer, pick);
     // A figure of no CPU, requests or bytes is a measurement that went wrong (a process not read), never a result.
     if (!(value > 0) || !(reference > 0) || (ratios !== undefined && !ratios.every((x) => x > 0))) {
       checks.push({ target, measured: `not measured: a figure that is not positive (${fmt(value, 1)} against ${fmt(reference, 1)})`, met: null, shortfall: '' });
@@ -588,13 +597,18 @@ export function checkTargets(results: RunResults): TargetCheck[] {
     const r = ratios === undefined ? value / reference : median(ratios);
     checks.push({ target, measured: `${ratioText(r, ratios)}; ${ratios === undefined ? '' : 'median rounds '}${unit(value)} vs ${unit(reference)}`, met: meets(r), shortfall: shortfall(r) });
   };
-  const atLeast = (target: string, value: number | undefined, reference: number | undefined, factor: number, ratios?: number[]) =>
-    versus(target, value, reference, ratios, (v) => fmt(v, 1), (r) => r >= factor, (r) => `${fmt((1 - r / factor) * 100, 0)} % short`);
-  /** A figure no larger than the peer's: met when the (median) ratio is at most 1. */
-  const notAbove = (target: string, value: number | undefined, reference: number | undefined, unit: (v: number) => string, ratios?: number[]) =>
-    versus(target, value, reference, ratios, unit, (r) => r <= 1, (r) => `${fmt((r - 1) * 100, 0)} % over`);
-  const atMost = (target: string, value: number | undefined, limit: number | undefined, unit: (v: number) => string) => {
-    if (value === undefined || limit === undefined) {
+  /** At least `factor` times the peer's figure. */
+  const atLeast = <S extends ScenarioId>(target: string, scenario: S, row: RowId, peer: RowId, pick: (figures: FiguresByScenario[S]) => number | null | undefined, factor: number) =>
+    versus(target, scenario, row, peer, pick, (v) => fmt(v, 1), (r) => r >= factor, (r) => `${fmt((1 - r / factor) * 100, 0)} % short`);
+  /** No larger than the peer's figure: met when the (median) ratio is at most 1. */
+  const notAbove = <S extends ScenarioId>(target: string, scenario: S, row: RowId, peer: RowId, pick: (figures: FiguresByScenario[S]) => number | null | undefined, unit: (v: number) => string) =>
+    versus(target, scenario, row, peer, pick, unit, (r) => r <= 1, (r) => `${fmt((r - 1) * 100, 0)} % over`);
+  /** ambit L4's figure within a fixed limit. */
+  const atMost = <S extends ScenarioId>(target: string, scenario: S, pick: (figures: FiguresByScenario[S]) => number, limit: number, unit: (v: number) => string) => {
+    if (refused(target, scenario, 'ambit-l4', null)) return;
+    const figures = figuresOf(results, scenario, 'ambit-l4');
+    const value = figures === undefined ? undefined : pick(figures);
+    if (value === undefined) {
       checks.push({ target, measured: 'not measured', met: null, shortfall: '' });
       return;
     }
@@ -607,43 +621,28 @@ export function checkTargets(results: RunResults): TargetCheck[] {
   };
   if (results.scenarios.throughput) {
     const rps = (f: ThroughputFigures) => f.requestsPerSecond;
-    const l4 = 'ambit L4 max throughput ≥ 1.3× HAProxy L4 pair';
-    const l7 = 'ambit L7 (1,000 policies) throughput ≥ 1.0× HAProxy L7 pair';
-    if (!refused(l4, 'throughput', 'ambit-l4', 'haproxy-l4')) atLeast(l4, figuresOf(results, 'throughput', 'ambit-l4')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l4')?.requestsPerSecond, 1.3, pairedRatios(results, 'throughput', 'ambit-l4', 'haproxy-l4', rps));
-    if (!refused(l7, 'throughput', 'ambit-l7', 'haproxy-l7')) atLeast(l7, figuresOf(results, 'throughput', 'ambit-l7')?.requestsPerSecond, figuresOf(results, 'throughput', 'haproxy-l7')?.requestsPerSecond, 1.0, pairedRatios(results, 'throughput', 'ambit-l7', 'haproxy-l7', rps));
+    atLeast('ambit L4 max throughput ≥ 1.3× HAProxy L4 pair', 'throughput', 'ambit-l4', 'haproxy-l4', rps, 1.3);
+    atLeast('ambit L7 (1,000 policies) throughput ≥ 1.0× HAProxy L7 pair', 'throughput', 'ambit-l7', 'haproxy-l7', rps, 1.0);
   }
-  if (results.scenarios.latency) {
-    const cpu = 'ambit L4 CPU per request ≤ HAProxy L4 pair (at 2,000 req/s)';
-    if (!refused(cpu, 'latency', 'ambit-l4', 'haproxy-l4')) notAbove(cpu, figuresOf(results, 'latency', 'ambit-l4')?.proxyCpuMicrosPerRequest ?? undefined, figuresOf(results, 'latency', 'haproxy-l4')?.proxyCpuMicrosPerRequest ?? undefined, (v) => `${fmt(v, 1)} µs`, pairedRatios(results, 'latency', 'ambit-l4', 'haproxy-l4', (f) => f.proxyCpuMicrosPerRequest));
-  }
-  if (results.scenarios.churn && !refused('churn ≥ 4× HAProxy L4 pair', 'churn', 'ambit-l4', 'haproxy-l4')) atLeast('churn ≥ 4× HAProxy L4 pair', figuresOf(results, 'churn', 'ambit-l4')?.connectionsPerSecond, figuresOf(results, 'churn', 'haproxy-l4')?.connectionsPerSecond, 4, pairedRatios(results, 'churn', 'ambit-l4', 'haproxy-l4', (f) => f.connectionsPerSecond));
+  if (results.scenarios.latency) notAbove('ambit L4 CPU per request ≤ HAProxy L4 pair (at 2,000 req/s)', 'latency', 'ambit-l4', 'haproxy-l4', (f) => f.proxyCpuMicrosPerRequest, (v) => `${fmt(v, 1)} µs`);
+  if (results.scenarios.churn) atLeast('churn ≥ 4× HAProxy L4 pair', 'churn', 'ambit-l4', 'haproxy-l4', (f) => f.connectionsPerSecond, 4);
   if (results.scenarios.bulk) {
-    const a = figuresOf(results, 'bulk', 'ambit-l4');
-    const h = figuresOf(results, 'bulk', 'haproxy-l4');
-    const down = 'bulk ≥ 0.9× HAProxy L4 pair (down)';
-    const up = 'bulk ≥ 0.9× HAProxy L4 pair (up)';
-    if (!refused(down, 'bulk', 'ambit-l4', 'haproxy-l4')) atLeast(down, a?.downMiBPerSecond, h?.downMiBPerSecond, 0.9, pairedRatios(results, 'bulk', 'ambit-l4', 'haproxy-l4', (f) => f.downMiBPerSecond));
-    if (!refused(up, 'bulk', 'ambit-l4', 'haproxy-l4')) atLeast(up, a?.upMiBPerSecond, h?.upMiBPerSecond, 0.9, pairedRatios(results, 'bulk', 'ambit-l4', 'haproxy-l4', (f) => f.upMiBPerSecond));
+    atLeast('bulk ≥ 0.9× HAProxy L4 pair (down)', 'bulk', 'ambit-l4', 'haproxy-l4', (f) => f.downMiBPerSecond, 0.9);
+    atLeast('bulk ≥ 0.9× HAProxy L4 pair (up)', 'bulk', 'ambit-l4', 'haproxy-l4', (f) => f.upMiBPerSecond, 0.9);
   }
-  const idle = 'idle: ≤ 10 KiB RSS per proxied connection per proxy';
-  if (results.scenarios.idle && !refused(idle, 'idle', 'ambit-l4', null)) atMost(idle, figuresOf(results, 'idle', 'ambit-l4')?.maxBytesPerConnection, 10 * 1024, (v) => `${kib(v)} KiB`);
-  const footprint = 'idle proxy, 1,000 workloads (100 local) ≤ 64 MiB RSS';
-  if (results.scenarios.footprint && !refused(footprint, 'footprint', 'ambit-l4', null)) atMost(footprint, figuresOf(results, 'footprint', 'ambit-l4')?.rssBytes, 64 * 1024 * 1024, (v) => `${mib(v)} MiB`);
+  if (results.scenarios.idle) atMost('idle: ≤ 10 KiB RSS per proxied connection per proxy', 'idle', (f) => f.maxBytesPerConnection, 10 * 1024, (v) => `${kib(v)} KiB`);
+  if (results.scenarios.footprint) atMost('idle proxy, 1,000 workloads (100 local) ≤ 64 MiB RSS', 'footprint', (f) => f.rssBytes, 64 * 1024 * 1024, (v) => `${mib(v)} MiB`);
   if (results.scenarios.rotation) {
     for (const row of ['ambit-l4', 'ambit-l7'] as const) {
-      const f = figuresOf(results, 'rotation', row);
-      if (!f) {
-        // A rotation run that failed (a proxy gone, the load not finished) is a miss, not an absence.
-        const outcome = results.scenarios.rotation.rows[row];
-        const failed = outcome?.status === 'failed';
-        checks.push({ target: `rotation under load, ${ROW_LABELS[row]}: zero failed requests`, measured: failed ? `${ROW_LABELS[row]}: failed: ${outcome.reason}` : 'not measured', met: failed ? false : null, shortfall: failed ? 'the run failed' : '' });
-        continue;
-      }
+      const target = `rotation under load, ${ROW_LABELS[row]}: zero failed requests`;
+      // A rotation run that failed (a proxy gone, the load not finished) is a miss, not an absence.
+      if (refused(target, 'rotation', row, null)) continue;
+      const f = figuresOf(results, 'rotation', row) as RotationFigures;
       const failed = f.failed + f.newConnectionsFailed + (f.warmupFailed ?? 0);
       const closed = f.connectionsClosed ?? 0;
       const cut = closed === 0 ? '' : `, ${fmt(closed)} connections closed by the proxy`;
       const shortfall = f.rotations === 0 ? 'no rotation happened' : [failed > 0 ? `${fmt(failed)} failed` : null, closed > 0 ? `${fmt(closed)} connections closed` : null].filter((x) => x !== null).join(', ');
-      checks.push({ target: `rotation under load, ${ROW_LABELS[row]}: zero failed requests`, measured: `${fmt(failed)} failed${f.warmupFailed ? ` (${fmt(f.warmupFailed)} in the warm-up)` : ''}, ${fmt(f.ok + f.failed + f.newConnectionsOk + f.newConnectionsFailed)} in the measured run${cut}, ${fmt(f.rotations)} certificates rotated`, met: failed === 0 && closed === 0 && f.rotations > 0, shortfall });
+      checks.push({ target, measured: `${fmt(failed)} failed${f.warmupFailed ? ` (${fmt(f.warmupFailed)} in the warm-up)` : ''}, ${fmt(f.ok + f.failed + f.newConnectionsOk + f.newConnectionsFailed)} in the measured run${cut}, ${fmt(f.rotations)} certificates rotated`, met: failed === 0 && closed === 0 && f.rotations > 0, shortfall });
     }
   }
   return checks;
