@@ -1544,7 +1544,10 @@ spec:
       const { status, stream } = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);
       expect(status).toBe(200);
       session.goaway(NGHTTP2_NO_ERROR);
-      await sleep(100);
+      // A PING answered after it: node-b has read the GOAWAY before any of the payload (a peer reads frames in order).
+      await new Promise<void>((resolve, reject) => {
+        session.ping((error) => (error === null ? resolve() : reject(error)));
+      });
       const payload = randomBytes(MiB);
       const echoed = await new Promise<Buffer>((resolve, reject) => {
         const chunks: Buffer[] = [];
