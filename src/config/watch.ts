@@ -20,11 +20,15 @@ const TRANSIENT_READ_ERROR = /\b(?:EMFILE|ENFILE|EAGAIN|EBUSY|EINTR)\b/;
 /** Loads read again, at most, because the files changed while they were read. */
 const MAX_TORN_LOADS = 3;
 /**
- * A file written in place (the same inode: `curl ... > f.yaml`, `kubectl get -o yaml > f.yaml`, a copy over a slow
- * mount) whose change removes objects or changes their fields is applied only once this watcher has seen it unchanged
- * for this long: a write that paused at a `---` or between two rules reads as valid YAML with a DENY policy or rule
- * missing. A file rewritten in place more often than that waits until it stops. Files written by rename (ConfigMaps,
- * `mv`, most editors) are whole when they appear, and apply at once.
+ * A file written in place (the same inode: `curl ... > f.yaml`, `kubectl get -o yaml > f.yaml`, `cat >> f.yaml`, a copy
+ * over a slow mount) is applied only once this watcher has seen it unchanged for this long: a write that paused at a
+ * `---` or between two rules reads as valid YAML with a DENY policy or rule missing, or with an ALLOW policy that has its
+ * sources but not yet its operations, conditions or selector (kubectl writes `rules` before `selector`, `from` before
+ * `to`): wider than written. So is a file under a new name that adds policies (a new name cannot be told from a file
+ * still being written); one that adds only other objects applies at once (a Pod appearing by rename: kubectl writes its
+ * address last, so a Pod cut short has none). A file rewritten in place more often than that waits until it stops. A
+ * file replaced by rename (a ConfigMap's keys, `mv` over a name, most editors) is whole when it appears, and applies at
+ * once.
  */
 export const IN_PLACE_SETTLE_MS = 2_000;
 
@@ -38,7 +42,7 @@ export const WATCH_ERROR_MESSAGES: Readonly<Record<WatchErrorKind, string>> = {
   unreadable: 'configuration cannot be read for now; the configuration in force stays, and it is read again',
 };
 
-/** What a change adds that may apply while the rest of it waits, on its own (WatchOptions' #applyAdditions). */
+/** What a change adds that may apply while the rest of it waits, on its own (#applyAdditions); what a new file waits to hold still for (#unsettled). */
 const POLICY_KINDS: ReadonlySet<string> = new Set(['AuthorizationPolicy', 'PeerAuthentication']);
 
 export interface WatchOptions {
@@ -61,7 +65,7 @@ export interface WatchOptions {
   onSettled?(): void;
   /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
   debounceMs?: number;
-  /** How long a file written in place must hold still before a change that removes objects or changes fields applies (IN_PLACE_SETTLE_MS). */
+  /** How long a file written in place, or a new one adding policies, must hold still before its change applies (IN_PLACE_SETTLE_MS). */
   inPlaceSettleMs?: number;
   /** Interval of the mtime poll used where fs.watch is unavailable. */
   pollIntervalMs?: number;
@@ -280,10 +284,13 @@ class DirectoryWatcher implements ConfigWatcher {
     // change that drops its objects (its DENY policies) until the next reload. Only a file written in place: one that
     // appeared by rename is whole, and holding nothing is what it says.
     const emptied = [...new Set(diff.removed.map((ref) => ref.file))].filter((file) => emptyFiles.has(file) && judged.get(file)?.identity === afterState.files.get(file)?.identity);
+    const unsettled = this.#unsettled(diff, next, afterState, judged);
     if (emptied.length > 0) {
       this.#judged = afterState.files;
-      // What the change adds elsewhere (a new DENY among it) is not held back by these files.
-      const added = this.#applyAdditions(prev, next, diff, new Set(emptied));
+      // What the change adds elsewhere (a new DENY among it) is not held back by these files, but by a file that may
+      // still be being written all the same.
+      const added = this.#applyAdditions(prev, next, diff, new Set([...emptied, ...unsettled.files]));
+      if (unsettled.waitMs > 0) this.#judgeAgainIn(unsettled.waitMs);
       // A file held as blank is then truncated by the next in-place write: still the same hold, said once. A change to
       // another file meanwhile is said again: it waits too.
       let key = emptied.join('\0');
@@ -295,18 +302,21 @@ class DirectoryWatcher implements ConfigWatcher {
       this.#reject(new AmbitError('CONFIG_FILE_EMPTIED', `${emptied.map((file) => join(this.#dir, file)).join(', ')}: emptied in place (no objects left in it) while ${emptied.length === 1 ? 'it holds' : 'they hold'} objects in force; ${added ? 'the objects this change adds in other files are applied, the rest of it waits' : 'this change waits'} until ${emptied.length === 1 ? 'it has' : 'they have'} objects again or ${emptied.length === 1 ? 'is' : 'are'} removed (write configuration by rename, as ConfigMaps do; delete a file to remove its objects)`));
       return;
     }
-    const unsettled = this.#unsettled(diff, afterState, judged);
     if (unsettled.waitMs > 0) {
       this.#applyAdditions(prev, next, diff, unsettled.files);
-      // Judged again once the file has held still: the poll has seen this state already, so it is this timer's to do.
-      clearTimeout(this.#settleTimer);
-      this.#settleTimer = setTimeout(this.#schedule, unsettled.waitMs);
+      this.#judgeAgainIn(unsettled.waitMs);
       return;
     }
     this.#judged = afterState.files;
     this.#emptiedReported = undefined;
     if (!this.#apply(next, prev, diff)) return;
     this.#settle();
+  }
+
+  /** A file waits to hold still: judged again then (the poll has seen this state already, so it is this timer's to do). */
+  #judgeAgainIn(waitMs: number): void {
+    clearTimeout(this.#settleTimer);
+    this.#settleTimer = setTimeout(this.#schedule, waitMs);
   }
 
   /** Puts `next` in force unless the owner refuses it (reported, the last good configuration kept); true when applied. */
@@ -361,10 +371,10 @@ class DirectoryWatcher implements ConfigWatcher {
   }
 
   /**
-   * How long until every file written in place whose change takes objects or fields away has held still (0 when
-   * none), and which of them have not yet.
+   * How long until every file written in place whose change adds, takes away or alters objects, and every new file
+   * adding policies, has held still (0 when none), and which of them have not yet.
    */
-  #unsettled(diff: ConfigDiff, state: TreeState, judged: TreeState['files']): { waitMs: number; files: Set<string> } {
+  #unsettled(diff: ConfigDiff, next: ConfigSnapshot, state: TreeState, judged: TreeState['files']): { waitMs: number; files: Set<string> } {
     const now = performance.now();
     const settleMs = this.#options.inPlaceSettleMs ?? IN_PLACE_SETTLE_MS;
     let wait = 0;
@@ -373,7 +383,10 @@ class DirectoryWatcher implements ConfigWatcher {
     // set mtimes this host's clock knows nothing of.
     const consider = (file: string) => {
       const info = state.files.get(file);
-      if (info === undefined || judged.get(file)?.identity !== info.identity) return;
+      // Gone (its objects go with it), or replaced by rename (whole when it appeared).
+      if (info === undefined) return;
+      const before = judged.get(file);
+      if (before !== undefined && before.identity !== info.identity) return;
       const since = this.#seenSince.get(file)?.atMs ?? now;
       const left = settleMs - (now - since);
       if (left <= 0) return;
@@ -381,6 +394,14 @@ class DirectoryWatcher implements ConfigWatcher {
       wait = Math.max(wait, left);
     };
     for (const ref of diff.removed) consider(ref.file);
+    let policies: Set<string> | undefined;
+    for (const ref of diff.added) {
+      if (!judged.has(ref.file)) {
+        policies ??= new Set(next.objects.filter((object) => POLICY_KINDS.has(object.kind)).map(labelOf));
+        if (!policies.has(ref.object)) continue;
+      }
+      consider(ref.file);
+    }
     for (const change of diff.changed) if (change.fields.length > 0) consider(change.file);
     return { waitMs: Math.ceil(wait), files };
   }

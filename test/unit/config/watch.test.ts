@@ -1,4 +1,4 @@
-import { readFile, rename, rm, symlink, utimes } from 'node:fs/promises';
+import { appendFile, readFile, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../../src/config/audit.ts';
@@ -248,7 +248,8 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       const watcher = await startWatching(dir, recorder, { ...options, inPlaceSettleMs: 1500 });
 
       // pods.yaml half rewritten in place (its second document not yet there); meanwhile a new file arrives by rename
-      // and extra.yaml loses its pod by rename: only the new file's object applies before pods.yaml holds still.
+      // and extra.yaml loses its pod by rename: only the new file's object applies before pods.yaml holds still (a new
+      // file adding no policy is not held: below).
       await writeFiles(dir, { 'pods.yaml': `${web}---\n` });
       await new Promise((resolve) => setTimeout(resolve, 200));
       await replaceFiles(dir, { 'new.yaml': validPod('10.0.0.7').replace('name: web', 'name: fresh'), 'extra.yaml': '# moved\n' });
@@ -275,6 +276,50 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       const denied = await recorder.next();
       expect(denied.type === 'change' && denied.diff.added).toEqual([{ object: 'AuthorizationPolicy default/new-deny', file: 'moved.yaml' }]);
       expect(watcher.current().workloadByIp('10.0.0.1')?.name).toBe('web');
+    });
+
+    it('applies what a file written in place adds, and the policies a new file adds, only once it has held still: an ALLOW cut before its operations and selector is never in force', async () => {
+      // kubectl's order (`rules` before `selector`, `from` before `to`): cut after the sources, the policy reads as an
+      // ALLOW of every operation from them to every workload of the namespace.
+      const allow = (name: string) => `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ${name}\n  namespace: default\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        namespaces:\n        - partner\n`;
+      const rest = '    to:\n    - operation:\n        methods:\n        - GET\n  selector:\n    matchLabels:\n      app: web\n';
+      const whole = (name: string, policy: ConfigSnapshot) => {
+        const found = policy.objects.find((object) => object.kind === 'AuthorizationPolicy' && object.metadata.name === name);
+        return found?.kind === 'AuthorizationPolicy' && found.spec.selector !== undefined && found.spec.rules?.[0]?.to !== undefined;
+      };
+      const dir = await configDir({ 'mesh.yaml': meshYaml(), 'pod.yaml': validPod('10.0.0.1'), 'policies.yaml': `${allow('allow-old')}${rest}` });
+      const recorder = new Recorder();
+      const watcher = await startWatching(dir, recorder, { ...options, inPlaceSettleMs: 800 });
+      const good = watcher.current();
+
+      // Appended to a file in place (`cat >> policies.yaml`), the writer pausing after the sources.
+      await appendFile(join(dir, 'policies.yaml'), `---\n${allow('allow-partner')}`);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(recorder.events).toEqual([]);
+      expect(watcher.current()).toBe(good);
+      await appendFile(join(dir, 'policies.yaml'), rest);
+      const finished = Date.now();
+      const appended = await recorder.next();
+      expect(appended.type === 'change' && appended.diff).toEqual({ added: [{ object: 'AuthorizationPolicy default/allow-partner', file: 'policies.yaml' }], removed: [], changed: [] });
+      expect(Date.now() - finished).toBeGreaterThanOrEqual(700);
+      expect(whole('allow-partner', watcher.current())).toBe(true);
+
+      // A new name written in place (`curl ... > late.yaml`): the same.
+      await writeFiles(dir, { 'late.yaml': allow('allow-late') });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(recorder.events).toHaveLength(1);
+      await appendFile(join(dir, 'late.yaml'), rest);
+      const created = await recorder.next();
+      expect(created.type === 'change' && created.diff.added).toEqual([{ object: 'AuthorizationPolicy default/allow-late', file: 'late.yaml' }]);
+      expect(whole('allow-late', watcher.current())).toBe(true);
+      expect(recorder.events).toHaveLength(2);
+
+      // Replaced by rename, a file is whole when it appears: what it adds applies at once.
+      const renamed = Date.now();
+      await replaceFiles(dir, { 'late.yaml': `${allow('allow-late')}${rest}---\n${allow('allow-later')}${rest}` });
+      const later = await recorder.next();
+      expect(later.type === 'change' && later.diff.added).toEqual([{ object: 'AuthorizationPolicy default/allow-later', file: 'late.yaml' }]);
+      expect(Date.now() - renamed).toBeLessThan(700);
     });
 
     it('loads again when a broken link that was refused is removed, without waiting for another edit', async () => {
