@@ -71,7 +71,7 @@ export const ERROR_CODES = {
   EGRESS_BLOCKED: 'the destination is not in the mesh registry (no Service, workload, or ServiceEntry exported to the source\'s namespace names it on that port) and the mesh locks egress down (REGISTRY_ONLY)',
   DESTINATION_REFUSED: "a passthrough destination is the proxy's own port on this host (a loop), or this host or a link-local address named by a workload's listener",
   NO_HEALTHY_UPSTREAM: 'the Service has no ready endpoint for this port',
-  SERVICE_PORT_UNKNOWN: "the destination names a Service of the mesh (or a mesh ServiceEntry's host the source sees) on a port it does not have: refused, never sent where the name resolves outside the mesh",
+  SERVICE_PORT_UNKNOWN: "the destination names a Service of the mesh (or a mesh ServiceEntry's host the source sees), by name or address, on a port it does not have: refused, never sent where the name resolves, or to the address, outside the mesh",
   PROXY_BIND: 'a listener address could not be bound: in use, or not an address of this host',
 
   CONFIG_YAML: 'a configuration file is not valid YAML',

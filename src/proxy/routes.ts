@@ -91,7 +91,11 @@ export interface RoutingTable {
   readonly byHost: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
   /** cluster IP → service port → routes. */
   readonly byVip: ReadonlyMap<string, ReadonlyMap<number, ServicePortRoutes>>;
-  /** Names of the mesh's Services and mesh ServiceEntries, with their TCP ports: never sent as plain TCP where they resolve. */
+  /**
+   * Names (normalised) and addresses (canonical: cluster IPs, mesh entries' single addresses) of the mesh's Services and
+   * mesh ServiceEntries, with their TCP ports: on a port they do not declare, never sent as plain TCP where a name
+   * resolves or to the address.
+   */
   readonly serviceNames: ReadonlyMap<string, readonly MeshName[]>;
   /** An ExternalName Service's names → where its chain of CNAMEs ends: an alias of that name, on any port. */
   readonly externalNames: ReadonlyMap<string, ExternalNameAlias>;
@@ -295,6 +299,11 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
     // name resolves is its workloads, reached as plain TCP past their policy.
     const named: MeshName = { what: `ServiceEntry ${namespace}/${name}`, ports: spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number), visibleTo, service: false };
     for (const host of spec.hosts) if (!host.startsWith('*')) addName(serviceNames, normalHost(host), named);
+    for (const address of spec.addresses) {
+      const single = singleAddress(address);
+      // A workload's own IP is that workload's, on every port (decideRoute looks workloads up first).
+      if (single !== undefined && snapshot.workloadByIp(single) === undefined) addName(serviceNames, single, named);
+    }
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
       const routes: (HboneRoute | PassthroughRoute)[] = [];
@@ -513,6 +522,8 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
     }
     const named: MeshName = { what: `Service ${service.hostname}`, ports: service.spec.ports.filter((port) => port.protocol === 'TCP').map((port) => port.port), visibleTo: null, service: true };
     for (const host of names) addName(serviceNames, host, named);
+    const vips = service.spec.clusterIPs.length > 0 ? service.spec.clusterIPs : service.spec.clusterIP && service.spec.clusterIP !== 'None' ? [service.spec.clusterIP] : [];
+    for (const vip of vips) addName(serviceNames, canonicalIp(vip) ?? vip, named);
     const namespace = service.metadata.namespace;
     const serviceLabels = labelsOfService(service);
     // publishNotReadyAddresses: every running pod is an endpoint, ready or not, as Kubernetes publishes them.
@@ -537,9 +548,7 @@ export function buildRoutingTable(snapshot: ConfigSnapshot): RoutingTable {
         next: null,
       });
       for (const host of names) addTo(byHost, host, entry);
-      for (const vip of service.spec.clusterIPs.length > 0 ? service.spec.clusterIPs : service.spec.clusterIP && service.spec.clusterIP !== 'None' ? [service.spec.clusterIP] : []) {
-        addTo(byVip, vip, entry);
-      }
+      for (const vip of vips) addTo(byVip, vip, entry);
     }
   }
   const meshEntryAddresses = addServiceEntryRoutes(snapshot, hbonePort, byHost, byVip, serviceNames);
@@ -722,10 +731,8 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     // Seen by the source (an entry private to another namespace must not take its host from this one). A mesh entry's
     // host the source's own namespace sends outside the mesh on this port, by an entry naming it exactly, is that
     // namespace's; a Service's name is never (an entry elsewhere, or a wildcard, would send the mesh's name out).
-    const named = table.serviceNames.get(name)?.find((candidate) => candidate.visibleTo === null || (sourceNamespace !== undefined && candidate.visibleTo.has(sourceNamespace)));
-    if (named !== undefined && !(named.service === false && sourceNamespace !== undefined && firstAdmitting(table.external.byHost.get(name), port, sourceNamespace)?.namespace === sourceNamespace)) {
-      return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is ${named.what}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
-    }
+    const undeclared = undeclaredPort(table, name, host, port, sourceNamespace, table.external.byHost.get(name));
+    if (undeclared !== undefined) return undeclared;
   } else {
     // Exact spelling first (the common case, no work); other spellings (IPv4-mapped, upper-case IPv6)
     // are canonicalised only when that misses, so the CONNECT names the address the peer knows.
@@ -738,6 +745,10 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     if (known !== undefined) return known;
     const workload = table.snapshot.workloadByIp(canonical);
     if (workload) return table.byWorkloadIp.keep(canonical, port, workloadRoute(workload, canonical, port, table.hbonePort));
+    // A Service's cluster IP (or a mesh entry's address) on a port it does not have, as its name is: sent to the
+    // address as plain TCP, it would reach the Service's workloads past the mesh.
+    const undeclared = undeclaredPort(table, canonical, host, port, sourceNamespace, table.external.byAddress.get(canonical));
+    if (undeclared !== undefined) return undeclared;
   }
   // Looked up under REGISTRY_ONLY (it admits the connection) and where an entry has endpoints (they are where it goes,
   // as Istio sends an entry's host and addresses to its endpoints, not to what the name resolves to).
@@ -748,6 +759,22 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
   if (entry?.routesByPort != null) return staticEndpoint(entry, entry.routesByPort, port, random);
   // An entry without endpoints: where the name resolves, labelled with the entry (a connect costs far more than this object).
   return entry === undefined ? { kind: 'passthrough', host, port } : { kind: 'passthrough', host, port, serviceLabels: entry.labelsByHost?.get(normalHost(host)) ?? entry.serviceLabels };
+}
+
+/**
+ * The refusal of a mesh name or address (`key`: normalised name, canonical IP) dialled on a port it does not declare,
+ * if the source sees one: where the name resolves, or the address itself, is not the mesh, and sending it there would
+ * carry the mesh's traffic in plain text. A mesh entry's host or address that the source's own namespace sends outside
+ * the mesh on this port, by an entry naming it exactly (`external`), is that namespace's; a Service's never is (an
+ * entry elsewhere, or a wildcard, would send the mesh's name out). Seen by the source: an entry private to another
+ * namespace must not take its host from this one.
+ */
+function undeclaredPort(table: RoutingTable, key: string, host: string, port: number, sourceNamespace: string | undefined, external: readonly ExternalEntry[] | undefined): DenyRoute | undefined {
+  const named = table.serviceNames.get(key)?.find((candidate) => candidate.visibleTo === null || (sourceNamespace !== undefined && candidate.visibleTo.has(sourceNamespace)));
+  if (named === undefined) return undefined;
+  if (!named.service && sourceNamespace !== undefined && firstAdmitting(external, port, sourceNamespace)?.namespace === sourceNamespace) return undefined;
+  const what = isIP(key) === 0 ? named.what : `an address of ${named.what}`;
+  return { kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: `${host} is ${what}, which has no TCP port ${port} (${named.ports.length === 0 ? 'it has none' : `its ports: ${named.ports.join(', ')}`}): not sent outside the mesh` };
 }
 
 function addName(names: Map<string, MeshName[]>, host: string, named: MeshName): void {

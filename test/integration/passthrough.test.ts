@@ -277,7 +277,8 @@ describe("a workload annotation's passthrough", () => {
       }), 10_000);
       const before = node.proc.lines.length;
       expect(await exchange(9451, 'into the mesh', ANNOTATED_IP)).toBe('');
-      await waitUntil('the refusal', () => node.proc.lines.slice(before).some((line) => line.msg === 'access' && line.error_code === 'DESTINATION_REFUSED' && /10\.255\.0\.1:81 is a Service address in the mesh/.test(String(line.error))));
+      // Refused as its name would be: the Service has no such port.
+      await waitUntil('the refusal', () => node.proc.lines.slice(before).some((line) => line.msg === 'access' && line.error_code === 'SERVICE_PORT_UNKNOWN' && /10\.255\.0\.1 is an address of Service vip\.demo\.svc\.cluster\.local, which has no TCP port 81 \(its ports: 80\)/.test(String(line.error))));
     } finally {
       const reset = accepted();
       await mesh.writeConfig('vip.yaml', '# none\n');

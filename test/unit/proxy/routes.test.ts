@@ -160,9 +160,20 @@ describe('a Service addressed by name or cluster IP', () => {
       expect(route, host).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
       expect((route as { message: string }).message).toContain('web.shop.svc.cluster.local, which has no TCP port 81 (its ports: 80');
     }
-    // Its cluster IP is left to the passthrough guard, which refuses any mesh address; another name is not the Service's.
-    expect(decideRoute(table, '10.96.0.10', 81)).toEqual({ kind: 'passthrough', host: '10.96.0.10', port: 81 });
+    // Another name is not the Service's.
     expect(decideRoute(table, 'web.other', 81)).toEqual({ kind: 'passthrough', host: 'web.other', port: 81 });
+  });
+
+  it("refuses its cluster IP on a port it does not declare, as its name, for every listener: sent to the address as plain TCP it would pass the mesh by", () => {
+    for (const source of [undefined, 'shop', 'front']) {
+      const route = decideRoute(table, '10.96.0.10', 81, Math.random, source);
+      expect(route, source).toEqual({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: '10.96.0.10 is an address of Service web.shop.svc.cluster.local, which has no TCP port 81 (its ports: 80, 90, 91, 9100): not sent outside the mesh' });
+    }
+    // In another spelling too (IPv4-mapped), and the port it declares still goes over HBONE.
+    expect(decideRoute(table, '::ffff:10.96.0.10', 81)).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
+    expect(decideRoute(table, '10.96.0.10', 80, () => 0)).toMatchObject({ kind: 'hbone' });
+    // An address that is no Service's stays outside the mesh.
+    expect(decideRoute(table, '10.96.0.99', 81)).toEqual({ kind: 'passthrough', host: '10.96.0.99', port: 81 });
   });
 
   describe('an ExternalName Service\'s name, an alias of where it points (as Kubernetes\' DNS, and Istio since 1.21)', () => {
@@ -314,7 +325,7 @@ status: { phase: Running, podIP: 10.0.5.9, conditions: [{ type: Ready, status: y
   it('ignores UDP Service ports: no route is built for them', () => {
     expect(table.byHost.get('web.shop')?.has(53)).toBe(false);
     expect(decideRoute(table, 'web.shop', 53)).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
-    expect(decideRoute(tableOf('  egress: { mode: REGISTRY_ONLY }\n'), '10.96.0.10', 53)).toMatchObject({ kind: 'deny', reason: 'EGRESS_BLOCKED' });
+    expect(decideRoute(table, '10.96.0.10', 53)).toMatchObject({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN' });
   });
 
   it('refuses a Service with no ready endpoint with NO_HEALTHY_UPSTREAM', () => {
@@ -856,6 +867,25 @@ spec:
   exportTo: ["."]
 `;
   const table = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, entries));
+
+  it('is refused on its address too, and an address its own namespace sends outside the mesh on that port, by an entry naming it, is that namespace\'s', () => {
+    const addressed = routingTableOf(snapshotOf(meshConfig(''), WORKLOADS, `${entries.replace('hosts: [vm-db.internal]', 'hosts: [vm-db.internal]\n  addresses: [10.97.0.40]')}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: direct, namespace: data }
+spec:
+  hosts: [direct.example]
+  addresses: [10.97.0.40]
+  ports: [{ number: 6432, name: tcp-bouncer, protocol: TCP }]
+  location: MESH_EXTERNAL
+  resolution: NONE
+`));
+    expect(decideRoute(addressed, '10.97.0.40', 5432, Math.random, 'data')).toMatchObject({ kind: 'hbone' });
+    expect(decideRoute(addressed, '10.97.0.40', 5433, Math.random, 'data')).toEqual({ kind: 'deny', reason: 'SERVICE_PORT_UNKNOWN', message: '10.97.0.40 is an address of ServiceEntry data/vm-db, which has no TCP port 5433 (its ports: 5432): not sent outside the mesh' });
+    expect(decideRoute(addressed, '10.97.0.40', 6432, Math.random, 'data')).toMatchObject({ kind: 'passthrough', host: '10.97.0.40', port: 6432 });
+    // A namespace the mesh entry is not exported to: the address is nothing of the mesh for it.
+    expect(decideRoute(addressed, '10.97.0.40', 5433, Math.random, 'front')).toMatchObject({ kind: 'passthrough', host: '10.97.0.40', port: 5433 });
+  });
 
   it('is refused, as a Service is, rather than sent as plain TCP to where its name resolves (its workloads)', () => {
     expect(decideRoute(table, 'vm-db.internal', 5432, Math.random, 'data')).toMatchObject({ kind: 'hbone' });
