@@ -148,27 +148,29 @@ export class InboundAuthorizer {
    * null otherwise: a workload without them never has its HTTP parsed (AUDIT and dry-run rules only log, and parsing
    * would change what reaches it: refused malformed requests, added headers, converted versions).
    */
-  requestInspection(connection: InboundConnection): RequestInspection | null {
+  requestInspection(connection: InboundConnection, nodeName: string): RequestInspection | null {
     // Asked after the upstream connect: the configuration may have changed since the stream opened.
     const snapshot = this.#snapshot();
-    const current = snapshot.workloadByIp(connection.destinationIp);
-    if (current === undefined) return null;
-    const policies = this.#policiesOf(snapshot, current);
-    // Uninspected would let every request through: with no policies to judge them by, each one is refused until a
-    // configuration that compiles is in force (decide looks again at every change).
+    // The workload the connection reaches, not whichever holds its IP now: another workload's policies (its address
+    // given to a pod elsewhere in the same change) would judge requests that still go to this one.
+    const current = destinationStays(connection, snapshot, nodeName);
+    const policies = current === undefined ? null : this.#policiesOf(snapshot, current);
+    // Uninspected would let every request through: with no policies to judge them by (the workload gone, or a
+    // configuration that does not compile), each one is refused until they are there again (decide looks again at
+    // every change; the connection is closed meanwhile if the workload has left).
     if (policies !== null && (!policies.hasEnforcingL7Rules || !policies.httpPorts.has(connection.destinationPort))) return null;
     // One context per tunnel; each request only swaps in its facts.
     const ctx = contextOf(connection);
     const logger = this.#logger;
-    // The policies in force (a change applies to the next request) for the workload at that IP: looked up again
-    // only when the snapshot changed.
+    // The policies in force (a change applies to the next request) for the workload the connection reaches: looked up
+    // again only when the snapshot changed.
     let seen = snapshot;
     let inForce: WorkloadPolicies | null = policies;
     return {
       decide: (facts, again = false) => {
         const now = this.#snapshot();
         if (now !== seen) {
-          const destination = now.workloadByIp(connection.destinationIp);
+          const destination = destinationStays(connection, now, nodeName);
           inForce = destination === undefined ? null : this.#policiesOf(now, destination);
           seen = now;
         }

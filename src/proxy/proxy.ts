@@ -341,7 +341,7 @@ export class NodeProxy {
       authorize: options.authorize === undefined ? (connection) => this.#authorizer.authorize(connection) : options.authorize,
       sharedListen: options.sharedHboneListen,
       liveMeters: this.#liveMeters,
-      inspectRequests: options.authorize === undefined ? (connection) => this.#authorizer.requestInspection(connection) : null,
+      inspectRequests: options.authorize === undefined ? (connection) => this.#authorizer.requestInspection(connection, this.#options.nodeName) : null,
       recheck: options.authorize === undefined ? (connection, inspected, snapshot) => this.#authorizer.stillAllowed(connection, inspected, snapshot, options.nodeName) : undefined,
       ownListener: (ip, port) => this.#isServiceEndpoint(ip, port) || this.#outbound.isListening(ip, port),
       inspector: this.#inspector,

@@ -118,17 +118,17 @@ describe('dry-run authorization policies', () => {
     ['a dry-run ALLOW', 'ALLOW', 'true'],
   ])('never make the proxy inspect an HTTP port: %s with HTTP fields alone leaves its bytes as they are', (_what, action, dryRun) => {
     const snapshot = buildSnapshot(parseConfigText(WORLD + policy('logged', action, dryRun, '{ to: [{ operation: { paths: ["/audited"] } }] }'), 'all.yaml'));
-    expect(new InboundAuthorizer(() => snapshot, new Registry(), silentLogger()).requestInspection(connectionTo(snapshot))).toBeNull();
+    expect(new InboundAuthorizer(() => snapshot, new Registry(), silentLogger()).requestInspection(connectionTo(snapshot), 'node-b')).toBeNull();
     // A rule in force with HTTP fields does.
     const enforced = buildSnapshot(parseConfigText(WORLD + policy('logged', action === 'AUDIT' ? 'DENY' : action, null, '{ to: [{ operation: { paths: ["/audited"] } }] }'), 'all.yaml'));
-    expect(new InboundAuthorizer(() => enforced, new Registry(), silentLogger()).requestInspection(connectionTo(enforced))).not.toBeNull();
+    expect(new InboundAuthorizer(() => enforced, new Registry(), silentLogger()).requestInspection(connectionTo(enforced), 'node-b')).not.toBeNull();
   });
 
   it('hide no AUDIT policy: a request both match is logged once for each, on a port inspected for a rule in force', () => {
     const snapshot = buildSnapshot(parseConfigText(WORLD + policy('no-delete', 'DENY', 'true', '{ to: [{ operation: { methods: [DELETE] } }] }') + '---\n' + policy('audit-all', 'AUDIT', null, '{}') + '---\n' + policy('no-admin', 'DENY', null, '{ to: [{ operation: { paths: ["/admin"] } }] }'), 'all.yaml'));
     const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
     const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
-    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
+    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot), 'node-b');
     expect(inspection).not.toBeNull();
     expect(inspection?.decide({ method: 'DELETE', path: '/items', host: 'web.shop', header: () => undefined, remoteIp: null }).allow).toBe(true);
     expect(lines.map((line) => [line.message, line.fields.audit])).toEqual([['audited request', 'shop/audit-all'], ['dry-run DENY policy matched a request', 'shop/no-delete']]);
@@ -152,7 +152,7 @@ describe('dry-run authorization policies', () => {
     const snapshot = buildSnapshot(parseConfigText(WORLD + policy('a-allow', 'ALLOW', 'true', '{ to: [{ operation: { paths: ["/a*"] } }] }') + '---\n' + policy('b-deny', 'DENY', 'true', '{ to: [{ operation: { paths: ["/a*"] } }] }') + '---\n' + policy('no-admin', 'DENY', null, '{ to: [{ operation: { paths: ["/admin"] } }] }'), 'all.yaml'));
     const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
     const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
-    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
+    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot), 'node-b');
     expect(inspection?.decide({ method: 'GET', path: '/a', host: 'web.shop', header: () => undefined, remoteIp: null }).allow).toBe(true);
     expect(lines.map((line) => [line.message, line.fields.audit]).sort()).toEqual([['dry-run ALLOW policy matched a request', 'shop/a-allow'], ['dry-run DENY policy matched a request', 'shop/b-deny']]);
   });
@@ -170,7 +170,7 @@ describe('dry-run authorization policies', () => {
     const snapshot = buildSnapshot(parseConfigText(WORLD + policy('only-get', 'ALLOW', 'true', '{ to: [{ operation: { methods: [GET] } }] }') + '---\n' + policy('no-admin', 'DENY', null, '{ to: [{ operation: { paths: ["/admin"] } }] }'), 'all.yaml'));
     const lines: Array<{ fields: Record<string, unknown>; message: string }> = [];
     const logger = Object.assign(silentLogger(), { info: (fields: Record<string, unknown>, message: string) => void lines.push({ fields, message }) });
-    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot));
+    const inspection = new InboundAuthorizer(() => snapshot, new Registry(), Object.assign(logger, { child: () => logger })).requestInspection(connectionTo(snapshot), 'node-b');
     for (const method of ['GET', 'DELETE']) expect(inspection?.decide({ method, path: '/items', host: 'web.shop', header: () => undefined, remoteIp: null }).allow).toBe(true);
     expect(lines.map((line) => [line.message, line.fields.method])).toEqual([['dry-run ALLOW policy matched a request', 'GET'], ['dry-run ALLOW policies would deny a request', 'DELETE']]);
   });

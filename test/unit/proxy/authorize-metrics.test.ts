@@ -120,7 +120,7 @@ spec:
     let snapshot = snapshotOf(WORLD + http);
     const registry = new Registry();
     const authorizer = new InboundAuthorizer(() => snapshot, registry, silentLogger());
-    const inspection = authorizer.requestInspection({ ...connectionFrom(snapshot, 'web'), destinationPort: 80 });
+    const inspection = authorizer.requestInspection({ ...connectionFrom(snapshot, 'web'), destinationPort: 80 }, 'node-b');
     expect(inspection).not.toBeNull();
     const facts = { method: 'GET', path: '/', host: 'db', header: () => undefined, remoteIp: null };
     expect(inspection?.decide(facts).allow).toBe(true);
@@ -128,6 +128,51 @@ spec:
     snapshot = snapshotOf(WORLD.replace('10.0.2.20', '10.0.2.99') + http);
     expect(inspection?.decide(facts).allow).toBe(false);
     expect(await decisionCounts(registry)).toEqual({ 'ALLOW data/get-only': 1, 'DENY error': 1 });
+  });
+
+  it("judges an open tunnel's requests by its own workload's policies, never by those of another that took its address in the same change", () => {
+    const http = `---
+apiVersion: v1
+kind: Service
+metadata: { name: db, namespace: data }
+spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 80 }] }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-admin, namespace: data }
+spec:
+  selector: { matchLabels: { app: db } }
+  action: DENY
+  rules: [{ to: [{ operation: { paths: [/admin] } }] }]
+`;
+    const first = snapshotOf(WORLD + http);
+    let snapshot = first;
+    const authorizer = new InboundAuthorizer(() => snapshot, new Registry(), silentLogger());
+    const connection = { ...connectionFrom(first, 'web'), destinationPort: 80 };
+    const inspection = authorizer.requestInspection(connection, 'node-b');
+    const admin = { method: 'GET', path: '/admin', host: 'db', header: () => undefined, remoteIp: null };
+    const home = { ...admin, path: '/' };
+    expect(inspection?.decide(admin).allow).toBe(false);
+    expect(inspection?.decide(home).allow).toBe(true);
+    // Another change, the workload untouched: its own policies still judge.
+    snapshot = snapshotOf(`${WORLD + http}---\napiVersion: v1\nkind: Pod\nmetadata: { name: other-1, namespace: data }\nspec: { nodeName: node-a, serviceAccountName: other }\nstatus: { phase: Running, podIP: 10.0.2.30 }\n`);
+    expect(inspection?.decide(admin).allow).toBe(false);
+    expect(inspection?.decide(home).allow).toBe(true);
+    // db-1 deleted and its address given to a pod of another identity, on another node, with no policy: the requests
+    // still reach db-1 until the tunnel is closed, and are refused meanwhile, /admin above all.
+    for (const [pod, node] of [['web-1', 'node-a'], ['db-2', 'node-a']] as const) {
+      snapshot = snapshotOf(`${WORLD.replace('name: db-1', `name: ${pod}`).replace('app: db', pod === 'web-1' ? 'app: web' : 'app: db').replace('nodeName: node-b', `nodeName: ${node}`).replace('serviceAccountName: db', pod === 'web-1' ? 'serviceAccountName: web' : 'serviceAccountName: db')}${http}`);
+      expect(inspection?.decide(admin).allow, pod).toBe(false);
+      expect(inspection?.decide(home).allow, pod).toBe(false);
+    }
+    // A tunnel whose workload is gone when its inspection is asked for is inspected, and refuses each request.
+    const late = authorizer.requestInspection(connection, 'node-b');
+    expect(late).not.toBeNull();
+    expect(late?.decide(home).allow).toBe(false);
+    // Back as it was: judged by its policies again.
+    snapshot = first;
+    expect(inspection?.decide(home).allow).toBe(true);
+    expect(inspection?.decide(admin).allow).toBe(false);
   });
 });
 
@@ -175,7 +220,7 @@ spec:
     const registry = new Registry();
     const authorizer = new InboundAuthorizer(() => snapshot, registry, silentLogger());
     const open = connectionFrom(good, 'web');
-    const inspection = authorizer.requestInspection(open);
+    const inspection = authorizer.requestInspection(open, 'node-b');
 
     snapshot = counted;
     const connection = connectionFrom(snapshot, 'web');
@@ -183,7 +228,7 @@ spec:
     expect(authorizer.authorize(connection).allow).toBe(false);
     expect(reads).toBe(1);
     // A tunnel opened now is inspected all the same, and refuses each request rather than let it through unjudged.
-    const fresh = authorizer.requestInspection(connection);
+    const fresh = authorizer.requestInspection(connection, 'node-b');
     expect(fresh).not.toBeNull();
     const facts = { method: 'GET', path: '/', host: 'db' } as unknown as Parameters<NonNullable<typeof fresh>['decide']>[0];
     expect(fresh!.decide(facts).allow).toBe(false);
