@@ -161,9 +161,11 @@ export interface ConfigFileList {
 
 /**
  * A `.json` file that is not configuration: data kept beside it (a federation's trust bundle, its `bundleFile`), any
- * JSON that is not an object naming a `kind` or an `apiVersion`, or a file that is not JSON and names neither. Left
- * alone, as every `.json` file was before they were read: one refused would refuse the whole directory. A file meant
- * as an object (it names both) is read, and what is wrong with it said.
+ * JSON that is neither an object naming a `kind` or an `apiVersion` nor a list holding one, or a file that is not JSON
+ * and has neither as a key. Left alone, as every `.json` file was before they were read: one refused would refuse the
+ * whole directory. A file meant as configuration is read, and what is wrong with it said: a list of policies (which
+ * kubectl refuses too) had been skipped without a word, the DENY policies in it with it, and so had JSON with a
+ * mistake in it, or YAML's flow style (`{kind: ...}`), unless it named both keys in quotes.
  */
 function isOtherJson(file: string, text: string): boolean {
   if (!/\.json$/i.test(file)) return false;
@@ -171,9 +173,16 @@ function isOtherJson(file: string, text: string): boolean {
   try {
     value = JSON.parse(text);
   } catch {
-    return !(text.includes('"kind"') && text.includes('"apiVersion"'));
+    return !CONFIG_KEY.test(text);
   }
-  return value === null || typeof value !== 'object' || Array.isArray(value) || (!('kind' in value) && !('apiVersion' in value));
+  return !(Array.isArray(value) ? value.some(namesKind) : namesKind(value));
+}
+
+/** `kind:` or `apiVersion:` as a key, quoted or not. */
+const CONFIG_KEY = /(?:^|[\s{,])["']?(?:kind|apiVersion)["']?\s*:/;
+
+function namesKind(value: unknown): boolean {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) && ('kind' in value || 'apiVersion' in value);
 }
 
 /**
@@ -367,6 +376,8 @@ function parseDocuments(text: string, file: string): ParsedText {
     // `kubectl get pods -o yaml` writes a v1 List; its items are objects like any other.
     if (isMapping(value) && value['kind'] === 'List' && value['apiVersion'] === 'v1' && Array.isArray(value['items'])) {
       value['items'].forEach((item, index) => addObject(result, item, ['items', index], document, file, lineAt));
+    } else if (Array.isArray(value)) {
+      result.issues.push({ code: 'CONFIG_FIELD', file, line: nodeLine(document.contents, lineAt), object: undefined, field: undefined, message: 'is a list, not a configuration object: write each object as its own document (separated by ---), or wrap them in a v1 List (apiVersion: v1, kind: List, items: [...]), as kubectl takes them' });
     } else {
       addObject(result, value, [], document, file, lineAt);
     }

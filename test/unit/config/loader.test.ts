@@ -50,12 +50,15 @@ describe('loadConfigDir accepts', () => {
       'data/list.json': '[{"name": "x"}]',
       'data/text.json': '"just a string"',
       'data/commented.json': '{ // settings\n  "a": 1 }',
+      // Not JSON but YAML's flow style, which kubectl reads as well: an object all the same.
+      'policies/flow.json': '{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy,\n metadata: {name: deny-flow, namespace: shop}, spec: {action: DENY, rules: [{}]}}\n',
     });
     const snapshot = await loadConfigDir(dir);
     expect(snapshot.objects.map((object) => `${object.kind} ${object.metadata.name} ${object.source.file}:${object.source.line}`)).toEqual([
       'AuthorizationPolicy deny-more list.JSON:1',
       'MeshConfig mesh mesh.yaml:1',
       'AuthorizationPolicy deny-all policies/deny.json:1',
+      'AuthorizationPolicy deny-flow policies/flow.json:1',
     ]);
   });
 
@@ -219,6 +222,19 @@ const rejectCases: RejectCase[] = [
     code: 'CONFIG_YAML',
     file: 'merge.yaml',
     line: 5,
+  },
+  {
+    name: 'a .json file holding a list of policies (kubectl refuses it too): its DENY was skipped without a word',
+    files: { 'deny.json': '[\n  {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x", "namespace": "shop"}, "spec": {"action": "DENY", "rules": [{}]}}\n]\n' },
+    code: 'CONFIG_FIELD',
+    file: 'deny.json',
+    line: 1,
+  },
+  {
+    name: 'a .json file with a mistake in it that names a kind unquoted (it was skipped unless it named both keys in quotes)',
+    files: { 'deny.json': '{kind: AuthorizationPolicy, apiVersion: security.istio.io/v1, metadata: {name: x, namespace: shop}, spec: {action: DENY, rules: [{}]},}}\n' },
+    code: 'CONFIG_YAML',
+    file: 'deny.json',
   },
   {
     name: 'a .json file that is not JSON, with its line',
