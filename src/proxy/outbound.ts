@@ -314,9 +314,10 @@ export class OutboundListeners {
   }
 
   /**
-   * Closes the open passthrough connections `snapshot` no longer lets out (egress made REGISTRY_ONLY, the ServiceEntry
-   * that admitted a host removed): new ones are refused, and these had gone on carrying bytes for good (Istio's
-   * sidecars drain a changed listener's connections). Returns how many closed.
+   * Closes the open passthrough connections `snapshot` no longer lets out as plain TCP (egress made REGISTRY_ONLY, the
+   * ServiceEntry that admitted a host removed; or the destination now in the mesh, a workload's or a Service's address,
+   * reached over HBONE and past its policy): new ones are refused or go over HBONE, and these had gone on carrying
+   * bytes for good (Istio's sidecars drain a changed listener's connections). Returns how many closed.
    */
   closeUnrouted(snapshot: ConfigSnapshot): number {
     const table = routingTableOf(snapshot);
@@ -325,9 +326,11 @@ export class OutboundListeners {
       const target = this.#passthroughTargets.get(socket);
       if (target === undefined) continue;
       const route = decideRoute(table, target.host, target.port, this.#options.random, source.namespace);
-      if (route.kind !== 'deny') continue;
+      if (route.kind === 'passthrough') continue;
       this.#forgetLive.call(socket);
-      this.#closedFor.set(socket, { code: route.reason, message: `closed by a configuration change: ${route.message}` });
+      this.#closedFor.set(socket, route.kind === 'deny'
+        ? { code: route.reason, message: `closed by a configuration change: ${route.message}` }
+        : { code: 'POLICY_REVOKED', message: `closed by a configuration change: ${formatAuthority(target.host, target.port)} is in the mesh now, reached over HBONE under its policy; this connection went as plain TCP` });
       cutSocket(socket);
       closed++;
     }

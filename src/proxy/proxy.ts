@@ -419,7 +419,7 @@ export class NodeProxy {
       const departed = this.#outbound.closeDeparted(snapshot);
       if (departed > 0) this.#logger.warn({ closed: departed, version: snapshot.version }, 'closed outbound connections of workloads no longer on this node');
       const unrouted = this.#outbound.closeUnrouted(snapshot);
-      if (unrouted > 0) this.#logger.warn({ closed: unrouted, version: snapshot.version }, 'closed passthrough connections the new configuration no longer lets out');
+      if (unrouted > 0) this.#logger.warn({ closed: unrouted, version: snapshot.version }, 'closed passthrough connections the new configuration no longer lets out as plain TCP');
     }
     this.#appliedVersion = snapshot.version;
     const local = snapshot.workloadsOnNode(this.#options.nodeName);

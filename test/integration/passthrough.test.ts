@@ -357,12 +357,34 @@ describe('an open passthrough connection when egress is locked down', () => {
       await waitUntil('the passthrough connection closed', () => held.closed, 10_000);
       expect(failure()?.code).toBe('ECONNRESET');
       await waitUntil('its access line', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'EGRESS_BLOCKED' && String(line.error).startsWith('closed by a configuration change')));
-      expect(node.proc.lines.slice(since).some((line) => line.msg === 'closed passthrough connections the new configuration no longer lets out')).toBe(true);
+      expect(node.proc.lines.slice(since).some((line) => line.msg === 'closed passthrough connections the new configuration no longer lets out as plain TCP')).toBe(true);
     } finally {
       held.destroy();
       const seen = accepted();
       await mesh.writeConfig('mesh.yaml', 'apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec:\n  trustDomain: cluster.local\n');
       await waitUntil('node-a accepts the mesh back', () => accepted() > seen, 10_000);
+    }
+  });
+});
+
+describe('an open passthrough connection whose destination joins the mesh', () => {
+  it('is reset, its access line saying why: the address is reached over HBONE and its policy now, not as plain TCP', async () => {
+    const accepted = () => node.proc.lines.filter((line) => line.msg === 'configuration accepted').length;
+    const { held, failure } = await echoingPassthrough(CLIENT_IP, 9301);
+    try {
+      const since = node.proc.lines.length;
+      const seen = accepted();
+      // A workload at the address the connection goes to (a VM brought into the mesh).
+      await mesh.writeConfig('joined.yaml', podYaml({ name: 'joined-1', node: 'node-b', serviceAccount: 'joined', ip: EXTERNAL_IP }));
+      await waitUntil('node-a accepts joined.yaml', () => accepted() > seen, 10_000);
+      await waitUntil('the passthrough connection closed', () => held.closed, 10_000);
+      expect(failure()?.code).toBe('ECONNRESET');
+      await waitUntil('its access line', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'POLICY_REVOKED' && String(line.error).includes(`${EXTERNAL_IP}:${externalPort} is in the mesh now`)));
+    } finally {
+      held.destroy();
+      const seen = accepted();
+      await mesh.writeConfig('joined.yaml', '# none\n');
+      await waitUntil('node-a accepts its removal', () => accepted() > seen, 10_000);
     }
   });
 });
