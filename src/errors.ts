@@ -66,7 +66,7 @@ export const ERROR_CODES = {
   POLICY_REVOKED: 'an open connection was closed because a configuration change no longer allows it',
   SOURCE_DEPARTED: 'an open outbound connection was closed because its source workload left the node (deleted, moved, or another identity)',
   TUNNEL_RESET: 'the peer reset the tunnel (RST_STREAM, GOAWAY or a dropped connection) before it finished',
-  HBONE_REFUSED: 'the destination node proxy answered the CONNECT with an error status (400 bad request, 401 policy, 503 unreachable)',
+  HBONE_REFUSED: 'the destination node proxy answered the CONNECT with an error status (400 bad request, 401 policy, 503 unreachable), or ended the session as one past its limits (GOAWAY ENHANCE_YOUR_CALM: too many sessions of one identity from one address)',
   CONNECTION_LIMIT: 'an outbound connection was refused: its source workload holds --max-workload-connections already, or all workloads together hold what the open-files limit allows beside the proxy\'s own descriptors',
   EGRESS_BLOCKED: 'the destination is not in the mesh registry (no Service, workload, or ServiceEntry exported to the source\'s namespace names it on that port) and the mesh locks egress down (REGISTRY_ONLY)',
   DESTINATION_REFUSED: "a passthrough destination is the proxy's own port on this host (a loop), or this host or a link-local address named by a workload's listener",

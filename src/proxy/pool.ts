@@ -28,6 +28,7 @@ import {
   H2_MAX_FRAME_BYTES,
   H2_MAX_SESSION_MEMORY_MB,
   H2_OPENING_STREAM_WINDOW_BYTES,
+  H2_SERVER_MAX_SESSIONS_PER_PEER,
   HBONE_ALPN,
   KEEPALIVE_INTERVAL_MS,
   KEEPALIVE_TIMEOUT_MS,
@@ -84,6 +85,11 @@ interface PooledSession {
   settled: boolean;
   /** Why the server refused the session, from its GOAWAY (INADEQUATE_SECURITY and a reason): a CONNECT waiting on it fails with that. */
   refusal: string | undefined;
+  /**
+   * Why the server ended the session as one of a peer past its limits, from its GOAWAY (ENHANCE_YOUR_CALM and a reason:
+   * an ambit peer's TOO_MANY_SESSIONS): a CONNECT waiting on it fails saying so, not as a destination unreachable.
+   */
+  limited: string | undefined;
   /** Our pool ended it (close, a missed PONG): a CONNECT it fails is no refusal by the server (sessionRefusal). */
   endedByPool: boolean;
   /** The trust bundles reverify() last judged it under (undefined: never). */
@@ -328,7 +334,7 @@ export class HbonePool {
       socket.destroy();
       throw new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `HBONE session to ${endpoint.hboneAuthority}: ${(error as Error).message}`);
     }
-    const entry: PooledSession = { session, tls: socket, transport, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, readAtPing: 0, queuedAtPing: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, endedByPool: false, awaiting: new Set() };
+    const entry: PooledSession = { session, tls: socket, transport, bucket, streams: 0, maxStreams: this.#maxStreams, idleSinceMs: Date.now(), pingSentMs: 0, readAtPing: 0, queuedAtPing: 0, usable: true, bundles, validUntilMs, settled: false, refusal: undefined, limited: undefined, endedByPool: false, awaiting: new Set() };
     session.setLocalWindowSize(H2_CONNECTION_WINDOW_BYTES);
     pooled.set(session, entry);
     trackWindows(session, this.#windows);
@@ -354,6 +360,7 @@ export class HbonePool {
     const retire = () => this.#retire(entry);
     session.on('goaway', (errorCode: number, _lastStreamId: number, data?: Buffer) => {
       if (errorCode === NGHTTP2_INADEQUATE_SECURITY) entry.refusal = refusalText(data);
+      else if (errorCode === NGHTTP2_ENHANCE_YOUR_CALM) entry.limited = refusalText(data);
       retire();
     });
     session.on('close', () => {
@@ -677,6 +684,9 @@ function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | u
   if (entry.refusal !== undefined) {
     const why = entry.refusal === UNTRUSTED_REASON ? ' (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, a CA that is expired or breaks its rules; its log names which)' : '';
     return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}${why}`);
+  }
+  if (entry.limited !== undefined) {
+    return new TunnelError('HBONE_REFUSED', 'CONNECT', `server at ${server} ended the HBONE session of source identity ${entry.bucket.source} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): ${entry.limited} (an ambit peer takes at most ${H2_SERVER_MAX_SESSIONS_PER_PEER} sessions of one identity from one address; its log and ambit_hbone_peers_refused_total say so)`);
   }
   // The server ended it, not our pool (a close, the sweep).
   if (!entry.settled && !entry.endedByPool && entry.session.destroyed) {

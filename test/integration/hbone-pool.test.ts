@@ -840,6 +840,30 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     }
   });
 
+  it("fails with the server's reason, not as an unreachable destination, when the server ends the session as one past its limits (GOAWAY ENHANCE_YOUR_CALM)", async () => {
+    const ca = await createTestCa('cluster.local');
+    const server = await issueTestSvid(ca, SERVER_ID);
+    // An ambit peer holding 256 sessions of this identity from this address already.
+    const full = http2.createSecureServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], requestCert: true, rejectUnauthorized: false });
+    full.on('session', (session) => {
+      session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM, 0, Buffer.from('TOO_MANY_SESSIONS'));
+      session.destroy();
+    });
+    full.listen(0, '127.0.0.1');
+    await once(full, 'listening');
+    const port = (full.address() as AddressInfo).port;
+    const hbone = new HbonePool({ contexts, bundles: () => ({ get: (trustDomain) => (trustDomain === ca.trustDomain ? ca.bundle : undefined) }), verifier: new PeerVerifier(), logger: silentLogger() });
+    try {
+      const error = await hbone.open(CLIENT_ID, null, { ...endpoint(), hbonePort: port, hboneAuthority: `127.0.0.1:${port}` }, '').then(() => null, (e: unknown) => e);
+      expect(error).toBeInstanceOf(TunnelError);
+      expect([(error as TunnelError).code, (error as TunnelError).flag]).toEqual(['HBONE_REFUSED', 'CONNECT']);
+      expect((error as TunnelError).message).toContain(`server at 127.0.0.1:${port} ended the HBONE session of source identity ${CLIENT_ID} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): TOO_MANY_SESSIONS`);
+    } finally {
+      await hbone.close();
+      full.close();
+    }
+  });
+
   it('fails with TLS_FAILURE, saying so, when the handshake fails or the server refuses our certificate after it', async () => {
     const ca = await createTestCa('cluster.local');
     const server = await issueTestSvid(ca, SERVER_ID);
