@@ -499,6 +499,11 @@ export class OutboundListeners {
       const dialIp = workloadIp !== null && this.#localAddresses.has(workloadIp, startedMs) ? workloadIp : null;
       stream = await this.#options.pool.open(source.identity, dialIp, endpoint, baggage, workloadIp === null ? null : forwardedFor(workloadIp, route.serviceLabels === UNKNOWN_SERVICE ? undefined : route.serviceLabels.hostname));
     } catch (error) {
+      // Let go meanwhile by the proxy (its workload left the node): that is why it went, not what the open met after.
+      if (this.#closedFor.has(socket)) {
+        this.#abandoned(socket, labels, source, srcAddr, endpoint.authority, startedMs);
+        return;
+      }
       const flag = error instanceof TunnelError ? error.flag : 'CONNECT';
       this.#options.metrics.failed(labels, flag);
       const coded = error instanceof AmbitError ? error : new AmbitError('UPSTREAM_CONNECT', (error as Error).message);

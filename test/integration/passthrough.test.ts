@@ -20,6 +20,10 @@ const ANNOTATED_IP = nodeIp(P, 0, 22);
 const LEAVER_IP = nodeIp(P, 0, 23);
 /** A second workload removed while its connection is half-closed, its server still talking. */
 const HALF_LEAVER_IP = nodeIp(P, 0, 24);
+/** A workload removed while its tunnel into the mesh is still being opened. */
+const QUITTER_IP = nodeIp(P, 0, 25);
+/** A workload on node-b (not running here): whatever listens on its HBONE port is the test's. */
+const REMOTE_IP = nodeIp(P, 5, 20);
 /** A server outside the mesh (no workload has its address). */
 const EXTERNAL_IP = nodeIp(P, 5, 9);
 
@@ -97,6 +101,8 @@ beforeAll(async () => {
       ),
       'leaver.yaml': podYaml({ name: 'leaver-1', node: 'node-a', serviceAccount: 'leaver', ip: LEAVER_IP }),
       'half-leaver.yaml': podYaml({ name: 'leaver-2', node: 'node-a', serviceAccount: 'leaver', ip: HALF_LEAVER_IP }),
+      'quitter.yaml': podYaml({ name: 'quitter-1', node: 'node-a', serviceAccount: 'quitter', ip: QUITTER_IP }),
+      'remote.yaml': podYaml({ name: 'remote-1', node: 'node-b', serviceAccount: 'remote', ip: REMOTE_IP }),
     },
     extraProxyArgs: () => [
       '--outbound', `${CLIENT_IP}:9301=${EXTERNAL_IP}:${externalPort}@demo/client-1`,
@@ -107,6 +113,7 @@ beforeAll(async () => {
       '--outbound', `${CLIENT_IP}:9306=db.static.invalid:5432@demo/client-1`, // a name DNS cannot answer
       '--outbound', `${LEAVER_IP}:9310=${EXTERNAL_IP}:${externalPort}@demo/leaver-1`,
       '--outbound', `${HALF_LEAVER_IP}:9311=${EXTERNAL_IP}:${talkerPort}@demo/leaver-2`,
+      '--outbound', `${QUITTER_IP}:9312=${REMOTE_IP}:7000@demo/quitter-1`,
       // A shared HBONE listener besides the configuration's 15008: its port is the proxy's too.
       '--hbone-listen', `${NODE_ADDRESS}:15118`,
       '--outbound', `${CLIENT_IP}:9307=${NODE_ADDRESS}:15118@demo/client-1`,
@@ -185,6 +192,34 @@ describe("an operator's --outbound passthrough", () => {
       await waitUntil('its access line, saying why', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'SOURCE_DEPARTED' && line['src.workload'] === 'leaver-1'));
     } finally {
       held.destroy();
+    }
+  });
+
+  it("says a tunnel let go while it was being opened was closed because its workload left, not what the open met afterwards", async () => {
+    // node-b's HBONE port takes the connection and answers nothing until told.
+    const held: Socket[] = [];
+    const hbone = createServer((socket) => {
+      socket.on('error', () => {});
+      held.push(socket);
+    });
+    await new Promise<void>((resolve) => hbone.listen(15008, REMOTE_IP, resolve));
+    const app = connect({ host: QUITTER_IP, port: 9312 });
+    app.on('error', () => {});
+    try {
+      app.write('waiting');
+      await waitUntil('the tunnel being opened', () => held.length > 0, 10_000);
+      const since = node.proc.lines.length;
+      await rm(join(mesh.configDir, 'quitter.yaml'));
+      await waitUntil("the departed workload's connection closed", () => app.closed, 10_000);
+      // Now the open fails (the handshake cut): the access line still says why the connection went.
+      for (const socket of held) socket.destroy();
+      const accessLine = () => node.proc.lines.slice(since).find((candidate) => candidate.msg === 'access' && candidate['src.workload'] === 'quitter-1');
+      await waitUntil('its access line', () => accessLine() !== undefined, 15_000);
+      expect(accessLine()?.error_code).toBe('SOURCE_DEPARTED');
+    } finally {
+      app.destroy();
+      hbone.close();
+      for (const socket of held) socket.destroy();
     }
   });
 
