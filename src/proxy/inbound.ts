@@ -1214,7 +1214,7 @@ export function normalizeIp(address: string): string {
 
 export function listenOn(server: net.Server, host: string, port: number, onAcceptError: (error: Error) => void = ignoreListenerError): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onError = (error: NodeJS.ErrnoException) => reject(new AmbitError('PROXY_BIND', `cannot listen on ${host}:${port}: ${error.code ?? error.message}`, { cause: error }));
+    const onError = (error: NodeJS.ErrnoException) => reject(new AmbitError('PROXY_BIND', `cannot listen on ${formatAuthority(host, port)}: ${error.code ?? error.message}`, { cause: error }));
     server.once('error', onError);
     server.listen({ host, port, exclusive: true }, () => {
       server.off('error', onError);

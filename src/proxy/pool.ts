@@ -351,7 +351,7 @@ export class HbonePool {
         for (const stream of [...entry.awaiting]) {
           const connect = connects.of(stream);
           const { endpoint } = connect;
-          connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: the server at ${endpoint.hboneHost}:${endpoint.hbonePort} takes no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)`, undefined, undefined, true));
+          connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority}: the server at ${endpoint.hboneAuthority} takes no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)`, undefined, undefined, true));
           // destroy(): a stream nghttp2 holds unsent closes (and gives its slot back) only so.
           cancelStream(stream);
         }
@@ -368,7 +368,7 @@ export class HbonePool {
       retire();
     });
     session.on('error', (error) => {
-      this.#logger.debug({ peer: `${endpoint.hboneHost}:${endpoint.hbonePort}`, err: error.message }, 'HBONE session error');
+      this.#logger.debug({ peer: endpoint.hboneAuthority, err: error.message }, 'HBONE session error');
       retire();
     });
     bucket.sessions.push(entry);
@@ -422,14 +422,14 @@ export class HbonePool {
           // Its certificate may be the expected one and fail for another reason (expired, untrusted): said as what it is.
           const wrongIdentity = result.id != null && result.id.id !== endpoint.identity;
           // Budgeted: every new connection dials again, and a peer whose certificate expired would be a warning each.
-          this.#refusalLogBudget.warn(this.#logger, 'server-refused', { source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message, peer: `${endpoint.hboneHost}:${endpoint.hbonePort}` }, wrongIdentity ? 'refusing HBONE peer: server identity is not the one expected' : 'refusing HBONE peer: its certificate does not verify');
+          this.#refusalLogBudget.warn(this.#logger, 'server-refused', { source: sourceIdentity, expected: endpoint.identity, presented: result.id?.id ?? null, code: result.error.code, reason: result.error.message, peer: endpoint.hboneAuthority }, wrongIdentity ? 'refusing HBONE peer: server identity is not the one expected' : 'refusing HBONE peer: its certificate does not verify');
           // IDENTITY_MISMATCH only for a valid SVID of another identity; otherwise the verification's own code.
-          reject(new TunnelError(wrongIdentity ? 'IDENTITY_MISMATCH' : result.error.code, 'IDENTITY_ERROR', `server at ${endpoint.hboneHost}:${endpoint.hbonePort}: [${result.error.code}] ${result.error.message}`, undefined, result.error));
+          reject(new TunnelError(wrongIdentity ? 'IDENTITY_MISMATCH' : result.error.code, 'IDENTITY_ERROR', `server at ${endpoint.hboneAuthority}: [${result.error.code}] ${result.error.message}`, undefined, result.error));
           return;
         }
         if (socket.alpnProtocol !== 'h2') {
           socket.destroy();
-          reject(new TunnelError('UPSTREAM_CONNECT', 'H2_HANDSHAKE_FAILURE', `server at ${endpoint.hboneHost}:${endpoint.hbonePort} did not negotiate h2 (ALPN ${String(socket.alpnProtocol)})`));
+          reject(new TunnelError('UPSTREAM_CONNECT', 'H2_HANDSHAKE_FAILURE', `server at ${endpoint.hboneAuthority} did not negotiate h2 (ALPN ${String(socket.alpnProtocol)})`));
           return;
         }
         socket.setKeepAlive(true, TCP_KEEPALIVE_IDLE_MS);
@@ -438,8 +438,8 @@ export class HbonePool {
       socket.once('error', (error) => {
         clearTimeout(timer);
         if (error instanceof TunnelError) reject(error);
-        else if (connected) reject(new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `TLS handshake with ${endpoint.hboneHost}:${endpoint.hbonePort} failed: ${error.message}`, undefined, error));
-        else reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneHost}:${endpoint.hbonePort}: ${error.message}`, undefined, error));
+        else if (connected) reject(new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `TLS handshake with ${endpoint.hboneAuthority} failed: ${error.message}`, undefined, error));
+        else reject(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `connect to ${endpoint.hboneAuthority}: ${error.message}`, undefined, error));
       });
     });
   }
@@ -663,7 +663,7 @@ class PendingConnect {
 function onConnectTimeout(stream: http2.ClientHttp2Stream): void {
   const connect = connects.of(stream);
   const { endpoint } = connect;
-  connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort}: no answer within ${connect.timeoutMs} ms`));
+  connect.fail(new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${endpoint.authority} via ${endpoint.hboneAuthority}: no answer within ${connect.timeoutMs} ms`));
   stream.close(NGHTTP2_CANCEL);
 }
 
@@ -680,7 +680,7 @@ function onConnectClose(this: http2.ClientHttp2Stream): void {
  */
 function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | undefined {
   const { entry, endpoint } = connect;
-  const server = `${endpoint.hboneHost}:${endpoint.hbonePort}`;
+  const server = endpoint.hboneAuthority;
   if (entry.refusal !== undefined) {
     const why = entry.refusal === UNTRUSTED_REASON ? ' (its trust bundles do not vouch for it: a trust domain it is not federated with, a CA it does not trust, a CA that is expired or breaks its rules; its log names which)' : '';
     return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}${why}`);
@@ -722,7 +722,7 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
   const size = headerListBytes(headers);
   if (size > H2_CLIENT_MAX_HEADER_LIST_BYTES) {
     const { endpoint } = connect;
-    connect.fail(new TunnelError('HBONE_REFUSED', 'CONNECT', `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered with ${size} bytes of header fields, more than the ${H2_CLIENT_MAX_HEADER_LIST_BYTES} this proxy takes`));
+    connect.fail(new TunnelError('HBONE_REFUSED', 'CONNECT', `${endpoint.authority} via ${endpoint.hboneAuthority} answered with ${size} bytes of header fields, more than the ${H2_CLIENT_MAX_HEADER_LIST_BYTES} this proxy takes`));
     this.close(NGHTTP2_CANCEL);
     return;
   }
@@ -734,7 +734,7 @@ function onConnectResponse(this: http2.ClientHttp2Stream, headers: http2.Incomin
     return;
   }
   const { endpoint } = connect;
-  connect.fail(new TunnelError('HBONE_REFUSED', status === 401 ? 'DENY' : 'CONNECT', `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${status}`, status));
+  connect.fail(new TunnelError('HBONE_REFUSED', status === 401 ? 'DENY' : 'CONNECT', `${endpoint.authority} via ${endpoint.hboneAuthority} answered ${status}`, status));
   this.close(NGHTTP2_CANCEL);
 }
 
@@ -747,7 +747,7 @@ function onConnectInformational(this: http2.ClientHttp2Stream, headers: http2.In
   const connect = connects.of(this);
   if (!connect.pending) return;
   const { endpoint } = connect;
-  connect.fail(new TunnelError('HBONE_REFUSED', 'CONNECT', `${endpoint.authority} via ${endpoint.hboneHost}:${endpoint.hbonePort} answered ${String(headers[HTTP2_HEADER_STATUS])} (informational) to CONNECT`, Number(headers[HTTP2_HEADER_STATUS])));
+  connect.fail(new TunnelError('HBONE_REFUSED', 'CONNECT', `${endpoint.authority} via ${endpoint.hboneAuthority} answered ${String(headers[HTTP2_HEADER_STATUS])} (informational) to CONNECT`, Number(headers[HTTP2_HEADER_STATUS])));
   this.close(NGHTTP2_CANCEL);
 }
 

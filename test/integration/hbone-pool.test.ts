@@ -394,6 +394,11 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       let echoed = '';
       for await (const chunk of stream) echoed += (chunk as Buffer).toString();
       expect(echoed).toBe('over IPv6');
+      // And names it bracketed when it cannot be reached (`::1:PORT` reads as one address).
+      v6.close();
+      await once(v6, 'close');
+      const error = await hbone.open(CLIENT_ID, null, at, '').then(() => null, (e: unknown) => e);
+      expect((error as TunnelError).message).toContain(`connect to [::1]:${port}:`);
     } finally {
       await hbone.close();
       v6.close();
