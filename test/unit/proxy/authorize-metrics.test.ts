@@ -35,6 +35,22 @@ spec:
 `;
 }
 
+/** db's port 80 declared HTTP, and one policy of db's named `name`, `spec` its action and rules (indented). */
+function httpPortWith(name: string, spec: string): string {
+  return `---
+apiVersion: v1
+kind: Service
+metadata: { name: db, namespace: data }
+spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 80 }] }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ${name}, namespace: data }
+spec:
+  selector: { matchLabels: { app: db } }
+${spec}`;
+}
+
 function snapshotOf(yaml: string): ConfigSnapshot {
   return buildSnapshot(parseConfigText(yaml, 'test.yaml'));
 }
@@ -104,19 +120,7 @@ describe('authorization decision counts', () => {
   });
 
   it('counts a request it cannot decide (its workload is gone) as a denial under policy "error"', async () => {
-    const http = `---
-apiVersion: v1
-kind: Service
-metadata: { name: db, namespace: data }
-spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 80 }] }
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: get-only, namespace: data }
-spec:
-  selector: { matchLabels: { app: db } }
-  rules: [{ to: [{ operation: { methods: [GET] } }] }]
-`;
+    const http = httpPortWith('get-only', '  rules: [{ to: [{ operation: { methods: [GET] } }] }]\n');
     let snapshot = snapshotOf(WORLD + http);
     const registry = new Registry();
     const authorizer = new InboundAuthorizer(() => snapshot, registry, silentLogger());
@@ -131,20 +135,7 @@ spec:
   });
 
   it("judges an open tunnel's requests by its own workload's policies, never by those of another that took its address in the same change", () => {
-    const http = `---
-apiVersion: v1
-kind: Service
-metadata: { name: db, namespace: data }
-spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 80 }] }
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: deny-admin, namespace: data }
-spec:
-  selector: { matchLabels: { app: db } }
-  action: DENY
-  rules: [{ to: [{ operation: { paths: [/admin] } }] }]
-`;
+    const http = httpPortWith('deny-admin', '  action: DENY\n  rules: [{ to: [{ operation: { paths: [/admin] } }] }]\n');
     const first = snapshotOf(WORLD + http);
     let snapshot = first;
     const authorizer = new InboundAuthorizer(() => snapshot, new Registry(), silentLogger());
