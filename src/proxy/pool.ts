@@ -86,10 +86,11 @@ interface PooledSession {
   /** Why the server refused the session, from its GOAWAY (INADEQUATE_SECURITY and a reason): a CONNECT waiting on it fails with that. */
   refusal: string | undefined;
   /**
-   * Why the server ended the session as one of a peer past its limits, from its GOAWAY (ENHANCE_YOUR_CALM and a reason:
-   * an ambit peer's TOO_MANY_SESSIONS): a CONNECT waiting on it fails saying so, not as a destination unreachable.
+   * Why the server ended the session as one of a peer past its limits, from its GOAWAY (ENHANCE_YOUR_CALM, a reason (an
+   * ambit peer's TOO_MANY_SESSIONS) and the last stream it took): a CONNECT waiting on it fails saying so, not as a
+   * destination unreachable.
    */
-  limited: string | undefined;
+  limited: { readonly reason: string; readonly lastStreamId: number } | undefined;
   /** Our pool ended it (close, a missed PONG): a CONNECT it fails is no refusal by the server (sessionRefusal). */
   endedByPool: boolean;
   /** The trust bundles reverify() last judged it under (undefined: never). */
@@ -358,9 +359,9 @@ export class HbonePool {
       }
     });
     const retire = () => this.#retire(entry);
-    session.on('goaway', (errorCode: number, _lastStreamId: number, data?: Buffer) => {
+    session.on('goaway', (errorCode: number, lastStreamId: number, data?: Buffer) => {
       if (errorCode === NGHTTP2_INADEQUATE_SECURITY) entry.refusal = refusalText(data);
-      else if (errorCode === NGHTTP2_ENHANCE_YOUR_CALM) entry.limited = refusalText(data);
+      else if (errorCode === NGHTTP2_ENHANCE_YOUR_CALM) entry.limited = { reason: refusalText(data), lastStreamId };
       retire();
     });
     session.on('close', () => {
@@ -670,7 +671,7 @@ function onConnectTimeout(stream: http2.ClientHttp2Stream): void {
 function onConnectClose(this: http2.ClientHttp2Stream): void {
   const connect = connects.of(this);
   releaseStream(connect.entry);
-  if (connect.pending) connect.fail(sessionRefusal(connect) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: stream closed before an answer (RST ${this.rstCode})`));
+  if (connect.pending) connect.fail(sessionRefusal(connect, this) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: stream closed before an answer (RST ${this.rstCode})`));
 }
 
 /**
@@ -678,7 +679,7 @@ function onConnectClose(this: http2.ClientHttp2Stream): void {
  * 1.3 verifies the client's certificate after the client is done): an ambit peer says why in its GOAWAY; a server
  * that hangs up before even its HTTP/2 settings most likely refused it too. ztunnel's TLS_FAILURE either way.
  */
-function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | undefined {
+function sessionRefusal(connect: PendingConnect, stream: http2.ClientHttp2Stream, error?: Error): TunnelError | undefined {
   const { entry, endpoint } = connect;
   const server = endpoint.hboneAuthority;
   if (entry.refusal !== undefined) {
@@ -686,7 +687,10 @@ function sessionRefusal(connect: PendingConnect, error?: Error): TunnelError | u
     return new TunnelError('TLS_HANDSHAKE', 'TLS_FAILURE', `server at ${server} refused the certificate of source identity ${entry.bucket.source}: ${entry.refusal}${why}`);
   }
   if (entry.limited !== undefined) {
-    return new TunnelError('HBONE_REFUSED', 'CONNECT', `server at ${server} ended the HBONE session of source identity ${entry.bucket.source} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): ${entry.limited} (an ambit peer takes at most ${H2_SERVER_MAX_SESSIONS_PER_PEER} sessions of one identity from one address; its log and ambit_hbone_peers_refused_total say so)`);
+    // A CONNECT above the GOAWAY's last stream was never taken: sent once more (on another session), as any refused
+    // unprocessed (a Node peer out of session memory); a peer that refuses the session itself refuses that one too.
+    const unprocessed = stream.id === undefined || stream.id > entry.limited.lastStreamId;
+    return new TunnelError('HBONE_REFUSED', 'CONNECT', `server at ${server} ended the HBONE session of source identity ${entry.bucket.source} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): ${entry.limited.reason} (an ambit peer takes at most ${H2_SERVER_MAX_SESSIONS_PER_PEER} sessions of one identity from one address; its log and ambit_hbone_peers_refused_total say so)`, undefined, undefined, unprocessed);
   }
   // The server ended it, not our pool (a close, the sweep).
   if (!entry.settled && !entry.endedByPool && entry.session.destroyed) {
@@ -753,5 +757,5 @@ function onConnectInformational(this: http2.ClientHttp2Stream, headers: http2.In
 
 function onConnectError(this: http2.ClientHttp2Stream, error: Error): void {
   const connect = connects.of(this);
-  if (connect.pending) connect.fail(sessionRefusal(connect, error) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error, this.rstCode === NGHTTP2_REFUSED_STREAM || this.rstCode === NGHTTP2_ENHANCE_YOUR_CALM));
+  if (connect.pending) connect.fail(sessionRefusal(connect, this, error) ?? new TunnelError('UPSTREAM_CONNECT', 'CONNECT', `CONNECT ${connect.endpoint.authority}: ${error.message}`, undefined, error, this.rstCode === NGHTTP2_REFUSED_STREAM || this.rstCode === NGHTTP2_ENHANCE_YOUR_CALM));
 }
