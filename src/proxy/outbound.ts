@@ -6,10 +6,12 @@
 import type * as http2 from 'node:http2';
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
+import { canonicalIp } from '../config/fields.ts';
 import { isWorkloadKind } from '../config/snapshot.ts';
 import type { ConfigSnapshot, Workload } from '../config/snapshot.ts';
 import { labelOf } from '../config/objects.ts';
 import { AmbitError } from '../errors.ts';
+import type { ErrorCode } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { acceptErrorLogger, LogBudget } from '../observe/log.ts';
 import { UNKNOWN_SERVICE, UNKNOWN_WORKLOAD } from '../observe/metrics.ts';
@@ -24,7 +26,7 @@ import type { BridgeResult } from './copy.ts';
 import type { HbonePool } from './pool.ts';
 import { TunnelError } from './pool.ts';
 import { decideRoute, meshAddressOf, routingTableOf } from './routes.ts';
-import type { Endpoint } from './routes.ts';
+import type { Endpoint, RoutingTable } from './routes.ts';
 import { CONNECT_TIMEOUT_MS, TCP_KEEPALIVE_IDLE_MS, proxyPorts } from './settings.ts';
 import { listenOn, normalizeIp, stopListening } from './inbound.ts';
 import { isLoopbackAddress } from '../observe/admin.ts';
@@ -241,6 +243,26 @@ export function connectionLimits(perWorkload?: number, limitsText?: string): Con
   return { perWorkload: perWorkload ?? (Number.isFinite(soft) ? Math.max(1, Math.floor(soft / 4)) : Number.POSITIVE_INFINITY), total };
 }
 
+/** Where a passthrough connection was asked to go, and the address it reached (canonical, once connected). */
+export interface PassthroughTarget {
+  readonly host: string;
+  readonly port: number;
+  reached: string | undefined;
+}
+
+/**
+ * Why an open passthrough connection may not go on under `table` (closeUnrouted), or null: its destination is refused
+ * now, or the address it reached is in the mesh now. Judged by where it went, not where a new one would go: a route
+ * drawn at random (an entry's endpoints in and out of the mesh) may differ without anything having changed.
+ */
+export function passthroughRevoked(table: RoutingTable, target: PassthroughTarget, random: (() => number) | undefined, sourceNamespace: string): { readonly code: ErrorCode; readonly message: string } | null {
+  const route = decideRoute(table, target.host, target.port, random, sourceNamespace);
+  if (route.kind === 'deny') return { code: route.reason, message: `closed by a configuration change: ${route.message}` };
+  const mesh = target.reached === undefined ? null : meshAddressOf(table, target.reached);
+  if (mesh === null) return null;
+  return { code: 'POLICY_REVOKED', message: `closed by a configuration change: ${formatAuthority(target.host, target.port)}, reached at ${target.reached ?? ''}, is ${mesh} now, reached over HBONE under its policy; this connection went as plain TCP` };
+}
+
 export class OutboundListeners {
   readonly #options: OutboundOptions;
   readonly #logger: Logger;
@@ -258,7 +280,7 @@ export class OutboundListeners {
   /** Connections a configuration change closed (closeDeparted, closeUnrouted): their access line says why. */
   readonly #closedFor = new WeakMap<net.Socket, { readonly code: string; readonly message: string }>();
   /** What each passthrough connection asked for (host and port), judged again when the configuration changes. */
-  readonly #passthroughTargets = new WeakMap<net.Socket, { readonly host: string; readonly port: number }>();
+  readonly #passthroughTargets = new WeakMap<net.Socket, PassthroughTarget>();
   // One 'close' listener shared by every connection, finding its socket as `this`: a closure per connection would
   // stay for the connection's whole life.
   readonly #forgetLive: (this: net.Socket) => void;
@@ -325,12 +347,10 @@ export class OutboundListeners {
     for (const [socket, source] of this.#live) {
       const target = this.#passthroughTargets.get(socket);
       if (target === undefined) continue;
-      const route = decideRoute(table, target.host, target.port, this.#options.random, source.namespace);
-      if (route.kind === 'passthrough') continue;
+      const revoked = passthroughRevoked(table, target, this.#options.random, source.namespace);
+      if (revoked === null) continue;
       this.#forgetLive.call(socket);
-      this.#closedFor.set(socket, route.kind === 'deny'
-        ? { code: route.reason, message: `closed by a configuration change: ${route.message}` }
-        : { code: 'POLICY_REVOKED', message: `closed by a configuration change: ${formatAuthority(target.host, target.port)} is in the mesh now, reached over HBONE under its policy; this connection went as plain TCP` });
+      this.#closedFor.set(socket, revoked);
       cutSocket(socket);
       closed++;
     }
@@ -482,7 +502,7 @@ export class OutboundListeners {
       return;
     }
     if (route.kind === 'passthrough') {
-      this.#passthroughTargets.set(socket, { host, port });
+      this.#passthroughTargets.set(socket, { host, port, reached: undefined });
       // route.host:port, which a ServiceEntry may have pointed at one of its endpoints. Configuration chose that
       // address, not the operator: it is judged as a workload's choice (not this host, not link-local, not into the mesh).
       this.#passthrough(socket, source, route.host, route.port, byWorkload || route.entry !== undefined, startedMs, srcAddr, route.serviceLabels ?? UNKNOWN_SERVICE);
@@ -674,6 +694,8 @@ export class OutboundListeners {
       }
       // The address a name resolved to and was reached on (of several, the one that answered): Envoy's upstream_host.
       const upstreamHost = literal || upstream.remoteAddress === undefined ? undefined : formatAuthority(upstream.remoteAddress, upstream.remotePort ?? port);
+      const target = this.#passthroughTargets.get(socket);
+      if (target !== undefined && upstream.remoteAddress !== undefined) target.reached = canonicalIp(upstream.remoteAddress) ?? upstream.remoteAddress;
       const meter = this.#options.metrics.open(labels);
       const flushable: Flushable = { flush: () => meter.update(socket.bytesWritten, socket.bytesRead) };
       this.#options.liveMeters.add(flushable);

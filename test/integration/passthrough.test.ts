@@ -414,7 +414,7 @@ describe('an open passthrough connection whose destination joins the mesh', () =
       await waitUntil('node-a accepts joined.yaml', () => accepted() > seen, 10_000);
       await waitUntil('the passthrough connection closed', () => held.closed, 10_000);
       expect(failure()?.code).toBe('ECONNRESET');
-      await waitUntil('its access line', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'POLICY_REVOKED' && String(line.error).includes(`${EXTERNAL_IP}:${externalPort} is in the mesh now`)));
+      await waitUntil('its access line', () => node.proc.lines.slice(since).some((line) => line.msg === 'access' && line.error_code === 'POLICY_REVOKED' && String(line.error).includes(`${EXTERNAL_IP}:${externalPort}, reached at ${EXTERNAL_IP}, is the IP of Pod demo/joined-1 now`)));
     } finally {
       held.destroy();
       const seen = accepted();

@@ -5,6 +5,7 @@ import { buildSnapshot } from '../../../src/config/snapshot.ts';
 import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
 import { buildRoutingTable, decideRoute, externalEntry, inboundService, meshAddressOf, routingTableOf } from '../../../src/proxy/routes.ts';
 import type { HboneRoute, Route, RoutingTable } from '../../../src/proxy/routes.ts';
+import { passthroughRevoked } from '../../../src/proxy/outbound.ts';
 
 function meshConfig(spec: string): string {
   return `apiVersion: ambit.dev/v1alpha1
@@ -795,6 +796,15 @@ spec:
     }
     // Not the endpoint at the Service's cluster IP: that is reached over HBONE by its own name, never as plain TCP.
     expect(Object.fromEntries(seen)).toEqual({ 'hbone [fd00:10::6]:5432': 50, 'tcp 203.0.113.50:5432 data/pinned': 50 });
+  });
+
+  it('lets an open connection to its endpoint outside the mesh go on at a configuration change, whatever a new one would draw; one whose address is in the mesh now is closed', () => {
+    const outside = { host: 'db.pinned.internal', port: 5432, reached: '203.0.113.50' };
+    for (let i = 0; i < 100; i++) expect(passthroughRevoked(withEntries, outside, () => i / 100, 'billing')).toBeNull();
+    // Reached at what is a workload's address now (a VM brought into the mesh): HBONE and its policy from now on.
+    expect(passthroughRevoked(withEntries, { ...outside, reached: '10.0.1.10' }, Math.random, 'billing')).toEqual({ code: 'POLICY_REVOKED', message: 'closed by a configuration change: db.pinned.internal:5432, reached at 10.0.1.10, is the IP of Pod shop/web-1 now, reached over HBONE under its policy; this connection went as plain TCP' });
+    // Not connected yet: judged by its route alone.
+    expect(passthroughRevoked(withEntries, { ...outside, reached: undefined }, Math.random, 'billing')).toBeNull();
   });
 
   it("is the service the destination reports for its workloads: by the client's host=, else by the port dialled", () => {
