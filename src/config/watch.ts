@@ -24,11 +24,10 @@ const MAX_TORN_LOADS = 3;
  * over a slow mount) is applied only once this watcher has seen it unchanged for this long: a write that paused at a
  * `---` or between two rules reads as valid YAML with a DENY policy or rule missing, or with an ALLOW policy that has its
  * sources but not yet its operations, conditions or selector (kubectl writes `rules` before `selector`, `from` before
- * `to`): wider than written. So is a file under a new name that adds policies (a new name cannot be told from a file
- * still being written); one that adds only other objects applies at once (a Pod appearing by rename: kubectl writes its
- * address last, so a Pod cut short has none). A file rewritten in place more often than that waits until it stops. A
- * file replaced by rename (a ConfigMap's keys, `mv` over a name, most editors) is whole when it appears, and applies at
- * once.
+ * `to`): wider than written. So is a file under a new name (a new name cannot be told from a file still being written),
+ * unless what it adds fails closed when cut short (WHOLE_WHEN_CUT_KINDS: a Pod appearing by rename applies at once). A
+ * file rewritten in place more often than that waits until it stops. A file replaced by rename (a ConfigMap's keys, `mv`
+ * over a name, most editors) is whole when it appears, and applies at once.
  */
 export const IN_PLACE_SETTLE_MS = 2_000;
 
@@ -42,8 +41,16 @@ export const WATCH_ERROR_MESSAGES: Readonly<Record<WatchErrorKind, string>> = {
   unreadable: 'configuration cannot be read for now; the configuration in force stays, and it is read again',
 };
 
-/** What a change adds that may apply while the rest of it waits, on its own (#applyAdditions); what a new file waits to hold still for (#unsettled). */
+/** What a change adds that may apply while the rest of it waits, on its own (#applyAdditions). */
 const POLICY_KINDS: ReadonlySet<string> = new Set(['AuthorizationPolicy', 'PeerAuthentication']);
+/**
+ * What a new file may add before it has held still (#unsettled): kinds that, cut short, fail closed. kubectl writes a
+ * Pod's address last (a Pod cut short has none, and gets no traffic); a Service cut short selects or declares less. A
+ * WorkloadEntry's address comes first, before its labels and service account: cut short, it is a workload with the
+ * namespace's default identity that policies selecting it by label miss; a ServiceEntry cut before its
+ * workloadSelector sends its hosts outside the mesh in plain text.
+ */
+const WHOLE_WHEN_CUT_KINDS: ReadonlySet<string> = new Set(['Pod', 'Service']);
 
 export interface WatchOptions {
   /**
@@ -65,7 +72,7 @@ export interface WatchOptions {
   onSettled?(): void;
   /** Editors and `kubectl cp` write in several steps; wait this long after the last event before reloading. */
   debounceMs?: number;
-  /** How long a file written in place, or a new one adding policies, must hold still before its change applies (IN_PLACE_SETTLE_MS). */
+  /** How long a file written in place, or a new one (but for Pods and Services), must hold still before its change applies (IN_PLACE_SETTLE_MS). */
   inPlaceSettleMs?: number;
   /** Interval of the mtime poll used where fs.watch is unavailable. */
   pollIntervalMs?: number;
@@ -372,7 +379,7 @@ class DirectoryWatcher implements ConfigWatcher {
 
   /**
    * How long until every file written in place whose change adds, takes away or alters objects, and every new file
-   * adding policies, has held still (0 when none), and which of them have not yet.
+   * adding what does not fail closed when cut short, has held still (0 when none), and which of them have not yet.
    */
   #unsettled(diff: ConfigDiff, next: ConfigSnapshot, state: TreeState, judged: TreeState['files']): { waitMs: number; files: Set<string> } {
     const now = performance.now();
@@ -394,11 +401,11 @@ class DirectoryWatcher implements ConfigWatcher {
       wait = Math.max(wait, left);
     };
     for (const ref of diff.removed) consider(ref.file);
-    let policies: Set<string> | undefined;
+    let cutUnsafe: Set<string> | undefined;
     for (const ref of diff.added) {
       if (!judged.has(ref.file)) {
-        policies ??= new Set(next.objects.filter((object) => POLICY_KINDS.has(object.kind)).map(labelOf));
-        if (!policies.has(ref.object)) continue;
+        cutUnsafe ??= new Set(next.objects.filter((object) => !WHOLE_WHEN_CUT_KINDS.has(object.kind)).map(labelOf));
+        if (!cutUnsafe.has(ref.object)) continue;
       }
       consider(ref.file);
     }

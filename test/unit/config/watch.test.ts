@@ -7,7 +7,7 @@ import type { ConfigSnapshot } from '../../../src/config/snapshot.ts';
 import { watchConfigDir } from '../../../src/config/watch.ts';
 import type { ConfigWatcher, WatchOptions } from '../../../src/config/watch.ts';
 import type { AmbitError } from '../../../src/errors.ts';
-import { configDir, configError, meshYaml, podYaml, removeConfigDirs, replaceFiles, writeFiles } from './temp-config.ts';
+import { configDir, configError, meshYaml, podYaml, removeConfigDirs, replaceFiles, workloadEntryYaml, writeFiles } from './temp-config.ts';
 
 type WatchEvent = { type: 'change'; next: ConfigSnapshot; prev: ConfigSnapshot; diff: ConfigDiff } | { type: 'error'; error: AmbitError };
 
@@ -278,7 +278,7 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(watcher.current().workloadByIp('10.0.0.1')?.name).toBe('web');
     });
 
-    it('applies what a file written in place adds, and the policies a new file adds, only once it has held still: an ALLOW cut before its operations and selector is never in force', async () => {
+    it('applies what a file written in place adds, and what a new file adds but Pods and Services, only once it has held still: an ALLOW cut before its operations and selector is never in force', async () => {
       // kubectl's order (`rules` before `selector`, `from` before `to`): cut after the sources, the policy reads as an
       // ALLOW of every operation from them to every workload of the namespace.
       const allow = (name: string) => `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ${name}\n  namespace: default\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        namespaces:\n        - partner\n`;
@@ -313,6 +313,18 @@ for (const mode of ['fs.watch', 'polling'] as const) {
       expect(created.type === 'change' && created.diff.added).toEqual([{ object: 'AuthorizationPolicy default/allow-late', file: 'late.yaml' }]);
       expect(whole('allow-late', watcher.current())).toBe(true);
       expect(recorder.events).toHaveLength(2);
+
+      // A WorkloadEntry in a new file too: kubectl writes its address first, and cut there it is a workload of the
+      // namespace's default identity, without the labels its policies select it by.
+      const vm = workloadEntryYaml('vm-1', '10.0.0.50', 'node-a');
+      const cut = vm.indexOf('  serviceAccount:');
+      await writeFiles(dir, { 'vm.yaml': vm.slice(0, cut) });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(recorder.events).toHaveLength(2);
+      await appendFile(join(dir, 'vm.yaml'), vm.slice(cut));
+      const entered = await recorder.next();
+      expect(entered.type === 'change' && entered.diff.added).toEqual([{ object: 'WorkloadEntry default/vm-1', file: 'vm.yaml' }]);
+      expect(watcher.current().workloadByIp('10.0.0.50')?.identity).toBe('spiffe://cluster.local/ns/default/sa/vm-1');
 
       // Replaced by rename, a file is whole when it appears: what it adds applies at once.
       const renamed = Date.now();
