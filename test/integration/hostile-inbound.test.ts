@@ -689,7 +689,7 @@ describe('HBONE inbound: a session outliving its client certificate', () => {
     const shortLived = await issueMeshSvid(mesh.caDir, TESTER_ID, { ttlMs: 3_000 });
     const expiresAtMs = (shortLived.chain[0] as { notAfter: Date }).notAfter.getTime();
     const session = dialHbone(shortLived);
-    const goaway = new Promise<number>((resolve) => session.once('goaway', (_code: number, lastStreamId: number) => resolve(lastStreamId)));
+    const goaway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
     try {
       const payload = randomBytes(1024);
       expect((await echoThrough(session, `${ECHO_IP}:${ECHO_PORT}`, payload)).equals(payload)).toBe(true);
@@ -698,10 +698,10 @@ describe('HBONE inbound: a session outliving its client certificate', () => {
       const since = nodeB().proc.lines.length;
       const late = await connectRequest(session, `${ECHO_IP}:${ECHO_PORT}`);
       expect(late.status).toBeNull();
-      // Refused unprocessed when it arrived; unless node-b's keepalive sweep (every 10 s) found the certificate expired
-      // first, whose GOAWAY, its last stream before this one, ended the stream with the session before it was read.
-      const lastStreamId = await goaway;
-      if (lastStreamId >= (late.stream.id ?? 0)) expect(late.rstCode).toBe(http2.constants.NGHTTP2_REFUSED_STREAM);
+      // Refused unprocessed (REFUSED_STREAM). Under load node-b's connection can close under its last frames (a reset:
+      // the client then ends the stream INTERNAL_ERROR); its log line below says it refused the stream either way.
+      expect([http2.constants.NGHTTP2_REFUSED_STREAM, http2.constants.NGHTTP2_INTERNAL_ERROR]).toContain(late.rstCode);
+      await goaway;
       const line = await logLineSince(nodeB().proc, since, (l) => l.msg === 'HBONE session no longer verifies: refusing its new streams (GOAWAY)', 'the refusal');
       expect(line).toMatchObject({ presented: TESTER_ID, code: 'SVID_EXPIRED' });
     } finally {
