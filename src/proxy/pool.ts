@@ -690,7 +690,9 @@ function sessionRefusal(connect: PendingConnect, stream: http2.ClientHttp2Stream
     // A CONNECT above the GOAWAY's last stream was never taken: sent once more (on another session), as any refused
     // unprocessed (a Node peer out of session memory); a peer that refuses the session itself refuses that one too.
     const unprocessed = stream.id === undefined || stream.id > entry.limited.lastStreamId;
-    return new TunnelError('HBONE_REFUSED', 'CONNECT', `server at ${server} ended the HBONE session of source identity ${entry.bucket.source} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): ${entry.limited.reason} (an ambit peer takes at most ${H2_SERVER_MAX_SESSIONS_PER_PEER} sessions of one identity from one address; its log and ambit_hbone_peers_refused_total say so)`, undefined, undefined, unprocessed);
+    // An ambit peer says which of its limits; other peers' (and Node's flood limits) say nothing or their own.
+    const which = entry.limited.reason === 'TOO_MANY_SESSIONS' ? ` (an ambit peer takes at most ${H2_SERVER_MAX_SESSIONS_PER_PEER} sessions of one identity from one address; its log and ambit_hbone_peers_refused_total say so)` : '';
+    return new TunnelError('HBONE_REFUSED', 'CONNECT', `server at ${server} ended the HBONE session of source identity ${entry.bucket.source} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): ${entry.limited.reason}${which}`, undefined, undefined, unprocessed);
   }
   // The server ended it, not our pool (a close, the sweep).
   if (!entry.settled && !entry.endedByPool && entry.session.destroyed) {

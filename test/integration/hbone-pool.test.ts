@@ -850,7 +850,9 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
     const server = await issueTestSvid(ca, SERVER_ID);
     // An ambit peer holding 256 sessions of this identity from this address already.
     const full = http2.createSecureServer({ cert: server.certPem, key: server.keyPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'], requestCert: true, rejectUnauthorized: false });
+    let sessions = 0;
     full.on('session', (session) => {
+      sessions++;
       session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM, 0, Buffer.from('TOO_MANY_SESSIONS'));
       session.destroy();
     });
@@ -862,7 +864,9 @@ describe('HBONE pool: waiting for a CONNECT answer', () => {
       const error = await hbone.open(CLIENT_ID, null, { ...endpoint(), hbonePort: port, hboneAuthority: `127.0.0.1:${port}` }, '').then(() => null, (e: unknown) => e);
       expect(error).toBeInstanceOf(TunnelError);
       expect([(error as TunnelError).code, (error as TunnelError).flag]).toEqual(['HBONE_REFUSED', 'CONNECT']);
-      expect((error as TunnelError).message).toContain(`server at 127.0.0.1:${port} ended the HBONE session of source identity ${CLIENT_ID} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): TOO_MANY_SESSIONS`);
+      expect((error as TunnelError).message).toContain(`server at 127.0.0.1:${port} ended the HBONE session of source identity ${CLIENT_ID} as one past its limits (GOAWAY ENHANCE_YOUR_CALM): TOO_MANY_SESSIONS (an ambit peer takes at most 256 sessions`);
+      // Refused before it took any stream: the CONNECT went once more, on a session of its own, refused the same way.
+      expect(sessions).toBe(2);
     } finally {
       await hbone.close();
       full.close();
