@@ -258,9 +258,10 @@ export interface PassthroughTarget {
 export function passthroughRevoked(table: RoutingTable, target: PassthroughTarget, random: (() => number) | undefined, sourceNamespace: string): { readonly code: ErrorCode; readonly message: string } | null {
   const route = decideRoute(table, target.host, target.port, random, sourceNamespace);
   if (route.kind === 'deny') return { code: route.reason, message: `closed by a configuration change: ${route.message}` };
-  const mesh = target.reached === undefined ? null : meshAddressOf(table, target.reached);
+  const reached = target.reached;
+  const mesh = reached === undefined ? null : meshAddressOf(table, reached);
   if (mesh === null) return null;
-  return { code: 'POLICY_REVOKED', message: `closed by a configuration change: ${formatAuthority(target.host, target.port)}, reached at ${target.reached ?? ''}, is ${mesh} now, reached over HBONE under its policy; this connection went as plain TCP` };
+  return { code: 'POLICY_REVOKED', message: `closed by a configuration change: ${formatAuthority(target.host, target.port)}, reached at ${reached}, is ${mesh} now, reached over HBONE under its policy; this connection went as plain TCP` };
 }
 
 export class OutboundListeners {

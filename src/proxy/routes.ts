@@ -299,11 +299,14 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
     // name resolves is its workloads, reached as plain TCP past their policy.
     const named: MeshName = { what: `ServiceEntry ${namespace}/${name}`, ports: spec.ports.filter((port) => port.protocol !== 'UDP').map((port) => port.number), visibleTo, service: false };
     for (const host of spec.hosts) if (!host.startsWith('*')) addName(serviceNames, normalHost(host), named);
+    // Its single addresses but a workload's own IP, which is that workload's on every port (ztunnel looks workloads up
+    // first): an entry cannot take it over.
+    const addresses: string[] = [];
     for (const address of spec.addresses) {
       const single = singleAddress(address);
-      // A workload's own IP is that workload's, on every port (decideRoute looks workloads up first).
-      if (single !== undefined && snapshot.workloadByIp(single) === undefined) addName(serviceNames, single, named);
+      if (single !== undefined && snapshot.workloadByIp(single) === undefined) addresses.push(single);
     }
+    for (const address of addresses) addName(serviceNames, address, named);
     for (const port of spec.ports) {
       if (port.protocol === 'UDP') continue;
       const routes: (HboneRoute | PassthroughRoute)[] = [];
@@ -329,11 +332,7 @@ function addServiceEntryRoutes(snapshot: ConfigSnapshot, hbonePort: number, byHo
         next: null,
       };
       for (const candidate of spec.hosts) if (!candidate.startsWith('*')) addEntryCandidate(byHost, normalHost(candidate), entry);
-      for (const address of spec.addresses) {
-        const single = singleAddress(address);
-        // A workload's own IP is that workload's (ztunnel looks workloads up first): an entry cannot take it over.
-        if (single !== undefined && snapshot.workloadByIp(single) === undefined) addEntryCandidate(byVip, single, entry);
-      }
+      for (const address of addresses) addEntryCandidate(byVip, address, entry);
     }
   }
   return entryAddresses;
@@ -726,11 +725,7 @@ export function decideRoute(table: RoutingTable, host: string, port: number, ran
     if (chosen !== undefined) return draw(chosen.routes, chosen.weights, chosen.none, random);
     const alias = table.externalNames.get(name);
     if (alias !== undefined) return aliasRoute(table, name, alias, port, random, sourceNamespace);
-    // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one): where
-    // the name resolves is not the mesh, and sending it there would carry the mesh's traffic in plain text.
-    // Seen by the source (an entry private to another namespace must not take its host from this one). A mesh entry's
-    // host the source's own namespace sends outside the mesh on this port, by an entry naming it exactly, is that
-    // namespace's; a Service's name is never (an entry elsewhere, or a wildcard, would send the mesh's name out).
+    // A Service's own name on a port it does not have (its port changed, or the listener names the wrong one).
     const undeclared = undeclaredPort(table, name, host, port, sourceNamespace, table.external.byHost.get(name));
     if (undeclared !== undefined) return undeclared;
   } else {
