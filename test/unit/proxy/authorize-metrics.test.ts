@@ -23,32 +23,29 @@ spec: { nodeName: node-b, serviceAccountName: db }
 status: { phase: Running, podIP: 10.0.2.20 }
 `;
 
-function policy(name: string, action: 'ALLOW' | 'DENY', namespace: string): string {
+/** A policy of db's named `name`, `spec` its action and rules (indented). */
+function dbPolicy(name: string, spec: string): string {
   return `---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: ${name}, namespace: data }
-spec:
-  selector: { matchLabels: { app: db } }
-  action: ${action}
-  rules: [{ from: [{ source: { namespaces: [${namespace}] } }] }]
-`;
-}
-
-/** db's port 80 declared HTTP, and one policy of db's named `name`, `spec` its action and rules (indented). */
-function httpPortWith(name: string, spec: string): string {
-  return `---
-apiVersion: v1
-kind: Service
-metadata: { name: db, namespace: data }
-spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 80 }] }
----
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: ${name}, namespace: data }
 spec:
   selector: { matchLabels: { app: db } }
 ${spec}`;
+}
+
+function policy(name: string, action: 'ALLOW' | 'DENY', namespace: string): string {
+  return dbPolicy(name, `  action: ${action}\n  rules: [{ from: [{ source: { namespaces: [${namespace}] } }] }]\n`);
+}
+
+/** db's port 80 declared HTTP (to `targetPort`), and a policy of db's (dbPolicy). */
+function httpPortWith(name: string, spec: string, targetPort = 80): string {
+  return `---
+apiVersion: v1
+kind: Service
+metadata: { name: db, namespace: data }
+spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: ${targetPort} }] }
+${dbPolicy(name, spec)}`;
 }
 
 function snapshotOf(yaml: string): ConfigSnapshot {
@@ -185,19 +182,7 @@ describe('policies that fail to compile', () => {
   }
 
   it('deny every connection, inspected request and open connection until the configuration compiles again, and are compiled once, not once per connection', async () => {
-    const HTTP_WORLD = `${WORLD}---
-apiVersion: v1
-kind: Service
-metadata: { name: db, namespace: data }
-spec: { selector: { app: db }, ports: [{ name: http, port: 80, targetPort: 5432 }] }
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: allow-get, namespace: data }
-spec:
-  selector: { matchLabels: { app: db } }
-  rules: [{ from: [{ source: { namespaces: [web] } }], to: [{ operation: { methods: [GET] } }] }]
-`;
+    const HTTP_WORLD = WORLD + httpPortWith('allow-get', '  rules: [{ from: [{ source: { namespaces: [web] } }], to: [{ operation: { methods: [GET] } }] }]\n', 5432);
     const good = snapshotOf(HTTP_WORLD);
     const bad = uncompilable(snapshotOf(HTTP_WORLD));
     let reads = 0;
